@@ -1,0 +1,34 @@
+# `make test` and `make demo` each build .venv when it is missing or setup.py changed, then run.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lait-installed
+DEMO_OUT ?= demo-run
+PYTEST_ARGS ?=
+
+# Keep every run offline: no hub downloads, no update checks, no telemetry.
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export HF_DATASETS_OFFLINE = 1
+export NO_ALBUMENTATIONS_UPDATE = 1
+export TOKENIZERS_PARALLELISM = false
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: venv test demo clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/lait demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,1 @@
+"""LAIT spiders."""

@@ -1,0 +1,1 @@
+"""The embedded default: a generated website and the end-to-end run over every stage."""

@@ -1,0 +1,1 @@
+"""Framework-free filters: text, language, image, dedup, aggregation and learned relevance."""

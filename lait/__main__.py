@@ -1,0 +1,3 @@
+from lait.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per `lait` subcommand; each exposes ``register(subparsers)``."""

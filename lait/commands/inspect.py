@@ -1,0 +1,123 @@
+"""`lait inspect PATH`: schema, row count, a few rows and rejected-reason counts of a dataset."""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import schemas
+
+# The subfolders a LAIT run folder may hold, in pipeline order.
+RUN_SUBDIRS = ("candidates", "pairs", "regions", "captions", "rejected")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show the schema, row count, sample rows and rejected reasons of a LAIT dataset",
+        description="Inspect a LAIT dataset (a Parquet file or folder) or a run folder holding several.",
+    )
+    parser.add_argument("path", help="a Parquet file, a dataset folder, or a run folder (local path or fsspec URL)")
+    parser.add_argument("--rows", type=int, default=3, help="sample rows to show (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=run)
+
+
+def _short(value, width: int = 72):
+    """A printable form of a cell: bytes as their size, long lists as their shape, long text cut."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, list):
+        if value and isinstance(value[0], list):
+            return f"<list {len(value)}x{len(value[0])}>"
+        if len(value) > 8:
+            return f"<list of {len(value)}>"
+        return value
+    if isinstance(value, str) and len(value) > width:
+        return value[: width - 1] + "…"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def describe(path: str, rows: int = 3) -> dict:
+    """Everything `lait inspect` shows about one dataset, as a dict."""
+    dataset = schemas.open_dataset(path)
+    schema = dataset.schema
+    kind = schemas.detect_kind(schema)
+    problem = None
+    if kind is not None:
+        try:
+            schemas.open_dataset(path, kind)
+        except schemas.SchemaMismatchError as exc:
+            problem = str(exc)
+    meta = schema.metadata or {}
+    info = {
+        "path": str(path),
+        "kind": kind,
+        "schema_version": meta.get(b"lait.schema_version", b"").decode() or None,
+        "files": len(schemas.list_parquet_files(path)),
+        "rows": dataset.count_rows(),
+        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "schema_problem": problem,
+        "sample": [],
+    }
+    if rows > 0 and info["rows"]:
+        head = dataset.head(rows)
+        info["sample"] = [{k: _short(v) for k, v in row.items()} for row in head.to_pylist()]
+    if "reason" in schema.names:
+        table = dataset.to_table(columns=[c for c in ("stage", "reason") if c in schema.names])
+        counts = collections.Counter()
+        stages = table.column("stage").to_pylist() if "stage" in table.column_names else [None] * table.num_rows
+        for stage, reason in zip(stages, table.column("reason").to_pylist()):
+            counts[f"{stage}/{reason}" if stage else str(reason)] += 1
+        info["rejected_reasons"] = dict(counts.most_common())
+    return info
+
+
+def _print_text(info: dict) -> None:
+    print(f"{info['path']}")
+    kind = info["kind"] or "unknown (not a LAIT contract)"
+    version = f" v{info['schema_version']}" if info["schema_version"] else ""
+    print(f"  kind: {kind}{version}   files: {info['files']}   rows: {info['rows']:,}")
+    if info["schema_problem"]:
+        print(f"  SCHEMA PROBLEM: {info['schema_problem']}")
+    print("  schema:")
+    for field in info["schema"]:
+        print(f"    {field['name']:<20} {field['type']}")
+    for i, row in enumerate(info["sample"]):
+        print(f"  row {i}:")
+        for key, value in row.items():
+            print(f"    {key:<20} {value}")
+    if "rejected_reasons" in info:
+        print("  rejected reasons:")
+        for reason, count in info["rejected_reasons"].items():
+            print(f"    {count:>8,}  {reason}")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.path
+    targets = [path]
+    if "://" not in path and os.path.isdir(path):
+        subdirs = [os.path.join(path, d) for d in RUN_SUBDIRS if os.path.isdir(os.path.join(path, d))]
+        if subdirs:  # a run folder: describe each dataset in it
+            targets = subdirs
+    results = []
+    for target in targets:
+        try:
+            results.append(describe(target, args.rows))
+        except FileNotFoundError as exc:
+            results.append({"path": target, "error": str(exc)})
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
+    else:
+        for info in results:
+            if "error" in info:
+                print(f"{info['path']}: {info['error']}")
+            else:
+                _print_text(info)
+    return 1 if any("error" in r for r in results) else 0

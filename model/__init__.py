@@ -1,0 +1,1 @@
+"""ImageBERT: embeddings, encoder, pretraining tasks, trainer, retrieval eval, detectors."""

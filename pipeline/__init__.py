@@ -1,0 +1,1 @@
+"""Apache Beam pipelines: rule filters, relevance scoring, region features."""

@@ -1,0 +1,55 @@
+"""Stage-boundary contracts: one explicit pyarrow schema per dataset kind, readers and writers.
+
+Every LAIT stage talks to the next only through Parquet datasets of these kinds. Each file carries
+``lait.schema`` (the kind) and ``lait.schema_version`` in its Parquet key-value metadata, and every
+reader checks the columns it finds against the contract, naming the first column that differs.
+"""
+from schemas.core import (
+    ANY_DIM,
+    KINDS,
+    SCHEMA_VERSION,
+    SchemaMismatchError,
+    candidates_schema,
+    captions_schema,
+    detect_kind,
+    pairs_schema,
+    regions_schema,
+    rejected_schema,
+    schema_for,
+    validate_schema,
+)
+from schemas.io import (
+    ShardWriter,
+    count_rows,
+    iter_batches,
+    list_parquet_files,
+    open_dataset,
+    read_table,
+    rejected_row,
+    to_table,
+    write_table,
+)
+
+__all__ = [
+    "ANY_DIM",
+    "KINDS",
+    "SCHEMA_VERSION",
+    "SchemaMismatchError",
+    "ShardWriter",
+    "candidates_schema",
+    "captions_schema",
+    "count_rows",
+    "detect_kind",
+    "iter_batches",
+    "list_parquet_files",
+    "open_dataset",
+    "pairs_schema",
+    "read_table",
+    "regions_schema",
+    "rejected_row",
+    "rejected_schema",
+    "schema_for",
+    "to_table",
+    "validate_schema",
+    "write_table",
+]

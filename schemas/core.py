@@ -1,0 +1,201 @@
+"""The pyarrow schemas of every stage boundary and the rules for checking them."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+META_KIND = b"lait.schema"
+META_VERSION = b"lait.schema_version"
+
+#: Stand-in for a fixed-size-list length that the contract leaves open (feature width per detector).
+ANY_DIM = -1
+
+
+class SchemaMismatchError(ValueError):
+    """A dataset does not match its LAIT contract; the message names the column that differs."""
+
+    def __init__(self, message: str, column: str | None = None):
+        super().__init__(message)
+        self.column = column
+
+
+def _with_meta(fields: list[pa.Field], kind: str) -> pa.Schema:
+    return pa.schema(fields, metadata={META_KIND: kind.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
+
+
+def candidates_schema() -> pa.Schema:
+    """One row per (page, image, text) found by the crawler or WARC reader, image bytes inline."""
+    return _with_meta(
+        [
+            pa.field("candidate_id", pa.string(), nullable=False),  # sha1 of page_url, image_url, alt, title
+            pa.field("image_id", pa.string(), nullable=False),  # sha256 hex of image_bytes
+            pa.field("page_url", pa.string(), nullable=False),
+            pa.field("image_url", pa.string(), nullable=False),
+            pa.field("alt", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("figcaption", pa.string()),
+            pa.field("page_lang", pa.string()),  # <html lang> or Content-Language, as declared
+            pa.field("page_title", pa.string()),
+            pa.field("page_text", pa.string()),  # a sample of the page's visible text (language evidence)
+            pa.field("http_status", pa.int32()),
+            pa.field("content_type", pa.string()),
+            pa.field("image_bytes", pa.binary()),
+            pa.field("width", pa.int32()),  # after EXIF orientation
+            pa.field("height", pa.int32()),
+            pa.field("format", pa.string()),  # Pillow format name: JPEG, PNG, WEBP, ...
+            pa.field("num_bytes", pa.int64()),
+            pa.field("fetched_at", pa.timestamp("ms", tz="UTC")),
+            pa.field("source", pa.string(), nullable=False),  # crawl | warc
+        ],
+        "candidates",
+    )
+
+
+def pairs_schema() -> pa.Schema:
+    """One kept (image, caption) pair after the filter stage."""
+    return _with_meta(
+        [
+            pa.field("pair_id", pa.string(), nullable=False),
+            pa.field("candidate_id", pa.string()),  # the candidate this pair came from
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("caption", pa.string(), nullable=False),
+            pa.field("text_source", pa.string()),  # alt | title | figcaption
+            pa.field("lang", pa.string()),
+            pa.field("lang_score", pa.float32()),
+            pa.field("relevance", pa.float32()),  # learned image-text relevance; null when not scored
+            pa.field("phash", pa.string()),  # perceptual hash, 16 hex digits
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("image_bytes", pa.binary()),
+            pa.field("page_url", pa.string()),
+            pa.field("image_url", pa.string()),
+        ],
+        "pairs",
+    )
+
+
+def rejected_schema() -> pa.Schema:
+    """A record that left a stage without becoming output, with a machine-readable reason."""
+    return _with_meta(
+        [
+            pa.field("stage", pa.string(), nullable=False),  # crawl | filter | relevance | features | ...
+            pa.field("reason", pa.string(), nullable=False),  # snake_case, e.g. text_too_short
+            pa.field("detail", pa.string()),
+            pa.field("candidate_id", pa.string()),
+            pa.field("pair_id", pa.string()),
+            pa.field("image_id", pa.string()),
+            pa.field("page_url", pa.string()),
+            pa.field("image_url", pa.string()),
+            pa.field("caption", pa.string()),
+        ],
+        "rejected",
+    )
+
+
+def regions_schema(feature_dim: int = ANY_DIM) -> pa.Schema:
+    """Detector output per image: boxes in original pixels, float16 pooled features, class labels."""
+    feature_type = pa.list_(pa.float16(), feature_dim) if feature_dim != ANY_DIM else pa.list_(pa.float16(), 1)
+    schema = _with_meta(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("image_width", pa.int32()),
+            pa.field("image_height", pa.int32()),
+            pa.field("num_boxes", pa.int32()),
+            pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # [n, 4] x1 y1 x2 y2
+            pa.field("features", pa.list_(feature_type)),  # [n, D]
+            pa.field("class_ids", pa.list_(pa.int32())),  # [n] top class (0 = first object class)
+            pa.field("class_scores", pa.list_(pa.float32())),  # [n]
+            pa.field("topk_class_ids", pa.list_(pa.list_(pa.int32()))),  # [n, k]
+            pa.field("topk_class_probs", pa.list_(pa.list_(pa.float32()))),  # [n, k]
+            pa.field("detector", pa.string()),
+        ],
+        "regions",
+    )
+    return schema
+
+
+def captions_schema() -> pa.Schema:
+    """Captions of training/evaluation sets, where one image may have several."""
+    return _with_meta(
+        [
+            pa.field("caption_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("caption", pa.string(), nullable=False),
+            pa.field("split", pa.string()),  # train | val | test
+        ],
+        "captions",
+    )
+
+
+KINDS = {
+    "candidates": candidates_schema,
+    "pairs": pairs_schema,
+    "rejected": rejected_schema,
+    "regions": regions_schema,
+    "captions": captions_schema,
+}
+
+
+def schema_for(kind: str, **kwargs) -> pa.Schema:
+    """The contract schema of a dataset kind (``regions`` takes ``feature_dim``)."""
+    try:
+        factory = KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(KINDS)}") from None
+    return factory(**kwargs)
+
+
+def _type_matches(actual: pa.DataType, expected: pa.DataType, open_dims: bool) -> bool:
+    """Type equality where, under ``open_dims``, a fixed-size list of any length matches."""
+    if actual == expected:
+        return True
+    if pa.types.is_fixed_size_list(expected) and pa.types.is_fixed_size_list(actual):
+        return open_dims and _type_matches(actual.value_type, expected.value_type, open_dims)
+    for check in (pa.types.is_list, pa.types.is_large_list):
+        if check(expected) and check(actual):
+            return _type_matches(actual.value_type, expected.value_type, open_dims)
+    # Parquet readers may widen string/binary to their large variants; treat them as equal.
+    pairs = [(pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())]
+    return any({actual, expected} == {a, b} for a, b in pairs)
+
+
+def validate_schema(actual: pa.Schema, kind: str, where: str = "dataset") -> None:
+    """Raise ``SchemaMismatchError`` naming the first contract column that is missing or mistyped.
+
+    Extra columns are allowed (a stage may carry more than the contract); the contract's columns
+    must be present with their types. Files that declare a kind or version in their metadata must
+    declare this kind and this version.
+    """
+    expected = schema_for(kind)
+    meta = actual.metadata or {}
+    declared = meta.get(META_KIND)
+    if declared is not None and declared.decode() != kind:
+        raise SchemaMismatchError(f"{where}: is a {declared.decode()!r} dataset, expected {kind!r}")
+    version = meta.get(META_VERSION)
+    if version is not None and version.decode() != str(SCHEMA_VERSION):
+        raise SchemaMismatchError(
+            f"{where}: schema version {version.decode()} of {kind!r}, this LAIT reads version {SCHEMA_VERSION}"
+        )
+    for field in expected:
+        index = actual.get_field_index(field.name)
+        if index < 0:
+            raise SchemaMismatchError(f"{where}: missing column {field.name!r} required by the {kind} schema", field.name)
+        found = actual.field(index).type
+        if not _type_matches(found, field.type, open_dims=(kind == "regions")):
+            raise SchemaMismatchError(
+                f"{where}: column {field.name!r} has type {found}, the {kind} schema expects {field.type}", field.name
+            )
+
+
+def detect_kind(schema: pa.Schema) -> str | None:
+    """The dataset kind a schema declares in its metadata, else the first kind whose columns it has."""
+    meta = schema.metadata or {}
+    if META_KIND in meta:
+        return meta[META_KIND].decode()
+    for kind in KINDS:
+        try:
+            validate_schema(schema, kind)
+        except SchemaMismatchError:
+            continue
+        return kind
+    return None

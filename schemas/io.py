@@ -1,0 +1,194 @@
+"""Read and write LAIT datasets on a local path or any fsspec URL (gs://, s3://, memory://, ...)."""
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from schemas.core import SchemaMismatchError, schema_for, validate_schema
+
+PARQUET_SUFFIX = ".parquet"
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path or an fsspec URL."""
+    path = os.fspath(path)
+    if "://" not in path or path.startswith("file://"):
+        local = path[len("file://"):] if path.startswith("file://") else path
+        return pafs.LocalFileSystem(), os.path.abspath(local)
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
+
+
+def list_parquet_files(path: str) -> list[str]:
+    """The Parquet files of a dataset (a single file, or a folder searched recursively), sorted."""
+    fs, inner = _filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no dataset at {path}")
+    if info.type == pafs.FileType.File:
+        return [inner]
+    selector = pafs.FileSelector(inner, recursive=True)
+    files = [
+        f.path
+        for f in fs.get_file_info(selector)
+        if f.type == pafs.FileType.File
+        and f.path.endswith(PARQUET_SUFFIX)
+        # hidden and in-progress files are never part of a dataset
+        and not any(part.startswith((".", "_")) for part in posixpath.relpath(f.path, inner).split("/"))
+    ]
+    return sorted(files)
+
+
+def open_dataset(path: str, kind: str | None = None) -> pads.Dataset:
+    """Open a dataset, checking every file's schema against the ``kind`` contract when given."""
+    fs, _ = _filesystem(path)
+    files = list_parquet_files(path)
+    if not files:
+        if kind is None:
+            raise FileNotFoundError(f"no Parquet files under {path}")
+        return pads.dataset(schema_for(kind).empty_table())
+    if kind is not None:
+        for file in files:
+            try:
+                schema = pq.read_schema(file, filesystem=fs)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise SchemaMismatchError(f"{file}: not a readable Parquet file ({exc})") from exc
+            validate_schema(schema, kind, where=file)
+    return pads.dataset(files, filesystem=fs, format="parquet")
+
+
+
+def read_table(path: str, kind: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole dataset into memory (small datasets and tests; stream with ``iter_batches``)."""
+    dataset = open_dataset(path, kind)
+    return dataset.to_table(columns=columns)
+
+
+def iter_batches(
+    path: str, kind: str | None = None, columns: list[str] | None = None, batch_size: int = 1024
+) -> Iterator[pa.RecordBatch]:
+    """Stream a dataset as record batches, file by file, in a stable order."""
+    dataset = open_dataset(path, kind)
+    yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+
+
+def count_rows(path: str, kind: str | None = None) -> int:
+    """Row count from the Parquet footers, without reading data."""
+    return open_dataset(path, kind).count_rows()
+
+
+def to_table(rows: Iterable[dict[str, Any]], kind: str, **schema_kwargs) -> pa.Table:
+    """Build a contract-typed table from row dicts; missing optional columns become nulls."""
+    schema = schema_for(kind, **schema_kwargs)
+    rows = list(rows)
+    columns = {field.name: [_cell(row.get(field.name)) for row in rows] for field in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _cell(value: Any) -> Any:
+    """pyarrow converts 1-d numpy arrays; a 2-d one (boxes, features) becomes a list of its rows."""
+    if isinstance(value, np.ndarray) and value.ndim > 1:
+        return list(value)
+    return value
+
+
+def write_table(table: pa.Table, path: str, kind: str | None = None, row_group_size: int = 1024,
+                compression: str = "zstd") -> str:
+    """Write one Parquet file atomically: a temporary name first, renamed when complete."""
+    if kind is not None:
+        validate_schema(table.schema, kind, where=str(path))
+    fs, inner = _filesystem(path)
+    parent = posixpath.dirname(inner)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(inner)}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp, filesystem=fs, row_group_size=row_group_size, compression=compression)
+    fs.move(tmp, inner)
+    return inner
+
+
+def rejected_row(stage: str, reason: str, detail: str | None = None, **ids: Any) -> dict[str, Any]:
+    """A row of the rejected schema: which stage, why (snake_case), and the record's ids."""
+    row = {"stage": stage, "reason": reason, "detail": detail}
+    row.update(ids)
+    return row
+
+
+class ShardWriter:
+    """Buffers rows and writes numbered Parquet shards, each complete or absent.
+
+    ``ShardWriter(out_dir, "candidates", prefix="part")`` writes ``part-00000.parquet``,
+    ``part-00001.parquet``, ... holding ``rows_per_shard`` rows each; ``close()`` flushes the rest.
+    A process killed mid-write leaves at most a hidden temporary file, which readers ignore.
+    """
+
+    def __init__(self, out_dir: str, kind: str, prefix: str = "part", rows_per_shard: int = 5000,
+                 row_group_size: int = 1024, start_index: int | None = None, **schema_kwargs):
+        self.out_dir = os.fspath(out_dir)
+        self.kind = kind
+        self.prefix = prefix
+        self.rows_per_shard = rows_per_shard
+        self.row_group_size = row_group_size
+        self.schema_kwargs = schema_kwargs
+        self._rows: list[dict[str, Any]] = []
+        self.rows_written = 0
+        self.shards: list[str] = []
+        self._index = start_index if start_index is not None else self._next_free_index()
+
+    def _next_free_index(self) -> int:
+        try:
+            existing = list_parquet_files(self.out_dir)
+        except FileNotFoundError:
+            return 0
+        indices = []
+        for file in existing:
+            name = posixpath.basename(file)[: -len(PARQUET_SUFFIX)]
+            head, _, number = name.rpartition("-")
+            if head == self.prefix and number.isdigit():
+                indices.append(int(number))
+        return max(indices) + 1 if indices else 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Add one row; a full buffer becomes a shard."""
+        self._rows.append(row)
+        if len(self._rows) >= self.rows_per_shard:
+            self.flush()
+
+    def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def flush(self) -> str | None:
+        """Write the buffered rows as the next shard (nothing when the buffer is empty)."""
+        if not self._rows:
+            return None
+        table = to_table(self._rows, self.kind, **self.schema_kwargs)
+        path = posixpath.join(self.out_dir, f"{self.prefix}-{self._index:05d}{PARQUET_SUFFIX}")
+        write_table(table, path, self.kind, row_group_size=self.row_group_size)
+        self.rows_written += len(self._rows)
+        self.shards.append(path)
+        self._rows = []
+        self._index += 1
+        return path
+
+    def close(self) -> list[str]:
+        self.flush()
+        return self.shards
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an exception the buffered rows are not written: a partial shard must not look complete.
+        if exc_type is None:
+            self.close()

@@ -1,0 +1,12 @@
+"""Shared test setup: everything offline, temporary homes, small helpers."""
+import os
+
+# Set before any library import: no hub downloads, no update checks.
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(key, value)

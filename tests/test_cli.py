@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+import schemas
+from lait import cli
+
+
+def _subcommands():
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+def test_every_registered_module_registers_a_subcommand():
+    assert len(_subcommands()) == len(cli.COMMAND_MODULES)
+    assert "inspect" in _subcommands()
+
+
+@pytest.mark.parametrize("name", _subcommands())
+def test_subcommand_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: lait {name}" in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "lait", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "inspect" in out
+
+
+def _write_run(tmp_path):
+    pairs = [{"pair_id": f"p{i}", "image_id": f"i{i}", "caption": f"caption {i} of a cat",
+              "image_bytes": b"x" * 100} for i in range(4)]
+    schemas.write_table(schemas.to_table(pairs, "pairs"), str(tmp_path / "pairs" / "part-00000.parquet"))
+    rejected = [schemas.rejected_row("filter", "text_too_short", candidate_id="c1"),
+                schemas.rejected_row("filter", "text_too_short", candidate_id="c2"),
+                schemas.rejected_row("filter", "lang_not_target", candidate_id="c3")]
+    schemas.write_table(schemas.to_table(rejected, "rejected"), str(tmp_path / "rejected" / "part-00000.parquet"))
+
+
+def test_inspect_dataset_text(tmp_path, capsys):
+    _write_run(tmp_path)
+    assert cli.main(["inspect", str(tmp_path / "pairs"), "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "kind: pairs v1" in out and "rows: 4" in out
+    assert "<100 bytes>" in out  # image bytes are summarised, not dumped
+    assert out.count("row ") == 2
+
+
+def test_inspect_run_folder_json(tmp_path, capsys):
+    _write_run(tmp_path)
+    assert cli.main(["inspect", str(tmp_path), "--json"]) == 0
+    infos = {info["kind"]: info for info in json.loads(capsys.readouterr().out)}
+    assert infos["pairs"]["rows"] == 4
+    assert infos["rejected"]["rejected_reasons"] == {"filter/text_too_short": 2, "filter/lang_not_target": 1}
+
+
+def test_inspect_reports_schema_problem_and_missing_path(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = schemas.to_table([{"caption_id": "k", "image_id": "i", "caption": "c"}], "captions")
+    bad = table.set_column(table.schema.get_field_index("split"), "split", pa.array([3]))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    assert cli.main(["inspect", str(tmp_path / "bad.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert "SCHEMA PROBLEM" in out and "column 'split'" in out
+    assert cli.main(["inspect", str(tmp_path / "absent")]) == 1
+    assert "no dataset at" in capsys.readouterr().out

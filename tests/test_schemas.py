@@ -1,0 +1,176 @@
+import datetime as dt
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import schemas
+
+
+def _candidate(i: int) -> dict:
+    data = f"image-{i}".encode()
+    return {
+        "candidate_id": f"c{i}",
+        "image_id": hashlib.sha256(data).hexdigest(),
+        "page_url": f"http://127.0.0.1/page{i}.html",
+        "image_url": f"http://127.0.0.1/img{i}.jpg",
+        "alt": f"a red square number {i}",
+        "title": None,
+        "page_lang": "en",
+        "http_status": 200,
+        "content_type": "image/jpeg",
+        "image_bytes": data,
+        "width": 640,
+        "height": 480,
+        "format": "JPEG",
+        "num_bytes": len(data),
+        "fetched_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        "source": "crawl",
+    }
+
+
+def _region_row(n: int, dim: int) -> dict:
+    rng = np.random.default_rng(n)
+    return {
+        "image_id": f"img{n}",
+        "image_width": 640,
+        "image_height": 480,
+        "num_boxes": n,
+        "boxes": rng.uniform(0, 400, (n, 4)).astype(np.float32).tolist(),
+        "features": rng.standard_normal((n, dim)).astype(np.float16),
+        "class_ids": list(range(n)),
+        "class_scores": [0.5] * n,
+        "topk_class_ids": [[1, 2]] * n,
+        "topk_class_probs": [[0.6, 0.3]] * n,
+        "detector": "demo",
+    }
+
+
+def test_candidates_round_trip(tmp_path):
+    rows = [_candidate(i) for i in range(5)]
+    path = tmp_path / "candidates"
+    with schemas.ShardWriter(str(path), "candidates", rows_per_shard=2) as writer:
+        writer.write_many(rows)
+    files = schemas.list_parquet_files(str(path))
+    assert [f.rsplit("/", 1)[1] for f in files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    table = schemas.read_table(str(path), "candidates")
+    assert table.num_rows == 5
+    back = sorted(table.to_pylist(), key=lambda r: r["candidate_id"])
+    for original, read in zip(rows, back):
+        for key, value in original.items():
+            assert read[key] == value, key
+    meta = pq.read_schema(files[0]).metadata
+    assert meta[b"lait.schema"] == b"candidates"
+    assert meta[b"lait.schema_version"] == str(schemas.SCHEMA_VERSION).encode()
+
+
+@pytest.mark.parametrize("kind", ["pairs", "rejected", "captions"])
+def test_other_kinds_round_trip(tmp_path, kind):
+    sample = {
+        "pairs": {"pair_id": "p1", "image_id": "i1", "caption": "a dog on grass", "lang_score": 0.5,
+                  "relevance": 0.9, "width": 3, "height": 4, "image_bytes": b"\x00\x01"},
+        "rejected": schemas.rejected_row("filter", "text_too_short", "2 words", candidate_id="c1"),
+        "captions": {"caption_id": "k1", "image_id": "i1", "caption": "two cats", "split": "test"},
+    }[kind]
+    path = tmp_path / f"{kind}.parquet"
+    schemas.write_table(schemas.to_table([sample], kind), str(path), kind)
+    row = schemas.read_table(str(path), kind).to_pylist()[0]
+    for key, value in sample.items():
+        assert row[key] == pytest.approx(value) if isinstance(value, float) else row[key] == value
+
+
+def test_regions_float16_features_keep_their_width(tmp_path):
+    dim = 16
+    table = schemas.to_table([_region_row(3, dim), _region_row(10, dim)], "regions", feature_dim=dim)
+    path = tmp_path / "regions" / "part-00000.parquet"
+    schemas.write_table(table, str(path), "regions")
+    back = schemas.read_table(str(tmp_path / "regions"), "regions")
+    features_type = back.schema.field("features").type
+    assert features_type.value_type == pa.list_(pa.float16(), dim)
+    first = np.asarray(back.column("features")[1].as_py(), dtype=np.float16)
+    assert first.shape == (10, dim)
+    np.testing.assert_array_equal(first, _region_row(10, dim)["features"])
+
+
+def test_wrong_type_names_the_column(tmp_path):
+    table = schemas.to_table([_candidate(0)], "candidates")
+    bad = table.set_column(table.schema.get_field_index("width"), "width", pa.array(["640"]))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(schemas.SchemaMismatchError, match="'width'") as info:
+        schemas.open_dataset(str(tmp_path), "candidates")
+    assert info.value.column == "width"
+    assert "bad.parquet" in str(info.value)
+
+
+def test_missing_column_names_the_column(tmp_path):
+    table = schemas.to_table([_candidate(0)], "candidates").drop_columns(["image_url"])
+    pq.write_table(table, tmp_path / "part.parquet")
+    with pytest.raises(schemas.SchemaMismatchError, match="missing column 'image_url'"):
+        schemas.read_table(str(tmp_path), "candidates")
+
+
+def test_wrong_kind_and_version_are_refused(tmp_path):
+    pairs = schemas.to_table([{"pair_id": "p", "image_id": "i", "caption": "x y z"}], "pairs")
+    schemas.write_table(pairs, str(tmp_path / "pairs" / "a.parquet"))
+    with pytest.raises(schemas.SchemaMismatchError, match="is a 'pairs' dataset"):
+        schemas.open_dataset(str(tmp_path / "pairs"), "candidates")
+    future = pairs.replace_schema_metadata({b"lait.schema": b"pairs", b"lait.schema_version": b"99"})
+    pq.write_table(future, tmp_path / "future.parquet")
+    with pytest.raises(schemas.SchemaMismatchError, match="schema version 99"):
+        schemas.open_dataset(str(tmp_path / "future.parquet"), "pairs")
+
+
+def test_regions_feature_dim_is_open_but_element_type_is_not(tmp_path):
+    row = _region_row(2, 8)
+    table = schemas.to_table([row], "regions", feature_dim=8)
+    schemas.validate_schema(table.schema, "regions")  # any width passes
+    as_f32 = table.schema.set(
+        table.schema.get_field_index("features"), pa.field("features", pa.list_(pa.list_(pa.float32(), 8)))
+    )
+    with pytest.raises(schemas.SchemaMismatchError, match="'features'"):
+        schemas.validate_schema(as_f32, "regions")
+
+
+def test_fsspec_url_is_readable():
+    import fsspec
+
+    table = schemas.to_table([{"caption_id": "k", "image_id": "i", "caption": "a b c", "split": "train"}], "captions")
+    url = "memory://lait-test/captions/part-00000.parquet"
+    schemas.write_table(table, url, "captions")
+    assert fsspec.filesystem("memory").exists("/lait-test/captions/part-00000.parquet")
+    assert schemas.count_rows("memory://lait-test/captions", "captions") == 1
+    assert schemas.read_table("memory://lait-test/captions", "captions").column("caption").to_pylist() == ["a b c"]
+
+
+def test_unreadable_and_partial_files(tmp_path):
+    (tmp_path / "part-00000.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(schemas.SchemaMismatchError, match="not a readable Parquet file"):
+        schemas.open_dataset(str(tmp_path), "captions")
+    (tmp_path / "part-00000.parquet").unlink()
+    (tmp_path / ".part-00001.parquet.abc.tmp").write_bytes(b"partial")
+    # a hidden in-progress file is not part of the dataset; an empty folder is an empty dataset
+    assert schemas.count_rows(str(tmp_path), "captions") == 0
+    with pytest.raises(FileNotFoundError):
+        schemas.open_dataset(str(tmp_path / "nothing-here"), "captions")
+
+
+def test_shard_writer_continues_numbering_and_drops_partial_on_error(tmp_path):
+    out = str(tmp_path / "c")
+    with schemas.ShardWriter(out, "candidates", rows_per_shard=10) as writer:
+        writer.write(_candidate(0))
+    with pytest.raises(RuntimeError):
+        with schemas.ShardWriter(out, "candidates", rows_per_shard=10) as writer:
+            writer.write(_candidate(1))
+            raise RuntimeError("killed")
+    assert schemas.count_rows(out, "candidates") == 1
+    again = schemas.ShardWriter(out, "candidates")
+    assert again._index == 1
+
+
+def test_detect_kind():
+    assert schemas.detect_kind(schemas.schema_for("regions", feature_dim=4)) == "regions"
+    bare = pa.schema([(f.name, f.type) for f in schemas.captions_schema()])
+    assert schemas.detect_kind(bare) == "captions"
+    assert schemas.detect_kind(pa.schema([("x", pa.int8())])) is None
