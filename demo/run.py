@@ -1,0 +1,368 @@
+"""The embedded default end to end: generated site -> crawl -> filter -> features -> train -> eval -> report.
+
+``run_demo(out_dir, ...)`` serves the generated website on 127.0.0.1 and runs every stage as the
+user would, through the ``lait`` command line in subprocesses (``python -m lait ...``), printing
+progress per stage. The stages talk only through the run folder:
+
+    OUT/site/ledger.json        what was planted where (demo.site)
+    OUT/test/{pairs,captions}/  the held-out scenes, written directly (never crawled)
+    OUT/crawl/                  lait crawl URL --out OUT/crawl --allow-private-networks ...
+    OUT/filter0/                lait filter (rules only): the relevance model's training pairs
+    OUT/relevance_model/        lait relevance train --input OUT/filter0 --out ...
+    OUT/filter/                 lait filter --relevance OUT/relevance_model --relevance-keep-rate K
+    OUT/relevance_eval.json     auc from lait relevance eval + true_kept / mismatched_removed
+    OUT/detector/               model.detectors.demo.train_demo_detector on generated scenes
+    OUT/features/, OUT/test_features/   lait features --detector demo --weights ...
+    OUT/captions/               train captions from the kept pairs
+    OUT/train/                  lait train --config configs/demo.yaml --set ...
+    OUT/eval.json               lait eval --checkpoint ... --data OUT/test_features
+    OUT/planted.json, OUT/audit.json, OUT/report.html, OUT/demo.json (steps, times, commands)
+
+A step whose inputs failed is skipped, independent steps still run, and the closing steps
+(planted, audit, report) always run on whatever exists.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import schemas
+from demo import audit, datasets, planted, report
+from demo.scenes import CLASSES, detector_samples, generate_scenes
+from demo.site import SiteServer, build_site
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class DemoConfig:
+    """Everything a demo run depends on; the defaults are the embedded default (``make demo``)."""
+
+    out: str = "demo-run"
+    seed: int = 0
+    scenes: int = 1500
+    test_scenes: int = 150
+    detector_scenes: int = 400
+    detector_epochs: int = 4
+    min_side: int = 128
+    max_aspect: float = 3.0
+    relevance_keep_rate: float = 0.9
+    train_config: str = os.path.join(REPO_ROOT, "configs", "demo.yaml")
+    python: str = sys.executable
+    stop_after: str | None = None  # run the steps up to this one only (then the closing steps)
+
+
+@dataclass
+class Step:
+    """One stage of the demo: a ``lait`` command line or an in-process function."""
+
+    name: str
+    title: str
+    needs: tuple[str, ...] = ()
+    command: Callable[[], list[str]] | None = None
+    func: Callable[[], None] | None = None
+    status: str = "pending"  # pending | ok | failed | skipped | not_run
+    seconds: float = 0.0
+    detail: str = ""
+    argv: list[str] = field(default_factory=list)
+
+
+class Demo:
+    """Builds the step list for a config and runs it."""
+
+    def __init__(self, config: DemoConfig, echo: Callable[[str], None] = print):
+        self.cfg = config
+        self.out = os.path.abspath(config.out)
+        self.echo = echo
+        self.site = None
+        self.server: SiteServer | None = None
+        self.steps = self._steps()
+
+    def p(self, *parts: str) -> str:
+        """A path inside the run folder."""
+        return os.path.join(self.out, *parts)
+
+    def lait(self, *args: str) -> list[str]:
+        return [self.cfg.python, "-m", "lait", *args]
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def _steps(self) -> list[Step]:
+        c = self.cfg
+        rules = ["--min-side", str(c.min_side), "--max-aspect", str(c.max_aspect)]
+        return [
+            Step("site", "generate the website and the held-out split", func=self.make_site),
+            Step("crawl", "crawl the site", ("site",), command=lambda: self.lait(
+                "crawl", self.server.url, "--out", self.p("crawl"), "--allow-private-networks", *rules)),
+            Step("filter0", "filter with rules only (relevance training pairs)", ("crawl",), command=lambda: self.lait(
+                "filter", "--input", self.p("crawl"), "--output", self.p("filter0"), *rules)),
+            Step("relevance_train", "train the relevance model", ("filter0",), command=lambda: self.lait(
+                "relevance", "train", "--input", self.p("filter0"), "--out", self.p("relevance_model"))),
+            Step("filter", "filter with rules and relevance", ("crawl", "relevance_train"), command=lambda: self.lait(
+                "filter", "--input", self.p("crawl"), "--output", self.p("filter"), *rules,
+                "--relevance", self.p("relevance_model"), "--relevance-keep-rate", str(c.relevance_keep_rate))),
+            Step("relevance_eval", "evaluate relevance on planted mismatches", ("relevance_train", "filter"),
+                 func=self.relevance_eval),
+            Step("detector", "train the demo detector on generated scenes", ("site",), func=self.train_detector),
+            Step("features", "region features of the kept pairs", ("filter", "detector"), command=lambda: self.lait(
+                "features", "--input", self.p("filter"), "--output", self.p("features"), "--detector", "demo",
+                "--weights", self.detector_path, "--device", "cpu")),
+            Step("test_features", "region features of the held-out scenes", ("detector",), command=lambda: self.lait(
+                "features", "--input", self.p("test"), "--output", self.p("test_features"), "--detector", "demo",
+                "--weights", self.detector_path, "--device", "cpu")),
+            Step("captions", "captions of the kept pairs", ("filter",), func=self.make_captions),
+            Step("train", "two-stage pretraining, then retrieval fine-tuning", ("features", "captions"),
+                 command=lambda: self.lait(
+                     "train", "--config", c.train_config,
+                     "--set", f"out_dir={self.p('train')}",
+                     "--set", f"data.regions={self.p('features', 'regions')}",
+                     "--set", f"data.captions={self.p('captions')}")),
+            Step("eval", "retrieval on the held-out split", ("train", "test_features"), command=self.eval_command),
+        ]
+
+    @property
+    def detector_path(self) -> str:
+        return self.p("detector", "demo_detector.pt")
+
+    def make_site(self) -> None:
+        """Generate the site, write its ledger and the held-out split, start serving it."""
+        c = self.cfg
+        self.site = build_site(c.seed, c.scenes)
+        os.makedirs(self.p("site"), exist_ok=True)
+        with open(self.p("site", "ledger.json"), "w", encoding="utf-8") as f:
+            f.write(self.site.ledger_json())
+        counts = datasets.write_test_split(c.seed, c.test_scenes, self.p("test"))
+        self.server = SiteServer(self.site).start()
+        planted_n = sum(n for k, n in self.site.counts().items() if k != "clean")
+        self.echo(f"    site at {self.server.url}: {len(self.site.ledger):,} images ({planted_n:,} planted noise); "
+                  f"test split {counts['images']} images, {counts['captions']} captions")
+
+    def relevance_eval(self) -> None:
+        """``relevance_eval.json``: the relevance model's AUC on labelled pairs and the filter's effect.
+
+        Labelled pairs are the crawled candidates the ledger marks ``clean`` (label 1) or
+        ``mismatch`` (label 0), written to OUT/relevance_labelled/ for ``lait relevance eval``.
+        """
+        ledger = planted.load_ledger(self.p("site", "ledger.json"))
+        labels = {(i["page"], i["image"]): int(i["category"] == "clean") for i in ledger
+                  if i["category"] in ("clean", "mismatch")}
+        table = schemas.read_table(self.p("crawl", "candidates"), "candidates")
+        keys = [(planted._path(p), planted._path(i)) for p, i in
+                zip(table.column("page_url").to_pylist(), table.column("image_url").to_pylist())]
+        keep = [k for k, key in enumerate(keys) if key in labels]
+        labelled = table.take(keep).append_column("label", [[labels[keys[k]] for k in keep]])
+        schemas.write_table(labelled, self.p("relevance_labelled", "part-00000.parquet"))
+        result: dict = {}
+        raw = self.p("relevance_model", "eval.json")
+        proc = subprocess.run(self.lait("relevance", "eval", "--model", self.p("relevance_model"),
+                                        "--input", self.p("relevance_labelled"), "--out", raw),
+                              env=self._env(), cwd=REPO_ROOT)
+        if proc.returncode == 0 and os.path.exists(raw):
+            with open(raw, encoding="utf-8") as f:
+                result.update(json.load(f))
+        else:
+            result["relevance_eval_error"] = f"lait relevance eval exited {proc.returncode}"
+        # The filter's effect on the labelled pairs, from the run's own outcomes.
+        results = planted.outcomes(self.out, ledger, stages=("filter",))
+        def share(category: str, removed: bool) -> float | None:
+            picked = [r for item, r in zip(ledger, results) if item["category"] == category and r[0] != planted.NOT_COLLECTED]
+            hits = [r for r in picked if (r[0] == "rejected" and "relevance" in (r[1] or "")) == removed]
+            return round(len(hits) / len(picked), 4) if picked else None
+        result["true_kept"] = share("clean", removed=False)
+        result["mismatched_removed"] = share("mismatch", removed=True)
+        with open(self.p("relevance_eval.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        if "relevance_eval_error" in result:
+            raise RuntimeError(result["relevance_eval_error"])
+
+    def train_detector(self) -> None:
+        """Train the demo detector on scenes of its own stream (neither the site's nor the test split's)."""
+        from model.detectors.demo import train_demo_detector  # the features stage's module
+
+        samples = detector_samples(generate_scenes(self.cfg.seed, self.cfg.detector_scenes, "detector"))
+        os.makedirs(self.p("detector"), exist_ok=True)
+        train_demo_detector(samples, list(CLASSES), self.detector_path, epochs=self.cfg.detector_epochs)
+
+    def make_captions(self) -> None:
+        """OUT/captions from the kept pairs (and classes.json beside regions that lack one)."""
+        n = datasets.write_train_captions(self.p("filter", "pairs"), self.p("captions"))
+        for folder in ("features", "test_features"):
+            classes = self.p(folder, "classes.json")
+            if os.path.isdir(self.p(folder)) and not os.path.exists(classes):
+                with open(classes, "w", encoding="utf-8") as f:
+                    json.dump(list(CLASSES), f)
+        self.echo(f"    {n:,} training captions")
+
+    def eval_command(self) -> list[str]:
+        """The eval command line; the test captions are put beside the test regions first."""
+        shutil.copytree(self.p("test", "captions"), self.p("test_features", "captions"), dirs_exist_ok=True)
+        return self.lait("eval", "--checkpoint", self.checkpoint(), "--data", self.p("test_features"),
+                         "--out", self.p("eval.json"))
+
+    def checkpoint(self) -> str:
+        """The newest checkpoint the trainer wrote under OUT/train."""
+        found = [p for ext in ("*.pt", "*.pth", "*.safetensors")
+                 for p in glob.glob(self.p("train", "**", ext), recursive=True)]
+        if not found:
+            raise FileNotFoundError(f"no checkpoint under {self.p('train')}")
+        return max(found, key=os.path.getmtime)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "NO_ALBUMENTATIONS_UPDATE"):
+            env.setdefault(key, "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return env
+
+    def run_step(self, step: Step, index: int) -> None:
+        failed = [n for n in step.needs if self.step(n).status != "ok"]
+        head = f"==> [{index}/{len(self.steps)}] {step.name}: {step.title}"
+        if failed:
+            step.status, step.detail = "skipped", f"needs {', '.join(failed)}"
+            self.echo(f"{head} -- skipped ({step.detail})")
+            return
+        self.echo(head)
+        start = time.monotonic()
+        try:
+            if step.command:
+                step.argv = step.command()
+                self.echo("    $ " + " ".join(step.argv))
+                proc = subprocess.run(step.argv, env=self._env(), cwd=REPO_ROOT)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"exited with status {proc.returncode}")
+            else:
+                step.func()
+            step.status = "ok"
+        except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the rest still runs
+            step.status, step.detail = "failed", f"{type(exc).__name__}: {exc}"
+            log.debug("step %s failed", step.name, exc_info=True)
+        step.seconds = time.monotonic() - start
+        mark = "ok" if step.status == "ok" else f"FAILED ({step.detail})"
+        self.echo(f"    {step.name} {mark} in {step.seconds:.1f} s")
+        if step.name == "crawl" and self.server:  # nothing after the crawl fetches from the site
+            self.server.stop()
+            self.server = None
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def run(self) -> int:
+        """Run every step, then planted/audit/report; returns 0 only when every step succeeded."""
+        os.makedirs(self.out, exist_ok=True)
+        start = time.monotonic()
+        names = [s.name for s in self.steps]
+        if self.cfg.stop_after is not None and self.cfg.stop_after not in names:
+            raise ValueError(f"unknown step {self.cfg.stop_after!r}; steps: {', '.join(names)}")
+        last = names.index(self.cfg.stop_after) if self.cfg.stop_after else len(names) - 1
+        try:
+            for index, step in enumerate(self.steps, 1):
+                if index - 1 > last:
+                    step.status, step.detail = "not_run", f"--stop-after {self.cfg.stop_after}"
+                    continue
+                self.run_step(step, index)
+        finally:
+            if self.server:
+                self.server.stop()
+        self.finish()
+        total = time.monotonic() - start
+        with open(self.p("demo.json"), "w", encoding="utf-8") as f:
+            json.dump({"config": vars(self.cfg), "seconds": round(total, 1),
+                       "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
+                                  "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
+        self.echo(summary(self.out, self.steps, total))
+        return 0 if all(s.status in ("ok", "not_run") for s in self.steps) else 1
+
+    def finish(self) -> None:
+        """planted.json, audit.json and report.html, from whatever the run produced."""
+        ledger_path = self.p("site", "ledger.json")
+        if os.path.exists(ledger_path):
+            planted.write_planted(self.out, planted.load_ledger(ledger_path))
+        result = audit.audit_run(self.out)
+        with open(self.p("audit.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        report.write_report(self.out, title="LAIT demo report")
+
+
+def summary(out: str, steps: list[Step], total: float) -> str:
+    """The closing text: steps and times, the funnel, planted-noise catch rates, R@K beside chance."""
+    lines = ["", "LAIT demo summary", f"{'step':<16} {'status':<8} {'seconds':>8}"]
+    lines += [f"{s.name:<16} {s.status:<8} {s.seconds:>8.1f}" + (f"  {s.detail}" if s.detail else "") for s in steps]
+    lines.append(f"{'total':<16} {'':<8} {total:>8.1f}")
+    lines.append("")
+    lines.append(f"{'funnel':<16} {'in':>8} {'kept':>8} {'rejected':>9}")
+    for name in ("crawl", "filter", "features", "test_features"):
+        stats = report._json(os.path.join(out, name, "stats.json"))
+        if isinstance(stats, dict):
+            lines.append(f"{name:<16} {stats.get('in', '-'):>8} {stats.get('kept', '-'):>8} {stats.get('rejected', '-'):>9}")
+    plant = report._json(os.path.join(out, "planted.json"))
+    if isinstance(plant, dict) and plant.get("summary"):
+        s = plant["summary"]
+        clean = plant.get("clean") or {}
+        lines.append(f"planted noise: min precision {s.get('min_precision')}, min recall {s.get('min_recall')}; "
+                     f"clean images kept {clean.get('kept')}/{clean.get('items')}")
+    ev = report._json(os.path.join(out, "eval.json"))
+    if isinstance(ev, dict):
+        lines.append(f"{'retrieval':<20} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'chance R@1':>11}")
+        for key in ("image_retrieval", "sentence_retrieval"):
+            m = ev.get(key) or {}
+            fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+            lines.append(f"{key:<20} {fmt(m.get('R@1')):>6} {fmt(m.get('R@5')):>6} {fmt(m.get('R@10')):>6} "
+                         f"{fmt(m.get('chance_R@1')):>11}")
+    else:
+        lines.append("retrieval: no eval.json (the eval step did not run)")
+    aud = report._json(os.path.join(out, "audit.json"))
+    if isinstance(aud, dict):
+        lines.append(f"audit: {'books balance' if aud.get('ok') else 'books do NOT balance'} (audit.json)")
+    lines.append(f"report: {os.path.join(out, 'report.html')}")
+    return "\n".join(lines)
+
+
+def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> int:
+    """Run the whole demo for ``config``; returns the exit status."""
+    return Demo(config, echo).run()
+
+
+def plan(config: DemoConfig) -> list[tuple[str, str]]:
+    """The steps and what each runs, without running anything (``lait demo --dry-run``)."""
+    demo = Demo(config, echo=lambda _: None)
+
+    class _Placeholder:
+        url = "http://127.0.0.1:PORT/"
+
+    demo.server = _Placeholder()
+    out = []
+    for step in demo.steps:
+        if step.command:
+            if step.command == demo.eval_command:  # the checkpoint exists only after training
+                what = " ".join(demo.lait("eval", "--checkpoint", demo.p("train", "<newest checkpoint>"), "--data",
+                                          demo.p("test_features"), "--out", demo.p("eval.json")))
+            else:
+                what = " ".join(step.command())
+        else:
+            what = f"(in process) {step.func.__doc__.splitlines()[0]}"
+        out.append((step.name, what))
+    return out
+
+
+def serve(seed: int, scenes: int, echo: Callable[[str], None] = print) -> None:
+    """Serve the generated site until interrupted (to crawl it by hand)."""
+    with SiteServer(build_site(seed, scenes)) as server:
+        echo(f"serving the demo site at {server.url} (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

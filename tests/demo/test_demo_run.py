@@ -1,0 +1,77 @@
+"""`lait demo`: the orchestration (order, skips, closing steps) and its command lines."""
+import json
+import os
+import subprocess
+import sys
+
+from demo import run as demo_run
+from demo.run import Demo, DemoConfig, Step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _lait(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "lait", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=timeout)
+
+
+def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
+    proc = _lait("demo", "--dry-run", "--out", str(tmp_path / "d"), "--min-side", "100", "--relevance-keep-rate", "0.85")
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert list(lines) == ["site", "crawl", "filter0", "relevance_train", "filter", "relevance_eval", "detector",
+                           "features", "test_features", "captions", "train", "eval"]
+    out = str(tmp_path / "d")
+    assert f"-m lait crawl http://127.0.0.1:PORT/ --out {out}/crawl --allow-private-networks --min-side 100" in lines["crawl"]
+    assert f"--input {out}/crawl --output {out}/filter0 --min-side 100 --max-aspect 3.0" in lines["filter0"]
+    assert "--relevance-keep-rate 0.85" in lines["filter"] and f"--relevance {out}/relevance_model" in lines["filter"]
+    assert f"--input {out}/test --output {out}/test_features --detector demo --weights" in lines["test_features"]
+    assert "--config" in lines["train"] and f"-m lait eval --checkpoint {out}/train/" in lines["eval"]
+    assert not os.path.exists(out)  # a dry run writes nothing
+
+
+def test_failed_steps_skip_their_dependents_and_the_rest_still_runs(tmp_path):
+    demo = Demo(DemoConfig(out=str(tmp_path / "r")), echo=lambda _: None)
+    ran = []
+    py = sys.executable
+    demo.steps = [
+        Step("a", "fails", command=lambda: [py, "-c", "import sys; sys.exit(3)"]),
+        Step("b", "needs a", ("a",), func=lambda: ran.append("b")),
+        Step("c", "independent", func=lambda: ran.append("c")),
+        Step("d", "needs b", ("b",), func=lambda: ran.append("d")),
+        Step("e", "raises", ("c",), func=lambda: 1 / 0),
+    ]
+    assert demo.run() == 1
+    assert ran == ["c"]
+    status = {s["name"]: (s["status"], s["detail"]) for s in json.load(open(tmp_path / "r" / "demo.json"))["steps"]}
+    assert status["a"] == ("failed", "RuntimeError: exited with status 3")
+    assert status["b"] == ("skipped", "needs a") and status["d"] == ("skipped", "needs b")
+    assert status["c"][0] == "ok" and status["e"] == ("failed", "ZeroDivisionError: division by zero")
+    # The closing steps ran on what exists.
+    assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "audit.json").exists()
+
+
+def test_demo_up_to_the_crawl_serves_the_site_and_closes_the_books(tmp_path):
+    out = tmp_path / "run"
+    proc = _lait("demo", "--out", str(out), "--scenes", "20", "--test-scenes", "4", "--stop-after", "crawl")
+    demo_json = json.load(open(out / "demo.json"))
+    status = {s["name"]: s["status"] for s in demo_json["steps"]}
+    assert status["site"] == "ok" and status["crawl"] in ("ok", "failed")
+    assert {s for n, s in status.items() if n not in ("site", "crawl")} == {"not_run"}
+    assert proc.returncode == (0 if status["crawl"] == "ok" else 1)
+    ledger = json.load(open(out / "site" / "ledger.json"))
+    assert ledger["seed"] == 0 and len(ledger["items"]) > 20
+    assert (out / "test" / "captions").is_dir() and (out / "test" / "pairs").is_dir()
+    plant = json.load(open(out / "planted.json"))
+    assert set(plant["categories"]) >= {"mismatch", "non_english", "corrupt"}
+    assert (out / "report.html").read_text().count("<section") == 7
+    assert "LAIT demo summary" in proc.stdout and "report:" in proc.stdout
+    if status["crawl"] == "ok":  # once the crawler is merged, the crawl must have fetched the site
+        assert (out / "crawl" / "stats.json").exists()
+
+
+def test_stop_after_rejects_unknown_steps(tmp_path):
+    proc = _lait("demo", "--out", str(tmp_path / "x"), "--stop-after", "nonsense")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    assert [name for name, _ in demo_run.plan(DemoConfig())][0] == "site"
