@@ -348,6 +348,10 @@ class SiteServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Keep-alive with headers and body in separate small writes meets Nagle's algorithm and
+            # delayed ACKs (about 40 ms a response); buffer each response and send it at once.
+            disable_nagle_algorithm = True
+            wbufsize = 1 << 16
 
             def _respond(self, with_body: bool) -> None:
                 path = self.path.split("?", 1)[0].split("#", 1)[0]
