@@ -75,3 +75,40 @@ def test_stop_after_rejects_unknown_steps(tmp_path):
     proc = _lait("demo", "--out", str(tmp_path / "x"), "--stop-after", "nonsense")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
     assert [name for name, _ in demo_run.plan(DemoConfig())][0] == "site"
+
+
+def test_relevance_eval_and_captions_on_a_hand_made_run(tmp_path):
+    import pytest
+
+    import schemas
+    from demo.site import build_site
+    from demo_runfolder import make_run
+
+    site = build_site(seed=9, scenes=30)
+    out = tmp_path / "run"
+    make_run(out, site, with_training=False)
+    (out / "site").mkdir()
+    (out / "site" / "ledger.json").write_text(site.ledger_json())
+    demo = Demo(DemoConfig(out=str(out)), echo=lambda _: None)
+    try:
+        demo.relevance_eval()
+        ran_model_eval = True
+    except RuntimeError as exc:  # no relevance model in a hand-made run: lait relevance eval fails
+        assert "lait relevance eval exited" in str(exc)
+        ran_model_eval = False
+    labelled = schemas.read_table(str(out / "relevance_labelled"))
+    counts = site.counts()
+    assert sorted(labelled.column("label").to_pylist()) == [0] * counts["mismatch"] + [1] * counts["clean"]
+    result = json.load(open(out / "relevance_eval.json"))
+    # make_run rejects one clean pair and keeps one mismatch, both as relevance decisions.
+    assert result["true_kept"] == round((counts["clean"] - 1) / counts["clean"], 4)
+    assert result["mismatched_removed"] == round((counts["mismatch"] - 1) / counts["mismatch"], 4)
+    assert ran_model_eval or "relevance_eval_error" in result
+
+    demo.make_captions()
+    caps = schemas.read_table(str(out / "captions"), "captions")
+    pairs = schemas.read_table(str(out / "filter" / "pairs"), "pairs")
+    assert caps.num_rows == len(set(zip(pairs.column("image_id").to_pylist(), pairs.column("caption").to_pylist())))
+    assert set(caps.column("split").to_pylist()) == {"train"}
+    with pytest.raises(FileNotFoundError):
+        demo.checkpoint()
