@@ -60,7 +60,7 @@ DEFAULT_STAGES = ("crawl", "filter", "features")
 NOT_COLLECTED = "not_collected"
 
 
-def _path(url: str | None) -> str | None:
+def url_path(url: str | None) -> str | None:
     """The path (and query) of a URL: the site's port changes every run, its paths do not."""
     if not url:
         return None
@@ -89,7 +89,7 @@ def outcomes(run_dir: str, ledger: list[dict], stages: tuple[str, ...] = DEFAULT
     """``(outcome, reason)`` per ledger item: ``rejected`` + ``stage/reason``, ``kept``, or ``not_collected``."""
     candidates = _read(os.path.join(run_dir, "crawl", "candidates"), "candidates",
                        ["candidate_id", "page_url", "image_url"]) or {"candidate_id": [], "page_url": [], "image_url": []}
-    by_candidate = {cid: (_path(p), _path(i)) for cid, p, i in
+    by_candidate = {cid: (url_path(p), url_path(i)) for cid, p, i in
                     zip(candidates["candidate_id"], candidates["page_url"], candidates["image_url"])}
     by_item: dict[tuple[str, str], str] = {}
     by_page: dict[str, str] = {}
@@ -101,7 +101,7 @@ def outcomes(run_dir: str, ledger: list[dict], stages: tuple[str, ...] = DEFAULT
             continue
         for st, reason, cid, page, image in zip(rows["stage"], rows["reason"], rows["candidate_id"],
                                                 rows["page_url"], rows["image_url"]):
-            page, image = _path(page), _path(image)
+            page, image = url_path(page), url_path(image)
             if (page is None or image is None) and cid in by_candidate:
                 page, image = by_candidate[cid]
             label = f"{st or stage}/{reason}"
@@ -113,7 +113,7 @@ def outcomes(run_dir: str, ledger: list[dict], stages: tuple[str, ...] = DEFAULT
                 by_image.setdefault(image, label)
     kept_dir = kept_dir or os.path.join(run_dir, "filter", "pairs")
     kept_rows = _read(kept_dir, "pairs", ["page_url", "image_url"]) or {"page_url": [], "image_url": []}
-    kept = {(_path(p), _path(i)) for p, i in zip(kept_rows["page_url"], kept_rows["image_url"])}
+    kept = {(url_path(p), url_path(i)) for p, i in zip(kept_rows["page_url"], kept_rows["image_url"])}
     result = []
     for item in ledger:
         key = (item["page"], item["image"])

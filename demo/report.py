@@ -51,7 +51,8 @@ def _missing(text: str) -> str:
     return f'<p class="missing">{_esc(text)}</p>'
 
 
-def _json(path: str) -> dict | list | None:
+def read_json(path: str) -> dict | list | None:
+    """A JSON file's content, or None when it is absent or unreadable (a warning says which)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -115,7 +116,7 @@ class RunData:
 
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
-        self.stats = {name: _json(os.path.join(run_dir, name, "stats.json")) for name in self._stage_names()}
+        self.stats = {name: read_json(os.path.join(run_dir, name, "stats.json")) for name in self._stage_names()}
 
     def _stage_names(self) -> list[str]:
         if not os.path.isdir(self.run_dir):
@@ -321,7 +322,7 @@ def section_boxes(run: RunData, n: int = 8) -> str:
             shown.append((rel, table.slice(0, n).to_pylist()))
     if not shown:
         return _missing("No region features (features/regions) in this run.")
-    classes = _json(run.path("features", "classes.json"))
+    classes = read_json(run.path("features", "classes.json"))
     names = classes if isinstance(classes, list) else None
     cards = []
     for rel, rows in shown[:1]:
@@ -383,7 +384,7 @@ def _fmt(value) -> str:
 def section_eval(run: RunData) -> str:
     """Retrieval R@1/5/10 beside chance, relevance-filter evaluation and planted-noise metrics."""
     parts = []
-    ev = _json(run.path("eval.json"))
+    ev = read_json(run.path("eval.json"))
     if isinstance(ev, dict) and any(isinstance(ev.get(k), dict) for k in ("image_retrieval", "sentence_retrieval")):
         rows = []
         for key in ("image_retrieval", "sentence_retrieval"):
@@ -396,14 +397,14 @@ def section_eval(run: RunData) -> str:
                      "<th>R@1 / chance</th></tr>" + "".join(rows) + "</table>")
     else:
         parts.append(_missing("No eval.json: retrieval has not been evaluated in this run."))
-    rel = _json(run.path("relevance_eval.json"))
+    rel = read_json(run.path("relevance_eval.json"))
     if isinstance(rel, dict):
         cells = "".join(f"<tr><td class=l>{_esc(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rel.items()
                         if not isinstance(v, (dict, list)))
         parts.append(f"<h3>Relevance filter on planted mismatches</h3><table>{cells}</table>")
     else:
         parts.append(_missing("No relevance_eval.json in this run."))
-    planted = _json(run.path("planted.json"))
+    planted = read_json(run.path("planted.json"))
     if isinstance(planted, dict) and isinstance(planted.get("categories"), dict):
         rows = []
         for name, c in planted["categories"].items():

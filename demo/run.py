@@ -157,7 +157,7 @@ class Demo:
         labels = {(i["page"], i["image"]): int(i["category"] == "clean") for i in ledger
                   if i["category"] in ("clean", "mismatch")}
         table = schemas.read_table(self.p("crawl", "candidates"), "candidates")
-        keys = [(planted._path(p), planted._path(i)) for p, i in
+        keys = [(planted.url_path(p), planted.url_path(i)) for p, i in
                 zip(table.column("page_url").to_pylist(), table.column("image_url").to_pylist())]
         keep = [k for k, key in enumerate(keys) if key in labels]
         labelled = table.take(keep).append_column("label", [[labels[keys[k]] for k in keep]])
@@ -304,16 +304,16 @@ def summary(out: str, steps: list[Step], total: float) -> str:
     lines.append("")
     lines.append(f"{'funnel':<16} {'in':>8} {'kept':>8} {'rejected':>9}")
     for name in ("crawl", "filter", "features", "test_features"):
-        stats = report._json(os.path.join(out, name, "stats.json"))
+        stats = report.read_json(os.path.join(out, name, "stats.json"))
         if isinstance(stats, dict):
             lines.append(f"{name:<16} {stats.get('in', '-'):>8} {stats.get('kept', '-'):>8} {stats.get('rejected', '-'):>9}")
-    plant = report._json(os.path.join(out, "planted.json"))
+    plant = report.read_json(os.path.join(out, "planted.json"))
     if isinstance(plant, dict) and plant.get("summary"):
         s = plant["summary"]
         clean = plant.get("clean") or {}
         lines.append(f"planted noise: min precision {s.get('min_precision')}, min recall {s.get('min_recall')}; "
                      f"clean images kept {clean.get('kept')}/{clean.get('items')}")
-    ev = report._json(os.path.join(out, "eval.json"))
+    ev = report.read_json(os.path.join(out, "eval.json"))
     if isinstance(ev, dict):
         lines.append(f"{'retrieval':<20} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'chance R@1':>11}")
         for key in ("image_retrieval", "sentence_retrieval"):
@@ -323,7 +323,7 @@ def summary(out: str, steps: list[Step], total: float) -> str:
                          f"{fmt(m.get('chance_R@1')):>11}")
     else:
         lines.append("retrieval: no eval.json (the eval step did not run)")
-    aud = report._json(os.path.join(out, "audit.json"))
+    aud = report.read_json(os.path.join(out, "audit.json"))
     if isinstance(aud, dict):
         lines.append(f"audit: {'books balance' if aud.get('ok') else 'books do NOT balance'} (audit.json)")
     lines.append(f"report: {os.path.join(out, 'report.html')}")

@@ -235,8 +235,8 @@ def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_
         resources[path] = Resource(encode(_icon(shape, colour, side), "PNG"), "image/png")
         english.append(_Img(path, "tiny_icon", article(f"{colour} {shape} icon"), "alt", size=(side, side)))
 
-    for scene in (_banner(rng, f"banner-{i:05d}") for i in range(_count(scenes, rates["banner"]))):
-        scene, image = scene
+    for i in range(_count(scenes, rates["banner"])):
+        scene, image = _banner(rng, f"banner-{i:05d}")
         path = f"/img/banners/{scene.scene_id}.jpg"
         resources[path] = Resource(encode(image), "image/jpeg")
         all_scenes[scene.scene_id] = scene
