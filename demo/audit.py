@@ -164,10 +164,27 @@ def audit_stage(run_dir: str, name: str) -> dict:
             "in": n_in, "kept": kept, "rejected": rejected, "ok": all(c["ok"] for c in checks), "checks": checks}
 
 
+FUNNEL_KEYS = ("in", "kept", "rejected", "rejected_by_reason")
+
+
+def _is_funnel(path: str) -> bool:
+    """Whether a ``stats.json`` is a stage funnel; an unreadable one counts (the audit flags it).
+
+    Other tools may keep a ``stats.json`` of another kind (training figures, say): not a stage.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return True
+    return not isinstance(stats, dict) or any(key in stats for key in FUNNEL_KEYS)
+
+
 def stage_folders(run_dir: str) -> list[str]:
-    """Subfolders of the run that hold a ``stats.json``, in pipeline order where known."""
-    order = {"crawl": 0, "filter0": 1, "relevance_model": 2, "filter": 3, "features": 4, "test_features": 5}
-    names = [d for d in os.listdir(run_dir) if os.path.isfile(os.path.join(run_dir, d, "stats.json"))]
+    """Subfolders of the run whose ``stats.json`` is a stage funnel, in pipeline order where known."""
+    order = {"crawl": 0, "filter0": 1, "filter": 3, "features": 4, "test_features": 5}
+    names = [d for d in os.listdir(run_dir) if os.path.isfile(os.path.join(run_dir, d, "stats.json"))
+             and _is_funnel(os.path.join(run_dir, d, "stats.json"))]
     return sorted(names, key=lambda d: (order.get(d, 10), d))
 
 
