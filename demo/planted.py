@@ -37,18 +37,19 @@ log = logging.getLogger(__name__)
 #: Substrings of the reasons (``stage/reason``) that are expected to catch each category.
 EXPECTED_REASONS: dict[str, tuple[str, ...]] = {
     "non_english": ("lang",),
-    "boilerplate": ("boilerplate", "file_name", "filename", "spam", "text_too_short", "too_few_words",
+    "boilerplate": ("boilerplate", "file_name", "filename", "has_url", "spam", "text_too_short", "too_few_words",
                     "oov", "vocab", "digits", "symbols", "repeated_word", "stock_phrase"),
     "decorative": ("decorative", "empty_alt", "alt_empty", "no_text", "empty_caption", "missing_caption",
                    "no_caption"),
-    "tiny_icon": ("too_small", "min_side", "tiny", "image_small", "small_image"),
+    "tiny_icon": ("too_small", "min_side", "tiny", "image_small", "small_image", "too_few_bytes"),
     "banner": ("aspect",),
-    "reused_image": ("dup", "aggregat", "best_text", "not_best", "same_image", "reused_image"),
+    "reused_image": ("dup", "aggregat", "better_text", "best_text", "not_best", "same_image", "reused_image"),
     "reused_caption": ("shared_caption", "caption_shared", "too_many_images", "repeated_caption",
                        "common_caption", "caption_reuse", "caption_frequen", "frequent_caption"),
     "mismatch": ("relevance",),
     "corrupt": ("corrupt", "decode", "invalid_image", "unreadable", "truncated", "image_error", "not_an_image",
-                "not_image", "bad_image", "unidentified", "content_type"),
+                "not_image", "bad_image", "unidentified", "content_type", "empty_image", "missing_image",
+                "format_not_allowed"),
     "robots_disallowed": ("robots_txt", "robots_disallowed", "disallow"),
     "opt_out": ("opt_out", "optout", "noai", "noimageai", "noimageindex", "x_robots", "meta_robots"),
 }

@@ -335,19 +335,39 @@ def section_boxes(run: RunData, n: int = 8) -> str:
     return extra + f'<div class="grid">{"".join(cards)}</div>'
 
 
+#: Columns of a trainer log that are not losses.
+NOT_LOSS_COLUMNS = {"step", "stage", "task", "lr", "epoch", "time", "grad_norm", "samples_per_s", "elapsed_s"}
+
+
 def _loss_rows(run: RunData) -> list[dict]:
-    """Rows with stage, step, task, loss from every CSV under train/ (tolerant of other columns)."""
+    """``stage, step, task, loss`` rows from every CSV under train/, read tolerantly.
+
+    Two layouts are understood: long (columns ``stage, step, task, loss``: one row per task) and
+    wide (``step`` plus one column per task, e.g. ``step, lr, loss, mlm, itm, ...``; the stage is
+    the ``stage`` column or the file name, and the ``loss`` column is the total).
+    """
     rows: list[dict] = []
     for path in sorted(glob.glob(run.path("train", "**", "*.csv"), recursive=True)):
+        stem = os.path.splitext(os.path.basename(path))[0]
         try:
             with open(path, newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
+                reader = csv.DictReader(f)
+                fields = reader.fieldnames or []
+                long = "task" in fields and "loss" in fields
+                tasks = [c for c in fields if c not in NOT_LOSS_COLUMNS and not c.endswith(("_per_s", "_s"))]
+                for row in reader:
                     try:
-                        rows.append({"stage": row.get("stage") or os.path.splitext(os.path.basename(path))[0],
-                                     "step": float(row["step"]), "task": row.get("task") or "loss",
-                                     "loss": float(row["loss"])})
+                        step = float(row["step"])
                     except (KeyError, TypeError, ValueError):
                         continue  # a summary line or another kind of row
+                    stage = row.get("stage") or stem
+                    pairs = [(row.get("task") or "loss", row.get("loss"))] if long else \
+                        [("total" if c == "loss" else c, row.get(c)) for c in tasks]
+                    for task, value in pairs:
+                        try:
+                            rows.append({"stage": stage, "step": step, "task": task, "loss": float(value)})
+                        except (TypeError, ValueError):
+                            continue  # an empty cell: the task did not run at this step
         except OSError as exc:
             log.warning("cannot read %s: %s", path, exc)
     return rows

@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import pyarrow as pa
+
 import schemas
 from demo import audit, datasets, planted, report
 from demo.scenes import CLASSES, detector_samples, generate_scenes
@@ -53,7 +55,7 @@ class DemoConfig:
     scenes: int = 1500
     test_scenes: int = 150
     detector_scenes: int = 400
-    detector_epochs: int = 4
+    detector_epochs: int | None = None  # None: train_demo_detector's own default
     min_side: int = 128
     max_aspect: float = 3.0
     relevance_keep_rate: float = 0.9
@@ -71,6 +73,7 @@ class Step:
     needs: tuple[str, ...] = ()
     command: Callable[[], list[str]] | None = None
     func: Callable[[], None] | None = None
+    outputs: tuple[str, ...] = ()  # run-folder entries this step writes: cleared before it runs
     status: str = "pending"  # pending | ok | failed | skipped | not_run
     seconds: float = 0.0
     detail: str = ""
@@ -101,38 +104,52 @@ class Demo:
         c = self.cfg
         rules = ["--min-side", str(c.min_side), "--max-aspect", str(c.max_aspect)]
         return [
-            Step("site", "generate the website and the held-out split", func=self.make_site),
-            Step("crawl", "crawl the site", ("site",), command=lambda: self.lait(
+            Step("site", "generate the website and the held-out split", func=self.make_site,
+                 outputs=("site", "test")),
+            Step("crawl", "crawl the site", ("site",), outputs=("crawl",), command=lambda: self.lait(
                 "crawl", self.server.url, "--out", self.p("crawl"), "--allow-private-networks", *rules)),
-            Step("filter0", "filter with rules only (relevance training pairs)", ("crawl",), command=lambda: self.lait(
-                "filter", "--input", self.p("crawl"), "--output", self.p("filter0"), *rules)),
-            Step("relevance_train", "train the relevance model", ("filter0",), command=lambda: self.lait(
-                "relevance", "train", "--input", self.p("filter0"), "--out", self.p("relevance_model"))),
-            Step("filter", "filter with rules and relevance", ("crawl", "relevance_train"), command=lambda: self.lait(
-                "filter", "--input", self.p("crawl"), "--output", self.p("filter"), *rules,
-                "--relevance", self.p("relevance_model"), "--relevance-keep-rate", str(c.relevance_keep_rate))),
-            Step("relevance_eval", "evaluate relevance on planted mismatches", ("relevance_train", "filter"),
-                 func=self.relevance_eval),
-            Step("detector", "train the demo detector on generated scenes", ("site",), func=self.train_detector),
-            Step("features", "region features of the kept pairs", ("filter", "detector"), command=lambda: self.lait(
-                "features", "--input", self.p("filter"), "--output", self.p("features"), "--detector", "demo",
-                "--weights", self.detector_path, "--device", "cpu")),
-            Step("test_features", "region features of the held-out scenes", ("detector",), command=lambda: self.lait(
-                "features", "--input", self.p("test"), "--output", self.p("test_features"), "--detector", "demo",
-                "--weights", self.detector_path, "--device", "cpu")),
-            Step("captions", "captions of the kept pairs", ("filter",), func=self.make_captions),
-            Step("train", "two-stage pretraining, then retrieval fine-tuning", ("features", "captions"),
+            Step("filter0", "filter with rules only (relevance training pairs)", ("crawl",), outputs=("filter0",),
+                 command=lambda: self.lait("filter", "--input", self.p("crawl"), "--output", self.p("filter0"), *rules)),
+            Step("relevance_train", "train the relevance model", ("filter0",), outputs=("relevance_model",),
+                 command=lambda: self.lait("relevance", "train", "--input", self.p("filter0"),
+                                           "--out", self.p("relevance_model"))),
+            Step("filter", "filter with rules and relevance", ("crawl", "relevance_train"), outputs=("filter",),
                  command=lambda: self.lait(
-                     "train", "--config", c.train_config,
-                     "--set", f"out_dir={self.p('train')}",
-                     "--set", f"data.regions={self.p('features', 'regions')}",
-                     "--set", f"data.captions={self.p('captions')}")),
-            Step("eval", "retrieval on the held-out split", ("train", "test_features"), command=self.eval_command),
+                     "filter", "--input", self.p("crawl"), "--output", self.p("filter"), *rules,
+                     "--relevance", self.p("relevance_model"), "--relevance-keep-rate", str(c.relevance_keep_rate))),
+            Step("relevance_eval", "evaluate relevance on planted mismatches", ("relevance_train", "filter"),
+                 outputs=("relevance_labelled", "relevance_eval.json"), func=self.relevance_eval),
+            Step("detector", "train the demo detector on generated scenes", ("site",), outputs=("detector",),
+                 func=self.train_detector),
+            Step("features", "region features of the kept pairs", ("filter", "detector"), outputs=("features",),
+                 command=lambda: self.lait("features", "--input", self.p("filter"), "--output", self.p("features"),
+                                           "--detector", "demo", "--weights", self.detector_path)),
+            Step("test_features", "region features of the held-out scenes", ("detector",), outputs=("test_features",),
+                 command=lambda: self.lait("features", "--input", self.p("test", "pairs"),
+                                           "--output", self.p("test_features"), "--detector", "demo",
+                                           "--weights", self.detector_path)),
+            Step("captions", "captions of the kept pairs", ("filter",), outputs=("captions",), func=self.make_captions),
+            Step("train", "two-stage pretraining, then retrieval fine-tuning", ("features", "captions"),
+                 outputs=("train",), command=self.train_command),
+            Step("eval", "retrieval on the held-out split", ("train", "test_features"), outputs=("eval.json",),
+                 command=lambda: self.lait("eval", "--checkpoint", self.checkpoint(),
+                                           "--regions", self.p("test_features", "regions"),
+                                           "--captions", self.p("test", "captions"), "--out", self.p("eval.json"))),
         ]
 
     @property
     def detector_path(self) -> str:
-        return self.p("detector", "demo_detector.pt")
+        return self.p("detector", "demo_detector.safetensors")
+
+    def train_command(self) -> list[str]:
+        """``lait train`` on configs/demo.yaml with every dataset path of the config set to this run's."""
+        train = {"regions": self.p("features", "regions"), "captions": self.p("captions")}
+        test = {"regions": self.p("test_features", "regions"), "captions": self.p("test", "captions")}
+        sets = [f"out_dir={self.p('train')}"]
+        for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
+            sets += [f"{prefix}.{key}={path}" for key, path in train.items()]
+        sets += [f"eval.{key}={path}" for key, path in test.items()]
+        return self.lait("train", "--config", self.cfg.train_config, *[a for s in sets for a in ("--set", s)])
 
     def make_site(self) -> None:
         """Generate the site, write its ledger and the held-out split, start serving it."""
@@ -150,38 +167,56 @@ class Demo:
     def relevance_eval(self) -> None:
         """``relevance_eval.json``: the relevance model's AUC on labelled pairs and the filter's effect.
 
-        Labelled pairs are the crawled candidates the ledger marks ``clean`` (label 1) or
-        ``mismatch`` (label 0), written to OUT/relevance_labelled/ for ``lait relevance eval``.
+        The labelled pairs are the crawled candidates the ledger marks ``clean`` (``is_match``
+        true) or ``mismatch`` (false), as a pairs dataset in OUT/relevance_labelled/, scored by
+        ``lait relevance eval``. ``auc`` comes from that; ``true_kept`` and ``mismatched_removed``
+        are what the filter run did (share of collected clean pairs not rejected for relevance,
+        share of collected mismatches rejected for relevance); ``model_eval`` keeps the full
+        output of ``lait relevance eval`` (at the model's own threshold).
         """
         ledger = planted.load_ledger(self.p("site", "ledger.json"))
-        labels = {(i["page"], i["image"]): int(i["category"] == "clean") for i in ledger
-                  if i["category"] in ("clean", "mismatch")}
-        table = schemas.read_table(self.p("crawl", "candidates"), "candidates")
-        keys = [(planted.url_path(p), planted.url_path(i)) for p, i in
-                zip(table.column("page_url").to_pylist(), table.column("image_url").to_pylist())]
-        keep = [k for k, key in enumerate(keys) if key in labels]
-        labelled = table.take(keep).append_column("label", [[labels[keys[k]] for k in keep]])
-        schemas.write_table(labelled, self.p("relevance_labelled", "part-00000.parquet"))
+        by_key = {(i["page"], i["image"]): i for i in ledger if i["category"] in ("clean", "mismatch")}
+        rows = []
+        for batch in schemas.iter_batches(self.p("crawl", "candidates"), "candidates"):
+            for cand in batch.to_pylist():
+                item = by_key.get((planted.url_path(cand["page_url"]), planted.url_path(cand["image_url"])))
+                if item is None:
+                    continue
+                rows.append({"pair_id": cand["candidate_id"], "candidate_id": cand["candidate_id"],
+                             "image_id": cand["image_id"], "caption": item["caption"],
+                             "text_source": item["text_source"], "lang": "en", "width": cand["width"],
+                             "height": cand["height"], "image_bytes": cand["image_bytes"],
+                             "page_url": cand["page_url"], "image_url": cand["image_url"],
+                             "is_match": item["category"] == "clean"})
+        table = schemas.to_table(rows, "pairs")
+        table = table.append_column("is_match", pa.array([r["is_match"] for r in rows], pa.bool_()))
+        schemas.write_table(table, self.p("relevance_labelled", "part-00000.parquet"))
         result: dict = {}
-        raw = self.p("relevance_model", "eval.json")
+        raw = self.p("relevance_labelled", "model_eval.json")
         proc = subprocess.run(self.lait("relevance", "eval", "--model", self.p("relevance_model"),
-                                        "--input", self.p("relevance_labelled"), "--out", raw),
-                              env=self._env(), cwd=REPO_ROOT)
+                                        "--input", self.p("relevance_labelled"), "--json-out", raw),
+                              env=self._env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
         if proc.returncode == 0 and os.path.exists(raw):
             with open(raw, encoding="utf-8") as f:
-                result.update(json.load(f))
+                result["model_eval"] = json.load(f)
+            result["auc"] = result["model_eval"].get("auc")
         else:
             result["relevance_eval_error"] = f"lait relevance eval exited {proc.returncode}"
-        # The filter's effect on the labelled pairs, from the run's own outcomes.
-        results = planted.outcomes(self.out, ledger, stages=("filter",))
+        outcomes = planted.outcomes(self.out, ledger, stages=("filter",))
+
         def share(category: str, removed: bool) -> float | None:
-            picked = [r for item, r in zip(ledger, results) if item["category"] == category and r[0] != planted.NOT_COLLECTED]
-            hits = [r for r in picked if (r[0] == "rejected" and "relevance" in (r[1] or "")) == removed]
-            return round(len(hits) / len(picked), 4) if picked else None
+            collected = [r for item, r in zip(ledger, outcomes)
+                         if item["category"] == category and r[0] != planted.NOT_COLLECTED]
+            hits = [r for r in collected if (r[0] == "rejected" and "relevance" in (r[1] or "")) == removed]
+            return round(len(hits) / len(collected), 4) if collected else None
+
         result["true_kept"] = share("clean", removed=False)
         result["mismatched_removed"] = share("mismatch", removed=True)
+        result["labelled_pairs"] = len(rows)
         with open(self.p("relevance_eval.json"), "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
+        self.echo(f"    relevance: auc {result.get('auc')}, true pairs kept {result['true_kept']}, "
+                  f"mismatches removed {result['mismatched_removed']}")
         if "relevance_eval_error" in result:
             raise RuntimeError(result["relevance_eval_error"])
 
@@ -191,7 +226,11 @@ class Demo:
 
         samples = detector_samples(generate_scenes(self.cfg.seed, self.cfg.detector_scenes, "detector"))
         os.makedirs(self.p("detector"), exist_ok=True)
-        train_demo_detector(samples, list(CLASSES), self.detector_path, epochs=self.cfg.detector_epochs)
+        extra = {"epochs": self.cfg.detector_epochs} if self.cfg.detector_epochs else {}
+        result = train_demo_detector(samples, list(CLASSES), self.detector_path, progress=True, **extra)
+        losses = result.get("losses") if isinstance(result, dict) else None
+        if losses:
+            self.echo(f"    detector loss per epoch: {', '.join(f'{v:.3f}' for v in losses)}")
 
     def make_captions(self) -> None:
         """OUT/captions from the kept pairs (and classes.json beside regions that lack one)."""
@@ -203,14 +242,11 @@ class Demo:
                     json.dump(list(CLASSES), f)
         self.echo(f"    {n:,} training captions")
 
-    def eval_command(self) -> list[str]:
-        """The eval command line; the test captions are put beside the test regions first."""
-        shutil.copytree(self.p("test", "captions"), self.p("test_features", "captions"), dirs_exist_ok=True)
-        return self.lait("eval", "--checkpoint", self.checkpoint(), "--data", self.p("test_features"),
-                         "--out", self.p("eval.json"))
-
     def checkpoint(self) -> str:
-        """The newest checkpoint the trainer wrote under OUT/train."""
+        """The trainer's final checkpoint (OUT/train/checkpoints/final.pt), else the newest under OUT/train."""
+        final = self.p("train", "checkpoints", "final.pt")
+        if os.path.exists(final):
+            return final
         found = [p for ext in ("*.pt", "*.pth", "*.safetensors")
                  for p in glob.glob(self.p("train", "**", ext), recursive=True)]
         if not found:
@@ -237,6 +273,13 @@ class Demo:
         self.echo(head)
         start = time.monotonic()
         try:
+            # A rerun into the same run folder starts each step afresh (stages refuse to overwrite).
+            for rel in step.outputs:
+                target = self.p(rel)
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                elif os.path.exists(target):
+                    os.remove(target)
             if step.command:
                 step.argv = step.command()
                 self.echo("    $ " + " ".join(step.argv))
@@ -346,11 +389,12 @@ def plan(config: DemoConfig) -> list[tuple[str, str]]:
     out = []
     for step in demo.steps:
         if step.command:
-            if step.command == demo.eval_command:  # the checkpoint exists only after training
-                what = " ".join(demo.lait("eval", "--checkpoint", demo.p("train", "<newest checkpoint>"), "--data",
-                                          demo.p("test_features"), "--out", demo.p("eval.json")))
-            else:
+            try:
                 what = " ".join(step.command())
+            except FileNotFoundError:  # the checkpoint exists only after training
+                what = " ".join(demo.lait("eval", "--checkpoint", demo.p("train", "checkpoints", "final.pt"),
+                                          "--regions", demo.p("test_features", "regions"),
+                                          "--captions", demo.p("test", "captions"), "--out", demo.p("eval.json")))
         else:
             what = f"(in process) {step.func.__doc__.splitlines()[0]}"
         out.append((step.name, what))

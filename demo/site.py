@@ -61,8 +61,10 @@ DEFAULT_RATES = {
     "opt_out": 0.03,
 }
 #: How many pages carry the one reused image, and how many images carry the one reused caption,
-#: as a share of the good scenes (minimum 8 each, so that any "shared by more than N" rule fires).
+#: as a share of the good scenes (at least REUSE_MIN each, so that a "shared by more than N" rule fires).
 REUSE_RATE = 0.016
+#: At least this many: above the filter's default limit of 10 images per caption.
+REUSE_MIN = 12
 REUSED_CAPTION = "geometric shapes in bright colours for your next design project"
 
 BOILERPLATE_TEXTS = (
@@ -250,7 +252,7 @@ def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_
         english.append(_Img(path, "corrupt", captions(scene, rng, 1)[0], "alt", scene.scene_id,
                             detail=("truncated", "random_bytes", "html_body")[i % 3]))
 
-    reuse = max(8, int(round(scenes * REUSE_RATE)))
+    reuse = max(REUSE_MIN, int(round(scenes * REUSE_RATE)))
     for scene in fresh("shared-caption", reuse):
         path = f"/img/{scene.scene_id}.jpg"
         add_scene_image(scene, path)

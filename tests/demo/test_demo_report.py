@@ -107,3 +107,18 @@ def test_captions_are_escaped(tmp_path):
     text = report.build_report(str(tmp_path))
     assert "<script" not in text and "&lt;script&gt;" in text
     assert "undecodable" in text  # bad image bytes become a placeholder, not a crash
+
+
+def test_loss_logs_long_and_wide(tmp_path):
+    train = tmp_path / "train" / "logs"
+    train.mkdir(parents=True)
+    # Wide: one column per task (the trainer's own layout), with an empty cell and a non-loss column.
+    (train / "stage1.csv").write_text("step,lr,loss,mlm,itm,samples_per_s,elapsed_s\n"
+                                      "0,0.001,3.0,2.0,1.0,50,1.0\n10,0.001,2.0,1.5,,55,2.0\nsummary,,,,,,\n")
+    (tmp_path / "train" / "long.csv").write_text("stage,step,task,loss\nfinetune,0,itm,0.7\nfinetune,5,itm,0.5\n")
+    rows = report._loss_rows(report.RunData(str(tmp_path)))
+    got = {(r["stage"], r["step"], r["task"]): r["loss"] for r in rows}
+    assert got == {("stage1", 0.0, "total"): 3.0, ("stage1", 0.0, "mlm"): 2.0, ("stage1", 0.0, "itm"): 1.0,
+                   ("stage1", 10.0, "total"): 2.0, ("stage1", 10.0, "mlm"): 1.5,
+                   ("finetune", 0.0, "itm"): 0.7, ("finetune", 5.0, "itm"): 0.5}
+    assert "data:image/png;base64," in report.section_losses(report.RunData(str(tmp_path)))

@@ -26,8 +26,12 @@ def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
     assert f"-m lait crawl http://127.0.0.1:PORT/ --out {out}/crawl --allow-private-networks --min-side 100" in lines["crawl"]
     assert f"--input {out}/crawl --output {out}/filter0 --min-side 100 --max-aspect 3.0" in lines["filter0"]
     assert "--relevance-keep-rate 0.85" in lines["filter"] and f"--relevance {out}/relevance_model" in lines["filter"]
-    assert f"--input {out}/test --output {out}/test_features --detector demo --weights" in lines["test_features"]
-    assert "--config" in lines["train"] and f"-m lait eval --checkpoint {out}/train/" in lines["eval"]
+    assert f"--input {out}/test/pairs --output {out}/test_features --detector demo --weights" in lines["test_features"]
+    for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
+        assert f"--set {prefix}.regions={out}/features/regions --set {prefix}.captions={out}/captions" in lines["train"]
+    assert f"--set eval.regions={out}/test_features/regions" in lines["train"]
+    assert (f"-m lait eval --checkpoint {out}/train/checkpoints/final.pt --regions {out}/test_features/regions "
+            f"--captions {out}/test/captions --out {out}/eval.json") in lines["eval"]
     assert not os.path.exists(out)  # a dry run writes nothing
 
 
@@ -96,13 +100,18 @@ def test_relevance_eval_and_captions_on_a_hand_made_run(tmp_path):
     except RuntimeError as exc:  # no relevance model in a hand-made run: lait relevance eval fails
         assert "lait relevance eval exited" in str(exc)
         ran_model_eval = False
-    labelled = schemas.read_table(str(out / "relevance_labelled"))
+    # The labelled set is a pairs dataset (the contract) plus is_match, as lait relevance eval reads it.
+    labelled = schemas.read_table(str(out / "relevance_labelled"), "pairs")
     counts = site.counts()
-    assert sorted(labelled.column("label").to_pylist()) == [0] * counts["mismatch"] + [1] * counts["clean"]
+    assert sorted(labelled.column("is_match").to_pylist()) == [False] * counts["mismatch"] + [True] * counts["clean"]
+    by_image = dict(zip(labelled.column("image_url").to_pylist(), labelled.column("is_match").to_pylist()))
+    mismatch = next(i for i in site.ledger if i["category"] == "mismatch")
+    assert by_image["http://127.0.0.1:8123" + mismatch["image"]] is False
     result = json.load(open(out / "relevance_eval.json"))
     # make_run rejects one clean pair and keeps one mismatch, both as relevance decisions.
     assert result["true_kept"] == round((counts["clean"] - 1) / counts["clean"], 4)
     assert result["mismatched_removed"] == round((counts["mismatch"] - 1) / counts["mismatch"], 4)
+    assert result["labelled_pairs"] == counts["mismatch"] + counts["clean"]
     assert ran_model_eval or "relevance_eval_error" in result
 
     demo.make_captions()

@@ -96,9 +96,9 @@ def test_noise_has_its_planted_properties(site):
     assert {i["page_lang"] for i in by_cat["non_english"]} == {"fr", "de", "es"}
     assert all(f'lang="{i["page_lang"]}"' in res[i["page"]].body.decode() for i in by_cat["non_english"])
     assert len({i["image"] for i in by_cat["reused_image"]}) == 1
-    assert len({i["page"] for i in by_cat["reused_image"]}) == len(by_cat["reused_image"]) >= 8
+    assert len({i["page"] for i in by_cat["reused_image"]}) == len(by_cat["reused_image"]) > 10
     assert {i["caption"] for i in by_cat["reused_caption"]} == {REUSED_CAPTION}
-    assert len({i["image"] for i in by_cat["reused_caption"]}) >= 8
+    assert len({i["image"] for i in by_cat["reused_caption"]}) > 10  # above the filter's default limit
     assert all(i["page"].startswith("/private/") for i in by_cat["robots_disallowed"])
     # A mismatched caption is another scene's caption and names none of this scene's (shape, colour).
     for item in by_cat["mismatch"]:
