@@ -15,8 +15,10 @@ A *catch* is an item that was not kept (rejected or not collected). For a catego
   An item never collected is attributed to its own category when that is one a crawler rightly
   never collects (``UNCOLLECTED_OK``); any other item never collected (a loss) is attributed to all
   of those categories, as a false catch;
-- ``precision``: of the items attributed to C, the share that are truly planted in C;
-  ``precision_any_noise`` counts any planted (non-clean) item as correct.
+- ``precision``: of the items attributed to C, the share that are truly planted in a category
+  their reason serves (C itself, or another category the same reason is expected to catch, e.g.
+  ``low_relevance`` for both ``mismatch`` and ``reused_caption``); ``precision_strict`` counts only
+  items planted in C; ``precision_any_noise`` counts any planted (non-clean) item as correct.
 
 Usage: ``python -m demo.planted RUN_DIR [--ledger FILE] [--out FILE]``.
 """
@@ -44,8 +46,9 @@ EXPECTED_REASONS: dict[str, tuple[str, ...]] = {
     "tiny_icon": ("too_small", "min_side", "tiny", "image_small", "small_image", "too_few_bytes"),
     "banner": ("aspect",),
     "reused_image": ("dup", "aggregat", "better_text", "best_text", "not_best", "same_image", "reused_image"),
+    # A caption shared by many images cannot describe them all: relevance scoring rightly catches it too.
     "reused_caption": ("shared_caption", "caption_shared", "too_many_images", "repeated_caption",
-                       "common_caption", "caption_reuse", "caption_frequen", "frequent_caption"),
+                       "common_caption", "caption_reuse", "caption_frequen", "frequent_caption", "relevance"),
     "mismatch": ("relevance",),
     "corrupt": ("corrupt", "decode", "invalid_image", "unreadable", "truncated", "image_error", "not_an_image",
                 "not_image", "bad_image", "unidentified", "content_type", "empty_image", "missing_image",
@@ -74,7 +77,7 @@ def reason_matches(category: str, reason: str) -> bool:
     if reason == NOT_COLLECTED:
         return category in UNCOLLECTED_OK
     name = reason.split("/", 1)[-1].lower()
-    return any(key in name for key in EXPECTED_REASONS[category])
+    return any(key in name for key in EXPECTED_REASONS.get(category, ()))
 
 
 def _read(path: str, kind: str, columns: list[str]):
@@ -154,6 +157,10 @@ def evaluate(run_dir: str, ledger: list[dict], categories: tuple[str, ...] | Non
         should = len(mine) - 1 if category == "reused_image" and mine else len(mine)
         attributed = [(item, res) for item, res in zip(ledger, results) if _attributed(category, item, res)]
         true_here = sum(1 for item, _ in attributed if item["category"] == category)
+        # A reason may rightly serve several categories (low relevance catches mismatches and a
+        # caption shared by many images alike): a catch is correct when the item is planted in a
+        # category that its reason serves.
+        rightly = sum(1 for item, res in attributed if _attributed(item["category"], item, res))
         noise = sum(1 for item, _ in attributed if item["category"] != "clean")
         report["categories"][category] = {
             "planted": len(mine),
@@ -161,7 +168,8 @@ def evaluate(run_dir: str, ledger: list[dict], categories: tuple[str, ...] | Non
             "caught": len(caught),
             "recall": min(1.0, _ratio(len(caught), should)) if should else None,
             "attributed": len(attributed),
-            "precision": _ratio(true_here, len(attributed)),
+            "precision": _ratio(rightly, len(attributed)),
+            "precision_strict": _ratio(true_here, len(attributed)),
             "precision_any_noise": _ratio(noise, len(attributed)),
             "caught_by": dict(Counter(res[1] for res in caught).most_common()),
             "attributed_from": dict(Counter(item["category"] for item, _ in attributed).most_common()),

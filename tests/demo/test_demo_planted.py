@@ -28,6 +28,12 @@ def test_recall_and_precision_per_category(run):
     assert cats["mismatch"]["caught"] == m - 1 and cats["mismatch"]["recall"] == round((m - 1) / m, 4)
     assert cats["mismatch"]["attributed"] == m and cats["mismatch"]["precision"] == round((m - 1) / m, 4)
     assert cats["mismatch"]["attributed_from"] == {"mismatch": m - 1, "clean": 1}
+    # low_relevance also serves reused_caption: mismatches caught by it count as right catches there,
+    # the clean pair as a wrong one; the strict figure counts only reused_caption's own items.
+    r = counts["reused_caption"]
+    assert cats["reused_caption"]["attributed"] == r + m
+    assert cats["reused_caption"]["precision"] == round((r + m - 1) / (r + m), 4)
+    assert cats["reused_caption"]["precision_strict"] == round(r / (r + m), 4)
     # Boilerplate rejects carry only a candidate id; they are joined back to their page and image.
     assert cats["boilerplate"]["recall"] == 1.0 and cats["boilerplate"]["precision"] == 1.0
     assert cats["boilerplate"]["caught_by"] == {"filter/caption_boilerplate": counts["boilerplate"]}
@@ -39,7 +45,7 @@ def test_recall_and_precision_per_category(run):
         assert cats[cat]["caught_by"] == {"not_collected": counts[cat]}
     assert cats["opt_out"]["recall"] == 1.0
     assert cats["opt_out"]["caught_by"]["crawl/opt_out_x_robots_tag"] >= 1
-    for cat in ("non_english", "tiny_icon", "banner", "corrupt", "reused_caption"):
+    for cat in ("non_english", "tiny_icon", "banner", "corrupt"):
         assert (cats[cat]["recall"], cats[cat]["precision"]) == (1.0, 1.0), cat
     assert report["clean"]["kept"] == counts["clean"] - 1
     assert report["clean"]["lost_by"] == {"filter/low_relevance": 1}
