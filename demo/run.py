@@ -62,6 +62,11 @@ class DemoConfig:
     train_config: str = os.path.join(REPO_ROOT, "configs", "demo.yaml")
     python: str = sys.executable
     stop_after: str | None = None  # run the steps up to this one only (then the closing steps)
+    start_from: str | None = None  # reuse the outputs of the steps before this one (a rerun)
+
+
+#: Step statuses that let dependent steps run.
+DONE = ("ok", "reused")
 
 
 @dataclass
@@ -74,7 +79,7 @@ class Step:
     command: Callable[[], list[str]] | None = None
     func: Callable[[], None] | None = None
     outputs: tuple[str, ...] = ()  # run-folder entries this step writes: cleared before it runs
-    status: str = "pending"  # pending | ok | failed | skipped | not_run
+    status: str = "pending"  # pending | ok | failed | skipped | not_run | reused | missing
     seconds: float = 0.0
     detail: str = ""
     argv: list[str] = field(default_factory=list)
@@ -264,7 +269,7 @@ class Demo:
         return env
 
     def run_step(self, step: Step, index: int) -> None:
-        failed = [n for n in step.needs if self.step(n).status != "ok"]
+        failed = [n for n in step.needs if self.step(n).status not in DONE]
         head = f"==> [{index}/{len(self.steps)}] {step.name}: {step.title}"
         if failed:
             step.status, step.detail = "skipped", f"needs {', '.join(failed)}"
@@ -307,15 +312,23 @@ class Demo:
         os.makedirs(self.out, exist_ok=True)
         start = time.monotonic()
         names = [s.name for s in self.steps]
-        if self.cfg.stop_after is not None and self.cfg.stop_after not in names:
-            raise ValueError(f"unknown step {self.cfg.stop_after!r}; steps: {', '.join(names)}")
+        for given in (self.cfg.stop_after, self.cfg.start_from):
+            if given is not None and given not in names:
+                raise ValueError(f"unknown step {given!r}; steps: {', '.join(names)}")
+        first = names.index(self.cfg.start_from) if self.cfg.start_from else 0
         last = names.index(self.cfg.stop_after) if self.cfg.stop_after else len(names) - 1
         try:
             for index, step in enumerate(self.steps, 1):
-                if index - 1 > last:
+                if index - 1 < first:
+                    # Reused only when everything it wrote is still there; else its dependents skip.
+                    present = all(os.path.exists(self.p(rel)) for rel in step.outputs)
+                    step.status = "reused" if present else "missing"
+                    step.detail = f"--from {self.cfg.start_from}" if present else "outputs missing for --from"
+                    self.echo(f"==> [{index}/{len(self.steps)}] {step.name}: {step.status}")
+                elif index - 1 > last:
                     step.status, step.detail = "not_run", f"--stop-after {self.cfg.stop_after}"
-                    continue
-                self.run_step(step, index)
+                else:
+                    self.run_step(step, index)
         finally:
             if self.server:
                 self.server.stop()
@@ -326,7 +339,7 @@ class Demo:
                        "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
                                   "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
         self.echo(summary(self.out, self.steps, total))
-        return 0 if all(s.status in ("ok", "not_run") for s in self.steps) else 1
+        return 0 if all(s.status in DONE + ("not_run",) for s in self.steps) else 1
 
     def finish(self) -> None:
         """planted.json, audit.json and report.html, from whatever the run produced."""

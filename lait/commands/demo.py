@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-config", default=d.train_config, help="trainer config (default configs/demo.yaml)")
     parser.add_argument("--stop-after", metavar="STEP", choices=[n for n, _ in demo_run.plan(d)],
                         help="run the steps up to STEP only, then planted/audit/report (default: all)")
+    parser.add_argument("--from", dest="start_from", metavar="STEP", choices=[n for n, _ in demo_run.plan(d)],
+                        help="rerun from STEP, reusing the outputs of the steps before it in --out (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, run nothing")
     parser.add_argument("--serve", action="store_true", help="only serve the generated site on 127.0.0.1 until Ctrl-C")
     parser.set_defaults(func=run)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, seed=args.seed, scenes=args.scenes, test_scenes=args.test_scenes,
         detector_scenes=args.detector_scenes, detector_epochs=args.detector_epochs, min_side=args.min_side,
         max_aspect=args.max_aspect, relevance_keep_rate=args.relevance_keep_rate, train_config=args.train_config,
-        stop_after=args.stop_after)
+        stop_after=args.stop_after, start_from=args.start_from)
     if args.serve:
         demo_run.serve(args.seed, args.scenes)
         return 0

@@ -121,3 +121,22 @@ def test_relevance_eval_and_captions_on_a_hand_made_run(tmp_path):
     assert set(caps.column("split").to_pylist()) == {"train"}
     with pytest.raises(FileNotFoundError):
         demo.checkpoint()
+
+
+def test_from_reuses_earlier_outputs_and_skips_when_they_are_missing(tmp_path):
+    out = tmp_path / "r"
+    (out / "a").mkdir(parents=True)
+    ran = []
+
+    def make():
+        demo = Demo(DemoConfig(out=str(out), start_from="c"), echo=lambda _: None)
+        demo.steps = [Step("a", "wrote a/", outputs=("a",), func=lambda: ran.append("a")),
+                      Step("b", "wrote b/", outputs=("b",), func=lambda: ran.append("b")),
+                      Step("c", "needs a", ("a",), func=lambda: ran.append("c")),
+                      Step("d", "needs b", ("b",), func=lambda: ran.append("d"))]
+        return demo
+
+    demo = make()
+    assert demo.run() == 1  # d could not run: b's outputs are missing
+    assert ran == ["c"]
+    assert [(s.name, s.status) for s in demo.steps] == [("a", "reused"), ("b", "missing"), ("c", "ok"), ("d", "skipped")]
