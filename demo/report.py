@@ -246,7 +246,7 @@ def section_distributions(run: RunData) -> str:
             ax.hist(scores, bins=20, color="#00838f")
             drawn.append("relevance")
     if threshold is not None and "relevance" in drawn:
-        ax.axvline(threshold, color="#c62828", linestyle="--", label=f"threshold {threshold:.3g}")
+        ax.axvline(threshold, color="#c62828", linestyle="--", label=f"threshold {_num(float(threshold))}")
         ax.legend(fontsize=8)
     ax.set_title("relevance score")
     fig.tight_layout()
@@ -258,11 +258,16 @@ def section_distributions(run: RunData) -> str:
     if missing:
         parts.append(_missing("Not available in this run: " + ", ".join(missing)
                               + " (needs crawl/candidates, filter/pairs, filter/rejected or filter/stats.json relevance)."))
-    settings = [f"{label} {_esc(relevance.get(key))}" for key, label in (("threshold", "threshold"), ("keep_rate", "target keep-rate"))
-                if relevance.get(key) is not None]
+    settings = [f"{label} {_esc(_num(relevance.get(key)))}" for key, label in
+                (("threshold", "threshold"), ("keep_rate", "keep-rate")) if relevance.get(key) is not None]
     if settings:
         parts.append(f'<p class="muted">Relevance filter: {", ".join(settings)}.</p>')
     return "".join(parts)
+
+
+def _num(value):
+    """Floats to 3 significant digits for display; anything else as it is."""
+    return f"{value:.3g}" if isinstance(value, float) else value
 
 
 def _card(thumb: str, caption: str | None, note: str = "") -> str:
@@ -377,7 +382,7 @@ def section_losses(run: RunData) -> str:
     """Loss curves per pretraining task, one panel per training stage."""
     rows = _loss_rows(run)
     if not rows:
-        return _missing("No training logs (train/*.csv with stage, step, task, loss) in this run.")
+        return _missing("No training logs (CSV files under train/ with step and loss columns) in this run.")
     plt = _plt()
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     fig, axes = plt.subplots(1, len(stages), figsize=(4.6 * len(stages), 3.2), squeeze=False)
