@@ -184,6 +184,8 @@ def _chunks(items: list, size: int) -> list[list]:
 def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_PER_PAGE,
                rates: dict[str, float] | None = None) -> Site:
     """Generate the whole site for ``seed`` with ``scenes`` good (clean) scene images."""
+    if scenes < 1:
+        raise ValueError(f"the site needs at least one good scene (got {scenes})")
     rates = {**DEFAULT_RATES, **(rates or {})}
     rng = random.Random(f"site:{seed}")
     resources: dict[str, Resource] = {}
@@ -216,7 +218,7 @@ def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_
         path = f"/img/{scene.scene_id}.jpg"
         add_scene_image(scene, path)
         kinds = {(o.shape, o.colour) for o in scene.objects}
-        while True:  # a caption of another image that shares no (shape, colour) with this one
+        for _attempt in range(1000):  # a caption of another image that shares no (shape, colour) with this one
             other = rng.choice(good_list)
             if not kinds & {(o.shape, o.colour) for o in other.objects}:
                 break

@@ -6,6 +6,13 @@ import argparse
 from demo import run as demo_run
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = demo_run.DemoConfig()
     parser = subparsers.add_parser(
@@ -16,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the site, scenes and splits (default {d.seed})")
-    parser.add_argument("--scenes", type=int, default=d.scenes, help=f"good scene images on the site (default {d.scenes})")
-    parser.add_argument("--test-scenes", type=int, default=d.test_scenes,
+    parser.add_argument("--scenes", type=_positive, default=d.scenes, help=f"good scene images on the site (default {d.scenes})")
+    parser.add_argument("--test-scenes", type=_positive, default=d.test_scenes,
                         help=f"held-out scenes for retrieval eval (default {d.test_scenes})")
-    parser.add_argument("--detector-scenes", type=int, default=d.detector_scenes,
+    parser.add_argument("--detector-scenes", type=_positive, default=d.detector_scenes,
                         help=f"scenes the demo detector trains on (default {d.detector_scenes})")
     parser.add_argument("--detector-epochs", type=int, default=d.detector_epochs,
                         help=f"demo detector training epochs (default {d.detector_epochs})")

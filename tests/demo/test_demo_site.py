@@ -160,3 +160,8 @@ def test_scenes_are_not_perceptual_near_duplicates():
     hashes = [imagehash.phash(scenes.render(s)) for s in scenes.generate_scenes(0, 120)]
     closest = min(a - b for i, a in enumerate(hashes) for b in hashes[i + 1:])
     assert closest > 4
+
+
+def test_a_site_needs_good_scenes():
+    with pytest.raises(ValueError, match="at least one good scene"):
+        build_site(seed=0, scenes=0)
