@@ -5,9 +5,10 @@ and labelled ``clean`` or with one planted category. After a run, each item has 
 
 - ``rejected``: a rejected row of a counted stage names it (the earliest stage wins), with a reason;
 - ``kept``: it is among the final kept pairs;
-- ``not_collected``: neither (never became a candidate: a disallowed page, an opt-out, ``alt=""``).
+- ``collected``: a crawled candidate neither kept nor rejected (the filter has not run, or lost it);
+- ``not_collected``: none of these (never a candidate: a disallowed page, an opt-out, ``alt=""``).
 
-A *catch* is an item that was not kept (rejected or not collected). For a category C:
+A *catch* is an item rejected or not collected. For a category C:
 
 - ``recall``: caught items of C / items of C that should be caught (all of them, except the reused
   image, of which one copy may rightly survive);
@@ -62,6 +63,9 @@ UNCOLLECTED_OK = ("decorative", "robots_disallowed", "opt_out")
 #: that trains the relevance model, is a side branch and does not count).
 DEFAULT_STAGES = ("crawl", "filter", "features")
 NOT_COLLECTED = "not_collected"
+COLLECTED = "collected"
+#: Outcomes that count as a catch: something stopped the item (a collected item merely waits).
+CAUGHT = ("rejected", NOT_COLLECTED)
 
 
 def url_path(url: str | None) -> str | None:
@@ -90,7 +94,11 @@ def _read(path: str, kind: str, columns: list[str]):
 
 def outcomes(run_dir: str, ledger: list[dict], stages: tuple[str, ...] = DEFAULT_STAGES,
              kept_dir: str | None = None) -> list[tuple[str, str | None]]:
-    """``(outcome, reason)`` per ledger item: ``rejected`` + ``stage/reason``, ``kept``, or ``not_collected``."""
+    """``(outcome, reason)`` per ledger item: ``rejected`` + ``stage/reason``, ``kept``, ``collected``, or ``not_collected``.
+
+    ``collected`` is a crawled candidate that is neither kept nor rejected downstream: the filter
+    has not run yet, or it lost the record.
+    """
     candidates = _read(os.path.join(run_dir, "crawl", "candidates"), "candidates",
                        ["candidate_id", "page_url", "image_url"]) or {"candidate_id": [], "page_url": [], "image_url": []}
     by_candidate = {cid: (url_path(p), url_path(i)) for cid, p, i in
@@ -118,6 +126,7 @@ def outcomes(run_dir: str, ledger: list[dict], stages: tuple[str, ...] = DEFAULT
     kept_dir = kept_dir or os.path.join(run_dir, "filter", "pairs")
     kept_rows = _read(kept_dir, "pairs", ["page_url", "image_url"]) or {"page_url": [], "image_url": []}
     kept = {(url_path(p), url_path(i)) for p, i in zip(kept_rows["page_url"], kept_rows["image_url"])}
+    collected = set(by_candidate.values())
     result = []
     for item in ledger:
         key = (item["page"], item["image"])
@@ -126,6 +135,8 @@ def outcomes(run_dir: str, ledger: list[dict], stages: tuple[str, ...] = DEFAULT
             result.append(("rejected", reason))
         elif key in kept:
             result.append(("kept", None))
+        elif key in collected:
+            result.append((COLLECTED, COLLECTED))
         else:
             result.append((NOT_COLLECTED, NOT_COLLECTED))
     return result
@@ -153,7 +164,7 @@ def evaluate(run_dir: str, ledger: list[dict], categories: tuple[str, ...] | Non
     report: dict = {"stages": list(stages), "categories": {}}
     for category in categories:
         mine = [(item, res) for item, res in zip(ledger, results) if item["category"] == category]
-        caught = [res for _, res in mine if res[0] != "kept"]
+        caught = [res for _, res in mine if res[0] in CAUGHT]
         should = len(mine) - 1 if category == "reused_image" and mine else len(mine)
         attributed = [(item, res) for item, res in zip(ledger, results) if _attributed(category, item, res)]
         true_here = sum(1 for item, _ in attributed if item["category"] == category)

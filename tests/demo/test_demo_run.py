@@ -71,8 +71,14 @@ def test_demo_up_to_the_crawl_serves_the_site_and_closes_the_books(tmp_path):
     assert set(plant["categories"]) >= {"mismatch", "non_english", "corrupt"}
     assert (out / "report.html").read_text().count("<section") == 7
     assert "LAIT demo summary" in proc.stdout and "report:" in proc.stdout
-    if status["crawl"] == "ok":  # once the crawler is merged, the crawl must have fetched the site
-        assert (out / "crawl" / "stats.json").exists()
+    if status["crawl"] == "ok":
+        # Once the crawler is merged: the crawl alone catches every crawl-level category, its books
+        # balance, and every other item waits in the candidates (collected, not lost).
+        cats = plant["categories"]
+        for cat in ("decorative", "tiny_icon", "banner", "corrupt", "robots_disallowed", "opt_out"):
+            assert (cats[cat]["recall"], cats[cat]["precision"]) == (1.0, 1.0), (cat, cats[cat])
+        assert plant["clean"]["lost_by"] == {"collected": plant["clean"]["items"]}
+        assert json.load(open(out / "audit.json"))["ok"] is True
 
 
 def test_stop_after_rejects_unknown_steps(tmp_path):
