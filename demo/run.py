@@ -121,7 +121,7 @@ class Demo:
             Step("filter", "filter with rules and relevance", ("crawl", "relevance_train"), outputs=("filter",),
                  command=lambda: self.lait(
                      "filter", "--input", self.p("crawl"), "--output", self.p("filter"), *rules,
-                     "--relevance", self.p("relevance_model"), "--relevance-keep-rate", str(c.relevance_keep_rate))),
+                     "--relevance", self.p("relevance_model"), *self.relevance_cut())),
             Step("relevance_eval", "evaluate relevance on planted mismatches", ("relevance_train", "filter"),
                  outputs=("relevance_labelled", "relevance_eval.json"), func=self.relevance_eval),
             Step("detector", "train the demo detector on generated scenes", ("site",), outputs=("detector",),
@@ -145,6 +145,11 @@ class Demo:
     @property
     def detector_path(self) -> str:
         return self.p("detector", "demo_detector.safetensors")
+
+    def relevance_cut(self) -> list[str]:
+        """The relevance cut: a keep-rate, or (keep-rate 0) the threshold the model chose in training."""
+        rate = self.cfg.relevance_keep_rate
+        return ["--relevance-keep-rate", str(rate)] if rate else []
 
     def train_command(self) -> list[str]:
         """``lait train`` on configs/demo.yaml with every dataset path of the config set to this run's."""

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-aspect", type=float, default=d.max_aspect,
                         help=f"max aspect ratio for crawl and filter (default {d.max_aspect})")
     parser.add_argument("--relevance-keep-rate", type=float, default=d.relevance_keep_rate,
-                        help=f"share of pairs the relevance filter keeps (default {d.relevance_keep_rate})")
+                        help=f"share of pairs the relevance filter keeps (default {d.relevance_keep_rate}; "
+                             "0: the threshold the relevance model chose when it was trained)")
     parser.add_argument("--train-config", default=d.train_config, help="trainer config (default configs/demo.yaml)")
     parser.add_argument("--stop-after", metavar="STEP", choices=[n for n, _ in demo_run.plan(d)],
                         help="run the steps up to STEP only, then planted/audit/report (default: all)")

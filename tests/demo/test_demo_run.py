@@ -33,6 +33,8 @@ def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
     assert (f"-m lait eval --checkpoint {out}/train/checkpoints/final.pt --regions {out}/test_features/regions "
             f"--captions {out}/test/captions --out {out}/eval.json") in lines["eval"]
     assert not os.path.exists(out)  # a dry run writes nothing
+    model_cut = _lait("demo", "--dry-run", "--out", out, "--relevance-keep-rate", "0").stdout
+    assert "--relevance-keep-rate" not in model_cut and f"--relevance {out}/relevance_model" in model_cut
 
 
 def test_failed_steps_skip_their_dependents_and_the_rest_still_runs(tmp_path):
