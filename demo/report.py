@@ -318,6 +318,13 @@ def section_samples(run: RunData, n: int = 18) -> str:
     return "".join(parts) + f'<div class="grid">{"".join(cards)}</div>'
 
 
+def class_names(classes) -> list[str] | None:
+    """Class names from a ``classes.json``: a list, or an object with ``class_names``/``classes``/``names``."""
+    if isinstance(classes, dict):
+        classes = next((classes[k] for k in ("class_names", "classes", "names") if isinstance(classes.get(k), list)), None)
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
 def section_boxes(run: RunData, n: int = 8) -> str:
     """Some images with their detected boxes and class names drawn."""
     shown = []
@@ -327,8 +334,7 @@ def section_boxes(run: RunData, n: int = 8) -> str:
             shown.append((rel, table.slice(0, n).to_pylist()))
     if not shown:
         return _missing("No region features (features/regions) in this run.")
-    classes = read_json(run.path("features", "classes.json"))
-    names = classes if isinstance(classes, list) else None
+    names = class_names(read_json(run.path("features", "classes.json")))
     cards = []
     for rel, rows in shown[:1]:
         images = run.image_bytes([r["image_id"] for r in rows])
@@ -393,7 +399,8 @@ def section_losses(run: RunData) -> str:
                 series[r["task"]].append((r["step"], r["loss"]))
         for task, points in sorted(series.items()):
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=task)
+            # Markers when there are few points: a single logged step is still visible.
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=task, marker="o" if len(points) < 20 else None)
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
@@ -403,7 +410,17 @@ def section_losses(run: RunData) -> str:
 
 
 def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else _esc(value if value is not None else "-")
+    """A table cell: fractions to 3 decimals, counts as integers, the rest escaped."""
+    if isinstance(value, bool):
+        return _esc(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3f}" if isinstance(value, float) else _esc(value if value is not None else "-")
+
+
+def _frac(value) -> str:
+    """A rate or recall to 3 decimals, whether stored as int or float."""
+    return f"{float(value):.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def section_eval(run: RunData) -> str:
@@ -416,8 +433,8 @@ def section_eval(run: RunData) -> str:
             m = ev.get(key) or {}
             chance = m.get("chance_R@1")
             ratio = (m.get("R@1") / chance) if isinstance(chance, (int, float)) and chance and isinstance(m.get("R@1"), (int, float)) else None
-            rows.append(f"<tr><td class=l>{key.replace('_', ' ')}</td><td>{_fmt(m.get('R@1'))}</td><td>{_fmt(m.get('R@5'))}</td>"
-                        f"<td>{_fmt(m.get('R@10'))}</td><td>{_fmt(chance)}</td><td>{'-' if ratio is None else f'{ratio:.1f}x'}</td></tr>")
+            rows.append(f"<tr><td class=l>{key.replace('_', ' ')}</td><td>{_frac(m.get('R@1'))}</td><td>{_frac(m.get('R@5'))}</td>"
+                        f"<td>{_frac(m.get('R@10'))}</td><td>{_frac(chance)}</td><td>{'-' if ratio is None else f'{ratio:.1f}x'}</td></tr>")
         parts.append("<table><tr><th class=l>task</th><th>R@1</th><th>R@5</th><th>R@10</th><th>chance R@1</th>"
                      "<th>R@1 / chance</th></tr>" + "".join(rows) + "</table>")
     else:
@@ -436,7 +453,7 @@ def section_eval(run: RunData) -> str:
             good = all(isinstance(c.get(k), (int, float)) and c[k] >= 0.9 for k in ("precision", "recall"))
             top = ", ".join(f"{_esc(r)} {n}" for r, n in list((c.get("caught_by") or {}).items())[:3])
             rows.append(f"<tr><td class=l>{_esc(name)}</td><td>{c.get('planted')}</td><td>{c.get('caught')}</td>"
-                        f"<td>{_fmt(c.get('recall'))}</td><td>{_fmt(c.get('precision'))}</td>"
+                        f"<td>{_frac(c.get('recall'))}</td><td>{_frac(c.get('precision'))}</td>"
                         f"<td class='{'ok' if good else 'bad'}'>{'yes' if good else 'no'}</td><td class=l>{top}</td></tr>")
         clean = planted.get("clean") or {}
         parts.append("<h3>Planted noise caught by the filters</h3><table><tr><th class=l>category</th><th>planted</th>"

@@ -122,3 +122,9 @@ def test_loss_logs_long_and_wide(tmp_path):
                    ("stage1", 10.0, "total"): 2.0, ("stage1", 10.0, "mlm"): 1.5,
                    ("finetune", 0.0, "itm"): 0.7, ("finetune", 5.0, "itm"): 0.5}
     assert "data:image/png;base64," in report.section_losses(report.RunData(str(tmp_path)))
+
+
+def test_class_names_from_either_classes_json_layout():
+    assert report.class_names(["circle", "ring"]) == ["circle", "ring"]
+    assert report.class_names({"detector": "demo", "class_names": ["circle", "ring"]}) == ["circle", "ring"]
+    assert report.class_names({"detector": "demo"}) is None and report.class_names(None) is None
