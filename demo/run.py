@@ -112,7 +112,7 @@ class Demo:
             Step("site", "generate the website and the held-out split", func=self.make_site,
                  outputs=("site", "test")),
             Step("crawl", "crawl the site", ("site",), outputs=("crawl",), command=lambda: self.lait(
-                "crawl", self.server.url, "--out", self.p("crawl"), "--allow-private-networks", *rules)),
+                "crawl", self.site_url(), "--out", self.p("crawl"), "--allow-private-networks", *rules)),
             Step("filter0", "filter with rules only (relevance training pairs)", ("crawl",), outputs=("filter0",),
                  command=lambda: self.lait("filter", "--input", self.p("crawl"), "--output", self.p("filter0"), *rules)),
             Step("relevance_train", "train the relevance model", ("filter0",), outputs=("relevance_model",),
@@ -173,6 +173,13 @@ class Demo:
         planted_n = sum(n for k, n in self.site.counts().items() if k != "clean")
         self.echo(f"    site at {self.server.url}: {len(self.site.ledger):,} images ({planted_n:,} planted noise); "
                   f"test split {counts['images']} images, {counts['captions']} captions")
+
+    def site_url(self) -> str:
+        """The served site's URL; with ``--from crawl`` the (deterministic) site is rebuilt and served."""
+        if self.server is None:
+            self.site = build_site(self.cfg.seed, self.cfg.scenes)
+            self.server = SiteServer(self.site).start()
+        return self.server.url
 
     def relevance_eval(self) -> None:
         """``relevance_eval.json``: the relevance model's AUC on labelled pairs and the filter's effect.
@@ -376,12 +383,14 @@ def summary(out: str, steps: list[Step], total: float) -> str:
                      f"clean images kept {clean.get('kept')}/{clean.get('items')}")
     ev = report.read_json(os.path.join(out, "eval.json"))
     if isinstance(ev, dict):
-        lines.append(f"{'retrieval':<20} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'chance R@1':>11}")
+        lines.append(f"{'retrieval':<20} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'chance R@1':>11} {'R@1/chance':>11}")
         for key in ("image_retrieval", "sentence_retrieval"):
             m = ev.get(key) or {}
             fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
-            lines.append(f"{key:<20} {fmt(m.get('R@1')):>6} {fmt(m.get('R@5')):>6} {fmt(m.get('R@10')):>6} "
-                         f"{fmt(m.get('chance_R@1')):>11}")
+            r1, chance = m.get("R@1"), m.get("chance_R@1")
+            ratio = f"{r1 / chance:.1f}x" if isinstance(r1, (int, float)) and isinstance(chance, (int, float)) and chance else "-"
+            lines.append(f"{key:<20} {fmt(r1):>6} {fmt(m.get('R@5')):>6} {fmt(m.get('R@10')):>6} "
+                         f"{fmt(chance):>11} {ratio:>11}")
     else:
         lines.append("retrieval: no eval.json (the eval step did not run)")
     aud = report.read_json(os.path.join(out, "audit.json"))

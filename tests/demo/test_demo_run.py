@@ -148,3 +148,17 @@ def test_from_reuses_earlier_outputs_and_skips_when_they_are_missing(tmp_path):
     assert demo.run() == 1  # d could not run: b's outputs are missing
     assert ran == ["c"]
     assert [(s.name, s.status) for s in demo.steps] == [("a", "reused"), ("b", "missing"), ("c", "ok"), ("d", "skipped")]
+
+
+def test_from_crawl_serves_the_same_site_again(tmp_path):
+    out = tmp_path / "r"
+    first = Demo(DemoConfig(out=str(out), scenes=5, test_scenes=2), echo=lambda _: None)
+    first.make_site()
+    url = first.server.url
+    first.server.stop()
+    again = Demo(DemoConfig(out=str(out), scenes=5, test_scenes=2, start_from="crawl"), echo=lambda _: None)
+    try:
+        assert again.site_url() != url  # a fresh server on a new free port ...
+        assert again.site.ledger_json() == first.site.ledger_json()  # ... serving the same site
+    finally:
+        again.server.stop()
