@@ -163,8 +163,11 @@ class Demo:
 
     def make_site(self) -> None:
         """Generate the site, write its ledger and the held-out split, start serving it."""
+        from tqdm import tqdm
+
         c = self.cfg
-        self.site = build_site(c.seed, c.scenes)
+        with tqdm(desc="site images", unit="img", leave=False) as bar:
+            self.site = build_site(c.seed, c.scenes, progress=bar.update)
         os.makedirs(self.p("site"), exist_ok=True)
         with open(self.p("site", "ledger.json"), "w", encoding="utf-8") as f:
             f.write(self.site.ledger_json())

@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image, ImageDraw
@@ -182,8 +183,11 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_PER_PAGE,
-               rates: dict[str, float] | None = None) -> Site:
-    """Generate the whole site for ``seed`` with ``scenes`` good (clean) scene images."""
+               rates: dict[str, float] | None = None, progress: Callable[[], None] | None = None) -> Site:
+    """Generate the whole site for ``seed`` with ``scenes`` good (clean) scene images.
+
+    ``progress``, when given, is called once per image made (for a progress bar).
+    """
     if scenes < 1:
         raise ValueError(f"the site needs at least one good scene (got {scenes})")
     rates = {**DEFAULT_RATES, **(rates or {})}
@@ -191,8 +195,14 @@ def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_
     resources: dict[str, Resource] = {}
     all_scenes: dict[str, Scene] = {}
 
+    def put_image(path: str, body: bytes, content_type: str = "image/jpeg",
+                  headers: dict[str, str] | None = None) -> None:
+        resources[path] = Resource(body, content_type, headers or {})
+        if progress:
+            progress()
+
     def add_scene_image(scene: Scene, path: str, headers: dict[str, str] | None = None) -> None:
-        resources[path] = Resource(encode(render(scene)), "image/jpeg", headers or {})
+        put_image(path, encode(render(scene)), headers=headers)
         all_scenes[scene.scene_id] = scene
 
     def text_source() -> str:
@@ -236,13 +246,13 @@ def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_
         shape, colour = rng.choice(CLASSES), rng.choice(list(COLOURS))
         side = rng.choice((16, 24, 32, 48))
         path = f"/img/icons/icon-{i:04d}.png"
-        resources[path] = Resource(encode(_icon(shape, colour, side), "PNG"), "image/png")
+        put_image(path, encode(_icon(shape, colour, side), "PNG"), "image/png")
         english.append(_Img(path, "tiny_icon", article(f"{colour} {shape} icon"), "alt", size=(side, side)))
 
     for i in range(_count(scenes, rates["banner"])):
         scene, image = _banner(rng, f"banner-{i:05d}")
         path = f"/img/banners/{scene.scene_id}.jpg"
-        resources[path] = Resource(encode(image), "image/jpeg")
+        put_image(path, encode(image))
         all_scenes[scene.scene_id] = scene
         a, b = scene.objects
         english.append(_Img(path, "banner", f"a wide banner with {article(a.colour + ' ' + a.shape)} and {article(b.colour + ' ' + b.shape)}",
@@ -250,7 +260,7 @@ def build_site(seed: int = 0, scenes: int = 1500, images_per_page: int = IMAGES_
 
     for i, scene in enumerate(fresh("corrupt", _count(scenes, rates["corrupt"]))):
         path = f"/img/{scene.scene_id}.jpg"
-        resources[path] = Resource(_corrupt_bytes(rng, encode(render(scene)), i % 3), "image/jpeg")
+        put_image(path, _corrupt_bytes(rng, encode(render(scene)), i % 3))
         english.append(_Img(path, "corrupt", captions(scene, rng, 1)[0], "alt", scene.scene_id,
                             detail=("truncated", "random_bytes", "html_body")[i % 3]))
 

@@ -21,7 +21,9 @@ def site():
 
 
 def test_same_seed_same_bytes_other_seed_differs(site):
-    again = build_site(seed=3, scenes=N)
+    made = []
+    again = build_site(seed=3, scenes=N, progress=lambda: made.append(1))
+    assert len(made) == sum(1 for r in again.resources.values() if r.content_type.startswith("image/"))
     assert again.ledger_json() == site.ledger_json()
     assert {p: r.body for p, r in again.resources.items()} == {p: r.body for p, r in site.resources.items()}
     other = build_site(seed=4, scenes=N)
