@@ -234,6 +234,7 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m demo.planted``: evaluate a run folder and print the table."""
     parser = argparse.ArgumentParser(prog="python -m demo.planted", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--ledger", help="the site's ledger.json (default RUN_DIR/site/ledger.json)")

@@ -124,6 +124,7 @@ class RunData:
         return audit_mod.stage_folders(self.run_dir)
 
     def path(self, *parts: str) -> str:
+        """A path inside the run folder."""
         return os.path.join(self.run_dir, *parts)
 
     def table(self, rel: str, kind: str, columns: list[str]):
@@ -553,6 +554,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m demo.report``: the same as ``lait report``."""
     parser = argparse.ArgumentParser(prog="python -m demo.report", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run_cli(parser.parse_args(argv))

@@ -101,6 +101,7 @@ class Demo:
         return os.path.join(self.out, *parts)
 
     def lait(self, *args: str) -> list[str]:
+        """A ``python -m lait`` command line."""
         return [self.cfg.python, "-m", "lait", *args]
 
     # -- the steps -----------------------------------------------------------------------------
@@ -144,6 +145,7 @@ class Demo:
 
     @property
     def detector_path(self) -> str:
+        """Where the demo detector's weights go."""
         return self.p("detector", "demo_detector.safetensors")
 
     def relevance_cut(self) -> list[str]:
@@ -284,6 +286,7 @@ class Demo:
         return env
 
     def run_step(self, step: Step, index: int) -> None:
+        """Run one step (unless an input failed), recording status, detail and time."""
         failed = [n for n in step.needs if self.step(n).status not in DONE]
         head = f"==> [{index}/{len(self.steps)}] {step.name}: {step.title}"
         if failed:
@@ -320,6 +323,7 @@ class Demo:
             self.server = None
 
     def step(self, name: str) -> Step:
+        """The step called ``name``."""
         return next(s for s in self.steps if s.name == name)
 
     def run(self) -> int:

@@ -53,10 +53,12 @@ class SceneObject:
 
     @property
     def label(self) -> int:
+        """The 0-based class label (index in ``CLASSES``)."""
         return CLASSES.index(self.shape)
 
     @property
     def centre(self) -> tuple[float, float]:
+        """The box centre (x, y)."""
         x1, y1, x2, y2 = self.box
         return (x1 + x2) / 2, (y1 + y2) / 2
 
@@ -80,10 +82,12 @@ class Scene:
 
     @property
     def boxes(self) -> np.ndarray:
+        """float32 [n, 4] boxes, x1 y1 x2 y2 in pixels."""
         return np.array([o.box for o in self.objects], dtype=np.float32).reshape(-1, 4)
 
     @property
     def labels(self) -> np.ndarray:
+        """int64 [n] 0-based class labels."""
         return np.array([o.label for o in self.objects], dtype=np.int64)
 
 
@@ -267,6 +271,7 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
 
 
 def article(phrase: str) -> str:
+    """The phrase with its indefinite article (``a`` or ``an``)."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 

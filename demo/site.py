@@ -400,6 +400,7 @@ class SiteServer:
 
     @property
     def url(self) -> str:
+        """The root URL, e.g. ``http://127.0.0.1:PORT/``."""
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/"
 

@@ -7,6 +7,7 @@ from demo import audit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the subcommand's parser."""
     parser = subparsers.add_parser(
         "audit",
         help="check a run folder: in = kept + rejected per stage, rows match stats, ids trace upstream",
@@ -18,4 +19,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the subcommand; returns the exit status."""
     return audit.run_cli(args)

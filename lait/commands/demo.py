@@ -14,6 +14,7 @@ def _positive(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the subcommand's parser."""
     d = demo_run.DemoConfig()
     parser = subparsers.add_parser(
         "demo",
@@ -48,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the subcommand; returns the exit status."""
     config = demo_run.DemoConfig(
         out=args.out, seed=args.seed, scenes=args.scenes, test_scenes=args.test_scenes,
         detector_scenes=args.detector_scenes, detector_epochs=args.detector_epochs, min_side=args.min_side,

@@ -7,6 +7,7 @@ from demo import report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the subcommand's parser."""
     parser = subparsers.add_parser(
         "report",
         help="write a self-contained HTML report of a run: funnel, distributions, samples, boxes, losses, eval, audit",
@@ -18,4 +19,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the subcommand; returns the exit status."""
     return report.run_cli(args)
