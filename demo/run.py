@@ -351,14 +351,19 @@ class Demo:
         finally:
             if self.server:
                 self.server.stop()
+        self.write_log(time.monotonic() - start)  # before the report, which shows it
         self.finish()
         total = time.monotonic() - start
-        with open(self.p("demo.json"), "w", encoding="utf-8") as f:
-            json.dump({"config": vars(self.cfg), "seconds": round(total, 1),
-                       "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
-                                  "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
+        self.write_log(total)
         self.echo(summary(self.out, self.steps, total))
         return 0 if all(s.status in DONE + ("not_run",) for s in self.steps) else 1
+
+    def write_log(self, seconds: float) -> None:
+        """``demo.json``: the config, and each step's status, seconds, detail and command line."""
+        with open(self.p("demo.json"), "w", encoding="utf-8") as f:
+            json.dump({"config": vars(self.cfg), "seconds": round(seconds, 1),
+                       "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
+                                  "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
 
     def finish(self) -> None:
         """planted.json, audit.json and report.html, from whatever the run produced."""

@@ -71,7 +71,8 @@ def test_demo_up_to_the_crawl_serves_the_site_and_closes_the_books(tmp_path):
     assert (out / "test" / "captions").is_dir() and (out / "test" / "pairs").is_dir()
     plant = json.load(open(out / "planted.json"))
     assert set(plant["categories"]) >= {"mismatch", "non_english", "corrupt"}
-    assert (out / "report.html").read_text().count("<section") == 7
+    report_html = (out / "report.html").read_text()
+    assert report_html.count("<section") == 8 and "<td class=l>crawl</td>" in report_html  # the steps table
     assert "LAIT demo summary" in proc.stdout and "report:" in proc.stdout
     if status["crawl"] == "ok":
         # Once the crawler is merged: the crawl alone catches every crawl-level category, its books
