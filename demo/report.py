@@ -484,6 +484,10 @@ def section_audit(run: RunData) -> str:
                       + "".join(rows) + "</table>")
 
 
+def _seconds(value) -> str:
+    return f"{float(value):.1f}" if isinstance(value, (int, float)) else "-"
+
+
 def section_steps(run: RunData) -> str:
     """The demo's steps with status and seconds, from ``demo.json`` (written by ``lait demo``)."""
     demo = read_json(run.path("demo.json"))
@@ -491,9 +495,9 @@ def section_steps(run: RunData) -> str:
         return _missing("No demo.json: this run was not made by lait demo (or it has not finished).")
     rows = "".join(
         f"<tr><td class=l>{_esc(st.get('name'))}</td><td class='{'bad' if st.get('status') in ('failed', 'missing') else 'ok'}'>"
-        f"{_esc(st.get('status'))}</td><td>{_frac(st.get('seconds'))[:-2]}</td><td class=l>{_esc(st.get('detail')) or '-'}</td></tr>"
+        f"{_esc(st.get('status'))}</td><td>{_seconds(st.get('seconds'))}</td><td class=l>{_esc(st.get('detail')) or '-'}</td></tr>"
         for st in demo["steps"] if isinstance(st, dict))
-    return (f"<p class='muted'>Total {_esc(demo.get('seconds'))} s.</p><table><tr><th class=l>step</th><th>status</th>"
+    return (f"<p class='muted'>Total {_seconds(demo.get('seconds'))} s.</p><table><tr><th class=l>step</th><th>status</th>"
             f"<th>seconds</th><th class=l>detail</th></tr>{rows}</table>")
 
 
