@@ -21,6 +21,8 @@ import re
 import sys
 from collections import Counter
 
+import pyarrow as pa
+
 import schemas
 
 #: A stage's output dataset kind, by the stage name in ``stats.json`` (or the folder name).
@@ -89,7 +91,15 @@ def _sample(values: list, n: int = 3) -> str:
 
 
 def audit_stage(run_dir: str, name: str) -> dict:
-    """All checks of one stage folder."""
+    """All checks of one stage folder; an unreadable dataset is a failed check, not a crash."""
+    try:
+        return _audit_stage(run_dir, name)
+    except (schemas.SchemaMismatchError, OSError, pa.ArrowException) as exc:
+        return {"name": name, "stage": name, "ok": False,
+                "checks": [_check("datasets_readable", False, f"{type(exc).__name__}: {exc}")]}
+
+
+def _audit_stage(run_dir: str, name: str) -> dict:
     folder = os.path.join(run_dir, name)
     checks: list[dict] = []
     try:

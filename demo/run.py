@@ -366,14 +366,26 @@ class Demo:
                                   "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
 
     def finish(self) -> None:
-        """planted.json, audit.json and report.html, from whatever the run produced."""
+        """planted.json, audit.json and report.html, from whatever the run produced.
+
+        Each is attempted even when another fails (say, on a damaged dataset); failures are printed.
+        """
         ledger_path = self.p("site", "ledger.json")
+
+        def write_audit() -> None:
+            with open(self.p("audit.json"), "w", encoding="utf-8") as f:
+                json.dump(audit.audit_run(self.out), f, indent=2)
+
+        closing = [("audit.json", write_audit),
+                   ("report.html", lambda: report.write_report(self.out, title="LAIT demo report"))]
         if os.path.exists(ledger_path):
-            planted.write_planted(self.out, planted.load_ledger(ledger_path))
-        result = audit.audit_run(self.out)
-        with open(self.p("audit.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        report.write_report(self.out, title="LAIT demo report")
+            closing.insert(0, ("planted.json", lambda: planted.write_planted(self.out, planted.load_ledger(ledger_path))))
+        for name, make in closing:
+            try:
+                make()
+            except Exception as exc:  # noqa: BLE001 - the other closing files are still worth writing
+                log.debug("closing step %s failed", name, exc_info=True)
+                self.echo(f"    could not write {name}: {type(exc).__name__}: {exc}")
 
 
 def summary(out: str, steps: list[Step], total: float) -> str:

@@ -113,3 +113,11 @@ def test_missing_or_empty_run_folder(tmp_path):
     (tmp_path / "crawl" / "stats.json").write_text("{not json")
     result = audit.audit_run(str(tmp_path))
     assert not result["ok"] and ("crawl", "stats_readable") in _failed(result)
+
+
+def test_an_unreadable_dataset_is_a_failed_check(run_copy):
+    (run_copy / "crawl" / "candidates" / "part-00000.parquet").write_bytes(b"not parquet at all")
+    result = audit.audit_run(str(run_copy))
+    assert ("crawl", "datasets_readable") in _failed(result)
+    proc = _cli(str(run_copy))
+    assert proc.returncode == 1 and "datasets_readable" in proc.stdout and "Traceback" not in proc.stderr

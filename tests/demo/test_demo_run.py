@@ -163,3 +163,20 @@ def test_from_crawl_serves_the_same_site_again(tmp_path):
         assert again.site.ledger_json() == first.site.ledger_json()  # ... serving the same site
     finally:
         again.server.stop()
+
+
+def test_closing_steps_survive_a_damaged_dataset(tmp_path):
+    from demo.site import build_site
+    from demo_runfolder import make_run
+
+    site = build_site(seed=4, scenes=12)
+    out = tmp_path / "run"
+    make_run(out, site, with_training=False)
+    (out / "site").mkdir()
+    (out / "site" / "ledger.json").write_text(site.ledger_json())
+    (out / "crawl" / "candidates" / "part-00000.parquet").write_bytes(b"damaged")
+    said = []
+    Demo(DemoConfig(out=str(out)), echo=said.append).finish()
+    assert any("could not write planted.json" in line for line in said)
+    assert json.load(open(out / "audit.json"))["ok"] is False
+    assert "The books do NOT balance" in (out / "report.html").read_text()
