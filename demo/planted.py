@@ -33,6 +33,8 @@ import sys
 from collections import Counter
 from urllib.parse import urlsplit
 
+import pyarrow as pa
+
 import schemas
 
 log = logging.getLogger(__name__)
@@ -240,8 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ledger", help="the site's ledger.json (default RUN_DIR/site/ledger.json)")
     parser.add_argument("--out", help="where to write planted.json (default RUN_DIR/planted.json)")
     args = parser.parse_args(argv)
-    ledger = load_ledger(args.ledger or os.path.join(args.run_dir, "site", "ledger.json"))
-    print(format_table(write_planted(args.run_dir, ledger, args.out)))
+    try:
+        ledger = load_ledger(args.ledger or os.path.join(args.run_dir, "site", "ledger.json"))
+        print(format_table(write_planted(args.run_dir, ledger, args.out)))
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:  # SchemaMismatchError is a ValueError
+        print(f"python -m demo.planted: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

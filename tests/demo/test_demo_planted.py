@@ -77,3 +77,21 @@ def test_reason_matching_and_empty_run(tmp_path):
     assert "mismatch" in report["summary"]["categories_without_attributed_rejects"]
     assert report["summary"]["all_at_least_0_9"] is False
     assert "mismatch" in planted.format_table(report)
+
+
+def test_native_cli(run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    site, run_dir = run
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text(site.ledger_json())
+    env = {**os.environ, "PYTHONPATH": root}
+    cmd = [sys.executable, "-m", "demo.planted", run_dir, "--ledger", str(ledger), "--out", str(tmp_path / "p.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "mismatch" in proc.stdout and (tmp_path / "p.json").exists()
+    proc = subprocess.run(cmd[:3] + ["--ledger", str(tmp_path / "absent.json")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2 and "FileNotFoundError" in proc.stderr and "Traceback" not in proc.stderr
