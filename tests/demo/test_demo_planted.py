@@ -92,6 +92,6 @@ def test_native_cli(run, tmp_path):
     cmd = [sys.executable, "-m", "demo.planted", run_dir, "--ledger", str(ledger), "--out", str(tmp_path / "p.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "mismatch" in proc.stdout and (tmp_path / "p.json").exists()
-    proc = subprocess.run(cmd[:3] + ["--ledger", str(tmp_path / "absent.json")], capture_output=True, text=True,
+    proc = subprocess.run(cmd[:4] + ["--ledger", str(tmp_path / "absent.json")], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 2 and "FileNotFoundError" in proc.stderr and "Traceback" not in proc.stderr
