@@ -429,6 +429,11 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> int:
     return Demo(config, echo).run()
 
 
+def step_names() -> list[str]:
+    """The demo's step names, in order."""
+    return [step.name for step in Demo(DemoConfig(), echo=lambda _: None).steps]
+
+
 def plan(config: DemoConfig) -> list[tuple[str, str]]:
     """The steps and what each runs, without running anything (``lait demo --dry-run``)."""
     demo = Demo(config, echo=lambda _: None)

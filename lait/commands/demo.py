@@ -39,9 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"share of pairs the relevance filter keeps (default {d.relevance_keep_rate}; "
                              "0: the threshold the relevance model chose when it was trained)")
     parser.add_argument("--train-config", default=d.train_config, help="trainer config (default configs/demo.yaml)")
-    parser.add_argument("--stop-after", metavar="STEP", choices=[n for n, _ in demo_run.plan(d)],
+    parser.add_argument("--stop-after", metavar="STEP", choices=demo_run.step_names(),
                         help="run the steps up to STEP only, then planted/audit/report (default: all)")
-    parser.add_argument("--from", dest="start_from", metavar="STEP", choices=[n for n, _ in demo_run.plan(d)],
+    parser.add_argument("--from", dest="start_from", metavar="STEP", choices=demo_run.step_names(),
                         help="rerun from STEP, reusing the outputs of the steps before it in --out (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, run nothing")
     parser.add_argument("--serve", action="store_true", help="only serve the generated site on 127.0.0.1 until Ctrl-C")
