@@ -24,7 +24,14 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# The report tests drive headless Chromium: install Debian's package on a fresh machine (as root;
+# through sudo when make runs as another user).
+CHROMIUM_BIN := /usr/bin/chromium
+$(CHROMIUM_BIN):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update
+	$(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: $(STAMP) $(CHROMIUM_BIN)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -1,0 +1,257 @@
+"""Check a run folder's books: every stage's counts balance and every id downstream exists upstream.
+
+For each stage folder (a subfolder holding ``stats.json``: crawl, filter, features, ...):
+
+- ``stats.json`` has ``in``, ``kept``, ``rejected``, ``rejected_by_reason`` with
+  ``in == kept + rejected`` and the reasons summing to ``rejected``;
+- the rows on disk agree: the output dataset holds ``kept`` rows, ``rejected/`` holds ``rejected``
+  rows with the same per-reason counts, each with a stage and a snake_case reason;
+- ids are unique where they must be (candidate_id, pair_id, one regions row per image);
+- lineage: pairs.candidate_id in the upstream candidates, regions.image_id in the upstream pairs,
+  rejected ids in the upstream dataset; and the stage's ``in`` equals what upstream kept.
+
+Native form: ``python -m demo.audit RUN_DIR [--json]``; ``lait audit`` is the same.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections import Counter
+
+import pyarrow as pa
+
+import schemas
+
+#: A stage's output dataset kind, by the stage name in ``stats.json`` (or the folder name).
+OUTPUT_KINDS = ("candidates", "pairs", "regions", "captions")
+#: Upstream folder by stage type, when ``stats.json`` does not name its ``input``.
+DEFAULT_UPSTREAM = {"filter": "crawl", "features": "filter", "relevance": "crawl"}
+SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _check(name: str, ok: bool, detail: str = "") -> dict:
+    return {"check": name, "ok": bool(ok), "detail": detail}
+
+
+def _dataset(folder: str) -> tuple[str | None, str | None]:
+    """The output dataset inside a stage folder: (kind, path), or (None, None)."""
+    for kind in OUTPUT_KINDS:
+        path = os.path.join(folder, kind)
+        if os.path.isdir(path):
+            return kind, path
+    return None, None
+
+
+def _column(path: str, kind: str, column: str) -> list:
+    """One column of a dataset, as a list (empty when the dataset has no files)."""
+    if not os.path.isdir(path) or not schemas.list_parquet_files(path):
+        return []
+    dataset = schemas.open_dataset(path, kind)
+    if column not in dataset.schema.names:
+        return []
+    return dataset.to_table(columns=[column]).column(column).to_pylist()
+
+
+def _rows(path: str, kind: str) -> int:
+    if not os.path.isdir(path) or not schemas.list_parquet_files(path):
+        return 0
+    return schemas.count_rows(path, kind)
+
+
+def _upstream(run_dir: str, name: str, stats: dict) -> str | None:
+    """The folder this stage read from: ``stats['input']`` if given, else the pipeline's convention."""
+    given = stats.get("input")
+    if isinstance(given, str) and "://" not in given:
+        path = given if os.path.isabs(given) else os.path.join(run_dir, given)
+        # A stage may name the dataset itself (…/pairs); the audit wants the folder holding it.
+        if os.path.basename(os.path.normpath(path)) in OUTPUT_KINDS:
+            path = os.path.dirname(os.path.normpath(path))
+        if os.path.isdir(path):
+            return path
+    if name.startswith("test_"):  # test_features reads the held-out split in DIR/test
+        path = os.path.join(run_dir, "test")
+        return path if os.path.isdir(path) else None
+    stage = str(stats.get("stage") or name)
+    for prefix, upstream in DEFAULT_UPSTREAM.items():
+        if stage.startswith(prefix) or name.startswith(prefix):
+            path = os.path.join(run_dir, upstream)
+            return path if os.path.isdir(path) else None
+    return None
+
+
+def _missing(ids: list, known: set) -> list:
+    return [i for i in ids if i is not None and i not in known]
+
+
+def _sample(values: list, n: int = 3) -> str:
+    return ", ".join(str(v)[:16] for v in values[:n])
+
+
+def audit_stage(run_dir: str, name: str) -> dict:
+    """All checks of one stage folder; an unreadable dataset is a failed check, not a crash."""
+    try:
+        return _audit_stage(run_dir, name)
+    except (schemas.SchemaMismatchError, OSError, pa.ArrowException) as exc:
+        return {"name": name, "stage": name, "ok": False,
+                "checks": [_check("datasets_readable", False, f"{type(exc).__name__}: {exc}")]}
+
+
+def _audit_stage(run_dir: str, name: str) -> dict:
+    folder = os.path.join(run_dir, name)
+    checks: list[dict] = []
+    try:
+        with open(os.path.join(folder, "stats.json"), encoding="utf-8") as f:
+            stats = json.load(f)
+    except (OSError, ValueError) as exc:
+        return {"name": name, "stage": name, "ok": False, "checks": [_check("stats_readable", False, str(exc))]}
+    fields = {k: stats.get(k) for k in ("in", "kept", "rejected")}
+    by_reason = stats.get("rejected_by_reason")
+    well_formed = all(isinstance(v, int) for v in fields.values()) and isinstance(by_reason, dict)
+    checks.append(_check("stats_fields", well_formed, "" if well_formed else f"got {fields}, rejected_by_reason={by_reason!r}"))
+    if not well_formed:
+        return {"name": name, "stage": stats.get("stage", name), "ok": False, "checks": checks}
+    n_in, kept, rejected = fields["in"], fields["kept"], fields["rejected"]
+    checks.append(_check("in_equals_kept_plus_rejected", n_in == kept + rejected,
+                         f"in {n_in} vs kept {kept} + rejected {rejected} = {kept + rejected}"))
+    reason_total = sum(v for v in by_reason.values() if isinstance(v, int))
+    checks.append(_check("reasons_sum_to_rejected", reason_total == rejected,
+                         f"sum of rejected_by_reason {reason_total} vs rejected {rejected}"))
+
+    kind, path = _dataset(folder)
+    kept_rows = _rows(path, kind) if kind else 0
+    checks.append(_check("kept_rows_match", kept_rows == kept,
+                         f"{kept_rows} rows in {kind or 'no output dataset'} vs kept {kept}"))
+    rejected_dir = os.path.join(folder, "rejected")
+    reasons = _column(rejected_dir, "rejected", "reason")
+    stages = _column(rejected_dir, "rejected", "stage")
+    checks.append(_check("rejected_rows_match", len(reasons) == rejected,
+                         f"{len(reasons)} rows in rejected/ vs rejected {rejected}"))
+    on_disk = Counter(reasons)
+    differ = {r: (on_disk.get(r, 0), by_reason.get(r, 0)) for r in set(on_disk) | set(by_reason)
+              if on_disk.get(r, 0) != by_reason.get(r, 0)}
+    checks.append(_check("rejected_reasons_match", not differ,
+                         "; ".join(f"{r}: {a} rows vs {b} in stats" for r, (a, b) in sorted(differ.items()))))
+    bad = [r for r in reasons if not r or not SNAKE.match(r)] + [s for s in stages if not s]
+    checks.append(_check("rejected_rows_labelled", not bad, f"{len(bad)} rows without stage or snake_case reason"))
+
+    id_column = {"candidates": "candidate_id", "pairs": "pair_id", "regions": "image_id", "captions": "caption_id"}.get(kind)
+    if id_column:
+        ids = _column(path, kind, id_column)
+        dups = [i for i, c in Counter(ids).items() if c > 1]
+        checks.append(_check(f"unique_{id_column}", not dups, f"{len(dups)} duplicated ({_sample(dups)})" if dups else ""))
+
+    upstream = _upstream(run_dir, name, stats)
+    if upstream:
+        up_kind, up_path = _dataset(upstream)
+        rel = os.path.relpath(upstream, run_dir)
+        if up_kind == "candidates":
+            known = set(_column(up_path, "candidates", "candidate_id"))
+            if kind == "pairs":
+                ids = _column(path, "pairs", "candidate_id")
+                gone = _missing(ids, known)
+                checks.append(_check("pairs_candidate_ids_upstream", not gone and None not in ids,
+                                     f"{len(gone)} missing in {rel}, {ids.count(None)} null"))
+            gone = _missing(_column(rejected_dir, "rejected", "candidate_id"), known)
+            checks.append(_check("rejected_candidate_ids_upstream", not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})"))
+            up_kept = len(known)
+            up_images = up_kept
+        else:
+            known = set(_column(up_path, up_kind, "image_id")) if up_kind else set()
+            if kind == "regions":
+                gone = _missing(_column(path, "regions", "image_id"), known)
+                checks.append(_check("regions_image_ids_upstream", not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})"))
+            gone = _missing(_column(rejected_dir, "rejected", "image_id"), known)
+            checks.append(_check("rejected_image_ids_upstream", not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})"))
+            up_kept = _rows(up_path, up_kind) if up_kind else 0
+            up_images = len(known)
+        # A stage reads every row upstream kept (or, for per-image stages, every distinct image).
+        checks.append(_check("in_equals_upstream_kept", n_in in (up_kept, up_images),
+                             f"in {n_in} vs {up_kept} rows / {up_images} images kept in {rel}"))
+    return {"name": name, "stage": stats.get("stage", name), "upstream": os.path.relpath(upstream, run_dir) if upstream else None,
+            "in": n_in, "kept": kept, "rejected": rejected, "ok": all(c["ok"] for c in checks), "checks": checks}
+
+
+FUNNEL_KEYS = ("in", "kept", "rejected", "rejected_by_reason")
+
+
+def _is_funnel(path: str) -> bool:
+    """Whether a ``stats.json`` is a stage funnel; an unreadable one counts (the audit flags it).
+
+    Other tools may keep a ``stats.json`` of another kind (training figures, say): not a stage.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return True
+    return not isinstance(stats, dict) or any(key in stats for key in FUNNEL_KEYS)
+
+
+def stage_folders(run_dir: str) -> list[str]:
+    """Subfolders of the run whose ``stats.json`` is a stage funnel, in pipeline order where known."""
+    order = {"crawl": 0, "filter0": 1, "filter": 3, "features": 4, "test_features": 5}
+    names = [d for d in os.listdir(run_dir) if os.path.isfile(os.path.join(run_dir, d, "stats.json"))
+             and _is_funnel(os.path.join(run_dir, d, "stats.json"))]
+    return sorted(names, key=lambda d: (order.get(d, 10), d))
+
+
+def audit_run(run_dir: str) -> dict:
+    """Audit every stage folder of ``run_dir``; ``ok`` is true only when every check passes."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"no run folder at {run_dir}")
+    stages = [audit_stage(run_dir, name) for name in stage_folders(run_dir)]
+    return {"run_dir": os.path.abspath(run_dir), "ok": bool(stages) and all(s["ok"] for s in stages),
+            "stages": stages, "problem": None if stages else "no stage folder with a stats.json"}
+
+
+def format_audit(result: dict) -> str:
+    """The audit as readable text: one line per stage, failing checks spelt out."""
+    lines = [f"audit of {result['run_dir']}: {'BALANCED' if result['ok'] else 'NOT BALANCED'}"]
+    if result.get("problem"):
+        lines.append(f"  {result['problem']}")
+    for stage in result["stages"]:
+        head = f"  {stage['name']:<16} {'ok ' if stage['ok'] else 'FAIL'}"
+        if "in" in stage:
+            head += f"  in {stage['in']:,} = kept {stage['kept']:,} + rejected {stage['rejected']:,}"
+        lines.append(head)
+        for check in stage["checks"]:
+            if not check["ok"]:
+                lines.append(f"      x {check['check']}: {check['detail']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the audit from the command line; exit 1 when the books do not balance, 2 when nothing to audit."""
+    parser = argparse.ArgumentParser(prog="python -m demo.audit", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The audit's options, shared by ``lait audit`` and ``python -m demo.audit``."""
+    parser.add_argument("run_dir", help="a run folder (holding crawl/, filter/, features/, ...)")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("--out", help="also write the JSON result to this file")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Audit ``args.run_dir``, print, and return the exit status."""
+    try:
+        result = audit_run(args.run_dir)
+    except FileNotFoundError as exc:
+        print(f"lait audit: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2) if args.json else format_audit(result))
+    if not result["stages"]:
+        return 2
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""The embedded default end to end: generated site -> crawl -> filter -> features -> train -> eval -> report.
+
+``run_demo(out_dir, ...)`` serves the generated website on 127.0.0.1 and runs every stage as the
+user would, through the ``lait`` command line in subprocesses (``python -m lait ...``), printing
+progress per stage. The stages talk only through the run folder:
+
+    OUT/site/ledger.json        what was planted where (demo.site)
+    OUT/test/{pairs,captions}/  the held-out scenes, written directly (never crawled)
+    OUT/crawl/                  lait crawl URL --out OUT/crawl --allow-private-networks ...
+    OUT/filter0/                lait filter (rules only): the relevance model's training pairs
+    OUT/relevance_model/        lait relevance train --input OUT/filter0 --out ...
+    OUT/filter/                 lait filter --relevance OUT/relevance_model --relevance-keep-rate K
+    OUT/relevance_eval.json     auc from lait relevance eval + true_kept / mismatched_removed
+    OUT/detector/               model.detectors.demo.train_demo_detector on generated scenes
+    OUT/features/, OUT/test_features/   lait features --detector demo --weights ...
+    OUT/captions/               train captions from the kept pairs
+    OUT/train/                  lait train --config configs/demo.yaml --set ...
+    OUT/eval.json               lait eval --checkpoint OUT/train/checkpoints/final.pt --regions ... --captions ...
+    OUT/planted.json, OUT/audit.json, OUT/report.html, OUT/demo.json (steps, times, commands)
+
+A step whose inputs failed is skipped, independent steps still run, and the closing steps
+(planted, audit, report) always run on whatever exists.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+import schemas
+from demo import audit, datasets, planted, report
+from demo.scenes import CLASSES, detector_samples, generate_scenes
+from demo.site import SiteServer, build_site
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class DemoConfig:
+    """Everything a demo run depends on; the defaults are the embedded default (``make demo``)."""
+
+    out: str = "demo-run"
+    seed: int = 0
+    scenes: int = 1500
+    test_scenes: int = 150
+    detector_scenes: int = 400
+    detector_epochs: int | None = None  # None: train_demo_detector's own default
+    min_side: int = 128
+    max_aspect: float = 3.0
+    relevance_keep_rate: float = 0.9
+    train_config: str = os.path.join(REPO_ROOT, "configs", "demo.yaml")
+    python: str = sys.executable
+    stop_after: str | None = None  # run the steps up to this one only (then the closing steps)
+    start_from: str | None = None  # reuse the outputs of the steps before this one (a rerun)
+
+
+#: Step statuses that let dependent steps run.
+DONE = ("ok", "reused")
+
+
+@dataclass
+class Step:
+    """One stage of the demo: a ``lait`` command line or an in-process function."""
+
+    name: str
+    title: str
+    needs: tuple[str, ...] = ()
+    command: Callable[[], list[str]] | None = None
+    func: Callable[[], None] | None = None
+    outputs: tuple[str, ...] = ()  # run-folder entries this step writes: cleared before it runs
+    status: str = "pending"  # pending | ok | failed | skipped | not_run | reused | missing
+    seconds: float = 0.0
+    detail: str = ""
+    argv: list[str] = field(default_factory=list)
+
+
+class Demo:
+    """Builds the step list for a config and runs it."""
+
+    def __init__(self, config: DemoConfig, echo: Callable[[str], None] = print):
+        self.cfg = config
+        self.out = os.path.abspath(config.out)
+        self.echo = echo
+        self.site = None
+        self.server: SiteServer | None = None
+        self.steps = self._steps()
+
+    def p(self, *parts: str) -> str:
+        """A path inside the run folder."""
+        return os.path.join(self.out, *parts)
+
+    def lait(self, *args: str) -> list[str]:
+        """A ``python -m lait`` command line."""
+        return [self.cfg.python, "-m", "lait", *args]
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def _steps(self) -> list[Step]:
+        c = self.cfg
+        rules = ["--min-side", str(c.min_side), "--max-aspect", str(c.max_aspect)]
+        return [
+            Step("site", "generate the website and the held-out split", func=self.make_site,
+                 outputs=("site", "test")),
+            Step("crawl", "crawl the site", ("site",), outputs=("crawl",), command=lambda: self.lait(
+                "crawl", self.site_url(), "--out", self.p("crawl"), "--allow-private-networks", *rules)),
+            Step("filter0", "filter with rules only (relevance training pairs)", ("crawl",), outputs=("filter0",),
+                 command=lambda: self.lait("filter", "--input", self.p("crawl"), "--output", self.p("filter0"), *rules)),
+            Step("relevance_train", "train the relevance model", ("filter0",), outputs=("relevance_model",),
+                 command=lambda: self.lait("relevance", "train", "--input", self.p("filter0"),
+                                           "--out", self.p("relevance_model"))),
+            Step("filter", "filter with rules and relevance", ("crawl", "relevance_train"), outputs=("filter",),
+                 command=lambda: self.lait(
+                     "filter", "--input", self.p("crawl"), "--output", self.p("filter"), *rules,
+                     "--relevance", self.p("relevance_model"), *self.relevance_cut())),
+            Step("relevance_eval", "evaluate relevance on planted mismatches", ("relevance_train", "filter"),
+                 outputs=("relevance_labelled", "relevance_eval.json"), func=self.relevance_eval),
+            Step("detector", "train the demo detector on generated scenes", ("site",), outputs=("detector",),
+                 func=self.train_detector),
+            Step("features", "region features of the kept pairs", ("filter", "detector"), outputs=("features",),
+                 command=lambda: self.lait("features", "--input", self.p("filter"), "--output", self.p("features"),
+                                           "--detector", "demo", "--weights", self.detector_path)),
+            Step("test_features", "region features of the held-out scenes", ("detector",), outputs=("test_features",),
+                 command=lambda: self.lait("features", "--input", self.p("test", "pairs"),
+                                           "--output", self.p("test_features"), "--detector", "demo",
+                                           "--weights", self.detector_path)),
+            Step("captions", "captions of the kept pairs", ("filter",), outputs=("captions",), func=self.make_captions),
+            Step("train", "two-stage pretraining, then retrieval fine-tuning", ("features", "captions"),
+                 outputs=("train",), command=self.train_command),
+            Step("eval", "retrieval on the held-out split", ("train", "test_features"), outputs=("eval.json",),
+                 command=lambda: self.lait("eval", "--checkpoint", self.checkpoint(),
+                                           "--regions", self.p("test_features", "regions"),
+                                           "--captions", self.p("test", "captions"), "--out", self.p("eval.json"))),
+        ]
+
+    @property
+    def detector_path(self) -> str:
+        """Where the demo detector's weights go."""
+        return self.p("detector", "demo_detector.safetensors")
+
+    def relevance_cut(self) -> list[str]:
+        """The relevance cut: a keep-rate, or (keep-rate 0) the threshold the model chose in training."""
+        rate = self.cfg.relevance_keep_rate
+        return ["--relevance-keep-rate", str(rate)] if rate else []
+
+    def train_command(self) -> list[str]:
+        """``lait train`` on configs/demo.yaml with every dataset path of the config set to this run's."""
+        train = {"regions": self.p("features", "regions"), "captions": self.p("captions")}
+        test = {"regions": self.p("test_features", "regions"), "captions": self.p("test", "captions")}
+        sets = [f"out_dir={self.p('train')}"]
+        for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
+            sets += [f"{prefix}.{key}={path}" for key, path in train.items()]
+        sets += [f"eval.{key}={path}" for key, path in test.items()]
+        return self.lait("train", "--config", self.cfg.train_config, *[a for s in sets for a in ("--set", s)])
+
+    def make_site(self) -> None:
+        """Generate the site, write its ledger and the held-out split, start serving it."""
+        from tqdm import tqdm
+
+        c = self.cfg
+        with tqdm(desc="site images", unit="img", leave=False) as bar:
+            self.site = build_site(c.seed, c.scenes, progress=bar.update)
+        os.makedirs(self.p("site"), exist_ok=True)
+        with open(self.p("site", "ledger.json"), "w", encoding="utf-8") as f:
+            f.write(self.site.ledger_json())
+        counts = datasets.write_test_split(c.seed, c.test_scenes, self.p("test"))
+        self.server = SiteServer(self.site).start()
+        planted_n = sum(n for k, n in self.site.counts().items() if k != "clean")
+        self.echo(f"    site at {self.server.url}: {len(self.site.ledger):,} images ({planted_n:,} planted noise); "
+                  f"test split {counts['images']} images, {counts['captions']} captions")
+
+    def site_url(self) -> str:
+        """The served site's URL; with ``--from crawl`` the (deterministic) site is rebuilt and served."""
+        if self.server is None:
+            self.site = build_site(self.cfg.seed, self.cfg.scenes)
+            self.server = SiteServer(self.site).start()
+        return self.server.url
+
+    def relevance_eval(self) -> None:
+        """``relevance_eval.json``: the relevance model's AUC on labelled pairs and the filter's effect.
+
+        The labelled pairs are the crawled candidates the ledger marks ``clean`` (``is_match``
+        true) or ``mismatch`` (false), as a pairs dataset in OUT/relevance_labelled/, scored by
+        ``lait relevance eval``. ``auc`` comes from that; ``true_kept`` and ``mismatched_removed``
+        are what the filter run did (share of collected clean pairs not rejected for relevance,
+        share of collected mismatches rejected for relevance); ``model_eval`` keeps the full
+        output of ``lait relevance eval`` (at the model's own threshold).
+        """
+        ledger = planted.load_ledger(self.p("site", "ledger.json"))
+        by_key = {(i["page"], i["image"]): i for i in ledger if i["category"] in ("clean", "mismatch")}
+        rows = []
+        for batch in schemas.iter_batches(self.p("crawl", "candidates"), "candidates"):
+            for cand in batch.to_pylist():
+                item = by_key.get((planted.url_path(cand["page_url"]), planted.url_path(cand["image_url"])))
+                if item is None:
+                    continue
+                rows.append({"pair_id": cand["candidate_id"], "candidate_id": cand["candidate_id"],
+                             "image_id": cand["image_id"], "caption": item["caption"],
+                             "text_source": item["text_source"], "lang": "en", "width": cand["width"],
+                             "height": cand["height"], "image_bytes": cand["image_bytes"],
+                             "page_url": cand["page_url"], "image_url": cand["image_url"],
+                             "is_match": item["category"] == "clean"})
+        table = schemas.to_table(rows, "pairs")
+        table = table.append_column("is_match", pa.array([r["is_match"] for r in rows], pa.bool_()))
+        schemas.write_table(table, self.p("relevance_labelled", "part-00000.parquet"))
+        result: dict = {}
+        raw = self.p("relevance_labelled", "model_eval.json")
+        proc = subprocess.run(self.lait("relevance", "eval", "--model", self.p("relevance_model"),
+                                        "--input", self.p("relevance_labelled"), "--json-out", raw),
+                              env=self._env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+        if proc.returncode == 0 and os.path.exists(raw):
+            with open(raw, encoding="utf-8") as f:
+                result["model_eval"] = json.load(f)
+            result["auc"] = result["model_eval"].get("auc")
+        else:
+            result["relevance_eval_error"] = f"lait relevance eval exited {proc.returncode}"
+        outcomes = planted.outcomes(self.out, ledger, stages=("filter",))
+
+        def share(category: str, removed: bool) -> float | None:
+            collected = [r for item, r in zip(ledger, outcomes)
+                         if item["category"] == category and r[0] != planted.NOT_COLLECTED]
+            hits = [r for r in collected if (r[0] == "rejected" and "relevance" in (r[1] or "")) == removed]
+            return round(len(hits) / len(collected), 4) if collected else None
+
+        result["true_kept"] = share("clean", removed=False)
+        result["mismatched_removed"] = share("mismatch", removed=True)
+        result["labelled_pairs"] = len(rows)
+        with open(self.p("relevance_eval.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        self.echo(f"    relevance: auc {result.get('auc')}, true pairs kept {result['true_kept']}, "
+                  f"mismatches removed {result['mismatched_removed']}")
+        if "relevance_eval_error" in result:
+            raise RuntimeError(result["relevance_eval_error"])
+
+    def train_detector(self) -> None:
+        """Train the demo detector on scenes of its own stream (neither the site's nor the test split's)."""
+        from model.detectors.demo import train_demo_detector  # the features stage's module
+
+        samples = detector_samples(generate_scenes(self.cfg.seed, self.cfg.detector_scenes, "detector"))
+        os.makedirs(self.p("detector"), exist_ok=True)
+        extra = {"epochs": self.cfg.detector_epochs} if self.cfg.detector_epochs else {}
+        result = train_demo_detector(samples, list(CLASSES), self.detector_path, progress=True, **extra)
+        losses = result.get("losses") if isinstance(result, dict) else None
+        if losses:
+            self.echo(f"    detector loss per epoch: {', '.join(f'{v:.3f}' for v in losses)}")
+
+    def make_captions(self) -> None:
+        """OUT/captions from the kept pairs (and classes.json beside regions that lack one)."""
+        n = datasets.write_train_captions(self.p("filter", "pairs"), self.p("captions"))
+        for folder in ("features", "test_features"):
+            classes = self.p(folder, "classes.json")
+            if os.path.isdir(self.p(folder)) and not os.path.exists(classes):
+                with open(classes, "w", encoding="utf-8") as f:
+                    json.dump(list(CLASSES), f)
+        self.echo(f"    {n:,} training captions")
+
+    def checkpoint(self) -> str:
+        """The trainer's final checkpoint (OUT/train/checkpoints/final.pt), else the newest under OUT/train."""
+        final = self.p("train", "checkpoints", "final.pt")
+        if os.path.exists(final):
+            return final
+        found = [p for ext in ("*.pt", "*.pth", "*.safetensors")
+                 for p in glob.glob(self.p("train", "**", ext), recursive=True)]
+        if not found:
+            raise FileNotFoundError(f"no checkpoint under {self.p('train')}")
+        return max(found, key=os.path.getmtime)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "NO_ALBUMENTATIONS_UPDATE"):
+            env.setdefault(key, "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return env
+
+    def run_step(self, step: Step, index: int) -> None:
+        """Run one step (unless an input failed), recording status, detail and time."""
+        failed = [n for n in step.needs if self.step(n).status not in DONE]
+        head = f"==> [{index}/{len(self.steps)}] {step.name}: {step.title}"
+        if failed:
+            step.status, step.detail = "skipped", f"needs {', '.join(failed)}"
+            self.echo(f"{head} -- skipped ({step.detail})")
+            return
+        self.echo(head)
+        start = time.monotonic()
+        try:
+            # A rerun into the same run folder starts each step afresh (stages refuse to overwrite).
+            for rel in step.outputs:
+                target = self.p(rel)
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                elif os.path.exists(target):
+                    os.remove(target)
+            if step.command:
+                step.argv = step.command()
+                self.echo("    $ " + " ".join(step.argv))
+                proc = subprocess.run(step.argv, env=self._env(), cwd=REPO_ROOT)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"exited with status {proc.returncode}")
+            else:
+                step.func()
+            step.status = "ok"
+        except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the rest still runs
+            step.status, step.detail = "failed", f"{type(exc).__name__}: {exc}"
+            log.debug("step %s failed", step.name, exc_info=True)
+        step.seconds = time.monotonic() - start
+        mark = "ok" if step.status == "ok" else f"FAILED ({step.detail})"
+        self.echo(f"    {step.name} {mark} in {step.seconds:.1f} s")
+        if step.name == "crawl" and self.server:  # nothing after the crawl fetches from the site
+            self.server.stop()
+            self.server = None
+
+    def step(self, name: str) -> Step:
+        """The step called ``name``."""
+        return next(s for s in self.steps if s.name == name)
+
+    def run(self) -> int:
+        """Run every step, then planted/audit/report; returns 0 only when every step succeeded."""
+        os.makedirs(self.out, exist_ok=True)
+        start = time.monotonic()
+        names = [s.name for s in self.steps]
+        for given in (self.cfg.stop_after, self.cfg.start_from):
+            if given is not None and given not in names:
+                raise ValueError(f"unknown step {given!r}; steps: {', '.join(names)}")
+        first = names.index(self.cfg.start_from) if self.cfg.start_from else 0
+        last = names.index(self.cfg.stop_after) if self.cfg.stop_after else len(names) - 1
+        try:
+            for index, step in enumerate(self.steps, 1):
+                if index - 1 < first:
+                    # Reused only when everything it wrote is still there; else its dependents skip.
+                    present = all(os.path.exists(self.p(rel)) for rel in step.outputs)
+                    step.status = "reused" if present else "missing"
+                    step.detail = f"--from {self.cfg.start_from}" if present else "outputs missing for --from"
+                    self.echo(f"==> [{index}/{len(self.steps)}] {step.name}: {step.status}")
+                elif index - 1 > last:
+                    step.status, step.detail = "not_run", f"--stop-after {self.cfg.stop_after}"
+                else:
+                    self.run_step(step, index)
+        finally:
+            if self.server:
+                self.server.stop()
+        self.write_log(time.monotonic() - start)  # before the report, which shows it
+        self.finish()
+        total = time.monotonic() - start
+        self.write_log(total)
+        self.echo(summary(self.out, self.steps, total))
+        return 0 if all(s.status in DONE + ("not_run",) for s in self.steps) else 1
+
+    def write_log(self, seconds: float) -> None:
+        """``demo.json``: the config, and each step's status, seconds, detail and command line."""
+        with open(self.p("demo.json"), "w", encoding="utf-8") as f:
+            json.dump({"config": vars(self.cfg), "seconds": round(seconds, 1),
+                       "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
+                                  "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
+
+    def finish(self) -> None:
+        """planted.json, audit.json and report.html, from whatever the run produced.
+
+        Each is attempted even when another fails (say, on a damaged dataset); failures are printed.
+        """
+        ledger_path = self.p("site", "ledger.json")
+
+        def write_audit() -> None:
+            with open(self.p("audit.json"), "w", encoding="utf-8") as f:
+                json.dump(audit.audit_run(self.out), f, indent=2)
+
+        closing = [("audit.json", write_audit),
+                   ("report.html", lambda: report.write_report(self.out, title="LAIT demo report"))]
+        if os.path.exists(ledger_path):
+            closing.insert(0, ("planted.json", lambda: planted.write_planted(self.out, planted.load_ledger(ledger_path))))
+        for name, make in closing:
+            try:
+                make()
+            except Exception as exc:  # noqa: BLE001 - the other closing files are still worth writing
+                log.debug("closing step %s failed", name, exc_info=True)
+                self.echo(f"    could not write {name}: {type(exc).__name__}: {exc}")
+
+
+def summary(out: str, steps: list[Step], total: float) -> str:
+    """The closing text: steps and times, the funnel, planted-noise catch rates, R@K beside chance."""
+    lines = ["", "LAIT demo summary", f"{'step':<16} {'status':<8} {'seconds':>8}"]
+    lines += [f"{s.name:<16} {s.status:<8} {s.seconds:>8.1f}" + (f"  {s.detail}" if s.detail else "") for s in steps]
+    lines.append(f"{'total':<16} {'':<8} {total:>8.1f}")
+    lines.append("")
+    lines.append(f"{'funnel':<16} {'in':>8} {'kept':>8} {'rejected':>9}")
+    for name in ("crawl", "filter", "features", "test_features"):
+        stats = report.read_json(os.path.join(out, name, "stats.json"))
+        if isinstance(stats, dict):
+            lines.append(f"{name:<16} {stats.get('in', '-'):>8} {stats.get('kept', '-'):>8} {stats.get('rejected', '-'):>9}")
+    plant = report.read_json(os.path.join(out, "planted.json"))
+    if isinstance(plant, dict) and plant.get("summary"):
+        s = plant["summary"]
+        clean = plant.get("clean") or {}
+        lines.append(f"planted noise: min precision {s.get('min_precision')}, min recall {s.get('min_recall')}; "
+                     f"clean images kept {clean.get('kept')}/{clean.get('items')}")
+    ev = report.read_json(os.path.join(out, "eval.json"))
+    if isinstance(ev, dict):
+        lines.append(f"{'retrieval':<20} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'chance R@1':>11} {'R@1/chance':>11}")
+        for key in ("image_retrieval", "sentence_retrieval"):
+            m = ev.get(key) or {}
+            fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+            r1, chance = m.get("R@1"), m.get("chance_R@1")
+            ratio = f"{r1 / chance:.1f}x" if isinstance(r1, (int, float)) and isinstance(chance, (int, float)) and chance else "-"
+            lines.append(f"{key:<20} {fmt(r1):>6} {fmt(m.get('R@5')):>6} {fmt(m.get('R@10')):>6} "
+                         f"{fmt(chance):>11} {ratio:>11}")
+    else:
+        lines.append("retrieval: no eval.json (the eval step did not run)")
+    aud = report.read_json(os.path.join(out, "audit.json"))
+    if isinstance(aud, dict):
+        lines.append(f"audit: {'books balance' if aud.get('ok') else 'books do NOT balance'} (audit.json)")
+    lines.append(f"report: {os.path.join(out, 'report.html')}")
+    return "\n".join(lines)
+
+
+def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> int:
+    """Run the whole demo for ``config``; returns the exit status."""
+    return Demo(config, echo).run()
+
+
+def step_names() -> list[str]:
+    """The demo's step names, in order."""
+    return [step.name for step in Demo(DemoConfig(), echo=lambda _: None).steps]
+
+
+def plan(config: DemoConfig) -> list[tuple[str, str]]:
+    """The steps and what each runs, without running anything (``lait demo --dry-run``)."""
+    demo = Demo(config, echo=lambda _: None)
+
+    class _Placeholder:
+        url = "http://127.0.0.1:PORT/"
+
+    demo.server = _Placeholder()
+    out = []
+    for step in demo.steps:
+        if step.command:
+            try:
+                what = " ".join(step.command())
+            except FileNotFoundError:  # the checkpoint exists only after training
+                what = " ".join(demo.lait("eval", "--checkpoint", demo.p("train", "checkpoints", "final.pt"),
+                                          "--regions", demo.p("test_features", "regions"),
+                                          "--captions", demo.p("test", "captions"), "--out", demo.p("eval.json")))
+        else:
+            what = f"(in process) {step.func.__doc__.splitlines()[0]}"
+        out.append((step.name, what))
+    return out
+
+
+def serve(seed: int, scenes: int, echo: Callable[[str], None] = print) -> None:
+    """Serve the generated site until interrupted (to crawl it by hand)."""
+    with SiteServer(build_site(seed, scenes)) as server:
+        echo(f"serving the demo site at {server.url} (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,65 @@
+"""`lait demo --out DIR`: the embedded default, from a generated website to retrieval scores and a report."""
+from __future__ import annotations
+
+import argparse
+
+from demo import run as demo_run
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the subcommand's parser."""
+    d = demo_run.DemoConfig()
+    parser = subparsers.add_parser(
+        "demo",
+        help="crawl a generated local website and run every stage to R@1/5/10 and report.html (no internet, no GPU)",
+        description=demo_run.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the site, scenes and splits (default {d.seed})")
+    parser.add_argument("--scenes", type=_positive, default=d.scenes, help=f"good scene images on the site (default {d.scenes})")
+    parser.add_argument("--test-scenes", type=_positive, default=d.test_scenes,
+                        help=f"held-out scenes for retrieval eval (default {d.test_scenes})")
+    parser.add_argument("--detector-scenes", type=_positive, default=d.detector_scenes,
+                        help=f"scenes the demo detector trains on (default {d.detector_scenes})")
+    parser.add_argument("--detector-epochs", type=int, default=d.detector_epochs,
+                        help=f"demo detector training epochs (default {d.detector_epochs})")
+    parser.add_argument("--min-side", type=int, default=d.min_side,
+                        help=f"min image side for crawl and filter (default {d.min_side}; scenes are 160-256 px)")
+    parser.add_argument("--max-aspect", type=float, default=d.max_aspect,
+                        help=f"max aspect ratio for crawl and filter (default {d.max_aspect})")
+    parser.add_argument("--relevance-keep-rate", type=float, default=d.relevance_keep_rate,
+                        help=f"share of pairs the relevance filter keeps (default {d.relevance_keep_rate}; "
+                             "0: the threshold the relevance model chose when it was trained)")
+    parser.add_argument("--train-config", default=d.train_config, help="trainer config (default configs/demo.yaml)")
+    parser.add_argument("--stop-after", metavar="STEP", choices=demo_run.step_names(),
+                        help="run the steps up to STEP only, then planted/audit/report (default: all)")
+    parser.add_argument("--from", dest="start_from", metavar="STEP", choices=demo_run.step_names(),
+                        help="rerun from STEP, reusing the outputs of the steps before it in --out (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, run nothing")
+    parser.add_argument("--serve", action="store_true", help="only serve the generated site on 127.0.0.1 until Ctrl-C")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand; returns the exit status."""
+    config = demo_run.DemoConfig(
+        out=args.out, seed=args.seed, scenes=args.scenes, test_scenes=args.test_scenes,
+        detector_scenes=args.detector_scenes, detector_epochs=args.detector_epochs, min_side=args.min_side,
+        max_aspect=args.max_aspect, relevance_keep_rate=args.relevance_keep_rate, train_config=args.train_config,
+        stop_after=args.stop_after, start_from=args.start_from)
+    if args.serve:
+        demo_run.serve(args.seed, args.scenes)
+        return 0
+    if args.dry_run:
+        for name, what in demo_run.plan(config):
+            print(f"{name:<16} {what}")
+        return 0
+    return demo_run.run_demo(config)

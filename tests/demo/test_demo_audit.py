@@ -1,0 +1,123 @@
+"""`lait audit`: balanced books pass; each kind of imbalance fails with a named check."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import schemas
+from demo import audit
+from demo.site import build_site
+from demo_runfolder import make_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    make_run(run_dir, build_site(seed=2, scenes=24), with_training=False)
+    return str(run_dir)
+
+
+@pytest.fixture
+def run_copy(good_run, tmp_path):
+    return shutil.copytree(good_run, tmp_path / "run")
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "lait", "audit", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+
+
+def _failed(result):
+    return {(s["name"], c["check"]) for s in result["stages"] for c in s["checks"] if not c["ok"]}
+
+
+def test_balanced_run_passes_every_check(good_run, tmp_path):
+    # A stats.json that is not a funnel (a model's training figures) is not a stage.
+    os.makedirs(os.path.join(good_run, "relevance_model"), exist_ok=True)
+    with open(os.path.join(good_run, "relevance_model", "stats.json"), "w") as f:
+        json.dump({"epochs": 3, "loss": 0.2}, f)
+    result = audit.audit_run(good_run)
+    assert [s["name"] for s in result["stages"]] == ["crawl", "filter", "features"]
+    assert result["ok"], _failed(result)
+    checks = {c["check"] for s in result["stages"] for c in s["checks"]}
+    assert {"pairs_candidate_ids_upstream", "rejected_candidate_ids_upstream", "regions_image_ids_upstream",
+            "in_equals_upstream_kept", "rejected_reasons_match"} <= checks
+    proc = _cli(good_run, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"] is True
+
+
+def _edit_stats(run_dir, stage, **changes):
+    path = os.path.join(run_dir, stage, "stats.json")
+    stats = json.load(open(path))
+    stats.update(changes)
+    json.dump(stats, open(path, "w"))
+
+
+def test_stats_that_do_not_add_up_fail(run_copy):
+    stats = json.load(open(run_copy / "filter" / "stats.json"))
+    _edit_stats(run_copy, "filter", **{"in": stats["in"] + 1})
+    result = audit.audit_run(str(run_copy))
+    assert not result["ok"]
+    assert ("filter", "in_equals_kept_plus_rejected") in _failed(result)
+    assert ("filter", "in_equals_upstream_kept") in _failed(result)
+    proc = _cli(str(run_copy))
+    assert proc.returncode == 1 and "NOT BALANCED" in proc.stdout and "in_equals_kept_plus_rejected" in proc.stdout
+
+
+def test_rows_on_disk_must_match_stats(run_copy):
+    # A rejected row vanished from disk (a lost record), while the stats still count it.
+    path = str(run_copy / "filter" / "rejected")
+    table = schemas.read_table(path, "rejected")
+    shutil.rmtree(path)
+    schemas.write_table(table.slice(1), os.path.join(path, "part-00000.parquet"), "rejected")
+    failed = _failed(audit.audit_run(str(run_copy)))
+    assert ("filter", "rejected_rows_match") in failed and ("filter", "rejected_reasons_match") in failed
+
+
+def test_ids_downstream_must_exist_upstream(run_copy):
+    regions = schemas.read_table(str(run_copy / "features" / "regions"), "regions")
+    ids = regions.column("image_id").to_pylist()
+    ids[0] = "f" * 64  # an image the filter never kept
+    regions = regions.set_column(regions.schema.get_field_index("image_id"), regions.schema.field("image_id"), [ids])
+    shutil.rmtree(run_copy / "features" / "regions")
+    schemas.write_table(regions, str(run_copy / "features" / "regions" / "part-00000.parquet"), "regions")
+    pairs = schemas.read_table(str(run_copy / "filter" / "pairs"), "pairs")
+    cids = pairs.column("candidate_id").to_pylist()
+    cids[1] = "not-a-candidate"
+    cids[2] = cids[3]
+    pids = pairs.column("pair_id").to_pylist()
+    pids[4] = pids[5]
+    pairs = pairs.set_column(pairs.schema.get_field_index("candidate_id"), pairs.schema.field("candidate_id"), [cids])
+    pairs = pairs.set_column(pairs.schema.get_field_index("pair_id"), pairs.schema.field("pair_id"), [pids])
+    shutil.rmtree(run_copy / "filter" / "pairs")
+    schemas.write_table(pairs, str(run_copy / "filter" / "pairs" / "part-00000.parquet"), "pairs")
+    result = audit.audit_run(str(run_copy))
+    failed = _failed(result)
+    assert ("features", "regions_image_ids_upstream") in failed
+    assert ("filter", "pairs_candidate_ids_upstream") in failed and ("filter", "unique_pair_id") in failed
+    assert ("crawl", "unique_candidate_id") not in failed
+    text = audit.format_audit(result)
+    assert "regions_image_ids_upstream: 1 missing in filter" in text
+
+
+def test_missing_or_empty_run_folder(tmp_path):
+    assert _cli(str(tmp_path / "absent")).returncode == 2
+    assert _cli(str(tmp_path)).returncode == 2
+    (tmp_path / "crawl").mkdir()
+    (tmp_path / "crawl" / "stats.json").write_text("{not json")
+    result = audit.audit_run(str(tmp_path))
+    assert not result["ok"] and ("crawl", "stats_readable") in _failed(result)
+
+
+def test_an_unreadable_dataset_is_a_failed_check(run_copy):
+    (run_copy / "crawl" / "candidates" / "part-00000.parquet").write_bytes(b"not parquet at all")
+    result = audit.audit_run(str(run_copy))
+    assert ("crawl", "datasets_readable") in _failed(result)
+    proc = _cli(str(run_copy))
+    assert proc.returncode == 1 and "datasets_readable" in proc.stdout and "Traceback" not in proc.stderr

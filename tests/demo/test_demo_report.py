@@ -1,0 +1,130 @@
+"""`lait report`: a self-contained HTML page, checked in headless Chromium (no console errors, screenshot)."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import schemas
+from demo import planted, report
+from demo.site import build_site
+from demo_runfolder import make_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SECTION_IDS = [key for key, _, _ in report.SECTIONS]
+
+
+def _lait(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "lait", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+
+
+def chromium_render(page, tmp_path, name):
+    """Load ``page`` in headless Chromium; return (console lines, screenshot path)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium) or install it yourself")
+    shot = tmp_path / f"{name}.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / ('ud-' + name)}",
+           "--enable-logging=stderr", "--v=0", "--hide-scrollbars", "--window-size=1280,2400",
+           f"--screenshot={shot}", f"file://{page}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Chromium logs every console message (errors, CSP violations, uncaught exceptions) as CONSOLE lines.
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return console, shot
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    site = build_site(seed=7, scenes=30)
+    make_run(run_dir, site)
+    planted.write_planted(str(run_dir), site.ledger)
+    with open(run_dir / "relevance_eval.json", "w") as f:
+        json.dump({"auc": 0.97, "true_kept": 0.96, "mismatched_removed": 0.85}, f)
+    proc = _lait("report", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def test_report_is_self_contained_and_complete(full_run):
+    text = (full_run / "report.html").read_text()
+    for key in SECTION_IDS:
+        assert f'<section id="{key}">' in text
+    # Nothing is loaded from anywhere: every src/href is a data: URI, and the CSP forbids the rest.
+    assert re.findall(r'(?:src|href)\s*=\s*"(?!data:)', text) == []
+    assert "<script" not in text and "default-src 'none'" in text
+    assert text.count("data:image/png;base64,") >= 3  # funnel, distributions, losses
+    assert text.count("data:image/jpeg;base64,") >= 10  # sample and box thumbnails
+    assert text.count('class="missing"') == 1 and "No demo.json" in text  # every input but the demo's own log
+    assert "46.3x" in text  # image R@1 0.31 against chance 0.0067
+    assert "The books balance." in text and "lang_not_target" in text and "mismatched_removed" in text
+
+
+def test_report_in_headless_chromium(full_run, tmp_path):
+    console, shot = chromium_render(full_run / "report.html", tmp_path, "report")
+    assert console == []
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[:2] == (2400, 1280)
+    # Charts and thumbnails rendered: far more colours than a blank or text-only page.
+    assert len(np.unique(image.reshape(-1, 3)[::7], axis=0)) > 500
+    shutil.copy(shot, full_run / "report-screenshot.png")
+
+
+def test_console_check_catches_errors(tmp_path):
+    # The same check on a page with a script error and an external image must report both.
+    bad = tmp_path / "bad.html"
+    bad.write_text(f'<!doctype html><html><head><meta http-equiv="Content-Security-Policy" content="{report.CSP}">'
+                   '</head><body><img src="http://127.0.0.1:9/x.png"><p>x</p></body></html>')
+    console, _ = chromium_render(bad, tmp_path, "bad")
+    assert any("Content Security Policy" in line for line in console)
+
+
+def test_missing_inputs_are_said_plainly(tmp_path):
+    run_dir = tmp_path / "partial"
+    (run_dir / "crawl").mkdir(parents=True)
+    with open(run_dir / "crawl" / "stats.json", "w") as f:
+        json.dump({"stage": "crawl", "in": 3, "kept": 2, "rejected": 1, "rejected_by_reason": {"image_too_small": 1}}, f)
+    text = report.build_report(str(run_dir))
+    assert text.count('class="missing"') >= 7
+    assert "No kept pairs" in text and "No training logs" in text and "No eval.json" in text
+    assert "do NOT balance" in text  # stats say 2 kept, but no candidates dataset exists
+    assert _lait("report", str(tmp_path / "absent")).returncode == 2
+
+
+def test_captions_are_escaped(tmp_path):
+    evil = '<script>alert("x")</script><img src=http://127.0.0.1:9/>'
+    rows = [{"pair_id": "p", "candidate_id": "c", "image_id": "i", "caption": evil, "image_bytes": b"not an image"}]
+    schemas.write_table(schemas.to_table(rows, "pairs"), str(tmp_path / "filter" / "pairs" / "part-00000.parquet"))
+    text = report.build_report(str(tmp_path))
+    assert "<script" not in text and "&lt;script&gt;" in text
+    assert "undecodable" in text  # bad image bytes become a placeholder, not a crash
+
+
+def test_loss_logs_long_and_wide(tmp_path):
+    train = tmp_path / "train" / "logs"
+    train.mkdir(parents=True)
+    # Wide: one column per task (the trainer's own layout), with an empty cell and a non-loss column.
+    (train / "stage1.csv").write_text("step,lr,loss,mlm,itm,samples_per_s,elapsed_s\n"
+                                      "0,0.001,3.0,2.0,1.0,50,1.0\n10,0.001,2.0,1.5,,55,2.0\nsummary,,,,,,\n")
+    (tmp_path / "train" / "long.csv").write_text("stage,step,task,loss\nfinetune,0,itm,0.7\nfinetune,5,itm,0.5\n")
+    rows = report._loss_rows(report.RunData(str(tmp_path)))
+    got = {(r["stage"], r["step"], r["task"]): r["loss"] for r in rows}
+    assert got == {("stage1", 0.0, "total"): 3.0, ("stage1", 0.0, "mlm"): 2.0, ("stage1", 0.0, "itm"): 1.0,
+                   ("stage1", 10.0, "total"): 2.0, ("stage1", 10.0, "mlm"): 1.5,
+                   ("finetune", 0.0, "itm"): 0.7, ("finetune", 5.0, "itm"): 0.5}
+    assert "data:image/png;base64," in report.section_losses(report.RunData(str(tmp_path)))
+
+
+def test_class_names_from_either_classes_json_layout():
+    assert report.class_names(["circle", "ring"]) == ["circle", "ring"]
+    assert report.class_names({"detector": "demo", "class_names": ["circle", "ring"]}) == ["circle", "ring"]
+    assert report.class_names({"detector": "demo"}) is None and report.class_names(None) is None
