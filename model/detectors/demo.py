@@ -80,7 +80,7 @@ def build(config: dict | None = None, class_names: Sequence[str] | None = None) 
         rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=cfg["rpn_pre_nms_top_n"],
         rpn_post_nms_top_n_test=cfg["rpn_post_nms_top_n"],
-        box_batch_size_per_image=128,
+        box_batch_size_per_image=cfg.get("box_batch_size_per_image", 128),
     )
     spec = DetectorSpec(
         name="demo",
@@ -206,7 +206,7 @@ def train_demo_detector(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
             scheduler.step()
-            epoch_losses.append(float(loss))
+            epoch_losses.append(float(loss.detach()))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss):.3f}")

@@ -31,6 +31,8 @@ _ALLOWED_GLOBALS = {
     ("builtins", "set"),
     ("builtins", "frozenset"),
     ("builtins", "bytearray"),
+    # Protocol-2 pickles written by Python 3 store array bytes as latin-1 text turned back by encode().
+    ("_codecs", "encode"),
 }
 # numpy 2 moved numpy.core to numpy._core; pickles written under numpy 1 (every published one) name the old path.
 _MODULE_ALIASES = {"numpy.core.multiarray": "numpy._core.multiarray"}
