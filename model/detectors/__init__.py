@@ -63,6 +63,22 @@ def feature_dim_of(name: str, weights: str | None = None) -> int:
     return FEATURE_DIMS[name]
 
 
+def input_sizes(name: str, weights: str | None = None, config: dict | None = None) -> tuple[int, int]:
+    """The (min_size, max_size) a detector resizes images to, without building it (for decode workers)."""
+    if name == "vg-r101-c4":
+        from model.detectors.vg_r101_c4 import DEFAULT_CONFIG as defaults
+    elif name.startswith("coco-"):
+        from model.detectors.coco_r50_fpn import DEFAULT_CONFIG as defaults
+    elif name == "demo":
+        from model.detectors import demo
+
+        defaults = demo.read_config(weights) if weights else demo.DEFAULT_CONFIG
+    else:
+        raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    merged = {**defaults, **(config or {})}
+    return int(merged["min_size"]), int(merged["max_size"])
+
+
 def build_detector(
     name: str,
     weights: str | None = None,
@@ -148,6 +164,7 @@ __all__ = [
     "WeightsNotFoundError",
     "build_detector",
     "feature_dim_of",
+    "input_sizes",
     "load_vg_weights",
     "read_class_names",
     "select_boxes",

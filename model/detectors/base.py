@@ -42,8 +42,13 @@ class DetectorSpec:
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) an image of this size is resized to before the network."""
-        scale = min(self.min_size / min(width, height), self.max_size / max(width, height))
-        return max(1, round(width * scale)), max(1, round(height * scale))
+        return network_input_size(width, height, self.min_size, self.max_size)
+
+
+def network_input_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Short side to ``min_size`` unless the long side would pass ``max_size`` (Detectron's ResizeShortestEdge)."""
+    scale = min(min_size / min(width, height), max_size / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 @dataclass
