@@ -172,19 +172,30 @@ class RegionDetector(nn.Module):
             split = torch.split(region_features, [len(b) for b in chosen_boxes])
         else:
             split = [pooled[rows] for rows in chosen_rows]
+        # One device-to-host copy per field for the whole batch, not one per image (each copy syncs).
+        rows = torch.cat(chosen_rows)
+        object_probs = probs[rows, 1:]
+        k = min(topk, object_probs.shape[1])
+        top_probs, top_ids = object_probs.topk(k, dim=1) if len(rows) else (object_probs[:, :k], object_probs[:, :k].long())
+        host = {
+            "boxes": torch.cat(chosen_boxes).cpu().numpy().astype(np.float32),
+            "features": torch.cat(list(split)).float().cpu().numpy().astype(np.float16),
+            "topk_class_ids": top_ids.int().cpu().numpy(),
+            "topk_class_probs": top_probs.float().cpu().numpy(),
+        }
         results = []
-        for boxes, rows, feats in zip(chosen_boxes, chosen_rows, split):
-            object_probs = probs[rows, 1:]
-            k = min(topk, object_probs.shape[1])
-            top_probs, top_ids = object_probs.topk(k, dim=1) if len(rows) else (object_probs[:, :k], object_probs[:, :k].long())
+        start = 0
+        for boxes in chosen_boxes:
+            part = {name: array[start:start + len(boxes)] for name, array in host.items()}
+            start += len(boxes)
             results.append(
                 Regions(
-                    boxes=boxes.cpu().numpy().astype(np.float32),
-                    features=feats.float().cpu().numpy().astype(np.float16),
-                    class_ids=top_ids[:, 0].cpu().numpy().astype(np.int32) if k else np.zeros(len(rows), np.int32),
-                    class_scores=top_probs[:, 0].cpu().numpy().astype(np.float32) if k else np.zeros(len(rows), np.float32),
-                    topk_class_ids=top_ids.cpu().numpy().astype(np.int32),
-                    topk_class_probs=top_probs.cpu().numpy().astype(np.float32),
+                    boxes=part["boxes"],
+                    features=part["features"],
+                    class_ids=part["topk_class_ids"][:, 0].copy() if k else np.zeros(len(boxes), np.int32),
+                    class_scores=part["topk_class_probs"][:, 0].copy() if k else np.zeros(len(boxes), np.float32),
+                    topk_class_ids=part["topk_class_ids"],
+                    topk_class_probs=part["topk_class_probs"],
                 )
             )
         return results
