@@ -77,6 +77,11 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _outputs_to_fp32(module, inputs, outputs):
+    objectness, deltas = outputs
+    return [t.float() for t in objectness], [t.float() for t in deltas]
+
+
 class RegionDetector(nn.Module):
     """A Faster R-CNN that returns bottom-up-attention regions with pooled features."""
 
@@ -87,6 +92,9 @@ class RegionDetector(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.precision = "fp32"
+        # Under fp16 autocast the RPN head would emit fp16 deltas, and torchvision decodes proposals in
+        # the deltas' dtype; fp32 outputs keep proposal coordinates exact to well under a pixel.
+        model.rpn.head.register_forward_hook(_outputs_to_fp32)
         self.eval()
 
     @property

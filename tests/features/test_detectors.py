@@ -77,3 +77,17 @@ def test_train_demo_detector_learns_and_reloads(tmp_path):
     assert _recall(trained, samples) >= max(2, _recall(untrained, samples) + 1), ground_truth
     with pytest.raises(ValueError, match="labels"):
         train_demo_detector([(samples[0][0], samples[0][1], samples[0][2] + 10)], CLASS_NAMES, str(tmp_path / "x"))
+
+
+def test_mixed_precision_channels_last_path():
+    """The GPU path (autocast + channels-last) run on the CPU with bf16: same interface, finite output."""
+    torch.manual_seed(0)
+    detector = build_detector("demo", random_init=True, config=TINY["demo"])
+    image = decode_for_detector(encode(make_scene(1, (96, 64))[0]), detector.spec.input_size).pixels
+    reference = detector([image], BoxSelection(min_boxes=3, max_boxes=3))[0]
+    detector.optimize_for("cpu", precision="bf16", channels_last=True)
+    mixed = detector([image], BoxSelection(min_boxes=3, max_boxes=3))[0]
+    assert mixed.num_boxes == reference.num_boxes == 3
+    assert np.isfinite(mixed.features.astype(np.float32)).all() and mixed.boxes.dtype == np.float32
+    with pytest.raises(ValueError, match="fp16"):
+        detector.optimize_for("cpu", precision="fp16")([image])
