@@ -84,9 +84,11 @@ class FeatureOptions:
 
     @property
     def selection(self) -> BoxSelection:
+        """The box-selection rule these options describe (validates the limits)."""
         return BoxSelection(self.nms_thresh, self.score_thresh, self.min_boxes, self.max_boxes)
 
     def resolved_device(self) -> torch.device:
+        """The torch device to run on; a clear error when CUDA is asked for and absent."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         device = torch.device(self.device)
@@ -415,6 +417,9 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         "detector_config": spec.config,
     }
     _check_run_config(output_path, json.loads(json.dumps(run_config)))
+    fs, inner = _filesystem(output_path)
+    for sub in ("regions", "rejected"):  # present even when every image is rejected, for readers and audit
+        fs.create_dir(posixpath.join(inner, sub), recursive=True)
     _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, options.topk))
     shards, null_ids = plan_shards(dataset, options.images_per_shard)
     done = {s.index for s in shards if _read_json(_shard_paths(output_path, s.index)["stats"]) is not None}
@@ -632,23 +637,10 @@ class ExtractRegions(beam.PTransform):
 
 
 def _parse_args(argv):
+    from lait.commands.features import add_arguments
+
     parser = argparse.ArgumentParser(description="Region features as an Apache Beam pipeline (RunInference).")
-    parser.add_argument("--input", required=True, help="filter/crawl folder or dataset with image_id + image_bytes")
-    parser.add_argument("--output", required=True, help="output folder: regions/, rejected/, stats.json, classes.json")
-    parser.add_argument("--detector", required=True, choices=("vg-r101-c4", "coco-r50-fpn", "coco-r50-fpn-v2", "demo"))
-    parser.add_argument("--weights")
-    parser.add_argument("--random-init", action="store_true")
-    parser.add_argument("--classes", help="class names file for the detector")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--min-boxes", type=int, default=10)
-    parser.add_argument("--max-boxes", type=int, default=100)
-    parser.add_argument("--score-thresh", type=float, default=0.2)
-    parser.add_argument("--nms-thresh", type=float, default=0.3)
-    parser.add_argument("--topk", type=int, default=10)
-    parser.add_argument("--min-size", type=int)
-    parser.add_argument("--max-size", type=int)
+    add_arguments(parser, local=False)
     return parser.parse_known_args(argv)
 
 
@@ -657,14 +649,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from lait.commands.features import options_from_args
+
     known, pipeline_args = _parse_args(argv)
-    overrides = {k: v for k, v in (("min_size", known.min_size), ("max_size", known.max_size)) if v is not None}
-    options = FeatureOptions(
-        detector=known.detector, weights=known.weights, random_init=known.random_init, class_names_file=known.classes,
-        detector_config=overrides, device=known.device, precision=known.precision, batch_size=known.batch_size,
-        min_boxes=known.min_boxes, max_boxes=known.max_boxes, score_thresh=known.score_thresh,
-        nms_thresh=known.nms_thresh, topk=known.topk,
-    )
+    options = options_from_args(known)
+    overrides = options.detector_config
     files = schemas.list_parquet_files(resolve_input(known.input))
     feature_dim = feature_dim_of(options.detector, options.weights)
     names = read_class_names(options.class_names_file) if options.class_names_file else None

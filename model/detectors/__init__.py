@@ -92,7 +92,6 @@ def build_detector(
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     if name == "vg-r101-c4":
         from model.detectors import vg_r101_c4
-        from model.detectors.weights import load_state
 
         detector = vg_r101_c4.build(config, class_names)
         if random_init:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import schemas
-from model.detectors import build_detector, demo
+from model.detectors import demo
 from pipeline.features import FeatureOptions, extract_regions
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene, write_pairs
 
