@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -77,6 +78,25 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+class _PartClock:
+    """Adds the seconds since the last lap to ``timings[name]``; does nothing without ``timings``."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float] | None):
+        self.device, self.timings = device, timings
+        self.last = self._now() if timings is not None else 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is not None:
+            now = self._now()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+            self.last = now
+
+
 def _outputs_to_fp32(module, inputs, outputs):
     objectness, deltas = outputs
     return [t.float() for t in objectness], [t.float() for t in deltas]
@@ -140,20 +160,31 @@ class RegionDetector(nn.Module):
         return ImageList(batch, [(int(im.shape[1]), int(im.shape[2])) for im in images])
 
     @torch.inference_mode()
-    def forward(self, images: list[torch.Tensor], selection: BoxSelection = BoxSelection(), topk: int = 10) -> list[Regions]:
-        """Detect regions in uint8 [3, h, w] images already resized to the network input size."""
+    def forward(self, images: list[torch.Tensor], selection: BoxSelection = BoxSelection(), topk: int = 10,
+                timings: dict[str, float] | None = None) -> list[Regions]:
+        """Detect regions in uint8 [3, h, w] images already resized to the network input size.
+
+        ``timings``, when given, receives seconds per part (input, backbone, rpn, roi_heads, selection,
+        output = re-pooling at regressed boxes + copy to the host), synchronising the device at each
+        boundary: for profiling only, it costs throughput.
+        """
         if not images:
             return []
+        clock = _PartClock(self.device, timings)
         image_list = self.batch_images(images)
         heads = self.model.roi_heads
+        clock.lap("input")
         with _autocast(self.device, self.precision):
             features = self.model.backbone(image_list.tensors)
             if isinstance(features, torch.Tensor):
                 features = OrderedDict([("0", features)])
+            clock.lap("backbone")
             proposals, _ = self.model.rpn(image_list, features)
+            clock.lap("rpn")
             pooled = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
             class_logits, box_deltas = heads.box_predictor(pooled)
         probs = torch.softmax(class_logits.float(), dim=-1)
+        clock.lap("roi_heads")
         counts = [len(p) for p in proposals]
         chosen_boxes, chosen_rows = [], []
         start = 0
@@ -173,6 +204,7 @@ class RegionDetector(nn.Module):
             chosen_boxes.append(final)
             chosen_rows.append(kept_rows)
             start += count
+        clock.lap("selection")
         if self.spec.box_source == "regressed":
             # The stored features must describe the stored boxes, so pool again at the final boxes.
             with _autocast(self.device, self.precision):
@@ -206,4 +238,5 @@ class RegionDetector(nn.Module):
                     topk_class_probs=part["topk_class_probs"],
                 )
             )
+        clock.lap("output")
         return results
