@@ -176,3 +176,15 @@ def test_demo_needs_weights_or_random_init(tmp_path):
         build_detector("demo")
     with pytest.raises(ValueError, match="unknown detector"):
         build_detector("yolo")
+
+
+def test_class_names_files(tmp_path):
+    from model.detectors import read_class_names
+    from model.detectors.vg_r101_c4 import build
+
+    (tmp_path / "objects_vocab.txt").write_text("person,man\ncat\n\ndog\n")
+    assert read_class_names(str(tmp_path / "objects_vocab.txt")) == ["person", "cat", "dog"]
+    (tmp_path / "names.json").write_text('{"class_names": ["a", "b"]}')
+    assert read_class_names(str(tmp_path / "names.json")) == ["a", "b"]
+    with pytest.raises(ValueError, match="1600 classes"):
+        build(class_names=["person", "cat", "dog"])
