@@ -107,6 +107,9 @@ def _caffe_resnet101() -> torchvision.models.ResNet:
 def build(config: dict | None = None, class_names: list[str] | None = None) -> RegionDetector:
     """The ``vg-r101-c4`` architecture with random weights (load published ones with ``convert``)."""
     cfg = {**DEFAULT_CONFIG, **(config or {})}
+    names = class_names or [f"vg_class_{i:04d}" for i in range(cfg["num_classes"])]
+    if len(names) != cfg["num_classes"]:
+        raise ValueError(f"vg-r101-c4 has {cfg['num_classes']} classes, the class-name list has {len(names)}")
     net = _caffe_resnet101()
     backbone = nn.Sequential(
         OrderedDict(
@@ -132,9 +135,6 @@ def build(config: dict | None = None, class_names: list[str] | None = None) -> R
     )
     # FasterRCNN only accepts MultiScaleRoIAlign in its constructor; the C4 model max-pools one map.
     model.roi_heads.box_roi_pool = C4RoIPool(cfg["pooler_resolution"], 1 / 16)
-    names = class_names or [f"vg_class_{i:04d}" for i in range(cfg["num_classes"])]
-    if len(names) != cfg["num_classes"]:
-        raise ValueError(f"vg-r101-c4 has {cfg['num_classes']} classes, the class-name list has {len(names)}")
     spec = DetectorSpec(
         name="vg-r101-c4",
         class_names=list(names),
