@@ -694,4 +694,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run(), indent=2))
+    # Run the module imported by name, so Beam pickles the DoFns as pipeline.features.*, which workers import.
+    from pipeline import features as _by_name
+
+    print(json.dumps(_by_name.run(), indent=2))
