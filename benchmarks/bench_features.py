@@ -1,0 +1,165 @@
+"""Benchmark of the features stage: images/s end to end against model-only, in one process.
+
+End to end = read Parquet, decode in DataLoader workers, detect, select boxes, write Parquet
+(``pipeline.features.extract_regions`` with the detector already loaded). Model only = the same
+detector call on images already decoded, resized and on the device. The ratio end-to-end /
+model-only says whether the data path keeps the device busy (target >= 0.9). For coco-r50-fpn the
+stock torchvision forward (its own transform and post-processing, no features) runs too, as a
+reference for what region extraction costs on top.
+
+    # the GPU run (defaults: batch 64, 480x640 scenes, full 600/1000 inputs and 300 proposals)
+    python benchmarks/bench_features.py --device cuda --detectors vg-r101-c4 coco-r50-fpn
+    # a CPU smoke run at reduced input size
+    python benchmarks/bench_features.py --device cpu --images 8 --batch-size 4 --min-size 240 --max-size 400 --proposals 50
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import schemas  # noqa: E402
+from model.detectors import BoxSelection, build_detector  # noqa: E402
+from model.detectors.images import decode_for_detector  # noqa: E402
+from pipeline.features import FeatureOptions, extract_regions  # noqa: E402
+
+
+def scene_jpeg(seed: int, width: int, height: int) -> bytes:
+    """A photo-sized JPEG with a few coloured shapes on noise (JPEG decode cost like a real photo)."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = int(rng.integers(0, width - 60)), int(rng.integers(0, height - 60))
+        w, h = int(rng.integers(40, width // 3)), int(rng.integers(40, height // 3))
+        draw.rectangle([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_only(detector, images: list[bytes], batch_size: int, selection: BoxSelection, repeats: int) -> tuple[float, dict]:
+    """Images/s of the detector call alone (inputs decoded, resized, on the device), and ms per batch by part."""
+    device = detector.device
+    pixels = [decode_for_detector(data, detector.spec.input_size).pixels.to(device) for data in images]
+    batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
+    detector(batches[0], selection)  # warm-up: cuDNN autotuning, allocator
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for batch in batches:
+            detector(batch, selection)
+    _sync(device)
+    rate = repeats * len(pixels) / (time.perf_counter() - start)
+    timings: dict[str, float] = {}
+    for batch in batches:  # a separate, synchronised pass: the split must not slow the timed one
+        detector(batch, selection, timings=timings)
+    split = {part: round(1000 * seconds / len(batches), 1) for part, seconds in timings.items()}
+    return rate, split
+
+
+def torchvision_stock(detector, images: list[bytes], batch_size: int, repeats: int) -> float:
+    """Images/s of torchvision's own forward (transform + detections, no features) on the same model."""
+    device = detector.device
+    tensors = [torch.from_numpy(np.array(Image.open(io.BytesIO(d)).convert("RGB"))).permute(2, 0, 1).float().div(255).to(device)
+               for d in images]
+    model = detector.model
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), autocast:
+        model(tensors[:batch_size])
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for i in range(0, len(tensors), batch_size):
+                model(tensors[i:i + batch_size])
+        _sync(device)
+    return repeats * len(tensors) / (time.perf_counter() - start)
+
+
+def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSelection, workdir: str) -> tuple[float, dict]:
+    """Images/s of the whole local runner (Parquet in, decode, detect, Parquet out)."""
+    rows = [{"pair_id": f"p{i}", "image_id": f"{i:08d}", "caption": "x", "image_bytes": data} for i, data in enumerate(images)]
+    source = os.path.join(workdir, f"in-{name}")
+    schemas.write_table(schemas.to_table(rows, "pairs"), os.path.join(source, "pairs", "part-00000.parquet"), "pairs",
+                        row_group_size=args.batch_size * 4)
+    options = FeatureOptions(detector=name, random_init=True, batch_size=args.batch_size, num_workers=args.num_workers,
+                             images_per_shard=args.batch_size * 4, min_boxes=selection.min_boxes, max_boxes=selection.max_boxes)
+    best, stats = 0.0, {}
+    for run in range(args.repeats):
+        out = os.path.join(workdir, f"out-{name}-{run}")
+        start = time.perf_counter()
+        stats = extract_regions(source, out, options, detector=detector)
+        best = max(best, len(images) / (time.perf_counter() - start))
+    return best, stats
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detectors", nargs="+", default=["vg-r101-c4", "coco-r50-fpn"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--min-size", type=int, help="network input short side (default: the detector's)")
+    parser.add_argument("--max-size", type=int)
+    parser.add_argument("--proposals", type=int, help="RPN proposals kept per image (default: the detector's)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores visible)"
+    print(f"device: {device_name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    images = [scene_jpeg(i, args.width, args.height) for i in range(args.images)]
+    selection = BoxSelection(min_boxes=10, max_boxes=100)
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.detectors:
+            config = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size),
+                                        ("rpn_post_nms_top_n", args.proposals)) if v is not None}
+            detector = build_detector(name, random_init=True, config=config or None).optimize_for(device, args.precision)
+            model_ips, split = model_only(detector, images, args.batch_size, selection, args.repeats)
+            e2e_ips, stats = end_to_end(detector, name, images, args, selection, workdir)
+            row = {"detector": name, "device": device_name, "precision": detector.precision,
+                   "input": f"{detector.spec.min_size}/{detector.spec.max_size}", "batch": args.batch_size,
+                   "images": args.images, "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
+                   "ratio_e2e_to_model": round(e2e_ips / model_ips, 3), "boxes_per_image": stats["boxes_per_image"],
+                   "ms_per_batch_by_part": split}
+            if name.startswith("coco-"):
+                stock = torchvision_stock(detector, images, args.batch_size, args.repeats)
+                row["torchvision_stock_ips"] = round(stock, 2)
+                row["ratio_model_to_stock"] = round(model_ips / stock, 3)
+            results.append(row)
+            print(json.dumps(row))
+            del detector
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print(f"\n{'detector':<16}{'device':<28}{'prec':<6}{'input':<10}{'model img/s':>12}{'e2e img/s':>11}{'e2e/model':>10}")
+    for r in results:
+        print(f"{r['detector']:<16}{r['device'][:27]:<28}{r['precision']:<6}{r['input']:<10}"
+              f"{r['model_only_ips']:>12.2f}{r['end_to_end_ips']:>11.2f}{r['ratio_e2e_to_model']:>10.3f}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`lait features`: Faster R-CNN region features (boxes, pooled features, classes) for every distinct image.
+
+The options are defined once here (``add_arguments``/``options_from_args``) and shared with the Beam
+form, ``python -m pipeline.features``; this module stays import-light so ``lait --help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DETECTOR_CHOICES = ("vg-r101-c4", "coco-r50-fpn", "coco-r50-fpn-v2", "demo")
+
+
+def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
+    """The features options; ``local`` adds those of the local runner only (workers, shards, progress)."""
+    parser.add_argument("--input", required=True, help="filter or crawl folder, or a dataset with image_id + image_bytes")
+    parser.add_argument("--output", required=True, help="output folder (RUN/features)")
+    parser.add_argument("--detector", required=True, choices=DETECTOR_CHOICES, help="detector architecture")
+    parser.add_argument("--weights", help="weights file: detectron2 .pkl / torch .bin/.pth / .safetensors (demo)")
+    parser.add_argument("--random-init", action="store_true", help="random weights (tests and pipeline checks)")
+    parser.add_argument("--download-weights", action="store_true",
+                        help="coco-*: let torchvision download the published weights if they are not cached")
+    parser.add_argument("--classes", help="class names file (one per line, or JSON list), e.g. VG objects_vocab.txt")
+    parser.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="autocast precision (default auto: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per detector batch (default 8)")
+    parser.add_argument("--min-boxes", type=int, default=10, help="fewest boxes per image (default 10)")
+    parser.add_argument("--max-boxes", type=int, default=100, help="most boxes per image (default 100)")
+    parser.add_argument("--fixed-boxes", type=int, metavar="N",
+                        help="exactly N boxes per image (sets min and max; 36 is BUTD's fixed mode)")
+    parser.add_argument("--score-thresh", type=float, default=0.2, help="keep boxes with best class score >= this (default 0.2)")
+    parser.add_argument("--nms-thresh", type=float, default=0.3, help="per-class NMS IoU threshold (default 0.3)")
+    parser.add_argument("--topk", type=int, default=10, help="classes kept per box in the distribution (default 10)")
+    parser.add_argument("--min-size", type=int, help="override the network input short side (vg 600, coco 800)")
+    parser.add_argument("--max-size", type=int, help="override the network input long-side cap (vg 1000, coco 1333)")
+    if local:
+        parser.add_argument("--num-workers", type=int, default=2, help="DataLoader decode workers (default 2; 0 = main process)")
+        parser.add_argument("--images-per-shard", type=int, default=512, help="images per output shard (default 512)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def options_from_args(args: argparse.Namespace):
+    """``FeatureOptions`` from parsed ``add_arguments`` options."""
+    from pipeline.features import FeatureOptions
+
+    overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v is not None}
+    min_boxes, max_boxes = (args.fixed_boxes, args.fixed_boxes) if args.fixed_boxes else (args.min_boxes, args.max_boxes)
+    local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard") if hasattr(args, k)}
+    options = FeatureOptions(
+        detector=args.detector, weights=args.weights, random_init=args.random_init,
+        download_weights=args.download_weights, class_names_file=args.classes, detector_config=overrides,
+        device=args.device, precision=args.precision, batch_size=args.batch_size, min_boxes=min_boxes,
+        max_boxes=max_boxes, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh, topk=args.topk, **local,
+    )
+    options.selection  # validates the box limits before any work
+    return options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "features",
+        help="extract region features (boxes, pooled features, class distributions) with a Faster R-CNN",
+        description="Run a Faster R-CNN over every distinct image of a filter folder (pairs/), a crawl folder "
+                    "(candidates/) or any Parquet table with image_id + image_bytes; writes OUT/regions/, "
+                    "OUT/rejected/, OUT/stats.json and OUT/classes.json. A rerun into the same OUT resumes.",
+    )
+    add_arguments(parser, local=True)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.detectors import WeightsNotFoundError
+    from pipeline.features import extract_regions
+
+    try:
+        options = options_from_args(args)
+        stats = extract_regions(args.input, args.output, options, progress=not args.no_progress)
+    except (WeightsNotFoundError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"lait features: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: stats[k] for k in ("in", "kept", "rejected", "rejected_by_reason", "boxes_per_image", "images_per_s")}
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,171 @@
+"""Region detectors behind one interface, chosen by name.
+
+``build_detector(name, weights=..., random_init=...)`` returns a ``RegionDetector``: uint8 images
+at its input size in, bottom-up-attention regions (boxes, float16 pooled features, top class and
+top-k class distribution) out. Names: ``vg-r101-c4`` (bottom-up attention, 1600 VG classes, 2048-d),
+``coco-r50-fpn`` / ``coco-r50-fpn-v2`` (torchvision COCO, 1024-d), ``demo`` (small, 256-d).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from model.detectors.base import DetectorSpec, RegionDetector, Regions
+from model.detectors.selection import BoxSelection, select_boxes
+
+logger = logging.getLogger(__name__)
+
+DETECTORS = ("vg-r101-c4", "coco-r50-fpn", "coco-r50-fpn-v2", "demo")
+FEATURE_DIMS = {"vg-r101-c4": 2048, "coco-r50-fpn": 1024, "coco-r50-fpn-v2": 1024}
+# File names of the published VG weights, looked for in the weights home when --weights is absent.
+VG_WEIGHT_FILES = (
+    "faster_rcnn_from_caffe_attr_original.pkl",
+    "faster_rcnn_from_caffe_attr.pkl",
+    "faster_rcnn_from_caffe.pkl",
+    "pytorch_model.bin",
+)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A detector was asked for without weights it can find; the message says where to put them."""
+
+
+def weights_home(name: str) -> str:
+    """Where a detector's weights are looked for by default: ``$LAIT_DETECTOR_HOME/NAME``."""
+    root = os.environ.get("LAIT_DETECTOR_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "lait", "detectors")
+    return os.path.join(root, name)
+
+
+def read_class_names(path: str) -> list[str]:
+    """Class names from a text file (one per line; ``a,b`` synonyms keep the first) or a JSON list."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json"):
+        import json
+
+        data = json.loads(text)
+        return list(data["class_names"] if isinstance(data, dict) else data)
+    return [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
+
+
+def feature_dim_of(name: str, weights: str | None = None) -> int:
+    """The feature width of a detector, without building it."""
+    if name == "demo":
+        if not weights:
+            from model.detectors.demo import DEFAULT_CONFIG
+
+            return DEFAULT_CONFIG["feature_dim"]
+        from model.detectors.demo import read_config
+
+        return int(read_config(weights)["feature_dim"])
+    if name not in FEATURE_DIMS:
+        raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    return FEATURE_DIMS[name]
+
+
+def input_sizes(name: str, weights: str | None = None, config: dict | None = None) -> tuple[int, int]:
+    """The (min_size, max_size) a detector resizes images to, without building it (for decode workers)."""
+    if name == "vg-r101-c4":
+        from model.detectors.vg_r101_c4 import DEFAULT_CONFIG as defaults
+    elif name.startswith("coco-"):
+        from model.detectors.coco_r50_fpn import DEFAULT_CONFIG as defaults
+    elif name == "demo":
+        from model.detectors import demo
+
+        defaults = demo.read_config(weights) if weights else demo.DEFAULT_CONFIG
+    else:
+        raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    merged = {**defaults, **(config or {})}
+    return int(merged["min_size"]), int(merged["max_size"])
+
+
+def build_detector(
+    name: str,
+    weights: str | None = None,
+    random_init: bool = False,
+    config: dict | None = None,
+    class_names: list[str] | None = None,
+    download: bool = False,
+) -> RegionDetector:
+    """A detector by name, with published/trained weights from ``weights`` or random ones (``random_init``)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    if name == "vg-r101-c4":
+        from model.detectors import vg_r101_c4
+
+        detector = vg_r101_c4.build(config, class_names)
+        if random_init:
+            return detector
+        if weights is None:
+            home = weights_home(name)
+            found = [os.path.join(home, f) for f in VG_WEIGHT_FILES if os.path.exists(os.path.join(home, f))]
+            if not found:
+                raise WeightsNotFoundError(
+                    f"vg-r101-c4 needs the published bottom-up-attention weights: pass --weights PATH to "
+                    f"faster_rcnn_from_caffe_attr_original.pkl (10-100 boxes), faster_rcnn_from_caffe[_attr].pkl "
+                    f"(36 boxes) or the frcnn-vg-finetuned pytorch_model.bin, or put one of them in {home}; "
+                    f"--random-init builds it with random weights for pipeline checks"
+                )
+            weights = found[0]
+        load_vg_weights(detector, weights)
+        return detector
+    if name.startswith("coco-"):
+        from model.detectors import coco_r50_fpn
+        from model.detectors.weights import load_state
+
+        detector = coco_r50_fpn.build(name, config)
+        if random_init:
+            return detector
+        try:
+            state = load_state(weights) if weights else coco_r50_fpn.published_state(name, download=download)
+        except FileNotFoundError as exc:
+            raise WeightsNotFoundError(str(exc)) from None
+        detector.model.load_state_dict(state)
+        return detector
+    from model.detectors import demo
+
+    if random_init and not weights:
+        return demo.build(config, class_names or [f"class_{i}" for i in range(8)])
+    if not weights:
+        raise WeightsNotFoundError(
+            "the demo detector needs the weights file train_demo_detector wrote: pass --weights PATH "
+            "(or --random-init for a pipeline check)"
+        )
+    if random_init:  # the trained architecture and class names, fresh weights
+        return demo.build(demo.read_config(weights))
+    return demo.load(weights)
+
+
+def load_vg_weights(detector: RegionDetector, path: str) -> None:
+    """Load a bottom-up-attention checkpoint (detectron2 .pkl, HF frcnn-vg-finetuned .bin, or ours)."""
+    from model.detectors.vg_r101_c4 import ATTRIBUTE_KEYS, convert_detectron2_state, is_detectron2_state
+    from model.detectors.weights import load_state
+
+    state = load_state(path)
+    if is_detectron2_state(state):
+        if any(key in k for k in state for key in ATTRIBUTE_KEYS):
+            logger.info("%s has an attribute head; region attributes are not extracted", path)
+        state = convert_detectron2_state(state, num_classes=detector.spec.config["num_classes"])
+    missing, unexpected = detector.model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit vg-r101-c4: missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+
+
+__all__ = [
+    "BoxSelection",
+    "DETECTORS",
+    "DetectorSpec",
+    "RegionDetector",
+    "Regions",
+    "WeightsNotFoundError",
+    "build_detector",
+    "feature_dim_of",
+    "input_sizes",
+    "load_vg_weights",
+    "read_class_names",
+    "select_boxes",
+    "weights_home",
+]

@@ -1,0 +1,242 @@
+"""The one interface every detector serves: uint8 images in, selected regions with features out.
+
+Each architecture is a torchvision ``FasterRCNN`` (backbone, RPN, RoI heads) plus a ``DetectorSpec``
+saying how to feed it. Inference does not use torchvision's post-processing, which returns
+per-class detections without their features (vision#4309); instead it runs the parts: backbone,
+RPN proposals, pooled proposal features and class scores, bottom-up-attention box selection, and
+for detectors whose stored boxes are the regressed ones, pools the features again at those boxes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection.image_list import ImageList
+
+from model.detectors.selection import BoxSelection, select_boxes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectorSpec:
+    """How to feed a detector and what it returns."""
+
+    name: str
+    class_names: list[str]
+    feature_dim: int
+    min_size: int  # short side of the network input
+    max_size: int  # cap on the long side
+    pixel_mean: tuple[float, float, float]  # RGB, in 0-255 units
+    pixel_std: tuple[float, float, float]  # RGB, in 0-255 units
+    size_divisible: int = 32
+    # "proposal": store the RPN proposal boxes (bottom-up attention keeps them unregressed);
+    # "regressed": store the class-regressed box of the top class and pool features there.
+    box_source: str = "proposal"
+    config: dict = field(default_factory=dict)  # what rebuilds the architecture (saved with weights)
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) an image of this size is resized to before the network."""
+        return network_input_size(width, height, self.min_size, self.max_size)
+
+
+def network_input_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Short side to ``min_size`` unless the long side would pass ``max_size`` (Detectron's ResizeShortestEdge)."""
+    scale = min(min_size / min(width, height), max_size / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+@dataclass
+class Regions:
+    """Selected regions of one image, boxes in the network-input pixels of that image."""
+
+    boxes: np.ndarray  # [n, 4] float32 x1 y1 x2 y2
+    features: np.ndarray  # [n, D] float16
+    class_ids: np.ndarray  # [n] int32, 0 = first object class (background excluded)
+    class_scores: np.ndarray  # [n] float32
+    topk_class_ids: np.ndarray  # [n, k] int32
+    topk_class_probs: np.ndarray  # [n, k] float32
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def _autocast(device: torch.device, precision: str):
+    """fp16/bf16 autocast on CUDA (RoIAlign/RoIPool/NMS keep fp32 through torchvision's autocast kernels)."""
+    if precision in ("fp16", "bf16"):
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        if device.type == "cpu" and precision == "fp16":
+            raise ValueError("fp16 autocast is a GPU mode; use bf16 or fp32 on the CPU")
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+class _PartClock:
+    """Adds the seconds since the last lap to ``timings[name]``; does nothing without ``timings``."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float] | None):
+        self.device, self.timings = device, timings
+        self.last = self._now() if timings is not None else 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is not None:
+            now = self._now()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+            self.last = now
+
+
+def _outputs_to_fp32(module, inputs, outputs):
+    objectness, deltas = outputs
+    return [t.float() for t in objectness], [t.float() for t in deltas]
+
+
+class RegionDetector(nn.Module):
+    """A Faster R-CNN that returns bottom-up-attention regions with pooled features."""
+
+    def __init__(self, spec: DetectorSpec, model: nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.model = model
+        self.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(spec.pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.precision = "fp32"
+        # Under fp16 autocast the RPN head would emit fp16 deltas, and torchvision decodes proposals in
+        # the deltas' dtype; fp32 outputs keep proposal coordinates exact to well under a pixel.
+        model.rpn.head.register_forward_hook(_outputs_to_fp32)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.spec.class_names
+
+    @property
+    def feature_dim(self) -> int:
+        return self.spec.feature_dim
+
+    def optimize_for(self, device: torch.device | str, precision: str = "auto", channels_last: bool | None = None) -> "RegionDetector":
+        """Move to ``device``; on CUDA default to fp16 autocast and channels-last convolutions."""
+        device = torch.device(device)
+        self.to(device)
+        if precision == "auto":
+            precision = "fp16" if device.type == "cuda" else "fp32"
+        self.precision = precision
+        if channels_last is None:
+            channels_last = device.type == "cuda"
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        return self
+
+    def batch_images(self, images: list[torch.Tensor]) -> ImageList:
+        """uint8 [3, h, w] images (already at network size) to one normalised, padded float batch."""
+        device = self.device
+        height = max(int(im.shape[1]) for im in images)
+        width = max(int(im.shape[2]) for im in images)
+        div = self.spec.size_divisible
+        if div > 1:
+            height, width = -(-height // div) * div, -(-width // div) * div
+        batch = torch.zeros(len(images), 3, height, width, device=device, dtype=torch.float32)
+        for i, im in enumerate(images):
+            im = im.to(device, non_blocking=True).float()
+            batch[i, :, : im.shape[1], : im.shape[2]] = (im - self.pixel_mean) / self.pixel_std
+        if getattr(self, "channels_last", False):
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return ImageList(batch, [(int(im.shape[1]), int(im.shape[2])) for im in images])
+
+    @torch.inference_mode()
+    def forward(self, images: list[torch.Tensor], selection: BoxSelection = BoxSelection(), topk: int = 10,
+                timings: dict[str, float] | None = None) -> list[Regions]:
+        """Detect regions in uint8 [3, h, w] images already resized to the network input size.
+
+        ``timings``, when given, receives seconds per part (input, backbone, rpn, roi_heads, selection,
+        output = re-pooling at regressed boxes + copy to the host), synchronising the device at each
+        boundary: for profiling only, it costs throughput.
+        """
+        if not images:
+            return []
+        clock = _PartClock(self.device, timings)
+        image_list = self.batch_images(images)
+        heads = self.model.roi_heads
+        clock.lap("input")
+        with _autocast(self.device, self.precision):
+            features = self.model.backbone(image_list.tensors)
+            if isinstance(features, torch.Tensor):
+                features = OrderedDict([("0", features)])
+            clock.lap("backbone")
+            proposals, _ = self.model.rpn(image_list, features)
+            clock.lap("rpn")
+            pooled = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
+            class_logits, box_deltas = heads.box_predictor(pooled)
+        probs = torch.softmax(class_logits.float(), dim=-1)
+        clock.lap("roi_heads")
+        counts = [len(p) for p in proposals]
+        chosen_boxes, chosen_rows = [], []
+        start = 0
+        for boxes, count, (h, w) in zip(proposals, counts, image_list.image_sizes):
+            rows = torch.arange(start, start + count, device=probs.device)
+            keep, _ = select_boxes(boxes.float(), probs[rows, 1:], selection)
+            kept_rows = rows[keep]
+            if self.spec.box_source == "regressed" and len(kept_rows):
+                top = probs[kept_rows, 1:].argmax(dim=1) + 1
+                deltas = box_deltas[kept_rows].float().view(len(kept_rows), -1, 4)
+                deltas = deltas[torch.arange(len(kept_rows), device=deltas.device), top]
+                final = heads.box_coder.decode_single(deltas, boxes[keep].float())
+                final[:, 0::2] = final[:, 0::2].clamp(0, w)
+                final[:, 1::2] = final[:, 1::2].clamp(0, h)
+            else:
+                final = boxes[keep].float()
+            chosen_boxes.append(final)
+            chosen_rows.append(kept_rows)
+            start += count
+        clock.lap("selection")
+        if self.spec.box_source == "regressed":
+            # The stored features must describe the stored boxes, so pool again at the final boxes.
+            with _autocast(self.device, self.precision):
+                region_features = heads.box_head(heads.box_roi_pool(features, chosen_boxes, image_list.image_sizes))
+            split = torch.split(region_features, [len(b) for b in chosen_boxes])
+        else:
+            split = [pooled[rows] for rows in chosen_rows]
+        # One device-to-host copy per field for the whole batch, not one per image (each copy syncs).
+        rows = torch.cat(chosen_rows)
+        object_probs = probs[rows, 1:]
+        k = min(topk, object_probs.shape[1])
+        top_probs, top_ids = object_probs.topk(k, dim=1) if len(rows) else (object_probs[:, :k], object_probs[:, :k].long())
+        host = {
+            "boxes": torch.cat(chosen_boxes).cpu().numpy().astype(np.float32),
+            "features": torch.cat(list(split)).float().cpu().numpy().astype(np.float16),
+            "topk_class_ids": top_ids.int().cpu().numpy(),
+            "topk_class_probs": top_probs.float().cpu().numpy(),
+        }
+        results = []
+        start = 0
+        for boxes in chosen_boxes:
+            part = {name: array[start:start + len(boxes)] for name, array in host.items()}
+            start += len(boxes)
+            results.append(
+                Regions(
+                    boxes=part["boxes"],
+                    features=part["features"],
+                    class_ids=part["topk_class_ids"][:, 0].copy() if k else np.zeros(len(boxes), np.int32),
+                    class_scores=part["topk_class_probs"][:, 0].copy() if k else np.zeros(len(boxes), np.float32),
+                    topk_class_ids=part["topk_class_ids"],
+                    topk_class_probs=part["topk_class_probs"],
+                )
+            )
+        clock.lap("output")
+        return results

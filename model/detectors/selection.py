@@ -1,0 +1,72 @@
+"""Box selection as bottom-up attention does it (``generate_tsv.py::get_detections_from_im``).
+
+For every object class, NMS over the proposals scored by that class; a proposal's confidence is its
+best score among the classes where it survived; keep proposals with confidence >= ``score_thresh``,
+at least ``min_boxes`` and at most ``max_boxes`` of them, best first. ``min_boxes == max_boxes``
+gives the fixed-count features (the 36-box mode).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import batched_nms
+
+# Pairs (proposal, class) scored below this cannot change which proposals pass a 0.2 threshold, so
+# NMS skips them; when fewer than ``min_boxes`` proposals are left scored, the exact pass reruns.
+CANDIDATE_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class BoxSelection:
+    """Thresholds of the bottom-up-attention selection rule (defaults: 10-100 adaptive boxes)."""
+
+    nms_thresh: float = 0.3
+    score_thresh: float = 0.2
+    min_boxes: int = 10
+    max_boxes: int = 100
+
+    def __post_init__(self):
+        if not 0 < self.min_boxes <= self.max_boxes:
+            raise ValueError(f"need 0 < min_boxes <= max_boxes, got {self.min_boxes} and {self.max_boxes}")
+        if not 0 <= self.nms_thresh <= 1 or not 0 <= self.score_thresh <= 1:
+            raise ValueError("nms_thresh and score_thresh must lie in [0, 1]")
+
+    @classmethod
+    def fixed(cls, count: int = 36, **kwargs) -> "BoxSelection":
+        """Exactly ``count`` boxes per image (fewer only when the image has fewer proposals)."""
+        return cls(min_boxes=count, max_boxes=count, **kwargs)
+
+
+def max_confidence(boxes: torch.Tensor, scores: torch.Tensor, nms_thresh: float, floor: float = 0.0) -> torch.Tensor:
+    """Per proposal, its best class score among the classes whose per-class NMS kept it (0 if none).
+
+    ``boxes`` [P, 4], ``scores`` [P, K] object classes only (no background). Exact for every value
+    >= ``floor``: greedy NMS suppresses a box only by higher-scored boxes, so dropping the pairs
+    below the floor does not change the fate of the pairs above it.
+    """
+    num = boxes.shape[0]
+    result = torch.zeros(num, dtype=torch.float32, device=boxes.device)
+    if num == 0 or scores.numel() == 0:
+        return result
+    mask = scores >= floor if floor > 0 else torch.ones_like(scores, dtype=torch.bool)
+    proposal_idx, class_idx = torch.nonzero(mask, as_tuple=True)
+    if proposal_idx.numel() == 0:
+        return result
+    pair_scores = scores[proposal_idx, class_idx].float()
+    keep = batched_nms(boxes[proposal_idx].float(), pair_scores, class_idx, nms_thresh)
+    result.scatter_reduce_(0, proposal_idx[keep], pair_scores[keep], reduce="amax", include_self=True)
+    return result
+
+
+def select_boxes(boxes: torch.Tensor, scores: torch.Tensor, selection: BoxSelection = BoxSelection()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the selected proposals, best first, and every proposal's confidence."""
+    num = boxes.shape[0]
+    conf = max_confidence(boxes, scores, selection.nms_thresh, floor=min(CANDIDATE_FLOOR, selection.score_thresh))
+    if int((conf > 0).sum()) < min(selection.min_boxes, num):
+        # Too few proposals scored above the floor to fill min_boxes exactly: rank them all.
+        conf = max_confidence(boxes, scores, selection.nms_thresh, floor=0.0)
+    order = torch.sort(conf, descending=True, stable=True).indices
+    passing = int((conf >= selection.score_thresh).sum())
+    count = min(max(passing, selection.min_boxes), selection.max_boxes, num)
+    return order[:count], conf

@@ -1,0 +1,236 @@
+"""``vg-r101-c4``: the bottom-up-attention Faster R-CNN (ResNet-101 C4, Visual Genome 1600 classes).
+
+Built from torchvision parts to match the Caffe model and its detectron2 port (py-bottom-up-attention):
+Caffe stem max-pool (no padding, ceil mode), stride in the 1x1 conv of each stage's first block,
+C4 features (stride 16, 1024 channels), an RPN with a 512-channel 3x3 conv and 12 anchors
+(sizes 64-512 x ratios 0.5/1/2), 14x14 RoI max pooling, the res5 stage as box head with stride 1 and
+dilation 2, global average pooling to the 2048-d feature, and 1600 classes + background.
+Input: short side 600, long side at most 1000, Caffe pixel means and no std division.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.ops import FrozenBatchNorm2d, roi_pool
+
+from model.detectors.base import DetectorSpec, RegionDetector
+
+NUM_VG_CLASSES = 1600
+ANCHOR_SIZES = (64, 128, 256, 512)
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+# Caffe's BGR means, stored here in RGB order: the converter flips the first conv to take RGB.
+PIXEL_MEAN_RGB = (122.7717, 115.9465, 102.9801)
+
+DEFAULT_CONFIG = {
+    "num_classes": NUM_VG_CLASSES,
+    "min_size": 600,
+    "max_size": 1000,
+    "rpn_pre_nms_top_n": 6000,
+    "rpn_post_nms_top_n": 300,
+    "rpn_nms_thresh": 0.7,
+    "pooler_resolution": 14,
+}
+
+
+class C4RPNHead(nn.Module):
+    """RPN head with a hidden width of its own (512 in bottom-up attention; torchvision's keeps the input width)."""
+
+    def __init__(self, in_channels: int, hidden: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.cls_logits = nn.Conv2d(hidden, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(hidden, num_anchors * 4, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = [], []
+        for x in features:
+            t = torch.relu(self.conv(x))
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return logits, deltas
+
+
+class C4RoIPool(nn.Module):
+    """RoI max pooling on the single C4 map (the ``roi_pool5`` layer); same call as MultiScaleRoIAlign."""
+
+    def __init__(self, resolution: int = 14, spatial_scale: float = 1 / 16):
+        super().__init__()
+        self.resolution = resolution
+        self.spatial_scale = spatial_scale
+
+    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_sizes) -> torch.Tensor:
+        # Pool in fp32 whatever the autocast dtype: fp16 box coordinates are off by up to 0.5 px at 1000 px.
+        x = features["0"].float()
+        boxes = [b.float() for b in proposals]
+        return roi_pool(x, boxes, (self.resolution, self.resolution), self.spatial_scale)
+
+
+class Res5Head(nn.Module):
+    """The res5 stage on pooled RoIs, averaged to one 2048-d vector per box (``pool5_flat``)."""
+
+    def __init__(self, res5: nn.Module):
+        super().__init__()
+        self.res5 = res5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+def _caffe_resnet101() -> torchvision.models.ResNet:
+    """ResNet-101 laid out like the MSRA/Caffe model the published weights come from."""
+    net = torchvision.models.resnet101(weights=None, norm_layer=FrozenBatchNorm2d)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    for stage in (net.layer2, net.layer3, net.layer4):
+        stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
+    # res5 runs at stride 1 with dilation 2 on the 14x14 pooled RoIs (RES5HALVE False, RES5_DILATION 2).
+    for block in net.layer4:
+        block.conv1.stride = block.conv2.stride = (1, 1)
+        block.conv2.dilation, block.conv2.padding = (2, 2), (2, 2)
+    net.layer4[0].downsample[0].stride = (1, 1)
+    # Random weights: zero the last scale of each residual branch (torchvision's zero_init_residual), so
+    # 33 un-normalised blocks do not blow activations up to inf; published weights overwrite it.
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in stage:
+            block.bn3.weight.zero_()
+    return net
+
+
+def build(config: dict | None = None, class_names: list[str] | None = None) -> RegionDetector:
+    """The ``vg-r101-c4`` architecture with random weights (load published ones with ``convert``)."""
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    names = class_names or [f"vg_class_{i:04d}" for i in range(cfg["num_classes"])]
+    if len(names) != cfg["num_classes"]:
+        raise ValueError(f"vg-r101-c4 has {cfg['num_classes']} classes, the class-name list has {len(names)}")
+    net = _caffe_resnet101()
+    backbone = nn.Sequential(
+        OrderedDict(
+            conv1=net.conv1, bn1=net.bn1, relu=net.relu, maxpool=net.maxpool,
+            layer1=net.layer1, layer2=net.layer2, layer3=net.layer3,
+        )
+    )
+    backbone.out_channels = 1024
+    anchors = AnchorGenerator(sizes=(ANCHOR_SIZES,), aspect_ratios=(ASPECT_RATIOS,))
+    num_anchors = len(ANCHOR_SIZES) * len(ASPECT_RATIOS)
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_head=C4RPNHead(1024, 512, num_anchors),
+        box_head=Res5Head(net.layer4),
+        box_predictor=FastRCNNPredictor(2048, cfg["num_classes"] + 1),
+        rpn_pre_nms_top_n_test=cfg["rpn_pre_nms_top_n"],
+        rpn_post_nms_top_n_test=cfg["rpn_post_nms_top_n"],
+        rpn_nms_thresh=cfg["rpn_nms_thresh"],
+        min_size=cfg["min_size"],
+        max_size=cfg["max_size"],
+    )
+    # FasterRCNN only accepts MultiScaleRoIAlign in its constructor; the C4 model max-pools one map.
+    model.roi_heads.box_roi_pool = C4RoIPool(cfg["pooler_resolution"], 1 / 16)
+    spec = DetectorSpec(
+        name="vg-r101-c4",
+        class_names=list(names),
+        feature_dim=2048,
+        min_size=cfg["min_size"],
+        max_size=cfg["max_size"],
+        pixel_mean=PIXEL_MEAN_RGB,
+        pixel_std=(1.0, 1.0, 1.0),
+        size_divisible=16,
+        box_source="proposal",
+        config=cfg,
+    )
+    return RegionDetector(spec, model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Published weights: detectron2-format names (py-bottom-up-attention .pkl, HF frcnn-vg-finetuned)
+# ----------------------------------------------------------------------------------------------
+
+# detectron2 orders anchors size-major (size, then ratio); torchvision ratio-major.
+_ANCHOR_PERM = [s * len(ASPECT_RATIOS) + r for r in range(len(ASPECT_RATIOS)) for s in range(len(ANCHOR_SIZES))]
+_STAGES = {"res2": "backbone.layer1", "res3": "backbone.layer2", "res4": "backbone.layer3",
+           "res5": "roi_heads.box_head.res5"}
+_CONVS = {"conv1": ("conv1", "bn1"), "conv2": ("conv2", "bn2"), "conv3": ("conv3", "bn3"),
+          "shortcut": ("downsample.0", "downsample.1")}
+_NORM_RENAMES = {"gamma": "weight", "beta": "bias"}
+_IGNORED_SUFFIXES = ("num_batches_tracked",)
+ATTRIBUTE_KEYS = ("cls_embedding", "fc_attr", "attr_score")
+
+
+def is_detectron2_state(state: dict) -> bool:
+    """Whether a state dict uses detectron2 module names (``backbone.stem.conv1...``)."""
+    return any(k.startswith(("backbone.stem.", "backbone.res2.", "proposal_generator.")) for k in state)
+
+
+def detectron2_name_to_ours(name: str) -> str | None:
+    """Our parameter name for a detectron2 one; None for parts we do not build (attributes)."""
+    parts = name.split(".")
+    if parts[-1] in _NORM_RENAMES:
+        parts[-1] = _NORM_RENAMES[parts[-1]]
+    leaf = parts[-1]
+    if parts[:3] == ["backbone", "stem", "conv1"]:
+        return f"backbone.{'bn1' if parts[3] == 'norm' else 'conv1'}.{leaf}"
+    stage = parts[1] if parts[0] == "backbone" else parts[1] if parts[0] == "roi_heads" else None
+    if stage in _STAGES and len(parts) >= 5:
+        block, conv = parts[2], parts[3]
+        conv_name, norm_name = _CONVS[conv]
+        module = norm_name if parts[4] == "norm" else conv_name
+        return f"{_STAGES[stage]}.{block}.{module}.{leaf}"
+    if parts[:2] == ["proposal_generator", "rpn_head"]:
+        module = {"conv": "conv", "objectness_logits": "cls_logits", "anchor_deltas": "bbox_pred"}[parts[2]]
+        return f"rpn.head.{module}.{leaf}"
+    if parts[:2] == ["roi_heads", "box_predictor"]:
+        if parts[2] in ATTRIBUTE_KEYS:
+            return None
+        return f"roi_heads.box_predictor.{parts[2]}.{leaf}"
+    raise KeyError(f"unexpected parameter {name!r} in a vg-r101-c4 checkpoint")
+
+
+def convert_detectron2_state(state: dict[str, torch.Tensor], num_classes: int = NUM_VG_CLASSES) -> dict[str, torch.Tensor]:
+    """A detectron2-named VG checkpoint as a state dict of our ``vg-r101-c4`` model.
+
+    Beyond renaming: the first conv is flipped from BGR to RGB input; RPN outputs are reordered to
+    torchvision's anchor order; the class scores move background from last (detectron2) to first
+    (torchvision); class-specific box deltas get a zero background slot.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        ours = detectron2_name_to_ours(name)
+        if ours is None:
+            continue
+        value = torch.as_tensor(value).float()
+        if ours == "backbone.conv1.weight":
+            value = value[:, [2, 1, 0]]
+        elif ours.startswith("rpn.head.cls_logits."):
+            value = value[_ANCHOR_PERM]
+        elif ours.startswith("rpn.head.bbox_pred."):
+            value = value.view(len(_ANCHOR_PERM), 4, *value.shape[1:])[_ANCHOR_PERM].reshape(value.shape)
+        elif ours.startswith("roi_heads.box_predictor.cls_score."):
+            if value.shape[0] != num_classes + 1:
+                raise ValueError(f"{name}: {value.shape[0]} class outputs, expected {num_classes + 1}")
+            value = torch.cat([value[-1:], value[:-1]])
+        elif ours.startswith("roi_heads.box_predictor.bbox_pred."):
+            if value.shape[0] == 4 * num_classes:
+                value = torch.cat([torch.zeros_like(value[:4]), value])
+            elif value.shape[0] == 4:  # class-agnostic regression: the same deltas for every class
+                value = value.repeat(num_classes + 1, *([1] * (value.dim() - 1)))
+            elif value.shape[0] != 4 * (num_classes + 1):
+                raise ValueError(f"{name}: {value.shape[0]} box outputs for {num_classes} classes")
+        out[ours] = value
+    # Caffe-converted frozen BN may carry only scale and shift: the missing statistics are the identity.
+    for key in list(out):
+        if key.endswith(".weight") and (key.rsplit(".", 2)[-2].startswith("bn") or key.rsplit(".", 2)[-2] == "1"):
+            prefix = key[: -len("weight")]
+            out.setdefault(prefix + "running_mean", torch.zeros_like(out[key]))
+            out.setdefault(prefix + "running_var", torch.ones_like(out[key]))
+    return out

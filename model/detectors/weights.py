@@ -1,0 +1,81 @@
+"""Reading published detector weights from local files, safely.
+
+``torch.load`` runs only with ``weights_only=True``. detectron2 ``.pkl`` files are plain pickles,
+and unpickling can call any importable function, so a downloaded file could run code on load; they
+are read with an unpickler that only rebuilds numpy arrays, numpy dtypes and builtin containers and
+refuses every other global.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+# The globals a detectron2 checkpoint pickle needs: numpy's array reconstruction and dtypes.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    # Protocol-2 pickles written by Python 3 store array bytes as latin-1 text turned back by encode().
+    ("_codecs", "encode"),
+}
+# numpy 2 moved numpy.core to numpy._core; pickles written under numpy 1 (every published one) name the old path.
+_MODULE_ALIASES = {"numpy.core.multiarray": "numpy._core.multiarray"}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list (it could run code)."""
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS and not (module == "numpy" and name.startswith("dtype")) \
+                and not (module.startswith("numpy.dtypes") and name.endswith("DType")):
+            raise UnsafePickleError(f"refusing to load {module}.{name} from a weights pickle (only numpy arrays allowed)")
+        module = _MODULE_ALIASES.get(module, module) if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def load_detectron2_pickle(path: str) -> dict[str, np.ndarray]:
+    """The ``model`` mapping (parameter name -> numpy array) of a detectron2 ``.pkl`` checkpoint."""
+    with open(path, "rb") as f:
+        data = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a detectron2 checkpoint (expected a dict with a 'model' mapping)")
+    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+
+
+def load_state(path: str) -> dict[str, torch.Tensor]:
+    """A parameter mapping from a ``.pkl`` (detectron2), ``.safetensors`` or torch file, as tensors."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.endswith(".pkl"):
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in load_detectron2_pickle(path).items()}
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

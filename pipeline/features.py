@@ -1,0 +1,700 @@
+"""Region features: every distinct image of a pairs/candidates table through a Faster R-CNN, to Parquet.
+
+Two runners over the same detector code (``model.detectors``):
+
+* ``extract_regions`` (``lait features``): the local runner. DataLoader worker processes read
+  Parquet row groups and decode images; the main process batches them to the device (pinned
+  memory, non-blocking copies, fp16 autocast and channels-last on CUDA) and writes one regions
+  shard, one rejected shard and one shard stats file per input shard. A rerun skips the shards
+  whose stats file exists, so an interrupted run resumes. A batch that runs out of GPU memory is
+  split in halves and retried.
+
+* ``ExtractRegions``: the same stage as a Beam ``PTransform`` around ``RunInference`` (keyed by
+  ``image_id``), for Dataflow GPU workers. ``run(argv)`` is the pipeline::
+
+      # local
+      python -m pipeline.features --input RUN/filter --output RUN/features --detector demo \\
+          --weights demo_detector.safetensors --runner DirectRunner
+      # Dataflow, GPU workers
+      python -m pipeline.features --input gs://BUCKET/run/filter/pairs --output gs://BUCKET/run/features \\
+          --detector vg-r101-c4 --weights /weights/faster_rcnn_from_caffe_attr_original.pkl --device cuda \\
+          --runner DataflowRunner --project PROJECT --region REGION --temp_location gs://BUCKET/tmp \\
+          --setup_file ./setup.py --sdk_container_image IMAGE_WITH_WEIGHTS \\
+          --dataflow_service_options "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" \\
+          --experiments use_runner_v2
+
+Outputs (both runners): ``OUT/regions/`` (regions schema, ``feature_dim`` of the detector),
+``OUT/rejected/`` (stage ``features``), ``OUT/stats.json`` and ``OUT/classes.json`` (class names).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import posixpath
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+import schemas
+from model.detectors import BoxSelection, Regions, build_detector, feature_dim_of, read_class_names
+from model.detectors.base import DetectorSpec, RegionDetector
+from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector
+from schemas.io import _filesystem
+
+logger = logging.getLogger(__name__)
+
+STAGE = "features"
+INPUT_COLUMNS = ["image_id", "image_bytes"]
+SHARD_PREFIX = "part"
+
+
+# ----------------------------------------------------------------------------------------------
+# Options, input and output layout
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureOptions:
+    """Everything that decides what ``lait features`` computes and how."""
+
+    detector: str = "demo"
+    weights: str | None = None
+    random_init: bool = False
+    download_weights: bool = False
+    class_names_file: str | None = None
+    detector_config: dict = field(default_factory=dict)  # architecture/run overrides, e.g. min_size
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    batch_size: int = 8
+    num_workers: int = 2
+    images_per_shard: int = 512
+    min_boxes: int = 10
+    max_boxes: int = 100
+    score_thresh: float = 0.2
+    nms_thresh: float = 0.3
+    topk: int = 10
+
+    @property
+    def selection(self) -> BoxSelection:
+        """The box-selection rule these options describe (validates the limits)."""
+        return BoxSelection(self.nms_thresh, self.score_thresh, self.min_boxes, self.max_boxes)
+
+    def resolved_device(self) -> torch.device:
+        """The torch device to run on; a clear error when CUDA is asked for and absent."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        return device
+
+    def load_detector(self) -> RegionDetector:
+        """Build the detector these options name, on its device."""
+        names = read_class_names(self.class_names_file) if self.class_names_file else None
+        detector = build_detector(
+            self.detector, weights=self.weights, random_init=self.random_init,
+            config=self.detector_config or None, class_names=names, download=self.download_weights,
+        )
+        return detector.optimize_for(self.resolved_device(), self.precision)
+
+
+def resolve_input(path: str) -> str:
+    """The dataset inside a stage folder (``pairs/`` of a filter run, ``candidates/`` of a crawl), or ``path``."""
+    fs, inner = _filesystem(path)
+    for sub in ("pairs", "candidates"):
+        info = fs.get_file_info(posixpath.join(inner, sub))
+        if info.type.name == "Directory":
+            return path.rstrip("/") + "/" + sub
+    return path
+
+
+def _join(root: str, *parts: str) -> str:
+    return posixpath.join(root.rstrip("/"), *parts) if "://" in root else os.path.join(root, *parts)
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Write JSON atomically (a temporary name, then a rename): a stats file is complete or absent."""
+    fs, inner = _filesystem(path)
+    fs.create_dir(posixpath.dirname(inner), recursive=True)
+    tmp = posixpath.join(posixpath.dirname(inner), f".{posixpath.basename(inner)}.tmp")
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True).encode())
+    fs.move(tmp, inner)
+
+
+def _read_json(path: str) -> dict | None:
+    fs, inner = _filesystem(path)
+    if fs.get_file_info(inner).type.name != "File":
+        return None
+    with fs.open_input_stream(inner) as f:
+        return json.loads(f.read().decode())
+
+
+def classes_info(detector_name: str, spec: DetectorSpec, topk: int) -> dict:
+    """The ``classes.json`` next to ``regions/``: what ``class_ids`` and ``topk_class_ids`` index."""
+    return {
+        "detector": detector_name,
+        "feature_dim": spec.feature_dim,
+        "num_classes": len(spec.class_names),
+        "class_names": spec.class_names,
+        "background": "excluded: class id i is class_names[i]; top-k probabilities are of the softmax over classes + background",
+        "topk": topk,
+        "box_source": spec.box_source,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Regions rows as Arrow, built from numpy without per-number Python objects
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageRegions:
+    """The regions of one image, boxes already in original (EXIF-oriented) pixels."""
+
+    image_id: str
+    width: int
+    height: int
+    regions: Regions
+
+
+def to_original_pixels(regions: Regions, image: DetectorInput) -> Regions:
+    """Map boxes from network-input pixels back to the original image."""
+    sx, sy = image.scale
+    boxes = regions.boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, image.width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, image.height)
+    return Regions(boxes.astype(np.float32), regions.features, regions.class_ids, regions.class_scores,
+                   regions.topk_class_ids, regions.topk_class_probs)
+
+
+def _nested(offsets: np.ndarray, values: pa.Array) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def regions_table(items: Sequence[ImageRegions], detector_name: str, feature_dim: int) -> pa.Table:
+    """A regions-schema table (``feature_dim`` wide float16 features) from per-image regions."""
+    schema = schemas.schema_for("regions", feature_dim=feature_dim)
+    counts = np.array([it.regions.num_boxes for it in items], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+
+    def stack(name: str, dtype, width: int | None = None) -> np.ndarray:
+        parts = [getattr(it.regions, name) for it in items]
+        shape = (0, width) if width is not None else (0,)
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+
+    boxes = stack("boxes", np.float32, 4).reshape(-1)
+    features = stack("features", np.float16, feature_dim).reshape(-1)
+    topk = max((it.regions.topk_class_ids.shape[1] for it in items if it.regions.num_boxes), default=0)
+    topk_ids = stack("topk_class_ids", np.int32, topk).reshape(-1)
+    topk_probs = stack("topk_class_probs", np.float32, topk).reshape(-1)
+    box_offsets = np.arange(int(counts.sum()) + 1, dtype=np.int32) * topk
+    arrays = [
+        pa.array([it.image_id for it in items], pa.string()),
+        pa.array([it.width for it in items], pa.int32()),
+        pa.array([it.height for it in items], pa.int32()),
+        pa.array(counts.astype(np.int32), pa.int32()),
+        _nested(offsets, pa.FixedSizeListArray.from_arrays(pa.array(boxes, pa.float32()), 4)),
+        _nested(offsets, pa.FixedSizeListArray.from_arrays(pa.array(features, pa.float16()), feature_dim)),
+        _nested(offsets, pa.array(stack("class_ids", np.int32), pa.int32())),
+        _nested(offsets, pa.array(stack("class_scores", np.float32), pa.float32())),
+        _nested(offsets, _nested(box_offsets, pa.array(topk_ids, pa.int32()))),
+        _nested(offsets, _nested(box_offsets, pa.array(topk_probs, pa.float32()))),
+        pa.array([detector_name] * len(items), pa.string()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def detect_splitting_on_oom(detector: RegionDetector, images: list[torch.Tensor], selection: BoxSelection,
+                            topk: int) -> list[Regions | None]:
+    """Run a batch; when the device runs out of memory, run its halves instead (None: one image did not fit)."""
+    if not images:
+        return []
+    try:
+        return detector(images, selection, topk)
+    except torch.OutOfMemoryError:
+        if detector.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(images) == 1:
+            logger.warning("one image does not fit in device memory; rejecting it")
+            return [None]
+        half = len(images) // 2
+        logger.info("out of memory on a batch of %d images; retrying as %d + %d", len(images), half, len(images) - half)
+        return (detect_splitting_on_oom(detector, images[:half], selection, topk)
+                + detect_splitting_on_oom(detector, images[half:], selection, topk))
+
+
+# ----------------------------------------------------------------------------------------------
+# The local runner
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    """A unit of work and of output: the first occurrences of some images, as (file, row group, rows)."""
+
+    index: int
+    pieces: list[tuple[str, int, list[int]]]
+
+    @property
+    def size(self) -> int:
+        return sum(len(rows) for _, _, rows in self.pieces)
+
+
+def _open_parquet(path: str, file: str) -> pq.ParquetFile:
+    fs, _ = _filesystem(path)
+    return pq.ParquetFile(fs.open_input_file(file))
+
+
+def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
+    """Split the distinct images of a dataset into shards, in a stable order; also count null-id rows.
+
+    Only the ``image_id`` column is read here. The order (files sorted, row groups, rows) is the same
+    on every run, so shard ``k`` always holds the same images and a rerun can skip finished shards.
+    """
+    files = schemas.list_parquet_files(dataset)
+    seen: set[str] = set()
+    shards: list[Shard] = []
+    pieces: list[tuple[str, int, list[int]]] = []
+    in_shard = 0
+    null_ids = 0
+    for file in files:
+        parquet = _open_parquet(dataset, file)
+        names = parquet.schema_arrow.names
+        for column in INPUT_COLUMNS:
+            if column not in names:
+                raise schemas.SchemaMismatchError(f"{file}: no {column!r} column; lait features reads image_id + image_bytes", column)
+        for group in range(parquet.num_row_groups):
+            ids = parquet.read_row_group(group, columns=["image_id"]).column(0).to_pylist()
+            rows: list[int] = []
+            for row, image_id in enumerate(ids):
+                if image_id is None:
+                    null_ids += 1
+                    continue
+                if image_id in seen:
+                    continue
+                seen.add(image_id)
+                rows.append(row)
+                in_shard += 1
+                if in_shard == images_per_shard:
+                    pieces.append((file, group, rows))
+                    shards.append(Shard(len(shards), pieces))
+                    pieces, rows, in_shard = [], [], 0
+            if rows:
+                pieces.append((file, group, rows))
+    if pieces:
+        shards.append(Shard(len(shards), pieces))
+    return shards, null_ids
+
+
+@dataclass
+class DecodedBatch:
+    """What a DataLoader worker hands over: decoded images of one shard; ``last`` closes the shard."""
+
+    shard: int
+    image_ids: list[str]
+    inputs: list[DetectorInput | None]
+    rejects: list[tuple[str, str, str]]  # (image_id, reason, detail)
+    last: bool
+    shard_size: int = 0
+
+    def pin_memory(self) -> "DecodedBatch":
+        """Page-locked pixels, so the copy to the GPU can overlap compute (DataLoader's pin thread calls this)."""
+        for item in self.inputs:
+            item.pixels = item.pixels.pin_memory()
+        return self
+
+
+class ShardImages(torch.utils.data.IterableDataset):
+    """Reads and decodes the images of its shards; each DataLoader worker takes every n-th shard."""
+
+    def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, batch_size: int):
+        self.dataset = dataset
+        self.shards = shards
+        self.spec = spec
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[DecodedBatch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for shard in self.shards[worker::workers]:
+            yield from self._shard_batches(shard)
+
+    def _shard_batches(self, shard: Shard) -> Iterator[DecodedBatch]:
+        ids: list[str] = []
+        inputs: list[DetectorInput] = []
+        rejects: list[tuple[str, str, str]] = []
+        for file, group, rows in shard.pieces:
+            table = _open_parquet(self.dataset, file).read_row_group(group, columns=INPUT_COLUMNS).take(rows)
+            for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image_bytes").to_pylist()):
+                try:
+                    inputs.append(decode_for_detector(data, self.spec.input_size))
+                    ids.append(image_id)
+                except ImageRejected as exc:
+                    rejects.append((image_id, exc.reason, exc.detail))
+                if len(inputs) == self.batch_size:
+                    yield DecodedBatch(shard.index, ids, inputs, rejects, last=False)
+                    ids, inputs, rejects = [], [], []
+        yield DecodedBatch(shard.index, ids, inputs, rejects, last=True, shard_size=shard.size)
+
+
+def _keep(batch: DecodedBatch) -> DecodedBatch:
+    """DataLoader collate: batches are already formed by the dataset."""
+    return batch
+
+
+@dataclass
+class _ShardResult:
+    regions: list[ImageRegions] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    images: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _shard_paths(output: str, index: int) -> dict[str, str]:
+    name = f"{SHARD_PREFIX}-{index:05d}"
+    return {
+        "regions": _join(output, "regions", f"{name}.parquet"),
+        "rejected": _join(output, "rejected", f"{name}.parquet"),
+        "stats": _join(output, "shards", f"{name}.json"),
+    }
+
+
+def _finish_shard(output: str, index: int, result: _ShardResult, detector_name: str, feature_dim: int) -> dict:
+    """Write a shard's regions and rejects, then its stats file, which marks the shard complete."""
+    paths = _shard_paths(output, index)
+    if result.regions:
+        schemas.write_table(regions_table(result.regions, detector_name, feature_dim), paths["regions"], "regions")
+    if result.rejected:
+        schemas.write_table(schemas.to_table(result.rejected, "rejected"), paths["rejected"], "rejected")
+    boxes = [it.regions.num_boxes for it in result.regions]
+    stats = {
+        "shard": index,
+        "in": result.images,
+        "kept": len(result.regions),
+        "rejected": len(result.rejected),
+        "rejected_by_reason": dict(Counter(r["reason"] for r in result.rejected)),
+        "boxes": int(sum(boxes)),
+        "boxes_min": min(boxes, default=0),
+        "boxes_max": max(boxes, default=0),
+        "seconds": round(time.perf_counter() - result.started, 3),
+    }
+    if stats["in"] != stats["kept"] + stats["rejected"]:
+        raise AssertionError(f"shard {index}: {stats['in']} images in, {stats['kept']} kept + {stats['rejected']} rejected")
+    _write_json(paths["stats"], stats)
+    return stats
+
+
+def _check_run_config(output: str, run_config: dict) -> None:
+    """Refuse to resume into a folder written with another detector or selection (the shards would mix)."""
+    path = _join(output, "run.json")
+    previous = _read_json(path)
+    if previous is not None and previous != run_config:
+        changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))
+        raise ValueError(f"{output} holds a run with other settings ({', '.join(changed)}); use a new --output")
+    if previous is None:
+        _write_json(path, run_config)
+
+
+def extract_regions(input_path: str, output_path: str, options: FeatureOptions, progress: bool = False,
+                    detector: RegionDetector | None = None) -> dict:
+    """Run the features stage locally; returns the ``stats.json`` contents."""
+    started = time.perf_counter()
+    dataset = resolve_input(input_path)
+    detector = detector or options.load_detector()
+    spec = detector.spec
+    run_config = {
+        "detector": options.detector, "feature_dim": spec.feature_dim, "weights": options.weights,
+        "random_init": options.random_init, "selection": asdict(options.selection), "topk": options.topk,
+        "detector_config": spec.config,
+    }
+    _check_run_config(output_path, json.loads(json.dumps(run_config)))
+    fs, inner = _filesystem(output_path)
+    for sub in ("regions", "rejected"):  # present even when every image is rejected, for readers and audit
+        fs.create_dir(posixpath.join(inner, sub), recursive=True)
+    _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, options.topk))
+    shards, null_ids = plan_shards(dataset, options.images_per_shard)
+    done = {s.index for s in shards if _read_json(_shard_paths(output_path, s.index)["stats"]) is not None}
+    todo = [s for s in shards if s.index not in done]
+    if done:
+        logger.info("resuming: %d of %d shards already complete", len(done), len(shards))
+    if null_ids:
+        rows = [schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id")] * null_ids
+        schemas.write_table(schemas.to_table(rows, "rejected"), _join(output_path, "rejected", "invalid-00000.parquet"), "rejected")
+    device = detector.device
+    workers = max(0, options.num_workers)
+    loader = torch.utils.data.DataLoader(
+        ShardImages(dataset, todo, spec, options.batch_size),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_keep,
+        prefetch_factor=4 if workers else None,
+        pin_memory=device.type == "cuda",
+    )
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(s.size for s in todo), desc=f"features {options.detector}", unit="img", disable=not progress)
+    pending: dict[int, _ShardResult] = {}
+    processed = 0
+    for batch in loader:
+        result = pending.setdefault(batch.shard, _ShardResult())
+        for image_id, reason, detail in batch.rejects:
+            result.rejected.append(schemas.rejected_row(STAGE, reason, detail, image_id=image_id))
+        outputs = detect_splitting_on_oom(detector, [it.pixels for it in batch.inputs], options.selection, options.topk)
+        for image_id, image, regions in zip(batch.image_ids, batch.inputs, outputs):
+            if regions is None:
+                result.rejected.append(schemas.rejected_row(STAGE, "out_of_memory", "did not fit in device memory alone", image_id=image_id))
+            elif regions.num_boxes == 0:
+                result.rejected.append(schemas.rejected_row(STAGE, "no_regions", "the detector proposed no boxes", image_id=image_id))
+            else:
+                result.regions.append(ImageRegions(image_id, image.width, image.height, to_original_pixels(regions, image)))
+        count = len(batch.inputs) + len(batch.rejects)
+        result.images += count
+        processed += count
+        bar.update(count)
+        if batch.last:
+            _finish_shard(output_path, batch.shard, pending.pop(batch.shard), options.detector, spec.feature_dim)
+    bar.close()
+    stats = summarize(output_path, shards, null_ids)
+    seconds = time.perf_counter() - started
+    stats.update({
+        "detector": options.detector,
+        "feature_dim": spec.feature_dim,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": detector.precision,
+        "selection": asdict(options.selection),
+        "shards_resumed": len(done),
+        "images_processed": processed,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(processed / seconds, 3) if seconds > 0 else None,
+    })
+    _write_json(_join(output_path, "stats.json"), stats)
+    return stats
+
+
+def summarize(output_path: str, shards: list[Shard], null_ids: int) -> dict:
+    """The stage books from the per-shard stats files: in = kept + rejected, reasons, box counts."""
+    totals = Counter()
+    reasons = Counter({"image_id_missing": null_ids}) if null_ids else Counter()
+    box_min, box_max = None, 0
+    for shard in shards:
+        stats = _read_json(_shard_paths(output_path, shard.index)["stats"])
+        if stats is None:
+            raise RuntimeError(f"shard {shard.index} has no stats file; the run did not finish")
+        for key in ("in", "kept", "rejected", "boxes"):
+            totals[key] += stats[key]
+        reasons.update(stats["rejected_by_reason"])
+        if stats["kept"]:
+            box_min = stats["boxes_min"] if box_min is None else min(box_min, stats["boxes_min"])
+            box_max = max(box_max, stats["boxes_max"])
+    return {
+        "stage": STAGE,
+        "in": totals["in"] + null_ids,
+        "kept": totals["kept"],
+        "rejected": totals["rejected"] + null_ids,
+        "rejected_by_reason": dict(reasons),
+        "shards": len(shards),
+        "boxes_total": totals["boxes"],
+        "boxes_per_image": {
+            "min": box_min or 0,
+            "mean": round(totals["boxes"] / totals["kept"], 3) if totals["kept"] else 0,
+            "max": box_max,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The same stage as a Beam transform around RunInference
+# ----------------------------------------------------------------------------------------------
+
+import apache_beam as beam  # noqa: E402  (kept below the local runner, which does not need it)
+from apache_beam.metrics import Metrics  # noqa: E402
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
+
+METRICS_NAMESPACE = "lait.features"
+REJECTED = "rejected"
+
+
+class KeyRowsByImageFn(beam.DoFn):
+    """(image_id, image_bytes) per input row; rows without an image_id leave as rejects."""
+
+    def __init__(self):
+        self.rows_without_id = Metrics.counter(METRICS_NAMESPACE, "rejected/image_id_missing")
+
+    def process(self, row: dict):
+        if row.get("image_id") is None:
+            self.rows_without_id.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id"))
+            return
+        yield row["image_id"], row.get("image_bytes")
+
+
+class DecodeImagesFn(beam.DoFn):
+    """Decode one distinct image for the detector; undecodable ones leave as rejected rows."""
+
+    def __init__(self, min_size: int, max_size: int):
+        self.min_size, self.max_size = min_size, max_size
+        self.images_in = Metrics.counter(METRICS_NAMESPACE, "in")
+
+    def _input_size(self, width: int, height: int) -> tuple[int, int]:
+        from model.detectors.base import network_input_size
+
+        return network_input_size(width, height, self.min_size, self.max_size)
+
+    def process(self, element: tuple[str, Iterable[bytes]]):
+        image_id, copies = element
+        self.images_in.inc()
+        data = next(iter(copies), None)  # same image_id, same bytes: any copy will do
+        try:
+            yield image_id, decode_for_detector(data, self._input_size)
+        except ImageRejected as exc:
+            Metrics.counter(METRICS_NAMESPACE, f"rejected/{exc.reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, exc.reason, exc.detail, image_id=image_id))
+
+
+class RegionModelHandler(ModelHandler):
+    """RunInference handler: loads the detector once per worker, detects regions for a batch of decoded images."""
+
+    def __init__(self, options: FeatureOptions):
+        self.options = options
+
+    def load_model(self) -> RegionDetector:
+        return self.options.load_detector()
+
+    def run_inference(self, batch: Sequence[DetectorInput], model: RegionDetector, inference_args=None):
+        outputs = detect_splitting_on_oom(model, [item.pixels for item in batch], self.options.selection, self.options.topk)
+        return [PredictionResult(item, regions) for item, regions in zip(batch, outputs)]
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": self.options.batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+class ToRegionRowsFn(beam.DoFn):
+    """A prediction to a regions row (boxes in original pixels), or to a rejected row."""
+
+    def __init__(self, detector_name: str):
+        self.detector_name = detector_name
+        self.kept = Metrics.counter(METRICS_NAMESPACE, "kept")
+
+    def process(self, element: tuple[str, PredictionResult]):
+        image_id, prediction = element
+        image, regions = prediction.example, prediction.inference
+        reason = "out_of_memory" if regions is None else "no_regions" if regions.num_boxes == 0 else None
+        if reason:
+            Metrics.counter(METRICS_NAMESPACE, f"rejected/{reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, reason, None, image_id=image_id))
+            return
+        self.kept.inc()
+        yield region_row(ImageRegions(image_id, image.width, image.height, to_original_pixels(regions, image)), self.detector_name)
+
+
+def region_row(item: ImageRegions, detector_name: str) -> dict[str, Any]:
+    """One regions row as a dict (the Beam writer's input); numpy rows, not Python floats."""
+    r = item.regions
+    return {
+        "image_id": item.image_id, "image_width": item.width, "image_height": item.height, "num_boxes": r.num_boxes,
+        "boxes": list(r.boxes), "features": list(r.features), "class_ids": r.class_ids, "class_scores": r.class_scores,
+        "topk_class_ids": list(r.topk_class_ids), "topk_class_probs": list(r.topk_class_probs), "detector": detector_name,
+    }
+
+
+class ExtractRegions(beam.PTransform):
+    """Rows with ``image_id`` + ``image_bytes`` to ``{"regions": rows, "rejected": rows}``, each distinct image once."""
+
+    def __init__(self, options: FeatureOptions):
+        super().__init__()
+        from model.detectors import input_sizes
+
+        self.options = options
+        self.sizes = input_sizes(options.detector, options.weights, options.detector_config)
+
+    def expand(self, rows):
+        keyed = rows | "KeyByImageId" >> beam.ParDo(KeyRowsByImageFn()).with_outputs(REJECTED, main="images")
+        decoded = (
+            keyed.images
+            | "GroupByImageId" >> beam.GroupByKey()
+            | "DecodeImages" >> beam.ParDo(DecodeImagesFn(*self.sizes)).with_outputs(REJECTED, main="images")
+        )
+        rows_out = (
+            decoded.images
+            | "RunDetector" >> RunInference(KeyedModelHandler(RegionModelHandler(self.options)))
+            | "ToRegionRows" >> beam.ParDo(ToRegionRowsFn(self.options.detector)).with_outputs(REJECTED, main="regions")
+        )
+        rejected = (keyed.rejected, decoded.rejected, rows_out.rejected) | "AllRejected" >> beam.Flatten()
+        return {"regions": rows_out.regions, "rejected": rejected}
+
+
+def _parse_args(argv):
+    from lait.commands.features import add_arguments
+
+    parser = argparse.ArgumentParser(description="Region features as an Apache Beam pipeline (RunInference).")
+    add_arguments(parser, local=False)
+    return parser.parse_known_args(argv)
+
+
+def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
+    """Build and run the Beam pipeline; returns the stats written to ``OUTPUT/stats.json``."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from lait.commands.features import options_from_args
+
+    known, pipeline_args = _parse_args(argv)
+    options = options_from_args(known)
+    overrides = options.detector_config
+    files = schemas.list_parquet_files(resolve_input(known.input))
+    feature_dim = feature_dim_of(options.detector, options.weights)
+    names = read_class_names(options.class_names_file) if options.class_names_file else None
+    spec = build_detector(options.detector, weights=options.weights, random_init=True,
+                          config=overrides or None, class_names=names).spec  # random init: only the names are needed
+    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(pipeline_args))
+    rows = (
+        pipeline
+        | "ListInputFiles" >> beam.Create(files)
+        | "ReadInput" >> beam.io.ReadAllFromParquet(columns=INPUT_COLUMNS)
+    )
+    out = rows | "ExtractRegions" >> ExtractRegions(options)
+    out["regions"] | "WriteRegions" >> beam.io.WriteToParquet(
+        _join(known.output, "regions", SHARD_PREFIX), schemas.schema_for("regions", feature_dim=feature_dim),
+        file_name_suffix=".parquet")
+    out["rejected"] | "WriteRejected" >> beam.io.WriteToParquet(
+        _join(known.output, "rejected", SHARD_PREFIX), schemas.schema_for("rejected"), file_name_suffix=".parquet")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in
+                result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
+    reasons = {name.split("/", 1)[1]: int(v) for name, v in counters.items() if name.startswith("rejected/") and v}
+    missing_ids = reasons.get("image_id_missing", 0)
+    stats = {
+        "stage": STAGE,
+        "in": int(counters.get("in", 0)) + missing_ids,
+        "kept": int(counters.get("kept", 0)),
+        "rejected": sum(reasons.values()),
+        "rejected_by_reason": reasons,
+        "detector": options.detector,
+        "feature_dim": feature_dim,
+        "runner": "beam",
+    }
+    _write_json(_join(known.output, "classes.json"), classes_info(options.detector, spec, options.topk))
+    _write_json(_join(known.output, "stats.json"), stats)
+    return stats
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    # Run the module imported by name, so Beam pickles the DoFns as pipeline.features.*, which workers import.
+    from pipeline import features as _by_name
+
+    print(json.dumps(_by_name.run(), indent=2))

@@ -1,0 +1,59 @@
+"""The features stage as a Beam pipeline: ExtractRegions under TestPipeline, and run() end to end."""
+import json
+
+import apache_beam as beam
+import torch
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+import schemas
+from model.detectors import demo
+from pipeline.features import DecodeImagesFn, ExtractRegions, FeatureOptions, run
+from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene, write_pairs
+
+SMALL = {"min_size": 64, "max_size": 96, "channels": [16, 16, 32, 32, 64, 64]}
+DIRECT = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def _weights(tmp_path):
+    torch.manual_seed(0)
+    return demo.save(demo.build(SMALL, CLASS_NAMES), str(tmp_path / "demo.safetensors"))
+
+
+def test_decode_fn_lifecycle_rejects_with_reason():
+    fn = DecodeImagesFn(64, 96)
+    good = encode(make_scene(0)[0])
+    (image_id_out, decoded), = list(fn.process(("a", [good, good])))
+    assert image_id_out == "a" and decoded.pixels.shape[1] == 64
+    (rejected,), = [list(fn.process(("b", [b"junk"])))]
+    assert rejected.tag == "rejected" and rejected.value["reason"] == "image_undecodable" and rejected.value["image_id"] == "b"
+
+
+def test_extract_regions_transform(tmp_path):
+    weights = _weights(tmp_path)
+    images = [encode(make_scene(i)[0]) for i in range(3)]
+    rows = [{"image_id": image_id(d), "image_bytes": d} for d in images]
+    rows += [dict(rows[0]), {"image_id": "broken", "image_bytes": b"junk"}, {"image_id": None, "image_bytes": images[1]}]
+    options = FeatureOptions(detector="demo", weights=weights, batch_size=2, min_boxes=2, max_boxes=4)
+    with BeamTestPipeline(options=PipelineOptions(DIRECT)) as p:
+        out = p | beam.Create(rows) | ExtractRegions(options)
+        assert_that(out["regions"] | "Ids" >> beam.Map(lambda r: r["image_id"]),
+                    equal_to([image_id(d) for d in images]), label="OneRowPerDistinctImage")
+        assert_that(out["regions"] | "Boxes" >> beam.Map(lambda r: 2 <= r["num_boxes"] == len(r["features"]) <= 4),
+                    equal_to([True] * 3), label="BoxCounts")
+        assert_that(out["rejected"] | "Reasons" >> beam.Map(lambda r: (r["stage"], r["reason"])),
+                    equal_to([("features", "image_undecodable"), ("features", "image_id_missing")]), label="Rejects")
+
+
+def test_run_writes_the_stage_folder(tmp_path):
+    weights = _weights(tmp_path)
+    write_pairs(tmp_path / "filter", [encode(make_scene(i)[0]) for i in range(3)] + [b"junk"])
+    stats = run(["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "features"), "--detector", "demo",
+                 "--weights", weights, "--min-boxes", "2", "--max-boxes", "5"] + DIRECT)
+    assert (stats["in"], stats["kept"], stats["rejected"], stats["rejected_by_reason"]) == (4, 3, 1, {"image_undecodable": 1})
+    assert json.loads((tmp_path / "features" / "stats.json").read_text()) == stats
+    regions = schemas.read_table(str(tmp_path / "features" / "regions"), "regions")
+    assert regions.num_rows == 3 and regions.schema.field("features").type.value_type.list_size == 256
+    assert schemas.read_table(str(tmp_path / "features" / "rejected"), "rejected").column("reason").to_pylist() == ["image_undecodable"]
+    assert json.loads((tmp_path / "features" / "classes.json").read_text())["class_names"] == CLASS_NAMES

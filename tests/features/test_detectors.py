@@ -1,0 +1,93 @@
+"""CPU runs of every architecture on tiny inputs, and the demo detector's training."""
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from model.detectors import BoxSelection, build_detector, feature_dim_of
+from model.detectors.demo import train_demo_detector
+from model.detectors.images import decode_for_detector
+from tests.features.scenes import CLASS_NAMES, encode, make_scene
+
+# Real architectures, run-time settings shrunk so a CPU test takes a second: small inputs, few proposals.
+TINY = {
+    "vg-r101-c4": {"min_size": 64, "max_size": 96, "rpn_post_nms_top_n": 4},
+    "coco-r50-fpn": {"min_size": 64, "max_size": 96, "rpn_post_nms_top_n": 20},
+    "demo": {"min_size": 64, "max_size": 96},
+}
+
+
+@pytest.mark.parametrize("name,dim,classes", [("vg-r101-c4", 2048, 1600), ("coco-r50-fpn", 1024, 90), ("demo", 256, 8)])
+def test_architecture_runs_on_cpu(name, dim, classes):
+    torch.manual_seed(0)
+    detector = build_detector(name, random_init=True, config=TINY[name])
+    assert detector.feature_dim == dim == feature_dim_of(name) and len(detector.class_names) == classes
+    inputs = [decode_for_detector(encode(make_scene(i, size)[0]), detector.spec.input_size)
+              for i, size in enumerate([(50, 80), (96, 64)][: 1 if name == "vg-r101-c4" else 2])]
+    assert inputs[0].pixels.shape[1:] == (96, 60)  # short side 64 would make the long side > 96: capped
+    out = detector([im.pixels for im in inputs], BoxSelection(min_boxes=3, max_boxes=5), topk=4)
+    assert len(out) == len(inputs)
+    for regions, image in zip(out, inputs):
+        assert 3 <= regions.num_boxes <= 5
+        assert regions.features.shape == (regions.num_boxes, dim) and regions.features.dtype == np.float16
+        assert np.isfinite(regions.features.astype(np.float32)).all()
+        assert regions.topk_class_ids.shape == (regions.num_boxes, 4) and (regions.topk_class_ids < classes).all()
+        h, w = image.pixels.shape[1:]
+        assert (regions.boxes >= 0).all() and (regions.boxes[:, [0, 2]] <= w).all() and (regions.boxes[:, [1, 3]] <= h).all()
+
+
+def test_vg_architecture_is_bottom_up_attention():
+    detector = build_detector("vg-r101-c4", random_init=True)
+    model = detector.model
+    assert detector.spec.min_size == 600 and detector.spec.max_size == 1000 and detector.spec.pixel_std == (1.0, 1.0, 1.0)
+    assert model.rpn.head.conv.out_channels == 512 and model.rpn.head.cls_logits.out_channels == 12
+    assert model.rpn._post_nms_top_n["testing"] == 300 and model.rpn._pre_nms_top_n["testing"] == 6000
+    assert model.roi_heads.box_roi_pool.resolution == 14
+    res5 = model.roi_heads.box_head.res5
+    assert all(block.conv2.dilation == (2, 2) and block.conv2.stride == (1, 1) for block in res5)
+    assert res5[0].conv1.stride == (1, 1) and res5[0].downsample[0].stride == (1, 1)  # res5 keeps the 14x14 grid
+    assert model.backbone.layer2[0].conv1.stride == (2, 2) and model.backbone.layer2[0].conv2.stride == (1, 1)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 1601
+    with torch.no_grad():  # stride 16 with Caffe's ceil-mode stem pool
+        assert model.backbone(torch.zeros(1, 3, 64, 96)).shape == (1, 1024, 4, 6)
+
+
+def _recall(detector, samples):
+    found = 0
+    for image, boxes, _ in samples:
+        inp = decode_for_detector(encode(image), detector.spec.input_size)
+        regions = detector([inp.pixels], BoxSelection(min_boxes=1, max_boxes=10))[0]
+        sx, sy = inp.scale
+        predicted = torch.tensor(regions.boxes) * torch.tensor([sx, sy, sx, sy])
+        found += int((box_iou(torch.tensor(boxes), predicted).max(dim=1).values >= 0.5).sum())
+    return found
+
+
+def test_train_demo_detector_learns_and_reloads(tmp_path):
+    samples = [make_scene(i, (64, 48), max_objects=2) for i in range(4)]
+    config = {"channels": [16, 16, 32, 32, 64, 64], "min_size": 48, "max_size": 64,
+              "box_batch_size_per_image": 32, "anchor_sizes": [12, 18, 24, 32]}
+    result = train_demo_detector(samples, CLASS_NAMES, str(tmp_path / "demo"), epochs=14, batch_size=2, lr=3e-3, config=config)
+    losses = result["losses"]
+    assert np.mean(losses[-3:]) < 0.75 * losses[0]
+    trained = build_detector("demo", weights=result["path"])  # weights + config (class names) from the file
+    untrained = build_detector("demo", weights=result["path"], random_init=True)
+    assert trained.class_names == CLASS_NAMES and trained.feature_dim == 256
+    ground_truth = sum(len(b) for _, b, _ in samples)
+    assert _recall(trained, samples) >= max(2, _recall(untrained, samples) + 1), ground_truth
+    with pytest.raises(ValueError, match="labels"):
+        train_demo_detector([(samples[0][0], samples[0][1], samples[0][2] + 10)], CLASS_NAMES, str(tmp_path / "x"))
+
+
+def test_mixed_precision_channels_last_path():
+    """The GPU path (autocast + channels-last) run on the CPU with bf16: same interface, finite output."""
+    torch.manual_seed(0)
+    detector = build_detector("demo", random_init=True, config=TINY["demo"])
+    image = decode_for_detector(encode(make_scene(1, (96, 64))[0]), detector.spec.input_size).pixels
+    reference = detector([image], BoxSelection(min_boxes=3, max_boxes=3))[0]
+    detector.optimize_for("cpu", precision="bf16", channels_last=True)
+    mixed = detector([image], BoxSelection(min_boxes=3, max_boxes=3))[0]
+    assert mixed.num_boxes == reference.num_boxes == 3
+    assert np.isfinite(mixed.features.astype(np.float32)).all() and mixed.boxes.dtype == np.float32
+    with pytest.raises(ValueError, match="fp16"):
+        detector.optimize_for("cpu", precision="fp16")([image])

@@ -1,0 +1,163 @@
+"""The local features runner end to end: books, schema, resume, OOM split, input forms, CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import schemas
+from model.detectors import demo
+from pipeline.features import FeatureOptions, extract_regions
+from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene, write_pairs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = {"min_size": 64, "max_size": 96, "channels": [16, 16, 32, 32, 64, 64]}
+
+
+@pytest.fixture(scope="module")
+def demo_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    return demo.save(demo.build(SMALL, CLASS_NAMES), str(tmp_path_factory.mktemp("weights") / "demo.safetensors"))
+
+
+def _options(weights, **kw):
+    base = dict(detector="demo", weights=weights, num_workers=0, batch_size=2, min_boxes=2, max_boxes=6)
+    return FeatureOptions(**{**base, **kw})
+
+
+def _rotated_jpeg():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(make_scene(99, (120, 80))[0], "JPEG", quality=90, exif=exif.tobytes())
+
+
+def test_end_to_end_books_schema_and_classes(tmp_path, demo_weights):
+    images = [encode(make_scene(i, (96 + 8 * i, 72))[0]) for i in range(4)] + [_rotated_jpeg(), b"not an image", b""]
+    ids = write_pairs(tmp_path / "filter", images)  # the first image appears twice
+    stats = extract_regions(str(tmp_path / "filter"), str(tmp_path / "features"), _options(demo_weights, num_workers=1))
+    assert (stats["in"], stats["kept"], stats["rejected"]) == (7, 5, 2)
+    assert stats["rejected_by_reason"] == {"image_undecodable": 1, "image_missing": 1}
+    on_disk = json.loads((tmp_path / "features" / "stats.json").read_text())
+    assert on_disk["in"] == on_disk["kept"] + on_disk["rejected"] and on_disk["stage"] == "features"
+
+    regions = schemas.read_table(str(tmp_path / "features" / "regions"), "regions")
+    assert regions.schema.field("features").type.value_type.list_size == 256
+    rows = {r["image_id"]: r for r in regions.to_pylist()}
+    assert set(rows) == set(ids[:5]) and len(rows) == regions.num_rows  # each distinct image once
+    for r in rows.values():
+        assert 2 <= r["num_boxes"] <= 6
+        assert len(r["boxes"]) == len(r["features"]) == len(r["class_ids"]) == len(r["topk_class_ids"]) == r["num_boxes"]
+        boxes = np.array(r["boxes"])
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= r["image_width"]).all() and (boxes[:, 3] <= r["image_height"]).all()
+        assert (boxes[:, 2] >= boxes[:, 0]).all() and r["detector"] == "demo"
+        probs = np.array(r["topk_class_probs"])
+        assert (np.diff(probs, axis=1) <= 0).all() and probs.sum(axis=1).max() <= 1 + 1e-5
+        assert r["class_ids"] == [t[0] for t in r["topk_class_ids"]]
+    assert (rows[ids[0]]["image_width"], rows[ids[0]]["image_height"]) == (96, 72)
+    assert (rows[ids[4]]["image_width"], rows[ids[4]]["image_height"]) == (80, 120)  # EXIF-rotated, oriented size
+
+    rejected = schemas.read_table(str(tmp_path / "features" / "rejected"), "rejected").to_pylist()
+    assert {r["stage"] for r in rejected} == {"features"} and {r["image_id"] for r in rejected} == set(ids[5:7])
+    classes = json.loads((tmp_path / "features" / "classes.json").read_text())
+    assert classes["class_names"] == CLASS_NAMES and classes["feature_dim"] == 256
+
+
+class _Interrupting:
+    """The real detector, interrupted on its n-th batch (a killed run)."""
+
+    def __init__(self, inner, fail_on_call):
+        self.inner, self.fail_on_call, self.calls = inner, fail_on_call, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, images, selection, topk):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt
+        return self.inner(images, selection, topk)
+
+
+def test_resume_after_interrupted_run_matches_a_clean_run(tmp_path, demo_weights):
+    images = [encode(make_scene(i)[0]) for i in range(6)]
+    write_pairs(tmp_path / "in", images, duplicate_first=False, row_group_size=2)
+    options = _options(demo_weights, images_per_shard=2)
+    detector = options.load_detector()
+    with pytest.raises(KeyboardInterrupt):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), options, detector=_Interrupting(detector, 2))
+    assert len(os.listdir(tmp_path / "out" / "shards")) == 1  # shard 0 complete, shard 1 absent
+    stats = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), options)
+    assert stats["shards_resumed"] == 1 and stats["images_processed"] == 4
+    assert (stats["in"], stats["kept"], stats["shards"]) == (6, 6, 3)
+    clean = extract_regions(str(tmp_path / "in"), str(tmp_path / "clean"), options)
+    assert clean["shards_resumed"] == 0
+    resumed = schemas.read_table(str(tmp_path / "out" / "regions"), "regions").sort_by("image_id")
+    fresh = schemas.read_table(str(tmp_path / "clean" / "regions"), "regions").sort_by("image_id")
+    assert resumed.num_rows == 6 and resumed.column("boxes").to_pylist() == fresh.column("boxes").to_pylist()
+    other = _options(demo_weights, images_per_shard=2, max_boxes=9)
+    with pytest.raises(ValueError, match="other settings"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), other)
+
+
+class _SmallMemory:
+    """The real detector on a device that fits two images per batch, and never the image ``too_big``."""
+
+    def __init__(self, inner, too_big_width):
+        self.inner, self.too_big_width, self.batch_sizes = inner, too_big_width, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, images, selection, topk):
+        self.batch_sizes.append(len(images))
+        if len(images) > 2 or any(im.shape[2] == self.too_big_width for im in images):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(images, selection, topk)
+
+
+def test_out_of_memory_batches_are_split_not_lost(tmp_path, demo_weights):
+    images = [encode(make_scene(i, (96, 72))[0]) for i in range(5)] + [encode(make_scene(9, (200, 72))[0])]
+    write_pairs(tmp_path / "in", images, duplicate_first=False)
+    options = _options(demo_weights, batch_size=6)
+    detector = _SmallMemory(options.load_detector(), too_big_width=options.load_detector().spec.input_size(200, 72)[0])
+    stats = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), options, detector=detector)
+    assert (stats["in"], stats["kept"], stats["rejected_by_reason"]) == (6, 5, {"out_of_memory": 1})
+    assert detector.batch_sizes[0] == 6 and max(detector.batch_sizes[1:]) <= 3
+
+
+def test_crawl_folder_input_and_bad_tables(tmp_path, demo_weights):
+    data = encode(make_scene(3)[0])
+    row = {"candidate_id": "c1", "image_id": image_id(data), "page_url": "http://127.0.0.1/p", "image_url": "http://127.0.0.1/i.png",
+           "image_bytes": data, "source": "crawl"}
+    schemas.write_table(schemas.to_table([row], "candidates"), str(tmp_path / "crawl" / "candidates" / "part-00000.parquet"))
+    stats = extract_regions(str(tmp_path / "crawl"), str(tmp_path / "f1"), _options(demo_weights))
+    assert (stats["in"], stats["kept"]) == (1, 1)
+    bad = schemas.to_table([{"caption_id": "k", "image_id": "i", "caption": "c"}], "captions")
+    schemas.write_table(bad, str(tmp_path / "captions" / "part-00000.parquet"))
+    with pytest.raises(schemas.SchemaMismatchError, match="image_bytes"):
+        extract_regions(str(tmp_path / "captions"), str(tmp_path / "f2"), _options(demo_weights))
+
+
+def test_cli_runs_as_a_subprocess(tmp_path, demo_weights):
+    write_pairs(tmp_path / "filter", [encode(make_scene(i)[0]) for i in range(3)])
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    base = [sys.executable, "-m", "lait", "features", "--input", str(tmp_path / "filter"), "--detector", "demo",
+            "--num-workers", "1", "--no-progress"]
+    done = subprocess.run(base + ["--output", str(tmp_path / "features"), "--weights", demo_weights, "--fixed-boxes", "4"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["kept"] == 3
+    regions = schemas.read_table(str(tmp_path / "features" / "regions"), "regions")
+    assert regions.column("num_boxes").to_pylist() == [4, 4, 4]
+
+def test_cli_reports_missing_weights(tmp_path, capsys):
+    from lait import cli
+
+    write_pairs(tmp_path / "filter", [encode(make_scene(0)[0])])
+    code = cli.main(["features", "--input", str(tmp_path / "filter"), "--output", str(tmp_path / "out"),
+                     "--detector", "demo", "--no-progress"])
+    assert code == 2 and "--weights" in capsys.readouterr().err

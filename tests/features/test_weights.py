@@ -1,0 +1,190 @@
+"""Published-weight loading on stand-in files with the real key names and shapes (never downloaded)."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from model.detectors import WeightsNotFoundError, build_detector
+from model.detectors.weights import UnsafePickleError, load_detectron2_pickle
+
+# ResNet-101 as detectron2 names it: stage -> (blocks, in, bottleneck, out); res5 lives in the RoI head.
+_STAGES = {"backbone.res2": (3, 64, 64, 256), "backbone.res3": (4, 256, 128, 512),
+           "backbone.res4": (23, 512, 256, 1024), "roi_heads.res5": (3, 1024, 512, 2048)}
+
+
+def detectron2_vg_state(rng, attributes=True, norm_names=("weight", "bias", "running_mean", "running_var")):
+    """Random arrays under the key names and shapes of py-bottom-up-attention's VG checkpoints."""
+    shapes = {"backbone.stem.conv1.weight": (64, 3, 7, 7)}
+    norms = ["backbone.stem.conv1.norm"]
+    norm_width = {"backbone.stem.conv1.norm": 64}
+    for stage, (blocks, cin, mid, cout) in _STAGES.items():
+        for b in range(blocks):
+            first_in = cin if b == 0 else cout
+            convs = {"conv1": (mid, first_in, 1, 1), "conv2": (mid, mid, 3, 3), "conv3": (cout, mid, 1, 1)}
+            if b == 0:
+                convs["shortcut"] = (cout, cin, 1, 1)
+            for conv, shape in convs.items():
+                shapes[f"{stage}.{b}.{conv}.weight"] = shape
+                norms.append(f"{stage}.{b}.{conv}.norm")
+                norm_width[norms[-1]] = shape[0]
+    shapes.update({
+        "proposal_generator.rpn_head.conv.weight": (512, 1024, 3, 3), "proposal_generator.rpn_head.conv.bias": (512,),
+        "proposal_generator.rpn_head.objectness_logits.weight": (12, 512, 1, 1),
+        "proposal_generator.rpn_head.objectness_logits.bias": (12,),
+        "proposal_generator.rpn_head.anchor_deltas.weight": (48, 512, 1, 1),
+        "proposal_generator.rpn_head.anchor_deltas.bias": (48,),
+        "roi_heads.box_predictor.cls_score.weight": (1601, 2048), "roi_heads.box_predictor.cls_score.bias": (1601,),
+        "roi_heads.box_predictor.bbox_pred.weight": (6400, 2048), "roi_heads.box_predictor.bbox_pred.bias": (6400,),
+    })
+    if attributes:
+        shapes.update({"roi_heads.box_predictor.cls_embedding.weight": (1601, 256),
+                       "roi_heads.box_predictor.fc_attr.weight": (512, 2304), "roi_heads.box_predictor.fc_attr.bias": (512,),
+                       "roi_heads.box_predictor.attr_score.weight": (401, 512), "roi_heads.box_predictor.attr_score.bias": (401,)})
+    state = {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
+    for norm in norms:
+        for leaf in norm_names:
+            state[f"{norm}.{leaf}"] = rng.random(norm_width[norm], dtype=np.float32) + 0.5
+    return state
+
+
+@pytest.fixture(scope="module")
+def vg_state():
+    return detectron2_vg_state(np.random.default_rng(0))
+
+
+def _check_vg_mapping(model_state, src):
+    np.testing.assert_array_equal(model_state["backbone.conv1.weight"].numpy(), src["backbone.stem.conv1.weight"][:, ::-1])
+    np.testing.assert_array_equal(model_state["backbone.layer3.22.conv2.weight"].numpy(), src["backbone.res4.22.conv2.weight"])
+    np.testing.assert_array_equal(model_state["backbone.layer1.0.downsample.1.running_var"].numpy(),
+                                  src["backbone.res2.0.shortcut.norm.running_var"])
+    np.testing.assert_array_equal(model_state["roi_heads.box_head.res5.2.bn3.weight"].numpy(), src["roi_heads.res5.2.conv3.norm.weight"])
+    cls = model_state["roi_heads.box_predictor.cls_score.weight"].numpy()
+    np.testing.assert_array_equal(cls[0], src["roi_heads.box_predictor.cls_score.weight"][1600])  # background first
+    np.testing.assert_array_equal(cls[1:], src["roi_heads.box_predictor.cls_score.weight"][:1600])
+    reg = model_state["roi_heads.box_predictor.bbox_pred.weight"].numpy()
+    assert not reg[:4].any() and np.array_equal(reg[4:], src["roi_heads.box_predictor.bbox_pred.weight"])
+
+
+def _anchor_shapes_detectron2():
+    """detectron2's DefaultAnchorGenerator order: for each size, for each aspect ratio (h/w)."""
+    out = []
+    for size in (64, 128, 256, 512):
+        for ratio in (0.5, 1.0, 2.0):
+            w = np.sqrt(size * size / ratio)
+            out.append((w, ratio * w))
+    return np.array(out)
+
+
+def _check_rpn_semantics(detector, src):
+    """Each of our anchors must get the objectness and deltas detectron2 computes for the same anchor shape."""
+    head = detector.model.rpn.head
+    x = torch.randn(1, 1024, 3, 3)
+    with torch.no_grad():
+        ours_logits, ours_deltas = head([x])
+        hidden = torch.relu(torch.nn.functional.conv2d(x, torch.from_numpy(src["proposal_generator.rpn_head.conv.weight"]),
+                                                       torch.from_numpy(src["proposal_generator.rpn_head.conv.bias"]), padding=1))
+        d2_logits = torch.nn.functional.conv2d(hidden, torch.from_numpy(src["proposal_generator.rpn_head.objectness_logits.weight"]),
+                                               torch.from_numpy(src["proposal_generator.rpn_head.objectness_logits.bias"]))
+        d2_deltas = torch.nn.functional.conv2d(hidden, torch.from_numpy(src["proposal_generator.rpn_head.anchor_deltas.weight"]),
+                                               torch.from_numpy(src["proposal_generator.rpn_head.anchor_deltas.bias"]))
+    cell = detector.model.rpn.anchor_generator.cell_anchors[0]
+    ours_shapes = (cell[:, 2:] - cell[:, :2]).numpy()
+    d2_shapes = _anchor_shapes_detectron2()
+    for t, (w, h) in enumerate(ours_shapes):
+        d = int(np.argmin(np.abs(d2_shapes - (w, h)).sum(axis=1)))  # torchvision rounds anchors to integers
+        assert np.abs(d2_shapes[d] - (w, h)).max() <= 1.0
+        torch.testing.assert_close(ours_logits[0][0, t], d2_logits[0, d], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(ours_deltas[0][0, 4 * t:4 * t + 4], d2_deltas[0, 4 * d:4 * d + 4], rtol=1e-4, atol=1e-3)
+
+
+def test_vg_detectron2_pickle_loads_from_weights_home(tmp_path, monkeypatch, vg_state):
+    monkeypatch.setenv("LAIT_DETECTOR_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "vg-r101-c4")):
+        build_detector("vg-r101-c4")
+    home = tmp_path / "vg-r101-c4"
+    home.mkdir()
+    with open(home / "faster_rcnn_from_caffe_attr.pkl", "wb") as f:  # the layout detectron2's checkpointer writes
+        pickle.dump({"model": vg_state, "__author__": "stand-in", "matching_heuristics": True}, f, protocol=2)
+    detector = build_detector("vg-r101-c4")  # found in the weights home; strict: every key mapped
+    _check_vg_mapping(detector.model.state_dict(), vg_state)
+    _check_rpn_semantics(detector, vg_state)
+    assert detector.feature_dim == 2048 and len(detector.class_names) == 1600
+
+
+def test_vg_hf_checkpoint_with_gamma_beta_and_caffe_norms(tmp_path, vg_state):
+    # frcnn-vg-finetuned style: a torch file, norms named gamma/beta, BN counters, no attribute head.
+    state = {}
+    for key, value in vg_state.items():
+        if any(a in key for a in ("cls_embedding", "fc_attr", "attr_score")):
+            continue
+        key = key.replace("norm.weight", "norm.gamma").replace("norm.bias", "norm.beta")
+        state[key] = torch.from_numpy(value)
+    state["backbone.stem.conv1.norm.num_batches_tracked"] = torch.tensor(0)
+    # Caffe-converted frozen norms may carry only scale and shift.
+    del state["backbone.stem.conv1.norm.running_mean"], state["backbone.stem.conv1.norm.running_var"]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    detector = build_detector("vg-r101-c4", weights=str(tmp_path / "pytorch_model.bin"))
+    ours = detector.model.state_dict()
+    _check_vg_mapping(ours, vg_state)
+    assert torch.equal(ours["backbone.bn1.running_var"], torch.ones(64))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"model": {"x": Exploit()}}, f)
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system"):
+        load_detectron2_pickle(str(tmp_path / "evil.pkl"))
+    assert not marker.exists()
+    with open(tmp_path / "ok.pkl", "wb") as f:
+        pickle.dump({"model": {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}}, f)
+    assert load_detectron2_pickle(str(tmp_path / "ok.pkl"))["a"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_coco_weights_from_file_and_torchvision_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsNotFoundError, match="--download-weights"):
+        build_detector("coco-r50-fpn")
+    torch.manual_seed(1)
+    source = build_detector("coco-r50-fpn", random_init=True)
+    path = tmp_path / "coco.pth"
+    torch.save(source.model.state_dict(), path)
+    loaded = build_detector("coco-r50-fpn", weights=str(path))
+    for key, value in source.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    from model.detectors.coco_r50_fpn import published_weights_path
+
+    cached = published_weights_path("coco-r50-fpn")
+    assert cached.startswith(str(tmp_path / "torch"))
+    os.makedirs(os.path.dirname(cached))
+    os.replace(path, cached)
+    cached_model = build_detector("coco-r50-fpn")  # torchvision's cache file, no download
+    assert torch.equal(cached_model.model.roi_heads.box_predictor.cls_score.weight,
+                       source.model.roi_heads.box_predictor.cls_score.weight)
+    assert cached_model.class_names[0] == "person" and cached_model.feature_dim == 1024
+
+
+def test_demo_needs_weights_or_random_init(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="train_demo_detector"):
+        build_detector("demo")
+    with pytest.raises(ValueError, match="unknown detector"):
+        build_detector("yolo")
+
+
+def test_class_names_files(tmp_path):
+    from model.detectors import read_class_names
+    from model.detectors.vg_r101_c4 import build
+
+    (tmp_path / "objects_vocab.txt").write_text("person,man\ncat\n\ndog\n")
+    assert read_class_names(str(tmp_path / "objects_vocab.txt")) == ["person", "cat", "dog"]
+    (tmp_path / "names.json").write_text('{"class_names": ["a", "b"]}')
+    assert read_class_names(str(tmp_path / "names.json")) == ["a", "b"]
+    with pytest.raises(ValueError, match="1600 classes"):
+        build(class_names=["person", "cat", "dog"])
