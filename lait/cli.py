@@ -14,6 +14,9 @@ from lait import __version__
 
 # Order is the order of `lait --help`: the stages first, then the tools around them.
 COMMAND_MODULES = [
+    "lait.commands.train",
+    "lait.commands.eval",
+    "lait.commands.import_captions",
     "lait.commands.inspect",
 ]
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +95,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     compile: bool = False
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
     grad_accum: int = 1
     grad_clip: float = 1.0
     weight_decay: float = 0.01
@@ -127,7 +130,38 @@ def _build(cls, data: Any, where: str):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
-    return data
+    hints = typing.get_type_hints(cls)
+    return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Numbers written as YAML strings (``2e-3`` is a string in YAML 1.1) become numbers; bad ones fail."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    for kind in (bool, int, float):
+        if kind in options:
+            if kind is bool:
+                if isinstance(value, bool):
+                    return value
+                if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                    return value.lower() in ("true", "yes", "1")
+                continue
+            if isinstance(value, bool):
+                continue
+            try:
+                number = kind(value) if not isinstance(value, str) or kind is float else int(float(value))
+            except (TypeError, ValueError):
+                continue
+            if kind is int and float(value) != number:
+                continue
+            return number
+    if any(o in (bool, int, float) for o in options) and not any(o in (str, list, dict) or typing.get_origin(o)
+                                                                 for o in options if o is not type(None)):
+        raise ConfigError(f"{where}: {value!r} is not a {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
+    return value
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:

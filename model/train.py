@@ -71,6 +71,8 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     if wanted == "cuda" and world_size > 1:
         wanted = f"cuda:{local_rank}"
     device = torch.device(wanted)
+    if config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
