@@ -393,6 +393,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
                 stage_resume = resume_state
         summary["stages"].append(run_stage(model, stage, index, config, runtime, tokenizer_json, ids, base,
                                            stage_resume, progress))
+    # Equal on every rank when DDP kept the replicas in sync (logged so a multi-rank run can be checked).
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    logger.info("rank %d: final parameter checksum %.10e", runtime.rank, checksum)
+    summary["parameter_checksum"] = checksum
     final = os.path.join(config.out_dir, "checkpoints", "final.pt")
     if runtime.is_main:
         save_checkpoint(final, dict(base, model=model.state_dict(), stage_index=len(stages) - 1,

@@ -32,3 +32,34 @@ def synth_dir(tmp_path_factory):
 def tiny_model():
     torch.manual_seed(0)
     return ImageBert(tiny_config())
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_dir, tmp_path_factory):
+    """`lait train --config configs/tiny.yaml` on the synthetic data: 2 pretraining stages, fine-tuning, eval."""
+    import subprocess
+    import sys
+
+    out_dir = str(tmp_path_factory.mktemp("tiny-run"))
+    env = dict(os.environ, PYTHONPATH=REPO, LAIT_DATA=synth_dir, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lait", "train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
+         "--set", f"out_dir={out_dir}", "--set", "cpu_threads=1", "--set", "log_every=50",
+         "--set", "pretrain.0.steps=30", "--set", "pretrain.1.steps=30",
+         "--set", "finetune.steps=300", "--set", "finetune.lr=2e-3", "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out_dir, proc
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(trained_run):
+    return os.path.join(trained_run[0], "checkpoints", "final.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_checkpoint):
+    from model.train import model_from_checkpoint
+
+    model, state = model_from_checkpoint(tiny_checkpoint)
+    return model, state["tokenizer"]
