@@ -260,3 +260,14 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, bas
     for assignment in overrides or []:
         apply_override(data, assignment)
     return train_config_from_dict(data)
+
+
+def add_train_arguments(parser: "argparse.ArgumentParser") -> None:
+    """The training options shared by ``lait train`` and ``python -m model.train``."""
+    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value by dotted path, e.g. pretrain.0.steps=100 (repeatable)")
+    parser.add_argument("--out-dir", help="shortcut for --set out_dir=DIR")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                        help="resume from CKPT, or from OUT_DIR/checkpoints/last.pt when no path is given")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import ModelConfig, StageConfig, TrainConfig, load_config, model_config_from_dict
+from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, load_config,
+                          model_config_from_dict)
 from model.data import dataset_report, feature_dim_of, make_loader, num_classes_of
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, prepare_pretrain_batch
@@ -421,23 +422,12 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
 def main(argv: list[str] | None = None) -> int:
     """``python -m model.train --config FILE [--set key=value ...] [--resume [CKPT]]`` (also under torchrun)."""
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
+    add_train_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_from_args(args)
     print(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))
     return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options shared by ``lait train`` and ``python -m model.train``."""
-    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value by dotted path, e.g. pretrain.0.steps=100 (repeatable)")
-    parser.add_argument("--out-dir", help="shortcut for --set out_dir=DIR")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                        help="resume from CKPT, or from OUT_DIR/checkpoints/last.pt when no path is given")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_from_args(args: argparse.Namespace) -> dict:

@@ -12,9 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train ImageBERT from regions + captions datasets as a YAML config describes (see docs/train.md). "
                     "Under torchrun the same options run DDP: torchrun --nproc_per_node N -m model.train --config ...",
     )
-    from model.train import add_arguments
+    from model.config import add_train_arguments  # no torch import: `lait --help` stays fast
 
-    add_arguments(parser)
+    add_train_arguments(parser)
     parser.set_defaults(func=run)
 
 
