@@ -176,7 +176,12 @@ def _dataset(data: Any, where: str) -> DatasetConfig:
     for key in ("regions", "captions"):
         if not data.get(key):
             raise ConfigError(f"{where}.{key}: a path is required")
-    return DatasetConfig(**{k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in data.items()})
+    data = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in data.items()}
+    for key in ("regions", "captions"):
+        if "$" in data[key]:
+            raise ConfigError(f"{where}.{key}: {data[key]!r} names an unset environment variable; set it or "
+                              f"override the path with --set {where}.{key}=PATH")
+    return DatasetConfig(**data)
 
 
 def _stage(data: Any, where: str, kind: str) -> StageConfig:
