@@ -119,7 +119,7 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
     text = {k: data.text[k].to(device) for k in keys_text}
     regions = {k: data.regions[k].to(device) for k in keys_regions}
     regions["region_features"] = regions["region_features"].to(dtype)
-    scores = torch.empty(len(pair_captions), dtype=torch.float32)
+    scores = torch.empty(len(pair_captions), dtype=torch.float32, device=device)  # one copy back at the end
     bar = None
     if progress:
         from tqdm import tqdm
@@ -134,12 +134,12 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
         batch = {k: v[c_idx, :t_len] for k, v in text.items()}
         batch.update({k: v[i_idx, :r_len] for k, v in regions.items()})
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            scores[start: start + len(c)] = model.score(batch).float().cpu()
+            scores[start: start + len(c)] = model.score(batch).float()
         if bar is not None:
             bar.update(len(c))
     if bar is not None:
         bar.close()
-    return scores
+    return scores.cpu()
 
 
 @torch.no_grad()

@@ -115,10 +115,19 @@ class ImageBert(nn.Module):
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             nn.init.zeros_(module.weight[module.padding_idx])
 
+    def compile_trunk(self, **options) -> None:
+        """``torch.compile`` the embeddings + encoder (static shapes); heads stay eager (they gather masked items)."""
+        self._trunk = torch.compile(self._trunk_eager, **options)
+
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence output [B, T+R, H] and pooled [CLS] output [B, H]."""
-        x = self.embeddings(batch["input_ids"], batch["region_features"], batch["region_locations"])
-        keep = torch.cat([batch["text_mask"], batch["region_mask"]], dim=1)
+        trunk = self.__dict__.get("_trunk", self._trunk_eager)
+        return trunk(batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"],
+                     batch["region_mask"])
+
+    def _trunk_eager(self, input_ids, text_mask, region_features, region_locations, region_mask):
+        x = self.embeddings(input_ids, region_features, region_locations)
+        keep = torch.cat([text_mask, region_mask], dim=1)
         # Boolean key mask broadcast over heads and queries; always passed, so no host sync or graph break.
         attention_mask = keep[:, None, None, :]
         for layer in self.layers:

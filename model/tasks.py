@@ -143,6 +143,15 @@ def dense_class_distribution(topk_ids: torch.Tensor, topk_probs: torch.Tensor, n
 # Masking and sampling
 
 
+def _at_least_one(chosen: torch.Tensor, candidates: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+    """Add the lowest-draw candidate to rows where nothing was chosen (no host sync, so GPU-friendly)."""
+    if chosen.shape[1] == 0:
+        return chosen
+    none = candidates.any(1) & ~chosen.any(1)
+    forced = torch.where(candidates, draw, torch.full_like(draw, 2.0)).argmin(1)
+    return chosen | (none.unsqueeze(1) & F.one_hot(forced, chosen.shape[1]).bool())
+
+
 def mask_tokens(input_ids: torch.Tensor, candidates: torch.Tensor, vocab_size: int, mask_id: int,
                 first_regular_id: int, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: ``prob`` of the candidate tokens, of which 80% [MASK], 10% random, 10% kept.
@@ -150,15 +159,12 @@ def mask_tokens(input_ids: torch.Tensor, candidates: torch.Tensor, vocab_size: i
     At least one token per row with candidates is chosen, so every caption teaches something.
     Returns the new ids and the labels (``IGNORE`` where nothing is predicted).
     """
-    draw = torch.rand(input_ids.shape, generator=generator)
-    chosen = (draw < prob) & candidates
-    none = candidates.any(1) & ~chosen.any(1)
-    if none.any():
-        forced = torch.where(candidates, draw, torch.full_like(draw, 2.0)).argmin(1)
-        chosen[none, forced[none]] = True
+    device = input_ids.device
+    draw = torch.rand(input_ids.shape, generator=generator, device=device)
+    chosen = _at_least_one((draw < prob) & candidates, candidates, draw)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
-    action = torch.rand(input_ids.shape, generator=generator)
-    random_ids = torch.randint(first_regular_id, vocab_size, input_ids.shape, generator=generator)
+    action = torch.rand(input_ids.shape, generator=generator, device=device)
+    random_ids = torch.randint(first_regular_id, vocab_size, input_ids.shape, generator=generator, device=device)
     masked = input_ids.clone()
     masked[chosen & (action < 0.8)] = mask_id
     replace = chosen & (action >= 0.8) & (action < 0.9)
@@ -172,13 +178,10 @@ def mask_regions(features: torch.Tensor, region_mask: torch.Tensor, prob: float,
 
     Returns the new features and the boolean mask of chosen regions.
     """
-    draw = torch.rand(region_mask.shape, generator=generator)
-    chosen = (draw < prob) & region_mask
-    none = region_mask.any(1) & ~chosen.any(1)
-    if none.any():
-        forced = torch.where(region_mask, draw, torch.full_like(draw, 2.0)).argmin(1)
-        chosen[none, forced[none]] = True
-    zero = chosen & (torch.rand(region_mask.shape, generator=generator) < zero_prob)
+    device = region_mask.device
+    draw = torch.rand(region_mask.shape, generator=generator, device=device)
+    chosen = _at_least_one((draw < prob) & region_mask, region_mask, draw)
+    zero = chosen & (torch.rand(region_mask.shape, generator=generator, device=device) < zero_prob)
     return features.masked_fill(zero.unsqueeze(-1), 0.0), chosen
 
 
@@ -189,7 +192,7 @@ def sample_negative_partners(image_keys: torch.Tensor, count: int, generator: to
     """
     batch = image_keys.shape[0]
     different = image_keys.unsqueeze(0) != image_keys.unsqueeze(1)
-    draw = torch.rand((batch, batch), generator=generator)
+    draw = torch.rand((batch, batch), generator=generator, device=image_keys.device)
     draw = torch.where(different, draw, torch.full_like(draw, -1.0))
     count = min(count, batch)
     values, index = draw.topk(count, dim=1)
@@ -210,15 +213,16 @@ def prepare_pretrain_batch(batch: dict, tasks: dict[str, float], config, model_c
     """Apply ITM negatives, MLM and region masking and the conditional mask to a collated batch (CPU)."""
     batch = dict(batch)
     size = batch["input_ids"].shape[0]
-    matched = torch.ones(size, dtype=torch.bool)
+    device = batch["input_ids"].device
+    matched = torch.ones(size, dtype=torch.bool, device=device)
     if tasks.get("itm", 0) > 0:
         partner, valid = sample_negative_partners(batch["image_keys"], 1, generator)
         partner, valid = partner[:, 0], valid[:, 0]
-        negative = (torch.rand(size, generator=generator) < config.itm_neg_prob) & valid
+        negative = (torch.rand(size, generator=generator, device=device) < config.itm_neg_prob) & valid
         # Half of the negatives get a random image, half a random caption (the paper samples both).
-        swap_image = negative & (torch.rand(size, generator=generator) < 0.5)
+        swap_image = negative & (torch.rand(size, generator=generator, device=device) < 0.5)
         swap_text = negative & ~swap_image
-        rows = torch.arange(size)
+        rows = torch.arange(size, device=device)
         image_rows = torch.where(swap_image, partner, rows)
         text_rows = torch.where(swap_text, partner, rows)
         batch.update(_take(batch, _REGION_KEYS, image_rows))
@@ -257,14 +261,14 @@ def build_retrieval_batch(batch: dict, negatives: int, generator: torch.Generato
         pad = negatives - partners.shape[1]
         partners = torch.cat([partners, partners.new_zeros(size, pad)], 1)
         valid = torch.cat([valid, valid.new_zeros(size, pad)], 1)
-    rows = torch.arange(size).unsqueeze(1)
+    rows = torch.arange(size, device=partners.device).unsqueeze(1)
     n_image = (negatives + 1) // 2
     image_rows = torch.cat([rows, partners[:, :n_image], rows.expand(size, negatives - n_image)], 1)
     text_rows = torch.cat([rows, rows.expand(size, n_image), partners[:, n_image:]], 1)
     flat = dict(batch)
     flat.update(_take(batch, _REGION_KEYS, image_rows.reshape(-1)))
     flat.update(_take(batch, _TEXT_KEYS, text_rows.reshape(-1)))
-    mask = torch.cat([torch.ones(size, 1, dtype=torch.bool), valid], 1)
+    mask = torch.cat([torch.ones(size, 1, dtype=torch.bool, device=valid.device), valid], 1)
     return flat, mask
 
 

@@ -247,19 +247,21 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     if runtime.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                                           find_unused_parameters=unused)
-    forward = torch.compile(wrapped) if config.compile else wrapped
+    if config.compile and "_trunk" not in model.__dict__:
+        model.compile_trunk(dynamic=False)
+    forward = wrapped
 
     loader = make_loader(stage.datasets, tokenizer_json, model.config, stage.batch_size,
                          seed=derived_seed(config.seed, stage_index), rank=runtime.rank, world_size=runtime.world_size,
                          num_workers=config.num_workers, shuffle_buffer=config.shuffle_buffer,
-                         fixed_shapes=config.compile)
+                         fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda")
     batches = iter(loader)
     # Exact resume: the stream is deterministic, so skipping the consumed batches restores the position.
     for _ in range(start * config.grad_accum):
         next(batches)
 
     log = LossLog(os.path.join(config.out_dir, "logs", f"{stage.name}.csv"), task_names, start) if runtime.is_main else None
-    generator = torch.Generator()
+    generator = torch.Generator(device=runtime.device)  # masking runs where the batch is
     window = torch.zeros(1 + len(task_names))
     window_steps, window_samples, window_start = 0, 0, time.perf_counter()
     stage_start = time.perf_counter()
@@ -277,23 +279,21 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         generator.manual_seed(seed)  # masking and negatives
         step_losses = torch.zeros_like(window)
         for micro in range(config.grad_accum):
-            batch = next(batches)
+            batch = _to_device(next(batches), runtime.device)
             window_samples += batch["input_ids"].shape[0] * runtime.world_size
             sync = micro == config.grad_accum - 1 or not runtime.distributed
             with (contextlib.nullcontext() if sync else wrapped.no_sync()):
                 if stage.kind == "pretrain":
-                    batch = _to_device(prepare_pretrain_batch(batch, weights, config, model.config, ids, generator),
-                                       runtime.device)
+                    batch = prepare_pretrain_batch(batch, weights, config, model.config, ids, generator)
                     with autocast:
                         outputs, loss = forward(batch, weights)
                     parts = [outputs["losses"][name].float() for name in task_names]
                 else:
                     flat, valid = build_retrieval_batch(batch, stage.negatives, generator)
-                    flat = _to_device(flat, runtime.device)
                     with autocast:
                         outputs, _ = forward(flat)
                     scores = outputs["scores"].float().view(valid.shape)
-                    loss = FINETUNE_LOSSES[stage.loss](scores, valid.to(runtime.device), stage.margin)
+                    loss = FINETUNE_LOSSES[stage.loss](scores, valid, stage.margin)
                     parts = [loss.detach()]
                 (loss / config.grad_accum).backward()
             step_losses += torch.stack([loss.detach().float()] + [p.detach() for p in parts]).cpu() / config.grad_accum
