@@ -6,9 +6,7 @@ import torch
 
 from model.imagebert import ImageBert
 from model.synthetic import write_synthetic
-from imagebert_testlib import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from imagebert_testlib import REPO, tiny_config
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,11 @@
 """Helpers shared by the ImageBERT tests (imported by name: tests/model is on sys.path under pytest)."""
+import os
+
 import torch
 
 from model.config import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import schemas
-from conftest import REPO
+from imagebert_testlib import REPO
 from model.config import DatasetConfig
 from model.data import (Collate, PairStream, dataset_report, feature_dim_of, location_vectors, make_loader,
                         num_classes_of)

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from imagebert_testlib import REPO
 from model.eval import evaluate, format_table, recall_at_k
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from imagebert_testlib import REPO
 from model.config import ConfigError, load_config
 from model.train import load_checkpoint, train
 
@@ -42,6 +42,7 @@ def _losses(row: dict) -> dict:
 def test_resume_is_exact(synth_dir, tmp_path):
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
     config = load_config(base=_base(synth_dir, full_dir, checkpoint_every=2, num_workers=1))
+    config.finetune.loss = "triplet"
     train(config)
     checkpoint = os.path.join(full_dir, "checkpoints", "stage1-step2.pt")
     state = load_checkpoint(checkpoint)  # weights_only=True inside: plain tensors and containers only
@@ -49,6 +50,7 @@ def test_resume_is_exact(synth_dir, tmp_path):
     assert state["data"]["batches"] == 2 and isinstance(state["tokenizer"], str)
 
     resumed = load_config(base=_base(synth_dir, resumed_dir, checkpoint_every=2, num_workers=1))
+    resumed.finetune.loss = "triplet"
     train(resumed, resume=checkpoint)
     full_log = _log(os.path.join(full_dir, "logs", "stage1.csv"))
     resumed_log = _log(os.path.join(resumed_dir, "logs", "stage1.csv"))
@@ -89,9 +91,10 @@ def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     import yaml
 
     out_dir = tmp_path / "ddp"
-    config = _base(synth_dir, str(out_dir), log_every=2)
-    config["pretrain"][0]["steps"] = 3
-    config["finetune"]["steps"] = 2
+    config = _base(synth_dir, str(out_dir), log_every=2, grad_accum=2)  # accumulation runs DDP's no_sync path
+    del config["pretrain"][0]["steps"]
+    config["pretrain"][0]["epochs"] = 0.3  # 0.3 x 320 pairs / (8 per rank x 2 ranks x 2 accumulated) = 3 steps
+    config["finetune"].update(steps=2, loss="multiclass")
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -110,6 +113,7 @@ def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     # Global samples/s counts both ranks' batches.
     assert (out_dir / "checkpoints" / "final.pt").exists()
     assert set(_log(str(out_dir / "logs" / "stage1.csv"))) == {2, 3}
+    assert "multiclass" in next(iter(_log(str(out_dir / "logs" / "finetune.csv")).values()))
 
 
 def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
