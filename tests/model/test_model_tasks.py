@@ -2,7 +2,6 @@
 import math
 from types import SimpleNamespace
 
-import pytest
 import torch
 import torch.nn.functional as F
 
