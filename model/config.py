@@ -76,6 +76,9 @@ class StageConfig:
     loss: str = "binary"
     negatives: int = 3  # finetune: negatives per positive, half random images, half random captions
     margin: float = 0.2  # triplet margin
+    # finetune: weight of an in-batch contrastive loss on single-modality [CLS] embeddings, which trains
+    # the dual-encoder pre-ranker of two-stage evaluation (0 = off, the paper's setting)
+    dual_encoder: float = 0.0
 
 
 @dataclass

@@ -145,30 +145,21 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
 @torch.no_grad()
 def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device: torch.device,
                         bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised pooled [CLS] of each caption alone and of each image alone (``[CLS] [SEP]`` + regions)."""
-    def run(batch):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            return torch.nn.functional.normalize(model.encode(batch)[1].float(), dim=-1).cpu()
-
+    """Single-modality embeddings of every caption and every image (``ImageBert.embed_text``/``embed_image``)."""
     n_captions, n_images = data.shape
-    dim = data.regions["region_features"].shape[-1]
+    cls_id = int(data.text["input_ids"][0, 0])
+    sep_id = int(data.text["input_ids"][0, int(data.text_lengths[0]) - 1])
     texts, images = [], []
-    for start in range(0, n_captions, batch_size):
-        batch = {k: data.text[k][start: start + batch_size].to(device) for k in ("input_ids", "text_mask")}
-        size = batch["input_ids"].shape[0]
-        batch.update(region_features=torch.zeros(size, 0, dim, device=device),
-                     region_locations=torch.zeros(size, 0, 5, device=device),
-                     region_mask=torch.zeros(size, 0, dtype=torch.bool, device=device))
-        texts.append(run(batch))
-    cls_sep = data.text["input_ids"][:1, :1]  # [CLS]
-    sep = data.text["input_ids"][0, int(data.text_lengths[0]) - 1].view(1, 1)  # [SEP]
-    stub = torch.cat([cls_sep, sep], 1)
-    for start in range(0, n_images, batch_size):
-        batch = {k: data.regions[k][start: start + batch_size].to(device)
-                 for k in ("region_features", "region_locations", "region_mask")}
-        size = batch["region_mask"].shape[0]
-        batch.update(input_ids=stub.expand(size, 2).to(device), text_mask=torch.ones(size, 2, dtype=torch.bool, device=device))
-        images.append(run(batch))
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, n_captions, batch_size):
+            part = slice(start, start + batch_size)
+            texts.append(model.embed_text(data.text["input_ids"][part].to(device),
+                                          data.text["text_mask"][part].to(device)).cpu())
+        for start in range(0, n_images, batch_size):
+            part = slice(start, start + batch_size)
+            images.append(model.embed_image(data.regions["region_features"][part].to(device),
+                                            data.regions["region_locations"][part].to(device),
+                                            data.regions["region_mask"][part].to(device), cls_id, sep_id).cpu())
     return torch.cat(texts), torch.cat(images)
 
 
@@ -210,12 +201,23 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
         ir = full.masked_fill(~candidates, float("-inf"))
         sr = full.masked_fill(~candidates_sr, float("-inf"))
         mode, scored = "two_stage", len(flat)
+        rows = torch.arange(n_captions)
+        prerank = {"image_retrieval": float(candidates[rows, data.caption_images].float().mean()),
+                   "sentence_retrieval": float((candidates_sr & _gold(data)).any(0).float().mean())}
     seconds = time.perf_counter() - started
     result = recall_at_k(ir, data.caption_images, sr)
+    if mode == "two_stage":
+        result["prerank_recall"] = prerank  # share of queries whose answer reached the re-ranking
     result.update(mode=mode, two_stage_k=two_stage_k if mode == "two_stage" else None, pairs_scored=scored,
                   seconds=round(seconds, 3), pairs_per_s=round(scored / max(seconds, 1e-9), 1), split=split,
                   captions_without_regions=data.captions_without_regions)
     return result
+
+
+def _gold(data: EvalSet) -> torch.Tensor:
+    gold = torch.zeros(data.shape, dtype=torch.bool)
+    gold[torch.arange(data.shape[0]), data.caption_images] = True
+    return gold
 
 
 def write_eval(result: dict, path: str) -> None:

@@ -135,16 +135,52 @@ class ImageBert(nn.Module):
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
 
-    def forward(self, batch: dict, weights: dict[str, float] | None = None) -> tuple[dict, torch.Tensor | None]:
-        """Matching scores of every pair and, given task weights, the weighted sum of those task losses."""
+    def forward(self, batch: dict, weights: dict[str, float] | None = None,
+                single_modality: dict | None = None) -> tuple[dict, torch.Tensor | None]:
+        """Matching scores of every pair and, given task weights, the weighted sum of those task losses.
+
+        ``single_modality`` (a batch of matched pairs and the [CLS]/[SEP] ids) adds the dual-encoder
+        embeddings of its captions alone and images alone (inside forward, so DDP sees their gradients).
+        """
         sequence, pooled = self.encode(batch)
         outputs = {"scores": self.heads["itm"].logits(pooled)}
+        if single_modality is not None:
+            outputs["text_embeddings"], outputs["image_embeddings"] = self.single_modality_embeddings(**single_modality)
         if not weights:
             return outputs, None
         losses = {name: self.heads[name].loss(sequence, pooled, batch) for name, w in weights.items() if w > 0}
         loss = sum(weights[name] * value for name, value in losses.items())
         outputs["losses"] = {k: v.detach() for k, v in losses.items()}
         return outputs, loss
+
+    def single_modality_embeddings(self, batch: dict, cls_id: int, sep_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dual-encoder view of the same trunk: each caption alone and each image alone, L2-normalised.
+
+        This is what the two-stage evaluation pre-ranks with.
+        """
+        text = self.embed_text(batch["input_ids"], batch["text_mask"])
+        image = self.embed_image(batch["region_features"], batch["region_locations"], batch["region_mask"], cls_id, sep_id)
+        return text, image
+
+    def embed_text(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled [CLS] of captions with no regions, L2-normalised."""
+        size, device = input_ids.shape[0], input_ids.device
+        dim = self.config.feature_dim
+        _, pooled = self.encode({"input_ids": input_ids, "text_mask": text_mask,
+                                 "region_features": torch.zeros(size, 0, dim, device=device),
+                                 "region_locations": torch.zeros(size, 0, 5, device=device),
+                                 "region_mask": torch.zeros(size, 0, dtype=torch.bool, device=device)})
+        return F.normalize(pooled.float(), dim=-1)
+
+    def embed_image(self, features: torch.Tensor, locations: torch.Tensor, region_mask: torch.Tensor,
+                    cls_id: int, sep_id: int) -> torch.Tensor:
+        """Pooled [CLS] of ``[CLS] [SEP]`` + an image's regions (no caption), L2-normalised."""
+        size, device = features.shape[0], features.device
+        stub = torch.tensor([cls_id, sep_id], device=device).expand(size, 2)
+        _, pooled = self.encode({"input_ids": stub, "text_mask": torch.ones(size, 2, dtype=torch.bool, device=device),
+                                 "region_features": features, "region_locations": locations,
+                                 "region_mask": region_mask})
+        return F.normalize(pooled.float(), dim=-1)
 
     def score(self, batch: dict) -> torch.Tensor:
         """Image-text matching logit of every (caption, image) pair in the batch (the retrieval score)."""

@@ -297,3 +297,13 @@ def triplet_loss(scores: torch.Tensor, valid: torch.Tensor, margin: float = 0.2)
 
 
 FINETUNE_LOSSES = {"binary": binary_loss, "multiclass": multiclass_loss, "triplet": triplet_loss}
+
+
+def dual_encoder_loss(text: torch.Tensor, image: torch.Tensor, image_keys: torch.Tensor,
+                      temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE between single-modality embeddings; other captions of the same image are not negatives."""
+    logits = text @ image.t() / temperature
+    same = image_keys.unsqueeze(0) == image_keys.unsqueeze(1)
+    logits = logits.masked_fill(same & ~torch.eye(len(text), dtype=torch.bool, device=text.device), float("-inf"))
+    target = torch.arange(len(text), device=text.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

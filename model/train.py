@@ -31,7 +31,7 @@ from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_argum
                           model_config_from_dict)
 from model.data import dataset_report, feature_dim_of, make_loader, num_classes_of
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
-from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, prepare_pretrain_batch
+from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
 from model.tokenizer import load_tokenizer, special_ids, train_wordpiece
 
 logger = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         weights = {k: float(v) for k, v in stage.tasks.items() if v > 0}
         task_names = list(weights)
     else:
-        weights, task_names = None, [stage.loss]
+        weights, task_names = None, [stage.loss] + (["dual_encoder"] if stage.dual_encoder > 0 else [])
     # Heads a stage does not train get no gradient; DDP must be told, or it waits for them.
     unused = stage.kind == "finetune" or len(weights) < 4
     wrapped: torch.nn.Module = model
@@ -290,11 +290,17 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                     parts = [outputs["losses"][name].float() for name in task_names]
                 else:
                     flat, valid = build_retrieval_batch(batch, stage.negatives, generator)
+                    single = {"batch": batch, "cls_id": ids["cls"], "sep_id": ids["sep"]} if stage.dual_encoder > 0 else None
                     with autocast:
-                        outputs, _ = forward(flat)
+                        outputs, _ = forward(flat, None, single)
                     scores = outputs["scores"].float().view(valid.shape)
                     loss = FINETUNE_LOSSES[stage.loss](scores, valid, stage.margin)
                     parts = [loss.detach()]
+                    if single is not None:
+                        dual = dual_encoder_loss(outputs["text_embeddings"], outputs["image_embeddings"],
+                                                 batch["image_keys"])
+                        loss = loss + stage.dual_encoder * dual
+                        parts.append(dual.detach())
                 (loss / config.grad_accum).backward()
             step_losses += torch.stack([loss.detach().float()] + [p.detach() for p in parts]).cpu() / config.grad_accum
         if config.grad_clip > 0:

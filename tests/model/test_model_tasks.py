@@ -2,6 +2,7 @@
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -195,3 +196,15 @@ def test_finetune_losses_on_hand_made_scores():
     easy = torch.tensor([[20.0, -20.0, -20.0]])
     for loss in (binary_loss, multiclass_loss, triplet_loss):
         assert loss(easy, torch.ones_like(easy, dtype=torch.bool)).item() < 1e-6
+
+
+def test_dual_encoder_loss_ignores_other_captions_of_the_same_image():
+    from model.tasks import dual_encoder_loss
+
+    text = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=-1)
+    image = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=-1)
+    # Rows 0 and 1 are two captions of one image: their identical embeddings must not count as errors.
+    same_image = dual_encoder_loss(text, image, torch.tensor([5, 5, 6]))
+    assert same_image.item() < 1e-6
+    distinct = dual_encoder_loss(text, image, torch.tensor([5, 7, 6]))
+    assert distinct.item() == pytest.approx(math.log(2) * 2 / 3, rel=1e-4)

@@ -42,7 +42,7 @@ def _losses(row: dict) -> dict:
 def test_resume_is_exact(synth_dir, tmp_path):
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
     config = load_config(base=_base(synth_dir, full_dir, checkpoint_every=2, num_workers=1))
-    config.finetune.loss = "triplet"
+    config.finetune.loss, config.finetune.dual_encoder = "triplet", 0.5
     train(config)
     checkpoint = os.path.join(full_dir, "checkpoints", "stage1-step2.pt")
     state = load_checkpoint(checkpoint)  # weights_only=True inside: plain tensors and containers only
@@ -50,7 +50,7 @@ def test_resume_is_exact(synth_dir, tmp_path):
     assert state["data"]["batches"] == 2 and isinstance(state["tokenizer"], str)
 
     resumed = load_config(base=_base(synth_dir, resumed_dir, checkpoint_every=2, num_workers=1))
-    resumed.finetune.loss = "triplet"
+    resumed.finetune.loss, resumed.finetune.dual_encoder = "triplet", 0.5
     train(resumed, resume=checkpoint)
     full_log = _log(os.path.join(full_dir, "logs", "stage1.csv"))
     resumed_log = _log(os.path.join(resumed_dir, "logs", "stage1.csv"))
@@ -58,6 +58,7 @@ def test_resume_is_exact(synth_dir, tmp_path):
     for step in (3, 4):
         assert _losses(resumed_log[step]) == _losses(full_log[step]), f"step {step} differs after resume"
     assert _log(os.path.join(resumed_dir, "logs", "finetune.csv")).keys() == {1, 2, 3}
+    assert {"triplet", "dual_encoder"} <= set(_log(os.path.join(resumed_dir, "logs", "finetune.csv"))[1])
     for step, row in _log(os.path.join(resumed_dir, "logs", "finetune.csv")).items():
         assert _losses(row) == _losses(_log(os.path.join(full_dir, "logs", "finetune.csv"))[step])
     final_full = load_checkpoint(os.path.join(full_dir, "checkpoints", "final.pt"))["model"]
