@@ -110,7 +110,9 @@ class ImageTextMatching(nn.Module):
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """One matching score per sequence."""
-        return self.classifier(pooled).squeeze(-1).float()
+        # In float32 even under bf16 autocast: bf16 logits tie often, and ties decide Recall@K.
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            return self.classifier(pooled.float()).squeeze(-1)
 
     def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self.logits(pooled), batch["itm_labels"].float())
