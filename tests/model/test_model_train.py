@@ -135,3 +135,20 @@ def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
         assert scores["R@10"] >= 0.5, (direction, scores)
     assert "image retrieval" in proc.stdout and "checkpoint:" in proc.stdout
     assert os.path.exists(os.path.join(out_dir, "tokenizer.json"))
+
+
+def test_train_cli_reports_bad_input_without_a_traceback(synth_dir, tmp_path, monkeypatch):
+    from lait.cli import main
+
+    config = os.path.join(REPO, "configs", "tiny.yaml")
+    with pytest.raises(SystemExit) as error:
+        main(["train", "--config", config])
+    assert "LAIT_DATA" in str(error.value) and "unset environment variable" in str(error.value)
+    monkeypatch.setenv("LAIT_DATA", synth_dir)
+    with pytest.raises(SystemExit) as error:
+        main(["train", "--config", config, "--set", f"out_dir={tmp_path}",
+              "--set", f"pretrain.0.datasets.0.regions={tmp_path}/nowhere"])
+    assert str(error.value).startswith("lait train:") and "nowhere" in str(error.value)
+    with pytest.raises(SystemExit) as error:
+        main(["train", "--config", config, "--set", "finetune.loss=hinge"])
+    assert "finetune.loss" in str(error.value)
