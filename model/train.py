@@ -413,6 +413,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         from model.eval import evaluate, write_eval
 
         model.eval()
+        model.__dict__.pop("_trunk", None)  # eval batches vary in shape: the static compiled trunk would recompile
         result = evaluate(model, tokenizer_json, config.eval.regions, config.eval.captions, config.eval.split,
                           batch_size=config.eval_batch_size, device=runtime.device, bf16=runtime.bf16, progress=progress)
         write_eval(result, os.path.join(config.out_dir, "eval.json"))
