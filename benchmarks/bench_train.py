@@ -140,6 +140,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_loader(config: ModelConfig, batch_size: int, images: int, batches: int, workers: int) -> float:
+    """Training batches/s of the real data path (Parquet row groups -> examples -> collated batch) on synthetic data."""
+    import tempfile
+
+    from model.config import DatasetConfig
+    from model.data import make_loader
+    from model.synthetic import write_synthetic
+    from model.tokenizer import train_wordpiece
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_synthetic(folder, images=images, feature_dim=config.feature_dim, background=config.max_regions - 2,
+                        test_images=0)
+        tokenizer_json = train_wordpiece(["a small red circle left of a large blue square"] * 10, 100).to_str()
+        loader = make_loader([DatasetConfig(f"{folder}/regions", f"{folder}/captions", "train")], tokenizer_json,
+                             config, batch_size, num_workers=workers, shuffle_buffer=256)
+        stream = iter(loader)
+        next(stream)  # fills the shuffle buffer and starts the workers
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(stream)
+        seconds = time.perf_counter() - start
+        del stream
+    return batches / seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="base")
@@ -153,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (default: torch's)")
+    parser.add_argument("--loader-workers", type=int, default=-1,
+                        help="also time the training data loader with this many workers (default: skip)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -209,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         results["ratio_train"] = round(ours["train_samples_per_s"] / base["train_samples_per_s"], 3)
         results["ratio_eval"] = round(ours["eval_pairs_per_s"] / base["eval_pairs_per_s"], 3)
         print(f"ratio imagebert / hf_bert_trunk: train {results['ratio_train']:.2f}x   eval {results['ratio_eval']:.2f}x")
+    if args.loader_workers >= 0:
+        rate = time_loader(config, batch_size, images=max(4 * batch_size, 256), batches=10, workers=args.loader_workers)
+        results["loader_samples_per_s"] = round(rate * batch_size, 1)
+        print(f"data loader ({args.loader_workers} workers, up to {preset['regions']} regions x {preset['feature_dim']}-d):"
+              f" {rate * batch_size:,.1f} samples/s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
