@@ -5,7 +5,8 @@ fed ``inputs_embeds`` built by the same region/text embedding) as the trunk, wit
 Prints the figures and the ratio ImageBERT / baseline::
 
     python benchmarks/bench_train.py --preset base --device cuda --compile      # the setting, on a GPU
-    python benchmarks/bench_train.py --preset small --device cpu                # what a CPU can run
+    python benchmarks/bench_train.py --preset small --device cpu --threads 1    # what a CPU can run
+    python benchmarks/bench_train.py --preset small --skip-baseline --loader-workers 0   # + data loader samples/s
 
 Presets: ``base`` = BERT-base, 40 text tokens + 100 regions of 2048-d, 1601 classes, batch 512, bf16 on GPU.
 FLOPs per sample are counted from the matmuls (6 x multiply-adds for a training step: forward + backward);
