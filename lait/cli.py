@@ -16,6 +16,9 @@ from lait import __version__
 COMMAND_MODULES = [
     "lait.commands.demo",
     "lait.commands.features",
+    "lait.commands.train",
+    "lait.commands.eval",
+    "lait.commands.import_captions",
     "lait.commands.inspect",
     "lait.commands.report",
     "lait.commands.audit",

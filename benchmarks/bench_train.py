@@ -1,0 +1,252 @@
+"""Benchmark: ImageBERT training samples/s, model FLOPs utilisation, and eval scoring pairs/s.
+
+Baseline, run in the same process on the same inputs: Hugging Face ``BertModel`` (sdpa attention,
+fed ``inputs_embeds`` built by the same region/text embedding) as the trunk, with the same heads.
+Prints the figures and the ratio ImageBERT / baseline::
+
+    python benchmarks/bench_train.py --preset base --device cuda --compile      # the issue's setting, on a GPU
+    python benchmarks/bench_train.py --preset small --device cpu --threads 1    # what a CPU can run
+    python benchmarks/bench_train.py --preset small --skip-baseline --loader-workers 0   # + data loader samples/s
+
+Presets: ``base`` = BERT-base, 40 text tokens + 100 regions of 2048-d, 1601 classes, batch 512, bf16 on GPU.
+FLOPs per sample are counted from the matmuls (6 x multiply-adds for a training step: forward + backward);
+MFU divides the achieved rate by ``--peak-tflops`` (default: 989 for an H100's dense bf16, unknown on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from model.config import ModelConfig  # noqa: E402
+from model.imagebert import ImageBert, num_parameters  # noqa: E402
+
+PRESETS = {
+    "base": dict(model=dict(), text=40, regions=100, feature_dim=2048, num_classes=1601, batch=512, eval_batch=1024),
+    "small": dict(model=dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024), text=40, regions=100,
+                  feature_dim=2048, num_classes=1601, batch=16, eval_batch=64),
+    "tiny": dict(model=dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128), text=24, regions=30,
+                 feature_dim=256, num_classes=25, batch=32, eval_batch=256),
+}
+PEAK_TFLOPS = {"NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0}
+
+
+def make_batch(config: ModelConfig, size: int, text: int, regions: int, device: torch.device) -> dict:
+    """A full batch with MLM labels and masked regions, as the trainer hands the model."""
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(5, config.vocab_size, (size, text), generator=g),
+        "text_mask": torch.ones(size, text, dtype=torch.bool),
+        "region_features": torch.randn(size, regions, config.feature_dim, generator=g).half(),  # as the loader
+        "region_locations": torch.rand(size, regions, 5, generator=g),
+        "region_mask": torch.ones(size, regions, dtype=torch.bool),
+        "region_classes": torch.randint(0, config.num_classes, (size, regions), generator=g),
+        "itm_labels": torch.rand(size, generator=g) < 0.5,
+    }
+    batch["mlm_labels"] = torch.where(torch.rand(size, text, generator=g) < 0.15, batch["input_ids"], -100)
+    batch["region_masked"] = torch.rand(size, regions, generator=g) < 0.15
+    batch["region_loss_mask"] = torch.ones(size, regions, dtype=torch.bool)
+    batch["region_targets"] = batch["region_features"].clone()
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class HFTrunkBaseline(nn.Module):
+    """The baseline: ImageBERT's embeddings and heads around Hugging Face's BertModel encoder."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.inner = ImageBert(config)
+        hf = BertConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                        intermediate_size=config.intermediate_size, hidden_dropout_prob=config.dropout,
+                        attention_probs_dropout_prob=config.attention_dropout, attn_implementation="sdpa")
+        self.bert = BertModel(hf, add_pooling_layer=True)
+        self.inner.layers = nn.ModuleList()  # the HF encoder replaces ImageBERT's layers
+
+    def forward(self, batch: dict, weights: dict | None = None):
+        embeddings = self.inner.embeddings(batch["input_ids"], batch["region_features"], batch["region_locations"])
+        mask = torch.cat([batch["text_mask"], batch["region_mask"]], 1).long()
+        # HF adds its own position and segment embeddings to inputs_embeds: unavoidable in this baseline.
+        out = self.bert(inputs_embeds=embeddings, attention_mask=mask)
+        sequence, pooled = out.last_hidden_state, out.pooler_output
+        heads = self.inner.heads
+        outputs = {"scores": heads["itm"].logits(pooled)}
+        if not weights:
+            return outputs, None
+        loss = sum(w * heads[name].loss(sequence, pooled, batch) for name, w in weights.items())
+        return outputs, loss
+
+
+def matmul_flops_per_sample(config: ModelConfig, text: int, regions: int, masked_text: float, masked_regions: float) -> float:
+    """Forward multiply-adds x 2 of one sample (encoder, embeddings projection, heads on masked items)."""
+    length, hidden, inter = text + regions, config.hidden_size, config.intermediate_size
+    per_layer = length * (4 * hidden * hidden + 2 * hidden * inter) + 2 * length * length * hidden
+    encoder = config.num_layers * per_layer
+    embed = regions * (config.feature_dim + 5) * hidden
+    heads = (masked_text * text * (hidden * hidden + hidden * config.vocab_size)
+             + masked_regions * regions * (2 * hidden * hidden + hidden * (config.num_classes + config.feature_dim)))
+    return 2.0 * (encoder + embed + heads)
+
+
+def time_train(model: nn.Module, batch: dict, steps: int, warmup: int, bf16: bool, device: torch.device) -> float:
+    """Seconds per training step (forward, backward, AdamW) after warm-up."""
+    weights = {"mlm": 1.0, "moc": 1.0, "mrfr": 1.0, "itm": 1.0}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    model.train()
+
+    def step():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(batch, weights)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+@torch.no_grad()
+def time_score(model: nn.Module, batch: dict, steps: int, warmup: int, bf16: bool, device: torch.device) -> float:
+    """Seconds per scoring forward pass (eval mode)."""
+    model.eval()
+    for _ in range(warmup):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(batch)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(batch)
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_loader(config: ModelConfig, batch_size: int, images: int, batches: int, workers: int) -> float:
+    """Training batches/s of the real data path (Parquet row groups -> examples -> collated batch) on synthetic data."""
+    import tempfile
+
+    from model.config import DatasetConfig
+    from model.data import make_loader
+    from model.synthetic import write_synthetic
+    from model.tokenizer import train_wordpiece
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_synthetic(folder, images=images, feature_dim=config.feature_dim, background=config.max_regions - 2,
+                        test_images=0)
+        tokenizer_json = train_wordpiece(["a small red circle left of a large blue square"] * 10, 100).to_str()
+        loader = make_loader([DatasetConfig(f"{folder}/regions", f"{folder}/captions", "train")], tokenizer_json,
+                             config, batch_size, num_workers=workers, shuffle_buffer=256)
+        stream = iter(loader)
+        next(stream)  # fills the shuffle buffer and starts the workers
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(stream)
+        seconds = time.perf_counter() - start
+        del stream
+    return batches / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="base")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, help="training batch (default: the preset's)")
+    parser.add_argument("--eval-batch-size", type=int, help="pairs per scoring pass (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on GPU")
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (default: torch's)")
+    parser.add_argument("--loader-workers", type=int, default=-1,
+                        help="also time the training data loader with this many workers (default: skip)")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    bf16 = device.type == "cuda" and not args.fp32
+    preset = PRESETS[args.preset]
+    config = ModelConfig(feature_dim=preset["feature_dim"], num_classes=preset["num_classes"],
+                         max_regions=preset["regions"], max_text_len=preset["text"], **preset["model"])
+    batch_size = args.batch_size or preset["batch"]
+    eval_batch = args.eval_batch_size or preset["eval_batch"]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if name.startswith(k)), None)
+    print(f"device: {name}   preset: {args.preset}   batch {batch_size}   text {preset['text']} + regions "
+          f"{preset['regions']}   {'bf16' if bf16 else 'fp32'}   compile={args.compile}")
+    flops = 3 * matmul_flops_per_sample(config, preset["text"], preset["regions"], 0.15, 0.15)  # fwd + 2x bwd
+    train_batch = make_batch(config, batch_size, preset["text"], preset["regions"], device)
+    score_batch = {k: v for k, v in make_batch(config, eval_batch, preset["text"], preset["regions"], device).items()
+                   if k in ("input_ids", "text_mask", "region_features", "region_locations", "region_mask")}
+    results = {"device": name, "preset": args.preset, "batch_size": batch_size, "eval_batch_size": eval_batch,
+               "bf16": bf16, "compile": args.compile, "flops_per_sample": flops}
+    contenders = [("imagebert", lambda: ImageBert(config))]
+    if not args.skip_baseline:
+        contenders.append(("hf_bert_trunk", lambda: HFTrunkBaseline(config)))
+    for label, build in contenders:
+        torch.manual_seed(0)
+        model = build().to(device)
+        if args.compile:  # the encoders are compiled; heads gather masked items and stay eager in both
+            if isinstance(model, HFTrunkBaseline):
+                model.bert = torch.compile(model.bert, dynamic=False)
+            else:
+                model.compile_trunk(dynamic=False)
+        runner = model
+        step_s = time_train(runner, train_batch, args.steps, args.warmup, bf16, device)
+        score_s = time_score(runner, score_batch, args.steps, args.warmup, bf16, device)
+        samples = batch_size / step_s
+        tflops = samples * flops / 1e12
+        row = {"params_m": round(num_parameters(model) / 1e6, 1), "train_samples_per_s": round(samples, 1),
+               "train_tflops": round(tflops, 2), "mfu": round(tflops / peak, 3) if peak else None,
+               "eval_pairs_per_s": round(eval_batch / score_s, 1)}
+        results[label] = row
+        print(f"{label:<15} {row['params_m']:>7.1f}M params  train {row['train_samples_per_s']:>9,.1f} samples/s  "
+              f"{row['train_tflops']:>8.2f} TFLOP/s  MFU {row['mfu'] if row['mfu'] is not None else 'n/a'}  "
+              f"eval {row['eval_pairs_per_s']:>10,.1f} pairs/s")
+        del model, runner
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if "hf_bert_trunk" in results:
+        ours, base = results["imagebert"], results["hf_bert_trunk"]
+        results["ratio_train"] = round(ours["train_samples_per_s"] / base["train_samples_per_s"], 3)
+        results["ratio_eval"] = round(ours["eval_pairs_per_s"] / base["eval_pairs_per_s"], 3)
+        print(f"ratio imagebert / hf_bert_trunk: train {results['ratio_train']:.2f}x   eval {results['ratio_eval']:.2f}x")
+    if args.loader_workers >= 0:
+        rate = time_loader(config, batch_size, images=max(4 * batch_size, 256), batches=10, workers=args.loader_workers)
+        results["loader_samples_per_s"] = round(rate * batch_size, 1)
+        print(f"data loader ({args.loader_workers} workers, up to {preset['regions']} regions x {preset['feature_dim']}-d):"
+              f" {rate * batch_size:,.1f} samples/s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

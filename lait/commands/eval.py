@@ -1,0 +1,59 @@
+"""`lait eval --checkpoint CKPT --data DIR`: image and sentence retrieval Recall@1/5/10 on a test split."""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="retrieval Recall@1/5/10 (image and sentence retrieval) of a trained ImageBERT checkpoint",
+        description="Score every (caption, image) pair of a split with ImageBERT's matching head and report "
+                    "Recall@1/5/10 in both directions; writes eval.json and prints a table.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by lait train (e.g. OUT/checkpoints/final.pt)")
+    parser.add_argument("--data", help="folder holding regions/ and captions/")
+    parser.add_argument("--regions", help="regions dataset (instead of --data)")
+    parser.add_argument("--captions", help="captions dataset (instead of --data)")
+    parser.add_argument("--split", default="test", help="captions split to evaluate (default test; 'all' for every row)")
+    parser.add_argument("--out", default="eval.json", help="where to write the JSON result (default eval.json)")
+    parser.add_argument("--batch-size", type=int, default=512, help="pairs per forward pass (default 512)")
+    parser.add_argument("--two-stage-k", type=int, default=None, metavar="K",
+                        help="pre-rank with single-modality embeddings, re-rank each query's top K with the "
+                             "cross-encoder (default: score every pair)")
+    parser.add_argument("--device", default="auto", help="auto (GPU when present) | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto = bf16 on GPU, fp32 on CPU (default auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.eval import evaluate, format_table, write_eval
+    from model.train import model_from_checkpoint
+
+    regions = args.regions or (os.path.join(args.data, "regions") if args.data else None)
+    captions = args.captions or (os.path.join(args.data, "captions") if args.data else None)
+    if not regions or not captions:
+        raise SystemExit("lait eval: give --data DIR, or both --regions and --captions")
+    for path in (args.checkpoint, regions, captions):
+        if "://" not in path and not os.path.exists(path):
+            raise SystemExit(f"lait eval: {path} does not exist")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    try:
+        model, state = model_from_checkpoint(args.checkpoint)
+        result = evaluate(model.to(device), state["tokenizer"], regions, captions,
+                          None if args.split == "all" else args.split, batch_size=args.batch_size, device=device,
+                          bf16=bf16, two_stage_k=args.two_stage_k, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"lait eval: {exc}") from None
+    result["checkpoint"] = args.checkpoint
+    write_eval(result, args.out)
+    print(format_table(result))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,41 @@
+"""`lait import-captions`: an existing caption set (COCO, Karpathy split, image folder + TSV) as LAIT datasets."""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "import-captions",
+        help="turn MSCOCO / Karpathy-split / TSV caption sets into captions/ and pairs/ datasets",
+        description="Import an existing caption set. Writes OUT/captions/, OUT/pairs/ (one row per image, with its "
+                    "bytes: run `lait features --input OUT` next for the regions), OUT/rejected/ and OUT/stats.json.",
+    )
+    parser.add_argument("source", help="the captions file: COCO captions_*.json, Karpathy dataset_*.json, or a TSV")
+    parser.add_argument("--format", required=True, choices=("coco", "karpathy", "tsv"),
+                        help="coco: MSCOCO captions JSON; karpathy: Karpathy-split JSON (Flickr30k/COCO); "
+                             "tsv: image_file<TAB>caption lines")
+    parser.add_argument("--images", required=True, help="folder the image file names are relative to")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--split", default="train",
+                        help="split recorded for coco and tsv sources (default train; karpathy carries its own)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from model.captions_import import READERS, import_captions
+
+    for path in (args.source, args.images):
+        if not os.path.exists(path):
+            raise SystemExit(f"lait import-captions: {path} does not exist")
+    reader = READERS[args.format]
+    records = reader(args.source) if args.format == "karpathy" else reader(args.source, args.split)
+    try:
+        stats = import_captions(records, args.images, args.out)
+    except (ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"lait import-captions: {args.source} is not a valid {args.format} file ({exc})") from None
+    print(json.dumps(stats, indent=2))
+    return 0

@@ -1,0 +1,36 @@
+"""`lait train --config FILE`: multi-stage ImageBERT pretraining, then retrieval fine-tuning."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train ImageBERT: the configured pretraining stages in order, then retrieval fine-tuning",
+        description="Train ImageBERT from regions + captions datasets as a YAML config describes (see docs/train.md). "
+                    "Under torchrun the same options run DDP: torchrun --nproc_per_node N -m model.train --config ...",
+    )
+    from model.config import add_train_arguments  # no torch import: `lait --help` stays fast
+
+    add_train_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.config import ConfigError
+    from model.train import run_from_args
+
+    try:
+        summary = run_from_args(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"lait train: {exc}") from None
+    for stage in summary["stages"]:
+        print(f"{stage['name']:<16} {stage['kind']:<9} {stage['steps_run']:>6}/{stage['steps']} steps  "
+              f"loss {stage['final_loss']:.4f}  {stage['samples_per_s']:,.0f} samples/s  {stage['seconds']:.1f} s")
+    print(f"checkpoint: {summary['checkpoint']}")
+    if "eval" in summary:
+        from model.eval import format_table
+
+        print(format_table(summary["eval"]))
+    return 0

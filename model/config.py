@@ -1,0 +1,281 @@
+"""ImageBERT configuration: the model shape, the training plan, YAML files and ``key=value`` overrides.
+
+The model config (``ModelConfig``) is kept apart from the training config (``TrainConfig``) so a
+checkpoint carries the first and an experiment file the second. YAML is read with ``safe_load`` and
+every override is a dotted path (``pretrain.0.steps=100``, ``model.hidden_size=64``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+PRETRAIN_TASKS = ("mlm", "moc", "mrfr", "itm")
+FINETUNE_LOSSES = ("binary", "multiclass", "triplet")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of ImageBERT; the defaults are BERT-base with Visual Genome regions (1600 classes, 2048-d)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    max_position: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    # None: read from the data (feature width of the regions schema, classes.json or max class id).
+    feature_dim: int | None = None
+    num_classes: int | None = None
+    # All regions share this one sequence position (the paper's "dummy" position).
+    region_position_id: int = 0
+    max_text_len: int = 40
+    max_regions: int = 100
+    pad_token_id: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    """One regions dataset joined with one captions dataset on ``image_id``, restricted to a split."""
+
+    regions: str
+    captions: str
+    split: str | None = "train"
+
+
+@dataclass
+class StageConfig:
+    """One training stage: its datasets, length, optimiser settings and task mix (or fine-tuning loss)."""
+
+    name: str
+    datasets: list[DatasetConfig]
+    kind: str = "pretrain"  # pretrain | finetune
+    steps: int | None = None  # optimizer steps; or give epochs
+    epochs: float | None = None
+    batch_size: int = 48
+    lr: float = 1e-4
+    warmup: float = 0.1  # a fraction of the steps when < 1, else a step count
+    # pretrain: loss weight per task; a task with weight 0 or absent is not run.
+    tasks: dict[str, float] = field(default_factory=lambda: {name: 1.0 for name in PRETRAIN_TASKS})
+    # finetune: binary (the paper's best) | multiclass (1 positive + P-1 negatives) | triplet (hardest negative)
+    loss: str = "binary"
+    negatives: int = 3  # finetune: negatives per positive, half random images, half random captions
+    margin: float = 0.2  # triplet margin
+    # finetune: weight of an in-batch contrastive loss on single-modality [CLS] embeddings, which trains
+    # the dual-encoder pre-ranker of two-stage evaluation (0 = off, the paper's setting)
+    dual_encoder: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: model, tokenizer, pretraining stages in order, fine-tuning, evaluation."""
+
+    out_dir: str = "runs/imagebert"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    bert: str | None = None  # a Hugging Face BERT folder (bert-base-uncased layout) to start from
+    tokenizer: str | None = None  # tokenizer.json or vocab.txt; default: BERT's, else trained on the captions
+    tokenizer_vocab_size: int = 8000
+    lowercase: bool = True
+    pretrain: list[StageConfig] = field(default_factory=list)
+    finetune: StageConfig | None = None
+    eval: DatasetConfig | None = None  # evaluated after training into OUT_DIR/eval.json
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+    num_workers: int = 0
+    shuffle_buffer: int = 2048
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps; 0 = at the end of each stage only
+    # Masking and sampling, as in the paper.
+    mlm_prob: float = 0.15
+    region_mask_prob: float = 0.15
+    region_zero_prob: float = 0.9
+    itm_neg_prob: float = 0.5
+    moc_loss: str = "ce"  # ce (detector label) | kl (detector class distribution)
+    eval_batch_size: int = 512
+
+    def stages(self) -> list[StageConfig]:
+        """The pretraining stages in order, then fine-tuning."""
+        return list(self.pretrain) + ([self.finetune] if self.finetune is not None else [])
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (what checkpoints store)."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    """A dataclass from a dict, refusing unknown keys so typos fail loudly."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Numbers written as YAML strings (``2e-3`` is a string in YAML 1.1) become numbers; bad ones fail."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    for kind in (bool, int, float):
+        if kind in options:
+            if kind is bool:
+                if isinstance(value, bool):
+                    return value
+                if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                    return value.lower() in ("true", "yes", "1")
+                continue
+            if isinstance(value, bool):
+                continue
+            try:
+                number = kind(value) if not isinstance(value, str) or kind is float else int(float(value))
+            except (TypeError, ValueError):
+                continue
+            if kind is int and float(value) != number:
+                continue
+            return number
+    if any(o in (bool, int, float) for o in options) and not any(o in (str, list, dict) or typing.get_origin(o)
+                                                                 for o in options if o is not type(None)):
+        raise ConfigError(f"{where}: {value!r} is not a {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
+    return value
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    """ModelConfig from a plain dict (a checkpoint's or a YAML section)."""
+    return ModelConfig(**_build(ModelConfig, data or {}, "model"))
+
+
+def _dataset(data: Any, where: str) -> DatasetConfig:
+    data = _build(DatasetConfig, data, where)
+    if isinstance(data, DatasetConfig):
+        return data
+    for key in ("regions", "captions"):
+        if not data.get(key):
+            raise ConfigError(f"{where}.{key}: a path is required")
+    data = {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in data.items()}
+    for key in ("regions", "captions"):
+        if "$" in data[key]:
+            raise ConfigError(f"{where}.{key}: {data[key]!r} names an unset environment variable; set it or "
+                              f"override the path with --set {where}.{key}=PATH")
+    return DatasetConfig(**data)
+
+
+def _stage(data: Any, where: str, kind: str) -> StageConfig:
+    data = dict(_build(StageConfig, data, where))
+    data.setdefault("name", f"{kind}" if kind == "finetune" else where.replace(".", "_"))
+    data["kind"] = kind
+    data["datasets"] = [_dataset(d, f"{where}.datasets.{i}") for i, d in enumerate(data.get("datasets") or [])]
+    if not data["datasets"]:
+        raise ConfigError(f"{where}.datasets: at least one dataset is required")
+    stage = StageConfig(**data)
+    if (stage.steps is None) == (stage.epochs is None):
+        raise ConfigError(f"{where}: give exactly one of steps or epochs")
+    if kind == "pretrain":
+        unknown = sorted(set(stage.tasks) - set(PRETRAIN_TASKS))
+        if unknown:
+            raise ConfigError(f"{where}.tasks: unknown task(s) {unknown}; expected some of {list(PRETRAIN_TASKS)}")
+        if not any(w > 0 for w in stage.tasks.values()):
+            raise ConfigError(f"{where}.tasks: at least one task needs a positive weight")
+    elif stage.loss not in FINETUNE_LOSSES:
+        raise ConfigError(f"{where}.loss: {stage.loss!r} is not one of {list(FINETUNE_LOSSES)}")
+    if stage.batch_size < 2:
+        raise ConfigError(f"{where}.batch_size: at least 2 (negatives are sampled within the batch)")
+    return stage
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """TrainConfig from a plain dict, validating every section."""
+    data = dict(_build(TrainConfig, data, "config"))
+    data["model"] = model_config_from_dict(data.get("model") or {})
+    data["pretrain"] = [_stage(s, f"pretrain.{i}", "pretrain") for i, s in enumerate(data.get("pretrain") or [])]
+    if data.get("finetune") is not None:
+        data["finetune"] = _stage(data["finetune"], "finetune", "finetune")
+    if data.get("eval") is not None:
+        data["eval"] = _dataset(data["eval"], "eval")
+    config = TrainConfig(**data)
+    if not config.stages():
+        raise ConfigError("config: no pretrain stages and no finetune stage")
+    names = [s.name for s in config.stages()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config: stage names must be unique, got {names}")
+    if config.moc_loss not in ("ce", "kl"):
+        raise ConfigError(f"moc_loss: {config.moc_loss!r} is not 'ce' or 'kl'")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision: {config.precision!r} is not auto, bf16 or fp32")
+    return config
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML (numbers, lists...)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected key=value")
+    key, _, raw = assignment.partition("=")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key!r}: no list item {part!r}")
+            node = node[int(part)]
+        else:
+            if node.get(part) is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {key!r}: no list item {last!r}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> TrainConfig:
+    """Read a YAML config (or start from ``base``), apply the overrides, validate."""
+    data: dict = copy.deepcopy(base) if base is not None else {}
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return train_config_from_dict(data)
+
+
+def add_train_arguments(parser: "argparse.ArgumentParser") -> None:
+    """The training options shared by ``lait train`` and ``python -m model.train``."""
+    parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value by dotted path, e.g. pretrain.0.steps=100 (repeatable)")
+    parser.add_argument("--out-dir", help="shortcut for --set out_dir=DIR")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                        help="resume from CKPT, or from OUT_DIR/checkpoints/last.pt when no path is given")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,0 +1,350 @@
+"""Regions + captions as (caption, image) training examples: streamed, sharded, shuffled, collated.
+
+A dataset entry joins a ``regions`` dataset (one row per image, from ``lait features``) with a
+``captions`` dataset (one row per caption) on ``image_id``. Captions are small and are held in a
+dict; regions are large and are streamed Parquet row group by row group. Row groups are dealt to
+the consumers (DDP ranks x DataLoader workers); when there are fewer row groups than consumers,
+every consumer reads all of them and keeps every n-th image. A shuffle buffer mixes examples.
+The order depends only on (seed, epoch, rank, worker), so a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+import schemas
+from model.config import DatasetConfig, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+REGION_COLUMNS = ["image_id", "image_width", "image_height", "boxes", "features", "class_ids",
+                  "topk_class_ids", "topk_class_probs"]
+
+
+def resolve_dataset_dir(path: str, name: str) -> str:
+    """``path/name`` when that folder exists (a stage or run folder), else ``path`` itself."""
+    inner = os.path.join(path, name)
+    return inner if "://" not in path and os.path.isdir(inner) else path
+
+
+def stable_key(text: str) -> int:
+    """A 60-bit integer id of a string, equal in every process (Python's hash() is salted)."""
+    return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:15], 16)
+
+
+def feature_dim_of(regions_path: str) -> int:
+    """Region feature width D, from the schema's fixed-size list (or the first non-empty row)."""
+    regions_path = resolve_dataset_dir(regions_path, "regions")
+    files = schemas.list_parquet_files(regions_path)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {regions_path}")
+    feature_type = pq.read_schema(files[0]).field("features").type.value_type
+    if pa.types.is_fixed_size_list(feature_type) and feature_type.list_size > 1:
+        return feature_type.list_size
+    for batch in schemas.iter_batches(regions_path, "regions", columns=["features"], batch_size=256):
+        for row in batch.column(0).to_pylist():
+            if row:
+                return len(row[0])
+    raise ValueError(f"{regions_path}: no region features to tell the feature width from")
+
+
+def num_classes_of(regions_path: str) -> int:
+    """Detector class count: ``classes.json`` next to (or inside) ``regions/``, else max class id + 1."""
+    regions_path = resolve_dataset_dir(regions_path, "regions")
+    if "://" not in regions_path:
+        for candidate in (os.path.join(os.path.dirname(os.path.abspath(regions_path)), "classes.json"),
+                          os.path.join(regions_path, "classes.json")):
+            if os.path.exists(candidate):
+                with open(candidate, encoding="utf-8") as handle:
+                    classes = json.load(handle)
+                if isinstance(classes, dict):
+                    if "num_classes" in classes:
+                        return int(classes["num_classes"])
+                    classes = classes.get("classes", classes.get("names", classes))
+                return len(classes)
+    top = -1
+    for batch in schemas.iter_batches(regions_path, "regions", columns=["class_ids", "topk_class_ids"]):
+        for column in batch.columns:
+            flat = pc.list_flatten(column)
+            while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
+                flat = pc.list_flatten(flat)
+            if len(flat):
+                top = max(top, pc.max(flat).as_py() or -1)
+    if top < 0:
+        raise ValueError(f"{regions_path}: no class ids and no classes.json to tell the class count from")
+    return top + 1
+
+
+def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str]]]:
+    """image_id -> [(caption_id, caption)] of one split (all splits when ``split`` is None)."""
+    path = resolve_dataset_dir(path, "captions")
+    table = schemas.read_table(path, "captions", columns=["caption_id", "image_id", "caption", "split"])
+    if split is not None:
+        table = table.filter(pc.equal(table.column("split"), split))
+    captions: dict[str, list[tuple[str, str]]] = {}
+    for caption_id, image_id, caption in zip(*(table.column(c).to_pylist() for c in ("caption_id", "image_id", "caption"))):
+        if caption and caption.strip():
+            captions.setdefault(image_id, []).append((caption_id, caption))
+    return captions
+
+
+def region_image_ids(path: str) -> list[str]:
+    """Every image_id of a regions dataset, reading that column only."""
+    path = resolve_dataset_dir(path, "regions")
+    return schemas.read_table(path, "regions", columns=["image_id"]).column("image_id").to_pylist()
+
+
+def dataset_report(datasets: list[DatasetConfig]) -> dict:
+    """How the join went: pairs usable for training, captions without regions, images without captions."""
+    report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0}
+    for entry in datasets:
+        captions = load_captions(entry.captions, entry.split)
+        ids = set(region_image_ids(entry.regions))
+        with_captions = ids & set(captions)
+        report["images"] += len(with_captions)
+        report["pairs"] += sum(len(captions[i]) for i in with_captions)
+        report["captions_without_regions"] += sum(len(v) for k, v in captions.items() if k not in ids)
+        report["images_without_captions"] += len(ids - set(captions))
+    return report
+
+
+def location_vectors(boxes: np.ndarray, width: float | None, height: float | None) -> np.ndarray:
+    """The paper's 5-d location: (x1/W, y1/H, x2/W, y2/H, box area / image area), clipped to [0, 1]."""
+    if len(boxes) == 0:
+        return np.zeros((0, 5), np.float32)
+    # Missing image size: the boxes' extent stands in for it rather than failing the image.
+    width = float(width) if width and width > 0 else max(float(boxes[:, 2].max()), 1.0)
+    height = float(height) if height and height > 0 else max(float(boxes[:, 3].max()), 1.0)
+    scaled = boxes / np.array([width, height, width, height], np.float32)
+    area = (scaled[:, 2] - scaled[:, 0]).clip(0) * (scaled[:, 3] - scaled[:, 1]).clip(0)
+    return np.concatenate([scaled, area[:, None]], 1).clip(0.0, 1.0).astype(np.float32)
+
+
+def _flat_values(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Row offsets and the fully flattened numeric values of a list<...> column."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = column.offsets.to_numpy()
+    values = column.values
+    while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        values = values.flatten()
+    return offsets, values.to_numpy(zero_copy_only=False)
+
+
+@dataclass
+class ImageRegions:
+    """One image's regions, as arrays (features stay float16 until collation)."""
+
+    image_id: str
+    features: np.ndarray  # [n, D] float16
+    locations: np.ndarray  # [n, 5] float32
+    class_ids: np.ndarray  # [n] int64
+    topk_ids: np.ndarray  # [n, k] int64
+    topk_probs: np.ndarray  # [n, k] float32
+
+
+def decode_regions(table: pa.Table, max_regions: int, feature_dim: int) -> list[ImageRegions]:
+    """Rows of a regions table as ``ImageRegions``, keeping the first ``max_regions`` boxes (the detector's order)."""
+    ids = table.column("image_id").to_pylist()
+    widths = table.column("image_width").to_pylist()
+    heights = table.column("image_height").to_pylist()
+    box_off, box_val = _flat_values(table.column("boxes"))
+    feat_off, feat_val = _flat_values(table.column("features"))
+    cls_off, cls_val = _flat_values(table.column("class_ids"))
+    tk_off, tk_val = _flat_values(table.column("topk_class_ids"))
+    tp_off, tp_val = _flat_values(table.column("topk_class_probs"))
+    # Inner lists of top-k values: per region k values; the region offsets index region rows.
+    tk_inner = _inner_offsets(table.column("topk_class_ids"))
+    boxes_all = box_val.reshape(-1, 4).astype(np.float32)
+    feats_all = feat_val.reshape(-1, feature_dim)
+    out = []
+    for row, image_id in enumerate(ids):
+        start, stop = int(feat_off[row]), int(feat_off[row + 1])
+        n = min(stop - start, max_regions)
+        boxes = boxes_all[int(box_off[row]): int(box_off[row]) + n]
+        classes = cls_val[int(cls_off[row]): int(cls_off[row]) + n].astype(np.int64)
+        k_start = int(tk_off[row])
+        if tk_inner is not None and int(tk_off[row + 1]) > k_start:
+            first = int(tk_inner[k_start])
+            k = int(tk_inner[k_start + 1]) - first
+            topk_ids = tk_val[first: first + n * k].reshape(n, k).astype(np.int64)
+            topk_probs = tp_val[first: first + n * k].reshape(n, k).astype(np.float32)
+        else:  # no distribution stored: the top class with probability 1
+            topk_ids, topk_probs = classes[:, None], np.ones((n, 1), np.float32)
+        out.append(ImageRegions(image_id, feats_all[start: start + n], location_vectors(boxes, widths[row], heights[row]),
+                                classes, topk_ids, topk_probs))
+    return out
+
+
+def _inner_offsets(column) -> np.ndarray | None:
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    inner = column.values
+    return inner.offsets.to_numpy() if pa.types.is_list(inner.type) and len(inner) else None
+
+
+class PairStream(IterableDataset):
+    """(caption, image regions) examples of one or more datasets, sharded over ranks and workers."""
+
+    def __init__(self, datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 2048,
+                 infinite: bool = True, shuffle: bool = True):
+        self.datasets = datasets
+        self.tokenizer_json = tokenizer_json
+        self.model_config = model_config
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shuffle_buffer, self.infinite, self.shuffle = shuffle_buffer, infinite, shuffle
+        self.units = []  # (dataset index, file, row group), in a stable order
+        for index, entry in enumerate(datasets):
+            for file in schemas.list_parquet_files(resolve_dataset_dir(entry.regions, "regions")):
+                for group in range(pq.ParquetFile(file).num_row_groups):
+                    self.units.append((index, file, group))
+
+    def _consumer(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _examples(self, epoch: int, consumer: int, consumers: int, captions, tokenizer) -> Iterator[dict]:
+        order = list(self.units)
+        if self.shuffle:
+            random.Random(f"{self.seed}/{epoch}").shuffle(order)
+        stride = len(order) < consumers
+        mine = order if stride else order[consumer::consumers]
+        image_index = 0
+        for dataset_index, file, group in mine:
+            table = pq.ParquetFile(file).read_row_group(group, columns=REGION_COLUMNS)
+            keep = []
+            for row, image_id in enumerate(table.column("image_id").to_pylist()):
+                if image_id in captions[dataset_index]:
+                    if not stride or image_index % consumers == consumer:
+                        keep.append(row)
+                    image_index += 1
+            if not keep:
+                continue
+            for image in decode_regions(table.take(keep), self.model_config.max_regions, self.model_config.feature_dim):
+                for caption_id, caption in captions[dataset_index][image.image_id]:
+                    encoding = tokenizer.encode(caption)
+                    yield {"image": image, "caption_id": caption_id, "input_ids": encoding.ids,
+                           "special_mask": encoding.special_tokens_mask}
+
+    def __iter__(self) -> Iterator[dict]:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        tokenizer.enable_truncation(self.model_config.max_text_len)
+        tokenizer.no_padding()
+        captions = [load_captions(entry.captions, entry.split) for entry in self.datasets]
+        consumer, consumers = self._consumer()
+        epoch = 0
+        while True:
+            rng = random.Random(f"{self.seed}/{epoch}/{consumer}")
+            produced = 0
+            examples = self._examples(epoch, consumer, consumers, captions, tokenizer)
+            for example in (_shuffled(examples, self.shuffle_buffer, rng) if self.shuffle else examples):
+                produced += 1
+                yield example
+            if produced == 0:
+                raise ValueError(f"data consumer {consumer} of {consumers} got no (caption, image) pair: "
+                                 f"the datasets are empty or too small for this many ranks x workers")
+            epoch += 1
+            if not self.infinite:
+                return
+
+
+def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
+    """A shuffle buffer: holds ``size`` items and emits a random one as each new one arrives."""
+    buffer: list[dict] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        slot = rng.randrange(size)
+        yield buffer[slot]
+        buffer[slot] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def collate_regions(images: list[ImageRegions], pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a list of images' regions into batch tensors (region_mask marks the real ones)."""
+    size = len(images)
+    length = pad_to if pad_to is not None else max([len(im.features) for im in images] + [0])
+    dim = images[0].features.shape[1] if images else 0
+    k = max([im.topk_ids.shape[1] for im in images if len(im.topk_ids)] + [1])
+    features = np.zeros((size, length, dim), np.float16)  # half the bytes to copy; widened on the device
+    locations = np.zeros((size, length, 5), np.float32)
+    mask = np.zeros((size, length), bool)
+    classes = np.full((size, length), -100, np.int64)
+    topk_ids = np.full((size, length, k), -1, np.int64)
+    topk_probs = np.zeros((size, length, k), np.float32)
+    for i, im in enumerate(images):
+        n = min(len(im.features), length)
+        features[i, :n] = im.features[:n]
+        locations[i, :n] = im.locations[:n]
+        mask[i, :n] = True
+        classes[i, :n] = im.class_ids[:n]
+        topk_ids[i, :n, : im.topk_ids.shape[1]] = im.topk_ids[:n]
+        topk_probs[i, :n, : im.topk_probs.shape[1]] = im.topk_probs[:n]
+    return {
+        "region_features": torch.from_numpy(features),
+        "region_locations": torch.from_numpy(locations),
+        "region_mask": torch.from_numpy(mask),
+        "region_classes": torch.from_numpy(classes),
+        "region_topk_ids": torch.from_numpy(topk_ids),
+        "region_topk_probs": torch.from_numpy(topk_probs),
+        "image_keys": torch.tensor([stable_key(im.image_id) for im in images], dtype=torch.long),
+    }
+
+
+def collate_text(token_ids: list[list[int]], special_masks: list[list[int]], pad_id: int = 0,
+                 pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad token id lists into ``input_ids``, ``text_mask`` and ``special_mask``."""
+    length = pad_to if pad_to is not None else max(len(ids) for ids in token_ids)
+    ids = torch.full((len(token_ids), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), length), dtype=torch.bool)
+    special = torch.zeros((len(token_ids), length), dtype=torch.bool)
+    for i, (row, spec) in enumerate(zip(token_ids, special_masks)):
+        n = min(len(row), length)
+        ids[i, :n] = torch.tensor(row[:n])
+        mask[i, :n] = True
+        special[i, :n] = torch.tensor(spec[:n], dtype=torch.bool)
+    return {"input_ids": ids, "text_mask": mask, "special_mask": special}
+
+
+class Collate:
+    """Batch examples of ``PairStream`` (picklable, so DataLoader workers can run it)."""
+
+    def __init__(self, pad_id: int = 0, text_len: int | None = None, regions_len: int | None = None):
+        self.pad_id, self.text_len, self.regions_len = pad_id, text_len, regions_len
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = collate_text([e["input_ids"] for e in examples], [e["special_mask"] for e in examples],
+                             self.pad_id, self.text_len)
+        batch.update(collate_regions([e["image"] for e in examples], self.regions_len))
+        batch["caption_keys"] = torch.tensor([stable_key(e["caption_id"]) for e in examples], dtype=torch.long)
+        return batch
+
+
+def make_loader(datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig, batch_size: int,
+                seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                shuffle_buffer: int = 2048, fixed_shapes: bool = False, infinite: bool = True,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader of collated training batches (fixed shapes pad to the maxima, for torch.compile)."""
+    stream = PairStream(datasets, tokenizer_json, model_config, seed=seed, rank=rank, world_size=world_size,
+                        shuffle_buffer=shuffle_buffer, infinite=infinite)
+    collate = Collate(model_config.pad_token_id, model_config.max_text_len if fixed_shapes else None,
+                      model_config.max_regions if fixed_shapes else None)
+    return DataLoader(stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                      drop_last=infinite, persistent_workers=False, pin_memory=pin_memory,
+                      prefetch_factor=4 if num_workers else None)

@@ -1,0 +1,239 @@
+"""Retrieval evaluation: image retrieval and sentence retrieval Recall@1/5/10 with the cross-encoder.
+
+Every (caption, image) pair of the test split is scored by ImageBERT's matching head, in large
+batches that gather pre-collated text and regions on the device; images are sorted by region
+count so a batch pads little. The optional two-stage mode pre-ranks with single-modality [CLS]
+embeddings (a dual encoder from the same trunk) and re-ranks only the top k of each query with
+the cross-encoder: with k at least the set size it equals the full mode.
+
+Recall counts ties against the query (a constant scorer gets chance-level recall, never more).
+Scores are fractions in [0, 1]; ``chance_R@1`` is what random ranking gets.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+import schemas
+from model.data import collate_regions, collate_text, decode_regions, load_captions, resolve_dataset_dir
+from model.imagebert import ImageBert
+
+logger = logging.getLogger(__name__)
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(ir_scores: torch.Tensor, caption_images: torch.Tensor, sr_scores: torch.Tensor | None = None,
+                ks: tuple[int, ...] = KS) -> dict:
+    """Image retrieval (caption -> its image) and sentence retrieval (image -> any of its captions) R@K.
+
+    ``ir_scores``/``sr_scores`` are [captions, images] (the same matrix unless two-stage ranking
+    filled them differently); ``caption_images[c]`` is the index of caption c's image.
+    """
+    sr_scores = ir_scores if sr_scores is None else sr_scores
+    ir_scores, sr_scores = ir_scores.float().cpu(), sr_scores.float().cpu()
+    n_captions, n_images = ir_scores.shape
+    rows = torch.arange(n_captions)
+    true = ir_scores[rows, caption_images].unsqueeze(1)
+    rank = (ir_scores > true).sum(1) + (ir_scores == true).sum(1) - 1
+    image_retrieval = {f"R@{k}": float((rank < k).float().mean()) for k in ks}
+    image_retrieval["chance_R@1"] = 1.0 / n_images
+
+    gold = torch.zeros(n_captions, n_images, dtype=torch.bool)
+    gold[rows, caption_images] = True
+    has_caption = gold.any(0)
+    best_gold = sr_scores.masked_fill(~gold, float("-inf")).max(0).values
+    others = sr_scores.masked_fill(gold, float("-inf"))
+    # An other caption scoring equal to the best gold one counts as ranked above it.
+    rank_image = (others >= best_gold.unsqueeze(0)).sum(0)
+    rank_image = rank_image[has_caption]
+    sentence_retrieval = {f"R@{k}": float((rank_image < k).float().mean()) for k in ks}
+    sentence_retrieval["chance_R@1"] = float((gold.sum(0)[has_caption].float() / n_captions).mean())
+    return {"image_retrieval": image_retrieval, "sentence_retrieval": sentence_retrieval,
+            "num_images": n_images, "num_captions": n_captions}
+
+
+class EvalSet:
+    """A test split in memory: tokenised captions, their image index, and the images' padded regions."""
+
+    def __init__(self, regions_path: str, captions_path: str, split: str | None, tokenizer_json: str,
+                 max_text_len: int, max_regions: int, feature_dim: int):
+        from tokenizers import Tokenizer
+
+        captions = load_captions(captions_path, split)
+        if not captions:
+            raise ValueError(f"{captions_path}: no captions in split {split!r}")
+        regions_path = resolve_dataset_dir(regions_path, "regions")
+        dataset = schemas.open_dataset(regions_path, "regions")
+        table = dataset.to_table(columns=[c for c in ("image_id", "image_width", "image_height", "boxes", "features",
+                                                      "class_ids", "topk_class_ids", "topk_class_probs")],
+                                 filter=pc.field("image_id").isin(list(captions)))
+        images = decode_regions(table, max_regions, feature_dim)
+        seen, unique = set(), []
+        for image in images:  # an image stored twice is evaluated once
+            if image.image_id not in seen:
+                seen.add(image.image_id)
+                unique.append(image)
+        # Sorted by region count, so neighbouring images (one scoring batch) need little padding.
+        self.images = sorted(unique, key=lambda im: (len(im.features), im.image_id))
+        index = {im.image_id: i for i, im in enumerate(self.images)}
+        self.captions_without_regions = sum(len(v) for k, v in captions.items() if k not in index)
+        if not self.images:
+            raise ValueError(f"{regions_path}: none of the {sum(map(len, captions.values()))} captions of split "
+                             f"{split!r} has its image in the regions dataset")
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+        tokenizer.enable_truncation(max_text_len)
+        tokenizer.no_padding()
+        self.caption_ids, texts, image_of = [], [], []
+        for image_id in sorted(captions):
+            if image_id in index:
+                for caption_id, caption in captions[image_id]:
+                    self.caption_ids.append(caption_id)
+                    texts.append(caption)
+                    image_of.append(index[image_id])
+        encodings = tokenizer.encode_batch(texts)
+        self.text = collate_text([e.ids for e in encodings], [e.special_tokens_mask for e in encodings])
+        self.text_lengths = self.text["text_mask"].sum(1).numpy()
+        self.regions = collate_regions(self.images)
+        self.region_counts = self.regions["region_mask"].sum(1).numpy()
+        self.caption_images = torch.tensor(image_of, dtype=torch.long)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.caption_ids), len(self.images)
+
+
+@torch.no_grad()
+def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_images: np.ndarray,
+                batch_size: int, device: torch.device, bf16: bool, progress: bool = False) -> torch.Tensor:
+    """Cross-encoder score of each (caption, image) index pair, in batches trimmed to their longest member."""
+    keys_text = ("input_ids", "text_mask")
+    keys_regions = ("region_features", "region_locations", "region_mask")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    text = {k: data.text[k].to(device) for k in keys_text}
+    regions = {k: data.regions[k].to(device) for k in keys_regions}
+    regions["region_features"] = regions["region_features"].to(dtype)
+    scores = torch.empty(len(pair_captions), dtype=torch.float32, device=device)  # one copy back at the end
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pair_captions), desc="scoring pairs", unit="pair", unit_scale=True, dynamic_ncols=True)
+    for start in range(0, len(pair_captions), batch_size):
+        c = pair_captions[start: start + batch_size]
+        i = pair_images[start: start + batch_size]
+        t_len = int(data.text_lengths[c].max())
+        r_len = int(data.region_counts[i].max())
+        c_idx, i_idx = torch.from_numpy(c).to(device), torch.from_numpy(i).to(device)
+        batch = {k: v[c_idx, :t_len] for k, v in text.items()}
+        batch.update({k: v[i_idx, :r_len] for k, v in regions.items()})
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            scores[start: start + len(c)] = model.score(batch).float()
+        if bar is not None:
+            bar.update(len(c))
+    if bar is not None:
+        bar.close()
+    return scores.cpu()
+
+
+@torch.no_grad()
+def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device: torch.device,
+                        bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-modality embeddings of every caption and every image (``ImageBert.embed_text``/``embed_image``)."""
+    n_captions, n_images = data.shape
+    cls_id = int(data.text["input_ids"][0, 0])
+    sep_id = int(data.text["input_ids"][0, int(data.text_lengths[0]) - 1])
+    texts, images = [], []
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, n_captions, batch_size):
+            part = slice(start, start + batch_size)
+            texts.append(model.embed_text(data.text["input_ids"][part].to(device),
+                                          data.text["text_mask"][part].to(device)).cpu())
+        for start in range(0, n_images, batch_size):
+            part = slice(start, start + batch_size)
+            images.append(model.embed_image(data.regions["region_features"][part].to(device),
+                                            data.regions["region_locations"][part].to(device),
+                                            data.regions["region_mask"][part].to(device), cls_id, sep_id).cpu())
+    return torch.cat(texts), torch.cat(images)
+
+
+def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str, split: str | None = "test",
+             batch_size: int = 512, device: torch.device | str = "cpu", bf16: bool = False,
+             two_stage_k: int | None = None, progress: bool = False) -> dict:
+    """Recall@1/5/10 in both directions on one split; ``two_stage_k`` re-ranks only each query's top k."""
+    device = torch.device(device)
+    model.eval()
+    config = model.config
+    started = time.perf_counter()
+    data = EvalSet(regions, captions, split, tokenizer_json, config.max_text_len, config.max_regions, config.feature_dim)
+    n_captions, n_images = data.shape
+    logger.info("eval: %d captions x %d images (%d captions without regions)", n_captions, n_images,
+                data.captions_without_regions)
+    if two_stage_k is None or two_stage_k >= max(n_captions, n_images):
+        # Image-major order: neighbouring pairs share an image of similar region count.
+        pair_images = np.repeat(np.arange(n_images), n_captions)
+        pair_captions = np.tile(np.arange(n_captions), n_images)
+        flat = score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress)
+        ir = sr = flat.view(n_images, n_captions).t().contiguous()
+        mode, scored = "full", len(flat)
+    else:
+        text_emb, image_emb = unimodal_embeddings(model, data, batch_size, device, bf16)
+        similarity = text_emb @ image_emb.t()
+        k_images, k_captions = min(two_stage_k, n_images), min(two_stage_k, n_captions)
+        candidates = torch.zeros(n_captions, n_images, dtype=torch.bool)
+        ir_pick = similarity.topk(k_images, dim=1).indices
+        sr_pick = similarity.topk(k_captions, dim=0).indices
+        candidates.scatter_(1, ir_pick, True)
+        candidates_sr = torch.zeros_like(candidates)
+        candidates_sr.scatter_(0, sr_pick, True)
+        union = (candidates | candidates_sr).nonzero().numpy()
+        order = np.argsort(union[:, 1], kind="stable")  # image-major, for padding
+        pair_captions, pair_images = union[order, 0], union[order, 1]
+        flat = score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress)
+        full = torch.full((n_captions, n_images), float("-inf"))
+        full[torch.from_numpy(pair_captions), torch.from_numpy(pair_images)] = flat
+        ir = full.masked_fill(~candidates, float("-inf"))
+        sr = full.masked_fill(~candidates_sr, float("-inf"))
+        mode, scored = "two_stage", len(flat)
+        rows = torch.arange(n_captions)
+        prerank = {"image_retrieval": float(candidates[rows, data.caption_images].float().mean()),
+                   "sentence_retrieval": float((candidates_sr & _gold(data)).any(0).float().mean())}
+    seconds = time.perf_counter() - started
+    result = recall_at_k(ir, data.caption_images, sr)
+    if mode == "two_stage":
+        result["prerank_recall"] = prerank  # share of queries whose answer reached the re-ranking
+    result.update(mode=mode, two_stage_k=two_stage_k if mode == "two_stage" else None, pairs_scored=scored,
+                  seconds=round(seconds, 3), pairs_per_s=round(scored / max(seconds, 1e-9), 1), split=split,
+                  captions_without_regions=data.captions_without_regions)
+    return result
+
+
+def _gold(data: EvalSet) -> torch.Tensor:
+    gold = torch.zeros(data.shape, dtype=torch.bool)
+    gold[torch.arange(data.shape[0]), data.caption_images] = True
+    return gold
+
+
+def write_eval(result: dict, path: str) -> None:
+    """Write ``eval.json``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+
+
+def format_table(result: dict) -> str:
+    """The recall table as text (percentages)."""
+    lines = [f"{'direction':<20}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'chance R@1':>12}"]
+    for key, label in (("image_retrieval", "image retrieval"), ("sentence_retrieval", "sentence retrieval")):
+        row = result[key]
+        lines.append(f"{label:<20}" + "".join(f"{100 * row[f'R@{k}']:>8.1f}" for k in KS)
+                     + f"{100 * row['chance_R@1']:>12.2f}")
+    lines.append(f"{result['num_captions']} captions x {result['num_images']} images, {result['mode']} ranking, "
+                 f"{result['pairs_scored']:,} pairs scored at {result['pairs_per_s']:,.0f} pairs/s")
+    return "\n".join(lines)

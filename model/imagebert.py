@@ -1,0 +1,277 @@
+"""ImageBERT (Qi et al., arXiv 2001.07966): one transformer over word pieces and detector regions.
+
+Sequence layout: ``[CLS] caption [SEP]`` then the regions. Text tokens get ascending sequence
+positions and segment 0; every region gets the same sequence position (``region_position_id``),
+segment 1, and a projection of its feature plus a projection of its 5-d location
+(x1/W, y1/H, x2/W, y2/H, box area / image area). The encoder is BERT's (post-LayerNorm) with
+``scaled_dot_product_attention``. The heads are the pretraining tasks of ``model.tasks``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.tasks import TASKS
+
+logger = logging.getLogger(__name__)
+
+TEXT_SEGMENT, IMAGE_SEGMENT = 0, 1
+
+
+class Embeddings(nn.Module):
+    """Text and region embeddings, each summed and layer-normalised, then concatenated."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position, config.hidden_size)
+        self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.text_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.region_feature = nn.Linear(config.feature_dim, config.hidden_size)
+        self.region_location = nn.Linear(5, config.hidden_size)
+        self.region_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.register_buffer("position_ids", torch.arange(config.max_position), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, region_features: torch.Tensor,
+                region_locations: torch.Tensor) -> torch.Tensor:
+        """[B, T+R, H] embeddings of the text then the regions."""
+        length = input_ids.shape[1]
+        text = self.word(input_ids) + self.position(self.position_ids[:length]) + self.segment.weight[TEXT_SEGMENT]
+        text = self.text_norm(text)
+        region_shared = self.segment.weight[IMAGE_SEGMENT] + self.position.weight[self.config.region_position_id]
+        regions = self.region_feature(region_features.to(self.region_feature.weight.dtype))
+        regions = regions + self.region_location(region_locations.to(self.region_location.weight.dtype))
+        regions = self.region_norm(regions + region_shared)
+        return self.dropout(torch.cat([text, regions], dim=1))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / efficient kernels)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.hidden_size % config.num_heads:
+            raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of num_heads {config.num_heads}")
+        self.num_heads = config.num_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = config.attention_dropout
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
+
+
+class Layer(nn.Module):
+    """A BERT layer: attention and feed-forward, each with residual, dropout and LayerNorm after."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, attention_mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
+
+
+class ImageBert(nn.Module):
+    """ImageBERT with its four pretraining heads; ``forward(batch, weights) -> (outputs, loss)``."""
+
+    def __init__(self, config: ModelConfig, moc_loss: str = "ce"):
+        super().__init__()
+        if config.feature_dim is None or config.num_classes is None:
+            raise ValueError("ModelConfig.feature_dim and num_classes must be resolved from the data first")
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.heads = nn.ModuleDict({
+            name: (cls(config, moc_loss) if name == "moc" else cls(config)) for name, cls in TASKS.items()
+        })
+        self.apply(self._init_weights)
+        self.heads["mlm"].decoder.weight = self.embeddings.word.weight  # tied, as BERT
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+
+    def compile_trunk(self, **options) -> None:
+        """``torch.compile`` the embeddings + encoder (static shapes); heads stay eager (they gather masked items)."""
+        self._trunk = torch.compile(self._trunk_eager, **options)
+
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence output [B, T+R, H] and pooled [CLS] output [B, H]."""
+        trunk = self.__dict__.get("_trunk", self._trunk_eager)
+        return trunk(batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"],
+                     batch["region_mask"])
+
+    def _trunk_eager(self, input_ids, text_mask, region_features, region_locations, region_mask):
+        x = self.embeddings(input_ids, region_features, region_locations)
+        keep = torch.cat([text_mask, region_mask], dim=1)
+        # Boolean key mask broadcast over heads and queries; always passed, so no host sync or graph break.
+        attention_mask = keep[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attention_mask)
+        pooled = torch.tanh(self.pooler(x[:, 0]))
+        return x, pooled
+
+    def forward(self, batch: dict, weights: dict[str, float] | None = None,
+                single_modality: dict | None = None) -> tuple[dict, torch.Tensor | None]:
+        """Matching scores of every pair and, given task weights, the weighted sum of those task losses.
+
+        ``single_modality`` (a batch of matched pairs and the [CLS]/[SEP] ids) adds the dual-encoder
+        embeddings of its captions alone and images alone (inside forward, so DDP sees their gradients).
+        """
+        sequence, pooled = self.encode(batch)
+        outputs = {"scores": self.heads["itm"].logits(pooled)}
+        if single_modality is not None:
+            outputs["text_embeddings"], outputs["image_embeddings"] = self.single_modality_embeddings(**single_modality)
+        if not weights:
+            return outputs, None
+        losses = {name: self.heads[name].loss(sequence, pooled, batch) for name, w in weights.items() if w > 0}
+        loss = sum(weights[name] * value for name, value in losses.items())
+        outputs["losses"] = {k: v.detach() for k, v in losses.items()}
+        return outputs, loss
+
+    def single_modality_embeddings(self, batch: dict, cls_id: int, sep_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dual-encoder view of the same trunk: each caption alone and each image alone, L2-normalised.
+
+        This is what the two-stage evaluation pre-ranks with.
+        """
+        text = self.embed_text(batch["input_ids"], batch["text_mask"])
+        image = self.embed_image(batch["region_features"], batch["region_locations"], batch["region_mask"], cls_id, sep_id)
+        return text, image
+
+    def embed_text(self, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled [CLS] of captions with no regions, L2-normalised."""
+        size, device = input_ids.shape[0], input_ids.device
+        dim = self.config.feature_dim
+        _, pooled = self.encode({"input_ids": input_ids, "text_mask": text_mask,
+                                 "region_features": torch.zeros(size, 0, dim, device=device),
+                                 "region_locations": torch.zeros(size, 0, 5, device=device),
+                                 "region_mask": torch.zeros(size, 0, dtype=torch.bool, device=device)})
+        return F.normalize(pooled.float(), dim=-1)
+
+    def embed_image(self, features: torch.Tensor, locations: torch.Tensor, region_mask: torch.Tensor,
+                    cls_id: int, sep_id: int) -> torch.Tensor:
+        """Pooled [CLS] of ``[CLS] [SEP]`` + an image's regions (no caption), L2-normalised."""
+        size, device = features.shape[0], features.device
+        stub = torch.tensor([cls_id, sep_id], device=device).expand(size, 2)
+        _, pooled = self.encode({"input_ids": stub, "text_mask": torch.ones(size, 2, dtype=torch.bool, device=device),
+                                 "region_features": features, "region_locations": locations,
+                                 "region_mask": region_mask})
+        return F.normalize(pooled.float(), dim=-1)
+
+    def score(self, batch: dict) -> torch.Tensor:
+        """Image-text matching logit of every (caption, image) pair in the batch (the retrieval score)."""
+        return self.forward(batch)[0]["scores"]
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation from a Hugging Face BERT folder (bert-base-uncased layout)
+
+
+def read_bert_config(folder: str) -> dict:
+    """The ModelConfig fields a Hugging Face BERT ``config.json`` fixes."""
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+        hf = json.load(handle)
+    if hf.get("hidden_act", "gelu") != "gelu":
+        logger.warning("BERT folder %s uses activation %s; ImageBERT uses exact GELU", folder, hf.get("hidden_act"))
+    return {
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "num_layers": hf["num_hidden_layers"],
+        "num_heads": hf["num_attention_heads"],
+        "intermediate_size": hf["intermediate_size"],
+        "max_position": hf.get("max_position_embeddings", 512),
+        "type_vocab_size": hf.get("type_vocab_size", 2),
+        "layer_norm_eps": hf.get("layer_norm_eps", 1e-12),
+        "dropout": hf.get("hidden_dropout_prob", 0.1),
+        "attention_dropout": hf.get("attention_probs_dropout_prob", 0.1),
+        "pad_token_id": hf.get("pad_token_id", 0) or 0,
+    }
+
+
+def _read_state_dict(folder: str) -> dict[str, torch.Tensor]:
+    safetensors_path = os.path.join(folder, "model.safetensors")
+    if os.path.exists(safetensors_path):
+        from safetensors.torch import load_file
+
+        return load_file(safetensors_path)
+    bin_path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
+
+
+def load_bert_weights(model: ImageBert, folder: str) -> list[str]:
+    """Copy a Hugging Face BERT checkpoint into the text embeddings, encoder, pooler and MLM head.
+
+    Returns the names of ImageBERT parameters that stayed freshly initialised (region embeddings,
+    MOC/MRFR/ITM heads, and whatever the checkpoint lacks).
+    """
+    source = {k.removeprefix("bert."): v for k, v in _read_state_dict(folder).items()}
+    mapping = {
+        "embeddings.word.weight": "embeddings.word_embeddings.weight",
+        "embeddings.position.weight": "embeddings.position_embeddings.weight",
+        "embeddings.segment.weight": "embeddings.token_type_embeddings.weight",
+        "embeddings.text_norm.weight": "embeddings.LayerNorm.weight",
+        "embeddings.text_norm.bias": "embeddings.LayerNorm.bias",
+        "pooler.weight": "pooler.dense.weight",
+        "pooler.bias": "pooler.dense.bias",
+        "heads.mlm.transform.0.weight": "cls.predictions.transform.dense.weight",
+        "heads.mlm.transform.0.bias": "cls.predictions.transform.dense.bias",
+        "heads.mlm.transform.2.weight": "cls.predictions.transform.LayerNorm.weight",
+        "heads.mlm.transform.2.bias": "cls.predictions.transform.LayerNorm.bias",
+        "heads.mlm.decoder.bias": "cls.predictions.bias",
+    }
+    for i in range(len(model.layers)):
+        src, dst = f"encoder.layer.{i}.", f"layers.{i}."
+        for part in ("weight", "bias"):
+            mapping[f"{dst}attention.out.{part}"] = f"{src}attention.output.dense.{part}"
+            mapping[f"{dst}attention_norm.{part}"] = f"{src}attention.output.LayerNorm.{part}"
+            mapping[f"{dst}ffn_in.{part}"] = f"{src}intermediate.dense.{part}"
+            mapping[f"{dst}ffn_out.{part}"] = f"{src}output.dense.{part}"
+            mapping[f"{dst}ffn_norm.{part}"] = f"{src}output.LayerNorm.{part}"
+            names = [f"{src}attention.self.{n}.{part}" for n in ("query", "key", "value")]
+            if all(n in source for n in names):  # HF keeps q, k, v apart; ImageBERT fuses them
+                source[f"{dst}attention.qkv.{part}"] = torch.cat([source[n] for n in names], 0)
+                mapping[f"{dst}attention.qkv.{part}"] = f"{dst}attention.qkv.{part}"
+    own = model.state_dict()
+    loaded = set()
+    with torch.no_grad():
+        for name, src_name in mapping.items():
+            if src_name in source and name in own:
+                if own[name].shape != source[src_name].shape:
+                    raise ValueError(f"{folder}: {src_name} has shape {tuple(source[src_name].shape)}, "
+                                     f"ImageBERT's {name} expects {tuple(own[name].shape)}")
+                own[name].copy_(source[src_name])
+                loaded.add(name)
+    fresh = sorted(n for n in own if n not in loaded and n != "heads.mlm.decoder.weight")
+    logger.info("initialised %d tensors from BERT at %s; %d fresh", len(loaded), folder, len(fresh))
+    return fresh

@@ -1,0 +1,311 @@
+"""Pretraining tasks and fine-tuning losses, one small unit each.
+
+A pretraining task is a head (``nn.Module``) with ``loss(sequence, pooled, batch)``; the masking
+it needs is done once per batch by ``prepare_pretrain_batch`` in the paper's order: image-text
+matching negatives first, then token and region masking, then the conditional mask that keeps
+the masked losses to matched pairs. ``TASKS`` maps a task name to its head class.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+
+IGNORE = -100
+
+
+class _Transform(nn.Sequential):
+    """Dense + GELU + LayerNorm, BERT's prediction-head transform."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+        )
+
+
+def _text_part(sequence: torch.Tensor, batch: dict) -> torch.Tensor:
+    return sequence[:, : batch["input_ids"].shape[1]]
+
+
+def _region_part(sequence: torch.Tensor, batch: dict) -> torch.Tensor:
+    return sequence[:, batch["input_ids"].shape[1]:]
+
+
+class MaskedLanguageModeling(nn.Module):
+    """MLM: predict the masked word pieces; the decoder is tied to the word embeddings."""
+
+    masks = "text"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.transform = _Transform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)  # weight tied by ImageBert
+
+    def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
+        labels = batch["mlm_labels"]
+        selected = labels != IGNORE
+        # Only masked positions go through the vocabulary projection: it is the costliest matmul.
+        hidden = _text_part(sequence, batch)[selected]
+        logits = self.decoder(self.transform(hidden)).float()
+        return _mean_or_zero(F.cross_entropy(logits, labels[selected], reduction="sum"), selected.sum(), logits)
+
+
+class MaskedObjectClassification(nn.Module):
+    """MOC: predict the detector's class of each masked region (cross-entropy, or KL on its distribution)."""
+
+    masks = "regions"
+
+    def __init__(self, config: ModelConfig, loss_type: str = "ce"):
+        super().__init__()
+        self.loss_type = loss_type
+        self.num_classes = config.num_classes
+        self.head = nn.Sequential(_Transform(config), nn.Linear(config.hidden_size, config.num_classes))
+
+    def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
+        selected = batch["region_masked"] & batch["region_loss_mask"]
+        logits = self.head(_region_part(sequence, batch)[selected]).float()
+        count = selected.sum()
+        if self.loss_type == "kl":
+            target = dense_class_distribution(
+                batch["region_topk_ids"][selected], batch["region_topk_probs"][selected], self.num_classes
+            )
+            total = F.kl_div(F.log_softmax(logits, -1), target, reduction="sum")
+        else:
+            labels = batch["region_classes"][selected]
+            labels = torch.where(labels < self.num_classes, labels, torch.full_like(labels, IGNORE))
+            total = F.cross_entropy(logits, labels, reduction="sum", ignore_index=IGNORE)
+            count = (labels != IGNORE).sum()
+        return _mean_or_zero(total, count, logits)
+
+
+class MaskedRegionFeatureRegression(nn.Module):
+    """MRFR: regress the original feature of each masked region (L2)."""
+
+    masks = "regions"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.head = nn.Sequential(_Transform(config), nn.Linear(config.hidden_size, config.feature_dim))
+
+    def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
+        selected = batch["region_masked"] & batch["region_loss_mask"]
+        predicted = self.head(_region_part(sequence, batch)[selected]).float()
+        target = batch["region_targets"][selected].float()
+        total = ((predicted - target) ** 2).mean(-1).sum()
+        return _mean_or_zero(total, selected.sum(), predicted)
+
+
+class ImageTextMatching(nn.Module):
+    """ITM: a binary matched/not-matched logit from the pooled [CLS] output."""
+
+    masks = None
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """One matching score per sequence."""
+        # In float32 even under bf16 autocast: bf16 logits tie often, and ties decide Recall@K.
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            return self.classifier(pooled.float()).squeeze(-1)
+
+    def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self.logits(pooled), batch["itm_labels"].float())
+
+
+TASKS: dict[str, type[nn.Module]] = {
+    "mlm": MaskedLanguageModeling,
+    "moc": MaskedObjectClassification,
+    "mrfr": MaskedRegionFeatureRegression,
+    "itm": ImageTextMatching,
+}
+
+
+def _mean_or_zero(total: torch.Tensor, count: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean over selected items; 0 (still attached to the head's graph, for DDP) when none is selected."""
+    return total / count.clamp(min=1).to(total.dtype) + anchor.sum() * 0.0
+
+
+def dense_class_distribution(topk_ids: torch.Tensor, topk_probs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A [n, C] distribution from the detector's top-k ids/probs, renormalised; padding ids (<0) dropped."""
+    valid = (topk_ids >= 0) & (topk_ids < num_classes)
+    ids = torch.where(valid, topk_ids, torch.zeros_like(topk_ids))
+    probs = torch.where(valid, topk_probs.float(), torch.zeros_like(topk_probs, dtype=torch.float32))
+    dense = torch.zeros(topk_ids.shape[0], num_classes, device=topk_ids.device)
+    dense.scatter_add_(1, ids, probs)
+    return dense / dense.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masking and sampling
+
+
+def _at_least_one(chosen: torch.Tensor, candidates: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+    """Add the lowest-draw candidate to rows where nothing was chosen (no host sync, so GPU-friendly)."""
+    if chosen.shape[1] == 0:
+        return chosen
+    none = candidates.any(1) & ~chosen.any(1)
+    forced = torch.where(candidates, draw, torch.full_like(draw, 2.0)).argmin(1)
+    return chosen | (none.unsqueeze(1) & F.one_hot(forced, chosen.shape[1]).bool())
+
+
+def mask_tokens(input_ids: torch.Tensor, candidates: torch.Tensor, vocab_size: int, mask_id: int,
+                first_regular_id: int, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: ``prob`` of the candidate tokens, of which 80% [MASK], 10% random, 10% kept.
+
+    At least one token per row with candidates is chosen, so every caption teaches something.
+    Returns the new ids and the labels (``IGNORE`` where nothing is predicted).
+    """
+    device = input_ids.device
+    draw = torch.rand(input_ids.shape, generator=generator, device=device)
+    chosen = _at_least_one((draw < prob) & candidates, candidates, draw)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+    action = torch.rand(input_ids.shape, generator=generator, device=device)
+    random_ids = torch.randint(first_regular_id, vocab_size, input_ids.shape, generator=generator, device=device)
+    masked = input_ids.clone()
+    masked[chosen & (action < 0.8)] = mask_id
+    replace = chosen & (action >= 0.8) & (action < 0.9)
+    masked[replace] = random_ids[replace]
+    return masked, labels
+
+
+def mask_regions(features: torch.Tensor, region_mask: torch.Tensor, prob: float, zero_prob: float,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose ``prob`` of the real regions (at least one per image that has any); zero ``zero_prob`` of them.
+
+    Returns the new features and the boolean mask of chosen regions.
+    """
+    device = region_mask.device
+    draw = torch.rand(region_mask.shape, generator=generator, device=device)
+    chosen = _at_least_one((draw < prob) & region_mask, region_mask, draw)
+    zero = chosen & (torch.rand(region_mask.shape, generator=generator, device=device) < zero_prob)
+    return features.masked_fill(zero.unsqueeze(-1), 0.0), chosen
+
+
+def sample_negative_partners(image_keys: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, ``count`` random other rows of the batch showing a different image.
+
+    Returns indices [B, count] and a validity mask (False where the batch has too few other images).
+    """
+    batch = image_keys.shape[0]
+    different = image_keys.unsqueeze(0) != image_keys.unsqueeze(1)
+    draw = torch.rand((batch, batch), generator=generator, device=image_keys.device)
+    draw = torch.where(different, draw, torch.full_like(draw, -1.0))
+    count = min(count, batch)
+    values, index = draw.topk(count, dim=1)
+    return index, values >= 0
+
+
+_TEXT_KEYS = ("input_ids", "text_mask", "special_mask", "caption_keys")
+_REGION_KEYS = ("region_features", "region_locations", "region_mask", "region_classes",
+                "region_topk_ids", "region_topk_probs", "image_keys")
+
+
+def _take(batch: dict, keys: tuple[str, ...], rows: torch.Tensor) -> dict:
+    return {k: batch[k][rows] for k in keys if k in batch}
+
+
+def prepare_pretrain_batch(batch: dict, tasks: dict[str, float], config, model_config: ModelConfig,
+                           special_ids: dict[str, int], generator: torch.Generator) -> dict:
+    """Apply ITM negatives, MLM and region masking and the conditional mask to a collated batch (CPU)."""
+    batch = dict(batch)
+    size = batch["input_ids"].shape[0]
+    device = batch["input_ids"].device
+    matched = torch.ones(size, dtype=torch.bool, device=device)
+    if tasks.get("itm", 0) > 0:
+        partner, valid = sample_negative_partners(batch["image_keys"], 1, generator)
+        partner, valid = partner[:, 0], valid[:, 0]
+        negative = (torch.rand(size, generator=generator, device=device) < config.itm_neg_prob) & valid
+        # Half of the negatives get a random image, half a random caption (the paper samples both).
+        swap_image = negative & (torch.rand(size, generator=generator, device=device) < 0.5)
+        swap_text = negative & ~swap_image
+        rows = torch.arange(size, device=device)
+        image_rows = torch.where(swap_image, partner, rows)
+        text_rows = torch.where(swap_text, partner, rows)
+        batch.update(_take(batch, _REGION_KEYS, image_rows))
+        batch.update(_take(batch, _TEXT_KEYS, text_rows))
+        matched = ~negative
+    batch["itm_labels"] = matched
+    if tasks.get("mlm", 0) > 0:
+        ids, labels = mask_tokens(batch["input_ids"], batch["text_mask"] & ~batch["special_mask"],
+                                  model_config.vocab_size, special_ids["mask"], special_ids["first_regular"],
+                                  config.mlm_prob, generator)
+        labels[~matched] = IGNORE  # conditional mask: no MLM loss on mismatched pairs
+        batch["input_ids"], batch["mlm_labels"] = ids, labels
+    if tasks.get("moc", 0) > 0 or tasks.get("mrfr", 0) > 0:
+        batch["region_targets"] = batch["region_features"]
+        features, chosen = mask_regions(batch["region_features"], batch["region_mask"], config.region_mask_prob,
+                                        config.region_zero_prob, generator)
+        batch["region_features"], batch["region_masked"] = features, chosen
+        batch["region_loss_mask"] = matched.unsqueeze(1).expand_as(chosen)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval fine-tuning
+
+
+def build_retrieval_batch(batch: dict, negatives: int, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """Expand B matched pairs into B groups of 1 positive + ``negatives`` negatives.
+
+    Half the negatives (rounded up) pair the caption with a random other image, the rest pair the
+    image with a random other caption. Returns the flat batch of B*(1+negatives) pairs (group-major,
+    positive first) and the validity mask [B, 1+negatives].
+    """
+    size = batch["input_ids"].shape[0]
+    partners, valid = sample_negative_partners(batch["image_keys"], negatives, generator)
+    if partners.shape[1] < negatives:  # tiny batch: pad with invalid slots
+        pad = negatives - partners.shape[1]
+        partners = torch.cat([partners, partners.new_zeros(size, pad)], 1)
+        valid = torch.cat([valid, valid.new_zeros(size, pad)], 1)
+    rows = torch.arange(size, device=partners.device).unsqueeze(1)
+    n_image = (negatives + 1) // 2
+    image_rows = torch.cat([rows, partners[:, :n_image], rows.expand(size, negatives - n_image)], 1)
+    text_rows = torch.cat([rows, rows.expand(size, n_image), partners[:, n_image:]], 1)
+    flat = dict(batch)
+    flat.update(_take(batch, _REGION_KEYS, image_rows.reshape(-1)))
+    flat.update(_take(batch, _TEXT_KEYS, text_rows.reshape(-1)))
+    mask = torch.cat([torch.ones(size, 1, dtype=torch.bool, device=valid.device), valid], 1)
+    return flat, mask
+
+
+def binary_loss(scores: torch.Tensor, valid: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy: column 0 matched, the other columns not (the paper's best)."""
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1.0
+    losses = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+    return (losses * valid).sum() / valid.sum().clamp(min=1)
+
+
+def multiclass_loss(scores: torch.Tensor, valid: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Softmax cross-entropy over 1 positive and P-1 negatives per group."""
+    scores = scores.masked_fill(~valid, float("-inf"))
+    return F.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
+
+
+def triplet_loss(scores: torch.Tensor, valid: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Hinge on the hardest negative of each group, on sigmoid scores (as UNITER)."""
+    probs = torch.sigmoid(scores)
+    negatives = probs[:, 1:].masked_fill(~valid[:, 1:], float("-inf"))
+    hardest = negatives.max(1).values
+    has_negative = valid[:, 1:].any(1)
+    hinge = F.relu(margin - probs[:, 0] + torch.where(has_negative, hardest, probs[:, 0] - margin))
+    return hinge.mean()
+
+
+FINETUNE_LOSSES = {"binary": binary_loss, "multiclass": multiclass_loss, "triplet": triplet_loss}
+
+
+def dual_encoder_loss(text: torch.Tensor, image: torch.Tensor, image_keys: torch.Tensor,
+                      temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE between single-modality embeddings; other captions of the same image are not negatives."""
+    logits = text @ image.t() / temperature
+    same = image_keys.unsqueeze(0) == image_keys.unsqueeze(1)
+    logits = logits.masked_fill(same & ~torch.eye(len(text), dtype=torch.bool, device=text.device), float("-inf"))
+    target = torch.arange(len(text), device=text.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

@@ -1,0 +1,76 @@
+"""WordPiece tokenizers: BERT's from a vocab.txt, or one trained by LAIT on the training captions."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _finish(model: WordPiece, lowercase: bool) -> Tokenizer:
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None if lowercase else False)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def _add_template(tokenizer: Tokenizer) -> Tokenizer:
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return tokenizer
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True) -> Tokenizer:
+    """Train a BERT-style WordPiece tokenizer on captions ([PAD] gets id 0)."""
+    tokenizer = _finish(WordPiece(unk_token="[UNK]"), lowercase)
+    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1,
+                               show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    logger.info("trained a WordPiece tokenizer: %d word pieces", tokenizer.get_vocab_size())
+    return _add_template(tokenizer)
+
+
+def tokenizer_from_vocab(vocab_path: str, lowercase: bool = True) -> Tokenizer:
+    """BERT's tokenizer from its ``vocab.txt``."""
+    vocab = WordPiece.read_file(vocab_path)
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise ValueError(f"{vocab_path}: vocabulary lacks the special tokens {missing}")
+    return _add_template(_finish(WordPiece(vocab, unk_token="[UNK]"), lowercase))
+
+
+def load_tokenizer(path: str, lowercase: bool = True) -> Tokenizer:
+    """A tokenizer from a ``tokenizer.json``, a ``vocab.txt`` or a BERT folder holding one of them."""
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "tokenizer_config.json")
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as handle:
+                lowercase = json.load(handle).get("do_lower_case", lowercase)
+        for name in ("vocab.txt", "tokenizer.json"):
+            if os.path.exists(os.path.join(path, name)):
+                return load_tokenizer(os.path.join(path, name), lowercase)
+        raise FileNotFoundError(f"{path}: no vocab.txt or tokenizer.json")
+    if path.endswith(".json"):
+        return _add_template(Tokenizer.from_file(path))
+    return tokenizer_from_vocab(path, lowercase)
+
+
+def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    """Ids of [PAD] [UNK] [CLS] [SEP] [MASK], and the first id that random replacement may draw."""
+    ids = {name.strip("[]").lower(): tokenizer.token_to_id(name) for name in SPECIAL_TOKENS}
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+        raise ValueError(f"tokenizer lacks special tokens {missing}")
+    ids["first_regular"] = max(ids.values()) + 1
+    return ids

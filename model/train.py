@@ -1,0 +1,452 @@
+"""Multi-stage ImageBERT training: pretraining stages in order, then retrieval fine-tuning.
+
+Runs on one CPU, one GPU, or under ``torchrun`` with DDP (nccl on GPUs, gloo on CPUs)::
+
+    python -m model.train --config configs/tiny.yaml
+    torchrun --nproc_per_node 8 -m model.train --config configs/imagebert-base.yaml
+
+Each stage builds its own AdamW with linear warm-up and decay. Every optimizer step is seeded from
+(seed, stage, step, rank), and the data order from (seed, stage, epoch, consumer), so a run resumed
+from a checkpoint repeats exactly what the uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, load_config,
+                          model_config_from_dict)
+from model.data import dataset_report, feature_dim_of, make_loader, num_classes_of
+from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
+from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
+from model.tokenizer import load_tokenizer, special_ids, train_wordpiece
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "lait.imagebert/1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Where this process runs: device, precision and its place in a distributed job."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    bf16: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """Pick the device and join the process group when started by torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = config.device
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and world_size > 1:
+        wanted = f"cuda:{local_rank}"
+    device = torch.device(wanted)
+    if config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    return Runtime(device=device, rank=rank, world_size=world_size, bf16=bf16)
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from any parts, the same in every process."""
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def training_captions(config: TrainConfig) -> list[str]:
+    """Every caption of every training dataset (for the WordPiece trainer)."""
+    from model.data import load_captions
+
+    texts = []
+    for stage in config.stages():
+        for entry in stage.datasets:
+            for captions in load_captions(entry.captions, entry.split).values():
+                texts.extend(caption for _, caption in captions)
+    return texts
+
+
+def build_tokenizer(config: TrainConfig):
+    """The configured tokenizer, BERT's vocab when starting from BERT, else WordPiece trained on the captions."""
+    if config.tokenizer:
+        return load_tokenizer(config.tokenizer, config.lowercase)
+    if config.bert:
+        return load_tokenizer(config.bert, config.lowercase)
+    return train_wordpiece(training_captions(config), config.tokenizer_vocab_size, config.lowercase)
+
+
+def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
+    """Fill in what the data and the BERT folder decide: feature width, class count, BERT's shape."""
+    fields = dataclasses.asdict(config.model)
+    if config.bert:
+        fields.update(read_bert_config(config.bert))
+    else:
+        fields["vocab_size"] = vocab_size
+    first = config.stages()[0].datasets[0]
+    if fields["feature_dim"] is None:
+        fields["feature_dim"] = feature_dim_of(first.regions)
+    if fields["num_classes"] is None:
+        fields["num_classes"] = max(num_classes_of(entry.regions) for s in config.stages() for entry in s.datasets)
+    return ModelConfig(**fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save of plain tensors and containers, written to a temporary name then renamed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load a LAIT checkpoint safely (``weights_only=True``: tensors and plain containers only)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a LAIT ImageBERT checkpoint (format {state.get('format')!r})")
+    return state
+
+
+def model_from_checkpoint(path: str, map_location="cpu") -> tuple[ImageBert, dict]:
+    """The trained model (eval mode) and the checkpoint dict, whose ``tokenizer`` is the JSON string."""
+    state = load_checkpoint(path, map_location)
+    model = ImageBert(model_config_from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _warmup_linear(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _optimizer(model: torch.nn.Module, stage: StageConfig, config: TrainConfig, device: torch.device):
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)  # biases and LayerNorms are not decayed
+    fused = device.type == "cuda"
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr, betas=(0.9, 0.98),
+                             eps=1e-6, fused=fused)
+
+
+def stage_steps(stage: StageConfig, pairs: int, world_size: int, grad_accum: int) -> int:
+    """A stage's optimizer steps: as configured, or epochs x pairs / global batch."""
+    if stage.steps is not None:
+        return int(stage.steps)
+    return max(1, math.ceil(stage.epochs * pairs / (stage.batch_size * world_size * grad_accum)))
+
+
+class LossLog:
+    """Per-stage CSV of losses (rank 0); on resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, path: str, columns: list[str], resume_step: int):
+        self.path, self.columns = path, ["step", "lr", "loss"] + columns + ["samples_per_s", "elapsed_s"]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        rows = []
+        if resume_step > 0 and os.path.exists(path):
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            csv.DictWriter(handle, self.columns).writerow({k: row.get(k, "") for k in self.columns})
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _reduce_mean(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    if runtime.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= runtime.world_size
+    return values
+
+
+def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: TrainConfig, runtime: Runtime,
+              tokenizer_json: str, ids: dict, checkpoint_base: dict, resume: dict | None,
+              progress: bool = False) -> dict:
+    """Train one stage (pretraining task mix or fine-tuning loss); returns its summary."""
+    report = dataset_report(stage.datasets)
+    if report["pairs"] == 0:
+        raise ValueError(f"stage {stage.name!r}: no caption matches an image of its regions datasets ({report})")
+    total = stage_steps(stage, report["pairs"], runtime.world_size, config.grad_accum)
+    warmup = int(stage.warmup * total) if stage.warmup < 1 else int(stage.warmup)
+    start = int(resume["step"]) if resume else 0
+    logger.info("stage %s (%s): %d steps, %d pairs, %d images; %d captions without regions, %d images without captions",
+                stage.name, stage.kind, total, report["pairs"], report["images"],
+                report["captions_without_regions"], report["images_without_captions"])
+
+    optimizer = _optimizer(model, stage, config, runtime.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(max(warmup, 1), total))
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+    if stage.kind == "pretrain":
+        weights = {k: float(v) for k, v in stage.tasks.items() if v > 0}
+        task_names = list(weights)
+    else:
+        weights, task_names = None, [stage.loss] + (["dual_encoder"] if stage.dual_encoder > 0 else [])
+    # Heads a stage does not train get no gradient; DDP must be told, or it waits for them.
+    unused = stage.kind == "finetune" or len(weights) < 4
+    wrapped: torch.nn.Module = model
+    if runtime.distributed:
+        wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+                                          find_unused_parameters=unused)
+    if config.compile and "_trunk" not in model.__dict__:
+        model.compile_trunk(dynamic=False)
+    forward = wrapped
+
+    loader = make_loader(stage.datasets, tokenizer_json, model.config, stage.batch_size,
+                         seed=derived_seed(config.seed, stage_index), rank=runtime.rank, world_size=runtime.world_size,
+                         num_workers=config.num_workers, shuffle_buffer=config.shuffle_buffer,
+                         fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda")
+    batches = iter(loader)
+    # Exact resume: the stream is deterministic, so skipping the consumed batches restores the position.
+    for _ in range(start * config.grad_accum):
+        next(batches)
+
+    log = LossLog(os.path.join(config.out_dir, "logs", f"{stage.name}.csv"), task_names, start) if runtime.is_main else None
+    generator = torch.Generator(device=runtime.device)  # masking runs where the batch is
+    window = torch.zeros(1 + len(task_names))
+    window_steps, window_samples, window_start = 0, 0, time.perf_counter()
+    stage_start = time.perf_counter()
+    last_loss = float("nan")
+    bar = None
+    if progress and runtime.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=stage.name, unit="step", dynamic_ncols=True)
+    model.train()
+    autocast = torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16, enabled=runtime.bf16)
+    for step in range(start, total):
+        seed = derived_seed(config.seed, stage_index, step, runtime.rank)
+        torch.manual_seed(seed)  # dropout
+        generator.manual_seed(seed)  # masking and negatives
+        step_losses = torch.zeros_like(window)
+        for micro in range(config.grad_accum):
+            batch = _to_device(next(batches), runtime.device)
+            window_samples += batch["input_ids"].shape[0] * runtime.world_size
+            sync = micro == config.grad_accum - 1 or not runtime.distributed
+            with (contextlib.nullcontext() if sync else wrapped.no_sync()):
+                if stage.kind == "pretrain":
+                    batch = prepare_pretrain_batch(batch, weights, config, model.config, ids, generator)
+                    with autocast:
+                        outputs, loss = forward(batch, weights)
+                    parts = [outputs["losses"][name].float() for name in task_names]
+                else:
+                    flat, valid = build_retrieval_batch(batch, stage.negatives, generator)
+                    single = {"batch": batch, "cls_id": ids["cls"], "sep_id": ids["sep"]} if stage.dual_encoder > 0 else None
+                    with autocast:
+                        outputs, _ = forward(flat, None, single)
+                    scores = outputs["scores"].float().view(valid.shape)
+                    loss = FINETUNE_LOSSES[stage.loss](scores, valid, stage.margin)
+                    parts = [loss.detach()]
+                    if single is not None:
+                        dual = dual_encoder_loss(outputs["text_embeddings"], outputs["image_embeddings"],
+                                                 batch["image_keys"])
+                        loss = loss + stage.dual_encoder * dual
+                        parts.append(dual.detach())
+                (loss / config.grad_accum).backward()
+            step_losses += torch.stack([loss.detach().float()] + [p.detach() for p in parts]).cpu() / config.grad_accum
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window += step_losses
+        window_steps += 1
+        done = step + 1
+        if done % config.log_every == 0 or done == total:
+            mean = _reduce_mean(window / window_steps, runtime)
+            last_loss = float(mean[0])
+            elapsed = time.perf_counter() - window_start
+            if log is not None:
+                row = {"step": done, "lr": f"{scheduler.get_last_lr()[0]:.6g}", "loss": f"{mean[0]:.6f}",
+                       "samples_per_s": f"{window_samples / max(elapsed, 1e-9):.1f}",
+                       "elapsed_s": f"{time.perf_counter() - stage_start:.2f}"}
+                row.update({name: f"{value:.6f}" for name, value in zip(task_names, mean[1:].tolist())})
+                log.write(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            window.zero_()
+            window_steps, window_samples, window_start = 0, 0, time.perf_counter()
+        if bar is not None:
+            bar.update(1)
+        periodic = config.checkpoint_every > 0 and done % config.checkpoint_every == 0 and done < total
+        if periodic or done == total:
+            state = dict(checkpoint_base, model=model.state_dict(), stage_index=stage_index, stage_name=stage.name,
+                         step=done, stage_steps=total, stage_done=done == total, optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), rng={"torch": torch.get_rng_state()},
+                         data={"batches": done * config.grad_accum})
+            if runtime.is_main:
+                name = f"{stage.name}.pt" if done == total else f"{stage.name}-step{done}.pt"
+                path = os.path.join(config.out_dir, "checkpoints", name)
+                save_checkpoint(path, state)
+                save_checkpoint(os.path.join(config.out_dir, "checkpoints", "last.pt"), state)
+            if runtime.distributed:
+                dist.barrier()
+    if bar is not None:
+        bar.close()
+    del batches  # stops the DataLoader workers
+    seconds = time.perf_counter() - stage_start
+    steps_run = total - start
+    return {"name": stage.name, "kind": stage.kind, "steps": total, "steps_run": steps_run, "final_loss": last_loss,
+            "seconds": round(seconds, 2),
+            "samples_per_s": round(steps_run * stage.batch_size * config.grad_accum * runtime.world_size / max(seconds, 1e-9), 1),
+            "data": report}
+
+
+def train(config: TrainConfig, resume: str | None = None, progress: bool = False) -> dict:
+    """Run every configured stage in order (skipping those a resumed checkpoint finished); returns a summary."""
+    runtime = setup_runtime(config)
+    os.makedirs(config.out_dir, exist_ok=True)
+    stages = config.stages()
+    resume_state = None
+    if resume:
+        if resume == "auto":
+            resume = os.path.join(config.out_dir, "checkpoints", "last.pt")
+        resume_state = load_checkpoint(resume)
+        tokenizer_json = resume_state["tokenizer"]
+        model_config = model_config_from_dict(resume_state["model_config"])
+        logger.info("resuming from %s (stage %s, step %d)", resume, resume_state["stage_name"], resume_state["step"])
+    else:
+        tokenizer = build_tokenizer(config)
+        tokenizer_json = tokenizer.to_str()
+        model_config = resolve_model_config(config, tokenizer.get_vocab_size())
+    from tokenizers import Tokenizer
+
+    ids = special_ids(Tokenizer.from_str(tokenizer_json))
+    torch.manual_seed(derived_seed(config.seed, "init"))
+    model = ImageBert(model_config, moc_loss=config.moc_loss)
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        torch.set_rng_state(resume_state["rng"]["torch"])
+    elif config.bert:
+        load_bert_weights(model, config.bert)
+    model.to(runtime.device)
+    if runtime.is_main:
+        with open(os.path.join(config.out_dir, "tokenizer.json"), "w", encoding="utf-8") as handle:
+            handle.write(tokenizer_json)
+        with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as handle:
+            json.dump({"train": config.to_dict(), "model": dataclasses.asdict(model_config)}, handle, indent=2)
+    logger.info("ImageBERT: %.1fM parameters, %d layers, hidden %d, feature_dim %d, %d classes on %s%s",
+                num_parameters(model) / 1e6, model_config.num_layers, model_config.hidden_size,
+                model_config.feature_dim, model_config.num_classes, runtime.device, " (bf16)" if runtime.bf16 else "")
+    base = {"format": CHECKPOINT_FORMAT, "model_config": dataclasses.asdict(model_config),
+            "train_config": config.to_dict(), "tokenizer": tokenizer_json}
+    summary = {"out_dir": config.out_dir, "stages": [], "world_size": runtime.world_size, "device": str(runtime.device)}
+    for index, stage in enumerate(stages):
+        stage_resume = None
+        if resume_state is not None:
+            done_index = resume_state["stage_index"] + (1 if resume_state["stage_done"] else 0)
+            if index < done_index:
+                continue
+            if index == resume_state["stage_index"] and not resume_state["stage_done"]:
+                stage_resume = resume_state
+        summary["stages"].append(run_stage(model, stage, index, config, runtime, tokenizer_json, ids, base,
+                                           stage_resume, progress))
+    # Equal on every rank when DDP kept the replicas in sync (logged so a multi-rank run can be checked).
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    logger.info("rank %d: final parameter checksum %.10e", runtime.rank, checksum)
+    summary["parameter_checksum"] = checksum
+    final = os.path.join(config.out_dir, "checkpoints", "final.pt")
+    if runtime.is_main:
+        save_checkpoint(final, dict(base, model=model.state_dict(), stage_index=len(stages) - 1,
+                                    stage_name=stages[-1].name, step=0, stage_done=True))
+    summary["checkpoint"] = final
+    if config.eval is not None and runtime.is_main:
+        from model.eval import evaluate, write_eval
+
+        model.eval()
+        model.__dict__.pop("_trunk", None)  # eval batches vary in shape: the static compiled trunk would recompile
+        result = evaluate(model, tokenizer_json, config.eval.regions, config.eval.captions, config.eval.split,
+                          batch_size=config.eval_batch_size, device=runtime.device, bf16=runtime.bf16, progress=progress)
+        write_eval(result, os.path.join(config.out_dir, "eval.json"))
+        summary["eval"] = result
+    if runtime.is_main:
+        with open(os.path.join(config.out_dir, "summary.json"), "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+    if runtime.distributed:
+        dist.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model.train --config FILE [--set key=value ...] [--resume [CKPT]]`` (also under torchrun)."""
+    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = run_from_args(args)
+    print(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))
+    return 0
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
+    """Load the config with its overrides and train."""
+    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    config = load_config(args.config, overrides)
+    try:
+        return train(config, resume=args.resume, progress=not args.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Fixtures for the ImageBERT tests: a small synthetic dataset and a tiny model."""
+import os
+
+import pytest
+import torch
+
+from model.imagebert import ImageBert
+from model.synthetic import write_synthetic
+from imagebert_testlib import REPO, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine is shared: one intra-op thread is both kinder and, under contention, faster.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """200 synthetic images (40 held out for test), 2 captions each, D=16."""
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic(str(out), images=200, feature_dim=16, test_images=40, seed=1)
+    return str(out)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return ImageBert(tiny_config())
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_dir, tmp_path_factory):
+    """`lait train --config configs/tiny.yaml` on the synthetic data: 2 pretraining stages, fine-tuning, eval."""
+    import subprocess
+    import sys
+
+    out_dir = str(tmp_path_factory.mktemp("tiny-run"))
+    env = dict(os.environ, PYTHONPATH=REPO, LAIT_DATA=synth_dir, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lait", "train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
+         "--set", f"out_dir={out_dir}", "--set", "cpu_threads=1", "--set", "log_every=50",
+         "--set", "pretrain.0.steps=30", "--set", "pretrain.1.steps=30",
+         "--set", "finetune.steps=300", "--set", "finetune.lr=2e-3", "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out_dir, proc
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(trained_run):
+    return os.path.join(trained_run[0], "checkpoints", "final.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_checkpoint):
+    from model.train import model_from_checkpoint
+
+    model, state = model_from_checkpoint(tiny_checkpoint)
+    return model, state["tokenizer"]

@@ -1,0 +1,42 @@
+"""Helpers shared by the ImageBERT tests (imported by name: tests/model is on sys.path under pytest)."""
+import os
+
+import torch
+
+from model.config import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, dropout=0.0,
+                  attention_dropout=0.0, feature_dim=8, num_classes=6, max_text_len=12, max_regions=6,
+                  max_position=32)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def random_batch(config: ModelConfig, size: int = 4, text_len: int = 7, regions: int = 5, seed: int = 0) -> dict:
+    """A collated batch as the data loader makes it, with some padding in text and regions."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, config.vocab_size, (size, text_len), generator=g)
+    ids[:, 0] = 2  # [CLS]
+    text_mask = torch.ones(size, text_len, dtype=torch.bool)
+    text_mask[0, -2:] = False
+    ids[0, -2:] = 0
+    ids[0, -3] = 3  # [SEP]
+    ids[1:, -1] = 3
+    special = (ids == 2) | (ids == 3)
+    region_mask = torch.ones(size, regions, dtype=torch.bool)
+    region_mask[1, -2:] = False
+    return {
+        "input_ids": ids, "text_mask": text_mask, "special_mask": special,
+        "region_features": torch.randn(size, regions, config.feature_dim, generator=g) * region_mask.unsqueeze(-1),
+        "region_locations": torch.rand(size, regions, 5, generator=g),
+        "region_mask": region_mask,
+        "region_classes": torch.randint(0, config.num_classes, (size, regions), generator=g).masked_fill(~region_mask, -100),
+        "region_topk_ids": torch.randint(0, config.num_classes, (size, regions, 2), generator=g),
+        "region_topk_probs": torch.full((size, regions, 2), 0.5),
+        "image_keys": torch.arange(size) + 100,
+        "caption_keys": torch.arange(size) + 200,
+    }

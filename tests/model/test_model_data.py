@@ -1,0 +1,167 @@
+"""Reading regions + captions: sharding over ranks and workers, locations, class counts, caption import."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import schemas
+from imagebert_testlib import REPO
+from model.config import DatasetConfig
+from model.data import (Collate, PairStream, dataset_report, feature_dim_of, location_vectors, make_loader,
+                        num_classes_of)
+from model.tokenizer import special_ids, train_wordpiece
+from imagebert_testlib import tiny_config
+
+
+def _tokenizer_json(texts=("a small red circle left of a large blue square",)):
+    return train_wordpiece(list(texts) * 3, vocab_size=80).to_str()
+
+
+def _write_regions(path, rows, dim=4):
+    schemas.write_table(schemas.to_table(rows, "regions", feature_dim=dim), path, "regions", row_group_size=3)
+
+
+def _region_row(image_id, n, dim=4, size=(100, 50)):
+    return {"image_id": image_id, "image_width": size[0], "image_height": size[1], "num_boxes": n,
+            "boxes": np.array([[10, 5, 60, 30]] * n, np.float32).reshape(n, 4),
+            "features": np.ones((n, dim), np.float16), "class_ids": np.arange(n, dtype=np.int32),
+            "topk_class_ids": [[i, i + 1] for i in range(n)], "topk_class_probs": [[0.7, 0.3]] * n}
+
+
+def test_location_vector_is_the_papers_five_numbers():
+    loc = location_vectors(np.array([[10, 5, 60, 30]], np.float32), 100, 50)
+    assert np.allclose(loc, [[0.1, 0.1, 0.6, 0.6, 0.5 * 0.5]])
+    # No image size: the boxes' extent stands in, values stay in [0, 1].
+    loc = location_vectors(np.array([[0, 0, 200, 100]], np.float32), None, 0)
+    assert np.allclose(loc, [[0, 0, 1, 1, 1]])
+
+
+def test_stream_shards_over_ranks_and_workers_without_loss_or_overlap(synth_dir):
+    config = tiny_config(feature_dim=16, max_regions=8)
+    datasets = [DatasetConfig(f"{synth_dir}/regions", f"{synth_dir}/captions", "train")]
+    tokenizer_json = _tokenizer_json()
+    seen = []
+    for rank in range(2):
+        loader = torch.utils.data.DataLoader(
+            PairStream(datasets, tokenizer_json, config, seed=3, rank=rank, world_size=2, infinite=False,
+                       shuffle_buffer=16),
+            batch_size=None, num_workers=2, collate_fn=lambda example: example["caption_id"])
+        seen.append(list(loader))
+    assert not set(seen[0]) & set(seen[1])
+    everything = seen[0] + seen[1]
+    assert len(everything) == len(set(everything)) == 320, "every train caption once per epoch"
+    report = dataset_report(datasets)
+    assert report == {"pairs": 320, "images": 160, "captions_without_regions": 0, "images_without_captions": 40}
+
+
+def test_stream_order_depends_on_the_seed_only(synth_dir):
+    config = tiny_config(feature_dim=16, max_regions=8)
+    datasets = [DatasetConfig(f"{synth_dir}/regions", f"{synth_dir}/captions", "train")]
+    tokenizer_json = _tokenizer_json()
+
+    def first_batch(seed):
+        batch = next(iter(make_loader(datasets, tokenizer_json, config, 8, seed=seed, shuffle_buffer=64)))
+        return batch["caption_keys"].tolist()
+
+    assert first_batch(1) == first_batch(1)
+    assert first_batch(1) != first_batch(2)
+
+
+def test_images_without_regions_and_unmatched_captions(tmp_path):
+    regions = tmp_path / "features" / "regions"
+    _write_regions(str(regions / "part-00000.parquet"), [_region_row("a", 3), _region_row("b", 0), _region_row("c", 2)])
+    captions = [{"caption_id": "1", "image_id": "a", "caption": "red circle", "split": "train"},
+                {"caption_id": "2", "image_id": "b", "caption": "blue square", "split": "train"},
+                {"caption_id": "3", "image_id": "zzz", "caption": "no such image", "split": "train"},
+                {"caption_id": "4", "image_id": "c", "caption": "   ", "split": "train"}]
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "p.parquet"), "captions")
+    assert feature_dim_of(str(tmp_path / "features")) == 4
+    assert num_classes_of(str(regions)) == 4, "max class id (top-k ids included) + 1 without classes.json"
+    (tmp_path / "features" / "classes.json").write_text(json.dumps(["x"] * 7))
+    assert num_classes_of(str(regions)) == 7
+    datasets = [DatasetConfig(str(regions), str(tmp_path / "captions"), "train")]
+    report = dataset_report(datasets)
+    assert report["pairs"] == 2 and report["captions_without_regions"] == 1 and report["images_without_captions"] == 1
+    config = tiny_config(feature_dim=4, max_regions=8)
+    stream = PairStream(datasets, _tokenizer_json(["red circle", "blue square"]), config, infinite=False, shuffle=False)
+    examples = {e["caption_id"]: e for e in stream}
+    assert set(examples) == {"1", "2"}
+    assert len(examples["2"]["image"].features) == 0
+    batch = Collate()([examples["1"], examples["2"]])
+    assert batch["region_mask"].tolist() == [[True, True, True], [False, False, False]]
+    assert batch["region_topk_ids"][0, 1].tolist() == [1, 2]
+    assert torch.allclose(batch["region_locations"][0, 0], torch.tensor([0.1, 0.1, 0.6, 0.6, 0.25]))
+    # An image with no region still trains and scores: a forward pass gives finite outputs.
+    from model.imagebert import ImageBert
+
+    model = ImageBert(config)
+    outputs, _ = model(batch)
+    assert torch.isfinite(outputs["scores"]).all()
+
+
+def test_wordpiece_tokenizer_trained_on_captions():
+    tokenizer = train_wordpiece(["a small red triangle left of a large blue circle"] * 5, vocab_size=100)
+    ids = special_ids(tokenizer)
+    assert ids["pad"] == 0 and ids["first_regular"] == 5
+    encoding = tokenizer.encode("a small red triangle")
+    assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]" and "[UNK]" not in encoding.tokens
+
+
+def _png(path, color, size=(8, 6)):
+    from PIL import Image
+
+    Image.new("RGB", size, color).save(path)
+
+
+def test_import_captions_coco_karpathy_tsv(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    _png(images / "one.png", "red")
+    _png(images / "two.png", "blue", (5, 4))
+    (images / "broken.jpg").write_bytes(b"not an image")
+    coco = {"images": [{"id": 1, "file_name": "one.png"}, {"id": 2, "file_name": "two.png"},
+                       {"id": 3, "file_name": "gone.png"}],
+            "annotations": [{"id": 10, "image_id": 1, "caption": "A red square."},
+                            {"id": 11, "image_id": 1, "caption": "Red."},
+                            {"id": 12, "image_id": 2, "caption": "A blue square."},
+                            {"id": 13, "image_id": 3, "caption": "Lost image."},
+                            {"id": 14, "image_id": 2, "caption": "  "}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = tmp_path / "coco-out"
+    proc = subprocess.run([sys.executable, "-m", "lait", "import-captions", str(tmp_path / "coco.json"), "--format",
+                           "coco", "--images", str(images), "--out", str(out), "--split", "val"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["in"] == 5 and stats["kept"] == 3 and stats["rejected"] == 2
+    assert stats["in"] == stats["kept"] + stats["rejected"]
+    assert stats["rejected_by_reason"] == {"image_missing": 1, "caption_empty": 1}
+    captions = schemas.read_table(str(out / "captions"), "captions").to_pylist()
+    pairs = schemas.read_table(str(out / "pairs"), "pairs").to_pylist()
+    assert {p["image_id"] for p in pairs} == {c["image_id"] for c in captions} and len(pairs) == 2
+    assert all(c["split"] == "val" for c in captions)
+    import hashlib
+
+    assert hashlib.sha256((images / "one.png").read_bytes()).hexdigest() in {p["image_id"] for p in pairs}
+    assert {(p["width"], p["height"]) for p in pairs} == {(8, 6), (5, 4)}
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    assert {r["reason"] for r in rejected} == {"image_missing", "caption_empty"} and rejected[0]["stage"] == "import_captions"
+
+    karpathy = {"images": [{"filename": "one.png", "split": "restval", "sentences": [{"raw": "red", "sentid": 0}]},
+                           {"filename": "two.png", "split": "test", "sentences": [{"raw": "blue", "sentid": 1}]},
+                           {"filename": "broken.jpg", "split": "test", "sentences": [{"raw": "bad", "sentid": 2}]}]}
+    (tmp_path / "k.json").write_text(json.dumps(karpathy))
+    from model.captions_import import import_captions, read_karpathy, read_tsv
+
+    stats = import_captions(read_karpathy(str(tmp_path / "k.json")), str(images), str(tmp_path / "k-out"))
+    assert stats["kept"] == 2 and stats["rejected_by_reason"] == {"image_unreadable": 1}
+    splits = {c["caption"]: c["split"] for c in schemas.read_table(str(tmp_path / "k-out" / "captions")).to_pylist()}
+    assert splits == {"red": "train", "blue": "test"}
+
+    (tmp_path / "c.tsv").write_text("image\tcaption\none.png\ta red one\ntwo.png\ta blue one\n")
+    stats = import_captions(read_tsv(str(tmp_path / "c.tsv"), "test"), str(images), str(tmp_path / "t-out"))
+    assert stats == {"stage": "import_captions", "in": 2, "kept": 2, "rejected": 0, "rejected_by_reason": {}, "images": 2}

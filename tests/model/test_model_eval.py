@@ -1,0 +1,82 @@
+"""Recall@K on hand-built score matrices, and the evaluation of a model on a Parquet test split."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from imagebert_testlib import REPO
+from model.eval import evaluate, format_table, recall_at_k
+
+
+def test_recall_on_a_hand_built_matrix():
+    # 4 captions x 3 images; captions 0,1 show image 0, caption 2 image 1, caption 3 image 2.
+    scores = torch.tensor([
+        [0.9, 0.1, 0.0],   # caption 0: its image first
+        [0.2, 0.8, 0.1],   # caption 1: its image second
+        [0.3, 0.2, 0.1],   # caption 2: its image second
+        [0.5, 0.6, 0.4],   # caption 3: its image third
+    ])
+    truth = torch.tensor([0, 0, 1, 2])
+    result = recall_at_k(scores, truth, ks=(1, 2, 3))
+    ir = result["image_retrieval"]
+    assert ir["R@1"] == pytest.approx(0.25) and ir["R@2"] == pytest.approx(0.75) and ir["R@3"] == pytest.approx(1.0)
+    assert ir["chance_R@1"] == pytest.approx(1 / 3)
+    sr = result["sentence_retrieval"]
+    # Image 0: gold caption 0 (0.9) first. Image 1: gold caption 2 (0.2) is beaten by captions 1 (0.8) and
+    # 3 (0.6): third. Image 2: gold caption 3 (0.4) beats 0.0, 0.1, 0.1: first.
+    assert sr["R@1"] == pytest.approx(2 / 3) and sr["R@2"] == pytest.approx(2 / 3) and sr["R@3"] == pytest.approx(1.0)
+    assert sr["chance_R@1"] == pytest.approx((2 / 4 + 1 / 4 + 1 / 4) / 3)
+    assert result["num_images"] == 3 and result["num_captions"] == 4
+
+
+def test_recall_counts_ties_against_the_query():
+    flat = torch.zeros(5, 5)
+    result = recall_at_k(flat, torch.arange(5), ks=(1, 5))
+    assert result["image_retrieval"]["R@1"] == 0.0 and result["sentence_retrieval"]["R@1"] == 0.0
+    assert result["image_retrieval"]["R@5"] == 1.0
+    perfect = recall_at_k(torch.eye(5), torch.arange(5), ks=(1,))
+    assert perfect["image_retrieval"]["R@1"] == 1.0 and perfect["sentence_retrieval"]["R@1"] == 1.0
+
+
+def test_two_stage_with_full_k_equals_full_scoring_and_small_k_scores_fewer(synth_dir, tiny_trained):
+    model, tokenizer_json = tiny_trained
+    full = evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", batch_size=256)
+    assert full["num_images"] == 40 and full["num_captions"] == 80 and full["pairs_scored"] == 3200
+    both = evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", batch_size=256,
+                    two_stage_k=80)
+    assert both["mode"] == "full"
+    assert both["image_retrieval"] == full["image_retrieval"]
+    two = evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", batch_size=64,
+                   two_stage_k=40)
+    assert two["mode"] == "two_stage"
+    # k = every image: image retrieval re-ranks all of them, so it equals the full result exactly.
+    assert two["image_retrieval"] == pytest.approx(full["image_retrieval"])
+    few = evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", batch_size=64,
+                   two_stage_k=5)
+    # Candidates: the top 5 images of each caption and the top 5 captions of each image, scored once.
+    assert few["pairs_scored"] <= 80 * 5 + 40 * 5
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        assert 0.0 <= few[direction]["R@1"] <= few[direction]["R@5"] <= 1.0
+    table = format_table(full)
+    assert "image retrieval" in table and "sentence retrieval" in table
+
+
+def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval.json"
+    env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir,
+                           "--split", "test", "--out", str(out), "--batch-size", "512"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        assert set(result[direction]) == {"R@1", "R@5", "R@10", "chance_R@1"}
+        assert 0.0 <= result[direction]["R@1"] <= result[direction]["R@5"] <= result[direction]["R@10"] <= 1.0
+    assert result["image_retrieval"]["chance_R@1"] == pytest.approx(1 / 40)
+    assert "image retrieval" in proc.stdout and "R@10" in proc.stdout
+
+    bad = subprocess.run([sys.executable, "-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data",
+                          str(tmp_path / "missing")], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "missing" in bad.stderr

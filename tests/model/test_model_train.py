@@ -1,0 +1,154 @@
+"""Training: exact resume, DDP with 2 CPU processes, and a tiny pretrain -> fine-tune -> eval beating chance."""
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from imagebert_testlib import REPO
+from model.config import ConfigError, load_config
+from model.train import load_checkpoint, train
+
+
+def _base(synth_dir: str, out_dir: str, **extra) -> dict:
+    data = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
+    config = {
+        "out_dir": out_dir,
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.1,
+                  "attention_dropout": 0.1, "max_text_len": 20, "max_regions": 8},
+        "tokenizer_vocab_size": 120,
+        "log_every": 1,
+        "pretrain": [{"name": "stage1", "datasets": [data], "steps": 4, "batch_size": 8, "lr": 1e-3}],
+        "finetune": {"name": "finetune", "datasets": [data], "steps": 3, "batch_size": 8, "lr": 1e-3, "negatives": 2},
+    }
+    config.update(extra)
+    return config
+
+
+def _log(path: str) -> dict[int, dict]:
+    with open(path, newline="") as handle:
+        return {int(row["step"]): row for row in csv.DictReader(handle)}
+
+
+def _losses(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}
+
+
+def test_resume_is_exact(synth_dir, tmp_path):
+    full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
+    config = load_config(base=_base(synth_dir, full_dir, checkpoint_every=2, num_workers=1))
+    config.finetune.loss, config.finetune.dual_encoder = "triplet", 0.5
+    train(config)
+    checkpoint = os.path.join(full_dir, "checkpoints", "stage1-step2.pt")
+    state = load_checkpoint(checkpoint)  # weights_only=True inside: plain tensors and containers only
+    assert state["step"] == 2 and not state["stage_done"] and "optimizer" in state and "scheduler" in state
+    assert state["data"]["batches"] == 2 and isinstance(state["tokenizer"], str)
+
+    resumed = load_config(base=_base(synth_dir, resumed_dir, checkpoint_every=2, num_workers=1))
+    resumed.finetune.loss, resumed.finetune.dual_encoder = "triplet", 0.5
+    train(resumed, resume=checkpoint)
+    full_log = _log(os.path.join(full_dir, "logs", "stage1.csv"))
+    resumed_log = _log(os.path.join(resumed_dir, "logs", "stage1.csv"))
+    assert sorted(resumed_log) == [3, 4], "the resumed run starts at the step after the checkpoint"
+    for step in (3, 4):
+        assert _losses(resumed_log[step]) == _losses(full_log[step]), f"step {step} differs after resume"
+    assert _log(os.path.join(resumed_dir, "logs", "finetune.csv")).keys() == {1, 2, 3}
+    assert {"triplet", "dual_encoder"} <= set(_log(os.path.join(resumed_dir, "logs", "finetune.csv"))[1])
+    for step, row in _log(os.path.join(resumed_dir, "logs", "finetune.csv")).items():
+        assert _losses(row) == _losses(_log(os.path.join(full_dir, "logs", "finetune.csv"))[step])
+    final_full = load_checkpoint(os.path.join(full_dir, "checkpoints", "final.pt"))["model"]
+    final_resumed = load_checkpoint(os.path.join(resumed_dir, "checkpoints", "final.pt"))["model"]
+    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+
+    # Resuming a run whose stages are all done trains nothing and keeps the model.
+    again = train(load_config(base=_base(synth_dir, full_dir)), resume="auto")
+    assert again["stages"] == []
+
+
+def test_config_errors_name_the_key(synth_dir, tmp_path):
+    base = _base(synth_dir, str(tmp_path))
+    with pytest.raises(ConfigError, match="pretrain.0.tasks"):
+        load_config(base=base, overrides=["pretrain.0.tasks={mlm: 1, jigsaw: 1}"])
+    with pytest.raises(ConfigError, match="finetune.loss"):
+        load_config(base=base, overrides=["finetune.loss=hinge"])
+    with pytest.raises(ConfigError, match="steps or epochs"):
+        load_config(base=base, overrides=["pretrain.0.epochs=1"])
+    config = load_config(base=base, overrides=["pretrain.0.steps=7", "model.hidden_size=48", "finetune.lr=2e-3"])
+    assert config.pretrain[0].steps == 7 and config.model.hidden_size == 48 and config.finetune.lr == 0.002
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
+    import yaml
+
+    out_dir = tmp_path / "ddp"
+    config = _base(synth_dir, str(out_dir), log_every=2, grad_accum=2)  # accumulation runs DDP's no_sync path
+    del config["pretrain"][0]["steps"]
+    config["pretrain"][0]["epochs"] = 0.3  # 0.3 x 320 pairs / (8 per rank x 2 ranks x 2 accumulated) = 3 steps
+    config["finetune"].update(steps=2, loss="multiclass")
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "-m", "model.train", "--config", str(path), "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checksums = {int(r): float(c) for r, c in re.findall(r"rank (\d): final parameter checksum (\S+)", proc.stderr)}
+    assert set(checksums) == {0, 1}, proc.stderr[-2000:]
+    assert checksums[0] == checksums[1], "DDP replicas diverged"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert [s["name"] for s in summary["stages"]] == ["stage1", "finetune"]
+    # Global samples/s counts both ranks' batches.
+    assert (out_dir / "checkpoints" / "final.pt").exists()
+    assert set(_log(str(out_dir / "logs" / "stage1.csv"))) == {2, 3}
+    assert "multiclass" in next(iter(_log(str(out_dir / "logs" / "finetune.csv")).values()))
+
+
+def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
+    out_dir, proc = trained_run
+    result = json.loads(open(os.path.join(out_dir, "eval.json")).read())
+    summary = json.loads(open(os.path.join(out_dir, "summary.json")).read())
+    assert [s["name"] for s in summary["stages"]] == ["stage1", "stage2", "finetune"]
+    assert summary["stages"][0]["data"]["pairs"] == 320
+    pretrain_log = _log(os.path.join(out_dir, "logs", "stage1.csv"))
+    assert {"mlm", "moc", "mrfr", "itm"} <= set(next(iter(pretrain_log.values())))
+    finetune_log = _log(os.path.join(out_dir, "logs", "finetune.csv"))
+    first, last = min(finetune_log), max(finetune_log)
+    assert float(finetune_log[last]["loss"]) < float(finetune_log[first]["loss"]) - 0.1
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        scores = result[direction]
+        # 40 held-out images: chance R@1 is 2.5%; measured about 14-15% (5-6x chance).
+        assert scores["R@1"] >= 3 * scores["chance_R@1"], (direction, scores)
+        assert scores["R@10"] >= 0.5, (direction, scores)
+    assert "image retrieval" in proc.stdout and "checkpoint:" in proc.stdout
+    assert os.path.exists(os.path.join(out_dir, "tokenizer.json"))
+
+
+def test_train_cli_reports_bad_input_without_a_traceback(synth_dir, tmp_path, monkeypatch):
+    from lait.cli import main
+
+    config = os.path.join(REPO, "configs", "tiny.yaml")
+    with pytest.raises(SystemExit) as error:
+        main(["train", "--config", config])
+    assert "LAIT_DATA" in str(error.value) and "unset environment variable" in str(error.value)
+    monkeypatch.setenv("LAIT_DATA", synth_dir)
+    with pytest.raises(SystemExit) as error:
+        main(["train", "--config", config, "--set", f"out_dir={tmp_path}",
+              "--set", f"pretrain.0.datasets.0.regions={tmp_path}/nowhere"])
+    assert str(error.value).startswith("lait train:") and "nowhere" in str(error.value)
+    with pytest.raises(SystemExit) as error:
+        main(["train", "--config", config, "--set", "finetune.loss=hinge"])
+    assert "finetune.loss" in str(error.value)
