@@ -33,7 +33,7 @@ class RuleConfig:
     lang_backend: str = "fasttext"
     word_model: bool = True
     use_page: bool = True
-    vocabulary: str | None = "en"  # None: no out-of-vocabulary check
+    vocabulary: str | None = "auto"  # the detected language's word list; None: no out-of-vocabulary check
     max_oov_rate: float = 0.5
     min_side: int = 300
     max_aspect: float = 3.0
@@ -56,6 +56,11 @@ STEP_REASONS = {
     "dedup": DEDUP_REASONS,
 }
 STEP_OF_REASON = {reason: step for step, reasons in STEP_REASONS.items() for reason in reasons}
+
+
+def _lang_of(decision: Decision) -> str | None:
+    """The language a LanguageFilter decision names in its detail ("<lang> <prob>")."""
+    return decision.detail.split(" ")[0] if decision.detail else None
 
 
 def pair_id_for(candidate_id: str, text_source: str) -> str:
@@ -83,11 +88,14 @@ class RuleFilters:
     def check_caption(self, record: Mapping[str, Any]) -> tuple[Decision, dict[str, Decision]]:
         """Run the caption filters in order, stopping at the first reject: (final decision, per filter)."""
         decisions: dict[str, Decision] = {}
+        record = dict(record)
         for f in self.text_filters():
             decision = f(record)
             decisions[f.name] = decision
             if not decision.keep:
                 return decision, decisions
+            if f is self.language:
+                record["lang"] = _lang_of(decision)  # the vocabulary check uses the detected language
         return Decision.accept(), decisions
 
     def choose_caption(self, candidate: Mapping[str, Any]):
@@ -124,7 +132,7 @@ class RuleFilters:
         if not image_decision.keep:
             return None, self.rejected(candidate, image_decision.reason, image_decision.detail, caption)
         lang_decision = decisions[self.language.name]
-        lang = lang_decision.detail.split(" ")[0] if lang_decision.detail else None
+        lang = _lang_of(lang_decision)
         oov_rate = decisions[self.oov.name].score if self.oov else None
         image_id = candidate.get("image_id") or hashlib.sha256(candidate["image_bytes"]).hexdigest()
         candidate_id = candidate.get("candidate_id")
@@ -165,9 +173,10 @@ class RuleFilters:
         text = normalize_text(caption)
         record = {"caption": text, "page_lang": page_lang, "page_text": page_text, "image_bytes": image_bytes}
         filters = {}
+        lang, prob, evidence = self.language.detect(record)
+        record["lang"] = lang
         for f in self.text_filters():
             filters[f.name] = f(record).as_dict()
-        lang, prob, evidence = self.language.detect(record)
         result = {"caption": caption, "normalized": text, "lang": lang, "lang_score": round(prob, 4),
                   "lang_evidence": evidence, "filters": filters}
         if image_bytes is not None:

@@ -150,30 +150,44 @@ def load_vocabulary(source: str = "en") -> frozenset[str]:
 class OOVFilter(Filter):
     """Out-of-vocabulary rate, as in the paper: the share of caption words not in the vocabulary.
 
-    ``vocabulary`` (``"en"``): a language code (wordfreq's common words) or a word-list file;
-    ``max_oov_rate`` (0.5): captions with a higher rate are rejected. Captions with no letter
-    words get rate 1.0.
+    ``vocabulary`` (``"auto"``): the common words of the record's ``lang`` (wordfreq; English when
+    the record has none), a fixed language code, or a word-list file. A language without a list
+    is not checked (score None). ``max_oov_rate`` (0.5): captions with a higher rate are rejected;
+    captions with no letter words get rate 1.0.
     """
 
     name = "oov"
     reasons = ("high_oov_rate",)
 
-    def __init__(self, vocabulary: str = "en", max_oov_rate: float = 0.5):
+    def __init__(self, vocabulary: str = "auto", max_oov_rate: float = 0.5):
         self.vocabulary = vocabulary
         self.max_oov_rate = max_oov_rate
 
-    def oov_rate(self, caption: str) -> float:
+    def source_for(self, record: Mapping[str, Any]) -> str | None:
+        """Which vocabulary applies to a record (None: no vocabulary for its language)."""
+        if self.vocabulary != "auto":
+            return self.vocabulary
+        import wordfreq
+
+        lang = record.get("lang") or "en"
+        lang = {"no": "nb", "tl": "fil"}.get(lang, lang)
+        return lang if lang in wordfreq.available_languages(wordlist="small") else None
+
+    def oov_rate(self, caption: str, source: str = "en") -> float:
         """Share of the caption's words missing from the vocabulary."""
         found = words(caption)
         if not found:
             return 1.0
-        vocab = load_vocabulary(self.vocabulary)
+        vocab = load_vocabulary(source)
         return sum(w not in vocab for w in found) / len(found)
 
     def __call__(self, record: Mapping[str, Any]) -> Decision:
-        rate = round(self.oov_rate(record.get("caption") or ""), 4)
+        source = self.source_for(record)
+        if source is None:
+            return Decision.accept(None, f"no vocabulary for {record.get('lang')!r}")
+        rate = round(self.oov_rate(record.get("caption") or "", source), 4)
         if rate > self.max_oov_rate:
-            return Decision.reject("high_oov_rate", rate, f"{rate:.0%} of words not in the {self.vocabulary} vocabulary")
+            return Decision.reject("high_oov_rate", rate, f"{rate:.0%} of words not in the {source} vocabulary")
         return Decision.accept(rate)
 
 
@@ -183,8 +197,8 @@ def text_quality_score(caption: str, oov_rate: float | None, lang_score: float |
     Used to pick an image's best text when no learned relevance score is available.
     """
     n = len(tokens(caption))
-    # Sentences of 5-20 words read like captions; shorter ones are labels, longer ones paragraphs.
-    length = 1.0 if 5 <= n <= 20 else max(0.0, 1.0 - (5 - n) / 5 if n < 5 else 1.0 - (n - 20) / 44)
+    # Sentences of 8-20 words read like descriptions; shorter ones are labels, longer ones paragraphs.
+    length = min(1.0, n / 8) if n <= 20 else max(0.0, 1.0 - (n - 20) / 44)
     vocab = 1.0 - (oov_rate if oov_rate is not None else 0.5)
     lang = lang_score if lang_score is not None else 0.5
     return round(0.4 * vocab + 0.3 * lang + 0.3 * length, 6)

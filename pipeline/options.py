@@ -49,8 +49,8 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-words", type=int, default=d.min_words, help=f"fewest words in a caption (default {d.min_words})")
     g.add_argument("--max-words", type=int, default=d.max_words, help=f"most words in a caption (default {d.max_words})")
     g.add_argument("--vocab", default=d.vocabulary,
-                   help="vocabulary for the OOV rate: a wordfreq language code or a word-per-line file; 'none' "
-                        "turns the check off (default en)")
+                   help="vocabulary for the OOV rate: 'auto' (the detected language's common words), a "
+                        "language code or a word-per-line file; 'none' turns the check off (default auto)")
     g.add_argument("--max-oov-rate", type=float, default=d.max_oov_rate,
                    help=f"highest share of out-of-vocabulary words (default {d.max_oov_rate})")
     g = parser.add_argument_group("language")

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = RuleConfig()
     parser.add_argument("--min-words", type=int, default=d.min_words, help=f"default {d.min_words}")
     parser.add_argument("--max-words", type=int, default=d.max_words, help=f"default {d.max_words}")
-    parser.add_argument("--vocab", default=d.vocabulary, help="language code or word file; 'none' turns OOV off (default en)")
+    parser.add_argument("--vocab", default=d.vocabulary, help="auto, a language code or a word file; 'none' turns OOV off (default auto)")
     parser.add_argument("--max-oov-rate", type=float, default=d.max_oov_rate, help=f"default {d.max_oov_rate}")
     parser.add_argument("--langs", default=",".join(d.langs), help="target languages (default en)")
     parser.add_argument("--lang-threshold", type=float, default=d.lang_threshold, help=f"default {d.lang_threshold}")

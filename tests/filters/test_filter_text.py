@@ -75,7 +75,16 @@ def test_oov_with_a_vocabulary_file(tmp_path):
     assert f({"caption": "Blorft gnarx"}).keep
     assert f({"caption": "blorft dog"}).reason == "high_oov_rate"
     with pytest.raises(ValueError):
-        OOVFilter("xx-not-a-language").oov_rate("anything")
+        OOVFilter("xx-not-a-language")({"caption": "anything"})
+
+
+def test_oov_auto_follows_the_detected_language():
+    f = OOVFilter()  # "auto"
+    assert f({"caption": "ein schwarzer Hund im Garten", "lang": "de"}).keep
+    assert f({"caption": "ein schwarzer Hund im Garten", "lang": "en"}).reason == "high_oov_rate"
+    assert f({"caption": "a dog on the beach"}).keep  # no lang: English
+    unknown = f({"caption": "la hundo kuras", "lang": "eo"})
+    assert unknown.keep and unknown.score is None
 
 
 def test_text_quality_prefers_sentences_in_vocabulary():
