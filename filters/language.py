@@ -159,18 +159,15 @@ class LangdetectIdentifier:
     def predict(self, text: str) -> dict[str, float]:
         """Language probabilities of a text (empty dict when langdetect finds no features)."""
         from langdetect import DetectorFactory, LangDetectException
-        from langdetect.detector_factory import init_factory
+        from langdetect import detector_factory
 
         if not text:
             return {}
         if self._factory is None:
-            init_factory()
-            from langdetect import detector_factory
-
+            detector_factory.init_factory()  # loads langdetect's profiles once per process
             self._factory = detector_factory._factory
+        DetectorFactory.seed = self.seed  # read by create(): the same text gets the same answer
         detector = self._factory.create()
-        detector.set_random_seed = None  # noqa: B010 - the seed below is what makes runs repeatable
-        DetectorFactory.seed = self.seed
         detector.append(text)
         try:
             found = detector.get_probabilities()

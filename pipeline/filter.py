@@ -385,8 +385,8 @@ def _prepare_output(output: str, overwrite: bool) -> None:
         raise FileExistsError(f"{output} already holds filter output ({', '.join(existing)}); pass --overwrite")
     if existing:
         FileSystems.delete(existing)
-    if "://" not in output:
-        FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
+    if "://" not in output and not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
 
 
 # ---------------------------------------------------------------------------------------------- run
