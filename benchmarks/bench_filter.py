@@ -57,9 +57,10 @@ def plain_loop(crawl: str, out: str) -> dict:
     return {"in": n_in, "kept": len(kept), "rejected": len(rejected)}
 
 
-def language_rate(crawl: str, limit: int = 20000) -> tuple[float, float]:
-    """Captions/s of the language filter, caption only and with page evidence (pages shared as crawled)."""
-    from filters.language import LanguageFilter
+def language_rate(crawl: str, limit: int = 20000) -> tuple[float, float, float]:
+    """Captions/s of the language filter, caption only and with page evidence (pages shared as crawled),
+    and of fastText alone on the same captions (the machine's reference speed)."""
+    from filters.language import FastTextIdentifier, LanguageFilter
     from filters.text import normalize_text
 
     table = schemas.read_table(os.path.join(crawl, "candidates"), "candidates", columns=["alt", "page_lang", "page_text"])
@@ -74,7 +75,12 @@ def language_rate(crawl: str, limit: int = 20000) -> tuple[float, float]:
         for record in records:
             f(record)
         rates.append(len(records) / (time.perf_counter() - start))
-    return rates[0], rates[1]
+    fasttext = FastTextIdentifier()
+    fasttext.predict("warm up")
+    start = time.perf_counter()
+    for record in records:
+        fasttext.predict(record["caption"])
+    return rates[0], rates[1], len(records) / (time.perf_counter() - start)
 
 
 def timed(fn, *args):
@@ -88,6 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=50_000, help="candidates to generate (default 50000)")
     parser.add_argument("--distinct-images", type=int, default=2000, help="distinct images among them (default 2000)")
     parser.add_argument("--out", default="benchmarks/out/filter", help="scratch folder (deleted first)")
+    parser.add_argument("--language-only", action="store_true", help="generate, then measure language ID only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     shutil.rmtree(args.out, ignore_errors=True)
@@ -95,8 +102,11 @@ def main(argv=None) -> int:
     gen = generate(crawl, args.n, args.distinct_images)
     print(f"generated {args.n:,} candidates ({args.distinct_images:,} distinct images) in {gen:.1f} s")
 
-    lang_caption, lang_page = language_rate(crawl)
-    print(f"language ID: {lang_caption:,.0f} captions/s caption only, {lang_page:,.0f} captions/s with page evidence")
+    lang_caption, lang_page, lang_fasttext = language_rate(crawl)
+    print(f"language ID: {lang_caption:,.0f} captions/s caption only, {lang_page:,.0f} captions/s with page "
+          f"evidence (fastText alone on the same captions: {lang_fasttext:,.0f}/s)")
+    if args.language_only:
+        return 0
 
     loop, loop_s = timed(plain_loop, crawl, os.path.join(args.out, "loop"))
     print(f"plain loop:          {loop_s:7.1f} s  {args.n / loop_s:8,.0f} records/s  kept {loop['kept']:,}")
