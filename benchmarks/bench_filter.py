@@ -70,7 +70,7 @@ def language_rate(crawl: str, limit: int = 20000) -> tuple[float, float, float]:
     rates = []
     for use_page in (False, True):
         f = LanguageFilter(use_page=use_page)
-        f({"caption": "warm up the models"})
+        f.identifier.load()
         start = time.perf_counter()
         for record in records:
             f(record)

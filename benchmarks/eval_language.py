@@ -157,7 +157,7 @@ def main(argv=None) -> int:
             if "langdetect" in label:
                 subset = random.Random(1).sample(rows, min(args.langdetect_sample, len(rows)))
             truth = [lang == "en" for _, lang, _ in subset]
-            system({"caption": "warm up"})
+            system.identifier.load()
             start = time.perf_counter()
             said = [system({"caption": text, "page_lang": lang, "page_text": page}).keep
                     for text, lang, page in subset]

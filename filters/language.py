@@ -45,9 +45,10 @@ WORD_MODEL_LANGS = {
 _FLOOR = 1e-4
 _PAGE_FLOOR = 0.02
 _SCRIPT_PENALTY = math.log(0.01)
-_CONFIDENT_CHARS, _CONFIDENT_PROB = 40, 0.9
+_CONFIDENT_CHARS, _CONFIDENT_PROB = 20, 0.8
 _LATIN_TEXT = 0.8  # Latin-script text: at least this share of its letters are Latin
 _WORD_FLOOR_LOG10 = -7.0  # log10 frequency of a word missing from a language's list (lists stop at 1e-6)
+_LN10 = math.log(10)
 _OTHER_LOG10 = -5.5  # log10 probability of any word under a language without a list
 OTHER = "*"  # the word model's stand-in for languages it has no list for
 _PAGE_TEXT_CHARS = 1000
@@ -194,16 +195,14 @@ class WordFrequencyIdentifier:
         self.temperature = temperature
         self._rows = None
         self._matrix = None
-        self._codes = list(self.langs.values())
+        self._codes_other = list(self.langs.values()) + [OTHER]
 
     def _load(self):
         self._rows, self._matrix = _word_table(tuple(self.langs))
         return self._rows
 
     def predict(self, text: str) -> dict[str, float]:
-        """Posterior over the word-list languages (uniform prior), its ``top`` languages."""
-        import numpy as np
-
+        """Posterior over the word-list languages and OTHER (uniform prior)."""
         rows = self._rows or self._load()
         all_words = words(text)
         found = [rows[w] for w in all_words if w in rows]
@@ -211,14 +210,18 @@ class WordFrequencyIdentifier:
             return {}
         if not found:
             return {OTHER: 1.0}
-        scores = self._matrix[found].sum(axis=0) if len(found) > 1 else self._matrix[found[0]]
+        block = self._matrix[found]
+        scores = (block.sum(axis=0) if len(found) > 1 else block[0]).tolist()
         # OTHER stands for every language without a list: a word no list knows is evidence for it.
-        unknown = len(all_words) - len(found)
-        other = _OTHER_LOG10 * len(all_words)
-        scores = np.append(scores + _WORD_FLOOR_LOG10 * unknown, other)
-        weights = np.power(10.0, self.temperature * (scores - scores.max()))
-        weights /= weights.sum()
-        return dict(zip(self._codes + [OTHER], weights.tolist()))
+        missing = _WORD_FLOOR_LOG10 * (len(all_words) - len(found))
+        scores = [score + missing for score in scores]
+        scores.append(_OTHER_LOG10 * len(all_words))
+        # Plain Python from here: for 28 numbers it is faster than numpy's per-call overhead.
+        top = max(scores)
+        scale = self.temperature * _LN10
+        weights = [math.exp(scale * (score - top)) for score in scores]
+        total = sum(weights)
+        return {code: weight / total for code, weight in zip(self._codes_other, weights)}
 
     def __getstate__(self):
         return {**self.__dict__, "_rows": None, "_matrix": None}
@@ -284,6 +287,13 @@ class LanguageIdentifier:
         self.words = WordFrequencyIdentifier() if word_model else None
         # The page's text is shared by all its images: identify it once per page.
         self._page_cache: dict[tuple, dict[str, float]] = {}
+
+    def load(self) -> "LanguageIdentifier":
+        """Load every model now rather than on first use (setup(), benchmarks)."""
+        self.primary.predict("load")
+        if self.words is not None:
+            self.words.predict("load")
+        return self
 
     def page_distribution(self, page_lang: Any, page_text: Any) -> dict[str, float]:
         """What the page says about its language: its text's language, nudged by its declared tag."""

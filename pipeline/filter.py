@@ -148,7 +148,8 @@ class ApplyRuleFiltersDoFn(beam.DoFn):
         self._counters = {}
 
     def setup(self):
-        self.rules = RuleFilters(self.config)  # language models load lazily on the first caption
+        self.rules = RuleFilters(self.config)
+        self.rules.language.identifier.load()  # once per worker, before the first bundle
 
     def _count(self, name: str):
         counter = self._counters.get(name)

@@ -64,7 +64,9 @@ def test_langdetect_backend_and_evidence():
     f = LanguageFilter(("en",), backend="langdetect")
     assert f({"caption": "a brown dog running on the beach"}).keep
     lang, _, evidence = f.detect({"caption": "un chat noir sur le canapé"})
-    assert lang == "fr" and "langdetect" in evidence and "words" in evidence
+    assert lang == "fr" and "langdetect" in evidence
+    _, _, evidence = f.detect({"caption": "chat noir"})  # short: the word model is consulted too
+    assert "langdetect" in evidence and "words" in evidence
     with pytest.raises(ValueError):
         LanguageIdentifier(backend="nope")
 
