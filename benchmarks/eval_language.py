@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from filters.language import FastTextIdentifier, LanguageFilter, LanguageIdentifier  # noqa: E402
+from filters.language import FastTextIdentifier, LanguageFilter  # noqa: E402
 
 CATALOG_GLOBS = ("/usr/share/locale/*/LC_MESSAGES/*.mo", "/usr/share/vim/vim*/lang/*/LC_MESSAGES/*.mo")
 _FORMAT = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[hlLqjzt]*[a-zA-Z%]|\{[^}]*\}|\$\{[^}]*\}|<[^>]+>")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from filters.image import hamming
 from filters.text import text_quality_score
 
 #: reasons, in the order the steps run

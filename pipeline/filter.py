@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from filters import dedup
-from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters  # noqa: F401
+from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
 from pipeline.options import add_filter_arguments, config_from_args, make_runner
 
 logger = logging.getLogger(__name__)
