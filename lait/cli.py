@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "lait.commands.train",
     "lait.commands.eval",
     "lait.commands.import_captions",
+    "lait.commands.filter",
+    "lait.commands.explain",
     "lait.commands.inspect",
     "lait.commands.report",
     "lait.commands.audit",

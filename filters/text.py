@@ -1,0 +1,210 @@
+"""Caption text: normalisation, choice among alt/title/figcaption, and the rule filters on text.
+
+Defaults follow ImageBERT (normal-length sentences, no boilerplate, low out-of-vocabulary rate)
+and DataComp's basic filter (at least 3 words).
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import html
+import logging
+import os
+import re
+import unicodedata
+from typing import Any, Iterable, Mapping
+
+from filters.base import Decision, Filter
+
+logger = logging.getLogger(__name__)
+
+#: Where a caption may come from, in order of preference (alt text is what the paper uses).
+TEXT_SOURCES = ("alt", "title", "figcaption")
+
+_WHITESPACE = re.compile(r"\s+")
+# Control and format characters (zero-width spaces, soft hyphens, bidi marks) carry no text.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+
+_IMAGE_EXT = r"(?:jpe?g|png|gif|webp|bmp|svg|tiff?|heic|avif)"
+_FILENAME = re.compile(
+    rf"(?:^|\s)(?:\S+\.{_IMAGE_EXT}|(?:img|dsc|dscn|dscf|dcim|pxl|gopr|mvimg|sam|wp|screenshot)[_\- ]?\d{{3,}}\S*)(?:\s|$)",
+    re.IGNORECASE,
+)
+_URL = re.compile(
+    r"(?:https?://|ftp://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov|io|co|uk|de|fr|info|biz|html?|php)\b",
+    re.IGNORECASE,
+)
+#: Phrases that mark navigation, layout or advertising images rather than descriptions.
+BOILERPLATE_PHRASES = (
+    "click here", "click to enlarge", "click to", "read more", "learn more", "logo", "icon", "banner", "spacer",
+    "placeholder", "thumbnail", "avatar", "button", "advertisement", "sponsored", "loading", "image not found",
+    "no image", "untitled", "default image", "profile picture", "sign in", "log in", "subscribe", "download now",
+    "buy now", "shop now", "add to cart", "back to top", "share on", "follow us", "tracking pixel",
+)
+
+
+def normalize_text(text: Any) -> str:
+    """NFKC, HTML entities decoded, invisible characters dropped, whitespace collapsed; None becomes ''."""
+    if text is None:
+        return ""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")  # callers decide what invalid UTF-8 means; see rules
+    # Entities first (alt="Caf&eacute;"), twice for double-escaped markup ("&amp;eacute;").
+    text = html.unescape(html.unescape(text))
+    text = unicodedata.normalize("NFKC", text)
+    if not text.isprintable():
+        text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _INVISIBLE)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased letter words of a text (digits and symbols are not words)."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def tokens(text: str) -> list[str]:
+    """Whitespace tokens that hold at least one letter or digit: what a word count counts."""
+    return [t for t in text.split() if any(ch.isalnum() for ch in t)]
+
+
+class WordCountFilter(Filter):
+    """Captions must have between ``min_words`` (3) and ``max_words`` (64) words."""
+
+    name = "word_count"
+    reasons = ("text_too_short", "text_too_long")
+
+    def __init__(self, min_words: int = 3, max_words: int = 64):
+        self.min_words = min_words
+        self.max_words = max_words
+
+    def __call__(self, record: Mapping[str, Any]) -> Decision:
+        n = len(tokens(record.get("caption") or ""))
+        if n < self.min_words:
+            return Decision.reject("text_too_short", n, f"{n} words < {self.min_words}")
+        if self.max_words and n > self.max_words:
+            return Decision.reject("text_too_long", n, f"{n} words > {self.max_words}")
+        return Decision.accept(n)
+
+
+class BoilerplateFilter(Filter):
+    """Rejects file names, bare URLs, navigation/ad boilerplate, repeated words and digit/symbol soup.
+
+    ``max_repeat_fraction`` (0.5): the most frequent word may be at most this share of the words;
+    ``min_letter_fraction`` (0.5): letters must be at least this share of the non-space characters.
+    """
+
+    name = "boilerplate"
+    reasons = ("caption_is_filename", "caption_has_url", "boilerplate_text", "repeated_words",
+               "mostly_digits_or_symbols")
+
+    def __init__(self, phrases: Iterable[str] = BOILERPLATE_PHRASES, max_repeat_fraction: float = 0.5,
+                 min_letter_fraction: float = 0.5):
+        self.phrases = tuple(phrases)
+        self.max_repeat_fraction = max_repeat_fraction
+        self.min_letter_fraction = min_letter_fraction
+        self._phrase_re = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in self.phrases) + r")s?\b", re.IGNORECASE)
+
+    def __call__(self, record: Mapping[str, Any]) -> Decision:
+        caption = record.get("caption") or ""
+        match = _FILENAME.search(caption)
+        if match:
+            return Decision.reject("caption_is_filename", detail=match.group(0).strip())
+        match = _URL.search(caption)
+        if match:
+            return Decision.reject("caption_has_url", detail=match.group(0))
+        match = self._phrase_re.search(caption)
+        if match:
+            return Decision.reject("boilerplate_text", detail=match.group(0).lower())
+        chars = [ch for ch in caption if not ch.isspace()]
+        letters = sum(ch.isalpha() for ch in chars)
+        letter_fraction = letters / len(chars) if chars else 0.0
+        if letter_fraction < self.min_letter_fraction:
+            return Decision.reject("mostly_digits_or_symbols", round(letter_fraction, 3),
+                                   f"letters are {letter_fraction:.0%} of characters")
+        found = words(caption)
+        if len(found) >= 3:
+            word, count = collections.Counter(found).most_common(1)[0]
+            repeat = count / len(found)
+            if repeat > self.max_repeat_fraction:
+                return Decision.reject("repeated_words", round(repeat, 3), f"{word!r} is {count} of {len(found)} words")
+        return Decision.accept(round(letter_fraction, 3))
+
+
+@functools.lru_cache(maxsize=1)
+def wordfreq_languages() -> frozenset[str]:
+    """Languages with a wordfreq 'small' list (the lookup scans the package's files: do it once)."""
+    import wordfreq
+
+    return frozenset(wordfreq.available_languages(wordlist="small"))
+
+
+@functools.lru_cache(maxsize=8)
+def load_vocabulary(source: str = "en") -> frozenset[str]:
+    """A vocabulary: a file with one word per line, or a language code (wordfreq's common words)."""
+    if os.path.exists(source):
+        with open(source, encoding="utf-8") as handle:
+            vocab = frozenset(w.strip().lower() for w in handle if w.strip() and not w.startswith("#"))
+    else:
+        import wordfreq
+
+        if source not in wordfreq_languages():
+            raise ValueError(f"no vocabulary for {source!r}: give a file with one word per line")
+        vocab = frozenset(w for w in wordfreq.get_frequency_dict(source, wordlist="small") if _WORD.fullmatch(w))
+    logger.debug("vocabulary %s: %d words", source, len(vocab))
+    return vocab
+
+
+class OOVFilter(Filter):
+    """Out-of-vocabulary rate, as in the paper: the share of caption words not in the vocabulary.
+
+    ``vocabulary`` (``"auto"``): the common words of the record's ``lang`` (wordfreq; English when
+    the record has none), a fixed language code, or a word-list file. A language without a list
+    is not checked (score None). ``max_oov_rate`` (0.5): captions with a higher rate are rejected;
+    captions with no letter words get rate 1.0.
+    """
+
+    name = "oov"
+    reasons = ("high_oov_rate",)
+
+    def __init__(self, vocabulary: str = "auto", max_oov_rate: float = 0.5):
+        self.vocabulary = vocabulary
+        self.max_oov_rate = max_oov_rate
+
+    def source_for(self, record: Mapping[str, Any]) -> str | None:
+        """Which vocabulary applies to a record (None: no vocabulary for its language)."""
+        if self.vocabulary != "auto":
+            return self.vocabulary
+        lang = record.get("lang") or "en"
+        lang = {"no": "nb", "tl": "fil"}.get(lang, lang)
+        return lang if lang in wordfreq_languages() else None
+
+    def oov_rate(self, caption: str, source: str = "en") -> float:
+        """Share of the caption's words missing from the vocabulary."""
+        found = words(caption)
+        if not found:
+            return 1.0
+        vocab = load_vocabulary(source)
+        return sum(w not in vocab for w in found) / len(found)
+
+    def __call__(self, record: Mapping[str, Any]) -> Decision:
+        source = self.source_for(record)
+        if source is None:
+            return Decision.accept(None, f"no vocabulary for {record.get('lang')!r}")
+        rate = round(self.oov_rate(record.get("caption") or "", source), 4)
+        if rate > self.max_oov_rate:
+            return Decision.reject("high_oov_rate", rate, f"{rate:.0%} of words not in the {source} vocabulary")
+        return Decision.accept(rate)
+
+
+def text_quality_score(caption: str, oov_rate: float | None, lang_score: float | None) -> float:
+    """A 0..1 score that prefers in-vocabulary, confidently-identified, sentence-length captions.
+
+    Used to pick an image's best text when no learned relevance score is available.
+    """
+    n = len(tokens(caption))
+    # Sentences of 8-20 words read like descriptions; shorter ones are labels, longer ones paragraphs.
+    length = min(1.0, n / 8) if n <= 20 else max(0.0, 1.0 - (n - 20) / 44)
+    vocab = 1.0 - (oov_rate if oov_rate is not None else 0.5)
+    lang = lang_score if lang_score is not None else 0.5
+    return round(0.4 * vocab + 0.3 * lang + 0.3 * length, 6)

@@ -1,0 +1,88 @@
+"""`lait explain`: every filter's decision, reason and score on captions (and an image), to tune thresholds."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="show each filter's decision, reason and score on captions and an image",
+        description="Run the filter stage's rules on captions given as arguments or one per line in a file "
+                    "(--captions), and on an image file if given. Thresholds take the same options as `lait filter`.",
+    )
+    parser.add_argument("caption", nargs="*", help="captions to explain")
+    parser.add_argument("--captions", metavar="FILE", help="a file with one caption per line ('-' for stdin)")
+    parser.add_argument("--image", metavar="FILE", help="an image file to run the image rules on")
+    parser.add_argument("--page-lang", default=None, help="the page's declared language, as crawled pairs carry it")
+    parser.add_argument("--page-text", default=None, help="a sample of the page's text (language evidence)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per caption")
+    from filters.rules import RuleConfig
+
+    d = RuleConfig()
+    parser.add_argument("--min-words", type=int, default=d.min_words, help=f"default {d.min_words}")
+    parser.add_argument("--max-words", type=int, default=d.max_words, help=f"default {d.max_words}")
+    parser.add_argument("--vocab", default=d.vocabulary, help="auto, a language code or a word file; 'none' turns OOV off (default auto)")
+    parser.add_argument("--max-oov-rate", type=float, default=d.max_oov_rate, help=f"default {d.max_oov_rate}")
+    parser.add_argument("--langs", default=",".join(d.langs), help="target languages (default en)")
+    parser.add_argument("--lang-threshold", type=float, default=d.lang_threshold, help=f"default {d.lang_threshold}")
+    parser.add_argument("--lang-backend", choices=("fasttext", "langdetect"), default=d.lang_backend,
+                        help="primary language identifier (default fasttext)")
+    parser.add_argument("--no-word-model", action="store_true", help="without the word-frequency identifier")
+    parser.add_argument("--no-page-lang", action="store_true", help="ignore --page-lang/--page-text")
+    parser.add_argument("--min-side", type=int, default=d.min_side, help=f"default {d.min_side}")
+    parser.add_argument("--max-aspect", type=float, default=d.max_aspect, help=f"default {d.max_aspect}")
+    parser.add_argument("--formats", default=",".join(d.formats), help="default %(default)s")
+    parser.add_argument("--min-bytes", type=int, default=d.min_bytes, help=f"default {d.min_bytes}")
+    parser.add_argument("--allow-animated", action="store_true", help="keep animated images")
+    parser.add_argument("--min-std", type=float, default=d.min_std, help=f"default {d.min_std}")
+    parser.set_defaults(func=run)
+
+
+def _captions(args: argparse.Namespace) -> list[str]:
+    captions = list(args.caption)
+    if args.captions:
+        handle = sys.stdin if args.captions == "-" else open(args.captions, encoding="utf-8", errors="replace")
+        with handle:
+            captions += [line.rstrip("\n") for line in handle if line.strip()]
+    return captions
+
+
+def _print_text(result: dict) -> None:
+    verdict = "KEEP" if result["keep"] else "REJECT"
+    print(f"{verdict}  {result['caption']!r}")
+    print(f"  lang {result['lang']} {result['lang_score']:.3f}   text_quality {result['text_quality']:.3f}")
+    for name, decision in result["filters"].items():
+        mark = "ok  " if decision["keep"] else "FAIL"
+        score = "" if decision["score"] is None else f" score={decision['score']}"
+        reason = f" {decision['reason']}" if decision["reason"] else ""
+        detail = f" ({decision['detail']})" if decision["detail"] else ""
+        print(f"  {mark} {name:<12}{reason}{score}{detail}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from filters.rules import RuleFilters
+    from pipeline.options import config_from_args
+
+    captions = _captions(args)
+    image = None
+    if args.image:
+        with open(args.image, "rb") as handle:
+            image = handle.read()
+    if not captions and image is None:
+        print("error: give captions, --captions FILE or --image FILE", file=sys.stderr)
+        return 2
+    if not captions:
+        captions = [""]
+    rules = RuleFilters(config_from_args(args))
+    page_lang = None if args.no_page_lang else args.page_lang
+    page_text = None if args.no_page_lang else args.page_text
+    for caption in captions:
+        result = rules.explain(caption, image, page_lang, page_text)
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False))
+        else:
+            _print_text(result)
+    return 0

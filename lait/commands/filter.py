@@ -1,0 +1,41 @@
+"""`lait filter`: the Beam filter stage (see pipeline/filter.py and docs/filter.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from pipeline.options import add_filter_arguments
+
+    parser = subparsers.add_parser(
+        "filter",
+        help="filter candidates into image-text pairs (language, text, image rules, dedup, aggregation)",
+        description="Run the Beam filter stage: INPUT/candidates -> OUTPUT/{pairs,rejected,stats.json}. "
+                    "Other Beam options go after '--', e.g. `-- --runner DataflowRunner --project P ...`.",
+    )
+    add_filter_arguments(parser)
+    g = parser.add_argument_group("Beam")
+    g.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner, run locally)")
+    g.add_argument("--direct_num_workers", type=int, default=1, help="local workers (default 1)")
+    g.add_argument("--direct_running_mode", default="in_memory",
+                   choices=("in_memory", "multi_threading", "multi_processing"), help="local mode (default in_memory)")
+    g.add_argument("beam_args", nargs=argparse.REMAINDER, help="further Beam options, after '--'")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import schemas
+    from pipeline.filter import run_with_args
+
+    beam_args = [a for a in args.beam_args if a != "--"]
+    beam_args = [f"--runner={args.runner}", f"--direct_num_workers={args.direct_num_workers}",
+                 f"--direct_running_mode={args.direct_running_mode}"] + beam_args
+    print(f"lait filter: {args.input} -> {args.output} on {args.runner} ...", file=sys.stderr, flush=True)
+    try:
+        stats = run_with_args(args, beam_args)
+    except (FileNotFoundError, FileExistsError, schemas.SchemaMismatchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(stats["funnel_table"])
+    return 0

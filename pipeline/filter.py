@@ -1,0 +1,472 @@
+"""The filter stage: candidates -> rule filters -> [learned relevance] -> dedup and aggregation -> pairs.
+
+Reads a candidates dataset (a crawl folder holding ``candidates/``, or the dataset itself; a local
+path or any Beam filesystem such as gs:// or s3://) and writes ``OUT/pairs/`` (pairs schema),
+``OUT/rejected/`` (every dropped record with its reason) and ``OUT/stats.json`` (the funnel).
+
+Local run (explicit runner; LAIT maps DirectRunner to the in-process FnApiRunner, no downloads)::
+
+    python -m pipeline.filter --input runs/demo/crawl --output runs/demo/filter \\
+        --runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing
+
+Dataflow run (the same code; workers install LAIT from setup.py)::
+
+    python -m pipeline.filter --input gs://BUCKET/crawl --output gs://BUCKET/filter \\
+        --runner DataflowRunner --project PROJECT --region REGION \\
+        --temp_location gs://BUCKET/tmp --setup_file ./setup.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import posixpath
+import sys
+from typing import Any, Iterable
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import schemas
+from filters import dedup
+from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
+from pipeline.options import add_filter_arguments, config_from_args, make_runner
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "lait.filter"
+#: candidate columns the filter reads (the rest of the contract is checked but not loaded)
+READ_COLUMNS = ("candidate_id", "image_id", "page_url", "image_url", "alt", "title", "figcaption", "page_lang",
+                "page_text", "image_bytes", "width", "height")
+TEXT_COLUMNS = ("candidate_id", "image_id", "page_url", "image_url", "alt", "title", "figcaption", "page_lang",
+                "page_text")
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+def resolve_input(path: str) -> list[str]:
+    """The candidate Parquet files of a crawl folder (``candidates/`` inside) or of the dataset itself."""
+    path = path.rstrip("/")
+    if path.endswith(".parquet") or any(ch in path for ch in "*?["):
+        patterns = [path]
+    else:
+        patterns = [posixpath.join(path, "candidates", "**.parquet"), posixpath.join(path, "**.parquet")]
+    for pattern in patterns:
+        found = FileSystems.match([pattern])[0].metadata_list
+        files = sorted(m.path for m in found if not _hidden(m.path, path))
+        if files:
+            return files
+    raise FileNotFoundError(f"no candidates under {path} (expected {path}/candidates/*.parquet or *.parquet)")
+
+
+def _hidden(file: str, root: str) -> bool:
+    """Hidden, temporary and Beam-temp files are not part of a dataset."""
+    rel = file[len(root):].lstrip("/") if file.startswith(root) else posixpath.basename(file)
+    return any(part.startswith((".", "_")) or part.startswith("beam-temp") for part in rel.split("/"))
+
+
+def check_candidates(files: Iterable[str]) -> None:
+    """Raise ``SchemaMismatchError`` (naming file and column) unless every file is a candidates table."""
+    for file in files:
+        try:
+            with FileSystems.open(file) as handle:
+                schema = pq.read_schema(handle)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise schemas.SchemaMismatchError(f"{file}: not a readable Parquet file ({exc})") from exc
+        schemas.validate_schema(schema, "candidates", where=file)
+
+
+class ReadRowGroupsDoFn(beam.DoFn):
+    """(file, row group) -> candidate dicts; rows whose text is not valid UTF-8 leave as rejected rows."""
+
+    def __init__(self):
+        self.rows_read = Metrics.counter(NAMESPACE, "in")
+        self.invalid = Metrics.counter(NAMESPACE, "input/invalid_utf8")
+
+    def process(self, item: tuple[str, int]):
+        path, row_group = item
+        with FileSystems.open(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            table = parquet.read_row_group(row_group, columns=list(READ_COLUMNS))
+        # Arrow does not validate UTF-8 on read; decode ourselves so one bad row is a counted reject.
+        as_binary = pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or
+                               pa.types.is_large_string(f.type) else f for f in table.schema])
+        for row in table.cast(as_binary).to_pylist():
+            self.rows_read.inc()
+            bad = None
+            for column in TEXT_COLUMNS:
+                value = row.get(column)
+                if value is not None:
+                    try:
+                        row[column] = value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        bad = bad or column
+                        row[column] = value.decode("utf-8", "replace")
+            if bad is None:
+                yield row
+            else:
+                self.invalid.inc()
+                yield beam.pvalue.TaggedOutput("rejected", RuleFilters.rejected(
+                    row, "invalid_utf8", f"column {bad!r} is not valid UTF-8 in {posixpath.basename(path)}", None))
+
+
+def _row_groups(path: str):
+    with FileSystems.open(path) as handle:
+        count = pq.ParquetFile(handle).metadata.num_row_groups
+    return [(path, i) for i in range(count)]
+
+
+class ReadCandidates(beam.PTransform):
+    """Candidate dicts from Parquet files, one work item per row group; tags ``candidates``, ``rejected``."""
+
+    def __init__(self, files: list[str]):
+        super().__init__()
+        self.files = files
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Files" >> beam.Create(self.files)
+            | "RowGroups" >> beam.FlatMap(_row_groups)
+            | "Spread" >> beam.Reshuffle()  # row groups, not files, are the unit of parallel work
+            | "ReadRows" >> beam.ParDo(ReadRowGroupsDoFn()).with_outputs("rejected", main="candidates")
+        )
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+class ApplyRuleFiltersDoFn(beam.DoFn):
+    """Runs ``RuleFilters`` on each candidate: pair dicts out, rejected rows to the ``rejected`` tag."""
+
+    def __init__(self, config: RuleConfig):
+        self.config = config
+        self.rules = None
+        self._counters = {}
+
+    def setup(self):
+        self.rules = RuleFilters(self.config)
+        self.rules.language.identifier.load()  # once per worker, before the first bundle
+
+    def _count(self, name: str):
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Metrics.counter(NAMESPACE, name)
+        counter.inc()
+
+    def process(self, candidate: dict[str, Any]):
+        try:
+            pair, rejected = self.rules.apply(candidate)
+        except Exception as exc:  # a bug must not lose the record: it leaves as a counted reject
+            logger.exception("rule filters failed on candidate %s", candidate.get("candidate_id"))
+            pair, rejected = None, RuleFilters.rejected(candidate, "filter_error", f"{type(exc).__name__}: {exc}", None)
+        if pair is not None:
+            self._count("rules/kept")
+            yield pair
+        else:
+            self._count(f"{STEP_OF_REASON.get(rejected['reason'], 'other')}/{rejected['reason']}")
+            yield beam.pvalue.TaggedOutput("rejected", rejected)
+
+
+class ApplyRuleFilters(beam.PTransform):
+    """Text, language, vocabulary and image rules; tags ``pairs`` and ``rejected``."""
+
+    def __init__(self, config: RuleConfig | None = None):
+        super().__init__()
+        self.config = config or RuleConfig()
+
+    def expand(self, candidates):
+        return candidates | "Rules" >> beam.ParDo(ApplyRuleFiltersDoFn(self.config)).with_outputs(
+            "rejected", main="pairs")
+
+
+# ---------------------------------------------------------------------------------------------- dedup
+
+def _emit(kept_rejected, counter_prefix: str):
+    kept, rejected = kept_rejected
+    yield from kept
+    for row in rejected:
+        Metrics.counter(NAMESPACE, f"{counter_prefix}/{row['reason']}").inc()
+        yield beam.pvalue.TaggedOutput("rejected", row)
+
+
+class DropSharedCaptions(beam.PTransform):
+    """Drops every pair whose caption is on more than ``max_images`` distinct images; tags main, ``rejected``."""
+
+    def __init__(self, max_images: int | None):
+        super().__init__()
+        self.max_images = max_images
+
+    def expand(self, pairs):
+        max_images = self.max_images
+        return (
+            pairs
+            | "ByCaption" >> beam.Map(lambda p: (dedup.caption_key(p["caption"]), p))
+            | "GroupCaption" >> beam.GroupByKey()
+            | "Split" >> beam.FlatMap(lambda kv: _emit(dedup.split_shared_caption(kv[1], max_images), "dedup"))
+            .with_outputs("rejected", main="kept")
+        )
+
+
+class KeepBestTextPerImage(beam.PTransform):
+    """One pair per image (sha256): the best by relevance, else text quality; tags main, ``rejected``."""
+
+    def expand(self, pairs):
+        return (
+            pairs
+            | "ByImage" >> beam.Map(lambda p: (p["image_id"], p))
+            | "GroupImage" >> beam.GroupByKey()
+            | "Split" >> beam.FlatMap(lambda kv: _emit(dedup.split_best_text(kv[1]), "dedup"))
+            .with_outputs("rejected", main="kept")
+        )
+
+
+def _band_items(pair, distance):
+    if pair.get("phash"):
+        item = (pair["pair_id"], pair["phash"], dedup.rank_key(pair))
+        for key in dedup.phash_bands(pair["phash"], distance):
+            yield key, item
+
+
+def _split_marked(kv):
+    _, grouped = kv
+    marks = [(pair["pair_id"], better) for pair in grouped["pair"] for better in grouped["mark"][:1]]
+    return _emit(dedup.split_near_duplicates(list(grouped["pair"]), marks), "dedup")
+
+
+class DropNearDuplicates(beam.PTransform):
+    """Drops images within ``distance`` perceptual-hash bits of a better-ranked one; tags main, ``rejected``."""
+
+    def __init__(self, distance: int):
+        super().__init__()
+        self.distance = distance
+
+    def expand(self, pairs):
+        distance = self.distance
+        marks = (
+            pairs
+            | "Bands" >> beam.FlatMap(_band_items, distance)
+            | "GroupBand" >> beam.GroupByKey()
+            | "Compare" >> beam.FlatMap(lambda kv: dedup.near_duplicates(kv[1], distance))
+        )
+        keyed = pairs | "ByPair" >> beam.Map(lambda p: (p["pair_id"], p))
+        return (
+            {"pair": keyed, "mark": marks}
+            | "Join" >> beam.CoGroupByKey()
+            | "Split" >> beam.FlatMap(lambda kv: _split_marked((kv[0], {k: list(v) for k, v in kv[1].items()})))
+            .with_outputs("rejected", main="kept")
+        )
+
+
+class AggregatePairs(beam.PTransform):
+    """The paper's aggregation and dedup: shared captions, best text per image, near duplicates.
+
+    Returns a dict with ``kept`` (pair dicts) and ``rejected`` (rejected rows).
+    """
+
+    def __init__(self, max_images_per_caption: int | None = 10, phash_distance: int = 4):
+        super().__init__()
+        self.max_images_per_caption = max_images_per_caption
+        self.phash_distance = phash_distance
+
+    def expand(self, pairs):
+        rejected = []
+        if self.max_images_per_caption:
+            shared = pairs | "DropSharedCaptions" >> DropSharedCaptions(self.max_images_per_caption)
+            pairs, rejected = shared.kept, rejected + [shared.rejected]
+        best = pairs | "KeepBestTextPerImage" >> KeepBestTextPerImage()
+        pairs, rejected = best.kept, rejected + [best.rejected]
+        if self.phash_distance >= 0:
+            near = pairs | "DropNearDuplicates" >> DropNearDuplicates(self.phash_distance)
+            pairs, rejected = near.kept, rejected + [near.rejected]
+        return {"kept": pairs, "rejected": rejected | "FlattenRejected" >> beam.Flatten()}
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+def funnel(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the funnel: each step with the records that reached it, it rejected, and it passed on."""
+    remaining = stats["in"]
+    rows = []
+    for step in STEP_REASONS:
+        reasons = {r: n for r, n in stats["rejected_by_reason"].items() if STEP_OF_REASON.get(r) == step}
+        rejected = sum(reasons.values())
+        rows.append({"step": step, "in": remaining, "rejected": rejected, "out": remaining - rejected,
+                     "reasons": reasons})
+        remaining -= rejected
+    other = {r: n for r, n in stats["rejected_by_reason"].items() if r not in STEP_OF_REASON}
+    if other:
+        rejected = sum(other.values())
+        rows.append({"step": "other", "in": remaining, "rejected": rejected, "out": remaining - rejected,
+                     "reasons": other})
+    return rows
+
+
+def funnel_table(stats: dict[str, Any]) -> str:
+    """The funnel as a fixed-width text table."""
+    lines = [f"{'step':<22}{'in':>10}{'rejected':>10}{'out':>10}"]
+    for row in stats["funnel"]:
+        lines.append(f"{row['step']:<22}{row['in']:>10,}{row['rejected']:>10,}{row['out']:>10,}")
+        for reason, count in sorted(row["reasons"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {reason:<30}{count:>20,}")
+    share = stats["kept"] / stats["in"] if stats["in"] else 0.0
+    lines.append(f"kept {stats['kept']:,} of {stats['in']:,} ({share:.1%}); rejected {stats['rejected']:,}")
+    return "\n".join(lines)
+
+
+def build_stats(n_in: int, n_kept: int, reason_counts: Iterable[tuple[tuple[str, str], int]],
+                relevance_summary: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
+    """The stats.json dict; raises when the books do not balance (in != kept + rejected)."""
+    by_reason: dict[str, int] = {}
+    by_stage: dict[str, int] = {}
+    for (stage, reason), count in reason_counts:
+        by_reason[reason] = by_reason.get(reason, 0) + count
+        by_stage[stage] = by_stage.get(stage, 0) + count
+    rejected = sum(by_reason.values())
+    if n_in != n_kept + rejected:
+        raise RuntimeError(f"filter books do not balance: in {n_in} != kept {n_kept} + rejected {rejected}")
+    stats = {"stage": STAGE, "in": n_in, "kept": n_kept, "rejected": rejected,
+             "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+             "rejected_by_stage": by_stage, "settings": settings,
+             "relevance": relevance_summary[0] if relevance_summary else None}
+    stats["funnel"] = funnel(stats)
+    stats["filters"] = {row["step"]: {"rejected": row["rejected"], "reasons": row["reasons"]} for row in stats["funnel"]}
+    stats["funnel_table"] = funnel_table(stats)
+    return stats
+
+
+def _write_stats(_, path, n_in, n_kept, reason_counts, relevance_summary, settings):
+    stats = build_stats(n_in, n_kept, reason_counts, relevance_summary, settings)
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(stats, indent=2, default=str).encode())
+    return stats
+
+
+def _schema_row(row: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: row.get(name) for name in names}
+
+
+class WriteDataset(beam.PTransform):
+    """Rows to compressed, sharded Parquet files ``<folder>/part-SSSSS-of-NNNNN.parquet`` of a LAIT kind."""
+
+    def __init__(self, folder: str, kind: str, codec: str = "zstd"):
+        super().__init__()
+        self.folder = folder
+        self.kind = kind
+        self.codec = codec
+
+    def expand(self, rows):
+        schema = schemas.schema_for(self.kind)
+        names = tuple(schema.names)
+        return (
+            rows
+            | "ToSchema" >> beam.Map(_schema_row, names)
+            | "Write" >> beam.io.WriteToParquet(posixpath.join(self.folder, "part"), schema, codec=self.codec,
+                                                file_name_suffix=".parquet")
+        )
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m pipeline.filter`` (Beam's options pass through)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_filter_arguments(parser)
+    return parser
+
+
+def _prepare_output(output: str, overwrite: bool) -> None:
+    targets = [posixpath.join(output, "pairs"), posixpath.join(output, "rejected"), posixpath.join(output, "stats.json")]
+    existing = [t for t in targets if FileSystems.exists(t)]
+    if existing and not overwrite:
+        raise FileExistsError(f"{output} already holds filter output ({', '.join(existing)}); pass --overwrite")
+    if existing:
+        FileSystems.delete(existing)
+    if "://" not in output and not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str]) -> None:
+    """Add the whole filter stage to pipeline ``p``."""
+    config = config_from_args(args)
+    read = p | "ReadCandidates" >> ReadCandidates(files)
+    rules = read.candidates | "ApplyRuleFilters" >> ApplyRuleFilters(config)
+    pairs = rules.pairs
+    rejected = [read.rejected, rules.rejected]
+    relevance_summary = p | "NoRelevance" >> beam.Create([])
+    if args.relevance:
+        from pipeline import relevance  # only when asked for: it pulls in torch and the model
+
+        scored = pairs | "ScoreRelevance" >> relevance.ScoreRelevance(
+            args.relevance, batch_size=args.relevance_batch_size, device=args.relevance_device)
+        judged = scored | "ThresholdRelevance" >> relevance.ThresholdRelevance(
+            threshold=args.relevance_threshold, keep_rate=args.relevance_keep_rate)
+        pairs = judged["kept"]
+        rejected.append(judged["rejected"])
+        relevance_summary = judged["summary"]
+    aggregated = pairs | "AggregatePairs" >> AggregatePairs(args.max_images_per_caption or None, args.phash_distance)
+    kept = aggregated["kept"]
+    rejected = (rejected + [aggregated["rejected"]]) | "AllRejected" >> beam.Flatten()
+
+    kept | "WritePairs" >> WriteDataset(posixpath.join(args.output, "pairs"), "pairs", args.codec)
+    rejected | "WriteRejected" >> WriteDataset(posixpath.join(args.output, "rejected"), "rejected", args.codec)
+
+    n_read = ((read.candidates, read.rejected) | "AllRead" >> beam.Flatten()
+              | "CountIn" >> beam.combiners.Count.Globally())
+    n_kept = kept | "CountKept" >> beam.combiners.Count.Globally()
+    reasons = (rejected | "ReasonOf" >> beam.Map(lambda r: (r["stage"], r["reason"]))
+               | "CountReasons" >> beam.combiners.Count.PerElement())
+    settings = {k: v for k, v in vars(args).items() if k not in ("input", "output", "overwrite")}
+    settings["input"] = args.input
+    (p | "StatsTrigger" >> beam.Create([None])
+     | "WriteStats" >> beam.Map(_write_stats, posixpath.join(args.output, "stats.json"),
+                                beam.pvalue.AsSingleton(n_read), beam.pvalue.AsSingleton(n_kept),
+                                beam.pvalue.AsList(reasons), beam.pvalue.AsList(relevance_summary), settings))
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """Run the filter stage; returns the stats dict (also written to OUTPUT/stats.json)."""
+    args, beam_args = build_parser().parse_known_args(argv)
+    return run_with_args(args, beam_args, test_pipeline)
+
+
+def run_with_args(args: argparse.Namespace, beam_args: list[str],
+                  test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """``run`` for an already parsed namespace (``lait filter`` parses its own)."""
+    files = resolve_input(args.input)
+    check_candidates(files)
+    _prepare_output(args.output, args.overwrite)
+    options = PipelineOptions(beam_args)
+    if test_pipeline is not None:
+        p = test_pipeline
+    else:
+        p = beam.Pipeline(runner=make_runner(options), options=options)
+    build(p, args, files)
+    result = p.run()
+    result.wait_until_finish()
+    with FileSystems.open(posixpath.join(args.output, "stats.json")) as handle:
+        stats = json.loads(handle.read())
+    logger.info("filter: kept %d of %d", stats["kept"], stats["in"])
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m pipeline.filter``: run, then print the funnel table."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        stats = run(argv)
+    except (FileNotFoundError, FileExistsError, schemas.SchemaMismatchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(stats["funnel_table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

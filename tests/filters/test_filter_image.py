@@ -1,0 +1,69 @@
+"""One test per image-filter reason, on images drawn by the test."""
+import io
+
+import pytest
+from PIL import Image
+
+from filters.image import ImageFilter, hamming, image_header
+from filters.synthetic import make_image
+
+
+def _record(data):
+    return {"image_bytes": data}
+
+
+def test_keeps_a_photo_and_reports_size_format_and_phash():
+    decision, info = ImageFilter().check(_record(make_image(1, 400, 320)))
+    assert decision.keep, decision
+    assert (info["width"], info["height"], info["format"]) == (400, 320, "JPEG")
+    assert len(info["phash"]) == 16 and int(info["phash"], 16) >= 0
+
+
+@pytest.mark.parametrize("data,reason", [
+    (None, "missing_image"),
+    (b"", "missing_image"),
+    (b"\xff\xd8tiny", "image_too_few_bytes"),
+    (b"not an image at all " * 100, "image_corrupt"),
+])
+def test_bytes_rejects(data, reason):
+    assert ImageFilter()(_record(data)).reason == reason
+
+
+def test_truncated_pixels_are_corrupt():
+    data = make_image(2, 400, 400)
+    decision = ImageFilter()(_record(data[: len(data) // 2]))
+    assert decision.reason == "image_corrupt"
+
+
+def test_format_not_allowed():
+    data = make_image(3, 320, 320, fmt="PNG")
+    assert ImageFilter(formats=("JPEG",))(_record(data)).reason == "image_format_not_allowed"
+    assert ImageFilter()(_record(data)).keep
+
+
+def test_animated():
+    frames = [Image.open(io.BytesIO(make_image(s, 320, 320))).convert("P") for s in (4, 5)]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    assert ImageFilter()(_record(out.getvalue())).reason == "image_animated"
+    assert ImageFilter(allow_animated=True)(_record(out.getvalue())).keep
+
+
+def test_too_small_and_aspect():
+    small = ImageFilter()(_record(make_image(6, 299, 500)))
+    assert (small.reason, small.score) == ("image_too_small", 299)
+    wide = ImageFilter()(_record(make_image(7, 1000, 320)))
+    assert wide.reason == "aspect_ratio_out_of_range" and wide.score == pytest.approx(3.125)
+    assert ImageFilter(max_aspect=3.2)(_record(make_image(7, 1000, 320))).keep
+    assert ImageFilter(min_side=200)(_record(make_image(6, 299, 500))).keep
+
+
+def test_near_blank():
+    decision = ImageFilter()(_record(make_image(8, 320, 320, blank=True)))
+    assert decision.reason == "image_near_blank" and decision.score < 1.0
+
+
+def test_header_raises_value_error_on_garbage_and_hamming():
+    with pytest.raises(ValueError):
+        image_header(b"garbage")
+    assert hamming("ff00", "ff01") == 1 and hamming("0000", "ffff") == 16

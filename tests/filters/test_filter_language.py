@@ -1,0 +1,93 @@
+"""Language filter: each reason, the evidence it combines, and a hand-labelled alt-text set."""
+import pathlib
+import pickle
+
+import pytest
+
+from filters.language import LanguageFilter, LanguageIdentifier, latin_fraction, primary_subtag
+
+DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "alt_text_lang.tsv"
+
+
+@pytest.fixture(scope="module")
+def english():
+    return LanguageFilter(("en",), threshold=0.5)
+
+
+def test_lang_not_target(english):
+    decision = english({"caption": "ein schwarzer Hund läuft durch den Park"})
+    assert (decision.keep, decision.reason) == (False, "lang_not_target")
+    assert decision.detail.startswith("de ")
+
+
+def test_lang_low_confidence():
+    strict = LanguageFilter(("en",), threshold=0.999999)
+    decision = strict({"caption": "sunset beach"})
+    assert (decision.keep, decision.reason) == (False, "lang_low_confidence")
+    assert decision.score < 0.999999
+
+
+def test_keeps_english_and_scores_it(english):
+    decision = english({"caption": "a brown dog running on the beach"})
+    assert decision.keep and decision.score > 0.9
+
+
+def test_other_targets():
+    german = LanguageFilter(("de", "fr"))
+    assert german({"caption": "ein schwarzer Hund"}).keep
+    assert german({"caption": "un chat noir sur le canapé"}).keep
+    assert german({"caption": "a black dog in the garden"}).reason == "lang_not_target"
+
+
+def test_page_evidence_decides_an_ambiguous_short_caption():
+    identifier = LanguageIdentifier()
+    english_page = "Welcome to our family blog. Here are the photos from our summer holiday by the sea."
+    german_page = "Willkommen in unserem Familienblog. Hier sind die Fotos von unserem Sommerurlaub am Meer."
+    alone, _, _ = identifier.identify("Hotel Berlin")
+    lang_en, _, _ = identifier.identify("Hotel Berlin", "en", english_page)
+    lang_de, _, _ = identifier.identify("Hotel Berlin", "de", german_page)
+    assert (alone, lang_en, lang_de) == ("de", "en", "de")
+    # ... but a clear sentence in another language is not overruled by its page
+    lang, _, _ = identifier.identify("ein schwarzer Hund läuft durch den Park", "en", english_page)
+    assert lang == "de"
+
+
+def test_script_cue_and_subtags():
+    assert latin_fraction("black cat") == 1.0 and latin_fraction("чёрный кот") == 0.0
+    assert latin_fraction("1234 !!") is None
+    assert primary_subtag("en-US") == "en" and primary_subtag("pt_BR") == "pt" and primary_subtag("") is None
+    lang, _, _ = LanguageIdentifier().identify("кот")
+    assert lang not in ("en",)
+
+
+def test_langdetect_backend_and_evidence():
+    f = LanguageFilter(("en",), backend="langdetect")
+    assert f({"caption": "a brown dog running on the beach"}).keep
+    lang, _, evidence = f.detect({"caption": "un chat noir sur le canapé"})
+    assert lang == "fr" and "langdetect" in evidence
+    _, _, evidence = f.detect({"caption": "chat noir"})  # short: the word model is consulted too
+    assert "langdetect" in evidence and "words" in evidence
+    with pytest.raises(ValueError):
+        LanguageIdentifier(backend="nope")
+
+
+def test_pickles_without_models(english):
+    english({"caption": "warm up the models"})
+    clone = pickle.loads(pickle.dumps(english))
+    assert clone.identifier.primary._model is None and clone.identifier.words._matrix is None
+    assert clone({"caption": "a brown dog running on the beach"}).keep
+
+
+def test_hand_labelled_alt_text(english):
+    rows = [line.split("\t") for line in DATA.read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
+    truth = [lang == "en" for lang, _ in rows]
+    said = [english({"caption": text.strip()}).keep for _, text in rows]
+    tp = sum(t and s for t, s in zip(truth, said))
+    precision = tp / max(1, sum(said))
+    recall = tp / sum(truth)
+    assert precision >= 0.9 and recall >= 0.8, (precision, recall)
+    # the combination must do better than fastText alone on these short texts
+    alone = LanguageFilter(("en",), word_model=False, use_page=False)
+    said_alone = [alone({"caption": text.strip()}).keep for _, text in rows]
+    correct = sum(t == s for t, s in zip(truth, said))
+    assert correct >= sum(t == s for t, s in zip(truth, said_alone))
