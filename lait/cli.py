@@ -14,6 +14,7 @@ from lait import __version__
 
 # Order is the order of `lait --help`: the stages first, then the tools around them.
 COMMAND_MODULES = [
+    "lait.commands.crawl",
     "lait.commands.inspect",
 ]
 
