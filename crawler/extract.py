@@ -168,10 +168,11 @@ def _clean_url(url: str) -> str:
 def _image_source(img: lxml.html.HtmlElement) -> str | None:
     """The URL of the largest version of an ``<img>``: picture sources, srcsets, lazy attributes, src."""
     srcsets = []
-    parent = img.getparent()
-    if parent is not None and parent.tag == "picture":
-        for source in parent.findall("source"):
+    # libxml2 does not know <source> is void, so the <img> may sit inside it: search the whole <picture>.
+    for picture in img.iterancestors("picture"):
+        for source in picture.iter("source"):
             srcsets.extend(source.get(attr) for attr in SRCSET_ATTRS if source.get(attr))
+        break
     srcsets.extend(img.get(attr) for attr in SRCSET_ATTRS if img.get(attr))
     largest = _largest(srcsets)
     if largest and not largest.startswith("data:"):

@@ -28,14 +28,18 @@ class NetworkGuardMiddleware:
     address check off (the scheme check stays).
     """
 
-    def __init__(self, allow_private_networks: bool = False, stats=None, resolve=netguard.system_resolver):
+    def __init__(self, allow_private_networks: bool = False, stats=None, resolve=netguard.system_resolver,
+                 allowed_networks: tuple[str, ...] = ()):
         self.allow_private_networks = allow_private_networks
+        self.allowed_networks = tuple(allowed_networks)
         self.stats = stats
         self.resolve = resolve
 
     @classmethod
     def from_crawler(cls, crawler):
-        return cls(crawler.settings.getbool("LAIT_ALLOW_PRIVATE_NETWORKS"), crawler.stats)
+        settings = crawler.settings
+        return cls(settings.getbool("LAIT_ALLOW_PRIVATE_NETWORKS"), crawler.stats,
+                   allowed_networks=tuple(settings.getlist("LAIT_ALLOWED_NETWORKS")))
 
     async def process_request(self, request):
         try:
@@ -43,7 +47,8 @@ class NetworkGuardMiddleware:
             if not self.allow_private_networks:
                 # getaddrinfo blocks; run it off the event loop.
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, netguard.check_url, request.url, False, self.resolve)
+                await loop.run_in_executor(None, netguard.check_url, request.url, False, self.resolve,
+                                           self.allowed_networks)
         except netguard.RefusedURL as exc:
             if self.stats is not None:
                 self.stats.inc_value(f"lait/guard/{exc.reason}")

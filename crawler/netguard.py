@@ -54,8 +54,13 @@ def check_scheme(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def check_url(url: str, allow_private_networks: bool = False, resolve: Resolver = system_resolver) -> list[str]:
-    """Resolve a URL's host and refuse it unless every address is public; returns the addresses."""
+def check_url(url: str, allow_private_networks: bool = False, resolve: Resolver = system_resolver,
+              allowed_networks: tuple[str, ...] = ()) -> list[str]:
+    """Resolve a URL's host and refuse it unless every address is public; returns the addresses.
+
+    ``allowed_networks`` (CIDRs) opens single ranges, e.g. ``127.0.0.1/32`` for a local test site,
+    while every other private range stays refused.
+    """
     host, port = check_scheme(url)
     if allow_private_networks:
         return []
@@ -65,7 +70,9 @@ def check_url(url: str, allow_private_networks: bool = False, resolve: Resolver 
         raise RefusedURL("dns_error", f"{host}: {exc}") from None
     if not addresses:
         raise RefusedURL("dns_error", f"{host}: no address")
-    blocked = [a for a in addresses if not is_public_address(a)]
+    networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+    blocked = [a for a in addresses if not is_public_address(a)
+               and not any(ipaddress.ip_address(a.split("%")[0]) in n for n in networks)]
     if blocked:
         # One private answer is enough to refuse: the connection could go to any of them.
         raise RefusedURL("private_network_refused", f"{host} resolves to {', '.join(blocked)}")

@@ -39,6 +39,7 @@ DOWNLOAD_MAXSIZE = 64 * 2**20
 LAIT_OUT = None  # the run folder: candidates/, rejected/, stats.json
 LAIT_JOBDIR = None  # a folder that lets an interrupted crawl continue
 LAIT_ALLOW_PRIVATE_NETWORKS = False  # the guard refuses private/loopback/link-local/multicast hosts
+LAIT_ALLOWED_NETWORKS = []  # CIDRs let through despite the guard, e.g. ["127.0.0.1/32"]
 LAIT_MIN_SIDE = 300  # early reject: the filter stage's default minimum side, px
 LAIT_MAX_ASPECT = 3.0  # early reject: the filter stage's default maximum aspect ratio
 LAIT_IMAGE_FORMATS = ["JPEG", "PNG", "WEBP", "GIF"]

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import scrapy
+from scrapy import exceptions as scrapy_errors
 from scrapy.exceptions import IgnoreRequest
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
@@ -53,14 +54,18 @@ def failure_reason(failure) -> tuple[str, str]:
         if "DOWNLOAD_MAXSIZE" in message or "max size" in message:
             return "too_large", message
         return "ignored", message
-    if isinstance(exc, (tx_error.TimeoutError, tx_error.TCPTimedOutError, defer.TimeoutError, TimeoutError)):
+    if isinstance(exc, (scrapy_errors.DownloadTimeoutError, tx_error.TimeoutError, tx_error.TCPTimedOutError,
+                        defer.TimeoutError, TimeoutError)):
         return "timeout", detail
-    if isinstance(exc, tx_error.DNSLookupError):
+    if isinstance(exc, (scrapy_errors.CannotResolveHostError, tx_error.DNSLookupError)):
         return "dns_error", detail
-    if isinstance(exc, defer.CancelledError):
+    if isinstance(exc, (scrapy_errors.DownloadCancelledError, defer.CancelledError)):
         # Scrapy cancels a download that passes its size cap.
         return "too_large", detail
-    if isinstance(exc, (tx_error.ConnectError, ConnectionError)):
+    if isinstance(exc, scrapy_errors.UnsupportedURLSchemeError):
+        return "unsupported_scheme", detail
+    if isinstance(exc, (scrapy_errors.DownloadConnectionRefusedError, scrapy_errors.DownloadFailedError,
+                        scrapy_errors.ResponseDataLossError, tx_error.ConnectError, ConnectionError)):
         return "connection_error", detail
     return "fetch_error", detail
 

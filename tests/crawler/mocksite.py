@@ -79,7 +79,13 @@ class MockSite:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 drops connections a concurrent crawler opens
+
+            def handle_error(self, request, client_address):
+                pass  # a client that hangs up on a capped download is part of the test
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -117,3 +123,146 @@ def html(body: str, head: str = "", lang: str | None = "en", charset: str = "utf
 
 def gzip_bomb(size: int) -> bytes:
     return gzip.compress(b"<html><body>" + b" " * size + b"</body></html>", compresslevel=9)
+
+
+HTML = {"Content-Type": "text/html; charset=utf-8"}
+JPEG = {"Content-Type": "image/jpeg"}
+GIF_PIXEL = "data:image/gif;base64,R0lGODlhAQABAAAAACw="
+
+#: Page path -> its body, one page per case of the extraction contract.
+CASE_PAGES = {
+    "/basic.html": '<p>Basic page text.</p><img src="img/a.jpg" alt="A red square" title="Red">'
+                   '<img src="/img/shared.jpg" alt="Shared on basic">',
+    "/srcset.html": '<img src="img/s-small.jpg" srcset="img/s-small.jpg 320w, img/s-large.jpg 1024w, img/s-mid.jpg 640w"'
+                    ' sizes="(max-width: 600px) 320px, 1024px" alt="Srcset">',
+    "/lazy.html": f'<img src="{GIF_PIXEL}" data-src="img/lazy1.jpg" alt="Lazy one">'
+                  '<img data-srcset="img/lazy2-small.jpg 1x, img/lazy2.jpg 2x" alt="Lazy two">'
+                  '<img data-original="img/lazy3.jpg" alt="Lazy three">'
+                  '<img data-lazy-src="img/lazy4.jpg" src="img/placeholder.gif" alt="Lazy four">',
+    "/picture.html": '<picture><source type="image/webp" srcset="img/p-small.jpg 480w, img/p-large.jpg 1200w">'
+                     '<img src="img/p-fallback.jpg" alt="Picture"></picture>',
+    "/base.html": '<img src="b.jpg" alt="Based"><img src="//127.0.0.1:{port}/img/pr.jpg#frag" alt="Protocol relative">',
+    "/data.html": '<img src="data:image/png;base64,iVBORw0KGgo=" alt="Inline">',
+    "/decorative.html": '<img src="img/deco.jpg" alt=""><img src="img/notext.jpg">',
+    "/entities.html": '<img src="img/ent.jpg" alt="  Fish &amp;\n\t chips &eacute;  " title=" &quot;Quoted&quot; ">',
+    "/figure.html": '<figure><img src="img/fig.jpg" alt="Figure alt"><figcaption> A  caption <b>bold</b> </figcaption>'
+                    '</figure><figure><img src="img/fig2.jpg"><figcaption>Only caption</figcaption></figure>',
+    "/optout-meta.html": '<img src="img/opt-meta.jpg" alt="Opted out by meta">',
+    "/optout-header.html": '<img src="img/opt-header.jpg" alt="Opted out by header">',
+    "/optout-image.html": '<img src="img/opt-image.jpg" alt="Image opted out">',
+    "/shared.html": '<img src="/img/shared.jpg" alt="Shared on second page">',
+    "/bad-images.html": "".join(f'<img src="{src}" alt="{alt}">' for src, alt in [
+        ("img/small.jpg", "Too small"), ("img/wide.jpg", "Too wide"), ("img/corrupt.jpg", "Corrupt"),
+        ("img/bomb.png", "Bomb"), ("img/huge.jpg", "Huge"), ("img/missing.jpg", "Missing"),
+        ("img/rotated.jpg", "Rotated"), ("img/format.bmp", "Bitmap"), ("/redirect?to=/img/a2.jpg", "Redirected image"),
+    ]),
+    "/redirected.html": '<img src="img/redir.jpg" alt="After redirect">',
+}
+
+#: (page path, image path) -> (alt, title, figcaption, page_lang, width, height) of every expected candidate.
+EXPECTED = {
+    ("/basic.html", "/img/a.jpg"): ("A red square", "Red", None, "en", 96, 72),
+    ("/basic.html", "/img/shared.jpg"): ("Shared on basic", None, None, "en", 96, 72),
+    ("/shared.html", "/img/shared.jpg"): ("Shared on second page", None, None, "en", 96, 72),
+    ("/srcset.html", "/img/s-large.jpg"): ("Srcset", None, None, "en", 96, 72),
+    ("/lazy.html", "/img/lazy1.jpg"): ("Lazy one", None, None, "en", 96, 72),
+    ("/lazy.html", "/img/lazy2.jpg"): ("Lazy two", None, None, "en", 96, 72),
+    ("/lazy.html", "/img/lazy3.jpg"): ("Lazy three", None, None, "en", 96, 72),
+    ("/lazy.html", "/img/lazy4.jpg"): ("Lazy four", None, None, "en", 96, 72),
+    ("/picture.html", "/img/p-large.jpg"): ("Picture", None, None, "en", 96, 72),
+    ("/base.html", "/sub/b.jpg"): ("Based", None, None, "en", 96, 72),
+    ("/base.html", "/img/pr.jpg"): ("Protocol relative", None, None, "en", 96, 72),
+    ("/entities.html", "/img/ent.jpg"): ("Fish & chips é", '"Quoted"', None, "en", 96, 72),
+    ("/figure.html", "/img/fig.jpg"): ("Figure alt", None, "A caption bold", "en", 96, 72),
+    ("/figure.html", "/img/fig2.jpg"): (None, None, "Only caption", "en", 96, 72),
+    ("/fr.html", "/img/fr.jpg"): ("Un carré rouge", None, None, "fr", 96, 72),
+    ("/content-language.html", "/img/de.jpg"): ("Ein rotes Quadrat", None, None, "de", 96, 72),
+    ("/broken.html", "/img/broken.jpg"): ("Broken markup", None, None, None, 96, 72),
+    ("/latin1.html", "/img/latin1.jpg"): ("Café crème", None, None, "en", 96, 72),
+    ("/wrongenc.html", "/img/wrongenc.jpg"): ("Crème brûlée", None, None, "en", 96, 72),
+    ("/bad-images.html", "/img/rotated.jpg"): ("Rotated", None, None, "en", 72, 96),
+    ("/bad-images.html", "/redirect?to=/img/a2.jpg"): ("Redirected image", None, None, "en", 96, 72),
+    ("/redirected.html", "/img/redir.jpg"): ("After redirect", None, None, "en", 96, 72),
+}
+
+#: Rejected rows of the case site: (page path, image path or None) -> reason.
+EXPECTED_REJECTS = {
+    ("/data.html", None): "data_uri",
+    ("/decorative.html", "/img/deco.jpg"): "decorative_image",
+    ("/decorative.html", "/img/notext.jpg"): "no_text",
+    ("/optout-meta.html", "/img/opt-meta.jpg"): "opt_out_noai",
+    ("/optout-header.html", "/img/opt-header.jpg"): "opt_out_noimageindex",
+    ("/optout-image.html", "/img/opt-image.jpg"): "opt_out_noimageai",
+    ("/bad-images.html", "/img/small.jpg"): "image_too_small",
+    ("/bad-images.html", "/img/wide.jpg"): "aspect_ratio_out_of_range",
+    ("/bad-images.html", "/img/corrupt.jpg"): "image_decode_error",
+    ("/bad-images.html", "/img/bomb.png"): "decompression_bomb",
+    ("/bad-images.html", "/img/huge.jpg"): "too_large",
+    ("/bad-images.html", "/img/missing.jpg"): "http_404",
+    ("/bad-images.html", "/img/format.bmp"): "format_not_allowed",
+    ("/private/secret.html", None): "robots_disallowed",
+    ("/status?n=404", None): "http_404",
+    ("/status?n=500", None): "http_500",
+    ("/delay?s=3", None): "timeout",
+    ("/loop", None): "too_many_redirects",
+    ("/bomb-page.html", None): "too_large",
+    ("/notes.txt", None): "not_html",
+}
+
+#: Settings the case crawl runs with (tests keep images small and the timeout short).
+TEST_SETTINGS = {"AUTOTHROTTLE_ENABLED": False, "DOWNLOAD_TIMEOUT": 1, "RETRY_ENABLED": False,
+                 "LAIT_IMAGE_MAXSIZE": 100_000, "LAIT_PAGE_MAXSIZE": 1_000_000}
+TEST_MIN_SIDE = 64
+
+
+def case_site() -> MockSite:
+    """The mock website with one page per extraction, politeness and safety case."""
+    site = MockSite({})
+    port = site.port
+    pages: dict[str, tuple[int, dict, bytes]] = {}
+    links = list(CASE_PAGES) + ["/fr.html", "/content-language.html", "/broken.html", "/latin1.html",
+                                "/wrongenc.html", "/private/secret.html", "/status?n=404", "/status?n=500",
+                                "/delay?s=3", "/redirect?to=/redirected.html", "/loop", "/bomb-page.html",
+                                "/notes.txt", "http://offsite.invalid/page.html"]
+    index = "".join(f'<a href="{link}">{link}</a> ' for link in links if link != "/redirected.html")
+    pages["/"] = (200, HTML, html(f"<p>Index of the LAIT mock site.</p>{index}"))
+    for path, body in CASE_PAGES.items():
+        head = ""
+        headers = dict(HTML)
+        if path == "/optout-meta.html":
+            head = '<meta name="robots" content="index, follow, noai">'
+        if path == "/base.html":
+            head = '<base href="/sub/">'
+        if path == "/optout-header.html":
+            headers["X-Robots-Tag"] = "otherbot: noindex, noimageindex"
+        pages[path] = (200, headers, html(body.replace("{port}", str(port)), head=head))
+    pages["/fr.html"] = (200, HTML, html('<img src="img/fr.jpg" alt="Un carré rouge">', lang="fr"))
+    pages["/content-language.html"] = (200, dict(HTML, **{"Content-Language": "de, en"}),
+                                       html('<img src="img/de.jpg" alt="Ein rotes Quadrat">', lang=None))
+    pages["/broken.html"] = (200, HTML, b'<div><p>Broken <img src=img/broken.jpg alt="Broken markup" <p>open <table><tr><td>cell')
+    pages["/latin1.html"] = (200, {"Content-Type": "text/html"},
+                             html('<img src="img/latin1.jpg" alt="Café crème">', charset="windows-1252", encoding="cp1252"))
+    pages["/wrongenc.html"] = (200, {"Content-Type": "text/html; charset=iso-8859-1"},
+                               html('<img src="img/wrongenc.jpg" alt="Crème brûlée">', charset="iso-8859-1"))
+    pages["/private/secret.html"] = (200, HTML, html('<img src="/img/secret.jpg" alt="Secret">'))
+    pages["/loop"] = (302, {"Location": "/loop"}, b"")
+    pages["/bomb-page.html"] = (200, dict(HTML, **{"Content-Encoding": "gzip"}), gzip_bomb(3_000_000))
+    pages["/notes.txt"] = (200, {"Content-Type": "text/plain"}, b"plain text, not a page")
+    pages["/robots.txt"] = (200, {"Content-Type": "text/plain"}, b"User-agent: *\nDisallow: /private/\n")
+    photo = jpeg(96, 72)
+    for name in ["a", "a2", "shared", "s-large", "lazy1", "lazy2", "lazy3", "lazy4", "p-large", "pr", "ent", "fig",
+                 "fig2", "fr", "de", "broken", "latin1", "wrongenc", "redir", "opt-meta", "opt-header"]:
+        pages[f"/img/{name}.jpg"] = (200, JPEG, jpeg(96, 72, color=(len(name) * 20 % 255, 40, 90)))
+    pages["/sub/b.jpg"] = (200, JPEG, photo)
+    pages["/img/opt-image.jpg"] = (200, dict(JPEG, **{"X-Robots-Tag": "noimageai"}), photo)
+    pages["/img/small.jpg"] = (200, JPEG, jpeg(40, 40))
+    pages["/img/wide.jpg"] = (200, JPEG, jpeg(300, 64))
+    pages["/img/corrupt.jpg"] = (200, JPEG, jpeg(96, 72)[:400])
+    pages["/img/bomb.png"] = (200, {"Content-Type": "image/png"}, png_bomb())
+    pages["/img/huge.jpg"] = (200, JPEG, b"\xff\xd8" + b"\x00" * 150_000)
+    pages["/img/rotated.jpg"] = (200, JPEG, jpeg(96, 72, exif_orientation=6))
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 72)).save(buffer, "BMP")
+    pages["/img/format.bmp"] = (200, {"Content-Type": "image/bmp"}, buffer.getvalue())
+    site.pages.update(pages)
+    return site

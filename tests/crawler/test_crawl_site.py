@@ -1,0 +1,169 @@
+"""End-to-end crawls of the mock website with the real `lait crawl` (Scrapy in a child process)."""
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import schemas
+from tests.crawler.mocksite import (EXPECTED, EXPECTED_REJECTS, HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite,
+                                    case_site, html, jpeg)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def lait_crawl(*args: str, settings: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m lait crawl ...` with the repository on PYTHONPATH."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "lait", "crawl", *args, "--no-progress"]
+    for key, value in (settings or {}).items():
+        command += ["-s", f"{key}={json.dumps(value)}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def path_of(url: str | None, site: MockSite) -> str | None:
+    return url[len(site.url):] if url and url.startswith(site.url) else url
+
+
+@pytest.fixture(scope="module")
+def case_crawl(tmp_path_factory):
+    """One crawl of the case site (the tests below read its output)."""
+    out = tmp_path_factory.mktemp("case") / "crawl"
+    with case_site() as site:
+        lait_crawl(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE),
+                   settings=TEST_SETTINGS)
+        counts = collections.Counter(site.counts)
+    candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    stats = json.loads((out / "stats.json").read_text())
+    return site, counts, candidates, rejected, stats
+
+
+def test_every_case_page_gives_exactly_the_expected_candidates(case_crawl):
+    site, _, candidates, _, _ = case_crawl
+    found = {(path_of(c["page_url"], site), path_of(c["image_url"], site)):
+             (c["alt"], c["title"], c["figcaption"], c["page_lang"], c["width"], c["height"]) for c in candidates}
+    assert found == EXPECTED
+    assert len(candidates) == len(EXPECTED)  # no duplicate rows
+
+
+def test_candidate_columns_are_filled_as_the_schema_describes(case_crawl):
+    site, _, candidates, _, _ = case_crawl
+    import hashlib
+
+    from crawler.extract import candidate_id
+    for row in candidates:
+        assert row["image_id"] == hashlib.sha256(row["image_bytes"]).hexdigest()
+        assert row["candidate_id"] == candidate_id(row["page_url"], row["image_url"], row["alt"], row["title"])
+        assert row["source"] == "crawl" and row["format"] == "JPEG" and row["http_status"] == 200
+        assert row["num_bytes"] == len(row["image_bytes"]) and row["content_type"] == "image/jpeg"
+        assert row["page_title"] == ("Case page" if "broken" not in row["page_url"] else None)
+        assert row["fetched_at"] is not None
+    basic = next(c for c in candidates if c["page_url"].endswith("/basic.html"))
+    assert basic["page_text"] == "Basic page text."
+
+
+def test_every_failure_is_a_counted_reject_with_its_reason(case_crawl):
+    site, _, _, rejected, _ = case_crawl
+    found = {(path_of(r["page_url"], site), path_of(r["image_url"], site)): r["reason"] for r in rejected}
+    assert found == EXPECTED_REJECTS
+    assert all(r["stage"] == "crawl" for r in rejected)
+
+
+def test_books_balance_and_stats_carry_scrapy_counters(case_crawl):
+    _, _, candidates, rejected, stats = case_crawl
+    assert stats["stage"] == "crawl"
+    assert stats["kept"] == len(candidates) and stats["rejected"] == len(rejected)
+    assert stats["in"] == stats["kept"] + stats["rejected"]
+    assert stats["rejected_by_reason"] == dict(collections.Counter(r["reason"] for r in rejected))
+    # One validation per distinct image although the shared image has two candidates.
+    assert stats["lait/image/validated"] == len({c["image_url"] for c in candidates}) == len(candidates) - 1
+    assert stats["scrapy"]["robotstxt/forbidden"] == 1
+
+
+def test_each_image_is_fetched_once_and_opted_out_images_never(case_crawl):
+    _, counts, _, _, _ = case_crawl
+    assert counts["/img/shared.jpg"] == 1
+    images = {path: n for path, n in counts.items() if path.startswith("/img/")}
+    assert images and max(images.values()) == 1
+    # Opted out by the page: the image is not even requested; robots-disallowed pages are not fetched.
+    assert counts["/img/opt-meta.jpg"] == 0 and counts["/img/opt-header.jpg"] == 0
+    assert counts["/private/secret.html"] == 0 and counts["/img/secret.jpg"] == 0
+    assert counts["/img/opt-image.jpg"] == 1  # its opt-out is in its own response header
+
+
+def small_site(pages: int = 8) -> MockSite:
+    """A chain of pages, each with two images of its own and one shared, for the resume test."""
+    site = MockSite({})
+    content = {"/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n")}
+    for i in range(pages):
+        nxt = f'<a href="/p{i + 1}.html">next</a>' if i + 1 < pages else ""
+        body = (f'<img src="/img/{i}a.jpg" alt="Picture {i} a"><img src="/img/{i}b.jpg" alt="Picture {i} b">'
+                f'<img src="/img/common.jpg" alt="Common on {i}">{nxt}')
+        content[f"/p{i}.html"] = (200, HTML, html(body))
+        for suffix in "ab":
+            content[f"/img/{i}{suffix}.jpg"] = (200, JPEG, jpeg(96, 72, color=(i * 20, 10 if suffix == "a" else 200, 50)))
+    content["/img/common.jpg"] = (200, JPEG, jpeg(96, 72))
+    site.pages.update(content)
+    return site
+
+
+def test_interrupted_crawl_resumes_without_loss_refetch_or_duplicates(tmp_path):
+    full_out, out, jobdir = tmp_path / "full", tmp_path / "resumed", tmp_path / "job"
+    common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
+    with small_site() as site:
+        lait_crawl(site.url + "/p0.html", "--out", str(full_out), *common, settings=TEST_SETTINGS)
+        site.counts.clear()
+        # CLOSESPIDER_PAGECOUNT stops the crawl the way Ctrl-C does: a graceful close mid-crawl.
+        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common,
+                   settings=dict(TEST_SETTINGS, CLOSESPIDER_PAGECOUNT=6, CONCURRENT_REQUESTS=2))
+        first = schemas.count_rows(str(out / "candidates"))
+        first_counts = collections.Counter(site.counts)
+        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common, settings=TEST_SETTINGS)
+        resumed_counts = collections.Counter(site.counts) - first_counts
+    expected = schemas.read_table(str(full_out / "candidates"), "candidates").column("candidate_id").to_pylist()
+    got = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
+    assert 0 < first < len(expected), "the first run must have been interrupted part-way"
+    assert sorted(got) == sorted(expected) and len(set(got)) == len(got)
+    fetched_twice = [p for p in resumed_counts if p != "/robots.txt" and first_counts[p] > 0]
+    assert fetched_twice == []
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == len(expected) and stats["in"] == stats["kept"] + stats["rejected"]
+
+
+def test_without_allow_private_networks_loopback_is_refused_before_any_request(tmp_path):
+    with small_site(2) as site:
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "out"), settings=TEST_SETTINGS)
+        assert site.log == []
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["kept"] == 0
+    assert stats["rejected_by_reason"] == {"private_network_refused": 1}
+
+
+def test_a_redirect_into_a_private_range_is_refused(tmp_path):
+    """Loopback opened as a single allowed network; a redirect and a link to 10/8 and 169.254/16 are refused."""
+    site = MockSite({})
+    site.pages.update({
+        "/robots.txt": (404, HTML, b""),
+        "/start.html": (200, HTML, html('<a href="/go">go</a><img src="http://169.254.169.254/latest.jpg" alt="Meta">')),
+        "/go": (302, {"Location": "http://10.1.2.3/internal.html"}, b""),
+    })
+    with site:
+        lait_crawl(site.url + "/start.html", "--out", str(tmp_path / "out"),
+                   settings=dict(TEST_SETTINGS, LAIT_ALLOWED_NETWORKS=["127.0.0.1/32"]))
+    rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected").to_pylist()
+    reasons = {(r["page_url"] or "").replace(site.url, ""): (r["image_url"], r["reason"]) for r in rejected}
+    assert reasons == {"/go": (None, "private_network_refused"),
+                       "/start.html": ("http://169.254.169.254/latest.jpg", "private_network_refused")}
+    assert "/internal.html" not in site.counts
+
+
+def test_cli_rejects_non_http_start_urls(tmp_path):
+    result = lait_crawl("file:///etc/passwd", "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2 and "only http(s)" in result.stdout
+    assert not (tmp_path / "out").exists()
