@@ -87,16 +87,24 @@ class ReadWarcRecords(beam.DoFn):
         from warcio.archiveiterator import ArchiveIterator
         from warcio.exceptions import ArchiveLoadFailed
 
+        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        end = 0
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
             try:
                 for record in iterator:
                     self.records.inc()
-                    yield from self._record(record, path, iterator.get_record_offset())
+                    # get_record_offset() reads the record to its end: call it only once the payload is read.
+                    yield from self._record(record, path, iterator.get_record_offset)
+                    end = iterator.get_record_offset() + iterator.get_record_length()
             except (ArchiveLoadFailed, zlib.error, EOFError, ValueError, OSError) as exc:
-                yield _rejected("warc_malformed_record", f"{path}: {type(exc).__name__}: {exc}"[:300])
+                yield _rejected("warc_malformed_record", f"{path}@{end}: {type(exc).__name__}: {exc}"[:300])
+                return
+        if end < size and not _only_blank_lines(path, end):
+            # warcio stops quietly at a gzip member cut short: the bytes it never parsed are the evidence.
+            yield _rejected("warc_truncated_record", f"{path}@{end}: {size - end} bytes after the last whole record")
 
-    def _record(self, record, path: str, offset: int) -> Iterator[Any]:
+    def _record(self, record, path: str, offset) -> Iterator[Any]:
         url = record.rec_headers.get_header("WARC-Target-URI")
         kind = record.rec_type
         date = _warc_date(record.rec_headers.get_header("WARC-Date"))
@@ -105,10 +113,14 @@ class ReadWarcRecords(beam.DoFn):
             try:
                 yield ("wat", url, {"json": json.loads(payload), "date": date})
             except (ValueError, UnicodeDecodeError) as exc:
-                yield _rejected("warc_malformed_record", f"{path}@{offset}: WAT JSON: {exc}"[:300], page_url=url)
+                yield _rejected("warc_malformed_record", f"{path}@{offset()}: WAT JSON: {exc}"[:300], page_url=url)
             return
-        if kind not in ("response", "resource") or not url:
+        if kind not in ("response", "resource"):
             self.skipped.inc()
+            return
+        if not url or "://" not in url:
+            # warcio reads any line of words as an ARC header; a response without a URL is garbage.
+            yield _rejected("warc_malformed_record", f"{path}@{offset()}: {kind} record without a URL ({url!r})"[:300])
             return
         headers = dict(record.http_headers.headers) if record.http_headers else {}
         content_type = (extract.header_value(headers, "Content-Type")
@@ -120,10 +132,10 @@ class ReadWarcRecords(beam.DoFn):
             return
         payload = record.content_stream().read(self.max_bytes + 1)
         if len(payload) > self.max_bytes:
-            reason = ("too_large", f"{path}@{offset}: over {self.max_bytes} bytes")
+            reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
         else:
             problem = _truncated(record, payload)
-            reason = ("warc_truncated_record", f"{path}@{offset}: {problem}") if problem else None
+            reason = ("warc_truncated_record", f"{path}@{offset()}: {problem}") if problem else None
         if reason:
             ids = {"page_url": url} if is_page else {"image_url": url}
             yield _rejected(*reason, **ids)
@@ -131,6 +143,14 @@ class ReadWarcRecords(beam.DoFn):
         status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
         item = {"status": status, "headers": headers, "body": payload, "date": date}
         yield ("page" if is_page else "image", url, item)
+
+
+def _only_blank_lines(path: str, offset: int, limit: int = 1 << 16) -> bool:
+    """Whether a file holds nothing but blank lines after ``offset`` (uncompressed WARCs end with CRLFs)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.seek(offset)
+        tail = handle.read(limit + 1)
+    return len(tail) <= limit and not tail.strip()
 
 
 def page_candidates(element) -> Iterator[Any]:
@@ -304,6 +324,20 @@ class ReadWarcCandidates(beam.PTransform):
         return validated.candidates, rejected
 
 
+def local_runner(options: PipelineOptions):
+    """The runner named in the options; DirectRunner (or none) means Beam's local FnApiRunner.
+
+    Beam 2.77's DirectRunner first tries PrismRunner, which downloads a binary from GitHub; naming the
+    local runner it falls back to keeps a local run offline.
+    """
+    name = options.view_as(StandardOptions).runner
+    if name in (None, "DirectRunner", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return None  # Beam builds the named runner (DataflowRunner, FlinkRunner, ...)
+
+
 def _expand_inputs(patterns: list[str]) -> list[str]:
     """Local globs and Beam filesystem patterns -> file paths (sorted, each once)."""
     files = []
@@ -344,8 +378,6 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     """Run the WARC pipeline; returns the stage's stats (also written to OUTPUT/stats.json)."""
     known, pipeline_args = build_parser().parse_known_args(argv)
     options = PipelineOptions(pipeline_args)
-    if not options.view_as(StandardOptions).runner and test_pipeline is None:
-        options.view_as(StandardOptions).runner = "DirectRunner"  # never the Prism default: it downloads
     files = _expand_inputs(known.input)
     out_dir = known.output
     _clear_previous(out_dir)
@@ -353,7 +385,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
                      "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent}
     check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
                      "formats": tuple(f.strip().upper() for f in known.image_formats.split(",") if f.strip())}
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
     candidates, rejected = (
         pipeline
         | "ListFiles" >> beam.Create(files)
