@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import tempfile
+import time
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
@@ -158,6 +159,8 @@ class LaitSpider(scrapy.Spider):
     # -- requests ------------------------------------------------------------------------------
 
     async def start(self):
+        # Wall-clock marks of the fetching itself (start-up excluded), for rates in stats.json.
+        self.crawler.stats.set_value("lait/run/first_request", time.time())
         if self.open_pages or self.pending:  # a resumed crawl continues where it stopped
             for url, depth in list(self.open_pages.items()):
                 yield self._page_request(url, depth)
@@ -199,6 +202,7 @@ class LaitSpider(scrapy.Spider):
         depth = response.meta["lait_depth"]
         self.open_pages.pop(url, None)
         stats = self.crawler.stats
+        stats.set_value("lait/run/last_response", time.time())
         stats.inc_value("lait/page/fetched")
         if not isinstance(response, scrapy.http.TextResponse) or b"html" not in (
                 response.headers.get("Content-Type") or b"text/html").lower():
@@ -248,6 +252,7 @@ class LaitSpider(scrapy.Spider):
     def parse_image(self, response) -> Iterator[Any]:
         url = response.meta["lait_image"]
         stats = self.crawler.stats
+        stats.set_value("lait/run/last_response", time.time())
         stats.inc_value("lait/image/fetched")
         body = response.body
         opt_out = extract.opt_out_reason([v.decode("latin-1") for v in response.headers.getlist("X-Robots-Tag")])
