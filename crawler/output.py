@@ -22,6 +22,11 @@ REJECTED = "rejected"
 STATS_FILE = "stats.json"
 
 
+def _join(base: str, name: str) -> str:
+    """Join a local path or a URL with a child name."""
+    return f"{base.rstrip('/')}/{name}" if "://" in base else os.path.join(base, name)
+
+
 def reject_key(row: dict[str, Any]) -> tuple:
     """What makes two rejected rows the same record (used to skip rows a resumed crawl already wrote)."""
     return (row.get("reason"), row.get("page_url"), row.get("image_url"), row.get("candidate_id"))
@@ -92,14 +97,13 @@ def funnel(out_dir: str) -> dict[str, Any]:
     """The stage's books from what is on disk: ``in == kept + rejected`` and the rejects by reason."""
     def rows(sub: str, kind: str) -> int:
         try:
-            return schemas.count_rows(os.path.join(out_dir, sub), kind) if schemas.list_parquet_files(
-                os.path.join(out_dir, sub)) else 0
+            return schemas.count_rows(_join(out_dir, sub), kind) if schemas.list_parquet_files(_join(out_dir, sub)) else 0
         except FileNotFoundError:
             return 0
 
     kept = rows(CANDIDATES, "candidates")
     rejected = rows(REJECTED, "rejected")
-    reasons = collections.Counter(r["reason"] for r in _existing(os.path.join(out_dir, REJECTED), "rejected", ["reason"]))
+    reasons = collections.Counter(r["reason"] for r in _existing(_join(out_dir, REJECTED), "rejected", ["reason"]))
     return {"stage": STAGE, "in": kept + rejected, "kept": kept, "rejected": rejected,
             "rejected_by_reason": dict(reasons.most_common())}
 
@@ -109,9 +113,16 @@ def write_stats(out_dir: str, extra: dict[str, Any] | None = None) -> dict[str, 
     stats = funnel(out_dir)
     for key, value in (extra or {}).items():
         stats.setdefault(key, value)
+    text = json.dumps(stats, indent=2, default=str)
+    if "://" in out_dir:  # a Beam/fsspec URL: object stores replace whole objects anyway
+        import fsspec
+
+        with fsspec.open(f"{out_dir.rstrip('/')}/{STATS_FILE}", "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return stats
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".stats.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(stats, handle, indent=2, sort_keys=False, default=str)
+        handle.write(text)
     os.replace(tmp, os.path.join(out_dir, STATS_FILE))
     return stats

@@ -353,8 +353,10 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
 def _clear_previous(out_dir: str) -> None:
     """A rerun into the same folder replaces the previous WARC output instead of adding to it."""
     for sub in (output.CANDIDATES, output.REJECTED):
-        for path in glob.glob(os.path.join(out_dir, sub, f"{PREFIX}-*.parquet")):
-            os.remove(path)
+        pattern = FileSystems.join(out_dir, sub, f"{PREFIX}-*.parquet")
+        stale = [m.path for match in FileSystems.match([pattern]) for m in match.metadata_list]
+        if stale:
+            FileSystems.delete(stale)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,7 +399,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
         (rows
          | f"{name}Columns" >> beam.Map(lambda row, names: {n: row.get(n) for n in names}, schema.names)
          | name >> beam.io.WriteToParquet(
-            os.path.join(out_dir, sub, PREFIX), schema, file_name_suffix=".parquet", num_shards=0))
+            FileSystems.join(out_dir, sub, PREFIX), schema, file_name_suffix=".parquet", num_shards=0))
     result = pipeline.run()
     result.wait_until_finish()
     counters = {}

@@ -167,3 +167,17 @@ def test_cli_rejects_non_http_start_urls(tmp_path):
     result = lait_crawl("file:///etc/passwd", "--out", str(tmp_path / "out"), check=False)
     assert result.returncode == 2 and "only http(s)" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_native_scrapy_crawl_from_the_repository_root_writes_the_same_layout(tmp_path):
+    out = tmp_path / "native"
+    with small_site(2) as site:
+        result = subprocess.run(
+            [sys.executable, "-m", "scrapy", "crawl", "lait", "-a", f"urls={site.url}/p0.html", "-a", "depth=1",
+             "-s", f"LAIT_OUT={out}", "-s", "LAIT_ALLOW_PRIVATE_NETWORKS=True", "-s", f"LAIT_MIN_SIDE={TEST_MIN_SIDE}",
+             "-s", "AUTOTHROTTLE_ENABLED=False", "-s", "LOG_LEVEL=WARNING"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    # depth=1: p0 and p1 only, three images each with text (one shared between them).
+    assert stats["kept"] == 6 and stats["lait/page/fetched"] == 2 and stats["lait/image/validated"] == 5
