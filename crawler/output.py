@@ -53,10 +53,12 @@ def iter_existing_images(out_dir: str) -> Iterator[dict[str, Any]]:
 class CrawlOutput:
     """Writes candidate and rejected rows of one run folder, skipping rows already present."""
 
-    def __init__(self, out_dir: str, rows_per_shard: int = 500, rejected_rows_per_shard: int = 20000):
+    def __init__(self, out_dir: str, rows_per_shard: int = 500, rejected_rows_per_shard: int = 20000,
+                 prefix: str = "part"):
         self.out_dir = out_dir
-        self.candidates = schemas.ShardWriter(os.path.join(out_dir, CANDIDATES), "candidates", rows_per_shard=rows_per_shard)
-        self.rejected = schemas.ShardWriter(os.path.join(out_dir, REJECTED), "rejected",
+        self.candidates = schemas.ShardWriter(os.path.join(out_dir, CANDIDATES), "candidates", prefix=prefix,
+                                              rows_per_shard=rows_per_shard)
+        self.rejected = schemas.ShardWriter(os.path.join(out_dir, REJECTED), "rejected", prefix=prefix,
                                             rows_per_shard=rejected_rows_per_shard)
         self.candidate_ids = {r["candidate_id"] for r in _existing(self.candidates.out_dir, "candidates", ["candidate_id"])}
         self.reject_keys = {reject_key(r) for r in _existing(
@@ -106,6 +108,22 @@ def funnel(out_dir: str) -> dict[str, Any]:
     reasons = collections.Counter(r["reason"] for r in _existing(_join(out_dir, REJECTED), "rejected", ["reason"]))
     return {"stage": STAGE, "in": kept + rejected, "kept": kept, "rejected": rejected,
             "rejected_by_reason": dict(reasons.most_common())}
+
+
+def merge_process_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's counters from the partial stats of its processes: sums, first start, last response."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key == "scrapy":
+                merged.setdefault("scrapy_by_process", []).append(value)
+            elif key == "lait/run/first_request":
+                merged[key] = min(merged.get(key, value), value)
+            elif key == "lait/run/last_response":
+                merged[key] = max(merged.get(key, value), value)
+            elif isinstance(value, (int, float)):
+                merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def write_stats(out_dir: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

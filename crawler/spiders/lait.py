@@ -11,7 +11,10 @@ emitted when it arrives, and later references reuse the recorded result.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -84,10 +87,19 @@ class LaitSpider(scrapy.Spider):
 
     name = "lait"
 
-    def __init__(self, urls=None, allowed_domains=None, max_pages=0, depth=0, jobdir=None, *args, **kwargs):
+    def __init__(self, urls=None, allowed_domains=None, max_pages=0, depth=0, jobdir=None, process_index=0,
+                 processes=1, inbox_dir=None, run_id=None, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.start_urls = _split(urls)
-        if not self.start_urls:
+        # With several processes, process 0 crawls the pages and each process owns the images whose URL
+        # hashes to it; candidates travel to their image's owner through an append-only inbox file.
+        self.process_index = int(process_index)
+        self.processes = max(1, int(processes))
+        self.inbox_dir = inbox_dir
+        self.run_id = run_id
+        self.inbox_offset = 0
+        self._outboxes: dict[int, Any] = {}
+        if not self.start_urls and self.process_index == 0:
             raise ValueError("the lait spider needs start URLs: -a urls=URL[,URL...]")
         # Not `allowed_domains`: Scrapy's offsite middleware would then drop images served by a CDN.
         self.page_domains = [d.lower().lstrip(".") for d in _split(allowed_domains)] or sorted(
@@ -122,7 +134,8 @@ class LaitSpider(scrapy.Spider):
     # -- resume --------------------------------------------------------------------------------
 
     def _state_path(self) -> str:
-        return os.path.join(self.jobdir, STATE_FILE)
+        name = STATE_FILE if self.process_index == 0 else STATE_FILE.replace(".pickle", f"-p{self.process_index}.pickle")
+        return os.path.join(self.jobdir, name)
 
     def _load_state(self) -> None:
         path = self._state_path()
@@ -134,6 +147,7 @@ class LaitSpider(scrapy.Spider):
         self.open_pages = state["open_pages"]
         self.pending = state["pending"]
         self.image_results = state["image_results"]
+        self.inbox_offset = state.get("inbox_offset", 0)
         out_dir = self.settings.get("LAIT_OUT")
         if out_dir:  # bytes of images already fetched, for later pages that show them again
             for row in output.iter_existing_images(out_dir):
@@ -144,7 +158,7 @@ class LaitSpider(scrapy.Spider):
     def _save_state(self) -> None:
         os.makedirs(self.jobdir, exist_ok=True)
         state = {"pages_seen": self.pages_seen, "open_pages": self.open_pages, "pending": self.pending,
-                 "image_results": self.image_results}
+                 "image_results": self.image_results, "inbox_offset": self.inbox_offset}
         fd, tmp = tempfile.mkstemp(dir=self.jobdir, prefix=".state.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -152,6 +166,11 @@ class LaitSpider(scrapy.Spider):
 
     def closed(self, reason: str) -> None:
         """Keep what is left to do in the job folder (the item pipeline has flushed by now)."""
+        if self.process_index == 0:
+            for owner in range(1, self.processes):  # image workers finish their inbox, then stop
+                self._send(owner, {"done": self.run_id})
+        for handle in self._outboxes.values():
+            handle.close()
         if self.jobdir:
             self._save_state()
         self.store.close()
@@ -161,16 +180,61 @@ class LaitSpider(scrapy.Spider):
     async def start(self):
         # Wall-clock marks of the fetching itself (start-up excluded), for rates in stats.json.
         self.crawler.stats.set_value("lait/run/first_request", time.time())
-        if self.open_pages or self.pending:  # a resumed crawl continues where it stopped
-            for url, depth in list(self.open_pages.items()):
-                yield self._page_request(url, depth)
-            for url in list(self.pending):
-                yield self._image_request(url)
+        resumed = bool(self.open_pages or self.pending)
+        for url, depth in list(self.open_pages.items()):  # a resumed crawl continues where it stopped
+            yield self._page_request(url, depth)
+        for url in list(self.pending):
+            yield self._image_request(url)
+        if self.process_index > 0:
+            async for item in self._read_inbox():
+                yield item
+            return
+        if resumed:
             return
         for url in self.start_urls:
             request = self._schedule_page(url, 0)
             if request is not None:
                 yield request
+
+    # -- several processes -----------------------------------------------------------------------
+
+    def _inbox_path(self, index: int) -> str:
+        return os.path.join(self.inbox_dir, f"inbox-{index}.jsonl")
+
+    def _owner(self, image_url: str) -> int:
+        if self.processes == 1:
+            return 0
+        return int(hashlib.sha1(image_url.encode("utf-8")).hexdigest()[:8], 16) % self.processes
+
+    def _send(self, owner: int, message: dict) -> None:
+        handle = self._outboxes.get(owner)
+        if handle is None:
+            handle = self._outboxes[owner] = open(self._inbox_path(owner), "a", encoding="utf-8")
+        handle.write(json.dumps(message) + "\n")
+        handle.flush()
+
+    async def _read_inbox(self):
+        """Candidates routed to this process, until process 0 of this run says it is done."""
+        path = self._inbox_path(self.process_index)
+        while True:
+            lines = []
+            if os.path.exists(path):
+                with open(path, "rb") as handle:
+                    handle.seek(self.inbox_offset)
+                    chunk = handle.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+                lines = complete.splitlines(keepends=True)
+            for line in lines:
+                self.inbox_offset += len(line)
+                message = json.loads(line)
+                if "done" in message:
+                    if message["done"] == self.run_id:
+                        return
+                    continue  # the end of an earlier, interrupted run
+                for item in self._candidate(message):
+                    yield item
+            if not lines:
+                await asyncio.sleep(0.02)
 
     def _page_request(self, url: str, depth: int) -> scrapy.Request:
         return scrapy.Request(url, callback=self.parse_page, errback=self.page_failed, dont_filter=True,
@@ -239,6 +303,11 @@ class LaitSpider(scrapy.Spider):
 
     def _candidate(self, candidate: dict) -> Iterator[Any]:
         url = candidate["image_url"]
+        owner = self._owner(url)
+        if owner != self.process_index:
+            self.crawler.stats.inc_value("lait/image/routed")
+            self._send(owner, candidate)
+            return
         result = self.image_results.get(url)
         if result is not None:
             self.crawler.stats.inc_value("lait/image/reused")

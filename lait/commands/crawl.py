@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"early reject: images with a side below N px (default {images.DEFAULT_MIN_SIDE})")
     parser.add_argument("--max-aspect", type=float, default=images.DEFAULT_MAX_ASPECT,
                         help=f"early reject: aspect ratio above R (default {images.DEFAULT_MAX_ASPECT})")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="crawl processes (default 1); with N > 1, process 0 crawls the pages and all N fetch "
+                             "and validate a share of the images (each image still fetched once)")
     parser.add_argument("--jobdir", help="job folder: rerun with the same one to continue an interrupted crawl")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="WARC only: fetch images the WARC files lack (default on)")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         stats = runner.run_crawl(
             args.urls, args.out, allowed_domains=args.allowed_domains, max_pages=args.max_pages, depth=args.depth,
             allow_private_networks=args.allow_private_networks, min_side=args.min_side, max_aspect=args.max_aspect,
-            jobdir=args.jobdir, progress=not args.no_progress, overrides=dict(args.settings),
+            jobdir=args.jobdir, progress=not args.no_progress, overrides=dict(args.settings), processes=args.processes,
         )
     print(f"crawl: in {stats['in']:,} = kept {stats['kept']:,} + rejected {stats['rejected']:,}  -> {args.out}")
     for reason, count in list(stats["rejected_by_reason"].items())[:12]:

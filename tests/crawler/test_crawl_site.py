@@ -136,6 +136,25 @@ def test_interrupted_crawl_resumes_without_loss_refetch_or_duplicates(tmp_path):
     assert stats["kept"] == len(expected) and stats["in"] == stats["kept"] + stats["rejected"]
 
 
+def test_two_processes_give_the_same_candidates_and_fetch_each_image_once(tmp_path):
+    common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
+    with small_site(6) as site:
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "one"), *common, settings=TEST_SETTINGS)
+        site.counts.clear()
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "two"), "--processes", "2", *common,
+                   settings=TEST_SETTINGS)
+        counts = collections.Counter(site.counts)
+    one = schemas.read_table(str(tmp_path / "one" / "candidates"), "candidates")
+    two = schemas.read_table(str(tmp_path / "two" / "candidates"), "candidates")
+    assert sorted(two.column("candidate_id").to_pylist()) == sorted(one.column("candidate_id").to_pylist())
+    assert max(n for path, n in counts.items() if path.startswith("/img/")) == 1
+    shards = {os.path.basename(p).rsplit("-", 1)[0] for p in schemas.list_parquet_files(str(tmp_path / "two" / "candidates"))}
+    assert shards == {"part-p0", "part-p1"}  # both processes validated images
+    stats = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert stats["processes"] == 2 and stats["kept"] == one.num_rows
+    assert stats["lait/image/validated"] == len(set(one.column("image_url").to_pylist()))
+
+
 def test_without_allow_private_networks_loopback_is_refused_before_any_request(tmp_path):
     with small_site(2) as site:
         lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "out"), settings=TEST_SETTINGS)
