@@ -78,8 +78,9 @@ def validate_image(
             return _reject("aspect_ratio_out_of_range", f"{width}x{height} > {max_aspect}", **facts)
         try:
             if fmt == "JPEG":
-                # The smallest DCT scale (1/8) still decodes every block.
-                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                # The smallest DCT scale (1/8), grey: every block is still entropy-decoded (the part a
+                # corrupt file fails in) while the IDCT and colour work shrink. ~1.4 ms vs ~3.3 ms here.
+                image.draft("L", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
         except Image.DecompressionBombError as exc:
             return _reject("decompression_bomb", str(exc)[:200], **facts)

@@ -25,7 +25,6 @@ import datetime
 import glob
 import json
 import logging
-import os
 import zlib
 from typing import Any, Iterator
 
