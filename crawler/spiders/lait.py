@@ -241,8 +241,11 @@ class LaitSpider(scrapy.Spider):
                               meta={"lait_page": url, "lait_depth": depth, "download_maxsize": self.page_maxsize})
 
     def _image_request(self, url: str) -> scrapy.Request:
+        # Alone, a process fetches images first (fewer candidates waiting in memory); page process 0 of a
+        # multi-process crawl fetches pages first, so the image processes are never starved of work.
+        priority = IMAGE_PRIORITY if self.processes == 1 else -IMAGE_PRIORITY
         return scrapy.Request(url, callback=self.parse_image, errback=self.image_failed, dont_filter=True,
-                              priority=IMAGE_PRIORITY,
+                              priority=priority,
                               meta={"lait_image": url, "download_maxsize": self.image_maxsize})
 
     def _schedule_page(self, url: str, depth: int) -> scrapy.Request | None:
