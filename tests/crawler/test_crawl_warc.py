@@ -10,7 +10,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 import schemas
-from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, MockSite, html, jpeg
+from tests.crawler.mocksite import JPEG, TEST_MIN_SIDE, MockSite, html, jpeg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
