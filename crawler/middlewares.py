@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from scrapy.exceptions import IgnoreRequest
 
@@ -34,6 +35,7 @@ class NetworkGuardMiddleware:
         self.allowed_networks = tuple(allowed_networks)
         self.stats = stats
         self.resolve = resolve
+        self._verdicts: dict[tuple[str, int], float] = {}  # (host, port) -> allowed until (monotonic)
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -41,14 +43,18 @@ class NetworkGuardMiddleware:
         return cls(settings.getbool("LAIT_ALLOW_PRIVATE_NETWORKS"), crawler.stats,
                    allowed_networks=tuple(settings.getlist("LAIT_ALLOWED_NETWORKS")))
 
+    #: Seconds a host's verdict is reused: one resolution per host and minute, not one per request.
+    VERDICT_TTL = 60.0
+
     async def process_request(self, request):
         try:
-            netguard.check_scheme(request.url)
-            if not self.allow_private_networks:
+            host, port = netguard.check_scheme(request.url)
+            if not self.allow_private_networks and self._verdicts.get((host, port), 0.0) < time.monotonic():
                 # getaddrinfo blocks; run it off the event loop.
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, netguard.check_url, request.url, False, self.resolve,
                                            self.allowed_networks)
+                self._verdicts[(host, port)] = time.monotonic() + self.VERDICT_TTL
         except netguard.RefusedURL as exc:
             if self.stats is not None:
                 self.stats.inc_value(f"lait/guard/{exc.reason}")

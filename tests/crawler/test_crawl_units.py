@@ -140,6 +140,15 @@ def test_guard_middleware_refuses_before_any_connection(monkeypatch):
     assert attempts == []
     allowed = NetworkGuardMiddleware(allow_private_networks=True, resolve=fake_resolve)
     assert asyncio.run(allowed.process_request(Request("http://intranet.example/"))) is None
+    assert resolved == ["metadata.internal", "multicast.example", "intranet.example"]  # no lookup when allowed
+
+
+def test_guard_middleware_resolves_a_public_host_once_per_ttl():
+    lookups = []
+    middleware = NetworkGuardMiddleware(resolve=lambda host, port: lookups.append(host) or ["93.184.216.34"])
+    for path in ("a.jpg", "b.jpg", "c.html"):
+        assert asyncio.run(middleware.process_request(Request(f"https://public.example/{path}"))) is None
+    assert lookups == ["public.example"]
 
 
 def test_polite_fetcher_refuses_private_hosts_without_connecting(monkeypatch):
