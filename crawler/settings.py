@@ -57,3 +57,7 @@ LAIT_IMAGE_MAXSIZE = 16 * 2**20  # bytes, after decompression
 LAIT_ROWS_PER_SHARD = 500
 LAIT_IMAGE_STORE_MEMORY = 512 * 2**20
 LAIT_PROGRESS = False
+
+# Scrapy re-parses a generator callback's source to warn about `return value` in it; the weak-keyed
+# cache misses for bound methods, so it ran per response (profiled). Our callbacks return nothing.
+WARN_ON_GENERATOR_RETURN_VALUE = False
