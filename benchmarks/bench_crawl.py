@@ -9,6 +9,7 @@ Debian's nginx (one worker) on 127.0.0.1. Each client runs as its own process:
 * ``lait``: ``lait crawl`` from the index page: pages parsed, candidates extracted, every image
   fetched, decoded (JPEG draft) and hashed, Parquet written. AutoThrottle is off (the server is
   local; on the web it stays on) and per-domain concurrency is raised to the global one.
+* ``lait-2proc``: the same with ``--processes 2`` (pages in process 0, images shared by both).
 * ``scrapy-bare``: a Scrapy spider that only fetches the image URLs (the framework's ceiling).
 * ``img2dataset``: img2dataset's default image settings (decode, resize, re-encode), 2 processes,
   500 URLs per shard so both work; in its own venv (benchmarks/.venv-img2dataset).
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1, help="rounds of all clients; medians are reported")
     parser.add_argument("--work", default=os.path.join(HERE, "out", "crawl"))
-    parser.add_argument("--clients", default="lait,scrapy-bare,img2dataset")
+    parser.add_argument("--clients", default="lait,lait-2proc,scrapy-bare,img2dataset")
     parser.add_argument("--lait-args", default="", help="extra `lait crawl` arguments, space-separated")
     args = parser.parse_args(argv)
     site = os.path.join(args.work, "site")
@@ -204,6 +205,8 @@ def main(argv=None) -> int:
                 out = os.path.join(args.work, f"{client}-out")
                 if client == "lait":
                     result = run_lait(base, out, args.lait_args.split())
+                elif client == "lait-2proc":
+                    result = run_lait(base, out, ["--processes", "2", *args.lait_args.split()])
                 elif client == "scrapy-bare":
                     result = run_bare(url_file, out)
                 else:
@@ -231,9 +234,10 @@ def main(argv=None) -> int:
         rates[client] = steady
         print(f"{client:14s} {images:7.0f} {median(client, 'pages'):6.0f} {steady:13.0f} {wall:11.0f} {pages:8.0f} "
               f"{median(client, 'cpu_s'):7.1f}")
-    for other in ("img2dataset", "scrapy-bare"):
-        if "lait" in rates and other in rates:
-            print(f"lait validated images/s over {other} steady images/s: {rates['lait'] / rates[other]:.2f}x")
+    for mine in ("lait", "lait-2proc"):
+        for other in ("img2dataset", "scrapy-bare"):
+            if mine in rates and other in rates:
+                print(f"{mine} validated images/s over {other} steady images/s: {rates[mine] / rates[other]:.2f}x")
     return 0
 
 
