@@ -112,14 +112,17 @@ def funnel(out_dir: str) -> dict[str, Any]:
 
 def merge_process_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One run's counters from the partial stats of its processes: sums, first start, last response."""
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = {"by_process": []}
     for part in parts:
+        merged["by_process"].append({k: part.get(k, 0) for k in (
+            "lait/run/first_request", "lait/run/last_page", "lait/run/last_response", "lait/page/fetched",
+            "lait/image/validated")})
         for key, value in part.items():
             if key == "scrapy":
                 merged.setdefault("scrapy_by_process", []).append(value)
             elif key == "lait/run/first_request":
                 merged[key] = min(merged.get(key, value), value)
-            elif key == "lait/run/last_response":
+            elif key in ("lait/run/last_response", "lait/run/last_page"):
                 merged[key] = max(merged.get(key, value), value)
             elif isinstance(value, (int, float)):
                 merged[key] = merged.get(key, 0) + value

@@ -270,6 +270,7 @@ class LaitSpider(scrapy.Spider):
         self.open_pages.pop(url, None)
         stats = self.crawler.stats
         stats.set_value("lait/run/last_response", time.time())
+        stats.set_value("lait/run/last_page", time.time())
         stats.inc_value("lait/page/fetched")
         if not isinstance(response, scrapy.http.TextResponse) or b"html" not in (
                 response.headers.get("Content-Type") or b"text/html").lower():
