@@ -213,7 +213,9 @@ def main(argv=None) -> int:
                     result = run_img2dataset(url_file, out)
                 if result:
                     results[client].append(result)
-                    print(f"round {round_ + 1} {client:12s} {json.dumps({k: round(v, 2) for k, v in result.items()})}")
+                    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+                    print(f"round {round_ + 1} {client:12s} {json.dumps({k: round(v, 2) for k, v in result.items()})}"
+                          f" load1={load:.1f}")
     finally:
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(timeout=10)
