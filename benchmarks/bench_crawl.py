@@ -74,6 +74,7 @@ def generate_site(site_dir: str, pages: int, images_per_page: int = 3, seed: int
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -116,6 +117,7 @@ def timed(command: list[str], env: dict) -> tuple[float, float]:
 
 
 def run_lait(base: str, out: str, extra: list[str]) -> dict:
+    """One `lait crawl` of the site; its figures."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=ROOT)
     command = [sys.executable, "-m", "lait", "crawl", f"{base}/index.html", "--out", out, "--allow-private-networks",
@@ -153,6 +155,7 @@ json.dump(marks, open(sys.argv[2], "w"))
 
 
 def run_bare(url_file: str, out: str) -> dict:
+    """The bare Scrapy fetcher over the image URLs; its figures."""
     os.makedirs(out, exist_ok=True)
     script = os.path.join(out, "bare_spider.py")
     with open(script, "w") as handle:
@@ -165,6 +168,7 @@ def run_bare(url_file: str, out: str) -> dict:
 
 
 def run_img2dataset(url_file: str, out: str) -> dict | None:
+    """img2dataset with its default image settings, in its own venv; its figures (None if absent)."""
     binary = os.path.join(I2D_VENV, "bin", "img2dataset")
     if not os.path.exists(binary):
         print(f"img2dataset not installed in {I2D_VENV}; skipping it", file=sys.stderr)
@@ -181,6 +185,7 @@ def run_img2dataset(url_file: str, out: str) -> dict | None:
 
 
 def main(argv=None) -> int:
+    """Make the site, serve it, run every client for each round, print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1, help="rounds of all clients; medians are reported")

@@ -35,6 +35,7 @@ class ParquetWriterPipeline:
                         self.output.resumed_rows)
 
     def process_item(self, item):
+        """Buffer one candidate or rejected row (rows already on disk are skipped)."""
         stats = self.crawler.stats
         if isinstance(item, CandidateItem):
             if self.output.add_candidate(item.row):
@@ -50,6 +51,7 @@ class ParquetWriterPipeline:
         return item
 
     def close_spider(self) -> None:
+        """Flush the last shards and write stats.json (or this process's partial stats)."""
         self.output.close()
         scrapy_stats = self.crawler.stats.get_stats()
         lait = {k: v for k, v in scrapy_stats.items() if k.startswith("lait/")}

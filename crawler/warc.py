@@ -359,6 +359,7 @@ def _clear_previous(out_dir: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The pipeline's own options (Beam's options pass through untouched)."""
     parser = argparse.ArgumentParser(description="WARC/ARC/WAT files -> LAIT candidates (Apache Beam)")
     parser.add_argument("--input", action="append", required=True, help="a WARC file or pattern (repeatable)")
     parser.add_argument("--output", required=True, help="the crawl run folder (candidates/, rejected/, stats.json)")

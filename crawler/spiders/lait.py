@@ -179,6 +179,7 @@ class LaitSpider(scrapy.Spider):
 
     async def start(self):
         # Wall-clock marks of the fetching itself (start-up excluded), for rates in stats.json.
+        """Start URLs, or what an interrupted run left (and, in image processes, the inbox)."""
         self.crawler.stats.set_value("lait/run/first_request", time.time())
         resumed = bool(self.open_pages or self.pending)
         for url, depth in list(self.open_pages.items()):  # a resumed crawl continues where it stopped
@@ -265,6 +266,7 @@ class LaitSpider(scrapy.Spider):
     # -- pages ---------------------------------------------------------------------------------
 
     def parse_page(self, response) -> Iterator[Any]:
+        """A fetched page: follow its links, reject what cannot be a candidate, route the candidates to their image."""
         url = response.meta["lait_page"]
         depth = response.meta["lait_depth"]
         self.open_pages.pop(url, None)
@@ -297,6 +299,7 @@ class LaitSpider(scrapy.Spider):
             yield from self._candidate(candidate)
 
     def page_failed(self, failure) -> Iterator[Any]:
+        """A page that could not be fetched becomes one rejected row."""
         url = failure.request.meta["lait_page"]
         self.open_pages.pop(url, None)
         reason, detail = failure_reason(failure)
@@ -323,6 +326,7 @@ class LaitSpider(scrapy.Spider):
             yield self._image_request(url)
 
     def parse_image(self, response) -> Iterator[Any]:
+        """A fetched image: opt-out header, validation, then every candidate waiting for it."""
         url = response.meta["lait_image"]
         stats = self.crawler.stats
         stats.set_value("lait/run/last_response", time.time())
@@ -348,6 +352,7 @@ class LaitSpider(scrapy.Spider):
         yield from self._finish_image(url, result)
 
     def image_failed(self, failure) -> Iterator[Any]:
+        """An image that could not be fetched rejects every candidate waiting for it."""
         url = failure.request.meta["lait_image"]
         reason, detail = failure_reason(failure)
         self.crawler.stats.inc_value(f"lait/image/rejected/{reason}")

@@ -18,6 +18,7 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `lait crawl` to the CLI."""
     parser = subparsers.add_parser(
         "crawl",
         help="crawl web pages (Scrapy) or read WARC files (Beam) into image+ALT/TITLE candidates",
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the crawl or the WARC reader; print the funnel."""
     if bool(args.urls) == bool(args.warc):
         print("lait crawl: give start URLs or --warc FILE..., not both and not neither")
         return 2
