@@ -70,12 +70,24 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     if processes <= 1:
-        result = subprocess.run([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env)
-        if result.returncode != 0:
-            raise RuntimeError(f"the crawl process exited with status {result.returncode}")
+        code = _wait([subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env)])[0]
+        if code != 0:
+            raise RuntimeError(f"the crawl process exited with status {code}")
         with open(os.path.join(out_dir, output.STATS_FILE), encoding="utf-8") as handle:
             return json.load(handle)
     return _run_processes(job, out_dir, processes, env)
+
+
+def _wait(children: list[subprocess.Popen]) -> list[int]:
+    """Wait for the crawl processes; on Ctrl-C let them finish their graceful stop, then re-raise."""
+    try:
+        return [child.wait() for child in children]
+    except KeyboardInterrupt:
+        # The children got the same SIGINT: Scrapy finishes in-flight requests, flushes complete
+        # shards and saves the job state. Waiting keeps the terminal and the folder consistent.
+        for child in children:
+            child.wait()
+        raise
 
 
 def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[str, str]) -> dict[str, Any]:
@@ -92,7 +104,7 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
         child_job = dict(job, settings=settings, process_index=index, processes=processes, inbox_dir=inbox_dir,
                          run_id=run_id)
         children.append(subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(child_job)], env=env))
-    codes = [child.wait() for child in children]
+    codes = _wait(children)
     if any(codes):
         raise RuntimeError(f"crawl processes exited with statuses {codes}")
     parts = []

@@ -70,11 +70,17 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}")
             return 2
-        stats = runner.run_crawl(
-            args.urls, args.out, allowed_domains=args.allowed_domains, max_pages=args.max_pages, depth=args.depth,
-            allow_private_networks=args.allow_private_networks, min_side=args.min_side, max_aspect=args.max_aspect,
-            jobdir=args.jobdir, progress=not args.no_progress, overrides=dict(args.settings), processes=args.processes,
-        )
+        try:
+            stats = runner.run_crawl(
+                args.urls, args.out, allowed_domains=args.allowed_domains, max_pages=args.max_pages,
+                depth=args.depth, allow_private_networks=args.allow_private_networks, min_side=args.min_side,
+                max_aspect=args.max_aspect, jobdir=args.jobdir, progress=not args.no_progress,
+                overrides=dict(args.settings), processes=args.processes,
+            )
+        except KeyboardInterrupt:
+            hint = f"rerun with --jobdir {args.jobdir} to continue" if args.jobdir else "complete shards are kept"
+            print(f"crawl interrupted; {hint}")
+            return 130
     print(f"crawl: in {stats['in']:,} = kept {stats['kept']:,} + rejected {stats['rejected']:,}  -> {args.out}")
     for reason, count in list(stats["rejected_by_reason"].items())[:12]:
         print(f"  {count:>8,}  {reason}")

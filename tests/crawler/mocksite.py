@@ -51,8 +51,9 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
 class MockSite:
     """Serves ``pages`` ({path: (status, headers, body)}) and the scenario paths; logs every request."""
 
-    def __init__(self, pages: dict[str, tuple[int, dict, bytes]]):
+    def __init__(self, pages: dict[str, tuple[int, dict, bytes]], slow_prefix: str | None = None, slow_s: float = 0.0):
         self.pages = pages
+        self.slow_prefix, self.slow_s = slow_prefix, slow_s  # paths under slow_prefix answer after slow_s
         self.log: list[str] = []
         self.counts: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
@@ -103,6 +104,8 @@ class MockSite:
         if parts.path == "/redirect":
             return 302, {"Location": query.get("to", "/")}, b""
         if parts.path in self.pages:
+            if self.slow_prefix and parts.path.startswith(self.slow_prefix):
+                time.sleep(self.slow_s)
             return self.pages[parts.path]
         return 404, {"Content-Type": "text/html"}, b"<html><body>not found</body></html>"
 

@@ -2,8 +2,10 @@
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -97,9 +99,9 @@ def test_each_image_is_fetched_once_and_opted_out_images_never(case_crawl):
     assert counts["/img/opt-image.jpg"] == 1  # its opt-out is in its own response header
 
 
-def small_site(pages: int = 8) -> MockSite:
+def small_site(pages: int = 8, slow_images: float = 0.0) -> MockSite:
     """A chain of pages, each with two images of its own and one shared, for the resume test."""
-    site = MockSite({})
+    site = MockSite({}, slow_prefix="/img/" if slow_images else None, slow_s=slow_images)
     content = {"/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n")}
     for i in range(pages):
         nxt = f'<a href="/p{i + 1}.html">next</a>' if i + 1 < pages else ""
@@ -144,6 +146,33 @@ def test_interrupted_crawl_resumes_without_loss_refetch_or_duplicates(tmp_path):
     assert fetched_twice == []
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept"] == len(expected) and stats["in"] == stats["kept"] + stats["rejected"]
+
+
+def test_ctrl_c_then_rerun_with_the_same_jobdir_loses_nothing_and_refetches_nothing(tmp_path):
+    out, jobdir = tmp_path / "out", tmp_path / "job"
+    command = [sys.executable, "-m", "lait", "crawl", "--out", str(out), "--jobdir", str(jobdir), "--no-progress",
+               "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE), "-s", "AUTOTHROTTLE_ENABLED=false",
+               "-s", "CONCURRENT_REQUESTS=2"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    with small_site(slow_images=0.2) as site:
+        expected = small_site_candidate_ids(site)
+        process = subprocess.Popen([*command, site.url + "/p0.html"], env=env, start_new_session=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sum(n for p, n in site.counts.items() if p.startswith("/img/")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        stdout, _ = process.communicate(timeout=60)
+        assert process.returncode == 130 and "rerun with --jobdir" in stdout
+        first = schemas.count_rows(str(out / "candidates")) if (out / "candidates").exists() else 0
+        first_counts = collections.Counter(site.counts)
+        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), "--allow-private-networks",
+                   "--min-side", str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
+        second_counts = collections.Counter(site.counts) - first_counts
+    got = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
+    assert 0 < first < len(expected)
+    assert sorted(got) == expected
+    assert [p for p in second_counts if p.startswith("/img/") and first_counts[p]] == []
 
 
 def test_two_processes_give_the_same_candidates_and_fetch_each_image_once(tmp_path):
