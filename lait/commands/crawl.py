@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
                 max_aspect=args.max_aspect, jobdir=args.jobdir, progress=not args.no_progress,
                 overrides=dict(args.settings), processes=args.processes,
             )
+        except RuntimeError as exc:  # a crawl process failed; its own log says why
+            print(f"lait crawl: {exc}")
+            return 1
         except KeyboardInterrupt:
             hint = f"rerun with --jobdir {args.jobdir} to continue" if args.jobdir else "complete shards are kept"
             print(f"crawl interrupted; {hint}")

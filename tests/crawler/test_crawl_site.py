@@ -219,6 +219,21 @@ def test_a_redirect_into_a_private_range_is_refused(tmp_path):
     assert "/internal.html" not in site.counts
 
 
+def test_max_pages_and_allowed_domains_narrow_the_crawl(tmp_path):
+    common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
+    with small_site(5) as site:
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "capped"), "--max-pages", "2", *common,
+                   settings=TEST_SETTINGS)
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "other"), "--allowed-domains", "example.org",
+                   *common, settings=TEST_SETTINGS)
+        fetched_pages = sorted(p for p in site.counts if p.endswith(".html"))
+    capped = json.loads((tmp_path / "capped" / "stats.json").read_text())
+    assert capped["lait/page/fetched"] == 2 and capped["kept"] == 6
+    other = json.loads((tmp_path / "other" / "stats.json").read_text())
+    assert other["lait/page/fetched"] == 1 and other["kept"] == 3  # the start URL only: its links are off-domain
+    assert fetched_pages == ["/p0.html", "/p1.html"]
+
+
 def test_cli_rejects_non_http_start_urls(tmp_path):
     result = lait_crawl("file:///etc/passwd", "--out", str(tmp_path / "out"), check=False)
     assert result.returncode == 2 and "only http(s)" in result.stdout
