@@ -60,17 +60,19 @@ def _warc_date(value: str | None) -> datetime.datetime | None:
         return None
 
 
-def _truncated(record, payload: bytes) -> str | None:
-    """Why a record's payload is incomplete, or None when it is whole."""
+def _damage(record, payload: bytes) -> tuple[str, str] | None:
+    """(reason, detail) when a record's payload is cut short or altered, None when it is whole."""
     if record.rec_headers.get_header("WARC-Truncated"):
-        return f"WARC-Truncated: {record.rec_headers.get_header('WARC-Truncated')}"
+        return "warc_truncated_record", f"WARC-Truncated: {record.rec_headers.get_header('WARC-Truncated')}"
     checker = getattr(record, "digest_checker", None)
     has_digest = record.rec_headers.get_header("WARC-Payload-Digest") or record.rec_headers.get_header("WARC-Block-Digest")
-    if checker is not None and has_digest and checker.passed is not True:
-        return "digest mismatch" if checker.passed is False else "record ends before its declared length"
+    if checker is not None and has_digest and checker.passed is False:
+        return "warc_corrupt_record", "digest mismatch"
+    if checker is not None and has_digest and checker.passed is None:
+        return "warc_truncated_record", "record ends before its declared length"
     length = record.http_headers.get_header("Content-Length") if record.http_headers else None
     if length and length.isdigit() and not record.http_headers.get_header("Content-Encoding") and len(payload) < int(length):
-        return f"payload {len(payload)} bytes of {length}"
+        return "warc_truncated_record", f"payload {len(payload)} bytes of {length}"
     return None
 
 
@@ -133,8 +135,8 @@ class ReadWarcRecords(beam.DoFn):
         if len(payload) > self.max_bytes:
             reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
         else:
-            problem = _truncated(record, payload)
-            reason = ("warc_truncated_record", f"{path}@{offset()}: {problem}") if problem else None
+            damage = _damage(record, payload)
+            reason = (damage[0], f"{path}@{offset()}: {damage[1]}") if damage else None
         if reason:
             ids = {"page_url": url} if is_page else {"image_url": url}
             yield _rejected(*reason, **ids)

@@ -98,3 +98,31 @@ def test_warc_files_become_candidates_with_counted_rejects(tmp_path):
     stats = __import__("json").loads((out / "stats.json").read_text())
     assert stats["in"] == stats["kept"] + stats["rejected"] == len(candidates) + len(rejected)
     assert stats["source"] == "warc" and stats["lait/warc/images_downloaded"] == 1
+
+
+def test_read_warc_records_flags_altered_and_declared_truncated_records(tmp_path):
+    """The DoFn called directly: a payload altered after writing, and a record marked WARC-Truncated."""
+    from apache_beam.pvalue import TaggedOutput
+
+    from crawler.warc import ReadWarcRecords
+
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=False)
+    _response(writer, "http://warc.example/ok.jpg", jpeg(96, 72), "image/jpeg")
+    headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+    record = writer.create_warc_record("http://warc.example/cut.html", "response",
+                                       payload=io.BytesIO(html("<p>cut</p>")), http_headers=headers)
+    record.rec_headers.add_header("WARC-Truncated", "length")
+    writer.write_record(record)
+    _response(writer, "http://warc.example/altered.html", html("<p>original text</p>"), "text/html")
+    data = buffer.getvalue().replace(b"original text", b"ORIGINAL TEXT")  # same length, wrong digest
+    path = tmp_path / "records.warc"
+    path.write_bytes(data)
+    outputs = list(ReadWarcRecords(max_bytes=1_000_000).process(str(path)))
+    kept = [o for o in outputs if not isinstance(o, TaggedOutput)]
+    rejected = {o.value["page_url"]: o.value for o in outputs if isinstance(o, TaggedOutput)}
+    assert [(kind, url) for kind, url, _ in kept] == [("image", "http://warc.example/ok.jpg")]
+    assert rejected["http://warc.example/cut.html"]["reason"] == "warc_truncated_record"
+    assert "WARC-Truncated" in rejected["http://warc.example/cut.html"]["detail"]
+    assert rejected["http://warc.example/altered.html"]["reason"] == "warc_corrupt_record"
+    assert "digest mismatch" in rejected["http://warc.example/altered.html"]["detail"]
