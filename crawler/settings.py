@@ -24,3 +24,40 @@ TELNETCONSOLE_ENABLED = False
 
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 FEED_EXPORT_ENCODING = "utf-8"
+
+DOWNLOADER_MIDDLEWARES = {
+    # Before robots.txt (100) and everything that could open a connection.
+    "crawler.middlewares.NetworkGuardMiddleware": 50,
+    # The spider filters page links by domain itself and fetches images from any host (CDNs).
+    "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
+    "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
+}
+# The spider tracks link depth itself (images do not count as a hop).
+SPIDER_MIDDLEWARES = {"scrapy.spidermiddlewares.depth.DepthMiddleware": None}
+# Scrapy starts CONCURRENT_ITEMS asyncio tasks for every callback's output; the item pipeline is
+# synchronous, so more than one only costs CPU (profiled: ~100 tasks per response at the default).
+CONCURRENT_ITEMS = 1
+ITEM_PIPELINES = {"crawler.pipelines.ParquetWriterPipeline": 300}
+EXTENSIONS = {"crawler.extensions.ProgressBar": 500}
+REDIRECT_MAX_TIMES = 10
+RETRY_TIMES = 1
+DOWNLOAD_MAXSIZE = 64 * 2**20
+
+# LAIT settings (read by the spider and its components in from_crawler).
+LAIT_OUT = None  # the run folder: candidates/, rejected/, stats.json
+LAIT_JOBDIR = None  # a folder that lets an interrupted crawl continue
+LAIT_ALLOW_PRIVATE_NETWORKS = False  # the guard refuses private/loopback/link-local/multicast hosts
+LAIT_ALLOWED_NETWORKS = []  # CIDRs let through despite the guard, e.g. ["127.0.0.1/32"]
+LAIT_MIN_SIDE = 300  # early reject: the filter stage's default minimum side, px
+LAIT_MAX_ASPECT = 3.0  # early reject: the filter stage's default maximum aspect ratio
+LAIT_IMAGE_FORMATS = ["JPEG", "PNG", "WEBP", "GIF"]
+LAIT_MAX_PIXELS = 89_478_485  # larger images are decompression bombs, rejected from their header
+LAIT_PAGE_MAXSIZE = 8 * 2**20  # bytes, after decompression
+LAIT_IMAGE_MAXSIZE = 16 * 2**20  # bytes, after decompression
+LAIT_ROWS_PER_SHARD = 500
+LAIT_IMAGE_STORE_MEMORY = 512 * 2**20
+LAIT_PROGRESS = False
+
+# Scrapy re-parses a generator callback's source to warn about `return value` in it; the weak-keyed
+# cache misses for bound methods, so it ran per response (profiled). Our callbacks return nothing.
+WARN_ON_GENERATOR_RETURN_VALUE = False

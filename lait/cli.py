@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "lait.commands.import_captions",
     "lait.commands.filter",
     "lait.commands.explain",
+    "lait.commands.crawl",
     "lait.commands.inspect",
     "lait.commands.report",
     "lait.commands.audit",

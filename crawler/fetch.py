@@ -1,0 +1,140 @@
+"""A small blocking fetcher with the spider's politeness and safety rules, for the WARC reader's
+download step (a Beam DoFn cannot run Scrapy's reactor).
+
+Same rules as the crawl: the network guard on the first URL and on every redirect, robots.txt,
+the user agent with its contact URL, a per-host delay, a timeout, a size cap on the decompressed
+body, at most ``max_redirects`` hops.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+import urllib.robotparser
+import zlib
+from urllib.parse import urljoin, urlsplit
+
+from crawler import netguard
+from crawler import settings as defaults
+
+logger = logging.getLogger(__name__)
+
+
+class FetchError(Exception):
+    """A fetch that failed; ``reason`` is the snake_case reject reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass
+class Fetched:
+    """A successful response: the final URL, status, headers (lower-case names) and decoded body."""
+
+    url: str
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # Redirects are followed by PoliteFetcher itself, so every hop passes the guard.
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+class PoliteFetcher:
+    """Fetches http(s) URLs one at a time per host, obeying robots.txt and refusing private networks."""
+
+    def __init__(self, user_agent: str = defaults.USER_AGENT, allow_private_networks: bool = False,
+                 timeout: float = defaults.DOWNLOAD_TIMEOUT, max_bytes: int = defaults.LAIT_IMAGE_MAXSIZE,
+                 obey_robots: bool = defaults.ROBOTSTXT_OBEY, delay: float = 1.0, max_redirects: int = defaults.REDIRECT_MAX_TIMES,
+                 resolve: netguard.Resolver = netguard.system_resolver):
+        self.user_agent = user_agent
+        self.allow_private_networks = allow_private_networks
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.obey_robots = obey_robots
+        self.delay = delay
+        self.max_redirects = max_redirects
+        self.resolve = resolve
+        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _wait_turn(self, host: str) -> None:
+        with self._lock:
+            wait = self._last.get(host, 0.0) + self.delay - time.monotonic()
+            self._last[host] = time.monotonic() + max(wait, 0.0)
+        if wait > 0:
+            time.sleep(wait)
+
+    def _get(self, url: str, max_bytes: int) -> Fetched:
+        """One guarded request, no redirect following."""
+        netguard.check_url(url, self.allow_private_networks, self.resolve)
+        self._wait_turn(urlsplit(url).netloc)
+        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent, "Accept-Encoding": "gzip"})
+        try:
+            response = self._opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:  # 3xx (not followed here) and 4xx/5xx
+            response = exc
+        except (TimeoutError, OSError) as exc:
+            reason = "timeout" if "timed out" in str(exc) else "connection_error"
+            raise FetchError(reason, f"{url}: {exc}") from None
+        with response:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            try:
+                raw = response.read(max_bytes + 1)
+            except (TimeoutError, OSError) as exc:
+                raise FetchError("timeout" if "timed out" in str(exc) else "connection_error", str(exc)) from None
+        if len(raw) > max_bytes:
+            raise FetchError("too_large", f"{url}: body over {max_bytes} bytes")
+        if headers.get("content-encoding", "").lower() in ("gzip", "x-gzip"):
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                raw = decompressor.decompress(raw, max_bytes + 1)
+            except zlib.error as exc:
+                raise FetchError("fetch_error", f"{url}: bad gzip body ({exc})") from None
+            if len(raw) > max_bytes:
+                raise FetchError("too_large", f"{url}: body over {max_bytes} bytes after decompression")
+        return Fetched(url, getattr(response, "code", None) or response.status, headers, raw)
+
+    def allowed_by_robots(self, url: str) -> bool:
+        """Whether robots.txt of the URL's host lets our user agent fetch it (unreachable robots.txt: yes)."""
+        if not self.obey_robots:
+            return True
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        if key not in self._robots:
+            parser = None
+            try:
+                fetched = self.fetch(key + "/robots.txt", check_robots=False)
+                if fetched.status == 200:
+                    parser = urllib.robotparser.RobotFileParser()
+                    parser.parse(fetched.body.decode("utf-8", errors="replace").splitlines())
+            except (FetchError, netguard.RefusedURL):
+                parser = None
+            self._robots[key] = parser
+        parser = self._robots[key]
+        return parser is None or parser.can_fetch(self.user_agent, url)
+
+    def fetch(self, url: str, check_robots: bool = True) -> Fetched:
+        """GET a URL, following redirects through the guard; ``FetchError``/``RefusedURL`` on failure."""
+        for _ in range(self.max_redirects + 1):
+            if check_robots and not self.allowed_by_robots(url):
+                raise FetchError("robots_disallowed", url)
+            fetched = self._get(url, self.max_bytes)
+            if fetched.status in (301, 302, 303, 307, 308) and "location" in fetched.headers:
+                url = urljoin(url, fetched.headers["location"])
+                continue
+            if not 200 <= fetched.status < 300:
+                raise FetchError(f"http_{fetched.status}", url)
+            return fetched
+        raise FetchError("too_many_redirects", url)
+

@@ -1,0 +1,132 @@
+"""Run the LAIT spider from Python or the ``lait`` CLI, each crawl in a child process.
+
+Twisted's reactor starts once per process, so ``run_crawl`` starts a fresh interpreter
+(``python -m crawler.runner``) for every crawl; a caller may crawl as often as it likes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from typing import Any
+
+from crawler import images, output
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def crawl_settings(out_dir: str, *, allow_private_networks: bool = False, min_side: int = images.DEFAULT_MIN_SIDE,
+                   max_aspect: float = images.DEFAULT_MAX_ASPECT, jobdir: str | None = None, progress: bool = False,
+                   log_level: str = "WARNING", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Scrapy settings of one crawl, on top of ``crawler.settings``."""
+    settings = {
+        "LAIT_OUT": os.path.abspath(out_dir),
+        "LAIT_ALLOW_PRIVATE_NETWORKS": allow_private_networks,
+        "LAIT_MIN_SIDE": min_side,
+        "LAIT_MAX_ASPECT": max_aspect,
+        "LAIT_PROGRESS": progress,
+        "LOG_LEVEL": log_level,
+    }
+    if jobdir:
+        settings["LAIT_JOBDIR"] = os.path.abspath(jobdir)
+    settings.update(overrides or {})
+    return settings
+
+
+def crawl_in_this_process(urls: list[str], settings: dict[str, Any], allowed_domains: list[str] | None = None,
+                          max_pages: int = 0, depth: int = 0, **process_kwargs) -> None:
+    """Run one crawl in this process (once per process: it starts the Twisted reactor)."""
+    from scrapy.crawler import CrawlerProcess
+    from scrapy.settings import Settings
+
+    from crawler.spiders.lait import LaitSpider
+
+    scrapy_settings = Settings()
+    scrapy_settings.setmodule("crawler.settings", priority="project")
+    scrapy_settings.update(settings, priority="cmdline")
+    process = CrawlerProcess(scrapy_settings)
+    process.crawl(LaitSpider, urls=urls, allowed_domains=allowed_domains or None, max_pages=max_pages, depth=depth,
+                  **process_kwargs)
+    process.start()
+
+
+def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | None = None, max_pages: int = 0,
+              depth: int = 0, processes: int = 1, **settings_kwargs) -> dict[str, Any]:
+    """Crawl ``urls`` into ``out_dir`` in child processes; return the run's stats.json.
+
+    With ``processes > 1``, process 0 crawls the pages and every process fetches and validates the
+    images whose URL hashes to it (each image still fetched once), so the crawl uses several cores.
+    """
+    settings = crawl_settings(out_dir, **settings_kwargs)
+    job = {"urls": list(urls), "settings": settings, "allowed_domains": allowed_domains or None,
+           "max_pages": max_pages, "depth": depth}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    if processes <= 1:
+        code = _wait([subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env)])[0]
+        if code != 0:
+            raise RuntimeError(f"the crawl process exited with status {code}")
+        with open(os.path.join(out_dir, output.STATS_FILE), encoding="utf-8") as handle:
+            return json.load(handle)
+    return _run_processes(job, out_dir, processes, env)
+
+
+def _wait(children: list[subprocess.Popen]) -> list[int]:
+    """Wait for the crawl processes; on Ctrl-C let them finish their graceful stop, then re-raise."""
+    try:
+        return [child.wait() for child in children]
+    except KeyboardInterrupt:
+        # The children got the same SIGINT: Scrapy finishes in-flight requests, flushes complete
+        # shards and saves the job state. Waiting keeps the terminal and the folder consistent.
+        for child in children:
+            child.wait()
+        raise
+
+
+def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[str, str]) -> dict[str, Any]:
+    jobdir = job["settings"].get("LAIT_JOBDIR")
+    inbox_dir = os.path.join(jobdir, "inboxes") if jobdir else tempfile.mkdtemp(prefix="lait-crawl-")
+    os.makedirs(inbox_dir, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    children = []
+    for index in range(processes):
+        settings = dict(job["settings"], LAIT_SHARD_PREFIX=f"part-p{index}",
+                        LAIT_STATS_PART=os.path.join(inbox_dir, f"stats-{index}.json"))
+        if index:
+            settings["LAIT_PROGRESS"] = False  # one progress bar, process 0's
+        child_job = dict(job, settings=settings, process_index=index, processes=processes, inbox_dir=inbox_dir,
+                         run_id=run_id)
+        children.append(subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(child_job)], env=env))
+    codes = _wait(children)
+    if any(codes):
+        raise RuntimeError(f"crawl processes exited with statuses {codes}")
+    parts = []
+    for index in range(processes):
+        with open(os.path.join(inbox_dir, f"stats-{index}.json"), encoding="utf-8") as handle:
+            parts.append(json.load(handle))
+    merged = output.merge_process_stats(parts)
+    merged["scrapy"] = merged.pop("scrapy_by_process", [{}])[0]
+    merged["processes"] = processes
+    if not jobdir:
+        shutil.rmtree(inbox_dir, ignore_errors=True)
+    return output.write_stats(out_dir, dict(merged, source="crawl"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry point: one JSON argument describing the crawl."""
+    job = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    process_kwargs = {k: job[k] for k in ("process_index", "processes", "inbox_dir", "run_id") if k in job}
+    crawl_in_this_process(job["urls"], job["settings"], job.get("allowed_domains"), job.get("max_pages", 0),
+                          job.get("depth", 0), **process_kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

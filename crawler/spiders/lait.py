@@ -1,0 +1,378 @@
+"""The LAIT spider: crawls a site's pages and collects (page, image, ALT/TITLE text) candidates.
+
+    scrapy crawl lait -a urls=https://example.org/ -s LAIT_OUT=runs/x/crawl
+
+Arguments (``-a``): ``urls`` (comma-separated start URLs), ``allowed_domains`` (comma-separated;
+default: the start URLs' hosts), ``max_pages`` (0 = no cap), ``depth`` (0 = no limit), ``jobdir``
+(a folder that lets an interrupted crawl continue). Everything else comes from ``LAIT_*`` settings.
+
+Every image URL is fetched once: the candidates that wait for it are kept in ``pending`` and all
+emitted when it arrives, and later references reuse the recorded result.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import scrapy
+from scrapy import exceptions as scrapy_errors
+from scrapy.exceptions import IgnoreRequest
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.internet import defer, error as tx_error
+
+from crawler import extract, images, output
+from crawler.middlewares import RefusedRequest
+from crawler.items import CandidateItem, RejectedItem
+from crawler.store import ImageStore
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "lait-state.pickle"
+# Images go before pages: each one finished releases the candidates waiting for it.
+IMAGE_PRIORITY = 10
+
+
+def failure_reason(failure) -> tuple[str, str]:
+    """A snake_case reason and a detail for a failed request."""
+    exc = failure.value
+    detail = f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(exc, RefusedRequest):
+        return exc.reason, exc.detail
+    if isinstance(exc, HttpError):
+        return f"http_{exc.response.status}", detail
+    if isinstance(exc, IgnoreRequest):
+        message = str(exc)
+        if "robots.txt" in message:
+            return "robots_disallowed", message
+        if "redirections" in message:
+            return "too_many_redirects", message
+        if "DOWNLOAD_MAXSIZE" in message or "max size" in message:
+            return "too_large", message
+        return "ignored", message
+    if isinstance(exc, (scrapy_errors.DownloadTimeoutError, tx_error.TimeoutError, tx_error.TCPTimedOutError,
+                        defer.TimeoutError, TimeoutError)):
+        return "timeout", detail
+    if isinstance(exc, (scrapy_errors.CannotResolveHostError, tx_error.DNSLookupError)):
+        return "dns_error", detail
+    if isinstance(exc, (scrapy_errors.DownloadCancelledError, defer.CancelledError)):
+        # Scrapy cancels a download that passes its size cap.
+        return "too_large", detail
+    if isinstance(exc, scrapy_errors.UnsupportedURLSchemeError):
+        return "unsupported_scheme", detail
+    if isinstance(exc, (scrapy_errors.DownloadConnectionRefusedError, scrapy_errors.DownloadFailedError,
+                        scrapy_errors.ResponseDataLossError, tx_error.ConnectError, ConnectionError)):
+        return "connection_error", detail
+    return "fetch_error", detail
+
+
+def _split(value) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+class LaitSpider(scrapy.Spider):
+    """Pages of the allowed domains -> candidates with their image bytes, and counted rejects."""
+
+    name = "lait"
+
+    def __init__(self, urls=None, allowed_domains=None, max_pages=0, depth=0, jobdir=None, process_index=0,
+                 processes=1, inbox_dir=None, run_id=None, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_urls = _split(urls)
+        # With several processes, process 0 crawls the pages and each process owns the images whose URL
+        # hashes to it; candidates travel to their image's owner through an append-only inbox file.
+        self.process_index = int(process_index)
+        self.processes = max(1, int(processes))
+        self.inbox_dir = inbox_dir
+        self.run_id = run_id
+        self.inbox_offset = 0
+        self._outboxes: dict[int, Any] = {}
+        if not self.start_urls and self.process_index == 0:
+            raise ValueError("the lait spider needs start URLs: -a urls=URL[,URL...]")
+        # Not `allowed_domains`: Scrapy's offsite middleware would then drop images served by a CDN.
+        self.page_domains = [d.lower().lstrip(".") for d in _split(allowed_domains)] or sorted(
+            {(urlsplit(u).hostname or "").lower() for u in self.start_urls} - {""})
+        self.max_pages = int(max_pages or 0)
+        self.depth_limit = int(depth or 0)
+        self.jobdir = jobdir
+        self.pages_seen: set[str] = set()
+        self.open_pages: dict[str, int] = {}  # scheduled, not done: url -> depth
+        self.pending: dict[str, list[dict]] = {}  # image url -> candidates waiting for it
+        self.image_results: dict[str, dict] = {}  # image url -> facts (kept) or reason (rejected)
+
+    @classmethod
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.configure(crawler.settings)
+        return spider
+
+    def configure(self, settings) -> None:
+        """Read the LAIT_* settings and restore a previous run's state from the job folder."""
+        self.min_side = settings.getint("LAIT_MIN_SIDE", images.DEFAULT_MIN_SIDE)
+        self.max_aspect = settings.getfloat("LAIT_MAX_ASPECT", images.DEFAULT_MAX_ASPECT)
+        self.formats = tuple(f.upper() for f in settings.getlist("LAIT_IMAGE_FORMATS", list(images.DEFAULT_FORMATS)))
+        self.max_pixels = settings.getint("LAIT_MAX_PIXELS", images.DEFAULT_MAX_PIXELS)
+        self.page_maxsize = settings.getint("LAIT_PAGE_MAXSIZE")
+        self.image_maxsize = settings.getint("LAIT_IMAGE_MAXSIZE")
+        self.jobdir = self.jobdir or settings.get("LAIT_JOBDIR")
+        self.store = ImageStore(settings.getint("LAIT_IMAGE_STORE_MEMORY", 512 * 2**20))
+        if self.jobdir:
+            self._load_state()
+
+    # -- resume --------------------------------------------------------------------------------
+
+    def _state_path(self) -> str:
+        name = STATE_FILE if self.process_index == 0 else STATE_FILE.replace(".pickle", f"-p{self.process_index}.pickle")
+        return os.path.join(self.jobdir, name)
+
+    def _load_state(self) -> None:
+        path = self._state_path()
+        if not os.path.exists(path):
+            return
+        with open(path, "rb") as handle:
+            state = pickle.load(handle)
+        self.pages_seen = state["pages_seen"]
+        self.open_pages = state["open_pages"]
+        self.pending = state["pending"]
+        self.image_results = state["image_results"]
+        self.inbox_offset = state.get("inbox_offset", 0)
+        out_dir = self.settings.get("LAIT_OUT")
+        if out_dir:  # bytes of images already fetched, for later pages that show them again
+            for row in output.iter_existing_images(out_dir):
+                self.store.put(row["image_id"], row["image_bytes"])
+        logger.info("resuming: %d pages seen, %d pages and %d images to fetch", len(self.pages_seen),
+                    len(self.open_pages), len(self.pending))
+
+    def _save_state(self) -> None:
+        os.makedirs(self.jobdir, exist_ok=True)
+        state = {"pages_seen": self.pages_seen, "open_pages": self.open_pages, "pending": self.pending,
+                 "image_results": self.image_results, "inbox_offset": self.inbox_offset}
+        fd, tmp = tempfile.mkstemp(dir=self.jobdir, prefix=".state.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self._state_path())
+
+    def closed(self, reason: str) -> None:
+        """Keep what is left to do in the job folder (the item pipeline has flushed by now)."""
+        if self.process_index == 0:
+            for owner in range(1, self.processes):  # image workers finish their inbox, then stop
+                self._send(owner, {"done": self.run_id})
+        for handle in self._outboxes.values():
+            handle.close()
+        if self.jobdir:
+            self._save_state()
+        self.store.close()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def start(self):
+        # Wall-clock marks of the fetching itself (start-up excluded), for rates in stats.json.
+        """Start URLs, or what an interrupted run left (and, in image processes, the inbox)."""
+        self.crawler.stats.set_value("lait/run/first_request", time.time())
+        resumed = bool(self.open_pages or self.pending)
+        for url, depth in list(self.open_pages.items()):  # a resumed crawl continues where it stopped
+            yield self._page_request(url, depth)
+        for url in list(self.pending):
+            yield self._image_request(url)
+        if self.process_index > 0:
+            async for item in self._read_inbox():
+                yield item
+            return
+        if resumed:
+            return
+        for url in self.start_urls:
+            request = self._schedule_page(url, 0)
+            if request is not None:
+                yield request
+
+    # -- several processes -----------------------------------------------------------------------
+
+    def _inbox_path(self, index: int) -> str:
+        return os.path.join(self.inbox_dir, f"inbox-{index}.jsonl")
+
+    def _owner(self, image_url: str) -> int:
+        if self.processes == 1:
+            return 0
+        return int(hashlib.sha1(image_url.encode("utf-8")).hexdigest()[:8], 16) % self.processes
+
+    def _send(self, owner: int, message: dict) -> None:
+        handle = self._outboxes.get(owner)
+        if handle is None:
+            handle = self._outboxes[owner] = open(self._inbox_path(owner), "a", encoding="utf-8")
+        handle.write(json.dumps(message) + "\n")
+        handle.flush()
+
+    async def _read_inbox(self):
+        """Candidates routed to this process, until process 0 of this run says it is done."""
+        path = self._inbox_path(self.process_index)
+        while True:
+            lines = []
+            if os.path.exists(path):
+                with open(path, "rb") as handle:
+                    handle.seek(self.inbox_offset)
+                    chunk = handle.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+                lines = complete.splitlines(keepends=True)
+            for line in lines:
+                self.inbox_offset += len(line)
+                message = json.loads(line)
+                if "done" in message:
+                    if message["done"] == self.run_id:
+                        return
+                    continue  # the end of an earlier, interrupted run
+                for item in self._candidate(message):
+                    yield item
+            if not lines:
+                await asyncio.sleep(0.02)
+
+    def _page_request(self, url: str, depth: int) -> scrapy.Request:
+        return scrapy.Request(url, callback=self.parse_page, errback=self.page_failed, dont_filter=True,
+                              meta={"lait_page": url, "lait_depth": depth, "download_maxsize": self.page_maxsize})
+
+    def _image_request(self, url: str) -> scrapy.Request:
+        # Alone, a process fetches images first (fewer candidates waiting in memory); page process 0 of a
+        # multi-process crawl fetches pages first, so the image processes are never starved of work.
+        priority = IMAGE_PRIORITY if self.processes == 1 else -IMAGE_PRIORITY
+        return scrapy.Request(url, callback=self.parse_image, errback=self.image_failed, dont_filter=True,
+                              priority=priority,
+                              meta={"lait_image": url, "download_maxsize": self.image_maxsize})
+
+    def _schedule_page(self, url: str, depth: int) -> scrapy.Request | None:
+        if url in self.pages_seen:
+            return None
+        if self.max_pages and len(self.pages_seen) >= self.max_pages:
+            self.crawler.stats.inc_value("lait/page/skipped_max_pages")
+            return None
+        self.pages_seen.add(url)
+        self.open_pages[url] = depth
+        return self._page_request(url, depth)
+
+    def _in_domains(self, url: str) -> bool:
+        host = (urlsplit(url).hostname or "").lower()
+        return any(host == d or host.endswith("." + d) for d in self.page_domains)
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    def parse_page(self, response) -> Iterator[Any]:
+        """A fetched page: follow its links, reject what cannot be a candidate, route the candidates to their image."""
+        url = response.meta["lait_page"]
+        depth = response.meta["lait_depth"]
+        self.open_pages.pop(url, None)
+        stats = self.crawler.stats
+        stats.set_value("lait/run/last_response", time.time())
+        stats.set_value("lait/run/last_page", time.time())
+        stats.inc_value("lait/page/fetched")
+        if not isinstance(response, scrapy.http.TextResponse) or b"html" not in (
+                response.headers.get("Content-Type") or b"text/html").lower():
+            stats.inc_value("lait/page/rejected/not_html")
+            yield RejectedItem(dict(reason="not_html", page_url=url,
+                                    detail=(response.headers.get("Content-Type") or b"").decode("latin-1")))
+            return
+        headers = {k.decode("latin-1"): response.headers.getlist(k) for k in response.headers}
+        page = extract.parse_page(response.body, response.url, headers)
+        for key, count in page.counts.items():
+            stats.inc_value(f"lait/{key}" if key.startswith("page/") else f"lait/ref/{key}", count)
+        if not page.nofollow and (not self.depth_limit or depth < self.depth_limit):
+            for link in page.links:
+                if self._in_domains(link):
+                    request = self._schedule_page(link, depth + 1)
+                    if request is not None:
+                        yield request
+        for row in page.rejects:
+            yield RejectedItem(row)
+        for candidate in page.candidates:
+            if page.opt_out:
+                yield RejectedItem(self._reject_row(candidate, page.opt_out, "page opted out"))
+                continue
+            yield from self._candidate(candidate)
+
+    def page_failed(self, failure) -> Iterator[Any]:
+        """A page that could not be fetched becomes one rejected row."""
+        url = failure.request.meta["lait_page"]
+        self.open_pages.pop(url, None)
+        reason, detail = failure_reason(failure)
+        self.crawler.stats.inc_value(f"lait/page/rejected/{reason}")
+        yield RejectedItem(dict(reason=reason, detail=detail, page_url=url))
+
+    # -- images --------------------------------------------------------------------------------
+
+    def _candidate(self, candidate: dict) -> Iterator[Any]:
+        url = candidate["image_url"]
+        owner = self._owner(url)
+        if owner != self.process_index:
+            self.crawler.stats.inc_value("lait/image/routed")
+            self._send(owner, candidate)
+            return
+        result = self.image_results.get(url)
+        if result is not None:
+            self.crawler.stats.inc_value("lait/image/reused")
+            yield self._emit(candidate, result)
+        elif url in self.pending:
+            self.pending[url].append(candidate)
+        else:
+            self.pending[url] = [candidate]
+            yield self._image_request(url)
+
+    def parse_image(self, response) -> Iterator[Any]:
+        """A fetched image: opt-out header, validation, then every candidate waiting for it."""
+        url = response.meta["lait_image"]
+        stats = self.crawler.stats
+        stats.set_value("lait/run/last_response", time.time())
+        stats.inc_value("lait/image/fetched")
+        body = response.body
+        opt_out = extract.opt_out_reason([v.decode("latin-1") for v in response.headers.getlist("X-Robots-Tag")])
+        if opt_out:
+            result = {"reason": opt_out, "detail": "X-Robots-Tag on the image"}
+        else:
+            check = images.validate_image(body, self.min_side, self.max_aspect, self.formats, self.max_pixels)
+            if not check.ok:
+                result = {"reason": check.reason, "detail": check.detail}
+            else:
+                image_id = extract.image_id(body)
+                self.store.put(image_id, body)
+                result = {"image_id": image_id, "width": check.width, "height": check.height, "format": check.format,
+                          "num_bytes": len(body), "http_status": response.status,
+                          "content_type": (response.headers.get("Content-Type") or b"").decode("latin-1") or None,
+                          "fetched_at": datetime.datetime.now(datetime.timezone.utc)}
+                stats.inc_value("lait/image/validated")
+        if "reason" in result:
+            stats.inc_value(f"lait/image/rejected/{result['reason']}")
+        yield from self._finish_image(url, result)
+
+    def image_failed(self, failure) -> Iterator[Any]:
+        """An image that could not be fetched rejects every candidate waiting for it."""
+        url = failure.request.meta["lait_image"]
+        reason, detail = failure_reason(failure)
+        self.crawler.stats.inc_value(f"lait/image/rejected/{reason}")
+        yield from self._finish_image(url, {"reason": reason, "detail": detail})
+
+    def _finish_image(self, url: str, result: dict) -> Iterator[Any]:
+        self.image_results[url] = result
+        for candidate in self.pending.pop(url, []):
+            yield self._emit(candidate, result)
+
+    def _reject_row(self, candidate: dict, reason: str, detail: str | None) -> dict:
+        return {"reason": reason, "detail": detail, "candidate_id": candidate["candidate_id"],
+                "image_id": None, "page_url": candidate["page_url"], "image_url": candidate["image_url"],
+                "caption": candidate.get("alt") or candidate.get("title") or candidate.get("figcaption")}
+
+    def _emit(self, candidate: dict, result: dict):
+        if "reason" in result:
+            return RejectedItem(self._reject_row(candidate, result["reason"], result.get("detail")))
+        row = dict(candidate)
+        row.update(result)
+        row["image_bytes"] = self.store.get(result["image_id"])
+        row["source"] = "crawl"
+        return CandidateItem(row)

@@ -1,0 +1,439 @@
+"""WARC/ARC/WAT files -> candidates, as an Apache Beam pipeline (web scale: Common Crawl on Dataflow).
+
+Local run (DirectRunner, chosen explicitly)::
+
+    python -m crawler.warc --input 'crawl-data/*.warc.gz' --output runs/x/crawl \
+        --runner DirectRunner --direct_running_mode multi_processing --direct_num_workers 2
+
+Dataflow run (the same pipeline; workers install LAIT with ``--setup_file``)::
+
+    python -m crawler.warc --input 'gs://bucket/segment/*.warc.gz' --output runs/x/crawl \
+        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \
+        --setup_file ./setup.py
+
+HTML response records go through the same ``crawler.extract.parse_page`` as the spider; WAT metadata
+records give candidates from their ``IMG@/src`` links. Image bytes come from image records of the
+same input when present; the rest are fetched by ``DownloadMissingImages`` with the crawl's
+politeness and safety rules (``--no_download`` turns that off). Truncated or malformed records are
+counted rejects. Output: ``OUTPUT/candidates/warc-*.parquet``, ``OUTPUT/rejected/warc-*.parquet``
+and ``OUTPUT/stats.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import logging
+import zlib
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+import schemas
+from crawler import extract, images, netguard, output
+from crawler import settings as defaults
+
+logger = logging.getLogger(__name__)
+
+REJECTED = "rejected"
+PREFIX = "warc"
+NAMESPACE = "lait"
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _rejected(reason: str, detail: str | None = None, **ids) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(output.STAGE, reason, detail, **ids))
+
+
+def _warc_date(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(datetime.timezone.utc)
+    except ValueError:
+        return None
+
+
+def _damage(record, payload: bytes) -> tuple[str, str] | None:
+    """(reason, detail) when a record's payload is cut short or altered, None when it is whole."""
+    if record.rec_headers.get_header("WARC-Truncated"):
+        return "warc_truncated_record", f"WARC-Truncated: {record.rec_headers.get_header('WARC-Truncated')}"
+    checker = getattr(record, "digest_checker", None)
+    has_digest = record.rec_headers.get_header("WARC-Payload-Digest") or record.rec_headers.get_header("WARC-Block-Digest")
+    if checker is not None and has_digest and checker.passed is False:
+        return "warc_corrupt_record", "digest mismatch"
+    if checker is not None and has_digest and checker.passed is None:
+        return "warc_truncated_record", "record ends before its declared length"
+    length = record.http_headers.get_header("Content-Length") if record.http_headers else None
+    if length and length.isdigit() and not record.http_headers.get_header("Content-Encoding") and len(payload) < int(length):
+        return "warc_truncated_record", f"payload {len(payload)} bytes of {length}"
+    return None
+
+
+class ReadWarcRecords(beam.DoFn):
+    """One WARC/ARC/WAT file -> ('page' | 'image' | 'wat', url, record) tuples; broken records tagged rejected."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.records = Metrics.counter(NAMESPACE, "warc/records")
+        self.skipped = Metrics.counter(NAMESPACE, "warc/records_not_used")
+
+    def process(self, path: str) -> Iterator[Any]:
+        from warcio.archiveiterator import ArchiveIterator
+        from warcio.exceptions import ArchiveLoadFailed
+
+        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        end = 0
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
+            try:
+                for record in iterator:
+                    self.records.inc()
+                    # get_record_offset() reads the record to its end: call it only once the payload is read.
+                    yield from self._record(record, path, iterator.get_record_offset)
+                    end = iterator.get_record_offset() + iterator.get_record_length()
+            except (ArchiveLoadFailed, zlib.error, EOFError, ValueError, OSError) as exc:
+                yield _rejected("warc_malformed_record", f"{path}@{end}: {type(exc).__name__}: {exc}"[:300])
+                return
+        if end < size and not _only_blank_lines(path, end):
+            # warcio stops quietly at a gzip member cut short: the bytes it never parsed are the evidence.
+            yield _rejected("warc_truncated_record", f"{path}@{end}: {size - end} bytes after the last whole record")
+
+    def _record(self, record, path: str, offset) -> Iterator[Any]:
+        url = record.rec_headers.get_header("WARC-Target-URI")
+        kind = record.rec_type
+        date = _warc_date(record.rec_headers.get_header("WARC-Date"))
+        if kind == "metadata" and "json" in (record.rec_headers.get_header("Content-Type") or ""):
+            payload = record.content_stream().read()
+            try:
+                yield ("wat", url, {"json": json.loads(payload), "date": date})
+            except (ValueError, UnicodeDecodeError) as exc:
+                yield _rejected("warc_malformed_record", f"{path}@{offset()}: WAT JSON: {exc}"[:300], page_url=url)
+            return
+        if kind not in ("response", "resource"):
+            self.skipped.inc()
+            return
+        if not url or "://" not in url:
+            # warcio reads any line of words as an ARC header; a response without a URL is garbage.
+            yield _rejected("warc_malformed_record", f"{path}@{offset()}: {kind} record without a URL ({url!r})"[:300])
+            return
+        headers = dict(record.http_headers.headers) if record.http_headers else {}
+        content_type = (extract.header_value(headers, "Content-Type")
+                        or record.rec_headers.get_header("Content-Type") or "").lower()
+        is_page = content_type.startswith(HTML_TYPES)
+        is_image = content_type.startswith("image/")
+        if not (is_page or is_image):
+            self.skipped.inc()
+            return
+        payload = record.content_stream().read(self.max_bytes + 1)
+        if len(payload) > self.max_bytes:
+            reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
+        else:
+            damage = _damage(record, payload)
+            reason = (damage[0], f"{path}@{offset()}: {damage[1]}") if damage else None
+        if reason:
+            ids = {"page_url": url} if is_page else {"image_url": url}
+            yield _rejected(*reason, **ids)
+            return
+        status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
+        item = {"status": status, "headers": headers, "body": payload, "date": date}
+        yield ("page" if is_page else "image", url, item)
+
+
+def _only_blank_lines(path: str, offset: int, limit: int = 1 << 16) -> bool:
+    """Whether a file holds nothing but blank lines after ``offset`` (uncompressed WARCs end with CRLFs)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.seek(offset)
+        tail = handle.read(limit + 1)
+    return len(tail) <= limit and not tail.strip()
+
+
+def page_candidates(element) -> Iterator[Any]:
+    """An HTML record -> its candidates (as the spider finds them) and tagged rejected references."""
+    _, url, item = element
+    if not 200 <= item["status"] < 300:
+        yield _rejected(f"http_{item['status']}", "status in the WARC record", page_url=url)
+        return
+    page = extract.parse_page(item["body"], url, item["headers"])
+    for row in page.rejects:
+        yield _rejected(row["reason"], row.get("detail"), **_ids(row))
+    for candidate in page.candidates:
+        if page.opt_out:
+            yield _rejected(page.opt_out, "page opted out", **_ids(candidate))
+        else:
+            yield candidate
+
+
+def wat_candidates(element) -> Iterator[Any]:
+    """A WAT metadata record -> candidates from its ``IMG@/src`` links (no figcaption or page text there)."""
+    _, url, item = element
+    envelope = item["json"].get("Envelope", {})
+    page_url = envelope.get("WARC-Header-Metadata", {}).get("WARC-Target-URI") or url
+    response = envelope.get("Payload-Metadata", {}).get("HTTP-Response-Metadata", {})
+    html_meta = response.get("HTML-Metadata", {})
+    title = extract.normalize_text(html_meta.get("Head", {}).get("Title")) or None
+    lang = extract.normalize_text((extract.header_value(response.get("Headers", {}), "Content-Language") or "").split(",")[0]) or None
+    metas = html_meta.get("Head", {}).get("Metas", [])
+    opt_out = extract.opt_out_reason([m.get("content", "") for m in metas if (m.get("name") or "").lower() in
+                                      extract.ROBOTS_META_NAMES] + [extract.header_value(response.get("Headers", {}), "X-Robots-Tag") or ""])
+    for link in html_meta.get("Links", []):
+        if link.get("path") != "IMG@/src" or not link.get("url"):
+            continue
+        image_url = link["url"]
+        alt = extract.normalize_text(link.get("alt"))
+        title_text = extract.normalize_text(link.get("title")) or None
+        ref = {"page_url": page_url, "image_url": image_url, "alt": alt, "title": title_text,
+               "candidate_id": extract.candidate_id(page_url, image_url, alt, title_text)}
+        if image_url.startswith("data:"):
+            yield _rejected("data_uri", None, page_url=page_url)
+        elif alt == "":
+            yield _rejected("decorative_image", None, **_ids(ref))
+        elif not alt and not title_text:
+            yield _rejected("no_text", None, **_ids(ref))
+        elif opt_out:
+            yield _rejected(opt_out, "page opted out", **_ids(ref))
+        else:
+            yield dict(ref, figcaption=None, page_lang=lang, page_title=title, page_text=None)
+
+
+def _ids(row: dict) -> dict:
+    return {k: row.get(k) for k in ("candidate_id", "page_url", "image_url")}
+
+
+def first_candidate(element) -> Iterator[Any]:
+    """One row per candidate_id: a page stored twice (revisits, overlapping WARCs) yields it once."""
+    _, rows = element
+    rows = list(rows)
+    yield rows[0]
+    for row in rows[1:]:
+        yield _rejected("duplicate_candidate", "same page, image and text seen before", **_ids(row))
+
+
+class DownloadMissingImages(beam.DoFn):
+    """Fetch the images no input record holds, with the crawl's politeness and safety rules."""
+
+    def __init__(self, fetch_options: dict[str, Any]):
+        self.fetch_options = fetch_options
+        self.downloaded = Metrics.counter(NAMESPACE, "warc/images_downloaded")
+        self.failed = Metrics.counter(NAMESPACE, "warc/images_download_failed")
+
+    def setup(self) -> None:
+        from crawler.fetch import PoliteFetcher
+
+        self.fetcher = PoliteFetcher(**self.fetch_options)
+
+    def process(self, job: dict) -> Iterator[dict]:
+        from crawler.fetch import FetchError
+
+        if job["image"] is not None or job.get("failure"):
+            yield job
+            return
+        try:
+            fetched = self.fetcher.fetch(job["url"])
+        except (FetchError, netguard.RefusedURL) as exc:
+            self.failed.inc()
+            yield dict(job, failure=(exc.reason, exc.detail))
+            return
+        self.downloaded.inc()
+        yield dict(job, image={"status": fetched.status, "headers": fetched.headers, "body": fetched.body,
+                               "date": datetime.datetime.now(datetime.timezone.utc)})
+
+
+def attach_images(element, download: bool) -> Iterator[dict]:
+    """(image_url, {candidates, images}) -> one job per image: its candidates and its bytes if the input has them."""
+    url, grouped = element
+    candidates = list(grouped["candidates"])
+    if not candidates:
+        return  # an image record no page refers to is not a candidate
+    records = [r for r in grouped["images"] if 200 <= r["status"] < 300]
+    failure = None
+    if not records and not download:
+        failure = ("image_not_in_warc", "no image record and downloads are off")
+    yield {"url": url, "candidates": candidates, "image": records[0] if records else None, "failure": failure}
+
+
+class ValidateImages(beam.DoFn):
+    """Decode-check each image once and emit every candidate that shows it (or a reject per candidate)."""
+
+    def __init__(self, min_side: int, max_aspect: float, formats: tuple[str, ...], max_pixels: int):
+        self.check_options = dict(min_side=min_side, max_aspect=max_aspect, formats=formats, max_pixels=max_pixels)
+        self.validated = Metrics.counter(NAMESPACE, "image/validated")
+
+    def process(self, job: dict) -> Iterator[Any]:
+        failure, item, result = job.get("failure"), job.get("image"), None
+        if failure is None:
+            opt_out = extract.opt_out_reason([extract.header_value(item["headers"], "X-Robots-Tag") or ""])
+            if opt_out:
+                failure = (opt_out, "X-Robots-Tag on the image")
+            else:
+                check = images.validate_image(item["body"], **self.check_options)
+                if not check.ok:
+                    failure = (check.reason, check.detail)
+                else:
+                    self.validated.inc()
+                    result = {"image_id": extract.image_id(item["body"]), "image_bytes": item["body"],
+                              "width": check.width, "height": check.height, "format": check.format,
+                              "num_bytes": len(item["body"]), "http_status": item["status"],
+                              "content_type": extract.header_value(item["headers"], "Content-Type"),
+                              "fetched_at": item["date"], "source": "warc"}
+        for candidate in job["candidates"]:
+            if failure:
+                caption = candidate.get("alt") or candidate.get("title")
+                yield _rejected(failure[0], failure[1], caption=caption, **_ids(candidate))
+            else:
+                yield dict(candidate, **result)
+
+
+class ReadWarcCandidates(beam.PTransform):
+    """File paths -> (candidates, rejected) PCollections."""
+
+    def __init__(self, max_bytes: int, download: bool, fetch_options: dict, check_options: dict):
+        super().__init__()
+        self.max_bytes, self.download = max_bytes, download
+        self.fetch_options, self.check_options = fetch_options, check_options
+
+    def expand(self, files):
+        records = files | "ReadWarcRecords" >> beam.ParDo(ReadWarcRecords(self.max_bytes)).with_outputs(REJECTED, main="records")
+        kinds = records.records | "SplitByKind" >> beam.Partition(lambda r, n: {"page": 0, "image": 1, "wat": 2}[r[0]], 3)
+        from_pages = kinds[0] | "ExtractCandidates" >> beam.FlatMap(page_candidates).with_outputs(REJECTED, main="candidates")
+        from_wat = kinds[2] | "ExtractWatCandidates" >> beam.FlatMap(wat_candidates).with_outputs(REJECTED, main="candidates")
+        unique = (
+            (from_pages.candidates, from_wat.candidates)
+            | "MergeCandidates" >> beam.Flatten()
+            | "KeyByCandidate" >> beam.Map(lambda c: (c["candidate_id"], c))
+            | "GroupByCandidate" >> beam.GroupByKey()
+            | "DropDuplicateCandidates" >> beam.FlatMap(first_candidate).with_outputs(REJECTED, main="candidates")
+        )
+        by_image = unique.candidates | "KeyByImageUrl" >> beam.Map(lambda c: (c["image_url"], c))
+        image_records = kinds[1] | "KeyImageRecords" >> beam.Map(lambda r: (r[1], r[2]))
+        jobs = (
+            {"candidates": by_image, "images": image_records}
+            | "JoinImages" >> beam.CoGroupByKey()
+            | "AttachImages" >> beam.FlatMap(attach_images, download=self.download)
+            | "DownloadMissingImages" >> beam.ParDo(DownloadMissingImages(self.fetch_options))
+        )
+        validated = jobs | "ValidateImages" >> beam.ParDo(ValidateImages(**self.check_options)).with_outputs(
+            REJECTED, main="candidates")
+        rejected = ((records[REJECTED], from_pages[REJECTED], from_wat[REJECTED], unique[REJECTED], validated[REJECTED])
+                    | "MergeRejected" >> beam.Flatten())
+        return validated.candidates, rejected
+
+
+def local_runner(options: PipelineOptions):
+    """The runner named in the options; DirectRunner (or none) means Beam's local FnApiRunner.
+
+    Beam 2.77's DirectRunner first tries PrismRunner, which downloads a binary from GitHub; naming the
+    local runner it falls back to keeps a local run offline.
+    """
+    name = options.view_as(StandardOptions).runner
+    if name in (None, "DirectRunner", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return None  # Beam builds the named runner (DataflowRunner, FlinkRunner, ...)
+
+
+def _expand_inputs(patterns: list[str]) -> list[str]:
+    """Local globs and Beam filesystem patterns -> file paths (sorted, each once)."""
+    files = []
+    for pattern in patterns:
+        if "://" not in pattern:
+            files.extend(sorted(glob.glob(pattern)) or [pattern])
+            continue
+        for match in FileSystems.match([pattern]):
+            files.extend(m.path for m in match.metadata_list)
+    return sorted(dict.fromkeys(files))
+
+
+def _clear_previous(out_dir: str) -> None:
+    """A rerun into the same folder replaces the previous WARC output instead of adding to it."""
+    for sub in (output.CANDIDATES, output.REJECTED):
+        pattern = FileSystems.join(out_dir, sub, f"{PREFIX}-*.parquet")
+        stale = [m.path for match in FileSystems.match([pattern]) for m in match.metadata_list]
+        if stale:
+            FileSystems.delete(stale)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The pipeline's own options (Beam's options pass through untouched)."""
+    parser = argparse.ArgumentParser(description="WARC/ARC/WAT files -> LAIT candidates (Apache Beam)")
+    parser.add_argument("--input", action="append", required=True, help="a WARC file or pattern (repeatable)")
+    parser.add_argument("--output", required=True, help="the crawl run folder (candidates/, rejected/, stats.json)")
+    parser.add_argument("--allow_private_networks", action="store_true", help="let downloads reach private networks")
+    parser.add_argument("--no_download", action="store_true", help="do not fetch images the input lacks")
+    parser.add_argument("--min_side", type=int, default=images.DEFAULT_MIN_SIDE)
+    parser.add_argument("--max_aspect", type=float, default=images.DEFAULT_MAX_ASPECT)
+    parser.add_argument("--image_formats", default=",".join(images.DEFAULT_FORMATS))
+    parser.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
+    parser.add_argument("--max_bytes", type=int, default=defaults.LAIT_IMAGE_MAXSIZE, help="cap on a record or download")
+    parser.add_argument("--download_delay", type=float, default=1.0, help="seconds between downloads from one host")
+    parser.add_argument("--download_timeout", type=float, default=defaults.DOWNLOAD_TIMEOUT)
+    parser.add_argument("--user_agent", default=defaults.USER_AGENT)
+    return parser
+
+
+def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
+    """Run the WARC pipeline; returns the stage's stats (also written to OUTPUT/stats.json)."""
+    known, pipeline_args = build_parser().parse_known_args(argv)
+    options = PipelineOptions(pipeline_args)
+    files = _expand_inputs(known.input)
+    out_dir = known.output
+    _clear_previous(out_dir)
+    fetch_options = {"allow_private_networks": known.allow_private_networks, "max_bytes": known.max_bytes,
+                     "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent}
+    check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
+                     "formats": tuple(f.strip().upper() for f in known.image_formats.split(",") if f.strip())}
+    pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
+    candidates, rejected = (
+        pipeline
+        | "ListFiles" >> beam.Create(files)
+        | "ReadWarcCandidates" >> ReadWarcCandidates(known.max_bytes, not known.no_download, fetch_options, check_options)
+    )
+    for name, rows, kind in (("WriteCandidates", candidates, "candidates"), ("WriteRejected", rejected, "rejected")):
+        sub = output.CANDIDATES if kind == "candidates" else output.REJECTED
+        schema = schemas.schema_for(kind)
+        (rows
+         | f"{name}Columns" >> beam.Map(lambda row, names: {n: row.get(n) for n in names}, schema.names)
+         | name >> beam.io.WriteToParquet(
+            FileSystems.join(out_dir, sub, PREFIX), schema, file_name_suffix=".parquet", num_shards=0))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {}
+    try:
+        for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+            key = f"lait/{counter.key.metric.name}"
+            counters[key] = counters.get(key, 0) + (counter.committed or counter.attempted or 0)
+    except Exception:  # some runners report no metrics; the funnel is counted from the output anyway
+        logger.warning("no Beam metrics from this runner")
+    return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)))
+
+
+def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool = False,
+               min_side: int = images.DEFAULT_MIN_SIDE, max_aspect: float = images.DEFAULT_MAX_ASPECT,
+               download: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``lait crawl --warc``: read WARC files into ``out_dir`` on the DirectRunner; return stats.json."""
+    settings = settings or {}
+    argv = [arg for path in files for arg in ("--input", path)]
+    argv += ["--output", out_dir, "--min_side", str(min_side), "--max_aspect", str(max_aspect),
+             "--runner", str(settings.get("runner", "DirectRunner")),
+             "--direct_running_mode", str(settings.get("direct_running_mode", "in_memory")),
+             "--download_delay", str(settings.get("DOWNLOAD_DELAY", 1.0)),
+             "--download_timeout", str(settings.get("DOWNLOAD_TIMEOUT", defaults.DOWNLOAD_TIMEOUT)),
+             "--max_bytes", str(settings.get("LAIT_IMAGE_MAXSIZE", defaults.LAIT_IMAGE_MAXSIZE))]
+    if allow_private_networks:
+        argv.append("--allow_private_networks")
+    if not download:
+        argv.append("--no_download")
+    return run(argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    stats = run()
+    print(json.dumps({k: stats[k] for k in ("in", "kept", "rejected", "rejected_by_reason")}, indent=2))

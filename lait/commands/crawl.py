@@ -1,0 +1,90 @@
+"""`lait crawl URL... --out DIR` (the Scrapy spider) or `lait crawl --warc FILE... --out DIR` (Beam)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from crawler import images
+
+
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `lait crawl` to the CLI."""
+    parser = subparsers.add_parser(
+        "crawl",
+        help="crawl web pages (Scrapy) or read WARC files (Beam) into image+ALT/TITLE candidates",
+        description="Crawl sites from start URLs, or read WARC/ARC/WAT files, into DIR/candidates/, "
+                    "DIR/rejected/ and DIR/stats.json. Robots.txt is obeyed and private networks are refused.",
+    )
+    parser.add_argument("urls", nargs="*", metavar="URL", help="start URLs (http or https)")
+    parser.add_argument("--warc", nargs="+", metavar="FILE", help="read these WARC/ARC/WAT files (local paths, "
+                        "globs, or Beam filesystem URLs) instead of crawling")
+    parser.add_argument("--out", required=True, help="output folder (the crawl stage's run folder)")
+    parser.add_argument("--allow-private-networks", action="store_true",
+                        help="allow fetching private, loopback and link-local addresses (local test sites)")
+    parser.add_argument("--max-pages", type=int, default=0, help="stop scheduling pages after N (default 0: no cap)")
+    parser.add_argument("--depth", type=int, default=0, help="follow links up to N hops from a start URL "
+                        "(default 0: no limit)")
+    parser.add_argument("--allowed-domains", nargs="+", metavar="DOMAIN",
+                        help="domains whose pages are followed (default: the start URLs' hosts)")
+    parser.add_argument("--min-side", type=int, default=images.DEFAULT_MIN_SIDE,
+                        help=f"early reject: images with a side below N px (default {images.DEFAULT_MIN_SIDE})")
+    parser.add_argument("--max-aspect", type=float, default=images.DEFAULT_MAX_ASPECT,
+                        help=f"early reject: aspect ratio above R (default {images.DEFAULT_MAX_ASPECT})")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="crawl processes (default 1); with N > 1, process 0 crawls the pages and all N fetch "
+                             "and validate a share of the images (each image still fetched once)")
+    parser.add_argument("--jobdir", help="job folder: rerun with the same one to continue an interrupted crawl")
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                        help="WARC only: fetch images the WARC files lack (default on)")
+    parser.add_argument("-s", "--set", dest="settings", action="append", type=_setting, default=[],
+                        metavar="KEY=VALUE", help="a Scrapy/LAIT setting (JSON value or text), repeatable")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the crawl or the WARC reader; print the funnel."""
+    if bool(args.urls) == bool(args.warc):
+        print("lait crawl: give start URLs or --warc FILE..., not both and not neither")
+        return 2
+    if args.warc:
+        from crawler import warc
+
+        stats = warc.read_warcs(args.warc, args.out, allow_private_networks=args.allow_private_networks,
+                                min_side=args.min_side, max_aspect=args.max_aspect, download=args.download,
+                                settings=dict(args.settings))
+    else:
+        from crawler import runner
+
+        bad = [u for u in args.urls if not u.startswith(("http://", "https://"))]
+        if bad:
+            print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}")
+            return 2
+        try:
+            stats = runner.run_crawl(
+                args.urls, args.out, allowed_domains=args.allowed_domains, max_pages=args.max_pages,
+                depth=args.depth, allow_private_networks=args.allow_private_networks, min_side=args.min_side,
+                max_aspect=args.max_aspect, jobdir=args.jobdir, progress=not args.no_progress,
+                overrides=dict(args.settings), processes=args.processes,
+            )
+        except RuntimeError as exc:  # a crawl process failed; its own log says why
+            print(f"lait crawl: {exc}")
+            return 1
+        except KeyboardInterrupt:
+            hint = f"rerun with --jobdir {args.jobdir} to continue" if args.jobdir else "complete shards are kept"
+            print(f"crawl interrupted; {hint}")
+            return 130
+    print(f"crawl: in {stats['in']:,} = kept {stats['kept']:,} + rejected {stats['rejected']:,}  -> {args.out}")
+    for reason, count in list(stats["rejected_by_reason"].items())[:12]:
+        print(f"  {count:>8,}  {reason}")
+    return 0

@@ -1,0 +1,254 @@
+"""End-to-end crawls of the mock website with the real `lait crawl` (Scrapy in a child process)."""
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import schemas
+from tests.crawler.mocksite import (EXPECTED, EXPECTED_REJECTS, HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite,
+                                    case_site, html, jpeg)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def lait_crawl(*args: str, settings: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m lait crawl ...` with the repository on PYTHONPATH."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "lait", "crawl", *args, "--no-progress"]
+    for key, value in (settings or {}).items():
+        command += ["-s", f"{key}={json.dumps(value)}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def path_of(url: str | None, site: MockSite) -> str | None:
+    return url[len(site.url):] if url and url.startswith(site.url) else url
+
+
+@pytest.fixture(scope="module")
+def case_crawl(tmp_path_factory):
+    """One crawl of the case site (the tests below read its output)."""
+    out = tmp_path_factory.mktemp("case") / "crawl"
+    with case_site() as site:
+        lait_crawl(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE),
+                   settings=TEST_SETTINGS)
+        counts = collections.Counter(site.counts)
+    candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    stats = json.loads((out / "stats.json").read_text())
+    return site, counts, candidates, rejected, stats
+
+
+def test_every_case_page_gives_exactly_the_expected_candidates(case_crawl):
+    site, _, candidates, _, _ = case_crawl
+    found = {(path_of(c["page_url"], site), path_of(c["image_url"], site)):
+             (c["alt"], c["title"], c["figcaption"], c["page_lang"], c["width"], c["height"]) for c in candidates}
+    assert found == EXPECTED
+    assert len(candidates) == len(EXPECTED)  # no duplicate rows
+
+
+def test_candidate_columns_are_filled_as_the_schema_describes(case_crawl):
+    site, _, candidates, _, _ = case_crawl
+    import hashlib
+
+    from crawler.extract import candidate_id
+    for row in candidates:
+        assert row["image_id"] == hashlib.sha256(row["image_bytes"]).hexdigest()
+        assert row["candidate_id"] == candidate_id(row["page_url"], row["image_url"], row["alt"], row["title"])
+        assert row["source"] == "crawl" and row["format"] == "JPEG" and row["http_status"] == 200
+        assert row["num_bytes"] == len(row["image_bytes"]) and row["content_type"] == "image/jpeg"
+        assert row["page_title"] == ("Case page" if "broken" not in row["page_url"] else None)
+        assert row["fetched_at"] is not None
+    basic = next(c for c in candidates if c["page_url"].endswith("/basic.html"))
+    assert basic["page_text"] == "Basic page text."
+
+
+def test_every_failure_is_a_counted_reject_with_its_reason(case_crawl):
+    site, _, _, rejected, _ = case_crawl
+    found = {(path_of(r["page_url"], site), path_of(r["image_url"], site)): r["reason"] for r in rejected}
+    assert found == EXPECTED_REJECTS
+    assert all(r["stage"] == "crawl" for r in rejected)
+
+
+def test_books_balance_and_stats_carry_scrapy_counters(case_crawl):
+    _, _, candidates, rejected, stats = case_crawl
+    assert stats["stage"] == "crawl"
+    assert stats["kept"] == len(candidates) and stats["rejected"] == len(rejected)
+    assert stats["in"] == stats["kept"] + stats["rejected"]
+    assert stats["rejected_by_reason"] == dict(collections.Counter(r["reason"] for r in rejected))
+    # One validation per distinct image although the shared image has two candidates.
+    assert stats["lait/image/validated"] == len({c["image_url"] for c in candidates}) == len(candidates) - 1
+    assert stats["scrapy"]["robotstxt/forbidden"] == 1
+
+
+def test_each_image_is_fetched_once_and_opted_out_images_never(case_crawl):
+    _, counts, _, _, _ = case_crawl
+    assert counts["/img/shared.jpg"] == 1
+    images = {path: n for path, n in counts.items() if path.startswith("/img/")}
+    assert images and max(images.values()) == 1
+    # Opted out by the page: the image is not even requested; robots-disallowed pages are not fetched.
+    assert counts["/img/opt-meta.jpg"] == 0 and counts["/img/opt-header.jpg"] == 0
+    assert counts["/private/secret.html"] == 0 and counts["/img/secret.jpg"] == 0
+    assert counts["/img/opt-image.jpg"] == 1  # its opt-out is in its own response header
+
+
+def small_site(pages: int = 8, slow_images: float = 0.0) -> MockSite:
+    """A chain of pages, each with two images of its own and one shared, for the resume test."""
+    site = MockSite({}, slow_prefix="/img/" if slow_images else None, slow_s=slow_images)
+    content = {"/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n")}
+    for i in range(pages):
+        nxt = f'<a href="/p{i + 1}.html">next</a>' if i + 1 < pages else ""
+        body = (f'<img src="/img/{i}a.jpg" alt="Picture {i} a"><img src="/img/{i}b.jpg" alt="Picture {i} b">'
+                f'<img src="/img/common.jpg" alt="Common on {i}">{nxt}')
+        content[f"/p{i}.html"] = (200, HTML, html(body))
+        for suffix in "ab":
+            content[f"/img/{i}{suffix}.jpg"] = (200, JPEG, jpeg(96, 72, color=(i * 20, 10 if suffix == "a" else 200, 50)))
+    content["/img/common.jpg"] = (200, JPEG, jpeg(96, 72))
+    site.pages.update(content)
+    return site
+
+
+def small_site_candidate_ids(site: MockSite, pages: int = 8) -> list[str]:
+    """The candidate ids a full crawl of ``small_site(pages)`` must give."""
+    from crawler.extract import candidate_id
+
+    ids = []
+    for i in range(pages):
+        page = f"{site.url}/p{i}.html"
+        for image, alt in ((f"{i}a", f"Picture {i} a"), (f"{i}b", f"Picture {i} b"), ("common", f"Common on {i}")):
+            ids.append(candidate_id(page, f"{site.url}/img/{image}.jpg", alt, None))
+    return sorted(ids)
+
+
+def test_interrupted_crawl_resumes_without_loss_refetch_or_duplicates(tmp_path):
+    out, jobdir = tmp_path / "resumed", tmp_path / "job"
+    common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
+    with small_site() as site:
+        expected = small_site_candidate_ids(site)
+        # CLOSESPIDER_PAGECOUNT stops the crawl the way Ctrl-C does: a graceful close mid-crawl.
+        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common,
+                   settings=dict(TEST_SETTINGS, CLOSESPIDER_PAGECOUNT=6, CONCURRENT_REQUESTS=2))
+        first = schemas.count_rows(str(out / "candidates"))
+        first_counts = collections.Counter(site.counts)
+        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common, settings=TEST_SETTINGS)
+        resumed_counts = collections.Counter(site.counts) - first_counts
+    got = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
+    assert 0 < first < len(expected), "the first run must have been interrupted part-way"
+    assert sorted(got) == expected and len(set(got)) == len(got)
+    fetched_twice = [p for p in resumed_counts if p != "/robots.txt" and first_counts[p] > 0]
+    assert fetched_twice == []
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == len(expected) and stats["in"] == stats["kept"] + stats["rejected"]
+
+
+def test_ctrl_c_then_rerun_with_the_same_jobdir_loses_nothing_and_refetches_nothing(tmp_path):
+    out, jobdir = tmp_path / "out", tmp_path / "job"
+    command = [sys.executable, "-m", "lait", "crawl", "--out", str(out), "--jobdir", str(jobdir), "--no-progress",
+               "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE), "-s", "AUTOTHROTTLE_ENABLED=false",
+               "-s", "CONCURRENT_REQUESTS=2"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    with small_site(slow_images=0.2) as site:
+        expected = small_site_candidate_ids(site)
+        process = subprocess.Popen([*command, site.url + "/p0.html"], env=env, start_new_session=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sum(n for p, n in site.counts.items() if p.startswith("/img/")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        stdout, _ = process.communicate(timeout=60)
+        assert process.returncode == 130 and "rerun with --jobdir" in stdout
+        first = schemas.count_rows(str(out / "candidates")) if (out / "candidates").exists() else 0
+        first_counts = collections.Counter(site.counts)
+        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), "--allow-private-networks",
+                   "--min-side", str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
+        second_counts = collections.Counter(site.counts) - first_counts
+    got = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
+    assert 0 < first < len(expected)
+    assert sorted(got) == expected
+    assert [p for p in second_counts if p.startswith("/img/") and first_counts[p]] == []
+
+
+def test_two_processes_give_the_same_candidates_and_fetch_each_image_once(tmp_path):
+    common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
+    with small_site(6) as site:
+        expected = small_site_candidate_ids(site, 6)
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "two"), "--processes", "2", *common,
+                   settings=TEST_SETTINGS)
+        counts = collections.Counter(site.counts)
+    two = schemas.read_table(str(tmp_path / "two" / "candidates"), "candidates")
+    assert sorted(two.column("candidate_id").to_pylist()) == expected
+    assert max(n for path, n in counts.items() if path.startswith("/img/")) == 1
+    shards = {os.path.basename(p).rsplit("-", 1)[0] for p in schemas.list_parquet_files(str(tmp_path / "two" / "candidates"))}
+    assert shards == {"part-p0", "part-p1"}  # both processes validated images
+    stats = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert stats["processes"] == 2 and stats["kept"] == len(expected)
+    assert stats["lait/image/validated"] == 6 * 2 + 1  # two own images per page and the common one
+
+
+def test_without_allow_private_networks_loopback_is_refused_before_any_request(tmp_path):
+    with small_site(2) as site:
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "out"), settings=TEST_SETTINGS)
+        assert site.log == []
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["kept"] == 0
+    assert stats["rejected_by_reason"] == {"private_network_refused": 1}
+
+
+def test_a_redirect_into_a_private_range_is_refused(tmp_path):
+    """Loopback opened as a single allowed network; a redirect and a link to 10/8 and 169.254/16 are refused."""
+    site = MockSite({})
+    site.pages.update({
+        "/robots.txt": (404, HTML, b""),
+        "/start.html": (200, HTML, html('<a href="/go">go</a><img src="http://169.254.169.254/latest.jpg" alt="Meta">')),
+        "/go": (302, {"Location": "http://10.1.2.3/internal.html"}, b""),
+    })
+    with site:
+        lait_crawl(site.url + "/start.html", "--out", str(tmp_path / "out"),
+                   settings=dict(TEST_SETTINGS, LAIT_ALLOWED_NETWORKS=["127.0.0.1/32"]))
+    rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected").to_pylist()
+    reasons = {(r["page_url"] or "").replace(site.url, ""): (r["image_url"], r["reason"]) for r in rejected}
+    assert reasons == {"/go": (None, "private_network_refused"),
+                       "/start.html": ("http://169.254.169.254/latest.jpg", "private_network_refused")}
+    assert "/internal.html" not in site.counts
+
+
+def test_max_pages_and_allowed_domains_narrow_the_crawl(tmp_path):
+    common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
+    with small_site(5) as site:
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "capped"), "--max-pages", "2", *common,
+                   settings=TEST_SETTINGS)
+        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "other"), "--allowed-domains", "example.org",
+                   *common, settings=TEST_SETTINGS)
+        fetched_pages = sorted(p for p in site.counts if p.endswith(".html"))
+    capped = json.loads((tmp_path / "capped" / "stats.json").read_text())
+    assert capped["lait/page/fetched"] == 2 and capped["kept"] == 6
+    other = json.loads((tmp_path / "other" / "stats.json").read_text())
+    assert other["lait/page/fetched"] == 1 and other["kept"] == 3  # the start URL only: its links are off-domain
+    assert fetched_pages == ["/p0.html", "/p1.html"]
+
+
+def test_cli_rejects_non_http_start_urls(tmp_path):
+    result = lait_crawl("file:///etc/passwd", "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2 and "only http(s)" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_native_scrapy_crawl_from_the_repository_root_writes_the_same_layout(tmp_path):
+    out = tmp_path / "native"
+    with small_site(2) as site:
+        result = subprocess.run(
+            [sys.executable, "-m", "scrapy", "crawl", "lait", "-a", f"urls={site.url}/p0.html", "-a", "depth=1",
+             "-s", f"LAIT_OUT={out}", "-s", "LAIT_ALLOW_PRIVATE_NETWORKS=True", "-s", f"LAIT_MIN_SIDE={TEST_MIN_SIDE}",
+             "-s", "AUTOTHROTTLE_ENABLED=False", "-s", "LOG_LEVEL=WARNING"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    # depth=1: p0 and p1 only, three images each with text (one shared between them).
+    assert stats["kept"] == 6 and stats["lait/page/fetched"] == 2 and stats["lait/image/validated"] == 5
