@@ -15,6 +15,7 @@ from lait import __version__
 # Order is the order of `lait --help`: the stages first, then the tools around them.
 COMMAND_MODULES = [
     "lait.commands.inspect",
+    "lait.commands.relevance",
 ]
 
 

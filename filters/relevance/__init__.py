@@ -3,8 +3,28 @@
     scorer = filters.relevance.load("models/relevance")        # or "clip:ViT-B-32:/path/weights"
     scores = scorer.score(pairs)                                # np.ndarray, one score per pair
     keep = scores >= scorer.threshold
-"""
-from filters.relevance.scorer import (CLIP_DEFAULT_THRESHOLD, ClipScorer, RelevanceScorer, Scorer,
-                                      default_threshold, load)
 
-__all__ = ["load", "default_threshold", "Scorer", "RelevanceScorer", "ClipScorer", "CLIP_DEFAULT_THRESHOLD"]
+Names are imported on first use, so that importing the package (e.g. for ``TrainConfig``) does not
+pull in torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "load": "filters.relevance.scorer",
+    "default_threshold": "filters.relevance.scorer",
+    "Scorer": "filters.relevance.scorer",
+    "RelevanceScorer": "filters.relevance.scorer",
+    "ClipScorer": "filters.relevance.scorer",
+    "CLIP_DEFAULT_THRESHOLD": "filters.relevance.scorer",
+    "train": "filters.relevance.train",
+    "TrainConfig": "filters.relevance.config",
+    "evaluate": "filters.relevance.evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'filters.relevance' has no attribute {name!r}")

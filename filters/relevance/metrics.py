@@ -23,23 +23,6 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def youden_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
-    """The cut that maximises kept positives minus kept negatives (Youden's J).
-
-    Label noise among the positives (mismatches crawled as pairs) scales J without moving its
-    maximum, which is why this rule suits weak supervision.
-    """
-    pos = np.sort(np.asarray(pos_scores, dtype=np.float64))
-    neg = np.sort(np.asarray(neg_scores, dtype=np.float64))
-    candidates = np.unique(np.concatenate([pos, neg]))
-    tpr = 1.0 - np.searchsorted(pos, candidates, side="left") / len(pos)
-    fpr = 1.0 - np.searchsorted(neg, candidates, side="left") / len(neg)
-    best = int(np.argmax(tpr - fpr))
-    # cut halfway to the next lower score, so a small shift in numbers does not flip the border pair
-    lower = candidates[best - 1] if best > 0 else candidates[best] - 1e-3
-    return float(0.5 * (candidates[best] + lower))
-
-
 def mismatch_report(scores: np.ndarray, is_match: np.ndarray, threshold: float) -> dict:
     """AUC, and precision/recall of mismatch detection when pairs below ``threshold`` are removed."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -60,3 +43,35 @@ def mismatch_report(scores: np.ndarray, is_match: np.ndarray, threshold: float) 
         "true_kept": float((~removed & is_match).sum() / is_match.sum()) if is_match.any() else float("nan"),
         "mismatched_removed": recall,
     }
+
+
+def noise_rate(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:
+    """Estimated share of mismatches among crawled "positives", from their scores and known negatives.
+
+    Below the negatives' median score, almost every crawled pair is a mismatch; such pairs are half
+    of all mismatches, so twice their share estimates the noise rate (slightly high, i.e. cautious).
+    """
+    pos = np.asarray(pos_scores, dtype=np.float64)
+    median = float(np.median(neg_scores))
+    return float(min(0.5, 2.0 * (pos < median).mean()))
+
+
+
+def cost_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, mismatch_cost: float = 0.5) -> float:
+    """The cut maximising true pairs kept minus ``mismatch_cost`` x mismatches kept.
+
+    The crawled positives hold a share ``e`` of mismatches (``noise_rate``): their keep rate is
+    (1 - e) x true-pair keep rate + e x mismatch keep rate, which is corrected for here. With
+    ``mismatch_cost`` 1 this is Youden's J; below 1, losing a true pair weighs more than keeping a
+    mismatch.
+    """
+    pos = np.sort(np.asarray(pos_scores, dtype=np.float64))
+    neg = np.sort(np.asarray(neg_scores, dtype=np.float64))
+    e = min(noise_rate(pos, neg), 0.45)
+    candidates = np.unique(np.concatenate([pos, neg]))
+    kept_pos = 1.0 - np.searchsorted(pos, candidates, side="left") / len(pos)
+    kept_neg = 1.0 - np.searchsorted(neg, candidates, side="left") / len(neg)
+    true_kept = (kept_pos - e * kept_neg) / (1.0 - e)
+    best = int(np.argmax(true_kept - mismatch_cost * kept_neg))
+    lower = candidates[best - 1] if best > 0 else candidates[best] - 1e-3
+    return float(0.5 * (candidates[best] + lower))

@@ -22,26 +22,12 @@ import torch
 import torch.nn.functional as nnf
 
 from filters.relevance import features as F
+from filters.relevance.config import TrainConfig
 from filters.relevance.data import read_pairs
-from filters.relevance.metrics import roc_auc, youden_threshold
+from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
 from model.relevance import RelevanceConfig, RelevanceModel, save_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; defaults train the demo-scale model in well under a minute on 2 CPU cores."""
-
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1  # share of pages held out to set the threshold
-    seed: int = 0
-    max_pairs: int | None = 100_000  # images are held in memory, downscaled
-    image_size: int = 64
-    embed_dim: int = 64
 
 
 @dataclass
@@ -124,7 +110,9 @@ def _negatives(ex: _Examples, batch: np.ndarray, gen: torch.Generator, hard: boo
     return torch.where(valid.any(dim=1), choice, torch.full_like(choice, -1))
 
 
-def _batch_loss(model: RelevanceModel, ex: _Examples, batch: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+def _batch_loss(model: RelevanceModel, ex: _Examples, batch: np.ndarray, gen: torch.Generator,
+                drop_rate: float = 0.0) -> torch.Tensor:
+    """Contrastive + binary loss of one batch, ignoring the ``drop_rate`` hardest-to-fit positives."""
     images, tokens, feats = ex.images[batch], ex.tokens[batch], ex.features[batch]
     img = model.image_encoder(images)
     txt = model.text_encoder(tokens)
@@ -135,10 +123,17 @@ def _batch_loss(model: RelevanceModel, ex: _Examples, batch: np.ndarray, gen: to
     eye = torch.eye(len(batch), dtype=torch.bool)
     logits = (sim * model.logit_scale.exp().clamp(max=100.0)).masked_fill(same & ~eye, float("-inf"))
     target = torch.arange(len(batch))
-    loss = 0.5 * (nnf.cross_entropy(logits, target) + nnf.cross_entropy(logits.T, target))
+    per_pair = 0.5 * (nnf.cross_entropy(logits, target, reduction="none")
+                      + nnf.cross_entropy(logits.T, target, reduction="none"))
+    # Small-loss trick against label noise: the crawled pairs the model fits worst are most often
+    # mismatches, so once the model has learnt the easy structure they stop pulling it.
+    trusted = torch.ones(len(batch), dtype=torch.bool)
+    if drop_rate > 0 and len(batch) >= 8:
+        trusted = per_pair <= torch.quantile(per_pair.detach(), 1.0 - drop_rate)
+    loss = per_pair[trusted].mean()
 
     n_text, n_img = len(F.TEXT_FEATURES), len(F.IMAGE_FEATURES)
-    cos, pair_feats, labels = [sim.diagonal()], [feats], [torch.ones(len(batch))]
+    cos, pair_feats, labels = [sim.diagonal()[trusted]], [feats[trusted]], [torch.ones(int(trusted.sum()))]
     for hard in (True, False):
         neg = _negatives(ex, batch, gen, hard)
         rows = torch.nonzero(neg >= 0).squeeze(1)
@@ -152,25 +147,25 @@ def _batch_loss(model: RelevanceModel, ex: _Examples, batch: np.ndarray, gen: to
 
 
 @torch.no_grad()
-def _scores_with_negatives(model: RelevanceModel, ex: _Examples, idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of held-out positives and of their re-pairings (same page and random)."""
+def _scores_with_negatives(model: RelevanceModel, ex: _Examples, idx: np.ndarray, seed: int,
+                           max_cross: int = 800) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of held-out positives, and of every re-pairing among (up to ``max_cross`` of) them."""
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    pos, neg = [], []
-    for start in range(0, len(idx), 256):
-        batch = idx[start:start + 256]
-        img = model.image_encoder(ex.images[batch])
-        txt = model.text_encoder(ex.tokens[batch])
-        feats = ex.features[batch]
-        pos.append(torch.sigmoid(model.head_logit((img * txt).sum(-1), feats)))
-        n_text = len(F.TEXT_FEATURES)
-        for hard in (True, False):
-            choice = _negatives(ex, batch, gen, hard)
-            rows = torch.nonzero(choice >= 0).squeeze(1)
-            cols = choice[rows]
-            f = torch.cat([feats[rows, :n_text], feats[cols, n_text:]], dim=1)
-            neg.append(torch.sigmoid(model.head_logit((txt[rows] * img[cols]).sum(-1), f)))
-    return torch.cat(pos).numpy(), torch.cat(neg).numpy()
+    img = torch.cat([model.image_encoder(ex.images[idx[s:s + 256]]) for s in range(0, len(idx), 256)])
+    txt = torch.cat([model.text_encoder(ex.tokens[idx[s:s + 256]]) for s in range(0, len(idx), 256)])
+    feats = ex.features[idx]
+    pos = torch.sigmoid(model.head_logit((img * txt).sum(-1), feats)).numpy()
+    # all cross pairs (caption i, image j) with another caption and another image are negatives
+    sub = np.random.default_rng(seed).permutation(len(idx))[:max_cross]
+    cap, im = torch.from_numpy(ex.caption[idx[sub]]), torch.from_numpy(ex.image[idx[sub]])
+    rows, cols = torch.nonzero((cap[:, None] != cap[None, :]) & (im[:, None] != im[None, :]), as_tuple=True)
+    n_text = len(F.TEXT_FEATURES)
+    neg = []
+    for s in range(0, len(rows), 65536):
+        r, c = sub[rows[s:s + 65536].numpy()], sub[cols[s:s + 65536].numpy()]
+        f = torch.cat([feats[r, :n_text], feats[c, n_text:]], dim=1)
+        neg.append(torch.sigmoid(model.head_logit((txt[r] * img[c]).sum(-1), f)))
+    return pos, (torch.cat(neg).numpy() if neg else np.zeros(1, dtype=np.float32))
 
 
 def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = None, progress: bool = False) -> dict:
@@ -202,13 +197,15 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
                                                     pct_start=0.15)
     gen = torch.Generator().manual_seed(config.seed)
     bar = _progress(total, progress)
-    last_loss = float("nan")
+    last_loss, step = float("nan"), 0
     for epoch in range(config.epochs):
         model.train()
         for batch in _page_batches(ex, train_idx, config.batch_size, rng):
             if len(batch) < 2:
                 continue
-            loss = _batch_loss(model, ex, batch, gen)
+            warm = step >= config.trust_after * total
+            step += 1
+            loss = _batch_loss(model, ex, batch, gen, config.drop_rate if warm else 0.0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -219,7 +216,7 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
     bar.close()
 
     pos, neg = _scores_with_negatives(model, ex, val_idx, config.seed)
-    threshold = youden_threshold(pos, neg)
+    threshold = cost_threshold(pos, neg, config.mismatch_cost)
     summary = {
         "pairs": len(rows),
         "trained_on": int(len(train_idx)),
@@ -227,6 +224,7 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
         "skipped_undecodable": skipped,
         "final_loss": last_loss,
         "threshold": threshold,
+        "estimated_noise_rate": noise_rate(pos, neg),
         "held_out_auc": roc_auc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))] > 0),
         "held_out_kept": float((pos >= threshold).mean()),
         "held_out_negatives_removed": float((neg < threshold).mean()),
