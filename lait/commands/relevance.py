@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import sys
 
 from filters.relevance.config import TrainConfig
 
@@ -62,6 +64,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(func=run_score)
 
 
+def _clear_errors(func):
+    """Bad input (missing dataset, wrong schema, unlabelled set) -> one line on stderr and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (FileNotFoundError, ValueError) as exc:  # SchemaMismatchError is a ValueError
+            print(f"lait relevance {args.relevance_command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_clear_errors
 def run_train(args: argparse.Namespace) -> int:
     from filters.relevance.train import train
 
@@ -74,6 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clear_errors
 def run_eval(args: argparse.Namespace) -> int:
     from filters.relevance.evaluate import evaluate
 
@@ -88,6 +106,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@_clear_errors
 def run_score(args: argparse.Namespace) -> int:
     from pipeline.relevance import run
 

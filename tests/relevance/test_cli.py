@@ -36,12 +36,10 @@ def test_train_then_eval_from_the_command_line(tmp_path, cli_env, heldout_rows):
 
 def test_eval_without_labels_is_a_clear_error(tmp_path, model_dir, heldout_rows, capsys):
     write_pairs(heldout_rows[:5], str(tmp_path / "unlabelled"))
-    try:
-        cli.main(["relevance", "eval", "--model", model_dir, "--input", str(tmp_path / "unlabelled")])
-    except ValueError as exc:
-        assert "is_match" in str(exc)
-    else:
-        raise AssertionError("eval accepted a dataset without is_match")
+    assert cli.main(["relevance", "eval", "--model", model_dir, "--input", str(tmp_path / "unlabelled")]) == 2
+    assert "missing column(s) ['is_match']" in capsys.readouterr().err
+    assert cli.main(["relevance", "train", "--input", str(tmp_path / "absent"), "--out", str(tmp_path / "m")]) == 2
+    assert "no dataset at" in capsys.readouterr().err
 
 
 def test_score_command_with_keep_rate(tmp_path, model_dir, heldout_rows, capsys):
