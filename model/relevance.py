@@ -26,7 +26,7 @@ class RelevanceConfig:
     """Architecture of the relevance model (the training settings live in ``filters.relevance.train``)."""
 
     image_size: int = 64
-    channels: tuple[int, ...] = (24, 48, 96, 128)
+    channels: tuple[int, ...] = (16, 32, 64, 96)
     embed_dim: int = 64
     num_buckets: int = 1 << 15
     max_tokens: int = 96

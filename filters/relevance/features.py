@@ -108,7 +108,8 @@ def image_features(small: np.ndarray, width: int | None, height: int | None) -> 
     """Image-only features, in the order of ``IMAGE_FEATURES``, from the downscaled pixels and size."""
     width = max(int(width or small.shape[1]), 1)
     height = max(int(height or small.shape[0]), 1)
-    rgb = small.astype(np.float32)
+    # every other pixel is plenty for global statistics, at a quarter of the cost
+    rgb = small[::2, ::2].astype(np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     # Hasler & Suesstrunk colourfulness: spread and mean of the opponent colour channels.
     rg, yb = r - g, 0.5 * (r + g) - b
