@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -290,8 +289,8 @@ class _WriteDataset(beam.PTransform):
                 | "WriteShard" >> beam.Map(write))
 
 
-def _read_pairs(path: str):
-    """Pairs rows of a dataset, file by file (Beam reads the files in parallel)."""
+def _pair_files(path: str) -> list[str]:
+    """The Parquet files of a pairs dataset, contract-checked (Beam reads them in parallel)."""
     from filters.relevance.data import resolve_pairs_path
 
     files = schemas.list_parquet_files(resolve_pairs_path(path))
@@ -316,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Run the standalone scoring pipeline; returns the relevance summary written to stats.json."""
     args, beam_args = build_parser().parse_known_args(argv)
-    files = _read_pairs(args.input)
+    files = _pair_files(args.input)
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=DirectRunner", *beam_args]  # never fall through to Prism, which downloads
     options = PipelineOptions(beam_args)

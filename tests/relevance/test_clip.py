@@ -1,7 +1,6 @@
 """The optional CLIP backend, with a tiny randomly initialised open_clip model saved by the test."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
