@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/bench_relevance.py [--pairs 2000] [--beam] [--train 1500]
 
-Baseline: one pair per forward pass, no decode threads, full-resolution JPEG decode (how a first
+Baseline: one pair per forward pass, one thread, full-resolution JPEG decode (how a first
 version would score). Contender: ``filters.relevance.load(model).score`` (batches of 256, two
 decode threads, JPEG draft decoding). ``--beam`` also times the standalone Beam pipeline
 (``pipeline.relevance.run``: Parquet in, ScoreRelevance + ThresholdRelevance, Parquet out);
@@ -38,7 +38,7 @@ def _random_model(folder: str) -> str:
 
 
 def _baseline_score(scorer, pairs: list[dict]) -> np.ndarray:
-    """One pair at a time, full decode then resize (no draft), no decode threads."""
+    """One pair at a time, full decode then resize (no draft), one thread."""
     size = scorer.arch.image_size
     out = np.empty(len(pairs), dtype=np.float32)
     for i, pair in enumerate(pairs):
@@ -96,7 +96,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         scorer = load(_random_model(os.path.join(tmp, "model")))
         scorer.score(pairs[:64])  # warm-up: thread pools, lazy inits
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a per-pair forward gains nothing from intra-op threads
         base_scores, base_s = _timed(_baseline_score, scorer, pairs)
+        torch.set_num_threads(threads)
         scores, fast_s = _timed(scorer.score, pairs)
         fast_cpu = _timed.cpu
         print(f"baseline (per pair, full decode): {len(pairs) / base_s:8.0f} pairs/s  ({base_s:.2f} s)")

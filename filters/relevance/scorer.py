@@ -51,14 +51,31 @@ class Scorer:
         """Model inputs of one pair, and whether it could be prepared (else zero tensors)."""
         raise NotImplementedError
 
-    def score(self, pairs: Sequence[dict], batch_size: int = 256, workers: int = 2) -> np.ndarray:
-        """Relevance of each pair, in order, as float32 (``min_score`` for unscorable pairs)."""
+    def score(self, pairs: Sequence[dict], batch_size: int = 256, workers: int = 2,
+              torch_threads: int | None = 1) -> np.ndarray:
+        """Relevance of each pair, in order, as float32 (``min_score`` for unscorable pairs).
+
+        ``workers`` threads decode the next batch while the model scores the current one (decoding
+        releases the GIL); ``torch_threads`` caps the model's own threads meanwhile (``None``: leave
+        torch's setting), because on a small machine the decoders already use the other cores.
+        """
         scores = np.empty(len(pairs), dtype=np.float32)
-        # Image decoding releases the GIL, so a couple of threads keep both cores busy.
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for start in range(0, len(pairs), batch_size):
-                prepared = list(pool.map(self.prepare, pairs[start:start + batch_size]))
-                scores[start:start + len(prepared)] = self.score_prepared(prepared)
+        chunks = [range(start, min(start + batch_size, len(pairs))) for start in range(0, len(pairs), batch_size)]
+        previous_threads = torch.get_num_threads()
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                def submit(chunk):
+                    return [pool.submit(self.prepare, pairs[i]) for i in chunk]
+
+                pending = submit(chunks[0]) if chunks else []
+                for k, chunk in enumerate(chunks):
+                    prepared = [f.result() for f in pending]
+                    pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+                    scores[chunk.start:chunk.stop] = self.score_prepared(prepared)
+        finally:
+            torch.set_num_threads(previous_threads)
         return scores
 
     def score_prepared(self, prepared: Sequence[tuple[dict[str, torch.Tensor], bool]]) -> np.ndarray:
