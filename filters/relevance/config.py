@@ -8,7 +8,7 @@ from dataclasses import dataclass
 class TrainConfig:
     """Training settings; defaults train the demo-scale model in well under a minute on 2 CPU cores."""
 
-    epochs: int = 25
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4

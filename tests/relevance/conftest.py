@@ -37,12 +37,12 @@ def heldout_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, train_rows) -> str:
-    """A relevance model trained on ``train_rows`` with the default recipe (shorter schedule)."""
+    """A relevance model trained on ``train_rows`` with the default recipe."""
     from filters.relevance.config import TrainConfig
     from filters.relevance.train import train
 
     out = str(tmp_path_factory.mktemp("relevance") / "model")
-    summary = train(train_rows, out, TrainConfig(epochs=15))
+    summary = train(train_rows, out, TrainConfig())
     assert summary["trained_on"] + summary["held_out"] == len(train_rows)
     return out
 

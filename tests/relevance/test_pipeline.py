@@ -106,3 +106,16 @@ def test_standalone_run_keeps_the_books(model_dir, heldout_rows, tmp_path):
     assert set(rejected.column("reason").to_pylist()) <= {"low_relevance"}
     assert set(kept.column("pair_id").to_pylist()) | set(rejected.column("pair_id").to_pylist()) == \
         {r["pair_id"] for r in rows}
+
+
+def test_empty_input_gives_an_empty_summary_not_a_crash():
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        out = p | beam.Create([]) | ThresholdRelevance(keep_rate=0.5)
+
+        def check(summaries):
+            (s,) = summaries
+            if (s["in"], s["kept"], s["rejected"], s["threshold"]) != (0, 0, 0, None):
+                raise BeamAssertException(f"summary {s}")
+
+        assert_that(out.summary, check)
+        assert_that(out.kept, equal_to([]), label="nothing kept")
