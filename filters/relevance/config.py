@@ -18,5 +18,6 @@ class TrainConfig:
     max_pairs: int | None = 100_000  # images are held in memory, downscaled
     drop_rate: float = 0.15  # share of each batch's worst-fitting pairs ignored (label noise)
     trust_after: float = 0.2  # ... from this share of the training steps on
+    torch_threads: int | None = 1  # small convolutions: one thread beats two on 2 cores (None: torch's choice)
     image_size: int = 64
     embed_dim: int = 64

@@ -171,6 +171,16 @@ def _scores_with_negatives(model: RelevanceModel, ex: _Examples, idx: np.ndarray
 def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = None, progress: bool = False) -> dict:
     """Train a relevance model on a pairs dataset (path or rows) and save it to ``out_dir``; returns a summary."""
     config = config or TrainConfig()
+    previous_threads = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        return _train(pairs, out_dir, config, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress: bool) -> dict:
     started = time.monotonic()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
