@@ -193,8 +193,9 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     ex, skipped = _prepare(rows, arch, frozenset(vocabulary))
     is_val = _held_out_mask(ex, config.val_fraction)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    if len(val_idx) < 20:  # too few held-out pages to set a threshold: use the training pairs
-        val_idx = train_idx
+    if len(val_idx) < 20 or len(train_idx) < 2:
+        # too few pages to hold some out: train on everything and set the threshold on it too
+        train_idx = val_idx = np.arange(len(ex))
     log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx), len(val_idx), skipped)
 
     model = RelevanceModel(arch)

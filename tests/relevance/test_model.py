@@ -67,6 +67,17 @@ def test_load_errors_are_clear(tmp_path):
         load(f"clip:ViT-B-32:{tmp_path}/absent.safetensors")
 
 
+def test_tiny_crawl_trains_on_everything(tmp_path):
+    """With too few pages to hold any out, the model still trains and sets a threshold."""
+    from filters.relevance.config import TrainConfig
+    from filters.relevance.train import train
+    from tests.relevance.scenes import make_pairs
+
+    summary = train(make_pairs(1, images_per_page=6, seed=3), str(tmp_path / "m"), TrainConfig(epochs=1))
+    assert summary["trained_on"] == 6 and summary["held_out"] == 0
+    assert 0.0 <= load(str(tmp_path / "m")).threshold <= 1.0
+
+
 def test_training_needs_pairs(tmp_path):
     from filters.relevance.train import train
 
