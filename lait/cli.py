@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "lait.commands.inspect",
     "lait.commands.report",
     "lait.commands.audit",
+    "lait.commands.relevance",
 ]
 
 

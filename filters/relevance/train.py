@@ -1,0 +1,265 @@
+"""Weakly supervised training of the LAIT relevance model on crawled pairs.
+
+Positives are the pairs as crawled (some are wrong: that is the noise the model learns to find);
+negatives are re-pairings: another image of the same page where there is one (hard), and a random
+image (easy). The dual encoder learns from an in-batch contrastive loss; the head learns the
+relevance probability from binary cross-entropy on positives and negatives. The threshold is set on
+held-out pages by Youden's J.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+
+from filters.relevance import features as F
+from filters.relevance.config import TrainConfig
+from filters.relevance.data import read_pairs
+from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
+from model.relevance import RelevanceConfig, RelevanceModel, save_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Examples:
+    """Prepared training tensors of the pairs whose image decoded."""
+
+    images: torch.Tensor  # uint8 N x 3 x S x S
+    tokens: torch.Tensor  # int64 N x L
+    features: torch.Tensor  # float32 N x F
+    page: np.ndarray  # int page index
+    caption: np.ndarray  # int caption index (equal captions share one)
+    image: np.ndarray  # int image index (equal image_id share one)
+    page_keys: list[str]  # page_url of each page index
+
+    def __len__(self) -> int:
+        return len(self.page)
+
+
+def _index(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Integer ids of values (equal values share one) and the value of each id."""
+    lookup: dict[str, int] = {}
+    ids = np.array([lookup.setdefault(v, len(lookup)) for v in values], dtype=np.int64)
+    return ids, list(lookup)
+
+
+def _prepare(rows: list[dict], arch: RelevanceConfig, vocabulary: frozenset[str]) -> tuple[_Examples, int]:
+    """Decode and featurise every row; rows with undecodable images are skipped and counted."""
+
+    def one(row):
+        try:
+            pixels, w, h = F.decode_image(row.get("image_bytes"), arch.image_size)
+        except F.ImageDecodeError:
+            return None
+        feats = np.concatenate([F.text_features(row.get("caption"), vocabulary),
+                                F.image_features(pixels, row.get("width") or w, row.get("height") or h)])
+        return pixels.transpose(2, 0, 1), F.subword_ids(row.get("caption"), arch.num_buckets, arch.max_tokens), feats
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        prepared = list(pool.map(one, rows))
+    keep = [i for i, p in enumerate(prepared) if p is not None]
+    skipped = len(rows) - len(keep)
+    if not keep:
+        raise ValueError("no pair with a decodable image to train on")
+    kept_rows = [rows[i] for i in keep]
+    pages, page_keys = _index([r.get("page_url") or r["pair_id"] for r in kept_rows])
+    return _Examples(
+        images=torch.from_numpy(np.stack([prepared[i][0] for i in keep])),
+        tokens=torch.from_numpy(np.stack([prepared[i][1] for i in keep])),
+        features=torch.from_numpy(np.stack([prepared[i][2] for i in keep]).astype(np.float32)),
+        page=pages,
+        caption=_index([(r.get("caption") or "").strip().lower() for r in kept_rows])[0],
+        image=_index([r["image_id"] for r in kept_rows])[0],
+        page_keys=page_keys,
+    ), skipped
+
+
+def _page_batches(ex: _Examples, idx: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches that keep a page's pairs together, so same-page negatives are in the batch."""
+    pages = np.unique(ex.page[idx])
+    rng.shuffle(pages)
+    by_page = {p: [] for p in pages}
+    for i in rng.permutation(idx):
+        by_page[ex.page[i]].append(i)
+    order = np.array([i for p in pages for i in by_page[p]], dtype=np.int64)
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def _negatives(ex: _Examples, batch: np.ndarray, gen: torch.Generator, hard: bool) -> torch.Tensor:
+    """For each pair in the batch, the in-batch image to re-pair it with (-1 when there is none).
+
+    ``hard``: prefer another image of the same page; otherwise any image with another caption.
+    """
+    cap, img, page = (torch.from_numpy(a[batch]) for a in (ex.caption, ex.image, ex.page))
+    valid = (cap[:, None] != cap[None, :]) & (img[:, None] != img[None, :])
+    pref = torch.rand(len(batch), len(batch), generator=gen)
+    if hard:
+        pref = pref + 2.0 * (page[:, None] == page[None, :]).float()
+    pref = pref.masked_fill(~valid, -1.0)
+    choice = pref.argmax(dim=1)
+    return torch.where(valid.any(dim=1), choice, torch.full_like(choice, -1))
+
+
+def _batch_loss(model: RelevanceModel, ex: _Examples, batch: np.ndarray, gen: torch.Generator,
+                drop_rate: float = 0.0) -> torch.Tensor:
+    """Contrastive + binary loss of one batch, ignoring the ``drop_rate`` hardest-to-fit positives."""
+    images, tokens, feats = ex.images[batch], ex.tokens[batch], ex.features[batch]
+    img = model.image_encoder(images)
+    txt = model.text_encoder(tokens)
+    sim = txt @ img.T  # [caption i, image j]
+    cap, im = torch.from_numpy(ex.caption[batch]), torch.from_numpy(ex.image[batch])
+    # a re-pairing with the same caption or the same image is not a negative
+    same = (cap[:, None] == cap[None, :]) | (im[:, None] == im[None, :])
+    eye = torch.eye(len(batch), dtype=torch.bool)
+    logits = (sim * model.logit_scale.exp().clamp(max=100.0)).masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(len(batch))
+    per_pair = 0.5 * (nnf.cross_entropy(logits, target, reduction="none")
+                      + nnf.cross_entropy(logits.T, target, reduction="none"))
+    # Small-loss trick against label noise: the crawled pairs the model fits worst are most often
+    # mismatches, so once the model has learnt the easy structure they stop pulling it.
+    trusted = torch.ones(len(batch), dtype=torch.bool)
+    if drop_rate > 0 and len(batch) >= 8:
+        trusted = per_pair <= torch.quantile(per_pair.detach(), 1.0 - drop_rate)
+    loss = per_pair[trusted].mean()
+
+    n_text, n_img = len(F.TEXT_FEATURES), len(F.IMAGE_FEATURES)
+    cos, pair_feats, labels = [sim.diagonal()[trusted]], [feats[trusted]], [torch.ones(int(trusted.sum()))]
+    for hard in (True, False):
+        neg = _negatives(ex, batch, gen, hard)
+        rows = torch.nonzero(neg >= 0).squeeze(1)
+        cols = neg[rows]
+        cos.append(sim[rows, cols])
+        # caption-side features from the caption, image-side features from the re-paired image
+        pair_feats.append(torch.cat([feats[rows, :n_text], feats[cols, n_text:n_text + n_img]], dim=1))
+        labels.append(torch.zeros(len(rows)))
+    head = model.head_logit(torch.cat(cos), torch.cat(pair_feats))
+    return loss + nnf.binary_cross_entropy_with_logits(head, torch.cat(labels))
+
+
+@torch.no_grad()
+def _scores_with_negatives(model: RelevanceModel, ex: _Examples, idx: np.ndarray, seed: int,
+                           max_cross: int = 800) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of held-out positives, and of every re-pairing among (up to ``max_cross`` of) them."""
+    model.eval()
+    img = torch.cat([model.image_encoder(ex.images[idx[s:s + 256]]) for s in range(0, len(idx), 256)])
+    txt = torch.cat([model.text_encoder(ex.tokens[idx[s:s + 256]]) for s in range(0, len(idx), 256)])
+    feats = ex.features[idx]
+    pos = torch.sigmoid(model.head_logit((img * txt).sum(-1), feats)).numpy()
+    # all cross pairs (caption i, image j) with another caption and another image are negatives
+    sub = np.random.default_rng(seed).permutation(len(idx))[:max_cross]
+    cap, im = torch.from_numpy(ex.caption[idx[sub]]), torch.from_numpy(ex.image[idx[sub]])
+    rows, cols = torch.nonzero((cap[:, None] != cap[None, :]) & (im[:, None] != im[None, :]), as_tuple=True)
+    n_text = len(F.TEXT_FEATURES)
+    neg = []
+    for s in range(0, len(rows), 65536):
+        r, c = sub[rows[s:s + 65536].numpy()], sub[cols[s:s + 65536].numpy()]
+        f = torch.cat([feats[r, :n_text], feats[c, n_text:]], dim=1)
+        neg.append(torch.sigmoid(model.head_logit((txt[r] * img[c]).sum(-1), f)))
+    return pos, (torch.cat(neg).numpy() if neg else np.zeros(1, dtype=np.float32))
+
+
+def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = None, progress: bool = False) -> dict:
+    """Train a relevance model on a pairs dataset (path or rows) and save it to ``out_dir``; returns a summary."""
+    config = config or TrainConfig()
+    previous_threads = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        return _train(pairs, out_dir, config, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress: bool) -> dict:
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    rows = read_pairs(pairs, limit=config.max_pairs) if isinstance(pairs, str) else list(pairs)[: config.max_pairs]
+    if len(rows) < 2:
+        raise ValueError(f"need at least 2 pairs to train, got {len(rows)}")
+    vocabulary = F.build_vocabulary(r.get("caption") for r in rows)
+    arch = RelevanceConfig(image_size=config.image_size, embed_dim=config.embed_dim,
+                           num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
+    ex, skipped = _prepare(rows, arch, frozenset(vocabulary))
+    is_val = _held_out_mask(ex, config.val_fraction)
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(val_idx) < 20 or len(train_idx) < 2:
+        # too few pages to hold some out: train on everything and set the threshold on it too
+        train_idx = val_idx = np.arange(len(ex))
+    log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx), len(val_idx), skipped)
+
+    model = RelevanceModel(arch)
+    model.feature_mean.copy_(ex.features[train_idx].mean(0))
+    model.feature_std.copy_(ex.features[train_idx].std(0).clamp(min=1e-3) if len(train_idx) > 1 else 1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1),
+                                                    pct_start=0.15)
+    gen = torch.Generator().manual_seed(config.seed)
+    bar = _progress(total, progress)
+    last_loss, step = float("nan"), 0
+    for epoch in range(config.epochs):
+        model.train()
+        for batch in _page_batches(ex, train_idx, config.batch_size, rng):
+            if len(batch) < 2:
+                continue
+            warm = step >= config.trust_after * total
+            step += 1
+            loss = _batch_loss(model, ex, batch, gen, config.drop_rate if warm else 0.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            last_loss = loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.3f}")
+    bar.close()
+
+    pos, neg = _scores_with_negatives(model, ex, val_idx, config.seed)
+    threshold = cost_threshold(pos, neg, config.mismatch_cost)
+    summary = {
+        "pairs": len(rows),
+        "trained_on": int(len(train_idx)),
+        "held_out": int(len(val_idx)) if val_idx is not train_idx else 0,
+        "skipped_undecodable": skipped,
+        "final_loss": last_loss,
+        "threshold": threshold,
+        "estimated_noise_rate": noise_rate(pos, neg),
+        "held_out_auc": roc_auc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))] > 0),
+        "held_out_kept": float((pos >= threshold).mean()),
+        "held_out_negatives_removed": float((neg < threshold).mean()),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    save_model(model, out_dir, {
+        "threshold": threshold,
+        "text_features": list(F.TEXT_FEATURES),
+        "image_features": list(F.IMAGE_FEATURES),
+        "vocabulary": vocabulary,
+        "training": {**dataclasses.asdict(config), **summary},
+    })
+    log.info("relevance model saved to %s: %s", out_dir, summary)
+    return summary
+
+
+def _held_out_mask(ex: _Examples, fraction: float) -> np.ndarray:
+    """Held-out flag per example, chosen by a hash of its page so that no page is in both splits."""
+    is_val_page = np.array([int(hashlib.sha1(k.encode()).hexdigest()[:8], 16) % 1000 < fraction * 1000
+                            for k in ex.page_keys])
+    return is_val_page[ex.page]
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="relevance train", unit="step", disable=not enabled, leave=False)

@@ -1,0 +1,124 @@
+"""`lait relevance train|eval|score`: the learned image-text relevance filter."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+
+from filters.relevance.config import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "relevance",
+        help="train, evaluate or apply the learned image-text relevance model",
+        description="The learned image-text relevance filter: a weakly supervised scorer trained on pairs.",
+    )
+    sub = parser.add_subparsers(dest="relevance_command", metavar="ACTION", required=True)
+
+    train = sub.add_parser("train", help="train a relevance model on crawled pairs (weak supervision)",
+                           description="Train on pairs: positives as crawled, negatives by re-pairing.")
+    train.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
+    train.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
+    train.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help=f"default {_DEFAULTS.epochs}")
+    train.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help=f"default {_DEFAULTS.batch_size}")
+    train.add_argument("--lr", type=float, default=_DEFAULTS.lr, help=f"peak learning rate (default {_DEFAULTS.lr})")
+    train.add_argument("--image-size", type=int, default=_DEFAULTS.image_size,
+                       help=f"side of the downscaled image the CNN sees (default {_DEFAULTS.image_size})")
+    train.add_argument("--max-pairs", type=int, default=_DEFAULTS.max_pairs,
+                       help=f"train on at most this many pairs (default {_DEFAULTS.max_pairs})")
+    train.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction,
+                       help=f"share of pages held out to set the threshold (default {_DEFAULTS.val_fraction})")
+    train.add_argument("--mismatch-cost", type=float, default=_DEFAULTS.mismatch_cost,
+                       help="cost of keeping a mismatch relative to losing a true pair, used to set the "
+                            f"threshold (1 = Youden's J; default {_DEFAULTS.mismatch_cost})")
+    train.add_argument("--drop-rate", type=float, default=_DEFAULTS.drop_rate,
+                       help=f"share of each batch's worst-fitting pairs ignored as likely noise (default {_DEFAULTS.drop_rate})")
+    train.add_argument("--seed", type=int, default=_DEFAULTS.seed, help=f"default {_DEFAULTS.seed}")
+    train.set_defaults(func=run_train)
+
+    ev = sub.add_parser("eval", help="ROC-AUC and mismatch precision/recall on a labelled pairs set",
+                        description="LABELLED is a pairs dataset with a boolean is_match column.")
+    ev.add_argument("--model", required=True, help="model folder, or clip:ARCH:WEIGHTS")
+    ev.add_argument("--input", required=True, help="labelled pairs dataset (pairs columns + is_match)")
+    ev.add_argument("--threshold", type=float, default=None, help="cut to evaluate (default: the model's)")
+    ev.add_argument("--json-out", default=None, help="also write the metrics to this JSON file")
+    ev.add_argument("--batch-size", type=int, default=256, help="scoring batch size (default 256)")
+    ev.set_defaults(func=run_eval)
+
+    score = sub.add_parser("score", help="score a pairs dataset in Beam and drop low-relevance pairs",
+                           description="Runs pipeline.relevance (ScoreRelevance + ThresholdRelevance).")
+    score.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
+    score.add_argument("--output", required=True, help="output folder: pairs/, rejected/, stats.json")
+    score.add_argument("--model", required=True, help="model folder, or clip:ARCH:WEIGHTS")
+    cut = score.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=float, default=None, help="keep relevance >= this (default: the model's)")
+    cut.add_argument("--keep-rate", type=float, default=None, help="keep this share of pairs instead")
+    score.add_argument("--batch-size", type=int, default=64, help="RunInference batch size (default 64)")
+    score.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
+    score.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
+    score.set_defaults(func=run_score)
+
+
+def _clear_errors(func):
+    """Bad input (missing dataset, wrong schema, unlabelled set) -> one line on stderr and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (FileNotFoundError, ValueError) as exc:  # SchemaMismatchError is a ValueError
+            print(f"lait relevance {args.relevance_command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_clear_errors
+def run_train(args: argparse.Namespace) -> int:
+    from filters.relevance.train import train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+                         max_pairs=args.max_pairs, val_fraction=args.val_fraction, seed=args.seed,
+                         mismatch_cost=args.mismatch_cost, drop_rate=args.drop_rate)
+    summary = train(args.input, args.out, config, progress=True)
+    print(f"relevance model written to {args.out}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+@_clear_errors
+def run_eval(args: argparse.Namespace) -> int:
+    from filters.relevance.evaluate import evaluate
+
+    metrics = evaluate(args.model, args.input, threshold=args.threshold, batch_size=args.batch_size, progress=True)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json_out:
+        parent = os.path.dirname(os.path.abspath(args.json_out))
+        os.makedirs(parent, exist_ok=True)
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+@_clear_errors
+def run_score(args: argparse.Namespace) -> int:
+    from pipeline.relevance import run
+
+    argv = ["--input", args.input, "--output", args.output, "--model", args.model,
+            "--batch-size", str(args.batch_size), f"--runner={args.runner}"]
+    if args.threshold is not None:
+        argv += ["--threshold", str(args.threshold)]
+    if args.keep_rate is not None:
+        argv += ["--keep-rate", str(args.keep_rate)]
+    if args.device:
+        argv += ["--device", args.device]
+    summary = run(argv)
+    print(f"relevance: kept {summary['kept']:,} of {summary['in']:,} pairs "
+          f"(threshold {summary['threshold']}); stats in {os.path.join(args.output, 'stats.json')}")
+    return 0

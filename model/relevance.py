@@ -1,0 +1,145 @@
+"""The LAIT relevance model: a small dual encoder plus a head over hand-made features.
+
+Reads top to bottom: ``RelevanceConfig``, the image encoder (a small CNN), the text encoder
+(hashed subword embeddings), then ``RelevanceModel`` whose ``forward`` returns the relevance
+probability of each (image, caption) pair. Saved as ``model.safetensors`` + ``config.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_KIND = "lait-relevance"
+
+
+@dataclass
+class RelevanceConfig:
+    """Architecture of the relevance model (the training settings live in ``filters.relevance.train``)."""
+
+    image_size: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 96)
+    embed_dim: int = 64
+    num_buckets: int = 1 << 15
+    max_tokens: int = 96
+    text_dim: int = 96
+    num_features: int = 13  # text-only + image-only features
+    head_hidden: int = 16
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RelevanceConfig":
+        """A config from a JSON dict, ignoring keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "channels" in kwargs:
+            kwargs["channels"] = tuple(kwargs["channels"])
+        return cls(**kwargs)
+
+
+class ImageEncoder(nn.Module):
+    """Strided 3x3 conv blocks, then average- and max-pooling (max keeps small objects visible)."""
+
+    def __init__(self, config: RelevanceConfig):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out in config.channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c_in = c_out
+        self.blocks = nn.Sequential(*layers)
+        self.proj = nn.Linear(2 * c_in, config.embed_dim)
+        self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image.float() / 255.0 - self.pixel_mean) / self.pixel_std
+        x = self.blocks(x)
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return F.normalize(self.proj(pooled), dim=-1)
+
+
+class TextEncoder(nn.Module):
+    """Mean of hashed subword embeddings (padding excluded), then a small MLP."""
+
+    def __init__(self, config: RelevanceConfig):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(config.num_buckets, config.text_dim, mode="mean", padding_idx=0)
+        self.mlp = nn.Sequential(nn.Linear(config.text_dim, config.text_dim), nn.ReLU(),
+                                 nn.Linear(config.text_dim, config.embed_dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(self.embed(tokens)), dim=-1)
+
+
+class RelevanceModel(nn.Module):
+    """Dual encoder cosine + text/image features -> logit; ``forward`` gives the probability."""
+
+    def __init__(self, config: RelevanceConfig):
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(config)
+        self.text_encoder = TextEncoder(config)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # contrastive temperature
+        # The head starts as a plain scaled cosine; the features learn to correct it.
+        self.cos_weight = nn.Parameter(torch.tensor(10.0))
+        self.bias = nn.Parameter(torch.tensor(-3.0))
+        self.head = nn.Sequential(nn.Linear(1 + config.num_features, config.head_hidden), nn.ReLU(),
+                                  nn.Linear(config.head_hidden, 1))
+        nn.init.zeros_(self.head[2].weight)
+        nn.init.zeros_(self.head[2].bias)
+        self.register_buffer("feature_mean", torch.zeros(config.num_features))
+        self.register_buffer("feature_std", torch.ones(config.num_features))
+
+    def head_logit(self, cos: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Relevance logit of pairs from their cosine and (unnormalised) features."""
+        x = (features - self.feature_mean) / self.feature_std
+        extra = self.head(torch.cat([cos.unsqueeze(-1), x], dim=-1)).squeeze(-1)
+        return self.cos_weight * cos + self.bias + extra
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        cos = (self.image_encoder(image) * self.text_encoder(tokens)).sum(-1)
+        return torch.sigmoid(self.head_logit(cos, features))
+
+
+def save_model(model: RelevanceModel, out_dir: str, extra: dict) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (architecture plus ``extra``: threshold, vocabulary...)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(out_dir, WEIGHTS_FILE))
+    config = {"kind": MODEL_KIND, "model": dataclasses.asdict(model.config), **extra}
+    tmp = os.path.join(out_dir, f".{CONFIG_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, CONFIG_FILE))
+
+
+def read_config(model_dir: str) -> dict:
+    """The JSON config of a saved relevance model; a clear error when the folder is not one."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir}: not a LAIT relevance model (no {CONFIG_FILE})")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("kind") != MODEL_KIND:
+        raise ValueError(f"{path}: kind {config.get('kind')!r}, expected {MODEL_KIND!r}")
+    return config
+
+
+def load_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[RelevanceModel, dict]:
+    """Build the model from ``config.json`` and load its safetensors weights (no pickle)."""
+    from safetensors.torch import load_file
+
+    config = read_config(model_dir)
+    model = RelevanceModel(RelevanceConfig.from_dict(config["model"]))
+    model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS_FILE), device="cpu"))
+    model.eval().requires_grad_(False)
+    return model.to(device), config

@@ -1,0 +1,342 @@
+"""Relevance scoring in Beam: ``ScoreRelevance`` (RunInference, batched, GPU when present) and
+``ThresholdRelevance`` (a fixed cut or a target keep-rate, with a score histogram).
+
+The filter pipeline composes them; this module also runs on its own over a pairs dataset:
+
+    # local
+    python -m pipeline.relevance --input RUN/filter --output RUN/relevance \
+        --model models/relevance --runner DirectRunner
+    # Dataflow (the model folder must be readable by the workers, e.g. baked into the container)
+    python -m pipeline.relevance --input gs://B/run/filter/pairs --output gs://B/run/relevance \
+        --model /models/relevance --runner DataflowRunner --project P --region R \
+        --temp_location gs://B/tmp --setup_file ./setup.py
+
+It writes ``OUTPUT/pairs/`` (kept, with ``relevance`` set), ``OUTPUT/rejected/`` (``low_relevance``)
+and ``OUTPUT/stats.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import schemas
+
+log = logging.getLogger(__name__)
+
+STAGE = "relevance"
+REASON = "low_relevance"
+#: The histogram covers [-1, 1] (CLIP cosines); all-non-negative scores report only [0, 1].
+HIST_BINS = 40
+#: Quantiles kept to turn a keep-rate into a threshold (exact while the data fits Beam's buffers).
+NUM_QUANTILES = 1001
+
+
+def _build_model(spec: str, device: str):
+    """Model factory for Beam's handler: the scorer's ``nn.Module`` (safetensors or open_clip)."""
+    from filters.relevance import load
+
+    return load(spec, device=device).model
+
+
+class _RelevanceModelHandler(PytorchModelHandlerKeyedTensor):
+    """Beam's keyed-tensor PyTorch handler, loading through LAIT's loader instead of ``torch.load``.
+
+    LAIT models are safetensors with a JSON config (no pickle), and CLIP specs name open_clip
+    weights, so only ``load_model`` differs; batching, devices and metrics stay Beam's.
+    """
+
+    def __init__(self, spec: str, device: str, batch_size: int):
+        super().__init__(state_dict_path=spec, model_class=_build_model,
+                         model_params={"spec": spec, "device": "cuda" if device == "GPU" else "cpu"},
+                         device=device, min_batch_size=batch_size, max_batch_size=batch_size)
+        self._spec = spec
+
+    def load_model(self):
+        """Build the scorer's model on the handler's device."""
+        from filters.relevance.scorer import resolve_device
+
+        device = resolve_device("cuda" if self._device.type == "cuda" else "cpu")
+        return _build_model(self._spec, device)
+
+    def get_metrics_namespace(self) -> str:
+        return "lait_relevance"
+
+
+class _PrepareInputs(beam.DoFn):
+    """pair -> ((pair, ok), example tensors); the scorer's preparation runs on the worker."""
+
+    def __init__(self, spec: str):
+        self._spec = spec
+        self._scorer = None
+        self._unscorable = Metrics.counter(STAGE, "unscorable_image")
+
+    def setup(self):
+        from filters.relevance import load
+
+        # the weights are loaded by RunInference; preparation needs only the config
+        self._scorer = load(self._spec, device="cpu", with_model=False)
+
+    def process(self, pair: dict):
+        example, ok = self._scorer.prepare(pair)
+        if not ok:
+            self._unscorable.inc()
+        yield (pair, ok), example
+
+
+def _set_relevance(keyed_result, min_score: float) -> dict:
+    (pair, ok), result = keyed_result
+    score = float(result.inference) if ok else min_score
+    return {**pair, "relevance": score}
+
+
+class ScoreRelevance(beam.PTransform):
+    """Pair dicts -> the same dicts with ``relevance`` (float) set, through Beam's RunInference.
+
+    ``spec`` is a LAIT relevance model folder or ``clip:ARCH:WEIGHTS``; ``device`` is ``"GPU"``,
+    ``"CPU"`` or ``None`` (GPU when one is present). Pairs whose image cannot be decoded get the
+    scorer's lowest score, so a threshold rejects them.
+    """
+
+    def __init__(self, spec: str, batch_size: int = 64, device: str | None = None):
+        super().__init__()
+        from filters.relevance.scorer import resolve_device
+
+        self.spec = spec
+        self.batch_size = batch_size
+        self.device = "GPU" if resolve_device(device) == "cuda" else "CPU"
+        self.min_score = -1.0 if spec.startswith("clip:") else 0.0
+
+    def expand(self, pairs):
+        handler = KeyedModelHandler(_RelevanceModelHandler(self.spec, self.device, self.batch_size))
+        return (
+            pairs
+            | "PrepareRelevanceInputs" >> beam.ParDo(_PrepareInputs(self.spec))
+            | "RunRelevanceModel" >> RunInference(handler)
+            | "SetRelevance" >> beam.Map(_set_relevance, self.min_score)
+        )
+
+
+class _ScoreHistogram(beam.CombineFn):
+    """Counts of scores in fixed bins over [-1, 1], plus count, min and max (mergeable)."""
+
+    def create_accumulator(self):
+        return [np.zeros(HIST_BINS, dtype=np.int64), 0, math.inf, -math.inf]
+
+    def add_input(self, acc, score):
+        counts, n, lo, hi = acc
+        if score is None or not math.isfinite(score):
+            return [counts, n + 1, lo, hi]
+        b = min(HIST_BINS - 1, max(0, int((score + 1.0) / 2.0 * HIST_BINS)))
+        counts[b] += 1
+        return [counts, n + 1, min(lo, score), max(hi, score)]
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        return [sum(a[0] for a in accs), sum(a[1] for a in accs), min(a[2] for a in accs), max(a[3] for a in accs)]
+
+    def extract_output(self, acc):
+        counts, n, lo, hi = acc
+        edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
+        if n == 0 or lo >= 0.0:  # probabilities: the upper half is the whole story
+            counts, edges = counts[HIST_BINS // 2:], edges[HIST_BINS // 2:]
+        return {"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts],
+                "n": int(n), "min": None if n == 0 else float(lo), "max": None if n == 0 else float(hi)}
+
+
+def _threshold_from_quantiles(quantiles: list[float], keep_rate: float) -> float | None:
+    """The score above which ``keep_rate`` of the data lies (the (1 - keep_rate) quantile)."""
+    if not quantiles:
+        return None
+    position = (1.0 - keep_rate) * (len(quantiles) - 1)
+    return float(quantiles[int(round(position))])
+
+
+def _score_of(pair: dict) -> float:
+    score = pair.get("relevance")
+    return -math.inf if score is None or not math.isfinite(score) else float(score)
+
+
+class _SplitByThreshold(beam.DoFn):
+    """Kept pairs on the main output, ``low_relevance`` rejected rows on ``rejected``."""
+
+    def __init__(self):
+        self._kept = Metrics.counter(STAGE, "kept")
+        self._rejected = Metrics.counter(STAGE, REASON)
+
+    def process(self, pair: dict, threshold: float | None):
+        score = _score_of(pair)
+        if threshold is not None and score >= threshold:
+            self._kept.inc()
+            yield pair
+            return
+        self._rejected.inc()
+        shown = "none" if pair.get("relevance") is None else f"{pair['relevance']:.4f}"
+        yield beam.pvalue.TaggedOutput("rejected", schemas.rejected_row(
+            STAGE, REASON, f"relevance {shown} < threshold {threshold:.4f}" if threshold is not None else None,
+            pair_id=pair.get("pair_id"), candidate_id=pair.get("candidate_id"), image_id=pair.get("image_id"),
+            page_url=pair.get("page_url"), image_url=pair.get("image_url"), caption=pair.get("caption")))
+
+
+def _summary(histogram: dict, threshold: float | None, kept: int, rejected: int, requested_keep_rate) -> dict:
+    total = kept + rejected
+    return {"threshold": threshold, "keep_rate": kept / total if total else None,
+            "requested_keep_rate": requested_keep_rate, "in": total, "kept": kept, "rejected": rejected,
+            "histogram": {"edges": histogram["edges"], "counts": histogram["counts"]},
+            "min": histogram["min"], "max": histogram["max"]}
+
+
+class RelevanceOutputs(dict):
+    """The tagged outputs of ``ThresholdRelevance``: ``out["kept"]`` or ``out.kept``."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class ThresholdRelevance(beam.PTransform):
+    """Scored pairs -> ``kept`` pairs, ``rejected`` rows (``low_relevance``) and a one-dict ``summary``.
+
+    Give ``threshold`` (keep ``relevance >= threshold``) or ``keep_rate`` (the threshold is the
+    score quantile over the data). With neither, ``spec`` names the model whose own threshold applies.
+    """
+
+    def __init__(self, threshold: float | None = None, keep_rate: float | None = None, spec: str | None = None):
+        super().__init__()
+        if threshold is not None and keep_rate is not None:
+            raise ValueError("give a relevance threshold or a keep rate, not both")
+        if keep_rate is not None and not 0.0 < keep_rate <= 1.0:
+            raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
+        if threshold is None and keep_rate is None:
+            if spec is None:
+                raise ValueError("ThresholdRelevance needs a threshold, a keep_rate, or the model spec")
+            from filters.relevance import default_threshold
+
+            threshold = default_threshold(spec)
+        self.threshold = threshold
+        self.keep_rate = keep_rate
+
+    def expand(self, scored):
+        scores = scored | "RelevanceScores" >> beam.Map(_score_of)
+        if self.keep_rate is None:
+            threshold = scored.pipeline | "FixedThreshold" >> beam.Create([float(self.threshold)])
+        else:
+            threshold = (
+                scores
+                | "FiniteScores" >> beam.Filter(math.isfinite)
+                | "ScoreQuantiles" >> beam.ApproximateQuantiles.Globally(NUM_QUANTILES)
+                | "KeepRateThreshold" >> beam.Map(_threshold_from_quantiles, self.keep_rate)
+            )
+        split = scored | "SplitByRelevance" >> beam.ParDo(
+            _SplitByThreshold(), beam.pvalue.AsSingleton(threshold)).with_outputs("rejected", main="kept")
+        kept_n = split.kept | "CountKept" >> beam.combiners.Count.Globally()
+        rejected_n = split.rejected | "CountRejected" >> beam.combiners.Count.Globally()
+        summary = (
+            scores
+            | "ScoreHistogram" >> beam.CombineGlobally(_ScoreHistogram())
+            | "RelevanceSummary" >> beam.Map(
+                _summary, beam.pvalue.AsSingleton(threshold), beam.pvalue.AsSingleton(kept_n),
+                beam.pvalue.AsSingleton(rejected_n), self.keep_rate)
+        )
+        return RelevanceOutputs(kept=split.kept, rejected=split.rejected, summary=summary)
+
+
+def _write_stats(summary: dict, output: str, extra: dict) -> None:
+    """stats.json of a standalone run, in the books every stage keeps."""
+    stats = {"stage": STAGE, "in": summary["in"], "kept": summary["kept"], "rejected": summary["rejected"],
+             "rejected_by_reason": {REASON: summary["rejected"]} if summary["rejected"] else {},
+             "relevance": summary, **extra}
+    os.makedirs(output, exist_ok=True)
+    tmp = os.path.join(output, ".stats.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=2)
+    os.replace(tmp, os.path.join(output, "stats.json"))
+
+
+def _write_shard(rows: list[dict], path: str, kind: str) -> None:
+    schemas.write_table(schemas.to_table(rows, kind), path, kind)
+
+
+class _WriteDataset(beam.PTransform):
+    """Rows -> numbered Parquet shards under a folder, in the contract schema (one per bundle batch)."""
+
+    def __init__(self, out_dir: str, kind: str, rows_per_shard: int = 2000):
+        super().__init__()
+        self.out_dir, self.kind, self.rows_per_shard = out_dir, kind, rows_per_shard
+
+    def expand(self, rows):
+        import uuid
+
+        def write(batch):
+            path = os.path.join(self.out_dir, f"part-{uuid.uuid4().hex[:12]}.parquet")
+            _write_shard(batch, path, self.kind)
+            return len(batch)
+
+        return (rows
+                | "Batch" >> beam.BatchElements(min_batch_size=self.rows_per_shard,
+                                                max_batch_size=self.rows_per_shard)
+                | "WriteShard" >> beam.Map(write))
+
+
+def _pair_files(path: str) -> list[str]:
+    """The Parquet files of a pairs dataset, contract-checked (Beam reads them in parallel)."""
+    from filters.relevance.data import resolve_pairs_path
+
+    files = schemas.list_parquet_files(resolve_pairs_path(path))
+    schemas.open_dataset(resolve_pairs_path(path), "pairs")  # fail early, naming the bad column
+    return files
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the standalone scoring pipeline (Beam options pass through)."""
+    parser = argparse.ArgumentParser(description="Score pairs with a relevance model and drop the low ones.")
+    parser.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
+    parser.add_argument("--output", required=True, help="output folder: pairs/, rejected/, stats.json")
+    parser.add_argument("--model", required=True, help="LAIT relevance model folder, or clip:ARCH:WEIGHTS")
+    cut = parser.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=float, default=None, help="keep relevance >= this (default: the model's)")
+    cut.add_argument("--keep-rate", type=float, default=None, help="keep this share of pairs instead")
+    parser.add_argument("--batch-size", type=int, default=64, help="RunInference batch size (default 64)")
+    parser.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
+    return parser
+
+
+def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
+    """Run the standalone scoring pipeline; returns the relevance summary written to stats.json."""
+    args, beam_args = build_parser().parse_known_args(argv)
+    files = _pair_files(args.input)
+    if not any(a.startswith("--runner") for a in beam_args):
+        beam_args = ["--runner=DirectRunner", *beam_args]  # never fall through to Prism, which downloads
+    options = PipelineOptions(beam_args)
+    if "://" not in args.output:  # an empty dataset is a folder with no shards, not a missing one
+        for sub in ("pairs", "rejected"):
+            os.makedirs(os.path.join(args.output, sub), exist_ok=True)
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    with pipeline as p:
+        pairs = (p
+                 | "ListFiles" >> beam.Create(files)
+                 | "ReadPairs" >> beam.FlatMap(
+                     lambda f: schemas.read_table(f, "pairs").to_pylist()))
+        scored = pairs | "ScoreRelevance" >> ScoreRelevance(args.model, args.batch_size, args.device)
+        out = scored | "ThresholdRelevance" >> ThresholdRelevance(args.threshold, args.keep_rate, spec=args.model)
+        out.kept | "WritePairs" >> _WriteDataset(os.path.join(args.output, "pairs"), "pairs")
+        out.rejected | "WriteRejected" >> _WriteDataset(os.path.join(args.output, "rejected"), "rejected")
+        out.summary | "WriteStats" >> beam.Map(_write_stats, args.output, {"model": args.model})
+    with open(os.path.join(args.output, "stats.json"), encoding="utf-8") as f:
+        return json.load(f)["relevance"]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,121 @@
+"""Beam transforms: ScoreRelevance through RunInference, ThresholdRelevance, and the standalone run."""
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+
+import schemas
+from filters.relevance import load
+from pipeline.relevance import ScoreRelevance, ThresholdRelevance, run
+from tests.relevance.conftest import write_pairs
+
+OPTIONS = ["--runner=DirectRunner"]
+
+
+def _scored(scores):
+    return [{"pair_id": f"p{i}", "candidate_id": f"c{i}", "image_id": f"i{i}", "caption": f"cap {i}",
+             "page_url": "https://s.test/", "image_url": f"https://s.test/{i}.jpg", "relevance": s}
+            for i, s in enumerate(scores)]
+
+
+def test_fixed_threshold_splits_and_summarises():
+    rows = _scored([0.05, 0.2, 0.5, 0.51, 0.9, None])
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        out = p | beam.Create(rows) | ThresholdRelevance(threshold=0.5)
+        assert_that(out.kept | "KeptIds" >> beam.Map(lambda d: d["pair_id"]), equal_to(["p2", "p3", "p4"]),
+                    label="kept")
+        assert_that(out["rejected"] | "Rej" >> beam.Map(lambda r: (r["pair_id"], r["stage"], r["reason"], r["caption"])),
+                    equal_to([(f"p{i}", "relevance", "low_relevance", f"cap {i}") for i in (0, 1, 5)]),
+                    label="rejected")
+
+        def check_summary(summaries):
+            (s,) = summaries
+            if (s["threshold"], s["in"], s["kept"], s["rejected"]) != (0.5, 6, 3, 3):
+                raise BeamAssertException(f"summary {s}")
+            if s["keep_rate"] != 0.5 or sum(s["histogram"]["counts"]) != 5:
+                raise BeamAssertException(f"summary {s}")
+            if s["histogram"]["edges"][0] != 0.0 or len(s["histogram"]["edges"]) != len(s["histogram"]["counts"]) + 1:
+                raise BeamAssertException(f"histogram {s['histogram']}")
+
+        assert_that(out.summary, check_summary, label="summary")
+
+
+def test_keep_rate_threshold_is_the_score_quantile():
+    scores = list(np.linspace(-0.5, 0.5, 200))  # cosines: negative scores are allowed
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        out = p | beam.Create(_scored(scores)) | ThresholdRelevance(keep_rate=0.25)
+
+        def check(summaries):
+            (s,) = summaries
+            if not (48 <= s["kept"] <= 52 and s["kept"] + s["rejected"] == 200):
+                raise BeamAssertException(f"kept {s['kept']} of 200 at keep_rate 0.25")
+            if not 0.2 <= s["threshold"] <= 0.3 or s["histogram"]["edges"][0] != -1.0:
+                raise BeamAssertException(f"summary {s}")
+
+        assert_that(out.summary, check)
+
+
+def test_threshold_arguments_are_checked():
+    with pytest.raises(ValueError, match="not both"):
+        ThresholdRelevance(threshold=0.5, keep_rate=0.5)
+    with pytest.raises(ValueError, match="keep_rate"):
+        ThresholdRelevance(keep_rate=1.5)
+    with pytest.raises(ValueError, match="needs a threshold"):
+        ThresholdRelevance()
+
+
+def test_score_relevance_matches_the_scoring_api(model_dir, heldout_rows):
+    rows = [{k: v for k, v in r.items() if k != "is_match"} for r in heldout_rows[:40]]
+    rows[3] = dict(rows[3], image_bytes=b"garbage")
+    expected = dict(zip([r["pair_id"] for r in rows], load(model_dir).score(rows).tolist()))
+
+    def check(scored):
+        got = dict(scored)
+        if got.keys() != expected.keys():
+            raise BeamAssertException("pairs lost or invented")
+        worst = max(abs(got[k] - expected[k]) for k in got)
+        if worst > 1e-5 or got[rows[3]["pair_id"]] != 0.0:
+            raise BeamAssertException(f"Beam and API scores differ by {worst}")
+
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        scored = p | beam.Create(rows) | ScoreRelevance(model_dir, batch_size=16, device="CPU")
+        assert_that(scored | beam.Map(lambda d: (d["pair_id"], d["relevance"])), check)
+        # the pair dicts come through whole
+        assert_that(scored | "Keys" >> beam.Map(lambda d: sorted(d)), equal_to([sorted(list(rows[0]) + ["relevance"])] * 40),
+                    label="keys")
+
+
+def test_standalone_run_keeps_the_books(model_dir, heldout_rows, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "is_match"} for r in heldout_rows[:60]]
+    write_pairs(rows, str(tmp_path / "filter" / "pairs"))
+    summary = run(["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "relevance"),
+                   "--model", model_dir, "--runner=DirectRunner"])
+    stats = json.loads((tmp_path / "relevance" / "stats.json").read_text())
+    kept = schemas.read_table(str(tmp_path / "relevance" / "pairs"), "pairs")
+    rejected = schemas.read_table(str(tmp_path / "relevance" / "rejected"), "rejected")
+    assert stats["stage"] == "relevance" and stats["in"] == 60 == kept.num_rows + rejected.num_rows
+    assert stats["kept"] == kept.num_rows and stats["rejected_by_reason"].get("low_relevance", 0) == rejected.num_rows
+    threshold = load(model_dir).threshold
+    assert summary["threshold"] == pytest.approx(threshold)
+    assert min(kept.column("relevance").to_pylist()) >= threshold
+    assert set(rejected.column("reason").to_pylist()) <= {"low_relevance"}
+    assert set(kept.column("pair_id").to_pylist()) | set(rejected.column("pair_id").to_pylist()) == \
+        {r["pair_id"] for r in rows}
+
+
+def test_empty_input_gives_an_empty_summary_not_a_crash():
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        out = p | beam.Create([]) | ThresholdRelevance(keep_rate=0.5)
+
+        def check(summaries):
+            (s,) = summaries
+            if (s["in"], s["kept"], s["rejected"], s["threshold"]) != (0, 0, 0, None):
+                raise BeamAssertException(f"summary {s}")
+
+        assert_that(out.summary, check)
+        assert_that(out.kept, equal_to([]), label="nothing kept")
