@@ -14,18 +14,18 @@ from lait import __version__
 
 # Order is the order of `lait --help`: the stages first, then the tools around them.
 COMMAND_MODULES = [
-    "lait.commands.demo",
+    "lait.commands.crawl",
+    "lait.commands.filter",
+    "lait.commands.explain",
+    "lait.commands.relevance",
     "lait.commands.features",
     "lait.commands.train",
     "lait.commands.eval",
     "lait.commands.import_captions",
-    "lait.commands.filter",
-    "lait.commands.explain",
-    "lait.commands.crawl",
-    "lait.commands.inspect",
+    "lait.commands.demo",
     "lait.commands.report",
     "lait.commands.audit",
-    "lait.commands.relevance",
+    "lait.commands.inspect",
 ]
 
 
