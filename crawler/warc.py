@@ -33,11 +33,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from crawler import extract, images, netguard, output
 from crawler import settings as defaults
+from pipeline.runners import make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
 
 logger = logging.getLogger(__name__)
 
@@ -325,20 +326,6 @@ class ReadWarcCandidates(beam.PTransform):
         return validated.candidates, rejected
 
 
-def local_runner(options: PipelineOptions):
-    """The runner named in the options; DirectRunner (or none) means Beam's local FnApiRunner.
-
-    Beam 2.77's DirectRunner first tries PrismRunner, which downloads a binary from GitHub; naming the
-    local runner it falls back to keeps a local run offline.
-    """
-    name = options.view_as(StandardOptions).runner
-    if name in (None, "DirectRunner", "FnApiRunner"):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return FnApiRunner()
-    return None  # Beam builds the named runner (DataflowRunner, FlinkRunner, ...)
-
-
 def _expand_inputs(patterns: list[str]) -> list[str]:
     """Local globs and Beam filesystem patterns -> file paths (sorted, each once)."""
     files = []
@@ -389,7 +376,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
                      "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent}
     check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
                      "formats": tuple(f.strip().upper() for f in known.image_formats.split(",") if f.strip())}
-    pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
+    pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
     candidates, rejected = (
         pipeline
         | "ListFiles" >> beam.Create(files)

@@ -518,6 +518,8 @@ def summarize(output_path: str, shards: list[Shard], null_ids: int) -> dict:
 
 import apache_beam as beam  # noqa: E402  (kept below the local runner, which does not need it)
 from apache_beam.metrics import Metrics  # noqa: E402
+
+from pipeline.runners import make_runner  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
 
 METRICS_NAMESPACE = "lait.features"
@@ -659,7 +661,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     names = read_class_names(options.class_names_file) if options.class_names_file else None
     spec = build_detector(options.detector, weights=options.weights, random_init=True,
                           config=overrides or None, class_names=names).spec  # random init: only the names are needed
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(pipeline_args))
+    beam_options = PipelineOptions(pipeline_args)
+    pipeline = test_pipeline or beam.Pipeline(runner=make_runner(beam_options), options=beam_options)
     rows = (
         pipeline
         | "ListInputFiles" >> beam.Create(files)

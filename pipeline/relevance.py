@@ -30,6 +30,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedT
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
+from pipeline.runners import make_runner
 
 log = logging.getLogger(__name__)
 
@@ -316,13 +317,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Run the standalone scoring pipeline; returns the relevance summary written to stats.json."""
     args, beam_args = build_parser().parse_known_args(argv)
     files = _pair_files(args.input)
-    if not any(a.startswith("--runner") for a in beam_args):
-        beam_args = ["--runner=DirectRunner", *beam_args]  # never fall through to Prism, which downloads
     options = PipelineOptions(beam_args)
     if "://" not in args.output:  # an empty dataset is a folder with no shards, not a missing one
         for sub in ("pairs", "rejected"):
             os.makedirs(os.path.join(args.output, sub), exist_ok=True)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
     with pipeline as p:
         pairs = (p
                  | "ListFiles" >> beam.Create(files)

@@ -1,0 +1,35 @@
+"""The runner of every LAIT Beam pipeline: local names go straight to Beam's in-process engine.
+
+Beam 2.77's DirectRunner (and the default runner) first tries PrismRunner, which downloads a binary
+from the internet. LAIT's local runs use FnApiRunner, the engine DirectRunner falls back to, which
+honours ``--direct_num_workers`` and ``--direct_running_mode``; any other name (DataflowRunner,
+FlinkRunner, SparkRunner, ...) is left to Beam. This module imports Beam only when called.
+"""
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+#: runner names that mean "run here"; they all get the in-process FnApiRunner
+LOCAL_RUNNERS = {None, "", "directrunner", "direct", "fnapirunner", "switchingdirectrunner"}
+
+
+def make_runner(options):
+    """The runner to pass to ``beam.Pipeline``: FnApiRunner for local names, else None (Beam decides)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    name = options.view_as(StandardOptions).runner
+    if name is not None and not isinstance(name, str):
+        return None  # a runner object given by the caller
+    if isinstance(name, str) and name.lower() not in LOCAL_RUNNERS:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    # The provision info carries the options into the SDK workers (multi-processing mode needs it).
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    logger.info("local run on FnApiRunner")
+    return fn_runner.FnApiRunner(provision_info=provision)
