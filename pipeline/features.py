@@ -53,6 +53,12 @@ logger = logging.getLogger(__name__)
 
 STAGE = "features"
 INPUT_COLUMNS = ["image_id", "image_bytes"]
+#: Type checks of the input columns (string ids, binary bytes; large variants and dictionaries allowed).
+INPUT_TYPES = {
+    "image_id": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+    or (pa.types.is_dictionary(t) and pa.types.is_string(t.value_type)),
+    "image_bytes": lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t),
+}
 SHARD_PREFIX = "part"
 
 
@@ -267,11 +273,19 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     in_shard = 0
     null_ids = 0
     for file in files:
-        parquet = _open_parquet(dataset, file)
+        try:
+            parquet = _open_parquet(dataset, file)
+        except (pa.ArrowException, OSError) as exc:  # empty, truncated, or not Parquet at all
+            raise ValueError(f"{file}: not a readable Parquet file ({exc})") from None
         names = parquet.schema_arrow.names
         for column in INPUT_COLUMNS:
             if column not in names:
                 raise schemas.SchemaMismatchError(f"{file}: no {column!r} column; lait features reads image_id + image_bytes", column)
+            # A wrong type would only fail when the shard is written, after the detector ran on it.
+            actual = parquet.schema_arrow.field(column).type
+            if not INPUT_TYPES[column](actual):
+                raise schemas.SchemaMismatchError(f"{file}: column {column!r} is {actual}, expected {'string' if column == 'image_id' else 'binary'}",
+                                                  column)
         for group in range(parquet.num_row_groups):
             ids = parquet.read_row_group(group, columns=["image_id"]).column(0).to_pylist()
             rows: list[int] = []

@@ -53,7 +53,11 @@ def gzip_of_zeros(size: int, prefix: bytes = b"") -> bytes:
 
 def exif_garbage_jpeg(width: int, height: int) -> bytes:
     """A valid JPEG with an APP1 'Exif' segment full of garbage (bad TIFF header and offsets)."""
-    body = jpeg(width, height, seed=99)
+    return with_exif_garbage(jpeg(width, height, seed=99))
+
+
+def with_exif_garbage(body: bytes) -> bytes:
+    """A JPEG's bytes with an APP1 'Exif' segment of garbage inserted after the SOI marker."""
     garbage = b"Exif\x00\x00" + b"MM\x00\x2a\xff\xff\xff\xf0" + bytes(range(256)) * 4
     segment = b"\xff\xe1" + struct.pack(">H", len(garbage) + 2) + garbage
     return body[:2] + segment + body[2:]
