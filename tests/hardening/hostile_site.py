@@ -11,6 +11,8 @@ import http.server
 import io
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -234,3 +236,18 @@ class HostileSite:
         self.stop.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+#: Runs argv[1:] and prints the peak RSS (KiB) over it and every process it waited for, on stderr.
+_PEAK_WRAPPER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+                 "print('LAIT_PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+                 "sys.exit(code)")
+
+
+def run_with_peak_rss(command: list[str], env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``command`` under a small wrapper process; returns the result and the peak RSS in MiB of the
+    command and its children (a fresh wrapper, so nothing else of the caller's is counted)."""
+    result = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *command], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    peak = [line for line in result.stderr.splitlines() if line.startswith("LAIT_PEAK_KIB ")]
+    return result, int(peak[-1].split()[1]) / 1024 if peak else float("nan")

@@ -115,16 +115,16 @@ def filter_baseline(tmp_path_factory):
     return root, args
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGTERM", "SIGKILL"])
-def test_filter_killed_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(tmp_path, filter_baseline, sig):
+def test_filter_killed_twice_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(tmp_path, filter_baseline):
     root, args = filter_baseline
     crawl, out = root / "run" / "crawl", tmp_path / "run" / "filter"
     os.makedirs(tmp_path / "run")
     os.symlink(crawl, tmp_path / "run" / "crawl")
     command = [sys.executable, "-m", "lait", "filter", "--input", str(crawl), "--output", str(out), *args]
-    # Beam creates pairs/ (its temporary write folder) once the pipeline runs.
-    run_and_kill(command, lambda: (out / "pairs").exists(), sig, whole_group=True)
-    assert not (out / "stats.json").exists(), "a killed filter run must not look complete"
+    for sig in SIGNALS:  # killed by SIGTERM, then the rerun killed by SIGKILL, then a rerun to the end
+        # Beam creates pairs/ (its temporary write folder) once the pipeline runs.
+        run_and_kill(command, lambda: (out / "pairs").exists(), sig, whole_group=True)
+        assert not (out / "stats.json").exists(), "a killed filter run must not look complete"
     lait_ok("filter", *command[4:])  # the same command: the interrupted run's partial files go
     for kind, folder, column in (("pairs", "pairs", "pair_id"), ("rejected", "rejected", "candidate_id")):
         got = ids_of(out / folder, kind, column)
@@ -159,8 +159,7 @@ def features_baseline(tmp_path_factory):
     return root, args
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGTERM", "SIGKILL"])
-def test_features_killed_resumes_by_shard_and_equals_an_uninterrupted_run(tmp_path, features_baseline, sig):
+def test_features_killed_twice_resumes_by_shard_and_equals_an_uninterrupted_run(tmp_path, features_baseline):
     root, args = features_baseline
     os.makedirs(tmp_path / "run")
     os.symlink(root / "run" / "filter", tmp_path / "run" / "filter")
@@ -168,8 +167,10 @@ def test_features_killed_resumes_by_shard_and_equals_an_uninterrupted_run(tmp_pa
     command = [sys.executable, "-m", "lait", "features", "--input", str(root / "run" / "filter"), "--output", str(out),
                *args]
     shards_done = lambda: len(list((out / "shards").glob("*.json"))) if (out / "shards").exists() else 0
-    run_and_kill(command, lambda: shards_done() >= 2, sig)
-    assert 2 <= shards_done() < 12, "killed midway: some shards complete, not all"
+    run_and_kill(command, lambda: shards_done() >= 2, signal.SIGTERM)
+    first = shards_done()
+    run_and_kill(command, lambda: shards_done() >= first + 2, signal.SIGKILL)
+    assert 4 <= shards_done() < 12, "killed midway: some shards complete, not all"
     lait_ok("features", *command[4:])
     stats = json.loads((out / "stats.json").read_text())
     assert stats["shards_resumed"] >= 2
@@ -206,13 +207,15 @@ def train_baseline(tmp_path_factory):
     return root, path
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGTERM", "SIGKILL"])
-def test_train_killed_resumes_from_its_last_checkpoint_to_the_same_model(tmp_path, train_baseline, sig):
+def test_train_killed_twice_resumes_from_its_last_checkpoint_to_the_same_model(tmp_path, train_baseline):
     root, config = train_baseline
     out = tmp_path / "run"
     command = [sys.executable, "-m", "lait", "train", "--config", str(config), "--out-dir", str(out), "--resume",
                "--no-progress"]
-    run_and_kill(command, lambda: (out / "checkpoints" / "last.pt").exists(), sig)
+    checkpoints = lambda: sorted((out / "checkpoints").glob("stage1-step*.pt")) if (out / "checkpoints").exists() else []
+    run_and_kill(command, lambda: len(checkpoints()) >= 1, signal.SIGTERM)
+    first = len(checkpoints())
+    run_and_kill(command, lambda: len(checkpoints()) > first, signal.SIGKILL)
     assert not (out / "checkpoints" / "final.pt").exists(), "killed midway"
     lait_ok("train", *command[4:])
     full = torch.load(root / "full" / "checkpoints" / "final.pt", weights_only=True)["model"]
