@@ -93,3 +93,41 @@ def test_pickle_is_only_read_by_the_allow_list_unpickler_and_the_crawl_job_state
     # model/detectors/weights.py: numpy arrays only (UnsafePickleError otherwise). The spider reads
     # back the job state it wrote itself into the job folder (trusted local state, like Scrapy's JOBDIR).
     assert readers <= {"model/detectors/weights.py", "crawler/spiders/lait.py"}, readers
+
+
+def test_connect_time_resolution_refuses_private_addresses_even_past_the_middleware(site, tmp_path):
+    """DNS rebinding: the middleware's lookup said public, the connection's lookup says 127.0.0.1.
+
+    Simulated by switching the middleware off: only the guarded resolver stands between the crawl
+    and loopback. The page must be refused, not fetched.
+    """
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "crawl"
+    url = site.url.replace("127.0.0.1", "localhost") + "/good/0.html"
+    command = [sys.executable, "-m", "lait", "crawl", url, "--out", str(out), "--no-progress",
+               "-s", 'DOWNLOADER_MIDDLEWARES={"crawler.middlewares.NetworkGuardMiddleware": null}',
+               "-s", "ROBOTSTXT_OBEY=false", "-s", "RETRY_ENABLED=false", "-s", "DOWNLOAD_TIMEOUT=5"]
+    result = subprocess.run(command, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    assert [(r["page_url"], r["reason"]) for r in rejected] == [(url, "private_network_refused")]
+    assert json.loads((out / "stats.json").read_text())["kept"] == 0
+
+
+def test_guarded_resolver_check_follows_the_guard_settings():
+    from crawler.resolver import GuardedResolver, PrivateAddressError
+
+    resolver = GuardedResolver.__new__(GuardedResolver)  # the check only; no reactor needed
+    resolver.allow_private_networks, resolver.networks = False, ()
+    assert resolver.check("93.184.216.34", "example.test") == "93.184.216.34"
+    for address in ("127.0.0.1", "10.0.0.5", "169.254.169.254", "::ffff:127.0.0.1", "0.0.0.0"):
+        with pytest.raises(PrivateAddressError):
+            resolver.check(address, "rebind.test")
+    import ipaddress
+    resolver.networks = (ipaddress.ip_network("127.0.0.1/32"),)
+    assert resolver.check("127.0.0.1", "local.test") == "127.0.0.1"
+    with pytest.raises(PrivateAddressError):
+        resolver.check("10.0.0.5", "rebind.test")
