@@ -96,8 +96,8 @@ class HostileSite:
     """Serves the hostile cases and ``good_pages`` good pages (one good image each); a context manager."""
 
     def __init__(self, good_pages: int = 6, big_image_mb: int = 50, nested_mb: float = 10.0,
-                 bomb_mb: int = 50, side: int = 96):
-        self.good_pages, self.side = good_pages, side
+                 bomb_mb: int = 50, side: int = 96, hostile: bool = True):
+        self.good_pages, self.side, self.hostile = good_pages, side, hostile  # hostile=False: the good pages only
         self.big_image_bytes = big_image_mb * 2**20
         self.stop = threading.Event()
         self.pages = self._build(nested_mb, bomb_mb)
@@ -130,6 +130,8 @@ class HostileSite:
     def good_image_paths(self) -> list[tuple[str, str]]:
         """(page path, image path) of every candidate the crawl must keep."""
         pairs = [(f"/good/{i}.html", f"/img/good{i}.jpg") for i in range(self.good_pages)]
+        if not self.hostile:
+            return pairs
         pairs += [("/images.html", "/img/fine.jpg"), ("/invalid-utf8.html", "/img/utf8.jpg"),
                   ("/nested.html", "/img/nested.jpg"), ("/exif.html", "/img/exif.jpg")]
         return pairs
@@ -140,6 +142,8 @@ class HostileSite:
         links = [f"/good/{i}.html" for i in range(self.good_pages)] + list(HOSTILE_PAGES) + list(ODD_GOOD_PAGES)
         links += list(NEVER_FOLLOWED)
         links.append("/images.html")
+        if not self.hostile:
+            links = [f"/good/{i}.html" for i in range(self.good_pages)]
         pages: dict[str, tuple[dict, bytes]] = {}
         pages["/"] = ({"Content-Type": HTML}, page("".join(f'<a href="{link}">x</a>' for link in links)))
         for i in range(self.good_pages):
@@ -177,7 +181,7 @@ class HostileSite:
         """Answer one GET: a hostile behaviour by path, else a stored page, else 404."""
         parts = urlsplit(request.path)
         path = parts.path
-        if path == "/robots.txt":
+        if path == "/robots.txt" and self.hostile:
             self.stop.wait(60)  # never answers (until the site stops): the crawler's timeout must end it
             return
         if path in ("/reset.html", "/img/reset.jpg"):
