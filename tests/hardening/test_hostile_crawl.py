@@ -73,8 +73,10 @@ def test_every_hostile_reference_and_page_is_a_reject_with_its_reason(hostile_cr
         assert by_page.get(page) in reasons, (page, by_page.get(page))
     for r in rejected:
         assert r["stage"] == "crawl" and r["reason"]
-    urls = [r["page_url"] or "" for r in rejected] + [r["image_url"] or "" for r in rejected]
-    assert not any(u.startswith(link) for u in urls for link in NEVER_FOLLOWED if not link.startswith("file:///etc"))
+    # file: links are never followed: no page row for them; the one file: image is refused by scheme.
+    assert not [r for r in rejected if (r["page_url"] or "").startswith("file:")]
+    assert [r["reason"] for r in rejected if (r["image_url"] or "").startswith("file:")] == ["unsupported_scheme"]
+    assert all(link.startswith("file:") for link in NEVER_FOLLOWED)
 
 
 def test_books_balance_and_lait_audit_passes(hostile_crawl):
