@@ -80,25 +80,35 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     return _run_processes(job, out_dir, processes, env)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux).
+def _die_with_parent_hook():
+    """A pre-exec hook that makes the child get SIGTERM when the parent dies, even by SIGKILL (Linux).
 
     Without it a killed ``lait crawl`` leaves its crawl process running unseen, and a rerun into
-    the same folder would race it.
+    the same folder would race it. libc is loaded here, in the parent: the hook runs between fork
+    and exec, where importing is not safe.
     """
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM forwarding still applies
-        return
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call: act on it now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 def _start_child(job: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
     """Start one crawl process for ``job``."""
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    return subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env, preexec_fn=preexec)
+    return subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env,
+                            preexec_fn=_die_with_parent_hook())
 
 
 def _wait(children: list[subprocess.Popen]) -> list[int]:
