@@ -63,11 +63,12 @@ def ids_of(path, kind: str, column: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ crawl
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
 @pytest.mark.parametrize("sig", SIGNALS, ids=["SIGTERM", "SIGKILL"])
-def test_crawl_killed_then_rerun_with_its_jobdir_loses_nothing(tmp_path, sig):
+def test_crawl_killed_then_rerun_with_its_jobdir_loses_nothing(tmp_path, sig, processes):
     run, jobdir = tmp_path / "run", tmp_path / "job"
     command = [sys.executable, "-m", "lait", "crawl", "--out", str(run / "crawl"), "--jobdir", str(jobdir),
-               "--allow-private-networks", "--min-side", "64", "--no-progress"]
+               "--allow-private-networks", "--min-side", "64", "--no-progress", "--processes", str(processes)]
     for key, value in dict(TEST_SETTINGS, CONCURRENT_REQUESTS=2, LAIT_ROWS_PER_SHARD=2).items():
         command += ["-s", f"{key}={json.dumps(value)}"]
     with small_site(8, slow_images=0.1) as site:
