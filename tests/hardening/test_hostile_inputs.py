@@ -132,3 +132,16 @@ def test_bad_parquet_input_is_a_clear_error_not_a_traceback(tmp_path, stage, det
         # The message names the file (or the column) so a user can find what is wrong.
         assert "part-00000.parquet" in err or "image_id" in err or "image_bytes" in err, (name, err[-2000:])
         assert not os.path.exists(os.path.join(out, "stats.json")), name
+
+
+def test_features_beam_form_checks_bad_parquet_before_the_pipeline_starts(tmp_path, detector_weights):
+    from pipeline import features
+
+    for name, folder in bad_parquet_files(tmp_path / "in").items():
+        out = str(tmp_path / f"out-{name}")
+        with pytest.raises(ValueError) as caught:
+            features.run(["--input", folder, "--output", out, "--detector", "demo", "--weights", detector_weights,
+                          "--runner", "DirectRunner"])
+        message = str(caught.value)
+        assert "part-00000.parquet" in message, (name, message)
+        assert not os.path.exists(os.path.join(out, "stats.json")), name
