@@ -90,7 +90,7 @@ class PoliteFetcher:
         with response:
             headers = {k.lower(): v for k, v in response.headers.items()}
             try:
-                raw = response.read(max_bytes + 1)
+                raw = self._read(response, max_bytes + 1, url)
             except (TimeoutError, OSError) as exc:
                 raise FetchError("timeout" if "timed out" in str(exc) else "connection_error", str(exc)) from None
         if len(raw) > max_bytes:
@@ -104,6 +104,25 @@ class PoliteFetcher:
             if len(raw) > max_bytes:
                 raise FetchError("too_large", f"{url}: body over {max_bytes} bytes after decompression")
         return Fetched(url, getattr(response, "code", None) or response.status, headers, raw)
+
+    def _read(self, response, limit: int, url: str) -> bytes:
+        """Up to ``limit`` bytes of the body within ``timeout`` seconds in all.
+
+        The socket timeout bounds each read only: a server trickling one byte per second would
+        otherwise hold a worker for as long as the size cap allows.
+        """
+        deadline = time.monotonic() + self.timeout
+        read = getattr(response, "read1", None) or response.read  # read1: one recv, not a fill
+        chunks, size = [], 0
+        while size < limit:
+            if time.monotonic() > deadline:
+                raise FetchError("timeout", f"{url}: body not received within {self.timeout} s")
+            chunk = read(min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
 
     def allowed_by_robots(self, url: str) -> bool:
         """Whether robots.txt of the URL's host lets our user agent fetch it (unreachable robots.txt: yes)."""

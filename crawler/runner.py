@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from typing import Any
 
@@ -70,7 +72,7 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     if processes <= 1:
-        code = _wait([subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env)])[0]
+        code = _wait([_start_child(job, env)])[0]
         if code != 0:
             raise RuntimeError(f"the crawl process exited with status {code}")
         with open(os.path.join(out_dir, output.STATS_FILE), encoding="utf-8") as handle:
@@ -78,16 +80,61 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     return _run_processes(job, out_dir, processes, env)
 
 
+def _die_with_parent_hook():
+    """A pre-exec hook that makes the child get SIGTERM when the parent dies, even by SIGKILL (Linux).
+
+    Without it a killed ``lait crawl`` leaves its crawl process running unseen, and a rerun into
+    the same folder would race it. libc is loaded here, in the parent: the hook runs between fork
+    and exec, where importing is not safe.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call: act on it now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+def _start_child(job: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
+    """Start one crawl process for ``job``."""
+    return subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env,
+                            preexec_fn=_die_with_parent_hook())
+
+
 def _wait(children: list[subprocess.Popen]) -> list[int]:
-    """Wait for the crawl processes; on Ctrl-C let them finish their graceful stop, then re-raise."""
+    """Wait for the crawl processes; on Ctrl-C or SIGTERM let them finish their graceful stop, then re-raise."""
+    def forward(signum, frame):
+        # SIGTERM (a scheduler's stop, `kill PID`) reaches only this process: pass it on, so the
+        # crawl processes stop gracefully and save the job state, as after Ctrl-C.
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if in_main else None
     try:
         return [child.wait() for child in children]
     except KeyboardInterrupt:
-        # The children got the same SIGINT: Scrapy finishes in-flight requests, flushes complete
-        # shards and saves the job state. Waiting keeps the terminal and the folder consistent.
+        # The children got the same SIGINT (or the forwarded SIGTERM): Scrapy finishes in-flight
+        # requests, flushes complete shards and saves the job state. Waiting keeps the terminal and
+        # the folder consistent.
         for child in children:
             child.wait()
         raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[str, str]) -> dict[str, Any]:
@@ -103,7 +150,7 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
             settings["LAIT_PROGRESS"] = False  # one progress bar, process 0's
         child_job = dict(job, settings=settings, process_index=index, processes=processes, inbox_dir=inbox_dir,
                          run_id=run_id)
-        children.append(subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(child_job)], env=env))
+        children.append(_start_child(child_job, env))
     codes = _wait(children)
     if any(codes):
         raise RuntimeError(f"crawl processes exited with statuses {codes}")

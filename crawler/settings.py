@@ -22,6 +22,9 @@ COOKIES_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 
+# The resolver connections use applies the network guard again (DNS rebinding; crawler/resolver.py).
+TWISTED_DNS_RESOLVER = "crawler.resolver.GuardedResolver"
+
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 FEED_EXPORT_ENCODING = "utf-8"
 

@@ -2,12 +2,16 @@
 that shows it; past a memory budget the bytes spill to files in a temporary folder."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 
 logger = logging.getLogger(__name__)
+
+SAFE_NAME = re.compile(r"[0-9a-f]{16,128}")
 
 
 class ImageStore:
@@ -38,16 +42,22 @@ class ImageStore:
         if self._spill is None:
             self._spill = tempfile.mkdtemp(prefix="lait-images-", dir=self._spill_parent)
             logger.info("image store over %d bytes; spilling to %s", self.memory_bytes, self._spill)
-        with open(os.path.join(self._spill, image_id), "wb") as handle:
+        with open(self._path(image_id), "wb") as handle:
             handle.write(data)
         self._on_disk.add(image_id)
+
+    def _path(self, image_id: str) -> str:
+        # The id is a sha256 hex digest in the crawl; anything else (a resumed job's state, a caller
+        # passing a URL) is hashed, so no id can name a file outside the spill folder.
+        name = image_id if SAFE_NAME.fullmatch(image_id) else hashlib.sha256(image_id.encode()).hexdigest()
+        return os.path.join(self._spill, name)
 
     def get(self, image_id: str) -> bytes | None:
         """The bytes of a stored image, or None."""
         if image_id in self._memory:
             return self._memory[image_id]
         if image_id in self._on_disk:
-            with open(os.path.join(self._spill, image_id), "rb") as handle:
+            with open(self._path(image_id), "rb") as handle:
                 return handle.read()
         return None
 

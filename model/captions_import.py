@@ -72,6 +72,13 @@ def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
 READERS = {"coco": read_coco, "karpathy": read_karpathy, "tsv": read_tsv}
 
 
+def _inside(folder: str, path: str) -> bool:
+    """Whether ``path`` (links resolved) lies inside ``folder``: a caption file must not name
+    ``../../etc/passwd`` or an absolute path and have it read into the dataset."""
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
 def _image_info(path: str) -> tuple[bytes, int, int] | str:
     """The image's bytes and size, or a reject reason."""
     if not os.path.isfile(path):
@@ -102,7 +109,7 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
             caption = " ".join(record.caption.split())
             if record.image_file not in images:
                 path = os.path.join(images_dir, record.image_file)
-                info = _image_info(path)
+                info = _image_info(path) if _inside(images_dir, path) else "image_path_outside"
                 if isinstance(info, str):
                     images[record.image_file] = info
                 else:

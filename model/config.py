@@ -277,5 +277,6 @@ def add_train_arguments(parser: "argparse.ArgumentParser") -> None:
                         help="override a config value by dotted path, e.g. pretrain.0.steps=100 (repeatable)")
     parser.add_argument("--out-dir", help="shortcut for --set out_dir=DIR")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                        help="resume from CKPT, or from OUT_DIR/checkpoints/last.pt when no path is given")
+                        help="resume from CKPT, or from OUT_DIR/checkpoints/last.pt when no path is given "
+                             "(from scratch when there is none yet)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

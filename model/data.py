@@ -166,8 +166,9 @@ def decode_regions(table: pa.Table, max_regions: int, feature_dim: int) -> list[
     tp_off, tp_val = _flat_values(table.column("topk_class_probs"))
     # Inner lists of top-k values: per region k values; the region offsets index region rows.
     tk_inner = _inner_offsets(table.column("topk_class_ids"))
-    boxes_all = box_val.reshape(-1, 4).astype(np.float32)
-    feats_all = feat_val.reshape(-1, feature_dim)
+    boxes_all = _finite(box_val.reshape(-1, 4).astype(np.float32), "boxes")
+    feats_all = _finite(feat_val.reshape(-1, feature_dim), "features")
+    tp_val = _finite(tp_val, "topk_class_probs")
     out = []
     for row, image_id in enumerate(ids):
         start, stop = int(feat_off[row]), int(feat_off[row + 1])
@@ -185,6 +186,17 @@ def decode_regions(table: pa.Table, max_regions: int, feature_dim: int) -> list[
         out.append(ImageRegions(image_id, feats_all[start: start + n], location_vectors(boxes, widths[row], heights[row]),
                                 classes, topk_ids, topk_probs))
     return out
+
+
+def _finite(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` with NaN and +-inf set to 0: one bad detector output must not turn every loss into NaN."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return values
+    logger.warning("regions: %d non-finite %s values set to 0", int(bad.sum()), name)
+    values = values.copy()
+    values[bad] = 0
+    return values
 
 
 def _inner_offsets(column) -> np.ndarray | None:

@@ -357,6 +357,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     os.makedirs(config.out_dir, exist_ok=True)
     stages = config.stages()
     resume_state = None
+    if resume == "auto" and not os.path.exists(os.path.join(config.out_dir, "checkpoints", "last.pt")):
+        # `--resume` without a path: the same command starts a run and continues it after a kill,
+        # also when the kill came before the first checkpoint.
+        logger.info("no %s yet: starting from scratch", os.path.join(config.out_dir, "checkpoints", "last.pt"))
+        resume = None
     if resume:
         if resume == "auto":
             resume = os.path.join(config.out_dir, "checkpoints", "last.pt")

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import posixpath
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,12 @@ logger = logging.getLogger(__name__)
 
 STAGE = "features"
 INPUT_COLUMNS = ["image_id", "image_bytes"]
+#: Type checks of the input columns (string ids, binary bytes; large variants and dictionaries allowed).
+INPUT_TYPES = {
+    "image_id": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+    or (pa.types.is_dictionary(t) and pa.types.is_string(t.value_type)),
+    "image_bytes": lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t),
+}
 SHARD_PREFIX = "part"
 
 
@@ -254,6 +261,27 @@ def _open_parquet(path: str, file: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(file))
 
 
+def check_input_file(dataset: str, file: str) -> pq.ParquetFile:
+    """Open one input file and check its ``image_id``/``image_bytes`` columns (footer only).
+
+    Raises ``ValueError`` naming the file: unreadable (empty, truncated, not Parquet), a column
+    missing, or of the wrong type, which would otherwise fail only when results are written.
+    """
+    try:
+        parquet = _open_parquet(dataset, file)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{file}: not a readable Parquet file ({exc})") from None
+    names = parquet.schema_arrow.names
+    for column in INPUT_COLUMNS:
+        if column not in names:
+            raise schemas.SchemaMismatchError(f"{file}: no {column!r} column; lait features reads image_id + image_bytes", column)
+        actual = parquet.schema_arrow.field(column).type
+        if not INPUT_TYPES[column](actual):
+            expected = "string" if column == "image_id" else "binary"
+            raise schemas.SchemaMismatchError(f"{file}: column {column!r} is {actual}, expected {expected}", column)
+    return parquet
+
+
 def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     """Split the distinct images of a dataset into shards, in a stable order; also count null-id rows.
 
@@ -267,11 +295,7 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     in_shard = 0
     null_ids = 0
     for file in files:
-        parquet = _open_parquet(dataset, file)
-        names = parquet.schema_arrow.names
-        for column in INPUT_COLUMNS:
-            if column not in names:
-                raise schemas.SchemaMismatchError(f"{file}: no {column!r} column; lait features reads image_id + image_bytes", column)
+        parquet = check_input_file(dataset, file)
         for group in range(parquet.num_row_groups):
             ids = parquet.read_row_group(group, columns=["image_id"]).column(0).to_pylist()
             rows: list[int] = []
@@ -656,7 +680,10 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     known, pipeline_args = _parse_args(argv)
     options = options_from_args(known)
     overrides = options.detector_config
-    files = schemas.list_parquet_files(resolve_input(known.input))
+    dataset = resolve_input(known.input)
+    files = schemas.list_parquet_files(dataset)
+    for file in files:  # bad input stops here, before the workers start, with the file named
+        check_input_file(dataset, file)
     feature_dim = feature_dim_of(options.detector, options.weights)
     names = read_class_names(options.class_names_file) if options.class_names_file else None
     spec = build_detector(options.detector, weights=options.weights, random_init=True,
@@ -700,4 +727,8 @@ if __name__ == "__main__":
     # Run the module imported by name, so Beam pickles the DoFns as pipeline.features.*, which workers import.
     from pipeline import features as _by_name
 
-    print(json.dumps(_by_name.run(), indent=2))
+    try:
+        print(json.dumps(_by_name.run(), indent=2))
+    except ValueError as exc:  # bad input or options: one line, not a traceback
+        print(f"python -m pipeline.features: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -379,12 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The pipeline writes its stats here; the driver renames it to stats.json once every write has
+#: finished, so stats.json marks a complete output (a killed run leaves no stats.json).
+PENDING_STATS = "_stats.pending.json"
+
+
 def _prepare_output(output: str, overwrite: bool) -> None:
-    targets = [posixpath.join(output, "pairs"), posixpath.join(output, "rejected"), posixpath.join(output, "stats.json")]
+    targets = [posixpath.join(output, name) for name in ("pairs", "rejected", "stats.json", PENDING_STATS)]
     existing = [t for t in targets if FileSystems.exists(t)]
-    if existing and not overwrite:
+    complete = FileSystems.exists(posixpath.join(output, "stats.json"))
+    if existing and complete and not overwrite:
         raise FileExistsError(f"{output} already holds filter output ({', '.join(existing)}); pass --overwrite")
     if existing:
+        if not complete:
+            # No stats.json: an interrupted run's partial files, never valid output. Start over.
+            logger.warning("filter: removing the partial output of an interrupted run: %s", ", ".join(existing))
         FileSystems.delete(existing)
     if "://" not in output and not FileSystems.exists(output):
         FileSystems.mkdirs(output)
@@ -425,7 +434,7 @@ def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str]) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("input", "output", "overwrite")}
     settings["input"] = args.input
     (p | "StatsTrigger" >> beam.Create([None])
-     | "WriteStats" >> beam.Map(_write_stats, posixpath.join(args.output, "stats.json"),
+     | "WriteStats" >> beam.Map(_write_stats, posixpath.join(args.output, PENDING_STATS),
                                 beam.pvalue.AsSingleton(n_read), beam.pvalue.AsSingleton(n_kept),
                                 beam.pvalue.AsList(reasons), beam.pvalue.AsList(relevance_summary), settings))
 
@@ -450,6 +459,7 @@ def run_with_args(args: argparse.Namespace, beam_args: list[str],
     build(p, args, files)
     result = p.run()
     result.wait_until_finish()
+    FileSystems.rename([posixpath.join(args.output, PENDING_STATS)], [posixpath.join(args.output, "stats.json")])
     with FileSystems.open(posixpath.join(args.output, "stats.json")) as handle:
         stats = json.loads(handle.read())
     logger.info("filter: kept %d of %d", stats["kept"], stats["in"])

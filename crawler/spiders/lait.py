@@ -29,7 +29,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
 
-from crawler import extract, images, output
+from crawler import extract, images, output, resolver
 from crawler.middlewares import RefusedRequest
 from crawler.items import CandidateItem, RejectedItem
 from crawler.store import ImageStore
@@ -62,6 +62,11 @@ def failure_reason(failure) -> tuple[str, str]:
                         defer.TimeoutError, TimeoutError)):
         return "timeout", detail
     if isinstance(exc, (scrapy_errors.CannotResolveHostError, tx_error.DNSLookupError)):
+        # The guarded resolver's refusal (crawler/resolver.py) arrives as a plain failed lookup.
+        host = urlsplit(failure.request.url).hostname
+        address = resolver.refused_address(host)
+        if address:
+            return "private_network_refused", f"{host} resolved to {address} at connect time"
         return "dns_error", detail
     if isinstance(exc, (scrapy_errors.DownloadCancelledError, defer.CancelledError)):
         # Scrapy cancels a download that passes its size cap.

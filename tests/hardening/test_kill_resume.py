@@ -1,0 +1,225 @@
+"""Kill each stage midway (SIGTERM, SIGKILL), rerun the same command, and compare with an
+uninterrupted run: the same ids, no duplicates, no losses, and `lait audit` passes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import schemas
+from lait import cli
+from model.detectors import demo
+from tests.crawler.mocksite import TEST_SETTINGS
+from tests.crawler.test_crawl_site import small_site, small_site_candidate_ids
+from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+SIGNALS = [signal.SIGTERM, signal.SIGKILL]
+
+
+def run_and_kill(command: list[str], ready, sig: int, whole_group: bool = False, timeout: float = 60) -> int:
+    """Start ``command``, wait until ``ready()``, send ``sig`` (to the process, or its whole group), wait for the group."""
+    process = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed midway"
+    if whole_group:
+        os.killpg(process.pid, sig)
+    else:
+        process.send_signal(sig)
+    code = process.wait(timeout=60)
+    # Nothing of the killed run may live on and race the rerun (a crawl's child process included).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return code
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError("a process of the killed run was still running 30 s later")
+
+
+def lait_ok(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "lait", *args], env=ENV, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def audit_ok(run_dir) -> None:
+    assert cli.main(["audit", str(run_dir)]) == 0
+
+
+def ids_of(path, kind: str, column: str) -> list[str]:
+    return schemas.read_table(str(path), kind).column(column).to_pylist() if schemas.list_parquet_files(str(path)) else []
+
+
+# ------------------------------------------------------------------------------------------ crawl
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
+@pytest.mark.parametrize("sig", SIGNALS, ids=["SIGTERM", "SIGKILL"])
+def test_crawl_killed_then_rerun_with_its_jobdir_loses_nothing(tmp_path, sig, processes):
+    run, jobdir = tmp_path / "run", tmp_path / "job"
+    command = [sys.executable, "-m", "lait", "crawl", "--out", str(run / "crawl"), "--jobdir", str(jobdir),
+               "--allow-private-networks", "--min-side", "64", "--no-progress", "--processes", str(processes)]
+    for key, value in dict(TEST_SETTINGS, CONCURRENT_REQUESTS=2, LAIT_ROWS_PER_SHARD=2).items():
+        command += ["-s", f"{key}={json.dumps(value)}"]
+    with small_site(8, slow_images=0.1) as site:
+        expected = small_site_candidate_ids(site, 8)
+        images_fetched = lambda: sum(n for p, n in list(site.counts.items()) if p.startswith("/img/"))
+        # The signal goes to `lait crawl` alone, as a scheduler's stop or `kill PID` would: the crawl
+        # process it started must stop too (forwarded SIGTERM; parent-death signal after SIGKILL).
+        run_and_kill([*command, site.url + "/p0.html"], lambda: images_fetched() >= 6, sig)
+        first = ids_of(run / "crawl" / "candidates", "candidates", "candidate_id")
+        lait_ok("crawl", *command[4:], site.url + "/p0.html")
+    got = ids_of(run / "crawl" / "candidates", "candidates", "candidate_id")
+    assert len(first) < len(expected), "the first run must have stopped part-way"
+    assert sorted(got) == expected, "the resumed crawl gives exactly the uninterrupted crawl's candidates"
+    stats = json.loads((run / "crawl" / "stats.json").read_text())
+    assert stats["in"] == stats["kept"] + stats["rejected"] and stats["kept"] == len(expected)
+    audit_ok(run)
+
+
+# ----------------------------------------------------------------------------------------- filter
+
+def write_candidates(folder, n: int) -> None:
+    """``n`` candidates with distinct good images and English captions, in several shards."""
+    rows = []
+    words = ["red", "green", "blue", "small", "large", "wooden", "old", "bright"]
+    for i in range(n):
+        data = encode(make_scene(i, (96, 80))[0], "JPEG", quality=85)
+        alt = f"a {words[i % 8]} {words[(i // 8) % 8]} house near the river number {i}"
+        rows.append({"candidate_id": f"c{i:04d}", "image_id": image_id(data), "page_url": f"http://h.test/{i}",
+                     "image_url": f"http://h.test/{i}.jpg", "alt": alt, "page_lang": "en", "image_bytes": data,
+                     "num_bytes": len(data), "source": "crawl"})
+    for shard in range(4):
+        schemas.write_table(schemas.to_table(rows[shard::4], "candidates"),
+                            str(folder / "candidates" / f"part-{shard:05d}.parquet"), "candidates")
+
+
+@pytest.fixture(scope="module")
+def filter_baseline(tmp_path_factory):
+    """Candidates and one uninterrupted filter run over them (in-process)."""
+    root = tmp_path_factory.mktemp("filter")
+    write_candidates(root / "run" / "crawl", 160)
+    with open(root / "run" / "crawl" / "stats.json", "w") as f:
+        json.dump({"stage": "crawl", "in": 160, "kept": 160, "rejected": 0, "rejected_by_reason": {}}, f)
+    args = ["--min-side", "64", "--phash-distance", "-1"]
+    assert cli.main(["filter", "--input", str(root / "run" / "crawl"), "--output", str(root / "run" / "filter"), *args]) == 0
+    return root, args
+
+
+def test_filter_killed_twice_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(tmp_path, filter_baseline):
+    root, args = filter_baseline
+    crawl, out = root / "run" / "crawl", tmp_path / "run" / "filter"
+    os.makedirs(tmp_path / "run")
+    os.symlink(crawl, tmp_path / "run" / "crawl")
+    command = [sys.executable, "-m", "lait", "filter", "--input", str(crawl), "--output", str(out), *args]
+    for sig in SIGNALS:  # killed by SIGTERM, then the rerun killed by SIGKILL, then a rerun to the end
+        # Beam creates pairs/ (its temporary write folder) once the pipeline runs.
+        run_and_kill(command, lambda: (out / "pairs").exists(), sig, whole_group=True)
+        assert not (out / "stats.json").exists(), "a killed filter run must not look complete"
+    lait_ok("filter", *command[4:])  # the same command: the interrupted run's partial files go
+    for kind, folder, column in (("pairs", "pairs", "pair_id"), ("rejected", "rejected", "candidate_id")):
+        got = ids_of(out / folder, kind, column)
+        assert sorted(got) == sorted(ids_of(root / "run" / "filter" / folder, kind, column))
+        assert len(set(got)) == len(got)
+    assert not [p for p in out.rglob("*") if "beam-temp" in p.name]
+    audit_ok(tmp_path / "run")
+
+
+# --------------------------------------------------------------------------------------- features
+
+SMALL_DETECTOR = {"min_size": 64, "max_size": 96, "channels": [8, 8, 16, 16, 32, 32]}
+
+
+@pytest.fixture(scope="module")
+def features_baseline(tmp_path_factory):
+    """Pairs of 24 images, tiny detector weights, and one uninterrupted features run (subprocess, 1 thread)."""
+    root = tmp_path_factory.mktemp("features")
+    rows = []
+    for i in range(24):
+        data = encode(make_scene(100 + i, (96, 72))[0], "PNG")
+        rows.append({"pair_id": f"p{i}", "image_id": image_id(data), "caption": f"scene {i}", "image_bytes": data})
+    schemas.write_table(schemas.to_table(rows, "pairs"), str(root / "run" / "filter" / "pairs" / "part-00000.parquet"),
+                        "pairs")
+    with open(root / "run" / "filter" / "stats.json", "w") as f:
+        json.dump({"stage": "filter", "in": 24, "kept": 24, "rejected": 0, "rejected_by_reason": {}}, f)
+    torch.manual_seed(0)
+    weights = demo.save(demo.build(SMALL_DETECTOR, CLASS_NAMES), str(root / "demo.safetensors"))
+    args = ["--detector", "demo", "--weights", weights, "--num-workers", "0", "--images-per-shard", "2",
+            "--batch-size", "2", "--min-boxes", "2", "--max-boxes", "4", "--no-progress"]
+    lait_ok("features", "--input", str(root / "run" / "filter"), "--output", str(root / "run" / "features"), *args)
+    return root, args
+
+
+def test_features_killed_twice_resumes_by_shard_and_equals_an_uninterrupted_run(tmp_path, features_baseline):
+    root, args = features_baseline
+    os.makedirs(tmp_path / "run")
+    os.symlink(root / "run" / "filter", tmp_path / "run" / "filter")
+    out = tmp_path / "run" / "features"
+    command = [sys.executable, "-m", "lait", "features", "--input", str(root / "run" / "filter"), "--output", str(out),
+               *args]
+    shards_done = lambda: len(list((out / "shards").glob("*.json"))) if (out / "shards").exists() else 0
+    run_and_kill(command, lambda: shards_done() >= 2, signal.SIGTERM)
+    first = shards_done()
+    run_and_kill(command, lambda: shards_done() >= first + 2, signal.SIGKILL)
+    assert 4 <= shards_done() < 12, "killed midway: some shards complete, not all"
+    lait_ok("features", *command[4:])
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["shards_resumed"] >= 2
+    got = schemas.read_table(str(out / "regions"), "regions").sort_by("image_id").to_pylist()
+    want = schemas.read_table(str(root / "run" / "features" / "regions"), "regions").sort_by("image_id").to_pylist()
+    assert [r["image_id"] for r in got] == [r["image_id"] for r in want]
+    for a, b in zip(got, want):
+        assert a["num_boxes"] == b["num_boxes"]
+        np.testing.assert_allclose(np.array(a["features"], np.float32), np.array(b["features"], np.float32), atol=1e-2)
+    assert stats["in"] == stats["kept"] + stats["rejected"] == 24
+    audit_ok(tmp_path / "run")
+
+
+# -------------------------------------------------------------------------------------------- train
+
+@pytest.fixture(scope="module")
+def train_baseline(tmp_path_factory):
+    """Synthetic data, a config, and one uninterrupted `lait train --resume` run (subprocess, 1 thread)."""
+    from model.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("train")
+    write_synthetic(str(root / "data"), images=64, feature_dim=8, test_images=8, seed=5)
+    data = {"regions": str(root / "data" / "regions"), "captions": str(root / "data" / "captions"), "split": "train"}
+    config = {
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.1,
+                  "attention_dropout": 0.1, "max_text_len": 16, "max_regions": 8},
+        "tokenizer_vocab_size": 100, "log_every": 5, "num_workers": 0, "checkpoint_every": 5,
+        "pretrain": [{"name": "stage1", "datasets": [data], "steps": 60, "batch_size": 16, "lr": 1e-3}],
+        "finetune": {"name": "finetune", "datasets": [data], "steps": 5, "batch_size": 8, "lr": 1e-3, "negatives": 2},
+    }
+    path = root / "config.json"  # JSON is YAML
+    path.write_text(json.dumps(config))
+    lait_ok("train", "--config", str(path), "--out-dir", str(root / "full"), "--resume", "--no-progress")
+    return root, path
+
+
+def test_train_killed_twice_resumes_from_its_last_checkpoint_to_the_same_model(tmp_path, train_baseline):
+    root, config = train_baseline
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "lait", "train", "--config", str(config), "--out-dir", str(out), "--resume",
+               "--no-progress"]
+    checkpoints = lambda: sorted((out / "checkpoints").glob("stage1-step*.pt")) if (out / "checkpoints").exists() else []
+    run_and_kill(command, lambda: len(checkpoints()) >= 1, signal.SIGTERM)
+    first = len(checkpoints())
+    run_and_kill(command, lambda: len(checkpoints()) > first, signal.SIGKILL)
+    assert not (out / "checkpoints" / "final.pt").exists(), "killed midway"
+    lait_ok("train", *command[4:])
+    full = torch.load(root / "full" / "checkpoints" / "final.pt", weights_only=True)["model"]
+    resumed = torch.load(out / "checkpoints" / "final.pt", weights_only=True)["model"]
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full), "the resumed run's model differs from the full run's"
