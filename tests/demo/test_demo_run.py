@@ -181,3 +181,31 @@ def test_closing_steps_survive_a_damaged_dataset(tmp_path):
     assert any("could not write planted.json" in line for line in said)
     assert json.load(open(out / "audit.json"))["ok"] is False
     assert "The books do NOT balance" in (out / "report.html").read_text()
+
+
+def test_summary_prints_the_funnel_and_recall_at_k_beside_chance(tmp_path):
+    from demo.site import build_site
+    from demo_runfolder import make_run
+
+    site = build_site(seed=4, scenes=12)
+    out = tmp_path / "run"
+    make_run(out, site)
+    (out / "site").mkdir()
+    (out / "site" / "ledger.json").write_text(site.ledger_json())
+    demo = Demo(DemoConfig(out=str(out)), echo=lambda _: None)
+    demo.finish()
+    text = demo_run.summary(str(out), demo.steps, 12.5)
+    lines = text.splitlines()
+    funnel = lines[next(i for i, line in enumerate(lines) if line.startswith("funnel")):]
+    assert funnel[0].split() == ["funnel", "in", "kept", "rejected"]
+    for stage in ("crawl", "filter"):
+        stats = json.load(open(out / stage / "stats.json"))
+        row = next(line.split() for line in funnel if line.startswith(stage + " "))
+        assert row[1:] == [str(stats["in"]), str(stats["kept"]), str(stats["rejected"])]
+    header = next(line.split() for line in lines if line.startswith("retrieval"))
+    assert header[1:4] == ["R@1", "R@5", "R@10"] and "chance" in header
+    image = next(line.split() for line in lines if line.startswith("image_retrieval"))
+    assert image[1:] == ["0.310", "0.620", "0.800", "0.007", "46.3x"]
+    sentence = next(line.split() for line in lines if line.startswith("sentence_retrieval"))
+    assert sentence[1:4] == ["0.350", "0.660", "0.830"] and sentence[-1] == "52.2x"
+    assert any(line.startswith("planted noise: min precision") for line in lines)
