@@ -415,7 +415,7 @@ def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str]) -> None:
         scored = pairs | "ScoreRelevance" >> relevance.ScoreRelevance(
             args.relevance, batch_size=args.relevance_batch_size, device=args.relevance_device)
         judged = scored | "ThresholdRelevance" >> relevance.ThresholdRelevance(
-            threshold=args.relevance_threshold, keep_rate=args.relevance_keep_rate)
+            threshold=args.relevance_threshold, keep_rate=args.relevance_keep_rate, spec=args.relevance)
         pairs = judged["kept"]
         rejected.append(judged["rejected"])
         relevance_summary = judged["summary"]

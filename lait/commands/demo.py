@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"held-out scenes for retrieval eval (default {d.test_scenes})")
     parser.add_argument("--detector-scenes", type=_positive, default=d.detector_scenes,
                         help=f"scenes the demo detector trains on (default {d.detector_scenes})")
-    parser.add_argument("--detector-epochs", type=int, default=d.detector_epochs,
+    parser.add_argument("--detector-epochs", type=_positive, default=d.detector_epochs,
                         help=f"demo detector training epochs (default {d.detector_epochs})")
     parser.add_argument("--min-side", type=int, default=d.min_side,
                         help=f"min image side for crawl and filter (default {d.min_side}; scenes are 160-256 px)")
@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--relevance-keep-rate", type=float, default=d.relevance_keep_rate,
                         help=f"share of pairs the relevance filter keeps (default {d.relevance_keep_rate}; "
                              "0: the threshold the relevance model chose when it was trained)")
+    parser.add_argument("--relevance-epochs", type=_positive, default=d.relevance_epochs,
+                        help=f"relevance model training epochs (default {d.relevance_epochs})")
+    parser.add_argument("--relevance-image-size", type=_positive, default=d.relevance_image_size,
+                        help=f"image side the relevance model sees (default {d.relevance_image_size})")
     parser.add_argument("--train-config", default=d.train_config, help="trainer config (default configs/demo.yaml)")
     parser.add_argument("--stop-after", metavar="STEP", choices=demo_run.step_names(),
                         help="run the steps up to STEP only, then planted/audit/report (default: all)")
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     config = demo_run.DemoConfig(
         out=args.out, seed=args.seed, scenes=args.scenes, test_scenes=args.test_scenes,
         detector_scenes=args.detector_scenes, detector_epochs=args.detector_epochs, min_side=args.min_side,
-        max_aspect=args.max_aspect, relevance_keep_rate=args.relevance_keep_rate, train_config=args.train_config,
+        max_aspect=args.max_aspect, relevance_keep_rate=args.relevance_keep_rate,
+        relevance_epochs=args.relevance_epochs, relevance_image_size=args.relevance_image_size, train_config=args.train_config,
         stop_after=args.stop_after, start_from=args.start_from)
     if args.serve:
         demo_run.serve(args.seed, args.scenes)

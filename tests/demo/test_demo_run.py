@@ -25,6 +25,7 @@ def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
     out = str(tmp_path / "d")
     assert f"-m lait crawl http://127.0.0.1:PORT/ --out {out}/crawl --allow-private-networks --min-side 100" in lines["crawl"]
     assert f"--input {out}/crawl --output {out}/filter0 --min-side 100 --max-aspect 3.0" in lines["filter0"]
+    assert f"--out {out}/relevance_model --epochs 20 --image-size 96" in lines["relevance_train"]
     assert "--relevance-keep-rate 0.85" in lines["filter"] and f"--relevance {out}/relevance_model" in lines["filter"]
     assert f"--input {out}/test/pairs --output {out}/test_features --detector demo --weights" in lines["test_features"]
     for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
@@ -33,7 +34,7 @@ def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
     assert (f"-m lait eval --checkpoint {out}/train/checkpoints/final.pt --regions {out}/test_features/regions "
             f"--captions {out}/test/captions --out {out}/eval.json") in lines["eval"]
     assert not os.path.exists(out)  # a dry run writes nothing
-    model_cut = _lait("demo", "--dry-run", "--out", out, "--relevance-keep-rate", "0").stdout
+    model_cut = _lait("demo", "--dry-run", "--out", out).stdout  # the default: the model's own threshold
     assert "--relevance-keep-rate" not in model_cut and f"--relevance {out}/relevance_model" in model_cut
 
 
@@ -180,3 +181,31 @@ def test_closing_steps_survive_a_damaged_dataset(tmp_path):
     assert any("could not write planted.json" in line for line in said)
     assert json.load(open(out / "audit.json"))["ok"] is False
     assert "The books do NOT balance" in (out / "report.html").read_text()
+
+
+def test_summary_prints_the_funnel_and_recall_at_k_beside_chance(tmp_path):
+    from demo.site import build_site
+    from demo_runfolder import make_run
+
+    site = build_site(seed=4, scenes=12)
+    out = tmp_path / "run"
+    make_run(out, site)
+    (out / "site").mkdir()
+    (out / "site" / "ledger.json").write_text(site.ledger_json())
+    demo = Demo(DemoConfig(out=str(out)), echo=lambda _: None)
+    demo.finish()
+    text = demo_run.summary(str(out), demo.steps, 12.5)
+    lines = text.splitlines()
+    funnel = lines[next(i for i, line in enumerate(lines) if line.startswith("funnel")):]
+    assert funnel[0].split() == ["funnel", "in", "kept", "rejected"]
+    for stage in ("crawl", "filter"):
+        stats = json.load(open(out / stage / "stats.json"))
+        row = next(line.split() for line in funnel if line.startswith(stage + " "))
+        assert row[1:] == [str(stats["in"]), str(stats["kept"]), str(stats["rejected"])]
+    header = next(line.split() for line in lines if line.startswith("retrieval"))
+    assert header[1:4] == ["R@1", "R@5", "R@10"] and "chance" in header
+    image = next(line.split() for line in lines if line.startswith("image_retrieval"))
+    assert image[1:] == ["0.310", "0.620", "0.800", "0.007", "46.3x"]
+    sentence = next(line.split() for line in lines if line.startswith("sentence_retrieval"))
+    assert sentence[1:4] == ["0.350", "0.660", "0.830"] and sentence[-1] == "52.2x"
+    assert any(line.startswith("planted noise: min precision") for line in lines)
