@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pyarrow.compute as pc
+
 import schemas
 
 #: The pairs columns the relevance model reads.
@@ -25,6 +27,14 @@ def read_pairs(path: str, extra_columns: tuple[str, ...] = (), limit: int | None
     missing = [c for c in extra_columns if c not in dataset.schema.names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; a labelled set needs them beside the pairs columns")
-    table = dataset.head(limit, columns=PAIR_COLUMNS + list(extra_columns)) if limit else \
-        dataset.to_table(columns=PAIR_COLUMNS + list(extra_columns))
-    return table.to_pylist()
+    columns = PAIR_COLUMNS + list(extra_columns)
+    # Sorted by pair_id, and with a limit the smallest pair_ids: the same pairs in the same order
+    # however the upstream stage happened to shard and order them, so a seed fixes the result.
+    row_filter = None
+    if limit:
+        pair_ids = dataset.to_table(columns=["pair_id"]).column("pair_id")
+        if len(pair_ids) > limit:
+            chosen = pc.array_sort_indices(pair_ids)[:limit]
+            row_filter = pc.field("pair_id").isin(pair_ids.take(chosen))
+    table = dataset.to_table(columns=columns, filter=row_filter)
+    return table.sort_by([("pair_id", "ascending")]).to_pylist()
