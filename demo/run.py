@@ -68,6 +68,10 @@ class DemoConfig:
     relevance_keep_rate: float = 0.0  # 0: the threshold the relevance model chose on its held-out pages
     relevance_epochs: int = 20
     relevance_image_size: int = 96  # 96 px rather than the trainer's 64: fewer mismatches slip through
+    # Cost of keeping a mismatch relative to losing a true pair when the model picks its threshold.
+    # 1 (Youden's J) rather than the trainer's 0.5: the demo's targets weigh mismatch recall and
+    # clean-pair precision alike, and at 0.5 some runs let just over 10% of the mismatches through.
+    relevance_mismatch_cost: float = 1.0
     train_config: str = os.path.join(REPO_ROOT, "configs", "demo.yaml")
     python: str = sys.executable
     stop_after: str | None = None  # run the steps up to this one only (then the closing steps)
@@ -129,7 +133,8 @@ class Demo:
                  command=lambda: self.lait("relevance", "train", "--input", self.p("filter0"),
                                            "--out", self.p("relevance_model"),
                                            "--epochs", str(c.relevance_epochs),
-                                           "--image-size", str(c.relevance_image_size))),
+                                           "--image-size", str(c.relevance_image_size),
+                                           "--mismatch-cost", str(c.relevance_mismatch_cost))),
             Step("filter", "filter with rules and relevance", ("crawl", "relevance_train"), outputs=("filter",),
                  command=lambda: self.lait(
                      "filter", "--input", self.p("crawl"), "--output", self.p("filter"), *rules,

@@ -25,7 +25,7 @@ def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
     out = str(tmp_path / "d")
     assert f"-m lait crawl http://127.0.0.1:PORT/ --out {out}/crawl --allow-private-networks --min-side 100" in lines["crawl"]
     assert f"--input {out}/crawl --output {out}/filter0 --min-side 100 --max-aspect 3.0" in lines["filter0"]
-    assert f"--out {out}/relevance_model --epochs 20 --image-size 96" in lines["relevance_train"]
+    assert f"--out {out}/relevance_model --epochs 20 --image-size 96 --mismatch-cost 1.0" in lines["relevance_train"]
     assert "--relevance-keep-rate 0.85" in lines["filter"] and f"--relevance {out}/relevance_model" in lines["filter"]
     assert f"--input {out}/test/pairs --output {out}/test_features --detector demo --weights" in lines["test_features"]
     for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
