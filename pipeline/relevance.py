@@ -301,15 +301,10 @@ def _pair_files(path: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the standalone scoring pipeline (Beam options pass through)."""
+    from lait.commands.relevance import add_score_arguments
+
     parser = argparse.ArgumentParser(description="Score pairs with a relevance model and drop the low ones.")
-    parser.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
-    parser.add_argument("--output", required=True, help="output folder: pairs/, rejected/, stats.json")
-    parser.add_argument("--model", required=True, help="LAIT relevance model folder, or clip:ARCH:WEIGHTS")
-    cut = parser.add_mutually_exclusive_group()
-    cut.add_argument("--threshold", type=float, default=None, help="keep relevance >= this (default: the model's)")
-    cut.add_argument("--keep-rate", type=float, default=None, help="keep this share of pairs instead")
-    parser.add_argument("--batch-size", type=int, default=64, help="RunInference batch size (default 64)")
-    parser.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
+    add_score_arguments(parser)
     return parser
 
 

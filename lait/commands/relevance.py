@@ -52,14 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     score = sub.add_parser("score", help="score a pairs dataset in Beam and drop low-relevance pairs",
                            description="Runs pipeline.relevance (ScoreRelevance + ThresholdRelevance).")
-    score.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
-    score.add_argument("--output", required=True, help="output folder: pairs/, rejected/, stats.json")
-    score.add_argument("--model", required=True, help="model folder, or clip:ARCH:WEIGHTS")
-    cut = score.add_mutually_exclusive_group()
-    cut.add_argument("--threshold", type=float, default=None, help="keep relevance >= this (default: the model's)")
-    cut.add_argument("--keep-rate", type=float, default=None, help="keep this share of pairs instead")
-    score.add_argument("--batch-size", type=int, default=64, help="RunInference batch size (default 64)")
-    score.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
+    add_score_arguments(score)
     score.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner)")
     score.set_defaults(func=run_score)
 
@@ -107,6 +100,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 @_clear_errors
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scoring options, shared by `lait relevance score` and `python -m pipeline.relevance`."""
+    parser.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
+    parser.add_argument("--output", required=True, help="output folder: pairs/, rejected/, stats.json")
+    parser.add_argument("--model", required=True, help="LAIT relevance model folder, or clip:ARCH:WEIGHTS")
+    cut = parser.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=float, default=None, help="keep relevance >= this (default: the model's)")
+    cut.add_argument("--keep-rate", type=float, default=None, help="keep this share of pairs instead")
+    parser.add_argument("--batch-size", type=int, default=64, help="RunInference batch size (default 64)")
+    parser.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
+
+
 def run_score(args: argparse.Namespace) -> int:
     from pipeline.relevance import run
 
