@@ -142,6 +142,9 @@ def main(argv=None) -> int:
                    "images": args.images, "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
                    "ratio_e2e_to_model": round(e2e_ips / model_ips, 3), "boxes_per_image": stats["boxes_per_image"],
                    "ms_per_batch_by_part": split}
+            if device.type == "cuda":
+                row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
+                torch.cuda.reset_peak_memory_stats(device)
             if name.startswith("coco-"):
                 stock = torchvision_stock(detector, images, args.batch_size, args.repeats)
                 row["torchvision_stock_ips"] = round(stock, 2)

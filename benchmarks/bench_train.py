@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--eager-too", action="store_true", help="with --compile, also time ImageBERT eager")
+    parser.add_argument("--eager-baseline", action="store_true", help="with --compile, leave the baseline eager")
+    parser.add_argument("--eval-bf16-weights", action="store_true",
+                        help="also time eval with the model cast to bf16 (no autocast casts)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on GPU")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
     parser.add_argument("--skip-baseline", action="store_true")
@@ -206,13 +210,15 @@ def main(argv: list[str] | None = None) -> int:
                    if k in ("input_ids", "text_mask", "region_features", "region_locations", "region_mask")}
     results = {"device": name, "preset": args.preset, "batch_size": batch_size, "eval_batch_size": eval_batch,
                "bf16": bf16, "compile": args.compile, "flops_per_sample": flops}
-    contenders = [("imagebert", lambda: ImageBert(config))]
+    contenders = [("imagebert", lambda: ImageBert(config), args.compile)]
+    if args.compile and args.eager_too:
+        contenders.insert(0, ("imagebert_eager", lambda: ImageBert(config), False))
     if not args.skip_baseline:
-        contenders.append(("hf_bert_trunk", lambda: HFTrunkBaseline(config)))
-    for label, build in contenders:
+        contenders.append(("hf_bert_trunk", lambda: HFTrunkBaseline(config), args.compile and not args.eager_baseline))
+    for label, build, compile_it in contenders:
         torch.manual_seed(0)
         model = build().to(device)
-        if args.compile:  # the encoders are compiled; heads gather masked items and stay eager in both
+        if compile_it:  # the encoders are compiled; heads gather masked items and stay eager in both
             if isinstance(model, HFTrunkBaseline):
                 model.bert = torch.compile(model.bert, dynamic=False)
             else:
@@ -225,10 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         row = {"params_m": round(num_parameters(model) / 1e6, 1), "train_samples_per_s": round(samples, 1),
                "train_tflops": round(tflops, 2), "mfu": round(tflops / peak, 3) if peak else None,
                "eval_pairs_per_s": round(eval_batch / score_s, 1)}
+        if args.eval_bf16_weights and label.startswith("imagebert"):
+            # Scoring with the weights themselves in bf16 (no per-call casts), LayerNorm and softmax included.
+            runner.to(torch.bfloat16)
+            runner.heads["itm"].float()  # the matching logit stays fp32, as under autocast
+            row["eval_bf16_weights_pairs_per_s"] = round(eval_batch / time_score(runner, score_batch, args.steps,
+                                                                                  args.warmup, bf16, device), 1)
         results[label] = row
         print(f"{label:<15} {row['params_m']:>7.1f}M params  train {row['train_samples_per_s']:>9,.1f} samples/s  "
               f"{row['train_tflops']:>8.2f} TFLOP/s  MFU {row['mfu'] if row['mfu'] is not None else 'n/a'}  "
-              f"eval {row['eval_pairs_per_s']:>10,.1f} pairs/s")
+              f"eval {row['eval_pairs_per_s']:>10,.1f} pairs/s"
+              + (f"  (bf16 weights {row['eval_bf16_weights_pairs_per_s']:,.1f})" if "eval_bf16_weights_pairs_per_s" in row else ""))
         del model, runner
         if device.type == "cuda":
             torch.cuda.empty_cache()

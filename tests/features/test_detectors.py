@@ -91,3 +91,20 @@ def test_mixed_precision_channels_last_path():
     assert np.isfinite(mixed.features.astype(np.float32)).all() and mixed.boxes.dtype == np.float32
     with pytest.raises(ValueError, match="fp16"):
         detector.optimize_for("cpu", precision="fp16")([image])
+
+
+@pytest.mark.parametrize("name", ["vg-r101-c4", "coco-r50-fpn"])
+def test_box_head_in_chunks_gives_the_same_regions(name):
+    """Pooling + box head a few images at a time (bounded memory) changes no box, score or feature."""
+    torch.manual_seed(0)
+    detector = build_detector(name, random_init=True, config=TINY[name])
+    images = [decode_for_detector(encode(make_scene(i, size)[0]), detector.spec.input_size).pixels
+              for i, size in enumerate([(50, 80), (96, 64), (80, 80)])]
+    selection = BoxSelection(min_boxes=3, max_boxes=5)
+    whole = detector(images, selection)
+    detector.roi_chunk = 1  # one image per call (a chunk never splits an image)
+    chunked = detector(images, selection)
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.topk_class_ids, b.topk_class_ids)
+        np.testing.assert_allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-3, atol=1e-3)

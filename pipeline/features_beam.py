@@ -1,0 +1,200 @@
+"""The features stage as a Beam transform around ``RunInference``, for Dataflow GPU workers.
+
+``pipeline.features`` holds the local runner and re-exports these names lazily, so the local
+runner (and the GPU benchmark) imports no Beam. Run it as ``python -m pipeline.features ...``
+(see that module's docstring for the Dataflow command).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+import schemas
+from model.detectors import build_detector, feature_dim_of, read_class_names
+from model.detectors.base import RegionDetector
+from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector
+from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
+                               check_input_file, classes_info, detect_splitting_on_oom, resolve_input,
+                               to_original_pixels)
+from pipeline.runners import make_runner
+
+METRICS_NAMESPACE = "lait.features"
+REJECTED = "rejected"
+
+
+class KeyRowsByImageFn(beam.DoFn):
+    """(image_id, image_bytes) per input row; rows without an image_id leave as rejects."""
+
+    def __init__(self):
+        self.rows_without_id = Metrics.counter(METRICS_NAMESPACE, "rejected/image_id_missing")
+
+    def process(self, row: dict):
+        if row.get("image_id") is None:
+            self.rows_without_id.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id"))
+            return
+        yield row["image_id"], row.get("image_bytes")
+
+
+class DecodeImagesFn(beam.DoFn):
+    """Decode one distinct image for the detector; undecodable ones leave as rejected rows."""
+
+    def __init__(self, min_size: int, max_size: int):
+        self.min_size, self.max_size = min_size, max_size
+        self.images_in = Metrics.counter(METRICS_NAMESPACE, "in")
+
+    def _input_size(self, width: int, height: int) -> tuple[int, int]:
+        from model.detectors.base import network_input_size
+
+        return network_input_size(width, height, self.min_size, self.max_size)
+
+    def process(self, element: tuple[str, Iterable[bytes]]):
+        image_id, copies = element
+        self.images_in.inc()
+        data = next(iter(copies), None)  # same image_id, same bytes: any copy will do
+        try:
+            yield image_id, decode_for_detector(data, self._input_size)
+        except ImageRejected as exc:
+            Metrics.counter(METRICS_NAMESPACE, f"rejected/{exc.reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, exc.reason, exc.detail, image_id=image_id))
+
+
+class RegionModelHandler(ModelHandler):
+    """RunInference handler: loads the detector once per worker, detects regions for a batch of decoded images."""
+
+    def __init__(self, options: FeatureOptions):
+        self.options = options
+
+    def load_model(self) -> RegionDetector:
+        return self.options.load_detector()
+
+    def run_inference(self, batch: Sequence[DetectorInput], model: RegionDetector, inference_args=None):
+        outputs = detect_splitting_on_oom(model, [item.pixels for item in batch], self.options.selection, self.options.topk)
+        return [PredictionResult(item, regions) for item, regions in zip(batch, outputs)]
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": self.options.batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+class ToRegionRowsFn(beam.DoFn):
+    """A prediction to a regions row (boxes in original pixels), or to a rejected row."""
+
+    def __init__(self, detector_name: str):
+        self.detector_name = detector_name
+        self.kept = Metrics.counter(METRICS_NAMESPACE, "kept")
+
+    def process(self, element: tuple[str, PredictionResult]):
+        image_id, prediction = element
+        image, regions = prediction.example, prediction.inference
+        reason = "out_of_memory" if regions is None else "no_regions" if regions.num_boxes == 0 else None
+        if reason:
+            Metrics.counter(METRICS_NAMESPACE, f"rejected/{reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, reason, None, image_id=image_id))
+            return
+        self.kept.inc()
+        yield region_row(ImageRegions(image_id, image.width, image.height, to_original_pixels(regions, image)), self.detector_name)
+
+
+def region_row(item: ImageRegions, detector_name: str) -> dict[str, Any]:
+    """One regions row as a dict (the Beam writer's input); numpy rows, not Python floats."""
+    r = item.regions
+    return {
+        "image_id": item.image_id, "image_width": item.width, "image_height": item.height, "num_boxes": r.num_boxes,
+        "boxes": list(r.boxes), "features": list(r.features), "class_ids": r.class_ids, "class_scores": r.class_scores,
+        "topk_class_ids": list(r.topk_class_ids), "topk_class_probs": list(r.topk_class_probs), "detector": detector_name,
+    }
+
+
+class ExtractRegions(beam.PTransform):
+    """Rows with ``image_id`` + ``image_bytes`` to ``{"regions": rows, "rejected": rows}``, each distinct image once."""
+
+    def __init__(self, options: FeatureOptions):
+        super().__init__()
+        from model.detectors import input_sizes
+
+        self.options = options
+        self.sizes = input_sizes(options.detector, options.weights, options.detector_config)
+
+    def expand(self, rows):
+        keyed = rows | "KeyByImageId" >> beam.ParDo(KeyRowsByImageFn()).with_outputs(REJECTED, main="images")
+        decoded = (
+            keyed.images
+            | "GroupByImageId" >> beam.GroupByKey()
+            | "DecodeImages" >> beam.ParDo(DecodeImagesFn(*self.sizes)).with_outputs(REJECTED, main="images")
+        )
+        rows_out = (
+            decoded.images
+            | "RunDetector" >> RunInference(KeyedModelHandler(RegionModelHandler(self.options)))
+            | "ToRegionRows" >> beam.ParDo(ToRegionRowsFn(self.options.detector)).with_outputs(REJECTED, main="regions")
+        )
+        rejected = (keyed.rejected, decoded.rejected, rows_out.rejected) | "AllRejected" >> beam.Flatten()
+        return {"regions": rows_out.regions, "rejected": rejected}
+
+
+def _parse_args(argv):
+    from lait.commands.features import add_arguments
+
+    parser = argparse.ArgumentParser(description="Region features as an Apache Beam pipeline (RunInference).")
+    add_arguments(parser, local=False)
+    return parser.parse_known_args(argv)
+
+
+def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
+    """Build and run the Beam pipeline; returns the stats written to ``OUTPUT/stats.json``."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from lait.commands.features import options_from_args
+
+    known, pipeline_args = _parse_args(argv)
+    options = options_from_args(known)
+    overrides = options.detector_config
+    dataset = resolve_input(known.input)
+    files = schemas.list_parquet_files(dataset)
+    for file in files:  # bad input stops here, before the workers start, with the file named
+        check_input_file(dataset, file)
+    feature_dim = feature_dim_of(options.detector, options.weights)
+    names = read_class_names(options.class_names_file) if options.class_names_file else None
+    spec = build_detector(options.detector, weights=options.weights, random_init=True,
+                          config=overrides or None, class_names=names).spec  # random init: only the names are needed
+    beam_options = PipelineOptions(pipeline_args)
+    pipeline = test_pipeline or beam.Pipeline(runner=make_runner(beam_options), options=beam_options)
+    rows = (
+        pipeline
+        | "ListInputFiles" >> beam.Create(files)
+        | "ReadInput" >> beam.io.ReadAllFromParquet(columns=INPUT_COLUMNS)
+    )
+    out = rows | "ExtractRegions" >> ExtractRegions(options)
+    out["regions"] | "WriteRegions" >> beam.io.WriteToParquet(
+        _join(known.output, "regions", SHARD_PREFIX), schemas.schema_for("regions", feature_dim=feature_dim),
+        file_name_suffix=".parquet")
+    out["rejected"] | "WriteRejected" >> beam.io.WriteToParquet(
+        _join(known.output, "rejected", SHARD_PREFIX), schemas.schema_for("rejected"), file_name_suffix=".parquet")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in
+                result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
+    reasons = {name.split("/", 1)[1]: int(v) for name, v in counters.items() if name.startswith("rejected/") and v}
+    missing_ids = reasons.get("image_id_missing", 0)
+    stats = {
+        "stage": STAGE,
+        "in": int(counters.get("in", 0)) + missing_ids,
+        "kept": int(counters.get("kept", 0)),
+        "rejected": sum(reasons.values()),
+        "rejected_by_reason": reasons,
+        "detector": options.detector,
+        "feature_dim": feature_dim,
+        "runner": "beam",
+    }
+    _write_json(_join(known.output, "classes.json"), classes_info(options.detector, spec, options.topk))
+    _write_json(_join(known.output, "stats.json"), stats)
+    return stats
+
+
