@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-size", type=int)
     parser.add_argument("--proposals", type=int, help="RPN proposals kept per image (default: the detector's)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variants", nargs="*", default=[], choices=("plain", "fused", "fused+parity"),
+                        help="time these inference rewrites model-only first; end to end then uses the fastest")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -134,14 +136,27 @@ def main(argv=None) -> int:
         for name in args.detectors:
             config = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size),
                                         ("rpn_post_nms_top_n", args.proposals)) if v is not None}
-            detector = build_detector(name, random_init=True, config=config or None).optimize_for(device, args.precision)
-            model_ips, split = model_only(detector, images, args.batch_size, selection, args.repeats)
+            variants = {}
+            for variant in args.variants:  # inference rewrites (model.detectors.fusion), model only; the best goes on
+                torch.manual_seed(0)
+                candidate = build_detector(name, random_init=True, config=config or None).optimize_for(
+                    device, args.precision, fuse=variant != "plain", dilated_as_batch=variant == "fused+parity")
+                variants[variant] = model_only(candidate, images, args.batch_size, selection, args.repeats)
+                print(f"{name} {variant}: model only {variants[variant][0]:.2f} img/s, ms per batch {variants[variant][1]}")
+                del candidate
+            best = max(variants, key=lambda v: variants[v][0]) if variants else None
+            torch.manual_seed(0)
+            detector = build_detector(name, random_init=True, config=config or None).optimize_for(
+                device, args.precision, fuse=None if best is None else best != "plain",
+                dilated_as_batch=best == "fused+parity")
+            model_ips, split = variants[best] if best else model_only(detector, images, args.batch_size, selection, args.repeats)
             e2e_ips, stats = end_to_end(detector, name, images, args, selection, workdir)
             row = {"detector": name, "device": device_name, "precision": detector.precision,
                    "input": f"{detector.spec.min_size}/{detector.spec.max_size}", "batch": args.batch_size,
                    "images": args.images, "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
                    "ratio_e2e_to_model": round(e2e_ips / model_ips, 3), "boxes_per_image": stats["boxes_per_image"],
-                   "ms_per_batch_by_part": split}
+                   "ms_per_batch_by_part": split, "variant": best or "default",
+                   "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()}}
             if device.type == "cuda":
                 row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
                 torch.cuda.reset_peak_memory_stats(device)

@@ -320,14 +320,12 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
 
 @dataclass
 class DecodedBatch:
-    """What a DataLoader worker hands over: decoded images of one shard; ``last`` closes the shard."""
+    """What a DataLoader worker hands over: up to one batch of decoded images, all from one shard."""
 
     shard: int
     image_ids: list[str]
     inputs: list[DetectorInput | None]
     rejects: list[tuple[str, str, str]]  # (image_id, reason, detail)
-    last: bool
-    shard_size: int = 0
 
     def pin_memory(self) -> "DecodedBatch":
         """Page-locked pixels, so the copy to the GPU can overlap compute (DataLoader's pin thread calls this)."""
@@ -336,26 +334,49 @@ class DecodedBatch:
         return self
 
 
+def batch_pieces(shards: list[Shard], batch_size: int) -> list[tuple[int, list[tuple[str, int, list[int]]]]]:
+    """The shards cut into batch-sized pieces of work, shard by shard: ``(shard index, [(file, row group, rows)])``.
+
+    Workers take every n-th piece, so all of them decode even when there are fewer shards than workers.
+    """
+    pieces = []
+    for shard in shards:
+        current: list[tuple[str, int, list[int]]] = []
+        count = 0
+        for file, group, rows in shard.pieces:
+            start = 0
+            while start < len(rows):
+                take = rows[start:start + batch_size - count]
+                current.append((file, group, take))
+                count += len(take)
+                start += len(take)
+                if count == batch_size:
+                    pieces.append((shard.index, current))
+                    current, count = [], 0
+        if current:
+            pieces.append((shard.index, current))
+    return pieces
+
+
 class ShardImages(torch.utils.data.IterableDataset):
-    """Reads and decodes the images of its shards; each DataLoader worker takes every n-th shard."""
+    """Reads and decodes batch-sized pieces of the shards; each DataLoader worker takes every n-th piece."""
 
     def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, batch_size: int):
         self.dataset = dataset
-        self.shards = shards
+        self.pieces = batch_pieces(shards, batch_size)
         self.spec = spec
-        self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for shard in self.shards[worker::workers]:
-            yield from self._shard_batches(shard)
+        for shard, parts in self.pieces[worker::workers]:
+            yield self._decode(shard, parts)
 
-    def _shard_batches(self, shard: Shard) -> Iterator[DecodedBatch]:
+    def _decode(self, shard: int, parts: list[tuple[str, int, list[int]]]) -> DecodedBatch:
         ids: list[str] = []
         inputs: list[DetectorInput] = []
         rejects: list[tuple[str, str, str]] = []
-        for file, group, rows in shard.pieces:
+        for file, group, rows in parts:
             table = _open_parquet(self.dataset, file).read_row_group(group, columns=INPUT_COLUMNS).take(rows)
             for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image_bytes").to_pylist()):
                 try:
@@ -363,10 +384,7 @@ class ShardImages(torch.utils.data.IterableDataset):
                     ids.append(image_id)
                 except ImageRejected as exc:
                     rejects.append((image_id, exc.reason, exc.detail))
-                if len(inputs) == self.batch_size:
-                    yield DecodedBatch(shard.index, ids, inputs, rejects, last=False)
-                    ids, inputs, rejects = [], [], []
-        yield DecodedBatch(shard.index, ids, inputs, rejects, last=True, shard_size=shard.size)
+        return DecodedBatch(shard, ids, inputs, rejects)
 
 
 def _keep(batch: DecodedBatch) -> DecodedBatch:
@@ -466,6 +484,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
 
     bar = tqdm(total=sum(s.size for s in todo), desc=f"features {options.detector}", unit="img", disable=not progress)
     pending: dict[int, _ShardResult] = {}
+    sizes = {s.index: s.size for s in todo}
     processed = 0
     for batch in loader:
         result = pending.setdefault(batch.shard, _ShardResult())
@@ -483,7 +502,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         result.images += count
         processed += count
         bar.update(count)
-        if batch.last:
+        if result.images == sizes[batch.shard]:  # every piece of the shard is in
             _finish_shard(output_path, batch.shard, pending.pop(batch.shard), options.detector, spec.feature_dim)
     bar.close()
     stats = summarize(output_path, shards, null_ids)

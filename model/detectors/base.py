@@ -132,9 +132,23 @@ class RegionDetector(nn.Module):
     def feature_dim(self) -> int:
         return self.spec.feature_dim
 
-    def optimize_for(self, device: torch.device | str, precision: str = "auto", channels_last: bool | None = None) -> "RegionDetector":
-        """Move to ``device``; on CUDA default to fp16 autocast and channels-last convolutions."""
+    def optimize_for(self, device: torch.device | str, precision: str = "auto", channels_last: bool | None = None,
+                     fuse: bool | None = None, dilated_as_batch: bool = False) -> "RegionDetector":
+        """Move to ``device``; on CUDA default to fp16 autocast, channels-last convolutions and folded batch norms.
+
+        ``fuse`` folds the frozen batch norms into their convolutions (inference only: the module tree
+        changes, so save weights before, not after). ``dilated_as_batch`` computes dilated 3x3
+        convolutions on parity grids (``model.detectors.fusion``).
+        """
+        from model.detectors import fusion
+
         device = torch.device(device)
+        if fuse is None:
+            fuse = device.type == "cuda"
+        if fuse:
+            fusion.fold_frozen_batchnorm(self.model)
+        if dilated_as_batch:
+            fusion.dilated_as_batch(self.model)
         self.to(device)
         if precision == "auto":
             precision = "fp16" if device.type == "cuda" else "fp32"

@@ -86,7 +86,7 @@ class Res5Head(nn.Module):
         # format (cuDNN's channels-last kernels), rather than inside every conv.
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        if self.res5[0].conv1.weight.is_contiguous(memory_format=torch.channels_last):
+        if next(self.res5.parameters()).is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.res5(x).mean(dim=(2, 3))
 

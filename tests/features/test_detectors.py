@@ -108,3 +108,42 @@ def test_box_head_in_chunks_gives_the_same_regions(name):
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.topk_class_ids, b.topk_class_ids)
         np.testing.assert_allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["vg-r101-c4", "coco-r50-fpn"])
+def test_folded_batchnorm_and_parity_grid_convs_give_the_same_regions(name):
+    """The inference rewrites (BN folded into convs, dilated convs on parity grids) keep every result."""
+    torch.manual_seed(0)
+    detector = build_detector(name, random_init=True, config=TINY[name])
+    for module in detector.model.modules():  # non-trivial frozen statistics, so a wrong fold shows
+        if type(module).__name__ == "FrozenBatchNorm2d":
+            module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.2, 0.2)
+            module.running_mean.uniform_(-0.2, 0.2), module.running_var.uniform_(0.5, 2.0)
+    images = [decode_for_detector(encode(make_scene(i, size)[0]), detector.spec.input_size).pixels
+              for i, size in enumerate([(50, 80), (96, 64)])]
+    selection = BoxSelection(min_boxes=3, max_boxes=5)
+    plain = detector(images, selection)
+    detector.optimize_for("cpu", fuse=True, dilated_as_batch=True)
+    names = {type(m).__name__ for m in detector.model.modules()}
+    assert "FrozenBatchNorm2d" not in names
+    assert ("DilatedAsBatchConv" in names) == (name == "vg-r101-c4")  # only vg's res5 is dilated
+    fused = detector(images, selection)
+    for a, b in zip(plain, fused, strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
+        np.testing.assert_array_equal(a.topk_class_ids[:, 0], b.topk_class_ids[:, 0])
+        np.testing.assert_allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_parity_grid_conv_equals_dilated_conv():
+    from model.detectors.fusion import DilatedAsBatchConv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=2, dilation=2)
+    x = torch.randn(3, 6, 14, 10)
+    with torch.no_grad():
+        np.testing.assert_allclose(DilatedAsBatchConv(conv)(x).numpy(), conv(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(DilatedAsBatchConv(conv)(x[:, :, :13]).numpy(), conv(x[:, :, :13]).numpy(), atol=1e-5)
+        cl = x.contiguous(memory_format=torch.channels_last)
+        np.testing.assert_allclose(DilatedAsBatchConv(conv)(cl).numpy(), conv(x).numpy(), atol=1e-5)
+    with pytest.raises(ValueError):
+        DilatedAsBatchConv(torch.nn.Conv2d(6, 5, 3, padding=1))
