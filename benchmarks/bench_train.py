@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eager-baseline", action="store_true", help="with --compile, leave the baseline eager")
     parser.add_argument("--eval-bf16-weights", action="store_true",
                         help="also time eval with the model cast to bf16 (no autocast casts)")
+    parser.add_argument("--profile", type=int, default=0, help="print the top N ops of two profiled ImageBERT steps")
+    parser.add_argument("--no-mask", action="store_true",
+                        help="drop the attention mask (flash attention; valid only for batches without padding)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on GPU")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
     parser.add_argument("--skip-baseline", action="store_true")
@@ -210,6 +213,16 @@ def main(argv: list[str] | None = None) -> int:
                    if k in ("input_ids", "text_mask", "region_features", "region_locations", "region_mask")}
     results = {"device": name, "preset": args.preset, "batch_size": batch_size, "eval_batch_size": eval_batch,
                "bf16": bf16, "compile": args.compile, "flops_per_sample": flops}
+    if args.no_mask:  # an upper bound, not a product mode: no key-padding mask lets SDPA pick flash attention
+        import model.imagebert as imagebert_module
+
+        def trunk_without_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
+            x = self.embeddings(input_ids, region_features, region_locations)
+            for layer in self.layers:
+                x = layer(x, None)
+            return x, torch.tanh(self.pooler(x[:, 0]))
+
+        imagebert_module.ImageBert._trunk_eager = trunk_without_mask
     contenders = [("imagebert", lambda: ImageBert(config), args.compile)]
     if args.compile and args.eager_too:
         contenders.insert(0, ("imagebert_eager", lambda: ImageBert(config), False))
@@ -226,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         runner = model
         step_s = time_train(runner, train_batch, args.steps, args.warmup, bf16, device)
         score_s = time_score(runner, score_batch, args.steps, args.warmup, bf16, device)
+        if args.profile and label == "imagebert":
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
+                time_train(runner, train_batch, 2, 0, bf16, device)
+            sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(prof.key_averages().table(sort_by=sort, row_limit=args.profile, max_name_column_width=60))
         samples = batch_size / step_s
         tflops = samples * flops / 1e12
         row = {"params_m": round(num_parameters(model) / 1e6, 1), "train_samples_per_s": round(samples, 1),
