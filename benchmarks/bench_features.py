@@ -154,7 +154,10 @@ def main(argv=None) -> int:
             row = {"detector": name, "device": device_name, "precision": detector.precision,
                    "input": f"{detector.spec.min_size}/{detector.spec.max_size}", "batch": args.batch_size,
                    "images": args.images, "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
-                   "ratio_e2e_to_model": round(e2e_ips / model_ips, 3), "boxes_per_image": stats["boxes_per_image"],
+                   "ratio_e2e_to_model": round(e2e_ips / model_ips, 3),
+                   # after the pipeline filled: images / (run time - time until the first decoded batch arrived)
+                   "end_to_end_after_fill_ips": round(args.images / (stats["seconds"] - stats["seconds_to_first_batch"]), 2),
+                   "e2e_seconds_by_phase": stats["seconds_by_phase"], "e2e_seconds_to_first_batch": stats["seconds_to_first_batch"], "boxes_per_image": stats["boxes_per_image"],
                    "ms_per_batch_by_part": split, "variant": best or "default",
                    "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()}}
             if device.type == "cuda":

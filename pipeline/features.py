@@ -35,6 +35,7 @@ import posixpath
 import sys
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
@@ -486,24 +487,52 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     pending: dict[int, _ShardResult] = {}
     sizes = {s.index: s.size for s in todo}
     processed = 0
-    for batch in loader:
-        result = pending.setdefault(batch.shard, _ShardResult())
-        for image_id, reason, detail in batch.rejects:
-            result.rejected.append(schemas.rejected_row(STAGE, reason, detail, image_id=image_id))
-        outputs = detect_splitting_on_oom(detector, [it.pixels for it in batch.inputs], options.selection, options.topk)
-        for image_id, image, regions in zip(batch.image_ids, batch.inputs, outputs):
-            if regions is None:
-                result.rejected.append(schemas.rejected_row(STAGE, "out_of_memory", "did not fit in device memory alone", image_id=image_id))
-            elif regions.num_boxes == 0:
-                result.rejected.append(schemas.rejected_row(STAGE, "no_regions", "the detector proposed no boxes", image_id=image_id))
-            else:
-                result.regions.append(ImageRegions(image_id, image.width, image.height, to_original_pixels(regions, image)))
-        count = len(batch.inputs) + len(batch.rejects)
-        result.images += count
-        processed += count
-        bar.update(count)
-        if result.images == sizes[batch.shard]:  # every piece of the shard is in
-            _finish_shard(output_path, batch.shard, pending.pop(batch.shard), options.detector, spec.feature_dim)
+    phases: Counter = Counter()  # wall seconds of the main loop by what it waited on
+    first_batch = None
+    # Finished shards are written by one background thread, so Parquet encoding overlaps detection;
+    # at most two shards wait for it (memory), and its errors surface in the main loop.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lait-features-writer")
+    writes: list[Future] = []
+
+    def finish(index: int, result: _ShardResult) -> float:
+        begun = time.perf_counter()
+        _finish_shard(output_path, index, result, options.detector, spec.feature_dim)
+        return time.perf_counter() - begun
+
+    try:
+        mark = time.perf_counter()
+        for batch in loader:
+            now = time.perf_counter()
+            phases["waiting_for_data"] += now - mark
+            first_batch = now - started if first_batch is None else first_batch
+            result = pending.setdefault(batch.shard, _ShardResult())
+            for image_id, reason, detail in batch.rejects:
+                result.rejected.append(schemas.rejected_row(STAGE, reason, detail, image_id=image_id))
+            outputs = detect_splitting_on_oom(detector, [it.pixels for it in batch.inputs], options.selection, options.topk)
+            mark = time.perf_counter()
+            phases["detecting"] += mark - now
+            for image_id, image, regions in zip(batch.image_ids, batch.inputs, outputs):
+                if regions is None:
+                    result.rejected.append(schemas.rejected_row(STAGE, "out_of_memory", "did not fit in device memory alone", image_id=image_id))
+                elif regions.num_boxes == 0:
+                    result.rejected.append(schemas.rejected_row(STAGE, "no_regions", "the detector proposed no boxes", image_id=image_id))
+                else:
+                    result.regions.append(ImageRegions(image_id, image.width, image.height, to_original_pixels(regions, image)))
+            count = len(batch.inputs) + len(batch.rejects)
+            result.images += count
+            processed += count
+            bar.update(count)
+            if result.images == sizes[batch.shard]:  # every piece of the shard is in
+                writes.append(writer.submit(finish, batch.shard, pending.pop(batch.shard)))
+            while writes and (writes[0].done() or len(writes) > 2):
+                phases["writing_background"] += writes.pop(0).result()
+            now = time.perf_counter()
+            phases["post_processing"] += now - mark
+            mark = now
+        for future in writes:
+            phases["writing_background"] += future.result()
+    finally:
+        writer.shutdown(wait=True)
     bar.close()
     stats = summarize(output_path, shards, null_ids)
     seconds = time.perf_counter() - started
@@ -517,6 +546,8 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         "shards_resumed": len(done),
         "images_processed": processed,
         "seconds": round(seconds, 3),
+        "seconds_to_first_batch": round(first_batch, 3) if first_batch is not None else None,
+        "seconds_by_phase": {k: round(v, 3) for k, v in sorted(phases.items())},
         "images_per_s": round(processed / seconds, 3) if seconds > 0 else None,
     })
     _write_json(_join(output_path, "stats.json"), stats)
