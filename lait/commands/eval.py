@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (GPU when present) | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 on GPU, fp32 on CPU (default auto)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the trunk for one static shape (batches padded to the set's longest "
+                             "caption and region count): faster on large sets on a GPU; compiling takes a while")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         model, state = model_from_checkpoint(args.checkpoint)
         result = evaluate(model.to(device), state["tokenizer"], regions, captions,
                           None if args.split == "all" else args.split, batch_size=args.batch_size, device=device,
-                          bf16=bf16, two_stage_k=args.two_stage_k, progress=not args.no_progress)
+                          bf16=bf16, two_stage_k=args.two_stage_k, progress=not args.no_progress,
+                          compile=args.compile)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"lait eval: {exc}") from None
     result["checkpoint"] = args.checkpoint

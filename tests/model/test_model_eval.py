@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,33 @@ def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data",
                           str(tmp_path / "missing")], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "missing" in bad.stderr
+
+
+def test_fixed_shapes_score_like_trimmed_batches(synth_dir, tiny_trained):
+    """Padding every batch to one shape (what a compiled trunk needs) changes no score."""
+    from model.eval import EvalSet, score_pairs
+
+    model, tokenizer_json = tiny_trained
+    model.eval()
+    c = model.config
+    data = EvalSet(f"{synth_dir}/regions", f"{synth_dir}/captions", "test", tokenizer_json, c.max_text_len,
+                   c.max_regions, c.feature_dim)
+    assert len(set(data.region_counts.tolist())) > 1  # ragged, so the padding is exercised
+    rng = np.random.default_rng(0)
+    pairs_c = rng.integers(0, data.shape[0], 300)
+    pairs_i = rng.integers(0, data.shape[1], 300)
+    cpu = torch.device("cpu")
+    trimmed = score_pairs(model, data, pairs_c, pairs_i, 64, cpu, bf16=False)
+    fixed = score_pairs(model, data, pairs_c, pairs_i, 64, cpu, bf16=False, fixed_shapes=True)  # 300 = 4 x 64 + 44
+    assert fixed.shape == trimmed.shape == (300,)
+    torch.testing.assert_close(fixed, trimmed, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_eval_matches_eager_and_leaves_the_model_as_it_was(synth_dir, tiny_trained):
+    model, tokenizer_json = tiny_trained
+    args = (model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
+    eager = evaluate(*args, batch_size=1024)
+    compiled = evaluate(*args, batch_size=1024, compile=True)
+    assert "_trunk" not in model.__dict__
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        assert compiled[direction] == pytest.approx(eager[direction], abs=1 / 80)  # at most one tie flips
