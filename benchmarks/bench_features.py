@@ -34,6 +34,15 @@ from model.detectors.images import decode_for_detector  # noqa: E402
 from pipeline.features import FeatureOptions, extract_regions  # noqa: E402
 
 
+# Inference rewrites the benchmark can compare (``RegionDetector.optimize_for`` keywords).
+VARIANTS = {
+    "plain": dict(fuse=False),
+    "fused": dict(fuse=True),
+    "fused+parity": dict(fuse=True, dilated_as_batch=True),
+    "fused+rpn": dict(fuse=True, batched_rpn_nms=True),
+}
+
+
 def scene_jpeg(seed: int, width: int, height: int) -> bytes:
     """A photo-sized JPEG with a few coloured shapes on noise (JPEG decode cost like a real photo)."""
     rng = np.random.default_rng(seed)
@@ -122,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-size", type=int)
     parser.add_argument("--proposals", type=int, help="RPN proposals kept per image (default: the detector's)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--variants", nargs="*", default=[], choices=("plain", "fused", "fused+parity"),
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="time these inference rewrites model-only first; end to end then uses the fastest")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -140,15 +149,14 @@ def main(argv=None) -> int:
             for variant in args.variants:  # inference rewrites (model.detectors.fusion), model only; the best goes on
                 torch.manual_seed(0)
                 candidate = build_detector(name, random_init=True, config=config or None).optimize_for(
-                    device, args.precision, fuse=variant != "plain", dilated_as_batch=variant == "fused+parity")
+                    device, args.precision, **VARIANTS[variant])
                 variants[variant] = model_only(candidate, images, args.batch_size, selection, args.repeats)
                 print(f"{name} {variant}: model only {variants[variant][0]:.2f} img/s, ms per batch {variants[variant][1]}")
                 del candidate
             best = max(variants, key=lambda v: variants[v][0]) if variants else None
             torch.manual_seed(0)
             detector = build_detector(name, random_init=True, config=config or None).optimize_for(
-                device, args.precision, fuse=None if best is None else best != "plain",
-                dilated_as_batch=best == "fused+parity")
+                device, args.precision, **(VARIANTS[best] if best else {}))
             model_ips, split = variants[best] if best else model_only(detector, images, args.batch_size, selection, args.repeats)
             e2e_ips, stats = end_to_end(detector, name, images, args, selection, workdir)
             row = {"detector": name, "device": device_name, "precision": detector.precision,

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-bf16-weights", action="store_true",
                         help="also time eval with the model cast to bf16 (no autocast casts)")
     parser.add_argument("--profile", type=int, default=0, help="print the top N ops of two profiled ImageBERT steps")
+    parser.add_argument("--attention-dropout", type=float, help="override the config's attention dropout (0.1)")
     parser.add_argument("--no-mask", action="store_true",
                         help="drop the attention mask (flash attention; valid only for batches without padding)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on GPU")
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     config = ModelConfig(feature_dim=preset["feature_dim"], num_classes=preset["num_classes"],
                          max_regions=preset["regions"], max_text_len=preset["text"], **preset["model"])
+    if args.attention_dropout is not None:  # to see whether attention dropout keeps a compiled step off fused kernels
+        config.attention_dropout = args.attention_dropout
     batch_size = args.batch_size or preset["batch"]
     eval_batch = args.eval_batch_size or preset["eval_batch"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

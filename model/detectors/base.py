@@ -133,12 +133,14 @@ class RegionDetector(nn.Module):
         return self.spec.feature_dim
 
     def optimize_for(self, device: torch.device | str, precision: str = "auto", channels_last: bool | None = None,
-                     fuse: bool | None = None, dilated_as_batch: bool = False) -> "RegionDetector":
+                     fuse: bool | None = None, dilated_as_batch: bool = False,
+                     batched_rpn_nms: bool = False) -> "RegionDetector":
         """Move to ``device``; on CUDA default to fp16 autocast, channels-last convolutions and folded batch norms.
 
         ``fuse`` folds the frozen batch norms into their convolutions (inference only: the module tree
         changes, so save weights before, not after). ``dilated_as_batch`` computes dilated 3x3
-        convolutions on parity grids (``model.detectors.fusion``).
+        convolutions on parity grids, ``batched_rpn_nms`` filters the RPN proposals of the whole batch
+        in one vectorised NMS (``model.detectors.fusion``).
         """
         from model.detectors import fusion
 
@@ -149,6 +151,8 @@ class RegionDetector(nn.Module):
             fusion.fold_frozen_batchnorm(self.model)
         if dilated_as_batch:
             fusion.dilated_as_batch(self.model)
+        if batched_rpn_nms:
+            fusion.batched_rpn_nms(self.model)
         self.to(device)
         if precision == "auto":
             precision = "fp16" if device.type == "cuda" else "fp32"

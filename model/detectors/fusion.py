@@ -7,6 +7,9 @@
   only pixels of its own row and column parity, so it equals an ordinary 3x3 convolution (padding 1)
   on the four half-resolution parity grids, stacked in the batch ("space to batch", as atrous
   convolution is often computed). Ordinary 3x3 kernels are the best-tuned ones in cuDNN.
+- ``batched_rpn_nms``: the RPN's proposal filtering (clip, small-box and score filters, NMS per
+  level, top ``post_nms_top_n``) for all images of a batch in one vectorised greedy NMS on the
+  device, instead of one NMS per image with a host round trip each.
 """
 from __future__ import annotations
 
@@ -80,3 +83,86 @@ def dilated_as_batch(module: nn.Module) -> int:
                 setattr(parent, name, DilatedAsBatchConv(child))
                 swapped += 1
     return swapped
+
+
+# ----------------------------------------------------------------------------------------------
+# RPN proposal filtering for the whole batch at once
+# ----------------------------------------------------------------------------------------------
+
+
+def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor | None,
+                       iou_thresh: float, max_keep: int) -> torch.Tensor:
+    """Greedy NMS of B images at once: ``[B, max_keep]`` kept indices, best first, padded with -1.
+
+    ``boxes`` [B, N, 4] x1y1x2y2, ``scores``/``valid`` [B, N]; only boxes of the same ``group`` (the FPN
+    level) suppress each other. The result equals torchvision's ``batched_nms`` on each image's valid
+    boxes, cut to ``max_keep`` (up to the order of exactly tied scores, which neither defines). It runs
+    ``max_keep`` vectorised steps on the device, where torchvision's NMS reads each image's suppression
+    mask back to the host: one synchronisation per image.
+    """
+    num, count = scores.shape
+    keep = torch.full((num, max_keep), -1, dtype=torch.long, device=scores.device)
+    if count == 0 or max_keep == 0:
+        return keep
+    order = scores.masked_fill(~valid, float("-inf")).sort(dim=1, descending=True, stable=True).indices
+    ordered = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+    alive = valid.gather(1, order)
+    group = groups.gather(1, order) if groups is not None else None
+    areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])
+    rows = torch.arange(num, device=scores.device)
+    for step in range(min(max_keep, count)):
+        if step % 32 == 31 and not bool(alive.any()):  # every image is done (one sync per 32 steps)
+            break
+        has = alive.any(dim=1)
+        first = alive.to(torch.uint8).argmax(dim=1)  # the best box still alive (argmax returns the first maximum)
+        keep[:, step] = torch.where(has, order[rows, first], -1)
+        chosen = ordered[rows, first]
+        top_left = torch.maximum(ordered[..., :2], chosen[:, None, :2])
+        bottom_right = torch.minimum(ordered[..., 2:], chosen[:, None, 2:])
+        wh = (bottom_right - top_left).clamp(min=0)
+        inter = wh[..., 0] * wh[..., 1]
+        iou = inter / (areas + areas[rows, first][:, None] - inter)
+        suppress = iou > iou_thresh
+        if group is not None:
+            suppress &= group == group[rows, first][:, None]
+        alive &= ~suppress
+        alive[rows, first] = False
+    return keep
+
+
+def _batched_filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+    """``RegionProposalNetwork.filter_proposals`` for inference, with every per-image step batched."""
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    if self.training:
+        return RegionProposalNetwork.filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level)
+    num_images, device = proposals.shape[0], proposals.device
+    objectness = objectness.detach().reshape(num_images, -1)
+    levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(num_anchors_per_level)])
+    levels = levels.reshape(1, -1).expand_as(objectness)
+    top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)
+    batch_idx = torch.arange(num_images, device=device)[:, None]
+    scores = torch.sigmoid(objectness[batch_idx, top_n_idx])
+    levels = levels[batch_idx, top_n_idx]
+    proposals = proposals[batch_idx, top_n_idx]
+    # clip_boxes_to_image, remove_small_boxes and the score threshold, as masks instead of per-image gathers
+    sizes = torch.tensor(image_shapes, device=device, dtype=proposals.dtype)  # [B, 2] = (height, width)
+    limit = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=1)[:, None, :]
+    boxes = torch.minimum(proposals.clamp(min=0), limit)
+    widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    valid = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
+    groups = levels if len(num_anchors_per_level) > 1 else None
+    keep = batched_greedy_nms(boxes, scores, valid, groups, self.nms_thresh, self.post_nms_top_n())
+    counts = (keep >= 0).sum(dim=1).tolist()  # the one synchronisation
+    final_boxes, final_scores = [], []
+    for i, n in enumerate(counts):
+        final_boxes.append(boxes[i, keep[i, :n]])
+        final_scores.append(scores[i, keep[i, :n]])
+    return final_boxes, final_scores
+
+
+def batched_rpn_nms(model: nn.Module) -> None:
+    """Make a torchvision ``FasterRCNN``'s RPN filter the proposals of a batch at once (inference only)."""
+    import types
+
+    model.rpn.filter_proposals = types.MethodType(_batched_filter_proposals, model.rpn)
