@@ -36,7 +36,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -155,6 +155,9 @@ def classes_info(detector_name: str, spec: DetectorSpec, topk: int) -> dict:
         "background": "excluded: class id i is class_names[i]; top-k probabilities are of the softmax over classes + background",
         "topk": topk,
         "box_source": spec.box_source,
+        **({"num_attributes": int(spec.config["attributes"]),
+            "attributes": "topk_attribute_ids index the detector's attributes ('no attribute' excluded)"}
+           if spec.config.get("attributes") else {}),
     }
 
 
@@ -179,8 +182,7 @@ def to_original_pixels(regions: Regions, image: DetectorInput) -> Regions:
     boxes = regions.boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, image.width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, image.height)
-    return Regions(boxes.astype(np.float32), regions.features, regions.class_ids, regions.class_scores,
-                   regions.topk_class_ids, regions.topk_class_probs)
+    return replace(regions, boxes=boxes.astype(np.float32))
 
 
 def _nested(offsets: np.ndarray, values: pa.Array) -> pa.Array:
@@ -217,6 +219,13 @@ def regions_table(items: Sequence[ImageRegions], detector_name: str, feature_dim
         _nested(offsets, _nested(box_offsets, pa.array(topk_probs, pa.float32()))),
         pa.array([detector_name] * len(items), pa.string()),
     ]
+    if items and items[0].regions.topk_attribute_ids is not None:
+        # Beyond the contract (readers allow extra columns): the attribute head's top-k per box.
+        width = items[0].regions.topk_attribute_ids.shape[1]
+        attr_offsets = np.arange(int(counts.sum()) + 1, dtype=np.int32) * width
+        for name, dtype, arrow in (("topk_attribute_ids", np.int32, pa.int32()), ("topk_attribute_probs", np.float32, pa.float32())):
+            arrays.append(_nested(offsets, _nested(attr_offsets, pa.array(stack(name, dtype, width).reshape(-1), arrow))))
+            schema = schema.append(pa.field(name, pa.list_(pa.list_(arrow))))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

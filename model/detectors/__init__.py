@@ -138,14 +138,16 @@ def build_detector(
 
 def load_vg_weights(detector: RegionDetector, path: str) -> None:
     """Load a bottom-up-attention checkpoint (detectron2 .pkl, HF frcnn-vg-finetuned .bin, or ours)."""
-    from model.detectors.vg_r101_c4 import ATTRIBUTE_KEYS, convert_detectron2_state, is_detectron2_state
+    from model.detectors.vg_r101_c4 import add_attribute_head, convert_detectron2_state, is_detectron2_state
     from model.detectors.weights import load_state
 
     state = load_state(path)
     if is_detectron2_state(state):
-        if any(key in k for k in state for key in ATTRIBUTE_KEYS):
-            logger.info("%s has an attribute head; region attributes are not extracted", path)
         state = convert_detectron2_state(state, num_classes=detector.spec.config["num_classes"])
+    scores = state.get("roi_heads.attribute_head.attr_score.weight")
+    if scores is not None and getattr(detector.model.roi_heads, "attribute_head", None) is None:
+        add_attribute_head(detector, int(scores.shape[0]) - 1)  # the checkpoint has one: region attributes too
+        logger.info("%s has an attribute head (%d attributes): regions get their top attributes", path, scores.shape[0] - 1)
     missing, unexpected = detector.model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

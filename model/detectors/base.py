@@ -62,6 +62,10 @@ class Regions:
     class_scores: np.ndarray  # [n] float32
     topk_class_ids: np.ndarray  # [n, k] int32
     topk_class_probs: np.ndarray  # [n, k] float32
+    # Detectors with an attribute head (vg-r101-c4 with attribute weights): top-k attributes, 0 = first
+    # attribute ("none" excluded), probabilities of the softmax over attributes + none. None otherwise.
+    topk_attribute_ids: np.ndarray | None = None  # [n, k] int32
+    topk_attribute_probs: np.ndarray | None = None  # [n, k] float32
 
     @property
     def num_boxes(self) -> int:
@@ -258,12 +262,22 @@ class RegionDetector(nn.Module):
         object_probs = probs[rows, 1:]
         k = min(topk, object_probs.shape[1])
         top_probs, top_ids = object_probs.topk(k, dim=1) if len(rows) else (object_probs[:, :k], object_probs[:, :k].long())
+        region_features = torch.cat(list(split))
         host = {
             "boxes": torch.cat(chosen_boxes).cpu().numpy().astype(np.float32),
-            "features": torch.cat(list(split)).float().cpu().numpy().astype(np.float16),
+            "features": region_features.float().cpu().numpy().astype(np.float16),
             "topk_class_ids": top_ids.int().cpu().numpy(),
             "topk_class_probs": top_probs.float().cpu().numpy(),
         }
+        attribute_head = getattr(heads, "attribute_head", None)
+        if attribute_head is not None:
+            with _autocast(self.device, self.precision):
+                logits = attribute_head(region_features, probs[rows].argmax(dim=1))
+            attribute_probs = torch.softmax(logits.float(), dim=-1)[:, 1:]  # column 0 is "no attribute"
+            k_attr = min(topk, attribute_probs.shape[1])
+            a_probs, a_ids = attribute_probs.topk(k_attr, dim=1)
+            host["topk_attribute_ids"] = a_ids.int().cpu().numpy()
+            host["topk_attribute_probs"] = a_probs.cpu().numpy()
         results = []
         start = 0
         for boxes in chosen_boxes:
@@ -277,6 +291,8 @@ class RegionDetector(nn.Module):
                     class_scores=part["topk_class_probs"][:, 0].copy() if k else np.zeros(len(boxes), np.float32),
                     topk_class_ids=part["topk_class_ids"],
                     topk_class_probs=part["topk_class_probs"],
+                    topk_attribute_ids=part.get("topk_attribute_ids"),
+                    topk_attribute_probs=part.get("topk_attribute_probs"),
                 )
             )
         clock.lap("output")

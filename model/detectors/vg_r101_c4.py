@@ -22,6 +22,7 @@ from torchvision.ops import FrozenBatchNorm2d, roi_pool
 from model.detectors.base import DetectorSpec, RegionDetector
 
 NUM_VG_CLASSES = 1600
+NUM_VG_ATTRIBUTES = 400
 ANCHOR_SIZES = (64, 128, 256, 512)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 # Caffe's BGR means, stored here in RGB order: the converter flips the first conv to take RGB.
@@ -35,6 +36,7 @@ DEFAULT_CONFIG = {
     "rpn_post_nms_top_n": 300,
     "rpn_nms_thresh": 0.7,
     "pooler_resolution": 14,
+    "attributes": 0,  # > 0: build the attribute head with this many attributes (+ "none"); set by attribute weights
 }
 
 
@@ -89,6 +91,33 @@ class Res5Head(nn.Module):
         if next(self.res5.parameters()).is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.res5(x).mean(dim=(2, 3))
+
+
+class AttributeHead(nn.Module):
+    """Bottom-up attention's attribute predictor (``cls_embedding``, ``fc_attr``, ``attr_score``).
+
+    The region feature, concatenated with a 256-d embedding of the region's arg-max class (background
+    included, as the Caffe model's ``ArgMax`` of ``cls_prob``), through a 512-wide hidden layer to the
+    attribute logits; index 0 is "no attribute".
+    """
+
+    def __init__(self, num_classes: int, num_attributes: int, feature_dim: int = 2048, embed: int = 256, hidden: int = 512):
+        super().__init__()
+        self.cls_embedding = nn.Embedding(num_classes, embed)
+        self.fc_attr = nn.Linear(feature_dim + embed, hidden)
+        self.attr_score = nn.Linear(hidden, num_attributes)
+
+    def forward(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        embedded = self.cls_embedding(class_ids).to(features.dtype)
+        return self.attr_score(torch.relu(self.fc_attr(torch.cat([features, embedded], dim=1))))
+
+
+def add_attribute_head(detector: RegionDetector, num_attributes: int = NUM_VG_ATTRIBUTES) -> None:
+    """Give a vg-r101-c4 detector the attribute head (``num_attributes`` + the "none" output)."""
+    num_classes = detector.spec.config["num_classes"] + 1
+    head = AttributeHead(num_classes, num_attributes + 1, detector.feature_dim)
+    detector.model.roi_heads.attribute_head = head.to(detector.device)
+    detector.spec.config = {**detector.spec.config, "attributes": num_attributes}
 
 
 def _caffe_resnet101() -> torchvision.models.ResNet:
@@ -153,7 +182,10 @@ def build(config: dict | None = None, class_names: list[str] | None = None) -> R
         box_source="proposal",
         config=cfg,
     )
-    return RegionDetector(spec, model)
+    detector = RegionDetector(spec, model)
+    if cfg["attributes"]:
+        add_attribute_head(detector, int(cfg["attributes"]))
+    return detector
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,8 +208,8 @@ def is_detectron2_state(state: dict) -> bool:
     return any(k.startswith(("backbone.stem.", "backbone.res2.", "proposal_generator.")) for k in state)
 
 
-def detectron2_name_to_ours(name: str) -> str | None:
-    """Our parameter name for a detectron2 one; None for parts we do not build (attributes)."""
+def detectron2_name_to_ours(name: str) -> str:
+    """Our parameter name for a detectron2 one (KeyError for a name no part of the model has)."""
     parts = name.split(".")
     if parts[-1] in _NORM_RENAMES:
         parts[-1] = _NORM_RENAMES[parts[-1]]
@@ -195,7 +227,7 @@ def detectron2_name_to_ours(name: str) -> str | None:
         return f"rpn.head.{module}.{leaf}"
     if parts[:2] == ["roi_heads", "box_predictor"]:
         if parts[2] in ATTRIBUTE_KEYS:
-            return None
+            return f"roi_heads.attribute_head.{parts[2]}.{leaf}"
         return f"roi_heads.box_predictor.{parts[2]}.{leaf}"
     raise KeyError(f"unexpected parameter {name!r} in a vg-r101-c4 checkpoint")
 
@@ -204,16 +236,15 @@ def convert_detectron2_state(state: dict[str, torch.Tensor], num_classes: int = 
     """A detectron2-named VG checkpoint as a state dict of our ``vg-r101-c4`` model.
 
     Beyond renaming: the first conv is flipped from BGR to RGB input; RPN outputs are reordered to
-    torchvision's anchor order; the class scores move background from last (detectron2) to first
-    (torchvision); class-specific box deltas get a zero background slot.
+    torchvision's anchor order; the class scores (and the attribute head's class embedding) move
+    background from last (detectron2) to first (torchvision); class-specific box deltas get a zero
+    background slot.
     """
     out: dict[str, torch.Tensor] = {}
     for name, value in state.items():
         if name.endswith(_IGNORED_SUFFIXES):
             continue
         ours = detectron2_name_to_ours(name)
-        if ours is None:
-            continue
         value = torch.as_tensor(value).float()
         if ours == "backbone.conv1.weight":
             value = value[:, [2, 1, 0]]
@@ -221,6 +252,8 @@ def convert_detectron2_state(state: dict[str, torch.Tensor], num_classes: int = 
             value = value[_ANCHOR_PERM]
         elif ours.startswith("rpn.head.bbox_pred."):
             value = value.view(len(_ANCHOR_PERM), 4, *value.shape[1:])[_ANCHOR_PERM].reshape(value.shape)
+        elif ours == "roi_heads.attribute_head.cls_embedding.weight":
+            value = torch.cat([value[-1:], value[:-1]])  # rows follow the class order: background first
         elif ours.startswith("roi_heads.box_predictor.cls_score."):
             if value.shape[0] != num_classes + 1:
                 raise ValueError(f"{name}: {value.shape[0]} class outputs, expected {num_classes + 1}")

@@ -188,3 +188,44 @@ def test_class_names_files(tmp_path):
     assert read_class_names(str(tmp_path / "names.json")) == ["a", "b"]
     with pytest.raises(ValueError, match="1600 classes"):
         build(class_names=["person", "cat", "dog"])
+
+
+def test_vg_attribute_head_loads_and_regions_carry_attributes(tmp_path, vg_state):
+    """An attribute checkpoint builds the attribute head; regions and their Parquet rows get top-k attributes."""
+    import schemas
+    from model.detectors import BoxSelection
+    from model.detectors.images import decode_for_detector
+    from pipeline.features import ImageRegions, classes_info, regions_table
+    from tests.features.scenes import encode, make_scene
+
+    path = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": vg_state}, f, protocol=2)
+    tiny = {"min_size": 64, "max_size": 96, "rpn_post_nms_top_n": 6}
+    detector = build_detector("vg-r101-c4", weights=str(path), config=tiny)
+    head = detector.model.roi_heads.attribute_head
+    src = vg_state["roi_heads.box_predictor.cls_embedding.weight"]
+    np.testing.assert_array_equal(head.cls_embedding.weight.detach().numpy()[0], src[1600])  # background first
+    np.testing.assert_array_equal(head.cls_embedding.weight.detach().numpy()[1:], src[:1600])
+    np.testing.assert_array_equal(head.attr_score.weight.detach().numpy(), vg_state["roi_heads.box_predictor.attr_score.weight"])
+    assert detector.spec.config["attributes"] == 400
+    # The stand-in's unit-normal convolutions overflow a 101-layer net: run with a random build's sane
+    # backbone and box head, keeping the loaded attribute head.
+    plain = build_detector("vg-r101-c4", random_init=True, config=tiny)
+    missing, _ = detector.model.load_state_dict(plain.model.state_dict(), strict=False)
+    assert missing and all(k.startswith("roi_heads.attribute_head.") for k in missing)
+    image = decode_for_detector(encode(make_scene(0, (80, 60))[0]), detector.spec.input_size)
+    regions = detector([image.pixels], BoxSelection(min_boxes=3, max_boxes=4), topk=5)[0]
+    assert regions.topk_attribute_ids.shape == regions.topk_attribute_probs.shape == (regions.num_boxes, 5)
+    assert (regions.topk_attribute_ids >= 0).all() and (regions.topk_attribute_ids < 400).all()
+    assert (np.diff(regions.topk_attribute_probs, axis=1) <= 0).all() and regions.topk_attribute_probs.sum(1).max() <= 1.0 + 1e-5
+    table = regions_table([ImageRegions("img", 80, 60, regions)], "vg-r101-c4", 2048)
+    schemas.write_table(table, str(tmp_path / "regions" / "part-00000.parquet"), "regions")
+    back = schemas.read_table(str(tmp_path / "regions"), "regions")
+    assert back.column("topk_attribute_ids")[0].as_py() == regions.topk_attribute_ids.tolist()
+    assert classes_info("vg-r101-c4", detector.spec, 5)["num_attributes"] == 400
+    # Without attribute weights: no head, no attribute columns.
+    assert getattr(plain.model.roi_heads, "attribute_head", None) is None
+    plain_regions = plain([image.pixels], BoxSelection(min_boxes=3, max_boxes=4))[0]
+    assert plain_regions.topk_attribute_ids is None
+    assert "topk_attribute_ids" not in regions_table([ImageRegions("img", 80, 60, plain_regions)], "vg-r101-c4", 2048).schema.names
