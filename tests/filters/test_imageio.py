@@ -1,5 +1,4 @@
 """The safe image opener: a reason for every failure, the bomb guard, orientation, draft, modes, frames."""
-import io
 import warnings
 
 import numpy as np
@@ -9,13 +8,8 @@ from PIL import Image
 from filters import imageio
 from filters.image import ImageFilter
 from tests.crawler.mocksite import png_bomb
+from tests.features.scenes import encode as _encode
 from tests.hardening.hostile_site import with_exif_garbage
-
-
-def _encode(image, fmt, **kwargs):
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
 
 
 def _corners(size=(6, 4)):
