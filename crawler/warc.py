@@ -28,6 +28,7 @@ import logging
 import zlib
 from typing import Any, Iterator
 
+import pipeline  # noqa: F401  (first: it quiets Beam's import-time BigQuery notice before Beam loads)
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems

@@ -6,44 +6,36 @@ header rules are decoded, at reduced scale, for the blank check and the perceptu
 """
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from typing import Any, Iterable, Mapping
 
+from filters import imageio
 from filters.base import Decision, Filter
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Decoding bigger images than this is a decompression bomb, not a photograph (Pillow's own default).
-MAX_PIXELS = 89_478_485
+MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS
 
 
 def image_header(data: bytes) -> tuple[int, int, str, int]:
     """(width, height, format, frames) from the header; raises ValueError on unreadable bytes."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                frames = getattr(img, "n_frames", 1)
-                return width, height, img.format or "", frames
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ...) on bad bytes
-        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    with imageio.open_image(data, MAX_PIXELS) as img:  # imageio.ImageError is a ValueError
+        width, height = img.size
+        try:
+            frames = getattr(img, "n_frames", 1)  # GIF/WebP count their frames by reading on
+        except Exception as exc:  # a broken later frame: Pillow raises many types
+            raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+        return width, height, img.format or "", frames
 
 
 def decode_small(data: bytes, size: int = 64):
     """The image decoded at reduced scale (JPEG draft mode) as an RGB Pillow image, at most ``size`` px."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.draft("RGB", (size, size))  # JPEG decodes at 1/2..1/8 scale: far cheaper than a full decode
-        img = img.convert("RGB")
-        img.thumbnail((size, size))
-        return img
+    # JPEG decodes at 1/2..1/8 scale: far cheaper than a full decode
+    image = imageio.load_image(data, max_pixels=MAX_PIXELS, draft_size=(size, size))
+    image.thumbnail((size, size))
+    return image
 
 
 def perceptual_hash(image) -> str:

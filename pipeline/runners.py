@@ -4,6 +4,11 @@ Beam 2.77's DirectRunner (and the default runner) first tries PrismRunner, which
 from the internet. LAIT's local runs use FnApiRunner, the engine DirectRunner falls back to, which
 honours ``--direct_num_workers`` and ``--direct_running_mode``; any other name (DataflowRunner,
 FlinkRunner, SparkRunner, ...) is left to Beam. This module imports Beam only when called.
+
+It also holds ``BeamImportNoiseFilter``: importing Beam without its GCP extras logs a WARNING on the
+root logger that BigQuery client libraries are missing; LAIT uses no BigQuery, so the line is noise in
+every run. ``pipeline/__init__.py`` installs the filter, so it is in place before any LAIT module
+imports Beam (``crawler.warc`` imports ``pipeline`` first for the same reason).
 """
 from __future__ import annotations
 
@@ -13,6 +18,24 @@ logger = logging.getLogger(__name__)
 
 #: runner names that mean "run here"; they all get the in-process FnApiRunner
 LOCAL_RUNNERS = {None, "", "directrunner", "direct", "fnapirunner", "switchingdirectrunner"}
+
+#: The start of the warning apache_beam.io.gcp.internal.clients.bigquery logs at import without apitools.
+BEAM_BIGQUERY_NOTICE = "apitools not found, and bigquery client libraries are not available"
+
+
+class BeamImportNoiseFilter(logging.Filter):
+    """Drops Beam's import-time "apitools not found ..." warning and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False only for that one message."""
+        return not (isinstance(record.msg, str) and record.msg.startswith(BEAM_BIGQUERY_NOTICE))
+
+
+def quiet_beam_import_noise() -> None:
+    """Install ``BeamImportNoiseFilter`` on the root logger, which Beam logs the notice through; idempotent."""
+    root = logging.getLogger()
+    if not any(isinstance(f, BeamImportNoiseFilter) for f in root.filters):
+        root.addFilter(BeamImportNoiseFilter())
 
 
 def make_runner(options):

@@ -1,0 +1,146 @@
+"""Open untrusted image bytes safely: the one place LAIT hands web bytes to Pillow.
+
+Two steps, so that a caller can judge an image from its header before paying for its pixels:
+``open_image`` reads the header only (size, format, mode, EXIF) behind a decompression-bomb guard;
+``decode`` loads the first frame, at a reduced JPEG DCT scale when asked (``draft``), turned upright by
+its EXIF orientation when asked, and converted to 8-bit RGB the way a viewer shows it (alpha composited
+on white, 16/32-bit grayscale scaled to 0-255). ``load_image`` does both. Every failure is one
+``ImageError`` whose ``reason`` is a snake_case name from ``REASONS``; each stage maps these onto the
+reject reasons of its own books.
+
+The crawl (``crawler.images``), the filter stage (``filters.image``), the relevance features
+(``filters.relevance.features``) and the detector input (``model.detectors.images``) all use it.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+#: Pillow's own decompression-bomb warning limit: a bigger image is a bomb, not a photograph.
+DEFAULT_MAX_PIXELS = 89_478_485
+#: Pillow refuses outright to open images above twice its warning limit.
+HARD_MAX_PIXELS = 2 * DEFAULT_MAX_PIXELS
+
+#: The reasons an ``ImageError`` carries.
+REASONS = ("missing_bytes", "not_an_image", "decompression_bomb", "undecodable")
+
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that shows the stored pixels upright (EXIF 2.32, tag 0x0112).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Orientations 5-8 turn by 90 degrees: width and height swap.
+_TRANSPOSED = {5, 6, 7, 8}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+class ImageError(ValueError):
+    """Bytes that cannot become an image; ``reason`` is one of ``REASONS``, ``detail`` says more."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def open_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image's header (size, format, mode, EXIF), pixels not decoded; raises ``ImageError``.
+
+    An image with more than ``max_pixels`` pixels is a ``decompression_bomb`` (None: only Pillow's
+    hard limit, ``HARD_MAX_PIXELS``, applies). Pillow's own warning is silenced: this limit decides.
+    """
+    if not data:
+        raise ImageError("missing_bytes", "no image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("decompression_bomb", str(exc)[:200]) from None
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", "not a recognised image format") from None
+    except Exception as exc:  # Pillow's plugins raise many types on hostile headers (OSError, SyntaxError, ...)
+        raise ImageError("undecodable", _describe(exc)) from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        image.close()
+        raise ImageError("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
+    return image
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when absent, invalid or unreadable."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block is not a broken image
+        return 1
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown, after its EXIF orientation."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in _TRANSPOSED else (width, height)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB, as a viewer shows it: alpha on white, wide grayscale scaled to 0-255."""
+    mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        # Pillow's own conversion clips these at 255: a 16-bit photo would come out nearly white.
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
+            values = values / 257.0
+        elif mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None, draft_mode: str = "RGB",
+           orient: bool = False, rgb: bool = True) -> Image.Image:
+    """Decode the first frame of an ``open_image`` result; raises ``ImageError("undecodable")``.
+
+    ``draft_size`` (width, height, in shown orientation when ``orient``): JPEGs decode at the smallest
+    DCT scale (1/2..1/8) still at least that big, in ``draft_mode`` ("L" skips the colour work).
+    ``orient``: turn the pixels upright by the EXIF orientation. ``rgb``: convert with ``to_rgb``.
+    """
+    try:
+        if image.tell():
+            image.seek(0)
+        orientation = exif_orientation(image) if orient else 1
+        if draft_size is not None and image.format == "JPEG":
+            width, height = draft_size
+            if orientation in _TRANSPOSED:
+                width, height = height, width  # draft works on the stored pixels
+            image.draft(draft_mode, (max(1, width), max(1, height)))
+        image.load()
+        if orientation in _UPRIGHT:
+            image = image.transpose(_UPRIGHT[orientation])
+        return to_rgb(image) if rgb else image
+    except Exception as exc:  # truncated or corrupt pixel data under a valid header
+        raise ImageError("undecodable", _describe(exc)) from None
+
+
+def load_image(data: bytes | None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft_size: tuple[int, int] | None = None, orient: bool = False) -> Image.Image:
+    """``open_image`` then ``decode``: the first frame as 8-bit RGB; raises ``ImageError``."""
+    with open_image(data, max_pixels) as image:
+        return decode(image, draft_size=draft_size, orient=orient)
