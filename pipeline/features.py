@@ -189,9 +189,21 @@ def _nested(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
+ATTRIBUTE_COLUMNS = (("topk_attribute_ids", np.int32, pa.int32()), ("topk_attribute_probs", np.float32, pa.float32()))
+
+
+def output_schema(feature_dim: int, attributes: bool) -> pa.Schema:
+    """The regions contract, plus the attribute columns (beyond the contract) for a detector with attributes."""
+    schema = schemas.schema_for("regions", feature_dim=feature_dim)
+    for name, _, arrow in ATTRIBUTE_COLUMNS if attributes else ():
+        schema = schema.append(pa.field(name, pa.list_(pa.list_(arrow))))
+    return schema
+
+
 def regions_table(items: Sequence[ImageRegions], detector_name: str, feature_dim: int) -> pa.Table:
     """A regions-schema table (``feature_dim`` wide float16 features) from per-image regions."""
-    schema = schemas.schema_for("regions", feature_dim=feature_dim)
+    attributes = bool(items) and items[0].regions.topk_attribute_ids is not None
+    schema = output_schema(feature_dim, attributes)
     counts = np.array([it.regions.num_boxes for it in items], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
 
@@ -219,13 +231,12 @@ def regions_table(items: Sequence[ImageRegions], detector_name: str, feature_dim
         _nested(offsets, _nested(box_offsets, pa.array(topk_probs, pa.float32()))),
         pa.array([detector_name] * len(items), pa.string()),
     ]
-    if items and items[0].regions.topk_attribute_ids is not None:
-        # Beyond the contract (readers allow extra columns): the attribute head's top-k per box.
+    if attributes:  # beyond the contract (readers allow extra columns): the attribute head's top-k per box
         width = items[0].regions.topk_attribute_ids.shape[1]
         attr_offsets = np.arange(int(counts.sum()) + 1, dtype=np.int32) * width
-        for name, dtype, arrow in (("topk_attribute_ids", np.int32, pa.int32()), ("topk_attribute_probs", np.float32, pa.float32())):
-            arrays.append(_nested(offsets, _nested(attr_offsets, pa.array(stack(name, dtype, width).reshape(-1), arrow))))
-            schema = schema.append(pa.field(name, pa.list_(pa.list_(arrow))))
+        for name, dtype, arrow in ATTRIBUTE_COLUMNS:
+            values = stack(name, dtype, width).reshape(-1)
+            arrays.append(_nested(offsets, _nested(attr_offsets, pa.array(values, arrow))))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

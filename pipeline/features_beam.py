@@ -14,11 +14,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 import schemas
-from model.detectors import build_detector, feature_dim_of, read_class_names
+from model.detectors import attribute_count, build_detector, feature_dim_of, read_class_names
 from model.detectors.base import RegionDetector
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector
 from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
-                               check_input_file, classes_info, detect_splitting_on_oom, resolve_input,
+                               check_input_file, classes_info, detect_splitting_on_oom, output_schema, resolve_input,
                                to_original_pixels)
 from pipeline.runners import make_runner
 
@@ -105,11 +105,14 @@ class ToRegionRowsFn(beam.DoFn):
 def region_row(item: ImageRegions, detector_name: str) -> dict[str, Any]:
     """One regions row as a dict (the Beam writer's input); numpy rows, not Python floats."""
     r = item.regions
-    return {
+    row = {
         "image_id": item.image_id, "image_width": item.width, "image_height": item.height, "num_boxes": r.num_boxes,
         "boxes": list(r.boxes), "features": list(r.features), "class_ids": r.class_ids, "class_scores": r.class_scores,
         "topk_class_ids": list(r.topk_class_ids), "topk_class_probs": list(r.topk_class_probs), "detector": detector_name,
     }
+    if r.topk_attribute_ids is not None:
+        row.update(topk_attribute_ids=list(r.topk_attribute_ids), topk_attribute_probs=list(r.topk_attribute_probs))
+    return row
 
 
 class ExtractRegions(beam.PTransform):
@@ -161,9 +164,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     for file in files:  # bad input stops here, before the workers start, with the file named
         check_input_file(dataset, file)
     feature_dim = feature_dim_of(options.detector, options.weights)
+    attributes = attribute_count(options.detector, options.weights)  # the workers' detectors will predict them
     names = read_class_names(options.class_names_file) if options.class_names_file else None
+    config = {**overrides, "attributes": attributes} if attributes else overrides
     spec = build_detector(options.detector, weights=options.weights, random_init=True,
-                          config=overrides or None, class_names=names).spec  # random init: only the names are needed
+                          config=config or None, class_names=names).spec  # random init: only the names are needed
     beam_options = PipelineOptions(pipeline_args)
     pipeline = test_pipeline or beam.Pipeline(runner=make_runner(beam_options), options=beam_options)
     rows = (
@@ -173,7 +178,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     )
     out = rows | "ExtractRegions" >> ExtractRegions(options)
     out["regions"] | "WriteRegions" >> beam.io.WriteToParquet(
-        _join(known.output, "regions", SHARD_PREFIX), schemas.schema_for("regions", feature_dim=feature_dim),
+        _join(known.output, "regions", SHARD_PREFIX), output_schema(feature_dim, attributes > 0),
         file_name_suffix=".parquet")
     out["rejected"] | "WriteRejected" >> beam.io.WriteToParquet(
         _join(known.output, "rejected", SHARD_PREFIX), schemas.schema_for("rejected"), file_name_suffix=".parquet")

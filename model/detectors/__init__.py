@@ -63,6 +63,17 @@ def feature_dim_of(name: str, weights: str | None = None) -> int:
     return FEATURE_DIMS[name]
 
 
+def attribute_count(name: str, weights: str | None = None) -> int:
+    """How many attributes a detector's weights predict (0: no attribute head), without building it."""
+    if name != "vg-r101-c4" or not weights:
+        return 0
+    from model.detectors.weights import load_state
+
+    state = load_state(weights)
+    scores = state.get("roi_heads.box_predictor.attr_score.weight", state.get("roi_heads.attribute_head.attr_score.weight"))
+    return int(scores.shape[0]) - 1 if scores is not None else 0
+
+
 def input_sizes(name: str, weights: str | None = None, config: dict | None = None) -> tuple[int, int]:
     """The (min_size, max_size) a detector resizes images to, without building it (for decode workers)."""
     if name == "vg-r101-c4":
@@ -163,6 +174,7 @@ __all__ = [
     "RegionDetector",
     "Regions",
     "WeightsNotFoundError",
+    "attribute_count",
     "build_detector",
     "feature_dim_of",
     "input_sizes",

@@ -57,3 +57,29 @@ def test_run_writes_the_stage_folder(tmp_path):
     assert regions.num_rows == 3 and regions.schema.field("features").type.value_type.list_size == 256
     assert schemas.read_table(str(tmp_path / "features" / "rejected"), "rejected").column("reason").to_pylist() == ["image_undecodable"]
     assert json.loads((tmp_path / "features" / "classes.json").read_text())["class_names"] == CLASS_NAMES
+
+
+def test_beam_writes_attributes_of_an_attribute_checkpoint(tmp_path):
+    """The Beam form with attribute weights: region rows carry top-k attributes; the output schema has their columns."""
+    import pickle
+
+    import numpy as np
+
+    from model.detectors import attribute_count
+    from pipeline.features import output_schema
+    from tests.features.test_weights import detectron2_vg_state
+
+    path = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": detectron2_vg_state(np.random.default_rng(0), he_scale=True)}, f, protocol=2)
+    assert attribute_count("vg-r101-c4", str(path)) == 400 and attribute_count("vg-r101-c4", None) == 0
+    names = output_schema(2048, True).names
+    assert names[-2:] == ["topk_attribute_ids", "topk_attribute_probs"] and "topk_attribute_ids" not in output_schema(2048, False).names
+    images = [encode(make_scene(i)[0]) for i in range(2)]
+    options = FeatureOptions(detector="vg-r101-c4", weights=str(path), batch_size=2, min_boxes=2, max_boxes=3, topk=4,
+                             detector_config={"min_size": 64, "max_size": 96, "rpn_post_nms_top_n": 4})
+    with BeamTestPipeline(options=PipelineOptions(DIRECT)) as p:
+        out = p | beam.Create([{"image_id": image_id(d), "image_bytes": d} for d in images]) | ExtractRegions(options)
+        assert_that(out["regions"] | beam.Map(lambda r: (len(r["topk_attribute_ids"]) == r["num_boxes"],
+                                                        {len(a) for a in r["topk_attribute_ids"]})),
+                    equal_to([(True, {4})] * 2))

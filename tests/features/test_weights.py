@@ -14,8 +14,11 @@ _STAGES = {"backbone.res2": (3, 64, 64, 256), "backbone.res3": (4, 256, 128, 512
            "backbone.res4": (23, 512, 256, 1024), "roi_heads.res5": (3, 1024, 512, 2048)}
 
 
-def detectron2_vg_state(rng, attributes=True, norm_names=("weight", "bias", "running_mean", "running_var")):
-    """Random arrays under the key names and shapes of py-bottom-up-attention's VG checkpoints."""
+def detectron2_vg_state(rng, attributes=True, norm_names=("weight", "bias", "running_mean", "running_var"), he_scale=False):
+    """Random arrays under the key names and shapes of py-bottom-up-attention's VG checkpoints.
+
+    ``he_scale`` scales each weight by sqrt(2 / fan-in), so the 101-layer net runs without overflowing.
+    """
     shapes = {"backbone.stem.conv1.weight": (64, 3, 7, 7)}
     norms = ["backbone.stem.conv1.norm"]
     norm_width = {"backbone.stem.conv1.norm": 64}
@@ -43,9 +46,15 @@ def detectron2_vg_state(rng, attributes=True, norm_names=("weight", "bias", "run
                        "roi_heads.box_predictor.fc_attr.weight": (512, 2304), "roi_heads.box_predictor.fc_attr.bias": (512,),
                        "roi_heads.box_predictor.attr_score.weight": (401, 512), "roi_heads.box_predictor.attr_score.bias": (401,)})
     state = {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
+    if he_scale:
+        for key, value in state.items():
+            if value.ndim > 1 and not key.endswith("cls_embedding.weight"):
+                value *= np.sqrt(2.0 / np.prod(value.shape[1:]))
     for norm in norms:
         for leaf in norm_names:
             state[f"{norm}.{leaf}"] = rng.random(norm_width[norm], dtype=np.float32) + 0.5
+        if he_scale and norm.endswith("conv3.norm"):  # damp each residual branch, so 33 blocks stay finite
+            state[f"{norm}.{norm_names[0]}"] *= 0.1
     return state
 
 
