@@ -1,7 +1,9 @@
 """Kill each stage midway (SIGTERM, SIGKILL), rerun the same command, and compare with an
 uninterrupted run: the same ids, no duplicates, no losses, and `lait audit` passes."""
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,12 +12,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from warcio.warcwriter import WARCWriter
 
 import schemas
 from lait import cli
 from model.detectors import demo
-from tests.crawler.mocksite import TEST_SETTINGS
+from tests.crawler.mocksite import HTML, TEST_SETTINGS, html
 from tests.crawler.test_crawl_site import small_site, small_site_candidate_ids
+from tests.crawler.test_crawl_warc import _response as write_response
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,6 +89,51 @@ def test_crawl_killed_then_rerun_with_its_jobdir_loses_nothing(tmp_path, sig, pr
     stats = json.loads((run / "crawl" / "stats.json").read_text())
     assert stats["in"] == stats["kept"] + stats["rejected"] and stats["kept"] == len(expected)
     audit_ok(run)
+
+
+# ------------------------------------------------------------------------------------------- WARC
+
+def write_page_warc(path, site, pages: int) -> None:
+    """The site's pages as WARC response records, without their images (the download step fetches
+    them from the slow local site), plus a page whose image is gone (a counted reject)."""
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        for i in range(pages):
+            write_response(writer, f"{site.url}/p{i}.html", site.pages[f"/p{i}.html"][2], "text/html")
+        write_response(writer, f"{site.url}/gone.html", html('<img src="/img/gone.jpg" alt="An image that is gone">'),
+                       HTML["Content-Type"])
+
+
+def test_warc_reader_killed_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    full, out = tmp_path / "full" / "crawl", tmp_path / "run" / "crawl"
+    with small_site(8, slow_images=0.1) as site:
+        write_page_warc(tmp_path / "pages.warc.gz", site, 8)
+        command = [sys.executable, "-m", "lait", "crawl", "--warc", str(tmp_path / "pages.warc.gz"), "--out", str(out),
+                   "--allow-private-networks", "--min-side", "64", "--no-progress", "-s", "DOWNLOAD_DELAY=0"]
+        lait_ok(*command[3:7], str(full), *command[8:])  # the uninterrupted run
+        images_fetched = lambda: sum(n for p, n in list(site.counts.items()) if p.startswith("/img/"))
+        halfway = lambda before=None: images_fetched() >= before + 8  # of 18 images to fetch
+        # SIGKILL to `lait crawl` while the download step is halfway through the images.
+        run_and_kill(command, functools.partial(halfway, images_fetched()), signal.SIGKILL)
+        assert not (out / "stats.json").exists(), "a killed WARC run must not look complete"
+        temp = [p for p in (out / "candidates").glob("beam-temp-*") if p.is_dir()]
+        assert temp, "the killed run left Beam's temporary write folder"
+        # A kill between Beam's shard write and its rename leaves a finished temporary shard there;
+        # such a file ends in .parquet and would be read as part of the dataset if it stayed.
+        shutil.copy(schemas.list_parquet_files(str(full / "candidates"))[0], temp[0] / "0a1b-stale.warc.parquet")
+        lait_ok(*command[3:])  # the same command
+        # A rerun over a complete output, killed midway, must not leave the old stats.json behind.
+        run_and_kill(command, functools.partial(halfway, images_fetched()), signal.SIGKILL)
+        assert not (out / "stats.json").exists(), "an interrupted rerun must not keep the previous run's stats.json"
+        lait_ok(*command[3:])
+    for kind, folder, column in (("candidates", "candidates", "candidate_id"), ("rejected", "rejected", "candidate_id")):
+        got = ids_of(out / folder, kind, column)
+        assert sorted(got) == sorted(ids_of(full / folder, kind, column)) and len(set(got)) == len(got)
+    assert sorted(ids_of(out / "candidates", "candidates", "candidate_id")) == small_site_candidate_ids(site, 8)
+    assert not [p for p in out.rglob("*") if p.name.startswith("beam-temp")]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["in"] == stats["kept"] + stats["rejected"] == 25 and stats["rejected_by_reason"] == {"http_404": 1}
+    audit_ok(out.parent)
 
 
 # ----------------------------------------------------------------------------------------- filter
