@@ -3,6 +3,7 @@ uninterrupted run: the same ids, no duplicates, no losses, and `lait audit` pass
 import functools
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from warcio.warcwriter import WARCWriter
 import schemas
 from lait import cli
 from model.detectors import demo
-from tests.crawler.mocksite import HTML, TEST_SETTINGS, html
+from tests.crawler.mocksite import TEST_SETTINGS, html
 from tests.crawler.test_crawl_site import small_site, small_site_candidate_ids
 from tests.crawler.test_crawl_warc import _response as write_response
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene
@@ -101,18 +102,20 @@ def write_page_warc(path, site, pages: int) -> None:
         for i in range(pages):
             write_response(writer, f"{site.url}/p{i}.html", site.pages[f"/p{i}.html"][2], "text/html")
         write_response(writer, f"{site.url}/gone.html", html('<img src="/img/gone.jpg" alt="An image that is gone">'),
-                       HTML["Content-Type"])
+                       "text/html")
 
 
 def test_warc_reader_killed_then_rerun_gives_the_uninterrupted_result(tmp_path):
     full, out = tmp_path / "full" / "crawl", tmp_path / "run" / "crawl"
     with small_site(8, slow_images=0.1) as site:
         write_page_warc(tmp_path / "pages.warc.gz", site, 8)
-        command = [sys.executable, "-m", "lait", "crawl", "--warc", str(tmp_path / "pages.warc.gz"), "--out", str(out),
-                   "--allow-private-networks", "--min-side", "64", "--no-progress", "-s", "DOWNLOAD_DELAY=0"]
-        lait_ok(*command[3:7], str(full), *command[8:])  # the uninterrupted run
+        crawl_args = lambda folder: ["crawl", "--warc", str(tmp_path / "pages.warc.gz"), "--out", str(folder),
+                                     "--allow-private-networks", "--min-side", "64", "--no-progress",
+                                     "-s", "DOWNLOAD_DELAY=0"]
+        command = [sys.executable, "-m", "lait", *crawl_args(out)]
+        lait_ok(*crawl_args(full))  # the uninterrupted run
         images_fetched = lambda: sum(n for p, n in list(site.counts.items()) if p.startswith("/img/"))
-        halfway = lambda before=None: images_fetched() >= before + 8  # of 18 images to fetch
+        halfway = lambda before: images_fetched() >= before + 8  # of the 18 images a run fetches
         # SIGKILL to `lait crawl` while the download step is halfway through the images.
         run_and_kill(command, functools.partial(halfway, images_fetched()), signal.SIGKILL)
         assert not (out / "stats.json").exists(), "a killed WARC run must not look complete"
@@ -121,11 +124,11 @@ def test_warc_reader_killed_then_rerun_gives_the_uninterrupted_result(tmp_path):
         # A kill between Beam's shard write and its rename leaves a finished temporary shard there;
         # such a file ends in .parquet and would be read as part of the dataset if it stayed.
         shutil.copy(schemas.list_parquet_files(str(full / "candidates"))[0], temp[0] / "0a1b-stale.warc.parquet")
-        lait_ok(*command[3:])  # the same command
+        lait_ok(*crawl_args(out))  # the same command
         # A rerun over a complete output, killed midway, must not leave the old stats.json behind.
         run_and_kill(command, functools.partial(halfway, images_fetched()), signal.SIGKILL)
         assert not (out / "stats.json").exists(), "an interrupted rerun must not keep the previous run's stats.json"
-        lait_ok(*command[3:])
+        lait_ok(*crawl_args(out))
     for kind, folder, column in (("candidates", "candidates", "candidate_id"), ("rejected", "rejected", "candidate_id")):
         got = ids_of(out / folder, kind, column)
         assert sorted(got) == sorted(ids_of(full / folder, kind, column)) and len(set(got)) == len(got)
@@ -165,7 +168,7 @@ def filter_baseline(tmp_path_factory):
     return root, args
 
 
-def filter_command(tmp_path, filter_baseline, *extra: str) -> tuple[list[str], "os.PathLike"]:
+def filter_command(tmp_path, filter_baseline, *extra: str) -> tuple[list[str], pathlib.Path]:
     """`lait filter` over the baseline's candidates into a new run folder; (command, output folder)."""
     root, args = filter_baseline
     crawl, out = root / "run" / "crawl", tmp_path / "run" / "filter"
