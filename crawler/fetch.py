@@ -4,15 +4,22 @@ download step (a Beam DoFn cannot run Scrapy's reactor).
 Same rules as the crawl: the network guard on the first URL and on every redirect, robots.txt,
 the user agent with its contact URL, a per-host delay, a timeout, a size cap on the decompressed
 body, at most ``max_redirects`` hops.
+
+Each hop resolves its host once: the guard checks those addresses and the connection goes to one of
+them, never to a second answer (DNS rebinding). The Host header, and for HTTPS the SNI name and the
+certificate check, still use the host name. Environment proxies are not used: a proxy would
+resolve the name itself, out of the guard's sight.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.client
 import logging
+import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import urllib.robotparser
 import zlib
 from urllib.parse import urljoin, urlsplit
@@ -42,10 +49,33 @@ class Fetched:
     body: bytes
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # Redirects are followed by PoliteFetcher itself, so every hop passes the guard.
-    def redirect_request(self, *args, **kwargs):
-        return None
+class _PinnedConnectionMixin:
+    """Connects to addresses vetted by the guard instead of resolving the host name again."""
+
+    def __init__(self, host: str, port: int, *, addresses: list[str], **kwargs):
+        super().__init__(host, port, **kwargs)
+        self.addresses = list(addresses)
+        # http.client's connect() (and HTTPS's, before it wraps the socket for ``self.host``) opens
+        # the socket through this attribute: the one place where the name would be resolved again.
+        self._create_connection = self._connect_vetted
+
+    def _connect_vetted(self, address, timeout, source_address=None) -> socket.socket:
+        """A socket to the first vetted address that answers, on the URL's port."""
+        error = OSError(f"no address for {self.host}")
+        for ip in self.addresses:
+            try:
+                return socket.create_connection((ip, address[1]), timeout, source_address)
+            except OSError as exc:
+                error = exc
+        raise error
+
+
+class PinnedHTTPConnection(_PinnedConnectionMixin, http.client.HTTPConnection):
+    """An HTTP connection to the vetted addresses; the Host header keeps the host name."""
+
+
+class PinnedHTTPSConnection(_PinnedConnectionMixin, http.client.HTTPSConnection):
+    """An HTTPS connection to the vetted addresses; SNI and the certificate check use the host name."""
 
 
 class PoliteFetcher:
@@ -54,7 +84,8 @@ class PoliteFetcher:
     def __init__(self, user_agent: str = defaults.USER_AGENT, allow_private_networks: bool = False,
                  timeout: float = defaults.DOWNLOAD_TIMEOUT, max_bytes: int = defaults.LAIT_IMAGE_MAXSIZE,
                  obey_robots: bool = defaults.ROBOTSTXT_OBEY, delay: float = 1.0, max_redirects: int = defaults.REDIRECT_MAX_TIMES,
-                 resolve: netguard.Resolver = netguard.system_resolver):
+                 resolve: netguard.Resolver = netguard.system_resolver, allowed_networks: tuple[str, ...] = (),
+                 ssl_context: ssl.SSLContext | None = None):
         self.user_agent = user_agent
         self.allow_private_networks = allow_private_networks
         self.timeout = timeout
@@ -63,7 +94,8 @@ class PoliteFetcher:
         self.delay = delay
         self.max_redirects = max_redirects
         self.resolve = resolve
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self.allowed_networks = tuple(allowed_networks)  # CIDRs opened while the guard is on
+        self.ssl_context = ssl_context or ssl.create_default_context()
         self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -76,23 +108,39 @@ class PoliteFetcher:
             time.sleep(wait)
 
     def _get(self, url: str, max_bytes: int) -> Fetched:
-        """One guarded request, no redirect following."""
-        netguard.check_url(url, self.allow_private_networks, self.resolve)
-        self._wait_turn(urlsplit(url).netloc)
-        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent, "Accept-Encoding": "gzip"})
-        try:
-            response = self._opener.open(request, timeout=self.timeout)
-        except urllib.error.HTTPError as exc:  # 3xx (not followed here) and 4xx/5xx
-            response = exc
-        except (TimeoutError, OSError) as exc:
-            reason = "timeout" if "timed out" in str(exc) else "connection_error"
-            raise FetchError(reason, f"{url}: {exc}") from None
+        """One guarded request, no redirect following, connected to the address the guard checked."""
+        host, port = netguard.check_scheme(url)
+        addresses = (netguard.check_url(url, self.allow_private_networks, self.resolve, self.allowed_networks)
+                     or netguard.resolve_host(host, port, self.resolve))  # guard off: still resolve only once
+        parts = urlsplit(url)
+        self._wait_turn(parts.netloc)
+        if parts.scheme == "https":
+            connection = PinnedHTTPSConnection(host, port, addresses=addresses, timeout=self.timeout,
+                                               context=self.ssl_context)
+        else:
+            connection = PinnedHTTPConnection(host, port, addresses=addresses, timeout=self.timeout)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        with contextlib.closing(connection):
+            try:
+                connection.request("GET", target, headers={"User-Agent": self.user_agent, "Accept-Encoding": "gzip"})
+                response = connection.getresponse()
+            except http.client.InvalidURL as exc:  # control characters in the URL
+                raise FetchError("invalid_url", f"{url[:200]}: {exc}") from None
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:  # certificate errors included
+                reason = "timeout" if "timed out" in str(exc) else "connection_error"
+                raise FetchError(reason, f"{url}: {exc!r}") from None
+            except ValueError as exc:  # a non-ASCII path or header (after OSError: SSL errors are ValueErrors too)
+                raise FetchError("invalid_url", f"{url[:200]}: {exc}") from None
+            return self._body(url, response, max_bytes)
+
+    def _body(self, url: str, response: http.client.HTTPResponse, max_bytes: int) -> Fetched:
+        """The response read within the size cap and the deadline, gzip decoded."""
         with response:
             headers = {k.lower(): v for k, v in response.headers.items()}
             try:
                 raw = self._read(response, max_bytes + 1, url)
-            except (TimeoutError, OSError) as exc:
-                raise FetchError("timeout" if "timed out" in str(exc) else "connection_error", str(exc)) from None
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                raise FetchError("timeout" if "timed out" in str(exc) else "connection_error", repr(exc)) from None
         if len(raw) > max_bytes:
             raise FetchError("too_large", f"{url}: body over {max_bytes} bytes")
         if headers.get("content-encoding", "").lower() in ("gzip", "x-gzip"):
@@ -103,7 +151,7 @@ class PoliteFetcher:
                 raise FetchError("fetch_error", f"{url}: bad gzip body ({exc})") from None
             if len(raw) > max_bytes:
                 raise FetchError("too_large", f"{url}: body over {max_bytes} bytes after decompression")
-        return Fetched(url, getattr(response, "code", None) or response.status, headers, raw)
+        return Fetched(url, response.status, headers, raw)
 
     def _read(self, response, limit: int, url: str) -> bytes:
         """Up to ``limit`` bytes of the body within ``timeout`` seconds in all.

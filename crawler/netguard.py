@@ -54,6 +54,17 @@ def check_scheme(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def resolve_host(host: str, port: int, resolve: Resolver = system_resolver) -> list[str]:
+    """The host's addresses, or ``RefusedURL`` (reason ``dns_error``) when it does not resolve."""
+    try:
+        addresses = resolve(host, port)
+    except (socket.gaierror, UnicodeError, OSError) as exc:
+        raise RefusedURL("dns_error", f"{host}: {exc}") from None
+    if not addresses:
+        raise RefusedURL("dns_error", f"{host}: no address")
+    return list(addresses)
+
+
 def check_url(url: str, allow_private_networks: bool = False, resolve: Resolver = system_resolver,
               allowed_networks: tuple[str, ...] = ()) -> list[str]:
     """Resolve a URL's host and refuse it unless every address is public; returns the addresses.
@@ -64,12 +75,7 @@ def check_url(url: str, allow_private_networks: bool = False, resolve: Resolver 
     host, port = check_scheme(url)
     if allow_private_networks:
         return []
-    try:
-        addresses = resolve(host, port)
-    except (socket.gaierror, UnicodeError, OSError) as exc:
-        raise RefusedURL("dns_error", f"{host}: {exc}") from None
-    if not addresses:
-        raise RefusedURL("dns_error", f"{host}: no address")
+    addresses = resolve_host(host, port, resolve)
     networks = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
     blocked = [a for a in addresses if not is_public_address(a)
                and not any(ipaddress.ip_address(a.split("%")[0]) in n for n in networks)]

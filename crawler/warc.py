@@ -25,6 +25,8 @@ import datetime
 import glob
 import json
 import logging
+import os
+import shutil
 import zlib
 from typing import Any, Iterator
 
@@ -340,12 +342,23 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def _clear_previous(out_dir: str) -> None:
-    """A rerun into the same folder replaces the previous WARC output instead of adding to it."""
+    """A rerun into the same folder replaces the previous WARC output instead of adding to it.
+
+    Also goes: a killed run's Beam temporary folders (a shard written but not yet renamed there
+    ends in .parquet and would be read as data), and the previous stats.json, so an output whose
+    run is interrupted never looks complete: stats.json is written last.
+    """
+    patterns = [FileSystems.join(out_dir, output.STATS_FILE)]
     for sub in (output.CANDIDATES, output.REJECTED):
-        pattern = FileSystems.join(out_dir, sub, f"{PREFIX}-*.parquet")
-        stale = [m.path for match in FileSystems.match([pattern]) for m in match.metadata_list]
-        if stale:
-            FileSystems.delete(stale)
+        patterns += [FileSystems.join(out_dir, sub, f"{PREFIX}-*.parquet"),
+                     FileSystems.join(out_dir, sub, f"beam-temp-{PREFIX}-*", "*")]
+    stale = [m.path for match in FileSystems.match(patterns) for m in match.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+    if "://" not in out_dir:  # object stores have no folders; local empty temp folders go too
+        for sub in (output.CANDIDATES, output.REJECTED):
+            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{PREFIX}-*")):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

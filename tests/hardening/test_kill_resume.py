@@ -1,7 +1,10 @@
 """Kill each stage midway (SIGTERM, SIGKILL), rerun the same command, and compare with an
 uninterrupted run: the same ids, no duplicates, no losses, and `lait audit` passes."""
+import functools
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,12 +13,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from warcio.warcwriter import WARCWriter
 
 import schemas
 from lait import cli
 from model.detectors import demo
-from tests.crawler.mocksite import TEST_SETTINGS
+from tests.crawler.mocksite import TEST_SETTINGS, html
 from tests.crawler.test_crawl_site import small_site, small_site_candidate_ids
+from tests.crawler.test_crawl_warc import _response as write_response
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -87,6 +92,53 @@ def test_crawl_killed_then_rerun_with_its_jobdir_loses_nothing(tmp_path, sig, pr
     audit_ok(run)
 
 
+# ------------------------------------------------------------------------------------------- WARC
+
+def write_page_warc(path, site, pages: int) -> None:
+    """The site's pages as WARC response records, without their images (the download step fetches
+    them from the slow local site), plus a page whose image is gone (a counted reject)."""
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        for i in range(pages):
+            write_response(writer, f"{site.url}/p{i}.html", site.pages[f"/p{i}.html"][2], "text/html")
+        write_response(writer, f"{site.url}/gone.html", html('<img src="/img/gone.jpg" alt="An image that is gone">'),
+                       "text/html")
+
+
+def test_warc_reader_killed_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    full, out = tmp_path / "full" / "crawl", tmp_path / "run" / "crawl"
+    with small_site(8, slow_images=0.1) as site:
+        write_page_warc(tmp_path / "pages.warc.gz", site, 8)
+        crawl_args = lambda folder: ["crawl", "--warc", str(tmp_path / "pages.warc.gz"), "--out", str(folder),
+                                     "--allow-private-networks", "--min-side", "64", "--no-progress",
+                                     "-s", "DOWNLOAD_DELAY=0"]
+        command = [sys.executable, "-m", "lait", *crawl_args(out)]
+        lait_ok(*crawl_args(full))  # the uninterrupted run
+        images_fetched = lambda: sum(n for p, n in list(site.counts.items()) if p.startswith("/img/"))
+        halfway = lambda before: images_fetched() >= before + 8  # of the 18 images a run fetches
+        # SIGKILL to `lait crawl` while the download step is halfway through the images.
+        run_and_kill(command, functools.partial(halfway, images_fetched()), signal.SIGKILL)
+        assert not (out / "stats.json").exists(), "a killed WARC run must not look complete"
+        temp = [p for p in (out / "candidates").glob("beam-temp-*") if p.is_dir()]
+        assert temp, "the killed run left Beam's temporary write folder"
+        # A kill between Beam's shard write and its rename leaves a finished temporary shard there;
+        # such a file ends in .parquet and would be read as part of the dataset if it stayed.
+        shutil.copy(schemas.list_parquet_files(str(full / "candidates"))[0], temp[0] / "0a1b-stale.warc.parquet")
+        lait_ok(*crawl_args(out))  # the same command
+        # A rerun over a complete output, killed midway, must not leave the old stats.json behind.
+        run_and_kill(command, functools.partial(halfway, images_fetched()), signal.SIGKILL)
+        assert not (out / "stats.json").exists(), "an interrupted rerun must not keep the previous run's stats.json"
+        lait_ok(*crawl_args(out))
+    for kind, folder, column in (("candidates", "candidates", "candidate_id"), ("rejected", "rejected", "candidate_id")):
+        got = ids_of(out / folder, kind, column)
+        assert sorted(got) == sorted(ids_of(full / folder, kind, column)) and len(set(got)) == len(got)
+    assert sorted(ids_of(out / "candidates", "candidates", "candidate_id")) == small_site_candidate_ids(site, 8)
+    assert not [p for p in out.rglob("*") if p.name.startswith("beam-temp")]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["in"] == stats["kept"] + stats["rejected"] == 25 and stats["rejected_by_reason"] == {"http_404": 1}
+    audit_ok(out.parent)
+
+
 # ----------------------------------------------------------------------------------------- filter
 
 def write_candidates(folder, n: int) -> None:
@@ -116,23 +168,64 @@ def filter_baseline(tmp_path_factory):
     return root, args
 
 
-def test_filter_killed_twice_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(tmp_path, filter_baseline):
+def filter_command(tmp_path, filter_baseline, *extra: str) -> tuple[list[str], pathlib.Path]:
+    """`lait filter` over the baseline's candidates into a new run folder; (command, output folder)."""
     root, args = filter_baseline
     crawl, out = root / "run" / "crawl", tmp_path / "run" / "filter"
     os.makedirs(tmp_path / "run")
     os.symlink(crawl, tmp_path / "run" / "crawl")
-    command = [sys.executable, "-m", "lait", "filter", "--input", str(crawl), "--output", str(out), *args]
-    for sig in SIGNALS:  # killed by SIGTERM, then the rerun killed by SIGKILL, then a rerun to the end
-        # Beam creates pairs/ (its temporary write folder) once the pipeline runs.
-        run_and_kill(command, lambda: (out / "pairs").exists(), sig, whole_group=True)
-        assert not (out / "stats.json").exists(), "a killed filter run must not look complete"
-    lait_ok("filter", *command[4:])  # the same command: the interrupted run's partial files go
+    return [sys.executable, "-m", "lait", "filter", "--input", str(crawl), "--output", str(out), *args, *extra], out
+
+
+def assert_same_filter_output(out, filter_baseline) -> None:
+    """Pairs and rejects equal the uninterrupted run's, once each, no Beam leftovers, books audited."""
+    root, _ = filter_baseline
     for kind, folder, column in (("pairs", "pairs", "pair_id"), ("rejected", "rejected", "candidate_id")):
         got = ids_of(out / folder, kind, column)
         assert sorted(got) == sorted(ids_of(root / "run" / "filter" / folder, kind, column))
         assert len(set(got)) == len(got)
     assert not [p for p in out.rglob("*") if "beam-temp" in p.name]
-    audit_ok(tmp_path / "run")
+    audit_ok(out.parent)
+
+
+def test_filter_killed_twice_leaves_no_partial_output_and_the_rerun_equals_an_uninterrupted_run(tmp_path, filter_baseline):
+    command, out = filter_command(tmp_path, filter_baseline)
+    for sig in SIGNALS:  # killed by SIGTERM, then the rerun killed by SIGKILL, then a rerun to the end
+        # Beam creates pairs/ (its temporary write folder) once the pipeline runs.
+        run_and_kill(command, lambda: (out / "pairs").exists(), sig, whole_group=True)
+        assert not (out / "stats.json").exists(), "a killed filter run must not look complete"
+    lait_ok("filter", *command[4:])  # the same command: the interrupted run's partial files go
+    assert_same_filter_output(out, filter_baseline)
+
+
+def test_filter_in_multi_processing_mode_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, filter_baseline):
+    command, out = filter_command(tmp_path, filter_baseline, "--direct_running_mode", "multi_processing",
+                                  "--direct_num_workers", "2")
+    # SIGKILL to the driver alone, as `kill -9 PID` would, once its SDK worker processes run: they
+    # must not live on (run_and_kill waits for the whole group; they exit when the driver's gRPC
+    # channel closes, within a few seconds here).
+    run_and_kill(command, lambda: (out / "pairs").exists() and beam_workers_of(str(out)) >= 2, signal.SIGKILL)
+    assert not (out / "stats.json").exists(), "a killed filter run must not look complete"
+    lait_ok("filter", *command[4:])
+    assert_same_filter_output(out, filter_baseline)
+
+
+def beam_workers_of(output: str) -> int:
+    """How many Beam SDK worker processes run in the session of a command whose arguments name ``output``."""
+    sessions, workers = set(), []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                session = f.read().rsplit(")", 1)[1].split()[3]  # the fields after the command name
+        except (OSError, IndexError):  # not a process, or it ended meanwhile
+            continue
+        if output.encode() in args:
+            sessions.add(session)
+        elif b"apache_beam.runners.worker.sdk_worker_main" in args:  # the python, not its sh -c
+            workers.append(session)
+    return sum(s in sessions for s in workers)
 
 
 # --------------------------------------------------------------------------------------- features
