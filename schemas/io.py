@@ -29,6 +29,14 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
 
 
+def _is_data_file(relative: str) -> bool:
+    """Hidden and in-progress files are never part of a dataset, nor what lies in a Beam sink's temporary
+    folder (a job killed between writing a shard and renaming it leaves one there)."""
+    *folders, name = relative.split("/")
+    return not any(part.startswith((".", "_")) for part in folders + [name]) \
+        and not any(folder.startswith("beam-temp-") for folder in folders)
+
+
 def list_parquet_files(path: str) -> list[str]:
     """The Parquet files of a dataset (a single file, or a folder searched recursively), sorted."""
     fs, inner = _filesystem(path)
@@ -43,8 +51,7 @@ def list_parquet_files(path: str) -> list[str]:
         for f in fs.get_file_info(selector)
         if f.type == pafs.FileType.File
         and f.path.endswith(PARQUET_SUFFIX)
-        # hidden and in-progress files are never part of a dataset
-        and not any(part.startswith((".", "_")) for part in posixpath.relpath(f.path, inner).split("/"))
+        and _is_data_file(posixpath.relpath(f.path, inner))
     ]
     return sorted(files)
 

@@ -152,6 +152,14 @@ def test_unreadable_and_partial_files(tmp_path):
     (tmp_path / ".part-00001.parquet.abc.tmp").write_bytes(b"partial")
     # a hidden in-progress file is not part of the dataset; an empty folder is an empty dataset
     assert schemas.count_rows(str(tmp_path), "captions") == 0
+    # nor is a shard a killed Beam job left in its sink's temporary folder (it would count twice)
+    temp = tmp_path / "beam-temp-part-0123abcd"
+    temp.mkdir()
+    rows = schemas.to_table([{"caption_id": "c", "image_id": "i", "caption": "a dog", "split": "train"}], "captions")
+    schemas.write_table(rows, str(temp / "0123.parquet"), "captions")
+    assert schemas.list_parquet_files(str(tmp_path)) == [] and schemas.count_rows(str(tmp_path), "captions") == 0
+    schemas.write_table(rows, str(tmp_path / "beam-temp-looking-name.parquet"), "captions")  # a file name is not a folder
+    assert schemas.count_rows(str(tmp_path), "captions") == 1
     with pytest.raises(FileNotFoundError):
         schemas.open_dataset(str(tmp_path / "nothing-here"), "captions")
 
