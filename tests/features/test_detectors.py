@@ -176,11 +176,12 @@ def test_batched_greedy_nms_equals_torchvision_per_image():
 @pytest.mark.parametrize("name", ["vg-r101-c4", "coco-r50-fpn"])
 def test_batched_rpn_nms_gives_the_same_regions(name):
     torch.manual_seed(0)
-    detector = build_detector(name, random_init=True, config={**TINY[name], "rpn_post_nms_top_n": 30})
+    # vg's res5 on 14x14 RoIs is the CPU's cost: few proposals there; NMS still filters its 6,000 anchors.
+    detector = build_detector(name, random_init=True, config={**TINY[name], "rpn_post_nms_top_n": 6 if name == "vg-r101-c4" else 30})
     torch.nn.init.normal_(detector.model.rpn.head.cls_logits.weight, std=0.05)  # spread, unsaturated objectness
     images = [decode_for_detector(encode(make_scene(i, size)[0]), detector.spec.input_size).pixels
               for i, size in enumerate([(50, 80), (96, 64), (80, 80)])]
-    selection = BoxSelection(min_boxes=3, max_boxes=8)
+    selection = BoxSelection(min_boxes=3, max_boxes=6)
     plain = detector(images, selection)
     detector.optimize_for("cpu", fuse=False, batched_rpn_nms=True)
     from model.detectors.fusion import _batched_filter_proposals
