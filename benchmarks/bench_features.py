@@ -100,17 +100,20 @@ def torchvision_stock(detector, images: list[bytes], batch_size: int, repeats: i
     return repeats * len(tensors) / (time.perf_counter() - start)
 
 
-def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSelection, workdir: str) -> tuple[float, dict]:
+def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSelection, workdir: str,
+               decode: str = "workers") -> tuple[float, dict]:
     """Images/s of the whole local runner (Parquet in, decode, detect, Parquet out)."""
     rows = [{"pair_id": f"p{i}", "image_id": f"{i:08d}", "caption": "x", "image_bytes": data} for i, data in enumerate(images)]
     source = os.path.join(workdir, f"in-{name}")
-    schemas.write_table(schemas.to_table(rows, "pairs"), os.path.join(source, "pairs", "part-00000.parquet"), "pairs",
-                        row_group_size=args.batch_size * 4)
+    if not os.path.exists(source):
+        schemas.write_table(schemas.to_table(rows, "pairs"), os.path.join(source, "pairs", "part-00000.parquet"), "pairs",
+                            row_group_size=args.batch_size * 4)
     options = FeatureOptions(detector=name, random_init=True, batch_size=args.batch_size, num_workers=args.num_workers,
-                             images_per_shard=args.batch_size * 4, min_boxes=selection.min_boxes, max_boxes=selection.max_boxes)
+                             images_per_shard=args.batch_size * 4, min_boxes=selection.min_boxes, max_boxes=selection.max_boxes,
+                             decode=decode)
     best, stats = 0.0, {}
     for run in range(args.repeats):
-        out = os.path.join(workdir, f"out-{name}-{run}")
+        out = os.path.join(workdir, f"out-{name}-{decode}-{run}")
         start = time.perf_counter()
         stats = extract_regions(source, out, options, detector=detector)
         best = max(best, len(images) / (time.perf_counter() - start))
@@ -133,6 +136,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="time these inference rewrites model-only first; end to end then uses the fastest")
+    parser.add_argument("--decode", nargs="+", default=["workers"], choices=("workers", "device"),
+                        help="end to end with JPEGs decoded in the workers and/or on the device (the first is reported)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -158,13 +163,15 @@ def main(argv=None) -> int:
             detector = build_detector(name, random_init=True, config=config or None).optimize_for(
                 device, args.precision, **(VARIANTS[best] if best else {}))
             model_ips, split = variants[best] if best else model_only(detector, images, args.batch_size, selection, args.repeats)
-            e2e_ips, stats = end_to_end(detector, name, images, args, selection, workdir)
+            by_decode = {mode: end_to_end(detector, name, images, args, selection, workdir, mode) for mode in args.decode}
+            e2e_ips, stats = by_decode[args.decode[0]]
             row = {"detector": name, "device": device_name, "precision": detector.precision,
                    "input": f"{detector.spec.min_size}/{detector.spec.max_size}", "batch": args.batch_size,
                    "images": args.images, "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
                    "ratio_e2e_to_model": round(e2e_ips / model_ips, 3),
                    # after the pipeline filled: images / (run time - time until the first decoded batch arrived)
                    "end_to_end_after_fill_ips": round(args.images / (stats["seconds"] - stats["seconds_to_first_batch"]), 2),
+                   "end_to_end_ips_by_decode": {mode: round(r[0], 2) for mode, r in by_decode.items()},
                    "e2e_seconds_by_phase": stats["seconds_by_phase"], "e2e_seconds_to_first_batch": stats["seconds_to_first_batch"], "boxes_per_image": stats["boxes_per_image"],
                    "ms_per_batch_by_part": split, "variant": best or "default",
                    "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()}}

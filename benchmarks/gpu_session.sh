@@ -12,9 +12,9 @@ PY=${PYTHON:-python3}
 common=(--device cuda --batch-size 64 --num-workers 14 --repeats 2)
 # vg: folded batch norms alone vs + the batched RPN NMS; end to end with the faster (phases in the JSON)
 timeout "${VG_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${VG_IMAGES:-512}" \
-    --variants fused fused+rpn --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
+    --variants fused fused+rpn --decode workers device --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
 timeout "${COCO_TIMEOUT:-100}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-384}" \
-    --variants fused fused+rpn --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
+    --variants fused fused+rpn --decode workers device --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
 # training: eager, compiled (profiled: which kernels the compiled step runs), baseline eager
 timeout "${TRAIN_TIMEOUT:-200}" $PY benchmarks/bench_train.py --preset base --device cuda --compile --eager-too \
     --eager-baseline --profile 30 --steps 10 --warmup 3 --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"

@@ -47,7 +47,8 @@ import torch
 import schemas
 from model.detectors import BoxSelection, Regions, build_detector, read_class_names
 from model.detectors.base import DetectorSpec, RegionDetector
-from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector
+from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
+                                    prepare_for_device_decode)
 from schemas.io import _filesystem
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class FeatureOptions:
     score_thresh: float = 0.2
     nms_thresh: float = 0.3
     topk: int = 10
+    decode: str = "workers"  # workers (Pillow in the DataLoader workers) | device (plain JPEGs on the detector's device)
 
     @property
     def selection(self) -> BoxSelection:
@@ -351,7 +353,8 @@ class DecodedBatch:
     def pin_memory(self) -> "DecodedBatch":
         """Page-locked pixels, so the copy to the GPU can overlap compute (DataLoader's pin thread calls this)."""
         for item in self.inputs:
-            item.pixels = item.pixels.pin_memory()
+            if item.pixels is not None:  # still-encoded JPEGs go to the device decoder as they are
+                item.pixels = item.pixels.pin_memory()
         return self
 
 
@@ -382,10 +385,11 @@ def batch_pieces(shards: list[Shard], batch_size: int) -> list[tuple[int, list[t
 class ShardImages(torch.utils.data.IterableDataset):
     """Reads and decodes batch-sized pieces of the shards; each DataLoader worker takes every n-th piece."""
 
-    def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, batch_size: int):
+    def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, batch_size: int, decode: str = "workers"):
         self.dataset = dataset
         self.pieces = batch_pieces(shards, batch_size)
         self.spec = spec
+        self.prepare = prepare_for_device_decode if decode == "device" else decode_for_detector
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         info = torch.utils.data.get_worker_info()
@@ -401,11 +405,20 @@ class ShardImages(torch.utils.data.IterableDataset):
             table = _open_parquet(self.dataset, file).read_row_group(group, columns=INPUT_COLUMNS).take(rows)
             for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image_bytes").to_pylist()):
                 try:
-                    inputs.append(decode_for_detector(data, self.spec.input_size))
+                    inputs.append(self.prepare(data, self.spec.input_size))
                     ids.append(image_id)
                 except ImageRejected as exc:
                     rejects.append((image_id, exc.reason, exc.detail))
         return DecodedBatch(shard, ids, inputs, rejects)
+
+
+def _decode_on_device(batch: DecodedBatch, device: torch.device) -> None:
+    """Decode a batch's still-encoded JPEGs on the device; the ones nothing can decode move to its rejects."""
+    errors = decode_on_device(batch.inputs, device)
+    if any(errors):
+        kept = [(i, item) for i, item, error in zip(batch.image_ids, batch.inputs, errors) if error is None]
+        batch.rejects += [(i, e.reason, e.detail) for i, e in zip(batch.image_ids, errors) if e is not None]
+        batch.image_ids, batch.inputs = [i for i, _ in kept], [item for _, item in kept]
 
 
 def _keep(batch: DecodedBatch) -> DecodedBatch:
@@ -494,7 +507,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     device = detector.device
     workers = max(0, options.num_workers)
     loader = torch.utils.data.DataLoader(
-        ShardImages(dataset, todo, spec, options.batch_size),
+        ShardImages(dataset, todo, spec, options.batch_size, options.decode),
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep,
@@ -526,6 +539,8 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
             phases["waiting_for_data"] += now - mark
             first_batch = now - started if first_batch is None else first_batch
             result = pending.setdefault(batch.shard, _ShardResult())
+            if any(item.pixels is None for item in batch.inputs):
+                _decode_on_device(batch, device)
             for image_id, reason, detail in batch.rejects:
                 result.rejected.append(schemas.rejected_row(STAGE, reason, detail, image_id=image_id))
             outputs = detect_splitting_on_oom(detector, [it.pixels for it in batch.inputs], options.selection, options.topk)

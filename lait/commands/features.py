@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
     parser.add_argument("--max-size", type=int, help="override the network input long-side cap (vg 1000, coco 1333)")
     if local:
         parser.add_argument("--num-workers", type=int, default=2, help="DataLoader decode workers (default 2; 0 = main process)")
+        parser.add_argument("--decode", default="workers", choices=("workers", "device"),
+                            help="where JPEGs are decoded: workers (Pillow, default) or device (plain upright JPEGs "
+                                 "batched through nvJPEG on CUDA; the rest still in the workers)")
         parser.add_argument("--images-per-shard", type=int, default=512, help="images per output shard (default 512)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -47,7 +50,7 @@ def options_from_args(args: argparse.Namespace):
 
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v is not None}
     min_boxes, max_boxes = (args.fixed_boxes, args.fixed_boxes) if args.fixed_boxes else (args.min_boxes, args.max_boxes)
-    local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard") if hasattr(args, k)}
+    local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode") if hasattr(args, k)}
     options = FeatureOptions(
         detector=args.detector, weights=args.weights, random_init=args.random_init,
         download_weights=args.download_weights, class_names_file=args.classes, detector_config=overrides,

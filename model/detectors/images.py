@@ -31,11 +31,17 @@ class ImageRejected(Exception):
 
 @dataclass
 class DetectorInput:
-    """One image ready for a detector: uint8 pixels at network size and its oriented original size."""
+    """One image ready for a detector: uint8 pixels at network size and its oriented original size.
 
-    pixels: torch.Tensor  # uint8 [3, h, w]
+    An input prepared for decoding on the device (``prepare_for_device_decode``) holds the JPEG bytes
+    in ``encoded`` and its network size in ``target`` until ``decode_on_device`` fills ``pixels``.
+    """
+
+    pixels: torch.Tensor | None  # uint8 [3, h, w]
     width: int  # original width after EXIF orientation
     height: int
+    encoded: torch.Tensor | None = None  # uint8 [n] JPEG bytes
+    target: tuple[int, int] | None = None  # (width, height) at network size
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -61,3 +67,67 @@ def decode_for_detector(data: bytes | None, input_size: Callable[[int, int], tup
         image = image.resize((target_w, target_h), Image.Resampling.BILINEAR)
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
     return DetectorInput(pixels=pixels, width=width, height=height)
+
+
+# ----------------------------------------------------------------------------------------------
+# JPEG decoding on the detector's device (nvJPEG through torchvision on CUDA)
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_for_device_decode(data: bytes | None, input_size: Callable[[int, int], tuple[int, int]]) -> DetectorInput:
+    """Check an image's header in the worker; plain upright RGB/grayscale JPEGs stay encoded for the device.
+
+    Everything else (other formats, CMYK, EXIF-rotated photos) is decoded here as ``decode_for_detector``
+    does, and so are all the checks and reject reasons.
+    """
+    try:
+        with imageio.open_image(data, max_pixels=imageio.HARD_MAX_PIXELS) as image:
+            plain_jpeg = (image.format == "JPEG" and image.mode in ("RGB", "L")
+                          and imageio.exif_orientation(image) == 1 and image.width >= 1 and image.height >= 1)
+            width, height = image.size
+    except imageio.ImageError:
+        plain_jpeg = False
+    if not plain_jpeg:
+        return decode_for_detector(data, input_size)
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return DetectorInput(pixels=None, width=width, height=height, encoded=encoded, target=input_size(width, height))
+
+
+def decode_on_device(inputs: list[DetectorInput], device: torch.device) -> list[ImageRejected | None]:
+    """Decode the still-encoded inputs on ``device`` in one batched call and resize them to network size.
+
+    Fills ``pixels`` in place; returns, per input, None or the ``ImageRejected`` of a JPEG that neither
+    the device nor Pillow could decode (the device decoder refuses some files Pillow reads: those go
+    through ``decode_for_detector``).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    pending = [i for i, item in enumerate(inputs) if item.pixels is None]
+    errors: list[ImageRejected | None] = [None] * len(inputs)
+    if not pending:
+        return errors
+    try:
+        decoded = decode_jpeg([inputs[i].encoded for i in pending], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one bad file fails the batched call: decode one at a time
+        decoded = []
+        for i in pending:
+            try:
+                decoded.append(decode_jpeg(inputs[i].encoded, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                decoded.append(None)
+    for i, pixels in zip(pending, decoded):
+        item = inputs[i]
+        if pixels is None:
+            try:
+                fallback = decode_for_detector(item.encoded.numpy().tobytes(), lambda w, h: item.target)
+                item.pixels = fallback.pixels
+            except ImageRejected as exc:
+                errors[i] = exc
+            continue
+        target_w, target_h = item.target
+        if tuple(pixels.shape[1:]) != (target_h, target_w):
+            resized = torch.nn.functional.interpolate(pixels[None].float(), size=(target_h, target_w), mode="bilinear",
+                                                      antialias=True, align_corners=False)
+            pixels = resized[0].round_().clamp_(0, 255).to(torch.uint8)
+        item.pixels = pixels
+    return errors

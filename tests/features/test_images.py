@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.detectors.images import ImageRejected, decode_for_detector
+from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector
 
 
 def _same_size(width, height):
@@ -105,3 +105,34 @@ def test_broken_inputs_get_reasons():
         with pytest.raises(ImageRejected) as info:
             decode_for_detector(data, _same_size)
         assert info.value.reason == reason, data[:20] if data else data
+
+
+def test_device_decode_keeps_plain_jpegs_encoded_and_matches_pillow():
+    """--decode device: plain upright JPEGs reach the device encoded; the rest decode in the worker as before."""
+    import torch
+
+    from model.detectors.images import decode_on_device, prepare_for_device_decode
+
+    to_net = lambda w, h: (w // 2, h // 2)  # noqa: E731  (a downscale, so the resize is exercised)
+    photo = _encode(_scene((120, 90)), "JPEG", quality=95)
+    plain = prepare_for_device_decode(photo, to_net)
+    assert plain.pixels is None and plain.target == (60, 45) and (plain.width, plain.height) == (120, 90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for other in (_encode(_scene(), "PNG"), _encode(_scene().convert("CMYK"), "JPEG"), _encode(_scene(), "JPEG", exif=exif.tobytes())):
+        ready = prepare_for_device_decode(other, to_net)
+        assert ready.pixels is not None and ready.encoded is None  # decoded in the worker, oriented
+    with pytest.raises(ImageRejected) as rejected:
+        prepare_for_device_decode(b"<html>", to_net)
+    assert rejected.value.reason == "image_undecodable"
+
+    with pytest.raises(ImageRejected):  # a truncated file is caught by the worker's header check already
+        prepare_for_device_decode(photo[: len(photo) // 3], to_net)
+    # Bytes that got past the header check but that no decoder can read: rejected, not lost, not a crash.
+    cut = DetectorInput(pixels=None, width=120, height=90, encoded=torch.frombuffer(bytearray(b"\xff\xd8junk"), dtype=torch.uint8),
+                        target=(60, 45))
+    errors = decode_on_device([plain, cut], torch.device("cpu"))  # torchvision's decoder, on the CPU here
+    assert errors[0] is None and plain.pixels.shape == (3, 45, 60) and plain.pixels.dtype == torch.uint8
+    reference = decode_for_detector(photo, to_net).pixels
+    assert (plain.pixels.float() - reference.float()).abs().mean() < 4  # two decoders, two bilinear resizes
+    assert errors[1] is not None and errors[1].reason == "image_undecodable" and cut.pixels is None

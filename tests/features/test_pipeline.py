@@ -161,3 +161,18 @@ def test_cli_reports_missing_weights(tmp_path, capsys):
     code = cli.main(["features", "--input", str(tmp_path / "filter"), "--output", str(tmp_path / "out"),
                      "--detector", "demo", "--no-progress"])
     assert code == 2 and "--weights" in capsys.readouterr().err
+
+
+def test_device_decoding_keeps_the_same_books(tmp_path, demo_weights):
+    """--decode device (torchvision's JPEG decoder on the detector's device; the CPU here) keeps every image."""
+    images = [encode(make_scene(i, (120, 90))[0], "JPEG", quality=92) for i in range(3)]
+    images += [encode(make_scene(7)[0]), _rotated_jpeg(), b"junk"]
+    write_pairs(tmp_path / "filter", images)
+    by_mode = {}
+    for mode in ("workers", "device"):
+        stats = extract_regions(str(tmp_path / "filter"), str(tmp_path / mode), _options(demo_weights, decode=mode, batch_size=4))
+        rows = schemas.read_table(str(tmp_path / mode / "regions"), "regions").to_pylist()
+        by_mode[mode] = (stats["in"], stats["kept"], stats["rejected_by_reason"],
+                         sorted((r["image_id"], r["image_width"], r["image_height"]) for r in rows))
+    assert by_mode["device"] == by_mode["workers"]
+    assert by_mode["device"][:3] == (6, 5, {"image_undecodable": 1})
