@@ -77,6 +77,8 @@ def dilated_as_batch(module: nn.Module) -> int:
     """Swap every eligible dilated 3x3 convolution for its parity-grid form; returns how many."""
     swapped = 0
     for parent in list(module.modules()):
+        if isinstance(parent, DilatedAsBatchConv):  # already swapped (a second call changes nothing)
+            continue
         for name, child in list(parent.named_children()):
             if (isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3) and child.dilation == (2, 2)
                     and child.padding == (2, 2) and child.stride == (1, 1) and child.groups == 1):

@@ -127,6 +127,7 @@ def test_folded_batchnorm_and_parity_grid_convs_give_the_same_regions(name):
     names = {type(m).__name__ for m in detector.model.modules()}
     assert "FrozenBatchNorm2d" not in names
     assert ("DilatedAsBatchConv" in names) == (name == "vg-r101-c4")  # only vg's res5 is dilated
+    detector.optimize_for("cpu", fuse=True, dilated_as_batch=True)  # a second call rewrites nothing twice
     fused = detector(images, selection)
     for a, b in zip(plain, fused, strict=True):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
