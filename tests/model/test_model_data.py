@@ -137,6 +137,30 @@ def test_wordpiece_tokenizer_trained_on_captions():
     assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]" and "[UNK]" not in encoding.tokens
 
 
+def test_trained_word_pieces_are_numbered_by_the_data_alone():
+    """The trainer's hash-map numbering varies by process; the renumbered vocabulary does not."""
+    from tokenizers import Tokenizer
+
+    from model.train import number_by_first_use
+
+    texts = ["a small red triangle left of a large blue circle", "one green star", "a large blue circle"] * 3
+    trained = train_wordpiece(texts, vocab_size=120)
+    state = json.loads(trained.to_str())
+    vocab = state["model"]["vocab"]
+    regular = sorted((t for t in vocab if vocab[t] >= 5), key=vocab.__getitem__)
+    # Another process's numbering: the same pieces, the regular ones in reverse.
+    state["model"]["vocab"] = {**{t: i for t, i in vocab.items() if i < 5},
+                               **{t: 5 + i for i, t in enumerate(reversed(regular))}}
+    shuffled = Tokenizer.from_str(json.dumps(state))
+    assert shuffled.encode("one green star").ids != trained.encode("one green star").ids
+    first, second = number_by_first_use(trained, texts), number_by_first_use(shuffled, list(reversed(texts)))
+    assert first.get_vocab() == second.get_vocab()
+    assert special_ids(first) == special_ids(trained), "special tokens keep their ids"
+    encoding = first.encode("a large blue circle")
+    assert encoding.tokens == trained.encode("a large blue circle").tokens
+    assert encoding.ids == [2, 5, 6, 7, 8, 3], "\"a large blue circle\" sorts first: its pieces follow the specials"
+
+
 def _png(path, color, size=(8, 6)):
     from PIL import Image
 
