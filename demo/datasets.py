@@ -54,5 +54,6 @@ def write_train_captions(pairs_dir: str, out_dir: str, split: str = "train") -> 
             if cid not in seen:  # the same (image, caption) kept twice is one caption
                 seen.add(cid)
                 rows.append({"caption_id": cid, "image_id": iid, "caption": text, "split": split})
+    rows.sort(key=lambda row: (row["image_id"], row["caption_id"]))  # by id, not in the crawl's order
     schemas.write_table(schemas.to_table(rows, "captions"), os.path.join(out_dir, "part-00000.parquet"), "captions")
     return len(rows)

@@ -275,15 +275,23 @@ class PairStream(IterableDataset):
 
 
 def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    """A shuffle buffer: holds ``size`` items and emits a random one as each new one arrives."""
+    """A shuffle buffer: holds ``size`` items and emits a random one as each new one arrives.
+
+    When the whole epoch fits in the buffer it is sorted by caption id before the shuffle, so the
+    order depends on the seed alone, not on the row order of the files (which follows the crawl).
+    """
     buffer: list[dict] = []
+    emitted = False
     for item in items:
         if len(buffer) < size:
             buffer.append(item)
             continue
+        emitted = True
         slot = rng.randrange(size)
         yield buffer[slot]
         buffer[slot] = item
+    if not emitted:
+        buffer.sort(key=lambda example: (example["caption_id"], example["image"].image_id))
     rng.shuffle(buffer)
     yield from buffer
 

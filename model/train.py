@@ -32,7 +32,7 @@ from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_argum
 from model.data import dataset_report, feature_dim_of, make_loader, num_classes_of
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
-from model.tokenizer import load_tokenizer, special_ids, train_wordpiece
+from model.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,33 @@ def build_tokenizer(config: TrainConfig):
         return load_tokenizer(config.tokenizer, config.lowercase)
     if config.bert:
         return load_tokenizer(config.bert, config.lowercase)
-    return train_wordpiece(training_captions(config), config.tokenizer_vocab_size, config.lowercase)
+    texts = training_captions(config)
+    return number_by_first_use(train_wordpiece(texts, config.tokenizer_vocab_size, config.lowercase), texts)
+
+
+def number_by_first_use(tokenizer, texts: list[str]):
+    """The same word pieces renumbered by the data alone: specials, then first use over the sorted captions, then the rest.
+
+    The ``tokenizers`` WordPiece trainer numbers pieces in hash-map order, which changes from one
+    process to the next, so the same captions and seed gave differently initialised models.
+    """
+    from tokenizers import Tokenizer
+
+    state = json.loads(tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    order = sorted(SPECIAL_TOKENS, key=vocab.__getitem__)
+    seen = set(order)
+    for encoding in tokenizer.encode_batch(sorted(set(texts)), add_special_tokens=False):
+        for token in encoding.tokens:
+            if token not in seen:
+                seen.add(token)
+                order.append(token)
+    order += sorted(set(vocab) - seen)
+    # The special tokens keep their ids, so the post-processor and added_tokens entries stay valid.
+    if [vocab[t] for t in order[:len(SPECIAL_TOKENS)]] != list(range(len(SPECIAL_TOKENS))):
+        return tokenizer
+    state["model"]["vocab"] = {token: index for index, token in enumerate(order)}
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:

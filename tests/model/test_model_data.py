@@ -70,6 +70,33 @@ def test_stream_order_depends_on_the_seed_only(synth_dir):
     assert first_batch(1) != first_batch(2)
 
 
+def test_stream_order_does_not_follow_the_files_row_order(tmp_path):
+    """The same images in another row order and shard split (another crawl order) give the same epochs."""
+    ids = [f"img{i:02d}" for i in range(12)]
+    captions = [{"caption_id": f"c{i:02d}", "image_id": image, "caption": "red circle", "split": "train"}
+                for i, image in enumerate(ids)]
+    config = tiny_config(feature_dim=4, max_regions=8)
+    tokenizer_json = _tokenizer_json(["red circle"])
+
+    def epochs(name, order, shards, buffer):
+        regions = tmp_path / name / "regions"
+        for index, part in enumerate(np.array_split(np.array(order), shards)):
+            _write_regions(str(regions / f"part-{index:05d}.parquet"), [_region_row(i, 2) for i in part])
+        schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / name / "captions" / "p.parquet"),
+                            "captions")
+        stream = PairStream([DatasetConfig(str(regions), str(tmp_path / name / "captions"), "train")],
+                            tokenizer_json, config, seed=5, shuffle_buffer=buffer)
+        examples = iter(stream)
+        return [next(examples)["caption_id"] for _ in range(2 * len(ids))]
+
+    crawled = epochs("a", ids, 1, 64)
+    reordered = epochs("b", ids[::-1][5:] + ids[::-1][:5], 3, 64)
+    assert crawled == reordered
+    caption_ids = [c["caption_id"] for c in captions]
+    assert sorted(crawled[:12]) == caption_ids and crawled[:12] != caption_ids, "every caption once, shuffled"
+    assert crawled[:12] != crawled[12:], "each epoch is shuffled anew"
+
+
 def test_images_without_regions_and_unmatched_captions(tmp_path):
     regions = tmp_path / "features" / "regions"
     _write_regions(str(regions / "part-00000.parquet"), [_region_row("a", 3), _region_row("b", 0), _region_row("c", 2)])
@@ -108,6 +135,30 @@ def test_wordpiece_tokenizer_trained_on_captions():
     assert ids["pad"] == 0 and ids["first_regular"] == 5
     encoding = tokenizer.encode("a small red triangle")
     assert encoding.tokens[0] == "[CLS]" and encoding.tokens[-1] == "[SEP]" and "[UNK]" not in encoding.tokens
+
+
+def test_trained_word_pieces_are_numbered_by_the_data_alone():
+    """The trainer's hash-map numbering varies by process; the renumbered vocabulary does not."""
+    from tokenizers import Tokenizer
+
+    from model.train import number_by_first_use
+
+    texts = ["a small red triangle left of a large blue circle", "one green star", "a large blue circle"] * 3
+    trained = train_wordpiece(texts, vocab_size=120)
+    state = json.loads(trained.to_str())
+    vocab = state["model"]["vocab"]
+    regular = sorted((t for t in vocab if vocab[t] >= 5), key=vocab.__getitem__)
+    # Another process's numbering: the same pieces, the regular ones in reverse.
+    state["model"]["vocab"] = {**{t: i for t, i in vocab.items() if i < 5},
+                               **{t: 5 + i for i, t in enumerate(reversed(regular))}}
+    shuffled = Tokenizer.from_str(json.dumps(state))
+    assert shuffled.encode("one green star").ids != trained.encode("one green star").ids
+    first, second = number_by_first_use(trained, texts), number_by_first_use(shuffled, list(reversed(texts)))
+    assert first.get_vocab() == second.get_vocab()
+    assert special_ids(first) == special_ids(trained), "special tokens keep their ids"
+    encoding = first.encode("a large blue circle")
+    assert encoding.tokens == trained.encode("a large blue circle").tokens
+    assert encoding.ids == [2, 5, 6, 7, 8, 3], "\"a large blue circle\" sorts first: its pieces follow the specials"
 
 
 def _png(path, color, size=(8, 6)):
