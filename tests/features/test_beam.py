@@ -83,3 +83,30 @@ def test_beam_writes_attributes_of_an_attribute_checkpoint(tmp_path):
         assert_that(out["regions"] | beam.Map(lambda r: (len(r["topk_attribute_ids"]) == r["num_boxes"],
                                                         {len(a) for a in r["topk_attribute_ids"]})),
                     equal_to([(True, {4})] * 2))
+
+
+def test_rerun_refuses_a_finished_output_and_clears_an_interrupted_one(tmp_path):
+    """The Beam form cannot resume: a finished output is refused; a killed run's leftovers never double the rows."""
+    import shutil
+
+    import pytest
+
+    weights = _weights(tmp_path)
+    write_pairs(tmp_path / "filter", [encode(make_scene(i)[0]) for i in range(3)])
+    argv = ["--input", str(tmp_path / "filter"), "--detector", "demo", "--weights", weights, "--min-boxes", "2",
+            "--max-boxes", "5"] + DIRECT
+    done = tmp_path / "done"
+    run(argv + ["--output", str(done)])
+    with pytest.raises(ValueError, match="already holds a finished features run"):
+        run(argv + ["--output", str(done)])
+    # What a run killed before its end leaves: finished shards, a Beam temporary folder, no stats.json.
+    killed = tmp_path / "killed"
+    shard = next((done / "regions").glob("*.parquet"))
+    (killed / "regions" / "beam-temp-part-0123").mkdir(parents=True)
+    shutil.copy(shard, killed / "regions" / "part-00001-of-00002.parquet")  # another run's shard count: another name
+    shutil.copy(shard, killed / "regions" / "beam-temp-part-0123" / "0123.parquet")
+    stats = run(argv + ["--output", str(killed)])
+    assert stats["kept"] == 3
+    regions = schemas.read_table(str(killed / "regions"), "regions")
+    assert sorted(regions.column("image_id").to_pylist()) == sorted(schemas.read_table(str(done / "regions"), "regions").column("image_id").to_pylist())
+    assert not list((killed / "regions").glob("beam-temp-*"))
