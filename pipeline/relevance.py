@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import sys
 
 import apache_beam as beam
 import numpy as np
@@ -31,6 +33,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from pipeline.runners import make_runner
+
+logger = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +266,24 @@ def _write_stats(summary: dict, output: str, extra: dict) -> None:
     tmp = os.path.join(output, ".stats.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2)
-    os.replace(tmp, os.path.join(output, "stats.json"))
+    # Pending until the pipeline has finished: the shard writes run beside this step, and stats.json
+    # marks a complete output.
+    os.replace(tmp, os.path.join(output, PENDING_STATS))
+
+
+PENDING_STATS = "_stats.pending.json"
+
+
+def _prepare_output(output: str) -> None:
+    """Refuse a finished run's folder; clear an interrupted run's shards, which a rerun would add to."""
+    if os.path.exists(os.path.join(output, "stats.json")):
+        raise ValueError(f"{output} already holds a finished relevance run; use a new --output")
+    for name in ("pairs", "rejected"):
+        if os.path.isdir(os.path.join(output, name)) and os.listdir(os.path.join(output, name)):
+            logger.warning("relevance: removing the partial output of an interrupted run in %s", output)
+            shutil.rmtree(os.path.join(output, name))
+    if os.path.exists(os.path.join(output, PENDING_STATS)):
+        os.remove(os.path.join(output, PENDING_STATS))
 
 
 def _write_shard(rows: list[dict], path: str, kind: str) -> None:
@@ -313,6 +334,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
     files = _pair_files(args.input)
     options = PipelineOptions(beam_args)
+    _prepare_output(args.output)
     if "://" not in args.output:  # an empty dataset is a folder with no shards, not a missing one
         for sub in ("pairs", "rejected"):
             os.makedirs(os.path.join(args.output, sub), exist_ok=True)
@@ -327,10 +349,15 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         out.kept | "WritePairs" >> _WriteDataset(os.path.join(args.output, "pairs"), "pairs")
         out.rejected | "WriteRejected" >> _WriteDataset(os.path.join(args.output, "rejected"), "rejected")
         out.summary | "WriteStats" >> beam.Map(_write_stats, args.output, {"model": args.model})
+    os.replace(os.path.join(args.output, PENDING_STATS), os.path.join(args.output, "stats.json"))
     with open(os.path.join(args.output, "stats.json"), encoding="utf-8") as f:
         return json.load(f)["relevance"]
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run(), indent=2))
+    try:
+        print(json.dumps(run(), indent=2))
+    except ValueError as exc:  # a finished output, bad input: one line, not a traceback
+        print(f"python -m pipeline.relevance: error: {exc}", file=sys.stderr)
+        sys.exit(2)

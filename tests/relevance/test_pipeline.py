@@ -106,6 +106,20 @@ def test_standalone_run_keeps_the_books(model_dir, heldout_rows, tmp_path):
     assert set(rejected.column("reason").to_pylist()) <= {"low_relevance"}
     assert set(kept.column("pair_id").to_pylist()) | set(rejected.column("pair_id").to_pylist()) == \
         {r["pair_id"] for r in rows}
+    argv = ["--input", str(tmp_path / "filter"), "--model", model_dir, "--runner=DirectRunner"]
+    # A finished output is refused (shards are named per run: a second run would add a second copy).
+    with pytest.raises(ValueError, match="already holds a finished relevance run"):
+        run(argv + ["--output", str(tmp_path / "relevance")])
+    # What a killed run leaves (shards, no stats.json) is cleared; the rerun equals the first run.
+    killed = tmp_path / "killed"
+    os.makedirs(killed / "pairs")
+    shard = next(p for p in os.listdir(tmp_path / "relevance" / "pairs") if p.endswith(".parquet"))
+    os.link(tmp_path / "relevance" / "pairs" / shard, killed / "pairs" / shard)
+    assert not (killed / "stats.json").exists()
+    run(argv + ["--output", str(killed)])
+    again = schemas.read_table(str(killed / "pairs"), "pairs")
+    assert sorted(again.column("pair_id").to_pylist()) == sorted(kept.column("pair_id").to_pylist())
+    assert json.loads((killed / "stats.json").read_text())["kept"] == kept.num_rows
 
 
 def test_empty_input_gives_an_empty_summary_not_a_crash():
