@@ -7,11 +7,9 @@ runner (and the GPU benchmark) imports no Beam. Run it as ``python -m pipeline.f
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
@@ -22,9 +20,8 @@ from model.detectors.images import DetectorInput, ImageRejected, decode_for_dete
 from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
                                check_input_file, classes_info, detect_splitting_on_oom, output_schema, resolve_input,
                                to_original_pixels)
+from pipeline.outputs import prepare_output
 from pipeline.runners import make_runner
-
-logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "lait.features"
 REJECTED = "rejected"
@@ -145,22 +142,6 @@ class ExtractRegions(beam.PTransform):
         return {"regions": rows_out.regions, "rejected": rejected}
 
 
-def _prepare_output(output: str) -> None:
-    """Refuse a finished run's folder; clear an interrupted run's files, which a rerun would otherwise add to.
-
-    The Beam form cannot resume (its shards are numbered per run), and ``stats.json``, written last,
-    marks a finished run. Without it, whatever is there (Beam shards and temporary folders, a local
-    run's shard books) is a partial output and goes.
-    """
-    if FileSystems.exists(_join(output, "stats.json")):
-        raise ValueError(f"{output} already holds a finished features run; use a new --output")
-    partial = [path for path in (_join(output, name) for name in ("regions", "rejected", "shards", "run.json", "classes.json"))
-               if FileSystems.exists(path)]
-    if partial:
-        logger.warning("features: removing the partial output of an interrupted run: %s", ", ".join(partial))
-        FileSystems.delete(partial)
-
-
 def _parse_args(argv):
     from lait.commands.features import add_arguments
 
@@ -183,7 +164,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     files = schemas.list_parquet_files(dataset)
     for file in files:  # bad input stops here, before the workers start, with the file named
         check_input_file(dataset, file)
-    _prepare_output(known.output)
+    prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"))
     feature_dim = feature_dim_of(options.detector, options.weights)
     attributes = attribute_count(options.detector, options.weights)  # the workers' detectors will predict them
     names = read_class_names(options.class_names_file) if options.class_names_file else None

@@ -35,6 +35,7 @@ import schemas
 from filters import dedup
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
 from pipeline.options import add_filter_arguments, config_from_args, make_runner
+from pipeline.outputs import PENDING_STATS, finish_output, prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -379,22 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The pipeline writes its stats here; the driver renames it to stats.json once every write has
-#: finished, so stats.json marks a complete output (a killed run leaves no stats.json).
-PENDING_STATS = "_stats.pending.json"
-
-
 def _prepare_output(output: str, overwrite: bool) -> None:
-    targets = [posixpath.join(output, name) for name in ("pairs", "rejected", "stats.json", PENDING_STATS)]
-    existing = [t for t in targets if FileSystems.exists(t)]
-    complete = FileSystems.exists(posixpath.join(output, "stats.json"))
-    if existing and complete and not overwrite:
-        raise FileExistsError(f"{output} already holds filter output ({', '.join(existing)}); pass --overwrite")
-    if existing:
-        if not complete:
-            # No stats.json: an interrupted run's partial files, never valid output. Start over.
-            logger.warning("filter: removing the partial output of an interrupted run: %s", ", ".join(existing))
-        FileSystems.delete(existing)
+    """The shared output rule (``pipeline.outputs``), and a local folder made ready."""
+    prepare_output(output, STAGE, ("pairs", "rejected"), overwrite, hint="pass --overwrite")
     if "://" not in output and not FileSystems.exists(output):
         FileSystems.mkdirs(output)
 
@@ -459,7 +447,7 @@ def run_with_args(args: argparse.Namespace, beam_args: list[str],
     build(p, args, files)
     result = p.run()
     result.wait_until_finish()
-    FileSystems.rename([posixpath.join(args.output, PENDING_STATS)], [posixpath.join(args.output, "stats.json")])
+    finish_output(args.output)
     with FileSystems.open(posixpath.join(args.output, "stats.json")) as handle:
         stats = json.loads(handle.read())
     logger.info("filter: kept %d of %d", stats["kept"], stats["in"])

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 
 import apache_beam as beam
@@ -32,9 +31,8 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedT
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
+from pipeline.outputs import PENDING_STATS, finish_output, prepare_output
 from pipeline.runners import make_runner
-
-logger = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -271,21 +269,6 @@ def _write_stats(summary: dict, output: str, extra: dict) -> None:
     os.replace(tmp, os.path.join(output, PENDING_STATS))
 
 
-PENDING_STATS = "_stats.pending.json"
-
-
-def _prepare_output(output: str) -> None:
-    """Refuse a finished run's folder; clear an interrupted run's shards, which a rerun would add to."""
-    if os.path.exists(os.path.join(output, "stats.json")):
-        raise ValueError(f"{output} already holds a finished relevance run; use a new --output")
-    for name in ("pairs", "rejected"):
-        if os.path.isdir(os.path.join(output, name)) and os.listdir(os.path.join(output, name)):
-            logger.warning("relevance: removing the partial output of an interrupted run in %s", output)
-            shutil.rmtree(os.path.join(output, name))
-    if os.path.exists(os.path.join(output, PENDING_STATS)):
-        os.remove(os.path.join(output, PENDING_STATS))
-
-
 def _write_shard(rows: list[dict], path: str, kind: str) -> None:
     schemas.write_table(schemas.to_table(rows, kind), path, kind)
 
@@ -334,7 +317,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
     files = _pair_files(args.input)
     options = PipelineOptions(beam_args)
-    _prepare_output(args.output)
+    prepare_output(args.output, STAGE, ("pairs", "rejected"))
     if "://" not in args.output:  # an empty dataset is a folder with no shards, not a missing one
         for sub in ("pairs", "rejected"):
             os.makedirs(os.path.join(args.output, sub), exist_ok=True)
@@ -349,7 +332,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         out.kept | "WritePairs" >> _WriteDataset(os.path.join(args.output, "pairs"), "pairs")
         out.rejected | "WriteRejected" >> _WriteDataset(os.path.join(args.output, "rejected"), "rejected")
         out.summary | "WriteStats" >> beam.Map(_write_stats, args.output, {"model": args.model})
-    os.replace(os.path.join(args.output, PENDING_STATS), os.path.join(args.output, "stats.json"))
+    finish_output(args.output)
     with open(os.path.join(args.output, "stats.json"), encoding="utf-8") as f:
         return json.load(f)["relevance"]
 
