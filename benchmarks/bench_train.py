@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.config import ModelConfig  # noqa: E402
 from model.imagebert import ImageBert, num_parameters  # noqa: E402
+from model.tasks import choose_exact, exact_slots, slot_positions  # noqa: E402
 
 PRESETS = {
     "base": dict(model=dict(), text=40, regions=100, feature_dim=2048, num_classes=1601, batch=512, eval_batch=1024),
@@ -38,8 +39,13 @@ PRESETS = {
 PEAK_TFLOPS = {"NVIDIA H100": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100": 312.0}
 
 
-def make_batch(config: ModelConfig, size: int, text: int, regions: int, device: torch.device) -> dict:
-    """A full batch with MLM labels and masked regions, as the trainer hands the model."""
+def make_batch(config: ModelConfig, size: int, text: int, regions: int, device: torch.device,
+               exact: bool = False) -> dict:
+    """A full batch with MLM labels and masked regions, as the trainer hands the model.
+
+    ``exact``: masking with a fixed count per row plus the slot positions (what ``masking: exact`` gives
+    the heads, so the whole model compiles with static shapes).
+    """
     g = torch.Generator().manual_seed(0)
     batch = {
         "input_ids": torch.randint(5, config.vocab_size, (size, text), generator=g),
@@ -54,6 +60,13 @@ def make_batch(config: ModelConfig, size: int, text: int, regions: int, device: 
     batch["region_masked"] = torch.rand(size, regions, generator=g) < 0.15
     batch["region_loss_mask"] = torch.ones(size, regions, dtype=torch.bool)
     batch["region_targets"] = batch["region_features"].clone()
+    if exact:
+        everything = torch.ones(size, text, dtype=torch.bool)
+        chosen = choose_exact(everything, torch.rand(size, text, generator=g), 0.15)
+        batch["mlm_labels"] = torch.where(chosen, batch["input_ids"], -100)
+        batch["mlm_positions"] = slot_positions(chosen, exact_slots(text, 0.15))
+        batch["region_masked"] = choose_exact(batch["region_mask"], torch.rand(size, regions, generator=g), 0.15)
+        batch["region_positions"] = slot_positions(batch["region_masked"], exact_slots(regions, 0.15))
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -166,6 +179,107 @@ def time_loader(config: ModelConfig, batch_size: int, images: int, batches: int,
     return batches / seconds
 
 
+VARIANT_HELP = """ImageBERT variants to time, each a '+'-joined spec: a scope, eager | trunk (embeddings + encoder
+compiled) | model (the whole forward and losses compiled; exact masking), then modifiers: nodrop (attention
+dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upper bound, valid only without
+padding), sdpa-cudnn | sdpa-efficient | sdpa-flash (allow only that attention kernel), eval4096 (eval batch 4,096)."""
+MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "eval4096"}
+
+
+def parse_variant(name: str) -> dict:
+    """``trunk+nodrop`` -> {"scope": "trunk", "nodrop": True}; a clear error for unknown parts."""
+    scope, *mods = name.split("+")
+    if scope not in ("eager", "trunk", "model"):
+        raise SystemExit(f"variant {name!r}: the scope must be eager, trunk or model, not {scope!r}")
+    unknown = set(mods) - MODIFIERS
+    if unknown:
+        raise SystemExit(f"variant {name!r}: unknown modifier(s) {sorted(unknown)}; expected some of {sorted(MODIFIERS)}")
+    return {"scope": scope, **{m: True for m in mods}}
+
+
+def _trunk_without_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
+    x = self.embeddings(input_ids, region_features, region_locations)
+    for layer in self.layers:
+        x = layer(x, None)
+    return x, torch.tanh(self.pooler(x[:, 0]))
+
+
+def _sdpa_context(spec: dict):
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kinds = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "sdpa-flash": SDPBackend.FLASH_ATTENTION}
+    chosen = [backend for key, backend in kinds.items() if spec.get(key)]
+    return sdpa_kernel(chosen) if chosen else contextlib.nullcontext()
+
+
+def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch: dict, args, bf16: bool,
+                device: torch.device, flops: float, peak: float | None, batch_size: int, eval_batch: int) -> dict:
+    """Build, (compile,) time training and scoring of one variant; the figures as a row."""
+    import copy
+    import types
+
+    config = copy.deepcopy(config)
+    if spec.get("nodrop"):
+        config.attention_dropout = 0.0
+    torch.manual_seed(0)
+    if spec["scope"] in ("hf", "hf-trunk"):
+        model = HFTrunkBaseline(config).to(device)
+        if spec["scope"] == "hf-trunk":
+            model.bert = torch.compile(model.bert, dynamic=False)
+    else:
+        model = ImageBert(config).to(device)
+        model.additive_mask = bool(spec.get("additive"))
+        if spec.get("nomask"):  # an upper bound, not a product mode: no key-padding mask at all
+            model._trunk_eager = types.MethodType(_trunk_without_mask, model)
+        if spec["scope"] == "trunk":
+            model.compile_trunk(dynamic=False)
+        elif spec["scope"] == "model":
+            model.compile_model(dynamic=False)
+    if spec.get("eval4096"):
+        score_batch = {k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in score_batch.items()}
+        eval_batch = score_batch["input_ids"].shape[0]
+    with _sdpa_context(spec):
+        step_s = time_train(model, train_batch, args.steps, args.warmup, bf16, device)
+        score_s = time_score(model, score_batch, args.steps, args.warmup, bf16, device)
+        if args.profile and spec["scope"] not in ("hf", "hf-trunk"):
+            _print_profile(model, train_batch, args.profile, bf16, device)
+    samples = batch_size / step_s
+    tflops = samples * flops / 1e12
+    row = {"params_m": round(num_parameters(model) / 1e6, 1), "train_samples_per_s": round(samples, 1),
+           "train_ms_per_step": round(step_s * 1e3, 2), "train_tflops": round(tflops, 2),
+           "mfu": round(tflops / peak, 3) if peak else None, "eval_pairs_per_s": round(eval_batch / score_s, 1),
+           "eval_batch_size": eval_batch}
+    if args.eval_bf16_weights and spec["scope"] == "eager":
+        # Scoring with the weights themselves in bf16 (no per-call casts), LayerNorm and softmax included.
+        model.to(torch.bfloat16)
+        model.heads["itm"].float()  # the matching logit stays fp32, as under autocast
+        row["eval_bf16_weights_pairs_per_s"] = round(eval_batch / time_score(model, score_batch, args.steps,
+                                                                             args.warmup, bf16, device), 1)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def _print_profile(model: nn.Module, batch: dict, top: int, bf16: bool, device: torch.device) -> None:
+    """The ``top`` kernels (GPU) or ops (CPU) of two training steps, by own time, in ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        time_train(model, batch, 2, 0, bf16, device)
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, attr, 0) for e in events if e.device_type.name == ("CUDA" if device.type == "cuda" else "CPU"))
+    rows = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
+    print(f"  profile: {total / 2e3:.1f} ms of {'GPU' if device.type == 'cuda' else 'CPU'} time per step (own time, top {top})")
+    for e in rows:
+        print(f"  {getattr(e, attr, 0) / 2e3:8.2f} ms  {e.count // 2:>5}x  {e.key[:90]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="base")
@@ -174,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batch-size", type=int, help="pairs per scoring pass (default: the preset's)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models (ImageBERT: variant trunk)")
+    parser.add_argument("--variants", nargs="+", help=VARIANT_HELP)
     parser.add_argument("--eager-too", action="store_true", help="with --compile, also time ImageBERT eager")
     parser.add_argument("--eager-baseline", action="store_true", help="with --compile, leave the baseline eager")
     parser.add_argument("--eval-bf16-weights", action="store_true",
                         help="also time eval with the model cast to bf16 (no autocast casts)")
-    parser.add_argument("--profile", type=int, default=0, help="print the top N ops of two profiled ImageBERT steps")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="print the top N kernels of two profiled training steps of each ImageBERT variant")
     parser.add_argument("--attention-dropout", type=float, help="override the config's attention dropout (0.1)")
     parser.add_argument("--no-mask", action="store_true",
                         help="drop the attention mask (flash attention; valid only for batches without padding)")
@@ -211,65 +327,44 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}   preset: {args.preset}   batch {batch_size}   text {preset['text']} + regions "
           f"{preset['regions']}   {'bf16' if bf16 else 'fp32'}   compile={args.compile}")
     flops = 3 * matmul_flops_per_sample(config, preset["text"], preset["regions"], 0.15, 0.15)  # fwd + 2x bwd
-    train_batch = make_batch(config, batch_size, preset["text"], preset["regions"], device)
     score_batch = {k: v for k, v in make_batch(config, eval_batch, preset["text"], preset["regions"], device).items()
                    if k in ("input_ids", "text_mask", "region_features", "region_locations", "region_mask")}
     results = {"device": name, "preset": args.preset, "batch_size": batch_size, "eval_batch_size": eval_batch,
                "bf16": bf16, "compile": args.compile, "flops_per_sample": flops}
-    if args.no_mask:  # an upper bound, not a product mode: no key-padding mask lets SDPA pick flash attention
-        import model.imagebert as imagebert_module
-
-        def trunk_without_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
-            x = self.embeddings(input_ids, region_features, region_locations)
-            for layer in self.layers:
-                x = layer(x, None)
-            return x, torch.tanh(self.pooler(x[:, 0]))
-
-        imagebert_module.ImageBert._trunk_eager = trunk_without_mask
-    contenders = [("imagebert", lambda: ImageBert(config), args.compile)]
-    if args.compile and args.eager_too:
-        contenders.insert(0, ("imagebert_eager", lambda: ImageBert(config), False))
+    variants = args.variants or ((["eager"] if args.eager_too else []) + (["trunk"] if args.compile else ["eager"]))
+    if args.no_mask:
+        variants = [v + "+nomask" for v in variants]
+    contenders = [(name, parse_variant(name)) for name in variants]
     if not args.skip_baseline:
-        contenders.append(("hf_bert_trunk", lambda: HFTrunkBaseline(config), args.compile and not args.eager_baseline))
-    for label, build, compile_it in contenders:
-        torch.manual_seed(0)
-        model = build().to(device)
-        if compile_it:  # the encoders are compiled; heads gather masked items and stay eager in both
-            if isinstance(model, HFTrunkBaseline):
-                model.bert = torch.compile(model.bert, dynamic=False)
-            else:
-                model.compile_trunk(dynamic=False)
-        runner = model
-        step_s = time_train(runner, train_batch, args.steps, args.warmup, bf16, device)
-        score_s = time_score(runner, score_batch, args.steps, args.warmup, bf16, device)
-        if args.profile and label == "imagebert":
-            from torch.profiler import ProfilerActivity, profile
-
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                time_train(runner, train_batch, 2, 0, bf16, device)
-            sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-            print(prof.key_averages().table(sort_by=sort, row_limit=args.profile, max_name_column_width=60))
-        samples = batch_size / step_s
-        tflops = samples * flops / 1e12
-        row = {"params_m": round(num_parameters(model) / 1e6, 1), "train_samples_per_s": round(samples, 1),
-               "train_tflops": round(tflops, 2), "mfu": round(tflops / peak, 3) if peak else None,
-               "eval_pairs_per_s": round(eval_batch / score_s, 1)}
-        if args.eval_bf16_weights and label.startswith("imagebert"):
-            # Scoring with the weights themselves in bf16 (no per-call casts), LayerNorm and softmax included.
-            runner.to(torch.bfloat16)
-            runner.heads["itm"].float()  # the matching logit stays fp32, as under autocast
-            row["eval_bf16_weights_pairs_per_s"] = round(eval_batch / time_score(runner, score_batch, args.steps,
-                                                                                  args.warmup, bf16, device), 1)
+        contenders.append(("hf_bert_trunk", dict(scope="hf-trunk" if args.compile and not args.eager_baseline else "hf")))
+    batches = {}
+    for label, spec in contenders:
+        exact = spec["scope"] == "model"
+        if exact not in batches:
+            batches[exact] = make_batch(config, batch_size, preset["text"], preset["regions"], device, exact=exact)
+        began = time.perf_counter()
+        try:
+            row = run_variant(spec, config, batches[exact], score_batch, args, bf16, device, flops, peak, batch_size, eval_batch)
+        except Exception as error:  # one failing variant (a compile error, no kernel) must not lose the others
+            print(f"{label}: FAILED {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            results[label] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            _write_json(args.json, results)
+            continue
+        row["wall_s_with_compile"] = round(time.perf_counter() - began, 1)
         results[label] = row
-        print(f"{label:<15} {row['params_m']:>7.1f}M params  train {row['train_samples_per_s']:>9,.1f} samples/s  "
+        _write_json(args.json, results)  # after every variant: a run cut short keeps what it measured
+        print(f"{label:<22} {row['params_m']:>7.1f}M params  train {row['train_samples_per_s']:>9,.1f} samples/s  "
               f"{row['train_tflops']:>8.2f} TFLOP/s  MFU {row['mfu'] if row['mfu'] is not None else 'n/a'}  "
               f"eval {row['eval_pairs_per_s']:>10,.1f} pairs/s"
-              + (f"  (bf16 weights {row['eval_bf16_weights_pairs_per_s']:,.1f})" if "eval_bf16_weights_pairs_per_s" in row else ""))
-        del model, runner
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if "hf_bert_trunk" in results:
+              + (f"  (bf16 weights {row['eval_bf16_weights_pairs_per_s']:,.1f})" if "eval_bf16_weights_pairs_per_s" in row else "")
+              + f"  [{row['wall_s_with_compile']:.0f} s]", flush=True)
+    ours = next((label for label, spec in reversed(contenders) if spec["scope"] != "hf" and spec["scope"] != "hf-trunk"
+                 and "error" not in results[label]), None)
+    if "imagebert" not in results and ours is not None:
+        results["imagebert"] = results[ours]  # the last ImageBERT variant is the one compared with the baseline
+    if "hf_bert_trunk" in results and "error" not in results["hf_bert_trunk"] and "imagebert" in results:
         ours, base = results["imagebert"], results["hf_bert_trunk"]
         results["ratio_train"] = round(ours["train_samples_per_s"] / base["train_samples_per_s"], 3)
         results["ratio_eval"] = round(ours["eval_pairs_per_s"] / base["eval_pairs_per_s"], 3)
@@ -279,10 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         results["loader_samples_per_s"] = round(rate * batch_size, 1)
         print(f"data loader ({args.loader_workers} workers, up to {preset['regions']} regions x {preset['feature_dim']}-d):"
               f" {rate * batch_size:,.1f} samples/s")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+    _write_json(args.json, results)
     return 0
+
+
+def _write_json(path: str | None, results: dict) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":

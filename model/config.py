@@ -98,6 +98,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     compile: bool = False
+    # What compile covers: "trunk" (embeddings + encoder; the heads gather a data-dependent number of
+    # masked items and stay eager) or "model" (the whole forward and losses as one graph; needs
+    # masking: exact, whose fixed slot counts give the heads static shapes).
+    compile_scope: str = "trunk"
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
     grad_accum: int = 1
     grad_clip: float = 1.0
@@ -108,6 +112,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = at the end of each stage only
     # Masking and sampling, as in the paper.
     mlm_prob: float = 0.15
+    # bernoulli: each candidate with probability mlm_prob / region_mask_prob (at least one per row);
+    # exact: max(1, round(p x candidates)) per row, the count rule of BERT's create_pretraining_data.
+    masking: str = "bernoulli"
     region_mask_prob: float = 0.15
     region_zero_prob: float = 0.9
     itm_neg_prob: float = 0.5
@@ -229,6 +236,13 @@ def train_config_from_dict(data: dict) -> TrainConfig:
         raise ConfigError(f"moc_loss: {config.moc_loss!r} is not 'ce' or 'kl'")
     if config.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision: {config.precision!r} is not auto, bf16 or fp32")
+    if config.masking not in ("bernoulli", "exact"):
+        raise ConfigError(f"masking: {config.masking!r} is not bernoulli or exact")
+    if config.compile_scope not in ("trunk", "model"):
+        raise ConfigError(f"compile_scope: {config.compile_scope!r} is not trunk or model")
+    if config.compile and config.compile_scope == "model" and config.pretrain and config.masking != "exact":
+        raise ConfigError("compile_scope: model needs masking: exact (Bernoulli masking gives the heads "
+                          "a data-dependent number of items, which a static graph cannot hold)")
     return config
 
 

@@ -106,6 +106,9 @@ class ImageBert(nn.Module):
         })
         self.apply(self._init_weights)
         self.heads["mlm"].decoder.weight = self.embeddings.word.weight  # tied, as BERT
+        # Pass the key mask to attention as an additive bias instead of booleans (a speed option: which
+        # form the fused attention kernels take best depends on the torch build and the GPU).
+        self.additive_mask = False
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -119,6 +122,19 @@ class ImageBert(nn.Module):
         """``torch.compile`` the embeddings + encoder (static shapes); heads stay eager (they gather masked items)."""
         self._trunk = torch.compile(self._trunk_eager, **options)
 
+    def compile_model(self, **options) -> None:
+        """``torch.compile`` the whole forward, heads and losses included, as one graph.
+
+        Static only with exact masking (``mlm_positions`` / ``region_positions`` in the batch); with
+        Bernoulli masking the heads' masked-item counts vary and every step would recompile.
+        """
+        self._compiled_forward = torch.compile(self._forward, **options)
+
+    def drop_compiled(self) -> None:
+        """Back to the eager forward (e.g. before evaluating batches of other shapes)."""
+        self.__dict__.pop("_trunk", None)
+        self.__dict__.pop("_compiled_forward", None)
+
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence output [B, T+R, H] and pooled [CLS] output [B, H]."""
         trunk = self.__dict__.get("_trunk", self._trunk_eager)
@@ -128,8 +144,12 @@ class ImageBert(nn.Module):
     def _trunk_eager(self, input_ids, text_mask, region_features, region_locations, region_mask):
         x = self.embeddings(input_ids, region_features, region_locations)
         keep = torch.cat([text_mask, region_mask], dim=1)
-        # Boolean key mask broadcast over heads and queries; always passed, so no host sync or graph break.
+        # Key mask broadcast over heads and queries; always passed, so no host sync or graph break.
         attention_mask = keep[:, None, None, :]
+        if self.additive_mask:  # the same mask as a bias (0 / -inf-like) in the compute dtype
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=x.device).masked_fill(
+                ~attention_mask, torch.finfo(dtype).min)
         for layer in self.layers:
             x = layer(x, attention_mask)
         pooled = torch.tanh(self.pooler(x[:, 0]))
@@ -142,6 +162,11 @@ class ImageBert(nn.Module):
         ``single_modality`` (a batch of matched pairs and the [CLS]/[SEP] ids) adds the dual-encoder
         embeddings of its captions alone and images alone (inside forward, so DDP sees their gradients).
         """
+        forward = self.__dict__.get("_compiled_forward", self._forward)
+        return forward(batch, weights, single_modality)
+
+    def _forward(self, batch: dict, weights: dict[str, float] | None,
+                 single_modality: dict | None) -> tuple[dict, torch.Tensor | None]:
         sequence, pooled = self.encode(batch)
         outputs = {"scores": self.heads["itm"].logits(pooled)}
         if single_modality is not None:

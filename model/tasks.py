@@ -7,6 +7,8 @@ the masked losses to matched pairs. ``TASKS`` maps a task name to its head class
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +37,37 @@ def _region_part(sequence: torch.Tensor, batch: dict) -> torch.Tensor:
     return sequence[:, batch["input_ids"].shape[1]:]
 
 
+def _gather_rows(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``values[b, positions[b, j]]`` for [B, N, ...] values and [B, K] positions: [B, K, ...]."""
+    index = positions.reshape(*positions.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, index)
+
+
+def _masked_regions(sequence: torch.Tensor, batch: dict):
+    """The hidden states of the masked regions whose loss counts, a function taking the same items of a
+    per-region tensor, and each item's weight (0 or 1).
+
+    With ``region_positions`` (exact masking) the items are a fixed number of slots per image (static
+    shapes, for a compiled step), weighted 0 where a slot is not a counted masked region; otherwise the
+    selected regions themselves (a data-dependent count), each weighted 1.
+    """
+    selected = batch["region_masked"] & batch["region_loss_mask"]
+    regions = _region_part(sequence, batch)
+    if "region_positions" in batch:
+        positions = batch["region_positions"]
+
+        def take(values: torch.Tensor) -> torch.Tensor:
+            return _gather_rows(values, positions).flatten(0, 1)
+
+        return take(regions), take, take(selected).float()
+
+    def take(values: torch.Tensor) -> torch.Tensor:
+        return values[selected]
+
+    hidden = regions[selected]
+    return hidden, take, torch.ones(hidden.shape[0], device=hidden.device)
+
+
 class MaskedLanguageModeling(nn.Module):
     """MLM: predict the masked word pieces; the decoder is tied to the word embeddings."""
 
@@ -47,6 +80,13 @@ class MaskedLanguageModeling(nn.Module):
 
     def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
         labels = batch["mlm_labels"]
+        if "mlm_positions" in batch:  # exact masking: a fixed number of slots per caption, static shapes
+            positions = batch["mlm_positions"]
+            labels = labels.gather(1, positions)  # IGNORE in the slots beyond a caption's masked count
+            logits = self.decoder(self.transform(_gather_rows(_text_part(sequence, batch), positions))).float()
+            count = (labels != IGNORE).sum()
+            total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum", ignore_index=IGNORE)
+            return _mean_or_zero(total, count, logits)
         selected = labels != IGNORE
         # Only masked positions go through the vocabulary projection: it is the costliest matmul.
         hidden = _text_part(sequence, batch)[selected]
@@ -66,20 +106,18 @@ class MaskedObjectClassification(nn.Module):
         self.head = nn.Sequential(_Transform(config), nn.Linear(config.hidden_size, config.num_classes))
 
     def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
-        selected = batch["region_masked"] & batch["region_loss_mask"]
-        logits = self.head(_region_part(sequence, batch)[selected]).float()
-        count = selected.sum()
+        hidden, take, weight = _masked_regions(sequence, batch)
+        logits = self.head(hidden).float()
         if self.loss_type == "kl":
-            target = dense_class_distribution(
-                batch["region_topk_ids"][selected], batch["region_topk_probs"][selected], self.num_classes
-            )
-            total = F.kl_div(F.log_softmax(logits, -1), target, reduction="sum")
-        else:
-            labels = batch["region_classes"][selected]
-            labels = torch.where(labels < self.num_classes, labels, torch.full_like(labels, IGNORE))
-            total = F.cross_entropy(logits, labels, reduction="sum", ignore_index=IGNORE)
-            count = (labels != IGNORE).sum()
-        return _mean_or_zero(total, count, logits)
+            target = dense_class_distribution(take(batch["region_topk_ids"]), take(batch["region_topk_probs"]),
+                                              self.num_classes)
+            per_region = F.kl_div(F.log_softmax(logits, -1), target, reduction="none").sum(-1)
+            return _mean_or_zero((per_region * weight).sum(), weight.sum(), logits)
+        labels = take(batch["region_classes"])
+        keep = (labels < self.num_classes) & weight.bool()
+        labels = torch.where(keep, labels, torch.full_like(labels, IGNORE))
+        total = F.cross_entropy(logits, labels, reduction="sum", ignore_index=IGNORE)
+        return _mean_or_zero(total, keep.sum(), logits)
 
 
 class MaskedRegionFeatureRegression(nn.Module):
@@ -92,11 +130,10 @@ class MaskedRegionFeatureRegression(nn.Module):
         self.head = nn.Sequential(_Transform(config), nn.Linear(config.hidden_size, config.feature_dim))
 
     def loss(self, sequence: torch.Tensor, pooled: torch.Tensor, batch: dict) -> torch.Tensor:
-        selected = batch["region_masked"] & batch["region_loss_mask"]
-        predicted = self.head(_region_part(sequence, batch)[selected]).float()
-        target = batch["region_targets"][selected].float()
-        total = ((predicted - target) ** 2).mean(-1).sum()
-        return _mean_or_zero(total, selected.sum(), predicted)
+        hidden, take, weight = _masked_regions(sequence, batch)
+        predicted = self.head(hidden).float()
+        total = (((predicted - take(batch["region_targets"]).float()) ** 2).mean(-1) * weight).sum()
+        return _mean_or_zero(total, weight.sum(), predicted)
 
 
 class ImageTextMatching(nn.Module):
@@ -154,16 +191,47 @@ def _at_least_one(chosen: torch.Tensor, candidates: torch.Tensor, draw: torch.Te
     return chosen | (none.unsqueeze(1) & F.one_hot(forced, chosen.shape[1]).bool())
 
 
+def choose_exact(candidates: torch.Tensor, draw: torch.Tensor, prob: float) -> torch.Tensor:
+    """Choose round(prob x candidates) of each row's candidates (at least one), uniformly at random.
+
+    The count rule of BERT's ``create_pretraining_data`` (``max(1, round(n * prob))``, rounding halves
+    up); it bounds the chosen items of a row by ``exact_slots(width, prob)``.
+    """
+    count = candidates.sum(1, keepdim=True)
+    wanted = torch.floor(count * prob + 0.5).clamp(min=1).minimum(count)
+    rank = torch.where(candidates, draw, torch.full_like(draw, 2.0)).argsort(1).argsort(1)
+    return candidates & (rank < wanted)
+
+
+def exact_slots(width: int, prob: float) -> int:
+    """The most items exact masking chooses in a row of ``width`` (the static slot count)."""
+    return max(1, math.ceil(width * prob))
+
+
+def slot_positions(chosen: torch.Tensor, slots: int) -> torch.Tensor:
+    """[B, slots] positions: each row's chosen items in order, then unchosen ones filling the rest."""
+    slots = min(slots, chosen.shape[1])
+    return torch.sort((~chosen).to(torch.uint8), dim=1, stable=True).indices[:, :slots]
+
+
+def _choose(candidates: torch.Tensor, draw: torch.Tensor, prob: float, exact: bool) -> torch.Tensor:
+    if exact:
+        return choose_exact(candidates, draw, prob)
+    return _at_least_one((draw < prob) & candidates, candidates, draw)
+
+
 def mask_tokens(input_ids: torch.Tensor, candidates: torch.Tensor, vocab_size: int, mask_id: int,
-                first_regular_id: int, prob: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                first_regular_id: int, prob: float, generator: torch.Generator,
+                exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: ``prob`` of the candidate tokens, of which 80% [MASK], 10% random, 10% kept.
 
-    At least one token per row with candidates is chosen, so every caption teaches something.
+    Each candidate is chosen with probability ``prob`` (at least one per row with candidates, so every
+    caption teaches something), or with ``exact`` exactly ``max(1, round(prob x candidates))`` per row.
     Returns the new ids and the labels (``IGNORE`` where nothing is predicted).
     """
     device = input_ids.device
     draw = torch.rand(input_ids.shape, generator=generator, device=device)
-    chosen = _at_least_one((draw < prob) & candidates, candidates, draw)
+    chosen = _choose(candidates, draw, prob, exact)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
     action = torch.rand(input_ids.shape, generator=generator, device=device)
     random_ids = torch.randint(first_regular_id, vocab_size, input_ids.shape, generator=generator, device=device)
@@ -175,14 +243,15 @@ def mask_tokens(input_ids: torch.Tensor, candidates: torch.Tensor, vocab_size: i
 
 
 def mask_regions(features: torch.Tensor, region_mask: torch.Tensor, prob: float, zero_prob: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose ``prob`` of the real regions (at least one per image that has any); zero ``zero_prob`` of them.
+                 generator: torch.Generator, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose ``prob`` of the real regions (at least one per image that has any; ``exact`` as in
+    ``mask_tokens``); zero ``zero_prob`` of them.
 
     Returns the new features and the boolean mask of chosen regions.
     """
     device = region_mask.device
     draw = torch.rand(region_mask.shape, generator=generator, device=device)
-    chosen = _at_least_one((draw < prob) & region_mask, region_mask, draw)
+    chosen = _choose(region_mask, draw, prob, exact)
     zero = chosen & (torch.rand(region_mask.shape, generator=generator, device=device) < zero_prob)
     return features.masked_fill(zero.unsqueeze(-1), 0.0), chosen
 
@@ -231,18 +300,23 @@ def prepare_pretrain_batch(batch: dict, tasks: dict[str, float], config, model_c
         batch.update(_take(batch, _TEXT_KEYS, text_rows))
         matched = ~negative
     batch["itm_labels"] = matched
+    exact = getattr(config, "masking", "bernoulli") == "exact"
     if tasks.get("mlm", 0) > 0:
         ids, labels = mask_tokens(batch["input_ids"], batch["text_mask"] & ~batch["special_mask"],
                                   model_config.vocab_size, special_ids["mask"], special_ids["first_regular"],
-                                  config.mlm_prob, generator)
-        labels[~matched] = IGNORE  # conditional mask: no MLM loss on mismatched pairs
+                                  config.mlm_prob, generator, exact)
+        if exact:  # the heads read a fixed number of slots per caption (static shapes)
+            batch["mlm_positions"] = slot_positions(labels != IGNORE, exact_slots(labels.shape[1], config.mlm_prob))
+        labels = labels.masked_fill(~matched.unsqueeze(1), IGNORE)  # conditional mask: no MLM loss on mismatched pairs
         batch["input_ids"], batch["mlm_labels"] = ids, labels
     if tasks.get("moc", 0) > 0 or tasks.get("mrfr", 0) > 0:
         batch["region_targets"] = batch["region_features"]
         features, chosen = mask_regions(batch["region_features"], batch["region_mask"], config.region_mask_prob,
-                                        config.region_zero_prob, generator)
+                                        config.region_zero_prob, generator, exact)
         batch["region_features"], batch["region_masked"] = features, chosen
         batch["region_loss_mask"] = matched.unsqueeze(1).expand_as(chosen)
+        if exact:
+            batch["region_positions"] = slot_positions(chosen, exact_slots(chosen.shape[1], config.region_mask_prob))
     return batch
 
 

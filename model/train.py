@@ -273,7 +273,9 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     if runtime.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                                           find_unused_parameters=unused)
-    if config.compile and "_trunk" not in model.__dict__:
+    if config.compile and config.compile_scope == "model" and "_compiled_forward" not in model.__dict__:
+        model.compile_model(dynamic=False)
+    elif config.compile and config.compile_scope == "trunk" and "_trunk" not in model.__dict__:
         model.compile_trunk(dynamic=False)
     forward = wrapped
 
@@ -444,7 +446,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         from model.eval import evaluate, write_eval
 
         model.eval()
-        model.__dict__.pop("_trunk", None)  # eval batches vary in shape: the static compiled trunk would recompile
+        model.drop_compiled()  # eval batches vary in shape: the static compiled graphs would recompile
         result = evaluate(model, tokenizer_json, config.eval.regions, config.eval.captions, config.eval.split,
                           batch_size=config.eval_batch_size, device=runtime.device, bf16=runtime.bf16, progress=progress)
         write_eval(result, os.path.join(config.out_dir, "eval.json"))
