@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.config import ModelConfig  # noqa: E402
 from model.imagebert import ImageBert, num_parameters  # noqa: E402
+from model.layer_norm import make_layer_norms_opaque  # noqa: E402
 from model.tasks import choose_exact, exact_slots, slot_positions  # noqa: E402
 
 PRESETS = {
@@ -182,8 +183,11 @@ def time_loader(config: ModelConfig, batch_size: int, images: int, batches: int,
 VARIANT_HELP = """ImageBERT variants to time, each a '+'-joined spec: a scope, eager | trunk (embeddings + encoder
 compiled) | model (the whole forward and losses compiled; exact masking), then modifiers: nodrop (attention
 dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upper bound, valid only without
-padding), sdpa-cudnn | sdpa-efficient | sdpa-flash (allow only that attention kernel), eval4096 (eval batch 4,096)."""
-MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "eval4096"}
+padding), sdpa-cudnn | sdpa-efficient | sdpa-flash (allow only that attention kernel), eval4096 (eval batch 4,096),
+atenln (LayerNorm as an opaque op: ATen's kernels inside the compiled graph), nopersist (inductor without
+persistent reductions)."""
+MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "eval4096", "atenln",
+             "nopersist"}
 
 
 def parse_variant(name: str) -> dict:
@@ -232,6 +236,8 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     else:
         model = ImageBert(config).to(device)
         model.additive_mask = bool(spec.get("additive"))
+        if spec.get("atenln"):
+            make_layer_norms_opaque(model)
         if spec.get("nomask"):  # an upper bound, not a product mode: no key-padding mask at all
             model._trunk_eager = types.MethodType(_trunk_without_mask, model)
         if spec["scope"] == "trunk":
@@ -241,7 +247,14 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     if spec.get("eval4096"):
         score_batch = {k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in score_batch.items()}
         eval_batch = score_batch["input_ids"].shape[0]
-    with _sdpa_context(spec):
+    import contextlib
+
+    inductor = contextlib.nullcontext()
+    if spec.get("nopersist"):
+        from torch._inductor import config as inductor_config
+
+        inductor = inductor_config.patch({"triton.persistent_reductions": False})
+    with _sdpa_context(spec), inductor:
         step_s = time_train(model, train_batch, args.steps, args.warmup, bf16, device)
         score_s = time_score(model, score_batch, args.steps, args.warmup, bf16, device)
         if args.profile and spec["scope"] not in ("hf", "hf-trunk"):
