@@ -36,9 +36,10 @@ from pipeline.features import FeatureOptions, extract_regions  # noqa: E402
 
 # Inference rewrites the benchmark can compare (``RegionDetector.optimize_for`` keywords).
 VARIANTS = {
-    "plain": dict(fuse=False),
-    "fused": dict(fuse=True),
-    "fused+parity": dict(fuse=True, dilated_as_batch=True),
+    "default": dict(),  # what optimize_for picks for the device (lait features' setting)
+    "plain": dict(fuse=False, batched_rpn_nms=False),
+    "fused": dict(fuse=True, batched_rpn_nms=False),
+    "fused+parity": dict(fuse=True, dilated_as_batch=True, batched_rpn_nms=False),
     "fused+rpn": dict(fuse=True, batched_rpn_nms=True),
 }
 

@@ -236,14 +236,15 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     else:
         model = ImageBert(config).to(device)
         model.additive_mask = bool(spec.get("additive"))
-        if spec.get("atenln"):
-            make_layer_norms_opaque(model)
+        opaque = bool(spec.get("atenln"))  # what `lait train` with compile uses; its scoring keeps inductor's
         if spec.get("nomask"):  # an upper bound, not a product mode: no key-padding mask at all
             model._trunk_eager = types.MethodType(_trunk_without_mask, model)
         if spec["scope"] == "trunk":
-            model.compile_trunk(dynamic=False)
+            model.compile_trunk(opaque_layer_norm=opaque, dynamic=False)
         elif spec["scope"] == "model":
-            model.compile_model(dynamic=False)
+            model.compile_model(opaque_layer_norm=opaque, dynamic=False)
+        elif opaque:
+            make_layer_norms_opaque(model)
     if spec.get("eval4096"):
         score_batch = {k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in score_batch.items()}
         eval_batch = score_batch["input_ids"].shape[0]

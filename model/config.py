@@ -99,9 +99,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     # What compile covers: "trunk" (embeddings + encoder; the heads gather a data-dependent number of
-    # masked items and stay eager) or "model" (the whole forward and losses as one graph; needs
-    # masking: exact, whose fixed slot counts give the heads static shapes).
-    compile_scope: str = "trunk"
+    # masked items and stay eager), "model" (the whole forward and losses as one graph; needs
+    # masking: exact, whose fixed slot counts give the heads static shapes), or "auto": model when
+    # the masking allows it, else trunk.
+    compile_scope: str = "auto"
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
     grad_accum: int = 1
     grad_clip: float = 1.0
@@ -238,12 +239,19 @@ def train_config_from_dict(data: dict) -> TrainConfig:
         raise ConfigError(f"precision: {config.precision!r} is not auto, bf16 or fp32")
     if config.masking not in ("bernoulli", "exact"):
         raise ConfigError(f"masking: {config.masking!r} is not bernoulli or exact")
-    if config.compile_scope not in ("trunk", "model"):
-        raise ConfigError(f"compile_scope: {config.compile_scope!r} is not trunk or model")
+    if config.compile_scope not in ("auto", "trunk", "model"):
+        raise ConfigError(f"compile_scope: {config.compile_scope!r} is not auto, trunk or model")
     if config.compile and config.compile_scope == "model" and config.pretrain and config.masking != "exact":
         raise ConfigError("compile_scope: model needs masking: exact (Bernoulli masking gives the heads "
                           "a data-dependent number of items, which a static graph cannot hold)")
     return config
+
+
+def resolved_compile_scope(config: TrainConfig) -> str:
+    """``compile_scope`` with ``auto`` decided: the whole model when no stage has data-dependent head shapes."""
+    if config.compile_scope != "auto":
+        return config.compile_scope
+    return "model" if config.masking == "exact" or not config.pretrain else "trunk"
 
 
 def apply_override(data: dict, assignment: str) -> None:

@@ -118,22 +118,29 @@ class ImageBert(nn.Module):
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             nn.init.zeros_(module.weight[module.padding_idx])
 
-    def compile_trunk(self, **options) -> None:
-        """``torch.compile`` the embeddings + encoder (static shapes); heads stay eager (they gather masked items)."""
+    def compile_trunk(self, opaque_layer_norm: bool = False, **options) -> None:
+        """``torch.compile`` the embeddings + encoder (static shapes); heads stay eager (they gather masked items).
+
+        ``opaque_layer_norm`` keeps the LayerNorms whole (ATen's kernels) inside the graph: faster for
+        training, slower for scoring (``model.layer_norm``).
+        """
+        _set_layer_norms(self, opaque_layer_norm)
         self._trunk = torch.compile(self._trunk_eager, **options)
 
-    def compile_model(self, **options) -> None:
+    def compile_model(self, opaque_layer_norm: bool = False, **options) -> None:
         """``torch.compile`` the whole forward, heads and losses included, as one graph.
 
         Static only with exact masking (``mlm_positions`` / ``region_positions`` in the batch); with
         Bernoulli masking the heads' masked-item counts vary and every step would recompile.
         """
+        _set_layer_norms(self, opaque_layer_norm)
         self._compiled_forward = torch.compile(self._forward, **options)
 
     def drop_compiled(self) -> None:
-        """Back to the eager forward (e.g. before evaluating batches of other shapes)."""
+        """Back to the eager forward and plain LayerNorms (e.g. before evaluating batches of other shapes)."""
         self.__dict__.pop("_trunk", None)
         self.__dict__.pop("_compiled_forward", None)
+        _set_layer_norms(self, False)
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence output [B, T+R, H] and pooled [CLS] output [B, H]."""
@@ -210,6 +217,12 @@ class ImageBert(nn.Module):
     def score(self, batch: dict) -> torch.Tensor:
         """Image-text matching logit of every (caption, image) pair in the batch (the retrieval score)."""
         return self.forward(batch)[0]["scores"]
+
+
+def _set_layer_norms(model: nn.Module, opaque: bool) -> None:
+    from model.layer_norm import make_layer_norms_opaque, make_layer_norms_plain
+
+    (make_layer_norms_opaque if opaque else make_layer_norms_plain)(model)
 
 
 def num_parameters(model: nn.Module) -> int:

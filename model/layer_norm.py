@@ -77,3 +77,13 @@ def make_layer_norms_opaque(model: nn.Module) -> int:
             module.__class__ = OpaqueLayerNorm
             count += 1
     return count
+
+
+def make_layer_norms_plain(model: nn.Module) -> int:
+    """Undo ``make_layer_norms_opaque``; returns how many were switched back."""
+    count = 0
+    for module in model.modules():
+        if type(module) is OpaqueLayerNorm:
+            module.__class__ = nn.LayerNorm
+            count += 1
+    return count

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, load_config,
-                          model_config_from_dict)
+                          model_config_from_dict, resolved_compile_scope)
 from model.data import dataset_report, feature_dim_of, make_loader, num_classes_of
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
@@ -273,10 +273,12 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     if runtime.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                                           find_unused_parameters=unused)
-    if config.compile and config.compile_scope == "model" and "_compiled_forward" not in model.__dict__:
-        model.compile_model(dynamic=False)
-    elif config.compile and config.compile_scope == "trunk" and "_trunk" not in model.__dict__:
-        model.compile_trunk(dynamic=False)
+    # LayerNorms opaque to the compiler while training: inductor's fused LayerNorm backward was the
+    # costliest kernel of a compiled step (benchmarks/RESULTS_train.md).
+    if config.compile and resolved_compile_scope(config) == "model" and "_compiled_forward" not in model.__dict__:
+        model.compile_model(opaque_layer_norm=True, dynamic=False)
+    elif config.compile and resolved_compile_scope(config) == "trunk" and "_trunk" not in model.__dict__:
+        model.compile_trunk(opaque_layer_norm=True, dynamic=False)
     forward = wrapped
 
     loader = make_loader(stage.datasets, tokenizer_json, model.config, stage.batch_size,

@@ -89,7 +89,9 @@ class FeatureOptions:
     score_thresh: float = 0.2
     nms_thresh: float = 0.3
     topk: int = 10
-    decode: str = "workers"  # workers (Pillow in the DataLoader workers) | device (plain JPEGs on the detector's device)
+    # workers (Pillow in the DataLoader workers) | device (plain JPEGs on the detector's device) | auto (device
+    # on CUDA, where it measured faster end to end, workers elsewhere)
+    decode: str = "auto"
 
     @property
     def selection(self) -> BoxSelection:
@@ -382,6 +384,15 @@ def batch_pieces(shards: list[Shard], batch_size: int) -> list[tuple[int, list[t
     return pieces
 
 
+def resolved_decode(decode: str, device: torch.device) -> str:
+    """``auto`` -> ``device`` on CUDA (nvJPEG; H200: vg 87 vs 75 img/s end to end), else ``workers``."""
+    if decode not in ("auto", "workers", "device"):
+        raise ValueError(f"decode: {decode!r} is not auto, workers or device")
+    if decode == "auto":
+        return "device" if device.type == "cuda" else "workers"
+    return decode
+
+
 class ShardImages(torch.utils.data.IterableDataset):
     """Reads and decodes batch-sized pieces of the shards; each DataLoader worker takes every n-th piece."""
 
@@ -507,7 +518,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     device = detector.device
     workers = max(0, options.num_workers)
     loader = torch.utils.data.DataLoader(
-        ShardImages(dataset, todo, spec, options.batch_size, options.decode),
+        ShardImages(dataset, todo, spec, options.batch_size, resolved_decode(options.decode, device)),
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep,

@@ -37,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
     parser.add_argument("--max-size", type=int, help="override the network input long-side cap (vg 1000, coco 1333)")
     if local:
         parser.add_argument("--num-workers", type=int, default=2, help="DataLoader decode workers (default 2; 0 = main process)")
-        parser.add_argument("--decode", default="workers", choices=("workers", "device"),
-                            help="where JPEGs are decoded: workers (Pillow, default) or device (plain upright JPEGs "
-                                 "batched through nvJPEG on CUDA; the rest still in the workers)")
+        parser.add_argument("--decode", default="auto", choices=("auto", "workers", "device"),
+                            help="where JPEGs are decoded: workers (Pillow) or device (plain upright JPEGs batched "
+                                 "through nvJPEG on CUDA; the rest still in the workers); auto (default): device on "
+                                 "CUDA, workers elsewhere")
         parser.add_argument("--images-per-shard", type=int, default=512, help="images per output shard (default 512)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -138,13 +138,15 @@ class RegionDetector(nn.Module):
 
     def optimize_for(self, device: torch.device | str, precision: str = "auto", channels_last: bool | None = None,
                      fuse: bool | None = None, dilated_as_batch: bool = False,
-                     batched_rpn_nms: bool = False) -> "RegionDetector":
+                     batched_rpn_nms: bool | None = None) -> "RegionDetector":
         """Move to ``device``; on CUDA default to fp16 autocast, channels-last convolutions and folded batch norms.
 
         ``fuse`` folds the frozen batch norms into their convolutions (inference only: the module tree
         changes, so save weights before, not after). ``dilated_as_batch`` computes dilated 3x3
         convolutions on parity grids, ``batched_rpn_nms`` filters the RPN proposals of the whole batch
-        in one vectorised NMS (``model.detectors.fusion``).
+        in one vectorised NMS (``model.detectors.fusion``); by default on CUDA for a single-level RPN (C4),
+        where it measured twice as fast (H200, batch 64: 128 -> 62 ms), and off for FPN's five levels, where
+        it measured three times slower.
         """
         from model.detectors import fusion
 
@@ -155,6 +157,8 @@ class RegionDetector(nn.Module):
             fusion.fold_frozen_batchnorm(self.model)
         if dilated_as_batch:
             fusion.dilated_as_batch(self.model)
+        if batched_rpn_nms is None:
+            batched_rpn_nms = device.type == "cuda" and _rpn_levels(self.model) == 1
         if batched_rpn_nms:
             fusion.batched_rpn_nms(self.model)
         self.to(device)
@@ -297,3 +301,9 @@ class RegionDetector(nn.Module):
             )
         clock.lap("output")
         return results
+
+
+def _rpn_levels(model: torch.nn.Module) -> int:
+    """Feature levels the RPN's anchor generator serves (1 for C4, 5 for FPN; 0 when there is no RPN)."""
+    anchors = getattr(getattr(model, "rpn", None), "anchor_generator", None)
+    return len(anchors.sizes) if anchors is not None else 0

@@ -192,3 +192,14 @@ def test_batched_rpn_nms_gives_the_same_regions(name):
     for a, b in zip(plain, batched, strict=True):
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, levels", [("vg-r101-c4", 1), ("coco-r50-fpn", 5)])
+def test_batched_rpn_nms_default_follows_the_rpn_levels(name, levels):
+    """On CUDA the batched RPN NMS is on for one level (C4: measured 2x faster), off for FPN (3x slower); never on CPU."""
+    from model.detectors.base import _rpn_levels
+
+    detector = build_detector(name, random_init=True, config=TINY[name])
+    assert _rpn_levels(detector.model) == levels
+    detector.optimize_for("cpu")
+    assert "filter_proposals" not in detector.model.rpn.__dict__, "the CPU keeps torchvision's per-image NMS"

@@ -176,3 +176,13 @@ def test_device_decoding_keeps_the_same_books(tmp_path, demo_weights):
                          sorted((r["image_id"], r["image_width"], r["image_height"]) for r in rows))
     assert by_mode["device"] == by_mode["workers"]
     assert by_mode["device"][:3] == (6, 5, {"image_undecodable": 1})
+
+
+def test_decode_auto_is_the_device_on_cuda_and_the_workers_elsewhere():
+    from pipeline.features import resolved_decode
+
+    assert resolved_decode("auto", torch.device("cuda", 0)) == "device"
+    assert resolved_decode("auto", torch.device("cpu")) == "workers"
+    assert resolved_decode("workers", torch.device("cuda", 0)) == "workers"
+    with pytest.raises(ValueError, match="decode"):
+        resolved_decode("gpu", torch.device("cpu"))

@@ -152,3 +152,18 @@ def test_train_cli_reports_bad_input_without_a_traceback(synth_dir, tmp_path, mo
     with pytest.raises(SystemExit) as error:
         main(["train", "--config", config, "--set", "finetune.loss=hinge"])
     assert "finetune.loss" in str(error.value)
+
+
+def test_exact_masking_with_the_whole_model_compiled(synth_dir, tmp_path):
+    """The GPU configuration (masking: exact, compile: true -> compile_scope model) trains end to end on the CPU."""
+    config = load_config(base=_base(synth_dir, str(tmp_path), masking="exact", compile=True))
+    config.pretrain[0].steps, config.finetune.steps = 2, 2
+    summary = train(config)
+    assert [s["name"] for s in summary["stages"]] == ["stage1", "finetune"]
+    pretrain_log = _log(os.path.join(tmp_path, "logs", "stage1.csv"))
+    assert sorted(pretrain_log) == [1, 2]
+    for row in pretrain_log.values():
+        for task in ("mlm", "moc", "mrfr", "itm"):
+            assert 0 < float(row[task]) < 100, (task, row)
+    finetune_log = _log(os.path.join(tmp_path, "logs", "finetune.csv"))
+    assert all(0 < float(row["binary"]) < 10 for row in finetune_log.values())
