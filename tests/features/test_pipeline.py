@@ -186,3 +186,32 @@ def test_decode_auto_is_the_device_on_cuda_and_the_workers_elsewhere():
     assert resolved_decode("workers", torch.device("cuda", 0)) == "workers"
     with pytest.raises(ValueError, match="decode"):
         resolved_decode("gpu", torch.device("cpu"))
+
+
+def test_detector_batches_are_assembled_from_worker_pieces():
+    from pipeline.features import DecodedBatch, _batches, piece_size
+
+    assert [piece_size(b) for b in (1, 8, 16, 64, 256)] == [1, 8, 16, 16, 64]
+    pieces = [DecodedBatch(0, ["a", "b", "c"], ["A", "B", "C"], [("x", "image_undecodable", "")]),
+              DecodedBatch(1, ["d"], ["D"], []),
+              DecodedBatch(1, [], [], [("y", "image_missing", "")]),
+              DecodedBatch(2, ["e", "f", "g"], ["E", "F", "G"], [])]
+    seen = []
+    batches = list(_batches(iter(pieces), 3, seen.append))
+    assert [[(p.shard, p.image_id) for p in b] for b in batches] == [
+        [(0, "a"), (0, "b"), (0, "c")], [(1, "d"), (2, "e"), (2, "f")], [(2, "g")]]
+    assert seen == pieces, "every piece, rejects included, is seen once, in order"
+
+
+def test_batches_spanning_shards_keep_every_shard_whole(tmp_path, demo_weights):
+    """Shards of 3 images, detector batches of 5 from 2 workers' pieces: each shard is written once, complete."""
+    images = [encode(make_scene(i, (80 + 4 * i, 72))[0]) for i in range(10)] + [b"not an image"]
+    write_pairs(tmp_path / "filter", images)
+    options = _options(demo_weights, num_workers=2, batch_size=5, images_per_shard=3)
+    stats = extract_regions(str(tmp_path / "filter"), str(tmp_path / "features"), options)
+    assert (stats["in"], stats["kept"], stats["rejected"], stats["shards"]) == (11, 10, 1, 4)
+    shard_stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "features" / "shards").glob("*.json"))]
+    assert [s["in"] for s in shard_stats] == [3, 3, 3, 2]
+    assert all(s["in"] == s["kept"] + s["rejected"] for s in shard_stats)
+    regions = schemas.read_table(str(tmp_path / "features" / "regions"), "regions")
+    assert regions.num_rows == 10 and len(set(regions.column("image_id").to_pylist())) == 10
