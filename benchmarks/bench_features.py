@@ -83,6 +83,24 @@ def model_only(detector, images: list[bytes], batch_size: int, selection: BoxSel
     return rate, split
 
 
+def print_profile(detector, images: list[bytes], batch_size: int, selection: BoxSelection, top: int) -> None:
+    """The ``top`` kernels (GPU) or ops (CPU) of one model-only batch, by own time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = detector.device
+    batch = [decode_for_detector(data, detector.spec.input_size).pixels.to(device) for data in images[:batch_size]]
+    detector(batch, selection)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        detector(batch, selection)
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
+    print(f"  profile of one batch of {len(batch)} (own time, top {top}):")
+    for e in rows:
+        print(f"  {getattr(e, attr, 0) / 1e3:8.2f} ms  {e.count:>5}x  {e.key[:90]}")
+
+
 def torchvision_stock(detector, images: list[bytes], batch_size: int, repeats: int) -> float:
     """Images/s of torchvision's own forward (transform + detections, no features) on the same model."""
     device = detector.device
@@ -135,6 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-size", type=int)
     parser.add_argument("--proposals", type=int, help="RPN proposals kept per image (default: the detector's)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=0, help="print the top N kernels of one model-only batch")
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="time these inference rewrites model-only first; end to end then uses the fastest")
     parser.add_argument("--decode", nargs="+", default=["workers"], choices=("workers", "device"),
@@ -164,6 +183,8 @@ def main(argv=None) -> int:
             detector = build_detector(name, random_init=True, config=config or None).optimize_for(
                 device, args.precision, **(VARIANTS[best] if best else {}))
             model_ips, split = variants[best] if best else model_only(detector, images, args.batch_size, selection, args.repeats)
+            if args.profile:
+                print_profile(detector, images, args.batch_size, selection, args.profile)
             by_decode = {mode: end_to_end(detector, name, images, args, selection, workdir, mode) for mode in args.decode}
             e2e_ips, stats = by_decode[args.decode[0]]
             row = {"detector": name, "device": device_name, "precision": detector.precision,

@@ -185,9 +185,9 @@ compiled) | model (the whole forward and losses compiled; exact masking), then m
 dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upper bound, valid only without
 padding), sdpa-cudnn | sdpa-efficient | sdpa-flash (allow only that attention kernel), eval4096 (eval batch 4,096),
 atenln (LayerNorm as an opaque op: ATen's kernels inside the compiled graph), nopersist (inductor without
-persistent reductions)."""
+persistent reductions), bf16weights (scoring only, with the weights cast to bf16 before compiling)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "eval4096", "atenln",
-             "nopersist"}
+             "nopersist", "bf16weights"}
 
 
 def parse_variant(name: str) -> dict:
@@ -239,6 +239,9 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         opaque = bool(spec.get("atenln"))  # what `lait train` with compile uses; its scoring keeps inductor's
         if spec.get("nomask"):  # an upper bound, not a product mode: no key-padding mask at all
             model._trunk_eager = types.MethodType(_trunk_without_mask, model)
+        if spec.get("bf16weights"):  # scoring without autocast's weight casts; cast before compiling
+            model.to(torch.bfloat16)
+            model.heads["itm"].float()  # the matching logit stays fp32, as under autocast
         if spec["scope"] == "trunk":
             model.compile_trunk(opaque_layer_norm=opaque, dynamic=False)
         elif spec["scope"] == "model":
@@ -255,17 +258,21 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         from torch._inductor import config as inductor_config
 
         inductor = inductor_config.patch({"triton.persistent_reductions": False})
+    scoring_only = bool(spec.get("bf16weights"))
     with _sdpa_context(spec), inductor:
-        step_s = time_train(model, train_batch, args.steps, args.warmup, bf16, device)
+        step_s = None if scoring_only else time_train(model, train_batch, args.steps, args.warmup, bf16, device)
         score_s = time_score(model, score_batch, args.steps, args.warmup, bf16, device)
         if args.profile and spec["scope"] not in ("hf", "hf-trunk"):
-            _print_profile(model, train_batch, args.profile, bf16, device)
-    samples = batch_size / step_s
-    tflops = samples * flops / 1e12
-    row = {"params_m": round(num_parameters(model) / 1e6, 1), "train_samples_per_s": round(samples, 1),
-           "train_ms_per_step": round(step_s * 1e3, 2), "train_tflops": round(tflops, 2),
-           "mfu": round(tflops / peak, 3) if peak else None, "eval_pairs_per_s": round(eval_batch / score_s, 1),
+            _print_profile(model, score_batch if scoring_only else train_batch, args.profile, bf16, device,
+                           train=not scoring_only)
+    row = {"params_m": round(num_parameters(model) / 1e6, 1), "train_samples_per_s": None, "train_ms_per_step": None,
+           "train_tflops": None, "mfu": None, "eval_pairs_per_s": round(eval_batch / score_s, 1),
            "eval_batch_size": eval_batch}
+    if step_s is not None:
+        samples = batch_size / step_s
+        tflops = samples * flops / 1e12
+        row.update({"train_samples_per_s": round(samples, 1), "train_ms_per_step": round(step_s * 1e3, 2),
+                    "train_tflops": round(tflops, 2), "mfu": round(tflops / peak, 3) if peak else None})
     if args.eval_bf16_weights and spec["scope"] == "eager":
         # Scoring with the weights themselves in bf16 (no per-call casts), LayerNorm and softmax included.
         model.to(torch.bfloat16)
@@ -278,13 +285,14 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     return row
 
 
-def _print_profile(model: nn.Module, batch: dict, top: int, bf16: bool, device: torch.device) -> None:
-    """The ``top`` kernels (GPU) or ops (CPU) of two training steps, by own time, in ms per step."""
+def _print_profile(model: nn.Module, batch: dict, top: int, bf16: bool, device: torch.device,
+                   train: bool = True) -> None:
+    """The ``top`` kernels (GPU) or ops (CPU) of two training steps (or scoring passes), by own time, in ms per step."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        time_train(model, batch, 2, 0, bf16, device)
+        (time_train if train else time_score)(model, batch, 2, 0, bf16, device)
     events = prof.key_averages()
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     total = sum(getattr(e, attr, 0) for e in events if e.device_type.name == ("CUDA" if device.type == "cuda" else "CPU"))
@@ -369,13 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         row["wall_s_with_compile"] = round(time.perf_counter() - began, 1)
         results[label] = row
         _write_json(args.json, results)  # after every variant: a run cut short keeps what it measured
-        print(f"{label:<22} {row['params_m']:>7.1f}M params  train {row['train_samples_per_s']:>9,.1f} samples/s  "
-              f"{row['train_tflops']:>8.2f} TFLOP/s  MFU {row['mfu'] if row['mfu'] is not None else 'n/a'}  "
-              f"eval {row['eval_pairs_per_s']:>10,.1f} pairs/s"
+        train = (f"train {row['train_samples_per_s']:>9,.1f} samples/s  {row['train_tflops']:>8.2f} TFLOP/s  "
+                 f"MFU {row['mfu'] if row['mfu'] is not None else 'n/a'}" if row["train_samples_per_s"] else "train (not timed)")
+        print(f"{label:<22} {row['params_m']:>7.1f}M params  {train}  eval {row['eval_pairs_per_s']:>10,.1f} pairs/s"
               + (f"  (bf16 weights {row['eval_bf16_weights_pairs_per_s']:,.1f})" if "eval_bf16_weights_pairs_per_s" in row else "")
               + f"  [{row['wall_s_with_compile']:.0f} s]", flush=True)
-    ours = next((label for label, spec in reversed(contenders) if spec["scope"] != "hf" and spec["scope"] != "hf-trunk"
-                 and "error" not in results[label]), None)
+    ours = next((label for label, spec in reversed(contenders) if spec["scope"] not in ("hf", "hf-trunk")
+                 and results[label].get("train_samples_per_s")), None)
     if "imagebert" not in results and ours is not None:
         results["imagebert"] = results[ours]  # the last ImageBERT variant is the one compared with the baseline
     if "hf_bert_trunk" in results and "error" not in results["hf_bert_trunk"] and "imagebert" in results:

@@ -15,15 +15,16 @@ PY=${PYTHON:-python3}
 #   model+atenln     the product setting (configs/imagebert-base.yaml: exact masking, compile: true -> the whole
 #                    step compiled with opaque LayerNorms): 4,306 samples/s on an H200 on 2026-11-27
 #   trunk            scoring as `lait eval --compile` runs it (plain LayerNorms): 15,700-16,400 pairs/s there
+#   trunk+bf16weights   scoring with the weights cast to bf16 before compiling (no autocast casts)
 # On an H100 this is the issue's own card (never measured so far).
 timeout "${TRAIN_TIMEOUT:-240}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
-    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk} \
+    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk trunk+bf16weights} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
 # features: the product defaults on CUDA (folded batch norms; batched RPN NMS for vg only) against the folded
 # batch norms alone; end to end with JPEGs decoded on the device (the CUDA default) and in the workers
 common=(--device cuda --batch-size 64 --num-workers 14 --repeats 2)
 timeout "${VG_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${VG_IMAGES:-512}" \
-    --variants default fused --decode device workers --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
+    --variants default fused --decode device workers --profile 15 --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
 timeout "${COCO_TIMEOUT:-75}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
     --variants default --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"
