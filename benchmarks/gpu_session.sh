@@ -20,6 +20,9 @@ PY=${PYTHON:-python3}
 timeout "${TRAIN_TIMEOUT:-240}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
     --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk trunk+bf16weights} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
+# eval scoring order (captions shortest first vs as given), BERT-base eager, bf16, 600 captions x 300 images
+timeout "${EVAL_TIMEOUT:-100}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 \
+    --json "$OUT/eval_order.json" 2>&1 | tee "$OUT/eval_order.log"
 # features: the product defaults on CUDA (folded batch norms; batched RPN NMS for vg only) against the folded
 # batch norms alone; end to end with JPEGs decoded on the device (the CUDA default) and in the workers
 common=(--device cuda --batch-size 64 --num-workers 14 --repeats 2)

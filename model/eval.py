@@ -192,11 +192,13 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
     logger.info("eval: %d captions x %d images (%d captions without regions)", n_captions, n_images,
                 data.captions_without_regions)
     if two_stage_k is None or two_stage_k >= max(n_captions, n_images):
-        # Image-major order: neighbouring pairs share an image of similar region count.
+        # Image-major order: neighbouring pairs share an image of similar region count; captions shortest
+        # first, so a batch's captions have about one length and trimming to the longest pads little.
+        by_length = np.argsort(data.text_lengths, kind="stable")
         pair_images = np.repeat(np.arange(n_images), n_captions)
-        pair_captions = np.tile(np.arange(n_captions), n_images)
+        pair_captions = np.tile(by_length, n_images)
         flat = _score(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile)
-        ir = sr = flat.view(n_images, n_captions).t().contiguous()
+        ir = sr = flat.view(n_images, n_captions)[:, torch.from_numpy(np.argsort(by_length))].t().contiguous()
         mode, scored = "full", len(flat)
     else:
         text_emb, image_emb = unimodal_embeddings(model, data, batch_size, device, bf16)
@@ -209,7 +211,7 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
         candidates_sr = torch.zeros_like(candidates)
         candidates_sr.scatter_(0, sr_pick, True)
         union = (candidates | candidates_sr).nonzero().numpy()
-        order = np.argsort(union[:, 1], kind="stable")  # image-major, for padding
+        order = np.lexsort((data.text_lengths[union[:, 0]], union[:, 1]))  # image-major, then caption length
         pair_captions, pair_images = union[order, 0], union[order, 1]
         flat = _score(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile)
         full = torch.full((n_captions, n_images), float("-inf"))

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -111,3 +112,31 @@ def test_compiled_eval_matches_eager_and_leaves_the_model_as_it_was(synth_dir, t
     assert "_trunk" not in model.__dict__
     for direction in ("image_retrieval", "sentence_retrieval"):
         assert compiled[direction] == pytest.approx(eager[direction], abs=1 / 80)  # at most one tie flips
+
+
+def test_full_mode_scores_in_length_order_but_reports_every_pair_in_place(synth_dir, tiny_trained, tmp_path):
+    """evaluate() scores captions shortest first; its recall equals the one from a plain caption x image matrix."""
+    from model.eval import EvalSet, recall_at_k, score_pairs
+
+    import schemas
+
+    model, tokenizer_json = tiny_trained
+    model.eval()
+    c = model.config
+    # The synthetic captions all have one length: pad some with words the test split does not need.
+    table = schemas.read_table(f"{synth_dir}/captions", "captions")
+    texts = [text + " and so on" * (i % 3) for i, text in enumerate(table.column("caption").to_pylist())]
+    table = table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(texts))
+    captions = str(tmp_path / "captions")
+    schemas.write_table(table, f"{captions}/part-00000.parquet", "captions")
+    data = EvalSet(f"{synth_dir}/regions", captions, "test", tokenizer_json, c.max_text_len, c.max_regions,
+                   c.feature_dim)
+    assert len(set(data.text_lengths.tolist())) > 1, "captions of several lengths, so the order matters"
+    n_captions, n_images = data.shape
+    pairs_c = np.repeat(np.arange(n_captions), n_images)
+    pairs_i = np.tile(np.arange(n_images), n_captions)
+    matrix = score_pairs(model, data, pairs_c, pairs_i, 256, torch.device("cpu"), bf16=False).view(n_captions, n_images)
+    expected = recall_at_k(matrix, data.caption_images)
+    got = evaluate(model, tokenizer_json, f"{synth_dir}/regions", captions, "test", batch_size=256)
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        assert got[direction] == pytest.approx(expected[direction], abs=1 / 80)  # at most one tie may flip

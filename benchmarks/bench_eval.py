@@ -1,0 +1,125 @@
+"""Benchmark: retrieval-eval scoring pairs/s with captions in length order against the given order.
+
+``lait eval`` scores every (caption, image) pair image-major and trims each batch to its longest
+caption and largest region count. With captions in the order they come (the baseline, how eval ran
+before), a batch of a few hundred captions almost always holds one near the longest, so nearly every
+batch pads to it; sorted shortest first, a batch's captions have about one length. Both orders run
+here in one process, on the same synthetic test set whose caption lengths follow a web-caption-like
+spread (the synthetic caption plus 0-30 words, most 2-8), with the same model. What matters is how
+many batches one image's captions fill: Flickr30k's 1k test has 5,000 captions, 5 batches of 1,024;
+the CPU default (240 captions, batches of 48) keeps that proportion::
+
+    python benchmarks/bench_eval.py                         # CPU: a tiny model, 120 images x 240 captions
+    python benchmarks/bench_eval.py --device cuda --preset base --images 2500 --batch-size 1024
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import schemas  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.eval import EvalSet, score_pairs  # noqa: E402
+from model.imagebert import ImageBert  # noqa: E402
+from model.synthetic import write_synthetic  # noqa: E402
+from model.tokenizer import train_wordpiece  # noqa: E402
+
+PRESETS = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, feature_dim=256),
+    "small": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, feature_dim=256),
+    "base": dict(feature_dim=2048),
+}
+FILLER = "a photo of the scene with some people and things seen from the street on a sunny day in town".split()
+
+
+def varied_captions(folder: str, seed: int) -> None:
+    """Rewrite the synthetic captions to web-like lengths: the original words plus 0-30 filler words."""
+    import pyarrow as pa
+
+    table = schemas.read_table(os.path.join(folder, "captions"), "captions")
+    rng = np.random.default_rng(seed)
+    extra = np.clip(rng.gamma(2.0, 2.5, table.num_rows).round().astype(int), 0, 30)
+    texts = [text + " " + " ".join(FILLER[j % len(FILLER)] for j in range(n)) if n else text
+             for text, n in zip(table.column("caption").to_pylist(), extra)]
+    table = table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(texts))
+    path = os.path.join(folder, "captions", "part-00000.parquet")
+    os.remove(path)
+    schemas.write_table(table, path, "captions")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=120, help="test images")
+    parser.add_argument("--batch-size", type=int, default=48,
+                        help="pairs per scoring pass (default 48: 5 batches per image here, as 1,024 on Flickr30k's 5,000 captions)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    bf16 = device.type == "cuda"
+    shape = dict(PRESETS[args.preset])
+    feature_dim = shape.pop("feature_dim")
+    with tempfile.TemporaryDirectory() as folder:
+        write_synthetic(folder, images=args.images + 10, test_images=args.images, feature_dim=feature_dim,
+                        background=28)
+        varied_captions(folder, seed=0)
+        texts = schemas.read_table(os.path.join(folder, "captions"), "captions").column("caption").to_pylist()
+        tokenizer_json = train_wordpiece(texts, 400).to_str()
+        config = ModelConfig(vocab_size=400, feature_dim=feature_dim, num_classes=30, max_text_len=40, max_regions=30,
+                             **shape)
+        torch.manual_seed(0)
+        model = ImageBert(config).to(device).eval()
+        data = EvalSet(os.path.join(folder, "regions"), os.path.join(folder, "captions"), "test", tokenizer_json,
+                       config.max_text_len, config.max_regions, feature_dim)
+    n_captions, n_images = data.shape
+    lengths = data.text_lengths
+    print(f"device {device}  preset {args.preset}  {n_captions} captions x {n_images} images = {n_captions * n_images:,} pairs"
+          f"  caption tokens: mean {lengths.mean():.1f}, max {lengths.max()}  batch {args.batch_size}")
+    pair_images = np.repeat(np.arange(n_images), n_captions)
+    orders = {"given": np.arange(n_captions), "by_length": np.argsort(lengths, kind="stable")}
+    results = {"device": str(device), "preset": args.preset, "pairs": n_captions * n_images,
+               "caption_tokens_mean": round(float(lengths.mean()), 2), "caption_tokens_max": int(lengths.max())}
+    scores = {}
+    score_pairs(model, data, orders["given"][:64], pair_images[:64], args.batch_size, device, bf16)  # warm-up
+    for name, order in [*orders.items(), *orders.items()]:  # each order twice, interleaved; the faster run counts
+        pair_captions = np.tile(order, n_images)
+        padded = sum(int(lengths[pair_captions[s:s + args.batch_size]].max()) * len(pair_captions[s:s + args.batch_size])
+                     for s in range(0, len(pair_captions), args.batch_size))
+        start = time.perf_counter()
+        flat = score_pairs(model, data, pair_captions, pair_images, args.batch_size, device, bf16)
+        seconds = time.perf_counter() - start
+        if name in results and results[name]["seconds"] <= seconds:
+            continue
+        # back to a [image, caption] matrix in caption order, to check both orders score the same
+        matrix = torch.empty(n_images, n_captions)
+        matrix[:, torch.from_numpy(order)] = flat.view(n_images, n_captions)
+        scores[name] = matrix
+        results[name] = {"pairs_per_s": round(len(flat) / seconds, 1), "seconds": round(seconds, 3),
+                         "padded_text_tokens_per_pair": round(padded / len(flat), 2)}
+    for name in orders:
+        print(f"{name:<10} {results[name]['pairs_per_s']:>12,.1f} pairs/s   {results[name]['seconds']:7.2f} s   "
+              f"text tokens per pair after padding {results[name]['padded_text_tokens_per_pair']:.1f}")
+    torch.testing.assert_close(scores["by_length"], scores["given"], rtol=1e-3, atol=1e-3)
+    results["ratio"] = round(results["by_length"]["pairs_per_s"] / results["given"]["pairs_per_s"], 3)
+    print(f"ratio by_length / given: {results['ratio']:.2f}x (same scores)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
