@@ -208,6 +208,17 @@ def _trunk_without_mask(self, input_ids, text_mask, region_features, region_loca
     return x, torch.tanh(self.pooler(x[:, 0]))
 
 
+def _trunk_with_additive_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
+    """ImageBERT's trunk with the key mask as an additive bias (0 / most negative) in the compute dtype."""
+    x = self.embeddings(input_ids, region_features, region_locations)
+    keep = torch.cat([text_mask, region_mask], dim=1)[:, None, None, :]
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    bias = torch.zeros(keep.shape, dtype=dtype, device=x.device).masked_fill(~keep, torch.finfo(dtype).min)
+    for layer in self.layers:
+        x = layer(x, bias)
+    return x, torch.tanh(self.pooler(x[:, 0]))
+
+
 def _sdpa_context(spec: dict):
     import contextlib
 
@@ -235,7 +246,8 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
             model.bert = torch.compile(model.bert, dynamic=False)
     else:
         model = ImageBert(config).to(device)
-        model.additive_mask = bool(spec.get("additive"))
+        if spec.get("additive"):
+            model._trunk_eager = types.MethodType(_trunk_with_additive_mask, model)
         opaque = bool(spec.get("atenln"))  # what `lait train` with compile uses; its scoring keeps inductor's
         if spec.get("nomask"):  # an upper bound, not a product mode: no key-padding mask at all
             model._trunk_eager = types.MethodType(_trunk_without_mask, model)
