@@ -39,9 +39,10 @@ def _losses(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}
 
 
-def test_resume_is_exact(synth_dir, tmp_path):
+@pytest.mark.parametrize("masking", ["bernoulli", "exact"])
+def test_resume_is_exact(synth_dir, tmp_path, masking):
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
-    config = load_config(base=_base(synth_dir, full_dir, checkpoint_every=2, num_workers=1))
+    config = load_config(base=_base(synth_dir, full_dir, checkpoint_every=2, num_workers=1, masking=masking))
     config.finetune.loss, config.finetune.dual_encoder = "triplet", 0.5
     train(config)
     checkpoint = os.path.join(full_dir, "checkpoints", "stage1-step2.pt")
@@ -49,7 +50,7 @@ def test_resume_is_exact(synth_dir, tmp_path):
     assert state["step"] == 2 and not state["stage_done"] and "optimizer" in state and "scheduler" in state
     assert state["data"]["batches"] == 2 and isinstance(state["tokenizer"], str)
 
-    resumed = load_config(base=_base(synth_dir, resumed_dir, checkpoint_every=2, num_workers=1))
+    resumed = load_config(base=_base(synth_dir, resumed_dir, checkpoint_every=2, num_workers=1, masking=masking))
     resumed.finetune.loss, resumed.finetune.dual_encoder = "triplet", 0.5
     train(resumed, resume=checkpoint)
     full_log = _log(os.path.join(full_dir, "logs", "stage1.csv"))
