@@ -194,6 +194,11 @@ def main(argv=None) -> int:
                    # after the pipeline filled: images / (run time - time until the first decoded batch arrived)
                    "end_to_end_after_fill_ips": round(args.images / (stats["seconds"] - stats["seconds_to_first_batch"]), 2),
                    "end_to_end_ips_by_decode": {mode: round(r[0], 2) for mode, r in by_decode.items()},
+                   # every decode mode's last run: fill time, rate after the fill and the main loop's phases
+                   "e2e_detail_by_decode": {mode: {
+                       "seconds_to_first_batch": r[1]["seconds_to_first_batch"],
+                       "after_fill_ips": round(args.images / (r[1]["seconds"] - r[1]["seconds_to_first_batch"]), 2),
+                       "seconds_by_phase": r[1]["seconds_by_phase"]} for mode, r in by_decode.items()},
                    "e2e_seconds_by_phase": stats["seconds_by_phase"], "e2e_seconds_to_first_batch": stats["seconds_to_first_batch"], "boxes_per_image": stats["boxes_per_image"],
                    "ms_per_batch_by_part": split, "variant": best or "default",
                    "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()}}
