@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.config import ModelConfig  # noqa: E402
 from model.imagebert import ImageBert, num_parameters  # noqa: E402
-from model.layer_norm import make_layer_norms_opaque  # noqa: E402
+from model.layer_norm import OpaqueLayerNorm, make_layer_norms_opaque  # noqa: E402
 from model.tasks import choose_exact, exact_slots, slot_positions  # noqa: E402
 
 PRESETS = {
@@ -185,9 +185,10 @@ compiled) | model (the whole forward and losses compiled; exact masking), then m
 dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upper bound, valid only without
 padding), sdpa-cudnn | sdpa-efficient | sdpa-flash (allow only that attention kernel), eval4096 (eval batch 4,096),
 atenln (LayerNorm as an opaque op: ATen's kernels inside the compiled graph), nopersist (inductor without
-persistent reductions), bf16weights (scoring only, with the weights cast to bf16 before compiling)."""
+persistent reductions), bf16weights (scoring only, with the weights cast to bf16 before compiling), ln16 (with
+atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "eval4096", "atenln",
-             "nopersist", "bf16weights"}
+             "nopersist", "bf16weights", "ln16"}
 
 
 def parse_variant(name: str) -> dict:
@@ -260,6 +261,12 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
             model.compile_model(opaque_layer_norm=opaque, dynamic=False)
         elif opaque:
             make_layer_norms_opaque(model)
+        if spec.get("ln16"):
+            if not opaque:
+                raise SystemExit("variant modifier ln16 needs atenln")
+            for module in model.modules():
+                if isinstance(module, OpaqueLayerNorm):
+                    module.keep_dtype = True
     if spec.get("eval4096"):
         score_batch = {k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in score_batch.items()}
         eval_batch = score_batch["input_ids"].shape[0]

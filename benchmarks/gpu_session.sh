@@ -17,9 +17,10 @@ PY=${PYTHON:-python3}
 #                    step compiled with opaque LayerNorms): 4,306 samples/s on an H200 on 2026-11-27
 #   trunk            scoring as `lait eval --compile` runs it (plain LayerNorms): 15,700-16,400 pairs/s there
 #   trunk+bf16weights   scoring with the weights cast to bf16 before compiling (no autocast casts)
+#   model+atenln+ln16    the product setting with LayerNorm outputs in bf16 (a bf16 residual stream)
 # On an H100 this is the issue's own card (never measured so far).
 timeout "${TRAIN_TIMEOUT:-240}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
-    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk trunk+bf16weights} \
+    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk trunk+bf16weights model+atenln+ln16} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
 # eval scoring order (captions shortest first vs as given; and `lait eval --compile`), BERT-base, bf16, 600 x 300
 timeout "${EVAL_TIMEOUT:-130}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \

@@ -20,12 +20,15 @@ import torch.nn as nn
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
-    return out, mean, rstd
+    # The input's dtype out and float32 statistics on every device (the CPU's mixed-type kernel returns a
+    # float32 output for a bf16 input and float32 weights; CUDA's returns bf16).
+    return out.to(x.dtype), mean.float(), rstd.float()
 
 
 @_layer_norm.register_fake
 def _(x, weight, bias, eps):
-    return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+    out, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+    return out.to(x.dtype), mean.float(), rstd.float()
 
 
 @torch.library.custom_op("lait::layer_norm_backward", mutates_args=())
@@ -56,16 +59,24 @@ def _backward(ctx, grad_out, grad_mean, grad_rstd):
 _layer_norm.register_autograd(_backward, setup_context=_setup_context)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """``F.layer_norm`` over the last dimension, in float32 (as autocast runs it), through the opaque op."""
-    return _layer_norm(x.float().contiguous(), weight.float(), bias.float(), eps)[0]
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               keep_dtype: bool = False) -> torch.Tensor:
+    """``F.layer_norm`` over the last dimension through the opaque op: in float32 (as autocast runs it), or
+    with ``keep_dtype`` in the input's dtype (statistics still accumulated in float32 by ATen's kernels)."""
+    return _layer_norm((x if keep_dtype else x.float()).contiguous(), weight.float(), bias.float(), eps)[0]
 
 
 class OpaqueLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` computed by ATen's kernels even inside a compiled graph (float32 output)."""
+    """``nn.LayerNorm`` computed by ATen's kernels even inside a compiled graph (float32 output).
+
+    An instance's ``keep_dtype = True`` (an experiment of ``benchmarks/bench_train.py``) returns the input's
+    dtype instead, so a bf16 residual stream stays bf16 and half the bytes move.
+    """
+
+    keep_dtype = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(x, self.weight, self.bias, self.eps)
+        return layer_norm(x, self.weight, self.bias, self.eps, self.keep_dtype)
 
 
 def make_layer_norms_opaque(model: nn.Module) -> int:

@@ -96,6 +96,10 @@ def test_opaque_layer_norm_matches_layer_norm_forward_and_backward():
     assert torch.allclose(opaque.weight.grad, plain.weight.grad, atol=1e-5)
     assert torch.allclose(opaque.bias.grad, plain.bias.grad, atol=1e-5)
     assert opaque(x.detach().bfloat16()).dtype == torch.float32, "computed in float32, as autocast runs LayerNorm"
+    opaque.keep_dtype = True  # the benchmark's bf16 residual stream: bf16 in, bf16 out, float32 statistics
+    half = opaque(x.detach().bfloat16())
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), plain(x.detach().bfloat16().float()), atol=0.05)
     assert make_layer_norms_plain(opaque) == 1 and type(opaque) is nn.LayerNorm
 
 
