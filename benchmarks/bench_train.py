@@ -5,6 +5,10 @@ fed ``inputs_embeds`` built by the same region/text embedding) as the trunk, wit
 Prints the figures and the ratio ImageBERT / baseline::
 
     python benchmarks/bench_train.py --preset base --device cuda --compile      # the setting, on a GPU
+    # ImageBERT variants against each other (no baseline), each with its top GPU kernels; the product's
+    # training setting (configs/imagebert-base.yaml) is model+atenln:
+    python benchmarks/bench_train.py --preset base --device cuda --skip-baseline --profile 12 \
+        --variants eager model+atenln trunk trunk+bf16weights
     python benchmarks/bench_train.py --preset small --device cpu --threads 1    # what a CPU can run
     python benchmarks/bench_train.py --preset small --skip-baseline --loader-workers 0   # + data loader samples/s
 
