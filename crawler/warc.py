@@ -41,6 +41,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import schemas
 from crawler import extract, images, netguard, output
 from crawler import settings as defaults
+from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
 
 logger = logging.getLogger(__name__)
@@ -401,7 +402,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
         schema = schemas.schema_for(kind)
         (rows
          | f"{name}Columns" >> beam.Map(lambda row, names: {n: row.get(n) for n in names}, schema.names)
-         | name >> beam.io.WriteToParquet(
+         | name >> WriteToParquet(
             FileSystems.join(out_dir, sub, PREFIX), schema, file_name_suffix=".parquet", num_shards=0))
     result = pipeline.run()
     result.wait_until_finish()

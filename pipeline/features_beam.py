@@ -21,6 +21,7 @@ from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOption
                                check_input_file, classes_info, detect_splitting_on_oom, output_schema, resolve_input,
                                to_original_pixels)
 from pipeline.outputs import prepare_output
+from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
 
 METRICS_NAMESPACE = "lait.features"
@@ -179,10 +180,10 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         | "ReadInput" >> beam.io.ReadAllFromParquet(columns=INPUT_COLUMNS)
     )
     out = rows | "ExtractRegions" >> ExtractRegions(options)
-    out["regions"] | "WriteRegions" >> beam.io.WriteToParquet(
+    out["regions"] | "WriteRegions" >> WriteToParquet(
         _join(known.output, "regions", SHARD_PREFIX), output_schema(feature_dim, attributes > 0),
         file_name_suffix=".parquet")
-    out["rejected"] | "WriteRejected" >> beam.io.WriteToParquet(
+    out["rejected"] | "WriteRejected" >> WriteToParquet(
         _join(known.output, "rejected", SHARD_PREFIX), schemas.schema_for("rejected"), file_name_suffix=".parquet")
     result = pipeline.run()
     result.wait_until_finish()

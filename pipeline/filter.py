@@ -36,6 +36,7 @@ from filters import dedup
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
 from pipeline.options import add_filter_arguments, config_from_args, make_runner
 from pipeline.outputs import PENDING_STATS, finish_output, prepare_output
+from pipeline.parquet_beam import WriteToParquet
 
 logger = logging.getLogger(__name__)
 
@@ -365,8 +366,8 @@ class WriteDataset(beam.PTransform):
         return (
             rows
             | "ToSchema" >> beam.Map(_schema_row, names)
-            | "Write" >> beam.io.WriteToParquet(posixpath.join(self.folder, "part"), schema, codec=self.codec,
-                                                file_name_suffix=".parquet")
+            | "Write" >> WriteToParquet(posixpath.join(self.folder, "part"), schema, codec=self.codec,
+                                        file_name_suffix=".parquet")
         )
 
 

@@ -21,6 +21,7 @@ from schemas.core import (
 from schemas.io import (
     ShardWriter,
     count_rows,
+    dictionary_columns,
     iter_batches,
     list_parquet_files,
     open_dataset,
@@ -40,6 +41,7 @@ __all__ = [
     "captions_schema",
     "count_rows",
     "detect_kind",
+    "dictionary_columns",
     "iter_batches",
     "list_parquet_files",
     "open_dataset",
