@@ -94,52 +94,57 @@ def main(argv: list[str] | None = None) -> int:
     orders = {"given": np.arange(n_captions), "by_length": np.argsort(lengths, kind="stable")}
     results = {"device": str(device), "preset": args.preset, "pairs": n_captions * n_images,
                "caption_tokens_mean": round(float(lengths.mean()), 2), "caption_tokens_max": int(lengths.max())}
+    def run(order: np.ndarray, fixed_shapes: bool = False) -> tuple[torch.Tensor, float]:
+        """Score every pair image-major with captions in ``order``: an [image, caption] score matrix
+        (captions back in their own order) and the seconds it took."""
+        pair_captions = np.tile(order, n_images)
+        start = time.perf_counter()
+        flat = score_pairs(model, data, pair_captions, pair_images, args.batch_size, device, bf16,
+                           fixed_shapes=fixed_shapes)
+        seconds = time.perf_counter() - start
+        matrix = torch.empty(n_images, n_captions)
+        matrix[:, torch.from_numpy(order)] = flat.view(n_images, n_captions)
+        return matrix, seconds
+
+    def row(seconds: float, padded_tokens: float) -> dict:
+        pairs = n_captions * n_images
+        return {"pairs_per_s": round(pairs / seconds, 1), "seconds": round(seconds, 3),
+                "padded_text_tokens_per_pair": round(padded_tokens, 2)}
+
+    def padded(order: np.ndarray) -> float:
+        """Text tokens per pair after trimming each batch to its longest caption."""
+        tiled = lengths[np.tile(order, n_images)]
+        return sum(int(tiled[s:s + args.batch_size].max()) * len(tiled[s:s + args.batch_size])
+                   for s in range(0, len(tiled), args.batch_size)) / len(tiled)
+
     scores = {}
     score_pairs(model, data, orders["given"][:64], pair_images[:64], args.batch_size, device, bf16)  # warm-up
     for name, order in [*orders.items(), *orders.items()]:  # each order twice, interleaved; the faster run counts
-        pair_captions = np.tile(order, n_images)
-        padded = sum(int(lengths[pair_captions[s:s + args.batch_size]].max()) * len(pair_captions[s:s + args.batch_size])
-                     for s in range(0, len(pair_captions), args.batch_size))
-        start = time.perf_counter()
-        flat = score_pairs(model, data, pair_captions, pair_images, args.batch_size, device, bf16)
-        seconds = time.perf_counter() - start
-        if name in results and results[name]["seconds"] <= seconds:
-            continue
-        # back to a [image, caption] matrix in caption order, to check both orders score the same
-        matrix = torch.empty(n_images, n_captions)
-        matrix[:, torch.from_numpy(order)] = flat.view(n_images, n_captions)
-        scores[name] = matrix
-        results[name] = {"pairs_per_s": round(len(flat) / seconds, 1), "seconds": round(seconds, 3),
-                         "padded_text_tokens_per_pair": round(padded / len(flat), 2)}
+        matrix, seconds = run(order)
+        if name not in results or seconds < results[name]["seconds"]:
+            scores[name], results[name] = matrix, row(seconds, padded(order))
     for name in orders:
         print(f"{name:<10} {results[name]['pairs_per_s']:>12,.1f} pairs/s   {results[name]['seconds']:7.2f} s   "
               f"text tokens per pair after padding {results[name]['padded_text_tokens_per_pair']:.1f}")
-    if args.compile:  # static shapes: the set's longest caption and largest region count, one compile
+    if args.compile:
+        by_length = orders["by_length"]
+        # `lait eval --compile`: static shapes (the set's longest caption, largest region count), one compile
         model.compile_trunk(dynamic=False)
-        pair_captions = np.tile(orders["by_length"], n_images)
-        score_pairs(model, data, pair_captions[:args.batch_size], pair_images[:args.batch_size], args.batch_size,
+        score_pairs(model, data, by_length[:args.batch_size], pair_images[:args.batch_size], args.batch_size,
                     device, bf16, fixed_shapes=True)  # compiles
-        start = time.perf_counter()
-        flat = score_pairs(model, data, pair_captions, pair_images, args.batch_size, device, bf16, fixed_shapes=True)
-        seconds = time.perf_counter() - start
-        results["compiled_fixed_shapes"] = {"pairs_per_s": round(len(flat) / seconds, 1), "seconds": round(seconds, 3),
-                                            "padded_text_tokens_per_pair": float(lengths.max())}
+        _, seconds = run(by_length, fixed_shapes=True)
+        results["compiled_fixed_shapes"] = row(seconds, float(lengths.max()))
         print(f"{'compiled':<10} {results['compiled_fixed_shapes']['pairs_per_s']:>12,.1f} pairs/s   {seconds:7.2f} s   "
               f"every batch padded to {lengths.max()} text tokens and the largest region count")
         # Trimmed batches under compile: dynamo recompiles once with the lengths symbolic (dynamic=None),
         # then every batch runs at its own length: what a length-aware `lait eval --compile` would do.
         model.drop_compiled()
         model.compile_trunk()
-        warm = slice(0, 3 * args.batch_size)
-        score_pairs(model, data, pair_captions[warm], pair_images[warm], args.batch_size, device, bf16)  # compiles
-        start = time.perf_counter()
-        flat = score_pairs(model, data, pair_captions, pair_images, args.batch_size, device, bf16)
-        seconds = time.perf_counter() - start
-        matrix = torch.empty(n_images, n_captions)
-        matrix[:, torch.from_numpy(orders["by_length"])] = flat.view(n_images, n_captions)
-        results["compiled_trimmed"] = {"pairs_per_s": round(len(flat) / seconds, 1), "seconds": round(seconds, 3),
-                                       "padded_text_tokens_per_pair": results["by_length"]["padded_text_tokens_per_pair"],
-                                       "max_abs_score_difference_to_eager": round(float((matrix - scores["by_length"]).abs().max()), 5)}
+        warm = np.tile(by_length, n_images)[:3 * args.batch_size]
+        score_pairs(model, data, warm, pair_images[:len(warm)], args.batch_size, device, bf16)  # compiles
+        matrix, seconds = run(by_length)
+        results["compiled_trimmed"] = dict(row(seconds, padded(by_length)), max_abs_score_difference_to_eager=round(
+            float((matrix - scores["by_length"]).abs().max()), 5))
         print(f"{'compiled, trimmed':<10} {results['compiled_trimmed']['pairs_per_s']:>5,.1f} pairs/s   {seconds:7.2f} s   "
               f"captions shortest first, lengths symbolic after one recompile "
               f"(scores within {results['compiled_trimmed']['max_abs_score_difference_to_eager']} of eager)")

@@ -296,12 +296,6 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         tflops = samples * flops / 1e12
         row.update({"train_samples_per_s": round(samples, 1), "train_ms_per_step": round(step_s * 1e3, 2),
                     "train_tflops": round(tflops, 2), "mfu": round(tflops / peak, 3) if peak else None})
-    if args.eval_bf16_weights and spec["scope"] == "eager":
-        # Scoring with the weights themselves in bf16 (no per-call casts), LayerNorm and softmax included.
-        model.to(torch.bfloat16)
-        model.heads["itm"].float()  # the matching logit stays fp32, as under autocast
-        row["eval_bf16_weights_pairs_per_s"] = round(eval_batch / time_score(model, score_batch, args.steps,
-                                                                             args.warmup, bf16, device), 1)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -337,11 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", help=VARIANT_HELP)
     parser.add_argument("--eager-too", action="store_true", help="with --compile, also time ImageBERT eager")
     parser.add_argument("--eager-baseline", action="store_true", help="with --compile, leave the baseline eager")
-    parser.add_argument("--eval-bf16-weights", action="store_true",
-                        help="also time eval with the model cast to bf16 (no autocast casts)")
     parser.add_argument("--profile", type=int, default=0,
                         help="print the top N kernels of two profiled training steps of each ImageBERT variant")
-    parser.add_argument("--attention-dropout", type=float, help="override the config's attention dropout (0.1)")
     parser.add_argument("--no-mask", action="store_true",
                         help="drop the attention mask (flash attention; valid only for batches without padding)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on GPU")
@@ -363,8 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     config = ModelConfig(feature_dim=preset["feature_dim"], num_classes=preset["num_classes"],
                          max_regions=preset["regions"], max_text_len=preset["text"], **preset["model"])
-    if args.attention_dropout is not None:  # to see whether attention dropout keeps a compiled step off fused kernels
-        config.attention_dropout = args.attention_dropout
     batch_size = args.batch_size or preset["batch"]
     eval_batch = args.eval_batch_size or preset["eval_batch"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -403,7 +392,6 @@ def main(argv: list[str] | None = None) -> int:
         train = (f"train {row['train_samples_per_s']:>9,.1f} samples/s  {row['train_tflops']:>8.2f} TFLOP/s  "
                  f"MFU {row['mfu'] if row['mfu'] is not None else 'n/a'}" if row["train_samples_per_s"] else "train (not timed)")
         print(f"{label:<22} {row['params_m']:>7.1f}M params  {train}  eval {row['eval_pairs_per_s']:>10,.1f} pairs/s"
-              + (f"  (bf16 weights {row['eval_bf16_weights_pairs_per_s']:,.1f})" if "eval_bf16_weights_pairs_per_s" in row else "")
               + f"  [{row['wall_s_with_compile']:.0f} s]", flush=True)
     ours = next((label for label, spec in reversed(contenders) if spec["scope"] not in ("hf", "hf-trunk")
                  and results[label].get("train_samples_per_s")), None)
