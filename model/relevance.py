@@ -2,7 +2,8 @@
 
 Reads top to bottom: ``RelevanceConfig``, the image encoder (a small CNN), the text encoder
 (hashed subword embeddings), then ``RelevanceModel`` whose ``forward`` returns the relevance
-probability of each (image, caption) pair. Saved as ``model.safetensors`` + ``config.json``.
+probability of each (image, caption) pair, and ``RelevanceEnsemble``, members trained from different
+seeds whose probabilities are averaged. Saved as ``model.safetensors`` + ``config.json``.
 """
 from __future__ import annotations
 
@@ -108,7 +109,25 @@ class RelevanceModel(nn.Module):
         return torch.sigmoid(self.head_logit(cos, features))
 
 
-def save_model(model: RelevanceModel, out_dir: str, extra: dict) -> None:
+class RelevanceEnsemble(nn.Module):
+    """Relevance models of one architecture, trained from different seeds; ``forward`` averages their probabilities.
+
+    A single small model trained on noisy pairs misjudges a different handful of pairs on every seed;
+    the average keeps what they agree on, which widens the gap between true pairs and mismatches.
+    """
+
+    def __init__(self, members: list[RelevanceModel]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(image, tokens, features) for member in self.members]).mean(0)
+
+
+def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: dict) -> None:
     """Write ``model.safetensors`` and ``config.json`` (architecture plus ``extra``: threshold, vocabulary...)."""
     from safetensors.torch import save_file
 
@@ -116,6 +135,8 @@ def save_model(model: RelevanceModel, out_dir: str, extra: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out_dir, WEIGHTS_FILE))
     config = {"kind": MODEL_KIND, "model": dataclasses.asdict(model.config), **extra}
+    if isinstance(model, RelevanceEnsemble):
+        config["members"] = len(model.members)
     tmp = os.path.join(out_dir, f".{CONFIG_FILE}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=1)
@@ -134,12 +155,14 @@ def read_config(model_dir: str) -> dict:
     return config
 
 
-def load_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[RelevanceModel, dict]:
-    """Build the model from ``config.json`` and load its safetensors weights (no pickle)."""
+def load_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[RelevanceModel | RelevanceEnsemble, dict]:
+    """Build the model (an ensemble when ``config.json`` counts ``members``) and load its safetensors weights (no pickle)."""
     from safetensors.torch import load_file
 
     config = read_config(model_dir)
-    model = RelevanceModel(RelevanceConfig.from_dict(config["model"]))
+    arch = RelevanceConfig.from_dict(config["model"])
+    members = int(config.get("members", 0))
+    model = RelevanceEnsemble([RelevanceModel(arch) for _ in range(members)]) if members else RelevanceModel(arch)
     model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS_FILE), device="cpu"))
     model.eval().requires_grad_(False)
     return model.to(device), config

@@ -21,3 +21,4 @@ class TrainConfig:
     torch_threads: int | None = 1  # small convolutions: one thread beats two on 2 cores (None: torch's choice)
     image_size: int = 64
     embed_dim: int = 64
+    members: int = 3  # models trained from seeds seed, seed+1, ...; more than one are saved as an averaging ensemble

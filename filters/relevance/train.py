@@ -3,8 +3,9 @@
 Positives are the pairs as crawled (some are wrong: that is the noise the model learns to find);
 negatives are re-pairings: another image of the same page where there is one (hard), and a random
 image (easy). The dual encoder learns from an in-batch contrastive loss; the head learns the
-relevance probability from binary cross-entropy on positives and negatives. The threshold is set on
-held-out pages by Youden's J.
+relevance probability from binary cross-entropy on positives and negatives. With ``members`` > 1,
+that many models are trained from consecutive seeds and saved as one ensemble that averages them.
+The threshold is set on held-out pages (``cost_threshold``; Youden's J at cost 1).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from filters.relevance import features as F
 from filters.relevance.config import TrainConfig
 from filters.relevance.data import read_pairs
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
-from model.relevance import RelevanceConfig, RelevanceModel, save_model
+from model.relevance import RelevanceConfig, RelevanceEnsemble, RelevanceModel, save_model
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +184,12 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
 
 def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress: bool) -> dict:
     started = time.monotonic()
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    if config.members < 1:
+        raise ValueError(f"members must be at least 1, got {config.members}")
     rows = read_pairs(pairs, limit=config.max_pairs) if isinstance(pairs, str) else list(pairs)[: config.max_pairs]
+    # One order for one set of pairs: pair ids hash the URLs, port included, so the same site served
+    # on another port (or crawled into other shards) must not change the batches, split or threshold.
+    rows.sort(key=_content_key)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 pairs to train, got {len(rows)}")
     vocabulary = F.build_vocabulary(r.get("caption") for r in rows)
@@ -198,38 +203,19 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
         train_idx = val_idx = np.arange(len(ex))
     log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx), len(val_idx), skipped)
 
-    model = RelevanceModel(arch)
-    model.feature_mean.copy_(ex.features[train_idx].mean(0))
-    model.feature_std.copy_(ex.features[train_idx].std(0).clamp(min=1e-3) if len(train_idx) > 1 else 1.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1),
-                                                    pct_start=0.15)
-    gen = torch.Generator().manual_seed(config.seed)
-    bar = _progress(total, progress)
-    last_loss, step = float("nan"), 0
-    for epoch in range(config.epochs):
-        model.train()
-        for batch in _page_batches(ex, train_idx, config.batch_size, rng):
-            if len(batch) < 2:
-                continue
-            warm = step >= config.trust_after * total
-            step += 1
-            loss = _batch_loss(model, ex, batch, gen, config.drop_rate if warm else 0.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            last_loss = loss.item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.3f}")
+    members = config.members
+    bar = _progress(members * config.epochs * math.ceil(len(train_idx) / config.batch_size), progress)
+    fitted = [_fit(ex, train_idx, arch, config, config.seed + k, bar) for k in range(members)]
     bar.close()
-
-    pos, neg = _scores_with_negatives(model, ex, val_idx, config.seed)
+    # Every member scores the same held-out positives and re-pairings; the threshold is set on their average.
+    scored = [_scores_with_negatives(member, ex, val_idx, config.seed) for member, _ in fitted]
+    pos, neg = np.mean([p for p, _ in scored], axis=0), np.mean([n for _, n in scored], axis=0)
+    model = fitted[0][0] if members == 1 else RelevanceEnsemble([member for member, _ in fitted])
+    last_loss = float(np.mean([loss for _, loss in fitted]))
     threshold = cost_threshold(pos, neg, config.mismatch_cost)
     summary = {
         "pairs": len(rows),
+        "members": members,
         "trained_on": int(len(train_idx)),
         "held_out": int(len(val_idx)) if val_idx is not train_idx else 0,
         "skipped_undecodable": skipped,
@@ -252,9 +238,61 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     return summary
 
 
+def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: TrainConfig, seed: int,
+         bar) -> tuple[RelevanceModel, float]:
+    """One model trained on ``train_idx`` from ``seed`` (initialisation, batch order, negatives); its last loss."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = RelevanceModel(arch)
+    model.feature_mean.copy_(ex.features[train_idx].mean(0))
+    model.feature_std.copy_(ex.features[train_idx].std(0).clamp(min=1e-3) if len(train_idx) > 1 else 1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1),
+                                                    pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    last_loss, step = float("nan"), 0
+    for epoch in range(config.epochs):
+        model.train()
+        for batch in _page_batches(ex, train_idx, config.batch_size, rng):
+            if len(batch) < 2:
+                continue
+            warm = step >= config.trust_after * total
+            step += 1
+            loss = _batch_loss(model, ex, batch, gen, config.drop_rate if warm else 0.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            last_loss = loss.item()
+            bar.update(1)
+            bar.set_postfix(seed=seed, epoch=epoch + 1, loss=f"{last_loss:.3f}")
+    return model, last_loss
+
+
+def _where(url: str | None) -> str:
+    """A URL without its scheme, credentials and port: what names a page however the site was served."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.netloc:
+        return url
+    return f"{parts.hostname or ''}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+
+def _content_key(row: dict) -> tuple[str, str, str, str]:
+    """Training order of a pair: what it holds and where it was found, never its (URL-hashed) pair id."""
+    return (row.get("image_id") or "", row.get("caption") or "", _where(row.get("page_url")),
+            _where(row.get("image_url")))
+
+
 def _held_out_mask(ex: _Examples, fraction: float) -> np.ndarray:
     """Held-out flag per example, chosen by a hash of its page so that no page is in both splits."""
-    is_val_page = np.array([int(hashlib.sha1(k.encode()).hexdigest()[:8], 16) % 1000 < fraction * 1000
+    is_val_page = np.array([int(hashlib.sha1(_where(k).encode()).hexdigest()[:8], 16) % 1000 < fraction * 1000
                             for k in ex.page_keys])
     return is_val_page[ex.page]
 

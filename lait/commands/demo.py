@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "0: the threshold the relevance model chose when it was trained)")
     parser.add_argument("--relevance-epochs", type=_positive, default=d.relevance_epochs,
                         help=f"relevance model training epochs (default {d.relevance_epochs})")
+    parser.add_argument("--relevance-members", type=_positive, default=d.relevance_members,
+                        help=f"relevance models averaged into one ensemble (default {d.relevance_members})")
     parser.add_argument("--relevance-image-size", type=_positive, default=d.relevance_image_size,
                         help=f"image side the relevance model sees (default {d.relevance_image_size})")
     parser.add_argument("--train-config", default=d.train_config, help="trainer config (default configs/demo.yaml)")
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, seed=args.seed, scenes=args.scenes, test_scenes=args.test_scenes,
         detector_scenes=args.detector_scenes, detector_epochs=args.detector_epochs, min_side=args.min_side,
         max_aspect=args.max_aspect, relevance_keep_rate=args.relevance_keep_rate,
-        relevance_epochs=args.relevance_epochs, relevance_image_size=args.relevance_image_size, train_config=args.train_config,
+        relevance_epochs=args.relevance_epochs, relevance_image_size=args.relevance_image_size,
+        relevance_members=args.relevance_members, train_config=args.train_config,
         stop_after=args.stop_after, start_from=args.start_from)
     if args.serve:
         demo_run.serve(args.seed, args.scenes)

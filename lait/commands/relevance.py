@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--drop-rate", type=float, default=_DEFAULTS.drop_rate,
                        help=f"share of each batch's worst-fitting pairs ignored as likely noise (default {_DEFAULTS.drop_rate})")
     train.add_argument("--seed", type=int, default=_DEFAULTS.seed, help=f"default {_DEFAULTS.seed}")
+    train.add_argument("--members", type=int, default=_DEFAULTS.members,
+                       help="train this many models from consecutive seeds and save them as one ensemble that "
+                            f"averages their scores: steadier cuts, N times the training (default {_DEFAULTS.members})")
     train.set_defaults(func=run_train)
 
     ev = sub.add_parser("eval", help="ROC-AUC and mismatch precision/recall on a labelled pairs set",
@@ -77,7 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
                          max_pairs=args.max_pairs, val_fraction=args.val_fraction, seed=args.seed,
-                         mismatch_cost=args.mismatch_cost, drop_rate=args.drop_rate)
+                         mismatch_cost=args.mismatch_cost, drop_rate=args.drop_rate, members=args.members)
     summary = train(args.input, args.out, config, progress=True)
     print(f"relevance model written to {args.out}")
     print(json.dumps(summary, indent=2))

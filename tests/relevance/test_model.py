@@ -86,3 +86,43 @@ def test_training_needs_pairs(tmp_path):
     with pytest.raises(ValueError, match="no pair with a decodable image"):
         train([{"pair_id": "a", "image_id": "i", "caption": "x", "image_bytes": b"bad"},
                {"pair_id": "b", "image_id": "j", "caption": "y", "image_bytes": None}], str(tmp_path / "m"))
+
+
+def test_ensemble_averages_its_members_and_saves_as_one_model(tmp_path, heldout_rows):
+    """--members 2: two seeds trained on one split, saved in one folder, scoring the mean of the two."""
+    from filters.relevance.config import TrainConfig
+    from filters.relevance.train import train
+    from model.relevance import RelevanceEnsemble, RelevanceModel, load_model
+    from tests.relevance.scenes import make_pairs
+
+    rows = make_pairs(25, seed=6)
+    summary = train(rows, str(tmp_path / "pair"), TrainConfig(epochs=2, members=2))
+    single = train(rows, str(tmp_path / "one"), TrainConfig(epochs=2, members=1))
+    assert summary["members"] == 2 and single["members"] == 1
+    assert summary["held_out"] == single["held_out"] > 0
+    model, config = load_model(str(tmp_path / "pair"))
+    alone, _ = load_model(str(tmp_path / "one"))
+    assert isinstance(model, RelevanceEnsemble) and config["members"] == 2
+    assert isinstance(alone, RelevanceModel) and "members" not in json.loads((tmp_path / "one" / "config.json").read_text())
+    # the first member is the single model of the same seed; the second differs
+    for (name, a), (_, b) in zip(model.members[0].state_dict().items(), alone.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(model.members[1].head[0].weight, alone.head[0].weight)  # another initialisation
+
+    scorer = load(str(tmp_path / "pair"))
+    pairs = heldout_rows[:40]
+    prepared = [scorer.prepare(p) for p in pairs]
+    batch = {k: torch.stack([ex[k] for ex, _ in prepared]) for k in prepared[0][0]}
+    with torch.no_grad():
+        mean = (model.members[0](**batch) + model.members[1](**batch)) / 2
+    assert np.allclose(scorer.score(pairs), mean.numpy(), atol=1e-6)
+    assert scorer.threshold == summary["threshold"]
+
+
+def test_members_below_one_is_a_clear_error(tmp_path):
+    from filters.relevance.config import TrainConfig
+    from filters.relevance.train import train
+    from tests.relevance.scenes import make_pairs
+
+    with pytest.raises(ValueError, match="members must be at least 1"):
+        train(make_pairs(2, seed=3), str(tmp_path / "m"), TrainConfig(members=0))
