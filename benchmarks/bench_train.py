@@ -8,7 +8,7 @@ Prints the figures and the ratio ImageBERT / baseline::
     # ImageBERT variants against each other (no baseline), each with its top GPU kernels; the product's
     # training setting (configs/imagebert-base.yaml) is model+atenln:
     python benchmarks/bench_train.py --preset base --device cuda --skip-baseline --profile 12 \
-        --variants eager model+atenln trunk trunk+bf16weights
+        --variants eager model+atenln trunk trunk+bf16weights trunk+fp8
     python benchmarks/bench_train.py --preset small --device cpu --threads 1    # what a CPU can run
     python benchmarks/bench_train.py --preset small --skip-baseline --loader-workers 0   # + data loader samples/s
 
@@ -30,6 +30,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.config import ModelConfig  # noqa: E402
+from model.fp8 import float8_encoder  # noqa: E402
 from model.imagebert import ImageBert, num_parameters  # noqa: E402
 from model.layer_norm import OpaqueLayerNorm, make_layer_norms_opaque  # noqa: E402
 from model.tasks import choose_exact, exact_slots, slot_positions  # noqa: E402
@@ -190,9 +191,10 @@ dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upp
 padding), sdpa-cudnn | sdpa-efficient | sdpa-flash (allow only that attention kernel), eval4096 (eval batch 4,096),
 atenln (LayerNorm as an opaque op: ATen's kernels inside the compiled graph), nopersist (inductor without
 persistent reductions), bf16weights (scoring only, with the weights cast to bf16 before compiling), ln16 (with
-atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16)."""
+atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16), fp8 (scoring only, with
+the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them; Ada/Hopper GPUs)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "eval4096", "atenln",
-             "nopersist", "bf16weights", "ln16"}
+             "nopersist", "bf16weights", "ln16", "fp8"}
 
 
 def parse_variant(name: str) -> dict:
@@ -238,10 +240,12 @@ def _sdpa_context(spec: dict):
 def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch: dict, args, bf16: bool,
                 device: torch.device, flops: float, peak: float | None, batch_size: int, eval_batch: int) -> dict:
     """Build, (compile,) time training and scoring of one variant; the figures as a row."""
+    import contextlib
     import copy
     import types
 
     config = copy.deepcopy(config)
+    swaps = contextlib.ExitStack()  # float8 layers live as long as the variant's model
     if spec.get("nodrop"):
         config.attention_dropout = 0.0
     torch.manual_seed(0)
@@ -259,6 +263,8 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         if spec.get("bf16weights"):  # scoring without autocast's weight casts; cast before compiling
             model.to(torch.bfloat16)
             model.heads["itm"].float()  # the matching logit stays fp32, as under autocast
+        if spec.get("fp8"):  # swapped before compiling, so the graph holds the float8 layers
+            swaps.enter_context(float8_encoder(model))
         if spec["scope"] == "trunk":
             model.compile_trunk(opaque_layer_norm=opaque, dynamic=False)
         elif spec["scope"] == "model":
@@ -274,15 +280,13 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     if spec.get("eval4096"):
         score_batch = {k: v.repeat(4, *([1] * (v.dim() - 1))) for k, v in score_batch.items()}
         eval_batch = score_batch["input_ids"].shape[0]
-    import contextlib
-
     inductor = contextlib.nullcontext()
     if spec.get("nopersist"):
         from torch._inductor import config as inductor_config
 
         inductor = inductor_config.patch({"triton.persistent_reductions": False})
-    scoring_only = bool(spec.get("bf16weights"))
-    with _sdpa_context(spec), inductor:
+    scoring_only = bool(spec.get("bf16weights") or spec.get("fp8"))
+    with swaps, _sdpa_context(spec), inductor:
         step_s = None if scoring_only else time_train(model, train_batch, args.steps, args.warmup, bf16, device)
         score_s = time_score(model, score_batch, args.steps, args.warmup, bf16, device)
         if args.profile and spec["scope"] not in ("hf", "hf-trunk"):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
-# About 6-7 minutes on an H200 (the step limits add up to 9.5). Writes env.txt, train.{json,log},
+# About 7 minutes on an H200 (the step limits add up to 10.2). Writes env.txt, train.{json,log},
 # eval_order.{json,log}, features_{vg,coco}.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; bench_train writes its
 # JSON after every variant, so a step cut short keeps what it measured.
@@ -16,11 +16,13 @@ PY=${PYTHON:-python3}
 #   model+atenln     the product setting (configs/imagebert-base.yaml: exact masking, compile: true -> the whole
 #                    step compiled with opaque LayerNorms): 4,306 samples/s on an H200 on 2026-11-27
 #   trunk            scoring as `lait eval --compile` runs it (plain LayerNorms): 15,700-16,400 pairs/s there
+#   trunk+fp8        scoring as `lait eval --compile --precision fp8` runs it: the encoder's matrix multiplies in
+#                    float8 (e4m3, row-scaled inputs), the rest as trunk
 #   trunk+bf16weights   scoring with the weights cast to bf16 before compiling (no autocast casts)
 #   model+atenln+ln16    the product setting with LayerNorm outputs in bf16 (a bf16 residual stream)
 # On an H100 this is the issue's own card (never measured so far).
-timeout "${TRAIN_TIMEOUT:-240}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
-    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk trunk+bf16weights model+atenln+ln16} \
+timeout "${TRAIN_TIMEOUT:-280}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
+    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk trunk+fp8 trunk+bf16weights model+atenln+ln16} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
 # eval scoring order (captions shortest first vs as given; and `lait eval --compile`), BERT-base, bf16, 600 x 300
 timeout "${EVAL_TIMEOUT:-130}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \

@@ -176,14 +176,24 @@ def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device
 
 def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str, split: str | None = "test",
              batch_size: int = 512, device: torch.device | str = "cpu", bf16: bool = False,
-             two_stage_k: int | None = None, progress: bool = False, compile: bool = False) -> dict:
+             two_stage_k: int | None = None, progress: bool = False, compile: bool = False,
+             fp8: bool = False) -> dict:
     """Recall@1/5/10 in both directions on one split; ``two_stage_k`` re-ranks only each query's top k.
 
     ``compile`` scores the pairs with the trunk compiled for one static shape (every batch padded to the
     set's longest caption and largest region count): it pays off on large sets whose images mostly
     have close to the maximum region count; small or ragged sets score faster trimmed and eager.
+    ``fp8`` runs the cross-encoder's encoder matrix multiplies in float8 (``model.fp8``; implies bf16
+    for the rest); the dual-encoder pre-ranking of the two-stage mode stays in ``bf16``'s precision.
     """
     device = torch.device(device)
+    if fp8:
+        from model.fp8 import fp8_supported
+
+        if not fp8_supported(device):
+            raise ValueError(f"fp8 scoring needs a GPU of compute capability 8.9 or later (Ada, Hopper), "
+                             f"or the CPU; {device} has none")
+        bf16 = True
     model.eval()
     config = model.config
     started = time.perf_counter()
@@ -197,7 +207,7 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
         by_length = np.argsort(data.text_lengths, kind="stable")
         pair_images = np.repeat(np.arange(n_images), n_captions)
         pair_captions = np.tile(by_length, n_images)
-        flat = _score(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile)
+        flat = _score(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile, fp8)
         ir = sr = flat.view(n_images, n_captions)[:, torch.from_numpy(np.argsort(by_length))].t().contiguous()
         mode, scored = "full", len(flat)
     else:
@@ -213,7 +223,7 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
         union = (candidates | candidates_sr).nonzero().numpy()
         order = np.lexsort((data.text_lengths[union[:, 0]], union[:, 1]))  # image-major, then caption length
         pair_captions, pair_images = union[order, 0], union[order, 1]
-        flat = _score(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile)
+        flat = _score(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile, fp8)
         full = torch.full((n_captions, n_images), float("-inf"))
         full[torch.from_numpy(pair_captions), torch.from_numpy(pair_images)] = flat
         ir = full.masked_fill(~candidates, float("-inf"))
@@ -228,24 +238,32 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
         result["prerank_recall"] = prerank  # share of queries whose answer reached the re-ranking
     result.update(mode=mode, two_stage_k=two_stage_k if mode == "two_stage" else None, pairs_scored=scored,
                   seconds=round(seconds, 3), pairs_per_s=round(scored / max(seconds, 1e-9), 1), split=split,
+                  precision="fp8" if fp8 else ("bf16" if bf16 else "fp32"),
                   captions_without_regions=data.captions_without_regions)
     return result
 
 
 def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_images: np.ndarray, batch_size: int,
-           device: torch.device, bf16: bool, progress: bool, compile: bool) -> torch.Tensor:
-    """``score_pairs``, with the trunk compiled for the duration when asked (the model is left as it was)."""
-    if not compile:
-        return score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress)
-    previous = model.__dict__.get("_trunk")
-    model.compile_trunk(dynamic=False)
-    try:
-        return score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, fixed_shapes=True)
-    finally:
-        if previous is None:
-            model.__dict__.pop("_trunk", None)
-        else:
-            model._trunk = previous
+           device: torch.device, bf16: bool, progress: bool, compile: bool, fp8: bool = False) -> torch.Tensor:
+    """``score_pairs``, with float8 encoder layers and/or the trunk compiled for the duration when asked
+    (the model is left as it was)."""
+    import contextlib
+
+    from model.fp8 import float8_encoder
+
+    with float8_encoder(model) if fp8 else contextlib.nullcontext():
+        if not compile:
+            return score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress)
+        previous = model.__dict__.get("_trunk")
+        model.compile_trunk(dynamic=False)
+        try:
+            return score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress,
+                               fixed_shapes=True)
+        finally:
+            if previous is None:
+                model.__dict__.pop("_trunk", None)
+            else:
+                model._trunk = previous
 
 
 def _gold(data: EvalSet) -> torch.Tensor:

@@ -40,3 +40,13 @@ def random_batch(config: ModelConfig, size: int = 4, text_len: int = 7, regions:
         "image_keys": torch.arange(size) + 100,
         "caption_keys": torch.arange(size) + 200,
     }
+
+
+def eval_split(model, tokenizer_json: str, synth_dir: str):
+    """The synthetic data's test split as ``model.eval.EvalSet`` for this model's shape (model put in eval mode)."""
+    from model.eval import EvalSet
+
+    model.eval()
+    c = model.config
+    return EvalSet(f"{synth_dir}/regions", f"{synth_dir}/captions", "test", tokenizer_json, c.max_text_len,
+                   c.max_regions, c.feature_dim)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from imagebert_testlib import REPO
+from imagebert_testlib import REPO, eval_split
 from model.eval import evaluate, format_table, recall_at_k
 
 
@@ -86,13 +86,10 @@ def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
 
 def test_fixed_shapes_score_like_trimmed_batches(synth_dir, tiny_trained):
     """Padding every batch to one shape (what a compiled trunk needs) changes no score."""
-    from model.eval import EvalSet, score_pairs
+    from model.eval import score_pairs
 
     model, tokenizer_json = tiny_trained
-    model.eval()
-    c = model.config
-    data = EvalSet(f"{synth_dir}/regions", f"{synth_dir}/captions", "test", tokenizer_json, c.max_text_len,
-                   c.max_regions, c.feature_dim)
+    data = eval_split(model, tokenizer_json, synth_dir)
     assert len(set(data.region_counts.tolist())) > 1  # ragged, so the padding is exercised
     rng = np.random.default_rng(0)
     pairs_c = rng.integers(0, data.shape[0], 300)

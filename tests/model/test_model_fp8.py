@@ -1,0 +1,82 @@
+"""Float8 scoring (``lait eval --precision fp8``): the layer's arithmetic, the swap, and recall that holds."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from imagebert_testlib import eval_split
+from model.eval import evaluate, score_pairs
+from model.fp8 import Float8Linear, encoder_linears, float8_encoder, fp8_supported
+
+
+def test_float8_linear_is_close_to_the_linear_it_replaces():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    nn.init.normal_(linear.bias, std=0.5)
+    x = torch.randn(3, 7, 64) * torch.logspace(-2, 1, 7)[None, :, None]  # rows of very different scale
+    fp8 = Float8Linear(linear)
+    with torch.no_grad():
+        y, ref = fp8(x), linear(x)
+    assert y.shape == ref.shape and y.dtype == torch.bfloat16
+    # e4m3 keeps 3 mantissa bits: a few percent per product; each row is scaled on its own, so the small
+    # rows are as accurate as the large ones.
+    error = (y.float() - ref).norm(dim=-1) / ref.norm(dim=-1)
+    assert float(error.max()) < 0.08
+    assert fp8.weight_t.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (1, 48)
+    # the bias is applied (a layer of zeros gives the bias back)
+    zero = nn.Linear(64, 48)
+    nn.init.zeros_(zero.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(Float8Linear(zero)(x).float(), zero.bias.to(torch.bfloat16).float().expand(3, 7, 48))
+
+
+def test_float8_linear_refuses_unaligned_sizes():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        Float8Linear(nn.Linear(40, 64))
+    assert fp8_supported("cpu") and not fp8_supported("meta")
+
+
+def test_swap_takes_the_encoder_linears_and_puts_them_back(tiny_model):
+    originals = [getattr(parent, name) for parent, name in encoder_linears(tiny_model)]
+    assert len(originals) == 4 * tiny_model.config.num_layers  # qkv, attention out, feed-forward in and out
+    with float8_encoder(tiny_model) as swapped:
+        assert swapped == len(originals)
+        assert all(isinstance(getattr(p, n), Float8Linear) for p, n in encoder_linears_of(tiny_model))
+        assert isinstance(tiny_model.pooler, nn.Linear)  # outside the encoder layers: untouched
+    assert [getattr(parent, name) for parent, name in encoder_linears(tiny_model)] == originals
+    with pytest.raises(RuntimeError, match="inside"):
+        with float8_encoder(tiny_model):
+            raise RuntimeError("inside")
+    assert [getattr(parent, name) for parent, name in encoder_linears(tiny_model)] == originals
+
+
+def encoder_linears_of(model):
+    """(parent, name) of every module that float8_encoder may have swapped, whatever its class now."""
+    return [(parent, name) for layer in model.layers for parent in layer.modules()
+            for name, child in parent.named_children() if isinstance(child, (nn.Linear, Float8Linear))]
+
+
+def test_fp8_scores_rank_like_full_precision_and_recall_holds(synth_dir, tiny_trained):
+    model, tokenizer_json = tiny_trained
+    data = eval_split(model, tokenizer_json, synth_dir)
+    n_captions, n_images = data.shape
+    pairs_c = np.tile(np.arange(n_captions), n_images)
+    pairs_i = np.repeat(np.arange(n_images), n_captions)
+    cpu = torch.device("cpu")
+    full = score_pairs(model, data, pairs_c, pairs_i, 512, cpu, bf16=False)
+    with float8_encoder(model):
+        low = score_pairs(model, data, pairs_c, pairs_i, 512, cpu, bf16=True)
+    ranks = lambda s: np.argsort(np.argsort(s.numpy()))  # noqa: E731
+    spearman = np.corrcoef(ranks(full), ranks(low))[0, 1]
+    assert spearman > 0.97, spearman  # 0.998 here
+    assert not torch.equal(full, low)  # the float8 path really ran
+
+    args = (model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
+    reference = evaluate(*args, batch_size=512)
+    result = evaluate(*args, batch_size=512, fp8=True)
+    assert result["precision"] == "fp8" and reference["precision"] == "fp32"
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        for k in ("R@1", "R@5", "R@10"):
+            assert result[direction][k] == pytest.approx(reference[direction][k], abs=0.1), (direction, k)
+        assert result[direction]["R@1"] > 3 * result[direction]["chance_R@1"]
+    assert all(isinstance(getattr(p, n), nn.Linear) for p, n in encoder_linears(model))
