@@ -66,8 +66,9 @@ class Float8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         quantized, scale = _row_scaled(x.reshape(-1, shape[-1]))
+        # Fast accumulation on the GPU, as float8 inference usually runs (torchao's default for forward passes).
         y = torch._scaled_mm(quantized, self.weight_t, scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
-                             out_dtype=torch.bfloat16)
+                             out_dtype=torch.bfloat16, use_fast_accum=quantized.is_cuda)
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -22,3 +22,4 @@ class TrainConfig:
     image_size: int = 64
     embed_dim: int = 64
     members: int = 3  # models trained from seeds seed, seed+1, ...; more than one are saved as an averaging ensemble
+    processes: int | None = None  # members trained side by side in processes (None: one per CPU core, up to members)

@@ -13,6 +13,8 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -186,6 +188,8 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     started = time.monotonic()
     if config.members < 1:
         raise ValueError(f"members must be at least 1, got {config.members}")
+    if config.processes is not None and config.processes < 1:
+        raise ValueError(f"processes must be at least 1 (or None: one per CPU core), got {config.processes}")
     rows = read_pairs(pairs, limit=config.max_pairs) if isinstance(pairs, str) else list(pairs)[: config.max_pairs]
     # One order for one set of pairs: pair ids hash the URLs, port included, so the same site served
     # on another port (or crawled into other shards) must not change the batches, split or threshold.
@@ -205,7 +209,12 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
 
     members = config.members
     bar = _progress(members * config.epochs * math.ceil(len(train_idx) / config.batch_size), progress)
-    fitted = [_fit(ex, train_idx, arch, config, config.seed + k, bar) for k in range(members)]
+    seeds = [config.seed + k for k in range(members)]
+    processes = min(members, config.processes or os.cpu_count() or 1)
+    if processes > 1:
+        fitted = _fit_in_processes(ex, train_idx, arch, config, seeds, processes, bar)
+    else:
+        fitted = [_fit(ex, train_idx, arch, config, seed, bar) for seed in seeds]
     bar.close()
     # Every member scores the same held-out positives and re-pairings; the threshold is set on their average.
     scored = [_scores_with_negatives(member, ex, val_idx, config.seed) for member, _ in fitted]
@@ -269,6 +278,92 @@ def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: Tr
             bar.update(1)
             bar.set_postfix(seed=seed, epoch=epoch + 1, loss=f"{last_loss:.3f}")
     return model, last_loss
+
+
+class _QueuedProgress:
+    """A progress bar stand-in for a member trained in another process: step counts go to a queue."""
+
+    def __init__(self, steps: queue.Queue, every: int = 20):
+        self.steps, self.every, self.pending = steps, every, 0
+
+    def update(self, n: int = 1) -> None:
+        self.pending += n
+        if self.pending >= self.every:
+            self.flush()
+
+    def set_postfix(self, **_) -> None:
+        pass
+
+    def flush(self) -> None:
+        if self.pending:
+            self.steps.put(self.pending)
+            self.pending = 0
+
+
+def _member_process(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: TrainConfig, seed: int,
+                    threads: int, steps, results) -> None:
+    """Entry point of a member's process: train, then send back (seed, weights as numpy, loss, error)."""
+    torch.set_num_threads(threads)
+    try:
+        bar = _QueuedProgress(steps)
+        model, loss = _fit(ex, train_idx, arch, config, seed, bar)
+        bar.flush()
+        results.put((seed, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}, loss, None))
+    except BaseException as exc:  # reported to the parent, which raises it
+        results.put((seed, None, None, f"{type(exc).__name__}: {exc}"))
+
+
+def _fit_in_processes(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: TrainConfig,
+                      seeds: list[int], processes: int, bar) -> list[tuple[RelevanceModel, float]]:
+    """``_fit`` of every seed, ``processes`` at a time in spawned processes; the same models as in-process.
+
+    Each member is seeded alone and runs on as many torch threads as the parent, so where it runs
+    changes nothing. The examples travel through shared memory (torch's multiprocessing pickler).
+    """
+    ctx = torch.multiprocessing.get_context("spawn")
+    steps, results = ctx.Queue(), ctx.Queue()
+    threads = torch.get_num_threads()
+    waiting, running, fitted = list(seeds), {}, {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < processes:
+                seed = waiting.pop(0)
+                running[seed] = ctx.Process(target=_member_process, daemon=True, name=f"relevance-member-{seed}",
+                                            args=(ex, train_idx, arch, config, seed, threads, steps, results))
+                running[seed].start()
+            _drain(steps, bar)
+            try:
+                seed, state, loss, error = results.get(timeout=0.2)
+            except queue.Empty:
+                dead = [s for s, p in running.items() if p.exitcode is not None]
+                if dead:
+                    try:  # a result sent just before exiting may still be on its way
+                        seed, state, loss, error = results.get(timeout=2.0)
+                    except queue.Empty:
+                        raise RuntimeError(f"relevance member of seed {dead[0]} died (exit code "
+                                           f"{running[dead[0]].exitcode}) without a result") from None
+                else:
+                    continue
+            running.pop(seed).join()
+            if error is not None:
+                raise RuntimeError(f"relevance member of seed {seed} failed: {error}")
+            model = RelevanceModel(arch)
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            fitted[seed] = (model, loss)
+        _drain(steps, bar)
+    finally:
+        for process in running.values():
+            process.terminate()
+            process.join()
+    return [fitted[seed] for seed in seeds]
+
+
+def _drain(steps, bar) -> None:
+    while True:
+        try:
+            bar.update(steps.get_nowait())
+        except queue.Empty:
+            return
 
 
 def _where(url: str | None) -> str:

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--members", type=int, default=_DEFAULTS.members,
                        help="train this many models from consecutive seeds and save them as one ensemble that "
                             f"averages their scores: steadier cuts, N times the training (default {_DEFAULTS.members})")
+    train.add_argument("--processes", type=int, default=_DEFAULTS.processes,
+                       help="members trained side by side, one process each (default: one per CPU core, up to "
+                            "--members; 1 trains them one after the other; the models are the same either way)")
     train.set_defaults(func=run_train)
 
     ev = sub.add_parser("eval", help="ROC-AUC and mismatch precision/recall on a labelled pairs set",
@@ -80,7 +83,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
                          max_pairs=args.max_pairs, val_fraction=args.val_fraction, seed=args.seed,
-                         mismatch_cost=args.mismatch_cost, drop_rate=args.drop_rate, members=args.members)
+                         mismatch_cost=args.mismatch_cost, drop_rate=args.drop_rate, members=args.members,
+                         processes=args.processes)
     summary = train(args.input, args.out, config, progress=True)
     print(f"relevance model written to {args.out}")
     print(json.dumps(summary, indent=2))

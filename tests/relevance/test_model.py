@@ -96,12 +96,17 @@ def test_ensemble_averages_its_members_and_saves_as_one_model(tmp_path, heldout_
     from tests.relevance.scenes import make_pairs
 
     rows = make_pairs(25, seed=6)
-    summary = train(rows, str(tmp_path / "pair"), TrainConfig(epochs=2, members=2))
+    summary = train(rows, str(tmp_path / "pair"), TrainConfig(epochs=2, members=2, processes=2))
     single = train(rows, str(tmp_path / "one"), TrainConfig(epochs=2, members=1))
+    # the members trained one after the other in this process: the same models as side by side in two processes
+    in_process = train(rows, str(tmp_path / "pair1"), TrainConfig(epochs=2, members=2, processes=1))
+    assert in_process["threshold"] == summary["threshold"]
     assert summary["members"] == 2 and single["members"] == 1
     assert summary["held_out"] == single["held_out"] > 0
     model, config = load_model(str(tmp_path / "pair"))
     alone, _ = load_model(str(tmp_path / "one"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), load_model(str(tmp_path / "pair1"))[0].state_dict().items()):
+        assert torch.equal(a, b), name
     assert isinstance(model, RelevanceEnsemble) and config["members"] == 2
     assert isinstance(alone, RelevanceModel) and "members" not in json.loads((tmp_path / "one" / "config.json").read_text())
     # the first member is the single model of the same seed; the second differs
@@ -119,10 +124,12 @@ def test_ensemble_averages_its_members_and_saves_as_one_model(tmp_path, heldout_
     assert scorer.threshold == summary["threshold"]
 
 
-def test_members_below_one_is_a_clear_error(tmp_path):
+def test_members_or_processes_below_one_is_a_clear_error(tmp_path):
     from filters.relevance.config import TrainConfig
     from filters.relevance.train import train
     from tests.relevance.scenes import make_pairs
 
     with pytest.raises(ValueError, match="members must be at least 1"):
         train(make_pairs(2, seed=3), str(tmp_path / "m"), TrainConfig(members=0))
+    with pytest.raises(ValueError, match="processes must be at least 1"):
+        train(make_pairs(2, seed=3), str(tmp_path / "m"), TrainConfig(processes=0))
