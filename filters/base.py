@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,20 @@ class Filter:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
+
+
+def location_key(url: str | None) -> str:
+    """A URL without its scheme, credentials and port: what names a page or image however its site was served.
+
+    Ids hash whole URLs, port included; orders and tie-breaks that use this instead come out the same
+    when the same site is crawled from another port (the demo serves on a free one).
+    """
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.netloc:
+        return url
+    return f"{parts.hostname or ''}{parts.path}" + (f"?{parts.query}" if parts.query else "")

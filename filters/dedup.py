@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
+from filters.base import location_key
 from filters.text import text_quality_score
 
 #: reasons, in the order the steps run
@@ -31,13 +32,15 @@ def caption_key(caption: str) -> str:
 
 
 def rank_key(pair: Mapping[str, Any]) -> tuple:
-    """Sort key, best first when sorted ascending: scored relevance, then text quality, then pair_id."""
+    """Sort key, best first when sorted ascending: scored relevance, then text quality, then what the pair
+    holds and where it was found (not its pair_id, which hashes the URL's port), pair_id last."""
     relevance = pair.get("relevance")
     quality = pair.get("text_quality")
     if quality is None:
         quality = text_quality_score(pair.get("caption") or "", None, pair.get("lang_score"))
     has_relevance = relevance is not None
-    return (not has_relevance, -(relevance or 0.0), -quality, pair.get("pair_id") or "")
+    return (not has_relevance, -(relevance or 0.0), -quality, pair.get("caption") or "",
+            location_key(pair.get("page_url")), location_key(pair.get("image_url")), pair.get("pair_id") or "")
 
 
 def _rejected(pair: Mapping[str, Any], reason: str, detail: str) -> dict[str, Any]:

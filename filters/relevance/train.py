@@ -19,12 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 
+from filters.base import location_key
 from filters.relevance import features as F
 from filters.relevance.config import TrainConfig
 from filters.relevance.data import read_pairs
@@ -366,28 +366,15 @@ def _drain(steps, bar) -> None:
             return
 
 
-def _where(url: str | None) -> str:
-    """A URL without its scheme, credentials and port: what names a page however the site was served."""
-    if not url:
-        return ""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.netloc:
-        return url
-    return f"{parts.hostname or ''}{parts.path}" + (f"?{parts.query}" if parts.query else "")
-
-
 def _content_key(row: dict) -> tuple[str, str, str, str]:
     """Training order of a pair: what it holds and where it was found, never its (URL-hashed) pair id."""
-    return (row.get("image_id") or "", row.get("caption") or "", _where(row.get("page_url")),
-            _where(row.get("image_url")))
+    return (row.get("image_id") or "", row.get("caption") or "", location_key(row.get("page_url")),
+            location_key(row.get("image_url")))
 
 
 def _held_out_mask(ex: _Examples, fraction: float) -> np.ndarray:
     """Held-out flag per example, chosen by a hash of its page so that no page is in both splits."""
-    is_val_page = np.array([int(hashlib.sha1(_where(k).encode()).hexdigest()[:8], 16) % 1000 < fraction * 1000
+    is_val_page = np.array([int(hashlib.sha1(location_key(k).encode()).hexdigest()[:8], 16) % 1000 < fraction * 1000
                             for k in ex.page_keys])
     return is_val_page[ex.page]
 

@@ -36,6 +36,18 @@ def test_image_has_better_text_by_quality_then_relevance():
     assert rank_key(scored[0]) < rank_key(scored[1])
 
 
+def test_equal_texts_tie_break_on_content_and_place_not_on_the_port_hashed_pair_id():
+    """One image on two pages, equal quality: the same page's text wins whichever port the site was crawled on."""
+    def crawl(port, ids):
+        return [dict(_pair(ids[0], "img", "a cat on a mat"), page_url=f"http://127.0.0.1:{port}/page-2.html"),
+                dict(_pair(ids[1], "img", "a mat under a cat"), page_url=f"http://127.0.0.1:{port}/page-1.html"),
+                dict(_pair(ids[2], "img", "a cat on a mat"), page_url=f"http://127.0.0.1:{port}/page-1.html")]
+
+    for port, ids in ((8001, ("z", "y", "x")), (9002, ("a", "b", "c"))):
+        kept, _ = split_best_text(crawl(port, ids))
+        assert (kept[0]["caption"], kept[0]["page_url"]) == ("a cat on a mat", f"http://127.0.0.1:{port}/page-1.html")
+
+
 def test_near_duplicate_image():
     base = 0x0F0F0F0F0F0F0F0F
     near = f"{base ^ 0b1011:016x}"  # 3 bits away
