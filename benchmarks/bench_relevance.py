@@ -7,7 +7,8 @@ version would score). Contender: ``filters.relevance.load(model).score`` (batche
 decode threads, JPEG draft decoding). ``--beam`` also times the standalone Beam pipeline
 (``pipeline.relevance.run``: Parquet in, ScoreRelevance + ThresholdRelevance, Parquet out);
 ``--train N`` times the default training recipe on N pairs. The model is randomly initialised:
-scoring cost does not depend on the weights.
+scoring cost does not depend on the weights. It is an ensemble of ``--members`` models (default: what
+``lait relevance train`` writes, ``TrainConfig.members``); a single model's scorer is timed beside it.
 """
 from __future__ import annotations
 
@@ -26,14 +27,17 @@ from PIL import Image  # noqa: E402
 
 from filters.relevance import features as F  # noqa: E402
 from filters.relevance import load  # noqa: E402
-from model.relevance import RelevanceConfig, RelevanceModel, save_model  # noqa: E402
+from filters.relevance.config import TrainConfig  # noqa: E402
+from model.relevance import RelevanceConfig, RelevanceEnsemble, RelevanceModel, save_model  # noqa: E402
 from tests.relevance.scenes import make_pairs  # noqa: E402
 
 
-def _random_model(folder: str) -> str:
+def _random_model(folder: str, members: int) -> str:
     torch.manual_seed(0)
-    model = RelevanceModel(RelevanceConfig(num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES)))
-    save_model(model, folder, {"threshold": 0.5, "vocabulary": ["a", "red", "circle"]})
+    arch = RelevanceConfig(num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
+    models = [RelevanceModel(arch) for _ in range(members)]
+    save_model(models[0] if members == 1 else RelevanceEnsemble(models), folder,
+               {"threshold": 0.5, "vocabulary": ["a", "red", "circle"]})
     return folder
 
 
@@ -86,6 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--image-height", type=int, default=200, help="scene height in px (default 200)")
     parser.add_argument("--beam", action="store_true", help="also time ScoreRelevance on the DirectRunner")
     parser.add_argument("--train", type=int, default=0, help="also time training on this many pairs")
+    parser.add_argument("--members", type=int, default=TrainConfig().members,
+                        help=f"models in the scored ensemble (default {TrainConfig().members}, as lait relevance train)")
     args = parser.parse_args(argv)
 
     pairs = make_pairs(max(1, args.pairs // 4), images_per_page=4, seed=11, size=args.image_height)[: args.pairs]
@@ -94,16 +100,21 @@ def main(argv=None) -> int:
     print(f"{len(pairs)} pairs, JPEG ~{np.mean([len(p['image_bytes']) for p in pairs]) / 1024:.1f} KiB, "
           f"{pairs[0]['width']}x{pairs[0]['height']} px and similar")
     with tempfile.TemporaryDirectory() as tmp:
-        scorer = load(_random_model(os.path.join(tmp, "model")))
+        scorer = load(_random_model(os.path.join(tmp, "model"), args.members))
+        single = load(_random_model(os.path.join(tmp, "single"), 1))
         scorer.score(pairs[:64])  # warm-up: thread pools, lazy inits
+        single.score(pairs[:64])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # a per-pair forward gains nothing from intra-op threads
         base_scores, base_s = _timed(_baseline_score, scorer, pairs)
         torch.set_num_threads(threads)
         scores, fast_s = _timed(scorer.score, pairs)
         fast_cpu = _timed.cpu
+        _, single_s = _timed(single.score, pairs)
+        print(f"{args.members} member(s):")
         print(f"baseline (per pair, full decode): {len(pairs) / base_s:8.0f} pairs/s  ({base_s:.2f} s)")
         print(f"scorer.score (batched, draft)   : {len(pairs) / fast_s:8.0f} pairs/s  ({fast_s:.2f} s)")
+        print(f"scorer.score, a single model    : {len(pairs) / single_s:8.0f} pairs/s  ({single_s:.2f} s)")
         # On a shared machine the wall rate depends on the neighbours; CPU time per pair does less.
         print(f"scorer.score CPU time: {fast_cpu / len(pairs) * 1e6:.0f} us/pair -> "
               f"{2 * len(pairs) / fast_cpu:.0f} pairs/s if 2 cores were ours alone")
