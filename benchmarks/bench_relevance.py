@@ -111,10 +111,12 @@ def main(argv=None) -> int:
         scores, fast_s = _timed(scorer.score, pairs)
         fast_cpu = _timed.cpu
         _, single_s = _timed(single.score, pairs)
+        single_cpu = _timed.cpu
         print(f"{args.members} member(s):")
         print(f"baseline (per pair, full decode): {len(pairs) / base_s:8.0f} pairs/s  ({base_s:.2f} s)")
         print(f"scorer.score (batched, draft)   : {len(pairs) / fast_s:8.0f} pairs/s  ({fast_s:.2f} s)")
-        print(f"scorer.score, a single model    : {len(pairs) / single_s:8.0f} pairs/s  ({single_s:.2f} s)")
+        print(f"scorer.score, a single model    : {len(pairs) / single_s:8.0f} pairs/s  ({single_s:.2f} s; "
+              f"CPU {single_cpu / len(pairs) * 1e6:.0f} us/pair)")
         # On a shared machine the wall rate depends on the neighbours; CPU time per pair does less.
         print(f"scorer.score CPU time: {fast_cpu / len(pairs) * 1e6:.0f} us/pair -> "
               f"{2 * len(pairs) / fast_cpu:.0f} pairs/s if 2 cores were ours alone")

@@ -8,6 +8,7 @@ seeds whose probabilities are averaged. Saved as ``model.safetensors`` + ``confi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -114,6 +115,9 @@ class RelevanceEnsemble(nn.Module):
 
     A single small model trained on noisy pairs misjudges a different handful of pairs on every seed;
     the average keeps what they agree on, which widens the gap between true pairs and mismatches.
+    Scoring (no autograd) runs the members in threads side by side: torch releases the GIL inside its
+    ops, so on a scorer held to one intra-op thread the members use the cores the decoders leave idle.
+    Each member's arithmetic is the same either way.
     """
 
     def __init__(self, members: list[RelevanceModel]):
@@ -124,7 +128,20 @@ class RelevanceEnsemble(nn.Module):
         self.config = members[0].config
 
     def forward(self, image: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(image, tokens, features) for member in self.members]).mean(0)
+        if torch.is_grad_enabled() or len(self.members) == 1:
+            outputs = [member(image, tokens, features) for member in self.members]
+        else:
+            outputs = list(_member_threads(len(self.members)).map(
+                lambda member: member(image, tokens, features), self.members))
+        return torch.stack(outputs).mean(0)
+
+
+@functools.lru_cache(maxsize=None)
+def _member_threads(count: int):
+    """One thread pool per ensemble size, shared by every ensemble of that size in the process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix="relevance-member")
 
 
 def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: dict) -> None:
