@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import schemas  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
-from model.eval import EvalSet, score_pairs  # noqa: E402
+from model.eval import EvalSet, compile_shapes, score_pairs  # noqa: E402
 from model.imagebert import ImageBert  # noqa: E402
 from model.synthetic import write_synthetic  # noqa: E402
 from model.tokenizer import train_wordpiece  # noqa: E402
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
               f"text tokens per pair after padding {results[name]['padded_text_tokens_per_pair']:.1f}")
     if args.compile:
         by_length = orders["by_length"]
+        results["lait_eval_compile_shapes"] = compile_shapes(data, np.tile(by_length, n_images), pair_images,
+                                                             args.batch_size)
+        print(f"`lait eval --compile` would compile for {results['lait_eval_compile_shapes']} shapes on this set")
         # `lait eval --compile`: static shapes (the set's longest caption, largest region count), one compile
         model.compile_trunk(dynamic=False)
         score_pairs(model, data, by_length[:args.batch_size], pair_images[:args.batch_size], args.batch_size,

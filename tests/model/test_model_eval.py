@@ -101,14 +101,37 @@ def test_fixed_shapes_score_like_trimmed_batches(synth_dir, tiny_trained):
     torch.testing.assert_close(fixed, trimmed, rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_eval_matches_eager_and_leaves_the_model_as_it_was(synth_dir, tiny_trained):
+@pytest.mark.parametrize("worth, shapes", [(0.0, "fixed"), (1.0, "trimmed")])
+def test_compiled_eval_matches_eager_and_leaves_the_model_as_it_was(synth_dir, tiny_trained, monkeypatch, worth, shapes):
+    import model.eval as eval_module
+
+    monkeypatch.setattr(eval_module, "TRIM_WORTH", worth)  # 0: never trim; 1: trim whenever it saves a token
     model, tokenizer_json = tiny_trained
     args = (model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
     eager = evaluate(*args, batch_size=1024)
     compiled = evaluate(*args, batch_size=1024, compile=True)
+    assert compiled["compile_shapes"] == shapes and eager["compile_shapes"] is None
     assert "_trunk" not in model.__dict__
     for direction in ("image_retrieval", "sentence_retrieval"):
         assert compiled[direction] == pytest.approx(eager[direction], abs=1 / 80)  # at most one tie flips
+
+
+def test_compile_shapes_trims_only_when_it_saves_enough():
+    from types import SimpleNamespace
+
+    from model.eval import TRIM_WORTH, compile_shapes
+
+    pairs = np.arange(8)
+    uniform = SimpleNamespace(text_lengths=np.full(8, 20), region_counts=np.full(8, 100))
+    assert compile_shapes(uniform, pairs, pairs, 4) == "fixed"  # nothing to trim
+    ragged = SimpleNamespace(text_lengths=np.array([8, 9, 10, 12, 30, 31, 32, 40]),
+                             region_counts=np.array([10, 10, 12, 12, 50, 60, 90, 100]))
+    # batches of 4: (12 + 12) and (40 + 100) tokens per pair against 140 for both
+    assert (12 + 12 + 40 + 100) / 280 <= TRIM_WORTH and compile_shapes(ragged, pairs, pairs, 4) == "trimmed"
+    one_long = SimpleNamespace(text_lengths=np.array([40, 9, 10, 12, 30, 31, 32, 8]),
+                               region_counts=np.array([100, 10, 12, 12, 50, 60, 90, 10]))
+    assert compile_shapes(one_long, pairs, pairs, 8) == "fixed"  # one batch already at the maximum
+    assert compile_shapes(ragged, pairs[:0], pairs[:0], 4) == "fixed"
 
 
 def test_full_mode_scores_in_length_order_but_reports_every_pair_in_place(synth_dir, tiny_trained, tmp_path):
