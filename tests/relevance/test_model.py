@@ -133,3 +133,24 @@ def test_members_or_processes_below_one_is_a_clear_error(tmp_path):
         train(make_pairs(2, seed=3), str(tmp_path / "m"), TrainConfig(members=0))
     with pytest.raises(ValueError, match="processes must be at least 1"):
         train(make_pairs(2, seed=3), str(tmp_path / "m"), TrainConfig(processes=0))
+
+
+def test_a_member_failing_in_its_process_is_a_clear_error():
+    """A member whose training raises in its process: the parent raises, naming the seed and the error."""
+    from filters.relevance import features as F
+    from filters.relevance.config import TrainConfig
+    from filters.relevance.train import _fit_in_processes, _prepare
+    from model.relevance import RelevanceConfig
+    from tests.relevance.scenes import make_pairs
+
+    rows = make_pairs(3, seed=3)
+    arch = RelevanceConfig(num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
+    ex, _ = _prepare(rows, arch, frozenset())
+    beyond = np.arange(len(ex), len(ex) + 8)  # rows that do not exist: indexing fails inside the member
+
+    class Bar:
+        def update(self, n=1):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"relevance member of seed [01] failed: IndexError"):
+        _fit_in_processes(ex, beyond, arch, TrainConfig(epochs=1), [0, 1], 2, Bar())
