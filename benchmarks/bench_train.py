@@ -188,13 +188,15 @@ def time_loader(config: ModelConfig, batch_size: int, images: int, batches: int,
 VARIANT_HELP = """ImageBERT variants to time, each a '+'-joined spec: a scope, eager | trunk (embeddings + encoder
 compiled) | model (the whole forward and losses compiled; exact masking), then modifiers: nodrop (attention
 dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upper bound, valid only without
-padding), sdpa-cudnn | sdpa-efficient | sdpa-flash (allow only that attention kernel), eval4096 (eval batch 4,096),
+padding), sdpa-cudnn | sdpa-efficient | sdpa-flash | sdpa-math (allow only that attention kernel; math = matmuls
+and a softmax, which the compiler fuses: no tile padding of the 140-long sequence), eval4096 (eval batch 4,096),
 atenln (LayerNorm as an opaque op: ATen's kernels inside the compiled graph), nopersist (inductor without
 persistent reductions), bf16weights (scoring only, with the weights cast to bf16 before compiling), ln16 (with
 atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16), fp8 (scoring only, with
-the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them; Ada/Hopper GPUs)."""
-MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "eval4096", "atenln",
-             "nopersist", "bf16weights", "ln16", "fp8"}
+the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them; Ada/Hopper GPUs), score (time
+scoring only)."""
+MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "eval4096",
+             "atenln", "nopersist", "bf16weights", "ln16", "fp8", "score"}
 
 
 def parse_variant(name: str) -> dict:
@@ -232,7 +234,7 @@ def _sdpa_context(spec: dict):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     kinds = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
-             "sdpa-flash": SDPBackend.FLASH_ATTENTION}
+             "sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-math": SDPBackend.MATH}
     chosen = [backend for key, backend in kinds.items() if spec.get(key)]
     return sdpa_kernel(chosen) if chosen else contextlib.nullcontext()
 
@@ -285,7 +287,7 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         from torch._inductor import config as inductor_config
 
         inductor = inductor_config.patch({"triton.persistent_reductions": False})
-    scoring_only = bool(spec.get("bf16weights") or spec.get("fp8"))
+    scoring_only = bool(spec.get("bf16weights") or spec.get("fp8") or spec.get("score"))
     with swaps, _sdpa_context(spec), inductor:
         step_s = None if scoring_only else time_train(model, train_batch, args.steps, args.warmup, bf16, device)
         score_s = time_score(model, score_batch, args.steps, args.warmup, bf16, device)

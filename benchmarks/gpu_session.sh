@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
-# About 7 minutes on an H200 (the step limits add up to 10.2). Writes env.txt, train.{json,log},
+# About 7 minutes on an H200 (the step limits add up to 10.4). Writes env.txt, train.{json,log},
 # eval_order.{json,log}, features_{vg,coco}.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; bench_train writes its
 # JSON after every variant, so a step cut short keeps what it measured.
@@ -11,18 +11,20 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
 { nvidia-smi -L; nproc; $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)"; } 2>&1 | tee "$OUT/env.txt"
-# training + eval, BERT-base, batch 512, bf16 (variants: bench_train.py --help):
-#   eager            the same-process baseline
-#   model+atenln     the product setting (configs/imagebert-base.yaml: exact masking, compile: true -> the whole
-#                    step compiled with opaque LayerNorms): 4,306 samples/s on an H200 on 2026-11-27
-#   trunk            scoring as `lait eval --compile` runs it (plain LayerNorms): 15,700-16,400 pairs/s there
-#   trunk+fp8        scoring as `lait eval --compile --precision fp8` runs it: the encoder's matrix multiplies in
-#                    float8 (e4m3, row-scaled inputs), the rest as trunk
-#   trunk+bf16weights   scoring with the weights cast to bf16 before compiling (no autocast casts)
-#   model+atenln+ln16    the product setting with LayerNorm outputs in bf16 (a bf16 residual stream)
+# training + eval, BERT-base, batch 512, bf16 (variants: bench_train.py --help), most wanted first:
+#   eager                 the same-process baseline
+#   model+atenln          the product setting (configs/imagebert-base.yaml: exact masking, compile: true -> the whole
+#                         step compiled with opaque LayerNorms): 4,306 samples/s on an H200 on 2026-11-27
+#   trunk+score           scoring as `lait eval --compile` runs it on uniform shapes: 15,700-16,400 pairs/s there
+#   trunk+fp8             the same with `--precision fp8`: the encoder's matrix multiplies in float8
+#   trunk+sdpa-math+score scoring with attention as matmuls + softmax (compiled): cuDNN's attention ran the
+#                         140-long sequences of a training step at 35-58 TFLOP/s (26 of its 119 ms)
+#   model+atenln+sdpa-math   the product training setting with the same attention
+#   trunk+fp8+sdpa-math   both scoring levers together
+#   model+atenln+ln16     the product setting with LayerNorm outputs in bf16 (a bf16 residual stream)
 # On an H100 this is the issue's own card (never measured so far).
-timeout "${TRAIN_TIMEOUT:-280}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
-    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk trunk+fp8 trunk+bf16weights model+atenln+ln16} \
+timeout "${TRAIN_TIMEOUT:-300}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
+    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk+score trunk+fp8 trunk+sdpa-math+score model+atenln+sdpa-math trunk+fp8+sdpa-math model+atenln+ln16} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
 # eval scoring order (captions shortest first vs as given; and `lait eval --compile`), BERT-base, bf16, 600 x 300
 timeout "${EVAL_TIMEOUT:-130}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \
