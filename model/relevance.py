@@ -132,8 +132,14 @@ class RelevanceEnsemble(nn.Module):
             outputs = [member(image, tokens, features) for member in self.members]
         else:
             outputs = list(_member_threads(len(self.members)).map(
-                lambda member: member(image, tokens, features), self.members))
+                lambda member: _without_grad(member, image, tokens, features), self.members))
         return torch.stack(outputs).mean(0)
+
+
+def _without_grad(member: RelevanceModel, *inputs: torch.Tensor) -> torch.Tensor:
+    """A member's forward in a pool thread: grad mode is per thread, so the caller's no_grad is restated."""
+    with torch.no_grad():
+        return member(*inputs)
 
 
 @functools.lru_cache(maxsize=None)

@@ -154,3 +154,25 @@ def test_a_member_failing_in_its_process_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match=r"relevance member of seed [01] failed: IndexError"):
         _fit_in_processes(ex, beyond, arch, TrainConfig(epochs=1), [0, 1], 2, Bar())
+
+
+def test_ensemble_scores_build_no_autograd_graph_even_with_trainable_members():
+    """Members scored in pool threads: the caller's no_grad holds there too (grad mode is per thread)."""
+    from filters.relevance import features as F
+    from model.relevance import RelevanceConfig, RelevanceEnsemble, RelevanceModel
+
+    arch = RelevanceConfig(num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
+    torch.manual_seed(0)
+    ensemble = RelevanceEnsemble([RelevanceModel(arch) for _ in range(3)]).eval()  # parameters require grad
+    image = torch.randint(0, 255, (4, 3, arch.image_size, arch.image_size), dtype=torch.uint8)
+    tokens = torch.randint(0, arch.num_buckets, (4, arch.max_tokens))
+    features = torch.randn(4, arch.num_features)
+    grad_modes = []
+    for member in ensemble.members:
+        member.register_forward_hook(lambda module, args, output: grad_modes.append(torch.is_grad_enabled()))
+    with torch.no_grad():
+        scores = ensemble(image, tokens, features)
+    assert grad_modes == [False, False, False] and not scores.requires_grad
+    expected = torch.stack([m(image, tokens, features) for m in ensemble.members]).mean(0)
+    torch.testing.assert_close(scores, expected.detach())
+    assert ensemble(image, tokens, features).requires_grad  # with autograd on, the members run in turn
