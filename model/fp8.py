@@ -11,7 +11,7 @@ Under ``torch.compile`` the row scaling fuses into the op that produced the row.
 Float8 carries a 3-bit mantissa: a product is off by a few percent, the matching logits by more than
 bf16's. Ranking quality is what matters for retrieval; ``tests/model/test_model_fp8.py`` checks that a
 trained model's recall holds, and ``benchmarks/bench_train.py`` (modifier ``fp8``) times it. It is an
-opt-in of ``lait eval --fp8``, never used for training. The CPU runs the same op (slowly), so tests
+opt-in of ``lait eval --precision fp8``, never used for training. The CPU runs the same op (slowly), so tests
 need no GPU.
 """
 from __future__ import annotations

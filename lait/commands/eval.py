@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="auto = bf16 on GPU, fp32 on CPU; fp8 = the encoder's matrix multiplies in float8, the "
                              "rest bf16 (Ada/Hopper GPUs; scores move slightly, check recall) (default auto)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the trunk for one static shape (batches padded to the set's longest "
-                             "caption and region count): faster on large sets on a GPU; compiling takes a while")
+                        help="torch.compile the trunk: for one static shape (batches padded to the set's longest "
+                             "caption and region count), or with symbolic lengths on trimmed batches when trimming "
+                             "saves >= 15%% of the tokens; faster on large sets on a GPU; compiling takes a while")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
