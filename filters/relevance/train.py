@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import multiprocessing
 import os
 import queue
 import time
@@ -211,6 +212,8 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     bar = _progress(members * config.epochs * math.ceil(len(train_idx) / config.batch_size), progress)
     seeds = [config.seed + k for k in range(members)]
     processes = min(members, config.processes or os.cpu_count() or 1)
+    if processes > 1 and multiprocessing.current_process().daemon:
+        processes = 1  # a daemonic process (a pool worker) may not start processes of its own
     if processes > 1:
         fitted = _fit_in_processes(ex, train_idx, arch, config, seeds, processes, bar)
     else:

@@ -176,3 +176,24 @@ def test_ensemble_scores_build_no_autograd_graph_even_with_trainable_members():
     expected = torch.stack([m(image, tokens, features) for m in ensemble.members]).mean(0)
     torch.testing.assert_close(scores, expected.detach())
     assert ensemble(image, tokens, features).requires_grad  # with autograd on, the members run in turn
+
+
+def _train_in_daemon(folder: str, results) -> None:
+    from filters.relevance.config import TrainConfig
+    from filters.relevance.train import train
+    from tests.relevance.scenes import make_pairs
+
+    results.put(train(make_pairs(4, seed=8), folder, TrainConfig(epochs=1, members=2, processes=2))["members"])
+
+
+def test_training_inside_a_daemonic_process_trains_its_members_in_turn(tmp_path):
+    """A pool worker may not start processes: the members train one after the other there instead of failing."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    worker = ctx.Process(target=_train_in_daemon, args=(str(tmp_path / "m"), results), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert worker.exitcode == 0 and results.get(timeout=5) == 2
+    assert (tmp_path / "m" / "model.safetensors").exists()
