@@ -120,7 +120,7 @@ def torchvision_stock(detector, images: list[bytes], batch_size: int, repeats: i
 
 
 def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSelection, workdir: str,
-               decode: str = "workers") -> tuple[float, dict]:
+               decode: str = "workers", tag: str = "") -> tuple[float, dict]:
     """Images/s of the whole local runner (Parquet in, decode, detect, Parquet out)."""
     rows = [{"pair_id": f"p{i}", "image_id": f"{i:08d}", "caption": "x", "image_bytes": data} for i, data in enumerate(images)]
     source = os.path.join(workdir, f"in-{name}")
@@ -132,7 +132,7 @@ def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSel
                              decode=decode)
     best, stats = 0.0, {}
     for run in range(args.repeats):
-        out = os.path.join(workdir, f"out-{name}-{decode}-{run}")
+        out = os.path.join(workdir, f"out-{name}-{decode}{tag}-{run}")  # a fresh folder: no shard is resumed
         start = time.perf_counter()
         stats = extract_regions(source, out, options, detector=detector)
         best = max(best, len(images) / (time.perf_counter() - start))
@@ -158,12 +158,18 @@ def main(argv=None) -> int:
                         help="time these inference rewrites model-only first; end to end then uses the fastest")
     parser.add_argument("--decode", nargs="+", default=["workers"], choices=("workers", "device"),
                         help="end to end with JPEGs decoded in the workers and/or on the device (the first is reported)")
+    parser.add_argument("--portrait-share", type=float, default=0.0,
+                        help="share of the scenes stored portrait (height x width); with it, end to end also runs "
+                             "with detector batches in arrival order (the baseline of orientation grouping)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores visible)"
     print(f"device: {device_name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-    images = [scene_jpeg(i, args.width, args.height) for i in range(args.images)]
+    # --portrait-share: that share of the scenes (spread evenly) is stored upright, height x width
+    portrait = [int((i + 1) * args.portrait_share) > int(i * args.portrait_share) for i in range(args.images)]
+    images = [scene_jpeg(i, *((args.height, args.width) if tall else (args.width, args.height)))
+              for i, tall in enumerate(portrait)]
     selection = BoxSelection(min_boxes=10, max_boxes=100)
     results = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -187,6 +193,19 @@ def main(argv=None) -> int:
                 print_profile(detector, images, args.batch_size, selection, args.profile)
             by_decode = {mode: end_to_end(detector, name, images, args, selection, workdir, mode) for mode in args.decode}
             e2e_ips, stats = by_decode[args.decode[0]]
+            arrival_order = None
+            if args.portrait_share:  # baseline: every image in one queue, batches as the pieces arrive
+                import pipeline.features as features_module
+
+                grouped = features_module.is_portrait
+                features_module.is_portrait = lambda item: False
+                try:
+                    arrival_order = end_to_end(detector, name, images, args, selection, workdir, args.decode[0],
+                                               tag="-arrival")[0]
+                finally:
+                    features_module.is_portrait = grouped
+                print(f"{name}: end to end {e2e_ips:.2f} img/s with landscape and portrait batched apart, "
+                      f"{arrival_order:.2f} in arrival order ({e2e_ips / arrival_order:.2f}x)")
             row = {"detector": name, "device": device_name, "precision": detector.precision,
                    "input": f"{detector.spec.min_size}/{detector.spec.max_size}", "batch": args.batch_size,
                    "images": args.images, "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
@@ -201,6 +220,8 @@ def main(argv=None) -> int:
                        "seconds_by_phase": r[1]["seconds_by_phase"]} for mode, r in by_decode.items()},
                    "e2e_seconds_by_phase": stats["seconds_by_phase"], "e2e_seconds_to_first_batch": stats["seconds_to_first_batch"], "boxes_per_image": stats["boxes_per_image"],
                    "ms_per_batch_by_part": split, "variant": best or "default",
+                   "portrait_share": args.portrait_share,
+                   "end_to_end_ips_arrival_order": round(arrival_order, 2) if arrival_order else None,
                    "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()}}
             if device.type == "cuda":
                 row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)

@@ -188,19 +188,50 @@ def test_decode_auto_is_the_device_on_cuda_and_the_workers_elsewhere():
         resolved_decode("gpu", torch.device("cpu"))
 
 
+def _net_input(width: int, height: int, decoded: bool = True):
+    from model.detectors.images import DetectorInput
+
+    if decoded:
+        return DetectorInput(pixels=torch.zeros(3, height, width, dtype=torch.uint8), width=width, height=height)
+    return DetectorInput(pixels=None, width=width, height=height, encoded=torch.zeros(4, dtype=torch.uint8),
+                         target=(width, height))
+
+
 def test_detector_batches_are_assembled_from_worker_pieces():
     from pipeline.features import DecodedBatch, _batches, piece_size
 
     assert [piece_size(b) for b in (1, 8, 16, 64, 256)] == [1, 8, 16, 16, 64]
-    pieces = [DecodedBatch(0, ["a", "b", "c"], ["A", "B", "C"], [("x", "image_undecodable", "")]),
-              DecodedBatch(1, ["d"], ["D"], []),
+    wide = _net_input(8, 6)
+    pieces = [DecodedBatch(0, ["a", "b", "c"], [wide] * 3, [("x", "image_undecodable", "")]),
+              DecodedBatch(1, ["d"], [wide], []),
               DecodedBatch(1, [], [], [("y", "image_missing", "")]),
-              DecodedBatch(2, ["e", "f", "g"], ["E", "F", "G"], [])]
+              DecodedBatch(2, ["e", "f", "g"], [wide] * 3, [])]
     seen = []
     batches = list(_batches(iter(pieces), 3, seen.append))
     assert [[(p.shard, p.image_id) for p in b] for b in batches] == [
         [(0, "a"), (0, "b"), (0, "c")], [(1, "d"), (2, "e"), (2, "f")], [(2, "g")]]
     assert seen == pieces, "every piece, rejects included, is seen once, in order"
+
+
+def test_landscape_and_portrait_images_go_in_separate_batches():
+    """A batch pads to its widest and tallest image: orientations wait apart, a rare one not for long."""
+    from pipeline.features import MAX_WAIT_BATCHES, DecodedBatch, _batches, is_portrait
+
+    wide, tall = _net_input(10, 6), _net_input(6, 10, decoded=False)  # a device decode knows its target size
+    assert not is_portrait(wide) and is_portrait(tall) and not is_portrait(_net_input(6, 6))
+    kinds = "wtwtwwttww"
+    pieces = [DecodedBatch(0, [f"{k}{i}" for i, k in enumerate(kinds[:5])], [wide if k == "w" else tall for k in kinds[:5]], []),
+              DecodedBatch(1, [f"{k}{i}" for i, k in enumerate(kinds[5:], 5)], [wide if k == "w" else tall for k in kinds[5:]], [])]
+    batches = [[p.image_id for p in b] for b in _batches(iter(pieces), 3, lambda piece: None)]
+    assert batches == [["w0", "w2", "w4"], ["t1", "t3", "t6"], ["w5", "w8", "w9"], ["t7"]]
+    assert sorted(i for b in batches for i in b) == sorted(f"{k}{i}" for i, k in enumerate(kinds))
+    # One portrait among many landscape images: it goes out alone once MAX_WAIT_BATCHES batches' worth arrived.
+    ids = ["t"] + [f"w{i}" for i in range(3 * MAX_WAIT_BATCHES + 3)]
+    piece = DecodedBatch(0, ids, [tall] + [wide] * (len(ids) - 1), [])
+    batches = [[p.image_id for p in b] for b in _batches(iter([piece]), 3, lambda piece: None)]
+    # it is the first arrival; it leaves once MAX_WAIT_BATCHES x 3 images arrived, the landscape batches so far before it
+    assert ["t"] in batches and batches.index(["t"]) == (MAX_WAIT_BATCHES * 3 - 1) // 3
+    assert all(len(b) == 3 for b in batches if b != ["t"])
 
 
 def test_batches_spanning_shards_keep_every_shard_whole(tmp_path, demo_weights):
