@@ -99,6 +99,11 @@ def print_profile(detector, images: list[bytes], batch_size: int, selection: Box
     print(f"  profile of one batch of {len(batch)} (own time, top {top}):")
     for e in rows:
         print(f"  {getattr(e, attr, 0) / 1e3:8.2f} ms  {e.count:>5}x  {e.key[:90]}")
+    if device.type == "cuda":  # the host side too: syncs (nonzero, .item(), NMS's mask copy) show up here
+        host = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        print(f"  host time of the same batch (own CPU time, top {top}):")
+        for e in host:
+            print(f"  {e.self_cpu_time_total / 1e3:8.2f} ms  {e.count:>5}x  {e.key[:90]}")
 
 
 def torchvision_stock(detector, images: list[bytes], batch_size: int, repeats: int) -> float:
