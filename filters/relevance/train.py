@@ -320,12 +320,14 @@ def _fit_in_processes(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfi
                       seeds: list[int], processes: int, bar) -> list[tuple[RelevanceModel, float]]:
     """``_fit`` of every seed, ``processes`` at a time in spawned processes; the same models as in-process.
 
-    Each member is seeded alone and runs on as many torch threads as the parent, so where it runs
-    changes nothing. The examples travel through shared memory (torch's multiprocessing pickler).
+    Each member is seeded alone and runs on as many torch threads as the parent (``torch_threads``), so
+    where it runs changes nothing; with ``torch_threads`` None the parent's threads are shared out
+    instead, so the processes do not oversubscribe the cores. The examples travel through shared memory
+    (torch's multiprocessing pickler).
     """
     ctx = torch.multiprocessing.get_context("spawn")
     steps, results = ctx.Queue(), ctx.Queue()
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if config.torch_threads else max(1, torch.get_num_threads() // processes)
     waiting, running, fitted = list(seeds), {}, {}
     try:
         while waiting or running:
