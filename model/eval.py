@@ -11,6 +11,7 @@ Scores are fractions in [0, 1]; ``chance_R@1`` is what random ranking gets.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import torch
 
 import schemas
 from model.data import collate_regions, collate_text, decode_regions, load_captions, resolve_dataset_dir
+from model.fp8 import float8_encoder, fp8_supported
 from model.imagebert import ImageBert
 
 logger = logging.getLogger(__name__)
@@ -189,8 +191,6 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
     """
     device = torch.device(device)
     if fp8:
-        from model.fp8 import fp8_supported
-
         if not fp8_supported(device):
             raise ValueError(f"fp8 scoring needs a GPU of compute capability 8.9 or later (Ada, Hopper), "
                              f"or the CPU; {device} has none")
@@ -251,10 +251,6 @@ def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_imag
            fp8: bool = False) -> tuple[torch.Tensor, str | None]:
     """``score_pairs``, with float8 encoder layers and/or the trunk compiled for the duration when asked
     (the model is left as it was); the scores and the compiled shapes (``compile_shapes``, None eager)."""
-    import contextlib
-
-    from model.fp8 import float8_encoder
-
     with float8_encoder(model) if fp8 else contextlib.nullcontext():
         if not compile:
             return score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress), None

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"lait eval: {path} does not exist")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    bf16 = args.precision in ("bf16", "fp8") or (args.precision == "auto" and device.type == "cuda")
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")  # fp8 implies it
     try:
         model, state = model_from_checkpoint(args.checkpoint)
         result = evaluate(model.to(device), state["tokenizer"], regions, captions,

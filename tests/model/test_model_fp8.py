@@ -37,23 +37,18 @@ def test_float8_linear_refuses_unaligned_sizes():
 
 
 def test_swap_takes_the_encoder_linears_and_puts_them_back(tiny_model):
-    originals = [getattr(parent, name) for parent, name in encoder_linears(tiny_model)]
+    places = encoder_linears(tiny_model)
+    originals = [getattr(parent, name) for parent, name in places]
     assert len(originals) == 4 * tiny_model.config.num_layers  # qkv, attention out, feed-forward in and out
     with float8_encoder(tiny_model) as swapped:
         assert swapped == len(originals)
-        assert all(isinstance(getattr(p, n), Float8Linear) for p, n in encoder_linears_of(tiny_model))
+        assert all(isinstance(getattr(p, n), Float8Linear) for p, n in places)
         assert isinstance(tiny_model.pooler, nn.Linear)  # outside the encoder layers: untouched
     assert [getattr(parent, name) for parent, name in encoder_linears(tiny_model)] == originals
     with pytest.raises(RuntimeError, match="inside"):
         with float8_encoder(tiny_model):
             raise RuntimeError("inside")
     assert [getattr(parent, name) for parent, name in encoder_linears(tiny_model)] == originals
-
-
-def encoder_linears_of(model):
-    """(parent, name) of every module that float8_encoder may have swapped, whatever its class now."""
-    return [(parent, name) for layer in model.layers for parent in layer.modules()
-            for name, child in parent.named_children() if isinstance(child, (nn.Linear, Float8Linear))]
 
 
 def test_fp8_scores_rank_like_full_precision_and_recall_holds(synth_dir, tiny_trained):
