@@ -10,6 +10,8 @@ OUT=${OUT:-/tmp/lait-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
+STEPS=" ${STEPS:-train eval vg coco} "  # which steps run (a short lease may skip some)
+step() { [[ $STEPS == *" $1 "* ]]; }
 { nvidia-smi -L; nproc; $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 # training + eval, BERT-base, batch 512, bf16 (variants: bench_train.py --help), most wanted first:
 #   eager                 the same-process baseline
@@ -23,17 +25,17 @@ PY=${PYTHON:-python3}
 #   trunk+fp8+sdpa-math   both scoring levers together
 #   model+atenln+ln16     the product setting with LayerNorm outputs in bf16 (a bf16 residual stream)
 # On an H100 this is the issue's own card (never measured so far).
-timeout "${TRAIN_TIMEOUT:-300}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
+step train && timeout "${TRAIN_TIMEOUT:-300}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
     --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk+score trunk+fp8 trunk+sdpa-math+score model+atenln+sdpa-math trunk+fp8+sdpa-math model+atenln+ln16} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
 # eval scoring order (captions shortest first vs as given; and `lait eval --compile`), BERT-base, bf16, 600 x 300
-timeout "${EVAL_TIMEOUT:-130}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \
+step eval && timeout "${EVAL_TIMEOUT:-130}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \
     --json "$OUT/eval_order.json" 2>&1 | tee "$OUT/eval_order.log"
 # features: the product defaults on CUDA (folded batch norms; batched RPN NMS for vg only) against the folded
 # batch norms alone; end to end with JPEGs decoded on the device (the CUDA default) and in the workers
 common=(--device cuda --batch-size 64 --num-workers 14 --repeats 2)
-timeout "${VG_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${VG_IMAGES:-512}" \
+step vg && timeout "${VG_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${VG_IMAGES:-512}" \
     --variants default fused --decode device workers --profile 15 --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
-timeout "${COCO_TIMEOUT:-75}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
+step coco && timeout "${COCO_TIMEOUT:-75}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
     --variants default --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"
