@@ -30,7 +30,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.config import ModelConfig  # noqa: E402
-from model.fp8 import float8_encoder  # noqa: E402
+from model.fp8 import calibrate, float8_encoder  # noqa: E402
 from model.imagebert import ImageBert, num_parameters  # noqa: E402
 from model.layer_norm import OpaqueLayerNorm, make_layer_norms_opaque  # noqa: E402
 from model.tasks import choose_exact, exact_slots, slot_positions  # noqa: E402
@@ -188,15 +188,17 @@ def time_loader(config: ModelConfig, batch_size: int, images: int, batches: int,
 VARIANT_HELP = """ImageBERT variants to time, each a '+'-joined spec: a scope, eager | trunk (embeddings + encoder
 compiled) | model (the whole forward and losses compiled; exact masking), then modifiers: nodrop (attention
 dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upper bound, valid only without
-padding), sdpa-cudnn | sdpa-efficient | sdpa-flash | sdpa-math (allow only that attention kernel; math = matmuls
-and a softmax, which the compiler fuses: no tile padding of the 140-long sequence), eval4096 (eval batch 4,096),
+padding), sdpa-cudnn | sdpa-efficient | sdpa-flash | sdpa-math (allow only that attention kernel; eager only: on an
+H100 with torch 2.11 a compiled graph kept cuDNN's kernel under sdpa-math), math (ModelConfig.attention = "math":
+attention as matmuls and a softmax, which the compiler fuses: no tile padding of the 140-long sequence), eval4096 (eval batch 4,096),
 atenln (LayerNorm as an opaque op: ATen's kernels inside the compiled graph), nopersist (inductor without
 persistent reductions), bf16weights (scoring only, with the weights cast to bf16 before compiling), ln16 (with
 atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16), fp8 (scoring only, with
-the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them; Ada/Hopper GPUs), score (time
+the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them: static input scales calibrated
+on the scoring batch; Ada/Hopper GPUs), fp8dyn (the same with each input row scaled on its own), score (time
 scoring only)."""
-MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "eval4096",
-             "atenln", "nopersist", "bf16weights", "ln16", "fp8", "score"}
+MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "math",
+             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score"}
 
 
 def parse_variant(name: str) -> dict:
@@ -250,6 +252,8 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     swaps = contextlib.ExitStack()  # float8 layers live as long as the variant's model
     if spec.get("nodrop"):
         config.attention_dropout = 0.0
+    if spec.get("math"):
+        config.attention = "math"
     torch.manual_seed(0)
     if spec["scope"] in ("hf", "hf-trunk"):
         model = HFTrunkBaseline(config).to(device)
@@ -265,8 +269,11 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         if spec.get("bf16weights"):  # scoring without autocast's weight casts; cast before compiling
             model.to(torch.bfloat16)
             model.heads["itm"].float()  # the matching logit stays fp32, as under autocast
-        if spec.get("fp8"):  # swapped before compiling, so the graph holds the float8 layers
-            swaps.enter_context(float8_encoder(model))
+        if spec.get("fp8") or spec.get("fp8dyn"):  # swapped before compiling, so the graph holds the float8 layers
+            amax = None
+            if spec.get("fp8"):  # static scales, calibrated eagerly on the batch as `lait eval` does on a sample
+                amax = calibrate(model, lambda m=model: time_score(m, score_batch, 1, 0, bf16, device))
+            swaps.enter_context(float8_encoder(model, amax))
         if spec["scope"] == "trunk":
             model.compile_trunk(opaque_layer_norm=opaque, dynamic=False)
         elif spec["scope"] == "model":
@@ -287,7 +294,7 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         from torch._inductor import config as inductor_config
 
         inductor = inductor_config.patch({"triton.persistent_reductions": False})
-    scoring_only = bool(spec.get("bf16weights") or spec.get("fp8") or spec.get("score"))
+    scoring_only = bool(spec.get("bf16weights") or spec.get("fp8") or spec.get("fp8dyn") or spec.get("score"))
     with swaps, _sdpa_context(spec), inductor:
         step_s = None if scoring_only else time_train(model, train_batch, args.steps, args.warmup, bf16, device)
         score_s = time_score(model, score_batch, args.steps, args.warmup, bf16, device)

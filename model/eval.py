@@ -23,7 +23,7 @@ import torch
 
 import schemas
 from model.data import collate_regions, collate_text, decode_regions, load_captions, resolve_dataset_dir
-from model.fp8 import float8_encoder, fp8_supported
+from model.fp8 import calibrate, float8_encoder, fp8_supported
 from model.imagebert import ImageBert
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,8 @@ def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_imag
            fp8: bool = False) -> tuple[torch.Tensor, str | None]:
     """``score_pairs``, with float8 encoder layers and/or the trunk compiled for the duration when asked
     (the model is left as it was); the scores and the compiled shapes (``compile_shapes``, None eager)."""
-    with float8_encoder(model) if fp8 else contextlib.nullcontext():
+    input_amax = _calibrate_float8(model, data, pair_captions, pair_images, batch_size, device) if fp8 else None
+    with float8_encoder(model, input_amax) if fp8 else contextlib.nullcontext():
         if not compile:
             return score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress), None
         shapes = compile_shapes(data, pair_captions, pair_images, batch_size)
@@ -267,6 +268,22 @@ def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_imag
                 model.__dict__.pop("_trunk", None)
             else:
                 model._trunk = previous
+
+
+#: Pairs scored in bf16 before a float8 eval to fix its static input scales (``model.fp8.calibrate``):
+#: half drawn at random from the pairs to score (mostly non-matching), half captions with their own image.
+CALIBRATION_PAIRS = 1024
+
+
+def _calibrate_float8(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_images: np.ndarray,
+                      batch_size: int, device: torch.device) -> list[float]:
+    """The encoder linear layers' largest inputs on a fixed sample of the pairs (seeded: runs repeat)."""
+    rng = np.random.default_rng(0)
+    drawn = rng.choice(len(pair_captions), size=min(CALIBRATION_PAIRS // 2, len(pair_captions)), replace=False)
+    own = rng.choice(data.shape[0], size=min(CALIBRATION_PAIRS // 2, data.shape[0]), replace=False)
+    captions = np.concatenate([pair_captions[drawn], own])
+    images = np.concatenate([pair_images[drawn], data.caption_images.numpy()[own]])
+    return calibrate(model, lambda: score_pairs(model, data, captions, images, batch_size, device, bf16=True))
 
 
 #: Trimmed batches under compile once they carry at most this share of the fixed shape's tokens. Static

@@ -20,22 +20,22 @@ import torch.nn as nn
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
-    # The input's dtype out and float32 statistics on every device (the CPU's mixed-type kernel returns a
-    # float32 output for a bf16 input and float32 weights; CUDA's returns bf16).
-    return out.to(x.dtype), mean.float(), rstd.float()
+    # The statistics stay as ATen makes them (float32, except bf16 ones for a bf16 input on the CPU), since
+    # its backward kernel wants them so; the fake below computes the same dtypes on fake tensors.
+    return out.to(x.dtype), mean, rstd
 
 
 @_layer_norm.register_fake
 def _(x, weight, bias, eps):
     out, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
-    return out.to(x.dtype), mean.float(), rstd.float()
+    return out.to(x.dtype), mean, rstd
 
 
 @torch.library.custom_op("lait::layer_norm_backward", mutates_args=())
 def _layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                          weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad_x, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
-        grad.contiguous(), x, [x.shape[-1]], mean, rstd, weight, bias, [True, True, True])
+        grad.to(x.dtype).contiguous(), x, [x.shape[-1]], mean, rstd, weight, bias, [True, True, True])
     return grad_x, grad_weight, grad_bias
 
 
@@ -62,8 +62,13 @@ _layer_norm.register_autograd(_backward, setup_context=_setup_context)
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                keep_dtype: bool = False) -> torch.Tensor:
     """``F.layer_norm`` over the last dimension through the opaque op: in float32 (as autocast runs it), or
-    with ``keep_dtype`` in the input's dtype (statistics still accumulated in float32 by ATen's kernels)."""
-    return _layer_norm((x if keep_dtype else x.float()).contiguous(), weight.float(), bias.float(), eps)[0]
+    with ``keep_dtype`` in the input's dtype (statistics still accumulated in float32 by ATen's kernels).
+    The weight and bias take the input's dtype too: CUDA's kernels want one dtype for all three (a bf16 input
+    with float32 weights failed there, "expected scalar type BFloat16 but found Float"); their gradients come
+    back in float32 through the cast."""
+    if keep_dtype:
+        return _layer_norm(x.contiguous(), weight.to(x.dtype), bias.to(x.dtype), eps)[0]
+    return _layer_norm(x.float().contiguous(), weight.float(), bias.float(), eps)[0]
 
 
 class OpaqueLayerNorm(nn.LayerNorm):

@@ -97,10 +97,33 @@ def test_opaque_layer_norm_matches_layer_norm_forward_and_backward():
     assert torch.allclose(opaque.bias.grad, plain.bias.grad, atol=1e-5)
     assert opaque(x.detach().bfloat16()).dtype == torch.float32, "computed in float32, as autocast runs LayerNorm"
     opaque.keep_dtype = True  # the benchmark's bf16 residual stream: bf16 in, bf16 out, float32 statistics
-    half = opaque(x.detach().bfloat16())
+    x16 = x.detach().bfloat16().requires_grad_(True)
+    half = opaque(x16)
     assert half.dtype == torch.bfloat16
     assert torch.allclose(half.float(), plain(x.detach().bfloat16().float()), atol=0.05)
+    opaque.zero_grad()
+    half.backward(grad.bfloat16())  # gradients flow back through the bf16 op: float32 for the float32 weights
+    assert x16.grad.dtype == torch.bfloat16 and opaque.weight.grad.dtype == torch.float32
+    assert torch.allclose(opaque.weight.grad, plain.weight.grad, atol=0.1, rtol=0.05)
+    assert torch.allclose(x16.grad.float(), x.grad, atol=0.1, rtol=0.05)
     assert make_layer_norms_plain(opaque) == 1 and type(opaque) is nn.LayerNorm
+
+
+def assert_same_step(reference: ImageBert, other: ImageBert) -> dict:
+    """One pretraining step of both models on the same padded batch: the same loss and gradients. The batch."""
+    config = reference.config
+    batch = random_batch(config, size=8, seed=2)
+    batch["image_keys"] = torch.arange(8)
+    prepared = prepare_pretrain_batch(batch, TASKS, EXACT, config, IDS, torch.Generator().manual_seed(3))
+    _, loss_reference = reference(prepared, TASKS)
+    _, loss_other = other(prepared, TASKS)
+    loss_reference.backward()
+    loss_other.backward()
+    assert torch.allclose(loss_other, loss_reference, atol=1e-5)
+    grads = dict(reference.named_parameters())
+    for name, parameter in other.named_parameters():
+        assert torch.allclose(parameter.grad, grads[name].grad, atol=1e-5), name
+    return batch
 
 
 def test_compiled_whole_model_step_matches_eager():
@@ -111,17 +134,7 @@ def test_compiled_whole_model_step_matches_eager():
     eager = ImageBert(config)
     compiled = copy.deepcopy(eager)
     compiled.compile_model(opaque_layer_norm=True, dynamic=False)
-    batch = random_batch(config, size=8, seed=2)
-    batch["image_keys"] = torch.arange(8)
-    prepared = prepare_pretrain_batch(batch, TASKS, EXACT, config, IDS, torch.Generator().manual_seed(3))
-    _, loss_eager = eager(prepared, TASKS)
-    _, loss_compiled = compiled(prepared, TASKS)
-    loss_eager.backward()
-    loss_compiled.backward()
-    assert torch.allclose(loss_compiled, loss_eager, atol=1e-5)
-    grads = dict(eager.named_parameters())
-    for name, parameter in compiled.named_parameters():
-        assert torch.allclose(parameter.grad, grads[name].grad, atol=1e-5), name
+    assert_same_step(eager, compiled)
     assert any(type(m) is OpaqueLayerNorm for m in compiled.modules())
     compiled.drop_compiled()
     assert not any(type(m) is OpaqueLayerNorm for m in compiled.modules())
@@ -141,3 +154,21 @@ def test_compile_scope_follows_the_masking():
         _config(compile=True, compile_scope="model")
     with pytest.raises(ConfigError, match="masking"):
         _config(masking="sometimes")
+
+
+def test_math_attention_computes_what_sdpa_computes():
+    """ModelConfig.attention = "math": same scores, loss and gradients as the fused kernels, compiled too."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    fused = ImageBert(config)
+    math = ImageBert(tiny_config(attention="math"))
+    math.load_state_dict(fused.state_dict())
+    assert {m.implementation for m in math.modules() if hasattr(m, "implementation")} == {"math"}
+    batch = assert_same_step(fused, math)  # padded text and regions: the mask matters
+    with torch.no_grad():
+        eager_scores = math.eval().score(batch)
+        math.compile_trunk(dynamic=False)
+        assert torch.allclose(math.score(batch), eager_scores, atol=1e-5)
+        assert torch.allclose(fused.eval().score(batch), eager_scores, atol=1e-5)
+    with pytest.raises(ValueError, match="'sdpa' or 'math'"):
+        ImageBert(tiny_config(attention="flash"))
