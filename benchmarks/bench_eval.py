@@ -11,6 +11,7 @@ the CPU default (240 captions, batches of 48) keeps that proportion::
 
     python benchmarks/bench_eval.py                         # CPU: a tiny model, 120 images x 240 captions
     python benchmarks/bench_eval.py --device cuda --preset base --images 2500 --batch-size 1024
+    python benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile --fp8
 """
 from __future__ import annotations
 
@@ -56,6 +57,40 @@ def varied_captions(folder: str, seed: int) -> None:
     schemas.write_table(table, path, "captions")
 
 
+def fp8_row(model: ImageBert, data: EvalSet, order: np.ndarray, pair_images: np.ndarray, args, device: torch.device,
+            reference: torch.Tensor, results: dict, row, padded) -> None:
+    """Time scoring as ``lait eval --precision fp8`` runs it (captions in ``order``), and how its ranking
+    agrees with ``reference``'s (the same order's scores without float8): the ``fp8`` entry of ``results``. The
+    model is untrained, so its scores lie close together and rounding reorders many of them: the correlation
+    is a smoke check here (a trained model's is in ``tests/model/test_model_fp8.py``), the rate is the figure."""
+    from model.eval import _calibrate_float8
+    from model.fp8 import float8_encoder
+
+    n_captions, n_images = data.shape
+    pair_captions = np.tile(order, n_images)
+    model.drop_compiled()
+    amax = _calibrate_float8(model, data, pair_captions, pair_images, args.batch_size, device)
+    with float8_encoder(model, amax):
+        if args.compile:
+            model.compile_trunk(dynamic=False)
+        score_pairs(model, data, pair_captions[:args.batch_size], pair_images[:args.batch_size], args.batch_size,
+                    device, True, fixed_shapes=args.compile)  # warm-up (compiles)
+        start = time.perf_counter()
+        flat = score_pairs(model, data, pair_captions, pair_images, args.batch_size, device, True,
+                           fixed_shapes=args.compile)
+        seconds = time.perf_counter() - start
+    model.drop_compiled()
+    matrix = torch.empty(n_images, n_captions)
+    matrix[:, torch.from_numpy(order)] = flat.view(n_images, n_captions)
+    ranks = lambda m: m.flatten().argsort().argsort().double()  # noqa: E731
+    spearman = float(torch.corrcoef(torch.stack([ranks(matrix), ranks(reference)]))[0, 1])
+    tokens = float(data.text_lengths.max()) if args.compile else padded(order)
+    results["fp8"] = dict(row(seconds, tokens), compiled=args.compile, spearman_to_unquantised=round(spearman, 4))
+    print(f"{'fp8':<10} {results['fp8']['pairs_per_s']:>12,.1f} pairs/s   {seconds:7.2f} s   captions shortest first"
+          f"{', compiled for one shape' if args.compile else ''}; rank correlation with the unquantised scores "
+          f"{spearman:.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -66,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--compile", action="store_true",
                         help="also time `lait eval --compile`'s way: the trunk compiled, every batch padded to one shape")
+    parser.add_argument("--fp8", action="store_true",
+                        help="also time `lait eval --precision fp8` (float8 encoder products, static scales calibrated on "
+                             "a sample; compiled for one shape with --compile); Ada/Hopper GPUs or the CPU")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -151,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'compiled, trimmed':<10} {results['compiled_trimmed']['pairs_per_s']:>5,.1f} pairs/s   {seconds:7.2f} s   "
               f"captions shortest first, lengths symbolic after one recompile "
               f"(scores within {results['compiled_trimmed']['max_abs_score_difference_to_eager']} of eager)")
+    if args.fp8:
+        fp8_row(model, data, orders["by_length"], pair_images, args, device, scores["by_length"], results, row, padded)
     torch.testing.assert_close(scores["by_length"], scores["given"], rtol=1e-3, atol=1e-3)
     results["ratio"] = round(results["by_length"]["pairs_per_s"] / results["given"]["pairs_per_s"], 3)
     print(f"ratio by_length / given: {results['ratio']:.2f}x (same scores)")

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.config import ModelConfig  # noqa: E402
 from model.fp8 import calibrate, float8_encoder  # noqa: E402
-from model.imagebert import ImageBert, num_parameters  # noqa: E402
+from model.imagebert import ImageBert, SelfAttention, num_parameters  # noqa: E402
 from model.layer_norm import OpaqueLayerNorm, make_layer_norms_opaque  # noqa: E402
 from model.tasks import choose_exact, exact_slots, slot_positions  # noqa: E402
 
@@ -189,8 +189,8 @@ VARIANT_HELP = """ImageBERT variants to time, each a '+'-joined spec: a scope, e
 compiled) | model (the whole forward and losses compiled; exact masking), then modifiers: nodrop (attention
 dropout 0), additive (key mask as an additive bias), nomask (no key mask: an upper bound, valid only without
 padding), sdpa-cudnn | sdpa-efficient | sdpa-flash | sdpa-math (allow only that attention kernel; eager only: on an
-H100 with torch 2.11 a compiled graph kept cuDNN's kernel under sdpa-math), math (ModelConfig.attention = "math":
-attention as matmuls and a softmax, which the compiler fuses: no tile padding of the 140-long sequence), eval4096 (eval batch 4,096),
+H100 with torch 2.11 a compiled graph kept cuDNN's kernel under sdpa-math), math (attention written out as matmuls
+and a softmax, which the compiler fuses: no tile padding of the 140-long sequence; slower on an H100), eval4096 (eval batch 4,096),
 atenln (LayerNorm as an opaque op: ATen's kernels inside the compiled graph), nopersist (inductor without
 persistent reductions), bf16weights (scoring only, with the weights cast to bf16 before compiling), ln16 (with
 atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16), fp8 (scoring only, with
@@ -210,6 +210,19 @@ def parse_variant(name: str) -> dict:
     if unknown:
         raise SystemExit(f"variant {name!r}: unknown modifier(s) {sorted(unknown)}; expected some of {sorted(MODIFIERS)}")
     return {"scope": scope, **{m: True for m in mods}}
+
+
+def _attention_as_math(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """``SelfAttention.forward`` with attention as two batched matmuls around a softmax (modifier ``math``)."""
+    batch, length, hidden = x.shape
+    q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    if self.training and self.dropout:
+        probs = torch.nn.functional.dropout(probs, self.dropout)
+    return self.out(torch.matmul(probs, v).transpose(1, 2).reshape(batch, length, hidden))
 
 
 def _trunk_without_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
@@ -252,8 +265,6 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     swaps = contextlib.ExitStack()  # float8 layers live as long as the variant's model
     if spec.get("nodrop"):
         config.attention_dropout = 0.0
-    if spec.get("math"):
-        config.attention = "math"
     torch.manual_seed(0)
     if spec["scope"] in ("hf", "hf-trunk"):
         model = HFTrunkBaseline(config).to(device)
@@ -264,6 +275,10 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
         if spec.get("additive"):
             model._trunk_eager = types.MethodType(_trunk_with_additive_mask, model)
         opaque = bool(spec.get("atenln"))  # what `lait train` with compile uses; its scoring keeps inductor's
+        if spec.get("math"):
+            for module in model.modules():
+                if isinstance(module, SelfAttention):
+                    module.forward = types.MethodType(_attention_as_math, module)
         if spec.get("nomask"):  # an upper bound, not a product mode: no key-padding mask at all
             model._trunk_eager = types.MethodType(_trunk_without_mask, model)
         if spec.get("bf16weights"):  # scoring without autocast's weight casts; cast before compiling

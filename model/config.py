@@ -47,9 +47,6 @@ class ModelConfig:
     max_text_len: int = 40
     max_regions: int = 100
     pad_token_id: int = 0
-    # How self-attention runs: "sdpa" (``F.scaled_dot_product_attention``: flash / cuDNN / efficient kernels)
-    # or "math" (two matrix multiplies around a softmax; see ``model.imagebert._math_attention``).
-    attention: str = "sdpa"
 
 
 @dataclass

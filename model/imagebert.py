@@ -54,8 +54,7 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / efficient kernels), or
-    written out as matrix multiplies and a softmax (``ModelConfig.attention``)."""
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / efficient kernels)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -65,36 +64,13 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_dropout
-        if config.attention not in ("sdpa", "math"):
-            raise ValueError(f"attention must be 'sdpa' or 'math', got {config.attention!r}")
-        self.implementation = config.attention
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, hidden = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
-        dropout = self.dropout if self.training else 0.0
-        if self.implementation == "math":
-            y = _math_attention(q, k, v, attention_mask, dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
-
-
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
-                    dropout: float) -> torch.Tensor:
-    """Attention as two batched matrix multiplies around a softmax (``ModelConfig.attention = "math"``).
-
-    The same function as ``scaled_dot_product_attention`` with a boolean keep-mask. For ImageBERT's short
-    sequences (140 tokens) the fused kernels run far below the GPU's matrix rate (``benchmarks/RESULTS_train.md``);
-    under ``torch.compile`` the scale, mask, softmax and dropout fuse into one kernel between two cuBLAS products.
-    """
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-    if keep is not None:
-        scores = scores.masked_fill(~keep, float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-    if dropout:
-        probs = F.dropout(probs, dropout)
-    return torch.matmul(probs, v)
 
 
 class Layer(nn.Module):
