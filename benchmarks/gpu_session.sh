@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
-# About 7 minutes on an H200 (the step limits add up to 9.75 minutes; STEPS picks a subset). Writes env.txt, train.{json,log},
-# eval_order.{json,log}, features_{vg,coco}.{json,log} under $OUT.
+# About 7 minutes on an H200 (the step limits add up to 9.9 minutes; STEPS picks a subset). Writes env.txt, train.{json,log},
+# eval_order.{json,log}, features_{vg,coco}.{json,log}, selection.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; bench_train writes its
 # JSON after every variant, so a step cut short keeps what it measured.
 set -u
@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/lait-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
-STEPS=" ${STEPS:-train eval vg coco} "  # which steps run (a short lease may skip some)
+STEPS=" ${STEPS:-train eval vg coco selection} "  # which steps run (a short lease may skip some)
 step() { [[ $STEPS == *" $1 "* ]]; }
 { nvidia-smi -L; nproc; $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 # training + eval, BERT-base, batch 512, bf16 (variants: bench_train.py --help), most wanted first:
@@ -23,7 +23,7 @@ step() { [[ $STEPS == *" $1 "* ]]; }
 #   model+nodrop+atenln   the product setting without attention dropout (not the paper's model; +5% on the H200)
 # (2026-11-27 on the H100, all slower than the product setting: attention as matmuls + softmax (`math`), a bf16
 # residual stream (`ln16`), float8 with row-wise input scales (`fp8dyn`); `sdpa-*` only take effect eager.)
-step train && timeout "${TRAIN_TIMEOUT:-240}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
+step train && timeout "${TRAIN_TIMEOUT:-220}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
     --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk+score trunk+fp8 model+nodrop+atenln} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
 # eval on web-like caption lengths, BERT-base, 600 x 300: captions shortest first vs as given, `lait eval --compile`
@@ -35,6 +35,9 @@ step eval && timeout "${EVAL_TIMEOUT:-150}" $PY benchmarks/bench_eval.py --devic
 common=(--device cuda --batch-size 64 --num-workers 14 --repeats 2)
 step vg && timeout "${VG_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${VG_IMAGES:-512}" \
     --variants default fused --decode device workers --profile 15 --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
-step coco && timeout "${COCO_TIMEOUT:-75}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
+step coco && timeout "${COCO_TIMEOUT:-60}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
     --variants default --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
+# box selection for a batch of 64 at once against image by image: time and host reads (syncs) per batch
+step selection && timeout "${SELECTION_TIMEOUT:-45}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
+    --json "$OUT/selection.json" 2>&1 | tee "$OUT/selection.log"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"

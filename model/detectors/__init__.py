@@ -11,7 +11,7 @@ import logging
 import os
 
 from model.detectors.base import DetectorSpec, RegionDetector, Regions
-from model.detectors.selection import BoxSelection, select_boxes
+from model.detectors.selection import BoxSelection, select_boxes, select_boxes_batched
 
 logger = logging.getLogger(__name__)
 
@@ -181,5 +181,6 @@ __all__ = [
     "load_vg_weights",
     "read_class_names",
     "select_boxes",
+    "select_boxes_batched",
     "weights_home",
 ]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from model.detectors.selection import BoxSelection, select_boxes
+from model.detectors.selection import BoxSelection, select_boxes_batched
 
 logger = logging.getLogger(__name__)
 
@@ -234,25 +234,22 @@ class RegionDetector(nn.Module):
             class_logits, box_deltas = heads.box_predictor(pooled)
         probs = torch.softmax(class_logits.float(), dim=-1)
         clock.lap("roi_heads")
-        counts = [len(p) for p in proposals]
-        chosen_boxes, chosen_rows = [], []
-        start = 0
-        for boxes, count, (h, w) in zip(proposals, counts, image_list.image_sizes):
-            rows = torch.arange(start, start + count, device=probs.device)
-            keep, _ = select_boxes(boxes.float(), probs[rows, 1:], selection)
-            kept_rows = rows[keep]
-            if self.spec.box_source == "regressed" and len(kept_rows):
-                top = probs[kept_rows, 1:].argmax(dim=1) + 1
-                deltas = box_deltas[kept_rows].float().view(len(kept_rows), -1, 4)
-                deltas = deltas[torch.arange(len(kept_rows), device=deltas.device), top]
-                final = heads.box_coder.decode_single(deltas, boxes[keep].float())
-                final[:, 0::2] = final[:, 0::2].clamp(0, w)
-                final[:, 1::2] = final[:, 1::2].clamp(0, h)
-            else:
-                final = boxes[keep].float()
-            chosen_boxes.append(final)
-            chosen_rows.append(kept_rows)
-            start += count
+        # The whole batch at once (a handful of reads back from the device, not several per image).
+        chosen_rows, _ = select_boxes_batched(proposals, probs[:, 1:], selection)
+        kept_counts = [len(rows) for rows in chosen_rows]
+        kept_rows = torch.cat(chosen_rows)
+        kept_boxes = torch.cat(proposals).float()[kept_rows]
+        if self.spec.box_source == "regressed" and len(kept_rows):
+            top = probs[kept_rows, 1:].argmax(dim=1) + 1
+            deltas = box_deltas[kept_rows].float().view(len(kept_rows), -1, 4)
+            deltas = deltas[torch.arange(len(kept_rows), device=deltas.device), top]
+            final = heads.box_coder.decode_single(deltas, kept_boxes)
+            # clip to each box's own image: x to [0, w], y to [0, h]
+            limits = torch.tensor([(w, h, w, h) for h, w in image_list.image_sizes], dtype=final.dtype,
+                                  device=final.device)
+            limits = torch.repeat_interleave(limits, torch.tensor(kept_counts, device=final.device), dim=0)
+            kept_boxes = torch.minimum(final.clamp(min=0), limits)
+        chosen_boxes = list(torch.split(kept_boxes, kept_counts))
         clock.lap("selection")
         if self.spec.box_source == "regressed":
             # The stored features must describe the stored boxes, so pool again at the final boxes.
@@ -262,7 +259,7 @@ class RegionDetector(nn.Module):
         else:
             split = [pooled[rows] for rows in chosen_rows]
         # One device-to-host copy per field for the whole batch, not one per image (each copy syncs).
-        rows = torch.cat(chosen_rows)
+        rows = kept_rows
         object_probs = probs[rows, 1:]
         k = min(topk, object_probs.shape[1])
         top_probs, top_ids = object_probs.topk(k, dim=1) if len(rows) else (object_probs[:, :k], object_probs[:, :k].long())

@@ -70,3 +70,56 @@ def select_boxes(boxes: torch.Tensor, scores: torch.Tensor, selection: BoxSelect
     passing = int((conf >= selection.score_thresh).sum())
     count = min(max(passing, selection.min_boxes), selection.max_boxes, num)
     return order[:count], conf
+
+
+def select_boxes_batched(boxes: list[torch.Tensor], scores: torch.Tensor,
+                         selection: BoxSelection = BoxSelection()) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``select_boxes`` for a batch of images at once: per image, the rows of ``scores`` it keeps, best first.
+
+    ``boxes`` holds each image's proposals ([P_i, 4]); ``scores`` [sum P_i, K] are their object-class
+    scores, image after image. The result equals ``select_boxes`` on each image (its indices offset by the
+    image's first row), and the confidences of all rows. On a GPU every value read back to the host waits
+    for the device: this reads back the candidate pairs and the per-image counts for the whole batch
+    (three or four reads) where the per-image loop read five per image, and it keeps one NMS call per
+    image (torchvision's, whose own read-back is unavoidable).
+    """
+    device = scores.device
+    sizes = [len(b) for b in boxes]
+    total = sum(sizes)
+    conf = torch.zeros(total, dtype=torch.float32, device=device)
+    if total == 0 or scores.numel() == 0:
+        return [torch.zeros(0, dtype=torch.long, device=device) for _ in boxes], conf
+    all_boxes = torch.cat(boxes).float()
+    image_of_row = torch.repeat_interleave(torch.arange(len(boxes), device=device),
+                                           torch.tensor(sizes, device=device))
+    starts = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    floor = min(CANDIDATE_FLOOR, selection.score_thresh)
+    pair_rows, pair_classes = torch.nonzero(scores >= floor, as_tuple=True)  # row-major: image after image
+    per_image = torch.bincount(image_of_row[pair_rows], minlength=len(boxes)).tolist()
+    kept = []
+    start = 0
+    for count in per_image:
+        if count:
+            rows, classes = pair_rows[start:start + count], pair_classes[start:start + count]
+            keep = batched_nms(all_boxes[rows], scores[rows, classes].float(), classes, selection.nms_thresh)
+            kept.append(start + keep)
+        start += count
+    if kept:
+        kept_pairs = torch.cat(kept)
+        conf.scatter_reduce_(0, pair_rows[kept_pairs], scores[pair_rows[kept_pairs], pair_classes[kept_pairs]].float(),
+                             reduce="amax", include_self=True)
+    # Too few proposals scored above the floor to fill min_boxes exactly: rank that image's proposals all.
+    scored = torch.zeros(len(boxes), dtype=torch.long, device=device).index_add_(0, image_of_row, (conf > 0).long())
+    for i in torch.nonzero(scored < torch.tensor([min(selection.min_boxes, s) for s in sizes], device=device)).flatten().tolist():
+        rows = slice(starts[i], starts[i] + sizes[i])
+        conf[rows] = max_confidence(all_boxes[rows], scores[rows], selection.nms_thresh, floor=0.0)
+    # Best first within each image: one stable sort on (image, -confidence), exact in float64.
+    order = torch.sort(image_of_row.double() * 2 + (1 - conf.double()), stable=True).indices
+    passing = torch.zeros(len(boxes), dtype=torch.long, device=device).index_add_(
+        0, image_of_row, (conf >= selection.score_thresh).long()).tolist()
+    chosen = []
+    for start, size, count in zip(starts, sizes, passing):
+        chosen.append(order[start:start + min(max(count, selection.min_boxes), selection.max_boxes, size)])
+    return chosen, conf

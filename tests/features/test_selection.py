@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.detectors.selection import BoxSelection, max_confidence, select_boxes
+from model.detectors.selection import BoxSelection, max_confidence, select_boxes, select_boxes_batched
 
 
 def _reference_max_conf(boxes, scores, thresh):
@@ -64,6 +64,34 @@ def test_floor_shortcut_matches_the_literal_rule_on_random_scores():
             count = min(max(passing, selection.min_boxes), selection.max_boxes, 60)
             assert keep.tolist() == expected_order[:count].tolist(), (trial, selection)
             assert torch.allclose(conf[keep], reference[keep])
+
+
+def test_whole_batch_selection_equals_image_by_image():
+    """select_boxes_batched: the same rows, order and confidences as select_boxes on each image, including
+    images with no proposals, images whose candidates above the floor cannot fill min_boxes, and ties."""
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(8):
+        sizes = [0, 45, 3, 60, 0, 25] if trial == 0 else torch.randint(0, 70, (5,), generator=gen).tolist()
+        boxes = []
+        for size in sizes:
+            xy = torch.rand(size, 2, generator=gen) * 100
+            boxes.append(torch.cat([xy, xy + torch.rand(size, 2, generator=gen) * 40 + 5], dim=1))
+        # flat scores (every pair under the 0.01 floor: the exact pass) on odd trials, peaked ones on even
+        logits = torch.randn(sum(sizes), 31, generator=gen) * (3.0 if trial % 2 == 0 else 0.05)
+        scores = torch.softmax(logits, dim=1)[:, 1:]
+        if trial == 2:
+            scores[:10] = 0.5  # exact ties
+        for selection in (BoxSelection(), BoxSelection.fixed(36), BoxSelection(score_thresh=0.9, min_boxes=5, max_boxes=8)):
+            chosen, conf = select_boxes_batched(boxes, scores, selection)
+            assert len(chosen) == len(sizes)
+            start = 0
+            for image_boxes, rows in zip(boxes, chosen):
+                keep, image_conf = select_boxes(image_boxes, scores[start:start + len(image_boxes)], selection)
+                assert (rows - start).tolist() == keep.tolist(), (trial, selection)
+                assert torch.equal(conf[start:start + len(image_boxes)], image_conf)
+                start += len(image_boxes)
+    chosen, conf = select_boxes_batched([torch.zeros(0, 4), torch.zeros(0, 4)], torch.zeros(0, 5))
+    assert [len(c) for c in chosen] == [0, 0] and conf.numel() == 0
 
 
 def test_empty_and_invalid():
