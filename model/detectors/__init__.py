@@ -67,11 +67,11 @@ def attribute_count(name: str, weights: str | None = None) -> int:
     """How many attributes a detector's weights predict (0: no attribute head), without building it."""
     if name != "vg-r101-c4" or not weights:
         return 0
-    from model.detectors.weights import load_state
+    from model.detectors.weights import tensor_shape
 
-    state = load_state(weights)
-    scores = state.get("roi_heads.box_predictor.attr_score.weight", state.get("roi_heads.attribute_head.attr_score.weight"))
-    return int(scores.shape[0]) - 1 if scores is not None else 0
+    shape = tensor_shape(weights, ("roi_heads.box_predictor.attr_score.weight",
+                                   "roi_heads.attribute_head.attr_score.weight"))
+    return int(shape[0]) - 1 if shape is not None else 0
 
 
 def input_sizes(name: str, weights: str | None = None, config: dict | None = None) -> tuple[int, int]:

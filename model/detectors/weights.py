@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -79,3 +80,33 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def tensor_shape(path: str, names: Sequence[str]) -> tuple[int, ...] | None:
+    """The shape of the first of ``names`` in a weights file (None: none of them), reading as little as the
+    format allows: a ``.safetensors`` header, a torch file memory-mapped (no tensor data read), a detectron2
+    ``.pkl`` whole (a pickle has no index). For the Beam driver, which needs only a head's width."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            present = set(handle.keys())
+            found = next((n for n in names if n in present), None)
+            return tuple(handle.get_slice(found).get_shape()) if found else None
+    if path.endswith(".pkl"):
+        state = load_detectron2_pickle(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (pre-zip) torch format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    found = next((n for n in names if n in state and hasattr(state[n], "shape")), None)
+    return tuple(state[found].shape) if found else None

@@ -238,3 +238,29 @@ def test_vg_attribute_head_loads_and_regions_carry_attributes(tmp_path, vg_state
     plain_regions = plain([image.pixels], BoxSelection(min_boxes=3, max_boxes=4))[0]
     assert plain_regions.topk_attribute_ids is None
     assert "topk_attribute_ids" not in regions_table([ImageRegions("img", 80, 60, plain_regions)], "vg-r101-c4", 2048).schema.names
+
+
+def test_tensor_shape_reads_each_format_and_attribute_count_uses_it(tmp_path):
+    """The Beam driver learns the attribute head's width from the file without building the detector."""
+    from safetensors.torch import save_file
+
+    from model.detectors import attribute_count
+    from model.detectors.weights import tensor_shape
+
+    state = {"roi_heads.attribute_head.attr_score.weight": torch.zeros(11, 512), "other": torch.zeros(3)}
+    torch.save({"model": state}, tmp_path / "wrapped.pth")
+    torch.save(state, tmp_path / "plain.bin")
+    torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with open(tmp_path / "d2.pkl", "wb") as f:
+        pickle.dump({"model": {"roi_heads.box_predictor.attr_score.weight": np.zeros((401, 512), np.float32)}}, f)
+    names = ("roi_heads.box_predictor.attr_score.weight", "roi_heads.attribute_head.attr_score.weight")
+    for file in ("wrapped.pth", "plain.bin", "legacy.bin", "w.safetensors"):
+        assert tensor_shape(str(tmp_path / file), names) == (11, 512), file
+        assert tensor_shape(str(tmp_path / file), ("missing",)) is None, file
+        assert attribute_count("vg-r101-c4", str(tmp_path / file)) == 10  # row 0 is "no attribute"
+    assert tensor_shape(str(tmp_path / "d2.pkl"), names) == (401, 512)
+    assert attribute_count("vg-r101-c4", str(tmp_path / "d2.pkl")) == 400
+    assert attribute_count("coco-r50-fpn", str(tmp_path / "d2.pkl")) == 0  # only vg-r101-c4 predicts attributes
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        tensor_shape(str(tmp_path / "nothing.bin"), names)
