@@ -73,13 +73,24 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in _torch_state(path).items() if isinstance(v, torch.Tensor)}
+
+
+def _torch_state(path: str, mmap: bool = False) -> dict:
+    """The parameter mapping of a torch file (unwrapped from ``model``/``state_dict``); ``mmap`` maps the
+    tensors' storage instead of reading it, where the file's format allows (the zip format does)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError:
+        if not mmap:
+            raise
+        state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return state
 
 
 def tensor_shape(path: str, names: Sequence[str]) -> tuple[int, ...] | None:
@@ -96,17 +107,6 @@ def tensor_shape(path: str, names: Sequence[str]) -> tuple[int, ...] | None:
             present = set(handle.keys())
             found = next((n for n in names if n in present), None)
             return tuple(handle.get_slice(found).get_shape()) if found else None
-    if path.endswith(".pkl"):
-        state = load_detectron2_pickle(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (pre-zip) torch format cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = load_detectron2_pickle(path) if path.endswith(".pkl") else _torch_state(path, mmap=True)
     found = next((n for n in names if n in state and hasattr(state[n], "shape")), None)
     return tuple(state[found].shape) if found else None
