@@ -196,9 +196,9 @@ persistent reductions), bf16weights (scoring only, with the weights cast to bf16
 atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16), fp8 (scoring only, with
 the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them: static input scales calibrated
 on the scoring batch; Ada/Hopper GPUs), fp8dyn (the same with each input row scaled on its own), score (time
-scoring only)."""
+scoring only), res16 (scoring: LayerNorm outputs in bf16, so the residual stream between layers is bf16)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "math",
-             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score"}
+             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16"}
 
 
 def parse_variant(name: str) -> dict:
@@ -223,6 +223,13 @@ def _attention_as_math(self, x: torch.Tensor, keep: torch.Tensor | None) -> torc
     if self.training and self.dropout:
         probs = torch.nn.functional.dropout(probs, self.dropout)
     return self.out(torch.matmul(probs, v).transpose(1, 2).reshape(batch, length, hidden))
+
+
+def _output_in_autocast_dtype(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of modifier ``res16``: autocast runs LayerNorm in float32; hand its output on in bf16."""
+    if torch.is_autocast_enabled(output.device.type):
+        return output.to(torch.get_autocast_dtype(output.device.type))
+    return output
 
 
 def _trunk_without_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
@@ -279,6 +286,10 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
             for module in model.modules():
                 if isinstance(module, SelfAttention):
                     module.forward = types.MethodType(_attention_as_math, module)
+        if spec.get("res16"):  # LayerNorm outputs cast to the autocast dtype: a bf16 residual stream for scoring
+            for module in model.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.register_forward_hook(_output_in_autocast_dtype)
         if spec.get("nomask"):  # an upper bound, not a product mode: no key-padding mask at all
             model._trunk_eager = types.MethodType(_trunk_without_mask, model)
         if spec.get("bf16weights"):  # scoring without autocast's weight casts; cast before compiling
