@@ -488,6 +488,60 @@ def _batches(pieces: Iterator[DecodedBatch], batch_size: int, on_piece) -> Itera
             yield [pending for _, pending in queue]
 
 
+def _decoded_ahead(batches: Iterator[list[_Pending]], device: torch.device,
+                   enabled: bool) -> Iterator[tuple[list[_Pending], list[ImageRejected | None], float]]:
+    """Each batch with its still-encoded JPEGs decoded on ``device``, the next batch's decode running in a
+    background thread (on its own CUDA stream) while the caller detects this one: ``(batch, errors, seconds
+    the caller waited for the decode)``, errors as ``decode_on_device`` returns them.
+
+    The batched nvJPEG call and the resizes cost the main loop about a tenth of the detector's time per
+    batch on an H100 when they ran inline (``benchmarks/RESULTS_features.md``). Batches are pulled from
+    ``batches`` in this (the caller's) thread, so the pieces' bookkeeping stays there; the decoder thread
+    touches only the batch's pixels. ``enabled`` False (workers decode) passes batches through.
+    """
+    if not enabled:
+        for batch in batches:
+            yield batch, [None] * len(batch), 0.0
+        return
+    import collections
+    import contextlib
+
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def decode(batch: list[_Pending]):
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            errors = decode_on_device([item.input for item in batch], device)
+            done = None
+            if stream is not None:
+                done = torch.cuda.Event()
+                done.record(stream)
+        return batch, errors, done
+
+    def handed_over(future: Future) -> tuple[list[_Pending], list[ImageRejected | None], float]:
+        begun = time.perf_counter()
+        batch, errors, done = future.result()
+        waited = time.perf_counter() - begun
+        if done is not None:  # the detector's stream waits for the decode; the pixels' memory for the detector
+            current = torch.cuda.current_stream(device)
+            current.wait_event(done)
+            for item in batch:
+                if item.input.pixels is not None and item.input.pixels.is_cuda:
+                    item.input.pixels.record_stream(current)
+        return batch, errors, waited
+
+    decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lait-features-decoder")
+    queued: collections.deque[Future] = collections.deque()
+    try:
+        for batch in batches:
+            queued.append(decoder.submit(decode, batch))
+            if len(queued) > 1:  # one batch decoding ahead of the one handed over
+                yield handed_over(queued.popleft())
+        while queued:
+            yield handed_over(queued.popleft())
+    finally:
+        decoder.shutdown(wait=True, cancel_futures=True)
+
+
 def _keep(batch: DecodedBatch) -> DecodedBatch:
     """DataLoader collate: pieces are already formed by the dataset."""
     return batch
@@ -616,14 +670,16 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         if piece.rejects:
             book(piece.shard, len(piece.rejects))
 
+    ready = _decoded_ahead(_batches(iter(loader), options.batch_size, on_piece), device,
+                           enabled=resolved_decode(options.decode, device) == "device")
     try:
         mark = time.perf_counter()
-        for batch in _batches(iter(loader), options.batch_size, on_piece):
+        for batch, errors, decode_wait in ready:
             now = time.perf_counter()
-            phases["waiting_for_data"] += now - mark
+            phases["waiting_for_data"] += now - mark - decode_wait
+            phases["waiting_for_decode"] += decode_wait
             first_batch = now - started if first_batch is None else first_batch
-            if any(item.input.pixels is None for item in batch):  # still-encoded JPEGs: decode on the device
-                errors = decode_on_device([item.input for item in batch], device)
+            if any(error is not None for error in errors):  # JPEGs neither the device nor Pillow could decode
                 for item, error in zip(batch, errors):
                     if error is not None:
                         pending[item.shard].rejected.append(
@@ -652,6 +708,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         for future in writes:
             phases["writing_background"] += future.result()
     finally:
+        ready.close()  # stops the decoder thread when the loop ends early
         writer.shutdown(wait=True)
     bar.close()
     stats = summarize(output_path, shards, null_ids)

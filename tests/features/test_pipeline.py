@@ -178,6 +178,51 @@ def test_device_decoding_keeps_the_same_books(tmp_path, demo_weights):
     assert by_mode["device"][:3] == (6, 5, {"image_undecodable": 1})
 
 
+def test_device_decoding_runs_one_batch_ahead_in_a_background_thread(monkeypatch):
+    """The next batch decodes while the caller detects this one; errors and early stops reach the caller."""
+    import threading
+
+    import pipeline.features as features
+
+    log = []
+    decoded_11 = threading.Event()
+
+    def fake_decode(inputs, device):
+        log.append(("decode", inputs[0].width, threading.current_thread().name))
+        if inputs[0].width == 11:
+            decoded_11.set()
+        if inputs[0].width == 99:
+            raise RuntimeError("decoder broke")
+        for item in inputs:
+            item.pixels = torch.zeros(3, item.height, item.width, dtype=torch.uint8)
+        return [None] * len(inputs)
+
+    monkeypatch.setattr(features, "decode_on_device", fake_decode)
+    batches = [[features._Pending(0, f"{w}-{i}", _net_input(w, 8, decoded=False)) for i in range(2)] for w in (10, 11, 12)]
+    for batch, errors, waited in features._decoded_ahead(iter(batches), torch.device("cpu"), enabled=True):
+        assert all(item.input.pixels is not None for item in batch) and errors == [None, None] and waited >= 0
+        if batch[0].input.width == 10:  # "detecting" the first batch: the second decodes meanwhile
+            assert decoded_11.wait(timeout=30)
+        log.append(("detect", batch[0].input.width, threading.current_thread().name))
+    decodes = [entry for entry in log if entry[0] == "decode"]
+    assert {name for _, _, name in decodes} == {"lait-features-decoder_0"}
+    assert [width for kind, width, _ in log if kind == "detect"] == [10, 11, 12]
+
+    broken = [[features._Pending(0, "x", _net_input(99, 8, decoded=False))]]
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        list(features._decoded_ahead(iter(broken), torch.device("cpu"), enabled=True))
+
+    log.clear()
+    ahead = features._decoded_ahead(iter(batches), torch.device("cpu"), enabled=True)
+    next(ahead)
+    ahead.close()  # the caller stops early: the decoder thread is shut down, nothing more is decoded
+    assert len([entry for entry in log if entry[0] == "decode"]) <= 2
+    assert not any(t.name.startswith("lait-features-decoder") for t in threading.enumerate())
+
+    plain = [[features._Pending(0, "p", _net_input(10, 8))]]
+    assert list(features._decoded_ahead(iter(plain), torch.device("cpu"), enabled=False)) == [(plain[0], [None], 0.0)]
+
+
 def test_decode_auto_is_the_device_on_cuda_and_the_workers_elsewhere():
     from pipeline.features import resolved_decode
 
