@@ -247,7 +247,8 @@ class RegionDetector(nn.Module):
             # clip to each box's own image: x to [0, w], y to [0, h]
             limits = torch.tensor([(w, h, w, h) for h, w in image_list.image_sizes], dtype=final.dtype,
                                   device=final.device)
-            limits = torch.repeat_interleave(limits, torch.tensor(kept_counts, device=final.device), dim=0)
+            limits = torch.repeat_interleave(limits, torch.tensor(kept_counts, device=final.device), dim=0,
+                                             output_size=len(kept_rows))
             kept_boxes = torch.minimum(final.clamp(min=0), limits)
         chosen_boxes = list(torch.split(kept_boxes, kept_counts))
         clock.lap("selection")

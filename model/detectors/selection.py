@@ -91,7 +91,7 @@ def select_boxes_batched(boxes: list[torch.Tensor], scores: torch.Tensor,
         return [torch.zeros(0, dtype=torch.long, device=device) for _ in boxes], conf
     all_boxes = torch.cat(boxes).float()
     image_of_row = torch.repeat_interleave(torch.arange(len(boxes), device=device),
-                                           torch.tensor(sizes, device=device))
+                                           torch.tensor(sizes, device=device), output_size=total)  # no read-back
     starts = [0]
     for size in sizes[:-1]:
         starts.append(starts[-1] + size)
