@@ -80,8 +80,8 @@ def select_boxes_batched(boxes: list[torch.Tensor], scores: torch.Tensor,
     scores, image after image. The result equals ``select_boxes`` on each image (its indices offset by the
     image's first row), and the confidences of all rows. On a GPU every value read back to the host waits
     for the device: this reads back the candidate pairs and the per-image counts for the whole batch
-    (three or four reads) where the per-image loop read five per image, and it keeps one NMS call per
-    image (torchvision's, whose own read-back is unavoidable).
+    (four reads) where the per-image loop read four per image, and it keeps one NMS call per image
+    (torchvision's, whose own read-back is unavoidable).
     """
     device = scores.device
     sizes = [len(b) for b in boxes]
