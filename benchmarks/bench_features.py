@@ -41,6 +41,7 @@ VARIANTS = {
     "fused": dict(fuse=True, batched_rpn_nms=False),
     "fused+parity": dict(fuse=True, dilated_as_batch=True, batched_rpn_nms=False),
     "fused+rpn": dict(fuse=True, batched_rpn_nms=True),
+    "rpn-compiled": dict(batched_rpn_nms=True, compile_nms=True),  # the default with the RPN's NMS steps compiled
 }
 
 

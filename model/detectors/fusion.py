@@ -13,10 +13,14 @@
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
+
+logger = logging.getLogger(__name__)
 
 
 def _conv_before(name: str) -> str | None:
@@ -92,15 +96,57 @@ def dilated_as_batch(module: nn.Module) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def _greedy_step(ordered: torch.Tensor, areas: torch.Tensor, alive: torch.Tensor, order: torch.Tensor,
+                 group: torch.Tensor | None, iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One greedy NMS step for every image: the best box still alive is kept and suppresses its overlaps.
+
+    Returns the new ``alive`` mask and, per image, the kept box's index (-1 when none was left). Written
+    with gathers and masks only (no indexed writes), so ``torch.compile`` fuses the step into a few kernels.
+    """
+    has = alive.any(dim=1)
+    first = alive.to(torch.uint8).argmax(dim=1, keepdim=True)  # the best box still alive (the first maximum)
+    chosen = torch.where(has, order.gather(1, first).squeeze(1), -1)
+    box = ordered.gather(1, first[..., None].expand(-1, 1, 4))  # [B, 1, 4]
+    top_left = torch.maximum(ordered[..., :2], box[..., :2])
+    bottom_right = torch.minimum(ordered[..., 2:], box[..., 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    iou = inter / (areas + areas.gather(1, first) - inter)
+    suppress = iou > iou_thresh
+    if group is not None:
+        suppress &= group == group.gather(1, first)
+    columns = torch.arange(alive.shape[1], device=alive.device)
+    return alive & ~suppress & (columns != first), chosen
+
+
+_compiled_step = None
+_compile_failed = False
+
+
+def _step_function(compiled: bool):
+    """``_greedy_step``, compiled once per process when asked and compiling has not failed before."""
+    global _compiled_step
+    if not compiled or _compile_failed:
+        return _greedy_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(_greedy_step, fullgraph=True)
+    return _compiled_step
+
+
 def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor | None,
-                       iou_thresh: float, max_keep: int) -> torch.Tensor:
+                       iou_thresh: float, max_keep: int, compiled: bool = False) -> torch.Tensor:
     """Greedy NMS of B images at once: ``[B, max_keep]`` kept indices, best first, padded with -1.
 
     ``boxes`` [B, N, 4] x1y1x2y2, ``scores``/``valid`` [B, N]; only boxes of the same ``group`` (the FPN
     level) suppress each other. The result equals torchvision's ``batched_nms`` on each image's valid
     boxes, cut to ``max_keep`` (up to the order of exactly tied scores, which neither defines). It runs
     ``max_keep`` vectorised steps on the device, where torchvision's NMS reads each image's suppression
-    mask back to the host: one synchronisation per image.
+    mask back to the host: one synchronisation per image. ``compiled`` runs each step as a
+    ``torch.compile``d function (if compiling fails, the steps run eager). Eager, a step is about fourteen
+    small kernels, and 300 steps per batch may leave vg-r101-c4's RPN launch-bound (94 ms per batch of 64
+    on an H100); compiled, a step is a few fused kernels but pays the compiled call's own overhead, which
+    on the CPU made it slower (0.33 vs 0.18 s for 16 x 6,000 boxes). Off by default until a GPU measures it
+    (``RegionDetector.optimize_for(compile_nms=True)``, ``bench_features.py --variants rpn-compiled``).
     """
     num, count = scores.shape
     keep = torch.full((num, max_keep), -1, dtype=torch.long, device=scores.device)
@@ -111,24 +157,20 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
     alive = valid.gather(1, order)
     group = groups.gather(1, order) if groups is not None else None
     areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])
-    rows = torch.arange(num, device=scores.device)
+    step_function = _step_function(compiled)
     for step in range(min(max_keep, count)):
         if step % 32 == 31 and not bool(alive.any()):  # every image is done (one sync per 32 steps)
             break
-        has = alive.any(dim=1)
-        first = alive.to(torch.uint8).argmax(dim=1)  # the best box still alive (argmax returns the first maximum)
-        keep[:, step] = torch.where(has, order[rows, first], -1)
-        chosen = ordered[rows, first]
-        top_left = torch.maximum(ordered[..., :2], chosen[:, None, :2])
-        bottom_right = torch.minimum(ordered[..., 2:], chosen[:, None, 2:])
-        wh = (bottom_right - top_left).clamp(min=0)
-        inter = wh[..., 0] * wh[..., 1]
-        iou = inter / (areas + areas[rows, first][:, None] - inter)
-        suppress = iou > iou_thresh
-        if group is not None:
-            suppress &= group == group[rows, first][:, None]
-        alive &= ~suppress
-        alive[rows, first] = False
+        try:
+            alive, keep[:, step] = step_function(ordered, areas, alive, order, group, iou_thresh)
+        except Exception as exc:  # noqa: BLE001 - a compiler failure must not stop the features stage
+            if step_function is _greedy_step:
+                raise
+            global _compile_failed
+            _compile_failed = True  # for the rest of the process: no retry per batch
+            logger.warning("compiled NMS step failed (%s: %s); running the steps eager", type(exc).__name__, exc)
+            step_function = _greedy_step
+            alive, keep[:, step] = step_function(ordered, areas, alive, order, group, iou_thresh)
     return keep
 
 
@@ -154,7 +196,8 @@ def _batched_filter_proposals(self, proposals, objectness, image_shapes, num_anc
     widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     valid = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
     groups = levels if len(num_anchors_per_level) > 1 else None
-    keep = batched_greedy_nms(boxes, scores, valid, groups, self.nms_thresh, self.post_nms_top_n())
+    keep = batched_greedy_nms(boxes, scores, valid, groups, self.nms_thresh, self.post_nms_top_n(),
+                              compiled=getattr(self, "compiled_nms_steps", False))
     counts = (keep >= 0).sum(dim=1).tolist()  # the one synchronisation
     final_boxes, final_scores = [], []
     for i, n in enumerate(counts):
@@ -163,8 +206,10 @@ def _batched_filter_proposals(self, proposals, objectness, image_shapes, num_anc
     return final_boxes, final_scores
 
 
-def batched_rpn_nms(model: nn.Module) -> None:
-    """Make a torchvision ``FasterRCNN``'s RPN filter the proposals of a batch at once (inference only)."""
+def batched_rpn_nms(model: nn.Module, compiled: bool = False) -> None:
+    """Make a torchvision ``FasterRCNN``'s RPN filter the proposals of a batch at once (inference only);
+    ``compiled``: its NMS steps through ``torch.compile`` (see ``batched_greedy_nms``)."""
     import types
 
     model.rpn.filter_proposals = types.MethodType(_batched_filter_proposals, model.rpn)
+    model.rpn.compiled_nms_steps = compiled

@@ -151,6 +151,7 @@ def test_parity_grid_conv_equals_dilated_conv():
 
 
 def test_batched_greedy_nms_equals_torchvision_per_image():
+    """Eager and compiled steps, with and without groups: torchvision's per-image result, cut to max_keep."""
     from torchvision.ops import batched_nms
 
     from model.detectors.fusion import batched_greedy_nms
@@ -163,8 +164,9 @@ def test_batched_greedy_nms_equals_torchvision_per_image():
     scores = torch.rand(num, count, generator=g)
     valid = torch.rand(num, count, generator=g) > 0.2
     groups = torch.randint(0, 3, (num, count), generator=g)
-    for use_groups in (True, False):
-        keep = batched_greedy_nms(boxes, scores, valid, groups if use_groups else None, 0.5, max_keep)
+    for use_groups, compiled in ((True, False), (False, False), (True, True), (False, True)):
+        # compiled: each step through torch.compile, as on CUDA (here inductor's CPU code)
+        keep = batched_greedy_nms(boxes, scores, valid, groups if use_groups else None, 0.5, max_keep, compiled=compiled)
         for i in range(num):
             index = valid[i].nonzero().squeeze(1)
             ids = groups[i, index] if use_groups else torch.zeros_like(index)
@@ -172,6 +174,30 @@ def test_batched_greedy_nms_equals_torchvision_per_image():
             got = keep[i][keep[i] >= 0]
             assert len(expected) > 10  # enough survive for the comparison to mean something
             assert got.tolist() == expected.tolist()
+
+
+def test_batched_greedy_nms_runs_eager_when_the_compiled_step_fails(monkeypatch, caplog):
+    from model.detectors import fusion
+
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(fusion, "_compiled_step", broken)
+    monkeypatch.setattr(fusion, "_compile_failed", False)
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(2, 50, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(2, 50, 2, generator=g) * 30 + 1], dim=2)
+    scores, valid = torch.rand(2, 50, generator=g), torch.ones(2, 50, dtype=torch.bool)
+    expected = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20, compiled=False)
+    with caplog.at_level("WARNING", logger="model.detectors.fusion"):
+        first = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20, compiled=True)
+        second = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20, compiled=True)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert len(calls) == 1  # tried once; later steps and batches run eager without trying again
+    assert "compiled NMS step failed" in caplog.text and "no compiler here" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["vg-r101-c4", "coco-r50-fpn"])
@@ -189,8 +215,15 @@ def test_batched_rpn_nms_gives_the_same_regions(name):
 
     assert detector.model.rpn.filter_proposals.__func__ is _batched_filter_proposals
     batched = detector(images, selection)
-    for a, b in zip(plain, batched, strict=True):
+    detector.optimize_for("cpu", fuse=False, batched_rpn_nms=True, compile_nms=True)  # its steps compiled
+    assert detector.model.rpn.compiled_nms_steps
+    compiled = detector(images, selection)
+    from model.detectors import fusion
+
+    assert fusion._compiled_step is not None and not fusion._compile_failed  # really compiled, no eager fallback
+    for a, b, c in zip(plain, batched, compiled, strict=True):
         np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(b.boxes, c.boxes)
         np.testing.assert_allclose(a.features.astype(np.float32), b.features.astype(np.float32), rtol=1e-3, atol=1e-3)
 
 
