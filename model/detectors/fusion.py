@@ -97,11 +97,13 @@ def dilated_as_batch(module: nn.Module) -> int:
 
 
 def _greedy_step(ordered: torch.Tensor, areas: torch.Tensor, alive: torch.Tensor, order: torch.Tensor,
-                 group: torch.Tensor | None, iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 group: torch.Tensor | None, columns: torch.Tensor,
+                 iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One greedy NMS step for every image: the best box still alive is kept and suppresses its overlaps.
 
-    Returns the new ``alive`` mask and, per image, the kept box's index (-1 when none was left). Written
-    with gathers and masks only (no indexed writes), so ``torch.compile`` fuses the step into a few kernels.
+    ``columns`` is ``arange(N)``. Returns the new ``alive`` mask and, per image, the kept box's index (-1
+    when none was left). Written with gathers and masks only (no indexed writes), so ``torch.compile``
+    fuses the step into a few kernels.
     """
     has = alive.any(dim=1)
     first = alive.to(torch.uint8).argmax(dim=1, keepdim=True)  # the best box still alive (the first maximum)
@@ -115,7 +117,6 @@ def _greedy_step(ordered: torch.Tensor, areas: torch.Tensor, alive: torch.Tensor
     suppress = iou > iou_thresh
     if group is not None:
         suppress &= group == group.gather(1, first)
-    columns = torch.arange(alive.shape[1], device=alive.device)
     return alive & ~suppress & (columns != first), chosen
 
 
@@ -157,12 +158,13 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
     alive = valid.gather(1, order)
     group = groups.gather(1, order) if groups is not None else None
     areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])
+    columns = torch.arange(count, device=scores.device)
     step_function = _step_function(compiled)
     for step in range(min(max_keep, count)):
         if step % 32 == 31 and not bool(alive.any()):  # every image is done (one sync per 32 steps)
             break
         try:
-            alive, keep[:, step] = step_function(ordered, areas, alive, order, group, iou_thresh)
+            alive, keep[:, step] = step_function(ordered, areas, alive, order, group, columns, iou_thresh)
         except Exception as exc:  # noqa: BLE001 - a compiler failure must not stop the features stage
             if step_function is _greedy_step:
                 raise
@@ -170,7 +172,7 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
             _compile_failed = True  # for the rest of the process: no retry per batch
             logger.warning("compiled NMS step failed (%s: %s); running the steps eager", type(exc).__name__, exc)
             step_function = _greedy_step
-            alive, keep[:, step] = step_function(ordered, areas, alive, order, group, iou_thresh)
+            alive, keep[:, step] = step_function(ordered, areas, alive, order, group, columns, iou_thresh)
     return keep
 
 
