@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 
 import schemas  # noqa: E402
 from model.detectors import BoxSelection, build_detector  # noqa: E402
@@ -245,9 +246,7 @@ def main(argv=None) -> int:
     for r in results:
         print(f"{r['detector']:<16}{r['device'][:27]:<28}{r['precision']:<6}{r['input']:<10}"
               f"{r['model_only_ips']:>12.2f}{r['end_to_end_ips']:>11.2f}{r['ratio_e2e_to_model']:>10.3f}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0
 
 

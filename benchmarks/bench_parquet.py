@@ -10,7 +10,6 @@ and ``pipeline.parquet_beam.WriteToParquet`` dictionary-encode only the string c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 
 import schemas  # noqa: E402
 from model.synthetic import write_synthetic  # noqa: E402
@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind:<36} {table.num_rows} rows   pyarrow default {row['pyarrow default']['read_ms']:8.1f} ms "
                   f"({row['pyarrow default']['mb']} MB)   lait {row['lait']['read_ms']:8.1f} ms ({row['lait']['mb']} MB)"
                   f"   {row['ratio']:.1f}x")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+    write_json(args.json, results)
     return 0
 
 

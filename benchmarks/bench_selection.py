@@ -15,7 +15,6 @@ benchmark also counts the host's ``cudaStreamSynchronize`` and device-to-host co
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 
 from model.detectors.selection import BoxSelection, select_boxes, select_boxes_batched  # noqa: E402
 
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             print(f"{'':<16} host reads, image by image {row['host_reads_per_image_loop']}; "
                   f"whole batch {row['host_reads_batched']}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+    write_json(args.json, results)
     return 0
 
 

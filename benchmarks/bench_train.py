@@ -19,7 +19,6 @@ MFU divides the achieved rate by ``--peak-tflops`` (default: 989 for an H100's d
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 
 from model.config import ModelConfig  # noqa: E402
 from model.fp8 import calibrate, float8_encoder  # noqa: E402
@@ -423,11 +423,11 @@ def main(argv: list[str] | None = None) -> int:
             results[label] = {"error": f"{type(error).__name__}: {error}"[:500]}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            _write_json(args.json, results)
+            write_json(args.json, results)
             continue
         row["wall_s_with_compile"] = round(time.perf_counter() - began, 1)
         results[label] = row
-        _write_json(args.json, results)  # after every variant: a run cut short keeps what it measured
+        write_json(args.json, results)  # after every variant: a run cut short keeps what it measured
         train = (f"train {row['train_samples_per_s']:>9,.1f} samples/s  {row['train_tflops']:>8.2f} TFLOP/s  "
                  f"MFU {row['mfu'] if row['mfu'] is not None else 'n/a'}" if row["train_samples_per_s"] else "train (not timed)")
         print(f"{label:<22} {row['params_m']:>7.1f}M params  {train}  eval {row['eval_pairs_per_s']:>10,.1f} pairs/s"
@@ -446,14 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         results["loader_samples_per_s"] = round(rate * batch_size, 1)
         print(f"data loader ({args.loader_workers} workers, up to {preset['regions']} regions x {preset['feature_dim']}-d):"
               f" {rate * batch_size:,.1f} samples/s")
-    _write_json(args.json, results)
+    write_json(args.json, results)
     return 0
-
-
-def _write_json(path: str | None, results: dict) -> None:
-    if path:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":

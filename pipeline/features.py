@@ -28,13 +28,14 @@ Outputs (both runners): ``OUT/regions/`` (regions schema, ``feature_dim`` of the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import posixpath
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Sequence
@@ -503,9 +504,6 @@ def _decoded_ahead(batches: Iterator[list[_Pending]], device: torch.device,
         for batch in batches:
             yield batch, [None] * len(batch), 0.0
         return
-    import collections
-    import contextlib
-
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def decode(batch: list[_Pending]):
@@ -530,7 +528,7 @@ def _decoded_ahead(batches: Iterator[list[_Pending]], device: torch.device,
         return batch, errors, waited
 
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lait-features-decoder")
-    queued: collections.deque[Future] = collections.deque()
+    queued: deque[Future] = deque()
     try:
         for batch in batches:
             queued.append(decoder.submit(decode, batch))

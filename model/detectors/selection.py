@@ -60,28 +60,22 @@ def max_confidence(boxes: torch.Tensor, scores: torch.Tensor, nms_thresh: float,
 
 
 def select_boxes(boxes: torch.Tensor, scores: torch.Tensor, selection: BoxSelection = BoxSelection()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the selected proposals, best first, and every proposal's confidence."""
-    num = boxes.shape[0]
-    conf = max_confidence(boxes, scores, selection.nms_thresh, floor=min(CANDIDATE_FLOOR, selection.score_thresh))
-    if int((conf > 0).sum()) < min(selection.min_boxes, num):
-        # Too few proposals scored above the floor to fill min_boxes exactly: rank them all.
-        conf = max_confidence(boxes, scores, selection.nms_thresh, floor=0.0)
-    order = torch.sort(conf, descending=True, stable=True).indices
-    passing = int((conf >= selection.score_thresh).sum())
-    count = min(max(passing, selection.min_boxes), selection.max_boxes, num)
-    return order[:count], conf
+    """Indices of the selected proposals, best first, and every proposal's confidence (one image)."""
+    chosen, conf = select_boxes_batched([boxes], scores, selection)
+    return chosen[0], conf
 
 
 def select_boxes_batched(boxes: list[torch.Tensor], scores: torch.Tensor,
                          selection: BoxSelection = BoxSelection()) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``select_boxes`` for a batch of images at once: per image, the rows of ``scores`` it keeps, best first.
+    """The selection rule for a batch of images at once: per image, the rows of ``scores`` it keeps, best
+    first, and the confidences of all rows.
 
     ``boxes`` holds each image's proposals ([P_i, 4]); ``scores`` [sum P_i, K] are their object-class
-    scores, image after image. The result equals ``select_boxes`` on each image (its indices offset by the
-    image's first row), and the confidences of all rows. On a GPU every value read back to the host waits
-    for the device: this reads back the candidate pairs and the per-image counts for the whole batch
-    (four reads) where the per-image loop read four per image, and it keeps one NMS call per image
-    (torchvision's, whose own read-back is unavoidable).
+    scores, image after image. Each image's result is what it gets alone (``select_boxes``), its indices
+    offset by the image's first row. On a GPU every value read back to the host waits for the device: this
+    reads back the candidate pairs and the per-image counts for the whole batch (four reads) where an
+    image-by-image loop reads four per image, and it keeps one NMS call per image (torchvision's, whose own
+    read-back is unavoidable).
     """
     device = scores.device
     sizes = [len(b) for b in boxes]
