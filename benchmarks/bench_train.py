@@ -196,9 +196,10 @@ persistent reductions), bf16weights (scoring only, with the weights cast to bf16
 atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays bf16), fp8 (scoring only, with
 the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them: static input scales calibrated
 on the scoring batch; Ada/Hopper GPUs), fp8dyn (the same with each input row scaled on its own), score (time
-scoring only), res16 (scoring: LayerNorm outputs in bf16, so the residual stream between layers is bf16)."""
+scoring only), res16 (scoring: LayerNorm outputs in bf16, so the residual stream between layers is bf16), fusedln
+(each dropout + residual + LayerNorm of the encoder as one Triton kernel each way, training config fused_norm)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "math",
-             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16"}
+             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16", "fusedln"}
 
 
 def parse_variant(name: str) -> dict:
@@ -300,6 +301,8 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
             if spec.get("fp8"):  # static scales, calibrated eagerly on the batch as `lait eval` does on a sample
                 amax = calibrate(model, lambda m=model: time_score(m, score_batch, 1, 0, bf16, device))
             swaps.enter_context(float8_encoder(model, amax))
+        if spec.get("fusedln"):  # traced into the graph: set before compiling
+            model.fused_norm = True
         if spec["scope"] == "trunk":
             model.compile_trunk(opaque_layer_norm=opaque, dynamic=False)
         elif spec["scope"] == "model":
@@ -416,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         if exact not in batches:
             batches[exact] = make_batch(config, batch_size, preset["text"], preset["regions"], device, exact=exact)
         began = time.perf_counter()
+        if args.profile:  # the profile prints while the variant runs, before its figures: name it first
+            print(f"-- {label}")
         try:
             row = run_variant(spec, config, batches[exact], score_batch, args, bf16, device, flops, peak, batch_size, eval_batch)
         except Exception as error:  # one failing variant (a compile error, no kernel) must not lose the others

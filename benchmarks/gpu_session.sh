@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
-# By default train, eval, vg and selection: their limits add up to 9.6 minutes (one device call may run 10);
+# By default train, eval, vg and selection: their limits add up to 9.8 minutes (one device call may run 10);
 # STEPS picks others (coco adds 1). Writes env.txt, train.{json,log},
 # eval_order.{json,log}, features_{vg,coco}.{json,log}, selection.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; bench_train writes its
@@ -18,20 +18,22 @@ step() { [[ $STEPS == *" $1 "* ]]; }
 #   eager                 the same-process baseline
 #   model+atenln          the product setting (configs/imagebert-base.yaml: exact masking, compile: true -> the whole
 #                         step compiled with opaque LayerNorms): 4,306 samples/s on an H200, 3,812-3,834 on an H100
-#   trunk+score           scoring as `lait eval --compile` runs it on uniform shapes: 15,700-16,400 pairs/s on the
-#                         H200, 14,945-15,073 on the H100
-#   trunk+fp8             the same with `--precision fp8` (static input scales): 18,378 pairs/s on the H100
+#   model+atenln+fusedln  the same with the encoder's dropout + residual + LayerNorm steps as fused Triton kernels
+#                         (training config fused_norm: true; model/fused_norm.py): not yet measured
+#   trunk+fp8             scoring with `--precision fp8` (static input scales): 18,378 pairs/s on the H100
 #   trunk+fp8+res16       float8 scoring with a bf16 residual stream (LayerNorm outputs in bf16): the LayerNorm
 #                         kernels read and write float32 residuals, 9.3 of the 55 ms of a float8 pass on the H100
+#   trunk+score           scoring as `lait eval --compile` runs it on uniform shapes (bf16): 15,700-16,400 pairs/s
+#                         on the H200, 14,945-15,073 on the H100
 #   model+nodrop+atenln   the product setting without attention dropout (not the paper's model; +5% on the H200)
 # (2026-11-27 on the H100, all slower than the product setting: attention as matmuls + softmax (`math`), a bf16
 # residual stream (`ln16`), float8 with row-wise input scales (`fp8dyn`); `sdpa-*` only take effect eager.)
-step train && timeout "${TRAIN_TIMEOUT:-220}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
-    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln trunk+score trunk+fp8 trunk+fp8+res16 model+nodrop+atenln} \
+step train && timeout "${TRAIN_TIMEOUT:-270}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
+    --profile 12 --variants ${TRAIN_VARIANTS:-eager model+atenln model+atenln+fusedln trunk+fp8 trunk+fp8+res16 trunk+score model+nodrop+atenln} \
     --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
 # eval on web-like caption lengths, BERT-base, 600 x 300: captions shortest first vs as given, `lait eval --compile`
 # (fixed shapes), `--precision fp8`, then trimmed shapes (over 60 s of compiling on the H100). Each writes the JSON.
-step eval && timeout "${EVAL_TIMEOUT:-160}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \
+step eval && timeout "${EVAL_TIMEOUT:-130}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \
     --fp8 --json "$OUT/eval_order.json" 2>&1 | tee "$OUT/eval_order.log"
 # features: the product defaults on CUDA (folded batch norms; batched RPN NMS for vg only) against the folded
 # batch norms alone and against the defaults with the RPN's NMS steps compiled (an experiment); end to end (with the
@@ -42,6 +44,6 @@ step vg && timeout "${VG_TIMEOUT:-150}" $PY benchmarks/bench_features.py "${comm
 step coco && timeout "${COCO_TIMEOUT:-60}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
     --variants default --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
 # box selection for a batch of 64 at once against image by image: time and host reads (syncs) per batch
-step selection && timeout "${SELECTION_TIMEOUT:-45}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
+step selection && timeout "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
     --json "$OUT/selection.json" 2>&1 | tee "$OUT/selection.log"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"

@@ -103,6 +103,10 @@ class TrainConfig:
     # masking: exact, whose fixed slot counts give the heads static shapes), or "auto": model when
     # the masking allows it, else trunk.
     compile_scope: str = "auto"
+    # The encoder's 24 dropout + residual + LayerNorm steps as fused Triton kernels on CUDA
+    # (model/fused_norm.py: one pass each way instead of about five forward and six backward). The same
+    # function with its own dropout stream; off until a GPU measures it (benchmarks/RESULTS_train.md).
+    fused_norm: bool = False
     cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default (one per core)
     grad_accum: int = 1
     grad_clip: float = 1.0

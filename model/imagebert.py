@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import ModelConfig
+from model.fused_norm import add_dropout_layer_norm
 from model.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,17 @@ class Layer(nn.Module):
         x = self.attention_norm(x + self.dropout(self.attention(x, attention_mask)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
+    def forward_fused(self, x: torch.Tensor, x_in: torch.Tensor,
+                      attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with each dropout + residual + LayerNorm as one kernel (``model.fused_norm``).
+
+        ``x`` is the residual stream and ``x_in`` what the matrix multiplies read: ``x`` itself, or its bf16
+        copy that the previous layer's kernel wrote along with it; both come back for the next layer.
+        """
+        p = self.dropout.p
+        x, x_in = add_dropout_layer_norm(self.attention(x_in, attention_mask), x, self.attention_norm, p, self.training)
+        return add_dropout_layer_norm(self.ffn_out(F.gelu(self.ffn_in(x_in))), x, self.ffn_norm, p, self.training)
+
 
 class ImageBert(nn.Module):
     """ImageBERT with its four pretraining heads; ``forward(batch, weights) -> (outputs, loss)``."""
@@ -106,6 +118,9 @@ class ImageBert(nn.Module):
         })
         self.apply(self._init_weights)
         self.heads["mlm"].decoder.weight = self.embeddings.word.weight  # tied, as BERT
+        # The encoder's dropout + residual + LayerNorm steps as fused Triton kernels (``model.fused_norm``;
+        # training config ``fused_norm``); the same function either way, only the dropout stream differs.
+        self.fused_norm = False
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -151,8 +166,13 @@ class ImageBert(nn.Module):
         # Boolean key mask broadcast over heads and queries; always passed, so no host sync or graph break.
         # (An additive float mask measured no faster on an H200: benchmarks/RESULTS_train.md.)
         attention_mask = keep[:, None, None, :]
-        for layer in self.layers:
-            x = layer(x, attention_mask)
+        if self.fused_norm:
+            x_in = x
+            for layer in self.layers:
+                x, x_in = layer.forward_fused(x, x_in, attention_mask)
+        else:
+            for layer in self.layers:
+                x = layer(x, attention_mask)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
 

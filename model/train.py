@@ -273,6 +273,7 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     if runtime.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                                           find_unused_parameters=unused)
+    model.fused_norm = config.fused_norm  # before compiling: the graph is traced with the fused steps
     # LayerNorms opaque to the compiler while training: inductor's fused LayerNorm backward was the
     # costliest kernel of a compiled step (benchmarks/RESULTS_train.md).
     if config.compile and resolved_compile_scope(config) == "model" and "_compiled_forward" not in model.__dict__:
