@@ -47,3 +47,27 @@ def test_without_a_gpu_the_fused_model_is_the_plain_model_dropout_included():
     other, _ = fused.encode(batch)
     assert not torch.equal(other, expected)  # and dropout is really on
 
+
+
+@pytest.mark.skipif(fused_norm.INTERPRETED, reason="the interpreter replaces the compiler")
+@pytest.mark.parametrize("dropout", [True, False])
+def test_kernels_compile_for_hopper_without_a_gpu(dropout):
+    """Triton's own compiler (with its bundled ptxas) builds the kernels for sm_90, the H100/H200's architecture,
+    as they are launched under bf16 autocast: what the interpreter cannot check (types, layouts) fails here."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    pointers = {"h_ptr": "*bf16", "r_ptr": "*fp32", "w_ptr": "*fp32", "seed_ptr": "*i64"}
+    forward = {**pointers, "b_ptr": "*fp32", "y_ptr": "*fp32", "low_ptr": "*bf16", "mean_ptr": "*fp32",
+               "rstd_ptr": "*fp32", "n_cols": "i32", "p": "fp32", "eps": "fp32"}
+    backward = {**pointers, "grad_ptr": "*fp32", "grad_low_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+                "grad_h_ptr": "*bf16", "grad_r_ptr": "*fp32", "partial_w_ptr": "*fp32", "partial_b_ptr": "*fp32",
+                "n_rows": "i32", "n_cols": "i32", "p": "fp32"}
+    flags = {"BLOCK": 1024, "DROPOUT": dropout, "LOW": True}
+    for kernel, signature in ((fused_norm._forward_kernel, forward), (fused_norm._backward_kernel, backward)):
+        names = [name for name in kernel.arg_names if name not in flags]
+        assert sorted(names) == sorted(signature), kernel.fn.__name__
+        source = ASTSource(fn=kernel, signature={**{n: signature[n] for n in names}, **dict.fromkeys(flags, "constexpr")},
+                           constexprs=flags)
+        compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        assert ".target sm_90" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 1000
