@@ -119,10 +119,18 @@ def _block(n_cols: int) -> tuple[int, int]:
     return block, min(max(block // 256, 1), 8)
 
 
+# The backward's programs each stride over rows keeping their weight and bias partial sums in registers, so
+# all of them should be resident at once: compiled for sm_90 (Triton 3.8) at 8 warps the kernel uses 48
+# registers per thread, 12k per program, so four programs per SM fit (32 warps), with no spills.
+BACKWARD_WARPS = 8
+BACKWARD_PROGRAMS_PER_SM = 4
+
+
 def _backward_programs(rows: int, device: torch.device) -> int:
-    """Programs for the backward: a few per SM on CUDA (each keeps its weight partial sums in registers)."""
+    """Programs for the backward: as many as the SMs hold at once on CUDA, a few under the interpreter."""
     if device.type == "cuda":
-        return max(1, min(rows, 8 * torch.cuda.get_device_properties(device).multi_processor_count))
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(rows, BACKWARD_PROGRAMS_PER_SM * sms))
     return max(1, min(rows, 4))  # the interpreter runs programs one after another
 
 
@@ -171,11 +179,11 @@ def _fused_backward(grad: torch.Tensor, grad_low: torch.Tensor, h: torch.Tensor,
     programs = _backward_programs(rows, h.device)
     partial_w = torch.empty(programs, cols, dtype=torch.float32, device=h.device)
     partial_b = torch.empty(programs, cols, dtype=torch.float32, device=h.device)
-    block, warps = _block(cols)
+    block, _ = _block(cols)
     low = grad_low.numel() > 0
     _backward_kernel[(programs,)](grad, grad_low if low else grad, h, residual, weight, mean, rstd, seed, grad_h,
                                   grad_residual, partial_w, partial_b, rows, cols, p, BLOCK=block,
-                                  DROPOUT=p > 0, LOW=low, num_warps=warps)
+                                  DROPOUT=p > 0, LOW=low, num_warps=BACKWARD_WARPS)
     return grad_h, grad_residual, partial_w.sum(0).to(weight.dtype), partial_b.sum(0).to(weight.dtype)
 
 

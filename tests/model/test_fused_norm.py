@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -54,6 +55,7 @@ def test_without_a_gpu_the_fused_model_is_the_plain_model_dropout_included():
 def test_kernels_compile_for_hopper_without_a_gpu(dropout):
     """Triton's own compiler (with its bundled ptxas) builds the kernels for sm_90, the H100/H200's architecture,
     as they are launched under bf16 autocast: what the interpreter cannot check (types, layouts) fails here."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
@@ -64,10 +66,32 @@ def test_kernels_compile_for_hopper_without_a_gpu(dropout):
                 "grad_h_ptr": "*bf16", "grad_r_ptr": "*fp32", "partial_w_ptr": "*fp32", "partial_b_ptr": "*fp32",
                 "n_rows": "i32", "n_cols": "i32", "p": "fp32"}
     flags = {"BLOCK": 1024, "DROPOUT": dropout, "LOW": True}
-    for kernel, signature in ((fused_norm._forward_kernel, forward), (fused_norm._backward_kernel, backward)):
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    for kernel, signature, warps in ((fused_norm._forward_kernel, forward, 4),
+                                     (fused_norm._backward_kernel, backward, fused_norm.BACKWARD_WARPS)):
         names = [name for name in kernel.arg_names if name not in flags]
         assert sorted(names) == sorted(signature), kernel.fn.__name__
         source = ASTSource(fn=kernel, signature={**{n: signature[n] for n in names}, **dict.fromkeys(flags, "constexpr")},
                            constexprs=flags)
-        compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
         assert ".target sm_90" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 1000
+        if kernel is fused_norm._backward_kernel and os.path.exists(ptxas):
+            # the backward's programs must all be resident at once (they stride over the rows): registers allow it
+            info = _ptxas_info(ptxas, compiled.asm["ptx"])
+            registers = int(re.search(r"Used (\d+) registers", info).group(1))
+            assert " 0 bytes spill stores" in info, info
+            assert registers * 32 * warps * fused_norm.BACKWARD_PROGRAMS_PER_SM <= 65536, info
+
+
+def _ptxas_info(ptxas: str, ptx: str) -> str:
+    """ptxas's resource report for a PTX module (sm_90a, the target Triton writes for Hopper)."""
+    target = re.search(r"\.target (sm_\w+)", ptx).group(1)
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as handle:
+        handle.write(ptx)
+    try:
+        result = subprocess.run([ptxas, f"-arch={target}", "-v", handle.name, "-o", os.devnull],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        os.unlink(handle.name)
+    assert result.returncode == 0, result.stderr
+    return result.stderr + result.stdout
