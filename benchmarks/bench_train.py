@@ -197,9 +197,12 @@ atenln: LayerNorm outputs keep the input's dtype, so the residual stream stays b
 the encoder's matrix multiplies in float8 as `lait eval --precision fp8` runs them: static input scales calibrated
 on the scoring batch; Ada/Hopper GPUs), fp8dyn (the same with each input row scaled on its own), score (time
 scoring only), res16 (scoring: LayerNorm outputs in bf16, so the residual stream between layers is bf16), fusedln
-(each dropout + residual + LayerNorm of the encoder as one Triton kernel each way, training config fused_norm)."""
+(each dropout + residual + LayerNorm of the encoder as one Triton kernel each way, training config fused_norm),
+autotune (compile with mode max-autotune-no-cudagraphs: inductor's Triton matmul templates, float8 included, tried
+against cuBLAS, with the following elementwise work such as GELU and float8 quantising fused into their epilogues;
+minutes of compiling)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "math",
-             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16", "fusedln"}
+             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16", "fusedln", "autotune"}
 
 
 def parse_variant(name: str) -> dict:
@@ -303,10 +306,13 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
             swaps.enter_context(float8_encoder(model, amax))
         if spec.get("fusedln"):  # traced into the graph: set before compiling
             model.fused_norm = True
+        options = {"dynamic": False}
+        if spec.get("autotune"):  # inductor's Triton matmul templates, benchmarked against cuBLAS, with fused epilogues
+            options["mode"] = "max-autotune-no-cudagraphs"
         if spec["scope"] == "trunk":
-            model.compile_trunk(opaque_layer_norm=opaque, dynamic=False)
+            model.compile_trunk(opaque_layer_norm=opaque, **options)
         elif spec["scope"] == "model":
-            model.compile_model(opaque_layer_norm=opaque, dynamic=False)
+            model.compile_model(opaque_layer_norm=opaque, **options)
         elif opaque:
             make_layer_norms_opaque(model)
         if spec.get("ln16"):
