@@ -204,14 +204,14 @@ def main(argv=None) -> int:
             if args.portrait_share:  # baseline: every image in one queue, batches as the pieces arrive
                 import pipeline.features as features_module
 
-                grouped = features_module.is_portrait
-                features_module.is_portrait = lambda item: False
+                grouped = features_module.padded_shape
+                features_module.padded_shape = lambda item, divisible: None
                 try:
                     arrival_order = end_to_end(detector, name, images, args, selection, workdir, args.decode[0],
                                                tag="-arrival")[0]
                 finally:
-                    features_module.is_portrait = grouped
-                print(f"{name}: end to end {e2e_ips:.2f} img/s with landscape and portrait batched apart, "
+                    features_module.padded_shape = grouped
+                print(f"{name}: end to end {e2e_ips:.2f} img/s with each padded shape batched apart, "
                       f"{arrival_order:.2f} in arrival order ({e2e_ips / arrival_order:.2f}x)")
             row = {"detector": name, "device": device_name, "precision": detector.precision,
                    "input": f"{detector.spec.min_size}/{detector.spec.max_size}", "batch": args.batch_size,

@@ -18,7 +18,7 @@ from model.detectors import attribute_count, build_detector, feature_dim_of, rea
 from model.detectors.base import RegionDetector
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector
 from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
-                               check_input_file, classes_info, detect_splitting_on_oom, output_schema, resolve_input,
+                               check_input_file, classes_info, detect_by_shape, output_schema, resolve_input,
                                to_original_pixels)
 from pipeline.outputs import prepare_output
 from pipeline.parquet_beam import WriteToParquet
@@ -75,7 +75,7 @@ class RegionModelHandler(ModelHandler):
         return self.options.load_detector()
 
     def run_inference(self, batch: Sequence[DetectorInput], model: RegionDetector, inference_args=None):
-        outputs = detect_splitting_on_oom(model, [item.pixels for item in batch], self.options.selection, self.options.topk)
+        outputs = detect_by_shape(model, [item.pixels for item in batch], self.options.selection, self.options.topk)
         return [PredictionResult(item, regions) for item, regions in zip(batch, outputs)]
 
     def batch_elements_kwargs(self) -> dict:

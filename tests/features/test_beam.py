@@ -110,3 +110,26 @@ def test_rerun_refuses_a_finished_output_and_clears_an_interrupted_one(tmp_path)
     regions = schemas.read_table(str(killed / "regions"), "regions")
     assert sorted(regions.column("image_id").to_pylist()) == sorted(schemas.read_table(str(done / "regions"), "regions").column("image_id").to_pylist())
     assert not list((killed / "regions").glob("beam-temp-*"))
+
+
+def test_beam_regions_match_the_local_runner_on_mixed_shapes(tmp_path):
+    """RunInference batches whatever arrives together; images of other padded shapes must not change an image's
+    regions, so Beam and `lait features` (which batches by shape) agree image for image."""
+    import numpy as np
+
+    from pipeline.features import extract_regions
+
+    weights = _weights(tmp_path)
+    sizes = [(64 + i, 64 + i) if i % 2 else (88 + 3 * i, 64) for i in range(7)] + [(64, 100)]
+    write_pairs(tmp_path / "filter", [encode(make_scene(i, size)[0]) for i, size in enumerate(sizes)], duplicate_first=False)
+    run(["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "beam"), "--detector", "demo",
+         "--weights", weights, "--min-boxes", "2", "--max-boxes", "5", "--batch-size", "8"] + DIRECT)
+    extract_regions(str(tmp_path / "filter"), str(tmp_path / "local"),
+                    FeatureOptions(detector="demo", weights=weights, num_workers=0, batch_size=8, min_boxes=2, max_boxes=5))
+    beam_rows, local_rows = ({row["image_id"]: row for row in schemas.read_table(str(tmp_path / name / "regions"),
+                                                                                  "regions").to_pylist()}
+                             for name in ("beam", "local"))
+    assert beam_rows.keys() == local_rows.keys() and len(beam_rows) == len(sizes)
+    for image, row in beam_rows.items():
+        assert row["class_ids"] == local_rows[image]["class_ids"], image
+        np.testing.assert_allclose(row["boxes"], local_rows[image]["boxes"], atol=1e-3)
