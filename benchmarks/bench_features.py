@@ -43,6 +43,7 @@ VARIANTS = {
     "fused+parity": dict(fuse=True, dilated_as_batch=True, batched_rpn_nms=False),
     "fused+rpn": dict(fuse=True, batched_rpn_nms=True),
     "rpn-compiled": dict(batched_rpn_nms=True, compile_nms=True),  # the default with the RPN's NMS steps compiled
+    "rpn-kernel": dict(batched_rpn_nms=True, nms_kernel=True),  # the default with the RPN's NMS as one Triton kernel
 }
 
 

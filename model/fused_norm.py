@@ -21,24 +21,11 @@ same function with plain torch ops (its own dropout stream).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - torch's Linux wheels bring triton; other platforms run the torch path
-    triton = None
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def kernels_available(tensor: torch.Tensor) -> bool:
-    """Whether the Triton kernels can run on this tensor: CUDA, or any device under the interpreter."""
-    return triton is not None and (tensor.is_cuda or INTERPRETED)
+from model.triton_support import kernels_available, tl, triton
 
 
 if triton is not None:

@@ -138,7 +138,8 @@ class RegionDetector(nn.Module):
 
     def optimize_for(self, device: torch.device | str, precision: str = "auto", channels_last: bool | None = None,
                      fuse: bool | None = None, dilated_as_batch: bool = False,
-                     batched_rpn_nms: bool | None = None, compile_nms: bool = False) -> "RegionDetector":
+                     batched_rpn_nms: bool | None = None, compile_nms: bool = False,
+                     nms_kernel: bool = False) -> "RegionDetector":
         """Move to ``device``; on CUDA default to fp16 autocast, channels-last convolutions and folded batch norms.
 
         ``fuse`` folds the frozen batch norms into their convolutions (inference only: the module tree
@@ -146,8 +147,9 @@ class RegionDetector(nn.Module):
         convolutions on parity grids, ``batched_rpn_nms`` filters the RPN proposals of the whole batch
         in one vectorised NMS (``model.detectors.fusion``); by default on CUDA for a single-level RPN (C4),
         where it measured twice as fast (H200, batch 64: 128 -> 62 ms), and off for FPN's five levels, where
-        it measured three times slower. ``compile_nms`` runs that NMS's steps through ``torch.compile``
-        (an experiment: not yet measured on a GPU).
+        it measured three times slower. ``compile_nms`` runs that NMS's steps through ``torch.compile``,
+        ``nms_kernel`` runs the whole NMS as one Triton kernel (``model.detectors.nms_kernel``; same boxes);
+        both experiments, not yet measured on a GPU.
         """
         from model.detectors import fusion
 
@@ -161,7 +163,7 @@ class RegionDetector(nn.Module):
         if batched_rpn_nms is None:
             batched_rpn_nms = device.type == "cuda" and _rpn_levels(self.model) == 1
         if batched_rpn_nms:
-            fusion.batched_rpn_nms(self.model, compiled=compile_nms)
+            fusion.batched_rpn_nms(self.model, compiled=compile_nms, kernel=nms_kernel)
         self.to(device)
         if precision == "auto":
             precision = "fp16" if device.type == "cuda" else "fp32"

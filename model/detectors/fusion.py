@@ -134,8 +134,11 @@ def _step_function(compiled: bool):
     return _compiled_step
 
 
+_kernel_failed = False
+
+
 def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor | None,
-                       iou_thresh: float, max_keep: int, compiled: bool = False) -> torch.Tensor:
+                       iou_thresh: float, max_keep: int, compiled: bool = False, kernel: bool = False) -> torch.Tensor:
     """Greedy NMS of B images at once: ``[B, max_keep]`` kept indices, best first, padded with -1.
 
     ``boxes`` [B, N, 4] x1y1x2y2, ``scores``/``valid`` [B, N]; only boxes of the same ``group`` (the FPN
@@ -148,6 +151,8 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
     on an H100); compiled, a step is a few fused kernels but pays the compiled call's own overhead, which
     on the CPU made it slower (0.33 vs 0.18 s for 16 x 6,000 boxes). Off by default until a GPU measures it
     (``RegionDetector.optimize_for(compile_nms=True)``, ``bench_features.py --variants rpn-compiled``).
+    ``kernel`` instead scans each image's sorted boxes in one Triton program (``nms_kernel``: the same kept
+    boxes, one launch; CUDA, or the interpreter); it falls back to the steps once per process if it fails.
     """
     num, count = scores.shape
     keep = torch.full((num, max_keep), -1, dtype=torch.long, device=scores.device)
@@ -158,6 +163,17 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
     alive = valid.gather(1, order)
     group = groups.gather(1, order) if groups is not None else None
     areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])
+    global _kernel_failed
+    if kernel and not _kernel_failed:
+        from model.detectors.nms_kernel import greedy_nms_sorted, kernels_available
+
+        if kernels_available(boxes):
+            try:
+                positions = greedy_nms_sorted(ordered, alive, group, iou_thresh, max_keep)
+                return torch.where(positions >= 0, order.gather(1, positions.clamp(min=0)), -1)
+            except Exception as exc:  # noqa: BLE001 - a kernel that does not build must not stop the stage
+                _kernel_failed = True
+                logger.warning("NMS kernel failed (%s: %s); running the NMS steps", type(exc).__name__, exc)
     columns = torch.arange(count, device=scores.device)
     step_function = _step_function(compiled)
     for step in range(min(max_keep, count)):
@@ -199,7 +215,8 @@ def _batched_filter_proposals(self, proposals, objectness, image_shapes, num_anc
     valid = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
     groups = levels if len(num_anchors_per_level) > 1 else None
     keep = batched_greedy_nms(boxes, scores, valid, groups, self.nms_thresh, self.post_nms_top_n(),
-                              compiled=getattr(self, "compiled_nms_steps", False))
+                              compiled=getattr(self, "compiled_nms_steps", False),
+                              kernel=getattr(self, "nms_kernel", False))
     counts = (keep >= 0).sum(dim=1).tolist()  # the one synchronisation
     final_boxes, final_scores = [], []
     for i, n in enumerate(counts):
@@ -208,10 +225,12 @@ def _batched_filter_proposals(self, proposals, objectness, image_shapes, num_anc
     return final_boxes, final_scores
 
 
-def batched_rpn_nms(model: nn.Module, compiled: bool = False) -> None:
+def batched_rpn_nms(model: nn.Module, compiled: bool = False, kernel: bool = False) -> None:
     """Make a torchvision ``FasterRCNN``'s RPN filter the proposals of a batch at once (inference only);
-    ``compiled``: its NMS steps through ``torch.compile`` (see ``batched_greedy_nms``)."""
+    ``compiled``: its NMS steps through ``torch.compile``; ``kernel``: the NMS as one Triton kernel
+    (see ``batched_greedy_nms``)."""
     import types
 
     model.rpn.filter_proposals = types.MethodType(_batched_filter_proposals, model.rpn)
     model.rpn.compiled_nms_steps = compiled
+    model.rpn.nms_kernel = kernel

@@ -176,6 +176,36 @@ def test_batched_greedy_nms_equals_torchvision_per_image():
             assert got.tolist() == expected.tolist()
 
 
+def _nms_case(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Boxes, scores and an all-true validity mask for two images of ``count`` random boxes."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(2, count, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(2, count, 2, generator=g) * 30 + 1], dim=2)
+    return boxes, torch.rand(2, count, generator=g), torch.ones(2, count, dtype=torch.bool)
+
+
+def test_batched_greedy_nms_falls_back_to_the_steps_when_the_kernel_fails(monkeypatch, caplog):
+    """The Triton NMS kernel (model/detectors/nms_kernel.py; its results: test_nms_kernel.py) failing to build."""
+    from model.detectors import fusion, nms_kernel
+
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("no GPU compiler here")
+
+    monkeypatch.setattr(nms_kernel, "kernels_available", lambda tensor: True)
+    monkeypatch.setattr(nms_kernel, "greedy_nms_sorted", broken)
+    monkeypatch.setattr(fusion, "_kernel_failed", False)
+    boxes, scores, valid = _nms_case(seed=2, count=60)
+    expected = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20)
+    with caplog.at_level("WARNING", logger="model.detectors.fusion"):
+        first = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20, kernel=True)
+        second = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20, kernel=True)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert len(calls) == 1 and "NMS kernel failed" in caplog.text and "no GPU compiler here" in caplog.text
+
+
 def test_batched_greedy_nms_runs_eager_when_the_compiled_step_fails(monkeypatch, caplog):
     from model.detectors import fusion
 
@@ -187,10 +217,7 @@ def test_batched_greedy_nms_runs_eager_when_the_compiled_step_fails(monkeypatch,
 
     monkeypatch.setattr(fusion, "_compiled_step", broken)
     monkeypatch.setattr(fusion, "_compile_failed", False)
-    g = torch.Generator().manual_seed(1)
-    xy = torch.rand(2, 50, 2, generator=g) * 100
-    boxes = torch.cat([xy, xy + torch.rand(2, 50, 2, generator=g) * 30 + 1], dim=2)
-    scores, valid = torch.rand(2, 50, generator=g), torch.ones(2, 50, dtype=torch.bool)
+    boxes, scores, valid = _nms_case(seed=1, count=50)
     expected = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20, compiled=False)
     with caplog.at_level("WARNING", logger="model.detectors.fusion"):
         first = fusion.batched_greedy_nms(boxes, scores, valid, None, 0.5, 20, compiled=True)

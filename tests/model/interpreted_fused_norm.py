@@ -14,7 +14,7 @@ import torch.nn.functional as F
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 set before triton is imported", allow_module_level=True)
 
-from model import fused_norm  # noqa: E402
+from model import fused_norm, triton_support  # noqa: E402
 
 ROWS, HIDDEN = 13, 96  # a hidden size below a power of two, so the kernels' column masks matter
 
@@ -36,7 +36,7 @@ def _inputs(h_dtype=torch.float32, seed: int = 1):
 
 
 def test_interpreter_is_on():
-    assert fused_norm.INTERPRETED and fused_norm.kernels_available(torch.zeros(1))
+    assert triton_support.INTERPRETED and fused_norm.kernels_available(torch.zeros(1))
 
 
 def test_forward_without_dropout_is_the_layer_norm_of_the_sum():

@@ -5,32 +5,22 @@ that set ``TRITON_INTERPRET=1`` before importing Triton; the first test here sta
 """
 import copy
 import os
-import re
-import subprocess
-import sys
-import tempfile
 
 import pytest
 import torch
-from imagebert_testlib import REPO, random_batch, tiny_config
+from imagebert_testlib import random_batch, tiny_config
 
-from model import fused_norm
+from model import fused_norm, triton_support
 from model.imagebert import ImageBert
+from tests.triton_checks import compile_for_hopper, ptxas_resources, run_interpreted
 
 
 @pytest.mark.slow
 def test_kernels_pass_their_checks_under_the_triton_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             os.path.join("tests", "model", "interpreted_fused_norm.py")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 11 and "skipped" not in summary, summary
+    run_interpreted(os.path.join("tests", "model", "interpreted_fused_norm.py"), least=12)
 
 
-@pytest.mark.skipif(fused_norm.INTERPRETED, reason="this process runs the kernels themselves")
+@pytest.mark.skipif(triton_support.INTERPRETED, reason="this process runs the kernels themselves")
 def test_without_a_gpu_the_fused_model_is_the_plain_model_dropout_included():
     config = tiny_config(dropout=0.1, attention_dropout=0.0)
     torch.manual_seed(0)
@@ -50,15 +40,11 @@ def test_without_a_gpu_the_fused_model_is_the_plain_model_dropout_included():
 
 
 
-@pytest.mark.skipif(fused_norm.INTERPRETED, reason="the interpreter replaces the compiler")
+@pytest.mark.skipif(triton_support.INTERPRETED, reason="the interpreter replaces the compiler")
 @pytest.mark.parametrize("dropout", [True, False])
 def test_kernels_compile_for_hopper_without_a_gpu(dropout):
-    """Triton's own compiler (with its bundled ptxas) builds the kernels for sm_90, the H100/H200's architecture,
-    as they are launched under bf16 autocast: what the interpreter cannot check (types, layouts) fails here."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile
-
+    """The kernels build for sm_90 as they are launched under bf16 autocast (what the interpreter cannot check:
+    types, layouts), and the backward's programs, which stride over the rows, all fit on an SM at once."""
     pointers = {"h_ptr": "*bf16", "r_ptr": "*fp32", "w_ptr": "*fp32", "seed_ptr": "*i64"}
     forward = {**pointers, "b_ptr": "*fp32", "y_ptr": "*fp32", "low_ptr": "*bf16", "mean_ptr": "*fp32",
                "rstd_ptr": "*fp32", "n_cols": "i32", "p": "fp32", "eps": "fp32"}
@@ -66,32 +52,10 @@ def test_kernels_compile_for_hopper_without_a_gpu(dropout):
                 "grad_h_ptr": "*bf16", "grad_r_ptr": "*fp32", "partial_w_ptr": "*fp32", "partial_b_ptr": "*fp32",
                 "n_rows": "i32", "n_cols": "i32", "p": "fp32"}
     flags = {"BLOCK": 1024, "DROPOUT": dropout, "LOW": True}
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    for kernel, signature, warps in ((fused_norm._forward_kernel, forward, 4),
-                                     (fused_norm._backward_kernel, backward, fused_norm.BACKWARD_WARPS)):
-        names = [name for name in kernel.arg_names if name not in flags]
-        assert sorted(names) == sorted(signature), kernel.fn.__name__
-        source = ASTSource(fn=kernel, signature={**{n: signature[n] for n in names}, **dict.fromkeys(flags, "constexpr")},
-                           constexprs=flags)
-        compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-        assert ".target sm_90" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 1000
-        if kernel is fused_norm._backward_kernel and os.path.exists(ptxas):
-            # the backward's programs must all be resident at once (they stride over the rows): registers allow it
-            info = _ptxas_info(ptxas, compiled.asm["ptx"])
-            registers = int(re.search(r"Used (\d+) registers", info).group(1))
-            assert " 0 bytes spill stores" in info, info
-            assert registers * 32 * warps * fused_norm.BACKWARD_PROGRAMS_PER_SM <= 65536, info
-
-
-def _ptxas_info(ptxas: str, ptx: str) -> str:
-    """ptxas's resource report for a PTX module (sm_90a, the target Triton writes for Hopper)."""
-    target = re.search(r"\.target (sm_\w+)", ptx).group(1)
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as handle:
-        handle.write(ptx)
-    try:
-        result = subprocess.run([ptxas, f"-arch={target}", "-v", handle.name, "-o", os.devnull],
-                                capture_output=True, text=True, timeout=120)
-    finally:
-        os.unlink(handle.name)
-    assert result.returncode == 0, result.stderr
-    return result.stderr + result.stdout
+    compile_for_hopper(fused_norm._forward_kernel, forward, flags, warps=4)
+    compiled = compile_for_hopper(fused_norm._backward_kernel, backward, flags, warps=fused_norm.BACKWARD_WARPS)
+    resources = ptxas_resources(compiled.asm["ptx"])
+    if resources is not None:
+        registers, spilled = resources
+        assert spilled == 0
+        assert registers * 32 * fused_norm.BACKWARD_WARPS * fused_norm.BACKWARD_PROGRAMS_PER_SM <= 65536, registers
