@@ -687,6 +687,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     sizes = {s.index: s.size for s in todo}
     processed = 0
     phases: Counter = Counter()  # wall seconds of the main loop by what it waited on
+    batch_sizes: Counter = Counter()  # detector batches by size (one padded shape each: how full they ran)
     first_batch = None
     # Finished shards are written by one background thread, so Parquet encoding overlaps detection;
     # at most two shards wait for it (memory), and its errors surface in the main loop.
@@ -733,6 +734,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
                             schemas.rejected_row(STAGE, error.reason, error.detail, image_id=item.image_id))
                         book(item.shard, 1)
                 batch = [item for item, error in zip(batch, errors) if error is None]
+            batch_sizes[len(batch)] += 1
             outputs = detect_by_shape(detector, [item.input.pixels for item in batch], options.selection, options.topk)
             mark = time.perf_counter()
             phases["detecting"] += mark - now
@@ -771,6 +773,9 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         "seconds": round(seconds, 3),
         "seconds_to_first_batch": round(first_batch, 3) if first_batch is not None else None,
         "seconds_by_phase": {k: round(v, 3) for k, v in sorted(phases.items())},
+        "batches": sum(batch_sizes.values()),
+        "mean_batch_size": (round(sum(n * c for n, c in batch_sizes.items()) / sum(batch_sizes.values()), 2)
+                            if batch_sizes else None),
         "images_per_s": round(processed / seconds, 3) if seconds > 0 else None,
     })
     _write_json(_join(output_path, "stats.json"), stats)

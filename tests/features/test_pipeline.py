@@ -301,11 +301,14 @@ def test_regions_do_not_depend_on_batch_mates_or_order(tmp_path, demo_weights):
     images = [encode(make_scene(i, size)[0]) for i, size in enumerate(sizes)]
     write_pairs(tmp_path / "forward", images, duplicate_first=False)
     write_pairs(tmp_path / "backward", images[::-1], duplicate_first=False)
-    runs = {}
+    runs, stats = {}, {}
     for name, source, batch in (("alone", "forward", 1), ("batched", "backward", 4)):
-        extract_regions(str(tmp_path / source), str(tmp_path / name), _options(demo_weights, batch_size=batch))
+        stats[name] = extract_regions(str(tmp_path / source), str(tmp_path / name), _options(demo_weights, batch_size=batch))
         table = schemas.read_table(str(tmp_path / name / "regions"), "regions")
         runs[name] = {row["image_id"]: row for row in table.to_pylist()}
+    # stats.json tells how full the batches ran: 5 wide, 4 square and 2 tall images make 2 + 1 + 1 batches
+    assert (stats["alone"]["batches"], stats["alone"]["mean_batch_size"]) == (len(sizes), 1.0)
+    assert (stats["batched"]["batches"], stats["batched"]["mean_batch_size"]) == (4, 2.75)
     assert runs["alone"].keys() == runs["batched"].keys() and len(runs["alone"]) == len(sizes)
     for image, alone in runs["alone"].items():
         batched = runs["batched"][image]
