@@ -474,9 +474,12 @@ class _Pending:
 
 
 #: An image waits at most this many batches' worth of arrivals for others of its padded shape. vg-r101-c4's
-#: inputs (600/1000) of web images of every aspect ratio fall into about twenty padded shapes: on the demo's
-#: 1,499 web images (x4) batches of 64 then average 42 images (13 with a wait of 4 batches, 55 with 32).
-MAX_WAIT_BATCHES = 16
+#: inputs (600/1000, padded to multiples of 16) of the demo's 1,499 web images (x4) fall into 39 padded
+#: shapes: batches of 64 then average 43 images (26 with a wait of 16 batches, 8 with 4; coco's and the demo
+#: detector's multiples of 32 make 21 shapes and batches of 55). At most this many batches of images wait
+#: at once: 2,048 decoded images at batch 64 (about 3.7 GB of pinned pixels at 600 x 1000 when the workers
+#: decode; JPEG bytes only when the device does).
+MAX_WAIT_BATCHES = 32
 
 
 def is_portrait(item: DetectorInput) -> bool:

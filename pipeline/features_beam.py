@@ -16,9 +16,9 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 import schemas
 from model.detectors import attribute_count, build_detector, feature_dim_of, read_class_names
 from model.detectors.base import RegionDetector
-from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector
+from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
-                               check_input_file, classes_info, detect_by_shape, output_schema, resolve_input,
+                               check_input_file, classes_info, detect_by_shape, output_schema, padded_size, resolve_input,
                                to_original_pixels)
 from pipeline.outputs import prepare_output
 from pipeline.parquet_beam import WriteToParquet
@@ -40,6 +40,31 @@ class KeyRowsByImageFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id"))
             return
         yield row["image_id"], row.get("image_bytes")
+
+
+class KeyByPaddedShapeFn(beam.DoFn):
+    """One distinct image keyed by the shape its batch will be padded to, read from its header alone.
+
+    ``detect_by_shape`` runs each padded shape of a RunInference batch apart, so an image's regions never
+    depend on its batch-mates; grouping the images by shape before decoding (``GroupIntoBatches``) keeps
+    those batches whole instead of split into one small detector call per shape. The key is a string;
+    unreadable headers share one (their decode rejects them).
+    """
+
+    def __init__(self, min_size: int, max_size: int, divisible: int):
+        self.min_size, self.max_size, self.divisible = min_size, max_size, divisible
+
+    def _input_size(self, width: int, height: int) -> tuple[int, int]:
+        from model.detectors.base import network_input_size
+
+        return network_input_size(width, height, self.min_size, self.max_size)
+
+    def process(self, element: tuple[str, Iterable[bytes]]):
+        image_id, copies = element
+        data = next(iter(copies), None)  # same image_id, same bytes: any copy will do
+        size = network_size_of(data, self._input_size)
+        key = "unreadable" if size is None else "{}x{}".format(*padded_size(size[1], size[0], self.divisible))
+        yield key, (image_id, [data])
 
 
 class DecodeImagesFn(beam.DoFn):
@@ -122,16 +147,22 @@ class ExtractRegions(beam.PTransform):
 
     def __init__(self, options: FeatureOptions):
         super().__init__()
-        from model.detectors import input_sizes
+        from model.detectors import input_sizes, size_divisible
 
         self.options = options
         self.sizes = input_sizes(options.detector, options.weights, options.detector_config)
+        self.divisible = size_divisible(options.detector)
 
     def expand(self, rows):
         keyed = rows | "KeyByImageId" >> beam.ParDo(KeyRowsByImageFn()).with_outputs(REJECTED, main="images")
         decoded = (
             keyed.images
             | "GroupByImageId" >> beam.GroupByKey()
+            | "KeyByPaddedShape" >> beam.ParDo(KeyByPaddedShapeFn(*self.sizes, self.divisible)).with_output_types(
+                beam.typehints.Tuple[str, beam.typehints.Any])  # the sharded grouping needs the key type
+            # sharded keys: the twenty-odd shapes of web images must not limit the pipeline to as many workers
+            | "BatchByShape" >> beam.GroupIntoBatches.WithShardedKey(self.options.batch_size)
+            | "Unbatch" >> beam.FlatMap(lambda batch: batch[1])
             | "DecodeImages" >> beam.ParDo(DecodeImagesFn(*self.sizes)).with_outputs(REJECTED, main="images")
         )
         rows_out = (

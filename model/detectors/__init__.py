@@ -74,6 +74,19 @@ def attribute_count(name: str, weights: str | None = None) -> int:
     return int(shape[0]) - 1 if shape is not None else 0
 
 
+def size_divisible(name: str) -> int:
+    """What a detector pads its batches to multiples of, without building it."""
+    if name == "vg-r101-c4":
+        from model.detectors.vg_r101_c4 import SIZE_DIVISIBLE
+    elif name.startswith("coco-"):
+        from model.detectors.coco_r50_fpn import SIZE_DIVISIBLE
+    elif name == "demo":
+        from model.detectors.demo import SIZE_DIVISIBLE
+    else:
+        raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    return SIZE_DIVISIBLE
+
+
 def input_sizes(name: str, weights: str | None = None, config: dict | None = None) -> tuple[int, int]:
     """The (min_size, max_size) a detector resizes images to, without building it (for decode workers)."""
     if name == "vg-r101-c4":

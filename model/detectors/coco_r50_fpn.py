@@ -26,6 +26,8 @@ VARIANTS = {
 }
 IMAGENET_MEAN = tuple(255 * v for v in (0.485, 0.456, 0.406))
 IMAGENET_STD = tuple(255 * v for v in (0.229, 0.224, 0.225))
+#: Batches are padded to multiples of this (the coarsest FPN stride).
+SIZE_DIVISIBLE = 32
 DEFAULT_CONFIG = {"min_size": 800, "max_size": 1333, "rpn_pre_nms_top_n": 1000, "rpn_post_nms_top_n": 1000}
 
 
@@ -50,7 +52,7 @@ def build(name: str = "coco-r50-fpn", config: dict | None = None) -> RegionDetec
         max_size=cfg["max_size"],
         pixel_mean=IMAGENET_MEAN,
         pixel_std=IMAGENET_STD,
-        size_divisible=32,
+        size_divisible=SIZE_DIVISIBLE,
         box_source="regressed",
         config=cfg,
     )

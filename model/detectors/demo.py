@@ -31,6 +31,8 @@ from model.detectors.base import DetectorSpec, RegionDetector
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "lait.detector_config"
+#: Batches are padded to multiples of this.
+SIZE_DIVISIBLE = 32
 DEFAULT_CONFIG = {
     "channels": [32, 32, 64, 64, 128, 128],
     "strides": [2, 1, 2, 1, 2, 1],
@@ -90,7 +92,7 @@ def build(config: dict | None = None, class_names: Sequence[str] | None = None) 
         max_size=cfg["max_size"],
         pixel_mean=tuple(cfg["pixel_mean"]),
         pixel_std=tuple(cfg["pixel_std"]),
-        size_divisible=32,
+        size_divisible=SIZE_DIVISIBLE,
         box_source="regressed",
         config=cfg,
     )

@@ -69,6 +69,17 @@ def decode_for_detector(data: bytes | None, input_size: Callable[[int, int], tup
     return DetectorInput(pixels=pixels, width=width, height=height)
 
 
+def network_size_of(data: bytes | None, input_size: Callable[[int, int], tuple[int, int]]) -> tuple[int, int] | None:
+    """(width, height) that ``decode_for_detector`` would resize an image to, from its header alone; None when
+    the header cannot be read (decoding will say why)."""
+    try:
+        with imageio.open_image(data, max_pixels=imageio.HARD_MAX_PIXELS) as image:
+            width, height = imageio.oriented_size(image)
+    except imageio.ImageError:
+        return None
+    return input_size(width, height) if width >= 1 and height >= 1 else None
+
+
 # ----------------------------------------------------------------------------------------------
 # JPEG decoding on the detector's device (nvJPEG through torchvision on CUDA)
 # ----------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ ASPECT_RATIOS = (0.5, 1.0, 2.0)
 # Caffe's BGR means, stored here in RGB order: the converter flips the first conv to take RGB.
 PIXEL_MEAN_RGB = (122.7717, 115.9465, 102.9801)
 
+#: Batches are padded to multiples of this (the stride of the C4 feature map).
+SIZE_DIVISIBLE = 16
 DEFAULT_CONFIG = {
     "num_classes": NUM_VG_CLASSES,
     "min_size": 600,
@@ -178,7 +180,7 @@ def build(config: dict | None = None, class_names: list[str] | None = None) -> R
         max_size=cfg["max_size"],
         pixel_mean=PIXEL_MEAN_RGB,
         pixel_std=(1.0, 1.0, 1.0),
-        size_divisible=16,
+        size_divisible=SIZE_DIVISIBLE,
         box_source="proposal",
         config=cfg,
     )

@@ -133,3 +133,22 @@ def test_beam_regions_match_the_local_runner_on_mixed_shapes(tmp_path):
     for image, row in beam_rows.items():
         assert row["class_ids"] == local_rows[image]["class_ids"], image
         np.testing.assert_allclose(row["boxes"], local_rows[image]["boxes"], atol=1e-3)
+
+
+def test_key_by_padded_shape_reads_only_the_header():
+    """The shape key before decoding: network size from the header (EXIF orientation applied), padded."""
+    from PIL import Image
+
+    from pipeline.features_beam import KeyByPaddedShapeFn
+
+    fn = KeyByPaddedShapeFn(64, 96, 32)
+    wide, square = encode(make_scene(0, (120, 80))[0]), encode(make_scene(1, (70, 70))[0])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    rotated = encode(make_scene(2, (120, 80))[0], "JPEG", exif=exif.tobytes())
+    keys = {name: next(iter(fn.process((name, [data, data]))))
+            for name, data in (("wide", wide), ("square", square), ("rotated", rotated), ("junk", b"junk"))}
+    # 120 x 80 -> 96 x 64 (long side capped), padded 64 high x 96 wide; 70 x 70 -> 64 x 64; rotated: 96 x 64 high
+    assert {name: key for name, (key, _) in keys.items()} == {
+        "wide": "64x96", "square": "64x64", "rotated": "96x64", "junk": "unreadable"}
+    assert keys["wide"][1] == ("wide", [wide])  # one copy of the bytes goes on
