@@ -202,7 +202,8 @@ autotune (compile with mode max-autotune-no-cudagraphs: inductor's Triton matmul
 against cuBLAS, with the following elementwise work such as GELU and float8 quantising fused into their epilogues;
 minutes of compiling)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "math",
-             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16", "fusedln", "autotune"}
+             "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16", "fusedln",
+             "autotune"}
 
 
 def parse_variant(name: str) -> dict:

@@ -513,11 +513,11 @@ def _batches(pieces: Iterator[DecodedBatch], batch_size: int, on_piece,
     boxes for 1,499 web images run alone and in batches of 8 differed: only 77% found an IoU > 0.95
     partner; the backbone's border pixels and the RPN's anchors see the padding. Keyed by shape, all of them
     matched and the features were identical, in the same time.) The default key, orientation, only keeps a
-    portrait image from padding landscape ones to a square. Images wait in one queue per key, each emitted when it holds a batch; an image that has
-    waited for ``MAX_WAIT_BATCHES`` batches' worth of arrivals goes out with its queue in a smaller batch, so
-    a rare shape never holds its shard (and the memory of that shard's results) for long. The queues'
-    leftovers come last. ``on_piece(piece)`` sees every piece as it arrives (its rejects are booked there),
-    before its images join a batch.
+    portrait image from padding landscape ones to a square. Images wait in one queue per key, each emitted
+    when it holds a batch; an image that has waited for ``MAX_WAIT_BATCHES`` batches' worth of arrivals goes
+    out with its queue in a smaller batch, so a rare shape never holds its shard (and the memory of that
+    shard's results) for long. The queues' leftovers come last. ``on_piece(piece)`` sees every piece as it
+    arrives (its rejects are booked there), before its images join a batch.
     """
     waiting: dict[Hashable, list[tuple[int, _Pending]]] = {}
     arrived = 0
@@ -737,7 +737,8 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
                             schemas.rejected_row(STAGE, error.reason, error.detail, image_id=item.image_id))
                         book(item.shard, 1)
                 batch = [item for item, error in zip(batch, errors) if error is None]
-            batch_sizes[len(batch)] += 1
+            if batch:  # (a batch whose every JPEG failed to decode leaves nothing to detect)
+                batch_sizes[len(batch)] += 1
             outputs = detect_by_shape(detector, [item.input.pixels for item in batch], options.selection, options.topk)
             mark = time.perf_counter()
             phases["detecting"] += mark - now
