@@ -18,8 +18,8 @@ from model.detectors import attribute_count, build_detector, feature_dim_of, rea
 from model.detectors.base import RegionDetector
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
-                               check_input_file, classes_info, detect_by_shape, output_schema, padded_size, resolve_input,
-                               to_original_pixels)
+                               check_input_file, classes_info, detect_by_shape, output_schema, padded_size,
+                               resolve_input, to_original_pixels)
 from pipeline.outputs import prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
@@ -42,7 +42,19 @@ class KeyRowsByImageFn(beam.DoFn):
         yield row["image_id"], row.get("image_bytes")
 
 
-class KeyByPaddedShapeFn(beam.DoFn):
+class _ResizingDoFn(beam.DoFn):
+    """A DoFn that knows the detector's network input size (short side ``min_size``, long side at most ``max_size``)."""
+
+    def __init__(self, min_size: int, max_size: int):
+        self.min_size, self.max_size = min_size, max_size
+
+    def _input_size(self, width: int, height: int) -> tuple[int, int]:
+        from model.detectors.base import network_input_size
+
+        return network_input_size(width, height, self.min_size, self.max_size)
+
+
+class KeyByPaddedShapeFn(_ResizingDoFn):
     """One distinct image keyed by the shape its batch will be padded to, read from its header alone.
 
     ``detect_by_shape`` runs each padded shape of a RunInference batch apart, so an image's regions never
@@ -52,12 +64,8 @@ class KeyByPaddedShapeFn(beam.DoFn):
     """
 
     def __init__(self, min_size: int, max_size: int, divisible: int):
-        self.min_size, self.max_size, self.divisible = min_size, max_size, divisible
-
-    def _input_size(self, width: int, height: int) -> tuple[int, int]:
-        from model.detectors.base import network_input_size
-
-        return network_input_size(width, height, self.min_size, self.max_size)
+        super().__init__(min_size, max_size)
+        self.divisible = divisible
 
     def process(self, element: tuple[str, Iterable[bytes]]):
         image_id, copies = element
@@ -67,17 +75,12 @@ class KeyByPaddedShapeFn(beam.DoFn):
         yield key, (image_id, [data])
 
 
-class DecodeImagesFn(beam.DoFn):
+class DecodeImagesFn(_ResizingDoFn):
     """Decode one distinct image for the detector; undecodable ones leave as rejected rows."""
 
     def __init__(self, min_size: int, max_size: int):
-        self.min_size, self.max_size = min_size, max_size
+        super().__init__(min_size, max_size)
         self.images_in = Metrics.counter(METRICS_NAMESPACE, "in")
-
-    def _input_size(self, width: int, height: int) -> tuple[int, int]:
-        from model.detectors.base import network_input_size
-
-        return network_input_size(width, height, self.min_size, self.max_size)
 
     def process(self, element: tuple[str, Iterable[bytes]]):
         image_id, copies = element
