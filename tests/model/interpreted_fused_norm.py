@@ -119,22 +119,7 @@ def test_operator_registration_passes_opcheck():
     torch.library.opcheck(torch.ops.lait.add_dropout_layer_norm.default, args)
 
 
-def test_a_compiled_layer_uses_the_op_and_agrees_with_eager():
-    from model.config import ModelConfig
-    from model.imagebert import Layer
-
-    config = ModelConfig(vocab_size=50, hidden_size=HIDDEN, num_layers=1, num_heads=4, intermediate_size=128,
-                         feature_dim=8, num_classes=3)
-    layer = Layer(config).eval()
-    x = torch.randn(2, 7, HIDDEN)
-    expected = layer(x, None)
-    eager, _ = layer.forward_fused(x, x, None)
-    compiled, _ = torch.compile(layer.forward_fused)(x, x, None)
-    torch.testing.assert_close(eager, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_imagebert_with_fused_steps_computes_the_same_encoder_and_gradients():
+def test_imagebert_with_fused_steps_computes_the_same_encoder_and_gradients_eager_and_compiled():
     import copy
 
     from imagebert_testlib import random_batch, tiny_config
@@ -158,6 +143,16 @@ def test_imagebert_with_fused_steps_computes_the_same_encoder_and_gradients():
     assert grads.keys() == fused_grads.keys() and any("ffn_norm" in name for name in grads)
     for name, grad in grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+    compiled = copy.deepcopy(fused)
+    compiled.zero_grad()
+    compiled.compile_trunk(opaque_layer_norm=True, dynamic=False)  # the op and its backward inside a compiled graph
+    sequence, pooled = compiled.encode(batch)
+    (sequence.square().mean() + pooled.sum()).backward()
+    torch.testing.assert_close(sequence, outputs[0], rtol=1e-5, atol=1e-5)
+    for name, parameter in compiled.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(parameter.grad, grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the residual stream float32, matmuls bf16
         plain_scores = plain.eval()(batch)[0]["scores"]
