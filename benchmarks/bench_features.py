@@ -61,6 +61,24 @@ def scene_jpeg(seed: int, width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+#: Aspect ratios (width / height) of web photos and their shares, for ``--aspect-mix``: the common camera and
+#: screen formats both ways, and a tail of arbitrary crops (drawn log-uniformly between 1:2 and 2:1).
+WEB_ASPECTS = ((4 / 3, 0.30), (3 / 2, 0.15), (16 / 9, 0.15), (1.0, 0.12), (3 / 4, 0.10), (2 / 3, 0.06),
+               (9 / 16, 0.02), (None, 0.10))
+
+
+def web_sizes(count: int, long_side: int, seed: int = 0) -> list[tuple[int, int]]:
+    """``count`` (width, height) pairs with a long side of ``long_side`` and web-like aspect ratios."""
+    rng = np.random.default_rng(seed)
+    ratios, weights = zip(*WEB_ASPECTS)
+    sizes = []
+    for pick in rng.choice(len(ratios), size=count, p=np.array(weights) / sum(weights)):
+        ratio = ratios[pick] if ratios[pick] is not None else float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        width, height = (long_side, round(long_side / ratio)) if ratio >= 1 else (round(long_side * ratio), long_side)
+        sizes.append((max(width, 120), max(height, 120)))
+    return sizes
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -169,6 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--portrait-share", type=float, default=0.0,
                         help="share of the scenes stored portrait (height x width); with it, end to end also runs "
                              "with detector batches in arrival order (the baseline of orientation grouping)")
+    parser.add_argument("--aspect-mix", action="store_true",
+                        help="scenes with web-like aspect ratios (long side --width; WEB_ASPECTS) instead of one size; "
+                             "end to end also runs with detector batches in arrival order (mixed shapes, padded)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -176,8 +197,11 @@ def main(argv=None) -> int:
     print(f"device: {device_name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     # --portrait-share: that share of the scenes (spread evenly) is stored upright, height x width
     portrait = [int((i + 1) * args.portrait_share) > int(i * args.portrait_share) for i in range(args.images)]
-    images = [scene_jpeg(i, *((args.height, args.width) if tall else (args.width, args.height)))
-              for i, tall in enumerate(portrait)]
+    if args.aspect_mix:
+        images = [scene_jpeg(i, width, height) for i, (width, height) in enumerate(web_sizes(args.images, args.width))]
+    else:
+        images = [scene_jpeg(i, *((args.height, args.width) if tall else (args.width, args.height)))
+                  for i, tall in enumerate(portrait)]
     selection = BoxSelection(min_boxes=10, max_boxes=100)
     results = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -202,16 +226,18 @@ def main(argv=None) -> int:
             by_decode = {mode: end_to_end(detector, name, images, args, selection, workdir, mode) for mode in args.decode}
             e2e_ips, stats = by_decode[args.decode[0]]
             arrival_order = None
-            if args.portrait_share:  # baseline: every image in one queue, batches as the pieces arrive
+            if args.portrait_share or args.aspect_mix:  # baseline: one queue, batches as the pieces arrive
                 import pipeline.features as features_module
 
-                grouped = features_module.padded_shape
+                # the old batching: one queue, and each batch detected whole, padded to its largest image
+                grouped, by_shape = features_module.padded_shape, features_module.detect_by_shape
                 features_module.padded_shape = lambda item, divisible: None
+                features_module.detect_by_shape = features_module.detect_splitting_on_oom
                 try:
                     arrival_order = end_to_end(detector, name, images, args, selection, workdir, args.decode[0],
                                                tag="-arrival")[0]
                 finally:
-                    features_module.padded_shape = grouped
+                    features_module.padded_shape, features_module.detect_by_shape = grouped, by_shape
                 print(f"{name}: end to end {e2e_ips:.2f} img/s with each padded shape batched apart, "
                       f"{arrival_order:.2f} in arrival order ({e2e_ips / arrival_order:.2f}x)")
             row = {"detector": name, "device": device_name, "precision": detector.precision,
@@ -228,7 +254,8 @@ def main(argv=None) -> int:
                        "seconds_by_phase": r[1]["seconds_by_phase"]} for mode, r in by_decode.items()},
                    "e2e_seconds_by_phase": stats["seconds_by_phase"], "e2e_seconds_to_first_batch": stats["seconds_to_first_batch"], "boxes_per_image": stats["boxes_per_image"],
                    "ms_per_batch_by_part": split, "variant": best or "default",
-                   "portrait_share": args.portrait_share,
+                   "portrait_share": args.portrait_share, "aspect_mix": args.aspect_mix,
+                   "end_to_end_mean_batch": stats.get("mean_batch_size"),
                    "end_to_end_ips_arrival_order": round(arrival_order, 2) if arrival_order else None,
                    "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()}}
             if device.type == "cuda":

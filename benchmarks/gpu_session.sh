@@ -2,8 +2,8 @@
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
 # By default train, eval, vg and selection: their limits add up to 9.8 minutes (one device call may run 10);
-# STEPS picks others (coco adds 1). Writes env.txt, train.{json,log},
-# eval_order.{json,log}, features_{vg,coco}.{json,log}, selection.{json,log} under $OUT.
+# STEPS picks others (coco adds 1, mix 2). Writes env.txt, train.{json,log},
+# eval_order.{json,log}, features_{vg,coco,mix}.{json,log}, selection.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; bench_train writes its
 # JSON after every variant, so a step cut short keeps what it measured.
 set -u
@@ -47,6 +47,10 @@ step vg && timeout "${VG_TIMEOUT:-150}" $PY benchmarks/bench_features.py "${comm
     --variants default rpn-kernel rpn-compiled --decode device workers --profile 15 --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
 step coco && timeout "${COCO_TIMEOUT:-60}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
     --variants default --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
+# web-like aspect ratios: batching by padded shape (exact per image) against the old mixed, padded batches, over
+# 1,024 images (at batch 64 the wait is 2,048 arrivals: a short run leaves every shape's last batch partial)
+step mix && timeout "${MIX_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${MIX_IMAGES:-1024}" \
+    --aspect-mix --width 1000 --decode device --json "$OUT/features_mix.json" 2>&1 | tee "$OUT/features_mix.log"
 # box selection for a batch of 64 at once against image by image: time and host reads (syncs) per batch
 step selection && timeout "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
     --json "$OUT/selection.json" 2>&1 | tee "$OUT/selection.log"
