@@ -39,7 +39,6 @@ def test_without_a_gpu_the_fused_model_is_the_plain_model_dropout_included():
     assert not torch.equal(other, expected)  # and dropout is really on
 
 
-
 @pytest.mark.skipif(triton_support.INTERPRETED, reason="the interpreter replaces the compiler")
 @pytest.mark.parametrize("dropout", [True, False])
 def test_kernels_compile_for_hopper_without_a_gpu(dropout):
