@@ -159,7 +159,9 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
     if count == 0 or max_keep == 0:
         return keep
     order = scores.masked_fill(~valid, float("-inf")).sort(dim=1, descending=True, stable=True).indices
-    ordered = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+    # IoU in float32 whatever the boxes' dtype (the RPN's are fp16 under autocast), as torchvision's NMS
+    # kernels compute it; the kernel and the steps then make the same decisions.
+    ordered = boxes.float().gather(1, order[..., None].expand(-1, -1, 4))
     alive = valid.gather(1, order)
     group = groups.gather(1, order) if groups is not None else None
     areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])

@@ -77,3 +77,13 @@ def test_the_rpn_with_the_kernel_proposes_the_same_regions():
     for a, b in zip(steps, kernel):
         assert torch.equal(torch.as_tensor(a.boxes), torch.as_tensor(b.boxes))
         assert torch.equal(torch.as_tensor(a.features), torch.as_tensor(b.features))
+
+
+def test_half_precision_boxes_are_compared_in_float32_both_ways():
+    """The RPN's boxes are fp16 under autocast: both ways compute IoU in float32 and keep the same boxes."""
+    boxes, scores, valid, _ = _boxes(2, 200, seed=9)
+    half = boxes.half()
+    steps = fusion.batched_greedy_nms(half, scores, valid, None, 0.7, 60)
+    kernel = fusion.batched_greedy_nms(half, scores, valid, None, 0.7, 60, kernel=True)
+    assert torch.equal(kernel, steps)
+    assert torch.equal(steps, fusion.batched_greedy_nms(half.float(), scores, valid, None, 0.7, 60))
