@@ -46,7 +46,7 @@ common=(--device cuda --batch-size 64 --num-workers 14 --repeats 2)
 step vg && timeout "${VG_TIMEOUT:-150}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${VG_IMAGES:-512}" \
     --variants default rpn-kernel rpn-compiled --decode device workers --profile 15 --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
 step coco && timeout "${COCO_TIMEOUT:-60}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
-    --variants default --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
+    --variants default rpn-kernel --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
 # web-like aspect ratios: batching by padded shape (exact per image) against the old mixed, padded batches, over
 # 1,024 images (at batch 64 the wait is 2,048 arrivals: a short run leaves every shape's last batch partial)
 step mix && timeout "${MIX_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${MIX_IMAGES:-1024}" \

@@ -160,8 +160,8 @@ class RegionDetector(nn.Module):
             fusion.fold_frozen_batchnorm(self.model)
         if dilated_as_batch:
             fusion.dilated_as_batch(self.model)
-        if batched_rpn_nms is None:
-            batched_rpn_nms = device.type == "cuda" and _rpn_levels(self.model) == 1
+        if batched_rpn_nms is None:  # asking for the NMS kernel asks for the batched NMS it runs in, FPN included
+            batched_rpn_nms = device.type == "cuda" and (nms_kernel or _rpn_levels(self.model) == 1)
         if batched_rpn_nms:
             fusion.batched_rpn_nms(self.model, compiled=compile_nms, kernel=nms_kernel)
         self.to(device)
