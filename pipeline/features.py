@@ -47,7 +47,7 @@ import torch
 
 import schemas
 from model.detectors import BoxSelection, Regions, build_detector, read_class_names
-from model.detectors.base import DetectorSpec, RegionDetector
+from model.detectors.base import DetectorSpec, RegionDetector, padded_size
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
 from schemas.io import _filesystem
@@ -264,14 +264,6 @@ def detect_splitting_on_oom(detector: RegionDetector, images: list[torch.Tensor]
                 + detect_splitting_on_oom(detector, images[half:], selection, topk))
 
 
-def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
-    """(height, width) rounded up to multiples of ``divisible``: what ``RegionDetector.batch_images`` pads an
-    image to when it is alone in a batch."""
-    if divisible > 1:
-        height, width = -(-height // divisible) * divisible, -(-width // divisible) * divisible
-    return int(height), int(width)
-
-
 def detect_by_shape(detector: RegionDetector, images: list[torch.Tensor], selection: BoxSelection,
                     topk: int) -> list[Regions | None]:
     """``detect_splitting_on_oom`` on the images of each padded shape apart; results in input order.
@@ -484,22 +476,13 @@ MAX_WAIT_BATCHES = 32
 
 def is_portrait(item: DetectorInput) -> bool:
     """Whether an image's network input is taller than wide (known before decoding for device decodes)."""
-    height, width = _network_shape(item)
+    height, width = item.network_shape
     return height > width
-
-
-def _network_shape(item: DetectorInput) -> tuple[int, int]:
-    """(height, width) of an image's network input: from its pixels, or its target size before a device decode."""
-    if item.pixels is not None:
-        height, width = item.pixels.shape[-2:]
-    else:
-        width, height = item.target
-    return int(height), int(width)
 
 
 def padded_shape(item: DetectorInput, divisible: int) -> tuple[int, int]:
     """(height, width) that ``RegionDetector.batch_images`` pads an image to when it is alone in a batch."""
-    return padded_size(*_network_shape(item), divisible)
+    return padded_size(*item.network_shape, divisible)
 
 
 def _batches(pieces: Iterator[DecodedBatch], batch_size: int, on_piece,

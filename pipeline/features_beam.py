@@ -15,11 +15,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 import schemas
 from model.detectors import attribute_count, build_detector, feature_dim_of, read_class_names
-from model.detectors.base import RegionDetector
+from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
-                               check_input_file, classes_info, detect_by_shape, output_schema, padded_size,
-                               resolve_input, to_original_pixels)
+                               check_input_file, classes_info, detect_by_shape, output_schema, resolve_input,
+                               to_original_pixels)
 from pipeline.outputs import prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner

@@ -52,6 +52,14 @@ def network_input_size(width: int, height: int, min_size: int, max_size: int) ->
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of ``divisible``: what ``RegionDetector.batch_images`` pads an
+    image to when it is alone in a batch."""
+    if divisible > 1:
+        height, width = -(-height // divisible) * divisible, -(-width // divisible) * divisible
+    return int(height), int(width)
+
+
 @dataclass
 class Regions:
     """Selected regions of one image, boxes in the network-input pixels of that image."""
@@ -181,11 +189,8 @@ class RegionDetector(nn.Module):
     def batch_images(self, images: list[torch.Tensor]) -> ImageList:
         """uint8 [3, h, w] images (already at network size) to one normalised, padded float batch."""
         device = self.device
-        height = max(int(im.shape[1]) for im in images)
-        width = max(int(im.shape[2]) for im in images)
-        div = self.spec.size_divisible
-        if div > 1:
-            height, width = -(-height // div) * div, -(-width // div) * div
+        height, width = padded_size(max(int(im.shape[1]) for im in images), max(int(im.shape[2]) for im in images),
+                                    self.spec.size_divisible)
         batch = torch.zeros(len(images), 3, height, width, device=device, dtype=torch.float32)
         for i, im in enumerate(images):
             im = im.to(device, non_blocking=True).float()

@@ -44,6 +44,15 @@ class DetectorInput:
     target: tuple[int, int] | None = None  # (width, height) at network size
 
     @property
+    def network_shape(self) -> tuple[int, int]:
+        """(height, width) at network size: from the pixels, or the target size before a device decode."""
+        if self.pixels is not None:
+            height, width = self.pixels.shape[-2:]
+        else:
+            width, height = self.target
+        return int(height), int(width)
+
+    @property
     def scale(self) -> tuple[float, float]:
         """Network-input pixels to original pixels, per axis."""
         return self.width / self.pixels.shape[2], self.height / self.pixels.shape[1]
