@@ -15,6 +15,9 @@ Prints the figures and the ratio ImageBERT / baseline::
 Presets: ``base`` = BERT-base, 40 text tokens + 100 regions of 2048-d, 1601 classes, batch 512, bf16 on GPU.
 FLOPs per sample are counted from the matmuls (6 x multiply-adds for a training step: forward + backward);
 MFU divides the achieved rate by ``--peak-tflops`` (default: 989 for an H100's dense bf16, unknown on CPU).
+The count is the whole sequence through every layer, as the issue's reference encoder computes it; since the
+last layer computes only the rows read (modifier ``allrows`` turns that off), TFLOP/s and MFU are rates of that
+fixed workload, comparable across versions, not of the products actually run.
 """
 from __future__ import annotations
 
@@ -200,10 +203,12 @@ scoring only), res16 (scoring: LayerNorm outputs in bf16, so the residual stream
 (each dropout + residual + LayerNorm of the encoder as one Triton kernel each way, training config fused_norm),
 autotune (compile with mode max-autotune-no-cudagraphs: inductor's Triton matmul templates, float8 included, tried
 against cuBLAS, with the following elementwise work such as GELU and float8 quantising fused into their epilogues;
-minutes of compiling)."""
+minutes of compiling), allrows (the last layer computes every row, as before the night of 2026-11-27; by default it computes
+only the rows read: [CLS] to score, [CLS] and the masked slots to train with exact masking), exact (exact
+masking for scope eager or trunk too, as `lait train` with masking: exact runs them; scope model always has it)."""
 MODIFIERS = {"nodrop", "additive", "nomask", "sdpa-cudnn", "sdpa-efficient", "sdpa-flash", "sdpa-math", "math",
              "eval4096", "atenln", "nopersist", "bf16weights", "ln16", "fp8", "fp8dyn", "score", "res16", "fusedln",
-             "autotune"}
+             "autotune", "allrows", "exact"}
 
 
 def parse_variant(name: str) -> dict:
@@ -217,17 +222,20 @@ def parse_variant(name: str) -> dict:
     return {"scope": scope, **{m: True for m in mods}}
 
 
-def _attention_as_math(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+def _attention_as_math(self, x: torch.Tensor, keep: torch.Tensor | None,
+                       rows: torch.Tensor | None = None) -> torch.Tensor:
     """``SelfAttention.forward`` with attention as two batched matmuls around a softmax (modifier ``math``)."""
     batch, length, hidden = x.shape
     q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
+    if rows is not None:  # the last layer's queries: only the rows read (the product computes only their Q)
+        q = q.gather(2, rows[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3]))
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     if keep is not None:
         scores = scores.masked_fill(~keep, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
     if self.training and self.dropout:
         probs = torch.nn.functional.dropout(probs, self.dropout)
-    return self.out(torch.matmul(probs, v).transpose(1, 2).reshape(batch, length, hidden))
+    return self.out(torch.matmul(probs, v).transpose(1, 2).reshape(batch, q.shape[2], hidden))
 
 
 def _output_in_autocast_dtype(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -237,21 +245,26 @@ def _output_in_autocast_dtype(module: nn.Module, inputs: tuple, output: torch.Te
     return output
 
 
-def _trunk_without_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
-    x = self.embeddings(input_ids, region_features, region_locations)
-    for layer in self.layers:
-        x = layer(x, None)
+def _layers(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+    """The encoder's layers, the last on ``rows`` only (as ``ImageBert._trunk_eager``)."""
+    last = len(self.layers) - 1
+    for index, layer in enumerate(self.layers):
+        x = layer(x, mask, rows if index == last else None)
+    return x
+
+
+def _trunk_without_mask(self, input_ids, text_mask, region_features, region_locations, region_mask, rows=None):
+    x = _layers(self, self.embeddings(input_ids, region_features, region_locations), None, rows)
     return x, torch.tanh(self.pooler(x[:, 0]))
 
 
-def _trunk_with_additive_mask(self, input_ids, text_mask, region_features, region_locations, region_mask):
+def _trunk_with_additive_mask(self, input_ids, text_mask, region_features, region_locations, region_mask, rows=None):
     """ImageBERT's trunk with the key mask as an additive bias (0 / most negative) in the compute dtype."""
     x = self.embeddings(input_ids, region_features, region_locations)
     keep = torch.cat([text_mask, region_mask], dim=1)[:, None, None, :]
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     bias = torch.zeros(keep.shape, dtype=dtype, device=x.device).masked_fill(~keep, torch.finfo(dtype).min)
-    for layer in self.layers:
-        x = layer(x, bias)
+    x = _layers(self, x, bias, rows)
     return x, torch.tanh(self.pooler(x[:, 0]))
 
 
@@ -307,6 +320,8 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
             swaps.enter_context(float8_encoder(model, amax))
         if spec.get("fusedln"):  # traced into the graph: set before compiling
             model.fused_norm = True
+        if spec.get("allrows"):
+            model.last_layer_rows = False
         options = {"dynamic": False}
         if spec.get("autotune"):  # inductor's Triton matmul templates, benchmarked against cuBLAS, with fused epilogues
             options["mode"] = "max-autotune-no-cudagraphs"
@@ -422,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         contenders.append(("hf_bert_trunk", dict(scope="hf-trunk" if args.compile and not args.eager_baseline else "hf")))
     batches = {}
     for label, spec in contenders:
-        exact = spec["scope"] == "model"
+        exact = spec["scope"] == "model" or bool(spec.get("exact"))
         if exact not in batches:
             batches[exact] = make_batch(config, batch_size, preset["text"], preset["regions"], device, exact=exact)
         began = time.perf_counter()

@@ -391,9 +391,9 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
                      "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent}
     check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
                      "formats": tuple(f.strip().upper() for f in known.image_formats.split(",") if f.strip())}
-    pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+    beam_pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
     candidates, rejected = (
-        pipeline
+        beam_pipeline
         | "ListFiles" >> beam.Create(files)
         | "ReadWarcCandidates" >> ReadWarcCandidates(known.max_bytes, not known.no_download, fetch_options, check_options)
     )
@@ -404,7 +404,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
          | f"{name}Columns" >> beam.Map(lambda row, names: {n: row.get(n) for n in names}, schema.names)
          | name >> WriteToParquet(
             FileSystems.join(out_dir, sub, PREFIX), schema, file_name_suffix=".parquet", num_shards=0))
-    result = pipeline.run()
+    result = beam_pipeline.run()
     result.wait_until_finish()
     counters = {}
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from demo import foreign
 from demo.scenes import (

@@ -6,6 +6,7 @@ every override is a dotted path (``pretrain.0.steps=100``, ``model.hidden_size=6
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import os
@@ -296,7 +297,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, bas
     return train_config_from_dict(data)
 
 
-def add_train_arguments(parser: "argparse.ArgumentParser") -> None:
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The training options shared by ``lait train`` and ``python -m model.train``."""
     parser.add_argument("--config", required=True, help="YAML training config (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

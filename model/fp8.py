@@ -89,7 +89,12 @@ class Float8Linear(nn.Module):
         self.register_buffer("input_scale", input_scale, persistent=False)  # [1, 1]
         self.register_buffer("input_inverse", 1.0 / input_scale, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
+        """``x @ W.T + b``; ``columns`` computes only those output features (a slice of multiples of 16)."""
+        weight, weight_scale, bias = self.weight_t, self.weight_scale, self.bias
+        if columns is not None:
+            weight, weight_scale = weight[:, columns], weight_scale[:, columns]
+            bias = None if bias is None else bias[columns]
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         if self.static:
@@ -98,9 +103,9 @@ class Float8Linear(nn.Module):
         else:
             quantized, scale = _row_scaled(rows)
         # Fast accumulation on the GPU, as float8 inference usually runs (torchao's default for forward passes).
-        y = torch._scaled_mm(quantized, self.weight_t, scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
+        y = torch._scaled_mm(quantized, weight, scale_a=scale, scale_b=weight_scale.contiguous(), bias=bias,
                              out_dtype=torch.bfloat16, use_fast_accum=quantized.is_cuda)
-        return y.view(*shape[:-1], self.out_features)
+        return y.view(*shape[:-1], weight.shape[1])
 
     def extra_repr(self) -> str:
         inputs = f"static input scale {float(self.input_scale):.4g}" if self.static else "row-scaled inputs"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from model.config import ModelConfig
 from model.fused_norm import add_dropout_layer_norm
-from model.tasks import TASKS
+from model.tasks import SLOTS_ONLY, TASKS, cls_rows, gather_rows, slot_rows
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,19 @@ class Embeddings(nn.Module):
         return self.dropout(torch.cat([text, regions], dim=1))
 
 
+class ColumnLinear(nn.Linear):
+    """``nn.Linear`` that can compute only some of its output features: ``forward(x, columns=slice)``.
+
+    Called as a module either way, so hooks see every input (``model.fp8.calibrate`` relies on it);
+    ``model.fp8.Float8Linear`` takes the same argument.
+    """
+
+    def forward(self, x: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
+        if columns is None:
+            return super().forward(x)
+        return F.linear(x, self.weight[columns], None if self.bias is None else self.bias[columns])
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / efficient kernels)."""
 
@@ -62,16 +75,26 @@ class SelfAttention(nn.Module):
         if config.hidden_size % config.num_heads:
             raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of num_heads {config.num_heads}")
         self.num_heads = config.num_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.qkv = ColumnLinear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L, H] outputs, or with ``rows`` ([B, K] positions) those rows' outputs only, [B, K, H]: their
+        queries attend to every key, and only their queries and outputs are computed."""
         batch, length, hidden = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
+        heads, size = self.num_heads, hidden // self.num_heads
+        if rows is None:
+            q, k, v = self.qkv(x).view(batch, length, 3, heads, size).permute(2, 0, 3, 1, 4)
+        else:
+            queries = rows.shape[1]
+            q = self.qkv(gather_rows(x, rows), columns=slice(0, hidden)).view(batch, queries, heads, size).transpose(1, 2)
+            kv = self.qkv(x, columns=slice(hidden, 3 * hidden))
+            k, v = kv.view(batch, length, 2, heads, size).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
+        return self.out(y.transpose(1, 2).reshape(batch, q.shape[2], hidden))
 
 
 class Layer(nn.Module):
@@ -86,19 +109,25 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, attention_mask)))
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L, H] -> [B, L, H]; with ``rows`` ([B, K] positions) only those rows' outputs, [B, K, H]
+        (every row is still a key and value of the attention)."""
+        residual = x if rows is None else gather_rows(x, rows)
+        x = self.attention_norm(residual + self.dropout(self.attention(x, attention_mask, rows)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
-    def forward_fused(self, x: torch.Tensor, x_in: torch.Tensor,
-                      attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_fused(self, x: torch.Tensor, x_in: torch.Tensor, attention_mask: torch.Tensor | None,
+                      rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` with each dropout + residual + LayerNorm as one kernel (``model.fused_norm``).
 
         ``x`` is the residual stream and ``x_in`` what the matrix multiplies read: ``x`` itself, or its bf16
         copy that the previous layer's kernel wrote along with it; both come back for the next layer.
         """
         p = self.dropout.p
-        x, x_in = add_dropout_layer_norm(self.attention(x_in, attention_mask), x, self.attention_norm, p, self.training)
+        residual = x if rows is None else gather_rows(x, rows)
+        x, x_in = add_dropout_layer_norm(self.attention(x_in, attention_mask, rows), residual, self.attention_norm, p,
+                                         self.training)
         return add_dropout_layer_norm(self.ffn_out(F.gelu(self.ffn_in(x_in))), x, self.ffn_norm, p, self.training)
 
 
@@ -121,6 +150,10 @@ class ImageBert(nn.Module):
         # The encoder's dropout + residual + LayerNorm steps as fused Triton kernels (``model.fused_norm``;
         # training config ``fused_norm``); the same function either way, only the dropout stream differs.
         self.fused_norm = False
+        # The last layer computes only the rows something reads ([CLS] to score; [CLS] and the masked slots
+        # under exact masking): the same outputs, without ~7% of a pass's FLOPs (ImageBERT-base). Off only
+        # to measure it (benchmarks/bench_train.py modifier ``allrows``).
+        self.last_layer_rows = True
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -154,27 +187,40 @@ class ImageBert(nn.Module):
         self.__dict__.pop("_compiled_forward", None)
         _set_layer_norms(self, False)
 
-    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequence output [B, T+R, H] and pooled [CLS] output [B, H]."""
+    def encode(self, batch: dict, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence output [B, T+R, H] and pooled [CLS] output [B, H].
+
+        ``rows`` ([B, K] positions, [CLS] = 0 first): the sequence output holds only those rows, [B, K, H],
+        and the last layer computes no other (the layers before it compute every row: all are its keys).
+        """
         trunk = self.__dict__.get("_trunk", self._trunk_eager)
         return trunk(batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"],
-                     batch["region_mask"])
+                     batch["region_mask"], rows)
 
-    def _trunk_eager(self, input_ids, text_mask, region_features, region_locations, region_mask):
+    def _trunk_eager(self, input_ids, text_mask, region_features, region_locations, region_mask, rows=None):
         x = self.embeddings(input_ids, region_features, region_locations)
         keep = torch.cat([text_mask, region_mask], dim=1)
         # Boolean key mask broadcast over heads and queries; always passed, so no host sync or graph break.
         # (An additive float mask measured no faster on an H200: benchmarks/RESULTS_train.md.)
         attention_mask = keep[:, None, None, :]
+        last = len(self.layers) - 1
         if self.fused_norm:
             x_in = x
-            for layer in self.layers:
-                x, x_in = layer.forward_fused(x, x_in, attention_mask)
+            for index, layer in enumerate(self.layers):
+                x, x_in = layer.forward_fused(x, x_in, attention_mask, rows if index == last else None)
         else:
-            for layer in self.layers:
-                x = layer(x, attention_mask)
+            for index, layer in enumerate(self.layers):
+                x = layer(x, attention_mask, rows if index == last else None)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
+
+    def _rows_read(self, batch: dict, weights: dict[str, float] | None) -> torch.Tensor | None:
+        """The sequence rows this forward reads (``encode``'s ``rows``), or None for all of them."""
+        if not self.last_layer_rows or not self.layers:
+            return None
+        if not weights:
+            return cls_rows(batch["input_ids"])
+        return slot_rows(batch, weights)
 
     def forward(self, batch: dict, weights: dict[str, float] | None = None,
                 single_modality: dict | None = None) -> tuple[dict, torch.Tensor | None]:
@@ -188,12 +234,15 @@ class ImageBert(nn.Module):
 
     def _forward(self, batch: dict, weights: dict[str, float] | None,
                  single_modality: dict | None) -> tuple[dict, torch.Tensor | None]:
-        sequence, pooled = self.encode(batch)
+        rows = self._rows_read(batch, weights)
+        sequence, pooled = self.encode(batch, rows)
         outputs = {"scores": self.heads["itm"].logits(pooled)}
         if single_modality is not None:
             outputs["text_embeddings"], outputs["image_embeddings"] = self.single_modality_embeddings(**single_modality)
         if not weights:
             return outputs, None
+        if rows is not None:
+            batch = {**batch, SLOTS_ONLY: True}
         losses = {name: self.heads[name].loss(sequence, pooled, batch) for name, w in weights.items() if w > 0}
         loss = sum(weights[name] * value for name, value in losses.items())
         outputs["losses"] = {k: v.detach() for k, v in losses.items()}
@@ -215,7 +264,8 @@ class ImageBert(nn.Module):
         _, pooled = self.encode({"input_ids": input_ids, "text_mask": text_mask,
                                  "region_features": torch.zeros(size, 0, dim, device=device),
                                  "region_locations": torch.zeros(size, 0, 5, device=device),
-                                 "region_mask": torch.zeros(size, 0, dtype=torch.bool, device=device)})
+                                 "region_mask": torch.zeros(size, 0, dtype=torch.bool, device=device)},
+                                self._rows_read({"input_ids": input_ids}, None))
         return F.normalize(pooled.float(), dim=-1)
 
     def embed_image(self, features: torch.Tensor, locations: torch.Tensor, region_mask: torch.Tensor,
@@ -225,7 +275,7 @@ class ImageBert(nn.Module):
         stub = torch.tensor([cls_id, sep_id], device=device).expand(size, 2)
         _, pooled = self.encode({"input_ids": stub, "text_mask": torch.ones(size, 2, dtype=torch.bool, device=device),
                                  "region_features": features, "region_locations": locations,
-                                 "region_mask": region_mask})
+                                 "region_mask": region_mask}, self._rows_read({"input_ids": stub}, None))
         return F.normalize(pooled.float(), dim=-1)
 
     def score(self, batch: dict) -> torch.Tensor:

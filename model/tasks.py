@@ -37,10 +37,55 @@ def _region_part(sequence: torch.Tensor, batch: dict) -> torch.Tensor:
     return sequence[:, batch["input_ids"].shape[1]:]
 
 
-def _gather_rows(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def gather_rows(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """``values[b, positions[b, j]]`` for [B, N, ...] values and [B, K] positions: [B, K, ...]."""
     index = positions.reshape(*positions.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
     return values.gather(1, index)
+
+
+#: Batch key the model sets when the sequence it hands the heads holds only the rows of ``slot_rows``.
+SLOTS_ONLY = "sequence_is_slots"
+
+
+def cls_rows(input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, 1] rows: the [CLS] position of every sequence."""
+    return torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
+
+
+def slot_rows(batch: dict, weights: dict[str, float]) -> torch.Tensor | None:
+    """The sequence rows the weighted heads read, [B, 1 + Kt + Kr]: [CLS], then the caption's slots
+    (``mlm_positions``), then the image's (``region_positions``), each part only where the batch has it.
+
+    None where a weighted head reads a data-dependent set of rows (Bernoulli masking). The encoder's last
+    layer then need compute no other row (``ImageBert``); the heads find their slots in that order.
+    """
+    needs = {TASKS[name].masks for name, weight in weights.items() if weight > 0}
+    if ("text" in needs and "mlm_positions" not in batch) or ("regions" in needs and "region_positions" not in batch):
+        return None
+    input_ids = batch["input_ids"]
+    parts = [cls_rows(input_ids)]
+    if "mlm_positions" in batch:
+        parts.append(batch["mlm_positions"])
+    if "region_positions" in batch:
+        parts.append(batch["region_positions"] + input_ids.shape[1])
+    return torch.cat(parts, 1)
+
+
+def _text_slots(sequence: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The hidden states of the caption's exact-masking slots, [B, Kt]."""
+    positions = batch["mlm_positions"]
+    if batch.get(SLOTS_ONLY):
+        return sequence[:, 1:1 + positions.shape[1]]
+    return gather_rows(_text_part(sequence, batch), positions)
+
+
+def _region_slots(sequence: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The hidden states of the image's exact-masking slots, [B, Kr]."""
+    positions = batch["region_positions"]
+    if batch.get(SLOTS_ONLY):
+        start = 1 + (batch["mlm_positions"].shape[1] if "mlm_positions" in batch else 0)
+        return sequence[:, start:start + positions.shape[1]]
+    return gather_rows(_region_part(sequence, batch), positions)
 
 
 def _masked_regions(sequence: torch.Tensor, batch: dict):
@@ -52,14 +97,14 @@ def _masked_regions(sequence: torch.Tensor, batch: dict):
     selected regions themselves (a data-dependent count), each weighted 1.
     """
     selected = batch["region_masked"] & batch["region_loss_mask"]
-    regions = _region_part(sequence, batch)
     if "region_positions" in batch:
         positions = batch["region_positions"]
 
         def take(values: torch.Tensor) -> torch.Tensor:
-            return _gather_rows(values, positions).flatten(0, 1)
+            return gather_rows(values, positions).flatten(0, 1)
 
-        return take(regions), take, take(selected).float()
+        return _region_slots(sequence, batch).flatten(0, 1), take, take(selected).float()
+    regions = _region_part(sequence, batch)
 
     def take(values: torch.Tensor) -> torch.Tensor:
         return values[selected]
@@ -83,7 +128,7 @@ class MaskedLanguageModeling(nn.Module):
         if "mlm_positions" in batch:  # exact masking: a fixed number of slots per caption, static shapes
             positions = batch["mlm_positions"]
             labels = labels.gather(1, positions)  # IGNORE in the slots beyond a caption's masked count
-            logits = self.decoder(self.transform(_gather_rows(_text_part(sequence, batch), positions))).float()
+            logits = self.decoder(self.transform(_text_slots(sequence, batch))).float()
             count = (labels != IGNORE).sum()
             total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum", ignore_index=IGNORE)
             return _mean_or_zero(total, count, logits)

@@ -6,8 +6,6 @@ import collections
 import json
 import os
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 import schemas
 

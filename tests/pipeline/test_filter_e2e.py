@@ -5,7 +5,6 @@ import pathlib
 import subprocess
 import sys
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
