@@ -160,6 +160,41 @@ def test_imagebert_with_fused_steps_computes_the_same_encoder_and_gradients_eage
     torch.testing.assert_close(fused_scores.float(), plain_scores.float(), rtol=0.05, atol=0.05)
 
 
+def test_the_whole_step_compiled_with_fused_steps_and_slot_rows_gives_the_plain_losses():
+    """``model+atenln+fusedln`` as ``lait train`` runs it: exact masking, the whole forward and losses compiled,
+    the last layer on [CLS] + the masked slots, through the fused op."""
+    import copy
+    from types import SimpleNamespace
+
+    from imagebert_testlib import random_batch, tiny_config
+
+    from model.imagebert import ImageBert
+    from model.tasks import prepare_pretrain_batch
+
+    config = tiny_config(hidden_size=HIDDEN, num_heads=4)
+    tasks = {"mlm": 1.0, "moc": 1.0, "mrfr": 1.0, "itm": 1.0}
+    exact = SimpleNamespace(mlm_prob=0.15, region_mask_prob=0.15, region_zero_prob=0.9, itm_neg_prob=0.5,
+                            masking="exact")
+    ids = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4, "first_regular": 5}
+    batch = prepare_pretrain_batch(random_batch(config, size=8, text_len=10, regions=6, seed=2), tasks, exact, config,
+                                   ids, torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    plain = ImageBert(config).train()
+    fused = copy.deepcopy(plain)
+    fused.fused_norm = True
+    fused.compile_model(opaque_layer_norm=True, dynamic=False)
+    results = []
+    for model in (plain, fused):
+        outputs, loss = model(batch, tasks)
+        loss.backward()
+        results.append(outputs["losses"])
+    for task in tasks:
+        torch.testing.assert_close(results[1][task], results[0][task], rtol=1e-5, atol=1e-5)
+    for (name, reference), (_, parameter) in zip(plain.named_parameters(), fused.named_parameters()):
+        if reference.grad is not None:
+            torch.testing.assert_close(parameter.grad, reference.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_lait_train_with_fused_norm_trains_the_same_model(synth_dir, tmp_path):
     """``fused_norm: true`` in a training config runs the kernels; without dropout the losses are the plain run's."""
     import csv
