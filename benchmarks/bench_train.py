@@ -432,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants or ((["eager"] if args.eager_too else []) + (["trunk"] if args.compile else ["eager"]))
     if args.no_mask:
         variants = [v + "+nomask" for v in variants]
-    contenders = [(name, parse_variant(name)) for name in variants]
+    # A variant listed again (to see the run-to-run spread) is labelled NAME#2, NAME#3, ... in the output.
+    contenders = [(name if variants[:i].count(name) == 0 else f"{name}#{variants[:i].count(name) + 1}",
+                   parse_variant(name)) for i, name in enumerate(variants)]
     if not args.skip_baseline:
         contenders.append(("hf_bert_trunk", dict(scope="hf-trunk" if args.compile and not args.eager_baseline else "hf")))
     batches = {}
