@@ -1,7 +1,8 @@
 """LAIT: web image-text pairs to ImageBERT pretraining data, and the ImageBERT trainer.
 
 One distribution for every stage. Each stage has an extra so that a worker installs only what
-its stage needs; the same file serves Apache Beam's ``--setup_file`` for Dataflow workers:
+its stage needs. (Beam's ``--setup_file`` installs this package on its workers without extras:
+Dataflow workers run the image of ``docker/dataflow.Dockerfile`` instead; see docs/filter.md.)
 
     pip install -e ".[crawl]"      # Scrapy spider + WARC reader
     pip install -e ".[beam]"       # Beam filter pipeline (language, text, image, dedup, relevance)

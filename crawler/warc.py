@@ -5,11 +5,11 @@ Local run (DirectRunner, chosen explicitly)::
     python -m crawler.warc --input 'crawl-data/*.warc.gz' --output runs/x/crawl \
         --runner DirectRunner --direct_running_mode multi_processing --direct_num_workers 2
 
-Dataflow run (the same pipeline; workers install LAIT with ``--setup_file``)::
+Dataflow run (the same pipeline; the workers run an image built from ``docker/dataflow.Dockerfile``)::
 
     python -m crawler.warc --input 'gs://bucket/segment/*.warc.gz' --output runs/x/crawl \
         --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \
-        --setup_file ./setup.py
+        --sdk_container_image IMAGE
 
 HTML response records go through the same ``crawler.extract.parse_page`` as the spider; WAT metadata
 records give candidates from their ``IMG@/src`` links. Image bytes come from image records of the

@@ -19,7 +19,7 @@ Two runners over the same detector code (``model.detectors``):
       python -m pipeline.features --input gs://BUCKET/run/filter/pairs --output gs://BUCKET/run/features \\
           --detector vg-r101-c4 --weights /weights/faster_rcnn_from_caffe_attr_original.pkl --device cuda \\
           --runner DataflowRunner --project PROJECT --region REGION --temp_location gs://BUCKET/tmp \\
-          --setup_file ./setup.py --sdk_container_image IMAGE_WITH_WEIGHTS \\
+          --sdk_container_image IMAGE_WITH_WEIGHTS \\
           --dataflow_service_options "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" \\
           --experiments use_runner_v2
 

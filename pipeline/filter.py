@@ -9,11 +9,12 @@ Local run (explicit runner; LAIT maps DirectRunner to the in-process FnApiRunner
     python -m pipeline.filter --input runs/demo/crawl --output runs/demo/filter \\
         --runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing
 
-Dataflow run (the same code; workers install LAIT from setup.py)::
+Dataflow run (the same code; the workers run an image built from ``docker/dataflow.Dockerfile``,
+which has LAIT and its stage packages: ``--setup_file`` alone would install LAIT without them)::
 
     python -m pipeline.filter --input gs://BUCKET/crawl --output gs://BUCKET/filter \\
         --runner DataflowRunner --project PROJECT --region REGION \\
-        --temp_location gs://BUCKET/tmp --setup_file ./setup.py
+        --temp_location gs://BUCKET/tmp --sdk_container_image IMAGE
 """
 from __future__ import annotations
 

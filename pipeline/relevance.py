@@ -6,10 +6,10 @@ The filter pipeline composes them; this module also runs on its own over a pairs
     # local
     python -m pipeline.relevance --input RUN/filter --output RUN/relevance \
         --model models/relevance --runner DirectRunner
-    # Dataflow (the model folder must be readable by the workers, e.g. baked into the container)
+    # Dataflow: an image built from docker/dataflow.Dockerfile, with the model folder copied into it
     python -m pipeline.relevance --input gs://B/run/filter/pairs --output gs://B/run/relevance \
         --model /models/relevance --runner DataflowRunner --project P --region R \
-        --temp_location gs://B/tmp --setup_file ./setup.py
+        --temp_location gs://B/tmp --sdk_container_image IMAGE
 
 It writes ``OUTPUT/pairs/`` (kept, with ``relevance`` set), ``OUTPUT/rejected/`` (``low_relevance``)
 and ``OUTPUT/stats.json``.

