@@ -9,6 +9,7 @@ Dataflow workers run the image of ``docker/dataflow.Dockerfile`` instead; see do
     pip install -e ".[features]"   # Faster R-CNN region features
     pip install -e ".[train]"      # ImageBERT trainer and retrieval eval
     pip install -e ".[all,dev]"    # everything, plus the test tools
+    pip install -e ".[beam,gcp]"   # ... and Beam's GCP clients, to launch Dataflow jobs
 """
 from setuptools import find_packages, setup
 
@@ -57,6 +58,8 @@ EXTRAS = {
 EXTRAS["demo"] = sorted({r for name in ("crawl", "beam", "features", "train", "report") for r in EXTRAS[name]})
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 EXTRAS["dev"] = deps("pytest", "pytest-timeout")
+# Launching a Dataflow job (DataflowRunner, gs:// paths) needs Beam's GCP client libraries; not in "all".
+EXTRAS["gcp"] = [REQ["beam"].replace("apache-beam", "apache-beam[gcp]", 1)]
 
 setup(
     name="lait",
