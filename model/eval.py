@@ -4,7 +4,8 @@ Every (caption, image) pair of the test split is scored by ImageBERT's matching 
 batches that gather pre-collated text and regions on the device; images are sorted by region
 count so a batch pads little. The optional two-stage mode pre-ranks with single-modality [CLS]
 embeddings (a dual encoder from the same trunk) and re-ranks only the top k of each query with
-the cross-encoder: with k at least the set size it equals the full mode.
+the cross-encoder: with k at least the set size it equals the full mode. Under torchrun every process
+scores a contiguous share of the pairs and gathers the others' scores (``_score``).
 
 Recall counts ties against the query (a constant scorer gets chance-level recall, never more).
 Scores are fractions in [0, 1]; ``chance_R@1`` is what random ranking gets.
@@ -239,6 +240,7 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
     if mode == "two_stage":
         result["prerank_recall"] = prerank  # share of queries whose answer reached the re-ranking
     result.update(mode=mode, two_stage_k=two_stage_k if mode == "two_stage" else None, pairs_scored=scored,
+                  processes=world()[0],
                   seconds=round(seconds, 3), pairs_per_s=round(scored / max(seconds, 1e-9), 1), split=split,
                   precision="fp8" if fp8 else ("bf16" if bf16 else "fp32"),
                   compile_shapes=shapes,
@@ -246,12 +248,56 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
     return result
 
 
+def world() -> tuple[int, int]:
+    """(processes, this one's rank) of the torch.distributed job this process is in; (1, 0) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_images: np.ndarray, batch_size: int,
            device: torch.device, bf16: bool, progress: bool, compile: bool,
            fp8: bool = False) -> tuple[torch.Tensor, str | None]:
-    """``score_pairs``, with float8 encoder layers and/or the trunk compiled for the duration when asked
-    (the model is left as it was); the scores and the compiled shapes (``compile_shapes``, None eager)."""
+    """The score of every pair, and the compiled shapes (``compile_shapes``; None eager).
+
+    Under torchrun each process scores one contiguous share of the pairs (image-major order kept, so its
+    batches pad as little) and every process gets all the scores back. Float8's input scales are calibrated
+    on the same sample of all the pairs in every process, so the shares' scores compare.
+    """
     input_amax = _calibrate_float8(model, data, pair_captions, pair_images, batch_size, device) if fp8 else None
+    processes, rank = world()
+    if processes == 1:
+        return _score_share(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile,
+                            fp8, input_amax)
+    bounds = np.linspace(0, len(pair_captions), processes + 1).round().astype(int)
+    mine = slice(bounds[rank], bounds[rank + 1])
+    logger.info("eval: process %d of %d scores pairs %d-%d of %d", rank, processes, mine.start, mine.stop,
+                len(pair_captions))
+    scores, shapes = _score_share(model, data, pair_captions[mine], pair_images[mine], batch_size, device, bf16,
+                                  progress and rank == 0, compile, fp8, input_amax)
+    return _gather_shares(scores, bounds, device), shapes
+
+
+def _gather_shares(scores: torch.Tensor, bounds: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Every process's share of the scores (``bounds``: where each share starts and ends), in rank order."""
+    import torch.distributed as dist
+
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    sizes = np.diff(bounds)
+    padded = torch.zeros(int(sizes.max()), dtype=torch.float32, device=on)
+    padded[: len(scores)] = scores.to(on)
+    shares = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(shares, padded)
+    return torch.cat([share[:size].cpu() for share, size in zip(shares, sizes)])
+
+
+def _score_share(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_images: np.ndarray,
+                 batch_size: int, device: torch.device, bf16: bool, progress: bool, compile: bool, fp8: bool,
+                 input_amax: list[float] | None) -> tuple[torch.Tensor, str | None]:
+    """``score_pairs``, with float8 encoder layers (``input_amax``: their static scales) and/or the trunk
+    compiled for the duration when asked (the model is left as it was)."""
     with float8_encoder(model, input_amax) if fp8 else contextlib.nullcontext():
         if not compile:
             return score_pairs(model, data, pair_captions, pair_images, batch_size, device, bf16, progress), None

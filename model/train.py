@@ -445,14 +445,16 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         save_checkpoint(final, dict(base, model=model.state_dict(), stage_index=len(stages) - 1,
                                     stage_name=stages[-1].name, step=0, stage_done=True))
     summary["checkpoint"] = final
-    if config.eval is not None and runtime.is_main:
+    if config.eval is not None:  # every process scores a share of the pairs (model.eval._score)
         from model.eval import evaluate, write_eval
 
         model.eval()
         model.drop_compiled()  # eval batches vary in shape: the static compiled graphs would recompile
         result = evaluate(model, tokenizer_json, config.eval.regions, config.eval.captions, config.eval.split,
-                          batch_size=config.eval_batch_size, device=runtime.device, bf16=runtime.bf16, progress=progress)
-        write_eval(result, os.path.join(config.out_dir, "eval.json"))
+                          batch_size=config.eval_batch_size, device=runtime.device, bf16=runtime.bf16,
+                          progress=progress and runtime.is_main)
+        if runtime.is_main:
+            write_eval(result, os.path.join(config.out_dir, "eval.json"))
         summary["eval"] = result
     if runtime.is_main:
         with open(os.path.join(config.out_dir, "summary.json"), "w", encoding="utf-8") as handle:

@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="retrieval Recall@1/5/10 (image and sentence retrieval) of a trained ImageBERT checkpoint",
         description="Score every (caption, image) pair of a split with ImageBERT's matching head and report "
-                    "Recall@1/5/10 in both directions; writes eval.json and prints a table.",
+                    "Recall@1/5/10 in both directions; writes eval.json and prints a table. Under torchrun "
+                    "(torchrun --nproc_per_node N -m lait eval ...) the N processes score a share of the pairs each.",
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by lait train (e.g. OUT/checkpoints/final.pt)")
     parser.add_argument("--data", help="folder holding regions/ and captions/")
@@ -49,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"lait eval: {path} does not exist")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    rank = _join_torchrun(device)
+    if rank is not None and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")  # fp8 implies it
     try:
         model, state = model_from_checkpoint(args.checkpoint)
@@ -58,8 +63,25 @@ def run(args: argparse.Namespace) -> int:
                           compile=args.compile, fp8=args.precision == "fp8")
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"lait eval: {exc}") from None
+    finally:
+        if rank is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank:  # under torchrun every process scores a share; the first one reports
+        return 0
     result["checkpoint"] = args.checkpoint
     write_eval(result, args.out)
     print(format_table(result))
     print(f"wrote {args.out}")
     return 0
+
+
+def _join_torchrun(device) -> int | None:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): this process's rank, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank()

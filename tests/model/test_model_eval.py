@@ -84,6 +84,33 @@ def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "missing" in bad.stderr
 
 
+def test_eval_under_torchrun_shares_the_pairs_and_reports_the_same_recall(synth_dir, tiny_checkpoint, tmp_path):
+    import socket
+
+    env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--split", "test",
+              "--batch-size", "400", "--no-progress"]  # 3,200 pairs: two shares of four whole batches each
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=120)
+    assert one.returncode == 0, one.stderr[-3000:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), *common[:2], "-v", *common[2:],
+                          "--out", str(tmp_path / "two.json")], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=180)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "process 0 of 2 scores pairs 0-1600 of 3200" in two.stderr
+    assert "process 1 of 2 scores pairs 1600-3200 of 3200" in two.stderr
+    alone, shared = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert (alone["processes"], shared["processes"]) == (1, 2)
+    assert shared["pairs_scored"] == alone["pairs_scored"] == 3200
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        assert shared[direction] == alone[direction], direction
+    assert two.stdout.count("image retrieval") == 1, "only the first process reports"
+
+
 def test_fixed_shapes_score_like_trimmed_batches(synth_dir, tiny_trained):
     """Padding every batch to one shape (what a compiled trunk needs) changes no score."""
     from model.eval import score_pairs

@@ -97,6 +97,7 @@ def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     del config["pretrain"][0]["steps"]
     config["pretrain"][0]["epochs"] = 0.3  # 0.3 x 320 pairs / (8 per rank x 2 ranks x 2 accumulated) = 3 steps
     config["finetune"].update(steps=2, loss="multiclass")
+    config["eval"] = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "test"}
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -116,6 +117,9 @@ def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     assert (out_dir / "checkpoints" / "final.pt").exists()
     assert set(_log(str(out_dir / "logs" / "stage1.csv"))) == {2, 3}
     assert "multiclass" in next(iter(_log(str(out_dir / "logs" / "finetune.csv")).values()))
+    # The final eval: both processes scored a share of the pairs, the first wrote eval.json.
+    result = json.loads((out_dir / "eval.json").read_text())
+    assert result["processes"] == 2 and result["pairs_scored"] == result["num_captions"] * result["num_images"] > 0
 
 
 def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
