@@ -7,7 +7,8 @@ Two runners over the same detector code (``model.detectors``):
   memory, non-blocking copies, fp16 autocast and channels-last on CUDA) and writes one regions
   shard, one rejected shard and one shard stats file per input shard. A rerun skips the shards
   whose stats file exists, so an interrupted run resumes. A batch that runs out of GPU memory is
-  split in halves and retried.
+  split in halves and retried. ``FeatureOptions.part``/``parts`` split a run by shard across
+  processes (one per GPU: ``lait features --part I/N``, or under torchrun), all writing one folder.
 
 * ``ExtractRegions``: the same stage as a Beam ``PTransform`` around ``RunInference`` (keyed by
   ``image_id``), for Dataflow GPU workers. ``run(argv)`` is the pipeline::
@@ -93,6 +94,14 @@ class FeatureOptions:
     # workers (Pillow in the DataLoader workers) | device (plain JPEGs on the detector's device) | auto (device
     # on CUDA, where it measured faster end to end, workers elsewhere)
     decode: str = "auto"
+    # This process runs the shards whose index % parts == part: N processes (one per GPU, or machines
+    # sharing the output folder) split a run; the one that completes it writes stats.json.
+    part: int = 0
+    parts: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.parts >= 1 and 0 <= self.part < self.parts):
+            raise ValueError(f"part {self.part} of {self.parts}: need 0 <= part < parts")
 
     @property
     def selection(self) -> BoxSelection:
@@ -649,11 +658,14 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         fs.create_dir(posixpath.join(inner, sub), recursive=True)
     _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, options.topk))
     shards, null_ids = plan_shards(dataset, options.images_per_shard)
-    done = {s.index for s in shards if _read_json(_shard_paths(output_path, s.index)["stats"]) is not None}
-    todo = [s for s in shards if s.index not in done]
+    mine = [s for s in shards if s.index % options.parts == options.part]
+    done = {s.index for s in mine if _shard_complete(output_path, s.index)}
+    todo = [s for s in mine if s.index not in done]
+    if options.parts > 1:
+        logger.info("part %d of %d: %d of the %d shards", options.part, options.parts, len(mine), len(shards))
     if done:
-        logger.info("resuming: %d of %d shards already complete", len(done), len(shards))
-    if null_ids:
+        logger.info("resuming: %d of %d shards already complete", len(done), len(mine))
+    if null_ids and options.part == 0:
         rows = [schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id")] * null_ids
         schemas.write_table(schemas.to_table(rows, "rejected"), _join(output_path, "rejected", "invalid-00000.parquet"), "rejected")
     device = detector.device
@@ -746,9 +758,18 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         ready.close()  # stops the decoder thread when the loop ends early
         writer.shutdown(wait=True)
     bar.close()
-    stats = summarize(output_path, shards, null_ids)
+    complete = all(_shard_complete(output_path, s.index) for s in shards)
+    if complete:
+        stats = summarize(output_path, shards, null_ids)
+    else:  # other parts are still running: this part's books, and no stats.json yet
+        stats = summarize(output_path, mine, null_ids if options.part == 0 else 0)
+        logger.info("part %d of %d done; the part that completes the run writes stats.json", options.part,
+                    options.parts)
     seconds = time.perf_counter() - started
     stats.update({
+        "complete": complete,
+        "part": options.part,
+        "parts": options.parts,
         "detector": options.detector,
         "feature_dim": spec.feature_dim,
         "device": str(device),
@@ -765,8 +786,14 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
                             if batch_sizes else None),
         "images_per_s": round(processed / seconds, 3) if seconds > 0 else None,
     })
-    _write_json(_join(output_path, "stats.json"), stats)
+    if complete:
+        _write_json(_join(output_path, "stats.json"), stats)
     return stats
+
+
+def _shard_complete(output_path: str, index: int) -> bool:
+    """Whether shard ``index`` was written whole (its stats file, written last, exists)."""
+    return _read_json(_shard_paths(output_path, index)["stats"]) is not None
 
 
 def summarize(output_path: str, shards: list[Shard], null_ids: int) -> dict:

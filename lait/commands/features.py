@@ -42,7 +42,39 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
                                  "through nvJPEG on CUDA; the rest still in the workers); auto (default): device on "
                                  "CUDA, workers elsewhere")
         parser.add_argument("--images-per-shard", type=int, default=512, help="images per output shard (default 512)")
+        parser.add_argument("--part", metavar="I/N", type=_part,
+                            help="run part I of N (0-based: the shards whose index %% N == I); start the N parts at "
+                                 "once (one per GPU, or on machines sharing OUT); the part that completes the run "
+                                 "writes stats.json. Under torchrun each process runs the part of its rank on "
+                                 "cuda:LOCAL_RANK")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _part(text: str) -> tuple[int, int]:
+    """``I/N`` -> (I, N), 0 <= I < N."""
+    try:
+        part, parts = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N, e.g. 0/4") from None
+    if not 0 <= part < parts:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be 0 to N-1")
+    return part, parts
+
+
+def torchrun_part(device: str) -> tuple[tuple[int, int] | None, str]:
+    """Under torchrun (WORLD_SIZE > 1): (this process's (rank, world size) part, its device: cuda:LOCAL_RANK
+    where CUDA is asked for or auto-detected); else (None, device)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None, device
+    if device in ("auto", "cuda"):
+        import torch
+
+        if device == "cuda" or torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return (int(os.environ.get("RANK", "0")), world), device
 
 
 def options_from_args(args: argparse.Namespace):
@@ -52,10 +84,14 @@ def options_from_args(args: argparse.Namespace):
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v is not None}
     min_boxes, max_boxes = (args.fixed_boxes, args.fixed_boxes) if args.fixed_boxes else (args.min_boxes, args.max_boxes)
     local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode") if hasattr(args, k)}
+    device = args.device
+    if hasattr(args, "part"):
+        part, device = (args.part, device) if args.part else torchrun_part(device)
+        local["part"], local["parts"] = part or (0, 1)
     options = FeatureOptions(
         detector=args.detector, weights=args.weights, random_init=args.random_init,
         download_weights=args.download_weights, class_names_file=args.classes, detector_config=overrides,
-        device=args.device, precision=args.precision, batch_size=args.batch_size, min_boxes=min_boxes,
+        device=device, precision=args.precision, batch_size=args.batch_size, min_boxes=min_boxes,
         max_boxes=max_boxes, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh, topk=args.topk, **local,
     )
     options.selection  # validates the box limits before any work
@@ -85,5 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lait features: error: {exc}", file=sys.stderr)
         return 2
     summary = {k: stats[k] for k in ("in", "kept", "rejected", "rejected_by_reason", "boxes_per_image", "images_per_s")}
+    if not stats["complete"]:
+        summary = {"part": f"{stats['part']}/{stats['parts']}", "complete": False, **summary}
     print(json.dumps(summary, indent=2))
     return 0

@@ -13,6 +13,7 @@ import schemas
 from model.detectors import demo
 from pipeline.features import FeatureOptions, extract_regions
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene, write_pairs
+from tests.torchrun import torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = {"min_size": 64, "max_size": 96, "channels": [16, 16, 32, 32, 64, 64]}
@@ -101,6 +102,44 @@ def test_resume_after_interrupted_run_matches_a_clean_run(tmp_path, demo_weights
     other = _options(demo_weights, images_per_shard=2, max_boxes=9)
     with pytest.raises(ValueError, match="other settings"):
         extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), other)
+
+
+def test_parts_split_the_shards_and_the_part_that_completes_the_run_writes_the_books(tmp_path, demo_weights):
+    images = [encode(make_scene(i)[0]) for i in range(6)]
+    write_pairs(tmp_path / "in", images, duplicate_first=False, row_group_size=2)
+    with pytest.raises(ValueError, match="part 2 of 2"):
+        _options(demo_weights, part=2, parts=2)
+    first = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, images_per_shard=2,
+                                                                                   part=1, parts=2))
+    assert not first["complete"] and (first["in"], first["kept"], first["images_processed"]) == (2, 2, 2)
+    assert sorted(os.listdir(tmp_path / "out" / "shards")) == ["part-00001.json"]
+    assert not (tmp_path / "out" / "stats.json").exists(), "the run is not complete: no books yet"
+    last = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, images_per_shard=2,
+                                                                                  part=0, parts=2))
+    assert last["complete"] and (last["in"], last["kept"], last["shards"], last["images_processed"]) == (6, 6, 3, 4)
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["in"] == 6
+    clean = extract_regions(str(tmp_path / "in"), str(tmp_path / "clean"), _options(demo_weights, images_per_shard=2))
+    assert clean["complete"] and clean["parts"] == 1
+    parted = schemas.read_table(str(tmp_path / "out" / "regions"), "regions").sort_by("image_id")
+    alone = schemas.read_table(str(tmp_path / "clean" / "regions"), "regions").sort_by("image_id")
+    assert parted.num_rows == 6 and parted.column("boxes").to_pylist() == alone.column("boxes").to_pylist()
+
+
+def test_torchrun_processes_each_run_their_part(tmp_path, demo_weights):
+    write_pairs(tmp_path / "filter", [encode(make_scene(i)[0]) for i in range(4)], duplicate_first=False)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    args = ["-m", "lait", "-v", "features", "--input", str(tmp_path / "filter"), "--output", str(tmp_path / "out"),
+            "--detector", "demo", "--weights", demo_weights, "--device", "cpu", "--num-workers", "0",
+            "--images-per-shard", "1", "--no-progress"]
+    done = subprocess.run([*torchrun(2), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "part 0 of 2: 2 of the 4 shards" in done.stderr and "part 1 of 2: 2 of the 4 shards" in done.stderr
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert (stats["in"], stats["kept"], stats["shards"], stats["parts"]) == (4, 4, 4, 2)
+    bad = subprocess.run([sys.executable, *args, "--part", "2/2"], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=60)
+    assert bad.returncode == 2 and "I must be 0 to N-1" in bad.stderr
 
 
 class _SmallMemory:

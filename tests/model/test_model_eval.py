@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from imagebert_testlib import REPO, eval_split
+from tests.torchrun import torchrun
 from model.eval import evaluate, format_table, recall_at_k
 
 
@@ -85,19 +86,13 @@ def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
 
 
 def test_eval_under_torchrun_shares_the_pairs_and_reports_the_same_recall(synth_dir, tiny_checkpoint, tmp_path):
-    import socket
-
     env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     common = ["-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--split", "test",
               "--batch-size", "400", "--no-progress"]  # 3,200 pairs: two shares of four whole batches each
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")], capture_output=True,
                          text=True, env=env, cwd=REPO, timeout=120)
     assert one.returncode == 0, one.stderr[-3000:]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(port), *common[:2], "-v", *common[2:],
+    two = subprocess.run([*torchrun(2), *common[:2], "-v", *common[2:],
                           "--out", str(tmp_path / "two.json")], capture_output=True, text=True, env=env, cwd=REPO,
                          timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -3,14 +3,13 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from imagebert_testlib import REPO
+from tests.torchrun import torchrun
 from model.config import ConfigError, load_config
 from model.train import load_checkpoint, train
 
@@ -83,12 +82,6 @@ def test_config_errors_name_the_key(synth_dir, tmp_path):
     assert config.pretrain[0].steps == 7 and config.model.hidden_size == 48 and config.finetune.lr == 0.002
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     import yaml
 
@@ -102,9 +95,7 @@ def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-         "-m", "model.train", "--config", str(path), "--no-progress"],
+        [*torchrun(2), "-m", "model.train", "--config", str(path), "--no-progress"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     checksums = {int(r): float(c) for r, c in re.findall(r"rank (\d): final parameter checksum (\S+)", proc.stderr)}
