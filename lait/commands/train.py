@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_from_args(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"lait train: {exc}") from None
+    if int(os.environ.get("RANK", "0")):  # under torchrun the first process reports
+        return 0
     for stage in summary["stages"]:
         print(f"{stage['name']:<16} {stage['kind']:<9} {stage['steps_run']:>6}/{stage['steps']} steps  "
               f"loss {stage['final_loss']:.4f}  {stage['samples_per_s']:,.0f} samples/s  {stage['seconds']:.1f} s")

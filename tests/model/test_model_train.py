@@ -95,12 +95,13 @@ def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(
-        [*torchrun(2), "-m", "model.train", "--config", str(path), "--no-progress"],
+        [*torchrun(2), "-m", "lait", "-v", "train", "--config", str(path), "--no-progress"],
         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     checksums = {int(r): float(c) for r, c in re.findall(r"rank (\d): final parameter checksum (\S+)", proc.stderr)}
     assert set(checksums) == {0, 1}, proc.stderr[-2000:]
     assert checksums[0] == checksums[1], "DDP replicas diverged"
+    assert proc.stdout.count("checkpoint:") == 1, "only the first process reports"
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert [s["name"] for s in summary["stages"]] == ["stage1", "finetune"]
