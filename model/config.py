@@ -89,6 +89,9 @@ class TrainConfig:
     out_dir: str = "runs/imagebert"
     model: ModelConfig = field(default_factory=ModelConfig)
     bert: str | None = None  # a Hugging Face BERT folder (bert-base-uncased layout) to start from
+    # A `lait train` checkpoint to start from (e.g. a pretraining run's final.pt, to fine-tune it): its
+    # weights, model shape and tokenizer; the stages of this config then run with fresh optimizers.
+    init: str | None = None
     tokenizer: str | None = None  # tokenizer.json or vocab.txt; default: BERT's, else trained on the captions
     tokenizer_vocab_size: int = 8000
     lowercase: bool = True
@@ -238,6 +241,17 @@ def train_config_from_dict(data: dict) -> TrainConfig:
     names = [s.name for s in config.stages()]
     if len(set(names)) != len(names):
         raise ConfigError(f"config: stage names must be unique, got {names}")
+    if config.init is not None:
+        config.init = os.path.expandvars(config.init)
+        if "$" in config.init:
+            raise ConfigError(f"init: {config.init!r} names an unset environment variable; set it or pass "
+                              f"--set init=CHECKPOINT")
+        taken = [key for key in ("bert", "tokenizer") if getattr(config, key)]
+        if config.model != ModelConfig():
+            taken.append("model")
+        if taken:
+            raise ConfigError(f"init takes the model, its shape and its tokenizer from the checkpoint; drop "
+                              f"{', '.join(taken)}")
     if config.moc_loss not in ("ce", "kl"):
         raise ConfigError(f"moc_loss: {config.moc_loss!r} is not 'ce' or 'kl'")
     if config.precision not in ("auto", "bf16", "fp32"):

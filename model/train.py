@@ -151,6 +151,20 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str) -> None:
+    """A clear error when the stages' regions do not fit a model built elsewhere (``init``): other feature
+    widths, or more detector classes than its object-classification head has."""
+    for stage in config.stages():
+        for entry in stage.datasets:
+            width = feature_dim_of(entry.regions)
+            if width != model_config.feature_dim:
+                raise ValueError(f"{entry.regions}: region features of width {width}, but the model of {source} "
+                                 f"reads {model_config.feature_dim}")
+            if stage.kind == "pretrain" and num_classes_of(entry.regions) > model_config.num_classes:
+                raise ValueError(f"{entry.regions}: {num_classes_of(entry.regions)} detector classes, but the model "
+                                 f"of {source} classifies {model_config.num_classes}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -393,6 +407,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         # also when the kill came before the first checkpoint.
         logger.info("no %s yet: starting from scratch", os.path.join(config.out_dir, "checkpoints", "last.pt"))
         resume = None
+    init_state = None
     if resume:
         if resume == "auto":
             resume = os.path.join(config.out_dir, "checkpoints", "last.pt")
@@ -400,6 +415,12 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         tokenizer_json = resume_state["tokenizer"]
         model_config = model_config_from_dict(resume_state["model_config"])
         logger.info("resuming from %s (stage %s, step %d)", resume, resume_state["stage_name"], resume_state["step"])
+    elif config.init:
+        init_state = load_checkpoint(config.init)
+        tokenizer_json = init_state["tokenizer"]
+        model_config = model_config_from_dict(init_state["model_config"])
+        check_data_fits(model_config, config, config.init)
+        logger.info("starting from %s (%s, step %d)", config.init, init_state.get("stage_name"), init_state.get("step", 0))
     else:
         tokenizer = build_tokenizer(config)
         tokenizer_json = tokenizer.to_str()
@@ -412,6 +433,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         torch.set_rng_state(resume_state["rng"]["torch"])
+    elif init_state is not None:
+        model.load_state_dict(init_state["model"])
     elif config.bert:
         load_bert_weights(model, config.bert)
     model.to(runtime.device)

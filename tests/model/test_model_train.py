@@ -114,6 +114,38 @@ def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
     assert result["processes"] == 2 and result["pairs_scored"] == result["num_captions"] * result["num_images"] > 0
 
 
+def test_init_fine_tunes_a_trained_checkpoint_in_a_new_run(synth_dir, tiny_checkpoint, tmp_path):
+    from model.synthetic import write_synthetic
+
+    data = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
+    config = {"out_dir": str(tmp_path / "ft"), "init": tiny_checkpoint, "log_every": 1,
+              # lr 0: the weights must come out as they went in, the checkpoint's
+              "finetune": {"name": "flickr", "datasets": [data], "steps": 2, "batch_size": 8, "lr": 0.0}}
+    summary = train(load_config(base=config))
+    assert [s["name"] for s in summary["stages"]] == ["flickr"]
+    start, end = load_checkpoint(tiny_checkpoint), load_checkpoint(summary["checkpoint"])
+    assert end["tokenizer"] == start["tokenizer"] == (tmp_path / "ft" / "tokenizer.json").read_text()
+    assert end["model_config"] == start["model_config"]
+    for name, tensor in start["model"].items():
+        assert torch.equal(end["model"][name], tensor), name
+    shipped = os.path.join(REPO, "configs", "finetune.yaml")
+    os.environ.pop("LAIT_INIT", None)
+    with pytest.raises(ConfigError, match="init: .* unset environment variable"):
+        load_config(shipped, [f"finetune.datasets.0.regions={synth_dir}/regions",
+                              f"finetune.datasets.0.captions={synth_dir}/captions", "eval=null"])
+    loaded = load_config(shipped, [f"init={tiny_checkpoint}", f"finetune.datasets.0.regions={synth_dir}/regions",
+                                   f"finetune.datasets.0.captions={synth_dir}/captions", "eval=null"])
+    assert loaded.init == tiny_checkpoint and not loaded.pretrain and loaded.finetune.loss == "binary"
+    with pytest.raises(ConfigError, match="drop bert, model"):
+        load_config(base={**config, "bert": "/models/bert", "model": {"hidden_size": 64}})
+    write_synthetic(str(tmp_path / "wide"), images=12, feature_dim=24, test_images=2, seed=3)
+    wide = {"regions": str(tmp_path / "wide" / "regions"), "captions": str(tmp_path / "wide" / "captions"),
+            "split": "train"}
+    with pytest.raises(ValueError, match="width 24"):
+        train(load_config(base={**config, "out_dir": str(tmp_path / "wide-ft"),
+                                "finetune": {**config["finetune"], "datasets": [wide]}}))
+
+
 def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
     out_dir, proc = trained_run
     result = json.loads(open(os.path.join(out_dir, "eval.json")).read())
