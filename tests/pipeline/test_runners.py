@@ -25,7 +25,9 @@ def test_setup_file_alone_leaves_the_workers_without_the_stage_packages():
     assert "no LAIT code" in remote_worker_problems(PipelineOptions(DATAFLOW))[0]
     assert remote_worker_problems(PipelineOptions(DATAFLOW + ["--setup_file", "./setup.py",
                                                               "--sdk_container_image", "r/lait:1"])) == []
-    assert remote_worker_problems(PipelineOptions(DATAFLOW + ["--requirements_file", "req.txt"])) == []
+    assert remote_worker_problems(PipelineOptions(DATAFLOW + ["--setup_file", "./setup.py",
+                                                              "--requirements_file", "req.txt"])) == []
+    assert "no LAIT code" in remote_worker_problems(PipelineOptions(DATAFLOW + ["--requirements_file", "req.txt"]))[0]
 
 
 def test_a_remote_runner_is_left_to_beam_with_a_warning(caplog):
