@@ -182,3 +182,41 @@ def test_full_mode_scores_in_length_order_but_reports_every_pair_in_place(synth_
     got = evaluate(model, tokenizer_json, f"{synth_dir}/regions", captions, "test", batch_size=256)
     for direction in ("image_retrieval", "sentence_retrieval"):
         assert got[direction] == pytest.approx(expected[direction], abs=1 / 80)  # at most one tie may flip
+
+
+def test_folds_rank_each_folds_captions_against_its_own_images(synth_dir, tiny_trained):
+    """MSCOCO's 1K protocol: folds of consecutive images in the captions' order, recall averaged."""
+    from model.data import load_captions
+    from model.eval import score_pairs
+
+    model, tokenizer_json = tiny_trained
+    data = eval_split(model, tokenizer_json, synth_dir)
+    n_captions, n_images = data.shape
+    folds = data.folds(2)
+    in_order = list(load_captions(f"{synth_dir}/captions", "test"))  # image ids as the captions list them
+    assert [data.images[i].image_id for i in sorted(folds[0], key=lambda i: data.first_seen[i])] == in_order[:20]
+    assert sorted(np.concatenate(folds).tolist()) == list(range(n_images))
+    # One pair per batch: every score is independent of its batch-mates, so both ways give equal scores.
+    cpu = torch.device("cpu")
+    pairs_c = np.tile(np.arange(n_captions), n_images)
+    pairs_i = np.repeat(np.arange(n_images), n_captions)
+    matrix = score_pairs(model, data, pairs_c, pairs_i, 1, cpu, bf16=False).view(n_images, n_captions).t()
+    expected = []
+    for images in folds:
+        captions = np.flatnonzero(np.isin(data.caption_images.numpy(), images))
+        block = matrix[torch.from_numpy(captions)][:, torch.from_numpy(images)]
+        local = torch.from_numpy(np.searchsorted(images, data.caption_images.numpy()[captions]))
+        expected.append(recall_at_k(block, local))
+    args = (model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
+    result = evaluate(*args, batch_size=1, folds=2)
+    assert result["folds"] == 2 and result["pairs_scored"] == sum(len(f) ** 2 * 2 for f in folds)  # 2 captions each
+    for got, want in zip(result["per_fold"], expected):
+        for direction in ("image_retrieval", "sentence_retrieval"):
+            assert got[direction] == want[direction]
+            assert got[direction]["chance_R@1"] == pytest.approx(1 / 20)
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        assert result[direction]["R@1"] == pytest.approx(np.mean([f[direction]["R@1"] for f in expected]))
+    assert "mean over 2 folds" in format_table(result)
+    assert evaluate(*args, batch_size=512, folds=1)["image_retrieval"] == evaluate(*args, batch_size=512)["image_retrieval"]
+    with pytest.raises(ValueError, match="two-stage"):
+        evaluate(*args, folds=2, two_stage_k=5)
