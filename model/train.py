@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, load_config,
                           model_config_from_dict, resolved_compile_scope)
 from model.data import dataset_report, feature_dim_of, make_loader, num_classes_of
+from model.distributed import join_process_group, process_device
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
 from model.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
@@ -63,23 +64,14 @@ class Runtime:
 
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Pick the device and join the process group when started by torchrun (WORLD_SIZE > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wanted = config.device
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted == "cuda" and world_size > 1:
-        wanted = f"cuda:{local_rank}"
-    device = torch.device(wanted)
+    device = process_device(config.device)
     if config.cpu_threads > 0:
         torch.set_num_threads(config.cpu_threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    rank, world_size = join_process_group(device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     return Runtime(device=device, rank=rank, world_size=world_size, bf16=bf16)
 
@@ -160,9 +152,10 @@ def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str)
             if width != model_config.feature_dim:
                 raise ValueError(f"{entry.regions}: region features of width {width}, but the model of {source} "
                                  f"reads {model_config.feature_dim}")
-            if stage.kind == "pretrain" and num_classes_of(entry.regions) > model_config.num_classes:
-                raise ValueError(f"{entry.regions}: {num_classes_of(entry.regions)} detector classes, but the model "
-                                 f"of {source} classifies {model_config.num_classes}")
+            classes = num_classes_of(entry.regions) if stage.kind == "pretrain" else 0
+            if classes > model_config.num_classes:
+                raise ValueError(f"{entry.regions}: {classes} detector classes, but the model of {source} "
+                                 f"classifies {model_config.num_classes}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -758,7 +758,8 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         ready.close()  # stops the decoder thread when the loop ends early
         writer.shutdown(wait=True)
     bar.close()
-    complete = all(_shard_complete(output_path, s.index) for s in shards)
+    # This part's shards are all written now; the run is complete when the other parts' are too.
+    complete = all(_shard_complete(output_path, s.index) for s in shards if s.index % options.parts != options.part)
     if complete:
         stats = summarize(output_path, shards, null_ids)
     else:  # other parts are still running: this part's books, and no stats.json yet

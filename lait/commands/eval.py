@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from model.distributed import join_process_group, process_device
     from model.eval import evaluate, format_table, write_eval
     from model.train import model_from_checkpoint
 
@@ -52,12 +53,10 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.checkpoint, regions, captions):
         if "://" not in path and not os.path.exists(path):
             raise SystemExit(f"lait eval: {path} does not exist")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    rank = _join_torchrun(device)
-    if rank is not None and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = process_device(args.device)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
+    rank, processes = join_process_group(device)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")  # fp8 implies it
     try:
         model, state = model_from_checkpoint(args.checkpoint)
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"lait eval: {exc}") from None
     finally:
-        if rank is not None:
+        if processes > 1:
             import torch.distributed as dist
 
             dist.destroy_process_group()
@@ -80,12 +79,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}")
     return 0
 
-
-def _join_torchrun(device) -> int | None:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): this process's rank, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch.distributed as dist
-
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank()

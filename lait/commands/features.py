@@ -62,19 +62,14 @@ def _part(text: str) -> tuple[int, int]:
 
 
 def torchrun_part(device: str) -> tuple[tuple[int, int] | None, str]:
-    """Under torchrun (WORLD_SIZE > 1): (this process's (rank, world size) part, its device: cuda:LOCAL_RANK
-    where CUDA is asked for or auto-detected); else (None, device)."""
-    import os
+    """Under torchrun: this process's (rank, world size) part and its device (``model.distributed``: cuda is
+    cuda:LOCAL_RANK); else (None, device)."""
+    from model.distributed import process_device, torchrun_place
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    place = torchrun_place()
+    if place is None:
         return None, device
-    if device in ("auto", "cuda"):
-        import torch
-
-        if device == "cuda" or torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return (int(os.environ.get("RANK", "0")), world), device
+    return place[:2], str(process_device(device))
 
 
 def options_from_args(args: argparse.Namespace):

@@ -164,7 +164,6 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
     ordered = boxes.float().gather(1, order[..., None].expand(-1, -1, 4))
     alive = valid.gather(1, order)
     group = groups.gather(1, order) if groups is not None else None
-    areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])
     global _kernel_failed
     if kernel and not _kernel_failed:
         from model.detectors.nms_kernel import greedy_nms_sorted, kernels_available
@@ -176,6 +175,7 @@ def batched_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.T
             except Exception as exc:  # noqa: BLE001 - a kernel that does not build must not stop the stage
                 _kernel_failed = True
                 logger.warning("NMS kernel failed (%s: %s); running the NMS steps", type(exc).__name__, exc)
+    areas = (ordered[..., 2] - ordered[..., 0]) * (ordered[..., 3] - ordered[..., 1])
     columns = torch.arange(count, device=scores.device)
     step_function = _step_function(compiled)
     for step in range(min(max_keep, count)):
