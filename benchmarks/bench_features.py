@@ -79,6 +79,26 @@ def web_sizes(count: int, long_side: int, seed: int = 0) -> list[tuple[int, int]
     return sizes
 
 
+def trained_like_class_scores(detector, spread: float = 2.5, background: float = 4.0):
+    """Shape a random-init detector's class logits like a trained detector's; returns the hook's handle.
+
+    Random weights give near-uniform class probabilities: no (proposal, class) pair of vg's 1,600 classes
+    clears the selection's 0.01 candidate floor, so box selection falls back to its exact pass over every
+    pair (480,000 per image), and torchvision's ``batched_nms`` loops over the classes, one NMS and one
+    read-back each. A trained detector's distributions are peaked: a few classes per proposal clear the
+    floor, and selection runs one NMS per image. Standardising each row of logits to ``spread`` and adding
+    ``background`` to the background column (the distribution ``bench_selection.py`` draws) puts a few
+    thousand pairs per image above the floor, as trained weights do. It costs a few elementwise kernels.
+    """
+    def shape(module, inputs, logits):
+        logits = logits.float()
+        logits = (logits - logits.mean(dim=1, keepdim=True)) / logits.std(dim=1, keepdim=True).clamp_min(1e-6) * spread
+        logits[:, 0] += background
+        return logits
+
+    return detector.model.roi_heads.box_predictor.cls_score.register_forward_hook(shape)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -190,6 +210,10 @@ def main(argv=None) -> int:
     parser.add_argument("--aspect-mix", action="store_true",
                         help="scenes with web-like aspect ratios (long side --width; WEB_ASPECTS) instead of one size; "
                              "end to end also runs with detector batches in arrival order (mixed shapes, padded)")
+    parser.add_argument("--class-scores", default="trained-like", choices=("trained-like", "random"),
+                        help="trained-like: the random-init detector's class logits shaped like a trained one's, so box "
+                             "selection does what it does with real weights (trained_like_class_scores); random: as "
+                             "the weights give them (near-uniform; figures before 2026-11-28 ran this way)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -213,6 +237,8 @@ def main(argv=None) -> int:
                 torch.manual_seed(0)
                 candidate = build_detector(name, random_init=True, config=config or None).optimize_for(
                     device, args.precision, **VARIANTS[variant])
+                if args.class_scores == "trained-like":
+                    trained_like_class_scores(candidate)
                 variants[variant] = model_only(candidate, images, args.batch_size, selection, args.repeats)
                 print(f"{name} {variant}: model only {variants[variant][0]:.2f} img/s, ms per batch {variants[variant][1]}")
                 del candidate
@@ -220,6 +246,8 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             detector = build_detector(name, random_init=True, config=config or None).optimize_for(
                 device, args.precision, **(VARIANTS[best] if best else {}))
+            if args.class_scores == "trained-like":
+                trained_like_class_scores(detector)
             model_ips, split = variants[best] if best else model_only(detector, images, args.batch_size, selection, args.repeats)
             if args.profile:
                 print_profile(detector, images, args.batch_size, selection, args.profile)
@@ -254,6 +282,7 @@ def main(argv=None) -> int:
                        "seconds_by_phase": r[1]["seconds_by_phase"]} for mode, r in by_decode.items()},
                    "e2e_seconds_by_phase": stats["seconds_by_phase"], "e2e_seconds_to_first_batch": stats["seconds_to_first_batch"], "boxes_per_image": stats["boxes_per_image"],
                    "ms_per_batch_by_part": split, "variant": best or "default",
+                   "class_scores": args.class_scores,
                    "portrait_share": args.portrait_share, "aspect_mix": args.aspect_mix,
                    "end_to_end_mean_batch": stats.get("mean_batch_size"),
                    "end_to_end_ips_arrival_order": round(arrival_order, 2) if arrival_order else None,
