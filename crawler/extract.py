@@ -129,24 +129,44 @@ def normalize_text(value: str | None) -> str | None:
 
 
 def parse_srcset(value: str) -> list[tuple[str, float]]:
-    """``srcset`` as (url, size) pairs: ``Nw`` gives N, ``Nx`` gives N, no descriptor gives 1."""
+    """``srcset`` as (url, size) pairs: ``Nw`` gives N, ``Nx`` gives N, no descriptor gives 1.
+
+    Parsed as the HTML standard does: a URL is a run of non-whitespace (commas inside it stay, as in
+    ``/img/w_100,h_100/a.jpg``; trailing commas end the candidate), then its descriptors up to the
+    next comma outside parentheses.
+    """
     result = []
-    for part in re.split(r",\s+|,(?=\S+\s+\d)", value.strip()):
-        pieces = part.strip().split()
-        if not pieces:
-            continue
-        url = pieces[0].rstrip(",")
+    pos, end = 0, len(value)
+    while True:
+        while pos < end and (value[pos].isspace() or value[pos] == ","):
+            pos += 1
+        if pos >= end:
+            return result
+        start = pos
+        while pos < end and not value[pos].isspace():
+            pos += 1
+        url, descriptors = value[start:pos], ""
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            start, depth = pos, 0
+            while pos < end and (value[pos] != "," or depth):
+                if value[pos] == "(":
+                    depth += 1
+                elif value[pos] == ")" and depth:
+                    depth -= 1
+                pos += 1
+            descriptors = value[start:pos]
         size = 1.0
-        if len(pieces) > 1:
-            descriptor = pieces[1].lower()
-            try:
-                if descriptor.endswith(("w", "x")):
+        for descriptor in descriptors.lower().split():
+            if descriptor.endswith(("w", "x")):
+                try:
                     size = float(descriptor[:-1])
-            except ValueError:
-                size = 1.0
+                except ValueError:
+                    size = 1.0
+                break
         if url:
             result.append((url, size))
-    return result
 
 
 def _largest(srcsets: Iterable[str]) -> str | None:
@@ -163,6 +183,41 @@ def _clean_url(url: str) -> str:
     """Drop the fragment: ``a.jpg#x`` and ``a.jpg`` are one image."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(fragment=""))
+
+
+def resolve_url(base_url: str, reference: str) -> str:
+    """``reference`` resolved against ``base_url`` as a browser would, fragment dropped.
+
+    Raises ValueError for a URL that cannot be fetched as written: a broken IPv6 host
+    (``http://[bad/``) or a port that is not a number from 0 to 65535 (``http://h:1:2/``).
+    """
+    url = _clean_url(urljoin(base_url, reference))
+    urlsplit(url).port  # noqa: B018 - parsing the port raises ValueError when it is not one
+    return url
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_page_url(url: str) -> str:
+    """One spelling per page: scheme and host lower-cased, default port and fragment dropped, empty path ``/``.
+
+    ``http://Host:80`` and ``http://host/#top`` are the page ``http://host/``. A URL that does not
+    parse comes back without its fragment only (fetching it will give its reject).
+    """
+    try:
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return url.split("#", 1)[0]
+    if host is None:
+        return urlunsplit(parts._replace(fragment=""))
+    scheme = parts.scheme.lower()
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != DEFAULT_PORTS.get(scheme):
+        netloc += f":{port}"
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit((scheme, userinfo + at + netloc, parts.path or "/", parts.query, ""))
 
 
 def _image_source(img: lxml.html.HtmlElement) -> str | None:
@@ -219,7 +274,10 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
     base_url = page_url
     base = doc.find(".//base[@href]")
     if base is not None and base.get("href", "").strip():
-        base_url = urljoin(page_url, base.get("href").strip())
+        try:
+            base_url = resolve_url(page_url, base.get("href").strip())
+        except ValueError:  # a browser ignores a base it cannot parse
+            page.counts["invalid_base"] += 1
 
     directives = [m.get("content", "") for m in doc.iter("meta") if (m.get("name") or "").lower() in ROBOTS_META_NAMES]
     header_directives = [header_value(headers, "X-Robots-Tag") or ""]
@@ -233,7 +291,11 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
         href = (anchor.get("href") or "").strip()
         if not href:
             continue
-        link = _clean_url(urljoin(base_url, href))
+        try:
+            link = resolve_url(base_url, href)
+        except ValueError:  # not followed; a link is not a record of the crawl
+            page.counts["invalid_link"] += 1
+            continue
         if urlsplit(link).scheme in ("http", "https") and link not in seen_links:
             seen_links.add(link)
             page.links.append(link)
@@ -250,7 +312,11 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
         if raw.lower().startswith("data:"):
             _reject(page, ref, "data_uri", detail=raw[:40])
             continue
-        image_url = _clean_url(urljoin(base_url, raw))
+        try:
+            image_url = resolve_url(base_url, raw)
+        except ValueError as exc:
+            _reject(page, ref, "invalid_url", detail=f"{raw[:200]}: {exc}")
+            continue
         ref["image_url"] = image_url
         if urlsplit(image_url).scheme not in ("http", "https"):
             _reject(page, ref, "unsupported_scheme")

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import time
 
+from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware as ScrapyMetaRefreshMiddleware
 from scrapy.exceptions import IgnoreRequest
 
 from crawler import netguard
@@ -61,3 +62,19 @@ class NetworkGuardMiddleware:
             logger.info("refused %s: %s", request.url, exc.detail)
             raise RefusedRequest(exc.reason, exc.detail) from None
         return None
+
+
+class MetaRefreshMiddleware(ScrapyMetaRefreshMiddleware):
+    """Scrapy's ``<meta http-equiv="refresh">`` redirects, keeping a page whose URLs do not parse.
+
+    Scrapy's reads the page's ``<base href>`` and refresh URL, and raises ValueError when one of them is
+    malformed (``http://[bad/``): the page would end as a ``fetch_error`` with all its images. Here it
+    goes on to the spider, whose parser skips such a base and rejects each bad image URL.
+    """
+
+    def process_response(self, request, response):
+        try:
+            return super().process_response(request, response)
+        except ValueError as exc:
+            logger.info("no meta refresh for %s: %s", response.url, exc)
+            return response

@@ -20,6 +20,30 @@ STAGE = "crawl"
 CANDIDATES = "candidates"
 REJECTED = "rejected"
 STATS_FILE = "stats.json"
+#: The reason of a reference that repeats a candidate already seen (same page, image and text).
+DUPLICATE = "duplicate_candidate"
+
+
+class OutputFolderError(OSError):
+    """The run folder cannot be created or written to."""
+
+
+def prepare_out_dir(out_dir: str) -> None:
+    """Create the run folder and check that files can be written in it, before any work is done.
+
+    Raises OutputFolderError with a plain message. Object-store URLs are left to their filesystem.
+    """
+    if "://" in out_dir:
+        return
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputFolderError(f"{out_dir} exists and is not a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".probe.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputFolderError(f"cannot create or write to {out_dir}: {exc.strerror or exc}") from None
 
 
 def _join(base: str, name: str) -> str:
@@ -28,7 +52,7 @@ def _join(base: str, name: str) -> str:
 
 
 def reject_key(row: dict[str, Any]) -> tuple:
-    """What makes two rejected rows the same record (used to skip rows a resumed crawl already wrote)."""
+    """What rejected rows of the same kind share (counted, to skip rows a resumed crawl already wrote)."""
     return (row.get("reason"), row.get("page_url"), row.get("image_url"), row.get("candidate_id"))
 
 
@@ -51,7 +75,14 @@ def iter_existing_images(out_dir: str) -> Iterator[dict[str, Any]]:
 
 
 class CrawlOutput:
-    """Writes candidate and rejected rows of one run folder, skipping rows already present."""
+    """Writes candidate and rejected rows of one run folder, skipping rows already present.
+
+    Dedup is against the folder's earlier rows only (a resumed or rerun crawl): within a run every
+    record gets its row. A candidate that repeats one of this run (the same image with the same text
+    twice on a page) becomes a ``duplicate_candidate`` reject. Rejects are counted per key, since
+    several references of one page may share it (two ``data:`` images): a rerun skips as many rows
+    of a key as the folder already holds and writes the rest.
+    """
 
     def __init__(self, out_dir: str, rows_per_shard: int = 500, rejected_rows_per_shard: int = 20000,
                  prefix: str = "part"):
@@ -61,27 +92,35 @@ class CrawlOutput:
         self.rejected = schemas.ShardWriter(os.path.join(out_dir, REJECTED), "rejected", prefix=prefix,
                                             rows_per_shard=rejected_rows_per_shard)
         self.candidate_ids = {r["candidate_id"] for r in _existing(self.candidates.out_dir, "candidates", ["candidate_id"])}
-        self.reject_keys = {reject_key(r) for r in _existing(
-            self.rejected.out_dir, "rejected", ["reason", "page_url", "image_url", "candidate_id"])}
-        self.resumed_rows = len(self.candidate_ids) + len(self.reject_keys)
+        self.reject_keys = collections.Counter(reject_key(r) for r in _existing(
+            self.rejected.out_dir, "rejected", ["reason", "page_url", "image_url", "candidate_id"]))
+        self.resumed_rows = len(self.candidate_ids) + sum(self.reject_keys.values())
+        self.seen_candidates: set[str] = set()  # candidate ids of this run
         self.written = collections.Counter()
 
-    def add_candidate(self, row: dict[str, Any]) -> bool:
-        """Buffer a candidate row; False when this candidate was already written."""
+    def add_candidate(self, row: dict[str, Any]) -> str | None:
+        """Buffer a candidate row. Returns what was written: ``CANDIDATES``, ``REJECTED`` (a repeat of a
+        candidate of this run, as a ``duplicate_candidate`` reject) or None (already in the folder)."""
+        if row["candidate_id"] in self.seen_candidates:
+            duplicate = {"reason": DUPLICATE, "detail": "same page, image and text seen before", "caption":
+                         row.get("alt") or row.get("title") or row.get("figcaption"),
+                         **{k: row.get(k) for k in ("candidate_id", "image_id", "page_url", "image_url")}}
+            return REJECTED if self.add_rejected(duplicate) else None
+        self.seen_candidates.add(row["candidate_id"])
         if row["candidate_id"] in self.candidate_ids:
-            return False
+            return None
         self.candidate_ids.add(row["candidate_id"])
         self.candidates.write(row)
         self.written["candidates"] += 1
-        return True
+        return CANDIDATES
 
     def add_rejected(self, row: dict[str, Any]) -> bool:
-        """Buffer a rejected row (stage ``crawl``); False when it was already written."""
+        """Buffer a rejected row (stage ``crawl``); False when the folder already held it."""
         row = dict(row, stage=STAGE)
         key = reject_key(row)
-        if key in self.reject_keys:
+        if self.reject_keys[key] > 0:
+            self.reject_keys[key] -= 1
             return False
-        self.reject_keys.add(key)
         self.rejected.write(row)
         self.written["rejected"] += 1
         return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 
+from scrapy.utils.defer import deferred_from_coro
+
 from crawler import output
 from crawler.items import CandidateItem, RejectedItem
 
@@ -23,6 +25,8 @@ class ParquetWriterPipeline:
         self.shard_prefix = crawler.settings.get("LAIT_SHARD_PREFIX") or "part"
         self.stats_part = crawler.settings.get("LAIT_STATS_PART")
         self.output: output.CrawlOutput | None = None
+        self.failed: str | None = None  # why the output could not be written; the crawl process then fails
+        self.closing = False
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -37,21 +41,51 @@ class ParquetWriterPipeline:
     def process_item(self, item):
         """Buffer one candidate or rejected row (rows already on disk are skipped)."""
         stats = self.crawler.stats
-        if isinstance(item, CandidateItem):
-            if self.output.add_candidate(item.row):
-                stats.inc_value("lait/out/candidates")
-            else:
-                stats.inc_value("lait/out/already_written")
-        elif isinstance(item, RejectedItem):
-            if self.output.add_rejected(item.row):
-                stats.inc_value("lait/out/rejected")
-                stats.inc_value(f"lait/out/rejected/{item.row['reason']}")
-            else:
-                stats.inc_value("lait/out/already_written")
+        if self.failed:
+            stats.inc_value("lait/out/not_written")
+            return item
+        try:
+            if isinstance(item, CandidateItem):
+                written = self.output.add_candidate(item.row)
+                if written == output.CANDIDATES:
+                    stats.inc_value("lait/out/candidates")
+                elif written == output.REJECTED:  # a repeat of a candidate of this run
+                    stats.inc_value("lait/out/rejected")
+                    stats.inc_value(f"lait/out/rejected/{output.DUPLICATE}")
+                else:
+                    stats.inc_value("lait/out/already_written")
+            elif isinstance(item, RejectedItem):
+                if self.output.add_rejected(item.row):
+                    stats.inc_value("lait/out/rejected")
+                    stats.inc_value(f"lait/out/rejected/{item.row['reason']}")
+                else:
+                    stats.inc_value("lait/out/already_written")
+        except Exception as exc:  # noqa: BLE001 - a full disk, a folder gone: stop, and fail the crawl process
+            self._write_failed(exc)
         return item
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Remember the failure (the crawl process exits non-zero) and stop crawling for nothing."""
+        self.failed = f"{type(exc).__name__}: {exc}"[:500]
+        logger.error("cannot write the crawl output to %s: %s", self.out_dir, self.failed)
+        self.crawler.stats.set_value("lait/out/write_failed", self.failed)
+        if not self.closing and self.crawler.engine is not None:
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason="write_failed"))
 
     def close_spider(self) -> None:
         """Flush the last shards and write stats.json (or this process's partial stats)."""
+        self.closing = True
+        # Candidates whose image will never come still leave as rejects (see LaitSpider.unfetched_rejects).
+        for row in getattr(self.crawler.spider, "unfetched_rejects", list)():
+            self.process_item(RejectedItem(row))
+        if self.failed:
+            return
+        try:
+            self._finish()
+        except Exception as exc:  # noqa: BLE001 - reported by the crawl process's exit status
+            self._write_failed(exc)
+
+    def _finish(self) -> None:
         self.output.close()
         scrapy_stats = self.crawler.stats.get_stats()
         lait = {k: v for k, v in scrapy_stats.items() if k.startswith("lait/")}

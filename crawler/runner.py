@@ -43,8 +43,11 @@ def crawl_settings(out_dir: str, *, allow_private_networks: bool = False, min_si
 
 
 def crawl_in_this_process(urls: list[str], settings: dict[str, Any], allowed_domains: list[str] | None = None,
-                          max_pages: int = 0, depth: int = 0, **process_kwargs) -> None:
-    """Run one crawl in this process (once per process: it starts the Twisted reactor)."""
+                          max_pages: int = 0, depth: int = 0, **process_kwargs) -> str | None:
+    """Run one crawl in this process (once per process: it starts the Twisted reactor).
+
+    Returns why the output could not be written, or None when it was.
+    """
     from scrapy.crawler import CrawlerProcess
     from scrapy.settings import Settings
 
@@ -54,9 +57,11 @@ def crawl_in_this_process(urls: list[str], settings: dict[str, Any], allowed_dom
     scrapy_settings.setmodule("crawler.settings", priority="project")
     scrapy_settings.update(settings, priority="cmdline")
     process = CrawlerProcess(scrapy_settings)
-    process.crawl(LaitSpider, urls=urls, allowed_domains=allowed_domains or None, max_pages=max_pages, depth=depth,
+    crawler = process.create_crawler(LaitSpider)
+    process.crawl(crawler, urls=urls, allowed_domains=allowed_domains or None, max_pages=max_pages, depth=depth,
                   **process_kwargs)
     process.start()
+    return crawler.stats.get_value("lait/out/write_failed")
 
 
 def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | None = None, max_pages: int = 0,
@@ -75,9 +80,17 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
         code = _wait([_start_child(job, env)])[0]
         if code != 0:
             raise RuntimeError(f"the crawl process exited with status {code}")
-        with open(os.path.join(out_dir, output.STATS_FILE), encoding="utf-8") as handle:
-            return json.load(handle)
+        return _read_stats(os.path.join(out_dir, output.STATS_FILE))
     return _run_processes(job, out_dir, processes, env)
+
+
+def _read_stats(path: str) -> dict[str, Any]:
+    """A stats file a crawl process wrote; RuntimeError when it wrote none (its log says why)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"the crawl process wrote no stats ({path}: {exc})") from None
 
 
 def _die_with_parent_hook():
@@ -154,10 +167,7 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
     codes = _wait(children)
     if any(codes):
         raise RuntimeError(f"crawl processes exited with statuses {codes}")
-    parts = []
-    for index in range(processes):
-        with open(os.path.join(inbox_dir, f"stats-{index}.json"), encoding="utf-8") as handle:
-            parts.append(json.load(handle))
+    parts = [_read_stats(os.path.join(inbox_dir, f"stats-{index}.json")) for index in range(processes)]
     merged = output.merge_process_stats(parts)
     merged["scrapy"] = merged.pop("scrapy_by_process", [{}])[0]
     merged["processes"] = processes
@@ -170,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     """Child-process entry point: one JSON argument describing the crawl."""
     job = json.loads((argv if argv is not None else sys.argv[1:])[0])
     process_kwargs = {k: job[k] for k in ("process_index", "processes", "inbox_dir", "run_id") if k in job}
-    crawl_in_this_process(job["urls"], job["settings"], job.get("allowed_domains"), job.get("max_pages", 0),
-                          job.get("depth", 0), **process_kwargs)
+    failed = crawl_in_this_process(job["urls"], job["settings"], job.get("allowed_domains"), job.get("max_pages", 0),
+                                   job.get("depth", 0), **process_kwargs)
+    if failed:
+        print(f"crawl output not written: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -34,6 +34,9 @@ DOWNLOADER_MIDDLEWARES = {
     # The spider filters page links by domain itself and fetches images from any host (CDNs).
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
+    # Scrapy's own, except that a malformed <base href> no longer costs the whole page.
+    "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
+    "crawler.middlewares.MetaRefreshMiddleware": 580,
 }
 # The spider tracks link depth itself (images do not count as a hop).
 SPIDER_MIDDLEWARES = {"scrapy.spidermiddlewares.depth.DepthMiddleware": None}

@@ -27,8 +27,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 import zlib
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import pipeline  # noqa: F401  (first: it quiets Beam's import-time BigQuery notice before Beam loads)
 import apache_beam as beam
@@ -50,6 +52,11 @@ REJECTED = "rejected"
 PREFIX = "warc"
 NAMESPACE = "lait"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+GZIP_MEMBER = b"\x1f\x8b\x08"  # the start of a gzip member (magic and deflate)
+
+
+class MissingInputError(FileNotFoundError):
+    """An input path or pattern that names no file."""
 
 
 def _rejected(reason: str, detail: str | None = None, **ids) -> beam.pvalue.TaggedOutput:
@@ -88,24 +95,49 @@ class ReadWarcRecords(beam.DoFn):
         self.max_bytes = max_bytes
         self.records = Metrics.counter(NAMESPACE, "warc/records")
         self.skipped = Metrics.counter(NAMESPACE, "warc/records_not_used")
+        self.resynced = Metrics.counter(NAMESPACE, "warc/resynced_after_corrupt_member")
 
     def process(self, path: str) -> Iterator[Any]:
         from warcio.archiveiterator import ArchiveIterator
         from warcio.exceptions import ArchiveLoadFailed
 
+        broken_file = (ArchiveLoadFailed, zlib.error, EOFError, OSError)  # the bytes, not one record's content
         size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-        end = 0
+        end = 0  # where the last record read whole ends
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
-            try:
-                for record in iterator:
-                    self.records.inc()
-                    # get_record_offset() reads the record to its end: call it only once the payload is read.
-                    yield from self._record(record, path, iterator.get_record_offset)
-                    end = iterator.get_record_offset() + iterator.get_record_length()
-            except (ArchiveLoadFailed, zlib.error, EOFError, ValueError, OSError) as exc:
-                yield _rejected("warc_malformed_record", f"{path}@{end}: {type(exc).__name__}: {exc}"[:300])
-                return
+            gzipped = handle.read(len(GZIP_MEMBER)) == GZIP_MEMBER
+            start = 0
+            while start is not None:
+                handle.seek(start)
+                iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
+                start = record = None
+                done = False  # the current record has its row
+                try:
+                    for record in iterator:
+                        self.records.inc()
+                        try:
+                            # get_record_offset() reads the record to its end: call it only once the payload is read.
+                            rows = list(self._record(record, path, iterator.get_record_offset))
+                        except broken_file:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - one bad record (a status line that is no number, ...)
+                            detail = f"{path}@{end}: {type(exc).__name__}: {exc}"[:300]
+                            rows = [_rejected("warc_malformed_record", detail, **_record_ids(record))]
+                        yield from rows
+                        done = True
+                        end = iterator.get_record_offset() + iterator.get_record_length()
+                        record, done = None, False
+                except (*broken_file, ValueError) as exc:
+                    if not done:  # the record being read, or the bytes where the next one should start
+                        ids = _record_ids(record) if record is not None else {}
+                        detail = f"{path}@{end}: {type(exc).__name__}: {exc}"[:300]
+                        yield _rejected("warc_malformed_record", detail, **ids)
+                    # A corrupt gzip member: read on from the next whole member (each holds one record).
+                    start = _next_gzip_member(handle, end + 1) if gzipped else None
+                    if start is None:
+                        return
+                    self.resynced.inc()
+                    end = start
         if end < size and not _only_blank_lines(path, end):
             # warcio stops quietly at a gzip member cut short: the bytes it never parsed are the evidence.
             yield _rejected("warc_truncated_record", f"{path}@{end}: {size - end} bytes after the last whole record")
@@ -151,6 +183,38 @@ class ReadWarcRecords(beam.DoFn):
         yield ("page" if is_page else "image", url, item)
 
 
+def _record_ids(record) -> dict:
+    """The ids of a reject about a whole record: its URL, as image_url for an image, else as page_url."""
+    url = record.rec_headers.get_header("WARC-Target-URI")
+    if not url:
+        return {}
+    content_type = ((record.http_headers.get_header("Content-Type") if record.http_headers else None)
+                    or record.rec_headers.get_header("Content-Type") or "")
+    return {"image_url": url} if content_type.lower().startswith("image/") else {"page_url": url}
+
+
+def _next_gzip_member(handle, offset: int, block: int = 1 << 20, probe: int = 1 << 12) -> int | None:
+    """The offset of the first gzip member at or after ``offset`` whose start inflates to text, or None."""
+    handle.seek(offset)
+    data, at, eof = b"", 0, False
+    while True:
+        found = data.find(GZIP_MEMBER, at)
+        if found != -1 and (eof or len(data) - found >= probe):
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                if inflater.decompress(data[found:found + probe], 64)[:1].isalpha():  # WARC/..., or an ARC URL line
+                    return offset + found
+            except zlib.error:
+                pass
+            at = found + 1
+            continue
+        if eof:
+            return None
+        keep = found if found != -1 else max(at, len(data) - len(GZIP_MEMBER) + 1)
+        more = handle.read(block)
+        data, offset, at, eof = data[keep:] + more, offset + keep, 0, not more
+
+
 def _only_blank_lines(path: str, offset: int, limit: int = 1 << 16) -> bool:
     """Whether a file holds nothing but blank lines after ``offset`` (uncompressed WARCs end with CRLFs)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -165,7 +229,11 @@ def page_candidates(element) -> Iterator[Any]:
     if not 200 <= item["status"] < 300:
         yield _rejected(f"http_{item['status']}", "status in the WARC record", page_url=url)
         return
-    page = extract.parse_page(item["body"], url, item["headers"])
+    try:
+        page = extract.parse_page(item["body"], url, item["headers"])
+    except Exception as exc:  # noqa: BLE001 - a page the extractor cannot handle is a reject, not a failed job
+        yield _rejected("parse_error", f"{type(exc).__name__}: {exc}"[:300], page_url=url)
+        return
     for row in page.rejects:
         yield _rejected(row["reason"], row.get("detail"), **_ids(row))
     for candidate in page.candidates:
@@ -175,28 +243,76 @@ def page_candidates(element) -> Iterator[Any]:
             yield candidate
 
 
+def _member(parent: dict, key: str, kind: type = dict):
+    """A WAT JSON member of the expected type (an empty one when absent); ValueError for another type."""
+    value = parent.get(key)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{key} is {type(value).__name__}, not {kind.__name__}")
+    return value
+
+
+def _wat_text(value) -> str | None:
+    """A WAT text field: a string, or a number as text; other types are ignored."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return extract.normalize_text(str(value))
+
+
 def wat_candidates(element) -> Iterator[Any]:
-    """A WAT metadata record -> candidates from its ``IMG@/src`` links (no figcaption or page text there)."""
+    """A WAT metadata record -> candidates from its ``IMG@/src`` links (no figcaption or page text there).
+
+    Link URLs resolve against the page URL as in ``parse_page``; JSON of an unexpected shape is a
+    ``warc_malformed_record`` reject (the whole record, or one link).
+    """
     _, url, item = element
-    envelope = item["json"].get("Envelope", {})
-    page_url = envelope.get("WARC-Header-Metadata", {}).get("WARC-Target-URI") or url
-    response = envelope.get("Payload-Metadata", {}).get("HTTP-Response-Metadata", {})
-    html_meta = response.get("HTML-Metadata", {})
-    title = extract.normalize_text(html_meta.get("Head", {}).get("Title")) or None
-    lang = extract.normalize_text((extract.header_value(response.get("Headers", {}), "Content-Language") or "").split(",")[0]) or None
-    metas = html_meta.get("Head", {}).get("Metas", [])
-    opt_out = extract.opt_out_reason([m.get("content", "") for m in metas if (m.get("name") or "").lower() in
-                                      extract.ROBOTS_META_NAMES] + [extract.header_value(response.get("Headers", {}), "X-Robots-Tag") or ""])
-    for link in html_meta.get("Links", []):
+    page_url = url
+    try:
+        record = item["json"]
+        if not isinstance(record, dict) or not isinstance(record.get("Envelope"), dict):
+            raise ValueError("no Envelope object")
+        envelope = record["Envelope"]
+        target = _member(envelope, "WARC-Header-Metadata").get("WARC-Target-URI")
+        page_url = target if isinstance(target, str) and target else url
+        response = _member(_member(envelope, "Payload-Metadata"), "HTTP-Response-Metadata")
+        headers = _member(response, "Headers")
+        html_meta = _member(response, "HTML-Metadata")
+        head = _member(html_meta, "Head")
+        metas = _member(head, "Metas", list)
+        links = _member(html_meta, "Links", list)
+    except ValueError as exc:
+        yield _rejected("warc_malformed_record", f"WAT: {exc}"[:300], page_url=page_url)
+        return
+    title = _wat_text(head.get("Title")) or None
+    lang = extract.normalize_text((extract.header_value(headers, "Content-Language") or "").split(",")[0]) or None
+    directives = [m["content"] for m in metas if isinstance(m, dict) and isinstance(m.get("content"), str)
+                  and str(m.get("name") or "").lower() in extract.ROBOTS_META_NAMES]
+    opt_out = extract.opt_out_reason(directives + [extract.header_value(headers, "X-Robots-Tag") or ""])
+    for link in links:
+        if not isinstance(link, dict):
+            yield _rejected("warc_malformed_record", f"WAT link is {type(link).__name__}, not dict", page_url=page_url)
+            continue
         if link.get("path") != "IMG@/src" or not link.get("url"):
             continue
-        image_url = link["url"]
-        alt = extract.normalize_text(link.get("alt"))
-        title_text = extract.normalize_text(link.get("title")) or None
+        raw = link["url"]
+        alt = _wat_text(link.get("alt"))
+        title_text = _wat_text(link.get("title")) or None
+        if not isinstance(raw, str):
+            yield _rejected("warc_malformed_record", f"WAT link url is {type(raw).__name__}", page_url=page_url)
+            continue
+        if raw.strip().lower().startswith("data:"):
+            yield _rejected("data_uri", raw[:40], page_url=page_url)
+            continue
+        try:
+            image_url = extract.resolve_url(page_url, raw.strip())
+        except ValueError as exc:
+            yield _rejected("invalid_url", f"{raw[:200]}: {exc}", page_url=page_url)
+            continue
         ref = {"page_url": page_url, "image_url": image_url, "alt": alt, "title": title_text,
                "candidate_id": extract.candidate_id(page_url, image_url, alt, title_text)}
-        if image_url.startswith("data:"):
-            yield _rejected("data_uri", None, page_url=page_url)
+        if urlsplit(image_url).scheme not in ("http", "https"):
+            yield _rejected("unsupported_scheme", None, **_ids(ref))
         elif alt == "":
             yield _rejected("decorative_image", None, **_ids(ref))
         elif not alt and not title_text:
@@ -331,14 +447,24 @@ class ReadWarcCandidates(beam.PTransform):
 
 
 def _expand_inputs(patterns: list[str]) -> list[str]:
-    """Local globs and Beam filesystem patterns -> file paths (sorted, each once)."""
-    files = []
+    """Local globs and Beam filesystem patterns -> file paths (sorted, each once).
+
+    Raises MissingInputError naming the patterns that match no file.
+    """
+    files, missing = [], []
     for pattern in patterns:
         if "://" not in pattern:
-            files.extend(sorted(glob.glob(pattern)) or [pattern])
-            continue
-        for match in FileSystems.match([pattern]):
-            files.extend(m.path for m in match.metadata_list)
+            found = [path for path in sorted(glob.glob(pattern)) or [pattern] if os.path.isfile(path)]
+        else:
+            try:
+                found = [m.path for match in FileSystems.match([pattern]) for m in match.metadata_list]
+            except Exception:  # noqa: BLE001 - Beam reports a missing bucket or prefix as an error
+                found = []
+        files.extend(found)
+        if not found:
+            missing.append(pattern)
+    if missing:
+        raise MissingInputError(f"no such file: {', '.join(missing)}")
     return sorted(dict.fromkeys(files))
 
 
@@ -384,8 +510,9 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     """Run the WARC pipeline; returns the stage's stats (also written to OUTPUT/stats.json)."""
     known, pipeline_args = build_parser().parse_known_args(argv)
     options = PipelineOptions(pipeline_args)
-    files = _expand_inputs(known.input)
+    files = _expand_inputs(known.input)  # inputs and output are checked before the previous output goes
     out_dir = known.output
+    output.prepare_out_dir(out_dir)
     _clear_previous(out_dir)
     fetch_options = {"allow_private_networks": known.allow_private_networks, "max_bytes": known.max_bytes,
                      "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent}
@@ -437,5 +564,9 @@ def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool =
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    stats = run()
+    try:
+        stats = run()
+    except (MissingInputError, output.OutputFolderError) as exc:
+        print(f"crawler.warc: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps({k: stats[k] for k in ("in", "kept", "rejected", "rejected_by_reason")}, indent=2))

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import scrapy
 from scrapy import exceptions as scrapy_errors
+from scrapy import signals
 from scrapy.exceptions import IgnoreRequest
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
@@ -111,16 +112,20 @@ class LaitSpider(scrapy.Spider):
             {(urlsplit(u).hostname or "").lower() for u in self.start_urls} - {""})
         self.max_pages = int(max_pages or 0)
         self.depth_limit = int(depth or 0)
+        if self.max_pages < 0 or self.depth_limit < 0:
+            raise ValueError("max_pages and depth are counts: 0 (no limit) or more")
         self.jobdir = jobdir
         self.pages_seen: set[str] = set()
         self.open_pages: dict[str, int] = {}  # scheduled, not done: url -> depth
         self.pending: dict[str, list[dict]] = {}  # image url -> candidates waiting for it
         self.image_results: dict[str, dict] = {}  # image url -> facts (kept) or reason (rejected)
+        self.finished = False  # the crawl ran out of work (not stopped part-way)
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.configure(crawler.settings)
+        crawler.signals.connect(spider.on_spider_idle, signal=signals.spider_idle)
         return spider
 
     def configure(self, settings) -> None:
@@ -132,6 +137,8 @@ class LaitSpider(scrapy.Spider):
         self.page_maxsize = settings.getint("LAIT_PAGE_MAXSIZE")
         self.image_maxsize = settings.getint("LAIT_IMAGE_MAXSIZE")
         self.jobdir = self.jobdir or settings.get("LAIT_JOBDIR")
+        # Scrapy's UrlLengthMiddleware drops longer requests without a word: they are rejected here instead.
+        self.url_length_limit = settings.getint("URLLENGTH_LIMIT")
         self.store = ImageStore(settings.getint("LAIT_IMAGE_STORE_MEMORY", 512 * 2**20))
         if self.jobdir:
             self._load_state()
@@ -169,6 +176,27 @@ class LaitSpider(scrapy.Spider):
             pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, self._state_path())
 
+    def on_spider_idle(self) -> None:
+        """Nothing is scheduled or downloading: the crawl ends here (not a Ctrl-C or CLOSESPIDER_* stop)."""
+        self.finished = True
+
+    def unfetched_rejects(self) -> list[dict]:
+        """Rejected rows for the candidates still waiting for their image when the crawl closes.
+
+        Called by the item pipeline before it writes its last rows. A job-folder crawl stopped part-way
+        keeps them for the next run; otherwise their image will never come (a request some middleware
+        dropped, or a crawl stopped without a job folder), and each becomes an ``image_not_fetched`` row.
+        """
+        if self.jobdir and not self.finished:
+            return []
+        detail = ("no response for the image request" if self.finished
+                  else "the crawl stopped before the image was fetched")
+        rows = []
+        for url in list(self.pending):
+            self.crawler.stats.inc_value("lait/image/rejected/image_not_fetched")
+            rows.extend(self._reject_row(c, "image_not_fetched", detail) for c in self.pending.pop(url))
+        return rows
+
     def closed(self, reason: str) -> None:
         """Keep what is left to do in the job folder (the item pipeline has flushed by now)."""
         if self.process_index == 0:
@@ -188,9 +216,19 @@ class LaitSpider(scrapy.Spider):
         self.crawler.stats.set_value("lait/run/first_request", time.time())
         resumed = bool(self.open_pages or self.pending)
         for url, depth in list(self.open_pages.items()):  # a resumed crawl continues where it stopped
-            yield self._page_request(url, depth)
+            request, failure = self._checked_request(url, depth)
+            if failure:
+                self.open_pages.pop(url)
+                yield self._page_rejected(url, *failure)
+            else:
+                yield request
         for url in list(self.pending):
-            yield self._image_request(url)
+            request, failure = self._checked_request(url)
+            if failure:
+                for item in self._finish_image(url, self._image_rejected(*failure)):
+                    yield item
+            else:
+                yield request
         if self.process_index > 0:
             async for item in self._read_inbox():
                 yield item
@@ -254,15 +292,35 @@ class LaitSpider(scrapy.Spider):
                               priority=priority,
                               meta={"lait_image": url, "download_maxsize": self.image_maxsize})
 
-    def _schedule_page(self, url: str, depth: int) -> scrapy.Request | None:
+    def _checked_request(self, url: str, depth: int | None = None):
+        """(a page request, or an image request when ``depth`` is None; None) or (None, (reason, detail))."""
+        try:
+            request = self._image_request(url) if depth is None else self._page_request(url, depth)
+        except ValueError as exc:  # Scrapy cannot build it: a port that is not a number, ...
+            return None, ("invalid_url", f"{type(exc).__name__}: {exc}"[:300])
+        if self.url_length_limit and len(request.url) > self.url_length_limit:
+            limit = self.url_length_limit
+            return None, ("url_too_long", f"{len(request.url)} characters, over URLLENGTH_LIMIT {limit}")
+        return request, None
+
+    def _page_rejected(self, url: str, reason: str, detail: str | None) -> RejectedItem:
+        self.crawler.stats.inc_value(f"lait/page/rejected/{reason}")
+        return RejectedItem(dict(reason=reason, detail=detail, page_url=url))
+
+    def _schedule_page(self, url: str, depth: int) -> scrapy.Request | RejectedItem | None:
+        """A request for a page not seen before (its reject when it cannot be requested), else None."""
+        url = extract.canonical_page_url(url)
         if url in self.pages_seen:
             return None
         if self.max_pages and len(self.pages_seen) >= self.max_pages:
             self.crawler.stats.inc_value("lait/page/skipped_max_pages")
             return None
         self.pages_seen.add(url)
+        request, failure = self._checked_request(url, depth)
+        if failure:
+            return self._page_rejected(url, *failure)
         self.open_pages[url] = depth
-        return self._page_request(url, depth)
+        return request
 
     def _in_domains(self, url: str) -> bool:
         host = (urlsplit(url).hostname or "").lower()
@@ -286,7 +344,12 @@ class LaitSpider(scrapy.Spider):
                                     detail=(response.headers.get("Content-Type") or b"").decode("latin-1")))
             return
         headers = {k.decode("latin-1"): response.headers.getlist(k) for k in response.headers}
-        page = extract.parse_page(response.body, response.url, headers)
+        try:
+            page = extract.parse_page(response.body, response.url, headers)
+        except Exception as exc:  # noqa: BLE001 - a page the extractor cannot handle is a reject, not a lost callback
+            logger.warning("cannot parse %s: %s: %s", url, type(exc).__name__, exc)
+            yield self._page_rejected(url, "parse_error", f"{type(exc).__name__}: {exc}"[:300])
+            return
         for key, count in page.counts.items():
             stats.inc_value(f"lait/{key}" if key.startswith("page/") else f"lait/ref/{key}", count)
         if not page.nofollow and (not self.depth_limit or depth < self.depth_limit):
@@ -307,9 +370,7 @@ class LaitSpider(scrapy.Spider):
         """A page that could not be fetched becomes one rejected row."""
         url = failure.request.meta["lait_page"]
         self.open_pages.pop(url, None)
-        reason, detail = failure_reason(failure)
-        self.crawler.stats.inc_value(f"lait/page/rejected/{reason}")
-        yield RejectedItem(dict(reason=reason, detail=detail, page_url=url))
+        yield self._page_rejected(url, *failure_reason(failure))
 
     # -- images --------------------------------------------------------------------------------
 
@@ -327,8 +388,12 @@ class LaitSpider(scrapy.Spider):
         elif url in self.pending:
             self.pending[url].append(candidate)
         else:
+            request, failure = self._checked_request(url)
+            if failure:  # recorded like a fetched image's reject: later references reuse it
+                yield from self._finish_image(url, self._image_rejected(*failure), [candidate])
+                return
             self.pending[url] = [candidate]
-            yield self._image_request(url)
+            yield request
 
     def parse_image(self, response) -> Iterator[Any]:
         """A fetched image: opt-out header, validation, then every candidate waiting for it."""
@@ -359,13 +424,15 @@ class LaitSpider(scrapy.Spider):
     def image_failed(self, failure) -> Iterator[Any]:
         """An image that could not be fetched rejects every candidate waiting for it."""
         url = failure.request.meta["lait_image"]
-        reason, detail = failure_reason(failure)
-        self.crawler.stats.inc_value(f"lait/image/rejected/{reason}")
-        yield from self._finish_image(url, {"reason": reason, "detail": detail})
+        yield from self._finish_image(url, self._image_rejected(*failure_reason(failure)))
 
-    def _finish_image(self, url: str, result: dict) -> Iterator[Any]:
+    def _image_rejected(self, reason: str, detail: str | None) -> dict:
+        self.crawler.stats.inc_value(f"lait/image/rejected/{reason}")
+        return {"reason": reason, "detail": detail}
+
+    def _finish_image(self, url: str, result: dict, candidates: list[dict] | None = None) -> Iterator[Any]:
         self.image_results[url] = result
-        for candidate in self.pending.pop(url, []):
+        for candidate in self.pending.pop(url, []) + (candidates or []):
             yield self._emit(candidate, result)
 
     def _reject_row(self, candidate: dict, reason: str, detail: str | None) -> dict:

@@ -17,6 +17,24 @@ def _setting(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _count(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    return _count(text, 0)
+
+
+def _positive(text: str) -> int:
+    return _count(text, 1)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `lait crawl` to the CLI."""
     parser = subparsers.add_parser(
@@ -31,8 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder (the crawl stage's run folder)")
     parser.add_argument("--allow-private-networks", action="store_true",
                         help="allow fetching private, loopback and link-local addresses (local test sites)")
-    parser.add_argument("--max-pages", type=int, default=0, help="stop scheduling pages after N (default 0: no cap)")
-    parser.add_argument("--depth", type=int, default=0, help="follow links up to N hops from a start URL "
+    parser.add_argument("--max-pages", type=_non_negative, default=0,
+                        help="stop scheduling pages after N (default 0: no cap)")
+    parser.add_argument("--depth", type=_non_negative, default=0, help="follow links up to N hops from a start URL "
                         "(default 0: no limit)")
     parser.add_argument("--allowed-domains", nargs="+", metavar="DOMAIN",
                         help="domains whose pages are followed (default: the start URLs' hosts)")
@@ -40,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"early reject: images with a side below N px (default {images.DEFAULT_MIN_SIDE})")
     parser.add_argument("--max-aspect", type=float, default=images.DEFAULT_MAX_ASPECT,
                         help=f"early reject: aspect ratio above R (default {images.DEFAULT_MAX_ASPECT})")
-    parser.add_argument("--processes", type=int, default=1,
+    parser.add_argument("--processes", type=_positive, default=1,
                         help="crawl processes (default 1); with N > 1, process 0 crawls the pages and all N fetch "
                              "and validate a share of the images (each image still fetched once)")
     parser.add_argument("--jobdir", help="job folder: rerun with the same one to continue an interrupted crawl")
@@ -54,21 +73,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the crawl or the WARC reader; print the funnel."""
+    from crawler import output
+
     if bool(args.urls) == bool(args.warc):
         print("lait crawl: give start URLs or --warc FILE..., not both and not neither")
         return 2
     if args.warc:
         from crawler import warc
 
-        stats = warc.read_warcs(args.warc, args.out, allow_private_networks=args.allow_private_networks,
-                                min_side=args.min_side, max_aspect=args.max_aspect, download=args.download,
-                                settings=dict(args.settings))
+        try:  # the inputs and --out are checked before the previous WARC output is cleared
+            stats = warc.read_warcs(args.warc, args.out, allow_private_networks=args.allow_private_networks,
+                                    min_side=args.min_side, max_aspect=args.max_aspect, download=args.download,
+                                    settings=dict(args.settings))
+        except warc.MissingInputError as exc:
+            print(f"lait crawl: {exc}")
+            return 2
+        except output.OutputFolderError as exc:
+            print(f"lait crawl: --out: {exc}")
+            return 2
     else:
         from crawler import runner
 
         bad = [u for u in args.urls if not u.startswith(("http://", "https://"))]
         if bad:
             print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}")
+            return 2
+        try:
+            output.prepare_out_dir(args.out)
+        except output.OutputFolderError as exc:
+            print(f"lait crawl: --out: {exc}")
             return 2
         try:
             stats = runner.run_crawl(

@@ -10,8 +10,8 @@ import time
 import pytest
 
 import schemas
-from tests.crawler.mocksite import (EXPECTED, EXPECTED_REJECTS, HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite,
-                                    case_site, html, jpeg)
+from tests.crawler.mocksite import (EXPECTED, EXPECTED_REJECTS, GIF_PIXEL, HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS,
+                                    MockSite, case_site, html, jpeg)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -255,3 +255,72 @@ def test_native_scrapy_crawl_from_the_repository_root_writes_the_same_layout(tmp
     stats = json.loads((out / "stats.json").read_text())
     # depth=1: p0 and p1 only, three images each with text (one shared between them).
     assert stats["kept"] == 6 and stats["lait/page/fetched"] == 2 and stats["lait/image/validated"] == 5
+
+
+def hostile_urls_site() -> MockSite:
+    """Pages with malformed and over-long image URLs, repeated references and several spellings of one page."""
+    site = MockSite({})
+    port = site.port
+    photo = jpeg(96, 72)
+    index = "".join(f'<a href="{link}">x</a>' for link in (
+        site.url, f"{site.url}/#top", f"HTTP://127.0.0.1:{port}/", "/urls.html", "/urls.html#x", "/dups.html",
+        "http://[oops/"))
+    urls = ('<img src="/img/a.jpg" alt="Before"><img src="http://[bad/x.jpg" alt="IPv6">'
+            f'<img src="http://127.0.0.1:{port}:99999/x.jpg" alt="Port"><img src="/img/{"l" * 300}.jpg" alt="Long">'
+            '<img srcset="/img/w_1,h_1/s.jpg 1x, /img/w_2,h_2/s.jpg 2x" alt="Srcset"><img src="img/b.jpg" alt="After">')
+    dups = (f'<img src="{GIF_PIXEL}" alt="Inline"><img src="{GIF_PIXEL}" alt="Inline"><img alt="No src"><img alt="No src">'
+            '<img src="/img/a.jpg" alt="Same"><img src="/img/a.jpg" alt="Same"><img src="/img/b.jpg" alt="">'
+            '<img src="/img/b.jpg" alt="">')
+    site.pages.update({
+        "/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n"),
+        "/": (200, HTML, html(index)),
+        "/urls.html": (200, HTML, html(urls, head='<base href="http://[bad/">')),
+        "/dups.html": (200, HTML, html(dups)),
+        "/img/a.jpg": (200, JPEG, photo), "/img/b.jpg": (200, JPEG, photo), "/img/w_2,h_2/s.jpg": (200, JPEG, photo),
+    })
+    return site
+
+
+def test_malformed_and_repeated_references_are_each_a_row_and_each_page_is_crawled_once(tmp_path):
+    out, jobdir = tmp_path / "out", tmp_path / "job"
+    with hostile_urls_site() as site:
+        command = [site.url, site.url + "/#x", "--out", str(out), "--jobdir", str(jobdir), "--allow-private-networks",
+                   "--min-side", str(TEST_MIN_SIDE)]
+        lait_crawl(*command, settings=dict(TEST_SETTINGS, URLLENGTH_LIMIT=200))
+        first = collections.Counter(site.counts)
+        lait_crawl(*command, settings=dict(TEST_SETTINGS, URLLENGTH_LIMIT=200))  # the job is done: nothing new
+        assert collections.Counter(site.counts) == first
+    assert first["/"] == first["/urls.html"] == first["/dups.html"] == 1
+    assert not [p for p in first if "99999" in p or "[" in p or "lll" in p]
+    candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
+    assert sorted((path_of(c["page_url"], site), path_of(c["image_url"], site), c["alt"]) for c in candidates) == [
+        ("/dups.html", "/img/a.jpg", "Same"), ("/urls.html", "/img/a.jpg", "Before"),
+        ("/urls.html", "/img/b.jpg", "After"), ("/urls.html", "/img/w_2,h_2/s.jpg", "Srcset")]
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    assert sorted((path_of(r["page_url"], site), r["reason"]) for r in rejected) == sorted(
+        [("/dups.html", reason) for reason in ["data_uri"] * 2 + ["no_image_url"] * 2 + ["decorative_image"] * 2
+         + ["duplicate_candidate"]] + [("/urls.html", "invalid_url")] * 2 + [("/urls.html", "url_too_long")])
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["in"] == stats["kept"] + stats["rejected"] == 4 + 10
+    assert stats["in"] == 6 + 8  # every <img> of the two pages, each once
+
+
+def test_an_unusable_out_or_a_negative_count_is_a_clear_error_before_crawling(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for out, message in ((tmp_path / "afile", "exists and is not a folder"), (tmp_path / "afile" / "sub", "Not a directory")):
+        result = lait_crawl("http://127.0.0.1:9/", "--out", str(out), check=False)
+        assert result.returncode == 2 and message in result.stdout and "Traceback" not in result.stderr
+    for option, value in (("--max-pages", "-1"), ("--depth", "-3"), ("--processes", "0")):
+        result = lait_crawl("http://127.0.0.1:9/", "--out", str(tmp_path / "out"), option, value, check=False)
+        assert result.returncode == 2 and f"argument {option}: must be" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rows_per_shard", [1, 500])  # fails while crawling / at the end
+def test_a_crawl_whose_output_cannot_be_written_fails(tmp_path, rows_per_shard):
+    from crawler import runner
+
+    (tmp_path / "afile").write_text("x")
+    with small_site(1) as site, pytest.raises(RuntimeError, match="exited with status 1"):
+        runner.run_crawl([site.url + "/p0.html"], str(tmp_path / "afile" / "out"), allow_private_networks=True,
+                         min_side=TEST_MIN_SIDE, overrides=dict(TEST_SETTINGS, LAIT_ROWS_PER_SHARD=rows_per_shard))

@@ -160,3 +160,108 @@ def test_polite_fetcher_refuses_private_hosts_without_connecting(monkeypatch):
     with pytest.raises(netguard.RefusedURL):
         fetcher.fetch("http://files.example/image.jpg")
     assert attempts == []
+
+
+def test_malformed_urls_are_counted_and_the_rest_of_the_page_survives():
+    """A broken IPv6 host or port is an `invalid_url` reject; a bad link or base is skipped."""
+    page = extract.parse_page('<head><base href="http://[bad/"></head><a href="http://[oops/">x</a><a href="/next">n</a>'
+                              '<img src="a.jpg" alt="Before"><img src="http://[bad/x.jpg" alt="IPv6">'
+                              '<img src="http://h.example:1:99999/p.jpg" alt="Port"><img src="b.jpg" alt="After">', PAGE)
+    assert [c["image_url"] for c in page.candidates] == ["http://example.org/dir/a.jpg", "http://example.org/dir/b.jpg"]
+    assert [(r["reason"], r["image_url"], r["alt"]) for r in page.rejects] == [
+        ("invalid_url", None, "IPv6"), ("invalid_url", None, "Port")]
+    assert "http://[bad/x.jpg" in page.rejects[0]["detail"]
+    assert page.links == ["http://example.org/next"]
+    assert page.counts["invalid_link"] == 1 and page.counts["invalid_base"] == 1
+    assert page.counts["img"] == len(page.candidates) + len(page.rejects)
+
+
+def test_srcset_urls_may_hold_commas():
+    assert extract.parse_srcset("/img/w_100,h_100/e.jpg 1x, /img/w_200,h_200/e.jpg 2x") == [
+        ("/img/w_100,h_100/e.jpg", 1), ("/img/w_200,h_200/e.jpg", 2)]
+    assert extract.parse_srcset("a.jpg,b.jpg 2x, c.jpg (x, y) 3x,, d.jpg,") == [("a.jpg,b.jpg", 2), ("c.jpg", 3), ("d.jpg", 1)]
+    page = extract.parse_page('<img srcset="/img/w_100,h_100/e.jpg 1x, /img/w_200,h_200/e.jpg 2x" alt="C">', PAGE)
+    assert page.candidates[0]["image_url"] == "http://example.org/img/w_200,h_200/e.jpg"
+
+
+def test_page_urls_have_one_canonical_spelling():
+    for url in ("http://Example.ORG", "http://example.org/", "HTTP://example.org:80/#top", "http://example.org#x"):
+        assert extract.canonical_page_url(url) == "http://example.org/"
+    assert extract.canonical_page_url("https://u@H.example:443/a?b#c") == "https://u@h.example/a?b"
+    assert extract.canonical_page_url("http://[::1]:8080") == "http://[::1]:8080/"
+    assert extract.canonical_page_url("http://h:1:2/x#y") == "http://h:1:2/x"  # its fetch gives the reject
+
+
+def test_crawl_output_keeps_every_reference_of_a_run_and_dedupes_only_against_the_folder(tmp_path):
+    from crawler.output import CANDIDATES, REJECTED, CrawlOutput, funnel
+
+    page = "http://h.example/p.html"
+    candidate = {"candidate_id": "c1", "image_id": "i1", "page_url": page, "image_url": "http://h.example/a.jpg",
+                 "alt": "Same", "image_bytes": b"x", "source": "crawl"}
+    data_uri = {"reason": "data_uri", "page_url": page}
+    run = CrawlOutput(str(tmp_path))
+    assert [run.add_candidate(dict(candidate)) for _ in range(2)] == [CANDIDATES, REJECTED]
+    assert [run.add_rejected(dict(data_uri)) for _ in range(2)] == [True, True]
+    run.close()
+    books = funnel(str(tmp_path))
+    assert (books["in"], books["kept"]) == (4, 1)
+    assert books["rejected_by_reason"] == {"data_uri": 2, "duplicate_candidate": 1}
+    rerun = CrawlOutput(str(tmp_path))  # the same references again: nothing is written twice
+    assert [rerun.add_candidate(dict(candidate)) for _ in range(2)] == [None, None]
+    assert [rerun.add_rejected(dict(data_uri)) for _ in range(3)] == [False, False, True]  # a third one is new
+    rerun.close()
+    assert funnel(str(tmp_path))["rejected_by_reason"] == {"data_uri": 3, "duplicate_candidate": 1}
+
+
+def _spider(**settings):
+    from scrapy.utils.test import get_crawler
+
+    from crawler.spiders.lait import LaitSpider
+
+    return LaitSpider.from_crawler(get_crawler(LaitSpider, settings), urls="http://example.org/")
+
+
+def test_image_urls_scrapy_cannot_request_are_rejects_not_pending():
+    spider = _spider(URLLENGTH_LIMIT=100)
+    base = {"page_url": "http://example.org/", "alt": "A", "title": None, "candidate_id": "c"}
+    bad_port, too_long, good = ("http://example.org:1:99999/x.jpg", "http://example.org/" + "a" * 100 + ".jpg",
+                                "http://example.org/ok.jpg")
+    out = [item for url in (bad_port, too_long, good, bad_port) for item in spider._candidate(dict(base, image_url=url))]
+    assert [getattr(o, "row", {}).get("reason") for o in out] == ["invalid_url", "url_too_long", None, "invalid_url"]
+    assert out[2].url == good and list(spider.pending) == [good]
+    # A job state that holds such an URL (written before this check existed) resumes without failing.
+    spider.pending[bad_port] = [dict(base, image_url=bad_port)]
+
+    async def start():
+        return [item async for item in spider.start()]
+
+    started = asyncio.run(start())
+    assert [getattr(o, "url", None) or o.row["reason"] for o in started] == [good, "invalid_url"]
+
+
+def test_candidates_still_waiting_at_the_end_become_rejects_unless_a_job_folder_keeps_them(tmp_path):
+    waiting = {"page_url": "http://example.org/", "image_url": "http://example.org/a.jpg", "alt": "A", "title": None,
+               "candidate_id": "c"}
+    spider = _spider()
+    spider.pending = {waiting["image_url"]: [waiting, dict(waiting, alt="B")]}
+    rows = spider.unfetched_rejects()  # stopped without a job folder: nothing will continue them
+    assert [(r["reason"], r["caption"]) for r in rows] == [("image_not_fetched", "A"), ("image_not_fetched", "B")]
+    assert spider.pending == {}
+    spider = _spider(LAIT_JOBDIR=str(tmp_path))
+    spider.pending = {waiting["image_url"]: [waiting]}
+    assert spider.unfetched_rejects() == [] and spider.pending  # kept for the next run
+    spider.on_spider_idle()  # the crawl ran out of work: no response will ever come
+    assert [r["reason"] for r in spider.unfetched_rejects()] == ["image_not_fetched"] and spider.pending == {}
+
+
+def test_a_page_the_extractor_fails_on_is_a_page_reject(monkeypatch):
+    from scrapy.http import HtmlResponse
+
+    spider = _spider()
+    request = spider._page_request("http://example.org/p.html", 0)
+    monkeypatch.setattr(extract, "parse_page", lambda *a, **k: 1 / 0)
+    response = HtmlResponse(request.url, body=b"<img src='a.jpg' alt='A'>", request=request,
+                            headers={"Content-Type": "text/html"})
+    out = list(spider.parse_page(response))
+    assert [(o.row["reason"], o.row["page_url"]) for o in out] == [("parse_error", "http://example.org/p.html")]
+    assert "ZeroDivisionError" in out[0].row["detail"]

@@ -126,3 +126,128 @@ def test_read_warc_records_flags_altered_and_declared_truncated_records(tmp_path
     assert "WARC-Truncated" in rejected["http://warc.example/cut.html"]["detail"]
     assert rejected["http://warc.example/altered.html"]["reason"] == "warc_corrupt_record"
     assert "digest mismatch" in rejected["http://warc.example/altered.html"]["detail"]
+
+
+def _records(data: bytes, path) -> tuple[list, list]:
+    """ReadWarcRecords called directly on ``data``: (kind, url) of the records kept, and the reject rows."""
+    from apache_beam.pvalue import TaggedOutput
+
+    from crawler.warc import ReadWarcRecords
+
+    path.write_bytes(data)
+    outputs = list(ReadWarcRecords(max_bytes=1_000_000).process(str(path)))
+    kept = [(kind, url) for kind, url, _ in (o for o in outputs if not isinstance(o, TaggedOutput))]
+    return kept, [o.value for o in outputs if isinstance(o, TaggedOutput)]
+
+
+def test_one_bad_record_is_rejected_and_the_records_after_it_are_read(tmp_path):
+    members = []
+    for url, status in (("http://warc.example/1.html", "200 OK"), ("http://warc.example/2.html", "abc OK"),
+                        ("http://warc.example/3.html", "200 OK"), ("http://warc.example/4.html", "200 OK")):
+        buffer = io.BytesIO()
+        _response(WARCWriter(buffer, gzip=True), url, html(f"<p>{url}</p>"), "text/html", status=status)
+        members.append(buffer.getvalue())
+    kept, rejected = _records(b"".join(members), tmp_path / "status.warc.gz")
+    assert kept == [("page", "http://warc.example/1.html"), ("page", "http://warc.example/3.html"),
+                    ("page", "http://warc.example/4.html")]
+    assert [(r["reason"], r["page_url"]) for r in rejected] == [("warc_malformed_record", "http://warc.example/2.html")]
+    # A gzip member corrupt in the middle of the file: reading goes on from the next whole member.
+    broken = members[1][:30] + bytes(b ^ 0x55 for b in members[1][30:-8]) + members[1][-8:]
+    kept, rejected = _records(members[0] + broken + members[2] + members[3], tmp_path / "corrupt.warc.gz")
+    assert kept == [("page", "http://warc.example/1.html"), ("page", "http://warc.example/3.html"),
+                    ("page", "http://warc.example/4.html")]
+    assert [r["reason"] for r in rejected] == ["warc_malformed_record"]
+    assert f"@{len(members[0])}" in rejected[0]["detail"]
+
+
+def test_wat_records_of_unexpected_shapes_are_rejects_and_links_resolve_like_the_spider():
+    from apache_beam.pvalue import TaggedOutput
+
+    from crawler.warc import wat_candidates
+
+    def run(record):
+        out = list(wat_candidates(("wat", "http://warc.example/dir/page.html", {"json": record, "date": None})))
+        return ([o for o in out if not isinstance(o, TaggedOutput)],
+                [(o.value["reason"], o.value.get("page_url"), o.value.get("image_url")) for o in out
+                 if isinstance(o, TaggedOutput)])
+
+    def envelope(links, head=None):
+        return {"Envelope": {"WARC-Header-Metadata": {"WARC-Target-URI": "http://warc.example/dir/page.html"},
+                             "Payload-Metadata": {"HTTP-Response-Metadata": {"Headers": {}, "HTML-Metadata": {
+                                 "Head": head or {"Title": "T"}, "Links": links}}}}}
+
+    page = "http://warc.example/dir/page.html"
+    for record in ([1, 2, 3], {"Envelope": None}, envelope("not a list"), envelope([], head=[1])):
+        assert run(record) == ([], [("warc_malformed_record", page, None)])
+    candidates, rejected = run(envelope([
+        {"path": "IMG@/src", "url": "rel.jpg", "alt": "Relative"},
+        {"path": "IMG@/src", "url": "//cdn.example/p.jpg#frag", "alt": 5},
+        {"path": "IMG@/src", "url": "javascript:void(0)", "alt": "Script"},
+        {"path": "IMG@/src", "url": "http://[bad/x.jpg", "alt": "Broken"},
+        {"path": "IMG@/src", "url": ["x"], "alt": "Not text"},
+        "not a link",
+    ], head={"Title": ["a", "b"]}))
+    assert [(c["image_url"], c["alt"], c["page_title"]) for c in candidates] == [
+        ("http://warc.example/dir/rel.jpg", "Relative", None), ("http://cdn.example/p.jpg", "5", None)]
+    assert rejected == [("unsupported_scheme", page, "javascript:void(0)"), ("invalid_url", page, None),
+                        ("warc_malformed_record", page, None), ("warc_malformed_record", page, None)]
+
+
+def test_a_page_the_extractor_fails_on_is_a_reject_in_the_warc_reader(monkeypatch):
+    from crawler import extract, warc
+
+    monkeypatch.setattr(extract, "parse_page", lambda *a, **k: 1 / 0)
+    out = list(warc.page_candidates(("page", "http://warc.example/p.html",
+                                     {"status": 200, "headers": {}, "body": b"<p>x</p>", "date": None})))
+    assert [(o.value["reason"], o.value["page_url"]) for o in out] == [("parse_error", "http://warc.example/p.html")]
+
+
+def test_hostile_warc_files_give_counted_rejects_and_keep_every_good_record(tmp_path):
+    """Through the real `lait crawl --warc` (no downloads): nothing crashes, nothing after a bad record is lost."""
+    good = jpeg(96, 72)
+    path = tmp_path / "hostile.warc.gz"
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        _response(writer, "http://warc.example/a.html",
+                  html('<img src="/a.jpg" alt="Before"><img src="http://[bad/x.jpg" alt="Bad host">'
+                       '<a href="http://[oops/">x</a><img src="/a.jpg" alt="Before">'), "text/html")
+        _response(writer, "http://warc.example/b.html", html('<img src="/a.jpg" alt="Bad status">'), "text/html",
+                  status="abc OK")
+        _response(writer, "http://warc.example/c.html", html('<img src="/a.jpg" alt="After">'), "text/html")
+        _response(writer, "http://warc.example/a.jpg", good, "image/jpeg")
+    wat_path = tmp_path / "odd.wat"
+    with open(wat_path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=False)
+        for payload in (b"[1, 2, 3]", json.dumps({"Envelope": None}).encode()):
+            writer.write_record(writer.create_warc_record("http://warc.example/w.html", "metadata",
+                                                          payload=io.BytesIO(payload), warc_content_type="application/json"))
+        _wat(writer, "http://warc.example/dir/w.html", [{"path": "IMG@/src", "url": "../a.jpg", "alt": 7}])
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "lait", "crawl", "--warc", str(path), str(wat_path), "--out", str(out),
+                             "--no-download", "--min-side", str(TEST_MIN_SIDE)],
+                            env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr[-3000:]
+    candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
+    assert sorted((c["page_url"], c["alt"]) for c in candidates) == [
+        ("http://warc.example/a.html", "Before"), ("http://warc.example/c.html", "After"),
+        ("http://warc.example/dir/w.html", "7")]
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    assert sorted((r["reason"], r["page_url"]) for r in rejected) == [
+        ("duplicate_candidate", "http://warc.example/a.html"), ("invalid_url", "http://warc.example/a.html"),
+        ("warc_malformed_record", "http://warc.example/b.html"), ("warc_malformed_record", "http://warc.example/w.html"),
+        ("warc_malformed_record", "http://warc.example/w.html")]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["in"] == stats["kept"] + stats["rejected"] == len(candidates) + len(rejected)
+
+
+def test_a_missing_warc_input_is_a_clear_error_and_the_previous_output_stays(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stats.json").write_text("{}")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for missing in (str(tmp_path / "nope.warc.gz"), str(tmp_path / "none-*.warc.gz")):
+        result = subprocess.run([sys.executable, "-m", "lait", "crawl", "--warc", missing, "--out", str(out),
+                                 "--no-download"], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stdout + result.stderr[-3000:]
+        assert f"no such file: {missing}" in result.stdout and "Traceback" not in result.stderr
+    assert (out / "stats.json").exists()
