@@ -36,9 +36,14 @@ def _check(name: str, ok: bool, detail: str = "") -> dict:
     return {"check": name, "ok": bool(ok), "detail": detail}
 
 
-def _dataset(folder: str) -> tuple[str | None, str | None]:
-    """The output dataset inside a stage folder: (kind, path), or (None, None)."""
-    for kind in OUTPUT_KINDS:
+#: The dataset whose rows a stage counts as kept, where its folder holds more than one (an import writes
+#: captions, and pairs with one row per image, and counts captions).
+KEPT_KIND = {"import_captions": "captions"}
+
+
+def _dataset(folder: str, stage: str | None = None) -> tuple[str | None, str | None]:
+    """The output dataset inside a stage folder (the one ``stage`` counts as kept): (kind, path), or (None, None)."""
+    for kind in (KEPT_KIND[stage],) if stage in KEPT_KIND else OUTPUT_KINDS:
         path = os.path.join(folder, kind)
         if os.path.isdir(path):
             return kind, path
@@ -46,13 +51,21 @@ def _dataset(folder: str) -> tuple[str | None, str | None]:
 
 
 def _column(path: str, kind: str, column: str) -> list:
-    """One column of a dataset, as a list (empty when the dataset has no files)."""
+    """One column of a dataset, as a list (empty when the dataset has no files).
+
+    Text that is not valid UTF-8 is decoded with U+FFFD, as the filter stage does when it rejects such a
+    row (``invalid_utf8``), so the ids still match up.
+    """
     if not os.path.isdir(path) or not schemas.list_parquet_files(path):
         return []
     dataset = schemas.open_dataset(path, kind)
     if column not in dataset.schema.names:
         return []
-    return dataset.to_table(columns=[column]).column(column).to_pylist()
+    values = dataset.to_table(columns=[column]).column(column)
+    try:
+        return values.to_pylist()
+    except UnicodeDecodeError:
+        return [None if v is None else v.decode("utf-8", "replace") for v in values.cast(pa.binary()).to_pylist()]
 
 
 def _rows(path: str, kind: str) -> int:
@@ -61,16 +74,38 @@ def _rows(path: str, kind: str) -> int:
     return schemas.count_rows(path, kind)
 
 
-def _upstream(run_dir: str, name: str, stats: dict) -> str | None:
-    """The folder this stage read from: ``stats['input']`` if given, else the pipeline's convention."""
+def _stage_folder(path: str) -> str:
+    """A dataset path as a stage folder: …/pairs or …/candidates/part-0.parquet -> the folder holding it."""
+    path = os.path.normpath(path)
+    if path.endswith(".parquet"):
+        path = os.path.dirname(path)
+    # A stage may name the dataset itself (…/pairs); the audit wants the folder holding it.
+    if os.path.basename(path) in OUTPUT_KINDS:
+        path = os.path.dirname(path)
+    return path
+
+
+def declared_input(stats: dict) -> str | None:
+    """The input a stage's stats.json names: top-level ``input`` (relative to the run folder, or absolute),
+    else the filter's older ``settings.input`` (the --input as given)."""
     given = stats.get("input")
-    if isinstance(given, str) and "://" not in given:
-        path = given if os.path.isabs(given) else os.path.join(run_dir, given)
-        # A stage may name the dataset itself (…/pairs); the audit wants the folder holding it.
-        if os.path.basename(os.path.normpath(path)) in OUTPUT_KINDS:
-            path = os.path.dirname(os.path.normpath(path))
-        if os.path.isdir(path):
-            return path
+    if not isinstance(given, str):
+        settings = stats.get("settings")
+        given = settings.get("input") if isinstance(settings, dict) else None
+    return given if isinstance(given, str) and given else None
+
+
+def _upstream(run_dir: str, name: str, stats: dict) -> str | None:
+    """The folder this stage read from: the input its stats.json names if found, else the pipeline's convention."""
+    given = declared_input(stats)
+    if given and "://" not in given:
+        # relative: to the run folder (how stages record it), else to here (an old --input as typed)
+        for path in ([given] if os.path.isabs(given) else [os.path.join(run_dir, given), given]):
+            path = _stage_folder(path)
+            if os.path.isdir(path):
+                return path
+        if isinstance(stats.get("input"), str):
+            return None  # a named input that is gone: no guessing (_audit_stage reports it)
     if name.startswith("test_"):  # test_features reads the held-out split in DIR/test
         path = os.path.join(run_dir, "test")
         return path if os.path.isdir(path) else None
@@ -94,7 +129,7 @@ def audit_stage(run_dir: str, name: str) -> dict:
     """All checks of one stage folder; an unreadable dataset is a failed check, not a crash."""
     try:
         return _audit_stage(run_dir, name)
-    except (schemas.SchemaMismatchError, OSError, pa.ArrowException) as exc:
+    except (schemas.SchemaMismatchError, OSError, pa.ArrowException, UnicodeDecodeError) as exc:
         return {"name": name, "stage": name, "ok": False,
                 "checks": [_check("datasets_readable", False, f"{type(exc).__name__}: {exc}")]}
 
@@ -120,7 +155,7 @@ def _audit_stage(run_dir: str, name: str) -> dict:
     checks.append(_check("reasons_sum_to_rejected", reason_total == rejected,
                          f"sum of rejected_by_reason {reason_total} vs rejected {rejected}"))
 
-    kind, path = _dataset(folder)
+    kind, path = _dataset(folder, stats.get("stage"))
     kept_rows = _rows(path, kind) if kind else 0
     checks.append(_check("kept_rows_match", kept_rows == kept,
                          f"{kept_rows} rows in {kind or 'no output dataset'} vs kept {kept}"))
@@ -144,6 +179,10 @@ def _audit_stage(run_dir: str, name: str) -> dict:
         checks.append(_check(f"unique_{id_column}", not dups, f"{len(dups)} duplicated ({_sample(dups)})" if dups else ""))
 
     upstream = _upstream(run_dir, name, stats)
+    named = stats.get("input")
+    if upstream is None and isinstance(named, str) and "://" not in named:
+        checks.append(_check("upstream_found", False, f"the input stats.json names ({named}) is not there: "
+                                                      "lineage not checked"))
     if upstream:
         up_kind, up_path = _dataset(upstream)
         rel = os.path.relpath(upstream, run_dir)
@@ -156,8 +195,9 @@ def _audit_stage(run_dir: str, name: str) -> dict:
                                      f"{len(gone)} missing in {rel}, {ids.count(None)} null"))
             gone = _missing(_column(rejected_dir, "rejected", "candidate_id"), known)
             checks.append(_check("rejected_candidate_ids_upstream", not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})"))
-            up_kept = len(known)
-            up_images = up_kept
+            # the stage reads every row, a candidate_id written twice included (it rejects the repeat)
+            up_kept = _rows(up_path, "candidates")
+            up_images = len(known)
         else:
             known = set(_column(up_path, up_kind, "image_id")) if up_kind else set()
             if kind == "regions":

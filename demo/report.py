@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 import schemas
 from demo import audit as audit_mod
+from filters.imageio import WEB_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _thumb(data: bytes | None, boxes=None, labels=None, side: int = 220) -> str:
     from PIL import Image, ImageDraw
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=WEB_FORMATS)
         image.load()
     except Exception as exc:  # noqa: BLE001 - any undecodable bytes become a placeholder
         return f'<div class="noimg">undecodable ({_esc(type(exc).__name__)})</div>'

@@ -3,7 +3,8 @@
 - A caption shared by more than ``max_images_per_caption`` distinct images is boilerplate for
   this crawl ("product image", a site's slogan): every pair with it is dropped.
 - An image (same sha256, the ``image_id``) found with several texts keeps only its best text:
-  by learned ``relevance`` when scored, else by ``text_quality``.
+  by learned ``relevance`` when scored, else by ``text_quality``. A candidate read twice (one
+  ``pair_id`` twice: the input repeats a row) keeps one copy; the others are ``duplicate_candidate``.
 - Near duplicates: images whose perceptual hashes differ in at most ``phash_distance`` bits keep
   only the best-ranked one. Candidates are found by banding (pigeonhole: two 64-bit hashes within
   distance d agree exactly on at least one of d+1 bands), so only hashes that share a band are
@@ -21,7 +22,7 @@ from filters.base import location_key
 from filters.text import text_quality_score
 
 #: reasons, in the order the steps run
-REASONS = ("caption_shared_by_many_images", "image_has_better_text", "near_duplicate_image")
+REASONS = ("caption_shared_by_many_images", "duplicate_candidate", "image_has_better_text", "near_duplicate_image")
 HASH_BITS = 64
 _PUNCT = re.compile(r"[\W_]+")
 
@@ -64,12 +65,19 @@ def split_shared_caption(pairs: Iterable[Mapping[str, Any]], max_images: int | N
 
 
 def split_best_text(pairs: Iterable[Mapping[str, Any]]):
-    """For the pairs of one image: ([best], rejected others)."""
+    """For the pairs of one image: ([best], rejected others); a repeat of a pair already seen (the same
+    candidate read twice) is ``duplicate_candidate``, whichever copy is kept."""
     ranked = sorted(pairs, key=rank_key)
     if not ranked:
         return [], []
-    best = ranked[0]
-    return [best], [_rejected(p, "image_has_better_text", f"kept pair {best.get('pair_id')}") for p in ranked[1:]]
+    best, seen, rejected = ranked[0], {ranked[0].get("pair_id")}, []
+    for p in ranked[1:]:
+        if p.get("pair_id") in seen:
+            rejected.append(_rejected(p, "duplicate_candidate", "the same candidate read again"))
+        else:
+            seen.add(p.get("pair_id"))
+            rejected.append(_rejected(p, "image_has_better_text", f"kept pair {best.get('pair_id')}"))
+    return [best], rejected
 
 
 def phash_bands(phash: str, distance: int) -> list[tuple[int, int]]:

@@ -20,14 +20,21 @@ MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS
 
 
 def image_header(data: bytes) -> tuple[int, int, str, int]:
-    """(width, height, format, frames) from the header; raises ValueError on unreadable bytes."""
+    """(width, height, format, frames) from the header, the size as shown (after the EXIF orientation);
+    raises ValueError on unreadable bytes."""
     with imageio.open_image(data, MAX_PIXELS) as img:  # imageio.ImageError is a ValueError
-        width, height = img.size
+        width, height = imageio.oriented_size(img)
         try:
             frames = getattr(img, "n_frames", 1)  # GIF/WebP count their frames by reading on
         except Exception as exc:  # a broken later frame: Pillow raises many types
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
         return width, height, img.format or "", frames
+
+
+def looks_like_svg(data: bytes) -> bool:
+    """Whether bytes Pillow cannot open are an SVG document (a format, not a corrupt image)."""
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith((b"<?xml", b"<svg", b"<!doctype svg", b"<!--")) and b"<svg" in head
 
 
 def decode_small(data: bytes, size: int = 64):
@@ -51,7 +58,8 @@ def hamming(a: str, b: str) -> int:
 
 
 class ImageFilter(Filter):
-    """Header and content rules for one image (``image_bytes``; ``format``/``num_bytes`` columns are not trusted).
+    """Header and content rules for one image (``image_bytes``; the crawler's ``format``, ``num_bytes``,
+    ``width`` and ``height`` columns are not trusted: the size is measured, after the EXIF orientation).
 
     ``min_side`` (300): width and height must both reach it; ``max_aspect`` (3.0): longer side over
     shorter side; ``formats`` (JPEG, PNG, WEBP, GIF, BMP, TIFF); ``min_bytes`` (1000): tracking
@@ -91,6 +99,8 @@ class ImageFilter(Filter):
         try:
             width, height, fmt, frames = image_header(data)
         except ValueError as exc:
+            if looks_like_svg(data):
+                return Decision.reject("image_format_not_allowed", detail="SVG")
             return Decision.reject("image_corrupt", detail=str(exc)[:200])
         info.update(width=width, height=height, format=fmt)
         if self.formats and fmt.upper() not in self.formats:

@@ -24,6 +24,12 @@ DEFAULT_MAX_PIXELS = 89_478_485
 #: Pillow refuses outright to open images above twice its warning limit.
 HARD_MAX_PIXELS = 2 * DEFAULT_MAX_PIXELS
 
+#: The formats Pillow may open: raster formats that web pages and photo collections serve. Every other
+#: plugin stays shut for untrusted bytes: EPS would hand them to Ghostscript (an interpreter) where one
+#: is installed, and the rarer parsers (FITS, GRIB, PSD, ...) are attack surface with no pairs to gain.
+#: Bytes in another format are ``not_an_image``. (JPEG includes MPO, the multi-picture JPEG of cameras.)
+WEB_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "DIB", "ICO", "TIFF", "JPEG2000")
+
 #: The reasons an ``ImageError`` carries.
 REASONS = ("missing_bytes", "not_an_image", "decompression_bomb", "undecodable")
 
@@ -61,13 +67,14 @@ def open_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
 
     An image with more than ``max_pixels`` pixels is a ``decompression_bomb`` (None: only Pillow's
     hard limit, ``HARD_MAX_PIXELS``, applies). Pillow's own warning is silenced: this limit decides.
+    Only ``WEB_FORMATS`` are opened.
     """
     if not data:
         raise ImageError("missing_bytes", "no image bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=WEB_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError("decompression_bomb", str(exc)[:200]) from None
     except UnidentifiedImageError:
@@ -96,16 +103,24 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if exif_orientation(image) in _TRANSPOSED else (width, height)
 
 
+def _is_wide(mode: str) -> bool:
+    """16/32-bit integer and float grayscale: the modes Pillow's own conversion clips at 255."""
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode as 8-bit RGB, as a viewer shows it: alpha on white, wide grayscale scaled to 0-255."""
     mode = image.mode
-    if mode in ("I", "F") or mode.startswith("I;16"):
+    if _is_wide(mode):
         # Pillow's own conversion clips these at 255: a 16-bit photo would come out nearly white.
-        values = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
-            values = values / 257.0
-        elif mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * 255.0
+        # Integer modes are scaled in integers (v // 257, as floor(v / 257)): no float copy of a big image.
+        values = np.asarray(image)
+        if mode == "F":
+            values = values.astype(np.float64)
+            if values.max(initial=0) <= 1.0:
+                values = values * 255.0
+        elif mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values // 257
         return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -119,19 +134,27 @@ def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None, dra
     """Decode the first frame of an ``open_image`` result; raises ``ImageError("undecodable")``.
 
     ``draft_size`` (width, height, in shown orientation when ``orient``): JPEGs decode at the smallest
-    DCT scale (1/2..1/8) still at least that big, in ``draft_mode`` ("L" skips the colour work).
+    DCT scale (1/2..1/8) still at least that big, in ``draft_mode`` ("L" skips the colour work); 16/32-bit
+    grayscale is shrunk by a whole factor to at least that size before it is converted.
     ``orient``: turn the pixels upright by the EXIF orientation. ``rgb``: convert with ``to_rgb``.
     """
     try:
         if image.tell():
             image.seek(0)
         orientation = exif_orientation(image) if orient else 1
-        if draft_size is not None and image.format == "JPEG":
-            width, height = draft_size
+        if draft_size is not None:
+            width, height = (max(1, side) for side in draft_size)
             if orientation in _TRANSPOSED:
                 width, height = height, width  # draft works on the stored pixels
-            image.draft(draft_mode, (max(1, width), max(1, height)))
+            if image.format == "JPEG":
+                image.draft(draft_mode, (width, height))
         image.load()
+        if draft_size is not None and _is_wide(image.mode):
+            # No draft mode for these: shrink by a whole factor, still at least the draft size, before any
+            # conversion or turn (a 9400x9400 16-bit PNG is 0.2 MB of file and 177 MB of pixels).
+            factor = min(image.width // width, image.height // height)
+            if factor >= 2:
+                image = image.resize((image.width // factor, image.height // factor), Image.Resampling.BOX)
         if orientation in _UPRIGHT:
             image = image.transpose(_UPRIGHT[orientation])
         return to_rgb(image) if rgb else image

@@ -230,6 +230,21 @@ class WordFrequencyIdentifier:
 IDENTIFIERS = {"fasttext": FastTextIdentifier, "langdetect": LangdetectIdentifier}
 
 
+@functools.lru_cache(maxsize=2)
+def supported_languages(backend: str = "fasttext") -> frozenset[str]:
+    """The language codes the identifier can name: a target outside them would reject every caption."""
+    if backend == "langdetect":
+        import langdetect
+
+        codes = {p.name.split("-")[0] for p in (pathlib.Path(langdetect.__file__).parent / "profiles").iterdir()}
+    elif backend == "fasttext":
+        # every label of the model: k=-1 lists them all, threshold -1 keeps those scored 0
+        codes = {label[9:] for _, label in _fasttext_model(None).f.predict("a\n", -1, -1.0, "replace")}
+    else:
+        raise ValueError(f"unknown language backend {backend!r}; choose from {sorted(IDENTIFIERS)}")
+    return frozenset(codes | set(WORD_MODEL_LANGS.values()))
+
+
 def combine(experts: Mapping[str, Mapping[str, float]], latin: float | None, targets: Sequence[str] = (),
             top: int = 3) -> dict[str, float]:
     """Product of the experts' distributions (with floors) and the script cue, normalised.

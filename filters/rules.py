@@ -15,7 +15,8 @@ from filters.base import Decision
 from filters.dedup import REASONS as DEDUP_REASONS
 from filters.image import DEFAULT_FORMATS, ImageFilter
 from filters.language import LanguageFilter
-from filters.text import TEXT_SOURCES, BoilerplateFilter, OOVFilter, WordCountFilter, normalize_text, text_quality_score
+from filters.text import (MAX_CHARS, TEXT_SOURCES, BoilerplateFilter, OOVFilter, WordCountFilter, normalize_text,
+                          text_quality_score)
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class RuleConfig:
 
     min_words: int = 3
     max_words: int = 64
+    max_chars: int = MAX_CHARS
     langs: Sequence[str] = ("en",)
     lang_threshold: float = 0.5
     lang_backend: str = "fasttext"
@@ -45,7 +47,7 @@ class RuleConfig:
 
 #: the reasons each step can give, in pipeline order (the funnel's rows)
 STEP_REASONS = {
-    "input": ("invalid_utf8",),
+    "input": ("invalid_utf8", "missing_id"),
     "caption": ("no_text",),
     WordCountFilter.name: WordCountFilter.reasons,
     BoilerplateFilter.name: BoilerplateFilter.reasons,
@@ -63,9 +65,14 @@ def _lang_of(decision: Decision) -> str | None:
     return decision.detail.split(" ")[0] if decision.detail else None
 
 
-def pair_id_for(candidate_id: str, text_source: str) -> str:
-    """A stable pair id: one candidate gives at most one pair, from one text source."""
-    return hashlib.sha1(f"pair|{candidate_id}|{text_source}".encode()).hexdigest()
+def pair_id_for(candidate_id: str, image_id: str, text_source: str) -> str:
+    """A stable pair id: one candidate gives at most one pair (one image, one text source).
+
+    The image is part of it: an input holding one candidate_id on two different images (crawls merged,
+    ids written by another tool) gives two pairs, two ids. The same candidate read twice gives one id
+    twice, and the aggregation keeps one of them (``dedup.split_best_text``: ``duplicate_candidate``).
+    """
+    return hashlib.sha1(f"pair|{candidate_id}|{image_id}|{text_source}".encode()).hexdigest()
 
 
 class RuleFilters:
@@ -73,7 +80,7 @@ class RuleFilters:
 
     def __init__(self, config: RuleConfig | None = None):
         self.config = config = config or RuleConfig()
-        self.word_count = WordCountFilter(config.min_words, config.max_words)
+        self.word_count = WordCountFilter(config.min_words, config.max_words, config.max_chars)
         self.boilerplate = BoilerplateFilter()
         self.language = LanguageFilter(config.langs, config.lang_threshold, config.lang_backend,
                                        word_model=config.word_model, use_page=config.use_page)
@@ -134,10 +141,15 @@ class RuleFilters:
         lang_decision = decisions[self.language.name]
         lang = _lang_of(lang_decision)
         oov_rate = decisions[self.oov.name].score if self.oov else None
-        image_id = candidate.get("image_id") or hashlib.sha256(candidate["image_bytes"]).hexdigest()
+        # The contract's image_id is the sha256 of the bytes: computed here, not taken from the column,
+        # so that two images never share an id (dedup groups by it) and one image never has two.
+        image_id = hashlib.sha256(candidate["image_bytes"]).hexdigest()
+        if candidate.get("image_id") != image_id:
+            logger.debug("candidate %s: image_id %r is not the sha256 of its bytes; using %s",
+                         candidate.get("candidate_id"), candidate.get("image_id"), image_id)
         candidate_id = candidate.get("candidate_id")
         pair = {
-            "pair_id": pair_id_for(candidate_id or image_id, source),
+            "pair_id": pair_id_for(candidate_id, image_id, source),
             "candidate_id": candidate_id,
             "image_id": image_id,
             "caption": caption,
@@ -146,8 +158,8 @@ class RuleFilters:
             "lang_score": lang_decision.score,
             "relevance": None,
             "phash": info.get("phash"),
-            "width": candidate.get("width") or info.get("width"),
-            "height": candidate.get("height") or info.get("height"),
+            "width": info["width"],  # measured, after the EXIF orientation (the crawler's columns are not trusted)
+            "height": info["height"],
             "image_bytes": candidate.get("image_bytes"),
             "page_url": candidate.get("page_url"),
             "image_url": candidate.get("image_url"),

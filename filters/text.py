@@ -25,16 +25,32 @@ _WHITESPACE = re.compile(r"\s+")
 # Control and format characters (zero-width spaces, soft hyphens, bidi marks) carry no text.
 _INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+# Terminal escape sequences (colour codes such as ESC[31m): dropping the ESC control alone leaves "[31m".
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+# Markup of common HTML elements (alt text that held escaped tags). Only these names, so that "x <y and
+# y> z" stays text; the attributes stop at the next "<" or ">", so nothing here can backtrack far.
+_TAG = re.compile(
+    r"<(/?)(a|abbr|audio|b|big|blockquote|br|button|center|cite|code|del|div|em|figcaption|figure|font|form|"
+    r"h[1-6]|hr|i|iframe|img|input|ins|label|li|link|mark|meta|noscript|ol|p|picture|pre|q|s|script|small|"
+    r"source|span|strike|strong|style|sub|sup|svg|table|td|th|tr|tt|u|ul|video)(?![\w:-])([^<>]*)>",
+    re.IGNORECASE,
+)
+_HIDDEN_ELEMENTS = ("script", "style")  # their content is code, not text
 
 _IMAGE_EXT = r"(?:jpe?g|png|gif|webp|bmp|svg|tiff?|heic|avif)"
 _FILENAME = re.compile(
     rf"(?:^|\s)(?:\S+\.{_IMAGE_EXT}|(?:img|dsc|dscn|dscf|dcim|pxl|gopr|mvimg|sam|wp|screenshot)[_\- ]?\d{{3,}}\S*)(?:\s|$)",
     re.IGNORECASE,
 )
-_URL = re.compile(
-    r"(?:https?://|ftp://|www\.)\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov|io|co|uk|de|fr|info|biz|html?|php)\b",
-    re.IGNORECASE,
-)
+_URL = re.compile(r"(?:https?://|ftp://|www\.)\S+", re.IGNORECASE)
+#: Endings that make a dotted name a web address ("shop.example.com", "index.html").
+URL_ENDINGS = frozenset("com org net edu gov io co uk de fr info biz htm html php".split())
+# A run of name characters: a single character class, so it cannot backtrack. The domain check
+# below then works on the run with string operations, in linear time on any input.
+_NAME_RUN = re.compile(r"[\w.-]+")
+#: Longest caption the text rules look at, in characters (after normalisation); longer ones are
+#: ``text_too_long`` before any pattern runs. Alt text is a sentence or two; 64 words are ~400 characters.
+MAX_CHARS = 2000
 #: Phrases that mark navigation, layout or advertising images rather than descriptions.
 BOILERPLATE_PHRASES = (
     "click here", "click to enlarge", "click to", "read more", "learn more", "logo", "icon", "banner", "spacer",
@@ -44,18 +60,64 @@ BOILERPLATE_PHRASES = (
 )
 
 
+def strip_markup(text: str) -> str:
+    """The text without HTML tags (each becomes a space); script and style elements go with their content."""
+    if "<" not in text:
+        return text
+    out, pos, hidden = [], 0, None
+    for match in _TAG.finditer(text):
+        if hidden is None:
+            out.append(text[pos:match.start()])
+        closing, name = match.group(1), match.group(2).lower()
+        if hidden is None and not closing and name in _HIDDEN_ELEMENTS:
+            hidden = name
+        elif closing and name == hidden:
+            hidden = None
+        out.append(" ")
+        pos = match.end()
+    if hidden is None:
+        out.append(text[pos:])
+    return "".join(out)
+
+
 def normalize_text(text: Any) -> str:
-    """NFKC, HTML entities decoded, invisible characters dropped, whitespace collapsed; None becomes ''."""
+    """NFKC, HTML entities decoded, HTML tags and terminal escapes removed, invisible characters dropped,
+    whitespace collapsed; None becomes ''."""
     if text is None:
         return ""
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8")  # callers decide what invalid UTF-8 means; see rules
     # Entities first (alt="Caf&eacute;"), twice for double-escaped markup ("&amp;eacute;").
     text = html.unescape(html.unescape(text))
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    text = strip_markup(text)
     text = unicodedata.normalize("NFKC", text)
     if not text.isprintable():
         text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _INVISIBLE)
     return _WHITESPACE.sub(" ", text).strip()
+
+
+def find_url(text: str) -> str | None:
+    """The first web address in a text, or None: a scheme or ``www.`` prefix, or a dotted name whose
+    label ends in ``URL_ENDINGS`` ("shop.example.com", "index.html", "example.co-op").
+
+    Linear in the text's length: no pattern here can backtrack (a regular expression for dotted
+    names took seconds on a 20 kB token like ``a.a.a.…b``).
+    """
+    match = _URL.search(text)
+    if match:
+        return match.group(0)
+    for run in _NAME_RUN.finditer(text):
+        labels = run.group(0).split(".")
+        for i in range(1, len(labels)):
+            ending = labels[i].split("-", 1)[0]  # the ending must end at a word boundary
+            if ending.lower() in URL_ENDINGS and labels[i - 1].strip("-"):
+                start = i - 1
+                while start > 0 and labels[start - 1]:
+                    start -= 1
+                return ".".join(labels[start:i] + [ending])
+    return None
 
 
 def words(text: str) -> list[str]:
@@ -69,17 +131,25 @@ def tokens(text: str) -> list[str]:
 
 
 class WordCountFilter(Filter):
-    """Captions must have between ``min_words`` (3) and ``max_words`` (64) words."""
+    """Captions must have between ``min_words`` (3) and ``max_words`` (64) words.
+
+    ``max_chars`` (``MAX_CHARS``, 2000; 0 turns it off): a longer caption is ``text_too_long`` from
+    its length alone. This filter runs first, so no later pattern ever sees more than this.
+    """
 
     name = "word_count"
     reasons = ("text_too_short", "text_too_long")
 
-    def __init__(self, min_words: int = 3, max_words: int = 64):
+    def __init__(self, min_words: int = 3, max_words: int = 64, max_chars: int = MAX_CHARS):
         self.min_words = min_words
         self.max_words = max_words
+        self.max_chars = max_chars
 
     def __call__(self, record: Mapping[str, Any]) -> Decision:
-        n = len(tokens(record.get("caption") or ""))
+        caption = record.get("caption") or ""
+        if self.max_chars and len(caption) > self.max_chars:
+            return Decision.reject("text_too_long", None, f"{len(caption)} characters > {self.max_chars}")
+        n = len(tokens(caption))
         if n < self.min_words:
             return Decision.reject("text_too_short", n, f"{n} words < {self.min_words}")
         if self.max_words and n > self.max_words:
@@ -110,9 +180,9 @@ class BoilerplateFilter(Filter):
         match = _FILENAME.search(caption)
         if match:
             return Decision.reject("caption_is_filename", detail=match.group(0).strip())
-        match = _URL.search(caption)
-        if match:
-            return Decision.reject("caption_has_url", detail=match.group(0))
+        url = find_url(caption)
+        if url:
+            return Decision.reject("caption_has_url", detail=url)
         match = self._phrase_re.search(caption)
         if match:
             return Decision.reject("boilerplate_text", detail=match.group(0).lower())

@@ -167,25 +167,53 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
 
 
 def read_config(model_dir: str) -> dict:
-    """The JSON config of a saved relevance model; a clear error when the folder is not one."""
+    """The JSON config of a saved relevance model; a clear error when the folder is not one.
+
+    FileNotFoundError without a config.json; ValueError (one line, naming the file) when it is not a
+    LAIT relevance model's config: not JSON, another kind, no architecture or threshold.
+    """
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{model_dir}: not a LAIT relevance model (no {CONFIG_FILE})")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    if config.get("kind") != MODEL_KIND:
-        raise ValueError(f"{path}: kind {config.get('kind')!r}, expected {MODEL_KIND!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(config, dict) or config.get("kind") != MODEL_KIND:
+        kind = config.get("kind") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{path}: kind {kind!r}, expected {MODEL_KIND!r}")
+    if not isinstance(config.get("model"), dict):
+        raise ValueError(f"{path}: no model architecture ('model')")
+    threshold = config.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ValueError(f"{path}: no numeric 'threshold' (got {threshold!r})")
     return config
 
 
 def load_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[RelevanceModel | RelevanceEnsemble, dict]:
-    """Build the model (an ensemble when ``config.json`` counts ``members``) and load its safetensors weights (no pickle)."""
+    """Build the model (an ensemble when ``config.json`` counts ``members``) and load its safetensors weights (no pickle).
+
+    A missing weights file is a FileNotFoundError; weights that are not safetensors, truncated, or of
+    another architecture are a ValueError naming the file.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     config = read_config(model_dir)
-    arch = RelevanceConfig.from_dict(config["model"])
-    members = int(config.get("members", 0))
-    model = RelevanceEnsemble([RelevanceModel(arch) for _ in range(members)]) if members else RelevanceModel(arch)
-    model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS_FILE), device="cpu"))
+    path = os.path.join(model_dir, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir}: no weights ({WEIGHTS_FILE})")
+    try:
+        arch = RelevanceConfig.from_dict(config["model"])
+        members = int(config.get("members", 0))
+        model = RelevanceEnsemble([RelevanceModel(arch) for _ in range(members)]) if members else RelevanceModel(arch)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{os.path.join(model_dir, CONFIG_FILE)}: bad model architecture ({exc})") from None
+    try:
+        model.load_state_dict(load_file(path, device="cpu"))
+    except (SafetensorError, OSError, RuntimeError) as exc:  # RuntimeError: tensors of another architecture
+        message = " ".join(str(exc).split())
+        raise ValueError(f"{path}: unreadable or mismatched weights ({message[:300]})") from None
     model.eval().requires_grad_(False)
     return model.to(device), config

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import posixpath
 import sys
 from typing import Any, Iterable
@@ -47,22 +49,37 @@ READ_COLUMNS = ("candidate_id", "image_id", "page_url", "image_url", "alt", "tit
                 "page_text", "image_bytes", "width", "height")
 TEXT_COLUMNS = ("candidate_id", "image_id", "page_url", "image_url", "alt", "title", "figcaption", "page_lang",
                 "page_text")
+#: columns a candidate cannot leave without (the contract's non-null ids); a row without one is ``missing_id``
+ID_COLUMNS = ("candidate_id", "page_url", "image_url")
 
 
 # ---------------------------------------------------------------------------------------------- input
 
-def resolve_input(path: str) -> list[str]:
-    """The candidate Parquet files of a crawl folder (``candidates/`` inside) or of the dataset itself."""
+def input_root(path: str) -> str:
+    """The candidates dataset an ``--input`` names: ``candidates/`` in a crawl folder, else the path itself."""
     path = path.rstrip("/")
     if path.endswith(".parquet") or any(ch in path for ch in "*?["):
-        patterns = [path]
-    else:
-        patterns = [posixpath.join(path, "candidates", "**.parquet"), posixpath.join(path, "**.parquet")]
-    for pattern in patterns:
-        found = FileSystems.match([pattern])[0].metadata_list
-        files = sorted(m.path for m in found if not _hidden(m.path, path))
-        if files:
-            return files
+        return path
+    candidates = posixpath.join(path, "candidates")
+    return candidates if FileSystems.exists(candidates) else path
+
+
+def resolve_input(path: str) -> list[str]:
+    """The candidate Parquet files of a crawl folder (``candidates/`` inside) or of the dataset itself.
+
+    A crawl folder's ``candidates/`` is read alone, even when it holds no file (an empty crawl gives an
+    empty run): the folder's other datasets (``rejected/``) are never taken for candidates.
+    """
+    path = path.rstrip("/")
+    root = input_root(path)
+    single = root.endswith(".parquet") or any(ch in root for ch in "*?[")
+    pattern = root if single else posixpath.join(root, "**.parquet")
+    found = FileSystems.match([pattern])[0].metadata_list
+    files = sorted(m.path for m in found if not _hidden(m.path, path))
+    if files or root != path:
+        if not files:
+            logger.warning("filter: %s holds no candidate files: an empty run", root)
+        return files
     raise FileNotFoundError(f"no candidates under {path} (expected {path}/candidates/*.parquet or *.parquet)")
 
 
@@ -84,11 +101,13 @@ def check_candidates(files: Iterable[str]) -> None:
 
 
 class ReadRowGroupsDoFn(beam.DoFn):
-    """(file, row group) -> candidate dicts; rows whose text is not valid UTF-8 leave as rejected rows."""
+    """(file, row group) -> candidate dicts; rows whose text is not valid UTF-8 (``invalid_utf8``) or that lack
+    an id (``missing_id``: a null or empty candidate_id, page_url or image_url) leave as rejected rows."""
 
     def __init__(self):
         self.rows_read = Metrics.counter(NAMESPACE, "in")
         self.invalid = Metrics.counter(NAMESPACE, "input/invalid_utf8")
+        self.missing = Metrics.counter(NAMESPACE, "input/missing_id")
 
     def process(self, item: tuple[str, int]):
         path, row_group = item
@@ -109,12 +128,17 @@ class ReadRowGroupsDoFn(beam.DoFn):
                     except UnicodeDecodeError:
                         bad = bad or column
                         row[column] = value.decode("utf-8", "replace")
-            if bad is None:
-                yield row
-            else:
+            missing = next((column for column in ID_COLUMNS if not row.get(column)), None)
+            if bad is not None:
                 self.invalid.inc()
                 yield beam.pvalue.TaggedOutput("rejected", RuleFilters.rejected(
                     row, "invalid_utf8", f"column {bad!r} is not valid UTF-8 in {posixpath.basename(path)}", None))
+            elif missing is not None:
+                self.missing.inc()
+                yield beam.pvalue.TaggedOutput("rejected", RuleFilters.rejected(
+                    row, "missing_id", f"column {missing!r} is empty in {posixpath.basename(path)}", None))
+            else:
+                yield row
 
 
 def _row_groups(path: str):
@@ -321,8 +345,12 @@ def funnel_table(stats: dict[str, Any]) -> str:
 
 
 def build_stats(n_in: int, n_kept: int, reason_counts: Iterable[tuple[tuple[str, str], int]],
-                relevance_summary: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
-    """The stats.json dict; raises when the books do not balance (in != kept + rejected)."""
+                relevance_summary: list[dict], settings: dict[str, Any],
+                input_ref: str | None = None) -> dict[str, Any]:
+    """The stats.json dict; raises when the books do not balance (in != kept + rejected).
+
+    ``input_ref``: the input, as the audit finds it (``input_reference``); ``settings`` keep it as given.
+    """
     by_reason: dict[str, int] = {}
     by_stage: dict[str, int] = {}
     for (stage, reason), count in reason_counts:
@@ -331,7 +359,8 @@ def build_stats(n_in: int, n_kept: int, reason_counts: Iterable[tuple[tuple[str,
     rejected = sum(by_reason.values())
     if n_in != n_kept + rejected:
         raise RuntimeError(f"filter books do not balance: in {n_in} != kept {n_kept} + rejected {rejected}")
-    stats = {"stage": STAGE, "in": n_in, "kept": n_kept, "rejected": rejected,
+    stats = {"stage": STAGE, "input": input_ref if input_ref is not None else settings.get("input"),
+             "in": n_in, "kept": n_kept, "rejected": rejected,
              "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
              "rejected_by_stage": by_stage, "settings": settings,
              "relevance": relevance_summary[0] if relevance_summary else None}
@@ -341,8 +370,8 @@ def build_stats(n_in: int, n_kept: int, reason_counts: Iterable[tuple[tuple[str,
     return stats
 
 
-def _write_stats(_, path, n_in, n_kept, reason_counts, relevance_summary, settings):
-    stats = build_stats(n_in, n_kept, reason_counts, relevance_summary, settings)
+def _write_stats(_, path, n_in, n_kept, reason_counts, relevance_summary, settings, input_ref=None):
+    stats = build_stats(n_in, n_kept, reason_counts, relevance_summary, settings, input_ref)
     with FileSystems.create(path) as handle:
         handle.write(json.dumps(stats, indent=2, default=str).encode())
     return stats
@@ -382,18 +411,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
+def input_reference(input_path: str, output: str) -> str:
+    """The input as stats.json names it: relative to the run folder (the output's parent) when it lies
+    inside it, so that a run folder moved or copied whole still names its own input; else absolute."""
+    if "://" in input_path or "://" in output:
+        return input_path
+    run_dir = os.path.dirname(os.path.abspath(output))
+    path = os.path.abspath(input_path)
+    return os.path.relpath(path, run_dir) if path.startswith(run_dir + os.sep) else path
+
+
+def check_relevance_args(args: argparse.Namespace) -> None:
+    """Check the relevance options and load the model once (on the CPU): a bad option, or a missing or
+    corrupt model, is a ValueError or FileNotFoundError before the run touches its output."""
+    threshold, keep_rate = args.relevance_threshold, args.relevance_keep_rate
+    if not args.relevance:
+        if threshold is not None or keep_rate is not None:
+            raise ValueError("--relevance-threshold and --relevance-keep-rate need --relevance MODEL")
+        return
+    if threshold is not None and keep_rate is not None:
+        raise ValueError("give --relevance-threshold or --relevance-keep-rate, not both")
+    if keep_rate is not None and not 0.0 < keep_rate <= 1.0:
+        raise ValueError(f"--relevance-keep-rate must be in (0, 1], got {keep_rate}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"--relevance-threshold must be a number, got {threshold}")
+    if args.relevance_batch_size < 1:
+        raise ValueError(f"--relevance-batch-size must be 1 or more, got {args.relevance_batch_size}")
+    if args.relevance_device is not None and args.relevance_device.lower() not in ("cpu", "gpu", "cuda"):
+        raise ValueError(f"--relevance-device must be cpu or gpu, got {args.relevance_device!r}")
+    from filters.relevance import load
+
+    load(args.relevance, device="cpu")
+
+
+def _prepare_output(output: str, overwrite: bool, input_path: str | None = None) -> None:
     """The shared output rule (``pipeline.outputs``), and a local folder made ready."""
-    prepare_output(output, STAGE, ("pairs", "rejected"), overwrite, hint="pass --overwrite")
+    inputs = (input_root(input_path),) if input_path else ()
+    prepare_output(output, STAGE, ("pairs", "rejected"), overwrite, hint="pass --overwrite", inputs=inputs)
     if "://" not in output and not FileSystems.exists(output):
         FileSystems.mkdirs(output)
 
 
 # ---------------------------------------------------------------------------------------------- run
 
-def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str]) -> None:
+def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str], config: RuleConfig | None = None) -> None:
     """Add the whole filter stage to pipeline ``p``."""
-    config = config_from_args(args)
+    config = config or config_from_args(args)
     read = p | "ReadCandidates" >> ReadCandidates(files)
     rules = read.candidates | "ApplyRuleFilters" >> ApplyRuleFilters(config)
     pairs = rules.pairs
@@ -426,7 +489,8 @@ def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str]) -> None:
     (p | "StatsTrigger" >> beam.Create([None])
      | "WriteStats" >> beam.Map(_write_stats, posixpath.join(args.output, PENDING_STATS),
                                 beam.pvalue.AsSingleton(n_read), beam.pvalue.AsSingleton(n_kept),
-                                beam.pvalue.AsList(reasons), beam.pvalue.AsList(relevance_summary), settings))
+                                beam.pvalue.AsList(reasons), beam.pvalue.AsList(relevance_summary), settings,
+                                input_reference(args.input, args.output)))
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
@@ -437,16 +501,22 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
 def run_with_args(args: argparse.Namespace, beam_args: list[str],
                   test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
-    """``run`` for an already parsed namespace (``lait filter`` parses its own)."""
+    """``run`` for an already parsed namespace (``lait filter`` parses its own).
+
+    Every option is checked, and the relevance model loaded, before the output folder is touched: a bad
+    option is a ValueError (or FileNotFoundError) and leaves a previous run's output as it was.
+    """
+    config = config_from_args(args)
+    check_relevance_args(args)
     files = resolve_input(args.input)
     check_candidates(files)
-    _prepare_output(args.output, args.overwrite)
+    _prepare_output(args.output, args.overwrite, args.input)
     options = PipelineOptions(beam_args)
     if test_pipeline is not None:
         p = test_pipeline
     else:
         p = beam.Pipeline(runner=make_runner(options), options=options)
-    build(p, args, files)
+    build(p, args, files, config)
     result = p.run()
     result.wait_until_finish()
     finish_output(args.output)
@@ -461,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         stats = run(argv)
-    except (FileNotFoundError, FileExistsError, schemas.SchemaMismatchError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # SchemaMismatchError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(stats["funnel_table"])

@@ -21,6 +21,9 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("text")
     g.add_argument("--min-words", type=int, default=d.min_words, help=f"fewest words in a caption (default {d.min_words})")
     g.add_argument("--max-words", type=int, default=d.max_words, help=f"most words in a caption (default {d.max_words})")
+    g.add_argument("--max-chars", type=int, default=d.max_chars,
+                   help=f"longest caption in characters, checked before any other text rule; 0 turns it off "
+                        f"(default {d.max_chars})")
     g.add_argument("--vocab", default=d.vocabulary,
                    help="vocabulary for the OOV rate: 'auto' (the detected language's common words), a "
                         "language code or a word-per-line file; 'none' turns the check off (default auto)")
@@ -57,13 +60,95 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", default="zstd", help="Parquet compression (default zstd)")
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    """Pillow format names from a comma list; file extensions (jpg, tif) name their format."""
+    from PIL import Image
+
+    Image.init()
+    extensions = Image.registered_extensions()
+    formats = []
+    for name in (f.strip() for f in text.split(",") if f.strip()):
+        fmt = name.upper() if name.upper() in Image.OPEN else extensions.get("." + name.lower().lstrip("."))
+        _check(fmt is not None, f"--formats: {name!r} is not an image format Pillow reads "
+                                f"(e.g. {', '.join(RuleConfig().formats)})")
+        formats.append(fmt)
+    return tuple(dict.fromkeys(formats))
+
+
+def _langs(text: str, backend: str) -> tuple[str, ...]:
+    """Language codes from a comma list, each one the language identifier can name."""
+    from filters.language import supported_languages
+
+    langs = tuple(dict.fromkeys(l.strip().lower() for l in text.split(",") if l.strip()))
+    _check(bool(langs), "--langs: give at least one language code, e.g. en")
+    known = supported_languages(backend)
+    unknown = [l for l in langs if l not in known]
+    _check(not unknown, f"--langs: {', '.join(map(repr, unknown))} not a language code the {backend} identifier "
+                        f"knows (ISO 639 codes such as en, de, fr, zh)")
+    return langs
+
+
+def _vocabulary(value) -> str | None:
+    """The --vocab value, its word list loaded now: a bad one is an error here, not on every record."""
+    vocab = None if str(value).lower() in ("none", "") else str(value)
+    if vocab is None or vocab == "auto":
+        return vocab
+    from filters.text import load_vocabulary
+
+    try:
+        load_vocabulary(vocab)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--vocab: cannot read {vocab}: {exc}") from None
+    except ValueError:
+        raise ValueError(f"--vocab: {vocab!r} is neither a word-list file nor a language code with a word list "
+                         f"('auto', 'none', en, de, ...)") from None
+    return vocab
+
+
+def _codec(value: str) -> str:
+    import pyarrow as pa
+
+    codec = str(value).lower()
+    try:
+        ok = codec == "none" or pa.Codec.is_available(codec)
+    except (ValueError, pa.ArrowException):
+        ok = False
+    _check(ok, f"--codec: {value!r} is not a Parquet compression this pyarrow has "
+               f"(none, snappy, gzip, brotli, zstd, lz4)")
+    return codec
+
+
 def config_from_args(args: argparse.Namespace) -> RuleConfig:
-    """The RuleConfig an argument namespace describes."""
-    vocab = None if str(args.vocab).lower() in ("none", "") else args.vocab
+    """The RuleConfig an argument namespace describes; raises ValueError (one line, naming the option) when
+    an option is invalid, so that a run fails before it touches its output rather than on every record.
+
+    Options of the pipeline only (``--codec``, ``--max-images-per-caption``, ...) are checked when present,
+    and normalised in ``args`` (``--codec``); ``lait explain`` shares the rule options.
+    """
+    for name in ("min_words", "max_words", "max_chars", "min_side", "min_bytes", "max_images_per_caption"):
+        value = getattr(args, name, None)
+        if value is not None:
+            _check(value >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    for name in ("max_oov_rate", "lang_threshold"):
+        value = getattr(args, name)
+        _check(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    _check(args.max_aspect >= 0, f"--max-aspect must be 0 (off) or more, got {args.max_aspect}")
+    _check(args.min_std >= 0, f"--min-std must be 0 or more, got {args.min_std}")
+    if getattr(args, "phash_distance", None) is not None:
+        _check(-1 <= args.phash_distance < 64,
+               f"--phash-distance must be -1 (off) to 63 bits, got {args.phash_distance}")
+    if getattr(args, "codec", None) is not None:
+        args.codec = _codec(args.codec)
     return RuleConfig(
-        min_words=args.min_words, max_words=args.max_words, langs=tuple(l.strip() for l in args.langs.split(",") if l.strip()),
-        lang_threshold=args.lang_threshold, lang_backend=args.lang_backend, word_model=not args.no_word_model,
-        use_page=not args.no_page_lang, vocabulary=vocab, max_oov_rate=args.max_oov_rate, min_side=args.min_side,
-        max_aspect=args.max_aspect, formats=tuple(f.strip().upper() for f in args.formats.split(",") if f.strip()),
-        min_bytes=args.min_bytes, allow_animated=args.allow_animated, min_std=args.min_std,
+        min_words=args.min_words, max_words=args.max_words, max_chars=getattr(args, "max_chars", RuleConfig.max_chars),
+        langs=_langs(args.langs, args.lang_backend), lang_threshold=args.lang_threshold, lang_backend=args.lang_backend,
+        word_model=not args.no_word_model, use_page=not args.no_page_lang, vocabulary=_vocabulary(args.vocab),
+        max_oov_rate=args.max_oov_rate, min_side=args.min_side, max_aspect=args.max_aspect,
+        formats=_formats(args.formats), min_bytes=args.min_bytes, allow_animated=args.allow_animated,
+        min_std=args.min_std,
     )

@@ -7,7 +7,9 @@ would add its rows to theirs.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import posixpath
 from typing import Sequence
 
@@ -24,12 +26,52 @@ class OutputExistsError(FileExistsError, ValueError):
     """The output folder holds a finished run (a ValueError too, for the CLIs' one-line bad-input errors)."""
 
 
+def _local(path: str) -> str | None:
+    """The absolute, resolved form of a local path (None for a URL such as gs://...)."""
+    return None if "://" in path else os.path.realpath(path)
+
+
+def _overlaps(output: str, source: str) -> bool:
+    """Whether two paths are the same, or one holds the other."""
+    a, b = _local(output), _local(source)
+    if a is None or b is None:
+        a, b = output.rstrip("/"), source.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def _stage_of(stats_path: str) -> str | None:
+    """The ``stage`` a finished run's stats.json names (None when it names none or cannot be read)."""
+    try:
+        with FileSystems.open(stats_path) as handle:
+            stats = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return stats.get("stage") if isinstance(stats, dict) else None
+
+
 def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: bool = False,
-                   hint: str = "use a new --output") -> None:
-    """Refuse a finished run's folder unless ``overwrite``; remove ``parts`` an interrupted run left."""
+                   hint: str = "use a new --output", inputs: Sequence[str] = ()) -> None:
+    """Refuse a finished run's folder unless ``overwrite``; remove ``parts`` an interrupted run left.
+
+    Refused even with ``overwrite`` (``OutputExistsError``): an output that is a file, that holds another
+    stage's finished run (its stats.json names another stage: a crawl folder given as --output), or that
+    is, holds or lies inside one of ``inputs`` (the data this run reads).
+    """
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        raise OutputExistsError(f"{output} is a file, not a folder; use a new --output")
+    for source in inputs:
+        if _overlaps(output, source):
+            raise OutputExistsError(f"{output} overlaps the input {source}: the {stage} output needs a folder of its "
+                                    f"own (e.g. a sibling of the input)")
     targets = [posixpath.join(output, name) for name in (*parts, PENDING_STATS, "stats.json")]
     existing = [t for t in targets if FileSystems.exists(t)]
-    finished = FileSystems.exists(posixpath.join(output, "stats.json"))
+    stats_path = posixpath.join(output, "stats.json")
+    finished = FileSystems.exists(stats_path)
+    if finished:
+        other = _stage_of(stats_path)
+        if other is not None and other != stage:
+            raise OutputExistsError(f"{output} holds a finished {other} run, not a {stage} run; "
+                                    f"use a new --output (--overwrite never replaces another stage's output)")
     if finished and not overwrite:
         raise OutputExistsError(f"{output} already holds a finished {stage} run ({', '.join(existing)}); {hint}")
     if existing:

@@ -312,12 +312,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_model_args(args: argparse.Namespace) -> None:
+    """Check the cut and load the model once (on the CPU), before the output is touched: a missing or
+    corrupt model is a FileNotFoundError or ValueError here, not a traceback from a Beam worker."""
+    from filters.relevance import load
+
+    if args.keep_rate is not None and not 0.0 < args.keep_rate <= 1.0:
+        raise ValueError(f"--keep-rate must be in (0, 1], got {args.keep_rate}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    load(args.model, device="cpu")
+
+
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Run the standalone scoring pipeline; returns the relevance summary written to stats.json."""
     args, beam_args = build_parser().parse_known_args(argv)
     files = _pair_files(args.input)
     options = PipelineOptions(beam_args)
-    prepare_output(args.output, STAGE, ("pairs", "rejected"))
+    check_model_args(args)
+    from filters.relevance.data import resolve_pairs_path
+
+    prepare_output(args.output, STAGE, ("pairs", "rejected"), inputs=(resolve_pairs_path(args.input),))
     if "://" not in args.output:  # an empty dataset is a folder with no shards, not a missing one
         for sub in ("pairs", "rejected"):
             os.makedirs(os.path.join(args.output, sub), exist_ok=True)
@@ -341,6 +356,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     try:
         print(json.dumps(run(), indent=2))
-    except ValueError as exc:  # a finished output, bad input: one line, not a traceback
+    except (ValueError, FileNotFoundError) as exc:  # a finished output, bad input: one line, not a traceback
         print(f"python -m pipeline.relevance: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from filters.imageio import WEB_FORMATS
 from filters.relevance import features as F
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class ClipScorer(Scorer):
 
         tokens = self.tokenizer([pair.get("caption") or ""])[0]
         try:
-            with Image.open(io.BytesIO(pair.get("image_bytes") or b"")) as img:
+            with Image.open(io.BytesIO(pair.get("image_bytes") or b""), formats=WEB_FORMATS) as img:
                 image = self.preprocess(img.convert("RGB"))
             ok = True
         except Exception as exc:  # noqa: BLE001 - any decode failure makes the pair unscorable, not a crash

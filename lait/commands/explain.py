@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = RuleConfig()
     parser.add_argument("--min-words", type=int, default=d.min_words, help=f"default {d.min_words}")
     parser.add_argument("--max-words", type=int, default=d.max_words, help=f"default {d.max_words}")
+    parser.add_argument("--max-chars", type=int, default=d.max_chars, help=f"default {d.max_chars}")
     parser.add_argument("--vocab", default=d.vocabulary, help="auto, a language code or a word file; 'none' turns OOV off (default auto)")
     parser.add_argument("--max-oov-rate", type=float, default=d.max_oov_rate, help=f"default {d.max_oov_rate}")
     parser.add_argument("--langs", default=",".join(d.langs), help="target languages (default en)")
@@ -66,17 +67,22 @@ def run(args: argparse.Namespace) -> int:
     from filters.rules import RuleFilters
     from pipeline.options import config_from_args
 
-    captions = _captions(args)
-    image = None
-    if args.image:
-        with open(args.image, "rb") as handle:
-            image = handle.read()
+    try:
+        config = config_from_args(args)
+        captions = _captions(args)
+        image = None
+        if args.image:
+            with open(args.image, "rb") as handle:
+                image = handle.read()
+    except (OSError, ValueError) as exc:  # a missing file, a bad option: one line, not a traceback
+        print(f"lait explain: error: {exc}", file=sys.stderr)
+        return 2
     if not captions and image is None:
         print("error: give captions, --captions FILE or --image FILE", file=sys.stderr)
         return 2
     if not captions:
         captions = [""]
-    rules = RuleFilters(config_from_args(args))
+    rules = RuleFilters(config)
     page_lang = None if args.no_page_lang else args.page_lang
     page_text = None if args.no_page_lang else args.page_text
     for caption in captions:

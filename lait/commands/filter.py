@@ -25,7 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import schemas
     from pipeline.filter import run_with_args
 
     beam_args = [a for a in args.beam_args if a != "--"]
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"lait filter: {args.input} -> {args.output} on {args.runner} ...", file=sys.stderr, flush=True)
     try:
         stats = run_with_args(args, beam_args)
-    except (FileNotFoundError, FileExistsError, schemas.SchemaMismatchError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # bad input or options; SchemaMismatchError is one
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(stats["funnel_table"])

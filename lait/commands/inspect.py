@@ -6,6 +6,7 @@ import collections
 import json
 import os
 
+import pyarrow as pa
 
 import schemas
 
@@ -42,6 +43,18 @@ def _short(value, width: int = 72):
     return value
 
 
+def _pylist(table: pa.Table) -> list[dict]:
+    """Rows as dicts; text that is not valid UTF-8 is shown with U+FFFD rather than failing the inspection."""
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError:
+        as_binary = pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or
+                               pa.types.is_large_string(f.type) else f for f in table.schema])
+        text = {f.name for f in table.schema if f.type != as_binary.field(f.name).type}
+        return [{k: v.decode("utf-8", "replace") if k in text and v is not None else v for k, v in row.items()}
+                for row in table.cast(as_binary).to_pylist()]
+
+
 def describe(path: str, rows: int = 3) -> dict:
     """Everything `lait inspect` shows about one dataset, as a dict."""
     dataset = schemas.open_dataset(path)
@@ -66,12 +79,12 @@ def describe(path: str, rows: int = 3) -> dict:
     }
     if rows > 0 and info["rows"]:
         head = dataset.head(rows)
-        info["sample"] = [{k: _short(v) for k, v in row.items()} for row in head.to_pylist()]
+        info["sample"] = [{k: _short(v) for k, v in row.items()} for row in _pylist(head)]
     if "reason" in schema.names:
         table = dataset.to_table(columns=[c for c in ("stage", "reason") if c in schema.names])
         counts = collections.Counter()
-        stages = table.column("stage").to_pylist() if "stage" in table.column_names else [None] * table.num_rows
-        for stage, reason in zip(stages, table.column("reason").to_pylist()):
+        for row in _pylist(table):
+            stage, reason = row.get("stage"), row.get("reason")
             counts[f"{stage}/{reason}" if stage else str(reason)] += 1
         info["rejected_reasons"] = dict(counts.most_common())
     return info
@@ -108,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         try:
             results.append(describe(target, args.rows))
-        except FileNotFoundError as exc:
-            results.append({"path": target, "error": str(exc)})
+        except (FileNotFoundError, ValueError, OSError, pa.ArrowException) as exc:  # ArrowInvalid: not Parquet
+            results.append({"path": target, "error": " ".join(str(exc).split())})
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
     else:

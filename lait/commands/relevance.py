@@ -106,7 +106,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@_clear_errors
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     """The scoring options, shared by `lait relevance score` and `python -m pipeline.relevance`."""
     parser.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
@@ -119,6 +118,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
 
 
+@_clear_errors
 def run_score(args: argparse.Namespace) -> int:
     from pipeline.relevance import run
 

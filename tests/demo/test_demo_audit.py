@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import schemas
@@ -121,3 +123,87 @@ def test_an_unreadable_dataset_is_a_failed_check(run_copy):
     assert ("crawl", "datasets_readable") in _failed(result)
     proc = _cli(str(run_copy))
     assert proc.returncode == 1 and "datasets_readable" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def _move_crawl_aside(run_copy):
+    """The filter's real input moved to other/crawl; RUN/crawl (the convention) becomes a decoy missing a row."""
+    shutil.copytree(run_copy / "crawl", run_copy / "other" / "crawl")
+    path = str(run_copy / "crawl" / "candidates")
+    table = schemas.read_table(path, "candidates")
+    shutil.rmtree(path)
+    schemas.write_table(table.slice(1), os.path.join(path, "part-00000.parquet"), "candidates")
+
+
+def _filter_checks(result):
+    stage = next(s for s in result["stages"] if s["name"] == "filter")
+    return stage["upstream"], {c["check"] for c in stage["checks"] if not c["ok"]}
+
+
+def test_audit_follows_the_input_the_filter_names(run_copy):
+    _move_crawl_aside(run_copy)
+    # the filter's own stats keep --input as typed under settings (before: only this, which the audit missed)
+    _edit_stats(run_copy, "filter", settings={"input": str(run_copy / "other" / "crawl")})
+    assert _filter_checks(audit.audit_run(str(run_copy))) == ("other/crawl", set())
+    # and now name it at the top, relative to the run folder
+    _edit_stats(run_copy, "filter", input="other/crawl", settings={"input": "/elsewhere/typed/crawl"})
+    assert _filter_checks(audit.audit_run(str(run_copy))) == ("other/crawl", set())
+    # a named input that is gone is a failed check, not lineage against whatever RUN/crawl holds
+    _edit_stats(run_copy, "filter", input="gone/crawl")
+    assert _filter_checks(audit.audit_run(str(run_copy))) == (None, {"upstream_found"})
+
+
+def test_repeated_candidate_rows_are_counted_as_read(run_copy):
+    # a crawl that wrote one candidate twice: the filter reads both rows and rejects the repeat
+    path = str(run_copy / "crawl" / "candidates")
+    table = schemas.read_table(path, "candidates")
+    shutil.rmtree(path)
+    schemas.write_table(pa.concat_tables([table, table.slice(0, 1)]), os.path.join(path, "part-00000.parquet"),
+                        "candidates")
+    first = table.slice(0, 1).to_pylist()[0]
+    rejected = schemas.read_table(str(run_copy / "filter" / "rejected"), "rejected")
+    extra = schemas.to_table([schemas.rejected_row("filter", "duplicate_candidate", "repeat",
+                                                   candidate_id=first["candidate_id"])], "rejected")
+    shutil.rmtree(run_copy / "filter" / "rejected")
+    schemas.write_table(pa.concat_tables([rejected, extra]),
+                        str(run_copy / "filter" / "rejected" / "part-00000.parquet"), "rejected")
+    stats = json.load(open(run_copy / "filter" / "stats.json"))
+    reasons = {**stats["rejected_by_reason"], "duplicate_candidate": 1}
+    _edit_stats(run_copy, "filter", **{"in": stats["in"] + 1, "rejected": stats["rejected"] + 1,
+                                       "rejected_by_reason": reasons})
+    assert "in_equals_upstream_kept" not in _filter_checks(audit.audit_run(str(run_copy)))[1]
+
+
+def test_invalid_utf8_in_a_dataset_is_not_a_crash(run_copy):
+    path = str(run_copy / "crawl" / "candidates")
+    table = schemas.read_table(path, "candidates")
+    ids = [v.encode() for v in table.column("candidate_id").to_pylist()]
+    ids[0] = b"c-\xc3"  # the filter rejects such a row as invalid_utf8, with the id decoded with U+FFFD
+    table = table.set_column(0, table.schema.field(0), pa.array(ids, pa.binary()).view(pa.string()))
+    pq.write_table(table, os.path.join(path, "part-00000.parquet"))
+    result = audit.audit_run(str(run_copy))
+    assert not any(check == "datasets_readable" for _, check in _failed(result))
+    proc = _cli(str(run_copy))
+    assert "Traceback" not in proc.stderr and "audit of" in proc.stdout
+
+
+def test_an_import_is_audited_by_its_captions_not_its_pairs(tmp_path):
+    """An import counts captions as kept; its pairs/ holds one row per image. Two captions of one image
+    balanced in the stats but failed the audit, which counted pairs."""
+    from PIL import Image
+
+    from model.captions_import import CaptionRecord, import_captions
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, colour in (("one.png", "red"), ("two.png", "blue")):
+        Image.new("RGB", (8, 6), colour).save(images / name)
+    records = [CaptionRecord("r1", "one.png", "a red square", "train"),
+               CaptionRecord("r2", "one.png", "a small red picture", "train"),
+               CaptionRecord("r3", "two.png", "a blue square", "train")]
+    stats = import_captions(records, str(images), str(tmp_path / "run" / "captions_import"))
+    assert stats["kept"] == 3
+    assert schemas.read_table(str(tmp_path / "run" / "captions_import" / "pairs"), "pairs").num_rows == 2
+    report = audit.audit_stage(str(tmp_path / "run"), "captions_import")
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert report["ok"], failed
+    assert any(c["check"] == "kept_rows_match" and "3 rows in captions" in c["detail"] for c in report["checks"])

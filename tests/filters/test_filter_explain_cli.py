@@ -23,3 +23,12 @@ def test_explain_json_page_evidence_and_errors(capsys):
     assert cli.main(["explain", "--json", "Hotel Berlin", "--min-words", "2", "--no-page-lang", "--page-lang", "en"]) == 0
     assert json.loads(capsys.readouterr().out)["lang"] == "de"
     assert cli.main(["explain"]) == 2
+
+
+def test_explain_missing_image_and_bad_options_are_one_line_errors(tmp_path, capsys):
+    assert cli.main(["explain", "--image", str(tmp_path / "nope.jpg"), "a dog on the beach"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lait explain: error: ") and "nope.jpg" in err and err.count("\n") == 1
+    assert cli.main(["explain", "--langs", "english", "a dog on the beach"]) == 2
+    assert "--langs: 'english'" in capsys.readouterr().err
+    assert cli.main(["explain", "--captions", str(tmp_path / "absent.txt")]) == 2

@@ -67,3 +67,28 @@ def test_header_raises_value_error_on_garbage_and_hamming():
     with pytest.raises(ValueError):
         image_header(b"garbage")
     assert hamming("ff00", "ff01") == 1 and hamming("0000", "ffff") == 16
+
+
+def _rotated_jpeg(width, height, orientation=6):
+    image = Image.open(io.BytesIO(make_image(11, width, height)))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif.tobytes())
+    return out.getvalue()
+
+
+def test_size_is_measured_as_shown_after_the_exif_orientation():
+    data = _rotated_jpeg(600, 400)  # stored 600x400, shown turned: 400x600
+    assert image_header(data)[:2] == (400, 600)
+    decision, info = ImageFilter(max_aspect=1.4)({"image_bytes": data}), ImageFilter().check(_record(data))[1]
+    assert (info["width"], info["height"]) == (400, 600)
+    assert decision.reason == "aspect_ratio_out_of_range" and "400x600" in decision.detail
+
+
+def test_svg_is_a_format_not_a_corrupt_image():
+    svg = (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="400" height="400">'
+           + b'<rect width="400" height="400" fill="red"/>' * 40 + b"</svg>")
+    decision = ImageFilter()(_record(svg))
+    assert (decision.reason, decision.detail) == ("image_format_not_allowed", "SVG")
+    assert ImageFilter()(_record(b"<!doctype html><html><body>not found</body></html>" * 40)).reason == "image_corrupt"

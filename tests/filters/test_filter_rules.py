@@ -58,3 +58,14 @@ def test_explain_reports_every_filter(rules, photo):
     assert set(result["filters"]) == {"word_count", "boilerplate", "language", "oov", "image"}
     assert result["filters"]["language"]["reason"] == "lang_not_target"
     assert result["filters"]["image"]["keep"] and result["image"]["format"] == "JPEG"
+
+
+def test_pair_size_and_image_id_come_from_the_bytes_not_the_columns(rules, photo):
+    import hashlib
+
+    row = candidate(photo, "a brown dog running along the beach at sunset", 0, width=5000, height=10)
+    row["image_id"] = "deadbeef"  # the column claims another id
+    pair, rejected = rules.apply(row)
+    assert rejected is None
+    assert (pair["width"], pair["height"]) == (400, 320)
+    assert pair["image_id"] == hashlib.sha256(photo).hexdigest()

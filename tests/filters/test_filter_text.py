@@ -92,3 +92,61 @@ def test_text_quality_prefers_sentences_in_vocabulary():
     label = text_quality_score("dog", 0.0, 0.99)
     rare = text_quality_score("a brown dog running on the beach", 0.8, 0.99)
     assert good > label and good > rare and 0.0 <= label <= 1.0
+
+
+def test_url_check_is_linear_on_an_adversarial_token():
+    # "a.a.a….b" made the old dotted-name pattern backtrack quadratically: 24 kB took 5.6 s, 100 kB minutes.
+    import time
+
+    caption = "a." * 50_000 + "b"  # 100 kB, one token
+    start = time.perf_counter()
+    decision = BoilerplateFilter()({"caption": caption})
+    assert time.perf_counter() - start < 1.0  # linear now: a few hundredths of a second
+    assert decision.reason != "caption_has_url"
+
+
+@pytest.mark.parametrize("caption,url", [
+    ("shop.example.com summer sale", "shop.example.com"), ("see (index.html) here", "index.html"),
+    ("mail me at me@mail.de now", "mail.de"), ("example.co-op store", "example.co"),
+    ("x.company picnic", None), ("the company.", None), ("a..com", None), ("New York at night", None),
+])
+def test_find_url_dotted_names(caption, url):
+    from filters.text import find_url
+
+    assert find_url(caption) == url
+
+
+def test_overlong_caption_is_rejected_before_any_pattern_runs():
+    from filters.rules import RuleFilters
+
+    long = "a brown dog " * 200  # 2,400 characters, 600 words
+    decision = WordCountFilter(max_chars=2000)({"caption": long})
+    assert (decision.keep, decision.reason) == (False, "text_too_long") and "characters > 2000" in decision.detail
+    assert WordCountFilter(max_words=0, max_chars=0)({"caption": long}).keep  # 0 turns both off
+    rules = RuleFilters()
+    seen = []  # count the later filters' calls: none may see the overlong caption
+    rules.boilerplate, rules.language, rules.oov = (_Counting(f, seen) for f in (rules.boilerplate, rules.language,
+                                                                                 rules.oov))
+    final, decisions = rules.check_caption({"caption": "a." * 20_000 + "b"})
+    assert final.reason == "text_too_long" and list(decisions) == ["word_count"] and seen == []
+
+
+class _Counting:
+    """A filter wrapper that records every record it is called on."""
+
+    def __init__(self, inner, seen):
+        self.inner, self.seen, self.name = inner, seen, inner.name
+
+    def __call__(self, record):
+        self.seen.append(record)
+        return self.inner(record)
+
+
+def test_normalize_text_drops_markup_and_terminal_escapes():
+    assert normalize_text("<b>a brown dog</b> running <script>alert(1)</script> along the beach") == \
+        "a brown dog running along the beach"
+    assert normalize_text("&lt;i&gt;Caf&eacute;&lt;/i&gt; au lait") == "Café au lait"  # escaped markup too
+    assert normalize_text("a brown\x00 dog running\x1b[31m along the beach\x1b[0m") == \
+        "a brown dog running along the beach"  # not "running[31m"
+    assert normalize_text("x <y and y> z") == "x <y and y> z"  # not a tag: text stays
+    assert normalize_text("<bold> move") == "<bold> move"

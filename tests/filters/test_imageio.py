@@ -1,4 +1,5 @@
 """The safe image opener: a reason for every failure, the bomb guard, orientation, draft, modes, frames."""
+import io
 import warnings
 
 import numpy as np
@@ -35,6 +36,16 @@ def _error(fn, *args, **kwargs) -> imageio.ImageError:
 ])
 def test_open_reasons(data, reason):
     assert _error(imageio.open_image, data).reason == reason
+
+
+def test_only_web_formats_are_opened():
+    """EPS is a format Pillow knows, and loading it runs Ghostscript where one is installed: web bytes never
+    reach that plugin (nor the other non-web parsers), they are not an image."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n%%EndComments\nshowpage\n"
+    assert Image.open(io.BytesIO(eps)).format == "EPS"  # what an unrestricted open would do
+    assert _error(imageio.open_image, eps).reason == "not_an_image"
+    for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"):
+        assert imageio.open_image(_encode(Image.new("RGB", (40, 30), (200, 10, 10)), fmt)).format == fmt
 
 
 def test_truncated_pixels_fail_at_decode_not_at_open():
@@ -146,3 +157,26 @@ def test_filter_stage_judges_a_16_bit_photo_by_its_pixels():
     data = _encode(Image.fromarray(gradient), "PNG")
     decision = ImageFilter(min_bytes=0)({"image_bytes": data})
     assert decision.keep, decision  # clipped to 255 it would be one white field: image_near_blank
+
+
+def test_16_bit_scaling_is_exact_in_integers():
+    values = np.array([[0, 256, 257, 514, 50000, 65535]], np.uint16)
+    expected = np.clip(values / 257.0, 0, 255).astype(np.uint8)  # the float formula it replaces
+    assert np.asarray(imageio.to_rgb(Image.fromarray(values)))[..., 0].tolist() == expected.tolist()
+    wide = np.array([[-5, 100, 70000, 10**6]], np.int32)
+    assert np.asarray(imageio.to_rgb(Image.fromarray(wide)))[..., 0].tolist() == [[0, 0, 255, 255]]
+
+
+def test_big_16_bit_image_is_shrunk_before_it_is_converted(monkeypatch):
+    # A 16-bit PNG has no draft mode: it was converted at full size (9400x9400: a 1.6 GB float copy).
+    ramp = np.tile(np.linspace(1000, 60000, 2000), (1600, 1)).astype(np.uint16)
+    data = _encode(Image.fromarray(ramp), "PNG")
+    sizes = []
+    real = imageio.to_rgb
+    monkeypatch.setattr(imageio, "to_rgb", lambda image: sizes.append(image.size) or real(image))
+    small = imageio.load_image(data, draft_size=(64, 64))
+    assert sizes == [(80, 64)] and small.size == (80, 64)  # shrunk by 25 (a whole factor), still >= the draft
+    grey = np.asarray(small)[..., 0].astype(int)
+    assert abs(grey[:, 0].mean() - 1000 / 257) < 3 and abs(grey[:, -1].mean() - 60000 / 257) < 3
+    sizes.clear()
+    assert imageio.load_image(data).size == (2000, 1600) and sizes == [(2000, 1600)]  # no draft: full size

@@ -51,3 +51,35 @@ def model_dir(tmp_path_factory, train_rows) -> str:
 def cli_env() -> dict:
     """Environment for running ``python -m lait`` on this checkout."""
     return {**os.environ, "PYTHONPATH": ROOT}
+
+
+def save_tiny_model(folder: str, threshold: float = 0.5) -> str:
+    """An untrained relevance model saved as LAIT saves one (for tests of loading, not of scores)."""
+    from model.relevance import RelevanceConfig, RelevanceModel, save_model
+
+    save_model(RelevanceModel(RelevanceConfig(channels=(4, 4, 4, 4), text_dim=8, embed_dim=8, num_buckets=64)),
+               folder, {"threshold": threshold, "vocabulary": []})
+    return folder
+
+
+def broken_models(root: str) -> dict[str, str]:
+    """Model folders broken in the ways a copy or a disk goes wrong, by name: bad_json, truncated_weights,
+    no_weights, not_safetensors, no_model (a folder without config.json)."""
+    import shutil
+
+    good = save_tiny_model(os.path.join(root, "good"))
+    models = {}
+    for name in ("bad_json", "truncated_weights", "no_weights", "not_safetensors"):
+        models[name] = shutil.copytree(good, os.path.join(root, name))
+    with open(os.path.join(models["bad_json"], "config.json"), "w") as f:
+        f.write("{")
+    weights = os.path.join(models["truncated_weights"], "model.safetensors")
+    with open(weights, "rb") as f:
+        data = f.read()
+    with open(weights, "wb") as f:
+        f.write(data[: len(data) // 2])
+    os.remove(os.path.join(models["no_weights"], "model.safetensors"))
+    with open(os.path.join(models["not_safetensors"], "model.safetensors"), "wb") as f:
+        f.write(b"\x00" * 1000)
+    models["no_model"] = os.path.join(root, "absent")
+    return models
