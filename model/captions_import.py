@@ -3,7 +3,9 @@
 Writes ``OUT/captions/`` (every caption, with its split), ``OUT/pairs/`` (one row per image with its
 bytes, so ``lait features --input OUT`` adds the regions), ``OUT/rejected/`` and ``OUT/stats.json``.
 An image's id is the SHA-256 of its bytes, as everywhere in LAIT; a caption whose image file is
-missing or unreadable, or which is empty, is rejected with a reason.
+missing or unreadable, which is empty or malformed, or whose id came before, is rejected with a reason.
+``stats.json`` is written last: a folder holding it is a finished import, refused unless overwritten; one
+without it is an interrupted import's, cleared before the next.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -26,41 +29,128 @@ FORMATS = ("coco", "karpathy", "tsv")
 
 @dataclass
 class CaptionRecord:
-    """One caption as the source gives it: its own id, the image's file (relative path), the text, the split."""
+    """One caption as the source gives it: its own id, the image's file (relative path), the text, the split.
+
+    ``invalid`` is the reject reason of a record the reader could not make sense of (``caption_invalid``: the
+    caption is not text; ``image_path_invalid``: the file name is not one; ``record_invalid``: not a record
+    at all), with ``detail`` saying what was wrong: it is counted, not imported.
+    """
 
     source_id: str
     image_file: str
     caption: str
     split: str
+    invalid: str | None = None
+    detail: str = ""
+
+
+def _invalid(source_id: str, reason: str, detail: str, split: str) -> CaptionRecord:
+    return CaptionRecord(source_id, "", "", split, invalid=reason, detail=detail)
+
+
+def _load_json(path: str, kind: str, lists: tuple[str, ...]) -> dict:
+    """A JSON object holding the ``lists`` (a clear ``ValueError`` otherwise: the file's shape is wrong)."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict) or not all(isinstance(data.get(key, []), list) for key in lists):
+        raise ValueError(f"a {kind} file is a JSON object with {' and '.join(repr(k) for k in lists)} lists, "
+                         f"this one holds {type(data).__name__ if not isinstance(data, dict) else 'other values'}")
+    return data
+
+
+def _caption_text(value) -> str | None:
+    """A caption as given (None: none given, an empty caption); not text -> None and a reject upstream."""
+    return "" if value is None else value if isinstance(value, str) else None
 
 
 def read_coco(path: str, split: str = "train") -> Iterator[CaptionRecord]:
-    """MSCOCO ``captions_*.json``: ``images`` (id, file_name) and ``annotations`` (id, image_id, caption)."""
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    files = {image["id"]: image["file_name"] for image in data.get("images", [])}
-    for annotation in data.get("annotations", []):
-        yield CaptionRecord(f"coco:{annotation['id']}", files.get(annotation["image_id"], f"<unknown image {annotation['image_id']}>"),
-                            annotation.get("caption") or "", split)
+    """MSCOCO ``captions_*.json``: ``images`` (id, file_name) and ``annotations`` (id, image_id, caption).
+
+    The file is read and its shape checked when called; malformed annotations come out as ``invalid`` records.
+    An annotation without an id gets ``coco:annotation-<its position>``.
+    """
+    data = _load_json(path, "COCO captions", ("images", "annotations"))
+    files = {}
+    for image in data.get("images", []):
+        if isinstance(image, dict) and isinstance(image.get("id"), (int, str)):
+            files[image["id"]] = image.get("file_name")
+
+    def records() -> Iterator[CaptionRecord]:
+        for number, annotation in enumerate(data.get("annotations", [])):
+            if not isinstance(annotation, dict):
+                yield _invalid(f"coco:annotation-{number}", "record_invalid", "an annotation that is not an object",
+                               split)
+                continue
+            given = annotation.get("id")
+            source_id = f"coco:{given}" if isinstance(given, (int, str)) and not isinstance(given, bool) \
+                else f"coco:annotation-{number}"
+            image_id = annotation.get("image_id")
+            file_name = files.get(image_id, f"<unknown image {image_id}>") if isinstance(image_id, (int, str)) \
+                else f"<unknown image {image_id}>"
+            caption = _caption_text(annotation.get("caption"))
+            if caption is None:
+                yield _invalid(source_id, "caption_invalid", f"caption {annotation.get('caption')!r} is not text",
+                               split)
+            elif not isinstance(file_name, str):
+                yield _invalid(source_id, "image_path_invalid", f"file_name {file_name!r} of image {image_id}", split)
+            else:
+                yield CaptionRecord(source_id, file_name, caption, split)
+
+    return records()
 
 
 def read_karpathy(path: str, split: str | None = None) -> Iterator[CaptionRecord]:
-    """Karpathy's ``dataset_{coco,flickr30k}.json``: images with split, filepath/filename and sentences."""
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    for image in data.get("images", []):
-        image_split = image.get("split", "train")
-        image_split = "train" if image_split == "restval" else image_split  # the usual practice
-        relative = os.path.join(image.get("filepath", ""), image["filename"])
-        for sentence in image.get("sentences", []):
-            yield CaptionRecord(f"karpathy:{sentence.get('sentid')}", relative, sentence.get("raw") or "", image_split)
+    """Karpathy's ``dataset_{coco,flickr30k}.json``: images with split, filepath/filename and sentences.
+
+    A missing or null split is ``train``, as is ``restval``; a sentence without ``sentid`` gets
+    ``karpathy:<imgid>:<n>`` (its image's id, else the image's position, and its own position).
+    """
+    data = _load_json(path, "Karpathy split", ("images",))
+
+    def records() -> Iterator[CaptionRecord]:
+        for number, image in enumerate(data.get("images", [])):
+            if not isinstance(image, dict):
+                yield _invalid(f"karpathy:image-{number}", "record_invalid", "an image entry that is not an object",
+                               "train")
+                continue
+            image_split = image.get("split") or "train"
+            image_split = "train" if image_split == "restval" else str(image_split)  # the usual practice
+            filepath, filename = image.get("filepath") or "", image.get("filename")
+            valid_path = isinstance(filepath, str) and isinstance(filename, str) and filename
+            relative = os.path.join(filepath, filename) if valid_path else None
+            image_key = image.get("imgid", number)
+            sentences = image.get("sentences", [])
+            if not isinstance(sentences, list):
+                yield _invalid(f"karpathy:{image_key}:sentences", "record_invalid",
+                               f"sentences {sentences!r} is not a list", image_split)
+                continue
+            for position, sentence in enumerate(sentences):
+                sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
+                source_id = f"karpathy:{sentid}" if isinstance(sentid, (int, str)) and not isinstance(sentid, bool) \
+                    else f"karpathy:{image_key}:{position}"
+                caption = _caption_text(sentence.get("raw")) if isinstance(sentence, dict) else None
+                if caption is None:
+                    yield _invalid(source_id, "caption_invalid", f"sentence {sentence!r} has no raw text", image_split)
+                elif relative is None:
+                    yield _invalid(source_id, "image_path_invalid",
+                                   f"filepath {image.get('filepath')!r} / filename {filename!r}", image_split)
+                else:
+                    yield CaptionRecord(source_id, relative, caption, image_split)
+
+    return records()
 
 
 def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
-    """A TSV of ``image_file<TAB>caption`` lines (a header line naming the columns is skipped)."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
+    """A TSV of ``image_file<TAB>caption`` lines (a header line naming the columns is skipped; a UTF-8 BOM
+    and CRLF line ends are allowed). A line that is not UTF-8 is an ``invalid`` record, named by its number."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield _invalid(f"tsv:{number}", "record_invalid", f"line {number} is not UTF-8 text ({exc.reason})",
+                               split)
+                continue
             if not line.strip():
                 continue
             image_file, _, caption = line.partition("\t")
@@ -79,16 +169,26 @@ def _inside(folder: str, path: str) -> bool:
     return os.path.commonpath([root, os.path.realpath(path)]) == root
 
 
-def _image_info(path: str) -> tuple[bytes, int, int] | str:
+def _image_info(images_dir: str, image_file: str) -> tuple[bytes, int, int] | str:
     """The image's bytes and size, or a reject reason."""
-    if not os.path.isfile(path):
-        return "image_missing"
+    if not image_file or "\x00" in image_file:
+        return "image_path_invalid"
+    path = os.path.join(images_dir, image_file)
+    try:
+        if not _inside(images_dir, path):
+            return "image_path_outside"
+        if not os.path.isfile(path):
+            return "image_missing"
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, ValueError):  # a name the file system refuses (too long, undecodable), a read error
+        return "image_unreadable"
     from PIL import Image
 
-    with open(path, "rb") as handle:
-        data = handle.read()
+    from filters.imageio import WEB_FORMATS
+
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=WEB_FORMATS) as image:
             width, height = image.size
             image.verify()
     except Exception:  # any decoder error means the same thing here: not a usable image
@@ -96,45 +196,87 @@ def _image_info(path: str) -> tuple[bytes, int, int] | str:
     return data, width, height
 
 
-def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: str, rows_per_shard: int = 5000) -> dict:
-    """Write captions, pairs (one per image, with bytes), rejected rows and stats; returns the stats."""
+#: What an import writes into its output folder; ``stats.json``, written last, marks it finished.
+OUTPUTS = ("captions", "pairs", "rejected", ".stats.json.tmp", "stats.json")
+
+
+class ImportExistsError(FileExistsError, ValueError):
+    """The output folder holds a finished import (a ValueError too, for the CLI's one-line bad-input errors)."""
+
+
+def prepare_output(out_dir: str, overwrite: bool = False) -> None:
+    """Refuse a finished import's folder unless ``overwrite``; remove what an interrupted one left.
+
+    Shards are numbered after those already there, so a rerun into the same folder added every caption
+    a second time. Other folders inside (``features/``) stay.
+    """
+    existing = [name for name in OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
+    finished = "stats.json" in existing
+    if finished and not overwrite:
+        raise ImportExistsError(f"{out_dir} already holds a finished import (stats.json); pass --overwrite to "
+                                f"replace it, or use a new --out")
+    if existing and not finished:
+        logger.warning("%s: removing the partial output of an interrupted import: %s", out_dir, ", ".join(existing))
+    for name in existing:
+        path = os.path.join(out_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: str, rows_per_shard: int = 5000,
+                    overwrite: bool = False) -> dict:
+    """Write captions, pairs (one per image, with bytes), rejected rows and stats; returns the stats.
+
+    A caption id seen before is rejected (``duplicate_caption``): caption ids are keys downstream.
+    """
+    prepare_output(out_dir, overwrite)
     images: dict[str, tuple[str, int, int] | str] = {}  # image file -> (image_id, w, h) or reject reason
+    seen: set[str] = set()  # caption ids
     reasons: Counter = Counter()
     counts = {"in": 0, "kept": 0}
     with schemas.ShardWriter(os.path.join(out_dir, "captions"), "captions", rows_per_shard=rows_per_shard) as captions, \
             schemas.ShardWriter(os.path.join(out_dir, "pairs"), "pairs", rows_per_shard=max(1, rows_per_shard // 10)) as pairs, \
             schemas.ShardWriter(os.path.join(out_dir, "rejected"), "rejected", rows_per_shard=rows_per_shard) as rejected:
+
+        def reject(reason: str, detail: str, image_id: str | None = None, caption: str | None = None) -> None:
+            reasons[reason] += 1
+            rejected.write(schemas.rejected_row(STAGE, reason, detail, image_id=image_id, caption=caption))
+
         for record in records:
             counts["in"] += 1
+            if record.invalid:
+                reject(record.invalid, f"{record.source_id}: {record.detail}")
+                continue
             caption = " ".join(record.caption.split())
             if record.image_file not in images:
-                path = os.path.join(images_dir, record.image_file)
-                info = _image_info(path) if _inside(images_dir, path) else "image_path_outside"
+                info = _image_info(images_dir, record.image_file)
                 if isinstance(info, str):
                     images[record.image_file] = info
                 else:
                     data, width, height = info
                     image_id = hashlib.sha256(data).hexdigest()
                     images[record.image_file] = (image_id, width, height)
+                    path = os.path.join(images_dir, record.image_file)
                     pairs.write({"pair_id": hashlib.sha1(f"{image_id}|{record.source_id}".encode()).hexdigest(),
                                  "image_id": image_id, "caption": caption or record.image_file, "text_source": "import",
                                  "width": width, "height": height, "image_bytes": data,
                                  "image_url": "file://" + os.path.abspath(path)})
             image = images[record.image_file]
-            reason = image if isinstance(image, str) else ("caption_empty" if not caption else None)
+            reason = image if isinstance(image, str) else ("caption_empty" if not caption else
+                                                           "duplicate_caption" if record.source_id in seen else None)
             if reason:
-                reasons[reason] += 1
-                rejected.write(schemas.rejected_row(STAGE, reason, f"{record.source_id}: {record.image_file}",
-                                                    image_id=None if isinstance(image, str) else image[0],
-                                                    caption=caption or None))
+                reject(reason, f"{record.source_id}: {record.image_file}",
+                       image_id=None if isinstance(image, str) else image[0], caption=caption or None)
                 continue
+            seen.add(record.source_id)
             captions.write({"caption_id": record.source_id, "image_id": image[0], "caption": caption,
                             "split": record.split})
             counts["kept"] += 1
     stats = {"stage": STAGE, "in": counts["in"], "kept": counts["kept"], "rejected": sum(reasons.values()),
              "rejected_by_reason": dict(reasons),
              "images": sum(1 for v in images.values() if not isinstance(v, str))}
-    with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as handle:
+    tmp = os.path.join(out_dir, ".stats.json.tmp")  # written last and renamed: stats.json means finished
+    with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(stats, handle, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "stats.json"))
     logger.info("imported %d of %d captions over %d images", stats["kept"], stats["in"], stats["images"])
     return stats

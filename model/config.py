@@ -19,6 +19,16 @@ import yaml
 
 PRETRAIN_TASKS = ("mlm", "moc", "mrfr", "itm")
 FINETUNE_LOSSES = ("binary", "multiclass", "triplet")
+#: The smallest value of each count (0 would divide by zero, never log, or never fill a batch).
+MINIMUMS = {
+    "config": {"grad_accum": 1, "log_every": 1, "shuffle_buffer": 1, "checkpoint_every": 0, "num_workers": 0,
+               "cpu_threads": 0, "eval_batch_size": 1, "tokenizer_vocab_size": 1, "grad_clip": 0, "weight_decay": 0},
+    "model": {"vocab_size": 1, "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1,
+              "max_position": 1, "type_vocab_size": 1, "feature_dim": 1, "num_classes": 1, "max_text_len": 3,
+              "max_regions": 1, "dropout": 0, "attention_dropout": 0, "init_std": 0},
+    "stage": {"steps": 1, "lr": 0, "warmup": 0, "negatives": 1, "margin": 0, "dual_encoder": 0},
+}
+PROBABILITIES = ("mlm_prob", "region_mask_prob", "region_zero_prob", "itm_neg_prob")
 
 
 class ConfigError(ValueError):
@@ -180,12 +190,32 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if any(o in (bool, int, float) for o in options) and not any(o in (str, list, dict) or typing.get_origin(o)
                                                                  for o in options if o is not type(None)):
         raise ConfigError(f"{where}: {value!r} is not a {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
+    if str in options:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML reads `split: 2017` as a number; the text is what was meant
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {value!r} is not a string")
+    if dict in options or typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {value!r} is not a mapping")
+        value_hint = (typing.get_args(hint) or (Any, Any))[1]
+        return {key: _coerce(item, value_hint, f"{where}.{key}") for key, item in value.items()}
     return value
+
+
+def _check_minimums(obj, section: str, where: str) -> None:
+    """``ConfigError`` for a count below its minimum (``MINIMUMS``); unset (None) values are left to their default."""
+    for key, least in MINIMUMS[section].items():
+        value = getattr(obj, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{where}{key}: {value!r}, need at least {least}")
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:
     """ModelConfig from a plain dict (a checkpoint's or a YAML section)."""
-    return ModelConfig(**_build(ModelConfig, data or {}, "model"))
+    config = ModelConfig(**_build(ModelConfig, data or {}, "model"))
+    _check_minimums(config, "model", "model.")
+    return config
 
 
 def _dataset(data: Any, where: str) -> DatasetConfig:
@@ -207,16 +237,24 @@ def _stage(data: Any, where: str, kind: str) -> StageConfig:
     data = dict(_build(StageConfig, data, where))
     data.setdefault("name", f"{kind}" if kind == "finetune" else where.replace(".", "_"))
     data["kind"] = kind
+    if not isinstance(data.get("datasets") or [], list):
+        raise ConfigError(f"{where}.datasets: a list of dataset entries is required")
     data["datasets"] = [_dataset(d, f"{where}.datasets.{i}") for i, d in enumerate(data.get("datasets") or [])]
     if not data["datasets"]:
         raise ConfigError(f"{where}.datasets: at least one dataset is required")
     stage = StageConfig(**data)
     if (stage.steps is None) == (stage.epochs is None):
         raise ConfigError(f"{where}: give exactly one of steps or epochs")
+    _check_minimums(stage, "stage", f"{where}.")
+    if stage.epochs is not None and not stage.epochs > 0:
+        raise ConfigError(f"{where}.epochs: {stage.epochs!r}, need more than 0")
     if kind == "pretrain":
         unknown = sorted(set(stage.tasks) - set(PRETRAIN_TASKS))
         if unknown:
             raise ConfigError(f"{where}.tasks: unknown task(s) {unknown}; expected some of {list(PRETRAIN_TASKS)}")
+        negative = sorted(k for k, w in stage.tasks.items() if w < 0)
+        if negative:
+            raise ConfigError(f"{where}.tasks: negative loss weight(s) for {negative}")
         if not any(w > 0 for w in stage.tasks.values()):
             raise ConfigError(f"{where}.tasks: at least one task needs a positive weight")
     elif stage.loss not in FINETUNE_LOSSES:
@@ -230,6 +268,8 @@ def train_config_from_dict(data: dict) -> TrainConfig:
     """TrainConfig from a plain dict, validating every section."""
     data = dict(_build(TrainConfig, data, "config"))
     data["model"] = model_config_from_dict(data.get("model") or {})
+    if not isinstance(data.get("pretrain") or [], list):
+        raise ConfigError("pretrain: a list of stages is required (each item starts with '-')")
     data["pretrain"] = [_stage(s, f"pretrain.{i}", "pretrain") for i, s in enumerate(data.get("pretrain") or [])]
     if data.get("finetune") is not None:
         data["finetune"] = _stage(data["finetune"], "finetune", "finetune")
@@ -252,6 +292,10 @@ def train_config_from_dict(data: dict) -> TrainConfig:
         if taken:
             raise ConfigError(f"init takes the model, its shape and its tokenizer from the checkpoint; drop "
                               f"{', '.join(taken)}")
+    _check_minimums(config, "config", "")
+    for key in PROBABILITIES:
+        if not 0 <= getattr(config, key) <= 1:
+            raise ConfigError(f"{key}: {getattr(config, key)!r} is not a probability between 0 and 1")
     if config.moc_loss not in ("ce", "kl"):
         raise ConfigError(f"moc_loss: {config.moc_loss!r} is not 'ce' or 'kl'")
     if config.precision not in ("auto", "bf16", "fp32"):
@@ -278,10 +322,18 @@ def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r}: expected key=value")
     key, _, raw = assignment.partition("=")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     parts = key.strip().split(".")
     node: Any = data
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        if not isinstance(node, (dict, list)):  # e.g. model.hidden_size.x: hidden_size is a number
+            above = ".".join(parts[:i]) or "the config"
+            raise ConfigError(f"override {key!r}: {above} is {node!r}, not a section with keys")
+        if i == len(parts) - 1:
+            break
         nxt = parts[i + 1]
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
@@ -305,7 +357,12 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, bas
     data: dict = copy.deepcopy(base) if base is not None else {}
     if path is not None:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
+            try:
+                data = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not a valid YAML file ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     for assignment in overrides or []:
         apply_override(data, assignment)
     return train_config_from_dict(data)

@@ -154,8 +154,12 @@ class ImageRegions:
     topk_probs: np.ndarray  # [n, k] float32
 
 
-def decode_regions(table: pa.Table, max_regions: int, feature_dim: int) -> list[ImageRegions]:
-    """Rows of a regions table as ``ImageRegions``, keeping the first ``max_regions`` boxes (the detector's order)."""
+def decode_regions(table: pa.Table, max_regions: int, feature_dim: int, source: str = "regions") -> list[ImageRegions]:
+    """Rows of a regions table as ``ImageRegions``, keeping the first ``max_regions`` boxes (the detector's order).
+
+    ``ValueError`` naming ``source`` when the features are not ``feature_dim`` wide (another detector's
+    regions): reshaped anyway, each region would read pieces of its neighbours' features."""
+    check_feature_width(table.column("features"), feature_dim, source)
     ids = table.column("image_id").to_pylist()
     widths = table.column("image_width").to_pylist()
     heights = table.column("image_height").to_pylist()
@@ -186,6 +190,22 @@ def decode_regions(table: pa.Table, max_regions: int, feature_dim: int) -> list[
         out.append(ImageRegions(image_id, feats_all[start: start + n], location_vectors(boxes, widths[row], heights[row]),
                                 classes, topk_ids, topk_probs))
     return out
+
+
+def check_feature_width(column, feature_dim: int, source: str) -> None:
+    """``ValueError`` unless every region's feature in a ``features`` column (list<list<...>>) has
+    ``feature_dim`` values."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    per_box = column.flatten()
+    if not len(per_box):
+        return
+    if pa.types.is_fixed_size_list(per_box.type):
+        widths = {per_box.type.list_size}
+    else:
+        widths = set(np.unique(np.diff(per_box.offsets.to_numpy())).tolist())
+    if widths != {feature_dim}:
+        shown = " to ".join(str(w) for w in sorted(widths)[:: max(1, len(widths) - 1)])
+        raise ValueError(f"{source}: features of width {shown}, the model reads {feature_dim}")
 
 
 def _finite(values: np.ndarray, name: str) -> np.ndarray:
@@ -244,11 +264,26 @@ class PairStream(IterableDataset):
                     image_index += 1
             if not keep:
                 continue
-            for image in decode_regions(table.take(keep), self.model_config.max_regions, self.model_config.feature_dim):
+            images = decode_regions(table.take(keep), self.model_config.max_regions, self.model_config.feature_dim,
+                                    file)
+            self._check_class_ids(images, file)
+            for image in images:
                 for caption_id, caption in captions[dataset_index][image.image_id]:
                     encoding = tokenizer.encode(caption)
                     yield {"image": image, "caption_id": caption_id, "input_ids": encoding.ids,
                            "special_mask": encoding.special_tokens_mask}
+
+    def _check_class_ids(self, images: list[ImageRegions], file: str) -> None:
+        """Warn (once) about class ids the model has no class for: object classification skips those regions
+        (a ``classes.json`` listing fewer classes than the detector wrote)."""
+        if getattr(self, "_warned_classes", False) or self.model_config.num_classes is None:
+            return
+        top = max((int(ids.max()) for im in images for ids in (im.class_ids, im.topk_ids) if ids.size), default=-1)
+        if top >= self.model_config.num_classes:
+            self._warned_classes = True
+            logger.warning("%s: class ids up to %d, but the model classifies %d classes (does classes.json list "
+                           "fewer than the detector wrote?): masked object classification skips those regions",
+                           file, top, self.model_config.num_classes)
 
     def __iter__(self) -> Iterator[dict]:
         from tokenizers import Tokenizer

@@ -77,7 +77,7 @@ class EvalSet:
         table = dataset.to_table(columns=[c for c in ("image_id", "image_width", "image_height", "boxes", "features",
                                                       "class_ids", "topk_class_ids", "topk_class_probs")],
                                  filter=pc.field("image_id").isin(list(captions)))
-        images = decode_regions(table, max_regions, feature_dim)
+        images = decode_regions(table, max_regions, feature_dim, regions_path)  # refuses another feature width
         seen, unique = set(), []
         for image in images:  # an image stored twice is evaluated once
             if image.image_id not in seen:
@@ -205,6 +205,9 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
     ``fp8`` runs the cross-encoder's encoder matrix multiplies in float8 (``model.fp8``; implies bf16
     for the rest); the dual-encoder pre-ranking of the two-stage mode stays in ``bf16``'s precision.
     """
+    for name, value in (("batch_size", batch_size), ("two_stage_k", two_stage_k), ("folds", folds)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name.replace('_', '-')}: {value!r}, need a whole number >= 1")
     device = torch.device(device)
     if fp8:
         if not fp8_supported(device):

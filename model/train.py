@@ -143,19 +143,37 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str) -> None:
-    """A clear error when the stages' regions do not fit a model built elsewhere (``init``): other feature
-    widths, or more detector classes than its object-classification head has."""
-    for stage in config.stages():
-        for entry in stage.datasets:
-            width = feature_dim_of(entry.regions)
-            if width != model_config.feature_dim:
-                raise ValueError(f"{entry.regions}: region features of width {width}, but the model of {source} "
-                                 f"reads {model_config.feature_dim}")
-            classes = num_classes_of(entry.regions) if stage.kind == "pretrain" else 0
-            if classes > model_config.num_classes:
-                raise ValueError(f"{entry.regions}: {classes} detector classes, but the model of {source} "
-                                 f"classifies {model_config.num_classes}")
+def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str, first_stage: int = 0) -> None:
+    """A clear error, before any training, when the regions of the stages (from ``first_stage`` on) or of the
+    eval do not fit the model (built from ``source``: the config's first dataset, an ``init`` or a resumed
+    checkpoint): other feature widths (read anyway, each region would take pieces of its neighbours' features),
+    or more detector classes than its object-classification head has; or when the eval split has no caption
+    to score."""
+    entries = [(stage.kind, entry) for stage in config.stages()[first_stage:] for entry in stage.datasets]
+    for kind, entry in entries + ([("eval", config.eval)] if config.eval is not None else []):
+        width = feature_dim_of(entry.regions)
+        if width != model_config.feature_dim:
+            raise ValueError(f"{entry.regions}: features of width {width}, the model reads {model_config.feature_dim} "
+                             f"(from {source})")
+        classes = num_classes_of(entry.regions) if kind == "pretrain" else 0
+        if classes > model_config.num_classes:
+            raise ValueError(f"{entry.regions}: {classes} detector classes, but the model of {source} "
+                             f"classifies {model_config.num_classes}")
+    if config.eval is not None:
+        check_eval_data(config.eval)
+
+
+def check_eval_data(entry) -> None:
+    """The eval split's captions exist and some of them have their image in the regions (what ``EvalSet`` needs),
+    checked before training rather than after its last stage."""
+    from model.data import load_captions, region_image_ids
+
+    captions = load_captions(entry.captions, entry.split)
+    if not captions:
+        raise ValueError(f"eval: {entry.captions}: no captions in split {entry.split!r}")
+    if not set(captions) & set(region_image_ids(entry.regions)):
+        raise ValueError(f"eval: none of the {sum(map(len, captions.values()))} captions of split {entry.split!r} "
+                         f"has its image in {entry.regions}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,21 +188,74 @@ def save_checkpoint(path: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
+#: What every checkpoint holds (``final.pt`` too); a resumed one also the stage and step it stopped at.
+CHECKPOINT_KEYS = ("model", "model_config", "tokenizer")
+RESUME_KEYS = ("stage_index", "stage_name", "step", "stage_done")
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load a LAIT checkpoint safely (``weights_only=True``: tensors and plain containers only)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """Load a LAIT checkpoint safely (``weights_only=True``: tensors and plain containers only).
+
+    Anything else (a truncated or text file, another pickle, a folder, a checkpoint of another program) is a
+    ``ValueError`` naming the file: ``{path}: not a readable LAIT checkpoint (...)``.
+    """
+    def unreadable(why) -> ValueError:
+        return ValueError(f"{path}: not a readable LAIT checkpoint ({why})")
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch.load fails its own way on each kind of bad file (truncated, text, JSON...)
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0]
+        raise unreadable(f"torch.load: {type(exc).__name__}{': ' + first if first else ''}") from None
+    if not isinstance(state, dict):
+        raise unreadable(f"it holds a {type(state).__name__}, not a checkpoint's dict")
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a LAIT ImageBERT checkpoint (format {state.get('format')!r})")
+        raise unreadable(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing or not isinstance(state["model"], dict) or not isinstance(state["model_config"], dict) \
+            or not isinstance(state["tokenizer"], str):
+        raise unreadable(f"missing or malformed {', '.join(missing) or 'model, model_config or tokenizer'}")
     return state
+
+
+def load_weights(model: ImageBert, state: dict, path: str) -> None:
+    """A checkpoint's weights into ``model``; a ``ValueError`` naming the file when they do not fit its shape."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not a readable LAIT checkpoint ({str(exc).splitlines()[0]})") from None
 
 
 def model_from_checkpoint(path: str, map_location="cpu") -> tuple[ImageBert, dict]:
     """The trained model (eval mode) and the checkpoint dict, whose ``tokenizer`` is the JSON string."""
     state = load_checkpoint(path, map_location)
     model = ImageBert(model_config_from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state, path)
     model.eval()
     return model, state
+
+
+def check_resume_matches(state: dict, path: str, config: TrainConfig) -> None:
+    """A checkpoint resumes only the run that wrote it: its stages up to the one it stopped in must be this
+    config's first stages, by name; otherwise stages would be skipped as done, or the wrong one continued."""
+    needed = RESUME_KEYS + (() if state.get("stage_done", True) else ("optimizer", "scheduler", "rng"))
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise ValueError(f"{path}: not a readable LAIT checkpoint (missing {', '.join(missing)}, needed to resume)")
+    index, name = int(state["stage_index"]), state["stage_name"]
+    written = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
+    stages = list(written.get("pretrain") or []) + ([written["finetune"]] if written.get("finetune") else [])
+    theirs = [stage.get("name") if isinstance(stage, dict) else None for stage in stages]
+    theirs = (theirs + [None] * (index + 1))[: index + 1]
+    theirs[index] = name
+    ours = [stage.name for stage in config.stages()]
+    if len(ours) <= index or any(t is not None and t != o for t, o in zip(theirs, ours[: index + 1])):
+        after = f", after {', '.join(map(repr, theirs[:index]))}" if index and None not in theirs else ""
+        raise ValueError(f"{path}: a checkpoint of stage {name!r} (stage {index + 1} of the run that wrote it{after}), "
+                         f"but this config's stages are {ours}; resume with the config that wrote it, or start a new "
+                         f"run from its weights with init:")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,8 +476,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         if resume == "auto":
             resume = os.path.join(config.out_dir, "checkpoints", "last.pt")
         resume_state = load_checkpoint(resume)
+        check_resume_matches(resume_state, resume, config)
         tokenizer_json = resume_state["tokenizer"]
         model_config = model_config_from_dict(resume_state["model_config"])
+        check_data_fits(model_config, config, resume, first_stage=int(resume_state["stage_index"]))
         logger.info("resuming from %s (stage %s, step %d)", resume, resume_state["stage_name"], resume_state["step"])
     elif config.init:
         init_state = load_checkpoint(config.init)
@@ -418,16 +491,19 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         tokenizer = build_tokenizer(config)
         tokenizer_json = tokenizer.to_str()
         model_config = resolve_model_config(config, tokenizer.get_vocab_size())
+        check_data_fits(model_config, config, "model.feature_dim" if config.model.feature_dim is not None
+                        else config.stages()[0].datasets[0].regions)
     from tokenizers import Tokenizer
 
     ids = special_ids(Tokenizer.from_str(tokenizer_json))
     torch.manual_seed(derived_seed(config.seed, "init"))
     model = ImageBert(model_config, moc_loss=config.moc_loss)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        torch.set_rng_state(resume_state["rng"]["torch"])
+        load_weights(model, resume_state, resume)
+        if "rng" in resume_state:  # (final.pt has none: every stage of its run is done)
+            torch.set_rng_state(resume_state["rng"]["torch"])
     elif init_state is not None:
-        model.load_state_dict(init_state["model"])
+        load_weights(model, init_state, config.init)
     elif config.bert:
         load_bert_weights(model, config.bert)
     model.to(runtime.device)

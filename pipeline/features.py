@@ -6,9 +6,11 @@ Two runners over the same detector code (``model.detectors``):
   Parquet row groups and decode images; the main process batches them to the device (pinned
   memory, non-blocking copies, fp16 autocast and channels-last on CUDA) and writes one regions
   shard, one rejected shard and one shard stats file per input shard. A rerun skips the shards
-  whose stats file exists, so an interrupted run resumes. A batch that runs out of GPU memory is
-  split in halves and retried. ``FeatureOptions.part``/``parts`` split a run by shard across
-  processes (one per GPU: ``lait features --part I/N``, or under torchrun), all writing one folder.
+  whose stats file exists, so an interrupted run resumes; the file records a hash of the shard's
+  image ids, and a rerun whose input gives a shard other images is refused. A batch that runs out
+  of GPU memory is split in halves and retried. ``FeatureOptions.part``/``parts`` split a run by
+  shard across processes (one per GPU: ``lait features --part I/N``, or under torchrun), all
+  writing one folder.
 
 * ``ExtractRegions``: the same stage as a Beam ``PTransform`` around ``RunInference`` (keyed by
   ``image_id``), for Dataflow GPU workers. ``run(argv)`` is the pipeline::
@@ -30,6 +32,7 @@ Outputs (both runners): ``OUT/regions/`` (regions schema, ``feature_dim`` of the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +46,7 @@ from typing import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -102,6 +106,10 @@ class FeatureOptions:
     def __post_init__(self) -> None:
         if not (self.parts >= 1 and 0 <= self.part < self.parts):
             raise ValueError(f"part {self.part} of {self.parts}: need 0 <= part < parts")
+        for name in ("batch_size", "images_per_shard"):  # 0 would loop for ever cutting pieces of no images
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')}: {value!r}, need a whole number >= 1")
 
     @property
     def selection(self) -> BoxSelection:
@@ -301,10 +309,15 @@ def detect_by_shape(detector: RegionDetector, images: list[torch.Tensor], select
 
 @dataclass
 class Shard:
-    """A unit of work and of output: the first occurrences of some images, as (file, row group, rows)."""
+    """A unit of work and of output: the first occurrences of some images, as (file, row group, rows).
+
+    ``images`` is the SHA-256 of its image ids in order: recorded in the shard's stats file, it tells a
+    resumed run whether a complete shard was computed from the images the input holds now.
+    """
 
     index: int
     pieces: list[tuple[str, int, list[int]]]
+    images: str = ""
 
     @property
     def size(self) -> int:
@@ -349,6 +362,7 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     pieces: list[tuple[str, int, list[int]]] = []
     in_shard = 0
     null_ids = 0
+    digest = hashlib.sha256()
     for file in files:
         parquet = check_input_file(dataset, file)
         for group in range(parquet.num_row_groups):
@@ -362,15 +376,16 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
                     continue
                 seen.add(image_id)
                 rows.append(row)
+                digest.update(image_id.encode("utf-8") + b"\n")
                 in_shard += 1
                 if in_shard == images_per_shard:
                     pieces.append((file, group, rows))
-                    shards.append(Shard(len(shards), pieces))
-                    pieces, rows, in_shard = [], [], 0
+                    shards.append(Shard(len(shards), pieces, digest.hexdigest()))
+                    pieces, rows, in_shard, digest = [], [], 0, hashlib.sha256()
             if rows:
                 pieces.append((file, group, rows))
     if pieces:
-        shards.append(Shard(len(shards), pieces))
+        shards.append(Shard(len(shards), pieces, digest.hexdigest()))
     return shards, null_ids
 
 
@@ -604,8 +619,9 @@ def _shard_paths(output: str, index: int) -> dict[str, str]:
     }
 
 
-def _finish_shard(output: str, index: int, result: _ShardResult, detector_name: str, feature_dim: int) -> dict:
+def _finish_shard(output: str, shard: Shard, result: _ShardResult, detector_name: str, feature_dim: int) -> dict:
     """Write a shard's regions and rejects, then its stats file, which marks the shard complete."""
+    index = shard.index
     paths = _shard_paths(output, index)
     if result.regions:
         schemas.write_table(regions_table(result.regions, detector_name, feature_dim), paths["regions"], "regions")
@@ -614,6 +630,7 @@ def _finish_shard(output: str, index: int, result: _ShardResult, detector_name: 
     boxes = [it.regions.num_boxes for it in result.regions]
     stats = {
         "shard": index,
+        "images": shard.images,
         "in": result.images,
         "kept": len(result.regions),
         "rejected": len(result.rejected),
@@ -630,7 +647,7 @@ def _finish_shard(output: str, index: int, result: _ShardResult, detector_name: 
 
 
 def _check_run_config(output: str, run_config: dict) -> None:
-    """Refuse to resume into a folder written with another detector or selection (the shards would mix)."""
+    """Refuse to resume into a folder written with another detector, selection or shard size (the shards would mix)."""
     path = _join(output, "run.json")
     previous = _read_json(path)
     if previous is not None and previous != run_config:
@@ -645,12 +662,13 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     """Run the features stage locally; returns the ``stats.json`` contents."""
     started = time.perf_counter()
     dataset = resolve_input(input_path)
+    _check_output_outside(dataset, output_path)
     detector = detector or options.load_detector()
     spec = detector.spec
     run_config = {
         "detector": options.detector, "feature_dim": spec.feature_dim, "weights": options.weights,
         "random_init": options.random_init, "selection": asdict(options.selection), "topk": options.topk,
-        "detector_config": spec.config,
+        "detector_config": spec.config, "images_per_shard": options.images_per_shard,
     }
     _check_run_config(output_path, json.loads(json.dumps(run_config)))
     fs, inner = _filesystem(output_path)
@@ -658,8 +676,9 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         fs.create_dir(posixpath.join(inner, sub), recursive=True)
     _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, options.topk))
     shards, null_ids = plan_shards(dataset, options.images_per_shard)
+    _check_no_stale_shards(output_path, dataset, len(shards))
     mine = [s for s in shards if s.index % options.parts == options.part]
-    done = {s.index for s in mine if _shard_complete(output_path, s.index)}
+    done = {s.index for s in mine if _shard_complete(output_path, s, dataset)}
     todo = [s for s in mine if s.index not in done]
     if options.parts > 1:
         logger.info("part %d of %d: %d of the %d shards", options.part, options.parts, len(mine), len(shards))
@@ -683,6 +702,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     bar = tqdm(total=sum(s.size for s in todo), desc=f"features {options.detector}", unit="img", disable=not progress)
     pending: dict[int, _ShardResult] = {}
     sizes = {s.index: s.size for s in todo}
+    by_index = {s.index: s for s in todo}
     processed = 0
     phases: Counter = Counter()  # wall seconds of the main loop by what it waited on
     batch_sizes: Counter = Counter()  # detector batches by size (one padded shape each: how full they ran)
@@ -694,7 +714,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
 
     def finish(index: int, result: _ShardResult) -> float:
         begun = time.perf_counter()
-        _finish_shard(output_path, index, result, options.detector, spec.feature_dim)
+        _finish_shard(output_path, by_index[index], result, options.detector, spec.feature_dim)
         return time.perf_counter() - begun
 
     def book(index: int, count: int) -> None:
@@ -759,7 +779,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         writer.shutdown(wait=True)
     bar.close()
     # This part's shards are all written now; the run is complete when the other parts' are too.
-    complete = all(_shard_complete(output_path, s.index) for s in shards if s.index % options.parts != options.part)
+    complete = all(_shard_complete(output_path, s, dataset) for s in shards if s.index % options.parts != options.part)
     if complete:
         stats = summarize(output_path, shards, null_ids)
     else:  # other parts are still running: this part's books, and no stats.json yet
@@ -792,9 +812,47 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     return stats
 
 
-def _shard_complete(output_path: str, index: int) -> bool:
-    """Whether shard ``index`` was written whole (its stats file, written last, exists)."""
-    return _read_json(_shard_paths(output_path, index)["stats"]) is not None
+def _shard_complete(output_path: str, shard: Shard, dataset: str) -> bool:
+    """Whether ``shard`` was written whole (its stats file, written last, exists), from the images it holds now.
+
+    A shard written from other images (the input changed since: another ``--input``, files added or
+    removed) would be skipped, its images never computed and another input's regions kept: refused.
+    """
+    stats = _read_json(_shard_paths(output_path, shard.index)["stats"])
+    if stats is None:
+        return False
+    if stats.get("images") != shard.images:
+        raise ValueError(f"{output_path} holds shard {shard.index} of other images than {dataset} gives it now "
+                         f"(another input, or files added or removed since that run); use a new --output")
+    return True
+
+
+def _check_no_stale_shards(output_path: str, dataset: str, count: int) -> None:
+    """Refuse an output holding shards beyond the ``count`` the input makes now (files were removed from it):
+    their regions would stay among this run's."""
+    fs, inner = _filesystem(output_path)
+    listed = fs.get_file_info(pafs.FileSelector(posixpath.join(inner, "shards"), allow_not_found=True))
+    stale = sorted(posixpath.basename(f.path) for f in listed if f.path.endswith(".json")
+                   and _shard_number(posixpath.basename(f.path)) >= count)
+    if stale:
+        raise ValueError(f"{output_path} holds shards {', '.join(stale)}, but {dataset} makes only {count} shards now "
+                         f"(files removed since that run, or another input); use a new --output")
+
+
+def _shard_number(name: str) -> int:
+    """The index in ``part-00012.json``; -1 for any other name."""
+    stem = name[: -len(".json")]
+    head, _, number = stem.rpartition("-")
+    return int(number) if head == SHARD_PREFIX and number.isdigit() else -1
+
+
+def _check_output_outside(dataset: str, output_path: str) -> None:
+    """Refuse an output folder inside the input dataset: a rerun would read its own regions as input."""
+    if "://" in dataset or "://" in output_path:
+        return
+    source, target = os.path.realpath(dataset), os.path.realpath(output_path)
+    if os.path.isdir(source) and os.path.commonpath([source, target]) == source:
+        raise ValueError(f"--output {output_path} is inside the input {dataset}; write the features elsewhere")
 
 
 def summarize(output_path: str, shards: list[Shard], null_ids: int) -> dict:

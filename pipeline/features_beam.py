@@ -17,9 +17,9 @@ import schemas
 from model.detectors import attribute_count, build_detector, feature_dim_of, read_class_names
 from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
-from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _join, _write_json,
-                               check_input_file, classes_info, detect_by_shape, output_schema, resolve_input,
-                               to_original_pixels)
+from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _check_output_outside,
+                               _join, _write_json, check_input_file, classes_info, detect_by_shape, output_schema,
+                               resolve_input, to_original_pixels)
 from pipeline.outputs import prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
@@ -196,6 +196,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     options = options_from_args(known)
     overrides = options.detector_config
     dataset = resolve_input(known.input)
+    _check_output_outside(dataset, known.output)
     files = schemas.list_parquet_files(dataset)
     for file in files:  # bad input stops here, before the workers start, with the file named
         check_input_file(dataset, file)

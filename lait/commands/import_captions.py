@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--split", default="train",
                         help="split recorded for coco and tsv sources (default train; karpathy carries its own)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished import in --out (its captions/, pairs/, rejected/ and stats.json)")
     parser.set_defaults(func=run)
 
 
@@ -30,12 +33,21 @@ def run(args: argparse.Namespace) -> int:
 
     for path in (args.source, args.images):
         if not os.path.exists(path):
-            raise SystemExit(f"lait import-captions: {path} does not exist")
-    reader = READERS[args.format]
-    records = reader(args.source) if args.format == "karpathy" else reader(args.source, args.split)
+            return _fail(f"{path} does not exist")
+    try:  # the JSON readers load and check the file's shape here (before --out is touched); bad records
+        # become counted rejects
+        reader = READERS[args.format]
+        records = reader(args.source) if args.format == "karpathy" else reader(args.source, args.split)
+    except ValueError as exc:  # not JSON, not UTF-8, or not the format's shape
+        return _fail(f"{args.source} is not a valid {args.format} file ({exc})")
     try:
-        stats = import_captions(records, args.images, args.out)
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"lait import-captions: {args.source} is not a valid {args.format} file ({exc})") from None
+        stats = import_captions(records, args.images, args.out, overwrite=args.overwrite)
+    except (ValueError, OSError) as exc:  # a finished import in --out, an unwritable --out
+        return _fail(exc)
     print(json.dumps(stats, indent=2))
     return 0
+
+
+def _fail(message) -> int:
+    print(f"lait import-captions: {message}", file=sys.stderr)
+    return 2

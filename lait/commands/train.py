@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_from_args(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"lait train: {exc}") from None
+    except (ConfigError, FileNotFoundError, ValueError) as exc:  # bad config, data or checkpoint: one line
+        print(f"lait train: {exc}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")):  # under torchrun the first process reports
         return 0
     for stage in summary["stages"]:

@@ -7,6 +7,8 @@ top-k class distribution) out. Names: ``vg-r101-c4`` (bottom-up attention, 1600 
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 
@@ -37,15 +39,45 @@ def weights_home(name: str) -> str:
 
 
 def read_class_names(path: str) -> list[str]:
-    """Class names from a text file (one per line; ``a,b`` synonyms keep the first) or a JSON list."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    """Class names from a text file (one per line; ``a,b`` synonyms keep the first) or a JSON list (or a
+    ``classes.json`` with ``class_names``); ``ValueError`` naming the file when it holds none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: class names file is not UTF-8 text ({exc})") from None
     if path.endswith(".json"):
-        import json
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a JSON file ({exc})") from None
+        if isinstance(data, dict):
+            if "class_names" not in data:
+                raise ValueError(f"{path}: a JSON object without 'class_names'; give a list of names or "
+                                 f"{{\"class_names\": [...]}}")
+            data = data["class_names"]
+        if not isinstance(data, list) or not all(isinstance(name, str) for name in data):
+            raise ValueError(f"{path}: class names must be a JSON list of strings")
+        names = list(data)
+    else:
+        names = [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: no class names in the file")
+    return names
 
-        data = json.loads(text)
-        return list(data["class_names"] if isinstance(data, dict) else data)
-    return [line.split(",")[0].strip() for line in text.splitlines() if line.strip()]
+
+@contextlib.contextmanager
+def _reading(path: str):
+    """A weights file that cannot be read (truncated, text, not the format its name says) as one ``ValueError``
+    naming it, not the loader's own error; missing files, refused pickles and errors naming the file pass."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError) or path in str(exc):
+            raise
+        raise ValueError(f"{path}: not a readable weights file ({exc})") from None
+    except Exception as exc:  # safetensors, torch.load and unpickling each fail their own way on a bad file
+        raise ValueError(f"{path}: not a readable weights file ({exc})") from None
 
 
 def feature_dim_of(name: str, weights: str | None = None) -> int:
@@ -57,7 +89,8 @@ def feature_dim_of(name: str, weights: str | None = None) -> int:
             return DEFAULT_CONFIG["feature_dim"]
         from model.detectors.demo import read_config
 
-        return int(read_config(weights)["feature_dim"])
+        with _reading(weights):
+            return int(read_config(weights)["feature_dim"])
     if name not in FEATURE_DIMS:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     return FEATURE_DIMS[name]
@@ -69,8 +102,9 @@ def attribute_count(name: str, weights: str | None = None) -> int:
         return 0
     from model.detectors.weights import tensor_shape
 
-    shape = tensor_shape(weights, ("roi_heads.box_predictor.attr_score.weight",
-                                   "roi_heads.attribute_head.attr_score.weight"))
+    with _reading(weights):
+        shape = tensor_shape(weights, ("roi_heads.box_predictor.attr_score.weight",
+                                       "roi_heads.attribute_head.attr_score.weight"))
     return int(shape[0]) - 1 if shape is not None else 0
 
 
@@ -96,7 +130,8 @@ def input_sizes(name: str, weights: str | None = None, config: dict | None = Non
     elif name == "demo":
         from model.detectors import demo
 
-        defaults = demo.read_config(weights) if weights else demo.DEFAULT_CONFIG
+        with _reading(weights) if weights else contextlib.nullcontext():
+            defaults = demo.read_config(weights) if weights else demo.DEFAULT_CONFIG
     else:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     merged = {**defaults, **(config or {})}
@@ -114,6 +149,9 @@ def build_detector(
     """A detector by name, with published/trained weights from ``weights`` or random ones (``random_init``)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    if class_names is not None and (name.startswith("coco-") or (name == "demo" and weights)):
+        source = "torchvision's COCO categories" if name.startswith("coco-") else "its weights file"
+        raise ValueError(f"--classes: {name} takes its class names from {source}; leave --classes out")
     if name == "vg-r101-c4":
         from model.detectors import vg_r101_c4
 
@@ -131,7 +169,8 @@ def build_detector(
                     f"--random-init builds it with random weights for pipeline checks"
                 )
             weights = found[0]
-        load_vg_weights(detector, weights)
+        with _reading(weights):
+            load_vg_weights(detector, weights)
         return detector
     if name.startswith("coco-"):
         from model.detectors import coco_r50_fpn
@@ -141,10 +180,11 @@ def build_detector(
         if random_init:
             return detector
         try:
-            state = load_state(weights) if weights else coco_r50_fpn.published_state(name, download=download)
+            with _reading(weights) if weights else contextlib.nullcontext():
+                state = load_state(weights) if weights else coco_r50_fpn.published_state(name, download=download)
+                detector.model.load_state_dict(state)
         except FileNotFoundError as exc:
             raise WeightsNotFoundError(str(exc)) from None
-        detector.model.load_state_dict(state)
         return detector
     from model.detectors import demo
 
@@ -155,9 +195,10 @@ def build_detector(
             "the demo detector needs the weights file train_demo_detector wrote: pass --weights PATH "
             "(or --random-init for a pipeline check)"
         )
-    if random_init:  # the trained architecture and class names, fresh weights
-        return demo.build(demo.read_config(weights))
-    return demo.load(weights)
+    with _reading(weights):
+        if random_init:  # the trained architecture and class names, fresh weights
+            return demo.build(demo.read_config(weights))
+        return demo.load(weights)
 
 
 def load_vg_weights(detector: RegionDetector, path: str) -> None:

@@ -39,8 +39,9 @@ _ALLOWED_GLOBALS = {
 _MODULE_ALIASES = {"numpy.core.multiarray": "numpy._core.multiarray"}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global outside the allow-list (it could run code)."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global outside the allow-list (it could run code); a ValueError too, for the
+    CLIs' one-line bad-input errors."""
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):

@@ -368,3 +368,56 @@ def test_batches_spanning_shards_keep_every_shard_whole(tmp_path, demo_weights):
     assert all(s["in"] == s["kept"] + s["rejected"] for s in shard_stats)
     regions = schemas.read_table(str(tmp_path / "features" / "regions"), "regions")
     assert regions.num_rows == 10 and len(set(regions.column("image_id").to_pylist())) == 10
+
+
+def test_resume_refuses_an_output_of_other_images_or_another_shard_size(tmp_path, demo_weights):
+    """A complete shard is skipped only when it was computed from the images the input gives it now."""
+    scenes = [encode(make_scene(i)[0]) for i in range(8)]
+    write_pairs(tmp_path / "a", scenes[:4], duplicate_first=False)
+    write_pairs(tmp_path / "b", scenes[4:], duplicate_first=False)
+    options = _options(demo_weights, images_per_shard=2)
+    extract_regions(str(tmp_path / "a"), str(tmp_path / "out"), options)
+    with pytest.raises(ValueError, match="shard 0 of other images"):  # another --input, as many shards
+        extract_regions(str(tmp_path / "b"), str(tmp_path / "out"), options)
+    with pytest.raises(ValueError, match="images_per_shard"):
+        extract_regions(str(tmp_path / "a"), str(tmp_path / "out"), _options(demo_weights, images_per_shard=3))
+    # A file sorted before the others shifts every shard; one sorted after adds shards and resumes.
+    first = tmp_path / "a" / "pairs" / "part-00000.parquet"
+    os.rename(first, tmp_path / "a" / "pairs" / "part-00001.parquet")
+    write_pairs(tmp_path / "before", scenes[4:6], duplicate_first=False)
+    os.rename(tmp_path / "before" / "pairs" / "part-00000.parquet", first)
+    with pytest.raises(ValueError, match="files added or removed"):
+        extract_regions(str(tmp_path / "a"), str(tmp_path / "out"), options)
+    os.rename(first, tmp_path / "a" / "pairs" / "part-00002.parquet")
+    stats = extract_regions(str(tmp_path / "a"), str(tmp_path / "out"), options)
+    assert (stats["in"], stats["kept"], stats["shards_resumed"], stats["images_processed"]) == (6, 6, 2, 2)
+    os.remove(tmp_path / "a" / "pairs" / "part-00002.parquet")  # shard 2's regions would stay behind
+    with pytest.raises(ValueError, match="part-00002.json"):
+        extract_regions(str(tmp_path / "a"), str(tmp_path / "out"), options)
+    regions = schemas.read_table(str(tmp_path / "out" / "regions"), "regions")
+    assert sorted(regions.column("image_id").to_pylist()) == sorted(image_id(data) for data in scenes[:6])
+
+
+def test_counts_below_one_and_an_output_inside_the_input_are_refused(tmp_path, demo_weights, capsys):
+    from lait import cli
+
+    for key in ("batch_size", "images_per_shard"):
+        for value in (0, -1):
+            with pytest.raises(ValueError, match=key.replace("_", "-")):
+                _options(demo_weights, **{key: value})
+    write_pairs(tmp_path / "in", [encode(make_scene(0)[0])])
+    base = ["features", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--detector", "demo",
+            "--weights", demo_weights, "--num-workers", "0", "--no-progress"]
+    for option in ("--batch-size", "--images-per-shard", "--fixed-boxes"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*base, option, "0"])
+        assert exit_.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    inside = str(tmp_path / "in" / "pairs" / "features")
+    with pytest.raises(ValueError, match="inside the input"):
+        extract_regions(str(tmp_path / "in"), inside, _options(demo_weights))
+    assert not os.path.exists(inside)
+    # --fixed-boxes 1 is a box count like any other (it used to be dropped when falsy, 0 now refused)
+    assert cli.main([*base, "--fixed-boxes", "1"]) == 0
+    regions = schemas.read_table(str(tmp_path / "out" / "regions"), "regions")
+    assert regions.column("num_boxes").to_pylist() == [1]

@@ -264,3 +264,33 @@ def test_tensor_shape_reads_each_format_and_attribute_count_uses_it(tmp_path):
     assert attribute_count("coco-r50-fpn", str(tmp_path / "d2.pkl")) == 0  # only vg-r101-c4 predicts attributes
     with pytest.raises(FileNotFoundError, match="no weights file"):
         tensor_shape(str(tmp_path / "nothing.bin"), names)
+
+
+def test_unreadable_weights_and_class_files_are_one_clear_error(tmp_path):
+    from model.detectors import demo, read_class_names
+
+    torch.manual_seed(0)
+    good = demo.save(demo.build({"min_size": 64, "max_size": 96, "channels": [8, 8, 8, 8, 8, 8]}, ["a", "b"]),
+                     str(tmp_path / "good.safetensors"))
+    data = open(good, "rb").read()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.safetensors").write_text("not weights")
+    (tmp_path / "text.pth").write_text("not weights either")
+    for name, detector in (("cut.safetensors", "demo"), ("text.safetensors", "demo"),
+                           ("text.safetensors", "coco-r50-fpn"), ("text.pth", "coco-r50-fpn")):
+        with pytest.raises(ValueError, match=f"{name}: not a readable weights file"):
+            build_detector(detector, weights=str(tmp_path / name))
+    (tmp_path / "classes.json").write_text('{"detector": "demo", "num_classes": 2}')
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "numbers.json").write_text("[1, 2]")
+    for name, message in (("classes.json", "without 'class_names'"), ("latin1.txt", "not UTF-8"),
+                          ("empty.txt", "no class names"), ("numbers.json", "list of strings")):
+        with pytest.raises(ValueError, match=f"{name}: .*{message}"):
+            read_class_names(str(tmp_path / name))
+    # Class names a detector would ignore: its weights (demo) or torchvision's categories (coco) name them.
+    with pytest.raises(ValueError, match="--classes"):
+        build_detector("demo", weights=good, class_names=["x", "y"])
+    with pytest.raises(ValueError, match="--classes"):
+        build_detector("coco-r50-fpn", random_init=True, class_names=["x"])
+    assert build_detector("demo", random_init=True, class_names=["x", "y"]).spec.class_names == ["x", "y"]

@@ -75,3 +75,30 @@ def test_training_on_hostile_data_ends_with_finite_losses(tmp_path):
                     assert math.isfinite(float(value)), (stage, row)
     final = torch.load(os.path.join(out, "checkpoints", "final.pt"), weights_only=True)["model"]
     assert all(torch.isfinite(t).all() for t in final.values() if t.is_floating_point())
+
+
+def test_regions_of_another_width_stop_training_with_the_file_named(tmp_path):
+    """A regions file of another detector (D + 1 wide) among the dataset's files: reshaped to D, its regions
+    would read pieces of each other; training stops with the file named instead."""
+    import pytest
+
+    root = str(tmp_path / "data")
+    write_synthetic(root, images=24, feature_dim=D, test_images=4, seed=4)
+    regions = schemas.read_table(os.path.join(root, "regions"), "regions").to_pylist()
+    for row in regions[:12]:
+        row["features"] = [list(f) + [0.5] for f in row["features"]]
+    schemas.write_table(schemas.to_table(regions[:12], "regions", feature_dim=D + 1),
+                        os.path.join(root, "regions", "part-00001.parquet"), "regions")
+    schemas.write_table(schemas.to_table(regions[12:], "regions", feature_dim=D),
+                        os.path.join(root, "regions", "part-00000.parquet"), "regions")
+    data = {"regions": f"{root}/regions", "captions": f"{root}/captions", "split": "train"}
+    config = load_config(base={
+        "out_dir": str(tmp_path / "run"),
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_text_len": 16,
+                  "max_regions": 8},
+        "tokenizer_vocab_size": 120, "log_every": 1,
+        "finetune": {"name": "finetune", "datasets": [data], "steps": 2, "batch_size": 8, "negatives": 2},
+    })
+    torch.set_num_threads(1)
+    with pytest.raises(ValueError, match=f"part-00001.parquet: features of width {D + 1}, the model reads {D}"):
+        train(config)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pytest
 import torch
 
 import schemas
@@ -216,3 +218,114 @@ def test_import_captions_coco_karpathy_tsv(tmp_path):
     (tmp_path / "c.tsv").write_text("image\tcaption\none.png\ta red one\ntwo.png\ta blue one\n")
     stats = import_captions(read_tsv(str(tmp_path / "c.tsv"), "test"), str(images), str(tmp_path / "t-out"))
     assert stats == {"stage": "import_captions", "in": 2, "kept": 2, "rejected": 0, "rejected_by_reason": {}, "images": 2}
+
+
+def test_features_of_another_width_are_refused_not_reshaped(tmp_path, caplog):
+    from model.data import decode_regions
+
+    regions = tmp_path / "regions"
+    _write_regions(str(regions / "part-00000.parquet"), [_region_row("a", 3, dim=4), _region_row("b", 2, dim=4)])
+    _write_regions(str(regions / "part-00001.parquet"), [_region_row("c", 3, dim=5)], dim=5)  # another detector's
+    table = schemas.read_table(str(regions / "part-00000.parquet"), "regions")
+    assert len(decode_regions(table, 8, 4)) == 2
+    # 20 values are also 5 regions of 4 or 4 of 5: a reshape alone would scramble them
+    with pytest.raises(ValueError, match="part-00000.parquet: features of width 4, the model reads 5"):
+        decode_regions(table, 8, 5, str(regions / "part-00000.parquet"))
+    ragged = table.set_column(table.schema.get_field_index("features"), "features",
+                              pa.array([[[1.0] * 4] * 3, [[1.0] * 4, [1.0] * 5]], pa.list_(pa.list_(pa.float16()))))
+    with pytest.raises(ValueError, match="features of width 4 to 5, the model reads 4"):
+        decode_regions(ragged, 8, 4)
+    captions = [{"caption_id": k, "image_id": k, "caption": "red circle", "split": "train"} for k in "abc"]
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "p.parquet"), "captions")
+    stream = PairStream([DatasetConfig(str(regions), str(tmp_path / "captions"), "train")],
+                        _tokenizer_json(["red circle"]), tiny_config(feature_dim=4, max_regions=8), infinite=False,
+                        shuffle=False)
+    with pytest.raises(ValueError, match="part-00001.parquet: features of width 5, the model reads 4"):
+        list(stream)
+    # Class ids past the model's classes (a classes.json listing fewer than the detector wrote): warned.
+    stream = PairStream([DatasetConfig(str(regions / "part-00000.parquet"), str(tmp_path / "captions"), "train")],
+                        _tokenizer_json(["red circle"]), tiny_config(feature_dim=4, max_regions=8, num_classes=2),
+                        infinite=False, shuffle=False)
+    with caplog.at_level("WARNING", logger="model.data"):
+        assert len(list(stream)) == 2
+    assert "class ids up to 3, but the model classifies 2 classes" in caplog.text
+
+
+def _import_tree(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    _png(images / "one.png", "red")
+    _png(images / "two.png", "blue", (5, 4))
+    return images
+
+
+def test_import_captions_refuses_a_finished_output_and_clears_an_interrupted_one(tmp_path):
+    from model.captions_import import CaptionRecord, ImportExistsError, import_captions
+
+    images = _import_tree(tmp_path)
+    records = [CaptionRecord("r1", "one.png", "a red one", "train"), CaptionRecord("r2", "two.png", "blue", "train")]
+    out = tmp_path / "out"
+    assert import_captions(records, str(images), str(out))["kept"] == 2
+    with pytest.raises(ImportExistsError, match="--overwrite"):  # a rerun added every caption a second time
+        import_captions(records, str(images), str(out))
+    assert import_captions(records[:1], str(images), str(out), overwrite=True)["kept"] == 1
+    assert schemas.read_table(str(out / "captions"), "captions").num_rows == 1
+
+    def failing():  # an import that fails (or is killed) part-way: shards written, no stats.json
+        yield records[0]
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        import_captions(failing(), str(images), str(out), overwrite=True, rows_per_shard=1)
+    assert not (out / "stats.json").exists() and (out / "captions").exists()
+    (out / "features").mkdir()  # what a later stage put there stays
+    stats = import_captions(records, str(images), str(out))
+    assert stats["kept"] == 2 and (out / "features").is_dir()
+    ids = schemas.read_table(str(out / "captions"), "captions").column("caption_id").to_pylist()
+    assert sorted(ids) == ["r1", "r2"]
+    (tmp_path / "c.tsv").write_text("one.png\tred\n")
+    proc = subprocess.run([sys.executable, "-m", "lait", "import-captions", str(tmp_path / "c.tsv"), "--format", "tsv",
+                           "--images", str(images), "--out", str(out)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "already holds a finished import" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_import_captions_malformed_records_are_counted_rejects(tmp_path):
+    from model.captions_import import import_captions, read_coco, read_karpathy, read_tsv
+
+    images = _import_tree(tmp_path)
+
+    def run(name, content, reader, *args):
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+        stats = import_captions(reader(str(path), *args), str(images), str(tmp_path / f"out-{name}"))
+        assert stats["in"] == stats["kept"] + stats["rejected"]
+        captions = schemas.read_table(str(tmp_path / f"out-{name}" / "captions"), "captions").to_pylist() \
+            if stats["kept"] else []
+        return stats["rejected_by_reason"], {c["caption_id"]: (c["caption"], c["split"]) for c in captions}
+
+    for shape in ([1, 2], {"images": {}, "annotations": []}, "text"):
+        with pytest.raises(ValueError, match="JSON object with 'images' and 'annotations' lists"):
+            run("shape.json", shape, read_coco)
+    coco = {"images": [{"id": 1, "file_name": "one.png"}, {"id": 2, "file_name": None}, "junk"],
+            "annotations": [{"id": 1, "image_id": 1, "caption": "red"}, {"id": 1, "image_id": 1, "caption": "again"},
+                            {"id": 2, "image_id": 1, "caption": 5}, {"id": 3, "image_id": 2, "caption": "null name"},
+                            {"image_id": 1, "caption": "no id"}, 7]}
+    reasons, kept = run("coco.json", coco, read_coco)
+    assert reasons == {"duplicate_caption": 1, "caption_invalid": 1, "image_path_invalid": 1, "record_invalid": 1}
+    assert kept == {"coco:1": ("red", "train"), "coco:annotation-4": ("no id", "train")}
+    karpathy = {"images": [
+        {"imgid": 7, "filename": "one.png", "filepath": None, "split": None, "sentences": [{"raw": "a", "sentid": 1}]},
+        {"imgid": 8, "filename": "two.png", "split": "test", "sentences": ["a cat", {"raw": "b"}, {"raw": "c"}]},
+        {"imgid": 9, "filename": None, "split": "test", "sentences": [{"raw": "d", "sentid": 4}]},
+        {"filename": "two.png", "sentences": {"raw": "e"}}]}
+    reasons, kept = run("k.json", karpathy, read_karpathy)
+    assert reasons == {"caption_invalid": 1, "image_path_invalid": 1, "record_invalid": 1}
+    assert kept == {"karpathy:1": ("a", "train"), "karpathy:8:1": ("b", "test"), "karpathy:8:2": ("c", "test")}
+    tsv = "\ufeffimage_file\tcaption\r\none.png\tbom and crlf\r\non\x00e.png\tnul\n".encode() \
+        + "two.png\tcaf\xe9\n".encode("latin-1") + b"two.png\tlast\n"
+    reasons, kept = run("t.tsv", tsv, read_tsv, "val")
+    assert reasons == {"image_path_invalid": 1, "record_invalid": 1}
+    assert kept == {"tsv:2": ("bom and crlf", "val"), "tsv:5": ("last", "val")}
+    rejected = schemas.read_table(str(tmp_path / "out-t.tsv" / "rejected"), "rejected").to_pylist()
+    assert "line 4 is not UTF-8" in {r["reason"]: r["detail"] for r in rejected}["record_invalid"]

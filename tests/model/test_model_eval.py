@@ -220,3 +220,20 @@ def test_folds_rank_each_folds_captions_against_its_own_images(synth_dir, tiny_t
     assert evaluate(*args, batch_size=512, folds=1)["image_retrieval"] == evaluate(*args, batch_size=512)["image_retrieval"]
     with pytest.raises(ValueError, match="two-stage"):
         evaluate(*args, folds=2, two_stage_k=5)
+
+
+def test_eval_refuses_another_feature_width_and_counts_below_one(synth_dir, tiny_trained, tmp_path, capsys):
+    from lait.cli import main
+    from model.synthetic import write_synthetic
+
+    model, tokenizer_json = tiny_trained
+    write_synthetic(str(tmp_path / "d8"), images=12, feature_dim=8, test_images=6, seed=2)
+    with pytest.raises(ValueError, match="d8/regions: features of width 8, the model reads 16"):
+        evaluate(model, tokenizer_json, str(tmp_path / "d8" / "regions"), str(tmp_path / "d8" / "captions"), "test")
+    for option, value in (("batch_size", 0), ("two_stage_k", 0), ("two_stage_k", -1), ("folds", 0)):
+        with pytest.raises(ValueError, match=option.replace("_", "-")):
+            evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", **{option: value})
+    for option in ("--batch-size", "--two-stage-k", "--folds"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--checkpoint", "x.pt", "--data", synth_dir, option, "0"])
+        assert exit_.value.code == 2 and "must be 1 or more" in capsys.readouterr().err

@@ -166,21 +166,20 @@ def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
     assert os.path.exists(os.path.join(out_dir, "tokenizer.json"))
 
 
-def test_train_cli_reports_bad_input_without_a_traceback(synth_dir, tmp_path, monkeypatch):
+def test_train_cli_reports_bad_input_without_a_traceback(synth_dir, tmp_path, monkeypatch, capsys):
     from lait.cli import main
 
     config = os.path.join(REPO, "configs", "tiny.yaml")
-    with pytest.raises(SystemExit) as error:
-        main(["train", "--config", config])
-    assert "LAIT_DATA" in str(error.value) and "unset environment variable" in str(error.value)
+    assert main(["train", "--config", config]) == 2
+    error = capsys.readouterr().err
+    assert "LAIT_DATA" in error and "unset environment variable" in error
     monkeypatch.setenv("LAIT_DATA", synth_dir)
-    with pytest.raises(SystemExit) as error:
-        main(["train", "--config", config, "--set", f"out_dir={tmp_path}",
-              "--set", f"pretrain.0.datasets.0.regions={tmp_path}/nowhere"])
-    assert str(error.value).startswith("lait train:") and "nowhere" in str(error.value)
-    with pytest.raises(SystemExit) as error:
-        main(["train", "--config", config, "--set", "finetune.loss=hinge"])
-    assert "finetune.loss" in str(error.value)
+    assert main(["train", "--config", config, "--set", f"out_dir={tmp_path}",
+                 "--set", f"pretrain.0.datasets.0.regions={tmp_path}/nowhere"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("lait train:") and "nowhere" in error and error.count("\n") == 1
+    assert main(["train", "--config", config, "--set", "finetune.loss=hinge"]) == 2
+    assert "finetune.loss" in capsys.readouterr().err
 
 
 def test_exact_masking_with_the_whole_model_compiled(synth_dir, tmp_path):
@@ -196,3 +195,95 @@ def test_exact_masking_with_the_whole_model_compiled(synth_dir, tmp_path):
             assert 0 < float(row[task]) < 100, (task, row)
     finetune_log = _log(os.path.join(tmp_path, "logs", "finetune.csv"))
     assert all(0 < float(row["binary"]) < 10 for row in finetune_log.values())
+
+
+def test_config_counts_types_and_overrides_fail_with_the_key(synth_dir, tmp_path):
+    base = _base(synth_dir, str(tmp_path))
+    for override, message in (("pretrain.0.steps=0", "pretrain.0.steps: 0, need at least 1"),
+                              ("finetune.steps=-2", "finetune.steps: -2"),
+                              ("log_every=0", "log_every: 0"), ("grad_accum=0", "grad_accum: 0"),
+                              ("shuffle_buffer=0", "shuffle_buffer: 0"), ("checkpoint_every=-1", "checkpoint_every"),
+                              ("model.num_heads=0", "model.num_heads"), ("mlm_prob=1.5", "mlm_prob"),
+                              ("pretrain.0.tasks=mlm", "pretrain.0.tasks: 'mlm' is not a mapping"),
+                              ("pretrain.0.tasks={mlm: lots}", "pretrain.0.tasks.mlm"),
+                              ("pretrain.0.tasks={mlm: -1, itm: 1}", "negative loss weight"),
+                              ("pretrain.0.datasets.0.regions=[a, b]", "datasets.0.regions: .* is not a string"),
+                              ("pretrain.0.datasets.0.split=true", "datasets.0.split: True is not a string"),
+                              ("model.hidden_size.x=1", "model.hidden_size is 32, not a section"),
+                              ("out_dir.sub=1", "out_dir is"), ("finetune.lr=[", "not valid YAML")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(base=base, overrides=[override])
+    with pytest.raises(ConfigError, match="finetune.epochs: 0"):
+        load_config(base=base, overrides=["finetune.steps=null", "finetune.epochs=0"])
+    # A YAML number where a name is meant (split: 2017) is that name.
+    config = load_config(base=base, overrides=["pretrain.0.datasets.0.split=2017"])
+    assert config.pretrain[0].datasets[0].split == "2017"
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(str(tmp_path / "list.yaml"))
+
+
+def test_data_that_does_not_fit_the_model_is_refused_before_training(synth_dir, tmp_path):
+    from model.synthetic import write_synthetic
+
+    write_synthetic(str(tmp_path / "d8"), images=20, feature_dim=8, test_images=4, seed=2)
+    wide = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
+    narrow = {"regions": f"{tmp_path}/d8/regions", "captions": f"{tmp_path}/d8/captions", "split": "train"}
+    config = _base(synth_dir, str(tmp_path / "run"))
+    config["finetune"]["datasets"] = [wide, narrow]  # one stage mixing D=16 and D=8 regions
+    with pytest.raises(ValueError, match=f"{tmp_path}/d8/regions: features of width 8, the model reads 16"):
+        train(load_config(base=config))
+    config = _base(synth_dir, str(tmp_path / "run"), eval=dict(wide, split="nosuch"))
+    with pytest.raises(ValueError, match="eval: .*no captions in split 'nosuch'"):
+        train(load_config(base=config))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints"), "refused before the first stage"
+
+
+def test_unreadable_or_mismatched_checkpoints_are_one_line_errors(synth_dir, tmp_path, capsys):
+    from lait.cli import main
+    from model.train import CHECKPOINT_FORMAT
+
+    bad = {"truncated.pt": None, "text.pt": b"hello\n", "list.pt": [1, 2, 3], "other.pt": {"format": "other"},
+           "nomodel.pt": {"format": CHECKPOINT_FORMAT}, "eval.json": b'{"R@1": 0.5}'}
+    for name, content in bad.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is None:
+            torch.save({"format": CHECKPOINT_FORMAT, "model": {"w": torch.zeros(1000)}}, path)
+            path.write_bytes(path.read_bytes()[:300])
+        else:
+            torch.save(content, path)
+    os.mkdir(tmp_path / "folder.pt")
+    for name in [*bad, "folder.pt"]:
+        with pytest.raises(ValueError, match=f"{name}: not a readable LAIT checkpoint"):
+            load_checkpoint(str(tmp_path / name))
+    config = tmp_path / "c.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "run"))))
+    (tmp_path / "init.yaml").write_text(yaml.safe_dump({k: v for k, v in _base(synth_dir, str(tmp_path / "run")).items()
+                                                        if k != "model"}))
+    runs = [["train", "--config", str(config), "--resume", str(tmp_path / "text.pt")],
+            ["train", "--config", str(tmp_path / "init.yaml"), "--set", f"init={tmp_path / 'eval.json'}"],
+            ["eval", "--checkpoint", str(tmp_path / "folder.pt"), "--data", synth_dir, "--no-progress"],
+            ["eval", "--checkpoint", str(tmp_path / "list.pt"), "--data", synth_dir, "--no-progress"]]
+    for argv in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "not a readable LAIT checkpoint" in err and "\n" not in err and "Traceback" not in err, err
+
+    # A checkpoint of another run's stages (resumed by mistake): its stage is not this config's.
+    state = {"format": CHECKPOINT_FORMAT, "model": {}, "model_config": {}, "tokenizer": "{}", "stage_index": 1,
+             "stage_name": "stage2", "step": 5, "stage_done": True,
+             "train_config": {"pretrain": [{"name": "stage1"}, {"name": "stage2"}], "finetune": {"name": "finetune"}}}
+    torch.save(state, tmp_path / "other-run.pt")
+    with pytest.raises(ValueError, match="a checkpoint of stage 'stage2' .* this config's stages are \\['stage1', "
+                                         "'finetune'\\]"):
+        train(load_config(base=_base(synth_dir, str(tmp_path / "run"))), resume=str(tmp_path / "other-run.pt"))
+    only = _base(synth_dir, str(tmp_path / "run"))
+    del only["pretrain"]
+    state.update(stage_index=0, stage_name="stage1", train_config={"pretrain": [{"name": "stage1"}]})
+    torch.save(state, tmp_path / "pretrain-run.pt")
+    with pytest.raises(ValueError, match="init:"):  # would have skipped fine-tuning as done
+        train(load_config(base=only), resume=str(tmp_path / "pretrain-run.pt"))
