@@ -5,6 +5,7 @@ import argparse
 import json
 
 from crawler import images
+from lait.commands import non_negative, positive
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -15,24 +16,6 @@ def _setting(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def _count(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    return _count(text, 0)
-
-
-def _positive(text: str) -> int:
-    return _count(text, 1)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder (the crawl stage's run folder)")
     parser.add_argument("--allow-private-networks", action="store_true",
                         help="allow fetching private, loopback and link-local addresses (local test sites)")
-    parser.add_argument("--max-pages", type=_non_negative, default=0,
+    parser.add_argument("--max-pages", type=non_negative, default=0,
                         help="stop scheduling pages after N (default 0: no cap)")
-    parser.add_argument("--depth", type=_non_negative, default=0, help="follow links up to N hops from a start URL "
+    parser.add_argument("--depth", type=non_negative, default=0, help="follow links up to N hops from a start URL "
                         "(default 0: no limit)")
     parser.add_argument("--allowed-domains", nargs="+", metavar="DOMAIN",
                         help="domains whose pages are followed (default: the start URLs' hosts)")
@@ -59,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"early reject: images with a side below N px (default {images.DEFAULT_MIN_SIDE})")
     parser.add_argument("--max-aspect", type=float, default=images.DEFAULT_MAX_ASPECT,
                         help=f"early reject: aspect ratio above R (default {images.DEFAULT_MAX_ASPECT})")
-    parser.add_argument("--processes", type=_positive, default=1,
+    parser.add_argument("--processes", type=positive, default=1,
                         help="crawl processes (default 1); with N > 1, process 0 crawls the pages and all N fetch "
                              "and validate a share of the images (each image still fetched once)")
     parser.add_argument("--jobdir", help="job folder: rerun with the same one to continue an interrupted crawl")

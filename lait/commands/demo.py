@@ -4,13 +4,7 @@ from __future__ import annotations
 import argparse
 
 from demo import run as demo_run
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from lait.commands import positive
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,12 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the site, scenes and splits (default {d.seed})")
-    parser.add_argument("--scenes", type=_positive, default=d.scenes, help=f"good scene images on the site (default {d.scenes})")
-    parser.add_argument("--test-scenes", type=_positive, default=d.test_scenes,
+    parser.add_argument("--scenes", type=positive, default=d.scenes, help=f"good scene images on the site (default {d.scenes})")
+    parser.add_argument("--test-scenes", type=positive, default=d.test_scenes,
                         help=f"held-out scenes for retrieval eval (default {d.test_scenes})")
-    parser.add_argument("--detector-scenes", type=_positive, default=d.detector_scenes,
+    parser.add_argument("--detector-scenes", type=positive, default=d.detector_scenes,
                         help=f"scenes the demo detector trains on (default {d.detector_scenes})")
-    parser.add_argument("--detector-epochs", type=_positive, default=d.detector_epochs,
+    parser.add_argument("--detector-epochs", type=positive, default=d.detector_epochs,
                         help=f"demo detector training epochs (default {d.detector_epochs})")
     parser.add_argument("--min-side", type=int, default=d.min_side,
                         help=f"min image side for crawl and filter (default {d.min_side}; scenes are 160-256 px)")
@@ -38,11 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--relevance-keep-rate", type=float, default=d.relevance_keep_rate,
                         help=f"share of pairs the relevance filter keeps (default {d.relevance_keep_rate}; "
                              "0: the threshold the relevance model chose when it was trained)")
-    parser.add_argument("--relevance-epochs", type=_positive, default=d.relevance_epochs,
+    parser.add_argument("--relevance-epochs", type=positive, default=d.relevance_epochs,
                         help=f"relevance model training epochs (default {d.relevance_epochs})")
-    parser.add_argument("--relevance-members", type=_positive, default=d.relevance_members,
+    parser.add_argument("--relevance-members", type=positive, default=d.relevance_members,
                         help=f"relevance models averaged into one ensemble (default {d.relevance_members})")
-    parser.add_argument("--relevance-image-size", type=_positive, default=d.relevance_image_size,
+    parser.add_argument("--relevance-image-size", type=positive, default=d.relevance_image_size,
                         help=f"image side the relevance model sees (default {d.relevance_image_size})")
     parser.add_argument("--train-config", default=d.train_config, help="trainer config (default configs/demo.yaml)")
     parser.add_argument("--stop-after", metavar="STEP", choices=demo_run.step_names(),

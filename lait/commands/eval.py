@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+from lait.commands import positive
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,11 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--captions", help="captions dataset (instead of --data)")
     parser.add_argument("--split", default="test", help="captions split to evaluate (default test; 'all' for every row)")
     parser.add_argument("--out", default="eval.json", help="where to write the JSON result (default eval.json)")
-    parser.add_argument("--batch-size", type=int, default=512, help="pairs per forward pass (default 512)")
-    parser.add_argument("--two-stage-k", type=int, default=None, metavar="K",
+    parser.add_argument("--batch-size", type=positive, default=512, help="pairs per forward pass (default 512)")
+    parser.add_argument("--two-stage-k", type=positive, default=None, metavar="K",
                         help="pre-rank with single-modality embeddings, re-rank each query's top K with the "
                              "cross-encoder (default: score every pair)")
-    parser.add_argument("--folds", type=int, metavar="K",
+    parser.add_argument("--folds", type=positive, metavar="K",
                         help="split the images, in the captions' order, into K folds; rank each fold's captions "
                              "against its own images and report the mean (MSCOCO 1K test: --folds 5 on the 5K "
                              "test split imported from the Karpathy JSON)")
@@ -49,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     regions = args.regions or (os.path.join(args.data, "regions") if args.data else None)
     captions = args.captions or (os.path.join(args.data, "captions") if args.data else None)
     if not regions or not captions:
-        raise SystemExit("lait eval: give --data DIR, or both --regions and --captions")
+        return _fail("give --data DIR, or both --regions and --captions")
     for path in (args.checkpoint, regions, captions):
         if "://" not in path and not os.path.exists(path):
-            raise SystemExit(f"lait eval: {path} does not exist")
+            return _fail(f"{path} does not exist")
     device = process_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -64,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
                           None if args.split == "all" else args.split, batch_size=args.batch_size, device=device,
                           bf16=bf16, two_stage_k=args.two_stage_k, progress=not args.no_progress,
                           compile=args.compile, fp8=args.precision == "fp8", folds=args.folds)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"lait eval: {exc}") from None
+    except (ValueError, FileNotFoundError) as exc:  # bad data or checkpoint: one line
+        return _fail(exc)
     finally:
         if processes > 1:
             import torch.distributed as dist
@@ -79,3 +82,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}")
     return 0
 
+
+def _fail(message) -> int:
+    print(f"lait eval: {message}", file=sys.stderr)
+    return 2

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from lait.commands import positive
+
 DETECTOR_CHOICES = ("vg-r101-c4", "coco-r50-fpn", "coco-r50-fpn-v2", "demo")
 
 
@@ -25,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
     parser.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="autocast precision (default auto: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per detector batch (default 8)")
+    parser.add_argument("--batch-size", type=positive, default=8, help="images per detector batch (default 8)")
     parser.add_argument("--min-boxes", type=int, default=10, help="fewest boxes per image (default 10)")
     parser.add_argument("--max-boxes", type=int, default=100, help="most boxes per image (default 100)")
-    parser.add_argument("--fixed-boxes", type=int, metavar="N",
+    parser.add_argument("--fixed-boxes", type=positive, metavar="N",
                         help="exactly N boxes per image (sets min and max; 36 is BUTD's fixed mode)")
     parser.add_argument("--score-thresh", type=float, default=0.2, help="keep boxes with best class score >= this (default 0.2)")
     parser.add_argument("--nms-thresh", type=float, default=0.3, help="per-class NMS IoU threshold (default 0.3)")
@@ -41,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
                             help="where JPEGs are decoded: workers (Pillow) or device (plain upright JPEGs batched "
                                  "through nvJPEG on CUDA; the rest still in the workers); auto (default): device on "
                                  "CUDA, workers elsewhere")
-        parser.add_argument("--images-per-shard", type=int, default=512, help="images per output shard (default 512)")
+        parser.add_argument("--images-per-shard", type=positive, default=512,
+                            help="images per output shard (default 512)")
         parser.add_argument("--part", metavar="I/N", type=_part,
                             help="run part I of N (0-based: the shards whose index %% N == I); start the N parts at "
                                  "once (one per GPU, or on machines sharing OUT); the part that completes the run "
@@ -77,7 +80,8 @@ def options_from_args(args: argparse.Namespace):
     from pipeline.features import FeatureOptions
 
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v is not None}
-    min_boxes, max_boxes = (args.fixed_boxes, args.fixed_boxes) if args.fixed_boxes else (args.min_boxes, args.max_boxes)
+    fixed = args.fixed_boxes
+    min_boxes, max_boxes = (fixed, fixed) if fixed is not None else (args.min_boxes, args.max_boxes)
     local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode") if hasattr(args, k)}
     device = args.device
     if hasattr(args, "part"):
