@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lait-installed
 DEMO_OUT ?= demo-run
-PYTEST_ARGS ?=
+# Two test processes, one per core of the 2-core CI machine (pytest-xdist); each module runs whole in one
+# of them, so a module's fixtures are built once. `make test TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?= $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 # Keep every run offline: no hub downloads, no update checks, no telemetry.
 export HF_HUB_OFFLINE = 1

@@ -40,6 +40,7 @@ REQ = {
     "open-clip": "open-clip-torch>=2.24,<4",
     "pytest": "pytest>=8",
     "pytest-timeout": "pytest-timeout>=2.3",
+    "pytest-xdist": "pytest-xdist>=3.5,<4",  # `make test` runs the suite in two worker processes
 }
 
 
@@ -57,7 +58,7 @@ EXTRAS = {
 }
 EXTRAS["demo"] = sorted({r for name in ("crawl", "beam", "features", "train", "report") for r in EXTRAS[name]})
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
-EXTRAS["dev"] = deps("pytest", "pytest-timeout")
+EXTRAS["dev"] = deps("pytest", "pytest-timeout", "pytest-xdist")
 # Launching a Dataflow job (DataflowRunner, gs:// paths) needs Beam's GCP client libraries; not in "all".
 EXTRAS["gcp"] = [REQ["beam"].replace("apache-beam", "apache-beam[gcp]", 1)]
 
