@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import posixpath
 import sys
 from typing import Any, Iterable
@@ -38,7 +37,7 @@ import schemas
 from filters import dedup
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
 from pipeline.options import add_filter_arguments, config_from_args, make_runner
-from pipeline.outputs import PENDING_STATS, finish_output, prepare_output
+from pipeline.outputs import PENDING_STATS, finish_output, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
 
 logger = logging.getLogger(__name__)
@@ -409,16 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_filter_arguments(parser)
     return parser
-
-
-def input_reference(input_path: str, output: str) -> str:
-    """The input as stats.json names it: relative to the run folder (the output's parent) when it lies
-    inside it, so that a run folder moved or copied whole still names its own input; else absolute."""
-    if "://" in input_path or "://" in output:
-        return input_path
-    run_dir = os.path.dirname(os.path.abspath(output))
-    path = os.path.abspath(input_path)
-    return os.path.relpath(path, run_dir) if path.startswith(run_dir + os.sep) else path
 
 
 def check_relevance_args(args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedT
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
-from pipeline.outputs import PENDING_STATS, finish_output, prepare_output
+from pipeline.outputs import PENDING_STATS, finish_output, input_reference, prepare_output
 from pipeline.runners import make_runner
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         out = scored | "ThresholdRelevance" >> ThresholdRelevance(args.threshold, args.keep_rate, spec=args.model)
         out.kept | "WritePairs" >> _WriteDataset(os.path.join(args.output, "pairs"), "pairs")
         out.rejected | "WriteRejected" >> _WriteDataset(os.path.join(args.output, "rejected"), "rejected")
-        out.summary | "WriteStats" >> beam.Map(_write_stats, args.output, {"model": args.model})
+        out.summary | "WriteStats" >> beam.Map(_write_stats, args.output,
+                                               {"input": input_reference(args.input, args.output), "model": args.model})
     finish_output(args.output)
     with open(os.path.join(args.output, "stats.json"), encoding="utf-8") as f:
         return json.load(f)["relevance"]

@@ -10,6 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 import schemas
+from demo import audit
 from filters.relevance import load
 from pipeline.relevance import ScoreRelevance, ThresholdRelevance, run
 from tests.relevance.conftest import write_pairs
@@ -106,6 +107,10 @@ def test_standalone_run_keeps_the_books(model_dir, heldout_rows, tmp_path):
     assert set(rejected.column("reason").to_pylist()) <= {"low_relevance"}
     assert set(kept.column("pair_id").to_pylist()) | set(rejected.column("pair_id").to_pylist()) == \
         {r["pair_id"] for r in rows}
+    # the input is recorded (relative to the run folder), so the audit checks against it, not a guess
+    assert stats["input"] == "filter"
+    report = audit.audit_stage(str(tmp_path), "relevance")
+    assert report["upstream"] == "filter" and report["ok"], [c for c in report["checks"] if not c["ok"]]
     argv = ["--input", str(tmp_path / "filter"), "--model", model_dir, "--runner=DirectRunner"]
     # A finished output is refused (shards are named per run: a second run would add a second copy).
     with pytest.raises(ValueError, match="already holds a finished relevance run"):
