@@ -189,10 +189,15 @@ def resolve_url(base_url: str, reference: str) -> str:
     """``reference`` resolved against ``base_url`` as a browser would, fragment dropped.
 
     Raises ValueError for a URL that cannot be fetched as written: a broken IPv6 host
-    (``http://[bad/``) or a port that is not a number from 0 to 65535 (``http://h:1:2/``).
+    (``http://[bad/``), a port that is not a number from 0 to 65535 (``http://h:1:2/``), or credentials
+    in it (``http://user:pw@h/``: browsers block such subresource requests, and Scrapy's robots.txt
+    middleware failed on them with a traceback).
     """
     url = _clean_url(urljoin(base_url, reference))
-    urlsplit(url).port  # noqa: B018 - parsing the port raises ValueError when it is not one
+    parts = urlsplit(url)
+    parts.port  # noqa: B018 - parsing the port raises ValueError when it is not one
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        raise ValueError("credentials in the URL")
     return url
 
 

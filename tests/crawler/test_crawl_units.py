@@ -166,10 +166,11 @@ def test_malformed_urls_are_counted_and_the_rest_of_the_page_survives():
     """A broken IPv6 host or port is an `invalid_url` reject; a bad link or base is skipped."""
     page = extract.parse_page('<head><base href="http://[bad/"></head><a href="http://[oops/">x</a><a href="/next">n</a>'
                               '<img src="a.jpg" alt="Before"><img src="http://[bad/x.jpg" alt="IPv6">'
-                              '<img src="http://h.example:1:99999/p.jpg" alt="Port"><img src="b.jpg" alt="After">', PAGE)
+                              '<img src="http://h.example:1:99999/p.jpg" alt="Port">'
+                              '<img src="http://user:pw@h.example/c.jpg" alt="Credentials"><img src="b.jpg" alt="After">', PAGE)
     assert [c["image_url"] for c in page.candidates] == ["http://example.org/dir/a.jpg", "http://example.org/dir/b.jpg"]
     assert [(r["reason"], r["image_url"], r["alt"]) for r in page.rejects] == [
-        ("invalid_url", None, "IPv6"), ("invalid_url", None, "Port")]
+        ("invalid_url", None, "IPv6"), ("invalid_url", None, "Port"), ("invalid_url", None, "Credentials")]
     assert "http://[bad/x.jpg" in page.rejects[0]["detail"]
     assert page.links == ["http://example.org/next"]
     assert page.counts["invalid_link"] == 1 and page.counts["invalid_base"] == 1
