@@ -7,7 +7,6 @@ every override is a dotted path (``pretrain.0.steps=100``, ``model.hidden_size=6
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import os
 import types
@@ -352,9 +351,20 @@ def apply_override(data: dict, assignment: str) -> None:
         node[last] = value
 
 
+def _unshared(value: Any) -> Any:
+    """A copy in which no two places share one dict or list. YAML anchors and aliases (``datasets: *common``)
+    load as one shared object, and ``copy.deepcopy`` keeps such sharing: an override of one stage's entry
+    would change every stage that names the anchor."""
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> TrainConfig:
     """Read a YAML config (or start from ``base``), apply the overrides, validate."""
-    data: dict = copy.deepcopy(base) if base is not None else {}
+    data: dict = _unshared(base) if base is not None else {}
     if path is not None:
         with open(path, encoding="utf-8") as handle:
             try:
@@ -363,6 +373,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, bas
                 raise ConfigError(f"{path}: not a valid YAML file ({exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        data = _unshared(data)
     for assignment in overrides or []:
         apply_override(data, assignment)
     return train_config_from_dict(data)

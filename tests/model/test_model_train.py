@@ -223,6 +223,18 @@ def test_config_counts_types_and_overrides_fail_with_the_key(synth_dir, tmp_path
         load_config(str(tmp_path / "list.yaml"))
 
 
+def test_an_override_changes_one_stage_even_where_yaml_anchors_share_an_entry(synth_dir, tmp_path):
+    """YAML loads an anchor and its aliases as one object: an override must still reach one place only."""
+    entry = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
+    (tmp_path / "anchored.yaml").write_text(
+        f"out_dir: {tmp_path / 'run'}\n"
+        f"pretrain:\n  - name: stage1\n    steps: 2\n    datasets: [&data {json.dumps(entry)}]\n"
+        f"  - name: stage2\n    steps: 2\n    datasets: [*data]\n"
+        f"finetune:\n  steps: 2\n  datasets: [*data]\n")
+    config = load_config(str(tmp_path / "anchored.yaml"), overrides=["pretrain.0.datasets.0.split=test"])
+    assert [s.datasets[0].split for s in config.stages()] == ["test", "train", "train"]
+
+
 def test_data_that_does_not_fit_the_model_is_refused_before_training(synth_dir, tmp_path):
     from model.synthetic import write_synthetic
 
