@@ -274,6 +274,8 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
     stats = {"stage": STAGE, "in": counts["in"], "kept": counts["kept"], "rejected": sum(reasons.values()),
              "rejected_by_reason": dict(reasons),
              "images": sum(1 for v in images.values() if not isinstance(v, str))}
+    for kind in ("captions", "pairs", "rejected"):  # a dataset with no rows is an empty folder, not a missing one
+        os.makedirs(os.path.join(out_dir, kind), exist_ok=True)
     tmp = os.path.join(out_dir, ".stats.json.tmp")  # written last and renamed: stats.json means finished
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(stats, handle, indent=2)

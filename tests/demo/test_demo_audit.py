@@ -203,6 +203,7 @@ def test_an_import_is_audited_by_its_captions_not_its_pairs(tmp_path):
     stats = import_captions(records, str(images), str(tmp_path / "run" / "captions_import"))
     assert stats["kept"] == 3
     assert schemas.read_table(str(tmp_path / "run" / "captions_import" / "pairs"), "pairs").num_rows == 2
+    assert (tmp_path / "run" / "captions_import" / "rejected").is_dir()  # empty: nothing was rejected
     report = audit.audit_stage(str(tmp_path / "run"), "captions_import")
     failed = [c for c in report["checks"] if not c["ok"]]
     assert report["ok"], failed
