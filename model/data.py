@@ -44,20 +44,44 @@ def stable_key(text: str) -> int:
     return int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:15], 16)
 
 
-def feature_dim_of(regions_path: str) -> int:
-    """Region feature width D, from the schema's fixed-size list (or the first non-empty row)."""
+def _file_feature_dim(file: str) -> int | None:
+    """One regions file's feature width: from its schema's fixed-size list, else from its first region (None
+    when it holds none)."""
+    try:
+        parquet = pq.ParquetFile(file)
+        feature_type = parquet.schema_arrow.field("features").type.value_type
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise ValueError(f"{file}: not a readable regions file ({' '.join(str(exc).split())})") from None
+    if pa.types.is_fixed_size_list(feature_type) and feature_type.list_size > 1:
+        return feature_type.list_size
+    for batch in parquet.iter_batches(batch_size=16, columns=["features"]):
+        for row in batch.column(0).to_pylist():
+            if row:
+                return len(row[0])
+    return None
+
+
+def feature_dims(regions_path: str) -> Iterator[tuple[str, int]]:
+    """(file, feature width) of every file of a regions dataset that holds regions: from the footer where the type
+    carries the width, else from the file's first region. ``model.train.check_data_fits`` checks each against
+    the model before training: a dataset merged from two detectors' runs used to fail mid-stage, under DDP on
+    the rank that met the other file only."""
     regions_path = resolve_dataset_dir(regions_path, "regions")
     files = schemas.list_parquet_files(regions_path)
     if not files:
         raise FileNotFoundError(f"no Parquet files under {regions_path}")
-    feature_type = pq.read_schema(files[0]).field("features").type.value_type
-    if pa.types.is_fixed_size_list(feature_type) and feature_type.list_size > 1:
-        return feature_type.list_size
-    for batch in schemas.iter_batches(regions_path, "regions", columns=["features"], batch_size=256):
-        for row in batch.column(0).to_pylist():
-            if row:
-                return len(row[0])
-    raise ValueError(f"{regions_path}: no region features to tell the feature width from")
+    for file in files:
+        width = _file_feature_dim(file)
+        if width is not None:
+            yield file, width
+
+
+def feature_dim_of(regions_path: str) -> int:
+    """Region feature width D, that of the first file holding regions."""
+    for _, width in feature_dims(regions_path):
+        return width
+    raise ValueError(f"{resolve_dataset_dir(regions_path, 'regions')}: no region features to tell the feature "
+                     f"width from")
 
 
 def num_classes_of(regions_path: str) -> int:

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, load_config,
                           model_config_from_dict, resolved_compile_scope)
-from model.data import dataset_report, feature_dim_of, make_loader, num_classes_of
+from model.data import dataset_report, feature_dim_of, feature_dims, make_loader, num_classes_of
 from model.distributed import join_process_group, process_device
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
@@ -151,10 +151,14 @@ def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str,
     to score."""
     entries = [(stage.kind, entry) for stage in config.stages()[first_stage:] for entry in stage.datasets]
     for kind, entry in entries + ([("eval", config.eval)] if config.eval is not None else []):
-        width = feature_dim_of(entry.regions)
-        if width != model_config.feature_dim:
-            raise ValueError(f"{entry.regions}: features of width {width}, the model reads {model_config.feature_dim} "
-                             f"(from {source})")
+        widths = dict(feature_dims(entry.regions))  # every file's (a dataset merged from two detectors' runs)
+        if not widths:
+            raise ValueError(f"{entry.regions}: no region features to tell the feature width from")
+        other = {file: width for file, width in widths.items() if width != model_config.feature_dim}
+        if other:
+            file, width = next(iter(other.items()))
+            raise ValueError(f"{entry.regions if len(other) == len(widths) else file}: features of width {width}, "
+                             f"the model reads {model_config.feature_dim} (from {source})")
         classes = num_classes_of(entry.regions) if kind == "pretrain" else 0
         if classes > model_config.num_classes:
             raise ValueError(f"{entry.regions}: {classes} detector classes, but the model of {source} "

@@ -37,8 +37,10 @@ import json
 import logging
 import os
 import posixpath
+import re
 import sys
 import time
+import uuid
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -149,14 +151,31 @@ def _join(root: str, *parts: str) -> str:
     return posixpath.join(root.rstrip("/"), *parts) if "://" in root else os.path.join(root, *parts)
 
 
-def _write_json(path: str, data: dict) -> None:
-    """Write JSON atomically (a temporary name, then a rename): a stats file is complete or absent."""
+def _write_json(path: str, data: dict, exclusive: bool = False) -> bool:
+    """Write JSON atomically (a temporary name of its own, then a rename): a stats file is complete or absent,
+    also while parts running at once write the same file. ``exclusive``: only when ``path`` does not exist yet
+    (a hard link on a local disk, atomic; elsewhere a check first, best effort); returns whether it wrote."""
     fs, inner = _filesystem(path)
     fs.create_dir(posixpath.dirname(inner), recursive=True)
-    tmp = posixpath.join(posixpath.dirname(inner), f".{posixpath.basename(inner)}.tmp")
+    tmp = posixpath.join(posixpath.dirname(inner), f".{posixpath.basename(inner)}.{uuid.uuid4().hex}.tmp")
     with fs.open_output_stream(tmp) as f:
         f.write(json.dumps(data, indent=2, sort_keys=True).encode())
+    if exclusive and isinstance(fs, pafs.LocalFileSystem):
+        try:
+            os.link(tmp, inner)
+            linked = True
+        except FileExistsError:
+            linked = False
+        except OSError:  # a filesystem without hard links: the check below
+            linked = None
+        if linked is not None:
+            os.remove(tmp)
+            return linked
+    if exclusive and fs.get_file_info(inner).type != pafs.FileType.NotFound:
+        fs.delete_file(tmp)
+        return False
     fs.move(tmp, inner)
+    return True
 
 
 def _read_json(path: str) -> dict | None:
@@ -350,6 +369,21 @@ def check_input_file(dataset: str, file: str) -> pq.ParquetFile:
     return parquet
 
 
+def _why(exc: BaseException) -> str:
+    """An Arrow error as one line (some span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_image_ids(parquet: pq.ParquetFile, file: str, group: int, rows: list[int] | None = None) -> list[str | None]:
+    """The ``image_id`` column of one row group (``rows`` of it); ``ValueError`` naming the file and row group
+    when even that cannot be read (corrupted pages under an intact footer)."""
+    try:
+        table = parquet.read_row_group(group, columns=["image_id"])
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{file}: row group {group} is unreadable, its image ids too ({_why(exc)})") from None
+    return (table.take(rows) if rows is not None else table).column(0).to_pylist()
+
+
 def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     """Split the distinct images of a dataset into shards, in a stable order; also count null-id rows.
 
@@ -366,7 +400,7 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     for file in files:
         parquet = check_input_file(dataset, file)
         for group in range(parquet.num_row_groups):
-            ids = parquet.read_row_group(group, columns=["image_id"]).column(0).to_pylist()
+            ids = read_image_ids(parquet, file, group)
             rows: list[int] = []
             for row, image_id in enumerate(ids):
                 if image_id is None:
@@ -397,6 +431,7 @@ class DecodedBatch:
     image_ids: list[str]
     inputs: list[DetectorInput | None]
     rejects: list[tuple[str, str, str]]  # (image_id, reason, detail)
+    error: str | None = None  # the piece could not be read at all: the run stops with this error
 
     def pin_memory(self) -> "DecodedBatch":
         """Page-locked pixels, so the copy to the GPU can overlap compute (DataLoader's pin thread calls this)."""
@@ -470,7 +505,17 @@ class ShardImages(torch.utils.data.IterableDataset):
         inputs: list[DetectorInput] = []
         rejects: list[tuple[str, str, str]] = []
         for file, group, rows in parts:
-            table = _open_parquet(self.dataset, file).read_row_group(group, columns=INPUT_COLUMNS).take(rows)
+            parquet = _open_parquet(self.dataset, file)
+            try:
+                table = parquet.read_row_group(group, columns=INPUT_COLUMNS).take(rows)
+            except (pa.ArrowException, OSError) as exc:  # corrupted pages under an intact footer
+                try:
+                    ids_read = read_image_ids(parquet, file, group, rows)
+                except ValueError as error:  # raised in the main process (a worker's error is a traceback there)
+                    return DecodedBatch(shard, [], [], [], error=str(error))
+                detail = f"{file} row group {group}: {_why(exc)}"
+                rejects += [(image_id, "row_group_unreadable", detail) for image_id in ids_read]
+                continue
             for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image_bytes").to_pylist()):
                 try:
                     inputs.append(self.prepare(data, self.spec.input_size))
@@ -647,14 +692,51 @@ def _finish_shard(output: str, shard: Shard, result: _ShardResult, detector_name
 
 
 def _check_run_config(output: str, run_config: dict) -> None:
-    """Refuse to resume into a folder written with another detector, selection or shard size (the shards would mix)."""
+    """Refuse to resume into a folder written with another detector, selection, shard size or number of parts
+    (the shards would mix, or some would belong to no part), or by the Beam form.
+
+    ``run.json`` is created exclusively and read back: of two parts started at once with other settings, one
+    is refused."""
     path = _join(output, "run.json")
+    if _read_json(path) is None:
+        _write_json(path, run_config, exclusive=True)
     previous = _read_json(path)
-    if previous is not None and previous != run_config:
+    if previous.get("runner") == "beam":
+        raise ValueError(f"{output} holds a run of the Beam form (python -m pipeline.features), which lait features "
+                         f"cannot resume or add to; use a new --output")
+    previous.setdefault("parts", run_config["parts"])  # (a run.json from before parts were recorded)
+    if previous["parts"] != run_config["parts"]:
+        raise ValueError(f"{output} holds a run split in {previous['parts']} parts (--part I/{previous['parts']}), "
+                         f"not {run_config['parts']}: the shards would be split otherwise and some computed by no "
+                         f"part; run its parts with N = {previous['parts']}, or use a new --output")
+    if previous != run_config:
         changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))
         raise ValueError(f"{output} holds a run with other settings ({', '.join(changed)}); use a new --output")
-    if previous is None:
-        _write_json(path, run_config)
+
+
+#: What the local runner writes in ``regions/`` and ``rejected/``; any other data file there is another run's.
+OWN_FILES = re.compile(rf"{SHARD_PREFIX}-\d{{5}}\.parquet|invalid-00000\.parquet")
+
+
+def _check_own_output(output: str) -> None:
+    """Refuse an output holding data this runner did not write: the Beam form's shards (``part-00000-of-00001``),
+    finished or left by a killed run, or a ``stats.json`` without ``run.json``. Its shards would be skipped by
+    name and counted twice by every reader, and its ``stats.json`` overwritten."""
+    fs, inner = _filesystem(output)
+    if fs.get_file_info(posixpath.join(inner, "run.json")).type == pafs.FileType.NotFound and \
+            fs.get_file_info(posixpath.join(inner, "stats.json")).type != pafs.FileType.NotFound:
+        raise ValueError(f"{output} holds a finished run that lait features did not write (stats.json without "
+                         f"run.json: the Beam form's?); use a new --output")
+    foreign = []
+    for sub in ("regions", "rejected"):
+        folder = posixpath.join(inner, sub)
+        if fs.get_file_info(folder).type == pafs.FileType.Directory:
+            foreign += [posixpath.relpath(f, inner) for f in schemas.list_parquet_files(_join(output, sub))
+                        if not OWN_FILES.fullmatch(posixpath.relpath(f, folder))]
+    if foreign:
+        raise ValueError(f"{output} holds files lait features did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}: another run's, e.g. the Beam form's); "
+                         f"use a new --output")
 
 
 def extract_regions(input_path: str, output_path: str, options: FeatureOptions, progress: bool = False,
@@ -663,12 +745,13 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     started = time.perf_counter()
     dataset = resolve_input(input_path)
     _check_output_outside(dataset, output_path)
+    _check_own_output(output_path)
     detector = detector or options.load_detector()
     spec = detector.spec
     run_config = {
         "detector": options.detector, "feature_dim": spec.feature_dim, "weights": options.weights,
         "random_init": options.random_init, "selection": asdict(options.selection), "topk": options.topk,
-        "detector_config": spec.config, "images_per_shard": options.images_per_shard,
+        "detector_config": spec.config, "images_per_shard": options.images_per_shard, "parts": options.parts,
     }
     _check_run_config(output_path, json.loads(json.dumps(run_config)))
     fs, inner = _filesystem(output_path)
@@ -728,6 +811,8 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
             writes.append(writer.submit(finish, index, pending.pop(index)))
 
     def on_piece(piece: DecodedBatch) -> None:
+        if piece.error:
+            raise ValueError(piece.error)
         result = pending.setdefault(piece.shard, _ShardResult())
         for image_id, reason, detail in piece.rejects:
             result.rejected.append(schemas.rejected_row(STAGE, reason, detail, image_id=image_id))
@@ -779,13 +864,16 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         writer.shutdown(wait=True)
     bar.close()
     # This part's shards are all written now; the run is complete when the other parts' are too.
-    complete = all(_shard_complete(output_path, s, dataset) for s in shards if s.index % options.parts != options.part)
+    missing = [s.index for s in shards if s.index % options.parts != options.part
+               and not _shard_complete(output_path, s, dataset)]
+    complete = not missing
     if complete:
         stats = summarize(output_path, shards, null_ids)
     else:  # other parts are still running: this part's books, and no stats.json yet
         stats = summarize(output_path, mine, null_ids if options.part == 0 else 0)
-        logger.info("part %d of %d done; the part that completes the run writes stats.json", options.part,
-                    options.parts)
+        stats["shards_missing"] = missing_shards(missing, options.parts)
+        logger.info("part %d of %d done; the run still lacks %s; the part that completes it writes stats.json",
+                    options.part, options.parts, stats["shards_missing"])
     seconds = time.perf_counter() - started
     stats.update({
         "complete": complete,
@@ -810,6 +898,15 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     if complete:
         _write_json(_join(output_path, "stats.json"), stats)
     return stats
+
+
+def missing_shards(indices: list[int], parts: int, shown: int = 8) -> str:
+    """The shards a run still lacks and the part that computes them: ``1, 3 (--part 1/2); 2 (--part 0/2)``."""
+    by_part: dict[int, list[int]] = {}
+    for index in indices:
+        by_part.setdefault(index % parts, []).append(index)
+    return "; ".join(", ".join(map(str, found[:shown])) + (f", ... ({len(found)} shards)" if len(found) > shown else "")
+                     + f" (--part {part}/{parts})" for part, found in sorted(by_part.items()))
 
 
 def _shard_complete(output_path: str, shard: Shard, dataset: str) -> bool:
@@ -906,6 +1003,7 @@ def __getattr__(name: str):
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     # Run the Beam module imported by name, so Beam pickles the DoFns as pipeline.features_beam.*, which workers import.
+    from lait.commands.filter import failure_line, run_failures
     from pipeline import features_beam
 
     try:
@@ -913,3 +1011,7 @@ if __name__ == "__main__":
     except ValueError as exc:  # bad input or options: one line, not a traceback
         print(f"python -m pipeline.features: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except run_failures() as exc:  # a Beam worker died, or its error came back as text: one line
+        status, line = failure_line(exc)
+        print(f"python -m pipeline.features: error: {line}", file=sys.stderr)
+        sys.exit(status)

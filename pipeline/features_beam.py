@@ -10,6 +10,7 @@ import argparse
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
@@ -18,14 +19,47 @@ from model.detectors import attribute_count, build_detector, feature_dim_of, rea
 from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _check_output_outside,
-                               _join, _write_json, check_input_file, classes_info, detect_by_shape, output_schema,
-                               resolve_input, to_original_pixels)
+                               _join, _open_parquet, _why, _write_json, check_input_file, classes_info, detect_by_shape,
+                               output_schema, read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
 
 METRICS_NAMESPACE = "lait.features"
 REJECTED = "rejected"
+
+
+def _readable_copy(copies: Iterable[Any]) -> Any:
+    """The bytes of one copy of an image (same image_id, same bytes: any readable copy will do). A ``str`` in
+    place of the bytes says why its row group could not be read (``ReadRowGroupsFn``): only when no copy was."""
+    unreadable = None
+    for data in copies:
+        if not isinstance(data, str):
+            return data
+        unreadable = unreadable or data
+    return unreadable
+
+
+class ReadRowGroupsFn(beam.DoFn):
+    """(file, row group) -> ``image_id`` + ``image_bytes`` rows. A row group whose pages are corrupted (the footer
+    is intact) gives its rows with, in place of the bytes, a ``str`` saying why; they leave as
+    ``row_group_unreadable`` rejects. When even its ids cannot be read, a ``ValueError`` names the file and row
+    group."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+
+    def process(self, item: tuple[str, int]):
+        file, group = item
+        parquet = _open_parquet(self.dataset, file)
+        try:
+            table = parquet.read_row_group(group, columns=INPUT_COLUMNS)
+        except (pa.ArrowException, OSError) as exc:
+            detail = f"{file} row group {group}: {_why(exc)}"
+            for image_id in read_image_ids(parquet, file, group):
+                yield {"image_id": image_id, "image_bytes": detail}
+            return
+        yield from table.to_pylist()
 
 
 class KeyRowsByImageFn(beam.DoFn):
@@ -69,8 +103,8 @@ class KeyByPaddedShapeFn(_ResizingDoFn):
 
     def process(self, element: tuple[str, Iterable[bytes]]):
         image_id, copies = element
-        data = next(iter(copies), None)  # same image_id, same bytes: any copy will do
-        size = network_size_of(data, self._input_size)
+        data = _readable_copy(copies)
+        size = None if isinstance(data, str) else network_size_of(data, self._input_size)
         key = "unreadable" if size is None else "{}x{}".format(*padded_size(size[1], size[0], self.divisible))
         yield key, (image_id, [data])
 
@@ -85,7 +119,12 @@ class DecodeImagesFn(_ResizingDoFn):
     def process(self, element: tuple[str, Iterable[bytes]]):
         image_id, copies = element
         self.images_in.inc()
-        data = next(iter(copies), None)  # same image_id, same bytes: any copy will do
+        data = _readable_copy(copies)
+        if isinstance(data, str):  # its row group could not be read
+            Metrics.counter(METRICS_NAMESPACE, "rejected/row_group_unreadable").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "row_group_unreadable", data,
+                                                                          image_id=image_id))
+            return
         try:
             yield image_id, decode_for_detector(data, self._input_size)
         except ImageRejected as exc:
@@ -198,8 +237,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     dataset = resolve_input(known.input)
     _check_output_outside(dataset, known.output)
     files = schemas.list_parquet_files(dataset)
-    for file in files:  # bad input stops here, before the workers start, with the file named
-        check_input_file(dataset, file)
+    # bad input stops here, before the workers start, with the file named; the work items are row groups
+    row_groups = [(file, group) for file in files for group in range(check_input_file(dataset, file).num_row_groups)]
     prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"))
     feature_dim = feature_dim_of(options.detector, options.weights)
     attributes = attribute_count(options.detector, options.weights)  # the workers' detectors will predict them
@@ -211,8 +250,9 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     pipeline = test_pipeline or beam.Pipeline(runner=make_runner(beam_options), options=beam_options)
     rows = (
         pipeline
-        | "ListInputFiles" >> beam.Create(files)
-        | "ReadInput" >> beam.io.ReadAllFromParquet(columns=INPUT_COLUMNS)
+        | "ListRowGroups" >> beam.Create(row_groups)
+        | "Spread" >> beam.Reshuffle()  # row groups, not files, are the unit of parallel work
+        | "ReadInput" >> beam.ParDo(ReadRowGroupsFn(dataset))
     )
     out = rows | "ExtractRegions" >> ExtractRegions(options)
     out["regions"] | "WriteRegions" >> WriteToParquet(
@@ -220,6 +260,9 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         file_name_suffix=".parquet")
     out["rejected"] | "WriteRejected" >> WriteToParquet(
         _join(known.output, "rejected", SHARD_PREFIX), schemas.schema_for("rejected"), file_name_suffix=".parquet")
+    # before any shard: what the local runner reads to refuse this folder (it cannot resume or add to a Beam run)
+    _write_json(_join(known.output, "run.json"), {"runner": "beam", "detector": options.detector,
+                                                  "weights": options.weights, "topk": options.topk})
     result = pipeline.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed for c in

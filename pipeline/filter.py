@@ -99,24 +99,35 @@ def check_candidates(files: Iterable[str]) -> None:
         schemas.validate_schema(schema, "candidates", where=file)
 
 
+def _as_binary(table: pa.Table) -> pa.Table:
+    """The string columns as binary: Arrow does not validate UTF-8 on read, so the reader decodes each value."""
+    return table.cast(pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or
+                                 pa.types.is_large_string(f.type) else f for f in table.schema]))
+
+
 class ReadRowGroupsDoFn(beam.DoFn):
     """(file, row group) -> candidate dicts; rows whose text is not valid UTF-8 (``invalid_utf8``) or that lack
-    an id (``missing_id``: a null or empty candidate_id, page_url or image_url) leave as rejected rows."""
+    an id (``missing_id``: a null or empty candidate_id, page_url or image_url) leave as rejected rows, and so
+    do the rows of a row group whose pages are corrupted under an intact footer (``row_group_unreadable``, from
+    their ids read alone; when even those cannot be read, a ``ValueError`` names the file and row group)."""
 
     def __init__(self):
         self.rows_read = Metrics.counter(NAMESPACE, "in")
         self.invalid = Metrics.counter(NAMESPACE, "input/invalid_utf8")
         self.missing = Metrics.counter(NAMESPACE, "input/missing_id")
+        self.unreadable = Metrics.counter(NAMESPACE, "input/row_group_unreadable")
 
     def process(self, item: tuple[str, int]):
         path, row_group = item
         with FileSystems.open(path) as handle:
             parquet = pq.ParquetFile(handle)
-            table = parquet.read_row_group(row_group, columns=list(READ_COLUMNS))
+            try:
+                table = parquet.read_row_group(row_group, columns=list(READ_COLUMNS))
+            except (pa.ArrowException, OSError) as exc:
+                yield from self._unreadable(parquet, path, row_group, " ".join(str(exc).split()))
+                return
         # Arrow does not validate UTF-8 on read; decode ourselves so one bad row is a counted reject.
-        as_binary = pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or
-                               pa.types.is_large_string(f.type) else f for f in table.schema])
-        for row in table.cast(as_binary).to_pylist():
+        for row in _as_binary(table).to_pylist():
             self.rows_read.inc()
             bad = None
             for column in TEXT_COLUMNS:
@@ -138,6 +149,20 @@ class ReadRowGroupsDoFn(beam.DoFn):
                     row, "missing_id", f"column {missing!r} is empty in {posixpath.basename(path)}", None))
             else:
                 yield row
+
+    def _unreadable(self, parquet: pq.ParquetFile, path: str, row_group: int, why: str):
+        """The rows of a row group that cannot be read, as ``row_group_unreadable`` rejects from their ids."""
+        try:
+            ids = parquet.read_row_group(row_group, columns=[*ID_COLUMNS, "image_id"])
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"{path}: row group {row_group} is unreadable, its ids too "
+                             f"({' '.join(str(exc).split())})") from None
+        detail = f"row group {row_group} of {posixpath.basename(path)} is unreadable: {why}"
+        for row in _as_binary(ids).to_pylist():
+            self.rows_read.inc()
+            self.unreadable.inc()
+            row = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in row.items()}
+            yield beam.pvalue.TaggedOutput("rejected", RuleFilters.rejected(row, "row_group_unreadable", detail, None))
 
 
 def _row_groups(path: str):
@@ -517,12 +542,18 @@ def run_with_args(args: argparse.Namespace, beam_args: list[str],
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pipeline.filter``: run, then print the funnel table."""
+    from lait.commands.filter import failure_line, run_failures
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         stats = run(argv)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:  # SchemaMismatchError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except run_failures() as exc:  # a Beam worker died, or its error came back as text: one line
+        status, line = failure_line(exc)
+        print(f"error: {line}", file=sys.stderr)
+        return status
     print(stats["funnel_table"])
     return 0
 

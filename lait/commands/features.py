@@ -111,18 +111,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def error_line(exc: BaseException) -> str:
+    """An error as one line: the error itself where a worker process handed it back as a traceback's text."""
+    text = str(exc).strip()
+    lines = text.splitlines() or [type(exc).__name__]
+    return lines[-1] if "Traceback (most recent call last)" in text else " ".join(line.strip() for line in lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    import traceback
+
+    import pyarrow as pa
+
     from model.detectors import WeightsNotFoundError
     from pipeline.features import extract_regions
 
     try:
         options = options_from_args(args)
         stats = extract_regions(args.input, args.output, options, progress=not args.no_progress)
-    except (WeightsNotFoundError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"lait features: error: {exc}", file=sys.stderr)
+    except (WeightsNotFoundError, OSError, ValueError, RuntimeError, pa.ArrowException) as exc:
+        if getattr(args, "verbose", 0):
+            traceback.print_exc()
+        print(f"lait features: error: {error_line(exc)}", file=sys.stderr)
         return 2
     summary = {k: stats[k] for k in ("in", "kept", "rejected", "rejected_by_reason", "boxes_per_image", "images_per_s")}
     if not stats["complete"]:
-        summary = {"part": f"{stats['part']}/{stats['parts']}", "complete": False, **summary}
+        summary = {"part": f"{stats['part']}/{stats['parts']}", "complete": False,
+                   "shards_missing": stats["shards_missing"], **summary}
     print(json.dumps(summary, indent=2))
     return 0

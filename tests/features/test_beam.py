@@ -152,3 +152,66 @@ def test_key_by_padded_shape_reads_only_the_header():
     assert {name: key for name, (key, _) in keys.items()} == {
         "wide": "64x96", "square": "64x64", "rotated": "96x64", "junk": "unreadable"}
     assert keys["wide"][1] == ("wide", [wide])  # one copy of the bytes goes on
+
+
+def test_the_local_runner_refuses_a_beam_output_finished_or_killed(tmp_path, capsys):
+    """`lait features` into a Beam run's folder would add its shards beside Beam's (every row twice) and overwrite
+    its stats.json: refused, whether the Beam run finished, was killed after or before renaming its shards, or
+    predates the Beam form's run.json."""
+    import shutil
+
+    import pytest
+
+    from lait import cli
+    from pipeline.features import extract_regions
+
+    weights = _weights(tmp_path)
+    write_pairs(tmp_path / "filter", [encode(make_scene(i)[0]) for i in range(2)])
+    out = tmp_path / "features"
+    run(["--input", str(tmp_path / "filter"), "--output", str(out), "--detector", "demo", "--weights", weights,
+         "--min-boxes", "2", "--max-boxes", "5"] + DIRECT)
+    assert json.loads((out / "run.json").read_text())["runner"] == "beam"
+    options = FeatureOptions(detector="demo", weights=weights, num_workers=0, min_boxes=2, max_boxes=5)
+    local = ["features", "--input", str(tmp_path / "filter"), "--output", str(out), "--detector", "demo",
+             "--weights", weights, "--num-workers", "0", "--no-progress"]
+    assert cli.main(local) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lait features: error: {out} holds files lait features did not write (regions/part-")
+    assert err.count("\n") == 1
+    (out / "stats.json").unlink()  # killed after renaming its shards
+    with pytest.raises(ValueError, match="did not write"):
+        extract_regions(str(tmp_path / "filter"), str(out), options)
+    for sub in ("regions", "rejected"):  # killed before: only Beam's temporary folders
+        shutil.rmtree(out / sub)
+        (out / sub / "beam-temp-part-0123").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds a run of the Beam form"):
+        extract_regions(str(tmp_path / "filter"), str(out), options)
+    (out / "run.json").unlink()  # a finished Beam run from before it wrote run.json
+    (out / "stats.json").write_text(json.dumps({"stage": "features", "in": 2, "kept": 2, "rejected": 0}))
+    with pytest.raises(ValueError, match="stats.json without run.json"):
+        extract_regions(str(tmp_path / "filter"), str(out), options)
+    assert not (out / "shards").exists() and not (out / "run.json").exists()
+
+
+def test_beam_counts_a_row_group_with_corrupted_pages_as_rejects(tmp_path):
+    """The Beam form reads row group by row group: one whose pages are corrupted (footer intact) leaves as
+    ``row_group_unreadable`` rejects, as in the local runner; with its ids unreadable too, a ValueError names it."""
+    import pytest
+
+    from tests.features.parquet_rot import corrupt_pages
+
+    weights = _weights(tmp_path)
+    ids = write_pairs(tmp_path / "filter", [encode(make_scene(i)[0]) for i in range(6)], duplicate_first=False,
+                      row_group_size=2)
+    file = tmp_path / "filter" / "pairs" / "part-00000.parquet"
+    corrupt_pages(file, 2, "image_bytes")
+    argv = ["--input", str(tmp_path / "filter"), "--detector", "demo", "--weights", weights, "--min-boxes", "2",
+            "--max-boxes", "5"] + DIRECT
+    stats = run(argv + ["--output", str(tmp_path / "features")])
+    assert (stats["in"], stats["kept"], stats["rejected_by_reason"]) == (6, 4, {"row_group_unreadable": 2})
+    rejected = schemas.read_table(str(tmp_path / "features" / "rejected"), "rejected").to_pylist()
+    assert {r["image_id"] for r in rejected} == set(ids[4:])
+    assert all(r["detail"].startswith(f"{file} row group 2: ") for r in rejected)
+    corrupt_pages(file, 1, "image_id", "image_bytes", skip=0)
+    with pytest.raises(ValueError, match="row group 1 is unreadable, its image ids too"):
+        run(argv + ["--output", str(tmp_path / "again")])

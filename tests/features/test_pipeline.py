@@ -421,3 +421,94 @@ def test_counts_below_one_and_an_output_inside_the_input_are_refused(tmp_path, d
     assert cli.main([*base, "--fixed-boxes", "1"]) == 0
     regions = schemas.read_table(str(tmp_path / "out" / "regions"), "regions")
     assert regions.column("num_boxes").to_pylist() == [1]
+
+
+def test_a_row_group_with_corrupted_pages_leaves_as_counted_rejects(tmp_path, demo_weights, capsys):
+    """Bit rot under an intact footer: the row group's images are ``row_group_unreadable`` rejects (their ids
+    are still readable), the rest goes on; when the ids are unreadable too, one line names file and row group."""
+    from lait import cli
+    from tests.features.parquet_rot import corrupt_pages
+
+    ids = write_pairs(tmp_path / "in", [encode(make_scene(i)[0]) for i in range(6)], duplicate_first=False,
+                      row_group_size=2)
+    file = tmp_path / "in" / "pairs" / "part-00000.parquet"
+    corrupt_pages(file, 2, "image_bytes")
+    stats = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, num_workers=1))
+    assert (stats["in"], stats["kept"], stats["rejected_by_reason"]) == (6, 4, {"row_group_unreadable": 2})
+    rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected").to_pylist()
+    assert {r["image_id"] for r in rejected} == set(ids[4:])
+    assert all(r["detail"].startswith(f"{file} row group 2: ") for r in rejected)
+    corrupt_pages(file, 1, "image_id", "image_bytes", skip=0)  # page headers and ids too: nothing to count by
+    code = cli.main(["features", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out2"), "--detector",
+                     "demo", "--weights", demo_weights, "--num-workers", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"lait features: error: {file}: row group 1 is unreadable")
+
+
+def test_json_files_written_at_once_by_two_parts_are_never_half_written(tmp_path):
+    """Parts running at once write classes.json, run.json and stats.json into one folder: each writer has a
+    temporary name of its own, so no rename fails and a reader sees a whole file."""
+    import threading
+
+    from pipeline.features import _write_json
+
+    path = tmp_path / "out" / "classes.json"
+    errors, bad = [], []
+
+    def write(pad):
+        for i in range(300):
+            try:
+                _write_json(str(path), {"i": i, "pad": "x" * pad})
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                errors.append(repr(exc))
+
+    writers = [threading.Thread(target=write, args=(pad,)) for pad in (10, 100_000)]
+    [w.start() for w in writers]
+    while any(w.is_alive() for w in writers):
+        try:
+            json.loads(path.read_text())
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            bad.append(1)
+    [w.join() for w in writers]
+    assert not errors and not bad and os.listdir(path.parent) == ["classes.json"]
+
+
+def test_parts_of_another_count_or_other_settings_are_refused(tmp_path, demo_weights, monkeypatch, capsys):
+    """A part started with another N (some shards would be no part's), or racing another part with other
+    settings (run.json is created exclusively and read back), is refused; an incomplete part names the shards
+    the run still lacks and the --part that computes them."""
+    import pipeline.features as features
+    from lait import cli
+
+    write_pairs(tmp_path / "in", [encode(make_scene(i)[0]) for i in range(3)], duplicate_first=False)
+    base = ["features", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--detector", "demo",
+            "--weights", demo_weights, "--num-workers", "0", "--no-progress", "--min-boxes", "2", "--max-boxes", "6",
+            "--images-per-shard", "1"]
+    assert cli.main([*base, "--part", "1/2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["complete"] is False and summary["shards_missing"] == "0, 2 (--part 0/2)"
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["parts"] == 2
+    with pytest.raises(ValueError, match=r"split in 2 parts \(--part I/2\), not 3"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, images_per_shard=1,
+                                                                               part=1, parts=3))
+    real = features._read_json
+    raced = []
+
+    def racing(path):  # this part looked for run.json just before the other part wrote it
+        if path.endswith("run.json") and not raced:
+            raced.append(path)
+            return None
+        return real(path)
+
+    monkeypatch.setattr(features, "_read_json", racing)
+    with pytest.raises(ValueError, match=r"other settings \(selection\)"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, images_per_shard=1,
+                                                                               part=0, parts=2, max_boxes=9))
+    assert raced and json.loads((tmp_path / "out" / "run.json").read_text())["selection"]["max_boxes"] == 6
+    monkeypatch.undo()
+    last = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, images_per_shard=1,
+                                                                                  part=0, parts=2))
+    assert last["complete"] and (last["in"], last["kept"], last["shards"]) == (3, 3, 3) and "shards_missing" not in last

@@ -299,3 +299,32 @@ def test_unreadable_or_mismatched_checkpoints_are_one_line_errors(synth_dir, tmp
     torch.save(state, tmp_path / "pretrain-run.pt")
     with pytest.raises(ValueError, match="init:"):  # would have skipped fine-tuning as done
         train(load_config(base=only), resume=str(tmp_path / "pretrain-run.pt"))
+
+
+def test_a_regions_dataset_of_two_feature_widths_is_refused_before_training(tmp_path):
+    """Every file's width is checked up front (footers; a file's first region where the type does not carry
+    it): a second file of another width used to pass and fail mid-stage, under DDP on one rank only."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from model.synthetic import write_synthetic
+
+    write_synthetic(str(tmp_path / "d16"), images=20, feature_dim=16, test_images=4, seed=1)
+    write_synthetic(str(tmp_path / "d8"), images=20, feature_dim=8, test_images=4, seed=2)
+    first, second = (tmp_path / "d16" / "regions" / f"part-0000{i}.parquet" for i in (0, 1))
+    shutil.copy(tmp_path / "d8" / "regions" / "part-00000.parquet", second)
+    config = _base(str(tmp_path / "d16"), str(tmp_path / "run"))
+    for variable in (False, True):
+        if variable:  # variable-length lists: the width is in the rows, not the type
+            table = pq.read_table(second)
+            table = table.set_column(table.schema.get_field_index("features"), "features",
+                                     table.column("features").cast(pa.list_(pa.list_(pa.float16()))))
+            pq.write_table(table, second)
+        with pytest.raises(ValueError, match=f"^{second}: features of width 8, the model reads 16"):
+            train(load_config(base=config))
+        assert not os.path.exists(tmp_path / "run" / "checkpoints"), "refused before the first stage"
+        from model.data import feature_dims
+
+        assert dict(feature_dims(str(tmp_path / "d16"))) == {str(first): 16, str(second): 8}

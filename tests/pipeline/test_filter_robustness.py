@@ -220,3 +220,57 @@ def test_invalid_utf8_rejected_by_the_filter_can_be_audited_and_inspected(tmp_pa
     assert cli.main(["inspect", str(tmp_path / "junk.parquet")]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"{tmp_path / 'junk.parquet'}: ") and out.count("\n") == 1
+
+
+def test_a_row_group_with_corrupted_pages_leaves_as_counted_rejects(tmp_path, capsys):
+    """Bit rot under an intact footer: the row group's candidates are ``row_group_unreadable`` rejects (from
+    their ids, read alone), the books balance; with the ids unreadable too, one line names file and row group."""
+    from tests.features.parquet_rot import corrupt_pages
+
+    rows = [_cand(make_image(60 + i, 400, 400), f"a brown dog running along the beach number {i}", i,
+                  candidate_id=f"c-{i}") for i in range(4)]
+    path = tmp_path / "crawl" / "candidates" / "part-00000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(schemas.to_table(rows, "candidates"), path, row_group_size=2)
+    corrupt_pages(path, 1, "image_bytes")
+    stats = filter_stage.run(["--input", str(tmp_path / "crawl"), "--output", str(tmp_path / "filter")])
+    assert stats["in"] == 4 and stats["in"] == stats["kept"] + stats["rejected"]
+    assert stats["filters"]["input"]["reasons"] == {"row_group_unreadable": 2}
+    rejected = [r for r in _read(tmp_path / "filter" / "rejected", "rejected") if r["reason"] == "row_group_unreadable"]
+    assert sorted(r["candidate_id"] for r in rejected) == ["c-2", "c-3"]
+    assert all(r["detail"].startswith("row group 1 of part-00000.parquet is unreadable: ") for r in rejected)
+    result = audit.audit_run(str(tmp_path))
+    assert result["ok"], audit.format_audit(result)
+    corrupt_pages(path, 0, "candidate_id", "image_bytes", skip=0)  # page headers and ids too: nothing to count by
+    argv = ["filter", "--input", str(tmp_path / "crawl"), "--output", str(tmp_path / "again")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {path}: row group 0 is unreadable, its ids too") and not any(
+        "Traceback" in line for line in err)
+    assert not (tmp_path / "again" / "stats.json").exists()
+
+
+def test_a_dead_beam_worker_is_one_line_saying_to_rerun(tmp_path, monkeypatch, capsys):
+    """A Beam worker process killed (or out of memory) in multi_processing mode ends the run with a RuntimeError
+    (nothing is finished: no stats.json): one line and a non-zero status, the traceback only with -v. A worker's
+    own error comes back as its traceback's text: its last line."""
+    def raising(message):
+        def run_with_args(args, beam_args):
+            raise RuntimeError(message)
+        return run_with_args
+
+    argv = ["filter", "--input", str(tmp_path / "crawl"), "--output", str(tmp_path / "filter"),
+            "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    monkeypatch.setattr(filter_stage, "run_with_args", raising("Channel closed prematurely."))
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("error: a Beam worker process died (killed, or out of memory); nothing was finished "
+                       "(no stats.json): rerun the same command") and not any("Traceback" in line for line in err)
+    assert cli.main(["-v", *argv]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setattr(filter_stage, "run_with_args", raising(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in process\n"
+        "ValueError: /x/part-0.parquet: row group 0 is unreadable, its ids too [while running 'ReadRows']"))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: /x/part-0.parquet: row group 0 is unreadable, its ids too [while running 'ReadRows']"
