@@ -134,6 +134,15 @@ def audit_stage(run_dir: str, name: str) -> dict:
                 "checks": [_check("datasets_readable", False, f"{type(exc).__name__}: {exc}")]}
 
 
+def _stats_shape_problem(stats) -> str | None:
+    """Why a parsed stats.json cannot be audited (not an object, a ``stage`` that is not a name), else None."""
+    if not isinstance(stats, dict):
+        return f"stats.json holds a JSON {'null' if stats is None else type(stats).__name__}, not an object"
+    if stats.get("stage") is not None and not isinstance(stats.get("stage"), str):
+        return f"stats.json 'stage' is a {type(stats['stage']).__name__}, not a name"
+    return None
+
+
 def _audit_stage(run_dir: str, name: str) -> dict:
     folder = os.path.join(run_dir, name)
     checks: list[dict] = []
@@ -142,6 +151,9 @@ def _audit_stage(run_dir: str, name: str) -> dict:
             stats = json.load(f)
     except (OSError, ValueError) as exc:
         return {"name": name, "stage": name, "ok": False, "checks": [_check("stats_readable", False, str(exc))]}
+    problem = _stats_shape_problem(stats)
+    if problem:
+        return {"name": name, "stage": name, "ok": False, "checks": [_check("stats_readable", False, problem)]}
     fields = {k: stats.get(k) for k in ("in", "kept", "rejected")}
     by_reason = stats.get("rejected_by_reason")
     well_formed = all(isinstance(v, int) for v in fields.values()) and isinstance(by_reason, dict)
@@ -279,14 +291,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Audit ``args.run_dir``, print, and return the exit status."""
+    if args.out and os.path.isdir(args.out):
+        print(f"lait audit: --out {args.out} is a folder: give a file name", file=sys.stderr)
+        return 2
     try:
         result = audit_run(args.run_dir)
     except FileNotFoundError as exc:
         print(f"lait audit: {exc}", file=sys.stderr)
         return 2
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        try:
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=2)
+        except OSError as exc:
+            print(f"lait audit: cannot write --out {args.out}: {exc}", file=sys.stderr)
+            return 2
     print(json.dumps(result, indent=2) if args.json else format_audit(result))
     if not result["stages"]:
         return 2

@@ -179,7 +179,7 @@ def section_funnel(run: RunData) -> str:
     rows = []
     for name, s in stages:
         by = s.get("rejected_by_reason") or {}
-        top = ", ".join(f"{_esc(r)} {n:,}" for r, n in sorted(by.items(), key=lambda kv: -kv[1]))
+        top = ", ".join(f"{_esc(r)} {_fmt(n)}" for r, n in sorted(by.items(), key=lambda kv: -kv[1]))
         balanced = s.get("in") == s.get("kept", 0) + s.get("rejected", 0)
         rows.append(f"<tr><td class=l>{_esc(name)}</td><td>{s['in']:,}</td><td>{s.get('kept', 0):,}</td>"
                     f"<td>{s.get('rejected', 0):,}</td><td class='{'ok' if balanced else 'bad'}'>{'yes' if balanced else 'NO'}</td>"
@@ -453,8 +453,8 @@ def section_eval(run: RunData) -> str:
         rows = []
         for name, c in planted["categories"].items():
             good = all(isinstance(c.get(k), (int, float)) and c[k] >= 0.9 for k in ("precision", "recall"))
-            top = ", ".join(f"{_esc(r)} {n}" for r, n in list((c.get("caught_by") or {}).items())[:3])
-            rows.append(f"<tr><td class=l>{_esc(name)}</td><td>{c.get('planted')}</td><td>{c.get('caught')}</td>"
+            top = ", ".join(f"{_esc(r)} {_fmt(n)}" for r, n in list((c.get("caught_by") or {}).items())[:3])
+            rows.append(f"<tr><td class=l>{_esc(name)}</td><td>{_fmt(c.get('planted'))}</td><td>{_fmt(c.get('caught'))}</td>"
                         f"<td>{_frac(c.get('recall'))}</td><td>{_frac(c.get('precision'))}</td>"
                         f"<td class='{'ok' if good else 'bad'}'>{'yes' if good else 'no'}</td><td class=l>{top}</td></tr>")
         clean = planted.get("clean") or {}
@@ -537,14 +537,25 @@ def build_report(run_dir: str, title: str | None = None, progress: Callable[[str
 
 
 def write_report(run_dir: str, out_path: str | None = None, **kwargs) -> str:
-    """Write the report (default ``RUN_DIR/report.html``) atomically; returns its path."""
+    """Write the report (default ``RUN_DIR/report.html``) atomically; returns its path.
+
+    An ``out_path`` that is a folder is a ValueError before anything is built; a failed write
+    (OSError) leaves no ``.tmp`` file behind.
+    """
     out_path = out_path or os.path.join(run_dir, "report.html")
+    if os.path.isdir(out_path):
+        raise ValueError(f"{out_path} is a folder: give the report's file name (e.g. {os.path.join(out_path, 'report.html')})")
     text = build_report(run_dir, **kwargs)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, out_path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out_path)
+    except OSError:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise
     return out_path
 
 
@@ -567,7 +578,12 @@ def run_cli(args: argparse.Namespace) -> int:
             bar.set_postfix_str(name)
             bar.update(1)
 
-        path = write_report(args.run_dir, args.out, title=args.title, progress=step)
+        try:
+            path = write_report(args.run_dir, args.out, title=args.title, progress=step)
+        except (ValueError, OSError) as exc:  # an --out that is a folder or cannot be written: one line
+            bar.close()
+            print(f"lait report: error: {exc}", file=sys.stderr)
+            return 2
     print(f"wrote {path}")
     return 0
 

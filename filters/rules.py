@@ -47,14 +47,14 @@ class RuleConfig:
 
 #: the reasons each step can give, in pipeline order (the funnel's rows)
 STEP_REASONS = {
-    "input": ("invalid_utf8", "missing_id"),
+    "input": ("invalid_utf8", "missing_id", "row_group_unreadable"),
     "caption": ("no_text",),
     WordCountFilter.name: WordCountFilter.reasons,
     BoilerplateFilter.name: BoilerplateFilter.reasons,
     LanguageFilter.name: LanguageFilter.reasons,
     OOVFilter.name: OOVFilter.reasons,
     ImageFilter.name: ImageFilter.reasons,
-    "relevance": ("low_relevance",),
+    "relevance": ("low_relevance", "image_undecodable"),
     "dedup": DEDUP_REASONS,
 }
 STEP_OF_REASON = {reason: step for step, reasons in STEP_REASONS.items() for reason in reasons}

@@ -11,8 +11,8 @@ The filter pipeline composes them; this module also runs on its own over a pairs
         --model /models/relevance --runner DataflowRunner --project P --region R \
         --temp_location gs://B/tmp --sdk_container_image IMAGE
 
-It writes ``OUTPUT/pairs/`` (kept, with ``relevance`` set), ``OUTPUT/rejected/`` (``low_relevance``)
-and ``OUTPUT/stats.json``.
+It writes ``OUTPUT/pairs/`` (kept, with ``relevance`` set), ``OUTPUT/rejected/``
+(``low_relevance``, or ``image_undecodable`` for a pair the scorer could not read) and ``OUTPUT/stats.json``.
 """
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 STAGE = "relevance"
 REASON = "low_relevance"
+#: The reason of a pair whose image the scorer could not decode: rejected whatever the cut.
+UNSCORABLE_REASON = "image_undecodable"
+#: Set (True) on a scored pair the scorer could not prepare; ``ThresholdRelevance`` removes it again.
+UNSCORABLE_KEY = "_relevance_unscorable"
 #: The histogram covers [-1, 1] (CLIP cosines); all-non-negative scores report only [0, 1].
 HIST_BINS = 40
 #: Quantiles kept to turn a keep-rate into a threshold (exact while the data fits Beam's buffers).
@@ -98,8 +102,9 @@ class _PrepareInputs(beam.DoFn):
 
 def _set_relevance(keyed_result, min_score: float) -> dict:
     (pair, ok), result = keyed_result
-    score = float(result.inference) if ok else min_score
-    return {**pair, "relevance": score}
+    if ok:
+        return {**pair, "relevance": float(result.inference)}
+    return {**pair, "relevance": min_score, UNSCORABLE_KEY: True}
 
 
 class ScoreRelevance(beam.PTransform):
@@ -107,7 +112,8 @@ class ScoreRelevance(beam.PTransform):
 
     ``spec`` is a LAIT relevance model folder or ``clip:ARCH:WEIGHTS``; ``device`` is ``"GPU"``,
     ``"CPU"`` or ``None`` (GPU when one is present). Pairs whose image cannot be decoded get the
-    scorer's lowest score, so a threshold rejects them.
+    scorer's lowest score and ``UNSCORABLE_KEY`` set, so that ``ThresholdRelevance`` rejects them
+    (``image_undecodable``) whatever the cut.
     """
 
     def __init__(self, spec: str, batch_size: int = 64, device: str | None = None):
@@ -164,36 +170,53 @@ def _threshold_from_quantiles(quantiles: list[float], keep_rate: float) -> float
     return float(quantiles[int(round(position))])
 
 
+def _scorable(pair: dict) -> bool:
+    return not pair.get(UNSCORABLE_KEY)
+
+
 def _score_of(pair: dict) -> float:
     score = pair.get("relevance")
     return -math.inf if score is None or not math.isfinite(score) else float(score)
 
 
 class _SplitByThreshold(beam.DoFn):
-    """Kept pairs on the main output, ``low_relevance`` rejected rows on ``rejected``."""
+    """Kept pairs on the main output, rejected rows on ``rejected``: ``image_undecodable`` for a pair
+    the scorer could not read (whatever the cut), else ``low_relevance`` below the threshold."""
 
     def __init__(self):
         self._kept = Metrics.counter(STAGE, "kept")
         self._rejected = Metrics.counter(STAGE, REASON)
+        self._unscorable = Metrics.counter(STAGE, UNSCORABLE_REASON)
 
     def process(self, pair: dict, threshold: float | None):
+        scorable = _scorable(pair)
+        pair = {k: v for k, v in pair.items() if k != UNSCORABLE_KEY}
         score = _score_of(pair)
-        if threshold is not None and score >= threshold:
+        if scorable and threshold is not None and score >= threshold:
             self._kept.inc()
             yield pair
             return
-        self._rejected.inc()
-        shown = "none" if pair.get("relevance") is None else f"{pair['relevance']:.4f}"
+        if not scorable:
+            self._unscorable.inc()
+            reason, detail = UNSCORABLE_REASON, "image could not be decoded for relevance scoring"
+        else:
+            self._rejected.inc()
+            shown = "none" if pair.get("relevance") is None else f"{pair['relevance']:.4f}"
+            reason = REASON
+            detail = f"relevance {shown} < threshold {threshold:.4f}" if threshold is not None else None
         yield beam.pvalue.TaggedOutput("rejected", schemas.rejected_row(
-            STAGE, REASON, f"relevance {shown} < threshold {threshold:.4f}" if threshold is not None else None,
+            STAGE, reason, detail,
             pair_id=pair.get("pair_id"), candidate_id=pair.get("candidate_id"), image_id=pair.get("image_id"),
             page_url=pair.get("page_url"), image_url=pair.get("image_url"), caption=pair.get("caption")))
 
 
-def _summary(histogram: dict, threshold: float | None, kept: int, rejected: int, requested_keep_rate) -> dict:
+def _summary(histogram: dict, threshold: float | None, kept: int, rejected: int, requested_keep_rate,
+             by_reason: dict | None = None) -> dict:
     total = kept + rejected
+    by_reason = {k: int(v) for k, v in sorted((by_reason or {}).items()) if v}
     return {"threshold": threshold, "keep_rate": kept / total if total else None,
             "requested_keep_rate": requested_keep_rate, "in": total, "kept": kept, "rejected": rejected,
+            "rejected_by_reason": by_reason, "unscorable": by_reason.get(UNSCORABLE_REASON, 0),
             "histogram": {"edges": histogram["edges"], "counts": histogram["counts"]},
             "min": histogram["min"], "max": histogram["max"]}
 
@@ -209,17 +232,22 @@ class RelevanceOutputs(dict):
 
 
 class ThresholdRelevance(beam.PTransform):
-    """Scored pairs -> ``kept`` pairs, ``rejected`` rows (``low_relevance``) and a one-dict ``summary``.
+    """Scored pairs -> ``kept`` pairs, ``rejected`` rows (``low_relevance``, ``image_undecodable``) and
+    a one-dict ``summary``.
 
     Give ``threshold`` (keep ``relevance >= threshold``) or ``keep_rate`` (the threshold is the
-    score quantile over the data). With neither, ``spec`` names the model whose own threshold applies.
+    score quantile over the scorable pairs). A pair ``ScoreRelevance`` could not score (undecodable
+    image) is rejected as ``image_undecodable`` whatever the cut, and left out of the quantile and
+    the histogram. With neither, ``spec`` names the model whose own threshold applies.
     """
 
     def __init__(self, threshold: float | None = None, keep_rate: float | None = None, spec: str | None = None):
         super().__init__()
+        if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+            raise ValueError(f"threshold must be a finite number, got {threshold}")
         if threshold is not None and keep_rate is not None:
             raise ValueError("give a relevance threshold or a keep rate, not both")
-        if keep_rate is not None and not 0.0 < keep_rate <= 1.0:
+        if keep_rate is not None and not 0.0 < keep_rate <= 1.0:  # NaN fails this too
             raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
         if threshold is None and keep_rate is None:
             if spec is None:
@@ -231,7 +259,9 @@ class ThresholdRelevance(beam.PTransform):
         self.keep_rate = keep_rate
 
     def expand(self, scored):
-        scores = scored | "RelevanceScores" >> beam.Map(_score_of)
+        scores = (scored
+                  | "ScorablePairs" >> beam.Filter(_scorable)
+                  | "RelevanceScores" >> beam.Map(_score_of))
         if self.keep_rate is None:
             threshold = scored.pipeline | "FixedThreshold" >> beam.Create([float(self.threshold)])
         else:
@@ -245,12 +275,15 @@ class ThresholdRelevance(beam.PTransform):
             _SplitByThreshold(), beam.pvalue.AsSingleton(threshold)).with_outputs("rejected", main="kept")
         kept_n = split.kept | "CountKept" >> beam.combiners.Count.Globally()
         rejected_n = split.rejected | "CountRejected" >> beam.combiners.Count.Globally()
+        by_reason = (split.rejected
+                     | "RejectedReason" >> beam.Map(lambda r: r["reason"])
+                     | "CountRejectedByReason" >> beam.combiners.Count.PerElement())
         summary = (
             scores
             | "ScoreHistogram" >> beam.CombineGlobally(_ScoreHistogram())
             | "RelevanceSummary" >> beam.Map(
                 _summary, beam.pvalue.AsSingleton(threshold), beam.pvalue.AsSingleton(kept_n),
-                beam.pvalue.AsSingleton(rejected_n), self.keep_rate)
+                beam.pvalue.AsSingleton(rejected_n), self.keep_rate, beam.pvalue.AsDict(by_reason))
         )
         return RelevanceOutputs(kept=split.kept, rejected=split.rejected, summary=summary)
 
@@ -258,7 +291,7 @@ class ThresholdRelevance(beam.PTransform):
 def _write_stats(summary: dict, output: str, extra: dict) -> None:
     """stats.json of a standalone run, in the books every stage keeps."""
     stats = {"stage": STAGE, "in": summary["in"], "kept": summary["kept"], "rejected": summary["rejected"],
-             "rejected_by_reason": {REASON: summary["rejected"]} if summary["rejected"] else {},
+             "rejected_by_reason": dict(summary["rejected_by_reason"]),
              "relevance": summary, **extra}
     os.makedirs(output, exist_ok=True)
     tmp = os.path.join(output, ".stats.json.tmp")
@@ -303,6 +336,16 @@ def _pair_files(path: str) -> list[str]:
     return files
 
 
+def _read_pairs_file(path: str) -> list[dict]:
+    """The rows of one pairs shard; a damaged one (footer fine, pages rotten) is a ValueError naming it."""
+    import pyarrow as pa
+
+    try:
+        return schemas.read_table(path, "pairs").to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: unreadable Parquet ({' '.join(str(exc).split())[:300]})") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the standalone scoring pipeline (Beam options pass through)."""
     from lait.commands.relevance import add_score_arguments
@@ -340,8 +383,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     with pipeline as p:
         pairs = (p
                  | "ListFiles" >> beam.Create(files)
-                 | "ReadPairs" >> beam.FlatMap(
-                     lambda f: schemas.read_table(f, "pairs").to_pylist()))
+                 | "ReadPairs" >> beam.FlatMap(_read_pairs_file))
         scored = pairs | "ScoreRelevance" >> ScoreRelevance(args.model, args.batch_size, args.device)
         out = scored | "ThresholdRelevance" >> ThresholdRelevance(args.threshold, args.keep_rate, spec=args.model)
         out.kept | "WritePairs" >> _WriteDataset(os.path.join(args.output, "pairs"), "pairs")

@@ -71,3 +71,22 @@ def test_inspect_reports_schema_problem_and_missing_path(tmp_path, capsys):
     assert "SCHEMA PROBLEM" in out and "column 'split'" in out
     assert cli.main(["inspect", str(tmp_path / "absent")]) == 1
     assert "no dataset at" in capsys.readouterr().out
+
+
+def test_inspect_top_level_run_folder_describes_each_stage(tmp_path, capsys):
+    """A run folder of stage folders: each stage's datasets apart, not merged into one (nor only the top one)."""
+    for stage in ("crawl_like", "filter"):
+        _write_run(tmp_path / stage)
+        (tmp_path / stage / "stats.json").write_text(json.dumps({"stage": stage, "in": 7, "kept": 4, "rejected": 3,
+                                                                  "rejected_by_reason": {}}))
+    captions = [{"caption_id": "k1", "image_id": "i1", "caption": "a cat"}]
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "part-00000.parquet"))
+    assert cli.main(["inspect", str(tmp_path), "--json"]) == 0
+    infos = {info["path"]: info for info in json.loads(capsys.readouterr().out)}
+    assert set(infos) == {str(tmp_path / "captions"), str(tmp_path / "crawl_like" / "pairs"),
+                          str(tmp_path / "crawl_like" / "rejected"), str(tmp_path / "filter" / "pairs"),
+                          str(tmp_path / "filter" / "rejected")}
+    assert all(info["schema_problem"] is None and "error" not in info for info in infos.values())
+    assert infos[str(tmp_path / "filter" / "pairs")]["rows"] == 4
+    with pytest.raises(SystemExit):
+        cli.main(["inspect", str(tmp_path), "--rows", "-1"])

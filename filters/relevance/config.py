@@ -1,6 +1,7 @@
 """Training settings of the relevance model (no torch import, so the CLI starts fast)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -23,3 +24,35 @@ class TrainConfig:
     embed_dim: int = 64
     members: int = 3  # models trained from seeds seed, seed+1, ...; more than one are saved as an averaging ensemble
     processes: int | None = None  # members trained side by side in processes (None: one per CPU core, up to members)
+
+    def __post_init__(self):
+        """Every setting checked once, here, so that a bad one is a clear ValueError before any training
+        (not a ZeroDivisionError, a NaN loss or an untrained model saved as a trained one)."""
+        for name in ("epochs", "batch_size", "image_size", "embed_dim"):
+            _whole(name, getattr(self, name), 1)
+        _whole("seed", self.seed, 0)
+        _whole("members", self.members, 1)
+        for name, minimum in (("max_pairs", 2), ("processes", 1), ("torch_threads", 1)):
+            if getattr(self, name) is not None:
+                _whole(name, getattr(self, name), minimum)
+        _number("lr", self.lr, low=0.0, low_open=True)
+        _number("weight_decay", self.weight_decay, low=0.0)
+        _number("mismatch_cost", self.mismatch_cost, low=0.0)
+        _number("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
+        _number("drop_rate", self.drop_rate, low=0.0, high=1.0, high_open=True)
+        _number("trust_after", self.trust_after, low=0.0, high=1.0)
+
+
+def _whole(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+
+
+def _number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = False) -> None:
+    """A finite number in [low, high] (an open end where asked)."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name} must be a finite number in {left}{low:g}, {high:g}{right}, got {value!r}")

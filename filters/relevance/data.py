@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 import schemas
@@ -24,6 +25,13 @@ def read_pairs(path: str, extra_columns: tuple[str, ...] = (), limit: int | None
     """The pairs of a dataset as dicts (contract-checked), with ``extra_columns`` when present."""
     path = resolve_pairs_path(path)
     dataset = schemas.open_dataset(path, "pairs")
+    try:
+        return _read(dataset, path, extra_columns, limit)
+    except (OSError, pa.ArrowException) as exc:  # a damaged shard: footer fine, pages rotten
+        raise ValueError(f"{path}: unreadable Parquet ({' '.join(str(exc).split())[:300]})") from None
+
+
+def _read(dataset, path: str, extra_columns: tuple[str, ...], limit: int | None) -> list[dict]:
     missing = [c for c in extra_columns if c not in dataset.schema.names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; a labelled set needs them beside the pairs columns")

@@ -1,6 +1,8 @@
 """Evaluate a relevance scorer on pairs labelled with ``is_match`` (planted or annotated mismatches)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from filters.relevance.data import read_pairs
@@ -10,15 +12,36 @@ from filters.relevance.scorer import load
 
 def evaluate(spec: str, labelled: str | list[dict], threshold: float | None = None, batch_size: int = 256,
              progress: bool = False) -> dict:
-    """ROC-AUC, true pairs kept and mismatches removed at the model's (or the given) threshold."""
+    """ROC-AUC, true pairs kept and mismatches removed at the model's (or the given) threshold.
+
+    ValueError for a non-finite threshold, an empty labelled set, or an ``is_match`` that is not a
+    boolean (or 0/1 integer) column: a string "false" would otherwise read as True.
+    """
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
     rows = read_pairs(labelled, extra_columns=("is_match",)) if isinstance(labelled, str) else labelled
+    where = labelled if isinstance(labelled, str) else "the labelled pairs"
     labels = [r.get("is_match") for r in rows]
     if any(label is None for label in labels):
         raise ValueError("every labelled pair needs is_match set (true or false)")
+    bad = next((label for label in labels if not _is_label(label)), None)
+    if bad is not None:
+        raise ValueError(f"{where}: column 'is_match' must be boolean (or integer 0/1), "
+                         f"got {type(bad).__name__} value {bad!r}")
+    if not rows:
+        raise ValueError(f"{where}: no labelled pairs to evaluate")
     scorer = load(spec)
     scores = _score_with_progress(scorer, rows, batch_size, progress)
     cut = scorer.threshold if threshold is None else threshold
     return {"model": spec, **mismatch_report(scores, np.array(labels, dtype=bool), cut)}
+
+
+def _is_label(value) -> bool:
+    """A boolean, or an integer 0 or 1 (numpy's included)."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return isinstance(value, (int, np.integer)) and value in (0, 1)
 
 
 def _score_with_progress(scorer, rows: list[dict], batch_size: int, progress: bool) -> np.ndarray:

@@ -91,6 +91,23 @@ class Scorer:
         return np.where(ok, out, np.float32(self.min_score)).astype(np.float32)
 
 
+def check_feature_version(config: dict, model_dir: str) -> None:
+    """ValueError (naming the config file) when a saved model expects other hand-made features than
+    this version computes: another count (``model.num_features``) or other names, in order."""
+    from model.relevance import CONFIG_FILE
+
+    path = os.path.join(model_dir, CONFIG_FILE)
+    expected = len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES)
+    got = config["model"].get("num_features", expected)
+    if got != expected:
+        raise ValueError(f"{path}: a model of another feature version ({got!r} features, this version computes "
+                         f"{expected}); retrain it with this version")
+    for key, names in (("text_features", F.TEXT_FEATURES), ("image_features", F.IMAGE_FEATURES)):
+        if key in config and list(config[key] or []) != list(names):
+            raise ValueError(f"{path}: a model of another feature version ({key} {config[key]!r}, this version "
+                             f"computes {list(names)}); retrain it with this version")
+
+
 class RelevanceScorer(Scorer):
     """The LAIT relevance model (``model.relevance``) with its feature preparation."""
 
@@ -102,6 +119,8 @@ class RelevanceScorer(Scorer):
 
         self.model_dir = model_dir
         self.device = resolve_device(device)
+        # features of another version would reach the head as a tensor of the wrong size, deep in Beam
+        check_feature_version(read_config(model_dir), model_dir)
         if with_model:
             self.model, self.config = load_model(model_dir, self.device)
             arch = self.model.config
@@ -173,8 +192,13 @@ class ClipScorer(Scorer):
         if arch not in open_clip.list_models():
             raise ValueError(f"unknown open_clip architecture {arch!r}")
         self.device = resolve_device(device)
-        clip_model, _, self.preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=weights, device=self.device)
+        try:
+            clip_model, _, self.preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=weights, device=self.device)
+        except Exception as exc:  # noqa: BLE001 - safetensors, pickle, torch: a damaged file, one clear error
+            message = " ".join(str(exc).split())[:300]
+            raise ValueError(f"{weights}: unreadable or mismatched CLIP weights for {arch} "
+                             f"({type(exc).__name__}: {message})") from None
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.model = ClipPairModel(clip_model).eval().requires_grad_(False)
         self.threshold = threshold

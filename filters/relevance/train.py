@@ -160,17 +160,25 @@ def _scores_with_negatives(model: RelevanceModel, ex: _Examples, idx: np.ndarray
     txt = torch.cat([model.text_encoder(ex.tokens[idx[s:s + 256]]) for s in range(0, len(idx), 256)])
     feats = ex.features[idx]
     pos = torch.sigmoid(model.head_logit((img * txt).sum(-1), feats)).numpy()
-    # all cross pairs (caption i, image j) with another caption and another image are negatives
-    sub = np.random.default_rng(seed).permutation(len(idx))[:max_cross]
-    cap, im = torch.from_numpy(ex.caption[idx[sub]]), torch.from_numpy(ex.image[idx[sub]])
-    rows, cols = torch.nonzero((cap[:, None] != cap[None, :]) & (im[:, None] != im[None, :]), as_tuple=True)
+    sub, rows, cols = _cross_pairs(ex, idx, seed, max_cross)
     n_text = len(F.TEXT_FEATURES)
     neg = []
     for s in range(0, len(rows), 65536):
         r, c = sub[rows[s:s + 65536].numpy()], sub[cols[s:s + 65536].numpy()]
         f = torch.cat([feats[r, :n_text], feats[c, n_text:]], dim=1)
         neg.append(torch.sigmoid(model.head_logit((txt[r] * img[c]).sum(-1), f)))
-    return pos, (torch.cat(neg).numpy() if neg else np.zeros(1, dtype=np.float32))
+    if not neg:  # _train checks for them first; no placeholder scores, which would fake an AUC
+        raise ValueError("no re-paired negatives among the held-out pairs")
+    return pos, torch.cat(neg).numpy()
+
+
+def _cross_pairs(ex: _Examples, idx: np.ndarray, seed: int, max_cross: int = 800):
+    """(sub, rows, cols): every cross pair (caption i, image j) among (up to ``max_cross`` of) ``idx``
+    with another caption and another image, the negatives the threshold is set on."""
+    sub = np.random.default_rng(seed).permutation(len(idx))[:max_cross]
+    cap, im = torch.from_numpy(ex.caption[idx[sub]]), torch.from_numpy(ex.image[idx[sub]])
+    rows, cols = torch.nonzero((cap[:, None] != cap[None, :]) & (im[:, None] != im[None, :]), as_tuple=True)
+    return sub, rows, cols
 
 
 def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = None, progress: bool = False) -> dict:
@@ -183,6 +191,16 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
         return _train(pairs, out_dir, config, progress)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """Create the model folder before training, so that a path that cannot hold it fails in seconds."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: config.json + model.safetensors)")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{out_dir}: cannot create the model folder ({exc})") from None
 
 
 def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress: bool) -> dict:
@@ -206,6 +224,10 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     if len(val_idx) < 20 or len(train_idx) < 2:
         # too few pages to hold some out: train on everything and set the threshold on it too
         train_idx = val_idx = np.arange(len(ex))
+    if len(_cross_pairs(ex, val_idx, config.seed)[1]) == 0:
+        raise ValueError(f"no negatives to set the threshold on: the {len(val_idx)} held-out pairs have no "
+                         "re-pairing with another caption and another image (identical captions or images?)")
+    _check_out_dir(out_dir)
     log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx), len(val_idx), skipped)
 
     members = config.members

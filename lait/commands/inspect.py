@@ -9,6 +9,7 @@ import os
 import pyarrow as pa
 
 import schemas
+from lait.commands import non_negative
 
 # The subfolders a LAIT run folder may hold, in pipeline order.
 RUN_SUBDIRS = ("candidates", "pairs", "regions", "captions", "rejected")
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Inspect a LAIT dataset (a Parquet file or folder) or a run folder holding several.",
     )
     parser.add_argument("path", help="a Parquet file, a dataset folder, or a run folder (local path or fsspec URL)")
-    parser.add_argument("--rows", type=int, default=3, help="sample rows to show (default 3)")
+    parser.add_argument("--rows", type=non_negative, default=3, help="sample rows to show (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
 
@@ -110,12 +111,23 @@ def _print_text(info: dict) -> None:
             print(f"    {count:>8,}  {reason}")
 
 
+def _datasets_in(folder: str) -> list[str]:
+    """The dataset folders of a stage folder (``pairs/``, ``rejected/``...), then those of each stage
+    folder it holds when it is a run folder (``crawl/``, ``filter/``... as ``lait audit`` finds them)."""
+    from demo.audit import stage_folders
+
+    found = [os.path.join(folder, d) for d in RUN_SUBDIRS if os.path.isdir(os.path.join(folder, d))]
+    for stage in stage_folders(folder):
+        found += [os.path.join(folder, stage, d) for d in RUN_SUBDIRS if os.path.isdir(os.path.join(folder, stage, d))]
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     path = args.path
     targets = [path]
     if "://" not in path and os.path.isdir(path):
-        subdirs = [os.path.join(path, d) for d in RUN_SUBDIRS if os.path.isdir(os.path.join(path, d))]
-        if subdirs:  # a run folder: describe each dataset in it
+        subdirs = _datasets_in(path)
+        if subdirs:  # a stage or run folder: describe each dataset in it, never them merged into one
             targets = subdirs
     results = []
     for target in targets:

@@ -4,12 +4,25 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 
 from filters.relevance.config import TrainConfig
+from lait.commands import count, non_negative, positive
 
 _DEFAULTS = TrainConfig()
+
+
+def finite(text: str) -> float:
+    """An argparse ``type``: a finite number (a NaN cut would pass nothing and write invalid JSON)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,12 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            description="Train on pairs: positives as crawled, negatives by re-pairing.")
     train.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
     train.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
-    train.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help=f"default {_DEFAULTS.epochs}")
-    train.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help=f"default {_DEFAULTS.batch_size}")
+    train.add_argument("--epochs", type=positive, default=_DEFAULTS.epochs, help=f"default {_DEFAULTS.epochs}")
+    train.add_argument("--batch-size", type=positive, default=_DEFAULTS.batch_size, help=f"default {_DEFAULTS.batch_size}")
     train.add_argument("--lr", type=float, default=_DEFAULTS.lr, help=f"peak learning rate (default {_DEFAULTS.lr})")
-    train.add_argument("--image-size", type=int, default=_DEFAULTS.image_size,
+    train.add_argument("--image-size", type=positive, default=_DEFAULTS.image_size,
                        help=f"side of the downscaled image the CNN sees (default {_DEFAULTS.image_size})")
-    train.add_argument("--max-pairs", type=int, default=_DEFAULTS.max_pairs,
+    train.add_argument("--max-pairs", type=count(2), default=_DEFAULTS.max_pairs,
                        help=f"train on at most this many pairs (default {_DEFAULTS.max_pairs})")
     train.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction,
                        help=f"share of pages held out to set the threshold (default {_DEFAULTS.val_fraction})")
@@ -38,11 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             f"threshold (1 = Youden's J; default {_DEFAULTS.mismatch_cost})")
     train.add_argument("--drop-rate", type=float, default=_DEFAULTS.drop_rate,
                        help=f"share of each batch's worst-fitting pairs ignored as likely noise (default {_DEFAULTS.drop_rate})")
-    train.add_argument("--seed", type=int, default=_DEFAULTS.seed, help=f"default {_DEFAULTS.seed}")
-    train.add_argument("--members", type=int, default=_DEFAULTS.members,
+    train.add_argument("--seed", type=non_negative, default=_DEFAULTS.seed, help=f"default {_DEFAULTS.seed}")
+    train.add_argument("--members", type=positive, default=_DEFAULTS.members,
                        help="train this many models from consecutive seeds and save them as one ensemble that "
                             f"averages their scores: steadier cuts, N times the training (default {_DEFAULTS.members})")
-    train.add_argument("--processes", type=int, default=_DEFAULTS.processes,
+    train.add_argument("--processes", type=positive, default=_DEFAULTS.processes,
                        help="members trained side by side, one process each (default: one per CPU core, up to "
                             "--members; 1 trains them one after the other; the models are the same either way)")
     train.set_defaults(func=run_train)
@@ -51,9 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         description="LABELLED is a pairs dataset with a boolean is_match column.")
     ev.add_argument("--model", required=True, help="model folder, or clip:ARCH:WEIGHTS")
     ev.add_argument("--input", required=True, help="labelled pairs dataset (pairs columns + is_match)")
-    ev.add_argument("--threshold", type=float, default=None, help="cut to evaluate (default: the model's)")
+    ev.add_argument("--threshold", type=finite, default=None, help="cut to evaluate (default: the model's)")
     ev.add_argument("--json-out", default=None, help="also write the metrics to this JSON file")
-    ev.add_argument("--batch-size", type=int, default=256, help="scoring batch size (default 256)")
+    ev.add_argument("--batch-size", type=positive, default=256, help="scoring batch size (default 256)")
     ev.set_defaults(func=run_eval)
 
     score = sub.add_parser("score", help="score a pairs dataset in Beam and drop low-relevance pairs",
@@ -64,13 +77,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _clear_errors(func):
-    """Bad input (missing dataset, wrong schema, unlabelled set) -> one line on stderr and exit 2."""
+    """Bad input (missing dataset, wrong schema, unlabelled set, damaged Parquet, an output that cannot be
+    written) -> one line on stderr and exit 2."""
 
     @functools.wraps(func)
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (FileNotFoundError, ValueError) as exc:  # SchemaMismatchError is a ValueError
+        except Exception as exc:  # noqa: BLE001 - sorted below; anything else goes on as a traceback
+            import pyarrow as pa  # (imported here: the CLI starts without it)
+
+            # FileNotFoundError is an OSError, SchemaMismatchError a ValueError
+            if not isinstance(exc, (OSError, ValueError, pa.ArrowException)):
+                raise
             print(f"lait relevance {args.relevance_command}: error: {exc}", file=sys.stderr)
             return 2
 
@@ -95,8 +114,11 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from filters.relevance.evaluate import evaluate
 
+    if args.json_out and os.path.isdir(args.json_out):
+        raise ValueError(f"--json-out {args.json_out} is a folder: give a file name")
     metrics = evaluate(args.model, args.input, threshold=args.threshold, batch_size=args.batch_size, progress=True)
-    text = json.dumps(metrics, indent=2)
+    # A metric with nothing to measure (no mismatches, nothing removed) is null, not NaN: NaN is not JSON.
+    text = json.dumps(_json_safe(metrics), indent=2, allow_nan=False)
     print(text)
     if args.json_out:
         parent = os.path.dirname(os.path.abspath(args.json_out))
@@ -106,15 +128,26 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_safe(value):
+    """``value`` with every non-finite float replaced by None (JSON null)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     """The scoring options, shared by `lait relevance score` and `python -m pipeline.relevance`."""
     parser.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
     parser.add_argument("--output", required=True, help="output folder: pairs/, rejected/, stats.json")
     parser.add_argument("--model", required=True, help="LAIT relevance model folder, or clip:ARCH:WEIGHTS")
     cut = parser.add_mutually_exclusive_group()
-    cut.add_argument("--threshold", type=float, default=None, help="keep relevance >= this (default: the model's)")
+    cut.add_argument("--threshold", type=finite, default=None, help="keep relevance >= this (default: the model's)")
     cut.add_argument("--keep-rate", type=float, default=None, help="keep this share of pairs instead")
-    parser.add_argument("--batch-size", type=int, default=64, help="RunInference batch size (default 64)")
+    parser.add_argument("--batch-size", type=positive, default=64, help="RunInference batch size (default 64)")
     parser.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
 
 

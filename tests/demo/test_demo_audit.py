@@ -208,3 +208,23 @@ def test_an_import_is_audited_by_its_captions_not_its_pairs(tmp_path):
     failed = [c for c in report["checks"] if not c["ok"]]
     assert report["ok"], failed
     assert any(c["check"] == "kept_rows_match" and "3 rows in captions" in c["detail"] for c in report["checks"])
+
+
+@pytest.mark.parametrize("stats", [[1, 2], None, "text", {"stage": ["filter"], "in": 0, "kept": 0, "rejected": 0,
+                                                           "rejected_by_reason": {}}])
+def test_stats_of_the_wrong_shape_fail_stats_readable(tmp_path, stats):
+    (tmp_path / "filter").mkdir()
+    (tmp_path / "filter" / "stats.json").write_text(json.dumps(stats))
+    result = audit.audit_run(str(tmp_path))
+    (stage,) = result["stages"]
+    assert not result["ok"] and [c["check"] for c in stage["checks"]] == ["stats_readable"]
+    cli = _cli(str(tmp_path))
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr and "stats_readable" in cli.stdout
+
+
+def test_audit_out_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "filter").mkdir()
+    (tmp_path / "filter" / "stats.json").write_text("[]")
+    for out in (str(tmp_path / "missing" / "dir" / "a.json"), str(tmp_path)):
+        result = _cli(str(tmp_path), "--out", out)
+        assert result.returncode == 2 and "Traceback" not in result.stderr and "lait audit:" in result.stderr

@@ -128,3 +128,41 @@ def test_class_names_from_either_classes_json_layout():
     assert report.class_names(["circle", "ring"]) == ["circle", "ring"]
     assert report.class_names({"detector": "demo", "class_names": ["circle", "ring"]}) == ["circle", "ring"]
     assert report.class_names({"detector": "demo"}) is None and report.class_names(None) is None
+
+
+def test_planted_counts_and_every_json_value_are_escaped(tmp_path):
+    evil = "<script>alert(1)</script>"
+    (tmp_path / "planted.json").write_text(json.dumps({
+        "categories": {evil: {"planted": evil, "caught": [evil], "recall": evil, "precision": 1.0,
+                              "caught_by": {evil: evil}}},
+        "clean": {"kept": evil, "items": evil}}))
+    (tmp_path / "relevance_eval.json").write_text(json.dumps({evil: evil, "auc": 0.9}))
+    (tmp_path / "eval.json").write_text(json.dumps({"image_retrieval": {"R@1": evil, "chance_R@1": evil}}))
+    text = report.build_report(str(tmp_path))
+    assert "<script" not in text and "&lt;script&gt;" in text
+
+
+def test_report_out_that_is_a_folder_or_unwritable_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        report.write_report(str(run_dir), str(folder))
+    assert not os.path.exists(str(folder) + ".tmp")
+    result = _lait("report", str(run_dir), "--out", str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "is a folder" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a parent that is a file: the write fails with an OSError
+    result = _lait("report", str(run_dir), "--out", str(blocker / "sub" / "r.html"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "lait report: error" in result.stderr
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    os.chmod(readonly, 0o500)
+    try:
+        if not os.access(readonly, os.W_OK):  # (root writes anywhere)
+            with pytest.raises(OSError):
+                report.write_report(str(run_dir), str(readonly / "r.html"))
+            assert os.listdir(readonly) == []
+    finally:
+        os.chmod(readonly, 0o700)

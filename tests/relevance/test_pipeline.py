@@ -12,7 +12,7 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 import schemas
 from demo import audit
 from filters.relevance import load
-from pipeline.relevance import ScoreRelevance, ThresholdRelevance, run
+from pipeline.relevance import UNSCORABLE_KEY, ScoreRelevance, ThresholdRelevance, run
 from tests.relevance.conftest import write_pairs
 
 OPTIONS = ["--runner=DirectRunner"]
@@ -87,8 +87,10 @@ def test_score_relevance_matches_the_scoring_api(model_dir, heldout_rows):
         scored = p | beam.Create(rows) | ScoreRelevance(model_dir, batch_size=16, device="CPU")
         assert_that(scored | beam.Map(lambda d: (d["pair_id"], d["relevance"])), check)
         # the pair dicts come through whole
-        assert_that(scored | "Keys" >> beam.Map(lambda d: sorted(d)), equal_to([sorted(list(rows[0]) + ["relevance"])] * 40),
-                    label="keys")
+        # (the unscorable pair also carries the flag that ThresholdRelevance turns into its reason)
+        assert_that(scored | "Keys" >> beam.Map(lambda d: sorted(d)),
+                    equal_to([sorted(list(rows[0]) + ["relevance"])] * 39
+                             + [sorted(list(rows[0]) + ["relevance", UNSCORABLE_KEY])]), label="keys")
 
 
 def test_standalone_run_keeps_the_books(model_dir, heldout_rows, tmp_path):
@@ -138,3 +140,48 @@ def test_empty_input_gives_an_empty_summary_not_a_crash():
 
         assert_that(out.summary, check)
         assert_that(out.kept, equal_to([]), label="nothing kept")
+
+
+@pytest.mark.parametrize("cut", [{"keep_rate": 0.8}, {"keep_rate": 1.0}, {"threshold": 0.0}])
+def test_unscorable_pairs_are_rejected_whatever_the_cut(cut):
+    """An undecodable image scores the minimum; a keep-rate quantile or a zero cut must not keep it."""
+    rows = _scored([0.0] * 4 + list(np.linspace(0.1, 0.9, 16)))
+    for r in rows[:4]:
+        r[UNSCORABLE_KEY] = True
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        out = p | beam.Create(rows) | ThresholdRelevance(**cut)
+        assert_that(out.kept | "KeptUnscorable" >> beam.Filter(lambda d: d["pair_id"] in ("p0", "p1", "p2", "p3")
+                                                              or UNSCORABLE_KEY in d),
+                    equal_to([]), label="no unscorable kept")
+        assert_that(out.rejected | "Undecodable" >> beam.Filter(lambda r: r["reason"] == "image_undecodable")
+                    | beam.Map(lambda r: (r["pair_id"], r["stage"])),
+                    equal_to([(f"p{i}", "relevance") for i in range(4)]), label="own reason")
+
+        def check(summaries):
+            (s,) = summaries
+            if s["in"] != 20 or s["kept"] + s["rejected"] != 20 or sum(s["rejected_by_reason"].values()) != s["rejected"]:
+                raise BeamAssertException(f"books do not add up: {s}")
+            if s["rejected_by_reason"].get("image_undecodable") != 4 or s["unscorable"] != 4:
+                raise BeamAssertException(f"unscorable not counted: {s}")
+            if "keep_rate" in cut and not (s["threshold"] > 0.0 and abs(s["kept"] - 16 * cut["keep_rate"]) <= 1):
+                raise BeamAssertException(f"quantile not over the scorable pairs: {s}")
+            if sum(s["histogram"]["counts"]) != 16:
+                raise BeamAssertException(f"histogram counts unscorable pairs: {s}")
+
+        assert_that(out.summary, check, label="summary")
+
+
+def test_standalone_run_rejects_undecodable_images_at_a_keep_rate(model_dir, heldout_rows, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "is_match"} for r in heldout_rows[:30]]
+    for r in rows[:5]:
+        r["image_bytes"] = b"\xff\xd8\xff garbage"
+    write_pairs(rows, str(tmp_path / "in" / "pairs"))
+    summary = run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", model_dir,
+                   "--keep-rate", "1.0", "--runner=DirectRunner"])
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    kept = schemas.read_table(str(tmp_path / "out" / "pairs"), "pairs")
+    rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected")
+    assert kept.num_rows == 25 == summary["kept"] and stats["rejected_by_reason"] == {"image_undecodable": 5}
+    assert not set(kept.column("pair_id").to_pylist()) & {r["pair_id"] for r in rows[:5]}
+    assert stats["in"] == kept.num_rows + rejected.num_rows == 30
+    assert UNSCORABLE_KEY not in kept.column_names
