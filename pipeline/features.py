@@ -1003,7 +1003,7 @@ def __getattr__(name: str):
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     # Run the Beam module imported by name, so Beam pickles the DoFns as pipeline.features_beam.*, which workers import.
-    from lait.commands.filter import failure_line, run_failures
+    from pipeline.runners import failure_line, run_failures
     from pipeline import features_beam
 
     try:

@@ -542,7 +542,7 @@ def run_with_args(args: argparse.Namespace, beam_args: list[str],
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pipeline.filter``: run, then print the funnel table."""
-    from lait.commands.filter import failure_line, run_failures
+    from pipeline.runners import failure_line, run_failures
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

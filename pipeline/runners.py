@@ -88,3 +88,48 @@ def make_runner(options):
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     logger.info("local run on FnApiRunner")
     return fn_runner.FnApiRunner(provision_info=provision)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+#: What a local Beam run (``--direct_running_mode multi_processing``) raises when one of its worker processes
+#: died: killed, or by the kernel's out-of-memory killer.
+WORKER_DIED_SIGNS = ("Channel closed prematurely", "Worker subprocess exited", "Socket closed")
+WORKER_DIED = ("a Beam worker process died (killed, or out of memory); nothing was finished (no stats.json): "
+               "rerun the same command")
+#: A worker's own error, handed back as its traceback's text, that is bad input (exit status 2), not a bug.
+BAD_INPUT_ERRORS = ("ValueError", "SchemaMismatchError", "FileNotFoundError", "FileExistsError", "OutputExistsError")
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def run_failures() -> tuple[type[BaseException], ...]:
+    """The errors ``failure_line`` reports: RuntimeError, and gRPC's when grpc is importable."""
+    try:
+        from grpc import RpcError
+    except ImportError:
+        return (RuntimeError,)
+    return RuntimeError, RpcError
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line: the error itself where a worker process (Beam's, a DataLoader's) handed it back as
+    a traceback's text."""
+    text = str(exc).strip()
+    lines = text.splitlines() or [type(exc).__name__]
+    return lines[-1] if _TRACEBACK in text else " ".join(line.strip() for line in lines)
+
+
+def failure_line(exc: BaseException) -> tuple[int, str]:
+    """(exit status, one line) for a Beam run that failed with ``exc`` (one of ``run_failures``).
+
+    In ``multi_processing`` mode an error raised in a worker reaches the driver as a RuntimeError holding the
+    worker's traceback as text: its last line is the error (status 2 for bad input). A worker that died
+    (``WORKER_DIED_SIGNS``, gRPC errors) left no output to keep: the line says to rerun (status 1).
+    """
+    line = error_line(exc)
+    if _TRACEBACK in str(exc):
+        name, _, message = line.partition(": ")
+        return (2, message) if name.rsplit(".", 1)[-1] in BAD_INPUT_ERRORS else (1, line)
+    if not isinstance(exc, RuntimeError) or any(sign in str(exc) for sign in WORKER_DIED_SIGNS):
+        return 1, WORKER_DIED
+    return 1, line

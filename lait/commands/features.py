@@ -111,13 +111,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def error_line(exc: BaseException) -> str:
-    """An error as one line: the error itself where a worker process handed it back as a traceback's text."""
-    text = str(exc).strip()
-    lines = text.splitlines() or [type(exc).__name__]
-    return lines[-1] if "Traceback (most recent call last)" in text else " ".join(line.strip() for line in lines)
-
-
 def run(args: argparse.Namespace) -> int:
     import traceback
 
@@ -125,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from model.detectors import WeightsNotFoundError
     from pipeline.features import extract_regions
+    from pipeline.runners import error_line
 
     try:
         options = options_from_args(args)

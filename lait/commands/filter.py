@@ -5,43 +5,6 @@ import argparse
 import sys
 import traceback
 
-#: What a local Beam run (``--direct_running_mode multi_processing``) raises when one of its worker processes
-#: died: killed, or by the kernel's out-of-memory killer.
-WORKER_DIED_SIGNS = ("Channel closed prematurely", "Worker subprocess exited", "Socket closed")
-WORKER_DIED = ("a Beam worker process died (killed, or out of memory); nothing was finished (no stats.json): "
-               "rerun the same command")
-#: A worker's own error, handed back as its traceback's text, that is bad input (exit status 2), not a bug.
-BAD_INPUT_ERRORS = ("ValueError", "SchemaMismatchError", "FileNotFoundError", "FileExistsError", "OutputExistsError")
-
-
-def run_failures() -> tuple[type[BaseException], ...]:
-    """The errors ``failure_line`` reports: RuntimeError, and gRPC's when grpc is importable."""
-    try:
-        from grpc import RpcError
-    except ImportError:
-        return (RuntimeError,)
-    return RuntimeError, RpcError
-
-
-def failure_line(exc: BaseException) -> tuple[int, str]:
-    """(exit status, one line) for a Beam run that failed with ``exc`` (one of ``run_failures``).
-
-    In ``multi_processing`` mode an error raised in a worker reaches the driver as a RuntimeError holding the
-    worker's traceback as text: its last line is the error (status 2 for bad input). A worker that died
-    (``WORKER_DIED_SIGNS``, gRPC errors) left no output to keep: the line says to rerun (status 1).
-    """
-    text = str(exc).strip()
-    lines = text.splitlines() or [type(exc).__name__]
-    if "Traceback (most recent call last)" in text:
-        name, _, message = lines[-1].partition(": ")
-        if name.rsplit(".", 1)[-1] in BAD_INPUT_ERRORS:
-            return 2, message
-        return 1, lines[-1]
-    if not isinstance(exc, RuntimeError) or any(sign in text for sign in WORKER_DIED_SIGNS):
-        return 1, WORKER_DIED
-    return 1, " ".join(lines)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from pipeline.options import add_filter_arguments
 
@@ -63,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.filter import run_with_args
+    from pipeline.runners import failure_line, run_failures
 
     beam_args = [a for a in args.beam_args if a != "--"]
     beam_args = [f"--runner={args.runner}", f"--direct_num_workers={args.direct_num_workers}",
