@@ -5,7 +5,8 @@ batches that gather pre-collated text and regions on the device; images are sort
 count so a batch pads little. The optional two-stage mode pre-ranks with single-modality [CLS]
 embeddings (a dual encoder from the same trunk) and re-ranks only the top k of each query with
 the cross-encoder: with k at least the set size it equals the full mode. Under torchrun every process
-scores a contiguous share of the pairs and gathers the others' scores (``_score``).
+scores a contiguous share of the pairs and gathers the others' scores (``_score``); in the two-stage
+mode it also embeds a share of the captions and images (``unimodal_embeddings``).
 
 Recall counts ties against the query (a constant scorer gets chance-level recall, never more).
 Scores are fractions in [0, 1]; ``chance_R@1`` is what random ranking gets.
@@ -171,22 +172,37 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
 @torch.no_grad()
 def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device: torch.device,
                         bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Single-modality embeddings of every caption and every image (``ImageBert.embed_text``/``embed_image``)."""
+    """Single-modality embeddings of every caption and every image (``ImageBert.embed_text``/``embed_image``).
+
+    Under torchrun each process embeds one contiguous share of the captions and of the images, and every
+    process gets all the embeddings back.
+    """
     n_captions, n_images = data.shape
+    processes, rank = world()
     cls_id = int(data.text["input_ids"][0, 0])
     sep_id = int(data.text["input_ids"][0, int(data.text_lengths[0]) - 1])
+    caption_bounds = np.linspace(0, n_captions, processes + 1).round().astype(int)
+    image_bounds = np.linspace(0, n_images, processes + 1).round().astype(int)
+    if processes > 1:
+        logger.info("eval: process %d of %d embeds captions %d-%d and images %d-%d", rank, processes,
+                    caption_bounds[rank], caption_bounds[rank + 1], image_bounds[rank], image_bounds[rank + 1])
     texts, images = [], []
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, n_captions, batch_size):
-            part = slice(start, start + batch_size)
+        for start in range(caption_bounds[rank], caption_bounds[rank + 1], batch_size):
+            part = slice(start, min(start + batch_size, caption_bounds[rank + 1]))
             texts.append(model.embed_text(data.text["input_ids"][part].to(device),
                                           data.text["text_mask"][part].to(device)).cpu())
-        for start in range(0, n_images, batch_size):
-            part = slice(start, start + batch_size)
+        for start in range(image_bounds[rank], image_bounds[rank + 1], batch_size):
+            part = slice(start, min(start + batch_size, image_bounds[rank + 1]))
             images.append(model.embed_image(data.regions["region_features"][part].to(device),
                                             data.regions["region_locations"][part].to(device),
                                             data.regions["region_mask"][part].to(device), cls_id, sep_id).cpu())
-    return torch.cat(texts), torch.cat(images)
+    width = model.config.hidden_size
+    texts = torch.cat(texts) if texts else torch.empty(0, width)
+    images = torch.cat(images) if images else torch.empty(0, width)
+    if processes == 1:
+        return texts, images
+    return _gather_shares(texts, caption_bounds, device), _gather_shares(images, image_bounds, device)
 
 
 def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str, split: str | None = "test",
@@ -332,12 +348,13 @@ def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_imag
 
 
 def _gather_shares(scores: torch.Tensor, bounds: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Every process's share of the scores (``bounds``: where each share starts and ends), in rank order."""
+    """Every process's share of the rows of ``scores`` (scores or embeddings; ``bounds``: where each share
+    starts and ends), in rank order."""
     import torch.distributed as dist
 
     on = device if dist.get_backend() == "nccl" else torch.device("cpu")
     sizes = np.diff(bounds)
-    padded = torch.zeros(int(sizes.max()), dtype=torch.float32, device=on)
+    padded = torch.zeros((int(sizes.max()), *scores.shape[1:]), dtype=torch.float32, device=on)
     padded[: len(scores)] = scores.to(on)
     shares = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(shares, padded)

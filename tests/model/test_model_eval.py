@@ -106,6 +106,27 @@ def test_eval_under_torchrun_shares_the_pairs_and_reports_the_same_recall(synth_
     assert two.stdout.count("image retrieval") == 1, "only the first process reports"
 
 
+def test_two_stage_eval_under_torchrun_shares_the_embeddings_and_reports_the_same_recall(synth_dir, tiny_checkpoint,
+                                                                                       tmp_path):
+    env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--split", "test",
+              "--two-stage-k", "5", "--batch-size", "64", "--no-progress"]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=120)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*torchrun(2), *common[:2], "-v", *common[2:], "--out", str(tmp_path / "two.json")],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
+    assert two.returncode == 0, two.stderr[-3000:]
+    alone, shared = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    captions, images = alone["num_captions"], alone["num_images"]
+    assert f"process 0 of 2 embeds captions 0-{captions // 2} and images 0-{images // 2}" in two.stderr
+    assert f"process 1 of 2 embeds captions {captions // 2}-{captions} and images {images // 2}-{images}" in two.stderr
+    assert (alone["mode"], shared["mode"]) == ("two_stage", "two_stage")
+    assert shared["pairs_scored"] == alone["pairs_scored"] < captions * images
+    for key in ("image_retrieval", "sentence_retrieval", "prerank_recall"):
+        assert shared[key] == alone[key], key
+
+
 def test_fixed_shapes_score_like_trimmed_batches(synth_dir, tiny_trained):
     """Padding every batch to one shape (what a compiled trunk needs) changes no score."""
     from model.eval import score_pairs
