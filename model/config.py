@@ -30,6 +30,15 @@ MINIMUMS = {
 PROBABILITIES = ("mlm_prob", "region_mask_prob", "region_zero_prob", "itm_neg_prob")
 
 
+def check_count(name: str, value: Any, minimum: int = 1) -> None:
+    """``ValueError`` naming the option (``batch_size`` as ``batch-size``) unless ``value`` is a whole number of
+    at least ``minimum`` (a bool is not one); for the Python APIs, whose callers skip argparse."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name.replace('_', '-')}: {value!r}, need a whole number >= {minimum}")
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import torch
 
 import schemas
+from model.config import check_count
 from model.data import collate_regions, collate_text, decode_regions, load_captions, resolve_dataset_dir
 from model.fp8 import calibrate, float8_encoder, fp8_supported
 from model.imagebert import ImageBert
@@ -222,8 +223,8 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
     for the rest); the dual-encoder pre-ranking of the two-stage mode stays in ``bf16``'s precision.
     """
     for name, value in (("batch_size", batch_size), ("two_stage_k", two_stage_k), ("folds", folds)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name.replace('_', '-')}: {value!r}, need a whole number >= 1")
+        if value is not None:
+            check_count(name, value)
     device = torch.device(device)
     if fp8:
         if not fp8_supported(device):

@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 import torch
 
 import schemas
+from model.config import check_count
 from model.detectors import BoxSelection, Regions, build_detector, read_class_names
 from model.detectors.base import DetectorSpec, RegionDetector, padded_size
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
@@ -109,9 +110,7 @@ class FeatureOptions:
         if not (self.parts >= 1 and 0 <= self.part < self.parts):
             raise ValueError(f"part {self.part} of {self.parts}: need 0 <= part < parts")
         for name in ("batch_size", "images_per_shard"):  # 0 would loop for ever cutting pieces of no images
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name.replace('_', '-')}: {value!r}, need a whole number >= 1")
+            check_count(name, getattr(self, name))
 
     @property
     def selection(self) -> BoxSelection:

@@ -402,7 +402,7 @@ def test_counts_below_one_and_an_output_inside_the_input_are_refused(tmp_path, d
     from lait import cli
 
     for key in ("batch_size", "images_per_shard"):
-        for value in (0, -1):
+        for value in (0, -1, True, 8.0):
             with pytest.raises(ValueError, match=key.replace("_", "-")):
                 _options(demo_weights, **{key: value})
     write_pairs(tmp_path / "in", [encode(make_scene(0)[0])])

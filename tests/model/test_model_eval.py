@@ -251,7 +251,8 @@ def test_eval_refuses_another_feature_width_and_counts_below_one(synth_dir, tiny
     write_synthetic(str(tmp_path / "d8"), images=12, feature_dim=8, test_images=6, seed=2)
     with pytest.raises(ValueError, match="d8/regions: features of width 8, the model reads 16"):
         evaluate(model, tokenizer_json, str(tmp_path / "d8" / "regions"), str(tmp_path / "d8" / "captions"), "test")
-    for option, value in (("batch_size", 0), ("two_stage_k", 0), ("two_stage_k", -1), ("folds", 0)):
+    for option, value in (("batch_size", 0), ("two_stage_k", 0), ("two_stage_k", -1), ("folds", 0),
+                          ("batch_size", True), ("folds", 2.0), ("two_stage_k", "5")):
         with pytest.raises(ValueError, match=option.replace("_", "-")):
             evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", **{option: value})
     for option in ("--batch-size", "--two-stage-k", "--folds"):
