@@ -13,7 +13,7 @@ Two runners over the same detector code (``model.detectors``):
   writing one folder.
 
 * ``ExtractRegions``: the same stage as a Beam ``PTransform`` around ``RunInference`` (keyed by
-  ``image_id``), for Dataflow GPU workers. ``run(argv)`` is the pipeline::
+  ``image_id``; the rows shuffled once, by a bucket of it), for Dataflow GPU workers. ``run(argv)`` is the pipeline::
 
       # local
       python -m pipeline.features --input RUN/filter --output RUN/features --detector demo \\

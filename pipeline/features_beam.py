@@ -7,7 +7,8 @@ runner (and the GPU benchmark) imports no Beam. Run it as ``python -m pipeline.f
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterable, Sequence
+import zlib
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -18,9 +19,10 @@ import schemas
 from model.detectors import attribute_count, build_detector, feature_dim_of, read_class_names
 from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
-from pipeline.features import (INPUT_COLUMNS, SHARD_PREFIX, STAGE, FeatureOptions, ImageRegions, _check_output_outside,
-                               _join, _open_parquet, _why, _write_json, check_input_file, classes_info, detect_by_shape,
-                               output_schema, read_image_ids, resolve_input, to_original_pixels)
+from pipeline.features import (INPUT_COLUMNS, MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
+                               ImageRegions, _batches, _check_output_outside, _join, _open_parquet, _why, _write_json,
+                               check_input_file, classes_info, detect_by_shape, output_schema, read_image_ids,
+                               resolve_input, to_original_pixels)
 from pipeline.outputs import prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
@@ -29,15 +31,26 @@ METRICS_NAMESPACE = "lait.features"
 REJECTED = "rejected"
 
 
-def _readable_copy(copies: Iterable[Any]) -> Any:
-    """The bytes of one copy of an image (same image_id, same bytes: any readable copy will do). A ``str`` in
-    place of the bytes says why its row group could not be read (``ReadRowGroupsFn``): only when no copy was."""
-    unreadable = None
-    for data in copies:
-        if not isinstance(data, str):
-            return data
-        unreadable = unreadable or data
-    return unreadable
+#: The most keys of the features stage's one shuffle. Dataflow runs each key's group in one thread of one
+#: worker and cannot split it, so the keys must outnumber the workers several times over for the work to
+#: spread and balance: 1,024 keeps a few hundred GPU workers busy.
+MAX_BUCKETS = 1024
+
+
+def bucket_count(rows: int, batch_size: int) -> int:
+    """How many buckets of image ids to key ``rows`` input rows by: one per ``MAX_WAIT_BATCHES`` batches of rows,
+    at least one and at most ``MAX_BUCKETS``.
+
+    A group then holds as many images as the local runner's shape queues wait for, so its runs of one
+    shape fill batches as well as the local runner's do; fewer, larger groups would cost parallelism,
+    more and smaller ones batch fill (a group's shapes are its bucket's images of each shape).
+    """
+    return max(1, min(MAX_BUCKETS, rows // (MAX_WAIT_BATCHES * batch_size)))
+
+
+def image_bucket(image_id: str, buckets: int) -> int:
+    """A stable bucket of an image id (CRC-32, not ``hash()``: Python salts the hash of a str per process)."""
+    return zlib.crc32(image_id.encode("utf-8")) % buckets
 
 
 class ReadRowGroupsFn(beam.DoFn):
@@ -63,17 +76,19 @@ class ReadRowGroupsFn(beam.DoFn):
 
 
 class KeyRowsByImageFn(beam.DoFn):
-    """(image_id, image_bytes) per input row; rows without an image_id leave as rejects."""
+    """(bucket of image_id, (image_id, image_bytes)) per input row; rows without an image_id leave as rejects."""
 
-    def __init__(self):
+    def __init__(self, buckets: int = MAX_BUCKETS):
+        self.buckets = buckets
         self.rows_without_id = Metrics.counter(METRICS_NAMESPACE, "rejected/image_id_missing")
 
     def process(self, row: dict):
-        if row.get("image_id") is None:
+        image_id = row.get("image_id")
+        if image_id is None:
             self.rows_without_id.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id"))
             return
-        yield row["image_id"], row.get("image_bytes")
+        yield image_bucket(image_id, self.buckets), (image_id, row.get("image_bytes"))
 
 
 class _ResizingDoFn(beam.DoFn):
@@ -88,25 +103,58 @@ class _ResizingDoFn(beam.DoFn):
         return network_input_size(width, height, self.min_size, self.max_size)
 
 
-class KeyByPaddedShapeFn(_ResizingDoFn):
-    """One distinct image keyed by the shape its batch will be padded to, read from its header alone.
+class DistinctImagesByShapeFn(_ResizingDoFn):
+    """A group of the shuffle (the rows of a bucket of image ids) -> each distinct image once, ``(image_id, bytes)``,
+    in runs of one padded shape.
 
     ``detect_by_shape`` runs each padded shape of a RunInference batch apart, so an image's regions never
-    depend on its batch-mates; grouping the images by shape before decoding (``GroupIntoBatches``) keeps
-    those batches whole instead of split into one small detector call per shape. The key is a string;
-    unreadable headers share one (their decode rejects them).
+    depend on its batch-mates; RunInference batches consecutive elements, so runs of one shape keep its
+    batches whole instead of split into one small detector call per shape. The runs come from the local
+    runner's shape queues (``_batches``, up to ``batch_size`` images, a rare shape's cut short after
+    ``MAX_WAIT_BATCHES`` batches' worth of arrivals), keyed by the shape read from the header alone. At most
+    that many batches of images wait, still encoded (about 300 MB at batch 64 of 150 KB JPEGs), however large
+    the group.
+
+    An image is judged from any readable copy (the first to arrive). Its copies all come from row groups that
+    could not be read (``ReadRowGroupsFn`` gives a ``str`` saying why in place of the bytes): it comes last,
+    with that ``str``, and leaves as a ``row_group_unreadable`` reject.
     """
 
-    def __init__(self, min_size: int, max_size: int, divisible: int):
+    def __init__(self, min_size: int, max_size: int, divisible: int, batch_size: int):
         super().__init__(min_size, max_size)
-        self.divisible = divisible
+        self.divisible, self.batch_size = divisible, batch_size
 
-    def process(self, element: tuple[str, Iterable[bytes]]):
-        image_id, copies = element
-        data = _readable_copy(copies)
-        size = None if isinstance(data, str) else network_size_of(data, self._input_size)
-        key = "unreadable" if size is None else "{}x{}".format(*padded_size(size[1], size[0], self.divisible))
-        yield key, (image_id, [data])
+    def padded_shape_of(self, data: bytes | None) -> tuple[int, int] | None:
+        """The (height, width) an image's batch is padded to, from its header alone; None when it cannot be read
+        (its decode says why)."""
+        size = network_size_of(data, self._input_size)
+        return None if size is None else padded_size(size[1], size[0], self.divisible)
+
+    def process(self, element: tuple[int, Iterable[tuple[str, bytes | str | None]]]):
+        _, rows = element
+        unreadable: dict[str, str] = {}
+        # _batches queues the local runner's decoded pieces; here a piece is one image, still encoded
+        pieces = (DecodedBatch(0, [image_id], [data], []) for image_id, data in _first_readable(rows, unreadable))
+        for run in _batches(pieces, self.batch_size, lambda piece: None, key=self.padded_shape_of):
+            for pending in run:
+                yield pending.image_id, pending.input
+        yield from unreadable.items()
+
+
+def _first_readable(rows: Iterable[tuple[str, bytes | str | None]],
+                    unreadable: dict[str, str]) -> Iterator[tuple[str, bytes | None]]:
+    """The first copy of each image_id that is not a ``str`` (an unreadable row group's), as the rows arrive;
+    ``unreadable`` collects the ids met only as a ``str`` so far, with it."""
+    seen: set[str] = set()
+    for image_id, data in rows:
+        if image_id in seen:
+            continue
+        if isinstance(data, str):
+            unreadable.setdefault(image_id, data)
+            continue
+        seen.add(image_id)
+        unreadable.pop(image_id, None)
+        yield image_id, data
 
 
 class DecodeImagesFn(_ResizingDoFn):
@@ -116,10 +164,9 @@ class DecodeImagesFn(_ResizingDoFn):
         super().__init__(min_size, max_size)
         self.images_in = Metrics.counter(METRICS_NAMESPACE, "in")
 
-    def process(self, element: tuple[str, Iterable[bytes]]):
-        image_id, copies = element
+    def process(self, element: tuple[str, bytes | str | None]):
+        image_id, data = element
         self.images_in.inc()
-        data = _readable_copy(copies)
         if isinstance(data, str):  # its row group could not be read
             Metrics.counter(METRICS_NAMESPACE, "rejected/row_group_unreadable").inc()
             yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "row_group_unreadable", data,
@@ -185,26 +232,31 @@ def region_row(item: ImageRegions, detector_name: str) -> dict[str, Any]:
 
 
 class ExtractRegions(beam.PTransform):
-    """Rows with ``image_id`` + ``image_bytes`` to ``{"regions": rows, "rejected": rows}``, each distinct image once."""
+    """Rows with ``image_id`` + ``image_bytes`` to ``{"regions": rows, "rejected": rows}``, each distinct image once.
 
-    def __init__(self, options: FeatureOptions):
+    The image bytes cross one shuffle: the rows keyed by a bucket of their image_id (``buckets`` of them:
+    ``bucket_count`` of the input rows, ``MAX_BUCKETS`` when unknown), so all copies of an image meet in one
+    group, where each image is kept once and the images are ordered in runs of one padded shape for
+    RunInference's batches.
+    """
+
+    def __init__(self, options: FeatureOptions, buckets: int = MAX_BUCKETS):
         super().__init__()
         from model.detectors import input_sizes, size_divisible
 
         self.options = options
+        self.buckets = buckets
         self.sizes = input_sizes(options.detector, options.weights, options.detector_config)
         self.divisible = size_divisible(options.detector)
 
     def expand(self, rows):
-        keyed = rows | "KeyByImageId" >> beam.ParDo(KeyRowsByImageFn()).with_outputs(REJECTED, main="images")
+        keyed = rows | "KeyByImageBucket" >> beam.ParDo(KeyRowsByImageFn(self.buckets)).with_outputs(
+            REJECTED, main="images")
         decoded = (
             keyed.images
-            | "GroupByImageId" >> beam.GroupByKey()
-            | "KeyByPaddedShape" >> beam.ParDo(KeyByPaddedShapeFn(*self.sizes, self.divisible)).with_output_types(
-                beam.typehints.Tuple[str, beam.typehints.Any])  # the sharded grouping needs the key type
-            # sharded keys: the twenty-odd shapes of web images must not limit the pipeline to as many workers
-            | "BatchByShape" >> beam.GroupIntoBatches.WithShardedKey(self.options.batch_size)
-            | "Unbatch" >> beam.FlatMap(lambda batch: batch[1])
+            | "GroupByImageBucket" >> beam.GroupByKey()
+            | "DistinctImagesByShape" >> beam.ParDo(DistinctImagesByShapeFn(*self.sizes, self.divisible,
+                                                                            self.options.batch_size))
             | "DecodeImages" >> beam.ParDo(DecodeImagesFn(*self.sizes)).with_outputs(REJECTED, main="images")
         )
         rows_out = (
@@ -238,7 +290,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     _check_output_outside(dataset, known.output)
     files = schemas.list_parquet_files(dataset)
     # bad input stops here, before the workers start, with the file named; the work items are row groups
-    row_groups = [(file, group) for file in files for group in range(check_input_file(dataset, file).num_row_groups)]
+    row_groups, rows_in = [], 0
+    for file in files:
+        parquet = check_input_file(dataset, file)
+        row_groups += [(file, group) for group in range(parquet.num_row_groups)]
+        rows_in += parquet.metadata.num_rows
     prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"))
     feature_dim = feature_dim_of(options.detector, options.weights)
     attributes = attribute_count(options.detector, options.weights)  # the workers' detectors will predict them
@@ -254,7 +310,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         | "Spread" >> beam.Reshuffle()  # row groups, not files, are the unit of parallel work
         | "ReadInput" >> beam.ParDo(ReadRowGroupsFn(dataset))
     )
-    out = rows | "ExtractRegions" >> ExtractRegions(options)
+    out = rows | "ExtractRegions" >> ExtractRegions(options, bucket_count(rows_in, options.batch_size))
     out["regions"] | "WriteRegions" >> WriteToParquet(
         _join(known.output, "regions", SHARD_PREFIX), output_schema(feature_dim, attributes > 0),
         file_name_suffix=".parquet")

@@ -24,10 +24,13 @@ def _weights(tmp_path):
 def test_decode_fn_lifecycle_rejects_with_reason():
     fn = DecodeImagesFn(64, 96)
     good = encode(make_scene(0)[0])
-    (image_id_out, decoded), = list(fn.process(("a", [good, good])))
+    (image_id_out, decoded), = list(fn.process(("a", good)))
     assert image_id_out == "a" and decoded.pixels.shape[1] == 64
-    (rejected,), = [list(fn.process(("b", [b"junk"])))]
+    (rejected,), = [list(fn.process(("b", b"junk")))]
     assert rejected.tag == "rejected" and rejected.value["reason"] == "image_undecodable" and rejected.value["image_id"] == "b"
+    why = "part-0.parquet row group 2: bad page"  # what ReadRowGroupsFn gives for a row group it cannot read
+    (rejected,), = [list(fn.process(("c", why)))]
+    assert (rejected.value["reason"], rejected.value["detail"]) == ("row_group_unreadable", why)
 
 
 def test_extract_regions_transform(tmp_path):
@@ -112,46 +115,143 @@ def test_rerun_refuses_a_finished_output_and_clears_an_interrupted_one(tmp_path)
     assert not list((killed / "regions").glob("beam-temp-*"))
 
 
-def test_beam_regions_match_the_local_runner_on_mixed_shapes(tmp_path):
+def test_beam_matches_the_local_runner_on_duplicates_mixed_shapes_and_bad_rows(tmp_path, monkeypatch):
     """RunInference batches whatever arrives together; images of other padded shapes must not change an image's
-    regions, so Beam and `lait features` (which batches by shape) agree image for image."""
-    import numpy as np
+    regions, so Beam and `lait features` (which batches by shape) agree image for image. Copies of an image in one
+    row group, in two row groups and in two files are one image; rows without an id, without bytes (null or
+    empty) or with undecodable bytes leave with the same reasons; the books (in, kept, rejected by reason) agree."""
+    from collections import Counter
 
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pipeline import features_beam
     from pipeline.features import extract_regions
 
     weights = _weights(tmp_path)
-    sizes = [(64 + i, 64 + i) if i % 2 else (88 + 3 * i, 64) for i in range(7)] + [(64, 100)]
-    write_pairs(tmp_path / "filter", [encode(make_scene(i, size)[0]) for i, size in enumerate(sizes)], duplicate_first=False)
-    run(["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "beam"), "--detector", "demo",
-         "--weights", weights, "--min-boxes", "2", "--max-boxes", "5", "--batch-size", "8"] + DIRECT)
-    extract_regions(str(tmp_path / "filter"), str(tmp_path / "local"),
-                    FeatureOptions(detector="demo", weights=weights, num_workers=0, batch_size=8, min_boxes=2, max_boxes=5))
+    sizes = [(64 + i, 64 + i) if i % 2 else (88 + 3 * i, 64) for i in range(7)] + [(64, 100), (200, 64)]
+    images = [encode(make_scene(i, size)[0]) for i, size in enumerate(sizes)]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    images.append(encode(make_scene(9, (120, 80))[0], "JPEG", exif=exif.tobytes()))
+    a, b, c, d, e, f, g, h, i, rotated = ((image_id(data), data) for data in images)
+    bad = [(None, images[3]), ("junk", b"junk"), ("empty", b""), ("missing", None)]
+    files = {"part-00000.parquet": [a, b, b, c, a, bad[0], d, bad[1], bad[2], e, f, bad[3]],  # row groups of 3
+             "part-00001.parquet": [a, g, bad[1], h, i, c, rotated]}
+    for name, rows in files.items():
+        (tmp_path / "filter").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"image_id": pa.array([r[0] for r in rows], pa.string()),
+                                 "image_bytes": pa.array([r[1] for r in rows], pa.binary())}),
+                       tmp_path / "filter" / name, row_group_size=3)
+    monkeypatch.setattr(features_beam, "bucket_count", lambda rows, batch_size: 3)  # a few groups, not one
+    beam_stats = run(["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "beam"), "--detector", "demo",
+                      "--weights", weights, "--min-boxes", "2", "--max-boxes", "5", "--batch-size", "4"] + DIRECT)
+    local_stats = extract_regions(str(tmp_path / "filter"), str(tmp_path / "local"),
+                                  FeatureOptions(detector="demo", weights=weights, num_workers=0, batch_size=4,
+                                                 min_boxes=2, max_boxes=5))
+    books = ("in", "kept", "rejected", "rejected_by_reason")
+    assert {k: beam_stats[k] for k in books} == {k: local_stats[k] for k in books} == {
+        "in": 14, "kept": 10, "rejected": 4,
+        "rejected_by_reason": {"image_id_missing": 1, "image_undecodable": 1, "image_missing": 2}}
+    beam_rejected, local_rejected = (Counter((r["image_id"], r["reason"]) for r in schemas.read_table(
+        str(tmp_path / name / "rejected"), "rejected").to_pylist()) for name in ("beam", "local"))
+    assert beam_rejected == local_rejected == Counter({(None, "image_id_missing"): 1, ("junk", "image_undecodable"): 1,
+                                                       ("empty", "image_missing"): 1, ("missing", "image_missing"): 1})
     beam_rows, local_rows = ({row["image_id"]: row for row in schemas.read_table(str(tmp_path / name / "regions"),
                                                                                   "regions").to_pylist()}
                              for name in ("beam", "local"))
-    assert beam_rows.keys() == local_rows.keys() and len(beam_rows) == len(sizes)
+    assert schemas.read_table(str(tmp_path / "beam" / "regions"), "regions").num_rows == len(beam_rows) == 10
+    assert beam_rows.keys() == local_rows.keys() == {image_id(data) for data in images}
     for image, row in beam_rows.items():
-        assert row["class_ids"] == local_rows[image]["class_ids"], image
-        np.testing.assert_allclose(row["boxes"], local_rows[image]["boxes"], atol=1e-3)
+        local = local_rows[image]
+        assert (row["image_width"], row["image_height"], row["class_ids"]) == (
+            local["image_width"], local["image_height"], local["class_ids"]), image
+        np.testing.assert_allclose(row["boxes"], local["boxes"], atol=1e-3)
+        np.testing.assert_allclose(row["features"], local["features"], atol=1e-2)
 
 
-def test_key_by_padded_shape_reads_only_the_header():
-    """The shape key before decoding: network size from the header (EXIF orientation applied), padded."""
+def test_padded_shape_reads_only_the_header():
+    """The shape an image's batch is padded to, before decoding: network size from the header (EXIF orientation
+    applied), padded."""
     from PIL import Image
 
-    from pipeline.features_beam import KeyByPaddedShapeFn
+    from pipeline.features_beam import DistinctImagesByShapeFn
 
-    fn = KeyByPaddedShapeFn(64, 96, 32)
+    fn = DistinctImagesByShapeFn(64, 96, 32, batch_size=2)
     wide, square = encode(make_scene(0, (120, 80))[0]), encode(make_scene(1, (70, 70))[0])
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown portrait
     rotated = encode(make_scene(2, (120, 80))[0], "JPEG", exif=exif.tobytes())
-    keys = {name: next(iter(fn.process((name, [data, data]))))
-            for name, data in (("wide", wide), ("square", square), ("rotated", rotated), ("junk", b"junk"))}
     # 120 x 80 -> 96 x 64 (long side capped), padded 64 high x 96 wide; 70 x 70 -> 64 x 64; rotated: 96 x 64 high
-    assert {name: key for name, (key, _) in keys.items()} == {
-        "wide": "64x96", "square": "64x64", "rotated": "96x64", "junk": "unreadable"}
-    assert keys["wide"][1] == ("wide", [wide])  # one copy of the bytes goes on
+    assert [fn.padded_shape_of(data) for data in (wide, square, rotated, b"junk", b"", None)] == [
+        (64, 96), (64, 64), (96, 64), None, None, None]
+
+
+def test_distinct_images_by_shape_emits_each_image_once_in_runs_of_one_shape():
+    """A group of the shuffle: every copy after an image's first readable one is dropped, and the images leave in
+    runs of ``batch_size`` of one padded shape (a shape's leftovers after the runs), so RunInference's batches of
+    consecutive elements mostly hold one shape; an image met only in unreadable row groups comes last, with why."""
+    from pipeline.features_beam import DistinctImagesByShapeFn
+
+    fn = DistinctImagesByShapeFn(64, 96, 32, batch_size=2)
+    sizes = {"w": (120, 80), "s": (70, 70), "t": (80, 120)}  # padded 64 x 96, 64 x 64, 96 x 64
+    data = {f"{kind}{i}": encode(make_scene(i, size)[0]) for kind, size in sizes.items() for i in range(1, 6)}
+    gone = "part-1.parquet row group 0: bad page"
+    order = ["w1", "s1", "w2", "w1", "t1", "w3", "s2", "w4", "w2", "t2", "w5", "s3", "t1"]
+    rows = [(name, data[name]) for name in order]
+    rows[5:5] = [("lost", gone), ("saved", gone), ("junk", b"junk"), ("lost", gone), ("junk", b"junk")]
+    rows += [("saved", data["t3"]), ("w3", gone), ("empty", b"")]
+    out = list(fn.process((7, iter(rows))))
+    assert sorted(name for name, _ in out) == sorted(set(order) | {"lost", "saved", "junk", "empty"})
+    assert out[-1] == ("lost", gone) and dict(out)["saved"] == data["t3"] and dict(out)["w3"] == data["w3"]
+    shapes = [fn.padded_shape_of(image) for _, image in out[:-1]]
+    w, s, t = (64, 96), (64, 64), (96, 64)
+    assert shapes == [w, w, s, s, w, w, t, t, None, None, w, s, t]  # runs of 2 as they fill, then the leftovers
+
+
+def test_extract_regions_shuffles_the_image_bytes_once():
+    """ExtractRegions groups the rows once (by a bucket of their image_id, all copies together) and nothing else
+    shuffles them: no GroupByKey, GroupIntoBatches, Reshuffle or stateful DoFn besides that one."""
+    from apache_beam.pipeline import PipelineVisitor
+    from apache_beam.transforms import userstate
+
+    shuffles = (beam.GroupByKey, beam.GroupIntoBatches, beam.GroupIntoBatches.WithShardedKey, beam.Reshuffle,
+                beam.transforms.util.ReshufflePerKey, beam.CoGroupByKey, beam.CombinePerKey)
+
+    class Shuffles(PipelineVisitor):
+        def __init__(self):
+            self.labels = []
+
+        def enter_composite_transform(self, node):
+            self.visit_transform(node)
+
+        def visit_transform(self, node):
+            transform = node.transform
+            stateful = isinstance(transform, beam.ParDo) and userstate.is_stateful_dofn(transform.dofn)
+            if node.full_label.startswith("ExtractRegions/") and (isinstance(transform, shuffles) or stateful):
+                self.labels.append(node.full_label)
+
+    pipeline = beam.Pipeline(options=PipelineOptions(DIRECT))
+    rows = pipeline | beam.Create([{"image_id": "a", "image_bytes": b"junk"}])
+    rows | "ExtractRegions" >> ExtractRegions(FeatureOptions(detector="demo", batch_size=4))
+    visitor = Shuffles()
+    pipeline.visit(visitor)
+    # a shuffle's own parts (a Reshuffle's GroupByKey) are not another one
+    outermost = [label for label in visitor.labels
+                 if not any(label.startswith(f"{other}/") for other in visitor.labels)]
+    assert outermost == ["ExtractRegions/GroupByImageBucket"]
+
+
+def test_bucket_count_and_stable_buckets():
+    """One bucket per 32 batches of rows, 1 to 1,024; an id's bucket is CRC-32's, the same in every process
+    (``hash()`` of a str is not)."""
+    from pipeline.features_beam import bucket_count, image_bucket
+
+    assert [bucket_count(rows, 64) for rows in (0, 2047, 4096, 10 ** 6, 10 ** 9)] == [1, 1, 2, 488, 1024]
+    assert [image_bucket(image_id(bytes([i])), 1024) for i in range(4)] == [391, 16, 358, 224]
+    assert len({image_bucket(image_id(bytes([i])), 16) for i in range(200)}) == 16
 
 
 def test_the_local_runner_refuses_a_beam_output_finished_or_killed(tmp_path, capsys):
