@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/lait-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
-STEPS=" ${STEPS:-train eval vg selection} "  # which steps run (coco: add it when time allows)
+STEPS=" ${STEPS:-train eval vg selection} "  # which steps run (coco, mix, buckets: add them when time allows)
 step() { [[ $STEPS == *" $1 "* ]]; }
 { nvidia-smi -L; nproc; $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 # training + eval, BERT-base, batch 512, bf16 (variants: bench_train.py --help), most wanted first (the JSON is
@@ -61,4 +61,8 @@ step mix && timeout "${MIX_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${co
 # box selection for a batch of 64 at once against image by image: time and host reads (syncs) per batch
 step selection && timeout "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
     --json "$OUT/selection.json" 2>&1 | tee "$OUT/selection.log"
+# length buckets against random batches on the real training path (BERT-base, eager bf16: compiled, each of the
+# eight bucket shapes compiles first); not in the default steps, add it when time allows
+step buckets && timeout "${BUCKETS_TIMEOUT:-150}" $PY benchmarks/bench_buckets.py --preset base --device cuda \
+    --batch-size 256 --steps 30 --images 3000 --repeats 1 --json "$OUT/buckets.json" 2>&1 | tee "$OUT/buckets.log"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"

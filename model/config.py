@@ -135,6 +135,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     num_workers: int = 0
     shuffle_buffer: int = 2048
+    # [text, regions]: batch examples of about one caption length and region count, in that many evenly
+    # spaced length buckets each way ([2, 4]: captions up to 20 or 40 tokens, 25/50/75/100 regions), so a
+    # batch pads to its bucket, not to the longest of a random batch; compiled, one graph per bucket.
+    # None: random batches (the paper's setting).
+    length_buckets: list | None = None
     log_every: int = 10
     checkpoint_every: int = 0  # steps; 0 = at the end of each stage only
     # Masking and sampling, as in the paper.
@@ -310,6 +315,12 @@ def train_config_from_dict(data: dict) -> TrainConfig:
         raise ConfigError(f"precision: {config.precision!r} is not auto, bf16 or fp32")
     if config.masking not in ("bernoulli", "exact"):
         raise ConfigError(f"masking: {config.masking!r} is not bernoulli or exact")
+    if config.length_buckets is not None:
+        buckets = config.length_buckets
+        if (not isinstance(buckets, list) or len(buckets) != 2
+                or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets)):
+            raise ConfigError(f"length_buckets: {buckets!r}, need [text buckets, region buckets], two whole "
+                              f"numbers >= 1 (or null for random batches)")
     if config.compile_scope not in ("auto", "trunk", "model"):
         raise ConfigError(f"compile_scope: {config.compile_scope!r} is not auto, trunk or model")
     if config.compile and config.compile_scope == "model" and config.pretrain and config.masking != "exact":

@@ -402,28 +402,82 @@ def collate_text(token_ids: list[list[int]], special_masks: list[list[int]], pad
 
 
 class Collate:
-    """Batch examples of ``PairStream`` (picklable, so DataLoader workers can run it)."""
+    """Batch examples of ``PairStream`` (picklable, so DataLoader workers can run it).
+
+    Given a ``(ceilings, examples)`` batch of ``LengthBuckets``, a fixed-shape collate (``text_len`` and
+    ``regions_len`` set) pads to the bucket's ceilings instead of the maxima.
+    """
 
     def __init__(self, pad_id: int = 0, text_len: int | None = None, regions_len: int | None = None):
         self.pad_id, self.text_len, self.regions_len = pad_id, text_len, regions_len
 
-    def __call__(self, examples: list[dict]) -> dict:
+    def __call__(self, examples: list[dict] | tuple[tuple[int, int], list[dict]]) -> dict:
+        text_len, regions_len = self.text_len, self.regions_len
+        if isinstance(examples, tuple):
+            ceilings, examples = examples
+            if text_len is not None:
+                text_len, regions_len = ceilings
         batch = collate_text([e["input_ids"] for e in examples], [e["special_mask"] for e in examples],
-                             self.pad_id, self.text_len)
-        batch.update(collate_regions([e["image"] for e in examples], self.regions_len))
+                             self.pad_id, text_len)
+        batch.update(collate_regions([e["image"] for e in examples], regions_len))
         batch["caption_keys"] = torch.tensor([stable_key(e["caption_id"]) for e in examples], dtype=torch.long)
         return batch
+
+
+def bucket_ceilings(limit: int, count: int) -> list[int]:
+    """``count`` evenly spaced ceilings up to ``limit`` (``limit`` 100 in 4: 25, 50, 75, 100)."""
+    return sorted({max(1, -(-limit * (index + 1) // count)) for index in range(count)})
+
+
+class LengthBuckets(IterableDataset):
+    """Batches of ``PairStream`` examples of about one caption length and region count.
+
+    Each example goes to the bucket of the smallest (text, regions) ceilings it fits; a bucket that holds
+    ``batch_size`` examples leaves as one batch, ``((text ceiling, region ceiling), examples)``. A batch
+    then pads to its bucket's ceilings (fixed shapes: a compiled step sees one shape per bucket) or to its
+    own longest member, instead of the longest of a random batch. A finite stream ends with the partly
+    filled buckets, smallest first; an endless one carries them into the next epoch, so no example is
+    left out. The order depends only on the stream's, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, stream: PairStream, batch_size: int, text_ceilings: list[int], region_ceilings: list[int]):
+        self.stream, self.batch_size = stream, batch_size
+        self.text_ceilings, self.region_ceilings = text_ceilings, region_ceilings
+
+    def _ceiling(self, ceilings: list[int], length: int) -> int:
+        return next((c for c in ceilings if length <= c), ceilings[-1])
+
+    def __iter__(self) -> Iterator[tuple[tuple[int, int], list[dict]]]:
+        buckets: dict[tuple[int, int], list[dict]] = {}
+        for example in self.stream:
+            key = (self._ceiling(self.text_ceilings, len(example["input_ids"])),
+                   self._ceiling(self.region_ceilings, len(example["image"].features)))
+            bucket = buckets.setdefault(key, [])
+            bucket.append(example)
+            if len(bucket) == self.batch_size:
+                yield key, buckets.pop(key)
+        for key in sorted(buckets):  # only a finite stream gets here
+            yield key, buckets[key]
 
 
 def make_loader(datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig, batch_size: int,
                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                 shuffle_buffer: int = 2048, fixed_shapes: bool = False, infinite: bool = True,
-                pin_memory: bool = False) -> DataLoader:
-    """A DataLoader of collated training batches (fixed shapes pad to the maxima, for torch.compile)."""
+                pin_memory: bool = False, length_buckets: list[int] | None = None) -> DataLoader:
+    """A DataLoader of collated training batches (fixed shapes pad to the maxima, for torch.compile).
+
+    ``length_buckets`` ``[text, regions]``: batches of examples of about one length (``LengthBuckets``,
+    that many evenly spaced ceilings each way), padded to their bucket's ceilings with fixed shapes.
+    """
     stream = PairStream(datasets, tokenizer_json, model_config, seed=seed, rank=rank, world_size=world_size,
                         shuffle_buffer=shuffle_buffer, infinite=infinite)
     collate = Collate(model_config.pad_token_id, model_config.max_text_len if fixed_shapes else None,
                       model_config.max_regions if fixed_shapes else None)
+    prefetch = 4 if num_workers else None
+    if length_buckets:
+        buckets = LengthBuckets(stream, batch_size, bucket_ceilings(model_config.max_text_len, length_buckets[0]),
+                                bucket_ceilings(model_config.max_regions, length_buckets[1]))
+        return DataLoader(buckets, batch_size=None, collate_fn=collate, num_workers=num_workers,
+                          persistent_workers=False, pin_memory=pin_memory, prefetch_factor=prefetch)
     return DataLoader(stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
-                      drop_last=infinite, persistent_workers=False, pin_memory=pin_memory,
-                      prefetch_factor=4 if num_workers else None)
+                      drop_last=infinite, persistent_workers=False, pin_memory=pin_memory, prefetch_factor=prefetch)

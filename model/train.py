@@ -356,6 +356,11 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                                           find_unused_parameters=unused)
     model.fused_norm = config.fused_norm  # before compiling: the graph is traced with the fused steps
+    if config.compile and config.length_buckets:  # one static graph per bucket shape, and a spare
+        import torch._dynamo.config as dynamo_config
+
+        shapes = config.length_buckets[0] * config.length_buckets[1]
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, shapes + 1)
     # LayerNorms opaque to the compiler while training: inductor's fused LayerNorm backward was the
     # costliest kernel of a compiled step (benchmarks/RESULTS_train.md).
     if config.compile and resolved_compile_scope(config) == "model" and "_compiled_forward" not in model.__dict__:
@@ -367,7 +372,8 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     loader = make_loader(stage.datasets, tokenizer_json, model.config, stage.batch_size,
                          seed=derived_seed(config.seed, stage_index), rank=runtime.rank, world_size=runtime.world_size,
                          num_workers=config.num_workers, shuffle_buffer=config.shuffle_buffer,
-                         fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda")
+                         fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda",
+                         length_buckets=config.length_buckets)
     batches = iter(loader)
     # Exact resume: the stream is deterministic, so skipping the consumed batches restores the position.
     for _ in range(start * config.grad_accum):

@@ -12,8 +12,8 @@ import torch
 import schemas
 from imagebert_testlib import REPO
 from model.config import DatasetConfig
-from model.data import (Collate, PairStream, dataset_report, feature_dim_of, location_vectors, make_loader,
-                        num_classes_of)
+from model.data import (Collate, LengthBuckets, PairStream, bucket_ceilings, dataset_report, feature_dim_of,
+                        location_vectors, make_loader, num_classes_of)
 from model.tokenizer import special_ids, train_wordpiece
 from imagebert_testlib import tiny_config
 
@@ -70,6 +70,92 @@ def test_stream_order_depends_on_the_seed_only(synth_dir):
 
     assert first_batch(1) == first_batch(1)
     assert first_batch(1) != first_batch(2)
+
+
+def _ragged_dataset(tmp_path, images=40):
+    """Images of 1 to 16 regions, each with one caption of 1 to 12 words."""
+    rng = np.random.default_rng(5)
+    counts = rng.integers(1, 17, images)
+    rows = [_region_row(f"img{i:03d}", int(n)) for i, n in enumerate(counts)]
+    _write_regions(str(tmp_path / "regions" / "part-00000.parquet"), rows)
+    words = ["red", "circle", "left", "of", "blue", "square"]
+    captions = [{"caption_id": f"c{i:03d}", "image_id": f"img{i:03d}", "split": "train",
+                 "caption": " ".join(words[j % 6] for j in range(int(rng.integers(1, 13))))} for i in range(images)]
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "part-00000.parquet"),
+                        "captions")
+    return [DatasetConfig(str(tmp_path / "regions"), str(tmp_path / "captions"), "train")], dict(zip(
+        [c["caption_id"] for c in captions], counts.tolist()))
+
+
+def test_bucket_ceilings_are_evenly_spaced_up_to_the_limit():
+    assert bucket_ceilings(100, 4) == [25, 50, 75, 100]
+    assert bucket_ceilings(40, 2) == [20, 40]
+    assert bucket_ceilings(10, 3) == [4, 7, 10]
+    assert bucket_ceilings(7, 1) == [7]
+    assert bucket_ceilings(2, 4) == [1, 2]  # more buckets than lengths: one per length
+
+
+def test_length_buckets_batch_like_lengths_and_pad_to_their_ceiling(tmp_path):
+    config = tiny_config(feature_dim=4, max_regions=16, num_classes=20)  # max_text_len 12: text buckets of 6 and 12
+    datasets, region_counts = _ragged_dataset(tmp_path)
+    tokenizer_json = _tokenizer_json()
+    text_ceilings, region_ceilings = bucket_ceilings(config.max_text_len, 2), bucket_ceilings(16, 4)
+    seen = []
+    for batch in make_loader(datasets, tokenizer_json, config, 4, infinite=False, fixed_shapes=True,
+                             shuffle_buffer=8, length_buckets=[2, 4]):
+        text_len, regions_len = batch["input_ids"].shape[1], batch["region_mask"].shape[1]
+        assert text_len in text_ceilings and regions_len in region_ceilings
+        lengths, counts = batch["text_mask"].sum(1), batch["region_mask"].sum(1)
+        assert int(lengths.max()) <= text_len and int(counts.max()) <= regions_len
+        floor_text = max([c for c in text_ceilings if c < text_len], default=0)
+        floor_regions = max([c for c in region_ceilings if c < regions_len], default=0)
+        assert bool((lengths > floor_text).all()) and bool((counts > floor_regions).all()), "the smallest bucket fits"
+        seen.extend(batch["caption_keys"].tolist())
+    assert sorted(seen) == sorted(batch_keys_of(make_loader(datasets, tokenizer_json, config, 4, infinite=False)))
+    assert len(seen) == len(region_counts), "a finite pass gives every example once, the partly filled buckets too"
+    # Eager (no fixed shapes): like examples still batch together, each batch trimmed to its longest member.
+    eager = list(make_loader(datasets, tokenizer_json, config, 4, infinite=False, shuffle_buffer=8,
+                             length_buckets=[2, 4]))
+    assert sum(b["region_mask"].numel() for b in eager) < sum(
+        b["region_mask"].numel() for b in make_loader(datasets, tokenizer_json, config, 4, infinite=False,
+                                                      shuffle_buffer=8))
+    for batch in eager:
+        assert batch["region_mask"].shape[1] == int(batch["region_mask"].sum(1).max())
+
+
+def batch_keys_of(loader):
+    return [key for batch in loader for key in batch["caption_keys"].tolist()]
+
+
+def test_length_buckets_in_an_endless_stream_are_full_deterministic_and_leave_no_example_out(tmp_path):
+    config = tiny_config(feature_dim=4, max_regions=16, num_classes=20)
+    datasets, region_counts = _ragged_dataset(tmp_path)
+    tokenizer_json = _tokenizer_json()
+
+    def first(count, seed=1, workers=0):
+        batches = iter(make_loader(datasets, tokenizer_json, config, 4, seed=seed, shuffle_buffer=8,
+                                   length_buckets=[2, 4], num_workers=workers))
+        return [next(batches)["caption_keys"].tolist() for _ in range(count)]
+
+    run = first(30)  # 120 examples: three epochs of 40
+    assert all(len(keys) == 4 for keys in run), "an endless stream leaves only full batches"
+    assert run == first(30), "the same seed gives the same batches (what an exact resume replays)"
+    assert run != first(30, seed=2)
+    used = [key for keys in run for key in keys]
+    # 120 examples left in full batches, while the buckets hold up to 8 x 3 more: the stream was read
+    # between 3 and 3.6 epochs, so every example has left at least twice and none more than four times.
+    counts = {key: used.count(key) for key in set(used)}
+    assert len(counts) == len(region_counts) and 2 <= min(counts.values()) and max(counts.values()) <= 4
+    two_workers = first(30, workers=2)  # each worker buckets its own share of the row groups
+    assert all(len(keys) == 4 for keys in two_workers)
+    assert {key for keys in two_workers for key in keys} == set(counts)
+
+
+def test_length_buckets_hand_the_collate_its_bucket():
+    examples = [{"input_ids": [2, 7, 3], "special_mask": [1, 0, 1], "caption_id": "a",
+                 "image": type("Image", (), {"features": np.ones((2, 4), np.float16)})()}]
+    stream = LengthBuckets(examples, 2, [4, 8], [5, 10])
+    assert [(key, [e["caption_id"] for e in batch]) for key, batch in stream] == [((4, 5), ["a"])]
 
 
 def test_stream_order_does_not_follow_the_files_row_order(tmp_path):

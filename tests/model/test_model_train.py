@@ -38,10 +38,11 @@ def _losses(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}
 
 
-@pytest.mark.parametrize("masking", ["bernoulli", "exact"])
-def test_resume_is_exact(synth_dir, tmp_path, masking):
+@pytest.mark.parametrize("masking, buckets", [("bernoulli", None), ("exact", None), ("exact", [2, 2])])
+def test_resume_is_exact(synth_dir, tmp_path, masking, buckets):
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
-    config = load_config(base=_base(synth_dir, full_dir, checkpoint_every=2, num_workers=1, masking=masking))
+    config = load_config(base=_base(synth_dir, full_dir, checkpoint_every=2, num_workers=1, masking=masking,
+                                    length_buckets=buckets))
     config.finetune.loss, config.finetune.dual_encoder = "triplet", 0.5
     train(config)
     checkpoint = os.path.join(full_dir, "checkpoints", "stage1-step2.pt")
@@ -49,7 +50,8 @@ def test_resume_is_exact(synth_dir, tmp_path, masking):
     assert state["step"] == 2 and not state["stage_done"] and "optimizer" in state and "scheduler" in state
     assert state["data"]["batches"] == 2 and isinstance(state["tokenizer"], str)
 
-    resumed = load_config(base=_base(synth_dir, resumed_dir, checkpoint_every=2, num_workers=1, masking=masking))
+    resumed = load_config(base=_base(synth_dir, resumed_dir, checkpoint_every=2, num_workers=1, masking=masking,
+                                     length_buckets=buckets))
     resumed.finetune.loss, resumed.finetune.dual_encoder = "triplet", 0.5
     train(resumed, resume=checkpoint)
     full_log = _log(os.path.join(full_dir, "logs", "stage1.csv"))
@@ -195,6 +197,25 @@ def test_exact_masking_with_the_whole_model_compiled(synth_dir, tmp_path):
             assert 0 < float(row[task]) < 100, (task, row)
     finetune_log = _log(os.path.join(tmp_path, "logs", "finetune.csv"))
     assert all(0 < float(row["binary"]) < 10 for row in finetune_log.values())
+
+
+def test_length_buckets_compile_one_static_graph_per_bucket(synth_dir, tmp_path, monkeypatch):
+    """Synthetic images hold 2 to 5 regions: with buckets of up to 4 and up to 8 regions, the compiled step
+    meets two shapes, each a graph of its own, and trains through them. (Traced by AOTAutograd without
+    inductor's code generation, which the test above covers: minutes on two cores for each new shape.)"""
+    from torch._dynamo.utils import counters
+
+    from model.imagebert import ImageBert
+
+    compile_model = ImageBert.compile_model
+    monkeypatch.setattr(ImageBert, "compile_model", lambda self, opaque_layer_norm=False, **options: compile_model(
+        self, opaque_layer_norm, **options, backend="aot_eager"))
+    config = load_config(base=_base(synth_dir, str(tmp_path), masking="exact", compile=True, length_buckets=[1, 2]))
+    config.pretrain[0].steps, config.pretrain[0].batch_size, config.finetune = 6, 4, None
+    before = counters["stats"]["unique_graphs"]
+    train(config)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    assert sorted(_log(os.path.join(tmp_path, "logs", "stage1.csv"))) == [1, 2, 3, 4, 5, 6]
 
 
 def test_config_counts_types_and_overrides_fail_with_the_key(synth_dir, tmp_path):
