@@ -1,11 +1,13 @@
 """The crawl's run folder: ``candidates/`` and ``rejected/`` Parquet shards and ``stats.json``.
 
 Shared by the spider's item pipeline and the WARC reader. Rows are buffered and written as complete
-shards; a resumed crawl appends new shards and never writes a row it already wrote.
+shards; a resumed crawl appends new shards and never writes a row it already wrote. A crawl's last step,
+``reconcile``, removes the rejected rows a later run's outcome superseded, so each record has one row.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +24,13 @@ REJECTED = "rejected"
 STATS_FILE = "stats.json"
 #: The reason of a reference that repeats a candidate already seen (same page, image and text).
 DUPLICATE = "duplicate_candidate"
+#: Reference rejects decided from the page's HTML alone. Each is a record of its own, never superseded:
+#: it may share its candidate_id with a kept reference of the page (the id leaves figcaption out, so
+#: ``<img src=x alt="">`` and ``<figure><img src=x><figcaption>`` are one id).
+OWN_RECORD_REASONS = frozenset({DUPLICATE, "decorative_image", "no_text"})
+#: Reference rejects without a candidate_id (no usable image URL to hash it from). Every other row
+#: without one is a page's (a page that could not be fetched or parsed).
+REFERENCE_REASONS_WITHOUT_ID = frozenset({"no_image_url", "data_uri", "invalid_url"})
 
 
 class OutputFolderError(OSError):
@@ -56,6 +65,57 @@ def reject_key(row: dict[str, Any]) -> tuple:
     return (row.get("reason"), row.get("page_url"), row.get("image_url"), row.get("candidate_id"))
 
 
+def _outcome_of(candidate_id: str | None, page_url: str | None, reason: str | None) -> tuple[str, str] | None:
+    """The record a rejected row gives the outcome of, as ("candidate", id) or ("page", url); None for a
+    row that a later outcome never supersedes (``OWN_RECORD_REASONS``, reference rows without an id)."""
+    if candidate_id:
+        return None if reason in OWN_RECORD_REASONS else ("candidate", candidate_id)
+    if not page_url or reason in REFERENCE_REASONS_WITHOUT_ID:
+        return None
+    return ("page", page_url)
+
+
+@dataclasses.dataclass
+class RunOutcomes:
+    """What one crawl run decided, by record, for ``reconcile``: the reasons it gave each candidate and page
+    (rows written or already on disk alike) and the pages it fetched and parsed."""
+
+    candidates: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    pages: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    fetched_pages: set[str] = dataclasses.field(default_factory=set)
+
+    def add_reject(self, row: dict[str, Any]) -> None:
+        """Note a rejected row of this run (rows that are never superseded are left out)."""
+        record = _outcome_of(row.get("candidate_id"), row.get("page_url"), row.get("reason"))
+        if record is not None:
+            kind, key = record
+            (self.candidates if kind == "candidate" else self.pages).setdefault(key, set()).add(row["reason"])
+
+    def update(self, other: "RunOutcomes") -> None:
+        """Add another process's outcomes of the same run."""
+        for mine, theirs in ((self.candidates, other.candidates), (self.pages, other.pages)):
+            for key, reasons in theirs.items():
+                mine.setdefault(key, set()).update(reasons)
+        self.fetched_pages.update(other.fetched_pages)
+
+    def save(self, path: str) -> None:
+        """Write them as JSON, atomically (a crawl process hands them to ``lait crawl`` this way)."""
+        data = {"candidates": {k: sorted(v) for k, v in self.candidates.items()},
+                "pages": {k: sorted(v) for k, v in self.pages.items()}, "fetched_pages": sorted(self.fetched_pages)}
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".outcomes.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "RunOutcomes":
+        """Outcomes that ``save`` wrote."""
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return cls({k: set(v) for k, v in data["candidates"].items()}, {k: set(v) for k, v in data["pages"].items()},
+                   set(data["fetched_pages"]))
+
+
 def _existing(path: str, kind: str, columns: list[str]) -> Iterator[dict[str, Any]]:
     try:
         files = schemas.list_parquet_files(path)
@@ -81,7 +141,9 @@ class CrawlOutput:
     record gets its row. A candidate that repeats one of this run (the same image with the same text
     twice on a page) becomes a ``duplicate_candidate`` reject. Rejects are counted per key, since
     several references of one page may share it (two ``data:`` images): a rerun skips as many rows
-    of a key as the folder already holds and writes the rest.
+    of a key as the folder already holds and writes the rest. A reject of a candidate already kept is
+    not written (a kept candidate stays kept), and ``outcomes`` notes every reject of the run for
+    ``reconcile``.
     """
 
     def __init__(self, out_dir: str, rows_per_shard: int = 500, rejected_rows_per_shard: int = 20000,
@@ -97,6 +159,7 @@ class CrawlOutput:
         self.resumed_rows = len(self.candidate_ids) + sum(self.reject_keys.values())
         self.seen_candidates: set[str] = set()  # candidate ids of this run
         self.written = collections.Counter()
+        self.outcomes = RunOutcomes()
 
     def add_candidate(self, row: dict[str, Any]) -> str | None:
         """Buffer a candidate row. Returns what was written: ``CANDIDATES``, ``REJECTED`` (a repeat of a
@@ -114,9 +177,16 @@ class CrawlOutput:
         self.written["candidates"] += 1
         return CANDIDATES
 
+    def already_kept(self, row: dict[str, Any]) -> bool:
+        """Whether a rejected row is the outcome of a candidate kept on disk or in this run (not written)."""
+        return row.get("candidate_id") in self.candidate_ids and row.get("reason") not in OWN_RECORD_REASONS
+
     def add_rejected(self, row: dict[str, Any]) -> bool:
-        """Buffer a rejected row (stage ``crawl``); False when the folder already held it."""
+        """Buffer a rejected row (stage ``crawl``); False when the folder already held it or kept its candidate."""
         row = dict(row, stage=STAGE)
+        if self.already_kept(row):
+            return False
+        self.outcomes.add_reject(row)
         key = reject_key(row)
         if self.reject_keys[key] > 0:
             self.reject_keys[key] -= 1
@@ -132,6 +202,85 @@ class CrawlOutput:
 
     def close(self) -> None:
         self.flush()
+
+
+def _shard_age(path: str) -> tuple[int, str]:
+    """Sort key of shards, oldest first: when the rows were written (a rewrite keeps it), then the name."""
+    return os.stat(path).st_mtime_ns, path
+
+
+def reconcile(out_dir: str, outcomes: RunOutcomes) -> int:
+    """Remove the rejected rows that a later outcome superseded; return how many were removed.
+
+    Run once at the end of a crawl, after every crawl process has flushed, with the run's ``outcomes``.
+    A reject of a candidate that is now kept goes. Of a candidate's rejects with different reasons, the
+    reasons this run gave win; a candidate this run did not reach keeps its newest shard's reason. A
+    page's row (could not be fetched or parsed) goes once the page's references have rows or this run
+    fetched it; otherwise, like a candidate's, this run's reason or the newest wins. ``OWN_RECORD_REASONS``
+    rows and reference rows without an id stay. Only affected shards are rewritten, each atomically (a
+    temporary file beside it, then a rename); a shard left empty is removed. Only ids, URLs and reasons
+    are read, never image bytes.
+    """
+    if "://" in out_dir:  # the spider writes to a local folder (``lait crawl`` passes an absolute path)
+        logger.warning("%s is not a local folder: rejects superseded by a later run are not removed", out_dir)
+        return 0
+    rejected_dir = os.path.join(out_dir, REJECTED)
+    try:
+        shards = sorted(schemas.list_parquet_files(rejected_dir), key=_shard_age)
+    except FileNotFoundError:
+        return 0
+    kept: set[str] = set()
+    pages_with_rows: set[str] = set()  # pages whose references have rows: the page is accounted for
+    for row in _existing(os.path.join(out_dir, CANDIDATES), "candidates", ["candidate_id", "page_url"]):
+        kept.add(row["candidate_id"])
+        pages_with_rows.add(row["page_url"])
+    columns = ["candidate_id", "page_url", "reason"]
+
+    def rows_of(shard: str) -> list[tuple]:
+        table = schemas.read_table(shard, "rejected", columns=columns)
+        return list(zip(*(table.column(c).to_pylist() for c in columns)))
+
+    newest: dict[tuple[str, str], str] = {}  # record -> the reason in its newest shard, for records this run missed
+    for shard in shards:
+        for candidate_id, page_url, reason in rows_of(shard):
+            record = _outcome_of(candidate_id, page_url, reason)
+            if record is not None:
+                newest[record] = reason
+            # (An invalid_url row without an id may be a link's that could not be requested: no evidence.)
+            if page_url and (candidate_id or reason in ("no_image_url", "data_uri")):
+                pages_with_rows.add(page_url)
+
+    def superseded(candidate_id: str | None, page_url: str | None, reason: str) -> bool:
+        record = _outcome_of(candidate_id, page_url, reason)
+        if record is None:
+            return False
+        kind, key = record
+        if kind == "candidate":
+            if key in kept:
+                return True
+            reasons = outcomes.candidates.get(key)
+        else:
+            if key in pages_with_rows or key in outcomes.fetched_pages:
+                return True
+            reasons = outcomes.pages.get(key)
+        return reason not in reasons if reasons is not None else reason != newest[record]
+
+    removed = 0
+    for shard in shards:
+        keep = [not superseded(*row) for row in rows_of(shard)]
+        if all(keep):
+            continue
+        removed += keep.count(False)
+        if not any(keep):
+            os.remove(shard)
+            continue
+        table = schemas.read_table(shard, "rejected").filter(keep)
+        stat = os.stat(shard)
+        schemas.write_table(table, shard, "rejected")  # a temporary file in the same folder, then a rename
+        os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # its rows are as old as they were
+    if removed:
+        logger.info("%d rejected rows superseded by a later outcome removed from %s", removed, rejected_dir)
+    return removed
 
 
 def funnel(out_dir: str) -> dict[str, Any]:

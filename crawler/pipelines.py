@@ -21,9 +21,11 @@ class ParquetWriterPipeline:
         if not self.out_dir:
             raise ValueError("set LAIT_OUT to the crawl's output folder (-s LAIT_OUT=DIR)")
         self.rows_per_shard = crawler.settings.getint("LAIT_ROWS_PER_SHARD", 500)
-        # Several crawl processes share the folder: each writes its own shards and a partial stats file.
+        # Several crawl processes share the folder: each writes its own shards, a partial stats file and
+        # its outcomes; `lait crawl` reconciles the folder once they have all finished.
         self.shard_prefix = crawler.settings.get("LAIT_SHARD_PREFIX") or "part"
         self.stats_part = crawler.settings.get("LAIT_STATS_PART")
+        self.outcomes_part = crawler.settings.get("LAIT_OUTCOMES_PART")
         self.output: output.CrawlOutput | None = None
         self.failed: str | None = None  # why the output could not be written; the crawl process then fails
         self.closing = False
@@ -58,6 +60,8 @@ class ParquetWriterPipeline:
                 if self.output.add_rejected(item.row):
                     stats.inc_value("lait/out/rejected")
                     stats.inc_value(f"lait/out/rejected/{item.row['reason']}")
+                elif self.output.already_kept(item.row):  # an earlier run kept this candidate
+                    stats.inc_value("lait/out/already_kept")
                 else:
                     stats.inc_value("lait/out/already_written")
         except Exception as exc:  # noqa: BLE001 - a full disk, a folder gone: stop, and fail the crawl process
@@ -73,7 +77,8 @@ class ParquetWriterPipeline:
             deferred_from_coro(self.crawler.engine.close_spider_async(reason="write_failed"))
 
     def close_spider(self) -> None:
-        """Flush the last shards and write stats.json (or this process's partial stats)."""
+        """Flush the last shards, reconcile the folder and write stats.json (or this process's outcomes and
+        partial stats)."""
         self.closing = True
         # Candidates whose image will never come still leave as rejects (see LaitSpider.unfetched_rejects).
         for row in getattr(self.crawler.spider, "unfetched_rejects", list)():
@@ -87,12 +92,17 @@ class ParquetWriterPipeline:
 
     def _finish(self) -> None:
         self.output.close()
+        outcomes = self.output.outcomes
+        outcomes.fetched_pages.update(getattr(self.crawler.spider, "fetched_pages", ()))
         scrapy_stats = self.crawler.stats.get_stats()
         lait = {k: v for k, v in scrapy_stats.items() if k.startswith("lait/")}
         rest = {k: v for k, v in scrapy_stats.items() if not k.startswith("lait/")}
         if self.stats_part:
+            if self.outcomes_part:
+                outcomes.save(self.outcomes_part)
             with open(self.stats_part, "w", encoding="utf-8") as handle:
                 json.dump(dict(lait, scrapy=rest), handle, default=str)
             return
-        stats = output.write_stats(self.out_dir, dict(lait, source="crawl", scrapy=rest))
+        superseded = output.reconcile(self.out_dir, outcomes)
+        stats = output.write_stats(self.out_dir, dict(lait, superseded_rejects=superseded, source="crawl", scrapy=rest))
         logger.info("crawl books: in %d = kept %d + rejected %d", stats["in"], stats["kept"], stats["rejected"])

@@ -158,22 +158,47 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
     children = []
     for index in range(processes):
         settings = dict(job["settings"], LAIT_SHARD_PREFIX=f"part-p{index}",
-                        LAIT_STATS_PART=os.path.join(inbox_dir, f"stats-{index}.json"))
+                        LAIT_STATS_PART=os.path.join(inbox_dir, f"stats-{index}.json"),
+                        LAIT_OUTCOMES_PART=os.path.join(inbox_dir, f"outcomes-{index}.json"))
         if index:
             settings["LAIT_PROGRESS"] = False  # one progress bar, process 0's
         child_job = dict(job, settings=settings, process_index=index, processes=processes, inbox_dir=inbox_dir,
                          run_id=run_id)
         children.append(_start_child(child_job, env))
-    codes = _wait(children)
-    if any(codes):
-        raise RuntimeError(f"crawl processes exited with statuses {codes}")
+    try:
+        try:
+            codes = _wait(children)
+        except KeyboardInterrupt:
+            # The crawl processes stopped gracefully: settle the books, as a single crawl process does.
+            if all(child.returncode == 0 for child in children):
+                try:
+                    _settle(out_dir, inbox_dir, processes)
+                except RuntimeError as exc:
+                    logger.warning("the interrupted crawl's books are not settled: %s", exc)
+            raise
+        if any(codes):
+            raise RuntimeError(f"crawl processes exited with statuses {codes}")
+        return _settle(out_dir, inbox_dir, processes)
+    finally:
+        if not jobdir:
+            shutil.rmtree(inbox_dir, ignore_errors=True)
+
+
+def _settle(out_dir: str, inbox_dir: str, processes: int) -> dict[str, Any]:
+    """Once every crawl process has exited: merge their counters and outcomes, reconcile, write stats.json."""
     parts = [_read_stats(os.path.join(inbox_dir, f"stats-{index}.json")) for index in range(processes)]
     merged = output.merge_process_stats(parts)
     merged["scrapy"] = merged.pop("scrapy_by_process", [{}])[0]
     merged["processes"] = processes
-    if not jobdir:
-        shutil.rmtree(inbox_dir, ignore_errors=True)
-    return output.write_stats(out_dir, dict(merged, source="crawl"))
+    outcomes = output.RunOutcomes()
+    for index in range(processes):
+        path = os.path.join(inbox_dir, f"outcomes-{index}.json")
+        try:
+            outcomes.update(output.RunOutcomes.load(path))
+        except (OSError, ValueError, KeyError) as exc:
+            raise RuntimeError(f"the crawl process wrote no outcomes ({path}: {exc})") from None
+    superseded = output.reconcile(out_dir, outcomes)
+    return output.write_stats(out_dir, dict(merged, superseded_rejects=superseded, source="crawl"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,8 @@ class LaitSpider(scrapy.Spider):
         self.jobdir = jobdir
         self.pages_seen: set[str] = set()
         self.open_pages: dict[str, int] = {}  # scheduled, not done: url -> depth
+        # Pages this run fetched and parsed: an earlier run's reject of one is superseded (output.reconcile).
+        self.fetched_pages: set[str] = set()
         self.pending: dict[str, list[dict]] = {}  # image url -> candidates waiting for it
         self.image_results: dict[str, dict] = {}  # image url -> facts (kept) or reason (rejected)
         self.finished = False  # the crawl ran out of work (not stopped part-way)
@@ -350,6 +352,7 @@ class LaitSpider(scrapy.Spider):
             logger.warning("cannot parse %s: %s: %s", url, type(exc).__name__, exc)
             yield self._page_rejected(url, "parse_error", f"{type(exc).__name__}: {exc}"[:300])
             return
+        self.fetched_pages.add(url)
         for key, count in page.counts.items():
             stats.inc_value(f"lait/{key}" if key.startswith("page/") else f"lait/ref/{key}", count)
         if not page.nofollow and (not self.depth_limit or depth < self.depth_limit):
