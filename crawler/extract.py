@@ -48,9 +48,16 @@ class Page:
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
-def candidate_id(page_url: str, image_url: str, alt: str | None, title: str | None) -> str:
-    """Stable id of a (page, image, text) candidate: sha1 over its four defining fields."""
-    key = "\x00".join(part or "" for part in (page_url, image_url, alt, title))
+def candidate_id(page_url: str, image_url: str, alt: str | None, title: str | None,
+                 figcaption: str | None = None) -> str:
+    """Stable id of a (page, image, text) candidate: sha1 over its defining fields.
+
+    The figcaption joins the key only when there is one, so the ids of alt and title candidates are those
+    of crawls from before it did (two figures of one image with different captions were one id, and the
+    second a ``duplicate_candidate``).
+    """
+    parts = (page_url, image_url, alt, title) + ((figcaption,) if figcaption else ())
+    key = "\x00".join(part or "" for part in parts)
     return hashlib.sha1(key.encode("utf-8")).hexdigest()
 
 
@@ -334,7 +341,7 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
             _reject(page, ref, "no_text")
             continue
         candidate = dict(ref, figcaption=figcaption, page_lang=page.lang, page_title=page.title, page_text=page.text)
-        candidate["candidate_id"] = candidate_id(page_url, image_url, alt, title_text)
+        candidate["candidate_id"] = candidate_id(page_url, image_url, alt, title_text, figcaption)
         page.candidates.append(candidate)
         page.counts["candidate"] += 1
     return page

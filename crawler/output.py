@@ -25,8 +25,8 @@ STATS_FILE = "stats.json"
 #: The reason of a reference that repeats a candidate already seen (same page, image and text).
 DUPLICATE = "duplicate_candidate"
 #: Reference rejects decided from the page's HTML alone. Each is a record of its own, never superseded:
-#: it may share its candidate_id with a kept reference of the page (the id leaves figcaption out, so
-#: ``<img src=x alt="">`` and ``<figure><img src=x><figcaption>`` are one id).
+#: it may share its candidate_id with a kept reference of the page (an absent alt and an empty one hash
+#: alike, so ``<img src=x alt="" title=T>`` and ``<img src=x title=T>`` are one id).
 OWN_RECORD_REASONS = frozenset({DUPLICATE, "decorative_image", "no_text"})
 #: Reference rejects without a candidate_id (no usable image URL to hash it from). Every other row
 #: without one is a page's (a page that could not be fetched or parsed).

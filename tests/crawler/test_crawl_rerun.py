@@ -27,7 +27,7 @@ def failing(status: int) -> tuple[int, dict, bytes]:
 
 def rerun_site() -> MockSite:
     """An index of four pages: two images; one image; none; a repeated reference and an image whose
-    figcaption-only use shares its candidate_id with its decorative use (``alt=""``)."""
+    figcaption-only use and its decorative use (``alt=""``) are two records."""
     site = MockSite({})
     links = "".join(f'<a href="/{name}.html">{name}</a>' for name in ("pics", "solo", "empty", "dups"))
     site.pages.update({

@@ -22,6 +22,18 @@ def test_extract_candidates_is_pure_and_returns_candidates_and_counts():
     assert extract.extract_candidates(html, PAGE, {})[0] == candidates  # same input, same output
 
 
+def test_figures_of_one_image_with_different_captions_are_different_candidates():
+    page = extract.parse_page('<figure><img src="f.jpg"><figcaption>A red door</figcaption></figure>'
+                              '<figure><img src="f.jpg"><figcaption>The same door at night</figcaption></figure>'
+                              '<img src="f.jpg" alt="">', PAGE)
+    ids = [c["candidate_id"] for c in page.candidates]
+    assert [c["figcaption"] for c in page.candidates] == ["A red door", "The same door at night"]
+    assert len(set(ids)) == 2 and page.rejects[0]["candidate_id"] not in ids  # the decorative use differs too
+    # Without a figcaption the id is the one crawls have always given (resumed folders dedupe against it).
+    assert extract.candidate_id("p", "i", "alt", None) == extract.candidate_id("p", "i", "alt", None, None) == \
+        __import__("hashlib").sha1("p\x00i\x00alt\x00".encode()).hexdigest()
+
+
 def test_srcset_takes_the_largest_by_width_or_density():
     assert extract.parse_srcset("a.jpg 320w, b.jpg 1024w,c.jpg 640w") == [("a.jpg", 320), ("b.jpg", 1024), ("c.jpg", 640)]
     page = extract.parse_page('<img srcset="x1.jpg, x2.jpg 2x, x3.jpg 1.5x" src="s.jpg" alt="d">', PAGE)
