@@ -375,6 +375,7 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                          fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda",
                          length_buckets=config.length_buckets)
     batches = iter(loader)
+    bucket_shapes = set() if config.compile and config.length_buckets else None  # logged as each compiles
     # Exact resume: the stream is deterministic, so skipping the consumed batches restores the position.
     for _ in range(start * config.grad_accum):
         next(batches)
@@ -399,6 +400,13 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         step_losses = torch.zeros_like(window)
         for micro in range(config.grad_accum):
             batch = _to_device(next(batches), runtime.device)
+            if bucket_shapes is not None:
+                shape = (batch["input_ids"].shape[1], batch["region_mask"].shape[1])
+                if shape not in bucket_shapes and runtime.is_main:  # a first batch of a bucket: a compile
+                    bucket_shapes.add(shape)
+                    logger.info("%s: compiling the step for the bucket of %d tokens + %d regions (shape %d of at "
+                                "most %d)", stage.name, *shape, len(bucket_shapes),
+                                config.length_buckets[0] * config.length_buckets[1])
             window_samples += batch["input_ids"].shape[0] * runtime.world_size
             sync = micro == config.grad_accum - 1 or not runtime.distributed
             with (contextlib.nullcontext() if sync else wrapped.no_sync()):

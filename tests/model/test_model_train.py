@@ -199,7 +199,7 @@ def test_exact_masking_with_the_whole_model_compiled(synth_dir, tmp_path):
     assert all(0 < float(row["binary"]) < 10 for row in finetune_log.values())
 
 
-def test_length_buckets_compile_one_static_graph_per_bucket(synth_dir, tmp_path, monkeypatch):
+def test_length_buckets_compile_one_static_graph_per_bucket(synth_dir, tmp_path, monkeypatch, caplog):
     """Synthetic images hold 2 to 5 regions: with buckets of up to 4 and up to 8 regions, the compiled step
     meets two shapes, each a graph of its own, and trains through them. (Traced by AOTAutograd without
     inductor's code generation, which the test above covers: minutes on two cores for each new shape.)"""
@@ -213,8 +213,11 @@ def test_length_buckets_compile_one_static_graph_per_bucket(synth_dir, tmp_path,
     config = load_config(base=_base(synth_dir, str(tmp_path), masking="exact", compile=True, length_buckets=[1, 2]))
     config.pretrain[0].steps, config.pretrain[0].batch_size, config.finetune = 6, 4, None
     before = counters["stats"]["unique_graphs"]
-    train(config)
+    with caplog.at_level("INFO", logger="model.train"):
+        train(config)
     assert counters["stats"]["unique_graphs"] - before == 2
+    compiles = [r.getMessage() for r in caplog.records if "compiling the step for the bucket" in r.getMessage()]
+    assert len(compiles) == 2 and compiles[-1].endswith("(shape 2 of at most 2)"), compiles
     assert sorted(_log(os.path.join(tmp_path, "logs", "stage1.csv"))) == [1, 2, 3, 4, 5, 6]
 
 
