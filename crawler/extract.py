@@ -50,11 +50,12 @@ class Page:
 
 def candidate_id(page_url: str, image_url: str, alt: str | None, title: str | None,
                  figcaption: str | None = None) -> str:
-    """Stable id of a (page, image, text) candidate: sha1 over its defining fields.
+    """Stable id of a (page, image, text) candidate: sha1 over page, image, alt and title.
 
-    The figcaption joins the key only when there is one, so the ids of alt and title candidates are those
-    of crawls from before it did (two figures of one image with different captions were one id, and the
-    second a ``duplicate_candidate``).
+    ``parse_page`` passes a ``figcaption`` only to tell apart a later reference of a page that would
+    otherwise repeat an earlier one's id with another figcaption (two figures of one image with different
+    captions); every other candidate keeps the id crawls have always given it, so folders crawled before
+    still dedupe on a rerun.
     """
     parts = (page_url, image_url, alt, title) + ((figcaption,) if figcaption else ())
     key = "\x00".join(part or "" for part in parts)
@@ -312,6 +313,7 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
             seen_links.add(link)
             page.links.append(link)
 
+    figcaption_of: dict[str, str | None] = {}  # candidate id -> the figcaption of its first reference
     for img in doc.iter("img"):
         page.counts["img"] += 1
         raw = _image_source(img)
@@ -341,7 +343,10 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
             _reject(page, ref, "no_text")
             continue
         candidate = dict(ref, figcaption=figcaption, page_lang=page.lang, page_title=page.title, page_text=page.text)
-        candidate["candidate_id"] = candidate_id(page_url, image_url, alt, title_text, figcaption)
+        key = candidate_id(page_url, image_url, alt, title_text)
+        if figcaption_of.setdefault(key, figcaption) != figcaption:  # same image and alt/title, another caption
+            key = candidate_id(page_url, image_url, alt, title_text, figcaption)
+        candidate["candidate_id"] = key
         page.candidates.append(candidate)
         page.counts["candidate"] += 1
     return page

@@ -27,7 +27,7 @@ def candidates_schema() -> pa.Schema:
     """One row per (page, image, text) found by the crawler or WARC reader, image bytes inline."""
     return _with_meta(
         [
-            pa.field("candidate_id", pa.string(), nullable=False),  # sha1 of page_url, image_url, alt, title (+ figcaption)
+            pa.field("candidate_id", pa.string(), nullable=False),  # sha1 of page_url, image_url, alt, title (+ figcaption to tell repeats apart)
             pa.field("image_id", pa.string(), nullable=False),  # sha256 hex of image_bytes
             pa.field("page_url", pa.string(), nullable=False),
             pa.field("image_url", pa.string(), nullable=False),

@@ -61,8 +61,7 @@ def test_candidate_columns_are_filled_as_the_schema_describes(case_crawl):
     from crawler.extract import candidate_id
     for row in candidates:
         assert row["image_id"] == hashlib.sha256(row["image_bytes"]).hexdigest()
-        assert row["candidate_id"] == candidate_id(row["page_url"], row["image_url"], row["alt"], row["title"],
-                                                   row["figcaption"])
+        assert row["candidate_id"] == candidate_id(row["page_url"], row["image_url"], row["alt"], row["title"])
         assert row["source"] == "crawl" and row["format"] == "JPEG" and row["http_status"] == 200
         assert row["num_bytes"] == len(row["image_bytes"]) and row["content_type"] == "image/jpeg"
         assert row["page_title"] == ("Case page" if "broken" not in row["page_url"] else None)

@@ -1,5 +1,6 @@
 """Unit tests of the crawl's pure parts: extraction, image checks, the network guard."""
 import asyncio
+import hashlib
 import io
 import socket
 
@@ -28,10 +29,17 @@ def test_figures_of_one_image_with_different_captions_are_different_candidates()
                               '<img src="f.jpg" alt="">', PAGE)
     ids = [c["candidate_id"] for c in page.candidates]
     assert [c["figcaption"] for c in page.candidates] == ["A red door", "The same door at night"]
-    assert len(set(ids)) == 2 and page.rejects[0]["candidate_id"] not in ids  # the decorative use differs too
-    # Without a figcaption the id is the one crawls have always given (resumed folders dedupe against it).
-    assert extract.candidate_id("p", "i", "alt", None) == extract.candidate_id("p", "i", "alt", None, None) == \
-        __import__("hashlib").sha1("p\x00i\x00alt\x00".encode()).hexdigest()
+    assert len(set(ids)) == 2
+    # The first reference keeps the id crawls have always given it (folders crawled before dedupe against
+    # it on a rerun); only the later one, which repeated it, gets the figcaption in its id.
+    legacy = hashlib.sha1(f"{PAGE}\x00http://example.org/dir/f.jpg\x00\x00".encode()).hexdigest()
+    assert ids == [legacy, extract.candidate_id(PAGE, "http://example.org/dir/f.jpg", None, None,
+                                                "The same door at night")]
+    # Captioned figures with an alt keep their old ids too; a repeat with the same caption is the same id.
+    page = extract.parse_page('<figure><img src="f.jpg" alt="Door"><figcaption>Red</figcaption></figure>'
+                              '<figure><img src="f.jpg" alt="Door"><figcaption>Red</figcaption></figure>', PAGE)
+    assert [c["candidate_id"] for c in page.candidates] == [extract.candidate_id(
+        PAGE, "http://example.org/dir/f.jpg", "Door", None)] * 2
 
 
 def test_srcset_takes_the_largest_by_width_or_density():
