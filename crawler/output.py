@@ -28,6 +28,9 @@ DUPLICATE = "duplicate_candidate"
 #: it may share its candidate_id with a kept reference of the page (an absent alt and an empty one hash
 #: alike, so ``<img src=x alt="" title=T>`` and ``<img src=x title=T>`` are one id).
 OWN_RECORD_REASONS = frozenset({DUPLICATE, "decorative_image", "no_text"})
+#: The reasons of a page or image that opts out of AI use (``opt_out_noai``, ...): they withdraw a candidate
+#: kept by an earlier run (``withdraw_opted_out``).
+OPT_OUT = "opt_out_"
 #: Reference rejects without a candidate_id (no usable image URL to hash it from). Every other row
 #: without one is a page's (a page that could not be fetched or parsed).
 REFERENCE_REASONS_WITHOUT_ID = frozenset({"no_image_url", "data_uri", "invalid_url"})
@@ -178,8 +181,11 @@ class CrawlOutput:
         return CANDIDATES
 
     def already_kept(self, row: dict[str, Any]) -> bool:
-        """Whether a rejected row is the outcome of a candidate kept on disk or in this run (not written)."""
-        return row.get("candidate_id") in self.candidate_ids and row.get("reason") not in OWN_RECORD_REASONS
+        """Whether a rejected row is the outcome of a candidate kept on disk or in this run (not written).
+        An opt-out is written all the same: ``withdraw_opted_out`` then takes the kept row back."""
+        reason = row.get("reason") or ""
+        return (row.get("candidate_id") in self.candidate_ids and reason not in OWN_RECORD_REASONS
+                and not reason.startswith(OPT_OUT))
 
     def add_rejected(self, row: dict[str, Any]) -> bool:
         """Buffer a rejected row (stage ``crawl``); False when the folder already held it or kept its candidate."""
@@ -267,20 +273,58 @@ def reconcile(out_dir: str, outcomes: RunOutcomes) -> int:
 
     removed = 0
     for shard in shards:
-        keep = [not superseded(*row) for row in rows_of(shard)]
-        if all(keep):
-            continue
-        removed += keep.count(False)
-        if not any(keep):
-            os.remove(shard)
-            continue
-        table = schemas.read_table(shard, "rejected").filter(keep)
-        stat = os.stat(shard)
-        schemas.write_table(table, shard, "rejected")  # a temporary file in the same folder, then a rename
-        os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # its rows are as old as they were
+        removed += _drop_rows(shard, "rejected", [not superseded(*row) for row in rows_of(shard)])
     if removed:
         logger.info("%d rejected rows superseded by a later outcome removed from %s", removed, rejected_dir)
     return removed
+
+
+def _drop_rows(shard: str, kind: str, keep: list[bool]) -> int:
+    """Rewrite ``shard`` without the rows ``keep`` marks False, atomically (a temporary file in the same folder,
+    then a rename), keeping its modification time (its rows are as old as they were); an emptied shard goes.
+    Returns how many rows went."""
+    if all(keep):
+        return 0
+    if not any(keep):
+        os.remove(shard)
+        return len(keep)
+    table = schemas.read_table(shard, kind).filter(keep)
+    stat = os.stat(shard)
+    schemas.write_table(table, shard, kind)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return keep.count(False)
+
+
+def withdraw_opted_out(out_dir: str, outcomes: RunOutcomes) -> int:
+    """Remove the kept candidates that this run found opted out (``opt_out_*``: the page or the image now
+    says noai / noimageai / noimageindex); their reject rows of this run stay. Returns how many went.
+
+    An opt-out is the one later outcome that takes back a candidate kept before: a page that withdraws
+    its images from AI training must not stay in the data because an earlier crawl was first. Only the
+    ids are read to find them; a shard holding one is rewritten whole.
+    """
+    opted_out = {key for key, reasons in outcomes.candidates.items() if any(r.startswith(OPT_OUT) for r in reasons)}
+    if not opted_out or "://" in out_dir:
+        return 0
+    try:
+        shards = schemas.list_parquet_files(os.path.join(out_dir, CANDIDATES))
+    except FileNotFoundError:
+        return 0
+    withdrawn = 0
+    for shard in shards:
+        ids = schemas.read_table(shard, "candidates", columns=["candidate_id"]).column("candidate_id").to_pylist()
+        withdrawn += _drop_rows(shard, "candidates", [candidate_id not in opted_out for candidate_id in ids])
+    if withdrawn:
+        logger.info("%d candidates kept by an earlier run withdrawn from %s: their pages or images opted out",
+                    withdrawn, out_dir)
+    return withdrawn
+
+
+def settle(out_dir: str, outcomes: RunOutcomes) -> dict[str, int]:
+    """A crawl's last step before stats.json, once every crawl process has finished: withdraw the candidates
+    that opted out since they were kept, then reconcile the rejects. Returns the counts for stats.json."""
+    withdrawn = withdraw_opted_out(out_dir, outcomes)
+    return {"withdrawn_candidates": withdrawn, "superseded_rejects": reconcile(out_dir, outcomes)}
 
 
 def funnel(out_dir: str) -> dict[str, Any]:

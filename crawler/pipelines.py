@@ -103,6 +103,6 @@ class ParquetWriterPipeline:
             with open(self.stats_part, "w", encoding="utf-8") as handle:
                 json.dump(dict(lait, scrapy=rest), handle, default=str)
             return
-        superseded = output.reconcile(self.out_dir, outcomes)
-        stats = output.write_stats(self.out_dir, dict(lait, superseded_rejects=superseded, source="crawl", scrapy=rest))
+        settled = output.settle(self.out_dir, outcomes)
+        stats = output.write_stats(self.out_dir, dict(lait, **settled, source="crawl", scrapy=rest))
         logger.info("crawl books: in %d = kept %d + rejected %d", stats["in"], stats["kept"], stats["rejected"])

@@ -197,8 +197,7 @@ def _settle(out_dir: str, inbox_dir: str, processes: int) -> dict[str, Any]:
             outcomes.update(output.RunOutcomes.load(path))
         except (OSError, ValueError, KeyError) as exc:
             raise RuntimeError(f"the crawl process wrote no outcomes ({path}: {exc})") from None
-    superseded = output.reconcile(out_dir, outcomes)
-    return output.write_stats(out_dir, dict(merged, superseded_rejects=superseded, source="crawl"))
+    return output.write_stats(out_dir, dict(merged, **output.settle(out_dir, outcomes), source="crawl"))
 
 
 def main(argv: list[str] | None = None) -> int:

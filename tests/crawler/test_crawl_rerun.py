@@ -178,6 +178,23 @@ def test_kept_then_failing_leaves_the_kept_rows(tmp_path):
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
+def test_a_page_that_opts_out_after_a_crawl_kept_it_is_withdrawn(tmp_path, processes):
+    """Kept stays kept, except against an opt-out: the rerun's opt_out_* rows replace the kept ones."""
+    out = tmp_path / "out"
+    with rerun_site() as site:
+        crawl(site, out)
+        assert rows_of(out, site) == HEALTHY
+        status, headers, body = site.pages["/pics.html"]
+        site.pages["/pics.html"] = (status, headers, body.replace(b"</head>", b'<meta name="robots" content="noai"></head>'))
+        crawl(site, out, "--processes", str(processes))
+    expected = sorted([row for row in HEALTHY if row[0] != "/pics.html"]
+                      + [("/pics.html", "/img/a.jpg", "opt_out_noai"), ("/pics.html", "/img/b.jpg", "opt_out_noai")])
+    assert rows_of(out, site) == expected
+    _, _, stats = assert_one_row_per_record(out)
+    assert stats["withdrawn_candidates"] == 2 and stats["superseded_rejects"] == 0
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
 def test_pages_that_failed_then_were_fetched_leave_no_page_row(tmp_path, processes):
     out = tmp_path / "out"
     with rerun_site() as site:
@@ -219,9 +236,9 @@ def test_a_reject_of_a_kept_candidate_is_not_written_unless_it_is_a_record_of_it
     first.close()
     rerun = CrawlOutput(str(tmp_path))
     rows = [{"reason": reason, "candidate_id": "c1", "page_url": page} for reason in
-            ("timeout", "http_500", "duplicate_candidate", "decorative_image", "no_text")]
-    assert [rerun.add_rejected(dict(row)) for row in rows] == [False, False, True, True, True]
-    assert [rerun.already_kept(row) for row in rows] == [True, True, False, False, False]
+            ("timeout", "http_500", "duplicate_candidate", "decorative_image", "no_text", "opt_out_noai")]
+    assert [rerun.add_rejected(dict(row)) for row in rows] == [False, False, True, True, True, True]
+    assert [rerun.already_kept(row) for row in rows] == [True, True, False, False, False, False]
 
 
 def write_shard(folder, name: str, rows: list[dict], age: int) -> str:
