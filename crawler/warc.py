@@ -17,6 +17,11 @@ same input when present; the rest are fetched by ``DownloadMissingImages`` with 
 politeness and safety rules (``--no_download`` turns that off). Truncated or malformed records are
 counted rejects. Output: ``OUTPUT/candidates/warc-*.parquet``, ``OUTPUT/rejected/warc-*.parquet``
 and ``OUTPUT/stats.json``.
+
+With ``--files_per_part N`` the sorted inputs run as consecutive parts of N files, one pipeline each
+(shards ``warc-pKKKKK-*``, then a marker ``OUTPUT/parts/pKKKKK.json``); a rerun skips the parts that
+have a marker, and ``dedupe_across_parts`` then turns a candidate kept by several parts into
+``duplicate_candidate`` rejects of all but the first. Images join their pages within a part only.
 """
 from __future__ import annotations
 
@@ -26,14 +31,19 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import tempfile
 import zlib
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import pipeline  # noqa: F401  (first: it quiets Beam's import-time BigQuery notice before Beam loads)
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -53,10 +63,21 @@ PREFIX = "warc"
 NAMESPACE = "lait"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 GZIP_MEMBER = b"\x1f\x8b\x08"  # the start of a gzip member (magic and deflate)
+#: One line per part as it finishes or is skipped (``lait crawl --warc --files-per-part`` shows them).
+parts_logger = logging.getLogger(__name__ + ".parts")
+PARTS = "parts"  # OUTPUT/parts/: the job's file list (JOB_FILE) and one marker per finished part
+JOB_FILE = "job.json"
+DUPLICATES = "duplicates"  # rejected/warc-pKKKKK-duplicates-*.parquet: rows a later part repeated
+DUPLICATE_DETAIL = "same page, image and text seen before"
+PART_SHARD = re.compile(r"^" + PREFIX + r"-p(\d+)-(.+)\.parquet$")
 
 
 class MissingInputError(FileNotFoundError):
     """An input path or pattern that names no file."""
+
+
+class PartsMismatchError(ValueError):
+    """A rerun whose input files or files per part differ from those the output folder was written with."""
 
 
 def _rejected(reason: str, detail: str | None = None, **ids) -> beam.pvalue.TaggedOutput:
@@ -333,7 +354,7 @@ def first_candidate(element) -> Iterator[Any]:
     rows = list(rows)
     yield rows[0]
     for row in rows[1:]:
-        yield _rejected("duplicate_candidate", "same page, image and text seen before", **_ids(row))
+        yield _rejected(output.DUPLICATE, DUPLICATE_DETAIL, **_ids(row))
 
 
 class DownloadMissingImages(beam.DoFn):
@@ -468,52 +489,149 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
     return sorted(dict.fromkeys(files))
 
 
+def _delete_matching(patterns: list[str]) -> None:
+    """Delete the files that match Beam filesystem patterns (none is fine)."""
+    found = [m.path for match in FileSystems.match(patterns) for m in match.metadata_list]
+    if found:
+        FileSystems.delete(found)
+
+
+def _clear_shards(out_dir: str, prefix: str) -> None:
+    """Remove the shards named ``prefix-*`` and the Beam temporary folders of their sink.
+
+    A killed run's temporary folder goes too: a shard written there but not yet renamed ends in
+    .parquet and would be read as data.
+    """
+    patterns = []
+    for sub in (output.CANDIDATES, output.REJECTED):
+        patterns += [FileSystems.join(out_dir, sub, f"{prefix}-*.parquet"),
+                     FileSystems.join(out_dir, sub, f"beam-temp-{prefix}-*", "*")]
+    _delete_matching(patterns)
+    if "://" not in out_dir:  # object stores have no folders; local empty temp folders go too
+        for sub in (output.CANDIDATES, output.REJECTED):
+            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{prefix}-*")):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def _clear_previous(out_dir: str) -> None:
     """A rerun into the same folder replaces the previous WARC output instead of adding to it.
 
-    Also goes: a killed run's Beam temporary folders (a shard written but not yet renamed there
-    ends in .parquet and would be read as data), and the previous stats.json, so an output whose
-    run is interrupted never looks complete: stats.json is written last.
+    The previous stats.json goes first, so an output whose run is interrupted never looks complete:
+    stats.json is written last. Then the shards and a killed run's Beam temporary folders.
     """
+    _delete_matching([FileSystems.join(out_dir, output.STATS_FILE)])
+    _clear_shards(out_dir, PREFIX)
+
+
+# ---------------------------------------------------------------------------------- resumable parts
+
+def _part_name(index: int) -> str:
+    return f"p{index:05d}"
+
+
+def _part_prefix(index: int) -> str:
+    """The shard prefix of a part: ``warc-p00003``."""
+    return f"{PREFIX}-{_part_name(index)}"
+
+
+def _comparable(path: str) -> str:
+    """A path as markers record it: local paths absolute, so a rerun from another folder still matches."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def split_into_parts(files: list[str], files_per_part: int) -> list[list[str]]:
+    """Input files -> consecutive parts of ``files_per_part`` (0: one part of all), in the markers' order."""
+    if files_per_part <= 0:
+        return [list(files)]
+    ordered = [path for _, path in sorted((_comparable(path), path) for path in files)]
+    return [ordered[i:i + files_per_part] for i in range(0, len(ordered), files_per_part)]
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    """A marker's contents, or None when it does not exist."""
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return json.loads(handle.read())
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    """Write a marker whole or not at all: a temporary file beside it, then a rename."""
+    text = json.dumps(data, indent=2, default=str)
+    if "://" in path:  # object stores replace whole objects on close
+        with FileSystems.create(path, mime_type="application/json",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(text.encode("utf-8"))
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _has_warc_output(out_dir: str) -> bool:
+    """Whether the folder holds WARC shards, a killed run's Beam temporary files, or a stats.json."""
     patterns = [FileSystems.join(out_dir, output.STATS_FILE)]
     for sub in (output.CANDIDATES, output.REJECTED):
         patterns += [FileSystems.join(out_dir, sub, f"{PREFIX}-*.parquet"),
                      FileSystems.join(out_dir, sub, f"beam-temp-{PREFIX}-*", "*")]
-    stale = [m.path for match in FileSystems.match(patterns) for m in match.metadata_list]
-    if stale:
-        FileSystems.delete(stale)
-    if "://" not in out_dir:  # object stores have no folders; local empty temp folders go too
-        for sub in (output.CANDIDATES, output.REJECTED):
-            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{PREFIX}-*")):
-                shutil.rmtree(folder, ignore_errors=True)
+    if any(match.metadata_list for match in FileSystems.match(patterns)):
+        return True
+    return "://" not in out_dir and any(glob.glob(os.path.join(out_dir, sub, f"beam-temp-{PREFIX}-*"))
+                                        for sub in (output.CANDIDATES, output.REJECTED))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The pipeline's own options (Beam's options pass through untouched)."""
-    parser = argparse.ArgumentParser(description="WARC/ARC/WAT files -> LAIT candidates (Apache Beam)")
-    parser.add_argument("--input", action="append", required=True, help="a WARC file or pattern (repeatable)")
-    parser.add_argument("--output", required=True, help="the crawl run folder (candidates/, rejected/, stats.json)")
-    parser.add_argument("--allow_private_networks", action="store_true", help="let downloads reach private networks")
-    parser.add_argument("--no_download", action="store_true", help="do not fetch images the input lacks")
-    parser.add_argument("--min_side", type=int, default=images.DEFAULT_MIN_SIDE)
-    parser.add_argument("--max_aspect", type=float, default=images.DEFAULT_MAX_ASPECT)
-    parser.add_argument("--image_formats", default=",".join(images.DEFAULT_FORMATS))
-    parser.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
-    parser.add_argument("--max_bytes", type=int, default=defaults.LAIT_IMAGE_MAXSIZE, help="cap on a record or download")
-    parser.add_argument("--download_delay", type=float, default=1.0, help="seconds between downloads from one host")
-    parser.add_argument("--download_timeout", type=float, default=defaults.DOWNLOAD_TIMEOUT)
-    parser.add_argument("--user_agent", default=defaults.USER_AGENT)
-    return parser
+def _check_job(out_dir: str, files: list[str], files_per_part: int) -> None:
+    """Refuse to mix outputs: a folder written in parts takes only the same files and files per part.
+
+    A folder without a job file holds nothing (any N), or one-part output (N = 0 replaces it; N > 0
+    refuses). A run in parts records its job before any part runs. Raises PartsMismatchError.
+    """
+    job_path = FileSystems.join(out_dir, PARTS, JOB_FILE)
+    wanted = {"files_per_part": files_per_part, "files": sorted(_comparable(path) for path in files)}
+    job = _read_json(job_path)
+    advice = "use a new --out or delete the folder"
+    if job is not None:
+        if job == wanted:
+            return
+        differences = []
+        if job["files_per_part"] != files_per_part:
+            differences.append(f"{job['files_per_part']} files per part, not {files_per_part}")
+        if job["files"] != wanted["files"]:
+            added, missing = sorted(set(wanted["files"]) - set(job["files"])), sorted(set(job["files"]) - set(wanted["files"]))
+            change = ", ".join(([f"{len(added)} new (first {added[0]})"] if added else [])
+                               + ([f"{len(missing)} missing (first {missing[0]})"] if missing else []))
+            differences.append(f"{len(job['files'])} input files, not {len(wanted['files'])}: {change}")
+        raise PartsMismatchError(
+            f"{out_dir} holds a WARC run in parts of other inputs ({'; '.join(differences)}); its outputs would "
+            f"mix. Rerun with its files and --files-per-part {job['files_per_part']} to resume it, or {advice}")
+    if files_per_part == 0:
+        return
+    if _has_warc_output(out_dir):
+        raise PartsMismatchError(
+            f"{out_dir} holds output of another run (WARC shards of a run without --files-per-part, or a "
+            f"stats.json); a run in parts would mix with it: {advice}")
+    _write_json(job_path, wanted)
 
 
-def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
-    """Run the WARC pipeline; returns the stage's stats (also written to OUTPUT/stats.json)."""
-    known, pipeline_args = build_parser().parse_known_args(argv)
-    options = PipelineOptions(pipeline_args)
-    files = _expand_inputs(known.input)  # inputs and output are checked before the previous output goes
-    out_dir = known.output
-    output.prepare_out_dir(out_dir)
-    _clear_previous(out_dir)
+def _part_rows(out_dir: str, prefix: str) -> dict[str, Any]:
+    """A part's shard names and row counts (from the Parquet footers)."""
+    facts: dict[str, Any] = {}
+    for sub in (output.CANDIDATES, output.REJECTED):
+        pattern = FileSystems.join(out_dir, sub, f"{prefix}-*.parquet")
+        shards = sorted(m.path for match in FileSystems.match([pattern]) for m in match.metadata_list)
+        facts[sub] = sum(schemas.count_rows(shard) for shard in shards)
+        facts[f"{sub}_shards"] = [FileSystems.split(shard)[1] for shard in shards]
+    return facts
+
+
+def _run_part(known: argparse.Namespace, options: PipelineOptions, files: list[str], out_dir: str, prefix: str,
+              test_pipeline=None) -> dict[str, int]:
+    """One Beam pipeline over ``files``, writing shards ``prefix-*``; returns its ``lait/...`` counters."""
     fetch_options = {"allow_private_networks": known.allow_private_networks, "max_bytes": known.max_bytes,
                      "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent}
     check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
@@ -530,26 +648,153 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
         (rows
          | f"{name}Columns" >> beam.Map(lambda row, names: {n: row.get(n) for n in names}, schema.names)
          | name >> WriteToParquet(
-            FileSystems.join(out_dir, sub, PREFIX), schema, file_name_suffix=".parquet", num_shards=0))
+            FileSystems.join(out_dir, sub, prefix), schema, file_name_suffix=".parquet", num_shards=0))
     result = beam_pipeline.run()
     result.wait_until_finish()
-    counters = {}
+    counters: dict[str, int] = {}
     try:
         for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
             key = f"lait/{counter.key.metric.name}"
             counters[key] = counters.get(key, 0) + (counter.committed or counter.attempted or 0)
     except Exception:  # some runners report no metrics; the funnel is counted from the output anyway
         logger.warning("no Beam metrics from this runner")
+    return counters
+
+
+def dedupe_across_parts(out_dir: str) -> int:
+    """Turn each candidate kept by more than one part into ``duplicate_candidate`` rejects of all parts but the first.
+
+    Reads only the candidate_id column of every part's candidate shards; a shard that holds a later
+    copy is read whole and rewritten without it (atomically; removed when emptied), after its dropped
+    rows are written as ``rejected/warc-pKKKKK-duplicates-<shard>.parquet``. That reject shard holds
+    every id ever dropped from its candidate shard, so a rerun after a stop anywhere here ends the
+    same and a rerun after the end changes nothing. Returns how many rows this call moved.
+    """
+    pattern = FileSystems.join(out_dir, output.CANDIDATES, f"{PREFIX}-p*.parquet")
+    shards = []
+    for metadata in (m for match in FileSystems.match([pattern]) for m in match.metadata_list):
+        named = PART_SHARD.match(FileSystems.split(metadata.path)[1])
+        if named:
+            shards.append((int(named.group(1)), metadata.path))
+    if not shards:
+        return 0
+    shards.sort()
+    ids = []
+    for number, (part, shard) in enumerate(shards):
+        column = schemas.read_table(shard, "candidates", columns=["candidate_id"]).column("candidate_id")
+        ids.append(pa.table({"candidate_id": column, "part": pa.array(np.full(len(column), part, np.int64)),
+                             "shard": pa.array(np.full(len(column), number, np.int64))}))
+    table = pa.concat_tables(ids)
+    first = table.group_by("candidate_id").aggregate([("part", "min")])
+    table = table.join(first, "candidate_id")
+    later = table.filter(pc.greater(table["part"], table["part_min"]))
+    moved = 0
+    for number in sorted(set(later["shard"].to_pylist())):
+        part, shard = shards[number]
+        drop = later.filter(pc.equal(later["shard"], number))["candidate_id"]
+        moved += _move_duplicates(out_dir, part, shard, drop)
+    if moved:
+        logger.info("%d candidates kept by an earlier part too became %s rejects", moved, output.DUPLICATE)
+    return moved
+
+
+def _move_duplicates(out_dir: str, part: int, shard: str, drop: pa.ChunkedArray) -> int:
+    """Write the rejects of the ids ``drop`` of a candidate shard, then rewrite the shard without them."""
+    table = schemas.read_table(shard, "candidates")
+    repeated = pc.is_in(table["candidate_id"], value_set=drop.combine_chunks())
+    rest = PART_SHARD.match(FileSystems.split(shard)[1]).group(2)
+    rejects_path = FileSystems.join(out_dir, output.REJECTED, f"{_part_prefix(part)}-{DUPLICATES}-{rest}.parquet")
+    rows = {}
+    if FileSystems.exists(rejects_path):  # a stop between the two writes below: the rows written then stay
+        rows = {row["candidate_id"]: row for row in schemas.read_table(rejects_path, "rejected").to_pylist()}
+    for row in table.filter(repeated).select(["candidate_id", "page_url", "image_url"]).to_pylist():
+        rows.setdefault(row["candidate_id"], schemas.rejected_row(output.STAGE, output.DUPLICATE, DUPLICATE_DETAIL, **row))
+    schemas.write_table(schemas.to_table([rows[k] for k in sorted(rows)], "rejected"), rejects_path, "rejected")
+    kept = table.filter(pc.invert(repeated))
+    if kept.num_rows:
+        schemas.write_table(kept, shard, "candidates")
+    else:
+        FileSystems.delete([shard])
+    return table.num_rows - kept.num_rows
+
+
+def _run_in_parts(known: argparse.Namespace, options: PipelineOptions, files: list[str], out_dir: str) -> dict[str, Any]:
+    """Run the parts that have no marker, then the cross-part dedupe, then stats.json."""
+    parts = split_into_parts(files, known.files_per_part)
+    _delete_matching([FileSystems.join(out_dir, output.STATS_FILE)])  # complete again only once stats.json is back
+    merged: dict[str, int] = {}
+    for index, part_files in enumerate(parts):
+        recorded = [_comparable(path) for path in part_files]
+        marker_path = FileSystems.join(out_dir, PARTS, f"{_part_name(index)}.json")
+        marker = _read_json(marker_path)
+        if marker is not None and marker.get("files") == recorded:
+            state = "done before, skipped"
+        else:
+            prefix = _part_prefix(index)
+            _clear_shards(out_dir, prefix)  # a stopped attempt's shards: the part runs again from the start
+            counters = _run_part(known, options, part_files, out_dir, prefix)
+            marker = {"part": index, "parts": len(parts), "files": recorded, "counters": counters,
+                      **_part_rows(out_dir, prefix)}
+            _write_json(marker_path, marker)  # only now is the part done
+            state = "done"
+        names = os.path.basename(part_files[0]) + (f" ... {os.path.basename(part_files[-1])}" if len(part_files) > 1 else "")
+        parts_logger.info("part %d of %d (%d files: %s): %s, %d kept, %d rejected", index + 1, len(parts),
+                          len(part_files), names, state, marker[output.CANDIDATES], marker[output.REJECTED])
+        for key, value in marker["counters"].items():
+            merged[key] = merged.get(key, 0) + value
+    dedupe_across_parts(out_dir)
+    return output.write_stats(out_dir, dict(merged, source="warc", input_files=len(files), parts=len(parts)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The pipeline's own options (Beam's options pass through untouched)."""
+    parser = argparse.ArgumentParser(description="WARC/ARC/WAT files -> LAIT candidates (Apache Beam)")
+    parser.add_argument("--input", action="append", required=True, help="a WARC file or pattern (repeatable)")
+    parser.add_argument("--output", required=True, help="the crawl run folder (candidates/, rejected/, stats.json)")
+    parser.add_argument("--files_per_part", type=int, default=0,
+                        help="run the sorted inputs as parts of N files, one pipeline each, so that a rerun "
+                             "skips finished parts (default 0: one part, and a rerun replaces the output)")
+    parser.add_argument("--allow_private_networks", action="store_true", help="let downloads reach private networks")
+    parser.add_argument("--no_download", action="store_true", help="do not fetch images the input lacks")
+    parser.add_argument("--min_side", type=int, default=images.DEFAULT_MIN_SIDE)
+    parser.add_argument("--max_aspect", type=float, default=images.DEFAULT_MAX_ASPECT)
+    parser.add_argument("--image_formats", default=",".join(images.DEFAULT_FORMATS))
+    parser.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
+    parser.add_argument("--max_bytes", type=int, default=defaults.LAIT_IMAGE_MAXSIZE, help="cap on a record or download")
+    parser.add_argument("--download_delay", type=float, default=1.0, help="seconds between downloads from one host")
+    parser.add_argument("--download_timeout", type=float, default=defaults.DOWNLOAD_TIMEOUT)
+    parser.add_argument("--user_agent", default=defaults.USER_AGENT)
+    return parser
+
+
+def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
+    """Run the WARC pipeline; returns the stage's stats (also written to OUTPUT/stats.json)."""
+    parser = build_parser()
+    known, pipeline_args = parser.parse_known_args(argv)
+    if known.files_per_part < 0:
+        parser.error(f"--files_per_part must be 0 or more, got {known.files_per_part}")
+    if test_pipeline is not None and known.files_per_part:
+        raise ValueError("a test pipeline runs one part: leave --files_per_part at 0")
+    options = PipelineOptions(pipeline_args)
+    files = _expand_inputs(known.input)  # inputs and output are checked before the previous output goes
+    out_dir = known.output
+    output.prepare_out_dir(out_dir)
+    _check_job(out_dir, files, known.files_per_part)
+    if known.files_per_part:
+        return _run_in_parts(known, options, files, out_dir)
+    _clear_previous(out_dir)
+    counters = _run_part(known, options, files, out_dir, PREFIX, test_pipeline)
     return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)))
 
 
 def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool = False,
                min_side: int = images.DEFAULT_MIN_SIDE, max_aspect: float = images.DEFAULT_MAX_ASPECT,
-               download: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+               download: bool = True, files_per_part: int = 0, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """``lait crawl --warc``: read WARC files into ``out_dir`` on the DirectRunner; return stats.json."""
     settings = settings or {}
     argv = [arg for path in files for arg in ("--input", path)]
     argv += ["--output", out_dir, "--min_side", str(min_side), "--max_aspect", str(max_aspect),
+             "--files_per_part", str(files_per_part),
              "--runner", str(settings.get("runner", "DirectRunner")),
              "--direct_running_mode", str(settings.get("direct_running_mode", "in_memory")),
              "--download_delay", str(settings.get("DOWNLOAD_DELAY", 1.0)),
@@ -566,7 +811,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     try:
         stats = run()
-    except (MissingInputError, output.OutputFolderError) as exc:
+    except (MissingInputError, PartsMismatchError, output.OutputFolderError) as exc:
         print(f"crawler.warc: {exc}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps({k: stats[k] for k in ("in", "kept", "rejected", "rejected_by_reason")}, indent=2))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from crawler import images
 from lait.commands import non_negative, positive
@@ -48,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobdir", help="job folder: rerun with the same one to continue an interrupted crawl")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="WARC only: fetch images the WARC files lack (default on)")
+    parser.add_argument("--files-per-part", type=non_negative, default=0, metavar="N",
+                        help="WARC only: read the sorted files in parts of N, one Beam pipeline each; a rerun with "
+                             "the same files and N skips finished parts (default 0: one part, a rerun starts over)")
     parser.add_argument("-s", "--set", dest="settings", action="append", type=_setting, default=[],
                         metavar="KEY=VALUE", help="a Scrapy/LAIT setting (JSON value or text), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,11 +68,13 @@ def run(args: argparse.Namespace) -> int:
     if args.warc:
         from crawler import warc
 
+        if args.files_per_part and not args.no_progress:  # the parts' progress: one line each
+            logging.getLogger("crawler.warc.parts").setLevel(logging.INFO)
         try:  # the inputs and --out are checked before the previous WARC output is cleared
             stats = warc.read_warcs(args.warc, args.out, allow_private_networks=args.allow_private_networks,
                                     min_side=args.min_side, max_aspect=args.max_aspect, download=args.download,
-                                    settings=dict(args.settings))
-        except warc.MissingInputError as exc:
+                                    files_per_part=args.files_per_part, settings=dict(args.settings))
+        except (warc.MissingInputError, warc.PartsMismatchError) as exc:
             print(f"lait crawl: {exc}")
             return 2
         except output.OutputFolderError as exc:

@@ -1,10 +1,15 @@
 """The WARC reader: a WARC file written by the test, read by `lait crawl --warc` (Beam, DirectRunner)."""
+import collections
 import gzip
 import io
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -251,3 +256,197 @@ def test_a_missing_warc_input_is_a_clear_error_and_the_previous_output_stays(tmp
         assert result.returncode == 2, result.stdout + result.stderr[-3000:]
         assert f"no such file: {missing}" in result.stdout and "Traceback" not in result.stderr
     assert (out / "stats.json").exists()
+
+
+# ------------------------------------------------------------------------------------ resumable parts
+
+PAGE_A = html('<img src="/img/one.jpg" alt="One">')
+
+
+def write_part_warcs(folder) -> list[str]:
+    """Four WARC files, one part each with --files-per-part 1 (no downloads needed).
+
+    Page a.html (with one.jpg) is in files 1, 3 and 4: a candidate kept by three parts, whose copies
+    in parts 3 and 4 (the whole candidate shard of part 4) must become duplicate_candidate rejects.
+    Page c.html is in file 1 and its image three.jpg in file 3: the join across parts that a run in
+    parts does not make (``image_not_in_warc`` there). b.html is stored twice in file 2: a duplicate
+    within one part.
+    """
+    contents = {
+        "1-first.warc.gz": [("a.html", PAGE_A, "text/html"), ("img/one.jpg", jpeg(96, 72), "image/jpeg"),
+                            ("c.html", html('<img src="/img/three.jpg" alt="Three">'), "text/html")],
+        "2-second.warc.gz": [("b.html", html('<img src="/img/two.jpg" alt="Two">'), "text/html"),
+                             ("b.html", html('<img src="/img/two.jpg" alt="Two">'), "text/html"),
+                             ("img/two.jpg", jpeg(96, 72, color=(9, 9, 9)), "image/jpeg")],
+        "3-third.warc.gz": [("a.html", PAGE_A, "text/html"), ("img/one.jpg", jpeg(96, 72), "image/jpeg"),
+                            ("img/three.jpg", jpeg(80, 80), "image/jpeg"),
+                            ("d.html", html('<img src="/img/three.jpg" alt="Dee">'), "text/html")],
+        "4-fourth.warc.gz": [("a.html", PAGE_A, "text/html"), ("img/one.jpg", jpeg(96, 72), "image/jpeg")],
+    }
+    paths = []
+    for name, records in contents.items():
+        paths.append(os.path.join(folder, name))
+        with open(paths[-1], "wb") as handle:
+            writer = WARCWriter(handle, gzip=True)
+            for path, body, content_type in records:
+                _response(writer, f"http://warc.example/{path}", body, content_type)
+    return paths
+
+
+class Stopped(Exception):
+    """A run stopped at a chosen point, as a kill there would stop it."""
+
+
+def read_in_parts(files, out, files_per_part: int) -> dict:
+    from crawler import warc
+
+    return warc.read_warcs(files, str(out), download=False, min_side=TEST_MIN_SIDE, files_per_part=files_per_part)
+
+
+def outcomes(out) -> collections.Counter:
+    """The output as a multiset of (candidate_id or page URL, "kept" or the reject reason)."""
+    kept = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
+    rejected = schemas.read_table(str(out / "rejected"), "rejected", columns=["candidate_id", "page_url", "reason"])
+    return collections.Counter([(c, "kept") for c in kept] + [
+        (r["candidate_id"] or r["page_url"], r["reason"]) for r in rejected.to_pylist()])
+
+
+def snapshot(folder) -> dict:
+    """Every file under ``folder``: (mtime, size) by relative path."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def part_runs(tmp_path_factory):
+    """The WARC files of ``write_part_warcs``, read in one part and in parts of one file (uninterrupted)."""
+    root = tmp_path_factory.mktemp("parts")
+    files = write_part_warcs(str(root))
+    read_in_parts(files, root / "one", 0)
+    stats = read_in_parts(files, root / "parted", 1)
+    return root, files, stats
+
+
+def test_parts_of_one_file_give_the_one_part_output_except_the_join_across_parts(part_runs):
+    from crawler.extract import candidate_id
+
+    root, files, stats = part_runs
+    one, parted = outcomes(root / "one"), outcomes(root / "parted")
+    a_one = candidate_id("http://warc.example/a.html", "http://warc.example/img/one.jpg", "One", None)
+    c_three = candidate_id("http://warc.example/c.html", "http://warc.example/img/three.jpg", "Three", None)
+    assert one[(a_one, "kept")] == 1 and one[(a_one, "duplicate_candidate")] == 2
+    assert one[(c_three, "kept")] == 1, "in one part, c.html's image joins the image record of another file"
+    # The only difference: the image record of c.html's image is in another part's file.
+    expected = one - collections.Counter({(c_three, "kept"): 1}) + collections.Counter({(c_three, "image_not_in_warc"): 1})
+    assert parted == expected
+    assert sorted(p.name for p in (root / "parted" / "parts").iterdir()) == [
+        "job.json", "p00000.json", "p00001.json", "p00002.json", "p00003.json"]
+    candidate_shards = sorted(p.name for p in (root / "parted" / "candidates").glob("*.parquet"))
+    assert not [n for n in candidate_shards if n.startswith("warc-p00003-")], "part 4's only candidate was a duplicate"
+    assert [n for n in candidate_shards if n.startswith("warc-p00000-")]
+    duplicates = sorted(p.name for p in (root / "parted" / "rejected").glob("warc-p*-duplicates-*.parquet"))
+    assert [n[:12] for n in duplicates] == ["warc-p00002-", "warc-p00003-"]
+    one_stats = json.loads((root / "one" / "stats.json").read_text())
+    assert stats["parts"] == 4 and stats["input_files"] == 4 and "parts" not in one_stats
+    assert stats["in"] == stats["kept"] + stats["rejected"] == sum(parted.values())
+    assert stats["lait/warc/records"] == one_stats["lait/warc/records"] == 12
+
+
+def test_a_run_stopped_after_two_parts_resumes_without_redoing_them(tmp_path, part_runs, monkeypatch, caplog):
+    from crawler import warc
+
+    root, files, _ = part_runs
+    out = tmp_path / "out"
+    real_run_part, ran, stop = warc._run_part, [], ["warc-p00002"]
+
+    def stopped_in_part_3(known, options, part_files, out_dir, prefix, test_pipeline=None):
+        ran.append(prefix)
+        counters = real_run_part(known, options, part_files, out_dir, prefix, test_pipeline)
+        if prefix in stop:  # its shards are written, its marker is not: as a kill right there
+            raise Stopped
+        return counters
+
+    monkeypatch.setattr(warc, "_run_part", stopped_in_part_3)
+    with pytest.raises(Stopped):
+        read_in_parts(files, out, 1)
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["job.json", "p00000.json", "p00001.json"]
+    assert not (out / "stats.json").exists() and list((out / "candidates").glob("warc-p00002-*.parquet"))
+    # What a kill inside Beam's write would leave: a finished shard in the part's temporary folder.
+    stale = out / "candidates" / "beam-temp-warc-p00002-0123abcd"
+    stale.mkdir()
+    shutil.copy(next((out / "candidates").glob("warc-p00002-*.parquet")), stale / "0a1b.warc-p00002.parquet")
+    done = {name: facts for name, facts in snapshot(out).items() if "warc-p00000-" in name or "warc-p00001-" in name}
+    assert len(done) == 4, "parts 1 and 2 wrote a candidate and a rejected shard each"
+    ran.clear()
+    stop.clear()
+    with caplog.at_level(logging.INFO, logger="crawler.warc"):
+        stats = read_in_parts(files, out, 1)
+    assert ran == ["warc-p00002", "warc-p00003"], "finished parts are not run again"
+    assert {name: facts for name, facts in snapshot(out).items() if name in done} == done, "their shards are untouched"
+    assert not stale.exists()
+    assert outcomes(out) == outcomes(root / "parted")
+    assert stats["in"] == part_runs[2]["in"] and stats["lait/warc/records"] == part_runs[2]["lait/warc/records"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("part ")]
+    assert len(lines) == 4 and "part 1 of 4 (1 files: 1-first.warc.gz)" in lines[0] and "done before, skipped, 1 kept" in lines[0]
+    assert lines[2].startswith("part 3 of 4") and ": done, " in lines[2]
+
+
+def test_the_dedupe_across_parts_finishes_after_a_stop_and_a_second_run_changes_nothing(tmp_path, part_runs,
+                                                                                          monkeypatch):
+    from crawler import warc
+
+    root, files, _ = part_runs
+    out = tmp_path / "out"
+    real_write, real_read, writes = schemas.write_table, schemas.read_table, []
+
+    def stop_at_the_first_candidate_rewrite(table, path, kind=None, **kwargs):
+        if kind == "candidates":  # after the shard's rejects are written, before the shard is rewritten
+            raise Stopped
+        writes.append(os.path.basename(path))
+        return real_write(table, path, kind, **kwargs)
+
+    monkeypatch.setattr(schemas, "write_table", stop_at_the_first_candidate_rewrite)
+    with pytest.raises(Stopped):
+        read_in_parts(files, out, 1)
+    assert [w[:23] for w in writes] == ["warc-p00002-duplicates-"] and not (out / "stats.json").exists()
+    monkeypatch.setattr(schemas, "write_table", real_write)
+    reads = []
+
+    def spy_read(path, kind=None, columns=None):
+        reads.append((os.path.basename(path), kind, columns))
+        return real_read(path, kind, columns)
+
+    monkeypatch.setattr(schemas, "read_table", spy_read)
+    monkeypatch.setattr(warc, "_run_part", lambda *a, **k: pytest.fail("every part has its marker"))
+    stats = read_in_parts(files, out, 1)  # all parts done, no stats.json: the dedupe runs again
+    monkeypatch.setattr(schemas, "read_table", real_read)
+    assert outcomes(out) == outcomes(root / "parted") and stats["in"] == part_runs[2]["in"]
+    whole = sorted(name[:12] for name, kind, columns in reads if kind == "candidates" and columns is None)
+    assert whole == ["warc-p00002-", "warc-p00003-"], "only the shards that hold a later copy are read whole"
+    assert all(columns == ["candidate_id"] for _, kind, columns in reads if kind == "candidates" and columns)
+    before = snapshot(out)
+    assert warc.dedupe_across_parts(str(out)) == 0 and warc.dedupe_across_parts(str(out)) == 0
+    assert snapshot(out) == before
+
+
+def test_a_rerun_with_other_files_or_part_size_is_refused_and_the_folder_stays(tmp_path, part_runs, capsys):
+    from lait import cli
+
+    root, files, _ = part_runs
+    out = tmp_path / "parted"
+    shutil.copytree(root / "parted", out)
+    one = tmp_path / "one"
+    shutil.copytree(root / "one", one)
+    before = snapshot(out), snapshot(one)
+    common = ["--no-download", "--min-side", str(TEST_MIN_SIDE)]
+    for folder, args, message in (
+            (out, ["--warc", *files, "--files-per-part", "2"], "1 files per part, not 2"),
+            (out, ["--warc", *files[:3], "--files-per-part", "1"], "4 input files, not 3: 1 missing (first "),
+            (out, ["--warc", *files], "1 files per part, not 0"),
+            (one, ["--warc", *files, "--files-per-part", "1"], "a run without --files-per-part")):
+        assert cli.main(["crawl", *args, "--out", str(folder), *common]) == 2
+        printed = capsys.readouterr().out
+        assert message in printed and "use a new --out or delete the folder" in printed, printed
+    assert (snapshot(out), snapshot(one)) == before
+    with pytest.raises(SystemExit) as bad_option:
+        cli.main(["crawl", "--warc", *files, "--out", str(out), "--files-per-part", "-1"])
+    assert bad_option.value.code == 2 and "--files-per-part: must be 0 or more" in capsys.readouterr().err

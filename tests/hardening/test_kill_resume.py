@@ -131,14 +131,53 @@ def test_warc_reader_killed_then_rerun_gives_the_uninterrupted_result(tmp_path):
         run_and_kill(command, functools.partial(halfway, images_fetched()), signal.SIGKILL)
         assert not (out / "stats.json").exists(), "an interrupted rerun must not keep the previous run's stats.json"
         lait_ok(*crawl_args(out))
+    stats = assert_same_warc_output(out, full, site)
+    assert stats["rejected_by_reason"] == {"http_404": 1}
+
+
+def assert_same_warc_output(out, full, site) -> dict:
+    """The rerun's rows are the uninterrupted run's, each once, no Beam temporary file is left, the books
+    balance and the audit passes; returns the rerun's stats.json."""
     for kind, folder, column in (("candidates", "candidates", "candidate_id"), ("rejected", "rejected", "candidate_id")):
         got = ids_of(out / folder, kind, column)
         assert sorted(got) == sorted(ids_of(full / folder, kind, column)) and len(set(got)) == len(got)
     assert sorted(ids_of(out / "candidates", "candidates", "candidate_id")) == small_site_candidate_ids(site, 8)
     assert not [p for p in out.rglob("*") if p.name.startswith("beam-temp")]
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["in"] == stats["kept"] + stats["rejected"] == 25 and stats["rejected_by_reason"] == {"http_404": 1}
+    assert stats["in"] == stats["kept"] + stats["rejected"] == 25
     audit_ok(out.parent)
+    return stats
+
+
+def test_warc_reader_in_parts_killed_after_its_first_part_resumes_from_the_next(tmp_path):
+    full, out = tmp_path / "full" / "crawl", tmp_path / "run" / "crawl"
+    with small_site(8, slow_images=0.1) as site:
+        files = []
+        for number, pages in enumerate((range(0, 3), range(3, 6), range(6, 8))):
+            files.append(tmp_path / f"pages-{number}.warc.gz")
+            with open(files[-1], "wb") as handle:
+                writer = WARCWriter(handle, gzip=True)
+                for i in pages:
+                    write_response(writer, f"{site.url}/p{i}.html", site.pages[f"/p{i}.html"][2], "text/html")
+                if number == 0:
+                    write_response(writer, f"{site.url}/gone.html",
+                                   html('<img src="/img/gone.jpg" alt="An image that is gone">'), "text/html")
+        crawl_args = lambda folder: ["crawl", "--warc", *map(str, files), "--out", str(folder), "--files-per-part", "1",
+                                     "--allow-private-networks", "--min-side", "64", "--no-progress",
+                                     "-s", "DOWNLOAD_DELAY=0"]
+        lait_ok(*crawl_args(full))  # the uninterrupted run
+        # SIGKILL once the first part's marker is written: part 2 is on its way.
+        run_and_kill([sys.executable, "-m", "lait", *crawl_args(out)], (out / "parts" / "p00000.json").exists,
+                     signal.SIGKILL)
+        assert not (out / "stats.json").exists() and not (out / "parts" / "p00002.json").exists()
+        first_part = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("warc-p00000-*.parquet")}
+        assert len(first_part) == 2, "part 1 wrote its candidate and rejected shards"
+        fetched = {p: n for p, n in site.counts.items() if p.startswith("/img/")}
+        lait_ok(*crawl_args(out))  # the same command
+        refetched = [p for p in ("/img/0a.jpg", "/img/1b.jpg", "/img/2a.jpg") if site.counts[p] != fetched[p]]
+    assert refetched == [], "the finished part's images are not fetched again"
+    assert {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("warc-p00000-*.parquet")} == first_part
+    assert assert_same_warc_output(out, full, site)["parts"] == 3
 
 
 # ----------------------------------------------------------------------------------------- filter
