@@ -435,29 +435,122 @@ class LengthBuckets(IterableDataset):
     Each example goes to the bucket of the smallest (text, regions) ceilings it fits; a bucket that holds
     ``batch_size`` examples leaves as one batch, ``((text ceiling, region ceiling), examples)``. A batch
     then pads to its bucket's ceilings (fixed shapes: a compiled step sees one shape per bucket) or to its
-    own longest member, instead of the longest of a random batch. A finite stream ends with the partly
-    filled buckets, smallest first; an endless one carries them into the next epoch, so no example is
-    left out. The order depends only on the stream's, so a resumed run sees the same batches.
+    own longest member, instead of the longest of a random batch.
+
+    A rare bucket would wait for epochs and then hold copies of one example (no negatives among them).
+    So when an example comes round again while its earlier copy still waits, the copy is set aside and its
+    bucket is due: as soon as enough examples wait, it leaves filled up with examples of other buckets,
+    first those that fit its ceilings, then those that raise them least. The batch pads to the largest
+    ceilings among them, still one of the bucket shapes; the copies set aside join their buckets again.
+    Only when a batch's worth of copies piles up (a stream of about a batch of examples) does a batch take
+    copies, as random batches of such a stream would. A finite stream ends with the partly filled buckets,
+    smallest first. The order depends only on the stream's, so a resumed run sees the same batches.
     """
 
     def __init__(self, stream: PairStream, batch_size: int, text_ceilings: list[int], region_ceilings: list[int]):
         self.stream, self.batch_size = stream, batch_size
         self.text_ceilings, self.region_ceilings = text_ceilings, region_ceilings
 
-    def _ceiling(self, ceilings: list[int], length: int) -> int:
-        return next((c for c in ceilings if length <= c), ceilings[-1])
-
     def __iter__(self) -> Iterator[tuple[tuple[int, int], list[dict]]]:
-        buckets: dict[tuple[int, int], list[dict]] = {}
+        buckets = _Buckets(self.batch_size, self.text_ceilings, self.region_ceilings)
         for example in self.stream:
-            key = (self._ceiling(self.text_ceilings, len(example["input_ids"])),
-                   self._ceiling(self.region_ceilings, len(example["image"].features)))
-            bucket = buckets.setdefault(key, [])
-            bucket.append(example)
-            if len(bucket) == self.batch_size:
-                yield key, buckets.pop(key)
-        for key in sorted(buckets):  # only a finite stream gets here
-            yield key, buckets[key]
+            yield from buckets.add(example)
+        yield from buckets.leftovers()
+
+
+class _Buckets:
+    """The waiting examples of ``LengthBuckets`` (one pass over a stream)."""
+
+    def __init__(self, batch_size: int, text_ceilings: list[int], region_ceilings: list[int]):
+        self.batch_size, self.text_ceilings, self.region_ceilings = batch_size, text_ceilings, region_ceilings
+        self.buckets: dict[tuple[int, int], list[dict]] = {}
+        self.ids: dict[tuple[int, int], set[tuple[str, str]]] = {}  # the examples of each bucket, by ids
+        self.deferred: list[dict] = []  # copies that came round while their earlier copy still waited
+        self.due: set[tuple[int, int]] = set()  # buckets to fill up as soon as a batch's worth waits
+        self.waiting = 0
+
+    def key(self, example: dict) -> tuple[int, int]:
+        ceiling = lambda ceilings, length: next((c for c in ceilings if length <= c), ceilings[-1])
+        return (ceiling(self.text_ceilings, len(example["input_ids"])),
+                ceiling(self.region_ceilings, len(example["image"].features)))
+
+    def add(self, example: dict) -> Iterator[tuple[tuple[int, int], list[dict]]]:
+        """Put ``example`` in its bucket; yield the batches that leave."""
+        key = self.key(example)
+        if _ids(example) in self.ids.get(key, ()):
+            self.due.add(key)
+            self.deferred.append(example)
+            if len(self.deferred) >= self.batch_size:
+                yield self._with_copies()
+                yield from self._offer_deferred()
+            else:
+                yield from self._fill_up_due()
+            return
+        self.buckets.setdefault(key, []).append(example)
+        self.ids.setdefault(key, set()).add(_ids(example))
+        self.waiting += 1
+        if len(self.buckets[key]) == self.batch_size:
+            yield key, self._take(key, self.batch_size)
+            yield from self._offer_deferred()
+        else:
+            yield from self._fill_up_due()
+
+    def leftovers(self) -> Iterator[tuple[tuple[int, int], list[dict]]]:
+        """The partly filled buckets at the end of a finite stream, smallest first (then any copies)."""
+        for key in sorted(self.buckets):
+            yield key, self.buckets[key]
+        if self.deferred:
+            yield self._shape_of(self.deferred), self.deferred
+
+    def _take(self, key: tuple[int, int], count: int) -> list[dict]:
+        """The first ``count`` examples of a bucket, out of it."""
+        taken, rest = self.buckets[key][:count], self.buckets[key][count:]
+        self.waiting -= len(taken)
+        if rest:
+            self.buckets[key] = rest
+            self.ids[key].difference_update(_ids(example) for example in taken)
+        else:
+            del self.buckets[key], self.ids[key]
+            self.due.discard(key)
+        return taken
+
+    def _fill_up_due(self) -> Iterator[tuple[tuple[int, int], list[dict]]]:
+        while self.due and self.waiting >= self.batch_size:
+            key = min(self.due)
+            self.due.discard(key)
+            if key not in self.buckets:
+                continue
+            fits = lambda other: other[0] <= key[0] and other[1] <= key[1]
+            donors = sorted((k for k in self.buckets if k != key),
+                            key=lambda k: (not fits(k), max(k[0], key[0]) + max(k[1], key[1]), k))
+            batch = self._take(key, self.batch_size)
+            for donor in donors:
+                if len(batch) == self.batch_size:
+                    break
+                batch += self._take(donor, self.batch_size - len(batch))
+            yield self._shape_of(batch), batch
+            yield from self._offer_deferred()
+
+    def _offer_deferred(self) -> Iterator[tuple[tuple[int, int], list[dict]]]:
+        pending, self.deferred = self.deferred, []
+        for example in pending:
+            yield from self.add(example)
+
+    def _with_copies(self) -> tuple[tuple[int, int], list[dict]]:
+        """A batch from a stream of about a batch of examples: the waiting examples, then copies."""
+        batch = [example for key in sorted(self.buckets) for example in self.buckets[key]]
+        batch += self.deferred[: self.batch_size - len(batch)]
+        self.deferred = self.deferred[len(batch) - self.waiting:]
+        self.buckets, self.ids, self.due, self.waiting = {}, {}, set(), 0
+        return self._shape_of(batch), batch
+
+    def _shape_of(self, batch: list[dict]) -> tuple[int, int]:
+        keys = [self.key(example) for example in batch]
+        return max(k[0] for k in keys), max(k[1] for k in keys)
+
+
+def _ids(example: dict) -> tuple[str, str]:
+    return example["caption_id"], example["image"].image_id
 
 
 def make_loader(datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig, batch_size: int,

@@ -260,6 +260,35 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig) -> None:
         raise ValueError(f"{path}: a checkpoint of stage {name!r} (stage {index + 1} of the run that wrote it{after}), "
                          f"but this config's stages are {ours}; resume with the config that wrote it, or start a new "
                          f"run from its weights with init:")
+    if not state.get("stage_done", True):
+        changed = _data_order_changes(written, stages[index] if index < len(stages) else None, config, index)
+        if changed:
+            logger.warning("%s: resuming with other %s than the run that wrote it: the batches after step %s are "
+                           "not those it would have trained on (resume is exact only with the same settings)",
+                           path, ", ".join(changed), state.get("step"))
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has compiled in this process (dynamo's count)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+#: The settings that decide which examples the batches of a stage hold, in which order (``model.data``).
+DATA_ORDER_KEYS = ("seed", "shuffle_buffer", "num_workers", "grad_accum", "length_buckets")
+DATA_ORDER_STAGE_KEYS = ("batch_size", "datasets")
+
+
+def _data_order_changes(written: dict, stage: dict | None, config: TrainConfig, index: int) -> list[str]:
+    """The data-order settings in which ``config`` differs from the checkpoint's ``written`` config."""
+    ours = config.to_dict()
+    changed = [key for key in DATA_ORDER_KEYS if key in written and written[key] != ours.get(key)]
+    mine = config.stages()[index]
+    if isinstance(stage, dict):
+        changed += [f"{mine.name}.{key}" for key in DATA_ORDER_STAGE_KEYS
+                    if key in stage and stage[key] != dataclasses.asdict(mine).get(key)]
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,10 +385,12 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         wrapped = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                                           find_unused_parameters=unused)
     model.fused_norm = config.fused_norm  # before compiling: the graph is traced with the fused steps
-    if config.compile and config.length_buckets:  # one static graph per bucket shape, and a spare
+    if config.compile and config.length_buckets:
         import torch._dynamo.config as dynamo_config
 
-        shapes = config.length_buckets[0] * config.length_buckets[1]
+        # One static graph per bucket shape and per stage (the compiled forward outlives the stage; a
+        # pretraining stage's tasks and fine-tuning's negatives trace graphs of their own), and a spare.
+        shapes = config.length_buckets[0] * config.length_buckets[1] * len(config.stages())
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, shapes + 1)
     # LayerNorms opaque to the compiler while training: inductor's fused LayerNorm backward was the
     # costliest kernel of a compiled step (benchmarks/RESULTS_train.md).
@@ -376,6 +407,7 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                          length_buckets=config.length_buckets)
     batches = iter(loader)
     bucket_shapes = set() if config.compile and config.length_buckets else None  # logged as each compiles
+    first_of_bucket = None  # (shape, graphs compiled before, start) of a step on a bucket's first batch
     # Exact resume: the stream is deterministic, so skipping the consumed batches restores the position.
     for _ in range(start * config.grad_accum):
         next(batches)
@@ -402,11 +434,9 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
             batch = _to_device(next(batches), runtime.device)
             if bucket_shapes is not None:
                 shape = (batch["input_ids"].shape[1], batch["region_mask"].shape[1])
-                if shape not in bucket_shapes and runtime.is_main:  # a first batch of a bucket: a compile
-                    bucket_shapes.add(shape)
-                    logger.info("%s: compiling the step for the bucket of %d tokens + %d regions (shape %d of at "
-                                "most %d)", stage.name, *shape, len(bucket_shapes),
-                                config.length_buckets[0] * config.length_buckets[1])
+                if shape not in bucket_shapes and runtime.is_main:  # a bucket's first batch: compiled unless
+                    bucket_shapes.add(shape)  # an earlier stage traced the same graph
+                    first_of_bucket = (shape, compiled_graphs(), time.perf_counter())
             window_samples += batch["input_ids"].shape[0] * runtime.world_size
             sync = micro == config.grad_accum - 1 or not runtime.distributed
             with (contextlib.nullcontext() if sync else wrapped.no_sync()):
@@ -435,6 +465,13 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if first_of_bucket is not None:
+            shape, before, started = first_of_bucket
+            first_of_bucket = None
+            if compiled_graphs() > before:
+                logger.info("%s: compiled the step for the bucket of %d tokens + %d regions in %.1f s (%d of at "
+                            "most %d shapes)", stage.name, *shape, time.perf_counter() - started, len(bucket_shapes),
+                            config.length_buckets[0] * config.length_buckets[1])
         window += step_losses
         window_steps += 1
         done = step + 1

@@ -151,11 +151,31 @@ def test_length_buckets_in_an_endless_stream_are_full_deterministic_and_leave_no
     assert {key for keys in two_workers for key in keys} == set(counts)
 
 
+def _example(caption_id: str, tokens: int, regions: int) -> dict:
+    image = type("Image", (), {"features": np.ones((regions, 4), np.float16), "image_id": f"i-{caption_id}"})()
+    return {"input_ids": [2] * tokens, "special_mask": [1] * tokens, "caption_id": caption_id, "image": image}
+
+
 def test_length_buckets_hand_the_collate_its_bucket():
-    examples = [{"input_ids": [2, 7, 3], "special_mask": [1, 0, 1], "caption_id": "a",
-                 "image": type("Image", (), {"features": np.ones((2, 4), np.float16)})()}]
-    stream = LengthBuckets(examples, 2, [4, 8], [5, 10])
+    stream = LengthBuckets([_example("a", 3, 2)], 2, [4, 8], [5, 10])
     assert [(key, [e["caption_id"] for e in batch]) for key, batch in stream] == [((4, 5), ["a"])]
+
+
+def test_a_rare_bucket_leaves_filled_up_with_other_examples_not_with_its_own_copies():
+    """One long example among short ones: when it comes round again, its bucket leaves as soon as a batch's
+    worth waits, filled up with short examples (which fit the long one's ceilings), padded to its shape."""
+    epoch = [_example(f"s{i}", 3, 2) for i in range(6)] + [_example("long", 7, 9)]
+    batches = [(key, [e["caption_id"] for e in batch]) for key, batch in LengthBuckets(epoch * 4, 4, [4, 8], [5, 10])]
+    full = [(key, ids) for key, ids in batches if len(ids) == 4]
+    assert len(full) == len(batches) - 3, "the finite stream's leftovers: two shorts, the long one and its copy"
+    assert all(len(set(ids)) == 4 for _, ids in full), "no batch holds two copies of an example"
+    assert [ids for key, ids in full if key == (8, 10)] == [["long", "s0", "s1", "s2"], ["long", "s3", "s4", "s5"]]
+    assert {key for key, _ in batches} <= {(4, 5), (8, 10)}, "every batch has one of the bucket shapes"
+    assert sorted(i for _, ids in batches for i in ids) == sorted(e["caption_id"] for e in epoch * 4), "none lost"
+    # A stream of fewer examples than a batch cannot do without copies, as random batches of it could not.
+    tiny = [(key, [e["caption_id"] for e in batch]) for key, batch in LengthBuckets([_example("x", 3, 2)] * 9, 4,
+                                                                                    [4, 8], [5, 10])]
+    assert tiny == [((4, 5), ["x"] * 4), ((4, 5), ["x"] * 4), ((4, 5), ["x"])]
 
 
 def test_stream_order_does_not_follow_the_files_row_order(tmp_path):

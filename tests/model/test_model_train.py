@@ -184,6 +184,27 @@ def test_train_cli_reports_bad_input_without_a_traceback(synth_dir, tmp_path, mo
     assert "finetune.loss" in capsys.readouterr().err
 
 
+def test_resuming_with_other_data_order_settings_warns(synth_dir, tmp_path, caplog):
+    """A resume replays the consumed batches; with another batching it would replay others: said, not silent."""
+    config = load_config(base=_base(synth_dir, str(tmp_path / "run"), checkpoint_every=2))
+    config.pretrain[0].steps, config.finetune = 3, None
+    train(config)
+    checkpoint = os.path.join(tmp_path, "run", "checkpoints", "stage1-step2.pt")
+    for changes, expected in (({}, None), ({"length_buckets": [2, 2], "shuffle_buffer": 64}, "length_buckets"),
+                              ({"pretrain.0.batch_size": 4}, "stage1.batch_size")):
+        again = load_config(base=_base(synth_dir, str(tmp_path / f"again-{len(changes)}-{expected}"), checkpoint_every=2),
+                            overrides=[f"{k}={v}" for k, v in changes.items()])
+        again.pretrain[0].steps, again.finetune = 3, None
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="model.train"):
+            train(again, resume=checkpoint)
+        warnings = [r.getMessage() for r in caplog.records if "resuming with other" in r.getMessage()]
+        if expected is None:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and expected in warnings[0] and "after step 2" in warnings[0], warnings
+
+
 def test_exact_masking_with_the_whole_model_compiled(synth_dir, tmp_path):
     """The GPU configuration (masking: exact, compile: true -> compile_scope model) trains end to end on the CPU."""
     config = load_config(base=_base(synth_dir, str(tmp_path), masking="exact", compile=True))
@@ -216,8 +237,8 @@ def test_length_buckets_compile_one_static_graph_per_bucket(synth_dir, tmp_path,
     with caplog.at_level("INFO", logger="model.train"):
         train(config)
     assert counters["stats"]["unique_graphs"] - before == 2
-    compiles = [r.getMessage() for r in caplog.records if "compiling the step for the bucket" in r.getMessage()]
-    assert len(compiles) == 2 and compiles[-1].endswith("(shape 2 of at most 2)"), compiles
+    compiles = [r.getMessage() for r in caplog.records if "compiled the step for the bucket" in r.getMessage()]
+    assert len(compiles) == 2 and compiles[-1].endswith("(2 of at most 2 shapes)"), compiles
     assert sorted(_log(os.path.join(tmp_path, "logs", "stage1.csv"))) == [1, 2, 3, 4, 5, 6]
 
 
