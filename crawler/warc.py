@@ -585,20 +585,27 @@ def _has_warc_output(out_dir: str) -> bool:
                                         for sub in (output.CANDIDATES, output.REJECTED))
 
 
-def _check_job(out_dir: str, files: list[str], files_per_part: int) -> None:
-    """Refuse to mix outputs: a folder written in parts takes only the same files and files per part.
+#: The options that decide which rows a part writes: a resumed run in parts must use the same.
+JOB_OPTIONS = ("no_download", "min_side", "max_aspect", "image_formats", "max_pixels", "max_bytes")
+
+
+def _check_job(out_dir: str, files: list[str], files_per_part: int, options: dict[str, Any] | None = None) -> None:
+    """Refuse to mix outputs: a folder written in parts takes only the same files, files per part and
+    ``JOB_OPTIONS`` (``options``).
 
     A folder without a job file holds nothing (any N), or one-part output (N = 0 replaces it; N > 0
     refuses). A run in parts records its job before any part runs. Raises PartsMismatchError.
     """
     job_path = FileSystems.join(out_dir, PARTS, JOB_FILE)
-    wanted = {"files_per_part": files_per_part, "files": sorted(_comparable(path) for path in files)}
+    wanted = {"files_per_part": files_per_part, "files": sorted(_comparable(path) for path in files),
+              "options": options or {}}
     job = _read_json(job_path)
     advice = "use a new --out or delete the folder"
     if job is not None:
         if job == wanted:
             return
-        differences = []
+        differences = [f"--{key.replace('_', '-')} {job.get('options', {}).get(key)!r}, not {value!r}"
+                       for key, value in wanted["options"].items() if job.get("options", {}).get(key) != value]
         if job["files_per_part"] != files_per_part:
             differences.append(f"{job['files_per_part']} files per part, not {files_per_part}")
         if job["files"] != wanted["files"]:
@@ -607,8 +614,9 @@ def _check_job(out_dir: str, files: list[str], files_per_part: int) -> None:
                                + ([f"{len(missing)} missing (first {missing[0]})"] if missing else []))
             differences.append(f"{len(job['files'])} input files, not {len(wanted['files'])}: {change}")
         raise PartsMismatchError(
-            f"{out_dir} holds a WARC run in parts of other inputs ({'; '.join(differences)}); its outputs would "
-            f"mix. Rerun with its files and --files-per-part {job['files_per_part']} to resume it, or {advice}")
+            f"{out_dir} holds a WARC run in parts of other inputs or options ({'; '.join(differences)}); its outputs "
+            f"would mix. Rerun with its files, options and --files-per-part {job['files_per_part']} to resume it, "
+            f"or {advice}")
     if files_per_part == 0:
         return
     if _has_warc_output(out_dir):
@@ -779,7 +787,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     files = _expand_inputs(known.input)  # inputs and output are checked before the previous output goes
     out_dir = known.output
     output.prepare_out_dir(out_dir)
-    _check_job(out_dir, files, known.files_per_part)
+    _check_job(out_dir, files, known.files_per_part, {key: getattr(known, key) for key in JOB_OPTIONS})
     if known.files_per_part:
         return _run_in_parts(known, options, files, out_dir)
     _clear_previous(out_dir)

@@ -442,6 +442,7 @@ def test_a_rerun_with_other_files_or_part_size_is_refused_and_the_folder_stays(t
             (out, ["--warc", *files, "--files-per-part", "2"], "1 files per part, not 2"),
             (out, ["--warc", *files[:3], "--files-per-part", "1"], "4 input files, not 3: 1 missing (first "),
             (out, ["--warc", *files], "1 files per part, not 0"),
+            (out, ["--warc", *files, "--files-per-part", "1", "--max-aspect", "5"], "--max-aspect 3.0, not 5.0"),
             (one, ["--warc", *files, "--files-per-part", "1"], "a run without --files-per-part")):
         assert cli.main(["crawl", *args, "--out", str(folder), *common]) == 2
         printed = capsys.readouterr().out
