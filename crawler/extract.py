@@ -48,6 +48,11 @@ class Page:
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
+#: What a later reference without a figcaption hashes in its place when an earlier one had one (normalised
+#: text never holds a control character), so that which of the two comes first does not decide the ids.
+NO_FIGCAPTION = "\x01"
+
+
 def candidate_id(page_url: str, image_url: str, alt: str | None, title: str | None,
                  figcaption: str | None = None) -> str:
     """Stable id of a (page, image, text) candidate: sha1 over page, image, alt and title.
@@ -345,7 +350,7 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
         candidate = dict(ref, figcaption=figcaption, page_lang=page.lang, page_title=page.title, page_text=page.text)
         key = candidate_id(page_url, image_url, alt, title_text)
         if figcaption_of.setdefault(key, figcaption) != figcaption:  # same image and alt/title, another caption
-            key = candidate_id(page_url, image_url, alt, title_text, figcaption)
+            key = candidate_id(page_url, image_url, alt, title_text, figcaption or NO_FIGCAPTION)
         candidate["candidate_id"] = key
         page.candidates.append(candidate)
         page.counts["candidate"] += 1

@@ -295,9 +295,10 @@ def _drop_rows(shard: str, kind: str, keep: list[bool]) -> int:
     return keep.count(False)
 
 
-def withdraw_opted_out(out_dir: str, outcomes: RunOutcomes) -> int:
+def withdraw_opted_out(out_dir: str, outcomes: RunOutcomes) -> tuple[int, int]:
     """Remove the kept candidates that this run found opted out (``opt_out_*``: the page or the image now
-    says noai / noimageai / noimageindex); their reject rows of this run stay. Returns how many went.
+    says noai / noimageai / noimageindex), and the ``duplicate_candidate`` rows of their repeated references:
+    this run wrote an opt-out row for each reference. Returns (candidates, duplicate rows) removed.
 
     An opt-out is the one later outcome that takes back a candidate kept before: a page that withdraws
     its images from AI training must not stay in the data because an earlier crawl was first. Only the
@@ -305,26 +306,34 @@ def withdraw_opted_out(out_dir: str, outcomes: RunOutcomes) -> int:
     """
     opted_out = {key for key, reasons in outcomes.candidates.items() if any(r.startswith(OPT_OUT) for r in reasons)}
     if not opted_out or "://" in out_dir:
-        return 0
-    try:
-        shards = schemas.list_parquet_files(os.path.join(out_dir, CANDIDATES))
-    except FileNotFoundError:
-        return 0
-    withdrawn = 0
-    for shard in shards:
-        ids = schemas.read_table(shard, "candidates", columns=["candidate_id"]).column("candidate_id").to_pylist()
-        withdrawn += _drop_rows(shard, "candidates", [candidate_id not in opted_out for candidate_id in ids])
+        return 0, 0
+    withdrawn = duplicates = 0
+    for sub, kind, columns in ((CANDIDATES, "candidates", ["candidate_id"]),
+                               (REJECTED, "rejected", ["candidate_id", "reason"])):
+        try:
+            shards = schemas.list_parquet_files(os.path.join(out_dir, sub))
+        except FileNotFoundError:
+            continue
+        for shard in shards:
+            table = schemas.read_table(shard, kind, columns=columns)
+            ids = table.column("candidate_id").to_pylist()
+            if kind == "candidates":
+                withdrawn += _drop_rows(shard, kind, [candidate_id not in opted_out for candidate_id in ids])
+            else:  # the repeats of a withdrawn reference: this run gave each reference its opt-out row
+                reasons = table.column("reason").to_pylist()
+                duplicates += _drop_rows(shard, kind, [not (reason == DUPLICATE and candidate_id in opted_out)
+                                                       for candidate_id, reason in zip(ids, reasons)])
     if withdrawn:
         logger.info("%d candidates kept by an earlier run withdrawn from %s: their pages or images opted out",
                     withdrawn, out_dir)
-    return withdrawn
+    return withdrawn, duplicates
 
 
 def settle(out_dir: str, outcomes: RunOutcomes) -> dict[str, int]:
     """A crawl's last step before stats.json, once every crawl process has finished: withdraw the candidates
     that opted out since they were kept, then reconcile the rejects. Returns the counts for stats.json."""
-    withdrawn = withdraw_opted_out(out_dir, outcomes)
-    return {"withdrawn_candidates": withdrawn, "superseded_rejects": reconcile(out_dir, outcomes)}
+    withdrawn, duplicates = withdraw_opted_out(out_dir, outcomes)
+    return {"withdrawn_candidates": withdrawn, "superseded_rejects": duplicates + reconcile(out_dir, outcomes)}
 
 
 def funnel(out_dir: str) -> dict[str, Any]:

@@ -486,7 +486,7 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
             missing.append(pattern)
     if missing:
         raise MissingInputError(f"no such file: {', '.join(missing)}")
-    return sorted(dict.fromkeys(files))
+    return sorted({_comparable(path): path for path in files}.values())  # one file named two ways is read once
 
 
 def _delete_matching(patterns: list[str]) -> None:
@@ -586,7 +586,8 @@ def _has_warc_output(out_dir: str) -> bool:
 
 
 #: The options that decide which rows a part writes: a resumed run in parts must use the same.
-JOB_OPTIONS = ("no_download", "min_side", "max_aspect", "image_formats", "max_pixels", "max_bytes")
+JOB_OPTIONS = ("no_download", "allow_private_networks", "min_side", "max_aspect", "image_formats", "max_pixels",
+               "max_bytes")
 
 
 def _check_job(out_dir: str, files: list[str], files_per_part: int, options: dict[str, Any] | None = None) -> None:

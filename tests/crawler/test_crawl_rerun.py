@@ -184,14 +184,21 @@ def test_a_page_that_opts_out_after_a_crawl_kept_it_is_withdrawn(tmp_path, proce
     with rerun_site() as site:
         crawl(site, out)
         assert rows_of(out, site) == HEALTHY
-        status, headers, body = site.pages["/pics.html"]
-        site.pages["/pics.html"] = (status, headers, body.replace(b"</head>", b'<meta name="robots" content="noai"></head>'))
+        for page in ("/pics.html", "/dups.html"):
+            status, headers, body = site.pages[page]
+            site.pages[page] = (status, headers, body.replace(b"</head>", b'<meta name="robots" content="noai"></head>'))
         crawl(site, out, "--processes", str(processes))
-    expected = sorted([row for row in HEALTHY if row[0] != "/pics.html"]
-                      + [("/pics.html", "/img/a.jpg", "opt_out_noai"), ("/pics.html", "/img/b.jpg", "opt_out_noai")])
-    assert rows_of(out, site) == expected
+        fresh = tmp_path / "fresh"
+        crawl(site, fresh)
+    # As a crawl of the opted-out site gives: each reference its opt-out row, d.jpg's repeat included (its
+    # duplicate_candidate row goes), the decorative use of f.jpg still its own record.
+    expected = sorted([row for row in HEALTHY if row[0] not in ("/pics.html", "/dups.html")]
+                      + [("/pics.html", "/img/a.jpg", "opt_out_noai"), ("/pics.html", "/img/b.jpg", "opt_out_noai"),
+                         ("/dups.html", "/img/d.jpg", "opt_out_noai"), ("/dups.html", "/img/d.jpg", "opt_out_noai"),
+                         ("/dups.html", "/img/f.jpg", "opt_out_noai"), ("/dups.html", "/img/f.jpg", "decorative_image")])
+    assert rows_of(out, site) == rows_of(fresh, site) == expected
     _, _, stats = assert_one_row_per_record(out)
-    assert stats["withdrawn_candidates"] == 2 and stats["superseded_rejects"] == 0
+    assert stats["withdrawn_candidates"] == 4 and stats["superseded_rejects"] == 1
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])

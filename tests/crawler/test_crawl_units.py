@@ -35,6 +35,10 @@ def test_figures_of_one_image_with_different_captions_are_different_candidates()
     legacy = hashlib.sha1(f"{PAGE}\x00http://example.org/dir/f.jpg\x00\x00".encode()).hexdigest()
     assert ids == [legacy, extract.candidate_id(PAGE, "http://example.org/dir/f.jpg", None, None,
                                                 "The same door at night")]
+    # A captioned and a bare reference of one image and alt are two candidates, in either order.
+    figure, bare = '<figure><img src="f.jpg" alt="t"><figcaption>A</figcaption></figure>', '<img src="f.jpg" alt="t">'
+    for html in (figure + bare, bare + figure):
+        assert len({c["candidate_id"] for c in extract.parse_page(html, PAGE).candidates}) == 2, html
     # Captioned figures with an alt keep their old ids too; a repeat with the same caption is the same id.
     page = extract.parse_page('<figure><img src="f.jpg" alt="Door"><figcaption>Red</figcaption></figure>'
                               '<figure><img src="f.jpg" alt="Door"><figcaption>Red</figcaption></figure>', PAGE)

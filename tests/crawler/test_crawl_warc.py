@@ -258,6 +258,16 @@ def test_a_missing_warc_input_is_a_clear_error_and_the_previous_output_stays(tmp
     assert (out / "stats.json").exists()
 
 
+def test_one_file_named_two_ways_is_read_once(tmp_path, monkeypatch):
+    from crawler.warc import _expand_inputs
+
+    (tmp_path / "a.warc.gz").write_bytes(b"")
+    (tmp_path / "b.warc.gz").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    found = _expand_inputs(["a.warc.gz", str(tmp_path / "a.warc.gz"), "*.warc.gz"])
+    assert sorted(os.path.abspath(path) for path in found) == [str(tmp_path / "a.warc.gz"), str(tmp_path / "b.warc.gz")]
+
+
 # ------------------------------------------------------------------------------------ resumable parts
 
 PAGE_A = html('<img src="/img/one.jpg" alt="One">')
