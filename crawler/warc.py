@@ -76,6 +76,10 @@ class MissingInputError(FileNotFoundError):
     """An input path or pattern that names no file."""
 
 
+class MisreadMemberError(OSError):
+    """warcio read a corrupt gzip member's bytes as an uncompressed record: the next record's bytes follow."""
+
+
 class PartsMismatchError(ValueError):
     """A rerun whose input files or files per part differ from those the output folder was written with."""
 
@@ -126,7 +130,7 @@ class ReadWarcRecords(beam.DoFn):
         size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
         end = 0  # where the last record read whole ends
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            gzipped = handle.read(len(GZIP_MEMBER)) == GZIP_MEMBER
+            gzipped = self._gzipped = handle.read(len(GZIP_MEMBER)) == GZIP_MEMBER
             start = 0
             while start is not None:
                 handle.seek(start)
@@ -178,6 +182,10 @@ class ReadWarcRecords(beam.DoFn):
             self.skipped.inc()
             return
         if not url or "://" not in url:
+            if getattr(self, "_gzipped", False) and url and url.startswith(GZIP_MEMBER.decode("latin-1")):
+                # A corrupt member that warcio went on to read as plain text: what it took for a header is
+                # the next member's compressed bytes. Resynchronise there instead of reading them as records.
+                raise MisreadMemberError(f"compressed bytes read as a record header ({url[:20]!r})")
             # warcio reads any line of words as an ARC header; a response without a URL is garbage.
             yield _rejected("warc_malformed_record", f"{path}@{offset()}: {kind} record without a URL ({url!r})"[:300])
             return
@@ -686,7 +694,7 @@ def dedupe_across_parts(out_dir: str) -> int:
         if named:
             shards.append((int(named.group(1)), metadata.path))
     if not shards:
-        return 0
+        return _repeated_rejects_to_duplicates(out_dir, set())
     shards.sort()
     ids = []
     for number, (part, shard) in enumerate(shards):
@@ -704,7 +712,52 @@ def dedupe_across_parts(out_dir: str) -> int:
         moved += _move_duplicates(out_dir, part, shard, drop)
     if moved:
         logger.info("%d candidates kept by an earlier part too became %s rejects", moved, output.DUPLICATE)
-    return moved
+    kept = set(table.filter(pc.equal(table["part"], table["part_min"]))["candidate_id"].to_pylist())
+    return moved + _repeated_rejects_to_duplicates(out_dir, kept)
+
+
+def _repeated_rejects_to_duplicates(out_dir: str, kept: set[str]) -> int:
+    """One outcome per candidate across parts, as one pipeline gives: a candidate's reject (at its image:
+    ``image_not_in_warc``, a download failure, ...) becomes ``duplicate_candidate`` when another part kept
+    it, or when an earlier part rejected it already. Opt-outs and the page-level reasons that are records
+    of their own stay. Rewrites only the shards that change; a rerun changes nothing. Returns the rows."""
+    pattern = FileSystems.join(out_dir, output.REJECTED, f"{PREFIX}-p*.parquet")
+    shards = []
+    for metadata in (m for match in FileSystems.match([pattern]) for m in match.metadata_list):
+        named = PART_SHARD.match(FileSystems.split(metadata.path)[1])
+        if named and not named.group(2).startswith(f"{DUPLICATES}-"):
+            shards.append((int(named.group(1)), metadata.path))
+    rejected_in: dict[str, int] = {}  # candidate -> the first part that rejected it
+    rows = {}
+    for part, shard in sorted(shards):
+        table = schemas.read_table(shard, "rejected", columns=["candidate_id", "reason"])
+        rows[shard] = list(zip(table["candidate_id"].to_pylist(), table["reason"].to_pylist()))
+        for candidate_id, reason in rows[shard]:
+            if _outcome_reject(candidate_id, reason):
+                rejected_in.setdefault(candidate_id, part)
+    converted = 0
+    for part, shard in sorted(shards):
+        repeat = [_outcome_reject(candidate_id, reason) and (candidate_id in kept or rejected_in[candidate_id] < part)
+                  for candidate_id, reason in rows[shard]]
+        if not any(repeat):
+            continue
+        table = schemas.read_table(shard, "rejected")
+        mask = pa.array(repeat)
+        table = table.set_column(table.schema.get_field_index("reason"), "reason",
+                                 pc.if_else(mask, output.DUPLICATE, table["reason"]))
+        table = table.set_column(table.schema.get_field_index("detail"), "detail",
+                                 pc.if_else(mask, DUPLICATE_DETAIL, table["detail"]))
+        schemas.write_table(table, shard, "rejected")  # a temporary file beside it, then a rename
+        converted += sum(repeat)
+    if converted:
+        logger.info("%d rejects of candidates another part kept or rejected first became %s rejects", converted,
+                    output.DUPLICATE)
+    return converted
+
+
+def _outcome_reject(candidate_id: str | None, reason: str) -> bool:
+    """Whether a rejected row is its candidate's outcome (not a record of its own, not an opt-out)."""
+    return bool(candidate_id) and reason not in output.OWN_RECORD_REASONS and not reason.startswith(output.OPT_OUT)
 
 
 def _move_duplicates(out_dir: str, part: int, shard: str, drop: pa.ChunkedArray) -> int:

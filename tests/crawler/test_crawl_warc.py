@@ -361,6 +361,32 @@ def test_parts_of_one_file_give_the_one_part_output_except_the_join_across_parts
     assert stats["lait/warc/records"] == one_stats["lait/warc/records"] == 12
 
 
+def test_a_candidate_rejected_in_one_part_and_kept_in_another_has_one_outcome(tmp_path):
+    """c.html in two files, its image only in the second: one pipeline keeps it once and books the repeat as
+    duplicate_candidate; parts give the same, not kept + image_not_in_warc (and in the other order too)."""
+    from crawler import warc
+    from crawler.extract import candidate_id
+
+    page = html('<img src="/img/three.jpg" alt="Three">')
+    with_image = [("c.html", page, "text/html"), ("img/three.jpg", jpeg(80, 80), "image/jpeg")]
+    c_three = candidate_id("http://warc.example/c.html", "http://warc.example/img/three.jpg", "Three", None)
+    for order in ([[("c.html", page, "text/html")], with_image], [with_image, [("c.html", page, "text/html")]]):
+        files = []
+        for number, records in enumerate(order):
+            files.append(str(tmp_path / f"{len(files)}-{id(order)}.warc.gz"))
+            with open(files[-1], "wb") as handle:
+                writer = WARCWriter(handle, gzip=True)
+                for path, body, kind in records:
+                    _response(writer, f"http://warc.example/{path}", body, kind)
+        results = []
+        for per_part in (0, 1):
+            out = tmp_path / f"out-{per_part}-{id(order)}"
+            stats = warc.read_warcs(files, str(out), download=False, min_side=TEST_MIN_SIDE, files_per_part=per_part)
+            assert stats["in"] == stats["kept"] + stats["rejected"] == 2
+            results.append(outcomes(out))
+        assert results[0] == results[1] == collections.Counter({(c_three, "kept"): 1, (c_three, "duplicate_candidate"): 1})
+
+
 def test_a_run_stopped_after_two_parts_resumes_without_redoing_them(tmp_path, part_runs, monkeypatch, caplog):
     from crawler import warc
 
