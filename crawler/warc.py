@@ -76,6 +76,11 @@ class MissingInputError(FileNotFoundError):
     """An input path or pattern that names no file."""
 
 
+#: A URL of a scheme without an authority (``dns:``, ``urn:``, ``mailto:``): records crawlers keep beside
+#: the pages (Heritrix's DNS lookups), not pages or images.
+NON_WEB_URL = re.compile(r"^(dns|urn|mailto|about|data):", re.IGNORECASE)
+
+
 class MisreadMemberError(OSError):
     """warcio read a corrupt gzip member's bytes as an uncompressed record: the next record's bytes follow."""
 
@@ -154,7 +159,8 @@ class ReadWarcRecords(beam.DoFn):
                         record, done = None, False
                 except (*broken_file, ValueError) as exc:
                     if not done:  # the record being read, or the bytes where the next one should start
-                        ids = _record_ids(record) if record is not None else {}
+                        misread = isinstance(exc, MisreadMemberError)  # its "URL" is compressed bytes
+                        ids = _record_ids(record) if record is not None and not misread else {}
                         detail = f"{path}@{end}: {type(exc).__name__}: {exc}"[:300]
                         yield _rejected("warc_malformed_record", detail, **ids)
                     # A corrupt gzip member: read on from the next whole member (each holds one record).
@@ -179,6 +185,9 @@ class ReadWarcRecords(beam.DoFn):
                 yield _rejected("warc_malformed_record", f"{path}@{offset()}: WAT JSON: {exc}"[:300], page_url=url)
             return
         if kind not in ("response", "resource"):
+            self.skipped.inc()
+            return
+        if url and NON_WEB_URL.match(url):  # dns:example.org and the like, as crawlers record them
             self.skipped.inc()
             return
         if not url or "://" not in url:
@@ -613,8 +622,9 @@ def _check_job(out_dir: str, files: list[str], files_per_part: int, options: dic
     if job is not None:
         if job == wanted:
             return
-        differences = [f"--{key.replace('_', '-')} {job.get('options', {}).get(key)!r}, not {value!r}"
-                       for key, value in wanted["options"].items() if job.get("options", {}).get(key) != value]
+        recorded = job.get("options", {})  # an option the record lacks was written before it was recorded
+        differences = [f"--{key.replace('_', '-')} {recorded.get(key)!r}, not {value!r}"
+                       for key, value in wanted["options"].items() if recorded.get(key, value) != value]
         if job["files_per_part"] != files_per_part:
             differences.append(f"{job['files_per_part']} files per part, not {files_per_part}")
         if job["files"] != wanted["files"]:
@@ -622,6 +632,9 @@ def _check_job(out_dir: str, files: list[str], files_per_part: int, options: dic
             change = ", ".join(([f"{len(added)} new (first {added[0]})"] if added else [])
                                + ([f"{len(missing)} missing (first {missing[0]})"] if missing else []))
             differences.append(f"{len(job['files'])} input files, not {len(wanted['files'])}: {change}")
+        if not differences:
+            _write_json(job_path, wanted)  # the same job, recorded with every option now
+            return
         raise PartsMismatchError(
             f"{out_dir} holds a WARC run in parts of other inputs or options ({'; '.join(differences)}); its outputs "
             f"would mix. Rerun with its files, options and --files-per-part {job['files_per_part']} to resume it, "
@@ -743,10 +756,9 @@ def _repeated_rejects_to_duplicates(out_dir: str, kept: set[str]) -> int:
             continue
         table = schemas.read_table(shard, "rejected")
         mask = pa.array(repeat)
-        table = table.set_column(table.schema.get_field_index("reason"), "reason",
-                                 pc.if_else(mask, output.DUPLICATE, table["reason"]))
-        table = table.set_column(table.schema.get_field_index("detail"), "detail",
-                                 pc.if_else(mask, DUPLICATE_DETAIL, table["detail"]))
+        for name, value in (("reason", output.DUPLICATE), ("detail", DUPLICATE_DETAIL)):  # fields kept as they were
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.schema.field(index), pc.if_else(mask, value, table[name]))
         schemas.write_table(table, shard, "rejected")  # a temporary file beside it, then a rename
         converted += sum(repeat)
     if converted:
@@ -755,9 +767,14 @@ def _repeated_rejects_to_duplicates(out_dir: str, kept: set[str]) -> int:
     return converted
 
 
+#: Reference rejects made from a page's HTML, before the candidates are deduplicated: one pipeline keeps
+#: each capture's row of them, so the parts dedupe leaves them as they are (opt-outs too).
+HTML_REFERENCE_REASONS = output.OWN_RECORD_REASONS | {"unsupported_scheme", "no_image_url", "data_uri", "invalid_url"}
+
+
 def _outcome_reject(candidate_id: str | None, reason: str) -> bool:
-    """Whether a rejected row is its candidate's outcome (not a record of its own, not an opt-out)."""
-    return bool(candidate_id) and reason not in output.OWN_RECORD_REASONS and not reason.startswith(output.OPT_OUT)
+    """Whether a rejected row is its candidate's outcome at the image step (after the dedupe of one pipeline)."""
+    return bool(candidate_id) and reason not in HTML_REFERENCE_REASONS and not reason.startswith(output.OPT_OUT)
 
 
 def _move_duplicates(out_dir: str, part: int, shard: str, drop: pa.ChunkedArray) -> int:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from warcio.statusandheaders import StatusAndHeaders
@@ -367,7 +368,7 @@ def test_a_candidate_rejected_in_one_part_and_kept_in_another_has_one_outcome(tm
     from crawler import warc
     from crawler.extract import candidate_id
 
-    page = html('<img src="/img/three.jpg" alt="Three">')
+    page = html('<img src="/img/three.jpg" alt="Three"><img src="ftp://warc.example/x.jpg" alt="By FTP">')
     with_image = [("c.html", page, "text/html"), ("img/three.jpg", jpeg(80, 80), "image/jpeg")]
     c_three = candidate_id("http://warc.example/c.html", "http://warc.example/img/three.jpg", "Three", None)
     for order in ([[("c.html", page, "text/html")], with_image], [with_image, [("c.html", page, "text/html")]]):
@@ -382,9 +383,24 @@ def test_a_candidate_rejected_in_one_part_and_kept_in_another_has_one_outcome(tm
         for per_part in (0, 1):
             out = tmp_path / f"out-{per_part}-{id(order)}"
             stats = warc.read_warcs(files, str(out), download=False, min_side=TEST_MIN_SIDE, files_per_part=per_part)
-            assert stats["in"] == stats["kept"] + stats["rejected"] == 2
+            assert stats["in"] == stats["kept"] + stats["rejected"] == 4
             results.append(outcomes(out))
-        assert results[0] == results[1] == collections.Counter({(c_three, "kept"): 1, (c_three, "duplicate_candidate"): 1})
+            for shard in (out / "rejected").glob("*.parquet"):  # a rewritten shard keeps the schema's fields
+                assert not pq.read_schema(shard).field("reason").nullable, shard.name
+        by_ftp = candidate_id("http://warc.example/c.html", "ftp://warc.example/x.jpg", "By FTP", None)
+        # Each capture's reference to an FTP image is its own reject, in one pipeline and in parts alike.
+        assert results[0] == results[1] == collections.Counter(
+            {(c_three, "kept"): 1, (c_three, "duplicate_candidate"): 1, (by_ftp, "unsupported_scheme"): 2})
+
+
+def test_dns_records_are_skipped_not_rejected(tmp_path):
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=True)
+    writer.write_record(writer.create_warc_record("dns:warc.example", "response", payload=io.BytesIO(
+        b"20261128 warc.example. 300 IN A 192.0.2.1\n"), warc_content_type="text/dns"))
+    _response(writer, "http://warc.example/1.html", html("<p>one</p>"), "text/html")
+    kept, rejected = _records(buffer.getvalue(), tmp_path / "dns.warc.gz")
+    assert kept == [("page", "http://warc.example/1.html")] and rejected == []
 
 
 def test_a_run_stopped_after_two_parts_resumes_without_redoing_them(tmp_path, part_runs, monkeypatch, caplog):
