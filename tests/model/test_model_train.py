@@ -84,11 +84,13 @@ def test_config_errors_name_the_key(synth_dir, tmp_path):
     assert config.pretrain[0].steps == 7 and config.model.hidden_size == 48 and config.finetune.lr == 0.002
 
 
-def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path):
+@pytest.mark.parametrize("buckets", [None, [2, 2]], ids=["random-batches", "length-buckets"])
+def test_ddp_two_cpu_processes_on_gloo(synth_dir, tmp_path, buckets):
     import yaml
 
     out_dir = tmp_path / "ddp"
-    config = _base(synth_dir, str(out_dir), log_every=2, grad_accum=2)  # accumulation runs DDP's no_sync path
+    # accumulation runs DDP's no_sync path; with buckets, the ranks' batches may differ in shape at one step
+    config = _base(synth_dir, str(out_dir), log_every=2, grad_accum=2, length_buckets=buckets)
     del config["pretrain"][0]["steps"]
     config["pretrain"][0]["epochs"] = 0.3  # 0.3 x 320 pairs / (8 per rank x 2 ranks x 2 accumulated) = 3 steps
     config["finetune"].update(steps=2, loss="multiclass")
