@@ -63,6 +63,9 @@ step selection && timeout "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_select
     --json "$OUT/selection.json" 2>&1 | tee "$OUT/selection.log"
 # length buckets against random batches on the real training path (BERT-base, eager bf16: compiled, each of the
 # eight bucket shapes compiles first); not in the default steps, add it when time allows
-step buckets && timeout "${BUCKETS_TIMEOUT:-150}" $PY benchmarks/bench_buckets.py --preset base --device cuda \
-    --batch-size 256 --steps 30 --images 3000 --repeats 1 --json "$OUT/buckets.json" 2>&1 | tee "$OUT/buckets.log"
+# (8 loader workers: one process decoding regions would starve the GPU; two runs each, alternating, so the
+# first run's CUDA start-up does not count against the baseline)
+step buckets && timeout "${BUCKETS_TIMEOUT:-200}" $PY benchmarks/bench_buckets.py --preset base --device cuda \
+    --batch-size 256 --steps 30 --images 3000 --workers 8 --repeats 2 --json "$OUT/buckets.json" 2>&1 \
+    | tee "$OUT/buckets.log"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"
