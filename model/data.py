@@ -480,11 +480,10 @@ class _Buckets:
         if _ids(example) in self.ids.get(key, ()):
             self.due.add(key)
             self.deferred.append(example)
-            if len(self.deferred) >= self.batch_size:
+            yield from self._fill_up_due()
+            if len(self.deferred) >= self.batch_size > self.waiting:
                 yield self._with_copies()
                 yield from self._offer_deferred()
-            else:
-                yield from self._fill_up_due()
             return
         self.buckets.setdefault(key, []).append(example)
         self.ids.setdefault(key, set()).add(_ids(example))
@@ -537,10 +536,12 @@ class _Buckets:
             yield from self.add(example)
 
     def _with_copies(self) -> tuple[tuple[int, int], list[dict]]:
-        """A batch from a stream of about a batch of examples: the waiting examples, then copies."""
+        """A batch from a stream of about a batch of examples: the waiting examples (fewer than a batch),
+        then copies set aside."""
         batch = [example for key in sorted(self.buckets) for example in self.buckets[key]]
-        batch += self.deferred[: self.batch_size - len(batch)]
-        self.deferred = self.deferred[len(batch) - self.waiting:]
+        copies = self.batch_size - len(batch)
+        batch += self.deferred[:copies]
+        self.deferred = self.deferred[copies:]
         self.buckets, self.ids, self.due, self.waiting = {}, {}, set(), 0
         return self._shape_of(batch), batch
 
