@@ -103,12 +103,9 @@ class RunOutcomes:
 
     def save(self, path: str) -> None:
         """Write them as JSON, atomically (a crawl process hands them to ``lait crawl`` this way)."""
-        data = {"candidates": {k: sorted(v) for k, v in self.candidates.items()},
-                "pages": {k: sorted(v) for k, v in self.pages.items()}, "fetched_pages": sorted(self.fetched_pages)}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".outcomes.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, path)
+        write_json_atomically(path, {"candidates": {k: sorted(v) for k, v in self.candidates.items()},
+                                     "pages": {k: sorted(v) for k, v in self.pages.items()},
+                                     "fetched_pages": sorted(self.fetched_pages)})
 
     @classmethod
     def load(cls, path: str) -> "RunOutcomes":
@@ -242,13 +239,14 @@ def reconcile(out_dir: str, outcomes: RunOutcomes) -> int:
         pages_with_rows.add(row["page_url"])
     columns = ["candidate_id", "page_url", "reason"]
 
-    def rows_of(shard: str) -> list[tuple]:
+    rows_of: dict[str, list[tuple]] = {}  # shard -> its rows' (candidate_id, page_url, reason), read once
+    for shard in shards:
         table = schemas.read_table(shard, "rejected", columns=columns)
-        return list(zip(*(table.column(c).to_pylist() for c in columns)))
+        rows_of[shard] = list(zip(*(table.column(c).to_pylist() for c in columns)))
 
     newest: dict[tuple[str, str], str] = {}  # record -> the reason in its newest shard, for records this run missed
     for shard in shards:
-        for candidate_id, page_url, reason in rows_of(shard):
+        for candidate_id, page_url, reason in rows_of[shard]:
             record = _outcome_of(candidate_id, page_url, reason)
             if record is not None:
                 newest[record] = reason
@@ -273,7 +271,7 @@ def reconcile(out_dir: str, outcomes: RunOutcomes) -> int:
 
     removed = 0
     for shard in shards:
-        removed += _drop_rows(shard, "rejected", [not superseded(*row) for row in rows_of(shard)])
+        removed += _drop_rows(shard, "rejected", [not superseded(*row) for row in rows_of[shard]])
     if removed:
         logger.info("%d rejected rows superseded by a later outcome removed from %s", removed, rejected_dir)
     return removed
@@ -375,16 +373,23 @@ def write_stats(out_dir: str, extra: dict[str, Any] | None = None) -> dict[str, 
     stats = funnel(out_dir)
     for key, value in (extra or {}).items():
         stats.setdefault(key, value)
-    text = json.dumps(stats, indent=2, default=str)
     if "://" in out_dir:  # a Beam/fsspec URL: object stores replace whole objects anyway
         import fsspec
 
         with fsspec.open(f"{out_dir.rstrip('/')}/{STATS_FILE}", "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.write(json.dumps(stats, indent=2, default=str))
         return stats
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".stats.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, os.path.join(out_dir, STATS_FILE))
+    write_json_atomically(os.path.join(out_dir, STATS_FILE), stats)
     return stats
+
+
+def write_json_atomically(path: str, data: Any) -> None:
+    """Write a local JSON file whole or not at all: a temporary file beside it, flushed to disk, then a rename."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

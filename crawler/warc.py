@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import zlib
 from typing import Any, Iterator
 from urllib.parse import urlsplit
@@ -495,7 +494,7 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
             found = [path for path in sorted(glob.glob(pattern)) or [pattern] if os.path.isfile(path)]
         else:
             try:
-                found = [m.path for match in FileSystems.match([pattern]) for m in match.metadata_list]
+                found = _matching([pattern])
             except Exception:  # noqa: BLE001 - Beam reports a missing bucket or prefix as an error
                 found = []
         files.extend(found)
@@ -506,28 +505,39 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
     return sorted({_comparable(path): path for path in files}.values())  # one file named two ways is read once
 
 
+def _matching(patterns: list[str]) -> list[str]:
+    """The files that match Beam filesystem patterns."""
+    return [m.path for match in FileSystems.match(patterns) for m in match.metadata_list]
+
+
 def _delete_matching(patterns: list[str]) -> None:
     """Delete the files that match Beam filesystem patterns (none is fine)."""
-    found = [m.path for match in FileSystems.match(patterns) for m in match.metadata_list]
+    found = _matching(patterns)
     if found:
         FileSystems.delete(found)
 
 
-def _clear_shards(out_dir: str, prefix: str) -> None:
-    """Remove the shards named ``prefix-*`` and the Beam temporary folders of their sink.
+def _shard_patterns(out_dir: str, prefix: str) -> list[str]:
+    """The shards named ``prefix-*`` and the files in their sink's Beam temporary folders (a shard written
+    there but not yet renamed ends in .parquet and would be read as data)."""
+    return [pattern for sub in (output.CANDIDATES, output.REJECTED)
+            for pattern in (FileSystems.join(out_dir, sub, f"{prefix}-*.parquet"),
+                            FileSystems.join(out_dir, sub, f"beam-temp-{prefix}-*", "*"))]
 
-    A killed run's temporary folder goes too: a shard written there but not yet renamed ends in
-    .parquet and would be read as data.
-    """
-    patterns = []
-    for sub in (output.CANDIDATES, output.REJECTED):
-        patterns += [FileSystems.join(out_dir, sub, f"{prefix}-*.parquet"),
-                     FileSystems.join(out_dir, sub, f"beam-temp-{prefix}-*", "*")]
-    _delete_matching(patterns)
-    if "://" not in out_dir:  # object stores have no folders; local empty temp folders go too
-        for sub in (output.CANDIDATES, output.REJECTED):
-            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{prefix}-*")):
-                shutil.rmtree(folder, ignore_errors=True)
+
+def _temp_folders(out_dir: str, prefix: str) -> list[str]:
+    """A local folder's Beam temporary folders of the ``prefix`` sinks (object stores have no folders)."""
+    if "://" in out_dir:
+        return []
+    return [folder for sub in (output.CANDIDATES, output.REJECTED)
+            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{prefix}-*"))]
+
+
+def _clear_shards(out_dir: str, prefix: str) -> None:
+    """Remove the shards named ``prefix-*`` and the Beam temporary folders of their sink, a killed run's too."""
+    _delete_matching(_shard_patterns(out_dir, prefix))
+    for folder in _temp_folders(out_dir, prefix):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _clear_previous(out_dir: str) -> None:
@@ -574,32 +584,18 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
     """Write a marker whole or not at all: a temporary file beside it, then a rename."""
-    text = json.dumps(data, indent=2, default=str)
-    if "://" in path:  # object stores replace whole objects on close
-        with FileSystems.create(path, mime_type="application/json",
-                                compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            handle.write(text.encode("utf-8"))
+    if "://" not in path:
+        output.write_json_atomically(path, data)
         return
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with FileSystems.create(path, mime_type="application/json",  # object stores replace whole objects on close
+                            compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(json.dumps(data, indent=2, default=str).encode("utf-8"))
 
 
 def _has_warc_output(out_dir: str) -> bool:
     """Whether the folder holds WARC shards, a killed run's Beam temporary files, or a stats.json."""
-    patterns = [FileSystems.join(out_dir, output.STATS_FILE)]
-    for sub in (output.CANDIDATES, output.REJECTED):
-        patterns += [FileSystems.join(out_dir, sub, f"{PREFIX}-*.parquet"),
-                     FileSystems.join(out_dir, sub, f"beam-temp-{PREFIX}-*", "*")]
-    if any(match.metadata_list for match in FileSystems.match(patterns)):
-        return True
-    return "://" not in out_dir and any(glob.glob(os.path.join(out_dir, sub, f"beam-temp-{PREFIX}-*"))
-                                        for sub in (output.CANDIDATES, output.REJECTED))
+    return bool(_matching([FileSystems.join(out_dir, output.STATS_FILE), *_shard_patterns(out_dir, PREFIX)])
+                or _temp_folders(out_dir, PREFIX))
 
 
 #: The options that decide which rows a part writes: a resumed run in parts must use the same.
@@ -652,8 +648,7 @@ def _part_rows(out_dir: str, prefix: str) -> dict[str, Any]:
     """A part's shard names and row counts (from the Parquet footers)."""
     facts: dict[str, Any] = {}
     for sub in (output.CANDIDATES, output.REJECTED):
-        pattern = FileSystems.join(out_dir, sub, f"{prefix}-*.parquet")
-        shards = sorted(m.path for match in FileSystems.match([pattern]) for m in match.metadata_list)
+        shards = sorted(_matching([FileSystems.join(out_dir, sub, f"{prefix}-*.parquet")]))
         facts[sub] = sum(schemas.count_rows(shard) for shard in shards)
         facts[f"{sub}_shards"] = [FileSystems.split(shard)[1] for shard in shards]
     return facts
@@ -700,15 +695,9 @@ def dedupe_across_parts(out_dir: str) -> int:
     every id ever dropped from its candidate shard, so a rerun after a stop anywhere here ends the
     same and a rerun after the end changes nothing. Returns how many rows this call moved.
     """
-    pattern = FileSystems.join(out_dir, output.CANDIDATES, f"{PREFIX}-p*.parquet")
-    shards = []
-    for metadata in (m for match in FileSystems.match([pattern]) for m in match.metadata_list):
-        named = PART_SHARD.match(FileSystems.split(metadata.path)[1])
-        if named:
-            shards.append((int(named.group(1)), metadata.path))
+    shards = _part_shards(out_dir, output.CANDIDATES)
     if not shards:
         return _repeated_rejects_to_duplicates(out_dir, set())
-    shards.sort()
     ids = []
     for number, (part, shard) in enumerate(shards):
         column = schemas.read_table(shard, "candidates", columns=["candidate_id"]).column("candidate_id")
@@ -729,27 +718,33 @@ def dedupe_across_parts(out_dir: str) -> int:
     return moved + _repeated_rejects_to_duplicates(out_dir, kept)
 
 
+def _part_shards(out_dir: str, sub: str) -> list[tuple[int, str]]:
+    """(part, path) of the parts' shards in ``candidates/`` or ``rejected/``, in part order."""
+    shards = []
+    for path in _matching([FileSystems.join(out_dir, sub, f"{PREFIX}-p*.parquet")]):
+        named = PART_SHARD.match(FileSystems.split(path)[1])
+        if named:
+            shards.append((int(named.group(1)), path))
+    return sorted(shards)
+
+
 def _repeated_rejects_to_duplicates(out_dir: str, kept: set[str]) -> int:
     """One outcome per candidate across parts, as one pipeline gives: a candidate's reject (at its image:
     ``image_not_in_warc``, a download failure, ...) becomes ``duplicate_candidate`` when another part kept
     it, or when an earlier part rejected it already. Opt-outs and the page-level reasons that are records
     of their own stay. Rewrites only the shards that change; a rerun changes nothing. Returns the rows."""
-    pattern = FileSystems.join(out_dir, output.REJECTED, f"{PREFIX}-p*.parquet")
-    shards = []
-    for metadata in (m for match in FileSystems.match([pattern]) for m in match.metadata_list):
-        named = PART_SHARD.match(FileSystems.split(metadata.path)[1])
-        if named and not named.group(2).startswith(f"{DUPLICATES}-"):
-            shards.append((int(named.group(1)), metadata.path))
+    shards = [(part, shard) for part, shard in _part_shards(out_dir, output.REJECTED)
+              if not FileSystems.split(shard)[1].startswith(f"{_part_prefix(part)}-{DUPLICATES}-")]
     rejected_in: dict[str, int] = {}  # candidate -> the first part that rejected it
     rows = {}
-    for part, shard in sorted(shards):
+    for part, shard in shards:
         table = schemas.read_table(shard, "rejected", columns=["candidate_id", "reason"])
         rows[shard] = list(zip(table["candidate_id"].to_pylist(), table["reason"].to_pylist()))
         for candidate_id, reason in rows[shard]:
             if _outcome_reject(candidate_id, reason):
                 rejected_in.setdefault(candidate_id, part)
     converted = 0
-    for part, shard in sorted(shards):
+    for part, shard in shards:
         repeat = [_outcome_reject(candidate_id, reason) and (candidate_id in kept or rejected_in[candidate_id] < part)
                   for candidate_id, reason in rows[shard]]
         if not any(repeat):

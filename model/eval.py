@@ -182,8 +182,7 @@ def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device
     processes, rank = world()
     cls_id = int(data.text["input_ids"][0, 0])
     sep_id = int(data.text["input_ids"][0, int(data.text_lengths[0]) - 1])
-    caption_bounds = np.linspace(0, n_captions, processes + 1).round().astype(int)
-    image_bounds = np.linspace(0, n_images, processes + 1).round().astype(int)
+    caption_bounds, image_bounds = share_bounds(n_captions, processes), share_bounds(n_images, processes)
     if processes > 1:
         logger.info("eval: process %d of %d embeds captions %d-%d and images %d-%d", rank, processes,
                     caption_bounds[rank], caption_bounds[rank + 1], image_bounds[rank], image_bounds[rank + 1])
@@ -339,13 +338,18 @@ def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_imag
     if processes == 1:
         return _score_share(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile,
                             fp8, input_amax)
-    bounds = np.linspace(0, len(pair_captions), processes + 1).round().astype(int)
+    bounds = share_bounds(len(pair_captions), processes)
     mine = slice(bounds[rank], bounds[rank + 1])
     logger.info("eval: process %d of %d scores pairs %d-%d of %d", rank, processes, mine.start, mine.stop,
                 len(pair_captions))
     scores, shapes = _score_share(model, data, pair_captions[mine], pair_images[mine], batch_size, device, bf16,
                                   progress and rank == 0, compile, fp8, input_amax)
     return _gather_shares(scores, bounds, device), shapes
+
+
+def share_bounds(count: int, processes: int) -> np.ndarray:
+    """Where each process's contiguous share of ``count`` items starts and ends (``processes + 1`` bounds)."""
+    return np.linspace(0, count, processes + 1).round().astype(int)
 
 
 def _gather_shares(scores: torch.Tensor, bounds: np.ndarray, device: torch.device) -> torch.Tensor:
