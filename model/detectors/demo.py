@@ -211,7 +211,7 @@ def train_demo_detector(
             epoch_losses.append(float(loss.detach()))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
         losses.append(float(np.mean(epoch_losses)))
         logger.info("demo detector epoch %d/%d: loss %.4f", epoch + 1, epochs, losses[-1])
     if bar is not None:
