@@ -483,23 +483,41 @@ class ReadWarcCandidates(beam.PTransform):
         return validated.candidates, rejected
 
 
-def _expand_inputs(patterns: list[str]) -> list[str]:
-    """Local globs and Beam filesystem patterns -> file paths (sorted, each once).
+#: The file names a folder given as input contributes (a folder is read one level deep).
+ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz", ".wat", ".wat.gz")
 
-    Raises MissingInputError naming the patterns that match no file.
+
+def _archives(paths: list[str]) -> list[str]:
+    return sorted(path for path in paths if path.lower().endswith(ARCHIVE_SUFFIXES))
+
+
+def _expand_inputs(patterns: list[str]) -> list[str]:
+    """Local globs, Beam filesystem patterns and folders -> file paths (sorted, each once).
+
+    A folder (local, or a prefix on a Beam filesystem that names no file itself) stands for the WARC, ARC and
+    WAT files directly in it (``ARCHIVE_SUFFIXES``; not its subfolders). Raises MissingInputError naming the
+    patterns that match no file.
     """
     files, missing = [], []
     for pattern in patterns:
         if "://" not in pattern:
-            found = [path for path in sorted(glob.glob(pattern)) or [pattern] if os.path.isfile(path)]
+            if os.path.isdir(pattern):
+                found = _archives([os.path.join(pattern, name) for name in os.listdir(pattern)
+                                   if os.path.isfile(os.path.join(pattern, name))])
+            else:
+                found = [path for path in sorted(glob.glob(pattern)) or [pattern] if os.path.isfile(path)]
         else:
             try:
                 found = _matching([pattern])
+                if not found and not any(c in pattern for c in "*?["):  # an object store's "folder"
+                    prefix = pattern.rstrip("/") + "/"
+                    found = [path for path in _archives(_matching([prefix + "*"])) if "/" not in path[len(prefix):]]
             except Exception:  # noqa: BLE001 - Beam reports a missing bucket or prefix as an error
                 found = []
         files.extend(found)
         if not found:
-            missing.append(pattern)
+            missing.append(f"{pattern} (a folder without {'/'.join(ARCHIVE_SUFFIXES)} files)"
+                           if "://" not in pattern and os.path.isdir(pattern) else pattern)
     if missing:
         raise MissingInputError(f"no such file: {', '.join(missing)}")
     return sorted({_comparable(path): path for path in files}.values())  # one file named two ways is read once

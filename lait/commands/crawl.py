@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from crawler import images
 from lait.commands import non_negative, positive
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from crawler import output
 
     if bool(args.urls) == bool(args.warc):
-        print("lait crawl: give start URLs or --warc FILE..., not both and not neither")
+        print("lait crawl: give start URLs or --warc FILE..., not both and not neither", file=sys.stderr)
         return 2
     if args.warc:
         from crawler import warc
@@ -75,22 +76,22 @@ def run(args: argparse.Namespace) -> int:
                                     min_side=args.min_side, max_aspect=args.max_aspect, download=args.download,
                                     files_per_part=args.files_per_part, settings=dict(args.settings))
         except (warc.MissingInputError, warc.PartsMismatchError) as exc:
-            print(f"lait crawl: {exc}")
+            print(f"lait crawl: {exc}", file=sys.stderr)
             return 2
         except output.OutputFolderError as exc:
-            print(f"lait crawl: --out: {exc}")
+            print(f"lait crawl: --out: {exc}", file=sys.stderr)
             return 2
     else:
         from crawler import runner
 
         bad = [u for u in args.urls if not u.startswith(("http://", "https://"))]
         if bad:
-            print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}")
+            print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}", file=sys.stderr)
             return 2
         try:
             output.prepare_out_dir(args.out)
         except output.OutputFolderError as exc:
-            print(f"lait crawl: --out: {exc}")
+            print(f"lait crawl: --out: {exc}", file=sys.stderr)
             return 2
         try:
             stats = runner.run_crawl(
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 overrides=dict(args.settings), processes=args.processes,
             )
         except RuntimeError as exc:  # a crawl process failed; its own log says why
-            print(f"lait crawl: {exc}")
+            print(f"lait crawl: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             hint = f"rerun with --jobdir {args.jobdir} to continue" if args.jobdir else "complete shards are kept"

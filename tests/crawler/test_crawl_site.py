@@ -239,7 +239,7 @@ def test_max_pages_and_allowed_domains_narrow_the_crawl(tmp_path):
 
 def test_cli_rejects_non_http_start_urls(tmp_path):
     result = lait_crawl("file:///etc/passwd", "--out", str(tmp_path / "out"), check=False)
-    assert result.returncode == 2 and "only http(s)" in result.stdout
+    assert result.returncode == 2 and "only http(s)" in result.stderr and not result.stdout
     assert not (tmp_path / "out").exists()
 
 
@@ -309,7 +309,7 @@ def test_an_unusable_out_or_a_negative_count_is_a_clear_error_before_crawling(tm
     (tmp_path / "afile").write_text("x")
     for out, message in ((tmp_path / "afile", "exists and is not a folder"), (tmp_path / "afile" / "sub", "Not a directory")):
         result = lait_crawl("http://127.0.0.1:9/", "--out", str(out), check=False)
-        assert result.returncode == 2 and message in result.stdout and "Traceback" not in result.stderr
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     for option, value in (("--max-pages", "-1"), ("--depth", "-3"), ("--processes", "0")):
         result = lait_crawl("http://127.0.0.1:9/", "--out", str(tmp_path / "out"), option, value, check=False)
         assert result.returncode == 2 and f"argument {option}: must be" in result.stderr

@@ -5,12 +5,15 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystem import FileMetadata, MatchResult
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -255,7 +258,7 @@ def test_a_missing_warc_input_is_a_clear_error_and_the_previous_output_stays(tmp
         result = subprocess.run([sys.executable, "-m", "lait", "crawl", "--warc", missing, "--out", str(out),
                                  "--no-download"], env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stdout + result.stderr[-3000:]
-        assert f"no such file: {missing}" in result.stdout and "Traceback" not in result.stderr
+        assert f"no such file: {missing}" in result.stderr and "Traceback" not in result.stderr
     assert (out / "stats.json").exists()
 
 
@@ -497,9 +500,58 @@ def test_a_rerun_with_other_files_or_part_size_is_refused_and_the_folder_stays(t
             (out, ["--warc", *files, "--files-per-part", "1", "--max-aspect", "5"], "--max-aspect 3.0, not 5.0"),
             (one, ["--warc", *files, "--files-per-part", "1"], "a run without --files-per-part")):
         assert cli.main(["crawl", *args, "--out", str(folder), *common]) == 2
-        printed = capsys.readouterr().out
+        printed = capsys.readouterr().err
         assert message in printed and "use a new --out or delete the folder" in printed, printed
     assert (snapshot(out), snapshot(one)) == before
     with pytest.raises(SystemExit) as bad_option:
         cli.main(["crawl", "--warc", *files, "--out", str(out), "--files-per-part", "-1"])
     assert bad_option.value.code == 2 and "--files-per-part: must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_folder_stands_for_the_warc_files_directly_in_it(tmp_path):
+    from crawler.warc import MissingInputError, _expand_inputs
+
+    folder = tmp_path / "segment"
+    (folder / "deeper").mkdir(parents=True)
+    for name in ("b.warc.gz", "a.WARC", "c.arc.gz", "d.wat", "notes.txt", "e.wet.gz", "deeper/f.warc.gz"):
+        (folder / name).write_bytes(b"")
+    (folder / "g.warc.gz").mkdir()  # a folder named like an archive is not one
+    assert [os.path.basename(path) for path in _expand_inputs([str(folder)])] == ["a.WARC", "b.warc.gz", "c.arc.gz",
+                                                                                  "d.wat"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MissingInputError, match=r"empty \(a folder without \.warc/"):
+        _expand_inputs([str(folder), str(empty)])
+
+
+class _ObjectStore(LocalFileSystem):
+    """A stand-in for gs:// over a local folder (``root``): names, no folders; ``match`` lists files only."""
+
+    root = None
+
+    @classmethod
+    def scheme(cls):
+        return "laitwarctest"
+
+    def match(self, patterns, limits=None):
+        results = []
+        for pattern in patterns:
+            regex = re.compile(self.translate_pattern(pattern))
+            found = [FileMetadata(url, 0) for folder, _, names in os.walk(self.root) for name in sorted(names)
+                     if regex.match(url := "laitwarctest://" + os.path.relpath(os.path.join(folder, name), self.root))]
+            results.append(MatchResult(pattern, found))
+        return results
+
+
+def test_a_prefix_on_an_object_store_stands_for_the_warc_files_under_it(tmp_path, monkeypatch):
+    from crawler.warc import MissingInputError, _expand_inputs
+
+    monkeypatch.setattr(_ObjectStore, "root", str(tmp_path))
+    (tmp_path / "seg" / "deeper").mkdir(parents=True)
+    for name in ("a.warc.gz", "b.wat.gz", "notes.txt", "deeper/c.warc.gz"):
+        (tmp_path / "seg" / name).write_bytes(b"")
+    expected = ["laitwarctest://seg/a.warc.gz", "laitwarctest://seg/b.wat.gz"]
+    assert _expand_inputs(["laitwarctest://seg"]) == _expand_inputs(["laitwarctest://seg/"]) == expected
+    assert _expand_inputs(["laitwarctest://seg/notes.txt"]) == ["laitwarctest://seg/notes.txt"]  # a file is a file
+    with pytest.raises(MissingInputError, match="no such file: laitwarctest://other"):
+        _expand_inputs(["laitwarctest://other"])
