@@ -15,21 +15,27 @@ the same per-group functions under Beam's GroupByKey.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Iterable, Mapping
 
 from filters.base import location_key
-from filters.text import text_quality_score
+from filters.text import combining_marks, text_quality_score
 
 #: reasons, in the order the steps run
 REASONS = ("caption_shared_by_many_images", "duplicate_candidate", "image_has_better_text", "near_duplicate_image")
 HASH_BITS = 64
-_PUNCT = re.compile(r"[\W_]+")
+
+
+@functools.lru_cache(maxsize=1)
+def _separators() -> re.Pattern:
+    """Runs of what is neither a letter, a digit nor a combining mark (a vowel sign tells two words apart)."""
+    return re.compile(rf"(?:[^\w{combining_marks()}]|_)+")
 
 
 def caption_key(caption: str) -> str:
     """Captions that differ only in case, punctuation or spacing are the same caption."""
-    return _PUNCT.sub(" ", (caption or "").casefold()).strip()
+    return _separators().sub(" ", (caption or "").casefold()).strip()
 
 
 def rank_key(pair: Mapping[str, Any]) -> tuple:

@@ -20,15 +20,16 @@ MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS
 
 
 def image_header(data: bytes) -> tuple[int, int, str, int]:
-    """(width, height, format, frames) from the header, the size as shown (after the EXIF orientation);
-    raises ValueError on unreadable bytes."""
+    """(width, height, format, frames) from the header: the size as shown (after the EXIF orientation), the
+    format as ``imageio.format_name`` gives it (a camera's MPO is a JPEG) and the frames of an animation (1 for
+    a still image); raises ValueError on unreadable bytes."""
     with imageio.open_image(data, MAX_PIXELS) as img:  # imageio.ImageError is a ValueError
         width, height = imageio.oriented_size(img)
         try:
-            frames = getattr(img, "n_frames", 1)  # GIF/WebP count their frames by reading on
+            frames = imageio.animation_frames(img)
         except Exception as exc:  # a broken later frame: Pillow raises many types
             raise ValueError(f"{type(exc).__name__}: {exc}") from exc
-        return width, height, img.format or "", frames
+        return width, height, imageio.format_name(img), frames
 
 
 def looks_like_svg(data: bytes) -> bool:
@@ -38,9 +39,10 @@ def looks_like_svg(data: bytes) -> bool:
 
 
 def decode_small(data: bytes, size: int = 64):
-    """The image decoded at reduced scale (JPEG draft mode) as an RGB Pillow image, at most ``size`` px."""
-    # JPEG decodes at 1/2..1/8 scale: far cheaper than a full decode
-    image = imageio.load_image(data, max_pixels=MAX_PIXELS, draft_size=(size, size))
+    """The image decoded at reduced scale (JPEG draft mode) as an RGB Pillow image, at most ``size`` px, turned
+    upright by its EXIF orientation (as ``image_header`` measures it): a viewer's view of it."""
+    # JPEG decodes at 1/2..1/8 scale: far cheaper than a full decode. The turn is of the small image.
+    image = imageio.load_image(data, max_pixels=MAX_PIXELS, draft_size=(size, size), orient=True)
     image.thumbnail((size, size))
     return image
 
@@ -62,8 +64,8 @@ class ImageFilter(Filter):
     ``width`` and ``height`` columns are not trusted: the size is measured, after the EXIF orientation).
 
     ``min_side`` (300): width and height must both reach it; ``max_aspect`` (3.0): longer side over
-    shorter side; ``formats`` (JPEG, PNG, WEBP, GIF, BMP, TIFF); ``min_bytes`` (1000): tracking
-    pixels and broken thumbnails are tiny; ``allow_animated`` (False); ``min_std`` (4.0): an image
+    shorter side; ``formats`` (JPEG, PNG, WEBP, GIF, BMP, TIFF; a camera's MPO is JPEG); ``min_bytes``
+    (1000): tracking pixels and broken thumbnails are tiny; ``allow_animated`` (False); ``min_std`` (4.0): an image
     whose grey levels vary less than this (0-255) is blank. The decision's detail carries the
     perceptual hash of kept images; ``check`` also returns it with the size and format.
     """
@@ -76,7 +78,7 @@ class ImageFilter(Filter):
                  min_bytes: int = 1000, allow_animated: bool = False, min_std: float = 4.0):
         self.min_side = min_side
         self.max_aspect = max_aspect
-        self.formats = tuple(f.upper() for f in formats)
+        self.formats = tuple(imageio.FORMAT_ALIASES.get(f.upper(), f.upper()) for f in formats)  # MPO is JPEG
         self.min_bytes = min_bytes
         self.allow_animated = allow_animated
         self.min_std = min_std
@@ -101,6 +103,10 @@ class ImageFilter(Filter):
         except ValueError as exc:
             if looks_like_svg(data):
                 return Decision.reject("image_format_not_allowed", detail="SVG")
+            # Bytes in a format the opener keeps shut are a format, not a corrupt image, when their signature says so.
+            other = imageio.sniff_format(data) if getattr(exc, "reason", None) == "not_an_image" else None
+            if other is not None:
+                return Decision.reject("image_format_not_allowed", detail=other)
             return Decision.reject("image_corrupt", detail=str(exc)[:200])
         info.update(width=width, height=height, format=fmt)
         if self.formats and fmt.upper() not in self.formats:

@@ -29,6 +29,9 @@ HARD_MAX_PIXELS = 2 * DEFAULT_MAX_PIXELS
 #: is installed, and the rarer parsers (FITS, GRIB, PSD, ...) are attack surface with no pairs to gain.
 #: Bytes in another format are ``not_an_image``. (JPEG includes MPO, the multi-picture JPEG of cameras.)
 WEB_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "DIB", "ICO", "TIFF", "JPEG2000")
+#: Pillow's names for formats LAIT counts as another: MPO, the multi-picture JPEG that cameras write, is a
+#: JPEG whose first picture is what a viewer shows (the others are previews or a stereo pair's second view).
+FORMAT_ALIASES = {"MPO": "JPEG"}
 
 #: The reasons an ``ImageError`` carries.
 REASONS = ("missing_bytes", "not_an_image", "decompression_bomb", "undecodable")
@@ -86,6 +89,39 @@ def open_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
         image.close()
         raise ImageError("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
     return image
+
+
+def format_name(image: Image.Image) -> str:
+    """The format of an opened image as LAIT names it (``FORMAT_ALIASES``: an MPO is a JPEG); '' if unknown."""
+    fmt = image.format or ""
+    return FORMAT_ALIASES.get(fmt, fmt)
+
+
+def animation_frames(image: Image.Image) -> int:
+    """How many frames the image animates through: 1 for a still image, an MPO's pictures included.
+
+    GIF and WebP count their frames by reading on, so a broken later frame raises here (any exception type).
+    """
+    if image.format in FORMAT_ALIASES:
+        return 1  # an MPO's other pictures are not frames that a viewer plays
+    return getattr(image, "n_frames", 1)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format that bytes the opener refused are in, by Pillow's signature checks alone (no plugin parses
+    them): ``"PSD"`` for a Photoshop file, None when no signature matches (formats such as TGA have none)."""
+    Image.init()
+    prefix = data[:16]
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt in WEB_FORMATS or accept is None:
+            continue
+        try:
+            found = accept(prefix)
+        except Exception:  # a signature check that cannot judge 16 bytes
+            continue
+        if found and not isinstance(found, str):  # a str is Pillow's "maybe, with a warning"
+            return FORMAT_ALIASES.get(fmt, fmt)
+    return None
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -146,7 +182,7 @@ def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None, dra
             width, height = (max(1, side) for side in draft_size)
             if orientation in _TRANSPOSED:
                 width, height = height, width  # draft works on the stored pixels
-            if image.format == "JPEG":
+            if format_name(image) == "JPEG":  # an MPO's first picture is a JPEG too
                 image.draft(draft_mode, (width, height))
         image.load()
         if draft_size is not None and _is_wide(image.mode):

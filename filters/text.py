@@ -24,7 +24,6 @@ TEXT_SOURCES = ("alt", "title", "figcaption")
 _WHITESPACE = re.compile(r"\s+")
 # Control and format characters (zero-width spaces, soft hyphens, bidi marks) carry no text.
 _INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}
-_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
 # Terminal escape sequences (colour codes such as ESC[31m): dropping the ESC control alone leaves "[31m".
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 # Markup of common HTML elements (alt text that held escaped tags). Only these names, so that "x <y and
@@ -120,9 +119,39 @@ def find_url(text: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def combining_marks() -> str:
+    """Unicode's combining marks (category M: accents, Indic vowel signs and viramas, Thai tone marks) as the
+    body of a regular-expression character class.
+
+    ``re`` takes them for non-word characters (``\\W``), so "कितनी" (a word with two vowel signs) would be
+    three words. Built once, on first use: every mark lies in planes 0, 1 and 14 (scanning them takes ~80 ms).
+    """
+    ranges: list[list[int]] = []
+    for code in (*range(0x20000), *range(0xE0000, 0xE1000)):
+        if unicodedata.category(chr(code))[0] == "M":
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
+
+
+@functools.lru_cache(maxsize=1)
+def _word_pattern() -> re.Pattern:
+    """A letter word: letters with their combining marks; an inner apostrophe joins (don't)."""
+    letters = rf"[^\W\d_]+(?:[{combining_marks()}]+[^\W\d_]*)*"  # marks and letters alternate: no backtracking
+    return re.compile(rf"{letters}(?:['’]{letters})*")
+
+
+def is_mark(ch: str) -> bool:
+    """Whether a character is a combining mark (it belongs to the letter before it)."""
+    return unicodedata.category(ch)[0] == "M"
+
+
 def words(text: str) -> list[str]:
-    """The lower-cased letter words of a text (digits and symbols are not words)."""
-    return [w.lower() for w in _WORD.findall(text)]
+    """The lower-cased letter words of a text, with their combining marks (digits and symbols are not words)."""
+    return [w.lower() for w in _word_pattern().findall(text)]
 
 
 def tokens(text: str) -> list[str]:
@@ -187,7 +216,7 @@ class BoilerplateFilter(Filter):
         if match:
             return Decision.reject("boilerplate_text", detail=match.group(0).lower())
         chars = [ch for ch in caption if not ch.isspace()]
-        letters = sum(ch.isalpha() for ch in chars)
+        letters = sum(ch.isalpha() or (not ch.isascii() and is_mark(ch)) for ch in chars)  # a vowel sign is text
         letter_fraction = letters / len(chars) if chars else 0.0
         if letter_fraction < self.min_letter_fraction:
             return Decision.reject("mostly_digits_or_symbols", round(letter_fraction, 3),
@@ -220,7 +249,8 @@ def load_vocabulary(source: str = "en") -> frozenset[str]:
 
         if source not in wordfreq_languages():
             raise ValueError(f"no vocabulary for {source!r}: give a file with one word per line")
-        vocab = frozenset(w for w in wordfreq.get_frequency_dict(source, wordlist="small") if _WORD.fullmatch(w))
+        vocab = frozenset(w for w in wordfreq.get_frequency_dict(source, wordlist="small")
+                           if _word_pattern().fullmatch(w))
     logger.debug("vocabulary %s: %d words", source, len(vocab))
     return vocab
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import posixpath
 import sys
 from typing import Any, Iterable
@@ -31,13 +32,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 import schemas
 from filters import dedup
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
-from pipeline.options import add_filter_arguments, config_from_args, make_runner
-from pipeline.outputs import PENDING_STATS, finish_output, input_reference, prepare_output
+from pipeline.options import add_filter_arguments, beam_options, config_from_args, make_runner, runner_name
+from pipeline.outputs import PENDING_STATS, OutputExistsError, finish_output, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
 
 logger = logging.getLogger(__name__)
@@ -54,24 +55,37 @@ ID_COLUMNS = ("candidate_id", "page_url", "image_url")
 
 # ---------------------------------------------------------------------------------------------- input
 
+def _is_pattern(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def is_folder(path: str) -> bool:
+    """Whether ``path`` is a folder: a local directory, or on an object store (gs://, s3://: no folders, only
+    names) a prefix that names files under it; there ``FileSystems.exists`` is true for files alone."""
+    if "://" not in path:
+        return os.path.isdir(path)
+    return bool(FileSystems.match([posixpath.join(path, "**")], limits=[1])[0].metadata_list)
+
+
 def input_root(path: str) -> str:
     """The candidates dataset an ``--input`` names: ``candidates/`` in a crawl folder, else the path itself."""
     path = path.rstrip("/")
-    if path.endswith(".parquet") or any(ch in path for ch in "*?["):
+    if path.endswith(".parquet") or _is_pattern(path):
         return path
     candidates = posixpath.join(path, "candidates")
-    return candidates if FileSystems.exists(candidates) else path
+    return candidates if is_folder(candidates) else path
 
 
 def resolve_input(path: str) -> list[str]:
-    """The candidate Parquet files of a crawl folder (``candidates/`` inside) or of the dataset itself.
+    """The candidate Parquet files of a crawl folder (``candidates/`` inside) or of the dataset itself: a folder
+    (one named ``*.parquet`` too, as Spark and Dask write them), a single file or a pattern.
 
     A crawl folder's ``candidates/`` is read alone, even when it holds no file (an empty crawl gives an
     empty run): the folder's other datasets (``rejected/``) are never taken for candidates.
     """
     path = path.rstrip("/")
     root = input_root(path)
-    single = root.endswith(".parquet") or any(ch in root for ch in "*?[")
+    single = _is_pattern(root) or (root.endswith(".parquet") and not is_folder(root))
     pattern = root if single else posixpath.join(root, "**.parquet")
     found = FileSystems.match([pattern])[0].metadata_list
     files = sorted(m.path for m in found if not _hidden(m.path, path))
@@ -459,14 +473,37 @@ def check_relevance_args(args: argparse.Namespace) -> None:
 
 
 def _prepare_output(output: str, overwrite: bool, input_path: str | None = None) -> None:
-    """The shared output rule (``pipeline.outputs``), and a local folder made ready."""
+    """The shared output rule (``pipeline.outputs``), and a local folder made ready; a folder that cannot be
+    made or cleared (its parent is a file, no permission) is a one-line ValueError naming it."""
     inputs = (input_root(input_path),) if input_path else ()
-    prepare_output(output, STAGE, ("pairs", "rejected"), overwrite, hint="pass --overwrite", inputs=inputs)
-    if "://" not in output and not FileSystems.exists(output):
-        FileSystems.mkdirs(output)
+    try:
+        prepare_output(output, STAGE, ("pairs", "rejected"), overwrite, hint="pass --overwrite", inputs=inputs)
+        if "://" not in output and not os.path.isdir(output):
+            os.makedirs(output)
+    except OutputExistsError:
+        raise
+    except OSError as exc:  # Beam's BeamIOError wraps the OSError of the file it could not handle
+        cause = exc.args[0] if exc.args and isinstance(exc.args[0], OSError) else exc
+        why = getattr(cause, "strerror", None) or " ".join(str(cause).split())
+        raise ValueError(f"--output {output}: cannot prepare the output folder ({why})") from None
 
 
 # ---------------------------------------------------------------------------------------------- run
+
+def stage_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The options stats.json records: every one that is JSON (not ``lait``'s ``func``), ``input`` as given."""
+    settings = {}
+    for name, value in vars(args).items():
+        if name in ("input", "output", "overwrite"):
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        settings[name] = value
+    settings["input"] = args.input
+    return settings
+
 
 def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str], config: RuleConfig | None = None) -> None:
     """Add the whole filter stage to pipeline ``p``."""
@@ -498,8 +535,7 @@ def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str], config: 
     n_kept = kept | "CountKept" >> beam.combiners.Count.Globally()
     reasons = (rejected | "ReasonOf" >> beam.Map(lambda r: (r["stage"], r["reason"]))
                | "CountReasons" >> beam.combiners.Count.PerElement())
-    settings = {k: v for k, v in vars(args).items() if k not in ("input", "output", "overwrite")}
-    settings["input"] = args.input
+    settings = stage_settings(args)
     (p | "StatsTrigger" >> beam.Create([None])
      | "WriteStats" >> beam.Map(_write_stats, posixpath.join(args.output, PENDING_STATS),
                                 beam.pvalue.AsSingleton(n_read), beam.pvalue.AsSingleton(n_kept),
@@ -513,23 +549,41 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     return run_with_args(args, beam_args, test_pipeline)
 
 
+def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """The Beam pipeline these options describe; Beam checks the runner and its options here (an unknown
+    runner, Dataflow without a project), so a bad one is a one-line ValueError before any output is touched."""
+    try:
+        return beam.Pipeline(runner=make_runner(options), options=options)
+    except ValueError as exc:
+        raise ValueError(f"Beam options: {' '.join(str(exc).split())}") from None
+
+
+def _record_beam_options(args: argparse.Namespace, options: PipelineOptions) -> None:
+    """Put the runner used, and the local worker settings ``lait filter`` names, in ``args`` as Beam took them
+    (a ``--runner`` after ``--`` overrides ``lait filter``'s own), so that stats.json records what ran."""
+    args.runner = runner_name(options)
+    direct = options.view_as(DirectOptions)
+    for name in ("direct_num_workers", "direct_running_mode"):
+        if hasattr(args, name):
+            setattr(args, name, getattr(direct, name))
+
+
 def run_with_args(args: argparse.Namespace, beam_args: list[str],
                   test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
     """``run`` for an already parsed namespace (``lait filter`` parses its own).
 
-    Every option is checked, and the relevance model loaded, before the output folder is touched: a bad
-    option is a ValueError (or FileNotFoundError) and leaves a previous run's output as it was.
+    Every option, Beam's and the runner included, is checked, and the relevance model loaded, before the
+    output folder is touched: a bad option is a ValueError (or FileNotFoundError) and leaves a previous run's
+    output as it was. ``args.runner`` is set to the runner the run uses (``_record_beam_options``).
     """
     config = config_from_args(args)
     check_relevance_args(args)
+    options = beam_options(beam_args, vars(args))
     files = resolve_input(args.input)
     check_candidates(files)
+    p = test_pipeline if test_pipeline is not None else make_pipeline(options)
+    _record_beam_options(args, p.options if test_pipeline is not None else options)
     _prepare_output(args.output, args.overwrite, args.input)
-    options = PipelineOptions(beam_args)
-    if test_pipeline is not None:
-        p = test_pipeline
-    else:
-        p = beam.Pipeline(runner=make_runner(options), options=options)
     build(p, args, files, config)
     result = p.run()
     result.wait_until_finish()

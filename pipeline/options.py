@@ -5,12 +5,21 @@ Importing this module does not import Beam, so ``lait --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+from typing import Any, Mapping, Sequence
 
 from filters.rules import RuleConfig
 from pipeline.runners import LOCAL_RUNNERS, make_runner  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
+
+#: The compressions Parquet can write (pyarrow's names); ``_codec`` keeps those this pyarrow has built in.
+PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
+#: The grey-level standard deviation no image can exceed (half black, half white pixels): a higher
+#: ``--min-std`` would call every image blank.
+MAX_GREY_STD = 127.5
+
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     """The filter stage's own options (shared by ``lait filter`` and ``python -m pipeline.filter``)."""
@@ -20,7 +29,8 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace pairs/, rejected/ and stats.json if present")
     g = parser.add_argument_group("text")
     g.add_argument("--min-words", type=int, default=d.min_words, help=f"fewest words in a caption (default {d.min_words})")
-    g.add_argument("--max-words", type=int, default=d.max_words, help=f"most words in a caption (default {d.max_words})")
+    g.add_argument("--max-words", type=int, default=d.max_words,
+                   help=f"most words in a caption; 0 turns it off (default {d.max_words})")
     g.add_argument("--max-chars", type=int, default=d.max_chars,
                    help=f"longest caption in characters, checked before any other text rule; 0 turns it off "
                         f"(default {d.max_chars})")
@@ -40,8 +50,9 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("image")
     g.add_argument("--min-side", type=int, default=d.min_side, help=f"smallest width and height in px (default {d.min_side})")
     g.add_argument("--max-aspect", type=float, default=d.max_aspect,
-                   help=f"largest long-side/short-side ratio (default {d.max_aspect})")
-    g.add_argument("--formats", default=",".join(d.formats), help="allowed Pillow formats (default %(default)s)")
+                   help=f"largest long-side/short-side ratio, 1 or more; 0 turns it off (default {d.max_aspect})")
+    g.add_argument("--formats", default=",".join(d.formats),
+                   help="allowed image formats, among those LAIT opens (default %(default)s)")
     g.add_argument("--min-bytes", type=int, default=d.min_bytes, help=f"smallest image file (default {d.min_bytes})")
     g.add_argument("--allow-animated", action="store_true", help="keep animated GIF/PNG/WEBP images")
     g.add_argument("--min-std", type=float, default=d.min_std,
@@ -56,8 +67,9 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--relevance-threshold", type=float, default=None, help="drop pairs scoring below this")
     g.add_argument("--relevance-keep-rate", type=float, default=None, help="keep this share of the best-scored pairs")
     g.add_argument("--relevance-batch-size", type=int, default=64, help="pairs per model batch (default 64)")
-    g.add_argument("--relevance-device", default=None, help="torch device for the relevance model")
-    parser.add_argument("--codec", default="zstd", help="Parquet compression (default zstd)")
+    g.add_argument("--relevance-device", default=None,
+                   help="where the relevance model runs: cpu or gpu (cuda); default cpu")
+    parser.add_argument("--codec", default="zstd", help=f"Parquet compression: {', '.join(PARQUET_CODECS)} (default zstd)")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -66,16 +78,23 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    """Pillow format names from a comma list; file extensions (jpg, tif) name their format."""
+    """Format names from a comma list, each one the shared opener reads (``filters.imageio.WEB_FORMATS``):
+    any case, a Pillow alias (MPO is JPEG) or a file extension (jpg, tif) naming its format."""
     from PIL import Image
+
+    from filters import imageio
 
     Image.init()
     extensions = Image.registered_extensions()
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    _check(bool(names), f"--formats: give at least one image format, e.g. {','.join(RuleConfig().formats)}")
     formats = []
-    for name in (f.strip() for f in text.split(",") if f.strip()):
+    for name in names:
         fmt = name.upper() if name.upper() in Image.OPEN else extensions.get("." + name.lower().lstrip("."))
-        _check(fmt is not None, f"--formats: {name!r} is not an image format Pillow reads "
-                                f"(e.g. {', '.join(RuleConfig().formats)})")
+        fmt = imageio.FORMAT_ALIASES.get(fmt, fmt)
+        # A format Pillow reads but the opener keeps shut (TGA, PSD, EPS) would make every such image corrupt.
+        _check(fmt in imageio.WEB_FORMATS, f"--formats: {name!r} is not an image format LAIT opens "
+                                           f"({', '.join(imageio.WEB_FORMATS)})")
         formats.append(fmt)
     return tuple(dict.fromkeys(formats))
 
@@ -111,15 +130,18 @@ def _vocabulary(value) -> str | None:
 
 
 def _codec(value: str) -> str:
+    """A Parquet compression this pyarrow writes (Arrow has codecs Parquet cannot use, such as bz2)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     codec = str(value).lower()
-    try:
-        ok = codec == "none" or pa.Codec.is_available(codec)
-    except (ValueError, pa.ArrowException):
-        ok = False
-    _check(ok, f"--codec: {value!r} is not a Parquet compression this pyarrow has "
-               f"(none, snappy, gzip, brotli, zstd, lz4)")
+    ok = codec in PARQUET_CODECS
+    if ok and codec != "none":
+        try:  # a codec left out of this pyarrow's build fails on the first write: try one now
+            pq.write_table(pa.table({"x": [1]}), pa.BufferOutputStream(), compression=codec)
+        except (ValueError, pa.ArrowException):
+            ok = False
+    _check(ok, f"--codec: {value!r} is not a Parquet compression this pyarrow writes ({', '.join(PARQUET_CODECS)})")
     return codec
 
 
@@ -137,8 +159,13 @@ def config_from_args(args: argparse.Namespace) -> RuleConfig:
     for name in ("max_oov_rate", "lang_threshold"):
         value = getattr(args, name)
         _check(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-    _check(args.max_aspect >= 0, f"--max-aspect must be 0 (off) or more, got {args.max_aspect}")
-    _check(args.min_std >= 0, f"--min-std must be 0 or more, got {args.min_std}")
+    # Settings under which no caption or image could pass are refused: they would reject the whole input.
+    _check(not args.max_words or args.min_words <= args.max_words,
+           f"--min-words {args.min_words} is more than --max-words {args.max_words}: every caption would be rejected")
+    _check(args.max_aspect == 0 or args.max_aspect >= 1,
+           f"--max-aspect must be 0 (off) or 1 or more (long side over short side), got {args.max_aspect}")
+    _check(0 <= args.min_std <= MAX_GREY_STD,
+           f"--min-std must be in [0, {MAX_GREY_STD}] (grey levels 0-255), got {args.min_std}")
     if getattr(args, "phash_distance", None) is not None:
         _check(-1 <= args.phash_distance < 64,
                f"--phash-distance must be -1 (off) to 63 bits, got {args.phash_distance}")
@@ -152,3 +179,50 @@ def config_from_args(args: argparse.Namespace) -> RuleConfig:
         formats=_formats(args.formats), min_bytes=args.min_bytes, allow_animated=args.allow_animated,
         min_std=args.min_std,
     )
+
+
+def _refuse_unknown(beam_args: Sequence[str], own: Mapping[str, Any]):
+    """An ``add_extra_args_fn`` for Beam's option parser: a ValueError for every argument that neither it nor
+    the stage knows (Beam only logs "Discarding unparseable args", so ``--min_words 50`` would be ignored)."""
+
+    def error(message: str):
+        raise ValueError(f"Beam options: {message}")
+
+    def check(parser: argparse.ArgumentParser) -> None:
+        parser.error = error  # a bad value (--direct_num_workers abc): one line, not a usage text and an exit
+        _, unknown = parser.parse_known_args(list(beam_args))
+        if not unknown:
+            return
+        own_options = ["--" + name.replace("_", "-") for name in own]
+        hints = []
+        for name in (arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")):
+            close = difflib.get_close_matches(name.replace("_", "-"), own_options, n=1, cutoff=0.8)
+            if close:
+                hints.append(f"{name}: did you mean {close[0]}?")
+        raise ValueError(f"unknown argument(s) {' '.join(unknown)}: neither an option of this stage nor a Beam "
+                         f"option" + "".join(f"; {hint}" for hint in hints))
+
+    return check
+
+
+def beam_options(beam_args: Sequence[str], own: Mapping[str, Any] | None = None):
+    """Beam's ``PipelineOptions`` for the arguments the stage's parser left over, checked: an argument Beam does
+    not know either (a typo such as ``--min_words``), a bad value, or ``--direct_num_workers`` below 0 is a
+    ValueError. ``own``: the stage's parsed options (``vars(args)``), to suggest the spelling meant."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    options = PipelineOptions(list(beam_args))
+    options.get_all_options(add_extra_args_fn=_refuse_unknown(beam_args, own or {}))
+    workers = options.view_as(DirectOptions).direct_num_workers
+    _check(workers >= 0, f"--direct_num_workers must be 0 (one per CPU) or more, got {workers}")
+    return options
+
+
+def runner_name(options) -> str:
+    """The runner a run with these options uses, by name (none named is LAIT's local DirectRunner)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        return "DirectRunner"
+    return runner if isinstance(runner, str) else type(runner).__name__

@@ -49,6 +49,17 @@ def _stage_of(stats_path: str) -> str | None:
     return stats.get("stage") if isinstance(stats, dict) else None
 
 
+def _present(path: str) -> list[str]:
+    """What to delete to remove ``path``: the path itself when it exists (a file, or a local folder, removed
+    whole), else the files under it. An object store (gs://, s3://) has no folders, only names: there
+    ``exists`` is true for a file alone, and a "folder" is the files whose names begin with it."""
+    if FileSystems.exists(path):
+        return [path]
+    if "://" not in path:
+        return []
+    return [m.path for m in FileSystems.match([posixpath.join(path, "**")])[0].metadata_list]
+
+
 def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: bool = False,
                    hint: str = "use a new --output", inputs: Sequence[str] = ()) -> None:
     """Refuse a finished run's folder unless ``overwrite``; remove ``parts`` an interrupted run left.
@@ -63,8 +74,8 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
         if _overlaps(output, source):
             raise OutputExistsError(f"{output} overlaps the input {source}: the {stage} output needs a folder of its "
                                     f"own (e.g. a sibling of the input)")
-    targets = [posixpath.join(output, name) for name in (*parts, PENDING_STATS, "stats.json")]
-    existing = [t for t in targets if FileSystems.exists(t)]
+    found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, "stats.json")}
+    existing = [name for name, paths in found.items() if paths]
     stats_path = posixpath.join(output, "stats.json")
     finished = FileSystems.exists(stats_path)
     if finished:
@@ -73,11 +84,13 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
             raise OutputExistsError(f"{output} holds a finished {other} run, not a {stage} run; "
                                     f"use a new --output (--overwrite never replaces another stage's output)")
     if finished and not overwrite:
-        raise OutputExistsError(f"{output} already holds a finished {stage} run ({', '.join(existing)}); {hint}")
+        raise OutputExistsError(f"{output} already holds a finished {stage} run "
+                                f"({', '.join(posixpath.join(output, name) for name in existing)}); {hint}")
     if existing:
         if not finished:
-            logger.warning("%s: removing the partial output of an interrupted run: %s", stage, ", ".join(existing))
-        FileSystems.delete(existing)
+            logger.warning("%s: removing the partial output of an interrupted run in %s: %s", stage, output,
+                           ", ".join(existing))
+        FileSystems.delete([path for paths in found.values() for path in paths])
 
 
 def finish_output(output: str) -> None:

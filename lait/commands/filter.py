@@ -5,6 +5,18 @@ import argparse
 import sys
 import traceback
 
+
+def _workers(text: str) -> int:
+    """--direct_num_workers: a count, 0 or more (Beam fails deep inside on a negative one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (one per CPU) or more, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from pipeline.options import add_filter_arguments
 
@@ -17,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_filter_arguments(parser)
     g = parser.add_argument_group("Beam")
     g.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner, run locally)")
-    g.add_argument("--direct_num_workers", type=int, default=1, help="local workers (default 1)")
+    g.add_argument("--direct_num_workers", type=_workers, default=1, help="local workers, 0: one per CPU (default 1)")
     g.add_argument("--direct_running_mode", default="in_memory",
                    choices=("in_memory", "multi_threading", "multi_processing"), help="local mode (default in_memory)")
     g.add_argument("beam_args", nargs=argparse.REMAINDER, help="further Beam options, after '--'")
@@ -26,13 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.filter import run_with_args
+    from pipeline.options import beam_options, runner_name
     from pipeline.runners import failure_line, run_failures
 
     beam_args = [a for a in args.beam_args if a != "--"]
     beam_args = [f"--runner={args.runner}", f"--direct_num_workers={args.direct_num_workers}",
                  f"--direct_running_mode={args.direct_running_mode}"] + beam_args
-    print(f"lait filter: {args.input} -> {args.output} on {args.runner} ...", file=sys.stderr, flush=True)
     try:
+        runner = runner_name(beam_options(beam_args, vars(args)))  # a --runner after '--' is the one used
+        print(f"lait filter: {args.input} -> {args.output} on {runner} ...", file=sys.stderr, flush=True)
         stats = run_with_args(args, beam_args)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:  # bad input or options; SchemaMismatchError is one
         print(f"error: {exc}", file=sys.stderr)

@@ -90,3 +90,14 @@ def test_deduplicate_runs_all_steps_and_loses_nothing():
     assert len(kept) + len(rejected) == len(pairs)
     assert sorted(p["pair_id"] for p in kept) == ["u", "x2"]
     assert sorted(r["reason"] for r in rejected).count("caption_shared_by_many_images") == 5
+
+
+def test_caption_key_keeps_vowel_signs():
+    """Hindi captions that differ in a vowel sign (a combining mark) are different captions, not one."""
+    captions = [word + " की तस्वीर यहाँ है" for word in
+                ("काम", "कीम", "कोम", "कूम", "केम", "कैम", "कौम", "किम", "कुम", "कृम", "कॉम")]
+    assert len({caption_key(c) for c in captions}) == 11
+    assert caption_key("काम, की तस्वीर!") == caption_key("काम की  तस्वीर")  # punctuation still ignored
+    assert caption_key("Café_au-lait") == "café au lait" and caption_key("Cafe au lait") != caption_key("Café au lait")
+    kept, rejected = deduplicate([_pair(str(i), f"img{i}", c) for i, c in enumerate(captions)], 10, -1)
+    assert len(kept) == 11 and rejected == []

@@ -69,8 +69,8 @@ def test_header_raises_value_error_on_garbage_and_hamming():
     assert hamming("ff00", "ff01") == 1 and hamming("0000", "ffff") == 16
 
 
-def _rotated_jpeg(width, height, orientation=6):
-    image = Image.open(io.BytesIO(make_image(11, width, height)))
+def _rotated_jpeg(width, height, orientation=6, seed=11):
+    image = Image.open(io.BytesIO(make_image(seed, width, height)))
     exif = image.getexif()
     exif[0x0112] = orientation
     out = io.BytesIO()
@@ -92,3 +92,38 @@ def test_svg_is_a_format_not_a_corrupt_image():
     decision = ImageFilter()(_record(svg))
     assert (decision.reason, decision.detail) == ("image_format_not_allowed", "SVG")
     assert ImageFilter()(_record(b"<!doctype html><html><body>not found</body></html>" * 40)).reason == "image_corrupt"
+
+
+def test_blank_check_and_phash_see_the_image_upright():
+    """A photo stored sideways with an EXIF orientation and the same photo stored upright look the same in a
+    viewer: they hash alike, and are near duplicates."""
+    from filters import dedup
+
+    stored = Image.open(io.BytesIO(make_image(5, 600, 400)))
+    upright = io.BytesIO()
+    stored.transpose(Image.Transpose.ROTATE_270).save(upright, "JPEG", quality=92)
+    turned = _rotated_jpeg(600, 400, seed=5)
+    (a, info_a), (b, info_b) = (ImageFilter().check(_record(data)) for data in (upright.getvalue(), turned))
+    assert a.keep and b.keep and (info_a["width"], info_a["height"]) == (info_b["width"], info_b["height"])
+    assert hamming(info_a["phash"], info_b["phash"]) <= 4
+    pairs = [{"pair_id": pid, "image_id": pid, "caption": caption, "phash": info["phash"], "text_quality": 0.5}
+             for pid, caption, info in (("a", "a photo of a garden", info_a), ("b", "another text entirely", info_b))]
+    kept, rejected = dedup.deduplicate(pairs)
+    assert len(kept) == 1 and [r["reason"] for r in rejected] == ["near_duplicate_image"]
+
+
+def test_a_camera_mpo_is_kept_as_a_still_jpeg():
+    photo, preview = (Image.open(io.BytesIO(make_image(1, w, h))) for w, h in ((640, 480), (160, 120)))
+    out = io.BytesIO()
+    photo.save(out, "MPO", save_all=True, append_images=[preview])
+    assert image_header(out.getvalue()) == (640, 480, "JPEG", 1)
+    decision, info = ImageFilter().check(_record(out.getvalue()))
+    assert decision.keep and info["format"] == "JPEG", decision
+    assert ImageFilter(formats=("PNG",))(_record(out.getvalue())).reason == "image_format_not_allowed"
+
+
+def test_a_format_the_opener_keeps_shut_is_not_allowed_rather_than_corrupt():
+    eps = io.BytesIO()
+    Image.open(io.BytesIO(make_image(3, 400, 400))).save(eps, "EPS")  # Pillow reads EPS; LAIT never opens it
+    decision = ImageFilter()(_record(eps.getvalue()))
+    assert (decision.reason, decision.detail) == ("image_format_not_allowed", "EPS")

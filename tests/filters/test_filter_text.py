@@ -150,3 +150,24 @@ def test_normalize_text_drops_markup_and_terminal_escapes():
         "a brown dog running along the beach"  # not "running[31m"
     assert normalize_text("x <y and y> z") == "x <y and y> z"  # not a tag: text stays
     assert normalize_text("<bold> move") == "<bold> move"
+
+
+def test_words_keep_their_combining_marks():
+    """Devanagari vowel signs are combining marks (category M), not separators: "कितनी" is one word."""
+    from filters.text import load_vocabulary, words
+
+    assert words("कितनी सुंदर तितली") == ["कितनी", "सुंदर", "तितली"]
+    assert words("Don't stop: it's 3 o'clock, café") == ["don't", "stop", "it's", "o'clock", "café"]  # as before
+    assert {"कितनी", "सुंदर", "कुत्ता"} <= load_vocabulary("hi")  # the word list keeps such words too
+
+
+def test_oov_rate_judges_whole_words_with_marks():
+    f = OOVFilter()
+    assert f({"caption": "एक छोटा कुत्ता बगीचे में खेल रहा है", "lang": "hi"}).score == 0.0
+    # consonants with stray vowel signs: fragments of them were all "words" in the list before
+    assert f({"caption": "कि खी गु घू चे छै जो झौ टि ठी", "lang": "hi"}).score >= 0.5
+
+
+def test_vowel_signs_count_as_letters_not_symbols():
+    decision = BoilerplateFilter()({"caption": "कितनी सुंदर तितली"})
+    assert decision.keep and decision.score == 1.0  # not 0.6: six of its fifteen characters are vowel signs

@@ -180,3 +180,25 @@ def test_big_16_bit_image_is_shrunk_before_it_is_converted(monkeypatch):
     assert abs(grey[:, 0].mean() - 1000 / 257) < 3 and abs(grey[:, -1].mean() - 60000 / 257) < 3
     sizes.clear()
     assert imageio.load_image(data).size == (2000, 1600) and sizes == [(2000, 1600)]  # no draft: full size
+
+
+def _mpo(size=(800, 600)):
+    """A camera's multi-picture JPEG: the photo, then a small preview (Pillow names it MPO, with 2 frames)."""
+    return _encode(_corners(size), "MPO", save_all=True, append_images=[_corners((160, 120))])
+
+
+def test_an_mpo_is_a_still_jpeg_and_drafts_like_one():
+    image = imageio.open_image(_mpo())
+    assert (image.format, image.n_frames) == ("MPO", 2)  # what Pillow says
+    assert imageio.format_name(image) == "JPEG" and imageio.animation_frames(image) == 1
+    assert imageio.decode(image, draft_size=(100, 100)).size == (200, 150)  # scale 1/4, as for a JPEG
+    gif = _encode(Image.new("RGB", (8, 8)), "GIF", save_all=True, append_images=[Image.new("RGB", (8, 8), "red")])
+    assert imageio.animation_frames(imageio.open_image(gif)) == 2
+
+
+def test_sniff_names_the_formats_the_opener_keeps_shut():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n%%EndComments\nshowpage\n"
+    assert imageio.sniff_format(eps) == "EPS"
+    assert imageio.sniff_format(_encode(_corners(), "PCX")) == "PCX"
+    assert imageio.sniff_format(b"<html>a page served as an image</html>") is None
+    assert imageio.sniff_format(_encode(_corners(), "PNG")) is None  # a format it opens is not "kept shut"
