@@ -49,7 +49,7 @@ def validate_image(
     except imageio.ImageError as exc:
         return _reject(_reason(exc), exc.detail)
     with image:
-        fmt = image.format
+        fmt = imageio.format_name(image)  # a camera's multi-picture JPEG (Pillow's MPO) is a JPEG
         if formats and fmt not in formats:
             return _reject("format_not_allowed", f"{fmt} not in {','.join(formats)}", format=fmt)
         width, height = imageio.oriented_size(image)

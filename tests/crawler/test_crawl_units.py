@@ -116,6 +116,15 @@ def test_validate_image_defaults_equal_the_filter_stage_defaults():
     assert truncated.reason == "image_decode_error" and truncated.width == 400  # header read, pixels broken
 
 
+def test_a_camera_multi_picture_jpeg_is_a_jpeg():
+    buffer = io.BytesIO()
+    Image.new("RGB", (400, 320), (9, 90, 200)).save(buffer, "MPO", save_all=True,
+                                                   append_images=[Image.new("RGB", (160, 128))])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"  # what Pillow calls it
+    check = images.validate_image(buffer.getvalue())
+    assert check.ok and (check.format, check.width, check.height) == ("JPEG", 400, 320)
+
+
 def test_exif_orientation_swaps_recorded_size():
     check = images.validate_image(jpeg(96, 72, exif_orientation=6), min_side=10)
     assert (check.width, check.height) == (72, 96)
