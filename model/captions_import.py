@@ -142,21 +142,28 @@ def read_karpathy(path: str, split: str | None = None) -> Iterator[CaptionRecord
 
 def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
     """A TSV of ``image_file<TAB>caption`` lines (a header line naming the columns is skipped; a UTF-8 BOM
-    and CRLF line ends are allowed). A line that is not UTF-8 is an ``invalid`` record, named by its number."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                yield _invalid(f"tsv:{number}", "record_invalid", f"line {number} is not UTF-8 text ({exc.reason})",
-                               split)
-                continue
-            if not line.strip():
-                continue
-            image_file, _, caption = line.partition("\t")
-            if number == 1 and image_file.lower() in ("image", "file", "file_name", "filename", "image_file"):
-                continue
-            yield CaptionRecord(f"tsv:{number}", image_file, caption, split)
+    and CRLF line ends are allowed). A line that is not UTF-8 is an ``invalid`` record, named by its number.
+
+    The file is opened when called (an unreadable one fails then, before ``--out`` is touched) and read lazily."""
+    handle = open(path, "rb")
+
+    def records() -> Iterator[CaptionRecord]:
+        with handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as exc:
+                    yield _invalid(f"tsv:{number}", "record_invalid",
+                                   f"line {number} is not UTF-8 text ({exc.reason})", split)
+                    continue
+                if not line.strip():
+                    continue
+                image_file, _, caption = line.partition("\t")
+                if number == 1 and image_file.lower() in ("image", "file", "file_name", "filename", "image_file"):
+                    continue
+                yield CaptionRecord(f"tsv:{number}", image_file, caption, split)
+
+    return records()
 
 
 READERS = {"coco": read_coco, "karpathy": read_karpathy, "tsv": read_tsv}
@@ -196,6 +203,29 @@ def _image_info(images_dir: str, image_file: str) -> tuple[bytes, int, int] | st
     return data, width, height
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` can be stored as UTF-8: JSON's ``"\\ud83d"`` escape gives a lone surrogate, which cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value: str) -> str:
+    """``value`` made storable for a reject's detail (a lone surrogate as its escape)."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _untext_reason(record: CaptionRecord) -> str | None:
+    """The reject reason of a record holding text that is not valid Unicode (a lone surrogate), or None."""
+    for reason, value in (("record_invalid", record.source_id), ("image_path_invalid", record.image_file),
+                          ("caption_invalid", record.caption), ("record_invalid", record.split)):
+        if not _is_text(value):
+            return reason
+    return None
+
+
 #: What an import writes into its output folder; ``stats.json``, written last, marks it finished.
 OUTPUTS = ("captions", "pairs", "rejected", ".stats.json.tmp", "stats.json")
 
@@ -230,6 +260,7 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
     """
     prepare_output(out_dir, overwrite)
     images: dict[str, tuple[str, int, int] | str] = {}  # image file -> (image_id, w, h) or reject reason
+    written: set[str] = set()  # image ids with a pairs row: one per image, whatever names lead to its bytes
     seen: set[str] = set()  # caption ids
     reasons: Counter = Counter()
     counts = {"in": 0, "kept": 0}
@@ -244,7 +275,13 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
         for record in records:
             counts["in"] += 1
             if record.invalid:
-                reject(record.invalid, f"{record.source_id}: {record.detail}")
+                reject(record.invalid, _shown(f"{record.source_id}: {record.detail}"))
+                continue
+            untext = _untext_reason(record)
+            if untext:  # Arrow stores UTF-8: written, it failed the whole import
+                where = {"caption_invalid": "caption", "image_path_invalid": "file name"}.get(untext, "id or split")
+                reject(untext, _shown(f"{record.source_id}: {record.image_file}: the {where} is not valid Unicode "
+                                      f"text (a lone surrogate)"))
                 continue
             caption = " ".join(record.caption.split())
             if record.image_file not in images:
@@ -255,11 +292,13 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
                     data, width, height = info
                     image_id = hashlib.sha256(data).hexdigest()
                     images[record.image_file] = (image_id, width, height)
-                    path = os.path.join(images_dir, record.image_file)
-                    pairs.write({"pair_id": hashlib.sha1(f"{image_id}|{record.source_id}".encode()).hexdigest(),
-                                 "image_id": image_id, "caption": caption or record.image_file, "text_source": "import",
-                                 "width": width, "height": height, "image_bytes": data,
-                                 "image_url": "file://" + os.path.abspath(path)})
+                    if image_id not in written:  # the same bytes under another name (or ./name) have their row
+                        written.add(image_id)
+                        path = os.path.join(images_dir, record.image_file)
+                        pairs.write({"pair_id": hashlib.sha1(f"{image_id}|{record.source_id}".encode()).hexdigest(),
+                                     "image_id": image_id, "caption": caption or record.image_file,
+                                     "text_source": "import", "width": width, "height": height, "image_bytes": data,
+                                     "image_url": "file://" + os.path.abspath(path)})
             image = images[record.image_file]
             reason = image if isinstance(image, str) else ("caption_empty" if not caption else
                                                            "duplicate_caption" if record.source_id in seen else None)
@@ -273,7 +312,7 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
             counts["kept"] += 1
     stats = {"stage": STAGE, "in": counts["in"], "kept": counts["kept"], "rejected": sum(reasons.values()),
              "rejected_by_reason": dict(reasons),
-             "images": sum(1 for v in images.values() if not isinstance(v, str))}
+             "images": len(written)}
     for kind in ("captions", "pairs", "rejected"):  # a dataset with no rows is an empty folder, not a missing one
         os.makedirs(os.path.join(out_dir, kind), exist_ok=True)
     tmp = os.path.join(out_dir, ".stats.json.tmp")  # written last and renamed: stats.json means finished

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,12 +24,17 @@ FINETUNE_LOSSES = ("binary", "multiclass", "triplet")
 MINIMUMS = {
     "config": {"grad_accum": 1, "log_every": 1, "shuffle_buffer": 1, "checkpoint_every": 0, "num_workers": 0,
                "cpu_threads": 0, "eval_batch_size": 1, "tokenizer_vocab_size": 1, "grad_clip": 0, "weight_decay": 0},
+    # type_vocab_size 2: text is segment 0, regions segment 1
     "model": {"vocab_size": 1, "hidden_size": 1, "num_layers": 1, "num_heads": 1, "intermediate_size": 1,
-              "max_position": 1, "type_vocab_size": 1, "feature_dim": 1, "num_classes": 1, "max_text_len": 3,
-              "max_regions": 1, "dropout": 0, "attention_dropout": 0, "init_std": 0},
+              "max_position": 1, "type_vocab_size": 2, "feature_dim": 1, "num_classes": 1, "max_text_len": 3,
+              "max_regions": 1, "dropout": 0, "attention_dropout": 0, "init_std": 0, "layer_norm_eps": 0,
+              "region_position_id": 0, "pad_token_id": 0},
     "stage": {"steps": 1, "lr": 0, "warmup": 0, "negatives": 1, "margin": 0, "dual_encoder": 0},
 }
 PROBABILITIES = ("mlm_prob", "region_mask_prob", "region_zero_prob", "itm_neg_prob")
+#: Stage keys that only one kind of stage reads; given to the other kind they would be ignored.
+STAGE_KIND_KEYS = {"pretrain": ("tasks",), "finetune": ("loss", "negatives", "margin", "dual_encoder")}
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def check_count(name: str, value: Any, minimum: int = 1) -> None:
@@ -217,18 +224,38 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _check_minimums(obj, section: str, where: str) -> None:
-    """``ConfigError`` for a count below its minimum (``MINIMUMS``); unset (None) values are left to their default."""
+    """``ConfigError`` for a count below its minimum (``MINIMUMS``) or a number that is not finite (``.inf``,
+    ``.nan``: YAML reads both as floats); unset (None) values are left to their default."""
     for key, least in MINIMUMS[section].items():
         value = getattr(obj, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}{key}: {value!r}, need a finite number")
         if value is not None and value < least:
             raise ConfigError(f"{where}{key}: {value!r}, need at least {least}")
 
 
+def check_model_config(config: ModelConfig, where: str = "model.") -> ModelConfig:
+    """``ConfigError`` naming the key when the model's sizes do not fit together (each would fail mid-run as an
+    index error: a text position past ``max_position``, the regions' segment 1 past ``type_vocab_size``)."""
+    _check_minimums(config, "model", where)
+    if config.max_text_len > config.max_position:
+        raise ConfigError(f"{where}max_text_len: {config.max_text_len}, more than the {config.max_position} "
+                          f"positions of {where}max_position")
+    if config.region_position_id >= config.max_position:
+        raise ConfigError(f"{where}region_position_id: {config.region_position_id}, need a position below "
+                          f"{where}max_position ({config.max_position})")
+    if config.pad_token_id >= config.vocab_size:
+        raise ConfigError(f"{where}pad_token_id: {config.pad_token_id}, need an id below {where}vocab_size "
+                          f"({config.vocab_size})")
+    if config.hidden_size % config.num_heads:
+        raise ConfigError(f"{where}hidden_size: {config.hidden_size} is not a multiple of {where}num_heads "
+                          f"({config.num_heads})")
+    return config
+
+
 def model_config_from_dict(data: dict) -> ModelConfig:
     """ModelConfig from a plain dict (a checkpoint's or a YAML section)."""
-    config = ModelConfig(**_build(ModelConfig, data or {}, "model"))
-    _check_minimums(config, "model", "model.")
-    return config
+    return check_model_config(ModelConfig(**_build(ModelConfig, data or {}, "model")))
 
 
 def _dataset(data: Any, where: str) -> DatasetConfig:
@@ -248,6 +275,12 @@ def _dataset(data: Any, where: str) -> DatasetConfig:
 
 def _stage(data: Any, where: str, kind: str) -> StageConfig:
     data = dict(_build(StageConfig, data, where))
+    other = "finetune" if kind == "pretrain" else "pretrain"
+    ignored = [key for key in STAGE_KIND_KEYS[other] if key in data]
+    if ignored:
+        raise ConfigError(f"{where}: {', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} to "
+                          f"{'the finetune stage' if other == 'finetune' else 'pretraining stages'} only; drop "
+                          f"{'it' if len(ignored) == 1 else 'them'} here")
     data.setdefault("name", f"{kind}" if kind == "finetune" else where.replace(".", "_"))
     data["kind"] = kind
     if not isinstance(data.get("datasets") or [], list):
@@ -259,8 +292,8 @@ def _stage(data: Any, where: str, kind: str) -> StageConfig:
     if (stage.steps is None) == (stage.epochs is None):
         raise ConfigError(f"{where}: give exactly one of steps or epochs")
     _check_minimums(stage, "stage", f"{where}.")
-    if stage.epochs is not None and not stage.epochs > 0:
-        raise ConfigError(f"{where}.epochs: {stage.epochs!r}, need more than 0")
+    if stage.epochs is not None and not 0 < stage.epochs < math.inf:
+        raise ConfigError(f"{where}.epochs: {stage.epochs!r}, need a finite number more than 0")
     if kind == "pretrain":
         unknown = sorted(set(stage.tasks) - set(PRETRAIN_TASKS))
         if unknown:
@@ -279,14 +312,20 @@ def _stage(data: Any, where: str, kind: str) -> StageConfig:
 
 def train_config_from_dict(data: dict) -> TrainConfig:
     """TrainConfig from a plain dict, validating every section."""
+    given = data if isinstance(data, dict) else {}
     data = dict(_build(TrainConfig, data, "config"))
-    data["model"] = model_config_from_dict(data.get("model") or {})
+    data["model"] = ModelConfig(**_build(ModelConfig, data.get("model") or {}, "model"))  # checked below
+    if "lowercase" in given and isinstance(data.get("tokenizer"), str) and data["tokenizer"].endswith(".json"):
+        raise ConfigError("lowercase: a tokenizer.json carries its own normaliser, which decides the case; drop "
+                          "lowercase (it applies to a vocab.txt and to the tokenizer trained on the captions)")
     if not isinstance(data.get("pretrain") or [], list):
         raise ConfigError("pretrain: a list of stages is required (each item starts with '-')")
     data["pretrain"] = [_stage(s, f"pretrain.{i}", "pretrain") for i, s in enumerate(data.get("pretrain") or [])]
     if data.get("finetune") is not None:
         data["finetune"] = _stage(data["finetune"], "finetune", "finetune")
     if data.get("eval") is not None:
+        if isinstance(data["eval"], dict) and "split" not in data["eval"]:
+            data["eval"] = {**data["eval"], "split": "test"}  # as `lait eval`: held-out captions, not the training ones
         data["eval"] = _dataset(data["eval"], "eval")
     config = TrainConfig(**data)
     if not config.stages():
@@ -305,12 +344,15 @@ def train_config_from_dict(data: dict) -> TrainConfig:
         if taken:
             raise ConfigError(f"init takes the model, its shape and its tokenizer from the checkpoint; drop "
                               f"{', '.join(taken)}")
+    check_model_config(config.model)
     _check_minimums(config, "config", "")
     for key in PROBABILITIES:
         if not 0 <= getattr(config, key) <= 1:
             raise ConfigError(f"{key}: {getattr(config, key)!r} is not a probability between 0 and 1")
     if config.moc_loss not in ("ce", "kl"):
         raise ConfigError(f"moc_loss: {config.moc_loss!r} is not 'ce' or 'kl'")
+    if not DEVICE.fullmatch(config.device):
+        raise ConfigError(f"device: {config.device!r} is not auto, cpu, cuda or cuda:N")
     if config.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision: {config.precision!r} is not auto, bf16 or fp32")
     if config.masking not in ("bernoulli", "exact"):
@@ -386,11 +428,17 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, bas
     """Read a YAML config (or start from ``base``), apply the overrides, validate."""
     data: dict = _unshared(base) if base is not None else {}
     if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            try:
+        if os.path.isdir(path):
+            raise ConfigError(f"{path}: a folder, not a YAML config file")
+        try:
+            with open(path, encoding="utf-8") as handle:
                 data = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not a valid YAML file ({exc})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not a valid YAML file ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML config file (not UTF-8 text)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
         data = _unshared(data)

@@ -91,13 +91,7 @@ def num_classes_of(regions_path: str) -> int:
         for candidate in (os.path.join(os.path.dirname(os.path.abspath(regions_path)), "classes.json"),
                           os.path.join(regions_path, "classes.json")):
             if os.path.exists(candidate):
-                with open(candidate, encoding="utf-8") as handle:
-                    classes = json.load(handle)
-                if isinstance(classes, dict):
-                    if "num_classes" in classes:
-                        return int(classes["num_classes"])
-                    classes = classes.get("classes", classes.get("names", classes))
-                return len(classes)
+                return _classes_json_count(candidate)
     top = -1
     for batch in schemas.iter_batches(regions_path, "regions", columns=["class_ids", "topk_class_ids"]):
         for column in batch.columns:
@@ -109,6 +103,27 @@ def num_classes_of(regions_path: str) -> int:
     if top < 0:
         raise ValueError(f"{regions_path}: no class ids and no classes.json to tell the class count from")
     return top + 1
+
+
+def _classes_json_count(path: str) -> int:
+    """The class count a ``classes.json`` gives: a list of names, ``{"classes": [...]}`` (or ``names``), or
+    ``{"num_classes": N}``; a ``ValueError`` naming the file for anything else (a number, a string, no list)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            classes = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable classes.json ({' '.join(str(exc).split())})") from None
+    if isinstance(classes, dict):
+        count = classes.get("num_classes")
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{path}: num_classes {count!r} is not a whole number >= 1")
+            return count
+        classes = classes.get("classes", classes.get("names"))
+    if not isinstance(classes, list) or not classes:
+        raise ValueError(f"{path}: expected a list of class names, {{\"classes\": [...]}} or {{\"num_classes\": N}}, "
+                         f"got {json.dumps(classes)[:60]}")
+    return len(classes)
 
 
 def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str]]]:
@@ -131,16 +146,20 @@ def region_image_ids(path: str) -> list[str]:
 
 
 def dataset_report(datasets: list[DatasetConfig]) -> dict:
-    """How the join went: pairs usable for training, captions without regions, images without captions."""
-    report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0}
+    """How the join went: pairs usable for training, captions without regions, images without captions, and
+    regions rows that repeat an image of their dataset (``PairStream`` reads each image once, its first row)."""
+    report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0,
+              "repeated_image_rows": 0}
     for entry in datasets:
         captions = load_captions(entry.captions, entry.split)
-        ids = set(region_image_ids(entry.regions))
+        rows = region_image_ids(entry.regions)
+        ids = set(rows)
         with_captions = ids & set(captions)
         report["images"] += len(with_captions)
         report["pairs"] += sum(len(captions[i]) for i in with_captions)
         report["captions_without_regions"] += sum(len(v) for k, v in captions.items() if k not in ids)
         report["images_without_captions"] += len(ids - set(captions))
+        report["repeated_image_rows"] += len(rows) - len(ids)
     return report
 
 
@@ -194,6 +213,8 @@ def decode_regions(table: pa.Table, max_regions: int, feature_dim: int, source: 
     tp_off, tp_val = _flat_values(table.column("topk_class_probs"))
     # Inner lists of top-k values: per region k values; the region offsets index region rows.
     tk_inner = _inner_offsets(table.column("topk_class_ids"))
+    tp_inner = _inner_offsets(table.column("topk_class_probs"))
+    _check_region_lists(ids, feat_off, box_off, cls_off, tk_off, tp_off, tk_inner, tp_inner, source)
     boxes_all = _finite(box_val.reshape(-1, 4).astype(np.float32), "boxes")
     feats_all = _finite(feat_val.reshape(-1, feature_dim), "features")
     tp_val = _finite(tp_val, "topk_class_probs")
@@ -205,15 +226,46 @@ def decode_regions(table: pa.Table, max_regions: int, feature_dim: int, source: 
         classes = cls_val[int(cls_off[row]): int(cls_off[row]) + n].astype(np.int64)
         k_start = int(tk_off[row])
         if tk_inner is not None and int(tk_off[row + 1]) > k_start:
-            first = int(tk_inner[k_start])
+            first, first_prob = int(tk_inner[k_start]), int(tp_inner[int(tp_off[row])])
             k = int(tk_inner[k_start + 1]) - first
             topk_ids = tk_val[first: first + n * k].reshape(n, k).astype(np.int64)
-            topk_probs = tp_val[first: first + n * k].reshape(n, k).astype(np.float32)
+            topk_probs = tp_val[first_prob: first_prob + n * k].reshape(n, k).astype(np.float32)
         else:  # no distribution stored: the top class with probability 1
             topk_ids, topk_probs = classes[:, None], np.ones((n, 1), np.float32)
         out.append(ImageRegions(image_id, feats_all[start: start + n], location_vectors(boxes, widths[row], heights[row]),
                                 classes, topk_ids, topk_probs))
     return out
+
+
+def _check_region_lists(ids: list, feat_off, box_off, cls_off, tk_off, tp_off, tk_inner, tp_inner, source: str) -> None:
+    """``ValueError`` naming the file and image when a row's lists do not hold one entry per region (each list is
+    read at its own offsets, but as many entries as the row has features: a shorter one would lend a neighbour's
+    boxes or classes), or when its top-k ids and probabilities disagree in length."""
+    regions = np.diff(feat_off)
+    lengths = {"boxes": np.diff(box_off), "class_ids": np.diff(cls_off), "topk_class_ids": np.diff(tk_off),
+               "topk_class_probs": np.diff(tp_off)}
+    for name, count in lengths.items():
+        optional = name.startswith("topk")  # empty: no class distribution stored
+        bad = np.flatnonzero((count != regions) & ~((count == 0) if optional else False))
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(f"{source}: image {ids[row]}: {int(count[row])} {name} for {int(regions[row])} regions "
+                             f"(features); each list of a regions row holds one entry per region")
+    if tk_inner is None or tp_inner is None:
+        if tk_inner is not None or tp_inner is not None:
+            raise ValueError(f"{source}: topk_class_ids and topk_class_probs hold different numbers of regions")
+        return
+    k_ids = np.diff(tk_inner)[int(tk_off[0]): int(tk_off[-1])]  # the k of each region the rows hold
+    k_probs = np.diff(tp_inner)[int(tp_off[0]): int(tp_off[-1])]
+    row_of = np.repeat(np.arange(len(ids)), lengths["topk_class_ids"])
+    row_of_probs = np.repeat(np.arange(len(ids)), lengths["topk_class_probs"])
+    if len(k_ids) != len(k_probs) or (row_of != row_of_probs).any():
+        raise ValueError(f"{source}: topk_class_ids and topk_class_probs hold different numbers of regions")
+    # One k per row (read as an [n, k] block), the same for ids and probabilities.
+    bad = np.flatnonzero((k_ids != k_probs) | np.concatenate([[False], (k_ids[1:] != k_ids[:-1]) & (row_of[1:] == row_of[:-1])]))
+    if bad.size:
+        raise ValueError(f"{source}: image {ids[int(row_of[bad[0]])]}: its regions' top-k class ids and "
+                         f"probabilities are not one k long each")
 
 
 def check_feature_width(column, feature_dim: int, source: str) -> None:
@@ -265,13 +317,31 @@ class PairStream(IterableDataset):
             for file in schemas.list_parquet_files(resolve_dataset_dir(entry.regions, "regions")):
                 for group in range(pq.ParquetFile(file).num_row_groups):
                     self.units.append((index, file, group))
+        self.repeated = self._repeated_rows()  # here, once: the DataLoader workers get it with the stream
 
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers
 
-    def _examples(self, epoch: int, consumer: int, consumers: int, captions, tokenizer) -> Iterator[dict]:
+    def _repeated_rows(self) -> dict[tuple[int, str, int], set[int]]:
+        """The rows of each unit whose image_id an earlier row of its dataset holds: a regions dataset storing an
+        image twice trains on it once, with its first row, as ``dataset_report`` counts it. Found once, in the
+        units' fixed order, so every consumer skips the same rows (and a resumed run too)."""
+        repeated: dict[tuple[int, str, int], set[int]] = {}
+        seen: list[set[str]] = [set() for _ in self.datasets]
+        for unit in self.units:
+            dataset_index, file, group = unit
+            image_ids = pq.ParquetFile(file).read_row_group(group, columns=["image_id"]).column(0).to_pylist()
+            for row, image_id in enumerate(image_ids):
+                if image_id in seen[dataset_index]:
+                    repeated.setdefault(unit, set()).add(row)
+                else:
+                    seen[dataset_index].add(image_id)
+        return repeated
+
+    def _examples(self, epoch: int, consumer: int, consumers: int, captions, tokenizer,
+                  repeated: dict[tuple[int, str, int], set[int]]) -> Iterator[dict]:
         order = list(self.units)
         if self.shuffle:
             random.Random(f"{self.seed}/{epoch}").shuffle(order)
@@ -281,8 +351,9 @@ class PairStream(IterableDataset):
         for dataset_index, file, group in mine:
             table = pq.ParquetFile(file).read_row_group(group, columns=REGION_COLUMNS)
             keep = []
+            skip = repeated.get((dataset_index, file, group), ())
             for row, image_id in enumerate(table.column("image_id").to_pylist()):
-                if image_id in captions[dataset_index]:
+                if image_id in captions[dataset_index] and row not in skip:
                     if not stride or image_index % consumers == consumer:
                         keep.append(row)
                     image_index += 1
@@ -321,7 +392,7 @@ class PairStream(IterableDataset):
         while True:
             rng = random.Random(f"{self.seed}/{epoch}/{consumer}")
             produced = 0
-            examples = self._examples(epoch, consumer, consumers, captions, tokenizer)
+            examples = self._examples(epoch, consumer, consumers, captions, tokenizer, self.repeated)
             for example in (_shuffled(examples, self.shuffle_buffer, rng) if self.shuffle else examples):
                 produced += 1
                 yield example

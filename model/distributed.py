@@ -16,14 +16,30 @@ def torchrun_place() -> tuple[int, int, int] | None:
 
 
 def process_device(wanted: str) -> torch.device:
-    """``wanted`` (auto | cpu | cuda | cuda:N) for this process: auto is cuda when there is one, and under
-    torchrun a plain cuda is this process's own GPU, cuda:LOCAL_RANK."""
+    """``wanted`` (auto | cpu | cuda | cuda:N) for this process, always with an index on CUDA (what
+    ``torch.cuda.set_device`` accepts): auto is cuda when there is one, and a plain cuda is this process's own GPU,
+    cuda:LOCAL_RANK under torchrun, else the current one. ``ValueError`` for another name (``gpu``), and for cuda
+    on a machine without a usable CUDA GPU."""
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    place = torchrun_place()
-    if wanted == "cuda" and place is not None:
-        wanted = f"cuda:{place[2]}"
-    return torch.device(wanted)
+    try:
+        device = torch.device(wanted)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {wanted!r} is not auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {wanted!r}: no CUDA GPU is available here (torch.cuda.is_available() is false); "
+                         f"use auto or cpu")
+    if device.index is None:
+        place = torchrun_place()
+        device = torch.device("cuda", place[2] if place is not None else torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {wanted!r}: cuda:{device.index} does not exist, this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 def join_process_group(device: torch.device) -> tuple[int, int]:

@@ -39,24 +39,30 @@ def recall_at_k(ir_scores: torch.Tensor, caption_images: torch.Tensor, sr_scores
     """Image retrieval (caption -> its image) and sentence retrieval (image -> any of its captions) R@K.
 
     ``ir_scores``/``sr_scores`` are [captions, images] (the same matrix unless two-stage ranking
-    filled them differently); ``caption_images[c]`` is the index of caption c's image.
+    filled them differently); ``caption_images[c]`` is the index of caption c's image. Ties and NaN scores
+    count against the query (a NaN true score is a miss), so a diverged model never looks perfect.
     """
     sr_scores = ir_scores if sr_scores is None else sr_scores
     ir_scores, sr_scores = ir_scores.float().cpu(), sr_scores.float().cpu()
     n_captions, n_images = ir_scores.shape
     rows = torch.arange(n_captions)
     true = ir_scores[rows, caption_images].unsqueeze(1)
-    rank = (ir_scores > true).sum(1) + (ir_scores == true).sum(1) - 1
+    # NaN compares false with everything, so a diverged model's NaN scores ranked every answer first. A NaN
+    # counts against the query like a tie: a NaN true score is a miss, a NaN other score ranks above.
+    rank = ((ir_scores > true) | (ir_scores == true) | ir_scores.isnan()).sum(1) - 1
+    rank = rank.masked_fill(true.squeeze(1).isnan(), n_images + max(ks))
     image_retrieval = {f"R@{k}": float((rank < k).float().mean()) for k in ks}
     image_retrieval["chance_R@1"] = 1.0 / n_images
 
     gold = torch.zeros(n_captions, n_images, dtype=torch.bool)
     gold[rows, caption_images] = True
     has_caption = gold.any(0)
-    best_gold = sr_scores.masked_fill(~gold, float("-inf")).max(0).values
+    usable_gold = gold & ~sr_scores.isnan()
+    best_gold = sr_scores.masked_fill(~usable_gold, float("-inf")).max(0).values
     others = sr_scores.masked_fill(gold, float("-inf"))
-    # An other caption scoring equal to the best gold one counts as ranked above it.
-    rank_image = (others >= best_gold.unsqueeze(0)).sum(0)
+    # An other caption scoring equal to the best gold one (or NaN) counts as ranked above it.
+    rank_image = ((others >= best_gold.unsqueeze(0)) | others.isnan()).sum(0)
+    rank_image = rank_image.masked_fill(~usable_gold.any(0), n_captions + max(ks))  # every gold score NaN: a miss
     rank_image = rank_image[has_caption]
     sentence_retrieval = {f"R@{k}": float((rank_image < k).float().mean()) for k in ks}
     sentence_retrieval["chance_R@1"] = float((gold.sum(0)[has_caption].float() / n_captions).mean())
@@ -277,6 +283,10 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str,
     seconds = time.perf_counter() - started
     if folds is None:
         result = recall_at_k(ir, data.caption_images, sr)
+        result["nan_scores"] = int(flat.isnan().sum())
+    if result["nan_scores"]:
+        logger.warning("eval: %d of %d pair scores are NaN (a diverged model?); they count against their queries",
+                       result["nan_scores"], scored)
     if mode == "two_stage":
         result["prerank_recall"] = prerank  # share of queries whose answer reached the re-ranking
     result.update(mode=mode, two_stage_k=two_stage_k if mode == "two_stage" else None, pairs_scored=scored,
@@ -311,7 +321,8 @@ def _evaluate_folds(model: ImageBert, data: EvalSet, count: int, batch_size: int
     result = {direction: {key: float(np.mean([fold[direction][key] for fold in per_fold]))
                           for key in per_fold[0][direction]}
               for direction in ("image_retrieval", "sentence_retrieval")}
-    result.update(num_images=data.shape[1], num_captions=data.shape[0], folds=count, per_fold=per_fold)
+    result.update(num_images=data.shape[1], num_captions=data.shape[0], folds=count, per_fold=per_fold,
+                  nan_scores=int(flat.isnan().sum()))
     return result, len(flat), shapes
 
 
@@ -445,6 +456,9 @@ def format_table(result: dict) -> str:
                      + f"{100 * row['chance_R@1']:>12.2f}")
     lines.append(f"{result['num_captions']} captions x {result['num_images']} images, {result['mode']} ranking, "
                  f"{result['pairs_scored']:,} pairs scored at {result['pairs_per_s']:,.0f} pairs/s")
+    if result.get("nan_scores"):
+        lines.append(f"warning: {result['nan_scores']:,} of the {result['pairs_scored']:,} scores are NaN (a diverged "
+                     f"model?); they count as misses")
     if result.get("folds"):
         lines.append(f"mean over {result['folds']} folds of about {result['num_images'] // result['folds']:,} images, "
                      f"each fold's captions ranked against its own images")

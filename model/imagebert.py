@@ -300,8 +300,16 @@ def num_parameters(model: nn.Module) -> int:
 
 def read_bert_config(folder: str) -> dict:
     """The ModelConfig fields a Hugging Face BERT ``config.json`` fixes."""
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-        hf = json.load(handle)
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            hf = json.load(handle)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a JSON file ({exc})") from None
+    missing = [key for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                               "intermediate_size") if not isinstance(hf, dict) or key not in hf]
+    if missing:
+        raise ValueError(f"{path}: not a BERT config (no {', '.join(missing)})")
     if hf.get("hidden_act", "gelu") != "gelu":
         logger.warning("BERT folder %s uses activation %s; ImageBERT uses exact GELU", folder, hf.get("hidden_act"))
     return {

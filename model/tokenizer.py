@@ -25,6 +25,9 @@ def _finish(model: WordPiece, lowercase: bool) -> Tokenizer:
 
 def _add_template(tokenizer: Tokenizer) -> Tokenizer:
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ValueError("tokenizer lacks special tokens "
+                         f"{[name for name, i in (('[CLS]', cls_id), ('[SEP]', sep_id)) if i is None]}")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
@@ -41,9 +44,18 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, lowercase: boo
     return _add_template(tokenizer)
 
 
+def _unreadable(path: str, kind: str, exc: Exception) -> ValueError:
+    """The ``tokenizers`` library fails with a bare ``Exception`` (its Rust error's text): a ``ValueError`` naming the file."""
+    first = (str(exc).splitlines() or [""])[0]
+    return ValueError(f"{path}: not a readable {kind}{f' ({first})' if first else ''}")
+
+
 def tokenizer_from_vocab(vocab_path: str, lowercase: bool = True) -> Tokenizer:
     """BERT's tokenizer from its ``vocab.txt``."""
-    vocab = WordPiece.read_file(vocab_path)
+    try:
+        vocab = WordPiece.read_file(vocab_path)
+    except Exception as exc:  # tokenizers raises Exception itself
+        raise _unreadable(vocab_path, "WordPiece vocab.txt", exc) from None
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{vocab_path}: vocabulary lacks the special tokens {missing}")
@@ -51,7 +63,13 @@ def tokenizer_from_vocab(vocab_path: str, lowercase: bool = True) -> Tokenizer:
 
 
 def load_tokenizer(path: str, lowercase: bool = True) -> Tokenizer:
-    """A tokenizer from a ``tokenizer.json``, a ``vocab.txt`` or a BERT folder holding one of them."""
+    """A tokenizer from a ``tokenizer.json``, a ``vocab.txt`` or a BERT folder holding one of them.
+
+    A missing path is a ``FileNotFoundError``, a file the ``tokenizers`` library cannot read a ``ValueError``,
+    both naming the path (the library's own error is a bare ``Exception``)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such tokenizer file or folder (a tokenizer.json, a vocab.txt, or a "
+                                f"BERT folder holding one)")
     if os.path.isdir(path):
         config_path = os.path.join(path, "tokenizer_config.json")
         if os.path.exists(config_path):
@@ -62,7 +80,14 @@ def load_tokenizer(path: str, lowercase: bool = True) -> Tokenizer:
                 return load_tokenizer(os.path.join(path, name), lowercase)
         raise FileNotFoundError(f"{path}: no vocab.txt or tokenizer.json")
     if path.endswith(".json"):
-        return _add_template(Tokenizer.from_file(path))
+        try:
+            tokenizer = Tokenizer.from_file(path)
+        except Exception as exc:  # tokenizers raises Exception itself
+            raise _unreadable(path, "tokenizer.json", exc) from None
+        try:
+            return _add_template(tokenizer)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     return tokenizer_from_vocab(path, lowercase)
 
 

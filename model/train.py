@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, load_config,
+from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, check_model_config, load_config,
                           model_config_from_dict, resolved_compile_scope)
 from model.data import dataset_report, feature_dim_of, feature_dims, make_loader, num_classes_of
 from model.distributed import join_process_group, process_device
@@ -132,7 +132,14 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     """Fill in what the data and the BERT folder decide: feature width, class count, BERT's shape."""
     fields = dataclasses.asdict(config.model)
     if config.bert:
-        fields.update(read_bert_config(config.bert))
+        bert, default = read_bert_config(config.bert), ModelConfig()
+        # A value set in the config (other than the default) that BERT's differs from is replaced: said, not silent.
+        replaced = [f"model.{key} {fields[key]!r} by {value!r}" for key, value in bert.items()
+                    if fields[key] != getattr(default, key) and fields[key] != value]
+        if replaced:
+            logger.warning("bert: %s/config.json decides the model's shape (its weights have it): it replaces %s",
+                           config.bert, ", ".join(replaced))
+        fields.update(bert)
     else:
         fields["vocab_size"] = vocab_size
     first = config.stages()[0].datasets[0]
@@ -140,7 +147,8 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
         fields["feature_dim"] = feature_dim_of(first.regions)
     if fields["num_classes"] is None:
         fields["num_classes"] = max(num_classes_of(entry.regions) for s in config.stages() for entry in s.datasets)
-    return ModelConfig(**fields)
+    # Checked again with the tokenizer's vocabulary and BERT's shape in (pad_token_id below vocab_size...).
+    return check_model_config(ModelConfig(**fields))
 
 
 def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str, first_stage: int = 0) -> None:
@@ -241,9 +249,10 @@ def model_from_checkpoint(path: str, map_location="cpu") -> tuple[ImageBert, dic
     return model, state
 
 
-def check_resume_matches(state: dict, path: str, config: TrainConfig) -> None:
+def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size: int = 1) -> None:
     """A checkpoint resumes only the run that wrote it: its stages up to the one it stopped in must be this
-    config's first stages, by name; otherwise stages would be skipped as done, or the wrong one continued."""
+    config's first stages, by name; otherwise stages would be skipped as done, or the wrong one continued.
+    Resuming a stage with other data-order settings (or another number of processes) is warned about."""
     needed = RESUME_KEYS + (() if state.get("stage_done", True) else ("optimizer", "scheduler", "rng"))
     missing = [key for key in needed if key not in state]
     if missing:
@@ -261,7 +270,9 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig) -> None:
                          f"but this config's stages are {ours}; resume with the config that wrote it, or start a new "
                          f"run from its weights with init:")
     if not state.get("stage_done", True):
-        changed = _data_order_changes(written, stages[index] if index < len(stages) else None, config, index)
+        record = state.get("data") if isinstance(state.get("data"), dict) else {}
+        changed = _data_order_changes(written, stages[index] if index < len(stages) else None, config, index,
+                                      record, world_size)
         if changed:
             logger.warning("%s: resuming with other %s than the run that wrote it: the batches after step %s are "
                            "not those it would have trained on (resume is exact only with the same settings)",
@@ -275,20 +286,47 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-#: The settings that decide which examples the batches of a stage hold, in which order (``model.data``).
+#: The settings that decide which examples the batches of a stage hold, in which order (``model.data``); the
+#: number of processes (``world_size``, recorded in a checkpoint's ``data``) too.
 DATA_ORDER_KEYS = ("seed", "shuffle_buffer", "num_workers", "grad_accum", "length_buckets")
 DATA_ORDER_STAGE_KEYS = ("batch_size", "datasets")
+#: The stage settings that shape its learning-rate schedule, which a resumed stage loads with the scheduler.
+SCHEDULE_STAGE_KEYS = ("steps", "epochs", "lr", "warmup")
 
 
-def _data_order_changes(written: dict, stage: dict | None, config: TrainConfig, index: int) -> list[str]:
-    """The data-order settings in which ``config`` differs from the checkpoint's ``written`` config."""
+def _data_order_changes(written: dict, stage: dict | None, config: TrainConfig, index: int, record: dict | None = None,
+                        world_size: int = 1) -> list[str]:
+    """The data-order settings in which ``config`` (run by ``world_size`` processes) differs from the checkpoint's
+    ``written`` config and its data ``record``."""
     ours = config.to_dict()
     changed = [key for key in DATA_ORDER_KEYS if key in written and written[key] != ours.get(key)]
+    if record and "world_size" in record and record["world_size"] != world_size:  # other consumers, other shards
+        changed.append(f"world_size ({record['world_size']} processes, now {world_size})")
     mine = config.stages()[index]
     if isinstance(stage, dict):
         changed += [f"{mine.name}.{key}" for key in DATA_ORDER_STAGE_KEYS
                     if key in stage and stage[key] != dataclasses.asdict(mine).get(key)]
     return changed
+
+
+def _schedule_changes(state: dict, stage: StageConfig, index: int, total: int) -> list[str]:
+    """How a resumed stage's schedule differs from the one its checkpoint's optimizer and scheduler state
+    followed: its step count (recorded as ``stage_steps``; epochs over another number of processes or other
+    data change it too), and its configured steps, epochs, lr and warm-up."""
+    written = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
+    stages = list(written.get("pretrain") or []) + ([written["finetune"]] if written.get("finetune") else [])
+    theirs = stages[index] if index < len(stages) and isinstance(stages[index], dict) else {}
+    ours = dataclasses.asdict(stage)
+    changed = [f"{stage.name}.{key} ({theirs[key]!r}, now {ours[key]!r})" for key in SCHEDULE_STAGE_KEYS
+               if key in theirs and theirs[key] != ours[key]]
+    planned = state.get("stage_steps")
+    if isinstance(planned, int) and planned != total:
+        changed.append(f"the stage's step count ({planned}, now {total})")
+    return changed
+
+
+class TrainingDiverged(RuntimeError):
+    """A training loss came out NaN or infinite: every later step would train on NaN weights."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,12 +399,28 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     report = dataset_report(stage.datasets)
     if report["pairs"] == 0:
         raise ValueError(f"stage {stage.name!r}: no caption matches an image of its regions datasets ({report})")
+    workers = max(1, config.num_workers)
+    if report["images"] < runtime.world_size * workers:  # a consumer with no image fails inside its worker
+        raise ValueError(f"stage {stage.name!r}: {report['images']} image(s) with captions for "
+                         f"{runtime.world_size * workers} data consumers ({runtime.world_size} process(es) x "
+                         f"{workers} DataLoader worker(s)), each of which needs one at least: lower num_workers"
+                         f"{' or run fewer processes' if runtime.distributed else ''}")
     total = stage_steps(stage, report["pairs"], runtime.world_size, config.grad_accum)
     warmup = int(stage.warmup * total) if stage.warmup < 1 else int(stage.warmup)
     start = int(resume["step"]) if resume else 0
     logger.info("stage %s (%s): %d steps, %d pairs, %d images; %d captions without regions, %d images without captions",
                 stage.name, stage.kind, total, report["pairs"], report["images"],
                 report["captions_without_regions"], report["images_without_captions"])
+    if report.get("repeated_image_rows"):
+        logger.warning("stage %s: %d regions rows repeat an image_id of the same dataset: each image is trained on "
+                       "once, with its first row", stage.name, report["repeated_image_rows"])
+    if resume:
+        changed = _schedule_changes(resume, stage, stage_index, total)
+        if changed:
+            logger.warning("stage %s: resuming with another schedule than the checkpoint's: %s. The optimizer and "
+                           "scheduler state are loaded as the checkpoint has them (its base lr included), so the "
+                           "steps after %d follow neither run's learning-rate schedule", stage.name,
+                           ", ".join(changed), start)
 
     optimizer = _optimizer(model, stage, config, runtime.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(max(warmup, 1), total))
@@ -414,10 +468,23 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
 
     log = LossLog(os.path.join(config.out_dir, "logs", f"{stage.name}.csv"), task_names, start) if runtime.is_main else None
     generator = torch.Generator(device=runtime.device)  # masking runs where the batch is
-    window = torch.zeros(1 + len(task_names))
+    window = torch.zeros(1 + len(task_names))  # loss sums since the last logged row (restored: same rows)
     window_steps, window_samples, window_start = 0, 0, time.perf_counter()
+    saved = resume.get("loss_window") if resume else None  # (absent from older checkpoints)
+    if isinstance(saved, dict) and len(saved.get("sums") or ()) == len(window):
+        window = torch.tensor(saved["sums"], dtype=window.dtype)
+        window_steps, window_samples = int(saved["steps"]), int(saved["samples"])
     stage_start = time.perf_counter()
     last_loss = float("nan")
+
+    def summary_of(done: int) -> dict:
+        """This stage's entry of ``summary.json`` (also kept in its last checkpoint, for a resumed run's)."""
+        seconds, steps_run = time.perf_counter() - stage_start, done - start
+        return {"name": stage.name, "kind": stage.kind, "steps": total, "steps_run": steps_run,
+                "final_loss": last_loss, "seconds": round(seconds, 2),
+                "samples_per_s": round(steps_run * stage.batch_size * config.grad_accum * runtime.world_size
+                                       / max(seconds, 1e-9), 1),
+                "data": report, **({"resumed_from_step": start} if start else {})}
     bar = None
     if progress and runtime.is_main:
         from tqdm import tqdm
@@ -460,8 +527,10 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                         parts.append(dual.detach())
                 (loss / config.grad_accum).backward()
             step_losses += torch.stack([loss.detach().float()] + [p.detach() for p in parts]).cpu() / config.grad_accum
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        # The norm is the same in every process (the gradients are all-reduced): all of them stop together.
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
+        if not math.isfinite(float(norm)):
+            _diverged(stage, step + 1, dict(zip(["loss"] + task_names, step_losses.tolist())), config)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -478,6 +547,8 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         if done % config.log_every == 0 or done == total:
             mean = _reduce_mean(window / window_steps, runtime)
             last_loss = float(mean[0])
+            if not torch.isfinite(mean).all():
+                _diverged(stage, done, dict(zip(["loss"] + task_names, mean.tolist())), config)
             elapsed = time.perf_counter() - window_start
             if log is not None:
                 row = {"step": done, "lr": f"{scheduler.get_last_lr()[0]:.6g}", "loss": f"{mean[0]:.6f}",
@@ -493,10 +564,17 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
             bar.update(1)
         periodic = config.checkpoint_every > 0 and done % config.checkpoint_every == 0 and done < total
         if periodic or done == total:
+            # The loss window (mean over the processes) makes a resumed run log the same rows.
+            loss_window = {"sums": _reduce_mean(window, runtime).tolist(), "steps": window_steps,
+                           "samples": window_samples}
+            finished = list(checkpoint_base.get("stage_summaries", []))
+            if done == total:
+                finished.append(summary_of(done))
             state = dict(checkpoint_base, model=model.state_dict(), stage_index=stage_index, stage_name=stage.name,
                          step=done, stage_steps=total, stage_done=done == total, optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), rng={"torch": torch.get_rng_state()},
-                         data={"batches": done * config.grad_accum})
+                         data={"batches": done * config.grad_accum, "world_size": runtime.world_size},
+                         loss_window=loss_window, stage_summaries=finished)
             if runtime.is_main:
                 name = f"{stage.name}.pt" if done == total else f"{stage.name}-step{done}.pt"
                 path = os.path.join(config.out_dir, "checkpoints", name)
@@ -507,16 +585,23 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     if bar is not None:
         bar.close()
     del batches  # stops the DataLoader workers
-    seconds = time.perf_counter() - stage_start
-    steps_run = total - start
-    return {"name": stage.name, "kind": stage.kind, "steps": total, "steps_run": steps_run, "final_loss": last_loss,
-            "seconds": round(seconds, 2),
-            "samples_per_s": round(steps_run * stage.batch_size * config.grad_accum * runtime.world_size / max(seconds, 1e-9), 1),
-            "data": report}
+    return summary_of(total)
+
+
+def _diverged(stage: StageConfig, step: int, losses: dict, config: TrainConfig) -> None:
+    """Stop a stage whose loss is no longer finite, before the update that would make every weight NaN."""
+    last = os.path.join(config.out_dir, "checkpoints", "last.pt")
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in losses.items())
+    raise TrainingDiverged(f"stage {stage.name!r}, step {step}: the loss is not finite ({shown}): training diverged "
+                           f"and stopped before that update (the last checkpoint, "
+                           f"{last if os.path.exists(last) else 'none yet'}, holds finite weights); lower the stage's "
+                           f"lr, raise its warmup, or check the data")
 
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = False) -> dict:
     """Run every configured stage in order (skipping those a resumed checkpoint finished); returns a summary."""
+    if os.path.exists(config.out_dir) and not os.path.isdir(config.out_dir):
+        raise ValueError(f"out_dir: {config.out_dir} is a file, not a folder")
     runtime = setup_runtime(config)
     os.makedirs(config.out_dir, exist_ok=True)
     stages = config.stages()
@@ -531,7 +616,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         if resume == "auto":
             resume = os.path.join(config.out_dir, "checkpoints", "last.pt")
         resume_state = load_checkpoint(resume)
-        check_resume_matches(resume_state, resume, config)
+        check_resume_matches(resume_state, resume, config, runtime.world_size)
         tokenizer_json = resume_state["tokenizer"]
         model_config = model_config_from_dict(resume_state["model_config"])
         check_data_fits(model_config, config, resume, first_stage=int(resume_state["stage_index"]))
@@ -572,17 +657,22 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
                 model_config.feature_dim, model_config.num_classes, runtime.device, " (bf16)" if runtime.bf16 else "")
     base = {"format": CHECKPOINT_FORMAT, "model_config": dataclasses.asdict(model_config),
             "train_config": config.to_dict(), "tokenizer": tokenizer_json}
-    summary = {"out_dir": config.out_dir, "stages": [], "world_size": runtime.world_size, "device": str(runtime.device)}
+    # The stages a resumed checkpoint had finished keep their entries (marked), so summary.json lists every stage.
+    earlier = resume_state.get("stage_summaries") if resume_state is not None else None
+    done_index = resume_state["stage_index"] + (1 if resume_state["stage_done"] else 0) if resume_state else 0
+    earlier = [dict(entry, done_before_resume=True) for entry in (earlier or [])[:done_index] if isinstance(entry, dict)]
+    summary = {"out_dir": config.out_dir, "stages": earlier, "world_size": runtime.world_size,
+               "device": str(runtime.device)}
     for index, stage in enumerate(stages):
         stage_resume = None
-        if resume_state is not None:
-            done_index = resume_state["stage_index"] + (1 if resume_state["stage_done"] else 0)
-            if index < done_index:
-                continue
-            if index == resume_state["stage_index"] and not resume_state["stage_done"]:
-                stage_resume = resume_state
+        if index < done_index:
+            continue
+        if resume_state is not None and index == resume_state["stage_index"] and not resume_state["stage_done"]:
+            stage_resume = resume_state
+        base["stage_summaries"] = list(summary["stages"])
         summary["stages"].append(run_stage(model, stage, index, config, runtime, tokenizer_json, ids, base,
                                            stage_resume, progress))
+    base["stage_summaries"] = list(summary["stages"])
     # Equal on every rank when DDP kept the replicas in sync (logged so a multi-rank run can be checked).
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     logger.info("rank %d: final parameter checksum %.10e", runtime.rank, checksum)

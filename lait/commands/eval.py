@@ -56,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.checkpoint, regions, captions):
         if "://" not in path and not os.path.exists(path):
             return _fail(f"{path} does not exist")
-    device = process_device(args.device)
+    problem = _unwritable(args.out)  # checked before scoring, which can take hours
+    if problem:
+        return _fail(f"--out {args.out}: {problem}")
+    try:
+        device = process_device(args.device)
+    except ValueError as exc:  # gpu, or cuda without one
+        return _fail(exc)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rank, processes = join_process_group(device)
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                           None if args.split == "all" else args.split, batch_size=args.batch_size, device=device,
                           bf16=bf16, two_stage_k=args.two_stage_k, progress=not args.no_progress,
                           compile=args.compile, fp8=args.precision == "fp8", folds=args.folds)
-    except (ValueError, FileNotFoundError) as exc:  # bad data or checkpoint: one line
+    except (ValueError, OSError) as exc:  # bad data or checkpoint, an unreadable file: one line
         return _fail(exc)
     finally:
         if processes > 1:
@@ -77,10 +83,28 @@ def run(args: argparse.Namespace) -> int:
     if rank:  # under torchrun every process scores a share; the first one reports
         return 0
     result["checkpoint"] = args.checkpoint
-    write_eval(result, args.out)
+    try:
+        write_eval(result, args.out)
+    except OSError as exc:
+        print(format_table(result))
+        return _fail(f"--out {args.out}: cannot write it ({exc.strerror or exc})")
     print(format_table(result))
     print(f"wrote {args.out}")
     return 0
+
+
+def _unwritable(path: str) -> str | None:
+    """Why ``eval.json`` could not be written to ``path`` (a folder, under a file, a read-only folder), or None."""
+    if os.path.isdir(path) or path.endswith(os.sep):
+        return "a folder; give the file to write, e.g. " + os.path.join(path, "eval.json")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # write_eval makes the missing folders
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return "not writable"
+    return None
 
 
 def _fail(message) -> int:

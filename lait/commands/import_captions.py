@@ -34,12 +34,19 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.source, args.images):
         if not os.path.exists(path):
             return _fail(f"{path} does not exist")
-    try:  # the JSON readers load and check the file's shape here (before --out is touched); bad records
-        # become counted rejects
+    if not os.path.isfile(args.source):
+        return _fail(f"{args.source} is {'a folder' if os.path.isdir(args.source) else 'not a regular file'}, "
+                     f"not a captions file")
+    if not os.path.isdir(args.images):
+        return _fail(f"--images {args.images} is a file, not the folder the image file names are relative to")
+    try:  # the readers open the file here (the JSON ones load it and check its shape), before --out is
+        # touched; bad records become counted rejects
         reader = READERS[args.format]
         records = reader(args.source) if args.format == "karpathy" else reader(args.source, args.split)
     except ValueError as exc:  # not JSON, not UTF-8, or not the format's shape
         return _fail(f"{args.source} is not a valid {args.format} file ({exc})")
+    except OSError as exc:  # unreadable
+        return _fail(f"{args.source}: cannot read it ({exc.strerror or exc})")
     try:
         stats = import_captions(records, args.images, args.out, overwrite=args.overwrite)
     except (ValueError, OSError) as exc:  # a finished import in --out, an unwritable --out

@@ -21,16 +21,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.config import ConfigError
-    from model.train import run_from_args
+    from model.train import TrainingDiverged, run_from_args
 
     try:
         summary = run_from_args(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:  # bad config, data or checkpoint: one line
+    except (ConfigError, ValueError, OSError) as exc:  # bad config, data, checkpoint or path: one line
         print(f"lait train: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:  # not bad input: the run itself failed
+        print(f"lait train: {exc}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")):  # under torchrun the first process reports
         return 0
     for stage in summary["stages"]:
+        if stage.get("done_before_resume"):
+            print(f"{stage['name']:<16} {stage['kind']:<9} done before the resume  loss {stage['final_loss']:.4f}")
+            continue
         print(f"{stage['name']:<16} {stage['kind']:<9} {stage['steps_run']:>6}/{stage['steps']} steps  "
               f"loss {stage['final_loss']:.4f}  {stage['samples_per_s']:,.0f} samples/s  {stage['seconds']:.1f} s")
     print(f"checkpoint: {summary['checkpoint']}")

@@ -1,6 +1,7 @@
 """Reading regions + captions: sharding over ranks and workers, locations, class counts, caption import."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -56,7 +57,8 @@ def test_stream_shards_over_ranks_and_workers_without_loss_or_overlap(synth_dir)
     everything = seen[0] + seen[1]
     assert len(everything) == len(set(everything)) == 320, "every train caption once per epoch"
     report = dataset_report(datasets)
-    assert report == {"pairs": 320, "images": 160, "captions_without_regions": 0, "images_without_captions": 40}
+    assert report == {"pairs": 320, "images": 160, "captions_without_regions": 0, "images_without_captions": 40,
+                      "repeated_image_rows": 0}
 
 
 def test_stream_order_depends_on_the_seed_only(synth_dir):
@@ -435,3 +437,123 @@ def test_import_captions_malformed_records_are_counted_rejects(tmp_path):
     assert kept == {"tsv:2": ("bom and crlf", "val"), "tsv:5": ("last", "val")}
     rejected = schemas.read_table(str(tmp_path / "out-t.tsv" / "rejected"), "rejected").to_pylist()
     assert "line 4 is not UTF-8" in {r["reason"]: r["detail"] for r in rejected}["record_invalid"]
+
+
+def test_a_regions_dataset_holding_an_image_twice_trains_on_it_once_as_counted(tmp_path):
+    """The stream read each regions row, so an image stored twice gave its captions twice an epoch, while
+    dataset_report (which sets epoch step counts) counted it once. First row wins, in every consumer."""
+    regions = tmp_path / "regions"
+    first = _region_row("a", 3)
+    _write_regions(str(regions / "part-00000.parquet"), [first, _region_row("b", 2), _region_row("a", 1)])
+    _write_regions(str(regions / "part-00001.parquet"), [_region_row("c", 2), _region_row("a", 2)])
+    captions = [{"caption_id": f"{image}{n}", "image_id": image, "caption": "red circle", "split": "train"}
+                for image in "abc" for n in range(2)]
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "p.parquet"), "captions")
+    datasets = [DatasetConfig(str(regions), str(tmp_path / "captions"), "train")]
+    report = dataset_report(datasets)
+    assert report["pairs"] == 6 and report["images"] == 3 and report["repeated_image_rows"] == 2
+    config = tiny_config(feature_dim=4, max_regions=8)
+    tokenizer = _tokenizer_json(["red circle"])
+    for world_size in (1, 2, 3):
+        examples = [e for rank in range(world_size)
+                    for e in PairStream(datasets, tokenizer, config, rank=rank, world_size=world_size, infinite=False)]
+        assert sorted(e["caption_id"] for e in examples) == [c["caption_id"] for c in captions], world_size
+        assert all(len(e["image"].features) == 3 for e in examples if e["image"].image_id == "a"), "the first row"
+
+
+def test_a_regions_row_whose_lists_disagree_in_length_is_refused_not_read_from_its_neighbour(tmp_path):
+    from model.data import decode_regions
+
+    rows = [_region_row("a", 3), _region_row("b", 2)]
+    table = schemas.to_table(rows, "regions", feature_dim=4)
+    assert [len(im.features) for im in decode_regions(table, 8, 4)] == [3, 2]
+
+    def with_column(name, values):
+        return table.set_column(table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type))
+
+    for name, values, message in (
+            ("boxes", [[[10, 5, 60, 30]] * 2, [[0, 0, 1, 1]] * 3], "image a: 2 boxes for 3 regions"),
+            ("class_ids", [[1, 2, 3], [4]], "image b: 1 class_ids for 2 regions"),
+            ("topk_class_ids", [[[1, 2]] * 3, [[1, 2]] * 3], "image b: 3 topk_class_ids for 2 regions"),
+            ("topk_class_probs", [[[0.7, 0.3]] * 3, [[0.7, 0.3], [1.0]]], "image b: its regions' top-k class ids and"),
+            ("topk_class_ids", [[[1, 2], [1, 2], [1, 2, 3]], [[1, 2]] * 2], "image a: its regions' top-k class ids")):
+        with pytest.raises(ValueError, match=f"^src: {re.escape(message)}"):
+            decode_regions(with_column(name, values), 8, 4, "src")
+    # No stored distribution (empty top-k lists) is still fine: the top class with probability 1.
+    bare = with_column("topk_class_probs", [[], []])
+    bare = bare.set_column(bare.schema.get_field_index("topk_class_ids"), "topk_class_ids",
+                           pa.array([[], []], table.schema.field("topk_class_ids").type))
+    assert [im.topk_probs.tolist() for im in decode_regions(bare, 8, 4)] == [[[1.0]] * 3, [[1.0]] * 2]
+
+
+def test_classes_json_of_another_shape_is_a_clear_error(tmp_path):
+    regions = tmp_path / "features" / "regions"
+    _write_regions(str(regions / "part-00000.parquet"), [_region_row("a", 3)])
+    for content, message in (("25", "expected a list of class names"), ('"person"', "expected a list of class names"),
+                             ('{"other": 1}', "expected a list of class names"), ("[]", "expected a list"),
+                             ('{"num_classes": "many"}', "num_classes 'many' is not a whole number"),
+                             ("{not json", "not a readable classes.json")):
+        (tmp_path / "features" / "classes.json").write_text(content)
+        with pytest.raises(ValueError, match=f"classes.json: {re.escape(message)}"):
+            num_classes_of(str(regions))
+    for content, count in (('["a", "b"]', 2), ('{"classes": ["a"]}', 1), ('{"names": ["a", "b", "c"]}', 3),
+                           ('{"num_classes": 9}', 9)):
+        (tmp_path / "features" / "classes.json").write_text(content)
+        assert num_classes_of(str(regions)) == count
+
+
+def test_import_captions_rejects_text_that_is_not_unicode_and_keeps_importing(tmp_path):
+    """JSON's "\\ud83d" escape is a lone surrogate, which Arrow cannot store: it aborted the whole import."""
+    from model.captions_import import CaptionRecord, import_captions, read_coco
+
+    images = _import_tree(tmp_path)
+    coco = ('{"images": [{"id": 1, "file_name": "one.png"}, {"id": 2, "file_name": "tw\\udc80o.png"}], '
+            '"annotations": [{"id": 1, "image_id": 1, "caption": "a cat \\ud83d"}, {"id": 2, "image_id": 1, '
+            '"caption": "a dog"}, {"id": 3, "image_id": 2, "caption": "bad name"}, {"id": "x\\ud83d", "image_id": 1, '
+            '"caption": "bad id"}]}')
+    (tmp_path / "s.json").write_text(coco)
+    stats = import_captions(read_coco(str(tmp_path / "s.json")), str(images), str(tmp_path / "out"))
+    assert stats["in"] == 4 and stats["kept"] == 1 and stats["images"] == 1
+    assert stats["rejected_by_reason"] == {"caption_invalid": 1, "image_path_invalid": 1, "record_invalid": 1}
+    rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected").to_pylist()
+    assert any("coco:x\\ud83d" in r["detail"] for r in rejected), rejected
+    stats = import_captions([CaptionRecord("r1", "one.png", "ok", "tr\ud83dain")], str(images), str(tmp_path / "out2"))
+    assert stats["rejected_by_reason"] == {"record_invalid": 1}
+
+
+def test_import_captions_writes_one_pairs_row_per_image_whatever_its_names(tmp_path):
+    from model.captions_import import CaptionRecord, import_captions
+
+    images = _import_tree(tmp_path)
+    (images / "one_copy.png").write_bytes((images / "one.png").read_bytes())
+    records = [CaptionRecord("r1", "one.png", "red", "train"), CaptionRecord("r2", "one_copy.png", "red again", "train"),
+               CaptionRecord("r3", "two.png", "blue", "train"), CaptionRecord("r4", "./two.png", "blue again", "train")]
+    stats = import_captions(records, str(images), str(tmp_path / "out"))
+    assert stats["kept"] == 4 and stats["images"] == 2
+    pairs = schemas.read_table(str(tmp_path / "out" / "pairs"), "pairs").to_pylist()
+    captions = schemas.read_table(str(tmp_path / "out" / "captions"), "captions").to_pylist()
+    assert len(pairs) == 2 and {p["image_id"] for p in pairs} == {c["image_id"] for c in captions}
+
+
+def test_import_captions_source_that_is_not_a_readable_file_leaves_a_finished_import_alone(tmp_path):
+    """A folder given as the TSV source failed (IsADirectoryError) only once the import had begun, after
+    --overwrite had deleted the finished one."""
+    from model.captions_import import read_tsv
+
+    images = _import_tree(tmp_path)
+    (tmp_path / "c.tsv").write_text("one.png\tred\n")
+    env = dict(os.environ, PYTHONPATH=REPO)
+
+    def lait(*args):
+        return subprocess.run([sys.executable, "-m", "lait", "import-captions", *args, "--images", str(images), "--out",
+                               str(tmp_path / "out"), "--overwrite"], capture_output=True, text=True, env=env,
+                              cwd=REPO, timeout=120)
+
+    assert lait(str(tmp_path / "c.tsv"), "--format", "tsv").returncode == 0
+    for source, fmt in ((tmp_path / "images", "tsv"), (tmp_path / "images", "coco")):
+        proc = lait(str(source), "--format", fmt)
+        assert proc.returncode == 2 and "is a folder, not a captions file" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == 1, "the finished import is intact"
+    with pytest.raises(IsADirectoryError):
+        read_tsv(str(tmp_path / "images"))  # when called, not when the import reads the first record

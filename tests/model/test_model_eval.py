@@ -259,3 +259,41 @@ def test_eval_refuses_another_feature_width_and_counts_below_one(synth_dir, tiny
         with pytest.raises(SystemExit) as exit_:
             main(["eval", "--checkpoint", "x.pt", "--data", synth_dir, option, "0"])
         assert exit_.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+
+
+def test_nan_scores_count_against_the_query():
+    """NaN compares false with everything: a diverged model's NaN scores used to rank every answer first (R@1 1.0)."""
+    nan = float("nan")
+    for ks in ((1, 5, 10), (1, 2, 3)):
+        result = recall_at_k(torch.full((4, 2), nan), torch.tensor([0, 0, 1, 1]), ks=ks)
+        for direction in ("image_retrieval", "sentence_retrieval"):
+            assert all(result[direction][f"R@{k}"] == 0.0 for k in ks), (ks, result)
+    scores = torch.tensor([
+        [0.9, 0.1, 0.0],   # caption 0 (image 0): first
+        [nan, 0.8, 0.1],   # caption 1 (image 0): its own score is NaN: a miss at every K
+        [0.3, 0.2, nan],   # caption 2 (image 1): 0.3 and the NaN rank above it: third
+        [0.5, 0.6, 0.4],   # caption 3 (image 2): third
+    ])
+    result = recall_at_k(scores, torch.tensor([0, 0, 1, 2]), ks=(1, 2, 3))
+    assert result["image_retrieval"] == {"R@1": 0.25, "R@2": 0.25, "R@3": 0.75, "chance_R@1": pytest.approx(1 / 3)}
+    # Image 0: gold 0.9 (the NaN gold is skipped) first. Image 1: gold 0.2 below 0.8 and 0.6: third. Image 2:
+    # gold 0.4 below caption 2's NaN: second.
+    sr = result["sentence_retrieval"]
+    assert (sr["R@1"], sr["R@2"], sr["R@3"]) == pytest.approx((1 / 3, 2 / 3, 1.0))
+
+
+def test_a_diverged_model_gets_no_recall_and_its_nan_scores_are_reported(synth_dir, tiny_trained):
+    import copy
+
+    model, tokenizer_json = tiny_trained
+    diverged = copy.deepcopy(model)
+    with torch.no_grad():
+        diverged.heads["itm"].classifier.bias.fill_(float("nan"))
+    result = evaluate(diverged, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
+    assert result["nan_scores"] == result["pairs_scored"] == 3200
+    for direction in ("image_retrieval", "sentence_retrieval"):
+        assert result[direction]["R@10"] == 0.0, result[direction]
+    assert "3,200 of the 3,200 scores are NaN" in format_table(result)
+    folded = evaluate(diverged, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", folds=2)
+    assert folded["nan_scores"] == 3200 // 2 and folded["image_retrieval"]["R@1"] == 0.0
+    assert evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")["nan_scores"] == 0

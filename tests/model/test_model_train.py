@@ -67,9 +67,9 @@ def test_resume_is_exact(synth_dir, tmp_path, masking, buckets):
     final_resumed = load_checkpoint(os.path.join(resumed_dir, "checkpoints", "final.pt"))["model"]
     assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
 
-    # Resuming a run whose stages are all done trains nothing and keeps the model.
+    # Resuming a run whose stages are all done trains nothing and keeps the model (its stages are listed as done).
     again = train(load_config(base=_base(synth_dir, full_dir)), resume="auto")
-    assert again["stages"] == []
+    assert [(s["name"], s["done_before_resume"]) for s in again["stages"]] == [("stage1", True), ("finetune", True)]
 
 
 def test_config_errors_name_the_key(synth_dir, tmp_path):
@@ -375,3 +375,276 @@ def test_a_regions_dataset_of_two_feature_widths_is_refused_before_training(tmp_
         from model.data import feature_dims
 
         assert dict(feature_dims(str(tmp_path / "d16"))) == {str(first): 16, str(second): 8}
+
+
+def test_the_default_device_on_one_gpu_has_an_index(monkeypatch):
+    """torch.cuda.set_device refuses a plain torch.device("cuda"): outside torchrun, `lait train` and `lait eval`
+    failed on a one-GPU machine with the default device. Simulated without calling CUDA: set_device's own index
+    check (torch.cuda._utils._get_device_index) is pure Python."""
+    from torch.cuda._utils import _get_device_index
+
+    from model.distributed import process_device
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for wanted, index in (("auto", 0), ("cuda", 0), ("cuda:1", 1)):
+        device = process_device(wanted)
+        assert device == torch.device("cuda", index) and _get_device_index(device) == index, wanted
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_device("auto") == torch.device("cuda", 1), "under torchrun: this process's own GPU"
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(ValueError, match="cuda:2 does not exist"):
+        process_device("cuda:2")
+    for wanted in ("gpu", "mps", "cuda:x"):
+        with pytest.raises(ValueError, match="not auto, cpu, cuda or cuda:N"):
+            process_device(wanted)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        process_device("cuda")
+
+
+def test_a_device_that_is_not_one_is_a_one_line_error_in_both_clis(synth_dir, tiny_checkpoint, tmp_path, monkeypatch,
+                                                                     capsys):
+    from lait.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LAIT_DATA", synth_dir)
+    config = os.path.join(REPO, "configs", "tiny.yaml")
+    with pytest.raises(ConfigError, match="device: 'gpu'"):
+        load_config(config, ["device=gpu"])
+    for device, message in (("gpu", "'gpu' is not auto, cpu, cuda or cuda:N"), ("cuda", "no CUDA GPU is available")):
+        assert main(["train", "--config", config, "--set", f"out_dir={tmp_path / 'run'}", "--set", f"device={device}",
+                     "--no-progress"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("lait train:") and message in error and error.count("\n") == 1, error
+        assert main(["eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--device", device,
+                     "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("lait eval:") and message in error and error.count("\n") == 1, error
+
+
+def _finetune_only(synth_dir: str, out_dir: str, **extra) -> dict:
+    config = _base(synth_dir, out_dir, **extra)
+    del config["pretrain"]
+    return config
+
+
+def test_a_loss_that_is_not_finite_stops_training_before_the_update(synth_dir, tmp_path, monkeypatch, capsys):
+    """A NaN loss makes every weight NaN at the next update (and then every checkpoint): the run stops first."""
+    import yaml
+
+    from model.tasks import FINETUNE_LOSSES
+    from model.train import TrainingDiverged
+
+    binary, calls = FINETUNE_LOSSES["binary"], []
+
+    def diverging(scores, valid, margin):
+        calls.append(1)
+        loss = binary(scores, valid, margin)
+        return loss * float("nan") if len(calls) >= 2 else loss
+
+    monkeypatch.setitem(FINETUNE_LOSSES, "binary", diverging)
+    config = _finetune_only(synth_dir, str(tmp_path / "run"), checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=r"stage 'finetune', step 2: the loss is not finite \(loss nan"):
+        train(load_config(base=config))
+    state = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.pt"))
+    assert state["step"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (tmp_path / "run" / "checkpoints" / "finetune-step2.pt").exists()
+
+    from lait.cli import main
+
+    calls.clear()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_finetune_only(synth_dir, str(tmp_path / "cli"))))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("lait train: stage 'finetune', step 2") and error.count("\n") == 1, error
+
+
+def test_resuming_with_another_world_size_or_schedule_warns(synth_dir, tmp_path, caplog):
+    """A checkpoint records how many processes trained it and its stage's step count: another number of processes
+    deals other shards (and changes an epoch-based step count), another lr, warm-up or length no longer matches
+    the loaded scheduler state."""
+    def three_steps(out_dir: str) -> dict:
+        config = _base(synth_dir, out_dir, checkpoint_every=2)
+        config["pretrain"][0]["steps"], config["finetune"] = 3, None
+        return config
+
+    train(load_config(base=three_steps(str(tmp_path / "run"))))
+    checkpoint = os.path.join(tmp_path, "run", "checkpoints", "stage1-step2.pt")
+    state = load_checkpoint(checkpoint)
+    assert state["data"] == {"batches": 2, "world_size": 1} and state["stage_steps"] == 3
+    state["data"]["world_size"] = 2
+    torch.save(state, tmp_path / "two-processes.pt")
+    cases = ((str(tmp_path / "two-processes.pt"), [], "world_size (2 processes, now 1)"),
+             (checkpoint, ["pretrain.0.lr=0.01"], "stage1.lr (0.001, now 0.01)"),
+             (checkpoint, ["pretrain.0.warmup=2"], "stage1.warmup"),
+             (checkpoint, ["pretrain.0.steps=5"], "the stage's step count (3, now 5)"),
+             (checkpoint, [], None))
+    for number, (path, overrides, expected) in enumerate(cases):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="model.train"):
+            train(load_config(base=three_steps(str(tmp_path / f"again-{number}")), overrides=overrides), resume=path)
+        warnings = [r.getMessage() for r in caplog.records if "resuming with" in r.getMessage()]
+        if expected is None:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and expected in warnings[0], (expected, warnings)
+
+
+def test_a_resumed_run_logs_the_same_rows_when_checkpoints_fall_between_them(synth_dir, tmp_path):
+    """checkpoint_every 3, log_every 2: the row of step 4 averages steps 3 and 4, and step 3 ran before the
+    checkpoint; the loss window is in the checkpoint, so the resumed run logs the same row."""
+    config = _base(synth_dir, str(tmp_path / "full"), checkpoint_every=3, log_every=2)
+    config["finetune"] = None
+    train(load_config(base=config))
+    checkpoint = tmp_path / "full" / "checkpoints" / "stage1-step3.pt"
+    assert load_checkpoint(str(checkpoint))["loss_window"]["steps"] == 1
+    train(load_config(base={**config, "out_dir": str(tmp_path / "resumed")}), resume=str(checkpoint))
+    full, resumed = (_log(str(tmp_path / run / "logs" / "stage1.csv")) for run in ("full", "resumed"))
+    assert sorted(resumed) == [4] and _losses(resumed[4]) == _losses(full[4])
+    # A checkpoint written before the window was saved still resumes (its first row averages fewer steps).
+    state = load_checkpoint(str(checkpoint))
+    del state["loss_window"]
+    torch.save(state, tmp_path / "old.pt")
+    train(load_config(base={**config, "out_dir": str(tmp_path / "old")}), resume=str(tmp_path / "old.pt"))
+    assert sorted(_log(str(tmp_path / "old" / "logs" / "stage1.csv"))) == [4]
+
+
+def test_summary_after_a_resume_lists_every_stage(synth_dir, tmp_path, capsys):
+    import yaml
+
+    from lait.cli import main
+
+    full = train(load_config(base=_base(synth_dir, str(tmp_path / "full"))))
+    checkpoint = str(tmp_path / "full" / "checkpoints" / "stage1.pt")  # stage1 done, fine-tuning not begun
+    resumed = train(load_config(base=_base(synth_dir, str(tmp_path / "resumed"))), resume=checkpoint)
+    written = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert [s["name"] for s in written["stages"]] == [s["name"] for s in resumed["stages"]] == ["stage1", "finetune"]
+    carried = written["stages"][0]
+    assert carried.pop("done_before_resume") is True and "done_before_resume" not in written["stages"][1]
+    for key in ("kind", "steps", "steps_run", "final_loss", "data"):
+        assert carried[key] == full["stages"][0][key], key
+    assert written["parameter_checksum"] == full["parameter_checksum"]
+    # Resuming the finished run trains nothing and still lists both stages.
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "full"))))
+    assert main(["train", "--config", str(path), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done before the resume") == 2, out
+
+
+def test_model_sizes_that_do_not_fit_and_numbers_that_are_not_finite_are_refused_with_the_key(synth_dir, tmp_path):
+    """Each of these failed mid-run as an index error or an OverflowError (or not at all: a negative position)."""
+    base = _base(synth_dir, str(tmp_path))
+    for override, message in (("model.max_text_len=600", "model.max_text_len: 600, more than the 512 positions"),
+                              ("model.max_position=8", "model.max_text_len: 20, more than the 8 positions"),
+                              ("model.region_position_id=512", "model.region_position_id: 512, need a position below"),
+                              ("model.region_position_id=-1", "model.region_position_id: -1, need at least 0"),
+                              ("model.type_vocab_size=1", "model.type_vocab_size: 1, need at least 2"),
+                              ("model.pad_token_id=40000", "model.pad_token_id: 40000, need an id below"),
+                              ("model.num_heads=3", "model.hidden_size: 32 is not a multiple of model.num_heads"),
+                              ("pretrain.0.lr=.nan", "pretrain.0.lr: nan, need a finite number"),
+                              ("grad_clip=.inf", "grad_clip: inf, need a finite number")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(base=base, overrides=[override])
+    for epochs in (".inf", ".nan"):
+        with pytest.raises(ConfigError, match="finetune.epochs: .*, need a finite number more than 0"):
+            load_config(base=base, overrides=["finetune.steps=null", f"finetune.epochs={epochs}"])
+    # The pad id is checked again against the vocabulary the tokenizer gives, before training.
+    with pytest.raises(ConfigError, match=r"model.pad_token_id: 150, need an id below model.vocab_size \(\d+\)"):
+        train(load_config(base=base, overrides=["model.pad_token_id=150"]))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_keys_a_stage_would_ignore_are_refused_and_those_bert_replaces_are_named(synth_dir, tmp_path, caplog):
+    from model.imagebert import read_bert_config
+    from model.train import resolve_model_config
+
+    base = _base(synth_dir, str(tmp_path))
+    for override, message in (("pretrain.0.loss=triplet", "pretrain.0: loss applies to the finetune stage only"),
+                              ("pretrain.0.negatives=7", "pretrain.0: negatives applies to the finetune stage only"),
+                              ("pretrain.0.dual_encoder=0.5", "pretrain.0: dual_encoder applies"),
+                              ("finetune.tasks={mlm: 1}", "finetune: tasks applies to pretraining stages only")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(base=base, overrides=[override])
+    # bert: its config.json decides the model's shape; a model key set beside it to another value was replaced
+    # silently (configs/imagebert-base.yaml spells out BERT-base's shape, and is run with --set bert=...)
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps(
+        {"vocab_size": 99, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}))
+    with caplog.at_level("WARNING", logger="model.train"):
+        model = resolve_model_config(load_config(base={**base, "bert": str(tmp_path / "bert")}), 120)
+    assert (model.hidden_size, model.vocab_size, model.num_layers) == (8, 99, 2)
+    warnings = [r.getMessage() for r in caplog.records if "decides the model's shape" in r.getMessage()]
+    assert len(warnings) == 1 and "model.hidden_size 32 by 8" in warnings[0] and "num_layers" not in warnings[0] \
+        and "intermediate_size" not in warnings[0], warnings  # equal to BERT's: nothing replaced
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"n_embd": 8}))
+    with pytest.raises(ValueError, match="not a BERT config"):
+        read_bert_config(str(tmp_path / "bert"))
+    # lowercase: a tokenizer.json has its own normaliser
+    with pytest.raises(ConfigError, match="lowercase: a tokenizer.json carries its own normaliser"):
+        load_config(base={**base, "tokenizer": "run/tokenizer.json", "lowercase": False})
+    assert load_config(base={**base, "tokenizer": "bert/vocab.txt", "lowercase": False}).lowercase is False
+    # The eval entry scores held-out captions unless told otherwise, as `lait eval` does.
+    entry = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions"}
+    assert load_config(base={**base, "eval": entry}).eval.split == "test"
+    assert load_config(base={**base, "eval": {**entry, "split": "val"}}).eval.split == "val"
+    assert load_config(base={**base, "finetune": {**base["finetune"], "datasets": [entry]}}).finetune.datasets[0].split \
+        == "train"
+
+
+def test_plausible_path_mistakes_are_one_line_errors(synth_dir, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """A missing or unreadable tokenizer, a folder given as the config, an out_dir that is a file, a bad
+    classes.json, `lait eval --out DIR/` (refused before scoring): one line and exit status 2, no traceback."""
+    import shutil
+
+    import yaml
+
+    import model.eval
+    from lait.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "run"))))
+    (tmp_path / "garbage.json").write_text("{not a tokenizer")
+    (tmp_path / "afile").write_text("x")
+    shutil.copytree(synth_dir, tmp_path / "data")
+    (tmp_path / "data" / "classes.json").write_text("25")
+    runs = [(["--set", f"tokenizer={tmp_path}/nowhere/tokenizer.json"], "nowhere/tokenizer.json: no such tokenizer"),
+            (["--set", f"tokenizer={tmp_path}/nowhere/vocab.txt"], "nowhere/vocab.txt: no such tokenizer"),
+            (["--set", f"tokenizer={tmp_path}/garbage.json"], "garbage.json: not a readable tokenizer.json"),
+            (["--set", f"tokenizer={tmp_path}/afile"], "afile: vocabulary lacks the special tokens"),
+            (["--set", f"bert={tmp_path}/nowhere", "--set", "model={}"], "nowhere: no such tokenizer file or folder"),
+            (["--set", f"out_dir={tmp_path}/afile"], "out_dir: " + str(tmp_path / "afile") + " is a file"),
+            (["--set", f"pretrain.0.datasets.0.regions={tmp_path}/data/regions"],
+             "classes.json: expected a list of class names")]
+    for extra, message in runs:
+        assert main(["train", "--config", str(config), *extra, "--no-progress"]) == 2, extra
+        error = capsys.readouterr().err
+        assert error.startswith("lait train:") and message in error and error.count("\n") == 1, (extra, error)
+    assert main(["train", "--config", str(tmp_path), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "a folder, not a YAML config file" in error and error.count("\n") == 1, error
+
+    monkeypatch.setattr(model.eval, "evaluate", lambda *a, **k: pytest.fail("scored before checking --out"))
+    for out, message in ((f"{tmp_path}/", "a folder; give the file to write"), (f"{tmp_path}/afile/eval.json",
+                                                                                 "afile is a file, not a folder")):
+        assert main(["eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--out", out, "--no-progress"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("lait eval: --out") and message in error and error.count("\n") == 1, error
+
+
+def test_fewer_images_than_data_consumers_is_refused_up_front(tmp_path):
+    """A DataLoader worker left without an image failed with a worker traceback after the stage had started."""
+    from model.synthetic import write_synthetic
+
+    write_synthetic(str(tmp_path / "d"), images=5, feature_dim=8, test_images=2, seed=4)
+    config = _base(str(tmp_path / "d"), str(tmp_path / "run"), num_workers=4)
+    with pytest.raises(ValueError, match=r"stage 'stage1': 3 image\(s\) with captions for 4 data consumers "
+                                         r"\(1 process\(es\) x 4 DataLoader worker\(s\)\).*lower num_workers"):
+        train(load_config(base=config))
