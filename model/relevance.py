@@ -151,18 +151,26 @@ def _member_threads(count: int):
 
 
 def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: dict) -> None:
-    """Write ``model.safetensors`` and ``config.json`` (architecture plus ``extra``: threshold, vocabulary...)."""
+    """Write ``model.safetensors`` and ``config.json`` (architecture plus ``extra``: threshold, vocabulary...).
+
+    The config is strict JSON: a NaN or infinite number in ``extra`` is a ValueError, raised before
+    anything is written (store None, JSON null, for a value that is missing).
+    """
     from safetensors.torch import save_file
 
-    os.makedirs(out_dir, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(out_dir, WEIGHTS_FILE))
     config = {"kind": MODEL_KIND, "model": dataclasses.asdict(model.config), **extra}
     if isinstance(model, RelevanceEnsemble):
         config["members"] = len(model.members)
+    try:
+        text = json.dumps(config, indent=1, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{os.path.join(out_dir, CONFIG_FILE)}: not saved, a value is not valid JSON ({exc})") from None
+    os.makedirs(out_dir, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(out_dir, WEIGHTS_FILE))
     tmp = os.path.join(out_dir, f".{CONFIG_FILE}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=1)
+        f.write(text)
     os.replace(tmp, os.path.join(out_dir, CONFIG_FILE))
 
 
@@ -170,7 +178,8 @@ def read_config(model_dir: str) -> dict:
     """The JSON config of a saved relevance model; a clear error when the folder is not one.
 
     FileNotFoundError without a config.json; ValueError (one line, naming the file) when it is not a
-    LAIT relevance model's config: not JSON, another kind, no architecture or threshold.
+    LAIT relevance model's config: not JSON, another kind, no architecture or threshold, or a field of the
+    wrong type or out of range (``model.*``, ``vocabulary``, ``text_features``, ``image_features``, ``members``).
     """
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.isfile(path):
@@ -188,7 +197,38 @@ def read_config(model_dir: str) -> dict:
     threshold = config.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ValueError(f"{path}: no numeric 'threshold' (got {threshold!r})")
+    _check_fields(config, path)
     return config
+
+
+#: The smallest value of each whole-number architecture field (a bucket id is 1 + hash % (num_buckets - 1)).
+_ARCH_MINIMUM = {"num_buckets": 2}
+
+
+def _is_whole(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_fields(config: dict, path: str) -> None:
+    """ValueError naming ``path`` for a field of the wrong type or out of range, so that an edited or damaged
+    config is refused at load, not met later as a TypeError (or a division by zero) inside the scorer."""
+    arch = config["model"]
+    for field in dataclasses.fields(RelevanceConfig):
+        if field.name not in arch:
+            continue  # an older config: this version's default applies
+        value = arch[field.name]
+        if field.name == "channels":
+            if not (isinstance(value, list) and value and all(_is_whole(c, 1) for c in value)):
+                raise ValueError(f"{path}: model.channels must be a non-empty list of whole numbers of 1 or more, "
+                                 f"got {value!r:.80}")
+        elif not _is_whole(value, _ARCH_MINIMUM.get(field.name, 1)):
+            raise ValueError(f"{path}: model.{field.name} must be a whole number of "
+                             f"{_ARCH_MINIMUM.get(field.name, 1)} or more, got {value!r:.80}")
+    for key in ("vocabulary", "text_features", "image_features"):
+        if key in config and not (isinstance(config[key], list) and all(isinstance(w, str) for w in config[key])):
+            raise ValueError(f"{path}: '{key}' must be a list of strings, got {config[key]!r:.80}")
+    if "members" in config and not _is_whole(config["members"], 1):
+        raise ValueError(f"{path}: 'members' must be a whole number of 1 or more, got {config['members']!r:.80}")
 
 
 def load_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[RelevanceModel | RelevanceEnsemble, dict]:

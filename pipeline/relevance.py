@@ -21,10 +21,12 @@ import json
 import logging
 import math
 import os
+import posixpath
 import sys
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
@@ -44,7 +46,9 @@ UNSCORABLE_REASON = "image_undecodable"
 UNSCORABLE_KEY = "_relevance_unscorable"
 #: The histogram covers [-1, 1] (CLIP cosines); all-non-negative scores report only [0, 1].
 HIST_BINS = 40
-#: Quantiles kept to turn a keep-rate into a threshold (exact while the data fits Beam's buffers).
+#: Up to this many scorable pairs, a keep-rate cut is exact: the scores are gathered and sorted.
+EXACT_KEEP_RATE_LIMIT = 100_000
+#: Beyond it, the cut is read from this many approximate quantiles (Beam's, rank error under n / 1001).
 NUM_QUANTILES = 1001
 
 
@@ -55,24 +59,44 @@ def _build_model(spec: str, device: str):
     return load(spec, device=device).model
 
 
+def device_request(device: str | None) -> str | None:
+    """``"GPU"``, ``"CPU"`` or None (GPU when the worker has one) from a ``--device`` value in any case
+    (``cuda`` is GPU); a ValueError for anything else. Nothing is looked up here: the launcher may have
+    no GPU where the workers do."""
+    if device is None:
+        return None
+    name = str(device).strip().upper()
+    if name in ("GPU", "CUDA"):
+        return "GPU"
+    if name == "CPU":
+        return "CPU"
+    raise ValueError(f"relevance device must be CPU or GPU, got {device!r}")
+
+
 class _RelevanceModelHandler(PytorchModelHandlerKeyedTensor):
     """Beam's keyed-tensor PyTorch handler, loading through LAIT's loader instead of ``torch.load``.
 
     LAIT models are safetensors with a JSON config (no pickle), and CLIP specs name open_clip
-    weights, so only ``load_model`` differs; batching, devices and metrics stay Beam's.
+    weights, so only ``load_model`` differs; batching and metrics stay Beam's. The device asked for
+    (``device_request``) travels with the handler and is resolved in ``load_model``, on the worker.
     """
 
-    def __init__(self, spec: str, device: str, batch_size: int):
-        super().__init__(state_dict_path=spec, model_class=_build_model,
-                         model_params={"spec": spec, "device": "cuda" if device == "GPU" else "cpu"},
-                         device=device, min_batch_size=batch_size, max_batch_size=batch_size)
+    def __init__(self, spec: str, device: str | None, batch_size: int):
+        super().__init__(state_dict_path=spec, model_class=_build_model, model_params={"spec": spec},
+                         device="CPU" if device == "CPU" else "GPU", min_batch_size=batch_size,
+                         max_batch_size=batch_size)
         self._spec = spec
+        self._requested_device = device
 
     def load_model(self):
-        """Build the scorer's model on the handler's device."""
+        """Build the scorer's model where this worker can run it: the GPU asked for (or, with no request, any
+        GPU present), else the CPU. ``run_inference`` moves the batches to the same device."""
+        import torch
+
         from filters.relevance.scorer import resolve_device
 
-        device = resolve_device("cuda" if self._device.type == "cuda" else "cpu")
+        device = resolve_device(self._requested_device)
+        self._device = torch.device(device)
         return _build_model(self._spec, device)
 
     def get_metrics_namespace(self) -> str:
@@ -111,26 +135,29 @@ class ScoreRelevance(beam.PTransform):
     """Pair dicts -> the same dicts with ``relevance`` (float) set, through Beam's RunInference.
 
     ``spec`` is a LAIT relevance model folder or ``clip:ARCH:WEIGHTS``; ``device`` is ``"GPU"``,
-    ``"CPU"`` or ``None`` (GPU when one is present). Pairs whose image cannot be decoded get the
-    scorer's lowest score and ``UNSCORABLE_KEY`` set, so that ``ThresholdRelevance`` rejects them
+    ``"CPU"`` or ``None`` (GPU when one is present), resolved on each worker when it loads the model:
+    a GPU asked for from a machine without one (launching Dataflow GPU workers) stays asked for, and a
+    worker without one scores on its CPU. Pairs whose image cannot be decoded get the scorer's lowest
+    score and ``UNSCORABLE_KEY`` set, so that ``ThresholdRelevance`` rejects them
     (``image_undecodable``) whatever the cut.
     """
 
     def __init__(self, spec: str, batch_size: int = 64, device: str | None = None):
         super().__init__()
-        from filters.relevance.scorer import resolve_device
-
         self.spec = spec
         self.batch_size = batch_size
-        self.device = "GPU" if resolve_device(device) == "cuda" else "CPU"
+        self.device = device_request(device)
         self.min_score = -1.0 if spec.startswith("clip:") else 0.0
 
+    def model_handler(self) -> KeyedModelHandler:
+        """The keyed model handler ``RunInference`` runs (serialised to the workers as it is)."""
+        return KeyedModelHandler(_RelevanceModelHandler(self.spec, self.device, self.batch_size))
+
     def expand(self, pairs):
-        handler = KeyedModelHandler(_RelevanceModelHandler(self.spec, self.device, self.batch_size))
         return (
             pairs
             | "PrepareRelevanceInputs" >> beam.ParDo(_PrepareInputs(self.spec))
-            | "RunRelevanceModel" >> RunInference(handler)
+            | "RunRelevanceModel" >> RunInference(self.model_handler())
             | "SetRelevance" >> beam.Map(_set_relevance, self.min_score)
         )
 
@@ -162,11 +189,62 @@ class _ScoreHistogram(beam.CombineFn):
                 "n": int(n), "min": None if n == 0 else float(lo), "max": None if n == 0 else float(hi)}
 
 
-def _threshold_from_quantiles(quantiles: list[float], keep_rate: float) -> float | None:
-    """The score above which ``keep_rate`` of the data lies (the (1 - keep_rate) quantile)."""
-    if not quantiles:
+class _ScoresUpTo(beam.CombineFn):
+    """(count, sorted scores) of the input, the scores only while there are at most ``limit`` of them
+    (None beyond: too many to gather in one place)."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+
+    def create_accumulator(self):
+        return [0, []]
+
+    def add_input(self, acc, score):
+        count, scores = acc
+        if scores is not None:
+            scores.append(score)
+            if len(scores) > self._limit:
+                scores = None
+        return [count + 1, scores]
+
+    def merge_accumulators(self, accs):
+        count, merged = 0, []
+        for n, scores in accs:
+            count += n
+            if merged is not None and scores is not None and len(merged) + len(scores) <= self._limit:
+                merged.extend(scores)
+            else:
+                merged = None
+        return [count, merged]
+
+    def extract_output(self, acc):
+        count, scores = acc
+        return count, None if scores is None else sorted(scores)
+
+
+def kept_count(keep_rate: float, n: int) -> int:
+    """How many of ``n`` scored pairs a keep rate keeps: ``keep_rate`` x ``n`` rounded, halves up."""
+    return min(n, math.floor(keep_rate * n + 0.5))
+
+
+def _keep_rate_threshold(gathered: tuple[int, list[float] | None], quantiles: list[float],
+                         keep_rate: float) -> float | None:
+    """The cut that keeps ``kept_count`` of the scores: the lowest of the best ``k``, exact from the gathered
+    scores, else read from the approximate quantiles at the same rank. None without scores.
+
+    Pairs tied with it are kept too, so ties at the cut may keep more. Keeping none (a rate below
+    1 / (2n)) cuts just above the highest score.
+    """
+    n, scores = gathered
+    if n == 0 or (scores is None and not quantiles):
         return None
-    position = (1.0 - keep_rate) * (len(quantiles) - 1)
+    k = kept_count(keep_rate, n)
+    highest = scores[-1] if scores is not None else quantiles[-1]
+    if k == 0:
+        return float(math.nextafter(highest, math.inf))
+    if scores is not None:
+        return float(scores[n - k])
+    position = (n - k) / (n - 1) * (len(quantiles) - 1) if n > 1 else 0.0
     return float(quantiles[int(round(position))])
 
 
@@ -235,10 +313,12 @@ class ThresholdRelevance(beam.PTransform):
     """Scored pairs -> ``kept`` pairs, ``rejected`` rows (``low_relevance``, ``image_undecodable``) and
     a one-dict ``summary``.
 
-    Give ``threshold`` (keep ``relevance >= threshold``) or ``keep_rate`` (the threshold is the
-    score quantile over the scorable pairs). A pair ``ScoreRelevance`` could not score (undecodable
-    image) is rejected as ``image_undecodable`` whatever the cut, and left out of the quantile and
-    the histogram. With neither, ``spec`` names the model whose own threshold applies.
+    Give ``threshold`` (keep ``relevance >= threshold``) or ``keep_rate``: of the n scorable pairs,
+    the best ``kept_count(keep_rate, n)`` (round(keep_rate x n)) are kept, and so are pairs tied with
+    the lowest of them (exact up to ``EXACT_KEEP_RATE_LIMIT`` pairs, from approximate quantiles
+    beyond). A pair ``ScoreRelevance`` could not score (undecodable image) is rejected as
+    ``image_undecodable`` whatever the cut, and left out of n and the histogram. With neither,
+    ``spec`` names the model whose own threshold applies.
     """
 
     def __init__(self, threshold: float | None = None, keep_rate: float | None = None, spec: str | None = None):
@@ -265,11 +345,13 @@ class ThresholdRelevance(beam.PTransform):
         if self.keep_rate is None:
             threshold = scored.pipeline | "FixedThreshold" >> beam.Create([float(self.threshold)])
         else:
+            finite = scores | "FiniteScores" >> beam.Filter(math.isfinite)
+            quantiles = finite | "ScoreQuantiles" >> beam.ApproximateQuantiles.Globally(NUM_QUANTILES)
             threshold = (
-                scores
-                | "FiniteScores" >> beam.Filter(math.isfinite)
-                | "ScoreQuantiles" >> beam.ApproximateQuantiles.Globally(NUM_QUANTILES)
-                | "KeepRateThreshold" >> beam.Map(_threshold_from_quantiles, self.keep_rate)
+                finite
+                | "GatherScores" >> beam.CombineGlobally(_ScoresUpTo(EXACT_KEEP_RATE_LIMIT))
+                | "KeepRateThreshold" >> beam.Map(_keep_rate_threshold, beam.pvalue.AsSingleton(quantiles),
+                                                  self.keep_rate)
             )
         split = scored | "SplitByRelevance" >> beam.ParDo(
             _SplitByThreshold(), beam.pvalue.AsSingleton(threshold)).with_outputs("rejected", main="kept")
@@ -289,17 +371,25 @@ class ThresholdRelevance(beam.PTransform):
 
 
 def _write_stats(summary: dict, output: str, extra: dict) -> None:
-    """stats.json of a standalone run, in the books every stage keeps."""
+    """stats.json of a standalone run, in the books every stage keeps, through Beam's FileSystems (a local
+    folder, gs://, s3://...). Written as pending: the shard writes run beside this step, and only
+    ``finish_output`` (once the pipeline has finished) names it stats.json, which marks a complete output."""
     stats = {"stage": STAGE, "in": summary["in"], "kept": summary["kept"], "rejected": summary["rejected"],
              "rejected_by_reason": dict(summary["rejected_by_reason"]),
              "relevance": summary, **extra}
-    os.makedirs(output, exist_ok=True)
-    tmp = os.path.join(output, ".stats.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2)
-    # Pending until the pipeline has finished: the shard writes run beside this step, and stats.json
-    # marks a complete output.
-    os.replace(tmp, os.path.join(output, PENDING_STATS))
+    with FileSystems.create(posixpath.join(output, PENDING_STATS)) as handle:
+        handle.write(json.dumps(stats, indent=2).encode("utf-8"))
+
+
+def read_stats(output: str) -> dict:
+    """The stats.json of a finished output (local or on a Beam filesystem)."""
+    with FileSystems.open(posixpath.join(output, "stats.json")) as handle:
+        return json.loads(handle.read())
+
+
+def _join(folder: str, name: str) -> str:
+    """``folder``/``name`` for a local folder (the OS separator) or a URL (``/``)."""
+    return posixpath.join(folder, name) if "://" in folder else os.path.join(folder, name)
 
 
 def _write_shard(rows: list[dict], path: str, kind: str) -> None:
@@ -317,7 +407,7 @@ class _WriteDataset(beam.PTransform):
         import uuid
 
         def write(batch):
-            path = os.path.join(self.out_dir, f"part-{uuid.uuid4().hex[:12]}.parquet")
+            path = _join(self.out_dir, f"part-{uuid.uuid4().hex[:12]}.parquet")
             _write_shard(batch, path, self.kind)
             return len(batch)
 
@@ -331,8 +421,12 @@ def _pair_files(path: str) -> list[str]:
     """The Parquet files of a pairs dataset, contract-checked (Beam reads them in parallel)."""
     from filters.relevance.data import resolve_pairs_path
 
-    files = schemas.list_parquet_files(resolve_pairs_path(path))
-    schemas.open_dataset(resolve_pairs_path(path), "pairs")  # fail early, naming the bad column
+    root = resolve_pairs_path(path)
+    files = schemas.list_parquet_files(root)
+    schemas.open_dataset(root, "pairs")  # fail early, naming the bad column
+    if "://" in root:  # fsspec lists paths without their scheme (gs://b/x -> b/x): the workers need it back
+        scheme = root.split("://", 1)[0]
+        files = [f if "://" in f else f"{scheme}://{f}" for f in files]
     return files
 
 
@@ -386,13 +480,12 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
                  | "ReadPairs" >> beam.FlatMap(_read_pairs_file))
         scored = pairs | "ScoreRelevance" >> ScoreRelevance(args.model, args.batch_size, args.device)
         out = scored | "ThresholdRelevance" >> ThresholdRelevance(args.threshold, args.keep_rate, spec=args.model)
-        out.kept | "WritePairs" >> _WriteDataset(os.path.join(args.output, "pairs"), "pairs")
-        out.rejected | "WriteRejected" >> _WriteDataset(os.path.join(args.output, "rejected"), "rejected")
+        out.kept | "WritePairs" >> _WriteDataset(_join(args.output, "pairs"), "pairs")
+        out.rejected | "WriteRejected" >> _WriteDataset(_join(args.output, "rejected"), "rejected")
         out.summary | "WriteStats" >> beam.Map(_write_stats, args.output,
                                                {"input": input_reference(args.input, args.output), "model": args.model})
     finish_output(args.output)
-    with open(os.path.join(args.output, "stats.json"), encoding="utf-8") as f:
-        return json.load(f)["relevance"]
+    return read_stats(args.output)["relevance"]
 
 
 if __name__ == "__main__":

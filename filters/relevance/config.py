@@ -10,7 +10,7 @@ class TrainConfig:
     """Training settings; defaults train the demo-scale model in well under a minute on 2 CPU cores."""
 
     epochs: int = 15
-    batch_size: int = 64
+    batch_size: int = 64  # at least 2: the negatives are in-batch re-pairings
     lr: float = 3e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.2  # share of pages held out to set the threshold
@@ -28,8 +28,9 @@ class TrainConfig:
     def __post_init__(self):
         """Every setting checked once, here, so that a bad one is a clear ValueError before any training
         (not a ZeroDivisionError, a NaN loss or an untrained model saved as a trained one)."""
-        for name in ("epochs", "batch_size", "image_size", "embed_dim"):
+        for name in ("epochs", "image_size", "embed_dim"):
             _whole(name, getattr(self, name), 1)
+        _whole("batch_size", self.batch_size, 2)  # a one-pair batch has no re-pairing to learn from
         _whole("seed", self.seed, 0)
         _whole("members", self.members, 1)
         for name, minimum in (("max_pairs", 2), ("processes", 1), ("torch_threads", 1)):

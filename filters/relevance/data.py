@@ -1,16 +1,41 @@
 """Reading pairs datasets for the relevance model (a filter run folder or the dataset itself)."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 import schemas
+from filters.base import location_key
 
 #: The pairs columns the relevance model reads.
 PAIR_COLUMNS = ["pair_id", "candidate_id", "image_id", "caption", "image_bytes", "width", "height",
                 "page_url", "image_url"]
+#: The columns ``content_key`` reads.
+CONTENT_COLUMNS = ["image_id", "caption", "page_url", "image_url"]
+
+
+def content_key(row: dict) -> tuple[str, str, str, str]:
+    """What a pair holds and where it was found, never its (URL-hashed) pair id: image id, caption, and page
+    and image URL without scheme or port. The training order, and what ``--max-pairs`` chooses by."""
+    return (row.get("image_id") or "", row.get("caption") or "", location_key(row.get("page_url")),
+            location_key(row.get("image_url")))
+
+
+def _sample_key(row: dict) -> tuple[str, tuple[str, str, str, str], str]:
+    """Rank of a pair when only some are taken: a hash of its content (a sample spread over images, captions
+    and pages), then the content and pair id themselves to break ties the same way every time."""
+    key = content_key(row)
+    digest = hashlib.sha1("\x1f".join(key).encode()).hexdigest()
+    return digest, key, row.get("pair_id") or ""
+
+
+def choose_pairs(rows: list[dict], limit: int | None) -> list[dict]:
+    """``rows`` whole, or the ``limit`` of them whose content hashes lowest (in that order): the same pairs
+    whatever order they came in and whatever their pair ids, so that a seed fixes the model."""
+    rows = list(rows)
+    return rows if not limit or len(rows) <= limit else sorted(rows, key=_sample_key)[:limit]
 
 
 def resolve_pairs_path(path: str) -> str:
@@ -36,13 +61,13 @@ def _read(dataset, path: str, extra_columns: tuple[str, ...], limit: int | None)
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; a labelled set needs them beside the pairs columns")
     columns = PAIR_COLUMNS + list(extra_columns)
-    # Sorted by pair_id, and with a limit the smallest pair_ids: the same pairs in the same order
-    # however the upstream stage happened to shard and order them, so a seed fixes the result.
-    row_filter = None
-    if limit:
-        pair_ids = dataset.to_table(columns=["pair_id"]).column("pair_id")
-        if len(pair_ids) > limit:
-            chosen = pc.array_sort_indices(pair_ids)[:limit]
-            row_filter = pc.field("pair_id").isin(pair_ids.take(chosen))
-    table = dataset.to_table(columns=columns, filter=row_filter)
+    if limit and dataset.count_rows() > limit:
+        # Chosen by content (``choose_pairs``), from the few columns it needs: pair ids hash the URLs, port
+        # included, so the smallest ids would be other pairs for the same site served on another port.
+        keys = dataset.to_table(columns=CONTENT_COLUMNS + ["pair_id"]).to_pylist()
+        chosen = sorted(range(len(keys)), key=lambda i: _sample_key(keys[i]))[:limit]
+        table = dataset.take(sorted(chosen), columns=columns)
+    else:
+        table = dataset.to_table(columns=columns)
+    # Sorted by pair_id: the same pairs in the same order however the upstream stage sharded them.
     return table.sort_by([("pair_id", "ascending")]).to_pylist()

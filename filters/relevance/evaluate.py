@@ -12,7 +12,8 @@ from filters.relevance.scorer import load
 
 def evaluate(spec: str, labelled: str | list[dict], threshold: float | None = None, batch_size: int = 256,
              progress: bool = False) -> dict:
-    """ROC-AUC, true pairs kept and mismatches removed at the model's (or the given) threshold.
+    """ROC-AUC, true pairs kept and mismatches removed at the model's (or the given) threshold; a pair whose
+    image cannot be decoded counts as removed, as the filter removes it, and as ``unscorable``.
 
     ValueError for a non-finite threshold, an empty labelled set, or an ``is_match`` that is not a
     boolean (or 0/1 integer) column: a string "false" would otherwise read as True.
@@ -32,9 +33,9 @@ def evaluate(spec: str, labelled: str | list[dict], threshold: float | None = No
     if not rows:
         raise ValueError(f"{where}: no labelled pairs to evaluate")
     scorer = load(spec)
-    scores = _score_with_progress(scorer, rows, batch_size, progress)
+    scores, scorable = _score_with_progress(scorer, rows, batch_size, progress)
     cut = scorer.threshold if threshold is None else threshold
-    return {"model": spec, **mismatch_report(scores, np.array(labels, dtype=bool), cut)}
+    return {"model": spec, **mismatch_report(scores, np.array(labels, dtype=bool), cut, scorable)}
 
 
 def _is_label(value) -> bool:
@@ -44,13 +45,18 @@ def _is_label(value) -> bool:
     return isinstance(value, (int, np.integer)) and value in (0, 1)
 
 
-def _score_with_progress(scorer, rows: list[dict], batch_size: int, progress: bool) -> np.ndarray:
+def _score_with_progress(scorer, rows: list[dict], batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The scores of ``rows`` and whether each could be scored, with a progress bar."""
     from tqdm.auto import tqdm
 
-    parts = []
+    scores, scorable = [], []
     with tqdm(total=len(rows), desc="relevance eval", unit="pair", disable=not progress, leave=False) as bar:
         for start in range(0, len(rows), batch_size * 8):
             chunk = rows[start:start + batch_size * 8]
-            parts.append(scorer.score(chunk, batch_size=batch_size))
+            chunk_scores, chunk_ok = scorer.score_and_flags(chunk, batch_size=batch_size)
+            scores.append(chunk_scores)
+            scorable.append(chunk_ok)
             bar.update(len(chunk))
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+    if not scores:
+        return np.empty(0, dtype=np.float32), np.empty(0, dtype=bool)
+    return np.concatenate(scores), np.concatenate(scorable)

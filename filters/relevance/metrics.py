@@ -23,11 +23,18 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def mismatch_report(scores: np.ndarray, is_match: np.ndarray, threshold: float) -> dict:
-    """AUC, and precision/recall of mismatch detection when pairs below ``threshold`` are removed."""
+def mismatch_report(scores: np.ndarray, is_match: np.ndarray, threshold: float,
+                    scorable: np.ndarray | None = None) -> dict:
+    """AUC, and precision/recall of mismatch detection when pairs below ``threshold`` are removed.
+
+    A pair not ``scorable`` (its image could not be decoded) is removed whatever the threshold, as the
+    filter removes it (``image_undecodable``), and counted as ``unscorable``; the AUC ranks it at its score
+    (the scorer's minimum).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     is_match = np.asarray(is_match, dtype=bool)
-    removed = scores < threshold
+    scorable = np.ones(len(scores), dtype=bool) if scorable is None else np.asarray(scorable, dtype=bool)
+    removed = (scores < threshold) | ~scorable
     mismatched = ~is_match
     true_removed = int((removed & mismatched).sum())
     precision = true_removed / int(removed.sum()) if removed.any() else float("nan")
@@ -36,6 +43,7 @@ def mismatch_report(scores: np.ndarray, is_match: np.ndarray, threshold: float) 
         "pairs": int(len(scores)),
         "matches": int(is_match.sum()),
         "mismatches": int(mismatched.sum()),
+        "unscorable": int((~scorable).sum()),
         "threshold": float(threshold),
         "auc": roc_auc(scores, is_match),
         "mismatch_precision": precision,

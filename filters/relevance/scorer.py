@@ -54,13 +54,20 @@ class Scorer:
 
     def score(self, pairs: Sequence[dict], batch_size: int = 256, workers: int = 2,
               torch_threads: int | None = 1) -> np.ndarray:
-        """Relevance of each pair, in order, as float32 (``min_score`` for unscorable pairs).
+        """Relevance of each pair, in order, as float32 (``min_score`` for unscorable pairs, which
+        ``score_and_flags`` tells apart from a pair that scores the minimum).
 
         ``workers`` threads decode the next batch while the model scores the current one (decoding
         releases the GIL); ``torch_threads`` caps the model's own threads meanwhile (``None``: leave
         torch's setting), because on a small machine the decoders already use the other cores.
         """
+        return self.score_and_flags(pairs, batch_size, workers, torch_threads)[0]
+
+    def score_and_flags(self, pairs: Sequence[dict], batch_size: int = 256, workers: int = 2,
+                        torch_threads: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+        """``score``, and per pair whether it could be scored (False: its image could not be decoded)."""
         scores = np.empty(len(pairs), dtype=np.float32)
+        scorable = np.ones(len(pairs), dtype=bool)
         chunks = [range(start, min(start + batch_size, len(pairs))) for start in range(0, len(pairs), batch_size)]
         previous_threads = torch.get_num_threads()
         if torch_threads:
@@ -75,9 +82,10 @@ class Scorer:
                     prepared = [f.result() for f in pending]
                     pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
                     scores[chunk.start:chunk.stop] = self.score_prepared(prepared)
+                    scorable[chunk.start:chunk.stop] = [ok for _, ok in prepared]
         finally:
             torch.set_num_threads(previous_threads)
-        return scores
+        return scores, scorable
 
     def score_prepared(self, prepared: Sequence[tuple[dict[str, torch.Tensor], bool]]) -> np.ndarray:
         """Scores of already prepared examples (one forward pass)."""
@@ -180,9 +188,11 @@ class ClipScorer(Scorer):
     min_score = -1.0
 
     def __init__(self, spec: str, device: str | None = None, threshold: float = CLIP_DEFAULT_THRESHOLD):
-        import open_clip
-
         arch, weights = parse_clip_spec(spec)
+        try:
+            import open_clip
+        except ImportError as exc:  # the optional `clip` extra: a one-line error in every command, not a traceback
+            raise ValueError(f"{spec}: a clip: model needs open_clip: pip install -e '.[clip]' ({exc})") from None
         if not os.path.isfile(weights):
             # open_clip would treat an unknown name as a pretrained tag and try to download it
             raise FileNotFoundError(f"CLIP weights not found: {weights} (LAIT only loads local files)")

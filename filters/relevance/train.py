@@ -28,7 +28,7 @@ import torch.nn.functional as nnf
 from filters.base import location_key
 from filters.relevance import features as F
 from filters.relevance.config import TrainConfig
-from filters.relevance.data import read_pairs
+from filters.relevance.data import choose_pairs, content_key, read_pairs
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
 from model.relevance import RelevanceConfig, RelevanceEnsemble, RelevanceModel, save_model
 
@@ -209,10 +209,11 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
         raise ValueError(f"members must be at least 1, got {config.members}")
     if config.processes is not None and config.processes < 1:
         raise ValueError(f"processes must be at least 1 (or None: one per CPU core), got {config.processes}")
-    rows = read_pairs(pairs, limit=config.max_pairs) if isinstance(pairs, str) else list(pairs)[: config.max_pairs]
-    # One order for one set of pairs: pair ids hash the URLs, port included, so the same site served
-    # on another port (or crawled into other shards) must not change the batches, split or threshold.
-    rows.sort(key=_content_key)
+    # With max_pairs, the pairs are chosen by content (``choose_pairs``), and then put in one order: pair ids
+    # hash the URLs, port included, so the same site served on another port (or crawled into other shards,
+    # or passed in another order) must change neither the pairs, the batches, the split nor the threshold.
+    rows = read_pairs(pairs, limit=config.max_pairs) if isinstance(pairs, str) else choose_pairs(pairs, config.max_pairs)
+    rows.sort(key=content_key)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 pairs to train, got {len(rows)}")
     vocabulary = F.build_vocabulary(r.get("caption") for r in rows)
@@ -247,13 +248,15 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     model = fitted[0][0] if members == 1 else RelevanceEnsemble([member for member, _ in fitted])
     last_loss = float(np.mean([loss for _, loss in fitted]))
     threshold = cost_threshold(pos, neg, config.mismatch_cost)
+    if not math.isfinite(threshold):
+        raise ValueError(f"training diverged (final loss {last_loss}): no finite threshold; try a lower lr")
     summary = {
         "pairs": len(rows),
         "members": members,
         "trained_on": int(len(train_idx)),
         "held_out": int(len(val_idx)) if val_idx is not train_idx else 0,
         "skipped_undecodable": skipped,
-        "final_loss": last_loss,
+        "final_loss": last_loss if math.isfinite(last_loss) else None,  # JSON has no NaN
         "threshold": threshold,
         "estimated_noise_rate": noise_rate(pos, neg),
         "held_out_auc": roc_auc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))] > 0),
@@ -302,6 +305,9 @@ def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: Tr
             last_loss = loss.item()
             bar.update(1)
             bar.set_postfix(seed=seed, epoch=epoch + 1, loss=f"{last_loss:.3f}")
+    if step == 0:  # every batch held one pair: an untrained model must not be saved as a trained one
+        raise ValueError(f"no training step ran: {len(train_idx)} training pair(s) in batches of {config.batch_size} "
+                         "left no batch of 2 or more pairs")
     return model, last_loss
 
 
@@ -391,12 +397,6 @@ def _drain(steps, bar) -> None:
             bar.update(steps.get_nowait())
         except queue.Empty:
             return
-
-
-def _content_key(row: dict) -> tuple[str, str, str, str]:
-    """Training order of a pair: what it holds and where it was found, never its (URL-hashed) pair id."""
-    return (row.get("image_id") or "", row.get("caption") or "", location_key(row.get("page_url")),
-            location_key(row.get("image_url")))
 
 
 def _held_out_mask(ex: _Examples, fraction: float) -> np.ndarray:

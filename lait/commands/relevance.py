@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -12,6 +14,39 @@ from filters.relevance.config import TrainConfig
 from lait.commands import count, non_negative, positive
 
 _DEFAULTS = TrainConfig()
+
+#: The Beam loggers that log a worker's error with its whole traceback before the error reaches the caller:
+#: the DoFn runner (in-process runs) and the SDK worker (worker processes).
+BEAM_ERROR_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker")
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+class _DropTracebacks(logging.Filter):
+    """Drops a record that carries a traceback (as ``exc_info`` or in its text); lets the others through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info or _TRACEBACK in record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_beam_tracebacks(verbose: bool = False, loggers: tuple[str, ...] = BEAM_ERROR_LOGGERS):
+    """While a pipeline runs, keep Beam's log of a worker's error and its traceback off stderr, unless ``verbose``.
+
+    The error itself still reaches the caller, which reports it in one line; Beam's record of it (a full
+    traceback, the same message) would only bury that line. Other records of these loggers pass.
+    """
+    if verbose:
+        yield
+        return
+    drop = _DropTracebacks()
+    quieted = [logging.getLogger(name) for name in loggers]
+    for logger in quieted:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in quieted:
+            logger.removeFilter(drop)
 
 
 def finite(text: str) -> float:
@@ -38,7 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
     train.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
     train.add_argument("--epochs", type=positive, default=_DEFAULTS.epochs, help=f"default {_DEFAULTS.epochs}")
-    train.add_argument("--batch-size", type=positive, default=_DEFAULTS.batch_size, help=f"default {_DEFAULTS.batch_size}")
+    train.add_argument("--batch-size", type=count(2), default=_DEFAULTS.batch_size,
+                       help="pairs per step, 2 or more: the other pairs of a batch are its negatives "
+                            f"(default {_DEFAULTS.batch_size})")
     train.add_argument("--lr", type=float, default=_DEFAULTS.lr, help=f"peak learning rate (default {_DEFAULTS.lr})")
     train.add_argument("--image-size", type=positive, default=_DEFAULTS.image_size,
                        help=f"side of the downscaled image the CNN sees (default {_DEFAULTS.image_size})")
@@ -163,7 +200,8 @@ def run_score(args: argparse.Namespace) -> int:
         argv += ["--keep-rate", str(args.keep_rate)]
     if args.device:
         argv += ["--device", args.device]
-    summary = run(argv)
+    with quiet_beam_tracebacks(verbose=getattr(args, "verbose", 0) > 0):
+        summary = run(argv)
     print(f"relevance: kept {summary['kept']:,} of {summary['in']:,} pairs "
           f"(threshold {summary['threshold']}); stats in {os.path.join(args.output, 'stats.json')}")
     return 0

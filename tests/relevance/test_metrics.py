@@ -48,3 +48,30 @@ def test_mismatch_report_counts():
     assert r["mismatched_removed"] == pytest.approx(0.5) == r["mismatch_recall"]
     assert r["mismatch_precision"] == pytest.approx(0.5)
     assert (r["pairs"], r["matches"], r["mismatches"]) == (5, 3, 2)
+
+
+def test_an_unscorable_pair_counts_as_removed_whatever_the_threshold():
+    """As the filter rejects it (image_undecodable), even at a cut of 0 where its minimum score would pass."""
+    scores = np.array([0.9, 0.0, 0.8, 0.1])
+    is_match = np.array([True, True, False, False])
+    r = mismatch_report(scores, is_match, 0.0, scorable=np.array([True, False, True, True]))
+    assert r["unscorable"] == 1 and r["true_kept"] == 0.5
+    assert r["mismatch_precision"] == 0.0 and r["mismatched_removed"] == 0.0
+    assert mismatch_report(scores, is_match, 0.0)["unscorable"] == 0
+
+
+def test_eval_counts_undecodable_images_as_removed_and_reports_them(tmp_path, capsys):
+    import json
+
+    from lait import cli
+    from tests.relevance.conftest import save_tiny_model, write_pairs
+    from tests.relevance.scenes import make_pairs
+
+    rows = make_pairs(2, seed=13, mismatch_rate=0.0)  # 8 true pairs
+    for r in rows[:2]:
+        r["image_bytes"] = b"not an image"
+    labelled = write_pairs(rows, str(tmp_path / "lab"), labelled=True)
+    model = save_tiny_model(str(tmp_path / "m"))
+    assert cli.main(["relevance", "eval", "--model", model, "--input", labelled, "--threshold", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["unscorable"] == 2 and report["true_kept"] == 6 / 8  # as `score --threshold 0` keeps 6

@@ -31,6 +31,22 @@ def test_model_folder_is_safetensors_and_json_only(model_dir):
         assert not f.read(2).startswith(b"PK")  # not a torch zip/pickle archive
 
 
+def test_config_json_is_strict_json(model_dir, tmp_path):
+    """No NaN or Infinity (not JSON): a missing number is null, and a config holding one is not saved."""
+    from model.relevance import RelevanceConfig, RelevanceModel, save_model
+
+    def strict(constant):
+        raise AssertionError(f"{constant} in config.json")
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f, parse_constant=strict)
+    assert isinstance(config["training"]["final_loss"], float)
+    model = RelevanceModel(RelevanceConfig(channels=(4, 4, 4, 4), text_dim=8, embed_dim=8, num_buckets=64))
+    with pytest.raises(ValueError, match="config.json: not saved"):
+        save_model(model, str(tmp_path / "m"), {"threshold": 0.5, "training": {"final_loss": float("nan")}})
+    assert not (tmp_path / "m").exists()  # nothing half written
+
+
 def test_score_is_batch_invariant_and_in_unit_interval(model_dir, heldout_rows):
     scorer = load(model_dir)
     rows = heldout_rows[:50]

@@ -57,3 +57,51 @@ def test_score_command_checks_the_keep_rate_first(models, tmp_path, capsys):
     assert cli.main(["relevance", "score", "--input", str(tmp_path / "pairs"), "--output", str(tmp_path / "rel"),
                      "--model", good, "--keep-rate", "1.5"]) == 2
     assert "--keep-rate must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "rel").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"vocabulary": None}, "'vocabulary' must be a list of strings"),
+    ({"vocabulary": ["red", 3]}, "'vocabulary' must be a list of strings"),
+    ({"text_features": 6}, "'text_features' must be a list of strings"),
+    ({"image_features": "brightness"}, "'image_features' must be a list of strings"),
+    ({"members": 0}, "'members' must be a whole number of 1 or more"),
+    ({"members": "2"}, "'members' must be a whole number"),
+    ({"model": {"image_size": 0}}, "model.image_size must be a whole number of 1 or more, got 0"),
+    ({"model": {"image_size": 64.0}}, "model.image_size must be a whole number"),
+    ({"model": {"num_features": "13"}}, "model.num_features must be a whole number"),
+    ({"model": {"num_buckets": 1}}, "model.num_buckets must be a whole number of 2 or more"),
+    ({"model": {"channels": []}}, "model.channels must be a non-empty list"),
+    ({"model": {"channels": [4, 0, 4, 4]}}, "model.channels must be a non-empty list"),
+])
+def test_a_config_field_of_the_wrong_type_or_range_is_a_value_error(tmp_path, edit, message):
+    """An edited or damaged config.json is refused at load, naming the file, not met later as a TypeError or a
+    division by zero inside the scorer."""
+    import json
+
+    folder = save_tiny_model(str(tmp_path / "m"))
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in edit.items():
+        config[key] = {**config[key], **value} if key == "model" else value
+    path.write_text(json.dumps(config))
+    for with_model in (True, False):
+        with pytest.raises(ValueError) as caught:
+            load(folder, device="cpu", with_model=with_model)
+        assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+def test_score_command_refuses_an_image_size_of_zero_before_its_output(tmp_path, capsys):
+    import json
+
+    folder = save_tiny_model(str(tmp_path / "m"))
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    config["model"]["image_size"] = 0
+    path.write_text(json.dumps(config))
+    write_pairs(make_pairs(2, seed=5)[:4], str(tmp_path / "pairs"))
+    out = tmp_path / "rel"
+    assert cli.main(["relevance", "score", "--input", str(tmp_path / "pairs"), "--output", str(out),
+                     "--model", folder]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lait relevance score: error: ") and "model.image_size" in err and err.count("\n") == 1
+    assert not out.exists()

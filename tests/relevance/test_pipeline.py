@@ -5,6 +5,7 @@ import os
 import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
@@ -14,6 +15,7 @@ from demo import audit
 from filters.relevance import load
 from pipeline.relevance import UNSCORABLE_KEY, ScoreRelevance, ThresholdRelevance, run
 from tests.relevance.conftest import write_pairs
+from tests.relevance.scenes import make_pairs
 
 OPTIONS = ["--runner=DirectRunner"]
 
@@ -59,6 +61,129 @@ def test_keep_rate_threshold_is_the_score_quantile():
                 raise BeamAssertException(f"summary {s}")
 
         assert_that(out.summary, check)
+
+
+@pytest.mark.parametrize("scores,keep_rate,kept", [
+    ([i / 10 for i in range(10)], 0.5, 5),
+    ([i / 10 for i in range(10)], 0.25, 3),  # 2.5 rounds up
+    ([i / 10 for i in range(7)], 0.5, 4),
+    ([i / 10 for i in range(3)], 0.34, 1),
+    ([i / 10 for i in range(10)], 0.04, 0),  # 0.4 of a pair: none
+    ([0.1, 0.5, 0.5, 0.5, 0.9], 0.4, 4),  # the cut (0.5) is tied: its ties are kept too
+])
+def test_keep_rate_keeps_the_rounded_share(scores, keep_rate, kept):
+    """On small inputs too, a keep rate r of n pairs keeps round(r x n) of them (more only on ties at the cut)."""
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        out = p | beam.Create(_scored(scores)) | ThresholdRelevance(keep_rate=keep_rate)
+
+        def check(summaries):
+            (s,) = summaries
+            if s["kept"] != kept or s["kept"] + s["rejected"] != len(scores):
+                raise BeamAssertException(f"kept {s['kept']} of {len(scores)} at keep_rate {keep_rate}, not {kept}")
+
+        assert_that(out.summary, check)
+        assert_that(out.kept | beam.combiners.Count.Globally(), equal_to([kept]), label="kept rows")
+
+
+def test_keep_rate_cut_beyond_the_exact_limit_reads_the_quantile_at_the_same_rank():
+    """Too many scores to gather: the cut is the approximate quantile at the rank of the exact cut."""
+    from pipeline.relevance import _keep_rate_threshold, _ScoresUpTo, kept_count
+
+    n = 1_000_001
+    quantiles = [i / 1000 for i in range(1001)]  # scores spread evenly over [0, 1]
+    assert kept_count(0.8, n) == 800_001
+    assert _keep_rate_threshold((n, None), quantiles, 0.8) == pytest.approx(0.2)
+    assert _keep_rate_threshold((n, None), quantiles, 1.0) == 0.0
+    assert _keep_rate_threshold((n, None), quantiles, 1e-7) > 1.0  # none kept: just above the highest
+    assert _keep_rate_threshold((0, []), [], 0.5) is None
+    gather = _ScoresUpTo(3)
+    small = gather.add_input(gather.add_input(gather.create_accumulator(), 0.5), 0.1)
+    assert gather.extract_output(small) == (2, [0.1, 0.5])
+    assert gather.extract_output(gather.merge_accumulators([small, small])) == (4, None)  # over the limit
+
+
+def test_the_device_asked_for_is_resolved_on_the_worker(model_dir, monkeypatch):
+    """--device GPU from a launcher without one (Dataflow GPU workers) stays GPU until a worker loads the model."""
+    import torch
+    from apache_beam.internal import pickler
+
+    import pipeline.relevance as relevance
+
+    built = []
+    monkeypatch.setattr(relevance, "_build_model", lambda spec, device: built.append(device) or torch.nn.Identity())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the launcher
+    transform = ScoreRelevance(model_dir, device="GPU")
+    assert transform.device == "GPU"
+    shipped = pickler.dumps(transform.model_handler())
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU worker
+    worker = pickler.loads(shipped)
+    worker.load_model()
+    assert built == ["cuda"] and worker._unkeyed._device.type == "cuda"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU worker: the batches follow the model
+    worker = pickler.loads(shipped)
+    worker.load_model()
+    assert built[-1] == "cpu" and worker._unkeyed._device.type == "cpu"
+
+    assert ScoreRelevance(model_dir, device="cuda").device == "GPU" and ScoreRelevance(model_dir).device is None
+    assert ScoreRelevance(model_dir, device="cpu").device == "CPU"
+    with pytest.raises(ValueError, match="CPU or GPU"):
+        ScoreRelevance(model_dir, device="tpu")
+
+
+class _StandInFileSystem(LocalFileSystem):
+    """A Beam filesystem for ``laittest://`` URLs, kept under a local folder: what gs:// is to a Dataflow run."""
+
+    root = "/nonexistent"
+
+    @classmethod
+    def scheme(cls):
+        return "laittest"
+
+    def _local(self, url: str) -> str:
+        return os.path.join(self.root, url[len("laittest://"):])
+
+    def create(self, path, *args, **kwargs):
+        return super().create(self._local(path), *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+        return super().open(self._local(path), *args, **kwargs)
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+    def rename(self, sources, destinations):
+        return super().rename([self._local(p) for p in sources], [self._local(p) for p in destinations])
+
+
+def test_stats_are_written_through_beam_filesystems(tmp_path, monkeypatch):
+    """stats.json goes where Beam's FileSystems put the output: a gs:// output is never a local "gs:" folder."""
+    from pipeline.outputs import PENDING_STATS, finish_output
+    from pipeline.relevance import _write_stats, read_stats
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_StandInFileSystem, "root", str(tmp_path / "bucket"))
+    summary = {"in": 3, "kept": 2, "rejected": 1, "rejected_by_reason": {"low_relevance": 1}, "threshold": 0.5}
+    for output, folder in (("laittest://run/relevance", tmp_path / "bucket" / "run" / "relevance"),
+                           (str(tmp_path / "local" / "relevance"), tmp_path / "local" / "relevance")):
+        _write_stats(summary, output, {"model": "m"})
+        assert (folder / PENDING_STATS).exists()
+        finish_output(output)
+        assert read_stats(output)["kept"] == 2 and (folder / "stats.json").exists()
+    assert not (tmp_path / "laittest:").exists()
+
+
+def test_a_remote_pairs_dataset_is_read_by_url(tmp_path):
+    """fsspec lists a URL's files without their scheme; the workers get them back with it."""
+    from pipeline.relevance import _pair_files, _read_pairs_file
+
+    rows = [{k: v for k, v in r.items() if k != "is_match"} for r in make_pairs(1, seed=3)]
+    url = f"memory://lait-relevance-input-{os.getpid()}/pairs"
+    schemas.write_table(schemas.to_table(rows, "pairs"), f"{url}/part-00000.parquet", "pairs")
+    (file,) = _pair_files(url)
+    assert file.startswith("memory://")
+    assert [r["pair_id"] for r in _read_pairs_file(file)] == [r["pair_id"] for r in rows]
 
 
 def test_threshold_arguments_are_checked():

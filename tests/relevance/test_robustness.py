@@ -1,7 +1,9 @@
 """Bad input to the relevance commands: a clear one-line error (exit 2) or a counted reject, never a traceback."""
 import json
+import logging
 import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -96,6 +98,7 @@ def test_a_model_of_another_feature_version_is_refused_at_load(tmp_path, change)
     ["eval", "--threshold", "nan"],
     ["eval", "--batch-size", "0"],
     ["train", "--out", "OUT", "--batch-size", "0"],
+    ["train", "--out", "OUT", "--batch-size", "1"],
     ["train", "--out", "OUT", "--image-size", "0"],
     ["train", "--out", "OUT", "--epochs", "0"],
     ["train", "--out", "OUT", "--epochs", "-1"],
@@ -123,12 +126,33 @@ def test_bad_training_rates_are_one_line_errors(tmp_path, option, value, capsys)
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("image_size", 0), ("max_pairs", 0),
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("batch_size", 1), ("image_size", 0),
+                                         ("max_pairs", 0),
                                          ("drop_rate", 1.0), ("val_fraction", math.nan), ("mismatch_cost", math.inf),
                                          ("members", 0), ("processes", 0), ("seed", -1), ("epochs", 1.5)])
 def test_train_config_checks_its_settings(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_training_that_runs_no_step_is_an_error_not_an_untrained_model():
+    """A one-pair batch is skipped (no re-pairing in it): with nothing else, no step ran and nothing was learnt."""
+    from filters.relevance import features as F
+    from filters.relevance.train import _fit, _prepare
+    from model.relevance import RelevanceConfig
+
+    arch = RelevanceConfig(num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
+    ex, _ = _prepare(_plain(make_pairs(1, seed=3)), arch, frozenset())
+
+    class Bar:
+        def update(self, n=1):
+            pass
+
+        def set_postfix(self, **_):
+            pass
+
+    with pytest.raises(ValueError, match="no training step ran"):
+        _fit(ex, np.array([0]), arch, TrainConfig(epochs=2, members=1), 0, Bar())
 
 
 def test_threshold_relevance_refuses_a_nan_cut():
@@ -166,6 +190,25 @@ def test_a_damaged_shard_is_one_line_in_every_command(tiny_model, tmp_path, caps
     assert not (tmp_path / "s" / "stats.json").exists()
 
 
+def _beam_tracebacks(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("apache_beam") and r.exc_info]
+
+
+def test_score_shows_no_beam_traceback_unless_verbose(tiny_model, tmp_path, caplog, capsys):
+    """Beam logs a worker's error with its whole traceback before LAIT's one line; only -v shows it."""
+    folder = _rotten(tmp_path / "rot")
+    argv = ["relevance", "score", "--input", folder, "--model", tiny_model, "--device", "CPU"]
+    with caplog.at_level(logging.ERROR):
+        assert cli.main([*argv, "--output", str(tmp_path / "s")]) == 2
+    assert not _beam_tracebacks(caplog)
+    assert "unreadable Parquet" in _one_line_error(capsys, "score")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["-v", *argv, "--output", str(tmp_path / "s2")]) == 2
+    assert _beam_tracebacks(caplog)  # verbose: all of it
+    assert not logging.getLogger("apache_beam.runners.common").filters  # the filter is gone after the run
+
+
 # 4: damaged CLIP weights
 
 
@@ -177,6 +220,23 @@ def test_damaged_clip_weights_are_a_value_error_naming_the_file(tmp_path, name):
     with pytest.raises(ValueError, match=f"{name}: unreadable or mismatched CLIP weights") as caught:
         load(f"clip:ViT-B-32:{weights}", device="cpu")
     assert "\n" not in str(caught.value)
+
+
+def test_a_clip_spec_without_open_clip_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """Without the `clip` extra, `import open_clip` fails: every command says what to install, in one line."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # `import open_clip` raises, as when it is not installed
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    spec = f"clip:ViT-B-32:{weights}"
+    with pytest.raises(ValueError, match=r"needs open_clip: pip install -e '\.\[clip\]'"):
+        load(spec, device="cpu")
+    labelled = write_pairs(make_pairs(1, seed=5), str(tmp_path / "lab"), labelled=True)
+    assert cli.main(["relevance", "eval", "--input", labelled, "--model", spec]) == 2
+    assert "needs open_clip" in _one_line_error(capsys, "eval")
+    assert cli.main(["relevance", "score", "--input", labelled, "--output", str(tmp_path / "out"), "--model", spec]) == 2
+    assert "needs open_clip" in _one_line_error(capsys, "score") and not (tmp_path / "out").exists()
 
 
 # 9: an --out that cannot hold the model, found before training
