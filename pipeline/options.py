@@ -68,7 +68,7 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--relevance-keep-rate", type=float, default=None, help="keep this share of the best-scored pairs")
     g.add_argument("--relevance-batch-size", type=int, default=64, help="pairs per model batch (default 64)")
     g.add_argument("--relevance-device", default=None,
-                   help="where the relevance model runs: cpu or gpu (cuda); default cpu")
+                   help="where the relevance model runs: cpu or gpu (cuda); default: the worker's GPU when it has one")
     parser.add_argument("--codec", default="zstd", help=f"Parquet compression: {', '.join(PARQUET_CODECS)} (default zstd)")
 
 

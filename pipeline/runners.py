@@ -12,6 +12,7 @@ imports Beam (``crawler.warc`` imports ``pipeline`` first for the same reason).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 logger = logging.getLogger(__name__)
@@ -133,3 +134,36 @@ def failure_line(exc: BaseException) -> tuple[int, str]:
     if not isinstance(exc, RuntimeError) or any(sign in str(exc) for sign in WORKER_DIED_SIGNS):
         return 1, WORKER_DIED
     return 1, line
+
+
+#: The Beam loggers that log a worker's error with its whole traceback before the error reaches the caller:
+#: the DoFn runner (in-process runs) and the SDK worker (worker processes).
+BEAM_ERROR_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker")
+
+
+class _DropTracebacks(logging.Filter):
+    """Drops a record that carries a traceback (as ``exc_info`` or in its text); lets the others through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info or _TRACEBACK in record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_beam_tracebacks(verbose: bool = False, loggers: tuple[str, ...] = BEAM_ERROR_LOGGERS):
+    """While a pipeline runs, keep Beam's log of a worker's error and its traceback off stderr, unless ``verbose``.
+
+    The error itself still reaches the caller, which reports it in one line; Beam's record of it (a full
+    traceback, the same message) would only bury that line. Other records of these loggers pass.
+    """
+    if verbose:
+        yield
+        return
+    drop = _DropTracebacks()
+    quieted = [logging.getLogger(name) for name in loggers]
+    for quiet in quieted:
+        quiet.addFilter(drop)
+    try:
+        yield
+    finally:
+        for quiet in quieted:
+            quiet.removeFilter(drop)

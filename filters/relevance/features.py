@@ -88,16 +88,17 @@ def text_features(text: str | None, vocabulary: frozenset[str] | set[str] | None
 
 
 def decode_image(image_bytes: bytes | None, size: int) -> tuple[np.ndarray, int, int]:
-    """Decode to an RGB ``size`` x ``size`` uint8 array (HWC) and the original width and height.
+    """Decode to an RGB ``size`` x ``size`` uint8 array (HWC) and the original width and height, both as the
+    image is shown (after its EXIF orientation, as the filter rules see it).
 
     Raises ``ImageDecodeError`` for missing or undecodable bytes.
     """
     try:
         # the hard limit keeps what this decoded before the shared opener: the filter rules drop bigger ones
         with imageio.open_image(image_bytes, max_pixels=imageio.HARD_MAX_PIXELS) as img:
-            width, height = img.size
+            width, height = imageio.oriented_size(img)
             # JPEGs decode at 1/2..1/8 scale: most of the cost saved
-            rgb = imageio.decode(img, draft_size=(size, size))
+            rgb = imageio.decode(img, draft_size=(size, size), orient=True)
     except imageio.ImageError as exc:
         message = "no image bytes" if exc.reason == "missing_bytes" else f"cannot decode image: {exc.detail}"
         raise ImageDecodeError(message) from exc

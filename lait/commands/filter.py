@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.filter import run_with_args
     from pipeline.options import beam_options, runner_name
-    from pipeline.runners import failure_line, run_failures
+    from pipeline.runners import failure_line, quiet_beam_tracebacks, run_failures
 
     beam_args = [a for a in args.beam_args if a != "--"]
     beam_args = [f"--runner={args.runner}", f"--direct_num_workers={args.direct_num_workers}",
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         runner = runner_name(beam_options(beam_args, vars(args)))  # a --runner after '--' is the one used
         print(f"lait filter: {args.input} -> {args.output} on {runner} ...", file=sys.stderr, flush=True)
-        stats = run_with_args(args, beam_args)
+        with quiet_beam_tracebacks(verbose=getattr(args, "verbose", 0) > 0):  # the one line below says it
+            stats = run_with_args(args, beam_args)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:  # bad input or options; SchemaMismatchError is one
         print(f"error: {exc}", file=sys.stderr)
         return 2

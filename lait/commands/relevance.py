@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
-import logging
 import math
 import os
 import sys
@@ -14,40 +12,6 @@ from filters.relevance.config import TrainConfig
 from lait.commands import count, non_negative, positive
 
 _DEFAULTS = TrainConfig()
-
-#: The Beam loggers that log a worker's error with its whole traceback before the error reaches the caller:
-#: the DoFn runner (in-process runs) and the SDK worker (worker processes).
-BEAM_ERROR_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker")
-_TRACEBACK = "Traceback (most recent call last)"
-
-
-class _DropTracebacks(logging.Filter):
-    """Drops a record that carries a traceback (as ``exc_info`` or in its text); lets the others through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info or _TRACEBACK in record.getMessage())
-
-
-@contextlib.contextmanager
-def quiet_beam_tracebacks(verbose: bool = False, loggers: tuple[str, ...] = BEAM_ERROR_LOGGERS):
-    """While a pipeline runs, keep Beam's log of a worker's error and its traceback off stderr, unless ``verbose``.
-
-    The error itself still reaches the caller, which reports it in one line; Beam's record of it (a full
-    traceback, the same message) would only bury that line. Other records of these loggers pass.
-    """
-    if verbose:
-        yield
-        return
-    drop = _DropTracebacks()
-    quieted = [logging.getLogger(name) for name in loggers]
-    for logger in quieted:
-        logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        for logger in quieted:
-            logger.removeFilter(drop)
-
 
 def finite(text: str) -> float:
     """An argparse ``type``: a finite number (a NaN cut would pass nothing and write invalid JSON)."""
@@ -200,6 +164,8 @@ def run_score(args: argparse.Namespace) -> int:
         argv += ["--keep-rate", str(args.keep_rate)]
     if args.device:
         argv += ["--device", args.device]
+    from pipeline.runners import quiet_beam_tracebacks
+
     with quiet_beam_tracebacks(verbose=getattr(args, "verbose", 0) > 0):
         summary = run(argv)
     print(f"relevance: kept {summary['kept']:,} of {summary['in']:,} pairs "

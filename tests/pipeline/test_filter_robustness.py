@@ -4,6 +4,7 @@ outputs that overlap the input, and the tools (audit, inspect) on what the filte
 import hashlib
 import io
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -222,7 +223,7 @@ def test_invalid_utf8_rejected_by_the_filter_can_be_audited_and_inspected(tmp_pa
     assert out.startswith(f"{tmp_path / 'junk.parquet'}: ") and out.count("\n") == 1
 
 
-def test_a_row_group_with_corrupted_pages_leaves_as_counted_rejects(tmp_path, capsys):
+def test_a_row_group_with_corrupted_pages_leaves_as_counted_rejects(tmp_path, capsys, caplog):
     """Bit rot under an intact footer: the row group's candidates are ``row_group_unreadable`` rejects (from
     their ids, read alone), the books balance; with the ids unreadable too, one line names file and row group."""
     from tests.features.parquet_rot import corrupt_pages
@@ -243,11 +244,17 @@ def test_a_row_group_with_corrupted_pages_leaves_as_counted_rejects(tmp_path, ca
     assert result["ok"], audit.format_audit(result)
     corrupt_pages(path, 0, "candidate_id", "image_bytes", skip=0)  # page headers and ids too: nothing to count by
     argv = ["filter", "--input", str(tmp_path / "crawl"), "--output", str(tmp_path / "again")]
-    assert cli.main(argv) == 2
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: {path}: row group 0 is unreadable, its ids too") and not any(
         "Traceback" in line for line in err)
+    assert not [r for r in caplog.records if r.name.startswith("apache_beam") and r.exc_info]  # Beam's own log too
     assert not (tmp_path / "again" / "stats.json").exists()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["-v", *argv[:-1], str(tmp_path / "verbose")]) == 2
+    assert [r for r in caplog.records if r.name.startswith("apache_beam") and r.exc_info]  # -v: all of it
 
 
 def test_a_dead_beam_worker_is_one_line_saying_to_rerun(tmp_path, monkeypatch, capsys):

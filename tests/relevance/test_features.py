@@ -53,6 +53,19 @@ def test_decode_image_downscales_and_reports_original_size():
     assert pixels[..., 0].mean() > 150 and pixels[..., 2].mean() < 80
 
 
+def test_decode_image_sees_the_image_as_shown_after_its_exif_orientation():
+    pixels = np.zeros((80, 120, 3), np.uint8)
+    pixels[:, :60] = (250, 250, 250)  # shown: white left half, black right half
+    stored = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90)  # what a camera held upright writes
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to show"
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", exif=exif, quality=95)
+    shown, w, h = F.decode_image(buf.getvalue(), 32)
+    assert (w, h) == (120, 80)
+    assert shown[:, :12].mean() > 200 and shown[:, -12:].mean() < 50  # white on the left, as shown
+
+
 @pytest.mark.parametrize("data", [None, b"", b"not an image", _jpeg((1, 2, 3))[:40]])
 def test_decode_image_errors_are_clear(data):
     with pytest.raises(F.ImageDecodeError):
