@@ -11,6 +11,13 @@ reference for what region extraction costs on top.
     python benchmarks/bench_features.py --device cuda --detectors vg-r101-c4 coco-r50-fpn
     # a CPU smoke run at reduced input size
     python benchmarks/bench_features.py --device cpu --images 8 --batch-size 4 --min-size 240 --max-size 400 --proposals 50
+    # reading alone (no detector): one DataLoader worker's share of 1,024-row groups, each row group read once
+    # per worker against once per piece (the data path before), in one process
+    python benchmarks/bench_features.py --reading-only --images 1024 --row-group-size 1024 --num-workers 8
+
+``--row-group-size`` sets the row groups of the input the benchmark writes (default: 4 batches; the pipeline's
+own files have 1,024-row groups, the demo's filter output one group); every run reports the reading rate
+per worker too (``reading_ips_per_worker``).
 """
 from __future__ import annotations
 
@@ -32,7 +39,8 @@ from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 import schemas  # noqa: E402
 from model.detectors import BoxSelection, build_detector  # noqa: E402
 from model.detectors.images import decode_for_detector  # noqa: E402
-from pipeline.features import FeatureOptions, extract_regions  # noqa: E402
+from pipeline.features import (INPUT_COLUMNS, FeatureOptions, ShardImages, extract_regions, piece_size,  # noqa: E402
+                               plan_shards)
 
 
 # Inference rewrites the benchmark can compare (``RegionDetector.optimize_for`` keywords).
@@ -165,14 +173,47 @@ def torchvision_stock(detector, images: list[bytes], batch_size: int, repeats: i
     return repeats * len(tensors) / (time.perf_counter() - start)
 
 
-def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSelection, workdir: str,
-               decode: str = "workers", tag: str = "") -> tuple[float, dict]:
-    """Images/s of the whole local runner (Parquet in, decode, detect, Parquet out)."""
+def write_input(name: str, images: list[bytes], args, workdir: str) -> str:
+    """The pairs dataset the end-to-end runs read (row groups of ``--row-group-size``, default 4 batches)."""
     rows = [{"pair_id": f"p{i}", "image_id": f"{i:08d}", "caption": "x", "image_bytes": data} for i, data in enumerate(images)]
     source = os.path.join(workdir, f"in-{name}")
     if not os.path.exists(source):
         schemas.write_table(schemas.to_table(rows, "pairs"), os.path.join(source, "pairs", "part-00000.parquet"), "pairs",
-                            row_group_size=args.batch_size * 4)
+                            row_group_size=args.row_group_size or args.batch_size * 4)
+    return source
+
+
+class _ReadingEachPiece(ShardImages):
+    """The data path before row groups were kept: every piece reads its row groups whole (the baseline)."""
+
+    def _row_group(self, file: str, group: int):
+        return self._parquet(file).read_row_group(group, columns=INPUT_COLUMNS)
+
+
+def reading_rates(source: str, args, spec, repeats: int = 2) -> dict[str, float]:
+    """Images/s one of ``--num-workers`` DataLoader workers reads, its decoding stubbed out: its share of the
+    pieces (every n-th), the row groups read once per worker (``row_group_once``, lait features) and once per
+    piece (``row_group_per_piece``, before), best of ``repeats``."""
+    dataset = os.path.join(source, "pairs")
+    shards, _ = plan_shards(dataset, args.batch_size * 4)
+    rates = {}
+    for label, kind in (("row_group_once", ShardImages), ("row_group_per_piece", _ReadingEachPiece)):
+        best = 0.0
+        for _ in range(repeats):
+            images = kind(dataset, shards, spec, piece_size(args.batch_size))
+            images.prepare = lambda data, size: None  # reading alone: no decode
+            mine = images.pieces[0::max(1, args.num_workers)]
+            start = time.perf_counter()
+            count = sum(len(images._decode(shard, parts).image_ids) for shard, parts in mine)
+            best = max(best, count / (time.perf_counter() - start))
+        rates[label] = round(best, 1)
+    return rates
+
+
+def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSelection, workdir: str,
+               decode: str = "workers", tag: str = "") -> tuple[float, dict]:
+    """Images/s of the whole local runner (Parquet in, decode, detect, Parquet out)."""
+    source = write_input(name, images, args, workdir)
     options = FeatureOptions(detector=name, random_init=True, batch_size=args.batch_size, num_workers=args.num_workers,
                              images_per_shard=args.batch_size * 4, min_boxes=selection.min_boxes, max_boxes=selection.max_boxes,
                              decode=decode)
@@ -214,6 +255,11 @@ def main(argv=None) -> int:
                         help="trained-like: the random-init detector's class logits shaped like a trained one's, so box "
                              "selection does what it does with real weights (trained_like_class_scores); random: as "
                              "the weights give them (near-uniform; figures before 2026-11-28 ran this way)")
+    parser.add_argument("--row-group-size", type=int,
+                        help="rows per row group of the input it writes (default: 4 batches; lait's own files: 1,024)")
+    parser.add_argument("--reading-only", action="store_true",
+                        help="only the reading rate per worker (no detector run): row groups read once per worker "
+                             "against once per piece")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -228,6 +274,17 @@ def main(argv=None) -> int:
                   for i, tall in enumerate(portrait)]
     selection = BoxSelection(min_boxes=10, max_boxes=100)
     results = []
+    if args.reading_only:
+        with tempfile.TemporaryDirectory() as workdir:
+            spec = build_detector("demo", random_init=True).spec  # the stubbed decode never uses its sizes
+            rates = reading_rates(write_input("reading", images, args, workdir), args, spec, args.repeats)
+        row = {"images": args.images, "mean_image_kb": round(sum(map(len, images)) / len(images) / 1024, 1),
+               "row_group_size": args.row_group_size or args.batch_size * 4, "piece": piece_size(args.batch_size),
+               "workers": args.num_workers, "reading_ips_per_worker": rates,
+               "speedup": round(rates["row_group_once"] / rates["row_group_per_piece"], 2)}
+        print(json.dumps(row))
+        write_json(args.json, [row])
+        return 0
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.detectors:
             config = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size),
@@ -252,6 +309,7 @@ def main(argv=None) -> int:
             if args.profile:
                 print_profile(detector, images, args.batch_size, selection, args.profile)
             by_decode = {mode: end_to_end(detector, name, images, args, selection, workdir, mode) for mode in args.decode}
+            reading = reading_rates(write_input(name, images, args, workdir), args, detector.spec)
             e2e_ips, stats = by_decode[args.decode[0]]
             arrival_order = None
             if args.portrait_share or args.aspect_mix:  # baseline: one queue, batches as the pieces arrive
@@ -286,7 +344,8 @@ def main(argv=None) -> int:
                    "portrait_share": args.portrait_share, "aspect_mix": args.aspect_mix,
                    "end_to_end_mean_batch": stats.get("mean_batch_size"),
                    "end_to_end_ips_arrival_order": round(arrival_order, 2) if arrival_order else None,
-                   "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()}}
+                   "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()},
+                   "row_group_size": args.row_group_size or args.batch_size * 4, "reading_ips_per_worker": reading}
             if device.type == "cuda":
                 row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
                 torch.cuda.reset_peak_memory_stats(device)

@@ -54,10 +54,13 @@ import torch
 
 import schemas
 from model.config import check_count
-from model.detectors import BoxSelection, Regions, build_detector, read_class_names
-from model.detectors.base import DetectorSpec, RegionDetector, padded_size
+from model.detectors import (BoxSelection, Regions, build_detector, check_weights_choice, read_class_names,
+                             weights_file)
+from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes, padded_size
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
+from model.detectors.weights import weights_fingerprint
+from pipeline.outputs import input_reference
 from schemas.io import _filesystem
 
 logger = logging.getLogger(__name__)
@@ -109,8 +112,17 @@ class FeatureOptions:
     def __post_init__(self) -> None:
         if not (self.parts >= 1 and 0 <= self.part < self.parts):
             raise ValueError(f"part {self.part} of {self.parts}: need 0 <= part < parts")
-        for name in ("batch_size", "images_per_shard"):  # 0 would loop for ever cutting pieces of no images
+        # batch_size/images_per_shard 0 would loop for ever cutting pieces of no images; topk 0 stores no
+        # distribution, and a negative one failed only after detection, with run.json already written
+        for name in ("batch_size", "images_per_shard", "topk"):
             check_count(name, getattr(self, name))
+        check_count("num_workers", self.num_workers, minimum=0)
+        sizes = {key: self.detector_config[key] for key in ("min_size", "max_size") if key in self.detector_config}
+        for key, value in sizes.items():
+            check_count(key, value)
+        if len(sizes) == 2:  # one alone is checked against the detector's other when it is built
+            check_input_sizes(sizes["min_size"], sizes["max_size"])
+        check_weights_choice(self.detector, self.weights, self.random_init)
 
     @property
     def selection(self) -> BoxSelection:
@@ -126,6 +138,17 @@ class FeatureOptions:
             raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
         return device
 
+    def weights_record(self) -> dict:
+        """The weights as a run records them: the file's resolved absolute path and its fingerprint (size and
+        SHA-256 of the whole file), all None for random weights without a file. ``WeightsNotFoundError`` when
+        the file the detector would read is not there."""
+        path = weights_file(self.detector, self.weights, self.random_init, self.download_weights)
+        if path is None or not os.path.isfile(path):  # random weights; or coco weights still to download
+            return {"weights": path and os.path.realpath(path), "weights_sha256": None, "weights_bytes": None}
+        fingerprint = weights_fingerprint(path)
+        return {"weights": os.path.realpath(path), "weights_sha256": fingerprint["sha256"],
+                "weights_bytes": fingerprint["bytes"]}
+
     def load_detector(self) -> RegionDetector:
         """Build the detector these options name, on its device."""
         names = read_class_names(self.class_names_file) if self.class_names_file else None
@@ -137,12 +160,21 @@ class FeatureOptions:
 
 
 def resolve_input(path: str) -> str:
-    """The dataset inside a stage folder (``pairs/`` of a filter run, ``candidates/`` of a crawl), or ``path``."""
+    """The dataset inside a stage folder (``pairs/`` of a filter run, ``candidates/`` of a crawl), or ``path``.
+
+    ``FileNotFoundError`` when ``path`` is none of them: nothing there, or a folder without ``pairs/``,
+    ``candidates/`` or Parquet files (a wrong ``--input`` would otherwise be a run of 0 images). An empty
+    ``pairs/`` or ``candidates/`` is an empty run, as in ``lait filter``.
+    """
     fs, inner = _filesystem(path)
     for sub in ("pairs", "candidates"):
         info = fs.get_file_info(posixpath.join(inner, sub))
         if info.type.name == "Directory":
             return path.rstrip("/") + "/" + sub
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no input at {path}")
+    if not schemas.list_parquet_files(path):
+        raise FileNotFoundError(f"no pairs/, candidates/ or Parquet files under {path}")
     return path
 
 
@@ -178,11 +210,20 @@ def _write_json(path: str, data: dict, exclusive: bool = False) -> bool:
 
 
 def _read_json(path: str) -> dict | None:
+    """A JSON object the run wrote (None when absent); ``ValueError`` naming the file when it holds anything else."""
     fs, inner = _filesystem(path)
     if fs.get_file_info(inner).type.name != "File":
         return None
     with fs.open_input_stream(inner) as f:
-        return json.loads(f.read().decode())
+        data = f.read()
+    try:
+        value = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc}); the output is damaged: use a new --output") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not the object this run writes; "
+                         f"the output is damaged: use a new --output")
+    return value
 
 
 def classes_info(detector_name: str, spec: DetectorSpec, topk: int) -> dict:
@@ -485,31 +526,56 @@ def resolved_decode(decode: str, device: torch.device) -> str:
 
 
 class ShardImages(torch.utils.data.IterableDataset):
-    """Reads and decodes pieces of ``piece`` images of the shards; each DataLoader worker takes every n-th piece."""
+    """Reads and decodes pieces of ``piece`` images of the shards; each DataLoader worker takes every n-th piece.
+
+    A worker keeps the last row group it read (``image_id`` + ``image_bytes``) and reads the next only when a
+    piece needs another one. Pieces are cut in input order, so a worker's pieces (every n-th) walk through each
+    row group in turn and it reads each row group it needs once, not once per piece: with 1,024-row groups of
+    221 KB JPEGs, pieces of 8 and 2 workers, reading the whole group for every piece read 74.6 images/s per
+    worker, against 3,340 now (``benchmarks/bench_features.py --reading-only``). It holds one row group per
+    worker at most, as each read of one did before.
+    """
 
     def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, piece: int, decode: str = "workers"):
         self.dataset = dataset
         self.pieces = batch_pieces(shards, piece)
         self.spec = spec
         self.prepare = prepare_for_device_decode if decode == "device" else decode_for_detector
+        self._file: tuple[str, pq.ParquetFile] | None = None
+        self._group: tuple[tuple[str, int], pa.Table] | None = None
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for shard, parts in self.pieces[worker::workers]:
-            yield self._decode(shard, parts)
+        try:
+            for shard, parts in self.pieces[worker::workers]:
+                yield self._decode(shard, parts)
+        finally:  # the last row group's bytes are not kept once the pieces are done
+            self._file = self._group = None
+
+    def _parquet(self, file: str) -> pq.ParquetFile:
+        """The open input file ``file`` (the last one opened is kept: pieces come file by file)."""
+        if self._file is None or self._file[0] != file:
+            self._file = (file, _open_parquet(self.dataset, file))
+        return self._file[1]
+
+    def _row_group(self, file: str, group: int) -> pa.Table:
+        """Row group ``group`` of ``file`` (its input columns), read once for the consecutive pieces that need it."""
+        if self._group is None or self._group[0] != (file, group):
+            self._group = None  # the previous group's memory goes before the next is read
+            self._group = ((file, group), self._parquet(file).read_row_group(group, columns=INPUT_COLUMNS))
+        return self._group[1]
 
     def _decode(self, shard: int, parts: list[tuple[str, int, list[int]]]) -> DecodedBatch:
         ids: list[str] = []
         inputs: list[DetectorInput] = []
         rejects: list[tuple[str, str, str]] = []
         for file, group, rows in parts:
-            parquet = _open_parquet(self.dataset, file)
             try:
-                table = parquet.read_row_group(group, columns=INPUT_COLUMNS).take(rows)
+                table = self._row_group(file, group).take(rows)
             except (pa.ArrowException, OSError) as exc:  # corrupted pages under an intact footer
                 try:
-                    ids_read = read_image_ids(parquet, file, group, rows)
+                    ids_read = read_image_ids(self._parquet(file), file, group, rows)
                 except ValueError as error:  # raised in the main process (a worker's error is a traceback there)
                     return DecodedBatch(shard, [], [], [], error=str(error))
                 detail = f"{file} row group {group}: {_why(exc)}"
@@ -690,12 +756,13 @@ def _finish_shard(output: str, shard: Shard, result: _ShardResult, detector_name
     return stats
 
 
-def _check_run_config(output: str, run_config: dict) -> None:
-    """Refuse to resume into a folder written with another detector, selection, shard size or number of parts
-    (the shards would mix, or some would belong to no part), or by the Beam form.
+def _check_run_config(output: str, run_config: dict, typed_weights: str | None = None) -> None:
+    """Refuse to resume into a folder written with another detector, weights, selection, shard size or number of
+    parts (the shards would mix, or some would belong to no part), or by the Beam form.
 
     ``run.json`` is created exclusively and read back: of two parts started at once with other settings, one
-    is refused."""
+    is refused. Weights are compared by content (``_weights_as_now``), ``typed_weights`` (``--weights`` as
+    given) serving a ``run.json`` from before weights were fingerprinted."""
     path = _join(output, "run.json")
     if _read_json(path) is None:
         _write_json(path, run_config, exclusive=True)
@@ -708,13 +775,49 @@ def _check_run_config(output: str, run_config: dict) -> None:
         raise ValueError(f"{output} holds a run split in {previous['parts']} parts (--part I/{previous['parts']}), "
                          f"not {run_config['parts']}: the shards would be split otherwise and some computed by no "
                          f"part; run its parts with N = {previous['parts']}, or use a new --output")
+    previous = _weights_as_now(output, previous, run_config, typed_weights)
     if previous != run_config:
         changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))
         raise ValueError(f"{output} holds a run with other settings ({', '.join(changed)}); use a new --output")
 
 
+WEIGHTS_KEYS = ("weights", "weights_sha256", "weights_bytes")
+
+
+def _weights_as_now(output: str, previous: dict, run_config: dict, typed_weights: str | None) -> dict:
+    """``previous`` (a run.json) with its weights entries replaced by ``run_config``'s when both name the same
+    weights, so that only other weights show as a change.
+
+    The same weights are the same content (SHA-256 and size), under any path: a retrained file written over the
+    old one is other weights (its regions would mix with the old model's), the same file reached through
+    another path or a copy is not. A ``run.json`` from before fingerprints records the path as typed: the same
+    path resumes, as it did then, with a warning that the content cannot be checked.
+    """
+    now = {key: run_config[key] for key in WEIGHTS_KEYS}
+    if "weights_sha256" not in previous:
+        old = previous.get("weights")
+        same = old == now["weights"] or (old is not None and now["weights"] is not None and
+                                         (old == typed_weights or os.path.realpath(old) == now["weights"]))
+        if same:
+            if old is not None:
+                logger.warning("%s: run.json predates weights fingerprints; resuming with %s, whose content cannot "
+                               "be checked against that run's", output, now["weights"])
+            return {**previous, **now}
+        return previous
+    if (previous.get("weights_sha256"), previous.get("weights_bytes")) == (now["weights_sha256"], now["weights_bytes"]):
+        return {**previous, "weights": now["weights"]} if now["weights_sha256"] else previous
+    if previous.get("weights_sha256") and now["weights_sha256"]:
+        raise ValueError(f"{output} holds a run computed with other weights: {previous.get('weights')} was "
+                         f"{previous['weights_sha256'][:16]}... ({previous.get('weights_bytes')} bytes), "
+                         f"{now['weights']} is {now['weights_sha256'][:16]}... ({now['weights_bytes']} bytes): "
+                         f"retrained or replaced since; its regions would mix two models'. Use a new --output")
+    return previous
+
+
+#: The local runner's rejects of input rows without an ``image_id`` (not in any shard: they have no id to plan by).
+INVALID_FILE = "invalid-00000.parquet"
 #: What the local runner writes in ``regions/`` and ``rejected/``; any other data file there is another run's.
-OWN_FILES = re.compile(rf"{SHARD_PREFIX}-\d{{5}}\.parquet|invalid-00000\.parquet")
+OWN_FILES = re.compile(rf"{SHARD_PREFIX}-\d{{5}}\.parquet|{re.escape(INVALID_FILE)}")
 
 
 def _check_own_output(output: str) -> None:
@@ -745,32 +848,39 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     dataset = resolve_input(input_path)
     _check_output_outside(dataset, output_path)
     _check_own_output(output_path)
+    # Everything that can fail on the input or the options fails here, before this run's books (run.json,
+    # classes.json) exist: a retry with other settings is not refused because of a run that never started.
+    shards, null_ids = plan_shards(dataset, options.images_per_shard)  # checks every input file too
     detector = detector or options.load_detector()
     spec = detector.spec
     run_config = {
-        "detector": options.detector, "feature_dim": spec.feature_dim, "weights": options.weights,
+        "detector": options.detector, "feature_dim": spec.feature_dim, **options.weights_record(),
         "random_init": options.random_init, "selection": asdict(options.selection), "topk": options.topk,
         "detector_config": spec.config, "images_per_shard": options.images_per_shard, "parts": options.parts,
     }
-    _check_run_config(output_path, json.loads(json.dumps(run_config)))
+    _check_run_config(output_path, json.loads(json.dumps(run_config)), options.weights)
     fs, inner = _filesystem(output_path)
     for sub in ("regions", "rejected"):  # present even when every image is rejected, for readers and audit
         fs.create_dir(posixpath.join(inner, sub), recursive=True)
     _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, options.topk))
-    shards, null_ids = plan_shards(dataset, options.images_per_shard)
     _check_no_stale_shards(output_path, dataset, len(shards))
     mine = [s for s in shards if s.index % options.parts == options.part]
     done = {s.index for s in mine if _shard_complete(output_path, s, dataset)}
     todo = [s for s in mine if s.index not in done]
+    _remove_partial_shards(output_path, todo, len(shards))
     if options.parts > 1:
         logger.info("part %d of %d: %d of the %d shards", options.part, options.parts, len(mine), len(shards))
     if done:
         logger.info("resuming: %d of %d shards already complete", len(done), len(mine))
-    if null_ids and options.part == 0:
-        rows = [schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id")] * null_ids
-        schemas.write_table(schemas.to_table(rows, "rejected"), _join(output_path, "rejected", "invalid-00000.parquet"), "rejected")
+    if options.part == 0:  # the rows without an id: this input's, not a previous input's (the file is rewritten)
+        invalid = _join(output_path, "rejected", INVALID_FILE)
+        if null_ids:
+            rows = [schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id")] * null_ids
+            schemas.write_table(schemas.to_table(rows, "rejected"), invalid, "rejected")
+        else:
+            _delete_if_present(invalid)
     device = detector.device
-    workers = max(0, options.num_workers)
+    workers = options.num_workers
     loader = torch.utils.data.DataLoader(
         ShardImages(dataset, todo, spec, piece_size(options.batch_size), resolved_decode(options.decode, device)),
         batch_size=None,
@@ -874,7 +984,9 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         logger.info("part %d of %d done; the run still lacks %s; the part that completes it writes stats.json",
                     options.part, options.parts, stats["shards_missing"])
     seconds = time.perf_counter() - started
+
     stats.update({
+        "input": input_reference(input_path, output_path),
         "complete": complete,
         "part": options.part,
         "parts": options.parts,
@@ -935,11 +1047,40 @@ def _check_no_stale_shards(output_path: str, dataset: str, count: int) -> None:
                          f"(files removed since that run, or another input); use a new --output")
 
 
-def _shard_number(name: str) -> int:
-    """The index in ``part-00012.json``; -1 for any other name."""
-    stem = name[: -len(".json")]
-    head, _, number = stem.rpartition("-")
+def _shard_number(name: str, suffix: str = ".json") -> int:
+    """The index in ``part-00012.json`` (``part-00012.parquet`` with that ``suffix``); -1 for any other name."""
+    if not name.endswith(suffix):
+        return -1
+    head, _, number = name[: -len(suffix)].rpartition("-")
     return int(number) if head == SHARD_PREFIX and number.isdigit() else -1
+
+
+def _delete_if_present(path: str) -> None:
+    fs, inner = _filesystem(path)
+    try:
+        fs.delete_file(inner)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_partial_shards(output_path: str, todo: list[Shard], count: int) -> None:
+    """Remove the data files a killed run left of the shards this run computes (written before the shard's stats
+    file, which marks it complete), and of shards at ``count`` and beyond (which have no stats file either:
+    ``_check_no_stale_shards`` refuses those that have one).
+
+    A shard writes only its non-empty files, so an old file would stay beside the new ones: an image kept in one
+    run and rejected in the other would be in both ``regions/`` and ``rejected/``, and disk would not match the books.
+    """
+    for shard in todo:
+        paths = _shard_paths(output_path, shard.index)
+        _delete_if_present(paths["regions"])
+        _delete_if_present(paths["rejected"])
+    fs, inner = _filesystem(output_path)
+    for sub in ("regions", "rejected"):
+        listed = fs.get_file_info(pafs.FileSelector(posixpath.join(inner, sub), allow_not_found=True))
+        for found in listed:
+            if _shard_number(posixpath.basename(found.path), ".parquet") >= count:
+                _delete_if_present(_join(output_path, sub, posixpath.basename(found.path)))
 
 
 def _check_output_outside(dataset: str, output_path: str) -> None:
@@ -999,18 +1140,25 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    # Run the Beam module imported by name, so Beam pickles the DoFns as pipeline.features_beam.*, which workers import.
-    from pipeline.runners import failure_line, run_failures
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.features``: the Beam form, its errors as one line (status 2: bad input, options or
+    weights; a Beam worker that died: ``failure_line``'s status)."""
+    # The Beam module imported by name, so Beam pickles the DoFns as pipeline.features_beam.*, which workers import.
     from pipeline import features_beam
+    from pipeline.runners import failure_line, run_failures
 
     try:
-        print(json.dumps(features_beam.run(), indent=2))
-    except ValueError as exc:  # bad input or options: one line, not a traceback
+        print(json.dumps(features_beam.run(argv), indent=2))
+    except (ValueError, OSError) as exc:  # bad input, options or weights (missing: an OSError): not a traceback
         print(f"python -m pipeline.features: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except run_failures() as exc:  # a Beam worker died, or its error came back as text: one line
         status, line = failure_line(exc)
         print(f"python -m pipeline.features: error: {line}", file=sys.stderr)
-        sys.exit(status)
+        return status
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

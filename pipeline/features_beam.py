@@ -23,7 +23,7 @@ from pipeline.features import (INPUT_COLUMNS, MAX_WAIT_BATCHES, SHARD_PREFIX, ST
                                ImageRegions, _batches, _check_output_outside, _join, _open_parquet, _why, _write_json,
                                check_input_file, classes_info, detect_by_shape, output_schema, read_image_ids,
                                resolve_input, to_original_pixels)
-from pipeline.outputs import prepare_output
+from pipeline.outputs import input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
 
@@ -295,13 +295,17 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         parquet = check_input_file(dataset, file)
         row_groups += [(file, group) for group in range(parquet.num_row_groups)]
         rows_in += parquet.metadata.num_rows
-    prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"))
+    # So do missing or unreadable weights, here on the driver, where the workers would find them (it reads the
+    # demo's config and vg's attribute head from the file too), before the output is touched.
+    weights = options.weights_record()
     feature_dim = feature_dim_of(options.detector, options.weights)
     attributes = attribute_count(options.detector, options.weights)  # the workers' detectors will predict them
     names = read_class_names(options.class_names_file) if options.class_names_file else None
     config = {**overrides, "attributes": attributes} if attributes else overrides
-    spec = build_detector(options.detector, weights=options.weights, random_init=True,
-                          config=config or None, class_names=names).spec  # random init: only the names are needed
+    # random weights: only the names and sizes are needed (the demo's architecture comes from its file)
+    spec = build_detector(options.detector, weights=options.weights if options.detector == "demo" else None,
+                          random_init=True, config=config or None, class_names=names).spec
+    prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"))
     beam_options = PipelineOptions(pipeline_args)
     pipeline = test_pipeline or beam.Pipeline(runner=make_runner(beam_options), options=beam_options)
     rows = (
@@ -317,8 +321,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     out["rejected"] | "WriteRejected" >> WriteToParquet(
         _join(known.output, "rejected", SHARD_PREFIX), schemas.schema_for("rejected"), file_name_suffix=".parquet")
     # before any shard: what the local runner reads to refuse this folder (it cannot resume or add to a Beam run)
-    _write_json(_join(known.output, "run.json"), {"runner": "beam", "detector": options.detector,
-                                                  "weights": options.weights, "topk": options.topk})
+    _write_json(_join(known.output, "run.json"), {"runner": "beam", "detector": options.detector, **weights,
+                                                  "topk": options.topk, "detector_config": spec.config})
     result = pipeline.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed for c in
@@ -327,6 +331,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     missing_ids = reasons.get("image_id_missing", 0)
     stats = {
         "stage": STAGE,
+        "input": input_reference(known.input, known.output),
         "in": int(counters.get("in", 0)) + missing_ids,
         "kept": int(counters.get("kept", 0)),
         "rejected": sum(reasons.values()),

@@ -13,13 +13,19 @@ import os
 import posixpath
 from typing import Sequence
 
-from apache_beam.io.filesystems import FileSystems
-
 logger = logging.getLogger(__name__)
 
 #: A stage writes its stats here while it runs and renames the file to stats.json once every shard
 #: is written, so a killed run never leaves a stats.json behind.
 PENDING_STATS = "_stats.pending.json"
+
+
+def _filesystems():
+    """Beam's FileSystems, imported when first needed: ``input_reference`` serves ``lait features``, which
+    runs without Beam."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
 
 
 class OutputExistsError(FileExistsError, ValueError):
@@ -42,7 +48,7 @@ def _overlaps(output: str, source: str) -> bool:
 def _stage_of(stats_path: str) -> str | None:
     """The ``stage`` a finished run's stats.json names (None when it names none or cannot be read)."""
     try:
-        with FileSystems.open(stats_path) as handle:
+        with _filesystems().open(stats_path) as handle:
             stats = json.loads(handle.read())
     except (OSError, ValueError):
         return None
@@ -53,11 +59,11 @@ def _present(path: str) -> list[str]:
     """What to delete to remove ``path``: the path itself when it exists (a file, or a local folder, removed
     whole), else the files under it. An object store (gs://, s3://) has no folders, only names: there
     ``exists`` is true for a file alone, and a "folder" is the files whose names begin with it."""
-    if FileSystems.exists(path):
+    if _filesystems().exists(path):
         return [path]
     if "://" not in path:
         return []
-    return [m.path for m in FileSystems.match([posixpath.join(path, "**")])[0].metadata_list]
+    return [m.path for m in _filesystems().match([posixpath.join(path, "**")])[0].metadata_list]
 
 
 def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: bool = False,
@@ -77,7 +83,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, "stats.json")}
     existing = [name for name, paths in found.items() if paths]
     stats_path = posixpath.join(output, "stats.json")
-    finished = FileSystems.exists(stats_path)
+    finished = _filesystems().exists(stats_path)
     if finished:
         other = _stage_of(stats_path)
         if other is not None and other != stage:
@@ -90,12 +96,12 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
         if not finished:
             logger.warning("%s: removing the partial output of an interrupted run in %s: %s", stage, output,
                            ", ".join(existing))
-        FileSystems.delete([path for paths in found.values() for path in paths])
+        _filesystems().delete([path for paths in found.values() for path in paths])
 
 
 def finish_output(output: str) -> None:
     """Mark the output finished: the pending stats become stats.json (after every shard is written)."""
-    FileSystems.rename([posixpath.join(output, PENDING_STATS)], [posixpath.join(output, "stats.json")])
+    _filesystems().rename([posixpath.join(output, PENDING_STATS)], [posixpath.join(output, "stats.json")])
 
 
 def input_reference(input_path: str, output: str) -> str:

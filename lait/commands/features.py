@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from lait.commands import positive
+from lait.commands import non_negative, positive
 
 DETECTOR_CHOICES = ("vg-r101-c4", "coco-r50-fpn", "coco-r50-fpn-v2", "demo")
 
@@ -34,11 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
                         help="exactly N boxes per image (sets min and max; 36 is BUTD's fixed mode)")
     parser.add_argument("--score-thresh", type=float, default=0.2, help="keep boxes with best class score >= this (default 0.2)")
     parser.add_argument("--nms-thresh", type=float, default=0.3, help="per-class NMS IoU threshold (default 0.3)")
-    parser.add_argument("--topk", type=int, default=10, help="classes kept per box in the distribution (default 10)")
-    parser.add_argument("--min-size", type=int, help="override the network input short side (vg 600, coco 800)")
-    parser.add_argument("--max-size", type=int, help="override the network input long-side cap (vg 1000, coco 1333)")
+    parser.add_argument("--topk", type=positive, default=10, help="classes kept per box in the distribution (default 10)")
+    parser.add_argument("--min-size", type=positive,
+                        help="override the network input short side (vg 600, coco 800, demo: its weights')")
+    parser.add_argument("--max-size", type=positive,
+                        help="override the network input long-side cap, at least --min-size (vg 1000, coco 1333)")
     if local:
-        parser.add_argument("--num-workers", type=int, default=2, help="DataLoader decode workers (default 2; 0 = main process)")
+        parser.add_argument("--num-workers", type=non_negative, default=2,
+                            help="DataLoader decode workers (default 2; 0 = main process)")
         parser.add_argument("--decode", default="auto", choices=("auto", "workers", "device"),
                             help="where JPEGs are decoded: workers (Pillow) or device (plain upright JPEGs batched "
                                  "through nvJPEG on CUDA; the rest still in the workers); auto (default): device on "

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 
-from model.detectors.base import DetectorSpec, RegionDetector, Regions
+from model.detectors.base import DetectorSpec, RegionDetector, Regions, check_input_sizes
 from model.detectors.selection import BoxSelection, select_boxes, select_boxes_batched
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,56 @@ def input_sizes(name: str, weights: str | None = None, config: dict | None = Non
     else:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     merged = {**defaults, **(config or {})}
+    check_input_sizes(merged["min_size"], merged["max_size"])
     return int(merged["min_size"]), int(merged["max_size"])
+
+
+def check_weights_choice(name: str, weights: str | None, random_init: bool) -> None:
+    """Refuse ``--random-init`` with ``--weights`` for a detector that would ignore the file (all but ``demo``,
+    which takes its architecture and class names from it): the run would record weights it never used."""
+    if random_init and weights and name != "demo":
+        raise ValueError(f"--random-init builds {name} with random weights, so --weights {weights} would be ignored: "
+                         f"leave out one of them (only demo takes its architecture from --weights with --random-init)")
+
+
+def weights_file(name: str, weights: str | None = None, random_init: bool = False, download: bool = False) -> str | None:
+    """The local file a detector's weights are read from (None: random weights without a file), without reading it.
+
+    ``weights`` when given (``WeightsNotFoundError`` when it does not exist); else vg-r101-c4's weights home,
+    torchvision's cache for coco (its path even before ``download`` fetched it). What a run records and
+    fingerprints, and what the Beam driver checks before the workers start.
+    """
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    check_weights_choice(name, weights, random_init)
+    if weights:
+        if not os.path.isfile(weights):
+            raise WeightsNotFoundError(f"no weights file at {weights}")
+        return weights
+    if random_init:
+        return None
+    if name == "vg-r101-c4":
+        home = weights_home(name)
+        found = [os.path.join(home, f) for f in VG_WEIGHT_FILES if os.path.exists(os.path.join(home, f))]
+        if not found:
+            raise WeightsNotFoundError(
+                f"vg-r101-c4 needs the published bottom-up-attention weights: pass --weights PATH to "
+                f"faster_rcnn_from_caffe_attr_original.pkl (10-100 boxes), faster_rcnn_from_caffe[_attr].pkl "
+                f"(36 boxes) or the frcnn-vg-finetuned pytorch_model.bin, or put one of them in {home}; "
+                f"--random-init builds it with random weights for pipeline checks"
+            )
+        return found[0]
+    if name.startswith("coco-"):
+        from model.detectors import coco_r50_fpn
+
+        path = coco_r50_fpn.published_weights_path(name)
+        if not os.path.exists(path) and not download:
+            raise WeightsNotFoundError(coco_r50_fpn.missing_weights_message(name))
+        return path
+    raise WeightsNotFoundError(
+        "the demo detector needs the weights file train_demo_detector wrote: pass --weights PATH "
+        "(or --random-init for a pipeline check)"
+    )
 
 
 def build_detector(
@@ -146,9 +195,15 @@ def build_detector(
     class_names: list[str] | None = None,
     download: bool = False,
 ) -> RegionDetector:
-    """A detector by name, with published/trained weights from ``weights`` or random ones (``random_init``)."""
+    """A detector by name, with published/trained weights from ``weights`` or random ones (``random_init``).
+
+    ``config`` overrides the architecture's settings (e.g. ``min_size``/``max_size``), for demo weights too:
+    their file's config is the base. ``random_init`` with ``weights`` is for demo alone (the file's
+    architecture, fresh weights); the others refuse it.
+    """
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    check_weights_choice(name, weights, random_init)
     if class_names is not None and (name.startswith("coco-") or (name == "demo" and weights)):
         source = "torchvision's COCO categories" if name.startswith("coco-") else "its weights file"
         raise ValueError(f"--classes: {name} takes its class names from {source}; leave --classes out")
@@ -158,17 +213,7 @@ def build_detector(
         detector = vg_r101_c4.build(config, class_names)
         if random_init:
             return detector
-        if weights is None:
-            home = weights_home(name)
-            found = [os.path.join(home, f) for f in VG_WEIGHT_FILES if os.path.exists(os.path.join(home, f))]
-            if not found:
-                raise WeightsNotFoundError(
-                    f"vg-r101-c4 needs the published bottom-up-attention weights: pass --weights PATH to "
-                    f"faster_rcnn_from_caffe_attr_original.pkl (10-100 boxes), faster_rcnn_from_caffe[_attr].pkl "
-                    f"(36 boxes) or the frcnn-vg-finetuned pytorch_model.bin, or put one of them in {home}; "
-                    f"--random-init builds it with random weights for pipeline checks"
-                )
-            weights = found[0]
+        weights = weights_file(name, weights)
         with _reading(weights):
             load_vg_weights(detector, weights)
         return detector
@@ -190,15 +235,14 @@ def build_detector(
 
     if random_init and not weights:
         return demo.build(config, class_names or [f"class_{i}" for i in range(8)])
-    if not weights:
-        raise WeightsNotFoundError(
-            "the demo detector needs the weights file train_demo_detector wrote: pass --weights PATH "
-            "(or --random-init for a pipeline check)"
-        )
+    weights = weights_file(name, weights)
+    with _reading(weights):
+        merged = {**demo.DEFAULT_CONFIG, **demo.read_config(weights), **(config or {})}
+    check_input_sizes(merged["min_size"], merged["max_size"])  # an override's error, not the file's
     with _reading(weights):
         if random_init:  # the trained architecture and class names, fresh weights
-            return demo.build(demo.read_config(weights))
-        return demo.load(weights)
+            return demo.build(merged)
+        return demo.load(weights, config)
 
 
 def load_vg_weights(detector: RegionDetector, path: str) -> None:
@@ -230,11 +274,13 @@ __all__ = [
     "WeightsNotFoundError",
     "attribute_count",
     "build_detector",
+    "check_weights_choice",
     "feature_dim_of",
     "input_sizes",
     "load_vg_weights",
     "read_class_names",
     "select_boxes",
     "select_boxes_batched",
+    "weights_file",
     "weights_home",
 ]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
+from model.config import check_count
 from model.detectors.selection import BoxSelection, select_boxes_batched
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,22 @@ class DetectorSpec:
     box_source: str = "proposal"
     config: dict = field(default_factory=dict)  # what rebuilds the architecture (saved with weights)
 
+    def __post_init__(self) -> None:
+        check_input_sizes(self.min_size, self.max_size)
+
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) an image of this size is resized to before the network."""
         return network_input_size(width, height, self.min_size, self.max_size)
+
+
+def check_input_sizes(min_size, max_size) -> None:
+    """``ValueError`` unless 1 <= min_size <= max_size (whole numbers): a 0 short side, or a long-side cap below
+    the short side, gives no meaningful network input."""
+    check_count("min_size", min_size)
+    check_count("max_size", max_size)
+    if min_size > max_size:
+        raise ValueError(f"min-size {min_size} is above max-size {max_size} (the network input's short side and "
+                         f"its long-side cap); give a max-size of at least {min_size}")
 
 
 def network_input_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -225,6 +239,8 @@ class RegionDetector(nn.Module):
         output = re-pooling at regressed boxes + copy to the host), synchronising the device at each
         boundary: for profiling only, it costs throughput.
         """
+        if topk < 0:
+            raise ValueError(f"topk: {topk!r}, need 0 or more")
         if not images:
             return []
         clock = _PartClock(self.device, timings)
@@ -270,14 +286,20 @@ class RegionDetector(nn.Module):
         # One device-to-host copy per field for the whole batch, not one per image (each copy syncs).
         rows = kept_rows
         object_probs = probs[rows, 1:]
+        # The top class comes from the same call as the top-k (so it is column 0 of a top-k, ties included), but
+        # always at least one column: with topk 0 it is still the class of the box, not a column that is not there.
         k = min(topk, object_probs.shape[1])
-        top_probs, top_ids = object_probs.topk(k, dim=1) if len(rows) else (object_probs[:, :k], object_probs[:, :k].long())
+        width = max(k, 1)
+        top_probs, top_ids = (object_probs.topk(width, dim=1) if len(rows)
+                              else (object_probs[:, :width], object_probs[:, :width].long()))
         region_features = torch.cat(list(split))
         host = {
             "boxes": torch.cat(chosen_boxes).cpu().numpy().astype(np.float32),
             "features": region_features.float().cpu().numpy().astype(np.float16),
-            "topk_class_ids": top_ids.int().cpu().numpy(),
-            "topk_class_probs": top_probs.float().cpu().numpy(),
+            "class_ids": top_ids[:, 0].int().cpu().numpy(),
+            "class_scores": top_probs[:, 0].float().cpu().numpy(),
+            "topk_class_ids": top_ids[:, :k].int().cpu().numpy(),
+            "topk_class_probs": top_probs[:, :k].float().cpu().numpy(),
         }
         attribute_head = getattr(heads, "attribute_head", None)
         if attribute_head is not None:
@@ -297,8 +319,8 @@ class RegionDetector(nn.Module):
                 Regions(
                     boxes=part["boxes"],
                     features=part["features"],
-                    class_ids=part["topk_class_ids"][:, 0].copy() if k else np.zeros(len(boxes), np.int32),
-                    class_scores=part["topk_class_probs"][:, 0].copy() if k else np.zeros(len(boxes), np.float32),
+                    class_ids=part["class_ids"],
+                    class_scores=part["class_scores"],
                     topk_class_ids=part["topk_class_ids"],
                     topk_class_probs=part["topk_class_probs"],
                     topk_attribute_ids=part.get("topk_attribute_ids"),

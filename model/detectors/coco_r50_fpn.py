@@ -65,16 +65,20 @@ def published_weights_path(name: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
+def missing_weights_message(name: str) -> str:
+    """What to do when the published weights of ``name`` are not in torchvision's cache."""
+    path = published_weights_path(name)
+    return (f"no weights for {name}: put {os.path.basename(path)} ({VARIANTS[name][1].url}) at {path}, "
+            f"or pass --weights PATH, or --download-weights to let torchvision fetch it, "
+            f"or --random-init for a pipeline check")
+
+
 def published_state(name: str, download: bool = False) -> dict[str, torch.Tensor]:
     """The published COCO weights from torchvision's cache, downloading them only when asked."""
     path = published_weights_path(name)
     if os.path.exists(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     if not download:
-        raise FileNotFoundError(
-            f"no weights for {name}: put {os.path.basename(path)} ({VARIANTS[name][1].url}) at {path}, "
-            f"or pass --weights PATH, or --download-weights to let torchvision fetch it, "
-            f"or --random-init for a pipeline check"
-        )
+        raise FileNotFoundError(missing_weights_message(name))
     logger.info("downloading the %s weights through torchvision", name)
     return VARIANTS[name][1].get_state_dict(progress=True)

@@ -113,9 +113,10 @@ def read_config(path: str) -> dict:
     raise FileNotFoundError(f"{path}: no demo detector config (neither safetensors metadata nor {side})")
 
 
-def load(path: str) -> RegionDetector:
-    """A trained demo detector from the weights file ``train_demo_detector`` wrote."""
-    cfg = read_config(path)
+def load(path: str, config: dict | None = None) -> RegionDetector:
+    """A trained demo detector from the weights file ``train_demo_detector`` wrote; ``config`` overrides the
+    file's run-time settings (``min_size``/``max_size``, proposal counts)."""
+    cfg = {**read_config(path), **(config or {})}
     detector = build(cfg)
     state = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
     detector.model.load_state_dict(state)

@@ -7,6 +7,7 @@ refuses every other global.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -111,3 +112,18 @@ def tensor_shape(path: str, names: Sequence[str]) -> tuple[int, ...] | None:
     state = load_detectron2_pickle(path) if path.endswith(".pkl") else _torch_state(path, mmap=True)
     found = next((n for n in names if n in state and hasattr(state[n], "shape")), None)
     return tuple(state[found].shape) if found else None
+
+
+def weights_fingerprint(path: str) -> dict:
+    """What identifies a weights file's content: ``{"sha256", "bytes"}`` of the whole file.
+
+    The whole file, not a header: a retrained ``.safetensors`` of the same architecture has the same header
+    (names, shapes, offsets), so only the data tells two models apart. 250 MB took 0.3 s here (from the page cache).
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": size}

@@ -2,6 +2,7 @@
 import json
 
 import apache_beam as beam
+import numpy as np
 import torch
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -56,6 +57,7 @@ def test_run_writes_the_stage_folder(tmp_path):
                  "--weights", weights, "--min-boxes", "2", "--max-boxes", "5"] + DIRECT)
     assert (stats["in"], stats["kept"], stats["rejected"], stats["rejected_by_reason"]) == (4, 3, 1, {"image_undecodable": 1})
     assert json.loads((tmp_path / "features" / "stats.json").read_text()) == stats
+    assert stats["input"] == "filter"  # as the local runner, filter and relevance name theirs
     regions = schemas.read_table(str(tmp_path / "features" / "regions"), "regions")
     assert regions.num_rows == 3 and regions.schema.field("features").type.value_type.list_size == 256
     assert schemas.read_table(str(tmp_path / "features" / "rejected"), "rejected").column("reason").to_pylist() == ["image_undecodable"]
@@ -65,8 +67,6 @@ def test_run_writes_the_stage_folder(tmp_path):
 def test_beam_writes_attributes_of_an_attribute_checkpoint(tmp_path):
     """The Beam form with attribute weights: region rows carry top-k attributes; the output schema has their columns."""
     import pickle
-
-    import numpy as np
 
     from model.detectors import attribute_count
     from pipeline.features import output_schema
@@ -122,7 +122,6 @@ def test_beam_matches_the_local_runner_on_duplicates_mixed_shapes_and_bad_rows(t
     empty) or with undecodable bytes leave with the same reasons; the books (in, kept, rejected by reason) agree."""
     from collections import Counter
 
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
@@ -315,3 +314,49 @@ def test_beam_counts_a_row_group_with_corrupted_pages_as_rejects(tmp_path):
     corrupt_pages(file, 1, "image_id", "image_bytes", skip=0)
     with pytest.raises(ValueError, match="row group 1 is unreadable, its image ids too"):
         run(argv + ["--output", str(tmp_path / "again")])
+
+
+def test_both_runners_apply_size_overrides_to_demo_weights(tmp_path):
+    """--min-size/--max-size with demo weights: the local runner kept the file's sizes while Beam resized to the
+    options', so the two wrote other regions. Both use the options' now, and record the sizes they ran at."""
+    from pipeline.features import extract_regions
+
+    weights = _weights(tmp_path)  # trained at 64/96
+    write_pairs(tmp_path / "filter", [encode(make_scene(i, (200, 150))[0]) for i in range(2)], duplicate_first=False)
+    sizes = ["--min-size", "40", "--max-size", "60"]
+    run(["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "beam"), "--detector", "demo",
+         "--weights", weights, "--min-boxes", "2", "--max-boxes", "4", *sizes] + DIRECT)
+    options = FeatureOptions(detector="demo", weights=weights, num_workers=0, min_boxes=2, max_boxes=4,
+                             detector_config={"min_size": 40, "max_size": 60})
+    assert options.load_detector().spec.input_size(200, 150) == (53, 40)
+    extract_regions(str(tmp_path / "filter"), str(tmp_path / "local"), options)
+    for name in ("beam", "local"):
+        config = json.loads((tmp_path / name / "run.json").read_text())["detector_config"]
+        assert (config["min_size"], config["max_size"]) == (40, 60), name
+    beam_rows, local_rows = ({row["image_id"]: row for row in schemas.read_table(str(tmp_path / name / "regions"),
+                                                                                  "regions").to_pylist()}
+                             for name in ("beam", "local"))
+    assert beam_rows.keys() == local_rows.keys() and len(beam_rows) == 2
+    for image, row in beam_rows.items():
+        assert row["num_boxes"] == local_rows[image]["num_boxes"] and row["class_ids"] == local_rows[image]["class_ids"]
+        np.testing.assert_allclose(row["boxes"], local_rows[image]["boxes"], atol=1e-3)
+
+
+def test_missing_weights_stop_the_beam_form_before_the_output_is_touched(tmp_path, capsys):
+    """Missing or absent weights are found on the driver, before the output is prepared or the pipeline starts,
+    and `python -m pipeline.features` says so in one line (status 2), not a traceback."""
+    import pytest
+
+    from model.detectors import WeightsNotFoundError
+    from pipeline.features import main
+
+    write_pairs(tmp_path / "filter", [encode(make_scene(0)[0])])
+    base = ["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "out"), "--detector", "demo"] + DIRECT
+    with pytest.raises(WeightsNotFoundError, match="no weights file at"):
+        run([*base, "--weights", str(tmp_path / "nothing.safetensors")])
+    assert main([*base, "--weights", str(tmp_path / "nothing.safetensors")]) == 2
+    assert main(base) == 2  # no --weights for demo
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "Traceback" not in "\n".join(err)
+    assert err[0].startswith("python -m pipeline.features: error: no weights file at") and "--weights PATH" in err[1]
+    assert not (tmp_path / "out").exists()

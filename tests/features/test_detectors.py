@@ -36,6 +36,22 @@ def test_architecture_runs_on_cpu(name, dim, classes):
         assert (regions.boxes >= 0).all() and (regions.boxes[:, [0, 2]] <= w).all() and (regions.boxes[:, [1, 3]] <= h).all()
 
 
+def test_top_class_is_the_best_class_whatever_topk_stores():
+    """The top class and its score are the arg-max over the classes: with topk 0 (no distribution stored) they
+    were all zeros; a negative topk is refused before any work."""
+    torch.manual_seed(0)
+    detector = build_detector("demo", random_init=True, config=TINY["demo"])
+    image = decode_for_detector(encode(make_scene(1, (96, 64))[0]), detector.spec.input_size).pixels
+    selection = BoxSelection(min_boxes=3, max_boxes=3)
+    full, none = detector([image], selection, topk=8)[0], detector([image], selection, topk=0)[0]
+    assert none.topk_class_ids.shape == none.topk_class_probs.shape == (3, 0)
+    np.testing.assert_array_equal(none.class_ids, full.topk_class_ids[:, 0])
+    np.testing.assert_allclose(none.class_scores, full.topk_class_probs.max(axis=1))
+    assert (none.class_scores > 0).all()
+    with pytest.raises(ValueError, match="topk"):
+        detector([image], selection, topk=-1)
+
+
 def test_vg_architecture_is_bottom_up_attention():
     detector = build_detector("vg-r101-c4", random_init=True)
     model = detector.model

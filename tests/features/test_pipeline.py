@@ -44,6 +44,7 @@ def test_end_to_end_books_schema_and_classes(tmp_path, demo_weights):
     assert stats["rejected_by_reason"] == {"image_undecodable": 1, "image_missing": 1}
     on_disk = json.loads((tmp_path / "features" / "stats.json").read_text())
     assert on_disk["in"] == on_disk["kept"] + on_disk["rejected"] and on_disk["stage"] == "features"
+    assert on_disk["input"] == "filter"  # as filter and relevance name theirs: relative to the run folder
 
     regions = schemas.read_table(str(tmp_path / "features" / "regions"), "regions")
     assert regions.schema.field("features").type.value_type.list_size == 256
@@ -512,3 +513,175 @@ def test_parts_of_another_count_or_other_settings_are_refused(tmp_path, demo_wei
     last = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, images_per_shard=1,
                                                                                   part=0, parts=2))
     assert last["complete"] and (last["in"], last["kept"], last["shards"]) == (3, 3, 3) and "shards_missing" not in last
+
+
+def test_topk_sizes_and_workers_out_of_range_are_refused_before_any_work(tmp_path, demo_weights, capsys):
+    """--topk 0 wrote all-zero classes, --topk -1 failed after detection with run.json written, --min-size 0 made
+    whole-image boxes, --num-workers -3 became 0: each is now refused before the output exists."""
+    from lait import cli
+
+    for bad in ({"topk": 0}, {"topk": -1}, {"num_workers": -3}, {"detector_config": {"min_size": 0}},
+                {"detector_config": {"max_size": -5}}):
+        with pytest.raises(ValueError, match=r"(topk|num-workers|min-size|max-size): -?\d+, need a whole number"):
+            _options(demo_weights, **bad)
+    with pytest.raises(ValueError, match="min-size 100 is above max-size 50"):
+        _options(demo_weights, detector_config={"min_size": 100, "max_size": 50})
+    write_pairs(tmp_path / "in", [encode(make_scene(0)[0])])
+    base = ["features", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--detector", "demo",
+            "--weights", demo_weights, "--num-workers", "0", "--no-progress"]
+    for option, value, message in (("--topk", "0", "must be 1 or more"), ("--topk", "-1", "must be 1 or more"),
+                                   ("--min-size", "0", "must be 1 or more"), ("--max-size", "-5", "must be 1 or more"),
+                                   ("--num-workers", "-3", "must be 0 or more")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*base, option, value])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    # a long-side cap below the short side, given or the detector's own (the demo weights' max_size is 96)
+    for extra in (["--min-size", "100", "--max-size", "50"], ["--min-size", "200"]):
+        assert cli.main([*base, *extra]) == 2
+        assert "is above max-size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_input_leaves_no_run_state_and_an_empty_folder_is_an_error(tmp_path, demo_weights):
+    """The input is checked before run.json and classes.json are written: a run that failed on its input does not
+    refuse a retry with other settings. A folder without pairs/, candidates/ or Parquet files is an error, not a
+    run of 0 images."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"image_id": ["a"], "bytes": [b"x"]}), tmp_path / "in" / "part-0.parquet")
+    with pytest.raises(schemas.SchemaMismatchError, match="image_bytes"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights, max_boxes=50))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match="no input at"):
+        extract_regions(str(tmp_path / "nowhere"), str(tmp_path / "out"), _options(demo_weights))
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no pairs/, candidates/ or Parquet files under"):
+        extract_regions(str(tmp_path / "empty"), str(tmp_path / "out"), _options(demo_weights))
+    assert not (tmp_path / "out").exists()
+    os.remove(tmp_path / "in" / "part-0.parquet")
+    write_pairs(tmp_path / "in", [encode(make_scene(0)[0])], duplicate_first=False)
+    stats = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), _options(demo_weights))  # other settings
+    assert (stats["in"], stats["kept"]) == (1, 1)
+
+
+def test_resume_keeps_disk_and_books_equal_after_the_input_or_a_killed_shard_changed(tmp_path, demo_weights):
+    """Rows without an id dropped from the input: their stale rejects go too. A shard killed after its Parquet
+    but before its stats file, recomputed from fixed input: its old rejects go, so no image is both kept and
+    rejected. Data files of shards beyond the input's count (killed before their stats file) go too."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    images = [encode(make_scene(i)[0]) for i in range(3)]
+    ids = [image_id(data) for data in images]
+    (tmp_path / "a").mkdir()
+    table = pa.table({"image_id": pa.array([ids[0], None, ids[1], None, ids[2]]),
+                      "image_bytes": [images[0], images[0], images[1], images[1], images[2]]})
+    pq.write_table(table, tmp_path / "a" / "part-0.parquet")
+    options = _options(demo_weights, max_boxes=3)
+    assert extract_regions(str(tmp_path / "a"), str(tmp_path / "out_a"), options)["rejected"] == 2
+    pq.write_table(table.filter(pc.is_valid(table["image_id"])), tmp_path / "a" / "part-0.parquet")
+    stats = extract_regions(str(tmp_path / "a"), str(tmp_path / "out_a"), options)
+    assert stats["complete"] and (stats["in"], stats["kept"], stats["rejected"]) == (3, 3, 0)
+    assert not list((tmp_path / "out_a" / "rejected").iterdir())
+
+    (tmp_path / "c").mkdir()
+    pq.write_table(pa.table({"image_id": ids, "image_bytes": [images[0], b"garbage", images[2]]}),
+                   tmp_path / "c" / "part-0.parquet")
+    out = tmp_path / "out_c"
+    assert extract_regions(str(tmp_path / "c"), str(out), options)["rejected"] == 1
+    os.remove(out / "shards" / "part-00000.json")  # killed after the shard's Parquet files, before its stats file
+    os.remove(out / "stats.json")
+    stale = out / "regions" / "part-00007.parquet"  # a shard beyond the input's count, killed the same way
+    stale.write_bytes((out / "regions" / "part-00000.parquet").read_bytes())
+    pq.write_table(pa.table({"image_id": ids, "image_bytes": images}), tmp_path / "c" / "part-0.parquet")
+    stats = extract_regions(str(tmp_path / "c"), str(out), options)
+    assert (stats["in"], stats["kept"], stats["rejected"]) == (3, 3, 0)
+    assert sorted(schemas.read_table(str(out / "regions"), "regions").column("image_id").to_pylist()) == sorted(ids)
+    assert not list((out / "rejected").iterdir()) and not stale.exists()
+
+
+def test_damaged_run_files_are_one_error_naming_them(tmp_path, demo_weights):
+    write_pairs(tmp_path / "in", [encode(make_scene(0)[0])], duplicate_first=False)
+    options = _options(demo_weights, max_boxes=3)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"out/run.json: holds a JSON list"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), options)
+    extract_regions(str(tmp_path / "in"), str(tmp_path / "good"), options)
+    (tmp_path / "good" / "shards" / "part-00000.json").write_text("")
+    with pytest.raises(ValueError, match=r"shards/part-00000.json: not a readable JSON file"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "good"), options)
+
+
+def test_resume_compares_the_weights_by_content_not_by_path(tmp_path, demo_weights):
+    """A file retrained at the same path is other weights (the run would mix two models' regions): refused. The
+    same file through another path resumes; so does a run.json from before weights were fingerprinted."""
+    import shutil
+
+    write_pairs(tmp_path / "in", [encode(make_scene(i)[0]) for i in range(4)], duplicate_first=False)
+    weights = str(tmp_path / "w" / "demo.safetensors")
+    os.makedirs(tmp_path / "w")
+    shutil.copy(demo_weights, weights)
+    options = _options(weights, images_per_shard=2, max_boxes=3)
+    with pytest.raises(KeyboardInterrupt):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), options,
+                        detector=_Interrupting(options.load_detector(), 2))
+    recorded = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert recorded["weights"] == os.path.realpath(weights) and recorded["weights_bytes"] == os.path.getsize(weights)
+    torch.manual_seed(7)  # retrained: same path, same architecture, other numbers
+    demo.save(demo.build(SMALL, CLASS_NAMES), weights)
+    with pytest.raises(ValueError, match="other weights"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), options)
+    stats = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"),  # the first weights, at another path
+                            _options(demo_weights, images_per_shard=2, max_boxes=3))
+    assert stats["complete"] and stats["shards_resumed"] == 1
+    for key in ("weights_sha256", "weights_bytes"):  # a run.json written before fingerprints, --weights as typed
+        del recorded[key]
+    recorded["weights"] = weights
+    (tmp_path / "out" / "run.json").write_text(json.dumps(recorded))
+    os.remove(tmp_path / "out" / "shards" / "part-00001.json")
+    shutil.copy(demo_weights, weights)
+    stats = extract_regions(str(tmp_path / "in"), str(tmp_path / "out"), options)
+    assert stats["complete"] and stats["shards_resumed"] == 1
+
+
+class _CountingReads:
+    """A ParquetFile that counts its row-group reads."""
+
+    def __init__(self, inner, reads):
+        self.inner, self.reads = inner, reads
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def read_row_group(self, group, columns=None):
+        self.reads.append(group)
+        return self.inner.read_row_group(group, columns=columns)
+
+
+def test_a_worker_reads_each_row_group_once_not_once_per_piece(tmp_path, demo_weights, monkeypatch):
+    """Pieces of 2 images out of row groups of 12: every worker reads a row group once for all its pieces of it
+    (it used to read the whole group for each piece), and hands over the same images."""
+    import pipeline.features as features
+
+    images = [encode(make_scene(i, (40, 30))[0]) for i in range(24)]
+    ids = write_pairs(tmp_path / "in", images, duplicate_first=False, row_group_size=12)
+    dataset = str(tmp_path / "in" / "pairs")
+    shards, _ = features.plan_shards(dataset, 10)
+    spec = _options(demo_weights).load_detector().spec
+    reads = []
+    opened = features._open_parquet
+    monkeypatch.setattr(features, "_open_parquet", lambda path, file: _CountingReads(opened(path, file), reads))
+    for workers in (1, 2):
+        got = []
+        for worker in range(workers):
+            monkeypatch.setattr(torch.utils.data, "get_worker_info",
+                                lambda: type("Info", (), {"id": worker, "num_workers": workers})())
+            reads.clear()
+            pieces = list(features.ShardImages(dataset, shards, spec, piece=2))
+            assert reads == [0, 1], (workers, worker, reads)
+            got += [(piece.shard, image) for piece in pieces for image in piece.image_ids]
+        assert sorted(got) == sorted((i // 10, image) for i, image in enumerate(ids))

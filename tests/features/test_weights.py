@@ -187,6 +187,30 @@ def test_demo_needs_weights_or_random_init(tmp_path):
         build_detector("yolo")
 
 
+def test_random_init_with_weights_is_refused_where_the_file_would_be_ignored(tmp_path):
+    """vg/coco with --random-init never read --weights (a missing file passed, and run.json recorded it): refused.
+    demo takes its architecture, class names and sizes from the file, overridable like its trained weights."""
+    from model.detectors import demo
+    from model.detectors.base import network_input_size
+    from pipeline.features import FeatureOptions
+
+    for name in ("vg-r101-c4", "coco-r50-fpn"):
+        with pytest.raises(ValueError, match="--random-init builds .* would be ignored"):
+            build_detector(name, weights=str(tmp_path / "nothing.pkl"), random_init=True)
+        with pytest.raises(ValueError, match="--random-init"):
+            FeatureOptions(detector=name, weights=str(tmp_path / "nothing.pkl"), random_init=True)
+    torch.manual_seed(0)
+    path = demo.save(demo.build({"min_size": 64, "max_size": 96, "channels": [8, 8, 8, 8, 8, 8]}, ["a", "b"]),
+                     str(tmp_path / "demo.safetensors"))
+    for random_init in (False, True):  # the file's sizes were kept whatever --min-size/--max-size said
+        detector = build_detector("demo", weights=path, random_init=random_init, config={"min_size": 32, "max_size": 48})
+        assert (detector.spec.min_size, detector.spec.max_size, detector.spec.config["max_size"]) == (32, 48, 48)
+        assert detector.spec.input_size(200, 150) == network_input_size(200, 150, 32, 48) == (43, 32)
+        assert detector.class_names == ["a", "b"]
+    with pytest.raises(WeightsNotFoundError, match="no weights file at"):
+        build_detector("demo", weights=str(tmp_path / "nothing.safetensors"))
+
+
 def test_class_names_files(tmp_path):
     from model.detectors import read_class_names
     from model.detectors.vg_r101_c4 import build
