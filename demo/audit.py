@@ -1,14 +1,16 @@
 """Check a run folder's books: every stage's counts balance and every id downstream exists upstream.
 
-For each stage folder (a subfolder holding ``stats.json``: crawl, filter, features, ...):
+For each stage folder (a subfolder holding a funnel ``stats.json``, or what only a stage writes:
+``rejected/``, a features ``run.json``, pending stats; crawl, filter, features, ...):
 
-- ``stats.json`` has ``in``, ``kept``, ``rejected``, ``rejected_by_reason`` with
-  ``in == kept + rejected`` and the reasons summing to ``rejected``;
+- ``stats.json`` exists (a stage without one did not finish) and has ``in``, ``kept``, ``rejected``,
+  ``rejected_by_reason`` with ``in == kept + rejected`` and the reasons summing to ``rejected``;
 - the rows on disk agree: the output dataset holds ``kept`` rows, ``rejected/`` holds ``rejected``
   rows with the same per-reason counts, each with a stage and a snake_case reason;
 - ids are unique where they must be (candidate_id, pair_id, one regions row per image);
-- lineage: pairs.candidate_id in the upstream candidates, regions.image_id in the upstream pairs,
-  rejected ids in the upstream dataset; and the stage's ``in`` equals what upstream kept.
+- lineage: pairs.candidate_id in the upstream candidates, pairs.pair_id and image_id in the upstream
+  pairs (a pairs -> pairs stage such as ``lait relevance score``), regions.image_id in the upstream
+  pairs, rejected ids in the upstream dataset; and the stage's ``in`` equals what upstream kept.
 
 Native form: ``python -m demo.audit RUN_DIR [--json]``; ``lait audit`` is the same.
 """
@@ -27,13 +29,32 @@ import schemas
 
 #: A stage's output dataset kind, by the stage name in ``stats.json`` (or the folder name).
 OUTPUT_KINDS = ("candidates", "pairs", "regions", "captions")
-#: Upstream folder by stage type, when ``stats.json`` does not name its ``input``.
-DEFAULT_UPSTREAM = {"filter": "crawl", "features": "filter", "relevance": "crawl"}
+#: Upstream folder by stage folder name, when ``stats.json`` records no ``input``: the pipeline's layout
+#: (``lait filter --input RUN/crawl --output RUN/filter``, ``lait relevance score --input RUN/filter --output
+#: RUN/relevance``, ``lait features --input RUN/filter``) and the demo's ``filter0`` and ``test_features``.
+DEFAULT_UPSTREAM = {"filter": "crawl", "filter0": "crawl", "relevance": "filter", "features": "filter",
+                    "test_features": "test"}
+#: Stage types that read no dataset (the web, WARC files, caption files): no lineage to check.
+SOURCE_STAGES = ("crawl", "import_captions")
+#: Pipeline order of the usual stage folders; other folders follow, by name.
+STAGE_ORDER = {"crawl": 0, "filter0": 1, "filter": 2, "relevance": 3, "features": 4, "test_features": 5}
+#: What only a stage writes besides ``stats.json`` (written last), there while it runs: its ``rejected/``
+#: records (lait features makes the folder first; Beam stages write their temporary shards inside it), the
+#: features stage's ``run.json``, a Beam stage's pending stats (``pipeline.outputs.PENDING_STATS``). A folder
+#: of datasets alone (``candidates/``, ``pairs/``, ``regions/``, ``captions/``) is one that some tool wrote,
+#: an input, not a stage: the demo's held-out split ``test/``, candidates written by hand.
+STAGE_MARKERS = ("rejected", "run.json", "_stats.pending.json")
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _check(name: str, ok: bool, detail: str = "") -> dict:
     return {"check": name, "ok": bool(ok), "detail": detail}
+
+
+def _note(name: str, detail: str) -> dict:
+    """Something the reader should know that is not a failure (lineage that could not be checked, an input
+    found elsewhere than recorded): printed, kept in the JSON with ``note: true``."""
+    return {"check": name, "ok": True, "note": True, "detail": detail}
 
 
 #: The dataset whose rows a stage counts as kept, where its folder holds more than one (an import writes
@@ -95,26 +116,64 @@ def declared_input(stats: dict) -> str | None:
     return given if isinstance(given, str) and given else None
 
 
-def _upstream(run_dir: str, name: str, stats: dict) -> str | None:
-    """The folder this stage read from: the input its stats.json names if found, else the pipeline's convention."""
-    given = declared_input(stats)
-    if given and "://" not in given:
-        # relative: to the run folder (how stages record it), else to here (an old --input as typed)
-        for path in ([given] if os.path.isabs(given) else [os.path.join(run_dir, given), given]):
-            path = _stage_folder(path)
-            if os.path.isdir(path):
-                return path
-        if isinstance(stats.get("input"), str):
-            return None  # a named input that is gone: no guessing (_audit_stage reports it)
-    if name.startswith("test_"):  # test_features reads the held-out split in DIR/test
-        path = os.path.join(run_dir, "test")
-        return path if os.path.isdir(path) else None
+def _existing_stage_folder(path: str) -> str | None:
+    folder = _stage_folder(path)
+    return folder if os.path.isdir(folder) else None
+
+
+def _inside(path: str, run_dir: str) -> bool:
+    path, run_dir = os.path.abspath(path), os.path.abspath(run_dir)
+    return path == run_dir or path.startswith(run_dir + os.sep)
+
+
+def _upstream(run_dir: str, name: str, stats: dict) -> tuple[str | None, dict | None]:
+    """The folder this stage read from, and a check saying how it was found when there is something to say.
+
+    - ``input`` (how stages record it: relative to the run folder, absolute when outside it): that folder;
+      when it is gone, ``upstream_found`` fails (no guessing); a URL is not followed (lineage skipped).
+    - else the older ``settings.input`` (``--input`` as typed): used when it lies inside the run folder;
+      one outside it (the run was copied or moved) is read as ``RUN/<its name>`` when that exists, else
+      checked where it lies with ``upstream_in_run`` failing (the books would be against another folder).
+    - else the pipeline's layout by folder name (``DEFAULT_UPSTREAM``); for any other name the input cannot
+      be known, and lineage is skipped (not failed).
+    """
+    named = stats.get("input")
+    if isinstance(named, str) and named:
+        if "://" in named:
+            return None, _note("lineage", f"the input is a URL ({named}): lineage not checked")
+        found = _existing_stage_folder(named if os.path.isabs(named) else os.path.join(run_dir, named))
+        if found:
+            return found, None
+        return None, _check("upstream_found", False, f"the input stats.json names ({named}) is not there: "
+                                                     "lineage not checked")
+    typed = declared_input(stats)
+    if typed and "://" not in typed:
+        candidates = [typed] if os.path.isabs(typed) else [os.path.join(run_dir, typed), os.path.abspath(typed)]
+        for path in candidates:
+            found = _existing_stage_folder(path)
+            if found and _inside(found, run_dir):
+                return found, None
+        outside = _stage_folder(os.path.abspath(candidates[-1]))
+        base = os.path.basename(outside)
+        if not _inside(outside, run_dir):
+            if base not in ("", name) and os.path.isdir(os.path.join(run_dir, base)):
+                return os.path.join(run_dir, base), _note(
+                    "upstream_in_run", f"settings.input ({typed}) lies outside the run folder: read as {base}/ inside it")
+            if os.path.isdir(outside):
+                return outside, _check("upstream_in_run", False, f"settings.input ({typed}) lies outside the run "
+                                                                 f"folder, which holds no {base}/: lineage checked "
+                                                                 "against that folder, maybe not this run's")
     stage = str(stats.get("stage") or name)
-    for prefix, upstream in DEFAULT_UPSTREAM.items():
-        if stage.startswith(prefix) or name.startswith(prefix):
-            path = os.path.join(run_dir, upstream)
-            return path if os.path.isdir(path) else None
-    return None
+    if stage in SOURCE_STAGES or name in SOURCE_STAGES:
+        return None, None
+    if name not in DEFAULT_UPSTREAM:
+        return None, _note("lineage", f"stats.json records no input and {name}/ is not a folder of the pipeline's "
+                                         f"layout ({', '.join(DEFAULT_UPSTREAM)}): lineage not checked")
+    path = os.path.join(run_dir, DEFAULT_UPSTREAM[name])
+    if os.path.isdir(path):
+        return path, None
+    return None, _note("lineage", f"stats.json records no input and {DEFAULT_UPSTREAM[name]}/ (where {name}/ "
+                                     "reads from in the pipeline's layout) is absent: lineage not checked")
 
 
 def _missing(ids: list, known: set) -> list:
@@ -146,6 +205,10 @@ def _stats_shape_problem(stats) -> str | None:
 def _audit_stage(run_dir: str, name: str) -> dict:
     folder = os.path.join(run_dir, name)
     checks: list[dict] = []
+    if not os.path.exists(os.path.join(folder, "stats.json")):
+        return {"name": name, "stage": name, "ok": False, "checks": [_check(
+            "stats_readable", False, "no stats.json: the stage did not finish (killed before writing its books, "
+                                     "or a --part run whose other parts have not finished)")]}
     try:
         with open(os.path.join(folder, "stats.json"), encoding="utf-8") as f:
             stats = json.load(f)
@@ -190,40 +253,55 @@ def _audit_stage(run_dir: str, name: str) -> dict:
         dups = [i for i, c in Counter(ids).items() if c > 1]
         checks.append(_check(f"unique_{id_column}", not dups, f"{len(dups)} duplicated ({_sample(dups)})" if dups else ""))
 
-    upstream = _upstream(run_dir, name, stats)
-    named = stats.get("input")
-    if upstream is None and isinstance(named, str) and "://" not in named:
-        checks.append(_check("upstream_found", False, f"the input stats.json names ({named}) is not there: "
-                                                      "lineage not checked"))
+    upstream, found = _upstream(run_dir, name, stats)
+    if found:
+        checks.append(found)
     if upstream:
-        up_kind, up_path = _dataset(upstream)
-        rel = os.path.relpath(upstream, run_dir)
-        if up_kind == "candidates":
-            known = set(_column(up_path, "candidates", "candidate_id"))
-            if kind == "pairs":
-                ids = _column(path, "pairs", "candidate_id")
-                gone = _missing(ids, known)
-                checks.append(_check("pairs_candidate_ids_upstream", not gone and None not in ids,
-                                     f"{len(gone)} missing in {rel}, {ids.count(None)} null"))
-            gone = _missing(_column(rejected_dir, "rejected", "candidate_id"), known)
-            checks.append(_check("rejected_candidate_ids_upstream", not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})"))
-            # the stage reads every row, a candidate_id written twice included (it rejects the repeat)
-            up_kept = _rows(up_path, "candidates")
-            up_images = len(known)
-        else:
-            known = set(_column(up_path, up_kind, "image_id")) if up_kind else set()
-            if kind == "regions":
-                gone = _missing(_column(path, "regions", "image_id"), known)
-                checks.append(_check("regions_image_ids_upstream", not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})"))
-            gone = _missing(_column(rejected_dir, "rejected", "image_id"), known)
-            checks.append(_check("rejected_image_ids_upstream", not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})"))
-            up_kept = _rows(up_path, up_kind) if up_kind else 0
-            up_images = len(known)
-        # A stage reads every row upstream kept (or, for per-image stages, every distinct image).
-        checks.append(_check("in_equals_upstream_kept", n_in in (up_kept, up_images),
-                             f"in {n_in} vs {up_kept} rows / {up_images} images kept in {rel}"))
+        checks += _lineage(upstream, os.path.relpath(upstream, run_dir), kind, path, rejected_dir, n_in)
     return {"name": name, "stage": stats.get("stage", name), "upstream": os.path.relpath(upstream, run_dir) if upstream else None,
             "in": n_in, "kept": kept, "rejected": rejected, "ok": all(c["ok"] for c in checks), "checks": checks}
+
+
+def _traced(check: str, ids: list, known: set, rel: str) -> dict:
+    """The check ``check``: every id of ``ids`` (nulls aside) is one of ``known``, the upstream folder ``rel``'s."""
+    gone = _missing(ids, known)
+    return _check(check, not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})")
+
+
+def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, rejected_dir: str, n_in: int) -> list[dict]:
+    """The checks that every id a stage kept or rejected comes from its upstream folder, and that it read all of it."""
+    checks = []
+    up_kind, up_path = _dataset(upstream)
+    if up_kind == "candidates":
+        known = set(_column(up_path, "candidates", "candidate_id"))
+        if kind == "pairs":
+            ids = _column(path, "pairs", "candidate_id")
+            gone = _missing(ids, known)
+            checks.append(_check("pairs_candidate_ids_upstream", not gone and None not in ids,
+                                 f"{len(gone)} missing in {rel}, {ids.count(None)} null"))
+        checks.append(_traced("rejected_candidate_ids_upstream", _column(rejected_dir, "rejected", "candidate_id"),
+                              known, rel))
+        # the stage reads every row, a candidate_id written twice included (it rejects the repeat)
+        up_kept = _rows(up_path, "candidates")
+        up_images = len(known)
+    else:
+        known = set(_column(up_path, up_kind, "image_id")) if up_kind else set()
+        if kind == "regions":
+            checks.append(_traced("regions_image_ids_upstream", _column(path, "regions", "image_id"), known, rel))
+        if kind == "pairs" and up_kind == "pairs":
+            # a pairs -> pairs stage (lait relevance score) keeps a subset of the pairs it read
+            known_pairs = set(_column(up_path, "pairs", "pair_id"))
+            checks.append(_traced("pairs_pair_ids_upstream", _column(path, "pairs", "pair_id"), known_pairs, rel))
+            checks.append(_traced("pairs_image_ids_upstream", _column(path, "pairs", "image_id"), known, rel))
+            checks.append(_traced("rejected_pair_ids_upstream", _column(rejected_dir, "rejected", "pair_id"),
+                                  known_pairs, rel))
+        checks.append(_traced("rejected_image_ids_upstream", _column(rejected_dir, "rejected", "image_id"), known, rel))
+        up_kept = _rows(up_path, up_kind) if up_kind else 0
+        up_images = len(known)
+    # A stage reads every row upstream kept (or, for per-image stages, every distinct image).
+    checks.append(_check("in_equals_upstream_kept", n_in in (up_kept, up_images),
+                         f"in {n_in} vs {up_kept} rows / {up_images} images kept in {rel}"))
+    return checks
 
 
 FUNNEL_KEYS = ("in", "kept", "rejected", "rejected_by_reason")
@@ -242,12 +320,26 @@ def _is_funnel(path: str) -> bool:
     return not isinstance(stats, dict) or any(key in stats for key in FUNNEL_KEYS)
 
 
+def pipeline_order(name: str) -> tuple[int, str]:
+    """A sort key for stage folders: the pipeline's order where known (``STAGE_ORDER``), then by name."""
+    return STAGE_ORDER.get(name, len(STAGE_ORDER)), name
+
+
+def _is_stage(folder: str) -> bool:
+    """Whether a run's subfolder is a stage: a funnel ``stats.json``, or what only a stage writes
+    (``STAGE_MARKERS``: a stage killed before its ``stats.json``, an unfinished ``--part`` run)."""
+    if not os.path.isdir(folder):
+        return False
+    stats = os.path.join(folder, "stats.json")
+    if os.path.isfile(stats) and _is_funnel(stats):
+        return True
+    return any(os.path.exists(os.path.join(folder, marker)) for marker in STAGE_MARKERS)
+
+
 def stage_folders(run_dir: str) -> list[str]:
-    """Subfolders of the run whose ``stats.json`` is a stage funnel, in pipeline order where known."""
-    order = {"crawl": 0, "filter0": 1, "filter": 3, "features": 4, "test_features": 5}
-    names = [d for d in os.listdir(run_dir) if os.path.isfile(os.path.join(run_dir, d, "stats.json"))
-             and _is_funnel(os.path.join(run_dir, d, "stats.json"))]
-    return sorted(names, key=lambda d: (order.get(d, 10), d))
+    """Subfolders of the run that are stages (``_is_stage``), in pipeline order where known."""
+    names = [d for d in os.listdir(run_dir) if _is_stage(os.path.join(run_dir, d))]
+    return sorted(names, key=pipeline_order)
 
 
 def audit_run(run_dir: str) -> dict:
@@ -256,7 +348,7 @@ def audit_run(run_dir: str) -> dict:
         raise FileNotFoundError(f"no run folder at {run_dir}")
     stages = [audit_stage(run_dir, name) for name in stage_folders(run_dir)]
     return {"run_dir": os.path.abspath(run_dir), "ok": bool(stages) and all(s["ok"] for s in stages),
-            "stages": stages, "problem": None if stages else "no stage folder with a stats.json"}
+            "stages": stages, "problem": None if stages else "no stage folder (with a stats.json, rejected/, ...)"}
 
 
 def format_audit(result: dict) -> str:
@@ -272,6 +364,8 @@ def format_audit(result: dict) -> str:
         for check in stage["checks"]:
             if not check["ok"]:
                 lines.append(f"      x {check['check']}: {check['detail']}")
+            elif check.get("note"):
+                lines.append(f"      - {check['check']}: {check['detail']}")
     return "\n".join(lines)
 
 

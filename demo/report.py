@@ -128,13 +128,14 @@ class RunData:
         """A path inside the run folder."""
         return os.path.join(self.run_dir, *parts)
 
-    def table(self, rel: str, kind: str, columns: list[str]):
-        """Columns of a dataset (those present), or None when it does not exist."""
+    def table(self, rel: str, kind: str, columns: list[str], where=None):
+        """Columns of a dataset (those present; the rows ``where`` selects, a pyarrow expression, when given),
+        or None when it does not exist."""
         path = self.path(rel)
         if not _has_data(path):
             return None
         dataset = schemas.open_dataset(path, kind)
-        return dataset.to_table(columns=[c for c in columns if c in dataset.schema.names])
+        return dataset.to_table(columns=[c for c in columns if c in dataset.schema.names], filter=where)
 
     def image_bytes(self, image_ids: list[str]) -> dict[str, bytes]:
         """Image bytes by id, looked up in the kept pairs, the candidates and the test split."""
@@ -200,8 +201,7 @@ def section_distributions(run: RunData) -> str:
     drawn = []
 
     ax = axes[0]
-    kept_len = [len(c.split()) for c in pairs.column("caption").to_pylist() if c] if pairs is not None else []
-    rej_len = [len(c.split()) for c in rejected.column("caption").to_pylist() if c] if rejected is not None else []
+    kept_len, rej_len = _word_counts(pairs), _word_counts(rejected)
     if kept_len or rej_len:
         bins = range(0, max(kept_len + rej_len) + 2)
         ax.hist([kept_len, rej_len], bins=bins, label=["kept", "rejected"], color=["#2e7d32", "#c62828"], stacked=True)
@@ -267,6 +267,15 @@ def section_distributions(run: RunData) -> str:
     return "".join(parts)
 
 
+def _word_counts(table) -> list[int]:
+    """Words per non-empty caption of a table (none when it is None), counted in Arrow: no Python string per row."""
+    if table is None or "caption" not in table.column_names:
+        return []
+    text = pc.utf8_trim_whitespace(table.column("caption"))
+    text = text.filter(pc.greater(pc.utf8_length(text), 0))
+    return pc.list_value_length(pc.utf8_split_whitespace(text)).to_pylist()
+
+
 def _num(value):
     """Floats to 3 significant digits for display; anything else as it is."""
     return f"{value:.3g}" if isinstance(value, float) else value
@@ -277,37 +286,32 @@ def _card(thumb: str, caption: str | None, note: str = "") -> str:
 
 
 def section_samples(run: RunData, n: int = 18) -> str:
-    """A grid of kept pairs and one of rejected records, with captions and reasons."""
+    """A grid of kept pairs and one of rejected records, with captions and reasons.
+
+    Only ids, captions and scores are read for every row; image bytes (most of a dataset's size) only for
+    the rows shown, through ``RunData.image_bytes``.
+    """
     parts = ["<h3>Kept pairs</h3>"]
-    pairs = run.table("filter/pairs", "pairs", ["caption", "image_bytes", "relevance"])
+    pairs = run.table("filter/pairs", "pairs", ["image_id", "caption", "relevance"])
     if pairs is None or pairs.num_rows == 0:
         parts.append(_missing("No kept pairs (filter/pairs) in this run."))
     else:
         step = max(1, pairs.num_rows // n)
-        sample = pairs.slice(0).take(list(range(0, pairs.num_rows, step))[:n]).to_pylist()
+        sample = pairs.take(list(range(0, pairs.num_rows, step))[:n]).to_pylist()
+        images = run.image_bytes([row["image_id"] for row in sample])
         cards = []
         for row in sample:
             note = f'<div class="muted">relevance {row["relevance"]:.3f}</div>' if row.get("relevance") is not None else ""
-            cards.append(_card(_thumb(row["image_bytes"]), row["caption"], note))
+            cards.append(_card(_thumb(images.get(row["image_id"])), row["caption"], note))
         parts.append(f'<div class="grid">{"".join(cards)}</div>')
     parts.append("<h3>Rejected</h3>")
-    rejected = []
-    for name in run.stats:
-        table = run.table(f"{name}/rejected", "rejected", ["stage", "reason", "detail", "caption", "candidate_id", "image_id", "image_url"])
-        if table is not None:
-            rejected += table.to_pylist()
-    if not rejected:
+    chosen = _rejected_sample(run, n)
+    if not chosen:
         return "".join(parts) + _missing("No rejected rows in this run.")
-    by_reason: dict[str, list[dict]] = defaultdict(list)
-    for row in rejected:
-        by_reason[f"{row.get('stage')}/{row.get('reason')}"].append(row)
-    chosen: list[dict] = []
-    while len(chosen) < n and any(by_reason.values()):  # round-robin, so every reason shows
-        for reason in sorted(by_reason):
-            if by_reason[reason] and len(chosen) < n:
-                chosen.append(by_reason[reason].pop(0))
     # Rejected rows may carry only a candidate id: find their image through the candidates.
-    cand = run.table("crawl/candidates", "candidates", ["candidate_id", "image_id"])
+    wanted = [row["candidate_id"] for row in chosen if not row.get("image_id") and row.get("candidate_id")]
+    cand = run.table("crawl/candidates", "candidates", ["candidate_id", "image_id"],
+                     where=pc.field("candidate_id").isin(wanted)) if wanted else None
     cand_image = dict(zip(cand.column("candidate_id").to_pylist(), cand.column("image_id").to_pylist())) if cand is not None else {}
     ids = [row.get("image_id") or cand_image.get(row.get("candidate_id")) for row in chosen]
     images = run.image_bytes([i for i in ids if i])
@@ -318,6 +322,43 @@ def section_samples(run: RunData, n: int = 18) -> str:
             note += f'<div class="muted">{_esc(str(row["detail"])[:80])}</div>'
         cards.append(_card(_thumb(images.get(iid)), row.get("caption"), note))
     return "".join(parts) + f'<div class="grid">{"".join(cards)}</div>'
+
+
+REJECTED_SAMPLE_COLUMNS = ["stage", "reason", "detail", "caption", "candidate_id", "image_id", "image_url"]
+
+
+def _rejected_sample(run: RunData, n: int) -> list[dict]:
+    """Up to ``n`` rejected rows of every stage, round-robin over ``stage/reason`` so that every reason shows.
+
+    Only the stage and reason of every row are read; the shown rows' other columns are taken by index.
+    """
+    by_reason: dict[str, list[tuple[int, int]]] = defaultdict(list)  # stage/reason -> (dataset, row) of its first n
+    datasets = []
+    for name in run.stats:
+        path = run.path(name, "rejected")
+        if not _has_data(path):
+            continue
+        dataset = schemas.open_dataset(path, "rejected")
+        labels = dataset.to_table(columns=["stage", "reason"])
+        key = pc.binary_join_element_wise(pc.fill_null(labels.column("stage"), "None"),
+                                          pc.fill_null(labels.column("reason"), "None"), "/")
+        for value in pc.unique(key).to_pylist():
+            rows = pc.indices_nonzero(pc.equal(key, value)).slice(0, n).to_pylist()
+            by_reason[value] += [(len(datasets), row) for row in rows]
+        datasets.append(dataset)
+    picked: list[tuple[int, int]] = []
+    queues = {reason: list(reversed(by_reason[reason])) for reason in sorted(by_reason)}
+    while len(picked) < n and any(queues.values()):
+        for queue in queues.values():
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    rows: dict[tuple[int, int], dict] = {}
+    for k, dataset in enumerate(datasets):
+        indices = sorted(row for d, row in picked if d == k)
+        if indices:
+            columns = [c for c in REJECTED_SAMPLE_COLUMNS if c in dataset.schema.names]
+            rows.update(zip(((k, i) for i in indices), dataset.take(indices, columns=columns).to_pylist()))
+    return [rows[key] for key in picked]
 
 
 def class_names(classes) -> list[str] | None:
@@ -473,7 +514,7 @@ def section_audit(run: RunData) -> str:
         return _missing("The run folder does not exist.")
     result = audit_mod.audit_run(run.run_dir)
     if not result["stages"]:
-        return _missing("Nothing to audit: no stage folder with a stats.json.")
+        return _missing("Nothing to audit: no stage folder (with a stats.json, rejected/, ...).")
     rows = []
     for stage in result["stages"]:
         failing = "; ".join(f"{c['check']}: {c['detail']}" for c in stage["checks"] if not c["ok"])
@@ -524,8 +565,11 @@ def build_report(run_dir: str, title: str | None = None, progress: Callable[[str
         try:
             content = render(run)
         except Exception as exc:  # noqa: BLE001 - one broken input must not lose the rest of the report
-            log.exception("report section %s failed", key)
-            content = _missing(f"This section could not be drawn: {type(exc).__name__}: {exc}")
+            # One line per section (the page says it too); the traceback only with `lait -v report`.
+            message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            log.warning("report section %s could not be drawn: %s", key, message,
+                        exc_info=log.isEnabledFor(logging.INFO))
+            content = _missing(f"This section could not be drawn: {message}")
         body.append(f'<section id="{key}"><h2>{_esc(heading)}</h2>{content}</section>')
     title = title or f"LAIT run report: {os.path.basename(os.path.abspath(run_dir))}"
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -79,6 +80,35 @@ class DemoConfig:
     python: str = sys.executable
     stop_after: str | None = None  # run the steps up to this one only (then the closing steps)
     start_from: str | None = None  # reuse the outputs of the steps before this one (a rerun)
+
+
+#: What the demo's options passed on to ``lait crawl`` and ``lait filter`` must be, as those stages check
+#: them (``pipeline.options``, ``lait filter --relevance-keep-rate``): (test, what it must be). Checked
+#: before step 1, so that a bad value does not fail at the filter step after the crawl.
+OPTION_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "relevance_keep_rate": (lambda v: v == 0 or 0.0 < v <= 1.0,
+                            "0 (the relevance model's own threshold) or a share in (0, 1]"),
+    "min_side": (lambda v: v >= 0, "0 or more"),
+    # lait filter takes 0 as "off", but the crawl would then reject every image: 1 or more, and finite.
+    "max_aspect": (lambda v: math.isfinite(v) and v >= 1, "a finite ratio of 1 or more (long side over short side)"),
+}
+
+
+def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
+    """Raise ValueError (one line, naming the option) for a config no run could carry out: an option
+    ``OPTION_RULES`` refuses, an unknown step, ``--from`` after ``--stop-after``, an ``--out`` that is a file."""
+    for name, (ok, must_be) in OPTION_RULES.items():
+        value = getattr(config, name)
+        if not ok(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be {must_be}, got {value}")
+    steps = steps if steps is not None else step_names()
+    for option, given in (("--stop-after", config.stop_after), ("--from", config.start_from)):
+        if given is not None and given not in steps:
+            raise ValueError(f"{option}: unknown step {given!r}; steps: {', '.join(steps)}")
+    if config.stop_after and config.start_from and steps.index(config.start_from) > steps.index(config.stop_after):
+        raise ValueError(f"--from {config.start_from} comes after --stop-after {config.stop_after}: no step would run")
+    if os.path.exists(config.out) and not os.path.isdir(config.out):
+        raise ValueError(f"--out {config.out} is a file, not a folder: give the run's folder")
 
 
 #: Step statuses that let dependent steps run.
@@ -355,12 +385,10 @@ class Demo:
 
     def run(self) -> int:
         """Run every step, then planted/audit/report; returns 0 only when every step succeeded."""
+        names = [s.name for s in self.steps]
+        check_config(self.cfg, names)
         os.makedirs(self.out, exist_ok=True)
         start = time.monotonic()
-        names = [s.name for s in self.steps]
-        for given in (self.cfg.stop_after, self.cfg.start_from):
-            if given is not None and given not in names:
-                raise ValueError(f"unknown step {given!r}; steps: {', '.join(names)}")
         first = names.index(self.cfg.start_from) if self.cfg.start_from else 0
         last = names.index(self.cfg.stop_after) if self.cfg.stop_after else len(names) - 1
         try:

@@ -9,6 +9,9 @@ META_VERSION = b"lait.schema_version"
 
 #: Stand-in for a fixed-size-list length that the contract leaves open (feature width per detector).
 ANY_DIM = -1
+#: The columns whose fixed-size-list width the contract leaves open, by kind: only the region features
+#: (their width is the detector's); boxes stay [n, 4].
+OPEN_WIDTH_COLUMNS = {"regions": ("features",)}
 
 
 class SchemaMismatchError(ValueError):
@@ -146,7 +149,8 @@ def schema_for(kind: str, **kwargs) -> pa.Schema:
 
 
 def _type_matches(actual: pa.DataType, expected: pa.DataType, open_dims: bool) -> bool:
-    """Type equality where, under ``open_dims``, a fixed-size list of any length matches."""
+    """Type equality where, under ``open_dims`` (a column of ``OPEN_WIDTH_COLUMNS``), a fixed-size list of
+    any length matches."""
     if actual == expected:
         return True
     if pa.types.is_fixed_size_list(expected) and pa.types.is_fixed_size_list(actual):
@@ -181,7 +185,7 @@ def validate_schema(actual: pa.Schema, kind: str, where: str = "dataset") -> Non
         if index < 0:
             raise SchemaMismatchError(f"{where}: missing column {field.name!r} required by the {kind} schema", field.name)
         found = actual.field(index).type
-        if not _type_matches(found, field.type, open_dims=(kind == "regions")):
+        if not _type_matches(found, field.type, open_dims=field.name in OPEN_WIDTH_COLUMNS.get(kind, ())):
             raise SchemaMismatchError(
                 f"{where}: column {field.name!r} has type {found}, the {kind} schema expects {field.type}", field.name
             )

@@ -37,6 +37,28 @@ def _is_data_file(relative: str) -> bool:
         and not any(folder.startswith("beam-temp-") for folder in folders)
 
 
+def path_type(path: str) -> str | None:
+    """What lies at ``path`` (a local path or an fsspec URL, ``file://`` included): ``"file"``, ``"folder"``,
+    or None when nothing does."""
+    fs, inner = _filesystem(path)
+    found = fs.get_file_info(inner).type
+    return {pafs.FileType.File: "file", pafs.FileType.Directory: "folder"}.get(found)
+
+
+def subfolders(path: str) -> list[str]:
+    """The names of the folders directly inside ``path`` (a local path or an fsspec URL), sorted; hidden and
+    temporary ones (``.x``, ``_x``) are left out, as ``list_parquet_files`` leaves out their files."""
+    fs, inner = _filesystem(path)
+    entries = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    names = (posixpath.basename(e.path.rstrip("/")) for e in entries if e.type == pafs.FileType.Directory)
+    return sorted(name for name in names if _is_data_file(name))
+
+
+def join_path(path: str, *names: str) -> str:
+    """``path``/``names``, for a local path (the OS separator) or an fsspec URL (``/``)."""
+    return posixpath.join(path, *names) if "://" in path else os.path.join(path, *names)
+
+
 def list_parquet_files(path: str) -> list[str]:
     """The Parquet files of a dataset (a single file, or a folder searched recursively), sorted."""
     fs, inner = _filesystem(path)

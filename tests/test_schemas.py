@@ -133,6 +133,39 @@ def test_regions_feature_dim_is_open_but_element_type_is_not(tmp_path):
         schemas.validate_schema(as_f32, "regions")
 
 
+def test_only_the_feature_width_is_open_boxes_stay_four_coordinates(tmp_path):
+    """The open width of regions applies to ``features`` alone: boxes of three coordinates were accepted."""
+    for dim in (8, 256):
+        schemas.validate_schema(schemas.to_table([_region_row(2, dim)], "regions", feature_dim=dim).schema, "regions")
+    good = schemas.schema_for("regions", feature_dim=8)
+    three = good.set(good.get_field_index("boxes"), pa.field("boxes", pa.list_(pa.list_(pa.float32(), 3))))
+    with pytest.raises(schemas.SchemaMismatchError, match="'boxes'"):
+        schemas.validate_schema(three, "regions")
+    row = _region_row(2, 8)
+    row["boxes"] = [b[:3] for b in row["boxes"]]
+    row["features"] = list(row["features"])
+    table = pa.Table.from_pylist([row], schema=three)
+    pq.write_table(table, tmp_path / "three.parquet")
+    with pytest.raises(schemas.SchemaMismatchError, match="'boxes'"):
+        schemas.open_dataset(str(tmp_path / "three.parquet"), "regions")
+
+
+def test_path_type_and_subfolders_on_local_paths_and_urls(tmp_path):
+    table = schemas.to_table([{"caption_id": "k", "image_id": "i", "caption": "a b c"}], "captions")
+    schemas.write_table(table, str(tmp_path / "run" / "stage" / "captions" / "part-00000.parquet"))
+    (tmp_path / "run" / ".hidden").mkdir()
+    for base in (str(tmp_path / "run"), f"file://{tmp_path / 'run'}"):
+        assert schemas.path_type(base) == "folder"
+        assert schemas.subfolders(base) == ["stage"]
+        assert schemas.subfolders(schemas.join_path(base, "stage")) == ["captions"]
+        assert schemas.path_type(schemas.join_path(base, "stage", "captions", "part-00000.parquet")) == "file"
+        assert schemas.path_type(schemas.join_path(base, "absent")) is None
+    schemas.write_table(table, "memory://lait-subfolders/run/stage/captions/part-00000.parquet")
+    assert schemas.path_type("memory://lait-subfolders/run") == "folder"
+    assert schemas.subfolders("memory://lait-subfolders/run") == ["stage"]
+    assert schemas.join_path("memory://lait-subfolders/run", "stage") == "memory://lait-subfolders/run/stage"
+
+
 def test_fsspec_url_is_readable():
     import fsspec
 

@@ -2,9 +2,30 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from demo import run as demo_run
 from lait.commands import positive
+
+
+def _checked(name: str, cast: type):
+    """An argparse ``type`` for the option ``name``: ``cast`` of the text, which ``demo.run.OPTION_RULES``
+    must accept (the rule lait crawl and lait filter apply), else a one-line usage error."""
+    ok, must_be = demo_run.OPTION_RULES[name]
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if cast is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must_be}, got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,11 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"scenes the demo detector trains on (default {d.detector_scenes})")
     parser.add_argument("--detector-epochs", type=positive, default=d.detector_epochs,
                         help=f"demo detector training epochs (default {d.detector_epochs})")
-    parser.add_argument("--min-side", type=int, default=d.min_side,
+    parser.add_argument("--min-side", type=_checked("min_side", int), default=d.min_side,
                         help=f"min image side for crawl and filter (default {d.min_side}; scenes are 160-256 px)")
-    parser.add_argument("--max-aspect", type=float, default=d.max_aspect,
+    parser.add_argument("--max-aspect", type=_checked("max_aspect", float), default=d.max_aspect,
                         help=f"max aspect ratio for crawl and filter (default {d.max_aspect})")
-    parser.add_argument("--relevance-keep-rate", type=float, default=d.relevance_keep_rate,
+    parser.add_argument("--relevance-keep-rate", type=_checked("relevance_keep_rate", float),
+                        default=d.relevance_keep_rate,
                         help=f"share of pairs the relevance filter keeps (default {d.relevance_keep_rate}; "
                              "0: the threshold the relevance model chose when it was trained)")
     parser.add_argument("--relevance-epochs", type=positive, default=d.relevance_epochs,
@@ -60,6 +82,16 @@ def run(args: argparse.Namespace) -> int:
     if args.serve:
         demo_run.serve(args.seed, args.scenes)
         return 0
+    try:
+        demo_run.check_config(config)  # --from after --stop-after, an --out that is a file: before anything runs
+        if not args.dry_run:
+            try:
+                os.makedirs(config.out, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"cannot make the run folder --out {config.out}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        print(f"lait demo: error: {exc}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for name, what in demo_run.plan(config):
             print(f"{name:<16} {what}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
+import posixpath
 
 import pyarrow as pa
 
@@ -57,22 +57,35 @@ def _pylist(table: pa.Table) -> list[dict]:
 
 
 def describe(path: str, rows: int = 3) -> dict:
-    """Everything `lait inspect` shows about one dataset, as a dict."""
+    """Everything `lait inspect` shows about one dataset, as a dict.
+
+    A folder holding no Parquet files is an empty dataset (rows 0, its kind read from the folder's name:
+    a stage's ``rejected/`` when nothing was rejected); only a path where nothing lies is an error
+    (FileNotFoundError). A kind this LAIT does not know is described with a schema problem.
+    """
+    files = schemas.list_parquet_files(path)
+    if not files:
+        name = posixpath.basename(str(path).rstrip("/"))
+        return {"path": str(path), "kind": name if name in schemas.KINDS else None, "schema_version": None,
+                "files": 0, "rows": 0, "schema": [], "schema_problem": None, "sample": [],
+                "note": "no Parquet files: an empty dataset"}
     dataset = schemas.open_dataset(path)
     schema = dataset.schema
     kind = schemas.detect_kind(schema)
     problem = None
-    if kind is not None:
+    if kind in schemas.KINDS:
         try:
             schemas.open_dataset(path, kind)
         except schemas.SchemaMismatchError as exc:
             problem = str(exc)
+    elif kind is not None:
+        problem = f"unknown kind {kind!r} in lait.schema: this LAIT reads {', '.join(schemas.KINDS)}"
     meta = schema.metadata or {}
     info = {
         "path": str(path),
         "kind": kind,
         "schema_version": meta.get(b"lait.schema_version", b"").decode() or None,
-        "files": len(schemas.list_parquet_files(path)),
+        "files": len(files),
         "rows": dataset.count_rows(),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
         "schema_problem": problem,
@@ -98,7 +111,10 @@ def _print_text(info: dict) -> None:
     print(f"  kind: {kind}{version}   files: {info['files']}   rows: {info['rows']:,}")
     if info["schema_problem"]:
         print(f"  SCHEMA PROBLEM: {info['schema_problem']}")
-    print("  schema:")
+    if info.get("note"):
+        print(f"  ({info['note']})")
+    if info["schema"]:
+        print("  schema:")
     for field in info["schema"]:
         print(f"    {field['name']:<20} {field['type']}")
     for i, row in enumerate(info["sample"]):
@@ -112,20 +128,28 @@ def _print_text(info: dict) -> None:
 
 
 def _datasets_in(folder: str) -> list[str]:
-    """The dataset folders of a stage folder (``pairs/``, ``rejected/``...), then those of each stage
-    folder it holds when it is a run folder (``crawl/``, ``filter/``... as ``lait audit`` finds them)."""
-    from demo.audit import stage_folders
+    """The dataset folders of a stage folder (``pairs/``, ``rejected/``...), then those of each folder it holds
+    when it is a run folder (``crawl/``, ``filter/``..., in pipeline order). Folders are found through the
+    path's filesystem, so a run folder given as a URL (``file://``, ``gs://``...) is one too."""
+    from demo.audit import STAGE_ORDER
 
-    found = [os.path.join(folder, d) for d in RUN_SUBDIRS if os.path.isdir(os.path.join(folder, d))]
-    for stage in stage_folders(folder):
-        found += [os.path.join(folder, stage, d) for d in RUN_SUBDIRS if os.path.isdir(os.path.join(folder, stage, d))]
+    inside = schemas.subfolders(folder)
+    found = [schemas.join_path(folder, d) for d in RUN_SUBDIRS if d in inside]
+    stages = sorted((d for d in inside if d not in RUN_SUBDIRS), key=lambda d: (STAGE_ORDER.get(d, len(STAGE_ORDER)), d))
+    for stage in stages:
+        held = schemas.subfolders(schemas.join_path(folder, stage))
+        found += [schemas.join_path(folder, stage, d) for d in RUN_SUBDIRS if d in held]
     return found
 
 
 def run(args: argparse.Namespace) -> int:
     path = args.path
     targets = [path]
-    if "://" not in path and os.path.isdir(path):
+    try:
+        is_folder = schemas.path_type(path) == "folder"
+    except (OSError, ValueError, ImportError):  # an unknown URL scheme, an unreachable filesystem: describe() says
+        is_folder = False
+    if is_folder:
         subdirs = _datasets_in(path)
         if subdirs:  # a stage or run folder: describe each dataset in it, never them merged into one
             targets = subdirs
@@ -133,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         try:
             results.append(describe(target, args.rows))
-        except (FileNotFoundError, ValueError, OSError, pa.ArrowException) as exc:  # ArrowInvalid: not Parquet
+        except (ValueError, OSError, ImportError, pa.ArrowException) as exc:
+            # ArrowInvalid: not Parquet; ImportError: no fsspec backend for the URL (gcsfs, s3fs)
             results.append({"path": target, "error": " ".join(str(exc).split())})
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))

@@ -228,3 +228,121 @@ def test_audit_out_that_cannot_be_written_is_one_line(tmp_path):
     for out in (str(tmp_path / "missing" / "dir" / "a.json"), str(tmp_path)):
         result = _cli(str(tmp_path), "--out", out)
         assert result.returncode == 2 and "Traceback" not in result.stderr and "lait audit:" in result.stderr
+
+
+def _rewrite(path, table, kind):
+    shutil.rmtree(path, ignore_errors=True)
+    schemas.write_table(table, os.path.join(str(path), "part-00000.parquet"), kind)
+
+
+def _demo_folders(run_dir):
+    """What a demo run holds besides its stages: none of it is a stage (the held-out split is a pairs/ and
+    captions/ folder without stats.json, like a stage killed early, but no rejected/)."""
+    pairs = schemas.read_table(str(run_dir / "filter" / "pairs"), "pairs").slice(0, 3)
+    _rewrite(run_dir / "test" / "pairs", pairs, "pairs")
+    captions = schemas.to_table([{"caption_id": f"k{i}", "image_id": i, "caption": "a red circle", "split": "test"}
+                                 for i in pairs.column("image_id").to_pylist()], "captions")
+    _rewrite(run_dir / "test" / "captions", captions, "captions")
+    schemas.write_table(captions, str(run_dir / "captions" / "part-00000.parquet"))
+    schemas.write_table(pairs, str(run_dir / "relevance_labelled" / "part-00000.parquet"))
+    for folder, name in (("site", "ledger.json"), ("detector", "demo_detector.json"), ("train", "summary.json"),
+                         ("relevance_model", "config.json")):
+        os.makedirs(run_dir / folder, exist_ok=True)
+        (run_dir / folder / name).write_text("{}")
+
+
+def test_a_stage_without_stats_json_fails(run_copy):
+    """A stage killed before writing its books (or a --part features run not finished) was skipped: BALANCED."""
+    _demo_folders(run_copy)
+    result = audit.audit_run(str(run_copy))
+    assert [s["name"] for s in result["stages"]] == ["crawl", "filter", "features"] and result["ok"], _failed(result)
+    os.remove(run_copy / "features" / "stats.json")
+    (run_copy / "features" / "rejected").mkdir()  # lait features makes it first (make_run writes none)
+    # a --part 0/2 run of test_features: regions/, rejected/ (empty) and run.json, no stats.json yet
+    shutil.copytree(run_copy / "features" / "regions", run_copy / "test_features" / "regions")
+    (run_copy / "test_features" / "rejected").mkdir()
+    (run_copy / "test_features" / "run.json").write_text(json.dumps({"parts": 2}))
+    result = audit.audit_run(str(run_copy))
+    assert [s["name"] for s in result["stages"]] == ["crawl", "filter", "features", "test_features"]
+    assert _failed(result) == {("features", "stats_readable"), ("test_features", "stats_readable")}
+    proc = _cli(str(run_copy))
+    assert proc.returncode == 1 and "no stats.json: the stage did not finish" in proc.stdout
+
+
+def _relevance_stage(run_dir, fabricate=0, **stats):
+    """RUN/relevance as `lait relevance score --input RUN/filter` writes it: two pairs rejected, the rest kept,
+    ``fabricate`` of the kept ones replaced by pairs that exist nowhere upstream."""
+    pairs = schemas.read_table(str(run_dir / "filter" / "pairs"), "pairs")
+    kept, dropped = pairs.slice(2), pairs.slice(0, 2).to_pylist()
+    if fabricate:
+        fake = kept.slice(0, fabricate).to_pylist()
+        for i, row in enumerate(fake):
+            row.update(pair_id=f"fabricated-{i}", image_id=f"nonexistent-image-{i}")
+        kept = pa.concat_tables([kept.slice(fabricate), schemas.to_table(fake, "pairs")])
+    _rewrite(run_dir / "relevance" / "pairs", kept, "pairs")
+    rejects = [schemas.rejected_row("relevance", "low_relevance", pair_id=r["pair_id"], image_id=r["image_id"],
+                                    candidate_id=r["candidate_id"]) for r in dropped]
+    _rewrite(run_dir / "relevance" / "rejected", schemas.to_table(rejects, "rejected"), "rejected")
+    (run_dir / "relevance" / "stats.json").write_text(json.dumps(
+        {"stage": "relevance", "in": pairs.num_rows, "kept": kept.num_rows, "rejected": 2,
+         "rejected_by_reason": {"low_relevance": 2}, **stats}))
+
+
+def test_a_pairs_to_pairs_stage_keeps_only_upstream_pairs(run_copy):
+    _relevance_stage(run_copy, input="filter")
+    result = audit.audit_run(str(run_copy))
+    assert result["ok"], _failed(result)
+    stage = next(s for s in result["stages"] if s["name"] == "relevance")
+    assert {"pairs_pair_ids_upstream", "pairs_image_ids_upstream", "rejected_pair_ids_upstream"} <= \
+        {c["check"] for c in stage["checks"]}
+    _relevance_stage(run_copy, fabricate=3, input="filter")
+    result = audit.audit_run(str(run_copy))
+    assert {check for name, check in _failed(result) if name == "relevance"} == \
+        {"pairs_pair_ids_upstream", "pairs_image_ids_upstream"}
+    assert "pairs_pair_ids_upstream: 3 missing in filter (fabricated-0" in audit.format_audit(result)
+    # with no input recorded, RUN/relevance reads RUN/filter (lait relevance score's layout), not RUN/crawl
+    _relevance_stage(run_copy)
+    stage = next(s for s in audit.audit_run(str(run_copy))["stages"] if s["name"] == "relevance")
+    assert stage["upstream"] == "filter" and stage["ok"]
+
+
+def test_features_of_another_input_without_a_recorded_input(run_copy):
+    """A features stage named otherwise than features/test_features, with no input in its stats.json, was
+    checked against RUN/filter (and failed); its input cannot be known, so lineage is skipped and said so."""
+    regions = schemas.read_table(str(run_copy / "features" / "regions"), "regions")
+    held_out = ["h" + i[1:] for i in regions.column("image_id").to_pylist()]  # images the filter never kept
+    regions = regions.set_column(0, regions.schema.field(0), [held_out])
+    _rewrite(run_copy / "features_heldout" / "regions", regions, "regions")
+    (run_copy / "features_heldout" / "rejected").mkdir()
+    n = regions.num_rows
+    (run_copy / "features_heldout" / "stats.json").write_text(json.dumps(
+        {"stage": "features", "in": n, "kept": n, "rejected": 0, "rejected_by_reason": {}}))
+    result = audit.audit_run(str(run_copy))
+    assert result["ok"], _failed(result)
+    stage = next(s for s in result["stages"] if s["name"] == "features_heldout")
+    assert stage["upstream"] is None and [c["check"] for c in stage["checks"] if c.get("note")] == ["lineage"]
+    assert "- lineage: stats.json records no input" in audit.format_audit(result)
+    # recorded (lait features now writes it), the input is followed: here the held-out pairs
+    pairs = schemas.read_table(str(run_copy / "filter" / "pairs"), "pairs").slice(0, n)
+    pairs = pairs.set_column(pairs.schema.get_field_index("image_id"), pairs.schema.field("image_id"), [held_out])
+    _rewrite(run_copy / "heldout" / "pairs", pairs, "pairs")
+    _edit_stats(run_copy, "features_heldout", input="heldout/pairs")
+    stage = next(s for s in audit.audit_run(str(run_copy))["stages"] if s["name"] == "features_heldout")
+    assert stage["upstream"] == "heldout" and stage["ok"] and not any(c.get("note") for c in stage["checks"])
+
+
+def test_an_old_absolute_input_outside_a_copied_run_reads_the_copy(good_run, tmp_path):
+    """Only settings.input (the absolute --input as typed) in a run copied elsewhere: the audit read the
+    original folder; it now reads RUN/<name> in the copy, and flags an input outside the run otherwise."""
+    original = shutil.copytree(good_run, tmp_path / "original")
+    copy = shutil.copytree(good_run, tmp_path / "copy")
+    _rewrite(original / "crawl" / "candidates",  # the original changed since the copy: its books no longer match
+             schemas.read_table(str(original / "crawl" / "candidates"), "candidates").slice(3), "candidates")
+    _edit_stats(copy, "filter", settings={"input": str(original / "crawl")})
+    result = audit.audit_run(str(copy))
+    assert result["ok"], _failed(result)
+    assert _filter_checks(result)[0] == "crawl"
+    assert "- upstream_in_run: settings.input" in audit.format_audit(result)
+    shutil.rmtree(copy / "crawl")  # the copy lacks it: checked against the original, and flagged
+    upstream, failed = _filter_checks(audit.audit_run(str(copy)))
+    assert upstream == os.path.relpath(original / "crawl", copy) and "upstream_in_run" in failed

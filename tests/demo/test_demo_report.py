@@ -166,3 +166,45 @@ def test_report_out_that_is_a_folder_or_unwritable_is_one_line(tmp_path):
             assert os.listdir(readonly) == []
     finally:
         os.chmod(readonly, 0o700)
+
+
+def test_a_section_on_a_bad_dataset_logs_one_line(tmp_path, caplog):
+    """Each section touching a damaged dataset logged a full traceback; now one warning line (the traceback
+    with `lait -v report`)."""
+    import logging
+
+    make_run(tmp_path, build_site(seed=3, scenes=12), with_training=False)
+    (tmp_path / "filter" / "pairs" / "part-00000.parquet").write_bytes(b"not parquet at all")
+    caplog.set_level(logging.WARNING, logger="demo.report")
+    text = report.build_report(str(tmp_path))
+    failed = [r for r in caplog.records if "could not be drawn" in r.getMessage()]
+    assert failed and all(not r.exc_info and "\n" not in r.getMessage() for r in failed)
+    assert "This section could not be drawn: SchemaMismatchError" in text
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="demo.report")  # what `lait -v` sets
+    report.build_report(str(tmp_path))
+    assert all(r.exc_info for r in caplog.records if "could not be drawn" in r.getMessage())
+    proc = _lait("report", str(tmp_path))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "could not be drawn" in proc.stderr
+
+
+def test_samples_read_image_bytes_of_the_shown_rows_only(tmp_path, monkeypatch):
+    """The samples read every kept pair's image bytes to show 18 (memory grew with the run)."""
+    make_run(tmp_path, build_site(seed=5, scenes=60), with_training=False)
+    run = report.RunData(str(tmp_path))
+    read, fetched = [], []
+    table, image_bytes = report.RunData.table, report.RunData.image_bytes
+    monkeypatch.setattr(report.RunData, "table", lambda self, rel, kind, columns, *more, **named:
+                        read.append((rel, tuple(columns))) or table(self, rel, kind, columns, *more, **named))
+    monkeypatch.setattr(report.RunData, "image_bytes", lambda self, ids: fetched.append(list(ids)) or image_bytes(self, ids))
+    text = report.section_samples(run, n=12)
+    assert not [r for r in read if "image_bytes" in r[1]], read
+    assert fetched and all(len(ids) <= 12 for ids in fetched)
+    kept, rejected = text.split("<h3>Rejected</h3>")
+    assert kept.count("data:image/jpeg;base64,") == 12
+    # round-robin: every reason of the run shows, filter rejects with their image (the boilerplate ones
+    # through their candidate id), the crawl's without (it kept no bytes of them)
+    on_disk = {f"{r['stage']}/{r['reason']}" for stage in ("crawl", "filter")
+               for r in schemas.read_table(str(tmp_path / stage / "rejected"), "rejected").to_pylist()}
+    assert set(re.findall(r'class="reason">([^<]+)<', rejected)) == on_disk
+    assert rejected.count("data:image/jpeg;base64,") == sum(1 for r in on_disk if r.startswith("filter/"))
