@@ -70,7 +70,8 @@ def test_inspect_reports_schema_problem_and_missing_path(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "SCHEMA PROBLEM" in out and "column 'split'" in out
     assert cli.main(["inspect", str(tmp_path / "absent")]) == 1
-    assert "no dataset at" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "no dataset at" in printed.err and not printed.out  # errors on stderr
 
 
 def test_inspect_top_level_run_folder_describes_each_stage(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 import posixpath
 
 import pyarrow as pa
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for info in results:
             if "error" in info:
-                print(f"{info['path']}: {info['error']}")
+                print(f"{info['path']}: {info['error']}", file=sys.stderr)
             else:
                 _print_text(info)
     return 1 if any("error" in r for r in results) else 0

@@ -219,8 +219,8 @@ def test_invalid_utf8_rejected_by_the_filter_can_be_audited_and_inspected(tmp_pa
     assert "c-\ufffd" in capsys.readouterr().out
     (tmp_path / "junk.parquet").write_text("junk")
     assert cli.main(["inspect", str(tmp_path / "junk.parquet")]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith(f"{tmp_path / 'junk.parquet'}: ") and out.count("\n") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{tmp_path / 'junk.parquet'}: ") and err.count("\n") == 1
 
 
 def test_a_row_group_with_corrupted_pages_leaves_as_counted_rejects(tmp_path, capsys, caplog):
