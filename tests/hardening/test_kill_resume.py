@@ -1,6 +1,7 @@
 """Kill each stage midway (SIGTERM, SIGKILL), rerun the same command, and compare with an
 uninterrupted run: the same ids, no duplicates, no losses, and `lait audit` passes."""
 import functools
+import io
 import json
 import os
 import pathlib
@@ -13,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 import schemas
@@ -20,12 +22,18 @@ from lait import cli
 from model.detectors import demo
 from tests.crawler.mocksite import TEST_SETTINGS, html
 from tests.crawler.test_crawl_site import small_site, small_site_candidate_ids
-from tests.crawler.test_crawl_warc import _response as write_response
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 SIGNALS = [signal.SIGTERM, signal.SIGKILL]
+
+
+def write_response(writer: WARCWriter, url: str, body: bytes, content_type: str) -> None:
+    """One WARC response record. (Not imported from the WARC tests: a test module imported under a second
+    name defines its Beam filesystem stand-in twice, and Beam then refuses the scheme.)"""
+    headers = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
+    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers))
 
 
 def run_and_kill(command: list[str], ready, sig: int, whole_group: bool = False, timeout: float = 60,
