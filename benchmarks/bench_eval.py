@@ -165,9 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in orders:
         print(f"{name:<10} {results[name]['pairs_per_s']:>12,.1f} pairs/s   {results[name]['seconds']:7.2f} s   "
               f"text tokens per pair after padding {results[name]['padded_text_tokens_per_pair']:.1f}")
-    torch.testing.assert_close(scores["by_length"], scores["given"], rtol=1e-3, atol=1e-3)
+    # The two orders pad batches to other lengths: in fp32 their scores agree to rounding, in bf16 to a few of its
+    # steps (BERT-base: up to ~0.006). Recorded, and checked against the precision's tolerance; never fatal, so
+    # that a GPU session keeps the sections after this one.
+    difference = float((scores["by_length"] - scores["given"]).abs().max())
+    tolerance = 3e-2 if bf16 else 1e-3
+    results["max_abs_score_difference"] = round(difference, 6)
     results["ratio"] = round(results["by_length"]["pairs_per_s"] / results["given"]["pairs_per_s"], 3)
-    print(f"ratio by_length / given: {results['ratio']:.2f}x (same scores)")
+    agree = "same scores" if difference <= tolerance else f"SCORES DIFFER beyond {tolerance:g}"
+    print(f"ratio by_length / given: {results['ratio']:.2f}x ({agree}: largest difference {difference:.2g}"
+          f"{', bf16' if bf16 else ''})")
 
     write_json(args.json, results)  # after each section: a run stopped by a time limit keeps what it measured
     by_length = orders["by_length"]

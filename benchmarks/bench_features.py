@@ -155,9 +155,17 @@ def print_profile(detector, images: list[bytes], batch_size: int, selection: Box
             print(f"  {e.self_cpu_time_total / 1e3:8.2f} ms  {e.count:>5}x  {e.key[:90]}")
 
 
+def _fallbacks() -> list[str]:
+    """The fused NMS paths that failed in this process and fell back to the plain steps (model.detectors.fusion)."""
+    from model.detectors import fusion
+
+    return [label for label, failed in (("nms_kernel", fusion._kernel_failed), ("nms_compiled", fusion._compile_failed))
+            if failed]
+
+
 def torchvision_stock(detector, images: list[bytes], batch_size: int, repeats: int) -> float:
-    """Images/s of torchvision's own forward (transform + detections, no features) on the same model."""
-    device = detector.device
+    """Images/s of torchvision's own forward (transform + detections, no features) on the detector's model."""
+    device = next(detector.model.parameters()).device
     tensors = [torch.from_numpy(np.array(Image.open(io.BytesIO(d)).convert("RGB"))).permute(2, 0, 1).float().div(255).to(device)
                for d in images]
     model = detector.model
@@ -297,8 +305,14 @@ def main(argv=None) -> int:
                 if args.class_scores == "trained-like":
                     trained_like_class_scores(candidate)
                 variants[variant] = model_only(candidate, images, args.batch_size, selection, args.repeats)
-                print(f"{name} {variant}: model only {variants[variant][0]:.2f} img/s, ms per batch {variants[variant][1]}")
+                fell_back = _fallbacks()
+                print(f"{name} {variant}: model only {variants[variant][0]:.2f} img/s, ms per batch {variants[variant][1]}"
+                      + (f"  WARNING: fell back to the plain NMS steps ({', '.join(fell_back)})" if fell_back else ""))
                 del candidate
+                # after each variant: a step stopped by its time limit keeps what it measured
+                write_json(args.json, results + [{"detector": name, "partial": True, "fallbacks": fell_back,
+                                                  "variants_model_only_ips": {v: round(r[0], 2)
+                                                                              for v, r in variants.items()}}])
             best = max(variants, key=lambda v: variants[v][0]) if variants else None
             torch.manual_seed(0)
             detector = build_detector(name, random_init=True, config=config or None).optimize_for(
@@ -308,7 +322,14 @@ def main(argv=None) -> int:
             model_ips, split = variants[best] if best else model_only(detector, images, args.batch_size, selection, args.repeats)
             if args.profile:
                 print_profile(detector, images, args.batch_size, selection, args.profile)
-            by_decode = {mode: end_to_end(detector, name, images, args, selection, workdir, mode) for mode in args.decode}
+            by_decode = {}
+            for mode in args.decode:
+                by_decode[mode] = end_to_end(detector, name, images, args, selection, workdir, mode)
+                write_json(args.json, results + [{"detector": name, "partial": True, "model_only_ips": round(model_ips, 2),
+                                                  "variant": best or "default",
+                                                  "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()},
+                                                  "end_to_end_ips_by_decode": {m: round(r[0], 2)
+                                                                               for m, r in by_decode.items()}}])
             reading = reading_rates(write_input(name, images, args, workdir), args, detector.spec)
             e2e_ips, stats = by_decode[args.decode[0]]
             arrival_order = None
@@ -345,12 +366,19 @@ def main(argv=None) -> int:
                    "end_to_end_mean_batch": stats.get("mean_batch_size"),
                    "end_to_end_ips_arrival_order": round(arrival_order, 2) if arrival_order else None,
                    "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()},
-                   "row_group_size": args.row_group_size or args.batch_size * 4, "reading_ips_per_worker": reading}
+                   "row_group_size": args.row_group_size or args.batch_size * 4, "reading_ips_per_worker": reading,
+                   # the fused NMS paths fall back to the plain steps (once per process) when they fail: a variant
+                   # named rpn-kernel / rpn-compiled that fell back measured the steps
+                   "fallbacks": _fallbacks()}
             if device.type == "cuda":
                 row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
                 torch.cuda.reset_peak_memory_stats(device)
-            if name.startswith("coco-"):
-                stock = torchvision_stock(detector, images, args.batch_size, args.repeats)
+            if name.startswith("coco-"):  # torchvision's forward on a fresh model: no variant's rewrites
+                torch.manual_seed(0)
+                plain = build_detector(name, random_init=True, config=config or None)
+                plain.model.to(device).eval()
+                stock = torchvision_stock(plain, images, args.batch_size, args.repeats)
+                del plain
                 row["torchvision_stock_ips"] = round(stock, 2)
                 row["ratio_model_to_stock"] = round(model_ips / stock, 3)
             results.append(row)

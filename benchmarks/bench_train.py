@@ -287,6 +287,9 @@ def run_variant(spec: dict, config: ModelConfig, train_batch: dict, score_batch:
     import types
 
     config = copy.deepcopy(config)
+    # A variant's model must not reuse the graphs compiled for the one before: dynamo does not guard on module
+    # hooks by default, so an identically shaped model with hooks (res16) would run the previous variant's graph.
+    torch._dynamo.reset()
     swaps = contextlib.ExitStack()  # float8 layers live as long as the variant's model
     if spec.get("nodrop"):
         config.attention_dropout = 0.0

@@ -2,70 +2,80 @@
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
 # By default train, eval, vg and selection: their limits add up to 9.8 minutes (one device call may run 10);
-# STEPS picks others (coco adds 1, mix 2). Writes env.txt, train.{json,log},
-# eval_order.{json,log}, features_{vg,coco,mix}.{json,log}, selection.{json,log} under $OUT.
-# Each step has its own time limit, so one slow step cannot eat the others' time; bench_train writes its
-# JSON after every variant, so a step cut short keeps what it measured.
+# STEPS picks others (coco adds 1, mix 2, buckets 3.3, autotune 4). Writes env.txt, steps.txt (each step's exit
+# status: 124 = cut by its time limit), train.{json,log}, eval_order.{json,log}, features_{vg,coco,mix}.{json,log},
+# selection.{json,log}, buckets.{json,log}, autotune.{json,log} under $OUT.
+# Each step has its own time limit, so one slow step cannot eat the others' time; the benchmarks write their
+# JSON after every variant or section, so a step cut short keeps what it measured.
 set -u
 OUT=${OUT:-/tmp/lait-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
-STEPS=" ${STEPS:-train eval vg selection} "  # which steps run (coco, mix, buckets: add them when time allows)
+STEPS=" ${STEPS:-train eval vg selection} "  # which steps run (coco, mix, buckets, autotune: add them when time allows)
 step() { [[ $STEPS == *" $1 "* ]]; }
+# run NAME SECONDS COMMAND...: the command under its time limit, its output to $OUT/NAME.log, its exit status to steps.txt
+run() {
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    echo "$name exit ${PIPESTATUS[0]} (limit ${limit} s)" | tee -a "$OUT/steps.txt"
+}
 { nvidia-smi -L; nproc; $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 # training + eval, BERT-base, batch 512, bf16 (variants: bench_train.py --help), most wanted first (the JSON is
 # written after each, so a step cut short by its limit keeps the variants before it; compiling the first
-# whole-model variant takes 70-80 s on an H100, the next ones 35-45 s, a scoring variant 15-20 s):
+# whole-model variant takes 70-80 s on an H100, the next ones 35-45 s, a scoring variant 15-20 s; the six
+# default variants need about 270 s):
 #   model+atenln          the product setting (configs/imagebert-base.yaml: exact masking, compile: true -> the whole
 #                         step compiled with opaque LayerNorms), since the night of 2026-11-27 with the last layer on
 #                         the rows read only ([CLS] + the masked slots; ~6% of the matrix work less): not yet measured
 #   model+atenln+allrows  the same computing every row of the last layer (the same-process baseline), as the H200's
 #                         4,306 samples/s and the H100's 3,812-3,834 did
+#   model+atenln+fusedln  the product setting with the encoder's dropout + residual + LayerNorm steps as fused Triton
+#                         kernels (training config fused_norm: true; model/fused_norm.py): not yet measured
 #   trunk+fp8             scoring with `--precision fp8` (static input scales), the last layer on [CLS] only
 #   trunk+fp8+allrows     the same on every row, as the H100's 18,378 pairs/s
 #   trunk+fp8+res16       float8 scoring with a bf16 residual stream (LayerNorm outputs in bf16): the LayerNorm
 #                         kernels read and write float32 residuals, 9.3 of the 55 ms of a float8 pass on the H100
-#   model+atenln+fusedln  the product setting with the encoder's dropout + residual + LayerNorm steps as fused Triton
-#                         kernels (training config fused_norm: true; model/fused_norm.py): not yet measured
-#   trunk+fp8+autotune    float8 scoring compiled with max-autotune: inductor's Triton float8 matmuls against cuBLAS,
-#                         with GELU and the next layer's quantising fused into their epilogues (GELU + quantise was
-#                         9.3 of the 55 ms of a float8 pass on the H100, at about half the memory bandwidth); minutes
-#                         of compiling, so last
+# Step `autotune` (not a default: minutes of compiling): trunk+fp8+autotune, float8 scoring compiled with
+# max-autotune: inductor's Triton float8 matmuls against cuBLAS, with GELU and the next layer's quantising fused
+# into their epilogues (GELU + quantise was 9.3 of the 55 ms of a float8 pass on the H100).
 # Left out for time, measured before: eager (3,071 samples/s, 12,005 pairs/s on the H100) and model+nodrop+atenln
 # (attention dropout 0, not the paper's model: +5% on the H200).
 # (bf16 scoring, `trunk+score`, measured 14,945-15,073 pairs/s on the H100 and 15,700-16,400 on the H200;
 # bench_eval below times the bf16 product path again.)
 # (2026-11-27 on the H100, all slower than the product setting: attention as matmuls + softmax (`math`), a bf16
 # residual stream (`ln16`), float8 with row-wise input scales (`fp8dyn`); `sdpa-*` only take effect eager.)
-step train && timeout "${TRAIN_TIMEOUT:-270}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 --warmup 3 \
-    --profile 12 --variants ${TRAIN_VARIANTS:-model+atenln model+atenln+allrows trunk+fp8 trunk+fp8+allrows trunk+fp8+res16 model+atenln+fusedln trunk+fp8+autotune} \
-    --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
+step train && run train "${TRAIN_TIMEOUT:-280}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 \
+    --warmup 3 --profile 12 --variants ${TRAIN_VARIANTS:-model+atenln model+atenln+allrows model+atenln+fusedln trunk+fp8 trunk+fp8+allrows trunk+fp8+res16} \
+    --json "$OUT/train.json"
+step autotune && run autotune "${AUTOTUNE_TIMEOUT:-240}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline \
+    --steps 10 --warmup 3 --variants trunk+fp8 trunk+fp8+autotune --json "$OUT/autotune.json"
 # eval on web-like caption lengths, BERT-base, 600 x 300: captions shortest first vs as given, `lait eval --compile`
 # (fixed shapes), `--precision fp8`, then trimmed shapes (over 60 s of compiling on the H100). Each writes the JSON.
-step eval && timeout "${EVAL_TIMEOUT:-130}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 --batch-size 256 --compile \
-    --fp8 --json "$OUT/eval_order.json" 2>&1 | tee "$OUT/eval_order.log"
+step eval && run eval_order "${EVAL_TIMEOUT:-120}" $PY benchmarks/bench_eval.py --device cuda --preset base --images 300 \
+    --batch-size 256 --compile --fp8 --json "$OUT/eval_order.json"
 # features: the product defaults on CUDA (folded batch norms; batched RPN NMS for vg only: 300 vectorised steps,
 # 94 ms of a 700 ms batch on the H100) against the same with the RPN's NMS as one Triton kernel (rpn-kernel: one
 # program per image, same boxes) and with its steps compiled (rpn-compiled); end to end (with the fastest) with
 # JPEGs decoded on the device (the CUDA default, now one batch ahead) and in the workers
 common=(--device cuda --batch-size 64 --num-workers 14 --repeats 2)
-step vg && timeout "${VG_TIMEOUT:-150}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${VG_IMAGES:-512}" \
-    --variants default rpn-kernel rpn-compiled --decode device workers --profile 15 --json "$OUT/features_vg.json" 2>&1 | tee "$OUT/features_vg.log"
-step coco && timeout "${COCO_TIMEOUT:-60}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn --images "${COCO_IMAGES:-256}" \
-    --variants default rpn-kernel --decode device workers --json "$OUT/features_coco.json" 2>&1 | tee "$OUT/features_coco.log"
+step vg && run features_vg "${VG_TIMEOUT:-150}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 \
+    --images "${VG_IMAGES:-512}" --variants default rpn-kernel rpn-compiled --decode device workers --profile 15 \
+    --json "$OUT/features_vg.json"
+step coco && run features_coco "${COCO_TIMEOUT:-60}" $PY benchmarks/bench_features.py "${common[@]}" --detectors coco-r50-fpn \
+    --images "${COCO_IMAGES:-256}" --variants default rpn-kernel --decode device workers --json "$OUT/features_coco.json"
 # web-like aspect ratios: batching by padded shape (exact per image) against the old mixed, padded batches, over
 # 1,024 images (at batch 64 the wait is 2,048 arrivals: a short run leaves every shape's last batch partial)
-step mix && timeout "${MIX_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 --images "${MIX_IMAGES:-1024}" \
-    --aspect-mix --width 1000 --decode device --json "$OUT/features_mix.json" 2>&1 | tee "$OUT/features_mix.log"
+step mix && run features_mix "${MIX_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 \
+    --images "${MIX_IMAGES:-1024}" --aspect-mix --width 1000 --decode device --json "$OUT/features_mix.json"
 # box selection for a batch of 64 at once against image by image: time and host reads (syncs) per batch
-step selection && timeout "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
-    --json "$OUT/selection.json" 2>&1 | tee "$OUT/selection.log"
-# length buckets against random batches on the real training path (BERT-base, eager bf16: compiled, each of the
-# eight bucket shapes compiles first); not in the default steps, add it when time allows
+step selection && run selection "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
+    --json "$OUT/selection.json"
+# length buckets against random batches on the real training path (BERT-base, eager bf16; compiled, each of the
+# eight bucket shapes would compile first); not in the default steps, add it when time allows
 # (8 loader workers: one process decoding regions would starve the GPU; two runs each, alternating, so the
 # first run's CUDA start-up does not count against the baseline)
-step buckets && timeout "${BUCKETS_TIMEOUT:-200}" $PY benchmarks/bench_buckets.py --preset base --device cuda \
-    --batch-size 256 --steps 30 --images 3000 --workers 8 --repeats 2 --json "$OUT/buckets.json" 2>&1 \
-    | tee "$OUT/buckets.log"
+step buckets && run buckets "${BUCKETS_TIMEOUT:-200}" $PY benchmarks/bench_buckets.py --preset base --device cuda \
+    --batch-size 256 --steps 30 --images 3000 --workers 8 --repeats 2 --json "$OUT/buckets.json"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"
