@@ -12,6 +12,7 @@ import codecs
 import collections
 import dataclasses
 import hashlib
+import logging
 import re
 from typing import Any, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -19,6 +20,11 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import lxml.etree
 import lxml.html
 from w3lib.encoding import html_body_declared_encoding, http_content_type_encoding, resolve_encoding
+from w3lib.url import safe_url_string
+
+from crawler.images import DEFAULT_FORMATS
+
+logger = logging.getLogger(__name__)
 
 #: ``<img>`` attributes that hold the real image of lazy-loading pages, most specific first.
 LAZY_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src")
@@ -30,6 +36,24 @@ ROBOTS_META_NAMES = ("robots", "lait")
 PAGE_TEXT_CHARS = 1000
 INVISIBLE_TAGS = ("script", "style", "noscript", "template", "head")
 _WHITESPACE = re.compile(r"\s+")
+#: Pillow format names of the MIME types a ``<picture>``'s ``<source type>`` may give; a source whose type
+#: is not here, or names a format the crawl does not allow, is skipped as a browser skips a type it cannot show.
+SOURCE_TYPE_FORMATS = {
+    "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/png": "PNG", "image/apng": "PNG",
+    "image/gif": "GIF", "image/webp": "WEBP", "image/avif": "AVIF", "image/jxl": "JXL", "image/heic": "HEIF",
+    "image/heif": "HEIF", "image/bmp": "BMP", "image/tiff": "TIFF", "image/svg+xml": "SVG", "image/x-icon": "ICO",
+    "image/vnd.microsoft.icon": "ICO", "image/jp2": "JPEG2000",
+}
+#: Path extensions of image files: a link to one is an image, not a page to crawl.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".avif", ".jxl", ".heic",
+                    ".heif", ".bmp", ".tif", ".tiff", ".svg", ".ico", ".jp2")
+#: Byte-order marks, UTF-32 before UTF-16: the UTF-32-LE mark begins with the UTF-16-LE one.
+BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+        (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+#: Python codecs that decode bytes to text but are no page encoding (a page may declare them all the same):
+#: the escape codecs turn ``\ud800`` in the text into a lone surrogate, and browsers refuse UTF-7.
+NOT_PAGE_ENCODINGS = frozenset({"unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined", "utf-7"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass
@@ -108,30 +132,68 @@ def opt_out_reason(directives: Iterable[str], agent: str = "lait") -> str | None
     return None
 
 
+def _wide_encoding(body: bytes) -> str | None:
+    """UTF-32 or UTF-16 (and its byte order) of a page without a byte-order mark, told by where the NUL bytes
+    of its ASCII markup fall in its first bytes; None when they do not fall as in either."""
+    sample = body[:64]
+    for encoding, width, zeros in (("utf-32-le", 4, (1, 2, 3)), ("utf-32-be", 4, (0, 1, 2)),
+                                   ("utf-16-le", 2, (1,)), ("utf-16-be", 2, (0,))):
+        units = [sample[i:i + width] for i in range(0, len(sample) - width + 1, width)]
+        if len(units) >= 2 and all(any(unit) and not any(unit[k] for k in zeros) for unit in units):
+            return encoding
+    return None
+
+
+def _page_encoding(label: str | None) -> str | None:
+    """The Python codec of a declared charset, or None when it is unknown or no page encoding."""
+    encoding = resolve_encoding(label) if label else None
+    if not encoding:
+        return None
+    try:
+        b"".decode(encoding)  # LookupError for an unknown codec and for bytes-to-bytes ones (base64, zlib, ...)
+    except LookupError:
+        return None
+    name = codecs.lookup(encoding).name.replace("_", "-")
+    return None if name in NOT_PAGE_ENCODINGS else name
+
+
 def decode_html(body: bytes, headers: Mapping | None = None) -> str:
     """Decode a page, surviving a wrongly declared encoding.
 
-    Valid UTF-8 with non-ASCII bytes is almost never another encoding by accident, so it wins over
-    a declaration; otherwise the declared encoding (HTTP header, then ``<meta>``) is used when it
-    decodes cleanly, and Windows-1252 with replacement characters is the last resort.
+    A byte-order mark decides first (UTF-32 before UTF-16), then the NUL bytes of UTF-16/32 markup
+    without one. Valid UTF-8 with non-ASCII bytes and no NUL is almost never another encoding by
+    accident, so it wins over a declaration; otherwise the declared encoding (HTTP header, then
+    ``<meta>``) is used when it decodes cleanly, then UTF-8, and Windows-1252 with replacement
+    characters is the last resort. A declaration of UTF-16/32 on a page without NUL bytes, or of a
+    codec that is no page encoding (``unicode_escape``, ``utf-7``, ...), is ignored.
     """
-    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+    for bom, encoding in BOMS:
         if body.startswith(bom):
-            return body.decode(encoding, errors="replace")
+            return body[len(bom):].decode(encoding, errors="replace")
+    has_nul = b"\x00" in body
+    if has_nul:
+        wide = _wide_encoding(body)
+        if wide:
+            return body.decode(wide, errors="replace")
+    elif not body.isascii():
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    declared = [http_content_type_encoding(header_value(headers, "Content-Type")), html_body_declared_encoding(body)]
+    for encoding in filter(None, map(_page_encoding, declared)):
+        if encoding.startswith(("utf-16", "utf-32")) and not has_nul:
+            continue  # ASCII markup without NUL bytes is not UTF-16/32 (a <meta> claiming it is wrong)
+        try:
+            text = body.decode(encoding)
+        except UnicodeError:
+            continue
+        if not _SURROGATE.search(text):
+            return text
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        pass
-    declared = [http_content_type_encoding(header_value(headers, "Content-Type")), html_body_declared_encoding(body)]
-    for label in declared:
-        encoding = resolve_encoding(label) if label else None
-        if not encoding:
-            continue
-        try:
-            return body.decode(encoding)
-        except (UnicodeDecodeError, LookupError):
-            continue
-    return body.decode("cp1252", errors="replace")
+        return body.decode("cp1252", errors="replace")
 
 
 def normalize_text(value: str | None) -> str | None:
@@ -218,13 +280,15 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def canonical_page_url(url: str) -> str:
-    """One spelling per page: scheme and host lower-cased, default port and fragment dropped, empty path ``/``.
+    """One spelling per page: as Scrapy requests it (non-ASCII and spaces percent-encoded, the host in IDNA),
+    scheme and host lower-cased, default port and fragment dropped, empty path ``/``.
 
-    ``http://Host:80`` and ``http://host/#top`` are the page ``http://host/``. A URL that does not
-    parse comes back without its fragment only (fetching it will give its reject).
+    ``http://Host:80`` and ``http://host/#top`` are the page ``http://host/``, and ``/café menu.html`` is
+    ``/caf%C3%A9%20menu.html``, the spelling of the response's URL. A URL that does not parse comes back
+    without its fragment only (fetching it will give its reject).
     """
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(safe_url_string(url.strip()))
         host, port = parts.hostname, parts.port
     except ValueError:
         return url.split("#", 1)[0]
@@ -238,13 +302,26 @@ def canonical_page_url(url: str) -> str:
     return urlunsplit((scheme, userinfo + at + netloc, parts.path or "/", parts.query, ""))
 
 
-def _image_source(img: lxml.html.HtmlElement) -> str | None:
-    """The URL of the largest version of an ``<img>``: picture sources, srcsets, lazy attributes, src."""
+def is_image_url(url: str) -> bool:
+    """Whether a URL's path ends in an image file's extension (``/img/full.jpg``): a link to it is no page."""
+    return urlsplit(url).path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _source_allowed(source: lxml.html.HtmlElement, formats: frozenset[str]) -> bool:
+    """Whether a ``<picture>`` ``<source>`` may be chosen: no ``type``, or one of an allowed format."""
+    mime = (source.get("type") or "").split(";", 1)[0].strip().lower()
+    return not mime or SOURCE_TYPE_FORMATS.get(mime) in formats
+
+
+def _image_source(img: lxml.html.HtmlElement, formats: frozenset[str]) -> str | None:
+    """The URL of the largest version of an ``<img>``: picture sources of an allowed type, srcsets, lazy
+    attributes, src."""
     srcsets = []
     # libxml2 does not know <source> is void, so the <img> may sit inside it: search the whole <picture>.
     for picture in img.iterancestors("picture"):
         for source in picture.iter("source"):
-            srcsets.extend(source.get(attr) for attr in SRCSET_ATTRS if source.get(attr))
+            if _source_allowed(source, formats):
+                srcsets.extend(source.get(attr) for attr in SRCSET_ATTRS if source.get(attr))
         break
     srcsets.extend(img.get(attr) for attr in SRCSET_ATTRS if img.get(attr))
     largest = _largest(srcsets)
@@ -266,20 +343,37 @@ def _figcaption(img: lxml.html.HtmlElement) -> str | None:
     return None
 
 
-def _parse_document(text: str) -> lxml.html.HtmlElement:
-    # lxml refuses str input carrying an XML encoding declaration; hand it UTF-8 bytes instead.
-    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True)
+def _parse_document(text: str) -> tuple[lxml.html.HtmlElement, bool]:
+    """The page's tree, and whether libxml2 stopped reading it at its nesting limit.
+
+    ``huge_tree`` lifts libxml2's nesting limit from 256 to 2048 levels (the page size cap bounds the
+    memory); deeper than that it stops reading, and the rest of the page is lost. An empty document is an
+    empty page; any other failure is the caller's ``parse_error``.
+    """
+    # lxml refuses str input carrying an XML encoding declaration; hand it UTF-8 bytes instead (a lone
+    # surrogate from a str caller becomes "?": it cannot be UTF-8).
+    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, huge_tree=True)
     try:
-        return lxml.html.document_fromstring(text.encode("utf-8"), parser=parser)
-    except (lxml.etree.ParserError, ValueError):
-        return lxml.html.document_fromstring(b"<html><body></body></html>", parser=parser)
+        doc = lxml.html.document_fromstring(text.encode("utf-8", errors="replace"), parser=parser)
+    except lxml.etree.ParserError:  # "Document is empty": nothing but blanks or comments
+        return lxml.html.document_fromstring(b"<html><body></body></html>", parser=parser), False
+    truncated = any(error.type == lxml.etree.ErrorTypes.ERR_RESOURCE_LIMIT for error in parser.error_log)
+    return doc, truncated
 
 
-def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None) -> Page:
-    """Everything the crawl needs from one HTML page: candidates, rejected references, links, metadata."""
+def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
+               formats: Iterable[str] = DEFAULT_FORMATS) -> Page:
+    """Everything the crawl needs from one HTML page: candidates, rejected references, links, metadata.
+
+    ``formats`` (Pillow names) are the image formats the crawl keeps: a ``<picture>`` source typed as
+    another format is passed over for the next one or the ``<img>`` itself.
+    """
     text = html if isinstance(html, str) else decode_html(html, headers)
-    doc = _parse_document(text)
+    doc, truncated = _parse_document(text)
     page = Page(url=page_url)
+    if truncated:  # the references past that point are lost: counted, as the stats must show it
+        logger.warning("%s nests deeper than libxml2's limit of 2048 elements: the rest of it is not read", page_url)
+        page.counts["page/truncated_too_deep"] += 1
     page.lang = normalize_text(doc.get("lang") or doc.get("{http://www.w3.org/XML/1998/namespace}lang")) or None
     if not page.lang:
         page.lang = normalize_text((header_value(headers, "Content-Language") or "").split(",")[0]) or None
@@ -319,9 +413,10 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None)
             page.links.append(link)
 
     figcaption_of: dict[str, str | None] = {}  # candidate id -> the figcaption of its first reference
+    allowed_formats = frozenset(f.upper() for f in formats)
     for img in doc.iter("img"):
         page.counts["img"] += 1
-        raw = _image_source(img)
+        raw = _image_source(img, allowed_formats)
         alt = normalize_text(img.get("alt"))
         title_text = normalize_text(img.get("title")) or None
         ref = {"page_url": page_url, "image_url": None, "alt": alt, "title": title_text}
@@ -365,7 +460,8 @@ def _reject(page: Page, ref: dict, reason: str, detail: str | None = None) -> No
     page.counts[reason] += 1
 
 
-def extract_candidates(html: bytes | str, page_url: str, headers: Mapping | None = None) -> tuple[list[dict], collections.Counter]:
+def extract_candidates(html: bytes | str, page_url: str, headers: Mapping | None = None,
+                       formats: Iterable[str] = DEFAULT_FORMATS) -> tuple[list[dict], collections.Counter]:
     """The (page, image, text) candidates of one HTML page and the counts of what was found and skipped."""
-    page = parse_page(html, page_url, headers)
+    page = parse_page(html, page_url, headers, formats)
     return page.candidates, page.counts

@@ -5,6 +5,11 @@ Same rules as the crawl: the network guard on the first URL and on every redirec
 the user agent with its contact URL, a per-host delay, a timeout, a size cap on the decompressed
 body, at most ``max_redirects`` hops.
 
+URLs are requested as Scrapy requests them (``w3lib.url.safe_url_string``: spaces and non-ASCII
+percent-encoded, the host in IDNA), redirect targets included. robots.txt follows RFC 9309: a
+missing one (4xx) allows everything; one the server fails to give (5xx) or that cannot be reached
+(timeout, connection error) disallows the whole host, and its URLs fail as ``robots_unavailable``.
+
 Each hop resolves its host once: the guard checks those addresses and the connection goes to one of
 them, never to a second answer (DNS rebinding). The Host header, and for HTTPS the SNI name and the
 certificate check, still use the host name. Environment proxies are not used: a proxy would
@@ -23,6 +28,8 @@ import time
 import urllib.robotparser
 import zlib
 from urllib.parse import urljoin, urlsplit
+
+from w3lib.url import safe_url_string
 
 from crawler import netguard
 from crawler import settings as defaults
@@ -172,36 +179,66 @@ class PoliteFetcher:
             size += len(chunk)
         return b"".join(chunks)
 
+    #: Why the robots.txt of a host could not be had, for the hosts RFC 9309 says to disallow wholly.
+    _UNAVAILABLE_REASONS = ("timeout", "connection_error")
+
+    def _robots_parser(self, key: str) -> urllib.robotparser.RobotFileParser | str | None:
+        """The parsed robots.txt of ``scheme://netloc``; None (no rules) or, when unavailable, why (a str)."""
+        try:
+            fetched = self.fetch(key + "/robots.txt", check_robots=False)
+        except netguard.RefusedURL:
+            return None  # the guard refuses the host's URLs themselves, with their own reason
+        except FetchError as exc:
+            status = exc.reason[len("http_"):] if exc.reason.startswith("http_") else ""
+            if exc.reason in self._UNAVAILABLE_REASONS or (status.isdigit() and int(status) >= 500):
+                return f"{key}/robots.txt: {exc.reason}"
+            return None  # 4xx, too many redirects, too large, ...: no rules
+        parser = urllib.robotparser.RobotFileParser()
+        parser.parse(fetched.body.decode("utf-8", errors="replace").splitlines())
+        return parser
+
     def allowed_by_robots(self, url: str) -> bool:
-        """Whether robots.txt of the URL's host lets our user agent fetch it (unreachable robots.txt: yes)."""
+        """Whether robots.txt of the URL's host lets our user agent fetch it (no robots.txt: yes).
+
+        Raises ``FetchError("robots_unavailable")`` when the server failed to give it (5xx) or could not be
+        reached: RFC 9309 says to assume complete disallow then. The verdict is kept for the fetcher's life.
+        """
         if not self.obey_robots:
             return True
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
         if key not in self._robots:
-            parser = None
-            try:
-                fetched = self.fetch(key + "/robots.txt", check_robots=False)
-                if fetched.status == 200:
-                    parser = urllib.robotparser.RobotFileParser()
-                    parser.parse(fetched.body.decode("utf-8", errors="replace").splitlines())
-            except (FetchError, netguard.RefusedURL):
-                parser = None
-            self._robots[key] = parser
+            self._robots[key] = self._robots_parser(key)
         parser = self._robots[key]
+        if isinstance(parser, str):
+            raise FetchError("robots_unavailable", parser)
         return parser is None or parser.can_fetch(self.user_agent, url)
 
     def fetch(self, url: str, check_robots: bool = True) -> Fetched:
-        """GET a URL, following redirects through the guard; ``FetchError``/``RefusedURL`` on failure."""
+        """GET a URL, following redirects through the guard; ``FetchError``/``RefusedURL`` on failure.
+
+        The URL and every redirect target are requested as Scrapy would (``safe_url_string``).
+        """
+        url = _request_url(url)
         for _ in range(self.max_redirects + 1):
             if check_robots and not self.allowed_by_robots(url):
                 raise FetchError("robots_disallowed", url)
             fetched = self._get(url, self.max_bytes)
             if fetched.status in (301, 302, 303, 307, 308) and "location" in fetched.headers:
-                url = urljoin(url, fetched.headers["location"])
+                # http.client gives header values as Latin-1 text: back to the bytes, then as Scrapy reads them.
+                location = fetched.headers["location"].encode("latin-1", errors="replace")
+                url = _request_url(urljoin(url, safe_url_string(location)))
                 continue
             if not 200 <= fetched.status < 300:
                 raise FetchError(f"http_{fetched.status}", url)
             return fetched
         raise FetchError("too_many_redirects", url)
 
+
+def _request_url(url: str) -> str:
+    """``url`` as it goes on the wire: spaces and non-ASCII percent-encoded, the host in IDNA (as Scrapy
+    requests it); a URL that cannot be written so is left to the request, which rejects it."""
+    try:
+        return safe_url_string(url)
+    except ValueError:
+        return url

@@ -5,16 +5,27 @@ import asyncio
 import logging
 import time
 
+from scrapy import exceptions as scrapy_errors
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware as ScrapyMetaRefreshMiddleware
+from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as ScrapyRobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
+from twisted.internet import defer, error as tx_error
 
 from crawler import netguard
 
 logger = logging.getLogger(__name__)
 
+#: Failures of a request that mean the server did not answer in time.
+TIMEOUT_ERRORS = (scrapy_errors.DownloadTimeoutError, tx_error.TimeoutError, tx_error.TCPTimedOutError,
+                  defer.TimeoutError, TimeoutError)
+#: Failures of a request that mean the connection could not be made or was lost.
+CONNECTION_ERRORS = (scrapy_errors.DownloadConnectionRefusedError, scrapy_errors.DownloadFailedError,
+                     scrapy_errors.ResponseDataLossError, tx_error.ConnectError, ConnectionError)
+
 
 class RefusedRequest(IgnoreRequest):
-    """A request the network guard refused before connecting; ``reason`` goes into the rejected row."""
+    """A request refused before connecting (the network guard, an unavailable robots.txt, a redirect to a page
+    seen); ``reason`` goes into the rejected row."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -64,6 +75,24 @@ class NetworkGuardMiddleware:
         return None
 
 
+class PageRedirectMiddleware:
+    """Drops a page's redirect hop to a page the spider has seen already: that page is crawled once, under its
+    own URL (``LaitSpider.follow_redirect``); the hop's page gets no row (``redirect_to_seen``)."""
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def process_request(self, request):
+        follow = getattr(self.crawler.spider, "follow_redirect", None)
+        if follow and "lait_page" in request.meta and request.meta.get("redirect_urls") and not follow(request):
+            raise RefusedRequest("redirect_to_seen", f"{request.url} is crawled as a page of its own")
+        return None
+
+
 class MetaRefreshMiddleware(ScrapyMetaRefreshMiddleware):
     """Scrapy's ``<meta http-equiv="refresh">`` redirects, keeping a page whose URLs do not parse.
 
@@ -78,3 +107,53 @@ class MetaRefreshMiddleware(ScrapyMetaRefreshMiddleware):
         except ValueError as exc:
             logger.info("no meta refresh for %s: %s", response.url, exc)
             return response
+
+
+class RobotsUnavailable:
+    """The robots.txt of a host that answered 5xx or could not be reached: RFC 9309 says complete disallow."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):
+    """Scrapy's robots.txt middleware, with RFC 9309's rule for a robots.txt that cannot be had.
+
+    A 4xx robots.txt still allows everything. A server error (5xx, after Scrapy's retries) or no answer
+    (timeout, connection refused or reset) disallows the whole host for the rest of the crawl: its pages
+    and images fail as ``robots_unavailable``. A robots.txt the guard refuses, whose host does not
+    resolve, or that fails otherwise, allows (as Scrapy's does): the host's own requests meet the reason.
+    """
+
+    #: Failures of the robots.txt request that say the server could not be reached or did not answer;
+    #: any other (a refusal of the guard, a host that does not resolve, ...) leaves the host's own requests
+    #: to meet it with their own reason.
+    UNREACHABLE = TIMEOUT_ERRORS + CONNECTION_ERRORS
+    NOT_UNREACHABLE = (IgnoreRequest, scrapy_errors.CannotResolveHostError, tx_error.DNSLookupError,
+                       tx_error.UnknownHostError)
+
+    async def _parse_robots(self, response, netloc: str, request) -> None:
+        if response.status < 500:
+            await super()._parse_robots(response, netloc, request)
+            return
+        self._stats.inc_value("robotstxt/response_count")
+        self._stats.inc_value(f"robotstxt/response_status_count/{response.status}")
+        self._unavailable(netloc, f"{response.url} answered HTTP {response.status}")
+
+    def _robots_error(self, exc: Exception, netloc: str) -> None:
+        if isinstance(exc, self.NOT_UNREACHABLE) or not isinstance(exc, self.UNREACHABLE):
+            super()._robots_error(exc, netloc)
+            return
+        self._stats.inc_value(f"robotstxt/exception_count/{type(exc)}")
+        self._unavailable(netloc, f"robots.txt of {netloc}: {type(exc).__name__}: {exc}"[:300])
+
+    def _unavailable(self, netloc: str, why: str) -> None:
+        waiting = self._parsers[netloc]
+        self._parsers[netloc] = RobotsUnavailable(why)
+        waiting.callback(self._parsers[netloc])
+
+    def process_request_2(self, rp, request) -> None:
+        if isinstance(rp, RobotsUnavailable):
+            self._stats.inc_value("robotstxt/unavailable")
+            raise RefusedRequest("robots_unavailable", rp.why)
+        super().process_request_2(rp, request)

@@ -127,11 +127,35 @@ def _existing(path: str, kind: str, columns: list[str]) -> Iterator[dict[str, An
         yield from batch.to_pylist()
 
 
-def iter_existing_images(out_dir: str) -> Iterator[dict[str, Any]]:
-    """The images already written to a run folder (image_url, image_id, bytes and facts), for resuming."""
-    columns = ["image_url", "image_id", "image_bytes", "width", "height", "format", "num_bytes", "content_type",
-               "http_status", "fetched_at"]
-    yield from _existing(os.path.join(out_dir, CANDIDATES), "candidates", columns)
+def iter_image_bytes(out_dir: str, image_ids: set[str]) -> Iterator[tuple[str, bytes]]:
+    """(image_id, bytes) of the wanted images kept in a run folder, each once, for resuming a crawl.
+
+    The ``image_id`` column is read first: only the shards that hold a wanted image have their bytes read.
+    """
+    wanted = set(image_ids)
+    try:
+        shards = schemas.list_parquet_files(os.path.join(out_dir, CANDIDATES)) if wanted else []
+    except FileNotFoundError:
+        return
+    for shard in shards:
+        ids = schemas.read_table(shard, "candidates", columns=["image_id"]).column("image_id").to_pylist()
+        rows = [index for index, image_id in enumerate(ids) if image_id in wanted]
+        if not rows:
+            continue
+        table = schemas.read_table(shard, "candidates", columns=["image_id", "image_bytes"]).take(rows)
+        for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image_bytes").to_pylist()):
+            if image_id in wanted:
+                wanted.discard(image_id)
+                yield image_id, data
+        if not wanted:
+            return
+
+
+def candidate_reject(candidate: dict[str, Any], reason: str, detail: str | None, image_id: str | None = None) -> dict[str, Any]:
+    """The rejected row of one candidate (a reference with its ids and text) for ``reason``."""
+    return {"reason": reason, "detail": detail, "candidate_id": candidate["candidate_id"], "image_id": image_id,
+            "page_url": candidate.get("page_url"), "image_url": candidate.get("image_url"),
+            "caption": candidate.get("alt") or candidate.get("title") or candidate.get("figcaption")}
 
 
 class CrawlOutput:
@@ -165,9 +189,7 @@ class CrawlOutput:
         """Buffer a candidate row. Returns what was written: ``CANDIDATES``, ``REJECTED`` (a repeat of a
         candidate of this run, as a ``duplicate_candidate`` reject) or None (already in the folder)."""
         if row["candidate_id"] in self.seen_candidates:
-            duplicate = {"reason": DUPLICATE, "detail": "same page, image and text seen before", "caption":
-                         row.get("alt") or row.get("title") or row.get("figcaption"),
-                         **{k: row.get(k) for k in ("candidate_id", "image_id", "page_url", "image_url")}}
+            duplicate = candidate_reject(row, DUPLICATE, "same page, image and text seen before", row.get("image_id"))
             return REJECTED if self.add_rejected(duplicate) else None
         self.seen_candidates.add(row["candidate_id"])
         if row["candidate_id"] in self.candidate_ids:

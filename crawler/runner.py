@@ -5,6 +5,7 @@ Twisted's reactor starts once per process, so ``run_crawl`` starts a fresh inter
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -22,6 +23,89 @@ from crawler import images, output
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: A job folder's record of the crawl it holds: ``{"processes": N}``.
+JOB_FILE = "lait-job.json"
+#: The reason of a candidate whose image was never fetched (see LaitSpider.unfetched_rejects).
+NOT_FETCHED = "image_not_fetched"
+
+
+class JobFolderError(RuntimeError):
+    """A job folder that cannot continue this crawl (another number of crawl processes than it was started with)."""
+
+
+def check_job_folder(jobdir: str, processes: int) -> None:
+    """Record the number of crawl processes in a job folder, or refuse another number than the one recorded.
+
+    Each process keeps its share of the work there (process K's pending images, its inbox and how far it
+    read it), and images go to the process their URL hashes to: with another number, that work would be
+    lost. Raises JobFolderError (nothing written). A folder from before the record tells by its files how
+    many processes it had at least.
+    """
+    path = os.path.join(jobdir, JOB_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = int(json.load(handle)["processes"])
+    except FileNotFoundError:
+        recorded = _processes_by_files(jobdir)
+        if recorded <= processes:
+            recorded = None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise JobFolderError(f"--jobdir {jobdir}: {path} cannot be read ({exc}); use a new --jobdir") from None
+    if recorded is not None and recorded != processes:
+        raise JobFolderError(
+            f"--jobdir {jobdir} holds a crawl run with --processes {recorded}, not {processes}: continue it with "
+            f"--processes {recorded}, or start over with a new --jobdir (the work kept for each process would be lost)")
+    if not os.path.exists(path):
+        output.write_json_atomically(path, {"processes": processes})
+
+
+def _processes_by_files(jobdir: str) -> int:
+    """How many crawl processes a job folder without a record had at least: 1 + its highest process index."""
+    indices = [0]
+    for folder, prefix, suffix in ((jobdir, "lait-state-p", ".pickle"), (os.path.join(jobdir, "inboxes"), "inbox-", ".jsonl")):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        indices += [int(name[len(prefix):-len(suffix)]) for name in names
+                    if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix):-len(suffix)].isdigit()]
+    return max(indices) + 1
+
+
+# -- inboxes: process 0 hands each candidate to the process that owns its image ---------------------------
+
+def inbox_path(inbox_dir: str, index: int) -> str:
+    """Process ``index``'s inbox: one JSON object a line, appended by process 0."""
+    return os.path.join(inbox_dir, f"inbox-{index}.jsonl")
+
+
+def read_offset_path(inbox_dir: str, index: int) -> str:
+    """Where process ``index`` records, when it closes, how far it read its inbox."""
+    return os.path.join(inbox_dir, f"inbox-{index}.read")
+
+
+def read_inbox(path: str, offset: int) -> list[tuple[int, dict | None]]:
+    """The lines of an inbox past ``offset`` as (offset after the line, message), the message None for a
+    line that is not a JSON object (a writer killed mid-line: the next one starts on a fresh line).
+
+    A last line without its newline is still being written: it is left for a later read.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return []
+    lines = []
+    for line in chunk[: chunk.rfind(b"\n") + 1].splitlines(keepends=True):
+        offset += len(line)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if line.strip():
+            lines.append((offset, message if isinstance(message, dict) else None))
+    return lines
 
 
 def crawl_settings(out_dir: str, *, allow_private_networks: bool = False, min_side: int = images.DEFAULT_MIN_SIDE,
@@ -70,8 +154,11 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
 
     With ``processes > 1``, process 0 crawls the pages and every process fetches and validates the
     images whose URL hashes to it (each image still fetched once), so the crawl uses several cores.
+    A job folder started with another number of processes is refused (``JobFolderError``).
     """
     settings = crawl_settings(out_dir, **settings_kwargs)
+    if settings.get("LAIT_JOBDIR"):
+        check_job_folder(settings["LAIT_JOBDIR"], max(1, processes))
     job = {"urls": list(urls), "settings": settings, "allowed_domains": allowed_domains or None,
            "max_pages": max_pages, "depth": depth}
     env = dict(os.environ)
@@ -154,6 +241,9 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
     jobdir = job["settings"].get("LAIT_JOBDIR")
     inbox_dir = os.path.join(jobdir, "inboxes") if jobdir else tempfile.mkdtemp(prefix="lait-crawl-")
     os.makedirs(inbox_dir, exist_ok=True)
+    # Without a job folder, what the image processes leave unread in their inboxes becomes rows at the end.
+    # Opened before the crawl, so that it skips the rows of earlier runs only, as a crawl process does.
+    unread = None if jobdir else output.CrawlOutput(out_dir, prefix="part-inbox")
     run_id = uuid.uuid4().hex
     children = []
     for index in range(processes):
@@ -172,20 +262,44 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
             # The crawl processes stopped gracefully: settle the books, as a single crawl process does.
             if all(child.returncode == 0 for child in children):
                 try:
-                    _settle(out_dir, inbox_dir, processes)
+                    _settle(out_dir, inbox_dir, processes, unread)
                 except RuntimeError as exc:
                     logger.warning("the interrupted crawl's books are not settled: %s", exc)
             raise
         if any(codes):
             raise RuntimeError(f"crawl processes exited with statuses {codes}")
-        return _settle(out_dir, inbox_dir, processes)
+        return _settle(out_dir, inbox_dir, processes, unread)
     finally:
         if not jobdir:
             shutil.rmtree(inbox_dir, ignore_errors=True)
 
 
-def _settle(out_dir: str, inbox_dir: str, processes: int) -> dict[str, Any]:
-    """Once every crawl process has exited: merge their counters and outcomes, reconcile, write stats.json."""
+def _reject_unread(inbox_dir: str, processes: int, unread: output.CrawlOutput) -> dict[str, int]:
+    """An ``image_not_fetched`` row for every candidate an image process never read from its inbox (it stopped
+    first, or process 0 sent it after); returns the counters. Every candidate sent becomes a row."""
+    counts, images_not_fetched = collections.Counter(), set()
+    for index in range(1, processes):
+        try:
+            with open(read_offset_path(inbox_dir, index), encoding="utf-8") as handle:
+                offset = int(json.load(handle)["offset"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"crawl process {index} did not record how far it read its inbox ({exc})") from None
+        for _, message in read_inbox(inbox_path(inbox_dir, index), offset):
+            if message is None:
+                counts["lait/inbox/corrupt_lines"] += 1
+            elif "done" not in message:
+                unread.add_rejected(output.candidate_reject(
+                    message, NOT_FETCHED, "the crawl stopped before the image's process read the candidate"))
+                counts["lait/inbox/unread"] += 1
+                images_not_fetched.add(message.get("image_url"))
+    counts[f"lait/image/rejected/{NOT_FETCHED}"] = len(images_not_fetched)  # per image, as the spider counts
+    unread.close()
+    return +counts
+
+
+def _settle(out_dir: str, inbox_dir: str, processes: int, unread: output.CrawlOutput | None = None) -> dict[str, Any]:
+    """Once every crawl process has exited: reject what was left unread in the inboxes (``unread``: without a
+    job folder), merge the counters and outcomes, reconcile, write stats.json."""
     parts = [_read_stats(os.path.join(inbox_dir, f"stats-{index}.json")) for index in range(processes)]
     merged = output.merge_process_stats(parts)
     merged["scrapy"] = merged.pop("scrapy_by_process", [{}])[0]
@@ -197,6 +311,10 @@ def _settle(out_dir: str, inbox_dir: str, processes: int) -> dict[str, Any]:
             outcomes.update(output.RunOutcomes.load(path))
         except (OSError, ValueError, KeyError) as exc:
             raise RuntimeError(f"the crawl process wrote no outcomes ({path}: {exc})") from None
+    if unread is not None:
+        for key, count in _reject_unread(inbox_dir, processes, unread).items():
+            merged[key] = merged.get(key, 0) + count
+        outcomes.update(unread.outcomes)
     return output.write_stats(out_dir, dict(merged, **output.settle(out_dir, outcomes), source="crawl"))
 
 

@@ -5,7 +5,8 @@ BOT_NAME = "lait"
 SPIDER_MODULES = ["crawler.spiders"]
 NEWSPIDER_MODULE = "crawler.spiders"
 
-# Identify ourselves, with a contact URL, and obey robots.txt.
+# Identify ourselves, with a contact URL, and obey robots.txt (RFC 9309: a robots.txt that answers 5xx
+# or cannot be reached disallows its host; crawler.middlewares.RobotsTxtMiddleware).
 USER_AGENT = "LAIT/0.1 (+https://github.com/lait-project/lait; image-text research crawler)"
 ROBOTSTXT_OBEY = True
 
@@ -29,8 +30,13 @@ REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 FEED_EXPORT_ENCODING = "utf-8"
 
 DOWNLOADER_MIDDLEWARES = {
+    # A page's redirect to a page already seen is not fetched again (each page crawled once).
+    "crawler.middlewares.PageRedirectMiddleware": 40,
     # Before robots.txt (100) and everything that could open a connection.
     "crawler.middlewares.NetworkGuardMiddleware": 50,
+    # Scrapy's, except that a robots.txt answering 5xx or not at all disallows its host (RFC 9309).
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "crawler.middlewares.RobotsTxtMiddleware": 100,
     # The spider filters page links by domain itself and fetches images from any host (CDNs).
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,

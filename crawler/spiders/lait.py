@@ -30,8 +30,8 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
 
-from crawler import extract, images, output, resolver
-from crawler.middlewares import RefusedRequest
+from crawler import extract, images, output, resolver, runner
+from crawler.middlewares import CONNECTION_ERRORS, TIMEOUT_ERRORS, RefusedRequest
 from crawler.items import CandidateItem, RejectedItem
 from crawler.store import ImageStore
 
@@ -59,8 +59,7 @@ def failure_reason(failure) -> tuple[str, str]:
         if "DOWNLOAD_MAXSIZE" in message or "max size" in message:
             return "too_large", message
         return "ignored", message
-    if isinstance(exc, (scrapy_errors.DownloadTimeoutError, tx_error.TimeoutError, tx_error.TCPTimedOutError,
-                        defer.TimeoutError, TimeoutError)):
+    if isinstance(exc, TIMEOUT_ERRORS):
         return "timeout", detail
     if isinstance(exc, (scrapy_errors.CannotResolveHostError, tx_error.DNSLookupError)):
         # The guarded resolver's refusal (crawler/resolver.py) arrives as a plain failed lookup.
@@ -74,8 +73,7 @@ def failure_reason(failure) -> tuple[str, str]:
         return "too_large", detail
     if isinstance(exc, scrapy_errors.UnsupportedURLSchemeError):
         return "unsupported_scheme", detail
-    if isinstance(exc, (scrapy_errors.DownloadConnectionRefusedError, scrapy_errors.DownloadFailedError,
-                        scrapy_errors.ResponseDataLossError, tx_error.ConnectError, ConnectionError)):
+    if isinstance(exc, CONNECTION_ERRORS):
         return "connection_error", detail
     return "fetch_error", detail
 
@@ -86,6 +84,15 @@ def _split(value) -> list[str]:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _ends_mid_line(handle) -> bool:
+    """Whether a file open for appending ends without a newline."""
+    size = handle.seek(0, os.SEEK_END)
+    if not size:
+        return False
+    handle.seek(size - 1)
+    return handle.read(1) != b"\n"
 
 
 class LaitSpider(scrapy.Spider):
@@ -143,6 +150,7 @@ class LaitSpider(scrapy.Spider):
         self.url_length_limit = settings.getint("URLLENGTH_LIMIT")
         self.store = ImageStore(settings.getint("LAIT_IMAGE_STORE_MEMORY", 512 * 2**20))
         if self.jobdir:
+            runner.check_job_folder(self.jobdir, self.processes)  # `scrapy crawl -a jobdir=` too
             self._load_state()
 
     # -- resume --------------------------------------------------------------------------------
@@ -163,9 +171,10 @@ class LaitSpider(scrapy.Spider):
         self.image_results = state["image_results"]
         self.inbox_offset = state.get("inbox_offset", 0)
         out_dir = self.settings.get("LAIT_OUT")
-        if out_dir:  # bytes of images already fetched, for later pages that show them again
-            for row in output.iter_existing_images(out_dir):
-                self.store.put(row["image_id"], row["image_bytes"])
+        needed = {result["image_id"] for result in self.image_results.values() if "image_id" in result}
+        if out_dir:  # the bytes of the kept images the state refers to, for later pages that show them again
+            for image_id, data in output.iter_image_bytes(out_dir, needed):
+                self.store.put(image_id, data)
         logger.info("resuming: %d pages seen, %d pages and %d images to fetch", len(self.pages_seen),
                     len(self.open_pages), len(self.pending))
 
@@ -195,8 +204,8 @@ class LaitSpider(scrapy.Spider):
                   else "the crawl stopped before the image was fetched")
         rows = []
         for url in list(self.pending):
-            self.crawler.stats.inc_value("lait/image/rejected/image_not_fetched")
-            rows.extend(self._reject_row(c, "image_not_fetched", detail) for c in self.pending.pop(url))
+            self.crawler.stats.inc_value(f"lait/image/rejected/{runner.NOT_FETCHED}")
+            rows.extend(self._reject_row(c, runner.NOT_FETCHED, detail) for c in self.pending.pop(url))
         return rows
 
     def closed(self, reason: str) -> None:
@@ -206,6 +215,9 @@ class LaitSpider(scrapy.Spider):
                 self._send(owner, {"done": self.run_id})
         for handle in self._outboxes.values():
             handle.close()
+        if self.process_index > 0:  # without a job folder, `lait crawl` rejects what is left past it
+            output.write_json_atomically(runner.read_offset_path(self.inbox_dir, self.process_index),
+                                         {"offset": self.inbox_offset})
         if self.jobdir:
             self._save_state()
         self.store.close()
@@ -216,7 +228,6 @@ class LaitSpider(scrapy.Spider):
         # Wall-clock marks of the fetching itself (start-up excluded), for rates in stats.json.
         """Start URLs, or what an interrupted run left (and, in image processes, the inbox)."""
         self.crawler.stats.set_value("lait/run/first_request", time.time())
-        resumed = bool(self.open_pages or self.pending)
         for url, depth in list(self.open_pages.items()):  # a resumed crawl continues where it stopped
             request, failure = self._checked_request(url, depth)
             if failure:
@@ -235,17 +246,12 @@ class LaitSpider(scrapy.Spider):
             async for item in self._read_inbox():
                 yield item
             return
-        if resumed:
-            return
-        for url in self.start_urls:
+        for url in self.start_urls:  # a resumed crawl skips those it has seen; one added since is crawled
             request = self._schedule_page(url, 0)
             if request is not None:
                 yield request
 
     # -- several processes -----------------------------------------------------------------------
-
-    def _inbox_path(self, index: int) -> str:
-        return os.path.join(self.inbox_dir, f"inbox-{index}.jsonl")
 
     def _owner(self, image_url: str) -> int:
         if self.processes == 1:
@@ -255,24 +261,23 @@ class LaitSpider(scrapy.Spider):
     def _send(self, owner: int, message: dict) -> None:
         handle = self._outboxes.get(owner)
         if handle is None:
-            handle = self._outboxes[owner] = open(self._inbox_path(owner), "a", encoding="utf-8")
-        handle.write(json.dumps(message) + "\n")
+            handle = self._outboxes[owner] = open(runner.inbox_path(self.inbox_dir, owner), "a+b")
+            if _ends_mid_line(handle):  # a writer killed mid-line: its torn line stays alone, to be skipped
+                handle.write(b"\n")
+        handle.write(json.dumps(message).encode("utf-8") + b"\n")
         handle.flush()
 
     async def _read_inbox(self):
         """Candidates routed to this process, until process 0 of this run says it is done."""
-        path = self._inbox_path(self.process_index)
+        path = runner.inbox_path(self.inbox_dir, self.process_index)
         while True:
-            lines = []
-            if os.path.exists(path):
-                with open(path, "rb") as handle:
-                    handle.seek(self.inbox_offset)
-                    chunk = handle.read()
-                complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
-                lines = complete.splitlines(keepends=True)
-            for line in lines:
-                self.inbox_offset += len(line)
-                message = json.loads(line)
+            lines = runner.read_inbox(path, self.inbox_offset)
+            for offset, message in lines:
+                self.inbox_offset = offset
+                if message is None:
+                    logger.warning("skipped a line of %s that is not a JSON object (a writer killed mid-line)", path)
+                    self.crawler.stats.inc_value("lait/inbox/corrupt_lines")
+                    continue
                 if "done" in message:
                     if message["done"] == self.run_id:
                         return
@@ -332,12 +337,22 @@ class LaitSpider(scrapy.Spider):
 
     def parse_page(self, response) -> Iterator[Any]:
         """A fetched page: follow its links, reject what cannot be a candidate, route the candidates to their image."""
-        url = response.meta["lait_page"]
+        requested = response.meta["lait_page"]
         depth = response.meta["lait_depth"]
-        self.open_pages.pop(url, None)
+        self.open_pages.pop(requested, None)
         stats = self.crawler.stats
         stats.set_value("lait/run/last_response", time.time())
         stats.set_value("lait/run/last_page", time.time())
+        # A redirect's target is a page of its own: crawled once, whichever way it is reached first (see
+        # follow_redirect). Its rows carry its own URL, in the spelling of the requested pages.
+        url = extract.canonical_page_url(response.url)
+        if url != requested:
+            self.fetched_pages.add(requested)  # accounted for: an earlier run's reject of it is superseded
+            if response.meta.get("lait_claimed") != url:
+                if url in self.pages_seen:
+                    stats.inc_value("lait/page/redirect_to_seen")
+                    return
+                self.pages_seen.add(url)
         stats.inc_value("lait/page/fetched")
         if not isinstance(response, scrapy.http.TextResponse) or b"html" not in (
                 response.headers.get("Content-Type") or b"text/html").lower():
@@ -347,7 +362,7 @@ class LaitSpider(scrapy.Spider):
             return
         headers = {k.decode("latin-1"): response.headers.getlist(k) for k in response.headers}
         try:
-            page = extract.parse_page(response.body, response.url, headers)
+            page = extract.parse_page(response.body, url, headers, self.formats)
         except Exception as exc:  # noqa: BLE001 - a page the extractor cannot handle is a reject, not a lost callback
             logger.warning("cannot parse %s: %s: %s", url, type(exc).__name__, exc)
             yield self._page_rejected(url, "parse_error", f"{type(exc).__name__}: {exc}"[:300])
@@ -357,10 +372,14 @@ class LaitSpider(scrapy.Spider):
             stats.inc_value(f"lait/{key}" if key.startswith("page/") else f"lait/ref/{key}", count)
         if not page.nofollow and (not self.depth_limit or depth < self.depth_limit):
             for link in page.links:
-                if self._in_domains(link):
-                    request = self._schedule_page(link, depth + 1)
-                    if request is not None:
-                        yield request
+                if not self._in_domains(link):
+                    continue
+                if extract.is_image_url(link):  # an image file, not a page: fetched only as an <img>'s image
+                    stats.inc_value("lait/page/skipped_image_link")
+                    continue
+                request = self._schedule_page(link, depth + 1)
+                if request is not None:
+                    yield request
         for row in page.rejects:
             yield RejectedItem(row)
         for candidate in page.candidates:
@@ -369,11 +388,28 @@ class LaitSpider(scrapy.Spider):
                 continue
             yield from self._candidate(candidate)
 
+    def follow_redirect(self, request: scrapy.Request) -> bool:
+        """Whether to fetch a page's redirect hop (PageRedirectMiddleware): not when its target is a page seen
+        already, which is crawled under its own URL; a target not seen is claimed for this request."""
+        target = extract.canonical_page_url(request.url)
+        if target in (request.meta["lait_page"], request.meta.get("lait_claimed")):
+            return True
+        if target in self.pages_seen:
+            return False
+        self.pages_seen.add(target)
+        request.meta["lait_claimed"] = target
+        return True
+
     def page_failed(self, failure) -> Iterator[Any]:
-        """A page that could not be fetched becomes one rejected row."""
+        """A page that could not be fetched becomes one rejected row (none when it redirects to a page seen)."""
         url = failure.request.meta["lait_page"]
         self.open_pages.pop(url, None)
-        yield self._page_rejected(url, *failure_reason(failure))
+        reason, detail = failure_reason(failure)
+        if reason == "redirect_to_seen":  # the target page gives the rows
+            self.crawler.stats.inc_value("lait/page/redirect_to_seen")
+            self.fetched_pages.add(url)
+            return
+        yield self._page_rejected(url, reason, detail)
 
     # -- images --------------------------------------------------------------------------------
 
@@ -439,9 +475,7 @@ class LaitSpider(scrapy.Spider):
             yield self._emit(candidate, result)
 
     def _reject_row(self, candidate: dict, reason: str, detail: str | None) -> dict:
-        return {"reason": reason, "detail": detail, "candidate_id": candidate["candidate_id"],
-                "image_id": None, "page_url": candidate["page_url"], "image_url": candidate["image_url"],
-                "caption": candidate.get("alt") or candidate.get("title") or candidate.get("figcaption")}
+        return output.candidate_reject(candidate, reason, detail)
 
     def _emit(self, candidate: dict, result: dict):
         if "reason" in result:

@@ -89,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}", file=sys.stderr)
             return 2
         try:
+            if args.jobdir:  # another crawl's job folder is refused before --out is made
+                runner.check_job_folder(args.jobdir, args.processes)
             output.prepare_out_dir(args.out)
+        except runner.JobFolderError as exc:
+            print(f"lait crawl: {exc}", file=sys.stderr)
+            return 2
         except output.OutputFolderError as exc:
             print(f"lait crawl: --out: {exc}", file=sys.stderr)
             return 2
@@ -100,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
                 max_aspect=args.max_aspect, jobdir=args.jobdir, progress=not args.no_progress,
                 overrides=dict(args.settings), processes=args.processes,
             )
+        except runner.JobFolderError as exc:  # --jobdir of another crawl: nothing was touched
+            print(f"lait crawl: {exc}", file=sys.stderr)
+            return 2
         except RuntimeError as exc:  # a crawl process failed; its own log says why
             print(f"lait crawl: {exc}", file=sys.stderr)
             return 1

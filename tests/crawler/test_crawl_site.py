@@ -1,5 +1,6 @@
 """End-to-end crawls of the mock website with the real `lait crawl` (Scrapy in a child process)."""
 import collections
+import io
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 
 import pytest
+from PIL import Image
 
 import schemas
 from tests.crawler.mocksite import (EXPECTED, EXPECTED_REJECTS, GIF_PIXEL, HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS,
@@ -128,16 +130,23 @@ def small_site_candidate_ids(site: MockSite, pages: int = 8) -> list[str]:
 
 
 def test_interrupted_crawl_resumes_without_loss_refetch_or_duplicates(tmp_path):
+    """... and a start URL added when resuming is crawled too."""
+    from crawler.extract import candidate_id
+
     out, jobdir = tmp_path / "resumed", tmp_path / "job"
     common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
     with small_site() as site:
-        expected = small_site_candidate_ids(site)
+        site.pages.update({"/extra.html": (200, HTML, html('<img src="/img/extra.jpg" alt="Added later">')),
+                           "/img/extra.jpg": (200, JPEG, jpeg(96, 72, color=(5, 5, 5)))})
+        expected = sorted(small_site_candidate_ids(site) + [
+            candidate_id(f"{site.url}/extra.html", f"{site.url}/img/extra.jpg", "Added later", None)])
         # CLOSESPIDER_PAGECOUNT stops the crawl the way Ctrl-C does: a graceful close mid-crawl.
         lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common,
                    settings=dict(TEST_SETTINGS, CLOSESPIDER_PAGECOUNT=6, CONCURRENT_REQUESTS=2))
         first = schemas.count_rows(str(out / "candidates"))
         first_counts = collections.Counter(site.counts)
-        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common, settings=TEST_SETTINGS)
+        lait_crawl(site.url + "/p0.html", site.url + "/extra.html", "--out", str(out), "--jobdir", str(jobdir), *common,
+                   settings=TEST_SETTINGS)
         resumed_counts = collections.Counter(site.counts) - first_counts
     got = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
     assert 0 < first < len(expected), "the first run must have been interrupted part-way"
@@ -324,3 +333,91 @@ def test_a_crawl_whose_output_cannot_be_written_fails(tmp_path, rows_per_shard):
     with small_site(1) as site, pytest.raises(RuntimeError, match="exited with status 1"):
         runner.run_crawl([site.url + "/p0.html"], str(tmp_path / "afile" / "out"), allow_private_networks=True,
                          min_side=TEST_MIN_SIDE, overrides=dict(TEST_SETTINGS, LAIT_ROWS_PER_SHARD=rows_per_shard))
+
+
+# ------------------------------------------------------------------ redirects, pictures, image links, robots
+
+def webp(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (20, 90, 200)).save(buffer, "WEBP")
+    return buffer.getvalue()
+
+
+def odd_sites() -> tuple[MockSite, MockSite, MockSite]:
+    """A site whose index reaches one page by a redirect and by a link, links pages with a space and non-ASCII
+    in their names (one fails), shows a <picture> with an AVIF source first, links an image file, and shows an
+    image of a second site whose robots.txt answers 503; a third site's robots.txt never answers in time."""
+    failing = MockSite({"/robots.txt": (503, HTML, b"busy"), "/page.html": (200, HTML, html("<p>x</p>")),
+                        "/img/x.jpg": (200, JPEG, jpeg(96, 72))})
+    silent = MockSite({"/robots.txt": (200, HTML, b""), "/page.html": (200, HTML, html("<p>x</p>"))},
+                      slow_prefix="/robots.txt", slow_s=1.5)  # past TEST_SETTINGS' DOWNLOAD_TIMEOUT
+    links = "".join(f'<a href="{link}">x</a>' for link in ("/gallery", "/gallery/", "/café menu.html", "/busy é.html",
+                                                             "/picture.html"))
+    site = MockSite({
+        "/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n"),
+        "/": (200, HTML, html(links + '<a href="/img/full.jpg"><img src="/img/thumb.jpg" alt="Thumb"></a>'
+                                      f'<img src="/img/full.jpg" alt="Full size"><img src="{failing.url}/img/x.jpg" alt="Elsewhere">')),
+        "/gallery": (301, {"Location": "/gallery/"}, b""),
+        "/gallery/": (200, HTML, html('<img src="/img/a.jpg" alt="A photo">')),
+        "/caf%C3%A9%20menu.html": (200, HTML, html('<img src="/img/menu.jpg" alt="Menu">')),
+        "/busy%20%C3%A9.html": (503, HTML, b"busy"),
+        "/picture.html": (200, HTML, html('<picture><source type="image/avif" srcset="/i/a.avif">'
+                                          '<source type="image/webp" srcset="/i/a.webp"><img src="/i/a.jpg" alt="P"></picture>')),
+        "/i/a.avif": (200, {"Content-Type": "image/avif"}, b"not fetched"),
+        "/i/a.webp": (200, {"Content-Type": "image/webp"}, webp(96, 72)),
+    })
+    for name in ("a", "menu", "full", "thumb"):
+        site.pages[f"/img/{name}.jpg"] = (200, JPEG, jpeg(96, 72, color=(len(name) * 40, 20, 20)))
+    return site, failing, silent
+
+
+@pytest.fixture(scope="module")
+def odd_crawl(tmp_path_factory):
+    """One crawl of the three ``odd_sites``: (sites, server counts of each, candidates, rejected, stats)."""
+    out = tmp_path_factory.mktemp("odd") / "crawl"
+    site, failing, silent = odd_sites()
+    with site, failing, silent:
+        lait_crawl(site.url + "/", failing.url + "/page.html", silent.url + "/page.html", "--out", str(out),
+                   "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
+    candidates = schemas.read_table(str(out / "candidates"), "candidates", columns=["page_url", "image_url"]).to_pylist()
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["in"] == stats["kept"] + stats["rejected"] == len(candidates) + len(rejected)
+    return (site, failing, silent), candidates, rejected, stats
+
+
+def test_a_page_reached_by_a_redirect_and_a_link_is_fetched_and_recorded_once(odd_crawl):
+    (site, *_), candidates, _, stats = odd_crawl
+    assert site.counts["/gallery/"] == 1 and site.counts["/gallery"] == 1
+    assert [c["page_url"] for c in candidates].count(site.url + "/gallery/") == 1
+    assert stats["lait/page/redirect_to_seen"] == 1
+
+
+def test_page_rows_and_candidate_rows_spell_a_page_url_alike(odd_crawl):
+    """As Scrapy requests it (``/caf%C3%A9%20menu.html``), the spelling the rerun's reconcile matches on."""
+    (site, *_), candidates, rejected, _ = odd_crawl
+    assert site.url + "/caf%C3%A9%20menu.html" in {c["page_url"] for c in candidates}
+    assert [r["reason"] for r in rejected if r["page_url"] == site.url + "/busy%20%C3%A9.html"] == ["http_503"]
+
+
+def test_picture_sources_of_a_format_not_allowed_are_never_fetched(odd_crawl):
+    (site, *_), candidates, _, _ = odd_crawl
+    assert (site.url + "/picture.html", site.url + "/i/a.webp") in {(c["page_url"], c["image_url"]) for c in candidates}
+    assert site.counts["/i/a.avif"] == 0 and site.counts["/i/a.jpg"] == 0
+
+
+def test_a_link_to_an_image_file_is_not_crawled_as_a_page(odd_crawl):
+    (site, *_), candidates, rejected, stats = odd_crawl
+    assert site.counts["/img/full.jpg"] == 1 and (site.url + "/", site.url + "/img/full.jpg") in {
+        (c["page_url"], c["image_url"]) for c in candidates}
+    assert "not_html" not in stats["rejected_by_reason"] and stats["lait/page/skipped_image_link"] == 1
+
+
+def test_a_robots_txt_that_fails_or_never_answers_disallows_its_host(odd_crawl):
+    """RFC 9309: 5xx or unreachable means complete disallow; the host's pages and images are rejects."""
+    (_, failing, silent), _, rejected, _ = odd_crawl
+    reasons = {(r["page_url"], r["image_url"]): r["reason"] for r in rejected}
+    assert reasons[(failing.url + "/page.html", None)] == "robots_unavailable"
+    assert reasons[(silent.url + "/page.html", None)] == "robots_unavailable"
+    assert [reason for (_, image), reason in reasons.items() if image == failing.url + "/img/x.jpg"] == ["robots_unavailable"]
+    assert failing.counts == {"/robots.txt": 1} and silent.counts == {"/robots.txt": 1}

@@ -1,16 +1,21 @@
 """Unit tests of the crawl's pure parts: extraction, image checks, the network guard."""
 import asyncio
+import codecs
 import hashlib
 import io
+import json
+import os
 import socket
 
+import lxml.html
 import pytest
 from PIL import Image
 from scrapy import Request
 
+import schemas
 from crawler import extract, images, netguard
 from crawler.middlewares import NetworkGuardMiddleware, RefusedRequest
-from tests.crawler.mocksite import jpeg, png_bomb
+from tests.crawler.mocksite import JPEG, MockSite, jpeg, png_bomb
 
 PAGE = "http://example.org/dir/page.html"
 
@@ -270,7 +275,8 @@ def test_image_urls_scrapy_cannot_request_are_rejects_not_pending():
         return [item async for item in spider.start()]
 
     started = asyncio.run(start())
-    assert [getattr(o, "url", None) or o.row["reason"] for o in started] == [good, "invalid_url"]
+    # (then the start URL, which this spider has not seen)
+    assert [getattr(o, "url", None) or o.row["reason"] for o in started] == [good, "invalid_url", "http://example.org/"]
 
 
 def test_candidates_still_waiting_at_the_end_become_rejects_unless_a_job_folder_keeps_them(tmp_path):
@@ -299,3 +305,205 @@ def test_a_page_the_extractor_fails_on_is_a_page_reject(monkeypatch):
     out = list(spider.parse_page(response))
     assert [(o.row["reason"], o.row["page_url"]) for o in out] == [("parse_error", "http://example.org/p.html")]
     assert "ZeroDivisionError" in out[0].row["detail"]
+
+
+# ------------------------------------------------------------------------------ audit of the crawl stage
+
+def test_deeply_nested_markup_keeps_the_images_after_it_and_counts_a_truncation():
+    nested = '<img src="before.jpg" alt="B">' + "<div>" * 300 + '<img src="deep.jpg" alt="D">' + "</div>" * 300
+    page = extract.parse_page(nested + '<img src="after.jpg" alt="A">', PAGE)
+    assert [c["alt"] for c in page.candidates] == ["B", "D", "A"]  # libxml2 stopped at 256 levels before
+    assert "page/truncated_too_deep" not in page.counts
+    page = extract.parse_page('<img src="before.jpg" alt="B">' + "<div>" * 3000 + '<img src="deep.jpg" alt="D">', PAGE)
+    assert [c["alt"] for c in page.candidates] == ["B"] and page.counts["page/truncated_too_deep"] == 1
+
+
+WIDE = '<html><body><img src="a.jpg" alt="Wide"></body></html>'
+
+
+@pytest.mark.parametrize("body, headers", [
+    (WIDE.encode("utf-16-le"), {"Content-Type": "text/html; charset=utf-16"}),  # ASCII + NUL is valid UTF-8 too
+    (WIDE.encode("utf-16-be"), {}),
+    (WIDE.encode("utf-32-le"), {}),
+    (codecs.BOM_UTF32_LE + WIDE.encode("utf-32-le"), {}),  # not the UTF-16-LE mark it begins with
+    # An escape codec is no page encoding: "\ud800" in the text stays text, not a lone surrogate.
+    (b'<meta charset="unicode_escape"><p>\xff \\ud800</p>' + WIDE.encode(), {}),
+    (WIDE.encode(), {"Content-Type": "text/html; charset=utf-16"}),  # no NUL: not UTF-16, whatever it says
+], ids=["utf16le-header", "utf16be-sniffed", "utf32le-sniffed", "utf32le-bom", "unicode-escape", "ascii-declared-utf16"])
+def test_wide_encodings_without_bom_and_bogus_charsets_decode(body, headers):
+    page = extract.parse_page(body, PAGE, headers)
+    assert [(c["image_url"], c["alt"]) for c in page.candidates] == [("http://example.org/dir/a.jpg", "Wide")]
+    assert extract.decode_html("é".encode("utf-16-be") + WIDE.encode("utf-16-be")).startswith("é<html>")
+
+
+def test_a_lone_surrogate_is_replaced_and_an_unexpected_parser_failure_is_raised(monkeypatch):
+    page = extract.parse_page('<img src="a.jpg" alt="Odd \ud800 text">', PAGE)  # str input cannot be UTF-8 as is
+    assert [c["alt"] for c in page.candidates] == ["Odd ? text"]
+    real = lxml.html.document_fromstring
+
+    def failing(data, *args, **kwargs):
+        if b"img" in data:
+            raise ValueError("an unexpected parser failure")
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(lxml.html, "document_fromstring", failing)
+    with pytest.raises(ValueError, match="unexpected"):  # the spider and the WARC reader make it a parse_error
+        extract.parse_page('<img src="a.jpg" alt="A">', PAGE)
+
+
+def test_picture_sources_of_formats_not_allowed_are_passed_over():
+    html = ('<picture><source type="image/avif" srcset="a.avif 2x"><source type="image/webp" srcset="a.webp">'
+            '<source type="image/x-unknown" srcset="a.xyz 3x"><img src="a.jpg" alt="P"></picture>')
+    assert extract.parse_page(html, PAGE).candidates[0]["image_url"] == "http://example.org/dir/a.webp"
+    assert extract.parse_page(html, PAGE, formats=["JPEG"]).candidates[0]["image_url"] == "http://example.org/dir/a.jpg"
+    assert extract.parse_page(html, PAGE, formats=["JPEG", "AVIF"]).candidates[0]["image_url"] == (
+        "http://example.org/dir/a.avif")
+    untyped = '<picture><source srcset="big.jpg 2x"><img src="a.jpg" alt="P"></picture>'
+    assert extract.parse_page(untyped, PAGE).candidates[0]["image_url"] == "http://example.org/dir/big.jpg"
+
+
+def test_page_urls_are_spelled_as_scrapy_requests_them():
+    assert extract.canonical_page_url("http://H.example/café menu.html#x") == "http://h.example/caf%C3%A9%20menu.html"
+    assert extract.canonical_page_url("http://h.example/caf%C3%A9%20menu.html") == "http://h.example/caf%C3%A9%20menu.html"
+    assert Request("http://h.example/café menu.html").url == "http://h.example/caf%C3%A9%20menu.html"
+    assert extract.is_image_url("http://h.example/img/Full.JPG?w=2") and not extract.is_image_url("http://h.example/jpg/")
+
+
+def test_polite_fetcher_requests_spaces_and_non_ascii_as_scrapy_does():
+    from crawler.fetch import PoliteFetcher
+
+    photo = jpeg(8, 8)
+    location = "/img/café noir.jpg".encode("utf-8").decode("latin-1")  # the header's bytes are UTF-8
+    with MockSite({"/img/caf%C3%A9%20noir.jpg": (200, JPEG, photo), "/go": (302, {"Location": location}, b"")}) as site:
+        fetcher = PoliteFetcher(allow_private_networks=True, delay=0, obey_robots=False)
+        assert fetcher.fetch(site.url + "/img/café noir.jpg").body == photo
+        assert fetcher.fetch(site.url + "/go").body == photo  # a Location with a space and non-ASCII
+    assert site.counts["/img/caf%C3%A9%20noir.jpg"] == 2
+
+
+def test_polite_fetcher_disallows_a_host_whose_robots_txt_fails_or_cannot_be_reached():
+    """RFC 9309: robots.txt answering 5xx or not at all disallows the host; a 4xx allows it."""
+    from crawler.fetch import FetchError, PoliteFetcher
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: connection refused
+    robots = {"/robots.txt": (503, {"Content-Type": "text/plain"}, b"busy"), "/img/a.jpg": (200, JPEG, jpeg(8, 8))}
+    with MockSite(robots) as failing, MockSite({"/img/a.jpg": (200, JPEG, jpeg(8, 8))}) as missing:
+        fetcher = PoliteFetcher(allow_private_networks=True, delay=0, timeout=2)
+        for url in (failing.url + "/img/a.jpg", failing.url + "/img/b.jpg", closed_url + "/img/a.jpg"):
+            with pytest.raises(FetchError) as caught:
+                fetcher.fetch(url)
+            assert caught.value.reason == "robots_unavailable", url
+        assert fetcher.fetch(missing.url + "/img/a.jpg").status == 200  # robots.txt 404: no rules
+    assert failing.counts == {"/robots.txt": 1}  # the verdict is kept, the image never requested
+
+
+def test_resuming_loads_only_the_image_bytes_the_saved_state_needs(tmp_path, monkeypatch):
+    import pickle
+
+    from crawler import output
+    from crawler.spiders.lait import STATE_FILE
+
+    out, jobdir = tmp_path / "out", tmp_path / "job"
+    writer = output.CrawlOutput(str(out), rows_per_shard=2)
+    for i in range(6):
+        writer.add_candidate({"candidate_id": f"c{i}", "image_id": f"{i:064x}", "page_url": "http://h.example/p",
+                              "image_url": f"http://h.example/{i}.jpg", "image_bytes": b"bytes %d" % i, "source": "crawl"})
+    writer.close()
+    jobdir.mkdir()
+    needed = f"{4:064x}"
+    state = {"pages_seen": set(), "open_pages": {}, "pending": {}, "inbox_offset": 0,
+             "image_results": {"http://h.example/4.jpg": {"image_id": needed}, "http://h.example/x.jpg": {"reason": "http_404"}}}
+    (jobdir / STATE_FILE).write_bytes(pickle.dumps(state))
+    reads = []
+    real = schemas.read_table
+    monkeypatch.setattr(schemas, "read_table", lambda path, kind=None, columns=None: reads.append(columns) or real(
+        path, kind, columns=columns))
+    spider = _spider(LAIT_OUT=str(out), LAIT_JOBDIR=str(jobdir))
+    assert len(spider.store) == 1 and spider.store.get(needed) == b"bytes 4"
+    assert reads.count(["image_id", "image_bytes"]) == 1  # the bytes of one shard of three only
+    spider.store.close()
+
+
+def test_a_job_folder_refuses_another_number_of_processes(tmp_path):
+    from crawler import runner
+
+    jobdir, out = tmp_path / "job", tmp_path / "out"
+    runner.check_job_folder(str(jobdir), 3)
+    runner.check_job_folder(str(jobdir), 3)  # the same number continues
+    for processes in (1, 2, 4):
+        with pytest.raises(runner.JobFolderError, match="--processes 3"):
+            runner.run_crawl(["http://127.0.0.1:9/"], str(out), jobdir=str(jobdir), processes=processes)
+        with pytest.raises(runner.JobFolderError):  # `scrapy crawl -a jobdir=...` is one process
+            _spider(LAIT_JOBDIR=str(jobdir))
+    assert not out.exists() and sorted(os.listdir(jobdir)) == [runner.JOB_FILE]
+    from lait import cli
+
+    assert cli.main(["crawl", "http://127.0.0.1:9/", "--out", str(out), "--jobdir", str(jobdir), "--processes", "2",
+                     "--no-progress"]) == 2  # bad input: exit status 2, and the output untouched
+    assert not out.exists()
+    legacy = tmp_path / "legacy"  # a folder from before the record: its files show 3 processes at least
+    (legacy / "inboxes").mkdir(parents=True)
+    (legacy / "inboxes" / "inbox-2.jsonl").write_text("")
+    with pytest.raises(runner.JobFolderError, match="--processes 3, not 2"):
+        runner.check_job_folder(str(legacy), 2)
+    runner.check_job_folder(str(legacy), 3)
+    assert json.loads((legacy / runner.JOB_FILE).read_text()) == {"processes": 3}
+
+
+def test_inbox_lines_torn_by_a_killed_writer_are_skipped_never_a_crash(tmp_path):
+    from crawler import runner
+
+    path = str(tmp_path / "inbox-1.jsonl")
+    with open(path, "wb") as handle:
+        handle.write(b'{"image_url": "a"}\n{"image_url": "b')  # process 0 killed mid-line
+    spider = _spider()
+    spider.inbox_dir, spider.processes = str(tmp_path), 2
+    assert [m for _, m in runner.read_inbox(path, 0)] == [{"image_url": "a"}]  # the torn last line waits
+    spider._send(1, {"image_url": "c"})  # the next writer starts on a fresh line
+    spider._outboxes[1].close()
+    lines = runner.read_inbox(path, 0)
+    assert [m for _, m in lines] == [{"image_url": "a"}, None, {"image_url": "c"}]
+    assert lines[-1][0] == os.path.getsize(path)
+
+
+def test_candidates_left_in_an_inbox_become_image_not_fetched_rows(tmp_path):
+    """Without a job folder, what an image process never read (it stopped first, or process 0 sent it later)
+    becomes rows when `lait crawl` settles the books: every candidate sent has a row."""
+    from crawler import output, runner
+
+    out, inboxes = tmp_path / "out", tmp_path / "inboxes"
+    inboxes.mkdir()
+    candidates = [{"candidate_id": f"c{i}", "page_url": "http://h.example/p", "image_url": f"http://h.example/{i}.jpg",
+                   "alt": f"Alt {i}", "title": None} for i in range(3)]
+    lines = [json.dumps(candidates[0]), json.dumps({"done": "an earlier run"}), json.dumps(candidates[1]), "{torn",
+             json.dumps(candidates[2])]
+    (inboxes / "inbox-1.jsonl").write_text("".join(line + "\n" for line in lines))
+    (inboxes / "inbox-1.read").write_text(json.dumps({"offset": len(lines[0]) + 1}))  # it read the first only
+    for index in range(2):
+        (inboxes / f"stats-{index}.json").write_text(json.dumps({"lait/image/routed": 3} if index == 0 else {}))
+        output.RunOutcomes().save(str(inboxes / f"outcomes-{index}.json"))
+    stats = runner._settle(str(out), str(inboxes), 2, output.CrawlOutput(str(out), prefix="part-inbox"))
+    rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+    assert [(r["candidate_id"], r["reason"], r["caption"]) for r in rejected] == [
+        ("c1", "image_not_fetched", "Alt 1"), ("c2", "image_not_fetched", "Alt 2")]
+    assert stats["in"] == 2 and stats["lait/inbox/unread"] == 2 and stats["lait/inbox/corrupt_lines"] == 1
+    assert stats["lait/image/rejected/image_not_fetched"] == 2
+
+
+def test_the_robots_middleware_overrides_methods_scrapy_has():
+    """crawler.middlewares.RobotsTxtMiddleware overrides private methods of Scrapy's (RFC 9309's rule for a
+    robots.txt that cannot be had): a Scrapy that renamed them would silently allow every such host again."""
+    import inspect
+
+    from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as Scrapys
+
+    from crawler.middlewares import RobotsTxtMiddleware
+
+    for name in ("_parse_robots", "_robots_error", "process_request_2"):
+        assert hasattr(Scrapys, name), f"Scrapy's RobotsTxtMiddleware has no {name} any more"
+        assert (list(inspect.signature(getattr(Scrapys, name)).parameters)
+                == list(inspect.signature(getattr(RobotsTxtMiddleware, name)).parameters)), name
+    assert hasattr(Scrapys, "_parsers")  or "_parsers" in inspect.getsource(Scrapys.__init__)

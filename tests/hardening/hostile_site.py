@@ -96,8 +96,11 @@ class HostileSite:
     """Serves the hostile cases and ``good_pages`` good pages (one good image each); a context manager."""
 
     def __init__(self, good_pages: int = 6, big_image_mb: int = 50, nested_mb: float = 10.0,
-                 bomb_mb: int = 50, side: int = 96, hostile: bool = True):
+                 bomb_mb: int = 50, side: int = 96, hostile: bool = True, silent_robots: bool = False):
         self.good_pages, self.side, self.hostile = good_pages, side, hostile  # hostile=False: the good pages only
+        # A robots.txt that never answers disallows the whole site (RFC 9309, unreachable): off by default,
+        # so that the other cases are crawled.
+        self.silent_robots = silent_robots
         self.big_image_bytes = big_image_mb * 2**20
         self.stop = threading.Event()
         self.pages = self._build(nested_mb, bomb_mb)
@@ -181,7 +184,7 @@ class HostileSite:
         """Answer one GET: a hostile behaviour by path, else a stored page, else 404."""
         parts = urlsplit(request.path)
         path = parts.path
-        if path == "/robots.txt" and self.hostile:
+        if path == "/robots.txt" and self.silent_robots:
             self.stop.wait(60)  # never answers (until the site stops): the crawler's timeout must end it
             return
         if path in ("/reset.html", "/img/reset.jpg"):
