@@ -385,11 +385,19 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def _reduce_mean(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The mean of a host tensor over the processes (NCCL reduces device tensors only: it goes there and back)."""
     if runtime.distributed:
-        values = values.clone()
+        on = runtime.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        values = values.to(on, copy=True)
         dist.all_reduce(values)
-        values /= runtime.world_size
+        values = values.cpu() / runtime.world_size
     return values
+
+
+def _to_host(losses: torch.Tensor, norm: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The step's losses and gradient norm on the host, in one copy (one wait for the device)."""
+    both = torch.cat([losses.float(), norm.detach().float().reshape(1).to(losses.device)]).cpu()
+    return both[:-1], float(both[-1])
 
 
 def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: TrainConfig, runtime: Runtime,
@@ -496,7 +504,7 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         seed = derived_seed(config.seed, stage_index, step, runtime.rank)
         torch.manual_seed(seed)  # dropout
         generator.manual_seed(seed)  # masking and negatives
-        step_losses = torch.zeros_like(window)
+        step_losses = torch.zeros_like(window, device=runtime.device)  # on the device: read back once per step
         for micro in range(config.grad_accum):
             batch = _to_device(next(batches), runtime.device)
             if bucket_shapes is not None:
@@ -526,11 +534,17 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                         loss = loss + stage.dual_encoder * dual
                         parts.append(dual.detach())
                 (loss / config.grad_accum).backward()
-            step_losses += torch.stack([loss.detach().float()] + [p.detach() for p in parts]).cpu() / config.grad_accum
-        # The norm is the same in every process (the gradients are all-reduced): all of them stop together.
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
-        if not math.isfinite(float(norm)):
-            _diverged(stage, step + 1, dict(zip(["loss"] + task_names, step_losses.tolist())), config)
+            step_losses += torch.stack([loss.detach().float()] + [p.detach() for p in parts]) / config.grad_accum
+        # The norm is the same in every process (the gradients are all-reduced): all of them stop together. It
+        # comes back to the host with the step's losses, one read-back per step (and no clipping when off).
+        if config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        step_losses, norm = _to_host(step_losses, norm)
+        if not math.isfinite(norm):
+            _diverged(stage, step + 1, dict(zip(["loss"] + task_names, step_losses.tolist())), config,
+                      f"the gradient norm is {norm}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -547,8 +561,9 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         if done % config.log_every == 0 or done == total:
             mean = _reduce_mean(window / window_steps, runtime)
             last_loss = float(mean[0])
-            if not torch.isfinite(mean).all():
-                _diverged(stage, done, dict(zip(["loss"] + task_names, mean.tolist())), config)
+            if not torch.isfinite(mean).all():  # a process's loss, with finite gradients (an overflow in a loss)
+                _diverged(stage, done, dict(zip(["loss"] + task_names, mean.tolist())), config,
+                          "the mean loss over the processes is not finite", before_update=False)
             elapsed = time.perf_counter() - window_start
             if log is not None:
                 row = {"step": done, "lr": f"{scheduler.get_last_lr()[0]:.6g}", "loss": f"{mean[0]:.6f}",
@@ -588,12 +603,15 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     return summary_of(total)
 
 
-def _diverged(stage: StageConfig, step: int, losses: dict, config: TrainConfig) -> None:
-    """Stop a stage whose loss is no longer finite, before the update that would make every weight NaN."""
+def _diverged(stage: StageConfig, step: int, losses: dict, config: TrainConfig, what: str,
+              before_update: bool = True) -> None:
+    """Stop a stage whose training is no longer finite (``what``): before the update that would make every weight
+    NaN when the gradients are not finite; after it when only a logged loss is (the update itself was finite)."""
     last = os.path.join(config.out_dir, "checkpoints", "last.pt")
     shown = ", ".join(f"{name} {value:.4g}" for name, value in losses.items())
-    raise TrainingDiverged(f"stage {stage.name!r}, step {step}: the loss is not finite ({shown}): training diverged "
-                           f"and stopped before that update (the last checkpoint, "
+    when = "before that update" if before_update else "after that step"
+    raise TrainingDiverged(f"stage {stage.name!r}, step {step}: {what} (this process's losses: {shown}): training "
+                           f"diverged and stopped {when} (the last checkpoint, "
                            f"{last if os.path.exists(last) else 'none yet'}, holds finite weights); lower the stage's "
                            f"lr, raise its warmup, or check the data")
 

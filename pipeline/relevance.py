@@ -99,6 +99,15 @@ class _RelevanceModelHandler(PytorchModelHandlerKeyedTensor):
         self._device = torch.device(device)
         return _build_model(self._spec, device)
 
+    def run_inference(self, batch, model, inference_args=None):
+        """Beam's inference, on the device the model lives on: threads of a worker share one model loaded by
+        one of them (``shared.Shared``), so a copy of this handler that did not load it has not resolved the
+        device in ``load_model``."""
+        weight = next(model.parameters(), None)
+        if weight is not None:
+            self._device = weight.device
+        return super().run_inference(batch, model, inference_args)
+
     def get_metrics_namespace(self) -> str:
         return "lait_relevance"
 

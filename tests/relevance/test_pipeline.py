@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
+import pipeline.relevance as relevance_module
 import schemas
 from demo import audit
 from filters.relevance import load
@@ -130,6 +131,24 @@ def test_the_device_asked_for_is_resolved_on_the_worker(model_dir, monkeypatch):
     assert ScoreRelevance(model_dir, device="cpu").device == "CPU"
     with pytest.raises(ValueError, match="CPU or GPU"):
         ScoreRelevance(model_dir, device="tpu")
+
+
+def test_a_handler_copy_that_did_not_load_the_model_scores_where_the_model_is(model_dir):
+    """Threads of a Beam worker share one loaded model (``shared.Shared``): only one copy of the handler runs
+    ``load_model``. The others must still send their batches to the model's device, not to the GPU that a
+    handler with no device request names before loading."""
+    from apache_beam.internal import pickler
+
+    from tests.relevance.scenes import make_pairs
+
+    shipped = pickler.dumps(ScoreRelevance(model_dir).model_handler())  # no device request: GPU if there is one
+    loader, other = pickler.loads(shipped), pickler.loads(shipped)
+    model = loader.load_model()  # this CPU machine: on the CPU
+    prepare = relevance_module._PrepareInputs(model_dir)
+    prepare.setup()
+    keyed = [next(iter(prepare.process(pair))) for pair in make_pairs(3, seed=1)][:3]
+    results = list(other.run_inference(keyed, model))  # `other` never loaded: its device was the GPU's
+    assert len(results) == 3 and all(r[1].inference.device.type == "cpu" for r in results)
 
 
 class _StandInFileSystem(LocalFileSystem):
