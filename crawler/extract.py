@@ -44,9 +44,6 @@ SOURCE_TYPE_FORMATS = {
     "image/heif": "HEIF", "image/bmp": "BMP", "image/tiff": "TIFF", "image/svg+xml": "SVG", "image/x-icon": "ICO",
     "image/vnd.microsoft.icon": "ICO", "image/jp2": "JPEG2000",
 }
-#: Path extensions of image files: a link to one is an image, not a page to crawl.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".avif", ".jxl", ".heic",
-                    ".heif", ".bmp", ".tif", ".tiff", ".svg", ".ico", ".jp2")
 #: Byte-order marks, UTF-32 before UTF-16: the UTF-32-LE mark begins with the UTF-16-LE one.
 BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
@@ -161,8 +158,9 @@ def decode_html(body: bytes, headers: Mapping | None = None) -> str:
     """Decode a page, surviving a wrongly declared encoding.
 
     A byte-order mark decides first (UTF-32 before UTF-16), then the NUL bytes of UTF-16/32 markup
-    without one. Valid UTF-8 with non-ASCII bytes and no NUL is almost never another encoding by
-    accident, so it wins over a declaration; otherwise the declared encoding (HTTP header, then
+    without one. Valid UTF-8 with non-ASCII bytes is almost never another encoding by accident, so it
+    wins over a declaration (a stray NUL does not change that); bytes that are all ASCII without NULs
+    decode as ASCII whatever is declared (an EBCDIC label on them is wrong); otherwise the declared encoding (HTTP header, then
     ``<meta>``) is used when it decodes cleanly, then UTF-8, and Windows-1252 with replacement
     characters is the last resort. A declaration of UTF-16/32 on a page without NUL bytes, or of a
     codec that is no page encoding (``unicode_escape``, ``utf-7``, ...), is ignored.
@@ -171,15 +169,16 @@ def decode_html(body: bytes, headers: Mapping | None = None) -> str:
         if body.startswith(bom):
             return body[len(bom):].decode(encoding, errors="replace")
     has_nul = b"\x00" in body
-    if has_nul:
-        wide = _wide_encoding(body)
-        if wide:
-            return body.decode(wide, errors="replace")
-    elif not body.isascii():
+    wide = _wide_encoding(body) if has_nul else None
+    if wide:
+        return body.decode(wide, errors="replace")
+    if not body.isascii():  # (a stray NUL in UTF-8 markup does not make it another encoding)
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError:
             pass
+    elif not has_nul:  # ASCII bytes alone: only an ASCII-compatible encoding (not EBCDIC, not UTF-16/32) fits
+        return body.decode("ascii")
     declared = [http_content_type_encoding(header_value(headers, "Content-Type")), html_body_declared_encoding(body)]
     for encoding in filter(None, map(_page_encoding, declared)):
         if encoding.startswith(("utf-16", "utf-32")) and not has_nul:
@@ -302,15 +301,11 @@ def canonical_page_url(url: str) -> str:
     return urlunsplit((scheme, userinfo + at + netloc, parts.path or "/", parts.query, ""))
 
 
-def is_image_url(url: str) -> bool:
-    """Whether a URL's path ends in an image file's extension (``/img/full.jpg``): a link to it is no page."""
-    return urlsplit(url).path.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def _source_allowed(source: lxml.html.HtmlElement, formats: frozenset[str]) -> bool:
-    """Whether a ``<picture>`` ``<source>`` may be chosen: no ``type``, or one of an allowed format."""
+    """Whether a ``<picture>`` ``<source>`` may be chosen: no ``type``, or one of an allowed format (no formats
+    named: every format is allowed, as in ``crawler.images.validate_image``)."""
     mime = (source.get("type") or "").split(";", 1)[0].strip().lower()
-    return not mime or SOURCE_TYPE_FORMATS.get(mime) in formats
+    return not mime or not formats or SOURCE_TYPE_FORMATS.get(mime) in formats
 
 
 def _image_source(img: lxml.html.HtmlElement, formats: frozenset[str]) -> str | None:

@@ -33,13 +33,14 @@ class JobFolderError(RuntimeError):
     """A job folder that cannot continue this crawl (another number of crawl processes than it was started with)."""
 
 
-def check_job_folder(jobdir: str, processes: int) -> None:
+def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
     """Record the number of crawl processes in a job folder, or refuse another number than the one recorded.
 
     Each process keeps its share of the work there (process K's pending images, its inbox and how far it
     read it), and images go to the process their URL hashes to: with another number, that work would be
     lost. Raises JobFolderError (nothing written). A folder from before the record tells by its files how
-    many processes it had at least.
+    many processes it had at least. ``record`` False only checks (``lait crawl`` before it makes ``--out``:
+    a run that fails there must not leave a record behind).
     """
     path = os.path.join(jobdir, JOB_FILE)
     try:
@@ -55,8 +56,11 @@ def check_job_folder(jobdir: str, processes: int) -> None:
         raise JobFolderError(
             f"--jobdir {jobdir} holds a crawl run with --processes {recorded}, not {processes}: continue it with "
             f"--processes {recorded}, or start over with a new --jobdir (the work kept for each process would be lost)")
-    if not os.path.exists(path):
-        output.write_json_atomically(path, {"processes": processes})
+    if record and not os.path.exists(path):
+        try:
+            output.write_json_atomically(path, {"processes": processes})
+        except OSError as exc:
+            raise JobFolderError(f"--jobdir {jobdir}: cannot write {path} ({exc.strerror or exc})") from None
 
 
 def _processes_by_files(jobdir: str) -> int:

@@ -260,14 +260,15 @@ def _only_blank_lines(path: str, offset: int, limit: int = 1 << 16) -> bool:
     return len(tail) <= limit and not tail.strip()
 
 
-def page_candidates(element) -> Iterator[Any]:
-    """An HTML record -> its candidates (as the spider finds them) and tagged rejected references."""
+def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS) -> Iterator[Any]:
+    """An HTML record -> its candidates (as the spider finds them) and tagged rejected references. ``formats``:
+    the run's image formats, which choose among a ``<picture>``'s sources as in the spider."""
     _, url, item = element
     if not 200 <= item["status"] < 300:
         yield _rejected(f"http_{item['status']}", "status in the WARC record", page_url=url)
         return
     try:
-        page = extract.parse_page(item["body"], url, item["headers"])
+        page = extract.parse_page(item["body"], url, item["headers"], formats)
     except Exception as exc:  # noqa: BLE001 - a page the extractor cannot handle is a reject, not a failed job
         yield _rejected("parse_error", f"{type(exc).__name__}: {exc}"[:300], page_url=url)
         return
@@ -459,7 +460,8 @@ class ReadWarcCandidates(beam.PTransform):
     def expand(self, files):
         records = files | "ReadWarcRecords" >> beam.ParDo(ReadWarcRecords(self.max_bytes)).with_outputs(REJECTED, main="records")
         kinds = records.records | "SplitByKind" >> beam.Partition(lambda r, n: {"page": 0, "image": 1, "wat": 2}[r[0]], 3)
-        from_pages = kinds[0] | "ExtractCandidates" >> beam.FlatMap(page_candidates).with_outputs(REJECTED, main="candidates")
+        from_pages = kinds[0] | "ExtractCandidates" >> beam.FlatMap(
+            page_candidates, formats=self.check_options["formats"]).with_outputs(REJECTED, main="candidates")
         from_wat = kinds[2] | "ExtractWatCandidates" >> beam.FlatMap(wat_candidates).with_outputs(REJECTED, main="candidates")
         unique = (
             (from_pages.candidates, from_wat.candidates)

@@ -73,7 +73,20 @@ def input_root(path: str) -> str:
     if path.endswith(".parquet") or _is_pattern(path):
         return path
     candidates = posixpath.join(path, "candidates")
-    return candidates if is_folder(candidates) else path
+    # On an object store an empty candidates/ does not exist at all: a crawl folder shows by its stats.json.
+    return candidates if is_folder(candidates) or ("://" in path and _crawl_stats(path)) else path
+
+
+def _crawl_stats(path: str) -> bool:
+    """Whether ``path`` holds the stats.json of a crawl (``stage``: crawl)."""
+    stats = posixpath.join(path, "stats.json")
+    if not FileSystems.exists(stats):
+        return False
+    try:
+        with FileSystems.open(stats) as handle:
+            return json.loads(handle.read()).get("stage") == "crawl"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def resolve_input(path: str) -> list[str]:

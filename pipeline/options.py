@@ -181,9 +181,14 @@ def config_from_args(args: argparse.Namespace) -> RuleConfig:
     )
 
 
-def _refuse_unknown(beam_args: Sequence[str], own: Mapping[str, Any]):
+def _refuse_unknown(beam_args: Sequence[str], own: Mapping[str, Any], local: bool = True):
     """An ``add_extra_args_fn`` for Beam's option parser: a ValueError for every argument that neither it nor
-    the stage knows (Beam only logs "Discarding unparseable args", so ``--min_words 50`` would be ignored)."""
+    the stage knows (Beam only logs "Discarding unparseable args", so ``--min_words 50`` would be ignored).
+
+    With a runner that is not local (``local`` False), only an argument that looks like a misspelt option of
+    the stage is refused: such a runner's own options (``--dask_client_address``) are known to Beam only once
+    its module is imported, which happens after this check; the others are left to Beam, which logs them.
+    """
 
     def error(message: str):
         raise ValueError(f"Beam options: {message}")
@@ -199,6 +204,9 @@ def _refuse_unknown(beam_args: Sequence[str], own: Mapping[str, Any]):
             close = difflib.get_close_matches(name.replace("_", "-"), own_options, n=1, cutoff=0.8)
             if close:
                 hints.append(f"{name}: did you mean {close[0]}?")
+        if not local and not hints:
+            logger.warning("arguments Beam does not know yet, left to the runner: %s", " ".join(unknown))
+            return
         raise ValueError(f"unknown argument(s) {' '.join(unknown)}: neither an option of this stage nor a Beam "
                          f"option" + "".join(f"; {hint}" for hint in hints))
 
@@ -212,7 +220,8 @@ def beam_options(beam_args: Sequence[str], own: Mapping[str, Any] | None = None)
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
     options = PipelineOptions(list(beam_args))
-    options.get_all_options(add_extra_args_fn=_refuse_unknown(beam_args, own or {}))
+    local = str(runner_name(options)).lower() in LOCAL_RUNNERS
+    options.get_all_options(add_extra_args_fn=_refuse_unknown(beam_args, own or {}, local))
     workers = options.view_as(DirectOptions).direct_num_workers
     _check(workers >= 0, f"--direct_num_workers must be 0 (one per CPU) or more, got {workers}")
     return options

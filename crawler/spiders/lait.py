@@ -123,6 +123,7 @@ class LaitSpider(scrapy.Spider):
             raise ValueError("max_pages and depth are counts: 0 (no limit) or more")
         self.jobdir = jobdir
         self.pages_seen: set[str] = set()
+        self.pages_scheduled = 0  # what --max-pages counts: links followed (not the redirect targets they claim)
         self.open_pages: dict[str, int] = {}  # scheduled, not done: url -> depth
         # Pages this run fetched and parsed: an earlier run's reject of one is superseded (output.reconcile).
         self.fetched_pages: set[str] = set()
@@ -166,6 +167,7 @@ class LaitSpider(scrapy.Spider):
         with open(path, "rb") as handle:
             state = pickle.load(handle)
         self.pages_seen = state["pages_seen"]
+        self.pages_scheduled = state.get("pages_scheduled", len(self.pages_seen))
         self.open_pages = state["open_pages"]
         self.pending = state["pending"]
         self.image_results = state["image_results"]
@@ -181,7 +183,8 @@ class LaitSpider(scrapy.Spider):
     def _save_state(self) -> None:
         os.makedirs(self.jobdir, exist_ok=True)
         state = {"pages_seen": self.pages_seen, "open_pages": self.open_pages, "pending": self.pending,
-                 "image_results": self.image_results, "inbox_offset": self.inbox_offset}
+                 "image_results": self.image_results, "inbox_offset": self.inbox_offset,
+                 "pages_scheduled": self.pages_scheduled}
         fd, tmp = tempfile.mkstemp(dir=self.jobdir, prefix=".state.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -319,10 +322,11 @@ class LaitSpider(scrapy.Spider):
         url = extract.canonical_page_url(url)
         if url in self.pages_seen:
             return None
-        if self.max_pages and len(self.pages_seen) >= self.max_pages:
+        if self.max_pages and self.pages_scheduled >= self.max_pages:
             self.crawler.stats.inc_value("lait/page/skipped_max_pages")
             return None
         self.pages_seen.add(url)
+        self.pages_scheduled += 1
         request, failure = self._checked_request(url, depth)
         if failure:
             return self._page_rejected(url, *failure)
@@ -371,10 +375,14 @@ class LaitSpider(scrapy.Spider):
         for key, count in page.counts.items():
             stats.inc_value(f"lait/{key}" if key.startswith("page/") else f"lait/ref/{key}", count)
         if not page.nofollow and (not self.depth_limit or depth < self.depth_limit):
+            # A link to an image this crawl fetches as an <img>'s image (a thumbnail's link to its full size
+            # shown on the page too) is not fetched again as a page. Any other link is, whatever its path says:
+            # a MediaWiki /wiki/File:X.jpg is an HTML page of its own.
+            images = {row.get("image_url") for row in (*page.candidates, *page.rejects)}
             for link in page.links:
                 if not self._in_domains(link):
                     continue
-                if extract.is_image_url(link):  # an image file, not a page: fetched only as an <img>'s image
+                if link in images or link in self.pending or link in self.image_results:
                     stats.inc_value("lait/page/skipped_image_link")
                     continue
                 request = self._schedule_page(link, depth + 1)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -38,6 +40,15 @@ def choose_pairs(rows: list[dict], limit: int | None) -> list[dict]:
     return rows if not limit or len(rows) <= limit else sorted(rows, key=_sample_key)[:limit]
 
 
+def _keyed_rows(dataset) -> Iterator[tuple[tuple, int]]:
+    """(``_sample_key``, row index) of every row of a dataset, read batch by batch (the key columns only)."""
+    index = 0
+    for batch in dataset.to_batches(columns=CONTENT_COLUMNS + ["pair_id"], use_threads=False):  # in row order
+        for row in batch.to_pylist():
+            yield _sample_key(row), index
+            index += 1
+
+
 def resolve_pairs_path(path: str) -> str:
     """``RUN/filter`` or any folder holding ``pairs/`` -> that ``pairs/``; else the path itself."""
     inner = os.path.join(path, "pairs")
@@ -64,9 +75,9 @@ def _read(dataset, path: str, extra_columns: tuple[str, ...], limit: int | None)
     if limit and dataset.count_rows() > limit:
         # Chosen by content (``choose_pairs``), from the few columns it needs: pair ids hash the URLs, port
         # included, so the smallest ids would be other pairs for the same site served on another port.
-        keys = dataset.to_table(columns=CONTENT_COLUMNS + ["pair_id"]).to_pylist()
-        chosen = sorted(range(len(keys)), key=lambda i: _sample_key(keys[i]))[:limit]
-        table = dataset.take(sorted(chosen), columns=columns)
+        # Streamed, batch by batch, keeping the ``limit`` lowest keys: memory follows the limit, not the input.
+        chosen = heapq.nsmallest(limit, _keyed_rows(dataset), key=lambda item: item[0])
+        table = dataset.take(sorted(index for _, index in chosen), columns=columns)
     else:
         table = dataset.to_table(columns=columns)
     # Sorted by pair_id: the same pairs in the same order however the upstream stage sharded them.

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         try:
             if args.jobdir:  # another crawl's job folder is refused before --out is made
-                runner.check_job_folder(args.jobdir, args.processes)
+                runner.check_job_folder(args.jobdir, args.processes, record=False)  # recorded once it runs
             output.prepare_out_dir(args.out)
         except runner.JobFolderError as exc:
             print(f"lait crawl: {exc}", file=sys.stderr)

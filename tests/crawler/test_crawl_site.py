@@ -352,7 +352,7 @@ def odd_sites() -> tuple[MockSite, MockSite, MockSite]:
     silent = MockSite({"/robots.txt": (200, HTML, b""), "/page.html": (200, HTML, html("<p>x</p>"))},
                       slow_prefix="/robots.txt", slow_s=1.5)  # past TEST_SETTINGS' DOWNLOAD_TIMEOUT
     links = "".join(f'<a href="{link}">x</a>' for link in ("/gallery", "/gallery/", "/café menu.html", "/busy é.html",
-                                                             "/picture.html"))
+                                                             "/picture.html", "/wiki/File:Sunset.jpg"))
     site = MockSite({
         "/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n"),
         "/": (200, HTML, html(links + '<a href="/img/full.jpg"><img src="/img/thumb.jpg" alt="Thumb"></a>'
@@ -365,8 +365,10 @@ def odd_sites() -> tuple[MockSite, MockSite, MockSite]:
                                           '<source type="image/webp" srcset="/i/a.webp"><img src="/i/a.jpg" alt="P"></picture>')),
         "/i/a.avif": (200, {"Content-Type": "image/avif"}, b"not fetched"),
         "/i/a.webp": (200, {"Content-Type": "image/webp"}, webp(96, 72)),
+        # a MediaWiki file page: HTML, though its path ends in .jpg
+        "/wiki/File:Sunset.jpg": (200, HTML, html('<img src="/img/sunset.jpg" alt="Sunset over the sea">')),
     })
-    for name in ("a", "menu", "full", "thumb"):
+    for name in ("a", "menu", "full", "thumb", "sunset"):
         site.pages[f"/img/{name}.jpg"] = (200, JPEG, jpeg(96, 72, color=(len(name) * 40, 20, 20)))
     return site, failing, silent
 
@@ -406,11 +408,13 @@ def test_picture_sources_of_a_format_not_allowed_are_never_fetched(odd_crawl):
     assert site.counts["/i/a.avif"] == 0 and site.counts["/i/a.jpg"] == 0
 
 
-def test_a_link_to_an_image_file_is_not_crawled_as_a_page(odd_crawl):
+def test_a_link_to_an_image_the_page_shows_is_not_crawled_as_a_page_but_a_file_page_is(odd_crawl):
     (site, *_), candidates, rejected, stats = odd_crawl
-    assert site.counts["/img/full.jpg"] == 1 and (site.url + "/", site.url + "/img/full.jpg") in {
-        (c["page_url"], c["image_url"]) for c in candidates}
+    pairs = {(c["page_url"], c["image_url"]) for c in candidates}
+    assert site.counts["/img/full.jpg"] == 1 and (site.url + "/", site.url + "/img/full.jpg") in pairs
     assert "not_html" not in stats["rejected_by_reason"] and stats["lait/page/skipped_image_link"] == 1
+    assert site.counts["/wiki/File:Sunset.jpg"] == 1  # an HTML page whose path ends in .jpg is crawled
+    assert (site.url + "/wiki/File:Sunset.jpg", site.url + "/img/sunset.jpg") in pairs
 
 
 def test_a_robots_txt_that_fails_or_never_answers_disallows_its_host(odd_crawl):

@@ -260,6 +260,22 @@ def _spider(**settings):
     return LaitSpider.from_crawler(get_crawler(LaitSpider, settings), urls="http://example.org/")
 
 
+def test_redirect_targets_take_no_max_pages_slot():
+    """--max-pages counts the links followed: a followed link that redirects claims its target (crawled once)
+    without using a second slot, so a site that redirects (http -> https, a missing slash) gets as many pages."""
+    from scrapy import Request
+
+    spider = _spider()
+    spider.max_pages = 3
+    first = spider._schedule_page("http://example.org/old.html", 1)
+    hop = Request("http://example.org/new.html", meta=dict(first.meta, redirect_urls=[first.url]))
+    assert spider.follow_redirect(hop) and "http://example.org/new.html" in spider.pages_seen
+    assert spider._schedule_page("http://example.org/new.html", 1) is None  # claimed: crawled once
+    assert spider._schedule_page("http://example.org/a.html", 1) is not None
+    assert spider._schedule_page("http://example.org/b.html", 1) is not None  # the third slot: not taken by new.html
+    assert spider._schedule_page("http://example.org/c.html", 1) is None and spider.pages_scheduled == 3
+
+
 def test_image_urls_scrapy_cannot_request_are_rejects_not_pending():
     spider = _spider(URLLENGTH_LIMIT=100)
     base = {"page_url": "http://example.org/", "alt": "A", "title": None, "candidate_id": "c"}
@@ -336,6 +352,16 @@ def test_wide_encodings_without_bom_and_bogus_charsets_decode(body, headers):
     assert extract.decode_html("é".encode("utf-16-be") + WIDE.encode("utf-16-be")).startswith("é<html>")
 
 
+def test_utf8_with_a_stray_nul_and_ascii_under_an_ebcdic_label_decode_as_what_they_are():
+    mislabelled = {"Content-Type": "text/html; charset=iso-8859-1"}
+    body = '<html><body><img src="a.jpg" alt="Crème brûlée">\x00</body></html>'.encode()
+    assert [c["alt"] for c in extract.parse_page(body, PAGE, mislabelled).candidates] == ["Crème brûlée"]
+    ascii_page = b'<html><body><img src="a.jpg" alt="Plain"></body></html>'
+    for label in ("cp500", "ebcdic-cp-us"):
+        headers = {"Content-Type": f"text/html; charset={label}"}
+        assert [c["alt"] for c in extract.parse_page(ascii_page, PAGE, headers).candidates] == ["Plain"]
+
+
 def test_a_lone_surrogate_is_replaced_and_an_unexpected_parser_failure_is_raised(monkeypatch):
     page = extract.parse_page('<img src="a.jpg" alt="Odd \ud800 text">', PAGE)  # str input cannot be UTF-8 as is
     assert [c["alt"] for c in page.candidates] == ["Odd ? text"]
@@ -360,13 +386,20 @@ def test_picture_sources_of_formats_not_allowed_are_passed_over():
         "http://example.org/dir/a.avif")
     untyped = '<picture><source srcset="big.jpg 2x"><img src="a.jpg" alt="P"></picture>'
     assert extract.parse_page(untyped, PAGE).candidates[0]["image_url"] == "http://example.org/dir/big.jpg"
+    # no formats named: all are allowed (as validate_image has it), the largest source wins
+    assert extract.parse_page(html, PAGE, formats=[]).candidates[0]["image_url"] == "http://example.org/dir/a.xyz"
+    # the WARC reader chooses with the run's formats too
+    from crawler.warc import page_candidates
+
+    record = ("page", PAGE, {"status": 200, "body": html.encode(), "headers": {"Content-Type": "text/html"}})
+    assert [c["image_url"] for c in page_candidates(record, formats=("JPEG",))] == ["http://example.org/dir/a.jpg"]
+    assert [c["image_url"] for c in page_candidates(record)] == ["http://example.org/dir/a.webp"]
 
 
 def test_page_urls_are_spelled_as_scrapy_requests_them():
     assert extract.canonical_page_url("http://H.example/café menu.html#x") == "http://h.example/caf%C3%A9%20menu.html"
     assert extract.canonical_page_url("http://h.example/caf%C3%A9%20menu.html") == "http://h.example/caf%C3%A9%20menu.html"
     assert Request("http://h.example/café menu.html").url == "http://h.example/caf%C3%A9%20menu.html"
-    assert extract.is_image_url("http://h.example/img/Full.JPG?w=2") and not extract.is_image_url("http://h.example/jpg/")
 
 
 def test_polite_fetcher_requests_spaces_and_non_ascii_as_scrapy_does():
@@ -444,6 +477,13 @@ def test_a_job_folder_refuses_another_number_of_processes(tmp_path):
     assert cli.main(["crawl", "http://127.0.0.1:9/", "--out", str(out), "--jobdir", str(jobdir), "--processes", "2",
                      "--no-progress"]) == 2  # bad input: exit status 2, and the output untouched
     assert not out.exists()
+    (tmp_path / "afile").write_text("x")  # a run that fails on --out leaves no record in a new job folder
+    fresh = tmp_path / "fresh"
+    assert cli.main(["crawl", "http://127.0.0.1:9/", "--out", str(tmp_path / "afile"), "--jobdir", str(fresh),
+                     "--no-progress"]) == 2
+    assert not (fresh / runner.JOB_FILE).exists()
+    with pytest.raises(runner.JobFolderError, match="afile/job"):  # an unusable job folder: one line
+        runner.check_job_folder(str(tmp_path / "afile" / "job"), 1)
     legacy = tmp_path / "legacy"  # a folder from before the record: its files show 3 processes at least
     (legacy / "inboxes").mkdir(parents=True)
     (legacy / "inboxes" / "inbox-2.jsonl").write_text("")

@@ -193,6 +193,11 @@ def test_a_crawl_folder_on_an_object_store_is_read_from_candidates_alone(object_
     files = filter_stage.resolve_input("laitobjtest://crawl")
     assert files == ["laitobjtest://crawl/candidates/part-00000.parquet"]  # not rejected/ too
     filter_stage.check_candidates(files)
+    empty = object_store / "empty"  # a crawl that kept nothing: no candidates/ object at all, only its stats
+    _write(empty / "rejected", [schemas.rejected_row("crawl", "http_error", "404", page_url="http://127.0.0.1/")],
+           kind="rejected")
+    (empty / "stats.json").write_text(json.dumps({"stage": "crawl", "in": 1, "kept": 0, "rejected": 1}))
+    assert filter_stage.resolve_input("laitobjtest://empty") == []  # an empty run, never rejected/
 
 
 def test_overwrite_on_an_object_store_removes_the_old_shards(object_store):
@@ -209,3 +214,15 @@ def test_overwrite_on_an_object_store_removes_the_old_shards(object_store):
     (out / "pairs" / "part-00000-of-00001.parquet").write_text("partial")
     prepare_output("laitobjtest://filter", "filter", ("pairs", "rejected"))
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_a_remote_runners_own_options_pass_and_a_misspelt_stage_option_does_not():
+    """A runner's options are known to Beam only once its module is imported, after this check: with a runner
+    that is not local, unknown arguments are left to it, unless one looks like a misspelt option of the stage."""
+    from pipeline.options import beam_options
+
+    beam_options(["--runner=DaskRunner", "--dask_client_address=127.0.0.1:8786"], {"min_words": 3})
+    with pytest.raises(ValueError, match="did you mean --min-words"):
+        beam_options(["--runner=DaskRunner", "--min_words", "50"], {"min_words": 3})
+    with pytest.raises(ValueError, match="unknown argument"):  # locally Beam knows all it will ever know
+        beam_options(["--dask_client_address=127.0.0.1:8786"], {"min_words": 3})

@@ -202,3 +202,6 @@ def test_sniff_names_the_formats_the_opener_keeps_shut():
     assert imageio.sniff_format(_encode(_corners(), "PCX")) == "PCX"
     assert imageio.sniff_format(b"<html>a page served as an image</html>") is None
     assert imageio.sniff_format(_encode(_corners(), "PNG")) is None  # a format it opens is not "kept shut"
+    assert imageio.sniff_format(b"8BPS\x00\x01" + bytes(20)) == "PSD"
+    assert imageio.sniff_format(b"\x01\x00\x00\x00" + bytes(60)) is None  # corrupt bytes, not a WMF
+    assert imageio.sniff_format(b"\x00\x00\x00\x18ftypheic" + bytes(20)) == "HEIF"
