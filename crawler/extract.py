@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import collections
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -154,16 +155,26 @@ def _page_encoding(label: str | None) -> str | None:
     return None if name in NOT_PAGE_ENCODINGS else name
 
 
+@functools.lru_cache(maxsize=64)
+def _reads_ascii(encoding: str) -> bool:
+    """Whether an encoding decodes ASCII markup as the same text (not EBCDIC's cp037, cp500, ...)."""
+    sample = b'<html><head><meta charset="x"></head><body><img src="a.jpg" alt="A b"></body></html>'
+    try:
+        return sample.decode(encoding) == sample.decode("ascii")
+    except (UnicodeError, LookupError):
+        return False
+
+
 def decode_html(body: bytes, headers: Mapping | None = None) -> str:
     """Decode a page, surviving a wrongly declared encoding.
 
     A byte-order mark decides first (UTF-32 before UTF-16), then the NUL bytes of UTF-16/32 markup
     without one. Valid UTF-8 with non-ASCII bytes is almost never another encoding by accident, so it
-    wins over a declaration (a stray NUL does not change that); bytes that are all ASCII without NULs
-    decode as ASCII whatever is declared (an EBCDIC label on them is wrong); otherwise the declared encoding (HTTP header, then
+    wins over a declaration (a stray NUL does not change that); otherwise the declared encoding (HTTP header, then
     ``<meta>``) is used when it decodes cleanly, then UTF-8, and Windows-1252 with replacement
-    characters is the last resort. A declaration of UTF-16/32 on a page without NUL bytes, or of a
-    codec that is no page encoding (``unicode_escape``, ``utf-7``, ...), is ignored.
+    characters is the last resort. A declaration of UTF-16/32 on a page without NUL bytes, of an encoding
+    that does not read ASCII as ASCII (EBCDIC) on bytes that are all ASCII, or of a codec that is no page
+    encoding (``unicode_escape``, ``utf-7``, ...), is ignored.
     """
     for bom, encoding in BOMS:
         if body.startswith(bom):
@@ -177,12 +188,13 @@ def decode_html(body: bytes, headers: Mapping | None = None) -> str:
             return body.decode("utf-8")
         except UnicodeDecodeError:
             pass
-    elif not has_nul:  # ASCII bytes alone: only an ASCII-compatible encoding (not EBCDIC, not UTF-16/32) fits
-        return body.decode("ascii")
+    ascii_markup = body.isascii() and not has_nul
     declared = [http_content_type_encoding(header_value(headers, "Content-Type")), html_body_declared_encoding(body)]
     for encoding in filter(None, map(_page_encoding, declared)):
         if encoding.startswith(("utf-16", "utf-32")) and not has_nul:
             continue  # ASCII markup without NUL bytes is not UTF-16/32 (a <meta> claiming it is wrong)
+        if ascii_markup and not _reads_ascii(encoding):
+            continue  # ASCII bytes under an EBCDIC label: the label is wrong (ISO-2022-JP, 7-bit, stays)
         try:
             text = body.decode(encoding)
         except UnicodeError:

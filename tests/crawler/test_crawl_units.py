@@ -360,6 +360,11 @@ def test_utf8_with_a_stray_nul_and_ascii_under_an_ebcdic_label_decode_as_what_th
     for label in ("cp500", "ebcdic-cp-us"):
         headers = {"Content-Type": f"text/html; charset={label}"}
         assert [c["alt"] for c in extract.parse_page(ascii_page, PAGE, headers).candidates] == ["Plain"]
+    # a 7-bit encoding is ASCII bytes too, and its label is right: ISO-2022-JP Japanese
+    japanese = '<html><body><img src="a.jpg" alt="富士山"></body></html>'.encode("iso-2022-jp")
+    assert japanese.isascii()
+    headers = {"Content-Type": "text/html; charset=iso-2022-jp"}
+    assert [c["alt"] for c in extract.parse_page(japanese, PAGE, headers).candidates] == ["富士山"]
 
 
 def test_a_lone_surrogate_is_replaced_and_an_unexpected_parser_failure_is_raised(monkeypatch):
