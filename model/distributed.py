@@ -54,3 +54,11 @@ def join_process_group(device: torch.device) -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     return rank, world
+
+
+def collective_device(device: torch.device) -> torch.device:
+    """Where a tensor must be for a collective of the process group: NCCL reduces and gathers device tensors
+    only, gloo host ones."""
+    import torch.distributed as dist
+
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -26,6 +26,7 @@ import torch
 import schemas
 from model.config import check_count
 from model.data import collate_regions, collate_text, decode_regions, load_captions, resolve_dataset_dir
+from model.distributed import collective_device
 from model.fp8 import calibrate, float8_encoder, fp8_supported
 from model.imagebert import ImageBert
 
@@ -368,7 +369,7 @@ def _gather_shares(scores: torch.Tensor, bounds: np.ndarray, device: torch.devic
     starts and ends), in rank order."""
     import torch.distributed as dist
 
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    on = collective_device(device)
     sizes = np.diff(bounds)
     padded = torch.zeros((int(sizes.max()), *scores.shape[1:]), dtype=torch.float32, device=on)
     padded[: len(scores)] = scores.to(on)

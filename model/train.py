@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, check_model_config, load_config,
                           model_config_from_dict, resolved_compile_scope)
 from model.data import dataset_report, feature_dim_of, feature_dims, make_loader, num_classes_of
-from model.distributed import join_process_group, process_device
+from model.distributed import collective_device, join_process_group, process_device
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
 from model.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
@@ -387,8 +387,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def _reduce_mean(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     """The mean of a host tensor over the processes (NCCL reduces device tensors only: it goes there and back)."""
     if runtime.distributed:
-        on = runtime.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        values = values.to(on, copy=True)
+        values = values.to(collective_device(runtime.device), copy=True)
         dist.all_reduce(values)
         values = values.cpu() / runtime.world_size
     return values

@@ -38,7 +38,8 @@ import schemas
 from filters import dedup
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
 from pipeline.options import add_filter_arguments, beam_options, config_from_args, make_runner, runner_name
-from pipeline.outputs import PENDING_STATS, OutputExistsError, finish_output, input_reference, prepare_output
+from pipeline.outputs import (PENDING_STATS, OutputExistsError, finish_output, input_reference, prepare_output,
+                              stage_of)
 from pipeline.parquet_beam import WriteToParquet
 
 logger = logging.getLogger(__name__)
@@ -74,19 +75,9 @@ def input_root(path: str) -> str:
         return path
     candidates = posixpath.join(path, "candidates")
     # On an object store an empty candidates/ does not exist at all: a crawl folder shows by its stats.json.
-    return candidates if is_folder(candidates) or ("://" in path and _crawl_stats(path)) else path
-
-
-def _crawl_stats(path: str) -> bool:
-    """Whether ``path`` holds the stats.json of a crawl (``stage``: crawl)."""
-    stats = posixpath.join(path, "stats.json")
-    if not FileSystems.exists(stats):
-        return False
-    try:
-        with FileSystems.open(stats) as handle:
-            return json.loads(handle.read()).get("stage") == "crawl"
-    except (OSError, ValueError, AttributeError):
-        return False
+    if is_folder(candidates) or ("://" in path and stage_of(posixpath.join(path, "stats.json")) == "crawl"):
+        return candidates
+    return path
 
 
 def resolve_input(path: str) -> list[str]:

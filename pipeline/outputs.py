@@ -45,7 +45,7 @@ def _overlaps(output: str, source: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def _stage_of(stats_path: str) -> str | None:
+def stage_of(stats_path: str) -> str | None:
     """The ``stage`` a finished run's stats.json names (None when it names none or cannot be read)."""
     try:
         with _filesystems().open(stats_path) as handle:
@@ -85,7 +85,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     stats_path = posixpath.join(output, "stats.json")
     finished = _filesystems().exists(stats_path)
     if finished:
-        other = _stage_of(stats_path)
+        other = stage_of(stats_path)
         if other is not None and other != stage:
             raise OutputExistsError(f"{output} holds a finished {other} run, not a {stage} run; "
                                     f"use a new --output (--overwrite never replaces another stage's output)")

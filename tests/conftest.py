@@ -10,3 +10,5 @@ for key, value in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(key, value)
+
+from tests.objectstore import object_store  # noqa: E402,F401  (the laitobj:// stand-in for gs://, for every test)

@@ -5,16 +5,7 @@ import argparse
 import sys
 import traceback
 
-
-def _workers(text: str) -> int:
-    """--direct_num_workers: a count, 0 or more (Beam fails deep inside on a negative one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (one per CPU) or more, got {value}")
-    return value
+from lait.commands import count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_filter_arguments(parser)
     g = parser.add_argument_group("Beam")
     g.add_argument("--runner", default="DirectRunner", help="Beam runner (default DirectRunner, run locally)")
-    g.add_argument("--direct_num_workers", type=_workers, default=1, help="local workers, 0: one per CPU (default 1)")
+    g.add_argument("--direct_num_workers", type=count(0, "0 (one per CPU)"), default=1,
+                   help="local workers, 0: one per CPU (default 1)")
     g.add_argument("--direct_running_mode", default="in_memory",
                    choices=("in_memory", "multi_threading", "multi_processing"), help="local mode (default in_memory)")
     g.add_argument("beam_args", nargs=argparse.REMAINDER, help="further Beam options, after '--'")

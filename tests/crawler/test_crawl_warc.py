@@ -5,15 +5,12 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.io.filesystem import FileMetadata, MatchResult
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -524,34 +521,15 @@ def test_a_folder_stands_for_the_warc_files_directly_in_it(tmp_path):
         _expand_inputs([str(folder), str(empty)])
 
 
-class _ObjectStore(LocalFileSystem):
-    """A stand-in for gs:// over a local folder (``root``): names, no folders; ``match`` lists files only."""
-
-    root = None
-
-    @classmethod
-    def scheme(cls):
-        return "laitwarctest"
-
-    def match(self, patterns, limits=None):
-        results = []
-        for pattern in patterns:
-            regex = re.compile(self.translate_pattern(pattern))
-            found = [FileMetadata(url, 0) for folder, _, names in os.walk(self.root) for name in sorted(names)
-                     if regex.match(url := "laitwarctest://" + os.path.relpath(os.path.join(folder, name), self.root))]
-            results.append(MatchResult(pattern, found))
-        return results
-
-
-def test_a_prefix_on_an_object_store_stands_for_the_warc_files_under_it(tmp_path, monkeypatch):
+def test_a_prefix_on_an_object_store_stands_for_the_warc_files_under_it(object_store):
     from crawler.warc import MissingInputError, _expand_inputs
 
-    monkeypatch.setattr(_ObjectStore, "root", str(tmp_path))
+    tmp_path = object_store
     (tmp_path / "seg" / "deeper").mkdir(parents=True)
     for name in ("a.warc.gz", "b.wat.gz", "notes.txt", "deeper/c.warc.gz"):
         (tmp_path / "seg" / name).write_bytes(b"")
-    expected = ["laitwarctest://seg/a.warc.gz", "laitwarctest://seg/b.wat.gz"]
-    assert _expand_inputs(["laitwarctest://seg"]) == _expand_inputs(["laitwarctest://seg/"]) == expected
-    assert _expand_inputs(["laitwarctest://seg/notes.txt"]) == ["laitwarctest://seg/notes.txt"]  # a file is a file
-    with pytest.raises(MissingInputError, match="no such file: laitwarctest://other"):
-        _expand_inputs(["laitwarctest://other"])
+    expected = ["laitobj://seg/a.warc.gz", "laitobj://seg/b.wat.gz"]
+    assert _expand_inputs(["laitobj://seg"]) == _expand_inputs(["laitobj://seg/"]) == expected
+    assert _expand_inputs(["laitobj://seg/notes.txt"]) == ["laitobj://seg/notes.txt"]  # a file is a file
+    with pytest.raises(MissingInputError, match="no such file: laitobj://other"):
+        _expand_inputs(["laitobj://other"])

@@ -6,12 +6,9 @@ One real Beam run (the module's fixture, through ``lait filter``); every other t
 import contextlib
 import io
 import json
-import os
 import re
 
 import pytest
-from apache_beam.io.filesystem import BeamIOError, FileMetadata, MatchResult
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 import schemas
 from filters.synthetic import candidate, make_image
@@ -141,63 +138,19 @@ def test_a_dataset_folder_named_parquet_is_read_as_a_folder(tmp_path):
     assert filter_stage.resolve_input(str(single)) == [str(single)]
 
 
-class _ObjectStore(LocalFileSystem):
-    """A stand-in for gs:// and s3:// over a local folder (``root``): names, no folders. ``exists`` is true for a
-    file alone, ``match`` lists files, and ``delete`` of a name that is no file fails, as on an object store."""
-
-    root = None
-
-    @classmethod
-    def scheme(cls):
-        return "laitobjtest"
-
-    def _local(self, path):
-        return os.path.join(self.root, path[len("laitobjtest://"):])
-
-    def exists(self, path):
-        return os.path.isfile(self._local(path))
-
-    def open(self, path, *args, **kwargs):
-        return super().open(self._local(path), *args, **kwargs)
-
-    def match(self, patterns, limits=None):
-        results = []
-        for pattern in patterns:
-            regex = re.compile(self.translate_pattern(pattern))
-            found = [FileMetadata(url, os.path.getsize(self._local(url)))
-                     for folder, _, names in os.walk(self.root) for name in sorted(names)
-                     if regex.match(url := "laitobjtest://" + os.path.relpath(os.path.join(folder, name), self.root))]
-            results.append(MatchResult(pattern, found))
-        return results
-
-    def delete(self, paths):
-        failed = {p: OSError("no such object") for p in paths if not os.path.isfile(self._local(p))}
-        for path in paths:
-            if path not in failed:
-                os.remove(self._local(path))
-        if failed:
-            raise BeamIOError("Delete operation failed", failed)
-
-
-@pytest.fixture
-def object_store(tmp_path, monkeypatch):
-    monkeypatch.setattr(_ObjectStore, "root", str(tmp_path))
-    return tmp_path
-
-
 def test_a_crawl_folder_on_an_object_store_is_read_from_candidates_alone(object_store):
     crawl = object_store / "crawl"
     _write(crawl / "candidates", [candidate(make_image(1, 400, 400), "a small dog playing in the garden", 0)])
     _write(crawl / "rejected", [schemas.rejected_row("crawl", "http_error", "404", page_url="http://127.0.0.1/")],
            kind="rejected")
-    files = filter_stage.resolve_input("laitobjtest://crawl")
-    assert files == ["laitobjtest://crawl/candidates/part-00000.parquet"]  # not rejected/ too
+    files = filter_stage.resolve_input("laitobj://crawl")
+    assert files == ["laitobj://crawl/candidates/part-00000.parquet"]  # not rejected/ too
     filter_stage.check_candidates(files)
     empty = object_store / "empty"  # a crawl that kept nothing: no candidates/ object at all, only its stats
     _write(empty / "rejected", [schemas.rejected_row("crawl", "http_error", "404", page_url="http://127.0.0.1/")],
            kind="rejected")
     (empty / "stats.json").write_text(json.dumps({"stage": "crawl", "in": 1, "kept": 0, "rejected": 1}))
-    assert filter_stage.resolve_input("laitobjtest://empty") == []  # an empty run, never rejected/
+    assert filter_stage.resolve_input("laitobj://empty") == []  # an empty run, never rejected/
 
 
 def test_overwrite_on_an_object_store_removes_the_old_shards(object_store):
@@ -208,11 +161,11 @@ def test_overwrite_on_an_object_store_removes_the_old_shards(object_store):
             (out / part / f"part-0000{i}-of-00002.parquet").write_text("old")
         (out / part / "beam-temp-x" / "shard").write_text("old")
     (out / "stats.json").write_text(json.dumps({"stage": "filter"}))
-    prepare_output("laitobjtest://filter", "filter", ("pairs", "rejected"), overwrite=True)
+    prepare_output("laitobj://filter", "filter", ("pairs", "rejected"), overwrite=True)
     assert [p for p in out.rglob("*") if p.is_file()] == []
     # an interrupted run's shards (no stats.json) are found the same way
     (out / "pairs" / "part-00000-of-00001.parquet").write_text("partial")
-    prepare_output("laitobjtest://filter", "filter", ("pairs", "rejected"))
+    prepare_output("laitobj://filter", "filter", ("pairs", "rejected"))
     assert [p for p in out.rglob("*") if p.is_file()] == []
 
 

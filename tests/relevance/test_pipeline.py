@@ -5,7 +5,6 @@ import os
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
@@ -151,46 +150,20 @@ def test_a_handler_copy_that_did_not_load_the_model_scores_where_the_model_is(mo
     assert len(results) == 3 and all(r[1].inference.device.type == "cpu" for r in results)
 
 
-class _StandInFileSystem(LocalFileSystem):
-    """A Beam filesystem for ``laittest://`` URLs, kept under a local folder: what gs:// is to a Dataflow run."""
-
-    root = "/nonexistent"
-
-    @classmethod
-    def scheme(cls):
-        return "laittest"
-
-    def _local(self, url: str) -> str:
-        return os.path.join(self.root, url[len("laittest://"):])
-
-    def create(self, path, *args, **kwargs):
-        return super().create(self._local(path), *args, **kwargs)
-
-    def open(self, path, *args, **kwargs):
-        return super().open(self._local(path), *args, **kwargs)
-
-    def exists(self, path):
-        return super().exists(self._local(path))
-
-    def rename(self, sources, destinations):
-        return super().rename([self._local(p) for p in sources], [self._local(p) for p in destinations])
-
-
-def test_stats_are_written_through_beam_filesystems(tmp_path, monkeypatch):
+def test_stats_are_written_through_beam_filesystems(tmp_path, monkeypatch, object_store):
     """stats.json goes where Beam's FileSystems put the output: a gs:// output is never a local "gs:" folder."""
     from pipeline.outputs import PENDING_STATS, finish_output
     from pipeline.relevance import _write_stats, read_stats
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(_StandInFileSystem, "root", str(tmp_path / "bucket"))
     summary = {"in": 3, "kept": 2, "rejected": 1, "rejected_by_reason": {"low_relevance": 1}, "threshold": 0.5}
-    for output, folder in (("laittest://run/relevance", tmp_path / "bucket" / "run" / "relevance"),
+    for output, folder in (("laitobj://run/relevance", object_store / "run" / "relevance"),
                            (str(tmp_path / "local" / "relevance"), tmp_path / "local" / "relevance")):
         _write_stats(summary, output, {"model": "m"})
         assert (folder / PENDING_STATS).exists()
         finish_output(output)
         assert read_stats(output)["kept"] == 2 and (folder / "stats.json").exists()
-    assert not (tmp_path / "laittest:").exists()
+    assert not (tmp_path / "laitobj:").exists()
 
 
 def test_a_remote_pairs_dataset_is_read_by_url(tmp_path):
