@@ -3,9 +3,11 @@
 Both apply the same filters (``filters.rules.RuleFilters`` then ``filters.dedup.deduplicate``) to
 the same generated candidates, read from and written to Parquet, in the same process. Prints
 records/s of each, the pipeline/loop ratio (target >= 0.5), 1 vs 2 workers, and language ID
-captions/s (target >= 20,000).
+captions/s (target >= 20,000). ``--near-duplicates`` times the comparison of one crowded band bucket
+against its plain-loop definition instead.
 
     PYTHONPATH=. python benchmarks/bench_filter.py [--n 50000] [--distinct-images 2000] [--out benchmarks/out]
+    PYTHONPATH=. python benchmarks/bench_filter.py --near-duplicates [--n 3000] [--distance 16]
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import schemas  # noqa: E402
-from filters.dedup import deduplicate  # noqa: E402
+from filters.dedup import deduplicate, near_duplicates, near_duplicates_plain  # noqa: E402
 from filters.rules import RuleConfig, RuleFilters  # noqa: E402
 from filters.synthetic import make_candidates  # noqa: E402
 from pipeline import filter as filter_stage  # noqa: E402
@@ -83,6 +85,24 @@ def language_rate(crawl: str, limit: int = 20000) -> tuple[float, float, float]:
     return rates[0], rates[1], len(records) / (time.perf_counter() - start)
 
 
+def near_duplicate_rates(n: int, distance: int) -> None:
+    """Prints hashes/s of ``near_duplicates`` on one bucket of n hashes against the plain loop, and checks they agree."""
+    import random
+    rng = random.Random(0)
+    centres = [rng.getrandbits(64) for _ in range(max(1, n // 50))]
+    items = []
+    for i in range(n):  # clusters of ~50 near copies: some within the distance, most not
+        value = centres[i % len(centres)]
+        for bit in rng.sample(range(64), rng.randint(0, 2 * distance + 2)):
+            value ^= 1 << bit
+        items.append((f"p{i:07d}", f"{value:016x}", (rng.random(), f"p{i:07d}")))
+    plain, plain_s = timed(near_duplicates_plain, items, distance)
+    blocked, blocked_s = timed(near_duplicates, items, distance)
+    assert blocked == plain, "near_duplicates disagrees with its definition"
+    print(f"near duplicates, one bucket of {n:,} hashes at distance {distance}: plain loop {plain_s:.2f} s, "
+          f"numpy blocks {blocked_s:.3f} s ({plain_s / blocked_s:.0f}x), {len(plain):,} marked")
+
+
 def timed(fn, *args):
     start = time.perf_counter()
     result = fn(*args)
@@ -95,8 +115,14 @@ def main(argv=None) -> int:
     parser.add_argument("--distinct-images", type=int, default=2000, help="distinct images among them (default 2000)")
     parser.add_argument("--out", default="benchmarks/out/filter", help="scratch folder (deleted first)")
     parser.add_argument("--language-only", action="store_true", help="generate, then measure language ID only")
+    parser.add_argument("--near-duplicates", action="store_true",
+                        help="time the near-duplicate comparison of one bucket of --n hashes (no pipeline)")
+    parser.add_argument("--distance", type=int, default=16, help="bits, for --near-duplicates (default 16)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.near_duplicates:
+        near_duplicate_rates(args.n, args.distance)
+        return 0
     shutil.rmtree(args.out, ignore_errors=True)
     crawl = os.path.join(args.out, "crawl")
     gen = generate(crawl, args.n, args.distinct_images)

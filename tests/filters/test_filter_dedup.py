@@ -1,8 +1,10 @@
 """Dedup and aggregation: one test per reason, the banding guarantee, and the ranking rule."""
 import random
 
-from filters.dedup import (caption_key, deduplicate, near_duplicates, phash_bands, rank_key, split_best_text,
-                           split_shared_caption)
+import pytest
+
+from filters.dedup import (caption_key, deduplicate, near_duplicates, near_duplicates_plain, phash_bands, rank_key,
+                           split_best_text, split_shared_caption)
 
 
 def _pair(pid, image, caption="a dog on the beach", phash="0000000000000000", relevance=None, quality=0.5):
@@ -101,3 +103,21 @@ def test_caption_key_keeps_vowel_signs():
     assert caption_key("Café_au-lait") == "café au lait" and caption_key("Cafe au lait") != caption_key("Café au lait")
     kept, rejected = deduplicate([_pair(str(i), f"img{i}", c) for i, c in enumerate(captions)], 10, -1)
     assert len(kept) == 11 and rejected == []
+
+
+@pytest.mark.parametrize("cells", [1, 7, 1 << 22])  # one row per block, ragged blocks, one block
+def test_near_duplicates_matches_the_plain_definition(monkeypatch, cells):
+    import filters.dedup as dedup
+    monkeypatch.setattr(dedup, "_COMPARE_CELLS", cells)
+    rng = random.Random(cells)
+    base = [rng.getrandbits(64) for _ in range(6)]
+    items = []
+    for i in range(120):  # clusters around a few hashes, high bits set too (uint64 above 2**63)
+        value = base[i % 6] | (1 << 63) if i % 2 else base[i % 6]
+        for bit in rng.sample(range(64), rng.randint(0, 6)):
+            value ^= 1 << bit
+        items.append((f"p{i:03d}", f"{value:016x}", (rng.randint(0, 5), f"p{i:03d}")))
+    items.append(items[3])  # a pair read twice is compared once
+    for distance in (0, 3, 6, 16):
+        assert near_duplicates(items, distance) == near_duplicates_plain(items, distance)
+    assert near_duplicates(items[:1], 4) == [] and near_duplicates([], 4) == []
