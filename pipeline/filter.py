@@ -330,8 +330,25 @@ class DropNearDuplicates(beam.PTransform):
         )
 
 
+def _without_image_bytes(pair: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in pair.items() if name != "image_bytes"}
+
+
+def _with_image_bytes(kv) -> Iterable[dict[str, Any]]:
+    """A kept pair (bytes left out) joined with its bytes: the copies of one ``pair_id`` share one image."""
+    _, grouped = kv
+    image_bytes = next(iter(grouped["bytes"]), None)
+    for pair in grouped["kept"]:
+        yield {**pair, "image_bytes": image_bytes}
+
+
 class AggregatePairs(beam.PTransform):
     """The paper's aggregation and dedup: shared captions, best text per image, near duplicates.
+
+    The three steps group pairs by caption, by image and by hash band, so they run on the pairs without
+    their image bytes: one boilerplate caption ("product image") on 100,000 images, or one logo on 100,000
+    pages, makes one group, and with the bytes it would have to fit in one worker's memory. The kept pairs get
+    their bytes back by ``pair_id`` at the end, so a run shuffles the bytes once instead of once per step.
 
     Returns a dict with ``kept`` (pair dicts) and ``rejected`` (rejected rows).
     """
@@ -342,16 +359,23 @@ class AggregatePairs(beam.PTransform):
         self.phash_distance = phash_distance
 
     def expand(self, pairs):
+        image_bytes = pairs | "BytesByPair" >> beam.Map(lambda p: (p["pair_id"], p.get("image_bytes")))
+        light = pairs | "LeaveBytesOut" >> beam.Map(_without_image_bytes)
         rejected = []
         if self.max_images_per_caption:
-            shared = pairs | "DropSharedCaptions" >> DropSharedCaptions(self.max_images_per_caption)
-            pairs, rejected = shared.kept, rejected + [shared.rejected]
-        best = pairs | "KeepBestTextPerImage" >> KeepBestTextPerImage()
-        pairs, rejected = best.kept, rejected + [best.rejected]
+            shared = light | "DropSharedCaptions" >> DropSharedCaptions(self.max_images_per_caption)
+            light, rejected = shared.kept, rejected + [shared.rejected]
+        best = light | "KeepBestTextPerImage" >> KeepBestTextPerImage()
+        light, rejected = best.kept, rejected + [best.rejected]
         if self.phash_distance >= 0:
-            near = pairs | "DropNearDuplicates" >> DropNearDuplicates(self.phash_distance)
-            pairs, rejected = near.kept, rejected + [near.rejected]
-        return {"kept": pairs, "rejected": rejected | "FlattenRejected" >> beam.Flatten()}
+            near = light | "DropNearDuplicates" >> DropNearDuplicates(self.phash_distance)
+            light, rejected = near.kept, rejected + [near.rejected]
+        kept = (
+            {"kept": light | "KeptByPair" >> beam.Map(lambda p: (p["pair_id"], p)), "bytes": image_bytes}
+            | "JoinBytes" >> beam.CoGroupByKey()
+            | "WithBytes" >> beam.FlatMap(_with_image_bytes)
+        )
+        return {"kept": kept, "rejected": rejected | "FlattenRejected" >> beam.Flatten()}
 
 
 # ---------------------------------------------------------------------------------------------- stats

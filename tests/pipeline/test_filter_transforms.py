@@ -92,6 +92,34 @@ def test_aggregate_pairs_matches_the_in_memory_steps():
                     equal_to([(r["pair_id"], r["reason"]) for r in rejected]), label="rejected")
 
 
+
+GROUPED_WITH_BYTES = []
+
+
+def test_aggregate_pairs_groups_without_image_bytes_and_gives_them_back(monkeypatch):
+    """The steps that group pairs never hold image bytes (one boilerplate caption on many images is one group);
+    every kept pair comes out with its own bytes, and a candidate read twice is kept once with them."""
+    import filters.dedup as dedup
+    GROUPED_WITH_BYTES.clear()
+    for name in ("split_shared_caption", "split_best_text"):
+        step = getattr(dedup, name)
+
+        def watched(pairs, *args, _step=step):
+            pairs = list(pairs)
+            GROUPED_WITH_BYTES.extend(p["pair_id"] for p in pairs if "image_bytes" in p)
+            return _step(pairs, *args)
+        monkeypatch.setattr(dedup, name, watched)
+    pairs = [{**pair, "image_bytes": f"bytes of {pair['image_id']}".encode()} for pair in PAIRS]
+    pairs.append(dict(pairs[-1]))  # u1 read twice
+    kept, _ = deduplicate(PAIRS, max_images_per_caption=2, phash_distance=4)
+    with _pipeline() as p:
+        out = p | beam.Create(pairs) | AggregatePairs(2, 4)
+        assert_that(out["kept"] | beam.Map(lambda r: (r["pair_id"], r["image_bytes"])),
+                    equal_to([(r["pair_id"], f"bytes of {r['image_id']}".encode()) for r in kept]), label="kept")
+        assert_that(out["rejected"] | beam.Map(lambda r: "image_bytes" in r), equal_to([False] * (len(pairs) - len(kept))),
+                    label="rejected")
+    assert GROUPED_WITH_BYTES == []
+
 def test_read_candidates_rejects_invalid_utf8(tmp_path, photos):
     good = [candidate(photos[0], f"a dog on the beach {i}", i) for i in range(3)]
     table = schemas.to_table(good, "candidates")
