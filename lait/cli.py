@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import select
 import sys
 
 from lait import __version__
@@ -50,9 +52,29 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        return 1
     return int(result or 0)
 
+
+def _stdout_closed() -> bool:
+    """True when our reader went away (``lait inspect RUN | head``): stdout then points at devnull, so the
+    interpreter's last flush does not print a second error, and the command stops quietly as Unix tools do.
+    A broken pipe of something else (a child process) is not this, and stays an error."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))  # a pipe with no reader
+    except (AttributeError, OSError, ValueError):  # no real stdout (captured, replaced): not a pipe of ours
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -91,3 +91,16 @@ def test_inspect_top_level_run_folder_describes_each_stage(tmp_path, capsys):
     assert infos[str(tmp_path / "filter" / "pairs")]["rows"] == 4
     with pytest.raises(SystemExit):
         cli.main(["inspect", str(tmp_path), "--rows", "-1"])
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`lait explain ... | head -1`: the reader closes the pipe; no BrokenPipeError traceback, exit status 1."""
+    captions = tmp_path / "captions.txt"
+    captions.write_text("".join(f"a brown dog running on the beach number {i}\n" for i in range(3000)))
+    command = subprocess.Popen([sys.executable, "-m", "lait", "explain", "--captions", str(captions)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = command.stdout.readline()
+    command.stdout.close()  # as `head -1` does: what the command writes next hits a closed pipe
+    err = command.stderr.read().decode()
+    assert command.wait(timeout=120) == 1
+    assert first.strip() and "Traceback" not in err and "BrokenPipeError" not in err, err
