@@ -8,7 +8,8 @@ body, at most ``max_redirects`` hops.
 URLs are requested as Scrapy requests them (``w3lib.url.safe_url_string``: spaces and non-ASCII
 percent-encoded, the host in IDNA), redirect targets included. robots.txt follows RFC 9309: a
 missing one (4xx) allows everything; one the server fails to give (5xx) or that cannot be reached
-(timeout, connection error) disallows the whole host, and its URLs fail as ``robots_unavailable``.
+(timeout, connection error) disallows the whole host, and its URLs fail as ``robots_unavailable``
+until ``robots_retry_after`` seconds have passed; the next URL of the host then asks for it again.
 
 Each hop resolves its host once: the guard checks those addresses and the connection goes to one of
 them, never to a second answer (DNS rebinding). The Host header, and for HTTPS the SNI name and the
@@ -92,7 +93,8 @@ class PoliteFetcher:
                  timeout: float = defaults.DOWNLOAD_TIMEOUT, max_bytes: int = defaults.LAIT_IMAGE_MAXSIZE,
                  obey_robots: bool = defaults.ROBOTSTXT_OBEY, delay: float = 1.0, max_redirects: int = defaults.REDIRECT_MAX_TIMES,
                  resolve: netguard.Resolver = netguard.system_resolver, allowed_networks: tuple[str, ...] = (),
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None,
+                 robots_retry_after: float = defaults.LAIT_ROBOTS_RETRY_AFTER, clock=time.monotonic):
         self.user_agent = user_agent
         self.allow_private_networks = allow_private_networks
         self.timeout = timeout
@@ -103,7 +105,12 @@ class PoliteFetcher:
         self.resolve = resolve
         self.allowed_networks = tuple(allowed_networks)  # CIDRs opened while the guard is on
         self.ssl_context = ssl_context or ssl.create_default_context()
-        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        if not robots_retry_after >= 0:  # NaN too
+            raise ValueError(f"robots_retry_after must be a number of seconds, 0 or more, not {robots_retry_after!r}")
+        self.robots_retry_after = robots_retry_after
+        self.clock = clock
+        # scheme://netloc -> its parser, None (no rules), or (why unavailable, when to ask again)
+        self._robots: dict[str, urllib.robotparser.RobotFileParser | tuple[str, float] | None] = {}
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -201,17 +208,22 @@ class PoliteFetcher:
         """Whether robots.txt of the URL's host lets our user agent fetch it (no robots.txt: yes).
 
         Raises ``FetchError("robots_unavailable")`` when the server failed to give it (5xx) or could not be
-        reached: RFC 9309 says to assume complete disallow then. The verdict is kept for the fetcher's life.
+        reached: RFC 9309 says to assume complete disallow then. That verdict holds ``robots_retry_after``
+        seconds, then the next URL of the host asks for robots.txt again; any other verdict is kept for the
+        fetcher's life.
         """
         if not self.obey_robots:
             return True
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
-        if key not in self._robots:
-            self._robots[key] = self._robots_parser(key)
-        parser = self._robots[key]
-        if isinstance(parser, str):
-            raise FetchError("robots_unavailable", parser)
+        parser = self._robots.get(key)
+        if key not in self._robots or (isinstance(parser, tuple) and self.clock() >= parser[1]):
+            parser = self._robots_parser(key)
+            if isinstance(parser, str):
+                parser = (parser, self.clock() + self.robots_retry_after)
+            self._robots[key] = parser
+        if isinstance(parser, tuple):
+            raise FetchError("robots_unavailable", parser[0])
         return parser is None or parser.can_fetch(self.user_agent, url)
 
     def fetch(self, url: str, check_robots: bool = True) -> Fetched:

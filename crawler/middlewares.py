@@ -9,6 +9,7 @@ from scrapy import exceptions as scrapy_errors
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware as ScrapyMetaRefreshMiddleware
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as ScrapyRobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
+from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet import defer, error as tx_error
 
 from crawler import netguard
@@ -110,20 +111,51 @@ class MetaRefreshMiddleware(ScrapyMetaRefreshMiddleware):
 
 
 class RobotsUnavailable:
-    """The robots.txt of a host that answered 5xx or could not be reached: RFC 9309 says complete disallow."""
+    """The robots.txt of a host that answered 5xx or could not be reached: RFC 9309 says complete disallow,
+    until ``retry_at`` (the middleware's clock), when the next request to the host asks for it again."""
 
-    def __init__(self, why: str):
+    def __init__(self, why: str, retry_at: float = float("inf")):
         self.why = why
+        self.retry_at = retry_at
+
+
+def retry_interval(settings) -> float:
+    """``LAIT_ROBOTS_RETRY_AFTER``, the seconds before an unavailable robots.txt is asked for again; ValueError
+    when it is not a number of seconds (0 or more)."""
+    value = settings.get("LAIT_ROBOTS_RETRY_AFTER", 300)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise ValueError(f"LAIT_ROBOTS_RETRY_AFTER must be a number of seconds, 0 or more, not {value!r}")
+    return seconds
 
 
 class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):
     """Scrapy's robots.txt middleware, with RFC 9309's rule for a robots.txt that cannot be had.
 
     A 4xx robots.txt still allows everything. A server error (5xx, after Scrapy's retries) or no answer
-    (timeout, connection refused or reset) disallows the whole host for the rest of the crawl: its pages
-    and images fail as ``robots_unavailable``. A robots.txt the guard refuses, whose host does not
-    resolve, or that fails otherwise, allows (as Scrapy's does): the host's own requests meet the reason.
+    (timeout, connection refused or reset) disallows the whole host: its pages and images fail as
+    ``robots_unavailable``. ``LAIT_ROBOTS_RETRY_AFTER`` seconds later the next request to the host fetches
+    robots.txt again (a long crawl does not lose a host to a short outage); the requests in between are
+    rejected. A robots.txt the guard refuses, whose host does not resolve, or that fails otherwise,
+    allows (as Scrapy's does): the host's own requests meet the reason.
     """
+
+    def __init__(self, crawler):
+        super().__init__(crawler)
+        self.retry_after = retry_interval(crawler.settings)
+        self.clock = time.monotonic  # tests set another
+
+    async def robot_parser(self, request):
+        netloc = urlparse_cached(request).netloc
+        parser = self._parsers.get(netloc)
+        if isinstance(parser, RobotsUnavailable) and self.clock() >= parser.retry_at:
+            del self._parsers[netloc]  # Scrapy's fetches it again; requests meanwhile wait for that answer
+            self._stats.inc_value("lait/robots/fetched_again")
+            logger.info("asking for the robots.txt of %s again (%s)", netloc, parser.why)
+        return await super().robot_parser(request)
 
     #: Failures of the robots.txt request that say the server could not be reached or did not answer;
     #: any other (a refusal of the guard, a host that does not resolve, ...) leaves the host's own requests
@@ -149,7 +181,7 @@ class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):
 
     def _unavailable(self, netloc: str, why: str) -> None:
         waiting = self._parsers[netloc]
-        self._parsers[netloc] = RobotsUnavailable(why)
+        self._parsers[netloc] = RobotsUnavailable(why, self.clock() + self.retry_after)
         waiting.callback(self._parsers[netloc])
 
     def process_request_2(self, rp, request) -> None:

@@ -33,6 +33,10 @@ class JobFolderError(RuntimeError):
     """A job folder that cannot continue this crawl (another number of crawl processes than it was started with)."""
 
 
+class SettingError(RuntimeError):
+    """A setting the crawl cannot run with (found before any crawl process starts)."""
+
+
 def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
     """Record the number of crawl processes in a job folder, or refuse another number than the one recorded.
 
@@ -161,6 +165,7 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     A job folder started with another number of processes is refused (``JobFolderError``).
     """
     settings = crawl_settings(out_dir, **settings_kwargs)
+    _check_settings(settings)
     if settings.get("LAIT_JOBDIR"):
         check_job_folder(settings["LAIT_JOBDIR"], max(1, processes))
     job = {"urls": list(urls), "settings": settings, "allowed_domains": allowed_domains or None,
@@ -173,6 +178,16 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
             raise RuntimeError(f"the crawl process exited with status {code}")
         return _read_stats(os.path.join(out_dir, output.STATS_FILE))
     return _run_processes(job, out_dir, processes, env)
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Raise SettingError for a setting the crawl processes would fail on: one clear line, not their tracebacks."""
+    from crawler.middlewares import retry_interval
+
+    try:
+        retry_interval(settings)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
 
 
 def _read_stats(path: str) -> dict[str, Any]:
@@ -292,8 +307,16 @@ def _reject_unread(inbox_dir: str, processes: int, unread: output.CrawlOutput) -
             if message is None:
                 counts["lait/inbox/corrupt_lines"] += 1
             elif "done" not in message:
-                unread.add_rejected(output.candidate_reject(
-                    message, NOT_FETCHED, "the crawl stopped before the image's process read the candidate"))
+                row = output.candidate_reject(
+                    message, NOT_FETCHED, "the crawl stopped before the image's process read the candidate")
+                # Counted as the item pipeline counts its rows, so lait/out/* (the progress bar's) add up.
+                if unread.add_rejected(row):
+                    counts["lait/out/rejected"] += 1
+                    counts[f"lait/out/rejected/{NOT_FETCHED}"] += 1
+                elif unread.already_kept(row):
+                    counts["lait/out/already_kept"] += 1
+                else:
+                    counts["lait/out/already_written"] += 1
                 counts["lait/inbox/unread"] += 1
                 images_not_fetched.add(message.get("image_url"))
     counts[f"lait/image/rejected/{NOT_FETCHED}"] = len(images_not_fetched)  # per image, as the spider counts

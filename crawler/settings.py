@@ -9,6 +9,9 @@ NEWSPIDER_MODULE = "crawler.spiders"
 # or cannot be reached disallows its host; crawler.middlewares.RobotsTxtMiddleware).
 USER_AGENT = "LAIT/0.1 (+https://github.com/lait-project/lait; image-text research crawler)"
 ROBOTSTXT_OBEY = True
+# Seconds after which a host whose robots.txt was unavailable is asked for it again (its requests in between
+# are rejected): a long crawl does not lose a host to a short outage.
+LAIT_ROBOTS_RETRY_AFTER = 300
 
 # Politeness: adaptive delays, a few requests per domain at a time.
 AUTOTHROTTLE_ENABLED = True

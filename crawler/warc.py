@@ -404,8 +404,14 @@ class DownloadMissingImages(beam.DoFn):
                                "date": datetime.datetime.now(datetime.timezone.utc)})
 
 
+def image_key(url: str) -> str:
+    """The spelling an image URL is joined on: as Scrapy requests it (``extract.canonical_page_url``). A record
+    holds the URL as it was requested (``/gr%C3%B6%C3%9Fe%201.jpg``); a page may write ``/größe 1.jpg``."""
+    return extract.canonical_page_url(url)
+
+
 def attach_images(element, download: bool) -> Iterator[dict]:
-    """(image_url, {candidates, images}) -> one job per image: its candidates and its bytes if the input has them."""
+    """(image key, {candidates, images}) -> one job per image: its candidates and its bytes if the input has them."""
     url, grouped = element
     candidates = list(grouped["candidates"])
     if not candidates:
@@ -470,8 +476,8 @@ class ReadWarcCandidates(beam.PTransform):
             | "GroupByCandidate" >> beam.GroupByKey()
             | "DropDuplicateCandidates" >> beam.FlatMap(first_candidate).with_outputs(REJECTED, main="candidates")
         )
-        by_image = unique.candidates | "KeyByImageUrl" >> beam.Map(lambda c: (c["image_url"], c))
-        image_records = kinds[1] | "KeyImageRecords" >> beam.Map(lambda r: (r[1], r[2]))
+        by_image = unique.candidates | "KeyByImageUrl" >> beam.Map(lambda c: (image_key(c["image_url"]), c))
+        image_records = kinds[1] | "KeyImageRecords" >> beam.Map(lambda r: (image_key(r[1]), r[2]))
         jobs = (
             {"candidates": by_image, "images": image_records}
             | "JoinImages" >> beam.CoGroupByKey()
@@ -678,7 +684,8 @@ def _run_part(known: argparse.Namespace, options: PipelineOptions, files: list[s
               test_pipeline=None) -> dict[str, int]:
     """One Beam pipeline over ``files``, writing shards ``prefix-*``; returns its ``lait/...`` counters."""
     fetch_options = {"allow_private_networks": known.allow_private_networks, "max_bytes": known.max_bytes,
-                     "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent}
+                     "delay": known.download_delay, "timeout": known.download_timeout, "user_agent": known.user_agent,
+                     "robots_retry_after": known.robots_retry_after}
     check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
                      "formats": tuple(f.strip().upper() for f in known.image_formats.split(",") if f.strip())}
     beam_pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
@@ -858,6 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--download_delay", type=float, default=1.0, help="seconds between downloads from one host")
     parser.add_argument("--download_timeout", type=float, default=defaults.DOWNLOAD_TIMEOUT)
     parser.add_argument("--user_agent", default=defaults.USER_AGENT)
+    parser.add_argument("--robots_retry_after", type=float, default=defaults.LAIT_ROBOTS_RETRY_AFTER,
+                        help="seconds before a host whose robots.txt was unavailable is asked for it again")
     return parser
 
 
@@ -867,6 +876,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     known, pipeline_args = parser.parse_known_args(argv)
     if known.files_per_part < 0:
         parser.error(f"--files_per_part must be 0 or more, got {known.files_per_part}")
+    if not known.robots_retry_after >= 0:  # NaN too
+        parser.error(f"--robots_retry_after must be 0 seconds or more, got {known.robots_retry_after}")
     if test_pipeline is not None and known.files_per_part:
         raise ValueError("a test pipeline runs one part: leave --files_per_part at 0")
     options = PipelineOptions(pipeline_args)
@@ -893,6 +904,7 @@ def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool =
              "--direct_running_mode", str(settings.get("direct_running_mode", "in_memory")),
              "--download_delay", str(settings.get("DOWNLOAD_DELAY", 1.0)),
              "--download_timeout", str(settings.get("DOWNLOAD_TIMEOUT", defaults.DOWNLOAD_TIMEOUT)),
+             "--robots_retry_after", str(settings.get("LAIT_ROBOTS_RETRY_AFTER", defaults.LAIT_ROBOTS_RETRY_AFTER)),
              "--max_bytes", str(settings.get("LAIT_IMAGE_MAXSIZE", defaults.LAIT_IMAGE_MAXSIZE))]
     if allow_private_networks:
         argv.append("--allow_private_networks")

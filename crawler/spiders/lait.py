@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import scrapy
 from scrapy import exceptions as scrapy_errors
 from scrapy import signals
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import IgnoreRequest, StopDownload
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
 
@@ -76,6 +76,11 @@ def failure_reason(failure) -> tuple[str, str]:
     if isinstance(exc, CONNECTION_ERRORS):
         return "connection_error", detail
     return "fetch_error", detail
+
+
+def declared_not_html(content_type: bytes | None) -> bool:
+    """Whether a response's Content-Type says it is no HTML page (a missing or empty one says nothing)."""
+    return bool(content_type) and b"html" not in content_type.lower()
 
 
 def _split(value) -> list[str]:
@@ -136,6 +141,7 @@ class LaitSpider(scrapy.Spider):
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.configure(crawler.settings)
         crawler.signals.connect(spider.on_spider_idle, signal=signals.spider_idle)
+        crawler.signals.connect(spider.on_headers_received, signal=signals.headers_received)
         return spider
 
     def configure(self, settings) -> None:
@@ -193,6 +199,14 @@ class LaitSpider(scrapy.Spider):
     def on_spider_idle(self) -> None:
         """Nothing is scheduled or downloading: the crawl ends here (not a Ctrl-C or CLOSESPIDER_* stop)."""
         self.finished = True
+
+    def on_headers_received(self, headers, request, **kwargs) -> None:
+        """Stop a page's download once its headers say it is not HTML: ``parse_page`` gets the body-less response
+        and writes its ``not_html`` row all the same, without the body (a PDF, a full-size image) fetched."""
+        if "lait_page" in request.meta and declared_not_html(headers.get("Content-Type")):
+            # Any status: a redirect, a retry or an http_<status> reject needs the headers only.
+            self.crawler.stats.inc_value("lait/page/body_skipped")
+            raise StopDownload(fail=False)
 
     def unfetched_rejects(self) -> list[dict]:
         """Rejected rows for the candidates still waiting for their image when the crawl closes.
@@ -358,8 +372,8 @@ class LaitSpider(scrapy.Spider):
                     return
                 self.pages_seen.add(url)
         stats.inc_value("lait/page/fetched")
-        if not isinstance(response, scrapy.http.TextResponse) or b"html" not in (
-                response.headers.get("Content-Type") or b"text/html").lower():
+        # No Content-Type: Scrapy sniffed the type from the URL and the body (on_headers_received let it come).
+        if not isinstance(response, scrapy.http.TextResponse) or declared_not_html(response.headers.get("Content-Type")):
             stats.inc_value("lait/page/rejected/not_html")
             yield RejectedItem(dict(reason="not_html", page_url=url,
                                     detail=(response.headers.get("Content-Type") or b"").decode("latin-1")))

@@ -1,8 +1,9 @@
 """A mock website for the crawl tests, served on 127.0.0.1 at a free port: one page per case.
 
 Scenarios come from the path: static pages and images from a dict, plus ``/status?n=404``,
-``/delay?s=2``, ``/redirect?to=...`` and a redirect loop. Every request is logged so tests can
-count fetches per path.
+``/delay?s=2``, ``/redirect?to=...`` and a redirect loop. A path whose entry is a list answers with its
+responses in turn, the last one repeating (a robots.txt that fails, then recovers). Every request is
+logged so tests can count fetches per path, and the body bytes sent are counted per path (``sent``).
 """
 from __future__ import annotations
 
@@ -49,13 +50,19 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
 
 
 class MockSite:
-    """Serves ``pages`` ({path: (status, headers, body)}) and the scenario paths; logs every request."""
+    """Serves ``pages`` ({path: (status, headers, body)} or {path: [responses in turn]}) and the scenario paths;
+    logs every request."""
 
-    def __init__(self, pages: dict[str, tuple[int, dict, bytes]], slow_prefix: str | None = None, slow_s: float = 0.0):
+    #: Bodies go out in chunks of this size, so that ``sent`` stops growing soon after a client hangs up.
+    CHUNK = 64 * 1024
+
+    def __init__(self, pages: dict[str, tuple[int, dict, bytes] | list], slow_prefix: str | None = None,
+                 slow_s: float = 0.0):
         self.pages = pages
         self.slow_prefix, self.slow_s = slow_prefix, slow_s  # paths under slow_prefix answer after slow_s
         self.log: list[str] = []
         self.counts: collections.Counter = collections.Counter()
+        self.sent: collections.Counter = collections.Counter()  # path -> body bytes the socket accepted
         self._lock = threading.Lock()
         site = self
 
@@ -75,10 +82,15 @@ class MockSite:
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                path = urlsplit(self.path).path
                 try:
-                    self.wfile.write(body)
+                    for start in range(0, len(body), site.CHUNK):
+                        chunk = body[start:start + site.CHUNK]
+                        self.wfile.write(chunk)
+                        with site._lock:
+                            site.sent[path] += len(chunk)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    self.close_connection = True
 
         class Server(http.server.ThreadingHTTPServer):
             request_queue_size = 128  # the default 5 drops connections a concurrent crawler opens
@@ -106,7 +118,11 @@ class MockSite:
         if parts.path in self.pages:
             if self.slow_prefix and parts.path.startswith(self.slow_prefix):
                 time.sleep(self.slow_s)
-            return self.pages[parts.path]
+            answer = self.pages[parts.path]
+            if isinstance(answer, list):  # responses in turn (do_GET counted this request already)
+                with self._lock:
+                    answer = answer[min(self.counts[parts.path], len(answer)) - 1]
+            return answer
         return 404, {"Content-Type": "text/html"}, b"<html><body>not found</body></html>"
 
     def __enter__(self) -> "MockSite":

@@ -538,6 +538,28 @@ def test_candidates_left_in_an_inbox_become_image_not_fetched_rows(tmp_path):
     assert stats["lait/image/rejected/image_not_fetched"] == 2
 
 
+def test_rows_for_unread_inbox_lines_are_in_the_written_row_counters(tmp_path):
+    """``lait/out/rejected`` (what the progress bar shows) counts them with the rows the processes wrote, and a
+    rerun that finds them on disk counts them as already written."""
+    from crawler import output, runner
+
+    out, inboxes = tmp_path / "out", tmp_path / "inboxes"
+    inboxes.mkdir()
+    candidates = [{"candidate_id": f"c{i}", "page_url": "http://h.example/p", "image_url": f"http://h.example/{i}.jpg",
+                   "alt": f"Alt {i}", "title": None} for i in range(2)]
+    (inboxes / "inbox-1.jsonl").write_text("".join(json.dumps(c) + "\n" for c in candidates))
+    (inboxes / "inbox-1.read").write_text(json.dumps({"offset": 0}))
+    for index in range(2):
+        written = {"lait/out/rejected": 3, "lait/out/rejected/no_text": 3} if index == 0 else {}
+        (inboxes / f"stats-{index}.json").write_text(json.dumps(written))
+        output.RunOutcomes().save(str(inboxes / f"outcomes-{index}.json"))
+    first = runner._settle(str(out), str(inboxes), 2, output.CrawlOutput(str(out), prefix="part-inbox"))
+    assert first["lait/out/rejected"] == 3 + 2 and first["lait/out/rejected/image_not_fetched"] == 2
+    assert first["rejected"] == 2  # on disk: the two unread rows (the processes' three are only counters here)
+    rerun = runner._settle(str(out), str(inboxes), 2, output.CrawlOutput(str(out), prefix="part-inbox"))
+    assert rerun["lait/out/rejected"] == 3 and rerun["lait/out/already_written"] == 2
+
+
 def test_the_robots_middleware_overrides_methods_scrapy_has():
     """crawler.middlewares.RobotsTxtMiddleware overrides private methods of Scrapy's (RFC 9309's rule for a
     robots.txt that cannot be had): a Scrapy that renamed them would silently allow every such host again."""
@@ -547,7 +569,7 @@ def test_the_robots_middleware_overrides_methods_scrapy_has():
 
     from crawler.middlewares import RobotsTxtMiddleware
 
-    for name in ("_parse_robots", "_robots_error", "process_request_2"):
+    for name in ("_parse_robots", "_robots_error", "process_request_2", "robot_parser", "__init__"):
         assert hasattr(Scrapys, name), f"Scrapy's RobotsTxtMiddleware has no {name} any more"
         assert (list(inspect.signature(getattr(Scrapys, name)).parameters)
                 == list(inspect.signature(getattr(RobotsTxtMiddleware, name)).parameters)), name
