@@ -48,9 +48,9 @@ def _baseline_score(scorer, pairs: list[dict]) -> np.ndarray:
     for i, pair in enumerate(pairs):
         with Image.open(io.BytesIO(pair["image_bytes"])) as img:
             pixels = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
-        feats = np.concatenate([F.text_features(pair["caption"], scorer.vocabulary),
+        feats = np.concatenate([F.text_features(pair["caption"], scorer.vocabulary, scorer.tokenizer),
                                 F.image_features(pixels, pair["width"], pair["height"])])
-        tokens = F.subword_ids(pair["caption"], scorer.arch.num_buckets, scorer.arch.max_tokens)
+        tokens = F.subword_ids(pair["caption"], scorer.arch.num_buckets, scorer.arch.max_tokens, scorer.tokenizer)
         with torch.no_grad():
             out[i] = scorer.model(torch.from_numpy(pixels.transpose(2, 0, 1).copy())[None],
                                   torch.from_numpy(tokens)[None], torch.from_numpy(feats)[None]).item()

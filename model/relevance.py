@@ -179,7 +179,8 @@ def read_config(model_dir: str) -> dict:
 
     FileNotFoundError without a config.json; ValueError (one line, naming the file) when it is not a
     LAIT relevance model's config: not JSON, another kind, no architecture or threshold, or a field of the
-    wrong type or out of range (``model.*``, ``vocabulary``, ``text_features``, ``image_features``, ``members``).
+    wrong type or out of range (``model.*``, ``vocabulary``, ``text_features``, ``image_features``, ``members``,
+    ``tokenizer``). Whether this version knows the tokenizer is ``filters.relevance.scorer``'s check.
     """
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.isfile(path):
@@ -227,6 +228,9 @@ def _check_fields(config: dict, path: str) -> None:
     for key in ("vocabulary", "text_features", "image_features"):
         if key in config and not (isinstance(config[key], list) and all(isinstance(w, str) for w in config[key])):
             raise ValueError(f"{path}: '{key}' must be a list of strings, got {config[key]!r:.80}")
+    if "tokenizer" in config and not isinstance(config["tokenizer"], str):
+        raise ValueError(f"{path}: 'tokenizer' must be a string (a text tokenizer version), "
+                         f"got {config['tokenizer']!r:.80}")
     if "members" in config and not _is_whole(config["members"], 1):
         raise ValueError(f"{path}: 'members' must be a whole number of 1 or more, got {config['members']!r:.80}")
 

@@ -2,13 +2,19 @@
 
 These are features for a model, not filters: nothing here keeps or drops a pair. Everything is pure
 numpy/Pillow so that the same code prepares inputs for training, for ``score()`` and for Beam workers.
+
+Words come from a versioned tokenizer (``TOKENIZERS``), saved in each model's ``config.json``: a model
+is always fed the words it was trained on. ``ascii-v1`` (every model saved before the setting existed)
+keeps ASCII letters and digits only; ``unicode-v2`` (models trained now) reads any script.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
+import unicodedata
 import zlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -38,9 +44,59 @@ class ImageDecodeError(ValueError):
     """The image bytes cannot be decoded into pixels."""
 
 
-def words(text: str | None) -> list[str]:
-    """Lower-case alphanumeric words of a caption."""
-    return WORD_RE.findall((text or "").lower())
+#: The tokenizer of a model whose config.json names none: every model saved before the setting existed.
+LEGACY_TOKENIZER = "ascii-v1"
+#: The tokenizer of the models this version trains.
+TOKENIZER = "unicode-v2"
+
+# Chinese and Japanese write words without spaces: each Han, Hiragana or Katakana character is a word
+# of its own (the word bigrams are then the character bigrams). Hangul is written with spaces.
+_CJK = ("\u3005-\u3007"  # ideographic iteration mark, closing mark, number zero
+        "\u3040-\u30ff\u31f0-\u31ff"  # hiragana, katakana and its phonetic extensions
+        "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # han: extension A, unified, compatibility
+        "\U00020000-\U0003ffff")  # han: extensions B onwards (planes 2 and 3)
+
+
+def _ascii_words(text: str) -> list[str]:
+    # ascii-v1, frozen: saved models were trained on exactly these words
+    return WORD_RE.findall(text.lower())
+
+
+@functools.lru_cache(maxsize=1)
+def _unicode_word_pattern() -> re.Pattern:
+    """A CJK character (with its marks), or a run of other letters, digits and combining marks."""
+    from filters.text import combining_marks
+
+    # ``\w`` leaves out combining marks (Indic vowel signs, viramas): without them "कितनी" is three words
+    marks = combining_marks()
+    return re.compile(rf"[{_CJK}][{marks}]*|(?:[^\W_{_CJK}]|[{marks}])+")
+
+
+def _unicode_words(text: str) -> list[str]:
+    # unicode-v2: NFKC folds compatibility forms (fullwidth, ligatures), casefold is caseless matching
+    # ("Straße" = "strasse"), NFKC again recomposes what casefolding decomposed
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    if not text.isprintable():
+        # format characters (soft hyphens, zero-width joiners) sit inside words; the text filter drops them too
+        text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return _unicode_word_pattern().findall(text)
+
+
+#: Word splitters by the version name saved in a model's config.json. A version, once saved, never
+#: changes meaning: a new tokenizer is a new name.
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {LEGACY_TOKENIZER: _ascii_words, TOKENIZER: _unicode_words}
+
+
+def check_tokenizer(tokenizer: str) -> str:
+    """``tokenizer`` itself when this version knows it, else a ValueError naming the known ones."""
+    if not isinstance(tokenizer, str) or tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown text tokenizer {tokenizer!r:.80} (this version knows {', '.join(TOKENIZERS)})")
+    return tokenizer
+
+
+def words(text: str | None, tokenizer: str = TOKENIZER) -> list[str]:
+    """The words of a caption under a tokenizer version (``TOKENIZERS``), case-folded."""
+    return TOKENIZERS[check_tokenizer(tokenizer)](text or "")
 
 
 def _bucket(token: str, num_buckets: int) -> int:
@@ -48,13 +104,14 @@ def _bucket(token: str, num_buckets: int) -> int:
     return 1 + zlib.crc32(token.encode("utf-8")) % (num_buckets - 1)
 
 
-def subword_ids(text: str | None, num_buckets: int, max_tokens: int) -> np.ndarray:
+def subword_ids(text: str | None, num_buckets: int, max_tokens: int, tokenizer: str = TOKENIZER) -> np.ndarray:
     """Hashed ids of a caption's words, word bigrams and character trigrams, padded with ``PAD_ID``.
 
     Words and bigrams come first (they bind colour to shape, "red triangle"); character trigrams
-    of ``<word>`` give misspellings and unseen inflections an embedding of their own.
+    of ``<word>`` give misspellings and unseen inflections an embedding of their own. Tokens of any
+    script hash (crc32 of their UTF-8) into the same ``num_buckets``: memory does not grow with them.
     """
-    ws = words(text)
+    ws = words(text, tokenizer)
     tokens = [f"w:{w}" for w in ws]
     tokens += [f"b:{a} {b}" for a, b in zip(ws, ws[1:])]
     for w in ws:
@@ -66,9 +123,9 @@ def subword_ids(text: str | None, num_buckets: int, max_tokens: int) -> np.ndarr
     return ids
 
 
-def boilerplate_score(text: str | None) -> float:
+def boilerplate_score(text: str | None, tokenizer: str = TOKENIZER) -> float:
     """Share of a caption's words that are boilerplate, raised to 1 for a bare file name."""
-    ws = words(text)
+    ws = words(text, tokenizer)
     if not ws:
         return 1.0
     if FILENAME_RE.search(text or ""):
@@ -76,15 +133,16 @@ def boilerplate_score(text: str | None) -> float:
     return sum(w in BOILERPLATE_WORDS or w.isdigit() for w in ws) / len(ws)
 
 
-def text_features(text: str | None, vocabulary: frozenset[str] | set[str] | None = None) -> np.ndarray:
+def text_features(text: str | None, vocabulary: frozenset[str] | set[str] | None = None,
+                  tokenizer: str = TOKENIZER) -> np.ndarray:
     """Text-only features, in the order of ``TEXT_FEATURES``; OOV rate against ``vocabulary``."""
     text = text or ""
-    ws = words(text)
+    ws = words(text, tokenizer)
     n = len(ws)
     oov = (sum(w not in vocabulary for w in ws) / n if n else 1.0) if vocabulary is not None else 0.0
     digits = sum(ch.isdigit() for ch in text) / len(text) if text else 0.0
     mean_len = sum(map(len, ws)) / n if n else 0.0
-    return np.array([n, len(text), oov, boilerplate_score(text), digits, mean_len], dtype=np.float32)
+    return np.array([n, len(text), oov, boilerplate_score(text, tokenizer), digits, mean_len], dtype=np.float32)
 
 
 def decode_image(image_bytes: bytes | None, size: int) -> tuple[np.ndarray, int, int]:
@@ -127,11 +185,12 @@ def image_features(small: np.ndarray, width: int | None, height: int | None) -> 
     )
 
 
-def build_vocabulary(captions: Iterable[str], min_count: int = 2, max_size: int = 20000) -> list[str]:
+def build_vocabulary(captions: Iterable[str], min_count: int = 2, max_size: int = 20000,
+                     tokenizer: str = TOKENIZER) -> list[str]:
     """The words seen at least ``min_count`` times, most frequent first (the OOV reference)."""
     counts: dict[str, int] = {}
     for caption in captions:
-        for w in words(caption):
+        for w in words(caption, tokenizer):
             counts[w] = counts.get(w, 0) + 1
     kept = [w for w, c in counts.items() if c >= min_count]
     kept.sort(key=lambda w: (-counts[w], w))

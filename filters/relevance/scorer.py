@@ -101,10 +101,16 @@ class Scorer:
 
 def check_feature_version(config: dict, model_dir: str) -> None:
     """ValueError (naming the config file) when a saved model expects other hand-made features than
-    this version computes: another count (``model.num_features``) or other names, in order."""
+    this version computes: another count (``model.num_features``) or other names, in order, or a text
+    tokenizer this version does not know."""
     from model.relevance import CONFIG_FILE
 
     path = os.path.join(model_dir, CONFIG_FILE)
+    try:
+        F.check_tokenizer(config.get("tokenizer", F.LEGACY_TOKENIZER))
+    except ValueError as exc:
+        raise ValueError(f"{path}: a model of another text version ({exc}); use the LAIT version that trained "
+                         "it, or retrain it with this one") from None
     expected = len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES)
     got = config["model"].get("num_features", expected)
     if got != expected:
@@ -138,12 +144,14 @@ class RelevanceScorer(Scorer):
         self.arch = arch
         self.threshold = float(self.config["threshold"])
         self.vocabulary = frozenset(self.config.get("vocabulary", []))
+        # a config without the setting was saved before it existed, by a model trained on ASCII words
+        self.tokenizer = self.config.get("tokenizer", F.LEGACY_TOKENIZER)
 
     def prepare(self, pair: dict) -> tuple[dict[str, torch.Tensor], bool]:
         """Decoded, downscaled pixels, hashed caption tokens, and the text+image features."""
         caption = pair.get("caption")
-        tokens = F.subword_ids(caption, self.arch.num_buckets, self.arch.max_tokens)
-        text = F.text_features(caption, self.vocabulary)
+        tokens = F.subword_ids(caption, self.arch.num_buckets, self.arch.max_tokens, self.tokenizer)
+        text = F.text_features(caption, self.vocabulary, self.tokenizer)
         size = self.arch.image_size
         try:
             pixels, width, height = F.decode_image(pair.get("image_bytes"), size)

@@ -58,7 +58,8 @@ def _index(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return ids, list(lookup)
 
 
-def _prepare(rows: list[dict], arch: RelevanceConfig, vocabulary: frozenset[str]) -> tuple[_Examples, int]:
+def _prepare(rows: list[dict], arch: RelevanceConfig, vocabulary: frozenset[str],
+             tokenizer: str = F.TOKENIZER) -> tuple[_Examples, int]:
     """Decode and featurise every row; rows with undecodable images are skipped and counted."""
 
     def one(row):
@@ -66,9 +67,10 @@ def _prepare(rows: list[dict], arch: RelevanceConfig, vocabulary: frozenset[str]
             pixels, w, h = F.decode_image(row.get("image_bytes"), arch.image_size)
         except F.ImageDecodeError:
             return None
-        feats = np.concatenate([F.text_features(row.get("caption"), vocabulary),
+        caption = row.get("caption")
+        feats = np.concatenate([F.text_features(caption, vocabulary, tokenizer),
                                 F.image_features(pixels, row.get("width") or w, row.get("height") or h)])
-        return pixels.transpose(2, 0, 1), F.subword_ids(row.get("caption"), arch.num_buckets, arch.max_tokens), feats
+        return pixels.transpose(2, 0, 1), F.subword_ids(caption, arch.num_buckets, arch.max_tokens, tokenizer), feats
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         prepared = list(pool.map(one, rows))
@@ -216,10 +218,10 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     rows.sort(key=content_key)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 pairs to train, got {len(rows)}")
-    vocabulary = F.build_vocabulary(r.get("caption") for r in rows)
+    vocabulary = F.build_vocabulary((r.get("caption") for r in rows), tokenizer=F.TOKENIZER)
     arch = RelevanceConfig(image_size=config.image_size, embed_dim=config.embed_dim,
                            num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
-    ex, skipped = _prepare(rows, arch, frozenset(vocabulary))
+    ex, skipped = _prepare(rows, arch, frozenset(vocabulary), F.TOKENIZER)
     is_val = _held_out_mask(ex, config.val_fraction)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(val_idx) < 20 or len(train_idx) < 2:
@@ -268,6 +270,7 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
         "threshold": threshold,
         "text_features": list(F.TEXT_FEATURES),
         "image_features": list(F.IMAGE_FEATURES),
+        "tokenizer": F.TOKENIZER,  # the scorer reads captions as this model was trained to
         "vocabulary": vocabulary,
         "training": {**dataclasses.asdict(config), **summary},
     })
