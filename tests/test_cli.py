@@ -104,3 +104,11 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
     err = command.stderr.read().decode()
     assert command.wait(timeout=120) == 1
     assert first.strip() and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize("source", [["http://127.0.0.1:9/"], ["--warc", "missing.warc.gz"]])
+def test_crawl_refuses_a_bad_robots_retry_setting_before_anything(tmp_path, capsys, source):
+    out = tmp_path / "crawl"
+    assert cli.main(["crawl", *source, "--out", str(out), "--no-progress", "-s", "LAIT_ROBOTS_RETRY_AFTER=nan"]) == 2
+    assert "LAIT_ROBOTS_RETRY_AFTER must be a number of seconds" in capsys.readouterr().err
+    assert not out.exists()

@@ -66,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.urls) == bool(args.warc):
         print("lait crawl: give start URLs or --warc FILE..., not both and not neither", file=sys.stderr)
         return 2
+    from crawler.middlewares import retry_interval
+
+    try:  # both readers would fail on it later: once a crawl process runs, or in the WARC reader's own parser
+        retry_interval(dict(args.settings))
+    except ValueError as exc:
+        print(f"lait crawl: -s {exc}", file=sys.stderr)
+        return 2
     if args.warc:
         from crawler import warc
 
