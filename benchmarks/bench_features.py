@@ -11,13 +11,13 @@ reference for what region extraction costs on top.
     python benchmarks/bench_features.py --device cuda --detectors vg-r101-c4 coco-r50-fpn
     # a CPU smoke run at reduced input size
     python benchmarks/bench_features.py --device cpu --images 8 --batch-size 4 --min-size 240 --max-size 400 --proposals 50
-    # reading alone (no detector): one DataLoader worker's share of 1,024-row groups, each row group read once
-    # per worker against once per piece (the data path before), in one process
-    python benchmarks/bench_features.py --reading-only --images 1024 --row-group-size 1024 --num-workers 8
+    # reading alone (no detector): what 8 DataLoader workers read of 1,024-row groups, pieces taken in blocks
+    # against every n-th piece (the data path before), in one process
+    python benchmarks/bench_features.py --reading-only --images 4096 --row-group-size 1024 --num-workers 8
 
-``--row-group-size`` sets the row groups of the input the benchmark writes (default: 4 batches; the pipeline's
-own files have 1,024-row groups, the demo's filter output one group); every run reports the reading rate
-per worker too (``reading_ips_per_worker``).
+``--row-group-size`` sets the row groups of the input it writes (default: 4 batches; the pipeline's
+own files have 1,024-row groups, the demo's filter output one group); every run reports the reading
+figures too (``reading``: images/s per worker, row-group reads, workers per group, read amplification).
 """
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 import schemas  # noqa: E402
 from model.detectors import BoxSelection, build_detector  # noqa: E402
 from model.detectors.images import decode_for_detector  # noqa: E402
-from pipeline.features import (INPUT_COLUMNS, FeatureOptions, ShardImages, extract_regions, piece_size,  # noqa: E402
-                               plan_shards)
+from pipeline.features import FeatureOptions, ShardImages, extract_regions, piece_size, plan_shards  # noqa: E402
 
 
 # Inference rewrites the benchmark can compare (``RegionDetector.optimize_for`` keywords).
@@ -191,31 +190,62 @@ def write_input(name: str, images: list[bytes], args, workdir: str) -> str:
     return source
 
 
-class _ReadingEachPiece(ShardImages):
-    """The data path before row groups were kept: every piece reads its row groups whole (the baseline)."""
+class _EveryNthPiece(ShardImages):
+    """The assignment before blocks: worker w takes every n-th piece, so every worker reads every row group (the
+    baseline)."""
 
-    def _row_group(self, file: str, group: int):
-        return self._parquet(file).read_row_group(group, columns=INPUT_COLUMNS)
+    def worker_pieces(self, worker: int, workers: int) -> list[int]:
+        return list(range(worker, len(self.pieces), workers))
 
 
-def reading_rates(source: str, args, spec, repeats: int = 2) -> dict[str, float]:
-    """Images/s one of ``--num-workers`` DataLoader workers reads, its decoding stubbed out: its share of the
-    pieces (every n-th), the row groups read once per worker (``row_group_once``, lait features) and once per
-    piece (``row_group_per_piece``, before), best of ``repeats``."""
+def _counting(kind: type[ShardImages]) -> type[ShardImages]:
+    """``kind`` recording each row group it reads, ``((file, group), bytes)``, in ``self.reads``."""
+
+    class Counting(kind):
+        def _row_group(self, file: str, group: int):
+            cached = self._group
+            table = super()._row_group(file, group)
+            if self._group is not cached:  # not the group it kept: a read
+                self.reads.append(((file, group), table.nbytes))
+            return table
+
+    return Counting
+
+
+def reading_rates(source: str, args, spec, repeats: int = 2) -> dict[str, dict]:
+    """What ``--num-workers`` DataLoader workers read, each worker's share run in turn in this process (decoding
+    stubbed out), pieces in blocks (``blocks``, lait features) and every n-th piece (``every_nth_piece``, before):
+    images/s per worker (the mean over workers, best of ``repeats``), row-group reads, the workers reading each
+    group (mean and most), and the bytes read against the input's (read amplification)."""
     dataset = os.path.join(source, "pairs")
     shards, _ = plan_shards(dataset, args.batch_size * 4)
-    rates = {}
-    for label, kind in (("row_group_once", ShardImages), ("row_group_per_piece", _ReadingEachPiece)):
-        best = 0.0
+    workers = max(1, args.num_workers)
+    figures = {}
+    for label, kind in (("blocks", ShardImages), ("every_nth_piece", _EveryNthPiece)):
+        best, reads = 0.0, []
         for _ in range(repeats):
-            images = kind(dataset, shards, spec, piece_size(args.batch_size))
-            images.prepare = lambda data, size: None  # reading alone: no decode
-            mine = images.pieces[0::max(1, args.num_workers)]
-            start = time.perf_counter()
-            count = sum(len(images._decode(shard, parts).image_ids) for shard, parts in mine)
-            best = max(best, count / (time.perf_counter() - start))
-        rates[label] = round(best, 1)
-    return rates
+            seconds, count, reads = 0.0, 0, []
+            for worker in range(workers):
+                images = _counting(kind)(dataset, shards, spec, piece_size(args.batch_size))
+                images.prepare = lambda data, size: None  # reading alone: no decode
+                images.reads = []
+                start = time.perf_counter()
+                count += sum(len(images._decode(*images.pieces[i]).image_ids)
+                             for i in images.worker_pieces(worker, workers))
+                seconds += time.perf_counter() - start
+                reads += [(worker, group, size) for group, size in images.reads]
+                del images
+            best = max(best, count / seconds)
+        readers: dict = {}
+        for worker, group, _ in reads:
+            readers.setdefault(group, set()).add(worker)
+        group_bytes = {group: size for _, group, size in reads}
+        figures[label] = {"ips_per_worker": round(best, 1), "row_group_reads": len(reads),
+                          "workers_per_row_group_mean": round(sum(map(len, readers.values())) / len(readers), 2),
+                          "workers_per_row_group_max": max(map(len, readers.values())),
+                          "read_amplification": round(sum(size for *_, size in reads) / sum(group_bytes.values()), 2),
+                          "largest_row_group_mb": round(max(group_bytes.values()) / 2**20, 1)}
+    return figures
 
 
 def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSelection, workdir: str,
@@ -266,8 +296,8 @@ def main(argv=None) -> int:
     parser.add_argument("--row-group-size", type=int,
                         help="rows per row group of the input it writes (default: 4 batches; lait's own files: 1,024)")
     parser.add_argument("--reading-only", action="store_true",
-                        help="only the reading rate per worker (no detector run): row groups read once per worker "
-                             "against once per piece")
+                        help="only what the workers read (no detector run): pieces in blocks against every n-th "
+                             "piece, images/s per worker, row-group reads and read amplification")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -288,8 +318,9 @@ def main(argv=None) -> int:
             rates = reading_rates(write_input("reading", images, args, workdir), args, spec, args.repeats)
         row = {"images": args.images, "mean_image_kb": round(sum(map(len, images)) / len(images) / 1024, 1),
                "row_group_size": args.row_group_size or args.batch_size * 4, "piece": piece_size(args.batch_size),
-               "workers": args.num_workers, "reading_ips_per_worker": rates,
-               "speedup": round(rates["row_group_once"] / rates["row_group_per_piece"], 2)}
+               "workers": args.num_workers, "reading": rates,
+               "reads_ratio": round(rates["every_nth_piece"]["row_group_reads"] / rates["blocks"]["row_group_reads"], 2),
+               "speedup": round(rates["blocks"]["ips_per_worker"] / rates["every_nth_piece"]["ips_per_worker"], 2)}
         print(json.dumps(row))
         write_json(args.json, [row])
         return 0
@@ -366,7 +397,7 @@ def main(argv=None) -> int:
                    "end_to_end_mean_batch": stats.get("mean_batch_size"),
                    "end_to_end_ips_arrival_order": round(arrival_order, 2) if arrival_order else None,
                    "variants_model_only_ips": {v: round(r[0], 2) for v, r in variants.items()},
-                   "row_group_size": args.row_group_size or args.batch_size * 4, "reading_ips_per_worker": reading,
+                   "row_group_size": args.row_group_size or args.batch_size * 4, "reading": reading,
                    # the fused NMS paths fall back to the plain steps (once per process) when they fail: a variant
                    # named rpn-kernel / rpn-compiled that fell back measured the steps
                    "fallbacks": _fallbacks()}

@@ -495,7 +495,8 @@ def batch_pieces(shards: list[Shard], batch_size: int) -> list[tuple[int, list[t
     """The shards cut into pieces of ``batch_size`` images (a shard's last one smaller), shard by shard:
     ``(shard index, [(file, row group, rows)])``.
 
-    Workers take every n-th piece, so all of them decode even when there are fewer shards than workers.
+    Pieces, not shards, are what workers take (``worker_pieces``), so all of them decode even when there are
+    fewer shards than workers.
     """
     pieces = []
     for shard in shards:
@@ -516,6 +517,43 @@ def batch_pieces(shards: list[Shard], batch_size: int) -> list[tuple[int, list[t
     return pieces
 
 
+#: The images that one round of the DataLoader workers' blocks of pieces spans (``worker_pieces``): twice the
+#: 2,048 images the shape queues hold at batch 64. With 14 workers and pieces of 16, blocks of 18 pieces, so a
+#: 1,024-row group is read by 4-6 workers (every worker read it before); with 2 workers, blocks of 2,048
+#: images at pieces of 8: one worker per group.
+READ_WINDOW_IMAGES = 4096
+
+
+def worker_block(workers: int, piece: int, window: int = READ_WINDOW_IMAGES) -> int:
+    """Pieces per block of consecutive pieces a worker takes (``worker_pieces``): a round of ``workers`` blocks
+    spans about ``window`` images, at least one piece per worker."""
+    return max(1, window // (max(1, workers) * piece))
+
+
+def worker_pieces(count: int, worker: int, workers: int, piece: int, window: int = READ_WINDOW_IMAGES) -> list[int]:
+    """The indices of the pieces (``count`` of them, in input order) that DataLoader worker ``worker`` of
+    ``workers`` takes: one contiguous block of each round.
+
+    The pieces go in rounds of ``workers`` blocks of ``worker_block`` pieces (about ``window`` images), worker
+    w taking block w of each round; the last round is cut into ``workers`` near-equal blocks, so a small input
+    (one row group, a few pieces per worker) still has every worker decoding, and no worker is left with a
+    whole block to decode alone at the end. A worker keeps its last row group, so it reads a group once for
+    all the consecutive pieces of a block: a group is read by the workers whose blocks meet it, not by every
+    worker, as when each took every n-th piece (14 workers read each 1,024-row group 14 times, ~3 GB).
+    Every worker's first block starts within the first round, so all decode from the start and the first
+    batch waits for a piece from each of four workers, as before. The DataLoader hands pieces over from the
+    workers in turn, so the images in flight (decoded and waiting, or detected with their shard not yet
+    complete) span about one round: ``window`` bounds them.
+    """
+    block = worker_block(workers, piece, window)
+    size = workers * block
+    mine: list[int] = []
+    for start in range(0, count, size):
+        length = min(size, count - start)
+        mine += range(start + length * worker // workers, start + length * (worker + 1) // workers)
+    return mine
+
+
 def resolved_decode(decode: str, device: torch.device) -> str:
     """``auto`` -> ``device`` on CUDA (nvJPEG; H200: vg 87 vs 75 img/s end to end), else ``workers``."""
     if decode not in ("auto", "workers", "device"):
@@ -526,14 +564,18 @@ def resolved_decode(decode: str, device: torch.device) -> str:
 
 
 class ShardImages(torch.utils.data.IterableDataset):
-    """Reads and decodes pieces of ``piece`` images of the shards; each DataLoader worker takes every n-th piece.
+    """Reads and decodes pieces of ``piece`` images of the shards; each DataLoader worker takes a contiguous block
+    of pieces per round (``worker_pieces``).
 
     A worker keeps the last row group it read (``image_id`` + ``image_bytes``) and reads the next only when a
-    piece needs another one. Pieces are cut in input order, so a worker's pieces (every n-th) walk through each
-    row group in turn and it reads each row group it needs once, not once per piece: with 1,024-row groups of
-    221 KB JPEGs, pieces of 8 and 2 workers, reading the whole group for every piece read 74.6 images/s per
-    worker, against 3,340 now (``benchmarks/bench_features.py --reading-only``). It holds one row group per
-    worker at most, as each read of one did before.
+    piece needs another one, so it reads each row group once for all its consecutive pieces of it, not once
+    per piece (1,024-row groups of 221 KB JPEGs, pieces of 8, 2 workers: 74.6 images/s per worker reading
+    the group for every piece, 3,340 keeping it; ``benchmarks/bench_features.py --reading-only``). Blocks of
+    consecutive pieces, rather than every n-th piece, keep the other workers from reading the same group: with
+    every n-th piece every worker read every group. It holds one row group per worker at most (pyarrow reads
+    no less than a row group's column chunk: without a page index it cannot skip rows inside one), so an
+    input of one large row group (the demo's filter output: 1,499 rows) is still read once by each worker
+    that has pieces of it.
     """
 
     def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, piece: int, decode: str = "workers"):
@@ -543,13 +585,18 @@ class ShardImages(torch.utils.data.IterableDataset):
         self.prepare = prepare_for_device_decode if decode == "device" else decode_for_detector
         self._file: tuple[str, pq.ParquetFile] | None = None
         self._group: tuple[tuple[str, int], pa.Table] | None = None
+        self.piece = piece
+
+    def worker_pieces(self, worker: int, workers: int) -> list[int]:
+        """The indices in ``self.pieces`` that worker ``worker`` of ``workers`` reads and decodes, in order."""
+        return worker_pieces(len(self.pieces), worker, workers, self.piece)
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         try:
-            for shard, parts in self.pieces[worker::workers]:
-                yield self._decode(shard, parts)
+            for index in self.worker_pieces(worker, workers):
+                yield self._decode(*self.pieces[index])
         finally:  # the last row group's bytes are not kept once the pieces are done
             self._file = self._group = None
 
@@ -900,7 +947,11 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     batch_sizes: Counter = Counter()  # detector batches by size (one padded shape each: how full they ran)
     first_batch = None
     # Finished shards are written by one background thread, so Parquet encoding overlaps detection;
-    # at most two shards wait for it (memory), and its errors surface in the main loop.
+    # at most two shards wait for it (memory), and its errors surface in the main loop. With several workers,
+    # the shards of a round of their blocks (worker_pieces) complete together at its end: as many may wait,
+    # so the detector does not stop while they are written (their results were held during the round anyway).
+    round_images = workers * worker_block(workers, piece_size(options.batch_size)) * piece_size(options.batch_size)
+    most_waiting = max(2, -(-round_images // options.images_per_shard)) if workers > 1 else 2
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lait-features-writer")
     writes: list[Future] = []
 
@@ -961,7 +1012,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
                     result.regions.append(ImageRegions(item.image_id, item.input.width, item.input.height,
                                                        to_original_pixels(regions, item.input)))
                 book(item.shard, 1)
-            while writes and (writes[0].done() or len(writes) > 2):
+            while writes and (writes[0].done() or len(writes) > most_waiting):
                 phases["writing_background"] += writes.pop(0).result()
             now = time.perf_counter()
             phases["post_processing"] += now - mark

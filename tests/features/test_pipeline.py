@@ -662,6 +662,24 @@ class _CountingReads:
         return self.inner.read_row_group(group, columns=columns)
 
 
+def _worker_reads(monkeypatch, dataset, shards, spec, workers, piece=2):
+    """Each of ``workers`` DataLoader workers' share run in turn here: ``(row groups each read, images each handed over)``."""
+    import pipeline.features as features
+
+    reads = []
+    opened = features._open_parquet
+    monkeypatch.setattr(features, "_open_parquet", lambda path, file: _CountingReads(opened(path, file), reads))
+    by_worker, got = [], []
+    for worker in range(workers):
+        monkeypatch.setattr(torch.utils.data, "get_worker_info",
+                            lambda: type("Info", (), {"id": worker, "num_workers": workers})())
+        reads.clear()
+        pieces = list(features.ShardImages(dataset, shards, spec, piece=piece))
+        by_worker.append(list(reads))
+        got.append([(piece.shard, image) for piece in pieces for image in piece.image_ids])
+    return by_worker, got
+
+
 def test_a_worker_reads_each_row_group_once_not_once_per_piece(tmp_path, demo_weights, monkeypatch):
     """Pieces of 2 images out of row groups of 12: every worker reads a row group once for all its pieces of it
     (it used to read the whole group for each piece), and hands over the same images."""
@@ -672,16 +690,82 @@ def test_a_worker_reads_each_row_group_once_not_once_per_piece(tmp_path, demo_we
     dataset = str(tmp_path / "in" / "pairs")
     shards, _ = features.plan_shards(dataset, 10)
     spec = _options(demo_weights).load_detector().spec
-    reads = []
-    opened = features._open_parquet
-    monkeypatch.setattr(features, "_open_parquet", lambda path, file: _CountingReads(opened(path, file), reads))
     for workers in (1, 2):
-        got = []
-        for worker in range(workers):
-            monkeypatch.setattr(torch.utils.data, "get_worker_info",
-                                lambda: type("Info", (), {"id": worker, "num_workers": workers})())
-            reads.clear()
-            pieces = list(features.ShardImages(dataset, shards, spec, piece=2))
-            assert reads == [0, 1], (workers, worker, reads)
-            got += [(piece.shard, image) for piece in pieces for image in piece.image_ids]
-        assert sorted(got) == sorted((i // 10, image) for i, image in enumerate(ids))
+        by_worker, got = _worker_reads(monkeypatch, dataset, shards, spec, workers)
+        for reads in by_worker:
+            assert reads and sorted(set(reads)) == reads, (workers, by_worker)  # each group it needs, once
+        assert sorted(sum(got, [])) == sorted((i // 10, image) for i, image in enumerate(ids))
+
+
+def test_workers_take_blocks_of_pieces_so_a_row_group_is_read_by_few_of_them(tmp_path, demo_weights, monkeypatch):
+    """4 row groups of 12 images, 3 workers, pieces of 2: each worker takes a contiguous block, so a row group is
+    read by at most 2 of them (taking every n-th piece, each of the 3 read all 4 groups), and all hand over
+    their images, every image once."""
+    import pipeline.features as features
+
+    images = [encode(make_scene(i, (40, 30))[0]) for i in range(48)]
+    ids = write_pairs(tmp_path / "in", images, duplicate_first=False, row_group_size=12)
+    dataset = str(tmp_path / "in" / "pairs")
+    shards, _ = features.plan_shards(dataset, 10)
+    spec = _options(demo_weights).load_detector().spec
+    by_worker, got = _worker_reads(monkeypatch, dataset, shards, spec, workers=3)
+    readers = {group: [w for w, reads in enumerate(by_worker) if group in reads] for group in range(4)}
+    assert all(1 <= len(found) <= 2 for found in readers.values()), readers
+    assert sum(map(len, by_worker)) <= 4 + 3 - 1, by_worker  # each group once, plus the blocks' boundaries
+    assert all(got), "every worker decodes"
+    assert sorted(sum(got, [])) == sorted((i // 10, image) for i, image in enumerate(ids))
+
+
+@pytest.mark.parametrize("count, workers, piece, window", [
+    (100, 3, 2, 24), (101, 4, 16, 4096), (5, 14, 16, 4096), (94, 14, 16, 4096), (1, 2, 8, 4096),
+    (500, 14, 16, 4096), (0, 3, 2, 24), (37, 1, 2, 24),
+])
+def test_worker_pieces_are_contiguous_blocks_covering_every_piece_once(count, workers, piece, window):
+    """Every piece goes to one worker; a worker's pieces are one contiguous run per round of blocks; all workers
+    get work when there are as many pieces as workers, each starting in the first round."""
+    from pipeline.features import worker_block, worker_pieces
+
+    shares = [worker_pieces(count, w, workers, piece, window) for w in range(workers)]
+    assert sorted(sum(shares, [])) == list(range(count))
+    block = worker_block(workers, piece, window)
+    rounds = -(-count // (workers * block))
+    for share in shares:
+        assert share == sorted(share)
+        runs = sum(1 for i, index in enumerate(share) if i == 0 or index != share[i - 1] + 1)
+        assert runs <= rounds
+    busy = [share for share in shares if share]
+    assert len(busy) == min(count, workers)
+    assert all(share[0] < min(count, workers * block) for share in busy)
+    sizes = [len(share) for share in shares]
+    assert max(sizes) - min(sizes) <= rounds  # balanced: a round's blocks differ by one piece at most
+
+
+def test_regions_with_several_workers_are_those_of_the_main_process(tmp_path, demo_weights):
+    """Five row groups, shards of 4, three worker processes taking blocks of pieces: the same shards, with the same
+    images, regions, rejects and counts, as reading and decoding in the main process."""
+    images = [encode(make_scene(i, (64 + 8 * (i % 4), 48 + 8 * (i % 3)))[0]) for i in range(27)]
+    images[7] = b"not an image"
+    write_pairs(tmp_path / "in", images, row_group_size=6)
+    outputs = {}
+    for workers in (0, 3):
+        out = tmp_path / f"out{workers}"
+        stats = extract_regions(str(tmp_path / "in"), str(out), _options(demo_weights, num_workers=workers,
+                                                                         images_per_shard=4))
+        shard_stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*.json"))]
+        by_shard = {p.name: sorted(schemas.read_table(str(p), "regions").column("image_id").to_pylist())
+                    for p in sorted((out / "regions").glob("*.parquet"))}
+        rejected = sorted((r["image_id"], r["reason"]) for r in schemas.read_table(str(out / "rejected"), "rejected").to_pylist())
+        regions = {r["image_id"]: r for r in schemas.read_table(str(out / "regions"), "regions").to_pylist()}
+        outputs[workers] = (stats, [{k: v for k, v in s.items() if k != "seconds"} for s in shard_stats], by_shard,
+                            rejected, regions)
+    (stats0, shards0, by_shard0, rejected0, regions0), (stats3, shards3, by_shard3, rejected3, regions3) = outputs[0], outputs[3]
+    for key in ("in", "kept", "rejected", "rejected_by_reason", "shards", "boxes_total", "boxes_per_image"):
+        assert stats0[key] == stats3[key], key
+    assert (stats3["in"], stats3["kept"], stats3["rejected"], stats3["shards"]) == (27, 26, 1, 7)
+    assert shards0 == shards3 and by_shard0 == by_shard3 and rejected0 == rejected3
+    assert set(regions0) == set(regions3) and len(regions0) == 26
+    for image, alone in regions0.items():
+        other = regions3[image]
+        assert other["num_boxes"] == alone["num_boxes"] and other["class_ids"] == alone["class_ids"], image
+        np.testing.assert_allclose(other["boxes"], alone["boxes"], atol=1e-3)
+        np.testing.assert_allclose(other["features"], alone["features"], rtol=1e-2, atol=1e-3)
