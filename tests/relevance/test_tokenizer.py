@@ -128,9 +128,14 @@ def test_accented_words_keep_their_accents():
     assert F.build_vocabulary(["café au lait", "Café noir", "кофе", "КОФЕ"], tokenizer="unicode-v2") == ["café", "кофе"]
 
 
-def test_a_trained_model_saves_the_unicode_tokenizer_and_reads_every_script(model_dir):
+def test_a_trained_model_saves_the_unicode_tokenizer_and_reads_every_script(tmp_path, train_rows):
+    from filters.relevance.config import TrainConfig
     from filters.relevance.scorer import RelevanceScorer
+    from filters.relevance.train import train
     from model.relevance import read_config
+
+    model_dir = str(tmp_path / "model")  # the trainer's own output, one quick member (the shared model takes ~40 s)
+    train(train_rows, model_dir, TrainConfig(epochs=1, members=1, image_size=16, embed_dim=16))
 
     assert read_config(model_dir)["tokenizer"] == F.TOKENIZER == "unicode-v2"
     scorer = RelevanceScorer(model_dir)
