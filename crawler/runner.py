@@ -43,7 +43,8 @@ def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
     Each process keeps its share of the work there (process K's pending images, its inbox and how far it
     read it), and images go to the process their URL hashes to: with another number, that work would be
     lost. Raises JobFolderError (nothing written). A folder from before the record tells by its files how
-    many processes it had at least. ``record`` False only checks (``lait crawl`` before it makes ``--out``:
+    many processes it had (at least: a process that never wrote leaves no file), and is continued with that
+    many; one without crawl files is new. ``record`` False only checks (``lait crawl`` before it makes ``--out``:
     a run that fails there must not leave a record behind).
     """
     path = os.path.join(jobdir, JOB_FILE)
@@ -51,9 +52,7 @@ def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
         with open(path, encoding="utf-8") as handle:
             recorded = int(json.load(handle)["processes"])
     except FileNotFoundError:
-        recorded = _processes_by_files(jobdir)
-        if recorded <= processes:
-            recorded = None
+        recorded = _processes_by_files(jobdir) or None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise JobFolderError(f"--jobdir {jobdir}: {path} cannot be read ({exc}); use a new --jobdir") from None
     if recorded is not None and recorded != processes:
@@ -68,8 +67,13 @@ def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
 
 
 def _processes_by_files(jobdir: str) -> int:
-    """How many crawl processes a job folder without a record had at least: 1 + its highest process index."""
-    indices = [0]
+    """How many crawl processes a job folder without a record had at least (1 + its highest process index), 0
+    when it holds no crawl's files."""
+    from crawler.spiders.lait import STATE_FILE
+
+    indices = [-1]
+    if os.path.exists(os.path.join(jobdir, STATE_FILE)):  # process 0's state
+        indices.append(0)
     for folder, prefix, suffix in ((jobdir, "lait-state-p", ".pickle"), (os.path.join(jobdir, "inboxes"), "inbox-", ".jsonl")):
         try:
             names = os.listdir(folder)

@@ -496,6 +496,18 @@ def test_a_job_folder_refuses_another_number_of_processes(tmp_path):
         runner.check_job_folder(str(legacy), 2)
     runner.check_job_folder(str(legacy), 3)
     assert json.loads((legacy / runner.JOB_FILE).read_text()) == {"processes": 3}
+    single = tmp_path / "single"  # a one-process crawl from before the record: not continued by more processes
+    single.mkdir()
+    (single / "lait-state.pickle").write_bytes(b"")
+    with pytest.raises(runner.JobFolderError, match="--processes 1, not 4"):
+        runner.check_job_folder(str(single), 4)
+    for folder in (legacy, single):
+        (folder / runner.JOB_FILE).unlink(missing_ok=True)
+        with pytest.raises(runner.JobFolderError, match="not 4"):  # more processes than its files show: refused
+            runner.check_job_folder(str(folder), 4)
+    (tmp_path / "new").mkdir()  # a folder with no crawl files is a new job folder: any number
+    runner.check_job_folder(str(tmp_path / "new"), 4)
+    assert json.loads((tmp_path / "new" / runner.JOB_FILE).read_text()) == {"processes": 4}
 
 
 def test_inbox_lines_torn_by_a_killed_writer_are_skipped_never_a_crash(tmp_path):
