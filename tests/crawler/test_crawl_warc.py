@@ -556,3 +556,27 @@ def test_an_image_record_joins_its_img_whether_the_url_is_written_escaped_or_not
         ("http://warc.example/bilder/größe 1.jpg", "Raw on the page"),
         ("http://warc.example/bilder/kl%C3%A4nge%202.jpg", "Escaped on the page")]
     assert stats["in"] == stats["kept"] == 2 and stats["rejected"] == 0
+
+
+def test_rejects_repeated_across_parts_become_duplicates_and_the_rest_stay(tmp_path):
+    """A candidate's outcome reject becomes duplicate_candidate when another part kept it or an earlier part
+    rejected it; opt-outs, records of their own and rows without a candidate id stay as they are."""
+    from crawler import output, warc
+
+    def reject(candidate_id, reason):
+        return schemas.rejected_row("crawl", reason, "d", candidate_id=candidate_id)
+
+    parts = {0: [reject("b", "image_not_in_warc"), reject("c", "opt_out_noai"), reject(None, "image_not_in_warc")],
+             1: [reject("a", "image_not_in_warc"), reject("b", "image_not_in_warc"), reject("c", "opt_out_noai"),
+                 reject("d", "no_text"), reject("e", "http_404")],
+             2: [reject("b", "fetch_error"), reject("", "fetch_error")]}
+    for part, rows in parts.items():
+        schemas.write_table(schemas.to_table(rows, "rejected"),
+                            str(tmp_path / output.REJECTED / f"warc-p{part:05d}-x.parquet"), "rejected")
+    assert warc._repeated_rejects_to_duplicates(str(tmp_path), {"a", "z"}) == 3
+    reasons = {part: schemas.read_table(str(tmp_path / output.REJECTED / f"warc-p{part:05d}-x.parquet"),
+                                        "rejected").column("reason").to_pylist() for part in parts}
+    assert reasons == {0: ["image_not_in_warc", "opt_out_noai", "image_not_in_warc"],
+                       1: [output.DUPLICATE, output.DUPLICATE, "opt_out_noai", "no_text", "http_404"],
+                       2: [output.DUPLICATE, "fetch_error"]}
+    assert warc._repeated_rejects_to_duplicates(str(tmp_path), {"a", "z"}) == 0  # a rerun changes nothing
