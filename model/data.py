@@ -2,9 +2,10 @@
 
 A dataset entry joins a ``regions`` dataset (one row per image, from ``lait features``) with a
 ``captions`` dataset (one row per caption) on ``image_id``. Captions are small and are held in a
-dict; regions are large and are streamed Parquet row group by row group. Row groups are dealt to
-the consumers (DDP ranks x DataLoader workers); when there are fewer row groups than consumers,
-every consumer reads all of them and keeps every n-th image. A shuffle buffer mixes examples.
+dict; regions are large and are streamed Parquet row group by row group. The row groups holding an
+image with a caption are dealt to the consumers (DDP ranks x DataLoader workers); when there are fewer
+of them than consumers, every consumer reads all of them and keeps every n-th image. A shuffle buffer
+mixes examples.
 The order depends only on (seed, epoch, rank, worker), so a resumed run sees the same batches.
 """
 from __future__ import annotations
@@ -307,6 +308,7 @@ class PairStream(IterableDataset):
     def __init__(self, datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 2048,
                  infinite: bool = True, shuffle: bool = True):
+        """``ValueError`` when no image of the datasets has a caption (checked here, not in a worker)."""
         self.datasets = datasets
         self.tokenizer_json = tokenizer_json
         self.model_config = model_config
@@ -317,34 +319,53 @@ class PairStream(IterableDataset):
             for file in schemas.list_parquet_files(resolve_dataset_dir(entry.regions, "regions")):
                 for group in range(pq.ParquetFile(file).num_row_groups):
                     self.units.append((index, file, group))
-        self.repeated = self._repeated_rows()  # here, once: the DataLoader workers get it with the stream
+        # Here, once: the DataLoader workers get both with the stream.
+        self.repeated, self.captioned = self._scan_units()
+        if not any(self.captioned.values()):
+            raise ValueError(f"no image of {', '.join(entry.regions for entry in datasets)} has a caption in "
+                             f"{', '.join(f'{entry.captions} (split {entry.split!r})' for entry in datasets)}: "
+                             f"no (caption, image) pair to train on")
 
     def _consumer(self) -> tuple[int, int]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers
 
-    def _repeated_rows(self) -> dict[tuple[int, str, int], set[int]]:
-        """The rows of each unit whose image_id an earlier row of its dataset holds: a regions dataset storing an
-        image twice trains on it once, with its first row, as ``dataset_report`` counts it. Found once, in the
-        units' fixed order, so every consumer skips the same rows (and a resumed run too)."""
+    def _scan_units(self) -> tuple[dict[tuple[int, str, int], set[int]], dict[tuple[int, str, int], int]]:
+        """The rows of each unit to skip, and each unit's count of images to train on (image_id column only).
+
+        Skipped: rows whose image_id an earlier row of their dataset holds (a regions dataset storing an image
+        twice trains on it once, with its first row, as ``dataset_report`` counts it). Found once, in the units'
+        fixed order, so every consumer skips the same rows (and a resumed run too). A unit whose images have
+        no caption counts 0 and is dealt to no consumer: one dealt only such units had nothing to yield."""
         repeated: dict[tuple[int, str, int], set[int]] = {}
+        captioned: dict[tuple[int, str, int], int] = {}
         seen: list[set[str]] = [set() for _ in self.datasets]
+        with_captions = [set(load_captions(entry.captions, entry.split)) for entry in self.datasets]
         for unit in self.units:
             dataset_index, file, group = unit
             image_ids = pq.ParquetFile(file).read_row_group(group, columns=["image_id"]).column(0).to_pylist()
+            captioned[unit] = 0
             for row, image_id in enumerate(image_ids):
                 if image_id in seen[dataset_index]:
                     repeated.setdefault(unit, set()).add(row)
                 else:
                     seen[dataset_index].add(image_id)
-        return repeated
+                    captioned[unit] += image_id in with_captions[dataset_index]
+        return repeated, captioned
+
+    @property
+    def uncaptioned_units(self) -> int:
+        """Row groups left out of the dealing: none of their images has a caption."""
+        return sum(1 for count in self.captioned.values() if not count)
 
     def _examples(self, epoch: int, consumer: int, consumers: int, captions, tokenizer,
                   repeated: dict[tuple[int, str, int], set[int]]) -> Iterator[dict]:
         order = list(self.units)
         if self.shuffle:
             random.Random(f"{self.seed}/{epoch}").shuffle(order)
+        # Dropped after the shuffle, so data whose every row group has a captioned image keeps its order.
+        order = [unit for unit in order if self.captioned[unit]]
         stride = len(order) < consumers
         mine = order if stride else order[consumer::consumers]
         image_index = 0
@@ -397,8 +418,11 @@ class PairStream(IterableDataset):
                 produced += 1
                 yield example
             if produced == 0:
-                raise ValueError(f"data consumer {consumer} of {consumers} got no (caption, image) pair: "
-                                 f"the datasets are empty or too small for this many ranks x workers")
+                # Fewer captioned images than consumers (``model.train`` refuses that before a stage): every
+                # epoch of this consumer would be as empty, so it yields nothing and the others go on.
+                logger.warning("data consumer %d of %d has no (caption, image) pair: more consumers (ranks x "
+                               "workers) than images with captions", consumer, consumers)
+                return
             epoch += 1
             if not self.infinite:
                 return

@@ -141,13 +141,11 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
     ``fixed_shapes`` pads every batch to ``batch_size`` pairs, the set's longest caption and its largest
     region count instead, so a compiled trunk (static shapes) compiles once. ``full_batches`` pads only
     the last batch to ``batch_size`` pairs (a trunk compiled with symbolic lengths keeps a fixed batch size).
+    Each image's region embeddings are computed once (``region_embeddings``) and reused for all its pairs.
     """
     keys_text = ("input_ids", "text_mask")
-    keys_regions = ("region_features", "region_locations", "region_mask")
-    dtype = torch.bfloat16 if bf16 else torch.float32
     text = {k: data.text[k].to(device) for k in keys_text}
-    regions = {k: data.regions[k].to(device) for k in keys_regions}
-    regions["region_features"] = regions["region_features"].to(dtype)
+    regions = region_embeddings(model, data, np.unique(pair_images), batch_size, device, bf16)
     scores = torch.empty(len(pair_captions), dtype=torch.float32, device=device)  # one copy back at the end
     bar = None
     if progress:
@@ -167,7 +165,7 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
             t_len, r_len = int(data.text_lengths[c].max()), int(data.region_counts[i].max())
         c_idx, i_idx = torch.from_numpy(c).to(device), torch.from_numpy(i).to(device)
         batch = {k: v[c_idx, :t_len] for k, v in text.items()}
-        batch.update({k: v[i_idx, :r_len] for k, v in regions.items()})
+        batch.update({k: v[i_idx, :r_len] for k, v in regions.items()})  # by image index: the caption's partner
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             scores[start: start + count] = model.score(batch).float()[:count]
         if bar is not None:
@@ -175,6 +173,30 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
     if bar is not None:
         bar.close()
     return scores.cpu()
+
+
+@torch.no_grad()
+def region_embeddings(model: ImageBert, data: EvalSet, images: np.ndarray, batch_size: int, device: torch.device,
+                      bf16: bool) -> dict[str, torch.Tensor]:
+    """``region_embeddings`` and ``region_mask`` on ``device``, indexed by image like ``data.regions``, of the
+    ``images`` given (the others' rows stay zero), each computed once per scoring pass.
+
+    They depend on the image alone, yet the cross-encoder recomputed them for every caption scored against it.
+    Made as ``score_pairs`` made them inside the forward (features cast to the scoring dtype first, the same
+    autocast), so the scores are the same; the features themselves never all sit on the device."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    features, locations = data.regions["region_features"], data.regions["region_locations"]
+    embedded = None
+    for start in range(0, len(images), batch_size):
+        part = torch.from_numpy(images[start: start + batch_size])
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model.embeddings.embed_regions(features[part].to(device).to(dtype), locations[part].to(device))
+        if embedded is None:
+            embedded = torch.zeros((len(data.images), *out.shape[1:]), dtype=out.dtype, device=device)
+        embedded[part.to(device)] = out
+    if embedded is None:  # no pairs to score
+        embedded = torch.zeros((len(data.images), features.shape[1], model.config.hidden_size), device=device)
+    return {"region_embeddings": embedded, "region_mask": data.regions["region_mask"].to(device)}
 
 
 @torch.no_grad()

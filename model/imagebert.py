@@ -41,17 +41,23 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.register_buffer("position_ids", torch.arange(config.max_position), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, region_features: torch.Tensor,
-                region_locations: torch.Tensor) -> torch.Tensor:
-        """[B, T+R, H] embeddings of the text then the regions."""
+    def forward(self, input_ids: torch.Tensor, region_features: torch.Tensor | None,
+                region_locations: torch.Tensor | None, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T+R, H] embeddings of the text then the regions (``regions``: ``embed_regions``' output, given
+        instead of the features and locations, e.g. an image's once for all the captions scored against it)."""
         length = input_ids.shape[1]
         text = self.word(input_ids) + self.position(self.position_ids[:length]) + self.segment.weight[TEXT_SEGMENT]
         text = self.text_norm(text)
+        if regions is None:
+            regions = self.embed_regions(region_features, region_locations)
+        return self.dropout(torch.cat([text, regions], dim=1))
+
+    def embed_regions(self, region_features: torch.Tensor, region_locations: torch.Tensor) -> torch.Tensor:
+        """[B, R, H] region embeddings before dropout: they depend on the image alone."""
         region_shared = self.segment.weight[IMAGE_SEGMENT] + self.position.weight[self.config.region_position_id]
         regions = self.region_feature(region_features.to(self.region_feature.weight.dtype))
         regions = regions + self.region_location(region_locations.to(self.region_location.weight.dtype))
-        regions = self.region_norm(regions + region_shared)
-        return self.dropout(torch.cat([text, regions], dim=1))
+        return self.region_norm(regions + region_shared)
 
 
 class ColumnLinear(nn.Linear):
@@ -192,13 +198,19 @@ class ImageBert(nn.Module):
 
         ``rows`` ([B, K] positions, [CLS] = 0 first): the sequence output holds only those rows, [B, K, H],
         and the last layer computes no other (the layers before it compute every row: all are its keys).
+        A batch may carry ``region_embeddings`` (``Embeddings.embed_regions``) instead of the region features
+        and locations.
         """
         trunk = self.__dict__.get("_trunk", self._trunk_eager)
+        if "region_embeddings" in batch:
+            return trunk(batch["input_ids"], batch["text_mask"], None, None, batch["region_mask"], rows,
+                         batch["region_embeddings"])
         return trunk(batch["input_ids"], batch["text_mask"], batch["region_features"], batch["region_locations"],
                      batch["region_mask"], rows)
 
-    def _trunk_eager(self, input_ids, text_mask, region_features, region_locations, region_mask, rows=None):
-        x = self.embeddings(input_ids, region_features, region_locations)
+    def _trunk_eager(self, input_ids, text_mask, region_features, region_locations, region_mask, rows=None,
+                     region_embeddings=None):
+        x = self.embeddings(input_ids, region_features, region_locations, region_embeddings)
         keep = torch.cat([text_mask, region_mask], dim=1)
         # Boolean key mask broadcast over heads and queries; always passed, so no host sync or graph break.
         # (An additive float mask measured no faster on an H200: benchmarks/RESULTS_train.md.)
@@ -279,7 +291,9 @@ class ImageBert(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
     def score(self, batch: dict) -> torch.Tensor:
-        """Image-text matching logit of every (caption, image) pair in the batch (the retrieval score)."""
+        """Image-text matching logit of every (caption, image) pair in the batch (the retrieval score).
+
+        The batch may carry ``region_embeddings`` in place of the region features and locations (``encode``)."""
         return self.forward(batch)[0]["scores"]
 
 

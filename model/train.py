@@ -258,8 +258,7 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
     if missing:
         raise ValueError(f"{path}: not a readable LAIT checkpoint (missing {', '.join(missing)}, needed to resume)")
     index, name = int(state["stage_index"]), state["stage_name"]
-    written = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
-    stages = list(written.get("pretrain") or []) + ([written["finetune"]] if written.get("finetune") else [])
+    written, stages = _written_stages(state)
     theirs = [stage.get("name") if isinstance(stage, dict) else None for stage in stages]
     theirs = (theirs + [None] * (index + 1))[: index + 1]
     theirs[index] = name
@@ -277,6 +276,41 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
             logger.warning("%s: resuming with other %s than the run that wrote it: the batches after step %s are "
                            "not those it would have trained on (resume is exact only with the same settings)",
                            path, ", ".join(changed), state.get("step"))
+
+
+def _written_stages(state: dict) -> tuple[dict, list]:
+    """A checkpoint's training config (``{}`` when it has none) and its stages in run order, as written."""
+    written = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
+    return written, list(written.get("pretrain") or []) + ([written["finetune"]] if written.get("finetune") else [])
+
+
+def restored_summaries(state: dict, path: str, config: TrainConfig) -> list[dict]:
+    """The ``summary.json`` entries of the stages a resumed checkpoint had finished, marked ``done_before_resume``.
+
+    A checkpoint written before it kept them (no ``stage_summaries``) still names the stage it stopped in, and its
+    config the stages before: their entries are rebuilt from those (name, kind, steps where known), marked
+    ``without_figures`` (loss null, no seconds or data), and a warning says so; before, they were left out."""
+    done = int(state["stage_index"]) + (1 if state["stage_done"] else 0)
+    saved = state.get("stage_summaries") if isinstance(state.get("stage_summaries"), list) else []
+    _, written = _written_stages(state)
+    entries, rebuilt = [], []
+    for index, stage in enumerate(config.stages()[:done]):  # their names match (check_resume_matches)
+        entry = saved[index] if index < len(saved) else None
+        if isinstance(entry, dict) and entry.get("name") == stage.name:
+            entries.append(dict(entry, done_before_resume=True))
+            continue
+        theirs = written[index] if index < len(written) and isinstance(written[index], dict) else {}
+        steps = theirs.get("steps") if isinstance(theirs.get("steps"), int) else None
+        if index == int(state["stage_index"]):  # the stage it stopped in, at its end (final.pt records step 0)
+            steps = next((value for value in (state.get("stage_steps"), state.get("step"))
+                          if isinstance(value, int) and value > 0), steps)
+        entries.append({"name": stage.name, "kind": stage.kind, "steps": steps, "final_loss": None,
+                        "done_before_resume": True, "without_figures": True})
+        rebuilt.append(stage.name)
+    if rebuilt:
+        logger.warning("%s: written before checkpoints kept their stages' summaries: summary.json lists %s as done "
+                       "before the resume without figures (loss, seconds, data)", path, ", ".join(map(repr, rebuilt)))
+    return entries
 
 
 def compiled_graphs() -> int:
@@ -313,8 +347,7 @@ def _schedule_changes(state: dict, stage: StageConfig, index: int, total: int) -
     """How a resumed stage's schedule differs from the one its checkpoint's optimizer and scheduler state
     followed: its step count (recorded as ``stage_steps``; epochs over another number of processes or other
     data change it too), and its configured steps, epochs, lr and warm-up."""
-    written = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
-    stages = list(written.get("pretrain") or []) + ([written["finetune"]] if written.get("finetune") else [])
+    _, stages = _written_stages(state)
     theirs = stages[index] if index < len(stages) and isinstance(stages[index], dict) else {}
     ours = dataclasses.asdict(stage)
     changed = [f"{stage.name}.{key} ({theirs[key]!r}, now {ours[key]!r})" for key in SCHEDULE_STAGE_KEYS
@@ -399,19 +432,27 @@ def _to_host(losses: torch.Tensor, norm: torch.Tensor) -> tuple[torch.Tensor, fl
     return both[:-1], float(both[-1])
 
 
-def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: TrainConfig, runtime: Runtime,
-              tokenizer_json: str, ids: dict, checkpoint_base: dict, resume: dict | None,
-              progress: bool = False) -> dict:
-    """Train one stage (pretraining task mix or fine-tuning loss); returns its summary."""
+def stage_report(stage: StageConfig, world_size: int, num_workers: int) -> dict:
+    """A stage's data join (``dataset_report``); a ``ValueError`` when it has no (caption, image) pair, or fewer
+    images with captions than data consumers (one would have no example; ``train`` checks every stage first)."""
     report = dataset_report(stage.datasets)
     if report["pairs"] == 0:
         raise ValueError(f"stage {stage.name!r}: no caption matches an image of its regions datasets ({report})")
-    workers = max(1, config.num_workers)
-    if report["images"] < runtime.world_size * workers:  # a consumer with no image fails inside its worker
+    workers = max(1, num_workers)
+    if report["images"] < world_size * workers:
         raise ValueError(f"stage {stage.name!r}: {report['images']} image(s) with captions for "
-                         f"{runtime.world_size * workers} data consumers ({runtime.world_size} process(es) x "
+                         f"{world_size * workers} data consumers ({world_size} process(es) x "
                          f"{workers} DataLoader worker(s)), each of which needs one at least: lower num_workers"
-                         f"{' or run fewer processes' if runtime.distributed else ''}")
+                         f"{' or run fewer processes' if world_size > 1 else ''}")
+    return report
+
+
+def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: TrainConfig, runtime: Runtime,
+              tokenizer_json: str, ids: dict, checkpoint_base: dict, resume: dict | None,
+              progress: bool = False, report: dict | None = None) -> dict:
+    """Train one stage (pretraining task mix or fine-tuning loss); returns its summary (``report``: its
+    ``stage_report``, made here when not given)."""
+    report = report if report is not None else stage_report(stage, runtime.world_size, config.num_workers)
     total = stage_steps(stage, report["pairs"], runtime.world_size, config.grad_accum)
     warmup = int(stage.warmup * total) if stage.warmup < 1 else int(stage.warmup)
     start = int(resume["step"]) if resume else 0
@@ -466,6 +507,13 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                          num_workers=config.num_workers, shuffle_buffer=config.shuffle_buffer,
                          fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda",
                          length_buckets=config.length_buckets)
+    stream = getattr(loader.dataset, "stream", loader.dataset)
+    record = resume.get("data") if resume and isinstance(resume.get("data"), dict) else {}
+    if resume and "row_groups" not in record and stream.uncaptioned_units \
+            and runtime.world_size * max(1, config.num_workers) > 1:
+        logger.warning("stage %s: the checkpoint was written when row groups without a captioned image were still "
+                       "dealt to the data consumers (%d here): the batches after step %d are not those its run would "
+                       "have trained on", stage.name, stream.uncaptioned_units, start)
     batches = iter(loader)
     bucket_shapes = set() if config.compile and config.length_buckets else None  # logged as each compiles
     first_of_bucket = None  # (shape, graphs compiled before, start) of a step on a bucket's first batch
@@ -587,7 +635,8 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
             state = dict(checkpoint_base, model=model.state_dict(), stage_index=stage_index, stage_name=stage.name,
                          step=done, stage_steps=total, stage_done=done == total, optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), rng={"torch": torch.get_rng_state()},
-                         data={"batches": done * config.grad_accum, "world_size": runtime.world_size},
+                         data={"batches": done * config.grad_accum, "world_size": runtime.world_size,
+                               "row_groups": "captioned"},  # only those with a captioned image are dealt
                          loss_window=loss_window, stage_summaries=finished)
             if runtime.is_main:
                 name = f"{stage.name}.pt" if done == total else f"{stage.name}-step{done}.pt"
@@ -650,6 +699,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         model_config = resolve_model_config(config, tokenizer.get_vocab_size())
         check_data_fits(model_config, config, "model.feature_dim" if config.model.feature_dim is not None
                         else config.stages()[0].datasets[0].regions)
+    done_index = int(resume_state["stage_index"]) + (1 if resume_state["stage_done"] else 0) if resume_state else 0
+    # Every stage still to run is checked before the first one trains (a later stage without pairs used to fail
+    # after the earlier ones had run).
+    reports = {index: stage_report(stage, runtime.world_size, config.num_workers)
+               for index, stage in enumerate(stages) if index >= done_index}
     from tokenizers import Tokenizer
 
     ids = special_ids(Tokenizer.from_str(tokenizer_json))
@@ -675,9 +729,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     base = {"format": CHECKPOINT_FORMAT, "model_config": dataclasses.asdict(model_config),
             "train_config": config.to_dict(), "tokenizer": tokenizer_json}
     # The stages a resumed checkpoint had finished keep their entries (marked), so summary.json lists every stage.
-    earlier = resume_state.get("stage_summaries") if resume_state is not None else None
-    done_index = resume_state["stage_index"] + (1 if resume_state["stage_done"] else 0) if resume_state else 0
-    earlier = [dict(entry, done_before_resume=True) for entry in (earlier or [])[:done_index] if isinstance(entry, dict)]
+    earlier = restored_summaries(resume_state, resume, config) if resume_state is not None else []
     summary = {"out_dir": config.out_dir, "stages": earlier, "world_size": runtime.world_size,
                "device": str(runtime.device)}
     for index, stage in enumerate(stages):
@@ -688,7 +740,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
             stage_resume = resume_state
         base["stage_summaries"] = list(summary["stages"])
         summary["stages"].append(run_stage(model, stage, index, config, runtime, tokenizer_json, ids, base,
-                                           stage_resume, progress))
+                                           stage_resume, progress, reports[index]))
     base["stage_summaries"] = list(summary["stages"])
     # Equal on every rank when DDP kept the replicas in sync (logged so a multi-rank run can be checked).
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for stage in summary["stages"]:
         if stage.get("done_before_resume"):
-            print(f"{stage['name']:<16} {stage['kind']:<9} done before the resume  loss {stage['final_loss']:.4f}")
+            loss = "(no figures: an older checkpoint)" if stage.get("final_loss") is None else f"loss {stage['final_loss']:.4f}"
+            print(f"{stage['name']:<16} {stage['kind']:<9} done before the resume  {loss}")
             continue
         print(f"{stage['name']:<16} {stage['kind']:<9} {stage['steps_run']:>6}/{stage['steps']} steps  "
               f"loss {stage['final_loss']:.4f}  {stage['samples_per_s']:,.0f} samples/s  {stage['seconds']:.1f} s")

@@ -14,7 +14,7 @@ import schemas
 from imagebert_testlib import REPO
 from model.config import DatasetConfig
 from model.data import (Collate, LengthBuckets, PairStream, bucket_ceilings, dataset_report, feature_dim_of,
-                        location_vectors, make_loader, num_classes_of)
+                        location_vectors, make_loader, num_classes_of, stable_key)
 from model.tokenizer import special_ids, train_wordpiece
 from imagebert_testlib import tiny_config
 
@@ -557,3 +557,67 @@ def test_import_captions_source_that_is_not_a_readable_file_leaves_a_finished_im
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == 1, "the finished import is intact"
     with pytest.raises(IsADirectoryError):
         read_tsv(str(tmp_path / "images"))  # when called, not when the import reads the first record
+
+
+def _partly_captioned(tmp_path, captioned_groups, groups=4):
+    """Regions in row groups of 3 images; captions (two each) only for the images of ``captioned_groups``."""
+    ids = [f"img{i:02d}" for i in range(3 * groups)]
+    _write_regions(str(tmp_path / "regions" / "part-00000.parquet"), [_region_row(i, 2) for i in ids])
+    captions = [{"caption_id": f"{image}-{n}", "image_id": image, "caption": "red circle", "split": "train"}
+                for index, image in enumerate(ids) if index // 3 in captioned_groups for n in range(2)]
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "p.parquet"), "captions")
+    return [DatasetConfig(str(tmp_path / "regions"), str(tmp_path / "captions"), "train")], \
+        sorted(c["caption_id"] for c in captions)
+
+
+@pytest.mark.parametrize("captioned_groups", [(0,), (1, 3)])
+def test_a_consumer_dealt_no_captioned_image_yields_nothing_instead_of_failing(tmp_path, captioned_groups):
+    """Row groups whose images have no caption were dealt to the consumers (ranks x DataLoader workers) like the
+    others: one dealt only such row groups failed the stage with a worker traceback ("data consumer 1 of 2 got
+    no (caption, image) pair"), although the up-front check (images >= consumers) had passed."""
+    datasets, caption_ids = _partly_captioned(tmp_path, captioned_groups)
+    config = tiny_config(feature_dim=4, max_regions=8)
+    tokenizer_json = _tokenizer_json(["red circle"])
+    for seed in range(4):  # the row groups are dealt anew each seed and epoch
+        for consumers in (2, 3):
+            streams = [PairStream(datasets, tokenizer_json, config, seed=seed, rank=rank, world_size=consumers,
+                                  shuffle_buffer=4, infinite=False) for rank in range(consumers)]
+            assert streams[0].uncaptioned_units == 4 - len(captioned_groups)
+            epoch = [e["caption_id"] for stream in streams for e in stream]
+            assert sorted(epoch) == caption_ids, (seed, consumers)
+            for stream in streams:  # endless: past epoch boundaries, the same examples again on a replay
+                stream.infinite = True
+                first, again = iter(stream), iter(stream)
+                examples = [next(first)["caption_id"] for _ in range(3 * len(caption_ids))]
+                assert examples == [next(again)["caption_id"] for _ in examples]
+    # The same through DataLoader workers (where it failed), endless, replayed to the same batches (exact resume).
+    def batches():
+        loader = iter(make_loader(datasets, tokenizer_json, config, 2, seed=1, num_workers=2, shuffle_buffer=4))
+        return [next(loader)["caption_keys"].tolist() for _ in range(2 * len(caption_ids))]
+
+    first = batches()
+    assert first == batches()
+    assert {key for batch in first for key in batch} == set(map(stable_key, caption_ids))
+
+
+def test_row_groups_all_captioned_are_dealt_as_before(tmp_path):
+    """Leaving uncaptioned row groups out of the dealing moves nothing when there are none (a run resumed from a
+    checkpoint of the earlier dealing replays the same batches): each consumer's row groups, pinned."""
+    import random
+
+    datasets, _ = _partly_captioned(tmp_path, (0, 1, 2, 3))
+    tokenizer_json, config = _tokenizer_json(["red circle"]), tiny_config(feature_dim=4, max_regions=8)
+    order = [(0, file, group) for file in [str(tmp_path / "regions" / "part-00000.parquet")] for group in range(4)]
+    random.Random("2/0").shuffle(order)  # epoch 0 of seed 2, dealt as it always was: order[consumer::consumers]
+    for rank in range(3):
+        stream = PairStream(datasets, tokenizer_json, config, seed=2, rank=rank, world_size=3, infinite=False)
+        expected = {f"img{3 * group + k:02d}" for _, _, group in order[rank::3] for k in range(3)}
+        assert {e["image"].image_id for e in stream} == expected, rank
+
+
+def test_no_captioned_image_at_all_is_one_clear_error_before_any_worker_starts(tmp_path):
+    datasets, _ = _partly_captioned(tmp_path, ())
+    with pytest.raises(ValueError, match=r"no image of .*regions has a caption in .*captions \(split 'train'\): "
+                                         r"no \(caption, image\) pair to train on"):
+        make_loader(datasets, _tokenizer_json(["red circle"]), tiny_config(feature_dim=4, max_regions=8), 2,
+                    num_workers=2)

@@ -297,3 +297,49 @@ def test_a_diverged_model_gets_no_recall_and_its_nan_scores_are_reported(synth_d
     folded = evaluate(diverged, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", folds=2)
     assert folded["nan_scores"] == 3200 // 2 and folded["image_retrieval"]["R@1"] == 0.0
     assert evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")["nan_scores"] == 0
+
+
+@pytest.mark.parametrize("bf16, tolerance", [(False, 1e-5), (True, 2e-2)])
+def test_each_images_region_embeddings_are_computed_once_per_pass_with_the_same_scores(synth_dir, bf16, tolerance):
+    """The cross-encoder projected and normalised an image's regions again for every caption scored against it:
+    now once per image per scoring pass, and the scores are those of the forward on the features (fp32: to
+    rounding; bf16 on the CPU: to a few of its steps)."""
+    from model.data import load_captions
+    from model.eval import score_pairs
+    from model.imagebert import ImageBert
+    from model.tokenizer import train_wordpiece
+    from imagebert_testlib import tiny_config
+
+    texts = [text for pairs in load_captions(f"{synth_dir}/captions", None).values() for _, text in pairs]
+    tokenizer = train_wordpiece(texts, 120)
+    torch.manual_seed(0)
+    model = ImageBert(tiny_config(vocab_size=tokenizer.get_vocab_size(), feature_dim=16, max_regions=8,
+                                  max_text_len=20, init_std=0.2))  # wide enough that the scores spread
+    data = eval_split(model, tokenizer.to_str(), synth_dir)
+    assert len(set(data.region_counts.tolist())) > 1  # ragged, so trimming and padding are exercised
+    n_captions, n_images = data.shape
+    share = np.arange(3, n_images - 5)  # some images have no pair (a process's share, a fold)
+    pair_images = np.repeat(share, n_captions)
+    pair_captions = np.tile(np.argsort(data.text_lengths, kind="stable"), len(share))
+    embedded = []
+    hook = model.embeddings.region_feature.register_forward_hook(
+        lambda module, args, out: embedded.append(args[0].shape[0]))
+    try:
+        scores = score_pairs(model, data, pair_captions, pair_images, 64, torch.device("cpu"), bf16=bf16)
+    finally:
+        hook.remove()
+    assert sum(embedded) == len(share), "each image's regions embedded once, not once per pair"
+
+    # The scores of the whole forward on each pair's own region features, as scoring ran before.
+    expected = []
+    for start in range(0, len(pair_captions), 64):
+        c, i = pair_captions[start: start + 64], pair_images[start: start + 64]
+        t_len, r_len = int(data.text_lengths[c].max()), int(data.region_counts[i].max())
+        batch = {key: data.text[key][c, :t_len] for key in ("input_ids", "text_mask")}
+        batch.update({key: data.regions[key][i, :r_len] for key in ("region_locations", "region_mask")})
+        batch["region_features"] = data.regions["region_features"][i, :r_len].to(torch.bfloat16 if bf16 else torch.float32)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            expected.append(model.score(batch).float())
+    expected = torch.cat(expected)
+    assert float(expected.std()) > 0.05, "scores that differ, so a mixed-up image would show"
+    torch.testing.assert_close(scores, expected, rtol=tolerance, atol=tolerance)

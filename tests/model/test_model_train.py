@@ -317,9 +317,9 @@ def test_unreadable_or_mismatched_checkpoints_are_one_line_errors(synth_dir, tmp
     for name in [*bad, "folder.pt"]:
         with pytest.raises(ValueError, match=f"{name}: not a readable LAIT checkpoint"):
             load_checkpoint(str(tmp_path / name))
-    config = tmp_path / "c.yaml"
     import yaml
 
+    config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "run"))))
     (tmp_path / "init.yaml").write_text(yaml.safe_dump({k: v for k, v in _base(synth_dir, str(tmp_path / "run")).items()
                                                         if k != "model"}))
@@ -479,7 +479,7 @@ def test_resuming_with_another_world_size_or_schedule_warns(synth_dir, tmp_path,
     train(load_config(base=three_steps(str(tmp_path / "run"))))
     checkpoint = os.path.join(tmp_path, "run", "checkpoints", "stage1-step2.pt")
     state = load_checkpoint(checkpoint)
-    assert state["data"] == {"batches": 2, "world_size": 1} and state["stage_steps"] == 3
+    assert state["data"] == {"batches": 2, "world_size": 1, "row_groups": "captioned"} and state["stage_steps"] == 3
     state["data"]["world_size"] = 2
     torch.save(state, tmp_path / "two-processes.pt")
     cases = ((str(tmp_path / "two-processes.pt"), [], "world_size (2 processes, now 1)"),
@@ -649,3 +649,92 @@ def test_fewer_images_than_data_consumers_is_refused_up_front(tmp_path):
     with pytest.raises(ValueError, match=r"stage 'stage1': 3 image\(s\) with captions for 4 data consumers "
                                          r"\(1 process\(es\) x 4 DataLoader worker\(s\)\).*lower num_workers"):
         train(load_config(base=config))
+
+
+def _one_row_group_captioned(folder: str) -> None:
+    """Synthetic data whose regions lie in row groups of 10 images, with train captions for the first group only."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    import schemas
+    from model.synthetic import write_synthetic
+
+    write_synthetic(folder, images=60, feature_dim=8, test_images=10, seed=4)
+    regions = schemas.read_table(os.path.join(folder, "regions"), "regions")
+    os.remove(os.path.join(folder, "regions", "part-00000.parquet"))
+    schemas.write_table(regions, os.path.join(folder, "regions", "part-00000.parquet"), "regions", row_group_size=10)
+    first = regions.column("image_id").to_pylist()[:10]
+    captions = schemas.read_table(os.path.join(folder, "captions"), "captions")
+    keep = pc.or_(pc.is_in(captions.column("image_id"), pa.array(first)), pc.equal(captions.column("split"), "test"))
+    captions = captions.filter(keep)
+    path = os.path.join(folder, "captions", "part-00000.parquet")
+    os.remove(path)
+    schemas.write_table(captions, path, "captions")
+
+
+def test_row_groups_without_captions_train_with_workers_and_resume_exactly(tmp_path, caplog):
+    """The DataLoader worker dealt the row groups without captions failed the stage with a worker traceback
+    (10 captioned images passed the up-front check for 2 workers). Now the captioned row group is shared by
+    the workers, past the epoch and the stage boundary, and a resume still replays the same batches."""
+    data = str(tmp_path / "d")
+    _one_row_group_captioned(data)
+    full = _base(data, str(tmp_path / "full"), checkpoint_every=2, num_workers=2)
+    full["pretrain"][0]["steps"] = full["finetune"]["steps"] = 6  # 20 pairs, batches of 8: into a second epoch
+    train(load_config(base=full))
+    checkpoint = str(tmp_path / "full" / "checkpoints" / "stage1-step4.pt")
+    assert load_checkpoint(checkpoint)["data"] == {"batches": 4, "world_size": 1, "row_groups": "captioned"}
+    train(load_config(base={**full, "out_dir": str(tmp_path / "resumed")}), resume=checkpoint)
+    for stage, resumed_steps in (("stage1", [5, 6]), ("finetune", [1, 2, 3, 4, 5, 6])):
+        first, again = (_log(str(tmp_path / run / "logs" / f"{stage}.csv")) for run in ("full", "resumed"))
+        assert sorted(again) == resumed_steps
+        assert all(_losses(again[step]) == _losses(first[step]) for step in resumed_steps), stage
+    # A part-way checkpoint of the earlier dealing (uncaptioned row groups dealt too) replays other batches: said.
+    state = load_checkpoint(checkpoint)
+    del state["data"]["row_groups"]
+    torch.save(state, tmp_path / "old.pt")
+    with caplog.at_level("WARNING", logger="model.train"):
+        train(load_config(base={**full, "out_dir": str(tmp_path / "old")}), resume=str(tmp_path / "old.pt"))
+    assert "stage stage1: the checkpoint was written when row groups without a captioned image were still dealt " \
+           "to the data consumers (5 here): the batches after step 4" in caplog.text
+
+
+def test_a_later_stage_without_pairs_is_refused_before_the_first_trains(synth_dir, tmp_path):
+    """Each stage's data was checked when it began: a fine-tuning split without captions failed after the
+    pretraining stages had run."""
+    config = _base(synth_dir, str(tmp_path / "run"))
+    config["finetune"]["datasets"] = [{**config["finetune"]["datasets"][0], "split": "nosuchsplit"}]
+    with pytest.raises(ValueError, match="stage 'finetune': no caption matches an image of its regions datasets"):
+        train(load_config(base=config))
+    assert not os.path.exists(tmp_path / "run" / "logs" / "stage1.csv")
+
+
+def test_a_checkpoint_without_stage_summaries_lists_its_stages_without_figures(synth_dir, tmp_path, caplog, capsys):
+    """Checkpoints written before they kept ``stage_summaries``: summary.json listed only the stages run after the
+    resume. Their stages are listed again from the names and steps the checkpoint holds, marked, and warned about."""
+    from lait.cli import main
+
+    train(load_config(base=_base(synth_dir, str(tmp_path / "full"), checkpoint_every=2)))
+    for name, resumed in (("stage1.pt", []), ("finetune-step2.pt", ["finetune"])):  # stage1 done; finetune part-way
+        state = load_checkpoint(str(tmp_path / "full" / "checkpoints" / name))
+        del state["stage_summaries"]
+        old = str(tmp_path / f"old-{name}")
+        torch.save(state, old)
+        out = tmp_path / f"resumed-{name}"
+        with caplog.at_level("WARNING", logger="model.train"):
+            train(load_config(base=_base(synth_dir, str(out))), resume=old)
+        stages = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)["stages"]  # strict JSON
+        assert [s["name"] for s in stages] == ["stage1", "finetune"]
+        assert stages[0] == {"name": "stage1", "kind": "pretrain", "steps": 4, "final_loss": None,
+                             "done_before_resume": True, "without_figures": True}
+        assert stages[1]["name"] == "finetune" and "without_figures" not in stages[1]
+        assert stages[1].get("resumed_from_step", 0) == (2 if resumed else 0)
+        assert f"{old}: written before checkpoints kept their stages' summaries: summary.json lists 'stage1'" \
+            in caplog.text
+        caplog.clear()
+    # `lait train` prints such a stage as done before the resume (its loss unknown), no traceback.
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "cli"))))
+    assert main(["train", "--config", str(config), "--resume", str(tmp_path / "old-stage1.pt"), "--no-progress"]) == 0
+    assert "stage1           pretrain  done before the resume  (no figures: an older checkpoint)" in capsys.readouterr().out
