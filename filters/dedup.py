@@ -103,6 +103,14 @@ def phash_bands(phash: str, distance: int) -> list[tuple[int, int]]:
     return keys
 
 
+def _bit_counts(values: numpy.ndarray) -> numpy.ndarray:
+    """Set bits of each uint64: ``numpy.bitwise_count`` (numpy 2), or a byte table on numpy 1.26 (allowed too)."""
+    if hasattr(numpy, "bitwise_count"):
+        return numpy.bitwise_count(values)
+    table = numpy.array([bin(byte).count("1") for byte in range(256)], dtype=numpy.uint8)
+    return table[values.view(numpy.uint8).reshape(*values.shape, 8)].sum(axis=-1, dtype=numpy.uint8)
+
+
 def near_duplicates(items: Iterable[tuple[str, str, tuple]], distance: int) -> list[tuple[str, str]]:
     """Among (pair_id, phash, rank) items sharing a band: (pair_id, better pair_id) for each near duplicate.
 
@@ -125,7 +133,7 @@ def near_duplicates(items: Iterable[tuple[str, str, tuple]], distance: int) -> l
     for start in range(1, len(values), block):
         stop = min(start + block, len(values))
         # rows: items start..stop-1; columns: every item ranked before the last of them
-        near = numpy.bitwise_count(values[start:stop, None] ^ values[None, :stop - 1]) <= distance
+        near = _bit_counts(values[start:stop, None] ^ values[None, :stop - 1]) <= distance
         near &= numpy.arange(stop - 1)[None, :] < numpy.arange(start, stop)[:, None]  # better-ranked only
         found = near.any(axis=1)
         first = near.argmax(axis=1)
