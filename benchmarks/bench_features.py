@@ -39,7 +39,8 @@ from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 import schemas  # noqa: E402
 from model.detectors import BoxSelection, build_detector  # noqa: E402
 from model.detectors.images import decode_for_detector  # noqa: E402
-from pipeline.features import FeatureOptions, ShardImages, extract_regions, piece_size, plan_shards  # noqa: E402
+from pipeline.features import (READ_WINDOW_IMAGES, FeatureOptions, ShardImages, extract_regions, piece_size,  # noqa: E402
+                               plan_shards, worker_pieces)
 
 
 # Inference rewrites the benchmark can compare (``RegionDetector.optimize_for`` keywords).
@@ -190,12 +191,12 @@ def write_input(name: str, images: list[bytes], args, workdir: str) -> str:
     return source
 
 
-class _EveryNthPiece(ShardImages):
-    """The assignment before blocks: worker w takes every n-th piece, so every worker reads every row group (the
-    baseline)."""
+class _Blocks(ShardImages):
+    """``lait features --read-window 4096``: workers take blocks of pieces, so a row group is read by few of them
+    (the default, every n-th piece, is the baseline)."""
 
     def worker_pieces(self, worker: int, workers: int) -> list[int]:
-        return list(range(worker, len(self.pieces), workers))
+        return worker_pieces(len(self.pieces), worker, workers, self.piece, READ_WINDOW_IMAGES)
 
 
 def _counting(kind: type[ShardImages]) -> type[ShardImages]:
@@ -214,14 +215,15 @@ def _counting(kind: type[ShardImages]) -> type[ShardImages]:
 
 def reading_rates(source: str, args, spec, repeats: int = 2) -> dict[str, dict]:
     """What ``--num-workers`` DataLoader workers read, each worker's share run in turn in this process (decoding
-    stubbed out), pieces in blocks (``blocks``, lait features) and every n-th piece (``every_nth_piece``, before):
+    stubbed out), pieces in blocks (``blocks``, ``--read-window 4096``) and every n-th piece (``every_nth_piece``,
+    the default):
     images/s per worker (the mean over workers, best of ``repeats``), row-group reads, the workers reading each
     group (mean and most), and the bytes read against the input's (read amplification)."""
     dataset = os.path.join(source, "pairs")
     shards, _ = plan_shards(dataset, args.batch_size * 4)
     workers = max(1, args.num_workers)
     figures = {}
-    for label, kind in (("blocks", ShardImages), ("every_nth_piece", _EveryNthPiece)):
+    for label, kind in (("blocks", _Blocks), ("every_nth_piece", ShardImages)):
         best, reads = 0.0, []
         for _ in range(repeats):
             seconds, count, reads = 0.0, 0, []

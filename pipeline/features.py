@@ -104,6 +104,9 @@ class FeatureOptions:
     # workers (Pillow in the DataLoader workers) | device (plain JPEGs on the detector's device) | auto (device
     # on CUDA, where it measured faster end to end, workers elsewhere)
     decode: str = "auto"
+    # 0: DataLoader workers take every n-th piece (all read every row group); N: contiguous blocks of rounds of
+    # about N images, so a row group is read by few workers (``worker_pieces``: for an object store)
+    read_window: int = 0
     # This process runs the shards whose index % parts == part: N processes (one per GPU, or machines
     # sharing the output folder) split a run; the one that completes it writes stats.json.
     part: int = 0
@@ -117,6 +120,7 @@ class FeatureOptions:
         for name in ("batch_size", "images_per_shard", "topk"):
             check_count(name, getattr(self, name))
         check_count("num_workers", self.num_workers, minimum=0)
+        check_count("read_window", self.read_window, minimum=0)
         sizes = {key: self.detector_config[key] for key in ("min_size", "max_size") if key in self.detector_config}
         for key, value in sizes.items():
             check_count(key, value)
@@ -517,10 +521,9 @@ def batch_pieces(shards: list[Shard], batch_size: int) -> list[tuple[int, list[t
     return pieces
 
 
-#: The images that one round of the DataLoader workers' blocks of pieces spans (``worker_pieces``): twice the
-#: 2,048 images the shape queues hold at batch 64. With 14 workers and pieces of 16, blocks of 18 pieces, so a
-#: 1,024-row group is read by 4-6 workers (every worker read it before); with 2 workers, blocks of 2,048
-#: images at pieces of 8: one worker per group.
+#: A ``--read-window`` for inputs where reading costs (an object store): twice the 2,048 images the shape queues
+#: hold at batch 64. With 14 workers and pieces of 16, blocks of 18 pieces, so a 1,024-row group is read by 4-6
+#: workers instead of 14; with 2 workers, blocks of 2,048 images at pieces of 8: one worker per group.
 READ_WINDOW_IMAGES = 4096
 
 
@@ -530,9 +533,14 @@ def worker_block(workers: int, piece: int, window: int = READ_WINDOW_IMAGES) -> 
     return max(1, window // (max(1, workers) * piece))
 
 
-def worker_pieces(count: int, worker: int, workers: int, piece: int, window: int = READ_WINDOW_IMAGES) -> list[int]:
+def worker_pieces(count: int, worker: int, workers: int, piece: int, window: int = 0) -> list[int]:
     """The indices of the pieces (``count`` of them, in input order) that DataLoader worker ``worker`` of
-    ``workers`` takes: one contiguous block of each round.
+    ``workers`` takes: every n-th piece (``window`` 0, the default), or one contiguous block of each round of
+    ``window`` images.
+
+    Every n-th piece: all workers work on the same stretch of the input, so shards complete one after another
+    and few results wait in memory, but each worker reads every row group (14 workers read a 1,024-row group
+    14 times: cheap from a local disk's page cache, 14 times the traffic from an object store).
 
     The pieces go in rounds of ``workers`` blocks of ``worker_block`` pieces (about ``window`` images), worker
     w taking block w of each round; the last round is cut into ``workers`` near-equal blocks, so a small input
@@ -543,8 +551,11 @@ def worker_pieces(count: int, worker: int, workers: int, piece: int, window: int
     Every worker's first block starts within the first round, so all decode from the start and the first
     batch waits for a piece from each of four workers, as before. The DataLoader hands pieces over from the
     workers in turn, so the images in flight (decoded and waiting, or detected with their shard not yet
-    complete) span about one round: ``window`` bounds them.
+    complete) span about one round: ``window`` bounds them (14 workers, shards of 512: about 8 shards' results
+    wait in host memory instead of about 1, and a stopped run loses as many incomplete shards).
     """
+    if window <= 0:
+        return list(range(worker, count, workers))
     block = worker_block(workers, piece, window)
     size = workers * block
     mine: list[int] = []
@@ -578,7 +589,8 @@ class ShardImages(torch.utils.data.IterableDataset):
     that has pieces of it.
     """
 
-    def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, piece: int, decode: str = "workers"):
+    def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, piece: int, decode: str = "workers",
+                 read_window: int = 0):
         self.dataset = dataset
         self.pieces = batch_pieces(shards, piece)
         self.spec = spec
@@ -586,10 +598,11 @@ class ShardImages(torch.utils.data.IterableDataset):
         self._file: tuple[str, pq.ParquetFile] | None = None
         self._group: tuple[tuple[str, int], pa.Table] | None = None
         self.piece = piece
+        self.read_window = read_window
 
     def worker_pieces(self, worker: int, workers: int) -> list[int]:
         """The indices in ``self.pieces`` that worker ``worker`` of ``workers`` reads and decodes, in order."""
-        return worker_pieces(len(self.pieces), worker, workers, self.piece)
+        return worker_pieces(len(self.pieces), worker, workers, self.piece, self.read_window)
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         info = torch.utils.data.get_worker_info()
@@ -929,7 +942,8 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     device = detector.device
     workers = options.num_workers
     loader = torch.utils.data.DataLoader(
-        ShardImages(dataset, todo, spec, piece_size(options.batch_size), resolved_decode(options.decode, device)),
+        ShardImages(dataset, todo, spec, piece_size(options.batch_size), resolved_decode(options.decode, device),
+                    options.read_window),
         batch_size=None,
         num_workers=workers,
         collate_fn=_keep,
@@ -947,11 +961,14 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     batch_sizes: Counter = Counter()  # detector batches by size (one padded shape each: how full they ran)
     first_batch = None
     # Finished shards are written by one background thread, so Parquet encoding overlaps detection;
-    # at most two shards wait for it (memory), and its errors surface in the main loop. With several workers,
-    # the shards of a round of their blocks (worker_pieces) complete together at its end: as many may wait,
-    # so the detector does not stop while they are written (their results were held during the round anyway).
-    round_images = workers * worker_block(workers, piece_size(options.batch_size)) * piece_size(options.batch_size)
-    most_waiting = max(2, -(-round_images // options.images_per_shard)) if workers > 1 else 2
+    # at most two shards wait for it (memory), and its errors surface in the main loop. With a read window and
+    # several workers, the shards of a round of their blocks (worker_pieces) complete together at its end: as
+    # many may wait, so the detector does not stop while they are written (their results were held anyway).
+    most_waiting = 2
+    if options.read_window > 0 and workers > 1:
+        piece = piece_size(options.batch_size)
+        round_images = workers * worker_block(workers, piece, options.read_window) * piece
+        most_waiting = max(2, -(-round_images // options.images_per_shard))
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lait-features-writer")
     writes: list[Future] = []
 

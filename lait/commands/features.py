@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
                                  "CUDA, workers elsewhere")
         parser.add_argument("--images-per-shard", type=positive, default=512,
                             help="images per output shard (default 512)")
+        parser.add_argument("--read-window", type=non_negative, default=0, metavar="N",
+                            help="0 (default): each decode worker takes every n-th piece of the input, and reads "
+                                 "every row group; N: workers take blocks of rounds of about N images (4096 is a "
+                                 "good start), so each row group is read by few of them, for inputs on an object "
+                                 "store; results of about N images then wait in memory")
         parser.add_argument("--part", metavar="I/N", type=_part,
                             help="run part I of N (0-based: the shards whose index %% N == I); start the N parts at "
                                  "once (one per GPU, or on machines sharing OUT); the part that completes the run "
@@ -85,7 +90,8 @@ def options_from_args(args: argparse.Namespace):
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v is not None}
     fixed = args.fixed_boxes
     min_boxes, max_boxes = (fixed, fixed) if fixed is not None else (args.min_boxes, args.max_boxes)
-    local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode") if hasattr(args, k)}
+    local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode", "read_window")
+             if hasattr(args, k)}
     device = args.device
     if hasattr(args, "part"):
         part, device = torchrun_part(device)

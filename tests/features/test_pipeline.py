@@ -662,7 +662,7 @@ class _CountingReads:
         return self.inner.read_row_group(group, columns=columns)
 
 
-def _worker_reads(monkeypatch, dataset, shards, spec, workers, piece=2):
+def _worker_reads(monkeypatch, dataset, shards, spec, workers, piece=2, read_window=0):
     """Each of ``workers`` DataLoader workers' share run in turn here: ``(row groups each read, images each handed over)``."""
     import pipeline.features as features
 
@@ -674,7 +674,7 @@ def _worker_reads(monkeypatch, dataset, shards, spec, workers, piece=2):
         monkeypatch.setattr(torch.utils.data, "get_worker_info",
                             lambda: type("Info", (), {"id": worker, "num_workers": workers})())
         reads.clear()
-        pieces = list(features.ShardImages(dataset, shards, spec, piece=piece))
+        pieces = list(features.ShardImages(dataset, shards, spec, piece=piece, read_window=read_window))
         by_worker.append(list(reads))
         got.append([(piece.shard, image) for piece in pieces for image in piece.image_ids])
     return by_worker, got
@@ -708,9 +708,11 @@ def test_workers_take_blocks_of_pieces_so_a_row_group_is_read_by_few_of_them(tmp
     dataset = str(tmp_path / "in" / "pairs")
     shards, _ = features.plan_shards(dataset, 10)
     spec = _options(demo_weights).load_detector().spec
-    by_worker, got = _worker_reads(monkeypatch, dataset, shards, spec, workers=3)
+    by_worker, got = _worker_reads(monkeypatch, dataset, shards, spec, workers=3, read_window=features.READ_WINDOW_IMAGES)
     readers = {group: [w for w, reads in enumerate(by_worker) if group in reads] for group in range(4)}
     assert all(1 <= len(found) <= 2 for found in readers.values()), readers
+    every_nth, _ = _worker_reads(monkeypatch, dataset, shards, spec, workers=3)  # the default: all read all
+    assert all(sorted(set(reads)) == [0, 1, 2, 3] for reads in every_nth), every_nth
     assert sum(map(len, by_worker)) <= 4 + 3 - 1, by_worker  # each group once, plus the blocks' boundaries
     assert all(got), "every worker decodes"
     assert sorted(sum(got, [])) == sorted((i // 10, image) for i, image in enumerate(ids))
@@ -741,24 +743,29 @@ def test_worker_pieces_are_contiguous_blocks_covering_every_piece_once(count, wo
 
 
 def test_regions_with_several_workers_are_those_of_the_main_process(tmp_path, demo_weights):
-    """Five row groups, shards of 4, three worker processes taking blocks of pieces: the same shards, with the same
+    """Five row groups, shards of 4, three worker processes taking every n-th piece or blocks: the same shards, with the same
     images, regions, rejects and counts, as reading and decoding in the main process."""
     images = [encode(make_scene(i, (64 + 8 * (i % 4), 48 + 8 * (i % 3)))[0]) for i in range(27)]
     images[7] = b"not an image"
     write_pairs(tmp_path / "in", images, row_group_size=6)
     outputs = {}
-    for workers in (0, 3):
-        out = tmp_path / f"out{workers}"
+    for workers, window in ((0, 0), (3, 0), (3, 8)):  # the main process; workers by every n-th piece; in blocks
+        out = tmp_path / f"out{workers}-{window}"
         stats = extract_regions(str(tmp_path / "in"), str(out), _options(demo_weights, num_workers=workers,
-                                                                         images_per_shard=4))
+                                                                         images_per_shard=4, read_window=window))
         shard_stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*.json"))]
         by_shard = {p.name: sorted(schemas.read_table(str(p), "regions").column("image_id").to_pylist())
                     for p in sorted((out / "regions").glob("*.parquet"))}
         rejected = sorted((r["image_id"], r["reason"]) for r in schemas.read_table(str(out / "rejected"), "rejected").to_pylist())
         regions = {r["image_id"]: r for r in schemas.read_table(str(out / "regions"), "regions").to_pylist()}
-        outputs[workers] = (stats, [{k: v for k, v in s.items() if k != "seconds"} for s in shard_stats], by_shard,
-                            rejected, regions)
-    (stats0, shards0, by_shard0, rejected0, regions0), (stats3, shards3, by_shard3, rejected3, regions3) = outputs[0], outputs[3]
+        outputs[workers, window] = (stats, [{k: v for k, v in s.items() if k != "seconds"} for s in shard_stats],
+                                    by_shard, rejected, regions)
+    stats0, shards0, by_shard0, rejected0, regions0 = outputs[0, 0]
+    for stats3, shards3, by_shard3, rejected3, regions3 in (outputs[3, 0], outputs[3, 8]):
+        _same_regions(stats0, shards0, by_shard0, rejected0, regions0, stats3, shards3, by_shard3, rejected3, regions3)
+
+
+def _same_regions(stats0, shards0, by_shard0, rejected0, regions0, stats3, shards3, by_shard3, rejected3, regions3):
     for key in ("in", "kept", "rejected", "rejected_by_reason", "shards", "boxes_total", "boxes_per_image"):
         assert stats0[key] == stats3[key], key
     assert (stats3["in"], stats3["kept"], stats3["rejected"], stats3["shards"]) == (27, 26, 1, 7)
