@@ -234,8 +234,35 @@ def _start_child(job: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
                             preexec_fn=_die_with_parent_hook())
 
 
-def _wait(children: list[subprocess.Popen]) -> list[int]:
-    """Wait for the crawl processes; on Ctrl-C or SIGTERM let them finish their graceful stop, then re-raise."""
+class _LiveBar:
+    """The progress bar of a crawl in several processes: the sum of the counts each writes (``LiveCounts``)."""
+
+    def __init__(self, paths: list[str]):
+        from tqdm import tqdm
+
+        for path in paths:  # a job folder's counts of an earlier run are not this run's
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        self.paths = paths
+        self.bar = tqdm(unit=" responses", desc="crawl")
+
+    def show(self) -> None:
+        """Show the counts the processes last wrote."""
+        from crawler.extensions import read_live_counts, set_bar
+
+        set_bar(self.bar, read_live_counts(self.paths))
+
+    def close(self) -> None:
+        """Show the final counts and end the bar."""
+        self.show()
+        self.bar.close()
+
+
+def _wait(children: list[subprocess.Popen], tick=None) -> list[int]:
+    """Wait for the crawl processes, calling ``tick`` twice a second meanwhile (the progress bar); on Ctrl-C or
+    SIGTERM let them finish their graceful stop, then re-raise."""
     def forward(signum, frame):
         # SIGTERM (a scheduler's stop, `kill PID`) reaches only this process: pass it on, so the
         # crawl processes stop gracefully and save the job state, as after Ctrl-C.
@@ -247,6 +274,12 @@ def _wait(children: list[subprocess.Popen]) -> list[int]:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, forward) if in_main else None
     try:
+        while tick is not None and any(child.poll() is None for child in children):
+            tick()
+            try:
+                next(child for child in children if child.poll() is None).wait(timeout=0.5)
+            except (subprocess.TimeoutExpired, StopIteration):
+                pass
         return [child.wait() for child in children]
     except KeyboardInterrupt:
         # The children got the same SIGINT (or the forwarded SIGTERM): Scrapy finishes in-flight
@@ -268,19 +301,22 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
     # Opened before the crawl, so that it skips the rows of earlier runs only, as a crawl process does.
     unread = None if jobdir else output.CrawlOutput(out_dir, prefix="part-inbox")
     run_id = uuid.uuid4().hex
+    # One progress bar, here, of every process's counts: process 0's own showed its share of the images only.
+    live = [os.path.join(inbox_dir, f"live-{index}.json") for index in range(processes)]
+    bar = _LiveBar(live) if job["settings"].get("LAIT_PROGRESS") else None
     children = []
     for index in range(processes):
         settings = dict(job["settings"], LAIT_SHARD_PREFIX=f"part-p{index}",
                         LAIT_STATS_PART=os.path.join(inbox_dir, f"stats-{index}.json"),
                         LAIT_OUTCOMES_PART=os.path.join(inbox_dir, f"outcomes-{index}.json"))
-        if index:
-            settings["LAIT_PROGRESS"] = False  # one progress bar, process 0's
+        if bar is not None:
+            settings.update(LAIT_PROGRESS=False, LAIT_LIVE_COUNTS=live[index])
         child_job = dict(job, settings=settings, process_index=index, processes=processes, inbox_dir=inbox_dir,
                          run_id=run_id)
         children.append(_start_child(child_job, env))
     try:
         try:
-            codes = _wait(children)
+            codes = _wait(children, bar.show if bar is not None else None)
         except KeyboardInterrupt:
             # The crawl processes stopped gracefully: settle the books, as a single crawl process does.
             if all(child.returncode == 0 for child in children):
@@ -293,6 +329,8 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
             raise RuntimeError(f"crawl processes exited with statuses {codes}")
         return _settle(out_dir, inbox_dir, processes, unread)
     finally:
+        if bar is not None:
+            bar.close()
         if not jobdir:
             shutil.rmtree(inbox_dir, ignore_errors=True)
 

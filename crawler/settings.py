@@ -53,7 +53,7 @@ SPIDER_MIDDLEWARES = {"scrapy.spidermiddlewares.depth.DepthMiddleware": None}
 # synchronous, so more than one only costs CPU (profiled: ~100 tasks per response at the default).
 CONCURRENT_ITEMS = 1
 ITEM_PIPELINES = {"crawler.pipelines.ParquetWriterPipeline": 300}
-EXTENSIONS = {"crawler.extensions.ProgressBar": 500}
+EXTENSIONS = {"crawler.extensions.ProgressBar": 500, "crawler.extensions.LiveCounts": 501}
 REDIRECT_MAX_TIMES = 10
 RETRY_TIMES = 1
 DOWNLOAD_MAXSIZE = 64 * 2**20
@@ -72,6 +72,10 @@ LAIT_IMAGE_MAXSIZE = 16 * 2**20  # bytes, after decompression
 LAIT_ROWS_PER_SHARD = 500
 LAIT_IMAGE_STORE_MEMORY = 512 * 2**20
 LAIT_PROGRESS = False
+# A file the crawl process writes its progress counts to every LAIT_LIVE_COUNTS_INTERVAL seconds (the runner
+# sets it for each of --processes N, and shows one bar of them all); None: not written.
+LAIT_LIVE_COUNTS = None
+LAIT_LIVE_COUNTS_INTERVAL = 1.0
 
 # Scrapy re-parses a generator callback's source to warn about `return value` in it; the weak-keyed
 # cache misses for bound methods, so it ran per response (profiled). Our callbacks return nothing.

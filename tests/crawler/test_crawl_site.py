@@ -425,3 +425,32 @@ def test_a_robots_txt_that_fails_or_never_answers_disallows_its_host(odd_crawl):
     assert reasons[(silent.url + "/page.html", None)] == "robots_unavailable"
     assert [reason for (_, image), reason in reasons.items() if image == failing.url + "/img/x.jpg"] == ["robots_unavailable"]
     assert failing.counts == {"/robots.txt": 1} and silent.counts == {"/robots.txt": 1}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_progress_bar_counts_every_process(tmp_path, processes):
+    """One bar in `lait crawl`'s own process sums what each crawl process reports: process 0's bar showed only
+    its share of the images (and stopped when it was done, while the others still fetched)."""
+    with small_site(6) as site:
+        command = [sys.executable, "-m", "lait", "crawl", site.url + "/p0.html", "--out", str(tmp_path / "out"),
+                   "--processes", str(processes), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
+        for key, value in TEST_SETTINGS.items():
+            command += ["-s", f"{key}={json.dumps(value)}"]
+        result = subprocess.run(command, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    final = result.stderr.replace("\r", "\n").strip().splitlines()[-1]  # the bar's last state
+    assert f"images={stats['lait/image/validated']}" in final and f"kept={stats['kept']}" in final, final
+    assert stats["lait/image/validated"] == 6 * 2 + 1 and f"pages={stats['lait/page/fetched']}," in final
+
+
+def test_live_counts_add_up_and_a_missing_or_torn_file_counts_nothing(tmp_path):
+    from crawler.extensions import BAR_COUNTS, read_live_counts
+
+    (tmp_path / "a.json").write_text(json.dumps({"responses": 3, "pages": 2, "images": 1, "kept": 1, "rejected": 0}))
+    (tmp_path / "b.json").write_text(json.dumps({"responses": 4, "images": 4, "kept": 3, "rejected": "x"}))
+    (tmp_path / "c.json").write_text('{"responses": 9')
+    paths = [str(tmp_path / name) for name in ("a.json", "b.json", "c.json", "missing.json")]
+    assert read_live_counts(paths) == {"responses": 7, "pages": 2, "images": 5, "kept": 4, "rejected": 0}
+    assert set(read_live_counts([])) == set(BAR_COUNTS)
