@@ -404,10 +404,14 @@ class DownloadMissingImages(beam.DoFn):
                                "date": datetime.datetime.now(datetime.timezone.utc)})
 
 
+_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+
+
 def image_key(url: str) -> str:
-    """The spelling an image URL is joined on: as Scrapy requests it (``extract.canonical_page_url``). A record
-    holds the URL as it was requested (``/gr%C3%B6%C3%9Fe%201.jpg``); a page may write ``/größe 1.jpg``."""
-    return extract.canonical_page_url(url)
+    """The spelling an image URL is joined on: as Scrapy requests it (``extract.canonical_page_url``), its escapes
+    in upper case (RFC 3986: ``%c3`` is ``%C3``). A record holds the URL as it was requested
+    (``/gr%C3%B6%C3%9Fe%201.jpg``, or ``%c3`` from some clients); a page may write ``/größe 1.jpg``."""
+    return _ESCAPE.sub(lambda escape: escape.group(0).upper(), extract.canonical_page_url(url))
 
 
 def attach_images(element, download: bool) -> Iterator[dict]:

@@ -536,26 +536,29 @@ def test_a_prefix_on_an_object_store_stands_for_the_warc_files_under_it(object_s
 
 
 def test_an_image_record_joins_its_img_whether_the_url_is_written_escaped_or_not(tmp_path):
-    """WARC records hold a URL as it was requested (percent-encoded); a page writes it as it likes. Both sides
-    are compared in the spelling Scrapy requests, so neither image is missed."""
+    """WARC records hold a URL as it was requested (percent-encoded, in either case); a page writes it as it likes.
+    Both sides are compared in the spelling Scrapy requests, escapes in upper case, so no image is missed."""
     from crawler import warc
 
     buffer = io.BytesIO()
     writer = WARCWriter(buffer, gzip=True)
     _response(writer, "http://warc.example/galerie.html", html(
         '<img src="/bilder/größe 1.jpg" alt="Raw on the page">'
-        '<img src="/bilder/kl%C3%A4nge%202.jpg" alt="Escaped on the page">'), "text/html")
+        '<img src="/bilder/kl%C3%A4nge%202.jpg" alt="Escaped on the page">'
+        '<img src="/bilder/bl%C3%BCte.jpg" alt="Upper-case escapes on the page">'), "text/html")
     _response(writer, "http://warc.example/bilder/gr%C3%B6%C3%9Fe%201.jpg", jpeg(96, 72), "image/jpeg")
     _response(writer, "http://warc.example/bilder/klänge 2.jpg", jpeg(96, 72, color=(1, 2, 3)), "image/jpeg")
+    _response(writer, "http://warc.example/bilder/bl%c3%bcte.jpg", jpeg(96, 72, color=(9, 9, 9)), "image/jpeg")
     path = tmp_path / "escaped.warc.gz"
     path.write_bytes(buffer.getvalue())
     stats = warc.read_warcs([str(path)], str(tmp_path / "out"), download=False, min_side=TEST_MIN_SIDE)
     kept = schemas.read_table(str(tmp_path / "out" / "candidates"), "candidates", columns=["image_url", "alt"]).to_pylist()
     # image_url stays as the page references it (resolved, not re-spelled)
     assert sorted((c["image_url"], c["alt"]) for c in kept) == [
+        ("http://warc.example/bilder/bl%C3%BCte.jpg", "Upper-case escapes on the page"),
         ("http://warc.example/bilder/größe 1.jpg", "Raw on the page"),
         ("http://warc.example/bilder/kl%C3%A4nge%202.jpg", "Escaped on the page")]
-    assert stats["in"] == stats["kept"] == 2 and stats["rejected"] == 0
+    assert stats["in"] == stats["kept"] == 3 and stats["rejected"] == 0
 
 
 def test_rejects_repeated_across_parts_become_duplicates_and_the_rest_stay(tmp_path):
