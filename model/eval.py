@@ -145,7 +145,9 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
     """
     keys_text = ("input_ids", "text_mask")
     text = {k: data.text[k].to(device) for k in keys_text}
-    regions = region_embeddings(model, data, np.unique(pair_images), batch_size, device, bf16)
+    images = np.unique(pair_images)
+    regions = region_embeddings(model, data, images, batch_size, device, bf16)
+    rows = np.searchsorted(images, pair_images)  # each pair's image: its row of ``regions``
     scores = torch.empty(len(pair_captions), dtype=torch.float32, device=device)  # one copy back at the end
     bar = None
     if progress:
@@ -155,17 +157,19 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
     for start in range(0, len(pair_captions), batch_size):
         c = pair_captions[start: start + batch_size]
         i = pair_images[start: start + batch_size]
+        r = rows[start: start + batch_size]
         count = len(c)
         if (fixed_shapes or full_batches) and count < batch_size:  # the last batch: repeat its last pair,
             c = np.concatenate([c, np.full(batch_size - count, c[-1])])  # drop those scores
             i = np.concatenate([i, np.full(batch_size - count, i[-1])])
+            r = np.concatenate([r, np.full(batch_size - count, r[-1])])
         if fixed_shapes:
             t_len, r_len = int(data.text_lengths.max()), int(data.region_counts.max())
         else:
             t_len, r_len = int(data.text_lengths[c].max()), int(data.region_counts[i].max())
-        c_idx, i_idx = torch.from_numpy(c).to(device), torch.from_numpy(i).to(device)
+        c_idx, r_idx = torch.from_numpy(c).to(device), torch.from_numpy(r).to(device)
         batch = {k: v[c_idx, :t_len] for k, v in text.items()}
-        batch.update({k: v[i_idx, :r_len] for k, v in regions.items()})  # by image index: the caption's partner
+        batch.update({k: v[r_idx, :r_len] for k, v in regions.items()})  # the caption's partner image
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             scores[start: start + count] = model.score(batch).float()[:count]
         if bar is not None:
@@ -178,25 +182,24 @@ def score_pairs(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair
 @torch.no_grad()
 def region_embeddings(model: ImageBert, data: EvalSet, images: np.ndarray, batch_size: int, device: torch.device,
                       bf16: bool) -> dict[str, torch.Tensor]:
-    """``region_embeddings`` and ``region_mask`` on ``device``, indexed by image like ``data.regions``, of the
-    ``images`` given (the others' rows stay zero), each computed once per scoring pass.
+    """``region_embeddings`` and ``region_mask`` on ``device`` of the ``images`` given (indices into the set), one
+    row each in that order, computed once per scoring pass.
 
     They depend on the image alone, yet the cross-encoder recomputed them for every caption scored against it.
     Made as ``score_pairs`` made them inside the forward (features cast to the scoring dtype first, the same
-    autocast), so the scores are the same; the features themselves never all sit on the device."""
+    autocast), so the scores are the same; only the images of the pass sit on the device, as embeddings."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     features, locations = data.regions["region_features"], data.regions["region_locations"]
-    embedded = None
-    for start in range(0, len(images), batch_size):
-        part = torch.from_numpy(images[start: start + batch_size])
+    chosen = torch.from_numpy(np.asarray(images, dtype=np.int64))
+    embedded = torch.zeros((0, features.shape[1], model.config.hidden_size), device=device)  # no pairs to score
+    for start in range(0, len(chosen), batch_size):
+        part = chosen[start: start + batch_size]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model.embeddings.embed_regions(features[part].to(device).to(dtype), locations[part].to(device))
-        if embedded is None:
-            embedded = torch.zeros((len(data.images), *out.shape[1:]), dtype=out.dtype, device=device)
-        embedded[part.to(device)] = out
-    if embedded is None:  # no pairs to score
-        embedded = torch.zeros((len(data.images), features.shape[1], model.config.hidden_size), device=device)
-    return {"region_embeddings": embedded, "region_mask": data.regions["region_mask"].to(device)}
+        if start == 0:
+            embedded = torch.empty((len(chosen), *out.shape[1:]), dtype=out.dtype, device=device)
+        embedded[start: start + len(part)] = out
+    return {"region_embeddings": embedded, "region_mask": data.regions["region_mask"][chosen].to(device)}
 
 
 @torch.no_grad()

@@ -343,3 +343,6 @@ def test_each_images_region_embeddings_are_computed_once_per_pass_with_the_same_
     expected = torch.cat(expected)
     assert float(expected.std()) > 0.05, "scores that differ, so a mixed-up image would show"
     torch.testing.assert_close(scores, expected, rtol=tolerance, atol=tolerance)
+    from model.eval import region_embeddings  # on the device: the images of the pass only, not the whole set's
+    held = region_embeddings(model, data, share, 64, torch.device("cpu"), bf16)
+    assert held["region_embeddings"].shape[0] == held["region_mask"].shape[0] == len(share) < n_images
