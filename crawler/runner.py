@@ -303,7 +303,10 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
     run_id = uuid.uuid4().hex
     # One progress bar, here, of every process's counts: process 0's own showed its share of the images only.
     live = [os.path.join(inbox_dir, f"live-{index}.json") for index in range(processes)]
-    bar = _LiveBar(live) if job["settings"].get("LAIT_PROGRESS") else None
+    from scrapy.settings import BaseSettings
+
+    # read as the crawl processes read it: `-s LAIT_PROGRESS=False` arrives as the text "False"
+    bar = _LiveBar(live) if BaseSettings({"progress": job["settings"].get("LAIT_PROGRESS")}).getbool("progress") else None
     children = []
     for index in range(processes):
         settings = dict(job["settings"], LAIT_SHARD_PREFIX=f"part-p{index}",

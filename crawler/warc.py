@@ -416,10 +416,13 @@ def image_key(url: str) -> str:
 
 def attach_images(element, download: bool) -> Iterator[dict]:
     """(image key, {candidates, images}) -> one job per image: its candidates and its bytes if the input has them."""
-    url, grouped = element
+    _, grouped = element
     candidates = list(grouped["candidates"])
     if not candidates:
         return  # an image record no page refers to is not a candidate
+    # A download asks for the URL as a page wrote it (the fetcher spells it as Scrapy does); the key's upper-case
+    # escapes are for joining only, and a server may tell %c3 from %C3. One spelling for all: the least.
+    url = min(c["image_url"] for c in candidates)
     records = [r for r in grouped["images"] if 200 <= r["status"] < 300]
     failure = None
     if not records and not download:

@@ -575,18 +575,16 @@ def resolved_decode(decode: str, device: torch.device) -> str:
 
 
 class ShardImages(torch.utils.data.IterableDataset):
-    """Reads and decodes pieces of ``piece`` images of the shards; each DataLoader worker takes a contiguous block
-    of pieces per round (``worker_pieces``).
+    """Reads and decodes pieces of ``piece`` images of the shards; each DataLoader worker takes every n-th piece,
+    or with a ``read_window`` a contiguous block of pieces per round (``worker_pieces``).
 
     A worker keeps the last row group it read (``image_id`` + ``image_bytes``) and reads the next only when a
     piece needs another one, so it reads each row group once for all its consecutive pieces of it, not once
     per piece (1,024-row groups of 221 KB JPEGs, pieces of 8, 2 workers: 74.6 images/s per worker reading
-    the group for every piece, 3,340 keeping it; ``benchmarks/bench_features.py --reading-only``). Blocks of
-    consecutive pieces, rather than every n-th piece, keep the other workers from reading the same group: with
-    every n-th piece every worker read every group. It holds one row group per worker at most (pyarrow reads
-    no less than a row group's column chunk: without a page index it cannot skip rows inside one), so an
-    input of one large row group (the demo's filter output: 1,499 rows) is still read once by each worker
-    that has pieces of it.
+    the group for every piece, 3,340 keeping it; ``benchmarks/bench_features.py --reading-only``). Taking
+    every n-th piece, every worker reads every group; blocks keep the other workers from reading it, at the
+    cost of results held longer (``worker_pieces``). It holds one row group per worker at most (pyarrow reads
+    no less than a row group's column chunk: without a page index it cannot skip rows inside one).
     """
 
     def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, piece: int, decode: str = "workers",

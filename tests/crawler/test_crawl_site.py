@@ -454,3 +454,14 @@ def test_live_counts_add_up_and_a_missing_or_torn_file_counts_nothing(tmp_path):
     paths = [str(tmp_path / name) for name in ("a.json", "b.json", "c.json", "missing.json")]
     assert read_live_counts(paths) == {"responses": 7, "pages": 2, "images": 5, "kept": 4, "rejected": 0}
     assert set(read_live_counts([])) == set(BAR_COUNTS)
+
+
+def test_progress_set_off_as_text_shows_no_bar(tmp_path, capfd):
+    """`lait crawl -s LAIT_PROGRESS=False` gives the text "False": off, as Scrapy reads a boolean setting."""
+    from crawler import runner
+
+    with small_site(2) as site:
+        stats = runner.run_crawl([site.url + "/p0.html"], str(tmp_path / "out"), processes=2, progress=True,
+                                 allow_private_networks=True, min_side=TEST_MIN_SIDE,
+                                 overrides={**TEST_SETTINGS, "LAIT_PROGRESS": "False"})
+    assert stats["kept"] > 0 and "responses" not in capfd.readouterr().err

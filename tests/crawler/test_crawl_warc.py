@@ -583,3 +583,22 @@ def test_rejects_repeated_across_parts_become_duplicates_and_the_rest_stay(tmp_p
                        1: [output.DUPLICATE, output.DUPLICATE, "opt_out_noai", "no_text", "http_404"],
                        2: [output.DUPLICATE, "fetch_error"]}
     assert warc._repeated_rejects_to_duplicates(str(tmp_path), {"a", "z"}) == 0  # a rerun changes nothing
+
+
+def test_an_image_missing_from_the_warc_is_downloaded_as_the_page_spells_it(tmp_path):
+    """The join compares escapes in upper case; the download asks for the page's own spelling (a server may tell
+    ``%c3`` from ``%C3``), as Scrapy would."""
+    from crawler import warc
+
+    site = MockSite({"/img/bl%c3%bcte.jpg": (200, JPEG, jpeg(96, 72)),
+                     "/robots.txt": (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n")})
+    with site:
+        buffer = io.BytesIO()
+        _response(WARCWriter(buffer, gzip=True), "http://warc.example/p.html",
+                  html(f'<img src="{site.url}/img/bl%c3%bcte.jpg" alt="A flower in bloom">'), "text/html")
+        path = tmp_path / "p.warc.gz"
+        path.write_bytes(buffer.getvalue())
+        stats = warc.read_warcs([str(path)], str(tmp_path / "out"), download=True, allow_private_networks=True,
+                                min_side=TEST_MIN_SIDE, settings={"DOWNLOAD_DELAY": 0, "DOWNLOAD_TIMEOUT": 2})
+    assert site.counts["/img/bl%c3%bcte.jpg"] == 1 and "/img/bl%C3%BCte.jpg" not in site.counts
+    assert stats["kept"] == 1 and stats["rejected"] == 0
