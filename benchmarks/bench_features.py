@@ -256,7 +256,7 @@ def end_to_end(detector, name: str, images: list[bytes], args, selection: BoxSel
     source = write_input(name, images, args, workdir)
     options = FeatureOptions(detector=name, random_init=True, batch_size=args.batch_size, num_workers=args.num_workers,
                              images_per_shard=args.batch_size * 4, min_boxes=selection.min_boxes, max_boxes=selection.max_boxes,
-                             decode=decode)
+                             decode=decode, read_window=args.read_window)
     best, stats = 0.0, {}
     for run in range(args.repeats):
         out = os.path.join(workdir, f"out-{name}-{decode}{tag}-{run}")  # a fresh folder: no shard is resumed
@@ -297,6 +297,8 @@ def main(argv=None) -> int:
                              "the weights give them (near-uniform; figures before 2026-11-28 ran this way)")
     parser.add_argument("--row-group-size", type=int,
                         help="rows per row group of the input it writes (default: 4 batches; lait's own files: 1,024)")
+    parser.add_argument("--read-window", type=int, default=0, metavar="N",
+                        help="end to end with `lait features --read-window N` (default 0: every n-th piece)")
     parser.add_argument("--reading-only", action="store_true",
                         help="only what the workers read (no detector run): pieces in blocks against every n-th "
                              "piece, images/s per worker, row-group reads and read amplification")
@@ -382,7 +384,8 @@ def main(argv=None) -> int:
                       f"{arrival_order:.2f} in arrival order ({e2e_ips / arrival_order:.2f}x)")
             row = {"detector": name, "device": device_name, "precision": detector.precision,
                    "input": f"{detector.spec.min_size}/{detector.spec.max_size}", "batch": args.batch_size,
-                   "images": args.images, "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
+                   "images": args.images, "read_window": args.read_window,
+                   "model_only_ips": round(model_ips, 2), "end_to_end_ips": round(e2e_ips, 2),
                    "ratio_e2e_to_model": round(e2e_ips / model_ips, 3),
                    # after the pipeline filled: images / (run time - time until the first decoded batch arrived)
                    "end_to_end_after_fill_ips": round(args.images / (stats["seconds"] - stats["seconds_to_first_batch"]), 2),

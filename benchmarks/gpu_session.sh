@@ -2,9 +2,9 @@
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
 # By default train, eval, vg and selection: their limits add up to 9.8 minutes (one device call may run 10);
-# STEPS picks others (coco adds 1, mix 2, buckets 3.3, autotune 4). Writes env.txt, steps.txt (each step's exit
+# STEPS picks others (coco adds 1, mix 2, buckets 3.3, autotune 4, window 2.5). Writes env.txt, steps.txt (each step's exit
 # status: 124 = cut by its time limit), train.{json,log}, eval_order.{json,log}, features_{vg,coco,mix}.{json,log},
-# selection.{json,log}, buckets.{json,log}, autotune.{json,log} under $OUT.
+# selection.{json,log}, buckets.{json,log}, autotune.{json,log}, features_window{0,4096}.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; the benchmarks write their
 # JSON after every variant or section, so a step cut short keeps what it measured.
 set -u
@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/lait-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
-STEPS=" ${STEPS:-train eval vg selection} "  # which steps run (coco, mix, buckets, autotune: add them when time allows)
+STEPS=" ${STEPS:-train eval vg selection} "  # which steps run (coco, mix, buckets, autotune, window: add them when time allows)
 step() { [[ $STEPS == *" $1 "* ]]; }
 # run NAME SECONDS COMMAND...: the command under its time limit, its output to $OUT/NAME.log, its exit status to steps.txt
 run() {
@@ -69,6 +69,12 @@ step coco && run features_coco "${COCO_TIMEOUT:-60}" $PY benchmarks/bench_featur
 # 1,024 images (at batch 64 the wait is 2,048 arrivals: a short run leaves every shape's last batch partial)
 step mix && run features_mix "${MIX_TIMEOUT:-120}" $PY benchmarks/bench_features.py "${common[@]}" --detectors vg-r101-c4 \
     --images "${MIX_IMAGES:-1024}" --aspect-mix --width 1000 --decode device --json "$OUT/features_mix.json"
+# lait features' DataLoader workers taking every n-th piece (the default: every worker reads every row group) against
+# blocks of pieces (--read-window 4096: each 1,024-row group read by 4-6 of the 14 workers, more results held);
+# end to end, 1,024 images in 1,024-row groups; not in the default steps
+step window && for window in 0 4096; do run "features_window$window" "${WINDOW_TIMEOUT:-75}" $PY benchmarks/bench_features.py \
+    "${common[@]}" --repeats 1 --detectors vg-r101-c4 --images 1024 --row-group-size 1024 --decode device \
+    --read-window "$window" --json "$OUT/features_window$window.json"; done
 # box selection for a batch of 64 at once against image by image: time and host reads (syncs) per batch
 step selection && run selection "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_selection.py --device cuda --images 64 \
     --json "$OUT/selection.json"
