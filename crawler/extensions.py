@@ -48,9 +48,7 @@ class ProgressBar:
             self._show_funnel()
 
     def _show_funnel(self) -> None:
-        counts = bar_counts(self.stats.get_value)
-        del counts["responses"]  # the bar's own count
-        self.bar.set_postfix(counts, refresh=False)
+        set_bar(self.bar, {**bar_counts(self.stats.get_value), "responses": self.bar.n})  # the bar counts its own
 
     def spider_closed(self, *args, **kwargs):
         self._show_funnel()  # the last line shows the whole funnel

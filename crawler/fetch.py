@@ -86,6 +86,18 @@ class PinnedHTTPSConnection(_PinnedConnectionMixin, http.client.HTTPSConnection)
     """An HTTPS connection to the vetted addresses; SNI and the certificate check use the host name."""
 
 
+def robots_retry_seconds(value, name: str = "LAIT_ROBOTS_RETRY_AFTER") -> float:
+    """The seconds before an unavailable robots.txt is asked for again, from ``value`` (a setting, an option);
+    ValueError naming ``name`` when it is not a number of seconds, 0 or more."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise ValueError(f"{name} must be a number of seconds, 0 or more, not {value!r}")
+    return seconds
+
+
 class PoliteFetcher:
     """Fetches http(s) URLs one at a time per host, obeying robots.txt and refusing private networks."""
 
@@ -105,9 +117,7 @@ class PoliteFetcher:
         self.resolve = resolve
         self.allowed_networks = tuple(allowed_networks)  # CIDRs opened while the guard is on
         self.ssl_context = ssl_context or ssl.create_default_context()
-        if not robots_retry_after >= 0:  # NaN too
-            raise ValueError(f"robots_retry_after must be a number of seconds, 0 or more, not {robots_retry_after!r}")
-        self.robots_retry_after = robots_retry_after
+        self.robots_retry_after = robots_retry_seconds(robots_retry_after, "robots_retry_after")
         self.clock = clock
         # scheme://netloc -> its parser, None (no rules), or (why unavailable, when to ask again)
         self._robots: dict[str, urllib.robotparser.RobotFileParser | tuple[str, float] | None] = {}

@@ -13,6 +13,8 @@ from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet import defer, error as tx_error
 
 from crawler import netguard
+from crawler import settings as defaults
+from crawler.fetch import robots_retry_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +124,7 @@ class RobotsUnavailable:
 def retry_interval(settings) -> float:
     """``LAIT_ROBOTS_RETRY_AFTER``, the seconds before an unavailable robots.txt is asked for again; ValueError
     when it is not a number of seconds (0 or more)."""
-    value = settings.get("LAIT_ROBOTS_RETRY_AFTER", 300)
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds >= 0:  # NaN too
-        raise ValueError(f"LAIT_ROBOTS_RETRY_AFTER must be a number of seconds, 0 or more, not {value!r}")
-    return seconds
+    return robots_retry_seconds(settings.get("LAIT_ROBOTS_RETRY_AFTER", defaults.LAIT_ROBOTS_RETRY_AFTER))
 
 
 class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):

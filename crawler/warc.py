@@ -883,8 +883,12 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     known, pipeline_args = parser.parse_known_args(argv)
     if known.files_per_part < 0:
         parser.error(f"--files_per_part must be 0 or more, got {known.files_per_part}")
-    if not known.robots_retry_after >= 0:  # NaN too
-        parser.error(f"--robots_retry_after must be 0 seconds or more, got {known.robots_retry_after}")
+    from crawler.fetch import robots_retry_seconds
+
+    try:
+        robots_retry_seconds(known.robots_retry_after, "--robots_retry_after")
+    except ValueError as exc:
+        parser.error(str(exc))
     if test_pipeline is not None and known.files_per_part:
         raise ValueError("a test pipeline runs one part: leave --files_per_part at 0")
     options = PipelineOptions(pipeline_args)
