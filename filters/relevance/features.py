@@ -111,7 +111,10 @@ def subword_ids(text: str | None, num_buckets: int, max_tokens: int, tokenizer: 
     of ``<word>`` give misspellings and unseen inflections an embedding of their own. Tokens of any
     script hash (crc32 of their UTF-8) into the same ``num_buckets``: memory does not grow with them.
     """
-    ws = words(text, tokenizer)
+    return _subword_ids(words(text, tokenizer), num_buckets, max_tokens)
+
+
+def _subword_ids(ws: list[str], num_buckets: int, max_tokens: int) -> np.ndarray:
     tokens = [f"w:{w}" for w in ws]
     tokens += [f"b:{a} {b}" for a, b in zip(ws, ws[1:])]
     for w in ws:
@@ -125,7 +128,10 @@ def subword_ids(text: str | None, num_buckets: int, max_tokens: int, tokenizer: 
 
 def boilerplate_score(text: str | None, tokenizer: str = TOKENIZER) -> float:
     """Share of a caption's words that are boilerplate, raised to 1 for a bare file name."""
-    ws = words(text, tokenizer)
+    return _boilerplate_score(text, words(text, tokenizer))
+
+
+def _boilerplate_score(text: str | None, ws: list[str]) -> float:
     if not ws:
         return 1.0
     if FILENAME_RE.search(text or ""):
@@ -136,13 +142,23 @@ def boilerplate_score(text: str | None, tokenizer: str = TOKENIZER) -> float:
 def text_features(text: str | None, vocabulary: frozenset[str] | set[str] | None = None,
                   tokenizer: str = TOKENIZER) -> np.ndarray:
     """Text-only features, in the order of ``TEXT_FEATURES``; OOV rate against ``vocabulary``."""
-    text = text or ""
-    ws = words(text, tokenizer)
+    return _text_features(text or "", words(text, tokenizer), vocabulary)
+
+
+def _text_features(text: str, ws: list[str], vocabulary: frozenset[str] | set[str] | None) -> np.ndarray:
     n = len(ws)
     oov = (sum(w not in vocabulary for w in ws) / n if n else 1.0) if vocabulary is not None else 0.0
     digits = sum(ch.isdigit() for ch in text) / len(text) if text else 0.0
     mean_len = sum(map(len, ws)) / n if n else 0.0
-    return np.array([n, len(text), oov, boilerplate_score(text, tokenizer), digits, mean_len], dtype=np.float32)
+    return np.array([n, len(text), oov, _boilerplate_score(text, ws), digits, mean_len], dtype=np.float32)
+
+
+def caption_inputs(text: str | None, vocabulary: frozenset[str] | set[str] | None, num_buckets: int,
+                   max_tokens: int, tokenizer: str = TOKENIZER) -> tuple[np.ndarray, np.ndarray]:
+    """``subword_ids`` and ``text_features`` of one caption, from one tokenizing (the model's text inputs)."""
+    text = text or ""
+    ws = words(text, tokenizer)
+    return _subword_ids(ws, num_buckets, max_tokens), _text_features(text, ws, vocabulary)
 
 
 def decode_image(image_bytes: bytes | None, size: int) -> tuple[np.ndarray, int, int]:

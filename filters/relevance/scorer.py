@@ -150,8 +150,8 @@ class RelevanceScorer(Scorer):
     def prepare(self, pair: dict) -> tuple[dict[str, torch.Tensor], bool]:
         """Decoded, downscaled pixels, hashed caption tokens, and the text+image features."""
         caption = pair.get("caption")
-        tokens = F.subword_ids(caption, self.arch.num_buckets, self.arch.max_tokens, self.tokenizer)
-        text = F.text_features(caption, self.vocabulary, self.tokenizer)
+        tokens, text = F.caption_inputs(caption, self.vocabulary, self.arch.num_buckets, self.arch.max_tokens,
+                                        self.tokenizer)
         size = self.arch.image_size
         try:
             pixels, width, height = F.decode_image(pair.get("image_bytes"), size)

@@ -67,10 +67,9 @@ def _prepare(rows: list[dict], arch: RelevanceConfig, vocabulary: frozenset[str]
             pixels, w, h = F.decode_image(row.get("image_bytes"), arch.image_size)
         except F.ImageDecodeError:
             return None
-        caption = row.get("caption")
-        feats = np.concatenate([F.text_features(caption, vocabulary, tokenizer),
-                                F.image_features(pixels, row.get("width") or w, row.get("height") or h)])
-        return pixels.transpose(2, 0, 1), F.subword_ids(caption, arch.num_buckets, arch.max_tokens, tokenizer), feats
+        tokens, text = F.caption_inputs(row.get("caption"), vocabulary, arch.num_buckets, arch.max_tokens, tokenizer)
+        feats = np.concatenate([text, F.image_features(pixels, row.get("width") or w, row.get("height") or h)])
+        return pixels.transpose(2, 0, 1), tokens, feats
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         prepared = list(pool.map(one, rows))

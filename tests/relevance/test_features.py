@@ -47,6 +47,22 @@ def test_text_features_length_oov_digits():
     assert F.text_features(None, frozenset())[F.TEXT_FEATURES.index("oov_rate")] == 1.0
 
 
+@pytest.mark.parametrize("tokenizer", sorted(F.TOKENIZERS))
+def test_caption_inputs_tokenize_once_and_equal_the_separate_features(tokenizer, monkeypatch):
+    captions = [None, "", "IMG_0042.jpg", "share this photo of a dog 42", "Straße ＡＢＣ 東京タワー", "a red zzyzx"]
+    vocabulary = frozenset({"a", "red", "dog"})
+    expected = [(F.subword_ids(c, 1 << 10, 16, tokenizer), F.text_features(c, vocabulary, tokenizer))
+                for c in captions]
+    calls = []
+    split = F.TOKENIZERS[tokenizer]
+    monkeypatch.setitem(F.TOKENIZERS, tokenizer, lambda text: calls.append(text) or split(text))
+    for caption, (ids, feats) in zip(captions, expected):
+        got_ids, got_feats = F.caption_inputs(caption, vocabulary, 1 << 10, 16, tokenizer)
+        assert np.array_equal(got_ids, ids) and got_ids.dtype == ids.dtype
+        assert np.array_equal(got_feats, feats) and got_feats.dtype == feats.dtype
+    assert len(calls) == len(captions)  # one word split per caption (the separate functions take three)
+
+
 def test_decode_image_downscales_and_reports_original_size():
     pixels, w, h = F.decode_image(_jpeg((200, 30, 30)), 32)
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8 and (w, h) == (120, 80)
