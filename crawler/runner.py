@@ -254,9 +254,16 @@ class _LiveBar:
 
         set_bar(self.bar, read_live_counts(self.paths))
 
-    def close(self) -> None:
-        """Show the final counts and end the bar."""
-        self.show()
+    def close(self, settled: dict[str, Any] | None = None) -> None:
+        """Show the final counts and end the bar: those of the settled books (``_settle``'s stats, which count
+        the rows written for unread inbox lines too) where they have them, else what the processes wrote."""
+        from crawler.extensions import BAR_COUNTS, read_live_counts, set_bar
+
+        counts = read_live_counts(self.paths)
+        for name, key in BAR_COUNTS.items():
+            if isinstance((settled or {}).get(key), int):
+                counts[name] = settled[key]
+        set_bar(self.bar, counts)
         self.bar.close()
 
 
@@ -307,7 +314,7 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
 
     # read as the crawl processes read it: `-s LAIT_PROGRESS=False` arrives as the text "False"
     bar = _LiveBar(live) if BaseSettings({"progress": job["settings"].get("LAIT_PROGRESS")}).getbool("progress") else None
-    children = []
+    children, settled = [], None
     for index in range(processes):
         settings = dict(job["settings"], LAIT_SHARD_PREFIX=f"part-p{index}",
                         LAIT_STATS_PART=os.path.join(inbox_dir, f"stats-{index}.json"),
@@ -324,16 +331,17 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
             # The crawl processes stopped gracefully: settle the books, as a single crawl process does.
             if all(child.returncode == 0 for child in children):
                 try:
-                    _settle(out_dir, inbox_dir, processes, unread)
+                    settled = _settle(out_dir, inbox_dir, processes, unread)
                 except RuntimeError as exc:
                     logger.warning("the interrupted crawl's books are not settled: %s", exc)
             raise
         if any(codes):
             raise RuntimeError(f"crawl processes exited with statuses {codes}")
-        return _settle(out_dir, inbox_dir, processes, unread)
+        settled = _settle(out_dir, inbox_dir, processes, unread)
+        return settled
     finally:
         if bar is not None:
-            bar.close()
+            bar.close(settled)
         if not jobdir:
             shutil.rmtree(inbox_dir, ignore_errors=True)
 

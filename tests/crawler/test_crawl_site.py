@@ -456,6 +456,24 @@ def test_live_counts_add_up_and_a_missing_or_torn_file_counts_nothing(tmp_path):
     assert set(read_live_counts([])) == set(BAR_COUNTS)
 
 
+def test_the_bar_ends_on_the_settled_counts_which_include_rows_for_unread_inbox_lines(tmp_path, capsys):
+    """The rows `lait crawl` writes for inbox lines no image process read are written after the processes
+    stop: the bar's last state takes them from the settled books, not from the processes' last counts."""
+    from crawler import runner
+
+    live = tmp_path / "live-0.json"
+    bar = runner._LiveBar([str(live)])
+    live.write_text(json.dumps({"responses": 9, "pages": 2, "images": 6, "kept": 4, "rejected": 1}))
+    bar.close({"lait/out/rejected": 3, "lait/out/candidates": 4, "lait/page/fetched": 2, "kept": 99})
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "rejected=3" in final and "kept=4" in final and "images=6" in final and "9 responses" in final, final
+    bar = runner._LiveBar([str(tmp_path / "live-1.json")])
+    (tmp_path / "live-1.json").write_text(json.dumps({"responses": 5, "rejected": 2}))
+    bar.close()  # interrupted before the books were settled: the processes' counts
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "rejected=2" in final and "5 responses" in final, final
+
+
 def test_progress_set_off_as_text_shows_no_bar(tmp_path, capfd):
     """`lait crawl -s LAIT_PROGRESS=False` gives the text "False": off, as Scrapy reads a boolean setting."""
     from crawler import runner
