@@ -313,6 +313,16 @@ def canonical_page_url(url: str) -> str:
     return urlunsplit((scheme, userinfo + at + netloc, parts.path or "/", parts.query, ""))
 
 
+_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+
+
+def url_key(url: str) -> str:
+    """The spelling URLs are compared on: ``canonical_page_url`` with its escapes in upper case (RFC 3986:
+    ``%c3`` is ``%C3``). ``/größe 1.jpg``, ``/gr%C3%B6%C3%9Fe%201.jpg`` and ``/gr%c3%b6%c3%9fe%201.jpg`` are
+    one URL, as the server sees it."""
+    return _ESCAPE.sub(lambda escape: escape.group(0).upper(), canonical_page_url(url))
+
+
 def _source_allowed(source: lxml.html.HtmlElement, formats: frozenset[str]) -> bool:
     """Whether a ``<picture>`` ``<source>`` may be chosen: no ``type``, or one of an allowed format (no formats
     named: every format is allowed, as in ``crawler.images.validate_image``)."""

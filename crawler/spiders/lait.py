@@ -392,11 +392,13 @@ class LaitSpider(scrapy.Spider):
             # A link to an image this crawl fetches as an <img>'s image (a thumbnail's link to its full size
             # shown on the page too) is not fetched again as a page. Any other link is, whatever its path says:
             # a MediaWiki /wiki/File:X.jpg is an HTML page of its own.
-            images = {row.get("image_url") for row in (*page.candidates, *page.rejects)}
+            # Compared as the server sees them: the link may escape what the <img> writes as it is, or not.
+            images = {extract.url_key(row["image_url"]) for row in (*page.candidates, *page.rejects)
+                      if row.get("image_url")}
             for link in page.links:
                 if not self._in_domains(link):
                     continue
-                if link in images or link in self.pending or link in self.image_results:
+                if extract.url_key(link) in images or link in self.pending or link in self.image_results:
                     stats.inc_value("lait/page/skipped_image_link")
                     continue
                 request = self._schedule_page(link, depth + 1)

@@ -359,7 +359,10 @@ def odd_sites() -> tuple[MockSite, MockSite, MockSite]:
                                       f'<img src="/img/full.jpg" alt="Full size"><img src="{failing.url}/img/x.jpg" alt="Elsewhere">')),
         "/gallery": (301, {"Location": "/gallery/"}, b""),
         "/gallery/": (200, HTML, html('<img src="/img/a.jpg" alt="A photo">')),
-        "/caf%C3%A9%20menu.html": (200, HTML, html('<img src="/img/menu.jpg" alt="Menu">')),
+        # links to the images it shows, escaped where the <img> writes them as they are, in either case
+        "/caf%C3%A9%20menu.html": (200, HTML, html('<img src="/img/menu.jpg" alt="Menu">'
+                                                   '<a href="/img/m%c3%a9nu%202.jpg"><img src="/img/ménu 2.jpg" alt="Menu 2"></a>'
+                                                   '<a href="/img/menu 3.jpg"><img src="/img/menu%203.jpg" alt="Menu 3"></a>')),
         "/busy%20%C3%A9.html": (503, HTML, b"busy"),
         "/picture.html": (200, HTML, html('<picture><source type="image/avif" srcset="/i/a.avif">'
                                           '<source type="image/webp" srcset="/i/a.webp"><img src="/i/a.jpg" alt="P"></picture>')),
@@ -368,8 +371,8 @@ def odd_sites() -> tuple[MockSite, MockSite, MockSite]:
         # a MediaWiki file page: HTML, though its path ends in .jpg
         "/wiki/File:Sunset.jpg": (200, HTML, html('<img src="/img/sunset.jpg" alt="Sunset over the sea">')),
     })
-    for name in ("a", "menu", "full", "thumb", "sunset"):
-        site.pages[f"/img/{name}.jpg"] = (200, JPEG, jpeg(96, 72, color=(len(name) * 40, 20, 20)))
+    for name in ("a", "menu", "full", "thumb", "sunset", "m%C3%A9nu%202", "menu%203"):
+        site.pages[f"/img/{name}.jpg"] = (200, JPEG, jpeg(96, 72, color=(len(name) * 20, 20, 20)))
     return site, failing, silent
 
 
@@ -412,7 +415,10 @@ def test_a_link_to_an_image_the_page_shows_is_not_crawled_as_a_page_but_a_file_p
     (site, *_), candidates, rejected, stats = odd_crawl
     pairs = {(c["page_url"], c["image_url"]) for c in candidates}
     assert site.counts["/img/full.jpg"] == 1 and (site.url + "/", site.url + "/img/full.jpg") in pairs
-    assert "not_html" not in stats["rejected_by_reason"] and stats["lait/page/skipped_image_link"] == 1
+    assert "not_html" not in stats["rejected_by_reason"] and stats["lait/page/skipped_image_link"] == 3
+    # links that spell an image the page shows otherwise (escaped or not, either case) are that image
+    assert site.counts["/img/m%C3%A9nu%202.jpg"] == 1 and site.counts["/img/m%c3%a9nu%202.jpg"] == 0
+    assert site.counts["/img/menu%203.jpg"] == 1
     assert site.counts["/wiki/File:Sunset.jpg"] == 1  # an HTML page whose path ends in .jpg is crawled
     assert (site.url + "/wiki/File:Sunset.jpg", site.url + "/img/sunset.jpg") in pairs
 
