@@ -22,6 +22,11 @@ With ``--files_per_part N`` the sorted inputs run as consecutive parts of N file
 (shards ``warc-pKKKKK-*``, then a marker ``OUTPUT/parts/pKKKKK.json``); a rerun skips the parts that
 have a marker, and ``dedupe_across_parts`` then turns a candidate kept by several parts into
 ``duplicate_candidate`` rejects of all but the first. Images join their pages within a part only.
+
+A page captured more than once (revisits, overlapping WARCs and WATs) follows its latest capture's wish: when
+the capture with the latest WARC-Date (a tie goes to the opt-out) opts out of AI use, the candidates of its
+older captures become that opt-out's rejects (``resolve_page``; across parts, ``dedupe_across_parts`` with
+each part's ``parts/captures-warc-pKKKKK-*.parquet``).
 """
 from __future__ import annotations
 
@@ -68,6 +73,12 @@ PARTS = "parts"  # OUTPUT/parts/: the job's file list (JOB_FILE) and one marker 
 JOB_FILE = "job.json"
 DUPLICATES = "duplicates"  # rejected/warc-pKKKKK-duplicates-*.parquet: rows a later part repeated
 DUPLICATE_DETAIL = "same page, image and text seen before"
+CAPTURES = "captures"  # tagged output: (page key, (WARC-Date, opt-out reason or None)) of each page read
+#: parts/captures-warc-pKKKKK-*.parquet: each page's latest capture in a part, for the final step across parts.
+CAPTURES_SCHEMA = pa.schema([pa.field("page", pa.string(), nullable=False),
+                             pa.field("date", pa.timestamp("us", tz="UTC")), pa.field("opt_out", pa.string())])
+OPT_OUTS = "opt-outs"  # rejected/warc-pKKKKK-opt-outs-*.parquet: kept rows a later part's capture withdrew
+LATER_OPT_OUT_DETAIL = "a later capture of the page opted out"
 PART_SHARD = re.compile(r"^" + PREFIX + r"-p(\d+)-(.+)\.parquet$")
 
 
@@ -260,9 +271,10 @@ def _only_blank_lines(path: str, offset: int, limit: int = 1 << 16) -> bool:
     return len(tail) <= limit and not tail.strip()
 
 
-def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS) -> Iterator[Any]:
+def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS, captures: bool = False) -> Iterator[Any]:
     """An HTML record -> its candidates (as the spider finds them) and tagged rejected references. ``formats``:
-    the run's image formats, which choose among a ``<picture>``'s sources as in the spider."""
+    the run's image formats, which choose among a ``<picture>``'s sources as in the spider. With ``captures``,
+    also the page's capture, tagged ``CAPTURES``, when its HTML was read (``resolve_page`` weighs them)."""
     _, url, item = element
     if not 200 <= item["status"] < 300:
         yield _rejected(f"http_{item['status']}", "status in the WARC record", page_url=url)
@@ -272,6 +284,8 @@ def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS) 
     except Exception as exc:  # noqa: BLE001 - a page the extractor cannot handle is a reject, not a failed job
         yield _rejected("parse_error", f"{type(exc).__name__}: {exc}"[:300], page_url=url)
         return
+    if captures:
+        yield _capture(url, item.get("date"), page.opt_out)
     for row in page.rejects:
         yield _rejected(row["reason"], row.get("detail"), **_ids(row))
     for candidate in page.candidates:
@@ -298,11 +312,12 @@ def _wat_text(value) -> str | None:
     return extract.normalize_text(str(value))
 
 
-def wat_candidates(element) -> Iterator[Any]:
+def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
     """A WAT metadata record -> candidates from its ``IMG@/src`` links (no figcaption or page text there).
 
     Link URLs resolve against the page URL as in ``parse_page``; JSON of an unexpected shape is a
-    ``warc_malformed_record`` reject (the whole record, or one link).
+    ``warc_malformed_record`` reject (the whole record, or one link). With ``captures``, also the page's
+    capture (its WARC-Date: the envelope's, else the record's), tagged ``CAPTURES``.
     """
     _, url, item = element
     page_url = url
@@ -311,7 +326,8 @@ def wat_candidates(element) -> Iterator[Any]:
         if not isinstance(record, dict) or not isinstance(record.get("Envelope"), dict):
             raise ValueError("no Envelope object")
         envelope = record["Envelope"]
-        target = _member(envelope, "WARC-Header-Metadata").get("WARC-Target-URI")
+        warc_header = _member(envelope, "WARC-Header-Metadata")
+        target = warc_header.get("WARC-Target-URI")
         page_url = target if isinstance(target, str) and target else url
         response = _member(_member(envelope, "Payload-Metadata"), "HTTP-Response-Metadata")
         headers = _member(response, "Headers")
@@ -327,6 +343,9 @@ def wat_candidates(element) -> Iterator[Any]:
     directives = [m["content"] for m in metas if isinstance(m, dict) and isinstance(m.get("content"), str)
                   and str(m.get("name") or "").lower() in extract.ROBOTS_META_NAMES]
     opt_out = extract.opt_out_reason(directives + [extract.header_value(headers, "X-Robots-Tag") or ""])
+    if captures:
+        captured = warc_header.get("WARC-Date")
+        yield _capture(page_url, (isinstance(captured, str) and _warc_date(captured)) or item.get("date"), opt_out)
     for link in links:
         if not isinstance(link, dict):
             yield _rejected("warc_malformed_record", f"WAT link is {type(link).__name__}, not dict", page_url=page_url)
@@ -365,13 +384,45 @@ def _ids(row: dict) -> dict:
     return {k: row.get(k) for k in ("candidate_id", "page_url", "image_url")}
 
 
-def first_candidate(element) -> Iterator[Any]:
-    """One row per candidate_id: a page stored twice (revisits, overlapping WARCs) yields it once."""
-    _, rows = element
-    rows = list(rows)
-    yield rows[0]
-    for row in rows[1:]:
-        yield _rejected(output.DUPLICATE, DUPLICATE_DETAIL, **_ids(row))
+def page_key(url: str) -> str:
+    """The page a capture or candidate belongs to: its URL in one spelling (``extract.canonical_page_url``)."""
+    return extract.canonical_page_url(url)
+
+
+def _capture(url: str, date: datetime.datetime | None, opt_out: str | None) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(CAPTURES, (page_key(url), (date, opt_out)))
+
+
+def _capture_order(capture: tuple) -> tuple:
+    """Orders (date, opt-out) captures: the latest WARC-Date last (no date is oldest), at a tie the opt-out."""
+    date, opt_out = capture
+    return date is not None, date or datetime.datetime.min.replace(tzinfo=datetime.timezone.utc), opt_out or ""
+
+
+def latest_capture(captures) -> tuple:
+    """The capture whose wish counts, of (date, opt-out) captures of one page (a Beam combiner)."""
+    return max(captures, key=_capture_order, default=(None, None))
+
+
+def later_opt_out_detail(date: datetime.datetime | None) -> str:
+    """The detail of a candidate withdrawn by the opt-out of its page's latest capture, made at ``date``."""
+    return f"{LATER_OPT_OUT_DETAIL} ({date.isoformat().replace('+00:00', 'Z')})" if date else LATER_OPT_OUT_DETAIL
+
+
+def resolve_page(element) -> Iterator[Any]:
+    """(page key, {candidates, captures}) -> one row per candidate_id (a page stored twice yields it once), kept
+    unless the page's latest capture opted out: then its opt-out reason, as the owner's latest wish."""
+    _, grouped = element
+    date, opt_out = latest_capture(grouped["captures"])
+    seen = set()
+    for candidate in grouped["candidates"]:
+        if candidate["candidate_id"] in seen:
+            yield _rejected(output.DUPLICATE, DUPLICATE_DETAIL, **_ids(candidate))
+        elif opt_out:
+            yield _rejected(opt_out, later_opt_out_detail(date), **_ids(candidate))
+        else:
+            yield candidate
+        seen.add(candidate["candidate_id"])
 
 
 class DownloadMissingImages(beam.DoFn):
@@ -404,14 +455,11 @@ class DownloadMissingImages(beam.DoFn):
                                "date": datetime.datetime.now(datetime.timezone.utc)})
 
 
-_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
-
-
 def image_key(url: str) -> str:
-    """The spelling an image URL is joined on: as Scrapy requests it (``extract.canonical_page_url``), its escapes
-    in upper case (RFC 3986: ``%c3`` is ``%C3``). A record holds the URL as it was requested
-    (``/gr%C3%B6%C3%9Fe%201.jpg``, or ``%c3`` from some clients); a page may write ``/größe 1.jpg``."""
-    return _ESCAPE.sub(lambda escape: escape.group(0).upper(), extract.canonical_page_url(url))
+    """The spelling an image URL is joined on (``extract.url_key``: as Scrapy requests it, escapes in upper case).
+    A record holds the URL as it was requested (``/gr%C3%B6%C3%9Fe%201.jpg``, or ``%c3`` from some clients); a
+    page may write ``/größe 1.jpg``."""
+    return extract.url_key(url)
 
 
 def attach_images(element, download: bool) -> Iterator[dict]:
@@ -463,7 +511,7 @@ class ValidateImages(beam.DoFn):
 
 
 class ReadWarcCandidates(beam.PTransform):
-    """File paths -> (candidates, rejected) PCollections."""
+    """File paths -> (candidates, rejected, each page's latest capture) PCollections."""
 
     def __init__(self, max_bytes: int, download: bool, fetch_options: dict, check_options: dict):
         super().__init__()
@@ -474,14 +522,20 @@ class ReadWarcCandidates(beam.PTransform):
         records = files | "ReadWarcRecords" >> beam.ParDo(ReadWarcRecords(self.max_bytes)).with_outputs(REJECTED, main="records")
         kinds = records.records | "SplitByKind" >> beam.Partition(lambda r, n: {"page": 0, "image": 1, "wat": 2}[r[0]], 3)
         from_pages = kinds[0] | "ExtractCandidates" >> beam.FlatMap(
-            page_candidates, formats=self.check_options["formats"]).with_outputs(REJECTED, main="candidates")
-        from_wat = kinds[2] | "ExtractWatCandidates" >> beam.FlatMap(wat_candidates).with_outputs(REJECTED, main="candidates")
+            page_candidates, formats=self.check_options["formats"], captures=True).with_outputs(
+            REJECTED, CAPTURES, main="candidates")
+        from_wat = kinds[2] | "ExtractWatCandidates" >> beam.FlatMap(wat_candidates, captures=True).with_outputs(
+            REJECTED, CAPTURES, main="candidates")
+        latest = ((from_pages[CAPTURES], from_wat[CAPTURES])
+                  | "MergeCaptures" >> beam.Flatten()
+                  | "LatestCapturePerPage" >> beam.CombinePerKey(latest_capture))
+        by_page = ((from_pages.candidates, from_wat.candidates)
+                   | "MergeCandidates" >> beam.Flatten()
+                   | "KeyByPage" >> beam.Map(lambda c: (page_key(c["page_url"]), c)))
         unique = (
-            (from_pages.candidates, from_wat.candidates)
-            | "MergeCandidates" >> beam.Flatten()
-            | "KeyByCandidate" >> beam.Map(lambda c: (c["candidate_id"], c))
-            | "GroupByCandidate" >> beam.GroupByKey()
-            | "DropDuplicateCandidates" >> beam.FlatMap(first_candidate).with_outputs(REJECTED, main="candidates")
+            {"candidates": by_page, "captures": latest}
+            | "GroupByPage" >> beam.CoGroupByKey()
+            | "ResolveCaptures" >> beam.FlatMap(resolve_page).with_outputs(REJECTED, main="candidates")
         )
         by_image = unique.candidates | "KeyByImageUrl" >> beam.Map(lambda c: (image_key(c["image_url"]), c))
         image_records = kinds[1] | "KeyImageRecords" >> beam.Map(lambda r: (image_key(r[1]), r[2]))
@@ -495,7 +549,7 @@ class ReadWarcCandidates(beam.PTransform):
             REJECTED, main="candidates")
         rejected = ((records[REJECTED], from_pages[REJECTED], from_wat[REJECTED], unique[REJECTED], validated[REJECTED])
                     | "MergeRejected" >> beam.Flatten())
-        return validated.candidates, rejected
+        return validated.candidates, rejected, latest
 
 
 #: The file names a folder given as input contributes (a folder is read one level deep).
@@ -550,20 +604,25 @@ def _delete_matching(patterns: list[str]) -> None:
         FileSystems.delete(found)
 
 
+def _sinks(prefix: str) -> list[tuple[str, str]]:
+    """(folder, file name prefix) of the ``prefix`` sinks: candidates, rejected and the parts' captures."""
+    return [(output.CANDIDATES, prefix), (output.REJECTED, prefix), (PARTS, f"{CAPTURES}-{prefix}")]
+
+
 def _shard_patterns(out_dir: str, prefix: str) -> list[str]:
     """The shards named ``prefix-*`` and the files in their sink's Beam temporary folders (a shard written
     there but not yet renamed ends in .parquet and would be read as data)."""
-    return [pattern for sub in (output.CANDIDATES, output.REJECTED)
-            for pattern in (FileSystems.join(out_dir, sub, f"{prefix}-*.parquet"),
-                            FileSystems.join(out_dir, sub, f"beam-temp-{prefix}-*", "*"))]
+    return [pattern for sub, name in _sinks(prefix)
+            for pattern in (FileSystems.join(out_dir, sub, f"{name}-*.parquet"),
+                            FileSystems.join(out_dir, sub, f"beam-temp-{name}-*", "*"))]
 
 
 def _temp_folders(out_dir: str, prefix: str) -> list[str]:
     """A local folder's Beam temporary folders of the ``prefix`` sinks (object stores have no folders)."""
     if "://" in out_dir:
         return []
-    return [folder for sub in (output.CANDIDATES, output.REJECTED)
-            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{prefix}-*"))]
+    return [folder for sub, name in _sinks(prefix)
+            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{name}-*"))]
 
 
 def _clear_shards(out_dir: str, prefix: str) -> None:
@@ -696,11 +755,16 @@ def _run_part(known: argparse.Namespace, options: PipelineOptions, files: list[s
     check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
                      "formats": tuple(f.strip().upper() for f in known.image_formats.split(",") if f.strip())}
     beam_pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
-    candidates, rejected = (
+    candidates, rejected, latest = (
         beam_pipeline
         | "ListFiles" >> beam.Create(files)
         | "ReadWarcCandidates" >> ReadWarcCandidates(known.max_bytes, not known.no_download, fetch_options, check_options)
     )
+    if known.files_per_part:  # the step across parts weighs each part's latest capture of a page
+        (latest
+         | "CaptureColumns" >> beam.MapTuple(lambda page, capture: {"page": page, "date": capture[0], "opt_out": capture[1]})
+         | "WriteCaptures" >> WriteToParquet(FileSystems.join(out_dir, PARTS, f"{CAPTURES}-{prefix}"), CAPTURES_SCHEMA,
+                                            file_name_suffix=".parquet", num_shards=0))
     for name, rows, kind in (("WriteCandidates", candidates, "candidates"), ("WriteRejected", rejected, "rejected")):
         sub = output.CANDIDATES if kind == "candidates" else output.REJECTED
         schema = schemas.schema_for(kind)
@@ -721,17 +785,18 @@ def _run_part(known: argparse.Namespace, options: PipelineOptions, files: list[s
 
 
 def dedupe_across_parts(out_dir: str) -> int:
-    """Turn each candidate kept by more than one part into ``duplicate_candidate`` rejects of all parts but the first.
+    """Turn each candidate kept by more than one part into ``duplicate_candidate`` rejects of all parts but the first,
+    then apply the opt-out of each page whose latest capture over all parts opted out (``_withdraw_opted_out``).
 
     Reads only the candidate_id column of every part's candidate shards; a shard that holds a later
     copy is read whole and rewritten without it (atomically; removed when emptied), after its dropped
     rows are written as ``rejected/warc-pKKKKK-duplicates-<shard>.parquet``. That reject shard holds
     every id ever dropped from its candidate shard, so a rerun after a stop anywhere here ends the
-    same and a rerun after the end changes nothing. Returns how many rows this call moved.
+    same and a rerun after the end changes nothing. Returns how many rows this call moved or changed.
     """
     shards = _part_shards(out_dir, output.CANDIDATES)
     if not shards:
-        return _repeated_rejects_to_duplicates(out_dir, set())
+        return _repeated_rejects_to_duplicates(out_dir, set()) + _withdraw_opted_out(out_dir)
     ids = []
     for number, (part, shard) in enumerate(shards):
         column = schemas.read_table(shard, "candidates", columns=["candidate_id"]).column("candidate_id")
@@ -745,11 +810,12 @@ def dedupe_across_parts(out_dir: str) -> int:
     for number in sorted(set(later["shard"].to_pylist())):
         part, shard = shards[number]
         drop = later.filter(pc.equal(later["shard"], number))["candidate_id"]
-        moved += _move_duplicates(out_dir, part, shard, drop)
+        moved += _move_candidates(out_dir, part, shard, drop.combine_chunks(), DUPLICATES,
+                                  lambda row: (output.DUPLICATE, DUPLICATE_DETAIL))
     if moved:
         logger.info("%d candidates kept by an earlier part too became %s rejects", moved, output.DUPLICATE)
     kept = set(table.filter(pc.equal(table["part"], table["part_min"]))["candidate_id"].to_pylist())
-    return moved + _repeated_rejects_to_duplicates(out_dir, kept)
+    return moved + _repeated_rejects_to_duplicates(out_dir, kept) + _withdraw_opted_out(out_dir)
 
 
 def _part_shards(out_dir: str, sub: str) -> list[tuple[int, str]]:
@@ -767,8 +833,7 @@ def _repeated_rejects_to_duplicates(out_dir: str, kept: set[str]) -> int:
     ``image_not_in_warc``, a download failure, ...) becomes ``duplicate_candidate`` when another part kept
     it, or when an earlier part rejected it already. Opt-outs and the page-level reasons that are records
     of their own stay. Rewrites only the shards that change; a rerun changes nothing. Returns the rows."""
-    shards = [(part, shard) for part, shard in _part_shards(out_dir, output.REJECTED)
-              if not FileSystems.split(shard)[1].startswith(f"{_part_prefix(part)}-{DUPLICATES}-")]
+    shards = _reject_shards(out_dir)
     rejected_in: dict[str, int] = {}  # candidate -> the first part that rejected it
     rows = {}
     for part, shard in shards:
@@ -779,17 +844,10 @@ def _repeated_rejects_to_duplicates(out_dir: str, kept: set[str]) -> int:
                 rejected_in.setdefault(candidate_id, part)
     converted = 0
     for part, shard in shards:
-        repeat = [_outcome_reject(candidate_id, reason) and (candidate_id in kept or rejected_in[candidate_id] < part)
-                  for candidate_id, reason in rows[shard]]
-        if not any(repeat):
-            continue
-        table = schemas.read_table(shard, "rejected")
-        mask = pa.array(repeat)
-        for name, value in (("reason", output.DUPLICATE), ("detail", DUPLICATE_DETAIL)):  # fields kept as they were
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, table.schema.field(index), pc.if_else(mask, value, table[name]))
-        schemas.write_table(table, shard, "rejected")  # a temporary file beside it, then a rename
-        converted += sum(repeat)
+        converted += _rewrite_rejects(shard, [
+            (output.DUPLICATE, DUPLICATE_DETAIL)
+            if _outcome_reject(candidate_id, reason) and (candidate_id in kept or rejected_in[candidate_id] < part)
+            else None for candidate_id, reason in rows[shard]])
     if converted:
         logger.info("%d rejects of candidates another part kept or rejected first became %s rejects", converted,
                     output.DUPLICATE)
@@ -806,17 +864,97 @@ def _outcome_reject(candidate_id: str | None, reason: str) -> bool:
     return bool(candidate_id) and reason not in HTML_REFERENCE_REASONS and not reason.startswith(output.OPT_OUT)
 
 
-def _move_duplicates(out_dir: str, part: int, shard: str, drop: pa.ChunkedArray) -> int:
-    """Write the rejects of the ids ``drop`` of a candidate shard, then rewrite the shard without them."""
+def _reject_shards(out_dir: str) -> list[tuple[int, str]]:
+    """(part, path) of the parts' own rejected shards, without those of rows moved from candidate shards."""
+    return [(part, shard) for part, shard in _part_shards(out_dir, output.REJECTED)
+            if not FileSystems.split(shard)[1].startswith((f"{_part_prefix(part)}-{DUPLICATES}-",
+                                                            f"{_part_prefix(part)}-{OPT_OUTS}-"))]
+
+
+def _rewrite_rejects(shard: str, changes: list[tuple[str, str] | None]) -> int:
+    """Give row i of a rejected shard the (reason, detail) ``changes[i]`` where that is not None; returns how many.
+    Rewrites the shard only when a row changes (a temporary file beside it, then a rename)."""
+    changed = sum(change is not None for change in changes)
+    if not changed:
+        return 0
+    table = schemas.read_table(shard, "rejected")
+    mask = pa.array([change is not None for change in changes])
+    for position, name in enumerate(("reason", "detail")):  # fields kept as they were
+        values = pa.array([change[position] if change else None for change in changes], pa.string())
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, table.schema.field(index), pc.if_else(mask, values, table[name]))
+    schemas.write_table(table, shard, "rejected")
+    return changed
+
+
+def _latest_opt_outs(out_dir: str) -> dict[str, tuple]:
+    """Page key -> (date, reason) of each page whose latest capture over all parts opted out.
+
+    Reads the parts' captures twice: the pages that opted out in some part, then only their rows.
+    """
+    shards = _matching([FileSystems.join(out_dir, PARTS, f"{CAPTURES}-{PREFIX}-p*.parquet")])
+    opted_out = set()
+    for shard in shards:
+        table = schemas.read_table(shard, columns=["page", "opt_out"])
+        opted_out.update(table.filter(pc.is_valid(table["opt_out"]))["page"].to_pylist())
+    if not opted_out:
+        return {}
+    pages, latest = pa.array(sorted(opted_out), pa.string()), {}
+    for shard in shards:
+        table = schemas.read_table(shard)
+        table = table.filter(pc.is_in(table["page"], value_set=pages))
+        for page, *capture in zip(*(table[name].to_pylist() for name in ("page", "date", "opt_out"))):
+            latest[page] = latest_capture([latest.get(page, tuple(capture)), tuple(capture)])
+    return {page: capture for page, capture in latest.items() if capture[1]}
+
+
+def _withdraw_opted_out(out_dir: str) -> int:
+    """The parts' part of ``resolve_page``: each candidate of a page whose latest capture over all parts opted out
+    becomes that opt-out's reject, kept (moved to ``rejected/warc-pKKKKK-opt-outs-<shard>.parquet``) or rejected
+    at its image (the row rewritten), as one pipeline decides before the image step. Returns the rows."""
+    opted_out = _latest_opt_outs(out_dir)
+    if not opted_out:
+        return 0
+    keys: dict[str, str] = {}
+
+    def withdrawn(page_url: str | None) -> tuple[str, str] | None:
+        if not page_url:
+            return None
+        if page_url not in keys:
+            keys[page_url] = page_key(page_url)
+        capture = opted_out.get(keys[page_url])
+        return (capture[1], later_opt_out_detail(capture[0])) if capture else None
+
+    changed = 0
+    for part, shard in _part_shards(out_dir, output.CANDIDATES):
+        table = schemas.read_table(shard, "candidates", columns=["candidate_id", "page_url"])
+        drop = [c for c, url in zip(table["candidate_id"].to_pylist(), table["page_url"].to_pylist()) if withdrawn(url)]
+        if drop:
+            changed += _move_candidates(out_dir, part, shard, pa.array(drop, pa.string()), OPT_OUTS,
+                                        lambda row: withdrawn(row["page_url"]))
+    for _, shard in _reject_shards(out_dir):
+        table = schemas.read_table(shard, "rejected", columns=["candidate_id", "page_url", "reason"])
+        changed += _rewrite_rejects(shard, [
+            withdrawn(url) if _outcome_reject(candidate_id, reason) else None
+            for candidate_id, url, reason in zip(*(table[n].to_pylist() for n in ("candidate_id", "page_url", "reason")))])
+    if changed:
+        logger.info("%d candidates of pages whose latest capture, in a later part, opted out became opt-out rejects",
+                    changed)
+    return changed
+
+
+def _move_candidates(out_dir: str, part: int, shard: str, drop: pa.Array, kind: str, reject) -> int:
+    """Write the rejects of the ids ``drop`` of a candidate shard (``reject(row)``: their (reason, detail)) to
+    ``rejected/warc-pKKKKK-<kind>-<shard>.parquet``, then rewrite the shard without them."""
     table = schemas.read_table(shard, "candidates")
-    repeated = pc.is_in(table["candidate_id"], value_set=drop.combine_chunks())
+    repeated = pc.is_in(table["candidate_id"], value_set=drop)
     rest = PART_SHARD.match(FileSystems.split(shard)[1]).group(2)
-    rejects_path = FileSystems.join(out_dir, output.REJECTED, f"{_part_prefix(part)}-{DUPLICATES}-{rest}.parquet")
+    rejects_path = FileSystems.join(out_dir, output.REJECTED, f"{_part_prefix(part)}-{kind}-{rest}.parquet")
     rows = {}
     if FileSystems.exists(rejects_path):  # a stop between the two writes below: the rows written then stay
         rows = {row["candidate_id"]: row for row in schemas.read_table(rejects_path, "rejected").to_pylist()}
     for row in table.filter(repeated).select(["candidate_id", "page_url", "image_url"]).to_pylist():
-        rows.setdefault(row["candidate_id"], schemas.rejected_row(output.STAGE, output.DUPLICATE, DUPLICATE_DETAIL, **row))
+        rows.setdefault(row["candidate_id"], schemas.rejected_row(output.STAGE, *reject(row), **row))
     schemas.write_table(schemas.to_table([rows[k] for k in sorted(rows)], "rejected"), rejects_path, "rejected")
     kept = table.filter(pc.invert(repeated))
     if kept.num_rows:

@@ -21,19 +21,25 @@ from tests.crawler.mocksite import JPEG, TEST_MIN_SIDE, MockSite, html, jpeg
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _response(writer: WARCWriter, url: str, body: bytes, content_type: str, status: str = "200 OK", extra=()):
+def _response(writer: WARCWriter, url: str, body: bytes, content_type: str, status: str = "200 OK", extra=(),
+              date: str | None = None):
     headers = StatusAndHeaders(status, [("Content-Type", content_type), *extra], protocol="HTTP/1.1")
-    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers))
+    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers,
+                                                  warc_headers_dict={"WARC-Date": date} if date else None))
 
 
-def _wat(writer: WARCWriter, page_url: str, links: list[dict]):
-    envelope = {"Envelope": {"WARC-Header-Metadata": {"WARC-Target-URI": page_url},
+def _wat(writer: WARCWriter, page_url: str, links: list[dict], metas: list[dict] = (), date: str | None = None):
+    """A WAT metadata record of a page; ``date`` is its capture's WARC-Date (in the record and its envelope)."""
+    header = {"WARC-Target-URI": page_url, **({"WARC-Date": date} if date else {})}
+    envelope = {"Envelope": {"WARC-Header-Metadata": header,
                              "Payload-Metadata": {"HTTP-Response-Metadata": {
                                  "Headers": {"Content-Language": "en"},
-                                 "HTML-Metadata": {"Head": {"Title": "WAT page"}, "Links": links}}}}}
+                                 "HTML-Metadata": {"Head": {"Title": "WAT page", "Metas": list(metas)},
+                                                   "Links": links}}}}}
     payload = json.dumps(envelope).encode()
     writer.write_record(writer.create_warc_record(page_url, "metadata", payload=io.BytesIO(payload),
-                                                  warc_content_type="application/json"))
+                                                  warc_content_type="application/json",
+                                                  warc_headers_dict={"WARC-Date": date} if date else None))
 
 
 def write_test_warcs(folder, site_url: str) -> tuple[str, str, str]:
@@ -349,8 +355,12 @@ def test_parts_of_one_file_give_the_one_part_output_except_the_join_across_parts
     # The only difference: the image record of c.html's image is in another part's file.
     expected = one - collections.Counter({(c_three, "kept"): 1}) + collections.Counter({(c_three, "image_not_in_warc"): 1})
     assert parted == expected
-    assert sorted(p.name for p in (root / "parted" / "parts").iterdir()) == [
+    assert sorted(p.name for p in (root / "parted" / "parts").glob("*.json")) == [
         "job.json", "p00000.json", "p00001.json", "p00002.json", "p00003.json"]
+    # Each part's latest capture per page, for the opt-outs across parts; a run in one part needs none.
+    assert sorted(p.name[:21] for p in (root / "parted" / "parts").glob("*.parquet")) == [
+        f"captures-warc-p0000{n}-" for n in range(4)]
+    assert not (root / "one" / "parts").exists()
     candidate_shards = sorted(p.name for p in (root / "parted" / "candidates").glob("*.parquet"))
     assert not [n for n in candidate_shards if n.startswith("warc-p00003-")], "part 4's only candidate was a duplicate"
     assert [n for n in candidate_shards if n.startswith("warc-p00000-")]
@@ -393,6 +403,124 @@ def test_a_candidate_rejected_in_one_part_and_kept_in_another_has_one_outcome(tm
             {(c_three, "kept"): 1, (c_three, "duplicate_candidate"): 1, (by_ftp, "unsupported_scheme"): 2})
 
 
+OLD, NEW = "2024-01-01T00:00:00Z", "2024-06-01T00:00:00Z"
+
+
+def write_capture_warcs(folder, older_name: str, newer_name: str) -> list[str]:
+    """Two WARC files, one of older captures and one of newer captures of the same pages (HTML and WAT).
+
+    a.html: kept images earlier, ``noimageai`` later; b.html: ``noai`` earlier, kept later; c.html: two captures of
+    one WARC-Date, one with ``X-Robots-Tag: noai``; w.html: a WARC capture, then a WAT one with ``noimageai``;
+    v.html: a WAT capture, then a WARC one with ``X-Robots-Tag: noai``; g.html: an image no WARC holds, then
+    ``noai`` and no image at all. Each file holds the image, so a part joins it without another part's file.
+    """
+    def page(alt, meta=""):
+        return html(f'<img src="/img/one.jpg" alt="{alt}">', meta)
+
+    noimageai, noai = '<meta name="robots" content="noimageai">', '<meta name="robots" content="noai">'
+    older = [("a.html", html('<img src="/img/one.jpg" alt="Alpha"><img src="/img/one.jpg" alt="Beta">'), ()),
+             ("b.html", page("Charlie", noai), ()), ("c.html", page("Delta"), ()), ("w.html", page("Echo"), ()),
+             ("g.html", html('<img src="/img/missing.jpg" alt="Golf">'), ())]
+    newer = [("a.html", page("Alpha", noimageai), ()), ("b.html", page("Charlie"), ()),
+             ("c.html", page("Delta"), [("X-Robots-Tag", "noai")]),  # the same WARC-Date as the older capture
+             ("v.html", page("Foxtrot"), [("X-Robots-Tag", "noai")]), ("g.html", html("<p>gone</p>", noai), ())]
+    paths = []
+    for name, records, date in ((older_name, older, OLD), (newer_name, newer, NEW)):
+        paths.append(os.path.join(folder, name))
+        with open(paths[-1], "wb") as handle:
+            writer = WARCWriter(handle, gzip=True)
+            for path, body, extra in records:
+                _response(writer, f"http://warc.example/{path}", body, "text/html", extra=extra,
+                          date=OLD if path == "c.html" else date)
+            _response(writer, "http://warc.example/img/one.jpg", jpeg(96, 72), "image/jpeg", date=date)
+            if date == OLD:
+                _wat(writer, "http://warc.example/v.html",
+                     [{"path": "IMG@/src", "url": "/img/one.jpg", "alt": "Foxtrot"}], date=OLD)
+            else:
+                _wat(writer, "http://warc.example/w.html", [{"path": "IMG@/src", "url": "/img/one.jpg", "alt": "Echo"}],
+                     metas=[{"name": "robots", "content": "noimageai"}], date=NEW)
+    return paths
+
+
+def test_the_latest_capture_of_a_page_decides_whether_it_opted_out(tmp_path, monkeypatch):
+    """A page captured more than once: when its latest capture (by WARC-Date; a tie goes to the opt-out) opts out,
+    the older captures' candidates become that opt-out's rejects; when an older one opted out, the latest is kept.
+    The same in one pipeline and in parts, whichever file holds the newer captures, from WARC and WAT alike."""
+    from crawler import warc
+    from crawler.extract import candidate_id
+
+    def cid(page, alt):
+        image = "/img/missing.jpg" if page == "g.html" else "/img/one.jpg"
+        return candidate_id(f"http://warc.example/{page}", f"http://warc.example{image}", alt, None)
+
+    expected = collections.Counter({
+        (cid("a.html", "Alpha"), "opt_out_noimageai"): 2, (cid("a.html", "Beta"), "opt_out_noimageai"): 1,
+        (cid("b.html", "Charlie"), "kept"): 1, (cid("b.html", "Charlie"), "opt_out_noai"): 1,
+        (cid("c.html", "Delta"), "opt_out_noai"): 2, (cid("w.html", "Echo"), "opt_out_noimageai"): 2,
+        (cid("v.html", "Foxtrot"), "opt_out_noai"): 2, (cid("g.html", "Golf"), "opt_out_noai"): 1})
+    withdrawn = {cid("a.html", "Alpha"), cid("a.html", "Beta"), cid("c.html", "Delta"), cid("w.html", "Echo"),
+                 cid("v.html", "Foxtrot"), cid("g.html", "Golf")}
+    for older_name, newer_name in (("1-older.warc.gz", "2-newer.warc.gz"), ("2-older.warc.gz", "1-newer.warc.gz")):
+        folder = tmp_path / older_name[:1]
+        folder.mkdir()
+        files = write_capture_warcs(str(folder), older_name, newer_name)
+        for per_part in (0, 1):
+            out = folder / f"out-{per_part}"
+            stats = warc.read_warcs(files, str(out), download=False, min_side=TEST_MIN_SIDE, files_per_part=per_part)
+            assert outcomes(out) == expected, (older_name, per_part)
+            assert stats["in"] == stats["kept"] + stats["rejected"] == sum(expected.values())
+            assert stats["kept"] == 1 and stats["rejected_by_reason"] == {"opt_out_noai": 6, "opt_out_noimageai": 5}
+            rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
+            later = [r for r in rejected if r["detail"] == f"a later capture of the page opted out ({NEW})"
+                     or r["detail"] == f"a later capture of the page opted out ({OLD})"]
+            assert sorted(r["candidate_id"] for r in later) == sorted(withdrawn), (older_name, per_part)
+            assert all(r["detail"] == "page opted out" for r in rejected if r not in later)
+            if per_part:
+                before = snapshot(out)
+                assert warc.dedupe_across_parts(str(out)) == 0 and snapshot(out) == before  # a rerun changes nothing
+    # Stopped after the opt-out rows of a candidate shard are written, before the shard is rewritten: a rerun ends the same.
+    out, real_write = folder / "out-stopped", schemas.write_table
+
+    def stop_after_the_opt_out_rows(table, path, kind=None, **kwargs):
+        real_write(table, path, kind, **kwargs)
+        if "-opt-outs-" in os.path.basename(path):
+            raise Stopped
+
+    monkeypatch.setattr(schemas, "write_table", stop_after_the_opt_out_rows)
+    with pytest.raises(Stopped):
+        read_in_parts(files, out, 1)
+    assert list((out / "rejected").glob("warc-p*-opt-outs-*.parquet")) and not (out / "stats.json").exists()
+    monkeypatch.setattr(schemas, "write_table", real_write)
+    read_in_parts(files, out, 1)
+    assert outcomes(out) == expected
+
+
+def test_resolve_page_keeps_one_row_per_candidate_unless_the_latest_capture_opted_out():
+    """``resolve_page`` called directly: the latest WARC-Date decides, a tie goes to the opt-out, no date is oldest."""
+    import datetime
+
+    from apache_beam.pvalue import TaggedOutput
+
+    from crawler import warc
+
+    old, new = (datetime.datetime(2024, month, 1, tzinfo=datetime.timezone.utc) for month in (1, 6))
+    candidates = [{"candidate_id": cid, "page_url": "http://warc.example/p.html", "image_url": "http://warc.example/i.jpg"}
+                  for cid in ("x", "x", "y")]
+
+    def run(captures):
+        return [(o.value["candidate_id"], o.value["reason"], o.value["detail"]) if isinstance(o, TaggedOutput)
+                else (o["candidate_id"], "kept", None)
+                for o in warc.resolve_page(("http://warc.example/p.html", {"candidates": candidates, "captures": captures}))]
+
+    kept = [("x", "kept", None), ("x", "duplicate_candidate", warc.DUPLICATE_DETAIL), ("y", "kept", None)]
+    later = "a later capture of the page opted out (2024-06-01T00:00:00Z)"
+    assert run([(old, None)]) == run([(new, None), (old, "opt_out_noai")]) == kept
+    assert run([(None, "opt_out_noai"), (old, None)]) == kept
+    assert run([(old, None), (new, "opt_out_noai")]) == [
+        ("x", "opt_out_noai", later), ("x", "duplicate_candidate", warc.DUPLICATE_DETAIL), ("y", "opt_out_noai", later)]
+    assert run([(new, None), (new, "opt_out_noimageai")])[0] == ("x", "opt_out_noimageai", later)
+
+
 def test_dns_records_are_skipped_not_rejected(tmp_path):
     buffer = io.BytesIO()
     writer = WARCWriter(buffer, gzip=True)
@@ -420,14 +548,15 @@ def test_a_run_stopped_after_two_parts_resumes_without_redoing_them(tmp_path, pa
     monkeypatch.setattr(warc, "_run_part", stopped_in_part_3)
     with pytest.raises(Stopped):
         read_in_parts(files, out, 1)
-    assert sorted(p.name for p in (out / "parts").iterdir()) == ["job.json", "p00000.json", "p00001.json"]
+    assert sorted(p.name for p in (out / "parts").glob("*.json")) == ["job.json", "p00000.json", "p00001.json"]
+    assert list((out / "parts").glob("captures-warc-p00002-*.parquet")), "part 3's captures are written with its shards"
     assert not (out / "stats.json").exists() and list((out / "candidates").glob("warc-p00002-*.parquet"))
     # What a kill inside Beam's write would leave: a finished shard in the part's temporary folder.
     stale = out / "candidates" / "beam-temp-warc-p00002-0123abcd"
     stale.mkdir()
     shutil.copy(next((out / "candidates").glob("warc-p00002-*.parquet")), stale / "0a1b.warc-p00002.parquet")
     done = {name: facts for name, facts in snapshot(out).items() if "warc-p00000-" in name or "warc-p00001-" in name}
-    assert len(done) == 4, "parts 1 and 2 wrote a candidate and a rejected shard each"
+    assert len(done) == 6, "parts 1 and 2 wrote a candidate, a rejected and a captures shard each"
     ran.clear()
     stop.clear()
     with caplog.at_level(logging.INFO, logger="crawler.warc"):
