@@ -1,16 +1,17 @@
 """Regions + captions as (caption, image) training examples: streamed, sharded, shuffled, collated.
 
 A dataset entry joins a ``regions`` dataset (one row per image, from ``lait features``) with a
-``captions`` dataset (one row per caption) on ``image_id``. Captions are small and are held in a
-dict; regions are large and are streamed Parquet row group by row group. The row groups holding an
-image with a caption are dealt to the consumers (DDP ranks x DataLoader workers); when there are fewer
-of them than consumers, every consumer reads all of them and keeps every n-th image. A shuffle buffer
-mixes examples.
+``captions`` dataset (one row per caption) on ``image_id``. Captions are small and are held in
+memory; regions are large and are streamed Parquet row group by row group. The row groups holding an
+image with a caption are dealt to the consumers (DDP ranks x DataLoader workers) so that their shares
+of (caption, image) examples are as even as possible; when there are fewer of them than consumers,
+every consumer reads all of them and keeps every n-th image. A shuffle buffer mixes examples.
 The order depends only on (seed, epoch, rank, worker), so a resumed run sees the same batches.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -302,26 +303,74 @@ def _inner_offsets(column) -> np.ndarray | None:
     return inner.offsets.to_numpy() if pa.types.is_list(inner.type) and len(inner) else None
 
 
+def deal_evenly(counts: list[int], consumers: int) -> list[int]:
+    """The consumer of each unit, dealt in order to the consumer with the fewest examples so far (ties: the lowest
+    index): no two consumers' shares differ by more than the largest unit. Units of one size are dealt in turn."""
+    totals = [(0, consumer) for consumer in range(consumers)]  # sorted: a heap already
+    owners = []
+    for count in counts:
+        total, consumer = heapq.heappop(totals)
+        owners.append(consumer)
+        heapq.heappush(totals, (total + count, consumer))
+    return owners
+
+
+def deal_in_turn(counts: list[int], consumers: int) -> list[int]:
+    """The consumer of each unit, dealt in turn whatever its size (the dealing of checkpoints that recorded
+    ``row_groups: captioned``, kept for their resume): a consumer dealt small units restarted its epoch sooner, so
+    their images were seen more often."""
+    return [index % consumers for index in range(len(counts))]
+
+
+#: How a shuffled epoch's units are dealt to the consumers, by the name a checkpoint records as ``data.row_groups``.
+DEALINGS = {"balanced": deal_evenly, "captioned": deal_in_turn}
+#: The dealing of new runs.
+DEALING = "balanced"
+
+
+@dataclass(frozen=True)
+class UnitPairs:
+    """The images of one unit (row group) to train on: their rows, and where their captions lie in the stream's
+    caption arrays (those of ``rows[j]`` from ``bounds[j]`` to ``bounds[j + 1]``)."""
+
+    rows: np.ndarray  # [images] int64
+    bounds: np.ndarray  # [images + 1] int64
+
+    @property
+    def examples(self) -> int:
+        """The unit's (caption, image) examples an epoch."""
+        return int(self.bounds[-1] - self.bounds[0])
+
+
 class PairStream(IterableDataset):
-    """(caption, image regions) examples of one or more datasets, sharded over ranks and workers."""
+    """(caption, image regions) examples of one or more datasets, sharded over ranks and workers.
+
+    The captions are read once, here, and those of the images to train on kept in two Arrow arrays in the units'
+    order, which the DataLoader workers get with the stream: each worker used to read the captions again into a
+    dict of Python strings of its own, whose refcounts would also make forked workers copy shared pages.
+    """
 
     def __init__(self, datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 2048,
-                 infinite: bool = True, shuffle: bool = True):
-        """``ValueError`` when no image of the datasets has a caption (checked here, not in a worker)."""
+                 infinite: bool = True, shuffle: bool = True, dealing: str = DEALING):
+        """``ValueError`` when no image of the datasets has a caption (checked here, not in a worker).
+
+        ``dealing``: a name of ``DEALINGS`` (another than ``DEALING`` to resume a checkpoint of that dealing)."""
+        if dealing not in DEALINGS:
+            raise ValueError(f"dealing {dealing!r}: not one of {', '.join(DEALINGS)}")
         self.datasets = datasets
         self.tokenizer_json = tokenizer_json
         self.model_config = model_config
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.shuffle_buffer, self.infinite, self.shuffle = shuffle_buffer, infinite, shuffle
+        self.shuffle_buffer, self.infinite, self.shuffle, self.dealing = shuffle_buffer, infinite, shuffle, dealing
         self.units = []  # (dataset index, file, row group), in a stable order
         for index, entry in enumerate(datasets):
             for file in schemas.list_parquet_files(resolve_dataset_dir(entry.regions, "regions")):
                 for group in range(pq.ParquetFile(file).num_row_groups):
                     self.units.append((index, file, group))
-        # Here, once: the DataLoader workers get both with the stream.
-        self.repeated, self.captioned = self._scan_units()
-        if not any(self.captioned.values()):
+        # Here, once: the DataLoader workers get them with the stream.
+        self.pairs, self.caption_ids, self.caption_texts = self._scan_units()
+        if not any(pairs.examples for pairs in self.pairs.values()):
             raise ValueError(f"no image of {', '.join(entry.regions for entry in datasets)} has a caption in "
                              f"{', '.join(f'{entry.captions} (split {entry.split!r})' for entry in datasets)}: "
                              f"no (caption, image) pair to train on")
@@ -331,62 +380,77 @@ class PairStream(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers
 
-    def _scan_units(self) -> tuple[dict[tuple[int, str, int], set[int]], dict[tuple[int, str, int], int]]:
-        """The rows of each unit to skip, and each unit's count of images to train on (image_id column only).
+    def _scan_units(self) -> tuple[dict[tuple[int, str, int], UnitPairs], pa.Array, pa.Array]:
+        """Each unit's images to train on (image_id column only), and their caption ids and captions.
 
-        Skipped: rows whose image_id an earlier row of their dataset holds (a regions dataset storing an image
-        twice trains on it once, with its first row, as ``dataset_report`` counts it). Found once, in the units'
-        fixed order, so every consumer skips the same rows (and a resumed run too). A unit whose images have
-        no caption counts 0 and is dealt to no consumer: one dealt only such units had nothing to yield."""
-        repeated: dict[tuple[int, str, int], set[int]] = {}
-        captioned: dict[tuple[int, str, int], int] = {}
-        seen: list[set[str]] = [set() for _ in self.datasets]
-        with_captions = [set(load_captions(entry.captions, entry.split)) for entry in self.datasets]
-        for unit in self.units:
-            dataset_index, file, group = unit
-            image_ids = pq.ParquetFile(file).read_row_group(group, columns=["image_id"]).column(0).to_pylist()
-            captioned[unit] = 0
-            for row, image_id in enumerate(image_ids):
-                if image_id in seen[dataset_index]:
-                    repeated.setdefault(unit, set()).add(row)
-                else:
-                    seen[dataset_index].add(image_id)
-                    captioned[unit] += image_id in with_captions[dataset_index]
-        return repeated, captioned
+        An image is trained on with the first row of its dataset that holds it (a regions dataset storing an image
+        twice trains on it once, as ``dataset_report`` counts it), when it has a caption. Found once, in the units'
+        fixed order, so every consumer reads the same rows (and a resumed run too). A unit whose images have no
+        caption has no example and is dealt to no consumer: one dealt only such units had nothing to yield."""
+        pairs: dict[tuple[int, str, int], UnitPairs] = {}
+        caption_ids: list[str] = []
+        caption_texts: list[str] = []
+        for index, entry in enumerate(self.datasets):  # the units are in dataset order
+            captions = load_captions(entry.captions, entry.split)
+            seen: set[str] = set()
+            for unit in self.units:
+                dataset_index, file, group = unit
+                if dataset_index != index:
+                    continue
+                image_ids = pq.ParquetFile(file).read_row_group(group, columns=["image_id"]).column(0).to_pylist()
+                rows, bounds = [], [len(caption_ids)]
+                for row, image_id in enumerate(image_ids):
+                    if image_id in seen:
+                        continue
+                    seen.add(image_id)
+                    if image_id in captions:
+                        rows.append(row)
+                        for caption_id, caption in captions[image_id]:
+                            caption_ids.append(caption_id)
+                            caption_texts.append(caption)
+                        bounds.append(len(caption_ids))
+                pairs[unit] = UnitPairs(np.array(rows, np.int64), np.array(bounds, np.int64))
+        return pairs, pa.array(caption_ids, pa.large_string()), pa.array(caption_texts, pa.large_string())
 
     @property
     def uncaptioned_units(self) -> int:
         """Row groups left out of the dealing: none of their images has a caption."""
-        return sum(1 for count in self.captioned.values() if not count)
+        return sum(1 for pairs in self.pairs.values() if not pairs.examples)
 
-    def _examples(self, epoch: int, consumer: int, consumers: int, captions, tokenizer,
-                  repeated: dict[tuple[int, str, int], set[int]]) -> Iterator[dict]:
+    def share(self, epoch: int, consumer: int, consumers: int) -> tuple[list[tuple[int, str, int]], bool]:
+        """One consumer's units of an epoch, in reading order, and whether they are every consumer's (fewer units
+        with a captioned image than consumers: each consumer then keeps every n-th captioned image)."""
         order = list(self.units)
         if self.shuffle:
             random.Random(f"{self.seed}/{epoch}").shuffle(order)
         # Dropped after the shuffle, so data whose every row group has a captioned image keeps its order.
-        order = [unit for unit in order if self.captioned[unit]]
-        stride = len(order) < consumers
-        mine = order if stride else order[consumer::consumers]
+        order = [unit for unit in order if self.pairs[unit].examples]
+        if len(order) < consumers:
+            return order, True
+        owners = DEALINGS[self.dealing]([self.pairs[unit].examples for unit in order], consumers)
+        return [unit for unit, owner in zip(order, owners) if owner == consumer], False
+
+    def _examples(self, epoch: int, consumer: int, consumers: int, tokenizer) -> Iterator[dict]:
+        mine, stride = self.share(epoch, consumer, consumers)
         image_index = 0
-        for dataset_index, file, group in mine:
-            table = pq.ParquetFile(file).read_row_group(group, columns=REGION_COLUMNS)
-            keep = []
-            skip = repeated.get((dataset_index, file, group), ())
-            for row, image_id in enumerate(table.column("image_id").to_pylist()):
-                if image_id in captions[dataset_index] and row not in skip:
-                    if not stride or image_index % consumers == consumer:
-                        keep.append(row)
-                    image_index += 1
+        for unit in mine:
+            _, file, group = unit
+            pairs = self.pairs[unit]
+            keep = [j for j in range(len(pairs.rows)) if not stride or (image_index + j) % consumers == consumer]
+            image_index += len(pairs.rows)
             if not keep:
                 continue
-            images = decode_regions(table.take(keep), self.model_config.max_regions, self.model_config.feature_dim,
-                                    file)
+            table = pq.ParquetFile(file).read_row_group(group, columns=REGION_COLUMNS)
+            images = decode_regions(table.take(pairs.rows[keep]), self.model_config.max_regions,
+                                    self.model_config.feature_dim, file)
             self._check_class_ids(images, file)
-            for image in images:
-                for caption_id, caption in captions[dataset_index][image.image_id]:
-                    encoding = tokenizer.encode(caption)
-                    yield {"image": image, "caption_id": caption_id, "input_ids": encoding.ids,
+            first = int(pairs.bounds[0])
+            caption_ids = self.caption_ids.slice(first, pairs.examples).to_pylist()
+            caption_texts = self.caption_texts.slice(first, pairs.examples).to_pylist()
+            for j, image in zip(keep, images):
+                for k in range(int(pairs.bounds[j]) - first, int(pairs.bounds[j + 1]) - first):
+                    encoding = tokenizer.encode(caption_texts[k])
+                    yield {"image": image, "caption_id": caption_ids[k], "input_ids": encoding.ids,
                            "special_mask": encoding.special_tokens_mask}
 
     def _check_class_ids(self, images: list[ImageRegions], file: str) -> None:
@@ -407,13 +471,12 @@ class PairStream(IterableDataset):
         tokenizer = Tokenizer.from_str(self.tokenizer_json)
         tokenizer.enable_truncation(self.model_config.max_text_len)
         tokenizer.no_padding()
-        captions = [load_captions(entry.captions, entry.split) for entry in self.datasets]
         consumer, consumers = self._consumer()
         epoch = 0
         while True:
             rng = random.Random(f"{self.seed}/{epoch}/{consumer}")
             produced = 0
-            examples = self._examples(epoch, consumer, consumers, captions, tokenizer, self.repeated)
+            examples = self._examples(epoch, consumer, consumers, tokenizer)
             for example in (_shuffled(examples, self.shuffle_buffer, rng) if self.shuffle else examples):
                 produced += 1
                 yield example
@@ -652,14 +715,16 @@ def _ids(example: dict) -> tuple[str, str]:
 def make_loader(datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig, batch_size: int,
                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                 shuffle_buffer: int = 2048, fixed_shapes: bool = False, infinite: bool = True,
-                pin_memory: bool = False, length_buckets: list[int] | None = None) -> DataLoader:
+                pin_memory: bool = False, length_buckets: list[int] | None = None,
+                dealing: str = DEALING) -> DataLoader:
     """A DataLoader of collated training batches (fixed shapes pad to the maxima, for torch.compile).
 
     ``length_buckets`` ``[text, regions]``: batches of examples of about one length (``LengthBuckets``,
     that many evenly spaced ceilings each way), padded to their bucket's ceilings with fixed shapes.
+    ``dealing``: how the row groups are dealt to the consumers (``DEALINGS``; a resumed checkpoint's).
     """
     stream = PairStream(datasets, tokenizer_json, model_config, seed=seed, rank=rank, world_size=world_size,
-                        shuffle_buffer=shuffle_buffer, infinite=infinite)
+                        shuffle_buffer=shuffle_buffer, infinite=infinite, dealing=dealing)
     collate = Collate(model_config.pad_token_id, model_config.max_text_len if fixed_shapes else None,
                       model_config.max_regions if fixed_shapes else None)
     prefetch = 4 if num_workers else None

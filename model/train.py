@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, check_model_config, load_config,
                           model_config_from_dict, resolved_compile_scope)
-from model.data import dataset_report, feature_dim_of, feature_dims, make_loader, num_classes_of
+from model.data import DEALING, DEALINGS, dataset_report, feature_dim_of, feature_dims, make_loader, num_classes_of
 from model.distributed import collective_device, join_process_group, process_device
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
@@ -86,11 +86,13 @@ def training_captions(config: TrainConfig) -> list[str]:
     """Every caption of every training dataset (for the WordPiece trainer)."""
     from model.data import load_captions
 
-    texts = []
+    texts, read = [], {}
     for stage in config.stages():
         for entry in stage.datasets:
-            for captions in load_captions(entry.captions, entry.split).values():
-                texts.extend(caption for _, caption in captions)
+            key = (entry.captions, entry.split)  # a dataset of several stages: read once, counted each time
+            if key not in read:
+                read[key] = [caption for captions in load_captions(*key).values() for _, caption in captions]
+            texts.extend(read[key])
     return texts
 
 
@@ -503,13 +505,14 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         model.compile_trunk(opaque_layer_norm=True, dynamic=False)
     forward = wrapped
 
+    record = resume.get("data") if resume and isinstance(resume.get("data"), dict) else {}
+    dealing = _resumed_dealing(stage, record, start) if resume else DEALING
     loader = make_loader(stage.datasets, tokenizer_json, model.config, stage.batch_size,
                          seed=derived_seed(config.seed, stage_index), rank=runtime.rank, world_size=runtime.world_size,
                          num_workers=config.num_workers, shuffle_buffer=config.shuffle_buffer,
                          fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda",
-                         length_buckets=config.length_buckets)
+                         length_buckets=config.length_buckets, dealing=dealing)
     stream = getattr(loader.dataset, "stream", loader.dataset)
-    record = resume.get("data") if resume and isinstance(resume.get("data"), dict) else {}
     if resume and "row_groups" not in record and stream.uncaptioned_units \
             and runtime.world_size * max(1, config.num_workers) > 1:
         logger.warning("stage %s: the checkpoint was written when row groups without a captioned image were still "
@@ -637,7 +640,7 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                          step=done, stage_steps=total, stage_done=done == total, optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict(), rng={"torch": torch.get_rng_state()},
                          data={"batches": done * config.grad_accum, "world_size": runtime.world_size,
-                               "row_groups": "captioned"},  # only those with a captioned image are dealt
+                               "row_groups": dealing},  # how those with a captioned image are dealt
                          loss_window=loss_window, stage_summaries=finished)
             if runtime.is_main:
                 name = f"{stage.name}.pt" if done == total else f"{stage.name}-step{done}.pt"
@@ -657,6 +660,21 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         del wrapped
         gc.collect()
     return summary_of(total)
+
+
+def _resumed_dealing(stage: StageConfig, record: dict, start: int) -> str:
+    """How a resumed stage deals its row groups: as its checkpoint's run did (``data.row_groups``), so the batches
+    after the checkpoint are those that run would have trained on. Checkpoints that recorded ``captioned`` (or,
+    older, nothing) dealt them in turn, whatever their sizes; the stages after the resumed one deal evenly."""
+    dealing = record.get("row_groups", "captioned")
+    if not isinstance(dealing, str) or dealing not in DEALINGS:
+        logger.warning("stage %s: the checkpoint's row groups were dealt %r, a dealing unknown here: the batches "
+                       "after step %d are not those its run would have trained on", stage.name, dealing, start)
+        return DEALING
+    if dealing != DEALING:
+        logger.info("stage %s: row groups dealt %r as the checkpoint's run did, not %r, until the stage ends "
+                    "(an exact resume)", stage.name, dealing, DEALING)
+    return dealing
 
 
 def _diverged(stage: StageConfig, step: int, losses: dict, config: TrainConfig, what: str,

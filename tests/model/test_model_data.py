@@ -600,9 +600,11 @@ def test_a_consumer_dealt_no_captioned_image_yields_nothing_instead_of_failing(t
     assert {key for batch in first for key in batch} == set(map(stable_key, caption_ids))
 
 
-def test_row_groups_all_captioned_are_dealt_as_before(tmp_path):
+@pytest.mark.parametrize("dealing", ["balanced", "captioned"])
+def test_row_groups_all_captioned_are_dealt_as_before(tmp_path, dealing):
     """Leaving uncaptioned row groups out of the dealing moves nothing when there are none (a run resumed from a
-    checkpoint of the earlier dealing replays the same batches): each consumer's row groups, pinned."""
+    checkpoint of the earlier dealing replays the same batches): each consumer's row groups, pinned. Row groups
+    of one size are dealt in turn by the even dealing too."""
     import random
 
     datasets, _ = _partly_captioned(tmp_path, (0, 1, 2, 3))
@@ -610,7 +612,8 @@ def test_row_groups_all_captioned_are_dealt_as_before(tmp_path):
     order = [(0, file, group) for file in [str(tmp_path / "regions" / "part-00000.parquet")] for group in range(4)]
     random.Random("2/0").shuffle(order)  # epoch 0 of seed 2, dealt as it always was: order[consumer::consumers]
     for rank in range(3):
-        stream = PairStream(datasets, tokenizer_json, config, seed=2, rank=rank, world_size=3, infinite=False)
+        stream = PairStream(datasets, tokenizer_json, config, seed=2, rank=rank, world_size=3, infinite=False,
+                            dealing=dealing)
         expected = {f"img{3 * group + k:02d}" for _, _, group in order[rank::3] for k in range(3)}
         assert {e["image"].image_id for e in stream} == expected, rank
 
@@ -621,3 +624,56 @@ def test_no_captioned_image_at_all_is_one_clear_error_before_any_worker_starts(t
                                          r"no \(caption, image\) pair to train on"):
         make_loader(datasets, _tokenizer_json(["red circle"]), tiny_config(feature_dim=4, max_regions=8), 2,
                     num_workers=2)
+
+
+#: Captions of each image of 8 row groups of 3 (examples per group: 3, 18, 2, 14, 4, 17, 0, 4); the last image
+#: stores the first of group 1 again (its row is not read: its 6 captions count once, in group 1).
+UNEVEN_CAPTIONS = [[1, 1, 1], [6, 6, 6], [1, 0, 1], [5, 5, 4], [2, 1, 1], [6, 5, 6], [0, 0, 0], [1, 3, 6]]
+
+
+def _uneven(tmp_path):
+    """Row groups of 3 images whose (caption, image) examples differ from group to group."""
+    ids = [f"img{i:02d}" for i in range(23)] + ["img03"]
+    _write_regions(str(tmp_path / "regions" / "part-00000.parquet"), [_region_row(i, 2) for i in ids])
+    counts = [n for group in UNEVEN_CAPTIONS for n in group]
+    captions = [{"caption_id": f"{image}-{n}", "image_id": image, "caption": "red circle", "split": "train"}
+                for image, count in zip(ids[:23], counts) for n in range(count)]
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "p.parquet"), "captions")
+    return [DatasetConfig(str(tmp_path / "regions"), str(tmp_path / "captions"), "train")], \
+        sorted(c["caption_id"] for c in captions)
+
+
+def test_row_groups_are_dealt_so_that_every_consumer_gets_about_as_many_examples(tmp_path):
+    """Row groups were dealt in turn (``order[consumer::consumers]``) whatever their sizes: a consumer dealt small
+    ones restarted its endless epoch sooner, so their images were seen more often in the same steps. Now each goes
+    to the consumer with the fewest examples so far: no two shares differ by more than the largest row group."""
+    datasets, caption_ids = _uneven(tmp_path)
+    config, tokenizer_json = tiny_config(feature_dim=4, max_regions=8), _tokenizer_json(["red circle"])
+    largest = 18
+    in_turn_spreads = []
+    for seed in range(6):
+        for consumers in (2, 3):
+            streams = [PairStream(datasets, tokenizer_json, config, seed=seed, rank=rank, world_size=consumers,
+                                  infinite=False, shuffle_buffer=4) for rank in range(consumers)]
+            assert sorted(p.examples for p in streams[0].pairs.values()) == [0, 2, 3, 4, 4, 14, 17, 18]
+            yielded = [[e["caption_id"] for e in stream] for stream in streams]
+            assert sorted(sum(yielded, [])) == caption_ids, "every caption once an epoch"
+            shares = [len(examples) for examples in yielded]
+            assert max(shares) - min(shares) <= largest, (seed, consumers, shares)
+            for epoch in range(1, 4):  # dealt anew each epoch, from (seed, epoch, counts) alone
+                units = [streams[0].share(epoch, consumer, consumers)[0] for consumer in range(consumers)]
+                again = [stream.share(epoch, stream.rank, consumers)[0] for stream in streams]
+                assert units == again
+                shares = [sum(streams[0].pairs[unit].examples for unit in mine) for mine in units]
+                assert max(shares) - min(shares) <= largest, (seed, consumers, epoch, shares)
+            # The earlier dealing, kept for the resume of its checkpoints: in turn, whatever the sizes.
+            old = [PairStream(datasets, tokenizer_json, config, seed=seed, rank=rank, world_size=consumers,
+                              infinite=False, dealing="captioned") for rank in range(consumers)]
+            order, _ = old[0].share(0, 0, 1)
+            assert [stream.share(0, stream.rank, consumers)[0] for stream in old] == \
+                [order[consumer::consumers] for consumer in range(consumers)]
+            shares = [sum(1 for _ in stream) for stream in old]
+            in_turn_spreads.append(max(shares) - min(shares))
+    assert max(in_turn_spreads) > largest, "the data tells the dealings apart"
+    with pytest.raises(ValueError, match="dealing 'sizes': not one of balanced, captioned"):
+        PairStream(datasets, tokenizer_json, config, dealing="sizes")

@@ -479,7 +479,7 @@ def test_resuming_with_another_world_size_or_schedule_warns(synth_dir, tmp_path,
     train(load_config(base=three_steps(str(tmp_path / "run"))))
     checkpoint = os.path.join(tmp_path, "run", "checkpoints", "stage1-step2.pt")
     state = load_checkpoint(checkpoint)
-    assert state["data"] == {"batches": 2, "world_size": 1, "row_groups": "captioned"} and state["stage_steps"] == 3
+    assert state["data"] == {"batches": 2, "world_size": 1, "row_groups": "balanced"} and state["stage_steps"] == 3
     state["data"]["world_size"] = 2
     torch.save(state, tmp_path / "two-processes.pt")
     cases = ((str(tmp_path / "two-processes.pt"), [], "world_size (2 processes, now 1)"),
@@ -682,7 +682,7 @@ def test_row_groups_without_captions_train_with_workers_and_resume_exactly(tmp_p
     full["pretrain"][0]["steps"] = full["finetune"]["steps"] = 6  # 20 pairs, batches of 8: into a second epoch
     train(load_config(base=full))
     checkpoint = str(tmp_path / "full" / "checkpoints" / "stage1-step4.pt")
-    assert load_checkpoint(checkpoint)["data"] == {"batches": 4, "world_size": 1, "row_groups": "captioned"}
+    assert load_checkpoint(checkpoint)["data"] == {"batches": 4, "world_size": 1, "row_groups": "balanced"}
     train(load_config(base={**full, "out_dir": str(tmp_path / "resumed")}), resume=checkpoint)
     for stage, resumed_steps in (("stage1", [5, 6]), ("finetune", [1, 2, 3, 4, 5, 6])):
         first, again = (_log(str(tmp_path / run / "logs" / f"{stage}.csv")) for run in ("full", "resumed"))
@@ -696,6 +696,57 @@ def test_row_groups_without_captions_train_with_workers_and_resume_exactly(tmp_p
         train(load_config(base={**full, "out_dir": str(tmp_path / "old")}), resume=str(tmp_path / "old.pt"))
     assert "stage stage1: the checkpoint was written when row groups without a captioned image were still dealt " \
            "to the data consumers (5 here): the batches after step 4" in caplog.text
+
+
+def _uneven_row_groups(folder: str) -> None:
+    """Synthetic data in row groups of 10 images, with train captions for 10, 2, 7, 1 and 5 images of them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    import schemas
+    from model.synthetic import write_synthetic
+
+    write_synthetic(folder, images=60, feature_dim=8, test_images=10, seed=4)
+    regions = schemas.read_table(os.path.join(folder, "regions"), "regions")
+    os.remove(os.path.join(folder, "regions", "part-00000.parquet"))
+    schemas.write_table(regions, os.path.join(folder, "regions", "part-00000.parquet"), "regions", row_group_size=10)
+    ids = regions.column("image_id").to_pylist()
+    kept = [image for group, count in enumerate([10, 2, 7, 1, 5]) for image in ids[10 * group: 10 * group + count]]
+    captions = schemas.read_table(os.path.join(folder, "captions"), "captions")
+    captions = captions.filter(pc.or_(pc.is_in(captions.column("image_id"), pa.array(kept)),
+                                      pc.equal(captions.column("split"), "test")))
+    path = os.path.join(folder, "captions", "part-00000.parquet")
+    os.remove(path)
+    schemas.write_table(captions, path, "captions")
+
+
+def test_a_checkpoint_of_the_in_turn_dealing_resumes_with_it_exactly(tmp_path, monkeypatch, caplog):
+    """Row groups are now dealt to the consumers by their example counts; a checkpoint of a run that dealt them in
+    turn (``row_groups: captioned``) resumes with that dealing, so its batches after the checkpoint are the same."""
+    data = str(tmp_path / "d")
+    _uneven_row_groups(data)
+    config = _base(data, str(tmp_path / "old"), checkpoint_every=2, num_workers=2)
+    config["pretrain"][0]["steps"], config["finetune"] = 6, None  # 50 pairs, batches of 8: into a second epoch
+    with monkeypatch.context() as patch:
+        patch.setattr("model.train.DEALING", "captioned")  # a run of the earlier version
+        train(load_config(base=config))
+    checkpoint = str(tmp_path / "old" / "checkpoints" / "stage1-step2.pt")
+    assert load_checkpoint(checkpoint)["data"] == {"batches": 2, "world_size": 1, "row_groups": "captioned"}
+    old = _log(str(tmp_path / "old" / "logs" / "stage1.csv"))
+    with caplog.at_level("INFO", logger="model.train"):
+        train(load_config(base={**config, "out_dir": str(tmp_path / "resumed")}), resume=checkpoint)
+    resumed = _log(str(tmp_path / "resumed" / "logs" / "stage1.csv"))
+    assert sorted(resumed) == [3, 4, 5, 6] and all(_losses(resumed[step]) == _losses(old[step]) for step in resumed)
+    assert "stage stage1: row groups dealt 'captioned' as the checkpoint's run did, not 'balanced'" in caplog.text
+    assert load_checkpoint(str(tmp_path / "resumed" / "checkpoints" / "stage1.pt"))["data"]["row_groups"] == \
+        "captioned", "a resume of the resumed run stays exact too"
+    # Dealt evenly, the same steps see other batches: the data tells the dealings apart.
+    state = load_checkpoint(checkpoint)
+    state["data"]["row_groups"] = "balanced"
+    torch.save(state, tmp_path / "balanced.pt")
+    train(load_config(base={**config, "out_dir": str(tmp_path / "balanced")}), resume=str(tmp_path / "balanced.pt"))
+    balanced = _log(str(tmp_path / "balanced" / "logs" / "stage1.csv"))
+    assert any(_losses(balanced[step]) != _losses(old[step]) for step in resumed)
 
 
 def test_a_later_stage_without_pairs_is_refused_before_the_first_trains(synth_dir, tmp_path):
