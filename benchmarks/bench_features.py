@@ -14,6 +14,10 @@ reference for what region extraction costs on top.
     # reading alone (no detector): what 8 DataLoader workers read of 1,024-row groups, pieces taken in blocks
     # against every n-th piece (the data path before), in one process
     python benchmarks/bench_features.py --reading-only --images 4096 --row-group-size 1024 --num-workers 8
+    # a worker's memory: one worker's share (of 14, every n-th piece) streamed against read as whole row groups,
+    # peak RSS in a fresh process each, and the reading speed of both in this one; on the files lait writes and
+    # on the same rows in pages of 16
+    python benchmarks/bench_features.py --reading-memory --images 2048 --row-group-size 1024 --num-workers 14 --repeats 3
 
 ``--row-group-size`` sets the row groups of the input it writes (default: 4 batches; the pipeline's
 own files have 1,024-row groups, the demo's filter output one group); every run reports the reading
@@ -24,12 +28,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw
 
@@ -39,8 +46,8 @@ from bench_io import write_json  # noqa: E402  (this folder: the script's own)
 import schemas  # noqa: E402
 from model.detectors import BoxSelection, build_detector  # noqa: E402
 from model.detectors.images import decode_for_detector  # noqa: E402
-from pipeline.features import (READ_WINDOW_IMAGES, FeatureOptions, ShardImages, extract_regions, piece_size,  # noqa: E402
-                               plan_shards, worker_pieces)
+from pipeline.features import (INPUT_COLUMNS, READ_WINDOW_IMAGES, FeatureOptions, ShardImages, _open_parquet,  # noqa: E402
+                               extract_regions, piece_size, plan_shards, worker_pieces)
 
 
 # Inference rewrites the benchmark can compare (``RegionDetector.optimize_for`` keywords).
@@ -199,18 +206,112 @@ class _Blocks(ShardImages):
         return worker_pieces(len(self.pieces), worker, workers, self.piece, READ_WINDOW_IMAGES)
 
 
+class _WholeGroups(ShardImages):
+    """The read before ``RowGroupStream``: a worker reads a whole row group (``read_row_group``, the file opened with
+    pyarrow's defaults) and keeps it for its pieces of it (the baseline of ``--reading-memory``)."""
+
+    def _parquet(self, file: str) -> pq.ParquetFile:
+        if self._file is None or self._file[0] != file:
+            self._file = (file, _open_parquet(self.dataset, file))
+        return self._file[1]
+
+    def _rows(self, file: str, group: int, rows: list[int]) -> pa.Table:
+        if self._group is None or self._group[0] != (file, group):
+            self._group = None  # the previous group's memory goes before the next is read
+            self._group = ((file, group), self._parquet(file).read_row_group(group, columns=INPUT_COLUMNS))
+        return self._group[1].take(rows)
+
+
 def _counting(kind: type[ShardImages]) -> type[ShardImages]:
-    """``kind`` recording each row group it reads, ``((file, group), bytes)``, in ``self.reads``."""
+    """``kind`` recording each row group it reads (streams or reads whole), ``((file, group), bytes)``, in
+    ``self.reads``: the bytes are the group's input columns, uncompressed (a stream may stop short of its end)."""
 
     class Counting(kind):
-        def _row_group(self, file: str, group: int):
+        def _rows(self, file: str, group: int, rows: list[int]):
             cached = self._group
-            table = super()._row_group(file, group)
+            table = super()._rows(file, group, rows)
             if self._group is not cached:  # not the group it kept: a read
-                self.reads.append(((file, group), table.nbytes))
+                chunks = self._parquet(file).metadata.row_group(group)
+                size = sum(chunks.column(i).total_uncompressed_size for i in range(chunks.num_columns)
+                           if chunks.column(i).path_in_schema in INPUT_COLUMNS)
+                self.reads.append(((file, group), size))
             return table
 
     return Counting
+
+
+def _read_share(images: ShardImages, worker: int, workers: int) -> tuple[int, float]:
+    """DataLoader worker ``worker`` of ``workers``' share of ``images`` read in this process, decoding stubbed out:
+    (images, seconds)."""
+    images.prepare = lambda data, size: None  # reading alone: no decode
+    start = time.perf_counter()
+    count = sum(len(images._decode(*images.pieces[i]).image_ids) for i in images.worker_pieces(worker, workers))
+    return count, time.perf_counter() - start
+
+
+def _resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc/self/status`` (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _share_memory(kind: type[ShardImages], dataset: str, shards, spec, piece: int, workers: int, window: int) -> dict:
+    """Worker 0's share read by ``kind`` in a fresh process (run by ``reading_memory``): how far its peak resident
+    memory rose over what it held before (``VmHWM``, reset first, as the imports' peak would hide the reading's;
+    not ``ru_maxrss``, which keeps the parent's size from before the exec), Arrow's peak allocation, and images/s."""
+    images = kind(dataset, shards, spec, piece, read_window=window)
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:  # Linux: the peak resident size restarts from now
+            clear.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    before = _resident_mb()
+    count, seconds = _read_share(images, 0, workers)
+    return {"peak_rss_growth_mb": round(_resident_mb("VmHWM") - before, 1),
+            "peak_reset": reset, "arrow_peak_mb": round(pa.default_memory_pool().max_memory() / 2**20, 1),
+            "images": count, "ips": round(count / seconds, 1)}
+
+
+def reading_memory(source: str, args, spec) -> dict[str, dict]:
+    """A worker's memory and reading speed, streamed (``ShardImages``) against whole row groups (``_WholeGroups``,
+    the read before): worker 0 of ``--num-workers`` (every n-th piece, or blocks with ``--read-window``), decode
+    stubbed out, on the input as ``schemas.write_table`` writes it (``image_bytes`` in one page per 1,024 values)
+    and on the same rows in pages of ``--rows-per-page``. Memory: each way in a fresh process (spawned, as a
+    worker's peak is its own). Speed: both ways in this process, in turn, best of ``--repeats``; ``speed_ratio`` is
+    streamed / whole."""
+    dataset = os.path.join(source, "pairs")
+    paged = os.path.join(source + f"-pages-{args.rows_per_page}", "pairs")
+    table = pq.read_table(dataset)
+    os.makedirs(paged, exist_ok=True)
+    pq.write_table(table, os.path.join(paged, "part-00000.parquet"), compression="zstd",
+                   row_group_size=args.row_group_size or args.batch_size * 4,
+                   use_dictionary=schemas.dictionary_columns(table.schema), max_rows_per_page=args.rows_per_page)
+    del table
+    piece, workers = piece_size(args.batch_size), max(1, args.num_workers)
+    ways = {"whole_row_group": _WholeGroups, "streamed": ShardImages}
+    figures = {}
+    for label, path in (("as_lait_writes", dataset), (f"pages_of_{args.rows_per_page}_rows", paged)):
+        shards, _ = plan_shards(path, args.batch_size * 4)
+        figure = {}
+        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+            for way, kind in ways.items():
+                figure[way] = pool.apply(_share_memory, (kind, path, shards, spec, piece, workers, args.read_window))
+        best = dict.fromkeys(ways, 0.0)
+        for _ in range(args.repeats):
+            for way, kind in ways.items():
+                count, seconds = _read_share(kind(path, shards, spec, piece, read_window=args.read_window), 0, workers)
+                best[way] = max(best[way], count / seconds)
+        for way in ways:
+            figure[way]["ips_best_in_one_process"] = round(best[way], 1)
+        figure["speed_ratio"] = round(best["streamed"] / best["whole_row_group"], 2)
+        figure["peak_rss_ratio"] = round(figure["streamed"]["peak_rss_growth_mb"]
+                                         / max(figure["whole_row_group"]["peak_rss_growth_mb"], 0.1), 3)
+        figures[label] = figure
+    return figures
 
 
 def reading_rates(source: str, args, spec, repeats: int = 2) -> dict[str, dict]:
@@ -229,12 +330,9 @@ def reading_rates(source: str, args, spec, repeats: int = 2) -> dict[str, dict]:
             seconds, count, reads = 0.0, 0, []
             for worker in range(workers):
                 images = _counting(kind)(dataset, shards, spec, piece_size(args.batch_size))
-                images.prepare = lambda data, size: None  # reading alone: no decode
                 images.reads = []
-                start = time.perf_counter()
-                count += sum(len(images._decode(*images.pieces[i]).image_ids)
-                             for i in images.worker_pieces(worker, workers))
-                seconds += time.perf_counter() - start
+                taken, spent = _read_share(images, worker, workers)
+                count, seconds = count + taken, seconds + spent
                 reads += [(worker, group, size) for group, size in images.reads]
                 del images
             best = max(best, count / seconds)
@@ -302,6 +400,12 @@ def main(argv=None) -> int:
     parser.add_argument("--reading-only", action="store_true",
                         help="only what the workers read (no detector run): pieces in blocks against every n-th "
                              "piece, images/s per worker, row-group reads and read amplification")
+    parser.add_argument("--reading-memory", action="store_true",
+                        help="only a worker's memory and reading speed (no detector run): its share streamed "
+                             "against read as whole row groups (the read before), on lait's files and on pages of "
+                             "--rows-per-page rows")
+    parser.add_argument("--rows-per-page", type=int, default=16,
+                        help="--reading-memory: rows per page of the second input it writes (max_rows_per_page)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -316,6 +420,16 @@ def main(argv=None) -> int:
                   for i, tall in enumerate(portrait)]
     selection = BoxSelection(min_boxes=10, max_boxes=100)
     results = []
+    if args.reading_memory:
+        with tempfile.TemporaryDirectory() as workdir:
+            spec = build_detector("demo", random_init=True).spec  # the stubbed decode never uses its sizes
+            memory = reading_memory(write_input("memory", images, args, workdir), args, spec)
+        row = {"images": args.images, "mean_image_kb": round(sum(map(len, images)) / len(images) / 1024, 1),
+               "row_group_size": args.row_group_size or args.batch_size * 4, "piece": piece_size(args.batch_size),
+               "workers": args.num_workers, "read_window": args.read_window, "reading_memory": memory}
+        print(json.dumps(row))
+        write_json(args.json, [row])
+        return 0
     if args.reading_only:
         with tempfile.TemporaryDirectory() as workdir:
             spec = build_detector("demo", random_init=True).spec  # the stubbed decode never uses its sizes

@@ -31,6 +31,7 @@ Outputs (both runners): ``OUT/regions/`` (regions schema, ``feature_dim`` of the
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -387,8 +388,17 @@ class Shard:
         return sum(len(rows) for _, _, rows in self.pieces)
 
 
-def _open_parquet(path: str, file: str) -> pq.ParquetFile:
+#: Bytes a worker's streamed read (``RowGroupStream``) fetches from the file at a time: about a piece of 16 web
+#: images, and few enough requests on an object store (one per 4 MiB of a row group, or per page when larger).
+READ_BUFFER_BYTES = 4 << 20
+
+
+def _open_parquet(path: str, file: str, streamed: bool = False) -> pq.ParquetFile:
+    """An input file; ``streamed``: for ``RowGroupStream`` (no pre-buffering, which would fetch a whole row group
+    ahead, and buffered reads of ``READ_BUFFER_BYTES``)."""
     fs, _ = _filesystem(path)
+    if streamed:
+        return pq.ParquetFile(fs.open_input_file(file), pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
     return pq.ParquetFile(fs.open_input_file(file))
 
 
@@ -574,17 +584,59 @@ def resolved_decode(decode: str, device: torch.device) -> str:
     return decode
 
 
+class RowGroupStream:
+    """The input columns of one row group, read front to back in batches of ``batch`` rows
+    (``ParquetFile.iter_batches``): a reader holds one batch and the rows it took, not the whole group.
+
+    Pages bound it too: pyarrow reads and decompresses a page whole. Its writer checks the page size only every
+    1,024 values (``write_batch_size``), so files of 1,024-row groups of images, as ``schemas.write_table``
+    writes them, hold a group's ``image_bytes`` in one page, and a stream holds that page (compressed and not:
+    twice the group) while its rows pass; pages of a few rows (``max_rows_per_page``) bound it to a few pieces.
+    """
+
+    def __init__(self, parquet: pq.ParquetFile, group: int, batch: int):
+        self._batches = parquet.iter_batches(batch_size=batch, row_groups=[group], columns=INPUT_COLUMNS)
+        self._schema = pa.schema([parquet.schema_arrow.field(name) for name in INPUT_COLUMNS])
+        self._batch: pa.RecordBatch | None = None
+        self.start = 0  # the row of the group where the batch held starts: rows before it have streamed past
+
+    def take(self, rows: list[int]) -> pa.Table:
+        """Rows ``rows`` of the group (increasing, none before ``start``), copied out of the batches as they pass."""
+        if rows and rows[0] < self.start:
+            raise ValueError(f"row {rows[0]} has streamed past (the stream is at row {self.start})")
+        parts, i = [], 0
+        while i < len(rows):
+            end = self.start + (self._batch.num_rows if self._batch is not None else 0)
+            if rows[i] >= end:  # not in the batch held: the next one
+                self._batch = None  # its memory goes before the next batch is read
+                self._batch = next(self._batches, None)
+                self.start = end
+                if self._batch is None:
+                    raise pa.ArrowIndexError(f"row {rows[i]} is past the end of the row group ({end} rows)")
+                continue
+            stop = bisect.bisect_left(rows, end, i)
+            parts.append(self._batch.take([row - self.start for row in rows[i:stop]]))  # a copy: the batch can go
+            i = stop
+        return pa.Table.from_batches(parts, self._schema if not parts else None)
+
+
 class ShardImages(torch.utils.data.IterableDataset):
     """Reads and decodes pieces of ``piece`` images of the shards; each DataLoader worker takes every n-th piece,
     or with a ``read_window`` a contiguous block of pieces per round (``worker_pieces``).
 
-    A worker keeps the last row group it read (``image_id`` + ``image_bytes``) and reads the next only when a
-    piece needs another one, so it reads each row group once for all its consecutive pieces of it, not once
-    per piece (1,024-row groups of 221 KB JPEGs, pieces of 8, 2 workers: 74.6 images/s per worker reading
-    the group for every piece, 3,340 keeping it; ``benchmarks/bench_features.py --reading-only``). Taking
-    every n-th piece, every worker reads every group; blocks keep the other workers from reading it, at the
-    cost of results held longer (``worker_pieces``). It holds one row group per worker at most (pyarrow reads
-    no less than a row group's column chunk: without a page index it cannot skip rows inside one).
+    A worker streams the row group its pieces need (``RowGroupStream``: ``image_id`` + ``image_bytes`` in batches
+    of a piece) and keeps the stream for its next pieces, so it reads each row group once for all its consecutive
+    pieces of it, not once per piece (1,024-row groups of 221 KB JPEGs, pieces of 8, 2 workers: 74.6 images/s per
+    worker reading the group for every piece, 3,340 keeping it; ``benchmarks/bench_features.py --reading-only``).
+    Streaming rather than reading the group whole (``read_row_group``, which peaks at three copies of it: ~660 MB
+    of Arrow memory per worker at 1,024 JPEGs of 221 KB) bounds a worker's reading memory by the file's pages:
+    15 MB in pages of 16 rows, 446 MB in the one page per group ``schemas.write_table`` writes today; as fast or
+    faster (``--reading-memory``). Taking every n-th piece, every worker reads every group; blocks keep the other
+    workers from reading it, at the cost of results held longer (``worker_pieces``).
+
+    A stream that fails (corrupted pages under an intact footer) cannot go on: the rows it handed over before are
+    kept, the rest of the group leaves as ``row_group_unreadable`` rejects. In one-page groups that is the whole
+    group, as when workers read whole groups.
     """
 
     def __init__(self, dataset: str, shards: list[Shard], spec: DetectorSpec, piece: int, decode: str = "workers",
@@ -594,7 +646,8 @@ class ShardImages(torch.utils.data.IterableDataset):
         self.spec = spec
         self.prepare = prepare_for_device_decode if decode == "device" else decode_for_detector
         self._file: tuple[str, pq.ParquetFile] | None = None
-        self._group: tuple[tuple[str, int], pa.Table] | None = None
+        self._group: tuple[tuple[str, int], RowGroupStream] | None = None
+        self._unreadable: tuple[tuple[str, int], str] | None = None  # the last row group that failed, and why
         self.piece = piece
         self.read_window = read_window
 
@@ -608,35 +661,42 @@ class ShardImages(torch.utils.data.IterableDataset):
         try:
             for index in self.worker_pieces(worker, workers):
                 yield self._decode(*self.pieces[index])
-        finally:  # the last row group's bytes are not kept once the pieces are done
+        finally:  # the last row group's stream is not kept once the pieces are done
             self._file = self._group = None
 
     def _parquet(self, file: str) -> pq.ParquetFile:
         """The open input file ``file`` (the last one opened is kept: pieces come file by file)."""
         if self._file is None or self._file[0] != file:
-            self._file = (file, _open_parquet(self.dataset, file))
+            self._file = (file, _open_parquet(self.dataset, file, streamed=True))
         return self._file[1]
 
-    def _row_group(self, file: str, group: int) -> pa.Table:
-        """Row group ``group`` of ``file`` (its input columns), read once for the consecutive pieces that need it."""
-        if self._group is None or self._group[0] != (file, group):
-            self._group = None  # the previous group's memory goes before the next is read
-            self._group = ((file, group), self._parquet(file).read_row_group(group, columns=INPUT_COLUMNS))
-        return self._group[1]
+    def _rows(self, file: str, group: int, rows: list[int]) -> pa.Table:
+        """Rows ``rows`` of row group ``group`` of ``file`` (its input columns), from one stream of the group for the
+        consecutive pieces that need it (a new one only for rows it has passed, which input order never asks)."""
+        if self._group is None or self._group[0] != (file, group) or rows[0] < self._group[1].start:
+            self._group = None  # the previous stream's memory goes before the next is read
+            self._group = ((file, group), RowGroupStream(self._parquet(file), group, self.piece))
+        return self._group[1].take(rows)
 
     def _decode(self, shard: int, parts: list[tuple[str, int, list[int]]]) -> DecodedBatch:
         ids: list[str] = []
         inputs: list[DetectorInput] = []
         rejects: list[tuple[str, str, str]] = []
         for file, group, rows in parts:
-            try:
-                table = self._row_group(file, group).take(rows)
-            except (pa.ArrowException, OSError) as exc:  # corrupted pages under an intact footer
+            # a stream that failed cannot go on: the group's later rows are rejected with it, not read again
+            why = self._unreadable[1] if self._unreadable is not None and self._unreadable[0] == (file, group) else None
+            if why is None:
+                try:
+                    table = self._rows(file, group, rows)
+                except (pa.ArrowException, OSError) as exc:  # corrupted pages under an intact footer
+                    self._group, why = None, _why(exc)
+                    self._unreadable = ((file, group), why)
+            if why is not None:
                 try:
                     ids_read = read_image_ids(self._parquet(file), file, group, rows)
                 except ValueError as error:  # raised in the main process (a worker's error is a traceback there)
                     return DecodedBatch(shard, [], [], [], error=str(error))
-                detail = f"{file} row group {group}: {_why(exc)}"
+                detail = f"{file} row group {group}: {why}"
                 rejects += [(image_id, "row_group_unreadable", detail) for image_id in ids_read]
                 continue
             for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image_bytes").to_pylist()):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -649,7 +651,7 @@ def test_resume_compares_the_weights_by_content_not_by_path(tmp_path, demo_weigh
 
 
 class _CountingReads:
-    """A ParquetFile that counts its row-group reads."""
+    """A ParquetFile that counts its row-group reads, whole (``read_row_group``) or streamed (``iter_batches``)."""
 
     def __init__(self, inner, reads):
         self.inner, self.reads = inner, reads
@@ -661,6 +663,10 @@ class _CountingReads:
         self.reads.append(group)
         return self.inner.read_row_group(group, columns=columns)
 
+    def iter_batches(self, batch_size, row_groups, columns):
+        self.reads += row_groups
+        return self.inner.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=columns)
+
 
 def _worker_reads(monkeypatch, dataset, shards, spec, workers, piece=2, read_window=0):
     """Each of ``workers`` DataLoader workers' share run in turn here: ``(row groups each read, images each handed over)``."""
@@ -668,7 +674,8 @@ def _worker_reads(monkeypatch, dataset, shards, spec, workers, piece=2, read_win
 
     reads = []
     opened = features._open_parquet
-    monkeypatch.setattr(features, "_open_parquet", lambda path, file: _CountingReads(opened(path, file), reads))
+    monkeypatch.setattr(features, "_open_parquet",
+                        lambda path, file, **options: _CountingReads(opened(path, file, **options), reads))
     by_worker, got = [], []
     for worker in range(workers):
         monkeypatch.setattr(torch.utils.data, "get_worker_info",
@@ -716,6 +723,123 @@ def test_workers_take_blocks_of_pieces_so_a_row_group_is_read_by_few_of_them(tmp
     assert sum(map(len, by_worker)) <= 4 + 3 - 1, by_worker  # each group once, plus the blocks' boundaries
     assert all(got), "every worker decodes"
     assert sorted(sum(got, [])) == sorted((i // 10, image) for i, image in enumerate(ids))
+
+
+def _pairs_file(folder, count: int, size: int, rows_per_page: int | None = None, row_group_size: int = 1024,
+                duplicates: tuple[int, ...] = ()) -> str:
+    """A pairs dataset of ``count`` rows of ``size`` random bytes in ``folder``: as lait writes it
+    (``schemas.write_table``: one page per 1,024 values), or in pages of ``rows_per_page`` rows; the rows in
+    ``duplicates`` repeat the image before them. Returns the dataset's folder."""
+    rng = np.random.default_rng(count)
+    rows = []
+    for i in range(count):
+        row = {"image_id": f"img{i}", "image_bytes": rng.bytes(size)} if i not in duplicates else rows[-1]
+        rows.append({**row, "pair_id": f"p{i}", "caption": "x"})
+    path = folder / "pairs" / "part-00000.parquet"
+    table = schemas.to_table(rows, "pairs")
+    if rows_per_page is None:
+        schemas.write_table(table, str(path), "pairs", row_group_size=row_group_size)
+    else:
+        path.parent.mkdir(parents=True)
+        pq.write_table(table, str(path), row_group_size=row_group_size, compression="zstd",
+                       max_rows_per_page=rows_per_page)
+    return str(path.parent)
+
+
+def test_a_worker_streams_its_row_group_holding_about_a_piece_at_a_time(tmp_path, monkeypatch):
+    """A row group of 256 images of 64 KB (16 MB) in pages of 4 rows, pieces of 4 taken as a worker of 2 takes them
+    (every other piece): between pieces the stream holds its batch of a piece, the rows it handed over and pyarrow's
+    reader (about 2 MB of its own whatever the group), never the group, which a whole read holds; the rows are
+    the group's, in order."""
+    import pipeline.features as features
+
+    monkeypatch.setattr(features, "READ_BUFFER_BYTES", 64 << 10)
+    dataset = _pairs_file(tmp_path, 256, 64 << 10, rows_per_page=4, row_group_size=256)
+    file = os.path.join(dataset, "part-00000.parquet")
+    parquet = features._open_parquet(dataset, file, streamed=True)
+    before = pa.total_allocated_bytes()
+    stream = features.RowGroupStream(parquet, 0, 4)
+    held = []
+    for start in range(0, 256, 8):
+        rows = list(range(start, start + 4))
+        taken = stream.take(rows)
+        assert taken.column("image_id").to_pylist() == [f"img{row}" for row in rows]
+        assert stream._batch.num_rows <= 4
+        held.append(pa.total_allocated_bytes() - before)
+        del taken
+    piece = 4 * (64 << 10)
+    assert max(held) < 16 * piece, held  # 4 MB: a quarter of the group
+    assert max(held) - min(held) <= piece, held  # it does not grow as the group streams past
+    with pytest.raises(ValueError, match="streamed past"):
+        stream.take([0])
+    del stream
+    whole = parquet.read_row_group(0, columns=features.INPUT_COLUMNS)
+    assert pa.total_allocated_bytes() - before >= 256 * (64 << 10)
+    del whole
+
+
+@pytest.mark.parametrize("rows_per_page", [None, 2])
+def test_streamed_pieces_hold_the_rows_a_whole_read_gives_in_order(tmp_path, monkeypatch, rows_per_page):
+    """Three row groups of 10 rows (repeated images leave gaps in a piece's rows), pieces of 3, one to three workers
+    taking every n-th piece or blocks: each worker hands over, piece by piece, exactly the rows (ids and bytes, in
+    order, with their shard) that reading the whole row group and taking them gives, on lait's files and on
+    pages of 2 rows."""
+    import types
+
+    import pipeline.features as features
+
+    dataset = _pairs_file(tmp_path, 30, 500, rows_per_page=rows_per_page, row_group_size=10, duplicates=(4, 5, 13, 21))
+    shards, _ = features.plan_shards(dataset, 7)
+    whole = {}
+    for shard, parts in features.batch_pieces(shards, 3):
+        for file, group, rows in parts:
+            whole.setdefault((file, group), pq.ParquetFile(file).read_row_group(group, columns=features.INPUT_COLUMNS))
+    spec = types.SimpleNamespace(input_size=None)
+    for workers in (1, 2, 3):
+        for window in (0, 6):
+            images = features.ShardImages(dataset, shards, spec, 3, read_window=window)
+            images.prepare = lambda data, size: data  # decoding stubbed out: the bytes as read
+            handed = []
+            for worker in range(workers):
+                monkeypatch.setattr(torch.utils.data, "get_worker_info",
+                                    lambda: types.SimpleNamespace(id=worker, num_workers=workers))
+                got = [(piece.shard, piece.image_ids, piece.inputs, piece.rejects) for piece in images]
+                expected = []
+                for index in images.worker_pieces(worker, workers):
+                    shard, parts = images.pieces[index]
+                    taken = [whole[file, group].take(rows) for file, group, rows in parts]
+                    expected.append((shard, sum((t.column("image_id").to_pylist() for t in taken), []),
+                                     sum((t.column("image_bytes").to_pylist() for t in taken), []), []))
+                assert got == expected, (workers, window, worker)
+                handed += [image for _, ids, _, _ in got for image in ids]
+            assert sorted(handed) == sorted(f"img{i}" for i in range(30) if i not in (4, 5, 13, 21))
+
+
+def test_a_stream_failing_inside_a_row_group_keeps_the_rows_read_before_and_rejects_the_rest(tmp_path):
+    """Pages of 2 rows, the last quarter of one row group's ``image_bytes`` rotten: the rows a stream read before the
+    rot keep their bytes, the rest are ``row_group_unreadable`` rejects (the whole group, for lait's files of one page
+    per chunk, as when a worker read whole groups), every row once. The page where the rot begins can pass: zstd
+    stores random bytes as raw blocks, which it does not check, and the next page's header is what fails."""
+    import types
+
+    import pipeline.features as features
+    from tests.features.parquet_rot import corrupt_pages
+
+    dataset = _pairs_file(tmp_path, 64, 30000, rows_per_page=2, row_group_size=64)
+    file = os.path.join(dataset, "part-00000.parquet")
+    written = pq.read_table(file, columns=["image_bytes"]).column(0).to_pylist()
+    group = pq.ParquetFile(file).metadata.row_group(0)
+    chunk = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == "image_bytes")
+    corrupt_pages(file, 0, "image_bytes", skip=chunk.total_compressed_size * 3 // 4)
+    shards, _ = features.plan_shards(dataset, 100)
+    images = features.ShardImages(dataset, shards, types.SimpleNamespace(input_size=None), 4)
+    images.prepare = lambda data, size: data
+    pieces = list(images)
+    kept = [(image, data) for piece in pieces for image, data in zip(piece.image_ids, piece.inputs)]
+    rejected = [image for piece in pieces for image, reason, _ in piece.rejects if reason == "row_group_unreadable"]
+    assert [image for image, _ in kept] + rejected == [f"img{i}" for i in range(64)]  # kept first, then rejected
+    assert rejected and len(kept) <= 48  # the rot begins in row 47's page: nothing after it is kept
+    assert [data for _, data in kept][:-2] == written[:len(kept) - 2]  # nor changed before that page
 
 
 @pytest.mark.parametrize("count, workers, piece, window", [
