@@ -589,9 +589,10 @@ class RowGroupStream:
     (``ParquetFile.iter_batches``): a reader holds one batch and the rows it took, not the whole group.
 
     Pages bound it too: pyarrow reads and decompresses a page whole. Its writer checks the page size only every
-    1,024 values (``write_batch_size``), so files of 1,024-row groups of images, as ``schemas.write_table``
-    writes them, hold a group's ``image_bytes`` in one page, and a stream holds that page (compressed and not:
-    twice the group) while its rows pass; pages of a few rows (``max_rows_per_page``) bound it to a few pieces.
+    ``write_batch_size`` values: LAIT writes tables of images with 64 (``schemas.io.parquet_options``), so a
+    stream holds a page of 64 images at most. Files written before, with pyarrow's 1,024, hold a 1,024-row
+    group's ``image_bytes`` in one page, and a stream of them holds that page (compressed and not: twice the
+    group) while its rows pass.
     """
 
     def __init__(self, parquet: pq.ParquetFile, group: int, batch: int):
@@ -630,8 +631,8 @@ class ShardImages(torch.utils.data.IterableDataset):
     worker reading the group for every piece, 3,340 keeping it; ``benchmarks/bench_features.py --reading-only``).
     Streaming rather than reading the group whole (``read_row_group``, which peaks at three copies of it: ~660 MB
     of Arrow memory per worker at 1,024 JPEGs of 221 KB) bounds a worker's reading memory by the file's pages:
-    15 MB in pages of 16 rows, 446 MB in the one page per group ``schemas.write_table`` writes today; as fast or
-    faster (``--reading-memory``). Taking every n-th piece, every worker reads every group; blocks keep the other
+    15 MB in pages of 16 rows, ~32 MB in the pages of 64 LAIT writes, 446 MB in files of one page per group
+    (written before); as fast or faster (``--reading-memory``). Taking every n-th piece, every worker reads every group; blocks keep the other
     workers from reading it, at the cost of results held longer (``worker_pieces``).
 
     A stream that fails (corrupted pages under an intact footer) cannot go on: the rows it handed over before are

@@ -1,4 +1,5 @@
-"""Beam's Parquet writer with LAIT's encoding choice: dictionary encoding on the string columns only.
+"""Beam's Parquet writer with LAIT's encoding choice: dictionary encoding on the string columns only, pages of a
+few images (``schemas.io.parquet_options``).
 
 ``beam.io.WriteToParquet`` leaves pyarrow's default, a dictionary for every column. On the columns of
 unique values LAIT writes (image bytes, float16 region features, boxes) that buys nothing and makes
@@ -12,24 +13,23 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink, parquetio
 
-import schemas
+from schemas.io import parquet_options
 
 
 class _Sink(parquetio._ParquetSink):
-    """Beam's Parquet sink, writing with ``schemas.dictionary_columns``."""
+    """Beam's Parquet sink, writing with ``schemas.io.parquet_options``."""
 
     def open(self, temp_path):
         self._file_handle = filebasedsink.FileBasedSink.open(self, temp_path)
         return pq.ParquetWriter(
-            self._file_handle, self._schema, compression=self._codec,
-            use_dictionary=schemas.dictionary_columns(self._schema),
+            self._file_handle, self._schema, compression=self._codec, **parquet_options(self._schema),
             use_deprecated_int96_timestamps=getattr(self, "_use_deprecated_int96_timestamps", False),
             use_compliant_nested_type=getattr(self, "_use_compliant_nested_type", False),
         )
 
 
 class WriteToParquet(beam.io.WriteToParquet):
-    """``beam.io.WriteToParquet`` (same arguments) whose files dictionary-encode only the string columns."""
+    """``beam.io.WriteToParquet`` (same arguments) whose files are encoded as ``schemas.write_table``'s."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -215,3 +215,116 @@ def test_detect_kind():
     bare = pa.schema([(f.name, f.type) for f in schemas.captions_schema()])
     assert schemas.detect_kind(bare) == "captions"
     assert schemas.detect_kind(pa.schema([("x", pa.int8())])) is None
+
+
+# Page layout, read from the page headers (Thrift compact protocol): pyarrow reports pages nowhere.
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _thrift_value(data: bytes, pos: int, kind: int):
+    """One compact-protocol value of type ``kind`` at ``pos``: (value, position after it)."""
+    if kind in (1, 2):  # a struct field's boolean lives in its type
+        return kind == 1, pos
+    if kind == 3:
+        return data[pos], pos + 1
+    if kind in (4, 5, 6):  # zigzag varints
+        value, pos = _varint(data, pos)
+        return (value >> 1) ^ -(value & 1), pos
+    if kind == 7:
+        return data[pos:pos + 8], pos + 8
+    if kind == 8:
+        size, pos = _varint(data, pos)
+        return data[pos:pos + size], pos + size
+    if kind in (9, 10):
+        size, element = data[pos] >> 4, data[pos] & 0x0F
+        pos += 1
+        if size == 15:
+            size, pos = _varint(data, pos)
+        items = []
+        for _ in range(size):
+            if element in (1, 2):
+                item, pos = data[pos] == 1, pos + 1
+            else:
+                item, pos = _thrift_value(data, pos, element)
+            items.append(item)
+        return items, pos
+    if kind == 12:
+        return _thrift_struct(data, pos)
+    raise ValueError(f"Thrift compact type {kind} is not in a Parquet page header")
+
+
+def _thrift_struct(data: bytes, pos: int) -> tuple[dict, int]:
+    fields, last = {}, 0
+    while data[pos]:
+        delta, kind = data[pos] >> 4, data[pos] & 0x0F
+        pos += 1
+        if delta:
+            last += delta
+        else:
+            last, pos = _thrift_value(data, pos, 4)
+        fields[last], pos = _thrift_value(data, pos, kind)
+    return fields, pos + 1
+
+
+def _page_rows(path: str, column: str, row_group: int = 0) -> list[int]:
+    """The rows of each data page of ``column`` in ``row_group`` (a flat column: a value a row)."""
+    meta = pq.ParquetFile(path).metadata.row_group(row_group)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(chunk.total_compressed_size)
+    rows, pos = [], 0
+    while pos < len(data):
+        header, pos = _thrift_struct(data, pos)  # PageHeader
+        if 5 in header:  # data_page_header.num_values
+            rows.append(header[5][1])
+        elif 8 in header:  # data_page_header_v2.num_rows
+            rows.append(header[8][3])
+        pos += header[3]  # compressed_page_size
+    assert pos == len(data) and sum(rows) == meta.num_rows
+    return rows
+
+
+def test_image_bytes_are_written_in_pages_of_a_few_images(tmp_path):
+    import apache_beam as beam
+
+    from pipeline.parquet_beam import WriteToParquet
+
+    rng = np.random.default_rng(0)
+    table = schemas.to_table([dict(_candidate(i), image_bytes=rng.bytes(20_000)) for i in range(400)], "candidates")
+    pyarrow_default = tmp_path / "default.parquet"
+    pq.write_table(table, pyarrow_default, row_group_size=256)
+    assert _page_rows(str(pyarrow_default), "image_bytes") == [256]  # a page per 1,024 values: the whole group
+    local = schemas.write_table(table, str(tmp_path / "local.parquet"), "candidates", row_group_size=256)
+    assert [_page_rows(local, "image_bytes", g) for g in (0, 1)] == [[64] * 4, [64, 64, 16]]
+    assert _page_rows(local, "candidate_id") == [256]  # the small columns: one page a group, as before
+    with beam.Pipeline() as pipeline:
+        (pipeline | beam.Create(table.to_pylist())
+         | WriteToParquet(str(tmp_path / "beam" / "part"), table.schema, file_name_suffix=".parquet", num_shards=1))
+    beam_file = next((tmp_path / "beam").glob("*.parquet"))
+    assert max(_page_rows(str(beam_file), "image_bytes")) == schemas.io.IMAGE_WRITE_BATCH_SIZE
+    for path in (local, str(beam_file)):
+        assert schemas.read_table(path, "candidates").to_pylist() == table.to_pylist()
+
+
+@pytest.mark.parametrize("kind", ["regions", "captions", "rejected"])
+def test_tables_without_image_bytes_are_written_as_before(tmp_path, kind):
+    rows = {"regions": [_region_row(n, 8) for n in range(1, 30)],
+            "captions": [{"caption_id": f"k{i}", "image_id": f"i{i}", "caption": f"two cats {i}"} for i in range(30)],
+            "rejected": [schemas.rejected_row("filter", "text_too_short", None, candidate_id=f"c{i}") for i in range(30)]}
+    table = schemas.to_table(rows[kind], kind, **({"feature_dim": 8} if kind == "regions" else {}))
+    path = schemas.write_table(table, str(tmp_path / "lait.parquet"), kind)
+    before = tmp_path / "before.parquet"
+    pq.write_table(table, before, row_group_size=1024, compression="zstd",
+                   use_dictionary=schemas.dictionary_columns(table.schema))
+    assert open(path, "rb").read() == before.read_bytes()
