@@ -185,11 +185,12 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    """Raise SettingError for a setting the crawl processes would fail on: one clear line, not their tracebacks."""
-    from crawler.middlewares import retry_interval
+    """Raise SettingError for a setting the crawl processes would fail on, or run on to no purpose (every image
+    rejected, a check off): one clear line, not their tracebacks (``crawler.spiders.lait.check_settings``)."""
+    from crawler.spiders.lait import check_settings
 
     try:
-        retry_interval(settings)
+        check_settings(settings)
     except ValueError as exc:
         raise SettingError(str(exc)) from None
 

@@ -14,26 +14,31 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import ipaddress
 import json
 import logging
+import math
 import os
 import pickle
+import re
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 import scrapy
 from scrapy import exceptions as scrapy_errors
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, StopDownload
+from scrapy.settings import BaseSettings
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
 
 from crawler import extract, images, output, resolver, runner
-from crawler.middlewares import CONNECTION_ERRORS, TIMEOUT_ERRORS, RefusedRequest
+from crawler.middlewares import CONNECTION_ERRORS, TIMEOUT_ERRORS, RefusedRequest, retry_interval
 from crawler.items import CandidateItem, RejectedItem
 from crawler.store import ImageStore
+from filters.imageio import WEB_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,116 @@ def _split(value) -> list[str]:
     return [str(v).strip() for v in value if str(v).strip()]
 
 
+#: A host name as links are matched on (``host_key``): dot-separated labels of letters, digits, - and _.
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+
+
+def _address(text: str) -> str | None:
+    """``text`` as an IP address in one spelling (``[::1]`` is ``::1``), None when it is no address."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return None
+
+
+def host_key(host: str) -> str:
+    """A host as the spider matches page links on it: lower case, no dot at either end, a non-ASCII name in IDNA
+    (as Scrapy requests it: ``Bücher.de`` is ``xn--bcher-kva.de``), an IPv6 address in one spelling."""
+    host = host.lower().strip(".")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:  # not a name IDNA can write: it matches no link
+            pass
+    if ":" in host:
+        host = _address(host) or host
+    return host
+
+
+def page_domain(value: str) -> tuple[str, bool]:
+    """The host an allowed page domain names (``host_key``) and whether it was taken from a URL or host:port
+    (``http://example.org:8080/`` names ``example.org``: domains match hosts, whatever the port); ValueError when
+    the value names no host (empty, ``http://``, a path)."""
+    text = str(value).strip()
+    address = _address(text)
+    if address is not None:
+        return address, False
+    taken = bool(re.search(r"[/:@?#\[\]]", text))
+    host = text
+    if taken:
+        try:
+            parts = urlsplit(text if "://" in text else "//" + text)
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number
+            host = "" if parts.netloc.endswith(":") else parts.hostname or ""  # `http:/x` is no host:port
+        except ValueError:
+            host = ""
+    host = host_key(host)
+    if not (_HOST_NAME.fullmatch(host) or _address(host)):
+        raise ValueError(f"{value!r} names no host: give a domain (example.org), or a URL or host:port to take it from")
+    return host, taken
+
+
+#: The LAIT_* settings read as numbers or switches: (Scrapy's getter, test, what the value must be). A value
+#: outside would stop a crawl process with a traceback, or quietly reject every image or check none.
+#: LAIT_MIN_SIDE and LAIT_MAX_ASPECT are `lait crawl --min-side/--max-aspect` too, with the rules and words of
+#: `lait filter` (pipeline.options): a max aspect of 0 turns the check off.
+SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+    "LAIT_MIN_SIDE": ("getint", lambda v: v >= 0, "0 or more"),
+    "LAIT_MAX_ASPECT": ("getfloat", lambda v: v == 0 or v >= 1, "0 (off) or 1 or more (long side over short side)"),
+    "LAIT_MAX_PIXELS": ("getint", lambda v: v >= 1, "a whole number of pixels, 1 or more"),
+    # 0 would be no cap to Scrapy but a cap no record fits in the WARC reader: refused for both.
+    "LAIT_PAGE_MAXSIZE": ("getint", lambda v: v >= 1, "a whole number of bytes, 1 or more"),
+    "LAIT_IMAGE_MAXSIZE": ("getint", lambda v: v >= 1, "a whole number of bytes, 1 or more"),
+    "LAIT_IMAGE_STORE_MEMORY": ("getint", lambda v: v >= 0, "a whole number of bytes, 0 or more"),
+    "LAIT_ROWS_PER_SHARD": ("getint", lambda v: v >= 1, "a whole number, 1 or more"),
+    "LAIT_LIVE_COUNTS_INTERVAL": ("getfloat", lambda v: 0 < v < math.inf, "a number of seconds above 0"),
+    "LAIT_ALLOW_PRIVATE_NETWORKS": ("getbool", lambda v: True, "true or false"),
+    "LAIT_PROGRESS": ("getbool", lambda v: True, "true or false"),
+}
+
+
+def check_value(name: str, value, label: str | None = None) -> None:
+    """Raise ValueError, one line naming ``label`` (an option) or the setting, when ``value`` breaks
+    ``SETTING_RULES[name]``."""
+    getter, ok, must_be = SETTING_RULES[name]
+    try:
+        read = getattr(BaseSettings({name: value}), getter)(name)  # as the crawl's components read it
+    except (TypeError, ValueError, OverflowError):
+        read = None
+    if read is None or not ok(read):
+        raise ValueError(f"{label or name} must be {must_be}, got {value!r}")
+
+
+def check_settings(settings) -> None:
+    """Raise ValueError, one line naming the setting, for a LAIT_* setting the crawl cannot run with (``settings``:
+    Scrapy's or a dict; a setting not there is not checked): before a crawl process fails on it, or runs on it."""
+    if not isinstance(settings, BaseSettings):
+        settings = BaseSettings(dict(settings))
+    for name in SETTING_RULES:
+        if name in settings:
+            check_value(name, settings.get(name))
+    try:
+        networks = settings.getlist("LAIT_ALLOWED_NETWORKS")
+    except TypeError:
+        raise ValueError(f"LAIT_ALLOWED_NETWORKS must be a list of networks (CIDRs such as 127.0.0.1/32), got "
+                         f"{settings.get('LAIT_ALLOWED_NETWORKS')!r}") from None
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)  # as the network guard reads it
+        except (TypeError, ValueError):
+            raise ValueError(f"LAIT_ALLOWED_NETWORKS: {network!r} is not a network (a CIDR such as "
+                             f"127.0.0.1/32)") from None
+    try:
+        formats = settings.getlist("LAIT_IMAGE_FORMATS")
+    except TypeError:
+        formats = [settings.get("LAIT_IMAGE_FORMATS")]
+    for name in formats:  # another name would reject every image as format_not_allowed
+        if str(name).upper() not in WEB_FORMATS:
+            raise ValueError(f"LAIT_IMAGE_FORMATS: {name!r} is not an image format LAIT opens "
+                             f"({', '.join(WEB_FORMATS)})")
+    retry_interval(settings)
+
+
 def _ends_mid_line(handle) -> bool:
     """Whether a file open for appending ends without a newline."""
     size = handle.seek(0, os.SEEK_END)
@@ -119,9 +234,18 @@ class LaitSpider(scrapy.Spider):
         self._outboxes: dict[int, Any] = {}
         if not self.start_urls and self.process_index == 0:
             raise ValueError("the lait spider needs start URLs: -a urls=URL[,URL...]")
+        domains = []
+        for value in _split(allowed_domains):
+            try:
+                host, taken = page_domain(value)
+            except ValueError as exc:
+                raise ValueError(f"allowed_domains: {exc}") from None
+            if taken:
+                logger.warning("allowed_domains: took the host %s from %r", host, value)
+            domains.append(host)
         # Not `allowed_domains`: Scrapy's offsite middleware would then drop images served by a CDN.
-        self.page_domains = [d.lower().lstrip(".") for d in _split(allowed_domains)] or sorted(
-            {(urlsplit(u).hostname or "").lower() for u in self.start_urls} - {""})
+        self.page_domains = list(dict.fromkeys(domains)) or sorted(
+            {host_key(urlsplit(u).hostname or "") for u in self.start_urls} - {""})
         self.max_pages = int(max_pages or 0)
         self.depth_limit = int(depth or 0)
         if self.max_pages < 0 or self.depth_limit < 0:
@@ -146,8 +270,10 @@ class LaitSpider(scrapy.Spider):
 
     def configure(self, settings) -> None:
         """Read the LAIT_* settings and restore a previous run's state from the job folder."""
+        check_settings(settings)  # `scrapy crawl lait -s ...`: one line at spider init, not a failure later on
         self.min_side = settings.getint("LAIT_MIN_SIDE", images.DEFAULT_MIN_SIDE)
-        self.max_aspect = settings.getfloat("LAIT_MAX_ASPECT", images.DEFAULT_MAX_ASPECT)
+        # 0 turns the aspect check off, as in `lait filter`.
+        self.max_aspect = settings.getfloat("LAIT_MAX_ASPECT", images.DEFAULT_MAX_ASPECT) or math.inf
         self.formats = tuple(f.upper() for f in settings.getlist("LAIT_IMAGE_FORMATS", list(images.DEFAULT_FORMATS)))
         self.max_pixels = settings.getint("LAIT_MAX_PIXELS", images.DEFAULT_MAX_PIXELS)
         self.page_maxsize = settings.getint("LAIT_PAGE_MAXSIZE")
@@ -348,7 +474,7 @@ class LaitSpider(scrapy.Spider):
         return request
 
     def _in_domains(self, url: str) -> bool:
-        host = (urlsplit(url).hostname or "").lower()
+        host = host_key(urlsplit(url).hostname or "")
         return any(host == d or host.endswith("." + d) for d in self.page_domains)
 
     # -- pages ---------------------------------------------------------------------------------

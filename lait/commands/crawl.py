@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 
 from crawler import images
@@ -18,6 +19,23 @@ def _setting(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _page_domains(values: list[str]) -> list[str]:
+    """The hosts ``--allowed-domains`` names, with a warning line for each one taken from a URL or host:port;
+    ValueError (one line) for a value that names no host."""
+    from crawler.spiders.lait import page_domain
+
+    hosts = []
+    for value in values:
+        try:
+            host, taken = page_domain(value)
+        except ValueError as exc:
+            raise ValueError(f"--allowed-domains: {exc}") from None
+        if taken:
+            print(f"lait crawl: --allowed-domains: took the host {host} from {value!r}", file=sys.stderr)
+        hosts.append(host)
+    return list(dict.fromkeys(hosts))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,11 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--depth", type=non_negative, default=0, help="follow links up to N hops from a start URL "
                         "(default 0: no limit)")
     parser.add_argument("--allowed-domains", nargs="+", metavar="DOMAIN",
-                        help="domains whose pages are followed (default: the start URLs' hosts)")
+                        help="domains whose pages are followed, subdomains included; a URL or host:port stands for "
+                             "its host (default: the start URLs' hosts)")
     parser.add_argument("--min-side", type=int, default=images.DEFAULT_MIN_SIDE,
-                        help=f"early reject: images with a side below N px (default {images.DEFAULT_MIN_SIDE})")
+                        help=f"early reject: images with a side below N px, 0 or more (default {images.DEFAULT_MIN_SIDE})")
     parser.add_argument("--max-aspect", type=float, default=images.DEFAULT_MAX_ASPECT,
-                        help=f"early reject: aspect ratio above R (default {images.DEFAULT_MAX_ASPECT})")
+                        help=f"early reject: long side over short side above R, 1 or more; 0 turns it off, as in "
+                             f"lait filter (default {images.DEFAULT_MAX_ASPECT})")
     parser.add_argument("--processes", type=positive, default=1,
                         help="crawl processes (default 1); with N > 1, process 0 crawls the pages and all N fetch "
                              "and validate a share of the images (each image still fetched once)")
@@ -66,10 +86,18 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.urls) == bool(args.warc):
         print("lait crawl: give start URLs or --warc FILE..., not both and not neither", file=sys.stderr)
         return 2
-    from crawler.middlewares import retry_interval
+    from crawler.spiders import lait as spider
 
-    try:  # both readers would fail on it later: once a crawl process runs, or in the WARC reader's own parser
-        retry_interval(dict(args.settings))
+    # Both readers would fail on a bad value later (a crawl process, the WARC reader's own parser), or reject
+    # every image, or check none: refused before --out is touched, in the filter stage's words.
+    try:
+        spider.check_value("LAIT_MIN_SIDE", args.min_side, "--min-side")
+        spider.check_value("LAIT_MAX_ASPECT", args.max_aspect, "--max-aspect")
+    except ValueError as exc:
+        print(f"lait crawl: {exc}", file=sys.stderr)
+        return 2
+    try:
+        spider.check_settings(dict(args.settings))
     except ValueError as exc:
         print(f"lait crawl: -s {exc}", file=sys.stderr)
         return 2
@@ -79,9 +107,11 @@ def run(args: argparse.Namespace) -> int:
         if args.files_per_part and not args.no_progress:  # the parts' progress: one line each
             logging.getLogger("crawler.warc.parts").setLevel(logging.INFO)
         try:  # the inputs and --out are checked before the previous WARC output is cleared
+            # --max-aspect 0 turns the check off: the WARC reader's check knows no 0, only no limit.
             stats = warc.read_warcs(args.warc, args.out, allow_private_networks=args.allow_private_networks,
-                                    min_side=args.min_side, max_aspect=args.max_aspect, download=args.download,
-                                    files_per_part=args.files_per_part, settings=dict(args.settings))
+                                    min_side=args.min_side, max_aspect=args.max_aspect or math.inf,
+                                    download=args.download, files_per_part=args.files_per_part,
+                                    settings=dict(args.settings))
         except (warc.MissingInputError, warc.PartsMismatchError) as exc:
             print(f"lait crawl: {exc}", file=sys.stderr)
             return 2
@@ -96,6 +126,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}", file=sys.stderr)
             return 2
         try:
+            domains = _page_domains(args.allowed_domains) if args.allowed_domains else None
+        except ValueError as exc:
+            print(f"lait crawl: {exc}", file=sys.stderr)
+            return 2
+        try:
             if args.jobdir:  # another crawl's job folder is refused before --out is made
                 runner.check_job_folder(args.jobdir, args.processes, record=False)  # recorded once it runs
             output.prepare_out_dir(args.out)
@@ -107,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         try:
             stats = runner.run_crawl(
-                args.urls, args.out, allowed_domains=args.allowed_domains, max_pages=args.max_pages,
+                args.urls, args.out, allowed_domains=domains, max_pages=args.max_pages,
                 depth=args.depth, allow_private_networks=args.allow_private_networks, min_side=args.min_side,
                 max_aspect=args.max_aspect, jobdir=args.jobdir, progress=not args.no_progress,
                 overrides=dict(args.settings), processes=args.processes,

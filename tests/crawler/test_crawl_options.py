@@ -1,0 +1,190 @@
+"""`lait crawl`'s options and LAIT_* settings: a value the crawl cannot use is refused in one line before
+anything is written, and a page domain given as a URL or host:port is taken by its host."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from crawler import runner
+from crawler.spiders import lait as spider_module
+from lait import cli
+from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
+from tests.crawler.test_crawl_site import ROOT, lait_crawl, small_site
+
+SOURCES = {"crawl": ["http://127.0.0.1:9/"], "warc": ["--warc", "missing.warc.gz"]}
+
+
+def _refused(tmp_path, capsys, source: str, *args: str) -> str:
+    """Run `lait crawl` in this process with ``args``; assert it refused them (exit 2, one line, nothing made)
+    and return the line."""
+    out = tmp_path / "crawl"
+    code = cli.main(["crawl", *SOURCES[source], "--out", str(out), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("lait crawl: ") and "Traceback" not in err, err
+    assert not out.exists()
+    return err
+
+
+# -- page domains ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, host, taken", [
+    ("example.org", "example.org", False),
+    (".Example.ORG", "example.org", False),
+    ("Bücher.de", "xn--bcher-kva.de", False),
+    ("127.0.0.1", "127.0.0.1", False),
+    ("::1", "::1", False),
+    ("http://127.0.0.1:8080", "127.0.0.1", True),
+    ("127.0.0.1:8080", "127.0.0.1", True),
+    ("https://user@Example.org/path?q=1", "example.org", True),
+    ("example.org/gallery/", "example.org", True),
+    ("http://[::1]:8080/", "::1", True),
+    ("http://bücher.de/", "xn--bcher-kva.de", True),
+])
+def test_a_page_domain_is_the_host_a_value_names(value, host, taken):
+    assert spider_module.page_domain(value) == (host, taken)
+
+
+@pytest.mark.parametrize("value", ["", " ", ".", "http://", "https:///path", "/gallery/", "http:/example.org",
+                                   "*.example.org", "exa mple.org", "example.org:port"])
+def test_a_value_that_names_no_host_is_no_page_domain(value):
+    with pytest.raises(ValueError, match="names no host"):
+        spider_module.page_domain(value)
+
+
+def test_the_spider_takes_the_host_of_a_url_or_host_port_and_compares_hosts_in_idna(caplog):
+    from scrapy.utils.test import get_crawler
+
+    def spider(domains):
+        crawler = get_crawler(spider_module.LaitSpider, {})
+        return spider_module.LaitSpider.from_crawler(crawler, urls="http://127.0.0.1:8080/p0.html",
+                                                     allowed_domains=domains)
+
+    taken = spider("http://127.0.0.1:8080,Bücher.de")  # `scrapy crawl lait -a allowed_domains=...`
+    assert taken.page_domains == ["127.0.0.1", "xn--bcher-kva.de"]
+    assert "took the host 127.0.0.1 from 'http://127.0.0.1:8080'" in caplog.text
+    assert taken._in_domains("http://127.0.0.1:8080/p1.html")
+    assert taken._in_domains("http://xn--bcher-kva.de/a.html") and taken._in_domains("http://www.BÜCHER.de/a.html")
+    assert not taken._in_domains("http://example.org/")
+    assert spider(None).page_domains == ["127.0.0.1"]  # the start URLs' hosts
+    with pytest.raises(ValueError, match="allowed_domains: 'http://' names no host"):
+        spider("example.org,http://")
+
+
+@pytest.mark.parametrize("value", ["", "http://", "/gallery/"])
+def test_crawl_refuses_an_allowed_domain_that_names_no_host(tmp_path, capsys, value):
+    err = _refused(tmp_path, capsys, "crawl", "--allowed-domains", "example.org", value)
+    assert f"--allowed-domains: {value!r} names no host" in err
+
+
+def test_allowed_domains_given_as_a_url_or_host_port_crawl_the_whole_site(tmp_path):
+    """Before: the start page only, without a word (its links' host 127.0.0.1 is not '127.0.0.1:PORT')."""
+    with small_site(3) as site:
+        result = lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "out"), "--allow-private-networks",
+                            "--min-side", str(TEST_MIN_SIDE), "--allowed-domains", site.url,
+                            site.url.split("//")[1], settings=TEST_SETTINGS)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["lait/page/fetched"] == 3 and stats["kept"] == 9
+    warnings = [line for line in result.stderr.splitlines() if "--allowed-domains" in line]
+    assert warnings == [f"lait crawl: --allowed-domains: took the host 127.0.0.1 from {site.url!r}",
+                        f"lait crawl: --allowed-domains: took the host 127.0.0.1 from {site.url.split('//')[1]!r}"]
+
+
+# -- numeric options -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("option, value, must_be", [
+    ("--max-aspect", "0.5", "0 (off) or 1 or more (long side over short side)"),
+    ("--max-aspect", "nan", "0 (off) or 1 or more (long side over short side)"),
+    ("--max-aspect", "-3", "0 (off) or 1 or more (long side over short side)"),
+    ("--min-side", "-5", "0 or more"),
+])
+def test_crawl_refuses_an_option_value_that_makes_no_sense(tmp_path, capsys, source, option, value, must_be):
+    err = _refused(tmp_path, capsys, source, option, value)
+    assert f"{option} must be {must_be}, got " in err
+
+
+def test_max_aspect_0_turns_the_aspect_check_off_as_in_lait_filter(tmp_path):
+    """Before: every image was rejected as aspect_ratio_out_of_range."""
+    site = MockSite({})
+    site.pages.update({
+        "/robots.txt": (404, HTML, b""),
+        "/p.html": (200, HTML, html('<img src="/img/wide.jpg" alt="A wide one"><img src="/img/a.jpg" alt="A photo">')),
+        "/img/wide.jpg": (200, JPEG, jpeg(400, 64)), "/img/a.jpg": (200, JPEG, jpeg(96, 72)),
+    })
+    with site:
+        lait_crawl(site.url + "/p.html", "--out", str(tmp_path / "off"), "--allow-private-networks", "--min-side",
+                   str(TEST_MIN_SIDE), "--max-aspect", "0", settings=TEST_SETTINGS)
+    stats = json.loads((tmp_path / "off" / "stats.json").read_text())
+    assert stats["kept"] == 2 and stats["rejected"] == 0
+
+
+def test_max_aspect_0_reaches_the_warc_reader_as_no_limit(tmp_path, monkeypatch):
+    from crawler import warc
+
+    calls = []
+    monkeypatch.setattr(warc, "read_warcs", lambda files, out, **kwargs: calls.append(kwargs) or {
+        "in": 0, "kept": 0, "rejected": 0, "rejected_by_reason": {}})
+    assert cli.main(["crawl", "--warc", "a.warc.gz", "--out", str(tmp_path / "out"), "--max-aspect", "0",
+                     "--no-progress"]) == 0
+    assert calls[0]["max_aspect"] == math.inf
+
+
+# -- LAIT_* settings -------------------------------------------------------------------------------------
+
+BAD_SETTINGS = [
+    ('LAIT_ALLOWED_NETWORKS=["notacidr"]', "LAIT_ALLOWED_NETWORKS: 'notacidr' is not a network"),
+    ("LAIT_ALLOWED_NETWORKS=5", "LAIT_ALLOWED_NETWORKS must be a list of networks"),
+    ("LAIT_ROWS_PER_SHARD=abc", "LAIT_ROWS_PER_SHARD must be a whole number, 1 or more, got 'abc'"),
+    ("LAIT_ROWS_PER_SHARD=0", "LAIT_ROWS_PER_SHARD must be a whole number, 1 or more, got 0"),
+    ("LAIT_MAX_PIXELS=0", "LAIT_MAX_PIXELS must be a whole number of pixels, 1 or more, got 0"),
+    ("LAIT_MIN_SIDE=-5", "LAIT_MIN_SIDE must be 0 or more, got -5"),
+    ("LAIT_MAX_ASPECT=nan", "LAIT_MAX_ASPECT must be 0 (off) or 1 or more (long side over short side), got 'nan'"),
+    ("LAIT_IMAGE_MAXSIZE=0", "LAIT_IMAGE_MAXSIZE must be a whole number of bytes, 1 or more, got 0"),
+    ("LAIT_PAGE_MAXSIZE=1e3x", "LAIT_PAGE_MAXSIZE must be a whole number of bytes, 1 or more, got '1e3x'"),
+    ("LAIT_IMAGE_STORE_MEMORY=-1", "LAIT_IMAGE_STORE_MEMORY must be a whole number of bytes, 0 or more, got -1"),
+    ("LAIT_LIVE_COUNTS_INTERVAL=0", "LAIT_LIVE_COUNTS_INTERVAL must be a number of seconds above 0, got 0"),
+    ("LAIT_PROGRESS=maybe", "LAIT_PROGRESS must be true or false, got 'maybe'"),
+    ("LAIT_ALLOW_PRIVATE_NETWORKS=yes", "LAIT_ALLOW_PRIVATE_NETWORKS must be true or false, got 'yes'"),
+    ('LAIT_IMAGE_FORMATS=["JPG"]', "LAIT_IMAGE_FORMATS: 'JPG' is not an image format LAIT opens"),
+    ("LAIT_ROBOTS_RETRY_AFTER=-1", "LAIT_ROBOTS_RETRY_AFTER must be a number of seconds, 0 or more"),
+]
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("setting, message", BAD_SETTINGS)
+def test_crawl_refuses_a_lait_setting_it_cannot_run_with(tmp_path, capsys, source, setting, message):
+    err = _refused(tmp_path, capsys, source, "-s", setting)
+    assert err.startswith(f"lait crawl: -s {message}"), err
+
+
+def test_the_default_settings_and_sensible_values_pass():
+    from scrapy.settings import Settings
+
+    settings = Settings()
+    settings.setmodule("crawler.settings")
+    spider_module.check_settings(settings)
+    spider_module.check_settings({"LAIT_ALLOWED_NETWORKS": "127.0.0.1/32,10.0.0.0/8", "LAIT_PROGRESS": "False",
+                                  "LAIT_MAX_ASPECT": 0, "LAIT_IMAGE_FORMATS": "jpeg,png", "LAIT_ROWS_PER_SHARD": "7",
+                                  "LAIT_IMAGE_MAXSIZE": "1000", "LAIT_MIN_SIDE": 0, "LAIT_MAX_PIXELS": 10**12})
+
+
+def test_run_crawl_refuses_a_bad_setting_before_any_crawl_process(tmp_path):
+    with pytest.raises(runner.SettingError, match="LAIT_ALLOWED_NETWORKS: 'notacidr' is not a network"):
+        runner.run_crawl(["http://127.0.0.1:9/"], str(tmp_path / "out"),
+                         overrides={"LAIT_ALLOWED_NETWORKS": ["notacidr"]})
+    assert not (tmp_path / "out").exists()
+
+
+def test_native_scrapy_crawl_refuses_a_bad_setting_at_spider_init(tmp_path):
+    out = tmp_path / "native"
+    result = subprocess.run(
+        [sys.executable, "-m", "scrapy", "crawl", "lait", "-a", "urls=http://127.0.0.1:9/", "-s", f"LAIT_OUT={out}",
+         "-s", "LAIT_ROWS_PER_SHARD=abc", "-s", "LOG_LEVEL=WARNING"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "ValueError: LAIT_ROWS_PER_SHARD must be a whole number, 1 or more, got 'abc'" in result.stderr
+    assert not out.exists()
