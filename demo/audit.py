@@ -1,7 +1,8 @@
 """Check a run folder's books: every stage's counts balance and every id downstream exists upstream.
 
 For each stage folder (a subfolder holding a funnel ``stats.json``, or what only a stage writes:
-``rejected/``, a features ``run.json``, pending stats; crawl, filter, features, ...):
+``rejected/``, a features ``run.json``, pending stats; crawl, filter, features, ...; a stage's own folder,
+given instead of its run folder, is audited as that one stage):
 
 - ``stats.json`` exists (a stage without one did not finish) and has ``in``, ``kept``, ``rejected``,
   ``rejected_by_reason`` with ``in == kept + rejected`` and the reasons summing to ``rejected``;
@@ -45,6 +46,9 @@ STAGE_ORDER = {"crawl": 0, "filter0": 1, "filter": 2, "relevance": 3, "features"
 #: an input, not a stage: the demo's held-out split ``test/``, candidates written by hand.
 STAGE_MARKERS = ("rejected", "run.json", "_stats.pending.json")
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+#: How ``rejected_reasons_match`` names rejected rows whose reason is null (the contract forbids it; a file
+#: written by other tools may hold some): not a snake_case name, so no stage's reason can be mistaken for it.
+NULL_REASON = "(null)"
 
 
 def _check(name: str, ok: bool, detail: str = "") -> dict:
@@ -239,7 +243,7 @@ def _audit_stage(run_dir: str, name: str) -> dict:
     stages = _column(rejected_dir, "rejected", "stage")
     checks.append(_check("rejected_rows_match", len(reasons) == rejected,
                          f"{len(reasons)} rows in rejected/ vs rejected {rejected}"))
-    on_disk = Counter(reasons)
+    on_disk = Counter(NULL_REASON if r is None else r for r in reasons)  # a null reason breaks the contract
     differ = {r: (on_disk.get(r, 0), by_reason.get(r, 0)) for r in set(on_disk) | set(by_reason)
               if on_disk.get(r, 0) != by_reason.get(r, 0)}
     checks.append(_check("rejected_reasons_match", not differ,
@@ -343,19 +347,31 @@ def stage_folders(run_dir: str) -> list[str]:
 
 
 def audit_run(run_dir: str) -> dict:
-    """Audit every stage folder of ``run_dir``; ``ok`` is true only when every check passes."""
+    """Audit every stage folder of ``run_dir``; ``ok`` is true only when every check passes.
+
+    A folder without stage subfolders that is itself a stage folder (``lait filter --output r5; lait audit
+    r5``) is audited as that one stage, inside the run folder holding it (where stages record their input
+    from, ``pipeline.outputs.input_reference``); ``note`` says so.
+    """
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"no run folder at {run_dir}")
-    stages = [audit_stage(run_dir, name) for name in stage_folders(run_dir)]
-    return {"run_dir": os.path.abspath(run_dir), "ok": bool(stages) and all(s["ok"] for s in stages),
-            "stages": stages, "problem": None if stages else "no stage folder (with a stats.json, rejected/, ...)"}
+    names, note, parent = stage_folders(run_dir), None, run_dir
+    here = os.path.abspath(run_dir)
+    if not names and _is_stage(here) and os.path.dirname(here) != here:
+        parent, names = os.path.dirname(here), [os.path.basename(here)]
+        note = (f"{names[0]}/ is a stage's own folder: audited as that one stage (give its run folder, "
+                f"{parent}, to audit every stage)")
+    stages = [audit_stage(parent, name) for name in names]
+    return {"run_dir": here, "ok": bool(stages) and all(s["ok"] for s in stages), "stages": stages,
+            "problem": None if stages else "no stage folder (with a stats.json, rejected/, ...)", "note": note}
 
 
 def format_audit(result: dict) -> str:
     """The audit as readable text: one line per stage, failing checks spelt out."""
     lines = [f"audit of {result['run_dir']}: {'BALANCED' if result['ok'] else 'NOT BALANCED'}"]
-    if result.get("problem"):
-        lines.append(f"  {result['problem']}")
+    for key in ("problem", "note"):
+        if result.get(key):
+            lines.append(f"  {result[key]}")
     for stage in result["stages"]:
         head = f"  {stage['name']:<16} {'ok ' if stage['ok'] else 'FAIL'}"
         if "in" in stage:
@@ -378,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The audit's options, shared by ``lait audit`` and ``python -m demo.audit``."""
-    parser.add_argument("run_dir", help="a run folder (holding crawl/, filter/, features/, ...)")
+    parser.add_argument("run_dir", help="a run folder (holding crawl/, filter/, features/, ...), or one stage's "
+                                        "output folder")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("--out", help="also write the JSON result to this file")
 

@@ -238,20 +238,37 @@ def wordfreq_languages() -> frozenset[str]:
     return frozenset(wordfreq.available_languages(wordlist="small"))
 
 
-@functools.lru_cache(maxsize=8)
 def load_vocabulary(source: str = "en") -> frozenset[str]:
-    """A vocabulary: a file with one word per line, or a language code (wordfreq's common words)."""
-    if os.path.exists(source):
-        with open(source, encoding="utf-8") as handle:
-            vocab = frozenset(w.strip().lower() for w in handle if w.strip() and not w.startswith("#"))
-    else:
-        import wordfreq
+    """A vocabulary: a language code with a wordfreq list (its common words), else a word-per-line file.
 
-        if source not in wordfreq_languages():
-            raise ValueError(f"no vocabulary for {source!r}: give a file with one word per line")
-        vocab = frozenset(w for w in wordfreq.get_frequency_dict(source, wordlist="small")
-                           if _word_pattern().fullmatch(w))
-    logger.debug("vocabulary %s: %d words", source, len(vocab))
+    A code is never looked up as a path, so a file or folder named ``en`` in the working folder changes
+    nothing; a word list named like a code is given as a path (``./en``). Anything that is not such a
+    code must be a readable file: ValueError when there is nothing at that path, OSError when unreadable.
+    """
+    if source in wordfreq_languages():
+        return _language_vocabulary(source)
+    if not os.path.lexists(source):
+        raise ValueError(f"no vocabulary for {source!r}: neither a language code with a word list nor a file "
+                         f"(one word per line)")
+    return _file_vocabulary(os.path.abspath(source))  # absolute: a later chdir does not change what is cached
+
+
+@functools.lru_cache(maxsize=8)
+def _language_vocabulary(lang: str) -> frozenset[str]:
+    """wordfreq's common words of a language, those that ``words`` can produce."""
+    import wordfreq
+
+    vocab = frozenset(w for w in wordfreq.get_frequency_dict(lang, wordlist="small") if _word_pattern().fullmatch(w))
+    logger.debug("vocabulary %s: %d words", lang, len(vocab))
+    return vocab
+
+
+@functools.lru_cache(maxsize=8)
+def _file_vocabulary(path: str) -> frozenset[str]:
+    """The words of a word-per-line file (``#`` starts a comment line), lowercased."""
+    with open(path, encoding="utf-8") as handle:
+        vocab = frozenset(w.strip().lower() for w in handle if w.strip() and not w.startswith("#"))
+    logger.debug("vocabulary %s: %d words", path, len(vocab))
     return vocab
 
 
@@ -259,7 +276,8 @@ class OOVFilter(Filter):
     """Out-of-vocabulary rate, as in the paper: the share of caption words not in the vocabulary.
 
     ``vocabulary`` (``"auto"``): the common words of the record's ``lang`` (wordfreq; English when
-    the record has none), a fixed language code, or a word-list file. A language without a list
+    the record has none), a fixed language code, or a word-list file (see ``load_vocabulary``: a code is
+    never read as a path). A language without a list
     is not checked (score None). ``max_oov_rate`` (0.5): captions with a higher rate are rejected;
     captions with no letter words get rate 1.0.
     """

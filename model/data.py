@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import schemas
+from schemas.core import check_not_null
 from model.config import DatasetConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -129,9 +130,11 @@ def _classes_json_count(path: str) -> int:
 
 
 def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str]]]:
-    """image_id -> [(caption_id, caption)] of one split (all splits when ``split`` is None)."""
+    """image_id -> [(caption_id, caption)] of one split (all splits when ``split`` is None). A null id (a dataset
+    written by another tool: lait's writers cannot write one) is a one-line ``SchemaMismatchError``."""
     path = resolve_dataset_dir(path, "captions")
     table = schemas.read_table(path, "captions", columns=["caption_id", "image_id", "caption", "split"])
+    check_not_null(table, "captions", path)
     if split is not None:
         table = table.filter(pc.equal(table.column("split"), split))
     captions: dict[str, list[tuple[str, str]]] = {}

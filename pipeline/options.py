@@ -36,7 +36,8 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {d.max_chars})")
     g.add_argument("--vocab", default=d.vocabulary,
                    help="vocabulary for the OOV rate: 'auto' (the detected language's common words), a "
-                        "language code or a word-per-line file; 'none' turns the check off (default auto)")
+                        "language code or a word-per-line file (a code is never read as a path: give a file named "
+                        "like one as ./en); 'none' turns the check off (default auto)")
     g.add_argument("--max-oov-rate", type=float, default=d.max_oov_rate,
                    help=f"highest share of out-of-vocabulary words (default {d.max_oov_rate})")
     g = parser.add_argument_group("language")

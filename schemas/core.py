@@ -191,6 +191,23 @@ def validate_schema(actual: pa.Schema, kind: str, where: str = "dataset") -> Non
             )
 
 
+def check_not_null(data: pa.Table | pa.RecordBatch, kind: str, where: str = "dataset") -> None:
+    """Raise ``SchemaMismatchError`` naming the first column of ``data`` that the ``kind`` contract marks
+    non-nullable and that holds nulls, and how many.
+
+    ``validate_schema`` sees a file's schema only, and a file written with plain pyarrow declares every
+    column nullable: its nulls show in the data. Arrow keeps each array's null count, so this costs next
+    to nothing once the columns are read; contract columns that ``data`` lacks are not checked here.
+    """
+    for field in schema_for(kind):
+        if field.nullable or field.name not in data.schema.names:
+            continue
+        nulls = data.column(field.name).null_count
+        if nulls:
+            raise SchemaMismatchError(f"{where}: column {field.name!r} has {nulls} null value{'s' * (nulls != 1)}, "
+                                      f"which the {kind} schema does not allow", field.name)
+
+
 def detect_kind(schema: pa.Schema) -> str | None:
     """The dataset kind a schema declares in its metadata, else the first kind whose columns it has."""
     meta = schema.metadata or {}

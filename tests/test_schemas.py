@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
+from schemas.core import check_not_null
 
 
 def _candidate(i: int) -> dict:
@@ -328,3 +329,57 @@ def test_tables_without_image_bytes_are_written_as_before(tmp_path, kind):
     pq.write_table(table, before, row_group_size=1024, compression="zstd",
                    use_dictionary=schemas.dictionary_columns(table.schema))
     assert open(path, "rb").read() == before.read_bytes()
+
+
+def _captions_with_a_null(tmp_path, column):
+    """A captions file as plain pyarrow writes it (every column nullable), one ``column`` value null."""
+    rows = [{"caption_id": f"c{i}", "image_id": f"img{i}", "caption": "a red circle", "split": "test"}
+            for i in range(1, 4)]
+    rows[1][column] = None
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-00000.parquet")
+    return str(folder)
+
+
+@pytest.mark.parametrize("column", ["caption_id", "image_id", "caption"])
+def test_nulls_in_a_non_nullable_column_are_refused_naming_file_column_and_count(tmp_path, column):
+    path = _captions_with_a_null(tmp_path, column)
+    table = schemas.read_table(path, "captions")  # the schema check alone passes: the file declares nullable
+    with pytest.raises(schemas.SchemaMismatchError) as info:
+        check_not_null(table, "captions", path)
+    assert str(info.value) == f"{path}: column {column!r} has 1 null value, which the captions schema does not allow"
+    assert info.value.column == column and isinstance(info.value, ValueError)
+    check_not_null(table.drop_columns([column]), "captions", path)  # only the columns read are checked
+
+
+def test_nullable_columns_and_lait_written_files_pass_the_null_check(tmp_path):
+    rows = [{"caption_id": "c", "image_id": "i", "caption": "a red circle", "split": None}]
+    check_not_null(schemas.to_table(rows, "captions"), "captions")  # split may be null
+    rejected = schemas.to_table([schemas.rejected_row("filter", "text_too_short", detail=None)], "rejected")
+    check_not_null(rejected, "rejected")
+    # lait's own writers use the contract schema: Parquet refuses a null in a required column
+    bad = schemas.to_table([{**rows[0], "image_id": None}], "captions")
+    with pytest.raises(pa.ArrowInvalid, match="non-nullable"):
+        schemas.write_table(bad, str(tmp_path / "captions" / "part-00000.parquet"), "captions")
+
+
+@pytest.mark.parametrize("column", ["caption_id", "image_id"])
+def test_eval_refuses_a_captions_file_with_null_ids_in_one_line(tmp_path, column):
+    """A null id crashed `lait eval` (TypeError sorting the captions); now a ValueError the command prints."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from model.eval import EvalSet
+
+    path = _captions_with_a_null(tmp_path, column)
+    schemas.write_table(schemas.to_table([_region_row(n, 8) for n in range(1, 4)], "regions", feature_dim=8),
+                        str(tmp_path / "regions" / "part-00000.parquet"), "regions")
+    tokenizer = Tokenizer(WordLevel({"[UNK]": 0, "a": 1, "red": 2, "circle": 3}, unk_token="[UNK]")).to_str()
+    with pytest.raises(ValueError, match=f"captions: column '{column}' has 1 null value") as info:
+        EvalSet(str(tmp_path / "regions"), path, "test", tokenizer, 16, 4, 8)
+    assert "\n" not in str(info.value)
+    from model.data import load_captions
+
+    with pytest.raises(ValueError, match=f"column '{column}' has 1 null value"):  # training reads them so too
+        load_captions(path, None)

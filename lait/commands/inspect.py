@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 import posixpath
 
@@ -24,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("path", help="a Parquet file, a dataset folder, or a run folder (local path or fsspec URL)")
     parser.add_argument("--rows", type=non_negative, default=3, help="sample rows to show (default 3)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of text (NaN and infinite numbers as null)")
     parser.set_defaults(func=run)
 
 
@@ -42,6 +44,18 @@ def _short(value, width: int = 72):
         return value[: width - 1] + "…"
     if hasattr(value, "isoformat"):
         return value.isoformat()
+    return value
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by None: JSON has no NaN (Python's json writes a bare
+    ``NaN`` that strict readers refuse), so ``--json`` prints such cells (``class_scores``, ``lang_score``) as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -162,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
             # ArrowInvalid: not Parquet; ImportError: no fsspec backend for the URL (gcsfs, s3fs)
             results.append({"path": target, "error": " ".join(str(exc).split())})
     if args.json:
-        print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
+        print(json.dumps(json_safe(results[0] if len(results) == 1 else results), indent=2, default=str,
+                         allow_nan=False))
     else:
         for info in results:
             if "error" in info:

@@ -346,3 +346,50 @@ def test_an_old_absolute_input_outside_a_copied_run_reads_the_copy(good_run, tmp
     shutil.rmtree(copy / "crawl")  # the copy lacks it: checked against the original, and flagged
     upstream, failed = _filter_checks(audit.audit_run(str(copy)))
     assert upstream == os.path.relpath(original / "crawl", copy) and "upstream_in_run" in failed
+
+
+def test_a_stage_folder_given_alone_is_audited_as_that_stage(run_copy, tmp_path, capsys):
+    """`lait filter --input CRAWL --output r5; lait audit r5`: r5 (a stats.json and rejected/, no stage
+    subfolders) is audited as one stage, its input read from its stats.json, not refused as empty."""
+    from lait import cli
+
+    result = audit.audit_run(str(run_copy / "filter"))
+    assert [s["name"] for s in result["stages"]] == ["filter"] and result["ok"], _failed(result)
+    assert result["stages"][0]["upstream"] == "crawl"  # the pipeline's layout, beside it in the run folder
+    assert "pairs_candidate_ids_upstream" in {c["check"] for c in result["stages"][0]["checks"]}
+    # a filter that rejected every candidate: its folder holds a stats.json and rejected/ only
+    r5 = tmp_path / "r5"
+    ids = schemas.read_table(str(run_copy / "crawl" / "candidates"), "candidates").column("candidate_id").to_pylist()
+    _rewrite(r5 / "rejected", schemas.to_table([schemas.rejected_row("filter", "image_too_small", candidate_id=i)
+                                                for i in ids], "rejected"), "rejected")
+    (r5 / "stats.json").write_text(json.dumps({"stage": "filter", "input": str(run_copy / "crawl"), "in": len(ids),
+                                               "kept": 0, "rejected": len(ids),
+                                               "rejected_by_reason": {"image_too_small": len(ids)}}))
+    assert sorted(os.listdir(r5)) == ["rejected", "stats.json"]
+    assert cli.main(["audit", str(r5)]) == 0
+    out = capsys.readouterr().out
+    assert "BALANCED" in out and "NOT BALANCED" not in out and "r5" in out
+    assert "rejected_candidate_ids_upstream" in {c["check"] for c in audit.audit_run(str(r5))["stages"][0]["checks"]}
+    _edit_stats(tmp_path, "r5", kept=1, **{"in": len(ids) + 1})  # books that do not balance still fail
+    assert cli.main(["audit", str(r5)]) == 1
+    assert "kept_rows_match" in capsys.readouterr().out
+    assert cli.main(["audit", str(run_copy / "crawl")]) == 0
+    assert "BALANCED" in capsys.readouterr().out
+
+
+def test_a_null_reason_in_rejected_is_a_failed_check_not_a_crash(run_copy, capsys):
+    from lait import cli
+
+    path = run_copy / "filter" / "rejected"
+    table = schemas.read_table(str(path), "rejected")
+    reasons = table.column("reason").to_pylist()
+    reasons[0] = None
+    schema = pa.schema([f.with_nullable(True) for f in table.schema])  # as plain pyarrow writes it
+    table = pa.Table.from_arrays([*table.columns[:1], pa.array(reasons), *table.columns[2:]], schema=schema)
+    shutil.rmtree(path)
+    os.makedirs(path)
+    pq.write_table(table, str(path / "part-00000.parquet"))
+    result = audit.audit_run(str(run_copy))
+    assert {("filter", "rejected_rows_labelled"), ("filter", "rejected_reasons_match")} <= _failed(result)
+    assert "(null): 1 rows vs 0 in stats" in audit.format_audit(result)
+    assert cli.main(["audit", str(run_copy)]) == 1

@@ -171,3 +171,47 @@ def test_oov_rate_judges_whole_words_with_marks():
 def test_vowel_signs_count_as_letters_not_symbols():
     decision = BoilerplateFilter()({"caption": "कितनी सुंदर तितली"})
     assert decision.keep and decision.score == 1.0  # not 0.6: six of its fifteen characters are vowel signs
+
+
+@pytest.fixture
+def cwd_with_en(tmp_path, monkeypatch):
+    """A working folder holding a folder ``en`` and a file ``de``: names of bundled language codes."""
+    (tmp_path / "en").mkdir()
+    (tmp_path / "de").write_text("blorft\ngnarx\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_language_code_is_never_a_path_in_the_working_folder(cwd_with_en):
+    from filters.text import load_vocabulary
+
+    assert "dog" in load_vocabulary("en") and "hund" in load_vocabulary("de")  # not the folder, not the file
+    auto = OOVFilter()
+    assert auto({"caption": "a dog runs on the green grass", "lang": "en"}).score == 0.0
+    assert auto({"caption": "ein schwarzer Hund im Garten", "lang": "de"}).keep
+    assert OOVFilter("de")({"caption": "ein schwarzer Hund im Garten"}).keep
+
+
+def test_a_word_list_named_like_a_code_is_given_as_a_path(cwd_with_en):
+    from filters.text import load_vocabulary
+
+    assert load_vocabulary("./de") == frozenset({"blorft", "gnarx"})
+    assert load_vocabulary(str(cwd_with_en / "de")) == frozenset({"blorft", "gnarx"})
+    with pytest.raises(IsADirectoryError):
+        load_vocabulary("./en")
+    with pytest.raises(ValueError, match="neither a language code with a word list nor a file"):
+        load_vocabulary("missing.txt")
+
+
+@pytest.mark.parametrize("vocab", ["auto", "en"])
+def test_explain_and_vocab_option_ignore_a_folder_named_en(cwd_with_en, capsys, vocab):
+    import json
+
+    from lait import cli
+
+    assert cli.main(["explain", "--json", "--vocab", vocab, "a dog runs on the green grass"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["keep"], result
+    assert cli.main(["explain", "--vocab", "./en", "a dog runs on the green grass"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lait explain: error: --vocab: cannot read ./en") and err.count("\n") == 1
