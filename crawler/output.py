@@ -22,6 +22,8 @@ STAGE = "crawl"
 CANDIDATES = "candidates"
 REJECTED = "rejected"
 STATS_FILE = "stats.json"
+#: The shard ``ensure_candidates`` writes in a crawl's ``candidates/`` when it kept nothing: the schema, no rows.
+EMPTY_SHARD = "part-empty.parquet"
 #: The reason of a reference that repeats a candidate already seen (same page, image and text).
 DUPLICATE = "duplicate_candidate"
 #: Reference rejects decided from the page's HTML alone. Each is a record of its own, never superseded:
@@ -349,11 +351,29 @@ def withdraw_opted_out(out_dir: str, outcomes: RunOutcomes) -> tuple[int, int]:
     return withdrawn, duplicates
 
 
+def ensure_candidates(out_dir: str) -> str | None:
+    """Give a run folder whose ``candidates/`` holds no shard an empty one (the contract's schema, no rows), so
+    that a crawl that kept nothing still has a candidates dataset for the stages after it to read (as the
+    WARC reader's has); return its path, or None when the folder had a shard. Shards are written on a
+    flush of rows, and an empty folder does not exist on an object store.
+    """
+    folder = _join(out_dir, CANDIDATES)
+    try:
+        if schemas.list_parquet_files(folder):
+            return None
+    except FileNotFoundError:
+        pass
+    return schemas.write_table(schemas.to_table([], "candidates"), _join(folder, EMPTY_SHARD), "candidates")
+
+
 def settle(out_dir: str, outcomes: RunOutcomes) -> dict[str, int]:
     """A crawl's last step before stats.json, once every crawl process has finished: withdraw the candidates
-    that opted out since they were kept, then reconcile the rejects. Returns the counts for stats.json."""
+    that opted out since they were kept, then reconcile the rejects, and leave a candidates dataset even when
+    nothing was kept (``ensure_candidates``). Returns the counts for stats.json."""
     withdrawn, duplicates = withdraw_opted_out(out_dir, outcomes)
-    return {"withdrawn_candidates": withdrawn, "superseded_rejects": duplicates + reconcile(out_dir, outcomes)}
+    superseded = duplicates + reconcile(out_dir, outcomes)
+    ensure_candidates(out_dir)
+    return {"withdrawn_candidates": withdrawn, "superseded_rejects": superseded}
 
 
 def funnel(out_dir: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import schemas
 from crawler import extract, images, netguard, output
 from crawler import settings as defaults
+from pipeline.filter import files_under, literal_pattern
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
 
@@ -138,18 +139,17 @@ class ReadWarcRecords(beam.DoFn):
         self.resynced = Metrics.counter(NAMESPACE, "warc/resynced_after_corrupt_member")
 
     def process(self, path: str) -> Iterator[Any]:
-        from warcio.archiveiterator import ArchiveIterator
         from warcio.exceptions import ArchiveLoadFailed
 
         broken_file = (ArchiveLoadFailed, zlib.error, EOFError, OSError)  # the bytes, not one record's content
-        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        size = _file_size(path)
         end = 0  # where the last record read whole ends
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             gzipped = self._gzipped = handle.read(len(GZIP_MEMBER)) == GZIP_MEMBER
             start = 0
             while start is not None:
                 handle.seek(start)
-                iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
+                iterator = _archive_iterator(handle)
                 start = record = None
                 done = False  # the current record has its row
                 try:
@@ -167,14 +167,15 @@ class ReadWarcRecords(beam.DoFn):
                         done = True
                         end = iterator.get_record_offset() + iterator.get_record_length()
                         record, done = None, False
-                except (*broken_file, ValueError) as exc:
+                except Exception as exc:  # noqa: BLE001 - warcio failing on the bytes of one record, whatever its error
+                    # A corrupt gzip member: read on from the next whole member (each holds one record).
+                    start = _next_gzip_member(handle, end + 1) if gzipped else None
                     if not done:  # the record being read, or the bytes where the next one should start
                         misread = isinstance(exc, MisreadMemberError)  # its "URL" is compressed bytes
                         ids = _record_ids(record) if record is not None and not misread else {}
-                        detail = f"{path}@{end}: {type(exc).__name__}: {exc}"[:300]
+                        unread = f" (the last {size - end} bytes, not read on)" if start is None else ""
+                        detail = f"{path}@{end}{unread}: {type(exc).__name__}: {exc}"[:300]
                         yield _rejected("warc_malformed_record", detail, **ids)
-                    # A corrupt gzip member: read on from the next whole member (each holds one record).
-                    start = _next_gzip_member(handle, end + 1) if gzipped else None
                     if start is None:
                         return
                     self.resynced.inc()
@@ -229,6 +230,34 @@ class ReadWarcRecords(beam.DoFn):
         status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
         item = {"status": status, "headers": headers, "body": payload, "date": date}
         yield ("page" if is_page else "image", url, item)
+
+
+def _file_size(path: str) -> int:
+    """The size of one input file, named literally (a local ``w [1]/a.warc.gz`` is no pattern)."""
+    if "://" not in path:
+        return os.path.getsize(path)
+    found = [m for m in FileSystems.match([literal_pattern(path)])[0].metadata_list
+             if "[" not in path or m.path == path]  # a "[" is quoted loosely (``literal_pattern``)
+    if not found:
+        raise FileNotFoundError(f"no such file: {path}")
+    return found[0].size_in_bytes
+
+
+def _archive_iterator(handle):
+    """warcio's ``ArchiveIterator`` (digests checked, ARC read as WARC) that reads a record without
+    ``WARC-Target-URI`` to its end without parsing its HTTP headers: warcio's own loader fails on one
+    (``None.startswith``) in the middle of the iteration, which would end the file's read there. ``_record``
+    then rejects it as a record without a URL, and the records after it are read."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.recordloader import ArcWarcRecordLoader
+
+    class RecordLoader(ArcWarcRecordLoader):
+        def load_http_headers(self, rec_type, uri, stream, length):
+            return None if uri is None else super().load_http_headers(rec_type, uri, stream, length)
+
+    iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
+    iterator.loader = RecordLoader(arc2warc=True)
+    return iterator
 
 
 def _record_ids(record) -> dict:
@@ -564,8 +593,9 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
     """Local globs, Beam filesystem patterns and folders -> file paths (sorted, each once).
 
     A folder (local, or a prefix on a Beam filesystem that names no file itself) stands for the WARC, ARC and
-    WAT files directly in it (``ARCHIVE_SUFFIXES``; not its subfolders). Raises MissingInputError naming the
-    patterns that match no file.
+    WAT files directly in it (``ARCHIVE_SUFFIXES``; not its subfolders). A file or folder that exists is read
+    as named, ``*``, ``?`` and ``[`` included (``w [1]/a.warc.gz``); only a name that does not is a pattern.
+    Raises MissingInputError naming the patterns that match no file.
     """
     files, missing = [], []
     for pattern in patterns:
@@ -573,14 +603,17 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
             if os.path.isdir(pattern):
                 found = _archives([os.path.join(pattern, name) for name in os.listdir(pattern)
                                    if os.path.isfile(os.path.join(pattern, name))])
+            elif os.path.isfile(pattern):
+                found = [pattern]
             else:
-                found = [path for path in sorted(glob.glob(pattern)) or [pattern] if os.path.isfile(path)]
+                found = [path for path in sorted(glob.glob(pattern)) if os.path.isfile(path)]
         else:
             try:
-                found = _matching([pattern])
-                if not found and not any(c in pattern for c in "*?["):  # an object store's "folder"
-                    prefix = pattern.rstrip("/") + "/"
-                    found = [path for path in _archives(_matching([prefix + "*"])) if "/" not in path[len(prefix):]]
+                found = [pattern] if FileSystems.exists(pattern) else []
+                if not found and any(c in pattern for c in "*?["):
+                    found = _matching([pattern])
+                if not found:  # an object store's "folder": a prefix of files (listed after a pattern: listings cost)
+                    found = _archives(files_under(pattern.rstrip("/"), "/*"))
             except Exception:  # noqa: BLE001 - Beam reports a missing bucket or prefix as an error
                 found = []
         files.extend(found)
@@ -597,11 +630,24 @@ def _matching(patterns: list[str]) -> list[str]:
     return [m.path for match in FileSystems.match(patterns) for m in match.metadata_list]
 
 
-def _delete_matching(patterns: list[str]) -> None:
-    """Delete the files that match Beam filesystem patterns (none is fine)."""
-    found = _matching(patterns)
-    if found:
-        FileSystems.delete(found)
+def _files_in(folder: str, *names: str) -> list[str]:
+    """The files named ``names`` (a path inside ``folder`` whose parts may hold ``*``), ``folder`` taken as
+    written (``runs/demo [b]/crawl``). Locally through ``glob``: Beam would list the whole folder above a
+    quoted ``[``."""
+    if "://" in folder:
+        return files_under(folder.rstrip("/"), "/" + "/".join(names))
+    return [path for path in glob.glob(os.path.join(glob.escape(folder), *names)) if os.path.isfile(path)]
+
+
+def _delete(paths: list[str]) -> None:
+    """Delete files by name: local ones directly, since Beam's local filesystem reads a name as a pattern
+    (``demo [b]/crawl/stats.json`` would name nothing)."""
+    for path in paths:
+        if "://" not in path:
+            os.remove(path)
+    others = [path for path in paths if "://" in path]
+    if others:
+        FileSystems.delete(others)
 
 
 def _sinks(prefix: str) -> list[tuple[str, str]]:
@@ -609,12 +655,12 @@ def _sinks(prefix: str) -> list[tuple[str, str]]:
     return [(output.CANDIDATES, prefix), (output.REJECTED, prefix), (PARTS, f"{CAPTURES}-{prefix}")]
 
 
-def _shard_patterns(out_dir: str, prefix: str) -> list[str]:
+def _shard_files(out_dir: str, prefix: str) -> list[str]:
     """The shards named ``prefix-*`` and the files in their sink's Beam temporary folders (a shard written
     there but not yet renamed ends in .parquet and would be read as data)."""
-    return [pattern for sub, name in _sinks(prefix)
-            for pattern in (FileSystems.join(out_dir, sub, f"{name}-*.parquet"),
-                            FileSystems.join(out_dir, sub, f"beam-temp-{name}-*", "*"))]
+    return [path for sub, name in _sinks(prefix)
+            for names in ((sub, f"{name}-*.parquet"), (sub, f"beam-temp-{name}-*", "*"))
+            for path in _files_in(out_dir, *names)]
 
 
 def _temp_folders(out_dir: str, prefix: str) -> list[str]:
@@ -622,12 +668,12 @@ def _temp_folders(out_dir: str, prefix: str) -> list[str]:
     if "://" in out_dir:
         return []
     return [folder for sub, name in _sinks(prefix)
-            for folder in glob.glob(os.path.join(out_dir, sub, f"beam-temp-{name}-*"))]
+            for folder in glob.glob(os.path.join(glob.escape(out_dir), sub, f"beam-temp-{name}-*"))]
 
 
 def _clear_shards(out_dir: str, prefix: str) -> None:
     """Remove the shards named ``prefix-*`` and the Beam temporary folders of their sink, a killed run's too."""
-    _delete_matching(_shard_patterns(out_dir, prefix))
+    _delete(_shard_files(out_dir, prefix))
     for folder in _temp_folders(out_dir, prefix):
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -638,7 +684,7 @@ def _clear_previous(out_dir: str) -> None:
     The previous stats.json goes first, so an output whose run is interrupted never looks complete:
     stats.json is written last. Then the shards and a killed run's Beam temporary folders.
     """
-    _delete_matching([FileSystems.join(out_dir, output.STATS_FILE)])
+    _delete(_files_in(out_dir, output.STATS_FILE))
     _clear_shards(out_dir, PREFIX)
 
 
@@ -686,7 +732,7 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 def _has_warc_output(out_dir: str) -> bool:
     """Whether the folder holds WARC shards, a killed run's Beam temporary files, or a stats.json."""
-    return bool(_matching([FileSystems.join(out_dir, output.STATS_FILE), *_shard_patterns(out_dir, PREFIX)])
+    return bool(_files_in(out_dir, output.STATS_FILE) or _shard_files(out_dir, PREFIX)
                 or _temp_folders(out_dir, PREFIX))
 
 
@@ -740,7 +786,7 @@ def _part_rows(out_dir: str, prefix: str) -> dict[str, Any]:
     """A part's shard names and row counts (from the Parquet footers)."""
     facts: dict[str, Any] = {}
     for sub in (output.CANDIDATES, output.REJECTED):
-        shards = sorted(_matching([FileSystems.join(out_dir, sub, f"{prefix}-*.parquet")]))
+        shards = sorted(_files_in(out_dir, sub, f"{prefix}-*.parquet"))
         facts[sub] = sum(schemas.count_rows(shard) for shard in shards)
         facts[f"{sub}_shards"] = [FileSystems.split(shard)[1] for shard in shards]
     return facts
@@ -821,7 +867,7 @@ def dedupe_across_parts(out_dir: str) -> int:
 def _part_shards(out_dir: str, sub: str) -> list[tuple[int, str]]:
     """(part, path) of the parts' shards in ``candidates/`` or ``rejected/``, in part order."""
     shards = []
-    for path in _matching([FileSystems.join(out_dir, sub, f"{PREFIX}-p*.parquet")]):
+    for path in _files_in(out_dir, sub, f"{PREFIX}-p*.parquet"):
         named = PART_SHARD.match(FileSystems.split(path)[1])
         if named:
             shards.append((int(named.group(1)), path))
@@ -892,7 +938,7 @@ def _latest_opt_outs(out_dir: str) -> dict[str, tuple]:
 
     Reads the parts' captures twice: the pages that opted out in some part, then only their rows.
     """
-    shards = _matching([FileSystems.join(out_dir, PARTS, f"{CAPTURES}-{PREFIX}-p*.parquet")])
+    shards = _files_in(out_dir, PARTS, f"{CAPTURES}-{PREFIX}-p*.parquet")
     opted_out = set()
     for shard in shards:
         table = schemas.read_table(shard, columns=["page", "opt_out"])
@@ -960,14 +1006,14 @@ def _move_candidates(out_dir: str, part: int, shard: str, drop: pa.Array, kind: 
     if kept.num_rows:
         schemas.write_table(kept, shard, "candidates")
     else:
-        FileSystems.delete([shard])
+        _delete([shard])
     return table.num_rows - kept.num_rows
 
 
 def _run_in_parts(known: argparse.Namespace, options: PipelineOptions, files: list[str], out_dir: str) -> dict[str, Any]:
     """Run the parts that have no marker, then the cross-part dedupe, then stats.json."""
     parts = split_into_parts(files, known.files_per_part)
-    _delete_matching([FileSystems.join(out_dir, output.STATS_FILE)])  # complete again only once stats.json is back
+    _delete(_files_in(out_dir, output.STATS_FILE))  # complete again only once stats.json is back
     merged: dict[str, int] = {}
     for index, part_files in enumerate(parts):
         recorded = [_comparable(path) for path in part_files]

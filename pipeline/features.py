@@ -169,7 +169,9 @@ def resolve_input(path: str) -> str:
 
     ``FileNotFoundError`` when ``path`` is none of them: nothing there, or a folder without ``pairs/``,
     ``candidates/`` or Parquet files (a wrong ``--input`` would otherwise be a run of 0 images). An empty
-    ``pairs/`` or ``candidates/`` is an empty run, as in ``lait filter``.
+    ``pairs/`` or ``candidates/`` is an empty run, as in ``lait filter``. A crawl folder's other datasets
+    (``rejected/``) are never read as images: a finished crawl without ``candidates/`` (one that kept nothing,
+    written before crawls always wrote it) is a ``FileNotFoundError`` that says so.
     """
     fs, inner = _filesystem(path)
     for sub in ("pairs", "candidates"):
@@ -178,9 +180,24 @@ def resolve_input(path: str) -> str:
             return path.rstrip("/") + "/" + sub
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no input at {path}")
+    if _stage_of(path) == "crawl":
+        raise FileNotFoundError(f"{path} is a crawl folder without candidates/ (a crawl that kept nothing): "
+                                f"no images to extract")
+    if fs.get_file_info(posixpath.join(inner, "rejected")).type == pafs.FileType.Directory:
+        raise FileNotFoundError(f"no pairs/ or candidates/ under {path}: a run folder (it holds rejected/), "
+                                f"not a dataset of images")
     if not schemas.list_parquet_files(path):
         raise FileNotFoundError(f"no pairs/, candidates/ or Parquet files under {path}")
     return path
+
+
+def _stage_of(folder: str) -> str | None:
+    """The stage a run folder's stats.json names; None when it has none, or one that cannot be read."""
+    try:
+        stats = _read_json(_join(folder, "stats.json"))
+    except (OSError, ValueError):
+        return None
+    return stats.get("stage") if stats else None
 
 
 def _join(root: str, *parts: str) -> str:

@@ -56,8 +56,36 @@ ID_COLUMNS = ("candidate_id", "page_url", "image_url")
 
 # ---------------------------------------------------------------------------------------------- input
 
+GLOB_CHARS = "*?["
+
+
+def _exists(path: str) -> bool:
+    """Whether a file or folder lies at ``path`` as written (on an object store: a file, or a prefix of files)."""
+    if "://" not in path:
+        return os.path.lexists(path)
+    return FileSystems.exists(path) or is_folder(path)
+
+
 def _is_pattern(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
+    """Whether ``path`` is a glob: it has ``*``, ``?`` or ``[`` and nothing lies at it as written. A path that
+    exists is that path (``runs/r7 [v2]/crawl``), never a pattern."""
+    return any(ch in path for ch in GLOB_CHARS) and not _exists(path)
+
+
+def literal_pattern(path: str) -> str:
+    """``path`` as a Beam pattern (Beam's ``translate_pattern`` has no escape character): ``*`` and ``?`` as the
+    classes ``[*]`` and ``[?]``, ``[`` as ``[][]``, which matches ``]`` too (``[[]`` would be a set that opens
+    with ``[``, which Python warns may one day mean a nested set). ``files_under`` keeps the exact matches."""
+    return "".join({"*": "[*]", "?": "[?]", "[": "[][]"}.get(ch, ch) for ch in path)
+
+
+def files_under(path: str, pattern: str = "", limit: int | None = None) -> list[str]:
+    """The files Beam's filesystem lists for ``path`` + ``pattern`` (``""``: the file itself; ``"/**.parquet"``),
+    ``path`` taken as written even when it holds ``*``, ``?`` or ``[``."""
+    exact = "[" not in path  # else a "]" in its place matches too (``literal_pattern``): check each file
+    found = FileSystems.match([literal_pattern(path) + pattern], limits=[limit if exact else None])[0].metadata_list
+    files = [m.path for m in found if exact or m.path.startswith(path)]
+    return files[:limit] if limit else files
 
 
 def is_folder(path: str) -> bool:
@@ -65,7 +93,14 @@ def is_folder(path: str) -> bool:
     names) a prefix that names files under it; there ``FileSystems.exists`` is true for files alone."""
     if "://" not in path:
         return os.path.isdir(path)
-    return bool(FileSystems.match([posixpath.join(path, "**")], limits=[1])[0].metadata_list)
+    return bool(files_under(path.rstrip("/"), "/**", limit=1))
+
+
+def is_crawl_folder(path: str) -> bool:
+    """Whether ``path`` is a finished crawl's run folder: its stats.json names the crawl stage. One that kept
+    nothing may have no ``candidates/`` at all (an older crawl, or one on an object store, which holds no
+    empty folders)."""
+    return stage_of(posixpath.join(path, "stats.json")) == "crawl"
 
 
 def input_root(path: str) -> str:
@@ -74,25 +109,40 @@ def input_root(path: str) -> str:
     if path.endswith(".parquet") or _is_pattern(path):
         return path
     candidates = posixpath.join(path, "candidates")
-    # On an object store an empty candidates/ does not exist at all: a crawl folder shows by its stats.json.
-    if is_folder(candidates) or ("://" in path and stage_of(posixpath.join(path, "stats.json")) == "crawl"):
+    if is_folder(candidates) or is_crawl_folder(path):
         return candidates
     return path
+
+
+def _parquet_files(folder: str) -> list[str]:
+    """The ``.parquet`` files under a folder, at any depth, the folder's name taken literally."""
+    if "://" in folder:
+        return files_under(folder.rstrip("/"), "/**.parquet")
+    return [os.path.join(parent, name) for parent, _, names in os.walk(folder) for name in names
+            if name.endswith(".parquet")]
 
 
 def resolve_input(path: str) -> list[str]:
     """The candidate Parquet files of a crawl folder (``candidates/`` inside) or of the dataset itself: a folder
     (one named ``*.parquet`` too, as Spark and Dask write them), a single file or a pattern.
 
-    A crawl folder's ``candidates/`` is read alone, even when it holds no file (an empty crawl gives an
-    empty run): the folder's other datasets (``rejected/``) are never taken for candidates.
+    A crawl folder's ``candidates/`` is read alone, even when it holds no file or is missing (an empty crawl
+    gives an empty run): the folder's other datasets (``rejected/``) are never taken for candidates. A path
+    that exists is read as written, ``*``, ``?`` and ``[`` in its name included; only one that does not is a
+    pattern.
     """
     path = path.rstrip("/")
     root = input_root(path)
-    single = _is_pattern(root) or (root.endswith(".parquet") and not is_folder(root))
-    pattern = root if single else posixpath.join(root, "**.parquet")
-    found = FileSystems.match([pattern])[0].metadata_list
-    files = sorted(m.path for m in found if not _hidden(m.path, path))
+    if root == path and is_folder(posixpath.join(path, "rejected")):  # a run folder, not a dataset
+        raise FileNotFoundError(f"no candidates under {path}: it holds rejected/ but neither candidates/ nor the "
+                                f"stats.json of a finished crawl")
+    if _is_pattern(root):
+        found = [m.path for m in FileSystems.match([root])[0].metadata_list]
+    elif is_folder(root):
+        found = _parquet_files(root)
+    else:  # a single file, or nothing (a crawl folder without candidates/)
+        found = [root] if root.endswith(".parquet") and FileSystems.exists(root) else []
+    files = sorted(file for file in found if not _hidden(file, path))
     if files or root != path:
         if not files:
             logger.warning("filter: %s holds no candidate files: an empty run", root)
