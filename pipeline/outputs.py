@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 from typing import Sequence
 
 logger = logging.getLogger(__name__)
@@ -59,11 +60,28 @@ def _present(path: str) -> list[str]:
     """What to delete to remove ``path``: the path itself when it exists (a file, or a local folder, removed
     whole), else the files under it. An object store (gs://, s3://) has no folders, only names: there
     ``exists`` is true for a file alone, and a "folder" is the files whose names begin with it."""
+    if "://" not in path:
+        return [path] if os.path.lexists(path) else []
     if _filesystems().exists(path):
         return [path]
-    if "://" not in path:
-        return []
-    return [m.path for m in _filesystems().match([posixpath.join(path, "**")])[0].metadata_list]
+    from pipeline.filter import files_under  # at call time: pipeline.filter imports this module
+
+    return files_under(path, "/**")  # the name taken as written, even holding "[", "*" or "?"
+
+
+def delete_exactly(paths: Sequence[str]) -> None:
+    """Delete ``paths`` as named (a local folder whole). Beam's local delete reads each name as a pattern, so a
+    folder named ``x [1]`` would be no match."""
+    for path in paths:
+        if "://" in path:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    remote = [path for path in paths if "://" in path]
+    if remote:
+        _filesystems().delete(remote)
 
 
 def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: bool = False,
@@ -96,7 +114,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
         if not finished:
             logger.warning("%s: removing the partial output of an interrupted run in %s: %s", stage, output,
                            ", ".join(existing))
-        _filesystems().delete([path for paths in found.values() for path in paths])
+        delete_exactly([path for paths in found.values() for path in paths])
 
 
 def finish_output(output: str) -> None:

@@ -145,11 +145,10 @@ def test_a_rerun_into_a_folder_named_with_brackets_finds_and_clears_its_previous
                                                                       "warc-00000-of-00001.parquet"]
 
 
-@pytest.mark.xfail(strict=True, reason="Beam's file sink (pipeline/parquet_beam.py) matches its own output folder "
-                                       "as a pattern: BeamIOError 'src and dst files do not exist'")
 def test_the_warc_reader_writes_into_a_folder_named_with_brackets(tmp_path):
     path = tmp_path / "a.warc.gz"
     _warc_with_a_record_without_uri(path)
     stats = warc.run(["--input", str(path), "--output", str(tmp_path / "o [1]"), "--no_download",
                       "--min_side", str(TEST_MIN_SIDE), "--runner", "DirectRunner"])
     assert (stats["in"], stats["kept"], stats["rejected"]) == (2, 1, 1)
+    assert list((tmp_path / "o [1]").rglob("beam-temp-*")) == []  # Beam's temporary folders removed too
