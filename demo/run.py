@@ -96,7 +96,8 @@ OPTION_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 
 def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
     """Raise ValueError (one line, naming the option) for a config no run could carry out: an option
-    ``OPTION_RULES`` refuses, an unknown step, ``--from`` after ``--stop-after``, an ``--out`` that is a file."""
+    ``OPTION_RULES`` refuses, an unknown step, ``--from`` after ``--stop-after``, an ``--out`` that is a file, a
+    ``--train-config`` that does not load as the train step's config (when that step is to run)."""
     for name, (ok, must_be) in OPTION_RULES.items():
         value = getattr(config, name)
         if not ok(value):
@@ -109,6 +110,33 @@ def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
         raise ValueError(f"--from {config.start_from} comes after --stop-after {config.stop_after}: no step would run")
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise ValueError(f"--out {config.out} is a file, not a folder: give the run's folder")
+    first = steps.index(config.start_from) if config.start_from else 0
+    last = steps.index(config.stop_after) if config.stop_after else len(steps) - 1
+    if "train" in steps and first <= steps.index("train") <= last:
+        check_train_config(config.train_config, os.path.abspath(config.out))
+
+
+def check_train_config(path: str, out: str) -> None:
+    """Raise ValueError (one line) unless ``path`` loads as the training config the train step builds for the run
+    folder ``out``: read only when that step ran, a bad one failed after the crawl, the filters and the detector."""
+    from model.config import ConfigError, load_config  # no torch import
+
+    try:
+        load_config(path, train_overrides(out))
+    except ConfigError as exc:
+        message = " ".join(str(exc).split())  # one line (a YAML error spans several)
+        message = message[len(path) + 2:] if message.startswith(f"{path}: ") else message
+        raise ValueError(f"--train-config {path}: {message}") from None
+
+
+def train_overrides(out: str) -> list[str]:
+    """The ``--set`` values of the train step: the run folder's datasets on every stage of configs/demo.yaml."""
+    train = {"regions": os.path.join(out, "features", "regions"), "captions": os.path.join(out, "captions")}
+    test = {"regions": os.path.join(out, "test_features", "regions"), "captions": os.path.join(out, "test", "captions")}
+    sets = [f"out_dir={os.path.join(out, 'train')}"]
+    for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
+        sets += [f"{prefix}.{key}={path}" for key, path in train.items()]
+    return sets + [f"eval.{key}={path}" for key, path in test.items()]
 
 
 #: Step statuses that let dependent steps run.
@@ -205,12 +233,7 @@ class Demo:
 
     def train_command(self) -> list[str]:
         """``lait train`` on configs/demo.yaml with every dataset path of the config set to this run's."""
-        train = {"regions": self.p("features", "regions"), "captions": self.p("captions")}
-        test = {"regions": self.p("test_features", "regions"), "captions": self.p("test", "captions")}
-        sets = [f"out_dir={self.p('train')}"]
-        for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
-            sets += [f"{prefix}.{key}={path}" for key, path in train.items()]
-        sets += [f"eval.{key}={path}" for key, path in test.items()]
+        sets = train_overrides(self.out)
         return self.lait("train", "--config", self.cfg.train_config, *[a for s in sets for a in ("--set", s)])
 
     def make_site(self) -> None:

@@ -31,6 +31,29 @@ COMMAND_MODULES = [
 ]
 
 
+def _crawl_hint(args: argparse.Namespace) -> str:
+    """What rerunning an interrupted ``lait crawl`` does (docs/crawl.md, Resume)."""
+    if getattr(args, "warc", None):
+        if getattr(args, "files_per_part", 0):
+            return "rerun the same command: the finished parts are skipped"
+        return "rerun the same command: it replaces the partial WARC output and starts over"
+    if getattr(args, "jobdir", None):
+        return f"rerun with --jobdir {args.jobdir} to continue"
+    return "complete shards are kept: rerun the same command, which skips the rows already written"
+
+
+#: After Ctrl-C, what rerunning each command does (as docs/<stage>.md say); other commands just stop.
+INTERRUPTED_HINTS = {
+    "train": lambda args: "rerun the same command with --resume to continue from the last checkpoint",
+    "filter": lambda args: "nothing was finished (no stats.json): rerun the same command, which clears the partial "
+                           "output and starts over",
+    "features": lambda args: "rerun the same command to resume: complete shards are skipped",
+    "eval": lambda args: "nothing was written: rerun the same command",
+    "crawl": _crawl_hint,
+    "demo": lambda args: "rerun with --from STEP to reuse the outputs of the steps before STEP",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lait",
@@ -58,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _stdout_closed():
             raise
         return 1
+    except KeyboardInterrupt:  # caught here only, once every context manager and finally below has cleaned up
+        hint = INTERRUPTED_HINTS.get(args.command)
+        print(f"lait {args.command}: interrupted" + (f"; {hint(args)}" if hint else ""), file=sys.stderr)
+        return 130
     return int(result or 0)
 
 

@@ -4,8 +4,10 @@ Writes ``OUT/captions/`` (every caption, with its split), ``OUT/pairs/`` (one ro
 bytes, so ``lait features --input OUT`` adds the regions), ``OUT/rejected/`` and ``OUT/stats.json``.
 An image's id is the SHA-256 of its bytes, as everywhere in LAIT; a caption whose image file is
 missing or unreadable, which is empty or malformed, or whose id came before, is rejected with a reason.
-``stats.json`` is written last: a folder holding it is a finished import, refused unless overwritten; one
-without it is an interrupted import's, cleared before the next.
+An import marks its folder with ``IMPORT_MARKER`` before it writes anything and removes the mark after
+``stats.json``, written last: a folder holding ``stats.json`` is a finished import, refused unless overwritten;
+one holding the mark is an interrupted import's, cleared before the next; captions/, pairs/ or rejected/ with
+neither are another dataset's (or an import's from before the mark), refused unless overwritten.
 """
 from __future__ import annotations
 
@@ -226,26 +228,53 @@ def _untext_reason(record: CaptionRecord) -> str | None:
     return None
 
 
+#: Written when an import starts and removed when it has finished: its partial output may be cleared.
+IMPORT_MARKER = ".import_captions.running"
 #: What an import writes into its output folder; ``stats.json``, written last, marks it finished.
-OUTPUTS = ("captions", "pairs", "rejected", ".stats.json.tmp", "stats.json")
+OUTPUTS = ("captions", "pairs", "rejected", ".stats.json.tmp", "stats.json", IMPORT_MARKER)
 
 
 class ImportExistsError(FileExistsError, ValueError):
-    """The output folder holds a finished import (a ValueError too, for the CLI's one-line bad-input errors)."""
+    """The output folder holds a finished import or another dataset (a ValueError too, for the CLI's one-line
+    bad-input errors)."""
+
+
+def _stage_of(stats_path: str) -> str | None:
+    """The ``stage`` a stats.json names (None when it names none or cannot be read)."""
+    try:
+        with open(stats_path, encoding="utf-8") as handle:
+            stats = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return stats.get("stage") if isinstance(stats, dict) else None
 
 
 def prepare_output(out_dir: str, overwrite: bool = False) -> None:
-    """Refuse a finished import's folder unless ``overwrite``; remove what an interrupted one left.
+    """Refuse a finished import's folder, or one holding another dataset, unless ``overwrite``; remove what an
+    interrupted import left (its ``IMPORT_MARKER`` says so).
 
     Shards are numbered after those already there, so a rerun into the same folder added every caption
-    a second time. Other folders inside (``features/``) stay.
+    a second time. Other folders inside (``features/``, ``regions/``) stay. Another stage's finished run (its
+    stats.json names that stage) is refused even with ``overwrite``.
     """
     existing = [name for name in OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
+    stats_path = os.path.join(out_dir, "stats.json")
     finished = "stats.json" in existing
+    other = _stage_of(stats_path) if finished else None
+    if other is not None and other != STAGE:
+        raise ImportExistsError(f"{out_dir} holds a finished {other} run, not an import; use a new --out "
+                                f"(--overwrite never replaces another stage's output)")
     if finished and not overwrite:
         raise ImportExistsError(f"{out_dir} already holds a finished import (stats.json); pass --overwrite to "
                                 f"replace it, or use a new --out")
-    if existing and not finished:
+    interrupted = IMPORT_MARKER in existing
+    if not finished and not interrupted and existing and not overwrite:
+        found = [name + "/" if os.path.isdir(os.path.join(out_dir, name)) else name for name in existing]
+        raise ImportExistsError(f"{out_dir}: {', '.join(found)} {'is' if len(found) == 1 else 'are'} not an "
+                                f"import's (no stats.json, no {IMPORT_MARKER}): another dataset, or an older "
+                                f"import's partial output; pass --overwrite to replace captions/, pairs/ and "
+                                f"rejected/, or use a new --out")
+    if interrupted and not finished:
         logger.warning("%s: removing the partial output of an interrupted import: %s", out_dir, ", ".join(existing))
     for name in existing:
         path = os.path.join(out_dir, name)
@@ -259,6 +288,9 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
     A caption id seen before is rejected (``duplicate_caption``): caption ids are keys downstream.
     """
     prepare_output(out_dir, overwrite)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, IMPORT_MARKER), "w", encoding="utf-8") as handle:
+        json.dump({"stage": STAGE, "pid": os.getpid()}, handle)
     images: dict[str, tuple[str, int, int] | str] = {}  # image file -> (image_id, w, h) or reject reason
     written: set[str] = set()  # image ids with a pairs row: one per image, whatever names lead to its bytes
     seen: set[str] = set()  # caption ids
@@ -319,5 +351,6 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(stats, handle, indent=2)
     os.replace(tmp, os.path.join(out_dir, "stats.json"))
+    os.remove(os.path.join(out_dir, IMPORT_MARKER))
     logger.info("imported %d of %d captions over %d images", stats["kept"], stats["in"], stats["images"])
     return stats

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -690,11 +691,37 @@ def _diverged(stage: StageConfig, step: int, losses: dict, config: TrainConfig, 
                            f"lr, raise its warmup, or check the data")
 
 
-def train(config: TrainConfig, resume: str | None = None, progress: bool = False) -> dict:
-    """Run every configured stage in order (skipping those a resumed checkpoint finished); returns a summary."""
-    if os.path.exists(config.out_dir) and not os.path.isdir(config.out_dir):
-        raise ValueError(f"out_dir: {config.out_dir} is a file, not a folder")
+#: What a run writes into its out_dir: a folder holding any of these holds a run (``overwrite`` removes them).
+RUN_OUTPUTS = ("checkpoints", "logs", "tokenizer.json", "config.json", "summary.json", "eval.json")
+
+
+def earlier_run(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> list[str]:
+    """The files of an earlier run in ``config.out_dir`` (to remove when ``overwrite``); a ``ValueError`` when there
+    are some and neither ``resume`` nor ``overwrite`` says what to do with them: a new run would overwrite its
+    final.pt and last.pt and mix its checkpoints and logs with the new run's."""
+    out_dir = config.out_dir
+    if resume and overwrite:
+        raise ValueError("--resume or --overwrite, not both: --resume continues the run in out_dir, --overwrite "
+                         "removes it and starts over")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir: {out_dir} is a file, not a folder")
+    found = [name for name in RUN_OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
+    if found and not resume and not overwrite:
+        shown = ", ".join(name + ("/" if os.path.isdir(os.path.join(out_dir, name)) else "") for name in found)
+        raise ValueError(f"out_dir: {out_dir} already holds a training run ({shown}); pass --resume to continue it, "
+                         f"--overwrite to start over, or choose another out_dir")
+    return found if overwrite else []
+
+
+def train(config: TrainConfig, resume: str | None = None, progress: bool = False, overwrite: bool = False) -> dict:
+    """Run every configured stage in order (skipping those a resumed checkpoint finished); returns a summary.
+
+    An out_dir holding an earlier run is refused unless ``resume`` continues it or ``overwrite`` first removes
+    its files (``RUN_OUTPUTS``; anything else there stays)."""
+    earlier = earlier_run(config, resume, overwrite)
     runtime = setup_runtime(config)
+    if runtime.distributed:
+        dist.barrier()  # every process has looked before the first writes
     os.makedirs(config.out_dir, exist_ok=True)
     stages = config.stages()
     resume_state = None
@@ -744,6 +771,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     elif config.bert:
         load_bert_weights(model, config.bert)
     model.to(runtime.device)
+    if earlier and runtime.is_main:  # once the new run's config, data and init checkpoint are known good
+        logger.warning("--overwrite: removing the earlier run's %s from %s", ", ".join(earlier), config.out_dir)
+        for name in earlier:
+            path = os.path.join(config.out_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     if runtime.is_main:
         with open(os.path.join(config.out_dir, "tokenizer.json"), "w", encoding="utf-8") as handle:
             handle.write(tokenizer_json)
@@ -797,9 +829,12 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m model.train --config FILE [--set key=value ...] [--resume [CKPT]]`` (also under torchrun)."""
+    """``python -m model.train --config FILE [--set key=value ...] [--resume [CKPT] | --overwrite]`` (also under
+    torchrun)."""
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
     add_train_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true",  # as `lait train --overwrite`
+                        help="start over in an out_dir holding a run: remove its files first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_from_args(args)
@@ -812,7 +847,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
     overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
     config = load_config(args.config, overrides)
     try:
-        return train(config, resume=args.resume, progress=not args.no_progress)
+        return train(config, resume=args.resume, progress=not args.no_progress,
+                     overwrite=getattr(args, "overwrite", False))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -112,3 +112,82 @@ def test_crawl_refuses_a_bad_robots_retry_setting_before_anything(tmp_path, caps
     assert cli.main(["crawl", *source, "--out", str(out), "--no-progress", "-s", "LAIT_ROBOTS_RETRY_AFTER=nan"]) == 2
     assert "LAIT_ROBOTS_RETRY_AFTER must be a number of seconds" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _train_until_its_first_loss_row(tmp_path):
+    """`lait train` in a session of its own (a DataLoader worker as well), once it logged its first loss row."""
+    import os
+    import time
+
+    import yaml
+
+    from model.synthetic import write_synthetic
+
+    write_synthetic(str(tmp_path / "data"), images=24, feature_dim=8, test_images=4, seed=2)
+    data = {"regions": str(tmp_path / "data" / "regions"), "captions": str(tmp_path / "data" / "captions"),
+            "split": "train"}
+    config = {"out_dir": str(tmp_path / "run"), "log_every": 1, "num_workers": 1, "cpu_threads": 1,
+              "model": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32,
+                        "max_text_len": 16, "max_regions": 8},
+              "tokenizer_vocab_size": 100,
+              "pretrain": [{"name": "stage1", "datasets": [data], "steps": 100000, "batch_size": 4}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "lait", "train", "--config", str(tmp_path / "c.yaml"),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1"), cwd=root,
+                            start_new_session=True)
+    log = tmp_path / "run" / "logs" / "stage1.csv"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):  # the header and step 1: training
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no loss row in 240 s"
+        time.sleep(0.2)
+    return proc
+
+
+def test_ctrl_c_during_training_says_interrupted_in_one_line_and_leaves_no_process(tmp_path):
+    """Ctrl-C (SIGINT to the whole foreground group: the command and its DataLoader worker) printed a long
+    traceback ending in KeyboardInterrupt; now one line with what to do next, exit status 130, no process left."""
+    import os
+    import signal
+    import time
+
+    proc = _train_until_its_first_loss_row(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines() == ["lait train: interrupted; rerun the same command with --resume to continue "
+                                        "from the last checkpoint"], err
+    for _ in range(50):  # no DataLoader worker left behind in the group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a process of lait train's group outlived it")
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["filter", "--input", "IN", "--output", "OUT"], "nothing was finished (no stats.json): rerun the same command"),
+    (["features", "--input", "IN", "--output", "OUT", "--detector", "demo"],
+     "rerun the same command to resume: complete shards are skipped"),
+    (["eval", "--checkpoint", "C.pt", "--regions", "R", "--captions", "C"], "rerun the same command"),
+    (["crawl", "--warc", "a.warc.gz", "--out", "OUT"], "rerun the same command: it replaces"),
+    (["crawl", "--warc", "a.warc.gz", "--out", "OUT", "--files-per-part", "2"], "the finished parts are skipped"),
+    (["demo", "--out", "OUT"], "--from STEP"),
+])
+def test_ctrl_c_in_any_command_is_one_line_and_status_130(argv, hint, monkeypatch, capsys):
+    import importlib
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    module = importlib.import_module(f"lait.commands.{argv[0]}")
+    monkeypatch.setattr(module, "run", interrupted)
+    assert cli.main(argv) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert captured.err.startswith(f"lait {argv[0]}: interrupted") and hint in captured.err, captured.err

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="train",
                         help="split recorded for coco and tsv sources (default train; karpathy carries its own)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished import in --out (its captions/, pairs/, rejected/ and stats.json)")
+                        help="replace what --out holds of a finished import or of another dataset: its captions/, "
+                             "pairs/, rejected/ and stats.json (other folders stay)")
     parser.set_defaults(func=run)
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{args.source}: cannot read it ({exc.strerror or exc})")
     try:
         stats = import_captions(records, args.images, args.out, overwrite=args.overwrite)
-    except (ValueError, OSError) as exc:  # a finished import in --out, an unwritable --out
+    except (ValueError, OSError) as exc:  # a finished import or another dataset in --out, an unwritable --out
         return _fail(exc)
     print(json.dumps(stats, indent=2))
     return 0

@@ -16,6 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from model.config import add_train_arguments  # no torch import: `lait --help` stays fast
 
     add_train_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an out_dir that holds a run (otherwise refused, unless --resume continues "
+                             "it): first remove the files a run writes there (checkpoints/, logs/, tokenizer.json, "
+                             "config.json, summary.json, eval.json), then train")
     parser.set_defaults(func=run)
 
 
@@ -26,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_from_args(args)
     except (ConfigError, ValueError, OSError) as exc:  # bad config, data, checkpoint or path: one line
-        print(f"lait train: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines())  # a YAML error spans several lines
+        print(f"lait train: {message}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:  # not bad input: the run itself failed
         print(f"lait train: {exc}", file=sys.stderr)

@@ -209,3 +209,29 @@ def test_summary_prints_the_funnel_and_recall_at_k_beside_chance(tmp_path):
     sentence = next(line.split() for line in lines if line.startswith("sentence_retrieval"))
     assert sentence[1:4] == ["0.350", "0.660", "0.830"] and sentence[-1] == "52.2x"
     assert any(line.startswith("planted noise: min precision") for line in lines)
+
+
+def test_a_bad_train_config_is_refused_before_any_step(tmp_path):
+    """--train-config was read only when the train step ran (after the crawl, the filters and the detector)."""
+    import pytest
+
+    out = str(tmp_path / "d")
+    proc = _lait("demo", "--out", out, "--train-config", str(tmp_path / "no-such.yaml"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("lait demo: error: --train-config") and "no-such.yaml" in proc.stderr
+    assert not os.path.exists(out), "nothing ran"
+    # Parsed as the train step builds it (the run's data paths set on its stages): a config with one pretraining
+    # stage cannot take the demo's second, a bad value is named
+    one_stage = tmp_path / "one.yaml"
+    one_stage.write_text("pretrain:\n  - {name: s1, steps: 2, batch_size: 4, datasets: [{regions: r, captions: c}]}\n"
+                         "finetune: {steps: 2, batch_size: 4, datasets: [{regions: r, captions: c}]}\n")
+    with pytest.raises(ValueError, match=f"--train-config {one_stage}: .*pretrain.1"):
+        demo_run.check_config(DemoConfig(out=out, train_config=str(one_stage)))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open(demo_run.DemoConfig().train_config).read() + "\nlog_every: 0\n")
+    with pytest.raises(ValueError, match="--train-config .*log_every"):
+        demo_run.check_config(DemoConfig(out=out, train_config=str(bad)))
+    # Not checked when the train step does not run
+    demo_run.check_config(DemoConfig(out=out, train_config=str(bad), stop_after="crawl"))
+    demo_run.check_config(DemoConfig(out=out, train_config=str(bad), start_from="eval"))
+    demo_run.check_config(DemoConfig(out=out))  # the shipped one

@@ -677,3 +677,53 @@ def test_row_groups_are_dealt_so_that_every_consumer_gets_about_as_many_examples
     assert max(in_turn_spreads) > largest, "the data tells the dealings apart"
     with pytest.raises(ValueError, match="dealing 'sizes': not one of balanced, captioned"):
         PairStream(datasets, tokenizer_json, config, dealing="sizes")
+
+
+def test_import_captions_leaves_another_dataset_in_out_alone(tmp_path):
+    """--out a data folder (captions/ and regions/ of another dataset, no stats.json): the import took its
+    captions/ for an interrupted import's and replaced them with its own rows. Refused now, one line naming the
+    folder and --overwrite; only what an import of its own left (its marker says so) is cleared by itself."""
+    from model.captions_import import IMPORT_MARKER, CaptionRecord, ImportExistsError, import_captions
+    from model.synthetic import write_synthetic
+
+    images = _import_tree(tmp_path)
+    out = tmp_path / "data"
+    write_synthetic(str(out), images=60, feature_dim=4, test_images=20, seed=3)
+    rows = schemas.read_table(str(out / "captions"), "captions").num_rows
+    records = [CaptionRecord("r1", "one.png", "a red one", "train")]
+    with pytest.raises(ImportExistsError, match=f"{out}: captions/ is not an import's.*--overwrite"):
+        import_captions(records, str(images), str(out))
+    (tmp_path / "one.tsv").write_text("one.png\ta red one\n")
+    proc = subprocess.run([sys.executable, "-m", "lait", "import-captions", str(tmp_path / "one.tsv"), "--format",
+                           "tsv", "--images", str(images), "--out", str(out)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"lait import-captions: {out}: captions/") and "--overwrite" in proc.stderr
+    assert schemas.read_table(str(out / "captions"), "captions").num_rows == rows, "the other dataset is intact"
+    assert (out / "regions").is_dir() and not (out / IMPORT_MARKER).exists()
+    # An interrupted import of its own (the marker, partial shards): cleared by the next import
+    def failing():
+        yield records[0]
+        raise OSError("disk full")
+
+    mine = tmp_path / "mine"
+    with pytest.raises(OSError):
+        import_captions(failing(), str(images), str(mine), rows_per_shard=1)
+    assert (mine / IMPORT_MARKER).exists() and (mine / "captions").is_dir()
+    assert import_captions(records, str(images), str(mine))["kept"] == 1
+    assert not (mine / IMPORT_MARKER).exists()
+    # An interrupted import of before the marker: it cannot be told from another dataset, so it is refused too
+    (mine / "stats.json").unlink()
+    with pytest.raises(ImportExistsError, match="--overwrite"):
+        import_captions(records, str(images), str(mine))
+    # --overwrite replaces the other dataset's captions/ (regions/ and the rest stay)
+    assert import_captions(records, str(images), str(out), overwrite=True)["kept"] == 1
+    assert schemas.read_table(str(out / "captions"), "captions").num_rows == 1 and (out / "regions").is_dir()
+    # A folder holding another stage's finished run (a filter's pairs/, rejected/, stats.json): never replaced
+    other = tmp_path / "filter"
+    (other / "pairs").mkdir(parents=True)
+    (other / "stats.json").write_text(json.dumps({"stage": "filter", "in": 3, "kept": 3}))
+    for overwrite in (False, True):
+        with pytest.raises(ImportExistsError, match="a finished filter run"):
+            import_captions(records, str(images), str(other), overwrite=overwrite)
+    assert (other / "pairs").is_dir() and json.loads((other / "stats.json").read_text())["stage"] == "filter"

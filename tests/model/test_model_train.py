@@ -790,3 +790,52 @@ def test_a_checkpoint_without_stage_summaries_lists_its_stages_without_figures(s
     config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "cli"))))
     assert main(["train", "--config", str(config), "--resume", str(tmp_path / "old-stage1.pt"), "--no-progress"]) == 0
     assert "stage1           pretrain  done before the resume  (no figures: an older checkpoint)" in capsys.readouterr().out
+
+
+def test_train_refuses_an_out_dir_holding_a_run_unless_resumed_or_overwritten(synth_dir, tmp_path, capsys):
+    """A second `lait train` into a run's folder without --resume started over: final.pt and last.pt were
+    overwritten and checkpoints/ and logs/ mixed both runs' files. It is refused, in one line, before anything
+    is written; --resume continues it and --overwrite removes the run's files (only those) first."""
+    import yaml
+
+    from lait.cli import main
+
+    out = tmp_path / "run"
+    train(load_config(base=_base(synth_dir, str(out), checkpoint_every=2)))
+    final = (out / "checkpoints" / "final.pt").read_bytes()
+    (out / "notes.txt").write_text("mine")  # not a run's file: never removed
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(out))))
+    fine_tune = tmp_path / "init.yaml"  # a new run from the old one's weights, into its folder
+    fine_tune.write_text(yaml.safe_dump({"out_dir": str(out), "init": str(out / "checkpoints" / "final.pt"),
+                                         "finetune": _base(synth_dir, str(out))["finetune"]}))
+    for path in (config, fine_tune):
+        assert main(["train", "--config", str(path), "--no-progress"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"lait train: out_dir: {out} already holds a training run") and error.count("\n") == 1
+        assert "--resume" in error and "--overwrite" in error, error
+    assert (out / "checkpoints" / "final.pt").read_bytes() == final, "the earlier run is intact"
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(load_config(base=_base(synth_dir, str(out))))
+    # --resume and --overwrite contradict each other: refused, nothing touched
+    assert main(["train", "--config", str(config), "--resume", "--overwrite", "--no-progress"]) == 2
+    assert "--resume or --overwrite, not both" in capsys.readouterr().err
+    assert (out / "checkpoints" / "stage1-step2.pt").exists()
+    # --overwrite: the old run's files go (its periodic checkpoints too), the new run's are alone, notes.txt stays
+    assert main(["train", "--config", str(config), "--overwrite", "--no-progress"]) == 0
+    assert sorted(os.listdir(out / "checkpoints")) == ["final.pt", "finetune.pt", "last.pt", "stage1.pt"]
+    assert (out / "notes.txt").read_text() == "mine"
+    # The old run goes once the new one's config, data and init checkpoint (here, the old run's final.pt) are read
+    assert main(["train", "--config", str(fine_tune), "--overwrite", "--no-progress"]) == 0
+    assert sorted(os.listdir(out / "checkpoints")) == ["final.pt", "finetune.pt", "last.pt"]
+    assert not (out / "logs" / "stage1.csv").exists()
+    # A run interrupted before its first checkpoint (logs/, tokenizer.json): refused too, resumed with --resume
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "logs").mkdir(parents=True)
+    (interrupted / "tokenizer.json").write_text("{}")
+    assert main(["train", "--config", str(config), "--out-dir", str(interrupted), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--out-dir", str(interrupted), "--resume", "--no-progress"]) == 0
+    # An empty folder, or one holding other files only, is not a run: training starts there
+    (tmp_path / "empty").mkdir()
+    train(load_config(base=_base(synth_dir, str(tmp_path / "empty"))))
