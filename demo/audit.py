@@ -41,10 +41,11 @@ SOURCE_STAGES = ("crawl", "import_captions")
 STAGE_ORDER = {"crawl": 0, "filter0": 1, "filter": 2, "relevance": 3, "features": 4, "test_features": 5}
 #: What only a stage writes besides ``stats.json`` (written last), there while it runs: its ``rejected/``
 #: records (lait features makes the folder first; Beam stages write their temporary shards inside it), the
-#: features stage's ``run.json``, a Beam stage's pending stats (``pipeline.outputs.PENDING_STATS``). A folder
+#: features stage's ``run.json``, a Beam stage's pending stats and run marker (``pipeline.outputs.PENDING_STATS``,
+#: ``RUN_MARKER``). A folder
 #: of datasets alone (``candidates/``, ``pairs/``, ``regions/``, ``captions/``) is one that some tool wrote,
 #: an input, not a stage: the demo's held-out split ``test/``, candidates written by hand.
-STAGE_MARKERS = ("rejected", "run.json", "_stats.pending.json")
+STAGE_MARKERS = ("rejected", "run.json", "_stats.pending.json", "_run.started.json")
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 #: How ``rejected_reasons_match`` names rejected rows whose reason is null (the contract forbids it; a file
 #: written by other tools may hold some): not a snake_case name, so no stage's reason can be mistaken for it.

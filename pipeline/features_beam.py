@@ -23,7 +23,7 @@ from pipeline.features import (INPUT_COLUMNS, MAX_WAIT_BATCHES, SHARD_PREFIX, ST
                                ImageRegions, _batches, _check_output_outside, _join, _open_parquet, _why, _write_json,
                                check_input_file, classes_info, detect_by_shape, output_schema, read_image_ids,
                                resolve_input, to_original_pixels)
-from pipeline.outputs import input_reference, prepare_output
+from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
 
@@ -346,6 +346,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     }
     _write_json(_join(known.output, "classes.json"), classes_info(options.detector, spec, options.topk))
     _write_json(_join(known.output, "stats.json"), stats)
+    clear_run_marker(known.output)
     return stats
 
 

@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 #: A stage writes its stats here while it runs and renames the file to stats.json once every shard
 #: is written, so a killed run never leaves a stats.json behind.
 PENDING_STATS = "_stats.pending.json"
+#: Written by ``prepare_output`` as a run starts (``{"stage": ...}``) and removed once it finished: datasets
+#: found beside it without a stats.json are an interrupted run's, to remove; without it, another tool's.
+RUN_MARKER = "_run.started.json"
 
 
 def _filesystems():
@@ -98,8 +101,8 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
         if _overlaps(output, source):
             raise OutputExistsError(f"{output} overlaps the input {source}: the {stage} output needs a folder of its "
                                     f"own (e.g. a sibling of the input)")
-    found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, "stats.json")}
-    existing = [name for name, paths in found.items() if paths]
+    found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, RUN_MARKER, "stats.json")}
+    existing = [name for name, paths in found.items() if paths and name != RUN_MARKER]
     stats_path = posixpath.join(output, "stats.json")
     finished = _filesystems().exists(stats_path)
     if finished:
@@ -110,16 +113,46 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     if finished and not overwrite:
         raise OutputExistsError(f"{output} already holds a finished {stage} run "
                                 f"({', '.join(posixpath.join(output, name) for name in existing)}); {hint}")
+    if existing and not finished and not overwrite and _started_by(output) != stage:
+        # no stats.json and no marker of this stage's run: datasets another tool or stage wrote (a demo's test/
+        # split, captions imported there), not leftovers to clear
+        raise OutputExistsError(f"{output} holds {', '.join(existing)} but no {stage} run, finished or interrupted "
+                                f"(no stats.json, no {RUN_MARKER}); use a new --output"
+                                + (", or --overwrite to remove them" if "--overwrite" in hint else ""))
     if existing:
         if not finished:
             logger.warning("%s: removing the partial output of an interrupted run in %s: %s", stage, output,
                            ", ".join(existing))
-        delete_exactly([path for paths in found.values() for path in paths])
+    delete_exactly([path for paths in found.values() for path in paths])
+    _mark_started(output, stage)
+
+
+def _started_by(output: str) -> str | None:
+    """The stage whose run ``RUN_MARKER`` says started in ``output`` (None: no marker, or an unreadable one)."""
+    try:
+        with _filesystems().open(posixpath.join(output, RUN_MARKER)) as handle:
+            marker = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return marker.get("stage") if isinstance(marker, dict) else None
+
+
+def _mark_started(output: str, stage: str) -> None:
+    if "://" not in output:
+        os.makedirs(output, exist_ok=True)
+    with _filesystems().create(posixpath.join(output, RUN_MARKER)) as handle:
+        handle.write(json.dumps({"stage": stage}).encode("utf-8"))
+
+
+def clear_run_marker(output: str) -> None:
+    """Remove ``RUN_MARKER`` once the run's stats.json is written (a finished run needs none)."""
+    delete_exactly(_present(posixpath.join(output, RUN_MARKER)))
 
 
 def finish_output(output: str) -> None:
     """Mark the output finished: the pending stats become stats.json (after every shard is written)."""
     _filesystems().rename([posixpath.join(output, PENDING_STATS)], [posixpath.join(output, "stats.json")])
+    clear_run_marker(output)
 
 
 def input_reference(input_path: str, output: str) -> str:

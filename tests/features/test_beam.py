@@ -9,6 +9,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
+from pipeline.outputs import RUN_MARKER
 from model.detectors import demo
 from pipeline.features import DecodeImagesFn, ExtractRegions, FeatureOptions, run
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene, write_pairs
@@ -108,6 +109,7 @@ def test_rerun_refuses_a_finished_output_and_clears_an_interrupted_one(tmp_path)
     (killed / "regions" / "beam-temp-part-0123").mkdir(parents=True)
     shutil.copy(shard, killed / "regions" / "part-00001-of-00002.parquet")  # another run's shard count: another name
     shutil.copy(shard, killed / "regions" / "beam-temp-part-0123" / "0123.parquet")
+    (killed / RUN_MARKER).write_text('{"stage": "features"}')  # the run had started there
     stats = run(argv + ["--output", str(killed)])
     assert stats["kept"] == 3
     regions = schemas.read_table(str(killed / "regions"), "regions")

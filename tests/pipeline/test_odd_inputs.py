@@ -142,6 +142,32 @@ def test_the_filter_overwrites_its_run_in_a_folder_named_with_brackets_and_no_ot
                                                                                 for p in output.rglob("*"))
 
 
+def test_the_filter_clears_only_its_own_interrupted_run_and_refuses_other_datasets_in_its_output(tmp_path):
+    """An output folder with pairs/ but no stats.json was taken for an interrupted run's and deleted: a demo's
+    held-out test/ split, or pairs another tool wrote, were lost. Only a folder whose run marker says this
+    stage started there is cleared; others are refused (--overwrite removes them)."""
+    from pipeline.outputs import RUN_MARKER, OutputExistsError
+
+    crawl = _write_candidates(tmp_path / "crawl", make_candidates(6, seed=3))
+    foreign = tmp_path / "test"
+    _write_candidates(foreign, make_candidates(4, seed=5))
+    shutil.copytree(foreign / "candidates", foreign / "pairs")  # what another tool left: no stats.json, no marker
+    with pytest.raises(OutputExistsError, match=f"no filter run, finished or interrupted .*{RUN_MARKER}.*--overwrite"):
+        _filter(crawl, foreign)
+    assert schemas.count_rows(str(foreign / "pairs")) == 4 and not (foreign / RUN_MARKER).exists()
+    stats = filter_stage.run(["--input", str(crawl), "--output", str(foreign), "--runner", "DirectRunner",
+                              "--overwrite"])
+    assert schemas.count_rows(str(foreign / "pairs")) == stats["kept"]
+    assert not (foreign / RUN_MARKER).exists()  # a finished run keeps no marker
+    # an interrupted run of the filter (its marker, its shards, no stats.json) is cleared by the rerun
+    interrupted = tmp_path / "filter"
+    _filter(crawl, interrupted)
+    (interrupted / "stats.json").unlink()
+    (interrupted / RUN_MARKER).write_text(json.dumps({"stage": "filter"}))
+    again = _filter(crawl, interrupted)
+    assert schemas.count_rows(str(interrupted / "pairs")) == again["kept"] == stats["kept"]
+
+
 def test_the_parquet_sink_overrides_methods_beam_has():
     """pipeline.parquet_beam._Sink overrides private methods of Beam's file sink (an output folder named with
     "[" is looked up as written): a Beam that renamed them would silently glob such names again."""

@@ -11,6 +11,7 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 import pipeline.relevance as relevance_module
 import schemas
+from pipeline.outputs import RUN_MARKER
 from demo import audit
 from filters.relevance import load
 from pipeline.relevance import UNSCORABLE_KEY, ScoreRelevance, ThresholdRelevance, run
@@ -240,6 +241,7 @@ def test_standalone_run_keeps_the_books(model_dir, heldout_rows, tmp_path):
     shard = next(p for p in os.listdir(tmp_path / "relevance" / "pairs") if p.endswith(".parquet"))
     os.link(tmp_path / "relevance" / "pairs" / shard, killed / "pairs" / shard)
     assert not (killed / "stats.json").exists()
+    (killed / RUN_MARKER).write_text('{"stage": "relevance"}')  # the run had started there
     run(argv + ["--output", str(killed)])
     again = schemas.read_table(str(killed / "pairs"), "pairs")
     assert sorted(again.column("pair_id").to_pylist()) == sorted(kept.column("pair_id").to_pylist())
