@@ -256,7 +256,9 @@ def _archive_iterator(handle):
             return None if uri is None else super().load_http_headers(rec_type, uri, stream, length)
 
     iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
-    iterator.loader = RecordLoader(arc2warc=True)
+    # as the iterator's own loader (``ArchiveIterator``'s default): the HTTP status line is not checked, so
+    # ``HTTP/2 200``, which browser-based crawlers write, is read
+    iterator.loader = RecordLoader(verify_http=False, arc2warc=True)
     return iterator
 
 

@@ -116,9 +116,10 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     if existing and not finished and not overwrite and _started_by(output) != stage:
         # no stats.json and no marker of this stage's run: datasets another tool or stage wrote (a demo's test/
         # split, captions imported there), not leftovers to clear
+        remedy = ("--overwrite to remove them" if "--overwrite" in hint
+                  else f"remove them (a run killed before {RUN_MARKER} existed left none)")
         raise OutputExistsError(f"{output} holds {', '.join(existing)} but no {stage} run, finished or interrupted "
-                                f"(no stats.json, no {RUN_MARKER}); use a new --output"
-                                + (", or --overwrite to remove them" if "--overwrite" in hint else ""))
+                                f"(no stats.json, no {RUN_MARKER}); use a new --output, or {remedy}")
     if existing:
         if not finished:
             logger.warning("%s: removing the partial output of an interrupted run in %s: %s", stage, output,

@@ -60,6 +60,20 @@ def test_a_response_without_target_uri_is_a_malformed_record_and_the_records_aft
 
 
 @pytest.mark.parametrize("gzip", [True, False], ids=["gzip", "uncompressed"])
+def test_a_response_over_http2_is_read_as_warcio_reads_it(tmp_path, gzip):
+    """Browser-based crawlers write the status line ``HTTP/2 200``: read as before, and so is what follows it."""
+    path = tmp_path / ("h2.warc.gz" if gzip else "h2.warc")
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=gzip)
+        headers = StatusAndHeaders("200", [("Content-Type", "text/html")], protocol="HTTP/2")
+        writer.write_record(writer.create_warc_record("http://warc.example/a.html", "response", http_headers=headers,
+                                                      payload=io.BytesIO(html("<p>over HTTP/2</p>"))))
+        _response(writer, "http://warc.example/b.html", html("<p>after it</p>"), "text/html")
+    kept, rejected = _read(path)
+    assert kept == [("page", "http://warc.example/a.html"), ("page", "http://warc.example/b.html")] and rejected == []
+
+
+@pytest.mark.parametrize("gzip", [True, False], ids=["gzip", "uncompressed"])
 def test_warcio_failing_inside_a_file_is_a_counted_reject_not_a_crash(tmp_path, monkeypatch, gzip):
     """warcio's own loader on the same file: it raises in the middle of the iteration. A gzipped file is read on
     from the next member; an uncompressed one has none, and its one reject says the rest was not read."""
