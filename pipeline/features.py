@@ -963,8 +963,10 @@ def _check_own_output(output: str) -> None:
     fs, inner = _filesystem(output)
     if fs.get_file_info(posixpath.join(inner, "run.json")).type == pafs.FileType.NotFound and \
             fs.get_file_info(posixpath.join(inner, "stats.json")).type != pafs.FileType.NotFound:
-        raise ValueError(f"{output} holds a finished run that lait features did not write (stats.json without "
-                         f"run.json: the Beam form's?); use a new --output")
+        other = _stage_of(output)
+        kind = f"a finished {other} run" if other and other != "features" else \
+            "a finished run that lait features did not write (stats.json without run.json: the Beam form's?)"
+        raise ValueError(f"{output} holds {kind}; use a new --output")
     foreign = []
     for sub in ("regions", "rejected"):
         folder = posixpath.join(inner, sub)

@@ -292,6 +292,12 @@ def test_the_local_runner_refuses_a_beam_output_finished_or_killed(tmp_path, cap
     with pytest.raises(ValueError, match="stats.json without run.json"):
         extract_regions(str(tmp_path / "filter"), str(out), options)
     assert not (out / "shards").exists() and not (out / "run.json").exists()
+    # another stage's folder given as --output is named for what it is
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "stats.json").write_text(json.dumps({"stage": "filter", "in": 2, "kept": 2, "rejected": 0}))
+    with pytest.raises(ValueError, match=f"{other} holds a finished filter run; use a new --output"):
+        extract_regions(str(tmp_path / "filter"), str(other), options)
 
 
 def test_beam_counts_a_row_group_with_corrupted_pages_as_rejects(tmp_path):
