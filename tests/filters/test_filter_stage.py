@@ -15,7 +15,7 @@ from filters.synthetic import candidate, make_image
 from lait import cli
 from pipeline import filter as filter_stage
 from pipeline.options import config_from_args
-from pipeline.outputs import prepare_output
+from pipeline.outputs import RUN_MARKER, prepare_output
 
 
 def _write(folder, rows, kind="candidates", name="part-00000.parquet"):
@@ -162,11 +162,11 @@ def test_overwrite_on_an_object_store_removes_the_old_shards(object_store):
         (out / part / "beam-temp-x" / "shard").write_text("old")
     (out / "stats.json").write_text(json.dumps({"stage": "filter"}))
     prepare_output("laitobj://filter", "filter", ("pairs", "rejected"), overwrite=True)
-    assert [p for p in out.rglob("*") if p.is_file()] == []
-    # an interrupted run's shards (no stats.json) are found the same way
+    assert [p for p in out.rglob("*") if p.is_file()] == [out / RUN_MARKER]  # the new run's start, alone
+    # an interrupted run's shards (its marker, no stats.json) are found the same way
     (out / "pairs" / "part-00000-of-00001.parquet").write_text("partial")
     prepare_output("laitobj://filter", "filter", ("pairs", "rejected"))
-    assert [p for p in out.rglob("*") if p.is_file()] == []
+    assert [p for p in out.rglob("*") if p.is_file()] == [out / RUN_MARKER]
 
 
 def test_a_remote_runners_own_options_pass_and_a_misspelt_stage_option_does_not():
