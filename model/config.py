@@ -456,4 +456,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                         help="resume from CKPT, or from OUT_DIR/checkpoints/last.pt when no path is given "
                              "(from scratch when there is none yet)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an out_dir that holds a run (otherwise refused, unless --resume continues "
+                             "it): first remove the files a run writes there (checkpoints/, logs/, tokenizer.json, "
+                             "config.json, summary.json, eval.json), then train")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

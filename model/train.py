@@ -833,8 +833,6 @@ def main(argv: list[str] | None = None) -> int:
     torchrun)."""
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
     add_train_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true",  # as `lait train --overwrite`
-                        help="start over in an out_dir holding a run: remove its files first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_from_args(args)
@@ -848,7 +846,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
     config = load_config(args.config, overrides)
     try:
         return train(config, resume=args.resume, progress=not args.no_progress,
-                     overwrite=getattr(args, "overwrite", False))
+                     overwrite=args.overwrite)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -16,10 +16,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from model.config import add_train_arguments  # no torch import: `lait --help` stays fast
 
     add_train_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start over in an out_dir that holds a run (otherwise refused, unless --resume continues "
-                             "it): first remove the files a run writes there (checkpoints/, logs/, tokenizer.json, "
-                             "config.json, summary.json, eval.json), then train")
     parser.set_defaults(func=run)
 
 
