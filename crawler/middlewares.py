@@ -12,7 +12,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet import defer, error as tx_error
 
-from crawler import netguard
+from crawler import netguard, resolver
 from crawler import settings as defaults
 from crawler.fetch import robots_retry_seconds
 
@@ -54,9 +54,8 @@ class NetworkGuardMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler):
-        settings = crawler.settings
-        return cls(settings.getbool("LAIT_ALLOW_PRIVATE_NETWORKS"), crawler.stats,
-                   allowed_networks=tuple(settings.getlist("LAIT_ALLOWED_NETWORKS")))
+        allow_private_networks, networks = resolver.guard_settings(crawler.settings)
+        return cls(allow_private_networks, crawler.stats, allowed_networks=tuple(str(n) for n in networks))
 
     #: Seconds a host's verdict is reused: one resolution per host and minute, not one per request.
     VERDICT_TTL = 60.0

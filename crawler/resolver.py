@@ -31,6 +31,30 @@ class PrivateAddressError(error.DNSLookupError):
 REFUSED: dict[str, str] = {}
 
 
+def guard_settings(settings) -> tuple[bool, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+    """``LAIT_ALLOW_PRIVATE_NETWORKS`` and ``LAIT_ALLOWED_NETWORKS`` as the guard reads them (Scrapy's settings);
+    ValueError, one line naming the setting, for a value it cannot read. The one reader of both: this resolver
+    is built before the spider checks its settings, so ``scrapy crawl lait -s ...`` names the setting too."""
+    try:
+        allow = settings.getbool("LAIT_ALLOW_PRIVATE_NETWORKS")
+    except (TypeError, ValueError):
+        raise ValueError(f"LAIT_ALLOW_PRIVATE_NETWORKS must be true or false, got "
+                         f"{settings.get('LAIT_ALLOW_PRIVATE_NETWORKS')!r}") from None
+    try:
+        names = settings.getlist("LAIT_ALLOWED_NETWORKS")
+    except TypeError:
+        raise ValueError(f"LAIT_ALLOWED_NETWORKS must be a list of networks (CIDRs such as 127.0.0.1/32), got "
+                         f"{settings.get('LAIT_ALLOWED_NETWORKS')!r}") from None
+    networks = []
+    for name in names:
+        try:
+            networks.append(ipaddress.ip_network(name, strict=False))
+        except (TypeError, ValueError):
+            raise ValueError(f"LAIT_ALLOWED_NETWORKS: {name!r} is not a network (a CIDR such as "
+                             f"127.0.0.1/32)") from None
+    return allow, tuple(networks)
+
+
 def refused_address(host: str | None) -> str | None:
     """The private address ``host`` resolved to when the resolver refused it, else None."""
     return REFUSED.get(host or "")
@@ -41,7 +65,7 @@ class GuardedResolver(CachingThreadedResolver):
     """Scrapy's caching resolver, refusing non-public answers unless private networks are allowed."""
 
     def __init__(self, reactor, cache_size: int, timeout: float, allow_private_networks: bool = False,
-                 allowed_networks: tuple[str, ...] = ()):
+                 allowed_networks: tuple = ()):
         super().__init__(reactor, cache_size, timeout)
         self.allow_private_networks = allow_private_networks
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
@@ -51,8 +75,8 @@ class GuardedResolver(CachingThreadedResolver):
         """Scrapy's hook: the cache settings plus the LAIT guard settings."""
         settings = crawler.settings
         cache_size = settings.getint("DNSCACHE_SIZE") if settings.getbool("DNSCACHE_ENABLED") else 0
-        return cls(reactor, cache_size, settings.getfloat("DNS_TIMEOUT"),
-                   settings.getbool("LAIT_ALLOW_PRIVATE_NETWORKS"), tuple(settings.getlist("LAIT_ALLOWED_NETWORKS")))
+        allow_private_networks, allowed_networks = guard_settings(settings)
+        return cls(reactor, cache_size, settings.getfloat("DNS_TIMEOUT"), allow_private_networks, allowed_networks)
 
     def getHostByName(self, name: str, timeout=()):  # noqa: N802 (Twisted's interface name)
         """Resolve as Scrapy does, then check the address the connection will use."""

@@ -76,6 +76,12 @@ LAIT_PROGRESS = False
 # sets it for each of --processes N, and shows one bar of them all); None: not written.
 LAIT_LIVE_COUNTS = None
 LAIT_LIVE_COUNTS_INTERVAL = 1.0
+# Set by the runner for each of --processes N (crawler/pipelines.py): its shards' name prefix ("part" when
+# None), and the files its counters and outcomes go to for `lait crawl` to merge. Listed so that they are known
+# LAIT_* settings: any other LAIT_* name is refused as a misspelling (crawler.spiders.lait.check_settings).
+LAIT_SHARD_PREFIX = None
+LAIT_STATS_PART = None
+LAIT_OUTCOMES_PART = None
 
 # Scrapy re-parses a generator callback's source to warn about `return value` in it; the weak-keyed
 # cache misses for bound methods, so it ran per response (profiled). Our callbacks return nothing.

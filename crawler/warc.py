@@ -1089,6 +1089,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)))
 
 
+#: The ``settings`` (``lait crawl --warc -s KEY=VALUE``) ``read_warcs`` reads; ``lait crawl`` refuses any other.
+READ_SETTINGS = ("runner", "direct_running_mode", "DOWNLOAD_DELAY", "DOWNLOAD_TIMEOUT", "LAIT_ROBOTS_RETRY_AFTER",
+                 "LAIT_IMAGE_MAXSIZE")
+
+
 def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool = False,
                min_side: int = images.DEFAULT_MIN_SIDE, max_aspect: float = images.DEFAULT_MAX_ASPECT,
                download: bool = True, files_per_part: int = 0, settings: dict[str, Any] | None = None) -> dict[str, Any]:

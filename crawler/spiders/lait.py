@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import difflib
 import hashlib
 import ipaddress
 import json
@@ -35,10 +36,10 @@ from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
 
 from crawler import extract, images, output, resolver, runner
+from crawler import settings as defaults
 from crawler.middlewares import CONNECTION_ERRORS, TIMEOUT_ERRORS, RefusedRequest, retry_interval
 from crawler.items import CandidateItem, RejectedItem
 from crawler.store import ImageStore
-from filters.imageio import WEB_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +160,13 @@ SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "LAIT_IMAGE_STORE_MEMORY": ("getint", lambda v: v >= 0, "a whole number of bytes, 0 or more"),
     "LAIT_ROWS_PER_SHARD": ("getint", lambda v: v >= 1, "a whole number, 1 or more"),
     "LAIT_LIVE_COUNTS_INTERVAL": ("getfloat", lambda v: 0 < v < math.inf, "a number of seconds above 0"),
-    "LAIT_ALLOW_PRIVATE_NETWORKS": ("getbool", lambda v: True, "true or false"),
     "LAIT_PROGRESS": ("getbool", lambda v: True, "true or false"),
+    # LAIT_ALLOW_PRIVATE_NETWORKS and LAIT_ALLOWED_NETWORKS: resolver.guard_settings, their one reader.
 }
+
+#: Every LAIT_* setting the crawl knows: those crawler/settings.py lists (the runner's own included). Any other
+#: LAIT_* name is a misspelling, which Scrapy would keep and nothing would read.
+KNOWN_SETTINGS = frozenset(name for name in vars(defaults) if name.startswith("LAIT_"))
 
 
 def check_value(name: str, value, label: str | None = None) -> None:
@@ -176,33 +181,51 @@ def check_value(name: str, value, label: str | None = None) -> None:
         raise ValueError(f"{label or name} must be {must_be}, got {value!r}")
 
 
+def unknown_setting(name: str) -> str | None:
+    """Why ``name`` is no LAIT_* setting the crawl reads, with the closest known name; None for a known one or
+    a setting that is not LAIT's (any case: ``lait_min_side`` is a misspelling too)."""
+    if not name.upper().startswith("LAIT_") or name in KNOWN_SETTINGS:
+        return None
+    # Matched without the prefix they all share, which would make any LAIT_* name look close to one.
+    close = difflib.get_close_matches(name.upper()[5:], [known[5:] for known in KNOWN_SETTINGS], n=1)
+    hint = f"did you mean LAIT_{close[0]}?" if close else "the LAIT settings are listed in crawler/settings.py"
+    return f"{name} is not a LAIT setting: {hint}"
+
+
+def image_formats(settings) -> tuple[str, ...]:
+    """``LAIT_IMAGE_FORMATS`` as the spider compares formats, read as ``lait filter --formats`` reads its list (any
+    case, JPG for JPEG, MPO for JPEG, ...); ValueError, one line naming the setting, for a format LAIT does not
+    open or an empty list (either would reject every image as format_not_allowed)."""
+    # The filter stage's own reading, so both stages take the same names; pipeline.options imports no Beam.
+    from pipeline.options import _formats
+
+    if "LAIT_IMAGE_FORMATS" not in settings:
+        return tuple(images.DEFAULT_FORMATS)
+    try:
+        names = settings.getlist("LAIT_IMAGE_FORMATS")
+    except TypeError:
+        names = [settings.get("LAIT_IMAGE_FORMATS")]
+    try:
+        return _formats(",".join(str(name) for name in names))
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("--formats", "LAIT_IMAGE_FORMATS", 1)) from None
+
+
 def check_settings(settings) -> None:
     """Raise ValueError, one line naming the setting, for a LAIT_* setting the crawl cannot run with (``settings``:
-    Scrapy's or a dict; a setting not there is not checked): before a crawl process fails on it, or runs on it."""
+    Scrapy's or a dict; a setting not there is not checked), or a LAIT_* name it does not know (a misspelling
+    would be ignored without a word): before a crawl process fails on it, or runs on it."""
     if not isinstance(settings, BaseSettings):
         settings = BaseSettings(dict(settings))
+    for name in settings:
+        problem = unknown_setting(name)
+        if problem:
+            raise ValueError(problem)
     for name in SETTING_RULES:
         if name in settings:
             check_value(name, settings.get(name))
-    try:
-        networks = settings.getlist("LAIT_ALLOWED_NETWORKS")
-    except TypeError:
-        raise ValueError(f"LAIT_ALLOWED_NETWORKS must be a list of networks (CIDRs such as 127.0.0.1/32), got "
-                         f"{settings.get('LAIT_ALLOWED_NETWORKS')!r}") from None
-    for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)  # as the network guard reads it
-        except (TypeError, ValueError):
-            raise ValueError(f"LAIT_ALLOWED_NETWORKS: {network!r} is not a network (a CIDR such as "
-                             f"127.0.0.1/32)") from None
-    try:
-        formats = settings.getlist("LAIT_IMAGE_FORMATS")
-    except TypeError:
-        formats = [settings.get("LAIT_IMAGE_FORMATS")]
-    for name in formats:  # another name would reject every image as format_not_allowed
-        if str(name).upper() not in WEB_FORMATS:
-            raise ValueError(f"LAIT_IMAGE_FORMATS: {name!r} is not an image format LAIT opens "
-                             f"({', '.join(WEB_FORMATS)})")
+    resolver.guard_settings(settings)
+    image_formats(settings)
     retry_interval(settings)
 
 
@@ -274,7 +297,7 @@ class LaitSpider(scrapy.Spider):
         self.min_side = settings.getint("LAIT_MIN_SIDE", images.DEFAULT_MIN_SIDE)
         # 0 turns the aspect check off, as in `lait filter`.
         self.max_aspect = settings.getfloat("LAIT_MAX_ASPECT", images.DEFAULT_MAX_ASPECT) or math.inf
-        self.formats = tuple(f.upper() for f in settings.getlist("LAIT_IMAGE_FORMATS", list(images.DEFAULT_FORMATS)))
+        self.formats = image_formats(settings)
         self.max_pixels = settings.getint("LAIT_MAX_PIXELS", images.DEFAULT_MAX_PIXELS)
         self.page_maxsize = settings.getint("LAIT_PAGE_MAXSIZE")
         self.image_maxsize = settings.getint("LAIT_IMAGE_MAXSIZE")

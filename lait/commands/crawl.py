@@ -38,6 +38,34 @@ def _page_domains(values: list[str]) -> list[str]:
     return list(dict.fromkeys(hosts))
 
 
+#: The options only the spider reads (dest -> option): `lait crawl --warc` refuses them unless left at their defaults.
+SPIDER_OPTIONS = {"allowed_domains": "--allowed-domains", "max_pages": "--max-pages", "depth": "--depth",
+                  "processes": "--processes", "jobdir": "--jobdir"}
+#: What the WARC reader takes instead of a -s setting only the spider reads, where it has one.
+WARC_INSTEAD = {"LAIT_MIN_SIDE": "--min-side", "LAIT_MAX_ASPECT": "--max-aspect",
+                "LAIT_ALLOW_PRIVATE_NETWORKS": "--allow-private-networks",
+                "LAIT_IMAGE_FORMATS": "python -m crawler.warc --image_formats",
+                "LAIT_MAX_PIXELS": "python -m crawler.warc --max_pixels",
+                "USER_AGENT": "python -m crawler.warc --user_agent"}
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _ignored_by_warc(args: argparse.Namespace, read_settings: tuple[str, ...]) -> str | None:
+    """The line refusing what `lait crawl --warc` would ignore without a word: a spider option not at its default
+    (an explicit `--depth 0` counts when 0 is not the default), a -s setting the WARC reader does not read."""
+    ignored = [option for dest, option in SPIDER_OPTIONS.items() if getattr(args, dest) != args.spider_defaults[dest]]
+    settings = [key for key in dict(args.settings) if key not in read_settings]
+    ignored += [f"-s {key}" for key in settings]
+    if not ignored:
+        return None
+    instead = [f"{WARC_INSTEAD[key]} for {key}" for key in settings if key in WARC_INSTEAD]
+    return (f"{_and(ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to the spider, not to --warc"
+            + (f"; use {', '.join(instead)}" if instead else ""))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `lait crawl` to the CLI."""
     parser = subparsers.add_parser(
@@ -76,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-s", "--set", dest="settings", action="append", type=_setting, default=[],
                         metavar="KEY=VALUE", help="a Scrapy/LAIT setting (JSON value or text), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, spider_defaults={dest: parser.get_default(dest) for dest in SPIDER_OPTIONS})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     if args.warc:
         from crawler import warc
 
+        ignored = _ignored_by_warc(args, warc.READ_SETTINGS)
+        if ignored:
+            print(f"lait crawl: {ignored}", file=sys.stderr)
+            return 2
         if args.files_per_part and not args.no_progress:  # the parts' progress: one line each
             logging.getLogger("crawler.warc.parts").setLevel(logging.INFO)
         try:  # the inputs and --out are checked before the previous WARC output is cleared

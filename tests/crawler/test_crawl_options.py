@@ -149,7 +149,8 @@ BAD_SETTINGS = [
     ("LAIT_LIVE_COUNTS_INTERVAL=0", "LAIT_LIVE_COUNTS_INTERVAL must be a number of seconds above 0, got 0"),
     ("LAIT_PROGRESS=maybe", "LAIT_PROGRESS must be true or false, got 'maybe'"),
     ("LAIT_ALLOW_PRIVATE_NETWORKS=yes", "LAIT_ALLOW_PRIVATE_NETWORKS must be true or false, got 'yes'"),
-    ('LAIT_IMAGE_FORMATS=["JPG"]', "LAIT_IMAGE_FORMATS: 'JPG' is not an image format LAIT opens"),
+    ('LAIT_IMAGE_FORMATS=["JPG", "PSD"]', "LAIT_IMAGE_FORMATS: 'PSD' is not an image format LAIT opens"),
+    ("LAIT_IMAGE_FORMATS=[]", "LAIT_IMAGE_FORMATS: give at least one image format"),
     ("LAIT_ROBOTS_RETRY_AFTER=-1", "LAIT_ROBOTS_RETRY_AFTER must be a number of seconds, 0 or more"),
 ]
 
@@ -188,3 +189,161 @@ def test_native_scrapy_crawl_refuses_a_bad_setting_at_spider_init(tmp_path):
     assert result.returncode != 0
     assert "ValueError: LAIT_ROWS_PER_SHARD must be a whole number, 1 or more, got 'abc'" in result.stderr
     assert not out.exists()
+
+
+# -- misspelt LAIT_* settings ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("setting, message", [
+    ("LAIT_MIN_SIDEE=50", "LAIT_MIN_SIDEE is not a LAIT setting: did you mean LAIT_MIN_SIDE?"),
+    ("LAIT_ALLOWED_NETWORK=[]", "LAIT_ALLOWED_NETWORK is not a LAIT setting: did you mean LAIT_ALLOWED_NETWORKS?"),
+    ("lait_min_side=50", "lait_min_side is not a LAIT setting: did you mean LAIT_MIN_SIDE?"),
+    ("LAIT_XYZ=1", "LAIT_XYZ is not a LAIT setting: the LAIT settings are listed in crawler/settings.py"),
+])
+def test_crawl_refuses_a_misspelt_lait_setting_naming_the_closest_one(tmp_path, capsys, source, setting, message):
+    """Before: the crawl ran without the setting, without a word."""
+    err = _refused(tmp_path, capsys, source, "-s", setting)
+    assert err == f"lait crawl: -s {message}\n"
+
+
+def test_scrapy_settings_and_every_lait_setting_the_crawl_knows_pass_the_name_check():
+    from scrapy.settings import Settings
+
+    settings = Settings()
+    settings.setmodule("crawler.settings")
+    settings.setdict({"CONCURRENT_REQUESTZ": 3, "USER_AGENT": "x", "runner": "DirectRunner"}, priority="cmdline")
+    spider_module.check_settings(settings)  # Scrapy's own names, misspelt or not, are not ours to check
+    # What the runner adds for each of --processes N.
+    spider_module.check_settings({"LAIT_SHARD_PREFIX": "part-p1", "LAIT_STATS_PART": "s.json",
+                                  "LAIT_OUTCOMES_PART": "o.json", "LAIT_LIVE_COUNTS": "live.json"})
+
+
+def test_every_lait_setting_named_in_the_crawl_code_is_a_known_one():
+    """A setting the code reads but crawler/settings.py does not list would be refused as a misspelling."""
+    import re
+
+    named = set()
+    for folder, _, files in os.walk(os.path.join(ROOT, "crawler")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                    named.update(re.findall(r"\bLAIT_[A-Z0-9_]+", handle.read()))
+    with open(os.path.join(ROOT, "lait", "commands", "crawl.py"), encoding="utf-8") as handle:
+        named.update(re.findall(r"\bLAIT_[A-Z0-9_]+", handle.read()))
+    assert "LAIT_SHARD_PREFIX" in named and "LAIT_MIN_SIDE" in named
+    assert named <= spider_module.KNOWN_SETTINGS, sorted(named - spider_module.KNOWN_SETTINGS)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("LAIT_MIN_SIDEE=50", "ValueError: LAIT_MIN_SIDEE is not a LAIT setting: did you mean LAIT_MIN_SIDE?"),
+    # The DNS resolver reads these two before the spider starts: its error names them too.
+    ("LAIT_ALLOWED_NETWORKS=garbage", "ValueError: LAIT_ALLOWED_NETWORKS: 'garbage' is not a network (a CIDR such "
+                                      "as 127.0.0.1/32)"),
+    ("LAIT_ALLOW_PRIVATE_NETWORKS=yes", "ValueError: LAIT_ALLOW_PRIVATE_NETWORKS must be true or false, got 'yes'"),
+])
+def test_native_scrapy_crawl_names_a_misspelt_or_bad_setting(tmp_path, setting, message):
+    """Before: a misspelt name was ignored, and the resolver's settings failed with Python's own words
+    ("'garbage' does not appear to be an IPv4 or IPv6 network")."""
+    out = tmp_path / "native"
+    result = subprocess.run(
+        [sys.executable, "-m", "scrapy", "crawl", "lait", "-a", "urls=http://127.0.0.1:9/", "-s", f"LAIT_OUT={out}",
+         "-s", setting, "-s", "LOG_LEVEL=WARNING"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-3000:]
+    assert not out.exists()
+
+
+# -- the network guard's settings: one reader ---------------------------------------------------------------
+
+def test_the_guard_settings_have_one_reader_for_the_resolver_the_middleware_and_the_check():
+    import ipaddress
+
+    from scrapy.settings import BaseSettings
+    from scrapy.utils.test import get_crawler
+
+    from crawler import middlewares, resolver
+
+    settings = BaseSettings({"LAIT_ALLOW_PRIVATE_NETWORKS": "true", "LAIT_ALLOWED_NETWORKS": "127.0.0.1/32,::1"})
+    assert resolver.guard_settings(settings) == (True, (ipaddress.ip_network("127.0.0.1/32"),
+                                                        ipaddress.ip_network("::1/128")))
+    assert resolver.guard_settings(BaseSettings()) == (False, ())
+    bad = {"LAIT_ALLOWED_NETWORKS": ["10.0.0.0/8", "garbage"]}
+    for build in (lambda crawler: resolver.GuardedResolver.from_crawler(crawler, reactor=None),
+                  middlewares.NetworkGuardMiddleware.from_crawler):
+        with pytest.raises(ValueError, match=r"^LAIT_ALLOWED_NETWORKS: 'garbage' is not a network"):
+            build(get_crawler(spider_module.LaitSpider, bad))
+    guard = middlewares.NetworkGuardMiddleware.from_crawler(
+        get_crawler(spider_module.LaitSpider, {"LAIT_ALLOWED_NETWORKS": ["127.0.0.1"]}))
+    assert guard.allowed_networks == ("127.0.0.1/32",) and not guard.allow_private_networks
+
+
+# -- LAIT_IMAGE_FORMATS ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, formats", [
+    ("JPG", ("JPEG",)), ("jpg,png", ("JPEG", "PNG")), (["Jpg", "JPEG", "webp"], ("JPEG", "WEBP")),
+    ("tif", ("TIFF",)), ("mpo", ("JPEG",)),
+])
+def test_image_formats_take_the_filter_stages_names(value, formats):
+    """Before: `JPG` was refused, while `lait filter --formats jpg` takes it as JPEG."""
+    from scrapy.utils.test import get_crawler
+
+    spider_module.check_settings({"LAIT_IMAGE_FORMATS": value})
+    crawler = get_crawler(spider_module.LaitSpider, {"LAIT_IMAGE_FORMATS": value})
+    spider = spider_module.LaitSpider.from_crawler(crawler, urls="http://127.0.0.1:9/")
+    assert spider.formats == formats
+
+
+def test_a_crawl_with_image_formats_jpg_keeps_the_jpeg_images(tmp_path):
+    from tests.crawler.mocksite import png
+
+    site = MockSite({})
+    site.pages.update({
+        "/robots.txt": (404, HTML, b""),
+        "/p.html": (200, HTML, html('<img src="/img/a.jpg" alt="A photo"><img src="/img/b.png" alt="A drawing">')),
+        "/img/a.jpg": (200, JPEG, jpeg(96, 72)), "/img/b.png": (200, {"Content-Type": "image/png"}, png(96, 72)),
+    })
+    with site:
+        lait_crawl(site.url + "/p.html", "--out", str(tmp_path / "out"), "--allow-private-networks", "--min-side",
+                   str(TEST_MIN_SIDE), settings=dict(TEST_SETTINGS, LAIT_IMAGE_FORMATS=["jpg"]))
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["kept"] == 1 and stats["rejected_by_reason"] == {"format_not_allowed": 1}
+
+
+# -- what --warc would ignore --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-pages", "5", "--depth", "2"], "--max-pages and --depth apply to the spider, not to --warc"),
+    (["--allowed-domains", "example.org"], "--allowed-domains applies to the spider, not to --warc"),
+    (["--processes", "2", "--jobdir", "job"], "--processes and --jobdir apply to the spider, not to --warc"),
+    (["-s", "LAIT_MIN_SIDE=50"], "-s LAIT_MIN_SIDE applies to the spider, not to --warc; use --min-side for "
+                                 "LAIT_MIN_SIDE"),
+    (["-s", "LAIT_MAX_ASPECT=4", "-s", 'LAIT_IMAGE_FORMATS=["PNG"]', "-s", "LAIT_MAX_PIXELS=1000"],
+     "-s LAIT_MAX_ASPECT, -s LAIT_IMAGE_FORMATS and -s LAIT_MAX_PIXELS apply to the spider, not to --warc; use "
+     "--max-aspect for LAIT_MAX_ASPECT, python -m crawler.warc --image_formats for LAIT_IMAGE_FORMATS, "
+     "python -m crawler.warc --max_pixels for LAIT_MAX_PIXELS"),
+    (["--depth", "1", "-s", "LAIT_ROWS_PER_SHARD=5", "-s", "CONCURRENT_REQUESTS=4"],
+     "--depth, -s LAIT_ROWS_PER_SHARD and -s CONCURRENT_REQUESTS apply to the spider, not to --warc"),
+])
+def test_lait_crawl_warc_refuses_what_only_the_spider_reads(tmp_path, capsys, args, message):
+    """Before: --warc ran without them, without a word (here: on to its missing input file)."""
+    err = _refused(tmp_path, capsys, "warc", *args)
+    assert err == f"lait crawl: {message}\n"
+
+
+def test_lait_crawl_warc_takes_what_it_reads_and_options_left_at_their_defaults(tmp_path, monkeypatch, capsys):
+    from crawler import warc
+
+    calls = []
+    monkeypatch.setattr(warc, "read_warcs", lambda files, out, **kwargs: calls.append(kwargs) or {
+        "in": 0, "kept": 0, "rejected": 0, "rejected_by_reason": {}})
+    code = cli.main(["crawl", "--warc", "a.warc.gz", "--out", str(tmp_path / "out"), "--no-progress",
+                     "--max-pages", "0", "--depth", "0", "--processes", "1",  # the defaults, given
+                     "--allow-private-networks", "--min-side", "50", "--max-aspect", "4", "--no-download",
+                     "--files-per-part", "2", "-s", "DOWNLOAD_DELAY=0", "-s", "DOWNLOAD_TIMEOUT=2",
+                     "-s", "LAIT_ROBOTS_RETRY_AFTER=5", "-s", "LAIT_IMAGE_MAXSIZE=1000", "-s", "runner=DirectRunner",
+                     "-s", "direct_running_mode=in_memory"])
+    assert code == 0, capsys.readouterr().err
+    assert calls[0]["min_side"] == 50 and calls[0]["settings"]["LAIT_IMAGE_MAXSIZE"] == 1000
+    assert set(calls[0]["settings"]) == set(warc.READ_SETTINGS)
+
