@@ -41,6 +41,10 @@ def _page_domains(values: list[str]) -> list[str]:
 #: The options only the spider reads (dest -> option): `lait crawl --warc` refuses them unless left at their defaults.
 SPIDER_OPTIONS = {"allowed_domains": "--allowed-domains", "max_pages": "--max-pages", "depth": "--depth",
                   "processes": "--processes", "jobdir": "--jobdir"}
+#: The options only the WARC reader reads (dest -> option), and its Beam settings: a URL crawl refuses them unless
+#: left at their defaults, as `--warc` refuses the spider's.
+WARC_OPTIONS = {"download": "--download/--no-download", "files_per_part": "--files-per-part"}
+WARC_ONLY_SETTINGS = ("runner", "direct_running_mode")
 #: What the WARC reader takes instead of a -s setting only the spider reads, where it has one.
 WARC_INSTEAD = {"LAIT_MIN_SIDE": "--min-side", "LAIT_MAX_ASPECT": "--max-aspect",
                 "LAIT_ALLOW_PRIVATE_NETWORKS": "--allow-private-networks",
@@ -64,6 +68,16 @@ def _ignored_by_warc(args: argparse.Namespace, read_settings: tuple[str, ...]) -
     instead = [f"{WARC_INSTEAD[key]} for {key}" for key in settings if key in WARC_INSTEAD]
     return (f"{_and(ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to the spider, not to --warc"
             + (f"; use {', '.join(instead)}" if instead else ""))
+
+
+def _ignored_by_spider(args: argparse.Namespace) -> str | None:
+    """The line refusing what a URL crawl would ignore without a word: a WARC-only option not at its default, the
+    WARC reader's Beam settings (Scrapy would keep them and nothing would read them)."""
+    ignored = [option for dest, option in WARC_OPTIONS.items() if getattr(args, dest) != args.warc_defaults[dest]]
+    ignored += [f"-s {key}" for key in dict(args.settings) if key in WARC_ONLY_SETTINGS]
+    if not ignored:
+        return None
+    return f"{_and(ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to --warc, not to a crawl of start URLs"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,7 +118,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-s", "--set", dest="settings", action="append", type=_setting, default=[],
                         metavar="KEY=VALUE", help="a Scrapy/LAIT setting (JSON value or text), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run, spider_defaults={dest: parser.get_default(dest) for dest in SPIDER_OPTIONS})
+    parser.set_defaults(func=run, spider_defaults={dest: parser.get_default(dest) for dest in SPIDER_OPTIONS},
+                        warc_defaults={dest: parser.get_default(dest) for dest in WARC_OPTIONS})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
         bad = [u for u in args.urls if not u.startswith(("http://", "https://"))]
         if bad:
             print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}", file=sys.stderr)
+            return 2
+        ignored = _ignored_by_spider(args)
+        if ignored:
+            print(f"lait crawl: {ignored}", file=sys.stderr)
             return 2
         try:
             domains = _page_domains(args.allowed_domains) if args.allowed_domains else None

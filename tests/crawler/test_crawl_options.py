@@ -347,3 +347,14 @@ def test_lait_crawl_warc_takes_what_it_reads_and_options_left_at_their_defaults(
     assert calls[0]["min_side"] == 50 and calls[0]["settings"]["LAIT_IMAGE_MAXSIZE"] == 1000
     assert set(calls[0]["settings"]) == set(warc.READ_SETTINGS)
 
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-download"], "--download/--no-download applies to --warc, not to a crawl of start URLs"),
+    (["--files-per-part", "3", "-s", "runner=DirectRunner"],
+     "--files-per-part and -s runner apply to --warc, not to a crawl of start URLs"),
+    (["-s", "direct_running_mode=in_memory"], "-s direct_running_mode applies to --warc, not to a crawl of start URLs"),
+])
+def test_a_url_crawl_refuses_what_only_the_warc_reader_reads(tmp_path, capsys, args, message):
+    """Before: the crawl ran without them (Scrapy kept the two Beam settings, and nothing read them)."""
+    assert _refused(tmp_path, capsys, "crawl", *args) == f"lait crawl: {message}\n"
