@@ -57,7 +57,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import schemas
 from crawler import extract, images, netguard, output
 from crawler import settings as defaults
-from pipeline.filter import files_under, literal_pattern
+from pipeline.outputs import files_under, literal_pattern
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
 

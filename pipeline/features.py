@@ -61,7 +61,7 @@ from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
 from model.detectors.weights import weights_fingerprint
-from pipeline.outputs import input_reference
+from pipeline.outputs import input_reference, read_stats, stage_of
 from schemas.io import _filesystem
 
 logger = logging.getLogger(__name__)
@@ -170,8 +170,9 @@ def resolve_input(path: str) -> str:
     ``FileNotFoundError`` when ``path`` is none of them: nothing there, or a folder without ``pairs/``,
     ``candidates/`` or Parquet files (a wrong ``--input`` would otherwise be a run of 0 images). An empty
     ``pairs/`` or ``candidates/`` is an empty run, as in ``lait filter``. A crawl folder's other datasets
-    (``rejected/``) are never read as images: a finished crawl without ``candidates/`` (one that kept nothing,
-    written before crawls always wrote it) is a ``FileNotFoundError`` that says so.
+    (``rejected/``) are never read as images. A finished crawl that kept nothing and has no ``candidates/``
+    (written before crawls always wrote one) gives its ``candidates/`` all the same, which ``input_files``
+    reads as empty: an empty run; a crawl whose stats.json counts kept candidates has lost them, an error.
     """
     fs, inner = _filesystem(path)
     for sub in ("pairs", "candidates"):
@@ -180,9 +181,13 @@ def resolve_input(path: str) -> str:
             return path.rstrip("/") + "/" + sub
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no input at {path}")
-    if _stage_of(path) == "crawl":
-        raise FileNotFoundError(f"{path} is a crawl folder without candidates/ (a crawl that kept nothing): "
-                                f"no images to extract")
+    crawl = _crawl_stats(path)
+    if crawl is not None:
+        if _kept_nothing(crawl):
+            logger.warning("features: %s is a crawl that kept nothing, without candidates/: an empty run", path)
+            return path.rstrip("/") + "/candidates"
+        raise FileNotFoundError(f"{path} is a crawl folder without candidates/, but its stats.json counts "
+                                f"{crawl.get('kept')!r} kept candidates: its candidates/ is missing")
     if fs.get_file_info(posixpath.join(inner, "rejected")).type == pafs.FileType.Directory:
         raise FileNotFoundError(f"no pairs/ or candidates/ under {path}: a run folder (it holds rejected/), "
                                 f"not a dataset of images")
@@ -191,13 +196,33 @@ def resolve_input(path: str) -> str:
     return path
 
 
-def _stage_of(folder: str) -> str | None:
-    """The stage a run folder's stats.json names; None when it has none, or one that cannot be read."""
-    try:
-        stats = _read_json(_join(folder, "stats.json"))
-    except (OSError, ValueError):
-        return None
-    return stats.get("stage") if stats else None
+def input_files(dataset: str) -> list[str]:
+    """The Parquet files of the dataset ``resolve_input`` gave: none for the ``candidates/`` of a finished crawl
+    that kept nothing and wrote none."""
+    if posixpath.basename(dataset) == "candidates" and schemas.path_type(dataset) is None:
+        crawl = _crawl_stats(posixpath.dirname(dataset))
+        if crawl is not None and _kept_nothing(crawl):
+            return []
+    return schemas.list_parquet_files(dataset)
+
+
+def _crawl_stats(folder: str) -> dict | None:
+    """The stats.json of a finished crawl in ``folder`` (None when it holds none: no stats.json, one that cannot be
+    read, or another stage's)."""
+    stats = read_stats(_join(folder, "stats.json"), read=_read_bytes)
+    return stats if stats is not None and stats.get("stage") == "crawl" else None
+
+
+def _kept_nothing(crawl_stats: dict) -> bool:
+    kept = crawl_stats.get("kept")
+    return type(kept) is int and kept == 0
+
+
+def _read_bytes(path: str) -> bytes:
+    """A file's bytes through this runner's filesystems (pyarrow, fsspec URLs), never Beam's."""
+    fs, inner = _filesystem(path)
+    with fs.open_input_stream(inner) as f:
+        return f.read()
 
 
 def _join(root: str, *parts: str) -> str:
@@ -461,7 +486,7 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     Only the ``image_id`` column is read here. The order (files sorted, row groups, rows) is the same
     on every run, so shard ``k`` always holds the same images and a rerun can skip finished shards.
     """
-    files = schemas.list_parquet_files(dataset)
+    files = input_files(dataset)
     seen: set[str] = set()
     shards: list[Shard] = []
     pieces: list[tuple[str, int, list[int]]] = []
@@ -963,7 +988,7 @@ def _check_own_output(output: str) -> None:
     fs, inner = _filesystem(output)
     if fs.get_file_info(posixpath.join(inner, "run.json")).type == pafs.FileType.NotFound and \
             fs.get_file_info(posixpath.join(inner, "stats.json")).type != pafs.FileType.NotFound:
-        other = _stage_of(output)
+        other = stage_of(_join(output, "stats.json"), read=_read_bytes)
         kind = f"a finished {other} run" if other and other != "features" else \
             "a finished run that lait features did not write (stats.json without run.json: the Beam form's?)"
         raise ValueError(f"{output} holds {kind}; use a new --output")
@@ -1234,7 +1259,9 @@ def _check_output_outside(dataset: str, output_path: str) -> None:
     if "://" in dataset or "://" in output_path:
         return
     source, target = os.path.realpath(dataset), os.path.realpath(output_path)
-    if os.path.isdir(source) and os.path.commonpath([source, target]) == source:
+    # (a dataset that is not there: the candidates/ a crawl that kept nothing never wrote, which an output
+    # there would create)
+    if not os.path.isfile(source) and os.path.commonpath([source, target]) == source:
         raise ValueError(f"--output {output_path} is inside the input {dataset}; write the features elsewhere")
 
 

@@ -21,8 +21,8 @@ from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (INPUT_COLUMNS, MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
                                ImageRegions, _batches, _check_output_outside, _join, _open_parquet, _why, _write_json,
-                               check_input_file, classes_info, detect_by_shape, output_schema, read_image_ids,
-                               resolve_input, to_original_pixels)
+                               check_input_file, classes_info, detect_by_shape, input_files, output_schema,
+                               read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
@@ -288,7 +288,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     overrides = options.detector_config
     dataset = resolve_input(known.input)
     _check_output_outside(dataset, known.output)
-    files = schemas.list_parquet_files(dataset)
+    files = input_files(dataset)
     # bad input stops here, before the workers start, with the file named; the work items are row groups.
     # rows_in counts rows, not distinct images, from the footers alone: the footers hold no distinct count
     # (pyarrow writes none), and counting ids would read every id on the driver before any worker starts.

@@ -38,8 +38,8 @@ import schemas
 from filters import dedup
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
 from pipeline.options import add_filter_arguments, beam_options, config_from_args, make_runner, runner_name
-from pipeline.outputs import (PENDING_STATS, OutputExistsError, finish_output, input_reference, prepare_output,
-                              stage_of)
+from pipeline.outputs import (PENDING_STATS, OutputExistsError, files_under, finish_output, input_reference,
+                              is_folder, is_pattern, prepare_output, read_stats, stage_of)
 from pipeline.parquet_beam import WriteToParquet
 
 logger = logging.getLogger(__name__)
@@ -56,46 +56,6 @@ ID_COLUMNS = ("candidate_id", "page_url", "image_url")
 
 # ---------------------------------------------------------------------------------------------- input
 
-GLOB_CHARS = "*?["
-
-
-def _exists(path: str) -> bool:
-    """Whether a file or folder lies at ``path`` as written (on an object store: a file, or a prefix of files)."""
-    if "://" not in path:
-        return os.path.lexists(path)
-    return FileSystems.exists(path) or is_folder(path)
-
-
-def _is_pattern(path: str) -> bool:
-    """Whether ``path`` is a glob: it has ``*``, ``?`` or ``[`` and nothing lies at it as written. A path that
-    exists is that path (``runs/r7 [v2]/crawl``), never a pattern."""
-    return any(ch in path for ch in GLOB_CHARS) and not _exists(path)
-
-
-def literal_pattern(path: str) -> str:
-    """``path`` as a Beam pattern (Beam's ``translate_pattern`` has no escape character): ``*`` and ``?`` as the
-    classes ``[*]`` and ``[?]``, ``[`` as ``[][]``, which matches ``]`` too (``[[]`` would be a set that opens
-    with ``[``, which Python warns may one day mean a nested set). ``files_under`` keeps the exact matches."""
-    return "".join({"*": "[*]", "?": "[?]", "[": "[][]"}.get(ch, ch) for ch in path)
-
-
-def files_under(path: str, pattern: str = "", limit: int | None = None) -> list[str]:
-    """The files Beam's filesystem lists for ``path`` + ``pattern`` (``""``: the file itself; ``"/**.parquet"``),
-    ``path`` taken as written even when it holds ``*``, ``?`` or ``[``."""
-    exact = "[" not in path  # else a "]" in its place matches too (``literal_pattern``): check each file
-    found = FileSystems.match([literal_pattern(path) + pattern], limits=[limit if exact else None])[0].metadata_list
-    files = [m.path for m in found if exact or m.path.startswith(path)]
-    return files[:limit] if limit else files
-
-
-def is_folder(path: str) -> bool:
-    """Whether ``path`` is a folder: a local directory, or on an object store (gs://, s3://: no folders, only
-    names) a prefix that names files under it; there ``FileSystems.exists`` is true for files alone."""
-    if "://" not in path:
-        return os.path.isdir(path)
-    return bool(files_under(path.rstrip("/"), "/**", limit=1))
-
-
 def is_crawl_folder(path: str) -> bool:
     """Whether ``path`` is a finished crawl's run folder: its stats.json names the crawl stage. One that kept
     nothing may have no ``candidates/`` at all (an older crawl, or one on an object store, which holds no
@@ -106,7 +66,7 @@ def is_crawl_folder(path: str) -> bool:
 def input_root(path: str) -> str:
     """The candidates dataset an ``--input`` names: ``candidates/`` in a crawl folder, else the path itself."""
     path = path.rstrip("/")
-    if path.endswith(".parquet") or _is_pattern(path):
+    if path.endswith(".parquet") or is_pattern(path):
         return path
     candidates = posixpath.join(path, "candidates")
     if is_folder(candidates) or is_crawl_folder(path):
@@ -136,7 +96,7 @@ def resolve_input(path: str) -> list[str]:
     if root == path and is_folder(posixpath.join(path, "rejected")):  # a run folder, not a dataset
         raise FileNotFoundError(f"no candidates under {path}: it holds rejected/ but neither candidates/ nor the "
                                 f"stats.json of a finished crawl")
-    if _is_pattern(root):
+    if is_pattern(root):
         found = [m.path for m in FileSystems.match([root])[0].metadata_list]
     elif is_folder(root):
         found = _parquet_files(root)
@@ -145,6 +105,10 @@ def resolve_input(path: str) -> list[str]:
     files = sorted(file for file in found if not _hidden(file, path))
     if files or root != path:
         if not files:
+            kept = (read_stats(posixpath.join(path, "stats.json")) or {}).get("kept")
+            if type(kept) is int and kept > 0:  # as `lait features` says of the same folder
+                raise FileNotFoundError(f"{path} is a crawl folder whose stats.json counts {kept} kept candidates, "
+                                        f"but {root} holds no candidate files: they are missing")
             logger.warning("filter: %s holds no candidate files: an empty run", root)
         return files
     raise FileNotFoundError(f"no candidates under {path} (expected {path}/candidates/*.parquet or *.parquet)")

@@ -4,6 +4,10 @@ finished run; anything else found in the folder is an interrupted run's leftover
 Beam names its shards per run (``part-00000-of-00002`` one time, ``-of-00001`` the next; the
 relevance writer uses random names), so a rerun into a folder that still held the previous shards
 would add its rows to theirs.
+
+Paths are taken as written: a folder named with ``[``, ``*`` or ``?`` (``r7 [v2]/filter``) is that folder, never
+a pattern (``is_pattern``, ``literal_pattern``, ``files_under``). Beam is imported on first use, not with
+this module.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import logging
 import os
 import posixpath
 import shutil
-from typing import Sequence
+from typing import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +29,64 @@ RUN_MARKER = "_run.started.json"
 
 
 def _filesystems():
-    """Beam's FileSystems, imported when first needed: ``input_reference`` serves ``lait features``, which
-    runs without Beam."""
+    """Beam's FileSystems, imported when first needed: ``input_reference`` and ``stage_of`` (given its own
+    ``read``) serve ``lait features``, which runs without Beam."""
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems
 
+
+# ---------------------------------------------------------------------------------------------- paths as written
+
+#: What makes a path a pattern to Beam's filesystems (``FileSystems.match``).
+GLOB_CHARS = "*?["
+
+
+def has_glob(path: str) -> bool:
+    """Whether Beam would read ``path`` as a pattern of several files: it holds ``*``, ``?`` or ``[``, whether or
+    not something lies at it (a sink's output prefix, its temporary folder)."""
+    return any(ch in path for ch in GLOB_CHARS)
+
+
+def _exists(path: str) -> bool:
+    """Whether a file or folder lies at ``path`` as written (on an object store: a file, or a prefix of files)."""
+    if "://" not in path:
+        return os.path.lexists(path)
+    return _filesystems().exists(path) or is_folder(path)
+
+
+def is_pattern(path: str) -> bool:
+    """Whether ``path`` is a glob: it has ``*``, ``?`` or ``[`` and nothing lies at it as written. A path that
+    exists is that path (``runs/r7 [v2]/crawl``), never a pattern."""
+    return has_glob(path) and not _exists(path)
+
+
+def literal_pattern(path: str) -> str:
+    """``path`` as a Beam pattern (Beam's ``translate_pattern`` has no escape character): ``*`` and ``?`` as the
+    classes ``[*]`` and ``[?]``, ``[`` as ``[][]``, which matches ``]`` too (``[[]`` would be a set that opens
+    with ``[``, which Python warns may one day mean a nested set). ``files_under`` keeps the exact matches."""
+    return "".join({"*": "[*]", "?": "[?]", "[": "[][]"}.get(ch, ch) for ch in path)
+
+
+def files_under(path: str, pattern: str = "", limit: int | None = None) -> list[str]:
+    """The files Beam's filesystem lists for ``path`` + ``pattern`` (``""``: the file itself; ``"/**.parquet"``),
+    ``path`` taken as written even when it holds ``*``, ``?`` or ``[``."""
+    exact = "[" not in path  # else a "]" in its place matches too (``literal_pattern``): check each file
+    found = _filesystems().match([literal_pattern(path) + pattern],
+                                 limits=[limit if exact else None])[0].metadata_list
+    files = [m.path for m in found if exact or m.path.startswith(path)]
+    return files[:limit] if limit else files
+
+
+def is_folder(path: str) -> bool:
+    """Whether ``path`` is a folder: a local directory, or on an object store (gs://, s3://: no folders, only
+    names) a prefix that names files under it; there ``FileSystems.exists`` is true for files alone."""
+    if "://" not in path:
+        return os.path.isdir(path)
+    return bool(files_under(path.rstrip("/"), "/**", limit=1))
+
+
+# ---------------------------------------------------------------------------------------------- output folders
 
 class OutputExistsError(FileExistsError, ValueError):
     """The output folder holds a finished run (a ValueError too, for the CLIs' one-line bad-input errors)."""
@@ -49,14 +105,29 @@ def _overlaps(output: str, source: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def stage_of(stats_path: str) -> str | None:
-    """The ``stage`` a finished run's stats.json names (None when it names none or cannot be read)."""
+def _read_bytes(path: str) -> bytes:
+    with _filesystems().open(path) as handle:
+        return handle.read()
+
+
+def read_stats(stats_path: str, read: Callable[[str], bytes] | None = None) -> dict | None:
+    """A finished run's stats.json (None when there is none, or it cannot be read, or holds no JSON object).
+
+    ``read``: how to read the file's bytes (an ``OSError`` when it cannot); by default Beam's FileSystems (the
+    Beam stages' paths, gs:// and s3:// included), while the local features runner, which runs without Beam,
+    reads through its pyarrow/fsspec filesystems."""
     try:
-        with _filesystems().open(stats_path) as handle:
-            stats = json.loads(handle.read())
+        stats = json.loads((read or _read_bytes)(stats_path))
     except (OSError, ValueError):
         return None
-    return stats.get("stage") if isinstance(stats, dict) else None
+    return stats if isinstance(stats, dict) else None
+
+
+def stage_of(stats_path: str, read: Callable[[str], bytes] | None = None) -> str | None:
+    """The ``stage`` a finished run's stats.json names (None when it names none or cannot be read);
+    ``read`` as in ``read_stats``."""
+    stats = read_stats(stats_path, read)
+    return stats.get("stage") if stats is not None else None
 
 
 def _present(path: str) -> list[str]:
@@ -67,8 +138,6 @@ def _present(path: str) -> list[str]:
         return [path] if os.path.lexists(path) else []
     if _filesystems().exists(path):
         return [path]
-    from pipeline.filter import files_under  # at call time: pipeline.filter imports this module
-
     return files_under(path, "/**")  # the name taken as written, even holding "[", "*" or "?"
 
 

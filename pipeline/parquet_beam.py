@@ -18,15 +18,10 @@ from apache_beam.io import filebasedsink, parquetio
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.outputs import delete_exactly
+from pipeline.outputs import delete_exactly, files_under, has_glob, literal_pattern
 from schemas.io import parquet_options
 
 logger = logging.getLogger(__name__)
-
-
-def _is_pattern(path: str) -> bool:
-    """Whether Beam would read ``path`` as a pattern of several files."""
-    return any(ch in path for ch in "*?[")
 
 
 class _Sink(parquetio._ParquetSink):
@@ -48,16 +43,12 @@ class _Sink(parquetio._ParquetSink):
         return super()._get_final_name_glob(num_shards, w)[len(self.file_path_prefix.get()):]
 
     def _get_final_name_glob(self, num_shards, w=None):
-        from pipeline.filter import literal_pattern  # at call time: pipeline.filter imports this module
-
         return literal_pattern(self.file_path_prefix.get()) + self._final_name_rest(num_shards, w)
 
     def pre_finalize(self, init_result, writer_results):
         prefix = self.file_path_prefix.get()
-        if not _is_pattern(prefix):
+        if not has_glob(prefix):
             return super().pre_finalize(init_result, writer_results)
-        from pipeline.filter import files_under
-
         stale = files_under(prefix, self._final_name_rest(len(list(writer_results))))
         if stale:
             logger.warning("Deleting %d existing files in target path matching: %s", len(stale),
@@ -66,7 +57,7 @@ class _Sink(parquetio._ParquetSink):
 
     def _check_state_for_finalize_write(self, writer_results, num_shards, window=None):
         """Beam's checks, each file looked up by name when the output path would read as a pattern."""
-        if not _is_pattern(self.file_path_prefix.get()) or not writer_results:
+        if not has_glob(self.file_path_prefix.get()) or not writer_results:
             return super()._check_state_for_finalize_write(writer_results, num_shards, window)
         src_files, dst_files, renamed, num_skipped = [], [], [], 0
         for shard_num, src in enumerate(writer_results):
@@ -89,7 +80,7 @@ class _Sink(parquetio._ParquetSink):
         yield from super().finalize_windowed_write(init_result, writer_results, unused_pre_finalize_results, w)
         # Beam deletes its temporary folder as a pattern, which a local "[" in the name makes no match: it logs
         # that and leaves the folder behind.
-        if _is_pattern(init_result) and "://" not in init_result and FileSystems.exists(init_result):
+        if has_glob(init_result) and "://" not in init_result and FileSystems.exists(init_result):
             delete_exactly([init_result])
 
 

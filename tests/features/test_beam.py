@@ -368,3 +368,25 @@ def test_missing_weights_stop_the_beam_form_before_the_output_is_touched(tmp_pat
     assert len(err) == 2 and "Traceback" not in "\n".join(err)
     assert err[0].startswith("python -m pipeline.features: error: no weights file at") and "--weights PATH" in err[1]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_beam_form_reads_an_older_empty_crawl_without_candidates_as_an_empty_input(tmp_path):
+    """As the local runner: a finished crawl that kept nothing, from before crawls always wrote candidates/, is the
+    empty run an empty candidates/ gives (its rejected/ never read as images)."""
+    from crawler import output
+
+    weights = _weights(tmp_path)
+    stats = {}
+    for name in ("old", "new"):
+        crawl = tmp_path / name / "crawl"
+        row = schemas.rejected_row("crawl", "image_too_small", "300x200", page_url="http://127.0.0.1/p0.html",
+                                   image_url="http://127.0.0.1/img/0.jpg", candidate_id="c0")
+        schemas.write_table(schemas.to_table([row], "rejected"), str(crawl / "rejected" / "part-00000.parquet"), "rejected")
+        (crawl / "stats.json").write_text(json.dumps({"stage": "crawl", "in": 1, "kept": 0, "rejected": 1}))
+        if name == "new":
+            output.ensure_candidates(str(crawl))  # what crawls write now
+        stats[name] = run(["--input", str(crawl), "--output", str(tmp_path / name / "features"), "--detector", "demo",
+                           "--weights", weights] + DIRECT)
+    assert stats["old"] == stats["new"]
+    assert (stats["old"]["in"], stats["old"]["kept"], stats["old"]["rejected"]) == (0, 0, 0)
+    assert not (tmp_path / "old" / "crawl" / "candidates").exists()

@@ -184,6 +184,64 @@ def test_crawl_folder_input_and_bad_tables(tmp_path, demo_weights):
         extract_regions(str(tmp_path / "captions"), str(tmp_path / "f2"), _options(demo_weights))
 
 
+def _crawl_without_candidates(folder, kept=0, stage="crawl"):
+    """A finished crawl folder as crawls that kept nothing wrote it before they always wrote
+    ``candidates/part-empty.parquet``: rejected/ and stats.json, no candidates/."""
+    row = schemas.rejected_row("crawl", "image_too_small", "300x200", page_url="http://127.0.0.1/p0.html",
+                               image_url="http://127.0.0.1/img/0.jpg", candidate_id="c0")
+    schemas.write_table(schemas.to_table([row], "rejected"), str(folder / "rejected" / "part-00000.parquet"), "rejected")
+    (folder / "stats.json").write_text(json.dumps({"stage": stage, "in": kept + 1, "kept": kept, "rejected": 1}))
+    return folder
+
+
+def test_an_older_empty_crawl_without_candidates_is_an_empty_run_as_an_empty_candidates_folder(
+        tmp_path, demo_weights, capsys):
+    """``lait features`` on a finished crawl that kept nothing and has no candidates/ (written before crawls always
+    wrote one): the empty run an empty candidates/ gives, books and folders, never its rejected/ read as images."""
+    from crawler import output
+    from lait import cli
+
+    old = _crawl_without_candidates(tmp_path / "old" / "crawl")
+    output.ensure_candidates(str(_crawl_without_candidates(tmp_path / "new" / "crawl")))  # what crawls write now
+    base = ["features", "--detector", "demo", "--weights", demo_weights, "--num-workers", "0", "--no-progress"]
+    stats = {}
+    for run in ("old", "new"):
+        code = cli.main([*base, "--input", str(tmp_path / run / "crawl"), "--output", str(tmp_path / run / "features")])
+        assert code == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["in"] == 0
+        stats[run] = json.loads((tmp_path / run / "features" / "stats.json").read_text())
+    books = ("stage", "input", "complete", "in", "kept", "rejected", "rejected_by_reason", "shards", "boxes_total",
+             "boxes_per_image", "images_processed")
+    assert {k: stats["old"][k] for k in books} == {k: stats["new"][k] for k in books}
+    assert (stats["old"]["in"], stats["old"]["kept"], stats["old"]["rejected"], stats["old"]["input"]) == (0, 0, 0, "crawl")
+    for sub in ("regions", "rejected"):
+        assert schemas.count_rows(str(tmp_path / "old" / "features" / sub), sub) == 0
+    with pytest.raises(ValueError, match="is inside the input"):  # where the candidates would be
+        extract_regions(str(old), str(old / "candidates" / "features"), _options(demo_weights))
+    assert not (old / "candidates").exists()  # the input is read, never written
+    # a rerun into the finished output resumes: the same books
+    assert cli.main([*base, "--input", str(old), "--output", str(tmp_path / "old" / "features")]) == 0
+    assert json.loads(capsys.readouterr().out)["in"] == 0
+
+
+def test_a_folder_without_candidates_that_is_no_finished_empty_crawl_is_still_an_error(tmp_path, demo_weights):
+    """Only a finished crawl that kept nothing is an empty input: a crawl whose stats.json counts kept candidates
+    (its candidates/ lost), another stage's folder, or one without a stats.json is an error, and no run starts."""
+    cases = {
+        "lost": (dict(kept=2), r"its stats\.json counts 2 kept candidates"),
+        "other": (dict(stage="filter"), r"a run folder \(it holds rejected/\), not a dataset of images"),
+    }
+    for name, (kw, message) in cases.items():
+        folder = _crawl_without_candidates(tmp_path / name / "crawl", **kw)
+        with pytest.raises(FileNotFoundError, match=message):
+            extract_regions(str(folder), str(tmp_path / name / "features"), _options(demo_weights))
+        assert not (tmp_path / name / "features").exists()
+    unfinished = _crawl_without_candidates(tmp_path / "unfinished" / "crawl")
+    (unfinished / "stats.json").write_text('{"stage": "crawl", "kept": 0')  # half written
+    with pytest.raises(FileNotFoundError, match=r"a run folder \(it holds rejected/\)"):
+        extract_regions(str(unfinished), str(tmp_path / "unfinished" / "features"), _options(demo_weights))
+
+
 def test_cli_runs_as_a_subprocess(tmp_path, demo_weights):
     write_pairs(tmp_path / "filter", [encode(make_scene(i)[0]) for i in range(3)])
     env = {**os.environ, "PYTHONPATH": ROOT}

@@ -68,14 +68,24 @@ def test_an_empty_shard_is_added_only_to_a_crawl_folder_without_candidate_shards
     assert [p.name for p in (kept / "candidates").iterdir()] == ["part-00000.parquet"]
 
 
-def test_an_older_crawl_folder_without_candidates_is_an_empty_filter_run_and_a_clear_features_error(tmp_path):
+def test_an_older_crawl_folder_without_candidates_is_an_empty_filter_run_and_an_empty_features_input(tmp_path):
     crawl = _finished_crawl_without_candidates(tmp_path / "old" / "crawl")
     assert filter_stage.input_root(str(crawl)) == f"{crawl}/candidates"
     assert filter_stage.resolve_input(str(crawl)) == []  # never rejected/ taken for candidates
     stats = _filter(crawl, tmp_path / "old" / "filter")
     assert (stats["in"], stats["kept"], stats["rejected"]) == (0, 0, 0)
-    with pytest.raises(FileNotFoundError, match="is a crawl folder without candidates/"):
+    assert features.resolve_input(str(crawl)) == f"{crawl}/candidates"  # never rejected/ read as images
+    assert features.input_files(f"{crawl}/candidates") == []
+    # A crawl whose stats.json counts kept candidates has lost its candidates/: an error, not an empty run.
+    (crawl / "stats.json").write_text(json.dumps({"stage": "crawl", "in": 3, "kept": 2, "rejected": 1}))
+    with pytest.raises(FileNotFoundError, match="its stats.json counts 2 kept candidates"):
         features.resolve_input(str(crawl))
+    with pytest.raises(FileNotFoundError, match="counts 2 kept candidates, but .*candidates holds no candidate"):
+        filter_stage.resolve_input(str(crawl))  # before: an empty run, the lost candidates never mentioned
+    (crawl / "candidates").mkdir()  # an empty candidates/ that should hold them is the same loss
+    with pytest.raises(FileNotFoundError, match="counts 2 kept candidates"):
+        filter_stage.resolve_input(str(crawl))
+    (crawl / "candidates").rmdir()
     # Without stats.json (a crawl that did not finish) it is no dataset of candidates either: a clear error.
     (crawl / "stats.json").unlink()
     with pytest.raises(FileNotFoundError, match="holds rejected/ but neither candidates/ nor the stats.json"):
