@@ -129,19 +129,32 @@ def _classes_json_count(path: str) -> int:
     return len(classes)
 
 
-def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str]]]:
-    """image_id -> [(caption_id, caption)] of one split (all splits when ``split`` is None). A null id (a dataset
-    written by another tool: lait's writers cannot write one) is a one-line ``SchemaMismatchError``."""
+def read_captions(path: str, split: str | None) -> pa.Table:
+    """The rows of one split (all splits when ``split`` is None) of a captions dataset, as read and checked for
+    ``load_captions``: a null id (a dataset written by another tool: lait's writers cannot write one) is a one-line
+    ``SchemaMismatchError``."""
     path = resolve_dataset_dir(path, "captions")
     table = schemas.read_table(path, "captions", columns=["caption_id", "image_id", "caption", "split"])
     check_not_null(table, "captions", path)
     if split is not None:
         table = table.filter(pc.equal(table.column("split"), split))
+    return table
+
+
+def captions_by_image(table: pa.Table) -> dict[str, list[tuple[str, str]]]:
+    """image_id -> [(caption_id, caption)] of a ``read_captions`` table, in its row order; blank captions are left
+    out."""
     captions: dict[str, list[tuple[str, str]]] = {}
     for caption_id, image_id, caption in zip(*(table.column(c).to_pylist() for c in ("caption_id", "image_id", "caption"))):
         if caption and caption.strip():
             captions.setdefault(image_id, []).append((caption_id, caption))
     return captions
+
+
+def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str]]]:
+    """image_id -> [(caption_id, caption)] of one split (all splits when ``split`` is None). A null id (a dataset
+    written by another tool: lait's writers cannot write one) is a one-line ``SchemaMismatchError``."""
+    return captions_by_image(read_captions(path, split))
 
 
 def region_image_ids(path: str) -> list[str]:
@@ -152,20 +165,9 @@ def region_image_ids(path: str) -> list[str]:
 
 def dataset_report(datasets: list[DatasetConfig]) -> dict:
     """How the join went: pairs usable for training, captions without regions, images without captions, and
-    regions rows that repeat an image of their dataset (``PairStream`` reads each image once, its first row)."""
-    report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0,
-              "repeated_image_rows": 0}
-    for entry in datasets:
-        captions = load_captions(entry.captions, entry.split)
-        rows = region_image_ids(entry.regions)
-        ids = set(rows)
-        with_captions = ids & set(captions)
-        report["images"] += len(with_captions)
-        report["pairs"] += sum(len(captions[i]) for i in with_captions)
-        report["captions_without_regions"] += sum(len(v) for k, v in captions.items() if k not in ids)
-        report["images_without_captions"] += len(ids - set(captions))
-        report["repeated_image_rows"] += len(rows) - len(ids)
-    return report
+    regions rows that repeat an image of their dataset (``PairStream`` reads each image once, its first row).
+    Counted by ``index_pairs``, the join ``PairStream`` trains on."""
+    return index_pairs(datasets, with_captions=False).report
 
 
 def location_vectors(boxes: np.ndarray, width: float | None, height: float | None) -> np.ndarray:
@@ -345,34 +347,112 @@ class UnitPairs:
         return int(self.bounds[-1] - self.bounds[0])
 
 
+@dataclass(frozen=True)
+class PairIndex:
+    """The (caption, image) join of a stage's datasets, found in one pass over their captions and the ``image_id``
+    column of their regions (``index_pairs``): what ``PairStream`` trains on, and ``report``, its counts
+    (``dataset_report``). Made by ``model.train``'s up-front check of a stage and handed to the stage's stream, so
+    that it need not read the same data again as the stage starts."""
+
+    datasets: list[DatasetConfig]
+    units: list[tuple[int, str, int]]  # (dataset index, file, row group), in a stable order
+    pairs: dict[tuple[int, str, int], UnitPairs]
+    caption_ids: pa.Array | None  # of the images to train on, in the units' order; None: indexed for the report
+    caption_texts: pa.Array | None
+    report: dict
+
+
+def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> PairIndex:
+    """Each unit's (row group's) images to train on, their caption ids and captions (kept only ``with_captions``),
+    and the join's counts, in one pass: each dataset's captions, then its regions files, each file's schema checked
+    against the regions contract and its ``image_id`` column read row group by row group.
+
+    An image is trained on with the first row of its dataset that holds it (a regions dataset storing an image
+    twice trains on it once), when it has a caption. Found in the units' fixed order, so every consumer reads the
+    same rows (and a resumed run too). A unit whose images have no caption has no example and is dealt to no
+    consumer: one dealt only such units had nothing to yield."""
+    units: list[tuple[int, str, int]] = []
+    pairs: dict[tuple[int, str, int], UnitPairs] = {}
+    caption_ids: list[str] = []
+    caption_texts: list[str] = []
+    examples = 0  # the examples so far (len(caption_ids) when they are kept)
+    report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0,
+              "repeated_image_rows": 0}
+    for index, entry in enumerate(datasets):
+        captions = load_captions(entry.captions, entry.split)
+        seen: set[str] = set()
+        rows_read = 0
+        for file in schemas.list_parquet_files(resolve_dataset_dir(entry.regions, "regions")):
+            parquet = _regions_file(file)
+            for group in range(parquet.num_row_groups):
+                unit = (index, file, group)
+                units.append(unit)
+                image_ids = parquet.read_row_group(group, columns=["image_id"]).column(0).to_pylist()
+                rows_read += len(image_ids)
+                rows, bounds = [], [examples]
+                for row, image_id in enumerate(image_ids):
+                    if image_id in seen:
+                        continue
+                    seen.add(image_id)
+                    if image_id in captions:
+                        rows.append(row)
+                        for caption_id, caption in captions[image_id]:
+                            if with_captions:
+                                caption_ids.append(caption_id)
+                                caption_texts.append(caption)
+                            examples += 1
+                        bounds.append(examples)
+                pairs[unit] = UnitPairs(np.array(rows, np.int64), np.array(bounds, np.int64))
+                report["images"] += len(rows)
+        report["captions_without_regions"] += sum(len(v) for k, v in captions.items() if k not in seen)
+        report["images_without_captions"] += sum(1 for image_id in seen if image_id not in captions)
+        report["repeated_image_rows"] += rows_read - len(seen)
+    report["pairs"] = examples
+    kept = (pa.array(caption_ids, pa.large_string()), pa.array(caption_texts, pa.large_string())) \
+        if with_captions else (None, None)
+    return PairIndex(list(datasets), units, pairs, *kept, report)
+
+
+def _regions_file(file: str) -> pq.ParquetFile:
+    """A regions file, opened, its schema checked against the regions contract (as ``schemas.open_dataset`` checks
+    it, with the same errors)."""
+    try:
+        parquet = pq.ParquetFile(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise schemas.SchemaMismatchError(f"{file}: not a readable Parquet file ({exc})") from exc
+    schemas.validate_schema(parquet.schema_arrow, "regions", where=file)
+    return parquet
+
+
 class PairStream(IterableDataset):
     """(caption, image regions) examples of one or more datasets, sharded over ranks and workers.
 
-    The captions are read once, here, and those of the images to train on kept in two Arrow arrays in the units'
-    order, which the DataLoader workers get with the stream: each worker used to read the captions again into a
-    dict of Python strings of its own, whose refcounts would also make forked workers copy shared pages.
+    The captions are read once (``index_pairs``: here, or by the stage's up-front check, which hands its
+    ``PairIndex`` on), and those of the images to train on kept in two Arrow arrays in the units' order, which the
+    DataLoader workers get with the stream: each worker used to read the captions again into a dict of Python
+    strings of its own, whose refcounts would also make forked workers copy shared pages.
     """
 
     def __init__(self, datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 2048,
-                 infinite: bool = True, shuffle: bool = True, dealing: str = DEALING):
+                 infinite: bool = True, shuffle: bool = True, dealing: str = DEALING, index: PairIndex | None = None):
         """``ValueError`` when no image of the datasets has a caption (checked here, not in a worker).
 
-        ``dealing``: a name of ``DEALINGS`` (another than ``DEALING`` to resume a checkpoint of that dealing)."""
+        ``dealing``: a name of ``DEALINGS`` (another than ``DEALING`` to resume a checkpoint of that dealing).
+        ``index``: the join of these datasets, already found (``index_pairs``); found here when None."""
         if dealing not in DEALINGS:
             raise ValueError(f"dealing {dealing!r}: not one of {', '.join(DEALINGS)}")
+        if index is not None and (index.datasets != list(datasets) or index.caption_ids is None):
+            raise ValueError("PairStream: the index given is not one of these datasets with their captions")
         self.datasets = datasets
         self.tokenizer_json = tokenizer_json
         self.model_config = model_config
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle_buffer, self.infinite, self.shuffle, self.dealing = shuffle_buffer, infinite, shuffle, dealing
-        self.units = []  # (dataset index, file, row group), in a stable order
-        for index, entry in enumerate(datasets):
-            for file in schemas.list_parquet_files(resolve_dataset_dir(entry.regions, "regions")):
-                for group in range(pq.ParquetFile(file).num_row_groups):
-                    self.units.append((index, file, group))
-        # Here, once: the DataLoader workers get them with the stream.
-        self.pairs, self.caption_ids, self.caption_texts = self._scan_units()
+        # Here, once (unless the index was handed on): the DataLoader workers get them with the stream.
+        index = index if index is not None else index_pairs(datasets)
+        self.units, self.pairs = index.units, index.pairs
+        self.caption_ids, self.caption_texts = index.caption_ids, index.caption_texts
         if not any(pairs.examples for pairs in self.pairs.values()):
             raise ValueError(f"no image of {', '.join(entry.regions for entry in datasets)} has a caption in "
                              f"{', '.join(f'{entry.captions} (split {entry.split!r})' for entry in datasets)}: "
@@ -382,38 +462,6 @@ class PairStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers
-
-    def _scan_units(self) -> tuple[dict[tuple[int, str, int], UnitPairs], pa.Array, pa.Array]:
-        """Each unit's images to train on (image_id column only), and their caption ids and captions.
-
-        An image is trained on with the first row of its dataset that holds it (a regions dataset storing an image
-        twice trains on it once, as ``dataset_report`` counts it), when it has a caption. Found once, in the units'
-        fixed order, so every consumer reads the same rows (and a resumed run too). A unit whose images have no
-        caption has no example and is dealt to no consumer: one dealt only such units had nothing to yield."""
-        pairs: dict[tuple[int, str, int], UnitPairs] = {}
-        caption_ids: list[str] = []
-        caption_texts: list[str] = []
-        for index, entry in enumerate(self.datasets):  # the units are in dataset order
-            captions = load_captions(entry.captions, entry.split)
-            seen: set[str] = set()
-            for unit in self.units:
-                dataset_index, file, group = unit
-                if dataset_index != index:
-                    continue
-                image_ids = pq.ParquetFile(file).read_row_group(group, columns=["image_id"]).column(0).to_pylist()
-                rows, bounds = [], [len(caption_ids)]
-                for row, image_id in enumerate(image_ids):
-                    if image_id in seen:
-                        continue
-                    seen.add(image_id)
-                    if image_id in captions:
-                        rows.append(row)
-                        for caption_id, caption in captions[image_id]:
-                            caption_ids.append(caption_id)
-                            caption_texts.append(caption)
-                        bounds.append(len(caption_ids))
-                pairs[unit] = UnitPairs(np.array(rows, np.int64), np.array(bounds, np.int64))
-        return pairs, pa.array(caption_ids, pa.large_string()), pa.array(caption_texts, pa.large_string())
 
     @property
     def uncaptioned_units(self) -> int:
@@ -719,15 +767,16 @@ def make_loader(datasets: list[DatasetConfig], tokenizer_json: str, model_config
                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                 shuffle_buffer: int = 2048, fixed_shapes: bool = False, infinite: bool = True,
                 pin_memory: bool = False, length_buckets: list[int] | None = None,
-                dealing: str = DEALING) -> DataLoader:
+                dealing: str = DEALING, index: PairIndex | None = None) -> DataLoader:
     """A DataLoader of collated training batches (fixed shapes pad to the maxima, for torch.compile).
 
     ``length_buckets`` ``[text, regions]``: batches of examples of about one length (``LengthBuckets``,
     that many evenly spaced ceilings each way), padded to their bucket's ceilings with fixed shapes.
     ``dealing``: how the row groups are dealt to the consumers (``DEALINGS``; a resumed checkpoint's).
+    ``index``: the datasets' join as the stage's up-front check found it (``index_pairs``), so it is not read again.
     """
     stream = PairStream(datasets, tokenizer_json, model_config, seed=seed, rank=rank, world_size=world_size,
-                        shuffle_buffer=shuffle_buffer, infinite=infinite, dealing=dealing)
+                        shuffle_buffer=shuffle_buffer, infinite=infinite, dealing=dealing, index=index)
     collate = Collate(model_config.pad_token_id, model_config.max_text_len if fixed_shapes else None,
                       model_config.max_regions if fixed_shapes else None)
     prefetch = 4 if num_workers else None

@@ -18,14 +18,17 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 import schemas
 from model.config import check_count
-from model.data import collate_regions, collate_text, decode_regions, load_captions, resolve_dataset_dir
+from model.data import (captions_by_image, collate_regions, collate_text, decode_regions, read_captions,
+                        resolve_dataset_dir)
 from model.distributed import collective_device
 from model.fp8 import calibrate, float8_encoder, fp8_supported
 from model.imagebert import ImageBert
@@ -71,16 +74,60 @@ def recall_at_k(ir_scores: torch.Tensor, caption_images: torch.Tensor, sr_scores
             "num_images": n_images, "num_captions": n_captions}
 
 
+@dataclass(frozen=True)
+class EvalCaptions:
+    """The captions of a split to evaluate, read and checked once (``read_eval_captions``) before the model loads
+    (``lait eval``) or training starts (``lait train``'s eval), and handed on to ``evaluate``, which reads them no
+    more. ``table``: the split's rows with a caption that is not blank (``caption_id``, ``image_id``, ``caption``),
+    in the dataset's order: a few columns of Arrow buffers, not Python strings (a training run holds them
+    while it trains)."""
+
+    path: str
+    split: str | None
+    table: pa.Table
+
+    def by_image(self) -> dict[str, list[tuple[str, str]]]:
+        """image_id -> [(caption_id, caption)], as ``model.data.load_captions`` gives them."""
+        return captions_by_image(self.table)
+
+    @property
+    def count(self) -> int:
+        """How many captions (not blank) the split holds."""
+        return self.table.num_rows
+
+
+def read_eval_captions(path: str, split: str | None, where: str = "") -> EvalCaptions:
+    """A split's captions to evaluate (``EvalCaptions``), read once; a ``ValueError`` (its message starting with
+    ``where``) when the split has none (and, from ``model.data.read_captions``, a ``SchemaMismatchError`` for a
+    dataset of another schema or a null id)."""
+    table = read_captions(path, split)
+    texts = table.column("caption").to_pylist()
+    # Python's strip, as load_captions drops blank captions (Arrow's idea of white space is not Python's).
+    table = table.select(["caption_id", "image_id", "caption"]).filter(
+        pa.array([bool(text and text.strip()) for text in texts], pa.bool_()))
+    if not table.num_rows:
+        raise ValueError(f"{where}{path}: no captions in split {split!r}")
+    return EvalCaptions(path, split, table)
+
+
+def _eval_captions(captions: str | EvalCaptions, split: str | None) -> EvalCaptions:
+    """``captions`` as read once: read here when given as a path."""
+    if not isinstance(captions, EvalCaptions):
+        return read_eval_captions(captions, split)
+    if captions.split != split:
+        raise ValueError(f"{captions.path}: captions of split {captions.split!r} given to evaluate split {split!r}")
+    return captions
+
+
 class EvalSet:
     """A test split in memory: tokenised captions, their image index, and the images' padded regions."""
 
-    def __init__(self, regions_path: str, captions_path: str, split: str | None, tokenizer_json: str,
+    def __init__(self, regions_path: str, captions_path: str | EvalCaptions, split: str | None, tokenizer_json: str,
                  max_text_len: int, max_regions: int, feature_dim: int):
+        """``captions_path``: the captions dataset, or its split already read (``read_eval_captions``)."""
         from tokenizers import Tokenizer
 
-        captions = load_captions(captions_path, split)
-        if not captions:
-            raise ValueError(f"{captions_path}: no captions in split {split!r}")
+        captions = _eval_captions(captions_path, split).by_image()
         regions_path = resolve_dataset_dir(regions_path, "regions")
         dataset = schemas.open_dataset(regions_path, "regions")
         table = dataset.to_table(columns=[c for c in ("image_id", "image_width", "image_height", "boxes", "features",
@@ -237,11 +284,14 @@ def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device
     return _gather_shares(texts, caption_bounds, device), _gather_shares(images, image_bounds, device)
 
 
-def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str, split: str | None = "test",
-             batch_size: int = 512, device: torch.device | str = "cpu", bf16: bool = False,
+def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str | EvalCaptions,
+             split: str | None = "test", batch_size: int = 512, device: torch.device | str = "cpu", bf16: bool = False,
              two_stage_k: int | None = None, progress: bool = False, compile: bool = False,
              fp8: bool = False, folds: int | None = None) -> dict:
     """Recall@1/5/10 in both directions on one split; ``two_stage_k`` re-ranks only each query's top k.
+
+    ``captions``: the captions dataset, or the split's captions already read (``read_eval_captions``: by
+    ``lait eval`` before the model loads, by ``lait train`` before it trains), which are then not read again.
 
     ``folds`` splits the images, in the captions' order, into that many folds, ranks each fold's captions
     against its own images only, and reports the mean over the folds (MSCOCO's "1K test": ``folds=5`` on

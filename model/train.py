@@ -24,18 +24,23 @@ import os
 import shutil
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import (ModelConfig, StageConfig, TrainConfig, add_train_arguments, check_model_config, load_config,
-                          model_config_from_dict, resolved_compile_scope)
-from model.data import DEALING, DEALINGS, dataset_report, feature_dim_of, feature_dims, make_loader, num_classes_of
+from model.config import (DatasetConfig, ModelConfig, StageConfig, TrainConfig, add_train_arguments, check_model_config,
+                          load_config, model_config_from_dict, resolved_compile_scope)
+from model.data import (DEALING, DEALINGS, PairIndex, feature_dim_of, feature_dims, index_pairs, make_loader,
+                        num_classes_of)
 from model.distributed import collective_device, join_process_group, process_device
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
 from model.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
+
+if TYPE_CHECKING:
+    from model.eval import EvalCaptions
 
 logger = logging.getLogger(__name__)
 
@@ -155,12 +160,13 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     return check_model_config(ModelConfig(**fields))
 
 
-def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str, first_stage: int = 0) -> None:
+def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str,
+                    first_stage: int = 0) -> EvalCaptions | None:
     """A clear error, before any training, when the regions of the stages (from ``first_stage`` on) or of the
     eval do not fit the model (built from ``source``: the config's first dataset, an ``init`` or a resumed
     checkpoint): other feature widths (read anyway, each region would take pieces of its neighbours' features),
     or more detector classes than its object-classification head has; or when the eval split has no caption
-    to score."""
+    to score. Returns the eval split's captions as ``check_eval_data`` read them (None without an eval)."""
     entries = [(stage.kind, entry) for stage in config.stages()[first_stage:] for entry in stage.datasets]
     for kind, entry in entries + ([("eval", config.eval)] if config.eval is not None else []):
         widths = dict(feature_dims(entry.regions))  # every file's (a dataset merged from two detectors' runs)
@@ -175,21 +181,21 @@ def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str,
         if classes > model_config.num_classes:
             raise ValueError(f"{entry.regions}: {classes} detector classes, but the model of {source} "
                              f"classifies {model_config.num_classes}")
-    if config.eval is not None:
-        check_eval_data(config.eval)
+    return check_eval_data(config.eval) if config.eval is not None else None
 
 
-def check_eval_data(entry) -> None:
+def check_eval_data(entry: DatasetConfig) -> EvalCaptions:
     """The eval split's captions exist and some of them have their image in the regions (what ``EvalSet`` needs),
-    checked before training rather than after its last stage."""
-    from model.data import load_captions, region_image_ids
+    checked before training rather than after its last stage. Returns the captions read (``EvalCaptions``: a few
+    Arrow columns of the split's rows), which the final eval scores instead of reading them again."""
+    from model.data import region_image_ids
+    from model.eval import read_eval_captions
 
-    captions = load_captions(entry.captions, entry.split)
-    if not captions:
-        raise ValueError(f"eval: {entry.captions}: no captions in split {entry.split!r}")
-    if not set(captions) & set(region_image_ids(entry.regions)):
-        raise ValueError(f"eval: none of the {sum(map(len, captions.values()))} captions of split {entry.split!r} "
+    captions = read_eval_captions(entry.captions, entry.split, where="eval: ")
+    if not set(captions.table.column("image_id").to_pylist()) & set(region_image_ids(entry.regions)):
+        raise ValueError(f"eval: none of the {captions.count} captions of split {entry.split!r} "
                          f"has its image in {entry.regions}")
+    return captions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +445,14 @@ def _to_host(losses: torch.Tensor, norm: torch.Tensor) -> tuple[torch.Tensor, fl
 def stage_report(stage: StageConfig, world_size: int, num_workers: int) -> dict:
     """A stage's data join (``dataset_report``); a ``ValueError`` when it has no (caption, image) pair, or fewer
     images with captions than data consumers (one would have no example; ``train`` checks every stage first)."""
-    report = dataset_report(stage.datasets)
+    return check_stage(stage, world_size, num_workers, with_captions=False).report
+
+
+def check_stage(stage: StageConfig, world_size: int, num_workers: int, with_captions: bool = True) -> PairIndex:
+    """``stage_report``'s checks on the stage's join (``index_pairs``), which is returned: ``with_captions``, it
+    holds what the stage's stream trains on, which then reads none of it again."""
+    index = index_pairs(stage.datasets, with_captions=with_captions)
+    report = index.report
     if report["pairs"] == 0:
         raise ValueError(f"stage {stage.name!r}: no caption matches an image of its regions datasets ({report})")
     workers = max(1, num_workers)
@@ -448,15 +461,44 @@ def stage_report(stage: StageConfig, world_size: int, num_workers: int) -> dict:
                          f"{world_size * workers} data consumers ({world_size} process(es) x "
                          f"{workers} DataLoader worker(s)), each of which needs one at least: lower num_workers"
                          f"{' or run fewer processes' if world_size > 1 else ''}")
-    return report
+    return index
+
+
+def check_stages(stages: list[StageConfig], first: int, world_size: int, num_workers: int
+                 ) -> tuple[dict[int, dict], PairIndex | None]:
+    """Every stage from ``first`` on checked (``check_stage``) before the first of them trains (a later stage
+    without pairs used to fail after the earlier ones had run): their reports by stage index, and the join of
+    stage ``first``, whose stream trains on it without reading its data again (None when no stage is left).
+
+    The later stages' joins are not kept (their counts are): each of their streams reads its own again as the
+    stage starts, so that no more than one stage's captions are held at a time, as before (kept, every later
+    stage's would be held from the start, through every earlier stage). They are checked before stage ``first``,
+    whose captions are then not held while theirs are read; an error of stage ``first`` still comes before
+    theirs, as in the stages' order."""
+    reports: dict[int, dict] = {}
+    later_error = None
+    for index in range(first + 1, len(stages)):
+        try:
+            reports[index] = stage_report(stages[index], world_size, num_workers)
+        except (ValueError, OSError) as exc:  # raised once stage ``first`` is known good
+            later_error = exc
+            break
+    joined = check_stage(stages[first], world_size, num_workers) if first < len(stages) else None
+    if later_error is not None:
+        raise later_error
+    if joined is not None:
+        reports[first] = joined.report
+    return dict(sorted(reports.items())), joined
 
 
 def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: TrainConfig, runtime: Runtime,
               tokenizer_json: str, ids: dict, checkpoint_base: dict, resume: dict | None,
-              progress: bool = False, report: dict | None = None) -> dict:
+              progress: bool = False, report: dict | None = None, pairs: PairIndex | None = None) -> dict:
     """Train one stage (pretraining task mix or fine-tuning loss); returns its summary (``report``: its
-    ``stage_report``, made here when not given)."""
-    report = report if report is not None else stage_report(stage, runtime.world_size, config.num_workers)
+    ``stage_report``, made here when not given; ``pairs``: its join as ``check_stage`` found it, which its stream
+    then trains on instead of reading the data again)."""
+    if report is None:
+        report = pairs.report if pairs is not None else stage_report(stage, runtime.world_size, config.num_workers)
     total = stage_steps(stage, report["pairs"], runtime.world_size, config.grad_accum)
     warmup = int(stage.warmup * total) if stage.warmup < 1 else int(stage.warmup)
     start = int(resume["step"]) if resume else 0
@@ -512,7 +554,7 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                          seed=derived_seed(config.seed, stage_index), rank=runtime.rank, world_size=runtime.world_size,
                          num_workers=config.num_workers, shuffle_buffer=config.shuffle_buffer,
                          fixed_shapes=config.compile, pin_memory=runtime.device.type == "cuda",
-                         length_buckets=config.length_buckets, dealing=dealing)
+                         length_buckets=config.length_buckets, dealing=dealing, index=pairs)
     stream = getattr(loader.dataset, "stream", loader.dataset)
     if resume and "row_groups" not in record and stream.uncaptioned_units \
             and runtime.world_size * max(1, config.num_workers) > 1:
@@ -738,25 +780,23 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         check_resume_matches(resume_state, resume, config, runtime.world_size)
         tokenizer_json = resume_state["tokenizer"]
         model_config = model_config_from_dict(resume_state["model_config"])
-        check_data_fits(model_config, config, resume, first_stage=int(resume_state["stage_index"]))
+        eval_captions = check_data_fits(model_config, config, resume, first_stage=int(resume_state["stage_index"]))
         logger.info("resuming from %s (stage %s, step %d)", resume, resume_state["stage_name"], resume_state["step"])
     elif config.init:
         init_state = load_checkpoint(config.init)
         tokenizer_json = init_state["tokenizer"]
         model_config = model_config_from_dict(init_state["model_config"])
-        check_data_fits(model_config, config, config.init)
+        eval_captions = check_data_fits(model_config, config, config.init)
         logger.info("starting from %s (%s, step %d)", config.init, init_state.get("stage_name"), init_state.get("step", 0))
     else:
         tokenizer = build_tokenizer(config)
         tokenizer_json = tokenizer.to_str()
         model_config = resolve_model_config(config, tokenizer.get_vocab_size())
-        check_data_fits(model_config, config, "model.feature_dim" if config.model.feature_dim is not None
-                        else config.stages()[0].datasets[0].regions)
+        source = "model.feature_dim" if config.model.feature_dim is not None else config.stages()[0].datasets[0].regions
+        eval_captions = check_data_fits(model_config, config, source)
     done_index = int(resume_state["stage_index"]) + (1 if resume_state["stage_done"] else 0) if resume_state else 0
-    # Every stage still to run is checked before the first one trains (a later stage without pairs used to fail
-    # after the earlier ones had run).
-    reports = {index: stage_report(stage, runtime.world_size, config.num_workers)
-               for index, stage in enumerate(stages) if index >= done_index}
+    # Every stage still to run is checked before the first one trains; that one's join is handed to its stream.
+    reports, first_pairs = check_stages(stages, done_index, runtime.world_size, config.num_workers)
     from tokenizers import Tokenizer
 
     ids = special_ids(Tokenizer.from_str(tokenizer_json))
@@ -797,8 +837,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         if resume_state is not None and index == resume_state["stage_index"] and not resume_state["stage_done"]:
             stage_resume = resume_state
         base["stage_summaries"] = list(summary["stages"])
+        pairs, first_pairs = first_pairs, None  # the first stage's join, for its stream (the others read their own)
         summary["stages"].append(run_stage(model, stage, index, config, runtime, tokenizer_json, ids, base,
-                                           stage_resume, progress, reports[index]))
+                                           stage_resume, progress, reports[index], pairs))
+        del pairs  # freed with the stage's stream, before the next stage reads its data
     base["stage_summaries"] = list(summary["stages"])
     # Equal on every rank when DDP kept the replicas in sync (logged so a multi-rank run can be checked).
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
@@ -814,7 +856,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
 
         model.eval()
         model.drop_compiled()  # eval batches vary in shape: the static compiled graphs would recompile
-        result = evaluate(model, tokenizer_json, config.eval.regions, config.eval.captions, config.eval.split,
+        # The captions check_data_fits read before training: not read again.
+        result = evaluate(model, tokenizer_json, config.eval.regions, eval_captions, config.eval.split,
                           batch_size=config.eval_batch_size, device=runtime.device, bf16=runtime.bf16,
                           progress=progress and runtime.is_main)
         if runtime.is_main:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from model.distributed import join_process_group, process_device
-    from model.eval import evaluate, format_table, write_eval
+    from model.eval import evaluate, format_table, read_eval_captions, write_eval
     from model.train import model_from_checkpoint
 
     regions = args.regions or (os.path.join(args.data, "regions") if args.data else None)
@@ -67,10 +67,14 @@ def run(args: argparse.Namespace) -> int:
         torch.cuda.set_device(device)
     rank, processes = join_process_group(device)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")  # fp8 implies it
+    split = None if args.split == "all" else args.split
     try:
+        # Read and checked before the model loads (which can take minutes): bad captions, or none in the split,
+        # fail first; evaluate scores these, not a second read of them.
+        eval_captions = read_eval_captions(captions, split)
         model, state = model_from_checkpoint(args.checkpoint)
-        result = evaluate(model.to(device), state["tokenizer"], regions, captions,
-                          None if args.split == "all" else args.split, batch_size=args.batch_size, device=device,
+        result = evaluate(model.to(device), state["tokenizer"], regions, eval_captions, split,
+                          batch_size=args.batch_size, device=device,
                           bf16=bf16, two_stage_k=args.two_stage_k, progress=not args.no_progress,
                           compile=args.compile, fp8=args.precision == "fp8", folds=args.folds)
     except (ValueError, OSError) as exc:  # bad data or checkpoint, an unreadable file: one line

@@ -727,3 +727,35 @@ def test_import_captions_leaves_another_dataset_in_out_alone(tmp_path):
         with pytest.raises(ImportExistsError, match="a finished filter run"):
             import_captions(records, str(images), str(other), overwrite=overwrite)
     assert (other / "pairs").is_dir() and json.loads((other / "stats.json").read_text())["stage"] == "filter"
+
+
+def test_a_stream_given_its_stages_checked_join_yields_what_it_would_have_read(synth_dir, monkeypatch):
+    """``model.train.check_stage`` hands its join (``index_pairs``) to the stage's stream, which then reads no
+    captions; its examples and counts are those of a stream reading them itself (and ``dataset_report``'s)."""
+    from model.config import StageConfig
+    from model.train import check_stage
+
+    datasets = [DatasetConfig(f"{synth_dir}/regions", f"{synth_dir}/captions", "train"),
+                DatasetConfig(f"{synth_dir}/regions", f"{synth_dir}/captions", None)]
+    config = tiny_config(feature_dim=16, max_regions=8)
+    tokenizer_json = _tokenizer_json()
+    index = check_stage(StageConfig(name="s", datasets=datasets), world_size=2, num_workers=1)
+    assert index.report == dataset_report(datasets)
+    real, reads = schemas.read_table, []
+
+    def read_table(*args, **kwargs):  # a counting wrapper around the real reader
+        reads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(schemas, "read_table", read_table)
+    given = [PairStream(datasets, tokenizer_json, config, seed=3, rank=rank, world_size=2, infinite=False,
+                        shuffle_buffer=16, index=index) for rank in range(2)]
+    assert not reads, "the stream given the join read the captions again"
+    own = [PairStream(datasets, tokenizer_json, config, seed=3, rank=rank, world_size=2, infinite=False,
+                      shuffle_buffer=16) for rank in range(2)]
+    assert len(reads) == 4, "a stream reading them itself: each dataset's captions"
+    keys = lambda stream: [(e["caption_id"], e["image"].image_id, e["input_ids"]) for e in stream]
+    for mine, theirs in zip(given, own):
+        assert keys(mine) == keys(theirs) and keys(mine)
+    with pytest.raises(ValueError, match="not one of these datasets"):
+        PairStream(datasets[:1], tokenizer_json, config, index=index)

@@ -346,3 +346,79 @@ def test_each_images_region_embeddings_are_computed_once_per_pass_with_the_same_
     from model.eval import region_embeddings  # on the device: the images of the pass only, not the whole set's
     held = region_embeddings(model, data, share, 64, torch.device("cpu"), bf16)
     assert held["region_embeddings"].shape[0] == held["region_mask"].shape[0] == len(share) < n_images
+
+
+def _count_captions_reads(monkeypatch, events: list) -> None:
+    """Each read of a captions dataset (``schemas.read_table`` of kind captions, what every captions reader calls)
+    and each checkpoint load (``model.train.model_from_checkpoint``) appended to ``events``: counting wrappers
+    around the real functions."""
+    import schemas
+    import model.train
+
+    real_read, real_load = schemas.read_table, model.train.model_from_checkpoint
+
+    def read_table(path, kind=None, columns=None):
+        if kind == "captions":
+            events.append(("captions", path))
+        return real_read(path, kind, columns)
+
+    def model_from_checkpoint(path, *args, **kwargs):
+        events.append(("checkpoint", path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(schemas, "read_table", read_table)
+    monkeypatch.setattr(model.train, "model_from_checkpoint", model_from_checkpoint)
+
+
+def test_lait_eval_reads_its_captions_once_before_the_model_loads(synth_dir, tiny_checkpoint, tiny_trained, tmp_path,
+                                                                    monkeypatch):
+    """The captions are read (and checked) before the checkpoint loads, which can take minutes, and the eval scores
+    what that read gave: one read, where the check up front and the eval itself each used to read them."""
+    from lait.cli import main
+
+    events = []
+    _count_captions_reads(monkeypatch, events)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--out", str(out), "--no-progress",
+                 "--device", "cpu"]) == 0
+    assert [kind for kind, _ in events] == ["captions", "checkpoint"], events
+    result = json.loads(out.read_text())
+    model, tokenizer_json = tiny_trained
+    expected = evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
+    for key in ("image_retrieval", "sentence_retrieval", "num_images", "num_captions", "pairs_scored",
+                "captions_without_regions", "nan_scores", "split"):
+        assert result[key] == expected[key], key
+
+
+def test_lait_eval_refuses_bad_captions_before_loading_the_checkpoint(synth_dir, tmp_path, monkeypatch, capsys):
+    """A split without captions is one line before the checkpoint is even opened (here one that is no checkpoint)."""
+    from lait.cli import main
+
+    events = []
+    _count_captions_reads(monkeypatch, events)
+    checkpoint = tmp_path / "not-a-checkpoint.pt"
+    checkpoint.write_text("no")
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", synth_dir, "--split", "nosuch",
+                 "--out", str(tmp_path / "eval.json"), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("lait eval: ") and "no captions in split 'nosuch'" in error and error.count("\n") == 1
+    assert [kind for kind, _ in events] == ["captions"], events
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_captions_read_up_front_score_as_the_dataset_does(synth_dir, tiny_trained, monkeypatch):
+    """``evaluate`` given the split's captions already read (``read_eval_captions``) reads none and gives the
+    result it gives reading them itself; captions of another split are refused."""
+    from model.eval import read_eval_captions
+
+    model, tokenizer_json = tiny_trained
+    read = evaluate(model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test", folds=2)
+    captions = read_eval_captions(f"{synth_dir}/captions", "test")
+    events = []
+    _count_captions_reads(monkeypatch, events)
+    given = evaluate(model, tokenizer_json, f"{synth_dir}/regions", captions, "test", folds=2)
+    assert events == []
+    for key in ("image_retrieval", "sentence_retrieval", "per_fold", "num_images", "num_captions", "pairs_scored"):
+        assert given[key] == read[key], key
+    with pytest.raises(ValueError, match="captions of split 'test' given to evaluate split 'train'"):
+        evaluate(model, tokenizer_json, f"{synth_dir}/regions", captions, "train")

@@ -839,3 +839,46 @@ def test_train_refuses_an_out_dir_holding_a_run_unless_resumed_or_overwritten(sy
     # An empty folder, or one holding other files only, is not a run: training starts there
     (tmp_path / "empty").mkdir()
     train(load_config(base=_base(synth_dir, str(tmp_path / "empty"))))
+
+
+def test_each_stage_is_checked_up_front_and_the_first_one_and_the_eval_read_their_captions_once(synth_dir, tmp_path,
+                                                                                                 monkeypatch):
+    """The up-front checks hand on what they read: the first stage's join (its stream reads its data no more) and
+    the eval split's captions (the final eval reads them no more). A later stage's captions are read by its check
+    and again as it starts: kept, every stage's captions would be held at once for the whole run. The later stages
+    are checked before the first one, so its captions are not held while theirs are read."""
+    import shutil
+
+    import schemas
+    from model.tokenizer import train_wordpiece
+
+    for name in ("a", "b", "c"):  # stage1's, finetune's and the eval's data, told apart by folder
+        shutil.copytree(synth_dir, tmp_path / name)
+    tokenizer = tmp_path / "tokenizer.json"  # given, so no WordPiece training reads the captions too
+    tokenizer.write_text(train_wordpiece(["a small red circle left of a large blue square"] * 3, 80).to_str())
+    config = _base(str(tmp_path / "a"), str(tmp_path / "run"), tokenizer=str(tokenizer),
+                   eval={"regions": f"{tmp_path}/c/regions", "captions": f"{tmp_path}/c/captions", "split": "test"})
+    config["finetune"]["datasets"] = [{"regions": f"{tmp_path}/b/regions", "captions": f"{tmp_path}/b/captions",
+                                       "split": "train"}]
+    reads = []
+    real = schemas.read_table
+
+    def read_table(path, kind=None, columns=None):  # a counting wrapper around the real reader
+        if kind == "captions":
+            reads.append(os.path.basename(os.path.dirname(path)))
+        return real(path, kind, columns)
+
+    monkeypatch.setattr(schemas, "read_table", read_table)
+    summary = train(load_config(base=config))
+    # eval check; finetune's check; stage1's check, handed to its stream; finetune's stream as it starts.
+    assert reads == ["c", "b", "a", "b"], reads
+    assert [stage["data"]["pairs"] for stage in summary["stages"]] == [320, 320]
+    assert summary["eval"]["num_captions"] == 80
+
+
+def test_the_first_bad_stage_is_named_though_later_stages_are_checked_first(synth_dir, tmp_path):
+    config = _base(synth_dir, str(tmp_path / "run"))
+    config["pretrain"][0]["datasets"] = [{**config["pretrain"][0]["datasets"][0], "split": "nosuchsplit"}]
+    config["finetune"]["datasets"] = [{**config["finetune"]["datasets"][0], "split": "nosuchsplit"}]
+    with pytest.raises(ValueError, match="stage 'stage1': no caption matches an image of its regions datasets"):
+        train(load_config(base=config))
