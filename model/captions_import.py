@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import schemas
+from pipeline.outputs import stage_of
 
 logger = logging.getLogger(__name__)
 
@@ -142,16 +144,60 @@ def read_karpathy(path: str, split: str | None = None) -> Iterator[CaptionRecord
     return records()
 
 
-def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
-    """A TSV of ``image_file<TAB>caption`` lines (a header line naming the columns is skipped; a UTF-8 BOM
-    and CRLF line ends are allowed). A line that is not UTF-8 is an ``invalid`` record, named by its number.
+#: A TSV's first line is a header, skipped, when its first field is one of these names.
+TSV_HEADER_NAMES = ("image", "file", "file_name", "filename", "image_file")
+_TSV_HEADER_BYTES = tuple(name.encode() for name in TSV_HEADER_NAMES)
+#: How many of a TSV's first non-blank lines ``read_tsv`` looks at for a TAB before the import begins.
+TSV_SNIFF_LINES = 20
 
-    The file is opened when called (an unreadable one fails then, before ``--out`` is touched) and read lazily."""
+
+def _excerpt(line: str, limit: int = 60) -> str:
+    """``line`` quoted for a reject's detail, cut to ``limit`` characters."""
+    return repr(line if len(line) <= limit else line[:limit] + "...")
+
+
+def _sniff_tsv(handle) -> list[bytes]:
+    """The first lines of an open TSV, up to ``TSV_SNIFF_LINES`` non-blank ones besides a header; a ``ValueError``
+    when none of those holds a TAB (a comma-separated file, or plain text: every line would be a reject)."""
+    head: list[bytes] = []
+    filled: list[bytes] = []
+    for raw in handle:
+        head.append(raw)
+        text = raw.removeprefix(b"\xef\xbb\xbf") if len(head) == 1 else raw
+        header = len(head) == 1 and text.rstrip(b"\r\n").split(b"\t")[0].lower() in _TSV_HEADER_BYTES
+        if text.strip() and not header:
+            filled.append(raw)
+            if len(filled) == TSV_SNIFF_LINES:
+                break
+    if filled and not any(b"\t" in raw for raw in filled):
+        more = len(filled) == TSV_SNIFF_LINES and handle.peek(1) != b""
+        where = "its one line has no TAB" if len(filled) == 1 else \
+            f"no TAB in any of its {'first ' if more else ''}{len(filled)} lines"
+        comma = "; they look comma-separated (a CSV?): put a TAB between image_file and caption" \
+            if any(b"," in raw for raw in filled) else ""
+        raise ValueError(f"{where}: a tsv line is image_file<TAB>caption{comma}")
+    return head
+
+
+def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
+    """A TSV of ``image_file<TAB>caption`` lines (a first line whose first field names a column,
+    ``TSV_HEADER_NAMES``, is a header and skipped, as are blank lines; a UTF-8 BOM and CRLF line ends are
+    allowed). A line that is not UTF-8, one without a TAB, or one with more than two TAB-separated fields (a
+    caption cannot hold a TAB) is an ``invalid`` record (``record_invalid``), named by its number.
+
+    The file is opened when called (an unreadable one fails then, before ``--out`` is touched), and its first
+    lines are read: a ``ValueError`` when none of its first ``TSV_SNIFF_LINES`` non-blank lines holds a TAB
+    (a CSV given as a TSV); the rest is read lazily."""
     handle = open(path, "rb")
+    try:
+        head = _sniff_tsv(handle)
+    except BaseException:
+        handle.close()
+        raise
 
     def records() -> Iterator[CaptionRecord]:
         with handle:
-            for number, raw in enumerate(handle, 1):
+            for number, raw in enumerate(itertools.chain(head, handle), 1):
                 try:
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as exc:
@@ -160,10 +206,18 @@ def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
                     continue
                 if not line.strip():
                     continue
-                image_file, _, caption = line.partition("\t")
-                if number == 1 and image_file.lower() in ("image", "file", "file_name", "filename", "image_file"):
+                fields = line.split("\t")
+                if number == 1 and fields[0].lower() in TSV_HEADER_NAMES:
                     continue
-                yield CaptionRecord(f"tsv:{number}", image_file, caption, split)
+                if len(fields) == 1:
+                    yield _invalid(f"tsv:{number}", "record_invalid", f"line {number} has no TAB between image_file "
+                                   f"and caption ({_excerpt(line)})", split)
+                elif len(fields) > 2:
+                    yield _invalid(f"tsv:{number}", "record_invalid", f"line {number} has {len(fields)} "
+                                   f"TAB-separated fields, not 2 (image_file<TAB>caption; a caption cannot hold a "
+                                   f"TAB)", split)
+                else:
+                    yield CaptionRecord(f"tsv:{number}", fields[0], fields[1], split)
 
     return records()
 
@@ -239,14 +293,11 @@ class ImportExistsError(FileExistsError, ValueError):
     bad-input errors)."""
 
 
-def _stage_of(stats_path: str) -> str | None:
-    """The ``stage`` a stats.json names (None when it names none or cannot be read)."""
-    try:
-        with open(stats_path, encoding="utf-8") as handle:
-            stats = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return stats.get("stage") if isinstance(stats, dict) else None
+def _read_local(path: str) -> bytes:
+    """A local file's bytes: ``stage_of`` reads through Beam by default, which ``lait import-captions`` (the
+    ``train`` extra) runs without."""
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def prepare_output(out_dir: str, overwrite: bool = False) -> None:
@@ -260,7 +311,7 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
     existing = [name for name in OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
     stats_path = os.path.join(out_dir, "stats.json")
     finished = "stats.json" in existing
-    other = _stage_of(stats_path) if finished else None
+    other = stage_of(stats_path, read=_read_local) if finished else None
     if other is not None and other != STAGE:
         raise ImportExistsError(f"{out_dir} holds a finished {other} run, not an import; use a new --out "
                                 f"(--overwrite never replaces another stage's output)")
