@@ -2,7 +2,8 @@
 
 For each stage folder (a subfolder holding a funnel ``stats.json``, or what only a stage writes:
 ``rejected/``, a features ``run.json``, pending stats; crawl, filter, features, ...; a stage's own folder,
-given instead of its run folder, is audited as that one stage):
+given instead of its run folder, is audited as that one stage; a run folder that also holds a stage's own
+books, as the import layout ``D`` + ``D/features`` does, has that stage audited too: ``own_stage``):
 
 - ``stats.json`` exists (a stage without one did not finish) and has ``in``, ``kept``, ``rejected``,
   ``rejected_by_reason`` with ``in == kept + rejected`` and the reasons summing to ``rejected``;
@@ -347,22 +348,72 @@ def stage_folders(run_dir: str) -> list[str]:
     return sorted(names, key=pipeline_order)
 
 
+#: Marks a stage leaves in its folder while it runs, by the stage they name (``model.captions_import``'s
+#: ``IMPORT_MARKER``): a run folder holding one is a stage's own folder that did not finish.
+RUNNING_MARKERS = {".import_captions.running": "import_captions"}
+#: What a stage's own folder holds besides its ``stats.json``: its datasets and records of rejects.
+OWN_STAGE_DATASETS = (*OUTPUT_KINDS, "rejected")
+
+
+def own_stage(run_dir: str, subfolders: list[str] | None = None) -> str | None:
+    """The name of the stage whose books lie in ``run_dir`` itself, beside its stage subfolders, else None.
+
+    The documented import layout is one (``lait import-captions ... --out D``, then ``lait features --input D
+    --output D/features``): ``D/stats.json`` (a funnel), ``D/captions``, ``D/pairs``, ``D/rejected`` are the
+    import's, ``D/features`` a stage of its own. So is a stage's folder holding a run marker and no
+    ``stats.json`` (killed before its books; the audit fails it). The name is the stage ``stats.json`` (or the
+    marker) names, or ``.`` when there is none or a subfolder has that name. A run folder of the pipeline's
+    layout (``RUN/crawl``, ``RUN/filter``, ...) holds no ``stats.json`` of its own: None.
+    """
+    stats_path = os.path.join(run_dir, "stats.json")
+    stage = None
+    if os.path.isfile(stats_path) and _is_funnel(stats_path):
+        if not any(os.path.isdir(os.path.join(run_dir, kind)) for kind in OWN_STAGE_DATASETS):
+            return None
+        try:
+            with open(stats_path, encoding="utf-8") as f:
+                stats = json.load(f)
+            stage = stats.get("stage") if isinstance(stats, dict) else None
+        except (OSError, ValueError):
+            pass
+    else:
+        marked = [name for marker, name in RUNNING_MARKERS.items() if os.path.exists(os.path.join(run_dir, marker))]
+        if not marked and not any(os.path.exists(os.path.join(run_dir, m)) for m in STAGE_MARKERS if m != "rejected"):
+            return None
+        stage = marked[0] if marked else None
+    taken = set(stage_folders(run_dir) if subfolders is None else subfolders)
+    return stage if isinstance(stage, str) and SNAKE.match(stage) and stage not in taken else "."
+
+
 def audit_run(run_dir: str) -> dict:
     """Audit every stage folder of ``run_dir``; ``ok`` is true only when every check passes.
 
     A folder without stage subfolders that is itself a stage folder (``lait filter --output r5; lait audit
     r5``) is audited as that one stage, inside the run folder holding it (where stages record their input
-    from, ``pipeline.outputs.input_reference``); ``note`` says so.
+    from, ``pipeline.outputs.input_reference``); ``note`` says so. A folder with stage subfolders that also
+    holds a stage's own books (``own_stage``: the import layout, ``D/stats.json`` beside ``D/features``) has
+    that stage audited first, the same way, under the name ``own_stage`` gives, with ``folder`` ``"."``.
     """
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"no run folder at {run_dir}")
     names, note, parent = stage_folders(run_dir), None, run_dir
     here = os.path.abspath(run_dir)
+    own = own_stage(here, names) if names and os.path.dirname(here) != here else None
     if not names and _is_stage(here) and os.path.dirname(here) != here:
         parent, names = os.path.dirname(here), [os.path.basename(here)]
         note = (f"{names[0]}/ is a stage's own folder: audited as that one stage (give its run folder, "
                 f"{parent}, to audit every stage)")
     stages = [audit_stage(parent, name) for name in names]
+    if own:
+        # Audited inside the folder holding it, as a stage's own folder is: its stats.json names its input
+        # relative to there (``pipeline.outputs.input_reference``).
+        stage = audit_stage(os.path.dirname(here), os.path.basename(here))
+        stage["name"], stage["folder"] = own, "."
+        if stage.get("upstream"):
+            stage["upstream"] = os.path.relpath(os.path.join(os.path.dirname(here), stage["upstream"]), here)
+        stages.insert(0, stage)
+        note = (f"{os.path.basename(here)}/ holds the books of a stage of its own ({own}) besides its stage "
+                "subfolders: audited too")
     return {"run_dir": here, "ok": bool(stages) and all(s["ok"] for s in stages), "stages": stages,
             "problem": None if stages else "no stage folder (with a stats.json, rejected/, ...)", "note": note}
 

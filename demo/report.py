@@ -117,12 +117,18 @@ class RunData:
 
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
-        self.stats = {name: read_json(os.path.join(run_dir, name, "stats.json")) for name in self._stage_names()}
+        #: Each stage's folder, relative to the run folder, by the stage's name: "" for the run folder's own
+        #: stage (``demo.audit.own_stage``: the import layout's ``D/stats.json``), first.
+        self.folders = self._stage_names()
+        self.stats = {name: read_json(self.path(folder, "stats.json")) for name, folder in self.folders.items()}
 
-    def _stage_names(self) -> list[str]:
+    def _stage_names(self) -> dict[str, str]:
+        """The stages the audit reads, in its order: the run folder's own first, then its stage subfolders."""
         if not os.path.isdir(self.run_dir):
-            return []
-        return audit_mod.stage_folders(self.run_dir)
+            return {}
+        names = audit_mod.stage_folders(self.run_dir)
+        own = audit_mod.own_stage(self.run_dir, names)
+        return {**({own: ""} if own else {}), **{name: name for name in names}}
 
     def path(self, *parts: str) -> str:
         """A path inside the run folder."""
@@ -138,10 +144,14 @@ class RunData:
         return dataset.to_table(columns=[c for c in columns if c in dataset.schema.names], filter=where)
 
     def image_bytes(self, image_ids: list[str]) -> dict[str, bytes]:
-        """Image bytes by id, looked up in the kept pairs, the candidates and the test split."""
+        """Image bytes by id, looked up in the kept pairs, the candidates, the test split and, where the run
+        folder is a stage's own (the import layout: ``lait features --input D --output D/features``), its pairs."""
         found: dict[str, bytes] = {}
         wanted = [i for i in dict.fromkeys(image_ids) if i]
-        for rel, kind in (("filter/pairs", "pairs"), ("crawl/candidates", "candidates"), ("test/pairs", "pairs")):
+        sources = [("filter/pairs", "pairs"), ("crawl/candidates", "candidates"), ("test/pairs", "pairs")]
+        if "" in self.folders.values():
+            sources.append(("pairs", "pairs"))
+        for rel, kind in sources:
             missing = [i for i in wanted if i not in found]
             if not missing or not _has_data(self.path(rel)):
                 continue
@@ -292,7 +302,9 @@ def section_samples(run: RunData, n: int = 18) -> str:
     the rows shown, through ``RunData.image_bytes``.
     """
     parts = ["<h3>Kept pairs</h3>"]
-    pairs = run.table("filter/pairs", "pairs", ["image_id", "caption", "relevance"])
+    # The filter's; where there is none and the run folder is a stage's own (the import layout), its pairs.
+    own = "" in run.folders.values() and not _has_data(run.path("filter/pairs"))
+    pairs = run.table("pairs" if own else "filter/pairs", "pairs", ["image_id", "caption", "relevance"])
     if pairs is None or pairs.num_rows == 0:
         parts.append(_missing("No kept pairs (filter/pairs) in this run."))
     else:
@@ -335,7 +347,7 @@ def _rejected_sample(run: RunData, n: int) -> list[dict]:
     by_reason: dict[str, list[tuple[int, int]]] = defaultdict(list)  # stage/reason -> (dataset, row) of its first n
     datasets = []
     for name in run.stats:
-        path = run.path(name, "rejected")
+        path = run.path(run.folders[name], "rejected")
         if not _has_data(path):
             continue
         dataset = schemas.open_dataset(path, "rejected")
