@@ -227,9 +227,10 @@ def finish_output(output: str) -> None:
 
 def input_reference(input_path: str, output: str) -> str:
     """The input as stats.json names it: relative to the run folder (the output's parent) when it lies
-    inside it, so that a run folder moved or copied whole still names its own input; else absolute."""
+    inside it, or is it (``"."``: the import layout, ``--input D --output D/features``), so that a run folder
+    moved or copied whole still names its own input; else absolute."""
     if "://" in input_path or "://" in output:
         return input_path
     run_dir = os.path.dirname(os.path.abspath(output))
     path = os.path.abspath(input_path)
-    return os.path.relpath(path, run_dir) if path.startswith(run_dir + os.sep) else path
+    return os.path.relpath(path, run_dir) if path == run_dir or path.startswith(run_dir + os.sep) else path

@@ -43,7 +43,9 @@ def imported(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["stage"], stats["in"], stats["kept"], stats["rejected"]) == ("import_captions", 4, 2, 2)
-    assert json.loads((out / "features" / "stats.json").read_text())["kept"] == 2
+    features = json.loads((out / "features" / "stats.json").read_text())
+    # The input is the run folder itself: named relative to it, so that a copy of D names its own import.
+    assert features["kept"] == 2 and features["input"] == "."
     return out
 
 
@@ -85,6 +87,10 @@ def test_audit_fails_an_import_whose_books_do_not_balance(imported_copy, changes
     assert not result["ok"]
     assert {check for name, check in _failed(result) if name == "import_captions"} == failing
     assert not {name for name, _ in _failed(result)} - {"import_captions"}  # features/ still balances
+    # ... against the copy's own import (an absolute input would have named the original D)
+    features = result["stages"][1]
+    assert os.path.realpath(os.path.join(imported_copy, features["upstream"])) == \
+        os.path.realpath(imported_copy), features["upstream"]
     proc = _lait("audit", str(imported_copy))
     assert proc.returncode == 1 and "NOT BALANCED" in proc.stdout, proc.stdout
     assert re.search(r"import_captions\s+FAIL", proc.stdout) and all(c in proc.stdout for c in failing)
