@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -41,6 +40,7 @@ import schemas
 from demo import audit, datasets, planted, report
 from demo.scenes import CLASSES, detector_samples, generate_scenes
 from demo.site import SiteServer, build_site
+from filters import option_rules
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,17 @@ class DemoConfig:
     start_from: str | None = None  # reuse the outputs of the steps before this one (a rerun)
 
 
-#: What the demo's options passed on to ``lait crawl`` and ``lait filter`` must be, as those stages check
-#: them (``pipeline.options``, ``lait filter --relevance-keep-rate``): (test, what it must be). Checked
-#: before step 1, so that a bad value does not fail at the filter step after the crawl.
-OPTION_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "relevance_keep_rate": (lambda v: v == 0 or 0.0 < v <= 1.0,
-                            "0 (the relevance model's own threshold) or a share in (0, 1]"),
-    "min_side": (lambda v: v >= 0, "0 or more"),
-    # lait filter takes 0 as "off", but the crawl would then reject every image: 1 or more, and finite.
-    "max_aspect": (lambda v: math.isfinite(v) and v >= 1, "a finite ratio of 1 or more (long side over short side)"),
+_KEEP_RATE = option_rules.RULES["relevance_keep_rate"]
+#: What the demo's options passed on to ``lait crawl`` and ``lait filter`` must be: the rules those stages apply
+#: (``filters.option_rules``), checked before step 1 so that a bad value does not fail at the filter step after the
+#: crawl. ``max_aspect`` 0 is "off" to both stages, as to the demo. ``relevance_keep_rate`` 0 is the demo's own:
+#: no ``--relevance-keep-rate`` (the relevance model's threshold); any other value is passed on.
+OPTION_RULES: dict[str, option_rules.Rule] = {
+    "relevance_keep_rate": option_rules.Rule(
+        lambda v: v == 0 or _KEEP_RATE.test(v),
+        f"0 (the relevance model's own threshold) or a share {_KEEP_RATE.must_be}"),
+    "min_side": option_rules.RULES["min_side"],
+    "max_aspect": option_rules.RULES["max_aspect"],
 }
 
 
@@ -98,10 +100,8 @@ def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
     """Raise ValueError (one line, naming the option) for a config no run could carry out: an option
     ``OPTION_RULES`` refuses, an unknown step, ``--from`` after ``--stop-after``, an ``--out`` that is a file, a
     ``--train-config`` that does not load as the train step's config (when that step is to run)."""
-    for name, (ok, must_be) in OPTION_RULES.items():
-        value = getattr(config, name)
-        if not ok(value):
-            raise ValueError(f"--{name.replace('_', '-')} must be {must_be}, got {value}")
+    for name, rule in OPTION_RULES.items():
+        option_rules.check(rule, getattr(config, name), f"--{name.replace('_', '-')}")
     steps = steps if steps is not None else step_names()
     for option, given in (("--stop-after", config.stop_after), ("--from", config.start_from)):
         if given is not None and given not in steps:

@@ -9,6 +9,7 @@ import difflib
 import logging
 from typing import Any, Mapping, Sequence
 
+from filters import option_rules
 from filters.rules import RuleConfig
 from pipeline.runners import LOCAL_RUNNERS, make_runner  # noqa: F401  (re-exported)
 
@@ -78,28 +79,6 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _formats(text: str) -> tuple[str, ...]:
-    """Format names from a comma list, each one the shared opener reads (``filters.imageio.WEB_FORMATS``):
-    any case, a Pillow alias (MPO is JPEG) or a file extension (jpg, tif) naming its format."""
-    from PIL import Image
-
-    from filters import imageio
-
-    Image.init()
-    extensions = Image.registered_extensions()
-    names = [f.strip() for f in text.split(",") if f.strip()]
-    _check(bool(names), f"--formats: give at least one image format, e.g. {','.join(RuleConfig().formats)}")
-    formats = []
-    for name in names:
-        fmt = name.upper() if name.upper() in Image.OPEN else extensions.get("." + name.lower().lstrip("."))
-        fmt = imageio.FORMAT_ALIASES.get(fmt, fmt)
-        # A format Pillow reads but the opener keeps shut (TGA, PSD, EPS) would make every such image corrupt.
-        _check(fmt in imageio.WEB_FORMATS, f"--formats: {name!r} is not an image format LAIT opens "
-                                           f"({', '.join(imageio.WEB_FORMATS)})")
-        formats.append(fmt)
-    return tuple(dict.fromkeys(formats))
-
-
 def _langs(text: str, backend: str) -> tuple[str, ...]:
     """Language codes from a comma list, each one the language identifier can name."""
     from filters.language import supported_languages
@@ -153,23 +132,26 @@ def config_from_args(args: argparse.Namespace) -> RuleConfig:
     Options of the pipeline only (``--codec``, ``--max-images-per-caption``, ...) are checked when present,
     and normalised in ``args`` (``--codec``); ``lait explain`` shares the rule options.
     """
-    for name in ("min_words", "max_words", "max_chars", "min_side", "min_bytes", "max_images_per_caption"):
+    for name in ("min_words", "max_words", "max_chars", "min_bytes", "max_images_per_caption"):
         value = getattr(args, name, None)
         if value is not None:
             _check(value >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    # The options `lait crawl` and `lait demo` take too: one rule for all three (filters.option_rules).
+    option_rules.check("min_side", args.min_side, "--min-side")
     for name in ("max_oov_rate", "lang_threshold"):
         value = getattr(args, name)
         _check(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     # Settings under which no caption or image could pass are refused: they would reject the whole input.
     _check(not args.max_words or args.min_words <= args.max_words,
            f"--min-words {args.min_words} is more than --max-words {args.max_words}: every caption would be rejected")
-    _check(args.max_aspect == 0 or args.max_aspect >= 1,
-           f"--max-aspect must be 0 (off) or 1 or more (long side over short side), got {args.max_aspect}")
+    option_rules.check("max_aspect", args.max_aspect, "--max-aspect")
     _check(0 <= args.min_std <= MAX_GREY_STD,
            f"--min-std must be in [0, {MAX_GREY_STD}] (grey levels 0-255), got {args.min_std}")
     if getattr(args, "phash_distance", None) is not None:
         _check(-1 <= args.phash_distance < 64,
                f"--phash-distance must be -1 (off) to 63 bits, got {args.phash_distance}")
+    if getattr(args, "relevance_keep_rate", None) is not None:  # None: not given (lait explain has no such option)
+        option_rules.check("relevance_keep_rate", args.relevance_keep_rate, "--relevance-keep-rate")
     if getattr(args, "codec", None) is not None:
         args.codec = _codec(args.codec)
     return RuleConfig(
@@ -177,8 +159,8 @@ def config_from_args(args: argparse.Namespace) -> RuleConfig:
         langs=_langs(args.langs, args.lang_backend), lang_threshold=args.lang_threshold, lang_backend=args.lang_backend,
         word_model=not args.no_word_model, use_page=not args.no_page_lang, vocabulary=_vocabulary(args.vocab),
         max_oov_rate=args.max_oov_rate, min_side=args.min_side, max_aspect=args.max_aspect,
-        formats=_formats(args.formats), min_bytes=args.min_bytes, allow_animated=args.allow_animated,
-        min_std=args.min_std,
+        formats=option_rules.read_image_formats(args.formats), min_bytes=args.min_bytes,
+        allow_animated=args.allow_animated, min_std=args.min_std,
     )
 
 

@@ -40,6 +40,7 @@ from crawler import settings as defaults
 from crawler.middlewares import CONNECTION_ERRORS, TIMEOUT_ERRORS, RefusedRequest, retry_interval
 from crawler.items import CandidateItem, RejectedItem
 from crawler.store import ImageStore
+from filters import option_rules
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +149,11 @@ def page_domain(value: str) -> tuple[str, bool]:
 
 #: The LAIT_* settings read as numbers or switches: (Scrapy's getter, test, what the value must be). A value
 #: outside would stop a crawl process with a traceback, or quietly reject every image or check none.
-#: LAIT_MIN_SIDE and LAIT_MAX_ASPECT are `lait crawl --min-side/--max-aspect` too, with the rules and words of
-#: `lait filter` (pipeline.options): a max aspect of 0 turns the check off.
+#: LAIT_MIN_SIDE and LAIT_MAX_ASPECT are `lait crawl --min-side/--max-aspect` too, with the rules `lait filter` and
+#: `lait demo` apply to theirs (filters.option_rules): a max aspect of 0 turns the check off.
 SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
-    "LAIT_MIN_SIDE": ("getint", lambda v: v >= 0, "0 or more"),
-    "LAIT_MAX_ASPECT": ("getfloat", lambda v: v == 0 or v >= 1, "0 (off) or 1 or more (long side over short side)"),
+    "LAIT_MIN_SIDE": ("getint", *option_rules.RULES["min_side"]),
+    "LAIT_MAX_ASPECT": ("getfloat", *option_rules.RULES["max_aspect"]),
     "LAIT_MAX_PIXELS": ("getint", lambda v: v >= 1, "a whole number of pixels, 1 or more"),
     # 0 would be no cap to Scrapy but a cap no record fits in the WARC reader: refused for both.
     "LAIT_PAGE_MAXSIZE": ("getint", lambda v: v >= 1, "a whole number of bytes, 1 or more"),
@@ -171,14 +172,15 @@ KNOWN_SETTINGS = frozenset(name for name in vars(defaults) if name.startswith("L
 
 def check_value(name: str, value, label: str | None = None) -> None:
     """Raise ValueError, one line naming ``label`` (an option) or the setting, when ``value`` breaks
-    ``SETTING_RULES[name]``."""
+    ``SETTING_RULES[name]`` once read as the crawl's components read it (a value that does not read is refused)."""
     getter, ok, must_be = SETTING_RULES[name]
     try:
-        read = getattr(BaseSettings({name: value}), getter)(name)  # as the crawl's components read it
+        read = getattr(BaseSettings({name: value}), getter)(name)
     except (TypeError, ValueError, OverflowError):
-        read = None
-    if read is None or not ok(read):
-        raise ValueError(f"{label or name} must be {must_be}, got {value!r}")
+        read = None  # never accepted
+    if getter == "getint" and isinstance(value, float) and not value.is_integer():
+        read = None  # Scrapy would read 2.5 (`lait crawl -s X=2.5`, JSON) as 2, but refuses the text "2.5"
+    option_rules.check(option_rules.Rule(ok, must_be), read, label or name, given=value)
 
 
 def unknown_setting(name: str) -> str | None:
@@ -196,19 +198,14 @@ def image_formats(settings) -> tuple[str, ...]:
     """``LAIT_IMAGE_FORMATS`` as the spider compares formats, read as ``lait filter --formats`` reads its list (any
     case, JPG for JPEG, MPO for JPEG, ...); ValueError, one line naming the setting, for a format LAIT does not
     open or an empty list (either would reject every image as format_not_allowed)."""
-    # The filter stage's own reading, so both stages take the same names; pipeline.options imports no Beam.
-    from pipeline.options import _formats
-
     if "LAIT_IMAGE_FORMATS" not in settings:
         return tuple(images.DEFAULT_FORMATS)
     try:
         names = settings.getlist("LAIT_IMAGE_FORMATS")
     except TypeError:
         names = [settings.get("LAIT_IMAGE_FORMATS")]
-    try:
-        return _formats(",".join(str(name) for name in names))
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("--formats", "LAIT_IMAGE_FORMATS", 1)) from None
+    # The filter stage's own reading (`lait filter --formats`), so both stages take the same names.
+    return option_rules.read_image_formats(",".join(str(name) for name in names), "LAIT_IMAGE_FORMATS")
 
 
 def check_settings(settings) -> None:

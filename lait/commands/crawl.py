@@ -130,12 +130,13 @@ def run(args: argparse.Namespace) -> int:
         print("lait crawl: give start URLs or --warc FILE..., not both and not neither", file=sys.stderr)
         return 2
     from crawler.spiders import lait as spider
+    from filters import option_rules
 
     # Both readers would fail on a bad value later (a crawl process, the WARC reader's own parser), or reject
-    # every image, or check none: refused before --out is touched, in the filter stage's words.
+    # every image, or check none: refused before --out is touched, by the rules lait filter and lait demo apply.
     try:
-        spider.check_value("LAIT_MIN_SIDE", args.min_side, "--min-side")
-        spider.check_value("LAIT_MAX_ASPECT", args.max_aspect, "--max-aspect")
+        option_rules.check("min_side", args.min_side, "--min-side")
+        option_rules.check("max_aspect", args.max_aspect, "--max-aspect")
     except ValueError as exc:
         print(f"lait crawl: {exc}", file=sys.stderr)
         return 2

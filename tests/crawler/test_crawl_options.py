@@ -100,7 +100,7 @@ def test_allowed_domains_given_as_a_url_or_host_port_crawl_the_whole_site(tmp_pa
     ("--max-aspect", "0.5", "0 (off) or 1 or more (long side over short side)"),
     ("--max-aspect", "nan", "0 (off) or 1 or more (long side over short side)"),
     ("--max-aspect", "-3", "0 (off) or 1 or more (long side over short side)"),
-    ("--min-side", "-5", "0 or more"),
+    ("--min-side", "-5", "a whole number of pixels, 0 or more"),
 ])
 def test_crawl_refuses_an_option_value_that_makes_no_sense(tmp_path, capsys, source, option, value, must_be):
     err = _refused(tmp_path, capsys, source, option, value)
@@ -141,7 +141,7 @@ BAD_SETTINGS = [
     ("LAIT_ROWS_PER_SHARD=abc", "LAIT_ROWS_PER_SHARD must be a whole number, 1 or more, got 'abc'"),
     ("LAIT_ROWS_PER_SHARD=0", "LAIT_ROWS_PER_SHARD must be a whole number, 1 or more, got 0"),
     ("LAIT_MAX_PIXELS=0", "LAIT_MAX_PIXELS must be a whole number of pixels, 1 or more, got 0"),
-    ("LAIT_MIN_SIDE=-5", "LAIT_MIN_SIDE must be 0 or more, got -5"),
+    ("LAIT_MIN_SIDE=-5", "LAIT_MIN_SIDE must be a whole number of pixels, 0 or more, got -5"),
     ("LAIT_MAX_ASPECT=nan", "LAIT_MAX_ASPECT must be 0 (off) or 1 or more (long side over short side), got 'nan'"),
     ("LAIT_IMAGE_MAXSIZE=0", "LAIT_IMAGE_MAXSIZE must be a whole number of bytes, 1 or more, got 0"),
     ("LAIT_PAGE_MAXSIZE=1e3x", "LAIT_PAGE_MAXSIZE must be a whole number of bytes, 1 or more, got '1e3x'"),
