@@ -35,6 +35,7 @@ import datetime
 import glob
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -1069,6 +1070,19 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     known, pipeline_args = parser.parse_known_args(argv)
     if known.files_per_part < 0:
         parser.error(f"--files_per_part must be 0 or more, got {known.files_per_part}")
+    from filters import option_rules
+
+    # The rules lait crawl, lait filter and lait demo apply (filters/option_rules.py), and their readings: jpg is
+    # JPEG, and --max_aspect 0 turns the check off (no limit), where it used to reject every image.
+    try:
+        option_rules.check("min_side", known.min_side, "--min_side")
+        option_rules.check("max_aspect", known.max_aspect, "--max_aspect")
+        known.image_formats = ",".join(option_rules.read_image_formats(known.image_formats, "--image_formats"))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if known.max_pixels < 1:
+        parser.error(f"--max_pixels must be 1 or more, got {known.max_pixels}")
+    known.max_aspect = known.max_aspect or math.inf
     from crawler.fetch import robots_retry_seconds
 
     try:

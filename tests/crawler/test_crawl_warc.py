@@ -731,3 +731,24 @@ def test_an_image_missing_from_the_warc_is_downloaded_as_the_page_spells_it(tmp_
                                 min_side=TEST_MIN_SIDE, settings={"DOWNLOAD_DELAY": 0, "DOWNLOAD_TIMEOUT": 2})
     assert site.counts["/img/bl%c3%bcte.jpg"] == 1 and "/img/bl%C3%BCte.jpg" not in site.counts
     assert stats["kept"] == 1 and stats["rejected"] == 0
+
+
+def test_the_native_reader_takes_the_option_rules_of_lait_crawl(tmp_path, capsys):
+    """``python -m crawler.warc`` reads formats and --max_aspect as lait crawl does (filters/option_rules.py).
+    Before: ``--image_formats jpg`` rejected every image as format_not_allowed, ``--max_aspect 0`` every image as
+    too elongated, and ``--min_side -5`` ran."""
+    from crawler import warc
+
+    files = write_test_warcs(str(tmp_path), "http://127.0.0.1:9")
+    common = ["--no_download", "--min_side", str(TEST_MIN_SIDE), *[arg for f in files for arg in ("--input", f)]]
+    stats = warc.run([*common, "--output", str(tmp_path / "jpg"), "--image_formats", "jpg", "--max_aspect", "0"])
+    assert stats["kept"] == 2 and "format_not_allowed" not in stats["rejected_by_reason"]  # the two in the WARC
+    assert "image_too_elongated" not in stats["rejected_by_reason"]
+    for bad, message in ((["--image_formats", "psd"], "--image_formats: 'psd' is not an image format"),
+                         (["--max_aspect", "0.5"], "--max_aspect must be 0 (off) or 1 or more"),
+                         (["--min_side", "-5"], "--min_side must be a whole number of pixels, 0 or more"),
+                         (["--max_pixels", "0"], "--max_pixels must be 1 or more")):
+        with pytest.raises(SystemExit) as exit_info:
+            warc.run([*common, "--output", str(tmp_path / "bad"), *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
