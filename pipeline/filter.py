@@ -35,7 +35,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 import schemas
-from filters import dedup
+from filters import dedup, option_rules
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
 from pipeline.options import add_filter_arguments, beam_options, config_from_args, make_runner, runner_name
 from pipeline.outputs import (PENDING_STATS, OutputExistsError, files_under, finish_output, input_reference,
@@ -501,8 +501,8 @@ def check_relevance_args(args: argparse.Namespace) -> None:
         return
     if threshold is not None and keep_rate is not None:
         raise ValueError("give --relevance-threshold or --relevance-keep-rate, not both")
-    if keep_rate is not None and not 0.0 < keep_rate <= 1.0:
-        raise ValueError(f"--relevance-keep-rate must be in (0, 1], got {keep_rate}")
+    if keep_rate is not None:  # (config_from_args checks it first, by the same rule)
+        option_rules.check("relevance_keep_rate", keep_rate, "--relevance-keep-rate")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"--relevance-threshold must be a number, got {threshold}")
     if args.relevance_batch_size < 1:
