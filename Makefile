@@ -34,7 +34,7 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	touch $(STAMP)
 
 # Resolve setup.py afresh in a throwaway venv and freeze the result. Review the diff (and rerun `make test` and
-# `make demo`) before committing it: the demo's figures move with some versions (benchmarks/RESULTS_demo.md).
+# `make demo`) before committing it: a new version can move the demo's figures.
 constraints:
 	rm -rf $(RESOLVE_VENV)
 	$(PYTHON) -m venv $(RESOLVE_VENV)
