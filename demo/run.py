@@ -27,6 +27,7 @@ import glob
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,39 @@ class DemoConfig:
 
 
 _KEEP_RATE = option_rules.RULES["relevance_keep_rate"]
+#: The CPU features that decide which kernels PyTorch and MKL run on the CPU (AVX-512 or AVX2 ones round
+#: differently, which moves the relevance cut's figures: benchmarks/RESULTS_demo.md).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def machine_info() -> dict:
+    """What a demo's figures depend on besides its code and config: the processor and the CPU features its
+    kernels are picked by, the core count, Python, and the versions of the packages whose arithmetic the steps run
+    (read from their metadata, not imported)."""
+    from importlib import metadata
+
+    processor, flags = platform.processor() or None, set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and processor in (None, "", platform.machine()):
+                    processor = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the processor name platform gives, no flags
+        pass
+    versions = {}
+    for name in ("torch", "numpy", "pillow", "pyarrow", "apache-beam"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"processor": processor, "machine": platform.machine(), "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "packages": versions}
+
+
 #: What the demo's options passed on to ``lait crawl`` and ``lait filter`` must be: the rules those stages apply
 #: (``filters.option_rules``), checked before step 1 so that a bad value does not fail at the filter step after the
 #: crawl. ``max_aspect`` 0 is "off" to both stages, as to the demo. ``relevance_keep_rate`` 0 is the demo's own:
@@ -437,9 +471,10 @@ class Demo:
         return 0 if all(s.status in DONE + ("not_run",) for s in self.steps) else 1
 
     def write_log(self, seconds: float) -> None:
-        """``demo.json``: the config, and each step's status, seconds, detail and command line."""
+        """``demo.json``: the config, the machine (``machine_info``), and each step's status, seconds, detail and
+        command line."""
         with open(self.p("demo.json"), "w", encoding="utf-8") as f:
-            json.dump({"config": vars(self.cfg), "seconds": round(seconds, 1),
+            json.dump({"config": vars(self.cfg), "machine": machine_info(), "seconds": round(seconds, 1),
                        "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
                                   "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
 

@@ -1,6 +1,7 @@
 """`lait demo`: the orchestration (order, skips, closing steps) and its command lines."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -65,6 +66,10 @@ def test_demo_up_to_the_crawl_serves_the_site_and_closes_the_books(tmp_path):
     demo_json = json.load(open(out / "demo.json"))
     status = {s["name"]: s["status"] for s in demo_json["steps"]}
     assert status["site"] == "ok" and status["crawl"] in ("ok", "failed")
+    # What the figures depend on besides the code: the kernels PyTorch picks follow the CPU's features.
+    machine = demo_json["machine"]
+    assert machine["cpu_count"] == os.cpu_count() and machine["python"] == platform.python_version()
+    assert machine["packages"]["torch"] == "2.14.1" and set(machine["cpu_flags"]) <= set(demo_run.CPU_FLAGS)
     assert {s for n, s in status.items() if n not in ("site", "crawl")} == {"not_run"}
     assert proc.returncode == (0 if status["crawl"] == "ok" else 1)
     ledger = json.load(open(out / "site" / "ledger.json"))
