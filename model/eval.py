@@ -4,7 +4,8 @@ Every (caption, image) pair of the test split is scored by ImageBERT's matching 
 batches that gather pre-collated text and regions on the device; images are sorted by region
 count so a batch pads little. The optional two-stage mode pre-ranks with single-modality [CLS]
 embeddings (a dual encoder from the same trunk) and re-ranks only the top k of each query with
-the cross-encoder: with k at least the set size it equals the full mode. Under torchrun every process
+the cross-encoder, the rest ranked below them in the pre-ranker's order: with k at least the set size it
+equals the full mode. Under torchrun every process
 scores a contiguous share of the pairs and gathers the others' scores (``_score``); in the two-stage
 mode it also embeds a share of the captions and images (``unimodal_embeddings``).
 
@@ -39,12 +40,18 @@ KS = (1, 5, 10)
 
 
 def recall_at_k(ir_scores: torch.Tensor, caption_images: torch.Tensor, sr_scores: torch.Tensor | None = None,
-                ks: tuple[int, ...] = KS) -> dict:
+                ks: tuple[int, ...] = KS, ir_first: torch.Tensor | None = None,
+                sr_first: torch.Tensor | None = None) -> dict:
     """Image retrieval (caption -> its image) and sentence retrieval (image -> any of its captions) R@K.
 
     ``ir_scores``/``sr_scores`` are [captions, images] (the same matrix unless two-stage ranking
     filled them differently); ``caption_images[c]`` is the index of caption c's image. Ties and NaN scores
     count against the query (a NaN true score is a miss), so a diverged model never looks perfect.
+
+    ``ir_first``/``sr_first`` (the two-stage mode): boolean [captions, images], the pairs each query (a caption
+    for image retrieval, an image for sentence retrieval) re-ranked. They rank above every other pair of that
+    query whatever the scores; within each group the scores order the pairs (the re-ranker's among the first,
+    the pre-ranker's among the rest), ties and NaN counted against the query as above.
     """
     sr_scores = ir_scores if sr_scores is None else sr_scores
     ir_scores, sr_scores = ir_scores.float().cpu(), sr_scores.float().cpu()
@@ -53,7 +60,12 @@ def recall_at_k(ir_scores: torch.Tensor, caption_images: torch.Tensor, sr_scores
     true = ir_scores[rows, caption_images].unsqueeze(1)
     # NaN compares false with everything, so a diverged model's NaN scores ranked every answer first. A NaN
     # counts against the query like a tie: a NaN true score is a miss, a NaN other score ranks above.
-    rank = ((ir_scores > true) | (ir_scores == true) | ir_scores.isnan()).sum(1) - 1
+    above = (ir_scores > true) | (ir_scores == true) | ir_scores.isnan()
+    if ir_first is not None:  # a pair of the other group: above when it is a first pair and the answer is not
+        first = ir_first.cpu()
+        true_first = first[rows, caption_images].unsqueeze(1)
+        above = (first & ~true_first) | ((first == true_first) & above)
+    rank = above.sum(1) - 1
     rank = rank.masked_fill(true.squeeze(1).isnan(), n_images + max(ks))
     image_retrieval = {f"R@{k}": float((rank < k).float().mean()) for k in ks}
     image_retrieval["chance_R@1"] = 1.0 / n_images
@@ -62,10 +74,19 @@ def recall_at_k(ir_scores: torch.Tensor, caption_images: torch.Tensor, sr_scores
     gold[rows, caption_images] = True
     has_caption = gold.any(0)
     usable_gold = gold & ~sr_scores.isnan()
-    best_gold = sr_scores.masked_fill(~usable_gold, float("-inf")).max(0).values
+    best_of = usable_gold
+    if sr_first is not None:  # the best gold caption is a first one when the image has any (not NaN)
+        first = sr_first.cpu()
+        best_first = (usable_gold & first).any(0)
+        best_of = torch.where(best_first.unsqueeze(0), usable_gold & first, usable_gold)
+    best_gold = sr_scores.masked_fill(~best_of, float("-inf")).max(0).values
     others = sr_scores.masked_fill(gold, float("-inf"))
     # An other caption scoring equal to the best gold one (or NaN) counts as ranked above it.
-    rank_image = ((others >= best_gold.unsqueeze(0)) | others.isnan()).sum(0)
+    above = (others >= best_gold.unsqueeze(0)) | others.isnan()
+    if sr_first is not None:
+        best_first = best_first.unsqueeze(0)
+        above = ~gold & ((first & ~best_first) | ((first == best_first) & above))
+    rank_image = above.sum(0)
     rank_image = rank_image.masked_fill(~usable_gold.any(0), n_captions + max(ks))  # every gold score NaN: a miss
     rank_image = rank_image[has_caption]
     sentence_retrieval = {f"R@{k}": float((rank_image < k).float().mean()) for k in ks}
@@ -80,11 +101,13 @@ class EvalCaptions:
     (``lait eval``) or training starts (``lait train``'s eval), and handed on to ``evaluate``, which reads them no
     more. ``table``: the split's rows with a caption that is not blank (``caption_id``, ``image_id``, ``caption``),
     in the dataset's order: a few columns of Arrow buffers, not Python strings (a training run holds them
-    while it trains)."""
+    while it trains). ``blank``: how many of the split's rows were left out for a blank caption (empty, white
+    space only, or null), reported by ``evaluate`` as ``blank_captions_skipped``."""
 
     path: str
     split: str | None
     table: pa.Table
+    blank: int = 0
 
     def by_image(self) -> dict[str, list[tuple[str, str]]]:
         """image_id -> [(caption_id, caption)], as ``model.data.load_captions`` gives them."""
@@ -103,11 +126,12 @@ def read_eval_captions(path: str, split: str | None, where: str = "") -> EvalCap
     table = read_captions(path, split)
     texts = table.column("caption").to_pylist()
     # Python's strip, as load_captions drops blank captions (Arrow's idea of white space is not Python's).
-    table = table.select(["caption_id", "image_id", "caption"]).filter(
+    kept = table.select(["caption_id", "image_id", "caption"]).filter(
         pa.array([bool(text and text.strip()) for text in texts], pa.bool_()))
-    if not table.num_rows:
-        raise ValueError(f"{where}{path}: no captions in split {split!r}")
-    return EvalCaptions(path, split, table)
+    blank = table.num_rows - kept.num_rows
+    if not kept.num_rows:
+        raise ValueError(f"{where}{path}: no captions in split {split!r}" + (f" ({blank} blank)" if blank else ""))
+    return EvalCaptions(path, split, kept, blank)
 
 
 def _eval_captions(captions: str | EvalCaptions, split: str | None) -> EvalCaptions:
@@ -127,7 +151,9 @@ class EvalSet:
         """``captions_path``: the captions dataset, or its split already read (``read_eval_captions``)."""
         from tokenizers import Tokenizer
 
-        captions = _eval_captions(captions_path, split).by_image()
+        read = _eval_captions(captions_path, split)
+        self.blank_captions = read.blank  # the split's rows left out for a blank caption
+        captions = read.by_image()
         regions_path = resolve_dataset_dir(regions_path, "regions")
         dataset = schemas.open_dataset(regions_path, "regions")
         table = dataset.to_table(columns=[c for c in ("image_id", "image_width", "image_height", "boxes", "features",
@@ -319,6 +345,9 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
     n_captions, n_images = data.shape
     logger.info("eval: %d captions x %d images (%d captions without regions)", n_captions, n_images,
                 data.captions_without_regions)
+    if data.blank_captions:
+        logger.warning("eval: %d blank captions of split %r left out (blank_captions_skipped)", data.blank_captions,
+                       split)
     if folds is not None:
         if two_stage_k is not None:
             raise ValueError("folds score every pair of a fold: leave out the two-stage mode")
@@ -348,17 +377,22 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
         pair_captions, pair_images = union[order, 0], union[order, 1]
         flat, shapes = _score(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile,
                               fp8)
-        full = torch.full((n_captions, n_images), float("-inf"))
+        # The two-stage ranking of a query: its K candidates in the cross-encoder's order, then every other pair
+        # in the pre-ranker's (recall_at_k's ir_first/sr_first keep the candidates first). Leaving the others
+        # out (-inf, a tie counted against the query) capped R@10 at the pre-rank recall@K when K < 10.
+        prerank_scores = similarity.float()
+        full = prerank_scores.clone()
         full[torch.from_numpy(pair_captions), torch.from_numpy(pair_images)] = flat
-        ir = full.masked_fill(~candidates, float("-inf"))
-        sr = full.masked_fill(~candidates_sr, float("-inf"))
+        ir = torch.where(candidates, full, prerank_scores)
+        sr = torch.where(candidates_sr, full, prerank_scores)
         mode, scored = "two_stage", len(flat)
         rows = torch.arange(n_captions)
         prerank = {"image_retrieval": float(candidates[rows, data.caption_images].float().mean()),
                    "sentence_retrieval": float((candidates_sr & _gold(data)).any(0).float().mean())}
     seconds = time.perf_counter() - started
     if folds is None:
-        result = recall_at_k(ir, data.caption_images, sr)
+        first = {"ir_first": candidates, "sr_first": candidates_sr} if mode == "two_stage" else {}
+        result = recall_at_k(ir, data.caption_images, sr, **first)
         result["nan_scores"] = int(flat.isnan().sum())
     if result["nan_scores"]:
         logger.warning("eval: %d of %d pair scores are NaN (a diverged model?); they count against their queries",
@@ -370,7 +404,8 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
                   seconds=round(seconds, 3), pairs_per_s=round(scored / max(seconds, 1e-9), 1), split=split,
                   precision="fp8" if fp8 else ("bf16" if bf16 else "fp32"),
                   compile_shapes=shapes,
-                  captions_without_regions=data.captions_without_regions)
+                  captions_without_regions=data.captions_without_regions,
+                  blank_captions_skipped=data.blank_captions)
     return result
 
 
@@ -535,6 +570,8 @@ def format_table(result: dict) -> str:
     if result.get("nan_scores"):
         lines.append(f"warning: {result['nan_scores']:,} of the {result['pairs_scored']:,} scores are NaN (a diverged "
                      f"model?); they count as misses")
+    if result.get("blank_captions_skipped"):
+        lines.append(f"{result['blank_captions_skipped']:,} blank captions of the split left out")
     if result.get("folds"):
         lines.append(f"mean over {result['folds']} folds of about {result['num_images'] // result['folds']:,} images, "
                      f"each fold's captions ranked against its own images")

@@ -66,7 +66,7 @@ def test_inspect_reports_schema_problem_and_missing_path(tmp_path, capsys):
     table = schemas.to_table([{"caption_id": "k", "image_id": "i", "caption": "c"}], "captions")
     bad = table.set_column(table.schema.get_field_index("split"), "split", pa.array([3]))
     pq.write_table(bad, tmp_path / "bad.parquet")
-    assert cli.main(["inspect", str(tmp_path / "bad.parquet")]) == 0
+    assert cli.main(["inspect", str(tmp_path / "bad.parquet")]) == 1  # described, but LAIT's readers refuse it
     out = capsys.readouterr().out
     assert "SCHEMA PROBLEM" in out and "column 'split'" in out
     assert cli.main(["inspect", str(tmp_path / "absent")]) == 1

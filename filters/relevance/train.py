@@ -230,7 +230,8 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
         raise ValueError(f"no negatives to set the threshold on: the {len(val_idx)} held-out pairs have no "
                          "re-pairing with another caption and another image (identical captions or images?)")
     _check_out_dir(out_dir)
-    log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx), len(val_idx), skipped)
+    log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx),
+             len(val_idx) if val_idx is not train_idx else 0, skipped)
 
     members = config.members
     bar = _progress(members * config.epochs * math.ceil(len(train_idx) / config.batch_size), progress)
@@ -251,20 +252,31 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     threshold = cost_threshold(pos, neg, config.mismatch_cost)
     if not math.isfinite(threshold):
         raise ValueError(f"training diverged (final loss {last_loss}): no finite threshold; try a lower lr")
+    held_out = val_idx is not train_idx
     summary = {
         "pairs": len(rows),
         "members": members,
         "trained_on": int(len(train_idx)),
-        "held_out": int(len(val_idx)) if val_idx is not train_idx else 0,
+        "held_out": int(len(val_idx)) if held_out else 0,
         "skipped_undecodable": skipped,
         "final_loss": last_loss if math.isfinite(last_loss) else None,  # JSON has no NaN
         "threshold": threshold,
         "estimated_noise_rate": noise_rate(pos, neg),
-        "held_out_auc": roc_auc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))] > 0),
-        "held_out_kept": float((pos >= threshold).mean()),
-        "held_out_negatives_removed": float((neg < threshold).mean()),
+        # Measured on the held-out pages only. With none held out, pos and neg are the training pairs' scores:
+        # numbers of pairs the model has learnt, not held-out ones, so null (and held_out_none says why).
+        "held_out_auc": roc_auc(np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))] > 0)
+        if held_out else None,
+        "held_out_kept": float((pos >= threshold).mean()) if held_out else None,
+        "held_out_negatives_removed": float((neg < threshold).mean()) if held_out else None,
         "seconds": round(time.monotonic() - started, 2),
     }
+    if not held_out:
+        chosen = int(is_val.sum())
+        why = (f"val_fraction {config.val_fraction} held out {chosen} pairs, fewer than 20" if chosen < 20 else
+               f"val_fraction {config.val_fraction} left {len(ex) - chosen} pairs to train on, fewer than 2")
+        summary["held_out_none"] = (f"nothing held out ({why}): trained on all {len(train_idx)} pairs and set the "
+                                    "threshold and estimated_noise_rate on them; no held-out AUC, kept or removed "
+                                    "share to report")
     save_model(model, out_dir, {
         "threshold": threshold,
         "text_features": list(F.TEXT_FEATURES),

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive, default=512, help="pairs per forward pass (default 512)")
     parser.add_argument("--two-stage-k", type=positive, default=None, metavar="K",
                         help="pre-rank with single-modality embeddings, re-rank each query's top K with the "
-                             "cross-encoder (default: score every pair)")
+                             "cross-encoder, the rest following in pre-rank order (default: score every pair)")
     parser.add_argument("--folds", type=positive, metavar="K",
                         help="split the images, in the captions' order, into K folds; rank each fold's captions "
                              "against its own images and report the mean (MSCOCO 1K test: --folds 5 on the 5K "

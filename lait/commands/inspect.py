@@ -9,6 +9,7 @@ import sys
 import posixpath
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import schemas
 from lait.commands import non_negative
@@ -77,24 +78,40 @@ def describe(path: str, rows: int = 3) -> dict:
     A folder holding no Parquet files is an empty dataset (rows 0, its kind read from the folder's name:
     a stage's ``rejected/`` when nothing was rejected); only a path where nothing lies is an error
     (FileNotFoundError). A kind this LAIT does not know is described with a schema problem.
+
+    ``schema_ok``: True when every file meets the contract of the dataset's kind; False when one does not (LAIT's
+    readers refuse the dataset) or the files declare more than one kind (``file_kinds`` then counts the files of
+    each), which `lait inspect` exits 1 for; None when there is no contract to check (a kind this LAIT does not
+    know, or no LAIT kind at all).
     """
     files = schemas.list_parquet_files(path)
     if not files:
         name = posixpath.basename(str(path).rstrip("/"))
-        return {"path": str(path), "kind": name if name in schemas.KINDS else None, "schema_version": None,
-                "files": 0, "rows": 0, "schema": [], "schema_problem": None, "sample": [],
+        kind = name if name in schemas.KINDS else None
+        return {"path": str(path), "kind": kind, "schema_version": None,
+                "files": 0, "rows": 0, "schema": [], "schema_problem": None,
+                "schema_ok": True if kind else None, "sample": [],
                 "note": "no Parquet files: an empty dataset"}
     dataset = schemas.open_dataset(path)
     schema = dataset.schema
     kind = schemas.detect_kind(schema)
-    problem = None
+    problem, ok, file_kinds = None, None, None
     if kind in schemas.KINDS:
         try:
             schemas.open_dataset(path, kind)
+            ok = True  # every file checked: any kind a file declares is this one
         except schemas.SchemaMismatchError as exc:
-            problem = str(exc)
+            problem, ok = str(exc), False
     elif kind is not None:
         problem = f"unknown kind {kind!r} in lait.schema: this LAIT reads {', '.join(schemas.KINDS)}"
+    if not ok:  # the files' own kinds: one folder holding two datasets is broken whatever the first file is
+        file_kinds = _declared_kinds(dataset)
+        if len(file_kinds) > 1:
+            listed = ", ".join(f"{k} ({n} file{'s' * (n != 1)})" for k, n in file_kinds.items())
+            problem, ok = f"files of {len(file_kinds)} kinds in one dataset: {listed}" + (
+                f"; {problem}" if problem else ""), False
+        else:
+            file_kinds = None
     meta = schema.metadata or {}
     info = {
         "path": str(path),
@@ -104,8 +121,11 @@ def describe(path: str, rows: int = 3) -> dict:
         "rows": dataset.count_rows(),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
         "schema_problem": problem,
+        "schema_ok": ok,
         "sample": [],
     }
+    if file_kinds:
+        info["file_kinds"] = file_kinds
     if rows > 0 and info["rows"]:
         head = dataset.head(rows)
         info["sample"] = [{k: _short(v) for k, v in row.items()} for row in _pylist(head)]
@@ -117,6 +137,21 @@ def describe(path: str, rows: int = 3) -> dict:
             counts[f"{stage}/{reason}" if stage else str(reason)] += 1
         info["rejected_reasons"] = dict(counts.most_common())
     return info
+
+
+def _declared_kinds(dataset) -> dict[str, int]:
+    """How many of the dataset's files declare each kind (``lait.schema``) in their metadata, in the files' order;
+    files that declare none are left out. A file whose footer cannot be read counts as ``unreadable``."""
+    counts: collections.Counter = collections.Counter()
+    for file in dataset.files:
+        try:
+            declared = (pq.read_schema(file, filesystem=dataset.filesystem).metadata or {}).get(b"lait.schema")
+        except (pa.ArrowInvalid, OSError):
+            counts["unreadable"] += 1
+            continue
+        if declared is not None:
+            counts[declared.decode(errors="replace")] += 1
+    return dict(counts)
 
 
 def _print_text(info: dict) -> None:
@@ -184,4 +219,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{info['path']}: {info['error']}", file=sys.stderr)
             else:
                 _print_text(info)
-    return 1 if any("error" in r for r in results) else 0
+    # 1: a path that is no dataset, or a dataset LAIT's readers refuse (schema_ok false: a file breaking its kind's
+    # contract, files of several kinds in one folder). A kind this LAIT does not know is described (exit 0).
+    return 1 if any("error" in r or r.get("schema_ok") is False for r in results) else 0

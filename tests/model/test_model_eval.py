@@ -66,6 +66,100 @@ def test_two_stage_with_full_k_equals_full_scoring_and_small_k_scores_fewer(synt
     assert "image retrieval" in table and "sentence retrieval" in table
 
 
+def test_recall_with_first_pairs_ranks_them_above_the_rest_and_ties_against_the_query():
+    """Two-stage recall on a hand-built case: each query's re-ranked pairs (``first``) rank above all its other
+    pairs whatever the scores; each group in its own scores' order; ties, within a group, against the query."""
+    scores = torch.tensor([
+        [0.5, 0.1, 0.9, 0.2],    # caption 0 (image 0): not first; image 1 (first), then 0.9 of the rest: third
+        [0.9, 0.3, 0.3, 0.0],    # caption 1 (image 1): first, tied with image 2 (first); 0.9 is not: second
+        [0.1, 0.4, 0.4, 0.2],    # caption 2 (image 2): not first; image 0 (first), image 1's tie: third
+        [0.01, 0.0, 0.0, 0.7],   # caption 3 (image 3): first, above image 0 (first): first
+        [0.05, 0.6, 0.0, 0.0],   # caption 4 (image 0): the only first pair: first, though 0.6 is higher
+    ])
+    first = torch.tensor([
+        [False, True, False, False],
+        [False, True, True, False],
+        [True, False, False, False],
+        [True, False, False, True],
+        [True, False, False, False],
+    ])
+    truth = torch.tensor([0, 1, 2, 3, 0])
+    result = recall_at_k(scores, truth, ks=(1, 2, 3), ir_first=first, sr_first=first)
+    assert {k: v for k, v in result["image_retrieval"].items() if k != "chance_R@1"} == \
+        pytest.approx({"R@1": 2 / 5, "R@2": 3 / 5, "R@3": 1.0})
+    # Image 0: of its gold captions 0 (0.5, not first) and 4 (0.05, first) the first one counts; caption 2 (first,
+    # 0.1) above it, caption 1's 0.9 (not first) not: second. Image 1: gold caption 1 (0.3, first) above caption 0
+    # (first, 0.1); captions 2 and 4 score higher but are not first: first. Image 2: gold caption 2 (0.4) not
+    # first: caption 1 (first) and caption 0's 0.9 above: third. Image 3: gold caption 3, first: first.
+    assert {k: v for k, v in result["sentence_retrieval"].items() if k != "chance_R@1"} == \
+        pytest.approx({"R@1": 2 / 4, "R@2": 3 / 4, "R@3": 1.0})
+    plain = recall_at_k(scores, truth, ks=(1, 2, 3))  # the scores alone rank otherwise
+    assert plain["image_retrieval"]["R@1"] == pytest.approx(1 / 5) and plain["sentence_retrieval"]["R@1"] == 0.25
+    everything = torch.ones_like(first)  # every pair re-ranked: the scores alone
+    assert recall_at_k(scores, truth, ks=(1, 2, 3), ir_first=everything, sr_first=everything) == plain
+
+
+def _two_stage_ranks(cross: np.ndarray, prerank: np.ndarray, gold: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each query (a row), built with numpy apart from ``model.eval``: the rank (0 first) of its best gold item in
+    the two-stage ranking (its ``k`` best by ``prerank`` ordered by ``cross``, then every other item in ``prerank``'s
+    order; an item tied with a gold one ranks above it; other gold items do not count), and whether that best gold
+    item is among the ``k`` candidates."""
+    ranks, among = [], []
+    for c_row, p_row, g_row in zip(cross, prerank, gold):
+        order = np.argsort(-p_row, kind="stable")
+        assert p_row[order[k - 1]] > p_row[order[k]], "no tie at the cut, so the candidates are the top k"
+        candidate = np.zeros(len(p_row), bool)
+        candidate[order[:k]] = True
+        best, best_among = len(p_row), False
+        for g in np.flatnonzero(g_row):
+            above = candidate & (c_row >= c_row[g]) if candidate[g] else candidate | (p_row >= p_row[g])
+            rank = int((above & ~g_row).sum())
+            if rank < best:
+                best, best_among = rank, bool(candidate[g])
+        ranks.append(best)
+        among.append(best_among)
+    return np.array(ranks), np.array(among)
+
+
+def test_two_stage_ranks_the_pairs_left_out_below_the_candidates_in_pre_rank_order(synth_dir, tiny_trained):
+    """``two_stage_k=5``: an answer outside its query's 5 candidates but within the pre-ranker's top 10 is in the
+    two-stage ranking's top 10. Every pair left out used to score -inf, a tie counted against the query, so R@10
+    was capped at the pre-rank recall@5 (R@10 == R@5). Now R@1/5/10 are those of the two-stage ranking built
+    here with numpy from the two score matrices; R@1 and R@5 (and with K=10 all three) are as before: only
+    candidates can rank in the top K."""
+    from model.eval import score_pairs, unimodal_embeddings
+
+    model, tokenizer_json = tiny_trained
+    data = eval_split(model, tokenizer_json, synth_dir)
+    n_captions, n_images = data.shape
+    cpu = torch.device("cpu")
+    text, image = unimodal_embeddings(model, data, 64, cpu, bf16=False)
+    prerank = (text @ image.t()).float().numpy()
+    pairs_c = np.tile(np.arange(n_captions), n_images)
+    pairs_i = np.repeat(np.arange(n_images), n_captions)
+    # One pair per batch, as evaluate() below: a score does not depend on its batch-mates.
+    cross = score_pairs(model, data, pairs_c, pairs_i, 1, cpu, bf16=False).view(n_images, n_captions).t().numpy()
+    gold = np.zeros((n_captions, n_images), bool)
+    gold[np.arange(n_captions), data.caption_images.numpy()] = True
+    args = (model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
+    gained = []
+    for k in (5, 10):
+        got = evaluate(*args, batch_size=1, two_stage_k=k)
+        assert got["mode"] == "two_stage"
+        for direction, (rank, among) in (("image_retrieval", _two_stage_ranks(cross, prerank, gold, k)),
+                                         ("sentence_retrieval", _two_stage_ranks(cross.T, prerank.T, gold.T, k))):
+            expected = {f"R@{r}": float((rank < r).mean()) for r in (1, 5, 10)}
+            assert {key: got[direction][key] for key in expected} == pytest.approx(expected), (k, direction)
+            # The old result: the candidates' ranks only, an answer outside them a miss.
+            before = {f"R@{r}": float((among & (rank < r)).mean()) for r in (1, 5, 10)}
+            assert got["prerank_recall"][direction] == pytest.approx(float(among.mean()))
+            same = ("R@1", "R@5", "R@10") if k == 10 else ("R@1", "R@5")
+            assert {key: got[direction][key] for key in same} == pytest.approx({key: before[key] for key in same})
+            if k == 5:
+                gained.append(expected["R@10"] - before["R@10"])
+    assert max(gained) > 0, "answers at pre-rank places 6-10 in the test set, or the test would not tell the fix"
+
+
 def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
     out = tmp_path / "eval.json"
     env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -422,3 +516,40 @@ def test_captions_read_up_front_score_as_the_dataset_does(synth_dir, tiny_traine
         assert given[key] == read[key], key
     with pytest.raises(ValueError, match="captions of split 'test' given to evaluate split 'train'"):
         evaluate(model, tokenizer_json, f"{synth_dir}/regions", captions, "train")
+
+
+def test_blank_captions_left_out_of_the_split_are_counted(synth_dir, tiny_checkpoint, tmp_path, caplog, capsys):
+    """Blank captions (empty or white space) were dropped from the eval without a word: ``eval.json`` now counts
+    them (``blank_captions_skipped``), the table and the log say so, and the recall is the one of the rest."""
+    import logging
+
+    import schemas
+    from lait.cli import main
+
+    table = schemas.read_table(f"{synth_dir}/captions", "captions")
+    texts, splits = table.column("caption").to_pylist(), table.column("split").to_pylist()
+    test_rows = [i for i, split in enumerate(splits) if split == "test"]
+    blanked = {test_rows[0]: "", test_rows[3]: "   ", test_rows[10]: "\t\n"}
+    texts = [blanked.get(i, text) for i, text in enumerate(texts)]
+    captions = str(tmp_path / "captions")
+    schemas.write_table(table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(texts)),
+                        f"{captions}/part-00000.parquet", "captions")
+    out = tmp_path / "eval.json"
+    with caplog.at_level(logging.WARNING, logger="model.eval"):
+        assert main(["eval", "--checkpoint", tiny_checkpoint, "--regions", f"{synth_dir}/regions", "--captions",
+                     captions, "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    assert result["blank_captions_skipped"] == 3 and result["num_captions"] == 80 - 3
+    assert "3 blank captions of the split left out" in capsys.readouterr().out
+    assert "3 blank captions of split 'test' left out" in caplog.text
+    whole = tmp_path / "whole.json"
+    assert main(["eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--out", str(whole),
+                 "--no-progress", "--device", "cpu", "--folds", "2"]) == 0
+    assert json.loads(whole.read_text())["blank_captions_skipped"] == 0
+    assert "blank captions" not in capsys.readouterr().out
+    only_blank = [text if split != "test" else " " for text, split in zip(texts, splits)]
+    schemas.write_table(table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(only_blank)),
+                        f"{tmp_path}/blank/part-00000.parquet", "captions")
+    assert main(["eval", "--checkpoint", tiny_checkpoint, "--regions", f"{synth_dir}/regions", "--captions",
+                 f"{tmp_path}/blank", "--out", str(tmp_path / "none.json"), "--device", "cpu"]) == 2
+    assert "no captions in split 'test' (80 blank)" in capsys.readouterr().err
