@@ -227,7 +227,8 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
         # too few pages to hold some out: train on everything and set the threshold on it too
         train_idx = val_idx = np.arange(len(ex))
     if len(_cross_pairs(ex, val_idx, config.seed)[1]) == 0:
-        raise ValueError(f"no negatives to set the threshold on: the {len(val_idx)} held-out pairs have no "
+        which = "held-out pairs" if val_idx is not train_idx else "pairs (nothing held out: all of them)"
+        raise ValueError(f"no negatives to set the threshold on: the {len(val_idx)} {which} have no "
                          "re-pairing with another caption and another image (identical captions or images?)")
     _check_out_dir(out_dir)
     log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx),

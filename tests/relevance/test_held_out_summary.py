@@ -27,3 +27,16 @@ def test_val_fraction_0_reports_no_held_out_auc(tmp_path, capsys):
     assert held["held_out"] >= 20 and held["trained_on"] + held["held_out"] == 48
     assert 0.0 <= held["held_out_auc"] <= 1.0 and 0.0 <= held["held_out_kept"] <= 1.0
     assert "held_out_none" not in held
+
+
+def test_no_negatives_with_nothing_held_out_does_not_call_the_training_pairs_held_out(tmp_path, capsys):
+    """One caption and one image repeated: no re-pairing gives a negative. With nothing held out the error named
+    the training pairs "held-out pairs"."""
+    pairs = make_pairs(3, seed=7)
+    same = [dict(row, caption=pairs[0]["caption"], image_bytes=pairs[0]["image_bytes"]) for row in pairs]
+    write_pairs(same, str(tmp_path / "pairs"))
+    code = cli.main(["relevance", "train", "--input", str(tmp_path / "pairs"), "--out", str(tmp_path / "m"),
+                     "--epochs", "1", "--val-fraction", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no negatives to set the threshold on" in err, err
+    assert "pairs (nothing held out: all of them)" in err and "held-out pairs" not in err
