@@ -35,6 +35,11 @@ PROBABILITIES = ("mlm_prob", "region_mask_prob", "region_zero_prob", "itm_neg_pr
 #: Stage keys that only one kind of stage reads; given to the other kind they would be ignored.
 STAGE_KIND_KEYS = {"pretrain": ("tasks",), "finetune": ("loss", "negatives", "margin", "dual_encoder")}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+#: Model keys that are probabilities of dropping: from 0 up to, not including, 1 (1 would drop everything).
+DROPOUTS = ("dropout", "attention_dropout")
+#: Fields a section decides, left out of the keys an unknown-key message offers (a stage's ``kind`` is that of
+#: its section: ``pretrain`` items are pretraining stages, ``finetune`` the fine-tuning one).
+IMPLIED_KEYS = {"StageConfig": ("kind",)}
 
 
 def check_count(name: str, value: Any, minimum: int = 1) -> None:
@@ -178,7 +183,8 @@ def _build(cls, data: Any, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+        offered = sorted(names - set(IMPLIED_KEYS.get(cls.__name__, ())))
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {offered}")
     hints = typing.get_type_hints(cls)
     return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
 
@@ -238,6 +244,10 @@ def check_model_config(config: ModelConfig, where: str = "model.") -> ModelConfi
     """``ConfigError`` naming the key when the model's sizes do not fit together (each would fail mid-run as an
     index error: a text position past ``max_position``, the regions' segment 1 past ``type_vocab_size``)."""
     _check_minimums(config, "model", where)
+    for key in DROPOUTS:
+        if not getattr(config, key) < 1:
+            raise ConfigError(f"{where}{key}: {getattr(config, key)!r}, need a dropout probability from 0 up to, not "
+                              f"including, 1")
     if config.max_text_len > config.max_position:
         raise ConfigError(f"{where}max_text_len: {config.max_text_len}, more than the {config.max_position} "
                           f"positions of {where}max_position")
@@ -274,6 +284,10 @@ def _dataset(data: Any, where: str) -> DatasetConfig:
 
 
 def _stage(data: Any, where: str, kind: str) -> StageConfig:
+    if isinstance(data, dict) and "kind" in data and data["kind"] != kind:
+        # The section decides: another kind used to be overwritten silently (the same one is let be).
+        raise ConfigError(f"{where}.kind: {data['kind']!r}, but {where} is a {kind} stage (the section decides: "
+                          f"pretrain items are pretraining stages, finetune is the fine-tuning stage); drop kind")
     data = dict(_build(StageConfig, data, where))
     other = "finetune" if kind == "pretrain" else "pretrain"
     ignored = [key for key in STAGE_KIND_KEYS[other] if key in data]

@@ -141,6 +141,28 @@ def read_captions(path: str, split: str | None) -> pa.Table:
     return table
 
 
+def caption_splits(path: str) -> dict[str | None, int]:
+    """How many captions each split of a captions dataset holds (None: rows without a split), reading that column
+    only: what a stage whose split filter left no caption names."""
+    path = resolve_dataset_dir(path, "captions")
+    counts = schemas.read_table(path, "captions", columns=["split"]).column("split").value_counts().to_pylist()
+    return {item["values"]: int(item["counts"]) for item in counts}
+
+
+def empty_split(entry: DatasetConfig) -> str | None:
+    """Why a dataset entry's split filter leaves it no caption (``no captions in split 'train' of PATH (it holds 240
+    in split 'val'; split: null takes all)``), or None when it leaves some, or takes all."""
+    counts = caption_splits(entry.captions)
+    if entry.split is None or counts.get(entry.split):
+        return None
+    total = sum(counts.values())
+    if not total:
+        return f"no captions in {entry.captions}"
+    shown = ", ".join(f"{count} in split {split!r}" if split is not None else f"{count} without a split"
+                      for split, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0]))))
+    return f"no captions in split {entry.split!r} of {entry.captions} (it holds {shown}; `split: null` takes all)"
+
+
 def captions_by_image(table: pa.Table) -> dict[str, list[tuple[str, str]]]:
     """image_id -> [(caption_id, caption)] of a ``read_captions`` table, in its row order; blank captions are left
     out."""
@@ -360,6 +382,7 @@ class PairIndex:
     caption_ids: pa.Array | None  # of the images to train on, in the units' order; None: indexed for the report
     caption_texts: pa.Array | None
     report: dict
+    empty: tuple[int, ...] = ()  # the datasets (by index) none of whose captions is left (their split has none)
 
 
 def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> PairIndex:
@@ -378,8 +401,11 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
     examples = 0  # the examples so far (len(caption_ids) when they are kept)
     report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0,
               "repeated_image_rows": 0}
+    empty = []
     for index, entry in enumerate(datasets):
         captions = load_captions(entry.captions, entry.split)
+        if not captions:
+            empty.append(index)
         seen: set[str] = set()
         rows_read = 0
         for file in schemas.list_parquet_files(resolve_dataset_dir(entry.regions, "regions")):
@@ -410,7 +436,7 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
     report["pairs"] = examples
     kept = (pa.array(caption_ids, pa.large_string()), pa.array(caption_texts, pa.large_string())) \
         if with_captions else (None, None)
-    return PairIndex(list(datasets), units, pairs, *kept, report)
+    return PairIndex(list(datasets), units, pairs, *kept, report, tuple(empty))
 
 
 def _regions_file(file: str) -> pq.ParquetFile:

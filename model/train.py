@@ -30,10 +30,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import (DatasetConfig, ModelConfig, StageConfig, TrainConfig, add_train_arguments, check_model_config,
-                          load_config, model_config_from_dict, resolved_compile_scope)
-from model.data import (DEALING, DEALINGS, PairIndex, feature_dim_of, feature_dims, index_pairs, make_loader,
-                        num_classes_of)
+from model.config import (ConfigError, DatasetConfig, ModelConfig, StageConfig, TrainConfig, add_train_arguments,
+                          check_model_config, load_config, model_config_from_dict, resolved_compile_scope)
+from model.data import (DEALING, DEALINGS, PairIndex, empty_split, feature_dim_of, feature_dims, index_pairs,
+                        make_loader, num_classes_of)
 from model.distributed import collective_device, join_process_group, process_device
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
@@ -278,7 +278,24 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
         raise ValueError(f"{path}: a checkpoint of stage {name!r} (stage {index + 1} of the run that wrote it{after}), "
                          f"but this config's stages are {ours}; resume with the config that wrote it, or start a new "
                          f"run from its weights with init:")
+    changed = _model_changes(state, config)
+    if changed:
+        raise ValueError(f"{path}: a resume continues the checkpoint's model, and this config's model section differs "
+                         f"from it: {'; '.join(changed)}; resume with the model section of the run that wrote it "
+                         f"(a model of another shape is a new run)")
     if not state.get("stage_done", True):
+        stage = config.stages()[index]
+        changed = _stage_loss_changes(stages[index] if index < len(stages) else None, stage)
+        if changed:
+            raise ValueError(f"{path}: stage {stage.name!r} resumed at step {state['step']} with other losses than "
+                             f"the checkpoint's: {'; '.join(changed)}; resume it with the checkpoint's, or start a new "
+                             f"run from its weights with init:")
+        # A checkpoint that does not record its stage's losses: the loss log whose rows the resume keeps tells.
+        logged = log_column_change(os.path.join(config.out_dir, "logs", f"{stage.name}.csv"), log_columns(stage))
+        if logged and int(state["step"]) > 0:
+            raise ValueError(f"{path}: stage {stage.name!r} resumed at step {state['step']} with other losses than "
+                             f"its loss log's, whose rows up to that step a resume keeps: {logged}; resume it with "
+                             f"the losses of the run that wrote them, or start a new run from its weights with init:")
         record = state.get("data") if isinstance(state.get("data"), dict) else {}
         changed = _data_order_changes(written, stages[index] if index < len(stages) else None, config, index,
                                       record, world_size)
@@ -286,6 +303,50 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
             logger.warning("%s: resuming with other %s than the run that wrote it: the batches after step %s are "
                            "not those it would have trained on (resume is exact only with the same settings)",
                            path, ", ".join(changed), state.get("step"))
+
+
+def _model_changes(state: dict, config: TrainConfig) -> list[str]:
+    """The keys of ``config``'s model section that are neither the checkpoint's run's (its ``train_config``) nor its
+    model's (``model_config``, with what the data, the tokenizer and BERT decided), each with both values. A resume
+    builds the checkpoint's model whatever the section says: a key set otherwise was ignored (and config.json then
+    held both shapes). Dropouts included: the checkpoint's model continues, as ``init:`` takes it whole."""
+    written, _ = _written_stages(state)
+    theirs = written.get("model") if isinstance(written.get("model"), dict) else None
+    built = state["model_config"]
+    default = dataclasses.asdict(ModelConfig())
+    changed = []
+    for key, value in dataclasses.asdict(config.model).items():
+        if theirs is None and value == default[key]:
+            continue  # a checkpoint without its run's config: only the keys set here can be told apart
+        known = [source[key] for source in (theirs or {}, built) if key in source]
+        if known and value not in known:
+            changed.append(f"model.{key} {value!r}, the checkpoint's {built.get(key, known[0])!r}")
+    return changed
+
+
+def _stage_loss_changes(theirs: dict | None, stage: StageConfig) -> list[str]:
+    """How a stage resumed part-way differs in kind and losses from the checkpoint's (``theirs``, its run's config
+    of the stage): its pretraining tasks, their weights and their order, its fine-tuning loss, its dual-encoder
+    weight. Each makes the loss log's columns or the loss itself another (and the restored loss window holds the
+    checkpoint's sums, column by column in its tasks' order)."""
+    if not isinstance(theirs, dict):
+        return []
+    ours = dataclasses.asdict(stage)
+    if "kind" in theirs and theirs["kind"] != ours["kind"]:
+        return [f"{stage.name}.kind {ours['kind']!r}, the checkpoint's {theirs['kind']!r}"]
+    changed = []
+    if stage.kind == "pretrain" and isinstance(theirs.get("tasks"), dict):
+        def active(tasks: dict) -> dict:
+            return {name: weight for name, weight in tasks.items() if isinstance(weight, (int, float)) and weight > 0}
+
+        mine, written = active(ours["tasks"]), active(theirs["tasks"])
+        if list(mine.items()) != list(written.items()):  # the order too: it orders the saved loss window's sums
+            order = " (the same tasks in another order)" if mine == written else ""
+            changed.append(f"{stage.name}.tasks {mine}, the checkpoint's {written}{order}")
+    if stage.kind == "finetune":
+        changed += [f"{stage.name}.{key} {ours[key]!r}, the checkpoint's {theirs[key]!r}"
+                    for key in ("loss", "dual_encoder") if key in theirs and theirs[key] != ours[key]]
+    return changed
 
 
 def _written_stages(state: dict) -> tuple[dict, list]:
@@ -403,20 +464,64 @@ def stage_steps(stage: StageConfig, pairs: int, world_size: int, grad_accum: int
     return max(1, math.ceil(stage.epochs * pairs / (stage.batch_size * world_size * grad_accum)))
 
 
+def log_columns(stage: StageConfig) -> list[str]:
+    """The loss columns of a stage's log (``OUT/logs/<stage>.csv``) besides the total: its pretraining tasks (those of
+    positive weight, in the config's order), or its fine-tuning loss and, when on, the dual-encoder loss."""
+    if stage.kind == "pretrain":
+        return [name for name, weight in stage.tasks.items() if weight > 0]
+    return [stage.loss] + (["dual_encoder"] if stage.dual_encoder > 0 else [])
+
+
+def log_header(columns: list[str]) -> list[str]:
+    """A loss log's header, around its loss ``columns``."""
+    return ["step", "lr", "loss"] + columns + ["samples_per_s", "elapsed_s"]
+
+
+def read_log_header(path: str) -> list[str] | None:
+    """The header of a loss log (None when there is no such file, or it is empty)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), None)
+
+
+def log_column_change(path: str, columns: list[str]) -> str | None:
+    """How an existing loss log's columns differ from a stage's (``columns``, its loss columns), or None when they
+    are the same set (or there is no log): its rows could not be kept under the new header."""
+    header = read_log_header(path)
+    if header is None or set(header) == set(log_header(columns)):
+        return None
+    theirs = [c for c in header if c not in ("step", "lr", "loss", "samples_per_s", "elapsed_s")]
+    return f"{path} logs the losses {', '.join(theirs) or 'none'}, this stage {', '.join(columns)}"
+
+
 class LossLog:
-    """Per-stage CSV of losses (rank 0); on resume, rows past the checkpoint are dropped."""
+    """Per-stage CSV of losses (rank 0); on resume, rows past the checkpoint are dropped.
+
+    The rows kept are written to a temporary file that then replaces the log, and a log of other columns is refused
+    before it is touched (``check_resume_matches`` refuses such a resume earlier, before anything is written): a
+    failed resume used to leave only the new header, the rows before the checkpoint lost."""
 
     def __init__(self, path: str, columns: list[str], resume_step: int):
-        self.path, self.columns = path, ["step", "lr", "loss"] + columns + ["samples_per_s", "elapsed_s"]
+        self.path, self.columns = path, log_header(columns)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         rows = []
         if resume_step > 0 and os.path.exists(path):
+            changed = log_column_change(path, columns)
+            if changed:
+                raise ValueError(f"cannot keep the loss log's rows up to step {resume_step}: {changed}")
             with open(path, newline="", encoding="utf-8") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        except BaseException:
+            os.remove(tmp)
+            raise
+        os.replace(tmp, path)
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as handle:
@@ -453,8 +558,18 @@ def check_stage(stage: StageConfig, world_size: int, num_workers: int, with_capt
     holds what the stage's stream trains on, which then reads none of it again."""
     index = index_pairs(stage.datasets, with_captions=with_captions)
     report = index.report
+    # A dataset whose split filter left no caption (captions imported as another split, or without one): said so,
+    # not as a join that found no image (its images were all counted as images without captions).
+    whys = [empty_split(stage.datasets[i]) for i in index.empty]
+    empty = list(dict.fromkeys(why for why in whys if why))  # a dataset named twice is said once
     if report["pairs"] == 0:
-        raise ValueError(f"stage {stage.name!r}: no caption matches an image of its regions datasets ({report})")
+        if len(whys) == len(stage.datasets) and all(whys):
+            raise ValueError(f"stage {stage.name!r}: {'; '.join(empty)}: no (caption, image) pair to train on "
+                             f"({report})")
+        raise ValueError(f"stage {stage.name!r}: no caption matches an image of its regions datasets ({report})"
+                         + "".join(f"; {why}" for why in empty))
+    for why in empty:
+        logger.warning("stage %s: %s: that dataset adds nothing to the stage", stage.name, why)
     workers = max(1, num_workers)
     if report["images"] < world_size * workers:
         raise ValueError(f"stage {stage.name!r}: {report['images']} image(s) with captions for "
@@ -521,11 +636,8 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-    if stage.kind == "pretrain":
-        weights = {k: float(v) for k, v in stage.tasks.items() if v > 0}
-        task_names = list(weights)
-    else:
-        weights, task_names = None, [stage.loss] + (["dual_encoder"] if stage.dual_encoder > 0 else [])
+    task_names = log_columns(stage)
+    weights = {k: float(v) for k, v in stage.tasks.items() if v > 0} if stage.kind == "pretrain" else None
     # Heads a stage does not train get no gradient; DDP must be told, or it waits for them.
     unused = stage.kind == "finetune" or len(weights) < 4
     wrapped: torch.nn.Module = model
@@ -878,9 +990,29 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run_from_args(args)
-    print(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))
-    return 0
+    status, summary = run_reported(args, parser.prog)
+    if summary is not None:
+        print(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))
+    return status
+
+
+#: What a training command reports as bad input (a config or override, data, a checkpoint, a path): one line on
+#: stderr and exit status 2, in ``lait train`` and ``python -m model.train`` alike (``run_reported``).
+BAD_INPUT = (ConfigError, ValueError, OSError)
+
+
+def run_reported(args: argparse.Namespace, prog: str) -> tuple[int, dict | None]:
+    """``run_from_args`` with its failures reported as one line on stderr, ``PROG: ...``: the exit status and the
+    summary (None on failure): 2 for bad input (``BAD_INPUT``), 1 for a run that diverged (``TrainingDiverged``)."""
+    try:
+        return 0, run_from_args(args)
+    except BAD_INPUT as exc:
+        message = " ".join(line.strip() for line in str(exc).splitlines())  # a YAML error spans several lines
+        print(f"{prog}: {message}", file=sys.stderr)
+        return 2, None
+    except TrainingDiverged as exc:  # not bad input: the run itself failed
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1, None
 
 
 def run_from_args(args: argparse.Namespace) -> dict:

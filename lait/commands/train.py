@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,18 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.config import ConfigError
-    from model.train import TrainingDiverged, run_from_args
+    from model.train import run_reported
 
-    try:
-        summary = run_from_args(args)
-    except (ConfigError, ValueError, OSError) as exc:  # bad config, data, checkpoint or path: one line
-        message = " ".join(line.strip() for line in str(exc).splitlines())  # a YAML error spans several lines
-        print(f"lait train: {message}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:  # not bad input: the run itself failed
-        print(f"lait train: {exc}", file=sys.stderr)
-        return 1
+    # bad config, data, checkpoint or path: one line, status 2 (the native `python -m model.train` says the same)
+    status, summary = run_reported(args, "lait train")
+    if summary is None:
+        return status
     if int(os.environ.get("RANK", "0")):  # under torchrun the first process reports
         return 0
     for stage in summary["stages"]:

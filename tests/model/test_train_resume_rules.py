@@ -1,0 +1,270 @@
+"""What a resume may change, what a config may say, and how bad input is reported, through `lait train` and
+`python -m model.train`: a resume with other stage losses or another model section is refused before anything is
+written (the loss log, config.json and tokenizer.json kept), dropouts are probabilities below 1, a split filter that
+leaves no caption says so, a stage's `kind` is its section's, and the native form reports bad input in one line."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from imagebert_testlib import REPO
+from model.config import ConfigError, load_config
+from model.train import LossLog, load_checkpoint, train
+
+OUTPUTS = ("logs/stage1.csv", "logs/finetune.csv", "config.json", "tokenizer.json", "summary.json")
+
+
+def _base(synth_dir: str, out_dir: str, **extra) -> dict:
+    data = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
+    config = {
+        "out_dir": out_dir,
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.1,
+                  "attention_dropout": 0.1, "max_text_len": 20, "max_regions": 8},
+        "tokenizer_vocab_size": 120,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "pretrain": [{"name": "stage1", "datasets": [data], "steps": 4, "batch_size": 8, "lr": 1e-3}],
+        "finetune": {"name": "finetune", "datasets": [data], "steps": 3, "batch_size": 8, "lr": 1e-3, "negatives": 2,
+                     "loss": "binary", "dual_encoder": 0.5},
+    }
+    config.update(extra)
+    return config
+
+
+def _log(path) -> dict[int, dict]:
+    with open(path, newline="") as handle:
+        return {int(row["step"]): row for row in csv.DictReader(handle)}
+
+
+def _losses(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}
+
+
+def _snapshot(out) -> dict:
+    return {name: (out / name).read_bytes() for name in OUTPUTS if (out / name).exists()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(synth_dir, tmp_path_factory):
+    """A run of stage1 (4 steps) and fine-tuning (3 steps), checkpointed every 2 steps, and its YAML config."""
+    root = tmp_path_factory.mktemp("resume-rules")
+    out = root / "run"
+    config = root / "c.yaml"
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(out))))
+    train(load_config(str(config)))
+    return out, config
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the finished run (its out_dir moved: the config given with --out-dir) to resume into."""
+    out, config = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    return copy, config
+
+
+def _train(capsys, config, out, *argv) -> tuple[int, str]:
+    from lait.cli import main
+
+    status = main(["train", "--config", str(config), "--out-dir", str(out), "--no-progress", *argv])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("checkpoint, override, named", [
+    ("stage1-step2.pt", "pretrain.0.tasks={mlm: 1, itm: 1}", "stage1.tasks {'mlm': 1.0, 'itm': 1.0}, the checkpoint's"),
+    ("stage1-step2.pt", "pretrain.0.tasks={mlm: 2, moc: 1, mrfr: 1, itm: 1}", "stage1.tasks"),
+    # The order too: it orders the saved loss window's sums (and the terms of the total loss)
+    ("stage1-step2.pt", "pretrain.0.tasks={itm: 1, mrfr: 1, moc: 1, mlm: 1}", "(the same tasks in another order)"),
+    ("finetune-step2.pt", "finetune.loss=triplet", "finetune.loss 'triplet', the checkpoint's 'binary'"),
+    ("finetune-step2.pt", "finetune.dual_encoder=0", "finetune.dual_encoder 0.0, the checkpoint's 0.5"),
+], ids=["fewer-tasks", "task-weight", "task-order", "finetune-loss", "dual-encoder-off"])
+def test_a_resume_with_other_stage_losses_is_refused_before_anything_is_written(run_copy, capsys, checkpoint,
+                                                                                override, named):
+    """It used to fail in the csv writer (``dict contains fields not in fieldnames``) after truncating the stage's
+    loss log to its header and rewriting config.json and tokenizer.json."""
+    out, config = run_copy
+    before = _snapshot(out)
+    status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / checkpoint), "--set", override)
+    assert status == 2, error
+    assert error.startswith(f"lait train: {out / 'checkpoints' / checkpoint}: stage ") and error.count("\n") == 1, error
+    assert "with other losses than the checkpoint's" in error and named in error and "init:" in error, error
+    assert _snapshot(out) == before, "nothing written"
+    # The same resume with the checkpoint's losses runs, and keeps the stage's rows up to the checkpoint.
+    stage = checkpoint.split("-")[0]
+    old = _log(out / "logs" / f"{stage}.csv")
+    status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / checkpoint))
+    assert status == 0, error
+    new = _log(out / "logs" / f"{stage}.csv")
+    assert sorted(new) == sorted(old) and all(_losses(new[step]) == _losses(old[step]) for step in old)
+
+
+def test_a_resume_into_a_log_of_other_columns_is_refused_and_the_log_kept(run_copy, capsys):
+    """A checkpoint that does not record its stage's tasks (nothing to compare) resumed into an out_dir whose log
+    has other columns: refused up front by the log's header, which is read, not rewritten."""
+    out, config = run_copy
+    state = load_checkpoint(str(out / "checkpoints" / "stage1-step2.pt"))
+    del state["train_config"]["pretrain"][0]["tasks"]
+    import torch
+
+    torch.save(state, out / "old.pt")
+    before = _snapshot(out)
+    status, error = _train(capsys, config, out, "--resume", str(out / "old.pt"),
+                           "--set", "pretrain.0.tasks={mlm: 1, itm: 1}")
+    assert status == 2 and error.count("\n") == 1, error
+    assert f"{out / 'logs' / 'stage1.csv'} logs the losses mlm, moc, mrfr, itm, this stage mlm, itm" in error, error
+    assert _snapshot(out) == before
+
+
+def test_the_loss_log_never_loses_its_rows(tmp_path):
+    """LossLog checks the columns before it touches the file, and writes the rows it keeps through a temporary
+    file that replaces the log (it used to open the log with "w" first)."""
+    path = tmp_path / "logs" / "stage.csv"
+    log = LossLog(str(path), ["mlm", "itm"], 0)
+    for step in (1, 2, 3):
+        log.write({"step": step, "lr": "0.1", "loss": "1.0", "mlm": "0.5", "itm": "0.5"})
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="logs the losses mlm, itm, this stage mlm"):
+        LossLog(str(path), ["mlm"], 2)
+    assert path.read_bytes() == before
+    LossLog(str(path), ["itm", "mlm"], 2)  # the same columns in another order: kept, up to the resumed step
+    assert sorted(_log(path)) == [1, 2] and _log(path)[2]["mlm"] == "0.5"
+    assert os.listdir(path.parent) == ["stage.csv"], "no temporary file left"
+
+
+@pytest.mark.parametrize("checkpoint", ["stage1-step2.pt", "stage1.pt"])
+def test_a_resume_with_another_model_section_is_refused(run_copy, capsys, checkpoint):
+    """A resume builds the checkpoint's model: another model section used to be ignored silently (and config.json
+    then held both shapes). Refused as init: refuses a model section, naming each key with both values; dropouts
+    too (the checkpoint's model continues as it was)."""
+    out, config = run_copy
+    before = _snapshot(out)
+    status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / checkpoint),
+                           "--set", "model.hidden_size=64", "--set", "model.num_layers=4",
+                           "--set", "model.max_regions=16", "--set", "model.dropout=0.2")
+    assert status == 2 and error.count("\n") == 1, error
+    assert error.startswith(f"lait train: {out / 'checkpoints' / checkpoint}: a resume continues the checkpoint's "
+                            f"model"), error
+    for named in ("model.hidden_size 64, the checkpoint's 32", "model.num_layers 4, the checkpoint's 2",
+                  "model.max_regions 16, the checkpoint's 8", "model.dropout 0.2, the checkpoint's 0.1"):
+        assert named in error, (named, error)
+    assert _snapshot(out) == before, "nothing written"
+    written = json.loads((out / "config.json").read_text())
+    assert written["train"]["model"]["hidden_size"] == written["model"]["hidden_size"] == 32
+
+
+def test_a_resume_may_write_the_model_keys_the_data_decided(run_copy, capsys):
+    """The model section is compared with the checkpoint run's and with its model's (feature width, class count
+    and vocabulary the data decided): either is the checkpoint's model. A checkpoint without its run's model
+    section compares the keys the config sets."""
+    out, config = run_copy
+    built = load_checkpoint(str(out / "checkpoints" / "stage1-step2.pt"))["model_config"]
+    status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / "stage1-step2.pt"),
+                           "--set", f"model.feature_dim={built['feature_dim']}",
+                           "--set", f"model.num_classes={built['num_classes']}")
+    assert status == 0, error
+    state = load_checkpoint(str(out / "checkpoints" / "stage1-step2.pt"))
+    del state["train_config"]["model"]
+    import torch
+
+    torch.save(state, out / "old.pt")
+    assert _train(capsys, config, out, "--resume", str(out / "old.pt"))[0] == 0
+    status, error = _train(capsys, config, out, "--resume", str(out / "old.pt"), "--set", "model.max_regions=16")
+    assert status == 2 and "model.max_regions 16, the checkpoint's 8" in error, error
+
+
+@pytest.mark.parametrize("override", ["model.dropout=1.5", "model.attention_dropout=1.5", "model.attention_dropout=1",
+                                      "model.dropout=-0.1"])
+def test_dropouts_are_probabilities_below_one_checked_with_the_config(synth_dir, tmp_path, capsys, override):
+    """attention_dropout 1.5 passed the config check and failed with a traceback in the first step, after out_dir
+    was written (so the corrected rerun was refused); dropout 1.5 failed after the tokenizer was trained."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "run"))))
+    status, error = _train(capsys, config, tmp_path / "run", "--set", override)
+    key = override.split("=")[0]
+    assert status == 2 and error.startswith(f"lait train: {key}: ") and error.count("\n") == 1, error
+    assert ("need at least 0" if "-" in override else "need a dropout probability from 0 up to, not including, 1") \
+        in error, error
+    assert not (tmp_path / "run").exists(), "refused as the config is read"
+    assert load_config(str(config), ["model.dropout=0.99", "model.attention_dropout=0"]).model.dropout == 0.99
+
+
+def _captions_of_split(synth_dir: str, out, split) -> int:
+    """A copy of the synthetic data whose captions all have ``split``."""
+    import schemas
+
+    shutil.copytree(f"{synth_dir}/regions", out / "regions")
+    rows = schemas.read_table(f"{synth_dir}/captions", "captions").to_pylist()
+    with schemas.ShardWriter(str(out / "captions"), "captions") as writer:
+        for row in rows:
+            writer.write({**row, "split": split})
+    return len(rows)
+
+
+def test_a_split_filter_that_leaves_no_caption_says_so(synth_dir, tmp_path, capsys, caplog):
+    """Captions of split 'val' given to an entry of the default split 'train': the stage said that "no caption
+    matches an image of its regions datasets", pointing at the join, while every caption has its image."""
+    count = _captions_of_split(synth_dir, tmp_path / "val", "val")
+    entry = {"regions": f"{tmp_path}/val/regions", "captions": f"{tmp_path}/val/captions"}
+    base = _base(synth_dir, str(tmp_path / "run"))
+    base["pretrain"][0]["datasets"] = [entry]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(base))
+    status, error = _train(capsys, config, tmp_path / "run")
+    assert status == 2 and error.count("\n") == 1, error
+    assert error.startswith(f"lait train: stage 'stage1': no captions in split 'train' of {tmp_path}/val/captions "
+                            f"(it holds {count} in split 'val'; `split: null` takes all): no (caption, image) pair "
+                            f"to train on ({{'pairs': 0, "), error
+    assert "'images_without_captions': 200" in error, "the join's counts are kept"
+    # Beside a dataset that has captions in the split: trained on the other one, with a warning.
+    base["pretrain"][0]["datasets"] = [entry, {**entry, "captions": f"{synth_dir}/captions", "split": "train"}]
+    base["finetune"] = None
+    with caplog.at_level("WARNING", logger="model.train"):
+        summary = train(load_config(base=base))
+    assert summary["stages"][0]["data"]["pairs"] == 320
+    assert f"stage stage1: no captions in split 'train' of {tmp_path}/val/captions (it holds {count} in split " \
+           f"'val'; `split: null` takes all): that dataset adds nothing to the stage" in caplog.text
+
+
+def test_native_train_reports_bad_input_in_one_line(synth_dir, tmp_path):
+    """`python -m model.train` (what torchrun runs) printed a traceback where `lait train` prints one line and
+    exits 2: the same exceptions are caught, by the same helper."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "run"))))
+    (tmp_path / "held" / "logs").mkdir(parents=True)  # an out_dir holding a run (interrupted before a checkpoint)
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    for argv, expected in ((["--set", "pretrain.0.stepz=3"], "pretrain.0: unknown key(s) ['stepz']"),
+                           (["--out-dir", str(tmp_path / "held")], f"out_dir: {tmp_path / 'held'} already holds a "
+                                                                   f"training run (logs/)")):
+        proc = subprocess.run([sys.executable, "-m", "model.train", "--config", str(config), "--no-progress", *argv],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and proc.stdout == "", proc.stderr[-3000:]
+        lines = [line for line in proc.stderr.splitlines() if "Warning" not in line and line.strip()]
+        assert lines == [line for line in lines if line.startswith("python -m model.train: ")] and len(lines) == 1, \
+            proc.stderr
+        assert expected in lines[0], lines
+
+
+def test_a_stage_kind_other_than_its_section_is_refused(synth_dir, tmp_path, capsys):
+    """`--set pretrain.0.kind=finetune` was accepted and ignored (the section decides); the unknown-key message
+    offered `kind` as a key to set."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_base(synth_dir, str(tmp_path / "run"))))
+    for override, where, section in (("pretrain.0.kind=finetune", "pretrain.0", "pretrain"),
+                                     ("finetune.kind=pretrain", "finetune", "finetune")):
+        status, error = _train(capsys, config, tmp_path / "run", "--set", override)
+        assert status == 2 and error.count("\n") == 1, error
+        assert error.startswith(f"lait train: {where}.kind: ") and f"is a {section} stage" in error, error
+        assert "drop kind" in error
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(config), ["pretrain.0.stepz=3"])
+    assert "'kind'" not in str(caught.value) and "'steps'" in str(caught.value)
+    # The section's own kind is let be.
+    assert load_config(str(config), ["pretrain.0.kind=pretrain", "finetune.kind=finetune"]).finetune.kind == "finetune"
