@@ -50,3 +50,33 @@ def eval_split(model, tokenizer_json: str, synth_dir: str):
     c = model.config
     return EvalSet(f"{synth_dir}/regions", f"{synth_dir}/captions", "test", tokenizer_json, c.max_text_len,
                    c.max_regions, c.feature_dim)
+
+
+def train_config_dict(synth_dir: str, out_dir: str, **extra) -> dict:
+    """A tiny two-stage training config (pretrain stage1, then finetune) on the synthetic dataset, as a dict;
+    ``extra`` replaces top-level keys."""
+    data = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
+    config = {
+        "out_dir": out_dir,
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.1,
+                  "attention_dropout": 0.1, "max_text_len": 20, "max_regions": 8},
+        "tokenizer_vocab_size": 120,
+        "log_every": 1,
+        "pretrain": [{"name": "stage1", "datasets": [data], "steps": 4, "batch_size": 8, "lr": 1e-3}],
+        "finetune": {"name": "finetune", "datasets": [data], "steps": 3, "batch_size": 8, "lr": 1e-3, "negatives": 2},
+    }
+    config.update(extra)
+    return config
+
+
+def read_loss_log(path) -> dict[int, dict]:
+    """A stage's loss log (OUT/logs/<stage>.csv) by step."""
+    import csv
+
+    with open(path, newline="") as handle:
+        return {int(row["step"]): row for row in csv.DictReader(handle)}
+
+
+def loss_columns(row: dict) -> dict:
+    """A loss-log row without its timing columns (which differ between runs)."""
+    return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}

@@ -1,5 +1,4 @@
 """Training: exact resume, DDP with 2 CPU processes, and a tiny pretrain -> fine-tune -> eval beating chance."""
-import csv
 import json
 import os
 import re
@@ -8,34 +7,15 @@ import subprocess
 import pytest
 import torch
 
-from imagebert_testlib import REPO
+from imagebert_testlib import REPO, loss_columns, read_loss_log, train_config_dict
 from tests.torchrun import torchrun
 from model.config import ConfigError, load_config
 from model.train import load_checkpoint, train
 
 
-def _base(synth_dir: str, out_dir: str, **extra) -> dict:
-    data = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
-    config = {
-        "out_dir": out_dir,
-        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.1,
-                  "attention_dropout": 0.1, "max_text_len": 20, "max_regions": 8},
-        "tokenizer_vocab_size": 120,
-        "log_every": 1,
-        "pretrain": [{"name": "stage1", "datasets": [data], "steps": 4, "batch_size": 8, "lr": 1e-3}],
-        "finetune": {"name": "finetune", "datasets": [data], "steps": 3, "batch_size": 8, "lr": 1e-3, "negatives": 2},
-    }
-    config.update(extra)
-    return config
-
-
-def _log(path: str) -> dict[int, dict]:
-    with open(path, newline="") as handle:
-        return {int(row["step"]): row for row in csv.DictReader(handle)}
-
-
-def _losses(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}
+_base = train_config_dict
+_log = read_loss_log
+_losses = loss_columns
 
 
 @pytest.mark.parametrize("masking, buckets", [("bernoulli", None), ("exact", None), ("exact", [2, 2])])

@@ -2,7 +2,6 @@
 `python -m model.train`: a resume with other stage losses or another model section is refused before anything is
 written (the loss log, config.json and tokenizer.json kept), dropouts are probabilities below 1, a split filter that
 leaves no caption says so, a stage's `kind` is its section's, and the native form reports bad input in one line."""
-import csv
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from imagebert_testlib import REPO
+from imagebert_testlib import REPO, loss_columns, read_loss_log, train_config_dict
 from model.config import ConfigError, load_config
 from model.train import LossLog, load_checkpoint, train
 
@@ -20,29 +19,15 @@ OUTPUTS = ("logs/stage1.csv", "logs/finetune.csv", "config.json", "tokenizer.jso
 
 
 def _base(synth_dir: str, out_dir: str, **extra) -> dict:
-    data = {"regions": f"{synth_dir}/regions", "captions": f"{synth_dir}/captions", "split": "train"}
-    config = {
-        "out_dir": out_dir,
-        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.1,
-                  "attention_dropout": 0.1, "max_text_len": 20, "max_regions": 8},
-        "tokenizer_vocab_size": 120,
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "pretrain": [{"name": "stage1", "datasets": [data], "steps": 4, "batch_size": 8, "lr": 1e-3}],
-        "finetune": {"name": "finetune", "datasets": [data], "steps": 3, "batch_size": 8, "lr": 1e-3, "negatives": 2,
-                     "loss": "binary", "dual_encoder": 0.5},
-    }
+    """The shared tiny config, checkpointing every 2 steps, its finetune stage with a dual-encoder loss."""
+    config = train_config_dict(synth_dir, out_dir, checkpoint_every=2)
+    config["finetune"].update(loss="binary", dual_encoder=0.5)
     config.update(extra)
     return config
 
 
-def _log(path) -> dict[int, dict]:
-    with open(path, newline="") as handle:
-        return {int(row["step"]): row for row in csv.DictReader(handle)}
-
-
-def _losses(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}
+_log = read_loss_log
+_losses = loss_columns
 
 
 def _snapshot(out) -> dict:
