@@ -400,10 +400,13 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
     caption_texts: list[str] = []
     examples = 0  # the examples so far (len(caption_ids) when they are kept)
     report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0,
-              "repeated_image_rows": 0}
+              "repeated_image_rows": 0, "blank_captions": 0}
     empty = []
     for index, entry in enumerate(datasets):
-        captions = load_captions(entry.captions, entry.split)
+        table = read_captions(entry.captions, entry.split)
+        captions = captions_by_image(table)
+        report["blank_captions"] += table.num_rows - sum(map(len, captions.values()))  # left out, counted
+        del table
         if not captions:
             empty.append(index)
         seen: set[str] = set()

@@ -620,6 +620,9 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     logger.info("stage %s (%s): %d steps, %d pairs, %d images; %d captions without regions, %d images without captions",
                 stage.name, stage.kind, total, report["pairs"], report["images"],
                 report["captions_without_regions"], report["images_without_captions"])
+    if report.get("blank_captions"):
+        logger.warning("stage %s: %d captions of its split are blank (empty or white space): left out, not trained on",
+                       stage.name, report["blank_captions"])
     if report.get("repeated_image_rows"):
         logger.warning("stage %s: %d regions rows repeat an image_id of the same dataset: each image is trained on "
                        "once, with its first row", stage.name, report["repeated_image_rows"])

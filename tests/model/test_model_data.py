@@ -58,7 +58,7 @@ def test_stream_shards_over_ranks_and_workers_without_loss_or_overlap(synth_dir)
     assert len(everything) == len(set(everything)) == 320, "every train caption once per epoch"
     report = dataset_report(datasets)
     assert report == {"pairs": 320, "images": 160, "captions_without_regions": 0, "images_without_captions": 40,
-                      "repeated_image_rows": 0}
+                      "repeated_image_rows": 0, "blank_captions": 0}
 
 
 def test_stream_order_depends_on_the_seed_only(synth_dir):
@@ -437,6 +437,21 @@ def test_import_captions_malformed_records_are_counted_rejects(tmp_path):
     assert kept == {"tsv:2": ("bom and crlf", "val"), "tsv:5": ("last", "val")}
     rejected = schemas.read_table(str(tmp_path / "out-t.tsv" / "rejected"), "rejected").to_pylist()
     assert "line 4 is not UTF-8" in {r["reason"]: r["detail"] for r in rejected}["record_invalid"]
+
+
+def test_blank_captions_are_left_out_of_training_and_counted(tmp_path):
+    """Blank captions (empty, white space) of the split were dropped from the join without a count."""
+    regions = tmp_path / "regions"
+    _write_regions(str(regions / "part-00000.parquet"), [_region_row("a", 3), _region_row("b", 2)])
+    texts = ["red circle", "", "   ", "\u3000", "blue square", "\t\n"]  # (the contract has no null caption)
+    captions = [{"caption_id": f"c{n}", "image_id": "ab"[n % 2], "caption": text, "split": "train"}
+                for n, text in enumerate(texts)]
+    captions.append({"caption_id": "v", "image_id": "a", "caption": " ", "split": "val"})  # another split's
+    schemas.write_table(schemas.to_table(captions, "captions"), str(tmp_path / "captions" / "p.parquet"), "captions")
+    report = dataset_report([DatasetConfig(str(regions), str(tmp_path / "captions"), "train")])
+    # a's two captions are kept; b's three are blank, so b trains on nothing: an image without captions
+    assert (report["pairs"], report["images"], report["blank_captions"]) == (2, 1, 4)
+    assert report["images_without_captions"] == 1
 
 
 def test_a_regions_dataset_holding_an_image_twice_trains_on_it_once_as_counted(tmp_path):
