@@ -993,7 +993,12 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    status, summary = run_reported(args, parser.prog)
+    try:
+        status, summary = run_reported(args, parser.prog)
+    except KeyboardInterrupt:  # as `lait train` reports it (lait.cli): one line, the shell's status for SIGINT
+        print(f"{parser.prog}: interrupted; rerun the same command with --resume to continue from the last "
+              f"checkpoint", file=sys.stderr)
+        return 130
     if summary is not None:
         print(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))
     return status

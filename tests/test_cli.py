@@ -114,8 +114,9 @@ def test_crawl_refuses_a_bad_robots_retry_setting_before_anything(tmp_path, caps
     assert not out.exists()
 
 
-def _train_until_its_first_loss_row(tmp_path):
-    """`lait train` in a session of its own (a DataLoader worker as well), once it logged its first loss row."""
+def _train_until_its_first_loss_row(tmp_path, command=("lait", "train")):
+    """`lait train` (or ``command``: the native ``model.train``) in a session of its own (a DataLoader worker as
+    well), once it logged its first loss row."""
     import os
     import time
 
@@ -133,7 +134,7 @@ def _train_until_its_first_loss_row(tmp_path):
               "pretrain": [{"name": "stage1", "datasets": [data], "steps": 100000, "batch_size": 4}]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen([sys.executable, "-m", "lait", "train", "--config", str(tmp_path / "c.yaml"),
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--config", str(tmp_path / "c.yaml"),
                              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1"), cwd=root,
                             start_new_session=True)
@@ -168,6 +169,21 @@ def test_ctrl_c_during_training_says_interrupted_in_one_line_and_leaves_no_proce
         time.sleep(0.1)
     else:
         pytest.fail("a process of lait train's group outlived it")
+
+
+def test_ctrl_c_during_native_training_is_one_line_and_status_130(tmp_path):
+    """`python -m model.train` (what torchrun runs) ended a Ctrl-C in a traceback; now the line `lait train`
+    prints, after its log lines."""
+    import os
+    import signal
+
+    proc = _train_until_its_first_loss_row(tmp_path, command=("model.train",))
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("python -m model.train: interrupted; rerun the same command with "
+                                            "--resume to continue from the last checkpoint"), err[-3000:]
 
 
 @pytest.mark.parametrize("argv, hint", [
