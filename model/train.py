@@ -259,6 +259,10 @@ def model_from_checkpoint(path: str, map_location="cpu") -> tuple[ImageBert, dic
     return model, state
 
 
+#: The settings that make the tokenizer (and a BERT start), which a resume takes from its checkpoint instead.
+TOKENIZER_KEYS = ("bert", "tokenizer", "tokenizer_vocab_size", "lowercase")
+
+
 def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size: int = 1) -> None:
     """A checkpoint resumes only the run that wrote it: its stages up to the one it stopped in must be this
     config's first stages, by name; otherwise stages would be skipped as done, or the wrong one continued.
@@ -278,6 +282,10 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
         raise ValueError(f"{path}: a checkpoint of stage {name!r} (stage {index + 1} of the run that wrote it{after}), "
                          f"but this config's stages are {ours}; resume with the config that wrote it, or start a new "
                          f"run from its weights with init:")
+    ignored = [f"{key} {getattr(config, key)!r} (the checkpoint's run: {written[key]!r})" for key in TOKENIZER_KEYS
+               if key in written and written[key] != getattr(config, key)]
+    if ignored:  # the tokenizer is the checkpoint's, whatever these say
+        logger.warning("%s: a resume keeps the checkpoint's tokenizer; ignored: %s", path, ", ".join(ignored))
     changed = _model_changes(state, config)
     if changed:
         raise ValueError(f"{path}: a resume continues the checkpoint's model, and this config's model section differs "

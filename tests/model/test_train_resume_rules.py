@@ -3,6 +3,7 @@
 written (the loss log, config.json and tokenizer.json kept), dropouts are probabilities below 1, a split filter that
 leaves no caption says so, a stage's `kind` is its section's, and the native form reports bad input in one line."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -253,3 +254,16 @@ def test_a_stage_kind_other_than_its_section_is_refused(synth_dir, tmp_path, cap
     assert "'kind'" not in str(caught.value) and "'steps'" in str(caught.value)
     # The section's own kind is let be.
     assert load_config(str(config), ["pretrain.0.kind=pretrain", "finetune.kind=finetune"]).finetune.kind == "finetune"
+
+
+def test_a_resume_warns_that_it_keeps_the_checkpoints_tokenizer(run_copy, capsys, caplog):
+    """tokenizer_vocab_size, lowercase, tokenizer and bert changed on resume were ignored without a word: the
+    tokenizer is the checkpoint's."""
+    out, config = run_copy
+    with caplog.at_level(logging.WARNING, logger="model.train"):
+        status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / "stage1-step2.pt"),
+                               "--set", "tokenizer_vocab_size=99", "--set", "lowercase=false")
+    assert status == 0, error
+    warned = [r.getMessage() for r in caplog.records if "keeps the checkpoint's tokenizer" in r.getMessage()]
+    assert len(warned) == 1 and "tokenizer_vocab_size 99 (the checkpoint's run: 120)" in warned[0], warned
+    assert "lowercase False (the checkpoint's run: True)" in warned[0]
