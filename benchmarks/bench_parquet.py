@@ -16,6 +16,16 @@ as the filter does, ``pq.read_table``, ``ParquetDataset``, ``schemas.read_table`
 ``pipeline.features.RowGroupStream`` does) and reads it whole, each in a fresh process, for Arrow's peak memory::
 
     python benchmarks/bench_parquet.py --pages --repeats 5
+
+``--beam-row-group`` measures one work item of the features stage's Beam form (``pipeline.features_beam.ReadRowGroupsFn``:
+one row group's ``image_id`` + ``image_bytes`` rows, taken one by one as Beam hands them on), streamed as it reads
+now (``RowGroupStream``, batches of ``piece_size(--batch-size)`` rows) against the group read whole as it read
+before (``read_row_group``, then all its rows as Python objects). One row group of ``--images`` (256) rows of
+``--image-kb`` (100) kB random bytes, written by ``schemas.write_table`` (pages of 64 rows) and in one page (files
+written before pages of 64). Memory: each way in a fresh process, Arrow's peak and the rise of the peak resident
+size; speed: ways in turn in this process, best of ``--repeats``::
+
+    python benchmarks/bench_parquet.py --beam-row-group --repeats 5
 """
 from __future__ import annotations
 
@@ -158,13 +168,109 @@ def page_layouts(folder: str, tables: dict, repeats: int, row_group_size: int = 
     return results
 
 
+def _whole_row_group_rows(dataset: str, file: str, group: int):
+    """``ReadRowGroupsFn.process`` before it streamed (the baseline of ``--beam-row-group``): the group read whole,
+    the file opened with pyarrow's defaults, then all its rows as Python objects."""
+    from pipeline.features import INPUT_COLUMNS, _open_parquet
+
+    yield from _open_parquet(dataset, file).read_row_group(group, columns=INPUT_COLUMNS).to_pylist()
+
+
+def _beam_rows(way: str, file: str, batch_size: int):
+    """One work item's rows, ``streamed`` (``ReadRowGroupsFn`` as the pipeline builds it) or ``whole`` (before)."""
+    from pipeline.features import piece_size
+    from pipeline.features_beam import ReadRowGroupsFn
+
+    dataset = os.path.dirname(file)
+    if way == "streamed":
+        return ReadRowGroupsFn(dataset, piece_size(batch_size)).process((file, 0))
+    return _whole_row_group_rows(dataset, file, 0)
+
+
+def _resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc/self/status`` (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _beam_work_item_memory(way: str, file: str, batch_size: int) -> dict:
+    """One work item read ``way`` in a fresh process, each row dropped as the next comes (as Beam hands it on):
+    Arrow's peak over what it held before, and the rise of the peak resident size (``VmHWM``, reset first)."""
+    import importlib
+
+    importlib.import_module("pipeline.features_beam")  # Beam and torch imported before the marks are taken
+
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:  # Linux: the peak resident size restarts from now
+            clear.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    rss, arrow = _resident_mb(), pa.total_allocated_bytes()
+    rows = nbytes = 0
+    for row in _beam_rows(way, file, batch_size):
+        rows, nbytes = rows + 1, nbytes + len(row["image_bytes"])
+    return {"arrow_peak_mb": round((pa.default_memory_pool().max_memory() - arrow) / 2**20, 1),
+            "peak_rss_growth_mb": round(_resident_mb("VmHWM") - rss, 1), "peak_reset": reset,
+            "rows": rows, "image_mb": round(nbytes / 2**20, 1)}
+
+
+def beam_work_item(folder: str, images: int, image_kb: int, batch_size: int, repeats: int) -> dict:
+    """``--beam-row-group``: one work item of the Beam form, streamed (now) against whole (before), on one row group
+    as ``schemas.write_table`` writes it and in one page; see the module's docstring."""
+    table = pairs_table(images, sizes=(image_kb * 900, image_kb * 1100))
+    files = {"as_lait_writes (pages of 64)": os.path.join(folder, "lait", "part-00000.parquet"),
+             "one page a group (before pages of 64)": os.path.join(folder, "one-page", "part-00000.parquet")}
+    schemas.write_table(table, files["as_lait_writes (pages of 64)"], "pairs", row_group_size=images)
+    os.makedirs(os.path.dirname(files["one page a group (before pages of 64)"]))
+    pq.write_table(table, files["one page a group (before pages of 64)"], row_group_size=images, compression="zstd",
+                   use_dictionary=schemas.dictionary_columns(table.schema))
+    ways = ("whole", "streamed")
+    results = {}
+    print(f"one row group of {images} rows of ~{image_kb} kB ({table.column('image_bytes').nbytes / 2**20:.1f} MB of "
+          f"image_bytes); streamed in batches of piece_size({batch_size}); best of {repeats} for speed")
+    print(f"  {'file':<38} {'Arrow peak, whole / streamed':>30} {'peak RSS rise, whole / streamed':>33} "
+          f"{'ms, whole / streamed (speed ratio)':>36}")
+    for label, file in files.items():
+        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:  # a fresh process a task
+            memory = {way: pool.apply(_beam_work_item_memory, (way, file, batch_size)) for way in ways}
+        best = dict.fromkeys(ways, float("inf"))
+        for _ in range(repeats):
+            for way in ways:
+                start = time.perf_counter()
+                for _row in _beam_rows(way, file, batch_size):
+                    pass
+                best[way] = min(best[way], time.perf_counter() - start)
+        results[label] = {**memory, "ms": {way: round(best[way] * 1e3, 1) for way in ways},
+                          "speed_ratio": round(best["whole"] / best["streamed"], 2)}
+        m = {way: memory[way] for way in ways}
+        print(f"  {label:<38} {m['whole']['arrow_peak_mb']:>13.1f} / {m['streamed']['arrow_peak_mb']:<6.1f} MB "
+              f"{m['whole']['peak_rss_growth_mb']:>16.1f} / {m['streamed']['peak_rss_growth_mb']:<6.1f} MB "
+              f"{best['whole'] * 1e3:>16.1f} / {best['streamed'] * 1e3:.1f} ms ({results[label]['speed_ratio']:.2f}x)")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, help="rows of each table (default 256; --pages: 2,048)")
     parser.add_argument("--pages", action="store_true", help="compare page layouts of image_bytes tables instead")
-    parser.add_argument("--repeats", type=int, default=3, help="--pages: best of this many, layouts in turn")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--pages, --beam-row-group: best of this many, layouts or ways in turn")
+    parser.add_argument("--beam-row-group", action="store_true",
+                        help="one work item of the features stage's Beam form, streamed against read whole")
+    parser.add_argument("--image-kb", type=int, default=100, help="--beam-row-group: kB per image (+-10%%)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="--beam-row-group: the features --batch-size (rows streamed: a piece of it)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.beam_row_group:
+        with tempfile.TemporaryDirectory() as folder:
+            write_json(args.json, beam_work_item(folder, args.images or 256, args.image_kb, args.batch_size,
+                                                 args.repeats))
+        return 0
     if args.pages:
         n = args.images or 2048
         with tempfile.TemporaryDirectory() as folder:

@@ -19,10 +19,10 @@ import schemas
 from model.detectors import attribute_count, build_detector, feature_dim_of, read_class_names
 from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
-from pipeline.features import (INPUT_COLUMNS, MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
-                               ImageRegions, _batches, _check_output_outside, _join, _open_parquet, _why, _write_json,
-                               check_input_file, classes_info, detect_by_shape, input_files, output_schema,
-                               read_image_ids, resolve_input, to_original_pixels)
+from pipeline.features import (MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
+                               ImageRegions, RowGroupStream, _batches, _check_output_outside, _join, _open_parquet, _why,
+                               _write_json, check_input_file, classes_info, detect_by_shape, input_files, output_schema,
+                               piece_size, read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_runner
@@ -54,25 +54,41 @@ def image_bucket(image_id: str, buckets: int) -> int:
 
 
 class ReadRowGroupsFn(beam.DoFn):
-    """(file, row group) -> ``image_id`` + ``image_bytes`` rows. A row group whose pages are corrupted (the footer
-    is intact) gives its rows with, in place of the bytes, a ``str`` saying why; they leave as
-    ``row_group_unreadable`` rejects. When even its ids cannot be read, a ``ValueError`` names the file and row
-    group."""
+    """(file, row group) -> ``image_id`` + ``image_bytes`` rows, in the group's order, streamed as the local runner's
+    workers read: ``RowGroupStream`` batches of ``batch`` rows (``piece_size`` of the detector batch), the file opened
+    without pre-buffering, so a worker thread holds a batch and the page it comes from, not the group.
 
-    def __init__(self, dataset: str):
-        self.dataset = dataset
+    A whole read (``read_row_group``, as before) held three copies of the group's ``image_bytes`` at its peak (the
+    compressed column chunk, the decompressed page, the Arrow array) and then the group again as Python ``bytes``.
+    Streamed, what a thread holds is bounded by the file's pages: LAIT writes images in pages of 64
+    (``schemas.io.parquet_options``); files written before hold a group's images in one page, which a stream holds
+    compressed and decompressed while its rows pass (two copies).
+
+    A row group whose pages are corrupted (the footer is intact) gives its rows with, in place of the bytes, a
+    ``str`` saying why; they leave as ``row_group_unreadable`` rejects. A stream that fails cannot go on: the rows it
+    gave before keep their bytes and the rest of the group leaves this way, as in the local runner (in one-page
+    groups that is the whole group, as when the group was read whole). When even its ids cannot be read, a
+    ``ValueError`` names the file and row group."""
+
+    def __init__(self, dataset: str, batch: int = 16):
+        self.dataset, self.batch = dataset, batch
 
     def process(self, item: tuple[str, int]):
         file, group = item
-        parquet = _open_parquet(self.dataset, file)
-        try:
-            table = parquet.read_row_group(group, columns=INPUT_COLUMNS)
-        except (pa.ArrowException, OSError) as exc:
-            detail = f"{file} row group {group}: {_why(exc)}"
-            for image_id in read_image_ids(parquet, file, group):
-                yield {"image_id": image_id, "image_bytes": detail}
-            return
-        yield from table.to_pylist()
+        parquet = _open_parquet(self.dataset, file, streamed=True)
+        count = parquet.metadata.row_group(group).num_rows
+        stream = RowGroupStream(parquet, group, self.batch)
+        for start in range(0, count, self.batch):
+            try:
+                rows = stream.take(list(range(start, min(count, start + self.batch)))).to_pylist()
+            except (pa.ArrowException, OSError) as exc:  # corrupted pages under an intact footer
+                del stream  # its memory goes before the ids are read
+                detail = f"{file} row group {group}: {_why(exc)}"
+                for image_id in read_image_ids(parquet, file, group)[start:]:
+                    yield {"image_id": image_id, "image_bytes": detail}
+                return
+            yield from rows
+            rows = None  # the batch's bytes go before the next batch is read
 
 
 class KeyRowsByImageFn(beam.DoFn):
@@ -316,7 +332,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         pipeline
         | "ListRowGroups" >> beam.Create(row_groups)
         | "Spread" >> beam.Reshuffle()  # row groups, not files, are the unit of parallel work
-        | "ReadInput" >> beam.ParDo(ReadRowGroupsFn(dataset))
+        | "ReadInput" >> beam.ParDo(ReadRowGroupsFn(dataset, piece_size(options.batch_size)))  # streamed
     )
     out = rows | "ExtractRegions" >> ExtractRegions(options, bucket_count(rows_in, options.batch_size))
     out["regions"] | "WriteRegions" >> WriteToParquet(

@@ -3,6 +3,7 @@ import json
 
 import apache_beam as beam
 import numpy as np
+import pytest
 import torch
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -12,6 +13,7 @@ import schemas
 from pipeline.outputs import RUN_MARKER
 from model.detectors import demo
 from pipeline.features import DecodeImagesFn, ExtractRegions, FeatureOptions, run
+from schemas.io import parquet_options
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene, write_pairs
 
 SMALL = {"min_size": 64, "max_size": 96, "channels": [16, 16, 32, 32, 64, 64]}
@@ -322,6 +324,187 @@ def test_beam_counts_a_row_group_with_corrupted_pages_as_rejects(tmp_path):
     corrupt_pages(file, 1, "image_id", "image_bytes", skip=0)
     with pytest.raises(ValueError, match="row group 1 is unreadable, its image ids too"):
         run(argv + ["--output", str(tmp_path / "again")])
+
+
+def _whole_row_group_rows(self, item):
+    """``ReadRowGroupsFn.process`` before it streamed (the baseline): the row group read whole, the file opened with
+    pyarrow's defaults, a group that cannot be read leaving whole as ``row_group_unreadable``."""
+    import pyarrow as pa
+
+    from pipeline.features import INPUT_COLUMNS, _open_parquet, _why, read_image_ids
+
+    file, group = item
+    parquet = _open_parquet(self.dataset, file)
+    try:
+        table = parquet.read_row_group(group, columns=INPUT_COLUMNS)
+    except (pa.ArrowException, OSError) as exc:
+        detail = f"{file} row group {group}: {_why(exc)}"
+        for image in read_image_ids(parquet, file, group):
+            yield {"image_id": image, "image_bytes": detail}
+        return
+    yield from table.to_pylist()
+
+
+def _write_rows(path, rows, row_group_size: int, rows_per_page: int | None = None):
+    """``(image_id, image_bytes)`` rows as one Parquet file: as lait writes images (``schemas.write_table``: pages of
+    at most 64 rows, so these small scenes' groups are one page each) or in pages of ``rows_per_page`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"image_id": pa.array([r[0] for r in rows], pa.string()),
+                      "image_bytes": pa.array([r[1] for r in rows], pa.binary())})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = parquet_options(table.schema) if rows_per_page is None else {
+        "use_dictionary": ["image_id"], "max_rows_per_page": rows_per_page}
+    pq.write_table(table, path, row_group_size=row_group_size, compression="zstd", **options)
+
+
+def _beam_run(tmp_path, monkeypatch, name, weights, batch_size=4):
+    """``run`` on ``tmp_path/filter`` into ``tmp_path/name`` with RunInference's batches pinned to ``batch_size`` (its
+    adaptive sizes follow the clock, so two runs' batches and float results differ by timing alone): the stats,
+    the regions and rejected rows in file order, and the detector's batches (each image's pixels, hashed)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from pipeline import features_beam
+
+    batches = []
+    detect = features_beam.RegionModelHandler.run_inference
+
+    def recording(self, batch, model, inference_args=None):
+        batches.append([hashlib.sha256(item.pixels.numpy().tobytes()).hexdigest() for item in batch])
+        return detect(self, batch, model, inference_args)
+
+    monkeypatch.setattr(features_beam.RegionModelHandler, "run_inference", recording)
+    monkeypatch.setattr(features_beam.RegionModelHandler, "batch_elements_kwargs",
+                        lambda self: {"min_batch_size": batch_size, "max_batch_size": batch_size})
+    out = tmp_path / name
+    stats = run(["--input", str(tmp_path / "filter"), "--output", str(out), "--detector", "demo", "--weights", weights,
+                 "--min-boxes", "2", "--max-boxes", "5", "--batch-size", str(batch_size)] + DIRECT)
+    rows = {kind: [row for file in sorted((out / kind).glob("*.parquet")) for row in pq.read_table(file).to_pylist()]
+            for kind in ("regions", "rejected")}
+    return stats, rows["regions"], rows["rejected"], batches
+
+
+@pytest.mark.parametrize("rows_per_page", [None, 2])
+def test_beam_streams_its_row_groups_and_writes_what_whole_reads_wrote(tmp_path, monkeypatch, rows_per_page):
+    """The Beam form's work items are row groups; a worker thread streams each (``RowGroupStream``, batches of
+    ``piece_size(--batch-size)`` rows, as the local runner's workers do) and never reads one whole
+    (``read_row_group`` of ``image_bytes`` fails here). Two files of row groups of 5 (lait's one page a group, and
+    pages of 2 rows), copies of an image in one group, in two groups and in two files, rows without an id, with
+    null, empty or undecodable bytes, images of several shapes: the stats, the regions and rejected rows (file
+    order, every value) and the detector's batches are those of a run that read each group whole, as before."""
+    import pyarrow.parquet as pq
+
+    from pipeline import features_beam
+    from pipeline.features import piece_size
+
+    weights = _weights(tmp_path)
+    sizes = [(64 + 9 * i, 64) if i % 2 else (64, 64 + 5 * i) for i in range(9)]
+    images = [(image_id(data), data) for data in (encode(make_scene(i, size)[0], "JPEG" if i % 3 else "PNG")
+                                                  for i, size in enumerate(sizes))]
+    a, b, c, d, e, f, g, h, i = images
+    bad = [(None, images[3][1]), ("junk", b"junk"), ("empty", b""), ("missing", None)]
+    files = {"part-00000.parquet": [a, b, b, c, a, bad[0], d, bad[1], bad[2], e, f, bad[3], g],
+             "part-00001.parquet": [a, g, bad[1], h, i, c, b]}
+    for name, rows in files.items():
+        _write_rows(tmp_path / "filter" / name, rows, row_group_size=5, rows_per_page=rows_per_page)
+    groups = {name: pq.ParquetFile(tmp_path / "filter" / name).metadata.num_row_groups for name in files}
+    assert groups == {"part-00000.parquet": 3, "part-00001.parquet": 2}
+    monkeypatch.setattr(features_beam, "bucket_count", lambda rows, batch_size: 2)  # two groups of the shuffle
+
+    with monkeypatch.context() as before:
+        before.setattr(features_beam.ReadRowGroupsFn, "process", _whole_row_group_rows)
+        whole = _beam_run(tmp_path, before, "whole", weights)
+
+    whole_reads, streams = [], []
+    read_row_group, iter_batches = pq.ParquetFile.read_row_group, pq.ParquetFile.iter_batches
+
+    def guarded(self, group, columns=None, **kwargs):
+        whole_reads.append((group, columns))
+        assert columns is not None and "image_bytes" not in columns, "a row group's images read whole"
+        return read_row_group(self, group, columns=columns, **kwargs)
+
+    def counted(self, batch_size=65536, row_groups=None, columns=None, **kwargs):
+        streams.append((tuple(row_groups), batch_size, tuple(columns)))
+        return iter_batches(self, batch_size=batch_size, row_groups=row_groups, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", guarded)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counted)
+    streamed = _beam_run(tmp_path, monkeypatch, "streamed", weights)
+    assert whole_reads == []
+    assert sorted(streams) == sorted([((group,), piece_size(4), ("image_id", "image_bytes"))
+                                      for name in files for group in range(groups[name])])  # each group once
+    stats, regions, rejected, batches = streamed
+    assert (stats["in"], stats["kept"], stats["rejected_by_reason"]) == (
+        13, 9, {"image_id_missing": 1, "image_undecodable": 1, "image_missing": 2})
+    assert sorted(row["image_id"] for row in regions) == sorted(image for image, _ in images)
+    assert {(row["image_id"], row["reason"]) for row in rejected} == {
+        ("junk", "image_undecodable"), ("empty", "image_missing"), ("missing", "image_missing"),
+        (None, "image_id_missing")} and len(rejected) == 4
+    assert stats == whole[0]
+    assert regions == whole[1]  # every value, in file order
+    assert rejected == whole[2]
+    assert batches == whole[3]  # the same images in the same batches, in the same order
+
+
+def test_beam_read_holds_a_batch_of_its_row_group_not_the_group(tmp_path, monkeypatch):
+    """``ReadRowGroupsFn`` on one row group of 256 rows of 64 KB (16 MB) in pages of 4, its rows taken one by one as
+    Beam hands them on: Arrow holds a few batches of 4 while the group passes, never more as it goes (a whole
+    read holds the group, ``read_row_group`` below), and the rows are the group's, in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import pipeline.features as features
+    from pipeline.features_beam import ReadRowGroupsFn
+
+    monkeypatch.setattr(features, "READ_BUFFER_BYTES", 64 << 10)  # reads of 4 MiB would be a quarter of the group
+    rng = np.random.default_rng(0)
+    rows = [(f"img{i}", rng.bytes(64 << 10)) for i in range(256)]
+    file = tmp_path / "in" / "part-00000.parquet"
+    _write_rows(file, rows, row_group_size=256, rows_per_page=4)
+    fn = ReadRowGroupsFn(str(tmp_path / "in"), 4)
+    before = pa.total_allocated_bytes()
+    held, got = [], []
+    for row in fn.process((str(file), 0)):
+        got.append((row["image_id"], row["image_bytes"]))
+        held.append(pa.total_allocated_bytes() - before)
+    assert got == rows
+    piece = 4 * (64 << 10)
+    assert max(held) < 16 * piece, max(held)  # 4 MB: a quarter of the group (about 2 MB is pyarrow's reader)
+    assert max(held) - min(held) <= piece, held  # it does not grow as the group streams past
+    whole = features._open_parquet(str(tmp_path / "in"), str(file)).read_row_group(0, columns=features.INPUT_COLUMNS)
+    assert pa.total_allocated_bytes() - before >= 256 * (64 << 10)
+    del whole
+    assert pq.ParquetFile(file).metadata.row_group(0).num_rows == 256
+
+
+def test_beam_stream_failing_inside_a_row_group_keeps_the_rows_read_before_and_rejects_the_rest(tmp_path):
+    """Pages of 2 rows, the last quarter of one row group's ``image_bytes`` rotten: as in the local runner, the rows
+    the stream gave before the rot keep their bytes and the rest of the group leaves as ``row_group_unreadable``
+    (a whole read rejected the whole group; lait's one-page groups still are, see above), every row once, in
+    order, the books balanced."""
+    from tests.features.parquet_rot import corrupt_pages
+
+    import pyarrow.parquet as pq
+
+    from pipeline.features_beam import ReadRowGroupsFn
+
+    rng = np.random.default_rng(1)
+    rows = [(f"img{i}", rng.bytes(30000)) for i in range(64)]
+    file = tmp_path / "in" / "part-00000.parquet"
+    _write_rows(file, rows, row_group_size=64, rows_per_page=2)
+    group = pq.ParquetFile(file).metadata.row_group(0)
+    chunk = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == "image_bytes")
+    corrupt_pages(file, 0, "image_bytes", skip=chunk.total_compressed_size * 3 // 4)
+    out = list(ReadRowGroupsFn(str(tmp_path / "in"), 4).process((str(file), 0)))
+    assert [row["image_id"] for row in out] == [image for image, _ in rows]
+    kept = [row for row in out if isinstance(row["image_bytes"], bytes)]
+    rejected = [row for row in out if isinstance(row["image_bytes"], str)]
+    assert out == kept + rejected and rejected and 0 < len(kept) <= 48, len(kept)  # the rot begins in row 47's page
+    assert [row["image_bytes"] for row in kept][:-2] == [data for _, data in rows][:len(kept) - 2]
+    assert all(row["image_bytes"].startswith(f"{file} row group 0: ") for row in rejected)
 
 
 def test_both_runners_apply_size_overrides_to_demo_weights(tmp_path):
