@@ -41,7 +41,7 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_io import write_json  # noqa: E402  (this folder: the script's own)
+from bench_io import resident_mb as _resident_mb, write_json  # noqa: E402  (this folder: the script's own)
 
 import schemas  # noqa: E402
 from model.detectors import BoxSelection, build_detector  # noqa: E402
@@ -247,15 +247,6 @@ def _read_share(images: ShardImages, worker: int, workers: int) -> tuple[int, fl
     start = time.perf_counter()
     count = sum(len(images._decode(*images.pieces[i]).image_ids) for i in images.worker_pieces(worker, workers))
     return count, time.perf_counter() - start
-
-
-def _resident_mb(field: str = "VmRSS") -> float:
-    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc/self/status`` (Linux)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise OSError(f"no {field} in /proc/self/status")
 
 
 def _share_memory(kind: type[ShardImages], dataset: str, shards, spec, piece: int, workers: int, window: int) -> dict:

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: writing its figures to the ``--json`` file it was given."""
+"""What the benchmark scripts share: writing their figures to the ``--json`` file given, reading resident memory."""
 from __future__ import annotations
 
 import json
@@ -9,3 +9,12 @@ def write_json(path: str | None, results: dict) -> None:
     if path:
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
+
+
+def resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc/self/status`` (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")

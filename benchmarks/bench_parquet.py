@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_io import write_json  # noqa: E402  (this folder: the script's own)
+from bench_io import resident_mb as _resident_mb, write_json  # noqa: E402  (this folder: the script's own)
 
 import schemas  # noqa: E402
 from model.synthetic import write_synthetic  # noqa: E402
@@ -185,15 +185,6 @@ def _beam_rows(way: str, file: str, batch_size: int):
     if way == "streamed":
         return ReadRowGroupsFn(dataset, piece_size(batch_size)).process((file, 0))
     return _whole_row_group_rows(dataset, file, 0)
-
-
-def _resident_mb(field: str = "VmRSS") -> float:
-    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc/self/status`` (Linux)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise OSError(f"no {field} in /proc/self/status")
 
 
 def _beam_work_item_memory(way: str, file: str, batch_size: int) -> dict:
