@@ -792,6 +792,27 @@ def _ids(example: dict) -> tuple[str, str]:
     return example["caption_id"], example["image"].image_id
 
 
+def quiet_interrupted_handoffs(worker_id: int | None = None) -> None:
+    """A DataLoader worker's ``worker_init_fn``: a batch handed to the main process broken off by Ctrl-C is not
+    reported as an error of the worker.
+
+    A worker hands each batch's tensors over as file descriptors (torch's ``file_descriptor`` sharing), served by
+    multiprocessing's resource-sharer thread; when Ctrl-C stops the main process in the middle of that handshake,
+    the thread's end of the connection fails (``EOFError``, ``ConnectionError``) and it printed a traceback after
+    ``lait train``'s one line. Only those errors, and only outside the worker's main thread, are dropped."""
+    import sys
+    import threading
+
+    report = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if issubclass(kind, (EOFError, ConnectionError)) and threading.current_thread() is not threading.main_thread():
+            return
+        report(kind, value, traceback)
+
+    sys.excepthook = hook
+
+
 def make_loader(datasets: list[DatasetConfig], tokenizer_json: str, model_config: ModelConfig, batch_size: int,
                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                 shuffle_buffer: int = 2048, fixed_shapes: bool = False, infinite: bool = True,
@@ -809,10 +830,12 @@ def make_loader(datasets: list[DatasetConfig], tokenizer_json: str, model_config
     collate = Collate(model_config.pad_token_id, model_config.max_text_len if fixed_shapes else None,
                       model_config.max_regions if fixed_shapes else None)
     prefetch = 4 if num_workers else None
+    init = quiet_interrupted_handoffs if num_workers else None
     if length_buckets:
         buckets = LengthBuckets(stream, batch_size, bucket_ceilings(model_config.max_text_len, length_buckets[0]),
                                 bucket_ceilings(model_config.max_regions, length_buckets[1]))
         return DataLoader(buckets, batch_size=None, collate_fn=collate, num_workers=num_workers,
-                          persistent_workers=False, pin_memory=pin_memory, prefetch_factor=prefetch)
+                          persistent_workers=False, pin_memory=pin_memory, prefetch_factor=prefetch, worker_init_fn=init)
     return DataLoader(stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
-                      drop_last=infinite, persistent_workers=False, pin_memory=pin_memory, prefetch_factor=prefetch)
+                      drop_last=infinite, persistent_workers=False, pin_memory=pin_memory, prefetch_factor=prefetch,
+                      worker_init_fn=init)

@@ -774,3 +774,38 @@ def test_a_stream_given_its_stages_checked_join_yields_what_it_would_have_read(s
         assert keys(mine) == keys(theirs) and keys(mine)
     with pytest.raises(ValueError, match="not one of these datasets"):
         PairStream(datasets[:1], tokenizer_json, config, index=index)
+
+
+def test_a_workers_broken_batch_handoff_is_not_reported_but_other_errors_are(synth_dir, monkeypatch, capsys):
+    """Ctrl-C while the main process took a batch's file descriptors from a DataLoader worker made the worker's
+    resource-sharer thread print a traceback (EOFError) after `lait train`'s one line."""
+    import sys
+    import threading
+
+    from model.data import quiet_interrupted_handoffs
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    quiet_interrupted_handoffs(0)
+
+    def report(error):
+        try:
+            raise error
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+
+    for error in (EOFError(), ConnectionResetError(104, "reset")):
+        thread = threading.Thread(target=report, args=(error,))
+        thread.start()
+        thread.join()
+    assert capsys.readouterr().err == ""
+    thread = threading.Thread(target=report, args=(ValueError("a real one"),))
+    thread.start()
+    thread.join()
+    report(EOFError("in the main thread"))
+    err = capsys.readouterr().err
+    assert "ValueError: a real one" in err and "EOFError: in the main thread" in err
+    datasets = [DatasetConfig(f"{synth_dir}/regions", f"{synth_dir}/captions", "train")]
+    for buckets in (None, [2, 2]):  # the training loaders install it in their workers
+        loader = make_loader(datasets, _tokenizer_json(), tiny_config(feature_dim=16, max_regions=8), 4, num_workers=1,
+                             length_buckets=buckets)
+        assert loader.worker_init_fn is quiet_interrupted_handoffs
