@@ -10,7 +10,8 @@ def test_val_fraction_0_reports_no_held_out_auc(tmp_path, capsys):
     """`lait relevance train --val-fraction 0` held out 0 pairs yet reported a held_out_auc (and kept / removed
     shares): numbers computed on the training pairs. Now null, with the reason; the model config says the same."""
     write_pairs(make_pairs(12, seed=7), str(tmp_path / "pairs"))
-    common = ["relevance", "train", "--input", str(tmp_path / "pairs"), "--epochs", "1", "--batch-size", "16"]
+    common = ["relevance", "train", "--input", str(tmp_path / "pairs"), "--epochs", "1", "--batch-size", "16",
+              "--members", "1", "--image-size", "32"]
     assert cli.main([*common, "--out", str(tmp_path / "none"), "--val-fraction", "0"]) == 0
     summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert summary["held_out"] == 0 and summary["trained_on"] == 48
