@@ -19,7 +19,9 @@ progress per stage. The stages talk only through the run folder:
     OUT/planted.json, OUT/audit.json, OUT/report.html, OUT/demo.json (steps, times, commands)
 
 A step whose inputs failed is skipped, independent steps still run, and the closing steps
-(planted, audit, report) always run on whatever exists.
+(planted, audit, report) always run on whatever exists. A rerun (``--from``) must keep the options that shape the
+reused site (``SITE_OPTIONS``), and removes what an earlier run left of the steps it does not make when that was
+made from a step it remade (a skipped step's, or a step's after ``--stop-after``).
 """
 from __future__ import annotations
 
@@ -146,8 +148,59 @@ def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
         raise ValueError(f"--out {config.out} is a file, not a folder: give the run's folder")
     first = steps.index(config.start_from) if config.start_from else 0
     last = steps.index(config.stop_after) if config.stop_after else len(steps) - 1
+    if "site" in steps and first > steps.index("site"):
+        check_site_options(config)
     if "train" in steps and first <= steps.index("train") <= last:
         check_train_config(config.train_config, os.path.abspath(config.out))
+
+
+#: The options the site step's outputs follow: ``build_site(seed, scenes)`` (``site/``, the site the crawl step
+#: serves) and ``write_test_split(seed, test_scenes)`` (``test/``). A rerun that reuses them (``--from`` any later
+#: step) must be given the same values: the crawl step serves the site built from this run's options, and
+#: planted.json, the eval and test_features read the ledger and the split the site step wrote.
+SITE_OPTIONS = ("seed", "scenes", "test_scenes")
+
+
+def saved_site_options(out: str) -> dict[str, int]:
+    """The ``SITE_OPTIONS`` the site step of the run folder ``out`` was run with, read from what it wrote (not from
+    demo.json, which an interrupted rerun leaves behind from the run before): ``seed`` from ``site/ledger.json``,
+    ``scenes`` from its ``clean`` items (one per good scene), ``test_scenes`` from the rows of ``test/pairs`` (one
+    per held-out scene). Those it did not write are left out (the site step is then ``missing``, not reused).
+    ValueError (one line) when the ledger is there but cannot be read."""
+    saved: dict[str, int] = {}
+    ledger_path = os.path.join(out, "site", "ledger.json")
+    if os.path.exists(ledger_path):
+        try:
+            with open(ledger_path, encoding="utf-8") as f:
+                ledger = json.load(f)
+            saved["seed"] = ledger["seed"]
+            saved["scenes"] = sum(1 for item in ledger["items"] if item.get("category") == "clean")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"cannot read {ledger_path} to check that the site fits the options "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())}); rerun without --from") from None
+    pairs = os.path.join(out, "test", "pairs")
+    if os.path.isdir(pairs) and schemas.list_parquet_files(pairs):
+        try:
+            saved["test_scenes"] = schemas.count_rows(pairs, "pairs")
+        except Exception as exc:  # noqa: BLE001 - an unreadable split cannot be checked, nor reused
+            raise ValueError(f"cannot read {pairs} to check that the held-out split fits the options "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())}); rerun without --from") from None
+    return saved
+
+
+def check_site_options(config: "DemoConfig") -> None:
+    """Raise ValueError (one line) when ``--from`` would reuse a site and held-out split made with other
+    ``SITE_OPTIONS`` than ``config``'s: the crawl would fetch this config's site and planted.json would score it
+    against the old ledger (precision 0.04, no warning), and the eval would run on the old split."""
+    saved = saved_site_options(os.path.abspath(config.out))
+    differ = [name for name in SITE_OPTIONS if name in saved and saved[name] != getattr(config, name)]
+    if differ:
+        flag = lambda name: f"--{name.replace('_', '-')}"  # noqa: E731
+        was = " ".join(f"{flag(n)} {saved[n]}" for n in differ)
+        now = " ".join(f"{flag(n)} {getattr(config, n)}" for n in differ)
+        raise ValueError(f"--from {config.start_from} would reuse the site and held-out split in {config.out}, made "
+                         f"with {was}, but this run has {now}: rerun without --from, give those "
+                         f"options as before, or use a new --out")
 
 
 def check_train_config(path: str, out: str) -> None:
@@ -406,17 +459,14 @@ class Demo:
         if failed:
             step.status, step.detail = "skipped", f"needs {', '.join(failed)}"
             self.echo(f"{head} -- skipped ({step.detail})")
+            # What it wrote in an earlier run was made from inputs this run remade or lost: stale.
+            self.clear_outputs(step)
             return
         self.echo(head)
         start = time.monotonic()
         try:
             # A rerun into the same run folder starts each step afresh (stages refuse to overwrite).
-            for rel in step.outputs:
-                target = self.p(rel)
-                if os.path.isdir(target):
-                    shutil.rmtree(target)
-                elif os.path.exists(target):
-                    os.remove(target)
+            self.clear_outputs(step)
             if step.command:
                 step.argv = step.command()
                 self.echo("    $ " + " ".join(step.argv))
@@ -436,6 +486,20 @@ class Demo:
             self.server.stop()
             self.server = None
 
+    def clear_outputs(self, step: Step) -> bool:
+        """Remove what ``step`` writes in the run folder (``step.outputs``); True when there was any."""
+        found = False
+        for rel in step.outputs:
+            target = self.p(rel)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.remove(target)
+            else:
+                continue
+            found = True
+        return found
+
     def step(self, name: str) -> Step:
         """The step called ``name``."""
         return next(s for s in self.steps if s.name == name)
@@ -448,6 +512,7 @@ class Demo:
         start = time.monotonic()
         first = names.index(self.cfg.start_from) if self.cfg.start_from else 0
         last = names.index(self.cfg.stop_after) if self.cfg.stop_after else len(names) - 1
+        remade: set[str] = set()  # steps whose outputs in the folder are this run's (or gone), not an earlier run's
         try:
             for index, step in enumerate(self.steps, 1):
                 if index - 1 < first:
@@ -458,8 +523,20 @@ class Demo:
                     self.echo(f"==> [{index}/{len(self.steps)}] {step.name}: {step.status}")
                 elif index - 1 > last:
                     step.status, step.detail = "not_run", f"--stop-after {self.cfg.stop_after}"
+                    # An earlier run's outputs of a step after --stop-after that reads (directly or not) a step this
+                    # run remade were made from inputs no longer there: removed, so that planted.json, the audit
+                    # and the report describe this run. Those that read only reused steps still fit: kept.
+                    if any(need in remade for need in step.needs):
+                        remade.add(step.name)
+                        if self.clear_outputs(step):
+                            step.detail += "; stale outputs of an earlier run removed"
+                            self.echo(f"==> [{index}/{len(self.steps)}] {step.name}: not run, removed its outputs "
+                                      f"of an earlier run (its inputs were remade)")
+                    elif any(os.path.exists(self.p(rel)) for rel in step.outputs):
+                        step.detail += "; outputs of an earlier run kept (its inputs were reused)"
                 else:
                     self.run_step(step, index)
+                    remade.add(step.name)
         finally:
             if self.server:
                 self.server.stop()

@@ -208,3 +208,54 @@ def test_samples_read_image_bytes_of_the_shown_rows_only(tmp_path, monkeypatch):
                for r in schemas.read_table(str(tmp_path / stage / "rejected"), "rejected").to_pylist()}
     assert set(re.findall(r'class="reason">([^<]+)<', rejected)) == on_disk
     assert rejected.count("data:image/jpeg;base64,") == sum(1 for r in on_disk if r.startswith("filter/"))
+
+
+class _CaptionsOnly:
+    """A RunData stand-in with filter/pairs and filter/rejected captions only (what the caption-length chart reads)."""
+
+    stats: dict = {}
+
+    def __init__(self, kept, rejected):
+        import pyarrow as pa
+
+        self.tables = {"filter/pairs": pa.table({"caption": kept}), "filter/rejected": pa.table({"caption": rejected})}
+
+    def table(self, rel, kind, columns, where=None):
+        table = self.tables.get(rel)
+        return None if table is None else table.select([c for c in columns if c in table.column_names])
+
+
+def test_caption_length_bins_stay_few_for_a_huge_caption(monkeypatch):
+    """One bin per word count up to the longest caption: one 40,000-word alt text drew 40,000 bins (87 s, 1 GB)."""
+    import time
+
+    # Normal captions: one bin per word count, as before.
+    assert report.length_bins([3, 9, 12]) == (list(range(0, 14)), None)
+    assert report.length_bins([100]) == (list(range(0, 102)), None)
+    # An outlier: one bin per word up to the 99th percentile, then one overflow bin for the longer ones.
+    edges, over = report.length_bins([8, 9, 9, 10, 12, 40_000])
+    assert (edges, over) == (list(range(0, 15)), 13)  # 0..12 one per word, then [13, 14): 13 words and more
+    # Many long captions: at most MAX_LENGTH_BINS equal bins of whole numbers, and the overflow bin.
+    for values in (list(range(1, 300)), [5] * 1000 + [101], [150] * 10, [10**6] * 200 + [10**7]):
+        edges, over = report.length_bins(values)
+        assert len(edges) - 1 <= report.MAX_LENGTH_BINS + 1 and edges == sorted(set(edges))
+        assert all(isinstance(e, int) for e in edges) and edges[0] == 0
+        if over is None:
+            assert max(values) < edges[-1]
+        else:
+            assert edges[-2] == over <= max(values) and any(v < over for v in values)
+
+    hist_bins = []
+    real_hist = report._plt().Axes.hist
+    monkeypatch.setattr(report._plt().Axes, "hist", lambda self, x, bins=None, **kw:
+                        hist_bins.append(list(bins)) or real_hist(self, x, bins=bins, **kw))
+    kept = [f"a small red square number {i}" for i in range(50)]
+    start = time.monotonic()
+    text = report.section_distributions(_CaptionsOnly(kept, ["spam " * 40_000]))
+    assert time.monotonic() - start < 20
+    assert hist_bins == [list(range(0, 9))]  # 6 words: bins 0..6, and the overflow bin [7, 8) for the longer one
+    assert "data:image/png;base64," in text
+    assert "the last bin (≥7 words) holds the 1 longest caption, up to 40,000 words" in text
+    hist_bins.clear()
+    text = report.section_distributions(_CaptionsOnly(kept, ["a b c d e f g h i j k l m n o"]))
+    assert hist_bins == [list(range(0, 17))] and "the last bin" not in text  # up to 100 words: one bin per word

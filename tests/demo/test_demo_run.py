@@ -240,3 +240,114 @@ def test_a_bad_train_config_is_refused_before_any_step(tmp_path):
     demo_run.check_config(DemoConfig(out=out, train_config=str(bad), stop_after="crawl"))
     demo_run.check_config(DemoConfig(out=out, train_config=str(bad), start_from="eval"))
     demo_run.check_config(DemoConfig(out=out))  # the shipped one
+
+
+def test_from_refuses_a_site_made_with_other_options_before_anything_runs(tmp_path, capsys):
+    """`--from crawl` with another --seed/--scenes than the run that made the folder: the crawl fetched the new
+    options' site while planted.json scored it against the old ledger (precision 0.04, exit 0, no warning)."""
+    import pytest
+
+    from lait import cli
+
+    out = tmp_path / "r"
+    first = Demo(DemoConfig(out=str(out), seed=3, scenes=5, test_scenes=2), echo=lambda _: None)
+    first.make_site()
+    first.server.stop()
+    capsys.readouterr()  # the site's progress bar
+    same = dict(out=str(out), seed=3, scenes=5, test_scenes=2)
+    for start in ("crawl", "filter", "eval"):
+        demo_run.check_config(DemoConfig(**same, start_from=start, stop_after="eval"))
+    for changed, flag in (({"seed": 4}, "--seed 3"), ({"scenes": 6}, "--scenes 5"), ({"test_scenes": 3}, "--test-scenes 2")):
+        with pytest.raises(ValueError, match=f"--from crawl would reuse the site .* made with {flag}, but"):
+            demo_run.check_config(DemoConfig(**{**same, **changed}, start_from="crawl", stop_after="crawl"))
+        demo_run.check_config(DemoConfig(**{**same, **changed}, start_from="site", stop_after="crawl"))  # remade
+        demo_run.check_config(DemoConfig(**{**same, **changed}, stop_after="crawl"))
+    before = sorted(os.listdir(out))
+    argv = ["demo", "--out", str(out), "--seed", "5", "--scenes", "7", "--test-scenes", "2", "--from", "crawl",
+            "--stop-after", "crawl"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lait demo: error: --from crawl would reuse")
+    assert "--seed 3 --scenes 5, but this run has --seed 5 --scenes 7" in err and "without --from" in err
+    assert sorted(os.listdir(out)) == before and not (out / "demo.json").exists()  # nothing ran
+    # Read from what the site step wrote (demo.json may be an earlier run's: one interrupted writes none)
+    assert demo_run.saved_site_options(str(out)) == {"seed": 3, "scenes": 5, "test_scenes": 2}
+    (out / "site" / "ledger.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read .*ledger.json"):
+        demo_run.check_config(DemoConfig(**same, start_from="crawl", stop_after="crawl"))
+
+
+def _fake_steps(demo, fail=()):
+    """The demo's real steps (names, needs, outputs), each writing its outputs with the marker "new" (a folder
+    holding a file "marker", or a .json file) instead of running its stage; the steps in ``fail`` raise."""
+    def write(step):
+        if step.name in fail:
+            raise RuntimeError("failed on purpose")
+        for rel in step.outputs:
+            path = os.path.join(demo.out, rel)
+            if rel.endswith(".json"):
+                open(path, "w").write("new")
+            else:
+                os.makedirs(path, exist_ok=True)
+                open(os.path.join(path, "marker"), "w").write("new")
+
+    for step in demo.steps:
+        step.command, step.func = None, (lambda s=step: write(s))
+    demo.finish = lambda: None  # planted/audit/report: not what these tests check
+    return demo
+
+
+def _earlier_run(out):
+    """A run folder as a whole earlier run left it: every step's outputs, marked "old"."""
+    for step in Demo(DemoConfig(out=str(out)), echo=lambda _: None).steps:
+        for rel in step.outputs:
+            path = out / rel
+            if rel.endswith(".json"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("old")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "marker").write_text("old")
+
+
+def _markers(out):
+    found = {}
+    for step in Demo(DemoConfig(out=str(out)), echo=lambda _: None).steps:
+        for rel in step.outputs:
+            path = out / rel if rel.endswith(".json") else out / rel / "marker"
+            found[rel] = path.read_text() if path.exists() else None
+    return found
+
+
+def test_a_rerun_removes_the_stale_outputs_of_the_steps_it_does_not_run(tmp_path):
+    """`--stop-after filter0`, then `--from crawl --stop-after crawl`: filter0/ stayed from the old crawl (the audit
+    said the books do NOT balance, the report showed the old funnel as this run's)."""
+    out = tmp_path / "r"
+    _earlier_run(out)
+    said = []
+    demo = _fake_steps(Demo(DemoConfig(out=str(out), start_from="crawl", stop_after="crawl"), echo=said.append))
+    assert demo.run() == 0
+    markers = _markers(out)
+    # Before --from: reused. What reads the crawl (directly or not): removed. What reads only reused steps: kept.
+    assert markers["site"] == markers["test"] == "old" and markers["crawl"] == "new"
+    downstream = ("filter0", "relevance_model", "filter", "relevance_labelled", "relevance_eval.json", "features",
+                  "captions", "train", "eval.json")
+    assert {rel: markers[rel] for rel in downstream} == dict.fromkeys(downstream)
+    assert markers["detector"] == markers["test_features"] == "old"
+    detail = {s.name: (s.status, s.detail) for s in demo.steps}
+    assert detail["filter0"] == ("not_run", "--stop-after crawl; stale outputs of an earlier run removed")
+    assert detail["detector"] == ("not_run", "--stop-after crawl; outputs of an earlier run kept (its inputs were reused)")
+    assert any("filter0: not run, removed its outputs" in line for line in said)
+
+    # --from without --stop-after runs every later step; one that is skipped (its input failed) loses its old
+    # outputs too, and so does what reads it.
+    _earlier_run(out)
+    demo = _fake_steps(Demo(DemoConfig(out=str(out), start_from="filter"), echo=lambda _: None), fail=("filter",))
+    assert demo.run() == 1
+    markers = _markers(out)
+    assert all(markers[rel] == "old" for rel in ("site", "test", "crawl", "filter0", "relevance_model"))
+    assert all(markers[rel] is None for rel in ("filter", "relevance_labelled", "relevance_eval.json", "features",
+                                                "captions", "train", "eval.json"))
+    assert markers["detector"] == markers["test_features"] == "new"
+    status = {s.name: s.status for s in demo.steps}
+    assert status["filter"] == "failed" and status["features"] == status["eval"] == "skipped"
