@@ -55,8 +55,8 @@ import torch
 
 import schemas
 from model.config import check_count
-from model.detectors import (BoxSelection, Regions, build_detector, check_weights_choice, read_class_names,
-                             weights_file)
+from model.detectors import (RANDOM_INIT_SEED, BoxSelection, Regions, build_detector, check_weights_choice,
+                             read_class_names, weights_file)
 from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes, padded_size
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
@@ -89,6 +89,9 @@ class FeatureOptions:
     detector: str = "demo"
     weights: str | None = None
     random_init: bool = False
+    # the seed random_init draws its weights from: the same seed, the same random model (recorded in run.json, so a
+    # resume or another part draws the weights the run began with)
+    seed: int = RANDOM_INIT_SEED
     download_weights: bool = False
     class_names_file: str | None = None
     detector_config: dict = field(default_factory=dict)  # architecture/run overrides, e.g. min_size
@@ -159,7 +162,7 @@ class FeatureOptions:
         names = read_class_names(self.class_names_file) if self.class_names_file else None
         detector = build_detector(
             self.detector, weights=self.weights, random_init=self.random_init,
-            config=self.detector_config or None, class_names=names, download=self.download_weights,
+            config=self.detector_config or None, class_names=names, download=self.download_weights, seed=self.seed,
         )
         return detector.optimize_for(self.resolved_device(), self.precision)
 
@@ -273,15 +276,21 @@ def _read_json(path: str) -> dict | None:
     return value
 
 
+def effective_topk(topk: int, spec: DetectorSpec) -> int:
+    """The classes a box stores for ``--topk``: at most the detector's class count (a K above it means all)."""
+    return min(topk, len(spec.class_names))
+
+
 def classes_info(detector_name: str, spec: DetectorSpec, topk: int) -> dict:
-    """The ``classes.json`` next to ``regions/``: what ``class_ids`` and ``topk_class_ids`` index."""
+    """The ``classes.json`` next to ``regions/``: what ``class_ids`` and ``topk_class_ids`` index (``topk``: the
+    classes each box stores, ``effective_topk``)."""
     return {
         "detector": detector_name,
         "feature_dim": spec.feature_dim,
         "num_classes": len(spec.class_names),
         "class_names": spec.class_names,
         "background": "excluded: class id i is class_names[i]; top-k probabilities are of the softmax over classes + background",
-        "topk": topk,
+        "topk": effective_topk(topk, spec),
         "box_source": spec.box_source,
         **({"num_attributes": int(spec.config["attributes"]),
             "attributes": "topk_attribute_ids index the detector's attributes ('no attribute' excluded)"}
@@ -917,13 +926,17 @@ def _finish_shard(output: str, shard: Shard, result: _ShardResult, detector_name
     return stats
 
 
-def _check_run_config(output: str, run_config: dict, typed_weights: str | None = None) -> None:
-    """Refuse to resume into a folder written with another detector, weights, selection, shard size or number of
-    parts (the shards would mix, or some would belong to no part), or by the Beam form.
+def _check_run_config(output: str, run_config: dict, typed_weights: str | None = None,
+                      num_classes: int | None = None) -> None:
+    """Refuse to resume into a folder written with another detector, weights, random-init seed, precision, decode
+    path, selection, top-k, shard size or number of parts (the shards would mix, or some would belong to no part),
+    or by the Beam form.
 
     ``run.json`` is created exclusively and read back: of two parts started at once with other settings, one
     is refused. Weights are compared by content (``_weights_as_now``), ``typed_weights`` (``--weights`` as
-    given) serving a ``run.json`` from before weights were fingerprinted."""
+    given) serving a ``run.json`` from before weights were fingerprinted. A ``run.json`` from before the
+    precision, decode path and seed were recorded is read as ``_as_recorded_now`` says; ``num_classes`` (the
+    detector's) reads its ``topk`` as what the boxes stored."""
     path = _join(output, "run.json")
     if _read_json(path) is None:
         _write_json(path, run_config, exclusive=True)
@@ -936,6 +949,7 @@ def _check_run_config(output: str, run_config: dict, typed_weights: str | None =
         raise ValueError(f"{output} holds a run split in {previous['parts']} parts (--part I/{previous['parts']}), "
                          f"not {run_config['parts']}: the shards would be split otherwise and some computed by no "
                          f"part; run its parts with N = {previous['parts']}, or use a new --output")
+    previous = _as_recorded_now(output, previous, run_config, num_classes)
     previous = _weights_as_now(output, previous, run_config, typed_weights)
     if previous != run_config:
         changed = sorted(k for k in set(previous) | set(run_config) if previous.get(k) != run_config.get(k))
@@ -943,6 +957,39 @@ def _check_run_config(output: str, run_config: dict, typed_weights: str | None =
 
 
 WEIGHTS_KEYS = ("weights", "weights_sha256", "weights_bytes")
+#: What decides the regions' numbers beyond the model and the selection (not recorded by older runs): the autocast
+#: precision and where JPEGs are decoded (``--decode device`` gives pixels a few levels off Pillow's), as resolved.
+COMPUTE_KEYS = ("precision", "decode")
+
+
+def _as_recorded_now(output: str, previous: dict, run_config: dict, num_classes: int | None) -> dict:
+    """``previous`` (a run.json) with what an older run.json lacks or recorded otherwise read as this code records it.
+
+    * ``precision``/``decode`` absent (a run from before they were recorded): unknown, so accepted as this run's,
+      with a warning. The old default, ``auto``, resolved by the device (fp16 and device decode on CUDA, fp32 and
+      the workers on the CPU), which run.json never said: taking it for this run's device would refuse a correct
+      resume with ``--precision bf16`` as readily as it would catch a wrong one, and would let a CPU resume of a GPU
+      run pass all the same.
+    * ``random_init_seed`` absent: ``--random-init`` drew unseeded weights then, which no rerun can draw again:
+      refused (the resume would mix two random models' regions); without ``--random-init`` the seed is unused.
+    * ``topk`` above the class count: the boxes stored all classes, as this run's clamped ``topk`` records.
+    """
+    previous = dict(previous)
+    missing = [key for key in COMPUTE_KEYS if key not in previous]
+    if missing:
+        logger.warning("%s: run.json predates recording %s; resuming with %s, which cannot be checked against that "
+                       "run's", output, " and ".join(missing), ", ".join(f"{k} {run_config[k]}" for k in missing))
+        previous.update({key: run_config[key] for key in missing})
+    if "random_init_seed" not in previous:
+        if previous.get("random_init"):
+            raise ValueError(f"{output} holds a run of --random-init weights drawn without a seed (before runs "
+                             f"recorded one): no rerun draws the same weights, so its regions would mix two random "
+                             f"models'; use a new --output")
+        previous["random_init_seed"] = None
+    topk = previous.get("topk")
+    if num_classes is not None and type(topk) is int and topk > num_classes:
+        previous["topk"] = num_classes
+    return previous
 
 
 def _weights_as_now(output: str, previous: dict, run_config: dict, typed_weights: str | None) -> dict:
@@ -1016,16 +1063,23 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     shards, null_ids = plan_shards(dataset, options.images_per_shard)  # checks every input file too
     detector = detector or options.load_detector()
     spec = detector.spec
+    device = detector.device
+    topk = effective_topk(options.topk, spec)
+    if topk < options.topk:
+        logger.info("--topk %d is more than %s's %d classes: every box stores all %d (recorded as topk %d)",
+                    options.topk, options.detector, topk, topk, topk)
     run_config = {
         "detector": options.detector, "feature_dim": spec.feature_dim, **options.weights_record(),
-        "random_init": options.random_init, "selection": asdict(options.selection), "topk": options.topk,
+        "random_init": options.random_init, "random_init_seed": options.seed if options.random_init else None,
+        "precision": detector.precision, "decode": resolved_decode(options.decode, device),
+        "selection": asdict(options.selection), "topk": topk,
         "detector_config": spec.config, "images_per_shard": options.images_per_shard, "parts": options.parts,
     }
-    _check_run_config(output_path, json.loads(json.dumps(run_config)), options.weights)
+    _check_run_config(output_path, json.loads(json.dumps(run_config)), options.weights, len(spec.class_names))
     fs, inner = _filesystem(output_path)
     for sub in ("regions", "rejected"):  # present even when every image is rejected, for readers and audit
         fs.create_dir(posixpath.join(inner, sub), recursive=True)
-    _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, options.topk))
+    _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, topk))
     _check_no_stale_shards(output_path, dataset, len(shards))
     mine = [s for s in shards if s.index % options.parts == options.part]
     done = {s.index for s in mine if _shard_complete(output_path, s, dataset)}
@@ -1042,7 +1096,6 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
             schemas.write_table(schemas.to_table(rows, "rejected"), invalid, "rejected")
         else:
             _delete_if_present(invalid)
-    device = detector.device
     workers = options.num_workers
     loader = torch.utils.data.DataLoader(
         ShardImages(dataset, todo, spec, piece_size(options.batch_size), resolved_decode(options.decode, device),
@@ -1119,7 +1172,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
                 batch = [item for item, error in zip(batch, errors) if error is None]
             if batch:  # (a batch whose every JPEG failed to decode leaves nothing to detect)
                 batch_sizes[len(batch)] += 1
-            outputs = detect_by_shape(detector, [item.input.pixels for item in batch], options.selection, options.topk)
+            outputs = detect_by_shape(detector, [item.input.pixels for item in batch], options.selection, topk)
             mark = time.perf_counter()
             phases["detecting"] += mark - now
             for item, regions in zip(batch, outputs):

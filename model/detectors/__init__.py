@@ -11,6 +11,9 @@ import contextlib
 import json
 import logging
 import os
+import re
+
+import torch
 
 from model.detectors.base import DetectorSpec, RegionDetector, Regions, check_input_sizes
 from model.detectors.selection import BoxSelection, select_boxes, select_boxes_batched
@@ -26,6 +29,9 @@ VG_WEIGHT_FILES = (
     "faster_rcnn_from_caffe.pkl",
     "pytorch_model.bin",
 )
+#: The seed of ``random_init`` weights: the same options build the same random model, so a resumed run, another
+#: ``--part`` or a Beam worker computes with the weights the run began with (``build_detector(seed=...)``).
+RANDOM_INIT_SEED = 0
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -69,15 +75,76 @@ def read_class_names(path: str) -> list[str]:
 @contextlib.contextmanager
 def _reading(path: str):
     """A weights file that cannot be read (truncated, text, not the format its name says) as one ``ValueError``
-    naming it, not the loader's own error; missing files, refused pickles and errors naming the file pass."""
+    naming it and saying what is wrong (``unreadable_weights``), not the loader's own error; missing files,
+    refused pickles and errors naming the file pass."""
     try:
         yield
     except (FileNotFoundError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError) or path in str(exc):
             raise
-        raise ValueError(f"{path}: not a readable weights file ({exc})") from None
+        raise unreadable_weights(path, exc) from None
     except Exception as exc:  # safetensors, torch.load and unpickling each fail their own way on a bad file
-        raise ValueError(f"{path}: not a readable weights file ({exc})") from None
+        raise unreadable_weights(path, exc) from None
+
+
+_PICKLE_PROTOCOL = b"\x80"  # a pickle of protocol 2 or later (torch's legacy format too) opens with PROTO
+_ZIP = b"PK\x03\x04"  # torch's checkpoint format since 1.6 is a zip archive
+
+
+def unreadable_weights(path: str, exc: BaseException) -> ValueError:
+    """The one-line error of a weights file its loader failed on: what the file should be (a safetensors file by
+    its name, else a PyTorch checkpoint or pickle), and what it is instead, from its first bytes (empty, text), or
+    the loader's reason for a file of that format that is damaged. The loaders' own errors say little: a text file
+    fails the unpickler with ``KeyError: 101`` (its memo), torch's safe loader with advice to load it unsafely."""
+    safetensors = path.endswith(".safetensors")
+    kind = "a safetensors file" if safetensors else "a PyTorch checkpoint or pickle file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        head = None
+    if head == b"":
+        what = f"not {kind}: the file is empty"
+    elif head is not None and _is_text(head):
+        first = head.decode("utf-8", "replace").strip().splitlines()[0][:40]
+        what = f"not {kind}: it holds text ({first!r}{'...' if len(first) == 40 else ''})"
+    else:
+        looks_right = head is not None and (head[8:9] == b"{" if safetensors else
+                                            head.startswith(_PICKLE_PROTOCOL) or head.startswith(_ZIP))
+        what = (f"{kind}, but it does not load: damaged, or not this detector's ({_loader_reason(exc)})"
+                if looks_right else f"not {kind} ({_loader_reason(exc)})")
+    return ValueError(f"{path}: not a readable weights file: {what}")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are text (UTF-8 without control characters but whitespace)."""
+    if b"\0" in head:
+        return False
+    text = head.decode("utf-8", "ignore") if len(head) == 256 else head.decode("utf-8", "replace")
+    if "\ufffd" in text or len(text.encode()) < len(head) - 3:  # bytes that are not UTF-8
+        return False
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+def _loader_reason(exc: BaseException) -> str:
+    """A loader's error on one short line: its type and first line (torch's safe loader: the unpickler's reason)."""
+    message = str(exc)
+    refused = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+    lines = [part.strip() for part in message.splitlines() if part.strip()]
+    line = refused.group(1) if refused else " ".join(lines[:2]) if lines and lines[0].endswith(":") else \
+        next(iter(lines), "")
+    if len(line) > 160:  # whole sentences where they fit
+        cut = line.rfind(". ", 0, 160)
+        line = line[:cut + 1] if cut > 40 else line[:157] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Random weights drawn from ``seed``, leaving the caller's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def feature_dim_of(name: str, weights: str | None = None) -> int:
@@ -194,12 +261,15 @@ def build_detector(
     config: dict | None = None,
     class_names: list[str] | None = None,
     download: bool = False,
+    seed: int = RANDOM_INIT_SEED,
 ) -> RegionDetector:
     """A detector by name, with published/trained weights from ``weights`` or random ones (``random_init``).
 
     ``config`` overrides the architecture's settings (e.g. ``min_size``/``max_size``), for demo weights too:
     their file's config is the base. ``random_init`` with ``weights`` is for demo alone (the file's
-    architecture, fresh weights); the others refuse it.
+    architecture, fresh weights); the others refuse it. Random weights are drawn from ``seed`` (default
+    ``RANDOM_INIT_SEED``), not from the caller's random state, which is left as it was: the same arguments
+    give the same model.
     """
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
@@ -207,10 +277,12 @@ def build_detector(
     if class_names is not None and (name.startswith("coco-") or (name == "demo" and weights)):
         source = "torchvision's COCO categories" if name.startswith("coco-") else "its weights file"
         raise ValueError(f"--classes: {name} takes its class names from {source}; leave --classes out")
+    randomly = _seeded(seed) if random_init else contextlib.nullcontext()
     if name == "vg-r101-c4":
         from model.detectors import vg_r101_c4
 
-        detector = vg_r101_c4.build(config, class_names)
+        with randomly:
+            detector = vg_r101_c4.build(config, class_names)
         if random_init:
             return detector
         weights = weights_file(name, weights)
@@ -221,11 +293,14 @@ def build_detector(
         from model.detectors import coco_r50_fpn
         from model.detectors.weights import load_state
 
-        detector = coco_r50_fpn.build(name, config)
+        with randomly:
+            detector = coco_r50_fpn.build(name, config)
         if random_init:
             return detector
+        # --weights, else torchvision's cache (a damaged download is as unreadable as a damaged --weights)
+        source = weights or coco_r50_fpn.published_weights_path(name)
         try:
-            with _reading(weights) if weights else contextlib.nullcontext():
+            with _reading(source) if weights or os.path.exists(source) else contextlib.nullcontext():
                 state = load_state(weights) if weights else coco_r50_fpn.published_state(name, download=download)
                 detector.model.load_state_dict(state)
         except FileNotFoundError as exc:
@@ -234,14 +309,16 @@ def build_detector(
     from model.detectors import demo
 
     if random_init and not weights:
-        return demo.build(config, class_names or [f"class_{i}" for i in range(8)])
+        with randomly:
+            return demo.build(config, class_names or [f"class_{i}" for i in range(8)])
     weights = weights_file(name, weights)
     with _reading(weights):
         merged = {**demo.DEFAULT_CONFIG, **demo.read_config(weights), **(config or {})}
     check_input_sizes(merged["min_size"], merged["max_size"])  # an override's error, not the file's
     with _reading(weights):
         if random_init:  # the trained architecture and class names, fresh weights
-            return demo.build(merged)
+            with randomly:
+                return demo.build(merged)
         return demo.load(weights, config)
 
 
@@ -270,6 +347,7 @@ __all__ = [
     "DETECTORS",
     "DetectorSpec",
     "RegionDetector",
+    "RANDOM_INIT_SEED",
     "Regions",
     "WeightsNotFoundError",
     "attribute_count",
@@ -281,6 +359,7 @@ __all__ = [
     "read_class_names",
     "select_boxes",
     "select_boxes_batched",
+    "unreadable_weights",
     "weights_file",
     "weights_home",
 ]

@@ -176,6 +176,12 @@ class RegionDetector(nn.Module):
         from model.detectors import fusion
 
         device = torch.device(device)
+        if precision == "auto":
+            precision = "fp16" if device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision: {precision!r} is not auto, fp32, fp16 or bf16")
+        if precision == "fp16" and device.type == "cpu":  # refused here, before a run records it, not at detection
+            raise ValueError("fp16 autocast is a GPU mode; use bf16 or fp32 on the CPU")
         if fuse is None:
             fuse = device.type == "cuda"
         if fuse:
@@ -187,8 +193,6 @@ class RegionDetector(nn.Module):
         if batched_rpn_nms:
             fusion.batched_rpn_nms(self.model, compiled=compile_nms, kernel=nms_kernel)
         self.to(device)
-        if precision == "auto":
-            precision = "fp16" if device.type == "cuda" else "fp32"
         self.precision = precision
         if channels_last is None:
             channels_last = device.type == "cuda"

@@ -958,3 +958,100 @@ def _same_regions(stats0, shards0, by_shard0, rejected0, regions0, stats3, shard
         assert other["num_boxes"] == alone["num_boxes"] and other["class_ids"] == alone["class_ids"], image
         np.testing.assert_allclose(other["boxes"], alone["boxes"], atol=1e-3)
         np.testing.assert_allclose(other["features"], alone["features"], rtol=1e-2, atol=1e-3)
+
+
+def _cli_base(input_dir, output_dir, weights, *extra):
+    return ["features", "--input", str(input_dir), "--output", str(output_dir), "--detector", "demo",
+            "--weights", weights, "--device", "cpu", "--num-workers", "0", "--no-progress", "--min-boxes", "2",
+            "--max-boxes", "4", "--images-per-shard", "1", *extra]
+
+
+def _drop_shard(out, index):
+    """A run killed before shard ``index`` finished: its stats file and data files gone."""
+    name = f"part-{index:05d}"
+    os.remove(out / "shards" / f"{name}.json")
+    for sub in ("regions", "rejected"):
+        if (out / sub / f"{name}.parquet").exists():
+            os.remove(out / sub / f"{name}.parquet")
+
+
+def _edit_run_json(out, **changes):
+    """Rewrite run.json as an older run would have written it: keys set, or dropped where the value is None."""
+    recorded = json.loads((out / "run.json").read_text())
+    for key, value in changes.items():
+        recorded.pop(key) if value is None else recorded.__setitem__(key, value)
+    (out / "run.json").write_text(json.dumps(recorded))
+
+
+def test_resume_refuses_another_precision_or_decode_path_and_accepts_an_older_run_json(tmp_path, demo_weights, capsys):
+    """--precision and where JPEGs are decoded change the regions (bf16 against fp32: features off by up to 0.6,
+    boxes moved), so run.json records them as resolved and a resume with others is refused; a run.json from
+    before they were recorded resumes. fp16 on the CPU is refused before the run's books are written."""
+    from lait import cli
+
+    write_pairs(tmp_path / "in", [encode(make_scene(i)[0]) for i in range(2)], duplicate_first=False)
+    out = tmp_path / "out"
+    assert cli.main(_cli_base(tmp_path / "in", tmp_path / "fp16", demo_weights, "--precision", "fp16")) == 2
+    assert "fp16 autocast is a GPU mode" in capsys.readouterr().err and not (tmp_path / "fp16" / "run.json").exists()
+    assert cli.main(_cli_base(tmp_path / "in", out, demo_weights)) == 0  # auto: fp32 and the workers on the CPU
+    recorded = json.loads((out / "run.json").read_text())
+    assert (recorded["precision"], recorded["decode"]) == ("fp32", "workers")
+    _drop_shard(out, 1)
+    capsys.readouterr()
+    for extra, changed in ((["--precision", "bf16"], "precision"), (["--decode", "device"], "decode")):
+        assert cli.main(_cli_base(tmp_path / "in", out, demo_weights, *extra)) == 2
+        err = capsys.readouterr().err
+        assert f"other settings ({changed})" in err and err.count("\n") == 1, err
+    assert not (out / "shards" / "part-00001.json").exists()
+    assert recorded["random_init_seed"] is None  # trained weights: no seed
+    # a run.json from before precision, decode and the seed were recorded: unknown, accepted
+    _edit_run_json(out, precision=None, decode=None, random_init_seed=None)
+    assert cli.main(_cli_base(tmp_path / "in", out, demo_weights, "--precision", "fp32")) == 0
+    assert json.loads((out / "stats.json").read_text())["shards_resumed"] == 1
+
+
+def test_random_init_is_seeded_so_runs_and_resumes_compute_with_one_model(tmp_path, demo_weights, capsys):
+    """--random-init drew unseeded weights: a resume or another part mixed regions of two random models. The
+    weights are drawn from a fixed seed now, recorded in run.json: two clean runs give the same features, a run
+    with another seed is refused, and so is resuming a run whose random weights were drawn without one."""
+    from lait import cli
+
+    write_pairs(tmp_path / "in", [encode(make_scene(i)[0]) for i in range(2)], duplicate_first=False)
+    for out in ("a", "b"):  # the demo weights' architecture, fresh random weights
+        assert cli.main(_cli_base(tmp_path / "in", tmp_path / out, demo_weights, "--random-init")) == 0
+    a, b = (schemas.read_table(str(tmp_path / out / "regions"), "regions").sort_by("image_id") for out in ("a", "b"))
+    assert a.num_rows == 2 and a.column("boxes").to_pylist() == b.column("boxes").to_pylist()
+    assert a.column("features").to_pylist() == b.column("features").to_pylist()
+    recorded = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert (recorded["random_init"], recorded["random_init_seed"]) == (True, 0)
+    _drop_shard(tmp_path / "a", 1)
+    with pytest.raises(ValueError, match=r"other settings \(random_init_seed\)"):
+        extract_regions(str(tmp_path / "in"), str(tmp_path / "a"), _options(demo_weights, random_init=True, seed=1,
+                                                                              images_per_shard=1, max_boxes=4))
+    _edit_run_json(tmp_path / "a", random_init_seed=None)  # a run from before the seed
+    capsys.readouterr()
+    assert cli.main(_cli_base(tmp_path / "in", tmp_path / "a", demo_weights, "--random-init")) == 2
+    assert "drawn without a seed" in capsys.readouterr().err
+
+
+def test_topk_above_the_class_count_stores_and_records_all_classes(tmp_path, demo_weights, capsys):
+    """--topk 100000 with 4 classes was recorded as topk 100000 in classes.json and run.json while 4 were stored per
+    box: it means all classes now, recorded as what is stored; another K at or above the class count resumes."""
+    from lait import cli
+
+    write_pairs(tmp_path / "in", [encode(make_scene(i)[0]) for i in range(2)], duplicate_first=False)
+    out = tmp_path / "out"
+    assert cli.main(_cli_base(tmp_path / "in", out, demo_weights, "--topk", "100000")) == 0
+    classes = json.loads((out / "classes.json").read_text())
+    assert classes["topk"] == classes["num_classes"] == len(CLASS_NAMES) == 4
+    assert json.loads((out / "run.json").read_text())["topk"] == 4
+    rows = schemas.read_table(str(out / "regions"), "regions").to_pylist()
+    assert {len(box) for row in rows for box in row["topk_class_ids"]} == {4}
+    _drop_shard(out, 1)
+    _edit_run_json(out, topk=100000)  # as the run was recorded before
+    assert cli.main(_cli_base(tmp_path / "in", out, demo_weights, "--topk", "5")) == 0
+    assert json.loads((out / "stats.json").read_text())["shards_resumed"] == 1
+    _drop_shard(out, 1)
+    capsys.readouterr()
+    assert cli.main(_cli_base(tmp_path / "in", out, demo_weights, "--topk", "3")) == 2
+    assert "other settings (topk)" in capsys.readouterr().err

@@ -318,3 +318,48 @@ def test_unreadable_weights_and_class_files_are_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--classes"):
         build_detector("coco-r50-fpn", random_init=True, class_names=["x"])
     assert build_detector("demo", random_init=True, class_names=["x", "y"]).spec.class_names == ["x", "y"]
+
+
+def test_a_weights_file_that_is_no_checkpoint_says_what_it_is(tmp_path, capsys):
+    """A text file as --weights failed with 'not a readable weights file (101)': the unpickler's KeyError. Every
+    detector that reads a weights file says what is wrong with it now, through the CLI as one line (exit 2)."""
+    from lait import cli
+    from tests.features.scenes import encode, make_scene, write_pairs
+
+    write_pairs(tmp_path / "in", [encode(make_scene(0)[0])])
+    (tmp_path / "notweights.txt").write_text("hello\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with open(tmp_path / "cut.pkl", "wb") as f:
+        pickle.dump({"model": {"a": np.zeros(64, np.float32)}}, f, protocol=2)
+    (tmp_path / "cut.pkl").write_bytes((tmp_path / "cut.pkl").read_bytes()[:100])
+    (tmp_path / "text.safetensors").write_text("not weights")
+    cases = (("vg-r101-c4", "notweights.txt", "not a PyTorch checkpoint or pickle file: it holds text ('hello')"),
+             ("coco-r50-fpn", "notweights.txt", "not a PyTorch checkpoint or pickle file: it holds text ('hello')"),
+             ("vg-r101-c4", "empty.pth", "not a PyTorch checkpoint or pickle file: the file is empty"),
+             ("coco-r50-fpn-v2", "cut.pkl", "a PyTorch checkpoint or pickle file, but it does not load: damaged, or "
+                                            "not this detector's (UnpicklingError: pickle data was truncated)"),
+             ("demo", "text.safetensors", "not a safetensors file: it holds text ('not weights')"))
+    for detector, name, message in cases:
+        code = cli.main(["features", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--detector", detector, "--weights", str(tmp_path / name), "--device", "cpu", "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and err == f"lait features: error: {tmp_path / name}: not a readable weights file: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_random_init_weights_are_drawn_from_a_fixed_seed_leaving_the_callers_random_state():
+    from model.detectors import RANDOM_INIT_SEED
+
+    tiny = {"min_size": 32, "max_size": 48, "channels": [8, 8, 8, 8, 8, 8]}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = build_detector("demo", random_init=True, config=tiny).model.state_dict()
+    assert torch.equal(torch.rand(3), expected)  # the caller's random state is as it was
+    again = build_detector("demo", random_init=True, config=tiny, seed=RANDOM_INIT_SEED).model.state_dict()
+    other = build_detector("demo", random_init=True, config=tiny, seed=RANDOM_INIT_SEED + 1).model.state_dict()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+    coco = [build_detector("coco-r50-fpn", random_init=True).model.roi_heads.box_predictor.cls_score.weight
+            for _ in range(2)]
+    assert torch.equal(*coco)
