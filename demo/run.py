@@ -460,7 +460,7 @@ class Demo:
             step.status, step.detail = "skipped", f"needs {', '.join(failed)}"
             self.echo(f"{head} -- skipped ({step.detail})")
             # What it wrote in an earlier run was made from inputs this run remade or lost: stale.
-            self.clear_outputs(step)
+            self.clear_stale_outputs(step)
             return
         self.echo(head)
         start = time.monotonic()
@@ -500,6 +500,16 @@ class Demo:
             found = True
         return found
 
+    def clear_stale_outputs(self, step: Step) -> bool:
+        """``clear_outputs`` for a step this run does not run: a file that cannot be removed is said (in the step's
+        detail and on the console) instead of ending the run, whose other steps and closing files still come."""
+        try:
+            return self.clear_outputs(step)
+        except OSError as exc:
+            step.detail += f"; could not remove the stale outputs of an earlier run ({exc})"
+            self.echo(f"    warning: {step.name}: could not remove the stale outputs of an earlier run ({exc})")
+            return False
+
     def step(self, name: str) -> Step:
         """The step called ``name``."""
         return next(s for s in self.steps if s.name == name)
@@ -528,7 +538,7 @@ class Demo:
                     # and the report describe this run. Those that read only reused steps still fit: kept.
                     if any(need in remade for need in step.needs):
                         remade.add(step.name)
-                        if self.clear_outputs(step):
+                        if self.clear_stale_outputs(step):
                             step.detail += "; stale outputs of an earlier run removed"
                             self.echo(f"==> [{index}/{len(self.steps)}] {step.name}: not run, removed its outputs "
                                       f"of an earlier run (its inputs were remade)")

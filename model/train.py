@@ -323,8 +323,15 @@ def _model_changes(state: dict, config: TrainConfig) -> list[str]:
     built = state["model_config"]
     default = dataclasses.asdict(ModelConfig())
     changed = []
+    # Without the run's model section, the checkpoint's model is all there is to compare with, and in it the keys
+    # resolve_model_config replaces whatever the section says (the tokenizer's vocabulary; BERT's shape) differ
+    # from any value set: they cannot be told apart, so they are not compared.
+    if config.bert:
+        replaced = set(read_bert_config(config.bert)) if os.path.isdir(config.bert) else set()
+    else:
+        replaced = {"vocab_size"}
     for key, value in dataclasses.asdict(config.model).items():
-        if theirs is None and value == default[key]:
+        if theirs is None and (value == default[key] or key in replaced):
             continue  # a checkpoint without its run's config: only the keys set here can be told apart
         known = [source[key] for source in (theirs or {}, built) if key in source]
         if known and value not in known:
@@ -348,12 +355,22 @@ def _stage_loss_changes(theirs: dict | None, stage: StageConfig) -> list[str]:
             return {name: weight for name, weight in tasks.items() if isinstance(weight, (int, float)) and weight > 0}
 
         mine, written = active(ours["tasks"]), active(theirs["tasks"])
-        if list(mine.items()) != list(written.items()):  # the order too: it orders the saved loss window's sums
-            order = " (the same tasks in another order)" if mine == written else ""
+        if list(mine) != list(written):  # the order too: it orders the saved loss window's sums
+            order = " (the same tasks in another order)" if set(mine) == set(written) else ""
             changed.append(f"{stage.name}.tasks {mine}, the checkpoint's {written}{order}")
+        elif mine != written:  # the same columns, other weights: the rest of the stage weighs its losses anew
+            logger.warning("stage %s resumed with other task weights: %s, the checkpoint's %s", stage.name, mine,
+                           written)
     if stage.kind == "finetune":
-        changed += [f"{stage.name}.{key} {ours[key]!r}, the checkpoint's {theirs[key]!r}"
-                    for key in ("loss", "dual_encoder") if key in theirs and theirs[key] != ours[key]]
+        if "loss" in theirs and theirs["loss"] != ours["loss"]:
+            changed.append(f"{stage.name}.loss {ours['loss']!r}, the checkpoint's {theirs['loss']!r}")
+        if "dual_encoder" in theirs and theirs["dual_encoder"] != ours["dual_encoder"]:
+            if (theirs["dual_encoder"] > 0) != (ours["dual_encoder"] > 0):  # a loss column more or less
+                changed.append(f"{stage.name}.dual_encoder {ours['dual_encoder']!r}, the checkpoint's "
+                               f"{theirs['dual_encoder']!r}")
+            else:
+                logger.warning("stage %s resumed with another dual_encoder weight: %r, the checkpoint's %r",
+                               stage.name, ours["dual_encoder"], theirs["dual_encoder"])
     return changed
 
 
@@ -527,7 +544,8 @@ class LossLog:
                 writer.writeheader()
                 writer.writerows(rows)
         except BaseException:
-            os.remove(tmp)
+            with contextlib.suppress(FileNotFoundError):  # (open itself failed: its error is the one to see)
+                os.remove(tmp)
             raise
         os.replace(tmp, path)
 

@@ -351,3 +351,25 @@ def test_a_rerun_removes_the_stale_outputs_of_the_steps_it_does_not_run(tmp_path
     assert markers["detector"] == markers["test_features"] == "new"
     status = {s.name: s.status for s in demo.steps}
     assert status["filter"] == "failed" and status["features"] == status["eval"] == "skipped"
+
+
+def test_stale_outputs_that_cannot_be_removed_are_said_and_the_run_goes_on(tmp_path, monkeypatch):
+    """Removing a not-run step's stale outputs ran outside the steps' error handling: an OSError there ended the
+    run with a traceback, before the closing files."""
+    out = tmp_path / "r"
+    _earlier_run(out)
+    clear = Demo.clear_outputs
+
+    def refuse_filter0(self, step):
+        if step.name == "filter0":
+            raise PermissionError(13, "Permission denied", str(out / "filter0"))
+        return clear(self, step)
+
+    monkeypatch.setattr(Demo, "clear_outputs", refuse_filter0)
+    said = []
+    demo = _fake_steps(Demo(DemoConfig(out=str(out), start_from="crawl", stop_after="crawl"), echo=said.append))
+    assert demo.run() == 0
+    detail = {s.name: s.detail for s in demo.steps}
+    assert "could not remove the stale outputs of an earlier run" in detail["filter0"]
+    assert any("warning: filter0: could not remove" in line for line in said)
+    assert _markers(out)["filter"] is None  # the other stale outputs still went
