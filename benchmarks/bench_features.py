@@ -41,7 +41,7 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_io import resident_mb as _resident_mb, write_json  # noqa: E402  (this folder: the script's own)
+from bench_io import reset_peak_rss, resident_mb as _resident_mb, write_json  # noqa: E402  (this folder: the script's own)
 
 import schemas  # noqa: E402
 from model.detectors import BoxSelection, build_detector  # noqa: E402
@@ -254,12 +254,7 @@ def _share_memory(kind: type[ShardImages], dataset: str, shards, spec, piece: in
     memory rose over what it held before (``VmHWM``, reset first, as the imports' peak would hide the reading's;
     not ``ru_maxrss``, which keeps the parent's size from before the exec), Arrow's peak allocation, and images/s."""
     images = kind(dataset, shards, spec, piece, read_window=window)
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:  # Linux: the peak resident size restarts from now
-            clear.write("5")
-        reset = True
-    except OSError:
-        reset = False
+    reset = reset_peak_rss()
     before = _resident_mb()
     count, seconds = _read_share(images, 0, workers)
     return {"peak_rss_growth_mb": round(_resident_mb("VmHWM") - before, 1),

@@ -18,3 +18,14 @@ def resident_mb(field: str = "VmRSS") -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     raise OSError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak resident size (``VmHWM``) from now, so that a later ``resident_mb("VmHWM")``
+    measures what came after (Linux's ``/proc/self/clear_refs``); False where it cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_io import resident_mb as _resident_mb, write_json  # noqa: E402  (this folder: the script's own)
+from bench_io import reset_peak_rss, resident_mb as _resident_mb, write_json  # noqa: E402  (this folder: the script's own)
 
 import schemas  # noqa: E402
 from model.synthetic import write_synthetic  # noqa: E402
@@ -194,12 +194,7 @@ def _beam_work_item_memory(way: str, file: str, batch_size: int) -> dict:
 
     importlib.import_module("pipeline.features_beam")  # Beam and torch imported before the marks are taken
 
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:  # Linux: the peak resident size restarts from now
-            clear.write("5")
-        reset = True
-    except OSError:
-        reset = False
+    reset = reset_peak_rss()
     rss, arrow = _resident_mb(), pa.total_allocated_bytes()
     rows = nbytes = 0
     for row in _beam_rows(way, file, batch_size):
