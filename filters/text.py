@@ -5,6 +5,7 @@ and DataComp's basic filter (at least 3 words).
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import functools
 import html
@@ -12,7 +13,7 @@ import logging
 import os
 import re
 import unicodedata
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from filters.base import Decision, Filter
 
@@ -238,19 +239,40 @@ def wordfreq_languages() -> frozenset[str]:
     return frozenset(wordfreq.available_languages(wordlist="small"))
 
 
+def utf8_lines(raw_lines: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a file read as bytes, decoded as UTF-8 without their line ends (a BOM before the first
+    line is dropped); ValueError, naming the line and the byte, at the first line that is not UTF-8 text."""
+    for number, raw in enumerate(raw_lines, 1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"line {number} is not UTF-8 text ({raw[exc.start]:#04x} at byte {exc.start + 1}: "
+                             f"{exc.reason})") from None
+        yield text.rstrip("\r\n")
+
+
+class VocabularyFileError(ValueError):
+    """A word-list file that cannot be a vocabulary: not UTF-8 text, or not one word in it."""
+
+
 def load_vocabulary(source: str = "en") -> frozenset[str]:
     """A vocabulary: a language code with a wordfreq list (its common words), else a word-per-line file.
 
     A code is never looked up as a path, so a file or folder named ``en`` in the working folder changes
     nothing; a word list named like a code is given as a path (``./en``). Anything that is not such a
-    code must be a readable file: ValueError when there is nothing at that path, OSError when unreadable.
+    code must be a readable file: ValueError when there is nothing at that path, OSError when unreadable,
+    VocabularyFileError (a ValueError) when it is not UTF-8 text or holds no words (it would make every
+    caption ``high_oov_rate``).
     """
     if source in wordfreq_languages():
         return _language_vocabulary(source)
     if not os.path.lexists(source):
         raise ValueError(f"no vocabulary for {source!r}: neither a language code with a word list nor a file "
                          f"(one word per line)")
-    return _file_vocabulary(os.path.abspath(source))  # absolute: a later chdir does not change what is cached
+    # absolute: a later chdir does not change what is cached; the name as given is for the messages
+    return _file_vocabulary(os.path.abspath(source), source)
 
 
 @functools.lru_cache(maxsize=8)
@@ -264,10 +286,18 @@ def _language_vocabulary(lang: str) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _file_vocabulary(path: str) -> frozenset[str]:
-    """The words of a word-per-line file (``#`` starts a comment line), lowercased."""
-    with open(path, encoding="utf-8") as handle:
-        vocab = frozenset(w.strip().lower() for w in handle if w.strip() and not w.startswith("#"))
+def _file_vocabulary(path: str, name: str) -> frozenset[str]:
+    """The words of a word-per-line file (``#`` starts a comment line) as ``words`` finds them in a caption
+    (NFKC, lowercased: "Café" written decomposed, or "e-mail", still match); ``name``: the file as given."""
+    with open(path, "rb") as handle:
+        try:
+            lines = [line for line in utf8_lines(handle) if not line.lstrip().startswith("#")]
+        except ValueError as exc:
+            raise VocabularyFileError(f"cannot read {name}: {exc}") from None
+    vocab = frozenset(w for line in lines for w in words(unicodedata.normalize("NFKC", line)))
+    if not vocab:
+        raise VocabularyFileError(f"{name} holds no words (one word per line; a line starting with '#' is a "
+                                  f"comment): every caption would be high_oov_rate")
     logger.debug("vocabulary %s: %d words", path, len(vocab))
     return vocab
 

@@ -93,16 +93,26 @@ def _langs(text: str, backend: str) -> tuple[str, ...]:
 
 
 def _vocabulary(value) -> str | None:
-    """The --vocab value, its word list loaded now: a bad one is an error here, not on every record."""
-    vocab = None if str(value).lower() in ("none", "") else str(value)
-    if vocab is None or vocab == "auto":
-        return vocab
-    from filters.text import load_vocabulary
+    """The --vocab value, its word list loaded now: a bad one is an error here, not on every record.
 
+    'none' turns the check off; 'auto' and language codes are read in any case (EN is en), as --langs are.
+    """
+    from filters.text import VocabularyFileError, load_vocabulary, wordfreq_languages
+
+    vocab = str(value)
+    _check(bool(vocab.strip()), "--vocab: give 'auto', 'none', a language code (en, de, ...) or a word-list file")
+    if vocab.lower() == "none":
+        return None
+    if vocab.lower() == "auto":
+        return "auto"
+    if vocab.lower() in wordfreq_languages():
+        vocab = vocab.lower()
     try:
         load_vocabulary(vocab)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--vocab: cannot read {vocab}: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"--vocab: cannot read {vocab}: {exc.strerror or exc}") from None
+    except VocabularyFileError as exc:  # not UTF-8 text, or no words
+        raise ValueError(f"--vocab: {exc}") from None
     except ValueError:
         raise ValueError(f"--vocab: {vocab!r} is neither a word-list file nor a language code with a word list "
                          f"('auto', 'none', en, de, ...)") from None

@@ -42,13 +42,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _not_utf8(text: str | None) -> bool:
+    """Whether a command-line argument held bytes that are not UTF-8 (Python keeps each as a lone surrogate)."""
+    return text is not None and any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 def _captions(args: argparse.Namespace) -> list[str]:
+    """The captions to explain: the arguments, then the non-blank lines of --captions. Text that is not UTF-8
+    is a ValueError naming the caption or the file and line: the filter stage would reject such a caption
+    (``invalid_utf8``), so explaining what is left of it once the bytes are dropped would mislead."""
+    from filters.text import utf8_lines
+
     captions = list(args.caption)
+    for number, caption in enumerate(captions, 1):
+        _check(not _not_utf8(caption), f"caption {number} is not UTF-8 text ({caption!r})")
+    for option in ("page_lang", "page_text"):
+        _check(not _not_utf8(getattr(args, option)), f"--{option.replace('_', '-')} is not UTF-8 text")
     if args.captions:
-        handle = sys.stdin if args.captions == "-" else open(args.captions, encoding="utf-8", errors="replace")
-        with handle:
-            captions += [line.rstrip("\n") for line in handle if line.strip()]
+        name = "<stdin>" if args.captions == "-" else args.captions
+        try:
+            if args.captions == "-":  # its bytes: how sys.stdin decodes depends on the locale (bad bytes can pass)
+                found = [line for line in utf8_lines(sys.stdin.buffer) if line.strip()]
+            else:
+                with open(args.captions, "rb") as handle:
+                    found = [line for line in utf8_lines(handle) if line.strip()]
+        except OSError as exc:
+            raise ValueError(f"--captions {name}: cannot read it ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"--captions {name}: {exc}; the filter stage rejects such text (invalid_utf8)") from None
+        _check(bool(found) or bool(captions) or bool(args.image), f"--captions {name}: no captions in it (one per line)")
+        captions += found
     return captions
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
 
 
 def _print_text(result: dict) -> None:
@@ -72,13 +101,14 @@ def run(args: argparse.Namespace) -> int:
         captions = _captions(args)
         image = None
         if args.image:
-            with open(args.image, "rb") as handle:
-                image = handle.read()
-    except (OSError, ValueError) as exc:  # a missing file, a bad option: one line, not a traceback
+            try:
+                with open(args.image, "rb") as handle:
+                    image = handle.read()
+            except OSError as exc:
+                raise ValueError(f"--image {args.image}: cannot read it ({exc.strerror or exc})") from None
+        _check(bool(captions) or image is not None, "give captions, --captions FILE or --image FILE")
+    except ValueError as exc:  # a bad option, an unreadable file: one line, not a traceback
         print(f"lait explain: error: {exc}", file=sys.stderr)
-        return 2
-    if not captions and image is None:
-        print("error: give captions, --captions FILE or --image FILE", file=sys.stderr)
         return 2
     if not captions:
         captions = [""]

@@ -179,3 +179,22 @@ def test_a_remote_runners_own_options_pass_and_a_misspelt_stage_option_does_not(
         beam_options(["--runner=DaskRunner", "--min_words", "50"], {"min_words": 3})
     with pytest.raises(ValueError, match="unknown argument"):  # locally Beam knows all it will ever know
         beam_options(["--dask_client_address=127.0.0.1:8786"], {"min_words": 3})
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "holds no words (one word per line"),
+    (b"# my words\n\n", "holds no words (one word per line"),
+    (b"\xff\xfed\x00o\x00g\x00", "line 1 is not UTF-8 text (0xff at byte 1"),  # UTF-16
+])
+def test_lait_filter_refuses_an_unusable_vocabulary_file_before_it_runs(tmp_path, capsys, content, message):
+    vocab = tmp_path / "words.txt"
+    vocab.write_bytes(content)
+    out = tmp_path / "filter"
+    # The input does not exist either: the vocabulary is checked first, not on every caption.
+    assert cli.main(["filter", "--input", str(tmp_path / "crawl"), "--output", str(out), "--vocab", str(vocab)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: --vocab: ") and str(vocab) in err[-1] and message in err[-1], err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--vocab: give 'auto', 'none'"):
+        _config("--vocab", "")
+    assert _config("--vocab", "DE").vocabulary == "de"

@@ -215,3 +215,32 @@ def test_explain_and_vocab_option_ignore_a_folder_named_en(cwd_with_en, capsys, 
     assert cli.main(["explain", "--vocab", "./en", "a dog runs on the green grass"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lait explain: error: --vocab: cannot read ./en") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n# my words\n  # indented comment\n", b"\xef\xbb\xbf\r\n", b"2024\n---\n"])
+def test_a_vocabulary_file_without_words_is_refused(tmp_path, content):
+    from filters.text import VocabularyFileError, load_vocabulary
+
+    vocab = tmp_path / "words.txt"
+    vocab.write_bytes(content)
+    with pytest.raises(VocabularyFileError, match=r"words\.txt holds no words"):  # not high_oov_rate on every caption
+        load_vocabulary(str(vocab))
+
+
+def test_a_vocabulary_file_that_is_not_utf8_names_the_line(tmp_path):
+    from filters.text import load_vocabulary
+
+    vocab = tmp_path / "latin1.txt"
+    vocab.write_bytes("dog\ncafé\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"cannot read .*latin1\.txt: line 2 is not UTF-8 text \(0xe9 at byte 4"):
+        load_vocabulary(str(vocab))
+
+
+def test_vocabulary_file_entries_are_read_as_caption_words(tmp_path):
+    from filters.text import load_vocabulary
+
+    vocab = tmp_path / "words.txt"
+    # a BOM, CRLF ends, an indented comment, a decomposed é, a hyphenated word (a caption has two words there)
+    vocab.write_bytes("\ufeffDog\r\n  # not a word\r\ncafe\u0301\r\ne-mail\r\n".encode("utf-8"))
+    assert load_vocabulary(str(vocab)) == frozenset({"dog", "café", "e", "mail"})
+    assert OOVFilter(str(vocab), max_oov_rate=0.0)({"caption": normalize_text("Café dog e-mail")}).score == 0.0
