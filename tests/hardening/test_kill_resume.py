@@ -1,5 +1,6 @@
 """Kill each stage midway (SIGTERM, SIGKILL), rerun the same command, and compare with an
 uninterrupted run: the same ids, no duplicates, no losses, and `lait audit` passes."""
+import contextlib
 import functools
 import io
 import json
@@ -250,20 +251,20 @@ def test_filter_killed_twice_leaves_no_partial_output_and_the_rerun_equals_an_un
 def test_filter_in_multi_processing_mode_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, filter_baseline):
     command, out = filter_command(tmp_path, filter_baseline, "--direct_running_mode", "multi_processing",
                                   "--direct_num_workers", "2")
-    # SIGKILL to the driver alone, as `kill -9 PID` would, once its SDK worker processes run: they
-    # must not live on (run_and_kill waits for the whole group). They exit when the driver's gRPC
-    # channel closes, but Beam's harness first lets its in-flight bundles finish: within a few seconds
-    # alone, but on the loaded 2-core machine sometimes only after about a minute (62 s measured with two
-    # busy processes beside the test; over 90 s once in a CI run of the whole suite), hence 180.
-    run_and_kill(command, lambda: (out / "pairs").exists() and beam_workers_of(str(out)) >= 2, signal.SIGKILL,
-                 linger=180)
+    # SIGKILL to the driver alone, as `kill -9 PID` would, once its SDK worker processes work for it: they must
+    # not live on (run_and_kill waits for the whole group). A worker that is connected to the driver ends as soon
+    # as its connection breaks. The kill waits for the connections: a worker still starting would first wait
+    # for the dead driver's control service for a minute (Beam's own timeout) before it gave up.
+    run_and_kill(command, lambda: (out / "pairs").exists() and beam_workers_of(str(out), connected=True) >= 2,
+                 signal.SIGKILL)
     assert not (out / "stats.json").exists(), "a killed filter run must not look complete"
     lait_ok("filter", *command[4:])
     assert_same_filter_output(out, filter_baseline)
 
 
-def beam_workers_of(output: str) -> int:
-    """How many Beam SDK worker processes run in the session of a command whose arguments name ``output``."""
+def beam_workers_of(output: str, connected: bool = False) -> int:
+    """How many Beam SDK worker processes run in the session of a command whose arguments name ``output``
+    (with ``connected``: how many of them hold an established TCP connection, to their driver)."""
     sessions, workers = set(), []
     for entry in os.listdir("/proc"):
         try:
@@ -276,8 +277,25 @@ def beam_workers_of(output: str) -> int:
         if output.encode() in args:
             sessions.add(session)
         elif b"apache_beam.runners.worker.sdk_worker_main" in args:  # the python, not its sh -c
-            workers.append(session)
-    return sum(s in sessions for s in workers)
+            workers.append((entry, session))
+    mine = [pid for pid, session in workers if session in sessions]
+    return sum(has_established_connection(pid) for pid in mine) if connected else len(mine)
+
+
+def has_established_connection(pid: str) -> bool:
+    """Whether process ``pid`` holds a TCP socket in the ESTABLISHED state (state 01 in /proc/net/tcp*)."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:  # it ended, or closed a file, meanwhile: ask again at the next poll
+        return False
+    inodes = {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[3] == "01" and fields[9] in inodes:
+                    return True
+    return False
 
 
 # --------------------------------------------------------------------------------------- features
