@@ -37,6 +37,11 @@ STAGE_KIND_KEYS = {"pretrain": ("tasks",), "finetune": ("loss", "negatives", "ma
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 #: Model keys that are probabilities of dropping: from 0 up to, not including, 1 (1 would drop everything).
 DROPOUTS = ("dropout", "attention_dropout")
+#: Model keys the trained weights are made for: their shapes (sizes, vocabulary, positions, segments, feature width,
+#: classes) or what they mean (the heads that split the width, the regions' shared position, the padding id of the
+#: checkpoint's tokenizer). ``init`` takes these from its checkpoint; a config may set the others over it.
+WEIGHT_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position",
+               "type_vocab_size", "feature_dim", "num_classes", "region_position_id", "pad_token_id")
 #: Fields a section decides, left out of the keys an unknown-key message offers (a stage's ``kind`` is that of
 #: its section: ``pretrain`` items are pretraining stages, ``finetune`` the fine-tuning one).
 IMPLIED_KEYS = {"StageConfig": ("kind",)}
@@ -164,14 +169,45 @@ class TrainConfig:
     itm_neg_prob: float = 0.5
     moc_loss: str = "ce"  # ce (detector label) | kl (detector class distribution)
     eval_batch_size: int = 512
+    # The keys the model section of the config file gives (not a config key): with init, those set over the
+    # checkpoint's model. None (a TrainConfig built in Python): those other than the default.
+    model_keys_given: tuple[str, ...] | None = field(default=None, init=False, compare=False, repr=False)
 
     def stages(self) -> list[StageConfig]:
         """The pretraining stages in order, then fine-tuning."""
         return list(self.pretrain) + ([self.finetune] if self.finetune is not None else [])
 
     def to_dict(self) -> dict:
-        """Plain nested dict (what checkpoints store)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (what config.json and checkpoints store), as a config file says it, so that
+        ``train_config_from_dict`` reads it back to an equal config: each stage without the keys of the other kind
+        of stage, no ``lowercase`` beside a tokenizer.json, and, with ``init``, a model section of the keys set over
+        the checkpoint's model."""
+        data = dataclasses.asdict(self)
+        del data["model_keys_given"]
+        for stage in data["pretrain"] + ([data["finetune"]] if data["finetune"] is not None else []):
+            other = "finetune" if stage["kind"] == "pretrain" else "pretrain"
+            for key in STAGE_KIND_KEYS[other]:
+                del stage[key]
+        if _tokenizer_decides_case(self.tokenizer):
+            del data["lowercase"]
+        if self.init is not None:
+            data["model"] = {key: data["model"][key] for key in model_keys_set(self)}
+        return data
+
+
+def model_keys_set(config: TrainConfig) -> list[str]:
+    """The model keys ``config`` sets: those its config file's model section gives (for a TrainConfig built in
+    Python, those other than the default), in the model's order."""
+    if config.model_keys_given is not None:
+        return [f.name for f in dataclasses.fields(ModelConfig) if f.name in config.model_keys_given]
+    default = ModelConfig()
+    return [f.name for f in dataclasses.fields(ModelConfig)
+            if getattr(config.model, f.name) != getattr(default, f.name)]
+
+
+def _tokenizer_decides_case(tokenizer: Any) -> bool:
+    """A tokenizer.json carries its own normaliser, which decides the case (``lowercase`` does not apply)."""
+    return isinstance(tokenizer, str) and tokenizer.endswith(".json")
 
 
 def _build(cls, data: Any, where: str):
@@ -180,7 +216,7 @@ def _build(cls, data: Any, where: str):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # (a field set after init is no config key)
     unknown = sorted(set(data) - names)
     if unknown:
         offered = sorted(names - set(IMPLIED_KEYS.get(cls.__name__, ())))
@@ -240,14 +276,20 @@ def _check_minimums(obj, section: str, where: str) -> None:
             raise ConfigError(f"{where}{key}: {value!r}, need at least {least}")
 
 
-def check_model_config(config: ModelConfig, where: str = "model.") -> ModelConfig:
-    """``ConfigError`` naming the key when the model's sizes do not fit together (each would fail mid-run as an
-    index error: a text position past ``max_position``, the regions' segment 1 past ``type_vocab_size``)."""
+def _check_model_values(config: ModelConfig, where: str = "model.") -> None:
+    """``ConfigError`` naming the key for a model value out of its range (a count below its minimum, a dropout
+    that is not a probability below 1), each key on its own."""
     _check_minimums(config, "model", where)
     for key in DROPOUTS:
         if not getattr(config, key) < 1:
             raise ConfigError(f"{where}{key}: {getattr(config, key)!r}, need a dropout probability from 0 up to, not "
                               f"including, 1")
+
+
+def check_model_config(config: ModelConfig, where: str = "model.") -> ModelConfig:
+    """``ConfigError`` naming the key when the model's sizes do not fit together (each would fail mid-run as an
+    index error: a text position past ``max_position``, the regions' segment 1 past ``type_vocab_size``)."""
+    _check_model_values(config, where)
     if config.max_text_len > config.max_position:
         raise ConfigError(f"{where}max_text_len: {config.max_text_len}, more than the {config.max_position} "
                           f"positions of {where}max_position")
@@ -328,8 +370,9 @@ def train_config_from_dict(data: dict) -> TrainConfig:
     """TrainConfig from a plain dict, validating every section."""
     given = data if isinstance(data, dict) else {}
     data = dict(_build(TrainConfig, data, "config"))
-    data["model"] = ModelConfig(**_build(ModelConfig, data.get("model") or {}, "model"))  # checked below
-    if "lowercase" in given and isinstance(data.get("tokenizer"), str) and data["tokenizer"].endswith(".json"):
+    model = _build(ModelConfig, data.get("model") or {}, "model")
+    data["model"] = ModelConfig(**model)  # checked below
+    if "lowercase" in given and _tokenizer_decides_case(data.get("tokenizer")):
         raise ConfigError("lowercase: a tokenizer.json carries its own normaliser, which decides the case; drop "
                           "lowercase (it applies to a vocab.txt and to the tokenizer trained on the captions)")
     if not isinstance(data.get("pretrain") or [], list):
@@ -342,6 +385,7 @@ def train_config_from_dict(data: dict) -> TrainConfig:
             data["eval"] = {**data["eval"], "split": "test"}  # as `lait eval`: held-out captions, not the training ones
         data["eval"] = _dataset(data["eval"], "eval")
     config = TrainConfig(**data)
+    config.model_keys_given = tuple(model)
     if not config.stages():
         raise ConfigError("config: no pretrain stages and no finetune stage")
     names = [s.name for s in config.stages()]
@@ -353,12 +397,16 @@ def train_config_from_dict(data: dict) -> TrainConfig:
             raise ConfigError(f"init: {config.init!r} names an unset environment variable; set it or pass "
                               f"--set init=CHECKPOINT")
         taken = [key for key in ("bert", "tokenizer") if getattr(config, key)]
-        if config.model != ModelConfig():
-            taken.append("model")
+        taken += [f"model.{key}" for key in model_keys_set(config) if key in WEIGHT_KEYS]
         if taken:
-            raise ConfigError(f"init takes the model, its shape and its tokenizer from the checkpoint; drop "
-                              f"{', '.join(taken)}")
-    check_model_config(config.model)
+            free = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in WEIGHT_KEYS]
+            raise ConfigError(f"init takes the model's weights, their shape and the tokenizer from the checkpoint; "
+                              f"drop {', '.join(taken)} (over the checkpoint's model, a config may set "
+                              f"{', '.join(free[:-1])} and {free[-1]})")
+        # The sizes the set keys must fit (max_text_len within max_position) are the checkpoint's: checked with them.
+        _check_model_values(config.model)
+    else:
+        check_model_config(config.model)
     _check_minimums(config, "config", "")
     for key in PROBABILITIES:
         if not 0 <= getattr(config, key) <= 1:
@@ -455,6 +503,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, bas
             raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        if set(data) == {"train", "model"} and isinstance(data["train"], dict):
+            data = data["train"]  # a run's config.json (its config, and the model it built): rerun that config
         data = _unshared(data)
     for assignment in overrides or []:
         apply_override(data, assignment)

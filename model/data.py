@@ -150,11 +150,16 @@ def caption_splits(path: str) -> dict[str | None, int]:
 
 
 def empty_split(entry: DatasetConfig) -> str | None:
-    """Why a dataset entry's split filter leaves it no caption (``no captions in split 'train' of PATH (it holds 240
-    in split 'val'; split: null takes all)``), or None when it leaves some, or takes all."""
+    """Why a dataset entry leaves no caption to train on: its split filter leaves it none (``no captions in split
+    'train' of PATH (it holds 240 in split 'val'; split: null takes all)``), or every caption it leaves is blank
+    (``split 'train' of PATH holds only blank captions (12, empty or white space)``); None when some are left."""
     counts = caption_splits(entry.captions)
-    if entry.split is None or counts.get(entry.split):
-        return None
+    held = sum(counts.values()) if entry.split is None else counts.get(entry.split, 0)
+    if held:
+        if captions_by_image(read_captions(entry.captions, entry.split)):  # (read again only for such an entry)
+            return None
+        where = entry.captions if entry.split is None else f"split {entry.split!r} of {entry.captions}"
+        return f"{where} holds only blank captions ({held}, empty or white space)"
     total = sum(counts.values())
     if not total:
         return f"no captions in {entry.captions}"

@@ -30,8 +30,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import (ConfigError, DatasetConfig, ModelConfig, StageConfig, TrainConfig, add_train_arguments,
-                          check_model_config, load_config, model_config_from_dict, resolved_compile_scope)
+from model.config import (WEIGHT_KEYS, ConfigError, DatasetConfig, ModelConfig, StageConfig, TrainConfig,
+                          add_train_arguments, check_model_config, load_config, model_config_from_dict, model_keys_set,
+                          resolved_compile_scope)
 from model.data import (DEALING, DEALINGS, PairIndex, empty_split, feature_dim_of, feature_dims, index_pairs,
                         make_loader, num_classes_of)
 from model.distributed import collective_device, join_process_group, process_device
@@ -158,6 +159,21 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
         fields["num_classes"] = max(num_classes_of(entry.regions) for s in config.stages() for entry in s.datasets)
     # Checked again with the tokenizer's vocabulary and BERT's shape in (pad_token_id below vocab_size...).
     return check_model_config(ModelConfig(**fields))
+
+
+def init_model_config(state: dict, config: TrainConfig) -> ModelConfig:
+    """The model of an ``init`` checkpoint (``state``) with the keys ``config`` sets over it: dropouts and the others
+    its weights do not depend on (``train_config_from_dict`` refuses those they do, ``WEIGHT_KEYS``). A ``ConfigError``
+    naming the key when a set key does not fit the checkpoint's sizes (``max_text_len`` past its ``max_position``)."""
+    fields = dict(state["model_config"])
+    for key in model_keys_set(config):
+        if key not in WEIGHT_KEYS and fields.get(key) != getattr(config.model, key):
+            logger.info("init: model.%s %r, the checkpoint's %r", key, getattr(config.model, key), fields.get(key))
+            fields[key] = getattr(config.model, key)
+    try:
+        return model_config_from_dict(fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (the model of the init checkpoint, {config.init})") from None
 
 
 def check_data_fits(model_config: ModelConfig, config: TrainConfig, source: str,
@@ -293,7 +309,8 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
                          f"(a model of another shape is a new run)")
     if not state.get("stage_done", True):
         stage = config.stages()[index]
-        changed = _stage_loss_changes(stages[index] if index < len(stages) else None, stage)
+        written_stage = stages[index] if index < len(stages) else None
+        changed = _stage_loss_changes(written_stage, stage, written, config)
         if changed:
             raise ValueError(f"{path}: stage {stage.name!r} resumed at step {state['step']} with other losses than "
                              f"the checkpoint's: {'; '.join(changed)}; resume it with the checkpoint's, or start a new "
@@ -304,9 +321,12 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
             raise ValueError(f"{path}: stage {stage.name!r} resumed at step {state['step']} with other losses than "
                              f"its loss log's, whose rows up to that step a resume keeps: {logged}; resume it with "
                              f"the losses of the run that wrote them, or start a new run from its weights with init:")
+        changed = _stage_setting_changes(written_stage, stage, written, config)
+        if changed:  # the same losses, each computed otherwise: the log and the loss window stay valid
+            logger.warning("%s: stage %s resumed with other settings than the checkpoint's: %s; the steps after %s do "
+                           "not train as its run would have", path, stage.name, "; ".join(changed), state.get("step"))
         record = state.get("data") if isinstance(state.get("data"), dict) else {}
-        changed = _data_order_changes(written, stages[index] if index < len(stages) else None, config, index,
-                                      record, world_size)
+        changed = _data_order_changes(written, written_stage, config, index, record, world_size)
         if changed:
             logger.warning("%s: resuming with other %s than the run that wrote it: the batches after step %s are "
                            "not those it would have trained on (resume is exact only with the same settings)",
@@ -330,7 +350,12 @@ def _model_changes(state: dict, config: TrainConfig) -> list[str]:
         replaced = set(read_bert_config(config.bert)) if os.path.isdir(config.bert) else set()
     else:
         replaced = {"vocab_size"}
+    # With init, the model section holds the keys set over the init checkpoint's model (the rest are its: the
+    # defaults there say nothing).
+    compared = set(model_keys_set(config)) if config.init is not None else set(default)
     for key, value in dataclasses.asdict(config.model).items():
+        if key not in compared:
+            continue
         if theirs is None and (value == default[key] or key in replaced):
             continue  # a checkpoint without its run's config: only the keys set here can be told apart
         known = [source[key] for source in (theirs or {}, built) if key in source]
@@ -339,11 +364,23 @@ def _model_changes(state: dict, config: TrainConfig) -> list[str]:
     return changed
 
 
-def _stage_loss_changes(theirs: dict | None, stage: StageConfig) -> list[str]:
+#: Top-level settings that make a pretraining task's loss another quantity, by the task whose loss they make:
+#: a stage training it, resumed part-way, would log and average two quantities in one column (refused).
+TASK_LOSS_KEYS = {"moc_loss": ("moc",)}
+#: Top-level settings of the pretraining tasks' masking and sampling (``model.tasks.prepare_pretrain_batch``), by the
+#: tasks that read them, and a fine-tuning stage's, by the losses that read them: the same losses, computed on other
+#: masked items, negatives or margin (a resume with others is warned about, as one with other loss weights).
+TASK_SAMPLING_KEYS = {"masking": ("mlm", "moc", "mrfr"), "mlm_prob": ("mlm",), "region_mask_prob": ("moc", "mrfr"),
+                      "region_zero_prob": ("moc", "mrfr"), "itm_neg_prob": ("itm",)}
+FINETUNE_SAMPLING_KEYS = {"negatives": tuple(FINETUNE_LOSSES), "margin": ("triplet",)}
+
+
+def _stage_loss_changes(theirs: dict | None, stage: StageConfig, run_config: dict, config: TrainConfig) -> list[str]:
     """How a stage resumed part-way differs in kind and losses from the checkpoint's (``theirs``, its run's config
-    of the stage): its pretraining tasks, their weights and their order, its fine-tuning loss, its dual-encoder
-    weight. Each makes the loss log's columns or the loss itself another (and the restored loss window holds the
-    checkpoint's sums, column by column in its tasks' order)."""
+    of the stage; ``run_config``, the whole of it): its pretraining tasks, their weights and their order, the loss of
+    one of them (``TASK_LOSS_KEYS``), its fine-tuning loss, its dual-encoder weight. Each makes the loss log's
+    columns or the loss itself another (and the restored loss window holds the checkpoint's sums, column by column
+    in its tasks' order)."""
     if not isinstance(theirs, dict):
         return []
     ours = dataclasses.asdict(stage)
@@ -361,6 +398,11 @@ def _stage_loss_changes(theirs: dict | None, stage: StageConfig) -> list[str]:
         elif mine != written:  # the same columns, other weights: the rest of the stage weighs its losses anew
             logger.warning("stage %s resumed with other task weights: %s, the checkpoint's %s", stage.name, mine,
                            written)
+    if stage.kind == "pretrain":
+        changed += [f"{key} {getattr(config, key)!r}, the checkpoint's {run_config[key]!r}"
+                    for key, tasks in TASK_LOSS_KEYS.items()
+                    if key in run_config and run_config[key] != getattr(config, key)
+                    and any(stage.tasks.get(task, 0) > 0 for task in tasks)]
     if stage.kind == "finetune":
         if "loss" in theirs and theirs["loss"] != ours["loss"]:
             changed.append(f"{stage.name}.loss {ours['loss']!r}, the checkpoint's {theirs['loss']!r}")
@@ -372,6 +414,22 @@ def _stage_loss_changes(theirs: dict | None, stage: StageConfig) -> list[str]:
                 logger.warning("stage %s resumed with another dual_encoder weight: %r, the checkpoint's %r",
                                stage.name, ours["dual_encoder"], theirs["dual_encoder"])
     return changed
+
+
+def _stage_setting_changes(theirs: dict | None, stage: StageConfig, written: dict, config: TrainConfig) -> list[str]:
+    """The masking and sampling settings (``TASK_SAMPLING_KEYS``, ``FINETUNE_SAMPLING_KEYS``) that a stage resumed
+    part-way reads and in which ``config`` differs from the checkpoint's run (``written``; ``theirs``, its config of
+    the stage), each with both values."""
+    if stage.kind == "pretrain":
+        return [f"{key} {getattr(config, key)!r}, the checkpoint's {written[key]!r}"
+                for key, tasks in TASK_SAMPLING_KEYS.items()
+                if key in written and written[key] != getattr(config, key)
+                and any(stage.tasks.get(task, 0) > 0 for task in tasks)]
+    if not isinstance(theirs, dict):
+        return []
+    return [f"{stage.name}.{key} {getattr(stage, key)!r}, the checkpoint's {theirs[key]!r}"
+            for key, losses in FINETUNE_SAMPLING_KEYS.items()
+            if key in theirs and theirs[key] != getattr(stage, key) and stage.loss in losses]
 
 
 def _written_stages(state: dict) -> tuple[dict, list]:
@@ -584,8 +642,8 @@ def check_stage(stage: StageConfig, world_size: int, num_workers: int, with_capt
     holds what the stage's stream trains on, which then reads none of it again."""
     index = index_pairs(stage.datasets, with_captions=with_captions)
     report = index.report
-    # A dataset whose split filter left no caption (captions imported as another split, or without one): said so,
-    # not as a join that found no image (its images were all counted as images without captions).
+    # A dataset whose split filter left no caption (captions imported as another split, or without one), or only
+    # blank ones: said so, not as a join that found no image (its images were all counted as images without captions).
     whys = [empty_split(stage.datasets[i]) for i in index.empty]
     empty = list(dict.fromkeys(why for why in whys if why))  # a dataset named twice is said once
     if report["pairs"] == 0:
@@ -926,7 +984,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     elif config.init:
         init_state = load_checkpoint(config.init)
         tokenizer_json = init_state["tokenizer"]
-        model_config = model_config_from_dict(init_state["model_config"])
+        model_config = init_model_config(init_state, config)
         eval_captions = check_data_fits(model_config, config, config.init)
         logger.info("starting from %s (%s, step %d)", config.init, init_state.get("stage_name"), init_state.get("step", 0))
     else:

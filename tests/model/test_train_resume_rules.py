@@ -1,7 +1,9 @@
 """What a resume may change, what a config may say, and how bad input is reported, through `lait train` and
 `python -m model.train`: a resume with other stage losses or another model section is refused before anything is
-written (the loss log, config.json and tokenizer.json kept), dropouts are probabilities below 1, a split filter that
-leaves no caption says so, a stage's `kind` is its section's, and the native form reports bad input in one line."""
+written (the loss log, config.json and tokenizer.json kept), one with other masking or sampling warns, init: may set
+the model keys its checkpoint's weights do not depend on, dropouts are probabilities below 1, a split filter that
+leaves no caption (or only blank ones) says so, a stage's `kind` is its section's, and the native form reports bad
+input in one line."""
 import json
 import logging
 import os
@@ -68,7 +70,9 @@ def _train(capsys, config, out, *argv) -> tuple[int, str]:
     ("stage1-step2.pt", "pretrain.0.tasks={itm: 1, mrfr: 1, moc: 1, mlm: 1}", "(the same tasks in another order)"),
     ("finetune-step2.pt", "finetune.loss=triplet", "finetune.loss 'triplet', the checkpoint's 'binary'"),
     ("finetune-step2.pt", "finetune.dual_encoder=0", "finetune.dual_encoder 0.0, the checkpoint's 0.5"),
-], ids=["fewer-tasks", "task-order", "finetune-loss", "dual-encoder-off"])
+    # The same moc column, another quantity (KL on the detector's distribution, not CE on its label)
+    ("stage1-step2.pt", "moc_loss=kl", "moc_loss 'kl', the checkpoint's 'ce'"),
+], ids=["fewer-tasks", "task-order", "finetune-loss", "dual-encoder-off", "moc-loss"])
 def test_a_resume_with_other_stage_losses_is_refused_before_anything_is_written(run_copy, capsys, checkpoint,
                                                                                 override, named):
     """It used to fail in the csv writer (``dict contains fields not in fieldnames``) after truncating the stage's
@@ -102,6 +106,92 @@ def test_a_resume_with_other_loss_weights_only_warns(run_copy, capsys, caplog, c
                                "--set", override)
     assert status == 0, error
     assert any(warned in record.getMessage() for record in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_resume_with_other_masking_or_sampling_warns_naming_each_setting(run_copy, capsys, caplog):
+    """masking, the *_prob settings and a fine-tuning stage's negatives changed on resume were taken without a word:
+    the same losses, computed on other masked items or negatives, so the resume runs and says what changed."""
+    out, config = run_copy
+    for checkpoint, overrides, named in (
+            ("stage1-step2.pt", ["masking=exact", "mlm_prob=0.3", "region_mask_prob=0.2", "region_zero_prob=0.8",
+                                 "itm_neg_prob=0.4"],
+             ["masking 'exact', the checkpoint's 'bernoulli'", "mlm_prob 0.3, the checkpoint's 0.15",
+              "region_mask_prob 0.2, the checkpoint's 0.15", "region_zero_prob 0.8, the checkpoint's 0.9",
+              "itm_neg_prob 0.4, the checkpoint's 0.5"]),
+            ("finetune-step2.pt", ["finetune.negatives=3"], ["finetune.negatives 3, the checkpoint's 2"])):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="model.train"):
+            status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / checkpoint),
+                                   *(arg for override in overrides for arg in ("--set", override)))
+        assert status == 0, error
+        warned = [r.getMessage() for r in caplog.records if "resumed with other settings" in r.getMessage()]
+        assert len(warned) == 1 and all(name in warned[0] for name in named), (named, warned)
+        assert "the steps after 2 do not train as its run would have" in warned[0], warned
+
+
+def test_a_resume_compares_only_the_settings_its_stage_reads(run_copy, tmp_path, caplog):
+    """A stage is warned about the masking of the tasks it trains (and refused another moc_loss only when it trains
+    moc), and about the margin of a triplet loss only (binary and multiclass read none); the checkpoint's run config
+    is edited to say what the stage was."""
+    from model.train import check_resume_matches
+
+    out, config = run_copy
+    pretrain = load_checkpoint(str(out / "checkpoints" / "stage1-step2.pt"))
+    pretrain["train_config"]["pretrain"][0]["tasks"] = {"mlm": 1.0}
+    finetune = load_checkpoint(str(out / "checkpoints" / "finetune-step2.pt"))
+    triplet = load_checkpoint(str(out / "checkpoints" / "finetune-step2.pt"))
+    triplet["train_config"]["finetune"].update(loss="triplet")
+    elsewhere = f"out_dir={tmp_path / 'other'}"  # no loss log of the run's columns to compare with
+    for state, overrides, expected in (
+            (pretrain, ["pretrain.0.tasks={mlm: 1}", "itm_neg_prob=0.1", "region_zero_prob=0.1", "moc_loss=kl"], None),
+            (pretrain, ["pretrain.0.tasks={mlm: 1}", "mlm_prob=0.2"], "mlm_prob 0.2, the checkpoint's 0.15"),
+            (finetune, ["finetune.margin=0.5"], None),
+            (triplet, ["finetune.loss=triplet", "finetune.margin=0.5"], "finetune.margin 0.5, the checkpoint's 0.2")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="model.train"):
+            check_resume_matches(state, "ckpt.pt", load_config(str(config), [elsewhere, *overrides]))
+        warned = [r.getMessage() for r in caplog.records if "resumed with other settings" in r.getMessage()]
+        if expected is None:
+            assert warned == [], (overrides, warned)
+        else:
+            assert len(warned) == 1 and expected in warned[0], (overrides, warned)
+
+
+def test_init_may_set_the_model_keys_its_weights_do_not_depend_on(finished_run, synth_dir, tmp_path, capsys):
+    """init: refused any model section, so a checkpoint could not be fine-tuned with another dropout. Dropouts,
+    max_regions and the like now go over the checkpoint's model (its weights loaded as they are); a size, the
+    heads, the vocabulary or the feature width are refused in one line naming each."""
+    out, _ = finished_run
+    ft = tmp_path / "ft"
+    config = tmp_path / "init.yaml"
+    config.write_text(yaml.safe_dump({
+        "out_dir": str(ft), "init": str(out / "checkpoints" / "final.pt"), "checkpoint_every": 1,
+        "model": {"dropout": 0.2, "max_regions": 6},
+        # lr 0: the weights come out as they went in, the checkpoint's
+        "finetune": {**_base(synth_dir, "")["finetune"], "steps": 2, "lr": 0.0}}))
+    for override in ("model.hidden_size=64", "model.num_heads=4", "model.vocab_size=500", "model.feature_dim=8"):
+        status, error = _train(capsys, config, ft, "--set", override)
+        assert status == 2 and error.count("\n") == 1, error
+        assert error.startswith("lait train: init takes the model's weights, their shape and the tokenizer from the "
+                                f"checkpoint; drop {override.split('=')[0]} (over the checkpoint's model, a config may "
+                                f"set dropout, attention_dropout, "), error
+    assert not ft.exists(), "refused as the config is read"
+    status, error = _train(capsys, config, ft, "--set", "model.max_text_len=600")  # past the checkpoint's positions
+    assert status == 2 and "model.max_text_len: 600, more than the 512 positions of model.max_position" in error, error
+    status, error = _train(capsys, config, ft)
+    assert status == 0, error
+    start = load_checkpoint(str(out / "checkpoints" / "final.pt"))
+    end = load_checkpoint(str(ft / "checkpoints" / "final.pt"))
+    assert end["model_config"] == {**start["model_config"], "dropout": 0.2, "max_regions": 6}
+    assert json.loads((ft / "config.json").read_text())["model"] == end["model_config"]
+    import torch
+
+    assert all(torch.equal(end["model"][name], tensor) for name, tensor in start["model"].items())
+    # Its resume compares the keys it sets (the others are the init checkpoint's): the same ones resume, others not.
+    step1 = str(ft / "checkpoints" / "finetune-step1.pt")
+    assert _train(capsys, config, ft, "--resume", step1)[0] == 0
+    status, error = _train(capsys, config, ft, "--resume", step1, "--set", "model.dropout=0.3")
+    assert status == 2 and "model.dropout 0.3, the checkpoint's 0.2" in error, error
 
 
 def test_a_resume_into_a_log_of_other_columns_is_refused_and_the_log_kept(run_copy, capsys):
@@ -140,8 +230,8 @@ def test_the_loss_log_never_loses_its_rows(tmp_path):
 @pytest.mark.parametrize("checkpoint", ["stage1-step2.pt", "stage1.pt"])
 def test_a_resume_with_another_model_section_is_refused(run_copy, capsys, checkpoint):
     """A resume builds the checkpoint's model: another model section used to be ignored silently (and config.json
-    then held both shapes). Refused as init: refuses a model section, naming each key with both values; dropouts
-    too (the checkpoint's model continues as it was)."""
+    then held both shapes). Refused, naming each key with both values; dropouts too (the checkpoint's model continues
+    as it was; init:, a new run, may set them)."""
     out, config = run_copy
     before = _snapshot(out)
     status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / checkpoint),
@@ -198,15 +288,15 @@ def test_dropouts_are_probabilities_below_one_checked_with_the_config(synth_dir,
     assert load_config(str(config), ["model.dropout=0.99", "model.attention_dropout=0"]).model.dropout == 0.99
 
 
-def _captions_of_split(synth_dir: str, out, split) -> int:
-    """A copy of the synthetic data whose captions all have ``split``."""
+def _captions_of_split(synth_dir: str, out, split, caption: str | None = None) -> int:
+    """A copy of the synthetic data whose captions all have ``split`` (and the text ``caption``, when given)."""
     import schemas
 
     shutil.copytree(f"{synth_dir}/regions", out / "regions")
     rows = schemas.read_table(f"{synth_dir}/captions", "captions").to_pylist()
     with schemas.ShardWriter(str(out / "captions"), "captions") as writer:
         for row in rows:
-            writer.write({**row, "split": split})
+            writer.write({**row, "split": split, **({"caption": caption} if caption is not None else {})})
     return len(rows)
 
 
@@ -233,6 +323,23 @@ def test_a_split_filter_that_leaves_no_caption_says_so(synth_dir, tmp_path, caps
     assert summary["stages"][0]["data"]["pairs"] == 320
     assert f"stage stage1: no captions in split 'train' of {tmp_path}/val/captions (it holds {count} in split " \
            f"'val'; `split: null` takes all): that dataset adds nothing to the stage" in caplog.text
+
+
+def test_a_split_of_blank_captions_only_says_so(synth_dir, tmp_path, capsys):
+    """Every caption of the split blank (left out, as blank captions are): the stage said that "no caption matches
+    an image of its regions datasets", pointing at the join, while every caption has its image."""
+    count = _captions_of_split(synth_dir, tmp_path / "blank", "train", caption=" \t")
+    base = _base(synth_dir, str(tmp_path / "run"))
+    base["pretrain"][0]["datasets"] = [{"regions": f"{tmp_path}/blank/regions",
+                                        "captions": f"{tmp_path}/blank/captions"}]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(base))
+    status, error = _train(capsys, config, tmp_path / "run")
+    assert status == 2 and error.count("\n") == 1, error
+    assert error.startswith(f"lait train: stage 'stage1': split 'train' of {tmp_path}/blank/captions holds only "
+                            f"blank captions ({count}, empty or white space): no (caption, image) pair to train on "
+                            f"({{'pairs': 0, "), error
+    assert f"'blank_captions': {count}" in error, "the join's counts are kept"
 
 
 def test_native_train_reports_bad_input_in_one_line(synth_dir, tmp_path):
