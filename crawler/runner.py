@@ -184,11 +184,28 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     return _run_processes(job, out_dir, processes, env)
 
 
+def as_typed(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with each true or false as the text a command line gives (``scrapy crawl -s X=true``).
+
+    Scrapy's getters read the bool True as the number 1 (``getint``, ``getfloat``), so `lait crawl -s
+    LAIT_MIN_SIDE=true` (JSON) would pass for a minimum side of 1 px; as text it is refused as the native spider
+    refuses it, and a switch still reads as one (``getbool``)."""
+    return {name: ("true" if value else "false") if isinstance(value, bool) else value
+            for name, value in settings.items()}
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Raise ValueError, one line naming the setting, for a setting the crawl processes would fail on, or run on to
+    no purpose (every image rejected, a check off): ``crawler.spiders.lait.check_settings``, with true and false
+    read as text (``as_typed``: no number)."""
+    from crawler.spiders.lait import check_settings as check
+
+    check(as_typed(settings))
+
+
 def _check_settings(settings: dict[str, Any]) -> None:
     """Raise SettingError for a setting the crawl processes would fail on, or run on to no purpose (every image
-    rejected, a check off): one clear line, not their tracebacks (``crawler.spiders.lait.check_settings``)."""
-    from crawler.spiders.lait import check_settings
-
+    rejected, a check off): one clear line, not their tracebacks (``check_settings``)."""
     try:
         check_settings(settings)
     except ValueError as exc:

@@ -58,9 +58,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import schemas
 from crawler import extract, images, netguard, output
 from crawler import settings as defaults
+from filters import option_rules
 from pipeline.outputs import files_under, literal_pattern
+from pipeline.options import beam_options, runner_name
 from pipeline.parquet_beam import WriteToParquet
-from pipeline.runners import make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
+from pipeline.runners import LOCAL_RUNNERS, make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,10 @@ class MisreadMemberError(OSError):
 
 class PartsMismatchError(ValueError):
     """A rerun whose input files or files per part differ from those the output folder was written with."""
+
+
+class SettingError(ValueError):
+    """A ``lait crawl --warc -s`` setting the WARC reader does not read, or cannot run with."""
 
 
 def _rejected(reason: str, detail: str | None = None, **ids) -> beam.pvalue.TaggedOutput:
@@ -1070,8 +1076,6 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     known, pipeline_args = parser.parse_known_args(argv)
     if known.files_per_part < 0:
         parser.error(f"--files_per_part must be 0 or more, got {known.files_per_part}")
-    from filters import option_rules
-
     # The rules lait crawl, lait filter and lait demo apply (filters/option_rules.py), and their readings: jpg is
     # JPEG, and --max_aspect 0 turns the check off (no limit), where it used to reject every image.
     try:
@@ -1087,11 +1091,17 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
 
     try:
         robots_retry_seconds(known.robots_retry_after, "--robots_retry_after")
+        for dest, rule in DOWNLOAD_RULES.items():
+            option_rules.check(rule, getattr(known, dest), f"--{dest}")
+        # Beam's own check, as the filter stage's: an argument neither this parser nor Beam knows (`--min-side`)
+        # would be dropped with a logged warning, and a bad Beam value (`--direct_running_mode x`) found only once
+        # the previous output is gone.
+        options = beam_options(pipeline_args)
+        check_runner(options)
     except ValueError as exc:
         parser.error(str(exc))
     if test_pipeline is not None and known.files_per_part:
         raise ValueError("a test pipeline runs one part: leave --files_per_part at 0")
-    options = PipelineOptions(pipeline_args)
     files = _expand_inputs(known.input)  # inputs and output are checked before the previous output goes
     out_dir = known.output
     output.prepare_out_dir(out_dir)
@@ -1103,27 +1113,110 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)))
 
 
-#: The ``settings`` (``lait crawl --warc -s KEY=VALUE``) ``read_warcs`` reads; ``lait crawl`` refuses any other.
-READ_SETTINGS = ("runner", "direct_running_mode", "DOWNLOAD_DELAY", "DOWNLOAD_TIMEOUT", "LAIT_ROBOTS_RETRY_AFTER",
-                 "LAIT_IMAGE_MAXSIZE")
+def check_runner(options) -> None:
+    """ValueError, one line, for a ``--runner`` Beam does not know: found before the previous output is cleared."""
+    from apache_beam.runners.runner import create_runner
+
+    name = runner_name(options)
+    if str(name).lower() in LOCAL_RUNNERS:
+        return
+    try:
+        create_runner(name)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ValueError(f"--runner: {exc}") from None
+
+
+#: What the download options must be (dest -> rule); the ``lait crawl -s`` settings that set them follow the same.
+DOWNLOAD_RULES = {
+    "download_delay": option_rules.Rule(lambda v: 0 <= v < math.inf, "a number of seconds, 0 or more"),
+    "download_timeout": option_rules.Rule(lambda v: 0 < v < math.inf, "a number of seconds above 0"),
+    # 0 would be a cap no record fits in (LAIT_IMAGE_MAXSIZE's rule)
+    "max_bytes": option_rules.Rule(lambda v: v >= 1, "a whole number of bytes, 1 or more"),
+}
+
+#: The ``settings`` (``lait crawl --warc -s KEY=VALUE``) ``read_warcs`` reads -> the option each one sets (the
+#: native form's, or Beam's); ``lait crawl`` refuses any other. The spider reads the same names.
+READ_SETTINGS = {
+    "runner": "runner", "direct_running_mode": "direct_running_mode",
+    "DOWNLOAD_DELAY": "download_delay", "DOWNLOAD_TIMEOUT": "download_timeout", "USER_AGENT": "user_agent",
+    "LAIT_ROBOTS_RETRY_AFTER": "robots_retry_after", "LAIT_ALLOW_PRIVATE_NETWORKS": "allow_private_networks",
+    "LAIT_IMAGE_MAXSIZE": "max_bytes", "LAIT_MIN_SIDE": "min_side", "LAIT_MAX_ASPECT": "max_aspect",
+    "LAIT_IMAGE_FORMATS": "image_formats", "LAIT_MAX_PIXELS": "max_pixels",
+}
+#: Those of them only the download of the images the input lacks reads (``--no_download`` turns it off).
+DOWNLOAD_SETTINGS = ("DOWNLOAD_DELAY", "DOWNLOAD_TIMEOUT", "USER_AGENT", "LAIT_ROBOTS_RETRY_AFTER",
+                     "LAIT_ALLOW_PRIVATE_NETWORKS")
+
+
+def setting_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """The options (dest -> value) that ``lait crawl --warc -s`` settings set, each read as the spider reads it
+    (Scrapy's getters and LAIT's checks; true and false as text, so no number); SettingError, one line naming the
+    setting, for one the WARC reader does not read or cannot run with. A None value is no setting, as to Scrapy."""
+    from scrapy.settings import BaseSettings
+
+    from crawler import resolver
+    from crawler.fetch import robots_retry_seconds
+    from crawler.runner import as_typed
+    from crawler.spiders import lait as spider
+
+    settings = {name: value for name, value in as_typed(settings).items() if value is not None}
+    unknown = [name for name in settings if name not in READ_SETTINGS]
+    if unknown:
+        raise SettingError(f"{', '.join(unknown)}: not read by the WARC reader")
+    read, options = BaseSettings(settings), {}
+    try:
+        for name, value in settings.items():
+            dest = READ_SETTINGS[name]
+            if name in spider.SETTING_RULES:  # the minimum side, maximum aspect, pixel and byte caps
+                spider.check_value(name, value)
+                options[dest] = getattr(read, spider.SETTING_RULES[name][0])(name)
+            elif name == "LAIT_IMAGE_FORMATS":
+                options[dest] = ",".join(spider.image_formats(read))
+            elif name == "LAIT_ALLOW_PRIVATE_NETWORKS":
+                options[dest] = resolver.guard_settings(read)[0]
+            elif name == "LAIT_ROBOTS_RETRY_AFTER":
+                options[dest] = robots_retry_seconds(value)
+            elif dest in DOWNLOAD_RULES:
+                try:
+                    number = read.getfloat(name)
+                except (TypeError, ValueError, OverflowError):
+                    number = None
+                option_rules.check(DOWNLOAD_RULES[dest], number, name, given=value)
+                options[dest] = number
+            elif name == "USER_AGENT":
+                if not isinstance(value, str) or not value.isprintable():  # a header value: one line of text
+                    raise ValueError(f"USER_AGENT must be one line of text, got {value!r}")
+                options[dest] = value
+            elif name == "runner":
+                if str(value).lower() not in LOCAL_RUNNERS:  # lait crawl passes no options a remote runner needs
+                    raise ValueError(f"runner must be a local runner (DirectRunner) with lait crawl --warc, got "
+                                     f"{value!r}: run python -m crawler.warc with that runner's own options")
+                options[dest] = str(value)
+            else:  # direct_running_mode: Beam's check of its choices, in one line
+                beam_options([f"--{dest}={value}"])
+                options[dest] = str(value)
+    except ValueError as exc:
+        raise SettingError(str(exc) if str(exc).startswith(name) else f"{name}: {exc}") from None
+    return options
 
 
 def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool = False,
                min_side: int = images.DEFAULT_MIN_SIDE, max_aspect: float = images.DEFAULT_MAX_ASPECT,
                download: bool = True, files_per_part: int = 0, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``lait crawl --warc``: read WARC files into ``out_dir`` on the DirectRunner; return stats.json."""
-    settings = settings or {}
-    argv = [arg for path in files for arg in ("--input", path)]
-    argv += ["--output", out_dir, "--min_side", str(min_side), "--max_aspect", str(max_aspect),
-             "--files_per_part", str(files_per_part),
-             "--runner", str(settings.get("runner", "DirectRunner")),
-             "--direct_running_mode", str(settings.get("direct_running_mode", "in_memory")),
-             "--download_delay", str(settings.get("DOWNLOAD_DELAY", 1.0)),
-             "--download_timeout", str(settings.get("DOWNLOAD_TIMEOUT", defaults.DOWNLOAD_TIMEOUT)),
-             "--robots_retry_after", str(settings.get("LAIT_ROBOTS_RETRY_AFTER", defaults.LAIT_ROBOTS_RETRY_AFTER)),
-             "--max_bytes", str(settings.get("LAIT_IMAGE_MAXSIZE", defaults.LAIT_IMAGE_MAXSIZE))]
-    if allow_private_networks:
-        argv.append("--allow_private_networks")
+    """``lait crawl --warc``: read WARC files into ``out_dir`` on the DirectRunner; return stats.json.
+
+    ``settings`` (``READ_SETTINGS``) win over the keyword arguments, as a URL crawl's ``-s`` settings win over its
+    options; SettingError, before anything is touched, for one the reader does not read or cannot run with.
+    """
+    options = {"min_side": min_side, "max_aspect": max_aspect, "allow_private_networks": allow_private_networks,
+               "files_per_part": files_per_part, "runner": "DirectRunner", "direct_running_mode": "in_memory"}
+    options.update(setting_options(settings or {}))
+    argv = [arg for path in files for arg in ("--input", path)] + ["--output", out_dir]
+    for dest, value in options.items():
+        if dest == "allow_private_networks":
+            argv += ["--allow_private_networks"] if value else []
+        else:
+            argv += [f"--{dest}", str(value)]
     if not download:
         argv.append("--no_download")
     return run(argv)

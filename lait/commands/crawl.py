@@ -38,46 +38,93 @@ def _page_domains(values: list[str]) -> list[str]:
     return list(dict.fromkeys(hosts))
 
 
-#: The options only the spider reads (dest -> option): `lait crawl --warc` refuses them unless left at their defaults.
-SPIDER_OPTIONS = {"allowed_domains": "--allowed-domains", "max_pages": "--max-pages", "depth": "--depth",
-                  "processes": "--processes", "jobdir": "--jobdir"}
-#: The options only the WARC reader reads (dest -> option), and its Beam settings: a URL crawl refuses them unless
-#: left at their defaults, as `--warc` refuses the spider's.
-WARC_OPTIONS = {"download": "--download/--no-download", "files_per_part": "--files-per-part"}
+#: The options only the spider reads (dest -> (option, default)): `lait crawl --warc` refuses them when given. Their
+#: argparse default is None, resolved to the default here once checked, so that a value given equal to the default
+#: (`--depth 0`) counts as given: it would be ignored as much as any other.
+SPIDER_OPTIONS = {"allowed_domains": ("--allowed-domains", None), "max_pages": ("--max-pages", 0),
+                  "depth": ("--depth", 0), "processes": ("--processes", 1), "jobdir": ("--jobdir", None)}
+#: The options only the WARC reader reads (dest -> (option, default)), and its Beam settings: a URL crawl refuses
+#: them when given, as `--warc` refuses the spider's.
+WARC_OPTIONS = {"download": ("--download/--no-download", True), "files_per_part": ("--files-per-part", 0)}
 WARC_ONLY_SETTINGS = ("runner", "direct_running_mode")
-#: What the WARC reader takes instead of a -s setting only the spider reads, where it has one.
-WARC_INSTEAD = {"LAIT_MIN_SIDE": "--min-side", "LAIT_MAX_ASPECT": "--max-aspect",
-                "LAIT_ALLOW_PRIVATE_NETWORKS": "--allow-private-networks",
-                "LAIT_IMAGE_FORMATS": "python -m crawler.warc --image_formats",
-                "LAIT_MAX_PIXELS": "python -m crawler.warc --max_pixels",
-                "USER_AGENT": "python -m crawler.warc --user_agent"}
+#: The options both readers take (dest -> (option, default)), None until resolved as above.
+SHARED_OPTIONS = {"min_side": ("--min-side", images.DEFAULT_MIN_SIDE),
+                  "max_aspect": ("--max-aspect", images.DEFAULT_MAX_ASPECT)}
+#: The -s settings a `lait crawl` option sets (setting -> dest, option): given both, the setting would win over the
+#: option without a word (``runner.crawl_settings``, ``warc.read_warcs``). A store_true flag counts as given when set.
+OPTION_SETTINGS = {"LAIT_MIN_SIDE": ("min_side", "--min-side"), "LAIT_MAX_ASPECT": ("max_aspect", "--max-aspect"),
+                   "LAIT_ALLOW_PRIVATE_NETWORKS": ("allow_private_networks", "--allow-private-networks"),
+                   "LAIT_JOBDIR": ("jobdir", "--jobdir"), "LAIT_PROGRESS": ("no_progress", "--no-progress")}
+#: The settings `lait crawl` sets itself: the run folder (--out, which is where it reads stats.json from) and, for
+#: each of --processes N, the files of that process.
+OWN_SETTINGS = ("LAIT_OUT", "LAIT_SHARD_PREFIX", "LAIT_STATS_PART", "LAIT_OUTCOMES_PART", "LAIT_LIVE_COUNTS")
+#: Scrapy settings the spider leaves unread, with the option that does their work (it tracks link depth itself:
+#: crawler/settings.py turns Scrapy's depth middleware off).
+UNREAD_SETTINGS = {"DEPTH_LIMIT": "--depth"}
 
 
 def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def _ignored_by_warc(args: argparse.Namespace, read_settings: tuple[str, ...]) -> str | None:
-    """The line refusing what `lait crawl --warc` would ignore without a word: a spider option not at its default
-    (an explicit `--depth 0` counts when 0 is not the default), a -s setting the WARC reader does not read."""
-    ignored = [option for dest, option in SPIDER_OPTIONS.items() if getattr(args, dest) != args.spider_defaults[dest]]
-    settings = [key for key in dict(args.settings) if key not in read_settings]
-    ignored += [f"-s {key}" for key in settings]
-    if not ignored:
-        return None
-    instead = [f"{WARC_INSTEAD[key]} for {key}" for key in settings if key in WARC_INSTEAD]
-    return (f"{_and(ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to the spider, not to --warc"
-            + (f"; use {', '.join(instead)}" if instead else ""))
+def _given(args: argparse.Namespace, options: dict[str, tuple[str, object]]) -> list[str]:
+    """The options of ``options`` given on the command line (their argparse default is None)."""
+    return [option for dest, (option, _) in options.items() if getattr(args, dest) is not None]
+
+
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """Give the options left out their defaults, once what was given has been checked."""
+    for options in (SPIDER_OPTIONS, WARC_OPTIONS, SHARED_OPTIONS):
+        for dest, (_, default) in options.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, default)
+
+
+def _set_twice(args: argparse.Namespace) -> str | None:
+    """The line refusing a -s setting that an option given beside it sets too, or one `lait crawl` sets itself."""
+    settings = dict(args.settings)
+    own = [f"-s {key}" for key in settings if key in OWN_SETTINGS]
+    if own:
+        why = " (the run folder is --out)" if "-s LAIT_OUT" in own else ", for each crawl process"
+        return f"{_and(own)} {'is' if len(own) == 1 else 'are'} set by lait crawl itself{why}"
+    twice = [(key, option) for key, (dest, option) in OPTION_SETTINGS.items()
+             if key in settings and getattr(args, dest) is not None and getattr(args, dest) is not False]
+    if twice:
+        return "; ".join(f"-s {key} sets what {option} sets: give one of them" for key, option in twice)
+    return None
+
+
+def _ignored_by_warc(args: argparse.Namespace, read_settings: dict[str, str],
+                     download_settings: tuple[str, ...]) -> str | None:
+    """The line refusing what `lait crawl --warc` would ignore without a word: a spider option given (an explicit
+    `--depth 0` too), a -s setting the WARC reader does not read; with --no-download, what only downloads read."""
+    ignored = _given(args, SPIDER_OPTIONS)
+    settings = dict(args.settings)
+    ignored += [f"-s {key}" for key in settings if key not in read_settings]
+    if ignored:
+        return f"{_and(ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to the spider, not to --warc"
+    if args.download is False:
+        unused = ["--allow-private-networks"] if args.allow_private_networks else []
+        unused += [f"-s {key}" for key in settings if key in download_settings]
+        if unused:
+            return (f"{_and(unused)} appl{'ies' if len(unused) == 1 else 'y'} to downloading the images the WARC "
+                    f"files lack, which --no-download turns off")
+    return None
 
 
 def _ignored_by_spider(args: argparse.Namespace) -> str | None:
-    """The line refusing what a URL crawl would ignore without a word: a WARC-only option not at its default, the
-    WARC reader's Beam settings (Scrapy would keep them and nothing would read them)."""
-    ignored = [option for dest, option in WARC_OPTIONS.items() if getattr(args, dest) != args.warc_defaults[dest]]
+    """The line refusing what a URL crawl would ignore without a word: a WARC-only option given (an explicit
+    `--download` too), the WARC reader's Beam settings (Scrapy would keep them and nothing would read them), a
+    Scrapy setting the spider turned off."""
+    ignored = _given(args, WARC_OPTIONS)
     ignored += [f"-s {key}" for key in dict(args.settings) if key in WARC_ONLY_SETTINGS]
-    if not ignored:
-        return None
-    return f"{_and(ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to --warc, not to a crawl of start URLs"
+    if ignored:
+        return f"{_and(ignored)} appl{'ies' if len(ignored) == 1 else 'y'} to --warc, not to a crawl of start URLs"
+    unread = [key for key in dict(args.settings) if key in UNREAD_SETTINGS]
+    if unread:
+        return "; ".join(f"-s {key} is not read (the spider tracks link depth itself): use {UNREAD_SETTINGS[key]}"
+                         for key in unread)
+    return None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,32 +141,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder (the crawl stage's run folder)")
     parser.add_argument("--allow-private-networks", action="store_true",
                         help="allow fetching private, loopback and link-local addresses (local test sites)")
-    parser.add_argument("--max-pages", type=non_negative, default=0,
+    parser.add_argument("--max-pages", type=non_negative,
                         help="stop scheduling pages after N (default 0: no cap)")
-    parser.add_argument("--depth", type=non_negative, default=0, help="follow links up to N hops from a start URL "
+    parser.add_argument("--depth", type=non_negative, help="follow links up to N hops from a start URL "
                         "(default 0: no limit)")
     parser.add_argument("--allowed-domains", nargs="+", metavar="DOMAIN",
                         help="domains whose pages are followed, subdomains included; a URL or host:port stands for "
                              "its host (default: the start URLs' hosts)")
-    parser.add_argument("--min-side", type=int, default=images.DEFAULT_MIN_SIDE,
+    parser.add_argument("--min-side", type=int,
                         help=f"early reject: images with a side below N px, 0 or more (default {images.DEFAULT_MIN_SIDE})")
-    parser.add_argument("--max-aspect", type=float, default=images.DEFAULT_MAX_ASPECT,
+    parser.add_argument("--max-aspect", type=float,
                         help=f"early reject: long side over short side above R, 1 or more; 0 turns it off, as in "
                              f"lait filter (default {images.DEFAULT_MAX_ASPECT})")
-    parser.add_argument("--processes", type=positive, default=1,
+    parser.add_argument("--processes", type=positive,
                         help="crawl processes (default 1); with N > 1, process 0 crawls the pages and all N fetch "
                              "and validate a share of the images (each image still fetched once)")
     parser.add_argument("--jobdir", help="job folder: rerun with the same one to continue an interrupted crawl")
-    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction,
                         help="WARC only: fetch images the WARC files lack (default on)")
-    parser.add_argument("--files-per-part", type=non_negative, default=0, metavar="N",
+    parser.add_argument("--files-per-part", type=non_negative, metavar="N",
                         help="WARC only: read the sorted files in parts of N, one Beam pipeline each; a rerun with "
                              "the same files and N skips finished parts (default 0: one part, a rerun starts over)")
     parser.add_argument("-s", "--set", dest="settings", action="append", type=_setting, default=[],
                         metavar="KEY=VALUE", help="a Scrapy/LAIT setting (JSON value or text), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run, spider_defaults={dest: parser.get_default(dest) for dest in SPIDER_OPTIONS},
-                        warc_defaults={dest: parser.get_default(dest) for dest in WARC_OPTIONS})
+    # The options that are refused where they do not apply default to None (see SPIDER_OPTIONS).
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,29 +176,35 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.urls) == bool(args.warc):
         print("lait crawl: give start URLs or --warc FILE..., not both and not neither", file=sys.stderr)
         return 2
-    from crawler.spiders import lait as spider
+    from crawler import runner
     from filters import option_rules
 
     # Both readers would fail on a bad value later (a crawl process, the WARC reader's own parser), or reject
     # every image, or check none: refused before --out is touched, by the rules lait filter and lait demo apply.
     try:
-        option_rules.check("min_side", args.min_side, "--min-side")
-        option_rules.check("max_aspect", args.max_aspect, "--max-aspect")
+        for dest, (option, _) in SHARED_OPTIONS.items():
+            if getattr(args, dest) is not None:
+                option_rules.check(dest, getattr(args, dest), option)
     except ValueError as exc:
         print(f"lait crawl: {exc}", file=sys.stderr)
         return 2
     try:
-        spider.check_settings(dict(args.settings))
+        runner.check_settings(dict(args.settings))
     except ValueError as exc:
         print(f"lait crawl: -s {exc}", file=sys.stderr)
+        return 2
+    twice = _set_twice(args)
+    if twice:
+        print(f"lait crawl: {twice}", file=sys.stderr)
         return 2
     if args.warc:
         from crawler import warc
 
-        ignored = _ignored_by_warc(args, warc.READ_SETTINGS)
+        ignored = _ignored_by_warc(args, warc.READ_SETTINGS, warc.DOWNLOAD_SETTINGS)
         if ignored:
             print(f"lait crawl: {ignored}", file=sys.stderr)
             return 2
+        _resolve_defaults(args)
         if args.files_per_part and not args.no_progress:  # the parts' progress: one line each
             logging.getLogger("crawler.warc.parts").setLevel(logging.INFO)
         try:  # the inputs and --out are checked before the previous WARC output is cleared
@@ -163,12 +216,13 @@ def run(args: argparse.Namespace) -> int:
         except (warc.MissingInputError, warc.PartsMismatchError) as exc:
             print(f"lait crawl: {exc}", file=sys.stderr)
             return 2
+        except warc.SettingError as exc:
+            print(f"lait crawl: -s {exc}", file=sys.stderr)
+            return 2
         except output.OutputFolderError as exc:
             print(f"lait crawl: --out: {exc}", file=sys.stderr)
             return 2
     else:
-        from crawler import runner
-
         bad = [u for u in args.urls if not u.startswith(("http://", "https://"))]
         if bad:
             print(f"lait crawl: only http(s) start URLs are crawled, not {', '.join(bad)}", file=sys.stderr)
@@ -176,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
         ignored = _ignored_by_spider(args)
         if ignored:
             print(f"lait crawl: {ignored}", file=sys.stderr)
+            return 2
+        _resolve_defaults(args)
+        if args.jobdir == "":  # read as no job folder: the crawl would run without one, and a rerun start over
+            print("lait crawl: --jobdir: give a folder", file=sys.stderr)
             return 2
         try:
             domains = _page_domains(args.allowed_domains) if args.allowed_domains else None

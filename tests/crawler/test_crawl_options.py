@@ -152,6 +152,16 @@ BAD_SETTINGS = [
     ('LAIT_IMAGE_FORMATS=["JPG", "PSD"]', "LAIT_IMAGE_FORMATS: 'PSD' is not an image format LAIT opens"),
     ("LAIT_IMAGE_FORMATS=[]", "LAIT_IMAGE_FORMATS: give at least one image format"),
     ("LAIT_ROBOTS_RETRY_AFTER=-1", "LAIT_ROBOTS_RETRY_AFTER must be a number of seconds, 0 or more"),
+    # A JSON true is no number (Scrapy's getint read it as 1), as the text `true` is none to the native spider.
+    ("LAIT_MIN_SIDE=true", "LAIT_MIN_SIDE must be a whole number of pixels, 0 or more, got 'true'"),
+    ("LAIT_MAX_ASPECT=true", "LAIT_MAX_ASPECT must be 0 (off) or 1 or more (long side over short side), got 'true'"),
+    ("LAIT_MAX_PIXELS=false", "LAIT_MAX_PIXELS must be a whole number of pixels, 1 or more, got 'false'"),
+    ("LAIT_ROWS_PER_SHARD=true", "LAIT_ROWS_PER_SHARD must be a whole number, 1 or more, got 'true'"),
+    ("LAIT_IMAGE_MAXSIZE=true", "LAIT_IMAGE_MAXSIZE must be a whole number of bytes, 1 or more, got 'true'"),
+    ("LAIT_LIVE_COUNTS_INTERVAL=true", "LAIT_LIVE_COUNTS_INTERVAL must be a number of seconds above 0, got 'true'"),
+    ("LAIT_ROBOTS_RETRY_AFTER=true", "LAIT_ROBOTS_RETRY_AFTER must be a number of seconds, 0 or more, not 'true'"),
+    ("LAIT_MIN_SIDE=1.5", "LAIT_MIN_SIDE must be a whole number of pixels, 0 or more, got 1.5"),
+    ("LAIT_MAX_PIXELS=abc", "LAIT_MAX_PIXELS must be a whole number of pixels, 1 or more, got 'abc'"),
 ]
 
 
@@ -177,6 +187,17 @@ def test_run_crawl_refuses_a_bad_setting_before_any_crawl_process(tmp_path):
     with pytest.raises(runner.SettingError, match="LAIT_ALLOWED_NETWORKS: 'notacidr' is not a network"):
         runner.run_crawl(["http://127.0.0.1:9/"], str(tmp_path / "out"),
                          overrides={"LAIT_ALLOWED_NETWORKS": ["notacidr"]})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"LAIT_MIN_SIDE": True}, "LAIT_MIN_SIDE must be a whole number of pixels, 0 or more, got 'true'"),
+    ({"LAIT_IMAGE_MAXSIZE": False}, "LAIT_IMAGE_MAXSIZE must be a whole number of bytes, 1 or more, got 'false'"),
+])
+def test_run_crawl_refuses_true_or_false_for_a_number(tmp_path, overrides, message):
+    """Before: Scrapy's getint read True as 1 (a minimum side of 1 px), False as 0."""
+    with pytest.raises(runner.SettingError, match=f"^{message}$"):
+        runner.run_crawl(["http://127.0.0.1:9/"], str(tmp_path / "out"), overrides=overrides)
     assert not (tmp_path / "out").exists()
 
 
@@ -240,6 +261,8 @@ def test_every_lait_setting_named_in_the_crawl_code_is_a_known_one():
     ("LAIT_ALLOWED_NETWORKS=garbage", "ValueError: LAIT_ALLOWED_NETWORKS: 'garbage' is not a network (a CIDR such "
                                       "as 127.0.0.1/32)"),
     ("LAIT_ALLOW_PRIVATE_NETWORKS=yes", "ValueError: LAIT_ALLOW_PRIVATE_NETWORKS must be true or false, got 'yes'"),
+    # The native command line gives text: `true` is no number there either (`lait crawl` reads it alike).
+    ("LAIT_MIN_SIDE=true", "ValueError: LAIT_MIN_SIDE must be a whole number of pixels, 0 or more, got 'true'"),
 ])
 def test_native_scrapy_crawl_names_a_misspelt_or_bad_setting(tmp_path, setting, message):
     """Before: a misspelt name was ignored, and the resolver's settings failed with Python's own words
@@ -316,12 +339,11 @@ def test_a_crawl_with_image_formats_jpg_keeps_the_jpeg_images(tmp_path):
     (["--max-pages", "5", "--depth", "2"], "--max-pages and --depth apply to the spider, not to --warc"),
     (["--allowed-domains", "example.org"], "--allowed-domains applies to the spider, not to --warc"),
     (["--processes", "2", "--jobdir", "job"], "--processes and --jobdir apply to the spider, not to --warc"),
-    (["-s", "LAIT_MIN_SIDE=50"], "-s LAIT_MIN_SIDE applies to the spider, not to --warc; use --min-side for "
-                                 "LAIT_MIN_SIDE"),
-    (["-s", "LAIT_MAX_ASPECT=4", "-s", 'LAIT_IMAGE_FORMATS=["PNG"]', "-s", "LAIT_MAX_PIXELS=1000"],
-     "-s LAIT_MAX_ASPECT, -s LAIT_IMAGE_FORMATS and -s LAIT_MAX_PIXELS apply to the spider, not to --warc; use "
-     "--max-aspect for LAIT_MAX_ASPECT, python -m crawler.warc --image_formats for LAIT_IMAGE_FORMATS, "
-     "python -m crawler.warc --max_pixels for LAIT_MAX_PIXELS"),
+    # given, at their defaults: ignored all the same (before: taken, as they equal the defaults)
+    (["--max-pages", "0"], "--max-pages applies to the spider, not to --warc"),
+    (["--depth", "0", "--processes", "1"], "--depth and --processes apply to the spider, not to --warc"),
+    (["-s", "LAIT_PAGE_MAXSIZE=1000", "-s", "LAIT_ALLOWED_NETWORKS=[]"],
+     "-s LAIT_PAGE_MAXSIZE and -s LAIT_ALLOWED_NETWORKS apply to the spider, not to --warc"),
     (["--depth", "1", "-s", "LAIT_ROWS_PER_SHARD=5", "-s", "CONCURRENT_REQUESTS=4"],
      "--depth, -s LAIT_ROWS_PER_SHARD and -s CONCURRENT_REQUESTS apply to the spider, not to --warc"),
 ])
@@ -331,30 +353,134 @@ def test_lait_crawl_warc_refuses_what_only_the_spider_reads(tmp_path, capsys, ar
     assert err == f"lait crawl: {message}\n"
 
 
-def test_lait_crawl_warc_takes_what_it_reads_and_options_left_at_their_defaults(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--no-download", "-s", "USER_AGENT=MyLab/1.0", "-s", "DOWNLOAD_DELAY=0"],
+     "-s USER_AGENT and -s DOWNLOAD_DELAY apply to downloading the images the WARC files lack, which --no-download "
+     "turns off"),
+    (["--no-download", "--allow-private-networks"],
+     "--allow-private-networks applies to downloading the images the WARC files lack, which --no-download turns off"),
+])
+def test_lait_crawl_warc_refuses_download_settings_with_no_download(tmp_path, capsys, args, message):
+    """Before: taken, and nothing read them."""
+    assert _refused(tmp_path, capsys, "warc", *args) == f"lait crawl: {message}\n"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("DOWNLOAD_DELAY=abc", "DOWNLOAD_DELAY must be a number of seconds, 0 or more, got 'abc'"),
+    ("DOWNLOAD_DELAY=-1", "DOWNLOAD_DELAY must be a number of seconds, 0 or more, got -1"),
+    ("DOWNLOAD_TIMEOUT=0", "DOWNLOAD_TIMEOUT must be a number of seconds above 0, got 0"),
+    ("DOWNLOAD_TIMEOUT=true", "DOWNLOAD_TIMEOUT must be a number of seconds above 0, got 'true'"),
+    ('USER_AGENT="a\\nb"', "USER_AGENT must be one line of text, got 'a\\nb'"),
+    ("direct_running_mode=bogus", "direct_running_mode: Beam options: argument --direct_running_mode: invalid choice: "
+                                  "'bogus'"),
+    ("runner=Bogus", "runner must be a local runner (DirectRunner) with lait crawl --warc, got 'Bogus'"),
+    ("runner=DataflowRunner", "runner must be a local runner (DirectRunner) with lait crawl --warc, got "
+                              "'DataflowRunner': run python -m crawler.warc with that runner's own options"),
+])
+def test_lait_crawl_warc_refuses_a_setting_its_reader_cannot_use_in_one_line(tmp_path, capsys, setting, message):
+    """Before: the WARC reader's usage text (`argument --download_delay: invalid float value`), a Beam traceback
+    once the previous output was cleared (a runner name), or a timeout of 0 s for every download."""
+    err = _refused(tmp_path, capsys, "warc", "-s", setting)
+    assert err.startswith(f"lait crawl: -s {message}"), err
+
+
+def test_lait_crawl_warc_takes_what_it_reads(tmp_path, monkeypatch, capsys):
     from crawler import warc
 
     calls = []
     monkeypatch.setattr(warc, "read_warcs", lambda files, out, **kwargs: calls.append(kwargs) or {
         "in": 0, "kept": 0, "rejected": 0, "rejected_by_reason": {}})
+    settings = ["DOWNLOAD_DELAY=0", "DOWNLOAD_TIMEOUT=2", "LAIT_ROBOTS_RETRY_AFTER=5", "LAIT_IMAGE_MAXSIZE=1000",
+                "runner=DirectRunner", "direct_running_mode=in_memory", "USER_AGENT=MyLab/1.0",
+                'LAIT_IMAGE_FORMATS=["png"]', "LAIT_MAX_PIXELS=1000000", "LAIT_MIN_SIDE=50", "LAIT_MAX_ASPECT=4",
+                "LAIT_ALLOW_PRIVATE_NETWORKS=true"]
     code = cli.main(["crawl", "--warc", "a.warc.gz", "--out", str(tmp_path / "out"), "--no-progress",
-                     "--max-pages", "0", "--depth", "0", "--processes", "1",  # the defaults, given
-                     "--allow-private-networks", "--min-side", "50", "--max-aspect", "4", "--no-download",
-                     "--files-per-part", "2", "-s", "DOWNLOAD_DELAY=0", "-s", "DOWNLOAD_TIMEOUT=2",
-                     "-s", "LAIT_ROBOTS_RETRY_AFTER=5", "-s", "LAIT_IMAGE_MAXSIZE=1000", "-s", "runner=DirectRunner",
-                     "-s", "direct_running_mode=in_memory"])
+                     "--files-per-part", "2", *[arg for setting in settings for arg in ("-s", setting)]])
     assert code == 0, capsys.readouterr().err
-    assert calls[0]["min_side"] == 50 and calls[0]["settings"]["LAIT_IMAGE_MAXSIZE"] == 1000
+    assert calls[0]["settings"]["LAIT_IMAGE_MAXSIZE"] == 1000
     assert set(calls[0]["settings"]) == set(warc.READ_SETTINGS)
 
 
+def test_lait_crawl_warc_passes_the_settings_its_reader_has_options_for(tmp_path):
+    """USER_AGENT, LAIT_IMAGE_FORMATS, LAIT_MAX_PIXELS and LAIT_MIN_SIDE reach the WARC reader's --user_agent,
+    --image_formats, --max_pixels and --min_side. Before: refused ("use python -m crawler.warc --user_agent"), and
+    LAIT_IMAGE_MAXSIZE=1e6 (a whole number) failed in the reader's parser as '1000000.0'."""
+    from tests.crawler.test_crawl_warc import write_test_warcs
+
+    site = MockSite({"/img/online.jpg": (200, JPEG, jpeg(96, 72)),
+                     "/robots.txt": (200, {"Content-Type": "text/plain"},
+                                     b"User-agent: TestBot\nDisallow: /img/online.jpg\n\nUser-agent: *\nAllow: /\n")})
+    with site:
+        files = write_test_warcs(str(tmp_path), site.url)
+        out = tmp_path / "out"
+        result = lait_crawl("--warc", *files, "--out", str(out), "--allow-private-networks", check=False,
+                            settings={"USER_AGENT": "TestBot/1.0", "LAIT_MAX_PIXELS": 5000, "LAIT_IMAGE_FORMATS": ["png"],
+                                      "LAIT_MIN_SIDE": TEST_MIN_SIDE, "LAIT_IMAGE_MAXSIZE": 1e6,
+                                      "DOWNLOAD_DELAY": 0, "DOWNLOAD_TIMEOUT": 2})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert site.counts["/img/online.jpg"] == 0  # robots.txt disallows it to TestBot only
+    from schemas import read_table
+
+    rejected = read_table(str(out / "rejected"), "rejected").to_pylist()
+    reasons = {(row["image_url"] or "").rsplit("/", 1)[-1]: row["reason"] for row in rejected}
+    assert reasons["online.jpg"] == "robots_disallowed"
+    assert reasons["inwarc.jpg"] == "decompression_bomb"  # 96 x 72 px, over 5,000
+    assert reasons["small.jpg"] == "format_not_allowed"  # 30 x 30 px, a JPEG
+    assert reasons["gone.jpg"] == "http_404"
+
+
+# -- what a URL crawl would ignore --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
     (["--no-download"], "--download/--no-download applies to --warc, not to a crawl of start URLs"),
     (["--files-per-part", "3", "-s", "runner=DirectRunner"],
      "--files-per-part and -s runner apply to --warc, not to a crawl of start URLs"),
     (["-s", "direct_running_mode=in_memory"], "-s direct_running_mode applies to --warc, not to a crawl of start URLs"),
+    # given, at their defaults (before: taken)
+    (["--download", "--files-per-part", "0"],
+     "--download/--no-download and --files-per-part apply to --warc, not to a crawl of start URLs"),
+    # Scrapy's depth middleware is off: the spider counts hops itself (before: taken, and no limit applied)
+    (["-s", "DEPTH_LIMIT=2"], "-s DEPTH_LIMIT is not read (the spider tracks link depth itself): use --depth"),
 ])
 def test_a_url_crawl_refuses_what_only_the_warc_reader_reads(tmp_path, capsys, args, message):
     """Before: the crawl ran without them (Scrapy kept the two Beam settings, and nothing read them)."""
     assert _refused(tmp_path, capsys, "crawl", *args) == f"lait crawl: {message}\n"
+
+
+def test_a_url_crawl_refuses_an_empty_job_folder(tmp_path, capsys):
+    """Before: `--jobdir ''` was taken as no job folder: the crawl could not be continued."""
+    assert _refused(tmp_path, capsys, "crawl", "--jobdir", "") == "lait crawl: --jobdir: give a folder\n"
+
+
+# -- a setting and the option that sets it ------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("args, message", [
+    (["--min-side", "100", "-s", "LAIT_MIN_SIDE=50"], "-s LAIT_MIN_SIDE sets what --min-side sets: give one of them"),
+    (["--max-aspect", "0", "-s", "LAIT_MAX_ASPECT=4"], "-s LAIT_MAX_ASPECT sets what --max-aspect sets: give one of them"),
+    (["--allow-private-networks", "-s", "LAIT_ALLOW_PRIVATE_NETWORKS=false"],
+     "-s LAIT_ALLOW_PRIVATE_NETWORKS sets what --allow-private-networks sets: give one of them"),
+    (["-s", "LAIT_PROGRESS=true"], "-s LAIT_PROGRESS sets what --no-progress sets: give one of them"),
+    (["-s", "LAIT_OUT=elsewhere"], "-s LAIT_OUT is set by lait crawl itself (the run folder is --out)"),
+    (["-s", "LAIT_STATS_PART=s.json", "-s", "LAIT_SHARD_PREFIX=x"],
+     "-s LAIT_STATS_PART and -s LAIT_SHARD_PREFIX are set by lait crawl itself, for each crawl process"),
+])
+def test_a_setting_given_with_the_option_that_sets_it_is_refused(tmp_path, capsys, monkeypatch, source, args, message):
+    """Before: the setting won without a word (`--min-side 100` ignored); `-s LAIT_OUT` wrote the crawl to another
+    folder, then failed on the missing stats.json of --out."""
+    monkeypatch.chdir(tmp_path)  # where a relative LAIT_OUT would go
+    assert _refused(tmp_path, capsys, source, *args) == f"lait crawl: {message}\n"
+
+
+def test_a_lait_setting_alone_still_sets_what_its_option_sets(tmp_path):
+    site = MockSite({})
+    site.pages.update({
+        "/robots.txt": (404, HTML, b""),
+        "/p.html": (200, HTML, html('<img src="/img/a.jpg" alt="A photo"><img src="/img/b.jpg" alt="A small one">')),
+        "/img/a.jpg": (200, JPEG, jpeg(96, 72)), "/img/b.jpg": (200, JPEG, jpeg(40, 40)),
+    })
+    with site:
+        lait_crawl(site.url + "/p.html", "--out", str(tmp_path / "out"),
+                   settings=dict(TEST_SETTINGS, LAIT_MIN_SIDE=TEST_MIN_SIDE, LAIT_ALLOW_PRIVATE_NETWORKS=True))
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["kept"] == 1 and stats["rejected_by_reason"] == {"image_too_small": 1}

@@ -1,4 +1,5 @@
-"""The WARC reader on odd input: a record without WARC-Target-URI, and paths holding ``[``, ``*`` or ``?``."""
+"""The WARC reader on odd input: a record without WARC-Target-URI, paths holding ``[``, ``*`` or ``?``, and
+options it would drop or fail on."""
 import io
 import json
 import os
@@ -166,3 +167,29 @@ def test_the_warc_reader_writes_into_a_folder_named_with_brackets(tmp_path):
                       "--min_side", str(TEST_MIN_SIDE), "--runner", "DirectRunner"])
     assert (stats["in"], stats["kept"], stats["rejected"]) == (2, 1, 1)
     assert list((tmp_path / "o [1]").rglob("beam-temp-*")) == []  # Beam's temporary folders removed too
+
+
+@pytest.mark.parametrize("args, message", [
+    # Before: dropped with a logged warning from Beam ("Discarding unparseable args"), the run went on without it.
+    (["--min-side", "64"], "unknown argument(s) --min-side 64: neither an option of this stage nor a Beam option"),
+    # Before: taken (no delay at all; every download timing out at once; every record too_large).
+    (["--download_delay", "-1"], "--download_delay must be a number of seconds, 0 or more, got -1.0"),
+    (["--download_timeout", "0"], "--download_timeout must be a number of seconds above 0, got 0.0"),
+    (["--download_timeout", "nan"], "--download_timeout must be a number of seconds above 0, got nan"),
+    (["--max_bytes", "0"], "--max_bytes must be a whole number of bytes, 1 or more, got 0"),
+    # Before: found once the previous output was cleared (Beam's usage text, a traceback).
+    (["--direct_running_mode", "bogus"], "Beam options: argument --direct_running_mode: invalid choice: 'bogus'"),
+    (["--runner", "Bogus"], "--runner: Unexpected pipeline runner: Bogus."),
+])
+def test_the_native_reader_refuses_an_option_it_would_drop_or_fail_on_before_the_output_is_touched(
+        tmp_path, capsys, args, message):
+    path = tmp_path / "a.warc.gz"
+    _warc_with_a_record_without_uri(path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stats.json").write_text("{}")  # a previous run's
+    with pytest.raises(SystemExit) as exit_:
+        warc.run(["--input", str(path), "--output", str(out), "--no_download", *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"error: {message}" in err and "Traceback" not in err, err
+    assert (out / "stats.json").read_text() == "{}"
