@@ -54,6 +54,44 @@ INTERRUPTED_HINTS = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser whose positional arguments may come between its options, as argparse's
+    ``parse_known_intermixed_args`` takes them: ``lait explain "a" --min-words 2 "b"`` explains both captions (a
+    plain parse stops the captions at the first option, and "b" is an unrecognized argument).
+
+    Only a parser with a positional of a varying count (``*``, ``+``, ``?``) parses so; one with a positional
+    that takes the rest (``lait filter``'s Beam options after ``--``) or a subcommand cannot, and parses as
+    before, as do the others (a single positional is found among options anyway). Everything after ``--`` is
+    positional, as in a plain parse (``lait explain -- "-not an option"``): it joins the ``*`` positional.
+    """
+
+    _intermixing = False  # while parse_known_intermixed_args runs (Python 3.11's calls parse_known_args twice)
+
+    def _takes_intermixed(self) -> bool:
+        positionals = self._get_positional_actions()
+        return (any(action.nargs in ("*", "+", "?") for action in positionals)
+                and not any(action.nargs in (argparse.REMAINDER, argparse.PARSER) for action in positionals))
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or not self._takes_intermixed():
+            return super().parse_known_args(args, namespace)
+        args = list(sys.argv[1:] if args is None else args)
+        cut = args.index("--") if "--" in args else len(args)
+        lists = [action for action in self._get_positional_actions() if action.nargs == "*"]
+        if cut < len(args) and len(lists) != 1:  # no one list for what follows "--" to join: a plain parse
+            return super().parse_known_args(args, namespace)
+        # (argparse would read the arguments after "--" as options here, so they are set aside and joined after)
+        self._intermixing = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args[:cut], namespace)
+        finally:
+            self._intermixing = False
+        if cut < len(args):
+            dest = lists[0].dest
+            setattr(namespace, dest, [*(getattr(namespace, dest) or []), *args[cut + 1:]])
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lait",
@@ -61,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lait {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser

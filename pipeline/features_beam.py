@@ -7,11 +7,14 @@ runner (and the GPU benchmark) imports no Beam. Run it as ``python -m pipeline.f
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import zlib
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
@@ -21,11 +24,13 @@ from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
                                ImageRegions, RowGroupStream, _batches, _check_output_outside, _join, _open_parquet, _why,
-                               _write_json, check_input_file, classes_info, detect_by_shape, input_files, output_schema,
-                               piece_size, read_image_ids, resolve_input, to_original_pixels)
+                               _write_json, check_input_file, classes_info, detect_by_shape, effective_topk, input_files,
+                               output_schema, piece_size, read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
-from pipeline.runners import make_runner
+from pipeline.runners import LOCAL_RUNNERS, make_pipeline
+
+logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "lait.features"
 REJECTED = "rejected"
@@ -284,10 +289,31 @@ class ExtractRegions(beam.PTransform):
         return {"regions": rows_out.regions, "rejected": rejected}
 
 
+def check_device(options: FeatureOptions, local: bool) -> None:
+    """Check on the driver what it can know of the device the workers will run the detector on, as a ValueError
+    before the output is touched (every worker would fail on it after): a ``--device`` torch does not know,
+    ``--precision fp16`` on the CPU, and, with a ``local`` runner (its workers run here), CUDA asked for where
+    there is none. A remote runner's workers may have the GPU the driver lacks: ``auto`` and ``cuda`` are
+    theirs to resolve."""
+    try:
+        device = None if options.device == "auto" else torch.device(options.device)
+    except RuntimeError:
+        raise ValueError(f"--device {options.device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from None
+    if local:
+        try:
+            device = options.resolved_device()
+        except RuntimeError as exc:  # CUDA asked for, none here
+            raise ValueError(str(exc)) from None
+    if device is not None and device.type == "cpu" and options.precision == "fp16":
+        raise ValueError("--precision fp16: fp16 autocast is a GPU mode, and the detector would run on the CPU; "
+                         "use bf16 or fp32")
+
+
 def _parse_args(argv):
     from lait.commands.features import add_arguments
 
-    parser = argparse.ArgumentParser(description="Region features as an Apache Beam pipeline (RunInference).")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.features",
+                                     description="Region features as an Apache Beam pipeline (RunInference).")
     add_arguments(parser, local=False)
     return parser.parse_known_args(argv)
 
@@ -295,12 +321,15 @@ def _parse_args(argv):
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Build and run the Beam pipeline; returns the stats written to ``OUTPUT/stats.json``."""
     from apache_beam.metrics.metric import MetricsFilter
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     from lait.commands.features import options_from_args
+    from pipeline.options import beam_options, runner_name
 
     known, pipeline_args = _parse_args(argv)
     options = options_from_args(known)
+    # Beam only logs the arguments it does not know ("Discarding unparseable args"): a local runner's option
+    # (--images-per-shard) or a typo (--min_boxes) would be ignored; here it is a ValueError.
+    pipeline_options = beam_options(pipeline_args, vars(known))
     overrides = options.detector_config
     dataset = resolve_input(known.input)
     _check_output_outside(dataset, known.output)
@@ -325,9 +354,16 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     # random weights: only the names and sizes are needed (the demo's architecture comes from its file)
     spec = build_detector(options.detector, weights=options.weights if options.detector == "demo" else None,
                           random_init=True, config=config or None, class_names=names).spec
+    topk = effective_topk(options.topk, spec)
+    if topk < options.topk:  # as the local runner: the boxes store all classes, and run.json says so
+        logger.info("--topk %d is more than %s's %d classes: every box stores all %d (recorded as topk %d)",
+                    options.topk, options.detector, topk, topk, topk)
+        options = dataclasses.replace(options, topk=topk)
+    check_device(options, str(runner_name(pipeline_options)).lower() in LOCAL_RUNNERS)
+    # Beam checks the runner and its options here (an unknown runner, Dataflow without a project): before the output
+    # is touched, in one line
+    pipeline = test_pipeline or make_pipeline(pipeline_options)
     prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"))
-    beam_options = PipelineOptions(pipeline_args)
-    pipeline = test_pipeline or beam.Pipeline(runner=make_runner(beam_options), options=beam_options)
     rows = (
         pipeline
         | "ListRowGroups" >> beam.Create(row_groups)

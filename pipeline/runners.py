@@ -91,6 +91,18 @@ def make_runner(options):
     return fn_runner.FnApiRunner(provision_info=provision)
 
 
+def make_pipeline(options):
+    """The Beam pipeline these options describe, on ``make_runner``'s runner. Beam checks the runner and its options
+    here (an unknown runner, Dataflow without a project), so a bad one is a one-line ValueError before any output
+    is touched."""
+    import apache_beam as beam
+
+    try:
+        return beam.Pipeline(runner=make_runner(options), options=options)
+    except ValueError as exc:
+        raise ValueError(f"Beam options: {' '.join(str(exc).split())}") from None
+
+
 # ---------------------------------------------------------------------------------------------- failures
 
 #: What a local Beam run (``--direct_running_mode multi_processing``) raises when one of its worker processes

@@ -32,6 +32,28 @@ def test_console_script_runs():
     assert "inspect" in out
 
 
+def test_captions_after_options_are_explained_and_after_dashes_are_captions(capsys):
+    """`lait explain "a" --min-words 2 "b"` explains both; after "--", a caption may start with "-"."""
+    assert cli.main(["explain", "--json", "a brown dog running on the beach", "--min-words", "2",
+                     "a cat asleep on a sofa", "--", "-a caption with a dash"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["caption"] for r in results] == ["a brown dog running on the beach", "a cat asleep on a sofa",
+                                               "-a caption with a dash"]
+
+
+def test_positionals_among_options_and_the_commands_that_cannot_mix_them():
+    """URLs of `lait crawl` may come between its options too; `lait filter` passes everything after "--" to Beam,
+    and refuses an unknown option, as before."""
+    parse = cli.build_parser().parse_args
+    args = parse(["crawl", "http://127.0.0.1:9/a", "--out", "o", "--max-pages", "1", "http://127.0.0.1:9/b"])
+    assert (args.urls, args.max_pages, args.out) == (["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], 1, "o")
+    assert parse(["crawl", "--out", "o", "--", "-x"]).urls == ["-x"]
+    args = parse(["filter", "--input", "i", "--output", "o", "--", "--runner", "DataflowRunner", "--project", "p"])
+    assert args.beam_args == ["--", "--runner", "DataflowRunner", "--project", "p"]
+    with pytest.raises(SystemExit):
+        parse(["filter", "--input", "i", "--output", "o", "--bogus"])
+
+
 def _write_run(tmp_path):
     pairs = [{"pair_id": f"p{i}", "image_id": f"i{i}", "caption": f"caption {i} of a cat",
               "image_bytes": b"x" * 100} for i in range(4)]

@@ -573,3 +573,38 @@ def test_the_beam_form_reads_an_older_empty_crawl_without_candidates_as_an_empty
     assert stats["old"] == stats["new"]
     assert (stats["old"]["in"], stats["old"]["kept"], stats["old"]["rejected"]) == (0, 0, 0)
     assert not (tmp_path / "old" / "crawl" / "candidates").exists()
+
+
+def test_the_beam_form_records_the_topk_it_used(tmp_path):
+    """A --topk above the detector's class count stores every class, and run.json and classes.json record that
+    count, as the local runner's do (``effective_topk``), not the number asked for."""
+    weights = _weights(tmp_path)
+    write_pairs(tmp_path / "filter", [encode(make_scene(0)[0])])
+    out = tmp_path / "features"
+    run(["--input", str(tmp_path / "filter"), "--output", str(out), "--detector", "demo", "--weights", weights,
+         "--min-boxes", "2", "--max-boxes", "3", "--topk", "50"] + DIRECT)
+    assert json.loads((out / "run.json").read_text())["topk"] == len(CLASS_NAMES)
+    assert json.loads((out / "classes.json").read_text())["topk"] == len(CLASS_NAMES)
+    boxes = schemas.read_table(str(out / "regions"), "regions").column("topk_class_ids").to_pylist()[0]
+    assert {len(box) for box in boxes} == {len(CLASS_NAMES)}
+
+
+def test_the_beam_form_refuses_bad_arguments_before_the_output_is_touched(tmp_path, capsys):
+    """An option of the local runner only (--images-per-shard) or a misspelt one is neither the Beam form's nor
+    Beam's; an unknown runner, a device torch does not know and fp16 on the CPU would fail on every worker: each
+    is one line (status 2) before the output is touched, not a run that ignores it or fails in its workers."""
+    from pipeline.features import main
+
+    write_pairs(tmp_path / "filter", [encode(make_scene(0)[0])])
+    base = ["--input", str(tmp_path / "filter"), "--output", str(tmp_path / "out"), "--detector", "demo",
+            "--weights", _weights(tmp_path)] + DIRECT
+    bad = [(["--images-per-shard", "100"], "unknown argument(s) --images-per-shard 100"),
+           (["--min_boxes", "2"], "did you mean --min-boxes?"),
+           (["--runner", "NopeRunner"], "Beam options: Unexpected pipeline runner: NopeRunner"),
+           (["--device", "tpu"], "--device 'tpu' is not a torch device"),
+           (["--device", "cpu", "--precision", "fp16"], "--precision fp16: fp16 autocast is a GPU mode")]
+    for extra, message in bad:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("python -m pipeline.features: error: ") and message in err[0], err
+        assert not (tmp_path / "out").exists(), extra

@@ -144,7 +144,14 @@ def test_bad_options_fail_before_the_output_is_touched(finished, tmp_path, capsy
         (["--relevance", models["no_weights"]], "no weights"),
         (["--relevance", good, "--relevance-keep-rate", "1.5"], "--relevance-keep-rate must be in (0, 1]"),
         (["--relevance", good, "--relevance-keep-rate", "0.5", "--relevance-threshold", "0.2"], "not both"),
-        (["--relevance-threshold", "0.2"], "need --relevance"),
+        (["--relevance-threshold", "0.2"], "--relevance-threshold needs --relevance MODEL"),
+        # every relevance option: its value checked, and refused without --relevance rather than ignored
+        (["--relevance-batch-size", "0"], "--relevance-batch-size must be 1 or more, got 0"),
+        (["--relevance-device", "tpu"], "--relevance-device must be cpu or gpu, got 'tpu'"),
+        (["--relevance-batch-size", "8"], "--relevance-batch-size needs --relevance MODEL"),
+        (["--relevance-device", "cpu"], "--relevance-device needs --relevance MODEL"),
+        (["--relevance-keep-rate", "0.5", "--relevance-device", "gpu"],
+         "--relevance-keep-rate and --relevance-device need --relevance MODEL"),
         (["--vocab", str(tmp_path / "myvocab.txt")], "--vocab"),
         (["--vocab", str(tmp_path / "empty.txt")], "--vocab: cannot read"),
         (["--max-images-per-caption", "-1"], "--max-images-per-caption must be 0 or more"),
@@ -162,6 +169,16 @@ def test_bad_options_fail_before_the_output_is_touched(finished, tmp_path, capsy
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith("error: ") and message in err[-1] and not any("Traceback" in e for e in err)
     assert _listing(out) == before
+
+
+def test_max_oov_rate_with_vocab_none_is_a_warning_and_the_run_goes_on(finished, tmp_path, caplog):
+    crawl, _ = finished
+    with caplog.at_level(logging.WARNING, logger="pipeline.filter"):
+        assert cli.main(["filter", "--input", str(crawl), "--output", str(tmp_path / "out"), "--vocab", "none",
+                         "--max-oov-rate", "0.1"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "--max-oov-rate" in r.getMessage()]
+    assert warned == ["--max-oov-rate 0.1 is ignored: --vocab none turns the OOV check off"]
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == 1
 
 
 def test_option_spellings_are_normalised(finished, tmp_path):
