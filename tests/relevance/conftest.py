@@ -37,14 +37,28 @@ def heldout_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, train_rows) -> str:
-    """A relevance model trained on ``train_rows`` with the default recipe."""
+    """A relevance model trained on ``train_rows`` with the default recipe (read-only for the tests).
+
+    Trained once per test run (about 35 s on 2 cores): pytest-xdist's worker processes each have their own
+    session, so the first to get here trains it in the base folder they share, under a lock, and the others
+    wait for it and load the same files.
+    """
+    from filelock import FileLock
+
     from filters.relevance.config import TrainConfig
     from filters.relevance.train import train
 
-    out = str(tmp_path_factory.mktemp("relevance") / "model")
-    summary = train(train_rows, out, TrainConfig())
-    assert summary["trained_on"] + summary["held_out"] == len(train_rows)
-    return out
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's base folder lies in the run's own
+    out = shared / "relevance-default-model"
+    with FileLock(str(shared / "relevance-default-model.lock")):
+        if not out.exists():
+            partial = shared / "relevance-default-model.partial"
+            summary = train(train_rows, str(partial), TrainConfig())
+            assert summary["trained_on"] + summary["held_out"] == len(train_rows)
+            os.replace(partial, out)
+    return str(out)
 
 
 @pytest.fixture
