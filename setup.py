@@ -41,6 +41,7 @@ REQ = {
     "pytest": "pytest>=8",
     "pytest-timeout": "pytest-timeout>=2.3",
     "pytest-xdist": "pytest-xdist>=3.5,<4",  # `make test` runs the suite in two worker processes
+    "filelock": "filelock>=3.12",  # the test workers share a session fixture's files (tests/relevance/conftest.py)
 }
 
 
@@ -58,7 +59,7 @@ EXTRAS = {
 }
 EXTRAS["demo"] = sorted({r for name in ("crawl", "beam", "features", "train", "report") for r in EXTRAS[name]})
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
-EXTRAS["dev"] = deps("pytest", "pytest-timeout", "pytest-xdist")
+EXTRAS["dev"] = deps("pytest", "pytest-timeout", "pytest-xdist", "filelock")
 # Launching a Dataflow job (DataflowRunner, gs:// paths) needs Beam's GCP client libraries; not in "all".
 EXTRAS["gcp"] = [REQ["beam"].replace("apache-beam", "apache-beam[gcp]", 1)]
 
