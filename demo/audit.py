@@ -7,8 +7,9 @@ books, as the import layout ``D`` + ``D/features`` does, has that stage audited 
 
 - ``stats.json`` exists (a stage without one did not finish) and has ``in``, ``kept``, ``rejected``,
   ``rejected_by_reason`` with ``in == kept + rejected`` and the reasons summing to ``rejected``;
-- the rows on disk agree: the output dataset holds ``kept`` rows, ``rejected/`` holds ``rejected``
-  rows with the same per-reason counts, each with a stage and a snake_case reason;
+- the rows on disk agree: the output dataset (``candidates/``, ``pairs/`` or ``regions/``; for an import,
+  ``captions/``, which it counts, its ``pairs/`` holding one row per image) holds ``kept`` rows, ``rejected/``
+  holds ``rejected`` rows with the same per-reason counts, each with a stage and a snake_case reason;
 - ids are unique where they must be (candidate_id, pair_id, one regions row per image);
 - lineage: pairs.candidate_id in the upstream candidates, pairs.pair_id and image_id in the upstream
   pairs (a pairs -> pairs stage such as ``lait relevance score``), regions.image_id in the upstream
@@ -68,8 +69,9 @@ def _note(name: str, detail: str) -> dict:
 KEPT_KIND = {"import_captions": "captions"}
 
 
-def _dataset(folder: str, stage: str | None = None) -> tuple[str | None, str | None]:
-    """The output dataset inside a stage folder (the one ``stage`` counts as kept): (kind, path), or (None, None)."""
+def output_dataset(folder: str, stage: str | None = None) -> tuple[str | None, str | None]:
+    """The output dataset inside a stage folder (the one ``stage`` counts as kept: ``KEPT_KIND``, else the first of
+    ``OUTPUT_KINDS`` there): (kind, path), or (None, None)."""
     for kind in (KEPT_KIND[stage],) if stage in KEPT_KIND else OUTPUT_KINDS:
         path = os.path.join(folder, kind)
         if os.path.isdir(path):
@@ -236,10 +238,11 @@ def _audit_stage(run_dir: str, name: str) -> dict:
     checks.append(_check("reasons_sum_to_rejected", reason_total == rejected,
                          f"sum of rejected_by_reason {reason_total} vs rejected {rejected}"))
 
-    kind, path = _dataset(folder, stats.get("stage"))
+    kind, path = output_dataset(folder, stats.get("stage"))
     kept_rows = _rows(path, kind) if kind else 0
+    counted = f" (what {stats['stage']} counts as kept)" if stats.get("stage") in KEPT_KIND else ""
     checks.append(_check("kept_rows_match", kept_rows == kept,
-                         f"{kept_rows} rows in {kind or 'no output dataset'} vs kept {kept}"))
+                         f"{kept_rows} rows in {f'{kind}/' if kind else 'no output dataset'}{counted} vs kept {kept}"))
     rejected_dir = os.path.join(folder, "rejected")
     reasons = _column(rejected_dir, "rejected", "reason")
     stages = _column(rejected_dir, "rejected", "stage")
@@ -277,7 +280,7 @@ def _traced(check: str, ids: list, known: set, rel: str) -> dict:
 def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, rejected_dir: str, n_in: int) -> list[dict]:
     """The checks that every id a stage kept or rejected comes from its upstream folder, and that it read all of it."""
     checks = []
-    up_kind, up_path = _dataset(upstream)
+    up_kind, up_path = output_dataset(upstream)
     if up_kind == "candidates":
         known = set(_column(up_path, "candidates", "candidate_id"))
         if kind == "pairs":
@@ -446,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The audit's options, shared by ``lait audit`` and ``python -m demo.audit``."""
-    parser.add_argument("run_dir", help="a run folder (holding crawl/, filter/, features/, ...), or one stage's "
-                                        "output folder")
+    parser.add_argument("run_dir", help="a run folder (holding crawl/, filter/, features/, ...; or an import's "
+                                        "folder, holding captions/, pairs/, features/), or one stage's output folder")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("--out", help="also write the JSON result to this file")
 

@@ -130,6 +130,12 @@ class RunData:
         own = audit_mod.own_stage(self.run_dir, names)
         return {**({own: ""} if own else {}), **{name: name for name in names}}
 
+    @property
+    def own_stage(self) -> str | None:
+        """The name of the stage whose books lie in the run folder itself (the import layout's
+        ``import_captions``), else None."""
+        return next((name for name, folder in self.folders.items() if folder == ""), None)
+
     def path(self, *parts: str) -> str:
         """A path inside the run folder."""
         return os.path.join(self.run_dir, *parts)
@@ -200,18 +206,51 @@ def section_funnel(run: RunData) -> str:
     return _figure_png(fig) + table
 
 
+#: The distributions, and what a stage's own datasets (the import layout's captions/, pairs/, rejected/) must hold
+#: to draw each.
+DISTRIBUTIONS = {"caption length": "captions", "language": "languages or caption splits", "image size": "image sizes",
+                 "relevance": "relevance scores"}
+
+
+def _own_distributions(run: RunData) -> str | None:
+    """The stage whose own datasets the distributions are drawn from: the run folder's own stage (the import
+    layout) when the folder holds neither the crawl's candidates nor the filter's pairs; else None."""
+    if run.own_stage is None or _has_data(run.path("filter/pairs")) or _has_data(run.path("crawl/candidates")):
+        return None
+    return run.own_stage
+
+
 def section_distributions(run: RunData) -> str:
-    """Caption length, language, image size and relevance score (with its threshold)."""
+    """Caption length, language (or, for an import, caption splits), image size and relevance score (with its
+    threshold): from crawl/ and filter/, or from the stage whose books lie in the run folder itself (the import
+    layout ``D``: its captions/, pairs/ and rejected/)."""
     plt = _plt()
     parts: list[str] = []
-    pairs = run.table("filter/pairs", "pairs", ["caption", "lang", "relevance", "width", "height"])
-    rejected = run.table("filter/rejected", "rejected", ["caption"])
-    candidates = run.table("crawl/candidates", "candidates", ["width", "height", "page_lang", "alt", "title"])
+    own = _own_distributions(run)
+    splits = None
+    if own:
+        stats = run.stats.get(own)
+        kind, _ = audit_mod.output_dataset(run.run_dir, stats.get("stage") if isinstance(stats, dict) else None)
+        kept = run.table(kind, kind, ["caption", "lang", "split"]) if kind in ("captions", "pairs") else None
+        pairs = run.table("pairs", "pairs", ["lang", "relevance", "width", "height"])
+        rejected = run.table("rejected", "rejected", ["caption"])
+        candidates = None
+        if kept is not None and "split" in kept.column_names:
+            splits = Counter(v for v in kept.column("split").to_pylist() if v)
+        relevance_stats = stats if isinstance(stats, dict) else {}
+        where = {"language": "language (kept pairs)", "split": "captions per split",
+                 "image size": f"image size ({own} images)"}
+    else:
+        pairs = kept = run.table("filter/pairs", "pairs", ["caption", "lang", "relevance", "width", "height"])
+        rejected = run.table("filter/rejected", "rejected", ["caption"])
+        candidates = run.table("crawl/candidates", "candidates", ["width", "height", "page_lang", "alt", "title"])
+        relevance_stats = run.stats.get("filter") if isinstance(run.stats.get("filter"), dict) else {}
+        where = {"language": "language (kept pairs / crawled pages)", "image size": "image size (crawled candidates)"}
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
     drawn = []
 
     ax = axes[0]
-    kept_len, rej_len = _word_counts(pairs), _word_counts(rejected)
+    kept_len, rej_len = _word_counts(kept), _word_counts(rejected)
     overflow_note = ""
     if kept_len or rej_len:
         edges, over = length_bins(kept_len + rej_len)
@@ -237,12 +276,13 @@ def section_distributions(run: RunData) -> str:
         langs.update(f"kept:{l}" for l in pairs.column("lang").to_pylist() if l)
     if candidates is not None and "page_lang" in candidates.column_names:
         langs.update(f"page:{l}" for l in candidates.column("page_lang").to_pylist() if l)
-    if langs:
-        top = langs.most_common(12)
+    shown, title = (langs, where["language"]) if langs or not splits else (splits, where["split"])
+    if shown:
+        top = shown.most_common(12)
         ax.bar([k for k, _ in top], [v for _, v in top], color="#1565c0")
         ax.tick_params(axis="x", rotation=60, labelsize=7)
         drawn.append("language")
-    ax.set_title("language (kept pairs / crawled pages)")
+    ax.set_title(title)
 
     ax = axes[2]
     sizes = candidates if candidates is not None and "width" in candidates.column_names else pairs
@@ -254,10 +294,10 @@ def section_distributions(run: RunData) -> str:
             ax.set_xlabel("width px", fontsize=8)
             ax.set_ylabel("height px", fontsize=8)
             drawn.append("image size")
-    ax.set_title("image size (crawled candidates)")
+    ax.set_title(where["image size"])
 
     ax = axes[3]
-    relevance = ((run.stats.get("filter") or {}).get("relevance") or {})
+    relevance = relevance_stats.get("relevance") if isinstance(relevance_stats.get("relevance"), dict) else {}
     hist = relevance.get("histogram") or {}
     threshold = relevance.get("threshold")
     if hist.get("edges") and hist.get("counts"):
@@ -278,8 +318,12 @@ def section_distributions(run: RunData) -> str:
         parts.append(_figure_png(fig))
     else:
         plt.close(fig)
-    missing = [name for name in ("caption length", "language", "image size", "relevance") if name not in drawn]
-    if missing:
+    missing = [name for name in DISTRIBUTIONS if name not in drawn]
+    if missing and own:
+        parts.append(_missing(f"Not available in this run: {', '.join(missing)} (drawn from the captions/, pairs/ "
+                              f"and rejected/ of this folder's own stage, {own}, which hold no "
+                              + ", ".join(DISTRIBUTIONS[name] for name in missing) + ")."))
+    elif missing:
         parts.append(_missing("Not available in this run: " + ", ".join(missing)
                               + " (needs crawl/candidates, filter/pairs, filter/rejected or filter/stats.json relevance)."))
     if overflow_note:
@@ -345,10 +389,11 @@ def section_samples(run: RunData, n: int = 18) -> str:
     """
     parts = ["<h3>Kept pairs</h3>"]
     # The filter's; where there is none and the run folder is a stage's own (the import layout), its pairs.
-    own = "" in run.folders.values() and not _has_data(run.path("filter/pairs"))
+    own = run.own_stage if not _has_data(run.path("filter/pairs")) else None
     pairs = run.table("pairs" if own else "filter/pairs", "pairs", ["image_id", "caption", "relevance"])
     if pairs is None or pairs.num_rows == 0:
-        parts.append(_missing("No kept pairs (filter/pairs) in this run."))
+        where = f"pairs/ of this folder's own stage, {own}" if own else "filter/pairs"
+        parts.append(_missing(f"No kept pairs ({where}) in this run."))
     else:
         step = max(1, pairs.num_rows // n)
         sample = pairs.take(list(range(0, pairs.num_rows, step))[:n]).to_pylist()
@@ -588,13 +633,28 @@ def section_steps(run: RunData) -> str:
     """The demo's steps with status and seconds, from ``demo.json`` (written by ``lait demo``)."""
     demo = read_json(run.path("demo.json"))
     if not isinstance(demo, dict) or not isinstance(demo.get("steps"), list):
-        return _missing("No demo.json: this run was not made by lait demo (or it has not finished).")
+        return _missing("No demo.json: this run was not made by lait demo.")
     rows = "".join(
-        f"<tr><td class=l>{_esc(st.get('name'))}</td><td class='{'bad' if st.get('status') in ('failed', 'missing') else 'ok'}'>"
+        f"<tr><td class=l>{_esc(st.get('name'))}</td><td class='{'bad' if st.get('status') in BAD_STEPS else 'ok'}'>"
         f"{_esc(st.get('status'))}</td><td>{_seconds(st.get('seconds'))}</td><td class=l>{_esc(st.get('detail')) or '-'}</td></tr>"
         for st in demo["steps"] if isinstance(st, dict))
-    return (f"<p class='muted'>Total {_seconds(demo.get('seconds'))} s.</p><table><tr><th class=l>step</th><th>status</th>"
-            f"<th>seconds</th><th class=l>detail</th></tr>{rows}</table>")
+    stopped = RUN_STOPPED.get(demo.get("status"))
+    note = _missing(stopped + (f" ({demo['error']})" if demo.get("error") else "")) if stopped else ""
+    return (note + f"<p class='muted'>Total {_seconds(demo.get('seconds'))} s.</p><table><tr><th class=l>step</th>"
+            f"<th>status</th><th>seconds</th><th class=l>detail</th></tr>{rows}</table>")
+
+
+#: Step statuses shown as bad in the steps table.
+BAD_STEPS = ("failed", "missing", "interrupted")
+#: What the report says of a demo.json whose run did not get through its steps (``demo.run.Demo.run``); a run that
+#: did (``closing``, ``finished``) or one written before demo.json had a status needs no word.
+RUN_STOPPED = {
+    "running": "demo.json says the run is still running: it is, or it was killed before it could say it stopped. "
+               "The folder holds what it made so far.",
+    "interrupted": "The run was interrupted (Ctrl-C) before it finished its steps: the folder holds what it made "
+                   "so far.",
+    "failed": "The run stopped on an error before it finished its steps: the folder holds what it made so far.",
+}
 
 
 SECTIONS: list[tuple[str, str, Callable[[RunData], str]]] = [
@@ -659,7 +719,8 @@ def write_report(run_dir: str, out_path: str | None = None, **kwargs) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The report's options, shared by ``lait report`` and ``python -m demo.report``."""
-    parser.add_argument("run_dir", help="a run folder (crawl/, filter/, features/, train/, eval.json, ...)")
+    parser.add_argument("run_dir", help="a run folder (crawl/, filter/, features/, train/, eval.json, ...; or an "
+                                        "import's folder: captions/, pairs/, rejected/, features/)")
     parser.add_argument("--out", help="output HTML file (default RUN_DIR/report.html)")
     parser.add_argument("--title", help="page title (default: 'LAIT run report: <folder name>')")
 

@@ -16,12 +16,15 @@ progress per stage. The stages talk only through the run folder:
     OUT/captions/               train captions from the kept pairs
     OUT/train/                  lait train --config configs/demo.yaml --set ...
     OUT/eval.json               lait eval --checkpoint OUT/train/checkpoints/final.pt --regions ... --captions ...
-    OUT/planted.json, OUT/audit.json, OUT/report.html, OUT/demo.json (steps, times, commands)
+    OUT/planted.json, OUT/audit.json, OUT/report.html, OUT/demo.json (status, steps, times, commands, options)
 
 A step whose inputs failed is skipped, independent steps still run, and the closing steps
-(planted, audit, report) always run on whatever exists. A rerun (``--from``) must keep the options that shape the
-reused site (``SITE_OPTIONS``), and removes what an earlier run left of the steps it does not make when that was
-made from a step it remade (a skipped step's, or a step's after ``--stop-after``).
+(planted, audit, report) always run on whatever exists. demo.json is written when the run starts and as each step
+starts and ends, with the run's ``status``: a run stopped early (Ctrl-C, an error) leaves one that says so, and
+none of an earlier run's planted.json, audit.json or report.html. A rerun (``--from``) must keep the options that
+shape the reused site (``SITE_OPTIONS``) and those the reused steps' outputs follow (``Step.options``, as each step
+recorded them), and removes what an earlier run left of the steps it does not make when that was made from a step
+it remade (a skipped step's, or a step's after ``--stop-after``).
 """
 from __future__ import annotations
 
@@ -150,6 +153,8 @@ def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
     last = steps.index(config.stop_after) if config.stop_after else len(steps) - 1
     if "site" in steps and first > steps.index("site"):
         check_site_options(config)
+    if first:
+        check_step_options(config, steps[:first])
     if "train" in steps and first <= steps.index("train") <= last:
         check_train_config(config.train_config, os.path.abspath(config.out))
 
@@ -163,10 +168,11 @@ SITE_OPTIONS = ("seed", "scenes", "test_scenes")
 
 def saved_site_options(out: str) -> dict[str, int]:
     """The ``SITE_OPTIONS`` the site step of the run folder ``out`` was run with, read from what it wrote (not from
-    demo.json, which an interrupted rerun leaves behind from the run before): ``seed`` from ``site/ledger.json``,
-    ``scenes`` from its ``clean`` items (one per good scene), ``test_scenes`` from the rows of ``test/pairs`` (one
-    per held-out scene). Those it did not write are left out (the site step is then ``missing``, not reused).
-    ValueError (one line) when the ledger is there but cannot be read."""
+    demo.json, which in a folder made before it was written step by step may be the run's before an interrupted
+    one): ``seed`` from ``site/ledger.json``, ``scenes`` from its ``clean`` items (one per good scene),
+    ``test_scenes`` from the rows of ``test/pairs`` (one per held-out scene). Those it did not write are left out
+    (the site step is then ``missing``, not reused). ValueError (one line) when the ledger is there but cannot be
+    read."""
     saved: dict[str, int] = {}
     ledger_path = os.path.join(out, "site", "ledger.json")
     if os.path.exists(ledger_path):
@@ -201,6 +207,108 @@ def check_site_options(config: "DemoConfig") -> None:
         raise ValueError(f"--from {config.start_from} would reuse the site and held-out split in {config.out}, made "
                          f"with {was}, but this run has {now}: rerun without --from, give those "
                          f"options as before, or use a new --out")
+
+
+#: DemoConfig fields that ``lait demo`` has no option for: named as they are in messages, not as a flag.
+NOT_FLAGS = ("relevance_mismatch_cost",)
+
+
+def option_flag(name: str) -> str:
+    """How a message names the DemoConfig field ``name``: its ``lait demo`` option (``--min-side``)."""
+    return name if name in NOT_FLAGS else f"--{name.replace('_', '-')}"
+
+
+def option_value(config: "DemoConfig", name: str):
+    """The value of the option ``name`` that a step's outputs follow (``--train-config`` as an absolute path, so
+    that the same file given from another folder is the same)."""
+    value = getattr(config, name)
+    return os.path.abspath(value) if name == "train_config" else value
+
+
+def earlier_steps(out: str) -> dict[str, dict]:
+    """The step records of the ``demo.json`` in the run folder ``out``, by step name: those of a run that wrote it
+    step by step (each record has ``options``, None until the step finished), none for an older or unreadable one
+    (whose records may be those of a run before an interrupted one)."""
+    log_ = report.read_json(os.path.join(out, "demo.json"))
+    steps = log_.get("steps") if isinstance(log_, dict) and "status" in log_ else None
+    return {s["name"]: s for s in steps or () if isinstance(s, dict) and isinstance(s.get("name"), str)
+            and "options" in s}
+
+
+def finished_earlier(step_name: str, earlier: dict[str, dict]) -> bool:
+    """False when ``demo.json`` says that the run which last touched the step's outputs did not finish it (it
+    failed, was interrupted or had not reached it: its outputs are partial, or an older run's made from other
+    inputs); True when it finished it or nothing says (a folder made without such a ``demo.json``)."""
+    record = earlier.get(step_name)
+    return record is None or isinstance(record.get("options"), dict)
+
+
+def _json_object(path: str) -> dict:
+    data = report.read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def stage_options(out: str, step_name: str) -> dict:
+    """The options a step's stage recorded itself in the run folder ``out`` (what was actually used, whatever
+    ``demo.json`` says): ``lait filter``'s ``settings`` in its stats.json, ``lait relevance train``'s ``training``
+    in the model's config.json. Empty for the other steps, and for records that are absent or unreadable."""
+    if step_name in ("filter0", "filter"):
+        settings = _json_object(os.path.join(out, step_name, "stats.json")).get("settings")
+        if not isinstance(settings, dict):
+            return {}
+        found = {name: settings[name] for name in ("min_side", "max_aspect") if name in settings}
+        if step_name == "filter" and "relevance_keep_rate" in settings:
+            found["relevance_keep_rate"] = settings["relevance_keep_rate"] or 0.0  # none: the model's threshold
+        return found
+    if step_name == "relevance_train":
+        training = _json_object(os.path.join(out, "relevance_model", "config.json")).get("training")
+        if not isinstance(training, dict):
+            return {}
+        keys = {"relevance_epochs": "epochs", "relevance_image_size": "image_size",
+                "relevance_mismatch_cost": "mismatch_cost", "relevance_members": "members"}
+        return {name: training[key] for name, key in keys.items() if key in training}
+    return {}
+
+
+def recorded_options(out: str, step: "Step", earlier: dict[str, dict]) -> dict:
+    """The values of ``step.options`` its outputs in ``out`` were made with: what its stage recorded
+    (``stage_options``), else what ``demo.json`` recorded for it when it finished; None where neither says."""
+    record = earlier.get(step.name) or {}
+    saved = {**(record.get("options") or {}), **stage_options(out, step.name)}
+    return {name: saved.get(name) for name in step.options}
+
+
+def differing_options(config: "DemoConfig", made_with: dict) -> list[str]:
+    """The options of ``made_with`` (recorded values, None where unknown) that ``config`` gives otherwise."""
+    return [name for name, value in made_with.items() if value is not None and value != option_value(config, name)]
+
+
+def check_step_options(config: "DemoConfig", reused: list[str]) -> None:
+    """Raise ValueError (one line) when ``--from`` would reuse the outputs of a step (one of ``reused``) made with
+    other values of the options that step follows (``Step.options``: ``--min-side`` and ``--max-aspect`` for the
+    crawl and the filters, ``--relevance-*``, ``--detector-*``, ``--train-config``) than ``config``'s: they would
+    be kept as they are while demo.json recorded the new values. The values are read from what each step
+    recorded (``recorded_options``); a step whose outputs are gone or unfinished is not reused, so not checked."""
+    out = os.path.abspath(config.out)
+    earlier = earlier_steps(out)
+    differ: dict[str, tuple] = {}  # option -> (recorded value, steps)
+    first = None
+    for step in Demo(config, echo=lambda _: None).steps:
+        if step.name not in reused or not step.options or not finished_earlier(step.name, earlier):
+            continue
+        if not all(os.path.exists(os.path.join(out, rel)) for rel in step.outputs):
+            continue
+        made_with = recorded_options(out, step, earlier)
+        for name in differing_options(config, made_with):
+            first = first or step.name
+            differ.setdefault(name, (made_with[name], []))[1].append(step.name)
+    if differ:
+        steps = list(dict.fromkeys(s for _, names in differ.values() for s in names))
+        was = " ".join(f"{option_flag(n)} {value}" for n, (value, _) in differ.items())
+        now = " ".join(f"{option_flag(n)} {option_value(config, n)}" for n in differ)
+        raise ValueError(f"--from {config.start_from} would reuse the outputs of {', '.join(steps)}, made with {was}, "
+                         f"but this run has {now}: rerun {'that step' if len(steps) == 1 else 'them'} "
+                         f"(--from {first}), give those options as before, or use a new --out")
 
 
 def check_train_config(path: str, out: str) -> None:
@@ -240,10 +348,16 @@ class Step:
     command: Callable[[], list[str]] | None = None
     func: Callable[[], None] | None = None
     outputs: tuple[str, ...] = ()  # run-folder entries this step writes: cleared before it runs
-    status: str = "pending"  # pending | ok | failed | skipped | not_run | reused | missing
+    # The DemoConfig fields its outputs follow besides its inputs (the site step's: SITE_OPTIONS, checked apart).
+    options: tuple[str, ...] = ()
+    status: str = "pending"  # pending | running | ok | failed | skipped | not_run | reused | missing | interrupted
     seconds: float = 0.0
     detail: str = ""
     argv: list[str] = field(default_factory=list)
+    started: float | None = None  # time.monotonic() when it started running
+    # The values of ``options`` its outputs in the run folder were made with (None while it has no finished ones;
+    # a value None where nothing recorded it): demo.json's ``options``, what a later --from checks.
+    made_with: dict | None = None
 
 
 class Demo:
@@ -256,6 +370,8 @@ class Demo:
         self.site = None
         self.server: SiteServer | None = None
         self.steps = self._steps()
+        # What demo.json records besides the steps (set again when the run starts).
+        self.status, self.error, self.started, self.machine = "pending", None, time.monotonic(), None
 
     def p(self, *parts: str) -> str:
         """A path inside the run folder."""
@@ -270,14 +386,19 @@ class Demo:
     def _steps(self) -> list[Step]:
         c = self.cfg
         rules = ["--min-side", str(c.min_side), "--max-aspect", str(c.max_aspect)]
+        rule_options = ("min_side", "max_aspect")
+        relevance_options = ("relevance_epochs", "relevance_image_size", "relevance_mismatch_cost", "relevance_members")
         return [
             Step("site", "generate the website and the held-out split", func=self.make_site,
                  outputs=("site", "test")),
-            Step("crawl", "crawl the site", ("site",), outputs=("crawl",), command=lambda: self.lait(
-                "crawl", self.site_url(), "--out", self.p("crawl"), "--allow-private-networks", *rules)),
+            Step("crawl", "crawl the site", ("site",), outputs=("crawl",), options=rule_options,
+                 command=lambda: self.lait("crawl", self.site_url(), "--out", self.p("crawl"),
+                                           "--allow-private-networks", *rules)),
             Step("filter0", "filter with rules only (relevance training pairs)", ("crawl",), outputs=("filter0",),
+                 options=rule_options,
                  command=lambda: self.lait("filter", "--input", self.p("crawl"), "--output", self.p("filter0"), *rules)),
             Step("relevance_train", "train the relevance model", ("filter0",), outputs=("relevance_model",),
+                 options=relevance_options,
                  command=lambda: self.lait("relevance", "train", "--input", self.p("filter0"),
                                            "--out", self.p("relevance_model"),
                                            "--epochs", str(c.relevance_epochs),
@@ -285,13 +406,14 @@ class Demo:
                                            "--mismatch-cost", str(c.relevance_mismatch_cost),
                                            "--members", str(c.relevance_members))),
             Step("filter", "filter with rules and relevance", ("crawl", "relevance_train"), outputs=("filter",),
+                 options=(*rule_options, "relevance_keep_rate"),
                  command=lambda: self.lait(
                      "filter", "--input", self.p("crawl"), "--output", self.p("filter"), *rules,
                      "--relevance", self.p("relevance_model"), *self.relevance_cut())),
             Step("relevance_eval", "evaluate relevance on planted mismatches", ("relevance_train", "filter"),
                  outputs=("relevance_labelled", "relevance_eval.json"), func=self.relevance_eval),
             Step("detector", "train the demo detector on generated scenes", ("site",), outputs=("detector",),
-                 func=self.train_detector),
+                 options=("seed", "detector_scenes", "detector_epochs"), func=self.train_detector),
             Step("features", "region features of the kept pairs", ("filter", "detector"), outputs=("features",),
                  command=lambda: self.lait("features", "--input", self.p("filter"), "--output", self.p("features"),
                                            "--detector", "demo", "--weights", self.detector_path)),
@@ -301,7 +423,7 @@ class Demo:
                                            "--weights", self.detector_path)),
             Step("captions", "captions of the kept pairs", ("filter",), outputs=("captions",), func=self.make_captions),
             Step("train", "two-stage pretraining, then retrieval fine-tuning", ("features", "captions"),
-                 outputs=("train",), command=self.train_command),
+                 outputs=("train",), options=("train_config",), command=self.train_command),
             Step("eval", "retrieval on the held-out split", ("train", "test_features"), outputs=("eval.json",),
                  command=lambda: self.lait("eval", "--checkpoint", self.checkpoint(),
                                            "--regions", self.p("test_features", "regions"),
@@ -463,7 +585,9 @@ class Demo:
             self.clear_stale_outputs(step)
             return
         self.echo(head)
-        start = time.monotonic()
+        start = step.started = time.monotonic()
+        step.status = "running"
+        self.write_log()  # before its outputs go: a run stopped in this step leaves a demo.json that says so
         try:
             # A rerun into the same run folder starts each step afresh (stages refuse to overwrite).
             self.clear_outputs(step)
@@ -476,6 +600,7 @@ class Demo:
             else:
                 step.func()
             step.status = "ok"
+            step.made_with = {name: option_value(self.cfg, name) for name in step.options}
         except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the rest still runs
             step.status, step.detail = "failed", f"{type(exc).__name__}: {exc}"
             log.debug("step %s failed", step.name, exc_info=True)
@@ -515,22 +640,35 @@ class Demo:
         return next(s for s in self.steps if s.name == name)
 
     def run(self) -> int:
-        """Run every step, then planted/audit/report; returns 0 only when every step succeeded."""
+        """Run every step, then planted/audit/report; returns 0 only when every step succeeded.
+
+        ``demo.json`` is written first (replacing an earlier run's, whose planted.json, audit.json and report.html
+        are then removed), again when each step starts and ends, and last with ``status`` ``finished``: a run
+        that stops early (Ctrl-C, an error) leaves one that says so and how far it came, never an earlier run's
+        files as if they were its own.
+        """
         names = [s.name for s in self.steps]
         check_config(self.cfg, names)
         os.makedirs(self.out, exist_ok=True)
-        start = time.monotonic()
+        earlier = earlier_steps(self.out)  # read before this run's demo.json replaces it
+        self.started = time.monotonic()
+        self.machine = machine_info()
+        self.status = "running"
+        try:
+            self.write_log()
+            for name in CLOSING_FILES:
+                if os.path.lexists(self.p(name)):
+                    os.remove(self.p(name))
+        except OSError as exc:
+            raise ValueError(f"--out {self.cfg.out}: cannot replace the files of an earlier run "
+                             f"({exc.strerror or exc}: {exc.filename})") from None
         first = names.index(self.cfg.start_from) if self.cfg.start_from else 0
         last = names.index(self.cfg.stop_after) if self.cfg.stop_after else len(names) - 1
         remade: set[str] = set()  # steps whose outputs in the folder are this run's (or gone), not an earlier run's
         try:
             for index, step in enumerate(self.steps, 1):
                 if index - 1 < first:
-                    # Reused only when everything it wrote is still there; else its dependents skip.
-                    present = all(os.path.exists(self.p(rel)) for rel in step.outputs)
-                    step.status = "reused" if present else "missing"
-                    step.detail = f"--from {self.cfg.start_from}" if present else "outputs missing for --from"
-                    self.echo(f"==> [{index}/{len(self.steps)}] {step.name}: {step.status}")
+                    self.reuse(step, index, earlier)
                 elif index - 1 > last:
                     step.status, step.detail = "not_run", f"--stop-after {self.cfg.stop_after}"
                     # An earlier run's outputs of a step after --stop-after that reads (directly or not) a step this
@@ -544,26 +682,80 @@ class Demo:
                                       f"of an earlier run (its inputs were remade)")
                     elif any(os.path.exists(self.p(rel)) for rel in step.outputs):
                         step.detail += "; outputs of an earlier run kept (its inputs were reused)"
+                        if finished_earlier(step.name, earlier):  # else demo.json keeps not vouching for them
+                            step.made_with = recorded_options(self.out, step, earlier)
+                            other = differing_options(self.cfg, step.made_with)
+                            if other:
+                                step.detail += ", made with " + " ".join(f"{option_flag(n)} {step.made_with[n]}"
+                                                                         for n in other)
                 else:
                     self.run_step(step, index)
                     remade.add(step.name)
+                self.write_log()
+            if self.server:
+                self.server.stop()
+                self.server = None
+            self.status = "closing"
+            self.write_log()  # before the report, which shows it
+            self.finish()
+            self.status = "finished"
+            self.write_log()
+        except BaseException as exc:  # Ctrl-C included: demo.json says where the run stopped, then it ends
+            self.stopped(exc)
+            raise
         finally:
             if self.server:
                 self.server.stop()
-        self.write_log(time.monotonic() - start)  # before the report, which shows it
-        self.finish()
-        total = time.monotonic() - start
-        self.write_log(total)
-        self.echo(summary(self.out, self.steps, total))
+        self.echo(summary(self.out, self.steps, time.monotonic() - self.started))
         return 0 if all(s.status in DONE + ("not_run",) for s in self.steps) else 1
 
-    def write_log(self, seconds: float) -> None:
-        """``demo.json``: the config, the machine (``machine_info``), and each step's status, seconds, detail and
-        command line."""
-        with open(self.p("demo.json"), "w", encoding="utf-8") as f:
-            json.dump({"config": vars(self.cfg), "machine": machine_info(), "seconds": round(seconds, 1),
-                       "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1),
-                                  "detail": s.detail, "argv": s.argv} for s in self.steps]}, f, indent=2)
+    def reuse(self, step: Step, index: int, earlier: dict[str, dict]) -> None:
+        """A step before ``--from``: reused when everything it wrote is still there and the run that wrote it
+        finished it (``finished_earlier``), else ``missing`` (its dependents skip)."""
+        present = all(os.path.exists(self.p(rel)) for rel in step.outputs)
+        if not present:
+            step.status, step.detail = "missing", "outputs missing for --from"
+        elif not finished_earlier(step.name, earlier):
+            was = earlier[step.name].get("status")
+            step.status = "missing"
+            step.detail = f"for --from, demo.json does not record its outputs as finished ({was})"
+        else:
+            step.status, step.detail = "reused", f"--from {self.cfg.start_from}"
+            # check_config refused other values than this run's: what is left is this run's, or unrecorded.
+            step.made_with = recorded_options(self.out, step, earlier)
+            unknown = [option_flag(n) for n, v in step.made_with.items() if v is None]
+            if unknown:
+                step.detail += (f"; the {', '.join(unknown)} it was made with "
+                                f"{'is' if len(unknown) == 1 else 'are'} not recorded")
+        self.echo(f"==> [{index}/{len(self.steps)}] {step.name}: {step.status}")
+
+    def stopped(self, exc: BaseException) -> None:
+        """Record in demo.json that the run stopped early (``interrupted`` by Ctrl-C, else ``failed``), and in
+        which step."""
+        self.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        self.error = None if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        for step in self.steps:
+            if step.status == "running":
+                step.status, step.detail = "interrupted", "stopped by Ctrl-C" if self.error is None else self.error
+                step.seconds = time.monotonic() - (step.started or time.monotonic())
+                self.echo(f"    {step.name} {step.status} after {step.seconds:.1f} s")
+        try:
+            self.write_log()
+        except OSError as err:  # the stop's own cause is what the user must see
+            log.warning("could not record the stop in demo.json: %s", err)
+
+    def write_log(self) -> None:
+        """``demo.json``, written in place of the last one (never half written): ``status`` (running, closing,
+        finished; interrupted or failed with ``error``), the config, the machine (``machine_info``), and each
+        step's status, seconds, detail, command line and ``options`` (the values of the options its outputs were
+        made with: ``Step.made_with``)."""
+        data = {"status": self.status, "config": vars(self.cfg), "machine": self.machine,
+                "seconds": round(time.monotonic() - self.started, 1),
+                "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 1), "detail": s.detail,
+                           "argv": s.argv, "options": s.made_with} for s in self.steps]}
+        if self.error:
+            data["error"] = self.error
+        write_json(self.p("demo.json"), data)
 
     def finish(self) -> None:
         """planted.json, audit.json and report.html, from whatever the run produced.
@@ -571,21 +763,33 @@ class Demo:
         Each is attempted even when another fails (say, on a damaged dataset); failures are printed.
         """
         ledger_path = self.p("site", "ledger.json")
-
-        def write_audit() -> None:
-            with open(self.p("audit.json"), "w", encoding="utf-8") as f:
-                json.dump(audit.audit_run(self.out), f, indent=2)
-
-        closing = [("audit.json", write_audit),
+        closing = [("audit.json", lambda: write_json(self.p("audit.json"), audit.audit_run(self.out))),
                    ("report.html", lambda: report.write_report(self.out, title="LAIT demo report"))]
         if os.path.exists(ledger_path):
-            closing.insert(0, ("planted.json", lambda: planted.write_planted(self.out, planted.load_ledger(ledger_path))))
+            closing.insert(0, ("planted.json", lambda: write_json(
+                self.p("planted.json"), planted.evaluate(self.out, planted.load_ledger(ledger_path)))))
         for name, make in closing:
             try:
                 make()
             except Exception as exc:  # noqa: BLE001 - the other closing files are still worth writing
                 log.debug("closing step %s failed", name, exc_info=True)
                 self.echo(f"    could not write {name}: {type(exc).__name__}: {exc}")
+
+
+#: What the closing steps write: an earlier run's are removed when a run starts (they would describe that run).
+CLOSING_FILES = ("planted.json", "audit.json", "report.html")
+
+
+def write_json(path: str, data) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file: a stop midway leaves the old file or the new."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def summary(out: str, steps: list[Step], total: float) -> str:

@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stop-after", metavar="STEP", choices=demo_run.step_names(),
                         help="run the steps up to STEP only, then planted/audit/report (default: all)")
     parser.add_argument("--from", dest="start_from", metavar="STEP", choices=demo_run.step_names(),
-                        help="rerun from STEP, reusing the outputs of the steps before it in --out (default: all)")
+                        help="rerun from STEP, reusing the outputs of the steps before it in --out; the options "
+                             "those outputs follow must be the ones they were made with (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their commands, run nothing")
     parser.add_argument("--serve", action="store_true", help="only serve the generated site on 127.0.0.1 until Ctrl-C")
     parser.set_defaults(func=run)
@@ -96,4 +97,8 @@ def run(args: argparse.Namespace) -> int:
         for name, what in demo_run.plan(config):
             print(f"{name:<16} {what}")
         return 0
-    return demo_run.run_demo(config)
+    try:
+        return demo_run.run_demo(config)
+    except ValueError as exc:  # raised before any step runs: the earlier run's files cannot be replaced
+        print(f"lait demo: error: {exc}", file=sys.stderr)
+        return 2

@@ -214,6 +214,7 @@ class _CaptionsOnly:
     """A RunData stand-in with filter/pairs and filter/rejected captions only (what the caption-length chart reads)."""
 
     stats: dict = {}
+    own_stage = None  # not the import layout
 
     def __init__(self, kept, rejected):
         import pyarrow as pa

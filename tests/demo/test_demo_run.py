@@ -5,6 +5,9 @@ import platform
 import subprocess
 import sys
 
+import pytest
+
+from demo import report
 from demo import run as demo_run
 from demo.run import Demo, DemoConfig, Step
 
@@ -270,16 +273,17 @@ def test_from_refuses_a_site_made_with_other_options_before_anything_runs(tmp_pa
     assert err.count("\n") == 1 and err.startswith("lait demo: error: --from crawl would reuse")
     assert "--seed 3 --scenes 5, but this run has --seed 5 --scenes 7" in err and "without --from" in err
     assert sorted(os.listdir(out)) == before and not (out / "demo.json").exists()  # nothing ran
-    # Read from what the site step wrote (demo.json may be an earlier run's: one interrupted writes none)
+    # Read from what the site step wrote (an older folder's demo.json may be the run's before an interrupted one)
     assert demo_run.saved_site_options(str(out)) == {"seed": 3, "scenes": 5, "test_scenes": 2}
     (out / "site" / "ledger.json").write_text("{not json")
     with pytest.raises(ValueError, match="cannot read .*ledger.json"):
         demo_run.check_config(DemoConfig(**same, start_from="crawl", stop_after="crawl"))
 
 
-def _fake_steps(demo, fail=()):
+def _fake_steps(demo, fail=(), interrupt=()):
     """The demo's real steps (names, needs, outputs), each writing its outputs with the marker "new" (a folder
-    holding a file "marker", or a .json file) instead of running its stage; the steps in ``fail`` raise."""
+    holding a file "marker", or a .json file) instead of running its stage; the steps in ``fail`` raise, those in
+    ``interrupt`` are stopped as by Ctrl-C once they have written their outputs."""
     def write(step):
         if step.name in fail:
             raise RuntimeError("failed on purpose")
@@ -290,6 +294,8 @@ def _fake_steps(demo, fail=()):
             else:
                 os.makedirs(path, exist_ok=True)
                 open(os.path.join(path, "marker"), "w").write("new")
+        if step.name in interrupt:
+            raise KeyboardInterrupt
 
     for step in demo.steps:
         step.command, step.func = None, (lambda s=step: write(s))
@@ -297,9 +303,11 @@ def _fake_steps(demo, fail=()):
     return demo
 
 
-def _earlier_run(out):
-    """A run folder as a whole earlier run left it: every step's outputs, marked "old"."""
-    for step in Demo(DemoConfig(out=str(out)), echo=lambda _: None).steps:
+def _earlier_run(out, **options):
+    """A run folder as a whole earlier run (with ``options``) left it: every step's outputs, marked "old", and its
+    demo.json saying that each step finished, with the options it was run with."""
+    demo = Demo(DemoConfig(out=str(out), **options), echo=lambda _: None)
+    for step in demo.steps:
         for rel in step.outputs:
             path = out / rel
             if rel.endswith(".json"):
@@ -308,6 +316,9 @@ def _earlier_run(out):
             else:
                 path.mkdir(parents=True, exist_ok=True)
                 (path / "marker").write_text("old")
+        step.status, step.made_with = "ok", {name: demo_run.option_value(demo.cfg, name) for name in step.options}
+    demo.status = "finished"
+    demo.write_log()
 
 
 def _markers(out):
@@ -373,3 +384,161 @@ def test_stale_outputs_that_cannot_be_removed_are_said_and_the_run_goes_on(tmp_p
     assert "could not remove the stale outputs of an earlier run" in detail["filter0"]
     assert any("warning: filter0: could not remove" in line for line in said)
     assert _markers(out)["filter"] is None  # the other stale outputs still went
+
+
+def test_from_refuses_reused_outputs_made_with_other_options(tmp_path, capsys):
+    """`--from` checked the site's options only: `--from filter --min-side 100` kept the crawl made with 128,
+    `--from features --detector-epochs 2` the detector trained 4 epochs, `--from filter --relevance-epochs 3` the
+    relevance model of 20, while demo.json recorded the new values."""
+    import pytest
+
+    from lait import cli
+
+    out = tmp_path / "r"
+    _earlier_run(out)
+    same = dict(out=str(out))
+    (tmp_path / "other.yaml").write_text(open(DemoConfig().train_config).read())
+    rerun_crawl, rerun_relevance = "that step (--from crawl)", "that step (--from relevance_train)"
+    for changed, start, made, rerun in (
+            ({"min_side": 100}, "filter0", "crawl, made with --min-side 128, but this run has --min-side 100",
+             rerun_crawl),
+            ({"max_aspect": 4.0}, "features",
+             "crawl, filter0, filter, made with --max-aspect 3.0, but this run has --max-aspect 4.0",
+             "them (--from crawl)"),
+            ({"relevance_epochs": 3, "relevance_members": 1}, "filter",
+             "relevance_train, made with --relevance-epochs 20 --relevance-members 3, but this run has "
+             "--relevance-epochs 3 --relevance-members 1", rerun_relevance),
+            ({"relevance_image_size": 64}, "eval", "relevance_train, made with --relevance-image-size 96",
+             rerun_relevance),
+            ({"relevance_mismatch_cost": 0.5}, "filter", "made with relevance_mismatch_cost 1.0", rerun_relevance),
+            ({"relevance_keep_rate": 0.8}, "relevance_eval", "filter, made with --relevance-keep-rate 0.0",
+             "--from filter"),
+            ({"detector_epochs": 2}, "features",
+             "detector, made with --detector-epochs 4, but this run has --detector-epochs 2", "--from detector"),
+            ({"detector_scenes": 10}, "test_features", "made with --detector-scenes 400", "--from detector"),
+            ({"train_config": str(tmp_path / "other.yaml")}, "eval",
+             f"train, made with --train-config {DemoConfig().train_config}", "--from train"),
+    ):
+        with pytest.raises(ValueError, match=f"^--from {start} would reuse the outputs of ") as err:
+            demo_run.check_config(DemoConfig(**same, **changed, start_from=start, stop_after=start))
+        assert made in str(err.value) and rerun in str(err.value) and "\n" not in str(err.value)
+        # Rerunning the step that follows the option (or an earlier one) is what the message says to do.
+        step = rerun.split("--from ")[1].rstrip(")")
+        demo_run.check_config(DemoConfig(**same, **changed, start_from=step, stop_after=step))
+    # The command refuses before anything runs: one line, exit status 2, the folder as it was.
+    before = (out / "demo.json").read_text()
+    assert cli.main(["demo", "--out", str(out), "--from", "filter", "--stop-after", "filter", "--min-side", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lait demo: error: --from filter would reuse the outputs of crawl, "
+                                                   "filter0, made with --min-side 128")
+    assert (out / "demo.json").read_text() == before
+
+    # What a stage recorded itself wins over demo.json (it is what was used): lait filter's settings, lait relevance
+    # train's config. Without a demo.json that records the crawl's options, those are not known: reused, and said.
+    (out / "demo.json").unlink()
+    (out / "filter" / "stats.json").write_text(json.dumps({"settings": {"min_side": 128, "max_aspect": 3.0,
+                                                                        "relevance_keep_rate": 0.9}}))
+    (out / "relevance_model" / "config.json").write_text(json.dumps({"training": {"epochs": 7, "image_size": 96,
+                                                                                  "mismatch_cost": 1.0, "members": 3}}))
+    with pytest.raises(ValueError, match="reuse the outputs of relevance_train, filter, made with --relevance-epochs 7 "
+                                         "--relevance-keep-rate 0.9, but this run has --relevance-epochs 20 "
+                                         "--relevance-keep-rate 0.0: rerun them \\(--from relevance_train\\)"):
+        demo_run.check_config(DemoConfig(**same, start_from="relevance_eval", stop_after="relevance_eval"))
+    demo = _fake_steps(Demo(DemoConfig(**same, relevance_epochs=7, relevance_keep_rate=0.9, start_from="relevance_eval",
+                                       stop_after="relevance_eval"), echo=lambda _: None))
+    assert demo.run() == 0
+    steps = {s["name"]: s for s in json.load(open(out / "demo.json"))["steps"]}
+    assert steps["crawl"]["status"] == "reused" and steps["crawl"]["options"] == {"min_side": None, "max_aspect": None}
+    assert "the --min-side, --max-aspect it was made with are not recorded" in steps["crawl"]["detail"]
+    assert steps["filter"]["options"] == {"min_side": 128, "max_aspect": 3.0, "relevance_keep_rate": 0.9}
+    assert steps["relevance_train"]["options"]["relevance_epochs"] == 7
+
+
+def test_demo_json_records_the_options_each_steps_outputs_were_made_with(tmp_path):
+    """demo.json's config holds the options given; each step's `options` the ones its outputs in the folder were
+    made with: this run's for the steps it ran, the earlier run's for outputs it reused or kept."""
+    out = tmp_path / "r"
+    _earlier_run(out, detector_epochs=2)
+    demo = _fake_steps(Demo(DemoConfig(out=str(out), min_side=100, start_from="crawl", stop_after="crawl"),
+                            echo=lambda _: None))
+    assert demo.run() == 0
+    log = json.load(open(out / "demo.json"))
+    steps = {s["name"]: s for s in log["steps"]}
+    assert log["status"] == "finished" and log["config"]["min_side"] == 100 and log["config"]["detector_epochs"] == 4
+    assert steps["crawl"]["options"] == {"min_side": 100, "max_aspect": 3.0}
+    assert steps["filter0"]["options"] is None  # removed: made from the old crawl
+    assert steps["detector"]["options"] == {"seed": 0, "detector_scenes": 400, "detector_epochs": 2}
+    assert steps["detector"]["detail"].endswith("outputs of an earlier run kept (its inputs were reused), "
+                                                "made with --detector-epochs 2")
+    # ... so that a later --from checks against them: the detector kept is one of 2 epochs.
+    demo_run.check_config(DemoConfig(out=str(out), min_side=100, detector_epochs=2, start_from="features",
+                                     stop_after="features"))
+    with pytest.raises(ValueError, match="detector, made with --detector-epochs 2"):
+        demo_run.check_config(DemoConfig(out=str(out), min_side=100, start_from="features", stop_after="features"))
+
+
+def test_a_stopped_run_leaves_no_earlier_runs_closing_files(tmp_path):
+    """demo.json, planted.json, audit.json and report.html were written at the end only: Ctrl-C midway left the earlier
+    run's, which then described a run that did not happen. Now demo.json is replaced first and rewritten as each step
+    starts and ends, and the earlier closing files are removed."""
+    out = tmp_path / "r"
+    _earlier_run(out)
+    for name in ("planted.json", "audit.json", "report.html"):
+        (out / name).write_text("old")
+    demo = _fake_steps(Demo(DemoConfig(out=str(out), min_side=100, start_from="crawl"), echo=lambda _: None),
+                       interrupt=("relevance_train",))
+    with pytest.raises(KeyboardInterrupt):
+        demo.run()
+    assert not any((out / name).exists() for name in ("planted.json", "audit.json", "report.html"))
+    log = json.load(open(out / "demo.json"))
+    status = {s["name"]: (s["status"], s["options"]) for s in log["steps"]}
+    assert log["status"] == "interrupted" and log["config"]["min_side"] == 100
+    assert status["site"] == ("reused", {}) and status["crawl"] == ("ok", {"min_side": 100, "max_aspect": 3.0})
+    assert status["relevance_train"] == ("interrupted", None) and status["filter"] == ("pending", None)
+    text = report.build_report(str(out))
+    assert "The run was interrupted (Ctrl-C) before it finished its steps" in text
+    # The interrupted step's outputs (written in part) are not reused by a later --from, nor are those of the
+    # steps it did not reach (an earlier run's, made from the crawl this run replaced).
+    demo = _fake_steps(Demo(DemoConfig(out=str(out), min_side=100, start_from="detector"), echo=lambda _: None))
+    assert demo.run() == 1
+    detail = {s.name: (s.status, s.detail) for s in demo.steps}
+    assert detail["crawl"] == ("reused", "--from detector")
+    assert detail["relevance_train"] == ("missing", "for --from, demo.json does not record its outputs as finished "
+                                                    "(interrupted)")
+    assert detail["filter"][0] == "missing" and detail["features"][0] == "skipped"
+    assert json.load(open(out / "demo.json"))["status"] == "finished"
+
+
+def test_ctrl_c_during_a_step_says_so_in_demo_json(tmp_path):
+    """A real `lait demo` stopped by Ctrl-C (SIGINT to its process group, as a terminal sends it) during the crawl."""
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    out.mkdir()
+    for name in ("demo.json", "planted.json", "audit.json", "report.html"):
+        (out / name).write_text('{"old": true}')
+    proc = subprocess.Popen([sys.executable, "-m", "lait", "demo", "--out", str(out), "--scenes", "5",
+                             "--test-scenes", "2"], env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            log = report.read_json(str(out / "demo.json")) or {}
+            if any(s.get("name") == "crawl" and s.get("status") == "running" for s in log.get("steps", [])):
+                break
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    # (The crawl's own processes, stopped too, may print theirs: one stopped while Python starts, a traceback.)
+    assert err.rstrip().endswith("lait demo: interrupted; rerun with --from STEP to reuse the outputs of the steps "
+                                 "before STEP") and "demo/run.py" not in err
+    log = json.load(open(out / "demo.json"))
+    status = {s["name"]: s["status"] for s in log["steps"]}
+    assert log["status"] == "interrupted" and status["site"] == "ok" and status["crawl"] == "interrupted"
+    assert {status[name] for name in list(status)[2:]} == {"pending"}
+    assert not any((out / name).exists() for name in ("planted.json", "audit.json", "report.html"))

@@ -1,6 +1,7 @@
 """`lait audit` and `lait report` on the documented import layout: `lait import-captions ... --out D`, then
 `lait features --input D --output D/features` (docs/train.md). D's own stats.json, captions/, pairs/ and
 rejected/ are the import stage's books: audited and reported beside D/features."""
+import html
 import json
 import os
 import re
@@ -138,3 +139,31 @@ def test_report_shows_an_unbalanced_import(imported_copy):
     assert row and "class='bad'>NO<" in row.group(1)
     audit_section = _section(text, "audit")
     assert "do NOT balance" in audit_section and "import_captions" in audit_section
+
+
+def test_report_draws_the_distributions_of_the_imported_captions(imported, imported_copy):
+    """The Distributions section read crawl/ and filter/ only: "Not available in this run: caption length, language,
+    image size, relevance (needs crawl/candidates, ...)" for an import, whose captions/, pairs/ and rejected/ hold
+    all but the relevance scores. And with no pairs, the samples named filter/pairs, which an import has none of."""
+    dist = _section(report.build_report(str(imported)), "distributions")
+    assert dist.count("data:image/png;base64,") == 1  # caption lengths, splits, image sizes
+    assert [html.unescape(m) for m in re.findall(r'<p class="missing">(.*?)</p>', dist)] == [
+        "Not available in this run: relevance (drawn from the captions/, pairs/ and rejected/ of this folder's own "
+        "stage, import_captions, which hold no relevance scores)."]
+    assert "filter/" not in dist and "crawl/" not in dist
+    for shard in (imported_copy / "pairs").iterdir():
+        shard.unlink()
+    text = report.build_report(str(imported_copy))
+    assert "No kept pairs (pairs/ of this folder's own stage, import_captions) in this run." in \
+        html.unescape(_section(text, "samples"))
+    assert "filter/pairs" not in text
+
+
+def test_audit_says_an_import_counts_its_captions(imported_copy):
+    """kept_rows_match compares the import's kept with the rows of captions/ (not pairs/, one row per image)."""
+    path = imported_copy / "stats.json"
+    stats = json.loads(path.read_text())
+    path.write_text(json.dumps({**stats, "in": 5, "kept": 3}))
+    proc = _lait("audit", str(imported_copy))
+    assert proc.returncode == 1
+    assert "x kept_rows_match: 2 rows in captions/ (what import_captions counts as kept) vs kept 3" in proc.stdout
