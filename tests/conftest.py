@@ -12,3 +12,4 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 from tests.objectstore import object_store  # noqa: E402,F401  (the laitobj:// stand-in for gs://, for every test)
+from tests.relevance.shared_model import model_dir, train_rows  # noqa: E402,F401  (the default relevance model)

@@ -1,7 +1,7 @@
 """`lait filter --relevance MODEL` end to end with a real (tiny) relevance model from `lait`'s own trainer.
 
 The filter's relevance hook was built against a stand-in; this runs it with pipeline/relevance.py and
-a model trained here, with neither --relevance-threshold nor --relevance-keep-rate, so the model's own
+the default relevance model (trained once per test run), with neither --relevance-threshold nor --relevance-keep-rate, so the model's own
 threshold (saved when it was trained) must apply.
 """
 import json
@@ -11,17 +11,14 @@ import sys
 
 import schemas
 from filters.relevance import default_threshold
-from filters.relevance.config import TrainConfig
-from filters.relevance.train import train
 from filters.synthetic import candidate
 from tests.relevance.scenes import make_pairs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_lait_filter_with_a_trained_relevance_model_uses_its_threshold(tmp_path):
-    model = str(tmp_path / "model")
-    train(make_pairs(60, seed=11), model, TrainConfig(epochs=12))
+def test_lait_filter_with_a_trained_relevance_model_uses_its_threshold(tmp_path, model_dir):
+    model = model_dir  # the default recipe's model, trained on other pages (tests/relevance/shared_model.py)
     threshold = default_threshold(model)
 
     rows = make_pairs(15, mismatch_rate=0.3, seed=12)  # 60 pairs, about 18 of them mismatched

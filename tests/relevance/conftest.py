@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic scene pairs, a relevance model trained once per session, datasets on disk."""
+"""Shared fixtures: synthetic scene pairs, datasets on disk (the default model, ``model_dir``, and its
+``train_rows`` are in ``shared_model.py``, for every test)."""
 from __future__ import annotations
 
 import os
@@ -24,41 +25,9 @@ def write_pairs(rows: list[dict], folder: str, labelled: bool = False) -> str:
 
 
 @pytest.fixture(scope="session")
-def train_rows() -> list[dict]:
-    """600 crawled pairs on 150 pages, 15% of them planted mismatches (weak positives)."""
-    return make_pairs(150, seed=1)
-
-
-@pytest.fixture(scope="session")
 def heldout_rows() -> list[dict]:
     """400 pairs of other pages, never seen in training, labelled with ``is_match``."""
     return make_pairs(100, seed=2)
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, train_rows) -> str:
-    """A relevance model trained on ``train_rows`` with the default recipe (read-only for the tests).
-
-    Trained once per test run (about 35 s on 2 cores): pytest-xdist's worker processes each have their own
-    session, so the first to get here trains it in the base folder they share, under a lock, and the others
-    wait for it and load the same files.
-    """
-    from filelock import FileLock
-
-    from filters.relevance.config import TrainConfig
-    from filters.relevance.train import train
-
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # each worker's base folder lies in the run's own
-    out = shared / "relevance-default-model"
-    with FileLock(str(shared / "relevance-default-model.lock")):
-        if not out.exists():
-            partial = shared / "relevance-default-model.partial"
-            summary = train(train_rows, str(partial), TrainConfig())
-            assert summary["trained_on"] + summary["held_out"] == len(train_rows)
-            os.replace(partial, out)
-    return str(out)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ def test_train_then_eval_from_the_command_line(tmp_path, cli_env, heldout_rows):
     write_pairs(rows, str(tmp_path / "filter" / "pairs"))
     out = subprocess.run(
         [sys.executable, "-m", "lait", "relevance", "train", "--input", str(tmp_path / "filter"),
-         "--out", str(tmp_path / "model"), "--epochs", "1", "--batch-size", "16"],
+         "--out", str(tmp_path / "model"), "--epochs", "1", "--batch-size", "16", "--members", "1"],
         env=cli_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "relevance model written to" in out.stdout
