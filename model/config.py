@@ -42,6 +42,9 @@ DROPOUTS = ("dropout", "attention_dropout")
 #: checkpoint's tokenizer). ``init`` takes these from its checkpoint; a config may set the others over it.
 WEIGHT_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position",
                "type_vocab_size", "feature_dim", "num_classes", "region_position_id", "pad_token_id")
+#: The model keys a config with ``init`` may not set: the weights' (``WEIGHT_KEYS``), and ``init_std``, the scale of
+#: the random weights a new model draws (with ``init`` every weight comes from the checkpoint: it would do nothing).
+INIT_TAKES = (*WEIGHT_KEYS, "init_std")
 #: Fields a section decides, left out of the keys an unknown-key message offers (a stage's ``kind`` is that of
 #: its section: ``pretrain`` items are pretraining stages, ``finetune`` the fine-tuning one).
 IMPLIED_KEYS = {"StageConfig": ("kind",)}
@@ -397,9 +400,9 @@ def train_config_from_dict(data: dict) -> TrainConfig:
             raise ConfigError(f"init: {config.init!r} names an unset environment variable; set it or pass "
                               f"--set init=CHECKPOINT")
         taken = [key for key in ("bert", "tokenizer") if getattr(config, key)]
-        taken += [f"model.{key}" for key in model_keys_set(config) if key in WEIGHT_KEYS]
+        taken += [f"model.{key}" for key in model_keys_set(config) if key in INIT_TAKES]
         if taken:
-            free = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in WEIGHT_KEYS]
+            free = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in INIT_TAKES]
             raise ConfigError(f"init takes the model's weights, their shape and the tokenizer from the checkpoint; "
                               f"drop {', '.join(taken)} (over the checkpoint's model, a config may set "
                               f"{', '.join(free[:-1])} and {free[-1]})")

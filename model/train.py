@@ -487,13 +487,15 @@ def _data_order_changes(written: dict, stage: dict | None, config: TrainConfig, 
     """The data-order settings in which ``config`` (run by ``world_size`` processes) differs from the checkpoint's
     ``written`` config and its data ``record``."""
     ours = config.to_dict()
-    changed = [key for key in DATA_ORDER_KEYS if key in written and written[key] != ours.get(key)]
+    changed = [f"{key} ({written[key]!r}, now {ours.get(key)!r})" for key in DATA_ORDER_KEYS
+               if key in written and written[key] != ours.get(key)]
     if record and "world_size" in record and record["world_size"] != world_size:  # other consumers, other shards
         changed.append(f"world_size ({record['world_size']} processes, now {world_size})")
     mine = config.stages()[index]
     if isinstance(stage, dict):
-        changed += [f"{mine.name}.{key}" for key in DATA_ORDER_STAGE_KEYS
-                    if key in stage and stage[key] != dataclasses.asdict(mine).get(key)]
+        ours = dataclasses.asdict(mine)
+        changed += [f"{mine.name}.{key} ({stage[key]!r}, now {ours.get(key)!r})" for key in DATA_ORDER_STAGE_KEYS
+                    if key in stage and stage[key] != ours.get(key)]
     return changed
 
 

@@ -173,9 +173,12 @@ def test_resuming_with_other_data_order_settings_warns(synth_dir, tmp_path, capl
     config.pretrain[0].steps, config.finetune = 3, None
     train(config)
     checkpoint = os.path.join(tmp_path, "run", "checkpoints", "stage1-step2.pt")
-    for changes, expected in (({}, None), ({"length_buckets": [2, 2], "shuffle_buffer": 64}, "length_buckets"),
-                              ({"pretrain.0.batch_size": 4}, "stage1.batch_size")):
-        again = load_config(base=_base(synth_dir, str(tmp_path / f"again-{len(changes)}-{expected}"), checkpoint_every=2),
+    # each setting named with the checkpoint's value and the new one
+    for changes, expected in (({}, None),
+                              ({"length_buckets": [2, 2], "shuffle_buffer": 64},
+                               f"length_buckets ({config.length_buckets!r}, now [2, 2])"),
+                              ({"pretrain.0.batch_size": 4}, f"stage1.batch_size ({config.pretrain[0].batch_size!r}, now 4)")):
+        again = load_config(base=_base(synth_dir, str(tmp_path / f"again-{len(changes)}"), checkpoint_every=2),
                             overrides=[f"{k}={v}" for k, v in changes.items()])
         again.pretrain[0].steps, again.finetune = 3, None
         caplog.clear()

@@ -169,7 +169,9 @@ def test_init_may_set_the_model_keys_its_weights_do_not_depend_on(finished_run, 
         "model": {"dropout": 0.2, "max_regions": 6},
         # lr 0: the weights come out as they went in, the checkpoint's
         "finetune": {**_base(synth_dir, "")["finetune"], "steps": 2, "lr": 0.0}}))
-    for override in ("model.hidden_size=64", "model.num_heads=4", "model.vocab_size=500", "model.feature_dim=8"):
+    # (init_std too: every weight comes from the checkpoint, so the scale of new random ones would do nothing)
+    for override in ("model.hidden_size=64", "model.num_heads=4", "model.vocab_size=500", "model.feature_dim=8",
+                     "model.init_std=0.05"):
         status, error = _train(capsys, config, ft, "--set", override)
         assert status == 2 and error.count("\n") == 1, error
         assert error.startswith("lait train: init takes the model's weights, their shape and the tokenizer from the "
