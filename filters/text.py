@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import unicodedata
-from typing import Any, Iterable, Iterator, Mapping
+from typing import AbstractSet, Any, Iterable, Iterator, Mapping
 
 from filters.base import Decision, Filter
 
@@ -51,6 +51,17 @@ _NAME_RUN = re.compile(r"[\w.-]+")
 #: Longest caption the text rules look at, in characters (after normalisation); longer ones are
 #: ``text_too_long`` before any pattern runs. Alt text is a sentence or two; 64 words are ~400 characters.
 MAX_CHARS = 2000
+#: Scripts written without spaces between words, as code point ranges. Their letters are counted one by
+#: one (``tokens``) and cut into a vocabulary's words (``segment``).
+UNSPACED_RANGES = (
+    (0x0E00, 0x0E7F), (0x0E80, 0x0EFF), (0x1780, 0x17FF), (0x19E0, 0x19FF),  # Thai, Lao, Khmer
+    (0x1000, 0x109F), (0xA9E0, 0xA9FF), (0xAA60, 0xAA7F),  # Myanmar
+    (0x3005, 0x3007), (0x3040, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F),  # 々〆〇, kana, half-width kana
+    (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF),  # Han
+)
+#: Longest word, in letters, that ``segment`` looks up (wordfreq's Chinese and Japanese words are shorter
+#: but for a few hundred).
+LONGEST_SEGMENT = 8
 #: Phrases that mark navigation, layout or advertising images rather than descriptions.
 BOILERPLATE_PHRASES = (
     "click here", "click to enlarge", "click to", "read more", "learn more", "logo", "icon", "banner", "spacer",
@@ -150,18 +161,95 @@ def is_mark(ch: str) -> bool:
     return unicodedata.category(ch)[0] == "M"
 
 
+@functools.lru_cache(maxsize=1)
+def _unspaced_patterns() -> tuple[re.Pattern, re.Pattern]:
+    """(one letter of a script written without spaces with its combining marks, a run of them)."""
+    letters = "".join(f"{chr(a)}-{chr(b)}" for a, b in UNSPACED_RANGES)
+    unit = rf"(?=[^\W\d_])[{letters}][{combining_marks()}]*"  # Thai digits and the baht sign are no letters
+    return re.compile(unit), re.compile(rf"(?:{unit})+")
+
+
 def words(text: str) -> list[str]:
-    """The lower-cased letter words of a text, with their combining marks (digits and symbols are not words)."""
-    return [w.lower() for w in _word_pattern().findall(text)]
+    """The lower-cased letter words of a text, with their combining marks (digits and symbols are not words).
+
+    A run of letters of a script written without spaces (``UNSPACED_RANGES``: Chinese, Japanese, Thai, …) is
+    one word here, apart from the letters of other scripts it touches ("iPhone手机壳" is "iphone" and
+    "手机壳"): where its words end is not known without a dictionary (``segment`` cuts it with one).
+    """
+    found = []
+    _, run = _unspaced_patterns()
+    for word in _word_pattern().findall(text):
+        word = word.lower()
+        if word.isascii() or not run.search(word):
+            found.append(word)
+            continue
+        pos = 0
+        for match in run.finditer(word):
+            found.extend(_word_pattern().findall(word[pos:match.start()]))
+            found.append(match.group())
+            pos = match.end()
+        found.extend(_word_pattern().findall(word[pos:]))
+    return found
+
+
+def is_unspaced(word: str) -> bool:
+    """Whether a word from ``words`` is a run of a script written without spaces."""
+    return _unspaced_patterns()[0].match(word) is not None
+
+
+def letters_of(run: str) -> list[str]:
+    """The letters of a run of a script written without spaces, each with its combining marks."""
+    return _unspaced_patterns()[0].findall(run)
+
+
+def counted_words(text: str) -> list[str]:
+    """``words``, with each letter of a script written without spaces a word of its own (as ``tokens`` counts)."""
+    return [piece for word in words(text) for piece in (letters_of(word) if is_unspaced(word) else (word,))]
+
+
+def segment(run: str, vocabulary: AbstractSet[str]) -> list[str]:
+    """A run of a script written without spaces cut into words of a vocabulary, from the left: at each point
+    the longest word it knows (up to ``LONGEST_SEGMENT`` letters), else one letter with its marks."""
+    ends = [match.end() for match in _unspaced_patterns()[0].finditer(run)]
+    pieces, start, i = [], 0, 0
+    while i < len(ends):
+        j = min(len(ends), i + LONGEST_SEGMENT) - 1
+        while j > i and run[start:ends[j]] not in vocabulary:
+            j -= 1
+        pieces.append(run[start:ends[j]])
+        start, i = ends[j], j + 1
+    return pieces
 
 
 def tokens(text: str) -> list[str]:
-    """Whitespace tokens that hold at least one letter or digit: what a word count counts."""
-    return [t for t in text.split() if any(ch.isalnum() for ch in t)]
+    """Whitespace tokens that hold at least one letter or digit: what a word count counts.
+
+    A letter of a script written without spaces (Chinese, Japanese, Thai, …), with its combining marks, is a
+    token of its own, and so is each part of the token between them that holds a letter or digit
+    ("iPhone 15 手机壳" is five tokens; "15个" two).
+    """
+    unit, _ = _unspaced_patterns()
+    found = []
+    for token in text.split():
+        if token.isascii() or not unit.search(token):
+            if any(ch.isalnum() for ch in token):
+                found.append(token)
+            continue
+        pos = 0
+        for match in unit.finditer(token):
+            rest = token[pos:match.start()]
+            if any(ch.isalnum() for ch in rest):
+                found.append(rest)
+            found.append(match.group())
+            pos = match.end()
+        if any(ch.isalnum() for ch in token[pos:]):
+            found.append(token[pos:])
+    return found
 
 
 class WordCountFilter(Filter):
-    """Captions must have between ``min_words`` (3) and ``max_words`` (64) words.
+    """Captions must have between ``min_words`` (3) and ``max_words`` (64) words (``tokens``: in Chinese,
+    Japanese, Thai and other scripts written without spaces, letters).
 
     ``max_chars`` (``MAX_CHARS``, 2000; 0 turns it off): a longer caption is ``text_too_long`` from
     its length alone. This filter runs first, so no later pattern ever sees more than this.
@@ -222,7 +310,7 @@ class BoilerplateFilter(Filter):
         if letter_fraction < self.min_letter_fraction:
             return Decision.reject("mostly_digits_or_symbols", round(letter_fraction, 3),
                                    f"letters are {letter_fraction:.0%} of characters")
-        found = words(caption)
+        found = counted_words(caption)  # "哈哈哈哈" repeats one word as much as "ha ha ha ha"
         if len(found) >= 3:
             word, count = collections.Counter(found).most_common(1)[0]
             repeat = count / len(found)
@@ -302,6 +390,27 @@ def _file_vocabulary(path: str, name: str) -> frozenset[str]:
     return vocab
 
 
+@functools.lru_cache(maxsize=1)
+def chinese_simplified() -> Mapping[int, str]:
+    """wordfreq's Traditional-to-Simplified character table, as ``str.translate`` takes it (what wordfreq
+    applies before it looks up a Chinese word); empty when this wordfreq has none.
+
+    Read from its data file: ``wordfreq.chinese`` would import jieba, which LAIT does not install.
+    """
+    import gzip
+
+    import msgpack
+    from wordfreq.util import data_path
+
+    try:
+        with gzip.open(data_path("_chinese_mapping.msgpack.gz")) as handle:
+            return msgpack.load(handle, raw=False, strict_map_key=False)
+    except (OSError, ValueError) as exc:
+        logger.warning("no Traditional-to-Simplified Chinese table in wordfreq (%s): Traditional characters "
+                       "count as out of vocabulary", exc)
+        return {}
+
+
 class OOVFilter(Filter):
     """Out-of-vocabulary rate, as in the paper: the share of caption words not in the vocabulary.
 
@@ -309,7 +418,8 @@ class OOVFilter(Filter):
     the record has none), a fixed language code, or a word-list file (see ``load_vocabulary``: a code is
     never read as a path). A language without a list
     is not checked (score None). ``max_oov_rate`` (0.5): captions with a higher rate are rejected;
-    captions with no letter words get rate 1.0.
+    captions with no letter words get rate 1.0. In scripts written without spaces the words are the longest
+    the vocabulary knows, else single letters (``segment``); Chinese is looked up in Simplified characters.
     """
 
     name = "oov"
@@ -328,11 +438,15 @@ class OOVFilter(Filter):
         return lang if lang in wordfreq_languages() else None
 
     def oov_rate(self, caption: str, source: str = "en") -> float:
-        """Share of the caption's words missing from the vocabulary."""
+        """Share of the caption's words missing from the vocabulary (runs of a script written without spaces
+        are cut into the vocabulary's words by ``segment``)."""
+        if source == "zh":
+            caption = caption.translate(chinese_simplified())  # wordfreq's Chinese list is Simplified
         found = words(caption)
         if not found:
             return 1.0
         vocab = load_vocabulary(source)
+        found = [piece for word in found for piece in (segment(word, vocab) if is_unspaced(word) else (word,))]
         return sum(w not in vocab for w in found) / len(found)
 
     def __call__(self, record: Mapping[str, Any]) -> Decision:

@@ -3,6 +3,7 @@ import pytest
 
 from filters.rules import STEP_OF_REASON, RuleConfig, RuleFilters
 from filters.synthetic import candidate, make_image
+from filters.text import normalize_text
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +70,32 @@ def test_pair_size_and_image_id_come_from_the_bytes_not_the_columns(rules, photo
     assert rejected is None
     assert (pair["width"], pair["height"]) == (400, 320)
     assert pair["image_id"] == hashlib.sha256(photo).hexdigest()
+
+
+@pytest.mark.parametrize("lang,caption", [
+    ("zh", "一只黑色的狗在草地上奔跑"), ("zh", "适用于iPhone 15的透明手机壳"), ("ja", "草の上を走る黒い犬"),
+    ("ja", "東京タワーの夜景"), ("th", "สุนัขสีดำวิ่งบนสนามหญ้า"),
+])
+def test_captions_in_scripts_without_spaces_make_pairs(photo, lang, caption):
+    """Each character (a Thai consonant with its signs) is a word: a whole sentence is no longer one word."""
+    pair, rejected = RuleFilters(RuleConfig(langs=(lang,))).apply(candidate(photo, caption, 6))
+    assert rejected is None, rejected
+    assert (pair["caption"], pair["lang"]) == (normalize_text(caption), lang)  # NFKC splits Thai's sara am
+
+
+def test_explain_keeps_chinese_japanese_and_thai_at_the_defaults(capsys):
+    import json
+
+    from lait import cli
+
+    for lang, captions in (("zh", ["一只黑色的狗在草地上奔跑", "iPhone 15 透明手机壳，防摔全包", "小狗"]),
+                           ("ja", ["草の上を走る黒い犬", "犬"]), ("th", ["สุนัขสีดำวิ่งบนสนามหญ้า"])):
+        assert cli.main(["explain", "--json", "--langs", lang, *captions]) == 0
+        results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        kept = {r["caption"]: r["keep"] for r in results}
+        assert kept == {c: len(c) > 2 for c in captions}, results
+        for r in results:
+            count = r["filters"]["word_count"]
+            assert count["score"] >= 3 if r["keep"] else count["reason"] == "text_too_short"
+            if lang != "th":  # wordfreq has no Thai list: not checked
+                assert r["filters"]["oov"]["score"] <= 0.1, r

@@ -36,6 +36,29 @@ def test_word_count_keeps_bounds_and_counts_tokens_with_letters():
     assert tokens("a , b") == ["a", "b"]
 
 
+@pytest.mark.parametrize("caption,expected", [
+    ("一只黑色的狗在草地上奔跑", list("一只黑色的狗在草地上奔跑")),
+    ("草の上を走る黒い犬", list("草の上を走る黒い犬")),
+    ("สุนัขสีดำวิ่ง", ["สุ", "นั", "ข", "สี", "ด", "ำ", "วิ่", "ง"]),  # a consonant keeps its vowel sign and tone mark
+    ("iPhone 15 手机壳", ["iPhone", "15", "手", "机", "壳"]),
+    ("(15个)。", ["(15", "个"]),  # the other parts are kept like whitespace tokens: "(15" has a digit, ")。" none
+    ("검은 개가 잔디 위를 달린다", ["검은", "개가", "잔디", "위를", "달린다"]),  # Korean is written with spaces
+])
+def test_word_count_counts_letters_of_scripts_written_without_spaces(caption, expected):
+    assert tokens(caption) == expected
+    assert WordCountFilter()({"caption": caption}).score == len(expected)
+
+
+def test_word_count_in_unspaced_scripts_keeps_sentences_and_rejects_short_ones():
+    f = WordCountFilter()
+    assert f({"caption": "一只黑色的狗在草地上奔跑"}).keep and f({"caption": "草の上を走る黒い犬"}).keep
+    assert f({"caption": "สุนัขสีดำวิ่งบนสนามหญ้า"}).keep
+    short = f({"caption": "小狗"})
+    assert (short.keep, short.reason, short.detail) == (False, "text_too_short", "2 words < 3")
+    assert f({"caption": "犬"}).reason == "text_too_short"
+    assert WordCountFilter(max_words=64)({"caption": "狗" * 65}).reason == "text_too_long"
+
+
 @pytest.mark.parametrize("caption,reason", [
     ("IMG_1234.jpg", "caption_is_filename"),
     ("holiday DSC01234 at the beach", "caption_is_filename"),
@@ -46,6 +69,7 @@ def test_word_count_keeps_bounds_and_counts_tokens_with_letters():
     ("Click here to see more photos", "boilerplate_text"),
     ("Company Logo in blue", "boilerplate_text"),
     ("cat cat cat cat dog", "repeated_words"),
+    ("哈哈哈哈哈哈", "repeated_words"),  # one character, six times: a word repeated in a script without spaces
     ("12345 678 90 ### 2024", "mostly_digits_or_symbols"),
 ])
 def test_boilerplate_rejects(caption, reason):
@@ -54,7 +78,8 @@ def test_boilerplate_rejects(caption, reason):
 
 
 @pytest.mark.parametrize("caption", ["a catalogue of logistics books", "New York New York at night",
-                                     "the 3 little pigs in 2024", "an icy lake in winter"])
+                                     "the 3 little pigs in 2024", "an icy lake in winter", "可爱的狗狗在草地上",
+                                     "iPhone 15 手机壳", "スーパーカー"])
 def test_boilerplate_keeps_ordinary_captions(caption):
     assert BoilerplateFilter()({"caption": caption}).keep
 
@@ -85,6 +110,31 @@ def test_oov_auto_follows_the_detected_language():
     assert f({"caption": "a dog on the beach"}).keep  # no lang: English
     unknown = f({"caption": "la hundo kuras", "lang": "eo"})
     assert unknown.keep and unknown.score is None
+
+
+@pytest.mark.parametrize("caption,lang", [
+    ("一只黑色的狗在草地上奔跑", "zh"), ("iPhone 15 手机壳", "zh"), ("这是一张在东京拍摄的照片", "zh"),
+    ("這是一張在東京拍攝的照片", "zh"),  # Traditional characters: looked up Simplified, as wordfreq does
+    ("草の上を走る黒い犬", "ja"), ("東京タワーの夜景", "ja"),
+])
+def test_oov_finds_the_words_of_scripts_written_without_spaces(caption, lang):
+    assert OOVFilter()({"caption": caption, "lang": lang}).score == 0.0  # not one unknown word: 100%
+
+
+def test_oov_cuts_runs_into_the_longest_words_the_vocabulary_knows(tmp_path):
+    from filters.text import load_vocabulary, segment, words
+
+    assert words("iPhone手机壳") == ["iphone", "手机壳"]  # a run apart from the Latin letters it touches
+    assert segment("一只黑色的狗在草地上奔跑", load_vocabulary("zh")) == ["一只", "黑色", "的", "狗", "在", "草地",
+                                                                    "上", "奔跑"]
+    assert segment("草の上を走る黒い犬", load_vocabulary("ja")) == ["草", "の", "上", "を", "走る", "黒い", "犬"]
+    # UTF-8 read as GBK: mojibake made of real but rare characters
+    mojibake = "一只黑色的狗在草地上奔跑".encode("utf-8").decode("gbk", errors="replace")
+    assert OOVFilter()({"caption": mojibake, "lang": "zh"}).reason == "high_oov_rate"
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("黑色\n狗\n草地\n", encoding="utf-8")  # a word list of words, not of characters
+    f = OOVFilter(str(vocab))
+    assert f({"caption": "黑色的狗在草地"}).score == 0.4  # 黑色 的 狗 在 草地: 的 and 在 are not listed
 
 
 def test_text_quality_prefers_sentences_in_vocabulary():
