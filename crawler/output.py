@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import os
 import tempfile
 from typing import Any, Iterator
@@ -410,11 +411,25 @@ def merge_process_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def write_stats(out_dir: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``stats.json`` (the funnel counted from the output, plus ``extra``) atomically; return it."""
+def image_settings(min_side: int, max_aspect: float, formats, max_pixels: int) -> dict[str, Any]:
+    """The image rules a crawl applied, as its stats.json records them under ``settings`` (as ``lait filter``'s
+    stats.json records its options): ``max_aspect`` 0.0 when the check was off (no limit, as the option says it),
+    ``image_formats`` the formats compared (a list, or the WARC reader's comma-separated text)."""
+    if isinstance(formats, str):
+        formats = [name for name in formats.split(",") if name]
+    return {"min_side": int(min_side), "max_aspect": 0.0 if math.isinf(max_aspect) else float(max_aspect),
+            "image_formats": list(formats), "max_pixels": int(max_pixels)}
+
+
+def write_stats(out_dir: str, extra: dict[str, Any] | None = None,
+                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``stats.json`` (the funnel counted from the output, plus ``extra`` and the crawl's ``settings``:
+    ``image_settings``) atomically; return it."""
     stats = funnel(out_dir)
     for key, value in (extra or {}).items():
         stats.setdefault(key, value)
+    if settings is not None:
+        stats["settings"] = settings
     if "://" in out_dir:  # a Beam/fsspec URL: object stores replace whole objects anyway
         import fsspec
 

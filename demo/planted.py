@@ -215,11 +215,18 @@ def load_ledger(path: str) -> list[dict]:
 
 
 def write_planted(run_dir: str, ledger: list[dict], out_path: str | None = None, **kwargs) -> dict:
-    """Evaluate and write ``planted.json`` (default: in the run folder); returns the report."""
+    """Evaluate and write ``planted.json`` (default: in the run folder) through a temporary file beside it: a stop
+    midway leaves the earlier file or the new one, never half of one. Returns the report."""
     report = evaluate(run_dir, ledger, **kwargs)
     out_path = out_path or os.path.join(run_dir, "planted.json")
-    with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    tmp = f"{out_path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return report
 
 

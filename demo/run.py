@@ -29,6 +29,7 @@ it remade (a skipped step's, or a step's after ``--stop-after``).
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -218,11 +219,40 @@ def option_flag(name: str) -> str:
     return name if name in NOT_FLAGS else f"--{name.replace('_', '-')}"
 
 
+def file_sha256(path: str) -> str | None:
+    """The sha256 (hex) of the bytes of the file at ``path``; None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def option_value(config: "DemoConfig", name: str):
-    """The value of the option ``name`` that a step's outputs follow (``--train-config`` as an absolute path, so
-    that the same file given from another folder is the same)."""
+    """The value of the option ``name`` that a step's outputs follow: ``--train-config`` as its file
+    (``{"path": absolute path, "sha256": of its content}``), which ``comparable`` reduces to the content."""
     value = getattr(config, name)
-    return os.path.abspath(value) if name == "train_config" else value
+    return {"path": os.path.abspath(value), "sha256": file_sha256(value)} if name == "train_config" else value
+
+
+def comparable(name: str, value):
+    """What decides whether two values of the option ``name`` are the same: a train config's content (its sha256:
+    the same file edited is another config, a copy of it at another path the same one), None where that is not
+    recorded (a demo.json that recorded the path only); any other option's value itself."""
+    if name == "train_config":
+        return value.get("sha256") if isinstance(value, dict) else None
+    return value
+
+
+def shown(name: str, value) -> str:
+    """A value of the option ``name`` as a message shows it: a train config as its path and its content's sha256."""
+    if name == "train_config" and isinstance(value, dict):
+        digest = value.get("sha256")
+        return f"{value.get('path')} ({f'sha256 {digest[:12]}' if digest else 'unreadable'})"
+    return str(value)
 
 
 def earlier_steps(out: str) -> dict[str, dict]:
@@ -248,11 +278,18 @@ def _json_object(path: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+#: What the detector step writes in ``OUT/detector/``: the weights, and the training record ``train_demo_detector``
+#: writes beside them (epochs, samples, and the scenes' seed and count as the step gives them).
+DETECTOR_WEIGHTS = "demo_detector.safetensors"
+DETECTOR_RECORD = "demo_detector.training.json"
+
+
 def stage_options(out: str, step_name: str) -> dict:
     """The options a step's stage recorded itself in the run folder ``out`` (what was actually used, whatever
-    ``demo.json`` says): ``lait filter``'s ``settings`` in its stats.json, ``lait relevance train``'s ``training``
-    in the model's config.json. Empty for the other steps, and for records that are absent or unreadable."""
-    if step_name in ("filter0", "filter"):
+    ``demo.json`` says): ``lait crawl``'s and ``lait filter``'s ``settings`` in their stats.json, ``lait relevance
+    train``'s ``training`` in the model's config.json, the demo detector's training record. Empty for the other
+    steps, and for records that are absent or unreadable."""
+    if step_name in ("crawl", "filter0", "filter"):
         settings = _json_object(os.path.join(out, step_name, "stats.json")).get("settings")
         if not isinstance(settings, dict):
             return {}
@@ -267,6 +304,12 @@ def stage_options(out: str, step_name: str) -> dict:
         keys = {"relevance_epochs": "epochs", "relevance_image_size": "image_size",
                 "relevance_mismatch_cost": "mismatch_cost", "relevance_members": "members"}
         return {name: training[key] for name, key in keys.items() if key in training}
+    if step_name == "detector":
+        record = _json_object(os.path.join(out, "detector", DETECTOR_RECORD))
+        source = record.get("source") if isinstance(record.get("source"), dict) else {}
+        found = {"detector_epochs": record.get("epochs"), "detector_scenes": source.get("scenes"),
+                 "seed": source.get("seed")}
+        return {name: value for name, value in found.items() if value is not None}
     return {}
 
 
@@ -275,12 +318,13 @@ def recorded_options(out: str, step: "Step", earlier: dict[str, dict]) -> dict:
     (``stage_options``), else what ``demo.json`` recorded for it when it finished; None where neither says."""
     record = earlier.get(step.name) or {}
     saved = {**(record.get("options") or {}), **stage_options(out, step.name)}
-    return {name: saved.get(name) for name in step.options}
+    return {name: saved.get(name) if comparable(name, saved.get(name)) is not None else None for name in step.options}
 
 
 def differing_options(config: "DemoConfig", made_with: dict) -> list[str]:
     """The options of ``made_with`` (recorded values, None where unknown) that ``config`` gives otherwise."""
-    return [name for name, value in made_with.items() if value is not None and value != option_value(config, name)]
+    return [name for name, value in made_with.items() if comparable(name, value) is not None
+            and comparable(name, value) != comparable(name, option_value(config, name))]
 
 
 def check_step_options(config: "DemoConfig", reused: list[str]) -> None:
@@ -304,8 +348,8 @@ def check_step_options(config: "DemoConfig", reused: list[str]) -> None:
             differ.setdefault(name, (made_with[name], []))[1].append(step.name)
     if differ:
         steps = list(dict.fromkeys(s for _, names in differ.values() for s in names))
-        was = " ".join(f"{option_flag(n)} {value}" for n, (value, _) in differ.items())
-        now = " ".join(f"{option_flag(n)} {option_value(config, n)}" for n in differ)
+        was = " ".join(f"{option_flag(n)} {shown(n, value)}" for n, (value, _) in differ.items())
+        now = " ".join(f"{option_flag(n)} {shown(n, option_value(config, n))}" for n in differ)
         raise ValueError(f"--from {config.start_from} would reuse the outputs of {', '.join(steps)}, made with {was}, "
                          f"but this run has {now}: rerun {'that step' if len(steps) == 1 else 'them'} "
                          f"(--from {first}), give those options as before, or use a new --out")
@@ -433,7 +477,7 @@ class Demo:
     @property
     def detector_path(self) -> str:
         """Where the demo detector's weights go."""
-        return self.p("detector", "demo_detector.safetensors")
+        return self.p("detector", DETECTOR_WEIGHTS)
 
     def relevance_cut(self) -> list[str]:
         """The relevance cut: a keep-rate, or (keep-rate 0) the threshold the model chose in training."""
@@ -536,7 +580,10 @@ class Demo:
         torch.set_num_threads(TRAIN_THREADS)
         try:
             result = train_demo_detector(samples, list(CLASSES), self.detector_path, epochs=self.cfg.detector_epochs,
-                                         config=dict(DETECTOR_CONFIG), progress=True)
+                                         config=dict(DETECTOR_CONFIG), progress=True,
+                                         source={"stream": "detector", "seed": self.cfg.seed,
+                                                 "scenes": self.cfg.detector_scenes},
+                                         record_path=self.p("detector", DETECTOR_RECORD))
         finally:
             torch.set_num_threads(threads)
         losses = result.get("losses") if isinstance(result, dict) else None
@@ -587,6 +634,8 @@ class Demo:
         self.echo(head)
         start = step.started = time.monotonic()
         step.status = "running"
+        # Read before it runs (the train config's content is what the stage reads when it starts).
+        made_with = {name: option_value(self.cfg, name) for name in step.options}
         self.write_log()  # before its outputs go: a run stopped in this step leaves a demo.json that says so
         try:
             # A rerun into the same run folder starts each step afresh (stages refuse to overwrite).
@@ -600,7 +649,7 @@ class Demo:
             else:
                 step.func()
             step.status = "ok"
-            step.made_with = {name: option_value(self.cfg, name) for name in step.options}
+            step.made_with = made_with
         except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the rest still runs
             step.status, step.detail = "failed", f"{type(exc).__name__}: {exc}"
             log.debug("step %s failed", step.name, exc_info=True)
@@ -686,8 +735,8 @@ class Demo:
                             step.made_with = recorded_options(self.out, step, earlier)
                             other = differing_options(self.cfg, step.made_with)
                             if other:
-                                step.detail += ", made with " + " ".join(f"{option_flag(n)} {step.made_with[n]}"
-                                                                         for n in other)
+                                step.detail += ", made with " + " ".join(
+                                    f"{option_flag(n)} {shown(n, step.made_with[n])}" for n in other)
                 else:
                     self.run_step(step, index)
                     remade.add(step.name)

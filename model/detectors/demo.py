@@ -158,11 +158,16 @@ def train_demo_detector(
     seed: int = 0,
     config: dict | None = None,
     progress: bool = False,
+    source: dict | None = None,
+    record_path: str | None = None,
 ) -> dict:
     """Train the demo detector on (image, boxes [n,4] x1y1x2y2 pixels, labels [n] 0-based) and save it.
 
-    Returns ``{"path": weights file, "losses": mean loss per epoch, "config": ...}``. The network
-    input short side defaults to the samples' median short side, so generated scenes are not rescaled.
+    Returns ``{"path": weights file, "losses": mean loss per epoch, "config": ..., "record": ...}``. The network
+    input short side defaults to the samples' median short side, so generated scenes are not rescaled. Beside the
+    weights, the training record (``record_path``, default ``<weights>.training.json``, written whole or not at
+    all): ``epochs``, ``samples``, ``batch_size``, ``lr``, ``seed``, ``losses``, and ``source`` as the caller
+    gives it (where the samples came from; the demo: its scenes' seed and count).
     """
     if not samples:
         raise ValueError("train_demo_detector needs at least one sample")
@@ -219,4 +224,11 @@ def train_demo_detector(
         bar.close()
     detector.eval()
     path = save(detector, out_path)
-    return {"path": path, "losses": losses, "config": detector.spec.config}
+    record = {"epochs": epochs, "samples": len(samples), "batch_size": batch_size, "lr": lr, "seed": seed,
+              "losses": losses, "source": source}
+    record_path = record_path or os.path.splitext(path)[0] + ".training.json"
+    tmp = f"{record_path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, record_path)
+    return {"path": path, "losses": losses, "config": detector.spec.config, "record": record}

@@ -70,6 +70,26 @@ def test_a_link_that_is_not_html_is_a_not_html_row_without_its_body_downloaded(t
     assert sent["/untyped.bin"] == 4000
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
+def test_stats_json_records_the_image_rules_the_crawl_applied(tmp_path, processes):
+    """stats.json held the funnel but not the rules behind it: `lait demo --from` could not tell a crawl made with
+    --min-side 128 from one made with 100. The values used are recorded (as lait filter's `settings`), once per
+    run with several processes: a max aspect of 0 as 0 (off), the formats as compared."""
+    out = tmp_path / "out"
+    site = MockSite({"/robots.txt": ROBOTS_OK,
+                     "/index.html": (200, HTML, html('<img src="/img/a.jpg" alt="A small red square">')),
+                     "/img/a.jpg": (200, JPEG, jpeg(96, 72))})
+    settings = dict(TEST_SETTINGS, LAIT_IMAGE_FORMATS="jpg,png", LAIT_MAX_PIXELS=1_000_000)
+    with site:
+        lait_crawl(site.url + "/index.html", "--out", str(out), "--allow-private-networks", "--min-side",
+                   str(TEST_MIN_SIDE), "--max-aspect", "0", "--processes", str(processes), settings=settings)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == 1
+    assert stats["settings"] == {"min_side": TEST_MIN_SIDE, "max_aspect": 0.0, "image_formats": ["JPEG", "PNG"],
+                                 "max_pixels": 1_000_000}
+    assert not any("settings" in part for part in stats.get("by_process", []))
+
+
 # ------------------------------------------------------------------ robots.txt unavailable, then asked again
 
 def robots_middleware(clock, retry_after=300.0):

@@ -1,5 +1,6 @@
 """Planted-noise precision and recall on a hand-made run folder with known mistakes."""
 import json
+import os
 
 import pytest
 
@@ -53,6 +54,21 @@ def test_recall_and_precision_per_category(run):
     assert report["summary"]["all_at_least_0_9"] is (cats["mismatch"]["recall"] >= 0.9)
 
 
+def test_a_write_stopped_midway_leaves_the_earlier_planted_json_whole(run, tmp_path):
+    """write_planted wrote planted.json in place: a stop midway (here, a stage that JSON cannot write, given as a
+    path) left half a JSON file in place of the earlier one."""
+    from pathlib import PurePosixPath
+
+    site, run_dir = run
+    out = tmp_path / "planted.json"
+    out.write_text('{"earlier": true}')
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        planted.write_planted(run_dir, site.ledger, str(out), stages=("crawl", PurePosixPath("filter")))
+    assert json.loads(out.read_text()) == {"earlier": True} and os.listdir(tmp_path) == ["planted.json"]
+    report = planted.write_planted(run_dir, site.ledger, str(out))
+    assert json.loads(out.read_text()) == report and os.listdir(tmp_path) == ["planted.json"]
+
+
 def test_a_lost_clean_item_counts_against_never_collected_categories(run, tmp_path):
     site, run_dir = run
     ledger = [dict(i) for i in site.ledger]
@@ -80,7 +96,6 @@ def test_reason_matching_and_empty_run(tmp_path):
 
 
 def test_native_cli(run, tmp_path):
-    import os
     import subprocess
     import sys
 

@@ -91,6 +91,8 @@ def test_demo_up_to_the_crawl_serves_the_site_and_closes_the_books(tmp_path):
             assert (cats[cat]["recall"], cats[cat]["precision"]) == (1.0, 1.0), (cat, cats[cat])
         assert plant["clean"]["lost_by"] == {"collected": plant["clean"]["items"]}
         assert json.load(open(out / "audit.json"))["ok"] is True
+        # The crawl records the image rules it applied, which a later --from reads.
+        assert demo_run.stage_options(str(out), "crawl") == {"min_side": 128, "max_aspect": 3.0}
 
 
 def test_stop_after_rejects_unknown_steps(tmp_path):
@@ -397,7 +399,8 @@ def test_from_refuses_reused_outputs_made_with_other_options(tmp_path, capsys):
     out = tmp_path / "r"
     _earlier_run(out)
     same = dict(out=str(out))
-    (tmp_path / "other.yaml").write_text(open(DemoConfig().train_config).read())
+    (tmp_path / "other.yaml").write_text(open(DemoConfig().train_config).read() + "# edited\n")
+    shipped = demo_run.option_value(DemoConfig(), "train_config")
     rerun_crawl, rerun_relevance = "that step (--from crawl)", "that step (--from relevance_train)"
     for changed, start, made, rerun in (
             ({"min_side": 100}, "filter0", "crawl, made with --min-side 128, but this run has --min-side 100",
@@ -417,7 +420,7 @@ def test_from_refuses_reused_outputs_made_with_other_options(tmp_path, capsys):
              "detector, made with --detector-epochs 4, but this run has --detector-epochs 2", "--from detector"),
             ({"detector_scenes": 10}, "test_features", "made with --detector-scenes 400", "--from detector"),
             ({"train_config": str(tmp_path / "other.yaml")}, "eval",
-             f"train, made with --train-config {DemoConfig().train_config}", "--from train"),
+             f"train, made with --train-config {shipped['path']} (sha256 {shipped['sha256'][:12]})", "--from train"),
     ):
         with pytest.raises(ValueError, match=f"^--from {start} would reuse the outputs of ") as err:
             demo_run.check_config(DemoConfig(**same, **changed, start_from=start, stop_after=start))
