@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import re
+import unicodedata
 from typing import Any, Iterable, Mapping
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -29,14 +30,21 @@ logger = logging.getLogger(__name__)
 
 #: ``<img>`` attributes that hold the real image of lazy-loading pages, most specific first.
 LAZY_SRC_ATTRS = ("data-src", "data-original", "data-lazy-src")
-SRCSET_ATTRS = ("data-srcset", "srcset")
+#: ``srcset`` and the attributes lazy-loading scripts keep it in until the image scrolls into view.
+SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset", "srcset")
 #: Robots directives by which a page or image opts out of AI training / image indexing, strongest first.
 OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noimageindex")
+#: Directives that opt an image out only on the image's own response: ``noindex`` there keeps the image out of
+#: image search (search engines' documented way), while a page's ``noindex`` is about the page, not its images.
+IMAGE_OPT_OUT_DIRECTIVES = OPT_OUT_DIRECTIVES + ("noindex", "none")
 #: ``<meta name=...>`` values whose robots directives apply to us.
 ROBOTS_META_NAMES = ("robots", "lait")
 PAGE_TEXT_CHARS = 1000
 INVISIBLE_TAGS = ("script", "style", "noscript", "template", "head")
 _WHITESPACE = re.compile(r"\s+")
+#: Control characters that are not whitespace (``\s`` takes the others): never text, and ``NO_FIGCAPTION``
+#: relies on normalised text holding none.
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
 #: Pillow format names of the MIME types a ``<picture>``'s ``<source type>`` may give; a source whose type
 #: is not here, or names a format the crawl does not allow, is skipped as a browser skips a type it cannot show.
 SOURCE_TYPE_FORMATS = {
@@ -108,11 +116,12 @@ def header_value(headers: Mapping | None, name: str) -> str | None:
     return None
 
 
-def opt_out_reason(directives: Iterable[str], agent: str = "lait") -> str | None:
+def opt_out_reason(directives: Iterable[str], agent: str = "lait", image: bool = False) -> str | None:
     """The opt-out reason in robots directives (meta robots content or X-Robots-Tag values), if any.
 
     X-Robots-Tag values may be scoped to one user agent (``googlebot: noindex``); those scoped to
-    another agent do not apply to us.
+    another agent do not apply to us. ``image``: the directives are an image response's own X-Robots-Tag,
+    where ``noindex`` (and ``none``) opt the image out too (``opt_out_noindex``).
     """
     found = set()
     for value in directives:
@@ -124,9 +133,9 @@ def opt_out_reason(directives: Iterable[str], agent: str = "lait") -> str | None
                     continue
                 token = token.strip()
             found.add(token)
-    for directive in OPT_OUT_DIRECTIVES:
+    for directive in IMAGE_OPT_OUT_DIRECTIVES if image else OPT_OUT_DIRECTIVES:
         if directive in found:
-            return f"opt_out_{directive}"
+            return "opt_out_noindex" if directive == "none" else f"opt_out_{directive}"
     return None
 
 
@@ -165,13 +174,41 @@ def _reads_ascii(encoding: str) -> bool:
         return False
 
 
+#: A ``<meta>`` tag that may declare the charset; the ``<body>`` tag, which ends the ``<head>`` where one counts.
+_META_CHARSET = re.compile(rb"<meta[^>]{0,1024}?charset", re.IGNORECASE)
+_BODY_TAG = re.compile(rb"<body[\s>/]", re.IGNORECASE)
+#: How far into a page a ``<meta>`` charset is looked for (w3lib itself reads 4,096 bytes), and how many
+#: ``<meta>`` tags that spell "charset" are tried there: bounds on a page made to be slow.
+HEAD_SCAN_BYTES = 64 * 1024
+LATE_META_TRIES = 8
+
+
+def _meta_declared_encoding(body: bytes) -> str | None:
+    """The charset a ``<meta>`` declares, found where browsers find it: w3lib reads the first 4,096 bytes; a
+    declaration further down the ``<head>``, after a long inline script or style, is taken too (browsers
+    re-read the page on meeting it), up to ``HEAD_SCAN_BYTES``; one after ``<body>`` is not."""
+    label = html_body_declared_encoding(body)
+    if label or len(body) <= 4096:
+        return label
+    head = body[:HEAD_SCAN_BYTES]
+    body_tag = _BODY_TAG.search(head)
+    head = head[:body_tag.start()] if body_tag else head
+    for tries, match in enumerate(_META_CHARSET.finditer(head)):
+        if tries == LATE_META_TRIES:
+            break
+        label = html_body_declared_encoding(head[match.start():])
+        if label:
+            return label
+    return None
+
+
 def decode_html(body: bytes, headers: Mapping | None = None) -> str:
     """Decode a page, surviving a wrongly declared encoding.
 
     A byte-order mark decides first (UTF-32 before UTF-16), then the NUL bytes of UTF-16/32 markup
     without one. Valid UTF-8 with non-ASCII bytes is almost never another encoding by accident, so it
     wins over a declaration (a stray NUL does not change that); otherwise the declared encoding (HTTP header, then
-    ``<meta>``) is used when it decodes cleanly, then UTF-8, and Windows-1252 with replacement
+    ``<meta>``, further down a long ``<head>`` too) is used when it decodes cleanly, then UTF-8, and Windows-1252 with replacement
     characters is the last resort. A declaration of UTF-16/32 on a page without NUL bytes, of an encoding
     that does not read ASCII as ASCII (EBCDIC) on bytes that are all ASCII, or of a codec that is no page
     encoding (``unicode_escape``, ``utf-7``, ...), is ignored.
@@ -189,7 +226,7 @@ def decode_html(body: bytes, headers: Mapping | None = None) -> str:
         except UnicodeDecodeError:
             pass
     ascii_markup = body.isascii() and not has_nul
-    declared = [http_content_type_encoding(header_value(headers, "Content-Type")), html_body_declared_encoding(body)]
+    declared = [http_content_type_encoding(header_value(headers, "Content-Type")), _meta_declared_encoding(body)]
     for encoding in filter(None, map(_page_encoding, declared)):
         if encoding.startswith(("utf-16", "utf-32")) and not has_nul:
             continue  # ASCII markup without NUL bytes is not UTF-16/32 (a <meta> claiming it is wrong)
@@ -208,10 +245,14 @@ def decode_html(body: bytes, headers: Mapping | None = None) -> str:
 
 
 def normalize_text(value: str | None) -> str | None:
-    """Collapse whitespace runs to one space and strip; ``None`` stays ``None``."""
+    """Collapse whitespace runs to one space and strip, dropping control characters; a text of nothing but
+    invisible format characters (``&#8203;``, a zero-width space) is ``""``. ``None`` stays ``None``."""
     if value is None:
         return None
-    return _WHITESPACE.sub(" ", value).strip()
+    text = _WHITESPACE.sub(" ", _CONTROL.sub("", value)).strip()
+    if all(ch == " " or unicodedata.category(ch) == "Cf" for ch in text):  # (stops at the first visible one)
+        return ""
+    return text
 
 
 def parse_srcset(value: str) -> list[tuple[str, float]]:
@@ -253,16 +294,6 @@ def parse_srcset(value: str) -> list[tuple[str, float]]:
                 break
         if url:
             result.append((url, size))
-
-
-def _largest(srcsets: Iterable[str]) -> str | None:
-    """The URL with the largest descriptor over several srcset values."""
-    best, best_size = None, -1.0
-    for srcset in srcsets:
-        for url, size in parse_srcset(srcset):
-            if size > best_size:
-                best, best_size = url, size
-    return best
 
 
 def _clean_url(url: str) -> str:
@@ -330,9 +361,17 @@ def _source_allowed(source: lxml.html.HtmlElement, formats: frozenset[str]) -> b
     return not mime or not formats or SOURCE_TYPE_FORMATS.get(mime) in formats
 
 
+def _is_data(url: str) -> bool:
+    return url.lstrip().lower().startswith("data:")
+
+
 def _image_source(img: lxml.html.HtmlElement, formats: frozenset[str]) -> str | None:
     """The URL of the largest version of an ``<img>``: picture sources of an allowed type, srcsets, lazy
-    attributes, src."""
+    attributes, src.
+
+    A ``data:`` URI is a lazy-loading page's placeholder (a 1x1 GIF, a blank SVG) wherever it stands: any URL
+    that can be fetched wins over it, and it comes back only when the ``<img>`` has nothing else (its reject).
+    """
     srcsets = []
     # libxml2 does not know <source> is void, so the <img> may sit inside it: search the whole <picture>.
     for picture in img.iterancestors("picture"):
@@ -341,14 +380,23 @@ def _image_source(img: lxml.html.HtmlElement, formats: frozenset[str]) -> str | 
                 srcsets.extend(source.get(attr) for attr in SRCSET_ATTRS if source.get(attr))
         break
     srcsets.extend(img.get(attr) for attr in SRCSET_ATTRS if img.get(attr))
-    largest = _largest(srcsets)
-    if largest and not largest.startswith("data:"):
-        return largest
+    placeholder = None
+    best, best_size = None, -1.0
+    for srcset in srcsets:
+        for url, size in parse_srcset(srcset):
+            if _is_data(url):
+                placeholder = placeholder or url
+            elif size > best_size:
+                best, best_size = url, size
+    if best:
+        return best
     for attr in LAZY_SRC_ATTRS + ("src",):
         value = (img.get(attr) or "").strip()
-        if value:
+        if value and _is_data(value):
+            placeholder = placeholder or value
+        elif value:
             return value
-    return largest
+    return placeholder
 
 
 def _figcaption(img: lxml.html.HtmlElement) -> str | None:
@@ -357,6 +405,15 @@ def _figcaption(img: lxml.html.HtmlElement) -> str | None:
         if caption is not None:
             return normalize_text(caption.text_content()) or None
         return None
+    return None
+
+
+def _inherited_title(img: lxml.html.HtmlElement) -> str | None:
+    """The title of the nearest ancestor that has one (``<a title=...>`` around a gallery's thumbnail): the
+    HTML standard's advisory title of an element without its own, which browsers show over the image."""
+    for ancestor in img.iterancestors():
+        if ancestor.get("title") is not None:
+            return normalize_text(ancestor.get("title")) or None
     return None
 
 
@@ -405,7 +462,10 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
     if base is not None and base.get("href", "").strip():
         try:
             base_url = resolve_url(page_url, base.get("href").strip())
-        except ValueError:  # a browser ignores a base it cannot parse
+            if urlsplit(base_url).scheme in ("data", "javascript"):
+                raise ValueError("a data: or javascript: base")
+        except ValueError:  # a browser ignores a base it cannot parse, or of these schemes (HTML standard)
+            base_url = page_url
             page.counts["invalid_base"] += 1
 
     directives = [m.get("content", "") for m in doc.iter("meta") if (m.get("name") or "").lower() in ROBOTS_META_NAMES]
@@ -457,8 +517,11 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
             continue
         figcaption = _figcaption(img)
         if not alt and not title_text and not figcaption:
-            _reject(page, ref, "no_text")
-            continue
+            if img.get("title") is None:  # (a title="" of its own says the image has none)
+                ref["title"] = title_text = _inherited_title(img)
+            if not title_text:
+                _reject(page, ref, "no_text")
+                continue
         candidate = dict(ref, figcaption=figcaption, page_lang=page.lang, page_title=page.title, page_text=page.text)
         key = candidate_id(page_url, image_url, alt, title_text)
         if figcaption_of.setdefault(key, figcaption) != figcaption:  # same image and alt/title, another caption

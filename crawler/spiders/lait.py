@@ -180,6 +180,8 @@ def check_value(name: str, value, label: str | None = None) -> None:
         read = None  # never accepted
     if getter == "getint" and isinstance(value, float) and not value.is_integer():
         read = None  # Scrapy would read 2.5 (`lait crawl -s X=2.5`, JSON) as 2, but refuses the text "2.5"
+    if getter in ("getint", "getfloat") and isinstance(value, bool):
+        read = None  # Scrapy would read a settings file's `LAIT_MIN_SIDE = True` as 1 (the text "true" it refuses)
     option_rules.check(option_rules.Rule(ok, must_be), read, label or name, given=value)
 
 
@@ -611,7 +613,8 @@ class LaitSpider(scrapy.Spider):
         stats.set_value("lait/run/last_response", time.time())
         stats.inc_value("lait/image/fetched")
         body = response.body
-        opt_out = extract.opt_out_reason([v.decode("latin-1") for v in response.headers.getlist("X-Robots-Tag")])
+        opt_out = extract.opt_out_reason([v.decode("latin-1") for v in response.headers.getlist("X-Robots-Tag")],
+                                         image=True)
         if opt_out:
             result = {"reason": opt_out, "detail": "X-Robots-Tag on the image"}
         else:
