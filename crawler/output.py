@@ -440,13 +440,5 @@ def write_stats(out_dir: str, extra: dict[str, Any] | None = None,
     return stats
 
 
-def write_json_atomically(path: str, data: Any) -> None:
-    """Write a local JSON file whole or not at all: a temporary file beside it, flushed to disk, then a rename."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+#: (crawler modules call it by this module; the one writer is schemas')
+write_json_atomically = schemas.write_json_atomically

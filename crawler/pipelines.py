@@ -104,5 +104,9 @@ class ParquetWriterPipeline:
                 json.dump(dict(lait, scrapy=rest), handle, default=str)
             return
         settled = output.settle(self.out_dir, outcomes)
-        stats = output.write_stats(self.out_dir, dict(lait, **settled, source="crawl", scrapy=rest))
+        spider = self.crawler.spider
+        # the image rules the spider applied (native `scrapy crawl` too), as lait filter's stats.json records its own
+        rules = (output.image_settings(spider.min_side, spider.max_aspect, spider.formats, spider.max_pixels)
+                 if hasattr(spider, "max_pixels") else None)
+        stats = output.write_stats(self.out_dir, dict(lait, **settled, source="crawl", scrapy=rest), settings=rules)
         logger.info("crawl books: in %d = kept %d + rejected %d", stats["in"], stats["kept"], stats["rejected"])

@@ -526,7 +526,8 @@ class ValidateImages(beam.DoFn):
     def process(self, job: dict) -> Iterator[Any]:
         failure, item, result = job.get("failure"), job.get("image"), None
         if failure is None:
-            opt_out = extract.opt_out_reason([extract.header_value(item["headers"], "X-Robots-Tag") or ""])
+            opt_out = extract.opt_out_reason([extract.header_value(item["headers"], "X-Robots-Tag") or ""],
+                                           image=True)
             if opt_out:
                 failure = (opt_out, "X-Robots-Tag on the image")
             else:
@@ -1044,7 +1045,8 @@ def _run_in_parts(known: argparse.Namespace, options: PipelineOptions, files: li
         for key, value in marker["counters"].items():
             merged[key] = merged.get(key, 0) + value
     dedupe_across_parts(out_dir)
-    return output.write_stats(out_dir, dict(merged, source="warc", input_files=len(files), parts=len(parts)))
+    return output.write_stats(out_dir, dict(merged, source="warc", input_files=len(files), parts=len(parts)),
+                              settings=_image_settings(known))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1110,7 +1112,13 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
         return _run_in_parts(known, options, files, out_dir)
     _clear_previous(out_dir)
     counters = _run_part(known, options, files, out_dir, PREFIX, test_pipeline)
-    return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)))
+    return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)),
+                              settings=_image_settings(known))
+
+
+def _image_settings(known: argparse.Namespace) -> dict[str, Any]:
+    """The image rules this run applied, as stats.json records them under ``settings`` (as a URL crawl's)."""
+    return output.image_settings(known.min_side, known.max_aspect, known.image_formats, known.max_pixels)
 
 
 def check_runner(options) -> None:

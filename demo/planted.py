@@ -219,14 +219,7 @@ def write_planted(run_dir: str, ledger: list[dict], out_path: str | None = None,
     midway leaves the earlier file or the new one, never half of one. Returns the report."""
     report = evaluate(run_dir, ledger, **kwargs)
     out_path = out_path or os.path.join(run_dir, "planted.json")
-    tmp = f"{out_path}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    schemas.write_json_atomically(out_path, report)
     return report
 
 

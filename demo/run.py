@@ -830,15 +830,8 @@ CLOSING_FILES = ("planted.json", "audit.json", "report.html")
 
 
 def write_json(path: str, data) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file: a stop midway leaves the old file or the new."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``data`` as JSON to ``path`` whole or not at all (``schemas.write_json_atomically``)."""
+    schemas.write_json_atomically(path, data)
 
 
 def summary(out: str, steps: list[Step], total: float) -> str:

@@ -31,6 +31,7 @@ from schemas.io import (
     rejected_row,
     subfolders,
     to_table,
+    write_json_atomically,
     write_table,
 )
 
@@ -59,5 +60,6 @@ __all__ = [
     "subfolders",
     "to_table",
     "validate_schema",
+    "write_json_atomically",
     "write_table",
 ]

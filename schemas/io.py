@@ -1,7 +1,9 @@
 """Read and write LAIT datasets on a local path or any fsspec URL (gs://, s3://, memory://, ...)."""
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import posixpath
 import uuid
 from typing import Any, Iterable, Iterator
@@ -255,3 +257,21 @@ class ShardWriter:
         # On an exception the buffered rows are not written: a partial shard must not look complete.
         if exc_type is None:
             self.close()
+
+
+def write_json_atomically(path: str, data: Any) -> None:
+    """Write a local JSON file whole or not at all: a temporary file beside it, flushed to disk, then a rename (a
+    stop midway leaves the earlier file or the new one, never half of one; the temporary file goes on an error)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -26,6 +26,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.transforms.functional import pil_to_tensor
 
+import schemas
 from model.detectors.base import DetectorSpec, RegionDetector
 
 logger = logging.getLogger(__name__)
@@ -227,8 +228,5 @@ def train_demo_detector(
     record = {"epochs": epochs, "samples": len(samples), "batch_size": batch_size, "lr": lr, "seed": seed,
               "losses": losses, "source": source}
     record_path = record_path or os.path.splitext(path)[0] + ".training.json"
-    tmp = f"{record_path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, record_path)
+    schemas.write_json_atomically(record_path, record)
     return {"path": path, "losses": losses, "config": detector.spec.config, "record": record}

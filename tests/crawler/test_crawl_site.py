@@ -264,6 +264,7 @@ def test_native_scrapy_crawl_from_the_repository_root_writes_the_same_layout(tmp
     stats = json.loads((out / "stats.json").read_text())
     # depth=1: p0 and p1 only, three images each with text (one shared between them).
     assert stats["kept"] == 6 and stats["lait/page/fetched"] == 2 and stats["lait/image/validated"] == 5
+    assert stats["settings"]["min_side"] == TEST_MIN_SIDE  # the image rules it applied, as lait crawl records them
 
 
 def hostile_urls_site() -> MockSite:

@@ -16,6 +16,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 import schemas
+from crawler import images
 from tests.crawler.mocksite import JPEG, TEST_MIN_SIDE, MockSite, html, jpeg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -110,6 +111,9 @@ def test_warc_files_become_candidates_with_counted_rejects(tmp_path):
     stats = __import__("json").loads((out / "stats.json").read_text())
     assert stats["in"] == stats["kept"] + stats["rejected"] == len(candidates) + len(rejected)
     assert stats["source"] == "warc" and stats["lait/warc/images_downloaded"] == 1
+    # the image rules it applied, recorded as a URL crawl records them
+    assert stats["settings"] == {"min_side": TEST_MIN_SIDE, "max_aspect": 3.0, "image_formats": list(images.DEFAULT_FORMATS),
+                                 "max_pixels": images.DEFAULT_MAX_PIXELS}
 
 
 def test_read_warc_records_flags_altered_and_declared_truncated_records(tmp_path):
@@ -370,6 +374,8 @@ def test_parts_of_one_file_give_the_one_part_output_except_the_join_across_parts
     assert stats["parts"] == 4 and stats["input_files"] == 4 and "parts" not in one_stats
     assert stats["in"] == stats["kept"] + stats["rejected"] == sum(parted.values())
     assert stats["lait/warc/records"] == one_stats["lait/warc/records"] == 12
+    assert stats["settings"] == one_stats["settings"]  # in parts too
+    assert set(stats["settings"]) == {"min_side", "max_aspect", "image_formats", "max_pixels"}
 
 
 def test_a_candidate_rejected_in_one_part_and_kept_in_another_has_one_outcome(tmp_path):
@@ -752,3 +758,27 @@ def test_the_native_reader_takes_the_option_rules_of_lait_crawl(tmp_path, capsys
             warc.run([*common, "--output", str(tmp_path / "bad"), *bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
+
+
+def test_an_image_record_whose_x_robots_tag_says_noindex_is_opted_out_as_the_spider_opts_it_out(tmp_path):
+    """On an image's own response, ``noindex`` keeps the image out of image search: the spider rejects it as
+    ``opt_out_noindex``, and so does the WARC reader (a page's ``noindex`` is about the page, not its images)."""
+    from crawler import warc
+
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=True)
+    _response(writer, "http://warc.example/p.html", html('<meta name="robots" content="noindex">'
+                                                          '<img src="/kept.jpg" alt="A page noindex keeps">'
+                                                          '<img src="/hidden.jpg" alt="An image noindex hides">'),
+              "text/html")
+    _response(writer, "http://warc.example/kept.jpg", jpeg(96, 72), "image/jpeg")
+    _response(writer, "http://warc.example/hidden.jpg", jpeg(96, 72, color=(5, 6, 7)), "image/jpeg",
+              extra=[("X-Robots-Tag", "noindex")])
+    path = tmp_path / "noindex.warc.gz"
+    path.write_bytes(buffer.getvalue())
+    stats = warc.read_warcs([str(path)], str(tmp_path / "out"), download=False, min_side=TEST_MIN_SIDE)
+    kept = schemas.read_table(str(tmp_path / "out" / "candidates"), "candidates", columns=["alt"]).to_pylist()
+    rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected", columns=["reason", "image_url"]).to_pylist()
+    assert kept == [{"alt": "A page noindex keeps"}]
+    assert rejected == [{"reason": "opt_out_noindex", "image_url": "http://warc.example/hidden.jpg"}]
+    assert stats["rejected_by_reason"] == {"opt_out_noindex": 1}

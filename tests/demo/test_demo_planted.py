@@ -55,15 +55,21 @@ def test_recall_and_precision_per_category(run):
 
 
 def test_a_write_stopped_midway_leaves_the_earlier_planted_json_whole(run, tmp_path):
-    """write_planted wrote planted.json in place: a stop midway (here, a stage that JSON cannot write, given as a
-    path) left half a JSON file in place of the earlier one."""
-    from pathlib import PurePosixPath
+    """write_planted wrote planted.json in place: a stop midway (here, a stage named by a path whose text fails as
+    the JSON is written) left half a JSON file in place of the earlier one."""
+
+    class Stage:  # the filter stage's folder to the file system, an error as text
+        def __fspath__(self):
+            return "filter"
+
+        def __str__(self):
+            raise RuntimeError("stopped midway")
 
     site, run_dir = run
     out = tmp_path / "planted.json"
     out.write_text('{"earlier": true}')
-    with pytest.raises(TypeError, match="not JSON serializable"):
-        planted.write_planted(run_dir, site.ledger, str(out), stages=("crawl", PurePosixPath("filter")))
+    with pytest.raises(RuntimeError, match="stopped midway"):
+        planted.write_planted(run_dir, site.ledger, str(out), stages=("crawl", Stage()))
     assert json.loads(out.read_text()) == {"earlier": True} and os.listdir(tmp_path) == ["planted.json"]
     report = planted.write_planted(run_dir, site.ledger, str(out))
     assert json.loads(out.read_text()) == report and os.listdir(tmp_path) == ["planted.json"]
