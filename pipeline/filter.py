@@ -37,7 +37,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 import schemas
 from filters import dedup, option_rules
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
-from pipeline.options import add_filter_arguments, beam_options, config_from_args, runner_name
+from pipeline.options import (add_filter_arguments, beam_options, config_from_args, fill_defaults, ignored_options,
+                              runner_name)
 from pipeline.outputs import (PENDING_STATS, OutputExistsError, files_under, finish_output, input_reference,
                               is_folder, is_pattern, prepare_output, read_stats, stage_of)
 from pipeline.parquet_beam import WriteToParquet
@@ -492,29 +493,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The options of the learned relevance step other than ``--relevance`` itself: they need it.
+#: The options of the learned relevance step other than ``--relevance`` itself: they need it. Their parser
+#: default is None, so that one given at its default value is told from one left out.
 RELEVANCE_OPTIONS = ("relevance_threshold", "relevance_keep_rate", "relevance_batch_size", "relevance_device")
 
 
 def check_relevance_args(args: argparse.Namespace) -> None:
     """Check the relevance options and load the model once (on the CPU): a bad option, one given without
-    ``--relevance``, or a missing or corrupt model is a ValueError or FileNotFoundError before the run touches
-    its output."""
+    ``--relevance`` (at any value, its default too), or a missing or corrupt model is a ValueError or
+    FileNotFoundError before the run touches its output."""
     threshold, keep_rate = args.relevance_threshold, args.relevance_keep_rate
     if keep_rate is not None:  # (config_from_args checks it first, by the same rule)
         option_rules.check("relevance_keep_rate", keep_rate, "--relevance-keep-rate")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"--relevance-threshold must be a number, got {threshold}")
-    if args.relevance_batch_size < 1:
+    if args.relevance_batch_size is not None and args.relevance_batch_size < 1:
         raise ValueError(f"--relevance-batch-size must be 1 or more, got {args.relevance_batch_size}")
     device = args.relevance_device
     if device is not None and str(device).strip().lower() not in ("cpu", "gpu", "cuda"):
         raise ValueError(f"--relevance-device must be cpu or gpu, got {device!r}")
     if not args.relevance:
-        # the defaults, as the parser has them: any other value was given, and would be ignored
-        parser = build_parser()
-        given = ["--" + name.replace("_", "-") for name in RELEVANCE_OPTIONS
-                 if getattr(args, name) != parser.get_default(name)]
+        given = ["--" + name.replace("_", "-") for name in RELEVANCE_OPTIONS if getattr(args, name) is not None]
         if given:
             names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
             raise ValueError(f"{names} need{'s' if len(given) == 1 else ''} --relevance MODEL")
@@ -527,10 +526,10 @@ def check_relevance_args(args: argparse.Namespace) -> None:
 
 
 def warn_ignored_options(args: argparse.Namespace, config: RuleConfig) -> None:
-    """Log a warning for an option whose value the run cannot use: ``--max-oov-rate`` with ``--vocab none``
-    (the OOV check is off). The run goes on: the rate is harmless, but the user may think it applies."""
-    if config.vocabulary is None and args.max_oov_rate != RuleConfig().max_oov_rate:
-        logger.warning("--max-oov-rate %s is ignored: --vocab none turns the OOV check off", args.max_oov_rate)
+    """Log a warning for each option given whose value the run cannot use (``pipeline.options.ignored_options``:
+    ``--max-oov-rate`` with ``--vocab none``). The run goes on."""
+    for message in ignored_options(args, config):
+        logger.warning("%s", message)
 
 
 def _prepare_output(output: str, overwrite: bool, input_path: str | None = None) -> None:
@@ -631,6 +630,7 @@ def run_with_args(args: argparse.Namespace, beam_args: list[str],
     config = config_from_args(args)
     check_relevance_args(args)
     warn_ignored_options(args, config)
+    fill_defaults(args, config)
     options = beam_options(beam_args, vars(args))
     files = resolve_input(args.input)
     check_candidates(files)

@@ -20,6 +20,15 @@ PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
 #: The grey-level standard deviation no image can exceed (half black, half white pixels): a higher
 #: ``--min-std`` would call every image blank.
 MAX_GREY_STD = 127.5
+#: Beam's options of its local runner (``DirectOptions``): only FnApiRunner reads them, which the direct runners
+#: run on (and InteractiveRunner, through its default DirectRunner).
+LOCAL_RUNNER_OPTIONS = ("--direct_num_workers", "--direct_running_mode")
+#: The runners Beam knows that never read ``LOCAL_RUNNER_OPTIONS`` (lower case, as Beam matches them). Other
+#: names, such as a runner's module path or a runner Beam does not know, are left to Beam.
+RUNNERS_WITHOUT_LOCAL_OPTIONS = {"dataflowrunner", "testdataflowrunner", "flinkrunner", "sparkrunner",
+                                 "portablerunner", "prismrunner", "kafkastreamsrunner", "bundlebaseddirectrunner"}
+#: Pairs per relevance-model batch when ``--relevance-batch-size`` is not given.
+RELEVANCE_BATCH_SIZE = 64
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +48,9 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
                    help="vocabulary for the OOV rate: 'auto' (the detected language's common words), a "
                         "language code or a word-per-line file (a code is never read as a path: give a file named "
                         "like one as ./en); 'none' turns the check off (default auto)")
-    g.add_argument("--max-oov-rate", type=float, default=d.max_oov_rate,
+    # None when not given (also below): an option the run cannot use is refused or warned of whenever it is
+    # given, its default value too; ``fill_defaults`` puts the defaults in once the checks are done.
+    g.add_argument("--max-oov-rate", type=float, default=None,
                    help=f"highest share of out-of-vocabulary words (default {d.max_oov_rate})")
     g = parser.add_argument_group("language")
     g.add_argument("--langs", default=",".join(d.langs), help="target languages, comma-separated (default en)")
@@ -68,7 +79,8 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--relevance", default=None, help="relevance model spec; scoring is off without it")
     g.add_argument("--relevance-threshold", type=float, default=None, help="drop pairs scoring below this")
     g.add_argument("--relevance-keep-rate", type=float, default=None, help="keep this share of the best-scored pairs")
-    g.add_argument("--relevance-batch-size", type=int, default=64, help="pairs per model batch (default 64)")
+    g.add_argument("--relevance-batch-size", type=int, default=None,
+                   help=f"pairs per model batch (default {RELEVANCE_BATCH_SIZE})")
     g.add_argument("--relevance-device", default=None,
                    help="where the relevance model runs: cpu or gpu (cuda); default: the worker's GPU when it has one")
     parser.add_argument("--codec", default="zstd", help=f"Parquet compression: {', '.join(PARQUET_CODECS)} (default zstd)")
@@ -150,7 +162,7 @@ def config_from_args(args: argparse.Namespace) -> RuleConfig:
     option_rules.check("min_side", args.min_side, "--min-side")
     for name in ("max_oov_rate", "lang_threshold"):
         value = getattr(args, name)
-        _check(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        _check(value is None or 0.0 <= value <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     # Settings under which no caption or image could pass are refused: they would reject the whole input.
     _check(not args.max_words or args.min_words <= args.max_words,
            f"--min-words {args.min_words} is more than --max-words {args.max_words}: every caption would be rejected")
@@ -164,14 +176,33 @@ def config_from_args(args: argparse.Namespace) -> RuleConfig:
         option_rules.check("relevance_keep_rate", args.relevance_keep_rate, "--relevance-keep-rate")
     if getattr(args, "codec", None) is not None:
         args.codec = _codec(args.codec)
+    max_oov_rate = getattr(args, "max_oov_rate", None)
     return RuleConfig(
         min_words=args.min_words, max_words=args.max_words, max_chars=getattr(args, "max_chars", RuleConfig.max_chars),
         langs=_langs(args.langs, args.lang_backend), lang_threshold=args.lang_threshold, lang_backend=args.lang_backend,
         word_model=not args.no_word_model, use_page=not args.no_page_lang, vocabulary=_vocabulary(args.vocab),
-        max_oov_rate=args.max_oov_rate, min_side=args.min_side, max_aspect=args.max_aspect,
-        formats=option_rules.read_image_formats(args.formats), min_bytes=args.min_bytes,
+        max_oov_rate=RuleConfig.max_oov_rate if max_oov_rate is None else max_oov_rate, min_side=args.min_side,
+        max_aspect=args.max_aspect, formats=option_rules.read_image_formats(args.formats), min_bytes=args.min_bytes,
         allow_animated=args.allow_animated, min_std=args.min_std,
     )
+
+
+def ignored_options(args: argparse.Namespace, config: RuleConfig) -> list[str]:
+    """The options given that the run cannot use, one sentence each: ``--max-oov-rate`` with ``--vocab none``
+    (the OOV check is off), whatever its value. Warnings, not errors: the value is harmless, but the user may
+    think it applies. ``lait filter`` and ``lait explain`` both say them."""
+    if config.vocabulary is None and getattr(args, "max_oov_rate", None) is not None:
+        return [f"--max-oov-rate {args.max_oov_rate} is ignored: --vocab none turns the OOV check off"]
+    return []
+
+
+def fill_defaults(args: argparse.Namespace, config: RuleConfig) -> None:
+    """Put the default of each option left out (None, so that a given one can be told from a default) in
+    ``args``, once the options are checked, so that the run and its stats.json see the values used."""
+    if getattr(args, "max_oov_rate", None) is None:
+        args.max_oov_rate = config.max_oov_rate
+    if getattr(args, "relevance_batch_size", 0) is None:
+        args.relevance_batch_size = RELEVANCE_BATCH_SIZE
 
 
 def _refuse_unknown(beam_args: Sequence[str], own: Mapping[str, Any], local: bool = True):
@@ -208,15 +239,23 @@ def _refuse_unknown(beam_args: Sequence[str], own: Mapping[str, Any], local: boo
 
 def beam_options(beam_args: Sequence[str], own: Mapping[str, Any] | None = None):
     """Beam's ``PipelineOptions`` for the arguments the stage's parser left over, checked: an argument Beam does
-    not know either (a typo such as ``--min_words``), a bad value, or ``--direct_num_workers`` below 0 is a
-    ValueError. ``own``: the stage's parsed options (``vars(args)``), to suggest the spelling meant."""
+    not know either (a typo such as ``--min_words``), a bad value, ``--direct_num_workers`` below 0, or a local
+    runner's option given (at any value) with a runner that never reads it (``RUNNERS_WITHOUT_LOCAL_OPTIONS``) is
+    a ValueError. ``own``: the stage's parsed options (``vars(args)``), to suggest the spelling meant."""
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
     options = PipelineOptions(list(beam_args))
-    local = str(runner_name(options)).lower() in LOCAL_RUNNERS
+    runner = runner_name(options)
+    local = str(runner).lower() in LOCAL_RUNNERS
     options.get_all_options(add_extra_args_fn=_refuse_unknown(beam_args, own or {}, local))
     workers = options.view_as(DirectOptions).direct_num_workers
     _check(workers >= 0, f"--direct_num_workers must be 0 (one per CPU) or more, got {workers}")
+    name = str(runner).lower()
+    if name in RUNNERS_WITHOUT_LOCAL_OPTIONS or name + "runner" in RUNNERS_WITHOUT_LOCAL_OPTIONS:
+        given = sorted({arg.split("=", 1)[0] for arg in beam_args} & set(LOCAL_RUNNER_OPTIONS))
+        it, applies = ("it", "applies") if len(given) == 1 else ("them", "apply")
+        _check(not given, f"{' and '.join(given)} {applies} to the local runner (DirectRunner) only, and {runner} "
+                          f"would ignore {it}: leave {it} out")
     return options
 
 

@@ -26,20 +26,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-words", type=int, default=d.max_words, help=f"default {d.max_words}")
     parser.add_argument("--max-chars", type=int, default=d.max_chars, help=f"default {d.max_chars}")
     parser.add_argument("--vocab", default=d.vocabulary, help="auto, a language code or a word file; 'none' turns OOV off (default auto)")
-    parser.add_argument("--max-oov-rate", type=float, default=d.max_oov_rate, help=f"default {d.max_oov_rate}")
+    parser.add_argument("--max-oov-rate", type=float, default=None,  # None: not given (warned of with --vocab none)
+                        help=f"default {d.max_oov_rate}")
     parser.add_argument("--langs", default=",".join(d.langs), help="target languages (default en)")
     parser.add_argument("--lang-threshold", type=float, default=d.lang_threshold, help=f"default {d.lang_threshold}")
     parser.add_argument("--lang-backend", choices=("fasttext", "langdetect"), default=d.lang_backend,
                         help="primary language identifier (default fasttext)")
     parser.add_argument("--no-word-model", action="store_true", help="without the word-frequency identifier")
     parser.add_argument("--no-page-lang", action="store_true", help="ignore --page-lang/--page-text")
-    parser.add_argument("--min-side", type=int, default=d.min_side, help=f"default {d.min_side}")
-    parser.add_argument("--max-aspect", type=float, default=d.max_aspect, help=f"default {d.max_aspect}")
-    parser.add_argument("--formats", default=",".join(d.formats), help="default %(default)s")
-    parser.add_argument("--min-bytes", type=int, default=d.min_bytes, help=f"default {d.min_bytes}")
+    # The image rules' options default to None (not given: warned of without --image); _image_options fills them.
+    parser.add_argument("--min-side", type=int, help=f"default {d.min_side}")
+    parser.add_argument("--max-aspect", type=float, help=f"default {d.max_aspect}")
+    parser.add_argument("--formats", help=f"default {','.join(d.formats)}")
+    parser.add_argument("--min-bytes", type=int, help=f"default {d.min_bytes}")
     parser.add_argument("--allow-animated", action="store_true", help="keep animated images")
-    parser.add_argument("--min-std", type=float, default=d.min_std, help=f"default {d.min_std}")
+    parser.add_argument("--min-std", type=float, help=f"default {d.min_std}")
     parser.set_defaults(func=run)
+
+
+#: The options of the image rules, which run only on an --image FILE.
+IMAGE_OPTIONS = ("min_side", "max_aspect", "formats", "min_bytes", "allow_animated", "min_std")
+
+
+def _image_options(args: argparse.Namespace) -> list[str]:
+    """The image rules' options given, as spelt on the command line; the defaults of the others put in ``args``."""
+    from filters.rules import RuleConfig
+
+    d = RuleConfig()
+    defaults = {**{name: getattr(d, name) for name in IMAGE_OPTIONS}, "formats": ",".join(d.formats)}
+    given = []
+    for name in IMAGE_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            setattr(args, name, defaults[name])
+        elif value is not False:  # --allow-animated is a switch: given when True
+            given.append("--" + name.replace("_", "-"))
+    return given
 
 
 def _not_utf8(text: str | None) -> bool:
@@ -94,8 +116,9 @@ def _print_text(result: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from filters.rules import RuleFilters
-    from pipeline.options import config_from_args
+    from pipeline.options import config_from_args, ignored_options
 
+    image_options = _image_options(args)
     try:
         config = config_from_args(args)
         captions = _captions(args)
@@ -110,6 +133,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad option, an unreadable file: one line, not a traceback
         print(f"lait explain: error: {exc}", file=sys.stderr)
         return 2
+    warnings = ignored_options(args, config)  # as `lait filter` warns of them
+    if image_options and image is None:
+        names = ", ".join(image_options)
+        warnings.append(f"{names} {'is' if len(image_options) == 1 else 'are'} ignored: the image rules run only "
+                        f"on an --image FILE")
+    for message in warnings:
+        print(f"lait explain: warning: {message}", file=sys.stderr)
     if not captions:
         captions = [""]
     rules = RuleFilters(config)

@@ -28,10 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="autocast precision (default auto: fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--batch-size", type=positive, default=8, help="images per detector batch (default 8)")
-    parser.add_argument("--min-boxes", type=int, default=10, help="fewest boxes per image (default 10)")
-    parser.add_argument("--max-boxes", type=int, default=100, help="most boxes per image (default 100)")
+    # None when not given (FeatureOptions has the defaults), so that --fixed-boxes can refuse them given at all
+    parser.add_argument("--min-boxes", type=int, help="fewest boxes per image (default 10)")
+    parser.add_argument("--max-boxes", type=int, help="most boxes per image (default 100)")
     parser.add_argument("--fixed-boxes", type=positive, metavar="N",
-                        help="exactly N boxes per image (sets min and max; 36 is BUTD's fixed mode)")
+                        help="exactly N boxes per image (sets min and max: not with --min-boxes or --max-boxes; "
+                             "36 is BUTD's fixed mode)")
     parser.add_argument("--score-thresh", type=float, default=0.2, help="keep boxes with best class score >= this (default 0.2)")
     parser.add_argument("--nms-thresh", type=float, default=0.3, help="per-class NMS IoU threshold (default 0.3)")
     parser.add_argument("--topk", type=positive, default=10, help="classes kept per box in the distribution (default 10)")
@@ -88,8 +90,18 @@ def options_from_args(args: argparse.Namespace):
     from pipeline.features import FeatureOptions
 
     overrides = {k: v for k, v in (("min_size", args.min_size), ("max_size", args.max_size)) if v is not None}
-    fixed = args.fixed_boxes
-    min_boxes, max_boxes = (fixed, fixed) if fixed is not None else (args.min_boxes, args.max_boxes)
+    boxes = {k: v for k, v in (("min_boxes", args.min_boxes), ("max_boxes", args.max_boxes)) if v is not None}
+    if args.fixed_boxes is not None:
+        if boxes:
+            given = " and ".join("--" + name.replace("_", "-") for name in boxes)
+            raise ValueError(f"--fixed-boxes {args.fixed_boxes} sets both box limits: leave out {given}")
+        boxes = {"min_boxes": args.fixed_boxes, "max_boxes": args.fixed_boxes}
+    if args.download_weights:  # it fetches coco's published weights, which only a coco run without a file reads
+        instead = ("--weights" if args.weights else "--random-init" if args.random_init
+                   else None if args.detector.startswith("coco-") else f"--detector {args.detector}")
+        if instead:
+            raise ValueError(f"--download-weights fetches the published weights of the coco-* detectors, which a run "
+                             f"with {instead} does not read: leave it out")
     local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode", "read_window")
              if hasattr(args, k)}
     device = args.device
@@ -101,8 +113,8 @@ def options_from_args(args: argparse.Namespace):
     options = FeatureOptions(
         detector=args.detector, weights=args.weights, random_init=args.random_init,
         download_weights=args.download_weights, class_names_file=args.classes, detector_config=overrides,
-        device=device, precision=args.precision, batch_size=args.batch_size, min_boxes=min_boxes,
-        max_boxes=max_boxes, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh, topk=args.topk, **local,
+        device=device, precision=args.precision, batch_size=args.batch_size, score_thresh=args.score_thresh,
+        nms_thresh=args.nms_thresh, topk=args.topk, **boxes, **local,
     )
     options.selection  # validates the box limits before any work
     return options

@@ -263,6 +263,45 @@ def test_cli_reports_missing_weights(tmp_path, capsys):
     assert code == 2 and "--weights" in capsys.readouterr().err
 
 
+def test_fixed_boxes_with_min_or_max_boxes_is_refused_in_both_forms(tmp_path, demo_weights, capsys):
+    """--fixed-boxes sets both box limits: --min-boxes or --max-boxes beside it, even at its default value, is a
+    one-line error (it used to be overridden without a word), in ``lait features`` and ``python -m
+    pipeline.features`` alike, before the output is made."""
+    from lait import cli
+    from pipeline.features import main as beam_main
+
+    write_pairs(tmp_path / "in", [encode(make_scene(0)[0])])
+    base = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--detector", "demo",
+            "--weights", demo_weights, "--fixed-boxes", "4"]
+    for extra, given in ((["--min-boxes", "10"], "--min-boxes"), (["--max-boxes", "4"], "--max-boxes"),
+                         (["--min-boxes", "2", "--max-boxes", "6"], "--min-boxes and --max-boxes")):
+        message = f"--fixed-boxes 4 sets both box limits: leave out {given}\n"
+        assert cli.main(["features", *base, *extra, "--num-workers", "0", "--no-progress"]) == 2
+        assert capsys.readouterr().err == "lait features: error: " + message
+        assert beam_main([*base, *extra, "--runner", "DirectRunner"]) == 2
+        assert capsys.readouterr().err == "python -m pipeline.features: error: " + message
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_weights_where_nothing_would_be_downloaded_is_refused(tmp_path, demo_weights, capsys):
+    """--download-weights fetches the coco-* detectors' published weights: with another detector, --weights or
+    --random-init it would be ignored, so it is refused in one line."""
+    from lait import cli
+
+    write_pairs(tmp_path / "in", [encode(make_scene(0)[0])])
+    base = ["features", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--download-weights",
+            "--num-workers", "0", "--no-progress"]
+    for extra, instead in ((["--detector", "demo", "--weights", demo_weights], "--weights"),
+                           (["--detector", "coco-r50-fpn", "--weights", demo_weights], "--weights"),
+                           (["--detector", "coco-r50-fpn", "--random-init"], "--random-init"),
+                           (["--detector", "vg-r101-c4"], "--detector vg-r101-c4")):
+        assert cli.main([*base, *extra]) == 2
+        assert capsys.readouterr().err == (f"lait features: error: --download-weights fetches the published weights "
+                                           f"of the coco-* detectors, which a run with {instead} does not read: "
+                                           f"leave it out\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_device_decoding_keeps_the_same_books(tmp_path, demo_weights):
     """--decode device (torchvision's JPEG decoder on the detector's device; the CPU here) keeps every image."""
     images = [encode(make_scene(i, (120, 90))[0], "JPEG", quality=92) for i in range(3)]

@@ -100,3 +100,35 @@ def test_explain_empty_or_unreadable_captions_and_image_name_the_option(tmp_path
     _one_line_error(capsys, f"--image {tmp_path}: cannot read it (Is a directory)")
     assert cli.main(["explain"]) == 2
     _one_line_error(capsys, "give captions, --captions FILE or --image FILE")
+
+
+@pytest.mark.parametrize("rate", ["0.1", "0.5"])  # 0.5: the default value, given, is as ignored
+def test_explain_warns_of_max_oov_rate_with_vocab_none_as_the_filter_does(capsys, rate):
+    caption = "a brown dog running on the beach"
+    assert cli.main(["explain", "--json", "--vocab", "none", "--max-oov-rate", rate, caption]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"lait explain: warning: --max-oov-rate {rate} is ignored: --vocab none turns the OOV "
+                            f"check off\n")
+    result = json.loads(captured.out)
+    assert result["keep"] and "oov" not in result["filters"]
+    for extra in (["--vocab", "none"], ["--max-oov-rate", rate]):  # either alone: nothing to warn of
+        assert cli.main(["explain", "--json", *extra, caption]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_explain_warns_of_image_options_without_an_image(tmp_path, capsys):
+    """The image rules run on --image FILE only: their options given without one (at any value, the defaults too)
+    are warned of on stderr, one line, and explain goes on; with an image they apply, with their defaults."""
+    caption = "a brown dog running on the beach"
+    assert cli.main(["explain", caption, "--min-side", "300", "--allow-animated"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("lait explain: warning: --min-side, --allow-animated are ignored: the image rules run "
+                            "only on an --image FILE\n") and captured.out.startswith("KEEP")
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(make_image(21, 200, 200))
+    assert cli.main(["explain", caption, "--image", str(image), "--min-side", "150"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("KEEP")
+    assert cli.main(["explain", "--json", caption, "--image", str(image)]) == 0  # the default --min-side 300
+    result = json.loads(capsys.readouterr().out)
+    assert not result["keep"] and result["filters"]["image"]["reason"] == "image_too_small"

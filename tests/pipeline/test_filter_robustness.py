@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -171,14 +172,76 @@ def test_bad_options_fail_before_the_output_is_touched(finished, tmp_path, capsy
     assert _listing(out) == before
 
 
-def test_max_oov_rate_with_vocab_none_is_a_warning_and_the_run_goes_on(finished, tmp_path, caplog):
+def test_relevance_options_at_their_default_values_still_need_relevance(finished, capsys):
+    """Given without --relevance, a relevance option is refused at any value, the default one too (it used to
+    be refused only when it differed from the parser's default, and else ignored)."""
+    crawl, out = finished
+    before = _listing(out)
+    for extra, message in ((["--relevance-batch-size", "64"], "--relevance-batch-size needs --relevance MODEL"),
+                           (["--relevance-device", "cpu", "--relevance-batch-size", "64"],
+                            "--relevance-batch-size and --relevance-device need --relevance MODEL")):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            filter_stage.run(["--input", str(crawl), "--output", str(out), "--overwrite", *extra])
+        assert cli.main(["filter", "--input", str(crawl), "--output", str(out), "--overwrite", *extra]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"error: {message}"
+    assert _listing(out) == before
+
+
+@pytest.mark.parametrize("rate", ["0.1", "0.5"])  # 0.5: the default value, given, is as ignored
+def test_max_oov_rate_with_vocab_none_is_a_warning_and_the_run_goes_on(finished, tmp_path, caplog, rate):
     crawl, _ = finished
     with caplog.at_level(logging.WARNING, logger="pipeline.filter"):
         assert cli.main(["filter", "--input", str(crawl), "--output", str(tmp_path / "out"), "--vocab", "none",
-                         "--max-oov-rate", "0.1"]) == 0
+                         "--max-oov-rate", rate]) == 0
     warned = [r.getMessage() for r in caplog.records if "--max-oov-rate" in r.getMessage()]
-    assert warned == ["--max-oov-rate 0.1 is ignored: --vocab none turns the OOV check off"]
-    assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == 1
+    assert warned == [f"--max-oov-rate {rate} is ignored: --vocab none turns the OOV check off"]
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["kept"] == 1
+    # stats.json records the values the run used: the defaults of the options left out, as before
+    assert (stats["settings"]["max_oov_rate"], stats["settings"]["relevance_batch_size"]) == (float(rate), 64)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.filter"):  # left out, it is not warned of
+        assert cli.main(["filter", "--input", str(crawl), "--output", str(tmp_path / "out"), "--overwrite",
+                         "--vocab", "none", "--", "--runner", "FnApiRunner"]) == 0
+    assert not [r for r in caplog.records if "--max-oov-rate" in r.getMessage()]
+
+
+def test_local_runner_options_with_a_remote_runner_are_refused(finished, capsys):
+    """``--direct_num_workers`` and ``--direct_running_mode`` are read by the local runner only: given with a
+    remote one, at any value, they are refused (``lait filter`` used to pass its defaults to every runner), and a
+    Beam option given both before and after '--' is refused rather than the first ignored."""
+    crawl, out = finished
+    before = _listing(out)
+    one = "applies to the local runner (DirectRunner) only, and {} would ignore it: leave it out"
+    cases = [
+        (["--direct_num_workers", "1", "--", "--runner", "DataflowRunner"],
+         "--direct_num_workers " + one.format("DataflowRunner")),
+        (["--runner", "DataflowRunner", "--direct_running_mode", "in_memory"],
+         "--direct_running_mode " + one.format("DataflowRunner")),
+        (["--", "--runner", "FlinkRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+         "--direct_num_workers and --direct_running_mode apply to the local runner (DirectRunner) only, and "
+         "FlinkRunner would ignore them: leave them out"),
+        (["--runner", "FnApiRunner", "--", "--runner", "DataflowRunner"],
+         "--runner is given both before and after '--': give it once"),
+        (["--direct_num_workers", "2", "--", "--direct_num_workers=4"],
+         "--direct_num_workers is given both before and after '--': give it once"),
+        # a runner Beam does not know: Beam's own error, not a guess at what it reads
+        (["--runner", "NopeRunner", "--direct_num_workers", "2"],
+         "Beam options: Unexpected pipeline runner: NopeRunner"),
+    ]
+    for extra, message in cases:
+        assert cli.main(["filter", "--input", str(crawl), "--output", str(out), "--overwrite", *extra]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1].startswith(f"error: {message}"), extra
+    with pytest.raises(ValueError, match=re.escape("--direct_num_workers " + one.format("DataflowRunner"))):
+        filter_stage.run(["--input", str(crawl), "--output", str(out), "--overwrite", "--runner", "DataflowRunner",
+                          "--direct_num_workers", "2"])
+    # left out, lait filter passes none of them: the runner's own check of its options is what speaks
+    assert cli.main(["filter", "--input", str(crawl), "--output", str(out), "--overwrite",
+                     "--runner", "DataflowRunner"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: ") and "direct_" not in err[-1] and "project" in err[-1]
+    assert _listing(out) == before
 
 
 def test_option_spellings_are_normalised(finished, tmp_path):
