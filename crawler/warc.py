@@ -1219,12 +1219,12 @@ def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool =
     options = {"min_side": min_side, "max_aspect": max_aspect, "allow_private_networks": allow_private_networks,
                "files_per_part": files_per_part, "runner": "DirectRunner", "direct_running_mode": "in_memory"}
     options.update(setting_options(settings or {}))
-    argv = [arg for path in files for arg in ("--input", path)] + ["--output", out_dir]
+    argv = [f"--input={path}" for path in files] + [f"--output={out_dir}"]
     for dest, value in options.items():
         if dest == "allow_private_networks":
             argv += ["--allow_private_networks"] if value else []
         else:
-            argv += [f"--{dest}", str(value)]
+            argv.append(f"--{dest}={value}")  # one argument: a value may start with "-"
     if not download:
         argv.append("--no_download")
     return run(argv)

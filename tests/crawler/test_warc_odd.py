@@ -193,3 +193,13 @@ def test_the_native_reader_refuses_an_option_it_would_drop_or_fail_on_before_the
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"error: {message}" in err and "Traceback" not in err, err
     assert (out / "stats.json").read_text() == "{}"
+
+
+def test_a_setting_value_that_starts_with_a_dash_reaches_the_reader_as_a_value(tmp_path):
+    """`lait crawl --warc -s USER_AGENT=-MyLab/1.0` handed the reader `--user_agent -MyLab/1.0`, which its parser
+    took for an option (a usage text and exit status 2); each option now goes as one `--name=value` argument."""
+    path = tmp_path / "a.warc.gz"
+    _warc_with_a_record_without_uri(path)
+    stats = warc.read_warcs([str(path)], str(tmp_path / "out"), download=False,
+                            settings={"USER_AGENT": "-MyLab/1.0"})
+    assert stats["source"] == "warc" and stats["in"] == stats["kept"] + stats["rejected"]
