@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"`lait eval --compile` would compile for {results['lait_eval_compile_shapes']} shapes on this set")
         # `lait eval --compile`: static shapes (the set's longest caption, largest region count), one compile
         model.compile_trunk(dynamic=False)
-        score_pairs(model, data, by_length[:args.batch_size], pair_images[:args.batch_size], args.batch_size,
-                    device, bf16, fixed_shapes=True)  # compiles
+        score_pairs(model, data, np.tile(by_length, n_images)[:args.batch_size], pair_images[:args.batch_size],
+                    args.batch_size, device, bf16, fixed_shapes=True)  # compiles
         _, seconds = run(by_length, fixed_shapes=True)
         results["compiled_fixed_shapes"] = row(seconds, float(lengths.max()))
         print(f"{'compiled':<10} {results['compiled_fixed_shapes']['pairs_per_s']:>12,.1f} pairs/s   {seconds:7.2f} s   "

@@ -7,6 +7,13 @@
 # selection.{json,log}, buckets.{json,log}, autotune.{json,log}, features_window{0,4096}.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; the benchmarks write their
 # JSON after every variant or section, so a step cut short keeps what it measured.
+# A dry run, on a machine without a GPU, checks the script before a lent device's minutes go to it:
+#   LAIT_BENCH_DRY=1 PYTHON=.venv/bin/python OUT=/tmp/lait-dry bash benchmarks/gpu_session.sh
+# runs the same steps (STEPS as above) with the same options, then the options of `tiny` below appended (argparse
+# keeps an option's last value): on the CPU, at tiny sizes, each under DRY_TIMEOUT seconds (default 240), with
+# torch.compile off (so rpn-compiled records a fallback) unless TORCH_COMPILE_DISABLE=0 (compiling on a CPU takes
+# minutes a step: raise DRY_TIMEOUT). The default steps take about a minute on 2 cores, all of them 2.5. It
+# writes the same files (env.txt names the dry run); its figures mean nothing, its exit statuses and JSON fields do.
 set -u
 OUT=${OUT:-/tmp/lait-gpu}
 mkdir -p "$OUT"
@@ -14,14 +21,38 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PYTHON:-python3}
 STEPS=" ${STEPS:-train eval vg selection} "  # which steps run (coco, mix, buckets, autotune, window: add them when time allows)
 step() { [[ $STEPS == *" $1 "* ]]; }
+dry() { [[ ${LAIT_BENCH_DRY:-0} != 0 ]]; }
+declare -A tiny=()  # a dry run's options for each step, after the GPU ones
+if dry; then
+    export TORCH_COMPILE_DISABLE=${TORCH_COMPILE_DISABLE:-1}
+    train_tiny="--preset tiny --device cpu --batch-size 4 --eval-batch-size 8 --steps 1 --warmup 1"
+    features_tiny="--device cpu --batch-size 2 --num-workers 1 --repeats 1 --images 2 --min-size 64 --max-size 96
+        --proposals 10 --width 200 --height 150"
+    tiny=([train]="$train_tiny --profile 3" [autotune]="$train_tiny"
+          [eval_order]="--device cpu --preset tiny --images 6 --batch-size 16"
+          [features_vg]="$features_tiny --profile 3" [features_coco]="$features_tiny"
+          [features_mix]="$features_tiny --images 4 --width 400"
+          [features_window0]="$features_tiny --images 4 --row-group-size 4"
+          [features_window4096]="$features_tiny --images 4 --row-group-size 4"
+          [selection]="--device cpu --images 2 --proposals 50 --classes 100 --repeats 1"
+          [buckets]="--preset tiny --device cpu --batch-size 4 --steps 2 --images 40 --max-regions 10 --feature-dim 32
+              --workers 1 --repeats 1")
+fi
 # run NAME SECONDS COMMAND...: the command under its time limit, its output to $OUT/NAME.log, its exit status to steps.txt
 run() {
     local name=$1 limit=$2
     shift 2
+    if dry; then
+        [[ -v "tiny[$name]" ]] || { echo "gpu_session.sh: no dry-run sizes for step $name" >&2; exit 2; }
+        limit=${DRY_TIMEOUT:-240}
+        set -- "$@" ${tiny[$name]}  # unquoted: one word per option
+    fi
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     echo "$name exit ${PIPESTATUS[0]} (limit ${limit} s)" | tee -a "$OUT/steps.txt"
 }
-{ nvidia-smi -L; nproc; $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)"; } 2>&1 | tee "$OUT/env.txt"
+{ if dry; then echo "dry run on the CPU (LAIT_BENCH_DRY=$LAIT_BENCH_DRY; TORCH_COMPILE_DISABLE=$TORCH_COMPILE_DISABLE)"
+  else nvidia-smi -L; fi
+  nproc; $PY -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 # training + eval, BERT-base, batch 512, bf16 (variants: bench_train.py --help), most wanted first (the JSON is
 # written after each, so a step cut short by its limit keeps the variants before it; compiling the first
 # whole-model variant takes 70-80 s on an H100, the next ones 35-45 s, a scoring variant 15-20 s; the six
@@ -84,4 +115,4 @@ step selection && run selection "${SELECTION_TIMEOUT:-40}" $PY benchmarks/bench_
 # first run's CUDA start-up does not count against the baseline)
 step buckets && run buckets "${BUCKETS_TIMEOUT:-200}" $PY benchmarks/bench_buckets.py --preset base --device cuda \
     --batch-size 256 --steps 30 --images 3000 --workers 8 --repeats 2 --json "$OUT/buckets.json"
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"
+dry || nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee -a "$OUT/env.txt"

@@ -88,11 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="hostile crawls to run (default 3)")
     parser.add_argument("--good-pages", type=int, default=200, help="good pages on the site (default 200)")
-    parser.add_argument("--big-image-mb", type=int, default=50, help="size of the big image (default 50)")
-    parser.add_argument("--bomb-mb", type=int, default=50, help="decompressed size of the gzip bombs (default 50)")
+    parser.add_argument("--big-image-mb", type=int, default=50, help="size of the big image (default 50; over 4)")
+    parser.add_argument("--bomb-mb", type=int, default=50, help="decompressed size of the gzip bombs (default 50; over 16)")
     parser.add_argument("--nested-mb", type=float, default=10.0, help="size of the nested-tags page (default 10)")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="time limit per crawl (default 300)")
     args = parser.parse_args(argv)
+    # the big image and the bombs are hostile only past the crawl's limits: smaller, they are fetched and fail to
+    # decode (image_decode_error, or a page read whole), and every round would count them as lost records
+    for option, megabytes, limit in (("--big-image-mb", args.big_image_mb, "LAIT_IMAGE_MAXSIZE"),
+                                     ("--bomb-mb", args.bomb_mb, "LAIT_PAGE_MAXSIZE")):  # the larger limit
+        if megabytes * 2**20 <= SETTINGS[limit]:
+            parser.error(f"{option} {megabytes}: must exceed the soak's {limit} ({SETTINGS[limit] // 2**20} MiB), "
+                         f"or nothing rejects it as too_large")
     sizes = dict(good_pages=args.good_pages, big_image_mb=args.big_image_mb, bomb_mb=args.bomb_mb,
                  nested_mb=args.nested_mb)
     failed = False
