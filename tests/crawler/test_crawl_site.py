@@ -213,13 +213,16 @@ def test_without_allow_private_networks_loopback_is_refused_before_any_request(t
     assert stats["rejected_by_reason"] == {"private_network_refused": 1}
 
 
-def test_a_redirect_into_a_private_range_is_refused(tmp_path):
-    """Loopback opened as a single allowed network; a redirect and a link to 10/8 and 169.254/16 are refused."""
+def test_a_redirect_out_of_the_allowed_networks_is_refused(tmp_path):
+    """127.0.0.1 opened as the single allowed network; a redirect and an image to other loopback addresses are
+    refused before any connection. (Loopback, so that a guard that failed would still send nothing off this
+    machine; which addresses are private, 10/8 and 169.254/16 among them, is tested as data in test_crawl_units.)"""
     site = MockSite({})
     site.pages.update({
         "/robots.txt": (404, HTML, b""),
-        "/start.html": (200, HTML, html('<a href="/go">go</a><img src="http://169.254.169.254/latest.jpg" alt="Meta">')),
-        "/go": (302, {"Location": "http://10.1.2.3/internal.html"}, b""),
+        "/start.html": (200, HTML, html(f'<a href="/go">go</a><img src="http://127.0.0.3:{site.port}/latest.jpg" '
+                                        f'alt="Meta">')),
+        "/go": (302, {"Location": f"http://127.0.0.2:{site.port}/internal.html"}, b""),
     })
     with site:
         lait_crawl(site.url + "/start.html", "--out", str(tmp_path / "out"),
@@ -227,8 +230,8 @@ def test_a_redirect_into_a_private_range_is_refused(tmp_path):
     rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected").to_pylist()
     reasons = {(r["page_url"] or "").replace(site.url, ""): (r["image_url"], r["reason"]) for r in rejected}
     assert reasons == {"/go": (None, "private_network_refused"),
-                       "/start.html": ("http://169.254.169.254/latest.jpg", "private_network_refused")}
-    assert "/internal.html" not in site.counts
+                       "/start.html": (f"http://127.0.0.3:{site.port}/latest.jpg", "private_network_refused")}
+    assert "/internal.html" not in site.counts and "/latest.jpg" not in site.counts
 
 
 def test_max_pages_and_allowed_domains_narrow_the_crawl(tmp_path):
