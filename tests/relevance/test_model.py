@@ -89,7 +89,7 @@ def test_tiny_crawl_trains_on_everything(tmp_path):
     from filters.relevance.train import train
     from tests.relevance.scenes import make_pairs
 
-    summary = train(make_pairs(1, images_per_page=6, seed=3), str(tmp_path / "m"), TrainConfig(epochs=1))
+    summary = train(make_pairs(1, images_per_page=6, seed=3), str(tmp_path / "m"), TrainConfig(epochs=1, members=1))
     assert summary["trained_on"] == 6 and summary["held_out"] == 0
     assert 0.0 <= load(str(tmp_path / "m")).threshold <= 1.0
 
