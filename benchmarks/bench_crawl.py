@@ -193,6 +193,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", default="lait,lait-2proc,scrapy-bare,img2dataset")
     parser.add_argument("--lait-args", default="", help="extra `lait crawl` arguments, space-separated")
     args = parser.parse_args(argv)
+    if not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
+        parser.error("the benchmark serves its site with nginx, which is not installed (Debian: apt-get install "
+                     "nginx-light)")
     site = os.path.join(args.work, "site")
     t0 = time.perf_counter()
     generate_site(site, args.pages)

@@ -47,9 +47,11 @@ RULES: dict[str, Rule] = {
     # A number of pixels: every stage's command line reads a whole number (a demo run passes it on as text).
     "min_side": Rule(lambda v: _whole(v) and v >= 0, "a whole number of pixels, 0 or more"),
     # 0 turns the check off (as no limit: inf is accepted too); below 1 no image passes; NaN compares false.
-    "max_aspect": Rule(lambda v: v == 0 or v >= 1, "0 (off) or 1 or more (long side over short side)"),
+    # (A bool is no number here, though Python compares True as 1.)
+    "max_aspect": Rule(lambda v: not isinstance(v, bool) and (v == 0 or v >= 1),
+                       "0 (off) or 1 or more (long side over short side)"),
     # A share of the scored pairs; NaN compares false. (The demo reads 0 as "the model's own threshold".)
-    "relevance_keep_rate": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "relevance_keep_rate": Rule(lambda v: not isinstance(v, bool) and 0 < v <= 1, "in (0, 1]"),
 }
 
 _AS_TESTED = object()

@@ -168,3 +168,12 @@ def test_the_rule_table_imports_neither_beam_nor_scrapy():
         code = f"import {module}, sys; print('apache_beam' in sys.modules, 'scrapy' in sys.modules)"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
         assert result.stdout.split() == ["False", "False"], (module, result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize("rule", ["max_aspect", "relevance_keep_rate"])
+def test_a_bool_is_no_number_to_a_shared_rule(rule):
+    """Python compares True as 1, which both rules accept as a number: a settings file's or a Python caller's True
+    is refused, as min_side refuses it."""
+    option_rules.check(rule, 1, "--x")
+    with pytest.raises(ValueError, match=r"--x must be .*, got True"):
+        option_rules.check(rule, True, "--x")
