@@ -393,7 +393,8 @@ def funnel(out_dir: str) -> dict[str, Any]:
 
 
 def merge_process_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One run's counters from the partial stats of its processes: sums, first start, last response."""
+    """One run's counters from the partial stats of its processes: sums, first start, last response; the
+    image rules (``settings``) of the first."""
     merged: dict[str, Any] = {"by_process": []}
     for part in parts:
         merged["by_process"].append({k: part.get(k, 0) for k in (
@@ -402,6 +403,8 @@ def merge_process_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         for key, value in part.items():
             if key == "scrapy":
                 merged.setdefault("scrapy_by_process", []).append(value)
+            elif key == "settings":  # the image rules: the same in every process
+                merged.setdefault(key, value)
             elif key == "lait/run/first_request":
                 merged[key] = min(merged.get(key, value), value)
             elif key in ("lait/run/last_response", "lait/run/last_page"):

@@ -97,16 +97,16 @@ class ParquetWriterPipeline:
         scrapy_stats = self.crawler.stats.get_stats()
         lait = {k: v for k, v in scrapy_stats.items() if k.startswith("lait/")}
         rest = {k: v for k, v in scrapy_stats.items() if not k.startswith("lait/")}
-        if self.stats_part:
+        spider = self.crawler.spider
+        # the image rules the spider applied, as lait filter's stats.json records its own options
+        rules = (output.image_settings(spider.min_side, spider.max_aspect, spider.formats, spider.max_pixels)
+                 if hasattr(spider, "max_pixels") else None)
+        if self.stats_part:  # one of `lait crawl --processes N`: the runner merges the parts (rules included)
             if self.outcomes_part:
                 outcomes.save(self.outcomes_part)
             with open(self.stats_part, "w", encoding="utf-8") as handle:
-                json.dump(dict(lait, scrapy=rest), handle, default=str)
+                json.dump(dict(lait, scrapy=rest, settings=rules), handle, default=str)
             return
         settled = output.settle(self.out_dir, outcomes)
-        spider = self.crawler.spider
-        # the image rules the spider applied (native `scrapy crawl` too), as lait filter's stats.json records its own
-        rules = (output.image_settings(spider.min_side, spider.max_aspect, spider.formats, spider.max_pixels)
-                 if hasattr(spider, "max_pixels") else None)
         stats = output.write_stats(self.out_dir, dict(lait, **settled, source="crawl", scrapy=rest), settings=rules)
         logger.info("crawl books: in %d = kept %d + rejected %d", stats["in"], stats["kept"], stats["rejected"])

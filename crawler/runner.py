@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -177,48 +176,12 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
            "max_pages": max_pages, "depth": depth}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-    rules = image_settings(settings)
     if processes <= 1:
-        child = _start_child(job, env)
-        try:
-            code = _wait([child])[0]
-        except KeyboardInterrupt:
-            if child.returncode == 0:  # it stopped gracefully and wrote its stats.json: the rules go in it too
-                try:
-                    _record_settings(out_dir, rules)
-                except RuntimeError as exc:
-                    logger.warning("the interrupted crawl's stats.json does not record its image rules: %s", exc)
-            raise
+        code = _wait([_start_child(job, env)])[0]
         if code != 0:
             raise RuntimeError(f"the crawl process exited with status {code}")
-        return _record_settings(out_dir, rules)
-    return _run_processes(job, out_dir, processes, env, rules)
-
-
-def image_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The image rules a crawl with ``settings`` (``crawl_settings``) applies, read as its crawl processes read them
-    (on top of ``crawler.settings``, with the spider's getters), for stats.json's ``settings``
-    (``output.image_settings``)."""
-    from scrapy.settings import Settings
-
-    from crawler.spiders.lait import image_formats
-
-    read = Settings()
-    read.setmodule("crawler.settings", priority="project")
-    read.update(settings, priority="cmdline")
-    return output.image_settings(read.getint("LAIT_MIN_SIDE", images.DEFAULT_MIN_SIDE),
-                                 read.getfloat("LAIT_MAX_ASPECT", images.DEFAULT_MAX_ASPECT) or math.inf,
-                                 image_formats(read), read.getint("LAIT_MAX_PIXELS", images.DEFAULT_MAX_PIXELS))
-
-
-def _record_settings(out_dir: str, rules: dict[str, Any]) -> dict[str, Any]:
-    """Add the crawl's image rules to the stats.json its one crawl process wrote (which does not know them as
-    ``lait crawl`` does); return it."""
-    path = os.path.join(out_dir, output.STATS_FILE)
-    stats = _read_stats(path)
-    stats["settings"] = rules
-    output.write_json_atomically(path, stats)
-    return stats
+        return _read_stats(os.path.join(out_dir, output.STATS_FILE))
+    return _run_processes(job, out_dir, processes, env)
 
 
 def as_typed(settings: dict[str, Any]) -> dict[str, Any]:
@@ -355,8 +318,7 @@ def _wait(children: list[subprocess.Popen], tick=None) -> list[int]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[str, str],
-                   rules: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[str, str]) -> dict[str, Any]:
     jobdir = job["settings"].get("LAIT_JOBDIR")
     inbox_dir = os.path.join(jobdir, "inboxes") if jobdir else tempfile.mkdtemp(prefix="lait-crawl-")
     os.makedirs(inbox_dir, exist_ok=True)
@@ -387,13 +349,13 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
             # The crawl processes stopped gracefully: settle the books, as a single crawl process does.
             if all(child.returncode == 0 for child in children):
                 try:
-                    settled = _settle(out_dir, inbox_dir, processes, unread, rules)
+                    settled = _settle(out_dir, inbox_dir, processes, unread)
                 except RuntimeError as exc:
                     logger.warning("the interrupted crawl's books are not settled: %s", exc)
             raise
         if any(codes):
             raise RuntimeError(f"crawl processes exited with statuses {codes}")
-        settled = _settle(out_dir, inbox_dir, processes, unread, rules)
+        settled = _settle(out_dir, inbox_dir, processes, unread)
         return settled
     finally:
         if bar is not None:
@@ -433,11 +395,10 @@ def _reject_unread(inbox_dir: str, processes: int, unread: output.CrawlOutput) -
     return +counts
 
 
-def _settle(out_dir: str, inbox_dir: str, processes: int, unread: output.CrawlOutput | None = None,
-            rules: dict[str, Any] | None = None) -> dict[str, Any]:
+def _settle(out_dir: str, inbox_dir: str, processes: int, unread: output.CrawlOutput | None = None) -> dict[str, Any]:
     """Once every crawl process has exited: reject what was left unread in the inboxes (``unread``: without a
-    job folder), merge the counters and outcomes, reconcile, write stats.json (with the image ``rules`` the
-    processes applied, once: ``image_settings``)."""
+    job folder), merge the counters and outcomes, reconcile, write stats.json (with the image rules the
+    processes applied, once)."""
     parts = [_read_stats(os.path.join(inbox_dir, f"stats-{index}.json")) for index in range(processes)]
     merged = output.merge_process_stats(parts)
     merged["scrapy"] = merged.pop("scrapy_by_process", [{}])[0]
@@ -453,8 +414,9 @@ def _settle(out_dir: str, inbox_dir: str, processes: int, unread: output.CrawlOu
         for key, count in _reject_unread(inbox_dir, processes, unread).items():
             merged[key] = merged.get(key, 0) + count
         outcomes.update(unread.outcomes)
+    settings = merged.pop("settings", None)
     return output.write_stats(out_dir, dict(merged, **output.settle(out_dir, outcomes), source="crawl"),
-                              settings=rules)
+                              settings=settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -804,7 +804,7 @@ class Demo:
                            "argv": s.argv, "options": s.made_with} for s in self.steps]}
         if self.error:
             data["error"] = self.error
-        write_json(self.p("demo.json"), data)
+        schemas.write_json_atomically(self.p("demo.json"), data)
 
     def finish(self) -> None:
         """planted.json, audit.json and report.html, from whatever the run produced.
@@ -812,11 +812,12 @@ class Demo:
         Each is attempted even when another fails (say, on a damaged dataset); failures are printed.
         """
         ledger_path = self.p("site", "ledger.json")
-        closing = [("audit.json", lambda: write_json(self.p("audit.json"), audit.audit_run(self.out))),
+        closing = [("audit.json", lambda: schemas.write_json_atomically(self.p("audit.json"),
+                                                                         audit.audit_run(self.out))),
                    ("report.html", lambda: report.write_report(self.out, title="LAIT demo report"))]
         if os.path.exists(ledger_path):
-            closing.insert(0, ("planted.json", lambda: write_json(
-                self.p("planted.json"), planted.evaluate(self.out, planted.load_ledger(ledger_path)))))
+            closing.insert(0, ("planted.json",
+                               lambda: planted.write_planted(self.out, planted.load_ledger(ledger_path))))
         for name, make in closing:
             try:
                 make()
@@ -827,11 +828,6 @@ class Demo:
 
 #: What the closing steps write: an earlier run's are removed when a run starts (they would describe that run).
 CLOSING_FILES = ("planted.json", "audit.json", "report.html")
-
-
-def write_json(path: str, data) -> None:
-    """Write ``data`` as JSON to ``path`` whole or not at all (``schemas.write_json_atomically``)."""
-    schemas.write_json_atomically(path, data)
 
 
 def summary(out: str, steps: list[Step], total: float) -> str:
