@@ -34,23 +34,36 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def trained_run(synth_dir, tmp_path_factory):
-    """`lait train --config configs/tiny.yaml` on the synthetic data: 2 pretraining stages, fine-tuning, eval."""
+    """`lait train --config configs/tiny.yaml` on the synthetic data: 2 pretraining stages, fine-tuning, eval;
+    returns (the run folder, what the command printed on stdout).
+
+    Run once per test run (about 15 s on one core): pytest-xdist's worker processes each have their own session,
+    so the first to get here trains in the base folder they share, under a lock, and the others wait for it and
+    read the same run (the synthetic data is the same in every worker: one seed)."""
     import subprocess
     import sys
 
-    out_dir = str(tmp_path_factory.mktemp("tiny-run"))
-    env = dict(os.environ, PYTHONPATH=REPO, LAIT_DATA=synth_dir, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lait", "train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
-         "--set", f"out_dir={out_dir}", "--set", "cpu_threads=1", "--set", "log_every=50",
-         "--set", "pretrain.0.steps=30", "--set", "pretrain.1.steps=30",
-         "--set", "finetune.steps=300", "--set", "finetune.lr=2e-3",
-         # BERT's 0.02 is too small for width 64: R@1 came out 0x-4x chance by seed (and by the
-         # tokenizer's once-random numbering); 0.08 gave 11x-15x on seeds 0-2 (as configs/demo.yaml).
-         "--set", "model.init_std=0.08", "--no-progress"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out_dir, proc
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's base folder lies in the run's own
+    out_dir, done = shared / "tiny-run", shared / "tiny-run.stdout"
+    with FileLock(str(shared / "tiny-run.lock")):
+        if not done.exists():
+            env = dict(os.environ, PYTHONPATH=REPO, LAIT_DATA=synth_dir, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+            proc = subprocess.run(
+                [sys.executable, "-m", "lait", "train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
+                 "--set", f"out_dir={out_dir}", "--set", "cpu_threads=1", "--set", "log_every=50",
+                 "--set", "pretrain.0.steps=30", "--set", "pretrain.1.steps=30",
+                 "--set", "finetune.steps=300", "--set", "finetune.lr=2e-3",
+                 # BERT's 0.02 is too small for width 64: R@1 came out 0x-4x chance by seed (and by the
+                 # tokenizer's once-random numbering); 0.08 gave 11x-15x on seeds 0-2 (as configs/demo.yaml).
+                 "--set", "model.init_std=0.08", "--no-progress"],
+                capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done.write_text(proc.stdout)  # written last: the run is complete
+    return str(out_dir), done.read_text()
 
 
 @pytest.fixture(scope="session")

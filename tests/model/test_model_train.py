@@ -132,7 +132,7 @@ def test_init_fine_tunes_a_trained_checkpoint_in_a_new_run(synth_dir, tiny_check
 
 
 def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
-    out_dir, proc = trained_run
+    out_dir, stdout = trained_run
     result = json.loads(open(os.path.join(out_dir, "eval.json")).read())
     summary = json.loads(open(os.path.join(out_dir, "summary.json")).read())
     assert [s["name"] for s in summary["stages"]] == ["stage1", "stage2", "finetune"]
@@ -147,7 +147,7 @@ def test_tiny_pretrain_finetune_eval_beats_chance(trained_run):
         # 40 held-out images: chance R@1 is 2.5%; measured 27-39% (11x-15x chance, seeds 0-2).
         assert scores["R@1"] >= 3 * scores["chance_R@1"], (direction, scores)
         assert scores["R@10"] >= 0.5, (direction, scores)
-    assert "image retrieval" in proc.stdout and "checkpoint:" in proc.stdout
+    assert "image retrieval" in stdout and "checkpoint:" in stdout
     assert os.path.exists(os.path.join(out_dir, "tokenizer.json"))
 
 
