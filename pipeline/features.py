@@ -125,6 +125,10 @@ class FeatureOptions:
             check_count(name, getattr(self, name))
         check_count("num_workers", self.num_workers, minimum=0)
         check_count("read_window", self.read_window, minimum=0)
+        # The window shares the input among DataLoader worker processes: with none, or one, it would do nothing
+        if self.read_window and self.num_workers < 2:
+            raise ValueError(f"read-window {self.read_window} shares the input among decode worker processes: it "
+                             f"needs num-workers 2 or more, got {self.num_workers}")
         sizes = {key: self.detector_config[key] for key in ("min_size", "max_size") if key in self.detector_config}
         for key, value in sizes.items():
             check_count(key, value)

@@ -37,8 +37,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 import schemas
 from filters import dedup, option_rules
 from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleFilters
-from pipeline.options import (add_filter_arguments, beam_options, config_from_args, fill_defaults, ignored_options,
-                              runner_name)
+from pipeline.options import (add_filter_arguments, beam_options, complete_options, config_from_args, fill_defaults,
+                              ignored_options, reads_local_options, runner_name)
 from pipeline.outputs import (PENDING_STATS, OutputExistsError, files_under, finish_output, input_reference,
                               is_folder, is_pattern, prepare_output, read_stats, stage_of)
 from pipeline.parquet_beam import WriteToParquet
@@ -566,7 +566,12 @@ def stage_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build(p: beam.Pipeline, args: argparse.Namespace, files: list[str], config: RuleConfig | None = None) -> None:
-    """Add the whole filter stage to pipeline ``p``."""
+    """Add the whole filter stage to pipeline ``p``.
+
+    ``args`` may lack options, or leave them None, as a Python caller's namespace does: their defaults are put in
+    it first (``fill_defaults``, as ``run_with_args`` does), so that the run and its stats.json see the values used.
+    """
+    fill_defaults(args, config)
     config = config or config_from_args(args)
     read = p | "ReadCandidates" >> ReadCandidates(files)
     rules = read.candidates | "ApplyRuleFilters" >> ApplyRuleFilters(config)
@@ -611,12 +616,18 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
 def _record_beam_options(args: argparse.Namespace, options: PipelineOptions) -> None:
     """Put the runner used, and the local worker settings ``lait filter`` names, in ``args`` as Beam took them
-    (a ``--runner`` after ``--`` overrides ``lait filter``'s own), so that stats.json records what ran."""
+    (a ``--runner`` after ``--`` overrides ``lait filter``'s own), so that stats.json records what ran. A runner
+    that never reads the local settings (``pipeline.options.reads_local_options``: Dataflow, a runner given by
+    module path) gets none: Beam's defaults for them would record settings that did not apply."""
     args.runner = runner_name(options)
+    local = reads_local_options(args.runner)
     direct = options.view_as(DirectOptions)
     for name in ("direct_num_workers", "direct_running_mode"):
         if hasattr(args, name):
-            setattr(args, name, getattr(direct, name))
+            if local:
+                setattr(args, name, getattr(direct, name))
+            else:
+                delattr(args, name)
 
 
 def run_with_args(args: argparse.Namespace, beam_args: list[str],
@@ -627,6 +638,7 @@ def run_with_args(args: argparse.Namespace, beam_args: list[str],
     output folder is touched: a bad option is a ValueError (or FileNotFoundError) and leaves a previous run's
     output as it was. ``args.runner`` is set to the runner the run uses (``_record_beam_options``).
     """
+    complete_options(args)  # a Python caller's namespace may lack options: they are left out, as not given
     config = config_from_args(args)
     check_relevance_args(args)
     warn_ignored_options(args, config)

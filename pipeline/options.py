@@ -23,10 +23,13 @@ MAX_GREY_STD = 127.5
 #: Beam's options of its local runner (``DirectOptions``): only FnApiRunner reads them, which the direct runners
 #: run on (and InteractiveRunner, through its default DirectRunner).
 LOCAL_RUNNER_OPTIONS = ("--direct_num_workers", "--direct_running_mode")
-#: The runners Beam knows that never read ``LOCAL_RUNNER_OPTIONS`` (lower case, as Beam matches them). Other
-#: names, such as a runner's module path or a runner Beam does not know, are left to Beam.
+#: The runners Beam knows that never read ``LOCAL_RUNNER_OPTIONS`` (lower case, as Beam matches them). A name Beam
+#: does not know is left to Beam (which refuses it); a module path is judged by its class (``reads_local_options``).
 RUNNERS_WITHOUT_LOCAL_OPTIONS = {"dataflowrunner", "testdataflowrunner", "flinkrunner", "sparkrunner",
                                  "portablerunner", "prismrunner", "kafkastreamsrunner", "bundlebaseddirectrunner"}
+#: Beam's runner classes that read ``LOCAL_RUNNER_OPTIONS`` (lower case): FnApiRunner and the runners that run on it.
+#: ``DirectRunner`` is ``SwitchingDirectRunner`` by its class name.
+LOCAL_OPTION_READERS = {"fnapirunner", "switchingdirectrunner", "directrunner", "testdirectrunner", "interactiverunner"}
 #: Pairs per relevance-model batch when ``--relevance-batch-size`` is not given.
 RELEVANCE_BATCH_SIZE = 64
 
@@ -196,11 +199,34 @@ def ignored_options(args: argparse.Namespace, config: RuleConfig) -> list[str]:
     return []
 
 
-def fill_defaults(args: argparse.Namespace, config: RuleConfig) -> None:
+def _filter_defaults() -> dict[str, Any]:
+    """The filter stage's options at their parser defaults (None for those told apart when given at their default)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_filter_arguments(parser)
+    defaults = vars(parser.parse_args(["--input", "", "--output", ""]))
+    return {name: value for name, value in defaults.items() if name not in ("input", "output")}
+
+
+def complete_options(args: argparse.Namespace) -> None:
+    """Give ``args`` each filter option it lacks (a namespace a Python caller made, not ``add_filter_arguments``'
+    parser) at the parser's default, None for the options left out; a ValueError when it lacks ``input`` or
+    ``output``, which have none. Idempotent: the options it has are left as they are."""
+    lacking = [name for name in ("input", "output") if getattr(args, name, None) is None]
+    if lacking:
+        raise ValueError(f"the filter options lack {' and '.join(lacking)} (--input, --output): they have no default")
+    for name, value in _filter_defaults().items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+
+
+def fill_defaults(args: argparse.Namespace, config: RuleConfig | None = None) -> None:
     """Put the default of each option left out (None, so that a given one can be told from a default) in
-    ``args``, once the options are checked, so that the run and its stats.json see the values used."""
+    ``args``, once the options are checked, so that the run and its stats.json see the values used; the options
+    ``args`` lacks altogether first (``complete_options``). ``config``: the rules the run uses, when made already
+    (its ``max_oov_rate`` is the one recorded). Idempotent."""
+    complete_options(args)
     if getattr(args, "max_oov_rate", None) is None:
-        args.max_oov_rate = config.max_oov_rate
+        args.max_oov_rate = (config or RuleConfig()).max_oov_rate
     if getattr(args, "relevance_batch_size", 0) is None:
         args.relevance_batch_size = RELEVANCE_BATCH_SIZE
 
@@ -250,13 +276,29 @@ def beam_options(beam_args: Sequence[str], own: Mapping[str, Any] | None = None)
     options.get_all_options(add_extra_args_fn=_refuse_unknown(beam_args, own or {}, local))
     workers = options.view_as(DirectOptions).direct_num_workers
     _check(workers >= 0, f"--direct_num_workers must be 0 (one per CPU) or more, got {workers}")
+    given = sorted({arg.split("=", 1)[0] for arg in beam_args} & set(LOCAL_RUNNER_OPTIONS))
+    if given and not reads_local_options(runner):
+        it, applies = ("it", "applies") if len(given) == 1 else ("them", "apply")
+        raise ValueError(f"{' and '.join(given)} {applies} to the local runner (DirectRunner) only, and {runner} "
+                         f"would ignore {it}: leave {it} out")
+    return options
+
+
+def reads_local_options(runner) -> bool:
+    """Whether the runner ``runner_name`` names reads ``LOCAL_RUNNER_OPTIONS``: not one of
+    ``RUNNERS_WITHOUT_LOCAL_OPTIONS``, nor a runner class given by module path (``some.module.MyRunner``) that is
+    not one of Beam's ``LOCAL_OPTION_READERS`` or built on one: a third-party runner runs its own way, elsewhere.
+    A path is imported to tell (``runners.runner_class``: a ValueError when it cannot be), as Beam imports it to
+    build the pipeline. Another name is left to Beam, which refuses one it does not know."""
+    from pipeline.runners import runner_class
+
     name = str(runner).lower()
     if name in RUNNERS_WITHOUT_LOCAL_OPTIONS or name + "runner" in RUNNERS_WITHOUT_LOCAL_OPTIONS:
-        given = sorted({arg.split("=", 1)[0] for arg in beam_args} & set(LOCAL_RUNNER_OPTIONS))
-        it, applies = ("it", "applies") if len(given) == 1 else ("them", "apply")
-        _check(not given, f"{' and '.join(given)} {applies} to the local runner (DirectRunner) only, and {runner} "
-                          f"would ignore {it}: leave {it} out")
-    return options
+        return False
+    if "." not in name:
+        return True
+    return any(cls.__module__.split(".")[0] == "apache_beam" and cls.__name__.lower() in LOCAL_OPTION_READERS
+               for cls in runner_class(str(runner)).__mro__)
 
 
 def runner_name(options) -> str:

@@ -76,7 +76,7 @@ def make_runner(options):
     name = options.view_as(StandardOptions).runner
     if name is not None and not isinstance(name, str):
         return None  # a runner object given by the caller
-    if isinstance(name, str) and name.lower() not in LOCAL_RUNNERS:
+    if isinstance(name, str) and name.lower() not in LOCAL_RUNNERS and not _names_beams_local_runner(name):
         for problem in remote_worker_problems(options):
             logger.warning("%s: %s", name, problem)
         return None
@@ -91,13 +91,45 @@ def make_runner(options):
     return fn_runner.FnApiRunner(provision_info=provision)
 
 
+def _names_beams_local_runner(name: str) -> bool:
+    """Whether a ``--runner`` module path names Beam's own direct runner or FnApiRunner (not a subclass: Beam
+    builds those itself), which run here as the short names do rather than through Beam's runner choice."""
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    return "." in name and runner_class(name) in (SwitchingDirectRunner, FnApiRunner)
+
+
+def runner_class(path: str) -> type:
+    """The runner class a ``--runner`` module path names (``package.module.MyRunner``), imported as Beam imports it
+    to build the pipeline; a ValueError, one line, when there is none to import."""
+    import importlib
+
+    from apache_beam.runners.runner import PipelineRunner
+
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ValueError(f"--runner {path}: cannot import {module} ({exc})") from None
+    except AttributeError:
+        raise ValueError(f"--runner {path}: {module} has no {name}") from None
+    if not (isinstance(found, type) and issubclass(found, PipelineRunner)):
+        raise ValueError(f"--runner {path}: {name} is not a Beam runner (a PipelineRunner subclass)")
+    return found
+
+
 def make_pipeline(options):
     """The Beam pipeline these options describe, on ``make_runner``'s runner. Beam checks the runner and its options
-    here (an unknown runner, Dataflow without a project), so a bad one is a one-line ValueError before any output
-    is touched."""
+    here (an unknown runner, a module path that names none, Dataflow without a project), so a bad one is a one-line
+    ValueError before any output is touched."""
     import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
 
+    name = options.view_as(StandardOptions).runner
     try:
+        if isinstance(name, str) and "." in name:  # Beam would let the ImportError through, as a traceback
+            runner_class(name)
         return beam.Pipeline(runner=make_runner(options), options=options)
     except ValueError as exc:
         raise ValueError(f"Beam options: {' '.join(str(exc).split())}") from None

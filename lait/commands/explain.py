@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lang-backend", choices=("fasttext", "langdetect"), default=d.lang_backend,
                         help="primary language identifier (default fasttext)")
     parser.add_argument("--no-word-model", action="store_true", help="without the word-frequency identifier")
-    parser.add_argument("--no-page-lang", action="store_true", help="ignore --page-lang/--page-text")
+    parser.add_argument("--no-page-lang", action="store_true",
+                        help="ignore the page's declared language and text, as `lait filter --no-page-lang` "
+                             "does (not with --page-lang or --page-text)")
     # The image rules' options default to None (not given: warned of without --image); _image_options fills them.
     parser.add_argument("--min-side", type=int, help=f"default {d.min_side}")
     parser.add_argument("--max-aspect", type=float, help=f"default {d.max_aspect}")
@@ -120,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
     image_options = _image_options(args)
     try:
+        page = [f"--{name.replace('_', '-')}" for name in ("page_lang", "page_text") if getattr(args, name) is not None]
+        _check(not (args.no_page_lang and page), f"--no-page-lang ignores the page's language and text: leave out "
+                                                 f"{' and '.join(page)}")
         config = config_from_args(args)
         captions = _captions(args)
         image = None
@@ -143,10 +148,8 @@ def run(args: argparse.Namespace) -> int:
     if not captions:
         captions = [""]
     rules = RuleFilters(config)
-    page_lang = None if args.no_page_lang else args.page_lang
-    page_text = None if args.no_page_lang else args.page_text
     for caption in captions:
-        result = rules.explain(caption, image, page_lang, page_text)
+        result = rules.explain(caption, image, args.page_lang, args.page_text)
         if args.json:
             print(json.dumps(result, ensure_ascii=False))
         else:

@@ -50,11 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser, local: bool = True) -> None:
                                  "CUDA, workers elsewhere")
         parser.add_argument("--images-per-shard", type=positive, default=512,
                             help="images per output shard (default 512)")
-        parser.add_argument("--read-window", type=non_negative, default=0, metavar="N",
+        # None when not given: with --num-workers 0 or 1 it is refused given at all, 0 too (options_from_args)
+        parser.add_argument("--read-window", type=non_negative, metavar="N",
                             help="0 (default): each decode worker takes every n-th piece of the input, and reads "
                                  "every row group; N: workers take blocks of rounds of about N images (4096 is a "
                                  "good start), so each row group is read by few of them, for inputs on an object "
-                                 "store; results of about N images then wait in memory")
+                                 "store; results of about N images then wait in memory. Needs --num-workers 2 or "
+                                 "more")
         parser.add_argument("--part", metavar="I/N", type=_part,
                             help="run part I of N (0-based: the shards whose index %% N == I); start the N parts at "
                                  "once (one per GPU, or on machines sharing OUT); the part that completes the run "
@@ -102,8 +104,12 @@ def options_from_args(args: argparse.Namespace):
         if instead:
             raise ValueError(f"--download-weights fetches the published weights of the coco-* detectors, which a run "
                              f"with {instead} does not read: leave it out")
+    if getattr(args, "read_window", None) is not None and args.num_workers < 2:  # given at all, 0 too
+        starts = "none" if args.num_workers == 0 else "one"
+        raise ValueError(f"--read-window {args.read_window} shares the input among decode worker processes, and "
+                         f"--num-workers {args.num_workers} starts {starts}: leave --read-window out")
     local = {k: getattr(args, k) for k in ("num_workers", "images_per_shard", "decode", "read_window")
-             if hasattr(args, k)}
+             if getattr(args, k, None) is not None}
     device = args.device
     if hasattr(args, "part"):
         part, device = torchrun_part(device)

@@ -24,9 +24,19 @@ def test_explain_json_page_evidence_and_errors(capsys):
                      "Welcome to our family blog with the photos from our summer holiday by the sea."]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["lang"] == "en" and "page" in result["lang_evidence"] and result["keep"]
-    assert cli.main(["explain", "--json", "Hotel Berlin", "--min-words", "2", "--no-page-lang", "--page-lang", "en"]) == 0
-    assert json.loads(capsys.readouterr().out)["lang"] == "de"
     assert cli.main(["explain"]) == 2
+
+
+def test_explain_refuses_page_evidence_with_no_page_lang(capsys):
+    """--no-page-lang ignores the page's language and text: --page-lang or --page-text beside it (they used to be
+    ignored without a word) is a one-line error naming them."""
+    base = ["explain", "--json", "Hotel Berlin", "--min-words", "2", "--no-page-lang"]
+    assert cli.main([*base, "--page-lang", "en"]) == 2
+    _one_line_error(capsys, "--no-page-lang ignores the page's language and text: leave out --page-lang")
+    assert cli.main([*base, "--page-lang", "", "--page-text", "Welcome to our blog."]) == 2
+    _one_line_error(capsys, "leave out --page-lang and --page-text")
+    assert cli.main(base) == 0
+    assert json.loads(capsys.readouterr().out)["lang"] == "de"
 
 
 def test_explain_missing_image_and_bad_options_are_one_line_errors(tmp_path, capsys):

@@ -15,7 +15,10 @@ DATAFLOW = ["--runner", "DataflowRunner", "--project", "p", "--region", "r", "--
 
 
 def test_local_names_run_in_process():
-    for argv in ([], ["--runner", "DirectRunner"], ["--runner", "directrunner"]):
+    # Beam's own direct runner given by module path too: left to Beam, it would try its Prism runner first
+    beam_paths = ["apache_beam.runners.direct.direct_runner.DirectRunner",
+                  "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"]
+    for argv in ([], ["--runner", "DirectRunner"], ["--runner", "directrunner"], *(["--runner", p] for p in beam_paths)):
         assert isinstance(make_runner(PipelineOptions(argv)), fn_runner.FnApiRunner), argv
 
 
