@@ -37,7 +37,12 @@ class SettingError(RuntimeError):
     """A setting the crawl cannot run with (found before any crawl process starts)."""
 
 
-def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
+def given_jobdir(jobdir: str, option: str = "--jobdir") -> str:
+    """A job folder as the command line gave it: ``--jobdir DIR``, or ``-s LAIT_JOBDIR=DIR``."""
+    return f"{option}={jobdir}" if option.startswith("-s ") else f"{option} {jobdir}"
+
+
+def check_job_folder(jobdir: str, processes: int, record: bool = True, option: str = "--jobdir") -> None:
     """Record the number of crawl processes in a job folder, or refuse another number than the one recorded.
 
     Each process keeps its share of the work there (process K's pending images, its inbox and how far it
@@ -45,8 +50,10 @@ def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
     lost. Raises JobFolderError (nothing written). A folder from before the record tells by its files how
     many processes it had (at least: a process that never wrote leaves no file), and is continued with that
     many; one without crawl files is new. ``record`` False only checks (``lait crawl`` before it makes ``--out``:
-    a run that fails there must not leave a record behind).
+    a run that fails there must not leave a record behind). ``option``: how the folder was given, for the message
+    (``--jobdir``, or the setting ``-s LAIT_JOBDIR``).
     """
+    given = given_jobdir(jobdir, option)
     path = os.path.join(jobdir, JOB_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -54,16 +61,16 @@ def check_job_folder(jobdir: str, processes: int, record: bool = True) -> None:
     except FileNotFoundError:
         recorded = _processes_by_files(jobdir) or None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise JobFolderError(f"--jobdir {jobdir}: {path} cannot be read ({exc}); use a new --jobdir") from None
+        raise JobFolderError(f"{given}: {path} cannot be read ({exc}); use a new {option}") from None
     if recorded is not None and recorded != processes:
         raise JobFolderError(
-            f"--jobdir {jobdir} holds a crawl run with --processes {recorded}, not {processes}: continue it with "
-            f"--processes {recorded}, or start over with a new --jobdir (the work kept for each process would be lost)")
+            f"{given} holds a crawl run with --processes {recorded}, not {processes}: continue it with "
+            f"--processes {recorded}, or start over with a new {option} (the work kept for each process would be lost)")
     if record and not os.path.exists(path):
         try:
             output.write_json_atomically(path, {"processes": processes})
         except OSError as exc:
-            raise JobFolderError(f"--jobdir {jobdir}: cannot write {path} ({exc.strerror or exc})") from None
+            raise JobFolderError(f"{given}: cannot write {path} ({exc.strerror or exc})") from None
 
 
 def _processes_by_files(jobdir: str) -> int:
@@ -171,7 +178,8 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     settings = crawl_settings(out_dir, **settings_kwargs)
     _check_settings(settings)
     if settings.get("LAIT_JOBDIR"):
-        check_job_folder(settings["LAIT_JOBDIR"], max(1, processes))
+        given = "-s LAIT_JOBDIR" if "LAIT_JOBDIR" in (settings_kwargs.get("overrides") or {}) else "--jobdir"
+        check_job_folder(settings["LAIT_JOBDIR"], max(1, processes), option=given)
     job = {"urls": list(urls), "settings": settings, "allowed_domains": allowed_domains or None,
            "max_pages": max_pages, "depth": depth}
     env = dict(os.environ)
@@ -194,13 +202,14 @@ def as_typed(settings: dict[str, Any]) -> dict[str, Any]:
             for name, value in settings.items()}
 
 
-def check_settings(settings: dict[str, Any]) -> None:
+def check_settings(settings: dict[str, Any], scrapy_settings: bool = True) -> None:
     """Raise ValueError, one line naming the setting, for a setting the crawl processes would fail on, or run on to
     no purpose (every image rejected, a check off): ``crawler.spiders.lait.check_settings``, with true and false
-    read as text (``as_typed``: no number)."""
+    read as text (``as_typed``: no number). ``scrapy_settings`` False leaves Scrapy's own numbers and switches to
+    another reader (``lait crawl --warc`` checks those it reads by its own rules)."""
     from crawler.spiders.lait import check_settings as check
 
-    check(as_typed(settings))
+    check(as_typed(settings), scrapy_settings)
 
 
 def _check_settings(settings: dict[str, Any]) -> None:

@@ -731,13 +731,16 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    """Write a marker whole or not at all: a temporary file beside it, then a rename."""
+    """Write a marker whole or not at all: a local one by the shared writer (a temporary file beside it, flushed to
+    disk, then a rename), one in an object store as one object, which replaces the whole object on close."""
     if "://" not in path:
         output.write_json_atomically(path, data)
         return
-    with FileSystems.create(path, mime_type="application/json",  # object stores replace whole objects on close
+    # Serialised before the object is opened: a failure inside the `with` would still close it, and so write it.
+    payload = json.dumps(data, indent=2, default=str).encode("utf-8")
+    with FileSystems.create(path, mime_type="application/json",
                             compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(json.dumps(data, indent=2, default=str).encode("utf-8"))
+        handle.write(payload)
 
 
 def _has_warc_output(out_dir: str) -> bool:

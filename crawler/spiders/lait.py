@@ -32,6 +32,7 @@ from scrapy import exceptions as scrapy_errors
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, StopDownload
 from scrapy.settings import BaseSettings
+from scrapy.settings import default_settings as scrapy_defaults
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.internet import defer, error as tx_error
 
@@ -165,6 +166,54 @@ SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     # LAIT_ALLOW_PRIVATE_NETWORKS and LAIT_ALLOWED_NETWORKS: resolver.guard_settings, their one reader.
 }
 
+#: Scrapy's own settings that Scrapy reads with another getter than the type of their default
+#: (``scrapy.settings.default_settings``) says: ``DOWNLOAD_DELAY = 0`` is read as a float, ``TELNETCONSOLE_ENABLED = 1``
+#: as a switch. Every other number or switch is read as its default's type.
+SCRAPY_GETTERS = {"DNS_TIMEOUT": "getfloat", "DOWNLOAD_DELAY": "getfloat", "DOWNLOAD_TIMEOUT": "getfloat",
+                  "TELNETCONSOLE_ENABLED": "getbool"}
+#: What a value of Scrapy's must be to read at all, by getter (``getbool`` also takes 0, 1 and any whole number).
+SCRAPY_READS_AS = {"getint": "a whole number", "getfloat": "a number", "getbool": "true or false"}
+#: Scrapy's settings with values Scrapy reads but cannot crawl with (test, what the value must be), found by crawling
+#: a local site: every other value Scrapy reads is taken as it is.
+SCRAPY_SETTING_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    # 0 or less: no request ever starts, and the crawl waits for ever (a SIGTERM does not end it)
+    "CONCURRENT_REQUESTS_PER_DOMAIN": (lambda v: v >= 1, "a whole number, 1 or more"),
+    # 0 or less: no callback's output is processed, and every image is rejected as image_not_fetched
+    "CONCURRENT_ITEMS": (lambda v: v >= 1, "a whole number, 1 or more"),
+    # 0: no thread resolves a host name, and the crawl waits for ever
+    "REACTOR_THREADPOOL_MAXSIZE": (lambda v: v >= 1, "a whole number, 1 or more"),
+    # inf: the first request waits for ever
+    "DOWNLOAD_DELAY": (lambda v: v != math.inf, "a number of seconds, not inf"),
+    # below 0 or NaN: a traceback for every request (0 is no timeout, as is inf)
+    "DOWNLOAD_TIMEOUT": (lambda v: v >= 0, "a number of seconds, 0 (no timeout) or more"),
+    # 0: every host name lookup fails; below 0 or NaN: a traceback for every lookup
+    "DNS_TIMEOUT": (lambda v: v > 0, "a number of seconds above 0"),
+    # below 0: every download is cancelled (0 is no cap)
+    "DOWNLOAD_MAXSIZE": (lambda v: v >= 0, "a whole number of bytes, 0 (no cap) or more"),
+    # below 0: the spider closes before its first page (0 is no timeout)
+    "CLOSESPIDER_TIMEOUT": (lambda v: v >= 0, "a number of seconds, 0 (no timeout) or more"),
+    # Scrapy refuses these with a traceback once the crawl runs (0 turns the stats log off).
+    "LOGSTATS_INTERVAL": (lambda v: v >= 0, "a number of seconds, 0 (off) or more"),
+    "MEMUSAGE_CHECK_INTERVAL_SECONDS": (lambda v: v > 0, "a number of seconds above 0"),
+}
+
+
+def setting_rule(name: str, scrapy_settings: bool = True) -> tuple[str, Callable[[Any], bool], str] | None:
+    """(Scrapy's getter, test, what the value must be) of a setting read as a number or switch: a LAIT_* one of
+    ``SETTING_RULES``, or (``scrapy_settings``) one of Scrapy's whose default is a number or switch, which must read
+    as Scrapy reads it (and keep within ``SCRAPY_SETTING_LIMITS``); None for any other setting."""
+    if name in SETTING_RULES:
+        return SETTING_RULES[name]
+    if not scrapy_settings or not name.isupper() or name.startswith("LAIT_"):
+        return None
+    default = vars(scrapy_defaults).get(name)  # (not getattr: a deprecated name would warn)
+    if not isinstance(default, (bool, int, float)):
+        return None
+    getter = SCRAPY_GETTERS.get(name) or (
+        "getbool" if isinstance(default, bool) else "getint" if isinstance(default, int) else "getfloat")
+    return (getter, *SCRAPY_SETTING_LIMITS.get(name, (lambda v: True, SCRAPY_READS_AS[getter])))
+
+
 #: Every LAIT_* setting the crawl knows: those crawler/settings.py lists (the runner's own included). Any other
 #: LAIT_* name is a misspelling, which Scrapy would keep and nothing would read.
 KNOWN_SETTINGS = frozenset(name for name in vars(defaults) if name.startswith("LAIT_"))
@@ -172,8 +221,8 @@ KNOWN_SETTINGS = frozenset(name for name in vars(defaults) if name.startswith("L
 
 def check_value(name: str, value, label: str | None = None) -> None:
     """Raise ValueError, one line naming ``label`` (an option) or the setting, when ``value`` breaks
-    ``SETTING_RULES[name]`` once read as the crawl's components read it (a value that does not read is refused)."""
-    getter, ok, must_be = SETTING_RULES[name]
+    ``setting_rule(name)`` once read as the crawl's components read it (a value that does not read is refused)."""
+    getter, ok, must_be = setting_rule(name)
     try:
         read = getattr(BaseSettings({name: value}), getter)(name)
     except (TypeError, ValueError, OverflowError):
@@ -210,19 +259,23 @@ def image_formats(settings) -> tuple[str, ...]:
     return option_rules.read_image_formats(",".join(str(name) for name in names), "LAIT_IMAGE_FORMATS")
 
 
-def check_settings(settings) -> None:
+def check_settings(settings, scrapy_settings: bool = True) -> None:
     """Raise ValueError, one line naming the setting, for a LAIT_* setting the crawl cannot run with (``settings``:
-    Scrapy's or a dict; a setting not there is not checked), or a LAIT_* name it does not know (a misspelling
-    would be ignored without a word): before a crawl process fails on it, or runs on it."""
+    Scrapy's or a dict; a setting not there is not checked), a LAIT_* name it does not know (a misspelling
+    would be ignored without a word), or (``scrapy_settings``) a number or switch of Scrapy's that does not read as
+    Scrapy reads it or that it cannot crawl with: before a crawl process fails on it, or runs on it."""
     if not isinstance(settings, BaseSettings):
         settings = BaseSettings(dict(settings))
     for name in settings:
         problem = unknown_setting(name)
         if problem:
             raise ValueError(problem)
-    for name in SETTING_RULES:
-        if name in settings:
+    for name in settings:
+        if setting_rule(name, scrapy_settings):
             check_value(name, settings.get(name))
+    jobdir = settings.get("LAIT_JOBDIR")
+    if jobdir is not None and not (isinstance(jobdir, str) and jobdir):  # '' would be no job folder, a list no path
+        raise ValueError(f"LAIT_JOBDIR must be a folder, got {jobdir!r}")
     resolver.guard_settings(settings)
     image_formats(settings)
     retry_interval(settings)

@@ -11,14 +11,35 @@ from crawler import images
 from lait.commands import non_negative, positive
 
 
+def _text_setting(key: str) -> bool:
+    """Whether ``key`` is a setting of text: one whose default (crawler/settings.py's, else Scrapy's) is text, as
+    USER_AGENT's, or a LAIT_* path unset by default (LAIT_JOBDIR). A log level is a name or a number (LOG_LEVEL=10)."""
+    from scrapy.settings import default_settings
+
+    from crawler import settings as lait_settings
+
+    if not key.isupper() or key.endswith("LOG_LEVEL"):
+        return False
+    for module in (lait_settings, default_settings):
+        if key in vars(module):  # (not hasattr: a deprecated name of Scrapy's would warn)
+            default = vars(module)[key]
+            return isinstance(default, str) or (default is None and key.startswith("LAIT_"))
+    return False
+
+
 def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value read as JSON where it reads (a number, true/false, a list), else as the text given; a text
+    setting takes a number or true/false as the text given too (-s USER_AGENT=5 is "5")."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key, json.loads(value)
+        read = json.loads(value)
     except json.JSONDecodeError:
         return key, value
+    if isinstance(read, (bool, int, float)) and _text_setting(key):
+        return key, value
+    return key, read
 
 
 def _page_domains(values: list[str]) -> list[str]:
@@ -163,7 +184,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="WARC only: read the sorted files in parts of N, one Beam pipeline each; a rerun with "
                              "the same files and N skips finished parts (default 0: one part, a rerun starts over)")
     parser.add_argument("-s", "--set", dest="settings", action="append", type=_setting, default=[],
-                        metavar="KEY=VALUE", help="a Scrapy/LAIT setting (JSON value or text), repeatable")
+                        metavar="KEY=VALUE", help="a Scrapy/LAIT setting (JSON value or text; a text setting such "
+                        "as USER_AGENT takes the text as given), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # The options that are refused where they do not apply default to None (see SPIDER_OPTIONS).
     parser.set_defaults(func=run)
@@ -188,8 +210,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lait crawl: {exc}", file=sys.stderr)
         return 2
-    try:
-        runner.check_settings(dict(args.settings))
+    try:  # the WARC reader checks the Scrapy settings it reads by its own rules (warc.setting_options)
+        runner.check_settings(dict(args.settings), scrapy_settings=not args.warc)
     except ValueError as exc:
         print(f"lait crawl: -s {exc}", file=sys.stderr)
         return 2
@@ -240,9 +262,14 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"lait crawl: {exc}", file=sys.stderr)
             return 2
+        # The job folder, given as --jobdir or as the setting (both at once are refused above).
+        jobdir, jobdir_option = args.jobdir, "--jobdir"
+        if jobdir is None and dict(args.settings).get("LAIT_JOBDIR") is not None:
+            jobdir, jobdir_option = dict(args.settings)["LAIT_JOBDIR"], "-s LAIT_JOBDIR"
         try:
-            if args.jobdir:  # another crawl's job folder is refused before --out is made
-                runner.check_job_folder(args.jobdir, args.processes, record=False)  # recorded once it runs
+            if jobdir:  # another crawl's job folder is refused before --out is made
+                runner.check_job_folder(jobdir, args.processes, record=False,  # recorded once it runs
+                                        option=jobdir_option)
             output.prepare_out_dir(args.out)
         except runner.JobFolderError as exc:
             print(f"lait crawl: {exc}", file=sys.stderr)
@@ -264,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"lait crawl: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            hint = f"rerun with --jobdir {args.jobdir} to continue" if args.jobdir else "complete shards are kept"
+            hint = f"rerun with {runner.given_jobdir(jobdir, jobdir_option)} to continue" if jobdir else \
+                "complete shards are kept"
             print(f"crawl interrupted; {hint}")
             return 130
     print(f"crawl: in {stats['in']:,} = kept {stats['kept']:,} + rejected {stats['rejected']:,}  -> {args.out}")

@@ -212,6 +212,105 @@ def test_native_scrapy_crawl_refuses_a_bad_setting_at_spider_init(tmp_path):
     assert not out.exists()
 
 
+# -- Scrapy's own numbers and switches --------------------------------------------------------------------
+
+BAD_SCRAPY_SETTINGS = [
+    # values Scrapy's getters do not read: the crawl process failed with a traceback
+    ("DOWNLOAD_DELAY=abc", "DOWNLOAD_DELAY must be a number of seconds, not inf, got 'abc'"),
+    ("CONCURRENT_REQUESTS=x", "CONCURRENT_REQUESTS must be a whole number, got 'x'"),
+    ("CONCURRENT_REQUESTS=1.5", "CONCURRENT_REQUESTS must be a whole number, got 1.5"),
+    ("CONCURRENT_REQUESTS=true", "CONCURRENT_REQUESTS must be a whole number, got 'true'"),
+    ("DOWNLOAD_TIMEOUT=-", "DOWNLOAD_TIMEOUT must be a number of seconds, 0 (no timeout) or more, got '-'"),
+    ("RETRY_ENABLED=maybe", "RETRY_ENABLED must be true or false, got 'maybe'"),
+    ("TELNETCONSOLE_ENABLED=on", "TELNETCONSOLE_ENABLED must be true or false, got 'on'"),
+    ("AUTOTHROTTLE_TARGET_CONCURRENCY=[4]", "AUTOTHROTTLE_TARGET_CONCURRENCY must be a number, got [4]"),
+    # values Scrapy reads but cannot crawl with: the crawl waited for ever ...
+    ("CONCURRENT_REQUESTS_PER_DOMAIN=0", "CONCURRENT_REQUESTS_PER_DOMAIN must be a whole number, 1 or more, got 0"),
+    ("REACTOR_THREADPOOL_MAXSIZE=0", "REACTOR_THREADPOOL_MAXSIZE must be a whole number, 1 or more, got 0"),
+    ("DOWNLOAD_DELAY=inf", "DOWNLOAD_DELAY must be a number of seconds, not inf, got 'inf'"),
+    # ... rejected every image as image_not_fetched, or closed before the first page ...
+    ("CONCURRENT_ITEMS=0", "CONCURRENT_ITEMS must be a whole number, 1 or more, got 0"),
+    ("CLOSESPIDER_TIMEOUT=-1", "CLOSESPIDER_TIMEOUT must be a number of seconds, 0 (no timeout) or more, got -1"),
+    ("DOWNLOAD_MAXSIZE=-1", "DOWNLOAD_MAXSIZE must be a whole number of bytes, 0 (no cap) or more, got -1"),
+    ("DNS_TIMEOUT=0", "DNS_TIMEOUT must be a number of seconds above 0, got 0"),
+    # ... or logged a traceback for every request or at start
+    ("DOWNLOAD_TIMEOUT=-1", "DOWNLOAD_TIMEOUT must be a number of seconds, 0 (no timeout) or more, got -1"),
+    ("LOGSTATS_INTERVAL=-1", "LOGSTATS_INTERVAL must be a number of seconds, 0 (off) or more, got -1"),
+    ("MEMUSAGE_CHECK_INTERVAL_SECONDS=0", "MEMUSAGE_CHECK_INTERVAL_SECONDS must be a number of seconds above 0, got 0"),
+]
+
+
+@pytest.mark.parametrize("processes", [[], ["--processes", "2"]])
+@pytest.mark.parametrize("setting, message", BAD_SCRAPY_SETTINGS)
+def test_a_url_crawl_refuses_a_scrapy_setting_scrapy_cannot_read_or_crawl_with(tmp_path, capsys, processes, setting,
+                                                                              message):
+    """Before: the crawl process failed with Scrapy's traceback once --out was made (`could not convert string to
+    float: 'abc'`), or crawled on: for ever (CONCURRENT_REQUESTS_PER_DOMAIN=0), or to no purpose."""
+    err = _refused(tmp_path, capsys, "crawl", *processes, "-s", setting)
+    assert err == f"lait crawl: -s {message}\n"
+
+
+def test_every_value_scrapy_reads_and_crawls_with_is_taken():
+    ok = {"DOWNLOAD_DELAY": 0.5, "CONCURRENT_REQUESTS": "4", "RETRY_ENABLED": "0", "COOKIES_ENABLED": "True",
+          "ROBOTSTXT_OBEY": 1, "TELNETCONSOLE_ENABLED": False, "LOG_ENABLED": "true", "REDIRECT_ENABLED": 7,
+          "DOWNLOAD_TIMEOUT": 0, "DNS_TIMEOUT": "inf", "CONCURRENT_ITEMS": 2.0, "DOWNLOAD_MAXSIZE": 0,
+          "AUTOTHROTTLE_TARGET_CONCURRENCY": "1e1", "RETRY_TIMES": None, "CLOSESPIDER_TIMEOUT": 0,
+          "USER_AGENT": "5", "LOG_LEVEL": 10}
+    runner.check_settings(ok)  # `lait crawl -s` (JSON values: 2.0 is a whole number, as 1e3 is)
+    native = {name: str(value) for name, value in ok.items() if value is not None}
+    spider_module.check_settings(dict(native, CONCURRENT_ITEMS="2"))  # (the text "2.0" Scrapy's getint refuses)
+    # Scrapy's getbool takes any whole number, as its getfloat takes NaN: not ours to refuse
+    spider_module.check_settings({"RETRY_ENABLED": "2", "DOWNLOAD_DELAY": "nan", "CONCURRENT_REQUESTS": "-1"})
+
+
+def test_scrapy_settings_are_read_with_the_getter_scrapy_reads_them_with():
+    """A setting whose default is a number but which Scrapy reads as another kind (DOWNLOAD_DELAY = 0, read as a
+    float) is in SCRAPY_GETTERS: a whole-number rule would refuse DOWNLOAD_DELAY=0.5."""
+    import re
+
+    import scrapy
+    from scrapy.settings import default_settings
+
+    call = re.compile(r"\.(getint|getfloat|getbool)\(\s*\"([A-Z0-9_]+)\"")  # settings.getint("NAME" ...
+    getters: dict[str, set[str]] = {}
+    for folder, _, files in os.walk(os.path.dirname(scrapy.__file__)):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                    for getter, setting in call.findall(handle.read()):
+                        getters.setdefault(setting, set()).add(getter)
+    checked = 0
+    for setting, read_with in getters.items():
+        if isinstance(vars(default_settings).get(setting), (bool, int, float)):
+            assert read_with == {spider_module.setting_rule(setting)[0]}, setting
+            checked += 1
+    assert checked > 50 and spider_module.setting_rule("DOWNLOAD_DELAY")[0] == "getfloat"
+
+
+def test_a_text_setting_takes_the_text_given():
+    """Before: `-s USER_AGENT=5` was the number 5, which the WARC reader refused ("must be one line of text")."""
+    from lait.commands.crawl import _setting
+
+    assert _setting("USER_AGENT=5") == ("USER_AGENT", "5")
+    assert _setting("USER_AGENT=true") == ("USER_AGENT", "true")
+    assert _setting("REQUEST_FINGERPRINTER_IMPLEMENTATION=2.7") == ("REQUEST_FINGERPRINTER_IMPLEMENTATION", "2.7")
+    assert _setting("LAIT_JOBDIR=2024") == ("LAIT_JOBDIR", "2024")
+    assert _setting('USER_AGENT="a\\nb"') == ("USER_AGENT", "a\nb")  # a JSON string is still read as one
+    # numbers stay numbers, true/false stay switches (as_typed), a log level may be a number
+    assert _setting("LAIT_MIN_SIDE=50") == ("LAIT_MIN_SIDE", 50)
+    assert _setting("DOWNLOAD_DELAY=0.5") == ("DOWNLOAD_DELAY", 0.5)
+    assert _setting("RETRY_ENABLED=false") == ("RETRY_ENABLED", False)
+    assert _setting("LOG_LEVEL=10") == ("LOG_LEVEL", 10)
+    assert _setting("LAIT_IMAGE_FORMATS=[\"png\"]") == ("LAIT_IMAGE_FORMATS", ["png"])
+
+
+def test_lait_crawl_warc_takes_a_user_agent_that_looks_like_a_number(tmp_path, capsys):
+    """Before: `lait crawl: -s USER_AGENT must be one line of text, got 5`; now it goes on to the input files."""
+    code = cli.main(["crawl", "--warc", str(tmp_path / "missing.warc.gz"), "--out", str(tmp_path / "out"),
+                     "--no-progress", "-s", "USER_AGENT=5"])
+    assert code == 2 and capsys.readouterr().err == f"lait crawl: no such file: {tmp_path / 'missing.warc.gz'}\n"
+
+
 # -- misspelt LAIT_* settings ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
@@ -263,6 +362,11 @@ def test_every_lait_setting_named_in_the_crawl_code_is_a_known_one():
     ("LAIT_ALLOW_PRIVATE_NETWORKS=yes", "ValueError: LAIT_ALLOW_PRIVATE_NETWORKS must be true or false, got 'yes'"),
     # The native command line gives text: `true` is no number there either (`lait crawl` reads it alike).
     ("LAIT_MIN_SIDE=true", "ValueError: LAIT_MIN_SIDE must be a whole number of pixels, 0 or more, got 'true'"),
+    # Scrapy's own settings are checked at spider init too (before: Scrapy's own words once the engine started,
+    # `invalid literal for int() with base 10: 'x'`, or a traceback for every request)
+    ("CONCURRENT_REQUESTS=x", "ValueError: CONCURRENT_REQUESTS must be a whole number, got 'x'"),
+    ("DOWNLOAD_TIMEOUT=-1",
+     "ValueError: DOWNLOAD_TIMEOUT must be a number of seconds, 0 (no timeout) or more, got '-1'"),
 ])
 def test_native_scrapy_crawl_names_a_misspelt_or_bad_setting(tmp_path, setting, message):
     """Before: a misspelt name was ignored, and the resolver's settings failed with Python's own words
@@ -452,6 +556,29 @@ def test_a_url_crawl_refuses_an_empty_job_folder(tmp_path, capsys):
     assert _refused(tmp_path, capsys, "crawl", "--jobdir", "") == "lait crawl: --jobdir: give a folder\n"
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("LAIT_JOBDIR=", "-s LAIT_JOBDIR must be a folder, got ''"),
+    ('LAIT_JOBDIR=["job"]', "-s LAIT_JOBDIR must be a folder, got ['job']"),
+])
+def test_a_url_crawl_refuses_a_job_folder_setting_that_names_no_folder(tmp_path, capsys, setting, message):
+    """Before: `-s LAIT_JOBDIR=` crawled without a job folder, as `--jobdir ''` did; a list failed in the crawl
+    process."""
+    assert _refused(tmp_path, capsys, "crawl", "-s", setting) == f"lait crawl: {message}\n"
+
+
+@pytest.mark.parametrize("processes", [[], ["--processes", "3"]])
+def test_the_job_folder_setting_gets_the_job_folder_check_before_out_is_made(tmp_path, capsys, processes):
+    """Before: `-s LAIT_JOBDIR` of a crawl run with another number of processes was refused only once --out was
+    made, and the line named --jobdir."""
+    jobdir = tmp_path / "job"
+    runner.check_job_folder(str(jobdir), 2)
+    err = _refused(tmp_path, capsys, "crawl", *processes, "-s", f"LAIT_JOBDIR={jobdir}")
+    assert err == (f"lait crawl: -s LAIT_JOBDIR={jobdir} holds a crawl run with --processes 2, not "
+                   f"{processes[-1] if processes else 1}: continue it with --processes 2, or start over with a new "
+                   f"-s LAIT_JOBDIR (the work kept for each process would be lost)\n")
+    assert sorted(os.listdir(jobdir)) == [runner.JOB_FILE]
+
+
 # -- a setting and the option that sets it ------------------------------------------------------------------
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
@@ -484,3 +611,34 @@ def test_a_lait_setting_alone_still_sets_what_its_option_sets(tmp_path):
                    settings=dict(TEST_SETTINGS, LAIT_MIN_SIDE=TEST_MIN_SIDE, LAIT_ALLOW_PRIVATE_NETWORKS=True))
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["kept"] == 1 and stats["rejected_by_reason"] == {"image_too_small": 1}
+
+
+# -- the WARC reader's part markers -------------------------------------------------------------------------
+
+def test_a_part_marker_in_an_object_store_is_written_whole_or_not_at_all(monkeypatch):
+    """A local marker goes through the shared atomic writer; one in an object store is one object, written on close.
+    Before: the marker was serialised inside the open object, so a failure there closed it, and wrote it empty."""
+    import io
+
+    from crawler import warc
+
+    written = {}
+
+    class StoredObject(io.BytesIO):  # Beam's object-store writers upload what was written when closed
+        def __init__(self, path):
+            super().__init__()
+            self.path = path
+
+        def close(self):
+            if not self.closed:
+                written[self.path] = self.getvalue()
+            super().close()
+
+    monkeypatch.setattr(warc.FileSystems, "create", lambda path, **kwargs: StoredObject(path))
+    warc._write_json("gs://bucket/run/_parts/part-00000.json", {"rows": 3})
+    assert json.loads(written["gs://bucket/run/_parts/part-00000.json"]) == {"rows": 3}
+    looped = {}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="Circular reference"):
+        warc._write_json("gs://bucket/run/_parts/part-00001.json", looped)
+    assert "gs://bucket/run/_parts/part-00001.json" not in written
