@@ -42,8 +42,9 @@ DROPOUTS = ("dropout", "attention_dropout")
 #: checkpoint's tokenizer). ``init`` takes these from its checkpoint; a config may set the others over it.
 WEIGHT_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position",
                "type_vocab_size", "feature_dim", "num_classes", "region_position_id", "pad_token_id")
-#: The model keys a config with ``init`` may not set: the weights' (``WEIGHT_KEYS``), and ``init_std``, the scale of
-#: the random weights a new model draws (with ``init`` every weight comes from the checkpoint: it would do nothing).
+#: The model keys a config with ``init`` may not set to other values than the checkpoint's (``init_model_changes``):
+#: the weights' (``WEIGHT_KEYS``), and ``init_std``, the scale of the random weights a new model draws (with ``init``
+#: every weight comes from the checkpoint: it would do nothing).
 INIT_TAKES = (*WEIGHT_KEYS, "init_std")
 #: Fields a section decides, left out of the keys an unknown-key message offers (a stage's ``kind`` is that of
 #: its section: ``pretrain`` items are pretraining stages, ``finetune`` the fine-tuning one).
@@ -206,6 +207,33 @@ def model_keys_set(config: TrainConfig) -> list[str]:
     default = ModelConfig()
     return [f.name for f in dataclasses.fields(ModelConfig)
             if getattr(config.model, f.name) != getattr(default, f.name)]
+
+
+def init_model_changes(config: TrainConfig, model: dict, section: Any = None) -> dict[str, str]:
+    """The keys of ``INIT_TAKES`` (``model.KEY``) that ``config``'s model section sets to other values than the
+    ``init`` checkpoint's, each with both values: other than its model's (``model``, its ``model_config``) and than its
+    run's model section (``section``, which the data, the tokenizer or BERT overrode: a run's config.json lists its
+    whole section). A key set to the checkpoint's value says nothing new: a run's config.json, rerun with ``init``,
+    sets them all."""
+    section = section if isinstance(section, dict) else {}
+    default = dataclasses.asdict(ModelConfig())
+    changed = {}
+    for key in model_keys_set(config):
+        value, theirs = getattr(config.model, key), model.get(key, default[key])
+        if key in INIT_TAKES and value != theirs and (key not in section or value != section[key]):
+            changed[f"model.{key}"] = f"model.{key} {value!r}, the checkpoint's {theirs!r}"
+    return changed
+
+
+def init_refusal(dropped: list[str] | dict[str, str]) -> ConfigError:
+    """The error for a config with ``init`` that sets what the checkpoint decides: ``dropped``, the keys (``bert``,
+    ``tokenizer``), or the model keys with both values (``init_model_changes``)."""
+    free = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in INIT_TAKES]
+    differs = (f", and this config's model section differs from its model: {'; '.join(dropped.values())}"
+               if isinstance(dropped, dict) else "")
+    return ConfigError(f"init takes the model's weights, their shape and the tokenizer from the checkpoint{differs}; "
+                       f"drop {', '.join(dropped)} (over the checkpoint's model, a config may set "
+                       f"{', '.join(free[:-1])} and {free[-1]}, and the other keys to the checkpoint's values)")
 
 
 def _tokenizer_decides_case(tokenizer: Any) -> bool:
@@ -400,13 +428,10 @@ def train_config_from_dict(data: dict) -> TrainConfig:
             raise ConfigError(f"init: {config.init!r} names an unset environment variable; set it or pass "
                               f"--set init=CHECKPOINT")
         taken = [key for key in ("bert", "tokenizer") if getattr(config, key)]
-        taken += [f"model.{key}" for key in model_keys_set(config) if key in INIT_TAKES]
         if taken:
-            free = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in INIT_TAKES]
-            raise ConfigError(f"init takes the model's weights, their shape and the tokenizer from the checkpoint; "
-                              f"drop {', '.join(taken)} (over the checkpoint's model, a config may set "
-                              f"{', '.join(free[:-1])} and {free[-1]})")
-        # The sizes the set keys must fit (max_text_len within max_position) are the checkpoint's: checked with them.
+            raise init_refusal(taken)
+        # The model keys of INIT_TAKES set to other values than the checkpoint's are refused when it is read
+        # (init_model_changes), and the sizes the set keys must fit (max_text_len within max_position) are its too.
         _check_model_values(config.model)
     else:
         check_model_config(config.model)

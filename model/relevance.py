@@ -158,20 +158,19 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
     """
     from safetensors.torch import save_file
 
+    from schemas import write_json_atomically
+
     config = {"kind": MODEL_KIND, "model": dataclasses.asdict(model.config), **extra}
     if isinstance(model, RelevanceEnsemble):
         config["members"] = len(model.members)
     try:
-        text = json.dumps(config, indent=1, allow_nan=False)
+        json.dumps(config, allow_nan=False)  # strict JSON (the shared writer takes NaN, and any object as its str)
     except ValueError as exc:
         raise ValueError(f"{os.path.join(out_dir, CONFIG_FILE)}: not saved, a value is not valid JSON ({exc})") from None
     os.makedirs(out_dir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out_dir, WEIGHTS_FILE))
-    tmp = os.path.join(out_dir, f".{CONFIG_FILE}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(out_dir, CONFIG_FILE))
+    write_json_atomically(os.path.join(out_dir, CONFIG_FILE), config)
 
 
 def read_config(model_dir: str) -> dict:

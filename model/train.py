@@ -30,15 +30,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import (WEIGHT_KEYS, ConfigError, DatasetConfig, ModelConfig, StageConfig, TrainConfig,
-                          add_train_arguments, check_model_config, load_config, model_config_from_dict, model_keys_set,
-                          resolved_compile_scope)
+from model.config import (INIT_TAKES, ConfigError, DatasetConfig, ModelConfig, StageConfig, TrainConfig,
+                          add_train_arguments, check_model_config, init_model_changes, init_refusal, load_config,
+                          model_config_from_dict, model_keys_set, resolved_compile_scope)
 from model.data import (DEALING, DEALINGS, PairIndex, empty_split, feature_dim_of, feature_dims, index_pairs,
                         make_loader, num_classes_of)
 from model.distributed import collective_device, join_process_group, process_device
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
 from model.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
+from schemas import write_json_atomically
 
 if TYPE_CHECKING:
     from model.eval import EvalCaptions
@@ -163,11 +164,17 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
 
 def init_model_config(state: dict, config: TrainConfig) -> ModelConfig:
     """The model of an ``init`` checkpoint (``state``) with the keys ``config`` sets over it: dropouts and the others
-    its weights do not depend on (``train_config_from_dict`` refuses those they do, ``WEIGHT_KEYS``). A ``ConfigError``
-    naming the key when a set key does not fit the checkpoint's sizes (``max_text_len`` past its ``max_position``)."""
+    its weights do not depend on. A ``ConfigError`` naming each key its weights do depend on (``INIT_TAKES``) that is
+    set to another value than the checkpoint's (``init_model_changes``; set to the checkpoint's, as a run's config.json
+    sets them, it says nothing new), and naming the key when a set key does not fit the checkpoint's sizes
+    (``max_text_len`` past its ``max_position``)."""
     fields = dict(state["model_config"])
+    written, _ = _written_stages(state)
+    changed = init_model_changes(config, fields, written.get("model"))
+    if changed:
+        raise init_refusal(changed)
     for key in model_keys_set(config):
-        if key not in WEIGHT_KEYS and fields.get(key) != getattr(config.model, key):
+        if key not in INIT_TAKES and fields.get(key) != getattr(config.model, key):
             logger.info("init: model.%s %r, the checkpoint's %r", key, getattr(config.model, key), fields.get(key))
             fields[key] = getattr(config.model, key)
     try:
@@ -281,8 +288,10 @@ TOKENIZER_KEYS = ("bert", "tokenizer", "tokenizer_vocab_size", "lowercase")
 
 def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size: int = 1) -> None:
     """A checkpoint resumes only the run that wrote it: its stages up to the one it stopped in must be this
-    config's first stages, by name; otherwise stages would be skipped as done, or the wrong one continued.
-    Resuming a stage with other data-order settings (or another number of processes) is warned about."""
+    config's first stages, by name; otherwise stages would be skipped as done, or the wrong one continued. The
+    stages it had finished must have their settings as they ran (the stages not yet started may change). Resuming a
+    stage with other data-order settings (or another number of processes) is warned about, and so is a resume past
+    a finished stage with other run-wide settings (``RUN_TRAINING_KEYS``)."""
     needed = RESUME_KEYS + (() if state.get("stage_done", True) else ("optimizer", "scheduler", "rng"))
     missing = [key for key in needed if key not in state]
     if missing:
@@ -307,6 +316,22 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
         raise ValueError(f"{path}: a resume continues the checkpoint's model, and this config's model section differs "
                          f"from it: {'; '.join(changed)}; resume with the model section of the run that wrote it "
                          f"(a model of another shape is a new run)")
+    done = index + (1 if state.get("stage_done", True) else 0)
+    changed = {stage.name: _finished_stage_changes(theirs, stage)
+               for stage, theirs in zip(config.stages()[:done], stages)}
+    changed = {name: changes for name, changes in changed.items() if changes}
+    if changed:  # config.json would claim settings these stages did not train with
+        raise ValueError(f"{path}: {'stages' if len(changed) > 1 else 'stage'} {', '.join(map(repr, changed))} "
+                         f"finished before this checkpoint with other settings than this config's: "
+                         f"{'; '.join(change for changes in changed.values() for change in changes)}; a resume keeps a "
+                         f"finished stage as it ran: resume with the settings it ran with (the stages not yet started "
+                         f"may change), or start a new run from its weights with init:")
+    changed = [f"{key} {getattr(config, key)!r}, the checkpoint's {written[key]!r}" for key in RUN_TRAINING_KEYS
+               if key in written and written[key] != getattr(config, key)]
+    if done and changed:  # run-wide: the stages to come take them (the resumed one with the warnings below)
+        logger.warning("%s: stage(s) %s finished before this checkpoint with other run-wide settings than this "
+                       "config's, which the stages to come take and config.json records for the whole run: %s", path,
+                       ", ".join(stage.name for stage in config.stages()[:done]), "; ".join(changed))
     if not state.get("stage_done", True):
         stage = config.stages()[index]
         written_stage = stages[index] if index < len(stages) else None
@@ -331,6 +356,34 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
             logger.warning("%s: resuming with other %s than the run that wrote it: the batches after step %s are "
                            "not those it would have trained on (resume is exact only with the same settings)",
                            path, ", ".join(changed), state.get("step"))
+
+
+#: The run-wide settings that decide what a stage trains (its batches, masking, losses and updates): a resume past a
+#: finished stage with others is warned about (the stages to come take them; ``config.json`` records one value).
+RUN_TRAINING_KEYS = ("seed", "grad_accum", "grad_clip", "weight_decay", "shuffle_buffer", "num_workers",
+                     "length_buckets", "masking", "mlm_prob", "region_mask_prob", "region_zero_prob", "itm_neg_prob",
+                     "moc_loss")
+
+
+def _finished_stage_changes(theirs: dict | None, stage: StageConfig) -> list[str]:
+    """How this config's ``stage`` differs from the one the checkpoint's run finished (``theirs``, its run's config of
+    the stage), each setting with both values: a dataset entry's fields one by one, the others whole. Keys that one
+    of them lacks (a checkpoint of an older version) are not compared."""
+    if not isinstance(theirs, dict):
+        return []
+    ours = dataclasses.asdict(stage)
+    changed = []
+    for key, value in theirs.items():
+        if key not in ours or value == ours[key]:
+            continue
+        if key == "datasets" and isinstance(value, list) and len(value) == len(ours[key]) \
+                and all(isinstance(entry, dict) for entry in value):
+            changed += [f"{stage.name}.datasets.{i}.{field} {mine.get(field)!r}, the checkpoint's {entry[field]!r}"
+                        for i, (entry, mine) in enumerate(zip(value, ours[key])) for field in entry
+                        if entry[field] != mine.get(field)]
+        else:
+            changed.append(f"{stage.name}.{key} {ours[key]!r}, the checkpoint's {value!r}")
+    return changed
 
 
 def _model_changes(state: dict, config: TrainConfig) -> list[str]:
@@ -962,18 +1015,21 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     An out_dir holding an earlier run is refused unless ``resume`` continues it or ``overwrite`` first removes
     its files (``RUN_OUTPUTS``; anything else there stays)."""
     earlier = earlier_run(config, resume, overwrite)
-    runtime = setup_runtime(config)
-    if runtime.distributed:
-        dist.barrier()  # every process has looked before the first writes
-    os.makedirs(config.out_dir, exist_ok=True)
-    stages = config.stages()
-    resume_state = None
     if resume == "auto" and not os.path.exists(os.path.join(config.out_dir, "checkpoints", "last.pt")):
         # `--resume` without a path: the same command starts a run and continues it after a kill,
         # also when the kill came before the first checkpoint.
         logger.info("no %s yet: starting from scratch", os.path.join(config.out_dir, "checkpoints", "last.pt"))
         resume = None
     init_state = None
+    if config.init and not resume:  # its model settings checked against the checkpoint before out_dir is made
+        init_state = load_checkpoint(config.init)
+        model_config = init_model_config(init_state, config)
+    runtime = setup_runtime(config)
+    if runtime.distributed:
+        dist.barrier()  # every process has looked before the first writes
+    os.makedirs(config.out_dir, exist_ok=True)
+    stages = config.stages()
+    resume_state = None
     if resume:
         if resume == "auto":
             resume = os.path.join(config.out_dir, "checkpoints", "last.pt")
@@ -983,10 +1039,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
         model_config = model_config_from_dict(resume_state["model_config"])
         eval_captions = check_data_fits(model_config, config, resume, first_stage=int(resume_state["stage_index"]))
         logger.info("resuming from %s (stage %s, step %d)", resume, resume_state["stage_name"], resume_state["step"])
-    elif config.init:
-        init_state = load_checkpoint(config.init)
+    elif init_state is not None:
         tokenizer_json = init_state["tokenizer"]
-        model_config = init_model_config(init_state, config)
         eval_captions = check_data_fits(model_config, config, config.init)
         logger.info("starting from %s (%s, step %d)", config.init, init_state.get("stage_name"), init_state.get("step", 0))
     else:
@@ -1020,8 +1074,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     if runtime.is_main:
         with open(os.path.join(config.out_dir, "tokenizer.json"), "w", encoding="utf-8") as handle:
             handle.write(tokenizer_json)
-        with open(os.path.join(config.out_dir, "config.json"), "w", encoding="utf-8") as handle:
-            json.dump({"train": config.to_dict(), "model": dataclasses.asdict(model_config)}, handle, indent=2)
+        # Replaced whole, never rewritten in place: a resume changes it (the stages not yet started may change), and
+        # a copy of the run made with hard links (cp -al) keeps its own.
+        write_json_atomically(os.path.join(config.out_dir, "config.json"),
+                              {"train": config.to_dict(), "model": dataclasses.asdict(model_config)})
     logger.info("ImageBERT: %.1fM parameters, %d layers, hidden %d, feature_dim %d, %d classes on %s%s",
                 num_parameters(model) / 1e6, model_config.num_layers, model_config.hidden_size,
                 model_config.feature_dim, model_config.num_classes, runtime.device, " (bf16)" if runtime.bf16 else "")
@@ -1065,8 +1121,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
             write_eval(result, os.path.join(config.out_dir, "eval.json"))
         summary["eval"] = result
     if runtime.is_main:
-        with open(os.path.join(config.out_dir, "summary.json"), "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2)
+        write_json_atomically(os.path.join(config.out_dir, "summary.json"), summary)
     if runtime.distributed:
         dist.barrier()
     return summary

@@ -48,7 +48,9 @@ def test_resume_is_exact(synth_dir, tmp_path, masking, buckets):
     assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
 
     # Resuming a run whose stages are all done trains nothing and keeps the model (its stages are listed as done).
-    again = train(load_config(base=_base(synth_dir, full_dir)), resume="auto")
+    again = load_config(base=_base(synth_dir, full_dir))
+    again.finetune.loss, again.finetune.dual_encoder = "triplet", 0.5  # the run's: a finished stage resumes as it ran
+    again = train(again, resume="auto")
     assert [(s["name"], s["done_before_resume"]) for s in again["stages"]] == [("stage1", True), ("finetune", True)]
 
 
@@ -121,8 +123,10 @@ def test_init_fine_tunes_a_trained_checkpoint_in_a_new_run(synth_dir, tiny_check
     loaded = load_config(shipped, [f"init={tiny_checkpoint}", f"finetune.datasets.0.regions={synth_dir}/regions",
                                    f"finetune.datasets.0.captions={synth_dir}/captions", "eval=null"])
     assert loaded.init == tiny_checkpoint and not loaded.pretrain and loaded.finetune.loss == "binary"
-    with pytest.raises(ConfigError, match="drop bert, model"):
+    with pytest.raises(ConfigError, match="drop bert \\("):
         load_config(base={**config, "bert": "/models/bert", "model": {"hidden_size": 64}})
+    with pytest.raises(ConfigError, match="model.hidden_size 48, the checkpoint's 64; drop model.hidden_size"):
+        train(load_config(base={**config, "out_dir": str(tmp_path / "other"), "model": {"hidden_size": 48}}))
     write_synthetic(str(tmp_path / "wide"), images=12, feature_dim=24, test_images=2, seed=3)
     wide = {"regions": str(tmp_path / "wide" / "regions"), "captions": str(tmp_path / "wide" / "captions"),
             "split": "train"}

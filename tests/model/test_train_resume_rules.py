@@ -1,9 +1,10 @@
 """What a resume may change, what a config may say, and how bad input is reported, through `lait train` and
-`python -m model.train`: a resume with other stage losses or another model section is refused before anything is
-written (the loss log, config.json and tokenizer.json kept), one with other masking or sampling warns, init: may set
-the model keys its checkpoint's weights do not depend on, dropouts are probabilities below 1, a split filter that
-leaves no caption (or only blank ones) says so, a stage's `kind` is its section's, and the native form reports bad
-input in one line."""
+`python -m model.train`: a resume with other stage losses, another model section or other settings for a finished
+stage is refused before anything is written (the loss log, config.json and tokenizer.json kept), one with other masking
+or sampling warns, the stages not yet started may change, init: may set the model keys its checkpoint's weights do not
+depend on (and the others to the checkpoint's values: a run's config.json reruns with init), config.json and
+summary.json are replaced whole, dropouts are probabilities below 1, a split filter that leaves no caption (or only
+blank ones) says so, a stage's `kind` is its section's, and the native form reports bad input in one line."""
 import json
 import logging
 import os
@@ -170,14 +171,17 @@ def test_init_may_set_the_model_keys_its_weights_do_not_depend_on(finished_run, 
         # lr 0: the weights come out as they went in, the checkpoint's
         "finetune": {**_base(synth_dir, "")["finetune"], "steps": 2, "lr": 0.0}}))
     # (init_std too: every weight comes from the checkpoint, so the scale of new random ones would do nothing)
-    for override in ("model.hidden_size=64", "model.num_heads=4", "model.vocab_size=500", "model.feature_dim=8",
-                     "model.init_std=0.05"):
+    for override, theirs in (("model.hidden_size=64", 32), ("model.num_heads=4", 2), ("model.vocab_size=500", None),
+                             ("model.feature_dim=8", 16), ("model.init_std=0.05", 0.02)):
         status, error = _train(capsys, config, ft, "--set", override)
+        key, value = override.split("=")
         assert status == 2 and error.count("\n") == 1, error
         assert error.startswith("lait train: init takes the model's weights, their shape and the tokenizer from the "
-                                f"checkpoint; drop {override.split('=')[0]} (over the checkpoint's model, a config may "
-                                f"set dropout, attention_dropout, "), error
-    assert not ft.exists(), "refused as the config is read"
+                                f"checkpoint, and this config's model section differs from its model: {key} {value}, "
+                                f"the checkpoint's "), error
+        assert f"; drop {key} (over the checkpoint's model, a config may set dropout, attention_dropout, " in error
+        assert theirs is None or f"{key} {value}, the checkpoint's {theirs};" in error, error
+    assert not ft.exists(), "refused before out_dir is made"
     status, error = _train(capsys, config, ft, "--set", "model.max_text_len=600")  # past the checkpoint's positions
     assert status == 2 and "model.max_text_len: 600, more than the 512 positions of model.max_position" in error, error
     status, error = _train(capsys, config, ft)
@@ -194,6 +198,103 @@ def test_init_may_set_the_model_keys_its_weights_do_not_depend_on(finished_run, 
     assert _train(capsys, config, ft, "--resume", step1)[0] == 0
     status, error = _train(capsys, config, ft, "--resume", step1, "--set", "model.dropout=0.3")
     assert status == 2 and "model.dropout 0.3, the checkpoint's 0.2" in error, error
+
+
+def test_a_runs_config_json_reruns_as_a_fine_tuning_run_from_its_checkpoint(finished_run, tmp_path, capsys):
+    """config.json lists the run's whole model section, and init refused every key its checkpoint's weights depend
+    on, whatever its value: the run's own config could not fine-tune its checkpoint. Keys set to the checkpoint's
+    values (its model's, or its run's section's, where the data and the tokenizer decided) say nothing new and are
+    taken; another value is refused, naming the key with both values, before out_dir is made."""
+    out, _ = finished_run
+    config, ft, final = out / "config.json", tmp_path / "ft", str(out / "checkpoints" / "final.pt")
+    listed = json.loads(config.read_text())["train"]["model"]
+    assert {"vocab_size", "hidden_size", "feature_dim", "init_std"} <= set(listed)
+    again = ("--set", f"init={final}", "--set", "pretrain=[]", "--set", "finetune.steps=1")
+    status, error = _train(capsys, config, ft, *again, "--set", "model.hidden_size=64", "--set", "model.init_std=0.05")
+    assert status == 2 and error.count("\n") == 1, error
+    assert "differs from its model: model.hidden_size 64, the checkpoint's 32; model.init_std 0.05, the checkpoint's " \
+           "0.02; drop model.hidden_size, model.init_std (over" in error, error
+    assert not ft.exists()
+    status, error = _train(capsys, config, ft, *again)
+    assert status == 0, error
+    start, end = (load_checkpoint(str(run / "checkpoints" / "final.pt")) for run in (out, ft))
+    assert end["model_config"] == start["model_config"]
+    written = json.loads((ft / "config.json").read_text())
+    assert written["train"]["init"] == final and written["model"] == start["model_config"]
+    # Its own config.json resumes it (the model keys it lists are its checkpoint's run's).
+    assert _train(capsys, ft / "config.json", ft, "--resume")[0] == 0
+
+
+@pytest.mark.parametrize("checkpoint", ["stage1.pt", "finetune-step2.pt"])
+def test_a_resume_refuses_other_settings_for_a_finished_stage(run_copy, capsys, checkpoint):
+    """At a stage boundary (stage1.pt: stage1 done, fine-tuning not begun) a resume compared nothing of the finished
+    stage: another lr, step count or dataset was taken, the next stage ran as if stage1 had been trained so, and
+    config.json claimed it. A finished stage's settings are now refused, in one line naming each (nothing written);
+    part-way through a later stage too."""
+    out, config = run_copy
+    before = _snapshot(out)
+    for override, named in (("pretrain.0.lr=0.002", "stage1.lr 0.002, the checkpoint's 0.001"),
+                            ("pretrain.0.steps=6", "stage1.steps 6, the checkpoint's 4"),
+                            ("pretrain.0.datasets.0.split=null", "stage1.datasets.0.split None, the checkpoint's "
+                                                                 "'train'")):
+        status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / checkpoint),
+                               "--set", override)
+        assert status == 2 and error.count("\n") == 1, error
+        assert error.startswith(f"lait train: {out / 'checkpoints' / checkpoint}: stage 'stage1' finished before this "
+                                f"checkpoint with other settings than this config's: {named}; "), error
+        assert "start a new run from its weights with init:" in error, error
+    assert _snapshot(out) == before, "nothing written"
+
+
+def test_a_resume_at_a_stage_boundary_takes_the_stages_to_come_as_configured(run_copy, capsys, caplog):
+    """The stages not yet started may change (their optimizer starts fresh): they run, and config.json records,
+    what this config says. A run-wide setting the finished stage trained with (seed) is taken for the stages to
+    come, with a warning that the finished one ran with the checkpoint's."""
+    out, config = run_copy
+    with caplog.at_level(logging.WARNING, logger="model.train"):
+        status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / "stage1.pt"),
+                               "--set", "finetune.lr=0.002", "--set", "finetune.steps=2", "--set", "seed=1")
+    assert status == 0, error
+    written = json.loads((out / "config.json").read_text())["train"]
+    assert (written["finetune"]["lr"], written["finetune"]["steps"], written["seed"]) == (0.002, 2, 1)
+    assert written["pretrain"][0]["lr"] == 0.001 and written["pretrain"][0]["steps"] == 4
+    assert sorted(_log(out / "logs" / "finetune.csv")) == [1, 2]
+    assert float(_log(out / "logs" / "finetune.csv")[1]["lr"]) == pytest.approx(0.002)  # (warm-up of one step: done)
+    warned = [r.getMessage() for r in caplog.records if "run-wide settings" in r.getMessage()]
+    assert len(warned) == 1 and "stage(s) stage1 finished before this checkpoint" in warned[0], warned
+    assert "seed 1, the checkpoint's 0" in warned[0], warned
+
+
+def test_config_json_and_summary_json_are_replaced_whole(run_copy, capsys):
+    """Both were rewritten in place (open "w"): a stop midway left half a file, and a copy of the run made with
+    hard links (cp -al) had its config.json and summary.json changed by the resume of the original. They are
+    written beside and renamed over (schemas.write_json_atomically), and no temporary file is left."""
+    out, config = run_copy
+    snapshot = out.parent / "snapshot"
+    snapshot.mkdir()
+    for name in ("config.json", "summary.json"):
+        os.link(out / name, snapshot / name)
+    before = {name: (snapshot / name).read_bytes() for name in ("config.json", "summary.json")}
+    status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / "finetune-step2.pt"),
+                           "--set", "checkpoint_every=0")
+    assert status == 0, error
+    assert json.loads((out / "config.json").read_text())["train"]["checkpoint_every"] == 0
+    assert {name: (snapshot / name).read_bytes() for name in before} == before, "the hard-linked copy is its own"
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+def test_a_relevance_model_config_is_written_by_the_shared_atomic_writer(tmp_path):
+    """save_model wrote config.json through a temporary file of a fixed name, .config.json.tmp: two saves into one
+    folder shared it, and anything left at that name (here a folder) failed the save. The shared writer's temporary
+    file is unique to each write, synced to disk, and removed on an error."""
+    from model.relevance import RelevanceConfig, RelevanceModel, read_config, save_model
+
+    folder = tmp_path / "relevance"
+    (folder / ".config.json.tmp").mkdir(parents=True)
+    save_model(RelevanceModel(RelevanceConfig(channels=(4, 4, 4, 4), text_dim=8, embed_dim=8, num_buckets=64)),
+               str(folder), {"threshold": 0.5, "vocabulary": []})
+    assert read_config(str(folder))["threshold"] == 0.5
+    assert sorted(os.listdir(folder)) == [".config.json.tmp", "config.json", "model.safetensors"]
 
 
 def test_a_resume_into_a_log_of_other_columns_is_refused_and_the_log_kept(run_copy, capsys):
