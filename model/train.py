@@ -225,12 +225,30 @@ def check_eval_data(entry: DatasetConfig) -> EvalCaptions:
 # Checkpoints
 
 
+def _replace_whole(path: str, write, binary: bool = False) -> None:
+    """Write a file whole or not at all: ``write(handle)`` into a temporary file beside it, flushed to disk, then a
+    rename over ``path`` (a stop midway leaves the earlier file or the new one; the temporary file goes on an error).
+    ``schemas.write_json_atomically`` does so for JSON."""
+    import tempfile
+
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
 def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save of plain tensors and containers, written to a temporary name then renamed."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save of plain tensors and containers, written whole or not at all (``_replace_whole``)."""
+    _replace_whole(path, lambda handle: torch.save(state, handle), binary=True)
 
 
 #: What every checkpoint holds (``final.pt`` too); a resumed one also the stage and step it stopped at.
@@ -1072,8 +1090,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
             path = os.path.join(config.out_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     if runtime.is_main:
-        with open(os.path.join(config.out_dir, "tokenizer.json"), "w", encoding="utf-8") as handle:
-            handle.write(tokenizer_json)
+        _replace_whole(os.path.join(config.out_dir, "tokenizer.json"), lambda handle: handle.write(tokenizer_json))
         # Replaced whole, never rewritten in place: a resume changes it (the stages not yet started may change), and
         # a copy of the run made with hard links (cp -al) keeps its own.
         write_json_atomically(os.path.join(config.out_dir, "config.json"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from imagebert_testlib import REPO, loss_columns, read_loss_log, train_config_dict
@@ -281,6 +282,21 @@ def test_config_json_and_summary_json_are_replaced_whole(run_copy, capsys):
     assert json.loads((out / "config.json").read_text())["train"]["checkpoint_every"] == 0
     assert {name: (snapshot / name).read_bytes() for name in before} == before, "the hard-linked copy is its own"
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+def test_a_checkpoint_that_fails_to_save_leaves_the_earlier_one_and_no_temporary_file(tmp_path):
+    """save_checkpoint wrote X.pt.tmp and renamed it: a failing torch.save left the half-written X.pt.tmp behind (and a
+    second save into the name shared it). The temporary file is unique, synced to disk, and removed on an error."""
+    import pickle
+
+    from model.train import save_checkpoint
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(str(path), {"model": {"w": torch.ones(3)}, "step": 1})
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        save_checkpoint(str(path), {"model": {"w": torch.zeros(3)}, "step": 2, "bad": lambda: None})
+    assert sorted(os.listdir(path.parent)) == ["last.pt"]
+    assert torch.load(path, weights_only=True)["step"] == 1
 
 
 def test_a_relevance_model_config_is_written_by_the_shared_atomic_writer(tmp_path):
