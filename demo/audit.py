@@ -261,6 +261,8 @@ def _audit_stage(run_dir: str, name: str) -> dict:
         ids = _column(path, kind, id_column)
         dups = [i for i, c in Counter(ids).items() if c > 1]
         checks.append(_check(f"unique_{id_column}", not dups, f"{len(dups)} duplicated ({_sample(dups)})" if dups else ""))
+    if kind == "captions" and stats.get("stage") == "import_captions":
+        checks += _import_pairs(folder, stats, path)
 
     upstream, found = _upstream(run_dir, name, stats)
     if found:
@@ -269,6 +271,24 @@ def _audit_stage(run_dir: str, name: str) -> dict:
         checks += _lineage(upstream, os.path.relpath(upstream, run_dir), kind, path, rejected_dir, n_in)
     return {"name": name, "stage": stats.get("stage", name), "upstream": os.path.relpath(upstream, run_dir) if upstream else None,
             "in": n_in, "kept": kept, "rejected": rejected, "ok": all(c["ok"] for c in checks), "checks": checks}
+
+
+def _import_pairs(folder: str, stats: dict, captions: str) -> list[dict]:
+    """The checks of an import's ``pairs/``, which it does not count as kept but writes one row per image of:
+    as many rows as ``images`` in its stats.json, one per image id, and every kept caption's image among them (an
+    import whose pairs/ was deleted balanced: ``lait features --input`` then had no image to read)."""
+    pairs = os.path.join(folder, "pairs")
+    images = stats.get("images")
+    image_ids = _column(pairs, "pairs", "image_id")
+    counted = isinstance(images, int) and not isinstance(images, bool)
+    checks = [_check("pairs_rows_match", counted and len(image_ids) == images,
+                     f"{len(image_ids)} rows in {'pairs/' if os.path.isdir(pairs) else 'no pairs/ (missing)'} vs "
+                     f"images {images!r} in stats")]
+    dups = [i for i, c in Counter(image_ids).items() if c > 1]
+    checks.append(_check("unique_pairs_image_id", not dups, f"{len(dups)} duplicated ({_sample(dups)})" if dups else ""))
+    checks.append(_traced("captions_image_ids_in_pairs", _column(captions, "captions", "image_id"), set(image_ids),
+                          "pairs/"))
+    return checks
 
 
 def _traced(check: str, ids: list, known: set, rel: str) -> dict:
@@ -388,6 +408,74 @@ def own_stage(run_dir: str, subfolders: list[str] | None = None) -> str | None:
     return stage if isinstance(stage, str) and SNAKE.match(stage) and stage not in taken else "."
 
 
+def _is_stage_alone(folder: str) -> bool:
+    """Whether ``folder`` (an absolute path) is a stage's own folder holding no stage subfolders, which
+    ``audit_run`` audits inside the run folder holding it."""
+    return os.path.dirname(folder) != folder and _is_stage(folder) and not stage_folders(folder)
+
+
+#: Files a run folder's tools read at its top besides its stage folders: the books and marks of a stage whose
+#: folder it is (the import layout), what ``lait report`` shows (``lait train``'s eval.json and summary.json, the
+#: demo's records), a synthetic dataset's classes. The --out of ``lait audit``, ``report`` or ``eval`` never takes
+#: these names there.
+RUN_FILES = ("stats.json", "eval.json", "summary.json", "config.json", "tokenizer.json", "classes.json",
+             "relevance_eval.json", "planted.json", "demo.json", *STAGE_MARKERS, *RUNNING_MARKERS, *OUTPUT_KINDS)
+#: The most of an existing --out file ``out_problem`` reads to tell whether it is the command's own earlier output.
+OWN_OUTPUT_BYTES = 16 << 20
+
+
+def within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, links followed."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def read_own_json(path: str, keys: tuple[str, ...]) -> bool:
+    """Whether the file at ``path`` is a JSON object holding ``keys``: a command's own earlier result (an audit's
+    ``run_dir`` and ``stages``, an eval's ``image_retrieval``), which its --out may replace."""
+    try:
+        if os.path.getsize(path) > OWN_OUTPUT_BYTES:
+            return False
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and all(key in data for key in keys)
+
+
+def out_problem(out: str, folder: str, own, reads: str, name: str | None = None) -> str | None:
+    """Why the file ``out`` must not be written, as it would replace or add to the data of ``folder``, which the
+    command reads (``reads`` says so: "the folder it audits"); None when it may be. Shared by ``lait audit``,
+    ``lait report`` and ``lait eval`` (its ``--data``).
+
+    ``out`` may lie outside ``folder``, or directly in it: as a new file, unless it takes the name of one of
+    ``RUN_FILES`` other than ``name``, the command's own (``lait eval``'s eval.json), or over the command's earlier
+    output (``own(path)`` says whether a file is one); never deeper, in a stage's folder or a dataset (``lait audit
+    RUN --out RUN/filter/stats.json`` replaced the filter's books; ``lait eval --out DATA/captions/part-00000.parquet``
+    a captions shard). Links are followed."""
+    target, root = os.path.realpath(out), os.path.realpath(folder)
+    if target == root:
+        return f"it is {reads} itself"
+    if not within(target, root):
+        return None
+    top, *deeper = os.path.relpath(target, root).split(os.sep)
+    if deeper:
+        return (f"it lies inside {os.path.join(folder, top)}{os.sep}, in {reads} ({folder}): write it elsewhere, "
+                f"or directly in {folder}")
+    if os.path.lexists(target) and not (os.path.isfile(target) and own(target)):
+        return (f"it is {os.path.join(folder, top)}, a file of {reads}, not an earlier output of this command: "
+                f"give a new file")
+    if top in RUN_FILES and top != name:
+        return f"{os.path.join(folder, top)} is a name LAIT's tools read in {reads}: give another name"
+    return None
+
+
+def is_audit_result(path: str) -> bool:
+    """Whether the file at ``path`` is an earlier ``lait audit --out`` (a JSON object with ``run_dir`` and
+    ``stages``)."""
+    return read_own_json(path, ("run_dir", "stages"))
+
+
 def audit_run(run_dir: str) -> dict:
     """Audit every stage folder of ``run_dir``; ``ok`` is true only when every check passes.
 
@@ -402,7 +490,7 @@ def audit_run(run_dir: str) -> dict:
     names, note, parent = stage_folders(run_dir), None, run_dir
     here = os.path.abspath(run_dir)
     own = own_stage(here, names) if names and os.path.dirname(here) != here else None
-    if not names and _is_stage(here) and os.path.dirname(here) != here:
+    if not names and _is_stage_alone(here):
         parent, names = os.path.dirname(here), [os.path.basename(here)]
         note = (f"{names[0]}/ is a stage's own folder: audited as that one stage (give its run folder, "
                 f"{parent}, to audit every stage)")
@@ -455,10 +543,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="also write the JSON result to this file")
 
 
+def _out_refused(out: str, run_dir: str) -> str | None:
+    """Why ``lait audit RUN_DIR --out OUT`` cannot write OUT (the words after ``--out OUT``), checked before the audit;
+    None when it can."""
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        return " is a folder: give a file name"
+    if not os.path.isdir(parent):
+        return f": its folder {parent} does not exist"
+    if not os.path.isdir(run_dir):
+        return None  # the audit says so
+    here = os.path.abspath(run_dir)
+    problem = out_problem(out, run_dir, is_audit_result, "the folder it audits")
+    if not problem and _is_stage_alone(here):  # audited inside its run folder, its upstream among the stages there
+        run = os.path.dirname(here)
+        inside = next((name for name in stage_folders(run) if name != os.path.basename(here)
+                       and within(out, os.path.join(run, name))), None)
+        if inside:
+            problem = f"it lies inside {os.path.join(run, inside)}{os.sep}, a stage folder of the run it audits"
+    return f": {problem}" if problem else None
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Audit ``args.run_dir``, print, and return the exit status."""
-    if args.out and os.path.isdir(args.out):
-        print(f"lait audit: --out {args.out} is a folder: give a file name", file=sys.stderr)
+    problem = args.out and _out_refused(args.out, args.run_dir)
+    if problem:
+        print(f"lait audit: --out {args.out}{problem}", file=sys.stderr)
         return 2
     try:
         result = audit_run(args.run_dir)
@@ -466,9 +576,8 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"lait audit: {exc}", file=sys.stderr)
         return 2
     if args.out:
-        try:
-            with open(args.out, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
+        try:  # whole or not at all: a failed write leaves the earlier result
+            schemas.write_json_atomically(args.out, result)
         except OSError as exc:
             print(f"lait audit: cannot write --out {args.out}: {exc}", file=sys.stderr)
             return 2

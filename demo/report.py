@@ -694,15 +694,29 @@ def build_report(run_dir: str, title: str | None = None, progress: Callable[[str
             f"stages found: {_esc(', '.join(run.stats) or 'none')}.</p>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
+def _is_report(path: str) -> bool:
+    """Whether the file at ``path`` is HTML, as an earlier report is (``build_report`` begins every page so)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(15).lower() == b"<!doctype html>"
+    except OSError:
+        return False
+
+
 def write_report(run_dir: str, out_path: str | None = None, **kwargs) -> str:
     """Write the report (default ``RUN_DIR/report.html``) atomically; returns its path.
 
-    An ``out_path`` that is a folder is a ValueError before anything is built; a failed write
-    (OSError) leaves no ``.tmp`` file behind.
+    An ``out_path`` that is a folder, or that would replace or add to the run folder's data
+    (``demo.audit.out_problem``: inside a stage's folder, over a file of the run that is not HTML), is a
+    ValueError before anything is built; a failed write (OSError) leaves no ``.tmp`` file behind.
     """
     out_path = out_path or os.path.join(run_dir, "report.html")
     if os.path.isdir(out_path):
         raise ValueError(f"{out_path} is a folder: give the report's file name (e.g. {os.path.join(out_path, 'report.html')})")
+    problem = audit_mod.out_problem(out_path, run_dir, _is_report, "the run folder it reports on") \
+        if os.path.isdir(run_dir) else None
+    if problem:  # lait report RUN --out RUN/filter/stats.json replaced the filter's books
+        raise ValueError(f"--out {out_path}: {problem}")
     text = build_report(run_dir, **kwargs)
     tmp = out_path + ".tmp"
     try:

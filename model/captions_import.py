@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import pathlib
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -52,14 +53,51 @@ def _invalid(source_id: str, reason: str, detail: str, split: str) -> CaptionRec
     return CaptionRecord(source_id, "", "", split, invalid=reason, detail=detail)
 
 
+#: What ``_json_type`` calls a parsed JSON value, by its Python type.
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}
+
+
+def _json_type(value) -> str:
+    """What a parsed JSON value is, in JSON's words ("a list", "null")."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def _load_json(path: str, kind: str, lists: tuple[str, ...]) -> dict:
-    """A JSON object holding the ``lists`` (a clear ``ValueError`` otherwise: the file's shape is wrong)."""
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    if not isinstance(data, dict) or not all(isinstance(data.get(key, []), list) for key in lists):
-        raise ValueError(f"a {kind} file is a JSON object with {' and '.join(repr(k) for k in lists)} lists, "
-                         f"this one holds {type(data).__name__ if not isinstance(data, dict) else 'other values'}")
+    """A JSON object holding the ``lists`` (a clear ``ValueError`` otherwise: an empty file, one nested too deep
+    to read, or the wrong shape). UTF-8 with or without a BOM (as Excel and Notepad write it), or UTF-16/32,
+    which ``json`` tells by its first bytes."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if not raw.strip():
+        raise ValueError("the file is empty")
+    try:
+        data = json.loads(raw)
+    except RecursionError:  # Python's parser recurses per level: a hostile or broken file must be one line
+        raise ValueError("its JSON is nested too deeply to read (thousands of levels)") from None
+    shape = f"a {kind} file is a JSON object with {' and '.join(repr(k) for k in lists)} lists"
+    if not isinstance(data, dict):
+        raise ValueError(f"{shape}, this one holds {_json_type(data)}")
+    missing = [key for key in lists if key not in data]
+    if missing:  # the other format's file, most likely: say which
+        other = " (its images hold 'sentences': a Karpathy split file?)" if _has_sentences(data.get("images")) \
+            else " (it has 'annotations': a COCO captions file?)" if "annotations" in data else ""
+        raise ValueError(f"{shape}, this one has no {' and no '.join(repr(k) for k in missing)}{other}")
+    wrong = [key for key in lists if not isinstance(data[key], list)]
+    if wrong:
+        raise ValueError(f"{shape}, this one's {wrong[0]!r} is {_json_type(data[wrong[0]])}")
     return data
+
+
+def _has_sentences(images) -> bool:
+    """Whether any of a JSON file's ``images`` holds ``sentences``, as a Karpathy split file's do."""
+    return isinstance(images, list) and any(isinstance(image, dict) and "sentences" in image for image in images)
+
+
+def _is_id(value) -> bool:
+    """Whether ``value`` can be a COCO or Karpathy id: a number or a string; not a bool, which Python would take
+    for 1 or 0 (``"id": true`` replaced image 1)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _caption_text(value) -> str | None:
@@ -75,21 +113,20 @@ def read_coco(path: str, split: str = "train") -> Iterator[CaptionRecord]:
     """
     data = _load_json(path, "COCO captions", ("images", "annotations"))
     files = {}
-    for image in data.get("images", []):
-        if isinstance(image, dict) and isinstance(image.get("id"), (int, str)):
+    for image in data["images"]:  # one without a usable id (none, a bool) is left out: its captions image_missing
+        if isinstance(image, dict) and _is_id(image.get("id")):
             files[image["id"]] = image.get("file_name")
 
     def records() -> Iterator[CaptionRecord]:
-        for number, annotation in enumerate(data.get("annotations", [])):
+        for number, annotation in enumerate(data["annotations"]):
             if not isinstance(annotation, dict):
                 yield _invalid(f"coco:annotation-{number}", "record_invalid", "an annotation that is not an object",
                                split)
                 continue
             given = annotation.get("id")
-            source_id = f"coco:{given}" if isinstance(given, (int, str)) and not isinstance(given, bool) \
-                else f"coco:annotation-{number}"
+            source_id = f"coco:{given}" if _is_id(given) else f"coco:annotation-{number}"
             image_id = annotation.get("image_id")
-            file_name = files.get(image_id, f"<unknown image {image_id}>") if isinstance(image_id, (int, str)) \
+            file_name = files.get(image_id, f"<unknown image {image_id}>") if _is_id(image_id) \
                 else f"<unknown image {image_id}>"
             caption = _caption_text(annotation.get("caption"))
             if caption is None:
@@ -107,12 +144,17 @@ def read_karpathy(path: str, split: str | None = None) -> Iterator[CaptionRecord
     """Karpathy's ``dataset_{coco,flickr30k}.json``: images with split, filepath/filename and sentences.
 
     A missing or null split is ``train``, as is ``restval``; a sentence without ``sentid`` gets
-    ``karpathy:<imgid>:<n>`` (its image's id, else the image's position, and its own position).
+    ``karpathy:<imgid>:<n>`` (its image's id, else the image's position, and its own position). A file none of
+    whose images holds ``sentences`` (a COCO captions file) is a ``ValueError``.
     """
     data = _load_json(path, "Karpathy split", ("images",))
+    if data["images"] and not _has_sentences(data["images"]):
+        coco = " (it has 'annotations': a COCO captions file?)" if "annotations" in data else ""
+        raise ValueError(f"a Karpathy split file's images hold 'sentences', none of this one's "
+                         f"{len(data['images'])} does{coco}")
 
     def records() -> Iterator[CaptionRecord]:
-        for number, image in enumerate(data.get("images", [])):
+        for number, image in enumerate(data["images"]):
             if not isinstance(image, dict):
                 yield _invalid(f"karpathy:image-{number}", "record_invalid", "an image entry that is not an object",
                                "train")
@@ -130,8 +172,7 @@ def read_karpathy(path: str, split: str | None = None) -> Iterator[CaptionRecord
                 continue
             for position, sentence in enumerate(sentences):
                 sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
-                source_id = f"karpathy:{sentid}" if isinstance(sentid, (int, str)) and not isinstance(sentid, bool) \
-                    else f"karpathy:{image_key}:{position}"
+                source_id = f"karpathy:{sentid}" if _is_id(sentid) else f"karpathy:{image_key}:{position}"
                 caption = _caption_text(sentence.get("raw")) if isinstance(sentence, dict) else None
                 if caption is None:
                     yield _invalid(source_id, "caption_invalid", f"sentence {sentence!r} has no raw text", image_split)
@@ -156,21 +197,43 @@ def _excerpt(line: str, limit: int = 60) -> str:
     return repr(line if len(line) <= limit else line[:limit] + "...")
 
 
-def _sniff_tsv(handle) -> list[bytes]:
-    """The first lines of an open TSV, up to ``TSV_SNIFF_LINES`` non-blank ones besides a header; a ``ValueError``
-    when none of those holds a TAB (a comma-separated file, or plain text: every line would be a reject)."""
+#: Byte-order marks of the encodings a TSV must not be in, longest first (UTF-32's little-endian mark begins with
+#: UTF-16's). Excel's "Unicode Text" is UTF-16: read as UTF-8, every line was a reject or an image_missing.
+WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+             (b"\xfe\xff", "UTF-16"))
+#: How many of a TSV's first bytes ``read_tsv`` looks at for NUL bytes (UTF-16 or UTF-32 without a mark).
+TSV_SNIFF_BYTES = 4096
+
+
+def _not_utf8(head: bytes) -> str | None:
+    """Why a file beginning with ``head`` is UTF-16 or UTF-32 text rather than UTF-8: a byte-order mark, or NUL bytes
+    making a quarter or more of it (ASCII text in UTF-16 is half NULs); None otherwise. One NUL in a line is the
+    line's problem (a reject), not the file's."""
+    for bom, name in WIDE_BOMS:
+        if head.startswith(bom):
+            return f"it is {name} text (byte-order mark {bom.hex(' ').upper()}): save it as UTF-8"
+    nuls = head.count(b"\x00")
+    if head and 4 * nuls >= len(head):
+        return f"{nuls} of its first {len(head)} bytes are NUL (UTF-16 or UTF-32 text?): save it as UTF-8"
+    return None
+
+
+def _sniff_tsv(lines: Iterator[bytes]) -> list[bytes]:
+    """The first lines of a TSV (each ending in LF), up to ``TSV_SNIFF_LINES`` non-blank ones besides a header; a
+    ``ValueError`` when none of those holds a TAB (a comma-separated file, or plain text: every line would be a
+    reject)."""
     head: list[bytes] = []
     filled: list[bytes] = []
-    for raw in handle:
+    for raw in lines:
         head.append(raw)
         text = raw.removeprefix(b"\xef\xbb\xbf") if len(head) == 1 else raw
-        header = len(head) == 1 and text.rstrip(b"\r\n").split(b"\t")[0].lower() in _TSV_HEADER_BYTES
+        header = len(head) == 1 and text.rstrip(b"\n").split(b"\t")[0].lower() in _TSV_HEADER_BYTES
         if text.strip() and not header:
             filled.append(raw)
             if len(filled) == TSV_SNIFF_LINES:
                 break
     if filled and not any(b"\t" in raw for raw in filled):
-        more = len(filled) == TSV_SNIFF_LINES and handle.peek(1) != b""
+        more = len(filled) == TSV_SNIFF_LINES and next(lines, None) is not None
         where = "its one line has no TAB" if len(filled) == 1 else \
             f"no TAB in any of its {'first ' if more else ''}{len(filled)} lines"
         comma = "; they look comma-separated (a CSV?): put a TAB between image_file and caption" \
@@ -181,25 +244,33 @@ def _sniff_tsv(handle) -> list[bytes]:
 
 def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
     """A TSV of ``image_file<TAB>caption`` lines (a first line whose first field names a column,
-    ``TSV_HEADER_NAMES``, is a header and skipped, as are blank lines; a UTF-8 BOM and CRLF line ends are
+    ``TSV_HEADER_NAMES``, is a header and skipped, as are blank lines; a UTF-8 BOM and CRLF or CR line ends are
     allowed). A line that is not UTF-8, one without a TAB, or one with more than two TAB-separated fields (a
     caption cannot hold a TAB) is an ``invalid`` record (``record_invalid``), named by its number.
 
     The file is opened when called (an unreadable one fails then, before ``--out`` is touched), and its first
-    lines are read: a ``ValueError`` when none of its first ``TSV_SNIFF_LINES`` non-blank lines holds a TAB
-    (a CSV given as a TSV); the rest is read lazily."""
-    handle = open(path, "rb")
+    lines are read: a ``ValueError`` when it is UTF-16 or UTF-32 text (``_not_utf8``), or when none of its first
+    ``TSV_SNIFF_LINES`` non-blank lines holds a TAB (a CSV given as a TSV); the rest is read lazily."""
+    # A line ends at CRLF, LF or a lone CR (Excel for Mac writes CR alone: read as LF-ended, its file was one
+    # line, taken for a header). The bytes CR and LF occur in UTF-8 text only as themselves, so the file is split
+    # into lines as Latin-1 (a character a byte) and each line's bytes decoded after; a caption cannot hold a line
+    # end of any kind, as it cannot hold a TAB.
+    handle = open(path, encoding="latin-1", newline=None)
     try:
-        head = _sniff_tsv(handle)
+        problem = _not_utf8(handle.buffer.peek(TSV_SNIFF_BYTES)[:TSV_SNIFF_BYTES])
+        if problem:
+            raise ValueError(problem)
+        lines = (line.encode("latin-1") for line in handle)
+        head = _sniff_tsv(lines)
     except BaseException:
         handle.close()
         raise
 
     def records() -> Iterator[CaptionRecord]:
         with handle:
-            for number, raw in enumerate(itertools.chain(head, handle), 1):
+            for number, raw in enumerate(itertools.chain(head, lines), 1):
                 try:
-                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\n")
                 except UnicodeDecodeError as exc:
                     yield _invalid(f"tsv:{number}", "record_invalid",
                                    f"line {number} is not UTF-8 text ({exc.reason})", split)
@@ -293,6 +364,11 @@ class ImportExistsError(FileExistsError, ValueError):
     bad-input errors)."""
 
 
+class NoCaptionsError(ValueError):
+    """The source yields no record at all (an empty TSV, a header alone, empty lists): an import of nothing would
+    be a finished import, refused on the rerun with the right file or format."""
+
+
 def _read_local(path: str) -> bytes:
     """A local file's bytes: ``stage_of`` reads through Beam by default, which ``lait import-captions`` (the
     ``train`` extra) runs without."""
@@ -308,6 +384,12 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
     a second time. Other folders inside (``features/``, ``regions/``) stay. Another stage's finished run (its
     stats.json names that stage) is refused even with ``overwrite``.
     """
+    if not _is_text(out_dir):  # pyarrow takes paths as UTF-8: the import failed after marking the folder
+        raise ValueError(f"{_shown(out_dir)}: the folder's name is not UTF-8 text, which the datasets' paths must "
+                         f"be; use another --out")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} is a file, not a folder: --out is the folder the import writes captions/, "
+                         f"pairs/, rejected/ and stats.json into")
     existing = [name for name in OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
     stats_path = os.path.join(out_dir, "stats.json")
     finished = "stats.json" in existing
@@ -336,8 +418,14 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
                     overwrite: bool = False) -> dict:
     """Write captions, pairs (one per image, with bytes), rejected rows and stats; returns the stats.
 
-    A caption id seen before is rejected (``duplicate_caption``): caption ids are keys downstream.
+    A caption id seen before is rejected (``duplicate_caption``): caption ids are keys downstream. ``records``
+    yielding nothing at all is a ``NoCaptionsError`` before ``out_dir`` is touched.
     """
+    records = iter(records)
+    first = next(records, None)
+    if first is None:
+        raise NoCaptionsError(f"no captions to import into {out_dir}")
+    records = itertools.chain([first], records)
     prepare_output(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, IMPORT_MARKER), "w", encoding="utf-8") as handle:
@@ -381,7 +469,8 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
                         pairs.write({"pair_id": hashlib.sha1(f"{image_id}|{record.source_id}".encode()).hexdigest(),
                                      "image_id": image_id, "caption": caption or record.image_file,
                                      "text_source": "import", "width": width, "height": height, "image_bytes": data,
-                                     "image_url": "file://" + os.path.abspath(path)})
+                                     # percent-encoded: a folder name that is not UTF-8 cannot be stored
+                                     "image_url": pathlib.Path(os.path.abspath(path)).as_uri()})
             image = images[record.image_file]
             reason = image if isinstance(image, str) else ("caption_empty" if not caption else
                                                            "duplicate_caption" if record.source_id in seen else None)

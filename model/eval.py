@@ -15,7 +15,6 @@ Scores are fractions in [0, 1]; ``chance_R@1`` is what random ranking gets.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -552,10 +551,8 @@ def _gold(data: EvalSet) -> torch.Tensor:
 
 
 def write_eval(result: dict, path: str) -> None:
-    """Write ``eval.json``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
+    """Write ``eval.json`` whole or not at all (a failed write, a full disk, leaves the earlier one as it was)."""
+    schemas.write_json_atomically(os.path.abspath(path), result)
 
 
 def format_table(result: dict) -> str:

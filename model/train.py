@@ -39,7 +39,7 @@ from model.distributed import collective_device, join_process_group, process_dev
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
 from model.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
-from schemas import write_json_atomically
+from schemas import new_file_mode, write_json_atomically
 
 if TYPE_CHECKING:
     from model.eval import EvalCaptions
@@ -235,6 +235,7 @@ def _replace_whole(path: str, write, binary: bool = False) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())  # (mkstemp's file is owner-only)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()

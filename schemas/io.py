@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import posixpath
@@ -17,6 +18,8 @@ import pyarrow.parquet as pq
 from schemas.core import SchemaMismatchError, schema_for, validate_schema
 
 PARQUET_SUFFIX = ".parquet"
+
+logger = logging.getLogger(__name__)
 
 
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -49,10 +52,23 @@ def path_type(path: str) -> str | None:
 
 def subfolders(path: str) -> list[str]:
     """The names of the folders directly inside ``path`` (a local path or an fsspec URL), sorted; hidden and
-    temporary ones (``.x``, ``_x``) are left out, as ``list_parquet_files`` leaves out their files."""
+    temporary ones (``.x``, ``_x``) are left out, as ``list_parquet_files`` leaves out their files, and so, with a
+    warning, are those whose name is not UTF-8 text, which pyarrow cannot name (``mkdir $'caf\\xe9'``: `lait
+    inspect` failed with a UnicodeDecodeError traceback)."""
     fs, inner = _filesystem(path)
     entries = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
-    names = (posixpath.basename(e.path.rstrip("/")) for e in entries if e.type == pafs.FileType.Directory)
+    names, unnamed = [], 0
+    for entry in entries:
+        if entry.type != pafs.FileType.Directory:
+            continue
+        try:
+            names.append(posixpath.basename(entry.path.rstrip("/")))
+        except UnicodeDecodeError:
+            unnamed += 1
+    if unnamed:
+        them = "it" if unnamed == 1 else "them"
+        logger.warning("%s: %d folder%s whose name is not UTF-8 text left out (rename %s to read %s)", path, unnamed,
+                       "" if unnamed == 1 else "s", them, them)
     return sorted(name for name in names if _is_data_file(name))
 
 
@@ -259,6 +275,22 @@ class ShardWriter:
             self.close()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: set back at once
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once at import (reading it sets it for a moment, which threads must not see midway).
+_UMASK = _read_umask()
+
+
+def new_file_mode() -> int:
+    """The permissions ``open(path, "w")`` gives a new file (0o666 less the umask): ``tempfile.mkstemp`` makes its
+    files owner-only (0o600), which a file renamed into place must not keep (a shared run folder's readers)."""
+    return 0o666 & ~_UMASK
+
+
 def write_json_atomically(path: str, data: Any) -> None:
     """Write a local JSON file whole or not at all: a temporary file beside it, flushed to disk, then a rename (a
     stop midway leaves the earlier file or the new one, never half of one; the temporary file goes on an error)."""
@@ -266,6 +298,7 @@ def write_json_atomically(path: str, data: Any) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, default=str)
             handle.flush()

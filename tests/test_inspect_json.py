@@ -50,3 +50,17 @@ def test_json_safe_cells(value, expected):
     from lait.commands.inspect import json_safe
 
     assert json_safe(value) == expected
+
+
+def test_a_subfolder_whose_name_is_not_utf8_is_left_out_in_one_line(tmp_path, capsys, caplog):
+    """`lait inspect R` with R holding `mkdir $'caf\\xe9'` failed with a UnicodeDecodeError traceback from pyarrow
+    (FileInfo.path): the folder is left out now, with a warning saying so; the datasets beside it are inspected."""
+    import os
+
+    pairs = [{"pair_id": "p0", "image_id": "img0", "caption": "a red circle"}]
+    schemas.write_table(schemas.to_table(pairs, "pairs"), str(tmp_path / "pairs" / "part-00000.parquet"), "pairs")
+    os.mkdir(os.fsencode(tmp_path) + b"/caf\xe9")
+    assert cli.main(["inspect", str(tmp_path), "--json"]) == 0
+    assert _strict_json(capsys.readouterr().out)["kind"] == "pairs"
+    assert f"{tmp_path}: 1 folder whose name is not UTF-8 text left out" in caplog.text
+    assert schemas.subfolders(str(tmp_path)) == ["pairs"]

@@ -383,3 +383,22 @@ def test_eval_refuses_a_captions_file_with_null_ids_in_one_line(tmp_path, column
 
     with pytest.raises(ValueError, match=f"column '{column}' has 1 null value"):  # training reads them so too
         load_captions(path, None)
+
+
+def test_files_written_whole_get_the_permissions_of_a_file_opened_for_writing(tmp_path):
+    """The atomic writers' temporary files come from tempfile.mkstemp, owner-only (0o600): renamed into place, a
+    run's stats.json, eval.json or checkpoints were unreadable to the other users of a shared run folder."""
+    import os
+    import stat
+
+    from model.train import save_checkpoint
+    from schemas import write_json_atomically
+
+    with open(tmp_path / "plain.json", "w") as handle:
+        handle.write("{}")
+    expected = stat.S_IMODE(os.stat(tmp_path / "plain.json").st_mode)
+    write_json_atomically(str(tmp_path / "stats.json"), {"in": 1})
+    save_checkpoint(str(tmp_path / "last.pt"), {"step": 1})
+    for name in ("stats.json", "last.pt"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected, name
+    assert expected & 0o044  # readable by others under this machine's umask: the check can fail

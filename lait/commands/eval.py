@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.checkpoint, regions, captions):
         if "://" not in path and not os.path.exists(path):
             return _fail(f"{path} does not exist")
-    problem = _unwritable(args.out)  # checked before scoring, which can take hours
-    if problem:
+    problem = _unwritable(args.out) or _an_input(args.out, args.checkpoint, regions, captions, args.data)
+    if problem:  # checked before scoring, which can take hours
         return _fail(f"--out {args.out}: {problem}")
     try:
         device = process_device(args.device)
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         # fail first; evaluate scores these, not a second read of them.
         eval_captions = read_eval_captions(captions, split)
         model, state = model_from_checkpoint(args.checkpoint)
+        _check_tokenizer(state["tokenizer"], args.checkpoint)
         result = evaluate(model.to(device), state["tokenizer"], regions, eval_captions, split,
                           batch_size=args.batch_size, device=device,
                           bf16=bf16, two_stage_k=args.two_stage_k, progress=not args.no_progress,
@@ -109,6 +110,41 @@ def _unwritable(path: str) -> str | None:
     if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return "not writable"
     return None
+
+
+def _an_input(out: str, checkpoint: str, regions: str, captions: str, data: str | None) -> str | None:
+    """Why ``out`` would replace what ``lait eval`` reads (``--out ck.pt`` replaced the checkpoint with JSON, ``--out
+    DATA/captions/part-00000.parquet`` a captions shard), or None: it must not be the checkpoint, lie inside the
+    regions or captions dataset, or, with ``--data DIR``, lie in a folder inside DIR or replace a file there
+    other than an earlier eval.json (``demo.audit.out_problem``)."""
+    from demo.audit import out_problem, within
+
+    if os.path.exists(checkpoint) and os.path.realpath(out) == os.path.realpath(checkpoint):
+        return f"it is the checkpoint {checkpoint} that eval reads"
+    for name, path in (("regions", regions), ("captions", captions)):
+        if "://" not in path and within(out, path):
+            return f"it lies inside the {name} dataset {path} that eval reads"
+    if data and "://" not in data and os.path.isdir(data):
+        return out_problem(out, data, _is_eval_result, "the --data folder it reads", name="eval.json")
+    return None
+
+
+def _is_eval_result(path: str) -> bool:
+    """Whether the file at ``path`` is an earlier eval.json (a JSON object with ``image_retrieval``)."""
+    from demo.audit import read_own_json
+
+    return read_own_json(path, ("image_retrieval",))
+
+
+def _check_tokenizer(tokenizer_json: str, checkpoint: str) -> None:
+    """A ValueError naming the checkpoint when its ``tokenizer`` is not a tokenizer's JSON: the tokenizers library
+    says so with a bare ``Exception`` ("Model missing"), which was a traceback once scoring began."""
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_str(tokenizer_json)
+    except Exception as exc:  # the library's only exception type
+        raise ValueError(f"{checkpoint}: its tokenizer is not a tokenizer ({exc})") from None
 
 
 def _fail(message) -> int:

@@ -5,6 +5,10 @@ import argparse
 import os
 import sys
 
+#: What a source yielding no caption record holds, by format.
+NOTHING = {"coco": "its 'annotations' list is empty", "karpathy": "no image in it has a sentence",
+           "tsv": "it is empty, or holds a header or blank lines alone"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from model.captions_import import READERS, import_captions
+    from model.captions_import import READERS, NoCaptionsError, import_captions
 
     for path in (args.source, args.images):
         if not os.path.exists(path):
@@ -40,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
                      f"not a captions file")
     if not os.path.isdir(args.images):
         return _fail(f"--images {args.images} is a file, not the folder the image file names are relative to")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _fail(f"--out {args.out} is a file, not a folder: the import writes captions/, pairs/, rejected/ and "
+                     f"stats.json into a folder")
     try:  # the readers open the file here (the JSON ones load it and check its shape), before --out is
         # touched; bad records become counted rejects
         reader = READERS[args.format]
@@ -50,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{args.source}: cannot read it ({exc.strerror or exc})")
     try:
         stats = import_captions(records, args.images, args.out, overwrite=args.overwrite)
+    except NoCaptionsError:  # refused before --out is touched: imported, it was a finished import of nothing
+        return _fail(f"{args.source} holds no captions read as a {args.format} file ({NOTHING[args.format]}); "
+                     f"--out is not touched")
     except (ValueError, OSError) as exc:  # a finished import or another dataset in --out, an unwritable --out
         return _fail(exc)
     print(json.dumps(stats, indent=2))

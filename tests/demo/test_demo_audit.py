@@ -210,6 +210,35 @@ def test_an_import_is_audited_by_its_captions_not_its_pairs(tmp_path):
     assert any(c["check"] == "kept_rows_match" and "3 rows in captions" in c["detail"] for c in report["checks"])
 
 
+def test_an_import_whose_pairs_are_gone_fails(tmp_path):
+    """An import whose pairs/ was deleted (or lost rows) was BALANCED: the audit counted its captions only. Its pairs/
+    must hold one row per image (``images`` in stats.json) and every kept caption's image."""
+    from PIL import Image
+
+    from model.captions_import import CaptionRecord, import_captions
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, colour in (("one.png", "red"), ("two.png", "blue")):
+        Image.new("RGB", (8, 6), colour).save(images / name)
+    records = [CaptionRecord("r1", "one.png", "a red square", "train"),
+               CaptionRecord("r2", "two.png", "a blue square", "train")]
+    import_captions(records, str(images), str(tmp_path / "D"), rows_per_shard=10)
+    result = audit.audit_run(str(tmp_path / "D"))
+    assert result["ok"], _failed(result)
+    assert {"pairs_rows_match", "unique_pairs_image_id", "captions_image_ids_in_pairs"} <= {
+        c["check"] for c in result["stages"][0]["checks"]}
+    pairs = schemas.read_table(str(tmp_path / "D" / "pairs"), "pairs")
+    _rewrite(tmp_path / "D" / "pairs", pairs.slice(1), "pairs")  # a row lost
+    assert {check for _, check in _failed(audit.audit_run(str(tmp_path / "D")))} == {
+        "pairs_rows_match", "captions_image_ids_in_pairs"}
+    shutil.rmtree(tmp_path / "D" / "pairs")
+    result = audit.audit_run(str(tmp_path / "D"))
+    assert {check for _, check in _failed(result)} == {"pairs_rows_match", "captions_image_ids_in_pairs"}
+    text = audit.format_audit(result)
+    assert "NOT BALANCED" in text and "pairs_rows_match: 0 rows in no pairs/ (missing) vs images 2 in stats" in text
+
+
 @pytest.mark.parametrize("stats", [[1, 2], None, "text", {"stage": ["filter"], "in": 0, "kept": 0, "rejected": 0,
                                                            "rejected_by_reason": {}}])
 def test_stats_of_the_wrong_shape_fail_stats_readable(tmp_path, stats):
@@ -228,6 +257,61 @@ def test_audit_out_that_cannot_be_written_is_one_line(tmp_path):
     for out in (str(tmp_path / "missing" / "dir" / "a.json"), str(tmp_path)):
         result = _cli(str(tmp_path), "--out", out)
         assert result.returncode == 2 and "Traceback" not in result.stderr and "lait audit:" in result.stderr
+
+
+def _tree(folder):
+    return {os.path.join(root, name): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_audit_and_report_out_never_replace_the_runs_files(run_copy, capsys):
+    """`lait audit RUN --out RUN/filter/stats.json` (and `lait report`'s --out) replaced a stage's books with the
+    audit's JSON. Refused now, before anything is read: an --out inside a folder of the run, or over a file of the
+    run that is not the command's own earlier output, or named as one the run's tools read; one directly in the run
+    folder (new, or the earlier audit's / report's) is fine."""
+    from demo import report
+
+    run = str(run_copy)
+    (run_copy / "eval.json").write_text('{"image_retrieval": {}}')  # lait train's
+    before = _tree(run)
+    for out, problem in ((f"{run}/filter/stats.json", f"it lies inside {run}/filter/, in the folder it audits"),
+                         (f"{run}/filter/new.json", f"it lies inside {run}/filter/, in the folder it audits"),
+                         (f"{run}/eval.json", f"it is {run}/eval.json, a file of the folder it audits, not an "
+                                              f"earlier output of this command"),
+                         (f"{run}/stats.json", f"{run}/stats.json is a name LAIT's tools read in the folder it "
+                                               f"audits")):
+        assert audit.main([run, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lait audit: --out {out}: {problem}") and err.count("\n") == 1, err
+        with pytest.raises(ValueError, match=problem.replace("the folder it audits", "the run folder it reports on")):
+            report.write_report(run, out)
+    # a stage's folder given alone is audited beside the run's other stages: those are read too
+    assert audit.main([f"{run}/filter", "--out", f"{run}/crawl/audit.json"]) == 2
+    assert f"it lies inside {run}/crawl/, a stage folder of the run it audits" in capsys.readouterr().err
+    assert _tree(run) == before
+    # its own earlier output, directly in the run folder, is replaced
+    assert audit.main([run, "--out", f"{run}/audit.json"]) == 0 and audit.main([run, "--out", f"{run}/audit.json"]) == 0
+    assert report.write_report(run, f"{run}/audit.html") and report.write_report(run, f"{run}/audit.html")
+    assert audit.main([f"{run}/filter", "--out", f"{run}/filter/audit.json"]) == 0
+    assert {**before, **{p: v for p, v in _tree(run).items() if p not in before}} == _tree(run)
+
+
+def test_audit_out_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    """--out was opened for writing (emptied) before the JSON was written: a failed write (a full disk,
+    `ulimit -f 0`) left the previous audit 0 bytes long."""
+    (tmp_path / "filter").mkdir()
+    (tmp_path / "filter" / "stats.json").write_text("[]")
+    out = tmp_path / "audit.json"
+    assert audit.main([str(tmp_path), "--out", str(out)]) == 1
+    before = out.read_text()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    assert audit.main([str(tmp_path), "--out", str(out), "--json"]) == 2
+    assert "lait audit: cannot write --out" in capsys.readouterr().err
+    assert out.read_text() == before and sorted(os.listdir(tmp_path)) == ["audit.json", "filter"]
 
 
 def _rewrite(path, table, kind):

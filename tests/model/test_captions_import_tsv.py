@@ -83,10 +83,64 @@ def test_tsv_lines_without_a_tab_or_with_more_than_two_fields_are_counted_record
     # A header line with more columns is still a header; its data lines are rejected, each one counted.
     status, stats = _import(tmp_path, "h.tsv", "image\tcaption\tsplit\na.jpg\tred\ttest\n", out="out-h")
     assert status == 0 and stats["in"] == 1 and stats["rejected_by_reason"] == {"record_invalid": 1}
-    # A file holding only a header (or nothing) imports nothing, without an error.
-    for name, content in (("only-header.tsv", "image_file\n"), ("empty.tsv", "")):
-        status, stats = _import(tmp_path, name, content, out=f"out-{name}")
-        assert status == 0 and stats["in"] == stats["kept"] == 0, name
+
+
+@pytest.mark.parametrize("content", ["image_file\tcaption\n", "", "\n\r\n\n", "\ufeffimage\r"])
+def test_a_tsv_without_a_caption_line_is_refused_before_out_is_touched(tmp_path, capsys, content):
+    """A file holding only a header (or nothing) was a finished import of nothing (exit 0, stats.json written);
+    the rerun with the right file was then refused as "already holds a finished import"."""
+    _images(tmp_path)
+    assert _import(tmp_path, "t.tsv", content)[0] == 2
+    err = capsys.readouterr().err
+    assert err == (f"lait import-captions: {tmp_path / 't.tsv'} holds no captions read as a tsv file (it is empty, "
+                   f"or holds a header or blank lines alone); --out is not touched\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tsv_with_cr_line_ends_is_read_line_by_line(tmp_path):
+    """Excel for Mac ends lines with CR alone: the file was read as one line, which began with image_file and so was
+    skipped as a header (in 0, exit 0). CR, LF and CRLF all end a line now, mixed too; line numbers count them."""
+    _images(tmp_path)
+    tsv = "\ufeffimage_file\tcaption\ra.jpg\ta red picture\rb.png\ta green square\r\na.jpg\tred again\nb.png green\r"
+    status, stats = _import(tmp_path, "mac.tsv", tsv.encode())
+    assert status == 0 and (stats["in"], stats["kept"], stats["images"]) == (4, 3, 2), stats
+    captions = schemas.read_table(str(tmp_path / "out" / "captions"), "captions").to_pylist()
+    assert {c["caption_id"]: c["caption"] for c in captions} == {
+        "tsv:2": "a red picture", "tsv:3": "a green square", "tsv:4": "red again"}
+    (rejected,) = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected").to_pylist()
+    assert rejected["detail"] == "tsv:5: line 5 has no TAB between image_file and caption ('b.png green')"
+
+
+@pytest.mark.parametrize("encoding, message", [
+    ("utf-16", "it is UTF-16 text (byte-order mark FF FE): save it as UTF-8"),  # Excel's "Unicode Text"
+    ("utf-16-be", "39 of its first 78 bytes are NUL (UTF-16 or UTF-32 text?): save it as UTF-8"),
+    ("utf-32", "it is UTF-32 text (byte-order mark FF FE 00 00): save it as UTF-8"),
+])
+def test_a_utf16_or_utf32_tsv_is_one_clear_error(tmp_path, capsys, encoding, message):
+    """A UTF-16 TSV (BOM FF FE) gave `in 3` for 2 lines, with record_invalid reasons for lines that were fine."""
+    _images(tmp_path)
+    content = "image_file\tcaption\na.jpg\ta red picture\n".encode(encoding)
+    assert _import(tmp_path, "u.tsv", content)[0] == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lait import-captions: {tmp_path / 'u.tsv'} is not a valid tsv file (") and message in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists(), err
+    # One NUL in a line is that line's problem, not the file's: counted, the rest imported
+    status, stats = _import(tmp_path, "nul.tsv", "a.jpg\ta red picture\nb\x00.png\tgreen\n")
+    assert status == 0 and stats["kept"] == 1 and stats["rejected_by_reason"] == {"image_path_invalid": 1}
+
+
+def test_an_images_folder_whose_name_is_not_utf8_imports(tmp_path):
+    """--images $'imgs\\xe9' failed with "'utf-8' codec can't encode character '\\udce9'" (the pairs' file:// URL)
+    and left --out holding only the import's running mark. The URL is percent-encoded now."""
+    images = os.fsencode(tmp_path) + b"/imgs\xe9"
+    os.mkdir(images)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(os.fsdecode(images + b"/a b.jpg"))
+    (tmp_path / "t.tsv").write_text("a b.jpg\ta red picture\n")
+    status = cli.main(["import-captions", str(tmp_path / "t.tsv"), "--format", "tsv", "--images",
+                       os.fsdecode(images), "--out", str(tmp_path / "out")])
+    assert status == 0 and json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == 1
+    (pair,) = schemas.read_table(str(tmp_path / "out" / "pairs"), "pairs").to_pylist()
+    assert pair["image_url"] == "file://" + str(tmp_path) + "/imgs%E9/a%20b.jpg"
 
 
 def test_the_finished_run_check_of_out_reads_stats_json_without_beam(tmp_path):
