@@ -1,4 +1,4 @@
-"""English precision/recall of LAIT's language filter on labelled text it never trained on.
+"""LAIT's language filter on labelled text it never trained on: English precision/recall, or zh/ja/ko (``--cjk``).
 
 Labelled text: the gettext message catalogs (``*.mo``) installed on this machine by Debian packages
 (``/usr/share/locale/<lang>/LC_MESSAGES``, vim's ``lang/`` folder). Each catalog pairs an English
@@ -14,7 +14,14 @@ The sets are balanced: as many English as non-English texts, the non-English one
 the catalog languages. The page variant gives each text the evidence a crawled pair carries: the
 declared page language and a page text (another sentence from the same language).
 
+With ``--cjk``, the catalogs of zh_CN, zh_TW, zh_HK, ja and ko instead, each folder on its own and every
+message counted once: short messages (2-14 characters, at least one letter of the catalog's script: Han for
+Chinese, Han or kana for Japanese, Hangul for Korean), Japanese short messages without kana (all kanji),
+and sentences (15-200 characters). For each: the share identified as zh, ja, ko and anything else, by
+fastText alone, by the combination without the Han-script cue, and by the combination (caption only).
+
     PYTHONPATH=. python benchmarks/eval_language.py [--per-class 2000] [--seed 0]
+    PYTHONPATH=. python benchmarks/eval_language.py --cjk
 """
 from __future__ import annotations
 
@@ -29,12 +36,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from filters.language import FastTextIdentifier, LanguageFilter  # noqa: E402
+from filters.language import FastTextIdentifier, LanguageFilter, LanguageIdentifier  # noqa: E402
 
 CATALOG_GLOBS = ("/usr/share/locale/*/LC_MESSAGES/*.mo", "/usr/share/vim/vim*/lang/*/LC_MESSAGES/*.mo")
 _FORMAT = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[hlLqjzt]*[a-zA-Z%]|\{[^}]*\}|\$\{[^}]*\}|<[^>]+>")
 _URL = re.compile(r"\S+://\S+|www\.\S+|\S+@\S+")
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+CJK_FOLDERS = ("zh_CN", "zh_TW", "zh_HK", "ja", "ko")
+_HAN = re.compile(r"[\u3005-\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U000323af]")
+_KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
 
 
 def clean(message: str) -> str:
@@ -44,15 +55,16 @@ def clean(message: str) -> str:
     return " ".join(text.split())
 
 
-def load_catalogs() -> dict[str, list[tuple[str, str]]]:
-    """{language: [(msgid, msgstr), ...]} from every UTF-8-readable catalog found."""
+def load_catalogs(by_folder: bool = False) -> dict[str, list[tuple[str, str]]]:
+    """{language: [(msgid, msgstr), ...]} from every UTF-8-readable catalog found (keyed by the locale
+    folder, ``zh_TW``, when ``by_folder``)."""
     by_lang: dict[str, list[tuple[str, str]]] = {}
     for pattern in CATALOG_GLOBS:
         for path in glob.glob(pattern):
             folder = path.split("/LC_MESSAGES/")[0].rsplit("/", 1)[1]
             if "." in folder or "@" in folder:
                 continue  # legacy encodings and script variants
-            lang = folder.split("_")[0].lower()
+            lang = folder if by_folder else folder.split("_")[0].lower()
             try:
                 with open(path, "rb") as handle:
                     catalog = gettext.GNUTranslations(handle)._catalog
@@ -130,17 +142,58 @@ def best_threshold(probs: list[float], truth: list[bool]) -> tuple[float, float,
     return best[:3]
 
 
+def cjk_sets() -> dict[str, list[str]]:
+    """{"zh_TW short": [text, ...], "ja all kanji": ..., "ko sentences": ...} from the CJK catalogs."""
+    script = {"zh": (_HAN,), "ja": (_HAN, _KANA), "ko": (_HANGUL,)}
+    catalogs = load_catalogs(by_folder=True)
+    sets = {}
+    for folder in CJK_FOLDERS:
+        texts = sorted({clean(ms) for mid, ms in catalogs.get(folder, ()) if clean(ms) != clean(mid)})
+        letters = script[folder.split("_")[0]]
+        short = [t for t in texts if 2 <= len(t) <= 14 and any(p.search(t) for p in letters)]
+        sets[f"{folder} short"] = short
+        if folder == "ja":
+            sets["ja all kanji"] = [t for t in short if not _KANA.search(t)]
+        sets[f"{folder} sentences"] = [t for t in texts if 15 <= len(t) <= 200 and any(p.search(t) for p in letters)]
+    return sets
+
+
+def cjk_report() -> int:
+    """Shares of each CJK catalog set identified as zh, ja, ko and other, before and after the Han-script cue."""
+    systems = {
+        "fastText alone": LanguageIdentifier(word_model=False, use_page=False, han_model=False),
+        "combined, no Han cue": LanguageIdentifier(use_page=False, han_model=False),
+        "combined": LanguageIdentifier(use_page=False),
+    }
+    print(f"{'set':<16} {'system':<22} {'n':>6} {'zh':>7} {'ja':>7} {'ko':>7} {'other':>7} {'texts/s':>9}")
+    for name, texts in cjk_sets().items():
+        for label, system in systems.items():
+            system.load()
+            start = time.perf_counter()
+            found = [system.identify(text)[0] for text in texts]
+            rate = len(texts) / (time.perf_counter() - start)
+            shares = {lang: sum(f == lang for f in found) / max(1, len(found)) for lang in ("zh", "ja", "ko")}
+            other = 1.0 - sum(shares.values())
+            print(f"{name:<16} {label:<22} {len(texts):>6} {shares['zh']:>7.1%} {shares['ja']:>7.1%} "
+                  f"{shares['ko']:>7.1%} {other:>7.1%} {rate:>9,.0f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-class", type=int, default=2000, help="English (and non-English) texts per set")
     parser.add_argument("--langdetect-sample", type=int, default=600, help="texts for the slow langdetect row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cjk", action="store_true", help="zh/ja/ko shares on the CJK catalogs instead")
     args = parser.parse_args(argv)
+    if args.cjk:
+        return cjk_report()
     sets, langs = build_sets(args.per_class, args.seed)
     print(f"labelled text: gettext catalogs on this machine; non-English languages ({len(langs)}): {' '.join(langs)}")
     fasttext = FastTextIdentifier(k=8)
     systems = {
-        "fastText lid.176 alone (argmax)": LanguageFilter(word_model=False, use_page=False, threshold=0.0),
+        "fastText lid.176 alone (argmax)": LanguageFilter(word_model=False, use_page=False, han_model=False,
+                                                          threshold=0.0),
         "combined, caption only": LanguageFilter(use_page=False),
         "combined + page evidence": LanguageFilter(use_page=True),
         "langdetect + words + page": LanguageFilter(backend="langdetect", use_page=True),

@@ -8,6 +8,9 @@ it has (a product of experts in log space):
 - a word-frequency identifier: a unigram model over wordfreq's lists for 27 Latin-script
   languages, which knows that "schwarzer" is German even when a character model is unsure;
 - the script of the letters (Latin text is not Russian; Cyrillic text is not English);
+- for text with Han characters or kana, which of Chinese, Japanese and Korean its letters fit: kana
+  is Japanese, Hangul Korean, and each Han character counts by how common it is in Chinese (Simplified
+  or Traditional) and in Japanese (fastText alone takes many short Chinese texts for Japanese);
 - for crawled pairs, the page: its declared ``<html lang>`` and the language of its visible text
   (the paper keeps only pages in the target language).
 
@@ -19,20 +22,23 @@ import functools
 import logging
 import math
 import pathlib
+import re
 from typing import Any, Mapping, Sequence
 
 from filters.base import Decision, Filter
-from filters.text import words
+from filters.text import chinese_simplified, words
 
 logger = logging.getLogger(__name__)
 
 #: fastText codes of languages written in Latin script (for the script cue).
 LATIN_LANGS = frozenset(
-    "af an ast az bar bcl br bs ca cbk ceb co cs cy da de diq dsb dty eml en eo es et eu fi fo fr frr fy ga gd gl gn gv"
-    " hif hr hsb ht hu ia id ie ilo io is it jbo jv kl ku kw la lb li lmo lrc lt lv mg min ms mt mwl nah nap nds nl nn"
-    " no oc pam pl pms pt qu rm ro sc scn sco sh sk sl so sq sr su sv sw tk tl tr uz vec vep vi vls vo wa war wuu xal"
+    "af an ast az bar bcl br bs ca cbk ceb co cs cy da de diq dsb eml en eo es et eu fi fo fr frr fy ga gd gl gn gv"
+    " hif hr hsb ht hu ia id ie ilo io is it jbo jv kl ku kw la lb li lmo lt lv mg min ms mt mwl nah nap nds nl nn"
+    " no oc pam pl pms pt qu rm ro sc scn sco sh sk sl so sq sr su sv sw tk tl tr uz vec vep vi vls vo wa war"
     " yo".split()
 )
+#: fastText codes of Chinese languages other than Mandarin (written in Han characters like it).
+CHINESE_VARIETIES = ("wuu", "yue")
 #: wordfreq's Latin-script lists, mapped to fastText codes (wordfreq says nb, fil, sh).
 WORD_MODEL_LANGS = {
     "en": "en", "de": "de", "fr": "fr", "es": "es", "it": "it", "pt": "pt", "nl": "nl", "sv": "sv", "da": "da",
@@ -52,6 +58,23 @@ _LN10 = math.log(10)
 _OTHER_LOG10 = -5.5  # log10 probability of any word under a language without a list
 OTHER = "*"  # the word model's stand-in for languages it has no list for
 _PAGE_TEXT_CHARS = 1000
+# Letters the Han cue reads, as regular-expression classes. Han includes 々 〆 〇; kana excludes the
+# katakana middle dot, which Chinese punctuation borrows.
+_HAN = "\u3005-\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U000323af"
+_KANA = "\u3040-\u309f\u30a0-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9f"
+_HANGUL = "\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff\uffa0-\uffdc"
+_HAN_LETTER = re.compile(f"[{_HAN}]")
+_KANA_LETTER = re.compile(f"[{_KANA}]")
+_HANGUL_LETTER = re.compile(f"[{_HANGUL}]")
+_LETTER = re.compile(r"[^\W\d_]")
+_HAN_TEMPERATURE = 0.7  # flattens the Han characters' likelihoods (the letters of a word are not independent)
+_HAN_FLOOR = 0.1  # a character a list lacks: this share of the rarest character it has
+_KANA_ELSEWHERE = 0.01  # a kana letter in any language but Japanese, relative to Japanese
+_HANGUL_ELSEWHERE = 1e-3  # a Hangul letter in any language but Korean, relative to Korean
+# Wu and Cantonese fit Han characters as well as Mandarin does, but far fewer texts are in them: fastText
+# must find one ten times likelier than Mandarin to name it (it names them for many Mandarin texts).
+_VARIETY_SHARE = 0.1
+_HAN_ELSEWHERE = 0.01  # a Han character in another language's text, when most of its letters are Han, kana, Hangul
 
 
 def primary_subtag(tag: Any) -> str | None:
@@ -104,6 +127,32 @@ def _word_table(wordfreq_langs: tuple[str, ...]):
     index, column, value = zip(*entries)
     matrix[np.asarray(index), np.asarray(column)] = np.asarray(value, dtype=np.float32)
     return rows, matrix
+
+
+@functools.lru_cache(maxsize=1)
+def _han_table() -> dict[str, float]:
+    """{Han character: ln P(it | Japanese) - ln P(it | Chinese)}, built once per process.
+
+    A Han character's probability in a language is its share of the Han characters of wordfreq's word
+    list (each word weighted by its frequency). Chinese is looked up in Simplified characters, as
+    wordfreq does: a Traditional character has its Simplified form's probability, while a Japanese form
+    the table does not map (図, 駅, 様) stays unknown to Chinese.
+    """
+    import wordfreq
+
+    logs = []
+    for lang in ("zh", "ja"):
+        counts: dict[str, float] = {}
+        for word, freq in wordfreq.get_frequency_dict(lang, wordlist="small").items():
+            for ch in _HAN_LETTER.findall(word):
+                counts[ch] = counts.get(ch, 0.0) + freq
+        total = sum(counts.values())
+        log_floor = math.log(_HAN_FLOOR * min(counts.values()) / total)
+        logs.append(({ch: math.log(count / total) for ch, count in counts.items()}, log_floor))
+    (zh, zh_floor), (ja, ja_floor) = logs
+    simplified = chinese_simplified()
+    return {ch: ja.get(ch, ja_floor) - zh.get(ch.translate(simplified), zh_floor)
+            for ch in {*zh, *ja, *map(chr, simplified)}}
 
 
 def _script_mismatch(lang: str, latin: float) -> bool:
@@ -227,6 +276,65 @@ class WordFrequencyIdentifier:
         return {**self.__dict__, "_rows": None, "_matrix": None}
 
 
+class HanScriptIdentifier:
+    """Chinese, Japanese or Korean, from the letters of a text with Han characters or kana.
+
+    A naive Bayes over letters: each kana letter is Japanese (``_KANA_ELSEWHERE``, a penalty and not a
+    ban for every other language: Taiwanese text borrows の now and then), each Hangul letter Korean
+    (``_HANGUL_ELSEWHERE``), and each Han character counts for the language whose writing uses it more
+    (``_han_table``): Simplified forms (们 这) and Traditional forms Japanese does not use (們 這) for
+    Chinese, Japanese forms (図 駅 広) and kokuji (峠 畑) for Japanese. ``temperature`` (0.7) flattens
+    the Han characters' product. Wu and Cantonese (``CHINESE_VARIETIES``) get a tenth of Chinese's
+    probability. The key ``"*"`` holds every other language's: like the likelier of zh and ja on the Han
+    characters and like Chinese on kana and Hangul, less ``_HAN_ELSEWHERE`` per Han character when most
+    of the text's letters are Han, kana or Hangul. Returns ``{}`` for a text without Han or kana.
+    """
+
+    name = "han"
+
+    def __init__(self, temperature: float = _HAN_TEMPERATURE):
+        self.temperature = temperature
+        self._table = None
+
+    def predict(self, text: str) -> dict[str, float]:
+        """Probabilities of zh and ja (and ko when the text has Hangul), and OTHER for any other language."""
+        if text.isascii():
+            return {}
+        han = _HAN_LETTER.findall(text)
+        kana = len(_KANA_LETTER.findall(text))
+        if not han and not kana:
+            return {}
+        table = self._table or self._load()
+        get = table.get
+        # log-likelihoods, up to a common term: Chinese's Han characters score 0
+        han_ja = self.temperature * sum([get(ch, 0.0) for ch in han])
+        not_kana = kana * math.log(_KANA_ELSEWHERE)
+        hangul = len(_HANGUL_LETTER.findall(text))
+        not_hangul = hangul * math.log(_HANGUL_ELSEWHERE)
+        scores = {"zh": not_kana + not_hangul, "ja": han_ja + not_hangul}
+        if hangul:
+            scores["ko"] = not_kana  # Korean's Han characters (hanja) are Traditional ones: scored as Chinese
+        other = max(0.0, han_ja) + not_kana + not_hangul
+        cjk = len(han) + kana + hangul
+        if 2 * cjk >= len(text) or 2 * cjk >= len(_LETTER.findall(text)):
+            other += len(han) * math.log(_HAN_ELSEWHERE)  # mostly Han, kana and Hangul letters
+        top = max(scores.values())
+        weights = {lang: math.exp(score - top) for lang, score in scores.items()}
+        total = sum(weights.values())
+        dist = {lang: weight / total for lang, weight in weights.items()}
+        for variety in CHINESE_VARIETIES:
+            dist[variety] = _VARIETY_SHARE * dist["zh"]
+        dist[OTHER] = math.exp(other - top) / total
+        return dist
+
+    def _load(self):
+        self._table = _han_table()
+        return self._table
+
+    def __getstate__(self):
+        return {**self.__dict__, "_table": None}
+
+
 IDENTIFIERS = {"fasttext": FastTextIdentifier, "langdetect": LangdetectIdentifier}
 
 
@@ -286,12 +394,13 @@ class LanguageIdentifier:
     """Combines the primary identifier, word frequencies, script and page evidence into one guess.
 
     ``backend`` (``"fasttext"``) picks the primary identifier; ``word_model`` (True) adds the
-    word-frequency identifier; ``use_page`` (True) adds the page's declared language and text.
+    word-frequency identifier; ``han_model`` (True) adds the Han-script cue for text with Han characters
+    or kana; ``use_page`` (True) adds the page's declared language and text.
     ``identify`` returns ``(lang, prob, evidence)``; ``lang`` is None when nothing is known.
     """
 
     def __init__(self, backend: str = "fasttext", word_model: bool = True, use_page: bool = True,
-                 page_cache_size: int = 4096):
+                 page_cache_size: int = 4096, han_model: bool = True):
         if backend not in IDENTIFIERS:
             raise ValueError(f"unknown language backend {backend!r}; choose from {sorted(IDENTIFIERS)}")
         self.backend = backend
@@ -300,6 +409,7 @@ class LanguageIdentifier:
         self.page_cache_size = page_cache_size
         self.primary = IDENTIFIERS[backend]()
         self.words = WordFrequencyIdentifier() if word_model else None
+        self.han = HanScriptIdentifier() if han_model else None
         # The page's text is shared by all its images: identify it once per page.
         self._page_cache: dict[tuple, dict[str, float]] = {}
 
@@ -308,6 +418,8 @@ class LanguageIdentifier:
         self.primary.predict("load")
         if self.words is not None:
             self.words.predict("load")
+        if self.han is not None:
+            self.han.predict("字")
         return self
 
     def page_distribution(self, page_lang: Any, page_text: Any) -> dict[str, float]:
@@ -348,6 +460,10 @@ class LanguageIdentifier:
             by_words = self.words.predict(text)
             if by_words:
                 experts["words"] = by_words
+        if self.han is not None:
+            by_letters = self.han.predict(text)
+            if by_letters:
+                experts["han"] = by_letters
         return experts, latin
 
     def identify(self, text: str, page_lang: Any = None, page_text: Any = None, targets: Sequence[str] = (),
@@ -384,19 +500,20 @@ class LanguageFilter(Filter):
     """Keeps captions whose combined language guess is one of ``langs`` (``("en",)``).
 
     ``threshold`` (0.5): the guess's probability must reach it, else ``lang_low_confidence``.
-    ``backend`` (``"fasttext"`` | ``"langdetect"``), ``word_model`` (True) and ``use_page`` (True)
-    configure the ``LanguageIdentifier``. The decision's score is the guess's probability and its
-    detail is ``"<lang> <prob>"``.
+    ``backend`` (``"fasttext"`` | ``"langdetect"``), ``word_model`` (True), ``use_page`` (True) and
+    ``han_model`` (True) configure the ``LanguageIdentifier``. The decision's score is the guess's
+    probability and its detail is ``"<lang> <prob>"``.
     """
 
     name = "language"
     reasons = ("lang_not_target", "lang_low_confidence")
 
     def __init__(self, langs: Sequence[str] = ("en",), threshold: float = 0.5, backend: str = "fasttext",
-                 word_model: bool = True, use_page: bool = True):
+                 word_model: bool = True, use_page: bool = True, han_model: bool = True):
         self.langs = tuple(langs)
         self.threshold = threshold
-        self.identifier = LanguageIdentifier(backend, word_model=word_model, use_page=use_page)
+        self.identifier = LanguageIdentifier(backend, word_model=word_model, use_page=use_page,
+                                             han_model=han_model)
 
     def detect(self, record: Mapping[str, Any]) -> tuple[str | None, float, dict[str, Any]]:
         """The combined guess for a record's caption (with its page evidence when present)."""

@@ -36,6 +36,8 @@ _TAG = re.compile(
     re.IGNORECASE,
 )
 _HIDDEN_ELEMENTS = ("script", "style")  # their content is code, not text
+# The pair NFKC splits Thai SARA AM and Lao AM into, and the letter.
+_AM = (("\u0e4d\u0e32", "\u0e33"), ("\u0ecd\u0eb2", "\u0eb3"))
 
 _IMAGE_EXT = r"(?:jpe?g|png|gif|webp|bmp|svg|tiff?|heic|avif)"
 _FILENAME = re.compile(
@@ -71,6 +73,20 @@ BOILERPLATE_PHRASES = (
 )
 
 
+def nfkc(text: str) -> str:
+    """NFKC, except that Thai SARA AM and Lao AM stay one letter.
+
+    NFKC splits them into NIKHAHIT (NIGGAHITA in Lao) + AA, a compatibility form no Thai or Lao text is
+    written in: "น้ำ" (water) would change invisibly and stop matching a word list. The pair is put back
+    together, whichever way the text spelt it.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    for pair, am in _AM:
+        if pair[0] in text:
+            text = text.replace(pair, am)
+    return text
+
+
 def strip_markup(text: str) -> str:
     """The text without HTML tags (each becomes a space); script and style elements go with their content."""
     if "<" not in text:
@@ -92,8 +108,8 @@ def strip_markup(text: str) -> str:
 
 
 def normalize_text(text: Any) -> str:
-    """NFKC, HTML entities decoded, HTML tags and terminal escapes removed, invisible characters dropped,
-    whitespace collapsed; None becomes ''."""
+    """NFKC (``nfkc``: Thai and Lao AM kept whole), HTML entities decoded, HTML tags and terminal escapes
+    removed, invisible characters dropped, whitespace collapsed; None becomes ''."""
     if text is None:
         return ""
     if isinstance(text, (bytes, bytearray)):
@@ -103,7 +119,7 @@ def normalize_text(text: Any) -> str:
     if "\x1b" in text:
         text = _ANSI.sub("", text)
     text = strip_markup(text)
-    text = unicodedata.normalize("NFKC", text)
+    text = nfkc(text)
     if not text.isprintable():
         text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _INVISIBLE)
     return _WHITESPACE.sub(" ", text).strip()
@@ -376,13 +392,14 @@ def _language_vocabulary(lang: str) -> frozenset[str]:
 @functools.lru_cache(maxsize=8)
 def _file_vocabulary(path: str, name: str) -> frozenset[str]:
     """The words of a word-per-line file (``#`` starts a comment line) as ``words`` finds them in a caption
-    (NFKC, lowercased: "Café" written decomposed, or "e-mail", still match); ``name``: the file as given."""
+    (``nfkc``, lowercased: "Café" written decomposed, "น้ำ", or "e-mail", still match); ``name``: the file
+    as given."""
     with open(path, "rb") as handle:
         try:
             lines = [line for line in utf8_lines(handle) if not line.lstrip().startswith("#")]
         except ValueError as exc:
             raise VocabularyFileError(f"cannot read {name}: {exc}") from None
-    vocab = frozenset(w for line in lines for w in words(unicodedata.normalize("NFKC", line)))
+    vocab = frozenset(w for line in lines for w in words(nfkc(line)))
     if not vocab:
         raise VocabularyFileError(f"{name} holds no words (one word per line; a line starting with '#' is a "
                                   f"comment): every caption would be high_oov_rate")

@@ -73,8 +73,10 @@ def test_langdetect_backend_and_evidence():
 
 def test_pickles_without_models(english):
     english({"caption": "warm up the models"})
+    english({"caption": "一只黑色的狗"})
     clone = pickle.loads(pickle.dumps(english))
     assert clone.identifier.primary._model is None and clone.identifier.words._matrix is None
+    assert clone.identifier.han._table is None
     assert clone({"caption": "a brown dog running on the beach"}).keep
 
 
@@ -91,3 +93,40 @@ def test_hand_labelled_alt_text(english):
     said_alone = [alone({"caption": text.strip()}).keep for _, text in rows]
     correct = sum(t == s for t, s in zip(truth, said))
     assert correct >= sum(t == s for t, s in zip(truth, said_alone))
+
+
+@pytest.fixture(scope="module")
+def caption_only():
+    return LanguageIdentifier(use_page=False)
+
+
+# Messages of this machine's gettext catalogs (zh_CN, zh_TW, ja, ko) that fastText, and the combination
+# before the Han-script cue, took for another language (the wrong guess in the comment).
+@pytest.mark.parametrize("caption", [
+    "订阅名称", "滚动偏移量", "关键主题名称", "文档",  # ja: Simplified forms (订 阅 称 滚 动 键 档)
+    "当前已选择的菜单项", "断开的管道",  # uk and ceb: text of Han characters only is no Ukrainian
+    "呈現樣式", "選單標頭", "聯絡人", "無效的裝置號碼",  # ja: Traditional forms Japanese does not use
+])
+def test_short_chinese_is_not_japanese(caption_only, caption):
+    lang, prob, evidence = caption_only.identify(caption, with_evidence=True)
+    assert lang == "zh" and prob >= 0.5, (lang, prob, evidence)
+    assert LanguageFilter(("zh",), use_page=False)({"caption": caption}).keep
+
+
+@pytest.mark.parametrize("caption", [
+    "署名を検証", "明るい緑", "ごく明るい茶色", "印刷ジョブの詳細",  # en, zh, zh, zh: kana
+    "滋賀", "検索結果",  # en, and ja 0.56: all kanji (賀 is commoner in Japanese; 検 is a Japanese form)
+    "愛媛", "熊本", "東京駅", "大阪",  # all-kanji place names fastText already gets: they stay Japanese
+])
+def test_japanese_stays_japanese(caption_only, caption):
+    lang, prob, evidence = caption_only.identify(caption, with_evidence=True)
+    assert lang == "ja" and prob >= 0.5, (lang, prob, evidence)
+
+
+def test_hangul_is_korean_and_a_borrowed_kana_letter_no_ban(caption_only):
+    assert caption_only.identify("서울 明洞")[0] == "ko"  # zh: Hangul with Han characters (hanja)
+    assert caption_only.identify("대한민국 國會")[0] == "ko"
+    assert caption_only.identify("台灣の夜市")[0] == "zh"  # Taiwanese text borrows の: a penalty, not a ban
+    assert caption_only.identify("佢哋喺度食緊飯")[0] == "yue"  # Cantonese stays Cantonese
+    _, _, evidence = caption_only.identify("a black dog", with_evidence=True)
+    assert "han" not in evidence  # the cue reads only text with Han characters or kana

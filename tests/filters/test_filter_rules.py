@@ -80,7 +80,7 @@ def test_captions_in_scripts_without_spaces_make_pairs(photo, lang, caption):
     """Each character (a Thai consonant with its signs) is a word: a whole sentence is no longer one word."""
     pair, rejected = RuleFilters(RuleConfig(langs=(lang,))).apply(candidate(photo, caption, 6))
     assert rejected is None, rejected
-    assert (pair["caption"], pair["lang"]) == (normalize_text(caption), lang)  # NFKC splits Thai's sara am
+    assert (pair["caption"], pair["lang"]) == (normalize_text(caption), lang)  # as cleaned (NFKC)
 
 
 def test_explain_keeps_chinese_japanese_and_thai_at_the_defaults(capsys):

@@ -202,6 +202,21 @@ def test_normalize_text_drops_markup_and_terminal_escapes():
     assert normalize_text("<bold> move") == "<bold> move"
 
 
+def test_normalize_text_keeps_thai_and_lao_am_whole(tmp_path):
+    """NFKC splits SARA AM into NIKHAHIT + SARA AA: the cleaned caption would differ invisibly from its page."""
+    waterfall = "น้ำตก"  # SARA AM after a tone mark
+    assert normalize_text(waterfall) == waterfall
+    assert normalize_text("ນ້ຳຕົກ") == "ນ້ຳຕົກ"  # Lao AM
+    assert normalize_text("น\u0e49\u0e4d\u0e32ตก") == waterfall  # the split spelling is put back together
+    assert tokens(normalize_text(waterfall)) == ["น้", "ำ", "ต", "ก"]
+    vocab = tmp_path / "thai.txt"
+    vocab.write_text("น้ำตก\nสวย\n", encoding="utf-8")
+    f = OOVFilter(str(vocab), max_oov_rate=0.0)
+    # a caption as the page wrote it, and as it was cleaned, both match the word list's "น้ำตก"
+    assert f({"caption": "น้ำตกสวย"}).score == 0.0 and f({"caption": normalize_text("น้ำตก สวย")}).score == 0.0
+    assert f({"caption": "น้ำตกสวยมาก"}).reason == "high_oov_rate"  # มาก is not in it
+
+
 def test_words_keep_their_combining_marks():
     """Devanagari vowel signs are combining marks (category M), not separators: "कितनी" is one word."""
     from filters.text import load_vocabulary, words
