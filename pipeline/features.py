@@ -135,6 +135,7 @@ class FeatureOptions:
         if len(sizes) == 2:  # one alone is checked against the detector's other when it is built
             check_input_sizes(sizes["min_size"], sizes["max_size"])
         check_weights_choice(self.detector, self.weights, self.random_init)
+        check_device_name(self.device)
 
     @property
     def selection(self) -> BoxSelection:
@@ -169,6 +170,17 @@ class FeatureOptions:
             config=self.detector_config or None, class_names=names, download=self.download_weights, seed=self.seed,
         )
         return detector.optimize_for(self.resolved_device(), self.precision)
+
+
+#: The devices the detector runs on: ``--device xpu``, ``meta`` or ``mps`` are torch devices, but failed only once the
+#: detector was built (a traceback, or after run.json was written).
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(device: str) -> None:
+    """``ValueError`` for a ``--device`` other than auto, cpu, cuda or cuda:N."""
+    if not isinstance(device, str) or not DEVICE_NAME.fullmatch(device):
+        raise ValueError(f"--device {device!r} is not a torch device lait features runs on (auto, cpu, cuda, cuda:N)")
 
 
 def resolve_input(path: str) -> str:
@@ -493,6 +505,12 @@ def read_image_ids(parquet: pq.ParquetFile, file: str, group: int, rows: list[in
     return (table.take(rows) if rows is not None else table).column(0).to_pylist()
 
 
+def missing_id(image_id: str | None) -> bool:
+    """Whether a row has no image id: null, empty or only whitespace (an empty one would stand for every image
+    without one, and all but the first vanish as duplicates, uncounted)."""
+    return image_id is None or not image_id.strip()
+
+
 def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     """Split the distinct images of a dataset into shards, in a stable order; also count null-id rows.
 
@@ -512,7 +530,7 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
             ids = read_image_ids(parquet, file, group)
             rows: list[int] = []
             for row, image_id in enumerate(ids):
-                if image_id is None:
+                if missing_id(image_id):
                     null_ids += 1
                     continue
                 if image_id in seen:
@@ -943,6 +961,15 @@ def _check_run_config(output: str, run_config: dict, typed_weights: str | None =
     detector's) reads its ``topk`` as what the boxes stored."""
     path = _join(output, "run.json")
     if _read_json(path) is None:
+        # Every part writes (or reads) run.json before its first shard: shards without one are a deleted run.json
+        # (looked for again: another part may have just written it)
+        fs, inner = _filesystem(output)
+        listed = fs.get_file_info(pafs.FileSelector(posixpath.join(inner, "shards"), allow_not_found=True))
+        if any(_shard_number(posixpath.basename(f.path)) >= 0 for f in listed) and \
+                fs.get_file_info(posixpath.join(inner, "run.json")).type == pafs.FileType.NotFound:
+            raise ValueError(f"{output} holds finished shards but no run.json: the settings they were computed with "
+                             f"are unknown, and a resume could mix them with others; use a new --output, or delete "
+                             f"{output} to start over")
         _write_json(path, run_config, exclusive=True)
     previous = _read_json(path)
     if previous.get("runner") == "beam":
@@ -1032,10 +1059,49 @@ INVALID_FILE = "invalid-00000.parquet"
 OWN_FILES = re.compile(rf"{SHARD_PREFIX}-\d{{5}}\.parquet|{re.escape(INVALID_FILE)}")
 
 
+def check_not_in_another_run(output: str) -> None:
+    """Refuse an output that is another stage's dataset or lies inside one: a folder holding Parquet files of its
+    own (a filter run's ``pairs/``), or a folder below one. The features would be written among that dataset's
+    files, and every reader of it would read them too. (A folder beside the datasets of a finished stage is fine:
+    ``lait features --input D --output D/features`` on an import, docs/train.md.)"""
+    for folder in (output, *_folders_above(output)):
+        data = _parquet_files_in(folder)
+        if data:
+            where = f"{output} holds" if folder == output else f"{output} is inside {folder}, which holds"
+            raise ValueError(f"{where} Parquet files ({', '.join(data[:3])}{', ...' if len(data) > 3 else ''}): "
+                             f"a dataset, not an output folder of lait features; use a new --output")
+
+
+def _parquet_files_in(folder: str) -> list[str]:
+    """The names of the Parquet files directly in ``folder`` (none when it is missing), sorted."""
+    fs, inner = _filesystem(folder)
+    try:
+        listed = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    except OSError:  # a folder above that cannot be listed (another user's) holds no dataset of this run's
+        return []
+    return sorted(posixpath.basename(f.path) for f in listed
+                  if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+
+
+def _folders_above(path: str) -> list[str]:
+    """The folders ``path`` lies in, nearest first (a URL's up to its bucket)."""
+    local = _local_path(path)
+    if local is not None:
+        folder, above = os.path.abspath(local), []
+        while os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+            above.append(folder)
+        return above
+    scheme, rest = path.split("://", 1)
+    parts = rest.strip("/").split("/")
+    return [f"{scheme}://{'/'.join(parts[:n])}" for n in range(len(parts) - 1, 0, -1)]
+
+
 def _check_own_output(output: str) -> None:
     """Refuse an output holding data this runner did not write: the Beam form's shards (``part-00000-of-00001``),
     finished or left by a killed run, or a ``stats.json`` without ``run.json``. Its shards would be skipped by
     name and counted twice by every reader, and its ``stats.json`` overwritten."""
+    check_not_in_another_run(output)
     fs, inner = _filesystem(output)
     if fs.get_file_info(posixpath.join(inner, "run.json")).type == pafs.FileType.NotFound and \
             fs.get_file_info(posixpath.join(inner, "stats.json")).type != pafs.FileType.NotFound:
@@ -1254,13 +1320,66 @@ def _shard_complete(output_path: str, shard: Shard, dataset: str) -> bool:
     A shard written from other images (the input changed since: another ``--input``, files added or
     removed) would be skipped, its images never computed and another input's regions kept: refused.
     """
-    stats = _read_json(_shard_paths(output_path, shard.index)["stats"])
+    paths = _shard_paths(output_path, shard.index)
+    stats = _read_shard_stats(paths["stats"])
     if stats is None:
         return False
-    if stats.get("images") != shard.images:
+    if stats["images"] != shard.images:
         raise ValueError(f"{output_path} holds shard {shard.index} of other images than {dataset} gives it now "
                          f"(another input, or files added or removed since that run); use a new --output")
+    problem = _shard_files_problem(paths, stats)
+    if problem is not None:  # its books would count rows that are not there (or not count some that are)
+        logger.warning("%s: %s; shard %d is computed again", paths["stats"], problem, shard.index)
+        return False
     return True
+
+
+def _read_shard_stats(path: str) -> dict | None:
+    """A shard's stats file (None when absent); ``ValueError`` naming it when it is not what ``_finish_shard``
+    writes (edited by hand: a key missing, a count of another type), which the books cannot add up."""
+    stats = _read_json(path)
+    problem = None if stats is None else _shard_stats_problem(stats)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}; the output is damaged: use a new --output")
+    return stats
+
+
+#: What a shard's stats file holds (``_finish_shard``), as the books read it.
+SHARD_COUNTS = ("in", "kept", "rejected", "boxes", "boxes_min", "boxes_max")
+
+
+def _shard_stats_problem(stats: dict) -> str | None:
+    """What makes a shard's stats file unusable for the books (a key missing, a count of another type), or None."""
+    if not isinstance(stats.get("images"), str):
+        return "no 'images' fingerprint"
+    for key in SHARD_COUNTS:
+        if type(stats.get(key)) is not int or stats[key] < 0:
+            return f"{key!r} is {stats.get(key)!r}, not a count"
+    reasons = stats.get("rejected_by_reason")
+    if not isinstance(reasons, dict) or any(type(n) is not int or n < 0 for n in reasons.values()):
+        return f"'rejected_by_reason' is {reasons!r}, not counts by reason"
+    if stats["in"] != stats["kept"] + stats["rejected"] or sum(reasons.values()) != stats["rejected"]:
+        return "its counts do not add up"
+    return None
+
+
+def _shard_files_problem(paths: dict[str, str], stats: dict) -> str | None:
+    """How a shard's data files differ from its stats (a file deleted, replaced, or left over), or None. The row
+    counts come from the Parquet footers alone."""
+    for sub, key in (("regions", "kept"), ("rejected", "rejected")):
+        fs, inner = _filesystem(paths[sub])
+        present = fs.get_file_info(inner).type == pafs.FileType.File
+        if not present:
+            if stats[key]:
+                return f"its {sub} file is missing ({stats[key]} rows counted)"
+            continue
+        try:
+            rows = _open_parquet(paths[sub], inner).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            return f"its {sub} file is unreadable ({_why(exc)})"
+        if rows != stats[key]:
+            return f"its {sub} file holds {rows} rows, {stats[key]} counted"
+    return None
 
 
 def _check_no_stale_shards(output_path: str, dataset: str, count: int) -> None:
@@ -1301,6 +1420,7 @@ def _remove_partial_shards(output_path: str, todo: list[Shard], count: int) -> N
     """
     for shard in todo:
         paths = _shard_paths(output_path, shard.index)
+        _delete_if_present(paths["stats"])  # (one whose data files were lost: the shard is not complete)
         _delete_if_present(paths["regions"])
         _delete_if_present(paths["rejected"])
     fs, inner = _filesystem(output_path)
@@ -1311,14 +1431,25 @@ def _remove_partial_shards(output_path: str, todo: list[Shard], count: int) -> N
                 _delete_if_present(_join(output_path, sub, posixpath.basename(found.path)))
 
 
+def _local_path(path: str) -> str | None:
+    """``path`` as a local path (``file://`` URLs too); None for a remote URL."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if "://" in path else path
+
+
 def _check_output_outside(dataset: str, output_path: str) -> None:
-    """Refuse an output folder inside the input dataset: a rerun would read its own regions as input."""
-    if "://" in dataset or "://" in output_path:
+    """Refuse an output folder inside the input dataset: a rerun would read its own regions as input. A single
+    file's dataset is its folder (a rerun given the folder would read them); ``file://`` URLs are local paths."""
+    source, target = _local_path(dataset), _local_path(output_path)
+    if source is None or target is None:
         return
-    source, target = os.path.realpath(dataset), os.path.realpath(output_path)
+    source, target = os.path.realpath(source), os.path.realpath(target)
+    if os.path.isfile(source):
+        source = os.path.dirname(source)
     # (a dataset that is not there: the candidates/ a crawl that kept nothing never wrote, which an output
     # there would create)
-    if not os.path.isfile(source) and os.path.commonpath([source, target]) == source:
+    if os.path.commonpath([source, target]) == source:
         raise ValueError(f"--output {output_path} is inside the input {dataset}; write the features elsewhere")
 
 
@@ -1328,7 +1459,7 @@ def summarize(output_path: str, shards: list[Shard], null_ids: int) -> dict:
     reasons = Counter({"image_id_missing": null_ids}) if null_ids else Counter()
     box_min, box_max = None, 0
     for shard in shards:
-        stats = _read_json(_shard_paths(output_path, shard.index)["stats"])
+        stats = _read_shard_stats(_shard_paths(output_path, shard.index)["stats"])
         if stats is None:
             raise RuntimeError(f"shard {shard.index} has no stats file; the run did not finish")
         for key in ("in", "kept", "rejected", "boxes"):

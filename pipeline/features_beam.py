@@ -24,8 +24,9 @@ from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
                                ImageRegions, RowGroupStream, _batches, _check_output_outside, _join, _open_parquet, _why,
-                               _write_json, check_input_file, classes_info, detect_by_shape, effective_topk, input_files,
-                               output_schema, piece_size, read_image_ids, resolve_input, to_original_pixels)
+                               _write_json, check_device_name, check_input_file, check_not_in_another_run, classes_info,
+                               detect_by_shape, effective_topk, input_files, missing_id, output_schema, piece_size,
+                               read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import LOCAL_RUNNERS, make_pipeline
@@ -105,7 +106,7 @@ class KeyRowsByImageFn(beam.DoFn):
 
     def process(self, row: dict):
         image_id = row.get("image_id")
-        if image_id is None:
+        if missing_id(image_id):
             self.rows_without_id.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id"))
             return
@@ -295,6 +296,7 @@ def check_device(options: FeatureOptions, local: bool) -> None:
     ``--precision fp16`` on the CPU, and, with a ``local`` runner (its workers run here), CUDA asked for where
     there is none. A remote runner's workers may have the GPU the driver lacks: ``auto`` and ``cuda`` are
     theirs to resolve."""
+    check_device_name(options.device)  # (FeatureOptions checks it too: options built otherwise than by run)
     try:
         device = None if options.device == "auto" else torch.device(options.device)
     except RuntimeError:
@@ -333,6 +335,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     overrides = options.detector_config
     dataset = resolve_input(known.input)
     _check_output_outside(dataset, known.output)
+    check_not_in_another_run(known.output)
     files = input_files(dataset)
     # bad input stops here, before the workers start, with the file named; the work items are row groups.
     # rows_in counts rows, not distinct images, from the footers alone: the footers hold no distinct count
