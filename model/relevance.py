@@ -12,6 +12,8 @@ import functools
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -154,11 +156,16 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
     """Write ``model.safetensors`` and ``config.json`` (architecture plus ``extra``: threshold, vocabulary...).
 
     The config is strict JSON: a NaN or infinite number in ``extra`` is a ValueError, raised before
-    anything is written (store None, JSON null, for a value that is missing).
+    anything is written (store None, JSON null, for a value that is missing). The model is replaced whole or
+    not at all: both files are written into a temporary folder beside ``out_dir``, which then takes its place
+    (any other files of ``out_dir`` move along), so a failed write (a full disk) is a one-line OSError that
+    leaves the earlier model, weights and config together, and no new folder.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from schemas import write_json_atomically
+    from schemas.io import new_file_mode
 
     config = {"kind": MODEL_KIND, "model": dataclasses.asdict(model.config), **extra}
     if isinstance(model, RelevanceEnsemble):
@@ -167,10 +174,80 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
         json.dumps(config, allow_nan=False)  # strict JSON (the shared writer takes NaN, and any object as its str)
     except ValueError as exc:
         raise ValueError(f"{os.path.join(out_dir, CONFIG_FILE)}: not saved, a value is not valid JSON ({exc})") from None
-    os.makedirs(out_dir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(out_dir, WEIGHTS_FILE))
-    write_json_atomically(os.path.join(out_dir, CONFIG_FILE), config)
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: {CONFIG_FILE} + {WEIGHTS_FILE})")
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    made = missing_folders(parent)  # removed again if the save fails: no empty folders left
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{name}.saving-", dir=parent)
+    except OSError as exc:
+        remove_empty_folders(made)
+        raise OSError(f"{out_dir}: the model is not saved, cannot make a folder beside it ({exc})") from None
+    try:
+        file_mode = new_file_mode()
+        os.chmod(staging, file_mode | (file_mode & 0o444) >> 2)  # a folder's x where its r (mkdtemp makes 0o700)
+        weights = os.path.join(staging, WEIGHTS_FILE)
+        save_file(state, weights)
+        os.chmod(weights, file_mode)
+        write_json_atomically(os.path.join(staging, CONFIG_FILE), config)
+        _swap_in(staging, os.path.join(parent, name))
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_empty_folders(made)
+        why = " ".join(str(exc).split())
+        raise OSError(f"{out_dir}: the model is not saved, the earlier one (if any) is left as it was ({why})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_empty_folders(made)
+        raise
+
+
+def missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would make, deepest first."""
+    missing = []
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty_folders(folders: list[str]) -> None:
+    """Remove ``folders`` (deepest first) that are still empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+def _swap_in(staging: str, out_dir: str) -> None:
+    """Put the folder ``staging`` (the new model) in the place of ``out_dir``, taking along ``out_dir``'s other
+    files: renames on one filesystem, undone on an error, so that ``out_dir`` holds one whole model throughout."""
+    if not os.path.isdir(out_dir):
+        os.rename(staging, out_dir)
+        return
+    moved = []
+    previous = staging + ".previous"
+    try:
+        for entry in os.listdir(out_dir):
+            if entry not in (CONFIG_FILE, WEIGHTS_FILE):
+                os.rename(os.path.join(out_dir, entry), os.path.join(staging, entry))
+                moved.append(entry)
+        os.rename(out_dir, previous)
+    except OSError:
+        for entry in moved:
+            os.rename(os.path.join(staging, entry), os.path.join(out_dir, entry))
+        raise
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        os.rename(previous, out_dir)
+        for entry in moved:
+            os.rename(os.path.join(staging, entry), os.path.join(out_dir, entry))
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def read_config(model_dir: str) -> dict:

@@ -105,6 +105,11 @@ def _overlaps(output: str, source: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
+def _same(a: str, b: str) -> bool:
+    """Whether two paths name the same folder."""
+    return (_local(a) or a.rstrip("/")) == (_local(b) or b.rstrip("/"))
+
+
 def _read_bytes(path: str) -> bytes:
     with _filesystems().open(path) as handle:
         return handle.read()
@@ -160,9 +165,11 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
                    hint: str = "use a new --output", inputs: Sequence[str] = ()) -> None:
     """Refuse a finished run's folder unless ``overwrite``; remove ``parts`` an interrupted run left.
 
-    Refused even with ``overwrite`` (``OutputExistsError``): an output that is a file, that holds another
-    stage's finished run (its stats.json names another stage: a crawl folder given as --output), or that
-    is, holds or lies inside one of ``inputs`` (the data this run reads).
+    Refused even with ``overwrite`` (``OutputExistsError``), before anything is written: an output that is a
+    file, that holds another stage's finished run (its stats.json names another stage: a crawl folder given as
+    --output), that is, holds or lies inside one of ``inputs`` (the data this run reads), that holds Parquet
+    files itself (a dataset such as ``RUN/filter/pairs``), or that lies inside a finished stage's folder (one
+    whose stats.json names a stage; ``_refuse_dataset_or_nested``).
     """
     if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
         raise OutputExistsError(f"{output} is a file, not a folder; use a new --output")
@@ -170,6 +177,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
         if _overlaps(output, source):
             raise OutputExistsError(f"{output} overlaps the input {source}: the {stage} output needs a folder of its "
                                     f"own (e.g. a sibling of the input)")
+    _refuse_dataset_or_nested(output, stage, inputs)
     found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, RUN_MARKER, "stats.json")}
     existing = [name for name, paths in found.items() if paths and name != RUN_MARKER]
     stats_path = posixpath.join(output, "stats.json")
@@ -195,6 +203,54 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
                            ", ".join(existing))
     delete_exactly([path for paths in found.values() for path in paths])
     _mark_started(output, stage)
+
+
+#: Stages whose folder holds other stages' folders by design: the import layout, ``lait import-captions --out D``
+#: then ``lait features --input D --output D/features``.
+HOLDS_STAGE_FOLDERS = ("import_captions",)
+
+
+def _ancestors(output: str) -> list[str]:
+    """The folders that hold ``output``, nearest first (local: resolved, up to /; a URL: up to its bucket)."""
+    if "://" not in output:
+        path, found = os.path.realpath(output), []
+        while os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+            found.append(path)
+        return found
+    scheme, rest = output.rstrip("/").split("://", 1)
+    parts = rest.split("/")
+    return [f"{scheme}://" + "/".join(parts[:n]) for n in range(len(parts) - 1, 0, -1)]
+
+
+def _finished_stage(folder: str) -> str | None:
+    """The stage a stats.json directly in ``folder`` names (None: none there, or not a stage's)."""
+    stats_path = posixpath.join(folder, "stats.json") if "://" in folder else os.path.join(folder, "stats.json")
+    if "://" not in folder and not os.path.isfile(stats_path):
+        return None
+    if "://" in folder and not _filesystems().exists(stats_path):
+        return None
+    stage = stage_of(stats_path)
+    return stage if isinstance(stage, str) else None
+
+
+def _refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str]) -> None:
+    """``OutputExistsError`` for an output that is a dataset (it holds Parquet files: ``RUN/filter/pairs`` given as
+    --output, where the run's own pairs/, rejected/ and stats.json would land among its shards and make it
+    unreadable as one), or that lies inside another run's finished stage folder (its stats.json names a stage),
+    which would then hold a stage folder inside its own. The import layout (``HOLDS_STAGE_FOLDERS``), and a folder
+    this run reads (``inputs``), may hold the output."""
+    if _exists(output) and is_folder(output):
+        shards = files_under(output, "/*.parquet", limit=1)
+        if shards:
+            raise OutputExistsError(f"{output} holds Parquet files ({posixpath.basename(shards[0])}): it is a dataset, "
+                                    f"not a stage folder; give the {stage} output a folder of its own (e.g. RUN/{stage})")
+    for folder in _ancestors(output):
+        other = _finished_stage(folder)
+        if other is None or other in HOLDS_STAGE_FOLDERS or any(_same(folder, source) for source in inputs):
+            continue
+        raise OutputExistsError(f"{output} lies inside {folder}, the folder of a finished {other} run (its stats.json); "
+                                f"give the {stage} output a folder of its own (e.g. a sibling of {folder})")
 
 
 def _started_by(output: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import multiprocessing
@@ -30,7 +31,8 @@ from filters.relevance import features as F
 from filters.relevance.config import TrainConfig
 from filters.relevance.data import choose_pairs, content_key, read_pairs
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
-from model.relevance import RelevanceConfig, RelevanceEnsemble, RelevanceModel, save_model
+from model.relevance import (CONFIG_FILE, MODEL_KIND, WEIGHTS_FILE, RelevanceConfig, RelevanceEnsemble, RelevanceModel,
+                             missing_folders, remove_empty_folders, save_model)
 
 log = logging.getLogger(__name__)
 
@@ -182,34 +184,83 @@ def _cross_pairs(ex: _Examples, idx: np.ndarray, seed: int, max_cross: int = 800
     return sub, rows, cols
 
 
-def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = None, progress: bool = False) -> dict:
-    """Train a relevance model on a pairs dataset (path or rows) and save it to ``out_dir``; returns a summary."""
+def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = None, progress: bool = False,
+          overwrite: bool = False) -> dict:
+    """Train a relevance model on a pairs dataset (path or rows) and save it to ``out_dir``; returns a summary.
+
+    ``out_dir`` must be new, empty, or hold an earlier relevance model, which only ``overwrite`` replaces."""
     config = config or TrainConfig()
     previous_threads = torch.get_num_threads()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     try:
-        return _train(pairs, out_dir, config, progress)
+        return _train(pairs, out_dir, config, progress, overwrite)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _check_out_dir(out_dir: str) -> None:
-    """Create the model folder before training, so that a path that cannot hold it fails in seconds."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: config.json + model.safetensors)")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"{out_dir}: cannot create the model folder ({exc})") from None
+#: The largest ``image_size``: the CNN needs no more, and every training image is held in memory at this side
+#: (3 x 1024 x 1024 bytes each); a side of 50,000 asked for 7.5 GB per image.
+MAX_IMAGE_SIZE = 1024
+#: What a saved relevance model's folder holds (``model.relevance.save_model``).
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
 
-def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress: bool) -> dict:
-    started = time.monotonic()
+def _check_settings(config: TrainConfig) -> None:
+    """ValueErrors for settings ``TrainConfig`` takes that training cannot use."""
     if config.members < 1:
         raise ValueError(f"members must be at least 1, got {config.members}")
     if config.processes is not None and config.processes < 1:
         raise ValueError(f"processes must be at least 1 (or None: one per CPU core), got {config.processes}")
+    if config.processes is not None and config.processes > config.members:
+        raise ValueError(f"processes {config.processes} is more than members {config.members}: each process trains "
+                         f"one member, so at most {config.members} can run")
+    if config.image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {config.image_size} (every training "
+                         "image is held in memory at this side)")
+
+
+def _check_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Refuse a model folder that cannot be made, that holds anything but a relevance model, or that holds one
+    without ``overwrite``; before training, so that it fails in seconds. Nothing is left behind: the folder is
+    made by ``save_model`` once the model is trained."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: config.json + model.safetensors)")
+    if os.path.isdir(out_dir):
+        entries = sorted(os.listdir(out_dir))
+        if not entries:
+            return
+        others = [entry for entry in entries if entry not in MODEL_FILES]
+        if others or not _is_relevance_model(out_dir):
+            shown = ", ".join((others or entries)[:3]) + (", ..." if len(others or entries) > 3 else "")
+            raise ValueError(f"{out_dir}: holds files that are not a relevance model ({shown}); "
+                             "give --out a new or empty folder")
+        if not overwrite:
+            raise ValueError(f"{out_dir}: already holds a relevance model; pass --overwrite to replace it, "
+                             "or give --out a new folder")
+        return
+    missing = missing_folders(os.path.abspath(out_dir))
+    try:  # made and removed again: the check that it can be made
+        os.makedirs(out_dir)
+    except OSError as exc:
+        raise ValueError(f"{out_dir}: cannot create the model folder ({exc})") from None
+    remove_empty_folders(missing)
+
+
+def _is_relevance_model(folder: str) -> bool:
+    """Whether ``folder`` holds a config.json that a relevance model's save wrote (its ``kind``)."""
+    try:
+        with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("kind") == MODEL_KIND
+
+
+def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress: bool, overwrite: bool) -> dict:
+    started = time.monotonic()
+    _check_settings(config)
+    _check_out_dir(out_dir, overwrite)
     # With max_pairs, the pairs are chosen by content (``choose_pairs``), and then put in one order: pair ids
     # hash the URLs, port included, so the same site served on another port (or crawled into other shards,
     # or passed in another order) must change neither the pairs, the batches, the split nor the threshold.
@@ -230,7 +281,6 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
         which = "held-out pairs" if val_idx is not train_idx else "pairs (nothing held out: all of them)"
         raise ValueError(f"no negatives to set the threshold on: the {len(val_idx)} {which} have no "
                          "re-pairing with another caption and another image (identical captions or images?)")
-    _check_out_dir(out_dir)
     log.info("training on %d pairs (%d held out, %d undecodable skipped)", len(train_idx),
              len(val_idx) if val_idx is not train_idx else 0, skipped)
 

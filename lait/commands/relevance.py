@@ -12,6 +12,8 @@ from filters.relevance.config import TrainConfig
 from lait.commands import count, non_negative, positive
 
 _DEFAULTS = TrainConfig()
+#: ``filters.relevance.train.MAX_IMAGE_SIZE`` (that module imports torch; the CLI starts without it).
+MAX_IMAGE_SIZE = 1024
 
 def finite(text: str) -> float:
     """An argparse ``type``: a finite number (a NaN cut would pass nothing and write invalid JSON)."""
@@ -35,14 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a relevance model on crawled pairs (weak supervision)",
                            description="Train on pairs: positives as crawled, negatives by re-pairing.")
     train.add_argument("--input", required=True, help="a filter output folder (with pairs/) or a pairs dataset")
-    train.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors)")
+    train.add_argument("--out", required=True, help="model folder to write (config.json + model.safetensors): new, "
+                                                    "empty, or an earlier relevance model with --overwrite")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the relevance model in --out (once the new one is trained; a folder holding "
+                            "anything else is never replaced)")
     train.add_argument("--epochs", type=positive, default=_DEFAULTS.epochs, help=f"default {_DEFAULTS.epochs}")
     train.add_argument("--batch-size", type=count(2), default=_DEFAULTS.batch_size,
                        help="pairs per step, 2 or more: the other pairs of a batch are its negatives "
                             f"(default {_DEFAULTS.batch_size})")
     train.add_argument("--lr", type=float, default=_DEFAULTS.lr, help=f"peak learning rate (default {_DEFAULTS.lr})")
     train.add_argument("--image-size", type=positive, default=_DEFAULTS.image_size,
-                       help=f"side of the downscaled image the CNN sees (default {_DEFAULTS.image_size})")
+                       help=f"side of the downscaled image the CNN sees, at most {MAX_IMAGE_SIZE} "
+                            f"(default {_DEFAULTS.image_size})")
     train.add_argument("--max-pairs", type=count(2), default=_DEFAULTS.max_pairs,
                        help=f"train on at most this many pairs (default {_DEFAULTS.max_pairs})")
     train.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction,
@@ -57,8 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="train this many models from consecutive seeds and save them as one ensemble that "
                             f"averages their scores: steadier cuts, N times the training (default {_DEFAULTS.members})")
     train.add_argument("--processes", type=positive, default=_DEFAULTS.processes,
-                       help="members trained side by side, one process each (default: one per CPU core, up to "
-                            "--members; 1 trains them one after the other; the models are the same either way)")
+                       help="members trained side by side, one process each, at most --members (default: one per "
+                            "CPU core, up to --members; 1 trains them one after the other; the models are the same "
+                            "either way)")
     train.set_defaults(func=run_train)
 
     ev = sub.add_parser("eval", help="ROC-AUC and mismatch precision/recall on a labelled pairs set",
@@ -105,7 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
                          max_pairs=args.max_pairs, val_fraction=args.val_fraction, seed=args.seed,
                          mismatch_cost=args.mismatch_cost, drop_rate=args.drop_rate, members=args.members,
                          processes=args.processes)
-    summary = train(args.input, args.out, config, progress=True)
+    summary = train(args.input, args.out, config, progress=True, overwrite=args.overwrite)
     print(f"relevance model written to {args.out}")
     print(json.dumps(summary, indent=2))
     return 0
