@@ -6,7 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import schemas
+from pipeline.options import beam_options
 from pipeline.parquet_beam import WriteToParquet
+from pipeline.runners import make_pipeline
 
 
 def _rows(n=6):
@@ -37,7 +39,7 @@ def test_dictionary_columns_are_the_strings():
 def test_local_and_beam_writers_skip_the_dictionary_on_bytes(tmp_path):
     table = schemas.to_table(_rows(), "pairs")
     local = schemas.write_table(table, str(tmp_path / "local" / "part-00000.parquet"), "pairs")
-    with beam.Pipeline() as pipeline:
+    with make_pipeline(beam_options([])) as pipeline:  # LAIT's local runner, as the stages run
         (pipeline | beam.Create(table.to_pylist())
          | WriteToParquet(str(tmp_path / "beam" / "part"), table.schema, file_name_suffix=".parquet", num_shards=1))
     beam_files = [os.path.join(tmp_path, "beam", f) for f in os.listdir(tmp_path / "beam") if f.endswith(".parquet")]
