@@ -5,6 +5,11 @@ import math
 from dataclasses import dataclass
 
 
+#: The largest ``image_size``: the CNN needs no more, and every training image is held in memory at this side
+#: (3 x 1024 x 1024 bytes each); a side of 50,000 asked for 7.5 GB per image.
+MAX_IMAGE_SIZE = 1024
+
+
 @dataclass
 class TrainConfig:
     """Training settings; defaults train the demo-scale model in well under a minute on 2 CPU cores."""
@@ -30,6 +35,9 @@ class TrainConfig:
         (not a ZeroDivisionError, a NaN loss or an untrained model saved as a trained one)."""
         for name in ("epochs", "image_size", "embed_dim"):
             _whole(name, getattr(self, name), 1)
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size} (every training "
+                             "image is held in memory at this side)")
         _whole("batch_size", self.batch_size, 2)  # a one-pair batch has no re-pairing to learn from
         _whole("seed", self.seed, 0)
         _whole("members", self.members, 1)

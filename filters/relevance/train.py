@@ -199,9 +199,6 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
         torch.set_num_threads(previous_threads)
 
 
-#: The largest ``image_size``: the CNN needs no more, and every training image is held in memory at this side
-#: (3 x 1024 x 1024 bytes each); a side of 50,000 asked for 7.5 GB per image.
-MAX_IMAGE_SIZE = 1024
 #: What a saved relevance model's folder holds (``model.relevance.save_model``).
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
@@ -215,9 +212,6 @@ def _check_settings(config: TrainConfig) -> None:
     if config.processes is not None and config.processes > config.members:
         raise ValueError(f"processes {config.processes} is more than members {config.members}: each process trains "
                          f"one member, so at most {config.members} can run")
-    if config.image_size > MAX_IMAGE_SIZE:
-        raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {config.image_size} (every training "
-                         "image is held in memory at this side)")
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:

@@ -8,12 +8,10 @@ import math
 import os
 import sys
 
-from filters.relevance.config import TrainConfig
+from filters.relevance.config import MAX_IMAGE_SIZE, TrainConfig
 from lait.commands import count, non_negative, positive
 
 _DEFAULTS = TrainConfig()
-#: ``filters.relevance.train.MAX_IMAGE_SIZE`` (that module imports torch; the CLI starts without it).
-MAX_IMAGE_SIZE = 1024
 
 def finite(text: str) -> float:
     """An argparse ``type``: a finite number (a NaN cut would pass nothing and write invalid JSON)."""
