@@ -39,7 +39,7 @@ from model.distributed import collective_device, join_process_group, process_dev
 from model.imagebert import ImageBert, load_bert_weights, num_parameters, read_bert_config
 from model.tasks import FINETUNE_LOSSES, build_retrieval_batch, dual_encoder_loss, prepare_pretrain_batch
 from model.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, train_wordpiece
-from schemas import new_file_mode, write_json_atomically
+from schemas import write_atomically, write_json_atomically
 
 if TYPE_CHECKING:
     from model.eval import EvalCaptions
@@ -225,31 +225,9 @@ def check_eval_data(entry: DatasetConfig) -> EvalCaptions:
 # Checkpoints
 
 
-def _replace_whole(path: str, write, binary: bool = False) -> None:
-    """Write a file whole or not at all: ``write(handle)`` into a temporary file beside it, flushed to disk, then a
-    rename over ``path`` (a stop midway leaves the earlier file or the new one; the temporary file goes on an error).
-    ``schemas.write_json_atomically`` does so for JSON."""
-    import tempfile
-
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, new_file_mode())  # (mkstemp's file is owner-only)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save of plain tensors and containers, written whole or not at all (``_replace_whole``)."""
-    _replace_whole(path, lambda handle: torch.save(state, handle), binary=True)
+    """torch.save of plain tensors and containers, written whole or not at all (``schemas.write_atomically``)."""
+    write_atomically(path, lambda handle: torch.save(state, handle), binary=True)
 
 
 #: What every checkpoint holds (``final.pt`` too); a resumed one also the stage and step it stopped at.
@@ -1091,7 +1069,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
             path = os.path.join(config.out_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     if runtime.is_main:
-        _replace_whole(os.path.join(config.out_dir, "tokenizer.json"), lambda handle: handle.write(tokenizer_json))
+        write_atomically(os.path.join(config.out_dir, "tokenizer.json"), lambda handle: handle.write(tokenizer_json))
         # Replaced whole, never rewritten in place: a resume changes it (the stages not yet started may change), and
         # a copy of the run made with hard links (cp -al) keeps its own.
         write_json_atomically(os.path.join(config.out_dir, "config.json"),

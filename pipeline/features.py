@@ -61,7 +61,7 @@ from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
 from model.detectors.weights import weights_fingerprint
-from pipeline.outputs import input_reference, read_stats, stage_of
+from pipeline.outputs import ancestors, input_reference, read_stats, stage_of
 from schemas.io import _filesystem
 
 logger = logging.getLogger(__name__)
@@ -1064,7 +1064,7 @@ def check_not_in_another_run(output: str) -> None:
     own (a filter run's ``pairs/``), or a folder below one. The features would be written among that dataset's
     files, and every reader of it would read them too. (A folder beside the datasets of a finished stage is fine:
     ``lait features --input D --output D/features`` on an import, docs/train.md.)"""
-    for folder in (output, *_folders_above(output)):
+    for folder in (output, *ancestors(_local_path(output) or output)):
         data = _parquet_files_in(folder)
         if data:
             where = f"{output} holds" if folder == output else f"{output} is inside {folder}, which holds"
@@ -1081,20 +1081,6 @@ def _parquet_files_in(folder: str) -> list[str]:
         return []
     return sorted(posixpath.basename(f.path) for f in listed
                   if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
-
-
-def _folders_above(path: str) -> list[str]:
-    """The folders ``path`` lies in, nearest first (a URL's up to its bucket)."""
-    local = _local_path(path)
-    if local is not None:
-        folder, above = os.path.abspath(local), []
-        while os.path.dirname(folder) != folder:
-            folder = os.path.dirname(folder)
-            above.append(folder)
-        return above
-    scheme, rest = path.split("://", 1)
-    parts = rest.strip("/").split("/")
-    return [f"{scheme}://{'/'.join(parts[:n])}" for n in range(len(parts) - 1, 0, -1)]
 
 
 def _check_own_output(output: str) -> None:

@@ -210,7 +210,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
 HOLDS_STAGE_FOLDERS = ("import_captions",)
 
 
-def _ancestors(output: str) -> list[str]:
+def ancestors(output: str) -> list[str]:
     """The folders that hold ``output``, nearest first (local: resolved, up to /; a URL: up to its bucket)."""
     if "://" not in output:
         path, found = os.path.realpath(output), []
@@ -245,7 +245,7 @@ def _refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str]) ->
         if shards:
             raise OutputExistsError(f"{output} holds Parquet files ({posixpath.basename(shards[0])}): it is a dataset, "
                                     f"not a stage folder; give the {stage} output a folder of its own (e.g. RUN/{stage})")
-    for folder in _ancestors(output):
+    for folder in ancestors(output):
         other = _finished_stage(folder)
         if other is None or other in HOLDS_STAGE_FOLDERS or any(_same(folder, source) for source in inputs):
             continue

@@ -32,6 +32,7 @@ from schemas.io import (
     rejected_row,
     subfolders,
     to_table,
+    write_atomically,
     write_json_atomically,
     write_table,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "subfolders",
     "to_table",
     "validate_schema",
+    "write_atomically",
     "write_json_atomically",
     "write_table",
 ]

@@ -7,7 +7,7 @@ import os
 import tempfile
 import posixpath
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -291,16 +291,18 @@ def new_file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
-def write_json_atomically(path: str, data: Any) -> None:
-    """Write a local JSON file whole or not at all: a temporary file beside it, flushed to disk, then a rename (a
-    stop midway leaves the earlier file or the new one, never half of one; the temporary file goes on an error)."""
+def write_atomically(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write a local file whole or not at all: ``write(handle)`` into a temporary file beside it (UTF-8 text, or
+    ``binary``), flushed to disk and given the permissions ``open()`` would (``new_file_mode``), then a rename over
+    ``path`` (a stop midway leaves the earlier file or the new one, never half of one; the temporary file goes on
+    an error)."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -308,3 +310,8 @@ def write_json_atomically(path: str, data: Any) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json_atomically(path: str, data: Any) -> None:
+    """Write a local JSON file whole or not at all (``write_atomically``)."""
+    write_atomically(path, lambda handle: json.dump(data, handle, indent=2, default=str))
