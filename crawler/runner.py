@@ -27,6 +27,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_FILE = "lait-job.json"
 #: The reason of a candidate whose image was never fetched (see LaitSpider.unfetched_rejects).
 NOT_FETCHED = "image_not_fetched"
+#: The signals that stop a crawl gracefully. A crawl process starts with them blocked, and takes them once Scrapy's
+#: handlers are in place (``_accept_stop_signals``): Ctrl-C while it still imports would otherwise kill it with a
+#: traceback, and the other processes' books could not be settled.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 class JobFolderError(RuntimeError):
@@ -151,6 +155,7 @@ def crawl_in_this_process(urls: list[str], settings: dict[str, Any], allowed_dom
 
     Returns why the output could not be written, or None when it was.
     """
+    from scrapy import signals
     from scrapy.crawler import CrawlerProcess
     from scrapy.settings import Settings
 
@@ -161,6 +166,7 @@ def crawl_in_this_process(urls: list[str], settings: dict[str, Any], allowed_dom
     scrapy_settings.update(settings, priority="cmdline")
     process = CrawlerProcess(scrapy_settings)
     crawler = process.create_crawler(LaitSpider)
+    crawler.signals.connect(lambda: _accept_stop_signals(crawler), signal=signals.engine_started, weak=False)
     process.crawl(crawler, urls=urls, allowed_domains=allowed_domains or None, max_pages=max_pages, depth=depth,
                   **process_kwargs)
     process.start()
@@ -185,7 +191,13 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     if processes <= 1:
-        code = _wait([_start_child(job, env)])[0]
+        children = []
+        try:
+            _start_children([job], env, children)
+        except KeyboardInterrupt:
+            _wait(children)  # it stops gracefully and writes its books (it got the Ctrl-C too, or `_wait` passes it on)
+            raise
+        code = _wait(children)[0]
         if code != 0:
             raise RuntimeError(f"the crawl process exited with status {code}")
         return _read_stats(os.path.join(out_dir, output.STATS_FILE))
@@ -255,10 +267,46 @@ def _die_with_parent_hook():
     return hook
 
 
-def _start_child(job: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
-    """Start one crawl process for ``job``."""
-    return subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env,
-                            preexec_fn=_die_with_parent_hook())
+def _accept_stop_signals(crawler) -> None:
+    """Take the stop signals the crawl process started with blocked (``STOP_SIGNALS``) once a graceful stop can close
+    the spider: Scrapy's handlers are in place (installed as the reactor starts) and the engine runs (its stop does
+    nothing before; the process would end without closing the spider, its books unwritten). One that came meanwhile
+    is delivered then, and the crawl stops as after Ctrl-C at any later moment."""
+    from twisted.internet import reactor
+
+    def when_running() -> None:
+        if crawler.engine is not None and crawler.engine.running:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        else:
+            reactor.callLater(0.01, when_running)
+
+    reactor.callWhenRunning(reactor.callLater, 0, when_running)
+
+
+def _child_hook():
+    """The pre-exec hook of a crawl process: die with the parent (``_die_with_parent_hook``), then block the stop
+    signals until the crawl can take them (``_accept_stop_signals``; a blocked signal stays pending across exec)."""
+    die_with_parent = _die_with_parent_hook()
+
+    def hook() -> None:
+        if die_with_parent is not None:
+            die_with_parent()  # first: a parent already gone ends the child at once
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    return hook
+
+
+def _start_children(jobs: list[dict[str, Any]], env: dict[str, str], children: list[subprocess.Popen]) -> None:
+    """Start a crawl process for each of ``jobs``, appending each to ``children`` as it starts. Ctrl-C or SIGTERM
+    meanwhile is taken once all have started (KeyboardInterrupt here, after the last), so that none is started
+    unrecorded and every one can be waited for."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for job in jobs:
+            children.append(subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env,
+                                             preexec_fn=_child_hook()))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _LiveBar:
@@ -327,6 +375,18 @@ def _wait(children: list[subprocess.Popen], tick=None) -> list[int]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _process_job(job: dict[str, Any], index: int, processes: int, inbox_dir: str, run_id: str,
+                 live: str | None) -> dict[str, Any]:
+    """The job of crawl process ``index`` of ``processes``: its shard prefix, where it writes its counters and
+    outcomes, and (``live``) where it writes its counts for the one progress bar."""
+    settings = dict(job["settings"], LAIT_SHARD_PREFIX=f"part-p{index}",
+                    LAIT_STATS_PART=os.path.join(inbox_dir, f"stats-{index}.json"),
+                    LAIT_OUTCOMES_PART=os.path.join(inbox_dir, f"outcomes-{index}.json"))
+    if live is not None:
+        settings.update(LAIT_PROGRESS=False, LAIT_LIVE_COUNTS=live)
+    return dict(job, settings=settings, process_index=index, processes=processes, inbox_dir=inbox_dir, run_id=run_id)
+
+
 def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[str, str]) -> dict[str, Any]:
     jobdir = job["settings"].get("LAIT_JOBDIR")
     inbox_dir = os.path.join(jobdir, "inboxes") if jobdir else tempfile.mkdtemp(prefix="lait-crawl-")
@@ -342,21 +402,22 @@ def _run_processes(job: dict[str, Any], out_dir: str, processes: int, env: dict[
     # read as the crawl processes read it: `-s LAIT_PROGRESS=False` arrives as the text "False"
     bar = _LiveBar(live) if BaseSettings({"progress": job["settings"].get("LAIT_PROGRESS")}).getbool("progress") else None
     children, settled = [], None
-    for index in range(processes):
-        settings = dict(job["settings"], LAIT_SHARD_PREFIX=f"part-p{index}",
-                        LAIT_STATS_PART=os.path.join(inbox_dir, f"stats-{index}.json"),
-                        LAIT_OUTCOMES_PART=os.path.join(inbox_dir, f"outcomes-{index}.json"))
-        if bar is not None:
-            settings.update(LAIT_PROGRESS=False, LAIT_LIVE_COUNTS=live[index])
-        child_job = dict(job, settings=settings, process_index=index, processes=processes, inbox_dir=inbox_dir,
-                         run_id=run_id)
-        children.append(_start_child(child_job, env))
     try:
         try:
+            _start_children([_process_job(job, index, processes, inbox_dir, run_id, live[index] if bar else None)
+                             for index in range(processes)], env, children)
             codes = _wait(children, bar.show if bar is not None else None)
         except KeyboardInterrupt:
-            # The crawl processes stopped gracefully: settle the books, as a single crawl process does.
-            if all(child.returncode == 0 for child in children):
+            # Those started got the signal too (Ctrl-C reaches the group; `_wait` passes SIGTERM on), and stop
+            # gracefully even before their crawl began (`STOP_SIGNALS`): wait for them, then settle the books, as a
+            # single crawl process does.
+            for child in children:
+                child.wait()
+            codes = [child.returncode for child in children]
+            if len(children) < processes or any(codes):
+                logger.warning("the interrupted crawl's books are not settled: crawl processes exited with statuses "
+                               "%s (of %d)", codes, processes)
+            else:
                 try:
                     settled = _settle(out_dir, inbox_dir, processes, unread)
                 except RuntimeError as exc:
