@@ -61,7 +61,7 @@ from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
 from model.detectors.weights import weights_fingerprint
-from pipeline.outputs import ancestors, input_reference, read_stats, stage_of
+from pipeline.outputs import ancestors, input_reference, read_stats, refuse_dataset_or_nested, stage_of
 from schemas.io import _filesystem
 
 logger = logging.getLogger(__name__)
@@ -1083,11 +1083,26 @@ def _parquet_files_in(folder: str) -> list[str]:
                   if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
 
 
-def _check_own_output(output: str) -> None:
+def _check_not_nested(output: str, dataset: str) -> None:
+    """The Beam stages' rule too (``pipeline.outputs``, which the Beam form applies): refuse an output inside a
+    finished stage's folder (``RUN/filter/features``: the filter's stats.json names a stage), which would then
+    hold another stage's folder inside its own; the import layout and the folder of ``dataset`` excepted.
+
+    Local paths (``file://`` URLs too) only: that rule reads an object store through Beam's filesystems, which may
+    lack one this runner reads through fsspec (gs:// needs apache-beam[gcp] there); on an object store
+    ``check_not_in_another_run`` alone applies."""
+    target, source = _local_path(output), _local_path(dataset)
+    if target is not None:
+        refuse_dataset_or_nested(target, STAGE, (source,) if source is not None else ())
+
+
+def _check_own_output(output: str, dataset: str) -> None:
     """Refuse an output holding data this runner did not write: the Beam form's shards (``part-00000-of-00001``),
     finished or left by a killed run, or a ``stats.json`` without ``run.json``. Its shards would be skipped by
-    name and counted twice by every reader, and its ``stats.json`` overwritten."""
+    name and counted twice by every reader, and its ``stats.json`` overwritten. And one inside another run's
+    dataset or finished stage folder (``check_not_in_another_run``, ``_check_not_nested``)."""
     check_not_in_another_run(output)
+    _check_not_nested(output, dataset)
     fs, inner = _filesystem(output)
     if fs.get_file_info(posixpath.join(inner, "run.json")).type == pafs.FileType.NotFound and \
             fs.get_file_info(posixpath.join(inner, "stats.json")).type != pafs.FileType.NotFound:
@@ -1113,7 +1128,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
     started = time.perf_counter()
     dataset = resolve_input(input_path)
     _check_output_outside(dataset, output_path)
-    _check_own_output(output_path)
+    _check_own_output(output_path, dataset)
     # Everything that can fail on the input or the options fails here, before this run's books (run.json,
     # classes.json) exist: a retry with other settings is not refused because of a run that never started.
     shards, null_ids = plan_shards(dataset, options.images_per_shard)  # checks every input file too
@@ -1425,7 +1440,8 @@ def _local_path(path: str) -> str | None:
 
 
 def _check_output_outside(dataset: str, output_path: str) -> None:
-    """Refuse an output folder inside the input dataset: a rerun would read its own regions as input. A single
+    """Refuse an output folder inside the input dataset (a rerun would read its own regions as input), or one that
+    holds it (as the Beam form refuses, ``pipeline.outputs.prepare_output``). A single
     file's dataset is its folder (a rerun given the folder would read them); ``file://`` URLs are local paths."""
     source, target = _local_path(dataset), _local_path(output_path)
     if source is None or target is None:
@@ -1437,6 +1453,8 @@ def _check_output_outside(dataset: str, output_path: str) -> None:
     # there would create)
     if os.path.commonpath([source, target]) == source:
         raise ValueError(f"--output {output_path} is inside the input {dataset}; write the features elsewhere")
+    if os.path.commonpath([source, target]) == target:  # its regions/ and rejected/ beside the dataset it reads
+        raise ValueError(f"--output {output_path} holds the input {dataset}; write the features elsewhere")
 
 
 def summarize(output_path: str, shards: list[Shard], null_ids: int) -> dict:

@@ -366,7 +366,10 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     # Beam checks the runner and its options here (an unknown runner, Dataflow without a project): before the output
     # is touched, in one line
     pipeline = test_pipeline or make_pipeline(pipeline_options)
-    prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"))
+    # inputs: an output that holds the dataset (--input T/data --output T), or lies inside it on an object store
+    # (where _check_output_outside does not look), is refused, as the filter and relevance stages refuse theirs
+    prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"),
+                   inputs=(dataset,))
     rows = (
         pipeline
         | "ListRowGroups" >> beam.Create(row_groups)

@@ -169,7 +169,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     file, that holds another stage's finished run (its stats.json names another stage: a crawl folder given as
     --output), that is, holds or lies inside one of ``inputs`` (the data this run reads), that holds Parquet
     files itself (a dataset such as ``RUN/filter/pairs``), or that lies inside a finished stage's folder (one
-    whose stats.json names a stage; ``_refuse_dataset_or_nested``).
+    whose stats.json names a stage; ``refuse_dataset_or_nested``).
     """
     if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
         raise OutputExistsError(f"{output} is a file, not a folder; use a new --output")
@@ -177,7 +177,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
         if _overlaps(output, source):
             raise OutputExistsError(f"{output} overlaps the input {source}: the {stage} output needs a folder of its "
                                     f"own (e.g. a sibling of the input)")
-    _refuse_dataset_or_nested(output, stage, inputs)
+    refuse_dataset_or_nested(output, stage, inputs)
     found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, RUN_MARKER, "stats.json")}
     existing = [name for name, paths in found.items() if paths and name != RUN_MARKER]
     stats_path = posixpath.join(output, "stats.json")
@@ -234,7 +234,7 @@ def _finished_stage(folder: str) -> str | None:
     return stage if isinstance(stage, str) else None
 
 
-def _refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str]) -> None:
+def refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str]) -> None:
     """``OutputExistsError`` for an output that is a dataset (it holds Parquet files: ``RUN/filter/pairs`` given as
     --output, where the run's own pairs/, rejected/ and stats.json would land among its shards and make it
     unreadable as one), or that lies inside another run's finished stage folder (its stats.json names a stage),

@@ -78,9 +78,12 @@ def _part(text: str) -> tuple[int, int]:
 
 def torchrun_part(device: str) -> tuple[tuple[int, int] | None, str]:
     """Under torchrun: this process's (rank, world size) part and its device (``model.distributed``: cuda is
-    cuda:LOCAL_RANK); else (None, device)."""
+    cuda:LOCAL_RANK); else (None, device). A ``device`` other than auto, cpu, cuda or cuda:N is the ValueError it is
+    without torchrun, naming --device, before it is read."""
     from model.distributed import process_device, torchrun_place
+    from pipeline.features import check_device_name
 
+    check_device_name(device)
     place = torchrun_place()
     if place is None:
         return None, device
