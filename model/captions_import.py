@@ -3,7 +3,8 @@
 Writes ``OUT/captions/`` (every caption, with its split), ``OUT/pairs/`` (one row per image with its
 bytes, so ``lait features --input OUT`` adds the regions), ``OUT/rejected/`` and ``OUT/stats.json``.
 An image's id is the SHA-256 of its bytes, as everywhere in LAIT; a caption whose image file is
-missing or unreadable, which is empty or malformed, or whose id came before, is rejected with a reason.
+missing or unreadable, which is empty or malformed, whose id came before, or whose COCO image id names two files, is
+rejected with a reason.
 An import marks its folder with ``IMPORT_MARKER`` before it writes anything and removes the mark after
 ``stats.json``, written last: a folder holding ``stats.json`` is a finished import, refused unless overwritten;
 one holding the mark is an interrupted import's, cleared before the next; captions/, pairs/ or rejected/ with
@@ -38,7 +39,8 @@ class CaptionRecord:
 
     ``invalid`` is the reject reason of a record the reader could not make sense of (``caption_invalid``: the
     caption is not text; ``image_path_invalid``: the file name is not one; ``record_invalid``: not a record
-    at all), with ``detail`` saying what was wrong: it is counted, not imported.
+    at all; ``duplicate_image_id``: its image's id names two files), with ``detail`` saying what was wrong: it is
+    counted, not imported.
     """
 
     source_id: str
@@ -109,13 +111,20 @@ def read_coco(path: str, split: str = "train") -> Iterator[CaptionRecord]:
     """MSCOCO ``captions_*.json``: ``images`` (id, file_name) and ``annotations`` (id, image_id, caption).
 
     The file is read and its shape checked when called; malformed annotations come out as ``invalid`` records.
-    An annotation without an id gets ``coco:annotation-<its position>``.
+    An annotation without an id gets ``coco:annotation-<its position>``. An image id that two ``images`` entries
+    give different file names makes each caption of it a ``duplicate_image_id`` record: which image a caption
+    describes is not known (the later entry replaced the earlier without a word). The same entry twice is one image.
     """
     data = _load_json(path, "COCO captions", ("images", "annotations"))
     files = {}
+    clashes: dict = {}  # image id -> the file names its entries give, for the ids given more than one
     for image in data["images"]:  # one without a usable id (none, a bool) is left out: its captions image_missing
         if isinstance(image, dict) and _is_id(image.get("id")):
-            files[image["id"]] = image.get("file_name")
+            key, name = image["id"], image.get("file_name")
+            if key not in files:
+                files[key] = name
+            elif name != files[key] and name not in clashes.setdefault(key, [files[key]]):
+                clashes[key].append(name)
 
     def records() -> Iterator[CaptionRecord]:
         for number, annotation in enumerate(data["annotations"]):
@@ -132,6 +141,11 @@ def read_coco(path: str, split: str = "train") -> Iterator[CaptionRecord]:
             if caption is None:
                 yield _invalid(source_id, "caption_invalid", f"caption {annotation.get('caption')!r} is not text",
                                split)
+            elif _is_id(image_id) and image_id in clashes:
+                named = ", ".join(repr(name) for name in clashes[image_id])
+                yield _invalid(source_id, "duplicate_image_id", f"image id {image_id!r} is given to "
+                               f"{len(clashes[image_id])} images ({named}): which one the caption describes is not "
+                               f"known", split)
             elif not isinstance(file_name, str):
                 yield _invalid(source_id, "image_path_invalid", f"file_name {file_name!r} of image {image_id}", split)
             else:

@@ -323,12 +323,20 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
                          f"{'; '.join(change for changes in changed.values() for change in changes)}; a resume keeps a "
                          f"finished stage as it ran: resume with the settings it ran with (the stages not yet started "
                          f"may change), or start a new run from its weights with init:")
+    finished = ", ".join(stage.name for stage in config.stages()[:done])
+    # A stage resumed part-way names its own changed data-order and sampling settings in the warnings below: named
+    # here as well, a resume past a finished stage with another seed warned of it twice.
+    resumed = _resumed_stage_keys(written, config.stages()[index], config) \
+        if not state.get("stage_done", True) else set()
     changed = [f"{key} {getattr(config, key)!r}, the checkpoint's {written[key]!r}" for key in RUN_TRAINING_KEYS
-               if key in written and written[key] != getattr(config, key)]
+               if key in written and written[key] != getattr(config, key) and key not in resumed]
     if done and changed:  # run-wide: the stages to come take them (the resumed one with the warnings below)
         logger.warning("%s: stage(s) %s finished before this checkpoint with other run-wide settings than this "
                        "config's, which the stages to come take and config.json records for the whole run: %s", path,
-                       ", ".join(stage.name for stage in config.stages()[:done]), "; ".join(changed))
+                       finished, "; ".join(changed))
+    # What the warnings below add when they name a run-wide setting a finished stage trained with otherwise.
+    also = f"; stage(s) {finished} finished before this checkpoint with the checkpoint's, and config.json records " \
+           f"this config's for the whole run" if done and resumed else ""
     if not state.get("stage_done", True):
         stage = config.stages()[index]
         written_stage = stages[index] if index < len(stages) else None
@@ -346,13 +354,14 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
         changed = _stage_setting_changes(written_stage, stage, written, config)
         if changed:  # the same losses, each computed otherwise: the log and the loss window stay valid
             logger.warning("%s: stage %s resumed with other settings than the checkpoint's: %s; the steps after %s do "
-                           "not train as its run would have", path, stage.name, "; ".join(changed), state.get("step"))
+                           "not train as its run would have%s", path, stage.name, "; ".join(changed), state.get("step"),
+                           also if resumed & set(TASK_SAMPLING_KEYS) else "")
         record = state.get("data") if isinstance(state.get("data"), dict) else {}
         changed = _data_order_changes(written, written_stage, config, index, record, world_size)
         if changed:
             logger.warning("%s: resuming with other %s than the run that wrote it: the batches after step %s are "
-                           "not those it would have trained on (resume is exact only with the same settings)",
-                           path, ", ".join(changed), state.get("step"))
+                           "not those it would have trained on (resume is exact only with the same settings)%s",
+                           path, ", ".join(changed), state.get("step"), also if resumed & set(DATA_ORDER_KEYS) else "")
 
 
 #: The run-wide settings that decide what a stage trains (its batches, masking, losses and updates): a resume past a
@@ -480,6 +489,19 @@ def _stage_setting_changes(theirs: dict | None, stage: StageConfig, written: dic
     return [f"{stage.name}.{key} {getattr(stage, key)!r}, the checkpoint's {theirs[key]!r}"
             for key, losses in FINETUNE_SAMPLING_KEYS.items()
             if key in theirs and theirs[key] != getattr(stage, key) and stage.loss in losses]
+
+
+def _resumed_stage_keys(written: dict, stage: StageConfig, config: TrainConfig) -> set[str]:
+    """The run-wide settings (``RUN_TRAINING_KEYS``) in which ``config`` differs from the checkpoint's run
+    (``written``) and which the warnings of ``stage``, resumed part-way, name: its data order (``DATA_ORDER_KEYS``,
+    as ``_data_order_changes`` compares them) and the masking and sampling it reads (``_stage_setting_changes``)."""
+    ours = config.to_dict()
+    keys = {key for key in DATA_ORDER_KEYS if key in written and written[key] != ours.get(key)}
+    if stage.kind == "pretrain":
+        keys |= {key for key, tasks in TASK_SAMPLING_KEYS.items()
+                 if key in written and written[key] != getattr(config, key)
+                 and any(stage.tasks.get(task, 0) > 0 for task in tasks)}
+    return keys & set(RUN_TRAINING_KEYS)
 
 
 def _written_stages(state: dict) -> tuple[dict, list]:

@@ -27,6 +27,12 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     path = os.fspath(path)
     if "://" not in path or path.startswith("file://"):
         local = path[len("file://"):] if path.startswith("file://") else path
+        try:
+            local.encode("utf-8")
+        except UnicodeEncodeError:  # os.fsdecode's stand-ins for bytes that are not UTF-8: pyarrow cannot name them
+            shown = local.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ValueError(f"{shown}: the path is not UTF-8 text, which LAIT's datasets' paths must be "
+                             f"(pyarrow names files in UTF-8); rename it") from None
         return pafs.LocalFileSystem(), os.path.abspath(local)
     import fsspec
 
@@ -78,22 +84,41 @@ def join_path(path: str, *names: str) -> str:
 
 
 def list_parquet_files(path: str) -> list[str]:
-    """The Parquet files of a dataset (a single file, or a folder searched recursively), sorted."""
+    """The Parquet files of a dataset (a single file, or a folder searched recursively), sorted.
+
+    A file or folder inside whose name is not UTF-8 text (``b'\\xff.parquet'``) is refused in one line naming it:
+    pyarrow names paths as UTF-8 and can neither name nor open it, and leaving it out could leave rows out."""
     fs, inner = _filesystem(path)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"no dataset at {path}")
+        raise FileNotFoundError(path)
     if info.type == pafs.FileType.File:
         return [inner]
     selector = pafs.FileSelector(inner, recursive=True)
-    files = [
-        f.path
-        for f in fs.get_file_info(selector)
-        if f.type == pafs.FileType.File
-        and f.path.endswith(PARQUET_SUFFIX)
-        and _is_data_file(posixpath.relpath(f.path, inner))
-    ]
+    files = []
+    for entry in fs.get_file_info(selector):
+        try:
+            found = entry.path
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: holds {_undecodable_name(inner)}, whose name is not UTF-8 text, which pyarrow "
+                             "cannot open; rename it") from None
+        if entry.type == pafs.FileType.File and found.endswith(PARQUET_SUFFIX) \
+                and _is_data_file(posixpath.relpath(found, inner)):
+            files.append(found)
     return sorted(files)
+
+
+def _undecodable_name(folder: str) -> str:
+    """The first path under a local ``folder`` whose name is not UTF-8 text, its bytes escaped; "a file or folder" when
+    there is none to find (not a local folder)."""
+    for top, names, files in os.walk(os.fsencode(folder)):
+        for name in sorted(names + files):
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError:
+                return "'" + os.path.relpath(os.path.join(top, name), os.fsencode(folder)).decode(
+                    "utf-8", "backslashreplace") + "'"
+    return "a file or folder"
 
 
 def open_dataset(path: str, kind: str | None = None) -> pads.Dataset:

@@ -217,7 +217,16 @@ def _check_settings(config: TrainConfig) -> None:
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:
     """Refuse a model folder that cannot be made, that holds anything but a relevance model, or that holds one
     without ``overwrite``; before training, so that it fails in seconds. Nothing is left behind: the folder is
-    made by ``save_model`` once the model is trained."""
+    made by ``save_model`` once the model is trained.
+
+    A folder whose path is not UTF-8 text (``mkdir $'caf\\xe9'``) is refused: safetensors cannot open a model
+    there, so it was trained, saved, and then could not be loaded (and printing its name failed the command)."""
+    try:
+        os.path.abspath(out_dir).encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's stand-ins for the bytes that are not UTF-8
+        shown = out_dir.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ValueError(f"--out {shown}: the folder's path is not UTF-8 text, which a relevance model's must be "
+                         "(safetensors cannot open its weights there); give --out another folder") from None
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: config.json + model.safetensors)")
     if os.path.isdir(out_dir):

@@ -511,3 +511,20 @@ def test_a_resume_warns_that_it_keeps_the_checkpoints_tokenizer(run_copy, capsys
     warned = [r.getMessage() for r in caplog.records if "keeps the checkpoint's tokenizer" in r.getMessage()]
     assert len(warned) == 1 and "tokenizer_vocab_size 99 (the checkpoint's run: 120)" in warned[0], warned
     assert "lowercase False (the checkpoint's run: True)" in warned[0]
+
+
+def test_a_resume_past_a_finished_stage_with_another_seed_warns_of_it_once(run_copy, capsys, caplog):
+    """A stage resumed part-way after a finished one, with another seed: the run-wide warning (stage1 trained with
+    the checkpoint's) and the resumed stage's data-order warning both named the seed. One warning names it, and says
+    both; another run-wide setting (grad_clip) stays in the run-wide one."""
+    out, config = run_copy
+    with caplog.at_level(logging.WARNING, logger="model.train"):
+        status, error = _train(capsys, config, out, "--resume", str(out / "checkpoints" / "finetune-step2.pt"),
+                               "--set", "seed=1", "--set", "grad_clip=0.5")
+    assert status == 0, error
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    seed = [message for message in warned if "seed" in message]
+    assert len(seed) == 1, warned
+    assert "other seed (0, now 1)" in seed[0] and "stage(s) stage1 finished before this checkpoint" in seed[0], seed
+    run_wide = [message for message in warned if "run-wide settings" in message]
+    assert len(run_wide) == 1 and "grad_clip 0.5, the checkpoint's 1.0" in run_wide[0], warned
