@@ -19,10 +19,15 @@ Each model is built lazily on first use, so filters pickle cheaply into Beam wor
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import math
+import os
 import pathlib
 import re
+import shutil
+import tempfile
 from typing import Any, Mapping, Sequence
 
 from filters.base import Decision, Filter
@@ -111,9 +116,47 @@ def _fasttext_model(path: str | None):
     return fasttext.load_model(path)
 
 
+#: The version of the word table's form on disk (``_word_table``): a change to how it is built makes a new one.
+_WORD_TABLE_FORM = 1
+
+
+def cache_dir() -> str:
+    """Where LAIT keeps what it builds once per machine rather than once per process (the word table): the folder
+    ``LAIT_CACHE_DIR`` names, else ``lait`` in the user's cache folder (``XDG_CACHE_HOME``, else ``~/.cache``)."""
+    given = os.environ.get("LAIT_CACHE_DIR")
+    if given:
+        return given
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lait")
+
+
 @functools.lru_cache(maxsize=2)
 def _word_table(wordfreq_langs: tuple[str, ...]):
-    """(word -> row, matrix of log10 frequencies, one column per language), built once per process."""
+    """(word -> row, matrix of log10 frequencies, one column per language), built once per process.
+
+    Building it reads wordfreq's lists, about 3 s; it is kept in ``cache_dir()`` (named by wordfreq's version, the
+    languages and the form), where the next process reads it in a fraction of that: each ``lait filter``, each
+    Beam worker. A cache that cannot be read is built again; one that cannot be written is only not kept.
+    """
+    from importlib.metadata import version
+
+    key = hashlib.sha256(json.dumps([_WORD_TABLE_FORM, version("wordfreq"), list(wordfreq_langs), _WORD_FLOOR_LOG10])
+                         .encode()).hexdigest()[:16]
+    folder = os.path.join(cache_dir(), f"word-table-{key}")
+    try:
+        return _read_word_table(folder)
+    except (OSError, ValueError) as exc:
+        if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # none kept yet
+            logger.warning("the word table kept in %s cannot be read (%s); building it again", folder, exc)
+    rows, matrix = _build_word_table(wordfreq_langs)
+    try:
+        _keep_word_table(folder, rows, matrix)
+    except OSError as exc:
+        logger.debug("the word table is not kept in %s: %s", folder, exc)
+    return rows, matrix
+
+
+def _build_word_table(wordfreq_langs: tuple[str, ...]):
+    """``_word_table`` from wordfreq's lists."""
     import numpy as np
     import wordfreq
 
@@ -127,6 +170,39 @@ def _word_table(wordfreq_langs: tuple[str, ...]):
     index, column, value = zip(*entries)
     matrix[np.asarray(index), np.asarray(column)] = np.asarray(value, dtype=np.float32)
     return rows, matrix
+
+
+def _read_word_table(folder: str):
+    """A word table ``_keep_word_table`` kept: its words, one per line in row order, and its matrix (mapped, not
+    read: the processes of one machine share its pages)."""
+    import numpy as np
+
+    with open(os.path.join(folder, "words.txt"), encoding="utf-8") as handle:
+        words_in_order = handle.read().split("\n")
+    matrix = np.load(os.path.join(folder, "matrix.npy"), mmap_mode="r")
+    if matrix.ndim != 2 or matrix.shape[0] != len(words_in_order) or matrix.dtype != np.float32:
+        raise ValueError(f"{len(words_in_order)} words for a matrix of shape {matrix.shape} ({matrix.dtype})")
+    return dict(zip(words_in_order, range(len(words_in_order)))), matrix
+
+
+def _keep_word_table(folder: str, rows: dict[str, int], matrix) -> None:
+    """Write a word table to ``folder`` whole: into a temporary folder beside it, renamed into place (another process
+    that kept it first wins; both are the same)."""
+    import numpy as np
+
+    if any("\n" in word for word in rows):  # one word per line; none has one, but a list may change
+        raise OSError("a word holds a line break")
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=".word-table-", dir=os.path.dirname(folder))
+    try:
+        with open(os.path.join(temporary, "words.txt"), "w", encoding="utf-8") as handle:
+            handle.write("\n".join(rows))  # a dict keeps the order the rows were numbered in
+        np.save(os.path.join(temporary, "matrix.npy"), matrix)
+        os.rename(temporary, folder)
+    except OSError:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if not os.path.isdir(folder):
+            raise
 
 
 @functools.lru_cache(maxsize=1)
