@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import queue
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -431,7 +432,13 @@ def _fit_in_processes(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfi
                 seed = waiting.pop(0)
                 running[seed] = ctx.Process(target=_member_process, daemon=True, name=f"relevance-member-{seed}",
                                             args=(ex, train_idx, arch, config, seed, threads, steps, results))
-                running[seed].start()
+                # A member never takes Ctrl-C (it keeps the blocked SIGINT it starts with): this process takes it
+                # and ends them below. Before, a member still importing printed a KeyboardInterrupt traceback.
+                previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    running[seed].start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             _drain(steps, bar)
             try:
                 seed, state, loss, error = results.get(timeout=0.2)

@@ -1,7 +1,12 @@
 """`lait relevance train|eval|score` as a user runs them."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+
+import pytest
 
 import schemas
 from lait import cli
@@ -52,3 +57,41 @@ def test_score_command_with_keep_rate(tmp_path, model_dir, heldout_rows, capsys)
     assert stats["relevance"]["requested_keep_rate"] == 0.5
     assert stats["kept"] in (15, 16)  # the median of 30 scores lies between two of them
     assert schemas.count_rows(str(tmp_path / "rel" / "pairs"), "pairs") == stats["kept"]
+
+
+def _spawned_children(pid: int) -> int:
+    """How many multiprocessing spawn children ``pid`` runs (from /proc: their command line)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            kids = handle.read().split()
+    except OSError:
+        return 0
+    found = 0
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as handle:
+                found += b"multiprocessing" in handle.read()
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="needs Linux /proc")
+def test_ctrl_c_while_members_train_in_processes_is_one_line(tmp_path, cli_env):
+    """Ctrl-C (SIGINT to the group) as the member processes start: `lait relevance train` ends them and says one
+    line. Before, each member still importing printed a KeyboardInterrupt traceback."""
+    write_pairs(make_pairs(8, seed=7), str(tmp_path / "filter" / "pairs"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lait", "relevance", "train", "--input", str(tmp_path / "filter"),
+         "--out", str(tmp_path / "model"), "--epochs", "50", "--batch-size", "16", "--members", "2",
+         "--processes", "2"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while _spawned_children(process.pid) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.3)  # while they import torch (a second or more): where a member's KeyboardInterrupt went unhandled
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert not (tmp_path / "model").exists()
