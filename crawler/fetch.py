@@ -49,7 +49,7 @@ class FetchError(Exception):
 
 @dataclasses.dataclass
 class Fetched:
-    """A successful response: the final URL, status, headers (lower-case names) and decoded body."""
+    """A successful response: the final URL, status, headers (lower-case names, ``header_dict``) and decoded body."""
 
     url: str
     status: int
@@ -84,6 +84,21 @@ class PinnedHTTPConnection(_PinnedConnectionMixin, http.client.HTTPConnection):
 
 class PinnedHTTPSConnection(_PinnedConnectionMixin, http.client.HTTPSConnection):
     """An HTTPS connection to the vetted addresses; SNI and the certificate check use the host name."""
+
+
+#: Header fields whose repeated lines are one list (RFC 9110, 5.3) that LAIT reads whole: an opt-out counts on any line.
+LIST_FIELDS = ("x-robots-tag",)
+
+
+def header_dict(lines) -> dict[str, str]:
+    """(name, value) header lines -> {lower-case name: value}. A list field's (``LIST_FIELDS``) lines joined by ``, ``
+    as RFC 9110 combines them, so that ``noai`` on the first of two X-Robots-Tag lines counts (the spider reads them
+    all, ``getlist``); of any other field, the last line, as Scrapy's ``Headers.get`` reads it."""
+    headers: dict[str, str] = {}
+    for name, value in lines:
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in LIST_FIELDS and name in headers else value
+    return headers
 
 
 def robots_retry_seconds(value, name: str = "LAIT_ROBOTS_RETRY_AFTER") -> float:
@@ -160,7 +175,7 @@ class PoliteFetcher:
     def _body(self, url: str, response: http.client.HTTPResponse, max_bytes: int) -> Fetched:
         """The response read within the size cap and the deadline, gzip decoded."""
         with response:
-            headers = {k.lower(): v for k, v in response.headers.items()}
+            headers = header_dict(response.headers.items())  # every line: http.client keeps repeated ones
             try:
                 raw = self._read(response, max_bytes + 1, url)
             except (TimeoutError, OSError, http.client.HTTPException) as exc:

@@ -57,9 +57,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from crawler import extract, images, netguard, output
+from crawler.fetch import header_dict
 from crawler import settings as defaults
 from filters import option_rules
-from pipeline.outputs import files_under, literal_pattern
+from pipeline.outputs import files_under, literal_pattern, read_stats
 from pipeline.options import beam_options, runner_name
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import LOCAL_RUNNERS, make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
@@ -93,6 +94,36 @@ class MissingInputError(FileNotFoundError):
 #: A URL of a scheme without an authority (``dns:``, ``urn:``, ``mailto:``): records crawlers keep beside
 #: the pages (Heritrix's DNS lookups), not pages or images.
 NON_WEB_URL = re.compile(r"^(dns|urn|mailto|about|data):", re.IGNORECASE)
+
+
+class _BrotliDecompressor:
+    """brotli's ``Decompressor`` as warcio's ``br`` hook uses it: ``decompress()`` and ``unused_data``, which brotli
+    1.1 and later no longer have (their method is ``process()``)."""
+
+    unused_data = None  # brotli knows no bytes after its stream, and warcio's own hook says so the same way
+
+    def __init__(self):
+        import brotli
+
+        self.decompressor = brotli.Decompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        return self.decompressor.process(data)
+
+
+def _register_brotli() -> None:
+    """Let warcio decode ``Content-Encoding: br`` payloads with the installed brotli: its own hook calls the old
+    API, and on a newer brotli every such record failed (``warc_malformed_record``)."""
+    try:
+        import brotli
+        from warcio.bufferedreaders import BufferedReader
+    except ImportError:  # no brotli: warcio leaves br undecoded, as before
+        return
+    if not hasattr(brotli.Decompressor(), "decompress"):
+        BufferedReader.DECOMPRESSORS["br"] = _BrotliDecompressor
+
+
+_register_brotli()  # at import, so on every Beam worker that unpickles the DoFns too
 
 
 class MisreadMemberError(OSError):
@@ -155,6 +186,7 @@ class ReadWarcRecords(beam.DoFn):
             gzipped = self._gzipped = handle.read(len(GZIP_MEMBER)) == GZIP_MEMBER
             start = 0
             while start is not None:
+                begin = start  # every pass starts past the one before: no input can make the reader loop
                 handle.seek(start)
                 iterator = _archive_iterator(handle)
                 start = record = None
@@ -162,21 +194,23 @@ class ReadWarcRecords(beam.DoFn):
                 try:
                     for record in iterator:
                         self.records.inc()
-                        try:
-                            # get_record_offset() reads the record to its end: call it only once the payload is read.
-                            rows = list(self._record(record, path, iterator.get_record_offset))
-                        except broken_file:
-                            raise
-                        except Exception as exc:  # noqa: BLE001 - one bad record (a status line that is no number, ...)
-                            detail = f"{path}@{end}: {type(exc).__name__}: {exc}"[:300]
-                            rows = [_rejected("warc_malformed_record", detail, **_record_ids(record))]
-                        yield from rows
+                        yield from self._rows(record, path, iterator.get_record_offset, end, broken_file)
                         done = True
-                        end = iterator.get_record_offset() + iterator.get_record_length()
+                        # never before this pass's start, whatever warcio makes of the bytes
+                        end = max(iterator.get_record_offset() + iterator.get_record_length(), begin)
+                        if getattr(iterator.reader, "decompressor", None) is not None and iterator.next_line:
+                            # More records follow in the same gzip member (``gzip a.warc``): warcio would take them
+                            # for a member of their own and misplace every offset from there on. Read the member
+                            # inflated, as an uncompressed WARC, then go on at its end.
+                            end, record, done = iterator.get_record_offset(), None, False
+                            ended = yield from self._rest_of_member(handle, path, end, broken_file)
+                            if ended is not None:  # else the file ends inside the member: truncated, see below
+                                start = end = ended
+                            break
                         record, done = None, False
                 except Exception as exc:  # noqa: BLE001 - warcio failing on the bytes of one record, whatever its error
-                    # A corrupt gzip member: read on from the next whole member (each holds one record).
-                    start = _next_gzip_member(handle, end + 1) if gzipped else None
+                    # A corrupt gzip member: read on from the next whole member after this pass's start.
+                    start = _next_gzip_member(handle, max(end, begin) + 1) if gzipped else None
                     if not done:  # the record being read, or the bytes where the next one should start
                         misread = isinstance(exc, MisreadMemberError)  # its "URL" is compressed bytes
                         ids = _record_ids(record) if record is not None and not misread else {}
@@ -191,16 +225,52 @@ class ReadWarcRecords(beam.DoFn):
             # warcio stops quietly at a gzip member cut short: the bytes it never parsed are the evidence.
             yield _rejected("warc_truncated_record", f"{path}@{end}: {size - end} bytes after the last whole record")
 
+    def _rows(self, record, path: str, offset, at, broken_file: tuple) -> list:
+        """A record's rows (``_record``), or its one ``warc_malformed_record`` when it cannot be read; ``at``: where
+        it starts, for that reject's detail. Errors of the file's bytes (``broken_file``) are left to the caller."""
+        try:
+            # get_record_offset() reads the record to its end: call it only once the payload is read.
+            return list(self._record(record, path, offset))
+        except broken_file:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad record (a status line that is no number, ...)
+            detail = f"{path}@{at}: {type(exc).__name__}: {exc}"[:300]
+            return [_rejected("warc_malformed_record", detail, **_record_ids(record))]
+
+    def _rest_of_member(self, handle, path: str, member: int, broken_file: tuple) -> Iterator[Any]:
+        """The records after the first of the gzip member at ``member`` that holds several: the member inflated as
+        it is read (``_MemberStream``) and read as an uncompressed WARC. Returns (to ``yield from``) the offset where
+        the member ends, or None when the file ends inside it. A reject's detail names a record in it as
+        ``path@MEMBER+OFFSET``: the member's offset in the file, then the record's in the inflated member."""
+        stream = _MemberStream(handle, member)
+        iterator = _archive_iterator(stream)
+        inside = 0  # where the last record read whole ends, in the inflated member
+        for number, record in enumerate(iterator):
+            if number:  # the first record was read as the member's own
+                self.records.inc()
+                yield from self._rows(record, path, lambda: f"{member}+{iterator.get_record_offset()}",
+                                      f"{member}+{inside}", broken_file)
+            inside = iterator.get_record_offset() + iterator.get_record_length()
+        return stream.end
+
     def _record(self, record, path: str, offset) -> Iterator[Any]:
         url = record.rec_headers.get_header("WARC-Target-URI")
-        kind = record.rec_type
+        kind = (record.rec_type or "").lower()  # WARC-Type as a writer spelt it: "Response" is a response
         date = _warc_date(record.rec_headers.get_header("WARC-Date"))
-        if kind == "metadata" and "json" in (record.rec_headers.get_header("Content-Type") or ""):
-            payload = record.content_stream().read()
+        if kind == "metadata" and "json" in (record.rec_headers.get_header("Content-Type") or "").lower():
+            payload = record.content_stream().read(self.max_bytes + 1)  # the cap on a record holds for WAT JSON too
+            if len(payload) > self.max_bytes:
+                yield _rejected("too_large", f"{path}@{offset()}: WAT JSON over {self.max_bytes} bytes", page_url=url)
+                return
             try:
-                yield ("wat", url, {"json": json.loads(payload), "date": date})
+                wat = json.loads(payload)
             except (ValueError, UnicodeDecodeError) as exc:
                 yield _rejected("warc_malformed_record", f"{path}@{offset()}: WAT JSON: {exc}"[:300], page_url=url)
+                return
+            if not wat_of_response(wat):  # a request's or warcinfo's envelope: no page, no capture
+                self.skipped.inc()
+                return
+            yield ("wat", url, {"json": wat, "date": date})
             return
         if kind not in ("response", "resource"):
             self.skipped.inc()
@@ -216,15 +286,21 @@ class ReadWarcRecords(beam.DoFn):
             # warcio reads any line of words as an ARC header; a response without a URL is garbage.
             yield _rejected("warc_malformed_record", f"{path}@{offset()}: {kind} record without a URL ({url!r})"[:300])
             return
-        headers = dict(record.http_headers.headers) if record.http_headers else {}
+        url = _lower_scheme(url)  # "HTTP://..." as a page or image URL is spelt everywhere else
+        headers = header_dict(record.http_headers.headers) if record.http_headers else {}  # all X-Robots-Tag lines
         content_type = (extract.header_value(headers, "Content-Type")
-                        or record.rec_headers.get_header("Content-Type") or "").lower()
+                        or record.rec_headers.get_header("Content-Type") or "").strip().lower()
+        if content_type.startswith("application/http"):  # a WARC response's own type: that of the HTTP message
+            content_type = ""
         is_page = content_type.startswith(HTML_TYPES)
         is_image = content_type.startswith("image/")
-        if not (is_page or is_image):
+        if content_type and not (is_page or is_image):
             self.skipped.inc()
             return
         payload = record.content_stream().read(self.max_bytes + 1)
+        if not content_type:  # a response that says no type: guessed as the spider's Scrapy guesses it
+            is_page = sniffed_page(url, headers, payload)
+            is_image = not is_page  # bytes that are no text: an image if they decode as one (ValidateImages)
         if len(payload) > self.max_bytes:
             reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
         else:
@@ -233,10 +309,30 @@ class ReadWarcRecords(beam.DoFn):
         if reason:
             ids = {"page_url": url} if is_page else {"image_url": url}
             yield _rejected(*reason, **ids)
+            if is_image:  # its candidates are told why (attach_images), not that the input has no such image
+                yield ("image", url, {"failure": reason})
             return
         status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
         item = {"status": status, "headers": headers, "body": payload, "date": date}
         yield ("page" if is_page else "image", url, item)
+
+
+def sniffed_page(url: str, headers: dict[str, str], payload: bytes) -> bool:
+    """Whether a response without a Content-Type is a page, as the spider decides for one: Scrapy guesses its type
+    from the URL, then the first bytes, and a text response is parsed as a page; anything else is none."""
+    from scrapy.http import Headers, TextResponse
+    from scrapy.responsetypes import responsetypes
+
+    return issubclass(responsetypes.from_args(headers=Headers(headers), url=url, body=payload), TextResponse)
+
+
+def wat_of_response(wat) -> bool:
+    """Whether a WAT record describes a response (or does not say): the envelopes of requests, metadata and
+    warcinfo records hold no page. JSON of another shape is ``wat_candidates``' to reject."""
+    envelope = wat.get("Envelope") if isinstance(wat, dict) else None
+    header = envelope.get("WARC-Header-Metadata") if isinstance(envelope, dict) else None
+    kind = header.get("WARC-Type") if isinstance(header, dict) else None
+    return not isinstance(kind, str) or kind.strip().lower() == "response"
 
 
 def _file_size(path: str) -> int:
@@ -260,13 +356,23 @@ def _archive_iterator(handle):
 
     class RecordLoader(ArcWarcRecordLoader):
         def load_http_headers(self, rec_type, uri, stream, length):
-            return None if uri is None else super().load_http_headers(rec_type, uri, stream, length)
+            if uri is None:
+                return None
+            # warcio compares the type and the URL's scheme as written: a "Response" record, or one of
+            # "HTTP://...", lost its HTTP headers, and so its Content-Type (both are case-insensitive)
+            return super().load_http_headers((rec_type or "").lower(), _lower_scheme(uri), stream, length)
 
     iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
     # as the iterator's own loader (``ArchiveIterator``'s default): the HTTP status line is not checked, so
     # ``HTTP/2 200``, which browser-based crawlers write, is read
     iterator.loader = RecordLoader(verify_http=False, arc2warc=True)
     return iterator
+
+
+def _lower_scheme(url: str) -> str:
+    """A URL with its scheme in lower case (schemes are case-insensitive: ``HTTP://`` is ``http://``)."""
+    scheme, colon, rest = url.partition(":")
+    return scheme.lower() + colon + rest if colon else url
 
 
 def _record_ids(record) -> dict:
@@ -277,6 +383,38 @@ def _record_ids(record) -> dict:
     content_type = ((record.http_headers.get_header("Content-Type") if record.http_headers else None)
                     or record.rec_headers.get_header("Content-Type") or "")
     return {"image_url": url} if content_type.lower().startswith("image/") else {"page_url": url}
+
+
+class _MemberStream:
+    """One gzip member of a file, inflated as it is read (a member may hold a whole WARC: memory stays bounded).
+
+    warcio reads it as an uncompressed WARC. ``end`` is the file offset where the member ends, once read there;
+    None before, or when the file ends inside the member.
+    """
+
+    def __init__(self, handle, start: int, block: int = 1 << 16):
+        handle.seek(start)
+        self.handle, self.block, self.inflated, self.end = handle, block, 0, None
+        self.read_to = start  # the file offset after the bytes read from the handle
+        self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # this member only: it stops at the member's end
+
+    def tell(self) -> int:
+        return self.inflated
+
+    def read(self, size: int = -1) -> bytes:
+        data = b""
+        while not data and not self.inflater.eof:
+            compressed = self.inflater.unconsumed_tail
+            if not compressed:
+                compressed = self.handle.read(self.block)
+                self.read_to += len(compressed)
+                if not compressed:  # the file ends inside the member
+                    break
+            data = self.inflater.decompress(compressed, size if size > 0 else self.block)
+        if self.inflater.eof and self.end is None:
+            self.end = self.read_to - len(self.inflater.unused_data)
+        self.inflated += len(data)
+        return data
 
 
 def _next_gzip_member(handle, offset: int, block: int = 1 << 20, probe: int = 1 << 12) -> int | None:
@@ -353,7 +491,9 @@ def _wat_text(value) -> str | None:
 def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
     """A WAT metadata record -> candidates from its ``IMG@/src`` links (no figcaption or page text there).
 
-    Link URLs resolve against the page URL as in ``parse_page``; JSON of an unexpected shape is a
+    The record of a response whose status (``Response-Message``) is not 2xx is one ``http_<status>`` reject, as a
+    WARC response of that status, and no capture; an envelope of a request or of warcinfo gives nothing. Link
+    URLs resolve against the page URL as in ``parse_page``; JSON of an unexpected shape is a
     ``warc_malformed_record`` reject (the whole record, or one link). With ``captures``, also the page's
     capture (its WARC-Date: the envelope's, else the record's), tagged ``CAPTURES``.
     """
@@ -367,7 +507,13 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
         warc_header = _member(envelope, "WARC-Header-Metadata")
         target = warc_header.get("WARC-Target-URI")
         page_url = target if isinstance(target, str) and target else url
+        if not wat_of_response(record):  # ReadWarcRecords skips (and counts) these before they get here
+            return
         response = _member(_member(envelope, "Payload-Metadata"), "HTTP-Response-Metadata")
+        status = _member(response, "Response-Message").get("Status", 200)  # a WAT without one: 200, as before
+        if isinstance(status, bool) or not str(status).strip().isdigit():
+            raise ValueError(f"Response-Message Status is {str(status)[:40]!r}, not a number")
+        status = int(str(status).strip())
         headers = _member(response, "Headers")
         html_meta = _member(response, "HTML-Metadata")
         head = _member(html_meta, "Head")
@@ -375,6 +521,9 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
         links = _member(html_meta, "Links", list)
     except ValueError as exc:
         yield _rejected("warc_malformed_record", f"WAT: {exc}"[:300], page_url=page_url)
+        return
+    if not 200 <= status < 300:  # as a WARC response of that status: a reject, and no capture whose HTML was read
+        yield _rejected(f"http_{status}", "status in the WAT record", page_url=page_url)
         return
     title = _wat_text(head.get("Title")) or None
     lang = extract.normalize_text((extract.header_value(headers, "Content-Language") or "").split(",")[0]) or None
@@ -501,7 +650,10 @@ def image_key(url: str) -> str:
 
 
 def attach_images(element, download: bool) -> Iterator[dict]:
-    """(image key, {candidates, images}) -> one job per image: its candidates and its bytes if the input has them."""
+    """(image key, {candidates, images}) -> one job per image: its candidates and its bytes if the input has them.
+
+    Without a usable record, the candidates take the reason a record of the image was rejected for: too_large
+    always (a download has the same cap), another (a truncated record) when downloads are off."""
     _, grouped = element
     candidates = list(grouped["candidates"])
     if not candidates:
@@ -509,10 +661,15 @@ def attach_images(element, download: bool) -> Iterator[dict]:
     # A download asks for the URL as a page wrote it (the fetcher spells it as Scrapy does); the key's upper-case
     # escapes are for joining only, and a server may tell %c3 from %C3. One spelling for all: the least.
     url = min(c["image_url"] for c in candidates)
-    records = [r for r in grouped["images"] if 200 <= r["status"] < 300]
+    records = [r for r in grouped["images"] if "failure" not in r and 200 <= r["status"] < 300]
+    # The image's records that ReadWarcRecords rejected (too_large, truncated, ...), with their reasons
+    refused = sorted(r["failure"] for r in grouped["images"] if "failure" in r)
+    over_cap = [reason for reason in refused if reason[0] == "too_large"]
     failure = None
-    if not records and not download:
-        failure = ("image_not_in_warc", "no image record and downloads are off")
+    if not records and over_cap:  # a download would meet the same cap
+        failure = over_cap[0]
+    elif not records and not download:
+        failure = refused[0] if refused else ("image_not_in_warc", "no image record and downloads are off")
     yield {"url": url, "candidates": candidates, "image": records[0] if records else None, "failure": failure}
 
 
@@ -686,6 +843,25 @@ def _clear_shards(out_dir: str, prefix: str) -> None:
     _delete(_shard_files(out_dir, prefix))
     for folder in _temp_folders(out_dir, prefix):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def refuse_other_output(out_dir: str) -> None:
+    """OutputFolderError, in one line and before anything is deleted, for an output folder that holds another
+    stage's finished run (its stats.json names that stage: ``RUN/filter``) or a URL crawl's output (shards not
+    named ``warc-*``, or a stats.json of source ``crawl``): a WARC run would delete its stats.json and mix its own
+    rows with that folder's. Worded as ``pipeline.outputs.prepare_output`` refuses another stage's folder."""
+    found = _files_in(out_dir, output.STATS_FILE)
+    stats = (read_stats(found[0]) if found else None) or {}
+    stage = stats.get("stage")
+    if stage is not None and stage != output.STAGE:
+        raise output.OutputFolderError(f"{out_dir} holds a finished {stage} run, not a {output.STAGE} run; use a "
+                                       f"new folder (a WARC run never replaces another stage's output)")
+    shards = [path for sub in (output.CANDIDATES, output.REJECTED) for path in _files_in(out_dir, sub, "*.parquet")
+              if not FileSystems.split(path)[1].startswith(f"{PREFIX}-")]
+    if shards or stats.get("source") == "crawl":
+        held = f"shards such as {shards[0]}" if shards else "a stats.json of source crawl"
+        raise output.OutputFolderError(f"{out_dir} holds a URL crawl's output ({held}), not a WARC run's; use a "
+                                       f"new folder (a WARC run never mixes with a URL crawl's output)")
 
 
 def _clear_previous(out_dir: str) -> None:
@@ -1110,6 +1286,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     files = _expand_inputs(known.input)  # inputs and output are checked before the previous output goes
     out_dir = known.output
     output.prepare_out_dir(out_dir)
+    refuse_other_output(out_dir)
     _check_job(out_dir, files, known.files_per_part, {key: getattr(known, key) for key in JOB_OPTIONS})
     if known.files_per_part:
         return _run_in_parts(known, options, files, out_dir)
