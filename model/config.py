@@ -46,6 +46,13 @@ WEIGHT_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermed
 #: the weights' (``WEIGHT_KEYS``), and ``init_std``, the scale of the random weights a new model draws (with ``init``
 #: every weight comes from the checkpoint: it would do nothing).
 INIT_TAKES = (*WEIGHT_KEYS, "init_std")
+#: A stage's name is a file name (``checkpoints/NAME.pt``, ``NAME-step<N>.pt``, ``logs/NAME.csv``): letters, digits,
+#: ``_ . -``, not starting with a dot (``..`` and a path would write outside ``out_dir``, ``.x`` a hidden file).
+STAGE_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]+")
+#: Stage names whose checkpoint would be the run's own (``last.pt``, the latest; ``final.pt``, the trained model).
+RESERVED_STAGE_NAMES = ("last", "final")
+#: Names of a stage's periodic checkpoints (``NAME-step<N>``): a stage named so would share a file with another's.
+PERIODIC_CHECKPOINT = re.compile(r".+-step\d+", re.IGNORECASE)
 #: Fields a section decides, left out of the keys an unknown-key message offers (a stage's ``kind`` is that of
 #: its section: ``pretrain`` items are pretraining stages, ``finetune`` the fine-tuning one).
 IMPLIED_KEYS = {"StageConfig": ("kind",)}
@@ -356,6 +363,22 @@ def _dataset(data: Any, where: str) -> DatasetConfig:
     return DatasetConfig(**data)
 
 
+def _check_stage_name(name: str, where: str) -> None:
+    """``ConfigError`` naming the key unless the stage name is a plain file name of its own (``STAGE_NAME``; not
+    one of ``RESERVED_STAGE_NAMES`` or a ``PERIODIC_CHECKPOINT`` name, in any case: a case-insensitive file system
+    takes ``Final.pt`` for ``final.pt``)."""
+    if not STAGE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}.name: {name!r} is not a usable stage name: it names the stage's files "
+                          f"(checkpoints/NAME.pt, logs/NAME.csv), so letters, digits, '_', '.' and '-' only, not "
+                          f"starting with a dot")
+    if name.lower() in RESERVED_STAGE_NAMES:
+        raise ConfigError(f"{where}.name: {name!r} is taken: checkpoints/{name.lower()}.pt is the run's own "
+                          f"(last.pt the latest checkpoint, final.pt the trained model); choose another name")
+    if PERIODIC_CHECKPOINT.fullmatch(name):
+        raise ConfigError(f"{where}.name: {name!r} is the name of a periodic checkpoint (STAGE-stepN.pt) of a stage "
+                          f"named {name[:name.lower().rindex('-step')]!r}; choose another name")
+
+
 def _stage(data: Any, where: str, kind: str) -> StageConfig:
     if isinstance(data, dict) and "kind" in data and data["kind"] != kind:
         # The section decides: another kind used to be overwritten silently (the same one is let be).
@@ -369,6 +392,7 @@ def _stage(data: Any, where: str, kind: str) -> StageConfig:
                           f"{'the finetune stage' if other == 'finetune' else 'pretraining stages'} only; drop "
                           f"{'it' if len(ignored) == 1 else 'them'} here")
     data.setdefault("name", f"{kind}" if kind == "finetune" else where.replace(".", "_"))
+    _check_stage_name(data["name"], where)
     data["kind"] = kind
     if not isinstance(data.get("datasets") or [], list):
         raise ConfigError(f"{where}.datasets: a list of dataset entries is required")
@@ -420,8 +444,9 @@ def train_config_from_dict(data: dict) -> TrainConfig:
     if not config.stages():
         raise ConfigError("config: no pretrain stages and no finetune stage")
     names = [s.name for s in config.stages()]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"config: stage names must be unique, got {names}")
+    if len({name.lower() for name in names}) != len(names):  # (a case-insensitive file system mixes Stage1, stage1)
+        raise ConfigError(f"config: stage names must be unique, ignoring case (they name the stages' files), got "
+                          f"{names}")
     if config.init is not None:
         config.init = os.path.expandvars(config.init)
         if "$" in config.init:

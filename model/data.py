@@ -156,7 +156,7 @@ def empty_split(entry: DatasetConfig) -> str | None:
     counts = caption_splits(entry.captions)
     held = sum(counts.values()) if entry.split is None else counts.get(entry.split, 0)
     if held:
-        if captions_by_image(read_captions(entry.captions, entry.split)):  # (read again only for such an entry)
+        if load_captions(entry.captions, entry.split):  # (read again only for such an entry)
             return None
         where = entry.captions if entry.split is None else f"split {entry.split!r} of {entry.captions}"
         return f"{where} holds only blank captions ({held}, empty or white space)"
@@ -166,6 +166,21 @@ def empty_split(entry: DatasetConfig) -> str | None:
     shown = ", ".join(f"{count} in split {split!r}" if split is not None else f"{count} without a split"
                       for split, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0]))))
     return f"no captions in split {entry.split!r} of {entry.captions} (it holds {shown}; `split: null` takes all)"
+
+
+def first_caption_rows(table: pa.Table) -> tuple[pa.Table, int]:
+    """The rows of a ``read_captions`` table that first hold their ``caption_id`` (in its row order), and how many
+    rows were left out as repeats: a caption stored twice is trained on and evaluated once, as an image stored twice
+    in a regions dataset is (``repeated_image_rows``); read whole, it was trained on and scored twice."""
+    ids = table.column("caption_id").to_pylist()
+    if len(set(ids)) == len(ids):
+        return table, 0
+    seen: set[str] = set()
+    keep = []
+    for caption_id in ids:
+        keep.append(caption_id not in seen)
+        seen.add(caption_id)
+    return table.filter(pa.array(keep, pa.bool_())), len(ids) - len(seen)
 
 
 def captions_by_image(table: pa.Table) -> dict[str, list[tuple[str, str]]]:
@@ -181,7 +196,7 @@ def captions_by_image(table: pa.Table) -> dict[str, list[tuple[str, str]]]:
 def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str]]]:
     """image_id -> [(caption_id, caption)] of one split (all splits when ``split`` is None). A null id (a dataset
     written by another tool: lait's writers cannot write one) is a one-line ``SchemaMismatchError``."""
-    return captions_by_image(read_captions(path, split))
+    return captions_by_image(first_caption_rows(read_captions(path, split))[0])
 
 
 def region_image_ids(path: str) -> list[str]:
@@ -191,8 +206,10 @@ def region_image_ids(path: str) -> list[str]:
 
 
 def dataset_report(datasets: list[DatasetConfig]) -> dict:
-    """How the join went: pairs usable for training, captions without regions, images without captions, and
-    regions rows that repeat an image of their dataset (``PairStream`` reads each image once, its first row).
+    """How the join went: pairs usable for training, captions without regions, images without captions, regions
+    rows that repeat an image of their dataset (``PairStream`` reads each image once, its first row), blank
+    captions, and caption rows that repeat a caption_id of their split (each caption is trained on once, its first
+    row: ``first_caption_rows``).
     Counted by ``index_pairs``, the join ``PairStream`` trains on."""
     return index_pairs(datasets, with_captions=False).report
 
@@ -396,7 +413,8 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
     against the regions contract and its ``image_id`` column read row group by row group.
 
     An image is trained on with the first row of its dataset that holds it (a regions dataset storing an image
-    twice trains on it once), when it has a caption. Found in the units' fixed order, so every consumer reads the
+    twice trains on it once), when it has a caption; a caption with the first row of its split that holds its
+    caption_id. Found in the units' fixed order, so every consumer reads the
     same rows (and a resumed run too). A unit whose images have no caption has no example and is dealt to no
     consumer: one dealt only such units had nothing to yield."""
     units: list[tuple[int, str, int]] = []
@@ -405,10 +423,11 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
     caption_texts: list[str] = []
     examples = 0  # the examples so far (len(caption_ids) when they are kept)
     report = {"pairs": 0, "images": 0, "captions_without_regions": 0, "images_without_captions": 0,
-              "repeated_image_rows": 0, "blank_captions": 0}
+              "repeated_image_rows": 0, "blank_captions": 0, "repeated_caption_rows": 0}
     empty = []
     for index, entry in enumerate(datasets):
-        table = read_captions(entry.captions, entry.split)
+        table, repeated = first_caption_rows(read_captions(entry.captions, entry.split))
+        report["repeated_caption_rows"] += repeated  # caption rows that repeat a caption_id: left out, counted
         captions = captions_by_image(table)
         report["blank_captions"] += table.num_rows - sum(map(len, captions.values()))  # left out, counted
         del table
@@ -540,15 +559,19 @@ class PairStream(IterableDataset):
 
     def _check_class_ids(self, images: list[ImageRegions], file: str) -> None:
         """Warn (once) about class ids the model has no class for: object classification skips those regions
-        (a ``classes.json`` listing fewer classes than the detector wrote)."""
+        (a ``classes.json`` listing fewer classes than the detector wrote, or a negative ``class_ids`` entry, a
+        detector's "no class"; negative top-k ids are padding, which the KL target drops anyway)."""
         if getattr(self, "_warned_classes", False) or self.model_config.num_classes is None:
             return
         top = max((int(ids.max()) for im in images for ids in (im.class_ids, im.topk_ids) if ids.size), default=-1)
-        if top >= self.model_config.num_classes:
+        low = min((int(im.class_ids.min()) for im in images if im.class_ids.size), default=0)
+        classes = self.model_config.num_classes
+        whys = ([f"class ids up to {top}, but the model classifies {classes} classes (does classes.json list fewer "
+                 f"than the detector wrote?)"] if top >= classes else []) \
+            + ([f"class ids down to {low}, below the first class 0 (a detector's 'no class'?)"] if low < 0 else [])
+        if whys:
             self._warned_classes = True
-            logger.warning("%s: class ids up to %d, but the model classifies %d classes (does classes.json list "
-                           "fewer than the detector wrote?): masked object classification skips those regions",
-                           file, top, self.model_config.num_classes)
+            logger.warning("%s: %s: masked object classification skips those regions", file, "; ".join(whys))
 
     def __iter__(self) -> Iterator[dict]:
         from tokenizers import Tokenizer

@@ -9,12 +9,16 @@ equals the full mode. Under torchrun every process
 scores a contiguous share of the pairs and gathers the others' scores (``_score``); in the two-stage
 mode it also embeds a share of the captions and images (``unimodal_embeddings``).
 
-Recall counts ties against the query (a constant scorer gets chance-level recall, never more).
+Recall counts ties against the query: a constant scorer gets 0, never chance-level recall by luck of the order.
+Identical inputs (captions of the same word pieces, images of the same regions) take one score
+(``first_twin_pairs``), so they tie exactly: scored in batches of other shapes they came out a few ULPs
+apart, and the ties went the query's way or not by ``--batch-size``.
 Scores are fractions in [0, 1]; ``chance_R@1`` is what random ranking gets.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -27,8 +31,8 @@ import torch
 
 import schemas
 from model.config import check_count
-from model.data import (captions_by_image, collate_regions, collate_text, decode_regions, read_captions,
-                        resolve_dataset_dir)
+from model.data import (captions_by_image, collate_regions, collate_text, decode_regions, first_caption_rows,
+                        read_captions, resolve_dataset_dir)
 from model.distributed import collective_device
 from model.fp8 import calibrate, float8_encoder, fp8_supported
 from model.imagebert import ImageBert
@@ -101,12 +105,15 @@ class EvalCaptions:
     more. ``table``: the split's rows with a caption that is not blank (``caption_id``, ``image_id``, ``caption``),
     in the dataset's order: a few columns of Arrow buffers, not Python strings (a training run holds them
     while it trains). ``blank``: how many of the split's rows were left out for a blank caption (empty, white
-    space only, or null), reported by ``evaluate`` as ``blank_captions_skipped``."""
+    space only, or null), reported by ``evaluate`` as ``blank_captions_skipped``; ``repeated``: how many repeated
+    the caption_id of an earlier row (each caption is evaluated once, with its first row), reported as
+    ``repeated_caption_rows``."""
 
     path: str
     split: str | None
     table: pa.Table
     blank: int = 0
+    repeated: int = 0
 
     def by_image(self) -> dict[str, list[tuple[str, str]]]:
         """image_id -> [(caption_id, caption)], as ``model.data.load_captions`` gives them."""
@@ -122,7 +129,7 @@ def read_eval_captions(path: str, split: str | None, where: str = "") -> EvalCap
     """A split's captions to evaluate (``EvalCaptions``), read once; a ``ValueError`` (its message starting with
     ``where``) when the split has none (and, from ``model.data.read_captions``, a ``SchemaMismatchError`` for a
     dataset of another schema or a null id)."""
-    table = read_captions(path, split)
+    table, repeated = first_caption_rows(read_captions(path, split))
     texts = table.column("caption").to_pylist()
     # Python's strip, as load_captions drops blank captions (Arrow's idea of white space is not Python's).
     kept = table.select(["caption_id", "image_id", "caption"]).filter(
@@ -130,7 +137,7 @@ def read_eval_captions(path: str, split: str | None, where: str = "") -> EvalCap
     blank = table.num_rows - kept.num_rows
     if not kept.num_rows:
         raise ValueError(f"{where}{path}: no captions in split {split!r}" + (f" ({blank} blank)" if blank else ""))
-    return EvalCaptions(path, split, kept, blank)
+    return EvalCaptions(path, split, kept, blank, repeated)
 
 
 def _eval_captions(captions: str | EvalCaptions, split: str | None) -> EvalCaptions:
@@ -152,6 +159,7 @@ class EvalSet:
 
         read = _eval_captions(captions_path, split)
         self.blank_captions = read.blank  # the split's rows left out for a blank caption
+        self.repeated_caption_rows = read.repeated  # and for repeating an earlier row's caption_id
         captions = read.by_image()
         regions_path = resolve_dataset_dir(regions_path, "regions")
         dataset = schemas.open_dataset(regions_path, "regions")
@@ -185,11 +193,22 @@ class EvalSet:
                     texts.append(caption)
                     image_of.append(index[image_id])
         encodings = tokenizer.encode_batch(texts)
-        self.text = collate_text([e.ids for e in encodings], [e.special_tokens_mask for e in encodings])
+        pad = tokenizer.token_to_id("[PAD]")  # as training pads (the model's pad_token_id)
+        self.text = collate_text([e.ids for e in encodings], [e.special_tokens_mask for e in encodings],
+                                 pad if pad is not None else 0)
         self.text_lengths = self.text["text_mask"].sum(1).numpy()
         self.regions = collate_regions(self.images)
         self.region_counts = self.regions["region_mask"].sum(1).numpy()
         self.caption_images = torch.tensor(image_of, dtype=torch.long)
+        # Each caption's and image's first twin: the first of the set with the same input (word pieces; regions'
+        # features and locations), itself when none is. Pairs of twins take one score (``first_twin_pairs``).
+        self.caption_twin = _first_alike([tuple(e.ids) for e in encodings])
+        features, locations = self.regions["region_features"].numpy(), self.regions["region_locations"].numpy()
+        self.image_twin = _first_alike([
+            hashlib.blake2b(features[i, :n].tobytes() + locations[i, :n].tobytes(), digest_size=16).digest()
+            for i, n in enumerate(self.region_counts.tolist())])
+        self.twins = int((self.caption_twin != np.arange(len(self.caption_twin))).sum()
+                         + (self.image_twin != np.arange(len(self.image_twin))).sum())
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -202,6 +221,29 @@ class EvalSet:
             raise ValueError(f"folds: {count} folds of {len(self.images)} images")
         order = np.argsort(self.first_seen, kind="stable")
         return [np.sort(part) for part in np.array_split(order, count)]
+
+
+def _first_alike(keys: list) -> np.ndarray:
+    """For each key, the index of the first equal one."""
+    first: dict = {}
+    return np.array([first.setdefault(key, index) for index, key in enumerate(keys)], dtype=np.int64)
+
+
+def first_twin_pairs(data: EvalSet, pair_captions: np.ndarray, pair_images: np.ndarray) -> np.ndarray | None:
+    """For each pair, the index of the first pair of these with the same input (its caption's and its image's
+    first twins, ``EvalSet.caption_twin`` and ``image_twin``), whose score it takes; None when the set has no twins.
+
+    A pair's score is a function of its input, yet a batch of another shape (other pairs beside it, other padding)
+    computes it with other rounding: a caption scored against images without regions, a tie, came out a few ULPs
+    apart from one batch to the next, some above the caption's image and some below, differently for each
+    ``--batch-size``, where the documented rule, ties against the query, ranks its image below all of them. Taking
+    one score, twins tie exactly, in every precision and on every device; a tolerance on the scores would have to
+    guess each precision's and device's rounding, and would tie distinct inputs whose scores merely lie close."""
+    if not data.twins:
+        return None
+    keys = data.caption_twin[pair_captions] * data.shape[1] + data.image_twin[pair_images]
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)]
 
 
 @torch.no_grad()
@@ -304,9 +346,11 @@ def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device
     width = model.config.hidden_size
     texts = torch.cat(texts) if texts else torch.empty(0, width)
     images = torch.cat(images) if images else torch.empty(0, width)
-    if processes == 1:
-        return texts, images
-    return _gather_shares(texts, caption_bounds, device), _gather_shares(images, image_bounds, device)
+    if processes > 1:
+        texts, images = _gather_shares(texts, caption_bounds, device), _gather_shares(images, image_bounds, device)
+    # Twins take their first twin's embedding, computed in another batch: the same, not a few ULPs off, so the
+    # pre-ranker ties them (``first_twin_pairs``).
+    return texts[torch.from_numpy(data.caption_twin)], images[torch.from_numpy(data.image_twin)]
 
 
 def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str | EvalCaptions,
@@ -347,6 +391,12 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
     if data.blank_captions:
         logger.warning("eval: %d blank captions of split %r left out (blank_captions_skipped)", data.blank_captions,
                        split)
+    if data.repeated_caption_rows:
+        logger.warning("eval: %d caption rows of split %r repeat a caption_id: each caption is evaluated once, with "
+                       "its first row (repeated_caption_rows)", data.repeated_caption_rows, split)
+    if data.twins:
+        logger.info("eval: %d captions and images have the same input as another (same word pieces, same regions): "
+                    "the pairs of one input take one score, so they tie", data.twins)
     if folds is not None:
         if two_stage_k is not None:
             raise ValueError("folds score every pair of a fold: leave out the two-stage mode")
@@ -404,7 +454,7 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
                   precision="fp8" if fp8 else ("bf16" if bf16 else "fp32"),
                   compile_shapes=shapes,
                   captions_without_regions=data.captions_without_regions,
-                  blank_captions_skipped=data.blank_captions)
+                  blank_captions_skipped=data.blank_captions, repeated_caption_rows=data.repeated_caption_rows)
     return result
 
 
@@ -457,15 +507,19 @@ def _score(model: ImageBert, data: EvalSet, pair_captions: np.ndarray, pair_imag
     input_amax = _calibrate_float8(model, data, pair_captions, pair_images, batch_size, device) if fp8 else None
     processes, rank = world()
     if processes == 1:
-        return _score_share(model, data, pair_captions, pair_images, batch_size, device, bf16, progress, compile,
-                            fp8, input_amax)
-    bounds = share_bounds(len(pair_captions), processes)
-    mine = slice(bounds[rank], bounds[rank + 1])
-    logger.info("eval: process %d of %d scores pairs %d-%d of %d", rank, processes, mine.start, mine.stop,
-                len(pair_captions))
-    scores, shapes = _score_share(model, data, pair_captions[mine], pair_images[mine], batch_size, device, bf16,
-                                  progress and rank == 0, compile, fp8, input_amax)
-    return _gather_shares(scores, bounds, device), shapes
+        scores, shapes = _score_share(model, data, pair_captions, pair_images, batch_size, device, bf16, progress,
+                                      compile, fp8, input_amax)
+    else:
+        bounds = share_bounds(len(pair_captions), processes)
+        mine = slice(bounds[rank], bounds[rank + 1])
+        logger.info("eval: process %d of %d scores pairs %d-%d of %d", rank, processes, mine.start, mine.stop,
+                    len(pair_captions))
+        scores, shapes = _score_share(model, data, pair_captions[mine], pair_images[mine], batch_size, device, bf16,
+                                      progress and rank == 0, compile, fp8, input_amax)
+        scores = _gather_shares(scores, bounds, device)
+    # Pairs of the same input (twins) take one score, that of the first of them (every process has them all).
+    first = first_twin_pairs(data, pair_captions, pair_images)
+    return (scores if first is None else scores[torch.from_numpy(first)]), shapes
 
 
 def share_bounds(count: int, processes: int) -> np.ndarray:
@@ -569,6 +623,8 @@ def format_table(result: dict) -> str:
                      f"model?); they count as misses")
     if result.get("blank_captions_skipped"):
         lines.append(f"{result['blank_captions_skipped']:,} blank captions of the split left out")
+    if result.get("repeated_caption_rows"):
+        lines.append(f"{result['repeated_caption_rows']:,} caption rows repeating a caption_id left out")
     if result.get("folds"):
         lines.append(f"mean over {result['folds']} folds of about {result['num_images'] // result['folds']:,} images, "
                      f"each fold's captions ranked against its own images")

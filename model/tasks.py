@@ -7,7 +7,9 @@ the masked losses to matched pairs. ``TASKS`` maps a task name to its head class
 """
 from __future__ import annotations
 
+import collections
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -159,7 +161,9 @@ class MaskedObjectClassification(nn.Module):
             per_region = F.kl_div(F.log_softmax(logits, -1), target, reduction="none").sum(-1)
             return _mean_or_zero((per_region * weight).sum(), weight.sum(), logits)
         labels = take(batch["region_classes"])
-        keep = (labels < self.num_classes) & weight.bool()
+        # Ids the head has no class for are skipped: past its classes (a classes.json listing fewer than the
+        # detector wrote) or negative (a detector's -1, "no class"), which cross-entropy would index with.
+        keep = (labels >= 0) & (labels < self.num_classes) & weight.bool()
         labels = torch.where(keep, labels, torch.full_like(labels, IGNORE))
         total = F.cross_entropy(logits, labels, reduction="sum", ignore_index=IGNORE)
         return _mean_or_zero(total, keep.sum(), logits)
@@ -265,21 +269,44 @@ def _choose(candidates: torch.Tensor, draw: torch.Tensor, prob: float, exact: bo
     return _at_least_one((draw < prob) & candidates, candidates, draw)
 
 
+def random_regular_ids(shape: torch.Size, vocab_size: int, special: Sequence[int], generator: torch.Generator,
+                       device: torch.device) -> torch.Tensor:
+    """Ids drawn uniformly from those below ``vocab_size`` that are not in ``special``, wherever those sit.
+
+    One ``randint`` over the count of regular ids, each draw r then mapped to the r-th regular id (r plus the
+    specials at or below it), so the generator advances as by one ``randint`` of that shape. With the specials
+    at 0..n-1 (LAIT's tokenizers) the ids equal ``randint(n, vocab_size)``'s, draw for draw."""
+    special = sorted({int(i) for i in special if 0 <= int(i) < vocab_size})
+    regular = vocab_size - len(special)
+    if regular <= 0:
+        raise ValueError(f"no id below {vocab_size} to draw a random replacement from: all are special tokens")
+    drawn = torch.randint(0, regular, shape, generator=generator, device=device)
+    # The r-th regular id is r + (specials s_j with s_j - j <= r): those lie before it in the id order. Compared
+    # with Python numbers, so no tensor of them is copied to the device each step.
+    ids = drawn.clone()
+    for step, count in collections.Counter(s - j for j, s in enumerate(special)).items():
+        ids += (drawn >= step) * count
+    return ids
+
+
 def mask_tokens(input_ids: torch.Tensor, candidates: torch.Tensor, vocab_size: int, mask_id: int,
                 first_regular_id: int, prob: float, generator: torch.Generator,
-                exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                exact: bool = False, special_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: ``prob`` of the candidate tokens, of which 80% [MASK], 10% random, 10% kept.
 
     Each candidate is chosen with probability ``prob`` (at least one per row with candidates, so every
     caption teaches something), or with ``exact`` exactly ``max(1, round(prob x candidates))`` per row.
-    Returns the new ids and the labels (``IGNORE`` where nothing is predicted).
+    A random replacement is drawn uniformly from the ids below ``vocab_size`` but ``special_ids`` (None: those
+    below ``first_regular_id``; ``random_regular_ids``). Returns the new ids and the labels (``IGNORE`` where
+    nothing is predicted).
     """
     device = input_ids.device
     draw = torch.rand(input_ids.shape, generator=generator, device=device)
     chosen = _choose(candidates, draw, prob, exact)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
     action = torch.rand(input_ids.shape, generator=generator, device=device)
-    random_ids = torch.randint(first_regular_id, vocab_size, input_ids.shape, generator=generator, device=device)
+    special = range(first_regular_id) if special_ids is None else special_ids
+    random_ids = random_regular_ids(input_ids.shape, vocab_size, special, generator, device)
     masked = input_ids.clone()
     masked[chosen & (action < 0.8)] = mask_id
     replace = chosen & (action >= 0.8) & (action < 0.9)
@@ -347,9 +374,12 @@ def prepare_pretrain_batch(batch: dict, tasks: dict[str, float], config, model_c
     batch["itm_labels"] = matched
     exact = getattr(config, "masking", "bernoulli") == "exact"
     if tasks.get("mlm", 0) > 0:
+        # Random replacements skip the five special tokens wherever the tokenizer puts them (not only ids below
+        # first_regular: a tokenizer.json may number them after the word pieces).
         ids, labels = mask_tokens(batch["input_ids"], batch["text_mask"] & ~batch["special_mask"],
                                   model_config.vocab_size, special_ids["mask"], special_ids["first_regular"],
-                                  config.mlm_prob, generator, exact)
+                                  config.mlm_prob, generator, exact,
+                                  special_ids=[special_ids[name] for name in ("pad", "unk", "cls", "sep", "mask")])
         if exact:  # the heads read a fixed number of slots per caption (static shapes)
             batch["mlm_positions"] = slot_positions(labels != IGNORE, exact_slots(labels.shape[1], config.mlm_prob))
         labels = labels.masked_fill(~matched.unsqueeze(1), IGNORE)  # conditional mask: no MLM loss on mismatched pairs

@@ -92,10 +92,15 @@ def load_tokenizer(path: str, lowercase: bool = True) -> Tokenizer:
 
 
 def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
-    """Ids of [PAD] [UNK] [CLS] [SEP] [MASK], and the first id that random replacement may draw."""
+    """Ids of [PAD] [UNK] [CLS] [SEP] [MASK], and ``first_regular``, the lowest id that is none of them.
+
+    The special tokens need not come first (``add_special_tokens`` appends them after the word pieces), so
+    random replacement draws from every id but these five (``model.tasks.mask_tokens``), not from
+    ``first_regular`` up: above the highest special there may be few ids, or none."""
     ids = {name.strip("[]").lower(): tokenizer.token_to_id(name) for name in SPECIAL_TOKENS}
     missing = [k for k, v in ids.items() if v is None]
     if missing:
         raise ValueError(f"tokenizer lacks special tokens {missing}")
-    ids["first_regular"] = max(ids.values()) + 1
+    taken = set(ids.values())
+    ids["first_regular"] = next(i for i in range(len(taken) + 1) if i not in taken)
     return ids

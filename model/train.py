@@ -139,8 +139,9 @@ def number_by_first_use(tokenizer, texts: list[str]):
     return Tokenizer.from_str(json.dumps(state))
 
 
-def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
-    """Fill in what the data and the BERT folder decide: feature width, class count, BERT's shape."""
+def resolve_model_config(config: TrainConfig, vocab_size: int, pad_token_id: int | None = None) -> ModelConfig:
+    """Fill in what the data, the tokenizer and the BERT folder decide: feature width, class count, vocabulary and
+    padding id (the tokenizer's ``vocab_size`` and [PAD] id ``pad_token_id``), BERT's shape."""
     fields = dataclasses.asdict(config.model)
     if config.bert:
         bert, default = read_bert_config(config.bert), ModelConfig()
@@ -153,6 +154,18 @@ def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
         fields.update(bert)
     else:
         fields["vocab_size"] = vocab_size
+        # The word embeddings' padding row (zero at the start, no gradient from the inputs) and the id batches pad
+        # with: the tokenizer's [PAD], which need not be id 0 (a tokenizer.json whose specials follow the word
+        # pieces). Left at 0, [UNK] (or a word piece) took the padding row and filled the batches' padding.
+        if pad_token_id is not None and fields["pad_token_id"] != pad_token_id:
+            if "pad_token_id" in model_keys_set(config):
+                if fields["pad_token_id"] >= vocab_size:  # no id at all: a mistake, refused as before
+                    raise ConfigError(f"model.pad_token_id: {fields['pad_token_id']}, need an id below "
+                                      f"model.vocab_size ({vocab_size}); the tokenizer's [PAD] is {pad_token_id}, "
+                                      f"which the model takes when model.pad_token_id is left out")
+                logger.warning("model.pad_token_id %d replaced by %d, the tokenizer's [PAD] id", fields["pad_token_id"],
+                               pad_token_id)
+            fields["pad_token_id"] = pad_token_id
     first = config.stages()[0].datasets[0]
     if fields["feature_dim"] is None:
         fields["feature_dim"] = feature_dim_of(first.regions)
@@ -403,12 +416,12 @@ def _model_changes(state: dict, config: TrainConfig) -> list[str]:
     default = dataclasses.asdict(ModelConfig())
     changed = []
     # Without the run's model section, the checkpoint's model is all there is to compare with, and in it the keys
-    # resolve_model_config replaces whatever the section says (the tokenizer's vocabulary; BERT's shape) differ
-    # from any value set: they cannot be told apart, so they are not compared.
+    # resolve_model_config replaces whatever the section says (the tokenizer's vocabulary and [PAD] id; BERT's
+    # shape) differ from any value set: they cannot be told apart, so they are not compared.
     if config.bert:
         replaced = set(read_bert_config(config.bert)) if os.path.isdir(config.bert) else set()
     else:
-        replaced = {"vocab_size"}
+        replaced = {"vocab_size", "pad_token_id"}
     # With init, the model section holds the keys set over the init checkpoint's model (the rest are its: the
     # defaults there say nothing).
     compared = set(model_keys_set(config)) if config.init is not None else set(default)
@@ -784,6 +797,9 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
     if report.get("repeated_image_rows"):
         logger.warning("stage %s: %d regions rows repeat an image_id of the same dataset: each image is trained on "
                        "once, with its first row", stage.name, report["repeated_image_rows"])
+    if report.get("repeated_caption_rows"):
+        logger.warning("stage %s: %d caption rows repeat a caption_id of the same split: each caption is trained on "
+                       "once, with its first row", stage.name, report["repeated_caption_rows"])
     if resume:
         changed = _schedule_changes(resume, stage, stage_index, total)
         if changed:
@@ -1065,7 +1081,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     else:
         tokenizer = build_tokenizer(config)
         tokenizer_json = tokenizer.to_str()
-        model_config = resolve_model_config(config, tokenizer.get_vocab_size())
+        model_config = resolve_model_config(config, tokenizer.get_vocab_size(), tokenizer.token_to_id("[PAD]"))
         source = "model.feature_dim" if config.model.feature_dim is not None else config.stages()[0].datasets[0].regions
         eval_captions = check_data_fits(model_config, config, source)
     done_index = int(resume_state["stage_index"]) + (1 if resume_state["stage_done"] else 0) if resume_state else 0

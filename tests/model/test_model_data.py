@@ -58,7 +58,7 @@ def test_stream_shards_over_ranks_and_workers_without_loss_or_overlap(synth_dir)
     assert len(everything) == len(set(everything)) == 320, "every train caption once per epoch"
     report = dataset_report(datasets)
     assert report == {"pairs": 320, "images": 160, "captions_without_regions": 0, "images_without_captions": 40,
-                      "repeated_image_rows": 0, "blank_captions": 0}
+                      "repeated_image_rows": 0, "blank_captions": 0, "repeated_caption_rows": 0}
 
 
 def test_stream_order_depends_on_the_seed_only(synth_dir):
