@@ -91,7 +91,7 @@ def list_parquet_files(path: str) -> list[str]:
     fs, inner = _filesystem(path)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(path)
+        raise FileNotFoundError(f"no dataset at {path}")
     if info.type == pafs.FileType.File:
         return [inner]
     selector = pafs.FileSelector(inner, recursive=True)
