@@ -184,6 +184,20 @@ def _upstream(run_dir: str, name: str, stats: dict) -> tuple[str | None, dict | 
                                      "reads from in the pipeline's layout) is absent: lineage not checked")
 
 
+def _without_image_id(image_id: str | None) -> bool:
+    """A row with no image id as ``lait features`` sees one: null, empty or blank (``pipeline.features.missing_id``,
+    not imported: it would load torch for an audit)."""
+    return image_id is None or not image_id.strip()
+
+
+def _images_read(path: str, kind: str) -> int:
+    """What a per-image stage (``lait features``: ``plan_shards``) counts as ``in`` from a dataset: its distinct
+    image ids, plus each row without one (rejected one by one as ``image_id_missing``)."""
+    ids = _column(path, kind, "image_id")
+    present = [i for i in ids if not _without_image_id(i)]
+    return len(set(present)) + len(ids) - len(present)
+
+
 def _missing(ids: list, known: set) -> list:
     return [i for i in ids if i is not None and i not in known]
 
@@ -312,7 +326,6 @@ def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, reject
                               known, rel))
         # the stage reads every row, a candidate_id written twice included (it rejects the repeat)
         up_kept = _rows(up_path, "candidates")
-        up_images = len(known)
     else:
         known = set(_column(up_path, up_kind, "image_id")) if up_kind else set()
         if kind == "regions":
@@ -326,10 +339,15 @@ def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, reject
                                   known_pairs, rel))
         checks.append(_traced("rejected_image_ids_upstream", _column(rejected_dir, "rejected", "image_id"), known, rel))
         up_kept = _rows(up_path, up_kind) if up_kind else 0
-        up_images = len(known)
-    # A stage reads every row upstream kept (or, for per-image stages, every distinct image).
-    checks.append(_check("in_equals_upstream_kept", n_in in (up_kept, up_images),
-                         f"in {n_in} vs {up_kept} rows / {up_images} images kept in {rel}"))
+    # A stage reads every row upstream kept; a per-image stage (features, writing regions/) every distinct image
+    # and each id-less row, from a crawl's candidates as from pairs (one image on two pages is read once).
+    up_images = _images_read(up_path, up_kind) if up_kind else 0
+    if kind == "regions":
+        checks.append(_check("in_equals_upstream_kept", n_in == up_images,
+                             f"in {n_in} vs {up_images} images (distinct image ids and rows without one) in {rel}"))
+    else:
+        checks.append(_check("in_equals_upstream_kept", n_in in (up_kept, up_images),
+                             f"in {n_in} vs {up_kept} rows / {up_images} images kept in {rel}"))
     return checks
 
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 import schemas
 from demo import audit as audit_mod
-from filters.imageio import WEB_FORMATS
+from filters import imageio
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +87,33 @@ def _plt():
 
 
 def _thumb(data: bytes | None, boxes=None, labels=None, side: int = 220) -> str:
-    """A JPEG thumbnail ``<img>`` of image bytes (boxes drawn when given), or a placeholder."""
+    """A JPEG thumbnail ``<img>`` of image bytes (boxes drawn when given), or a placeholder.
+
+    Decoded as the features stage decodes (``filters.imageio``: EXIF orientation applied, 16-bit grayscale
+    scaled, its pixel guard), since the regions' boxes are in that oriented image; a JPEG decodes at a reduced
+    scale. The boxes are drawn on the thumbnail, scaled from the oriented image's pixels.
+    """
     if not data:
         return '<div class="noimg">no image</div>'
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     try:
-        image = Image.open(io.BytesIO(data), formats=WEB_FORMATS)
-        image.load()
-    except Exception as exc:  # noqa: BLE001 - any undecodable bytes become a placeholder
-        return f'<div class="noimg">undecodable ({_esc(type(exc).__name__)})</div>'
-    image = image.convert("RGB")
+        with imageio.open_image(data, max_pixels=imageio.HARD_MAX_PIXELS) as opened:
+            width, height = imageio.oriented_size(opened)
+            image = imageio.decode(opened, draft_size=(side, side), orient=True)
+    except imageio.ImageError as exc:  # any undecodable bytes become a placeholder
+        return f'<div class="noimg">undecodable ({_esc(exc.reason)})</div>'
+    image.thumbnail((side, side))
     if boxes is not None:
+        sx, sy = image.width / max(1, width), image.height / max(1, height)
         draw = ImageDraw.Draw(image)
         palette = ["#ff2d55", "#00c7be", "#ffcc00", "#5856d6", "#34c759", "#ff9500"]
         for k, box in enumerate(boxes):
             colour = palette[k % len(palette)]
-            draw.rectangle([float(v) for v in box], outline=colour, width=2)
+            x0, y0, x1, y1 = (float(v) * s for v, s in zip(box, (sx, sy, sx, sy)))
+            draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=colour, width=2)
             if labels is not None and k < len(labels):
-                draw.text((float(box[0]) + 2, float(box[1]) + 1), str(labels[k]), fill=colour)
-    image.thumbnail((side, side))
+                draw.text((x0 + 2, y0 + 1), str(labels[k]), fill=colour)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=80)
     return f'<img alt="thumbnail" src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">'

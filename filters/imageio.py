@@ -4,7 +4,7 @@ Two steps, so that a caller can judge an image from its header before paying for
 ``open_image`` reads the header only (size, format, mode, EXIF) behind a decompression-bomb guard;
 ``decode`` loads the first frame, at a reduced JPEG DCT scale when asked (``draft``), turned upright by
 its EXIF orientation when asked, and converted to 8-bit RGB the way a viewer shows it (alpha composited
-on white, 16/32-bit grayscale scaled to 0-255). ``load_image`` does both. Every failure is one
+on white, 16/32-bit grayscale scaled to 0-255: ``to_rgb``). ``load_image`` does both. Every failure is one
 ``ImageError`` whose ``reason`` is a snake_case name from ``REASONS``; each stage maps these onto the
 reject reasons of its own books.
 
@@ -153,18 +153,35 @@ def _is_wide(mode: str) -> bool:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode as 8-bit RGB, as a viewer shows it: alpha on white, wide grayscale scaled to 0-255."""
+    """Any Pillow mode as 8-bit RGB, as a viewer shows it: alpha on white, wide grayscale scaled to 0-255.
+
+    Wide grayscale is scaled to 0-255, not clipped at 255: 16-bit (``I;16``) by 1/257; 32-bit integers
+    (``I``) by the range their values fit: as they are up to 255, by 1/257 up to 65535 (16-bit data: Pillow
+    has opened 16-bit PNGs in this mode), by int32's range above (the top 8 of 31 value bits); floats (``F``)
+    as 0-1 up to 1, as they are up to 255, by the image's maximum above (a float has no range of its own).
+    Integers are not stretched to the image's maximum: a level keeps its brightness whatever the other pixels
+    hold, as in 16-bit images, and the whole-factor shrink of ``decode`` cannot change the scale.
+    """
     mode = image.mode
     if _is_wide(mode):
         # Pillow's own conversion clips these at 255: a 16-bit photo would come out nearly white.
         # Integer modes are scaled in integers (v // 257, as floor(v / 257)): no float copy of a big image.
         values = np.asarray(image)
         if mode == "F":
-            values = values.astype(np.float64)
-            if values.max(initial=0) <= 1.0:
+            values = np.where(np.isnan(values), 0.0, values.astype(np.float64))  # NaN: no value, black
+            peak = float(values.max(where=np.isfinite(values), initial=0.0))
+            if peak <= 1.0:
                 values = values * 255.0
-        elif mode.startswith("I;16") or values.max(initial=0) > 255:
+            elif peak > 255.0:
+                values = values * (255.0 / peak)
+        elif mode.startswith("I;16"):
             values = values // 257
+        else:
+            peak = values.max(initial=0)
+            if peak > 65535:
+                values = values >> 23  # int32's 0..2^31-1 onto 0..255
+            elif peak > 255:
+                values = values // 257
         return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

@@ -1319,13 +1319,19 @@ def _shard_complete(output_path: str, shard: Shard, dataset: str) -> bool:
     """Whether ``shard`` was written whole (its stats file, written last, exists), from the images it holds now.
 
     A shard written from other images (the input changed since: another ``--input``, files added or
-    removed) would be skipped, its images never computed and another input's regions kept: refused.
+    removed) would be skipped, its images never computed and another input's regions kept: refused. One
+    that only grew (``_shard_grew``: files added after the others fill the earlier run's last shard) is not
+    complete: it is computed again.
     """
     paths = _shard_paths(output_path, shard.index)
     stats = _read_shard_stats(paths["stats"])
     if stats is None:
         return False
     if stats["images"] != shard.images:
+        if _shard_grew(dataset, shard, stats):
+            logger.info("shard %d held %d images, and the files added to %s fill it to %d: computed again",
+                        shard.index, stats["in"], dataset, shard.size)
+            return False
         raise ValueError(f"{output_path} holds shard {shard.index} of other images than {dataset} gives it now "
                          f"(another input, or files added or removed since that run); use a new --output")
     problem = _shard_files_problem(paths, stats)
@@ -1333,6 +1339,25 @@ def _shard_complete(output_path: str, shard: Shard, dataset: str) -> bool:
         logger.warning("%s: %s; shard %d is computed again", paths["stats"], problem, shard.index)
         return False
     return True
+
+
+def _shard_grew(dataset: str, shard: Shard, stats: dict) -> bool:
+    """Whether a complete shard's recorded images (``stats``) are a strict prefix of the images it holds now: the
+    earlier run's last shard, not full, that files added after the others fill up (``plan_shards`` carries the
+    fill across files). Its images are the same and in the same place, so computing it again is a resume; any
+    other difference is another input, refused by ``_shard_complete``."""
+    recorded = stats["in"]  # a shard's stats count every image it held (``_finish_shard``)
+    if recorded >= shard.size:
+        return False
+    digest = hashlib.sha256()
+    left = recorded
+    for file, group, rows in shard.pieces:
+        if not left:
+            break
+        for image_id in read_image_ids(check_input_file(dataset, file), file, group, rows[:left]):
+            digest.update(image_id.encode("utf-8") + b"\n")
+        left -= min(left, len(rows))
+    return digest.hexdigest() == stats["images"]
 
 
 def _read_shard_stats(path: str) -> dict | None:

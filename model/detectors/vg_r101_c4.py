@@ -202,6 +202,10 @@ _CONVS = {"conv1": ("conv1", "bn1"), "conv2": ("conv2", "bn2"), "conv3": ("conv3
           "shortcut": ("downsample.0", "downsample.1")}
 _NORM_RENAMES = {"gamma": "weight", "beta": "bias"}
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Constants detectron2 models keep in their state dict (HF's frcnn-vg-finetuned has the anchors, detectron2
+# checkpoints may have the pixel statistics) but that our model builds itself: checked, never loaded.
+_ANCHOR_KEY = "proposal_generator.anchor_generator.cell_anchors."
+_PIXEL_STAT_KEYS = ("pixel_mean", "pixel_std")
 ATTRIBUTE_KEYS = ("cls_embedding", "fc_attr", "attr_score")
 
 
@@ -234,17 +238,47 @@ def detectron2_name_to_ours(name: str) -> str:
     raise KeyError(f"unexpected parameter {name!r} in a vg-r101-c4 checkpoint")
 
 
+def _check_built_constant(name: str, value: torch.Tensor) -> None:
+    """Refuse (``ValueError``) a stored anchor set or pixel statistic other than the one this model builds.
+
+    Our model makes its own anchors (torchvision's) and normalises with the Caffe means; a checkpoint trained
+    with other anchors or other input statistics would load and then silently detect differently. Anchors are
+    compared in torchvision's order to within 0.5 px: torchvision rounds its cell anchors, detectron2 does not.
+    """
+    value = torch.as_tensor(value).float()
+    if name.startswith(_ANCHOR_KEY):
+        expected = AnchorGenerator(sizes=(ANCHOR_SIZES,), aspect_ratios=(ASPECT_RATIOS,)).cell_anchors[0]
+        fits = name == _ANCHOR_KEY + "0" and value.shape == expected.shape
+        if not (fits and torch.allclose(value[_ANCHOR_PERM], expected, rtol=0, atol=0.51)):
+            raise ValueError(
+                f"{name}: the checkpoint's anchors {tuple(value.shape)} are not vg-r101-c4's "
+                f"(sizes {ANCHOR_SIZES} x ratios {ASPECT_RATIOS} on one feature map)"
+            )
+        return
+    # detectron2 keeps them in BGR order, as (3, 1, 1) buffers; the Caffe model divides by no std.
+    expected = torch.tensor(PIXEL_MEAN_RGB[::-1] if name == "pixel_mean" else (1.0, 1.0, 1.0))
+    if value.numel() != 3 or not torch.allclose(value.reshape(-1), expected, rtol=0, atol=1e-3):
+        raise ValueError(
+            f"{name}: the checkpoint's {[round(v, 4) for v in value.reshape(-1).tolist()]} is not "
+            f"vg-r101-c4's Caffe input normalisation (BGR {[round(v, 4) for v in expected.tolist()]})"
+        )
+
+
 def convert_detectron2_state(state: dict[str, torch.Tensor], num_classes: int = NUM_VG_CLASSES) -> dict[str, torch.Tensor]:
     """A detectron2-named VG checkpoint as a state dict of our ``vg-r101-c4`` model.
 
     Beyond renaming: the first conv is flipped from BGR to RGB input; RPN outputs are reordered to
     torchvision's anchor order; the class scores (and the attribute head's class embedding) move
     background from last (detectron2) to first (torchvision); class-specific box deltas get a zero
-    background slot.
+    background slot. Stored anchors and pixel statistics are not loaded: they must be the ones our model
+    builds itself (``_check_built_constant``).
     """
     out: dict[str, torch.Tensor] = {}
     for name, value in state.items():
         if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        if name.startswith(_ANCHOR_KEY) or name in _PIXEL_STAT_KEYS:
+            _check_built_constant(name, value)
             continue
         ours = detectron2_name_to_ours(name)
         value = torch.as_tensor(value).float()

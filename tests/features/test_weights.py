@@ -131,6 +131,11 @@ def test_vg_hf_checkpoint_with_gamma_beta_and_caffe_norms(tmp_path, vg_state):
         key = key.replace("norm.weight", "norm.gamma").replace("norm.bias", "norm.beta")
         state[key] = torch.from_numpy(value)
     state["backbone.stem.conv1.norm.num_batches_tracked"] = torch.tensor(0)
+    # HF's model keeps its (detectron2-ordered, unrounded) cell anchors as parameters; detectron2 its pixel stats.
+    shapes = torch.from_numpy(_anchor_shapes_detectron2()).float()
+    state["proposal_generator.anchor_generator.cell_anchors.0"] = torch.cat([-shapes / 2, shapes / 2], dim=1)
+    state["pixel_mean"] = torch.tensor([102.9801, 115.9465, 122.7717]).view(3, 1, 1)
+    state["pixel_std"] = torch.ones(3, 1, 1)
     # Caffe-converted frozen norms may carry only scale and shift.
     del state["backbone.stem.conv1.norm.running_mean"], state["backbone.stem.conv1.norm.running_var"]
     torch.save(state, tmp_path / "pytorch_model.bin")

@@ -163,8 +163,9 @@ def test_16_bit_scaling_is_exact_in_integers():
     values = np.array([[0, 256, 257, 514, 50000, 65535]], np.uint16)
     expected = np.clip(values / 257.0, 0, 255).astype(np.uint8)  # the float formula it replaces
     assert np.asarray(imageio.to_rgb(Image.fromarray(values)))[..., 0].tolist() == expected.tolist()
-    wide = np.array([[-5, 100, 70000, 10**6]], np.int32)
-    assert np.asarray(imageio.to_rgb(Image.fromarray(wide)))[..., 0].tolist() == [[0, 0, 255, 255]]
+    # 32-bit values beyond 16 bits are scaled by int32's range (negatives are 0), not clipped to white
+    wide = np.array([[-5, 100, 2**30, 2**31 - 1]], np.int32)
+    assert np.asarray(imageio.to_rgb(Image.fromarray(wide)))[..., 0].tolist() == [[0, 0, 128, 255]]
 
 
 def test_big_16_bit_image_is_shrunk_before_it_is_converted(monkeypatch):
