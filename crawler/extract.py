@@ -73,6 +73,8 @@ class Page:
     opt_out: str | None = None  # the page's opt-out reason (``opt_out_noai``, ...) or None
     nofollow: bool = False
     links: list[str] = dataclasses.field(default_factory=list)
+    #: ``<meta http-equiv="refresh">``: (its delay in whole seconds, the http(s) URL it moves to), or None
+    refresh: tuple[int, str] | None = None
     candidates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     rejects: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # references that are not candidates
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -89,8 +91,9 @@ def candidate_id(page_url: str, image_url: str, alt: str | None, title: str | No
 
     ``parse_page`` passes a ``figcaption`` only to tell apart a later reference of a page that would
     otherwise repeat an earlier one's id with another figcaption (two figures of one image with different
-    captions); every other candidate keeps the id crawls have always given it, so folders crawled before
-    still dedupe on a rerun.
+    captions), and for ``image_url`` the image's first spelling on the page with that text (a later reference that
+    spells its ``url_key`` otherwise with the same text repeats the first one's id); every other candidate keeps
+    the id crawls have always given it, so folders crawled before still dedupe on a rerun.
     """
     parts = (page_url, image_url, alt, title) + ((figcaption,) if figcaption else ())
     key = "\x00".join(part or "" for part in parts)
@@ -399,12 +402,46 @@ def _image_source(img: lxml.html.HtmlElement, formats: frozenset[str]) -> str | 
     return placeholder
 
 
+#: Elements that a browser lays out on lines of their own: their text is a word of its own (as ``<br>``'s break
+#: is), where inline elements (``<b>``, ``<a>``, ``<span>``) run on within a word.
+BLOCK_TAGS = frozenset({
+    "address", "article", "aside", "blockquote", "br", "caption", "dd", "details", "dialog", "div", "dl", "dt",
+    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hgroup",
+    "hr", "legend", "li", "main", "menu", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "td",
+    "tfoot", "th", "thead", "tr", "ul",
+})
+
+
+def _rendered_text(element: lxml.html.HtmlElement) -> str:
+    """An element's visible text as a browser lays it out: a space at each ``<br>`` and block element
+    (``text_content()`` glued ``Sunset<br>Photo: J. Doe`` into ``SunsetPhoto: J. Doe``), none inside a word
+    written across inline elements, nothing of ``INVISIBLE_TAGS``. Iterative: the tree may nest 2,048 deep."""
+    parts = []
+    walk = lxml.etree.iterwalk(element, events=("start", "end"))
+    for event, node in walk:
+        if not isinstance(node.tag, str):  # (a processing instruction: no text of its own, but its tail)
+            if event == "end" and node is not element:
+                parts.append(node.tail or "")
+            continue
+        block = node.tag in BLOCK_TAGS and node is not element
+        if event == "start":
+            if node.tag in INVISIBLE_TAGS and node is not element:
+                walk.skip_subtree()  # (its "end" still comes, for its tail)
+            else:
+                parts.append((" " if block else "") + (node.text or ""))
+        elif node is not element:  # (the element's own tail is not its text)
+            parts.append((" " if block else "") + (node.tail or ""))
+    return "".join(parts)
+
+
 def _figcaption(img: lxml.html.HtmlElement) -> str | None:
+    """The caption of the image's figure: the nearest ``<figure>`` around it, and that figure's own
+    ``<figcaption>`` (a child of it, as the HTML standard places it), never one of a figure nested in it."""
     for ancestor in img.iterancestors("figure"):
-        caption = ancestor.find(".//figcaption")
-        if caption is not None:
-            return normalize_text(caption.text_content()) or None
-        return None
+        caption = ancestor.find("figcaption")
+        if caption is None:
+            return None
+        return normalize_text(_rendered_text(caption)) or None
     return None
 
 
@@ -417,18 +454,40 @@ def _inherited_title(img: lxml.html.HtmlElement) -> str | None:
     return None
 
 
+#: A ``</body>`` or ``</html>`` end tag, any case (``</HTML >`` too).
+_END_OF_DOCUMENT = re.compile(r"</(?:body|html)\s*>", re.IGNORECASE)
+
+
+def _without_end_tags(text: str) -> str:
+    """The page without its ``</body>`` and ``</html>`` end tags, which libxml2 takes as the end of the page: what
+    follows ``</html>`` (a host's appended banner, a tracking pixel, markup pasted after the end) was dropped without
+    a word, where a browser reads it into the body (the HTML standard's "after after body" mode). Without the end
+    tags libxml2 puts it in the body too; the ``<body>`` and ``<html>`` elements are still made.
+
+    One that stands inside a tag (``alt="a </html> b"``: a ``<`` after the last ``>`` before it) is text and stays.
+    Each look back ends at the ``>`` of the end tag before it at the latest, so a page of many costs one pass.
+    """
+    def drop(match: re.Match) -> str:
+        inside_a_tag = text.rfind("<", 0, match.start()) > text.rfind(">", 0, match.start())
+        return match.group(0) if inside_a_tag else ""
+
+    return _END_OF_DOCUMENT.sub(drop, text)
+
+
 def _parse_document(text: str) -> tuple[lxml.html.HtmlElement, bool]:
     """The page's tree, and whether libxml2 stopped reading it at its nesting limit.
 
     ``huge_tree`` lifts libxml2's nesting limit from 256 to 2048 levels (the page size cap bounds the
     memory); deeper than that it stops reading, and the rest of the page is lost. An empty document is an
-    empty page; any other failure is the caller's ``parse_error``.
+    empty page; any other failure is the caller's ``parse_error``. Content after ``</html>`` is read, as
+    browsers read it (``_without_end_tags``).
     """
     # lxml refuses str input carrying an XML encoding declaration; hand it UTF-8 bytes instead (a lone
-    # surrogate from a str caller becomes "?": it cannot be UTF-8).
+    # surrogate from a str caller becomes "?": it cannot be UTF-8). The end tags go from the decoded text, so
+    # no encoding (UTF-16, EBCDIC, ...) hides them.
     parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, huge_tree=True)
     try:
-        doc = lxml.html.document_fromstring(text.encode("utf-8", errors="replace"), parser=parser)
+        doc = lxml.html.document_fromstring(_without_end_tags(text).encode("utf-8", errors="replace"), parser=parser)
     except lxml.etree.ParserError:  # "Document is empty": nothing but blanks or comments
         return lxml.html.document_fromstring(b"<html><body></body></html>", parser=parser), False
     truncated = any(error.type == lxml.etree.ErrorTypes.ERR_RESOURCE_LIMIT for error in parser.error_log)
@@ -451,7 +510,8 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
     page.lang = normalize_text(doc.get("lang") or doc.get("{http://www.w3.org/XML/1998/namespace}lang")) or None
     if not page.lang:
         page.lang = normalize_text((header_value(headers, "Content-Language") or "").split(",")[0]) or None
-    title = doc.find(".//title")
+    # The document's title is its first <title> not of an inline <svg> (which titles its drawing): a browser's too.
+    title = next(iter(doc.xpath("//title[not(ancestor::svg)]")), None)
     page.title = normalize_text(title.text_content()) if title is not None else None
     page.title = page.title or None
     visible = doc.xpath("//body//text()[not(" + " or ".join(f"ancestor::{t}" for t in INVISIBLE_TAGS) + ")]")
@@ -475,6 +535,8 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
     if page.opt_out:
         page.counts[f"page/{page.opt_out}"] += 1
 
+    page.refresh = _meta_refresh(doc, base_url, page)
+
     seen_links = set()
     for anchor in doc.iter("a", "area"):
         href = (anchor.get("href") or "").strip()
@@ -490,6 +552,10 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
             page.links.append(link)
 
     figcaption_of: dict[str, str | None] = {}  # candidate id -> the figcaption of its first reference
+    # (url_key, alt, title) -> the image URL as the page first writes it with that text: `größe.jpg`,
+    # `gr%C3%B6%C3%9Fe.jpg` and `gr%c3%b6%c3%9fe.jpg` are one image, and a later reference that spells it otherwise
+    # with the same text repeats the first one (its id); any other reference keeps the id it always had.
+    spelling_of: dict[tuple, str] = {}
     allowed_formats = frozenset(f.upper() for f in formats)
     for img in doc.iter("img"):
         page.counts["img"] += 1
@@ -523,13 +589,48 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
                 _reject(page, ref, "no_text")
                 continue
         candidate = dict(ref, figcaption=figcaption, page_lang=page.lang, page_title=page.title, page_text=page.text)
-        key = candidate_id(page_url, image_url, alt, title_text)
+        first_spelling = spelling_of.setdefault((url_key(image_url), alt, title_text), image_url)
+        key = candidate_id(page_url, first_spelling, alt, title_text)
         if figcaption_of.setdefault(key, figcaption) != figcaption:  # same image and alt/title, another caption
-            key = candidate_id(page_url, image_url, alt, title_text, figcaption or NO_FIGCAPTION)
+            key = candidate_id(page_url, first_spelling, alt, title_text, figcaption or NO_FIGCAPTION)
         candidate["candidate_id"] = key
         page.candidates.append(candidate)
         page.counts["candidate"] += 1
     return page
+
+
+#: ``<meta http-equiv="refresh">`` content as the HTML standard reads it: whole seconds (a fraction is read and
+#: dropped), then, after ``;``, ``,`` or whitespace, the URL, optionally after ``url=`` and in quotes.
+_REFRESH = re.compile(r"\s*(\d*)([\d.]*)(?:$|[;,\s]\s*[;,]?\s*(?:url\s*=\s*)?(.*))", re.IGNORECASE | re.DOTALL)
+
+
+def _meta_refresh(doc: lxml.html.HtmlElement, base_url: str, page: Page) -> tuple[int, str] | None:
+    """(delay, URL) of the page's first ``<meta http-equiv="refresh">`` that names another http(s) URL to move to, as
+    a browser takes the first one; None when there is none (a refresh without a URL reloads the page itself).
+
+    One inside ``<noscript>`` or ``<script>`` is left alone, as Scrapy's meta-refresh redirect left it (a script page's
+    "please enable JavaScript" fallback). A URL that does not parse counts as ``invalid_link``.
+    """
+    for meta in doc.iter("meta"):
+        if (meta.get("http-equiv") or "").strip().lower() != "refresh":
+            continue
+        if any(True for _ in meta.iterancestors("noscript", "script")):
+            continue
+        match = _REFRESH.match(meta.get("content") or "")
+        if not match or not (match.group(1) or match.group(2)):
+            continue  # no delay: the browser ignores it and takes the next one
+        target = (match.group(3) or "").strip()
+        if target[:1] in ("'", '"'):
+            target = target[1:].split(target[0], 1)[0].strip()
+        if not target:
+            return None  # a reload of the page itself (every N seconds): nothing to follow
+        try:
+            url = resolve_url(base_url, target)
+        except ValueError:
+            page.counts["invalid_link"] += 1
+            return None
+        return (int(match.group(1) or 0), url) if urlsplit(url).scheme in ("http", "https") else None
+    return None
 
 
 def _reject(page: Page, ref: dict, reason: str, detail: str | None = None) -> None:

@@ -6,13 +6,12 @@ import logging
 import time
 
 from scrapy import exceptions as scrapy_errors
-from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware as ScrapyMetaRefreshMiddleware
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as ScrapyRobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet import defer, error as tx_error
 
-from crawler import netguard, resolver
+from crawler import extract, netguard, resolver
 from crawler import settings as defaults
 from crawler.fetch import robots_retry_seconds
 
@@ -62,6 +61,13 @@ class NetworkGuardMiddleware:
 
     async def process_request(self, request):
         try:
+            # A redirect's Location may carry credentials (user:pw@host), which no link or image URL of a page gets
+            # past (extract.resolve_url): Scrapy failed on such a URL, first on its host's robots.txt, with a
+            # traceback and a fetch_error. Refused as the page's references are, as invalid_url.
+            extract.resolve_url(request.url, "")
+        except ValueError as exc:
+            raise RefusedRequest("invalid_url", f"a URL that cannot be fetched: {exc}") from None
+        try:
             host, port = netguard.check_scheme(request.url)
             if not self.allow_private_networks and self._verdicts.get((host, port), 0.0) < time.monotonic():
                 # getaddrinfo blocks; run it off the event loop.
@@ -95,22 +101,6 @@ class PageRedirectMiddleware:
         return None
 
 
-class MetaRefreshMiddleware(ScrapyMetaRefreshMiddleware):
-    """Scrapy's ``<meta http-equiv="refresh">`` redirects, keeping a page whose URLs do not parse.
-
-    Scrapy's reads the page's ``<base href>`` and refresh URL, and raises ValueError when one of them is
-    malformed (``http://[bad/``): the page would end as a ``fetch_error`` with all its images. Here it
-    goes on to the spider, whose parser skips such a base and rejects each bad image URL.
-    """
-
-    def process_response(self, request, response):
-        try:
-            return super().process_response(request, response)
-        except ValueError as exc:
-            logger.info("no meta refresh for %s: %s", response.url, exc)
-            return response
-
-
 class RobotsUnavailable:
     """The robots.txt of a host that answered 5xx or could not be reached: RFC 9309 says complete disallow,
     until ``retry_at`` (the middleware's clock), when the next request to the host asks for it again."""
@@ -124,6 +114,21 @@ def retry_interval(settings) -> float:
     """``LAIT_ROBOTS_RETRY_AFTER``, the seconds before an unavailable robots.txt is asked for again; ValueError
     when it is not a number of seconds (0 or more)."""
     return robots_retry_seconds(settings.get("LAIT_ROBOTS_RETRY_AFTER", defaults.LAIT_ROBOTS_RETRY_AFTER))
+
+
+class RobotsErrorWithoutTraceback(logging.Filter):
+    """Takes the traceback off Scrapy's "Error downloading <robots.txt's request>" record: a host that cannot be
+    reached (a mistyped port, a CDN that times out) printed one for each host, where its outcome is a line of its
+    own, the host's ``robots_unavailable`` rows (or, for other failures, the reason its requests meet). The
+    record itself stays: one line naming the request and the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.msg, str) and record.msg.startswith("Error downloading"):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+ROBOTS_ERROR_FILTER = RobotsErrorWithoutTraceback()
 
 
 class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):
@@ -141,6 +146,8 @@ class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):
         super().__init__(crawler)
         self.retry_after = retry_interval(crawler.settings)
         self.clock = time.monotonic  # tests set another
+        # (a logger keeps one of each filter, however many crawlers add it)
+        logging.getLogger(ScrapyRobotsTxtMiddleware.__module__).addFilter(ROBOTS_ERROR_FILTER)
 
     async def robot_parser(self, request):
         netloc = urlparse_cached(request).netloc

@@ -43,9 +43,10 @@ DOWNLOADER_MIDDLEWARES = {
     # The spider filters page links by domain itself and fetches images from any host (CDNs).
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
-    # Scrapy's own, except that a malformed <base href> no longer costs the whole page.
+    # A <meta http-equiv="refresh"> page is parsed as a page, its references kept, and the spider follows where it
+    # moves to as a link of it (LaitSpider.parse_page). Scrapy's made it a redirect: the page's images were lost,
+    # and a page that refreshes itself ended as too_many_redirects.
     "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
-    "crawler.middlewares.MetaRefreshMiddleware": 580,
 }
 # The spider tracks link depth itself (images do not count as a hop).
 SPIDER_MIDDLEWARES = {"scrapy.spidermiddlewares.depth.DepthMiddleware": None}

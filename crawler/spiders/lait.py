@@ -331,8 +331,8 @@ class LaitSpider(scrapy.Spider):
         self.open_pages: dict[str, int] = {}  # scheduled, not done: url -> depth
         # Pages this run fetched and parsed: an earlier run's reject of one is superseded (output.reconcile).
         self.fetched_pages: set[str] = set()
-        self.pending: dict[str, list[dict]] = {}  # image url -> candidates waiting for it
-        self.image_results: dict[str, dict] = {}  # image url -> facts (kept) or reason (rejected)
+        self.pending: dict[str, list[dict]] = {}  # image url_key -> candidates waiting for it
+        self.image_results: dict[str, dict] = {}  # image url_key -> facts (kept) or reason (rejected)
         self.finished = False  # the crawl ran out of work (not stopped part-way)
 
     @classmethod
@@ -373,11 +373,14 @@ class LaitSpider(scrapy.Spider):
             return
         with open(path, "rb") as handle:
             state = pickle.load(handle)
-        self.pages_seen = state["pages_seen"]
+        # Keyed by url_key (a state saved before was keyed by the spelling requested: the same for most URLs).
+        self.pages_seen = {extract.url_key(url) for url in state["pages_seen"]}
         self.pages_scheduled = state.get("pages_scheduled", len(self.pages_seen))
-        self.open_pages = state["open_pages"]
-        self.pending = state["pending"]
-        self.image_results = state["image_results"]
+        self.open_pages = {extract.url_key(url): depth for url, depth in state["open_pages"].items()}
+        self.pending = {}
+        for url, waiting in state["pending"].items():
+            self.pending.setdefault(extract.url_key(url), []).extend(waiting)
+        self.image_results = {extract.url_key(url): result for url, result in state["image_results"].items()}
         self.inbox_offset = state.get("inbox_offset", 0)
         out_dir = self.settings.get("LAIT_OUT")
         needed = {result["image_id"] for result in self.image_results.values() if "image_id" in result}
@@ -453,10 +456,10 @@ class LaitSpider(scrapy.Spider):
                 yield self._page_rejected(url, *failure)
             else:
                 yield request
-        for url in list(self.pending):
-            request, failure = self._checked_request(url)
+        for key, waiting in list(self.pending.items()):  # requested as the first waiting candidate spells it
+            request, failure = self._checked_request(waiting[0]["image_url"] if waiting else key, key=key)
             if failure:
-                for item in self._finish_image(url, self._image_rejected(*failure)):
+                for item in self._finish_image(key, self._image_rejected(*failure)):
                     yield item
             else:
                 yield request
@@ -472,9 +475,10 @@ class LaitSpider(scrapy.Spider):
     # -- several processes -----------------------------------------------------------------------
 
     def _owner(self, image_url: str) -> int:
+        """The process that fetches an image: by its ``url_key``, so that every spelling of it meets there."""
         if self.processes == 1:
             return 0
-        return int(hashlib.sha1(image_url.encode("utf-8")).hexdigest()[:8], 16) % self.processes
+        return int(hashlib.sha1(extract.url_key(image_url).encode("utf-8")).hexdigest()[:8], 16) % self.processes
 
     def _send(self, owner: int, message: dict) -> None:
         handle = self._outboxes.get(owner)
@@ -509,18 +513,20 @@ class LaitSpider(scrapy.Spider):
         return scrapy.Request(url, callback=self.parse_page, errback=self.page_failed, dont_filter=True,
                               meta={"lait_page": url, "lait_depth": depth, "download_maxsize": self.page_maxsize})
 
-    def _image_request(self, url: str) -> scrapy.Request:
+    def _image_request(self, url: str, key: str) -> scrapy.Request:
         # Alone, a process fetches images first (fewer candidates waiting in memory); page process 0 of a
         # multi-process crawl fetches pages first, so the image processes are never starved of work.
+        # Requested as referenced (a CDN may sign the URL's exact bytes); ``key``, its url_key, finds its candidates.
         priority = IMAGE_PRIORITY if self.processes == 1 else -IMAGE_PRIORITY
         return scrapy.Request(url, callback=self.parse_image, errback=self.image_failed, dont_filter=True,
                               priority=priority,
-                              meta={"lait_image": url, "download_maxsize": self.image_maxsize})
+                              meta={"lait_image": key, "download_maxsize": self.image_maxsize})
 
-    def _checked_request(self, url: str, depth: int | None = None):
-        """(a page request, or an image request when ``depth`` is None; None) or (None, (reason, detail))."""
+    def _checked_request(self, url: str, depth: int | None = None, key: str | None = None):
+        """(a page request, or an image request when ``depth`` is None, ``key`` its url_key; None) or
+        (None, (reason, detail))."""
         try:
-            request = self._image_request(url) if depth is None else self._page_request(url, depth)
+            request = self._image_request(url, key or url) if depth is None else self._page_request(url, depth)
         except ValueError as exc:  # Scrapy cannot build it: a port that is not a number, ...
             return None, ("invalid_url", f"{type(exc).__name__}: {exc}"[:300])
         if self.url_length_limit and len(request.url) > self.url_length_limit:
@@ -533,8 +539,11 @@ class LaitSpider(scrapy.Spider):
         return RejectedItem(dict(reason=reason, detail=detail, page_url=url))
 
     def _schedule_page(self, url: str, depth: int) -> scrapy.Request | RejectedItem | None:
-        """A request for a page not seen before (its reject when it cannot be requested), else None."""
-        url = extract.canonical_page_url(url)
+        """A request for a page not seen before (its reject when it cannot be requested), else None.
+
+        A page is requested, seen and recorded as its ``url_key``: ``/caf%c3%a9.html`` and ``/café.html`` are the
+        page ``/caf%C3%A9.html``, crawled once, its rows spelled so whichever link comes first."""
+        url = extract.url_key(url)
         if url in self.pages_seen:
             return None
         if self.max_pages and self.pages_scheduled >= self.max_pages:
@@ -564,7 +573,7 @@ class LaitSpider(scrapy.Spider):
         stats.set_value("lait/run/last_page", time.time())
         # A redirect's target is a page of its own: crawled once, whichever way it is reached first (see
         # follow_redirect). Its rows carry its own URL, in the spelling of the requested pages.
-        url = extract.canonical_page_url(response.url)
+        url = extract.url_key(response.url)
         if url != requested:
             self.fetched_pages.add(requested)  # accounted for: an earlier run's reject of it is superseded
             if response.meta.get("lait_claimed") != url:
@@ -589,20 +598,27 @@ class LaitSpider(scrapy.Spider):
         self.fetched_pages.add(url)
         for key, count in page.counts.items():
             stats.inc_value(f"lait/{key}" if key.startswith("page/") else f"lait/ref/{key}", count)
+        # A link to an image this crawl fetches as an <img>'s image (a thumbnail's link to its full size
+        # shown on the page too) is not fetched again as a page. Any other link is, whatever its path says:
+        # a MediaWiki /wiki/File:X.jpg is an HTML page of its own.
+        # Compared as the server sees them: the link may escape what the <img> writes as it is, or not.
+        images = {extract.url_key(row["image_url"]) for row in (*page.candidates, *page.rejects) if row.get("image_url")}
         if not page.nofollow and (not self.depth_limit or depth < self.depth_limit):
-            # A link to an image this crawl fetches as an <img>'s image (a thumbnail's link to its full size
-            # shown on the page too) is not fetched again as a page. Any other link is, whatever its path says:
-            # a MediaWiki /wiki/File:X.jpg is an HTML page of its own.
-            # Compared as the server sees them: the link may escape what the <img> writes as it is, or not.
-            images = {extract.url_key(row["image_url"]) for row in (*page.candidates, *page.rejects)
-                      if row.get("image_url")}
             for link in page.links:
-                if not self._in_domains(link):
-                    continue
-                if extract.url_key(link) in images or link in self.pending or link in self.image_results:
-                    stats.inc_value("lait/page/skipped_image_link")
-                    continue
-                request = self._schedule_page(link, depth + 1)
+                request = self._follow(link, depth + 1, images)
+                if request is not None:
+                    yield request
+        if page.refresh:
+            # <meta http-equiv="refresh">: the page is a page (its references are real: it was fetched, and a
+            # browser shows it until it moves on), and where it moves to is followed as a link of it. A refresh
+            # after 0 seconds is a redirect, its target at the page's own depth (a redirect is no hop) whatever
+            # the page's nofollow says; a later one (a slideshow's next slide) is a link like any other. Scrapy's
+            # meta-refresh redirect, which dropped the page, is off (crawler/settings.py): a page that reloads
+            # itself ended as too_many_redirects.
+            delay, target = page.refresh
+            stats.inc_value("lait/page/meta_refresh")
+            if delay == 0 or not page.nofollow and (not self.depth_limit or depth < self.depth_limit):
+                request = self._follow(target, depth if delay == 0 else depth + 1, images)
                 if request is not None:
                     yield request
         for row in page.rejects:
@@ -613,10 +629,21 @@ class LaitSpider(scrapy.Spider):
                 continue
             yield from self._candidate(candidate)
 
+    def _follow(self, link: str, depth: int, images: set[str]) -> scrapy.Request | RejectedItem | None:
+        """A page's link (or refresh target) as a request, when it is in the allowed domains, no image of the page
+        or of the crawl (``images``: the page's, by url_key) and a page not seen; else None."""
+        if not self._in_domains(link):
+            return None
+        key = extract.url_key(link)
+        if key in images or key in self.pending or key in self.image_results:
+            self.crawler.stats.inc_value("lait/page/skipped_image_link")
+            return None
+        return self._schedule_page(link, depth)
+
     def follow_redirect(self, request: scrapy.Request) -> bool:
         """Whether to fetch a page's redirect hop (PageRedirectMiddleware): not when its target is a page seen
         already, which is crawled under its own URL; a target not seen is claimed for this request."""
-        target = extract.canonical_page_url(request.url)
+        target = extract.url_key(request.url)
         if target in (request.meta["lait_page"], request.meta.get("lait_claimed")):
             return True
         if target in self.pages_seen:
@@ -639,29 +666,32 @@ class LaitSpider(scrapy.Spider):
     # -- images --------------------------------------------------------------------------------
 
     def _candidate(self, candidate: dict) -> Iterator[Any]:
+        """A candidate to its image: fetched once per url_key (``größe.jpg`` and ``gr%c3%b6%c3%9fe.jpg`` are one
+        image), requested as the first candidate spells it; the rest wait for it or reuse its result."""
         url = candidate["image_url"]
         owner = self._owner(url)
         if owner != self.process_index:
             self.crawler.stats.inc_value("lait/image/routed")
             self._send(owner, candidate)
             return
-        result = self.image_results.get(url)
+        key = extract.url_key(url)
+        result = self.image_results.get(key)
         if result is not None:
             self.crawler.stats.inc_value("lait/image/reused")
             yield self._emit(candidate, result)
-        elif url in self.pending:
-            self.pending[url].append(candidate)
+        elif key in self.pending:
+            self.pending[key].append(candidate)
         else:
-            request, failure = self._checked_request(url)
+            request, failure = self._checked_request(url, key=key)
             if failure:  # recorded like a fetched image's reject: later references reuse it
-                yield from self._finish_image(url, self._image_rejected(*failure), [candidate])
+                yield from self._finish_image(key, self._image_rejected(*failure), [candidate])
                 return
-            self.pending[url] = [candidate]
+            self.pending[key] = [candidate]
             yield request
 
     def parse_image(self, response) -> Iterator[Any]:
         """A fetched image: opt-out header, validation, then every candidate waiting for it."""
-        url = response.meta["lait_image"]
+        url = response.meta["lait_image"]  # (its url_key)
         stats = self.crawler.stats
         stats.set_value("lait/run/last_response", time.time())
         stats.inc_value("lait/image/fetched")
