@@ -174,7 +174,9 @@ def crawl_processes(pid: int) -> list[str]:
 
 
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="needs Linux /proc")
-@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
+# Two processes: the parent starts both with the stop signals blocked and takes Ctrl-C once both run, and each
+# takes it once its engine runs; one process is the same child path, started alone.
+@pytest.mark.parametrize("processes", [2], ids=["2proc"])
 def test_ctrl_c_while_the_crawl_processes_start_still_settles_the_books(tmp_path, processes):
     # Ctrl-C moments after start, while the crawl processes still import: each stops as its crawl begins, and the
     # run's books are written and add up. Before, a process died mid-import and none were (exit 130, no stats.json).
