@@ -137,11 +137,7 @@ def _word_table(wordfreq_langs: tuple[str, ...]):
     languages and the form), where the next process reads it in a fraction of that: each ``lait filter``, each
     Beam worker. A cache that cannot be read is built again; one that cannot be written is only not kept.
     """
-    from importlib.metadata import version
-
-    key = hashlib.sha256(json.dumps([_WORD_TABLE_FORM, version("wordfreq"), list(wordfreq_langs), _WORD_FLOOR_LOG10])
-                         .encode()).hexdigest()[:16]
-    folder = os.path.join(cache_dir(), f"word-table-{key}")
+    folder = os.path.join(cache_dir(), f"word-table-{_kept_key(_WORD_TABLE_FORM, list(wordfreq_langs), _WORD_FLOOR_LOG10)}")
     try:
         return _read_word_table(folder)
     except (OSError, ValueError) as exc:
@@ -153,6 +149,14 @@ def _word_table(wordfreq_langs: tuple[str, ...]):
     except OSError as exc:
         logger.debug("the word table is not kept in %s: %s", folder, exc)
     return rows, matrix
+
+
+def _kept_key(*parts) -> str:
+    """The name part of a table kept in ``cache_dir()``: what it is built from (``parts``, the form first) and
+    wordfreq's version, hashed."""
+    from importlib.metadata import version
+
+    return hashlib.sha256(json.dumps([*parts, version("wordfreq")]).encode()).hexdigest()[:16]
 
 
 def _build_word_table(wordfreq_langs: tuple[str, ...]):
@@ -205,9 +209,39 @@ def _keep_word_table(folder: str, rows: dict[str, int], matrix) -> None:
             raise
 
 
+#: The version of the Han table's form on disk (``_han_table``): a change to how it is built makes a new one.
+_HAN_TABLE_FORM = 1
+
+
 @functools.lru_cache(maxsize=1)
 def _han_table() -> dict[str, float]:
-    """{Han character: ln P(it | Japanese) - ln P(it | Chinese)}, built once per process.
+    """{Han character: ln P(it | Japanese) - ln P(it | Chinese)}, built once per machine (``_build_han_table``, about
+    1 s) and kept in ``cache_dir()`` as JSON, as the word table is (``_word_table``); read once per process."""
+    path = os.path.join(cache_dir(), f"han-table-{_kept_key(_HAN_TABLE_FORM, _HAN_FLOOR)}.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            table = json.load(handle)
+        if not isinstance(table, dict) or not table or not all(isinstance(v, float) for v in table.values()):
+            raise ValueError("not a table of characters and numbers")
+        return table
+    except (OSError, ValueError) as exc:
+        if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # none kept yet
+            logger.warning("the Han table kept in %s cannot be read (%s); building it again", path, exc)
+    table = _build_han_table()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(path), prefix=".han-table-",
+                                             suffix=".tmp", delete=False)
+        with handle:
+            json.dump(table, handle, ensure_ascii=False)  # floats as repr: read back exactly
+        os.replace(handle.name, path)
+    except OSError as exc:
+        logger.debug("the Han table is not kept in %s: %s", path, exc)
+    return table
+
+
+def _build_han_table() -> dict[str, float]:
+    """``_han_table`` from wordfreq's lists.
 
     A Han character's probability in a language is its share of the Han characters of wordfreq's word
     list (each word weighted by its frequency). Chinese is looked up in Simplified characters, as

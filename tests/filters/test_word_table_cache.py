@@ -1,5 +1,6 @@
-"""The word-frequency identifier's table is built once per machine, not once per process: kept in LAIT's cache
-folder (``LAIT_CACHE_DIR``), read back equal, built again when the kept one is damaged, and not needed at all."""
+"""The language identifier's word table and Han table are built once per machine, not once per process: kept in
+LAIT's cache folder (``LAIT_CACHE_DIR``), read back equal, built again when the kept one is damaged, and not needed
+at all."""
 import logging
 import os
 import subprocess
@@ -73,3 +74,21 @@ def test_the_cache_folder_follows_the_environment(tmp_path):
                             check=True).stdout.strip()
              for extra in ({}, {"XDG_CACHE_HOME": "/x"}, {"LAIT_CACHE_DIR": "/y"})]
     assert found == [str(tmp_path / ".cache" / "lait"), "/x/lait", "/y"]
+
+
+def test_the_han_table_is_kept_read_back_equal_and_built_again_when_damaged(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LAIT_CACHE_DIR", str(tmp_path / "cache"))
+    language._han_table.cache_clear()
+    try:
+        built = language._han_table()
+        kept = [name for name in os.listdir(tmp_path / "cache") if name.startswith("han-table-")]
+        assert len(kept) == 1 and kept[0].endswith(".json")
+        language._han_table.cache_clear()  # as a new process
+        assert language._han_table() == built == language._build_han_table()
+        (tmp_path / "cache" / kept[0]).write_text('{"字": "x"}', encoding="utf-8")
+        language._han_table.cache_clear()
+        with caplog.at_level(logging.WARNING, logger="filters.language"):
+            assert language._han_table() == built
+        assert any("Han table" in r.getMessage() and "building it again" in r.getMessage() for r in caplog.records)
+    finally:
+        language._han_table.cache_clear()
