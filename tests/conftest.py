@@ -17,3 +17,32 @@ os.environ.setdefault("LAIT_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"la
 
 from tests.objectstore import object_store  # noqa: E402,F401  (the laitobj:// stand-in for gs://, for every test)
 from tests.relevance.shared_model import model_dir, train_rows  # noqa: E402,F401  (the default relevance model)
+
+
+def _remember_dofn_specs() -> None:
+    """Beam's ``userstate.get_dofn_specs`` once per DoFn instance, not each of the ~8 times Beam asks while it builds
+    and runs a pipeline: it inspects the signature of every method of the DoFn each time, over a second of a
+    2-core machine's time per filter pipeline, and the suite builds hundreds. The answer is a function of the
+    instance, whose methods do not change once it exists: the pipelines run as they do without this."""
+    import weakref
+
+    from apache_beam.transforms import userstate
+
+    specs_of = userstate.get_dofn_specs
+    known = weakref.WeakKeyDictionary()
+
+    def remembered(dofn):
+        try:
+            state, timers = known[dofn]
+        except (KeyError, TypeError):  # not asked yet, or not weakly referable (not kept)
+            state, timers = specs_of(dofn)
+            try:
+                known[dofn] = (frozenset(state), frozenset(timers))
+            except TypeError:
+                pass
+        return set(state), set(timers)
+
+    userstate.get_dofn_specs = remembered
+
+
+_remember_dofn_specs()
