@@ -2,9 +2,9 @@
 # The GPU measurements of the training/eval (#7) and features (#6) stages, as one short script for a
 # lent device (the device image's python3 has torch, torchvision, pyarrow, pillow, tqdm, transformers).
 # By default train, eval, vg and selection: their limits add up to 9.8 minutes (one device call may run 10);
-# STEPS picks others (coco adds 1, mix 2, buckets 3.3, autotune 4, window 2.5). Writes env.txt, steps.txt (each step's exit
+# STEPS picks others (coco adds 1, mix 2, buckets 3.3, autotune 4, window 2.5, profile 0.8, nomask 1.8). Writes env.txt, steps.txt (each step's exit
 # status: 124 = cut by its time limit), train.{json,log}, eval_order.{json,log}, features_{vg,coco,mix}.{json,log},
-# selection.{json,log}, buckets.{json,log}, autotune.{json,log}, features_window{0,4096}.{json,log} under $OUT.
+# selection.{json,log}, probe_{profile,nomask}.log, buckets.{json,log}, autotune.{json,log}, features_window{0,4096}.{json,log} under $OUT.
 # Each step has its own time limit, so one slow step cannot eat the others' time; the benchmarks write their
 # JSON after every variant or section, so a step cut short keeps what it measured.
 # A dry run, on a machine without a GPU, checks the script before a lent device's minutes go to it:
@@ -28,7 +28,8 @@ if dry; then
     train_tiny="--preset tiny --device cpu --batch-size 4 --eval-batch-size 8 --steps 1 --warmup 1"
     features_tiny="--device cpu --batch-size 2 --num-workers 1 --repeats 1 --images 2 --min-size 64 --max-size 96
         --proposals 10 --width 200 --height 150"
-    tiny=([train]="$train_tiny --profile 3" [autotune]="$train_tiny"
+    tiny=([train]="$train_tiny --profile 3" [autotune]="$train_tiny" [probe_profile]="$train_tiny --profile 3"
+          [probe_nomask]="$train_tiny"
           [eval_order]="--device cpu --preset tiny --images 6 --batch-size 16"
           [features_vg]="$features_tiny --profile 3" [features_coco]="$features_tiny"
           [features_mix]="$features_tiny --images 4 --width 400"
@@ -80,6 +81,13 @@ run() {
 step train && run train "${TRAIN_TIMEOUT:-280}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline --steps 10 \
     --warmup 3 --profile 12 --variants ${TRAIN_VARIANTS:-model+atenln model+atenln+allrows model+atenln+fusedln trunk+fp8 trunk+fp8+allrows trunk+fp8+res16} \
     --json "$OUT/train.json"
+# Steps `profile` and `nomask` (not defaults; benchmarks/gpu_probe.sh runs them with coco): where an eager BERT-base
+# training step spends its GPU time (the profiler's table), and the compiled step without the attention mask (flash
+# attention's upper bound)
+step profile && run probe_profile "${PROFILE_TIMEOUT:-50}" $PY benchmarks/bench_train.py --preset base --device cuda \
+    --skip-baseline --steps 5 --warmup 2 --profile 30
+step nomask && run probe_nomask "${NOMASK_TIMEOUT:-110}" $PY benchmarks/bench_train.py --preset base --device cuda --compile \
+    --no-mask --skip-baseline --steps 10 --warmup 3
 step autotune && run autotune "${AUTOTUNE_TIMEOUT:-240}" $PY benchmarks/bench_train.py --preset base --device cuda --skip-baseline \
     --steps 10 --warmup 3 --variants trunk+fp8 trunk+fp8+autotune --json "$OUT/autotune.json"
 # eval on web-like caption lengths, BERT-base, 600 x 300: captions shortest first vs as given, `lait eval --compile`

@@ -117,6 +117,27 @@ def test_gpu_session_dry_run_runs_its_steps_on_the_cpu(tmp_path):
     assert figures["fixed 36"]["boxes_per_image"] > 0
 
 
+def test_gpu_probe_dry_run_runs_its_steps_with_tiny_options(tmp_path):
+    """gpu_probe.sh is gpu_session.sh's steps profile, nomask and coco: a dry run runs each, with its GPU options
+    and then the tiny CPU ones (PYTHON here only records its arguments; the steps themselves are tested above)."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, LAIT_BENCH_DRY="1", PYTHON=str(fake), OUT=str(tmp_path / "out"))
+    env.pop("STEPS", None)
+    done = subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_probe.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "steps.txt").read_text().splitlines() == [
+        f"{name} exit 0 (limit 240 s)" for name in ("probe_profile", "probe_nomask", "features_coco")]
+    runs = [line for line in calls.read_text().splitlines() if line.startswith("benchmarks/")]
+    assert [line.split()[0] for line in runs] == ["benchmarks/bench_train.py"] * 2 + ["benchmarks/bench_features.py"]
+    assert "--profile 30" in runs[0] and runs[0].endswith("--profile 3")
+    assert "--compile --no-mask" in runs[1] and "--preset tiny --device cpu" in runs[1]
+    assert "--detectors coco-r50-fpn" in runs[2] and "--device cpu" in runs[2].split("--detectors")[1]
+
+
 def test_bench_relevance_beam_timing_with_few_pairs(monkeypatch, capsys):
     """--beam with 20 pairs ran the pipeline twice into one folder (the second run was refused); with fewer it
     subtracted 20 pairs it had not run."""
