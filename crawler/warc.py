@@ -60,6 +60,7 @@ from crawler import extract, images, netguard, output
 from crawler.fetch import header_dict
 from crawler import settings as defaults
 from filters import option_rules
+from pipeline import outputs
 from pipeline.outputs import files_under, literal_pattern, read_stats
 from pipeline.options import beam_options, runner_name
 from pipeline.parquet_beam import WriteToParquet
@@ -533,6 +534,7 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
     if captures:
         captured = warc_header.get("WARC-Date")
         yield _capture(page_url, (isinstance(captured, str) and _warc_date(captured)) or item.get("date"), opt_out)
+    spelling_of: dict[tuple, str] = {}  # (url_key, alt, title) -> the image URL as the page first spells it
     for link in links:
         if not isinstance(link, dict):
             yield _rejected("warc_malformed_record", f"WAT link is {type(link).__name__}, not dict", page_url=page_url)
@@ -561,10 +563,16 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
             yield _rejected("decorative_image", None, **_ids(ref))
         elif not alt and not title_text:
             yield _rejected("no_text", None, **_ids(ref))
-        elif opt_out:
-            yield _rejected(opt_out, "page opted out", **_ids(ref))
         else:
-            yield dict(ref, figcaption=None, page_lang=lang, page_title=title, page_text=None)
+            # parse_page's first-spelling rule: a later reference that spells the image otherwise (``%c3%a9``,
+            # ``%C3%A9``, ``é``) with the same text repeats the first one's id, so the WAT and the WARC reading of a
+            # page give the same ids (one candidate, the rest duplicate_candidate rejects)
+            first_spelling = spelling_of.setdefault((extract.url_key(image_url), alt, title_text), image_url)
+            ref["candidate_id"] = extract.candidate_id(page_url, first_spelling, alt, title_text)
+            if opt_out:
+                yield _rejected(opt_out, "page opted out", **_ids(ref))
+            else:
+                yield dict(ref, figcaption=None, page_lang=lang, page_title=title, page_text=None)
 
 
 def _ids(row: dict) -> dict:
@@ -850,12 +858,13 @@ def refuse_other_output(out_dir: str) -> None:
     stage's finished run (its stats.json names that stage: ``RUN/filter``) or a URL crawl's output (shards not
     named ``warc-*``, or a stats.json of source ``crawl``): a WARC run would delete its stats.json and mix its own
     rows with that folder's. Worded as ``pipeline.outputs.prepare_output`` refuses another stage's folder."""
+    try:
+        outputs.refuse_other_stage(out_dir, output.STAGE,
+                                   "use a new folder (a WARC run never replaces another stage's output)")
+    except outputs.OutputExistsError as exc:  # both crawl CLIs report OutputFolderError as a bad --out / --output
+        raise output.OutputFolderError(str(exc)) from None
     found = _files_in(out_dir, output.STATS_FILE)
     stats = (read_stats(found[0]) if found else None) or {}
-    stage = stats.get("stage")
-    if stage is not None and stage != output.STAGE:
-        raise output.OutputFolderError(f"{out_dir} holds a finished {stage} run, not a {output.STAGE} run; use a "
-                                       f"new folder (a WARC run never replaces another stage's output)")
     shards = [path for sub in (output.CANDIDATES, output.REJECTED) for path in _files_in(out_dir, sub, "*.parquet")
               if not FileSystems.split(path)[1].startswith(f"{PREFIX}-")]
     if shards or stats.get("source") == "crawl":

@@ -183,10 +183,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     stats_path = posixpath.join(output, "stats.json")
     finished = _filesystems().exists(stats_path)
     if finished:
-        other = stage_of(stats_path)
-        if other is not None and other != stage:
-            raise OutputExistsError(f"{output} holds a finished {other} run, not a {stage} run; "
-                                    f"use a new --output (--overwrite never replaces another stage's output)")
+        refuse_other_stage(output, stage)
     if finished and not overwrite:
         raise OutputExistsError(f"{output} already holds a finished {stage} run "
                                 f"({', '.join(posixpath.join(output, name) for name in existing)}); {hint}")
@@ -232,6 +229,15 @@ def _finished_stage(folder: str) -> str | None:
         return None
     stage = stage_of(stats_path)
     return stage if isinstance(stage, str) else None
+
+
+def refuse_other_stage(output: str, stage: str,
+                       remedy: str = "use a new --output (--overwrite never replaces another stage's output)") -> None:
+    """``OutputExistsError`` for an output that holds another stage's finished run (its stats.json names that
+    stage: a crawl folder given as a filter's --output), ending with ``remedy``."""
+    other = _finished_stage(output)
+    if other is not None and other != stage:
+        raise OutputExistsError(f"{output} holds a finished {other} run, not a {stage} run; {remedy}")
 
 
 def refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str]) -> None:
