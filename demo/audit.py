@@ -184,17 +184,12 @@ def _upstream(run_dir: str, name: str, stats: dict) -> tuple[str | None, dict | 
                                      "reads from in the pipeline's layout) is absent: lineage not checked")
 
 
-def _without_image_id(image_id: str | None) -> bool:
-    """A row with no image id as ``lait features`` sees one: null, empty or blank (``pipeline.features.missing_id``,
-    not imported: it would load torch for an audit)."""
-    return image_id is None or not image_id.strip()
-
-
 def _images_read(path: str, kind: str) -> int:
     """What a per-image stage (``lait features``: ``plan_shards``) counts as ``in`` from a dataset: its distinct
-    image ids, plus each row without one (rejected one by one as ``image_id_missing``)."""
+    image ids, plus each row without one (rejected one by one as ``image_id_missing``, by the stage's own rule
+    ``schemas.missing_image_id``)."""
     ids = _column(path, kind, "image_id")
-    present = [i for i in ids if not _without_image_id(i)]
+    present = [i for i in ids if not schemas.missing_image_id(i)]
     return len(set(present)) + len(ids) - len(present)
 
 

@@ -9,7 +9,8 @@ equals the full mode. Under torchrun every process
 scores a contiguous share of the pairs and gathers the others' scores (``_score``); in the two-stage
 mode it also embeds a share of the captions and images (``unimodal_embeddings``).
 
-Recall counts ties against the query: a constant scorer gets 0, never chance-level recall by luck of the order.
+Recall counts ties against the query: a constant scorer gets 0, never chance-level recall by luck of the order;
+the two-stage mode's cut does too (an answer tied with others at the k-th place is not re-ranked: ``prerank_top``).
 Identical inputs (captions of the same word pieces, images of the same regions) take one score
 (``first_twin_pairs``), so they tie exactly: scored in batches of other shapes they came out a few ULPs
 apart, and the ties went the query's way or not by ``--batch-size``.
@@ -353,6 +354,39 @@ def unimodal_embeddings(model: ImageBert, data: EvalSet, batch_size: int, device
     return texts[torch.from_numpy(data.caption_twin)], images[torch.from_numpy(data.image_twin)]
 
 
+#: Pre-ranker scores ``prerank_top`` ranks at a time (4 Mi float64s, 32 MiB): a few queries' rows, not the matrix.
+PRERANK_CHUNK = 1 << 22
+
+
+def prerank_top(scores: torch.Tensor, gold: torch.Tensor, k: int) -> torch.Tensor:
+    """The two-stage mode's candidates: each query's (row's) ``k`` best items by the pre-ranker, [queries, items] bool.
+
+    ``gold`` marks each query's answers. Ties count against the query, as ``recall_at_k`` counts them: an answer
+    ranks after every other item of an equal score (a NaN score of another item above all, an answer's NaN below
+    all), so it reaches the re-ranking only when fewer than ``k`` others score as high. ``topk`` alone broke the
+    ties by index, so whether an answer tied at the cut was re-ranked, and the recall, hung on the set's order.
+
+    The order is ``topk``'s on a float64 key: an answer's score lowered by one float64 step, which lies below its
+    float32 ties and above every lower float32; another item's -inf raised to the lowest finite float64, above an
+    answer's -inf. Ties between items of one side stay ``topk``'s: they decide no answer's fate. In blocks of rows
+    (``PRERANK_CHUNK`` scores), so the key never holds the whole matrix.
+    """
+    n_queries, n_items = scores.shape
+    picked = torch.zeros(n_queries, n_items, dtype=torch.bool)
+    if not k:
+        return picked
+    lowest = torch.tensor(float("-inf"), dtype=torch.float64)
+    rows = max(1, PRERANK_CHUNK // max(1, n_items))
+    for start in range(0, n_queries, rows):
+        block = scores[start:start + rows].cpu().double()
+        nan = block.isnan()
+        others = block.masked_fill(nan, float("inf")).clamp_min(-torch.finfo(torch.float64).max)
+        answers = torch.nextafter(block, lowest).masked_fill(nan, float("-inf"))
+        key = torch.where(gold[start:start + rows].cpu(), answers, others)
+        picked[start:start + rows].scatter_(1, key.topk(k, dim=1).indices, True)
+    return picked
+
+
 def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str | EvalCaptions,
              split: str | None = "test", batch_size: int = 512, device: torch.device | str = "cpu", bf16: bool = False,
              two_stage_k: int | None = None, progress: bool = False, compile: bool = False,
@@ -415,12 +449,10 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
         text_emb, image_emb = unimodal_embeddings(model, data, batch_size, device, bf16)
         similarity = text_emb @ image_emb.t()
         k_images, k_captions = min(two_stage_k, n_images), min(two_stage_k, n_captions)
-        candidates = torch.zeros(n_captions, n_images, dtype=torch.bool)
-        ir_pick = similarity.topk(k_images, dim=1).indices
-        sr_pick = similarity.topk(k_captions, dim=0).indices
-        candidates.scatter_(1, ir_pick, True)
-        candidates_sr = torch.zeros_like(candidates)
-        candidates_sr.scatter_(0, sr_pick, True)
+        # Each query's k best by the pre-ranker, its answers after the items tied with them (``prerank_top``).
+        gold = _gold(data)
+        candidates = prerank_top(similarity, gold, k_images)
+        candidates_sr = prerank_top(similarity.t(), gold.t(), k_captions).t()
         union = (candidates | candidates_sr).nonzero().numpy()
         order = np.lexsort((data.text_lengths[union[:, 0]], union[:, 1]))  # image-major, then caption length
         pair_captions, pair_images = union[order, 0], union[order, 1]
@@ -437,7 +469,7 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
         mode, scored = "two_stage", len(flat)
         rows = torch.arange(n_captions)
         prerank = {"image_retrieval": float(candidates[rows, data.caption_images].float().mean()),
-                   "sentence_retrieval": float((candidates_sr & _gold(data)).any(0).float().mean())}
+                   "sentence_retrieval": float((candidates_sr & gold).any(0).float().mean())}
     seconds = time.perf_counter() - started
     if folds is None:
         first = {"ir_first": candidates, "sr_first": candidates_sr} if mode == "two_stage" else {}

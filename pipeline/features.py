@@ -505,12 +505,6 @@ def read_image_ids(parquet: pq.ParquetFile, file: str, group: int, rows: list[in
     return (table.take(rows) if rows is not None else table).column(0).to_pylist()
 
 
-def missing_id(image_id: str | None) -> bool:
-    """Whether a row has no image id: null, empty or only whitespace (an empty one would stand for every image
-    without one, and all but the first vanish as duplicates, uncounted)."""
-    return image_id is None or not image_id.strip()
-
-
 def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     """Split the distinct images of a dataset into shards, in a stable order; also count null-id rows.
 
@@ -530,7 +524,7 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
             ids = read_image_ids(parquet, file, group)
             rows: list[int] = []
             for row, image_id in enumerate(ids):
-                if missing_id(image_id):
+                if schemas.missing_image_id(image_id):  # the audit recounts by the same rule
                     null_ids += 1
                     continue
                 if image_id in seen:

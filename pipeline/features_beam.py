@@ -25,7 +25,7 @@ from model.detectors.images import DetectorInput, ImageRejected, decode_for_dete
 from pipeline.features import (MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
                                ImageRegions, RowGroupStream, _batches, _check_output_outside, _join, _open_parquet, _why,
                                _write_json, check_device_name, check_input_file, check_not_in_another_run, classes_info,
-                               detect_by_shape, effective_topk, input_files, missing_id, output_schema, piece_size,
+                               detect_by_shape, effective_topk, input_files, output_schema, piece_size,
                                read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
@@ -106,7 +106,7 @@ class KeyRowsByImageFn(beam.DoFn):
 
     def process(self, row: dict):
         image_id = row.get("image_id")
-        if missing_id(image_id):
+        if schemas.missing_image_id(image_id):
             self.rows_without_id.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id"))
             return

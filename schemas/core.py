@@ -208,6 +208,17 @@ def check_not_null(data: pa.Table | pa.RecordBatch, kind: str, where: str = "dat
                                       f"which the {kind} schema does not allow", field.name)
 
 
+def missing_image_id(image_id: str | None) -> bool:
+    """Whether a row has no image id: null, empty or only whitespace (``str.strip``'s whitespace).
+
+    The one rule for every stage that keys rows by image (``lait features`` rejects such a row as
+    ``image_id_missing``; an empty id would stand for every image without one, and all but the first vanish
+    as duplicates, uncounted) and for the audit that recounts it. It lives here, free of torch, so the audit
+    can share it rather than copy it.
+    """
+    return image_id is None or not image_id.strip()
+
+
 def detect_kind(schema: pa.Schema) -> str | None:
     """The dataset kind a schema declares in its metadata, else the first kind whose columns it has."""
     meta = schema.metadata or {}
