@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 from crawler import images, output
+from pipeline.signals import blocked_signals
 
 logger = logging.getLogger(__name__)
 
@@ -300,13 +301,10 @@ def _start_children(jobs: list[dict[str, Any]], env: dict[str, str], children: l
     """Start a crawl process for each of ``jobs``, appending each to ``children`` as it starts. Ctrl-C or SIGTERM
     meanwhile is taken once all have started (KeyboardInterrupt here, after the last), so that none is started
     unrecorded and every one can be waited for."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
+    with blocked_signals(STOP_SIGNALS):
         for job in jobs:
             children.append(subprocess.Popen([sys.executable, "-m", "crawler.runner", json.dumps(job)], env=env,
                                              preexec_fn=_child_hook()))
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _LiveBar:

@@ -34,6 +34,7 @@ from filters.relevance.data import choose_pairs, content_key, read_pairs
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
 from model.relevance import (CONFIG_FILE, MODEL_KIND, WEIGHTS_FILE, RelevanceConfig, RelevanceEnsemble, RelevanceModel,
                              missing_folders, remove_empty_folders, save_model)
+from pipeline.signals import blocked_signals
 
 log = logging.getLogger(__name__)
 
@@ -434,11 +435,8 @@ def _fit_in_processes(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfi
                                             args=(ex, train_idx, arch, config, seed, threads, steps, results))
                 # A member never takes Ctrl-C (it keeps the blocked SIGINT it starts with): this process takes it
                 # and ends them below. Before, a member still importing printed a KeyboardInterrupt traceback.
-                previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                try:
+                with blocked_signals({signal.SIGINT}):
                     running[seed].start()
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             _drain(steps, bar)
             try:
                 seed, state, loss, error = results.get(timeout=0.2)
