@@ -49,12 +49,15 @@ class FetchError(Exception):
 
 @dataclasses.dataclass
 class Fetched:
-    """A successful response: the final URL, status, headers (lower-case names, ``header_dict``) and decoded body."""
+    """A successful response: the final URL, status, headers (lower-case names, ``header_dict``) and decoded body;
+    ``header_lines``, the (name, value) lines as they came, for what must read them apart
+    (``extract.robots_tag_lines``: a user agent before an X-Robots-Tag line scopes that line only)."""
 
     url: str
     status: int
     headers: dict[str, str]
     body: bytes
+    header_lines: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 class _PinnedConnectionMixin:
@@ -175,7 +178,8 @@ class PoliteFetcher:
     def _body(self, url: str, response: http.client.HTTPResponse, max_bytes: int) -> Fetched:
         """The response read within the size cap and the deadline, gzip decoded."""
         with response:
-            headers = header_dict(response.headers.items())  # every line: http.client keeps repeated ones
+            lines = list(response.headers.items())  # every line: http.client keeps repeated ones
+            headers = header_dict(lines)
             try:
                 raw = self._read(response, max_bytes + 1, url)
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
@@ -190,7 +194,7 @@ class PoliteFetcher:
                 raise FetchError("fetch_error", f"{url}: bad gzip body ({exc})") from None
             if len(raw) > max_bytes:
                 raise FetchError("too_large", f"{url}: body over {max_bytes} bytes after decompression")
-        return Fetched(url, response.status, headers, raw)
+        return Fetched(url, response.status, headers, raw, lines)
 
     def _read(self, response, limit: int, url: str) -> bytes:
         """Up to ``limit`` bytes of the body within ``timeout`` seconds in all.
@@ -264,7 +268,11 @@ class PoliteFetcher:
             if fetched.status in (301, 302, 303, 307, 308) and "location" in fetched.headers:
                 # http.client gives header values as Latin-1 text: back to the bytes, then as Scrapy reads them.
                 location = fetched.headers["location"].encode("latin-1", errors="replace")
-                url = _request_url(urljoin(url, safe_url_string(location)))
+                try:
+                    url = _request_url(urljoin(url, safe_url_string(location)))
+                except ValueError as exc:  # `http://[bad/`, a port out of range: was a ValueError out of the DoFn
+                    detail = f"{url[:200]} redirects to a URL that cannot be fetched: {exc}"
+                    raise FetchError("invalid_url", detail) from None
                 continue
             if not 200 <= fetched.status < 300:
                 raise FetchError(f"http_{fetched.status}", url)

@@ -4,12 +4,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import urljoin, urlsplit
 
 from scrapy import exceptions as scrapy_errors
+from scrapy.downloadermiddlewares.redirect import RedirectMiddleware as ScrapyRedirectMiddleware
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as ScrapyRobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet import defer, error as tx_error
+from w3lib.url import safe_url_string
 
 from crawler import extract, netguard, resolver
 from crawler import settings as defaults
@@ -99,6 +102,50 @@ class PageRedirectMiddleware:
         if follow and "lait_page" in request.meta and request.meta.get("redirect_urls") and not follow(request):
             raise RefusedRequest("redirect_to_seen", f"{request.url} is crawled as a page of its own")
         return None
+
+
+class RedirectMiddleware(ScrapyRedirectMiddleware):
+    """Scrapy's redirect middleware, with a redirect to a URL that cannot be fetched refused as a page's references are.
+
+    Scrapy failed on a Location that is no valid URL (``http://[bad/``) or a ``mailto:`` or ``javascript:`` one while
+    it built the redirect's request, and the page or image ended as ``fetch_error``; one of another scheme (``ftp://``)
+    it handed back, as ``http_302``. Now it is ``invalid_url`` or ``unsupported_scheme``, as an ``<img src>`` of either
+    is (``extract.parse_page``) and as the network guard refuses a redirect to a URL with credentials.
+    """
+
+    #: The statuses whose Location Scrapy follows.
+    STATUSES = frozenset({301, 302, 303, 307, 308})
+
+    def process_response(self, request, response):
+        if self._follows(request, response):
+            _check_redirect_target(request, response)
+        return super().process_response(request, response)
+
+    def _follows(self, request, response) -> bool:
+        """Whether Scrapy's ``process_response`` would follow the response's Location (its own conditions)."""
+        if (request.meta.get("dont_redirect", False) or request.meta.get("handle_httpstatus_all", False)
+                or response.status in getattr(self.crawler.spider, "handle_httpstatus_list", ())
+                or response.status in request.meta.get("handle_httpstatus_list", ())):
+            return False
+        return response.status in self.STATUSES and "Location" in response.headers
+
+
+def _check_redirect_target(request, response) -> None:
+    """``RefusedRequest`` when the response's Location, read as Scrapy reads it, is no URL (``invalid_url``) or not an
+    http(s) one (``unsupported_scheme``). The detail names the redirecting URL and the problem, not the target, which
+    may carry credentials."""
+    raw = response.headers["Location"]
+    try:
+        location = safe_url_string(raw)
+        if raw.startswith(b"//"):  # (as Scrapy joins a protocol-relative Location)
+            location = urlparse_cached(request).scheme + "://" + location.lstrip("/")
+        scheme = urlsplit(urljoin(request.url, location)).scheme
+    except ValueError as exc:
+        detail = f"{request.url[:200]} redirects to a URL that cannot be fetched: {exc}"
+        raise RefusedRequest("invalid_url", detail) from None
+    if scheme not in netguard.ALLOWED_SCHEMES:
+        detail = f"{request.url[:200]} redirects to a URL of scheme {scheme or '(none)'}, not http(s)"
+        raise RefusedRequest("unsupported_scheme", detail)
 
 
 class RobotsUnavailable:

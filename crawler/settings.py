@@ -40,6 +40,10 @@ DOWNLOADER_MIDDLEWARES = {
     # Scrapy's, except that a robots.txt answering 5xx or not at all disallows its host (RFC 9309).
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawler.middlewares.RobotsTxtMiddleware": 100,
+    # Scrapy's, except that a redirect to a URL that is no URL or not http(s) is an invalid_url or unsupported_scheme
+    # reject, as an <img src> of it is (Scrapy's failed on it as fetch_error, or handed it back as http_302).
+    "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
+    "crawler.middlewares.RedirectMiddleware": 600,
     # The spider filters page links by domain itself and fetches images from any host (CDNs).
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,

@@ -288,7 +288,7 @@ class ReadWarcRecords(beam.DoFn):
             yield _rejected("warc_malformed_record", f"{path}@{offset()}: {kind} record without a URL ({url!r})"[:300])
             return
         url = _lower_scheme(url)  # "HTTP://..." as a page or image URL is spelt everywhere else
-        headers = header_dict(record.http_headers.headers) if record.http_headers else {}  # all X-Robots-Tag lines
+        headers = _with_robots_lines(record.http_headers.headers) if record.http_headers else {}
         content_type = (extract.header_value(headers, "Content-Type")
                         or record.rec_headers.get_header("Content-Type") or "").strip().lower()
         if content_type.startswith("application/http"):  # a WARC response's own type: that of the HTTP message
@@ -575,6 +575,17 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
                 yield dict(ref, figcaption=None, page_lang=lang, page_title=title, page_text=None)
 
 
+def _with_robots_lines(lines) -> dict:
+    """A response's headers from its (name, value) lines: ``header_dict``'s (lower-case names, repeated lines
+    joined), except ``x-robots-tag``, kept as the list of its lines, each read whole (``extract.opt_out_reason``'s
+    ``lines``: a user agent's name before a line scopes that line only), as the URL crawl reads them."""
+    headers = header_dict(lines)
+    robots = extract.robots_tag_lines(lines)
+    if robots:
+        headers["x-robots-tag"] = robots
+    return headers
+
+
 def _ids(row: dict) -> dict:
     return {k: row.get(k) for k in ("candidate_id", "page_url", "image_url")}
 
@@ -646,7 +657,8 @@ class DownloadMissingImages(beam.DoFn):
             yield dict(job, failure=(exc.reason, exc.detail))
             return
         self.downloaded.inc()
-        yield dict(job, image={"status": fetched.status, "headers": fetched.headers, "body": fetched.body,
+        yield dict(job, image={"status": fetched.status, "headers": _with_robots_lines(fetched.header_lines),
+                               "body": fetched.body,
                                "date": datetime.datetime.now(datetime.timezone.utc)})
 
 
@@ -691,8 +703,7 @@ class ValidateImages(beam.DoFn):
     def process(self, job: dict) -> Iterator[Any]:
         failure, item, result = job.get("failure"), job.get("image"), None
         if failure is None:
-            opt_out = extract.opt_out_reason([extract.header_value(item["headers"], "X-Robots-Tag") or ""],
-                                           image=True)
+            opt_out = extract.opt_out_reason((), image=True, lines=extract.robots_tag_lines(item["headers"]))
             if opt_out:
                 failure = (opt_out, "X-Robots-Tag on the image")
             else:

@@ -696,8 +696,8 @@ class LaitSpider(scrapy.Spider):
         stats.set_value("lait/run/last_response", time.time())
         stats.inc_value("lait/image/fetched")
         body = response.body
-        opt_out = extract.opt_out_reason([v.decode("latin-1") for v in response.headers.getlist("X-Robots-Tag")],
-                                         image=True)
+        # Each X-Robots-Tag line read whole: `otherbot: noindex, noai` is otherbot's alone (Google's reading).
+        opt_out = extract.opt_out_reason((), image=True, lines=extract.robots_tag_lines(response.headers))
         if opt_out:
             result = {"reason": opt_out, "detail": "X-Robots-Tag on the image"}
         else:

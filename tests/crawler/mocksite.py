@@ -253,7 +253,7 @@ def case_site() -> MockSite:
         if path == "/base.html":
             head = '<base href="/sub/">'
         if path == "/optout-header.html":
-            headers["X-Robots-Tag"] = "otherbot: noindex, noimageindex"
+            headers["X-Robots-Tag"] = "noimageindex, otherbot: noindex"  # unscoped first: ours
         pages[path] = (200, headers, html(body.replace("{port}", str(port)), head=head))
     pages["/fr.html"] = (200, HTML, html('<img src="img/fr.jpg" alt="Un carré rouge">', lang="fr"))
     pages["/content-language.html"] = (200, dict(HTML, **{"Content-Language": "de, en"}),

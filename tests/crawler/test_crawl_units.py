@@ -419,6 +419,28 @@ def test_polite_fetcher_requests_spaces_and_non_ascii_as_scrapy_does():
     assert site.counts["/img/caf%C3%A9%20noir.jpg"] == 2
 
 
+class _HeaderLines(list):
+    """Header lines for MockSite, a name repeated (a dict holds each name once)."""
+
+    def items(self):
+        return self
+
+
+def test_polite_fetcher_keeps_the_header_lines_apart_for_the_x_robots_tag_scopes():
+    """``header_dict`` joins the X-Robots-Tag lines (what its callers read); ``header_lines`` keeps them apart, so that
+    a reader can scope each line by its user agent (``extract.robots_tag_lines``) as the spider does."""
+    from crawler.fetch import PoliteFetcher
+
+    headers = _HeaderLines([("Content-Type", "image/jpeg"), ("X-Robots-Tag", "otherbot: noindex, noai"),
+                            ("X-Robots-Tag", "lait: noimageai")])
+    with MockSite({"/i.jpg": (200, headers, jpeg(8, 8))}) as site:
+        fetched = PoliteFetcher(allow_private_networks=True, delay=0, obey_robots=False).fetch(site.url + "/i.jpg")
+    assert fetched.headers["x-robots-tag"] == "otherbot: noindex, noai, lait: noimageai"
+    lines = extract.robots_tag_lines(fetched.header_lines)
+    assert lines == ["otherbot: noindex, noai", "lait: noimageai"]
+    assert extract.opt_out_reason([], image=True, lines=lines) == "opt_out_noimageai"
+
+
 def test_polite_fetcher_disallows_a_host_whose_robots_txt_fails_or_cannot_be_reached():
     """RFC 9309: robots.txt answering 5xx or not at all disallows the host; a 4xx allows it."""
     from crawler.fetch import FetchError, PoliteFetcher

@@ -7,7 +7,7 @@ from urllib.parse import urljoin
 
 import pytest
 from scrapy import Request
-from scrapy.http import Response
+from scrapy.http import HtmlResponse, Response
 
 import schemas
 from crawler import extract
@@ -232,6 +232,66 @@ def test_noindex_on_an_image_response_opts_the_image_out():
                         request=Request(image_url, meta={"lait_image": image_url}))
     rows = [item.row for item in spider.parse_image(response)]
     assert [(row["reason"], row["candidate_id"]) for row in rows] == [("opt_out_noindex", "c")]
+
+
+@pytest.mark.parametrize("lines, opt_out", [
+    (["otherbot: noindex, noai"], None),  # was opt_out_noai: the name scopes the whole line, not its first rule
+    (["otherbot: noindex", "noai"], "opt_out_noai"),  # a line without a name is every agent's
+    (["googlebot: noai", "LAIT: noimageai"], "opt_out_noimageai"),
+    (["lait: noindex, noimageindex"], "opt_out_noimageindex"),
+    (["* : noai"], "opt_out_noai"),
+    (["noindex, otherbot: noai"], None),  # a name after a rule scopes that rule (as before)
+    # a rule with a value after a colon names no user agent: the line is every agent's
+    (["unavailable_after: 25 Jun 2010 15:00:00 PST, noai"], "opt_out_noai"),
+    (["Unavailable_After: Friday, 25-Jun-2010 15:00:00 PST, noimageai"], "opt_out_noimageai"),
+    (["max-image-preview: large, noimageindex"], "opt_out_noimageindex"),
+    (["lait: unavailable_after: 25 Jun 2010 15:00:00 PST, noai"], "opt_out_noai"),
+    (["googlebot: unavailable_after: 25 Jun 2010 15:00:00 PST, noai"], None),
+])
+def test_a_user_agent_before_an_x_robots_tag_line_scopes_the_whole_line(lines, opt_out):
+    """Was: the lines were joined by `, ` and a name scoped only the rule after it, so `otherbot: noindex, noai`
+    opted the page out for LAIT too. Google reads the name as the user agent of every rule of its line."""
+    assert extract.opt_out_reason([], lines=lines) == opt_out
+    for headers in ({"X-Robots-Tag": lines}, {b"x-robots-tag": [line.encode("latin-1") for line in lines]}):
+        assert extract.parse_page('<img src="a.jpg" alt="A">', PAGE, headers).opt_out == opt_out
+
+
+def test_x_robots_tag_lines_are_read_apart_only_where_they_come_apart():
+    pairs = [("X-Robots-Tag", "otherbot: noai"), ("Content-Type", "text/html"), ("x-robots-tag", "noimageai")]
+    assert extract.robots_tag_lines(pairs) == ["otherbot: noai", "noimageai"]
+    assert extract.robots_tag_lines({"X-Robots-Tag": "one line"}) == ["one line"]
+    assert extract.robots_tag_lines(None) == extract.robots_tag_lines({}) == []
+    assert extract.robots_tag_lines(Response(PAGE, headers=[(b"X-Robots-Tag", b"a: b"), (b"X-Robots-Tag", b"c")]).headers) == [
+        "a: b", "c"]
+    # One value may be lines joined (crawler.fetch.header_dict, as the WARC reader hands them): read rule by rule, as
+    # it always was, so an opt-out on a line of its own after another agent's line still counts.
+    joined = {"x-robots-tag": "otherbot: noindex, noai"}
+    assert extract.parse_page('<img src="a.jpg" alt="A">', PAGE, joined).opt_out == "opt_out_noai"
+    assert extract.opt_out_reason(["otherbot: noindex, noai"]) == "opt_out_noai"
+    assert extract.opt_out_reason(["unavailable_after: 25 Jun 2010 15:00:00 PST, noai"]) == "opt_out_noai"
+
+
+@pytest.mark.parametrize("lines, reason", [(["otherbot: noindex, noimageai"], None),
+                                           (["otherbot: noindex", "noimageai"], "opt_out_noimageai"),
+                                           (["lait: noindex"], "opt_out_noindex")])
+def test_the_spider_reads_each_x_robots_tag_line_of_a_page_and_an_image_whole(lines, reason):
+    spider = _spider(LAIT_MIN_SIDE=TEST_MIN_SIDE)
+    page_url, image_url = "http://example.org/", "http://example.org/a.jpg"
+    headers = [(b"Content-Type", b"text/html")] + [(b"X-Robots-Tag", line.encode()) for line in lines]
+    request = spider._schedule_page(page_url, 0)
+    page = HtmlResponse(page_url, headers=headers, body=html('<img src="/a.jpg" alt="A">'), request=request)
+    out = list(spider.parse_page(page))
+    page_reason = reason if reason != "opt_out_noindex" else None  # a page's noindex is about the page
+    if page_reason:
+        assert [item.row["reason"] for item in out] == [page_reason]
+    else:
+        assert [item.url for item in out] == [image_url]
+    headers = [(b"Content-Type", b"image/jpeg")] + [(b"X-Robots-Tag", line.encode()) for line in lines]
+    spider.pending[image_url] = [{"page_url": page_url, "image_url": image_url, "alt": "A", "title": None,
+                                  "candidate_id": "c"}]
+    image = Response(image_url, headers=headers, body=jpeg(96, 72), request=Request(image_url, meta={"lait_image": image_url}))
+    rows = [item.row for item in spider.parse_image(image)]
+    assert [row.get("reason") for row in rows] == [reason]
 
 
 @pytest.mark.parametrize("name, value", [("LAIT_MIN_SIDE", True), ("LAIT_MAX_ASPECT", True), ("LAIT_ROWS_PER_SHARD", True),

@@ -187,6 +187,52 @@ def test_an_opt_out_on_the_first_of_two_x_robots_tag_lines_counts_in_downloads()
     assert fetched.headers["content-type"] == "image/jpeg"
 
 
+_SCOPED = [  # (X-Robots-Tag lines of the page, of the image) -> (page reject reason or None, image reason or None)
+    ([("X-Robots-Tag", "otherbot: noindex, noai")], [("X-Robots-Tag", "otherbot: noindex, noimageai")], None, None),
+    ([("X-Robots-Tag", "otherbot: noindex"), ("X-Robots-Tag", "noai")],
+     [("X-Robots-Tag", "otherbot: nosnippet"), ("X-Robots-Tag", "lait: noimageai")], "opt_out_noai", "opt_out_noimageai"),
+]
+
+
+def _image_job(url: str, image) -> dict:
+    return {"url": url, "image": image, "failure": None,
+            "candidates": [{"candidate_id": "c", "page_url": "http://warc.example/q.html", "image_url": url,
+                            "alt": "A photo", "title": None}]}
+
+
+def _validated(job) -> list:
+    check = warc.ValidateImages(min_side=TEST_MIN_SIDE, max_aspect=3.0, formats=("JPEG",), max_pixels=10**8)
+    return [getattr(r, "value", r).get("reason") for r in check.process(job)]
+
+
+@pytest.mark.parametrize(("page_lines", "image_lines", "page_reason", "image_reason"), _SCOPED)
+def test_a_user_agent_before_an_x_robots_tag_line_scopes_that_line_in_records(tmp_path, page_lines, image_lines,
+                                                                             page_reason, image_reason):
+    """Each line read whole, as the URL crawl reads it: ``otherbot: noindex, noai`` is otherbot's alone (joined with
+    the other lines, its ``noai`` was taken for ours), and a line of ours after one of theirs still counts."""
+    path = tmp_path / "scoped.warc"
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=False)
+        _response(writer, "http://warc.example/p.html", html('<img src="/i.jpg" alt="A photo of a scoped page">'),
+                  "text/html", extra=page_lines)
+        _response(writer, "http://warc.example/i.jpg", jpeg(96, 72), "image/jpeg", extra=image_lines)
+    (page, image), _ = _outputs(path)
+    rows = [getattr(r, "value", r) for r in warc.page_candidates(page)]
+    assert [r.get("reason") for r in rows] == [page_reason]
+    assert _validated(_image_job(image[1], image[2])) == [image_reason]
+
+
+@pytest.mark.parametrize(("image_lines", "image_reason"), [(lines, reason) for _, lines, _, reason in _SCOPED])
+def test_a_user_agent_before_an_x_robots_tag_line_scopes_that_line_in_downloads(image_lines, image_reason):
+    headers = _HeaderLines([("Content-Type", "image/jpeg"), *image_lines])
+    with MockSite({"/i.jpg": (200, headers, jpeg(96, 72))}) as site:
+        download = warc.DownloadMissingImages(dict(allow_private_networks=True, delay=0, obey_robots=False, timeout=5))
+        download.setup()
+        url = site.url + "/i.jpg"
+        (job,) = download.process({"url": url, "image": None, "failure": None, "candidates": []})
+    assert _validated(_image_job(url, job["image"])) == [image_reason]
+
+
 # ------------------------------------------------------------------------------------------------ WAT records
 
 def _wat_json(status=None, warc_type=None, links=()) -> dict:
