@@ -1,7 +1,7 @@
 """Existing caption sets as LAIT datasets: MSCOCO captions JSON, Karpathy-split JSON, image folder + TSV.
 
-Writes ``OUT/captions/`` (every caption, with its split), ``OUT/pairs/`` (one row per image with its
-bytes, so ``lait features --input OUT`` adds the regions), ``OUT/rejected/`` and ``OUT/stats.json``.
+Writes ``OUT/captions/`` (every caption, with its split), ``OUT/pairs/`` (one row per image with a kept caption,
+with its bytes, so ``lait features --input OUT`` adds the regions), ``OUT/rejected/`` and ``OUT/stats.json``.
 An image's id is the SHA-256 of its bytes, as everywhere in LAIT; a caption whose image file is
 missing or unreadable, which is empty or malformed, whose id came before, or whose COCO image id names two files, is
 rejected with a reason.
@@ -13,7 +13,6 @@ neither are another dataset's (or an import's from before the mark), refused unl
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -22,10 +21,10 @@ import pathlib
 import shutil
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import schemas
-from pipeline.outputs import stage_of
+from pipeline.outputs import HOLDS_STAGE_FOLDERS, ancestors, stage_of
 
 logger = logging.getLogger(__name__)
 
@@ -317,30 +316,40 @@ def _inside(folder: str, path: str) -> bool:
     return os.path.commonpath([root, os.path.realpath(path)]) == root
 
 
-def _image_info(images_dir: str, image_file: str) -> tuple[bytes, int, int] | str:
-    """The image's bytes and size, or a reject reason."""
+class _Unusable(NamedTuple):
+    """Why an image file cannot be imported: the reject reason, and what the reader or the image opener said."""
+
+    reason: str
+    detail: str = ""
+
+
+def _image_info(images_dir: str, image_file: str) -> tuple[bytes, int, int] | _Unusable:
+    """The image's bytes and size as shown (after its EXIF orientation, as the filter stage measures it), or why
+    it cannot be imported.
+
+    The image is opened by ``filters.imageio``, as by every other stage, and its first frame fully decoded: bytes
+    it refuses (truncated pixel data, more pixels than its decompression-bomb limit, a format it keeps shut) are
+    ``image_unreadable`` with its reason (``undecodable: ...``), not pairs that ``lait features`` then fails on."""
     if not image_file or "\x00" in image_file:
-        return "image_path_invalid"
+        return _Unusable("image_path_invalid")
     path = os.path.join(images_dir, image_file)
     try:
         if not _inside(images_dir, path):
-            return "image_path_outside"
+            return _Unusable("image_path_outside")
         if not os.path.isfile(path):
-            return "image_missing"
+            return _Unusable("image_missing")
         with open(path, "rb") as handle:
             data = handle.read()
-    except (OSError, ValueError):  # a name the file system refuses (too long, undecodable), a read error
-        return "image_unreadable"
-    from PIL import Image
-
-    from filters.imageio import WEB_FORMATS
+    except (OSError, ValueError) as exc:  # a name the file system refuses (too long, undecodable), a read error
+        return _Unusable("image_unreadable", getattr(exc, "strerror", None) or type(exc).__name__)
+    from filters import imageio
 
     try:
-        with Image.open(io.BytesIO(data), formats=WEB_FORMATS) as image:
-            width, height = image.size
-            image.verify()
-    except Exception:  # any decoder error means the same thing here: not a usable image
-        return "image_unreadable"
+        with imageio.open_image(data) as image:
+            width, height = imageio.oriented_size(image)
+            imageio.decode(image, rgb=False)  # the pixels too: a valid header over truncated data is no image
+    except imageio.ImageError as exc:
+        return _Unusable("image_unreadable", str(exc))
     return data, width, height
 
 
@@ -390,13 +399,37 @@ def _read_local(path: str) -> bytes:
         return handle.read()
 
 
+def _refuse_dataset_or_nested(out_dir: str) -> None:
+    """``ImportExistsError`` for an ``out_dir`` that is a dataset (Parquet files in it: ``RUN/filter/pairs``, among
+    whose shards the import's captions/, pairs/ and rejected/ made it unreadable as one), or that lies inside a
+    finished stage's folder (an ancestor's stats.json names a stage other than the import, which may hold stage
+    folders: ``HOLDS_STAGE_FOLDERS``): refused even with ``overwrite``.
+
+    The rule of the Beam stages (``pipeline.outputs.refuse_dataset_or_nested``), for a local folder read without
+    Beam: that function lists and reads through Beam's filesystems, which the ``train`` extra that
+    ``lait import-captions`` needs does not install."""
+    if os.path.isdir(out_dir):
+        with os.scandir(out_dir) as entries:
+            shards = sorted(entry.name for entry in entries if entry.name.endswith(".parquet") and entry.is_file())
+        if shards:
+            raise ImportExistsError(f"{out_dir} holds Parquet files ({shards[0]}): it is a dataset, not an import's "
+                                    f"folder; give the import an --out of its own (e.g. a sibling of {out_dir})")
+    for folder in ancestors(out_dir):
+        stats_path = os.path.join(folder, "stats.json")
+        other = stage_of(stats_path, read=_read_local) if os.path.isfile(stats_path) else None
+        if isinstance(other, str) and other not in HOLDS_STAGE_FOLDERS:
+            raise ImportExistsError(f"{out_dir} lies inside {folder}, the folder of a finished {other} run (its "
+                                    f"stats.json); give the import an --out of its own (e.g. a sibling of {folder})")
+
+
 def prepare_output(out_dir: str, overwrite: bool = False) -> None:
     """Refuse a finished import's folder, or one holding another dataset, unless ``overwrite``; remove what an
     interrupted import left (its ``IMPORT_MARKER`` says so).
 
     Shards are numbered after those already there, so a rerun into the same folder added every caption
     a second time. Other folders inside (``features/``, ``regions/``) stay. Another stage's finished run (its
-    stats.json names that stage) is refused even with ``overwrite``.
+    stats.json names that stage), a dataset and a folder inside a finished stage's (``_refuse_dataset_or_nested``)
+    are refused even with ``overwrite``.
     """
     if not _is_text(out_dir):  # pyarrow takes paths as UTF-8: the import failed after marking the folder
         raise ValueError(f"{_shown(out_dir)}: the folder's name is not UTF-8 text, which the datasets' paths must "
@@ -404,6 +437,7 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir} is a file, not a folder: --out is the folder the import writes captions/, "
                          f"pairs/, rejected/ and stats.json into")
+    _refuse_dataset_or_nested(out_dir)
     existing = [name for name in OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
     stats_path = os.path.join(out_dir, "stats.json")
     finished = "stats.json" in existing
@@ -430,7 +464,8 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
 
 def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: str, rows_per_shard: int = 5000,
                     overwrite: bool = False) -> dict:
-    """Write captions, pairs (one per image, with bytes), rejected rows and stats; returns the stats.
+    """Write captions, pairs (one per image with a kept caption: its bytes, size as shown and first kept caption),
+    rejected rows and stats (``images``: the pairs rows); returns the stats.
 
     A caption id seen before is rejected (``duplicate_caption``): caption ids are keys downstream. ``records``
     yielding nothing at all is a ``NoCaptionsError`` before ``out_dir`` is touched.
@@ -444,8 +479,8 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, IMPORT_MARKER), "w", encoding="utf-8") as handle:
         json.dump({"stage": STAGE, "pid": os.getpid()}, handle)
-    images: dict[str, tuple[str, int, int] | str] = {}  # image file -> (image_id, w, h) or reject reason
-    written: set[str] = set()  # image ids with a pairs row: one per image, whatever names lead to its bytes
+    images: dict[str, tuple[str, int, int] | _Unusable] = {}  # image file -> (image_id, w, h) or why not
+    written: set[str] = set()  # image ids with a pairs row: one per image with a kept caption, whatever its names
     seen: set[str] = set()  # caption ids
     reasons: Counter = Counter()
     counts = {"in": 0, "kept": 0}
@@ -469,31 +504,42 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
                                       f"text (a lone surrogate)"))
                 continue
             caption = " ".join(record.caption.split())
+            data = None  # the image's bytes, when read for this record
             if record.image_file not in images:
                 info = _image_info(images_dir, record.image_file)
-                if isinstance(info, str):
-                    images[record.image_file] = info
+                if not isinstance(info, _Unusable):
+                    data, width, height = info
+                    info = (hashlib.sha256(data).hexdigest(), width, height)
+                images[record.image_file] = info
+            image = images[record.image_file]
+            reason = image.reason if isinstance(image, _Unusable) else (
+                "caption_empty" if not caption else "duplicate_caption" if record.source_id in seen else None)
+            if not reason and image[0] not in written and data is None:
+                # The image's first kept caption, its earlier ones all rejected: its bytes were not held (for every
+                # image whose captions are all rejected they would be), so they are read again.
+                info = _image_info(images_dir, record.image_file)
+                if isinstance(info, _Unusable):  # gone or broken since
+                    image, reason = info, info.reason
                 else:
                     data, width, height = info
-                    image_id = hashlib.sha256(data).hexdigest()
-                    images[record.image_file] = (image_id, width, height)
-                    if image_id not in written:  # the same bytes under another name (or ./name) have their row
-                        written.add(image_id)
-                        path = os.path.join(images_dir, record.image_file)
-                        pairs.write({"pair_id": hashlib.sha1(f"{image_id}|{record.source_id}".encode()).hexdigest(),
-                                     "image_id": image_id, "caption": caption or record.image_file,
-                                     "text_source": "import", "width": width, "height": height, "image_bytes": data,
-                                     # percent-encoded: a folder name that is not UTF-8 cannot be stored
-                                     "image_url": pathlib.Path(os.path.abspath(path)).as_uri()})
-            image = images[record.image_file]
-            reason = image if isinstance(image, str) else ("caption_empty" if not caption else
-                                                           "duplicate_caption" if record.source_id in seen else None)
+                    image = (hashlib.sha256(data).hexdigest(), width, height)
+                images[record.image_file] = image
             if reason:
-                reject(reason, f"{record.source_id}: {record.image_file}",
-                       image_id=None if isinstance(image, str) else image[0], caption=caption or None)
+                detail = image.detail if isinstance(image, _Unusable) else ""
+                reject(reason, f"{record.source_id}: {record.image_file}" + (f": {detail}" if detail else ""),
+                       image_id=None if isinstance(image, _Unusable) else image[0], caption=caption or None)
                 continue
+            image_id, width, height = image
+            if image_id not in written:  # its first kept caption (the same bytes under another name have their row)
+                written.add(image_id)
+                path = os.path.join(images_dir, record.image_file)
+                pairs.write({"pair_id": hashlib.sha1(f"{image_id}|{record.source_id}".encode()).hexdigest(),
+                             "image_id": image_id, "caption": caption, "text_source": "import", "width": width,
+                             "height": height, "image_bytes": data,
+                             # percent-encoded: a folder name that is not UTF-8 cannot be stored
+                             "image_url": pathlib.Path(os.path.abspath(path)).as_uri()})
             seen.add(record.source_id)
-            captions.write({"caption_id": record.source_id, "image_id": image[0], "caption": caption,
+            captions.write({"caption_id": record.source_id, "image_id": image_id, "caption": caption,
                             "split": record.split})
             counts["kept"] += 1
     stats = {"stage": STAGE, "in": counts["in"], "kept": counts["kept"], "rejected": sum(reasons.values()),

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return _fail(f"--out {args.out} is a file, not a folder: the import writes captions/, pairs/, rejected/ and "
                      f"stats.json into a folder")
+    problem = _split_problem(args.split)
+    if problem:
+        return _fail(problem)
     try:  # the readers open the file here (the JSON ones load it and check its shape), before --out is
         # touched; bad records become counted rejects
         reader = READERS[args.format]
@@ -64,6 +67,21 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc)
     print(json.dumps(stats, indent=2))
     return 0
+
+
+def _split_problem(split: str) -> str | None:
+    """What is wrong with a ``--split``, or None. It is stored in every caption row, where a training config's
+    ``split`` selects it by exact match: text that is not UTF-8 (the argument's bytes, which Arrow cannot store:
+    every caption was rejected, in a finished import), a blank one or one with white space around it names no
+    split that a config would give."""
+    if any("\udc80" <= ch <= "\udcff" for ch in split):  # the bytes Python could not decode from the command line
+        shown = split.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return f"--split '{shown}' is not UTF-8 text; give the split as text, such as train, val or test"
+    if not split.strip():
+        return f"--split {split!r} is empty; give the split the captions belong to, such as train, val or test"
+    if split != split.strip():
+        return f"--split {split!r} begins or ends with white space; a training config selects the split by its exact text"
+    return None
 
 
 def _fail(message) -> int:
