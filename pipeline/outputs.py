@@ -1,5 +1,6 @@
 """The output-folder rule of the Beam stages, which cannot resume: ``stats.json``, written last, marks a
-finished run; anything else found in the folder is an interrupted run's leftovers.
+finished run; anything else found in the folder is an interrupted run's leftovers, unless the run that marked the
+folder (``RUN_MARKER``) is still going: then a second run into it is refused (``run_in_progress``).
 
 Beam names its shards per run (``part-00000-of-00002`` one time, ``-of-00001`` the next; the
 relevance writer uses random names), so a rerun into a folder that still held the previous shards
@@ -11,11 +12,15 @@ this module.
 """
 from __future__ import annotations
 
+import datetime
+import itertools
 import json
 import logging
 import os
 import posixpath
 import shutil
+import socket
+import tempfile
 from typing import Callable, Sequence
 
 logger = logging.getLogger(__name__)
@@ -23,8 +28,9 @@ logger = logging.getLogger(__name__)
 #: A stage writes its stats here while it runs and renames the file to stats.json once every shard
 #: is written, so a killed run never leaves a stats.json behind.
 PENDING_STATS = "_stats.pending.json"
-#: Written by ``prepare_output`` as a run starts (``{"stage": ...}``) and removed once it finished: datasets
-#: found beside it without a stats.json are an interrupted run's, to remove; without it, another tool's.
+#: Written by ``prepare_output`` as a run starts (``run_marker``: the stage, and the host, pid and start time of
+#: the process) and removed once it finished: datasets found beside it without a stats.json are a run's still
+#: going (``run_in_progress``), to leave alone, or an interrupted run's, to remove; without it, another tool's.
 RUN_MARKER = "_run.started.json"
 
 
@@ -105,6 +111,30 @@ def _overlaps(output: str, source: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
+def _glob_prefix(pattern: str) -> str:
+    """The folder of a pattern before its first wildcard (``c5/cands`` for ``c5/cands/*.parquet``; ``.`` or the
+    bucket when the wildcard comes first)."""
+    scheme, sep, rest = pattern.rpartition("://")
+    parts = rest.split("/")
+    fixed = list(itertools.takewhile(lambda part: not has_glob(part), parts[:-1]))
+    folder = "/".join(fixed) or ("/" if rest.startswith("/") else "." if not sep else parts[0])
+    return f"{scheme}{sep}{folder}"
+
+
+def read_folders(source: str) -> list[str]:
+    """The folders whose data ``source`` (an input, as given) reads, to keep an output out of: a folder itself; for a
+    single file, its folder (a rerun given the folder would read what the output wrote there); for a pattern, the
+    folders of the files it matches, and with ``**`` (any depth) the whole folder before its wildcards, where
+    any file written would be matched the next time. A folder a single ``*`` spans (``runs/*/candidates``) is
+    not read whole: an output beside the runs it names (``runs/merged``) is not among them."""
+    if is_pattern(source):
+        found = {posixpath.dirname(m.path) for m in _filesystems().match([source])[0].metadata_list}
+        return sorted(found | ({_glob_prefix(source)} if "**" in source else set()))
+    if "://" not in source:
+        return [(os.path.dirname(source) or ".") if os.path.isfile(source) else source]
+    return [posixpath.dirname(source.rstrip("/")) if _filesystems().exists(source) else source]
+
+
 def _same(a: str, b: str) -> bool:
     """Whether two paths name the same folder."""
     return (_local(a) or a.rstrip("/")) == (_local(b) or b.rstrip("/"))
@@ -169,15 +199,20 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     file, that holds another stage's finished run (its stats.json names another stage: a crawl folder given as
     --output), that is, holds or lies inside one of ``inputs`` (the data this run reads), that holds Parquet
     files itself (a dataset such as ``RUN/filter/pairs``), or that lies inside a finished stage's folder (one
-    whose stats.json names a stage; ``refuse_dataset_or_nested``).
+    whose stats.json names a stage; ``refuse_dataset_or_nested``), or whose run is still going (``refuse_running``:
+    its ``RUN_MARKER`` names a live process of this host; one of another host is refused unless ``overwrite``).
     """
     if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
         raise OutputExistsError(f"{output} is a file, not a folder; use a new --output")
     for source in inputs:
-        if _overlaps(output, source):
-            raise OutputExistsError(f"{output} overlaps the input {source}: the {stage} output needs a folder of its "
-                                    f"own (e.g. a sibling of the input)")
+        for folder in read_folders(source):
+            if _overlaps(output, folder):
+                held = "" if _same(folder, source) else f" (it reads {folder})"
+                raise OutputExistsError(f"{output} overlaps the input {source}{held}: the {stage} output needs a "
+                                        f"folder of its own (e.g. a sibling of the input)")
     refuse_dataset_or_nested(output, stage, inputs)
+    marker = read_run_marker(output)
+    refuse_running(output, marker, overwrite, hint)
     found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, RUN_MARKER, "stats.json")}
     existing = [name for name, paths in found.items() if paths and name != RUN_MARKER]
     stats_path = posixpath.join(output, "stats.json")
@@ -187,7 +222,8 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     if finished and not overwrite:
         raise OutputExistsError(f"{output} already holds a finished {stage} run "
                                 f"({', '.join(posixpath.join(output, name) for name in existing)}); {hint}")
-    if existing and not finished and not overwrite and _started_by(output) != stage:
+    started_by = marker.get("stage") if marker is not None else None
+    if existing and not finished and not overwrite and started_by != stage:
         # no stats.json and no marker of this stage's run: datasets another tool or stage wrote (a demo's test/
         # split, captions imported there), not leftovers to clear
         remedy = ("--overwrite to remove them" if "--overwrite" in hint
@@ -259,21 +295,143 @@ def refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str]) -> 
                                 f"give the {stage} output a folder of its own (e.g. a sibling of {folder})")
 
 
-def _started_by(output: str) -> str | None:
-    """The stage whose run ``RUN_MARKER`` says started in ``output`` (None: no marker, or an unreadable one)."""
+def read_run_marker(output: str) -> dict | None:
+    """The ``RUN_MARKER`` in ``output`` (None: no marker, or an unreadable one), read through Beam's FileSystems."""
     try:
         with _filesystems().open(posixpath.join(output, RUN_MARKER)) as handle:
             marker = json.loads(handle.read())
     except (OSError, ValueError):
         return None
-    return marker.get("stage") if isinstance(marker, dict) else None
+    return marker if isinstance(marker, dict) else None
+
+
+def _boot_id() -> str | None:
+    """This boot of the host (Linux), so that a marker written before a reboot names no live process."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> tuple[int, str] | None:
+    """When process ``pid`` started (``/proc/PID/stat`` field 22, clock ticks after boot) and its state; None
+    when there is no such process, or no /proc to tell (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the name, in parentheses, may hold spaces and ")"
+    try:
+        return int(fields[19]), fields[0]  # fields 22 and 3: the fields after the name start at field 3
+    except (IndexError, ValueError):
+        return None
+
+
+def run_marker(stage: str, pid: int | None = None) -> dict:
+    """What ``RUN_MARKER`` holds for a run of ``stage`` by process ``pid`` (this one by default): the host, the pid
+    and the process's start time (``pid_started``, ticks after boot ``boot``: None without /proc), so that a pid
+    reused by another process is not taken for the run (``run_in_progress``), and ``since``, for people."""
+    pid = os.getpid() if pid is None else pid
+    started = _process_start(pid)
+    return {"stage": stage, "host": socket.gethostname(), "pid": pid,
+            "pid_started": started[0] if started else None, "boot": _boot_id(),
+            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def on_this_host(marker: dict) -> bool:
+    """Whether the run a marker names ran on this host (one with no host named is taken as this one's)."""
+    return marker.get("host") in (None, socket.gethostname())
+
+
+def run_in_progress(marker: object) -> str | None:
+    """``"pid N on host H since TIME"`` when the run a run marker (``run_marker``) names may still be going, else
+    None: an old marker that names no pid, a process gone, another process under its pid (another start time),
+    a marker from before a reboot, or this very process (an earlier run of it that has returned: a process runs
+    one stage into a folder at a time).
+
+    On another host (``on_this_host``) the process cannot be checked, so its run may be going: the caller decides
+    (``prepare_output`` refuses it unless --overwrite). Without /proc (not Linux) a live pid is taken for the run.
+    Any stage that marks its runs may use it: ``marker`` may be any JSON value read from a file."""
+    if not isinstance(marker, dict) or type(marker.get("pid")) is not int or marker["pid"] <= 0:
+        return None
+    pid = marker["pid"]
+    described = f"pid {pid} on host {marker.get('host') or socket.gethostname()} since {marker.get('since', '?')}"
+    if not on_this_host(marker):
+        return described
+    if pid == os.getpid() or marker.get("boot") not in (None, _boot_id()):
+        return None
+    if os.path.isdir("/proc/self"):
+        started = _process_start(pid)
+        if started is None or started[1] in ("Z", "X"):  # gone, or a zombie not reaped yet: it has ended
+            return None
+        return described if marker.get("pid_started") in (None, started[0]) else None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # another user's process: alive
+        pass
+    return described
+
+
+def refuse_running(output: str, marker: dict | None, overwrite: bool = False,
+                   hint: str = "use a new --output") -> None:
+    """``OutputExistsError`` when ``marker`` (``output``'s ``RUN_MARKER``) names a run still going: removing its
+    output would lose its results, --overwrite or not. A run of another host, which cannot be checked, is refused
+    unless ``overwrite`` (the error says so), and removed with a warning when given."""
+    running = run_in_progress(marker)
+    if running is None or marker is None:
+        return
+    stage = marker.get("stage") or "stage"
+    if on_this_host(marker):
+        raise OutputExistsError(f"{output} is in use by a {stage} run still going ({running}); wait for it to end "
+                                f"or stop it, or use a new --output (--overwrite never removes a running run)")
+    if not overwrite:
+        remedy = ("pass --overwrite to remove its output" if "--overwrite" in hint
+                  else f"remove {posixpath.join(output, RUN_MARKER)}")
+        raise OutputExistsError(f"{output} holds a {stage} run started on another host ({running}), which cannot "
+                                f"be checked from here; use a new --output, or, if it has ended, {remedy}")
+    logger.warning("%s: %s holds a run started on another host (%s), which cannot be checked from here: "
+                   "--overwrite removes its output", stage, output, running)
 
 
 def _mark_started(output: str, stage: str) -> None:
-    if "://" not in output:
-        os.makedirs(output, exist_ok=True)
-    with _filesystems().create(posixpath.join(output, RUN_MARKER)) as handle:
-        handle.write(json.dumps({"stage": stage}).encode("utf-8"))
+    """Write ``RUN_MARKER``, whole or not at all: a local one is written aside, then linked to its name, which
+    fails if a run that checked the folder at the same time as this one has claimed it first (refused, naming
+    that run). An object store writes an object whole on close, but cannot refuse a name already taken."""
+    marker = json.dumps(run_marker(stage)).encode("utf-8")
+    path = posixpath.join(output, RUN_MARKER)
+    if "://" in output:
+        with _filesystems().create(path) as handle:
+            handle.write(marker)
+        return
+    os.makedirs(output, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=RUN_MARKER + ".", dir=output)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(marker)
+        try:
+            _claim(temporary, path, marker)
+        except FileExistsError:
+            other = read_run_marker(output)
+            raise OutputExistsError(f"{output} is in use by a {(other or {}).get('stage') or 'stage'} run that "
+                                    f"started there just now ({run_in_progress(other) or 'its marker: ' + path}); "
+                                    f"use a new --output") from None
+    finally:
+        os.remove(temporary)
+
+
+def _claim(written: str, path: str, content: bytes) -> None:
+    """Give the file ``written`` (holding ``content``) the name ``path``, a FileExistsError if it is taken."""
+    try:
+        os.link(written, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: claimed all the same, if not whole from the start
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as file:
+            file.write(content)
 
 
 def clear_run_marker(output: str) -> None:

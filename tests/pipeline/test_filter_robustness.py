@@ -5,7 +5,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +19,7 @@ from demo import audit
 from filters.synthetic import candidate, make_image
 from lait import cli
 from pipeline import filter as filter_stage
-from pipeline.outputs import OutputExistsError
+from pipeline.outputs import RUN_MARKER, OutputExistsError
 from tests.relevance.conftest import broken_models, save_tiny_model
 
 
@@ -270,6 +272,31 @@ def test_output_overlapping_the_input_or_another_stage_is_refused(finished, tmp_
     with pytest.raises(OutputExistsError, match="is a file, not a folder"):
         filter_stage.run(["--input", str(crawl), "--output", str(tmp_path / "a_file")])
     assert _listing(crawl) == before and (tmp_path / "a_file").read_text() == "hi"
+
+
+def test_output_inside_the_dataset_a_pattern_or_a_file_reads_is_refused(finished, tmp_path):
+    """``--input 'cands/*.parquet'`` or ``--input cands/part-00000.parquet`` with ``--output cands/filter`` wrote
+    pairs/ and rejected/ among the candidates (the next ``--input cands`` failed reading them), where
+    ``--input cands`` is refused: a pattern reads the folders of the files it matches (any folder below the part
+    before its wildcards, for ``**``), a single file its folder."""
+    crawl, _ = finished
+    cands = crawl / "candidates"
+    before = _listing(crawl)
+    for given in (cands / "*.parquet", cands / "part-0000?.parquet", cands / "part-00000.parquet",
+                  crawl / "**.parquet"):
+        for output in (cands / "filter", cands):
+            with pytest.raises(OutputExistsError, match="overlaps the input"):
+                filter_stage._prepare_output(str(output), True, str(given))
+    with pytest.raises(OutputExistsError, match="overlaps the input"):  # where a rerun's ** would read its shards
+        filter_stage._prepare_output(str(crawl / "filter"), True, str(crawl / "**.parquet"))
+    assert _listing(crawl) == before
+    # a pattern over several runs, written beside them: outside every folder it reads
+    runs = tmp_path / "runs"
+    for name in ("r1", "r2"):
+        (runs / name / "candidates").mkdir(parents=True)
+        shutil.copy(cands / "part-00000.parquet", runs / name / "candidates")
+    filter_stage._prepare_output(str(runs / "merged" / "filter"), False, str(runs / "r*" / "candidates" / "*.parquet"))
+    assert os.listdir(runs / "merged" / "filter") == [RUN_MARKER]
 
 
 def test_empty_candidates_folder_beside_rejected_is_an_empty_run(tmp_path):
