@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
 
 import schemas
+from pipeline import outputs
 from pipeline.outputs import HOLDS_STAGE_FOLDERS, ancestors, stage_of
 
 logger = logging.getLogger(__name__)
@@ -422,6 +423,27 @@ def _refuse_dataset_or_nested(out_dir: str) -> None:
                                     f"stats.json); give the import an --out of its own (e.g. a sibling of {folder})")
 
 
+def _refuse_running(out_dir: str, overwrite: bool) -> None:
+    """``ImportExistsError`` when the import that marked ``out_dir`` (``IMPORT_MARKER``: ``outputs.run_marker``) is
+    still going: taking it for an interrupted one removed its shards while it wrote more, and its stats.json then
+    counted captions the folder no longer held. One of another host, which cannot be checked, only without
+    ``overwrite``. The rule of the Beam stages (``pipeline.outputs.refuse_running``), read without Beam."""
+    try:
+        with open(os.path.join(out_dir, IMPORT_MARKER), encoding="utf-8") as handle:
+            marker = json.load(handle)
+    except (OSError, ValueError):
+        return  # unreadable: an interrupted import's, as before
+    running = outputs.run_in_progress(marker)
+    if running is None:
+        return
+    if outputs.on_this_host(marker):
+        raise ImportExistsError(f"{out_dir} is in use by an import still going ({running}); wait for it to end or "
+                                f"stop it, or use a new --out (--overwrite never removes a running import)")
+    if not overwrite:
+        raise ImportExistsError(f"{out_dir} holds an import started on another host ({running}), which cannot be "
+                                f"checked from here; use a new --out, or, if it has ended, pass --overwrite")
+
+
 def prepare_output(out_dir: str, overwrite: bool = False) -> None:
     """Refuse a finished import's folder, or one holding another dataset, unless ``overwrite``; remove what an
     interrupted import left (its ``IMPORT_MARKER`` says so).
@@ -449,6 +471,8 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
         raise ImportExistsError(f"{out_dir} already holds a finished import (stats.json); pass --overwrite to "
                                 f"replace it, or use a new --out")
     interrupted = IMPORT_MARKER in existing
+    if interrupted and not finished:
+        _refuse_running(out_dir, overwrite)
     if not finished and not interrupted and existing and not overwrite:
         found = [name + "/" if os.path.isdir(os.path.join(out_dir, name)) else name for name in existing]
         raise ImportExistsError(f"{out_dir}: {', '.join(found)} {'is' if len(found) == 1 else 'are'} not an "
@@ -478,7 +502,7 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
     prepare_output(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, IMPORT_MARKER), "w", encoding="utf-8") as handle:
-        json.dump({"stage": STAGE, "pid": os.getpid()}, handle)
+        json.dump(outputs.run_marker(STAGE), handle)  # host, pid and start time: a second import refuses it
     images: dict[str, tuple[str, int, int] | _Unusable] = {}  # image file -> (image_id, w, h) or why not
     written: set[str] = set()  # image ids with a pairs row: one per image with a kept caption, whatever its names
     seen: set[str] = set()  # caption ids

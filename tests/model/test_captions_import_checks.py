@@ -157,3 +157,46 @@ def test_pairs_rows_are_written_for_images_with_a_kept_caption_and_carry_one(tmp
 
     result = audit.audit_run(str(tmp_path / "out"))
     assert result["ok"], [c for stage in result["stages"] for c in stage["checks"] if not c["ok"]]
+
+
+def _partial_import(tmp_path, marker) -> str:
+    """An --out as an import left it while it ran: its marker, a captions/ shard, no stats.json."""
+    from model.captions_import import IMPORT_MARKER
+
+    out = tmp_path / "out"
+    (out / "captions").mkdir(parents=True)
+    (out / "captions" / "part-00000.parquet").write_bytes(b"written by the running import")
+    (out / IMPORT_MARKER).write_text(json.dumps(marker))
+    return str(out)
+
+
+def test_an_import_still_going_is_refused_and_one_that_ended_is_cleared(tmp_path, capsys):
+    """A second import into the folder of one still going took it for an interrupted one and removed its shards
+    while it wrote more (its stats.json then counted captions the folder no longer held)."""
+    from pipeline import outputs
+
+    _images(tmp_path)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = _partial_import(tmp_path, outputs.run_marker("import_captions", pid=running.pid))
+        for extra in ((), ("--overwrite",)):
+            assert _cli(tmp_path, out, *extra) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"is in use by an import still going (pid {running.pid} on host" in err
+            assert os.path.exists(os.path.join(out, "captions", "part-00000.parquet"))
+    finally:
+        running.kill()
+        running.wait()
+    assert _cli(tmp_path, out) == 0, "its process gone, the folder is an interrupted import's, cleared"
+    assert schemas.read_table(os.path.join(out, "captions"), "captions").num_rows == 2
+
+
+def test_an_import_marked_on_another_host_needs_overwrite(tmp_path, capsys):
+    from pipeline import outputs
+
+    _images(tmp_path)
+    out = _partial_import(tmp_path, dict(outputs.run_marker("import_captions"), host="another-machine"))
+    assert _cli(tmp_path, out) == 2
+    assert "started on another host (pid" in capsys.readouterr().err
+    assert _cli(tmp_path, out, "--overwrite") == 0
+    assert schemas.read_table(os.path.join(out, "captions"), "captions").num_rows == 2
