@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from crawler import images, output
-from pipeline.signals import blocked_signals
+from pipeline.signals import blocked_signals, die_with_parent_hook
 
 logger = logging.getLogger(__name__)
 
@@ -243,31 +243,6 @@ def _read_stats(path: str) -> dict[str, Any]:
         raise RuntimeError(f"the crawl process wrote no stats ({path}: {exc})") from None
 
 
-def _die_with_parent_hook():
-    """A pre-exec hook that makes the child get SIGTERM when the parent dies, even by SIGKILL (Linux).
-
-    Without it a killed ``lait crawl`` leaves its crawl process running unseen, and a rerun into
-    the same folder would race it. libc is loaded here, in the parent: the hook runs between fork
-    and exec, where importing is not safe.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the call: act on it now
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
-
-
 def _accept_stop_signals(crawler) -> None:
     """Take the stop signals the crawl process started with blocked (``STOP_SIGNALS``) once a graceful stop can close
     the spider: Scrapy's handlers are in place (installed as the reactor starts) and the engine runs (its stop does
@@ -285,9 +260,10 @@ def _accept_stop_signals(crawler) -> None:
 
 
 def _child_hook():
-    """The pre-exec hook of a crawl process: die with the parent (``_die_with_parent_hook``), then block the stop
-    signals until the crawl can take them (``_accept_stop_signals``; a blocked signal stays pending across exec)."""
-    die_with_parent = _die_with_parent_hook()
+    """The pre-exec hook of a crawl process: die with the parent (``pipeline.signals.die_with_parent_hook``), then
+    block the stop signals until the crawl can take them (``_accept_stop_signals``; a blocked signal stays pending
+    across exec)."""
+    die_with_parent = die_with_parent_hook()
 
     def hook() -> None:
         if die_with_parent is not None:

@@ -59,6 +59,12 @@ DETECTOR_CONFIG = {"channels": [16, 32, 32, 64, 64, 128], "box_batch_size_per_im
 #: Torch threads for in-process training: on a busy 2-core machine two threads can be several
 #: times slower than one (measured 3-4 s per detector step with two, 0.8 s with one).
 TRAIN_THREADS = 1
+#: Seconds a step's process stopped by Ctrl-C is given to end by itself (it got the Ctrl-C too, as one of the
+#: terminal's process group, and stops its own workers: 1-2 s for ``lait relevance train``), then SIGTERM, then after
+#: ``STEP_TERM_WAIT`` more, SIGKILL. A second Ctrl-C skips the wait. ``subprocess.run`` killed it after 0.25 s:
+#: its workers were orphaned and multiprocessing reported leaked semaphores.
+STEP_STOP_WAIT = 30.0
+STEP_TERM_WAIT = 5.0
 
 
 @dataclass
@@ -541,15 +547,15 @@ class Demo:
         schemas.write_table(table, self.p("relevance_labelled", "part-00000.parquet"))
         result: dict = {}
         raw = self.p("relevance_labelled", "model_eval.json")
-        proc = subprocess.run(self.lait("relevance", "eval", "--model", self.p("relevance_model"),
-                                        "--input", self.p("relevance_labelled"), "--json-out", raw),
-                              env=self._env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
-        if proc.returncode == 0 and os.path.exists(raw):
+        returncode = self.run_process(self.lait("relevance", "eval", "--model", self.p("relevance_model"),
+                                                "--input", self.p("relevance_labelled"), "--json-out", raw),
+                                      stdout=subprocess.DEVNULL)
+        if returncode == 0 and os.path.exists(raw):
             with open(raw, encoding="utf-8") as f:
                 result["model_eval"] = json.load(f)
             result["auc"] = result["model_eval"].get("auc")
         else:
-            result["relevance_eval_error"] = f"lait relevance eval exited {proc.returncode}"
+            result["relevance_eval_error"] = f"lait relevance eval exited {returncode}"
         outcomes = planted.outcomes(self.out, ledger, stages=("filter",))
 
         def share(category: str, removed: bool) -> float | None:
@@ -643,9 +649,9 @@ class Demo:
             if step.command:
                 step.argv = step.command()
                 self.echo("    $ " + " ".join(step.argv))
-                proc = subprocess.run(step.argv, env=self._env(), cwd=REPO_ROOT)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"exited with status {proc.returncode}")
+                returncode = self.run_process(step.argv)
+                if returncode != 0:
+                    raise RuntimeError(f"exited with status {returncode}")
             else:
                 step.func()
             step.status = "ok"
@@ -659,6 +665,33 @@ class Demo:
         if step.name == "crawl" and self.server:  # nothing after the crawl fetches from the site
             self.server.stop()
             self.server = None
+
+    def run_process(self, argv: list[str], **popen_args) -> int:
+        """Run ``argv`` in the repository with the stages' environment (``_env``) and return its exit status.
+
+        On Ctrl-C it is given time to stop by itself (``stop_process``) before the KeyboardInterrupt goes on."""
+        proc = subprocess.Popen(argv, env=self._env(), cwd=REPO_ROOT, **popen_args)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            self.stop_process(proc)
+            raise
+
+    def stop_process(self, proc: subprocess.Popen) -> None:
+        """End ``proc`` after a Ctrl-C: wait up to ``STEP_STOP_WAIT`` s for it to end by itself (it got the Ctrl-C as
+        well, and a ``lait`` stage stops its own processes then: killed, they are orphaned), then SIGTERM, then
+        SIGKILL after ``STEP_TERM_WAIT`` s. Another Ctrl-C meanwhile moves on to the next of these at once."""
+        for stop, wait in ((None, STEP_STOP_WAIT), (proc.terminate, STEP_TERM_WAIT), (proc.kill, None)):
+            try:
+                if stop is None:
+                    self.echo(f"    waiting up to {STEP_STOP_WAIT:g} s for the command to stop "
+                              "(Ctrl-C again to end it now)")
+                else:
+                    stop()
+                proc.wait(timeout=wait)
+                return
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # (one after SIGKILL: it dies unwaited for)
+                continue
 
     def clear_outputs(self, step: Step) -> bool:
         """Remove what ``step`` writes in the run folder (``step.outputs``); True when there was any."""

@@ -34,7 +34,7 @@ from filters.relevance.data import choose_pairs, content_key, read_pairs
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
 from model.relevance import (CONFIG_FILE, MODEL_KIND, WEIGHTS_FILE, RelevanceConfig, RelevanceEnsemble, RelevanceModel,
                              missing_folders, remove_empty_folders, save_model)
-from pipeline.signals import blocked_signals
+from pipeline.signals import blocked_signals, die_with_parent_hook
 
 log = logging.getLogger(__name__)
 
@@ -402,8 +402,14 @@ class _QueuedProgress:
 
 
 def _member_process(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: TrainConfig, seed: int,
-                    threads: int, steps, results) -> None:
-    """Entry point of a member's process: train, then send back (seed, weights as numpy, loss, error)."""
+                    threads: int, steps, results, parent: int) -> None:
+    """Entry point of a member's process: train, then send back (seed, weights as numpy, loss, error).
+
+    It dies with ``parent`` (the training process's pid), set first thing: a ``lait`` killed by SIGKILL cannot end
+    its members, which would otherwise train on unseen, then block for good on a result queue nobody reads."""
+    die_with_parent = die_with_parent_hook(parent)
+    if die_with_parent is not None:
+        die_with_parent()
     torch.set_num_threads(threads)
     try:
         bar = _QueuedProgress(steps)
@@ -432,9 +438,12 @@ def _fit_in_processes(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfi
             while waiting and len(running) < processes:
                 seed = waiting.pop(0)
                 running[seed] = ctx.Process(target=_member_process, daemon=True, name=f"relevance-member-{seed}",
-                                            args=(ex, train_idx, arch, config, seed, threads, steps, results))
+                                            args=(ex, train_idx, arch, config, seed, threads, steps, results,
+                                                  os.getpid()))
                 # A member never takes Ctrl-C (it keeps the blocked SIGINT it starts with): this process takes it
                 # and ends them below. Before, a member still importing printed a KeyboardInterrupt traceback.
+                # Started from this thread, which waits for it: a member dies with the thread that started it
+                # (``die_with_parent_hook``), so with this process, not with a thread that ends before it.
                 with blocked_signals({signal.SIGINT}):
                     running[seed].start()
             _drain(steps, bar)

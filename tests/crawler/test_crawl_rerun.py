@@ -11,6 +11,7 @@ import time
 import pytest
 
 import schemas
+from tests.procs import children_running
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
 from tests.crawler.test_crawl_site import ROOT, lait_crawl, path_of, small_site, small_site_candidate_ids
 
@@ -155,22 +156,9 @@ def test_ctrl_c_without_jobdir_then_rerun_keeps_each_record_once(tmp_path, proce
     assert rejected == [] and stats["superseded_rejects"] == len(not_fetched)
 
 
-def crawl_processes(pid: int) -> list[str]:
+def crawl_processes(pid: int) -> list[int]:
     """The crawl processes ``pid`` has started that run (exec'd ``python -m crawler.runner``): from /proc."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-            kids = handle.read().split()
-    except OSError:
-        return []
-    running = []
-    for kid in kids:
-        try:
-            with open(f"/proc/{kid}/cmdline", "rb") as handle:
-                if b"crawler.runner" in handle.read():
-                    running.append(kid)
-        except OSError:
-            pass
-    return running
+    return children_running(pid, b"crawler.runner")
 
 
 @pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"), reason="needs Linux /proc")

@@ -1,0 +1,20 @@
+"""The child processes of a process, from /proc (Linux), for the tests that kill or interrupt a parent."""
+
+
+def children_running(pid: int, command_part: bytes) -> list[int]:
+    """The children of ``pid`` whose command line holds ``command_part`` (``b"crawler.runner"`` for the crawl
+    processes once exec'd, ``b"spawn_main"`` for multiprocessing's spawned ones); [] when ``pid`` is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            kids = [int(kid) for kid in handle.read().split()]
+    except OSError:
+        return []
+    found = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as handle:
+                if command_part in handle.read():
+                    found.append(kid)
+        except OSError:  # ended meanwhile
+            pass
+    return found
