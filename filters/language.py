@@ -28,7 +28,7 @@ import pathlib
 import re
 import shutil
 import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from filters.base import Decision, Filter
 from filters.text import chinese_simplified, words
@@ -80,6 +80,9 @@ _HANGUL_ELSEWHERE = 1e-3  # a Hangul letter in any language but Korean, relative
 # must find one ten times likelier than Mandarin to name it (it names them for many Mandarin texts).
 _VARIETY_SHARE = 0.1
 _HAN_ELSEWHERE = 0.01  # a Han character in another language's text, when most of its letters are Han, kana, Hangul
+# Their logarithms, taken once (the Han cue reads every text with Han characters or kana).
+_LOG_KANA_ELSEWHERE, _LOG_HANGUL_ELSEWHERE = math.log(_KANA_ELSEWHERE), math.log(_HANGUL_ELSEWHERE)
+_LOG_HAN_ELSEWHERE = math.log(_HAN_ELSEWHERE)
 
 
 def primary_subtag(tag: Any) -> str | None:
@@ -135,20 +138,37 @@ def _word_table(wordfreq_langs: tuple[str, ...]):
 
     Building it reads wordfreq's lists, about 3 s; it is kept in ``cache_dir()`` (named by wordfreq's version, the
     languages and the form), where the next process reads it in a fraction of that: each ``lait filter``, each
-    Beam worker. A cache that cannot be read is built again; one that cannot be written is only not kept.
+    Beam worker (``_kept``).
     """
-    folder = os.path.join(cache_dir(), f"word-table-{_kept_key(_WORD_TABLE_FORM, list(wordfreq_langs), _WORD_FLOOR_LOG10)}")
+    return _kept("word table", f"word-table-{_kept_key(_WORD_TABLE_FORM, list(wordfreq_langs), _WORD_FLOOR_LOG10)}",
+                 lambda: _build_word_table(wordfreq_langs), _read_word_table, _keep_word_table)
+
+
+_Table = TypeVar("_Table")
+
+
+def _kept(what: str, name: str, build: Callable[[], _Table], read: Callable[[str], _Table],
+          keep: Callable[[str, _Table], None]) -> _Table:
+    """The table ``read`` finds at ``name`` in ``cache_dir()``, else the one ``build`` makes, kept there by ``keep``.
+
+    A kept table that cannot be read (``read`` raises OSError or ValueError) is built again, with a warning naming
+    ``what``; one that cannot be kept (no folder can be made, none written) is only not kept: it costs the next
+    process the time to build it, never an error. ``keep`` writes it whole or not at all: beside it, renamed into
+    place.
+    """
+    path = os.path.join(cache_dir(), name)
     try:
-        return _read_word_table(folder)
+        return read(path)
     except (OSError, ValueError) as exc:
         if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # none kept yet
-            logger.warning("the word table kept in %s cannot be read (%s); building it again", folder, exc)
-    rows, matrix = _build_word_table(wordfreq_langs)
+            logger.warning("the %s kept in %s cannot be read (%s); building it again", what, path, exc)
+    table = build()
     try:
-        _keep_word_table(folder, rows, matrix)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        keep(path, table)
     except OSError as exc:
-        logger.debug("the word table is not kept in %s: %s", folder, exc)
-    return rows, matrix
+        logger.debug("the %s is not kept in %s: %s", what, path, exc)
+    return table
 
 
 def _kept_key(*parts) -> str:
@@ -189,14 +209,14 @@ def _read_word_table(folder: str):
     return dict(zip(words_in_order, range(len(words_in_order)))), matrix
 
 
-def _keep_word_table(folder: str, rows: dict[str, int], matrix) -> None:
-    """Write a word table to ``folder`` whole: into a temporary folder beside it, renamed into place (another process
-    that kept it first wins; both are the same)."""
+def _keep_word_table(folder: str, table) -> None:
+    """Write a word table (rows, matrix) to ``folder`` whole: into a temporary folder beside it, renamed into place
+    (another process that kept it first wins; both are the same)."""
     import numpy as np
 
+    rows, matrix = table
     if any("\n" in word for word in rows):  # one word per line; none has one, but a list may change
         raise OSError("a word holds a line break")
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=".word-table-", dir=os.path.dirname(folder))
     try:
         with open(os.path.join(temporary, "words.txt"), "w", encoding="utf-8") as handle:
@@ -216,28 +236,31 @@ _HAN_TABLE_FORM = 1
 @functools.lru_cache(maxsize=1)
 def _han_table() -> dict[str, float]:
     """{Han character: ln P(it | Japanese) - ln P(it | Chinese)}, built once per machine (``_build_han_table``, about
-    1 s) and kept in ``cache_dir()`` as JSON, as the word table is (``_word_table``); read once per process."""
-    path = os.path.join(cache_dir(), f"han-table-{_kept_key(_HAN_TABLE_FORM, _HAN_FLOOR)}.json")
+    1 s) and kept in ``cache_dir()`` as JSON, as the word table is (``_kept``); read once per process."""
+    return _kept("Han table", f"han-table-{_kept_key(_HAN_TABLE_FORM, _HAN_FLOOR)}.json", _build_han_table,
+                 _read_han_table, _keep_han_table)
+
+
+def _read_han_table(path: str) -> dict[str, float]:
+    """A Han table ``_keep_han_table`` kept."""
+    with open(path, encoding="utf-8") as handle:
+        table = json.load(handle)
+    if not isinstance(table, dict) or not table or not all(isinstance(v, float) for v in table.values()):
+        raise ValueError("not a table of characters and numbers")
+    return table
+
+
+def _keep_han_table(path: str, table: dict[str, float]) -> None:
+    """Write a Han table to ``path`` whole: into a temporary file beside it, renamed into place."""
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(path), prefix=".han-table-",
+                                         suffix=".tmp", delete=False)
     try:
-        with open(path, encoding="utf-8") as handle:
-            table = json.load(handle)
-        if not isinstance(table, dict) or not table or not all(isinstance(v, float) for v in table.values()):
-            raise ValueError("not a table of characters and numbers")
-        return table
-    except (OSError, ValueError) as exc:
-        if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # none kept yet
-            logger.warning("the Han table kept in %s cannot be read (%s); building it again", path, exc)
-    table = _build_han_table()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=os.path.dirname(path), prefix=".han-table-",
-                                             suffix=".tmp", delete=False)
         with handle:
             json.dump(table, handle, ensure_ascii=False)  # floats as repr: read back exactly
         os.replace(handle.name, path)
-    except OSError as exc:
-        logger.debug("the Han table is not kept in %s: %s", path, exc)
-    return table
+    except BaseException:  # a full disk: no half-written file left beside the tables
+        os.remove(handle.name)
+        raise
 
 
 def _build_han_table() -> dict[str, float]:
@@ -418,20 +441,23 @@ class HanScriptIdentifier:
         get = table.get
         # log-likelihoods, up to a common term: Chinese's Han characters score 0
         han_ja = self.temperature * sum([get(ch, 0.0) for ch in han])
-        not_kana = kana * math.log(_KANA_ELSEWHERE)
+        not_kana = kana * _LOG_KANA_ELSEWHERE
         hangul = len(_HANGUL_LETTER.findall(text))
-        not_hangul = hangul * math.log(_HANGUL_ELSEWHERE)
-        scores = {"zh": not_kana + not_hangul, "ja": han_ja + not_hangul}
-        if hangul:
-            scores["ko"] = not_kana  # Korean's Han characters (hanja) are Traditional ones: scored as Chinese
+        not_hangul = hangul * _LOG_HANGUL_ELSEWHERE
+        zh, ja = not_kana + not_hangul, han_ja + not_hangul
         other = max(0.0, han_ja) + not_kana + not_hangul
         cjk = len(han) + kana + hangul
         if 2 * cjk >= len(text) or 2 * cjk >= len(_LETTER.findall(text)):
-            other += len(han) * math.log(_HAN_ELSEWHERE)  # mostly Han, kana and Hangul letters
-        top = max(scores.values())
-        weights = {lang: math.exp(score - top) for lang, score in scores.items()}
-        total = sum(weights.values())
-        dist = {lang: weight / total for lang, weight in weights.items()}
+            other += len(han) * _LOG_HAN_ELSEWHERE  # mostly Han, kana and Hangul letters
+        # Two or three scores normalised by hand: the dicts and loops of the general way cost a third of the cue's time.
+        ko = not_kana  # Korean's Han characters (hanja) are Traditional ones: scored as Chinese
+        top = max(zh, ja, ko) if hangul else max(zh, ja)
+        w_zh, w_ja = math.exp(zh - top), math.exp(ja - top)
+        w_ko = math.exp(ko - top) if hangul else 0.0
+        total = w_zh + w_ja + w_ko
+        dist = {"zh": w_zh / total, "ja": w_ja / total}
+        if hangul:
+            dist["ko"] = w_ko / total
         for variety in CHINESE_VARIETIES:
             dist[variety] = _VARIETY_SHARE * dist["zh"]
         dist[OTHER] = math.exp(other - top) / total

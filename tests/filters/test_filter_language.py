@@ -1,4 +1,5 @@
 """Language filter: each reason, the evidence it combines, and a hand-labelled alt-text set."""
+import math
 import pathlib
 import pickle
 
@@ -130,3 +131,44 @@ def test_hangul_is_korean_and_a_borrowed_kana_letter_no_ban(caption_only):
     assert caption_only.identify("佢哋喺度食緊飯")[0] == "yue"  # Cantonese stays Cantonese
     _, _, evidence = caption_only.identify("a black dog", with_evidence=True)
     assert "han" not in evidence  # the cue reads only text with Han characters or kana
+
+
+def _han_the_general_way(identifier, text):
+    """``HanScriptIdentifier.predict`` as first written (its scores normalised through dicts): the reference its
+    faster form must match number for number."""
+    from filters import language
+
+    han = language._HAN_LETTER.findall(text)
+    kana = len(language._KANA_LETTER.findall(text))
+    if text.isascii() or (not han and not kana):
+        return {}
+    get = identifier._load().get
+    han_ja = identifier.temperature * sum([get(ch, 0.0) for ch in han])
+    not_kana = kana * math.log(language._KANA_ELSEWHERE)
+    hangul = len(language._HANGUL_LETTER.findall(text))
+    not_hangul = hangul * math.log(language._HANGUL_ELSEWHERE)
+    scores = {"zh": not_kana + not_hangul, "ja": han_ja + not_hangul}
+    if hangul:
+        scores["ko"] = not_kana
+    other = max(0.0, han_ja) + not_kana + not_hangul
+    cjk = len(han) + kana + hangul
+    if 2 * cjk >= len(text) or 2 * cjk >= len(language._LETTER.findall(text)):
+        other += len(han) * math.log(language._HAN_ELSEWHERE)
+    top = max(scores.values())
+    weights = {lang: math.exp(score - top) for lang, score in scores.items()}
+    total = sum(weights.values())
+    dist = {lang: weight / total for lang, weight in weights.items()}
+    for variety in language.CHINESE_VARIETIES:
+        dist[variety] = language._VARIETY_SHARE * dist["zh"]
+    dist[language.OTHER] = math.exp(other - top) / total
+    return dist
+
+
+def test_the_han_cue_gives_what_its_general_form_gave(caption_only):
+    texts = ["订阅名称", "無效的裝置號碼", "署名を検証", "検索結果", "東京駅", "서울 明洞", "대한민국 國會", "서울",
+             "台灣の夜市", "佢哋喺度食緊飯", "カタカナだけ", "Tokyo 東京 station", "a 字 in a long English sentence",
+             "字", "", "plain ascii", "ünïcödé only", "們這図駅峠畑们这" * 3, "ひらがな와 한글과 漢字"]
+    for text in texts:
+        said, reference = caption_only.han.predict(text), _han_the_general_way(caption_only.han, text)
+        # the same numbers in the same order (an order breaks ties): the combination decides as it did
+        assert said == reference and list(said) == list(reference), text

@@ -92,3 +92,32 @@ def test_the_han_table_is_kept_read_back_equal_and_built_again_when_damaged(tmp_
         assert any("Han table" in r.getMessage() and "building it again" in r.getMessage() for r in caplog.records)
     finally:
         language._han_table.cache_clear()
+
+
+def test_a_han_table_that_cannot_be_kept_costs_only_time(tmp_path, monkeypatch, caplog):
+    (tmp_path / "a-file").write_text("in the way")
+    monkeypatch.setenv("LAIT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    language._han_table.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="filters.language"):
+            table = language._han_table()
+    finally:
+        language._han_table.cache_clear()
+    assert len(table) > 1000 and table["们"] < 0 < table["駅"]  # Chinese's 们, Japanese's 駅
+    assert os.listdir(tmp_path) == ["a-file"] and not caplog.records  # nothing kept, nothing to warn of
+
+
+def test_a_han_table_write_that_fails_leaves_no_half_written_file(tmp_path, monkeypatch):
+    """A full disk while the table is written: it is not kept, and no temporary file is left beside the tables."""
+    monkeypatch.setenv("LAIT_CACHE_DIR", str(tmp_path))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(language.json, "dump", full_disk)
+    language._han_table.cache_clear()
+    try:
+        assert len(language._han_table()) > 1000
+    finally:
+        language._han_table.cache_clear()
+    assert os.listdir(tmp_path) == []
