@@ -744,16 +744,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "import's folder: captions/, pairs/, rejected/, features/)")
     parser.add_argument("--out", help="output HTML file (default RUN_DIR/report.html)")
     parser.add_argument("--title", help="page title (default: 'LAIT run report: <folder name>')")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Write the report with a progress bar over its sections; returns the exit status."""
+    """Write the report with a progress bar over its sections (none with ``--no-progress``); returns the exit
+    status."""
     from tqdm import tqdm
 
     if not os.path.isdir(args.run_dir):
         print(f"lait report: no run folder at {args.run_dir}", file=sys.stderr)
         return 2
-    with tqdm(total=len(SECTIONS), desc="report", unit="section") as bar:
+    with tqdm(total=len(SECTIONS), desc="report", unit="section", disable=args.no_progress) as bar:
         def step(name: str) -> None:
             bar.set_postfix_str(name)
             bar.update(1)

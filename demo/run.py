@@ -910,16 +910,25 @@ def step_names() -> list[str]:
 
 
 def plan(config: DemoConfig) -> list[tuple[str, str]]:
-    """The steps and what each runs, without running anything (``lait demo --dry-run``)."""
+    """The steps and what each runs, without running anything (``lait demo --dry-run``). Every step is listed;
+    one that ``--from`` or ``--stop-after`` keeps from running says so (as ``Demo.run`` decides) in place of its
+    command."""
     demo = Demo(config, echo=lambda _: None)
 
     class _Placeholder:
         url = "http://127.0.0.1:PORT/"
 
     demo.server = _Placeholder()
+    names = [step.name for step in demo.steps]
+    first = names.index(config.start_from) if config.start_from else 0
+    last = names.index(config.stop_after) if config.stop_after else len(names) - 1
     out = []
-    for step in demo.steps:
-        if step.command:
+    for index, step in enumerate(demo.steps):
+        if index < first:
+            what = f"(not run: before --from {config.start_from}; its outputs in --out are reused)"
+        elif index > last:
+            what = f"(not run: after --stop-after {config.stop_after})"
+        elif step.command:
             try:
                 what = " ".join(step.command())
             except FileNotFoundError:  # the checkpoint exists only after training

@@ -550,11 +550,17 @@ def _prepare_output(output: str, overwrite: bool, input_path: str | None = None)
 
 # ---------------------------------------------------------------------------------------------- run
 
+#: What ``lait``'s own parser puts in the namespace beside the stage's options (the subcommand, ``-v``, the
+#: function run): no setting of the stage, so stats.json leaves them out.
+CLI_ENTRIES = ("command", "verbose", "func")
+
+
 def stage_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The options stats.json records: every one that is JSON (not ``lait``'s ``func``), ``input`` as given."""
+    """The options stats.json records: every one of the stage's that is JSON (not ``lait``'s ``CLI_ENTRIES``),
+    ``input`` as given."""
     settings = {}
     for name, value in vars(args).items():
-        if name in ("input", "output", "overwrite"):
+        if name in ("input", "output", "overwrite") or name in CLI_ENTRIES:
             continue
         try:
             json.dumps(value)

@@ -66,7 +66,10 @@ def failure_reason(failure) -> tuple[str, str]:
             return "too_many_redirects", message
         if "DOWNLOAD_MAXSIZE" in message or "max size" in message:
             return "too_large", message
-        return "ignored", message
+        # Nothing else in LAIT's stack raises one (RefusedRequest and HttpError are read above; Scrapy's offsite
+        # middleware is off); a middleware a -s setting turns on can (HTTPCACHE_IGNORE_MISSING's "not in cache"):
+        # the request was not fetched, a fetch_error with the middleware's words.
+        return "fetch_error", detail
     if isinstance(exc, TIMEOUT_ERRORS):
         return "timeout", detail
     if isinstance(exc, (scrapy_errors.CannotResolveHostError, tx_error.DNSLookupError)):

@@ -8,6 +8,8 @@ import sys
 #: What a source yielding no caption record holds, by format.
 NOTHING = {"coco": "its 'annotations' list is empty", "karpathy": "no image in it has a sentence",
            "tsv": "it is empty, or holds a header or blank lines alone"}
+#: The split coco and tsv sources record when no --split is given.
+DEFAULT_SPLIT = "train"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,8 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "tsv: image_file<TAB>caption lines")
     parser.add_argument("--images", required=True, help="folder the image file names are relative to")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--split", default="train",
-                        help="split recorded for coco and tsv sources (default train; karpathy carries its own)")
+    # default None: a --split given with --format karpathy is refused rather than ignored (the file names each
+    # image's split); coco and tsv get DEFAULT_SPLIT
+    parser.add_argument("--split", default=None,
+                        help=f"split recorded for coco and tsv sources (default {DEFAULT_SPLIT}; karpathy carries its "
+                             f"own, and refuses --split)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace what --out holds of a finished import or of another dataset: its captions/, "
                              "pairs/, rejected/ and stats.json (other folders stay)")
@@ -47,13 +52,17 @@ def run(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return _fail(f"--out {args.out} is a file, not a folder: the import writes captions/, pairs/, rejected/ and "
                      f"stats.json into a folder")
-    problem = _split_problem(args.split)
+    if args.format == "karpathy" and args.split is not None:
+        return _fail(f"--split {args.split!r} is not used with --format karpathy: the file names each image's split "
+                     f"(restval and a missing one are train); leave --split out")
+    split = DEFAULT_SPLIT if args.split is None else args.split
+    problem = _split_problem(split)
     if problem:
         return _fail(problem)
     try:  # the readers open the file here (the JSON ones load it and check its shape), before --out is
         # touched; bad records become counted rejects
         reader = READERS[args.format]
-        records = reader(args.source) if args.format == "karpathy" else reader(args.source, args.split)
+        records = reader(args.source) if args.format == "karpathy" else reader(args.source, split)
     except ValueError as exc:  # not JSON, not UTF-8, or not the format's shape
         return _fail(f"{args.source} is not a valid {args.format} file ({exc})")
     except OSError as exc:  # unreadable

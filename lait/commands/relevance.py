@@ -24,6 +24,18 @@ def finite(text: str) -> float:
     return value
 
 
+def device(text: str) -> str:
+    """An argparse ``type``: where the model runs, as ``"CPU"`` or ``"GPU"``, read by the scorer's own rule
+    (``pipeline.relevance.device_request``: any case, ``cuda`` is GPU) that ``lait filter --relevance-device``
+    values meet too. Imported here, only when the option is given: it pulls in Beam."""
+    from pipeline.relevance import device_request
+
+    try:
+        return device_request(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU or GPU (any case; cuda is GPU), got {text!r}") from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "relevance",
@@ -155,7 +167,9 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     cut.add_argument("--threshold", type=finite, default=None, help="keep relevance >= this (default: the model's)")
     cut.add_argument("--keep-rate", type=float, default=None, help="keep this share of pairs instead")
     parser.add_argument("--batch-size", type=positive, default=64, help="RunInference batch size (default 64)")
-    parser.add_argument("--device", choices=["CPU", "GPU"], default=None, help="default: GPU when present")
+    parser.add_argument("--device", type=device, default=None, metavar="{CPU,GPU}",
+                        help="CPU or GPU, any case (cuda is GPU), as lait filter --relevance-device takes it "
+                             "(default: GPU when present)")
 
 
 @_clear_errors
