@@ -23,6 +23,7 @@ import math
 import os
 import posixpath
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 
 import apache_beam as beam
 import numpy as np
@@ -156,7 +157,9 @@ class ScoreRelevance(beam.PTransform):
         self.spec = spec
         self.batch_size = batch_size
         self.device = device_request(device)
-        self.min_score = -1.0 if spec.startswith("clip:") else 0.0
+        from filters.relevance.scorer import is_clip_spec
+
+        self.min_score = -1.0 if is_clip_spec(spec) else 0.0
 
     def model_handler(self) -> KeyedModelHandler:
         """The keyed model handler ``RunInference`` runs (serialised to the workers as it is)."""
@@ -232,8 +235,12 @@ class _ScoresUpTo(beam.CombineFn):
 
 
 def kept_count(keep_rate: float, n: int) -> int:
-    """How many of ``n`` scored pairs a keep rate keeps: ``keep_rate`` x ``n`` rounded, halves up."""
-    return min(n, math.floor(keep_rate * n + 0.5))
+    """How many of ``n`` scored pairs a keep rate keeps: ``keep_rate`` x ``n`` rounded, halves up.
+
+    The rate is taken as written (its shortest decimal form) and multiplied exactly: in floats, 0.7 x 45
+    is 31.499999999999996 and would round down to 31, not up to 32."""
+    exact = Decimal(repr(float(keep_rate))) * n
+    return min(n, int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
 
 def _keep_rate_threshold(gathered: tuple[int, list[float] | None], quantiles: list[float],
@@ -497,10 +504,20 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     return read_stats(args.output)["relevance"]
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The standalone entry point: bad input (a finished output, a missing dataset or model, damaged Parquet,
+    an output that cannot be written) is one line on stderr and exit status 2, as `lait relevance score`
+    answers it, not a traceback."""
+    import pyarrow as pa
+
+    try:
+        print(json.dumps(run(argv), indent=2))
+    except (OSError, ValueError, pa.ArrowException) as exc:  # FileNotFoundError is an OSError
+        print(f"python -m pipeline.relevance: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    try:
-        print(json.dumps(run(), indent=2))
-    except (ValueError, FileNotFoundError) as exc:  # a finished output, bad input: one line, not a traceback
-        print(f"python -m pipeline.relevance: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from filters.imageio import WEB_FORMATS
+from filters import imageio
 from filters.relevance import features as F
 
 log = logging.getLogger(__name__)
@@ -223,17 +223,15 @@ class ClipScorer(Scorer):
         self.spec = spec
 
     def prepare(self, pair: dict) -> tuple[dict[str, torch.Tensor], bool]:
-        """open_clip's own image transform and BPE tokens."""
-        import io
-
-        from PIL import Image
-
+        """The image as every stage decodes it (``filters.imageio``: upright by its EXIF orientation, alpha on
+        white, 16/32-bit grayscale scaled), then open_clip's own image transform; and BPE tokens."""
         tokens = self.tokenizer([pair.get("caption") or ""])[0]
         try:
-            with Image.open(io.BytesIO(pair.get("image_bytes") or b""), formats=WEB_FORMATS) as img:
-                image = self.preprocess(img.convert("RGB"))
+            # the hard limit, as the LAIT scorer decodes: the filter rules drop bigger images before this
+            rgb = imageio.load_image(pair.get("image_bytes"), max_pixels=imageio.HARD_MAX_PIXELS, orient=True)
+            image = self.preprocess(rgb)
             ok = True
-        except Exception as exc:  # noqa: BLE001 - any decode failure makes the pair unscorable, not a crash
+        except imageio.ImageError as exc:  # an undecodable image makes the pair unscorable, not a crash
             log.debug("pair %s: cannot decode image: %s", pair.get("pair_id"), exc)
             size = getattr(self.model.clip.visual, "image_size", (224, 224))
             size = size if isinstance(size, (tuple, list)) else (size, size)
@@ -241,16 +239,22 @@ class ClipScorer(Scorer):
         return {"image": image, "tokens": tokens}, ok
 
 
+def is_clip_spec(spec: str) -> bool:
+    """Whether ``spec`` names a CLIP model (``clip:ARCH:WEIGHTS``) rather than a LAIT model folder. An existing
+    folder is a model folder even when its name begins with ``clip:``: such a folder could not be loaded else."""
+    return spec.startswith(CLIP_PREFIX) and not os.path.isdir(spec)
+
+
 def load(spec: str, device: str | None = None, with_model: bool = True) -> Scorer:
     """A scorer for a LAIT relevance model folder or a ``clip:ARCH:WEIGHTS`` spec."""
-    if spec.startswith(CLIP_PREFIX):
+    if is_clip_spec(spec):
         return ClipScorer(spec, device=device)
     return RelevanceScorer(spec, device=device, with_model=with_model)
 
 
 def default_threshold(spec: str) -> float:
     """The threshold a spec keeps by default: the model's own, or 0.28 for CLIP."""
-    if spec.startswith(CLIP_PREFIX):
+    if is_clip_spec(spec):
         return CLIP_DEFAULT_THRESHOLD
     from model.relevance import read_config
 

@@ -304,3 +304,31 @@ def test_standalone_run_rejects_undecodable_images_at_a_keep_rate(model_dir, hel
     assert not set(kept.column("pair_id").to_pylist()) & {r["pair_id"] for r in rows[:5]}
     assert stats["in"] == kept.num_rows + rejected.num_rows == 30
     assert UNSCORABLE_KEY not in kept.column_names
+
+
+def test_keep_rate_keeps_the_rounded_share_of_the_rate_as_written():
+    """0.7 of 45 pairs is 31.5: 32 kept (the float product, 31.499999999999996, would round to 31)."""
+    with BeamTestPipeline(options=PipelineOptions(OPTIONS)) as p:
+        out = p | beam.Create(_scored([i / 45 for i in range(45)])) | ThresholdRelevance(keep_rate=0.7)
+        assert_that(out.kept | beam.combiners.Count.Globally(), equal_to([32]), label="kept rows")
+
+
+def test_native_entry_point_reports_an_unwritable_output_in_one_line(tmp_path, cli_env):
+    """`python -m pipeline.relevance` with an --output that cannot be created (under a regular file): one line
+    on stderr and exit status 2, as `lait relevance score` answers it, not a traceback."""
+    import subprocess
+    import sys
+
+    from tests.relevance.conftest import ROOT, save_tiny_model
+
+    rows = [{k: v for k, v in r.items() if k != "is_match"} for r in make_pairs(1, seed=3)]
+    write_pairs(rows, str(tmp_path / "in" / "pairs"))
+    (tmp_path / "file").write_text("not a folder")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.relevance", "--input", str(tmp_path / "in"),
+         "--output", str(tmp_path / "file" / "out"), "--model", save_tiny_model(str(tmp_path / "model"))],
+        cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m pipeline.relevance: error:"), proc.stderr
+    assert str(tmp_path / "file" / "out") in lines[0] and "Traceback" not in proc.stderr
