@@ -2,6 +2,7 @@
 ``train_rows`` are in ``shared_model.py``, for every test)."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -66,3 +67,26 @@ def broken_models(root: str) -> dict[str, str]:
         f.write(b"\x00" * 1000)
     models["no_model"] = os.path.join(root, "absent")
     return models
+
+
+#: A tiny open_clip architecture: a model of it builds in a fraction of a second.
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_spec(tmp_path_factory) -> str:
+    """A ``clip:CONFIG:WEIGHTS`` spec of a tiny randomly initialised open_clip model (``TINY_CLIP``), saved here."""
+    open_clip = pytest.importorskip("open_clip")  # the `clip` extra; installed in the project venv
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("clip")
+    config = folder / "lait-tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model("lait-tiny-clip", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors"))
+    return f"clip:{config}:{folder / 'weights.safetensors'}"

@@ -1,5 +1,4 @@
 """The optional CLIP backend, with a tiny randomly initialised open_clip model saved by the test."""
-import json
 
 import pytest
 import torch
@@ -15,23 +14,9 @@ from filters.relevance import CLIP_DEFAULT_THRESHOLD, default_threshold, load  #
 from pipeline.relevance import ScoreRelevance, ThresholdRelevance  # noqa: E402
 from tests.relevance.scenes import make_pairs  # noqa: E402
 
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
 @pytest.fixture(scope="module")
-def clip_spec(tmp_path_factory):
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("clip")
-    config = folder / "lait-tiny-clip.json"
-    config.write_text(json.dumps(TINY))
-    open_clip.add_model_config(str(config))
-    torch.manual_seed(0)
-    model = open_clip.create_model("lait-tiny-clip", pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors"))
-    return f"clip:{config}:{folder / 'weights.safetensors'}"
+def clip_spec(tiny_clip_spec):
+    return tiny_clip_spec
 
 
 def test_clip_scores_are_the_models_cosines(clip_spec):

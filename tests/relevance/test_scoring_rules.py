@@ -1,7 +1,6 @@
 """Scoring rules: how the CLIP scorer decodes images, how a spec is told apart from a model folder, and how
 many pairs a keep rate keeps."""
 import io
-import json
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
@@ -13,26 +12,10 @@ from filters.relevance import default_threshold, load
 from pipeline.relevance import ScoreRelevance, kept_count
 from tests.relevance.conftest import save_tiny_model
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
 @pytest.fixture(scope="module")
-def clip_scorer(tmp_path_factory):
-    """A tiny randomly initialised open_clip model, saved and loaded through a ``clip:`` spec."""
-    open_clip = pytest.importorskip("open_clip")  # the `clip` extra; installed in the project venv
-    import torch
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("clip")
-    config = folder / "lait-tiny-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(str(config))
-    torch.manual_seed(0)
-    model = open_clip.create_model("lait-tiny-clip", pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors"))
-    return load(f"clip:{config}:{folder / 'weights.safetensors'}", device="cpu")
+def clip_scorer(tiny_clip_spec):
+    """A tiny randomly initialised open_clip model, loaded through its ``clip:`` spec."""
+    return load(tiny_clip_spec, device="cpu")
 
 
 def _png(image: Image.Image) -> bytes:
