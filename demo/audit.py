@@ -27,6 +27,7 @@ import sys
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import schemas
 
@@ -79,6 +80,23 @@ def output_dataset(folder: str, stage: str | None = None) -> tuple[str | None, s
     return None, None
 
 
+def input_dataset(folder: str) -> tuple[str | None, str | None]:
+    """The dataset a stage read from its upstream ``folder``: a stage folder's output (``output_dataset``), else
+    the folder itself when it is a dataset (Parquet files inside, as Spark's ``x.parquet/`` or one written by hand,
+    which ``--input`` may name), its kind the one its files declare (``schemas.detect_kind``); else (None, None).
+
+    A stage's or run's folder is never read whole: its Parquet files are several datasets (``rejected/``, ...).
+    """
+    kind, path = output_dataset(folder)
+    if kind or _is_stage(folder) or stage_folders(folder):
+        return kind, path
+    files = schemas.list_parquet_files(folder)
+    if not files:
+        return None, None
+    kind = schemas.detect_kind(pq.read_schema(files[0]))
+    return (kind, folder) if kind in OUTPUT_KINDS else (None, None)
+
+
 def _column(path: str, kind: str, column: str) -> list:
     """One column of a dataset, as a list (empty when the dataset has no files).
 
@@ -104,9 +122,12 @@ def _rows(path: str, kind: str) -> int:
 
 
 def _stage_folder(path: str) -> str:
-    """A dataset path as a stage folder: …/pairs or …/candidates/part-0.parquet -> the folder holding it."""
+    """A dataset path as a stage folder: …/pairs or …/candidates/part-0.parquet -> the folder holding it.
+
+    A folder named ``*.parquet`` (Spark writes ``x.parquet/``) is kept: it is the dataset read (``input_dataset``).
+    """
     path = os.path.normpath(path)
-    if path.endswith(".parquet"):
+    if path.endswith(".parquet") and not os.path.isdir(path):
         path = os.path.dirname(path)
     # A stage may name the dataset itself (…/pairs); the audit wants the folder holding it.
     if os.path.basename(path) in OUTPUT_KINDS:
@@ -309,7 +330,7 @@ def _traced(check: str, ids: list, known: set, rel: str) -> dict:
 def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, rejected_dir: str, n_in: int) -> list[dict]:
     """The checks that every id a stage kept or rejected comes from its upstream folder, and that it read all of it."""
     checks = []
-    up_kind, up_path = output_dataset(upstream)
+    up_kind, up_path = input_dataset(upstream)
     if up_kind == "candidates":
         known = set(_column(up_path, "candidates", "candidate_id"))
         if kind == "pairs":

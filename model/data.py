@@ -132,13 +132,43 @@ def _classes_json_count(path: str) -> int:
 def read_captions(path: str, split: str | None) -> pa.Table:
     """The rows of one split (all splits when ``split`` is None) of a captions dataset, as read and checked for
     ``load_captions``: a null id (a dataset written by another tool: lait's writers cannot write one) is a one-line
-    ``SchemaMismatchError``."""
+    ``SchemaMismatchError``, and so is text that is not valid UTF-8 (``check_utf8``)."""
     path = resolve_dataset_dir(path, "captions")
-    table = schemas.read_table(path, "captions", columns=["caption_id", "image_id", "caption", "split"])
+    dataset = schemas.open_dataset(path, "captions")
+    table = dataset.to_table(columns=["caption_id", "image_id", "caption", "split"])
     check_not_null(table, "captions", path)
+    check_utf8(table, dataset, path)
     if split is not None:
         table = table.filter(pc.equal(table.column("split"), split))
     return table
+
+
+def check_utf8(table: pa.Table, dataset, where: str) -> None:
+    """A ``SchemaMismatchError`` naming the file (a fragment of ``dataset``, which ``table`` was read from) and the
+    column of the first text that is not valid UTF-8, else nothing.
+
+    Arrow does not check UTF-8 on read: such text (from a writer that does not check it either) failed later, in
+    Python, as a bare "'utf-8' codec can't decode byte" naming neither. Training data is curated, so it is refused
+    rather than skipped (the filter stage rejects such rows as ``invalid_utf8``). Checking is a pass over the
+    text buffers; the files are read again one by one only to name the one at fault.
+    """
+    for name in table.column_names:
+        kind = table.schema.field(name).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            continue
+        try:
+            table.column(name).validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        source = where
+        for fragment in dataset.get_fragments():
+            try:
+                fragment.to_table(columns=[name]).column(name).validate(full=True)
+            except pa.ArrowInvalid:
+                source = fragment.path
+                break
+        raise schemas.SchemaMismatchError(f"{source}: column {name!r} holds text that is not valid UTF-8", name)
 
 
 def caption_splits(path: str) -> dict[str | None, int]:

@@ -32,8 +32,8 @@ import torch
 
 import schemas
 from model.config import check_count
-from model.data import (captions_by_image, collate_regions, collate_text, decode_regions, first_caption_rows,
-                        read_captions, resolve_dataset_dir)
+from model.data import (captions_by_image, collate_regions, collate_text, decode_regions, feature_dims,
+                        first_caption_rows, read_captions, resolve_dataset_dir)
 from model.distributed import collective_device
 from model.fp8 import calibrate, float8_encoder, fp8_supported
 from model.imagebert import ImageBert
@@ -164,6 +164,15 @@ class EvalSet:
         captions = read.by_image()
         regions_path = resolve_dataset_dir(regions_path, "regions")
         dataset = schemas.open_dataset(regions_path, "regions")
+        if "://" not in regions_path and getattr(dataset, "files", None):  # local files (``feature_dims`` opens them)
+            # File by file, as ``lait train`` checks them: files of two widths cannot be read as one table (a raw
+            # ArrowTypeError); ``decode_regions`` would name the dataset, not the file that differs.
+            widths = dict(feature_dims(regions_path))
+            other = {file: width for file, width in widths.items() if width != feature_dim}
+            if other:
+                file, width = next(iter(other.items()))
+                raise ValueError(f"{regions_path if len(other) == len(widths) else file}: features of width {width}, "
+                                 f"the model reads {feature_dim}")
         table = dataset.to_table(columns=[c for c in ("image_id", "image_width", "image_height", "boxes", "features",
                                                       "class_ids", "topk_class_ids", "topk_class_probs")],
                                  filter=pc.field("image_id").isin(list(captions)))

@@ -12,7 +12,9 @@ The filter pipeline composes them; this module also runs on its own over a pairs
         --temp_location gs://B/tmp --sdk_container_image IMAGE
 
 It writes ``OUTPUT/pairs/`` (kept, with ``relevance`` set), ``OUTPUT/rejected/``
-(``low_relevance``, or ``image_undecodable`` for a pair the scorer could not read) and ``OUTPUT/stats.json``.
+(``low_relevance``, or ``image_undecodable`` for a pair the scorer could not read; on its own, also the input rows
+that break the pairs contract, unscored, as the filter rejects such candidates: ``invalid_utf8``, ``missing_id``,
+``no_text``) and ``OUTPUT/stats.json``.
 """
 from __future__ import annotations
 
@@ -446,14 +448,83 @@ def _pair_files(path: str) -> list[str]:
     return files
 
 
+#: Set on a row read from the input that breaks the pairs contract: (reason, detail); ``_route_input`` rejects it.
+INPUT_REJECT_KEY = "_relevance_input_reject"
+#: The pairs contract's ids, null or empty in a row rejected as ``missing_id`` (the filter's rule for its ids).
+ID_COLUMNS = ("pair_id", "image_id")
+
+
+def _input_problem(row: dict) -> tuple[str, str] | None:
+    """Why an input row, its text columns still bytes, cannot be scored: (reason, column), else None. Its text is
+    decoded in place (invalid UTF-8 with U+FFFD, as the filter does, so its ids still match up in the audit)."""
+    bad = None
+    for column, value in row.items():
+        if isinstance(value, bytes) and column != "image_bytes":
+            try:
+                row[column] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                bad = bad or column
+                row[column] = value.decode("utf-8", "replace")
+    if bad is not None:
+        return "invalid_utf8", bad
+    missing = next((column for column in ID_COLUMNS if not row.get(column)), None)
+    if missing is not None:
+        return "missing_id", missing
+    if row.get("caption") is None:
+        return "no_text", "caption"
+    return None
+
+
 def _read_pairs_file(path: str) -> list[dict]:
-    """The rows of one pairs shard; a damaged one (footer fine, pages rotten) is a ValueError naming it."""
+    """The rows of one pairs shard; a damaged one (footer fine, pages rotten) is a ValueError naming it.
+
+    A row that breaks the contract (text that is not valid UTF-8, which Arrow does not check on read; a null or
+    empty pair_id or image_id; a null caption, which plain pyarrow writers allow) carries ``INPUT_REJECT_KEY``:
+    one bad record is a counted reject, not a run that fails at its last write.
+    """
     import pyarrow as pa
 
     try:
-        return schemas.read_table(path, "pairs").to_pylist()
+        table = schemas.read_table(path, "pairs")
     except (OSError, pa.ArrowException) as exc:
         raise ValueError(f"{path}: unreadable Parquet ({' '.join(str(exc).split())[:300]})") from None
+    text = pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                      else f for f in table.schema])
+    rows = table.cast(text).to_pylist()
+    name = posixpath.basename(path)
+    for row in rows:
+        problem = _input_problem(row)
+        if problem is not None:
+            reason, column = problem
+            what = {"invalid_utf8": "is not valid UTF-8", "missing_id": "is empty"}.get(reason, "is null")
+            row[INPUT_REJECT_KEY] = (reason, f"column {column!r} {what} in {name}")
+    return rows
+
+
+def _route_input(pair: dict):
+    """Scorable pairs on the main output; a row ``_read_pairs_file`` marked leaves unscored on ``rejected``."""
+    problem = pair.pop(INPUT_REJECT_KEY, None)
+    if problem is None:
+        yield pair
+        return
+    reason, detail = problem
+    yield beam.pvalue.TaggedOutput("rejected", schemas.rejected_row(
+        STAGE, reason, detail,
+        pair_id=pair.get("pair_id"), candidate_id=pair.get("candidate_id"), image_id=pair.get("image_id"),
+        page_url=pair.get("page_url"), image_url=pair.get("image_url"), caption=pair.get("caption")))
+
+
+def _with_input_rejects(summary: dict, by_reason: dict) -> dict:
+    """The summary of the scored pairs, with the input rows rejected unscored (``_route_input``) counted in."""
+    n = sum(by_reason.values())
+    if not n:
+        return summary
+    reasons = dict(summary["rejected_by_reason"])
+    for reason, count in by_reason.items():
+        reasons[reason] = reasons.get(reason, 0) + int(count)
+    total = summary["in"] + n
+    return {**summary, "in": total, "rejected": summary["rejected"] + n, "keep_rate": summary["kept"] / total,
+            "rejected_by_reason": dict(sorted(reasons.items()))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,15 +562,22 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
             os.makedirs(os.path.join(args.output, sub), exist_ok=True)
     pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
     with pipeline as p:
-        pairs = (p
-                 | "ListFiles" >> beam.Create(files)
-                 | "ReadPairs" >> beam.FlatMap(_read_pairs_file))
-        scored = pairs | "ScoreRelevance" >> ScoreRelevance(args.model, args.batch_size, args.device)
+        read = (p
+                | "ListFiles" >> beam.Create(files)
+                | "ReadPairs" >> beam.FlatMap(_read_pairs_file)
+                | "CheckPairs" >> beam.FlatMap(_route_input).with_outputs("rejected", main="pairs"))
+        scored = read.pairs | "ScoreRelevance" >> ScoreRelevance(args.model, args.batch_size, args.device)
         out = scored | "ThresholdRelevance" >> ThresholdRelevance(args.threshold, args.keep_rate, spec=args.model)
+        input_reasons = (read.rejected
+                         | "InputRejectReason" >> beam.Map(lambda r: r["reason"])
+                         | "CountInputRejects" >> beam.combiners.Count.PerElement())
+        summary = out.summary | "CountInputRejectsIn" >> beam.Map(_with_input_rejects,
+                                                                  beam.pvalue.AsDict(input_reasons))
         out.kept | "WritePairs" >> _WriteDataset(_join(args.output, "pairs"), "pairs")
-        out.rejected | "WriteRejected" >> _WriteDataset(_join(args.output, "rejected"), "rejected")
-        out.summary | "WriteStats" >> beam.Map(_write_stats, args.output,
-                                               {"input": input_reference(args.input, args.output), "model": args.model})
+        ((out.rejected, read.rejected) | "AllRejected" >> beam.Flatten()
+         | "WriteRejected" >> _WriteDataset(_join(args.output, "rejected"), "rejected"))
+        summary | "WriteStats" >> beam.Map(_write_stats, args.output,
+                                           {"input": input_reference(args.input, args.output), "model": args.model})
     finish_output(args.output)
     return read_stats(args.output)["relevance"]
 

@@ -477,3 +477,23 @@ def test_a_null_reason_in_rejected_is_a_failed_check_not_a_crash(run_copy, capsy
     assert {("filter", "rejected_rows_labelled"), ("filter", "rejected_reasons_match")} <= _failed(result)
     assert "(null): 1 rows vs 0 in stats" in audit.format_audit(result)
     assert cli.main(["audit", str(run_copy)]) == 1
+
+
+def test_an_input_dataset_folder_named_parquet_is_read_as_the_dataset(run_copy):
+    """`lait filter --input RUN/cands.parquet` (a Spark-style dataset folder: part files and _SUCCESS, no kind
+    metadata): the audit cut the folder name as if a file, read the run folder, and failed a correct run."""
+    table = schemas.read_table(str(run_copy / "crawl" / "candidates"), "candidates").replace_schema_metadata(None)
+    spark = run_copy / "cands.parquet"
+    spark.mkdir()
+    pq.write_table(table, str(spark / "part-00000-abc.snappy.parquet"))
+    (spark / "_SUCCESS").write_text("")
+    shutil.rmtree(run_copy / "crawl")
+    _edit_stats(run_copy, "filter", input="cands.parquet", settings={"input": str(spark)})
+    result = audit.audit_run(str(run_copy))
+    assert _filter_checks(result) == ("cands.parquet", set()) and result["ok"], _failed(result)
+    assert {"rejected_candidate_ids_upstream", "pairs_candidate_ids_upstream"} <= \
+        {c["check"] for s in result["stages"] for c in s["checks"]}
+    # a dataset folder named otherwise than its kind, written by hand, likewise
+    os.rename(spark, run_copy / "handmade")
+    _edit_stats(run_copy, "filter", input="handmade")
+    assert _filter_checks(audit.audit_run(str(run_copy))) == ("handmade", set())
