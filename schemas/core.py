@@ -150,17 +150,47 @@ def schema_for(kind: str, **kwargs) -> pa.Schema:
 
 def _type_matches(actual: pa.DataType, expected: pa.DataType, open_dims: bool) -> bool:
     """Type equality where, under ``open_dims`` (a column of ``OPEN_WIDTH_COLUMNS``), a fixed-size list of
-    any length matches."""
+    any length matches.
+
+    As for lists, a fixed-size list's item nullability and name are not compared (``float not null`` is the
+    same data as ``float``), only its width and item type. A timestamp of any unit and zone matches a
+    timestamp: an Arrow timestamp with a zone holds UTC instants whatever the zone, and a naive one (Spark's
+    INT96, read as ``timestamp[ns]``) holds UTC by Spark's convention; the readers cast it to the contract's
+    type (``schemas.io.open_dataset``). Spark writes microseconds; without this its folders, which
+    docs/filter.md names as input, were refused for ``fetched_at``, a column no stage decides by."""
     if actual == expected:
         return True
+    if pa.types.is_timestamp(expected) and pa.types.is_timestamp(actual):
+        return True
     if pa.types.is_fixed_size_list(expected) and pa.types.is_fixed_size_list(actual):
-        return open_dims and _type_matches(actual.value_type, expected.value_type, open_dims)
+        return (open_dims or actual.list_size == expected.list_size) \
+            and _type_matches(actual.value_type, expected.value_type, open_dims)
     for check in (pa.types.is_list, pa.types.is_large_list):
         if check(expected) and check(actual):
             return _type_matches(actual.value_type, expected.value_type, open_dims)
     # Parquet readers may widen string/binary to their large variants; treat them as equal.
     pairs = [(pa.string(), pa.large_string()), (pa.binary(), pa.large_binary())]
     return any({actual, expected} == {a, b} for a, b in pairs)
+
+
+def _type_text(expected: pa.DataType, open_dims: bool) -> str:
+    """How a mismatch message shows a contract type: an open width as ``[D]``, not the ``[1]`` that stands in
+    for it in the schema (``regions_schema``), which would read as the width required."""
+    return str(expected).replace(">[1]", ">[D]") if open_dims else str(expected)
+
+
+def _meta_text(meta: dict, key: bytes, where: str, expected: str) -> str | None:
+    """The text of a metadata value (None when absent); one that is not UTF-8 text is refused as a kind or
+    version this LAIT does not know would be, naming the file and key (a bare codec error named neither)."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
+        raise SchemaMismatchError(f"{where}: its {key.decode()} metadata is not UTF-8 text ({shown}), "
+                                  f"expected {expected}") from None
 
 
 def validate_schema(actual: pa.Schema, kind: str, where: str = "dataset") -> None:
@@ -172,23 +202,23 @@ def validate_schema(actual: pa.Schema, kind: str, where: str = "dataset") -> Non
     """
     expected = schema_for(kind)
     meta = actual.metadata or {}
-    declared = meta.get(META_KIND)
-    if declared is not None and declared.decode() != kind:
-        raise SchemaMismatchError(f"{where}: is a {declared.decode()!r} dataset, expected {kind!r}")
-    version = meta.get(META_VERSION)
-    if version is not None and version.decode() != str(SCHEMA_VERSION):
+    declared = _meta_text(meta, META_KIND, where, repr(kind))
+    if declared is not None and declared != kind:
+        raise SchemaMismatchError(f"{where}: is a {declared!r} dataset, expected {kind!r}")
+    version = _meta_text(meta, META_VERSION, where, f"version {SCHEMA_VERSION}")
+    if version is not None and version != str(SCHEMA_VERSION):
         raise SchemaMismatchError(
-            f"{where}: schema version {version.decode()} of {kind!r}, this LAIT reads version {SCHEMA_VERSION}"
+            f"{where}: schema version {version} of {kind!r}, this LAIT reads version {SCHEMA_VERSION}"
         )
     for field in expected:
         index = actual.get_field_index(field.name)
         if index < 0:
             raise SchemaMismatchError(f"{where}: missing column {field.name!r} required by the {kind} schema", field.name)
         found = actual.field(index).type
-        if not _type_matches(found, field.type, open_dims=field.name in OPEN_WIDTH_COLUMNS.get(kind, ())):
-            raise SchemaMismatchError(
-                f"{where}: column {field.name!r} has type {found}, the {kind} schema expects {field.type}", field.name
-            )
+        open_dims = field.name in OPEN_WIDTH_COLUMNS.get(kind, ())
+        if not _type_matches(found, field.type, open_dims=open_dims):
+            raise SchemaMismatchError(f"{where}: column {field.name!r} has type {found}, the {kind} schema expects "
+                                      f"{_type_text(field.type, open_dims)}", field.name)
 
 
 def check_not_null(data: pa.Table | pa.RecordBatch, kind: str, where: str = "dataset") -> None:
@@ -220,10 +250,13 @@ def missing_image_id(image_id: str | None) -> bool:
 
 
 def detect_kind(schema: pa.Schema) -> str | None:
-    """The dataset kind a schema declares in its metadata, else the first kind whose columns it has."""
+    """The dataset kind a schema declares in its metadata, else the first kind whose columns it has.
+
+    A declared kind that is not UTF-8 text comes back with its bytes escaped: a kind this LAIT does not know,
+    which `lait inspect` describes, and the readers refuse (``validate_schema``)."""
     meta = schema.metadata or {}
     if META_KIND in meta:
-        return meta[META_KIND].decode()
+        return meta[META_KIND].decode("utf-8", "backslashreplace")
     for kind in KINDS:
         try:
             validate_schema(schema, kind)

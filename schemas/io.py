@@ -102,10 +102,36 @@ def list_parquet_files(path: str) -> list[str]:
         except UnicodeDecodeError:
             raise ValueError(f"{path}: holds {_undecodable_name(inner)}, whose name is not UTF-8 text, which pyarrow "
                              "cannot open; rename it") from None
-        if entry.type == pafs.FileType.File and found.endswith(PARQUET_SUFFIX) \
-                and _is_data_file(posixpath.relpath(found, inner)):
+        if entry.type != pafs.FileType.File or not _is_data_file(posixpath.relpath(found, inner)):
+            continue
+        if found.endswith(PARQUET_SUFFIX):
             files.append(found)
+        elif _is_parquet(fs, found):
+            raise ValueError(f"{found}: a Parquet file not named *{PARQUET_SUFFIX} in the dataset {path}, which LAIT "
+                             f"would leave out (it reads *{PARQUET_SUFFIX} files only); rename it to end in "
+                             f"{PARQUET_SUFFIX}, or move it out")
     return sorted(files)
+
+
+#: Names beside a dataset's shards that are never Parquet, so not opened: LAIT's stats.json and run markers, a
+#: detector's classes.json, Hadoop's checksums (``part-0.parquet.crc``, when not hidden).
+NOT_PARQUET_SUFFIXES = (".json", ".crc")
+
+
+def _is_parquet(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether a file not named ``*.parquet`` begins with Parquet's magic ``PAR1`` (one 4-byte read).
+
+    Hive names its files ``000000_0``, Impala ``*.parq``: such files were left out without a word (`lait eval`
+    scored half a split's captions). They are refused rather than read: the filter, which lists ``*.parquet``
+    files its own way, would still leave them out, and one dataset must be the same rows to every stage. A file
+    that cannot be read is left out, as before."""
+    if path.endswith(NOT_PARQUET_SUFFIXES):
+        return False
+    try:
+        with fs.open_input_stream(path) as handle:
+            return handle.read(4) == b"PAR1"
+    except (OSError, pa.ArrowException):
+        return False
 
 
 def _undecodable_name(folder: str) -> str:
@@ -122,13 +148,20 @@ def _undecodable_name(folder: str) -> str:
 
 
 def open_dataset(path: str, kind: str | None = None) -> pads.Dataset:
-    """Open a dataset, checking every file's schema against the ``kind`` contract when given."""
+    """Open a dataset, checking every file's schema against the ``kind`` contract when given.
+
+    pyarrow takes a dataset's schema from its first file and casts the others' columns to it, safely: files
+    whose timestamps differ in unit (LAIT's ms, Spark's us or INT96 ns) could not be read together (``would lose
+    data``). Under a ``kind``, a contract timestamp column whose files differ from the contract is read in the
+    finest unit among them, in UTC (``_common_timestamps``); ``read_table`` and ``iter_batches`` then give it the
+    contract's type."""
     fs, _ = _filesystem(path)
     files = list_parquet_files(path)
     if not files:
         if kind is None:
             raise FileNotFoundError(f"no Parquet files under {path}")
         return pads.dataset(schema_for(kind).empty_table())
+    found = []
     if kind is not None:
         for file in files:
             try:
@@ -136,14 +169,50 @@ def open_dataset(path: str, kind: str | None = None) -> pads.Dataset:
             except (pa.ArrowInvalid, OSError) as exc:
                 raise SchemaMismatchError(f"{file}: not a readable Parquet file ({exc})") from exc
             validate_schema(schema, kind, where=file)
-    return pads.dataset(files, filesystem=fs, format="parquet")
+            found.append(schema)
+    dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    if kind is not None:
+        inferred = dataset.schema
+        common = _common_timestamps(inferred, found, kind)
+        if common is not inferred:  # the files' footers are read already: the schema is all that changes
+            dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=common)
+    return dataset
 
+
+def _common_timestamps(schema: pa.Schema, files: list[pa.Schema], kind: str) -> pa.Schema:
+    """``schema`` with each of the ``kind`` contract's timestamp columns whose ``files`` hold another type as a
+    UTC timestamp of the finest unit among them, which every file's values cast to without loss (a naive one
+    read as UTC: ``schemas.core._type_matches``); ``schema`` itself when none differ."""
+    for field in schema_for(kind):
+        if not pa.types.is_timestamp(field.type) or field.name not in schema.names:
+            continue
+        types = {file.field(field.name).type for file in files}
+        if types == {field.type}:
+            continue
+        unit = max((t.unit for t in types), key=("s", "ms", "us", "ns").index)
+        index = schema.get_field_index(field.name)
+        schema = schema.set(index, schema.field(index).with_type(pa.timestamp(unit, tz=field.type.tz)))
+    return schema
+
+
+def _as_contract(data: pa.Table | pa.RecordBatch, kind: str | None) -> pa.Table | pa.RecordBatch:
+    """``data`` with the ``kind`` contract's timestamp columns cast to the contract's type (``open_dataset`` reads
+    them in their files' finest unit); digits finer than the contract's unit are dropped, as LAIT's writers drop
+    them."""
+    if kind is None:
+        return data
+    schema = original = data.schema
+    for field in schema_for(kind):
+        index = schema.get_field_index(field.name)
+        if pa.types.is_timestamp(field.type) and index >= 0 and schema.field(index).type != field.type:
+            schema = schema.set(index, schema.field(index).with_type(field.type))
+    return data if schema is original else data.cast(schema, safe=False)
 
 
 def read_table(path: str, kind: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read a whole dataset into memory (small datasets and tests; stream with ``iter_batches``)."""
     dataset = open_dataset(path, kind)
-    return dataset.to_table(columns=columns)
+    return _as_contract(dataset.to_table(columns=columns), kind)
 
 
 def iter_batches(
@@ -151,7 +220,8 @@ def iter_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Stream a dataset as record batches, file by file, in a stable order."""
     dataset = open_dataset(path, kind)
-    yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+        yield _as_contract(batch, kind)
 
 
 def count_rows(path: str, kind: str | None = None) -> int:

@@ -405,3 +405,52 @@ def test_files_written_whole_get_the_permissions_of_a_file_opened_for_writing(tm
     for name in ("stats.json", "last.pt"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected, name
     assert expected & 0o044  # readable by others under this machine's umask: the check can fail
+
+
+def _non_null_items(field_type: pa.DataType) -> pa.DataType:
+    """``list<fixed_size_list<T>[n]>`` with its innermost items declared non-nullable, as some writers declare them."""
+    inner = field_type.value_type
+    return pa.list_(pa.list_(pa.field("item", inner.value_type, nullable=False), inner.list_size))
+
+
+def test_non_null_coordinates_in_boxes_match_as_in_features(tmp_path):
+    """Fixed vs fixed returned `open_dims and ...`: boxes declared `fixed_size_list<item: float not null>[4]` were
+    refused for the items' nullability alone, while features (open width) and every other column ignore it."""
+    table = schemas.to_table([_region_row(2, 8)], "regions", feature_dim=8)
+    for name in ("boxes", "features"):
+        column = table.column(name).cast(_non_null_items(table.schema.field(name).type))
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    schemas.validate_schema(table.schema, "regions")
+    pq.write_table(table, tmp_path / "strict.parquet")
+    assert schemas.read_table(str(tmp_path / "strict.parquet"), "regions").num_rows == 1
+    five = pa.list_(pa.list_(pa.field("item", pa.float32(), nullable=False), 5))
+    with pytest.raises(schemas.SchemaMismatchError, match="'boxes'"):  # the width still counts
+        schemas.validate_schema(table.schema.set(table.schema.get_field_index("boxes"), pa.field("boxes", five)),
+                                "regions")
+
+
+def test_a_mismatch_shows_the_open_feature_width_as_d():
+    """The message printed the schema's stand-in width, `fixed_size_list<item: halffloat>[1]>`, as if 1 were
+    required."""
+    good = schemas.schema_for("regions", feature_dim=8)
+    as_f32 = good.set(good.get_field_index("features"), pa.field("features", pa.list_(pa.list_(pa.float32(), 8))))
+    with pytest.raises(schemas.SchemaMismatchError) as info:
+        schemas.validate_schema(as_f32, "regions")
+    assert str(info.value).endswith("expects list<item: fixed_size_list<item: halffloat>[D]>")
+    three = good.set(good.get_field_index("boxes"), pa.field("boxes", pa.list_(pa.list_(pa.float32(), 3))))
+    with pytest.raises(schemas.SchemaMismatchError, match=r"expects list<item: fixed_size_list<item: float>\[4\]>$"):
+        schemas.validate_schema(three, "regions")
+
+
+@pytest.mark.parametrize("key", [b"lait.schema", b"lait.schema_version"])
+def test_metadata_that_is_not_utf8_is_refused_naming_file_and_key(tmp_path, key):
+    """A kind or version that is not UTF-8 text failed every reader with a bare codec error naming nothing; it is
+    refused now as an unknown kind or version is."""
+    pairs = schemas.to_table([{"pair_id": "p", "image_id": "i", "caption": "x y z"}], "pairs")
+    meta = {b"lait.schema": b"pairs", b"lait.schema_version": b"1", key: b"pa\xffirs"}
+    pq.write_table(pairs.replace_schema_metadata(meta), tmp_path / "part-00000.parquet")
+    match = rf"part-00000.parquet: its {key.decode()} metadata is not UTF-8 text \(b'pa\\xffirs'\)"
+    with pytest.raises(schemas.SchemaMismatchError, match=match):
+        schemas.read_table(str(tmp_path), "pairs")
+    kind = schemas.detect_kind(pq.read_schema(tmp_path / "part-00000.parquet"))
+    assert kind == ("pa\\xffirs" if key == b"lait.schema" else "pairs")

@@ -61,15 +61,26 @@ def json_safe(value):
 
 
 def _pylist(table: pa.Table) -> list[dict]:
-    """Rows as dicts; text that is not valid UTF-8 is shown with U+FFFD rather than failing the inspection."""
+    """Rows as dicts, column by column, never failing the inspection over a cell: text that is not valid UTF-8 is
+    shown with U+FFFD, and a value Python's types cannot hold (a nanosecond timestamp with digits past the
+    microsecond, from pandas or Spark's INT96: pyarrow asks for pandas) as Arrow's text of it."""
+    columns = [_values(column) for column in table.columns]
+    return [dict(zip(table.column_names, row)) for row in zip(*columns)] if columns else [{}] * table.num_rows
+
+
+def _values(column: pa.ChunkedArray) -> list:
+    """A column's cells as Python values (``_pylist``)."""
     try:
-        return table.to_pylist()
-    except UnicodeDecodeError:
-        as_binary = pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or
-                               pa.types.is_large_string(f.type) else f for f in table.schema])
-        text = {f.name for f in table.schema if f.type != as_binary.field(f.name).type}
-        return [{k: v.decode("utf-8", "replace") if k in text and v is not None else v for k, v in row.items()}
-                for row in table.cast(as_binary).to_pylist()]
+        return column.to_pylist()
+    except UnicodeDecodeError:  # a ValueError too: checked first
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise
+        return [v.decode("utf-8", "replace") if v is not None else None for v in column.cast(pa.binary()).to_pylist()]
+    except ValueError:
+        try:
+            return column.cast(pa.string()).to_pylist()
+        except pa.ArrowException:  # no text form (a list of such timestamps): the type stands in for each cell
+            return [f"<{column.type}>" if cell.is_valid else None for cell in column]
 
 
 def describe(path: str, rows: int = 3) -> dict:
@@ -98,7 +109,9 @@ def describe(path: str, rows: int = 3) -> dict:
     problem, ok, file_kinds = None, None, None
     if kind in schemas.KINDS:
         try:
-            schemas.open_dataset(path, kind)
+            # read as the readers do: files whose timestamps differ in unit (Spark's us beside LAIT's ms) read
+            # together only so (schemas.open_dataset)
+            dataset = schemas.open_dataset(path, kind)
             ok = True  # every file checked: any kind a file declares is this one
         except schemas.SchemaMismatchError as exc:
             problem, ok = str(exc), False
@@ -116,7 +129,7 @@ def describe(path: str, rows: int = 3) -> dict:
     info = {
         "path": str(path),
         "kind": kind,
-        "schema_version": meta.get(b"lait.schema_version", b"").decode() or None,
+        "schema_version": meta.get(b"lait.schema_version", b"").decode("utf-8", "backslashreplace") or None,
         "files": len(files),
         "rows": dataset.count_rows(),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
