@@ -77,11 +77,26 @@ def input_root(path: str) -> str:
 
 
 def _parquet_files(folder: str) -> list[str]:
-    """The ``.parquet`` files under a folder, at any depth, the folder's name taken literally."""
+    """The ``.parquet`` files under a folder, at any depth, the folder's name taken literally.
+
+    In a local folder, a Parquet file named otherwise (Hive's ``000000_0``, Impala's ``*.parq``) is refused in one
+    line naming it, as every other stage refuses it (``schemas.io.list_parquet_files``): left out, its rows were
+    lost without a word."""
     if "://" in folder:
         return files_under(folder.rstrip("/"), "/**.parquet")
-    return [os.path.join(parent, name) for parent, _, names in os.walk(folder) for name in names
-            if name.endswith(".parquet")]
+    import pyarrow.fs as pafs
+
+    from schemas.io import begins_as_parquet, misnamed_parquet
+
+    found, local = [], pafs.LocalFileSystem()
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            if name.endswith(".parquet"):
+                found.append(path)
+            elif not _hidden(path, folder) and begins_as_parquet(local, path):
+                raise misnamed_parquet(path, folder)
+    return found
 
 
 def resolve_input(path: str) -> list[str]:

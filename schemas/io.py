@@ -106,11 +106,16 @@ def list_parquet_files(path: str) -> list[str]:
             continue
         if found.endswith(PARQUET_SUFFIX):
             files.append(found)
-        elif _is_parquet(fs, found):
-            raise ValueError(f"{found}: a Parquet file not named *{PARQUET_SUFFIX} in the dataset {path}, which LAIT "
-                             f"would leave out (it reads *{PARQUET_SUFFIX} files only); rename it to end in "
-                             f"{PARQUET_SUFFIX}, or move it out")
+        elif begins_as_parquet(fs, found):
+            raise misnamed_parquet(found, path)
     return sorted(files)
+
+
+def misnamed_parquet(found: str, dataset: str) -> ValueError:
+    """The one-line error for a Parquet file ``found`` in ``dataset`` whose name does not end in ``.parquet``."""
+    return ValueError(f"{found}: a Parquet file not named *{PARQUET_SUFFIX} in the dataset {dataset}, which LAIT "
+                      f"would leave out (it reads *{PARQUET_SUFFIX} files only); rename it to end in "
+                      f"{PARQUET_SUFFIX}, or move it out")
 
 
 #: Names beside a dataset's shards that are never Parquet, so not opened: LAIT's stats.json and run markers, a
@@ -118,7 +123,7 @@ def list_parquet_files(path: str) -> list[str]:
 NOT_PARQUET_SUFFIXES = (".json", ".crc")
 
 
-def _is_parquet(fs: pafs.FileSystem, path: str) -> bool:
+def begins_as_parquet(fs: pafs.FileSystem, path: str) -> bool:
     """Whether a file not named ``*.parquet`` begins with Parquet's magic ``PAR1`` (one 4-byte read).
 
     Hive names its files ``000000_0``, Impala ``*.parq``: such files were left out without a word (`lait eval`

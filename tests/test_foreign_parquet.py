@@ -119,3 +119,16 @@ def test_a_fetched_at_that_is_no_timestamp_is_still_refused(tmp_path):
     table = _with_fetched_at(table, pa.array(["2026-01-01"]))
     with pytest.raises(schemas.SchemaMismatchError, match="column 'fetched_at' has type string"):
         schemas.validate_schema(table.schema, "candidates")
+
+
+def test_the_filter_refuses_a_parquet_file_not_named_parquet_in_its_input(tmp_path, capsys):
+    """The filter lists its input its own way: it left Hive's `000002_0` out too, without a word."""
+    folder = tmp_path / "cands"
+    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    schemas.write_table(_candidates(2, stamp), str(folder / "part-00000.parquet"), "candidates")
+    pq.write_table(_candidates(3, stamp), str(folder / "000002_0"))
+    (folder / ".hidden").write_bytes(b"PAR1 a hidden file is never read")
+    assert cli.main(["filter", "--input", str(folder), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cands/000002_0: a Parquet file not named *.parquet" in err.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
