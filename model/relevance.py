@@ -23,6 +23,15 @@ from torch import nn
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_KIND = "lait-relevance"
+#: How far (in training standard deviations) a standardised feature may lie from the training mean. A feature
+#: present in as few as 1% of the training pairs (a 0/1 feature, boilerplate say) standardises to about 9.9, so
+#: 10 leaves every value training saw as it was; it bounds what a value training never saw (a 20,000 px image
+#: in a crawl of thumbnails) can do to the head, whose response there was never fitted.
+FEATURE_CLIP = 10
+#: A training spread below this is a feature constant in training (all images 64 px high): it is centred but not
+#: scaled, since dividing by its near-zero spread (the 1e-3 floor it once had) made any change at scoring
+#: x1000 for weights that never learnt from it.
+MIN_FEATURE_STD = 1e-3
 
 
 @dataclass
@@ -37,12 +46,14 @@ class RelevanceConfig:
     text_dim: int = 96
     num_features: int = 13  # text-only + image-only features
     head_hidden: int = 16
+    feature_clip: int = FEATURE_CLIP  # standardised features clipped to +-this; 0: not clipped
 
     @classmethod
     def from_dict(cls, values: dict) -> "RelevanceConfig":
-        """A config from a JSON dict, ignoring keys this version does not know."""
+        """A config from a JSON dict, ignoring keys this version does not know. A config without
+        ``feature_clip`` was saved before the setting existed: 0, so that such a model scores as it did."""
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in values.items() if k in known}
+        kwargs = {"feature_clip": 0, **{k: v for k, v in values.items() if k in known}}
         if "channels" in kwargs:
             kwargs["channels"] = tuple(kwargs["channels"])
         return cls(**kwargs)
@@ -101,9 +112,19 @@ class RelevanceModel(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(config.num_features))
         self.register_buffer("feature_std", torch.ones(config.num_features))
 
+    def set_standardisation(self, features: torch.Tensor) -> None:
+        """Standardise features as the training ``features`` (N x F) spread: centred on their mean, divided by
+        their standard deviation, except where that is below ``MIN_FEATURE_STD`` (centred only)."""
+        self.feature_mean.copy_(features.mean(0))
+        std = features.std(0) if len(features) > 1 else torch.ones_like(self.feature_std)
+        self.feature_std.copy_(torch.where(std < MIN_FEATURE_STD, torch.ones_like(std), std))
+
     def head_logit(self, cos: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Relevance logit of pairs from their cosine and (unnormalised) features."""
+        """Relevance logit of pairs from their cosine and (unnormalised) features; the same in training and
+        scoring: standardised features beyond +-``feature_clip`` are clipped (0: not clipped, older models)."""
         x = (features - self.feature_mean) / self.feature_std
+        if self.config.feature_clip:
+            x = x.clamp(-self.config.feature_clip, self.config.feature_clip)
         extra = self.head(torch.cat([cos.unsqueeze(-1), x], dim=-1)).squeeze(-1)
         return self.cos_weight * cos + self.bias + extra
 
@@ -159,7 +180,8 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
     anything is written (store None, JSON null, for a value that is missing). The model is replaced whole or
     not at all: both files are written into a temporary folder beside ``out_dir``, which then takes its place
     (any other files of ``out_dir`` move along), so a failed write (a full disk) is a one-line OSError that
-    leaves the earlier model, weights and config together, and no new folder.
+    leaves the earlier model, weights and config together, and no new folder. An ``out_dir`` that is a link to a
+    folder keeps the link: the folder it points to is the one replaced.
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -177,7 +199,9 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: {CONFIG_FILE} + {WEIGHTS_FILE})")
-    parent, name = os.path.split(os.path.abspath(out_dir))
+    # Resolved: through a link to a folder (models/current -> v3), the model replaces the folder linked to and the
+    # link stays; swapped in by the link's own name, the link became a folder and its target kept the old model.
+    parent, name = os.path.split(os.path.realpath(out_dir))
     made = missing_folders(parent)  # removed again if the save fails: no empty folders left
     try:
         os.makedirs(parent, exist_ok=True)
@@ -272,14 +296,23 @@ def read_config(model_dir: str) -> dict:
     if not isinstance(config.get("model"), dict):
         raise ValueError(f"{path}: no model architecture ('model')")
     threshold = config.get("threshold")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ValueError(f"{path}: no numeric 'threshold' (got {threshold!r})")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not _is_finite(threshold):
+        shown = repr(threshold)  # an integer of 400 digits shown whole was a wall of zeros
+        raise ValueError(f"{path}: no numeric 'threshold' (got {shown if len(shown) <= 80 else shown[:60] + '...'})")
     _check_fields(config, path)
     return config
 
 
+def _is_finite(number: int | float) -> bool:
+    """Whether a JSON number is a finite float: an integer beyond a float's range (10**400) is not."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
 #: The smallest value of each whole-number architecture field (a bucket id is 1 + hash % (num_buckets - 1)).
-_ARCH_MINIMUM = {"num_buckets": 2}
+_ARCH_MINIMUM = {"num_buckets": 2, "feature_clip": 0}
 
 
 def _is_whole(value, minimum: int) -> bool:

@@ -5,7 +5,8 @@ numpy/Pillow so that the same code prepares inputs for training, for ``score()``
 
 Words come from a versioned tokenizer (``TOKENIZERS``), saved in each model's ``config.json``: a model
 is always fed the words it was trained on. ``ascii-v1`` (every model saved before the setting existed)
-keeps ASCII letters and digits only; ``unicode-v2`` (models trained now) reads any script.
+keeps ASCII letters and digits only; ``unicode-v2`` reads any script, and ``unicode-v3`` (models trained now)
+reads it without taking the Katakana middle dot and double hyphen (punctuation) for words.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class ImageDecodeError(ValueError):
 #: The tokenizer of a model whose config.json names none: every model saved before the setting existed.
 LEGACY_TOKENIZER = "ascii-v1"
 #: The tokenizer of the models this version trains.
-TOKENIZER = "unicode-v2"
+TOKENIZER = "unicode-v3"
 
 # Chinese and Japanese write words without spaces: each Han, Hiragana or Katakana character is a word
 # of its own (the word bigrams are then the character bigrams). Hangul is written with spaces.
@@ -55,6 +56,14 @@ _CJK = ("\u3005-\u3007"  # ideographic iteration mark, closing mark, number zero
         "\u3040-\u30ff\u31f0-\u31ff"  # hiragana, katakana and its phonetic extensions
         "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # han: extension A, unified, compatibility
         "\U00020000-\U0003ffff")  # han: extensions B onwards (planes 2 and 3)
+# unicode-v3: the same without the punctuation and symbols among the kana: U+30A0 double hyphen (Pd) and U+30FB
+# middle dot (Po), which v2 took for words ("ロンドン・パリ" had a word "・", and "・・・" three words, none of them
+# boilerplate); they are not words in v3, as "..." and "。。。" are not. U+309B-U+309C (spacing voiced sound
+# marks, Sk) are left out too, though NFKC already makes each a space and a combining mark.
+_CJK_V3 = ("\u3005-\u3007"
+           "\u3040-\u309a\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff"
+           "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+           "\U00020000-\U0003ffff")
 
 
 def _ascii_words(text: str) -> list[str]:
@@ -62,29 +71,34 @@ def _ascii_words(text: str) -> list[str]:
     return WORD_RE.findall(text.lower())
 
 
-@functools.lru_cache(maxsize=1)
-def _unicode_word_pattern() -> re.Pattern:
+@functools.lru_cache(maxsize=2)
+def _unicode_word_pattern(cjk: str = _CJK) -> re.Pattern:
     """A CJK character (with its marks), or a run of other letters, digits and combining marks."""
     from filters.text import combining_marks
 
     # ``\w`` leaves out combining marks (Indic vowel signs, viramas): without them "कितनी" is three words
     marks = combining_marks()
-    return re.compile(rf"[{_CJK}][{marks}]*|(?:[^\W_{_CJK}]|[{marks}])+")
+    return re.compile(rf"[{cjk}][{marks}]*|(?:[^\W_{cjk}]|[{marks}])+")
 
 
-def _unicode_words(text: str) -> list[str]:
-    # unicode-v2: NFKC folds compatibility forms (fullwidth, ligatures), casefold is caseless matching
-    # ("Straße" = "strasse"), NFKC again recomposes what casefolding decomposed
+def _unicode_words(text: str, cjk: str = _CJK) -> list[str]:
+    # unicode-v2 (v3 with ``_CJK_V3``): NFKC folds compatibility forms (fullwidth, ligatures), casefold is
+    # caseless matching ("Straße" = "strasse"), NFKC again recomposes what casefolding decomposed
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     if not text.isprintable():
         # format characters (soft hyphens, zero-width joiners) sit inside words; the text filter drops them too
         text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
-    return _unicode_word_pattern().findall(text)
+    return _unicode_word_pattern(cjk).findall(text)
+
+
+def _unicode_v3_words(text: str) -> list[str]:
+    return _unicode_words(text, _CJK_V3)
 
 
 #: Word splitters by the version name saved in a model's config.json. A version, once saved, never
 #: changes meaning: a new tokenizer is a new name.
-TOKENIZERS: dict[str, Callable[[str], list[str]]] = {LEGACY_TOKENIZER: _ascii_words, TOKENIZER: _unicode_words}
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {LEGACY_TOKENIZER: _ascii_words, "unicode-v2": _unicode_words,
+                                                     TOKENIZER: _unicode_v3_words}
 
 
 def check_tokenizer(tokenizer: str) -> str:

@@ -32,6 +32,7 @@ from filters.relevance import features as F
 from filters.relevance.config import TrainConfig
 from filters.relevance.data import choose_pairs, content_key, read_pairs
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
+from filters.relevance.scorer import CLIP_PREFIX
 from model.relevance import (CONFIG_FILE, MODEL_KIND, WEIGHTS_FILE, RelevanceConfig, RelevanceEnsemble, RelevanceModel,
                              missing_folders, remove_empty_folders, save_model)
 from pipeline.signals import blocked_signals, die_with_parent_hook
@@ -49,7 +50,7 @@ class _Examples:
     page: np.ndarray  # int page index
     caption: np.ndarray  # int caption index (equal captions share one)
     image: np.ndarray  # int image index (equal image_id share one)
-    page_keys: list[str]  # page_url of each page index
+    page_keys: list[str]  # page of each page index: its URL without scheme or port (``location_key``)
 
     def __len__(self) -> int:
         return len(self.page)
@@ -82,7 +83,9 @@ def _prepare(rows: list[dict], arch: RelevanceConfig, vocabulary: frozenset[str]
     if not keep:
         raise ValueError("no pair with a decodable image to train on")
     kept_rows = [rows[i] for i in keep]
-    pages, page_keys = _index([r.get("page_url") or r["pair_id"] for r in kept_rows])
+    # Pages by the URL without scheme or port, as they are sorted and held out: a page served by http and https
+    # is one page, and the page ids (which order the batches' shuffle) are the same on any port.
+    pages, page_keys = _index([location_key(r.get("page_url")) or r["pair_id"] for r in kept_rows])
     return _Examples(
         images=torch.from_numpy(np.stack([prepared[i][0] for i in keep])),
         tokens=torch.from_numpy(np.stack([prepared[i][1] for i in keep])),
@@ -205,6 +208,19 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
 
+def _row_order(row: dict) -> tuple:
+    """The training order of a pair: ``content_key``, then the rest of what it holds, then its raw URLs and ids.
+
+    A total order whatever order the rows come in: pairs of one content key (a page served by http and https)
+    kept their input order before, and the model changed with it. Content before URLs, so that the port decides
+    nothing that the content does; rows equal up to their URLs are one page's (``_prepare``) with equal tensors,
+    so their order changes nothing either.
+    """
+    return (content_key(row), row.get("width") or 0, row.get("height") or 0, row.get("image_bytes") or b"",
+            row.get("page_url") or "", row.get("image_url") or "", row.get("pair_id") or "",
+            row.get("candidate_id") or "")
+
+
 def _check_settings(config: TrainConfig) -> None:
     """ValueErrors for settings ``TrainConfig`` takes that training cannot use."""
     if config.members < 1:
@@ -221,6 +237,9 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
     without ``overwrite``; before training, so that it fails in seconds. Nothing is left behind: the folder is
     made by ``save_model`` once the model is trained.
 
+    A name beginning with ``clip:`` is refused: every command reads such a name as a CLIP model spec
+    (``clip:ARCH:WEIGHTS``), so the model was trained and saved, and then could not be named to load it.
+
     A folder whose path is not UTF-8 text (``mkdir $'caf\\xe9'``) is refused: safetensors cannot open a model
     there, so it was trained, saved, and then could not be loaded (and printing its name failed the command)."""
     try:
@@ -229,6 +248,10 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
         shown = out_dir.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         raise ValueError(f"--out {shown}: the folder's path is not UTF-8 text, which a relevance model's must be "
                          "(safetensors cannot open its weights there); give --out another folder") from None
+    if out_dir.startswith(CLIP_PREFIX):
+        raise ValueError(f"--out {out_dir}: a name beginning with '{CLIP_PREFIX}' reads as a CLIP model spec "
+                         f"(clip:ARCH:WEIGHTS) wherever a model is named; give --out another name "
+                         f"(./{out_dir} is the same folder)")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: config.json + model.safetensors)")
     if os.path.isdir(out_dir):
@@ -270,7 +293,7 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     # hash the URLs, port included, so the same site served on another port (or crawled into other shards,
     # or passed in another order) must change neither the pairs, the batches, the split nor the threshold.
     rows = read_pairs(pairs, limit=config.max_pairs) if isinstance(pairs, str) else choose_pairs(pairs, config.max_pairs)
-    rows.sort(key=content_key)
+    rows.sort(key=_row_order)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 pairs to train, got {len(rows)}")
     vocabulary = F.build_vocabulary((r.get("caption") for r in rows), tokenizer=F.TOKENIZER)
@@ -351,8 +374,7 @@ def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: Tr
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = RelevanceModel(arch)
-    model.feature_mean.copy_(ex.features[train_idx].mean(0))
-    model.feature_std.copy_(ex.features[train_idx].std(0).clamp(min=1e-3) if len(train_idx) > 1 else 1.0)
+    model.set_standardisation(ex.features[train_idx])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     total = steps_per_epoch * config.epochs

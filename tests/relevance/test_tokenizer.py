@@ -137,7 +137,7 @@ def test_a_trained_model_saves_the_unicode_tokenizer_and_reads_every_script(tmp_
     model_dir = str(tmp_path / "model")  # the trainer's own output, one quick member (the shared model takes ~40 s)
     train(train_rows, model_dir, TrainConfig(epochs=1, members=1, image_size=16, embed_dim=16))
 
-    assert read_config(model_dir)["tokenizer"] == F.TOKENIZER == "unicode-v2"
+    assert read_config(model_dir)["tokenizer"] == F.TOKENIZER == "unicode-v3"
     scorer = RelevanceScorer(model_dir)
     assert scorer.tokenizer == F.TOKENIZER
     for caption in (ACCENTED, HINDI, RUSSIAN, CHINESE):
@@ -165,7 +165,7 @@ def test_an_unknown_tokenizer_is_a_clear_error(tmp_path, capsys):
 
     folder = _save_tiny(tmp_path / "future", tokenizer="unicode-v9")
     with pytest.raises(ValueError, match=r"config\.json: a model of another text version \(unknown text tokenizer "
-                                         r"'unicode-v9' \(this version knows ascii-v1, unicode-v2\)\)"):
+                                         r"'unicode-v9' \(this version knows ascii-v1, unicode-v2, unicode-v3\)\)"):
         relevance.load(folder)
     with pytest.raises(ValueError, match="unknown text tokenizer"):
         relevance.load(folder, with_model=False)  # what Beam's preparation step loads
