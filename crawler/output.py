@@ -2,7 +2,8 @@
 
 Shared by the spider's item pipeline and the WARC reader. Rows are buffered and written as complete
 shards; a resumed crawl appends new shards and never writes a row it already wrote. A crawl's last step,
-``reconcile``, removes the rejected rows a later run's outcome superseded, so each record has one row.
+``reconcile``, removes the rejected rows a later run's outcome superseded, so each record has one row. A run
+marks the folder while it goes (``claim``, ``RUN_MARKER``), and a second run into it meanwhile is refused.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import tempfile
 from typing import Any, Iterator
 
 import schemas
+from pipeline import outputs
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,12 @@ OPT_OUT = "opt_out_"
 #: Reference rejects without a candidate_id (no usable image URL to hash it from). Every other row
 #: without one is a page's (a page that could not be fetched or parsed).
 REFERENCE_REASONS_WITHOUT_ID = frozenset({"no_image_url", "data_uri", "invalid_url"})
+#: Written as a crawl run starts (``claim``) and removed as it ends (``release``): ``pipeline.outputs.run_marker`` of
+#: the process that runs it (``lait crawl``'s own, the parent of its crawl processes), so that a second run into the
+#: folder while it goes is refused. Two URL crawls numbered their shards from the same free index and each renamed
+#: its shards over the other's (rows lost, books counting rows no longer there); a WARC run deleted the running
+#: run's shards as a previous run's. The marker of a run whose process is gone is taken for none.
+RUN_MARKER = outputs.RUN_MARKER
 
 
 class OutputFolderError(OSError):
@@ -64,6 +72,108 @@ def prepare_out_dir(out_dir: str) -> None:
 def _join(base: str, name: str) -> str:
     """Join a local path or a URL with a child name."""
     return f"{base.rstrip('/')}/{name}" if "://" in base else os.path.join(base, name)
+
+
+def read_run_marker(out_dir: str) -> dict | None:
+    """The folder's ``RUN_MARKER`` (None: none, or an unreadable one). A URL (the WARC reader's) through Beam's
+    filesystems; a local one without Beam, which a crawl process never imports."""
+    if "://" in out_dir:
+        return outputs.read_run_marker(out_dir)
+    try:
+        with open(os.path.join(out_dir, RUN_MARKER), encoding="utf-8") as handle:
+            marker = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _run_of(marker: dict | None) -> bool:
+    """Whether ``marker`` names the run this process belongs to: this process, or the ``lait crawl`` that started
+    it (a crawl process's parent), still going."""
+    if marker is None or not outputs.on_this_host(marker):
+        return False
+    if marker.get("pid") == os.getpid():
+        return True
+    return marker.get("pid") == os.getppid() and outputs.run_in_progress(marker) is not None
+
+
+def refuse_running(out_dir: str, marker: dict | None, option: str = "--out") -> None:
+    """OutputFolderError, one line, when ``marker`` (the folder's ``RUN_MARKER``) names a run still going, of this
+    host or of another, which cannot be checked from here (``pipeline.outputs.refuse_running``'s rule, but no
+    --overwrite: a crawl has none). ``option``: how the folder was given, for the message."""
+    running = outputs.run_in_progress(marker)
+    if running is None or marker is None:
+        return
+    stage = marker.get("stage") or STAGE
+    if outputs.on_this_host(marker):
+        raise OutputFolderError(f"{out_dir} is in use by a {stage} run still going ({running}); wait for it to end "
+                                f"or stop it, or use a new {option}")
+    raise OutputFolderError(f"{out_dir} holds a {stage} run started on another host ({running}), which cannot be "
+                            f"checked from here; use a new {option}, or, if it has ended, remove "
+                            f"{_join(out_dir, RUN_MARKER)}")
+
+
+def claim(out_dir: str, option: str = "--out") -> None:
+    """Mark ``out_dir`` as this process's crawl run (``RUN_MARKER``), or refuse it (OutputFolderError, before
+    anything in it changes) while another run goes on there (``refuse_running``). A marker of this run (this
+    process's, or its parent ``lait crawl``'s) stays; one of a run that has ended is replaced. Locally the
+    marker is written aside and linked to its name, so of two runs that check the folder at once one is refused.
+    """
+    marker = read_run_marker(out_dir)
+    if _run_of(marker):
+        return
+    refuse_running(out_dir, marker, option)
+    content = json.dumps(outputs.run_marker(STAGE)).encode("utf-8")
+    path = _join(out_dir, RUN_MARKER)
+    if "://" in out_dir:  # an object store writes an object whole on close, but cannot refuse a name taken
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as handle:
+            handle.write(content)
+        return
+    try:
+        if os.path.lexists(path):  # an ended run's, or an unreadable one
+            _remove_if_present(path)
+        os.makedirs(out_dir, exist_ok=True)
+        handle, written = tempfile.mkstemp(prefix=RUN_MARKER + ".", dir=out_dir)
+    except OSError:  # a folder that cannot be made or written to holds nothing to lose: the run fails where it
+        return  # writes, and says why, as before
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        try:
+            os.link(written, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links: claimed all the same, if not whole from the start
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as file:
+                file.write(content)
+    except FileExistsError:
+        other = read_run_marker(out_dir)
+        raise OutputFolderError(f"{out_dir} is in use by a {(other or {}).get('stage') or STAGE} run that started "
+                                f"there just now ({outputs.run_in_progress(other) or 'its marker: ' + path}); use a "
+                                f"new {option}") from None
+    finally:
+        os.remove(written)
+
+
+def release(out_dir: str) -> None:
+    """Remove ``RUN_MARKER`` when it names this process: its run has ended (finished, stopped or failed). A crawl
+    process of ``lait crawl`` leaves its parent's, which the parent removes once every crawl process is done."""
+    marker = read_run_marker(out_dir)
+    if marker is None or marker.get("pid") != os.getpid() or not outputs.on_this_host(marker):
+        return
+    if "://" in out_dir:
+        outputs.clear_run_marker(out_dir)
+    else:
+        _remove_if_present(os.path.join(out_dir, RUN_MARKER))
+
+
+def _remove_if_present(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:  # (another run removed it meanwhile)
+        pass
 
 
 def reject_key(row: dict[str, Any]) -> tuple:
@@ -175,6 +285,10 @@ class CrawlOutput:
 
     def __init__(self, out_dir: str, rows_per_shard: int = 500, rejected_rows_per_shard: int = 20000,
                  prefix: str = "part"):
+        # Before the shards are numbered: a second run would number its shards from the same free index and
+        # overwrite this one's. The native spider's run marks the folder here; a crawl process of `lait crawl`
+        # finds its parent's mark. (-s LAIT_OUT: the native spider's way to give it; `lait crawl` checked --out.)
+        claim(out_dir, option="-s LAIT_OUT")
         self.out_dir = out_dir
         self.candidates = schemas.ShardWriter(os.path.join(out_dir, CANDIDATES), "candidates", prefix=prefix,
                                               rows_per_shard=rows_per_shard)
@@ -427,7 +541,8 @@ def image_settings(min_side: int, max_aspect: float, formats, max_pixels: int) -
 def write_stats(out_dir: str, extra: dict[str, Any] | None = None,
                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``stats.json`` (the funnel counted from the output, plus ``extra`` and the crawl's ``settings``:
-    ``image_settings``) atomically; return it."""
+    ``image_settings``) atomically, the run's last step: this process's ``RUN_MARKER`` goes (``release``); return
+    it."""
     stats = funnel(out_dir)
     for key, value in (extra or {}).items():
         stats.setdefault(key, value)
@@ -438,8 +553,10 @@ def write_stats(out_dir: str, extra: dict[str, Any] | None = None,
 
         with fsspec.open(f"{out_dir.rstrip('/')}/{STATS_FILE}", "w", encoding="utf-8") as handle:
             handle.write(json.dumps(stats, indent=2, default=str))
+        release(out_dir)
         return stats
     write_json_atomically(os.path.join(out_dir, STATS_FILE), stats)
+    release(out_dir)
     return stats
 
 

@@ -180,13 +180,25 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
 
     With ``processes > 1``, process 0 crawls the pages and every process fetches and validates the
     images whose URL hashes to it (each image still fetched once), so the crawl uses several cores.
-    A job folder started with another number of processes is refused (``JobFolderError``).
+    A job folder started with another number of processes is refused (``JobFolderError``), and so is an
+    ``out_dir`` whose crawl run is still going (``output.OutputFolderError``, nothing in it changed): this process
+    marks the folder as its run (``output.claim``) until its crawl processes have all ended.
     """
     settings = crawl_settings(out_dir, **settings_kwargs)
     _check_settings(settings)
     if settings.get("LAIT_JOBDIR"):
         given = "-s LAIT_JOBDIR" if "LAIT_JOBDIR" in (settings_kwargs.get("overrides") or {}) else "--jobdir"
         check_job_folder(settings["LAIT_JOBDIR"], max(1, processes), option=given)
+    output.claim(out_dir)
+    try:
+        return _run_claimed(urls, out_dir, settings, allowed_domains, max_pages, depth, processes)
+    finally:
+        output.release(out_dir)
+
+
+def _run_claimed(urls: list[str], out_dir: str, settings: dict[str, Any], allowed_domains: list[str] | None,
+                 max_pages: int, depth: int, processes: int) -> dict[str, Any]:
+    """``run_crawl`` once the folder is this process's run: start the crawl processes, wait for them, settle."""
     job = {"urls": list(urls), "settings": settings, "allowed_domains": allowed_domains or None,
            "max_pages": max_pages, "depth": depth}
     env = dict(os.environ)

@@ -1271,8 +1271,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
-    """Run the WARC pipeline; returns the stage's stats (also written to OUTPUT/stats.json)."""
+def run(argv: list[str] | None = None, test_pipeline=None, out_option: str = "--output") -> dict[str, Any]:
+    """Run the WARC pipeline; returns the stage's stats (also written to OUTPUT/stats.json). ``out_option``: how
+    the output folder was given, for the messages (``lait crawl --warc`` takes it as --out)."""
     parser = build_parser()
     known, pipeline_args = parser.parse_known_args(argv)
     if known.files_per_part < 0:
@@ -1307,13 +1308,19 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict[str, Any]:
     out_dir = known.output
     output.prepare_out_dir(out_dir)
     refuse_other_output(out_dir)
-    _check_job(out_dir, files, known.files_per_part, {key: getattr(known, key) for key in JOB_OPTIONS})
-    if known.files_per_part:
-        return _run_in_parts(known, options, files, out_dir)
-    _clear_previous(out_dir)
-    counters = _run_part(known, options, files, out_dir, PREFIX, test_pipeline)
-    return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)),
-                              settings=_image_settings(known))
+    # A run still going there is refused: this run would delete its shards and Beam temporary folders as a previous
+    # run's (or run its unfinished part again beside it), and the run that finished last kept only its own rows.
+    output.claim(out_dir, out_option)
+    try:
+        _check_job(out_dir, files, known.files_per_part, {key: getattr(known, key) for key in JOB_OPTIONS})
+        if known.files_per_part:
+            return _run_in_parts(known, options, files, out_dir)
+        _clear_previous(out_dir)
+        counters = _run_part(known, options, files, out_dir, PREFIX, test_pipeline)
+        return output.write_stats(out_dir, dict(counters, source="warc", input_files=len(files)),
+                                  settings=_image_settings(known))
+    finally:
+        output.release(out_dir)  # (stopped or failed: the run has ended all the same)
 
 
 def _image_settings(known: argparse.Namespace) -> dict[str, Any]:
@@ -1427,7 +1434,7 @@ def read_warcs(files: list[str], out_dir: str, *, allow_private_networks: bool =
             argv.append(f"--{dest}={value}")  # one argument: a value may start with "-"
     if not download:
         argv.append("--no_download")
-    return run(argv)
+    return run(argv, out_option="--out")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Two runners over the same detector code (``model.detectors``):
   image ids, and a rerun whose input gives a shard other images is refused. A batch that runs out
   of GPU memory is split in halves and retried. ``FeatureOptions.part``/``parts`` split a run by
   shard across processes (one per GPU: ``lait features --part I/N``, or under torchrun), all
-  writing one folder.
+  writing one folder; a second run of a part still going there is refused (``_claim_output``).
 
 * ``ExtractRegions``: the same stage as a Beam ``PTransform`` around ``RunInference`` (keyed by
   ``image_id``; the rows shuffled once, by a bucket of it), for Dataflow GPU workers. ``run(argv)`` is the pipeline::
@@ -61,7 +61,8 @@ from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
 from model.detectors.weights import weights_fingerprint
-from pipeline.outputs import ancestors, input_reference, read_stats, refuse_dataset_or_nested, stage_of
+from pipeline.outputs import (ancestors, input_reference, on_this_host, read_stats, refuse_dataset_or_nested,
+                              run_in_progress, run_marker, stage_of)
 from schemas.io import _filesystem
 
 logger = logging.getLogger(__name__)
@@ -1116,6 +1117,57 @@ def _check_own_output(output: str, dataset: str) -> None:
                          f"use a new --output")
 
 
+def run_marker_name(part: int) -> str:
+    """The file that marks a run of part ``part`` (0 without ``--part``) of an output while it goes, for
+    ``_claim_output``. The parts of one run go at once by design, each with a marker of its own. (Not the Beam
+    form's ``pipeline.outputs.RUN_MARKER``, which that form's ``prepare_output`` reads as a run of its own.)"""
+    return f"_run.started.part-{part}.json"
+
+
+def _read_marker(path: str) -> dict | None:
+    """A run marker (None: none, or one that cannot be read, which marks no run)."""
+    try:
+        marker = json.loads(_read_bytes(path))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _claim_output(output_path: str, part: int, parts: int) -> str:
+    """Mark ``output_path`` as this process's run of ``part`` (``run_marker_name``: ``pipeline.outputs.run_marker``,
+    the host, pid and start time of this process), or refuse it (``ValueError``, one line, nothing changed) while a
+    run of that part is still going there (``pipeline.outputs.run_in_progress``; one of another host, which cannot be
+    checked from here, too). Returns the marker's path, for ``_release_output``.
+
+    Two runs of one part computed the same shards side by side, and the second removed, as a killed run's files
+    (``_remove_partial_shards``), shards the first finished while the second checked which were complete: the
+    first's ``stats.json`` then counted rows no longer on disk. The marker of a run that has ended is replaced;
+    written exclusively (``_write_json``), so of two runs started at once one is refused."""
+    path = _join(output_path, run_marker_name(part))
+    marker = _read_marker(path)
+    which = f"features run of --part {part}/{parts}" if parts > 1 else "features run"
+    running = run_in_progress(marker)
+    if running is not None and on_this_host(marker):
+        raise ValueError(f"{output_path} is in use by a {which} still going ({running}); wait for it to end or "
+                         f"stop it, or use a new --output")
+    if running is not None:
+        raise ValueError(f"{output_path} holds a {which} started on another host ({running}), which cannot be "
+                         f"checked from here; use a new --output, or, if it has ended, remove {path}")
+    _delete_if_present(path)  # an ended run's, or an unreadable one
+    if not _write_json(path, run_marker(STAGE), exclusive=True):
+        other = _read_marker(path)
+        raise ValueError(f"{output_path} is in use by a {which} that started there just now "
+                         f"({run_in_progress(other) or 'its marker: ' + path}); use a new --output")
+    return path
+
+
+def _release_output(marker_path: str) -> None:
+    """Remove this process's run marker (``_claim_output``) once its run has ended: finished, stopped or failed."""
+    marker = _read_marker(marker_path)
+    if marker is not None and marker.get("pid") == os.getpid() and on_this_host(marker):
+        _delete_if_present(marker_path)
+
+
 def extract_regions(input_path: str, output_path: str, options: FeatureOptions, progress: bool = False,
                     detector: RegionDetector | None = None) -> dict:
     """Run the features stage locally; returns the ``stats.json`` contents."""
@@ -1140,164 +1192,170 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
         "selection": asdict(options.selection), "topk": topk,
         "detector_config": spec.config, "images_per_shard": options.images_per_shard, "parts": options.parts,
     }
-    _check_run_config(output_path, json.loads(json.dumps(run_config)), options.weights, len(spec.class_names))
-    fs, inner = _filesystem(output_path)
-    for sub in ("regions", "rejected"):  # present even when every image is rejected, for readers and audit
-        fs.create_dir(posixpath.join(inner, sub), recursive=True)
-    _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, topk))
-    _check_no_stale_shards(output_path, dataset, len(shards))
-    mine = [s for s in shards if s.index % options.parts == options.part]
-    done = {s.index for s in mine if _shard_complete(output_path, s, dataset)}
-    todo = [s for s in mine if s.index not in done]
-    _remove_partial_shards(output_path, todo, len(shards))
-    if options.parts > 1:
-        logger.info("part %d of %d: %d of the %d shards", options.part, options.parts, len(mine), len(shards))
-    if done:
-        logger.info("resuming: %d of %d shards already complete", len(done), len(mine))
-    if options.part == 0:  # the rows without an id: this input's, not a previous input's (the file is rewritten)
-        invalid = _join(output_path, "rejected", INVALID_FILE)
-        if null_ids:
-            rows = [schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id")] * null_ids
-            schemas.write_table(schemas.to_table(rows, "rejected"), invalid, "rejected")
-        else:
-            _delete_if_present(invalid)
-    workers = options.num_workers
-    loader = torch.utils.data.DataLoader(
-        ShardImages(dataset, todo, spec, piece_size(options.batch_size), resolved_decode(options.decode, device),
-                    options.read_window),
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_keep,
-        prefetch_factor=4 if workers else None,
-        pin_memory=device.type == "cuda",
-    )
-    from tqdm import tqdm
-
-    bar = tqdm(total=sum(s.size for s in todo), desc=f"features {options.detector}", unit="img", disable=not progress)
-    pending: dict[int, _ShardResult] = {}
-    sizes = {s.index: s.size for s in todo}
-    by_index = {s.index: s for s in todo}
-    processed = 0
-    phases: Counter = Counter()  # wall seconds of the main loop by what it waited on
-    batch_sizes: Counter = Counter()  # detector batches by size (one padded shape each: how full they ran)
-    first_batch = None
-    # Finished shards are written by one background thread, so Parquet encoding overlaps detection;
-    # at most two shards wait for it (memory), and its errors surface in the main loop. With a read window and
-    # several workers, the shards of a round of their blocks (worker_pieces) complete together at its end: as
-    # many may wait, so the detector does not stop while they are written (their results were held anyway).
-    most_waiting = 2
-    if options.read_window > 0 and workers > 1:
-        piece = piece_size(options.batch_size)
-        round_images = workers * worker_block(workers, piece, options.read_window) * piece
-        most_waiting = max(2, -(-round_images // options.images_per_shard))
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lait-features-writer")
-    writes: list[Future] = []
-
-    def finish(index: int, result: _ShardResult) -> float:
-        begun = time.perf_counter()
-        _finish_shard(output_path, by_index[index], result, options.detector, spec.feature_dim)
-        return time.perf_counter() - begun
-
-    def book(index: int, count: int) -> None:
-        """``count`` more images of shard ``index`` are done; a complete shard goes to the writer."""
-        nonlocal processed
-        result = pending.setdefault(index, _ShardResult())
-        result.images += count
-        processed += count
-        bar.update(count)
-        if result.images == sizes[index]:  # every image of the shard is in
-            writes.append(writer.submit(finish, index, pending.pop(index)))
-
-    def on_piece(piece: DecodedBatch) -> None:
-        if piece.error:
-            raise ValueError(piece.error)
-        result = pending.setdefault(piece.shard, _ShardResult())
-        for image_id, reason, detail in piece.rejects:
-            result.rejected.append(schemas.rejected_row(STAGE, reason, detail, image_id=image_id))
-        if piece.rejects:
-            book(piece.shard, len(piece.rejects))
-
-    batches = _batches(iter(loader), options.batch_size, on_piece,
-                       key=lambda item: padded_shape(item, spec.size_divisible))
-    ready = _decoded_ahead(batches, device,
-                           enabled=resolved_decode(options.decode, device) == "device")
+    # Before anything in the folder changes (run.json included): a run of this part still going there is refused
+    marker = _claim_output(output_path, options.part, options.parts)
     try:
-        mark = time.perf_counter()
-        for batch, errors, decode_wait in ready:
-            now = time.perf_counter()
-            phases["waiting_for_data"] += now - mark - decode_wait
-            phases["waiting_for_decode"] += decode_wait
-            first_batch = now - started if first_batch is None else first_batch
-            if any(error is not None for error in errors):  # JPEGs neither the device nor Pillow could decode
-                for item, error in zip(batch, errors):
-                    if error is not None:
-                        pending[item.shard].rejected.append(
-                            schemas.rejected_row(STAGE, error.reason, error.detail, image_id=item.image_id))
-                        book(item.shard, 1)
-                batch = [item for item, error in zip(batch, errors) if error is None]
-            if batch:  # (a batch whose every JPEG failed to decode leaves nothing to detect)
-                batch_sizes[len(batch)] += 1
-            outputs = detect_by_shape(detector, [item.input.pixels for item in batch], options.selection, topk)
-            mark = time.perf_counter()
-            phases["detecting"] += mark - now
-            for item, regions in zip(batch, outputs):
-                result = pending[item.shard]
-                if regions is None:
-                    result.rejected.append(schemas.rejected_row(STAGE, "out_of_memory", "did not fit in device memory alone", image_id=item.image_id))
-                elif regions.num_boxes == 0:
-                    result.rejected.append(schemas.rejected_row(STAGE, "no_regions", "the detector proposed no boxes", image_id=item.image_id))
-                else:
-                    result.regions.append(ImageRegions(item.image_id, item.input.width, item.input.height,
-                                                       to_original_pixels(regions, item.input)))
-                book(item.shard, 1)
-            while writes and (writes[0].done() or len(writes) > most_waiting):
-                phases["writing_background"] += writes.pop(0).result()
-            now = time.perf_counter()
-            phases["post_processing"] += now - mark
-            mark = now
-        for future in writes:
-            phases["writing_background"] += future.result()
-    finally:
-        ready.close()  # stops the decoder thread when the loop ends early
-        writer.shutdown(wait=True)
-    bar.close()
-    # This part's shards are all written now; the run is complete when the other parts' are too.
-    missing = [s.index for s in shards if s.index % options.parts != options.part
-               and not _shard_complete(output_path, s, dataset)]
-    complete = not missing
-    if complete:
-        stats = summarize(output_path, shards, null_ids)
-    else:  # other parts are still running: this part's books, and no stats.json yet
-        stats = summarize(output_path, mine, null_ids if options.part == 0 else 0)
-        stats["shards_missing"] = missing_shards(missing, options.parts)
-        logger.info("part %d of %d done; the run still lacks %s; the part that completes it writes stats.json",
-                    options.part, options.parts, stats["shards_missing"])
-    seconds = time.perf_counter() - started
+        _check_run_config(output_path, json.loads(json.dumps(run_config)), options.weights, len(spec.class_names))
+        fs, inner = _filesystem(output_path)
+        for sub in ("regions", "rejected"):  # present even when every image is rejected, for readers and audit
+            fs.create_dir(posixpath.join(inner, sub), recursive=True)
+        _write_json(_join(output_path, "classes.json"), classes_info(options.detector, spec, topk))
+        _check_no_stale_shards(output_path, dataset, len(shards))
+        mine = [s for s in shards if s.index % options.parts == options.part]
+        done = {s.index for s in mine if _shard_complete(output_path, s, dataset)}
+        todo = [s for s in mine if s.index not in done]
+        _remove_partial_shards(output_path, todo, len(shards))
+        if options.parts > 1:
+            logger.info("part %d of %d: %d of the %d shards", options.part, options.parts, len(mine), len(shards))
+        if done:
+            logger.info("resuming: %d of %d shards already complete", len(done), len(mine))
+        if options.part == 0:  # the rows without an id: this input's, not a previous input's (the file is rewritten)
+            invalid = _join(output_path, "rejected", INVALID_FILE)
+            if null_ids:
+                rows = [schemas.rejected_row(STAGE, "image_id_missing", "input row without image_id")] * null_ids
+                schemas.write_table(schemas.to_table(rows, "rejected"), invalid, "rejected")
+            else:
+                _delete_if_present(invalid)
+        workers = options.num_workers
+        loader = torch.utils.data.DataLoader(
+            ShardImages(dataset, todo, spec, piece_size(options.batch_size), resolved_decode(options.decode, device),
+                        options.read_window),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_keep,
+            prefetch_factor=4 if workers else None,
+            pin_memory=device.type == "cuda",
+        )
+        from tqdm import tqdm
 
-    stats.update({
-        "input": input_reference(input_path, output_path),
-        "complete": complete,
-        "part": options.part,
-        "parts": options.parts,
-        "detector": options.detector,
-        "feature_dim": spec.feature_dim,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": detector.precision,
-        "selection": asdict(options.selection),
-        "shards_resumed": len(done),
-        "images_processed": processed,
-        "seconds": round(seconds, 3),
-        "seconds_to_first_batch": round(first_batch, 3) if first_batch is not None else None,
-        "seconds_by_phase": {k: round(v, 3) for k, v in sorted(phases.items())},
-        "batches": sum(batch_sizes.values()),
-        "mean_batch_size": (round(sum(n * c for n, c in batch_sizes.items()) / sum(batch_sizes.values()), 2)
-                            if batch_sizes else None),
-        "images_per_s": round(processed / seconds, 3) if seconds > 0 else None,
-    })
-    if complete:
-        _write_json(_join(output_path, "stats.json"), stats)
-    return stats
+        bar = tqdm(total=sum(s.size for s in todo), desc=f"features {options.detector}", unit="img",
+                   disable=not progress)
+        pending: dict[int, _ShardResult] = {}
+        sizes = {s.index: s.size for s in todo}
+        by_index = {s.index: s for s in todo}
+        processed = 0
+        phases: Counter = Counter()  # wall seconds of the main loop by what it waited on
+        batch_sizes: Counter = Counter()  # detector batches by size (one padded shape each: how full they ran)
+        first_batch = None
+        # Finished shards are written by one background thread, so Parquet encoding overlaps detection;
+        # at most two shards wait for it (memory), and its errors surface in the main loop. With a read window and
+        # several workers, the shards of a round of their blocks (worker_pieces) complete together at its end: as
+        # many may wait, so the detector does not stop while they are written (their results were held anyway).
+        most_waiting = 2
+        if options.read_window > 0 and workers > 1:
+            piece = piece_size(options.batch_size)
+            round_images = workers * worker_block(workers, piece, options.read_window) * piece
+            most_waiting = max(2, -(-round_images // options.images_per_shard))
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lait-features-writer")
+        writes: list[Future] = []
+
+        def finish(index: int, result: _ShardResult) -> float:
+            begun = time.perf_counter()
+            _finish_shard(output_path, by_index[index], result, options.detector, spec.feature_dim)
+            return time.perf_counter() - begun
+
+        def book(index: int, count: int) -> None:
+            """``count`` more images of shard ``index`` are done; a complete shard goes to the writer."""
+            nonlocal processed
+            result = pending.setdefault(index, _ShardResult())
+            result.images += count
+            processed += count
+            bar.update(count)
+            if result.images == sizes[index]:  # every image of the shard is in
+                writes.append(writer.submit(finish, index, pending.pop(index)))
+
+        def on_piece(piece: DecodedBatch) -> None:
+            if piece.error:
+                raise ValueError(piece.error)
+            result = pending.setdefault(piece.shard, _ShardResult())
+            for image_id, reason, detail in piece.rejects:
+                result.rejected.append(schemas.rejected_row(STAGE, reason, detail, image_id=image_id))
+            if piece.rejects:
+                book(piece.shard, len(piece.rejects))
+
+        batches = _batches(iter(loader), options.batch_size, on_piece,
+                           key=lambda item: padded_shape(item, spec.size_divisible))
+        ready = _decoded_ahead(batches, device,
+                               enabled=resolved_decode(options.decode, device) == "device")
+        try:
+            mark = time.perf_counter()
+            for batch, errors, decode_wait in ready:
+                now = time.perf_counter()
+                phases["waiting_for_data"] += now - mark - decode_wait
+                phases["waiting_for_decode"] += decode_wait
+                first_batch = now - started if first_batch is None else first_batch
+                if any(error is not None for error in errors):  # JPEGs neither the device nor Pillow could decode
+                    for item, error in zip(batch, errors):
+                        if error is not None:
+                            pending[item.shard].rejected.append(
+                                schemas.rejected_row(STAGE, error.reason, error.detail, image_id=item.image_id))
+                            book(item.shard, 1)
+                    batch = [item for item, error in zip(batch, errors) if error is None]
+                if batch:  # (a batch whose every JPEG failed to decode leaves nothing to detect)
+                    batch_sizes[len(batch)] += 1
+                outputs = detect_by_shape(detector, [item.input.pixels for item in batch], options.selection, topk)
+                mark = time.perf_counter()
+                phases["detecting"] += mark - now
+                for item, regions in zip(batch, outputs):
+                    result = pending[item.shard]
+                    if regions is None:
+                        result.rejected.append(schemas.rejected_row(STAGE, "out_of_memory", "did not fit in device memory alone", image_id=item.image_id))
+                    elif regions.num_boxes == 0:
+                        result.rejected.append(schemas.rejected_row(STAGE, "no_regions", "the detector proposed no boxes", image_id=item.image_id))
+                    else:
+                        result.regions.append(ImageRegions(item.image_id, item.input.width, item.input.height,
+                                                           to_original_pixels(regions, item.input)))
+                    book(item.shard, 1)
+                while writes and (writes[0].done() or len(writes) > most_waiting):
+                    phases["writing_background"] += writes.pop(0).result()
+                now = time.perf_counter()
+                phases["post_processing"] += now - mark
+                mark = now
+            for future in writes:
+                phases["writing_background"] += future.result()
+        finally:
+            ready.close()  # stops the decoder thread when the loop ends early
+            writer.shutdown(wait=True)
+        bar.close()
+        # This part's shards are all written now; the run is complete when the other parts' are too.
+        missing = [s.index for s in shards if s.index % options.parts != options.part
+                   and not _shard_complete(output_path, s, dataset)]
+        complete = not missing
+        if complete:
+            stats = summarize(output_path, shards, null_ids)
+        else:  # other parts are still running: this part's books, and no stats.json yet
+            stats = summarize(output_path, mine, null_ids if options.part == 0 else 0)
+            stats["shards_missing"] = missing_shards(missing, options.parts)
+            logger.info("part %d of %d done; the run still lacks %s; the part that completes it writes stats.json",
+                        options.part, options.parts, stats["shards_missing"])
+        seconds = time.perf_counter() - started
+
+        stats.update({
+            "input": input_reference(input_path, output_path),
+            "complete": complete,
+            "part": options.part,
+            "parts": options.parts,
+            "detector": options.detector,
+            "feature_dim": spec.feature_dim,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "precision": detector.precision,
+            "selection": asdict(options.selection),
+            "shards_resumed": len(done),
+            "images_processed": processed,
+            "seconds": round(seconds, 3),
+            "seconds_to_first_batch": round(first_batch, 3) if first_batch is not None else None,
+            "seconds_by_phase": {k: round(v, 3) for k, v in sorted(phases.items())},
+            "batches": sum(batch_sizes.values()),
+            "mean_batch_size": (round(sum(n * c for n, c in batch_sizes.items()) / sum(batch_sizes.values()), 2)
+                                if batch_sizes else None),
+            "images_per_s": round(processed / seconds, 3) if seconds > 0 else None,
+        })
+        if complete:
+            _write_json(_join(output_path, "stats.json"), stats)
+        return stats
+    finally:
+        _release_output(marker)  # (stopped or failed: the run has ended all the same)
 
 
 def missing_shards(indices: list[int], parts: int, shown: int = 8) -> str:

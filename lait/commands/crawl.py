@@ -287,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
         except runner.JobFolderError as exc:  # --jobdir of another crawl: nothing was touched
             print(f"lait crawl: {exc}", file=sys.stderr)
             return 2
+        except output.OutputFolderError as exc:  # --out in use by a crawl still going: nothing was touched
+            print(f"lait crawl: --out: {exc}", file=sys.stderr)
+            return 2
         except RuntimeError as exc:  # a crawl process failed; its own log says why
             print(f"lait crawl: {exc}", file=sys.stderr)
             return 1
