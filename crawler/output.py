@@ -79,12 +79,7 @@ def read_run_marker(out_dir: str) -> dict | None:
     filesystems; a local one without Beam, which a crawl process never imports."""
     if "://" in out_dir:
         return outputs.read_run_marker(out_dir)
-    try:
-        with open(os.path.join(out_dir, RUN_MARKER), encoding="utf-8") as handle:
-            marker = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
+    return outputs.read_local_marker(os.path.join(out_dir, RUN_MARKER))
 
 
 def _run_of(marker: dict | None) -> bool:
@@ -101,60 +96,37 @@ def refuse_running(out_dir: str, marker: dict | None, option: str = "--out") -> 
     """OutputFolderError, one line, when ``marker`` (the folder's ``RUN_MARKER``) names a run still going, of this
     host or of another, which cannot be checked from here (``pipeline.outputs.refuse_running``'s rule, but no
     --overwrite: a crawl has none). ``option``: how the folder was given, for the message."""
-    running = outputs.run_in_progress(marker)
-    if running is None or marker is None:
-        return
-    stage = marker.get("stage") or STAGE
-    if outputs.on_this_host(marker):
-        raise OutputFolderError(f"{out_dir} is in use by a {stage} run still going ({running}); wait for it to end "
-                                f"or stop it, or use a new {option}")
-    raise OutputFolderError(f"{out_dir} holds a {stage} run started on another host ({running}), which cannot be "
-                            f"checked from here; use a new {option}, or, if it has ended, remove "
-                            f"{_join(out_dir, RUN_MARKER)}")
+    stage = (marker or {}).get("stage") or STAGE
+    problem = outputs.running_run_problem(out_dir, marker, f"a {stage} run", f"remove {_join(out_dir, RUN_MARKER)}",
+                                          option)
+    if problem is not None:
+        raise OutputFolderError(problem)
 
 
 def claim(out_dir: str, option: str = "--out") -> None:
     """Mark ``out_dir`` as this process's crawl run (``RUN_MARKER``), or refuse it (OutputFolderError, before
     anything in it changes) while another run goes on there (``refuse_running``). A marker of this run (this
     process's, or its parent ``lait crawl``'s) stays; one of a run that has ended is replaced. Locally the
-    marker is written aside and linked to its name, so of two runs that check the folder at once one is refused.
+    marker is written aside and linked to its name (``pipeline.outputs.write_marker``), so of two runs that check
+    the folder at once one is refused.
     """
     marker = read_run_marker(out_dir)
     if _run_of(marker):
         return
     refuse_running(out_dir, marker, option)
-    content = json.dumps(outputs.run_marker(STAGE)).encode("utf-8")
     path = _join(out_dir, RUN_MARKER)
-    if "://" in out_dir:  # an object store writes an object whole on close, but cannot refuse a name taken
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(path) as handle:
-            handle.write(content)
+    if "://" in out_dir:  # an object store cannot refuse a name taken (write_marker imports Beam for it)
+        outputs.write_marker(path, outputs.run_marker(STAGE))
         return
     try:
         if os.path.lexists(path):  # an ended run's, or an unreadable one
             _remove_if_present(path)
-        os.makedirs(out_dir, exist_ok=True)
-        handle, written = tempfile.mkstemp(prefix=RUN_MARKER + ".", dir=out_dir)
+        other = outputs.write_marker(path, outputs.run_marker(STAGE))
     except OSError:  # a folder that cannot be made or written to holds nothing to lose: the run fails where it
         return  # writes, and says why, as before
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-        try:
-            os.link(written, path)
-        except FileExistsError:
-            raise
-        except OSError:  # a filesystem without hard links: claimed all the same, if not whole from the start
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as file:
-                file.write(content)
-    except FileExistsError:
-        other = read_run_marker(out_dir)
-        raise OutputFolderError(f"{out_dir} is in use by a {(other or {}).get('stage') or STAGE} run that started "
-                                f"there just now ({outputs.run_in_progress(other) or 'its marker: ' + path}); use a "
-                                f"new {option}") from None
-    finally:
-        os.remove(written)
+    if other is not None:
+        raise OutputFolderError(outputs.marker_taken_problem(out_dir, other, path,
+                                                             f"a {other.get('stage') or STAGE} run", option))
 
 
 def release(out_dir: str) -> None:

@@ -428,20 +428,12 @@ def _refuse_running(out_dir: str, overwrite: bool) -> None:
     still going: taking it for an interrupted one removed its shards while it wrote more, and its stats.json then
     counted captions the folder no longer held. One of another host, which cannot be checked, only without
     ``overwrite``. The rule of the Beam stages (``pipeline.outputs.refuse_running``), read without Beam."""
-    try:
-        with open(os.path.join(out_dir, IMPORT_MARKER), encoding="utf-8") as handle:
-            marker = json.load(handle)
-    except (OSError, ValueError):
-        return  # unreadable: an interrupted import's, as before
-    running = outputs.run_in_progress(marker)
-    if running is None:
-        return
-    if outputs.on_this_host(marker):
-        raise ImportExistsError(f"{out_dir} is in use by an import still going ({running}); wait for it to end or "
-                                f"stop it, or use a new --out (--overwrite never removes a running import)")
-    if not overwrite:
-        raise ImportExistsError(f"{out_dir} holds an import started on another host ({running}), which cannot be "
-                                f"checked from here; use a new --out, or, if it has ended, pass --overwrite")
+    marker = outputs.read_local_marker(os.path.join(out_dir, IMPORT_MARKER))  # (unreadable: an interrupted import's)
+    problem = outputs.running_run_problem(out_dir, marker, "an import", "pass --overwrite", option="--out",
+                                          overwrite_note="--overwrite never removes a running import",
+                                          overwrite=overwrite)
+    if problem is not None:
+        raise ImportExistsError(problem)
 
 
 def prepare_output(out_dir: str, overwrite: bool = False) -> None:

@@ -61,8 +61,8 @@ from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
 from model.detectors.weights import weights_fingerprint
-from pipeline.outputs import (ancestors, input_reference, on_this_host, read_stats, refuse_dataset_or_nested,
-                              run_in_progress, run_marker, stage_of)
+from pipeline.outputs import (ancestors, input_reference, marker_taken_problem, on_this_host, read_stats,
+                              refuse_dataset_or_nested, run_marker, running_run_problem, stage_of)
 from schemas.io import _filesystem
 
 logger = logging.getLogger(__name__)
@@ -1146,18 +1146,12 @@ def _claim_output(output_path: str, part: int, parts: int) -> str:
     path = _join(output_path, run_marker_name(part))
     marker = _read_marker(path)
     which = f"features run of --part {part}/{parts}" if parts > 1 else "features run"
-    running = run_in_progress(marker)
-    if running is not None and on_this_host(marker):
-        raise ValueError(f"{output_path} is in use by a {which} still going ({running}); wait for it to end or "
-                         f"stop it, or use a new --output")
-    if running is not None:
-        raise ValueError(f"{output_path} holds a {which} started on another host ({running}), which cannot be "
-                         f"checked from here; use a new --output, or, if it has ended, remove {path}")
+    problem = running_run_problem(output_path, marker, f"a {which}", f"remove {path}")
+    if problem is not None:
+        raise ValueError(problem)
     _delete_if_present(path)  # an ended run's, or an unreadable one
     if not _write_json(path, run_marker(STAGE), exclusive=True):
-        other = _read_marker(path)
-        raise ValueError(f"{output_path} is in use by a {which} that started there just now "
-                         f"({run_in_progress(other) or 'its marker: ' + path}); use a new --output")
+        raise ValueError(marker_taken_problem(output_path, _read_marker(path), path, f"a {which}"))
     return path
 
 

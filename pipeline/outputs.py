@@ -376,62 +376,108 @@ def run_in_progress(marker: object) -> str | None:
     return described
 
 
+def read_local_marker(path: str) -> dict | None:
+    """The run marker in the local file ``path`` (None: none, or an unreadable one), read without Beam: crawl
+    processes and ``lait import-captions`` read their markers with it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            marker = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def running_run_problem(folder: str, marker: dict | None, what: str, ended: str, option: str = "--output",
+                        overwrite_note: str | None = None, overwrite: bool = False) -> str | None:
+    """Why ``folder`` is refused while the run its ``marker`` names is still going (``run_in_progress``), as one
+    line, or None when it is not. Each stage raises it as its own error; the wording is the same for all.
+
+    ``what``: the run, with its article (``"a crawl run"``, ``"an import"``); ``ended``: what to do once a run of
+    another host, which cannot be checked from here, has ended (``"remove PATH"``, ``"pass --overwrite"``);
+    ``option``: how the folder was given (``--output``, ``--out``, ``-s LAIT_OUT``); ``overwrite_note``: said in
+    parentheses of a run of this host (``"--overwrite never removes a running run"``). With ``overwrite`` a run of
+    another host is no problem: the caller removes its output."""
+    running = run_in_progress(marker)
+    if running is None or marker is None:
+        return None
+    if on_this_host(marker):
+        note = f" ({overwrite_note})" if overwrite_note else ""
+        return (f"{folder} is in use by {what} still going ({running}); wait for it to end or stop it, or use a new "
+                f"{option}{note}")
+    if overwrite:
+        return None
+    return (f"{folder} holds {what} started on another host ({running}), which cannot be checked from here; use a "
+            f"new {option}, or, if it has ended, {ended}")
+
+
+def marker_taken_problem(folder: str, other: dict | None, path: str, what: str, option: str = "--output") -> str:
+    """Why ``folder`` is refused when the marker ``path`` was claimed by another run (``other``: its marker, None or
+    ``{}`` when unreadable) that checked the folder at the same time as this one; ``what``, ``option`` as in
+    ``running_run_problem``."""
+    return (f"{folder} is in use by {what} that started there just now "
+            f"({run_in_progress(other) or 'its marker: ' + path}); use a new {option}")
+
+
 def refuse_running(output: str, marker: dict | None, overwrite: bool = False,
                    hint: str = "use a new --output") -> None:
     """``OutputExistsError`` when ``marker`` (``output``'s ``RUN_MARKER``) names a run still going: removing its
     output would lose its results, --overwrite or not. A run of another host, which cannot be checked, is refused
     unless ``overwrite`` (the error says so), and removed with a warning when given."""
-    running = run_in_progress(marker)
-    if running is None or marker is None:
-        return
-    stage = marker.get("stage") or "stage"
-    if on_this_host(marker):
-        raise OutputExistsError(f"{output} is in use by a {stage} run still going ({running}); wait for it to end "
-                                f"or stop it, or use a new --output (--overwrite never removes a running run)")
-    if not overwrite:
-        remedy = ("pass --overwrite to remove its output" if "--overwrite" in hint
-                  else f"remove {posixpath.join(output, RUN_MARKER)}")
-        raise OutputExistsError(f"{output} holds a {stage} run started on another host ({running}), which cannot "
-                                f"be checked from here; use a new --output, or, if it has ended, {remedy}")
-    logger.warning("%s: %s holds a run started on another host (%s), which cannot be checked from here: "
-                   "--overwrite removes its output", stage, output, running)
+    stage = (marker or {}).get("stage") or "stage"
+    remedy = ("pass --overwrite to remove its output" if "--overwrite" in hint
+              else f"remove {posixpath.join(output, RUN_MARKER)}")
+    problem = running_run_problem(output, marker, f"a {stage} run", remedy,
+                                  overwrite_note="--overwrite never removes a running run", overwrite=overwrite)
+    if problem is not None:
+        raise OutputExistsError(problem)
+    running = run_in_progress(marker) if marker is not None and not on_this_host(marker) else None
+    if running is not None:  # (another host's: no process to check, so as running_run_problem found it)
+        logger.warning("%s: %s holds a run started on another host (%s), which cannot be checked from here: "
+                       "--overwrite removes its output", stage, output, running)
+
+
+def write_marker(path: str, marker: dict) -> dict | None:
+    """Write the run marker ``marker`` at ``path``, whole or not at all, unless the name is taken: None once
+    written, else the marker found there (``{}``: unreadable, taken all the same).
+
+    A local one is written aside (its folder made if need be) and linked to its name, which fails if a run that
+    checked the folder at the same time as this one has claimed it first; a filesystem without hard links gets
+    the name created exclusively, claimed all the same if not whole from the start. Without Beam, which crawl
+    processes never import. An object store (a URL; through Beam) writes an object whole on close, but cannot
+    refuse a name already taken."""
+    content = json.dumps(marker).encode("utf-8")
+    if "://" in path:
+        with _filesystems().create(path) as handle:
+            handle.write(content)
+        return None
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, written = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        try:
+            try:
+                os.link(written, path)
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as file:
+                    file.write(content)
+        except FileExistsError:
+            return read_local_marker(path) or {}
+    finally:
+        os.remove(written)
+    return None
 
 
 def _mark_started(output: str, stage: str) -> None:
-    """Write ``RUN_MARKER``, whole or not at all: a local one is written aside, then linked to its name, which
-    fails if a run that checked the folder at the same time as this one has claimed it first (refused, naming
-    that run). An object store writes an object whole on close, but cannot refuse a name already taken."""
-    marker = json.dumps(run_marker(stage)).encode("utf-8")
+    """Write ``RUN_MARKER`` (``write_marker``), refused, naming that run, if a run that checked the folder at the
+    same time as this one has claimed it first."""
     path = posixpath.join(output, RUN_MARKER)
-    if "://" in output:
-        with _filesystems().create(path) as handle:
-            handle.write(marker)
-        return
-    os.makedirs(output, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=RUN_MARKER + ".", dir=output)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(marker)
-        try:
-            _claim(temporary, path, marker)
-        except FileExistsError:
-            other = read_run_marker(output)
-            raise OutputExistsError(f"{output} is in use by a {(other or {}).get('stage') or 'stage'} run that "
-                                    f"started there just now ({run_in_progress(other) or 'its marker: ' + path}); "
-                                    f"use a new --output") from None
-    finally:
-        os.remove(temporary)
-
-
-def _claim(written: str, path: str, content: bytes) -> None:
-    """Give the file ``written`` (holding ``content``) the name ``path``, a FileExistsError if it is taken."""
-    try:
-        os.link(written, path)
-    except FileExistsError:
-        raise
-    except OSError:  # a filesystem without hard links: claimed all the same, if not whole from the start
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as file:
-            file.write(content)
+    other = write_marker(path, run_marker(stage))
+    if other is not None:
+        raise OutputExistsError(marker_taken_problem(output, other, path, f"a {other.get('stage') or 'stage'} run"))
 
 
 def clear_run_marker(output: str) -> None:
