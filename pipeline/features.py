@@ -503,7 +503,10 @@ def read_image_ids(parquet: pq.ParquetFile, file: str, group: int, rows: list[in
         table = parquet.read_row_group(group, columns=["image_id"])
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"{file}: row group {group} is unreadable, its image ids too ({_why(exc)})") from None
-    return (table.take(rows) if rows is not None else table).column(0).to_pylist()
+    try:
+        return (table.take(rows) if rows is not None else table).column(0).to_pylist()
+    except UnicodeDecodeError:  # Arrow does not check UTF-8 on read; Python's decode named neither file nor column
+        raise ValueError(f"{file}: row group {group}: column 'image_id' holds text that is not valid UTF-8") from None
 
 
 def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:

@@ -116,3 +116,18 @@ def test_eval_refuses_regions_files_of_two_feature_widths_naming_the_file(tmp_pa
     assert str(info.value) == f"{regions}: features of width 8, the model reads 32"
     os.remove(regions / "part-00001.parquet")
     assert EvalSet(str(regions), captions, "test", tokenizer, 16, 4, 8).shape == (1, 1)
+
+
+def test_features_names_the_file_whose_image_ids_are_not_utf8(tmp_path):
+    """`lait features` stopped with a bare "'utf-8' codec can't decode byte", naming neither file nor column."""
+    from pipeline.features import plan_shards
+
+    rows = [{k: v for k, v in r.items() if k != "is_match"} for r in make_pairs(1, seed=5)][:3]
+    table = schemas.to_table(rows, "pairs")
+    index = table.schema.get_field_index("image_id")
+    table = table.set_column(index, table.schema.field(index), _bad_utf8(table.column("image_id").to_pylist()))
+    os.makedirs(tmp_path / "pairs")
+    pq.write_table(table, str(tmp_path / "pairs" / "part-00000.parquet"))
+    with pytest.raises(ValueError, match=r"part-00000\.parquet: row group 0: column 'image_id' holds text that is "
+                                         r"not valid UTF-8"):
+        plan_shards(str(tmp_path / "pairs"), 10)
