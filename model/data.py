@@ -134,18 +134,17 @@ def read_captions(path: str, split: str | None) -> pa.Table:
     ``load_captions``: a null id (a dataset written by another tool: lait's writers cannot write one) is a one-line
     ``SchemaMismatchError``, and so is text that is not valid UTF-8 (``check_utf8``)."""
     path = resolve_dataset_dir(path, "captions")
-    dataset = schemas.open_dataset(path, "captions")
-    table = dataset.to_table(columns=["caption_id", "image_id", "caption", "split"])
+    table = schemas.read_table(path, "captions", columns=["caption_id", "image_id", "caption", "split"])
     check_not_null(table, "captions", path)
-    check_utf8(table, dataset, path)
+    check_utf8(table, path, "captions")
     if split is not None:
         table = table.filter(pc.equal(table.column("split"), split))
     return table
 
 
-def check_utf8(table: pa.Table, dataset, where: str) -> None:
-    """A ``SchemaMismatchError`` naming the file (a fragment of ``dataset``, which ``table`` was read from) and the
-    column of the first text that is not valid UTF-8, else nothing.
+def check_utf8(table: pa.Table, where: str, kind: str) -> None:
+    """A ``SchemaMismatchError`` naming the file (of the ``kind`` dataset at ``where``, which ``table`` was read
+    from) and the column of the first text that is not valid UTF-8, else nothing.
 
     Arrow does not check UTF-8 on read: such text (from a writer that does not check it either) failed later, in
     Python, as a bare "'utf-8' codec can't decode byte" naming neither. Training data is curated, so it is refused
@@ -153,8 +152,8 @@ def check_utf8(table: pa.Table, dataset, where: str) -> None:
     text buffers; the files are read again one by one only to name the one at fault.
     """
     for name in table.column_names:
-        kind = table.schema.field(name).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        column_type = table.schema.field(name).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
             continue
         try:
             table.column(name).validate(full=True)
@@ -162,7 +161,7 @@ def check_utf8(table: pa.Table, dataset, where: str) -> None:
         except pa.ArrowInvalid:
             pass
         source = where
-        for fragment in dataset.get_fragments():
+        for fragment in schemas.open_dataset(where, kind).get_fragments():
             try:
                 fragment.to_table(columns=[name]).column(name).validate(full=True)
             except pa.ArrowInvalid:
