@@ -32,7 +32,7 @@ import torch
 
 import schemas
 from model.config import check_count
-from model.data import (captions_by_image, collate_regions, collate_text, decode_regions, feature_dims,
+from model.data import (captions_by_image, check_utf8, collate_regions, collate_text, decode_regions, feature_dims,
                         first_caption_rows, read_captions, resolve_dataset_dir)
 from model.distributed import collective_device
 from model.fp8 import calibrate, float8_encoder, fp8_supported
@@ -173,6 +173,9 @@ class EvalSet:
                 file, width = next(iter(other.items()))
                 raise ValueError(f"{regions_path if len(other) == len(widths) else file}: features of width {width}, "
                                  f"the model reads {feature_dim}")
+        # The ids alone first: Arrow matches them as bytes, so an id that is not UTF-8 matched no caption and its
+        # image was left out silently, its captions counted as without regions. Refused as captions are.
+        check_utf8(dataset.to_table(columns=["image_id"]), regions_path, "regions")
         table = dataset.to_table(columns=[c for c in ("image_id", "image_width", "image_height", "boxes", "features",
                                                       "class_ids", "topk_class_ids", "topk_class_probs")],
                                  filter=pc.field("image_id").isin(list(captions)))

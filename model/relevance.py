@@ -297,10 +297,15 @@ def read_config(model_dir: str) -> dict:
         raise ValueError(f"{path}: no model architecture ('model')")
     threshold = config.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not _is_finite(threshold):
-        shown = repr(threshold)  # an integer of 400 digits shown whole was a wall of zeros
-        raise ValueError(f"{path}: no numeric 'threshold' (got {shown if len(shown) <= 80 else shown[:60] + '...'})")
+        raise ValueError(f"{path}: no numeric 'threshold' (got {_shown(threshold)})")
     _check_fields(config, path)
     return config
+
+
+def _shown(value) -> str:
+    """A config value for an error line: an integer of 400 digits shown whole was a wall of zeros."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:60] + "..."
 
 
 def _is_finite(number: int | float) -> bool:
@@ -313,10 +318,23 @@ def _is_finite(number: int | float) -> bool:
 
 #: The smallest value of each whole-number architecture field (a bucket id is 1 + hash % (num_buckets - 1)).
 _ARCH_MINIMUM = {"num_buckets": 2, "feature_clip": 0}
+#: The largest, where one is needed: a clip is a float bound (10**400 was an OverflowError at the first score),
+#: and no standardised feature comes near a million standard deviations, so larger ones clip nothing more.
+_ARCH_MAXIMUM = {"feature_clip": 10**6}
+#: The most ensemble members a config may count: each is built before its weights are read, so 10**9 of them
+#: ran out of memory instead of failing as a config error. The trainer trains them one seed at a time; far
+#: fewer than this are ever worth it.
+MAX_MEMBERS = 1024
 
 
-def _is_whole(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def _is_whole(value, minimum: int, maximum: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            and (maximum is None or value <= maximum))
+
+
+def _whole_range(minimum: int, maximum: int | None) -> str:
+    """How ``_check_fields`` words the range of a whole-number field."""
+    return f"{minimum} or more" + (f" and at most {maximum}" if maximum is not None else "")
 
 
 def _check_fields(config: dict, path: str) -> None:
@@ -331,17 +349,19 @@ def _check_fields(config: dict, path: str) -> None:
             if not (isinstance(value, list) and value and all(_is_whole(c, 1) for c in value)):
                 raise ValueError(f"{path}: model.channels must be a non-empty list of whole numbers of 1 or more, "
                                  f"got {value!r:.80}")
-        elif not _is_whole(value, _ARCH_MINIMUM.get(field.name, 1)):
+        elif not _is_whole(value, _ARCH_MINIMUM.get(field.name, 1), _ARCH_MAXIMUM.get(field.name)):
             raise ValueError(f"{path}: model.{field.name} must be a whole number of "
-                             f"{_ARCH_MINIMUM.get(field.name, 1)} or more, got {value!r:.80}")
+                             f"{_whole_range(_ARCH_MINIMUM.get(field.name, 1), _ARCH_MAXIMUM.get(field.name))}, "
+                             f"got {_shown(value)}")
     for key in ("vocabulary", "text_features", "image_features"):
         if key in config and not (isinstance(config[key], list) and all(isinstance(w, str) for w in config[key])):
             raise ValueError(f"{path}: '{key}' must be a list of strings, got {config[key]!r:.80}")
     if "tokenizer" in config and not isinstance(config["tokenizer"], str):
         raise ValueError(f"{path}: 'tokenizer' must be a string (a text tokenizer version), "
                          f"got {config['tokenizer']!r:.80}")
-    if "members" in config and not _is_whole(config["members"], 1):
-        raise ValueError(f"{path}: 'members' must be a whole number of 1 or more, got {config['members']!r:.80}")
+    if "members" in config and not _is_whole(config["members"], 1, MAX_MEMBERS):
+        raise ValueError(f"{path}: 'members' must be a whole number of {_whole_range(1, MAX_MEMBERS)}, "
+                         f"got {_shown(config['members'])}")
 
 
 def load_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[RelevanceModel | RelevanceEnsemble, dict]:

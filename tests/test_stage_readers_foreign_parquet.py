@@ -131,3 +131,28 @@ def test_features_names_the_file_whose_image_ids_are_not_utf8(tmp_path):
     with pytest.raises(ValueError, match=r"part-00000\.parquet: row group 0: column 'image_id' holds text that is "
                                          r"not valid UTF-8"):
         plan_shards(str(tmp_path / "pairs"), 10)
+
+
+def test_eval_refuses_regions_whose_image_ids_are_not_utf8_naming_file_and_column(tmp_path):
+    """Arrow matched the ids to the captions' as bytes: an image whose id was not UTF-8 was left out silently
+    (its captions counted as without regions), where the captions' ids are refused in one line."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from model.eval import EvalSet
+
+    captions = _captions(tmp_path / "captions")
+    regions = tmp_path / "regions"
+    schemas.write_table(schemas.to_table([_region_row(1, 8)], "regions", feature_dim=8),
+                        str(regions / "part-00000.parquet"), "regions")
+    table = schemas.to_table([_region_row(2, 8), _region_row(3, 8)], "regions", feature_dim=8)
+    index = table.schema.get_field_index("image_id")
+    table = table.set_column(index, table.schema.field(index), _bad_utf8(table.column("image_id").to_pylist()))
+    pq.write_table(table, str(regions / "part-00001.parquet"))
+    tokenizer = Tokenizer(WordLevel({"[UNK]": 0, "a": 1, "red": 2, "circle": 3}, unk_token="[UNK]")).to_str()
+    with pytest.raises(schemas.SchemaMismatchError) as info:
+        EvalSet(str(regions), captions, "test", tokenizer, 16, 4, 8)
+    assert str(info.value) == (f"{regions}{os.sep}part-00001.parquet: column 'image_id' holds text that is not "
+                               "valid UTF-8") and info.value.column == "image_id"
+    os.remove(regions / "part-00001.parquet")
+    assert EvalSet(str(regions), captions, "test", tokenizer, 16, 4, 8).shape == (1, 1)

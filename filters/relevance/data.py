@@ -5,6 +5,7 @@ import hashlib
 import heapq
 import os
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -25,12 +26,25 @@ def content_key(row: dict) -> tuple[str, str, str, str]:
             location_key(row.get("image_url")))
 
 
-def _sample_key(row: dict) -> tuple[str, tuple[str, str, str, str], str]:
+def _portless(url: str | None) -> str:
+    """A URL with its scheme but without credentials and port (``location_key`` drops the scheme too)."""
+    if not url:
+        return ""
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        return url
+    return f"{scheme}://{location_key(url)}" if scheme else location_key(url)
+
+
+def _sample_key(row: dict) -> tuple[str, tuple[str, str, str, str], str, str, str]:
     """Rank of a pair when only some are taken: a hash of its content (a sample spread over images, captions
-    and pages), then the content and pair id themselves to break ties the same way every time."""
+    and pages), then the content itself, then its URLs with scheme but without port, and only then its pair id,
+    to break ties the same way every time. Rows of one content key differ only in their URLs (a page served by
+    http and https; the image id hashes the bytes): the port must not pick between them, and pair ids hash it."""
     key = content_key(row)
     digest = hashlib.sha1("\x1f".join(key).encode()).hexdigest()
-    return digest, key, row.get("pair_id") or ""
+    return digest, key, _portless(row.get("page_url")), _portless(row.get("image_url")), row.get("pair_id") or ""
 
 
 def choose_pairs(rows: list[dict], limit: int | None) -> list[dict]:
