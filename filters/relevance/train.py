@@ -33,8 +33,8 @@ from filters.relevance.config import TrainConfig
 from filters.relevance.data import choose_pairs, content_key, read_pairs
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
 from filters.relevance.scorer import CLIP_PREFIX
-from model.relevance import (CONFIG_FILE, MODEL_KIND, WEIGHTS_FILE, RelevanceConfig, RelevanceEnsemble, RelevanceModel,
-                             missing_folders, remove_empty_folders, save_model)
+from model.relevance import (CONFIG_FILE, MAX_MEMBERS, MODEL_KIND, WEIGHTS_FILE, RelevanceConfig, RelevanceEnsemble,
+                             RelevanceModel, missing_folders, remove_empty_folders, save_model)
 from pipeline.signals import blocked_signals, die_with_parent_hook
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,8 @@ def _check_settings(config: TrainConfig) -> None:
     """ValueErrors for settings ``TrainConfig`` takes that training cannot use."""
     if config.members < 1:
         raise ValueError(f"members must be at least 1, got {config.members}")
+    if config.members > MAX_MEMBERS:  # a model of more would be trained, then refused as it loads
+        raise ValueError(f"members must be at most {MAX_MEMBERS}, got {config.members}")
     if config.processes is not None and config.processes < 1:
         raise ValueError(f"processes must be at least 1 (or None: one per CPU core), got {config.processes}")
     if config.processes is not None and config.processes > config.members:

@@ -74,3 +74,15 @@ def test_max_pairs_cutting_between_pairs_of_equal_content_keeps_the_same_pairs_w
     for limit in (5, 11):  # streamed from the dataset: the same choice
         from_a, from_b = read_pairs(str(tmp_path / "a"), limit=limit), read_pairs(str(tmp_path / "b"), limit=limit)
         assert _held(from_a, 8000) == _held(from_b, 8001) == _held(choose_pairs(a, limit), 8000)
+
+
+def test_training_refuses_more_members_than_a_model_may_load(tmp_path):
+    """A 1,025-member ensemble was trained and saved, then refused as it loaded (``MAX_MEMBERS``)."""
+    from filters.relevance.config import TrainConfig
+    from filters.relevance.train import train
+    from model.relevance import MAX_MEMBERS
+    from tests.relevance.scenes import make_pairs
+
+    with pytest.raises(ValueError, match=f"members must be at most {MAX_MEMBERS}, got {MAX_MEMBERS + 1}"):
+        train(make_pairs(2, seed=3), str(tmp_path / "m"), TrainConfig(members=MAX_MEMBERS + 1))
+    assert not (tmp_path / "m").exists()
