@@ -1248,25 +1248,34 @@ def _run_in_parts(known: argparse.Namespace, options: PipelineOptions, files: li
                               settings=_image_settings(known))
 
 
+def _spellings(name: str) -> tuple[str, str]:
+    """An option's two spellings, ``--files_per_part`` (the native form's, as Beam spells its own) and
+    ``--files-per-part`` (``lait crawl --warc``'s): either is taken, to the same ``dest`` (the first)."""
+    return f"--{name}", f"--{name.replace('_', '-')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The pipeline's own options (Beam's options pass through untouched)."""
+    """The pipeline's own options, each in both spellings (``_spellings``); Beam's options pass through untouched."""
     parser = argparse.ArgumentParser(description="WARC/ARC/WAT files -> LAIT candidates (Apache Beam)")
     parser.add_argument("--input", action="append", required=True, help="a WARC file or pattern (repeatable)")
     parser.add_argument("--output", required=True, help="the crawl run folder (candidates/, rejected/, stats.json)")
-    parser.add_argument("--files_per_part", type=int, default=0,
+    parser.add_argument(*_spellings("files_per_part"), type=int, default=0,
                         help="run the sorted inputs as parts of N files, one pipeline each, so that a rerun "
                              "skips finished parts (default 0: one part, and a rerun replaces the output)")
-    parser.add_argument("--allow_private_networks", action="store_true", help="let downloads reach private networks")
-    parser.add_argument("--no_download", action="store_true", help="do not fetch images the input lacks")
-    parser.add_argument("--min_side", type=int, default=images.DEFAULT_MIN_SIDE)
-    parser.add_argument("--max_aspect", type=float, default=images.DEFAULT_MAX_ASPECT)
-    parser.add_argument("--image_formats", default=",".join(images.DEFAULT_FORMATS))
-    parser.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
-    parser.add_argument("--max_bytes", type=int, default=defaults.LAIT_IMAGE_MAXSIZE, help="cap on a record or download")
-    parser.add_argument("--download_delay", type=float, default=1.0, help="seconds between downloads from one host")
-    parser.add_argument("--download_timeout", type=float, default=defaults.DOWNLOAD_TIMEOUT)
-    parser.add_argument("--user_agent", default=defaults.USER_AGENT)
-    parser.add_argument("--robots_retry_after", type=float, default=defaults.LAIT_ROBOTS_RETRY_AFTER,
+    parser.add_argument(*_spellings("allow_private_networks"), action="store_true",
+                        help="let downloads reach private networks")
+    parser.add_argument(*_spellings("no_download"), action="store_true", help="do not fetch images the input lacks")
+    parser.add_argument(*_spellings("min_side"), type=int, default=images.DEFAULT_MIN_SIDE)
+    parser.add_argument(*_spellings("max_aspect"), type=float, default=images.DEFAULT_MAX_ASPECT)
+    parser.add_argument(*_spellings("image_formats"), default=",".join(images.DEFAULT_FORMATS))
+    parser.add_argument(*_spellings("max_pixels"), type=int, default=images.DEFAULT_MAX_PIXELS)
+    parser.add_argument(*_spellings("max_bytes"), type=int, default=defaults.LAIT_IMAGE_MAXSIZE,
+                        help="cap on a record or download")
+    parser.add_argument(*_spellings("download_delay"), type=float, default=1.0,
+                        help="seconds between downloads from one host")
+    parser.add_argument(*_spellings("download_timeout"), type=float, default=defaults.DOWNLOAD_TIMEOUT)
+    parser.add_argument(*_spellings("user_agent"), default=defaults.USER_AGENT)
+    parser.add_argument(*_spellings("robots_retry_after"), type=float, default=defaults.LAIT_ROBOTS_RETRY_AFTER,
                         help="seconds before a host whose robots.txt was unavailable is asked for it again")
     return parser
 

@@ -84,9 +84,14 @@ def input_dataset(folder: str) -> tuple[str | None, str | None]:
     """The dataset a stage read from its upstream ``folder``: a stage folder's output (``output_dataset``), else
     the folder itself when it is a dataset (Parquet files inside, as Spark's ``x.parquet/`` or one written by hand,
     which ``--input`` may name), its kind the one its files declare (``schemas.detect_kind``); else (None, None).
+    A single Parquet file (``--input RUN/crawl/candidates/part-00000.parquet``) is the dataset of that one file:
+    the stage read it alone, not its folder's other shards.
 
     A stage's or run's folder is never read whole: its Parquet files are several datasets (``rejected/``, ...).
     """
+    if os.path.isfile(folder):
+        kind = schemas.detect_kind(pq.read_schema(folder))
+        return (kind, folder) if kind in OUTPUT_KINDS else (None, None)
     kind, path = output_dataset(folder)
     if kind or _is_stage(folder) or stage_folders(folder):
         return kind, path
@@ -98,12 +103,12 @@ def input_dataset(folder: str) -> tuple[str | None, str | None]:
 
 
 def _column(path: str, kind: str, column: str) -> list:
-    """One column of a dataset, as a list (empty when the dataset has no files).
+    """One column of a dataset (a folder or one file), as a list (empty when the dataset has no files).
 
     Text that is not valid UTF-8 is decoded with U+FFFD, as the filter stage does when it rejects such a
     row (``invalid_utf8``), so the ids still match up.
     """
-    if not os.path.isdir(path) or not schemas.list_parquet_files(path):
+    if not os.path.exists(path) or not schemas.list_parquet_files(path):
         return []
     dataset = schemas.open_dataset(path, kind)
     if column not in dataset.schema.names:
@@ -116,19 +121,21 @@ def _column(path: str, kind: str, column: str) -> list:
 
 
 def _rows(path: str, kind: str) -> int:
-    if not os.path.isdir(path) or not schemas.list_parquet_files(path):
+    if not os.path.exists(path) or not schemas.list_parquet_files(path):
         return 0
     return schemas.count_rows(path, kind)
 
 
 def _stage_folder(path: str) -> str:
-    """A dataset path as a stage folder: …/pairs or …/candidates/part-0.parquet -> the folder holding it.
+    """A dataset path as a stage folder: …/pairs -> the folder holding it.
 
-    A folder named ``*.parquet`` (Spark writes ``x.parquet/``) is kept: it is the dataset read (``input_dataset``).
+    A Parquet file (…/candidates/part-0.parquet) is kept, as is a folder named ``*.parquet`` (Spark writes
+    ``x.parquet/``): it is the dataset read (``input_dataset``). Cut to its folder, a stage that read one shard
+    was audited against every shard beside it.
     """
     path = os.path.normpath(path)
-    if path.endswith(".parquet") and not os.path.isdir(path):
-        path = os.path.dirname(path)
+    if path.endswith(".parquet"):
+        return path
     # A stage may name the dataset itself (…/pairs); the audit wants the folder holding it.
     if os.path.basename(path) in OUTPUT_KINDS:
         path = os.path.dirname(path)
@@ -147,7 +154,7 @@ def declared_input(stats: dict) -> str | None:
 
 def _existing_stage_folder(path: str) -> str | None:
     folder = _stage_folder(path)
-    return folder if os.path.isdir(folder) else None
+    return folder if os.path.isdir(folder) or os.path.isfile(folder) else None
 
 
 def _inside(path: str, run_dir: str) -> bool:
@@ -188,7 +195,7 @@ def _upstream(run_dir: str, name: str, stats: dict) -> tuple[str | None, dict | 
             if base not in ("", name) and os.path.isdir(os.path.join(run_dir, base)):
                 return os.path.join(run_dir, base), _note(
                     "upstream_in_run", f"settings.input ({typed}) lies outside the run folder: read as {base}/ inside it")
-            if os.path.isdir(outside):
+            if os.path.isdir(outside) or os.path.isfile(outside):
                 return outside, _check("upstream_in_run", False, f"settings.input ({typed}) lies outside the run "
                                                                  f"folder, which holds no {base}/: lineage checked "
                                                                  "against that folder, maybe not this run's")

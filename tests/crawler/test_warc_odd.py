@@ -171,7 +171,7 @@ def test_the_warc_reader_writes_into_a_folder_named_with_brackets(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     # Before: dropped with a logged warning from Beam ("Discarding unparseable args"), the run went on without it.
-    (["--min-side", "64"], "unknown argument(s) --min-side 64: neither an option of this stage nor a Beam option"),
+    (["--minside", "64"], "unknown argument(s) --minside 64: neither an option of this stage nor a Beam option"),
     # Before: taken (no delay at all; every download timing out at once; every record too_large).
     (["--download_delay", "-1"], "--download_delay must be a number of seconds, 0 or more, got -1.0"),
     (["--download_timeout", "0"], "--download_timeout must be a number of seconds above 0, got 0.0"),
