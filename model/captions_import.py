@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import schemas
 from pipeline import outputs
-from pipeline.outputs import HOLDS_STAGE_FOLDERS, ancestors, stage_of
+from pipeline.outputs import stage_of
 
 logger = logging.getLogger(__name__)
 
@@ -403,24 +403,13 @@ def _read_local(path: str) -> bytes:
 def _refuse_dataset_or_nested(out_dir: str) -> None:
     """``ImportExistsError`` for an ``out_dir`` that is a dataset (Parquet files in it: ``RUN/filter/pairs``, among
     whose shards the import's captions/, pairs/ and rejected/ made it unreadable as one), or that lies inside a
-    finished stage's folder (an ancestor's stats.json names a stage other than the import, which may hold stage
-    folders: ``HOLDS_STAGE_FOLDERS``): refused even with ``overwrite``.
-
-    The rule of the Beam stages (``pipeline.outputs.refuse_dataset_or_nested``), for a local folder read without
-    Beam: that function lists and reads through Beam's filesystems, which the ``train`` extra that
-    ``lait import-captions`` needs does not install."""
-    if os.path.isdir(out_dir):
-        with os.scandir(out_dir) as entries:
-            shards = sorted(entry.name for entry in entries if entry.name.endswith(".parquet") and entry.is_file())
-        if shards:
-            raise ImportExistsError(f"{out_dir} holds Parquet files ({shards[0]}): it is a dataset, not an import's "
-                                    f"folder; give the import an --out of its own (e.g. a sibling of {out_dir})")
-    for folder in ancestors(out_dir):
-        stats_path = os.path.join(folder, "stats.json")
-        other = stage_of(stats_path, read=_read_local) if os.path.isfile(stats_path) else None
-        if isinstance(other, str) and other not in HOLDS_STAGE_FOLDERS:
-            raise ImportExistsError(f"{out_dir} lies inside {folder}, the folder of a finished {other} run (its "
-                                    f"stats.json); give the import an --out of its own (e.g. a sibling of {folder})")
+    finished stage's folder other than an import's: the Beam stages' rule
+    (``pipeline.outputs.refuse_dataset_or_nested``, which checks a local folder without Beam)."""
+    try:
+        outputs.refuse_dataset_or_nested(out_dir, STAGE, (), give="give the import an --out of its own",
+                                         dataset_example=f"a sibling of {out_dir}")
+    except outputs.OutputExistsError as exc:
+        raise ImportExistsError(str(exc)) from None
 
 
 def _refuse_running(out_dir: str, overwrite: bool) -> None:

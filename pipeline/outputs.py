@@ -263,8 +263,13 @@ def _finished_stage(folder: str) -> str | None:
         return None
     if "://" in folder and not _filesystems().exists(stats_path):
         return None
-    stage = stage_of(stats_path)
+    stage = stage_of(stats_path, read=None if "://" in folder else _read_local_bytes)  # a local one without Beam
     return stage if isinstance(stage, str) else None
+
+
+def _read_local_bytes(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def refuse_other_stage(output: str, stage: str,
@@ -276,23 +281,34 @@ def refuse_other_stage(output: str, stage: str,
         raise OutputExistsError(f"{output} holds a finished {other} run, not a {stage} run; {remedy}")
 
 
-def refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str]) -> None:
+def refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str], give: str | None = None,
+                             dataset_example: str | None = None) -> None:
     """``OutputExistsError`` for an output that is a dataset (it holds Parquet files: ``RUN/filter/pairs`` given as
     --output, where the run's own pairs/, rejected/ and stats.json would land among its shards and make it
     unreadable as one), or that lies inside another run's finished stage folder (its stats.json names a stage),
     which would then hold a stage folder inside its own. The import layout (``HOLDS_STAGE_FOLDERS``), and a folder
-    this run reads (``inputs``), may hold the output."""
-    if _exists(output) and is_folder(output):
-        shards = files_under(output, "/*.parquet", limit=1)
-        if shards:
-            raise OutputExistsError(f"{output} holds Parquet files ({posixpath.basename(shards[0])}): it is a dataset, "
-                                    f"not a stage folder; give the {stage} output a folder of its own (e.g. RUN/{stage})")
+    this run reads (``inputs``), may hold the output.
+
+    ``give`` words the remedy (default: give the STAGE output a folder of its own), ``dataset_example`` the example
+    for a dataset (default ``RUN/STAGE``). A local output is checked without Beam (``lait import-captions`` runs
+    where Beam is not installed)."""
+    give = give or f"give the {stage} output a folder of its own"
+    if "://" not in output:
+        shards = []
+        if os.path.isdir(output):
+            with os.scandir(output) as entries:
+                shards = sorted(entry.name for entry in entries if entry.name.endswith(".parquet") and entry.is_file())
+    else:
+        shards = files_under(output, "/*.parquet", limit=1) if is_folder(output) else []
+    if shards:
+        raise OutputExistsError(f"{output} holds Parquet files ({posixpath.basename(shards[0])}): it is a dataset, "
+                                f"not a stage folder; {give} (e.g. {dataset_example or f'RUN/{stage}'})")
     for folder in ancestors(output):
         other = _finished_stage(folder)
         if other is None or other in HOLDS_STAGE_FOLDERS or any(_same(folder, source) for source in inputs):
             continue
         raise OutputExistsError(f"{output} lies inside {folder}, the folder of a finished {other} run (its stats.json); "
-                                f"give the {stage} output a folder of its own (e.g. a sibling of {folder})")
+                                f"{give} (e.g. a sibling of {folder})")
 
 
 def read_run_marker(output: str) -> dict | None:

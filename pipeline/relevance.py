@@ -475,6 +475,17 @@ def _input_problem(row: dict) -> tuple[str, str] | None:
     return None
 
 
+def _valid_utf8(column) -> bool:
+    """Whether a text column (a ChunkedArray) holds valid UTF-8 throughout (Arrow does not check it on read)."""
+    import pyarrow as pa
+
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
 def _read_pairs_file(path: str) -> list[dict]:
     """The rows of one pairs shard; a damaged one (footer fine, pages rotten) is a ValueError naming it.
 
@@ -488,9 +499,13 @@ def _read_pairs_file(path: str) -> list[dict]:
         table = schemas.read_table(path, "pairs")
     except (OSError, pa.ArrowException) as exc:
         raise ValueError(f"{path}: unreadable Parquet ({' '.join(str(exc).split())[:300]})") from None
-    text = pa.schema([pa.field(f.name, pa.binary()) if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-                      else f for f in table.schema])
-    rows = table.cast(text).to_pylist()
+    # Only a text column Arrow finds invalid is read as bytes, and decoded row by row (``_input_problem``); the
+    # others, nearly always all of them, are decoded by Arrow as before.
+    bad = {f.name for f in table.schema if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+           and not _valid_utf8(table.column(f.name))}
+    if bad:
+        table = table.cast(pa.schema([pa.field(f.name, pa.binary()) if f.name in bad else f for f in table.schema]))
+    rows = table.to_pylist()
     name = posixpath.basename(path)
     for row in rows:
         problem = _input_problem(row)

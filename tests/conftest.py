@@ -17,6 +17,7 @@ os.environ.setdefault("LAIT_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"la
 
 from tests.objectstore import object_store  # noqa: E402,F401  (the laitobj:// stand-in for gs://, for every test)
 from tests.relevance.shared_model import model_dir, train_rows  # noqa: E402,F401  (the default relevance model)
+from tests.procs import sleeper  # noqa: E402,F401  (a live process: the run a marker names)
 
 
 def _remember_dofn_specs() -> None:

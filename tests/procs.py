@@ -1,4 +1,8 @@
-"""The child processes of a process, from /proc (Linux), for the tests that kill or interrupt a parent."""
+"""The child processes of a process, from /proc (Linux), for the tests that kill or interrupt a parent; and a live
+process to stand for a run still going (``sleeper``, a fixture for every test: tests/conftest.py)."""
+import subprocess
+
+import pytest
 
 
 def children_running(pid: int, command_part: bytes) -> list[int]:
@@ -18,3 +22,13 @@ def children_running(pid: int, command_part: bytes) -> list[int]:
         except OSError:  # ended meanwhile
             pass
     return found
+
+
+@pytest.fixture
+def sleeper():
+    """A live process of this host that is not this one (its pid, its start time): the run a marker names. A test
+    may end it itself (``kill`` and ``wait``) to make that run one that has ended."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process
+    process.kill()
+    process.wait()

@@ -8,8 +8,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 
 import pytest
 from warcio.warcwriter import WARCWriter
@@ -21,20 +19,6 @@ from tests.crawler.mocksite import TEST_MIN_SIDE, html, jpeg
 from tests.crawler.test_crawl_warc import _response
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="process start times are read from /proc")
-
-
-@pytest.fixture
-def sleeper():
-    """A live process of this host that is not this one: the run a marker names."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait()
-
-
-def _end(process: subprocess.Popen) -> None:
-    process.kill()
-    process.wait()
 
 
 def _snapshot(folder) -> dict:
@@ -72,7 +56,8 @@ def test_a_url_crawl_into_a_folder_whose_crawl_is_still_going_is_refused(tmp_pat
 
     # The process is gone: the folder is the rerun's, as before (the crawl's processes find `lait crawl`'s marker)
     (out / output.RUN_MARKER).write_text(json.dumps(outputs.run_marker("crawl", pid=sleeper.pid)))
-    _end(sleeper)
+    sleeper.kill()
+    sleeper.wait()
     stats = runner.run_crawl(["http://127.0.0.1:9/"], str(out), overrides={"LOG_LEVEL": "ERROR"})
     assert (stats["kept"], stats["rejected_by_reason"]) == (1, {"private_network_refused": 1})  # the row kept too
     assert not (out / output.RUN_MARKER).exists()  # the run has ended: no marker left
@@ -115,7 +100,8 @@ def test_a_warc_run_into_a_folder_whose_run_is_still_going_is_refused(tmp_path, 
 def test_a_warc_run_replaces_the_output_of_a_run_whose_process_is_gone(tmp_path, sleeper):
     out = tmp_path / "crawl"
     _crawl_folder(out, outputs.run_marker("crawl", pid=sleeper.pid), shard="warc-00000-of-00001.parquet")
-    _end(sleeper)
+    sleeper.kill()
+    sleeper.wait()
     stats = warc.read_warcs([_warc(tmp_path)], str(out), download=False, min_side=TEST_MIN_SIDE)
     alts = schemas.read_table(str(out / "candidates"), "candidates").column("alt").to_pylist()
     assert stats["kept"] == 1 and alts == ["A picture in the WARC"]  # the killed run's shard went, as before

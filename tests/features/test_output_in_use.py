@@ -6,8 +6,6 @@ run's process is gone, the folder resumes as before."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,15 +24,6 @@ SMALL = {"min_size": 64, "max_size": 96, "channels": [16, 16, 32, 32, 64, 64]}
 def demo_weights(tmp_path_factory):
     torch.manual_seed(0)
     return demo.save(demo.build(SMALL, CLASS_NAMES), str(tmp_path_factory.mktemp("weights") / "demo.safetensors"))
-
-
-@pytest.fixture
-def sleeper():
-    """A live process of this host that is not this one: the run a marker names."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield process
-    process.kill()
-    process.wait()
 
 
 def _options(weights):

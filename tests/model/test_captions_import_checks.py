@@ -170,23 +170,20 @@ def _partial_import(tmp_path, marker) -> str:
     return str(out)
 
 
-def test_an_import_still_going_is_refused_and_one_that_ended_is_cleared(tmp_path, capsys):
+def test_an_import_still_going_is_refused_and_one_that_ended_is_cleared(tmp_path, capsys, sleeper):
     """A second import into the folder of one still going took it for an interrupted one and removed its shards
     while it wrote more (its stats.json then counted captions the folder no longer held)."""
     from pipeline import outputs
 
     _images(tmp_path)
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        out = _partial_import(tmp_path, outputs.run_marker("import_captions", pid=running.pid))
-        for extra in ((), ("--overwrite",)):
-            assert _cli(tmp_path, out, *extra) == 2
-            err = capsys.readouterr().err
-            assert err.count("\n") == 1 and f"is in use by an import still going (pid {running.pid} on host" in err
-            assert os.path.exists(os.path.join(out, "captions", "part-00000.parquet"))
-    finally:
-        running.kill()
-        running.wait()
+    out = _partial_import(tmp_path, outputs.run_marker("import_captions", pid=sleeper.pid))
+    for extra in ((), ("--overwrite",)):
+        assert _cli(tmp_path, out, *extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is in use by an import still going (pid {sleeper.pid} on host" in err
+        assert os.path.exists(os.path.join(out, "captions", "part-00000.parquet"))
+    sleeper.kill()
+    sleeper.wait()
     assert _cli(tmp_path, out) == 0, "its process gone, the folder is an interrupted import's, cleared"
     assert schemas.read_table(os.path.join(out, "captions"), "captions").num_rows == 2
 

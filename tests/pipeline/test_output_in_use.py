@@ -38,15 +38,6 @@ def _partial_run(output, marker):
     (output / RUN_MARKER).write_text(json.dumps(marker))
 
 
-@pytest.fixture
-def sleeper():
-    """A live process of this host that is not this one (its pid, its start time)."""
-    process = subprocess.Popen(["sleep", "30"])
-    yield process
-    process.kill()
-    process.wait()
-
-
 def test_a_run_still_going_in_another_process_is_refused_even_with_overwrite(crawl, tmp_path):
     """The marker the filter's own prepare step writes in a child process names that process: while it lives, a
     second run into the folder is refused (--overwrite too) and nothing is removed; once it is gone, the folder is

@@ -46,6 +46,20 @@ def save_tiny_model(folder: str, threshold: float = 0.5) -> str:
     return folder
 
 
+def edited_model(root, edit: dict):
+    """A tiny saved model in ``root``/m whose config.json has ``edit`` applied (``model``'s keys merged into the
+    architecture, the others set): (its folder, its config.json path)."""
+    folder = save_tiny_model(os.path.join(str(root), "m"))
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    for key, value in edit.items():
+        config[key] = {**config[key], **value} if key == "model" else value
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+    return folder, path
+
+
 def broken_models(root: str) -> dict[str, str]:
     """Model folders broken in the ways a copy or a disk goes wrong, by name: bad_json, truncated_weights,
     no_weights, not_safetensors, no_model (a folder without config.json)."""

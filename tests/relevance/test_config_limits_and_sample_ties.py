@@ -1,13 +1,12 @@
 """A saved model's config is refused at load when a count or a bound is too large to build or to use, and
 --max-pairs breaks ties between pairs of equal content without the port (that pair ids hash)."""
 import hashlib
-import json
 
 import pytest
 
 from filters.relevance.data import choose_pairs, content_key, read_pairs
 from model.relevance import read_config
-from tests.relevance.conftest import save_tiny_model, write_pairs
+from tests.relevance.conftest import edited_model, write_pairs
 from tests.relevance.scenes import make_pairs
 
 
@@ -22,12 +21,7 @@ from tests.relevance.scenes import make_pairs
 def test_a_count_or_bound_too_large_is_a_config_error_naming_the_file(tmp_path, edit, message):
     """10**9 members ran out of memory building the ensemble, and a clip of 10**400 was an OverflowError at the
     first score: both passed the config checks."""
-    folder = save_tiny_model(str(tmp_path / "m"))
-    path = tmp_path / "m" / "config.json"
-    config = json.loads(path.read_text())
-    for key, value in edit.items():
-        config[key] = {**config[key], **value} if key == "model" else value
-    path.write_text(json.dumps(config))
+    folder, path = edited_model(tmp_path, edit)
     with pytest.raises(ValueError) as caught:
         read_config(folder)
     text = str(caught.value)
@@ -35,11 +29,7 @@ def test_a_count_or_bound_too_large_is_a_config_error_naming_the_file(tmp_path, 
 
 
 def test_the_largest_allowed_count_and_bound_load(tmp_path):
-    folder = save_tiny_model(str(tmp_path / "m"))
-    path = tmp_path / "m" / "config.json"
-    config = json.loads(path.read_text())
-    config["members"], config["model"]["feature_clip"] = 1024, 10**6
-    path.write_text(json.dumps(config))
+    folder, _ = edited_model(tmp_path, {"members": 1024, "model": {"feature_clip": 10**6}})
     assert read_config(folder)["members"] == 1024
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from filters.relevance import load
 from lait import cli
-from tests.relevance.conftest import broken_models, save_tiny_model, write_pairs
+from tests.relevance.conftest import broken_models, edited_model, save_tiny_model, write_pairs
 from tests.relevance.scenes import make_pairs
 
 
@@ -76,14 +76,7 @@ def test_score_command_checks_the_keep_rate_first(models, tmp_path, capsys):
 def test_a_config_field_of_the_wrong_type_or_range_is_a_value_error(tmp_path, edit, message):
     """An edited or damaged config.json is refused at load, naming the file, not met later as a TypeError or a
     division by zero inside the scorer."""
-    import json
-
-    folder = save_tiny_model(str(tmp_path / "m"))
-    path = tmp_path / "m" / "config.json"
-    config = json.loads(path.read_text())
-    for key, value in edit.items():
-        config[key] = {**config[key], **value} if key == "model" else value
-    path.write_text(json.dumps(config))
+    folder, path = edited_model(tmp_path, edit)
     for with_model in (True, False):
         with pytest.raises(ValueError) as caught:
             load(folder, device="cpu", with_model=with_model)
