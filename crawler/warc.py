@@ -64,7 +64,7 @@ from pipeline import outputs
 from pipeline.outputs import files_under, literal_pattern, read_stats
 from pipeline.options import beam_options, runner_name
 from pipeline.parquet_beam import WriteToParquet
-from pipeline.runners import LOCAL_RUNNERS, make_runner  # the WARC reader is a Beam pipeline: one runner choice for all
+from pipeline.runners import LOCAL_RUNNERS, make_pipeline  # the WARC reader is a Beam pipeline: one runner choice for all
 
 logger = logging.getLogger(__name__)
 
@@ -1009,7 +1009,7 @@ def _run_part(known: argparse.Namespace, options: PipelineOptions, files: list[s
                      "robots_retry_after": known.robots_retry_after}
     check_options = {"min_side": known.min_side, "max_aspect": known.max_aspect, "max_pixels": known.max_pixels,
                      "formats": tuple(f.strip().upper() for f in known.image_formats.split(",") if f.strip())}
-    beam_pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+    beam_pipeline = test_pipeline or make_pipeline(options)
     candidates, rejected, latest = (
         beam_pipeline
         | "ListFiles" >> beam.Create(files)

@@ -37,7 +37,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from pipeline.outputs import PENDING_STATS, finish_output, input_reference, prepare_output
-from pipeline.runners import make_runner
+from pipeline.runners import make_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -575,7 +575,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     if "://" not in args.output:  # an empty dataset is a folder with no shards, not a missing one
         for sub in ("pairs", "rejected"):
             os.makedirs(os.path.join(args.output, sub), exist_ok=True)
-    pipeline = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+    pipeline = test_pipeline or make_pipeline(options)
     with pipeline as p:
         read = (p
                 | "ListFiles" >> beam.Create(files)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import weakref
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +132,14 @@ def make_pipeline(options):
     try:
         if isinstance(name, str) and "." in name:  # Beam would let the ImportError through, as a traceback
             runner_class(name)
-        return beam.Pipeline(runner=make_runner(options), options=options)
+        pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     except ValueError as exc:
         raise ValueError(f"Beam options: {' '.join(str(exc).split())}") from None
+    # Beam makes a folder in the system's temporary folder for every pipeline and removes it only at the end of
+    # run(): a pipeline never run (its output refused, its graph failing to build) left one behind in /tmp per
+    # attempt. It goes when the pipeline is collected, or when the process exits.
+    weakref.finalize(pipeline, shutil.rmtree, pipeline.local_tempdir, True)
+    return pipeline
 
 
 # ---------------------------------------------------------------------------------------------- failures

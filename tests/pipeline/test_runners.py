@@ -61,3 +61,32 @@ def test_the_worker_image_installs_every_beam_stage_with_the_pinned_beam():
     assert version in SpecifierSet(beam_pin.split("apache-beam", 1)[1]), (version, beam_pin)
     assert re.search(r"FROM apache/beam_python\$\{PYTHON_VERSION\}_sdk:\$\{BEAM_VERSION\}", text)
     assert ".venv/" in (ROOT / ".dockerignore").read_text()
+
+
+def test_a_pipeline_never_run_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """Beam removes a pipeline's folder in the system's temporary folder only at the end of run(): the filter's
+    refused output (built, never run) left one behind per attempt."""
+    import gc
+    import tempfile
+
+    import pytest
+
+    import schemas
+    from filters.synthetic import make_candidates
+    from pipeline import filter as filter_stage
+    from pipeline.runners import make_pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    make_pipeline(PipelineOptions([]))
+    gc.collect()
+    assert not list(tmp_path.glob("beam-pipeline-temp*"))
+    out = tmp_path / "out"
+    (out / "pairs").mkdir(parents=True)  # output of something else, not a filter run
+    (out / "pairs" / "part-00000.parquet").write_bytes(b"")
+    crawl = tmp_path / "crawl"
+    with schemas.ShardWriter(str(crawl / "candidates"), "candidates") as writer:
+        writer.write_many(make_candidates(4, seed=1))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        filter_stage.run(["--input", str(crawl), "--output", str(out)])
+    gc.collect()
+    assert not list(tmp_path.glob("beam-pipeline-temp*"))
