@@ -16,9 +16,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_interpreted(path: str, least: int) -> str:
     """Run the pytest file ``path`` (relative to the repository) under the interpreter; assert that it
-    passed at least ``least`` tests and skipped none; return its summary line."""
+    passed at least ``least`` tests and skipped none; return its summary line.
+
+    Only the conftests of ``path``'s own folder load: the suite's root one imports Beam and the object store
+    for other tests (over a second of the process's start), and what it sets up for every process, the
+    offline environment variables, this process already has and passes on."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             f"--confcutdir={os.path.dirname(path) or '.'}", path],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
