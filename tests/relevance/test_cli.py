@@ -14,7 +14,9 @@ from tests.relevance.conftest import write_pairs
 from tests.relevance.scenes import make_pairs
 
 
-def test_train_then_eval_from_the_command_line(tmp_path, cli_env, heldout_rows):
+def test_train_then_eval_from_the_command_line(tmp_path, cli_env, heldout_rows, capsys):
+    """`python -m lait relevance train`, then `lait relevance eval` of its model. The eval runs in this process
+    (``cli.main``, all that ``python -m lait`` runs): a second interpreter importing torch cost seconds."""
     rows = make_pairs(8, seed=7)
     write_pairs(rows, str(tmp_path / "filter" / "pairs"))
     out = subprocess.run(
@@ -27,13 +29,12 @@ def test_train_then_eval_from_the_command_line(tmp_path, cli_env, heldout_rows):
     assert (tmp_path / "model" / "model.safetensors").exists()
 
     write_pairs(heldout_rows[:40], str(tmp_path / "labelled"), labelled=True)
-    out = subprocess.run(
-        [sys.executable, "-m", "lait", "relevance", "eval", "--model", str(tmp_path / "model"),
-         "--input", str(tmp_path / "labelled"), "--json-out", str(tmp_path / "eval" / "relevance_eval.json")],
-        env=cli_env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    code = cli.main(["relevance", "eval", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "labelled"),
+                     "--json-out", str(tmp_path / "eval" / "relevance_eval.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
     written = json.loads((tmp_path / "eval" / "relevance_eval.json").read_text())
-    assert json.loads(out.stdout) == written
+    assert json.loads(out) == written
     for key in ("auc", "true_kept", "mismatched_removed", "mismatch_precision", "mismatch_recall", "threshold"):
         assert key in written
     assert written["pairs"] == 40 and written["mismatches"] == sum(not r["is_match"] for r in heldout_rows[:40])

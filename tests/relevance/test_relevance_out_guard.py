@@ -1,14 +1,20 @@
 """`lait relevance train --out`: what it may replace (an earlier relevance model, with --overwrite), that a failed save
-leaves the earlier model whole, and the settings it refuses up front."""
+leaves the earlier model whole, and the settings it refuses up front.
+
+The commands run in this process (``cli.main``, which is all ``python -m lait`` runs): a subprocess of each cost
+seconds of importing torch for a check that ends before or soon after training starts."""
+import contextlib
 import json
+import logging
 import os
+import resource
 import subprocess
-import sys
 
 import pytest
 
 from filters.relevance.config import TrainConfig
-from tests.relevance.conftest import ROOT, save_tiny_model, write_pairs
+from lait import cli
+from tests.relevance.conftest import save_tiny_model, write_pairs
 from tests.relevance.scenes import make_pairs
 
 TINY = ["--epochs", "1", "--members", "1", "--image-size", "32"]
@@ -23,11 +29,33 @@ def _snapshot(folder):
     return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
 
 
-def _train_cli(pairs, out, *extra, env, limit_kb=None):
-    command = [sys.executable, "-m", "lait", "relevance", "train", "--input", pairs, "--out", str(out), *TINY, *extra]
-    if limit_kb is not None:  # a full disk: writes past this size fail with EFBIG ("File too large")
-        command = ["bash", "-c", f'ulimit -f {limit_kb} && exec "$@"', "train", *command]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+@contextlib.contextmanager
+def _full_disk(limit_kb: int):
+    """A full disk for this process: writes past ``limit_kb`` kB of a file fail with EFBIG ("File too large"), as
+    under ``ulimit -f`` (Python ignores SIGXFSZ). Only the soft limit is lowered, so it can be put back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kb * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _lait(argv: list[str], capsys, caplog, limit_kb=None) -> subprocess.CompletedProcess:
+    """``lait ARGV`` run here: its exit status and what it wrote, as a subprocess's; stderr also holds the warnings
+    it logged (which ``python -m lait`` prints there)."""
+    capsys.readouterr()
+    caplog.clear()
+    with _full_disk(limit_kb) if limit_kb is not None else contextlib.nullcontext():
+        code = cli.main(argv)
+    out, err = capsys.readouterr()
+    logged = "".join(f"{record.levelname} {record.name}: {record.getMessage()}\n" for record in caplog.records
+                     if record.levelno >= logging.WARNING)
+    return subprocess.CompletedProcess(argv, code, out, err + logged)
+
+
+def _train_cli(pairs, out, *extra, capsys, caplog, limit_kb=None):
+    return _lait(["relevance", "train", "--input", pairs, "--out", str(out), *TINY, *extra], capsys, caplog, limit_kb)
 
 
 def _one_error(proc, *words):
@@ -38,38 +66,42 @@ def _one_error(proc, *words):
         assert word in errors[0], errors[0]
 
 
-def test_an_imagebert_run_folder_is_refused_and_left_as_it_was(pairs, tmp_path, cli_env):
+def test_an_imagebert_run_folder_is_refused_and_left_as_it_was(pairs, tmp_path, capsys, caplog):
     run = tmp_path / "imagebert"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"out_dir": str(run), "pretrain": []}))
     (run / "summary.json").write_text("{}")
     before = _snapshot(run)
-    _one_error(_train_cli(pairs, run, "--overwrite", env=cli_env), "not a relevance model", "summary.json")
+    _one_error(_train_cli(pairs, run, "--overwrite", capsys=capsys, caplog=caplog), "not a relevance model",
+               "summary.json")
     assert _snapshot(run) == before
     os.remove(run / "summary.json")  # a config.json alone, of another kind
     before = _snapshot(run)
-    _one_error(_train_cli(pairs, run, "--overwrite", env=cli_env), "not a relevance model", "config.json")
+    _one_error(_train_cli(pairs, run, "--overwrite", capsys=capsys, caplog=caplog), "not a relevance model",
+               "config.json")
     assert _snapshot(run) == before
 
 
-def test_an_earlier_relevance_model_is_replaced_only_with_overwrite(pairs, tmp_path, cli_env):
+def test_an_earlier_relevance_model_is_replaced_only_with_overwrite(pairs, tmp_path, capsys, caplog):
     model = save_tiny_model(str(tmp_path / "model"), threshold=0.123)
     before = _snapshot(model)
-    _one_error(_train_cli(pairs, model, env=cli_env), "already holds a relevance model", "--overwrite")
+    _one_error(_train_cli(pairs, model, capsys=capsys, caplog=caplog), "already holds a relevance model", "--overwrite")
     assert _snapshot(model) == before
-    proc = _train_cli(pairs, model, "--overwrite", env=cli_env)
+    proc = _train_cli(pairs, model, "--overwrite", capsys=capsys, caplog=caplog)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"relevance model written to {model}\n")
     config = json.loads(open(os.path.join(model, "config.json")).read())
     assert config["threshold"] != 0.123 and config["model"]["image_size"] == 32
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary folder left beside it
 
 
-def test_a_full_disk_leaves_the_earlier_model_whole_and_no_new_folder(pairs, tmp_path, cli_env):
+def test_a_full_disk_leaves_the_earlier_model_whole_and_no_new_folder(pairs, tmp_path, capsys, caplog):
     model = save_tiny_model(str(tmp_path / "model"), threshold=0.123)  # weights of a few kB
     before = _snapshot(model)
-    _one_error(_train_cli(pairs, model, "--overwrite", env=cli_env, limit_kb=1024), "not saved", "File too large")
+    _one_error(_train_cli(pairs, model, "--overwrite", capsys=capsys, caplog=caplog, limit_kb=1024), "not saved",
+               "File too large")
     assert _snapshot(model) == before  # the old weights with the old config, not new weights with it
-    _one_error(_train_cli(pairs, tmp_path / "new" / "model", env=cli_env, limit_kb=1024), "not saved")
+    _one_error(_train_cli(pairs, tmp_path / "new" / "model", capsys=capsys, caplog=caplog, limit_kb=1024), "not saved")
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no empty or partial folder, no temporary one
 
 
@@ -77,10 +109,9 @@ def test_a_full_disk_leaves_the_earlier_model_whole_and_no_new_folder(pairs, tmp
     (["--members", "1", "--processes", "4"], ["processes 4 is more than members 1"]),
     (["--image-size", "50000"], ["image_size must be at most 1024", "50000"]),
 ])
-def test_settings_training_cannot_use_are_refused_in_one_line(pairs, tmp_path, cli_env, options, words):
-    proc = subprocess.run([sys.executable, "-m", "lait", "relevance", "train", "--input", pairs,
-                           "--out", str(tmp_path / "m"), "--epochs", "1", *options],
-                          capture_output=True, text=True, cwd=ROOT, env=cli_env, timeout=120)
+def test_settings_training_cannot_use_are_refused_in_one_line(pairs, tmp_path, capsys, caplog, options, words):
+    proc = _lait(["relevance", "train", "--input", pairs, "--out", str(tmp_path / "m"), "--epochs", "1", *options],
+                 capsys, caplog)
     _one_error(proc, *words)
     assert not (tmp_path / "m").exists()
 
@@ -94,24 +125,16 @@ def test_train_refuses_more_processes_than_members_but_takes_as_many(pairs, tmp_
     assert summary["members"] == 1 and sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
 
 
-SAVE_BIGGER_MODEL = """
-import sys
-from model.relevance import RelevanceConfig, RelevanceModel, save_model
-try:
-    save_model(RelevanceModel(RelevanceConfig(channels=(4, 4, 4, 4), text_dim=8, embed_dim=8, num_buckets=1 << 16)),
-               sys.argv[1], {"threshold": 0.9, "vocabulary": []})
-except OSError as exc:
-    print(exc, file=sys.stderr)
-    sys.exit(2)
-"""
-
-
-def test_save_model_on_a_full_disk_replaces_nothing(tmp_path, cli_env):
+def test_save_model_on_a_full_disk_replaces_nothing(tmp_path):
     """save_model wrote the weights in place, then config.json: weights that failed midway (or a config.json that
     failed after them) left the new weights with the old threshold and vocabulary."""
+    from model.relevance import RelevanceConfig, RelevanceModel, save_model
+
     model = save_tiny_model(str(tmp_path / "model"), threshold=0.123)
     before = _snapshot(model)
-    proc = subprocess.run(["bash", "-c", 'ulimit -f 1024 && exec "$@"', "save", sys.executable, "-c", SAVE_BIGGER_MODEL,
-                           model], capture_output=True, text=True, cwd=ROOT, env=cli_env, timeout=120)
-    _one_error(proc, "not saved", "File too large")
+    bigger = RelevanceModel(RelevanceConfig(channels=(4, 4, 4, 4), text_dim=8, embed_dim=8, num_buckets=1 << 16))
+    with pytest.raises(OSError) as failed, _full_disk(1024):
+        save_model(bigger, model, {"threshold": 0.9, "vocabulary": []})
+    message = str(failed.value)
+    assert "not saved" in message and "File too large" in message and "\n" not in message, message  # one line
     assert _snapshot(model) == before and sorted(os.listdir(tmp_path)) == ["model"]
