@@ -461,15 +461,17 @@ def _fit_in_processes(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfi
         while waiting or running:
             while waiting and len(running) < processes:
                 seed = waiting.pop(0)
-                running[seed] = ctx.Process(target=_member_process, daemon=True, name=f"relevance-member-{seed}",
-                                            args=(ex, train_idx, arch, config, seed, threads, steps, results,
-                                                  os.getpid()))
+                member = ctx.Process(target=_member_process, daemon=True, name=f"relevance-member-{seed}",
+                                     args=(ex, train_idx, arch, config, seed, threads, steps, results, os.getpid()))
                 # A member never takes Ctrl-C (it keeps the blocked SIGINT it starts with): this process takes it
                 # and ends them below. Before, a member still importing printed a KeyboardInterrupt traceback.
                 # Started from this thread, which waits for it: a member dies with the thread that started it
                 # (``die_with_parent_hook``), so with this process, not with a thread that ends before it.
+                # A member is running (and ended below) once it started: one whose start failed is not, and its
+                # error is the one raised (ending it raised an AttributeError over it).
                 with blocked_signals({signal.SIGINT}):
-                    running[seed].start()
+                    member.start()
+                running[seed] = member
             _drain(steps, bar)
             try:
                 seed, state, loss, error = results.get(timeout=0.2)

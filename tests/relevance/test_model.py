@@ -174,6 +174,25 @@ def test_a_member_failing_in_its_process_is_a_clear_error():
         _fit_in_processes(ex, beyond, arch, TrainConfig(epochs=1), [0, 1], 1, Bar())
 
 
+def test_a_member_process_that_cannot_start_raises_its_own_error(monkeypatch):
+    """A member whose process failed to start was ended in ``finally`` as a running one: an AttributeError
+    ('NoneType' object has no attribute 'terminate') hid why it could not start."""
+    import multiprocessing
+
+    from filters.relevance import features as F
+    from filters.relevance.config import TrainConfig
+    from filters.relevance.train import _fit_in_processes, _prepare
+    from model.relevance import RelevanceConfig
+    from tests.relevance.scenes import make_pairs
+
+    rows = make_pairs(3, seed=3)
+    arch = RelevanceConfig(num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
+    ex, _ = _prepare(rows, arch, frozenset())
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)  # as a pool worker: no children
+    with pytest.raises(AssertionError, match="daemonic processes are not allowed to have children"):
+        _fit_in_processes(ex, np.arange(len(ex)), arch, TrainConfig(epochs=1), [0, 1], 2, None)
+
+
 def test_ensemble_scores_build_no_autograd_graph_even_with_trainable_members():
     """Members scored in pool threads: the caller's no_grad holds there too (grad mode is per thread)."""
     from filters.relevance import features as F
