@@ -39,11 +39,15 @@ def trained_run(synth_dir, tmp_path_factory):
 
     Run once per test run (about 15 s on one core): pytest-xdist's worker processes each have their own session,
     so the first to get here trains in the base folder they share, under a lock, and the others wait for it and
-    read the same run (the synthetic data is the same in every worker: one seed)."""
-    import subprocess
-    import sys
+    read the same run (the synthetic data is the same in every worker: one seed). The command runs in this
+    process (`python -m lait` runs the same ``main``), which has imported torch already: a process of its own
+    took seconds more to start, and trains the same weights (one thread either way)."""
+    import contextlib
+    import io
 
     from filelock import FileLock
+
+    from lait.cli import main
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -51,18 +55,27 @@ def trained_run(synth_dir, tmp_path_factory):
     out_dir, done = shared / "tiny-run", shared / "tiny-run.stdout"
     with FileLock(str(shared / "tiny-run.lock")):
         if not done.exists():
-            env = dict(os.environ, PYTHONPATH=REPO, LAIT_DATA=synth_dir, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-            proc = subprocess.run(
-                [sys.executable, "-m", "lait", "train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
-                 "--set", f"out_dir={out_dir}", "--set", "cpu_threads=1", "--set", "log_every=50",
-                 "--set", "pretrain.0.steps=30", "--set", "pretrain.1.steps=30",
-                 "--set", "finetune.steps=300", "--set", "finetune.lr=2e-3",
-                 # BERT's 0.02 is too small for width 64: R@1 came out 0x-4x chance by seed (and by the
-                 # tokenizer's once-random numbering); 0.08 gave 11x-15x on seeds 0-2 (as configs/demo.yaml).
-                 "--set", "model.init_std=0.08", "--no-progress"],
-                capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            done.write_text(proc.stdout)  # written last: the run is complete
+            stdout, stderr = io.StringIO(), io.StringIO()
+            threads, data = torch.get_num_threads(), os.environ.get("LAIT_DATA")
+            os.environ["LAIT_DATA"] = synth_dir
+            try:
+                with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                    status = main(
+                        ["train", "--config", os.path.join(REPO, "configs", "tiny.yaml"),
+                         "--set", f"out_dir={out_dir}", "--set", "cpu_threads=1", "--set", "log_every=50",
+                         "--set", "pretrain.0.steps=30", "--set", "pretrain.1.steps=30",
+                         "--set", "finetune.steps=300", "--set", "finetune.lr=2e-3",
+                         # BERT's 0.02 is too small for width 64: R@1 came out 0x-4x chance by seed (and by the
+                         # tokenizer's once-random numbering); 0.08 gave 11x-15x on seeds 0-2 (as configs/demo.yaml).
+                         "--set", "model.init_std=0.08", "--no-progress"])
+            finally:
+                torch.set_num_threads(threads)  # cpu_threads=1 set this process's
+                if data is None:
+                    del os.environ["LAIT_DATA"]
+                else:
+                    os.environ["LAIT_DATA"] = data
+            assert status == 0, stderr.getvalue()[-3000:]
+            done.write_text(stdout.getvalue())  # written last: the run is complete
     return str(out_dir), done.read_text()
 
 

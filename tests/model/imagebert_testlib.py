@@ -80,3 +80,53 @@ def read_loss_log(path) -> dict[int, dict]:
 def loss_columns(row: dict) -> dict:
     """A loss-log row without its timing columns (which differ between runs)."""
     return {k: v for k, v in row.items() if k not in ("samples_per_s", "elapsed_s")}
+
+
+#: A script for torchrun that runs several ``lait`` commands one after another in each of its processes, so that
+#: one launch serves several runs: a launch starts three Python processes that each import torch (seconds each on
+#: a busy 2-core machine), the runs themselves take less. Its first argument is a JSON list of [arguments, stdout]
+#: pairs: each run's printed output goes to ``stdout.RANK``, so a test can tell which process reported what. The
+#: runs share one process group: each command leaves it at its end, and a group made again under torchrun meets
+#: the first one's rendezvous keys in the launcher's store and hangs, so it is left once, after the last run. A
+#: process still running after the seconds of its second argument prints its stack and exits (a hung process
+#: outlives the launcher, which a test's timeout kills).
+LAIT_RUNS = '''\
+import contextlib
+import faulthandler
+import json
+import os
+import sys
+
+import torch.distributed as dist
+
+from lait.cli import main
+
+faulthandler.dump_traceback_later(float(sys.argv[2]), exit=True)
+leave = dist.destroy_process_group
+dist.destroy_process_group = lambda group=None: None
+try:
+    for argv, stdout in json.loads(sys.argv[1]):
+        with open(f"{stdout}.{os.environ.get('RANK', '0')}", "w") as out, contextlib.redirect_stdout(out):
+            status = main(argv)
+        if status:
+            sys.exit(status)
+finally:
+    if dist.is_initialized():
+        leave()
+'''
+
+
+def lait_runs_command(folder, runs: list[tuple[list[str], str]], processes: int = 2,
+                      give_up_s: float = 240) -> list[str]:
+    """The torchrun command line for ``processes`` processes that run ``lait`` with each of ``runs`` (arguments,
+    stdout path) in turn, written to ``folder`` (see ``LAIT_RUNS``): one launch for several runs. Each process
+    gives up after ``give_up_s`` seconds: less than the test waits for the launch."""
+    import json
+
+    from tests.torchrun import torchrun
+
+    script = os.path.join(str(folder), "lait_runs.py")
+    with open(script, "w") as handle:
+        handle.write(LAIT_RUNS)
+    return [*torchrun(processes), script, json.dumps([[list(argv), str(stdout)] for argv, stdout in runs]),
+            str(give_up_s)]

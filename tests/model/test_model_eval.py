@@ -8,8 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from imagebert_testlib import REPO, eval_split
-from tests.torchrun import torchrun
+from imagebert_testlib import REPO, eval_split, lait_runs_command
 from model.eval import evaluate, format_table, recall_at_k
 
 
@@ -160,13 +159,45 @@ def test_two_stage_ranks_the_pairs_left_out_below_the_candidates_in_pre_rank_ord
     assert max(gained) > 0, "answers at pre-rank places 6-10 in the test set, or the test would not tell the fix"
 
 
-def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
-    out = tmp_path / "eval.json"
-    env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+EVAL_ENV = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+# 3,200 pairs in batches of 400: under torchrun two shares of four whole batches each, the batches of one process
+EVAL_COMMON = ["--split", "test", "--batch-size", "400"]
+TWO_STAGE = ["--split", "test", "--two-stage-k", "5", "--batch-size", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cli_eval(synth_dir, tiny_checkpoint, tmp_path_factory):
+    """`python -m lait eval` of the test split in one process: the finished process, and eval.json's path (the
+    result that the eval under torchrun is compared with)."""
+    out = tmp_path_factory.mktemp("cli-eval") / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir,
-                           "--split", "test", "--out", str(out), "--batch-size", "512"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+                           *EVAL_COMMON, "--out", str(out)],
+                          capture_output=True, text=True, env=EVAL_ENV, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out
+
+
+@pytest.fixture(scope="module")
+def torchrun_evals(synth_dir, tiny_checkpoint, tmp_path_factory):
+    """`lait -v eval` under torchrun with 2 processes, scoring every pair and then two-stage, in one launch (starting
+    its processes is most of its cost): the launch's stderr, and by mode its eval.json's path and the stdout of
+    each process (by rank)."""
+    folder = tmp_path_factory.mktemp("torchrun-eval")
+    common = ["-v", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir]
+    modes = {"full": [*EVAL_COMMON, "--no-progress"], "two_stage": TWO_STAGE}
+    runs = [([*common, *options, "--out", str(folder / f"{mode}.json")], folder / f"{mode}.stdout")
+            for mode, options in modes.items()]
+    proc = subprocess.run(lait_runs_command(folder, runs, give_up_s=150), capture_output=True, text=True,
+                          env=EVAL_ENV, cwd=REPO, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr, {mode: (folder / f"{mode}.json", [(folder / f"{mode}.stdout.{rank}").read_text()
+                                                         for rank in (0, 1)]) for mode in modes}
+
+
+def test_eval_cli_writes_eval_json(cli_eval, tiny_checkpoint, tmp_path, capsys):
+    from lait.cli import main
+
+    proc, out = cli_eval
     result = json.loads(out.read_text())
     for direction in ("image_retrieval", "sentence_retrieval"):
         assert set(result[direction]) == {"R@1", "R@5", "R@10", "chance_R@1"}
@@ -174,51 +205,44 @@ def test_eval_cli_writes_eval_json(synth_dir, tiny_checkpoint, tmp_path):
     assert result["image_retrieval"]["chance_R@1"] == pytest.approx(1 / 40)
     assert "image retrieval" in proc.stdout and "R@10" in proc.stdout
 
-    bad = subprocess.run([sys.executable, "-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data",
-                          str(tmp_path / "missing")], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "missing" in bad.stderr
+    # A missing --data: a failing status and one line, no traceback (in this process: `python -m lait` exits
+    # with what main returns).
+    assert main(["eval", "--checkpoint", tiny_checkpoint, "--data", str(tmp_path / "missing")]) != 0
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and "missing" in error
 
 
-def test_eval_under_torchrun_shares_the_pairs_and_reports_the_same_recall(synth_dir, tiny_checkpoint, tmp_path):
-    env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    common = ["-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--split", "test",
-              "--batch-size", "400", "--no-progress"]  # 3,200 pairs: two shares of four whole batches each
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=120)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*torchrun(2), *common[:2], "-v", *common[2:],
-                          "--out", str(tmp_path / "two.json")], capture_output=True, text=True, env=env, cwd=REPO,
-                         timeout=180)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "process 0 of 2 scores pairs 0-1600 of 3200" in two.stderr
-    assert "process 1 of 2 scores pairs 1600-3200 of 3200" in two.stderr
-    alone, shared = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+def test_eval_under_torchrun_shares_the_pairs_and_reports_the_same_recall(cli_eval, torchrun_evals):
+    stderr, runs = torchrun_evals
+    two, stdout = runs["full"]
+    assert "process 0 of 2 scores pairs 0-1600 of 3200" in stderr
+    assert "process 1 of 2 scores pairs 1600-3200 of 3200" in stderr
+    alone, shared = (json.loads(path.read_text()) for path in (cli_eval[1], two))
     assert (alone["processes"], shared["processes"]) == (1, 2)
     assert shared["pairs_scored"] == alone["pairs_scored"] == 3200
     for direction in ("image_retrieval", "sentence_retrieval"):
         assert shared[direction] == alone[direction], direction
-    assert two.stdout.count("image retrieval") == 1, "only the first process reports"
+    assert (stdout[0].count("image retrieval"), stdout[1]) == (1, ""), "only the first process reports"
 
 
 def test_two_stage_eval_under_torchrun_shares_the_embeddings_and_reports_the_same_recall(synth_dir, tiny_checkpoint,
-                                                                                       tmp_path):
-    env = {"PYTHONPATH": REPO, "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    common = ["-m", "lait", "eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, "--split", "test",
-              "--two-stage-k", "5", "--batch-size", "64", "--no-progress"]
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=120)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([*torchrun(2), *common[:2], "-v", *common[2:], "--out", str(tmp_path / "two.json")],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
-    assert two.returncode == 0, two.stderr[-3000:]
-    alone, shared = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+                                                                                       torchrun_evals, tmp_path):
+    from lait.cli import main
+
+    stderr, runs = torchrun_evals
+    two, stdout = runs["two_stage"]
+    # alone: in this process (one thread, as the torchrun processes)
+    assert main(["eval", "--checkpoint", tiny_checkpoint, "--data", synth_dir, *TWO_STAGE,
+                 "--out", str(tmp_path / "one.json")]) == 0
+    alone, shared = (json.loads(path.read_text()) for path in (tmp_path / "one.json", two))
     captions, images = alone["num_captions"], alone["num_images"]
-    assert f"process 0 of 2 embeds captions 0-{captions // 2} and images 0-{images // 2}" in two.stderr
-    assert f"process 1 of 2 embeds captions {captions // 2}-{captions} and images {images // 2}-{images}" in two.stderr
+    assert f"process 0 of 2 embeds captions 0-{captions // 2} and images 0-{images // 2}" in stderr
+    assert f"process 1 of 2 embeds captions {captions // 2}-{captions} and images {images // 2}-{images}" in stderr
     assert (alone["mode"], shared["mode"]) == ("two_stage", "two_stage")
     assert shared["pairs_scored"] == alone["pairs_scored"] < captions * images
     for key in ("image_retrieval", "sentence_retrieval", "prerank_recall"):
         assert shared[key] == alone[key], key
+    assert (stdout[0].count("image retrieval"), stdout[1]) == (1, ""), "only the first process reports"
 
 
 def test_fixed_shapes_score_like_trimmed_batches(synth_dir, tiny_trained):
@@ -299,27 +323,32 @@ def test_full_mode_scores_in_length_order_but_reports_every_pair_in_place(synth_
         assert got[direction] == pytest.approx(expected[direction], abs=1 / 80)  # at most one tie may flip
 
 
-def test_folds_rank_each_folds_captions_against_its_own_images(synth_dir, tiny_trained):
+def test_folds_rank_each_folds_captions_against_its_own_images(tiny_trained, tmp_path):
     """MSCOCO's 1K protocol: folds of consecutive images in the captions' order, recall averaged."""
     from model.data import load_captions
     from model.eval import score_pairs
+    from model.synthetic import write_synthetic
 
     model, tokenizer_json = tiny_trained
+    # A test split of 20 images (2 captions each), the model's feature width: the checks below score each pair
+    # one at a time, each fold's pairs growing as the square of its images.
+    synth_dir = str(tmp_path / "synth")
+    write_synthetic(synth_dir, images=20, feature_dim=16, test_images=20, seed=1)
     data = eval_split(model, tokenizer_json, synth_dir)
     n_captions, n_images = data.shape
+    assert (n_captions, n_images) == (40, 20)
     folds = data.folds(2)
     in_order = list(load_captions(f"{synth_dir}/captions", "test"))  # image ids as the captions list them
-    assert [data.images[i].image_id for i in sorted(folds[0], key=lambda i: data.first_seen[i])] == in_order[:20]
+    assert [data.images[i].image_id for i in sorted(folds[0], key=lambda i: data.first_seen[i])] == in_order[:10]
     assert sorted(np.concatenate(folds).tolist()) == list(range(n_images))
-    # One pair per batch: every score is independent of its batch-mates, so both ways give equal scores.
+    # One pair per batch: every score is independent of its batch-mates, so both ways give equal scores. Each
+    # fold's block of captions x images only: the pairs across folds are no fold's.
     cpu = torch.device("cpu")
-    pairs_c = np.tile(np.arange(n_captions), n_images)
-    pairs_i = np.repeat(np.arange(n_images), n_captions)
-    matrix = score_pairs(model, data, pairs_c, pairs_i, 1, cpu, bf16=False).view(n_images, n_captions).t()
     expected = []
     for images in folds:
         captions = np.flatnonzero(np.isin(data.caption_images.numpy(), images))
-        block = matrix[torch.from_numpy(captions)][:, torch.from_numpy(images)]
+        pairs_c, pairs_i = np.tile(captions, len(images)), np.repeat(images, len(captions))
+        block = score_pairs(model, data, pairs_c, pairs_i, 1, cpu, bf16=False).view(len(images), len(captions)).t()
         local = torch.from_numpy(np.searchsorted(images, data.caption_images.numpy()[captions]))
         expected.append(recall_at_k(block, local))
     args = (model, tokenizer_json, f"{synth_dir}/regions", f"{synth_dir}/captions", "test")
@@ -328,7 +357,7 @@ def test_folds_rank_each_folds_captions_against_its_own_images(synth_dir, tiny_t
     for got, want in zip(result["per_fold"], expected):
         for direction in ("image_retrieval", "sentence_retrieval"):
             assert got[direction] == want[direction]
-            assert got[direction]["chance_R@1"] == pytest.approx(1 / 20)
+            assert got[direction]["chance_R@1"] == pytest.approx(1 / 10)
     for direction in ("image_retrieval", "sentence_retrieval"):
         assert result[direction]["R@1"] == pytest.approx(np.mean([f[direction]["R@1"] for f in expected]))
     assert "mean over 2 folds" in format_table(result)
