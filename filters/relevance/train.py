@@ -377,7 +377,9 @@ def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: Tr
     rng = np.random.default_rng(seed)
     model = RelevanceModel(arch)
     model.set_standardisation(ex.features[train_idx])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # foreach: the same updates, bit for bit, as the default per-tensor loop on the CPU, in a fifth less of the
+    # training's CPU time (the text embedding table is nearly all of the parameters, and every step updates it)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1),
