@@ -76,8 +76,10 @@ def test_beam_writes_attributes_of_an_attribute_checkpoint(tmp_path):
     from tests.features.test_weights import detectron2_vg_state
 
     path = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
+    # A detectron2 pickle in protocol 4: protocol 2 (test_weights loads that form) stores the arrays as latin-1 text,
+    # seconds to write and to read, and the test, the driver and the worker each read this file.
     with open(path, "wb") as f:
-        pickle.dump({"model": detectron2_vg_state(np.random.default_rng(0), he_scale=True)}, f, protocol=2)
+        pickle.dump({"model": detectron2_vg_state(np.random.default_rng(0), he_scale=True)}, f, protocol=4)
     assert attribute_count("vg-r101-c4", str(path)) == 400 and attribute_count("vg-r101-c4", None) == 0
     names = output_schema(2048, True).names
     assert names[-2:] == ["topk_attribute_ids", "topk_attribute_probs"] and "topk_attribute_ids" not in output_schema(2048, False).names

@@ -63,6 +63,30 @@ def vg_state():
     return detectron2_vg_state(np.random.default_rng(0))
 
 
+# Run-time sizes of the vg tests that run the loaded model: small inputs, few proposals.
+TINY_VG = {"min_size": 64, "max_size": 96, "rpn_post_nms_top_n": 4}
+
+
+@pytest.fixture(scope="module")
+def vg_home(tmp_path_factory, vg_state):
+    """A weights home holding the stand-in as detectron2's checkpointer writes it (a protocol-2 pickle): written
+    once, as writing ResNet-101's arrays that way takes seconds."""
+    home = tmp_path_factory.mktemp("detectors")
+    (home / "vg-r101-c4").mkdir()
+    with open(home / "vg-r101-c4" / "faster_rcnn_from_caffe_attr.pkl", "wb") as f:
+        pickle.dump({"model": vg_state, "__author__": "stand-in", "matching_heuristics": True}, f, protocol=2)
+    return home
+
+
+@pytest.fixture(scope="module")
+def vg_from_home(vg_home):
+    """``build_detector("vg-r101-c4")`` with no ``--weights``: the checkpoint found in the weights home and loaded
+    strictly (every key mapped). Built once (reading the pickle takes seconds); a test that changes it takes a copy."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LAIT_DETECTOR_HOME", str(vg_home))
+        return build_detector("vg-r101-c4", config=TINY_VG)
+
+
 def _check_vg_mapping(model_state, src):
     np.testing.assert_array_equal(model_state["backbone.conv1.weight"].numpy(), src["backbone.stem.conv1.weight"][:, ::-1])
     np.testing.assert_array_equal(model_state["backbone.layer3.22.conv2.weight"].numpy(), src["backbone.res4.22.conv2.weight"])
@@ -108,15 +132,11 @@ def _check_rpn_semantics(detector, src):
         torch.testing.assert_close(ours_deltas[0][0, 4 * t:4 * t + 4], d2_deltas[0, 4 * d:4 * d + 4], rtol=1e-4, atol=1e-3)
 
 
-def test_vg_detectron2_pickle_loads_from_weights_home(tmp_path, monkeypatch, vg_state):
+def test_vg_detectron2_pickle_loads_from_weights_home(tmp_path, monkeypatch, vg_state, vg_from_home):
     monkeypatch.setenv("LAIT_DETECTOR_HOME", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "vg-r101-c4")):
         build_detector("vg-r101-c4")
-    home = tmp_path / "vg-r101-c4"
-    home.mkdir()
-    with open(home / "faster_rcnn_from_caffe_attr.pkl", "wb") as f:  # the layout detectron2's checkpointer writes
-        pickle.dump({"model": vg_state, "__author__": "stand-in", "matching_heuristics": True}, f, protocol=2)
-    detector = build_detector("vg-r101-c4")  # found in the weights home; strict: every key mapped
+    detector = vg_from_home  # the same call with the checkpoint in the weights home
     _check_vg_mapping(detector.model.state_dict(), vg_state)
     _check_rpn_semantics(detector, vg_state)
     assert detector.feature_dim == 2048 and len(detector.class_names) == 1600
@@ -228,19 +248,18 @@ def test_class_names_files(tmp_path):
         build(class_names=["person", "cat", "dog"])
 
 
-def test_vg_attribute_head_loads_and_regions_carry_attributes(tmp_path, vg_state):
+def test_vg_attribute_head_loads_and_regions_carry_attributes(tmp_path, vg_state, vg_from_home):
     """An attribute checkpoint builds the attribute head; regions and their Parquet rows get top-k attributes."""
+    import copy
+
     import schemas
     from model.detectors import BoxSelection
     from model.detectors.images import decode_for_detector
     from pipeline.features import ImageRegions, classes_info, regions_table
     from tests.features.scenes import encode, make_scene
 
-    path = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
-    with open(path, "wb") as f:
-        pickle.dump({"model": vg_state}, f, protocol=2)
-    tiny = {"min_size": 64, "max_size": 96, "rpn_post_nms_top_n": 6}
-    detector = build_detector("vg-r101-c4", weights=str(path), config=tiny)
+    tiny = TINY_VG
+    detector = copy.deepcopy(vg_from_home)  # faster_rcnn_from_caffe_attr.pkl, loaded; a copy, as this test changes it
     head = detector.model.roi_heads.attribute_head
     src = vg_state["roi_heads.box_predictor.cls_embedding.weight"]
     np.testing.assert_array_equal(head.cls_embedding.weight.detach().numpy()[0], src[1600])  # background first
