@@ -14,7 +14,7 @@ import schemas
 from crawler.middlewares import RefusedRequest, RobotsTxtMiddleware
 from crawler.spiders.lait import LaitSpider, declared_not_html
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_crawl
+from tests.crawler.test_crawl_site import lait_crawl_here
 
 ROBOTS_OK = (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n")
 BIG = 32 * 2**20  # far over what the socket buffers of a loopback connection hold
@@ -45,15 +45,23 @@ def not_html_site() -> MockSite:
     })
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
-def test_a_link_that_is_not_html_is_a_not_html_row_without_its_body_downloaded(tmp_path, processes):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module", params=[1, 2], ids=["1proc", "2proc"])
+def not_html_crawl(request, tmp_path_factory):
+    """A crawl of ``not_html_site`` in 1 or 2 processes, with image rules of its own (formats, pixels, no aspect
+    check) for stats.json to record: (site, its output folder, the body bytes the site sent by path)."""
+    out = tmp_path_factory.mktemp(f"not-html-{request.param}") / "out"
     # The page cap above the files' size and a timeout to match: before the fix they were downloaded whole.
-    settings = dict(TEST_SETTINGS, LAIT_PAGE_MAXSIZE=2 * BIG, DOWNLOAD_TIMEOUT=30)
+    settings = dict(TEST_SETTINGS, LAIT_PAGE_MAXSIZE=2 * BIG, DOWNLOAD_TIMEOUT=30, LAIT_IMAGE_FORMATS="jpg,png",
+                    LAIT_MAX_PIXELS=1_000_000)
     with not_html_site() as site:
-        lait_crawl(site.url + "/index.html", "--out", str(out), "--allow-private-networks", "--min-side",
-                   str(TEST_MIN_SIDE), "--processes", str(processes), settings=settings)
+        lait_crawl_here(site.url + "/index.html", "--out", str(out), "--allow-private-networks", "--min-side",
+                        str(TEST_MIN_SIDE), "--max-aspect", "0", "--processes", str(request.param), settings=settings)
         sent = collections.Counter(site.sent)
+    return site, out, sent
+
+
+def test_a_link_that_is_not_html_is_a_not_html_row_without_its_body_downloaded(not_html_crawl):
+    site, out, sent = not_html_crawl
     rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
     assert sorted((r["page_url"][len(site.url):], r["reason"], r["detail"]) for r in rejected) == [
         ("/files/notes.txt", "not_html", "text/plain"), ("/files/poster.jpg", "not_html", "image/jpeg"),
@@ -70,21 +78,14 @@ def test_a_link_that_is_not_html_is_a_not_html_row_without_its_body_downloaded(t
     assert sent["/untyped.bin"] == 4000
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
-def test_stats_json_records_the_image_rules_the_crawl_applied(tmp_path, processes):
+def test_stats_json_records_the_image_rules_the_crawl_applied(not_html_crawl):
     """stats.json held the funnel but not the rules behind it: `lait demo --from` could not tell a crawl made with
     --min-side 128 from one made with 100. The values used are recorded (as lait filter's `settings`), once per
-    run with several processes: a max aspect of 0 as 0 (off), the formats as compared."""
-    out = tmp_path / "out"
-    site = MockSite({"/robots.txt": ROBOTS_OK,
-                     "/index.html": (200, HTML, html('<img src="/img/a.jpg" alt="A small red square">')),
-                     "/img/a.jpg": (200, JPEG, jpeg(96, 72))})
-    settings = dict(TEST_SETTINGS, LAIT_IMAGE_FORMATS="jpg,png", LAIT_MAX_PIXELS=1_000_000)
-    with site:
-        lait_crawl(site.url + "/index.html", "--out", str(out), "--allow-private-networks", "--min-side",
-                   str(TEST_MIN_SIDE), "--max-aspect", "0", "--processes", str(processes), settings=settings)
+    run with several processes: a max aspect of 0 as 0 (off), the formats as compared. (The crawl of the test
+    above, made with these rules.)"""
+    _, out, _ = not_html_crawl
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["kept"] == 1
+    assert stats["kept"] == 2  # the two JPEG images, under the formats "jpg,png"
     assert stats["settings"] == {"min_side": TEST_MIN_SIDE, "max_aspect": 0.0, "image_formats": ["JPEG", "PNG"],
                                  "max_pixels": 1_000_000}
     assert not any("settings" in part for part in stats.get("by_process", []))
@@ -172,8 +173,8 @@ def test_a_crawl_asks_a_recovered_robots_txt_again_and_fetches_the_host(tmp_path
             if retry_after is not None:
                 settings["LAIT_ROBOTS_RETRY_AFTER"] = retry_after
             out = tmp_path / name
-            lait_crawl(site.url + "/p1.html", "--out", str(out), "--allow-private-networks", "--min-side",
-                       str(TEST_MIN_SIDE), settings=settings)
+            lait_crawl_here(site.url + "/p1.html", "--out", str(out), "--allow-private-networks", "--min-side",
+                            str(TEST_MIN_SIDE), settings=settings)
             rows = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
             kept = (schemas.read_table(str(out / "candidates"), "candidates", columns=["image_url"]).to_pylist()
                     if (out / "candidates").exists() else [])

@@ -3,6 +3,7 @@ latest run's outcome (a kept candidate stays kept), and stats.json counts the re
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import schemas
 from tests.procs import children_running
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import ROOT, lait_crawl, path_of, small_site, small_site_candidate_ids
+from tests.crawler.test_crawl_site import ROOT, lait_crawl_here, path_of, small_site, small_site_candidate_ids
 
 COMMON = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
 #: Rows that are records of their own, whatever else shares their candidate_id (crawler.output.OWN_RECORD_REASONS).
@@ -60,7 +61,7 @@ HEALTHY = sorted([
 
 
 def crawl(site: MockSite, out, *args: str) -> None:
-    lait_crawl(site.url + "/", "--out", str(out), *COMMON, *args, settings=TEST_SETTINGS)
+    lait_crawl_here(site.url + "/", "--out", str(out), *COMMON, *args, settings=TEST_SETTINGS)
 
 
 def read_books(out) -> tuple[list[dict], list[dict], dict]:
@@ -113,11 +114,11 @@ def test_a_crawl_stopped_with_images_pending_then_rerun_keeps_each_record_once(t
         expected = small_site_candidate_ids(site)
         # CLOSESPIDER_PAGECOUNT stops the crawl as Ctrl-C does; without a job folder the candidates still
         # waiting for their image become image_not_fetched rows.
-        lait_crawl(site.url + "/p0.html", "--out", str(out), *COMMON,
-                   settings=dict(TEST_SETTINGS, CLOSESPIDER_PAGECOUNT=6, CONCURRENT_REQUESTS=2))
+        lait_crawl_here(site.url + "/p0.html", "--out", str(out), *COMMON,
+                        settings=dict(TEST_SETTINGS, CLOSESPIDER_PAGECOUNT=6, CONCURRENT_REQUESTS=2))
         not_fetched = [r["candidate_id"] for r in read_books(out)[1] if r["reason"] == "image_not_fetched"]
         assert not_fetched, "the first run must stop with images pending"
-        lait_crawl(site.url + "/p0.html", "--out", str(out), *COMMON, settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/p0.html", "--out", str(out), *COMMON, settings=TEST_SETTINGS)
     candidates, rejected, stats = assert_one_row_per_record(out)
     assert sorted(c["candidate_id"] for c in candidates) == expected  # an uninterrupted crawl's candidates
     assert rejected == [] and stats["superseded_rejects"] == len(not_fetched)
@@ -147,10 +148,11 @@ def test_ctrl_c_without_jobdir_then_rerun_keeps_each_record_once(tmp_path, proce
         assert first["in"] == first["lait/ref/img"], first
         not_fetched = [r for r in first_rejected if r["reason"] == "image_not_fetched"]
         assert not_fetched, "the first run must stop with images pending"
-        # The images answer after 0.2 s: a roomier timeout than the tests' 1 s, so that a loaded machine does not
-        # turn one into a rejected row.
-        lait_crawl(site.url + "/p0.html", "--out", str(out), "--processes", str(processes), *COMMON,
-                   settings=dict(TEST_SETTINGS, DOWNLOAD_TIMEOUT=15))
+        # The slow images made the stop land mid-crawl; the rerun need not wait for them. A roomier timeout than
+        # the tests' 1 s all the same, so that a loaded machine does not turn one into a rejected row.
+        site.slow_prefix = None
+        lait_crawl_here(site.url + "/p0.html", "--out", str(out), "--processes", str(processes), *COMMON,
+                        settings=dict(TEST_SETTINGS, DOWNLOAD_TIMEOUT=15))
     candidates, rejected, stats = assert_one_row_per_record(out)
     assert sorted(c["candidate_id"] for c in candidates) == expected, rejected
     assert rejected == [] and stats["superseded_rejects"] == len(not_fetched)
@@ -188,31 +190,95 @@ def test_ctrl_c_while_the_crawl_processes_start_still_settles_the_books(tmp_path
 
 # ------------------------------------------------------------------------------- transient failures
 
-def test_transient_image_failures_then_success_leave_the_kept_rows_and_the_duplicate(tmp_path):
-    from lait import cli
-
-    out = tmp_path / "run" / "crawl"
+@pytest.fixture(scope="module")
+def transient_runs(tmp_path_factory):
+    """Three crawls of ``rerun_site`` into one folder: a.jpg, d.jpg (both its references) and empty.html answer 503;
+    then a.jpg and empty.html answer 500 and d.jpg recovers; then all recover. (site, the folder, [a copy of it
+    after the first crawl, after the second])."""
+    root = tmp_path_factory.mktemp("transient")
+    out = root / "run" / "crawl"
+    copies = []
     with rerun_site() as site:
         healthy = dict(site.pages)
-        site.pages.update({"/img/a.jpg": failing(503), "/img/d.jpg": failing(503)})
-        crawl(site, out)
-        assert ("/pics.html", "/img/a.jpg", "http_503") in rows_of(out, site)
-        assert rows_of(out, site).count(("/dups.html", "/img/d.jpg", "http_503")) == 2  # both references
-        site.pages.update(healthy)
-        crawl(site, out)
+        for failures in ({"/img/a.jpg": 503, "/img/d.jpg": 503, "/empty.html": 503},
+                         {"/img/a.jpg": 500, "/empty.html": 500}, {}):
+            site.pages.update(healthy)
+            site.pages.update({path: failing(status) for path, status in failures.items()})
+            crawl(site, out)
+            if failures:
+                copies.append(root / f"after-{len(copies) + 1}")
+                shutil.copytree(out, copies[-1])
+    return site, out, copies
+
+
+def test_transient_image_failures_then_success_leave_the_kept_rows_and_the_duplicate(transient_runs):
+    from lait import cli
+
+    site, out, (failed, recovered_d) = transient_runs
+    assert ("/pics.html", "/img/a.jpg", "http_503") in rows_of(failed, site)
+    assert rows_of(failed, site).count(("/dups.html", "/img/d.jpg", "http_503")) == 2  # both references
+    # d.jpg recovered in the second crawl: its kept row and its duplicate_candidate row replace both 503 rows.
+    assert [row for row in rows_of(recovered_d, site) if row[1] == "/img/d.jpg"] == [
+        row for row in HEALTHY if row[1] == "/img/d.jpg"]
     assert rows_of(out, site) == HEALTHY  # the duplicate_candidate and decorative_image rows stay
     _, _, stats = assert_one_row_per_record(out)
-    assert stats["superseded_rejects"] == 3
+    assert stats["superseded_rejects"] == 2  # a.jpg's and empty.html's 500 rows
     assert cli.main(["audit", str(out.parent)]) == 0
 
 
-def test_kept_then_failing_leaves_the_kept_rows(tmp_path):
-    out = tmp_path / "out"
+def test_two_transient_reasons_leave_the_newer(transient_runs):
+    site, _, (_, newer_run) = transient_runs
+    newer = [("/empty.html", "", "http_500"), ("/pics.html", "/img/a.jpg", "http_500")]
+    assert rows_of(newer_run, site) == sorted([r for r in HEALTHY if r[1] != "/img/a.jpg"] + newer)
+    _, _, stats = assert_one_row_per_record(newer_run)
+    assert stats["superseded_rejects"] == 4  # a.jpg's and empty.html's 503 rows, and d.jpg's two (now kept)
+
+
+@pytest.fixture(scope="module")
+def healthy_crawl(tmp_path_factory):
+    """``rerun_site`` served for the module with one healthy crawl of it, copied by ``after_a_healthy_crawl``."""
+    out = tmp_path_factory.mktemp("healthy") / "out"
     with rerun_site() as site:
         crawl(site, out)
-        assert rows_of(out, site) == HEALTHY
-        site.pages.update({"/img/a.jpg": failing(503), "/img/d.jpg": failing(503), SOLO: failing(503)})
-        crawl(site, out)
+        yield site, out, dict(site.pages)
+
+
+@pytest.fixture
+def after_a_healthy_crawl(healthy_crawl, tmp_path):
+    """(site, a copy of the healthy crawl's folder in tmp_path to rerun into); the site's pages are put back after."""
+    site, healthy, pages = healthy_crawl
+    out = tmp_path / "out"
+    shutil.copytree(healthy, out)  # copy2: the shards keep their mtimes (reconcile orders by them)
+    yield site, out
+    site.pages.clear()
+    site.pages.update(pages)
+
+
+def opt_out(site: MockSite) -> None:
+    """pics.html and dups.html opt out (``noai``)."""
+    for page in ("/pics.html", "/dups.html"):
+        status, headers, body = site.pages[page]
+        site.pages[page] = (status, headers, body.replace(b"</head>", b'<meta name="robots" content="noai"></head>'))
+
+
+@pytest.fixture(scope="module")
+def opted_out_fresh(healthy_crawl, tmp_path_factory):
+    """The rows of a first crawl of ``rerun_site`` once pics.html and dups.html opted out."""
+    site, _, pages = healthy_crawl
+    fresh = tmp_path_factory.mktemp("fresh") / "out"
+    opt_out(site)
+    try:
+        crawl(site, fresh)
+    finally:
+        site.pages.update(pages)
+    return rows_of(fresh, site)
+
+
+def test_kept_then_failing_leaves_the_kept_rows(after_a_healthy_crawl):
+    site, out = after_a_healthy_crawl
+    assert rows_of(out, site) == HEALTHY
+    site.pages.update({"/img/a.jpg": failing(503), "/img/d.jpg": failing(503), SOLO: failing(503)})
+    crawl(site, out)
     assert rows_of(out, site) == HEALTHY
     _, _, stats = assert_one_row_per_record(out)
     assert stats["lait/out/already_kept"] == 3  # a, and d's two references: not written
@@ -220,25 +286,19 @@ def test_kept_then_failing_leaves_the_kept_rows(tmp_path):
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc"])
-def test_a_page_that_opts_out_after_a_crawl_kept_it_is_withdrawn(tmp_path, processes):
+def test_a_page_that_opts_out_after_a_crawl_kept_it_is_withdrawn(after_a_healthy_crawl, opted_out_fresh, processes):
     """Kept stays kept, except against an opt-out: the rerun's opt_out_* rows replace the kept ones."""
-    out = tmp_path / "out"
-    with rerun_site() as site:
-        crawl(site, out)
-        assert rows_of(out, site) == HEALTHY
-        for page in ("/pics.html", "/dups.html"):
-            status, headers, body = site.pages[page]
-            site.pages[page] = (status, headers, body.replace(b"</head>", b'<meta name="robots" content="noai"></head>'))
-        crawl(site, out, "--processes", str(processes))
-        fresh = tmp_path / "fresh"
-        crawl(site, fresh)
+    site, out = after_a_healthy_crawl
+    assert rows_of(out, site) == HEALTHY
+    opt_out(site)
+    crawl(site, out, "--processes", str(processes))
     # As a crawl of the opted-out site gives: each reference its opt-out row, d.jpg's repeat included (its
     # duplicate_candidate row goes), the decorative use of f.jpg still its own record.
     expected = sorted([row for row in HEALTHY if row[0] not in ("/pics.html", "/dups.html")]
                       + [("/pics.html", "/img/a.jpg", "opt_out_noai"), ("/pics.html", "/img/b.jpg", "opt_out_noai"),
                          ("/dups.html", "/img/d.jpg", "opt_out_noai"), ("/dups.html", "/img/d.jpg", "opt_out_noai"),
                          ("/dups.html", "/img/f.jpg", "opt_out_noai"), ("/dups.html", "/img/f.jpg", "decorative_image")])
-    assert rows_of(out, site) == rows_of(fresh, site) == expected
+    assert rows_of(out, site) == opted_out_fresh == expected
     _, _, stats = assert_one_row_per_record(out)
     assert stats["withdrawn_candidates"] == 4 and stats["superseded_rejects"] == 1
 
@@ -257,19 +317,6 @@ def test_pages_that_failed_then_were_fetched_leave_no_page_row(tmp_path, process
         site.slow_prefix = None
         crawl(site, out, "--processes", str(processes))
     assert rows_of(out, site) == HEALTHY  # empty.html, fetched, has no row at all
-    _, _, stats = assert_one_row_per_record(out)
-    assert stats["superseded_rejects"] == 2
-
-
-def test_two_transient_reasons_leave_the_newer(tmp_path):
-    out = tmp_path / "out"
-    with rerun_site() as site:
-        site.pages.update({"/img/a.jpg": failing(503), "/empty.html": failing(503)})
-        crawl(site, out)
-        site.pages.update({"/img/a.jpg": failing(500), "/empty.html": failing(500)})
-        crawl(site, out)
-    newer = [("/empty.html", "", "http_500"), ("/pics.html", "/img/a.jpg", "http_500")]
-    assert rows_of(out, site) == sorted([r for r in HEALTHY if r[1] != "/img/a.jpg"] + newer)
     _, _, stats = assert_one_row_per_record(out)
     assert stats["superseded_rejects"] == 2
 

@@ -1,11 +1,14 @@
 """End-to-end crawls of the mock website with the real `lait crawl` (Scrapy in a child process)."""
 import collections
+import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -30,6 +33,75 @@ def lait_crawl(*args: str, settings: dict | None = None, check: bool = True) -> 
     return result
 
 
+@contextlib.contextmanager
+def _output_to_files():
+    """This process's stdout and stderr, and those of the processes it starts, written to two temporary files
+    (file descriptors 1 and 2 as well as ``sys.stdout``/``sys.stderr``, as a child's ``capture_output`` would take
+    them): yields the two, read back by ``_read_back`` once the block has ended."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    saved_fds = [os.dup(1), os.dup(2)]
+    saved_streams = sys.stdout, sys.stderr
+    try:
+        for fd, file in zip((1, 2), files):
+            os.dup2(file.fileno(), fd)
+        sys.stdout, sys.stderr = (io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                                                   errors="replace", write_through=True) for fd in (1, 2))
+        yield files
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved_streams
+        for fd, saved in zip((1, 2), saved_fds):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _read_back(file) -> str:
+    file.seek(0)
+    text = file.read().decode("utf-8", errors="replace")
+    file.close()
+    return text
+
+
+def lait_here(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`lait ARGS` as `python -m lait ARGS` runs it (``cli.main``), in this process: what a crawl runs in its own
+    processes (the Scrapy crawl, once per process for its reactor) still does, and the test saves a Python start
+    and LAIT's imports (a second or more of a loaded machine's time per call). The result is the subprocess's:
+    exit status, stdout and stderr (the crawl processes' too, and LAIT's warnings as ``cli.main`` logs them); an
+    exception ``cli.main`` does not handle is raised here, where a subprocess would print its traceback."""
+    from lait import cli
+
+    root = logging.getLogger()
+    with _output_to_files() as (out, err):
+        # what cli.main's logging.basicConfig does in a process of its own (here the root logger has pytest's)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # argparse's errors
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        finally:
+            root.removeHandler(handler)
+    result = subprocess.CompletedProcess(["lait", *args], code, _read_back(out), _read_back(err))
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def lait_crawl_here(*args: str, settings: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """``lait_crawl`` run by ``lait_here``: the same command and result, without the `python -m lait` process."""
+    command = ["crawl", *args, "--no-progress"]
+    for key, value in (settings or {}).items():
+        command += ["-s", f"{key}={json.dumps(value)}"]
+    return lait_here(*command, check=check)
+
+
 def path_of(url: str | None, site: MockSite) -> str | None:
     return url[len(site.url):] if url and url.startswith(site.url) else url
 
@@ -39,8 +111,8 @@ def case_crawl(tmp_path_factory):
     """One crawl of the case site (the tests below read its output)."""
     out = tmp_path_factory.mktemp("case") / "crawl"
     with case_site() as site:
-        lait_crawl(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE),
-                   settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE),
+                        settings=TEST_SETTINGS)
         counts = collections.Counter(site.counts)
     candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
     rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
@@ -141,12 +213,12 @@ def test_interrupted_crawl_resumes_without_loss_refetch_or_duplicates(tmp_path):
         expected = sorted(small_site_candidate_ids(site) + [
             candidate_id(f"{site.url}/extra.html", f"{site.url}/img/extra.jpg", "Added later", None)])
         # CLOSESPIDER_PAGECOUNT stops the crawl the way Ctrl-C does: a graceful close mid-crawl.
-        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common,
-                   settings=dict(TEST_SETTINGS, CLOSESPIDER_PAGECOUNT=6, CONCURRENT_REQUESTS=2))
+        lait_crawl_here(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), *common,
+                        settings=dict(TEST_SETTINGS, CLOSESPIDER_PAGECOUNT=6, CONCURRENT_REQUESTS=2))
         first = schemas.count_rows(str(out / "candidates"))
         first_counts = collections.Counter(site.counts)
-        lait_crawl(site.url + "/p0.html", site.url + "/extra.html", "--out", str(out), "--jobdir", str(jobdir), *common,
-                   settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/p0.html", site.url + "/extra.html", "--out", str(out), "--jobdir", str(jobdir),
+                        *common, settings=TEST_SETTINGS)
         resumed_counts = collections.Counter(site.counts) - first_counts
     got = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
     assert 0 < first < len(expected), "the first run must have been interrupted part-way"
@@ -178,8 +250,9 @@ def test_ctrl_c_then_rerun_with_the_same_jobdir_loses_nothing_and_refetches_noth
         assert process.returncode == 130 and "rerun with --jobdir" in stdout
         first = schemas.count_rows(str(out / "candidates")) if (out / "candidates").exists() else 0
         first_counts = collections.Counter(site.counts)
-        lait_crawl(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), "--allow-private-networks",
-                   "--min-side", str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
+        site.slow_prefix = None  # slow images made the stop land mid-crawl; the rerun need not wait for them
+        lait_crawl_here(site.url + "/p0.html", "--out", str(out), "--jobdir", str(jobdir), "--allow-private-networks",
+                        "--min-side", str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
         second_counts = collections.Counter(site.counts) - first_counts
     got = schemas.read_table(str(out / "candidates"), "candidates").column("candidate_id").to_pylist()
     assert 0 < first < len(expected)
@@ -187,26 +260,42 @@ def test_ctrl_c_then_rerun_with_the_same_jobdir_loses_nothing_and_refetches_noth
     assert [p for p in second_counts if p.startswith("/img/") and first_counts[p]] == []
 
 
-def test_two_processes_give_the_same_candidates_and_fetch_each_image_once(tmp_path):
-    common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
-    with small_site(6) as site:
-        expected = small_site_candidate_ids(site, 6)
-        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "two"), "--processes", "2", *common,
-                   settings=TEST_SETTINGS)
-        counts = collections.Counter(site.counts)
-    two = schemas.read_table(str(tmp_path / "two" / "candidates"), "candidates")
+@pytest.fixture(scope="module")
+def bar_crawl(tmp_path_factory):
+    """``bar_crawl(processes)``: `lait crawl` of ``small_site(6)`` with its progress bar on (run once per number of
+    processes, when first asked for): (its output folder, its result, the site's counts, the expected ids)."""
+    runs = {}
+
+    def run(processes: int):
+        if processes not in runs:
+            out = tmp_path_factory.mktemp(f"bar{processes}") / "out"
+            with small_site(6) as site:
+                settings = [arg for key, value in TEST_SETTINGS.items() for arg in ("-s", f"{key}={json.dumps(value)}")]
+                result = lait_here("crawl", site.url + "/p0.html", "--out", str(out), "--processes", str(processes),
+                                   "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE), *settings, check=False)
+                runs[processes] = out, result, collections.Counter(site.counts), small_site_candidate_ids(site, 6)
+        return runs[processes]
+
+    return run
+
+
+def test_two_processes_give_the_same_candidates_and_fetch_each_image_once(bar_crawl):
+    # The crawl of the progress bar's test, in two processes (the bar changes nothing of what they fetch and keep).
+    out, result, counts, expected = bar_crawl(2)
+    assert result.returncode == 0, result.stderr
+    two = schemas.read_table(str(out / "candidates"), "candidates")
     assert sorted(two.column("candidate_id").to_pylist()) == expected
     assert max(n for path, n in counts.items() if path.startswith("/img/")) == 1
-    shards = {os.path.basename(p).rsplit("-", 1)[0] for p in schemas.list_parquet_files(str(tmp_path / "two" / "candidates"))}
+    shards = {os.path.basename(p).rsplit("-", 1)[0] for p in schemas.list_parquet_files(str(out / "candidates"))}
     assert shards == {"part-p0", "part-p1"}  # both processes validated images
-    stats = json.loads((tmp_path / "two" / "stats.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
     assert stats["processes"] == 2 and stats["kept"] == len(expected)
     assert stats["lait/image/validated"] == 6 * 2 + 1  # two own images per page and the common one
 
 
 def test_without_allow_private_networks_loopback_is_refused_before_any_request(tmp_path):
     with small_site(2) as site:
-        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "out"), settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/p0.html", "--out", str(tmp_path / "out"), settings=TEST_SETTINGS)
         assert site.log == []
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["kept"] == 0
@@ -225,8 +314,8 @@ def test_a_redirect_out_of_the_allowed_networks_is_refused(tmp_path):
         "/go": (302, {"Location": f"http://127.0.0.2:{site.port}/internal.html"}, b""),
     })
     with site:
-        lait_crawl(site.url + "/start.html", "--out", str(tmp_path / "out"),
-                   settings=dict(TEST_SETTINGS, LAIT_ALLOWED_NETWORKS=["127.0.0.1/32"]))
+        lait_crawl_here(site.url + "/start.html", "--out", str(tmp_path / "out"),
+                        settings=dict(TEST_SETTINGS, LAIT_ALLOWED_NETWORKS=["127.0.0.1/32"]))
     rejected = schemas.read_table(str(tmp_path / "out" / "rejected"), "rejected").to_pylist()
     reasons = {(r["page_url"] or "").replace(site.url, ""): (r["image_url"], r["reason"]) for r in rejected}
     assert reasons == {"/go": (None, "private_network_refused"),
@@ -237,10 +326,10 @@ def test_a_redirect_out_of_the_allowed_networks_is_refused(tmp_path):
 def test_max_pages_and_allowed_domains_narrow_the_crawl(tmp_path):
     common = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
     with small_site(5) as site:
-        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "capped"), "--max-pages", "2", *common,
-                   settings=TEST_SETTINGS)
-        lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "other"), "--allowed-domains", "example.org",
-                   *common, settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/p0.html", "--out", str(tmp_path / "capped"), "--max-pages", "2", *common,
+                        settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/p0.html", "--out", str(tmp_path / "other"), "--allowed-domains", "example.org",
+                        *common, settings=TEST_SETTINGS)
         fetched_pages = sorted(p for p in site.counts if p.endswith(".html"))
     capped = json.loads((tmp_path / "capped" / "stats.json").read_text())
     assert capped["lait/page/fetched"] == 2 and capped["kept"] == 6
@@ -250,7 +339,7 @@ def test_max_pages_and_allowed_domains_narrow_the_crawl(tmp_path):
 
 
 def test_cli_rejects_non_http_start_urls(tmp_path):
-    result = lait_crawl("file:///etc/passwd", "--out", str(tmp_path / "out"), check=False)
+    result = lait_crawl_here("file:///etc/passwd", "--out", str(tmp_path / "out"), check=False)
     assert result.returncode == 2 and "only http(s)" in result.stderr and not result.stdout
     assert not (tmp_path / "out").exists()
 
@@ -299,9 +388,9 @@ def test_malformed_and_repeated_references_are_each_a_row_and_each_page_is_crawl
     with hostile_urls_site() as site:
         command = [site.url, site.url + "/#x", "--out", str(out), "--jobdir", str(jobdir), "--allow-private-networks",
                    "--min-side", str(TEST_MIN_SIDE)]
-        lait_crawl(*command, settings=dict(TEST_SETTINGS, URLLENGTH_LIMIT=200))
+        lait_crawl_here(*command, settings=dict(TEST_SETTINGS, URLLENGTH_LIMIT=200))
         first = collections.Counter(site.counts)
-        lait_crawl(*command, settings=dict(TEST_SETTINGS, URLLENGTH_LIMIT=200))  # the job is done: nothing new
+        lait_crawl_here(*command, settings=dict(TEST_SETTINGS, URLLENGTH_LIMIT=200))  # the job is done: nothing new
         assert collections.Counter(site.counts) == first
     assert first["/"] == first["/urls.html"] == first["/dups.html"] == 1
     assert not [p for p in first if "99999" in p or "[" in p or "lll" in p]
@@ -321,10 +410,10 @@ def test_malformed_and_repeated_references_are_each_a_row_and_each_page_is_crawl
 def test_an_unusable_out_or_a_negative_count_is_a_clear_error_before_crawling(tmp_path):
     (tmp_path / "afile").write_text("x")
     for out, message in ((tmp_path / "afile", "exists and is not a folder"), (tmp_path / "afile" / "sub", "Not a directory")):
-        result = lait_crawl("http://127.0.0.1:9/", "--out", str(out), check=False)
+        result = lait_crawl_here("http://127.0.0.1:9/", "--out", str(out), check=False)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     for option, value in (("--max-pages", "-1"), ("--depth", "-3"), ("--processes", "0")):
-        result = lait_crawl("http://127.0.0.1:9/", "--out", str(tmp_path / "out"), option, value, check=False)
+        result = lait_crawl_here("http://127.0.0.1:9/", "--out", str(tmp_path / "out"), option, value, check=False)
         assert result.returncode == 2 and f"argument {option}: must be" in result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -386,8 +475,8 @@ def odd_crawl(tmp_path_factory):
     out = tmp_path_factory.mktemp("odd") / "crawl"
     site, failing, silent = odd_sites()
     with site, failing, silent:
-        lait_crawl(site.url + "/", failing.url + "/page.html", silent.url + "/page.html", "--out", str(out),
-                   "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/", failing.url + "/page.html", silent.url + "/page.html", "--out", str(out),
+                        "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
     candidates = schemas.read_table(str(out / "candidates"), "candidates", columns=["page_url", "image_url"]).to_pylist()
     rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
     stats = json.loads((out / "stats.json").read_text())
@@ -438,18 +527,12 @@ def test_a_robots_txt_that_fails_or_never_answers_disallows_its_host(odd_crawl):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_the_progress_bar_counts_every_process(tmp_path, processes):
+def test_the_progress_bar_counts_every_process(bar_crawl, processes):
     """One bar in `lait crawl`'s own process sums what each crawl process reports: process 0's bar showed only
     its share of the images (and stopped when it was done, while the others still fetched)."""
-    with small_site(6) as site:
-        command = [sys.executable, "-m", "lait", "crawl", site.url + "/p0.html", "--out", str(tmp_path / "out"),
-                   "--processes", str(processes), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
-        for key, value in TEST_SETTINGS.items():
-            command += ["-s", f"{key}={json.dumps(value)}"]
-        result = subprocess.run(command, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                                timeout=120)
+    out, result, _, _ = bar_crawl(processes)
     assert result.returncode == 0, result.stderr
-    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
     final = result.stderr.replace("\r", "\n").strip().splitlines()[-1]  # the bar's last state
     assert f"images={stats['lait/image/validated']}" in final and f"kept={stats['kept']}" in final, final
     assert stats["lait/image/validated"] == 6 * 2 + 1 and f"pages={stats['lait/page/fetched']}," in final

@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,8 +16,7 @@ from warcio.warcwriter import WARCWriter
 import schemas
 from crawler import images
 from tests.crawler.mocksite import JPEG, TEST_MIN_SIDE, MockSite, html, jpeg
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.crawler.test_crawl_site import lait_here
 
 
 def _response(writer: WARCWriter, url: str, body: bytes, content_type: str, status: str = "200 OK", extra=(),
@@ -82,13 +79,9 @@ def test_warc_files_become_candidates_with_counted_rejects(tmp_path):
     with site:
         files = write_test_warcs(str(tmp_path), site.url)
         out = tmp_path / "out"
-        env = dict(os.environ, PYTHONPATH=ROOT)
         # Every image the WARC lacks is on the local site: the download step only ever talks to 127.0.0.1.
-        result = subprocess.run(
-            [sys.executable, "-m", "lait", "crawl", "--warc", *files, "--out", str(out), "--allow-private-networks",
-             "--min-side", str(TEST_MIN_SIDE), "-s", "DOWNLOAD_DELAY=0", "-s", "DOWNLOAD_TIMEOUT=2"],
-            env=env, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
+        lait_here("crawl", "--warc", *files, "--out", str(out), "--allow-private-networks", "--min-side",
+                  str(TEST_MIN_SIDE), "-s", "DOWNLOAD_DELAY=0", "-s", "DOWNLOAD_TIMEOUT=2")
         assert site.counts["/img/online.jpg"] == 1 and site.counts["/img/gone.jpg"] == 1
         assert set(site.counts) == {"/robots.txt", "/img/online.jpg", "/img/gone.jpg"}
     candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
@@ -239,9 +232,8 @@ def test_hostile_warc_files_give_counted_rejects_and_keep_every_good_record(tmp_
                                                           payload=io.BytesIO(payload), warc_content_type="application/json"))
         _wat(writer, "http://warc.example/dir/w.html", [{"path": "IMG@/src", "url": "../a.jpg", "alt": 7}])
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "lait", "crawl", "--warc", str(path), str(wat_path), "--out", str(out),
-                             "--no-download", "--min-side", str(TEST_MIN_SIDE)],
-                            env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    result = lait_here("crawl", "--warc", str(path), str(wat_path), "--out", str(out), "--no-download", "--min-side",
+                       str(TEST_MIN_SIDE), check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr[-3000:]
     candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
     assert sorted((c["page_url"], c["alt"]) for c in candidates) == [
@@ -260,10 +252,8 @@ def test_a_missing_warc_input_is_a_clear_error_and_the_previous_output_stays(tmp
     out = tmp_path / "out"
     out.mkdir()
     (out / "stats.json").write_text("{}")
-    env = dict(os.environ, PYTHONPATH=ROOT)
     for missing in (str(tmp_path / "nope.warc.gz"), str(tmp_path / "none-*.warc.gz")):
-        result = subprocess.run([sys.executable, "-m", "lait", "crawl", "--warc", missing, "--out", str(out),
-                                 "--no-download"], env=env, capture_output=True, text=True, timeout=120)
+        result = lait_here("crawl", "--warc", missing, "--out", str(out), "--no-download", check=False)
         assert result.returncode == 2, result.stdout + result.stderr[-3000:]
         assert f"no such file: {missing}" in result.stderr and "Traceback" not in result.stderr
     assert (out / "stats.json").exists()
@@ -379,34 +369,34 @@ def test_parts_of_one_file_give_the_one_part_output_except_the_join_across_parts
 
 
 def test_a_candidate_rejected_in_one_part_and_kept_in_another_has_one_outcome(tmp_path):
-    """c.html in two files, its image only in the second: one pipeline keeps it once and books the repeat as
-    duplicate_candidate; parts give the same, not kept + image_not_in_warc (and in the other order too)."""
+    """c.html in three files, its image only in the second: one pipeline keeps it once and books the repeats as
+    duplicate_candidate; parts give the same, not kept + image_not_in_warc, for the part before the one that keeps
+    it and for the part after it alike."""
     from crawler import warc
     from crawler.extract import candidate_id
 
     page = html('<img src="/img/three.jpg" alt="Three"><img src="ftp://warc.example/x.jpg" alt="By FTP">')
     with_image = [("c.html", page, "text/html"), ("img/three.jpg", jpeg(80, 80), "image/jpeg")]
     c_three = candidate_id("http://warc.example/c.html", "http://warc.example/img/three.jpg", "Three", None)
-    for order in ([[("c.html", page, "text/html")], with_image], [with_image, [("c.html", page, "text/html")]]):
-        files = []
-        for number, records in enumerate(order):
-            files.append(str(tmp_path / f"{len(files)}-{id(order)}.warc.gz"))
-            with open(files[-1], "wb") as handle:
-                writer = WARCWriter(handle, gzip=True)
-                for path, body, kind in records:
-                    _response(writer, f"http://warc.example/{path}", body, kind)
-        results = []
-        for per_part in (0, 1):
-            out = tmp_path / f"out-{per_part}-{id(order)}"
-            stats = warc.read_warcs(files, str(out), download=False, min_side=TEST_MIN_SIDE, files_per_part=per_part)
-            assert stats["in"] == stats["kept"] + stats["rejected"] == 4
-            results.append(outcomes(out))
-            for shard in (out / "rejected").glob("*.parquet"):  # a rewritten shard keeps the schema's fields
-                assert not pq.read_schema(shard).field("reason").nullable, shard.name
-        by_ftp = candidate_id("http://warc.example/c.html", "ftp://warc.example/x.jpg", "By FTP", None)
-        # Each capture's reference to an FTP image is its own reject, in one pipeline and in parts alike.
-        assert results[0] == results[1] == collections.Counter(
-            {(c_three, "kept"): 1, (c_three, "duplicate_candidate"): 1, (by_ftp, "unsupported_scheme"): 2})
+    files = []
+    for records in ([("c.html", page, "text/html")], with_image, [("c.html", page, "text/html")]):
+        files.append(str(tmp_path / f"{len(files)}.warc.gz"))
+        with open(files[-1], "wb") as handle:
+            writer = WARCWriter(handle, gzip=True)
+            for path, body, kind in records:
+                _response(writer, f"http://warc.example/{path}", body, kind)
+    results = []
+    for per_part in (0, 1):
+        out = tmp_path / f"out-{per_part}"
+        stats = warc.read_warcs(files, str(out), download=False, min_side=TEST_MIN_SIDE, files_per_part=per_part)
+        assert stats["in"] == stats["kept"] + stats["rejected"] == 6
+        results.append(outcomes(out))
+        for shard in (out / "rejected").glob("*.parquet"):  # a rewritten shard keeps the schema's fields
+            assert not pq.read_schema(shard).field("reason").nullable, shard.name
+    by_ftp = candidate_id("http://warc.example/c.html", "ftp://warc.example/x.jpg", "By FTP", None)
+    # Each capture's reference to an FTP image is its own reject, in one pipeline and in parts alike.
+    assert results[0] == results[1] == collections.Counter(
+        {(c_three, "kept"): 1, (c_three, "duplicate_candidate"): 2, (by_ftp, "unsupported_scheme"): 3})
 
 
 OLD, NEW = "2024-01-01T00:00:00Z", "2024-06-01T00:00:00Z"
@@ -466,12 +456,27 @@ def test_the_latest_capture_of_a_page_decides_whether_it_opted_out(tmp_path, mon
         (cid("v.html", "Foxtrot"), "opt_out_noai"): 2, (cid("g.html", "Golf"), "opt_out_noai"): 1})
     withdrawn = {cid("a.html", "Alpha"), cid("a.html", "Beta"), cid("c.html", "Delta"), cid("w.html", "Echo"),
                  cid("v.html", "Foxtrot"), cid("g.html", "Golf")}
+    real_write = schemas.write_table
+
+    def stop_after_the_opt_out_rows(table, path, kind=None, **kwargs):
+        real_write(table, path, kind, **kwargs)
+        if "-opt-outs-" in os.path.basename(path):
+            raise Stopped
+
     for older_name, newer_name in (("1-older.warc.gz", "2-newer.warc.gz"), ("2-older.warc.gz", "1-newer.warc.gz")):
         folder = tmp_path / older_name[:1]
         folder.mkdir()
         files = write_capture_warcs(str(folder), older_name, newer_name)
         for per_part in (0, 1):
             out = folder / f"out-{per_part}"
+            if per_part and older_name.startswith("2"):
+                # Stopped after the opt-out rows of a candidate shard are written, before the shard is rewritten:
+                # the rerun below ends as the uninterrupted runs do.
+                monkeypatch.setattr(schemas, "write_table", stop_after_the_opt_out_rows)
+                with pytest.raises(Stopped):
+                    read_in_parts(files, out, 1)
+                assert list((out / "rejected").glob("warc-p*-opt-outs-*.parquet")) and not (out / "stats.json").exists()
+                monkeypatch.setattr(schemas, "write_table", real_write)
             stats = warc.read_warcs(files, str(out), download=False, min_side=TEST_MIN_SIDE, files_per_part=per_part)
             assert outcomes(out) == expected, (older_name, per_part)
             assert stats["in"] == stats["kept"] + stats["rejected"] == sum(expected.values())
@@ -484,21 +489,6 @@ def test_the_latest_capture_of_a_page_decides_whether_it_opted_out(tmp_path, mon
             if per_part:
                 before = snapshot(out)
                 assert warc.dedupe_across_parts(str(out)) == 0 and snapshot(out) == before  # a rerun changes nothing
-    # Stopped after the opt-out rows of a candidate shard are written, before the shard is rewritten: a rerun ends the same.
-    out, real_write = folder / "out-stopped", schemas.write_table
-
-    def stop_after_the_opt_out_rows(table, path, kind=None, **kwargs):
-        real_write(table, path, kind, **kwargs)
-        if "-opt-outs-" in os.path.basename(path):
-            raise Stopped
-
-    monkeypatch.setattr(schemas, "write_table", stop_after_the_opt_out_rows)
-    with pytest.raises(Stopped):
-        read_in_parts(files, out, 1)
-    assert list((out / "rejected").glob("warc-p*-opt-outs-*.parquet")) and not (out / "stats.json").exists()
-    monkeypatch.setattr(schemas, "write_table", real_write)
-    read_in_parts(files, out, 1)
-    assert outcomes(out) == expected
 
 
 def test_resolve_page_keeps_one_row_per_candidate_unless_the_latest_capture_opted_out():
@@ -537,12 +527,18 @@ def test_dns_records_are_skipped_not_rejected(tmp_path):
     assert kept == [("page", "http://warc.example/1.html")] and rejected == []
 
 
-def test_a_run_stopped_after_two_parts_resumes_without_redoing_them(tmp_path, part_runs, monkeypatch, caplog):
+@pytest.fixture(scope="module")
+def stopped_twice(part_runs, tmp_path_factory):
+    """The WARC files of ``part_runs`` read in parts of one file into one folder three times: stopped in part 3
+    (after its shards, before its marker), then resumed but stopped in the dedupe across parts (at its first
+    candidate rewrite), then run to the end. What each run did and left, for the two tests below."""
     from crawler import warc
 
-    root, files, _ = part_runs
-    out = tmp_path / "out"
-    real_run_part, ran, stop = warc._run_part, [], ["warc-p00002"]
+    _, files, _ = part_runs
+    out = tmp_path_factory.mktemp("stopped") / "out"
+    facts = {"out": out}
+    real_run_part, real_write, real_read = warc._run_part, schemas.write_table, schemas.read_table
+    ran, stop, writes, reads = [], ["warc-p00002"], [], []
 
     def stopped_in_part_3(known, options, part_files, out_dir, prefix, test_pipeline=None):
         ran.append(prefix)
@@ -551,62 +547,85 @@ def test_a_run_stopped_after_two_parts_resumes_without_redoing_them(tmp_path, pa
             raise Stopped
         return counters
 
-    monkeypatch.setattr(warc, "_run_part", stopped_in_part_3)
-    with pytest.raises(Stopped):
-        read_in_parts(files, out, 1)
-    assert sorted(p.name for p in (out / "parts").glob("*.json")) == ["job.json", "p00000.json", "p00001.json"]
-    assert list((out / "parts").glob("captures-warc-p00002-*.parquet")), "part 3's captures are written with its shards"
-    assert not (out / "stats.json").exists() and list((out / "candidates").glob("warc-p00002-*.parquet"))
-    # What a kill inside Beam's write would leave: a finished shard in the part's temporary folder.
-    stale = out / "candidates" / "beam-temp-warc-p00002-0123abcd"
-    stale.mkdir()
-    shutil.copy(next((out / "candidates").glob("warc-p00002-*.parquet")), stale / "0a1b.warc-p00002.parquet")
-    done = {name: facts for name, facts in snapshot(out).items() if "warc-p00000-" in name or "warc-p00001-" in name}
-    assert len(done) == 6, "parts 1 and 2 wrote a candidate, a rejected and a captures shard each"
-    ran.clear()
-    stop.clear()
-    with caplog.at_level(logging.INFO, logger="crawler.warc"):
-        stats = read_in_parts(files, out, 1)
-    assert ran == ["warc-p00002", "warc-p00003"], "finished parts are not run again"
-    assert {name: facts for name, facts in snapshot(out).items() if name in done} == done, "their shards are untouched"
-    assert not stale.exists()
-    assert outcomes(out) == outcomes(root / "parted")
-    assert stats["in"] == part_runs[2]["in"] and stats["lait/warc/records"] == part_runs[2]["lait/warc/records"]
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("part ")]
-    assert len(lines) == 4 and "part 1 of 4 (1 files: 1-first.warc.gz)" in lines[0] and "done before, skipped, 1 kept" in lines[0]
-    assert lines[2].startswith("part 3 of 4") and ": done, " in lines[2]
-
-
-def test_the_dedupe_across_parts_finishes_after_a_stop_and_a_second_run_changes_nothing(tmp_path, part_runs,
-                                                                                          monkeypatch):
-    from crawler import warc
-
-    root, files, _ = part_runs
-    out = tmp_path / "out"
-    real_write, real_read, writes = schemas.write_table, schemas.read_table, []
-
     def stop_at_the_first_candidate_rewrite(table, path, kind=None, **kwargs):
         if kind == "candidates":  # after the shard's rejects are written, before the shard is rewritten
             raise Stopped
         writes.append(os.path.basename(path))
         return real_write(table, path, kind, **kwargs)
 
-    monkeypatch.setattr(schemas, "write_table", stop_at_the_first_candidate_rewrite)
-    with pytest.raises(Stopped):
-        read_in_parts(files, out, 1)
-    assert [w[:23] for w in writes] == ["warc-p00002-duplicates-"] and not (out / "stats.json").exists()
-    monkeypatch.setattr(schemas, "write_table", real_write)
-    reads = []
-
     def spy_read(path, kind=None, columns=None):
         reads.append((os.path.basename(path), kind, columns))
         return real_read(path, kind, columns)
 
-    monkeypatch.setattr(schemas, "read_table", spy_read)
-    monkeypatch.setattr(warc, "_run_part", lambda *a, **k: pytest.fail("every part has its marker"))
-    stats = read_in_parts(files, out, 1)  # all parts done, no stats.json: the dedupe runs again
-    monkeypatch.setattr(schemas, "read_table", real_read)
-    assert outcomes(out) == outcomes(root / "parted") and stats["in"] == part_runs[2]["in"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(warc, "_run_part", stopped_in_part_3)
+        with pytest.raises(Stopped):
+            read_in_parts(files, out, 1)
+        facts["markers"] = sorted(p.name for p in (out / "parts").glob("*.json"))
+        facts["part_3_captures"] = list((out / "parts").glob("captures-warc-p00002-*.parquet"))
+        facts["part_3_candidates"] = list((out / "candidates").glob("warc-p00002-*.parquet"))
+        facts["stats_after_part_3"] = (out / "stats.json").exists()
+        # What a kill inside Beam's write would leave: a finished shard in the part's temporary folder.
+        stale = out / "candidates" / "beam-temp-warc-p00002-0123abcd"
+        stale.mkdir()
+        shutil.copy(next((out / "candidates").glob("warc-p00002-*.parquet")), stale / "0a1b.warc-p00002.parquet")
+        facts["done"] = {name: stat for name, stat in snapshot(out).items()
+                         if "warc-p00000-" in name or "warc-p00001-" in name}
+        ran.clear()
+        stop.clear()
+        patch.setattr(schemas, "write_table", stop_at_the_first_candidate_rewrite)
+        lines, handler = [], logging.Handler(logging.INFO)
+        handler.emit = lambda record: lines.append(record.getMessage())
+        logger = logging.getLogger("crawler.warc")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            with pytest.raises(Stopped):
+                read_in_parts(files, out, 1)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        facts["resumed_parts"], facts["writes"] = list(ran), list(writes)
+        facts["part_lines"] = [line for line in lines if line.startswith("part ")]
+        facts["stats_after_dedupe_stop"] = (out / "stats.json").exists()
+        facts["stale_after_resume"] = stale.exists()
+        patch.setattr(schemas, "write_table", real_write)
+        patch.setattr(schemas, "read_table", spy_read)
+        patch.setattr(warc, "_run_part", lambda *a, **k: pytest.fail("every part has its marker"))
+        facts["stats"] = read_in_parts(files, out, 1)  # all parts done, no stats.json: the dedupe runs again
+    facts["reads"] = reads
+    return facts
+
+
+def test_a_run_stopped_after_two_parts_resumes_without_redoing_them(part_runs, stopped_twice):
+    root, _, parted_stats = part_runs
+    out, done = stopped_twice["out"], stopped_twice["done"]
+    assert stopped_twice["markers"] == ["job.json", "p00000.json", "p00001.json"]
+    assert stopped_twice["part_3_captures"], "part 3's captures are written with its shards"
+    assert not stopped_twice["stats_after_part_3"] and stopped_twice["part_3_candidates"]
+    assert len(done) == 6, "parts 1 and 2 wrote a candidate, a rejected and a captures shard each"
+    assert stopped_twice["resumed_parts"] == ["warc-p00002", "warc-p00003"], "finished parts are not run again"
+    # (the resumed run was stopped in the dedupe across parts, and a third run finished it)
+    assert {name: stat for name, stat in snapshot(out).items() if name in done} == done, "their shards are untouched"
+    assert not stopped_twice["stale_after_resume"]
+    assert outcomes(out) == outcomes(root / "parted")
+    stats = stopped_twice["stats"]
+    assert stats["in"] == parted_stats["in"] and stats["lait/warc/records"] == parted_stats["lait/warc/records"]
+    lines = stopped_twice["part_lines"]
+    assert len(lines) == 4 and "part 1 of 4 (1 files: 1-first.warc.gz)" in lines[0] and "done before, skipped, 1 kept" in lines[0]
+    assert lines[2].startswith("part 3 of 4") and ": done, " in lines[2]
+
+
+def test_the_dedupe_across_parts_finishes_after_a_stop_and_a_second_run_changes_nothing(part_runs, stopped_twice):
+    # The dedupe of the resumed run of the test above: stopped at its first candidate rewrite, then run again.
+    from crawler import warc
+
+    root, _, parted_stats = part_runs
+    out, reads = stopped_twice["out"], stopped_twice["reads"]
+    assert [w[:23] for w in stopped_twice["writes"]] == ["warc-p00002-duplicates-"]
+    assert not stopped_twice["stats_after_dedupe_stop"]
+    assert outcomes(out) == outcomes(root / "parted") and stopped_twice["stats"]["in"] == parted_stats["in"]
     whole = sorted(name[:12] for name, kind, columns in reads if kind == "candidates" and columns is None)
     assert whole == ["warc-p00002-", "warc-p00003-"], "only the shards that hold a later copy are read whole"
     assert all(columns == ["candidate_id"] for _, kind, columns in reads if kind == "candidates" and columns)
