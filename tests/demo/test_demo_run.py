@@ -10,6 +10,7 @@ import pytest
 from demo import report
 from demo import run as demo_run
 from demo.run import Demo, DemoConfig, Step
+from tests.crawler.test_crawl_site import lait_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,8 +21,19 @@ def _lait(*args, timeout=300):
                           timeout=timeout)
 
 
+def _in_this_process(demo: Demo) -> Demo:
+    """``demo`` with the stages it starts as `python -m lait ...` run by ``lait_here`` (``cli.main`` in this
+    process): the same command lines and exit statuses, without a Python start and LAIT's imports each."""
+    def run_process(argv, **popen_args):
+        assert argv[:3] == [sys.executable, "-m", "lait"], argv
+        return lait_here(*argv[3:], check=False).returncode
+
+    demo.run_process = run_process
+    return demo
+
+
 def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
-    proc = _lait("demo", "--dry-run", "--out", str(tmp_path / "d"), "--min-side", "100", "--relevance-keep-rate", "0.85")
+    proc = lait_here("demo", "--dry-run", "--out", str(tmp_path / "d"), "--min-side", "100", "--relevance-keep-rate", "0.85")
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(None, 1) for line in proc.stdout.splitlines())
     assert list(lines) == ["site", "crawl", "filter0", "relevance_train", "filter", "relevance_eval", "detector",
@@ -38,7 +50,7 @@ def test_dry_run_prints_the_stage_commands_in_order(tmp_path):
     assert (f"-m lait eval --checkpoint {out}/train/checkpoints/final.pt --regions {out}/test_features/regions "
             f"--captions {out}/test/captions --out {out}/eval.json") in lines["eval"]
     assert not os.path.exists(out)  # a dry run writes nothing
-    model_cut = _lait("demo", "--dry-run", "--out", out).stdout  # the default: the model's own threshold
+    model_cut = lait_here("demo", "--dry-run", "--out", out).stdout  # the default: the model's own threshold
     assert "--relevance-keep-rate" not in model_cut and f"--relevance {out}/relevance_model" in model_cut
 
 
@@ -65,7 +77,10 @@ def test_failed_steps_skip_their_dependents_and_the_rest_still_runs(tmp_path):
 
 def test_demo_up_to_the_crawl_serves_the_site_and_closes_the_books(tmp_path):
     out = tmp_path / "run"
-    proc = _lait("demo", "--out", str(out), "--scenes", "20", "--test-scenes", "4", "--stop-after", "crawl")
+    # In this process (cli.main, as `python -m lait demo` runs it; its crawl step still starts `lait crawl`), on
+    # the smallest site that plants every category
+    proc = lait_here("demo", "--out", str(out), "--scenes", "5", "--test-scenes", "2", "--stop-after", "crawl",
+                     check=False)
     demo_json = json.load(open(out / "demo.json"))
     status = {s["name"]: s["status"] for s in demo_json["steps"]}
     assert status["site"] == "ok" and status["crawl"] in ("ok", "failed")
@@ -96,7 +111,7 @@ def test_demo_up_to_the_crawl_serves_the_site_and_closes_the_books(tmp_path):
 
 
 def test_stop_after_rejects_unknown_steps(tmp_path):
-    proc = _lait("demo", "--out", str(tmp_path / "x"), "--stop-after", "nonsense")
+    proc = lait_here("demo", "--out", str(tmp_path / "x"), "--stop-after", "nonsense", check=False)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
     assert [name for name, _ in demo_run.plan(DemoConfig())] == demo_run.step_names()
 
@@ -108,12 +123,12 @@ def test_relevance_eval_and_captions_on_a_hand_made_run(tmp_path):
     from demo.site import build_site
     from demo_runfolder import make_run
 
-    site = build_site(seed=9, scenes=30)
+    site = build_site(seed=9, scenes=12)  # every category, few clean images
     out = tmp_path / "run"
     make_run(out, site, with_training=False)
     (out / "site").mkdir()
     (out / "site" / "ledger.json").write_text(site.ledger_json())
-    demo = Demo(DemoConfig(out=str(out)), echo=lambda _: None)
+    demo = _in_this_process(Demo(DemoConfig(out=str(out)), echo=lambda _: None))
     try:
         demo.relevance_eval()
         ran_model_eval = True

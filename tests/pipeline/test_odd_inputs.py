@@ -10,7 +10,7 @@ from filters.synthetic import make_candidates
 from pipeline import features
 from pipeline import filter as filter_stage
 from tests.crawler.mocksite import HTML, JPEG, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_crawl
+from tests.crawler.test_crawl_site import lait_crawl_here
 
 
 def _write_candidates(folder, rows):
@@ -43,7 +43,9 @@ def test_a_crawl_that_keeps_nothing_has_an_empty_candidates_dataset_and_filters_
     crawl = tmp_path / "r1" / "crawl"
     with MockSite(pages) as site:
         for _ in range(2):  # a rerun into the same folder writes nothing twice and keeps its books
-            lait_crawl(site.url + "/p0.html", "--out", str(crawl), "--allow-private-networks", settings=TEST_SETTINGS)
+            # in this process (cli.main, as `python -m lait crawl` runs it): the crawl's own process still starts
+            lait_crawl_here(site.url + "/p0.html", "--out", str(crawl), "--allow-private-networks",
+                            settings=TEST_SETTINGS)
             stats = json.loads((crawl / "stats.json").read_text())
             assert (stats["in"], stats["kept"], stats["rejected"]) == (3, 0, 3)
             assert stats["rejected_by_reason"] == {"image_too_small": 3}
@@ -111,10 +113,18 @@ def test_a_path_that_exists_is_read_as_written_never_as_a_pattern(tmp_path, name
     assert len(filter_stage.resolve_input(str(tmp_path / "r*" / "crawl" / "candidates" / "*.parquet"))) == 2
 
 
-def test_the_filter_reads_a_crawl_under_a_folder_named_with_brackets(tmp_path):
-    crawl = _write_candidates(tmp_path / "r7 [v2]" / "crawl", make_candidates(6, seed=3))
-    _write_candidates(tmp_path / "r7 v" / "crawl", make_candidates(9, seed=4))
-    stats = _filter(crawl, tmp_path / "filter")
+@pytest.fixture(scope="module")
+def bracket_run(tmp_path_factory):
+    """One filter run of a crawl under "r7 [v2]/", written beside it (ROOT/r7 [v2]/filter), with another crawl under
+    "r7 v/" (what the name read as a pattern would match): the tests below read it, or copy it to change it."""
+    root = tmp_path_factory.mktemp("brackets")
+    crawl = _write_candidates(root / "r7 [v2]" / "crawl", make_candidates(6, seed=3))
+    _write_candidates(root / "r7 v" / "crawl", make_candidates(9, seed=4))
+    return root, _filter(crawl, root / "r7 [v2]" / "filter")
+
+
+def test_the_filter_reads_a_crawl_under_a_folder_named_with_brackets(bracket_run):
+    _, stats = bracket_run
     assert stats["in"] == 6 and stats["in"] == stats["kept"] + stats["rejected"]
 
 
@@ -128,19 +138,18 @@ def test_a_crawl_on_an_object_store_under_a_name_with_brackets_is_read_as_writte
     assert filter_stage.resolve_input("laitobj://r7 [v2]/crawl") == []
 
 
-def test_the_filter_writes_into_a_folder_named_with_brackets(tmp_path):
-    crawl = _write_candidates(tmp_path / "r7 [v2]" / "crawl", make_candidates(6, seed=3))
-    stats = _filter(crawl, tmp_path / "r7 [v2]" / "filter")
+def test_the_filter_writes_into_a_folder_named_with_brackets(bracket_run):
+    root, stats = bracket_run
     assert stats["in"] == 6
-    assert schemas.count_rows(str(tmp_path / "r7 [v2]" / "filter" / "pairs")) == stats["kept"]
+    assert schemas.count_rows(str(root / "r7 [v2]" / "filter" / "pairs")) == stats["kept"]
     # Beam's temporary folders are gone too (Beam deletes them by pattern, which such a name is no match for).
-    assert sorted(p.name for p in (tmp_path / "r7 [v2]").rglob("beam-temp-*")) == []
+    assert sorted(p.name for p in root.rglob("beam-temp-*")) == []
 
 
-def test_the_filter_overwrites_its_run_in_a_folder_named_with_brackets_and_no_other(tmp_path):
-    crawl = _write_candidates(tmp_path / "r7 [v2]" / "crawl", make_candidates(6, seed=3))
-    output = tmp_path / "r7 [v2]" / "filter"
-    first = _filter(crawl, output)
+def test_the_filter_overwrites_its_run_in_a_folder_named_with_brackets_and_no_other(bracket_run, tmp_path):
+    root, first = bracket_run
+    shutil.copytree(root / "r7 [v2]", tmp_path / "r7 [v2]")  # the shared run, to overwrite here
+    crawl, output = tmp_path / "r7 [v2]" / "crawl", tmp_path / "r7 [v2]" / "filter"
     decoys = [tmp_path / name / "filter" for name in ("r7 v", "r7 ]v2]")]  # what the name as a pattern would match
     for decoy in decoys:
         shutil.copytree(output, decoy)
@@ -169,9 +178,10 @@ def test_the_filter_clears_only_its_own_interrupted_run_and_refuses_other_datase
                               "--overwrite"])
     assert schemas.count_rows(str(foreign / "pairs")) == stats["kept"]
     assert not (foreign / RUN_MARKER).exists()  # a finished run keeps no marker
-    # an interrupted run of the filter (its marker, its shards, no stats.json) is cleared by the rerun
+    # an interrupted run of the filter (its marker, its shards, no stats.json) is cleared by the rerun; the
+    # finished run above, copied, stands for it (a run of its own would be the same files)
     interrupted = tmp_path / "filter"
-    _filter(crawl, interrupted)
+    shutil.copytree(foreign, interrupted, ignore=shutil.ignore_patterns("candidates"))
     (interrupted / "stats.json").unlink()
     (interrupted / RUN_MARKER).write_text(json.dumps({"stage": "filter"}))
     again = _filter(crawl, interrupted)
