@@ -9,6 +9,9 @@ for key, value in {
     "HF_DATASETS_OFFLINE": "1",
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # One OpenMP thread per process: `make test` runs a pytest worker per core, and two threads in each (torch's
+    # default on 2 cores) wait on each other's barriers. The commands the tests start inherit it.
+    "OMP_NUM_THREADS": "1",
 }.items():
     os.environ.setdefault(key, value)
 # What LAIT keeps between processes (the language filter's word table): one folder for the suite's processes, the
