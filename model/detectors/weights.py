@@ -24,6 +24,9 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    # Protocol 5 (pickle.dump(..., protocol=5)) stores an array's bytes as a buffer read back by _frombuffer.
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
@@ -37,7 +40,7 @@ _ALLOWED_GLOBALS = {
     ("_codecs", "encode"),
 }
 # numpy 2 moved numpy.core to numpy._core; pickles written under numpy 1 (every published one) name the old path.
-_MODULE_ALIASES = {"numpy.core.multiarray": "numpy._core.multiarray"}
+_MODULE_ALIASES = {"numpy.core.multiarray": "numpy._core.multiarray", "numpy.core.numeric": "numpy._core.numeric"}
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
