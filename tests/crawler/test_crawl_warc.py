@@ -16,7 +16,7 @@ from warcio.warcwriter import WARCWriter
 import schemas
 from crawler import images
 from tests.crawler.mocksite import JPEG, TEST_MIN_SIDE, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_here
+from tests.inprocess import lait_here
 
 
 def _response(writer: WARCWriter, url: str, body: bytes, content_type: str, status: str = "200 OK", extra=(),

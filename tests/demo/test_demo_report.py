@@ -14,7 +14,7 @@ import schemas
 from demo import planted, report
 from demo.site import build_site
 from demo_runfolder import make_run
-from tests.crawler.test_crawl_site import lait_here
+from tests.inprocess import lait_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -10,7 +10,7 @@ import pytest
 from demo import report
 from demo import run as demo_run
 from demo.run import Demo, DemoConfig, Step
-from tests.crawler.test_crawl_site import lait_here
+from tests.inprocess import lait_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -26,6 +26,7 @@ from warcio.warcwriter import WARCWriter
 import schemas
 from lait import cli
 from model.detectors import demo
+from tests import inprocess
 from tests.crawler.mocksite import TEST_SETTINGS, html
 from tests.crawler.test_crawl_site import small_site, small_site_candidate_ids
 from tests.features.scenes import CLASS_NAMES, encode, image_id, make_scene
@@ -78,7 +79,7 @@ def lait_here(*args: str) -> None:
     torch.set_num_threads(1)
     try:
         with mock.patch.dict(os.environ, ENV_SET):
-            assert cli.main(list(args)) == 0
+            inprocess.lait_here(*args)
     finally:
         torch.set_num_threads(threads)
 

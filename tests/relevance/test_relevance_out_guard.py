@@ -5,7 +5,6 @@ The commands run in this process (``cli.main``, which is all ``python -m lait`` 
 seconds of importing torch for a check that ends before or soon after training starts."""
 import contextlib
 import json
-import logging
 import os
 import resource
 import subprocess
@@ -13,7 +12,7 @@ import subprocess
 import pytest
 
 from filters.relevance.config import TrainConfig
-from lait import cli
+from tests import inprocess
 from tests.relevance.conftest import save_tiny_model, write_pairs
 from tests.relevance.scenes import make_pairs
 
@@ -41,21 +40,14 @@ def _full_disk(limit_kb: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-def _lait(argv: list[str], capsys, caplog, limit_kb=None) -> subprocess.CompletedProcess:
-    """``lait ARGV`` run here: its exit status and what it wrote, as a subprocess's; stderr also holds the warnings
-    it logged (which ``python -m lait`` prints there)."""
-    capsys.readouterr()
-    caplog.clear()
+def _lait(argv: list[str], limit_kb=None) -> subprocess.CompletedProcess:
+    """``lait ARGV`` run here (``tests.inprocess``), on a disk full past ``limit_kb`` kB when given."""
     with _full_disk(limit_kb) if limit_kb is not None else contextlib.nullcontext():
-        code = cli.main(argv)
-    out, err = capsys.readouterr()
-    logged = "".join(f"{record.levelname} {record.name}: {record.getMessage()}\n" for record in caplog.records
-                     if record.levelno >= logging.WARNING)
-    return subprocess.CompletedProcess(argv, code, out, err + logged)
+        return inprocess.lait_here(*argv, check=False)
 
 
-def _train_cli(pairs, out, *extra, capsys, caplog, limit_kb=None):
-    return _lait(["relevance", "train", "--input", pairs, "--out", str(out), *TINY, *extra], capsys, caplog, limit_kb)
+def _train_cli(pairs, out, *extra, limit_kb=None):
+    return _lait(["relevance", "train", "--input", pairs, "--out", str(out), *TINY, *extra], limit_kb)
 
 
 def _one_error(proc, *words):
@@ -66,28 +58,28 @@ def _one_error(proc, *words):
         assert word in errors[0], errors[0]
 
 
-def test_an_imagebert_run_folder_is_refused_and_left_as_it_was(pairs, tmp_path, capsys, caplog):
+def test_an_imagebert_run_folder_is_refused_and_left_as_it_was(pairs, tmp_path):
     run = tmp_path / "imagebert"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"out_dir": str(run), "pretrain": []}))
     (run / "summary.json").write_text("{}")
     before = _snapshot(run)
-    _one_error(_train_cli(pairs, run, "--overwrite", capsys=capsys, caplog=caplog), "not a relevance model",
+    _one_error(_train_cli(pairs, run, "--overwrite"), "not a relevance model",
                "summary.json")
     assert _snapshot(run) == before
     os.remove(run / "summary.json")  # a config.json alone, of another kind
     before = _snapshot(run)
-    _one_error(_train_cli(pairs, run, "--overwrite", capsys=capsys, caplog=caplog), "not a relevance model",
+    _one_error(_train_cli(pairs, run, "--overwrite"), "not a relevance model",
                "config.json")
     assert _snapshot(run) == before
 
 
-def test_an_earlier_relevance_model_is_replaced_only_with_overwrite(pairs, tmp_path, capsys, caplog):
+def test_an_earlier_relevance_model_is_replaced_only_with_overwrite(pairs, tmp_path):
     model = save_tiny_model(str(tmp_path / "model"), threshold=0.123)
     before = _snapshot(model)
-    _one_error(_train_cli(pairs, model, capsys=capsys, caplog=caplog), "already holds a relevance model", "--overwrite")
+    _one_error(_train_cli(pairs, model), "already holds a relevance model", "--overwrite")
     assert _snapshot(model) == before
-    proc = _train_cli(pairs, model, "--overwrite", capsys=capsys, caplog=caplog)
+    proc = _train_cli(pairs, model, "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"relevance model written to {model}\n")
     config = json.loads(open(os.path.join(model, "config.json")).read())
@@ -95,13 +87,13 @@ def test_an_earlier_relevance_model_is_replaced_only_with_overwrite(pairs, tmp_p
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary folder left beside it
 
 
-def test_a_full_disk_leaves_the_earlier_model_whole_and_no_new_folder(pairs, tmp_path, capsys, caplog):
+def test_a_full_disk_leaves_the_earlier_model_whole_and_no_new_folder(pairs, tmp_path):
     model = save_tiny_model(str(tmp_path / "model"), threshold=0.123)  # weights of a few kB
     before = _snapshot(model)
-    _one_error(_train_cli(pairs, model, "--overwrite", capsys=capsys, caplog=caplog, limit_kb=1024), "not saved",
+    _one_error(_train_cli(pairs, model, "--overwrite", limit_kb=1024), "not saved",
                "File too large")
     assert _snapshot(model) == before  # the old weights with the old config, not new weights with it
-    _one_error(_train_cli(pairs, tmp_path / "new" / "model", capsys=capsys, caplog=caplog, limit_kb=1024), "not saved")
+    _one_error(_train_cli(pairs, tmp_path / "new" / "model", limit_kb=1024), "not saved")
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no empty or partial folder, no temporary one
 
 
@@ -109,9 +101,8 @@ def test_a_full_disk_leaves_the_earlier_model_whole_and_no_new_folder(pairs, tmp
     (["--members", "1", "--processes", "4"], ["processes 4 is more than members 1"]),
     (["--image-size", "50000"], ["image_size must be at most 1024", "50000"]),
 ])
-def test_settings_training_cannot_use_are_refused_in_one_line(pairs, tmp_path, capsys, caplog, options, words):
-    proc = _lait(["relevance", "train", "--input", pairs, "--out", str(tmp_path / "m"), "--epochs", "1", *options],
-                 capsys, caplog)
+def test_settings_training_cannot_use_are_refused_in_one_line(pairs, tmp_path, options, words):
+    proc = _lait(["relevance", "train", "--input", pairs, "--out", str(tmp_path / "m"), "--epochs", "1", *options])
     _one_error(proc, *words)
     assert not (tmp_path / "m").exists()
 
