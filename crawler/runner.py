@@ -24,7 +24,7 @@ from pipeline.signals import blocked_signals, die_with_parent_hook
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: A job folder's record of the crawl it holds: ``{"processes": N}``.
+#: A job folder's record of the crawl it holds: ``{"processes": N, "out": OUT}`` (``out``: ``job_folder_out``).
 JOB_FILE = "lait-job.json"
 #: The reason of a candidate whose image was never fetched (see LaitSpider.unfetched_rejects).
 NOT_FETCHED = "image_not_fetched"
@@ -43,12 +43,24 @@ class SettingError(RuntimeError):
 
 
 def given_jobdir(jobdir: str, option: str = "--jobdir") -> str:
-    """A job folder as the command line gave it: ``--jobdir DIR``, or ``-s LAIT_JOBDIR=DIR``."""
-    return f"{option}={jobdir}" if option.startswith("-s ") else f"{option} {jobdir}"
+    """A folder as the command line gave it: ``--jobdir DIR``, or a setting or spider argument such as
+    ``-s LAIT_JOBDIR=DIR`` and ``-a jobdir=DIR`` (``scrapy crawl``)."""
+    return f"{option}={jobdir}" if option.startswith(("-s ", "-a ")) else f"{option} {jobdir}"
 
 
-def check_job_folder(jobdir: str, processes: int, record: bool = True, option: str = "--jobdir") -> None:
-    """Record the number of crawl processes in a job folder, or refuse another number than the one recorded.
+def job_folder_out(out_dir: str) -> str:
+    """The output folder as a job folder records it: an object store's URI without its trailing slash, else the
+    resolved absolute path, so that a resume naming it another way (relative, a trailing slash, a link) is the
+    same folder."""
+    if "://" in out_dir:
+        return out_dir.rstrip("/")
+    return os.path.realpath(out_dir)
+
+
+def check_job_folder(jobdir: str, processes: int, record: bool = True, option: str = "--jobdir",
+                     out: str | None = None, out_option: str = "--out") -> None:
+    """Record the number of crawl processes and the output folder in a job folder, or refuse another number or
+    another output folder than the one recorded.
 
     Each process keeps its share of the work there (process K's pending images, its inbox and how far it
     read it), and images go to the process their URL hashes to: with another number, that work would be
@@ -57,23 +69,37 @@ def check_job_folder(jobdir: str, processes: int, record: bool = True, option: s
     many; one without crawl files is new. ``record`` False only checks (``lait crawl`` before it makes ``--out``:
     a run that fails there must not leave a record behind). ``option``: how the folder was given, for the message
     (``--jobdir``, or the setting ``-s LAIT_JOBDIR``).
+
+    ``out`` (given as ``out_option``): the crawl's output folder. The job folder holds the pages and images its
+    crawl has seen, so a crawl into another folder would skip them all and write an incomplete output without a
+    word: refused. A record without one (from before it was kept, or written without ``out``) takes this one.
     """
     given = given_jobdir(jobdir, option)
     path = os.path.join(jobdir, JOB_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
-            recorded = int(json.load(handle)["processes"])
+            job = json.load(handle)
+        recorded = int(job["processes"])
+        recorded_out = job.get("out")
+        if recorded_out is not None and not isinstance(recorded_out, str):
+            raise ValueError(f"out is {recorded_out!r}, not a folder")
     except FileNotFoundError:
-        recorded = _processes_by_files(jobdir) or None
+        job, recorded, recorded_out = None, _processes_by_files(jobdir) or None, None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise JobFolderError(f"{given}: {path} cannot be read ({exc}); use a new {option}") from None
     if recorded is not None and recorded != processes:
         raise JobFolderError(
             f"{given} holds a crawl run with --processes {recorded}, not {processes}: continue it with "
             f"--processes {recorded}, or start over with a new {option} (the work kept for each process would be lost)")
-    if record and not os.path.exists(path):
+    out = job_folder_out(out) if out else None
+    if out is not None and recorded_out is not None and recorded_out != out:
+        raise JobFolderError(
+            f"{given} holds the crawl into {recorded_out}, not {out}: its seen pages would be skipped and the "
+            f"output left incomplete; use a new {option}, or {given_jobdir(recorded_out, out_option)} to continue it, or delete "
+            f"{jobdir}")
+    if record and (job is None or (out is not None and recorded_out is None)):
         try:
-            output.write_json_atomically(path, {"processes": processes})
+            output.write_json_atomically(path, {"processes": processes, **({"out": out} if out else {})})
         except OSError as exc:
             raise JobFolderError(f"{given}: cannot write {path} ({exc.strerror or exc})") from None
 
@@ -188,7 +214,7 @@ def run_crawl(urls: list[str], out_dir: str, *, allowed_domains: list[str] | Non
     _check_settings(settings)
     if settings.get("LAIT_JOBDIR"):
         given = "-s LAIT_JOBDIR" if "LAIT_JOBDIR" in (settings_kwargs.get("overrides") or {}) else "--jobdir"
-        check_job_folder(settings["LAIT_JOBDIR"], max(1, processes), option=given)
+        check_job_folder(settings["LAIT_JOBDIR"], max(1, processes), option=given, out=out_dir)
     output.claim(out_dir)
     try:
         return _run_claimed(urls, out_dir, settings, allowed_domains, max_pages, depth, processes)

@@ -229,9 +229,12 @@ def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str
 
 
 def region_image_ids(path: str) -> list[str]:
-    """Every image_id of a regions dataset, reading that column only."""
+    """Every image_id of a regions dataset, reading that column only; an id that is not valid UTF-8 is a one-line
+    ``SchemaMismatchError`` naming the file (``check_utf8``), as ``lait eval`` refuses it."""
     path = resolve_dataset_dir(path, "regions")
-    return schemas.read_table(path, "regions", columns=["image_id"]).column("image_id").to_pylist()
+    table = schemas.read_table(path, "regions", columns=["image_id"])
+    check_utf8(table, path, "regions")
+    return table.column("image_id").to_pylist()
 
 
 def dataset_report(datasets: list[DatasetConfig]) -> dict:
@@ -469,7 +472,11 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
             for group in range(parquet.num_row_groups):
                 unit = (index, file, group)
                 units.append(unit)
-                image_ids = parquet.read_row_group(group, columns=["image_id"]).column(0).to_pylist()
+                ids = parquet.read_row_group(group, columns=["image_id"])
+                # Refused as `lait eval` refuses it: an id that is not UTF-8 failed here as a bare codec error
+                # naming neither file nor column.
+                check_utf8(ids, file, "regions")
+                image_ids = ids.column(0).to_pylist()
                 rows_read += len(image_ids)
                 rows, bounds = [], [examples]
                 for row, image_id in enumerate(image_ids):

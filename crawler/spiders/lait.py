@@ -356,12 +356,15 @@ class LaitSpider(scrapy.Spider):
         self.max_pixels = settings.getint("LAIT_MAX_PIXELS", images.DEFAULT_MAX_PIXELS)
         self.page_maxsize = settings.getint("LAIT_PAGE_MAXSIZE")
         self.image_maxsize = settings.getint("LAIT_IMAGE_MAXSIZE")
+        jobdir_option = "-a jobdir" if self.jobdir else "-s LAIT_JOBDIR"  # for its messages
         self.jobdir = self.jobdir or settings.get("LAIT_JOBDIR")
         # Scrapy's UrlLengthMiddleware drops longer requests without a word: they are rejected here instead.
         self.url_length_limit = settings.getint("URLLENGTH_LIMIT")
         self.store = ImageStore(settings.getint("LAIT_IMAGE_STORE_MEMORY", 512 * 2**20))
         if self.jobdir:
-            runner.check_job_folder(self.jobdir, self.processes)  # `scrapy crawl -a jobdir=` too
+            # `scrapy crawl -a jobdir=` too; the output folder as `lait crawl` checks it (-s LAIT_OUT there)
+            runner.check_job_folder(self.jobdir, self.processes, option=jobdir_option,
+                                    out=settings.get("LAIT_OUT") or None, out_option="-s LAIT_OUT")
             self._load_state()
 
     # -- resume --------------------------------------------------------------------------------

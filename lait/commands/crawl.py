@@ -267,9 +267,9 @@ def run(args: argparse.Namespace) -> int:
         if jobdir is None and dict(args.settings).get("LAIT_JOBDIR") is not None:
             jobdir, jobdir_option = dict(args.settings)["LAIT_JOBDIR"], "-s LAIT_JOBDIR"
         try:
-            if jobdir:  # another crawl's job folder is refused before --out is made
+            if jobdir:  # another crawl's job folder (other processes, another --out) is refused before --out is made
                 runner.check_job_folder(jobdir, args.processes, record=False,  # recorded once it runs
-                                        option=jobdir_option)
+                                        option=jobdir_option, out=args.out)
             output.prepare_out_dir(args.out)
         except runner.JobFolderError as exc:
             print(f"lait crawl: {exc}", file=sys.stderr)
