@@ -63,7 +63,7 @@ from model.detectors.images import (DetectorInput, ImageRejected, decode_for_det
 from model.detectors.weights import weights_fingerprint
 from pipeline.outputs import (ancestors, input_reference, marker_taken_problem, on_this_host, read_stats,
                               refuse_dataset_or_nested, run_marker, running_run_problem, stage_of)
-from schemas.io import _filesystem
+from schemas.io import PARQUET_SUFFIX, _filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,39 @@ def check_device_name(device: str) -> None:
     """``ValueError`` for a ``--device`` other than auto, cpu, cuda or cuda:N."""
     if not isinstance(device, str) or not DEVICE_NAME.fullmatch(device):
         raise ValueError(f"--device {device!r} is not a torch device lait features runs on (auto, cpu, cuda, cuda:N)")
+
+
+def check_paths(input_path: str, output_path: str) -> None:
+    """Refuse, before anything is read or written, in one line naming the option: an ``--input`` or ``--output``
+    that is empty or white space alone (an unset ``$OUT`` in a script: the whole stage was written to, or read
+    from, the current folder), an ``--output`` that is a file or lies under one (a cryptic "Not a directory"
+    once its run marker was written), and an ``--input`` that is neither a folder nor a Parquet file (a file
+    named ``*.parquet``, or one that begins as Parquet: a damaged one is named by ``check_input_file``)."""
+    for option, value, what in (("--input", input_path, "a filter or crawl folder, or a dataset of images"),
+                                ("--output", output_path, "the folder to write the features to")):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{option} {value!r} is empty; give {what}")
+    fs, inner = _filesystem(output_path)
+    kind = fs.get_file_info(inner).type
+    if kind not in (pafs.FileType.NotFound, pafs.FileType.Directory):
+        raise ValueError(f"--output {output_path} is a file, not a folder")
+    local = _local_path(output_path)
+    if kind == pafs.FileType.NotFound and local is not None:
+        above = next((folder for folder in ancestors(local) if os.path.exists(folder)), None)
+        if above is not None and not os.path.isdir(above):
+            raise ValueError(f"--output {output_path}: {above} is a file, not a folder")
+    fs, inner = _filesystem(input_path)
+    kind = fs.get_file_info(inner).type
+    if kind == pafs.FileType.File and not inner.endswith(PARQUET_SUFFIX):
+        try:
+            with fs.open_input_stream(inner) as handle:
+                magic = handle.read(4)
+        except (OSError, pa.ArrowException):  # unreadable: check_input_file says why
+            magic = b"PAR1"
+        if magic != b"PAR1":
+            raise ValueError(f"--input {input_path} is neither a folder nor a Parquet file")
+    elif kind not in (pafs.FileType.File, pafs.FileType.Directory, pafs.FileType.NotFound):
+        raise ValueError(f"--input {input_path} is neither a folder nor a Parquet file")
 
 
 def resolve_input(path: str) -> str:
@@ -394,23 +427,41 @@ def regions_table(items: Sequence[ImageRegions], detector_name: str, feature_dim
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+#: How a device's running out of memory reads in a plain ``RuntimeError``: cuDNN's and cuBLAS's allocation failures
+#: (a convolution's or a matmul's workspace) and a CUDA call's ("CUDA error: out of memory") are not
+#: ``torch.OutOfMemoryError``, yet splitting the batch helps them as much.
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "cudnn_status_not_enough_memory", "cublas_status_alloc_failed")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device ran out of memory: ``torch.OutOfMemoryError``, or a ``RuntimeError`` whose
+    message is one of ``OUT_OF_MEMORY_MESSAGES`` (any other error is not retried: it would fail again)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in OUT_OF_MEMORY_MESSAGES)
+
+
 def detect_splitting_on_oom(detector: RegionDetector, images: list[torch.Tensor], selection: BoxSelection,
                             topk: int) -> list[Regions | None]:
-    """Run a batch; when the device runs out of memory, run its halves instead (None: one image did not fit)."""
+    """Run a batch; when the device runs out of memory (``is_out_of_memory``), run its halves instead (None: one
+    image did not fit)."""
     if not images:
         return []
     try:
         return detector(images, selection, topk)
-    except torch.OutOfMemoryError:
-        if detector.device.type == "cuda":
-            torch.cuda.empty_cache()
-        if len(images) == 1:
-            logger.warning("one image does not fit in device memory; rejecting it")
-            return [None]
-        half = len(images) // 2
-        logger.info("out of memory on a batch of %d images; retrying as %d + %d", len(images), half, len(images) - half)
-        return (detect_splitting_on_oom(detector, images[:half], selection, topk)
-                + detect_splitting_on_oom(detector, images[half:], selection, topk))
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+    # (out of the except block: the failed batch's traceback, and the tensors its frames hold, are let go first)
+    if detector.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if len(images) == 1:
+        logger.warning("one image does not fit in device memory; rejecting it")
+        return [None]
+    half = len(images) // 2
+    logger.info("out of memory on a batch of %d images; retrying as %d + %d", len(images), half, len(images) - half)
+    return (detect_splitting_on_oom(detector, images[:half], selection, topk)
+            + detect_splitting_on_oom(detector, images[half:], selection, topk))
 
 
 def detect_by_shape(detector: RegionDetector, images: list[torch.Tensor], selection: BoxSelection,
@@ -443,13 +494,14 @@ def detect_by_shape(detector: RegionDetector, images: list[torch.Tensor], select
 class Shard:
     """A unit of work and of output: the first occurrences of some images, as (file, row group, rows).
 
-    ``images`` is the SHA-256 of its image ids in order: recorded in the shard's stats file, it tells a
-    resumed run whether a complete shard was computed from the images the input holds now.
+    ``images`` is the fingerprint of its image ids in order (``ShardFingerprint``): recorded in the shard's stats
+    file, it tells a resumed run whether a complete shard was computed from the images the input holds now.
     """
 
     index: int
     pieces: list[tuple[str, int, list[int]]]
     images: str = ""
+    legacy_images: str | None = None  # ``ShardFingerprint.legacy_hexdigest``: an older run's record of these ids
 
     @property
     def size(self) -> int:
@@ -509,6 +561,39 @@ def read_image_ids(parquet: pq.ParquetFile, file: str, group: int, rows: list[in
         raise ValueError(f"{file}: row group {group}: column 'image_id' holds text that is not valid UTF-8") from None
 
 
+class ShardFingerprint:
+    """The fingerprint of a shard's image ids in order: ``FINGERPRINT_PREFIX`` and the SHA-256 of each id's UTF-8
+    bytes, length-prefixed (8 bytes). Unambiguous: one list of ids, one byte string. Runs before recorded the SHA-256
+    of each id followed by ``\\n``, under which ids holding line breaks collide (``["a", "b"]`` and ``["a\\nb"]``), and
+    a resume skipped a shard computed from other images. That older form is kept too (``legacy_hexdigest``), for
+    the ids where it is unambiguous, so that a run folder of an older version still resumes (``_shard_complete``).
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._legacy = hashlib.sha256()  # None once an id holds a line break
+
+    def add(self, image_id: str) -> None:
+        data = image_id.encode("utf-8")
+        self._digest.update(len(data).to_bytes(8, "big") + data)
+        if self._legacy is not None:
+            if b"\n" in data:
+                self._legacy = None
+            else:
+                self._legacy.update(data + b"\n")
+
+    def hexdigest(self) -> str:
+        return FINGERPRINT_PREFIX + self._digest.hexdigest()
+
+    def legacy_hexdigest(self) -> str | None:
+        """The older form, or None when an id holds a line break (where that form is ambiguous)."""
+        return None if self._legacy is None else self._legacy.hexdigest()
+
+
+#: What begins a shard fingerprint of this encoding (``ShardFingerprint``); an older run's is 64 hex digits alone.
+FINGERPRINT_PREFIX = "ids-sha256-v2:"
+
+
 def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     """Split the distinct images of a dataset into shards, in a stable order; also count null-id rows.
 
@@ -521,7 +606,7 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
     pieces: list[tuple[str, int, list[int]]] = []
     in_shard = 0
     null_ids = 0
-    digest = hashlib.sha256()
+    digest = ShardFingerprint()
     for file in files:
         parquet = check_input_file(dataset, file)
         for group in range(parquet.num_row_groups):
@@ -535,16 +620,16 @@ def plan_shards(dataset: str, images_per_shard: int) -> tuple[list[Shard], int]:
                     continue
                 seen.add(image_id)
                 rows.append(row)
-                digest.update(image_id.encode("utf-8") + b"\n")
+                digest.add(image_id)
                 in_shard += 1
                 if in_shard == images_per_shard:
                     pieces.append((file, group, rows))
-                    shards.append(Shard(len(shards), pieces, digest.hexdigest()))
-                    pieces, rows, in_shard, digest = [], [], 0, hashlib.sha256()
+                    shards.append(Shard(len(shards), pieces, digest.hexdigest(), digest.legacy_hexdigest()))
+                    pieces, rows, in_shard, digest = [], [], 0, ShardFingerprint()
             if rows:
                 pieces.append((file, group, rows))
     if pieces:
-        shards.append(Shard(len(shards), pieces, digest.hexdigest()))
+        shards.append(Shard(len(shards), pieces, digest.hexdigest(), digest.legacy_hexdigest()))
     return shards, null_ids
 
 
@@ -1053,8 +1138,10 @@ def _weights_as_now(output: str, previous: dict, run_config: dict, typed_weights
 
 #: The local runner's rejects of input rows without an ``image_id`` (not in any shard: they have no id to plan by).
 INVALID_FILE = "invalid-00000.parquet"
-#: What the local runner writes in ``regions/`` and ``rejected/``; any other data file there is another run's.
-OWN_FILES = re.compile(rf"{SHARD_PREFIX}-\d{{5}}\.parquet|{re.escape(INVALID_FILE)}")
+#: What the local runner writes in ``regions/`` and ``rejected/``; any other data file there is another run's. Five
+#: digits or more, as ``_shard_paths`` names them (``{index:05d}``: shard 100,000 is ``part-100000``) and
+#: ``_shard_number`` reads them: with exactly five, a run of more shards refused its own output on every restart.
+OWN_FILES = re.compile(rf"{SHARD_PREFIX}-\d{{5,}}\.parquet|{re.escape(INVALID_FILE)}")
 
 
 def check_not_in_another_run(output: str) -> None:
@@ -1169,6 +1256,7 @@ def extract_regions(input_path: str, output_path: str, options: FeatureOptions, 
                     detector: RegionDetector | None = None) -> dict:
     """Run the features stage locally; returns the ``stats.json`` contents."""
     started = time.perf_counter()
+    check_paths(input_path, output_path)
     dataset = resolve_input(input_path)
     _check_output_outside(dataset, output_path)
     _check_own_output(output_path, dataset)
@@ -1368,15 +1456,26 @@ def _shard_complete(output_path: str, shard: Shard, dataset: str) -> bool:
     """Whether ``shard`` was written whole (its stats file, written last, exists), from the images it holds now.
 
     A shard written from other images (the input changed since: another ``--input``, files added or
-    removed) would be skipped, its images never computed and another input's regions kept: refused. One
-    that only grew (``_shard_grew``: files added after the others fill the earlier run's last shard) is not
-    complete: it is computed again.
+    removed) would be skipped, its images never computed and another input's regions kept: refused. Its ids'
+    fingerprint (``ShardFingerprint``) and its count must both match. One that only grew (``_shard_grew``: files
+    added after the others fill the earlier run's last shard) is not complete: it is computed again.
+
+    A shard fingerprinted by an older run (``FINGERPRINT_PREFIX`` missing: ids hashed each followed by a line
+    break) is checked in that form, which is unambiguous when no id of the shard now holds a line break and the
+    counts match (the hashed text then splits one way only). Otherwise it cannot be checked against the input:
+    refused, as a shard of another input is (use a new --output), rather than skipped unchecked.
     """
     paths = _shard_paths(output_path, shard.index)
     stats = _read_shard_stats(paths["stats"])
     if stats is None:
         return False
-    if stats["images"] != shard.images:
+    older_form = not stats["images"].startswith(FINGERPRINT_PREFIX)
+    if older_form and not (shard.legacy_images is not None and stats["images"] == shard.legacy_images
+                           and stats["in"] == shard.size):
+        raise ValueError(f"{output_path} holds shard {shard.index}, written by an older lait features, of other images "
+                         f"than {dataset} gives it now (or of ids holding line breaks, which that version's record "
+                         f"cannot tell apart); use a new --output")
+    if not older_form and (stats["images"] != shard.images or stats["in"] != shard.size):
         if _shard_grew(dataset, shard, stats):
             logger.info("shard %d held %d images, and the files added to %s fill it to %d: computed again",
                         shard.index, stats["in"], dataset, shard.size)
@@ -1398,13 +1497,13 @@ def _shard_grew(dataset: str, shard: Shard, stats: dict) -> bool:
     recorded = stats["in"]  # a shard's stats count every image it held (``_finish_shard``)
     if recorded >= shard.size:
         return False
-    digest = hashlib.sha256()
+    digest = ShardFingerprint()
     left = recorded
     for file, group, rows in shard.pieces:
         if not left:
             break
         for image_id in read_image_ids(check_input_file(dataset, file), file, group, rows[:left]):
-            digest.update(image_id.encode("utf-8") + b"\n")
+            digest.add(image_id)
         left -= min(left, len(rows))
     return digest.hexdigest() == stats["images"]
 
@@ -1462,8 +1561,8 @@ def _check_no_stale_shards(output_path: str, dataset: str, count: int) -> None:
     their regions would stay among this run's."""
     fs, inner = _filesystem(output_path)
     listed = fs.get_file_info(pafs.FileSelector(posixpath.join(inner, "shards"), allow_not_found=True))
-    stale = sorted(posixpath.basename(f.path) for f in listed if f.path.endswith(".json")
-                   and _shard_number(posixpath.basename(f.path)) >= count)
+    stale = sorted((posixpath.basename(f.path) for f in listed if f.path.endswith(".json")
+                    and _shard_number(posixpath.basename(f.path)) >= count), key=_shard_number)  # part-99999 first
     if stale:
         raise ValueError(f"{output_path} holds shards {', '.join(stale)}, but {dataset} makes only {count} shards now "
                          f"(files removed since that run, or another input); use a new --output")

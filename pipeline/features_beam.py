@@ -24,8 +24,8 @@ from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
 from pipeline.features import (MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
                                ImageRegions, RowGroupStream, _batches, _check_output_outside, _join, _open_parquet, _why,
-                               _write_json, check_device_name, check_input_file, check_not_in_another_run, classes_info,
-                               detect_by_shape, effective_topk, input_files, output_schema, piece_size,
+                               _write_json, check_device_name, check_input_file, check_not_in_another_run, check_paths,
+                               classes_info, detect_by_shape, effective_topk, input_files, output_schema, piece_size,
                                read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
@@ -328,6 +328,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     from pipeline.options import beam_options, runner_name
 
     known, pipeline_args = _parse_args(argv)
+    check_paths(known.input, known.output)  # an empty --output (an unset $OUT) wrote to the current folder
     options = options_from_args(known)
     # Beam only logs the arguments it does not know ("Discarding unparseable args"): a local runner's option
     # (--images-per-shard) or a typo (--min_boxes) would be ignored; here it is a ValueError.
