@@ -1,4 +1,4 @@
-"""Scrapy downloader middlewares of the LAIT crawl."""
+"""Scrapy downloader middlewares of the LAIT crawl, and its HTTP download handler."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +7,13 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 from scrapy import exceptions as scrapy_errors
+from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
 from scrapy.downloadermiddlewares.redirect import RedirectMiddleware as ScrapyRedirectMiddleware
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as ScrapyRobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet import defer, error as tx_error
+from twisted.web.client import HTTPConnectionPool
 from w3lib.url import safe_url_string
 
 from crawler import extract, netguard, resolver
@@ -26,6 +28,32 @@ TIMEOUT_ERRORS = (scrapy_errors.DownloadTimeoutError, tx_error.TimeoutError, tx_
 #: Failures of a request that mean the connection could not be made or was lost.
 CONNECTION_ERRORS = (scrapy_errors.DownloadConnectionRefusedError, scrapy_errors.DownloadFailedError,
                      scrapy_errors.ResponseDataLossError, tx_error.ConnectError, ConnectionError)
+
+
+class KeepAlivePool(HTTPConnectionPool):
+    """Twisted's pool of keep-alive connections, that never keeps one already being closed.
+
+    Scrapy closes the connection of a download stopped at its headers (``StopDownload``: the spider's ``not_html``
+    page); when the small body had come in the same read as the headers, Twisted still finished the response and
+    pooled the closing connection. The next request to the host then went out on it: the server got the GET, the
+    close came before the answer, and Twisted sent the GET again on a new connection (its retry of an idempotent
+    request), so the server served one Scrapy request twice (an image fetched twice, under load).
+    """
+
+    def _putConnection(self, key, connection) -> None:
+        transport = connection.transport
+        if transport is None or getattr(transport, "disconnecting", False) or not getattr(transport, "connected", True):
+            return  # its close is under way: not for another request
+        super()._putConnection(key, connection)
+
+
+class HTTPDownloadHandler(HTTP11DownloadHandler):
+    """Scrapy's HTTP/1.1 download handler with the ``KeepAlivePool`` (each request goes out once)."""
+
+    def __init__(self, crawler):
+        super().__init__(crawler)
+        # The pool Scrapy built and configured (per-host limit, lenient parser factory), as a KeepAlivePool.
+        self._pool.__class__ = KeepAlivePool
 
 
 class RefusedRequest(IgnoreRequest):

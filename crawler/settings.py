@@ -26,6 +26,10 @@ COOKIES_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 
+# Scrapy's HTTP/1.1 handler with a connection pool that never hands out a connection already closing (Twisted then
+# sent the GET again on a new one: one request fetched twice from the server; crawler/middlewares.py).
+DOWNLOAD_HANDLERS = {"http": "crawler.middlewares.HTTPDownloadHandler", "https": "crawler.middlewares.HTTPDownloadHandler"}
+
 # The resolver connections use applies the network guard again (DNS rebinding; crawler/resolver.py).
 TWISTED_DNS_RESOLVER = "crawler.resolver.GuardedResolver"
 

@@ -4,6 +4,8 @@ Scenarios come from the path: static pages and images from a dict, plus ``/statu
 ``/delay?s=2``, ``/redirect?to=...`` and a redirect loop. A path whose entry is a list answers with its
 responses in turn, the last one repeating (a robots.txt that fails, then recovers). Every request is
 logged so tests can count fetches per path, and the body bytes sent are counted per path (``sent``).
+With ``one_write`` a small response goes out in one write, headers and body together, as many servers send it
+(the client then reads them in one go).
 """
 from __future__ import annotations
 
@@ -57,8 +59,9 @@ class MockSite:
     CHUNK = 64 * 1024
 
     def __init__(self, pages: dict[str, tuple[int, dict, bytes] | list], slow_prefix: str | None = None,
-                 slow_s: float = 0.0):
+                 slow_s: float = 0.0, one_write: bool = False):
         self.pages = pages
+        self.one_write = one_write  # a body of at most CHUNK bytes goes out in the headers' write
         self.slow_prefix, self.slow_s = slow_prefix, slow_s  # paths under slow_prefix answer after slow_s
         self.log: list[str] = []
         self.counts: collections.Counter = collections.Counter()
@@ -81,8 +84,18 @@ class MockSite:
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
                 path = urlsplit(self.path).path
+                if site.one_write and len(body) <= site.CHUNK:
+                    self._headers_buffer.extend([b"\r\n", body])  # end_headers(), with the body in its write
+                    try:
+                        self.flush_headers()
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True
+                        return
+                    with site._lock:
+                        site.sent[path] += len(body)
+                    return
+                self.end_headers()
                 try:
                     for start in range(0, len(body), site.CHUNK):
                         chunk = body[start:start + site.CHUNK]

@@ -12,31 +12,11 @@ import pytest
 from PIL import Image
 
 import schemas
-from tests.inprocess import lait_here
+from tests.inprocess import lait_crawl_here, lait_here
 from tests.crawler.mocksite import (EXPECTED, EXPECTED_REJECTS, GIF_PIXEL, HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS,
                                     MockSite, case_site, html, jpeg)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def lait_crawl(*args: str, settings: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m lait crawl ...` with the repository on PYTHONPATH."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    command = [sys.executable, "-m", "lait", "crawl", *args, "--no-progress"]
-    for key, value in (settings or {}).items():
-        command += ["-s", f"{key}={json.dumps(value)}"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def lait_crawl_here(*args: str, settings: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """``lait_crawl`` run by ``lait_here``: the same command and result, without the `python -m lait` process."""
-    command = ["crawl", *args, "--no-progress"]
-    for key, value in (settings or {}).items():
-        command += ["-s", f"{key}={json.dumps(value)}"]
-    return lait_here(*command, check=check)
 
 
 def path_of(url: str | None, site: MockSite) -> str | None:
