@@ -3,6 +3,7 @@ whose command is not signalled, so that they save a Python start and LAIT's impo
 2-core machine)."""
 import contextlib
 import io
+import json
 import logging
 import os
 import subprocess
@@ -69,3 +70,15 @@ def lait_here(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def lait_crawl_here(*args: str, settings: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """`lait crawl ARGS --no-progress` run by ``lait_here``: the result of a `python -m lait crawl` subprocess,
+    without its Python start. A crawl of start URLs still runs Scrapy in child processes (``crawler.runner`` starts
+    one per crawl, for Twisted's reactor), so this process never starts a reactor and one crawl leaves nothing for
+    the next; ``--warc`` runs its reader here, as in `lait crawl`'s own process. ``settings``: each given as
+    ``-s KEY=JSON``."""
+    command = ["crawl", *args, "--no-progress"]
+    for key, value in (settings or {}).items():
+        command += ["-s", f"{key}={json.dumps(value)}"]
+    return lait_here(*command, check=check)

@@ -14,7 +14,7 @@ import schemas
 from crawler.middlewares import RefusedRequest, RobotsTxtMiddleware
 from crawler.spiders.lait import LaitSpider, declared_not_html
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_crawl_here
+from tests.inprocess import lait_crawl_here
 
 ROBOTS_OK = (200, {"Content-Type": "text/plain"}, b"User-agent: *\nAllow: /\n")
 BIG = 32 * 2**20  # far over what the socket buffers of a loopback connection hold

@@ -12,7 +12,8 @@ from crawler import runner
 from crawler.spiders import lait as spider_module
 from lait import cli
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import ROOT, lait_crawl, small_site
+from tests.crawler.test_crawl_site import ROOT, small_site
+from tests.inprocess import lait_crawl_here
 
 SOURCES = {"crawl": ["http://127.0.0.1:9/"], "warc": ["--warc", "missing.warc.gz"]}
 
@@ -83,9 +84,9 @@ def test_crawl_refuses_an_allowed_domain_that_names_no_host(tmp_path, capsys, va
 def test_allowed_domains_given_as_a_url_or_host_port_crawl_the_whole_site(tmp_path):
     """Before: the start page only, without a word (its links' host 127.0.0.1 is not '127.0.0.1:PORT')."""
     with small_site(3) as site:
-        result = lait_crawl(site.url + "/p0.html", "--out", str(tmp_path / "out"), "--allow-private-networks",
-                            "--min-side", str(TEST_MIN_SIDE), "--allowed-domains", site.url,
-                            site.url.split("//")[1], settings=TEST_SETTINGS)
+        result = lait_crawl_here(site.url + "/p0.html", "--out", str(tmp_path / "out"), "--allow-private-networks",
+                                 "--min-side", str(TEST_MIN_SIDE), "--allowed-domains", site.url,
+                                 site.url.split("//")[1], settings=TEST_SETTINGS)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["lait/page/fetched"] == 3 and stats["kept"] == 9
     warnings = [line for line in result.stderr.splitlines() if "--allowed-domains" in line]
@@ -116,8 +117,8 @@ def test_max_aspect_0_turns_the_aspect_check_off_as_in_lait_filter(tmp_path):
         "/img/wide.jpg": (200, JPEG, jpeg(400, 64)), "/img/a.jpg": (200, JPEG, jpeg(96, 72)),
     })
     with site:
-        lait_crawl(site.url + "/p.html", "--out", str(tmp_path / "off"), "--allow-private-networks", "--min-side",
-                   str(TEST_MIN_SIDE), "--max-aspect", "0", settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/p.html", "--out", str(tmp_path / "off"), "--allow-private-networks", "--min-side",
+                        str(TEST_MIN_SIDE), "--max-aspect", "0", settings=TEST_SETTINGS)
     stats = json.loads((tmp_path / "off" / "stats.json").read_text())
     assert stats["kept"] == 2 and stats["rejected"] == 0
 
@@ -431,8 +432,8 @@ def test_a_crawl_with_image_formats_jpg_keeps_the_jpeg_images(tmp_path):
         "/img/a.jpg": (200, JPEG, jpeg(96, 72)), "/img/b.png": (200, {"Content-Type": "image/png"}, png(96, 72)),
     })
     with site:
-        lait_crawl(site.url + "/p.html", "--out", str(tmp_path / "out"), "--allow-private-networks", "--min-side",
-                   str(TEST_MIN_SIDE), settings=dict(TEST_SETTINGS, LAIT_IMAGE_FORMATS=["jpg"]))
+        lait_crawl_here(site.url + "/p.html", "--out", str(tmp_path / "out"), "--allow-private-networks", "--min-side",
+                        str(TEST_MIN_SIDE), settings=dict(TEST_SETTINGS, LAIT_IMAGE_FORMATS=["jpg"]))
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["kept"] == 1 and stats["rejected_by_reason"] == {"format_not_allowed": 1}
 
@@ -517,10 +518,10 @@ def test_lait_crawl_warc_passes_the_settings_its_reader_has_options_for(tmp_path
     with site:
         files = write_test_warcs(str(tmp_path), site.url)
         out = tmp_path / "out"
-        result = lait_crawl("--warc", *files, "--out", str(out), "--allow-private-networks", check=False,
-                            settings={"USER_AGENT": "TestBot/1.0", "LAIT_MAX_PIXELS": 5000, "LAIT_IMAGE_FORMATS": ["png"],
-                                      "LAIT_MIN_SIDE": TEST_MIN_SIDE, "LAIT_IMAGE_MAXSIZE": 1e6,
-                                      "DOWNLOAD_DELAY": 0, "DOWNLOAD_TIMEOUT": 2})
+        result = lait_crawl_here("--warc", *files, "--out", str(out), "--allow-private-networks", check=False,
+                                 settings={"USER_AGENT": "TestBot/1.0", "LAIT_MAX_PIXELS": 5000,
+                                           "LAIT_IMAGE_FORMATS": ["png"], "LAIT_MIN_SIDE": TEST_MIN_SIDE,
+                                           "LAIT_IMAGE_MAXSIZE": 1e6, "DOWNLOAD_DELAY": 0, "DOWNLOAD_TIMEOUT": 2})
         assert result.returncode == 0, result.stderr[-3000:]
         assert site.counts["/img/online.jpg"] == 0  # robots.txt disallows it to TestBot only
     from schemas import read_table
@@ -607,8 +608,8 @@ def test_a_lait_setting_alone_still_sets_what_its_option_sets(tmp_path):
         "/img/a.jpg": (200, JPEG, jpeg(96, 72)), "/img/b.jpg": (200, JPEG, jpeg(40, 40)),
     })
     with site:
-        lait_crawl(site.url + "/p.html", "--out", str(tmp_path / "out"),
-                   settings=dict(TEST_SETTINGS, LAIT_MIN_SIDE=TEST_MIN_SIDE, LAIT_ALLOW_PRIVATE_NETWORKS=True))
+        lait_crawl_here(site.url + "/p.html", "--out", str(tmp_path / "out"),
+                        settings=dict(TEST_SETTINGS, LAIT_MIN_SIDE=TEST_MIN_SIDE, LAIT_ALLOW_PRIVATE_NETWORKS=True))
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["kept"] == 1 and stats["rejected_by_reason"] == {"image_too_small": 1}
 

@@ -14,7 +14,8 @@ import pytest
 import schemas
 from tests.procs import children_running
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import ROOT, lait_crawl_here, path_of, small_site, small_site_candidate_ids
+from tests.crawler.test_crawl_site import ROOT, path_of, small_site, small_site_candidate_ids
+from tests.inprocess import lait_crawl_here
 
 COMMON = ["--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
 #: Rows that are records of their own, whatever else shares their candidate_id (crawler.output.OWN_RECORD_REASONS).

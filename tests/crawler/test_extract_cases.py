@@ -13,8 +13,9 @@ import schemas
 from crawler import extract
 from crawler.spiders import lait as spider_module
 from tests.crawler.mocksite import GIF_PIXEL, HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_crawl, path_of
+from tests.crawler.test_crawl_site import path_of
 from tests.crawler.test_crawl_units import _spider
+from tests.inprocess import lait_crawl_here
 
 PAGE = "http://example.org/dir/page.html"
 SVG_PLACEHOLDER = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 6'%3E%3C/svg%3E"
@@ -335,8 +336,8 @@ def robots_site() -> MockSite:
 def test_the_spider_on_lazy_linked_repeated_and_opted_out_images(tmp_path):
     out = tmp_path / "crawl"
     with robots_site() as site:
-        lait_crawl(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE),
-                   settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE),
+                        settings=TEST_SETTINGS)
         counts = collections.Counter(site.counts)
     candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
     rows = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()

@@ -22,8 +22,9 @@ from crawler import settings as crawl_settings
 from crawler.middlewares import NetworkGuardMiddleware, RefusedRequest, RobotsTxtMiddleware
 from crawler.spiders.lait import LaitSpider
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_crawl, path_of
+from tests.crawler.test_crawl_site import path_of
 from tests.crawler.test_crawl_units import _spider
+from tests.inprocess import lait_crawl_here
 
 PAGE = "http://example.org/dir/page.html"
 
@@ -265,10 +266,10 @@ def edges_crawl(tmp_path_factory):
     out = tmp_path_factory.mktemp("edges") / "crawl"
     command = ["--out", str(out), "--allow-private-networks", "--min-side", str(TEST_MIN_SIDE)]
     with edges_site() as site:
-        first = lait_crawl(site.url + "/", *command, settings=TEST_SETTINGS)
+        first = lait_crawl_here(site.url + "/", *command, settings=TEST_SETTINGS)
         counts = collections.Counter(site.counts)
         first_stats = json.loads((out / "stats.json").read_text())
-        lait_crawl(site.url + "/", *command, settings=TEST_SETTINGS)
+        lait_crawl_here(site.url + "/", *command, settings=TEST_SETTINGS)
     candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
     rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
     stats = json.loads((out / "stats.json").read_text())

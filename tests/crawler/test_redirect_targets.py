@@ -16,7 +16,8 @@ from crawler.fetch import FetchError, PoliteFetcher
 from crawler.middlewares import RedirectMiddleware, RefusedRequest
 from crawler.spiders.lait import LaitSpider
 from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_crawl, path_of
+from tests.crawler.test_crawl_site import path_of
+from tests.inprocess import lait_crawl_here
 
 #: Location -> the reason a page or image redirecting there is rejected for.
 TARGETS = {"http://[bad/": "invalid_url", "http://127.0.0.1:99999/x.jpg": "invalid_url",
@@ -72,8 +73,8 @@ def test_the_crawl_rejects_pages_and_images_redirecting_to_them_as_counted_rejec
         images.append(f'<img src="/image{i}" alt="Image {i}">')
     pages["/"] = (200, HTML, html("".join(links + images)))
     with MockSite(pages) as site:
-        result = lait_crawl(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side",
-                            str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
+        result = lait_crawl_here(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side",
+                                 str(TEST_MIN_SIDE), settings=TEST_SETTINGS)
     assert "Traceback" not in result.stderr
     candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
     assert [path_of(c["image_url"], site) for c in candidates] == ["/img/moved"]

@@ -10,7 +10,7 @@ from filters.synthetic import make_candidates
 from pipeline import features
 from pipeline import filter as filter_stage
 from tests.crawler.mocksite import HTML, JPEG, TEST_SETTINGS, MockSite, html, jpeg
-from tests.crawler.test_crawl_site import lait_crawl_here
+from tests.inprocess import lait_crawl_here
 
 
 def _write_candidates(folder, rows):
