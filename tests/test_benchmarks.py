@@ -146,6 +146,16 @@ def test_bench_relevance_beam_timing_with_few_pairs(monkeypatch, capsys):
     assert "Beam pipeline (DirectRunner)" in capsys.readouterr().out
 
 
+def test_bench_relevance_step_times_both_optimizers_and_finds_the_same_weights(monkeypatch, capsys):
+    from filters.relevance import train as relevance_train
+
+    monkeypatch.setattr(relevance_train, "_TABLE_ROWS_ONLY", True)  # the script switches it; restored after
+    assert _benchmark("bench_relevance_step", monkeypatch).main(["--train", "40", "--image-height", "60",
+                                                                "--epochs", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer step alone: torch AdamW" in out and "weights bit-identical: True" in out
+
+
 @pytest.mark.parametrize("option", [["--big-image-mb", "4"], ["--bomb-mb", "16"]])
 def test_soak_refuses_hostile_sizes_under_the_crawl_limits(monkeypatch, capsys, option):
     """Under the limits nothing is rejected as too_large: every round reported lost records."""
