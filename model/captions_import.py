@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -256,11 +257,41 @@ def _sniff_tsv(lines: Iterator[bytes]) -> list[bytes]:
     return head
 
 
+#: A TSV field in CSV quotes, as Python's csv module and pandas' ``to_csv(sep="\t")`` write one holding a quote
+#: or a TAB: a ``"`` at each end, each ``"`` inside doubled, then a TAB or the line's end.
+_TSV_QUOTED = re.compile(r'"((?:[^"]|"")*)"(?=\t|\Z)')
+
+
+def _tsv_fields(line: str) -> list[str]:
+    """A TSV line's TAB-separated fields, a field in CSV quotes (``_TSV_QUOTED``) unquoted: its quotes dropped and
+    ``""`` read as ``"``, a TAB inside it kept. Read whole, a caption with a quote came in quoted, its quotes
+    doubled, and a quoted file name was an image_missing. Any other field is taken as it stands, a ``"`` in it
+    included (``say "hi"``, ``"Hi" she said``); a line without a ``"`` splits as before. A line end still ends the
+    line, inside quotes too (a quoted field cannot span lines: its first line keeps its opening quote)."""
+    if '"' not in line:
+        return line.split("\t")
+    fields, at = [], 0
+    while True:
+        quoted = _TSV_QUOTED.match(line, at)
+        if quoted:
+            fields.append(quoted.group(1).replace('""', '"'))
+            at = quoted.end()
+        else:
+            end = line.find("\t", at)
+            end = len(line) if end < 0 else end
+            fields.append(line[at:end])
+            at = end
+        if at == len(line):
+            return fields
+        at += 1  # past the TAB
+
+
 def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
     """A TSV of ``image_file<TAB>caption`` lines (a first line whose first field names a column,
     ``TSV_HEADER_NAMES``, is a header and skipped, as are blank lines; a UTF-8 BOM and CRLF or CR line ends are
-    allowed). A line that is not UTF-8, one without a TAB, or one with more than two TAB-separated fields (a
-    caption cannot hold a TAB) is an ``invalid`` record (``record_invalid``), named by its number.
+    allowed; a field in CSV quotes is unquoted, ``_tsv_fields``). A line that is not UTF-8, one without a TAB, or
+    one with more than two TAB-separated fields (an unquoted caption cannot hold a TAB) is an ``invalid`` record
+    (``record_invalid``), named by its number.
 
     The file is opened when called (an unreadable one fails then, before ``--out`` is touched), and its first
     lines are read: a ``ValueError`` when it is UTF-16 or UTF-32 text (``_not_utf8``), or when none of its first
@@ -291,7 +322,7 @@ def read_tsv(path: str, split: str = "train") -> Iterator[CaptionRecord]:
                     continue
                 if not line.strip():
                     continue
-                fields = line.split("\t")
+                fields = _tsv_fields(line)
                 if number == 1 and fields[0].lower() in TSV_HEADER_NAMES:
                     continue
                 if len(fields) == 1:

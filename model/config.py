@@ -269,6 +269,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if value is None:
         if type(None) in options:
             return None
+        # A key left empty in YAML (``pretrain:`` with every stage commented out) is an empty list, mapping or
+        # section: valid where an empty one is, else refused by its own check ("at least one dataset is required").
+        if hint is list or typing.get_origin(hint) is list:
+            return []
+        if hint is dict or typing.get_origin(hint) is dict or dataclasses.is_dataclass(hint):
+            return {}
         raise ConfigError(f"{where}: a value is required")
     for kind in (bool, int, float):
         if kind in options:

@@ -37,9 +37,15 @@ REGION_COLUMNS = ["image_id", "image_width", "image_height", "boxes", "features"
 
 
 def resolve_dataset_dir(path: str, name: str) -> str:
-    """``path/name`` when that folder exists (a stage or run folder), else ``path`` itself."""
-    inner = os.path.join(path, name)
-    return inner if "://" not in path and os.path.isdir(inner) else path
+    """``path/name`` when that folder exists (a stage or run folder), else ``path/features/regions`` for regions
+    when that exists (an import folder whose regions ``lait features --output path/features`` added, as
+    docs/train.md shows), else ``path`` itself."""
+    if "://" in path:
+        return path
+    for inner in (os.path.join(path, name),) + ((os.path.join(path, "features", name),) if name == "regions" else ()):
+        if os.path.isdir(inner):
+            return inner
+    return path
 
 
 def stable_key(text: str) -> int:

@@ -95,8 +95,15 @@ def recall_at_k(ir_scores: torch.Tensor, caption_images: torch.Tensor, sr_scores
     rank_image = rank_image[has_caption]
     sentence_retrieval = {f"R@{k}": float((rank_image < k).float().mean()) for k in ks}
     sentence_retrieval["chance_R@1"] = float((gold.sum(0)[has_caption].float() / n_captions).mean())
+    # ``rivals``: the most items that can rank above a query's answer (a caption's image has the other images; an
+    # image's best caption the captions not its own); ``saturated_k``: the K above that, at which no query can miss
+    # whatever the scores (a NaN aside): R@K there is 100% by construction (``saturation_notes``).
+    rivals = {"image_retrieval": n_images - 1,
+              "sentence_retrieval": int((n_captions - gold.sum(0)[has_caption]).max()) if bool(has_caption.any())
+              else n_captions}
     return {"image_retrieval": image_retrieval, "sentence_retrieval": sentence_retrieval,
-            "num_images": n_images, "num_captions": n_captions}
+            "num_images": n_images, "num_captions": n_captions, "rivals": rivals,
+            "saturated_k": {direction: [k for k in ks if k > most] for direction, most in rivals.items()}}
 
 
 @dataclass(frozen=True)
@@ -492,6 +499,9 @@ def evaluate(model: ImageBert, tokenizer_json: str, regions: str, captions: str 
                        result["nan_scores"], scored)
     if mode == "two_stage":
         result["prerank_recall"] = prerank  # share of queries whose answer reached the re-ranking
+    result["notes"] = saturation_notes(result)
+    for note in result["notes"]:
+        logger.warning("eval: %s", note)
     result.update(mode=mode, two_stage_k=two_stage_k if mode == "two_stage" else None, pairs_scored=scored,
                   processes=world()[0],
                   seconds=round(seconds, 3), pairs_per_s=round(scored / max(seconds, 1e-9), 1), split=split,
@@ -525,8 +535,13 @@ def _evaluate_folds(model: ImageBert, data: EvalSet, count: int, batch_size: int
     result = {direction: {key: float(np.mean([fold[direction][key] for fold in per_fold]))
                           for key in per_fold[0][direction]}
               for direction in ("image_retrieval", "sentence_retrieval")}
+    # A K at which some fold's ranking cannot miss lifts the mean as well: the fold of fewest rivals decides.
+    directions = ("image_retrieval", "sentence_retrieval")
+    saturated = {direction: sorted({k for fold in per_fold for k in fold["saturated_k"][direction]})
+                 for direction in directions}
     result.update(num_images=data.shape[1], num_captions=data.shape[0], folds=count, per_fold=per_fold,
-                  nan_scores=int(flat.isnan().sum()))
+                  nan_scores=int(flat.isnan().sum()), saturated_k=saturated,
+                  rivals={direction: min(fold["rivals"][direction] for fold in per_fold) for direction in directions})
     return result, len(flat), shapes
 
 
@@ -653,6 +668,25 @@ def write_eval(result: dict, path: str) -> None:
     schemas.write_json_atomically(os.path.abspath(path), result)
 
 
+def saturation_notes(result: dict) -> list[str]:
+    """What ``result``'s ``saturated_k`` means, a line per direction that has any: on a split this small every
+    query is a hit at those K whatever the scores (a NaN score aside), so R@K there is 100% by construction and
+    measures nothing (R@1 against ``chance_R@1`` still does). Printed under the table, logged, and kept in
+    eval.json as ``notes``."""
+    saturated, rivals = result.get("saturated_k") or {}, result.get("rivals") or {}
+    fold = " in a fold" if result.get("folds") else ""
+    notes = []
+    for direction, answer, others in (("image_retrieval", "a caption's image", "other images"),
+                                      ("sentence_retrieval", "an image's captions", "captions not its own")):
+        ks = saturated.get(direction) or []
+        if ks:
+            notes.append(f"{direction.replace('_', ' ')}: {', '.join(f'R@{k}' for k in ks)} "
+                         f"{'is' if len(ks) == 1 else 'are'} 100% by construction: {answer} can be outranked by "
+                         f"{rivals.get(direction, '?')} {others} at most{fold}, fewer than {ks[0]}; evaluate on a "
+                         f"larger split")
+    return notes
+
+
 def format_table(result: dict) -> str:
     """The recall table as text (percentages)."""
     lines = [f"{'direction':<20}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'chance R@1':>12}"]
@@ -669,6 +703,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{result['blank_captions_skipped']:,} blank captions of the split left out")
     if result.get("repeated_caption_rows"):
         lines.append(f"{result['repeated_caption_rows']:,} caption rows repeating a caption_id left out")
+    for note in result.get("notes") or ():
+        lines.append(f"note: {note}")
     if result.get("folds"):
         lines.append(f"mean over {result['folds']} folds of about {result['num_images'] // result['folds']:,} images, "
                      f"each fold's captions ranked against its own images")

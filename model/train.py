@@ -876,6 +876,30 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
                 "samples_per_s": round(steps_run * stage.batch_size * config.grad_accum * runtime.world_size
                                        / max(seconds, 1e-9), 1),
                 "data": report, **({"resumed_from_step": start} if start else {})}
+
+    def save_stage_checkpoint(done: int) -> None:
+        """Write the checkpoint after step ``done`` (``<stage>.pt`` at the stage's end, else ``<stage>-step<done>.pt``),
+        and ``last.pt``."""
+        # The loss window (mean over the processes) makes a resumed run log the same rows.
+        loss_window = {"sums": _reduce_mean(window, runtime).tolist(), "steps": window_steps,
+                       "samples": window_samples}
+        finished = list(checkpoint_base.get("stage_summaries", []))
+        if done == total:
+            finished.append(summary_of(done))
+        state = dict(checkpoint_base, model=model.state_dict(), stage_index=stage_index, stage_name=stage.name,
+                     step=done, stage_steps=total, stage_done=done == total, optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict(), rng={"torch": torch.get_rng_state()},
+                     data={"batches": done * config.grad_accum, "world_size": runtime.world_size,
+                           "row_groups": dealing},  # how those with a captioned image are dealt
+                     loss_window=loss_window, stage_summaries=finished)
+        if runtime.is_main:
+            name = f"{stage.name}.pt" if done == total else f"{stage.name}-step{done}.pt"
+            path = os.path.join(config.out_dir, "checkpoints", name)
+            save_checkpoint(path, state)
+            save_checkpoint(os.path.join(config.out_dir, "checkpoints", "last.pt"), state)
+        if runtime.distributed:
+            dist.barrier()
+
     bar = None
     if progress and runtime.is_main:
         from tqdm import tqdm
@@ -962,25 +986,12 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
             bar.update(1)
         periodic = config.checkpoint_every > 0 and done % config.checkpoint_every == 0 and done < total
         if periodic or done == total:
-            # The loss window (mean over the processes) makes a resumed run log the same rows.
-            loss_window = {"sums": _reduce_mean(window, runtime).tolist(), "steps": window_steps,
-                           "samples": window_samples}
-            finished = list(checkpoint_base.get("stage_summaries", []))
-            if done == total:
-                finished.append(summary_of(done))
-            state = dict(checkpoint_base, model=model.state_dict(), stage_index=stage_index, stage_name=stage.name,
-                         step=done, stage_steps=total, stage_done=done == total, optimizer=optimizer.state_dict(),
-                         scheduler=scheduler.state_dict(), rng={"torch": torch.get_rng_state()},
-                         data={"batches": done * config.grad_accum, "world_size": runtime.world_size,
-                               "row_groups": dealing},  # how those with a captioned image are dealt
-                         loss_window=loss_window, stage_summaries=finished)
-            if runtime.is_main:
-                name = f"{stage.name}.pt" if done == total else f"{stage.name}-step{done}.pt"
-                path = os.path.join(config.out_dir, "checkpoints", name)
-                save_checkpoint(path, state)
-                save_checkpoint(os.path.join(config.out_dir, "checkpoints", "last.pt"), state)
-            if runtime.distributed:
-                dist.barrier()
+            save_stage_checkpoint(done)
+    if start == total:
+        # Resumed at its last step (the stage's steps lowered to the checkpoint's): nothing left to train, yet it
+        # ends here as any stage does, with its stage checkpoint and a final loss (a later resume skips it).
+        last_loss = _resumed_final_loss(window, window_steps, log)
+        save_stage_checkpoint(total)
     if bar is not None:
         bar.close()
     del batches  # stops the DataLoader workers
@@ -992,6 +1003,35 @@ def run_stage(model: ImageBert, stage: StageConfig, stage_index: int, config: Tr
         del wrapped
         gc.collect()
     return summary_of(total)
+
+
+def _resumed_final_loss(window: torch.Tensor, steps: int, log: LossLog | None) -> float:
+    """The final loss of a stage resumed at its last step, which trains none: the mean of the restored loss window
+    (its steps since the last logged row, already a mean over the processes), or else the loss of the last row its
+    log kept (NaN where this process keeps no log)."""
+    if steps:
+        return float(window[0] / steps)
+    if log is None:
+        return float("nan")
+    with open(log.path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    try:
+        return float(rows[-1]["loss"]) if rows else float("nan")
+    except (KeyError, TypeError, ValueError):
+        return float("nan")
+
+
+def check_resume_steps(state: dict, path: str, stage: StageConfig, total: int) -> None:
+    """A stage resumed part-way must have steps left, or as many as its checkpoint ran (it then ends at once): with
+    fewer, its loop ran none, no stage checkpoint was written and its summary counted negative steps."""
+    step = int(state["step"])
+    if step <= total:
+        return
+    made = (f"{stage.name}.steps {stage.steps}" if stage.steps is not None
+            else f"{stage.name}.epochs {stage.epochs!r}, which makes {total} steps of this config's data")
+    raise ValueError(f"{path}: stage {stage.name!r} resumed at step {step}, past this config's {total} steps "
+                     f"({made}); resume it with steps (or epochs) that make {step} steps at least, or start a new "
+                     f"run from its weights with init:")
 
 
 def _resumed_dealing(stage: StageConfig, record: dict, start: int) -> str:
@@ -1087,6 +1127,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = False
     done_index = int(resume_state["stage_index"]) + (1 if resume_state["stage_done"] else 0) if resume_state else 0
     # Every stage still to run is checked before the first one trains; that one's join is handed to its stream.
     reports, first_pairs = check_stages(stages, done_index, runtime.world_size, config.num_workers)
+    if resume_state is not None and not resume_state["stage_done"]:  # the stage's step count needs its data
+        resumed = stages[done_index]
+        check_resume_steps(resume_state, resume, resumed, stage_steps(resumed, reports[done_index]["pairs"],
+                                                                      runtime.world_size, config.grad_accum))
     from tokenizers import Tokenizer
 
     ids = special_ids(Tokenizer.from_str(tokenizer_json))

@@ -49,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from model.eval import evaluate, format_table, read_eval_captions, write_eval
     from model.train import model_from_checkpoint
 
-    regions = args.regions or (os.path.join(args.data, "regions") if args.data else None)
+    regions = args.regions or (data_regions(args.data) if args.data else None)
     captions = args.captions or (os.path.join(args.data, "captions") if args.data else None)
     if not regions or not captions:
         return _fail("give --data DIR, or both --regions and --captions")
+    if not args.regions and "://" not in regions and not os.path.exists(regions):
+        return _fail(f"--data {args.data}: neither {regions} nor {os.path.join(args.data, 'features', 'regions')} "
+                     f"exists; add the regions with lait features --input {args.data} --output "
+                     f"{os.path.join(args.data, 'features')}, or give --regions")
     for path in (args.checkpoint, regions, captions):
         if "://" not in path and not os.path.exists(path):
             return _fail(f"{path} does not exist")
@@ -96,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"wrote {args.out}")
     return 0
+
+
+def data_regions(data: str) -> str:
+    """The regions dataset of ``--data DIR``: ``DIR/regions``, else ``DIR/features/regions`` where only that exists:
+    the documented import flow (``lait import-captions --out DIR``, then ``lait features --input DIR --output
+    DIR/features``) puts them there, and ``--data DIR`` then failed on a missing ``DIR/regions``."""
+    regions = os.path.join(data, "regions")
+    nested = os.path.join(data, "features", "regions")
+    return nested if "://" not in data and not os.path.exists(regions) and os.path.isdir(nested) else regions
 
 
 def _unwritable(path: str) -> str | None:
