@@ -9,6 +9,7 @@ import codecs
 import collections
 import functools
 import html
+import html.entities
 import logging
 import os
 import re
@@ -23,8 +24,14 @@ logger = logging.getLogger(__name__)
 TEXT_SOURCES = ("alt", "title", "figcaption")
 
 _WHITESPACE = re.compile(r"\s+")
-# Control and format characters (zero-width spaces, soft hyphens, bidi marks) carry no text.
+# Control and format characters (soft hyphens, word joiners, ZWNJ/ZWJ, bidi marks) carry no text.
 _INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}
+# ... but a zero-width space is where a line may break between words ("a brown\u200bdog"): a space. (U+2028
+# and U+2029, the line and paragraph separators, are white space already.)
+_WORD_BREAKS = "\u200b"
+# A complete character reference, ended by ";": named, decimal or hex. Legacy names without ";" ("&not",
+# "&para"), which html.unescape also decodes, are text here: "Tips &notes" is not "Tips ¬es".
+_ENTITY = re.compile(r"&(#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 # Terminal escape sequences (colour codes such as ESC[31m): dropping the ESC control alone leaves "[31m".
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 # Markup of common HTML elements (alt text that held escaped tags). Only these names, so that "x <y and
@@ -40,10 +47,18 @@ _HIDDEN_ELEMENTS = ("script", "style")  # their content is code, not text
 _AM = (("\u0e4d\u0e32", "\u0e33"), ("\u0ecd\u0eb2", "\u0eb3"))
 
 _IMAGE_EXT = r"(?:jpe?g|png|gif|webp|bmp|svg|tiff?|heic|avif)"
+#: Prefixes of the names cameras and phones give their pictures (IMG_1234, DSC01234, SAM_0042, PXL_2023…).
+CAMERA_PREFIXES = ("img", "dsc", "dscn", "dscf", "dcim", "pxl", "gopr", "mvimg", "sam", "wp")
+_CAMERA = "|".join(CAMERA_PREFIXES)
+# A name with an image extension, a camera prefix joined to its number ("_", "-" or nothing), or a screenshot's
+# name (macOS: "Screenshot 2024-01-05 at …"), anywhere in the caption. A camera prefix and number apart
+# ("Uncle Sam 1776 poster") are a file name only as the whole caption, prefix in upper case as cameras write it:
+# a CMS that titles an image "IMG 1234" from IMG_1234.jpg.
 _FILENAME = re.compile(
-    rf"(?:^|\s)(?:\S+\.{_IMAGE_EXT}|(?:img|dsc|dscn|dscf|dcim|pxl|gopr|mvimg|sam|wp|screenshot)[_\- ]?\d{{3,}}\S*)(?:\s|$)",
+    rf"(?:^|\s)(?:\S+\.{_IMAGE_EXT}|(?:{_CAMERA})[_\-]?\d{{3,}}\S*|screenshot[_\- ]?\d{{3,}}\S*)(?:\s|$)",
     re.IGNORECASE,
 )
+_SPACED_FILENAME = re.compile(rf"(?:{_CAMERA.upper()}) \d{{3,}}\S*")
 _URL = re.compile(r"(?:https?://|ftp://|www\.)\S+", re.IGNORECASE)
 #: Endings that make a dotted name a web address ("shop.example.com", "index.html").
 URL_ENDINGS = frozenset("com org net edu gov io co uk de fr info biz htm html php".split())
@@ -107,20 +122,41 @@ def strip_markup(text: str) -> str:
     return "".join(out)
 
 
+def _entity(match: re.Match) -> str:
+    name = match.group(1)
+    if name.startswith("#"):
+        return html.unescape(match.group(0))  # its rules: an invalid code point is U+FFFD
+    return html.entities.html5.get(name + ";", match.group(0))
+
+
+def unescape_entities(text: str) -> str:
+    """``text`` with its complete character references decoded (``&eacute;``, ``&#233;``, ``&#xE9;``), one pass.
+
+    Only those that end in ";": html.unescape also decodes a legacy name without it before a letter ("&notes"
+    is "¬es", "&parade" "¶de"), and captions come from the crawler with their markup's entities decoded
+    already, so a "&" left in them is text.
+    """
+    return _ENTITY.sub(_entity, text)
+
+
 def normalize_text(text: Any) -> str:
-    """NFKC (``nfkc``: Thai and Lao AM kept whole), HTML entities decoded, HTML tags and terminal escapes
-    removed, invisible characters dropped, whitespace collapsed; None becomes ''."""
+    """NFKC (``nfkc``: Thai and Lao AM kept whole), HTML entities decoded (``unescape_entities``: those ended by
+    ";"), HTML tags and terminal escapes removed, a zero-width space read as a space, other invisible
+    characters dropped, whitespace collapsed; None becomes ''."""
     if text is None:
         return ""
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8")  # callers decide what invalid UTF-8 means; see rules
     # Entities first (alt="Caf&eacute;"), twice for double-escaped markup ("&amp;eacute;").
-    text = html.unescape(html.unescape(text))
+    if "&" in text:
+        text = unescape_entities(unescape_entities(text))
     if "\x1b" in text:
         text = _ANSI.sub("", text)
     text = strip_markup(text)
     text = nfkc(text)
     if not text.isprintable():
+        for ch in _WORD_BREAKS:
+            text = text.replace(ch, " ")
         text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _INVISIBLE)
     return _WHITESPACE.sub(" ", text).strip()
 
@@ -311,7 +347,7 @@ class BoilerplateFilter(Filter):
 
     def __call__(self, record: Mapping[str, Any]) -> Decision:
         caption = record.get("caption") or ""
-        match = _FILENAME.search(caption)
+        match = _FILENAME.search(caption) or _SPACED_FILENAME.fullmatch(caption.strip())
         if match:
             return Decision.reject("caption_is_filename", detail=match.group(0).strip())
         url = find_url(caption)

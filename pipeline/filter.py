@@ -331,9 +331,19 @@ def _band_items(pair, distance):
             yield key, item
 
 
+def _ranked_marks(items, distance):
+    """``dedup.near_duplicates`` of one band bucket, each better pair with its rank: (pair_id, (rank, better))."""
+    items = list(items)
+    rank = {pair_id: key for pair_id, _, key in items}
+    return [(pair_id, (rank[better], better)) for pair_id, better in dedup.near_duplicates(items, distance)]
+
+
 def _split_marked(kv):
+    """A pair with the marks of every band bucket it shares with a better one: rejected, naming the best-ranked
+    of them (then the least pair_id): the order the marks arrive in is Beam's, not fixed from run to run."""
     _, grouped = kv
-    marks = [(pair["pair_id"], better) for pair in grouped["pair"] for better in grouped["mark"][:1]]
+    best = [min(grouped["mark"])[1]] if grouped["mark"] else []
+    marks = [(pair["pair_id"], better) for pair in grouped["pair"] for better in best]
     return _emit(dedup.split_near_duplicates(list(grouped["pair"]), marks), "dedup")
 
 
@@ -350,7 +360,7 @@ class DropNearDuplicates(beam.PTransform):
             pairs
             | "Bands" >> beam.FlatMap(_band_items, distance)
             | "GroupBand" >> beam.GroupByKey()
-            | "Compare" >> beam.FlatMap(lambda kv: dedup.near_duplicates(kv[1], distance))
+            | "Compare" >> beam.FlatMap(lambda kv: _ranked_marks(kv[1], distance))
         )
         keyed = pairs | "ByPair" >> beam.Map(lambda p: (p["pair_id"], p))
         return (
@@ -547,6 +557,16 @@ def warn_ignored_options(args: argparse.Namespace, config: RuleConfig) -> None:
         logger.warning("%s", message)
 
 
+def check_paths(input_path: Any, output_path: Any) -> None:
+    """Refuse an ``--input`` or ``--output`` that is empty or white space alone (an unset ``$OUT`` in a script),
+    in one line naming the option, before anything is read or written: the output's ``pairs/``, ``rejected/``
+    and ``stats.json`` would be the current folder's, removed by ``--overwrite``."""
+    for option, value, what in (("--input", input_path, "the crawl folder or candidates dataset to filter"),
+                                ("--output", output_path, "the folder to write the pairs to")):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{option} {value!r} is empty; give {what}")
+
+
 def _prepare_output(output: str, overwrite: bool, input_path: str | None = None) -> None:
     """The shared output rule (``pipeline.outputs``), and a local folder made ready; a folder that cannot be
     made or cleared (its parent is a file, no permission) is a one-line ValueError naming it."""
@@ -659,6 +679,7 @@ def run_with_args(args: argparse.Namespace, beam_args: list[str],
     output folder is touched: a bad option is a ValueError (or FileNotFoundError) and leaves a previous run's
     output as it was. ``args.runner`` is set to the runner the run uses (``_record_beam_options``).
     """
+    check_paths(getattr(args, "input", None), getattr(args, "output", None))
     complete_options(args)  # a Python caller's namespace may lack options: they are left out, as not given
     config = config_from_args(args)
     check_relevance_args(args)

@@ -201,7 +201,13 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     files itself (a dataset such as ``RUN/filter/pairs``), or that lies inside a finished stage's folder (one
     whose stats.json names a stage; ``refuse_dataset_or_nested``), or whose run is still going (``refuse_running``:
     its ``RUN_MARKER`` names a live process of this host; one of another host is refused unless ``overwrite``).
+
+    An empty ``output`` (or white space alone: an unset ``$OUT`` in a script) is a ValueError before anything
+    is looked at: its parts would be the current folder's ``pairs/``, ``stats.json``, …, deleted here. The
+    stages refuse it in their own words first; this is the last line of defence for any other caller.
     """
+    if not isinstance(output, str) or not output.strip():
+        raise ValueError(f"--output {output!r} is empty; give the folder to write the {stage} output to")
     if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
         raise OutputExistsError(f"{output} is a file, not a folder; use a new --output")
     for source in inputs:

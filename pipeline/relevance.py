@@ -551,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_paths(input_path: str, output_path: str) -> None:
+    """Refuse an ``--input`` or ``--output`` that is empty or white space alone (an unset ``$OUT`` in a script),
+    in one line naming the option, before anything is read or written: the output's ``pairs/``, ``rejected/``
+    and ``stats.json`` would land in the current folder."""
+    for option, value, what in (("--input", input_path, "the filter folder or pairs dataset to score"),
+                                ("--output", output_path, "the folder to write the scored pairs to")):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{option} {value!r} is empty; give {what}")
+
+
 def check_model_args(args: argparse.Namespace) -> None:
     """Check the cut and load the model once (on the CPU), before the output is touched: a missing or
     corrupt model is a FileNotFoundError or ValueError here, not a traceback from a Beam worker."""
@@ -566,6 +576,7 @@ def check_model_args(args: argparse.Namespace) -> None:
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Run the standalone scoring pipeline; returns the relevance summary written to stats.json."""
     args, beam_args = build_parser().parse_known_args(argv)
+    check_paths(args.input, args.output)
     files = _pair_files(args.input)
     options = PipelineOptions(beam_args)
     check_model_args(args)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.filter import run_with_args
+    from pipeline.filter import check_paths, run_with_args
     from pipeline.options import beam_options, runner_name
     from pipeline.runners import failure_line, quiet_beam_tracebacks, run_failures
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         own["runner"] = "DirectRunner"
     beam_args = [f"--{name}={value}" for name, value in own.items()] + beam_args
     try:
+        check_paths(args.input, args.output)  # before the line below names them (run_with_args checks them too)
         if twice:
             raise ValueError(f"{twice[0]} is given both before and after '--': give it once")
         runner = runner_name(beam_options(beam_args, vars(args)))
