@@ -131,7 +131,11 @@ class RuleFilters:
         """One candidate to (pair, None) or (None, rejected row)."""
         source, caption, decisions = self.choose_caption(candidate)
         if source is None:
-            return None, self.rejected(candidate, "no_text", "alt, title and figcaption are empty", None)
+            given = [name for name in TEXT_SOURCES if isinstance(candidate.get(name), (str, bytes, bytearray))
+                     and candidate.get(name).strip()]
+            detail = ("alt, title and figcaption are empty" if not given else
+                      f"{', '.join(given)} cleaned to nothing (markup, entities or invisible characters alone)")
+            return None, self.rejected(candidate, "no_text", detail, None)
         failed = next((d for d in decisions.values() if not d.keep), None)
         if failed is not None:
             return None, self.rejected(candidate, failed.reason, failed.detail, caption)

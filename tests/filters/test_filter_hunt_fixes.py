@@ -172,3 +172,17 @@ def test_near_duplicate_detail_does_not_depend_on_the_order_of_the_marks():
         assert [o.tag for o in out] == ["rejected"]
         details.add(out[0].value["detail"])
     assert details == {"near pair best"}  # the best-ranked of them
+
+
+def test_no_text_says_whether_the_texts_were_empty_or_cleaned_to_nothing():
+    """The detail said "alt, title and figcaption are empty" of an alt that held only escaped markup."""
+    from filters.rules import RuleFilters
+    from filters.synthetic import candidate, make_image
+
+    photo = make_image(11, 400, 320)
+    rules = RuleFilters()
+    _, rejected = rules.apply(candidate(photo, "&lt;script&gt;x&lt;/script&gt;", 1, title="\u200d"))
+    assert (rejected["reason"], rejected["detail"]) == (
+        "no_text", "alt, title cleaned to nothing (markup, entities or invisible characters alone)")
+    _, rejected = rules.apply(candidate(photo, "  ", 2, title=None))
+    assert (rejected["reason"], rejected["detail"]) == ("no_text", "alt, title and figcaption are empty")

@@ -197,3 +197,23 @@ def test_an_import_marked_on_another_host_needs_overwrite(tmp_path, capsys):
     assert "started on another host (pid" in capsys.readouterr().err
     assert _cli(tmp_path, out, "--overwrite") == 0
     assert schemas.read_table(os.path.join(out, "captions"), "captions").num_rows == 2
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused_and_the_current_folder_left_alone(tmp_path, capsys, monkeypatch, out):
+    """An unset $OUT (``--out ""``) named the current folder: with --overwrite its finished import's pairs/ and
+    stats.json were deleted, then the import failed on ''."""
+    _images(tmp_path)
+    assert _cli(tmp_path, tmp_path / "work") == 0
+    before = _listing(tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    capsys.readouterr()
+    for extra in ((), ("--overwrite",)):
+        assert _cli(tmp_path, out, *extra) == 2
+        err = capsys.readouterr().err
+        assert err == f"lait import-captions: --out {out!r} is empty; give the folder to write the import to\n"
+    assert _listing(tmp_path / "work") == before
+    with pytest.raises(ValueError, match="is empty"):
+        import_captions([CaptionRecord("c1", "a.jpg", "a red picture", "test")], str(tmp_path / "images"), out,
+                        overwrite=True)
+    assert _listing(tmp_path / "work") == before
