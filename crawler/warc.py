@@ -59,7 +59,7 @@ import schemas
 from crawler import extract, images, netguard, output
 from crawler.fetch import header_dict
 from crawler import settings as defaults
-from filters import option_rules
+from filters import imageio, option_rules
 from pipeline import outputs
 from pipeline.outputs import files_under, literal_pattern, read_stats
 from pipeline.options import beam_options, runner_name
@@ -97,34 +97,12 @@ class MissingInputError(FileNotFoundError):
 NON_WEB_URL = re.compile(r"^(dns|urn|mailto|about|data):", re.IGNORECASE)
 
 
-class _BrotliDecompressor:
-    """brotli's ``Decompressor`` as warcio's ``br`` hook uses it: ``decompress()`` and ``unused_data``, which brotli
-    1.1 and later no longer have (their method is ``process()``)."""
-
-    unused_data = None  # brotli knows no bytes after its stream, and warcio's own hook says so the same way
-
-    def __init__(self):
-        import brotli
-
-        self.decompressor = brotli.Decompressor()
-
-    def decompress(self, data: bytes) -> bytes:
-        return self.decompressor.process(data)
-
-
-def _register_brotli() -> None:
-    """Let warcio decode ``Content-Encoding: br`` payloads with the installed brotli: its own hook calls the old
-    API, and on a newer brotli every such record failed (``warc_malformed_record``)."""
-    try:
-        import brotli
-        from warcio.bufferedreaders import BufferedReader
-    except ImportError:  # no brotli: warcio leaves br undecoded, as before
-        return
-    if not hasattr(brotli.Decompressor(), "decompress"):
-        BufferedReader.DECOMPRESSORS["br"] = _BrotliDecompressor
-
-
-_register_brotli()  # at import, so on every Beam worker that unpickles the DoFns too
+#: The Content-Encodings the reader undoes (``decode_body``); br only with brotli installed. A body in another
+#: coding is kept as sent, as warcio kept it: its parse or image validation decides.
+DECODED_CODINGS = ("gzip", "x-gzip", "deflate", "br")
+#: The longest URL the spider requests (Scrapy's ``URLLENGTH_LIMIT`` default, written out: importing Scrapy here
+#: would load Twisted into every Beam worker): a page or image URL over it is ``url_too_long`` here too.
+URL_LENGTH_LIMIT = 2083
 
 
 class MisreadMemberError(OSError):
@@ -152,8 +130,17 @@ def _warc_date(value: str | None) -> datetime.datetime | None:
         return None
 
 
+#: Statuses whose responses have no body whatever their Content-Length says (RFC 9110: 1xx, 204, 304).
+NO_BODY_STATUSES = frozenset({204, 304}) | frozenset(range(100, 200))
+
+
 def _damage(record, payload: bytes) -> tuple[str, str] | None:
-    """(reason, detail) when a record's payload is cut short or altered, None when it is whole."""
+    """(reason, detail) when a record's payload (its body as sent, de-chunked) is cut short or altered, None when it
+    is whole.
+
+    A body shorter than its Content-Length is cut short, except where that header says nothing of the bytes
+    stored: a chunked body (RFC 9112: Transfer-Encoding overrides it), a status that has no body (a 304's
+    Content-Length is that of the page it did not send), and a record whose payload digest verified."""
     if record.rec_headers.get_header("WARC-Truncated"):
         return "warc_truncated_record", f"WARC-Truncated: {record.rec_headers.get_header('WARC-Truncated')}"
     checker = getattr(record, "digest_checker", None)
@@ -162,10 +149,108 @@ def _damage(record, payload: bytes) -> tuple[str, str] | None:
         return "warc_corrupt_record", "digest mismatch"
     if checker is not None and has_digest and checker.passed is None:
         return "warc_truncated_record", "record ends before its declared length"
-    length = record.http_headers.get_header("Content-Length") if record.http_headers else None
-    if length and length.isdigit() and not record.http_headers.get_header("Content-Encoding") and len(payload) < int(length):
-        return "warc_truncated_record", f"payload {len(payload)} bytes of {length}"
+    http = record.http_headers
+    length = http.get_header("Content-Length") if http else None
+    if not length or not length.strip().isdigit() or http.get_header("Transfer-Encoding"):
+        return None
+    if checker is not None and record.rec_headers.get_header("WARC-Payload-Digest") and checker.passed:
+        return None
+    status = http.get_statuscode()
+    if status and status.isdigit() and int(status) in NO_BODY_STATUSES:
+        return None
+    if len(payload) < int(length):
+        return "warc_truncated_record", f"payload {len(payload)} bytes of {length.strip()}"
     return None
+
+
+def _body_stream(record):
+    """A record's HTTP body as sent, de-chunked (as warcio de-chunks it, leniently) but not decoded: the reader
+    undoes its Content-Encoding itself (``decode_body``), where warcio's reader would hand back the raw bytes, or
+    nothing, for a body that does not decode."""
+    from warcio.bufferedreaders import ChunkedDataReader
+
+    coding = (record.http_headers.get_header("Transfer-Encoding") or "") if record.http_headers else ""
+    return ChunkedDataReader(record.raw_stream) if coding.strip().lower() == "chunked" else record.raw_stream
+
+
+def decode_body(body: bytes, encoding: str | None, cap: int) -> bytes:
+    """A body as sent -> its bytes, its Content-Encoding (``gzip, br``: applied in that order) undone strictly;
+    ValueError, saying why, for one that does not decode or ends before its compressed stream does. At most
+    ``cap`` + 1 bytes come back: more is over the cap. A body in a coding not in ``DECODED_CODINGS`` (or br
+    without brotli installed) comes back as sent."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip() and c.strip().lower() != "identity"]
+    if not codings or any(c not in DECODED_CODINGS or (c == "br" and not _has_brotli()) for c in codings):
+        return body
+    for coding in reversed(codings):
+        if len(body) > cap:
+            break
+        body = _unbrotli(body, cap) if coding == "br" else _inflate(body, coding, cap)
+    return body
+
+
+def _has_brotli() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("brotli") is not None
+
+
+def _inflate(data: bytes, coding: str, cap: int) -> bytes:
+    """gzip (every member; bytes after the last whole one are ignored, as Scrapy's gunzip ignores them) or deflate
+    (zlib-wrapped, else raw, as browsers read it) to at most ``cap`` + 1 bytes; ValueError if it does not decode."""
+    out, first = b"", True
+    while data:
+        wbits = 16 + zlib.MAX_WBITS if coding != "deflate" else zlib.MAX_WBITS
+        inflater = zlib.decompressobj(wbits)
+        try:
+            try:
+                out += inflater.decompress(data, cap + 1 - len(out))
+            except zlib.error:
+                if coding != "deflate":
+                    raise
+                inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, without the zlib wrapper
+                out += inflater.decompress(data, cap + 1 - len(out))
+        except zlib.error as exc:
+            if first:
+                raise ValueError(f"Content-Encoding {coding}: body does not decode ({exc})") from None
+            break
+        if len(out) > cap:
+            return out
+        if not inflater.eof:
+            raise ValueError(f"Content-Encoding {coding}: body ends before its compressed stream does")
+        if coding == "deflate":
+            break
+        data, first = inflater.unused_data, False
+    return out
+
+
+def _unbrotli(data: bytes, cap: int) -> bytes:
+    """A br body to at most ``cap`` + 1 bytes (brotli 1.2's output limit; an older brotli decodes it whole);
+    ValueError if it does not decode or ends early."""
+    import brotli
+
+    decompressor = brotli.Decompressor()
+    try:
+        try:
+            out = decompressor.process(data, output_buffer_limit=cap + 1)
+        except TypeError:  # brotli before 1.2: no output limit
+            return brotli.decompress(data)
+    except brotli.error as exc:
+        raise ValueError(f"Content-Encoding br: body does not decode ({exc})") from None
+    if len(out) <= cap and not decompressor.is_finished():
+        raise ValueError("Content-Encoding br: body ends before its compressed stream does")
+    return out
+
+
+def _image_bytes_or_failure(payload: bytes) -> tuple[bytes | None, tuple[str, str] | None]:
+    """A record offered to the image join whatever its type says: (its bytes, None) when they may be an image
+    (``ValidateImages`` decides), or (None, the reject validation would give) when they are no image format at all,
+    so that a stylesheet or a PDF crosses the join without its bytes."""
+    try:
+        imageio.open_image(payload, None).close()
+    except imageio.ImageError as exc:
+        if exc.reason == "not_an_image":
+            return None, ("image_decode_error", exc.detail)
+    return payload, None
 
 
 class ReadWarcRecords(beam.DoFn):
@@ -222,7 +307,7 @@ class ReadWarcRecords(beam.DoFn):
                         return
                     self.resynced.inc()
                     end = start
-        if end < size and not _only_blank_lines(path, end):
+        if end < size and not _only_blank_lines(path, end) and not (gzipped and _only_empty_members(path, end)):
             # warcio stops quietly at a gzip member cut short: the bytes it never parsed are the evidence.
             yield _rejected("warc_truncated_record", f"{path}@{end}: {size - end} bytes after the last whole record")
 
@@ -295,27 +380,47 @@ class ReadWarcRecords(beam.DoFn):
             content_type = ""
         is_page = content_type.startswith(HTML_TYPES)
         is_image = content_type.startswith("image/")
-        if content_type and not (is_page or is_image):
-            self.skipped.inc()
-            return
-        payload = record.content_stream().read(self.max_bytes + 1)
+        # Any other type (application/octet-stream, text/css, ...) is no page, and an image only if some page
+        # references it as one and its bytes say so, as the spider decides by the bytes: offered to the image join,
+        # where a URL no page references falls away, and with no reject of its own.
+        other = bool(content_type) and not (is_page or is_image)
+        body = _body_stream(record).read(self.max_bytes + 1)
+        payload, reason = body, None
+        if len(body) > self.max_bytes:
+            reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
+        else:
+            damage = _damage(record, body)
+            if damage:
+                reason = (damage[0], f"{path}@{offset()}: {damage[1]}")
+            else:
+                try:
+                    payload = decode_body(body, extract.header_value(headers, "Content-Encoding"), self.max_bytes)
+                except ValueError as exc:  # as a download whose gzip body does not decode: no bytes to read
+                    reason = ("warc_malformed_record", f"{path}@{offset()}: {exc}"[:300])
+                else:
+                    if len(payload) > self.max_bytes:
+                        reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes decoded")
         if not content_type:  # a response that says no type: guessed as the spider's Scrapy guesses it
             is_page = sniffed_page(url, headers, payload)
             is_image = not is_page  # bytes that are no text: an image if they decode as one (ValidateImages)
-        if len(payload) > self.max_bytes:
-            reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
-        else:
-            damage = _damage(record, payload)
-            reason = (damage[0], f"{path}@{offset()}: {damage[1]}") if damage else None
         if reason:
-            ids = {"page_url": url} if is_page else {"image_url": url}
-            yield _rejected(*reason, **ids)
-            if is_image:  # its candidates are told why (attach_images), not that the input has no such image
+            if not other:
+                yield _rejected(*reason, **({"page_url": page_key(url)} if is_page else {"image_url": url}))
+            if not is_page:  # its candidates are told why (attach_images), not that the input has no such image
                 yield ("image", url, {"failure": reason})
             return
         status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
         item = {"status": status, "headers": headers, "body": payload, "date": date}
-        yield ("page" if is_page else "image", url, item)
+        if is_page:
+            yield ("page", url, item)
+        if is_image:
+            yield ("image", url, item)
+            return
+        image_bytes, failure = _image_bytes_or_failure(payload)
+        if other:  # its bytes when they may be an image, else only the reject its validation would give
+            yield ("image", url, dict(item, body=image_bytes, not_image=failure))
+        elif payload and image_bytes is not None:  # an image sent as text/html: a page, and an image to the join too
+            yield ("image", url, item)
 
 
 def sniffed_page(url: str, headers: dict[str, str], payload: bytes) -> bool:
@@ -448,11 +553,36 @@ def _only_blank_lines(path: str, offset: int, limit: int = 1 << 16) -> bool:
     return len(tail) <= limit and not tail.strip()
 
 
+def _only_empty_members(path: str, offset: int, limit: int = 1 << 16) -> bool:
+    """Whether a file holds nothing after ``offset`` but whole gzip members of blank lines or of nothing (a
+    ``.warc.gz`` of an empty file, or one that ends with an empty member): no record was cut short there."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.seek(offset)
+        tail = handle.read(limit + 1)
+    if len(tail) > limit or not tail:
+        return False
+    while tail:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            text = inflater.decompress(tail, limit)
+        except zlib.error:
+            return False
+        if not inflater.eof or text.strip():
+            return False
+        tail = inflater.unused_data
+    return True
+
+
 def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS, captures: bool = False) -> Iterator[Any]:
     """An HTML record -> its candidates (as the spider finds them) and tagged rejected references. ``formats``:
     the run's image formats, which choose among a ``<picture>``'s sources as in the spider. With ``captures``,
     also the page's capture, tagged ``CAPTURES``, when its HTML was read (``resolve_page`` weighs them)."""
     _, url, item = element
+    url = page_key(url)  # every row of a page in the spelling the crawl requests it (``page_key``), as the spider's
+    too_long = url_too_long(url)
+    if too_long:
+        yield _rejected(*too_long, page_url=url)
+        return
     if not 200 <= item["status"] < 300:
         yield _rejected(f"http_{item['status']}", "status in the WARC record", page_url=url)
         return
@@ -507,7 +637,7 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
         envelope = record["Envelope"]
         warc_header = _member(envelope, "WARC-Header-Metadata")
         target = warc_header.get("WARC-Target-URI")
-        page_url = target if isinstance(target, str) and target else url
+        page_url = page_key(target if isinstance(target, str) and target else url)  # as page_candidates spells it
         if not wat_of_response(record):  # ReadWarcRecords skips (and counts) these before they get here
             return
         response = _member(_member(envelope, "Payload-Metadata"), "HTTP-Response-Metadata")
@@ -522,6 +652,10 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
         links = _member(html_meta, "Links", list)
     except ValueError as exc:
         yield _rejected("warc_malformed_record", f"WAT: {exc}"[:300], page_url=page_url)
+        return
+    too_long = url_too_long(page_url)
+    if too_long:
+        yield _rejected(*too_long, page_url=page_url)
         return
     if not 200 <= status < 300:  # as a WARC response of that status: a reject, and no capture whose HTML was read
         yield _rejected(f"http_{status}", "status in the WAT record", page_url=page_url)
@@ -591,8 +725,24 @@ def _ids(row: dict) -> dict:
 
 
 def page_key(url: str) -> str:
-    """The page a capture or candidate belongs to: its URL in one spelling (``extract.canonical_page_url``)."""
-    return extract.canonical_page_url(url)
+    """The page a capture or candidate belongs to: its URL in the one spelling the spider requests and records
+    pages in (``extract.url_key``: ``http://host`` is ``http://host/``, ``%c3%a9`` is ``%C3%A9``). Rows carry it as
+    their page_url, so two spellings of one page in the input give one set of candidate ids."""
+    return extract.url_key(url)
+
+
+def url_too_long(url: str) -> tuple[str, str] | None:
+    """The spider's ``url_too_long`` reject (reason, detail) for a URL longer than ``URL_LENGTH_LIMIT`` as it would
+    be requested (``safe_url_string``: spaces and non-ASCII percent-encoded), else None."""
+    from w3lib.url import safe_url_string
+
+    try:
+        requested = safe_url_string(url)
+    except ValueError:
+        requested = url
+    if len(requested) > URL_LENGTH_LIMIT:
+        return "url_too_long", f"{len(requested)} characters, over URLLENGTH_LIMIT {URL_LENGTH_LIMIT}"
+    return None
 
 
 def _capture(url: str, date: datetime.datetime | None, opt_out: str | None) -> beam.pvalue.TaggedOutput:
@@ -681,6 +831,10 @@ def attach_images(element, download: bool) -> Iterator[dict]:
     # A download asks for the URL as a page wrote it (the fetcher spells it as Scrapy does); the key's upper-case
     # escapes are for joining only, and a server may tell %c3 from %C3. One spelling for all: the least.
     url = min(c["image_url"] for c in candidates)
+    too_long = url_too_long(url)  # never requested by the spider, in the input or not
+    if too_long:
+        yield {"url": url, "candidates": candidates, "image": None, "failure": too_long}
+        return
     records = [r for r in grouped["images"] if "failure" not in r and 200 <= r["status"] < 300]
     # The image's records that ReadWarcRecords rejected (too_large, truncated, ...), with their reasons
     refused = sorted(r["failure"] for r in grouped["images"] if "failure" in r)
@@ -690,7 +844,17 @@ def attach_images(element, download: bool) -> Iterator[dict]:
         failure = over_cap[0]
     elif not records and not download:
         failure = refused[0] if refused else ("image_not_in_warc", "no image record and downloads are off")
-    yield {"url": url, "candidates": candidates, "image": records[0] if records else None, "failure": failure}
+    # The image's latest capture, as a page follows its latest (``_capture_order``); a join's order is none.
+    image = max(records, key=_image_record_order) if records else None
+    yield {"url": url, "candidates": candidates, "image": image, "failure": failure}
+
+
+def _image_record_order(record: dict) -> tuple:
+    """Orders an image's usable records as a page's captures are ordered (``_capture_order``: the latest WARC-Date
+    last, no date oldest, at a tie the opt-out), then by status and bytes, so every runner picks the same one."""
+    opt_out = extract.opt_out_reason((), image=True, lines=extract.robots_tag_lines(record["headers"]))
+    return (*_capture_order((record.get("date"), opt_out)), record["status"], record.get("body") or b"",
+            (record.get("not_image") or ("", ""))[1])
 
 
 class ValidateImages(beam.DoFn):
@@ -706,6 +870,8 @@ class ValidateImages(beam.DoFn):
             opt_out = extract.opt_out_reason((), image=True, lines=extract.robots_tag_lines(item["headers"]))
             if opt_out:
                 failure = (opt_out, "X-Robots-Tag on the image")
+            elif item.get("body") is None:  # a record whose bytes are no image format (``_image_bytes_or_failure``)
+                failure = tuple(item["not_image"])
             else:
                 check = images.validate_image(item["body"], **self.check_options)
                 if not check.ok:
