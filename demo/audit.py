@@ -13,7 +13,9 @@ books, as the import layout ``D`` + ``D/features`` does, has that stage audited 
 - ids are unique where they must be (candidate_id, pair_id, one regions row per image);
 - lineage: pairs.candidate_id in the upstream candidates, pairs.pair_id and image_id in the upstream
   pairs (a pairs -> pairs stage such as ``lait relevance score``), regions.image_id in the upstream
-  pairs, rejected ids in the upstream dataset; and the stage's ``in`` equals what upstream kept.
+  pairs, rejected ids in the upstream dataset; the stage's ``in`` equals what upstream kept (its rows; for the
+  per-image features stage, its distinct images); and each id upstream kept is kept or rejected here, once
+  (``upstream_ids_kept_or_rejected``).
 
 Native form: ``python -m demo.audit RUN_DIR [--json]``; ``lait audit`` is the same.
 """
@@ -305,7 +307,8 @@ def _audit_stage(run_dir: str, name: str) -> dict:
     if found:
         checks.append(found)
     if upstream:
-        checks += _lineage(upstream, os.path.relpath(upstream, run_dir), kind, path, rejected_dir, n_in)
+        checks += _lineage(upstream, os.path.relpath(upstream, run_dir), kind, path, rejected_dir, n_in,
+                           per_image=kind == "regions" or stats.get("stage") == "features")
     return {"name": name, "stage": stats.get("stage", name), "upstream": os.path.relpath(upstream, run_dir) if upstream else None,
             "in": n_in, "kept": kept, "rejected": rejected, "ok": all(c["ok"] for c in checks), "checks": checks}
 
@@ -334,44 +337,81 @@ def _traced(check: str, ids: list, known: set, rel: str) -> dict:
     return _check(check, not gone, f"{len(gone)} missing in {rel} ({_sample(gone)})")
 
 
-def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, rejected_dir: str, n_in: int) -> list[dict]:
-    """The checks that every id a stage kept or rejected comes from its upstream folder, and that it read all of it."""
+def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, rejected_dir: str, n_in: int,
+             per_image: bool = False) -> list[dict]:
+    """The checks that every id a stage kept or rejected comes from its upstream folder, and that it read all of it.
+
+    ``per_image``: the stage reads each distinct image once (``lait features``, writing regions/), not each row."""
     checks = []
     up_kind, up_path = input_dataset(upstream)
+    covered = None  # (id column, upstream's ids, kept ids, rejected ids) for upstream_ids_kept_or_rejected
     if up_kind == "candidates":
-        known = set(_column(up_path, "candidates", "candidate_id"))
+        up_ids = _column(up_path, "candidates", "candidate_id")
+        known = set(up_ids)
+        rejected_ids = _column(rejected_dir, "rejected", "candidate_id")
         if kind == "pairs":
             ids = _column(path, "pairs", "candidate_id")
             gone = _missing(ids, known)
             checks.append(_check("pairs_candidate_ids_upstream", not gone and None not in ids,
                                  f"{len(gone)} missing in {rel}, {ids.count(None)} null"))
-        checks.append(_traced("rejected_candidate_ids_upstream", _column(rejected_dir, "rejected", "candidate_id"),
-                              known, rel))
+            covered = ("candidate_id", up_ids, ids, rejected_ids)
+        checks.append(_traced("rejected_candidate_ids_upstream", rejected_ids, known, rel))
         # the stage reads every row, a candidate_id written twice included (it rejects the repeat)
         up_kept = _rows(up_path, "candidates")
     else:
-        known = set(_column(up_path, up_kind, "image_id")) if up_kind else set()
+        up_image_ids = _column(up_path, up_kind, "image_id") if up_kind else []
+        known = set(up_image_ids)
+        rejected_images = _column(rejected_dir, "rejected", "image_id")
         if kind == "regions":
-            checks.append(_traced("regions_image_ids_upstream", _column(path, "regions", "image_id"), known, rel))
+            ids = _column(path, "regions", "image_id")
+            checks.append(_traced("regions_image_ids_upstream", ids, known, rel))
         if kind == "pairs" and up_kind == "pairs":
             # a pairs -> pairs stage (lait relevance score) keeps a subset of the pairs it read
-            known_pairs = set(_column(up_path, "pairs", "pair_id"))
-            checks.append(_traced("pairs_pair_ids_upstream", _column(path, "pairs", "pair_id"), known_pairs, rel))
+            up_pairs = _column(up_path, "pairs", "pair_id")
+            known_pairs = set(up_pairs)
+            ids, rejected_pairs = _column(path, "pairs", "pair_id"), _column(rejected_dir, "rejected", "pair_id")
+            checks.append(_traced("pairs_pair_ids_upstream", ids, known_pairs, rel))
             checks.append(_traced("pairs_image_ids_upstream", _column(path, "pairs", "image_id"), known, rel))
-            checks.append(_traced("rejected_pair_ids_upstream", _column(rejected_dir, "rejected", "pair_id"),
-                                  known_pairs, rel))
-        checks.append(_traced("rejected_image_ids_upstream", _column(rejected_dir, "rejected", "image_id"), known, rel))
+            checks.append(_traced("rejected_pair_ids_upstream", rejected_pairs, known_pairs, rel))
+            covered = ("pair_id", up_pairs, ids, rejected_pairs)
+        checks.append(_traced("rejected_image_ids_upstream", rejected_images, known, rel))
         up_kept = _rows(up_path, up_kind) if up_kind else 0
-    # A stage reads every row upstream kept; a per-image stage (features, writing regions/) every distinct image
-    # and each id-less row, from a crawl's candidates as from pairs (one image on two pages is read once).
-    up_images = _images_read(up_path, up_kind) if up_kind else 0
-    if kind == "regions":
+    if per_image and up_kind:
+        # A per-image stage reads every distinct image and each id-less row, from a crawl's candidates as from pairs
+        # (one image on two pages is read once): what it counts as ``in``, and what it keeps or rejects.
+        up_ids = _column(up_path, up_kind, "image_id")
+        present = [i for i in up_ids if not schemas.missing_image_id(i)]
+        up_images = len(set(present)) + len(up_ids) - len(present)
         checks.append(_check("in_equals_upstream_kept", n_in == up_images,
                              f"in {n_in} vs {up_images} images (distinct image ids and rows without one) in {rel}"))
+        kept_images = _column(path, "regions", "image_id") if kind == "regions" else []
+        covered = ("image_id", list(dict.fromkeys(present)), kept_images,
+                   [i for i in _column(rejected_dir, "rejected", "image_id") if not schemas.missing_image_id(i)])
     else:
-        checks.append(_check("in_equals_upstream_kept", n_in in (up_kept, up_images),
-                             f"in {n_in} vs {up_kept} rows / {up_images} images kept in {rel}"))
+        # Every row upstream kept: the filter counted the distinct images it read (candidates whose image another had
+        # dropped without a trace) and the audit, which took either count for any stage, said BALANCED.
+        checks.append(_check("in_equals_upstream_kept", n_in == up_kept, f"in {n_in} vs {up_kept} rows kept in {rel}"))
+    # Checked where every id the stage kept or rejected traces upstream: else that check has failed already, and each
+    # stray id would be counted again here.
+    if covered and all(c["ok"] for c in checks if c["check"].endswith("_upstream")):
+        checks.append(_covered(*covered, rel))
     return checks
+
+
+def _covered(column: str, up_ids: list, kept: list, rejected: list, rel: str) -> dict:
+    """The check ``upstream_ids_kept_or_rejected``: each ``column`` value upstream (``rel``) holds is kept or rejected
+    by the stage as often as upstream holds it (a candidate written twice: one row kept or rejected, the repeat
+    rejected), none left out, none twice. The counts balanced for a stage that lost one id and rejected another
+    twice."""
+    upstream = Counter(i for i in up_ids if i is not None)
+    accounted = Counter(i for i in kept if i is not None) + Counter(i for i in rejected if i is not None)
+    lost, extra = upstream - accounted, accounted - upstream
+    detail = []
+    if lost:
+        detail.append(f"{sum(lost.values())} of the {column}s {rel} kept neither kept nor rejected ({_sample(list(lost))})")
+    if extra:
+        detail.append(f"{sum(extra.values())} kept or rejected more often than {rel} holds them ({_sample(list(extra))})")
+    return _check("upstream_ids_kept_or_rejected", not detail, "; ".join(detail))
 
 
 FUNNEL_KEYS = ("in", "kept", "rejected", "rejected_by_reason")
@@ -552,7 +592,8 @@ def audit_run(run_dir: str) -> dict:
 
 def format_audit(result: dict) -> str:
     """The audit as readable text: one line per stage, failing checks spelt out."""
-    lines = [f"audit of {result['run_dir']}: {'BALANCED' if result['ok'] else 'NOT BALANCED'}"]
+    verdict = "BALANCED" if result["ok"] else "NOT BALANCED" if result["stages"] else "NOTHING TO AUDIT"
+    lines = [f"audit of {result['run_dir']}: {verdict}"]
     for key in ("problem", "note"):
         if result.get(key):
             lines.append(f"  {result[key]}")

@@ -21,6 +21,7 @@ import sys
 from collections import Counter, defaultdict
 from typing import Callable
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 import schemas
@@ -61,6 +62,22 @@ def read_json(path: str) -> dict | list | None:
         if os.path.exists(path):
             log.warning("cannot read %s: %s", path, exc)
         return None
+
+
+def _pylist(table) -> list[dict]:
+    """A table's rows as dicts; text that is not valid UTF-8 decoded with U+FFFD, as ``demo.audit._column`` reads
+    it: one such caption (a crawled page's bytes) made the whole Samples section "could not be drawn"."""
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError:
+        columns = []
+        for column in table.columns:
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                raw = column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+                columns.append([None if v is None else v.decode("utf-8", "replace") for v in raw.to_pylist()])
+            else:
+                columns.append(column.to_pylist())
+        return [dict(zip(table.column_names, row)) for row in zip(*columns)]
 
 
 def _has_data(path: str) -> bool:
@@ -170,8 +187,8 @@ class RunData:
                 continue
             dataset = schemas.open_dataset(self.path(rel), kind)
             table = dataset.to_table(columns=["image_id", "image_bytes"], filter=pc.field("image_id").isin(missing))
-            for iid, data in zip(table.column("image_id").to_pylist(), table.column("image_bytes").to_pylist()):
-                found.setdefault(iid, data)
+            for row in _pylist(table):
+                found.setdefault(row["image_id"], row["image_bytes"])
         return found
 
 
@@ -403,7 +420,7 @@ def section_samples(run: RunData, n: int = 18) -> str:
         parts.append(_missing(f"No kept pairs ({where}) in this run."))
     else:
         step = max(1, pairs.num_rows // n)
-        sample = pairs.take(list(range(0, pairs.num_rows, step))[:n]).to_pylist()
+        sample = _pylist(pairs.take(list(range(0, pairs.num_rows, step))[:n]))
         images = run.image_bytes([row["image_id"] for row in sample])
         cards = []
         for row in sample:
@@ -418,7 +435,7 @@ def section_samples(run: RunData, n: int = 18) -> str:
     wanted = [row["candidate_id"] for row in chosen if not row.get("image_id") and row.get("candidate_id")]
     cand = run.table("crawl/candidates", "candidates", ["candidate_id", "image_id"],
                      where=pc.field("candidate_id").isin(wanted)) if wanted else None
-    cand_image = dict(zip(cand.column("candidate_id").to_pylist(), cand.column("image_id").to_pylist())) if cand is not None else {}
+    cand_image = {row["candidate_id"]: row["image_id"] for row in _pylist(cand)} if cand is not None else {}
     ids = [row.get("image_id") or cand_image.get(row.get("candidate_id")) for row in chosen]
     images = run.image_bytes([i for i in ids if i])
     cards = []
@@ -463,7 +480,7 @@ def _rejected_sample(run: RunData, n: int) -> list[dict]:
         indices = sorted(row for d, row in picked if d == k)
         if indices:
             columns = [c for c in REJECTED_SAMPLE_COLUMNS if c in dataset.schema.names]
-            rows.update(zip(((k, i) for i in indices), dataset.take(indices, columns=columns).to_pylist()))
+            rows.update(zip(((k, i) for i in indices), _pylist(dataset.take(indices, columns=columns))))
     return [rows[key] for key in picked]
 
 
@@ -642,7 +659,7 @@ def section_steps(run: RunData) -> str:
     if not isinstance(demo, dict) or not isinstance(demo.get("steps"), list):
         return _missing("No demo.json: this run was not made by lait demo.")
     rows = "".join(
-        f"<tr><td class=l>{_esc(st.get('name'))}</td><td class='{'bad' if st.get('status') in BAD_STEPS else 'ok'}'>"
+        f"<tr><td class=l>{_esc(st.get('name'))}</td><td class='{_step_style(st.get('status'))}'>"
         f"{_esc(st.get('status'))}</td><td>{_seconds(st.get('seconds'))}</td><td class=l>{_esc(st.get('detail')) or '-'}</td></tr>"
         for st in demo["steps"] if isinstance(st, dict))
     stopped = RUN_STOPPED.get(demo.get("status"))
@@ -651,8 +668,17 @@ def section_steps(run: RunData) -> str:
             f"<th>status</th><th>seconds</th><th class=l>detail</th></tr>{rows}</table>")
 
 
-#: Step statuses shown as bad in the steps table.
+#: Step statuses shown as bad in the steps table, and as good; the others (``skipped``, ``not_run``: not run, for a
+#: reason the detail gives; ``pending``, ``running``) are neutral (they were green).
 BAD_STEPS = ("failed", "missing", "interrupted")
+GOOD_STEPS = ("ok", "reused")
+
+
+def _step_style(status) -> str:
+    """The CSS class of a step's status in the steps table."""
+    if not isinstance(status, str):
+        return "muted"
+    return "bad" if status in BAD_STEPS else "ok" if status in GOOD_STEPS else "muted"
 #: What the report says of a demo.json whose run did not get through its steps (``demo.run.Demo.run``); a run that
 #: did (``closing``, ``finished``) or one written before demo.json had a status needs no word.
 RUN_STOPPED = {

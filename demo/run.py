@@ -94,6 +94,13 @@ class DemoConfig:
     stop_after: str | None = None  # run the steps up to this one only (then the closing steps)
     start_from: str | None = None  # reuse the outputs of the steps before this one (a rerun)
 
+    def __post_init__(self) -> None:
+        # The steps run in the repository (``Demo.run_process``), not in the user's folder: a --train-config given
+        # relative to it passed the start-up check, then the train step failed minutes later (or read a file of that
+        # name in the repository). Made absolute where it is given, it is the same file for both. (--out is made
+        # absolute by ``Demo`` as it is built, in the user's folder too.)
+        self.train_config = os.path.abspath(self.train_config)
+
 
 _KEEP_RATE = option_rules.RULES["relevance_keep_rate"]
 #: The CPU features that decide which kernels PyTorch and MKL run on the CPU (AVX-512 or AVX2 ones round
@@ -142,10 +149,46 @@ OPTION_RULES: dict[str, option_rules.Rule] = {
 }
 
 
+def is_demo_run(out: str) -> bool:
+    """Whether the folder ``out`` is a run folder lait demo made: it holds the ``demo.json`` a run writes when it
+    starts (a JSON object with its ``config`` and ``steps``), or, that one lost, the ledger its site step writes
+    first (``site/ledger.json``: its ``seed`` and ``items``)."""
+    return (audit.read_own_json(os.path.join(out, "demo.json"), ("config", "steps"))
+            or audit.read_own_json(os.path.join(out, "site", "ledger.json"), ("seed", "items")))
+
+
+def check_out(config: "DemoConfig") -> None:
+    """Raise ValueError (one line) for an ``--out`` the run cannot make or must not write into: a file, a path under
+    a file, or (but for ``--from``, which reuses what the folder holds) a folder that holds files and is no demo run
+    (``is_demo_run``). A run removes what lies under the names of its outputs (``test/``, ``crawl/``, ``features/``,
+    ``report.html``, ...): in a folder of the user's own it deleted their data, and said "stale outputs of an
+    earlier run removed"."""
+    out = config.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file, not a folder: give the run's folder")
+    if not os.path.exists(out):
+        above = os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(above):
+            above = os.path.dirname(above)
+        if not os.path.isdir(above):  # --dry-run said nothing, the run failed to make it
+            raise ValueError(f"cannot make the run folder --out {out}: {above} is a file, not a folder")
+        return
+    if config.start_from:
+        return
+    try:
+        holds = bool(os.listdir(out))
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot read the folder ({exc.strerror or exc})") from None
+    if holds and not is_demo_run(out):
+        raise ValueError(f"--out {out} holds files and is not a lait demo run folder (no demo.json of one): a run "
+                         "would replace what lies there under the names of its outputs (test/, crawl/, "
+                         "features/, report.html, ...); give a new --out or an empty folder")
+
+
 def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
     """Raise ValueError (one line, naming the option) for a config no run could carry out: an option
-    ``OPTION_RULES`` refuses, an unknown step, ``--from`` after ``--stop-after``, an ``--out`` that is a file, a
-    ``--train-config`` that does not load as the train step's config (when that step is to run)."""
+    ``OPTION_RULES`` refuses, an unknown step, ``--from`` after ``--stop-after``, an ``--out`` that ``check_out``
+    refuses, a ``--train-config`` that does not load as the train step's config (when that step is to run)."""
     for name, rule in OPTION_RULES.items():
         option_rules.check(rule, getattr(config, name), f"--{name.replace('_', '-')}")
     steps = steps if steps is not None else step_names()
@@ -154,8 +197,7 @@ def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:
             raise ValueError(f"{option}: unknown step {given!r}; steps: {', '.join(steps)}")
     if config.stop_after and config.start_from and steps.index(config.start_from) > steps.index(config.stop_after):
         raise ValueError(f"--from {config.start_from} comes after --stop-after {config.stop_after}: no step would run")
-    if os.path.exists(config.out) and not os.path.isdir(config.out):
-        raise ValueError(f"--out {config.out} is a file, not a folder: give the run's folder")
+    check_out(config)
     first = steps.index(config.start_from) if config.start_from else 0
     last = steps.index(config.stop_after) if config.stop_after else len(steps) - 1
     if "site" in steps and first > steps.index("site"):
@@ -848,7 +890,9 @@ class Demo:
         closing = [("audit.json", lambda: schemas.write_json_atomically(self.p("audit.json"),
                                                                          audit.audit_run(self.out))),
                    ("report.html", lambda: report.write_report(self.out, title="LAIT demo report"))]
-        if os.path.exists(ledger_path):
+        # Scored once something was crawled: with no crawl/ (``--stop-after site``) every planted item counted as
+        # not collected, and planted.json said min precision 0.068 of filters that never ran.
+        if os.path.exists(ledger_path) and os.path.isdir(self.p("crawl")):
             closing.insert(0, ("planted.json",
                                lambda: planted.write_planted(self.out, planted.load_ledger(ledger_path))))
         for name, make in closing:
@@ -880,6 +924,8 @@ def summary(out: str, steps: list[Step], total: float) -> str:
         clean = plant.get("clean") or {}
         lines.append(f"planted noise: min precision {s.get('min_precision')}, min recall {s.get('min_recall')}; "
                      f"clean images kept {clean.get('kept')}/{clean.get('items')}")
+    elif not os.path.isdir(os.path.join(out, "crawl")):
+        lines.append("planted noise: not scored (nothing was crawled)")
     ev = report.read_json(os.path.join(out, "eval.json"))
     if isinstance(ev, dict):
         lines.append(f"{'retrieval':<20} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'chance R@1':>11} {'R@1/chance':>11}")
@@ -893,7 +939,9 @@ def summary(out: str, steps: list[Step], total: float) -> str:
     else:
         lines.append("retrieval: no eval.json (the eval step did not run)")
     aud = report.read_json(os.path.join(out, "audit.json"))
-    if isinstance(aud, dict):
+    if isinstance(aud, dict) and not aud.get("stages") and aud.get("problem"):
+        lines.append("audit: nothing to audit yet (no stage has written its books)")
+    elif isinstance(aud, dict):
         lines.append(f"audit: {'books balance' if aud.get('ok') else 'books do NOT balance'} (audit.json)")
     lines.append(f"report: {os.path.join(out, 'report.html')}")
     return "\n".join(lines)

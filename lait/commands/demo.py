@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=demo_run.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+    parser.add_argument("--out", default=d.out, help=f"run folder: new, empty, or one lait demo made (default {d.out})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the site, scenes and splits (default {d.seed})")
     parser.add_argument("--scenes", type=positive, default=d.scenes, help=f"good scene images on the site (default {d.scenes})")
     parser.add_argument("--test-scenes", type=positive, default=d.test_scenes,
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         demo_run.serve(args.seed, args.scenes)
         return 0
     try:
-        demo_run.check_config(config)  # --from after --stop-after, an --out that is a file: before anything runs
+        # --from after --stop-after, an --out that is a file or a folder of other data: before anything runs
+        demo_run.check_config(config)
         if not args.dry_run:
             try:
                 os.makedirs(config.out, exist_ok=True)

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("path", help="a Parquet file, a dataset folder, or a run folder (local path or fsspec URL)")
     parser.add_argument("--rows", type=non_negative, default=3, help="sample rows to show (default 3)")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object instead of text (NaN and infinite numbers as null)")
+                        help="print JSON instead of text: an object for a dataset, a list of them for a stage or run "
+                             "folder, even of one (NaN and infinite numbers as null)")
     parser.set_defaults(func=run)
 
 
@@ -167,27 +168,37 @@ def _declared_kinds(dataset) -> dict[str, int]:
     return dict(counts)
 
 
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable (control characters such as ESC, BEL and a newline, and
+    the other unprintable ones) written as a Python string literal writes it (``\\x1b``, ``\\n``): a crawled
+    caption holding terminal escapes cleared the screen or forged lines of the output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _print_text(info: dict) -> None:
-    print(f"{info['path']}")
+    def say(line: str) -> None:  # every line may hold text read from the dataset: a path, a column name, a cell
+        print(_printable(line))
+
+    say(f"{info['path']}")
     kind = info["kind"] or "unknown (not a LAIT contract)"
     version = f" v{info['schema_version']}" if info["schema_version"] else ""
-    print(f"  kind: {kind}{version}   files: {info['files']}   rows: {info['rows']:,}")
+    say(f"  kind: {kind}{version}   files: {info['files']}   rows: {info['rows']:,}")
     if info["schema_problem"]:
-        print(f"  SCHEMA PROBLEM: {info['schema_problem']}")
+        say(f"  SCHEMA PROBLEM: {info['schema_problem']}")
     if info.get("note"):
-        print(f"  ({info['note']})")
+        say(f"  ({info['note']})")
     if info["schema"]:
-        print("  schema:")
+        say("  schema:")
     for field in info["schema"]:
-        print(f"    {field['name']:<20} {field['type']}")
+        say(f"    {field['name']:<20} {field['type']}")
     for i, row in enumerate(info["sample"]):
-        print(f"  row {i}:")
+        say(f"  row {i}:")
         for key, value in row.items():
-            print(f"    {key:<20} {value}")
+            say(f"    {key:<20} {value}")
     if "rejected_reasons" in info:
-        print("  rejected reasons:")
+        say("  rejected reasons:")
         for reason, count in info["rejected_reasons"].items():
-            print(f"    {count:>8,}  {reason}")
+            say(f"    {count:>8,}  {reason}")
 
 
 def _datasets_in(folder: str) -> list[str]:
@@ -207,7 +218,7 @@ def _datasets_in(folder: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     path = args.path
-    targets = [path]
+    targets, scanned = [path], False
     try:
         is_folder = schemas.path_type(path) == "folder"
     except (OSError, ValueError, ImportError):  # an unknown URL scheme, an unreachable filesystem: describe() says
@@ -215,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     if is_folder:
         subdirs = _datasets_in(path)
         if subdirs:  # a stage or run folder: describe each dataset in it, never them merged into one
-            targets = subdirs
+            targets, scanned = subdirs, True
     results = []
     for target in targets:
         try:
@@ -224,12 +235,13 @@ def run(args: argparse.Namespace) -> int:
             # ArrowInvalid: not Parquet; ImportError: no fsspec backend for the URL (gcsfs, s3fs)
             results.append({"path": target, "error": " ".join(str(exc).split())})
     if args.json:
-        print(json.dumps(json_safe(results[0] if len(results) == 1 else results), indent=2, default=str,
-                         allow_nan=False))
+        # A folder's datasets are a list however many it holds (one was printed as an object, two as a list: a
+        # reader of `lait inspect RUN --json` could not rely on either); a dataset named directly, one object.
+        print(json.dumps(json_safe(results if scanned else results[0]), indent=2, default=str, allow_nan=False))
     else:
         for info in results:
             if "error" in info:
-                print(f"{info['path']}: {info['error']}", file=sys.stderr)
+                print(_printable(f"{info['path']}: {info['error']}"), file=sys.stderr)
             else:
                 _print_text(info)
     # 1: a path that is no dataset, or a dataset LAIT's readers refuse (schema_ok false: a file breaking its kind's

@@ -11,22 +11,10 @@ import pytest
 
 import schemas
 from demo import audit
-from demo.site import build_site
-from demo_runfolder import make_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    make_run(run_dir, build_site(seed=2, scenes=24), with_training=False)
-    return str(run_dir)
-
-
-@pytest.fixture
-def run_copy(good_run, tmp_path):
-    return shutil.copytree(good_run, tmp_path / "run")
 
 
 def _cli(*args):

@@ -534,8 +534,9 @@ def test_ctrl_c_during_a_step_says_so_in_demo_json(tmp_path):
 
     out = tmp_path / "r"
     out.mkdir()
-    for name in ("demo.json", "planted.json", "audit.json", "report.html"):
+    for name in ("planted.json", "audit.json", "report.html"):
         (out / name).write_text('{"old": true}')
+    (out / "demo.json").write_text('{"config": {}, "steps": []}')  # an earlier demo's (another folder is refused)
     proc = subprocess.Popen([sys.executable, "-m", "lait", "demo", "--out", str(out), "--scenes", "5",
                              "--test-scenes", "2"], env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
