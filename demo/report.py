@@ -662,7 +662,8 @@ def section_steps(run: RunData) -> str:
         f"<tr><td class=l>{_esc(st.get('name'))}</td><td class='{_step_style(st.get('status'))}'>"
         f"{_esc(st.get('status'))}</td><td>{_seconds(st.get('seconds'))}</td><td class=l>{_esc(st.get('detail')) or '-'}</td></tr>"
         for st in demo["steps"] if isinstance(st, dict))
-    stopped = RUN_STOPPED.get(demo.get("status"))
+    status = demo.get("status")
+    stopped = RUN_STOPPED.get(status) if isinstance(status, str) else None  # a damaged one (a list) is no key
     note = _missing(stopped + (f" ({demo['error']})" if demo.get("error") else "")) if stopped else ""
     return (note + f"<p class='muted'>Total {_seconds(demo.get('seconds'))} s.</p><table><tr><th class=l>step</th>"
             f"<th>status</th><th>seconds</th><th class=l>detail</th></tr>{rows}</table>")

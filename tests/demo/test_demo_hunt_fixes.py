@@ -210,3 +210,11 @@ def test_skipped_and_not_run_steps_are_not_shown_as_ok(tmp_path):
     html = report.section_steps(report.RunData(str(tmp_path)))
     assert "class='ok'>ok<" in html and "class='bad'>failed<" in html
     assert "class='muted'>skipped<" in html and "class='muted'>not_run<" in html
+
+
+def test_a_demo_json_whose_status_is_not_text_still_draws_the_steps(run_copy):
+    """section_steps looked a list-valued status up in a dict: "unhashable type", and the section was lost."""
+    (run_copy / "demo.json").write_text(json.dumps({"status": ["finished"], "seconds": 3.0,
+                                                    "steps": [{"name": "crawl", "status": "ok", "seconds": 1.0}]}))
+    html = report.section_steps(report.RunData(str(run_copy)))
+    assert "crawl" in html and "unhashable" not in html and "Total 3.0 s" in html
