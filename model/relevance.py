@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from filters.relevance.config import MAX_EMBED_DIM, MAX_IMAGE_SIZE
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_KIND = "lait-relevance"
@@ -318,9 +320,23 @@ def _is_finite(number: int | float) -> bool:
 
 #: The smallest value of each whole-number architecture field (a bucket id is 1 + hash % (num_buckets - 1)).
 _ARCH_MINIMUM = {"num_buckets": 2, "feature_clip": 0}
-#: The largest, where one is needed: a clip is a float bound (10**400 was an OverflowError at the first score),
-#: and no standardised feature comes near a million standard deviations, so larger ones clip nothing more.
-_ARCH_MAXIMUM = {"feature_clip": 10**6}
+#: The widest layer (``embed_dim``, ``text_dim``, ``head_hidden``, each of ``channels``), and the most
+#: ``max_tokens`` and ``num_features``: over 40 times the defaults, and the largest ``embed_dim`` that
+#: ``TrainConfig`` trains (``MAX_EMBED_DIM``).
+MAX_WIDTH = MAX_EMBED_DIM
+#: The most text buckets: 512 times the default 2**15 (a table of 6 GB at the default text_dim).
+MAX_BUCKETS = 1 << 24
+#: The most conv blocks in ``channels``: each halves the image side, so 10 bring the largest image to one pixel.
+MAX_BLOCKS = 64
+#: The largest value of each whole-number architecture field. A size is built before any weight is read (or, for
+#: ``image_size`` and ``max_tokens``, allocated for every pair scored): a head_hidden of 10**14 was a RuntimeError
+#: traceback, a max_tokens of 10**12 a MemoryError one, an image_size of 100,000 an out-of-memory kill. The
+#: image_size limit is training's (``MAX_IMAGE_SIZE``), so every model trained here loads. A clip is a float bound
+#: (10**400 was an OverflowError at the first score), and no standardised feature comes near a million standard
+#: deviations, so larger ones clip nothing more.
+_ARCH_MAXIMUM = {"image_size": MAX_IMAGE_SIZE, "embed_dim": MAX_WIDTH, "num_buckets": MAX_BUCKETS,
+                 "max_tokens": MAX_WIDTH, "text_dim": MAX_WIDTH, "num_features": MAX_WIDTH, "head_hidden": MAX_WIDTH,
+                 "feature_clip": 10**6}
 #: The most ensemble members a config may count: each is built before its weights are read, so 10**9 of them
 #: ran out of memory instead of failing as a config error. The trainer trains them one seed at a time; far
 #: fewer than this are ever worth it.
@@ -332,9 +348,11 @@ def _is_whole(value, minimum: int, maximum: int | None = None) -> bool:
             and (maximum is None or value <= maximum))
 
 
-def _whole_range(minimum: int, maximum: int | None) -> str:
-    """How ``_check_fields`` words the range of a whole-number field."""
-    return f"{minimum} or more" + (f" and at most {maximum}" if maximum is not None else "")
+def _whole_range(minimum: int, maximum: int | None, value=None) -> str:
+    """How ``_check_fields`` words the range of a whole-number field: a whole ``value`` below the minimum is
+    told the minimum alone."""
+    below = isinstance(value, int) and not isinstance(value, bool) and value < minimum
+    return f"{minimum} or more" + (f" and at most {maximum}" if maximum is not None and not below else "")
 
 
 def _check_fields(config: dict, path: str) -> None:
@@ -346,13 +364,15 @@ def _check_fields(config: dict, path: str) -> None:
             continue  # an older config: this version's default applies
         value = arch[field.name]
         if field.name == "channels":
-            if not (isinstance(value, list) and value and all(_is_whole(c, 1) for c in value)):
-                raise ValueError(f"{path}: model.channels must be a non-empty list of whole numbers of 1 or more, "
-                                 f"got {value!r:.80}")
-        elif not _is_whole(value, _ARCH_MINIMUM.get(field.name, 1), _ARCH_MAXIMUM.get(field.name)):
-            raise ValueError(f"{path}: model.{field.name} must be a whole number of "
-                             f"{_whole_range(_ARCH_MINIMUM.get(field.name, 1), _ARCH_MAXIMUM.get(field.name))}, "
-                             f"got {_shown(value)}")
+            if not (isinstance(value, list) and 0 < len(value) <= MAX_BLOCKS
+                    and all(_is_whole(c, 1, MAX_WIDTH) for c in value)):
+                raise ValueError(f"{path}: model.channels must be a non-empty list of at most {MAX_BLOCKS} whole "
+                                 f"numbers of 1 or more and at most {MAX_WIDTH}, got {_shown(value)}")
+        else:
+            minimum, maximum = _ARCH_MINIMUM.get(field.name, 1), _ARCH_MAXIMUM.get(field.name)
+            if not _is_whole(value, minimum, maximum):
+                raise ValueError(f"{path}: model.{field.name} must be a whole number of "
+                                 f"{_whole_range(minimum, maximum, value)}, got {_shown(value)}")
     for key in ("vocabulary", "text_features", "image_features"):
         if key in config and not (isinstance(config[key], list) and all(isinstance(w, str) for w in config[key])):
             raise ValueError(f"{path}: '{key}' must be a list of strings, got {config[key]!r:.80}")
@@ -382,7 +402,11 @@ def load_model(model_dir: str, device: str | torch.device = "cpu") -> tuple[Rele
         members = int(config.get("members", 0))
         model = RelevanceEnsemble([RelevanceModel(arch) for _ in range(members)]) if members else RelevanceModel(arch)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{os.path.join(model_dir, CONFIG_FILE)}: bad model architecture ({exc})") from None
+        raise ValueError(f"{os.path.join(model_dir, CONFIG_FILE)}: bad model architecture "
+                         f"({' '.join(str(exc).split())[:300]})") from None
+    except (RuntimeError, MemoryError) as exc:  # within the limits, memory can still run out
+        raise ValueError(f"{os.path.join(model_dir, CONFIG_FILE)}: the model cannot be built "
+                         f"({' '.join(str(exc).split())[:300]})") from None
     try:
         model.load_state_dict(load_file(path, device="cpu"))
     except (SafetensorError, OSError, RuntimeError) as exc:  # RuntimeError: tensors of another architecture

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 #: The largest ``image_size``: the CNN needs no more, and every training image is held in memory at this side
 #: (3 x 1024 x 1024 bytes each); a side of 50,000 asked for 7.5 GB per image.
 MAX_IMAGE_SIZE = 1024
+#: The largest ``embed_dim``: the widest layer ``model.relevance`` loads (``MAX_WIDTH``), so that every model
+#: trained here loads (64 by default).
+MAX_EMBED_DIM = 4096
 
 
 @dataclass
@@ -38,6 +41,9 @@ class TrainConfig:
         if self.image_size > MAX_IMAGE_SIZE:
             raise ValueError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size} (every training "
                              "image is held in memory at this side)")
+        if self.embed_dim > MAX_EMBED_DIM:
+            raise ValueError(f"embed_dim must be at most {MAX_EMBED_DIM}, got {self.embed_dim} (a model with a wider "
+                             "embedding is refused as it loads)")
         _whole("batch_size", self.batch_size, 2)  # a one-pair batch has no re-pairing to learn from
         _whole("seed", self.seed, 0)
         _whole("members", self.members, 1)

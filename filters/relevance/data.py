@@ -73,6 +73,16 @@ def resolve_pairs_path(path: str) -> str:
 
 def read_pairs(path: str, extra_columns: tuple[str, ...] = (), limit: int | None = None) -> list[dict]:
     """The pairs of a dataset as dicts (contract-checked), with ``extra_columns`` when present."""
+    return read_pairs_and_count(path, extra_columns, limit)[0]
+
+
+def read_pairs_and_count(path: str, extra_columns: tuple[str, ...] = (),
+                         limit: int | None = None) -> tuple[list[dict], int]:
+    """``read_pairs``, and how many pairs the dataset holds: more than it returns where ``limit`` left some out.
+
+    An empty (or white-space) path is a ValueError: it would read every dataset under the current folder."""
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"pairs path {path!r} is empty; give a filter output folder or a pairs dataset")
     path = resolve_pairs_path(path)
     dataset = schemas.open_dataset(path, "pairs")
     try:
@@ -81,12 +91,13 @@ def read_pairs(path: str, extra_columns: tuple[str, ...] = (), limit: int | None
         raise ValueError(f"{path}: unreadable Parquet ({' '.join(str(exc).split())[:300]})") from None
 
 
-def _read(dataset, path: str, extra_columns: tuple[str, ...], limit: int | None) -> list[dict]:
+def _read(dataset, path: str, extra_columns: tuple[str, ...], limit: int | None) -> tuple[list[dict], int]:
     missing = [c for c in extra_columns if c not in dataset.schema.names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; a labelled set needs them beside the pairs columns")
     columns = PAIR_COLUMNS + list(extra_columns)
-    if limit and dataset.count_rows() > limit:
+    total = dataset.count_rows()
+    if limit and total > limit:
         # Chosen by content (``choose_pairs``), from the few columns it needs: pair ids hash the URLs, port
         # included, so the smallest ids would be other pairs for the same site served on another port.
         # Streamed, batch by batch, keeping the ``limit`` lowest keys: memory follows the limit, not the input.
@@ -95,4 +106,4 @@ def _read(dataset, path: str, extra_columns: tuple[str, ...], limit: int | None)
     else:
         table = dataset.to_table(columns=columns)
     # Sorted by pair_id: the same pairs in the same order however the upstream stage sharded them.
-    return table.sort_by([("pair_id", "ascending")]).to_pylist()
+    return table.sort_by([("pair_id", "ascending")]).to_pylist(), total
