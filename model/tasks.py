@@ -159,6 +159,9 @@ class MaskedObjectClassification(nn.Module):
             target = dense_class_distribution(take(batch["region_topk_ids"]), take(batch["region_topk_probs"]),
                                               self.num_classes)
             per_region = F.kl_div(F.log_softmax(logits, -1), target, reduction="none").sum(-1)
+            # A region none of whose top-k ids the head has a class for has an all-zero target: skipped, as
+            # cross-entropy skips it below (it counted in the mean, and diluted the loss, before).
+            weight = weight * (target.sum(-1) > 0).to(weight.dtype)
             return _mean_or_zero((per_region * weight).sum(), weight.sum(), logits)
         labels = take(batch["region_classes"])
         # Ids the head has no class for are skipped: past its classes (a classes.json listing fewer than the

@@ -208,3 +208,22 @@ def test_dual_encoder_loss_ignores_other_captions_of_the_same_image():
     assert same_image.item() < 1e-6
     distinct = dual_encoder_loss(text, image, torch.tensor([5, 7, 6]))
     assert distinct.item() == pytest.approx(math.log(2) * 2 / 3, rel=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["ce", "kl"])
+def test_moc_skips_a_masked_region_the_head_has_no_class_for(loss_type):
+    """A masked region whose class ids are all past the head's classes (a classes.json listing fewer than the
+    detector wrote) is skipped by both losses: with KL it had an all-zero target and still counted in the mean."""
+    from model.imagebert import ImageBert
+
+    torch.manual_seed(0)
+    config = tiny_config(num_classes=6)
+    head = ImageBert(config, moc_loss=loss_type).heads["moc"]
+    sequence = torch.randn(1, 3 + 2, config.hidden_size)  # 3 text positions, 2 regions
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "region_loss_mask": torch.tensor([[True, True]]),
+             "region_classes": torch.tensor([[2, 9]]), "region_topk_ids": torch.tensor([[[2, 3], [9, 10]]]),
+             "region_topk_probs": torch.tensor([[[0.7, 0.3], [0.8, 0.2]]])}
+    with torch.no_grad():
+        both = head.loss(sequence, None, dict(batch, region_masked=torch.tensor([[True, True]])))
+        valid_only = head.loss(sequence, None, dict(batch, region_masked=torch.tensor([[True, False]])))
+    assert float(valid_only) > 0 and torch.allclose(both, valid_only)
