@@ -342,24 +342,54 @@ def read_bert_config(folder: str) -> dict:
 
 
 def _read_state_dict(folder: str) -> dict[str, torch.Tensor]:
-    safetensors_path = os.path.join(folder, "model.safetensors")
-    if os.path.exists(safetensors_path):
-        from safetensors.torch import load_file
+    """The folder's ``model.safetensors`` (else ``pytorch_model.bin``); a file that does not load (truncated,
+    a Git LFS pointer, text) is one ``ValueError`` naming it and what is wrong, not the loader's traceback."""
+    from model.detectors import unreadable_weights
 
-        return load_file(safetensors_path)
-    bin_path = os.path.join(folder, "pytorch_model.bin")
-    if os.path.exists(bin_path):
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            break
+    else:
+        raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
+    try:
+        if name == "model.safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # SafetensorError, UnpicklingError, OSError (a cut zip): each its own way
+        raise unreadable_weights(path, exc, whose="a BERT model's") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a readable weights file: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+# Prefixes over BERT's own names: a DistributedDataParallel wrapper's ``module.``, a training script's ``model.``
+# wrapper, and the ``bert.`` of BertForPreTraining (transformers' base_model_prefix).
+_BERT_PREFIXES = ("module.", "model.", "bert.")
+
+
+def _bert_name(key: str) -> str:
+    """A checkpoint key under BERT's own name: the prefixes removed, and the LayerNorm ``gamma``/``beta`` of the
+    original Google checkpoints (bert-base-uncased's ``pytorch_model.bin`` still has them) named ``weight``/``bias``
+    as transformers renames them on load (its ``legacy`` renaming, ``LayerNorm.gamma`` -> ``LayerNorm.weight``)."""
+    while key.startswith(_BERT_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
 def load_bert_weights(model: ImageBert, folder: str) -> list[str]:
     """Copy a Hugging Face BERT checkpoint into the text embeddings, encoder, pooler and MLM head.
 
     Returns the names of ImageBERT parameters that stayed freshly initialised (region embeddings,
-    MOC/MRFR/ITM heads, and whatever the checkpoint lacks).
+    MOC/MRFR/ITM heads, and a pooler or MLM head the checkpoint lacks, which is warned of). A checkpoint
+    lacking any of the embeddings' or the encoder's tensors is a ``ValueError`` naming them: loaded
+    silently, the model trained from random weights where BERT's were asked for.
     """
-    source = {k.removeprefix("bert."): v for k, v in _read_state_dict(folder).items()}
+    state = _read_state_dict(folder)
+    source = {_bert_name(k): v for k, v in state.items()}
     mapping = {
         "embeddings.word.weight": "embeddings.word_embeddings.weight",
         "embeddings.position.weight": "embeddings.position_embeddings.weight",
@@ -386,6 +416,22 @@ def load_bert_weights(model: ImageBert, folder: str) -> list[str]:
             if all(n in source for n in names):  # HF keeps q, k, v apart; ImageBERT fuses them
                 source[f"{dst}attention.qkv.{part}"] = torch.cat([source[n] for n in names], 0)
                 mapping[f"{dst}attention.qkv.{part}"] = f"{dst}attention.qkv.{part}"
+    # The embeddings and the encoder are what BERT brings; without them the run is not BERT's. The pooler (the ITM
+    # head reads it) and the MLM head are BERT's too, but a BertModel / BertForMaskedLM save lacks one of them.
+    optional = ("pooler.", "heads.")
+    required = [src for name, src in mapping.items() if not name.startswith(optional) and "attention.qkv" not in name]
+    for i in range(len(model.layers)):
+        required += [f"encoder.layer.{i}.attention.self.{n}.{part}"
+                     for n in ("query", "key", "value") for part in ("weight", "bias")]
+    missing = [key for key in required if key not in source]
+    if missing:
+        more = ", ..." if len(missing) > 3 else ""
+        raise ValueError(f"{folder}: not a BERT checkpoint ImageBERT can start from: its weights lack {len(missing)} "
+                         f"of BERT's {len(required)} embedding and encoder tensors ({', '.join(missing[:3])}{more}); "
+                         f"its first tensor is named {next(iter(state), 'nothing')!r}")
+    absent = [src for name, src in mapping.items() if name.startswith(optional) and src not in source]
+    if absent:
+        logger.warning("BERT at %s has no %s: ImageBERT's start fresh", folder, ", ".join(absent))
     own = model.state_dict()
     loaded = set()
     with torch.no_grad():

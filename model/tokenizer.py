@@ -58,7 +58,13 @@ def tokenizer_from_vocab(vocab_path: str, lowercase: bool = True) -> Tokenizer:
         raise _unreadable(vocab_path, "WordPiece vocab.txt", exc) from None
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
-        raise ValueError(f"{vocab_path}: vocabulary lacks the special tokens {missing}")
+        # The tokenizers library reads the file as it is: a byte-order mark (a Windows editor's save) is part of the
+        # first line's piece, '\ufeff[PAD]', and [PAD] seemed missing for no visible reason.
+        with open(vocab_path, "rb") as handle:
+            bom = handle.read(3) == b"\xef\xbb\xbf"
+        raise ValueError(f"{vocab_path}: vocabulary lacks the special tokens {missing}"
+                         + (" (the file starts with a UTF-8 byte-order mark, read as part of its first line: "
+                            "save it as UTF-8 without BOM)" if bom else ""))
     return _add_template(_finish(WordPiece(vocab, unk_token="[UNK]"), lowercase))
 
 

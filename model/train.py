@@ -152,6 +152,23 @@ def resolve_model_config(config: TrainConfig, vocab_size: int, pad_token_id: int
             logger.warning("bert: %s/config.json decides the model's shape (its weights have it): it replaces %s",
                            config.bert, ", ".join(replaced))
         fields.update(bert)
+        # The tokenizer must fit BERT's word embeddings: a vocabulary of another BERT (uncased's 30522 pieces with a
+        # cased model's 28996) failed mid-training on the first id past them (IndexError; a device-side assert on
+        # CUDA), and another [PAD] id padded the batches with a word piece the embeddings do not treat as padding.
+        words = config.tokenizer or config.bert
+        if os.path.isdir(words):  # the file load_tokenizer reads from a folder
+            words = next((os.path.join(words, name) for name in ("vocab.txt", "tokenizer.json")
+                          if os.path.exists(os.path.join(words, name))), words)
+        bert_config = os.path.join(config.bert, "config.json")
+        if vocab_size > bert["vocab_size"]:
+            raise ConfigError(f"{words}: {vocab_size} word pieces, more than the vocab_size {bert['vocab_size']} of "
+                              f"{bert_config}: the tokenizer is not this BERT's (ids from {bert['vocab_size']} on "
+                              f"have no embedding)")
+        with open(bert_config, encoding="utf-8") as handle:
+            stated_pad = json.load(handle).get("pad_token_id")  # read_bert_config took it apart already
+        if pad_token_id is not None and stated_pad is not None and stated_pad != pad_token_id:
+            raise ConfigError(f"{words}: [PAD] is id {pad_token_id}, but {bert_config} has pad_token_id {stated_pad}: "
+                              f"the tokenizer is not this BERT's")
     else:
         fields["vocab_size"] = vocab_size
         # The word embeddings' padding row (zero at the start, no gradient from the inputs) and the id batches pad

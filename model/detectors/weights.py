@@ -67,14 +67,41 @@ def load_detectron2_pickle(path: str) -> dict[str, np.ndarray]:
     return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
 
 
+# torch's legacy (pre-1.6) format is a protocol-2 pickle too, but it opens with torch's magic number (a LONG1 of 10
+# bytes) where a detectron2 pickle opens with its dict; torch.load reads it.
+_TORCH_LEGACY = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def weights_format(path: str) -> str:
+    """``"safetensors"``, ``"torch"`` or ``"pickle"`` (detectron2): what a weights file is, by its first bytes, and
+    by its name (any case) only where they tell nothing (empty, text, damaged: its loader then says what is wrong).
+
+    By name alone, the HF ``pytorch_model.bin`` renamed ``.pkl`` (a torch zip) or a detectron2 pickle saved as
+    ``.pth`` went to the other loader and was refused as damaged. Each format stays with its own safe reader: a
+    pickle only ever meets the arrays-only unpickler, a torch file ``torch.load(weights_only=True)``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. A pickle cannot open so: byte 8 is
+    # inside its first opcodes (protocol 2/3: the dict's memo; 4/5: the frame length's high bytes, zero).
+    if len(head) > 8 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head.startswith(_TORCH_LEGACY):
+        return "torch"
+    if head.startswith(b"\x80"):  # PROTO: a pickle of protocol 2 or later
+        return "pickle"
+    name = path.lower()
+    return "pickle" if name.endswith(".pkl") else "safetensors" if name.endswith(".safetensors") else "torch"
+
+
 def load_state(path: str) -> dict[str, torch.Tensor]:
-    """A parameter mapping from a ``.pkl`` (detectron2), ``.safetensors`` or torch file, as tensors."""
+    """A parameter mapping from a detectron2 pickle, a safetensors or a torch file (``weights_format``), as tensors."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path}")
-    if path.endswith(".pkl"):
+    kind = weights_format(path)
+    if kind == "pickle":
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in load_detectron2_pickle(path).items()}
-    if path.endswith(".safetensors"):
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         return load_file(path)
@@ -100,19 +127,20 @@ def _torch_state(path: str, mmap: bool = False) -> dict:
 
 def tensor_shape(path: str, names: Sequence[str]) -> tuple[int, ...] | None:
     """The shape of the first of ``names`` in a weights file (None: none of them), reading as little as the
-    format allows: a ``.safetensors`` header, a torch file memory-mapped (no tensor data read), a detectron2
-    ``.pkl`` whole (a pickle has no index). For the Beam driver, which needs only a head's width."""
+    format (``weights_format``) allows: a safetensors header, a torch file memory-mapped (no tensor data read), a
+    detectron2 pickle whole (a pickle has no index). For the Beam driver, which needs only a head's width."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path}")
-    if path.endswith(".safetensors"):
+    kind = weights_format(path)
+    if kind == "safetensors":
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as handle:
             present = set(handle.keys())
             found = next((n for n in names if n in present), None)
             return tuple(handle.get_slice(found).get_shape()) if found else None
-    state = load_detectron2_pickle(path) if path.endswith(".pkl") else _torch_state(path, mmap=True)
+    state = load_detectron2_pickle(path) if kind == "pickle" else _torch_state(path, mmap=True)
     found = next((n for n in names if n in state and hasattr(state[n], "shape")), None)
     return tuple(state[found].shape) if found else None
 

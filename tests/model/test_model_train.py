@@ -590,7 +590,7 @@ def test_keys_a_stage_would_ignore_are_refused_and_those_bert_replaces_are_named
     (tmp_path / "bert" / "config.json").write_text(json.dumps(
         {"vocab_size": 99, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}))
     with caplog.at_level("WARNING", logger="model.train"):
-        model = resolve_model_config(load_config(base={**base, "bert": str(tmp_path / "bert")}), 120)
+        model = resolve_model_config(load_config(base={**base, "bert": str(tmp_path / "bert")}), 99)
     assert (model.hidden_size, model.vocab_size, model.num_layers) == (8, 99, 2)
     warnings = [r.getMessage() for r in caplog.records if "decides the model's shape" in r.getMessage()]
     assert len(warnings) == 1 and "model.hidden_size 32 by 8" in warnings[0] and "num_layers" not in warnings[0] \
