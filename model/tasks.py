@@ -331,13 +331,18 @@ def mask_regions(features: torch.Tensor, region_mask: torch.Tensor, prob: float,
     return features.masked_fill(zero.unsqueeze(-1), 0.0), chosen
 
 
-def sample_negative_partners(image_keys: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row, ``count`` random other rows of the batch showing a different image.
+def sample_negative_partners(image_keys: torch.Tensor, count: int, generator: torch.Generator,
+                             input_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, ``count`` random other rows of the batch showing a different image and, given ``input_ids``,
+    holding another text: web images share alt texts ("product photo"), and a pair re-paired with a caption that
+    reads as its own is no negative (the same text would be labelled matched with one image, not with the other).
 
-    Returns indices [B, count] and a validity mask (False where the batch has too few other images).
+    Returns indices [B, count] and a validity mask (False where the batch has too few such rows).
     """
     batch = image_keys.shape[0]
     different = image_keys.unsqueeze(0) != image_keys.unsqueeze(1)
+    if input_ids is not None:  # rows padded alike: equal texts are equal rows
+        different &= (input_ids.unsqueeze(0) != input_ids.unsqueeze(1)).any(-1)
     draw = torch.rand((batch, batch), generator=generator, device=image_keys.device)
     draw = torch.where(different, draw, torch.full_like(draw, -1.0))
     count = min(count, batch)
@@ -362,7 +367,7 @@ def prepare_pretrain_batch(batch: dict, tasks: dict[str, float], config, model_c
     device = batch["input_ids"].device
     matched = torch.ones(size, dtype=torch.bool, device=device)
     if tasks.get("itm", 0) > 0:
-        partner, valid = sample_negative_partners(batch["image_keys"], 1, generator)
+        partner, valid = sample_negative_partners(batch["image_keys"], 1, generator, batch["input_ids"])
         partner, valid = partner[:, 0], valid[:, 0]
         negative = (torch.rand(size, generator=generator, device=device) < config.itm_neg_prob) & valid
         # Half of the negatives get a random image, half a random caption (the paper samples both).
@@ -410,7 +415,7 @@ def build_retrieval_batch(batch: dict, negatives: int, generator: torch.Generato
     positive first) and the validity mask [B, 1+negatives].
     """
     size = batch["input_ids"].shape[0]
-    partners, valid = sample_negative_partners(batch["image_keys"], negatives, generator)
+    partners, valid = sample_negative_partners(batch["image_keys"], negatives, generator, batch["input_ids"])
     if partners.shape[1] < negatives:  # tiny batch: pad with invalid slots
         pad = negatives - partners.shape[1]
         partners = torch.cat([partners, partners.new_zeros(size, pad)], 1)

@@ -72,6 +72,19 @@ def test_negative_partners_show_another_image():
     assert not valid.any(), "a batch of one image has no negative to offer"
 
 
+def test_negative_partners_never_hold_the_rows_own_text():
+    """Two images with one alt text ("product photo"): re-pairing one with the other's caption is no negative."""
+    keys = torch.tensor([1, 2, 3, 4])
+    ids = torch.tensor([[2, 50, 51, 3, 0], [2, 50, 51, 3, 0], [2, 60, 3, 0, 0], [2, 70, 71, 72, 3]])
+    for seed in range(40):
+        partners, valid = sample_negative_partners(keys, 2, torch.Generator().manual_seed(seed), ids)
+        assert valid.all()
+        chosen = set(partners[0].tolist()) | set(partners[1].tolist())
+        assert not {0, 1} & set(partners[0].tolist()) and not {0, 1} & set(partners[1].tolist()), chosen
+    partners, valid = sample_negative_partners(keys[:2], 1, torch.Generator().manual_seed(0), ids[:2])
+    assert not valid.any(), "two rows of one text have no negative to offer each other"
+
+
 def test_prepare_pretrain_batch_conditional_mask_only_on_matched_pairs():
     config = tiny_config()
     batch = random_batch(config, size=16, seed=3)
