@@ -64,7 +64,7 @@ from pipeline import outputs
 from pipeline.outputs import files_under, literal_pattern, read_stats
 from pipeline.options import beam_options, runner_name
 from pipeline.parquet_beam import WriteToParquet
-from pipeline.runners import LOCAL_RUNNERS, make_pipeline  # the WARC reader is a Beam pipeline: one runner choice for all
+from pipeline.runners import is_local_runner, make_pipeline  # the WARC reader is a Beam pipeline: one runner choice for all
 
 logger = logging.getLogger(__name__)
 
@@ -1508,7 +1508,7 @@ def check_runner(options) -> None:
     from apache_beam.runners.runner import create_runner
 
     name = runner_name(options)
-    if str(name).lower() in LOCAL_RUNNERS:
+    if is_local_runner(name):
         return
     try:
         create_runner(name)
@@ -1578,7 +1578,7 @@ def setting_options(settings: dict[str, Any]) -> dict[str, Any]:
                     raise ValueError(f"USER_AGENT must be one line of text, got {value!r}")
                 options[dest] = value
             elif name == "runner":
-                if str(value).lower() not in LOCAL_RUNNERS:  # lait crawl passes no options a remote runner needs
+                if not is_local_runner(str(value)):  # lait crawl passes no options a remote runner needs
                     raise ValueError(f"runner must be a local runner (DirectRunner) with lait crawl --warc, got "
                                      f"{value!r}: run python -m crawler.warc with that runner's own options")
                 options[dest] = str(value)

@@ -29,7 +29,7 @@ from pipeline.features import (MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBat
                                read_image_ids, resolve_input, to_original_pixels)
 from pipeline.outputs import clear_run_marker, input_reference, prepare_output
 from pipeline.parquet_beam import WriteToParquet
-from pipeline.runners import LOCAL_RUNNERS, make_pipeline
+from pipeline.runners import is_local_runner, make_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         logger.info("--topk %d is more than %s's %d classes: every box stores all %d (recorded as topk %d)",
                     options.topk, options.detector, topk, topk, topk)
         options = dataclasses.replace(options, topk=topk)
-    check_device(options, str(runner_name(pipeline_options)).lower() in LOCAL_RUNNERS)
+    # local as make_runner judges it: a module path to Beam's DirectRunner runs here, on this machine's devices
+    check_device(options, is_local_runner(runner_name(pipeline_options)))
     # Beam checks the runner and its options here (an unknown runner, Dataflow without a project): before the output
     # is touched, in one line
     pipeline = test_pipeline or make_pipeline(pipeline_options)

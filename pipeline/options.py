@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from filters import option_rules
 from filters.rules import RuleConfig
-from pipeline.runners import LOCAL_RUNNERS, make_runner  # noqa: F401  (re-exported)
+from pipeline.runners import LOCAL_RUNNERS, is_local_runner, make_runner  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def beam_options(beam_args: Sequence[str], own: Mapping[str, Any] | None = None)
 
     options = PipelineOptions(list(beam_args))
     runner = runner_name(options)
-    local = str(runner).lower() in LOCAL_RUNNERS
+    local = is_local_runner(runner)  # a module path to Beam's DirectRunner runs here too, as make_runner runs it
     options.get_all_options(add_extra_args_fn=_refuse_unknown(beam_args, own or {}, local))
     workers = options.view_as(DirectOptions).direct_num_workers
     _check(workers >= 0, f"--direct_num_workers must be 0 (one per CPU) or more, got {workers}")

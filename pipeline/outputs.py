@@ -2,9 +2,8 @@
 finished run; anything else found in the folder is an interrupted run's leftovers, unless the run that marked the
 folder (``RUN_MARKER``) is still going: then a second run into it is refused (``run_in_progress``).
 
-Beam names its shards per run (``part-00000-of-00002`` one time, ``-of-00001`` the next; the
-relevance writer uses random names), so a rerun into a folder that still held the previous shards
-would add its rows to theirs.
+Beam names its shards per run (``part-00000-of-00002`` one time, ``-of-00001`` the next), so a rerun into a
+folder that still held the previous shards would add its rows to theirs.
 
 Paths are taken as written: a folder named with ``[``, ``*`` or ``?`` (``r7 [v2]/filter``) is that folder, never
 a pattern (``is_pattern``, ``literal_pattern``, ``files_under``). Beam is imported on first use, not with

@@ -33,11 +33,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerKeyedTensor
-from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
+# The filter's writer: Beam's sink writes each bundle to a temporary file and names only the committed attempts'
+# files part-SSSSS-of-NNNNN.parquet once all are written, so a retried bundle (Dataflow retries them) adds no rows.
+from pipeline.filter import WriteDataset
+from pipeline.options import beam_options
 from pipeline.outputs import PENDING_STATS, finish_output, input_reference, prepare_output
-from pipeline.runners import make_pipeline
+from pipeline.runners import failure_line, make_pipeline, run_failures
 
 log = logging.getLogger(__name__)
 
@@ -410,31 +413,6 @@ def _join(folder: str, name: str) -> str:
     return posixpath.join(folder, name) if "://" in folder else os.path.join(folder, name)
 
 
-def _write_shard(rows: list[dict], path: str, kind: str) -> None:
-    schemas.write_table(schemas.to_table(rows, kind), path, kind)
-
-
-class _WriteDataset(beam.PTransform):
-    """Rows -> numbered Parquet shards under a folder, in the contract schema (one per bundle batch)."""
-
-    def __init__(self, out_dir: str, kind: str, rows_per_shard: int = 2000):
-        super().__init__()
-        self.out_dir, self.kind, self.rows_per_shard = out_dir, kind, rows_per_shard
-
-    def expand(self, rows):
-        import uuid
-
-        def write(batch):
-            path = _join(self.out_dir, f"part-{uuid.uuid4().hex[:12]}.parquet")
-            _write_shard(batch, path, self.kind)
-            return len(batch)
-
-        return (rows
-                | "Batch" >> beam.BatchElements(min_batch_size=self.rows_per_shard,
-                                                max_batch_size=self.rows_per_shard)
-                | "WriteShard" >> beam.Map(write))
-
-
 def _pair_files(path: str) -> list[str]:
     """The Parquet files of a pairs dataset, contract-checked (Beam reads them in parallel)."""
     from filters.relevance.data import resolve_pairs_path
@@ -578,15 +556,19 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
     check_paths(args.input, args.output)
     files = _pair_files(args.input)
-    options = PipelineOptions(beam_args)
+    # Beam only logs the arguments it does not know ("Discarding unparseable args"): a typo (--keep_rate) would be
+    # ignored, and a bad value print Beam's whole usage; here either is a one-line ValueError.
+    options = beam_options(beam_args, vars(args))
     check_model_args(args)
+    # Beam checks the runner and its options here (an unknown runner, Dataflow without a project): before the
+    # output is touched, as every other check above
+    pipeline = test_pipeline or make_pipeline(options)
     from filters.relevance.data import resolve_pairs_path
 
     prepare_output(args.output, STAGE, ("pairs", "rejected"), inputs=(resolve_pairs_path(args.input),))
-    if "://" not in args.output:  # an empty dataset is a folder with no shards, not a missing one
+    if "://" not in args.output:  # the folders are there from the start, as the filter's output's are
         for sub in ("pairs", "rejected"):
             os.makedirs(os.path.join(args.output, sub), exist_ok=True)
-    pipeline = test_pipeline or make_pipeline(options)
     with pipeline as p:
         read = (p
                 | "ListFiles" >> beam.Create(files)
@@ -599,9 +581,9 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
                          | "CountInputRejects" >> beam.combiners.Count.PerElement())
         summary = out.summary | "CountInputRejectsIn" >> beam.Map(_with_input_rejects,
                                                                   beam.pvalue.AsDict(input_reasons))
-        out.kept | "WritePairs" >> _WriteDataset(_join(args.output, "pairs"), "pairs")
+        out.kept | "WritePairs" >> WriteDataset(_join(args.output, "pairs"), "pairs")
         ((out.rejected, read.rejected) | "AllRejected" >> beam.Flatten()
-         | "WriteRejected" >> _WriteDataset(_join(args.output, "rejected"), "rejected"))
+         | "WriteRejected" >> WriteDataset(_join(args.output, "rejected"), "rejected"))
         summary | "WriteStats" >> beam.Map(_write_stats, args.output,
                                            {"input": input_reference(args.input, args.output), "model": args.model})
     finish_output(args.output)
@@ -610,8 +592,10 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """The standalone entry point: bad input (a finished output, a missing dataset or model, damaged Parquet,
-    an output that cannot be written) is one line on stderr and exit status 2, as `lait relevance score`
-    answers it, not a traceback."""
+    an output that cannot be written, a Beam option Beam does not know) is one line on stderr and exit status 2,
+    as `lait relevance score` answers it, not a traceback. So is a worker's error in ``multi_processing`` mode,
+    which reaches here as a RuntimeError holding its traceback's text (``failure_line``: status 2 for bad input,
+    1 for a worker that died)."""
     import pyarrow as pa
 
     try:
@@ -619,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, pa.ArrowException) as exc:  # FileNotFoundError is an OSError
         print(f"python -m pipeline.relevance: error: {exc}", file=sys.stderr)
         return 2
+    except run_failures() as exc:  # a Beam worker died, or its error came back as text: one line
+        status, line = failure_line(exc)
+        print(f"python -m pipeline.relevance: error: {line}", file=sys.stderr)
+        return status
     return 0
 
 

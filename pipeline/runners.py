@@ -78,7 +78,7 @@ def make_runner(options):
     name = options.view_as(StandardOptions).runner
     if name is not None and not isinstance(name, str):
         return None  # a runner object given by the caller
-    if isinstance(name, str) and name.lower() not in LOCAL_RUNNERS and not _names_beams_local_runner(name):
+    if isinstance(name, str) and not is_local_runner(name):
         for problem in remote_worker_problems(options):
             logger.warning("%s: %s", name, problem)
         return None
@@ -91,6 +91,24 @@ def make_runner(options):
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     logger.info("local run on FnApiRunner")
     return fn_runner.FnApiRunner(provision_info=provision)
+
+
+def is_local_runner(name) -> bool:
+    """Whether a ``--runner`` value runs here, on FnApiRunner (``make_runner``'s rule): none, one of
+    ``LOCAL_RUNNERS`` in any case, or a module path naming Beam's own direct runner or FnApiRunner. Every check that
+    depends on the workers running here (a local runner's options, CUDA asked for) asks this, so that
+    ``--runner apache_beam.runners.direct.direct_runner.DirectRunner`` is judged as ``DirectRunner`` is. A runner
+    object, or a path that names no runner (``make_pipeline`` refuses it, in one line), is not local."""
+    if name is None:
+        return True
+    if not isinstance(name, str):
+        return False
+    if name.lower() in LOCAL_RUNNERS:
+        return True
+    try:
+        return _names_beams_local_runner(name)
+    except ValueError:
+        return False
 
 
 def _names_beams_local_runner(name: str) -> bool:

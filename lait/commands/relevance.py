@@ -199,10 +199,15 @@ def run_score(args: argparse.Namespace) -> int:
         argv += ["--keep-rate", str(args.keep_rate)]
     if args.device:
         argv += ["--device", args.device]
-    from pipeline.runners import quiet_beam_tracebacks
+    from pipeline.runners import failure_line, quiet_beam_tracebacks, run_failures
 
-    with quiet_beam_tracebacks(verbose=getattr(args, "verbose", 0) > 0):
-        summary = run(argv)
+    try:
+        with quiet_beam_tracebacks(verbose=getattr(args, "verbose", 0) > 0):
+            summary = run(argv)
+    except run_failures() as exc:  # a worker died, or a worker's error came back as text: one line, as lait filter
+        status, line = failure_line(exc)
+        print(f"lait relevance score: error: {line}", file=sys.stderr)
+        return status
     print(f"relevance: kept {summary['kept']:,} of {summary['in']:,} pairs "
           f"(threshold {summary['threshold']}); stats in {os.path.join(args.output, 'stats.json')}")
     return 0
