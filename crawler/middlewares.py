@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
 from urllib.parse import urljoin, urlsplit
 
 from scrapy import exceptions as scrapy_errors
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
+from scrapy import signals
 from scrapy.downloadermiddlewares.redirect import RedirectMiddleware as ScrapyRedirectMiddleware
+from scrapy.downloadermiddlewares.retry import RetryMiddleware as ScrapyRetryMiddleware
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as ScrapyRobotsTxtMiddleware
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
@@ -116,7 +119,9 @@ class NetworkGuardMiddleware:
 
 class PageRedirectMiddleware:
     """Drops a page's redirect hop to a page the spider has seen already: that page is crawled once, under its
-    own URL (``LaitSpider.follow_redirect``); the hop's page gets no row (``redirect_to_seen``)."""
+    own URL (``LaitSpider.follow_redirect``); the hop's page gets no row (``redirect_to_seen``), unless its
+    redirects never reach a page with one (a loop: ``too_many_redirects`` at the crawl's end). A hop outside the
+    crawl's page domains is refused too (``offsite_redirect``), as a link there is not followed."""
 
     def __init__(self, crawler):
         self.crawler = crawler
@@ -126,9 +131,13 @@ class PageRedirectMiddleware:
         return cls(crawler)
 
     def process_request(self, request):
-        follow = getattr(self.crawler.spider, "follow_redirect", None)
-        if follow and "lait_page" in request.meta and request.meta.get("redirect_urls") and not follow(request):
-            raise RefusedRequest("redirect_to_seen", f"{request.url} is crawled as a page of its own")
+        refusal = getattr(self.crawler.spider, "redirect_refusal", None)
+        if refusal and "lait_page" in request.meta and request.meta.get("redirect_urls"):
+            reason = refusal(request)
+            if reason == "redirect_to_seen":
+                raise RefusedRequest(reason, f"{request.url} is crawled as a page of its own")
+            if reason:
+                raise RefusedRequest(reason, f"redirects to {request.url[:200]}, outside the crawl's page domains")
         return None
 
 
@@ -176,6 +185,66 @@ def _check_redirect_target(request, response) -> None:
         raise RefusedRequest("unsupported_scheme", detail)
 
 
+def crawl_delay_floor(crawl_delay: float | None, download_delay: float, cap: float) -> float | None:
+    """The delay between two requests to a host whose robots.txt asks for ``crawl_delay`` seconds: that, capped at
+    ``cap`` (``LAIT_MAX_CRAWL_DELAY``: a robots.txt asking for an hour would stall the crawl), never below
+    ``download_delay`` (``DOWNLOAD_DELAY``); None when it asks for none (or 0, or no number)."""
+    if crawl_delay is None or not crawl_delay > 0:
+        return None
+    return max(download_delay, min(float(crawl_delay), cap))
+
+
+def retry_after_seconds(value: bytes | str | None, now: float | None = None) -> float | None:
+    """The seconds an HTTP ``Retry-After`` value asks to wait: a number of seconds or an HTTP-date (from ``now``,
+    epoch seconds); None when there is none or it is neither. A date in the past is 0."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class RetryMiddleware(ScrapyRetryMiddleware):
+    """Scrapy's retry middleware, that honours a 429's or 503's ``Retry-After`` (seconds or an HTTP-date).
+
+    The retry waits what the server asks, up to ``LAIT_MAX_RETRY_AFTER`` seconds (counted as
+    ``lait/retry/waited_retry_after``); a longer wait is not waited for: the request gives up at once, its status its
+    reject (``http_429``, ``http_503``), counted as ``lait/retry/retry_after_too_long``. The wait holds that request
+    only, not the crawl."""
+
+    #: The statuses whose Retry-After is read (RFC 9110: 503; RFC 6585: 429).
+    STATUSES = frozenset({429, 503})
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.max_retry_after = settings.getfloat("LAIT_MAX_RETRY_AFTER", defaults.LAIT_MAX_RETRY_AFTER)
+
+    async def process_response(self, request, response):
+        wait = None
+        if (response.status in self.STATUSES and response.status in self.retry_http_codes
+                and not request.meta.get("dont_retry", False)):
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+        if wait is not None and wait > self.max_retry_after:
+            self.crawler.stats.inc_value("lait/retry/retry_after_too_long")
+            logger.info("gave up on %s: Retry-After %.0f s is over LAIT_MAX_RETRY_AFTER %s s", request.url, wait,
+                        self.max_retry_after)
+            return response
+        result = super().process_response(request, response)
+        if wait and result is not response:
+            self.crawler.stats.inc_value("lait/retry/waited_retry_after")
+            await asyncio.sleep(wait)
+        return result
+
+
 class RobotsUnavailable:
     """The robots.txt of a host that answered 5xx or could not be reached: RFC 9309 says complete disallow,
     until ``retry_at`` (the middleware's clock), when the next request to the host asks for it again."""
@@ -221,6 +290,13 @@ class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):
         super().__init__(crawler)
         self.retry_after = retry_interval(crawler.settings)
         self.clock = time.monotonic  # tests set another
+        self.download_delay = crawler.settings.getfloat("DOWNLOAD_DELAY")
+        self.max_crawl_delay = crawler.settings.getfloat("LAIT_MAX_CRAWL_DELAY", defaults.LAIT_MAX_CRAWL_DELAY)
+        self.crawl_delays: dict[str, float] = {}  # downloader slot (host) -> its robots.txt's Crawl-delay floor
+        self._delay_of: dict[str, tuple[object, float | None]] = {}  # netloc -> (its parser, the floor it asks)
+        # Connected after AutoThrottle's handler (extensions are built before the downloader): its adjustment of a
+        # slot's delay after each response is raised back to the host's Crawl-delay.
+        crawler.signals.connect(self._response_downloaded, signal=signals.response_downloaded)
         # (a logger keeps one of each filter, however many crawlers add it)
         logging.getLogger(ScrapyRobotsTxtMiddleware.__module__).addFilter(ROBOTS_ERROR_FILTER)
 
@@ -265,3 +341,40 @@ class RobotsTxtMiddleware(ScrapyRobotsTxtMiddleware):
             self._stats.inc_value("robotstxt/unavailable")
             raise RefusedRequest("robots_unavailable", rp.why)
         super().process_request_2(rp, request)
+        if rp is not None:
+            self._apply_crawl_delay(rp, request)
+
+    def _apply_crawl_delay(self, rp, request) -> None:
+        """Keep the delay of the request's downloader slot (its host) at least the robots.txt's ``Crawl-delay`` for
+        our user agent (``crawl_delay_floor``)."""
+        netloc = urlparse_cached(request).netloc
+        known = self._delay_of.get(netloc)
+        if known is None or known[0] is not rp:  # once per parser (a robots.txt asked for again is read again)
+            useragent = self._robotstxt_useragent or request.headers.get(b"User-Agent", self._default_useragent)
+            try:
+                asked = rp.crawl_delay(useragent)
+            except (AttributeError, NotImplementedError, TypeError, ValueError):  # a parser without it
+                asked = None
+            floor = crawl_delay_floor(asked, self.download_delay, self.max_crawl_delay)
+            self._delay_of[netloc] = known = (rp, floor)
+            if floor is not None:
+                self._stats.inc_value("lait/robots/crawl_delay_hosts")
+                logger.info("robots.txt of %s asks for a Crawl-delay of %s s: %s s between its requests", netloc,
+                            asked, floor)
+        floor = known[1]
+        if floor is None:
+            return
+        downloader = self.crawler.engine.downloader
+        key, slot = downloader._get_slot(request)  # (created here when it is the host's first request)
+        self.crawl_delays[key] = floor
+        slot.delay = max(slot.delay, floor)
+        # RANDOMIZE_DOWNLOAD_DELAY's jitter would go down to half the delay: a Crawl-delay is a least delay.
+        if getattr(slot, "jitter", None):
+            slot.jitter = 0.0
+
+    def _response_downloaded(self, response, request, **kwargs) -> None:
+        key = request.meta.get("download_slot")
+        floor = self.crawl_delays.get(key)
+        slot = self.crawler.engine.downloader.slots.get(key) if floor is not None else None
+        if slot is not None and slot.delay < floor:
+            slot.delay = floor

@@ -12,6 +12,12 @@ ROBOTSTXT_OBEY = True
 # Seconds after which a host whose robots.txt was unavailable is asked for it again (its requests in between
 # are rejected): a long crawl does not lose a host to a short outage.
 LAIT_ROBOTS_RETRY_AFTER = 300
+# A robots.txt's Crawl-delay (for our user agent) is the least delay between two requests to its host, capped at
+# this many seconds (crawler.middlewares.RobotsTxtMiddleware); DOWNLOAD_DELAY stays the floor.
+LAIT_MAX_CRAWL_DELAY = 60
+# A 429 or 503 answer's Retry-After is waited before the retry, up to this many seconds; a longer one gives up on
+# the request (its http_429 / http_503 reject) rather than wait (crawler.middlewares.RetryMiddleware).
+LAIT_MAX_RETRY_AFTER = 120
 
 # Politeness: adaptive delays, a few requests per domain at a time.
 AUTOTHROTTLE_ENABLED = True
@@ -37,10 +43,11 @@ REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 FEED_EXPORT_ENCODING = "utf-8"
 
 DOWNLOADER_MIDDLEWARES = {
-    # A page's redirect to a page already seen is not fetched again (each page crawled once).
-    "crawler.middlewares.PageRedirectMiddleware": 40,
     # Before robots.txt (100) and everything that could open a connection.
     "crawler.middlewares.NetworkGuardMiddleware": 50,
+    # A page's redirect to a page already seen is not fetched again (each page crawled once), nor one outside the
+    # page domains. After the guard: a redirect to a private address is refused as that, whatever its host.
+    "crawler.middlewares.PageRedirectMiddleware": 55,
     # Scrapy's, except that a robots.txt answering 5xx or not at all disallows its host (RFC 9309).
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawler.middlewares.RobotsTxtMiddleware": 100,
@@ -48,6 +55,9 @@ DOWNLOADER_MIDDLEWARES = {
     # reject, as an <img src> of it is (Scrapy's failed on it as fetch_error, or handed it back as http_302).
     "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
     "crawler.middlewares.RedirectMiddleware": 600,
+    # Scrapy's, except that a 429's or 503's Retry-After is waited before the retry (LAIT_MAX_RETRY_AFTER).
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "crawler.middlewares.RetryMiddleware": 550,
     # The spider filters page links by domain itself and fetches images from any host (CDNs).
     "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,

@@ -166,6 +166,8 @@ SETTING_RULES: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "LAIT_ROWS_PER_SHARD": ("getint", lambda v: v >= 1, "a whole number, 1 or more"),
     "LAIT_LIVE_COUNTS_INTERVAL": ("getfloat", lambda v: 0 < v < math.inf, "a number of seconds above 0"),
     "LAIT_PROGRESS": ("getbool", lambda v: True, "true or false"),
+    "LAIT_MAX_CRAWL_DELAY": ("getfloat", lambda v: 0 <= v < math.inf, "a number of seconds, 0 or more"),
+    "LAIT_MAX_RETRY_AFTER": ("getfloat", lambda v: 0 <= v < math.inf, "a number of seconds, 0 or more"),
     # LAIT_ALLOW_PRIVATE_NETWORKS and LAIT_ALLOWED_NETWORKS: resolver.guard_settings, their one reader.
 }
 
@@ -321,6 +323,9 @@ class LaitSpider(scrapy.Spider):
             if taken:
                 logger.warning("allowed_domains: took the host %s from %r", host, value)
             domains.append(host)
+        # Without allowed_domains, a start URL's redirect to another host (http://www.x.com -> https://x.com) adds
+        # that host: the user asked for the site (redirect_refusal).
+        self.domains_given = bool(domains)
         # Not `allowed_domains`: Scrapy's offsite middleware would then drop images served by a CDN.
         self.page_domains = list(dict.fromkeys(domains)) or sorted(
             {host_key(urlsplit(u).hostname or "") for u in self.start_urls} - {""})
@@ -337,6 +342,14 @@ class LaitSpider(scrapy.Spider):
         self.pending: dict[str, list[dict]] = {}  # image url_key -> candidates waiting for it
         self.image_results: dict[str, dict] = {}  # image url_key -> facts (kept) or reason (rejected)
         self.finished = False  # the crawl ran out of work (not stopped part-way)
+        # Redirect hops of page requests (url_key -> url_key), the pages dropped because their redirect reached a
+        # page seen (redirect_to_seen: the target gives the rows) and the pages with a row of their own: at the
+        # crawl's end a dropped page whose redirects never reach such a page (a loop between two linked pages)
+        # becomes a too_many_redirects row (loop_rejects).
+        self.redirects: dict[str, str] = {}
+        self.redirect_dropped: set[str] = set()
+        self.pages_settled: set[str] = set()
+        self.redirect_domains: list[str] = []  # hosts added by a start URL's redirect (no allowed_domains given)
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
@@ -388,6 +401,14 @@ class LaitSpider(scrapy.Spider):
             self.pending.setdefault(extract.url_key(url), []).extend(waiting)
         self.image_results = {extract.url_key(url): result for url, result in state["image_results"].items()}
         self.inbox_offset = state.get("inbox_offset", 0)
+        self.redirects = state.get("redirects", {})
+        self.redirect_dropped = state.get("redirect_dropped", set())
+        # (A state saved before these were kept: every page seen and not open had its row, as far as it knows.)
+        self.pages_settled = (state["pages_settled"] if "pages_settled" in state
+                              else self.pages_seen - set(self.open_pages))
+        if not self.domains_given:
+            self.redirect_domains = state.get("redirect_domains", [])
+            self.page_domains = list(dict.fromkeys([*self.page_domains, *self.redirect_domains]))
         out_dir = self.settings.get("LAIT_OUT")
         needed = {result["image_id"] for result in self.image_results.values() if "image_id" in result}
         if out_dir:  # the bytes of the kept images the state refers to, for later pages that show them again
@@ -400,7 +421,9 @@ class LaitSpider(scrapy.Spider):
         os.makedirs(self.jobdir, exist_ok=True)
         state = {"pages_seen": self.pages_seen, "open_pages": self.open_pages, "pending": self.pending,
                  "image_results": self.image_results, "inbox_offset": self.inbox_offset,
-                 "pages_scheduled": self.pages_scheduled}
+                 "pages_scheduled": self.pages_scheduled, "redirects": self.redirects,
+                 "redirect_dropped": self.redirect_dropped, "pages_settled": self.pages_settled,
+                 "redirect_domains": self.redirect_domains}
         fd, tmp = tempfile.mkstemp(dir=self.jobdir, prefix=".state.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -433,6 +456,30 @@ class LaitSpider(scrapy.Spider):
         for url in list(self.pending):
             self.crawler.stats.inc_value(f"lait/image/rejected/{runner.NOT_FETCHED}")
             rows.extend(self._reject_row(c, runner.NOT_FETCHED, detail) for c in self.pending.pop(url))
+        return rows + self.loop_rejects()
+
+    def loop_rejects(self) -> list[dict]:
+        """``too_many_redirects`` rows for the pages dropped as ``redirect_to_seen`` whose redirects never reach a
+        page with a row: ``/a`` -> ``/b`` -> ``/a``, both linked, ended with no row at all (each hop's target was
+        seen). A chain that ends at a page still to fetch is left alone (a ``--jobdir`` crawl stopped part-way
+        settles it at its final close). Called by ``unfetched_rejects``, at the crawl's close."""
+        loops = []
+        for url in sorted(self.redirect_dropped):
+            chain = [url]
+            while chain[-1] in self.redirects and chain[-1] not in self.pages_settled:
+                target = self.redirects[chain[-1]]
+                chain.append(target)
+                if target in chain[:-1]:
+                    break
+            if chain[-1] not in self.pages_settled and chain[-1] not in self.open_pages:
+                loops.append(chain)
+        rows = []
+        for chain in loops:  # (all found first: each page of a loop gets its row)
+            url = chain[0]
+            self.redirect_dropped.discard(url)
+            self.fetched_pages.discard(url)  # no longer accounted for by its target: the row is its own
+            detail = ("redirect loop: " + " -> ".join(chain))[:300]
+            rows.append(self._page_rejected(url, "too_many_redirects", detail).row)
         return rows
 
     def closed(self, reason: str) -> None:
@@ -541,6 +588,7 @@ class LaitSpider(scrapy.Spider):
         return request, None
 
     def _page_rejected(self, url: str, reason: str, detail: str | None) -> RejectedItem:
+        self.pages_settled.add(url)
         self.crawler.stats.inc_value(f"lait/page/rejected/{reason}")
         return RejectedItem(dict(reason=reason, detail=detail, page_url=url))
 
@@ -585,8 +633,11 @@ class LaitSpider(scrapy.Spider):
             if response.meta.get("lait_claimed") != url:
                 if url in self.pages_seen:
                     stats.inc_value("lait/page/redirect_to_seen")
+                    self.redirects[requested] = url
+                    self.redirect_dropped.add(requested)
                     return
                 self.pages_seen.add(url)
+        self.pages_settled.update((requested, url))
         stats.inc_value("lait/page/fetched")
         # No Content-Type: Scrapy sniffed the type from the URL and the body (on_headers_received let it come).
         if not isinstance(response, scrapy.http.TextResponse) or declared_not_html(response.headers.get("Content-Type")):
@@ -639,6 +690,7 @@ class LaitSpider(scrapy.Spider):
         """A page's link (or refresh target) as a request, when it is in the allowed domains, no image of the page
         or of the crawl (``images``: the page's, by url_key) and a page not seen; else None."""
         if not self._in_domains(link):
+            self.crawler.stats.inc_value("lait/page/skipped_offsite")
             return None
         key = extract.url_key(link)
         if key in images or key in self.pending or key in self.image_results:
@@ -647,26 +699,65 @@ class LaitSpider(scrapy.Spider):
         return self._schedule_page(link, depth)
 
     def follow_redirect(self, request: scrapy.Request) -> bool:
-        """Whether to fetch a page's redirect hop (PageRedirectMiddleware): not when its target is a page seen
-        already, which is crawled under its own URL; a target not seen is claimed for this request."""
+        """Whether to fetch a page's redirect hop (``redirect_refusal``)."""
+        return self.redirect_refusal(request) is None
+
+    def redirect_refusal(self, request: scrapy.Request) -> str | None:
+        """Why a page's redirect hop is not fetched (PageRedirectMiddleware), None to fetch it: ``offsite_redirect``
+        when its target is outside the allowed domains (as a link there is not followed), ``redirect_to_seen`` when
+        it is a page seen already, which is crawled under its own URL; a target not seen is claimed for this request.
+
+        Without allowed domains given, a start URL's redirect to another host (``http://www.x.com`` ->
+        ``https://x.com``) adds that host to the crawl's domains: its links are followed."""
         target = extract.url_key(request.url)
-        if target in (request.meta["lait_page"], request.meta.get("lait_claimed")):
-            return True
+        source = request.meta["lait_page"]
+        if target in (source, request.meta.get("lait_claimed")):
+            return None
+        if not self._in_domains(target):
+            host = host_key(urlsplit(target).hostname or "")
+            if self.domains_given or source not in self._start_keys() or not host:
+                return "offsite_redirect"
+            logger.info("start URL %s redirects to %s: its host %s is crawled too", source, target, host)
+            self.crawler.stats.inc_value("lait/page/start_redirect_domain")
+            self.redirect_domains.append(host)
+            self.page_domains.append(host)
+        previous = request.meta.get("redirect_urls") or [source]
+        self.redirects[extract.url_key(previous[-1])] = target
         if target in self.pages_seen:
-            return False
+            self.redirect_dropped.add(source)
+            return "redirect_to_seen"
         self.pages_seen.add(target)
         request.meta["lait_claimed"] = target
-        return True
+        return None
+
+    def _start_keys(self) -> set[str]:
+        """The start URLs as pages are recorded (url_key; one that cannot be read is left out)."""
+        keys = getattr(self, "_start_key_set", None)
+        if keys is None:
+            keys = set()
+            for url in self.start_urls:
+                try:
+                    keys.add(extract.url_key(url))
+                except ValueError:
+                    pass
+            self._start_key_set = keys
+        return keys
 
     def page_failed(self, failure) -> Iterator[Any]:
         """A page that could not be fetched becomes one rejected row (none when it redirects to a page seen)."""
         url = failure.request.meta["lait_page"]
         self.open_pages.pop(url, None)
         reason, detail = failure_reason(failure)
-        if reason == "redirect_to_seen":  # the target page gives the rows
+        if reason == "redirect_to_seen":  # the target page gives the rows (else loop_rejects, at the close)
             self.crawler.stats.inc_value("lait/page/redirect_to_seen")
             self.fetched_pages.add(url)
             return
+        # The row under the URL requested stands for every hop its redirects went through.
+        for hop in (*failure.request.meta.get("redirect_urls", ()), failure.request.url):
+            try:
+                self.pages_settled.add(extract.url_key(hop))
+            except ValueError:
+                pass
         yield self._page_rejected(url, reason, detail)
 
     # -- images --------------------------------------------------------------------------------
