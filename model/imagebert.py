@@ -344,7 +344,7 @@ def read_bert_config(folder: str) -> dict:
 def _read_state_dict(folder: str) -> dict[str, torch.Tensor]:
     """The folder's ``model.safetensors`` (else ``pytorch_model.bin``); a file that does not load (truncated,
     a Git LFS pointer, text) is one ``ValueError`` naming it and what is wrong, not the loader's traceback."""
-    from model.detectors import unreadable_weights
+    from model.weights_errors import unreadable_weights
 
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = os.path.join(folder, name)

@@ -211,3 +211,19 @@ def test_an_unreadable_weights_reason_is_not_cut_mid_sentence(tmp_path):
     message = str(unreadable_weights(str(tmp_path / "w.pkl"), error))
     assert message.endswith("(UnpicklingError: A load persistent id instruction was encountered, but no "
                             "persistent_load function was specified.)"), message
+
+
+def test_bert_weights_load_without_torchvision(tmp_path):
+    """The training install has no torchvision: BERT's loading imported model.detectors (and with it torchvision)
+    for its error messages, on every call."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = ("import sys; sys.modules['torchvision'] = None\n"
+              "from model.imagebert import _read_state_dict\n"
+              f"print(len(_read_state_dict({str(tmp_path)!r})))\n")
+    torch.save({"bert.embeddings.word_embeddings.weight": torch.zeros(3, 2)}, tmp_path / "pytorch_model.bin")
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-1500:]
