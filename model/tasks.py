@@ -341,8 +341,10 @@ def sample_negative_partners(image_keys: torch.Tensor, count: int, generator: to
     """
     batch = image_keys.shape[0]
     different = image_keys.unsqueeze(0) != image_keys.unsqueeze(1)
-    if input_ids is not None:  # rows padded alike: equal texts are equal rows
-        different &= (input_ids.unsqueeze(0) != input_ids.unsqueeze(1)).any(-1)
+    if input_ids is not None:
+        # Rows padded alike: equal texts are equal rows. Numbered by torch.unique, the test is B x B, not B x B x L.
+        text = torch.unique(input_ids, dim=0, return_inverse=True)[1]
+        different &= text.unsqueeze(0) != text.unsqueeze(1)
     draw = torch.rand((batch, batch), generator=generator, device=image_keys.device)
     draw = torch.where(different, draw, torch.full_like(draw, -1.0))
     count = min(count, batch)
