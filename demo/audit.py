@@ -218,9 +218,14 @@ def _images_read(path: str, kind: str) -> int:
     """What a per-image stage (``lait features``: ``plan_shards``) counts as ``in`` from a dataset: its distinct
     image ids, plus each row without one (rejected one by one as ``image_id_missing``, by the stage's own rule
     ``schemas.missing_image_id``)."""
+    return _ids_and_images_read(path, kind)[1]
+
+
+def _ids_and_images_read(path: str, kind: str) -> tuple[list, int]:
+    """The dataset's image ids but the missing ones (``schemas.missing_image_id``), and ``_images_read``'s count."""
     ids = _column(path, kind, "image_id")
     present = [i for i in ids if not schemas.missing_image_id(i)]
-    return len(set(present)) + len(ids) - len(present)
+    return present, len(set(present)) + len(ids) - len(present)
 
 
 def _missing(ids: list, known: set) -> list:
@@ -379,9 +384,7 @@ def _lineage(upstream: str, rel: str, kind: str | None, path: str | None, reject
     if per_image and up_kind:
         # A per-image stage reads every distinct image and each id-less row, from a crawl's candidates as from pairs
         # (one image on two pages is read once): what it counts as ``in``, and what it keeps or rejects.
-        up_ids = _column(up_path, up_kind, "image_id")
-        present = [i for i in up_ids if not schemas.missing_image_id(i)]
-        up_images = len(set(present)) + len(up_ids) - len(present)
+        present, up_images = _ids_and_images_read(up_path, up_kind)
         checks.append(_check("in_equals_upstream_kept", n_in == up_images,
                              f"in {n_in} vs {up_images} images (distinct image ids and rows without one) in {rel}"))
         kept_images = _column(path, "regions", "image_id") if kind == "regions" else []
