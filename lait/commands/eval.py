@@ -103,12 +103,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def data_regions(data: str) -> str:
-    """The regions dataset of ``--data DIR``: ``DIR/regions``, else ``DIR/features/regions`` where only that exists:
-    the documented import flow (``lait import-captions --out DIR``, then ``lait features --input DIR --output
-    DIR/features``) puts them there, and ``--data DIR`` then failed on a missing ``DIR/regions``."""
-    regions = os.path.join(data, "regions")
-    nested = os.path.join(data, "features", "regions")
-    return nested if "://" not in data and not os.path.exists(regions) and os.path.isdir(nested) else regions
+    """The regions dataset of ``--data DIR``: ``DIR/regions``, else ``DIR/features/regions`` where only that exists
+    (``model.data.resolve_dataset_dir``): the documented import flow (``lait import-captions --out DIR``, then
+    ``lait features --input DIR --output DIR/features``) puts them there. ``DIR/regions`` when neither is there,
+    for the message."""
+    from model.data import resolve_dataset_dir
+
+    found = resolve_dataset_dir(data, "regions")
+    return found if found != data else os.path.join(data, "regions")
 
 
 def _unwritable(path: str) -> str | None:
