@@ -175,11 +175,12 @@ def _body_stream(record):
 
 def decode_body(body: bytes, encoding: str | None, cap: int) -> bytes:
     """A body as sent -> its bytes, its Content-Encoding (``gzip, br``: applied in that order) undone strictly;
-    ValueError, saying why, for one that does not decode or ends before its compressed stream does. At most
-    ``cap`` + 1 bytes come back: more is over the cap. A body in a coding not in ``DECODED_CODINGS`` (or br
+    ValueError, saying why, for one that does not decode or ends before its compressed stream does. Decoding stops
+    soon after ``cap`` bytes: more than ``cap`` is over the cap. An empty body (a 304's, a 204's) is empty in any
+    coding. A body in a coding not in ``DECODED_CODINGS`` (or br
     without brotli installed) comes back as sent."""
     codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip() and c.strip().lower() != "identity"]
-    if not codings or any(c not in DECODED_CODINGS or (c == "br" and not _has_brotli()) for c in codings):
+    if not body or not codings or any(c not in DECODED_CODINGS or (c == "br" and not _has_brotli()) for c in codings):
         return body
     for coding in reversed(codings):
         if len(body) > cap:
@@ -195,7 +196,8 @@ def _has_brotli() -> bool:
 
 
 def _inflate(data: bytes, coding: str, cap: int) -> bytes:
-    """gzip (every member; bytes after the last whole one are ignored, as Scrapy's gunzip ignores them) or deflate
+    """gzip (every member; bytes after the last whole one are ignored, as Scrapy's gunzip ignores them, unless they
+    begin another member and stop short: a ValueError) or deflate
     (zlib-wrapped, else raw, as browsers read it) to at most ``cap`` + 1 bytes; ValueError if it does not decode."""
     out, first = b"", True
     while data:
@@ -224,8 +226,9 @@ def _inflate(data: bytes, coding: str, cap: int) -> bytes:
 
 
 def _unbrotli(data: bytes, cap: int) -> bytes:
-    """A br body to at most ``cap`` + 1 bytes (brotli 1.2's output limit; an older brotli decodes it whole);
-    ValueError if it does not decode or ends early."""
+    """A br body to about ``cap`` bytes (brotli 1.2's output limit, which stops at a buffer's end past it, so a
+    little more may come back: over the cap all the same; an older brotli decodes it whole); ValueError if it does
+    not decode or ends early."""
     import brotli
 
     decompressor = brotli.Decompressor()
@@ -409,7 +412,14 @@ class ReadWarcRecords(beam.DoFn):
             if not is_page:  # its candidates are told why (attach_images), not that the input has no such image
                 yield ("image", url, {"failure": reason})
             return
-        status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
+        try:
+            status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
+        except (TypeError, ValueError):
+            if not other:
+                raise  # a page's or an image's: its reject row (the caller's warc_malformed_record)
+            # a record of another type has no reject of its own: the candidates that name it as an image are told
+            yield ("image", url, {"failure": ("warc_malformed_record", f"{path}@{offset()}: no HTTP status")})
+            return
         item = {"status": status, "headers": headers, "body": payload, "date": date}
         if is_page:
             yield ("page", url, item)

@@ -1470,16 +1470,16 @@ def _shard_complete(output_path: str, shard: Shard, dataset: str) -> bool:
     if stats is None:
         return False
     older_form = not stats["images"].startswith(FINGERPRINT_PREFIX)
-    if older_form and not (shard.legacy_images is not None and stats["images"] == shard.legacy_images
-                           and stats["in"] == shard.size):
-        raise ValueError(f"{output_path} holds shard {shard.index}, written by an older lait features, of other images "
-                         f"than {dataset} gives it now (or of ids holding line breaks, which that version's record "
-                         f"cannot tell apart); use a new --output")
-    if not older_form and (stats["images"] != shard.images or stats["in"] != shard.size):
+    expected = shard.legacy_images if older_form else shard.images  # None: ids the older form cannot tell apart
+    if expected is None or stats["images"] != expected or stats["in"] != shard.size:
         if _shard_grew(dataset, shard, stats):
             logger.info("shard %d held %d images, and the files added to %s fill it to %d: computed again",
                         shard.index, stats["in"], dataset, shard.size)
             return False
+        if older_form:
+            raise ValueError(f"{output_path} holds shard {shard.index}, written by an older lait features, of other "
+                             f"images than {dataset} gives it now (or of ids holding line breaks, which that "
+                             f"version's record cannot tell apart); use a new --output")
         raise ValueError(f"{output_path} holds shard {shard.index} of other images than {dataset} gives it now "
                          f"(another input, or files added or removed since that run); use a new --output")
     problem = _shard_files_problem(paths, stats)
@@ -1505,6 +1505,8 @@ def _shard_grew(dataset: str, shard: Shard, stats: dict) -> bool:
         for image_id in read_image_ids(check_input_file(dataset, file), file, group, rows[:left]):
             digest.add(image_id)
         left -= min(left, len(rows))
+    if not stats["images"].startswith(FINGERPRINT_PREFIX):  # an older run's record, in its form where unambiguous
+        return digest.legacy_hexdigest() is not None and digest.legacy_hexdigest() == stats["images"]
     return digest.hexdigest() == stats["images"]
 
 

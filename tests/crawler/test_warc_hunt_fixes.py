@@ -242,3 +242,20 @@ def test_urls_longer_than_the_spider_requests_are_url_too_long():
     from scrapy.settings import default_settings
 
     assert warc.URL_LENGTH_LIMIT == default_settings.URLLENGTH_LIMIT  # the spider's (crawler/settings.py keeps it)
+
+
+def test_an_empty_br_body_and_a_bad_status_of_an_unreferenced_record_are_no_rejects(tmp_path):
+    """A 304 with Content-Encoding: br and no body was warc_malformed_record (an empty brotli stream "ends early"),
+    not its status; a stylesheet whose status line is no number got a reject row of its own, as a page."""
+    path = tmp_path / "x.warc"
+    path.write_bytes(
+        _raw_record("http://w.example/nm.html", [("Content-Type", "text/html"), ("Content-Encoding", "br")], b"",
+                    "304 Not Modified")
+        + _raw_record("http://w.example/nm.jpg", [("Content-Type", "image/jpeg"), ("Content-Encoding", "br")], b"",
+                      "304 Not Modified")
+        + _raw_record("http://w.example/a.css", [("Content-Type", "text/css")], b"body{}", "abc OK"))
+    kept, rejected = _outputs(path)
+    assert rejected == []
+    by_url = {url: item for _, url, item in kept}
+    assert by_url["http://w.example/nm.html"]["status"] == 304 and by_url["http://w.example/nm.jpg"]["status"] == 304
+    assert by_url["http://w.example/a.css"]["failure"][0] == "warc_malformed_record"

@@ -18,12 +18,12 @@ from tests.features.test_features_user_mistakes import BEAM, _features, _on_disk
 BEAM_ERROR = "python -m pipeline.features: error: "
 
 
-def _images(path, ids: list[str]) -> None:
-    """A dataset of ``image_id`` + ``image_bytes`` alone, one small image per id."""
+def _images(path, ids: list[str], name: str = "data.parquet") -> None:
+    """A dataset of ``image_id`` + ``image_bytes`` alone, one small image per id (file ``name``)."""
     data = [encode(make_scene(i, (40, 32))[0]) for i in range(len(ids))]
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"image_id": pa.array(ids, pa.string()), "image_bytes": pa.array(data, pa.binary())}),
-                   str(path / "data.parquet"))
+                   str(path / name))
 
 
 # ---- shards past 99,999 are named with six digits, and are the runner's own -------------------------------------
@@ -151,6 +151,22 @@ def test_a_shard_fingerprinted_by_an_older_run_is_refused_where_that_form_is_amb
     assert _features(tmp_path / "in", out, "--images-per-shard", "2") == 2
     assert "holds shard 0, written by an older lait features" in _one_line(capsys)
     assert json.loads(path.read_text()) == stats and _on_disk(out)[0] == ["a", "b"]
+
+
+def test_a_grown_shard_fingerprinted_by_an_older_run_is_computed_again(tmp_path, capsys):
+    """Files added after an older run fill its last shard: computed again, as in a run of this version (the older
+    form was checked for an exact match only, and the grown shard refused as one of other images)."""
+    _images(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    assert _features(tmp_path / "in", out, "--images-per-shard", "2") == 0
+    path = out / "shards" / "part-00000.json"
+    stats = json.loads(path.read_text())
+    stats["images"] = hashlib.sha256(b"a\n").hexdigest()  # what the older runner recorded for ["a"]
+    path.write_text(json.dumps(stats))
+    _images(tmp_path / "in", ["b"], name="more.parquet")
+    assert _features(tmp_path / "in", out, "--images-per-shard", "2") == 0
+    assert sorted(_on_disk(out)[0]) == ["a", "b"]
+    assert json.loads(path.read_text())["images"].startswith(features.FINGERPRINT_PREFIX)
 
 
 # ---- out of memory as a plain RuntimeError (cuDNN, cuBLAS, CUDA) -------------------------------------------------
