@@ -465,8 +465,7 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
     stats.json names that stage), a dataset and a folder inside a finished stage's (``_refuse_dataset_or_nested``)
     are refused even with ``overwrite``.
     """
-    if not isinstance(out_dir, str) or not out_dir.strip():  # an unset $OUT: its parts are the current folder's
-        raise ValueError(f"--out {out_dir!r} is empty; give the folder to write the import to")
+    outputs.refuse_empty_paths(("--out", out_dir, "the folder to write the import to"))  # else the current folder's
     if not _is_text(out_dir):  # pyarrow takes paths as UTF-8: the import failed after marking the folder
         raise ValueError(f"{_shown(out_dir)}: the folder's name is not UTF-8 text, which the datasets' paths must "
                          f"be; use another --out")

@@ -62,7 +62,8 @@ from model.detectors.images import (DetectorInput, ImageRejected, decode_for_det
                                     prepare_for_device_decode)
 from model.detectors.weights import weights_fingerprint
 from pipeline.outputs import (ancestors, input_reference, marker_taken_problem, on_this_host, read_stats,
-                              refuse_dataset_or_nested, run_marker, running_run_problem, stage_of)
+                              refuse_dataset_or_nested, refuse_empty_paths, run_marker, running_run_problem,
+                              stage_of)
 from schemas.io import PARQUET_SUFFIX, _filesystem
 
 logger = logging.getLogger(__name__)
@@ -190,10 +191,8 @@ def check_paths(input_path: str, output_path: str) -> None:
     from, the current folder), an ``--output`` that is a file or lies under one (a cryptic "Not a directory"
     once its run marker was written), and an ``--input`` that is neither a folder nor a Parquet file (a file
     named ``*.parquet``, or one that begins as Parquet: a damaged one is named by ``check_input_file``)."""
-    for option, value, what in (("--input", input_path, "a filter or crawl folder, or a dataset of images"),
-                                ("--output", output_path, "the folder to write the features to")):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{option} {value!r} is empty; give {what}")
+    refuse_empty_paths(("--input", input_path, "a filter or crawl folder, or a dataset of images"),
+                       ("--output", output_path, "the folder to write the features to"))
     fs, inner = _filesystem(output_path)
     kind = fs.get_file_info(inner).type
     if kind not in (pafs.FileType.NotFound, pafs.FileType.Directory):

@@ -40,7 +40,7 @@ from filters.rules import STAGE, STEP_OF_REASON, STEP_REASONS, RuleConfig, RuleF
 from pipeline.options import (add_filter_arguments, beam_options, complete_options, config_from_args, fill_defaults,
                               ignored_options, reads_local_options, runner_name)
 from pipeline.outputs import (PENDING_STATS, OutputExistsError, files_under, finish_output, input_reference,
-                              is_folder, is_pattern, prepare_output, read_stats, stage_of)
+                              is_folder, is_pattern, prepare_output, read_stats, refuse_empty_paths, stage_of)
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import make_pipeline
 
@@ -561,10 +561,8 @@ def check_paths(input_path: Any, output_path: Any) -> None:
     """Refuse an ``--input`` or ``--output`` that is empty or white space alone (an unset ``$OUT`` in a script),
     in one line naming the option, before anything is read or written: the output's ``pairs/``, ``rejected/``
     and ``stats.json`` would be the current folder's, removed by ``--overwrite``."""
-    for option, value, what in (("--input", input_path, "the crawl folder or candidates dataset to filter"),
-                                ("--output", output_path, "the folder to write the pairs to")):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{option} {value!r} is empty; give {what}")
+    refuse_empty_paths(("--input", input_path, "the crawl folder or candidates dataset to filter"),
+                       ("--output", output_path, "the folder to write the pairs to"))
 
 
 def _prepare_output(output: str, overwrite: bool, input_path: str | None = None) -> None:

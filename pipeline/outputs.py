@@ -190,6 +190,19 @@ def delete_exactly(paths: Sequence[str]) -> None:
         _filesystems().delete(remote)
 
 
+def refuse_empty_paths(*options: tuple[str, object, str], optional: bool = False) -> None:
+    """A one-line ValueError for the first path option (``(option, value, what to give)``) that is empty or white
+    space alone, e.g. an unset ``$OUT`` in a script, before anything is read or written. An empty path names the
+    current folder: a stage's ``pairs/``, ``rejected/`` and ``stats.json`` were the current folder's (removed by
+    ``--overwrite``), and an empty ``--input`` read every dataset under it. With ``optional``, ``None`` is an option
+    not given; else it is refused as empty too."""
+    for option, value, what in options:
+        if value is None and optional:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{option} {value!r} is empty; give {what}")
+
+
 def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: bool = False,
                    hint: str = "use a new --output", inputs: Sequence[str] = ()) -> None:
     """Refuse a finished run's folder unless ``overwrite``; remove ``parts`` an interrupted run left.
@@ -205,8 +218,7 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     is looked at: its parts would be the current folder's ``pairs/``, ``stats.json``, …, deleted here. The
     stages refuse it in their own words first; this is the last line of defence for any other caller.
     """
-    if not isinstance(output, str) or not output.strip():
-        raise ValueError(f"--output {output!r} is empty; give the folder to write the {stage} output to")
+    refuse_empty_paths(("--output", output, f"the folder to write the {stage} output to"))
     if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
         raise OutputExistsError(f"{output} is a file, not a folder; use a new --output")
     for source in inputs:

@@ -39,7 +39,7 @@ import schemas
 # files part-SSSSS-of-NNNNN.parquet once all are written, so a retried bundle (Dataflow retries them) adds no rows.
 from pipeline.filter import WriteDataset
 from pipeline.options import beam_options
-from pipeline.outputs import PENDING_STATS, finish_output, input_reference, prepare_output
+from pipeline.outputs import PENDING_STATS, finish_output, input_reference, prepare_output, refuse_empty_paths
 from pipeline.runners import failure_line, make_pipeline, run_failures
 
 log = logging.getLogger(__name__)
@@ -533,10 +533,8 @@ def check_paths(input_path: str, output_path: str) -> None:
     """Refuse an ``--input`` or ``--output`` that is empty or white space alone (an unset ``$OUT`` in a script),
     in one line naming the option, before anything is read or written: the output's ``pairs/``, ``rejected/``
     and ``stats.json`` would land in the current folder."""
-    for option, value, what in (("--input", input_path, "the filter folder or pairs dataset to score"),
-                                ("--output", output_path, "the folder to write the scored pairs to")):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{option} {value!r} is empty; give {what}")
+    refuse_empty_paths(("--input", input_path, "the filter folder or pairs dataset to score"),
+                       ("--output", output_path, "the folder to write the scored pairs to"))
 
 
 def check_model_args(args: argparse.Namespace) -> None:

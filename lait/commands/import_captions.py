@@ -43,11 +43,14 @@ def run(args: argparse.Namespace) -> int:
 
     # An empty path (an unset $OUT in a script) is the current folder: with --overwrite, its pairs/ and stats.json
     # were deleted before the import failed.
-    for option, value, what in (("the captions file", args.source, "a COCO, Karpathy or TSV file"),
-                                ("--images", args.images, "the folder of the images"),
-                                ("--out", args.out, "the folder to write the import to")):
-        if not value.strip():
-            return _fail(f"{option} {value!r} is empty; give {what}")
+    from pipeline.outputs import refuse_empty_paths
+
+    try:
+        refuse_empty_paths(("the captions file", args.source, "a COCO, Karpathy or TSV file"),
+                           ("--images", args.images, "the folder of the images"),
+                           ("--out", args.out, "the folder to write the import to"))
+    except ValueError as exc:
+        return _fail(str(exc))
     for path in (args.source, args.images):
         if not os.path.exists(path):
             return _fail(f"{path} does not exist")

@@ -120,9 +120,9 @@ def _check_paths(*options: tuple[str, str | None, str]) -> None:
     ``$PAIRS`` in a script), in one line naming it, before anything is read or written, as ``lait relevance
     score`` does (``pipeline.relevance.check_paths``): an empty ``--input`` read every Parquet dataset under the
     current folder, recursively, and trained or evaluated on it. A ``None`` value is an option not given."""
-    for option, value, what in options:
-        if value is not None and not value.strip():
-            raise ValueError(f"{option} {value!r} is empty; give {what}")
+    from pipeline.outputs import refuse_empty_paths
+
+    refuse_empty_paths(*options, optional=True)
 
 
 @_clear_errors
