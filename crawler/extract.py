@@ -634,6 +634,11 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
     spelling_of: dict[tuple, str] = {}
     allowed_formats = frozenset(f.upper() for f in formats)
     for img in doc.iter("img"):
+        if any(True for _ in img.iterancestors("template")):
+            # A <template>'s content is inert: never shown nor fetched until a script clones it, and then often with
+            # its placeholders filled (`<img src="{{url}}">`). No reference of the page, so no row: counted apart.
+            page.counts["img_in_template"] += 1
+            continue
         page.counts["img"] += 1
         raw = _image_source(img, allowed_formats)
         alt = normalize_text(img.get("alt"))

@@ -47,6 +47,12 @@ def validate_image(
     try:
         image = imageio.open_image(data, max_pixels)
     except imageio.ImageError as exc:
+        # Bytes of a format the opener keeps shut (an SVG drawing, a PSD) are a format, not a broken image: said as
+        # the filter stage says it (its image_format_not_allowed), when their signature tells.
+        other = imageio.sniff_format(data) if exc.reason == "not_an_image" else None
+        if other:
+            detail = f"{other} not in {','.join(formats)}" if formats else f"{other} is not a format LAIT opens"
+            return _reject("format_not_allowed", detail, format=other)
         return _reject(_reason(exc), exc.detail)
     with image:
         fmt = imageio.format_name(image)  # a camera's multi-picture JPEG (Pillow's MPO) is a JPEG

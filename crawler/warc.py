@@ -252,6 +252,10 @@ def _image_bytes_or_failure(payload: bytes) -> tuple[bytes | None, tuple[str, st
         imageio.open_image(payload, None).close()
     except imageio.ImageError as exc:
         if exc.reason == "not_an_image":
+            # a format LAIT does not open (an SVG drawing sent as text/xml, a PSD): as ``validate_image`` says it
+            fmt = imageio.sniff_format(payload)
+            if fmt:
+                return None, ("format_not_allowed", f"{fmt} is not a format LAIT opens")
             return None, ("image_decode_error", exc.detail)
     return payload, None
 

@@ -32,12 +32,6 @@ def image_header(data: bytes) -> tuple[int, int, str, int]:
         return width, height, imageio.format_name(img), frames
 
 
-def looks_like_svg(data: bytes) -> bool:
-    """Whether bytes Pillow cannot open are an SVG document (a format, not a corrupt image)."""
-    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return head.startswith((b"<?xml", b"<svg", b"<!doctype svg", b"<!--")) and b"<svg" in head
-
-
 def decode_small(data: bytes, size: int = 64):
     """The image decoded at reduced scale (JPEG draft mode) as an RGB Pillow image, at most ``size`` px, turned
     upright by its EXIF orientation (as ``image_header`` measures it): a viewer's view of it."""
@@ -101,7 +95,7 @@ class ImageFilter(Filter):
         try:
             width, height, fmt, frames = image_header(data)
         except ValueError as exc:
-            if looks_like_svg(data):
+            if imageio.looks_like_svg(data):  # (the crawl's ``validate_image`` tells it the same way)
                 return Decision.reject("image_format_not_allowed", detail="SVG")
             # Bytes in a format the opener keeps shut are a format, not a corrupt image, when their signature says so.
             other = imageio.sniff_format(data) if getattr(exc, "reason", None) == "not_an_image" else None

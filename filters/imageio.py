@@ -13,7 +13,9 @@ The crawl (``crawler.images``), the filter stage (``filters.image``), the releva
 """
 from __future__ import annotations
 
+import codecs
 import io
+import re
 import warnings
 
 import numpy as np
@@ -118,14 +120,38 @@ SIGNATURES = (
 )
 
 
+#: What may stand before an SVG document's root element: an XML declaration (or other processing instruction), a
+#: comment, a doctype (with its internal subset, as Illustrator writes one); each after optional whitespace.
+_SVG_PROLOG = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->|<!doctype[^\[>]*(?:\[[^\]]*\]\s*)?>)", re.IGNORECASE | re.DOTALL)
+#: An ``<svg>`` root element, with a namespace prefix or without (``<svg:svg>``).
+_SVG_ROOT = re.compile(rb"\s*<(?:[a-z_][\w.-]*:)?svg[\s/>]", re.IGNORECASE)
+#: How far into the bytes the SVG root element is looked for: its prolog is short (a bound on bytes made to be slow).
+SVG_HEAD_BYTES = 4096
+
+
+def looks_like_svg(data: bytes) -> bool:
+    """Whether bytes are an SVG document: an ``<svg>`` root element after the XML prolog (a UTF-8 byte-order mark,
+    declaration, comments, doctype). An HTML or XHTML page with an inline ``<svg>`` is not one; nor is gzipped
+    SVG (``.svgz``), which stays undecodable bytes."""
+    head = bytes(data[:SVG_HEAD_BYTES])
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8):]
+    pos = 0
+    while (prolog := _SVG_PROLOG.match(head, pos)) is not None:
+        pos = prolog.end()
+    return _SVG_ROOT.match(head, pos) is not None
+
+
 def sniff_format(data: bytes) -> str | None:
-    """The format that bytes the opener refused are in, by a specific signature (``SIGNATURES``, and PCX's
-    header) and without parsing them: ``"PSD"`` for a Photoshop file, None when none matches (corrupt bytes,
-    and formats such as TGA that have no signature)."""
+    """The format that bytes the opener refused are in, by a specific signature (``SIGNATURES``, PCX's header, an
+    SVG document's root element) and without parsing them: ``"PSD"`` for a Photoshop file, ``"SVG"`` for a
+    drawing, None when none matches (corrupt bytes, an HTML page, and formats such as TGA that have no signature)."""
     head = bytes(data[:16])
     for fmt, offset, magic in SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
             return fmt
+    if looks_like_svg(data):
+        return "SVG"
     # PCX: manufacturer 10, a known version, RLE encoding, and a bit depth that exists
     if len(head) >= 4 and head[0] == 0x0A and head[1] in (0, 2, 3, 4, 5) and head[2] == 1 and head[3] in (1, 2, 4, 8):
         return "PCX"

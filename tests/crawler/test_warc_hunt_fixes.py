@@ -259,3 +259,14 @@ def test_an_empty_br_body_and_a_bad_status_of_an_unreferenced_record_are_no_reje
     by_url = {url: item for _, url, item in kept}
     assert by_url["http://w.example/nm.html"]["status"] == 304 and by_url["http://w.example/nm.jpg"]["status"] == 304
     assert by_url["http://w.example/a.css"]["failure"][0] == "warc_malformed_record"
+
+
+def test_an_svg_record_of_another_type_is_format_not_allowed(tmp_path):
+    """An SVG drawing sent as text/xml was image_decode_error, where the crawl (validate_image) says
+    format_not_allowed."""
+    path = tmp_path / "x.warc"
+    svg = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"></svg>'
+    path.write_bytes(_raw_record("http://w.example/d.svg", [("Content-Type", "text/xml")], svg))
+    kept, _ = _outputs(path)
+    (item,) = [item for _, url, item in kept if url == "http://w.example/d.svg"]
+    assert item["not_image"] == ("format_not_allowed", "SVG is not a format LAIT opens") and item["body"] is None
