@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import glob
 import json
 import logging
@@ -189,7 +190,8 @@ def decode_body(body: bytes, encoding: str | None, cap: int) -> bytes:
     return body
 
 
-def _has_brotli() -> bool:
+@functools.lru_cache(maxsize=None)
+def _has_brotli() -> bool:  # (asked per record: looked up once)
     import importlib.util
 
     return importlib.util.find_spec("brotli") is not None

@@ -115,20 +115,12 @@ def _clear_errors(func):
     return wrapper
 
 
-def _check_paths(*options: tuple[str, str | None, str]) -> None:
-    """Refuse a path option (``(option, value, what to give)``) that is empty or white space alone (an unset
-    ``$PAIRS`` in a script), in one line naming it, before anything is read or written, as ``lait relevance
-    score`` does (``pipeline.relevance.check_paths``): an empty ``--input`` read every Parquet dataset under the
-    current folder, recursively, and trained or evaluated on it. A ``None`` value is an option not given."""
-    from pipeline.outputs import refuse_empty_paths
-
-    refuse_empty_paths(*options, optional=True)
-
-
 @_clear_errors
 def run_train(args: argparse.Namespace) -> int:
-    _check_paths(("--input", args.input, "the filter folder or pairs dataset to train on"),
-                 ("--out", args.out, "the folder to write the model to"))
+    from pipeline.outputs import refuse_empty_paths  # an empty --input read every dataset under the current folder
+
+    refuse_empty_paths(("--input", args.input, "the filter folder or pairs dataset to train on"),
+                       ("--out", args.out, "the folder to write the model to"), optional=True)
     from filters.relevance.train import train
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
@@ -143,9 +135,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 @_clear_errors
 def run_eval(args: argparse.Namespace) -> int:
-    _check_paths(("--model", args.model, "the model folder, or clip:ARCH:WEIGHTS"),
-                 ("--input", args.input, "the labelled pairs dataset to evaluate on"),
-                 ("--json-out", args.json_out, "the JSON file to write the metrics to, or leave the option out"))
+    from pipeline.outputs import refuse_empty_paths
+
+    refuse_empty_paths(("--model", args.model, "the model folder, or clip:ARCH:WEIGHTS"),
+                       ("--input", args.input, "the labelled pairs dataset to evaluate on"),
+                       ("--json-out", args.json_out, "the JSON file to write the metrics to, or leave the option out"),
+                       optional=True)  # (--json-out left out: None)
     from filters.relevance.evaluate import evaluate
 
     if args.json_out and os.path.isdir(args.json_out):
