@@ -108,7 +108,9 @@ def num_classes_of(regions_path: str) -> int:
             while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
                 flat = pc.list_flatten(flat)
             if len(flat):
-                top = max(top, pc.max(flat).as_py() or -1)
+                highest = pc.max(flat).as_py()  # 0 is a class id (a one-class detector's), not "none"
+                if highest is not None:
+                    top = max(top, highest)
     if top < 0:
         raise ValueError(f"{regions_path}: no class ids and no classes.json to tell the class count from")
     return top + 1

@@ -359,7 +359,7 @@ def check_resume_matches(state: dict, path: str, config: TrainConfig, world_size
     resumed = _resumed_stage_keys(written, config.stages()[index], config) \
         if not state.get("stage_done", True) else set()
     changed = [f"{key} {getattr(config, key)!r}, the checkpoint's {written[key]!r}" for key in RUN_TRAINING_KEYS
-               if key in written and written[key] != getattr(config, key) and key not in resumed]
+               if _run_setting_differs(key, written, getattr(config, key)) and key not in resumed]
     if done and changed:  # run-wide: the stages to come take them (the resumed one with the warnings below)
         logger.warning("%s: stage(s) %s finished before this checkpoint with other run-wide settings than this "
                        "config's, which the stages to come take and config.json records for the whole run: %s", path,
@@ -526,7 +526,7 @@ def _resumed_stage_keys(written: dict, stage: StageConfig, config: TrainConfig) 
     (``written``) and which the warnings of ``stage``, resumed part-way, name: its data order (``DATA_ORDER_KEYS``,
     as ``_data_order_changes`` compares them) and the masking and sampling it reads (``_stage_setting_changes``)."""
     ours = config.to_dict()
-    keys = {key for key in DATA_ORDER_KEYS if key in written and written[key] != ours.get(key)}
+    keys = {key for key in DATA_ORDER_KEYS if _run_setting_differs(key, written, ours.get(key))}
     if stage.kind == "pretrain":
         keys |= {key for key, tasks in TASK_SAMPLING_KEYS.items()
                  if key in written and written[key] != getattr(config, key)
@@ -580,6 +580,17 @@ def compiled_graphs() -> int:
 #: number of processes (``world_size``, recorded in a checkpoint's ``data``) too.
 DATA_ORDER_KEYS = ("seed", "shuffle_buffer", "num_workers", "grad_accum", "length_buckets")
 DATA_ORDER_STAGE_KEYS = ("batch_size", "datasets")
+
+
+def _run_setting_differs(key: str, written: dict, ours) -> bool:
+    """Whether the checkpoint's run (``written``) set the run-wide ``key`` otherwise than ``ours``, as training
+    sees it: ``num_workers`` 0 and 1 both give one data consumer per process (``model.data``), the same batches."""
+    if key not in written:
+        return False
+    theirs = written[key]
+    if key == "num_workers" and isinstance(theirs, int) and isinstance(ours, int):
+        return max(1, theirs) != max(1, ours)
+    return theirs != ours
 #: The stage settings that shape its learning-rate schedule, which a resumed stage loads with the scheduler.
 SCHEDULE_STAGE_KEYS = ("steps", "epochs", "lr", "warmup")
 
@@ -590,7 +601,7 @@ def _data_order_changes(written: dict, stage: dict | None, config: TrainConfig, 
     ``written`` config and its data ``record``."""
     ours = config.to_dict()
     changed = [f"{key} ({written[key]!r}, now {ours.get(key)!r})" for key in DATA_ORDER_KEYS
-               if key in written and written[key] != ours.get(key)]
+               if _run_setting_differs(key, written, ours.get(key))]
     if record and "world_size" in record and record["world_size"] != world_size:  # other consumers, other shards
         changed.append(f"world_size ({record['world_size']} processes, now {world_size})")
     mine = config.stages()[index]

@@ -501,6 +501,15 @@ def test_a_regions_row_whose_lists_disagree_in_length_is_refused_not_read_from_i
     assert [im.topk_probs.tolist() for im in decode_regions(bare, 8, 4)] == [[[1.0]] * 3, [[1.0]] * 2]
 
 
+def test_a_one_class_detectors_regions_count_one_class(tmp_path):
+    """Every class id 0 and no classes.json: one class, not "no class ids"."""
+    regions = tmp_path / "features" / "regions"
+    rows = [dict(_region_row(name, 2), class_ids=np.zeros(2, np.int32), topk_class_ids=[[0], [0]],
+                 topk_class_probs=[[1.0], [1.0]]) for name in ("a", "b")]
+    _write_regions(str(regions / "part-00000.parquet"), rows)
+    assert num_classes_of(str(regions)) == 1
+
+
 def test_classes_json_of_another_shape_is_a_clear_error(tmp_path):
     regions = tmp_path / "features" / "regions"
     _write_regions(str(regions / "part-00000.parquet"), [_region_row("a", 3)])

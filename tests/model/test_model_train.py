@@ -199,10 +199,13 @@ def test_resuming_with_other_data_order_settings_warns(synth_dir, tmp_path, capl
     checkpoint = os.path.join(tmp_path, "run", "checkpoints", "stage1-step2.pt")
     # each setting named with the checkpoint's value and the new one
     for changes, expected in (({}, None),
+                              # 0 and 1 workers both make one data consumer per process: the same batches
+                              ({"num_workers": 1}, None),
                               ({"length_buckets": [2, 2], "shuffle_buffer": 64},
                                f"length_buckets ({config.length_buckets!r}, now [2, 2])"),
                               ({"pretrain.0.batch_size": 4}, f"stage1.batch_size ({config.pretrain[0].batch_size!r}, now 4)")):
-        again = load_config(base=_base(synth_dir, str(tmp_path / f"again-{len(changes)}"), checkpoint_every=2),
+        again = load_config(base=_base(synth_dir, str(tmp_path / f"again-{len(changes)}-{'-'.join(changes)}"),
+                                       checkpoint_every=2),
                             overrides=[f"{k}={v}" for k, v in changes.items()])
         again.pretrain[0].steps, again.finetune = 3, None
         caplog.clear()
