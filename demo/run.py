@@ -159,10 +159,10 @@ def is_demo_run(out: str) -> bool:
 
 def check_out(config: "DemoConfig") -> None:
     """Raise ValueError (one line) for an ``--out`` the run cannot make or must not write into: a file, a path under
-    a file, or (but for ``--from``, which reuses what the folder holds) a folder that holds files and is no demo run
-    (``is_demo_run``). A run removes what lies under the names of its outputs (``test/``, ``crawl/``, ``features/``,
-    ``report.html``, ...): in a folder of the user's own it deleted their data, and said "stale outputs of an
-    earlier run removed"."""
+    a file, or (but for ``--from``, which reuses what the folder holds: ``check_from_out``) a folder that holds files
+    and is no demo run (``is_demo_run``). A run removes what lies under the names of its outputs (``test/``,
+    ``crawl/``, ``features/``, ``report.html``, ...): in a folder of the user's own it deleted their data, and said
+    "stale outputs of an earlier run removed"."""
     out = config.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out} is a file, not a folder: give the run's folder")
@@ -175,14 +175,37 @@ def check_out(config: "DemoConfig") -> None:
         return
     if config.start_from:
         return
+    if _holds_other_files(out):
+        raise ValueError(f"--out {out} holds files and is not a lait demo run folder (no demo.json of one): a run "
+                         "would replace what lies there under the names of its outputs (test/, crawl/, "
+                         "features/, report.html, ...); give a new --out or an empty folder")
+
+
+def _holds_other_files(out: str) -> bool:
+    """Whether the folder ``out`` holds files and is no demo run (``is_demo_run``); ValueError (one line) when it
+    cannot be read."""
     try:
         holds = bool(os.listdir(out))
     except OSError as exc:
         raise ValueError(f"--out {out}: cannot read the folder ({exc.strerror or exc})") from None
-    if holds and not is_demo_run(out):
-        raise ValueError(f"--out {out} holds files and is not a lait demo run folder (no demo.json of one): a run "
-                         "would replace what lies there under the names of its outputs (test/, crawl/, "
-                         "features/, report.html, ...); give a new --out or an empty folder")
+    return holds and not is_demo_run(out)
+
+
+def check_from_out(config: "DemoConfig") -> None:
+    """Raise ValueError (one line) for ``--from`` into an ``--out`` that holds files and is no demo run
+    (``is_demo_run``): ``check_out`` lets ``--from`` through, as it reuses what the folder holds, and a rerun then
+    removed what lay under the names of the outputs of the steps from ``--from`` on (a folder of the user's own
+    ``features/``, ``train/``, ``report.html``, ...). A new or empty folder passes (its earlier steps are
+    ``missing``). ``lait demo`` checks this before ``check_config``; ``Demo.run`` does not, for run folders made step
+    by step in process (``Demo.train_detector`` writes ``detector/`` and no demo.json)."""
+    out = config.out
+    if not config.start_from or not os.path.isdir(out):
+        return
+    if _holds_other_files(out):
+        raise ValueError(f"--out {out} holds files and is not a lait demo run folder (no demo.json of one): --from "
+                         f"{config.start_from} reuses an earlier demo run's outputs there and replaces what lies under "
+                         "the names of the outputs of the steps from it on (features/, train/, report.html, ...); give "
+                         "the folder of an earlier lait demo run, or a new --out")
 
 
 def check_config(config: "DemoConfig", steps: list[str] | None = None) -> None:

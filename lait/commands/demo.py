@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         demo_run.serve(args.seed, args.scenes)
         return 0
     try:
-        # --from after --stop-after, an --out that is a file or a folder of other data: before anything runs
+        # --from after --stop-after, an --out that is a file or a folder of other data (with --from too): before
+        # anything runs
+        demo_run.check_from_out(config)
         demo_run.check_config(config)
         if not args.dry_run:
             try:

@@ -3,7 +3,9 @@
 A six-conv stride-8 backbone (GroupNorm, so small batches train), one feature map, a 12-anchor RPN,
 7x7 RoIAlign and a two-layer MLP head whose 256-d output is the region feature. The demo trains it on
 its generated scenes with ``train_demo_detector`` and extracts with ``lait features --detector demo
---weights PATH``; the weights file (safetensors) carries its config, class names included.
+--weights PATH``; the weights file (safetensors) carries its config, class names included. A file is read as what its
+bytes say it is (``model.detectors.weights.weights_format``), whatever its name: safetensors with the config in its
+metadata, or a torch checkpoint with the config as JSON beside it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -27,7 +29,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.transforms.functional import pil_to_tensor
 
 import schemas
+from model.detectors import _reading
 from model.detectors.base import DetectorSpec, RegionDetector
+from model.detectors.weights import load_state, weights_format
 
 logger = logging.getLogger(__name__)
 
@@ -101,26 +105,42 @@ def build(config: dict | None = None, class_names: Sequence[str] | None = None) 
 
 
 def read_config(path: str) -> dict:
-    """The config saved with demo weights: safetensors metadata, else the JSON file beside them."""
-    if path.endswith(".safetensors"):
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        if CONFIG_KEY in meta:
-            return json.loads(meta[CONFIG_KEY])
+    """The config saved with demo weights: a safetensors file's metadata, else the JSON file beside them.
+
+    Safetensors by the file's bytes, not its name (``weights_format``): one renamed ``.pt`` was read as a torch file,
+    its metadata unread, and refused as having no config. ``FileNotFoundError`` naming the file when it is missing or
+    has no config; ``ValueError`` (one line naming it, ``unreadable_weights``) when it is no readable weights file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    with _reading(path):
+        if weights_format(path) == "safetensors":
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+            if CONFIG_KEY in meta:
+                return json.loads(meta[CONFIG_KEY])
     side = os.path.splitext(path)[0] + ".json"
     if os.path.exists(side):
         with open(side, encoding="utf-8") as f:
             return json.load(f)
+    with _reading(path):
+        # An empty, text or cut file has no config either, but what is wrong is the file itself: said so
+        # (this reads the weights, on the way to an error only).
+        load_state(path)
     raise FileNotFoundError(f"{path}: no demo detector config (neither safetensors metadata nor {side})")
 
 
 def load(path: str, config: dict | None = None) -> RegionDetector:
     """A trained demo detector from the weights file ``train_demo_detector`` wrote; ``config`` overrides the
-    file's run-time settings (``min_size``/``max_size``, proposal counts)."""
+    file's run-time settings (``min_size``/``max_size``, proposal counts). The file is read by its bytes
+    (``load_state``: safetensors, or a torch checkpoint with its config beside it), whatever its name; errors as
+    ``read_config``'s, and a file whose weights do not fit its config is a ``ValueError`` naming it too."""
+    path = os.fspath(path)
     cfg = {**read_config(path), **(config or {})}
     detector = build(cfg)
-    state = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu", weights_only=True)
-    detector.model.load_state_dict(state)
+    with _reading(path):
+        detector.model.load_state_dict(load_state(path))
     return detector.eval()
 
 

@@ -110,13 +110,20 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
 
 def _torch_state(path: str, mmap: bool = False) -> dict:
     """The parameter mapping of a torch file (unwrapped from ``model``/``state_dict``); ``mmap`` maps the
-    tensors' storage instead of reading it, where the file's format allows (the zip format does)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except RuntimeError:
-        if not mmap:
-            raise
-        state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
+    tensors' storage instead of reading it, where the file's format allows (the zip format does).
+
+    A path named ``*.safetensors`` is read through an open file: ``torch.load`` takes any path of that name for a
+    safetensors file whatever its bytes, and refused a torch checkpoint so named (no mmap then: it needs a path)."""
+    if path.endswith(".safetensors"):
+        with open(path, "rb") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -294,18 +294,20 @@ def test_tensor_shape_reads_each_format_and_attribute_count_uses_it(tmp_path):
     from safetensors.torch import save_file
 
     from model.detectors import attribute_count
-    from model.detectors.weights import tensor_shape
+    from model.detectors.weights import load_state, tensor_shape
 
     state = {"roi_heads.attribute_head.attr_score.weight": torch.zeros(11, 512), "other": torch.zeros(3)}
     torch.save({"model": state}, tmp_path / "wrapped.pth")
     torch.save(state, tmp_path / "plain.bin")
     torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    torch.save(state, tmp_path / "torch.safetensors")  # torch.load by path takes the name for the format
     save_file(state, str(tmp_path / "w.safetensors"))
     with open(tmp_path / "d2.pkl", "wb") as f:
         pickle.dump({"model": {"roi_heads.box_predictor.attr_score.weight": np.zeros((401, 512), np.float32)}}, f)
     names = ("roi_heads.box_predictor.attr_score.weight", "roi_heads.attribute_head.attr_score.weight")
-    for file in ("wrapped.pth", "plain.bin", "legacy.bin", "w.safetensors"):
+    for file in ("wrapped.pth", "plain.bin", "legacy.bin", "torch.safetensors", "w.safetensors"):
         assert tensor_shape(str(tmp_path / file), names) == (11, 512), file
+        assert load_state(str(tmp_path / file))[names[1]].shape == (11, 512), file
         assert tensor_shape(str(tmp_path / file), ("missing",)) is None, file
         assert attribute_count("vg-r101-c4", str(tmp_path / file)) == 10  # row 0 is "no attribute"
     assert tensor_shape(str(tmp_path / "d2.pkl"), names) == (401, 512)
