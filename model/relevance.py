@@ -7,9 +7,11 @@ seeds whose probabilities are averaged. Saved as ``model.safetensors`` + ``confi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -22,8 +24,12 @@ from torch import nn
 
 from filters.relevance.config import MAX_EMBED_DIM, MAX_IMAGE_SIZE
 
+log = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: The name an earlier model has beside its folder while ``_swap_in`` replaces it: the temporary folder's, plus this.
+PREVIOUS_SUFFIX = ".previous"
 MODEL_KIND = "lait-relevance"
 #: How far (in training standard deviations) a standardised feature may lie from the training mean. A feature
 #: present in as few as 1% of the training pairs (a 0/1 feature, boilerplate say) standardises to about 9.9, so
@@ -182,8 +188,8 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
     anything is written (store None, JSON null, for a value that is missing). The model is replaced whole or
     not at all: both files are written into a temporary folder beside ``out_dir``, which then takes its place
     (any other files of ``out_dir`` move along), so a failed write (a full disk) is a one-line OSError that
-    leaves the earlier model, weights and config together, and no new folder. An ``out_dir`` that is a link to a
-    folder keeps the link: the folder it points to is the one replaced.
+    leaves the earlier model, weights and config together, and no new folder; so does a Ctrl-C (``_swap_in``). An
+    ``out_dir`` that is a link to a folder keeps the link: the folder it points to is the one replaced.
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -199,6 +205,7 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
     except ValueError as exc:
         raise ValueError(f"{os.path.join(out_dir, CONFIG_FILE)}: not saved, a value is not valid JSON ({exc})") from None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    restore_interrupted_save(out_dir)  # so that the earlier model is replaced as usual, not left hidden for good
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: {CONFIG_FILE} + {WEIGHTS_FILE})")
     # Resolved: through a link to a folder (models/current -> v3), the model replaces the folder linked to and the
@@ -250,41 +257,86 @@ def remove_empty_folders(folders: list[str]) -> None:
 
 def _swap_in(staging: str, out_dir: str) -> None:
     """Put the folder ``staging`` (the new model) in the place of ``out_dir``, taking along ``out_dir``'s other
-    files: renames on one filesystem, undone on an error, so that ``out_dir`` holds one whole model throughout."""
+    files: renames on one filesystem, undone on an error or an interrupt (Ctrl-C), so that ``out_dir`` holds one
+    whole model throughout.
+
+    Between the rename that moves the earlier model aside (to ``staging`` + ``PREVIOUS_SUFFIX``) and the one that
+    puts the new one in, ``out_dir`` is missing: an error or a KeyboardInterrupt there puts the earlier model back
+    (``_undo_swap``); a process killed there leaves it aside, and the next load or save of ``out_dir`` puts it back
+    (``restore_interrupted_save``). Undone only on OSError, a Ctrl-C there left the folder missing for good, the
+    model hidden beside it."""
     if not os.path.isdir(out_dir):
         os.rename(staging, out_dir)
         return
-    moved = []
-    previous = staging + ".previous"
+    previous = staging + PREVIOUS_SUFFIX
     try:
         for entry in os.listdir(out_dir):
             if entry not in (CONFIG_FILE, WEIGHTS_FILE):
                 os.rename(os.path.join(out_dir, entry), os.path.join(staging, entry))
-                moved.append(entry)
         os.rename(out_dir, previous)
-    except OSError:
-        for entry in moved:
-            os.rename(os.path.join(staging, entry), os.path.join(out_dir, entry))
-        raise
-    try:
         os.rename(staging, out_dir)
-    except OSError:
-        os.rename(previous, out_dir)
-        for entry in moved:
-            os.rename(os.path.join(staging, entry), os.path.join(out_dir, entry))
+    except BaseException:
+        _undo_swap(staging, out_dir, previous)
         raise
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def _undo_swap(staging: str, out_dir: str, previous: str) -> None:
+    """Undo an unfinished ``_swap_in`` by what is on disk, not by what it recorded: an interrupt can come between a
+    rename and the next line. A failure here is left to the error being raised (and to ``restore_interrupted_save``)."""
+    if not os.path.lexists(out_dir) and os.path.isdir(previous):
+        with contextlib.suppress(OSError):
+            os.rename(previous, out_dir)  # the earlier model back
+    if os.path.isdir(staging):  # the new model is not in: the other files it took along go back
+        for entry in os.listdir(staging):
+            if entry not in (CONFIG_FILE, WEIGHTS_FILE):
+                with contextlib.suppress(OSError):
+                    os.rename(os.path.join(staging, entry), os.path.join(out_dir, entry))
+    elif os.path.isdir(out_dir):  # the new model is in, with the other files: the earlier one is not needed
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def restore_interrupted_save(model_dir: str) -> str | None:
+    """Put back the earlier model that a save killed while swapping (``_swap_in``) left beside a missing
+    ``model_dir``, with a warning; the folder it was in, or None when there was nothing to put back.
+
+    Only a whole model is put back (config.json and weights), and only when one alone is left: a leftover whose
+    removal was cut short, or one of several, stays where it is."""
+    if os.path.exists(model_dir):  # through a link, as save_model: a link to a missing folder is missing
+        return None
+    parent, name = os.path.split(os.path.realpath(model_dir))
+    prefix = f".{name}.saving-"
+    try:
+        left = [entry for entry in os.listdir(parent) if entry.startswith(prefix) and entry.endswith(PREVIOUS_SUFFIX)
+                and all(os.path.isfile(os.path.join(parent, entry, f)) for f in (CONFIG_FILE, WEIGHTS_FILE))]
+    except OSError:  # no parent folder, or one that cannot be read: nothing to put back
+        return None
+    if len(left) != 1:
+        if left:
+            log.warning("%s: missing, and several earlier models left by interrupted saves lie beside it (%s); "
+                        "rename the one to keep to %s", model_dir, ", ".join(sorted(left)), name)
+        return None
+    source = os.path.join(parent, left[0])
+    try:
+        os.rename(source, os.path.join(parent, name))
+    except OSError:  # another process put it back first, or the folder is read-only
+        return None
+    log.warning("%s: put back the relevance model that an interrupted save had moved to %s", model_dir, source)
+    return source
 
 
 def read_config(model_dir: str) -> dict:
     """The JSON config of a saved relevance model; a clear error when the folder is not one.
 
-    FileNotFoundError without a config.json; ValueError (one line, naming the file) when it is not a
+    FileNotFoundError without a config.json (a folder that a save killed mid-swap left missing is put back
+    first: ``restore_interrupted_save``); ValueError (one line, naming the file) when it is not a
     LAIT relevance model's config: not JSON, another kind, no architecture or threshold, or a field of the
     wrong type or out of range (``model.*``, ``vocabulary``, ``text_features``, ``image_features``, ``members``,
     ``tokenizer``). Whether this version knows the tokenizer is ``filters.relevance.scorer``'s check.
     """
     path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        restore_interrupted_save(model_dir)  # or another process did: the file is looked for again either way
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{model_dir}: not a LAIT relevance model (no {CONFIG_FILE})")
     try:

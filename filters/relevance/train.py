@@ -34,7 +34,8 @@ from filters.relevance.data import choose_pairs, content_key, read_pairs_and_cou
 from filters.relevance.metrics import cost_threshold, noise_rate, roc_auc
 from filters.relevance.scorer import CLIP_PREFIX
 from model.relevance import (CONFIG_FILE, MAX_MEMBERS, MODEL_KIND, WEIGHTS_FILE, RelevanceConfig, RelevanceEnsemble,
-                             RelevanceModel, missing_folders, remove_empty_folders, save_model)
+                             RelevanceModel, missing_folders, remove_empty_folders, restore_interrupted_save,
+                             save_model)
 from pipeline.signals import blocked_signals, die_with_parent_hook
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class _Examples:
     caption: np.ndarray  # int caption index (equal captions share one)
     image: np.ndarray  # int image index (equal image_id share one)
     page_keys: list[str]  # page of each page index: its URL without scheme or port (``location_key``)
+    row: np.ndarray  # int index of each example's row in the rows prepared (undecodable ones have none)
 
     def __len__(self) -> int:
         return len(self.page)
@@ -96,7 +98,16 @@ def _prepare(rows: list[dict], arch: RelevanceConfig, vocabulary: frozenset[str]
         caption=_index([tuple(F.words(r.get("caption"), tokenizer)) for r in kept_rows])[0],
         image=_index([r["image_id"] for r in kept_rows])[0],
         page_keys=page_keys,
+        row=np.array(keep, dtype=np.int64),
     ), skipped
+
+
+def _set_oov_rates(ex: _Examples, rows: list[dict], vocabulary: frozenset[str], tokenizer: str = F.TOKENIZER) -> None:
+    """Measure every example's ``oov_rate`` feature against ``vocabulary`` (``rows``: the rows ``ex`` was prepared
+    from), as ``_prepare`` would have with it."""
+    column = F.TEXT_FEATURES.index("oov_rate")
+    rates = [F.text_features(rows[i].get("caption"), vocabulary, tokenizer)[column] for i in ex.row]
+    ex.features[:, column] = torch.from_numpy(np.array(rates, dtype=np.float32))
 
 
 def _page_batches(ex: _Examples, idx: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -210,6 +221,25 @@ def train(pairs: str | list[dict], out_dir: str, config: TrainConfig | None = No
 #: diverged without a NaN scores every pair alike (0.0, or 1.0); the tests' smallest trainings (3 pages, one
 #: epoch) spread theirs over 0.03 or more.
 MIN_SCORE_SPREAD = 1e-6
+#: A score within this of 0 or 1 is saturated: its logit lies beyond +-13.8. The default recipe puts none of the
+#: test scenes' held-out scores there (a thousandth of them within 1e-4); a training blown up by --lr 30 (one epoch,
+#: 40 pages) put 99% of them there, exactly 0.0 and 1.0 among them, so their spread was 1.
+SATURATED_SCORE = 1e-6
+#: A model of which at least this share of the held-out scores is saturated...
+SATURATED_SHARE = 0.5
+#: ... and whose held-out AUC is below this (chance is 0.5) diverged: its confident scores rank true pairs no better
+#: than a coin. A model merely confident ranks them above the re-pairings (AUC 1 for scores of 1.0 and 0.0) and is
+#: kept; one undertrained (tiny trainings rank at chance too) is not saturated, and is kept as well.
+CHANCE_AUC = 0.6
+
+
+def _saturation(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float] | None:
+    """(saturated share, AUC) of one model's scores of positives and re-pairings when they are a diverged model's
+    (``SATURATED_SHARE``, ``CHANCE_AUC``), else None."""
+    scores = np.concatenate([pos, neg]).astype(np.float64)
+    share = float(((scores <= SATURATED_SCORE) | (scores >= 1.0 - SATURATED_SCORE)).mean())
+    auc = roc_auc(scores, np.r_[np.ones(len(pos)), np.zeros(len(neg))] > 0)
+    return (share, auc) if share >= SATURATED_SHARE and auc < CHANCE_AUC else None
 
 #: What a saved relevance model's folder holds (``model.relevance.save_model``).
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
@@ -249,6 +279,9 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
     A name beginning with ``clip:`` is refused: every command reads such a name as a CLIP model spec
     (``clip:ARCH:WEIGHTS``), so the model was trained and saved, and then could not be named to load it.
 
+    A folder that a save killed mid-swap left missing gets its earlier model back first
+    (``restore_interrupted_save``): it is then a folder holding a model, which only ``overwrite`` replaces.
+
     A folder whose path is not UTF-8 text (``mkdir $'caf\\xe9'``) is refused: safetensors cannot open a model
     there, so it was trained, saved, and then could not be loaded (and printing its name failed the command)."""
     try:
@@ -261,6 +294,7 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
         raise ValueError(f"--out {out_dir}: a name beginning with '{CLIP_PREFIX}' reads as a CLIP model spec "
                          f"(clip:ARCH:WEIGHTS) wherever a model is named; give --out another name "
                          f"(./{out_dir} is the same folder)")
+    restore_interrupted_save(out_dir)
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir}: exists and is not a folder (the model is a folder: config.json + model.safetensors)")
     if os.path.isdir(out_dir):
@@ -309,15 +343,18 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     rows.sort(key=_row_order)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 pairs to train, got {len(rows)}")
-    vocabulary = F.build_vocabulary((r.get("caption") for r in rows), tokenizer=F.TOKENIZER)
     arch = RelevanceConfig(image_size=config.image_size, embed_dim=config.embed_dim,
                            num_features=len(F.TEXT_FEATURES) + len(F.IMAGE_FEATURES))
-    ex, skipped = _prepare(rows, arch, frozenset(vocabulary), F.TOKENIZER)
+    ex, skipped = _prepare(rows, arch, frozenset(), F.TOKENIZER)  # the OOV rates are set once the split is known
     is_val = _held_out_mask(ex, config.val_fraction)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(val_idx) < 20 or len(train_idx) < 2:
         # too few pages to hold some out: train on everything and set the threshold on it too
         train_idx = val_idx = np.arange(len(ex))
+    # The OOV vocabulary is the training pairs' words: built from every pair, it held the held-out captions' words
+    # too, which were then never out of vocabulary, as a new crawl's are.
+    vocabulary = F.build_vocabulary((rows[i].get("caption") for i in ex.row[train_idx]), tokenizer=F.TOKENIZER)
+    _set_oov_rates(ex, rows, frozenset(vocabulary), F.TOKENIZER)
     if len(_cross_pairs(ex, val_idx, config.seed)[1]) == 0:
         which = "held-out pairs" if val_idx is not train_idx else "pairs (nothing held out: all of them)"
         raise ValueError(f"no negatives to set the threshold on: the {len(val_idx)} {which} have no "
@@ -336,6 +373,11 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
     else:
         fitted = [_fit(ex, train_idx, arch, config, seed, bar) for seed in seeds]
     bar.close()
+    for seed, (_, loss) in zip(seeds, fitted):
+        if not math.isfinite(loss):  # _fit stops at the first step whose loss is not finite
+            member = f" (member of seed {seed})" if members > 1 else ""
+            raise ValueError(f"training diverged (final loss {loss}): a training step's loss was not finite{member}; "
+                             "try a lower lr")
     # Every member scores the same held-out positives and re-pairings; the threshold is set on their average.
     scored = [_scores_with_negatives(member, ex, val_idx, config.seed) for member, _ in fitted]
     pos, neg = np.mean([p for p, _ in scored], axis=0), np.mean([n for _, n in scored], axis=0)
@@ -352,6 +394,16 @@ def _train(pairs: str | list[dict], out_dir: str, config: TrainConfig, progress:
         which = "held-out" if held_out else "training"
         raise ValueError(f"training diverged (final loss {last_loss}): every {which} score is {float(scores[0]):.6g}, "
                          "nothing to set a threshold between; try a lower lr")
+    for seed, (member_pos, member_neg) in zip(seeds, scored):
+        # Diverged without a NaN, yet not to one value (--lr 30): scores of 0.0 and 1.0 ranked at chance, and a cut
+        # between them. Each member alone: the average of an ensemble's is not saturated when each of them is.
+        saturated = _saturation(member_pos, member_neg)
+        if saturated is not None:
+            which = "held-out" if held_out else "training"
+            member = f" of the member of seed {seed}" if members > 1 else ""
+            raise ValueError(f"training diverged (final loss {last_loss}): {saturated[0]:.0%} of the {which} "
+                             f"scores{member} are within {SATURATED_SCORE:g} of 0 or 1 and rank true pairs no better "
+                             f"than chance (AUC {saturated[1]:.2f}); try a lower lr")
     summary = {
         "input_pairs": input_pairs,
         "pairs": len(rows),
@@ -487,7 +539,8 @@ _TABLE_ROWS_ONLY = True
 
 def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: TrainConfig, seed: int,
          bar) -> tuple[RelevanceModel, float]:
-    """One model trained on ``train_idx`` from ``seed`` (initialisation, batch order, negatives); its last loss."""
+    """One model trained on ``train_idx`` from ``seed`` (initialisation, batch order, negatives); its last loss,
+    which is the first one not finite where there is one (training stops there)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = RelevanceModel(arch)
@@ -506,8 +559,10 @@ def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: Tr
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 1),
                                                     pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
-    last_loss, step = float("nan"), 0
+    last_loss, step, diverged = float("nan"), 0, False
     for epoch in range(config.epochs):
+        if diverged:
+            break
         model.train()
         for batch in _page_batches(ex, train_idx, config.batch_size, rng):
             if len(batch) < 2:
@@ -525,6 +580,11 @@ def _fit(ex: _Examples, train_idx: np.ndarray, arch: RelevanceConfig, config: Tr
             last_loss = loss.item()
             bar.update(1)
             bar.set_postfix(seed=seed, epoch=epoch + 1, loss=f"{last_loss:.3f}")
+            # A loss that is not finite once is a diverged training, whatever the later ones: _train refuses it on
+            # this last loss, and the steps left would be wasted.
+            diverged = not math.isfinite(last_loss)
+            if diverged:
+                break
     if step == 0:  # every batch held one pair: an untrained model must not be saved as a trained one
         raise ValueError(f"no training step ran: {len(train_idx)} training pair(s) in batches of {config.batch_size} "
                          "left no batch of 2 or more pairs")
