@@ -50,12 +50,17 @@ class TrainConfig:
         for name, minimum in (("max_pairs", 2), ("processes", 1), ("torch_threads", 1)):
             if getattr(self, name) is not None:
                 _whole(name, getattr(self, name), minimum)
-        _number("lr", self.lr, low=0.0, low_open=True)
+        # Above MAX_LR AdamW's float32 step overflows (1e38 failed with a traceback); no training wants a tenth of it.
+        _number("lr", self.lr, low=0.0, high=MAX_LR, low_open=True)
         _number("weight_decay", self.weight_decay, low=0.0)
         _number("mismatch_cost", self.mismatch_cost, low=0.0)
         _number("val_fraction", self.val_fraction, low=0.0, high=1.0, high_open=True)
         _number("drop_rate", self.drop_rate, low=0.0, high=1.0, high_open=True)
         _number("trust_after", self.trust_after, low=0.0, high=1.0)
+
+
+#: The largest learning rate taken (``--lr``): the tests blow trainings up on purpose with 30 and 1000.
+MAX_LR = 1e6
 
 
 def _whole(name: str, value, minimum: int) -> None:

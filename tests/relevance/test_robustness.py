@@ -117,7 +117,7 @@ def test_bad_whole_numbers_and_non_finite_cuts_are_usage_errors(tiny_model, tmp_
 
 @pytest.mark.parametrize("option,value", [("--drop-rate", "1.5"), ("--drop-rate", "-0.1"), ("--mismatch-cost", "nan"),
                                           ("--val-fraction", "nan"), ("--val-fraction", "1.5"), ("--lr", "0"),
-                                          ("--lr", "inf")])
+                                          ("--lr", "inf"), ("--lr", "1e38")])
 def test_bad_training_rates_are_one_line_errors(tmp_path, option, value, capsys):
     write_pairs(_plain(make_pairs(2, seed=5)), str(tmp_path / "pairs"))
     assert cli.main(["relevance", "train", "--input", str(tmp_path / "pairs"), "--out", str(tmp_path / "m"),
