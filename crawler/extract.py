@@ -393,11 +393,27 @@ def canonical_page_url(url: str) -> str:
 _ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 
 
-def url_key(url: str) -> str:
-    """The spelling URLs are compared on: ``canonical_page_url`` with its escapes in upper case (RFC 3986:
-    ``%c3`` is ``%C3``). ``/größe 1.jpg``, ``/gr%C3%B6%C3%9Fe%201.jpg`` and ``/gr%c3%b6%c3%9fe%201.jpg`` are
-    one URL, as the server sees it."""
+def request_url(url: str) -> str:
+    """The spelling a page is requested in: ``canonical_page_url`` with its escapes in upper case (RFC 3986:
+    ``%c3`` is ``%C3``), its query parameters in the order the link gives them (``url_key`` sorts them)."""
     return _ESCAPE.sub(lambda escape: escape.group(0).upper(), canonical_page_url(url))
+
+
+def _sorted_query(url: str) -> str:
+    """``url`` with its query parameters sorted by name; the values of a repeated name keep their order (a list,
+    whose order may mean something), as does a query already in order (its spelling is unchanged)."""
+    base, mark, query = url.partition("?")
+    if "&" not in query:
+        return url
+    return base + mark + "&".join(sorted(query.split("&"), key=lambda parameter: parameter.partition("=")[0]))
+
+
+def url_key(url: str) -> str:
+    """The spelling URLs are compared on: ``request_url`` with its query parameters sorted by name.
+    ``/größe 1.jpg``, ``/gr%C3%B6%C3%9Fe%201.jpg`` and ``/gr%c3%b6%c3%9fe%201.jpg`` are one URL, as the server sees
+    it, and ``/p?b=2&a=1`` is ``/p?a=1&b=2``, as Scrapy's request fingerprint has it (a page linked both ways is
+    crawled once)."""
+    return _sorted_query(request_url(url))
 
 
 def _source_allowed(source: lxml.html.HtmlElement, formats: frozenset[str]) -> bool:
@@ -618,6 +634,11 @@ def parse_page(html: bytes | str, page_url: str, headers: Mapping | None = None,
         href = (anchor.get("href") or "").strip()
         if not href:
             continue
+        if any(True for _ in anchor.iterancestors("template")):
+            # Inert markup, as a <template>'s <img> (below): no link of the page until a script clones it, often
+            # with its placeholders filled (`<a href="{{url}}">`). Not followed: counted apart.
+            page.counts["link_in_template"] += 1
+            continue
         try:
             link = resolve_url(base_url, href)
         except ValueError:  # not followed; a link is not a record of the crawl
@@ -690,12 +711,13 @@ def _meta_refresh(doc: lxml.html.HtmlElement, base_url: str, page: Page) -> tupl
     a browser takes the first one; None when there is none (a refresh without a URL reloads the page itself).
 
     One inside ``<noscript>`` or ``<script>`` is left alone, as Scrapy's meta-refresh redirect left it (a script page's
-    "please enable JavaScript" fallback). A URL that does not parse counts as ``invalid_link``.
+    "please enable JavaScript" fallback), and so is one inside a ``<template>`` (inert markup, as its links are).
+    A URL that does not parse counts as ``invalid_link``.
     """
     for meta in doc.iter("meta"):
         if (meta.get("http-equiv") or "").strip().lower() != "refresh":
             continue
-        if any(True for _ in meta.iterancestors("noscript", "script")):
+        if any(True for _ in meta.iterancestors("noscript", "script", "template")):
             continue
         match = _REFRESH.match(meta.get("content") or "")
         if not match or not (match.group(1) or match.group(2)):

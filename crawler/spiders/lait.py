@@ -7,7 +7,8 @@ default: the start URLs' hosts), ``max_pages`` (0 = no cap), ``depth`` (0 = no l
 (a folder that lets an interrupted crawl continue). Everything else comes from ``LAIT_*`` settings.
 
 Every image URL is fetched once: the candidates that wait for it are kept in ``pending`` and all
-emitted when it arrives, and later references reuse the recorded result.
+emitted when it arrives, and later references reuse the recorded result. A link whose path names an image is
+followed only once the crawl has nothing else to do, unless an ``<img>`` has shown that image by then.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 import scrapy
 from scrapy import exceptions as scrapy_errors
 from scrapy import signals
-from scrapy.exceptions import IgnoreRequest, StopDownload
+from scrapy.exceptions import DontCloseSpider, IgnoreRequest, StopDownload
 from scrapy.settings import BaseSettings
 from scrapy.settings import default_settings as scrapy_defaults
 from scrapy.spidermiddlewares.httperror import HttpError
@@ -48,6 +49,10 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "lait-state.pickle"
 # Images go before pages: each one finished releases the candidates waiting for it.
 IMAGE_PRIORITY = 10
+#: Paths (any case) of links put off until the crawl is idle (``LaitSpider._follow``): likely an image, which an
+#: ``<img>`` of a page crawled meanwhile may show (then it is fetched once, as that image, and not as a page).
+IMAGE_LINK_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".pjpeg", ".png", ".apng", ".gif", ".webp", ".avif", ".jxl",
+                       ".heic", ".heif", ".bmp", ".tif", ".tiff", ".svg", ".ico", ".jp2")
 
 
 def failure_reason(failure) -> tuple[str, str]:
@@ -340,6 +345,12 @@ class LaitSpider(scrapy.Spider):
         # Pages this run fetched and parsed: an earlier run's reject of one is superseded (output.reconcile).
         self.fetched_pages: set[str] = set()
         self.pending: dict[str, list[dict]] = {}  # image url_key -> candidates waiting for it
+        # Image url_keys of the candidates sent to their owner process: images of the crawl, as pending ones are.
+        self.routed_images: set[str] = set()
+        # Links that look like images, put off until the crawl is idle (url_key -> (link, depth)), and the rows of
+        # those that could not be requested then (written with the crawl's last rows).
+        self.deferred_links: dict[str, tuple[str, int]] = {}
+        self.late_rejects: list[dict] = []
         self.image_results: dict[str, dict] = {}  # image url_key -> facts (kept) or reason (rejected)
         self.finished = False  # the crawl ran out of work (not stopped part-way)
         # Redirect hops of page requests (url_key -> url_key), the pages dropped because their redirect reached a
@@ -400,6 +411,8 @@ class LaitSpider(scrapy.Spider):
         for url, waiting in state["pending"].items():
             self.pending.setdefault(extract.url_key(url), []).extend(waiting)
         self.image_results = {extract.url_key(url): result for url, result in state["image_results"].items()}
+        self.routed_images = state.get("routed_images", set())
+        self.deferred_links = state.get("deferred_links", {})
         self.inbox_offset = state.get("inbox_offset", 0)
         self.redirects = state.get("redirects", {})
         self.redirect_dropped = state.get("redirect_dropped", set())
@@ -423,15 +436,36 @@ class LaitSpider(scrapy.Spider):
                  "image_results": self.image_results, "inbox_offset": self.inbox_offset,
                  "pages_scheduled": self.pages_scheduled, "redirects": self.redirects,
                  "redirect_dropped": self.redirect_dropped, "pages_settled": self.pages_settled,
-                 "redirect_domains": self.redirect_domains}
+                 "redirect_domains": self.redirect_domains, "routed_images": self.routed_images,
+                 "deferred_links": self.deferred_links}
         fd, tmp = tempfile.mkstemp(dir=self.jobdir, prefix=".state.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, self._state_path())
 
     def on_spider_idle(self) -> None:
-        """Nothing is scheduled or downloading: the crawl ends here (not a Ctrl-C or CLOSESPIDER_* stop)."""
+        """Nothing is scheduled or downloading: the links put off as images are followed now (``_follow``); with
+        none to follow, the crawl ends here (not a Ctrl-C or CLOSESPIDER_* stop)."""
+        if self._follow_deferred():
+            raise DontCloseSpider
         self.finished = True
+
+    def _follow_deferred(self) -> bool:
+        """Schedule the links put off as images that no ``<img>`` of the crawl has shown by now (one that has is
+        skipped, as a link to an image already met is); whether any was scheduled."""
+        links, self.deferred_links = self.deferred_links, {}
+        scheduled = False
+        for key, (link, depth) in links.items():
+            if self._crawl_image(key):
+                self.crawler.stats.inc_value("lait/page/skipped_image_link")
+                continue
+            result = self._schedule_page(link, depth)
+            if isinstance(result, scrapy.Request):
+                self.crawler.engine.crawl(result)
+                scheduled = True
+            elif result is not None:  # no callback to yield its row from: it comes with the crawl's last rows
+                self.late_rejects.append(result.row)
+        return scheduled
 
     def on_headers_received(self, headers, request, **kwargs) -> None:
         """Stop a page's download once its headers say it is not HTML: ``parse_page`` gets the body-less response
@@ -447,12 +481,13 @@ class LaitSpider(scrapy.Spider):
         Called by the item pipeline before it writes its last rows. A job-folder crawl stopped part-way
         keeps them for the next run; otherwise their image will never come (a request some middleware
         dropped, or a crawl stopped without a job folder), and each becomes an ``image_not_fetched`` row.
+        The rows of links put off that could not be requested (``_follow_deferred``) come first, in any case.
         """
+        rows, self.late_rejects = self.late_rejects, []
         if self.jobdir and not self.finished:
-            return []
+            return rows
         detail = ("no response for the image request" if self.finished
                   else "the crawl stopped before the image was fetched")
-        rows = []
         for url in list(self.pending):
             self.crawler.stats.inc_value(f"lait/image/rejected/{runner.NOT_FETCHED}")
             rows.extend(self._reject_row(c, runner.NOT_FETCHED, detail) for c in self.pending.pop(url))
@@ -562,9 +597,11 @@ class LaitSpider(scrapy.Spider):
             if not lines:
                 await asyncio.sleep(0.02)
 
-    def _page_request(self, url: str, depth: int) -> scrapy.Request:
+    def _page_request(self, url: str, depth: int, key: str | None = None) -> scrapy.Request:
+        # ``key``, the page's url_key, is what it is seen and recorded as (``_schedule_page``); ``url`` by default.
         return scrapy.Request(url, callback=self.parse_page, errback=self.page_failed, dont_filter=True,
-                              meta={"lait_page": url, "lait_depth": depth, "download_maxsize": self.page_maxsize})
+                              meta={"lait_page": key or url, "lait_depth": depth,
+                                    "download_maxsize": self.page_maxsize})
 
     def _image_request(self, url: str, key: str) -> scrapy.Request:
         # Alone, a process fetches images first (fewer candidates waiting in memory); page process 0 of a
@@ -579,7 +616,7 @@ class LaitSpider(scrapy.Spider):
         """(a page request, or an image request when ``depth`` is None, ``key`` its url_key; None) or
         (None, (reason, detail))."""
         try:
-            request = self._image_request(url, key or url) if depth is None else self._page_request(url, depth)
+            request = self._image_request(url, key or url) if depth is None else self._page_request(url, depth, key)
         except ValueError as exc:  # Scrapy cannot build it: a port that is not a number, ...
             return None, ("invalid_url", f"{type(exc).__name__}: {exc}"[:300])
         if self.url_length_limit and len(request.url) > self.url_length_limit:
@@ -595,20 +632,22 @@ class LaitSpider(scrapy.Spider):
     def _schedule_page(self, url: str, depth: int) -> scrapy.Request | RejectedItem | None:
         """A request for a page not seen before (its reject when it cannot be requested), else None.
 
-        A page is requested, seen and recorded as its ``url_key``: ``/caf%c3%a9.html`` and ``/café.html`` are the
-        page ``/caf%C3%A9.html``, crawled once, its rows spelled so whichever link comes first."""
-        url = extract.url_key(url)
-        if url in self.pages_seen:
+        A page is seen and recorded as its ``url_key``: ``/caf%c3%a9.html`` and ``/café.html`` are the page
+        ``/caf%C3%A9.html``, and ``/p?b=2&a=1`` and ``/p?a=1&b=2`` the page ``/p?a=1&b=2``, crawled once, its rows
+        spelled so whichever link comes first. It is requested so too (``extract.request_url``), but with its query
+        parameters in the order of the link that came first: a server may read them in order."""
+        key = extract.url_key(url)
+        if key in self.pages_seen:
             return None
         if self.max_pages and self.pages_scheduled >= self.max_pages:
             self.crawler.stats.inc_value("lait/page/skipped_max_pages")
             return None
-        self.pages_seen.add(url)
+        self.pages_seen.add(key)
         self.pages_scheduled += 1
-        request, failure = self._checked_request(url, depth)
+        request, failure = self._checked_request(extract.request_url(url), depth, key)
         if failure:
-            return self._page_rejected(url, *failure)
-        self.open_pages[url] = depth
+            return self._page_rejected(key, *failure)
+        self.open_pages[key] = depth
         return request
 
     def _in_domains(self, url: str) -> bool:
@@ -688,15 +727,32 @@ class LaitSpider(scrapy.Spider):
 
     def _follow(self, link: str, depth: int, images: set[str]) -> scrapy.Request | RejectedItem | None:
         """A page's link (or refresh target) as a request, when it is in the allowed domains, no image of the page
-        or of the crawl (``images``: the page's, by url_key) and a page not seen; else None."""
+        or of the crawl (``images``: the page's, by url_key) and a page not seen; else None.
+
+        A link whose path names an image (``IMAGE_LINK_SUFFIXES``: a thumbnail's link to its full size) is put off
+        until the crawl is idle (``on_spider_idle``): followed then, it was followed before the page whose ``<img>``
+        shows the image was crawled, and the image went out twice, as a ``not_html`` page and as the image. By
+        then every page reached otherwise has shown its images, and the link to one of them is skipped."""
         if not self._in_domains(link):
             self.crawler.stats.inc_value("lait/page/skipped_offsite")
             return None
         key = extract.url_key(link)
-        if key in images or key in self.pending or key in self.image_results:
+        if key in images or self._crawl_image(key):
             self.crawler.stats.inc_value("lait/page/skipped_image_link")
             return None
+        if key not in self.pages_seen and urlsplit(key).path.lower().endswith(IMAGE_LINK_SUFFIXES):
+            deferred = self.deferred_links.get(key)
+            if deferred is None:
+                self.crawler.stats.inc_value("lait/page/deferred_image_link")
+            if deferred is None or depth < deferred[1]:  # (its shallowest link: --depth follows its links, if a page)
+                self.deferred_links[key] = (link, depth)
+            return None
         return self._schedule_page(link, depth)
+
+    def _crawl_image(self, key: str) -> bool:
+        """Whether an image url_key is one this crawl fetches for a candidate (waiting, done, or sent to the process
+        that owns it: with ``--processes``, this page process knows those too)."""
+        return key in self.pending or key in self.image_results or key in self.routed_images
 
     def follow_redirect(self, request: scrapy.Request) -> bool:
         """Whether to fetch a page's redirect hop (``redirect_refusal``)."""
@@ -769,6 +825,7 @@ class LaitSpider(scrapy.Spider):
         owner = self._owner(url)
         if owner != self.process_index:
             self.crawler.stats.inc_value("lait/image/routed")
+            self.routed_images.add(extract.url_key(url))  # a link to it is no page (_follow)
             self._send(owner, candidate)
             return
         key = extract.url_key(url)
