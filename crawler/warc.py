@@ -27,13 +27,23 @@ A page captured more than once (revisits, overlapping WARCs and WATs) follows it
 the capture with the latest WARC-Date (a tie goes to the opt-out) opts out of AI use, the candidates of its
 older captures become that opt-out's rejects (``resolve_page``; across parts, ``dedupe_across_parts`` with
 each part's ``parts/captures-warc-pKKKKK-*.parquet``).
+
+A revisit record stands for the capture it refers to (``WARC-Refers-To-Target-URI``, ``-Date``, the payload
+digest), found among the records read with it: an image's resolves to that record's bytes in the image join
+(``attach_images``; one of another URL through a second, small join of only the referenced originals), a
+page's to a capture of its own date with the original's wish (``resolve_page_revisits``: its candidates are
+the original's, kept once). One whose original is not there is a ``revisit_original_missing`` reject. A
+response to a HEAD request (paired by ``WARC-Concurrent-To``) holds no body and is no capture: not used.
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import collections
 import datetime
 import functools
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -102,8 +112,22 @@ NON_WEB_URL = re.compile(r"^(dns|urn|mailto|about|data):", re.IGNORECASE)
 #: coding is kept as sent, as warcio kept it: its parse or image validation decides.
 DECODED_CODINGS = ("gzip", "x-gzip", "deflate", "br")
 #: The longest URL the spider requests (Scrapy's ``URLLENGTH_LIMIT`` default, written out: importing Scrapy here
-#: would load Twisted into every Beam worker): a page or image URL over it is ``url_too_long`` here too.
+#: would load Twisted into every Beam worker): a page or image URL over it is ``url_too_long`` here too, unless
+#: ``--url_length_limit`` (``lait crawl --warc -s URLLENGTH_LIMIT``) says otherwise, 0 turning it off as in the spider.
 URL_LENGTH_LIMIT = 2083
+
+PAGE_REVISITS = "page-revisits"  # a revisit of a page (or of no type: a page's, or else an image's)
+REVISIT_MISSING = "revisit_original_missing"
+REVISIT_OTHER_PAGE = "revisit_of_other_page"
+PENDING = "pending"  # tagged output: an image's job that waits for the originals of its revisits of other URLs
+FORWARDED = "forwarded"  # tagged output: an original, resolved for a revisit of another URL, sent to that URL
+UNTYPED = "untyped"  # tagged output: a revisit of no type whose original is no page, offered to the image join
+#: A response with no body is held back this many records for the HEAD request that would pair with it (writers
+#: put a request beside its response, before or after it); the records of HEAD requests remembered meanwhile.
+HOLD_RECORDS = 16
+HEAD_IDS_KEPT = 1024
+#: Revisits resolved to the capture they refer to (pages and images; those of no original are rejects).
+REVISITS_RESOLVED = Metrics.counter(NAMESPACE, "warc/revisits_resolved")
 
 
 class MisreadMemberError(OSError):
@@ -133,6 +157,46 @@ def _warc_date(value: str | None) -> datetime.datetime | None:
 
 #: Statuses whose responses have no body whatever their Content-Length says (RFC 9110: 1xx, 204, 304).
 NO_BODY_STATUSES = frozenset({204, 304}) | frozenset(range(100, 200))
+
+
+def has_content(status: int) -> bool:
+    """Whether a response of ``status`` is a capture of the page or image: 2xx with a body (a 204 has none, and is
+    no capture: as the latest one it would hide the capture before it)."""
+    return 200 <= status < 300 and status not in NO_BODY_STATUSES
+
+
+def _digest(value: str | None) -> str | None:
+    """A WARC payload digest (``sha1:BASE32``) as comparable text: the algorithm in lower case and the hash in hex,
+    whichever of base32, hex or base64 a writer spelt it in (two writers of one input may differ)."""
+    algorithm, colon, text = (value or "").strip().partition(":")
+    if not colon or not text.strip():
+        return (value.strip() or None) if value else None
+    algorithm, text = algorithm.strip().lower().replace("-", ""), text.strip()
+    size = _digest_size(algorithm)
+    for decode in (bytes.fromhex, lambda t: base64.b32decode(t.upper() + "=" * (-len(t) % 8)), base64.b64decode):
+        try:
+            raw = decode(text)
+        except (ValueError, TypeError):
+            continue
+        if size is None or len(raw) == size:
+            return f"{algorithm}:{raw.hex()}"
+    return f"{algorithm}:{text}"
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_size(algorithm: str) -> int | None:  # (asked per record: looked up once per name)
+    try:
+        return hashlib.new(algorithm).digest_size
+    except (ValueError, TypeError):
+        return None
+
+
+def _exchange_ids(record) -> set[str]:
+    """The record ids of a record's HTTP exchange: its own and those its ``WARC-Concurrent-To`` lines name (a
+    request and its response name each other one way or the other, by writer)."""
+    ids = [record.rec_headers.get_header("WARC-Record-ID")]
+    ids += [value for name, value in record.rec_headers.headers if name.lower() == "warc-concurrent-to"]
+    return {value.strip() for value in ids if value and value.strip()}
 
 
 def _damage(record, payload: bytes) -> tuple[str, str] | None:
@@ -263,15 +327,26 @@ def _image_bytes_or_failure(payload: bytes) -> tuple[bytes | None, tuple[str, st
 
 
 class ReadWarcRecords(beam.DoFn):
-    """One WARC/ARC/WAT file -> ('page' | 'image' | 'wat', url, record) tuples; broken records tagged rejected."""
+    """One WARC/ARC/WAT file -> ('page' | 'image' | 'wat' | 'page-revisits', url, record) tuples; broken records
+    tagged rejected."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.records = Metrics.counter(NAMESPACE, "warc/records")
         self.skipped = Metrics.counter(NAMESPACE, "warc/records_not_used")
         self.resynced = Metrics.counter(NAMESPACE, "warc/resynced_after_corrupt_member")
+        self.head_responses = Metrics.counter(NAMESPACE, "warc/head_responses")
 
     def process(self, path: str) -> Iterator[Any]:
+        # The pairing of responses with HEAD requests, within the file: ids of HEAD exchanges read, and the rows
+        # of bodiless responses held back (number of the record read -> (its exchange ids, its rows)).
+        self._head_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._held: collections.OrderedDict[int, tuple[set[str], list]] = collections.OrderedDict()
+        self._read = 0
+        yield from self._records(path)
+        yield from self._released(self._read)  # no HEAD request came for them: the rows they would have had
+
+    def _records(self, path: str) -> Iterator[Any]:
         from warcio.exceptions import ArchiveLoadFailed
 
         broken_file = (ArchiveLoadFailed, zlib.error, EOFError, OSError)  # the bytes, not one record's content
@@ -323,14 +398,46 @@ class ReadWarcRecords(beam.DoFn):
     def _rows(self, record, path: str, offset, at, broken_file: tuple) -> list:
         """A record's rows (``_record``), or its one ``warc_malformed_record`` when it cannot be read; ``at``: where
         it starts, for that reject's detail. Errors of the file's bytes (``broken_file``) are left to the caller."""
+        self._bodiless: set[str] = set()
         try:
             # get_record_offset() reads the record to its end: call it only once the payload is read.
-            return list(self._record(record, path, offset))
+            rows = list(self._record(record, path, offset))
         except broken_file:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad record (a status line that is no number, ...)
             detail = f"{path}@{at}: {type(exc).__name__}: {exc}"[:300]
-            return [_rejected("warc_malformed_record", detail, **_record_ids(record))]
+            rows, self._bodiless = [_rejected("warc_malformed_record", detail, **_record_ids(record))], set()
+        self._read += 1
+        if self._bodiless:  # it may answer a HEAD request still to come: its rows wait for that (``_note_request``)
+            self._held[self._read] = (self._bodiless, rows)
+            rows = []
+        return self._released(self._read - HOLD_RECORDS) + rows
+
+    def _released(self, last: int) -> list:
+        """The rows of the responses held back (``_rows``) up to record number ``last``: no HEAD request paired."""
+        rows = []
+        while self._held and next(iter(self._held)) <= last:
+            rows += self._held.popitem(last=False)[1][1]
+        return rows
+
+    def _not_a_capture(self) -> None:
+        """A response to a HEAD request: no body by definition, so no page or image was captured."""
+        self.skipped.inc()
+        self.head_responses.inc()
+
+    def _note_request(self, record) -> None:
+        """A request record: a HEAD request's response, held back or still to come, is no capture."""
+        method = (record.http_headers.protocol if record.http_headers else None) or ""
+        if method.strip().upper() != "HEAD":
+            return
+        exchange = _exchange_ids(record)
+        for number in [n for n, (ids, _) in self._held.items() if ids & exchange]:
+            del self._held[number]
+            self._not_a_capture()
+        for value in exchange:  # for a response after its request (a bounded memory of the latest ones)
+            self._head_ids[value] = None
+            if len(self._head_ids) > HEAD_IDS_KEPT:
+                self._head_ids.popitem(last=False)
 
     def _rest_of_member(self, handle, path: str, member: int, broken_file: tuple) -> Iterator[Any]:
         """The records after the first of the gzip member at ``member`` that holds several: the member inflated as
@@ -367,7 +474,9 @@ class ReadWarcRecords(beam.DoFn):
                 return
             yield ("wat", url, {"json": wat, "date": date})
             return
-        if kind not in ("response", "resource"):
+        if kind == "request":
+            self._note_request(record)
+        if kind not in ("response", "resource", "revisit"):
             self.skipped.inc()
             return
         if url and NON_WEB_URL.match(url):  # dns:example.org and the like, as crawlers record them
@@ -382,6 +491,9 @@ class ReadWarcRecords(beam.DoFn):
             yield _rejected("warc_malformed_record", f"{path}@{offset()}: {kind} record without a URL ({url!r})"[:300])
             return
         url = _lower_scheme(url)  # "HTTP://..." as a page or image URL is spelt everywhere else
+        if kind == "revisit":
+            yield self._revisit(record, path, offset, url, date)
+            return
         headers = _with_robots_lines(record.http_headers.headers) if record.http_headers else {}
         content_type = (extract.header_value(headers, "Content-Type")
                         or record.rec_headers.get_header("Content-Type") or "").strip().lower()
@@ -394,6 +506,13 @@ class ReadWarcRecords(beam.DoFn):
         # where a URL no page references falls away, and with no reject of its own.
         other = bool(content_type) and not (is_page or is_image)
         body = _body_stream(record).read(self.max_bytes + 1)
+        if not body and kind == "response":  # a HEAD request's response has none, whatever its Content-Length says
+            exchange = _exchange_ids(record)
+            if exchange & self._head_ids.keys():
+                self._not_a_capture()
+                return
+            self._bodiless = exchange  # else its request may come after it: ``_rows`` holds its rows back
+        digest = _digest(record.rec_headers.get_header("WARC-Payload-Digest"))  # what a revisit refers to
         payload, reason = body, None
         if len(body) > self.max_bytes:
             reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
@@ -416,7 +535,7 @@ class ReadWarcRecords(beam.DoFn):
             if not other:
                 yield _rejected(*reason, **({"page_url": page_key(url)} if is_page else {"image_url": url}))
             if not is_page:  # its candidates are told why (attach_images), not that the input has no such image
-                yield ("image", url, {"failure": reason})
+                yield ("image", url, {"failure": reason, "date": date, "digest": digest})
             return
         try:
             status = int(record.http_headers.get_statuscode()) if record.http_headers else 200
@@ -426,7 +545,7 @@ class ReadWarcRecords(beam.DoFn):
             # a record of another type has no reject of its own: the candidates that name it as an image are told
             yield ("image", url, {"failure": ("warc_malformed_record", f"{path}@{offset()}: no HTTP status")})
             return
-        item = {"status": status, "headers": headers, "body": payload, "date": date}
+        item = {"status": status, "headers": headers, "body": payload, "date": date, "digest": digest}
         if is_page:
             yield ("page", url, item)
         if is_image:
@@ -437,6 +556,25 @@ class ReadWarcRecords(beam.DoFn):
             yield ("image", url, dict(item, body=image_bytes, not_image=failure))
         elif payload and image_bytes is not None:  # an image sent as text/html: a page, and an image to the join too
             yield ("image", url, item)
+
+    def _revisit(self, record, path: str, offset, url: str, date: datetime.datetime | None) -> tuple:
+        """A revisit record -> ('page-revisits' | 'image', url, item): its HTTP status and headers (those of the
+        revisit's response: 304's update the original's) and what it refers to, to be resolved to that capture
+        (``resolve_page_revisits``, ``attach_images``). An image's is a reject of its own when the original is
+        missing; one of another type (a stylesheet) is not, as its record would not be; one of no type (a 304 says
+        none) is a page's if a page capture is its original, else offered to the image join."""
+        http = record.http_headers
+        headers = _with_robots_lines(http.headers) if http else {}
+        status = int(http.get_statuscode()) if http else None  # a status that is no number: a malformed record
+        content_type = (extract.header_value(headers, "Content-Type") or "").strip().lower()
+        refers_to = (record.rec_headers.get_header("WARC-Refers-To-Target-URI") or "").strip()
+        revisit = {"url": url, "of": _lower_scheme(refers_to) if "://" in refers_to else url,
+                   "of_date": _warc_date(record.rec_headers.get_header("WARC-Refers-To-Date")),
+                   "digest": _digest(record.rec_headers.get_header("WARC-Payload-Digest")),
+                   "where": f"{path}@{offset()}", "own_reject": not content_type or content_type.startswith("image/"),
+                   "untyped": not content_type}
+        item = {"status": status, "headers": headers, "date": date, "revisit": revisit}
+        return (PAGE_REVISITS if not content_type or content_type.startswith(HTML_TYPES) else "image", url, item)
 
 
 def sniffed_page(url: str, headers: dict[str, str], payload: bytes) -> bool:
@@ -589,17 +727,19 @@ def _only_empty_members(path: str, offset: int, limit: int = 1 << 16) -> bool:
     return True
 
 
-def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS, captures: bool = False) -> Iterator[Any]:
+def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS, captures: bool = False,
+                    url_length_limit: int = URL_LENGTH_LIMIT) -> Iterator[Any]:
     """An HTML record -> its candidates (as the spider finds them) and tagged rejected references. ``formats``:
     the run's image formats, which choose among a ``<picture>``'s sources as in the spider. With ``captures``,
-    also the page's capture, tagged ``CAPTURES``, when its HTML was read (``resolve_page`` weighs them)."""
+    also the page's capture, tagged ``CAPTURES``, when its HTML was read (``resolve_page`` weighs them): a 2xx
+    response with a body (a 204's is ``http_204``, as a status without a page)."""
     _, url, item = element
     url = page_key(url)  # every row of a page in the spelling the crawl requests it (``page_key``), as the spider's
-    too_long = url_too_long(url)
+    too_long = url_too_long(url, url_length_limit)
     if too_long:
         yield _rejected(*too_long, page_url=url)
         return
-    if not 200 <= item["status"] < 300:
+    if not has_content(item["status"]):
         yield _rejected(f"http_{item['status']}", "status in the WARC record", page_url=url)
         return
     try:
@@ -635,7 +775,7 @@ def _wat_text(value) -> str | None:
     return extract.normalize_text(str(value))
 
 
-def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
+def wat_candidates(element, captures: bool = False, url_length_limit: int = URL_LENGTH_LIMIT) -> Iterator[Any]:
     """A WAT metadata record -> candidates from its ``IMG@/src`` links (no figcaption or page text there).
 
     The record of a response whose status (``Response-Message``) is not 2xx is one ``http_<status>`` reject, as a
@@ -669,11 +809,11 @@ def wat_candidates(element, captures: bool = False) -> Iterator[Any]:
     except ValueError as exc:
         yield _rejected("warc_malformed_record", f"WAT: {exc}"[:300], page_url=page_url)
         return
-    too_long = url_too_long(page_url)
+    too_long = url_too_long(page_url, url_length_limit)
     if too_long:
         yield _rejected(*too_long, page_url=page_url)
         return
-    if not 200 <= status < 300:  # as a WARC response of that status: a reject, and no capture whose HTML was read
+    if not has_content(status):  # as a WARC response of that status: a reject, and no capture whose HTML was read
         yield _rejected(f"http_{status}", "status in the WAT record", page_url=page_url)
         return
     title = _wat_text(head.get("Title")) or None
@@ -747,17 +887,20 @@ def page_key(url: str) -> str:
     return extract.url_key(url)
 
 
-def url_too_long(url: str) -> tuple[str, str] | None:
-    """The spider's ``url_too_long`` reject (reason, detail) for a URL longer than ``URL_LENGTH_LIMIT`` as it would
-    be requested (``safe_url_string``: spaces and non-ASCII percent-encoded), else None."""
+def url_too_long(url: str, limit: int = URL_LENGTH_LIMIT) -> tuple[str, str] | None:
+    """The spider's ``url_too_long`` reject (reason, detail) for a URL longer than ``limit`` (the run's
+    ``URLLENGTH_LIMIT``; 0 is none, as to the spider) as it would be requested (``safe_url_string``: spaces and
+    non-ASCII percent-encoded), else None."""
     from w3lib.url import safe_url_string
 
+    if not limit:
+        return None
     try:
         requested = safe_url_string(url)
     except ValueError:
         requested = url
-    if len(requested) > URL_LENGTH_LIMIT:
-        return "url_too_long", f"{len(requested)} characters, over URLLENGTH_LIMIT {URL_LENGTH_LIMIT}"
+    if len(requested) > limit:
+        return "url_too_long", f"{len(requested)} characters, over URLLENGTH_LIMIT {limit}"
     return None
 
 
@@ -795,6 +938,59 @@ def resolve_page(element) -> Iterator[Any]:
         else:
             yield candidate
         seen.add(candidate["candidate_id"])
+
+
+def _may_be_original(revisit: dict, date: datetime.datetime | None, digest: str | None,
+                     revisit_date: datetime.datetime | None) -> bool:
+    """Whether a capture of the URL a revisit refers to, made at ``date`` with payload ``digest`` (None: not known),
+    is the one it refers to: its WARC-Refers-To-Date and payload digest where both sides say them, else any capture
+    not made after the revisit."""
+    if revisit["digest"] and digest and digest != revisit["digest"]:
+        return False
+    if revisit["of_date"] and date:
+        return date == revisit["of_date"]
+    return not (date and revisit_date and date > revisit_date)
+
+
+def _revisit_missing(revisit: dict) -> tuple[str, str]:
+    """The reject (reason, detail) of a revisit whose original is not among the records read with it."""
+    when = revisit["of_date"].isoformat().replace("+00:00", "Z") if revisit["of_date"] else "no WARC-Refers-To-Date"
+    return REVISIT_MISSING, f"{revisit['where']}: revisit of {revisit['of']} ({when}), not in the input"[:300]
+
+
+def resolve_page_revisits(element, url_length_limit: int = URL_LENGTH_LIMIT) -> Iterator[Any]:
+    """(page key, {captures, revisits}) -> a capture for each revisit of the page whose original is among its
+    captures (those whose HTML was read): made at the revisit's WARC-Date, with the opt-out of its own
+    ``X-Robots-Tag`` or else the original's (the HTML is the same; a 304's headers add to the original's).
+
+    It gives no candidates: they would be the original's again, kept once (``resolve_page``). A revisit whose
+    original is missing is a ``revisit_original_missing`` reject, one of a page whose HTML was stored as another
+    URL's a ``revisit_of_other_page`` reject (its candidates are not read under its own URL), and one of no type
+    without a page original goes on to the image join (tagged ``UNTYPED``)."""
+    _, grouped = element
+    captures = list(grouped["captures"])  # (date, opt-out): a page has few
+    for _, url, item in grouped["revisits"]:
+        revisit, own = item["revisit"], page_key(url)
+        found = [c for c in captures if _may_be_original(revisit, c[0], None, item["date"])]
+        if not found and revisit["untyped"]:
+            yield beam.pvalue.TaggedOutput(UNTYPED, ("image", url, item))
+            continue
+        too_long = url_too_long(own, url_length_limit)
+        if too_long:
+            yield _rejected(*too_long, page_url=own)
+            continue
+        if item["status"] not in (None, 304) and not has_content(item["status"]):  # as a response of that status
+            yield _rejected(f"http_{item['status']}", "status in the WARC revisit record", page_url=own)
+            continue
+        if not found:
+            yield _rejected(*_revisit_missing(revisit), page_url=own)
+            continue
+        REVISITS_RESOLVED.inc()
+        _, opt_out = latest_capture(found)
+        own_opt_out = extract.opt_out_reason((), lines=extract.robots_tag_lines(item["headers"]))
+        if own != page_key(revisit["of"]):
+            yield _rejected(REVISIT_OTHER_PAGE, f"{revisit['where']}: the HTML of {revisit['of']}"[:300], page_url=own)
+        yield (own, (item["date"], own_opt_out or opt_out))
 
 
 class DownloadMissingImages(beam.DoFn):
@@ -835,33 +1031,133 @@ def image_key(url: str) -> str:
     return extract.url_key(url)
 
 
-def attach_images(element, download: bool) -> Iterator[dict]:
-    """(image key, {candidates, images}) -> one job per image: its candidates and its bytes if the input has them.
+def attach_images(element, download: bool, url_length_limit: int = URL_LENGTH_LIMIT) -> Iterator[Any]:
+    """(image key, {candidates, images[, forwards]}) -> one job per image: its candidates and its bytes if the input
+    has them.
 
     Without a usable record, the candidates take the reason a record of the image was rejected for: too_large
-    always (a download has the same cap), another (a truncated record) when downloads are off."""
-    _, grouped = element
+    always (a download has the same cap), another (a truncated record) when downloads are off.
+
+    A revisit among the image's records stands for its original, a record of the same URL (``_original_of``),
+    with the revisit's date and headers (``_resolved``); one whose original is missing is a
+    ``revisit_original_missing`` reject (an image's: ``_attach``) and, without downloads, its candidates' reason.
+    An original of another URL's revisit (``forwards``: those revisits, keyed by the URL they refer to) goes to that
+    URL (tagged ``FORWARDED``), and an image with revisits of other URLs waits for those (tagged ``PENDING``, with
+    only its best record: ``attach_forwarded``). Only referenced originals cross that second join."""
+    key, grouped = element
+    records = list(grouped["images"])
+    originals = [r for r in records if "revisit" not in r]
+    for revisit in grouped.get("forwards", ()):
+        original = _original_of(revisit, originals)
+        if original is not None:
+            forwarded = {"where": revisit["revisit"]["where"], "record": _resolved(original, revisit)}
+            yield beam.pvalue.TaggedOutput(FORWARDED, (image_key(revisit["revisit"]["url"]), forwarded))
+    resolved, missing, waiting = [], [], []
+    for revisit in (r for r in records if "revisit" in r):
+        if image_key(revisit["revisit"]["of"]) != key:
+            waiting.append(revisit)
+            continue
+        original = _original_of(revisit, originals)
+        if original is None:
+            missing.append(revisit)
+        else:
+            REVISITS_RESOLVED.inc()
+            resolved.append(_resolved(original, revisit))
     candidates = list(grouped["candidates"])
+    if waiting:
+        usable = [r for r in originals + resolved if _usable(r)]
+        kept = ([max(usable, key=_image_record_order)] if usable else []) + [r for r in originals if "failure" in r]
+        job = {"candidates": candidates, "records": kept, "missing": missing, "waiting": waiting}
+        yield beam.pvalue.TaggedOutput(PENDING, (key, job))
+        return
+    yield from _attach(candidates, originals + resolved, missing, download, url_length_limit)
+
+
+def attach_forwarded(element, download: bool, url_length_limit: int = URL_LENGTH_LIMIT) -> Iterator[Any]:
+    """(image key, {pending, forwarded}) -> the job of an image that waited for the originals of its revisits of
+    other URLs (``attach_images``): those forwarded to it join its records; the rest are missing."""
+    _, grouped = element
+    forwarded = {f["where"]: f["record"] for f in grouped["forwarded"]}
+    for job in grouped["pending"]:
+        records, missing = list(job["records"]), list(job["missing"])
+        for revisit in job["waiting"]:
+            if revisit["revisit"]["where"] in forwarded:
+                REVISITS_RESOLVED.inc()
+                records.append(forwarded[revisit["revisit"]["where"]])
+            else:
+                missing.append(revisit)
+        yield from _attach(job["candidates"], records, missing, download, url_length_limit)
+
+
+def _forward_request(element) -> list[tuple[str, dict]]:
+    """An image join record -> (the key of the URL it refers to, it) for a revisit of another URL, else nothing."""
+    _, url, item = element
+    revisit = item.get("revisit")
+    if revisit is None or image_key(revisit["of"]) == image_key(url):
+        return []
+    return [(image_key(revisit["of"]), item)]
+
+
+def _usable(record: dict) -> bool:
+    """Whether an image's record holds a capture of it to use: not rejected, 2xx with a body (``has_content``)."""
+    return "failure" not in record and has_content(record["status"])
+
+
+def _original_of(revisit: dict, originals: list[dict]) -> dict | None:
+    """The record (or rejected record) a revisit refers to among ``originals``, records of the URL it names
+    (``_may_be_original``): the latest usable one, else a rejected one (the revisit is as damaged), else one of
+    another status; None when there is none."""
+    found = [r for r in originals if _may_be_original(revisit["revisit"], r.get("date"), r.get("digest"), revisit["date"])]
+    records = [r for r in found if "failure" not in r]
+    if records:
+        return max(records, key=lambda r: (has_content(r["status"]), _image_record_order(r)))
+    return min((r for r in found if "failure" in r), key=lambda r: r["failure"], default=None)
+
+
+def _resolved(original: dict, revisit: dict) -> dict:
+    """A revisit resolved to its original: the original's bytes, captured at the revisit's date with its response's
+    status and headers. A 304's (or a revisit without HTTP headers) keep the original's status, and update its
+    headers as a 304 updates a cache's (RFC 9111); a 200's are the whole response's, its type the original's when
+    it says none. A rejected original leaves the revisit as rejected."""
+    if "failure" in original:
+        return original
+    if revisit["status"] in (None, 304):
+        status, headers = original["status"], {**original["headers"], **revisit["headers"]}
+    else:
+        kept = {k: v for k, v in original["headers"].items() if k == "content-type"}
+        status, headers = revisit["status"], {**kept, **revisit["headers"]}
+    return dict(original, status=status, headers=headers, date=revisit["date"])
+
+
+def _attach(candidates: list[dict], records: list[dict], missing: list[dict], download: bool,
+            url_length_limit: int) -> Iterator[Any]:
+    """An image's job (``attach_images``) from its records, revisits resolved, and its revisits whose original is
+    missing: each a ``revisit_original_missing`` reject if it is an image's (whether a page shows it or not, as a
+    truncated image record is a reject), and a reason for the candidates as a rejected record's."""
+    for revisit in missing:
+        if revisit["revisit"]["own_reject"]:
+            yield _rejected(*_revisit_missing(revisit["revisit"]), image_url=revisit["revisit"]["url"])
     if not candidates:
         return  # an image record no page refers to is not a candidate
     # A download asks for the URL as a page wrote it (the fetcher spells it as Scrapy does); the key's upper-case
     # escapes are for joining only, and a server may tell %c3 from %C3. One spelling for all: the least.
     url = min(c["image_url"] for c in candidates)
-    too_long = url_too_long(url)  # never requested by the spider, in the input or not
+    too_long = url_too_long(url, url_length_limit)  # never requested by the spider, in the input or not
     if too_long:
         yield {"url": url, "candidates": candidates, "image": None, "failure": too_long}
         return
-    records = [r for r in grouped["images"] if "failure" not in r and 200 <= r["status"] < 300]
+    usable = [r for r in records if _usable(r)]  # a 204 (no content) is no capture of the image
     # The image's records that ReadWarcRecords rejected (too_large, truncated, ...), with their reasons
-    refused = sorted(r["failure"] for r in grouped["images"] if "failure" in r)
+    refused = sorted([r["failure"] for r in records if "failure" in r]
+                     + [_revisit_missing(r["revisit"]) for r in missing])
     over_cap = [reason for reason in refused if reason[0] == "too_large"]
     failure = None
-    if not records and over_cap:  # a download would meet the same cap
+    if not usable and over_cap:  # a download would meet the same cap
         failure = over_cap[0]
-    elif not records and not download:
+    elif not usable and not download:
         failure = refused[0] if refused else ("image_not_in_warc", "no image record and downloads are off")
     # The image's latest capture, as a page follows its latest (``_capture_order``); a join's order is none.
-    image = max(records, key=_image_record_order) if records else None
+    image = max(usable, key=_image_record_order) if usable else None
     yield {"url": url, "candidates": candidates, "image": image, "failure": failure}
 
 
@@ -910,21 +1206,33 @@ class ValidateImages(beam.DoFn):
 class ReadWarcCandidates(beam.PTransform):
     """File paths -> (candidates, rejected, each page's latest capture) PCollections."""
 
-    def __init__(self, max_bytes: int, download: bool, fetch_options: dict, check_options: dict):
+    def __init__(self, max_bytes: int, download: bool, fetch_options: dict, check_options: dict,
+                 url_length_limit: int = URL_LENGTH_LIMIT):
         super().__init__()
         self.max_bytes, self.download = max_bytes, download
         self.fetch_options, self.check_options = fetch_options, check_options
+        self.url_length_limit = url_length_limit
 
     def expand(self, files):
+        limit = self.url_length_limit
         records = files | "ReadWarcRecords" >> beam.ParDo(ReadWarcRecords(self.max_bytes)).with_outputs(REJECTED, main="records")
-        kinds = records.records | "SplitByKind" >> beam.Partition(lambda r, n: {"page": 0, "image": 1, "wat": 2}[r[0]], 3)
+        kinds = records.records | "SplitByKind" >> beam.Partition(
+            lambda r, n: {"page": 0, "image": 1, "wat": 2, PAGE_REVISITS: 3}[r[0]], 4)
         from_pages = kinds[0] | "ExtractCandidates" >> beam.FlatMap(
-            page_candidates, formats=self.check_options["formats"], captures=True).with_outputs(
+            page_candidates, formats=self.check_options["formats"], captures=True, url_length_limit=limit).with_outputs(
             REJECTED, CAPTURES, main="candidates")
-        from_wat = kinds[2] | "ExtractWatCandidates" >> beam.FlatMap(wat_candidates, captures=True).with_outputs(
-            REJECTED, CAPTURES, main="candidates")
-        latest = ((from_pages[CAPTURES], from_wat[CAPTURES])
-                  | "MergeCaptures" >> beam.Flatten()
+        from_wat = kinds[2] | "ExtractWatCandidates" >> beam.FlatMap(
+            wat_candidates, captures=True, url_length_limit=limit).with_outputs(REJECTED, CAPTURES, main="candidates")
+        captures = (from_pages[CAPTURES], from_wat[CAPTURES]) | "MergeCaptures" >> beam.Flatten()
+        # A page's revisits become captures of its own, found by the (small) captures of the page they refer to.
+        page_revisits = (
+            {"captures": captures, "revisits": kinds[3] | "KeyPageRevisits" >> beam.Map(
+                lambda r: (page_key(r[2]["revisit"]["of"]), r))}
+            | "JoinPageRevisits" >> beam.CoGroupByKey()
+            | "ResolvePageRevisits" >> beam.FlatMap(resolve_page_revisits, url_length_limit=limit).with_outputs(
+                REJECTED, UNTYPED, main="captures"))
+        latest = ((captures, page_revisits.captures)
+                  | "MergeRevisitCaptures" >> beam.Flatten()
                   | "LatestCapturePerPage" >> beam.CombinePerKey(latest_capture))
         by_page = ((from_pages.candidates, from_wat.candidates)
                    | "MergeCandidates" >> beam.Flatten()
@@ -935,16 +1243,31 @@ class ReadWarcCandidates(beam.PTransform):
             | "ResolveCaptures" >> beam.FlatMap(resolve_page).with_outputs(REJECTED, main="candidates")
         )
         by_image = unique.candidates | "KeyByImageUrl" >> beam.Map(lambda c: (image_key(c["image_url"]), c))
-        image_records = kinds[1] | "KeyImageRecords" >> beam.Map(lambda r: (image_key(r[1]), r[2]))
-        jobs = (
-            {"candidates": by_image, "images": image_records}
+        image_side = (kinds[1], page_revisits[UNTYPED]) | "MergeImageRecords" >> beam.Flatten()
+        image_records = image_side | "KeyImageRecords" >> beam.Map(lambda r: (image_key(r[1]), r[2]))
+        forwards = image_side | "KeyRevisitsByOriginal" >> beam.FlatMap(_forward_request)
+        attached = (
+            {"candidates": by_image, "images": image_records, "forwards": forwards}
             | "JoinImages" >> beam.CoGroupByKey()
-            | "AttachImages" >> beam.FlatMap(attach_images, download=self.download)
+            | "AttachImages" >> beam.FlatMap(attach_images, download=self.download, url_length_limit=limit).with_outputs(
+                REJECTED, PENDING, FORWARDED, main="jobs")
+        )
+        # The images with revisits of other URLs, and the originals those refer to: no other record crosses this.
+        forwarded = (
+            {"pending": attached[PENDING], "forwarded": attached[FORWARDED]}
+            | "JoinForwardedOriginals" >> beam.CoGroupByKey()
+            | "AttachForwarded" >> beam.FlatMap(attach_forwarded, download=self.download,
+                                                url_length_limit=limit).with_outputs(REJECTED, main="jobs")
+        )
+        jobs = (
+            (attached.jobs, forwarded.jobs)
+            | "MergeJobs" >> beam.Flatten()
             | "DownloadMissingImages" >> beam.ParDo(DownloadMissingImages(self.fetch_options))
         )
         validated = jobs | "ValidateImages" >> beam.ParDo(ValidateImages(**self.check_options)).with_outputs(
             REJECTED, main="candidates")
-        rejected = ((records[REJECTED], from_pages[REJECTED], from_wat[REJECTED], unique[REJECTED], validated[REJECTED])
+        rejected = ((records[REJECTED], from_pages[REJECTED], from_wat[REJECTED], page_revisits[REJECTED],
+                     unique[REJECTED], attached[REJECTED], forwarded[REJECTED], validated[REJECTED])
                     | "MergeRejected" >> beam.Flatten())
         return validated.candidates, rejected, latest
 
@@ -1129,7 +1452,7 @@ def _has_warc_output(out_dir: str) -> bool:
 
 #: The options that decide which rows a part writes: a resumed run in parts must use the same.
 JOB_OPTIONS = ("no_download", "allow_private_networks", "min_side", "max_aspect", "image_formats", "max_pixels",
-               "max_bytes")
+               "max_bytes", "url_length_limit")
 
 
 def _check_job(out_dir: str, files: list[str], files_per_part: int, options: dict[str, Any] | None = None) -> None:
@@ -1195,7 +1518,8 @@ def _run_part(known: argparse.Namespace, options: PipelineOptions, files: list[s
     candidates, rejected, latest = (
         beam_pipeline
         | "ListFiles" >> beam.Create(files)
-        | "ReadWarcCandidates" >> ReadWarcCandidates(known.max_bytes, not known.no_download, fetch_options, check_options)
+        | "ReadWarcCandidates" >> ReadWarcCandidates(known.max_bytes, not known.no_download, fetch_options, check_options,
+                                                     known.url_length_limit)
     )
     if known.files_per_part:  # the step across parts weighs each part's latest capture of a page
         (latest
@@ -1453,6 +1777,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(*_spellings("max_pixels"), type=int, default=images.DEFAULT_MAX_PIXELS)
     parser.add_argument(*_spellings("max_bytes"), type=int, default=defaults.LAIT_IMAGE_MAXSIZE,
                         help="cap on a record or download")
+    parser.add_argument(*_spellings("url_length_limit"), type=int, default=URL_LENGTH_LIMIT,
+                        help="a page or image URL longer than this is url_too_long, as the spider's URLLENGTH_LIMIT "
+                             "(0: no limit)")
     parser.add_argument(*_spellings("download_delay"), type=float, default=1.0,
                         help="seconds between downloads from one host")
     parser.add_argument(*_spellings("download_timeout"), type=float, default=defaults.DOWNLOAD_TIMEOUT)
@@ -1547,7 +1874,7 @@ READ_SETTINGS = {
     "DOWNLOAD_DELAY": "download_delay", "DOWNLOAD_TIMEOUT": "download_timeout", "USER_AGENT": "user_agent",
     "LAIT_ROBOTS_RETRY_AFTER": "robots_retry_after", "LAIT_ALLOW_PRIVATE_NETWORKS": "allow_private_networks",
     "LAIT_IMAGE_MAXSIZE": "max_bytes", "LAIT_MIN_SIDE": "min_side", "LAIT_MAX_ASPECT": "max_aspect",
-    "LAIT_IMAGE_FORMATS": "image_formats", "LAIT_MAX_PIXELS": "max_pixels",
+    "LAIT_IMAGE_FORMATS": "image_formats", "LAIT_MAX_PIXELS": "max_pixels", "URLLENGTH_LIMIT": "url_length_limit",
 }
 #: Those of them only the download of the images the input lacks reads (``--no_download`` turns it off).
 DOWNLOAD_SETTINGS = ("DOWNLOAD_DELAY", "DOWNLOAD_TIMEOUT", "USER_AGENT", "LAIT_ROBOTS_RETRY_AFTER",
@@ -1578,6 +1905,9 @@ def setting_options(settings: dict[str, Any]) -> dict[str, Any]:
                 options[dest] = getattr(read, spider.SETTING_RULES[name][0])(name)
             elif name == "LAIT_IMAGE_FORMATS":
                 options[dest] = ",".join(spider.image_formats(read))
+            elif name == "URLLENGTH_LIMIT":  # as the spider reads it (``configure``): a whole number, 0 for none
+                spider.check_value(name, value)
+                options[dest] = read.getint(name)
             elif name == "LAIT_ALLOW_PRIVATE_NETWORKS":
                 options[dest] = resolver.guard_settings(read)[0]
             elif name == "LAIT_ROBOTS_RETRY_AFTER":

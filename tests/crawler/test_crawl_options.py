@@ -498,7 +498,7 @@ def test_lait_crawl_warc_takes_what_it_reads(tmp_path, monkeypatch, capsys):
     settings = ["DOWNLOAD_DELAY=0", "DOWNLOAD_TIMEOUT=2", "LAIT_ROBOTS_RETRY_AFTER=5", "LAIT_IMAGE_MAXSIZE=1000",
                 "runner=DirectRunner", "direct_running_mode=in_memory", "USER_AGENT=MyLab/1.0",
                 'LAIT_IMAGE_FORMATS=["png"]', "LAIT_MAX_PIXELS=1000000", "LAIT_MIN_SIDE=50", "LAIT_MAX_ASPECT=4",
-                "LAIT_ALLOW_PRIVATE_NETWORKS=true"]
+                "LAIT_ALLOW_PRIVATE_NETWORKS=true", "URLLENGTH_LIMIT=3000"]
     code = cli.main(["crawl", "--warc", "a.warc.gz", "--out", str(tmp_path / "out"), "--no-progress",
                      "--files-per-part", "2", *[arg for setting in settings for arg in ("-s", setting)]])
     assert code == 0, capsys.readouterr().err
