@@ -288,7 +288,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 continue
             try:
                 number = kind(value) if not isinstance(value, str) or kind is float else int(float(value))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # int(.inf), int("1e400"): no whole number
                 continue
             if kind is int and float(value) != number:
                 continue

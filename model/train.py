@@ -1272,7 +1272,8 @@ def run_reported(args: argparse.Namespace, prog: str) -> tuple[int, dict | None]
 
 def run_from_args(args: argparse.Namespace) -> dict:
     """Load the config with its overrides and train."""
-    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    # The folder as typed: a --set value is YAML, in which "run #2" ends at its " #" and "a: b" is a mapping.
+    overrides = list(args.overrides) + ([f"out_dir={json.dumps(args.out_dir)}"] if args.out_dir else [])
     config = load_config(args.config, overrides)
     try:
         return train(config, resume=args.resume, progress=not args.no_progress,
