@@ -74,5 +74,8 @@ def _number(name: str, value, low: float, high: float = math.inf, low_open: bool
     ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
           and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
     if not ok:
+        if math.isinf(high):  # "in [0, inf]" read as if inf were taken
+            raise ValueError(f"{name} must be a finite number {'above' if low_open else 'at least'} {low:g}, "
+                             f"got {value!r}")
         left, right = "(" if low_open else "[", ")" if high_open else "]"
         raise ValueError(f"{name} must be a finite number in {left}{low:g}, {high:g}{right}, got {value!r}")
