@@ -61,9 +61,9 @@ from model.detectors.base import DetectorSpec, RegionDetector, check_input_sizes
 from model.detectors.images import (DetectorInput, ImageRejected, decode_for_detector, decode_on_device,
                                     prepare_for_device_decode)
 from model.detectors.weights import weights_fingerprint
-from pipeline.outputs import (ancestors, input_reference, marker_taken_problem, on_this_host, read_stats,
-                              refuse_dataset_or_nested, refuse_empty_paths, run_marker, running_run_problem,
-                              stage_of)
+from pipeline.outputs import (RUN_MARKER, ancestors, claim_lock, input_reference, marker_taken_problem, on_this_host,
+                              read_stats, refuse_dataset_or_nested, refuse_empty_paths, run_marker,
+                              running_run_problem, stage_of)
 from schemas.io import PARQUET_SUFFIX, _filesystem
 
 logger = logging.getLogger(__name__)
@@ -549,15 +549,40 @@ def _why(exc: BaseException) -> str:
 
 def read_image_ids(parquet: pq.ParquetFile, file: str, group: int, rows: list[int] | None = None) -> list[str | None]:
     """The ``image_id`` column of one row group (``rows`` of it); ``ValueError`` naming the file and row group
-    when even that cannot be read (corrupted pages under an intact footer)."""
+    when even that cannot be read (corrupted pages under an intact footer), or holds text that is not UTF-8."""
     try:
         table = parquet.read_row_group(group, columns=["image_id"])
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{file}: row group {group} is unreadable, its image ids too ({_why(exc)})") from None
+        raise ValueError(ids_unreadable(file, group, exc)) from None
     try:
         return (table.take(rows) if rows is not None else table).column(0).to_pylist()
     except UnicodeDecodeError:  # Arrow does not check UTF-8 on read; Python's decode named neither file nor column
-        raise ValueError(f"{file}: row group {group}: column 'image_id' holds text that is not valid UTF-8") from None
+        raise ValueError(ids_not_utf8(file, group)) from None
+
+
+def ids_unreadable(file: str, group: int, exc: BaseException) -> str:
+    """Why a row group's ``image_id`` column could not be read (``read_image_ids``), as one line."""
+    return f"{file}: row group {group} is unreadable, its image ids too ({_why(exc)})"
+
+
+def ids_not_utf8(file: str, group: int) -> str:
+    """Why a row group's ``image_id`` column cannot be read as text (``read_image_ids``), as one line."""
+    return f"{file}: row group {group}: column 'image_id' holds text that is not valid UTF-8"
+
+
+def check_image_ids(parquet: pq.ParquetFile, file: str, group: int) -> None:
+    """``read_image_ids``' checks of one row group, its errors worded alike, with the ids left in Arrow: UTF-8 is
+    checked there (``validate``), no Python string made. For the Beam form's driver, which stops on them before
+    the output is touched, as ``lait features`` does (``plan_shards``), rather than in its workers."""
+    try:
+        column = parquet.read_row_groups([group], columns=["image_id"]).column(0)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(ids_unreadable(file, group, exc)) from None
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(ids_not_utf8(file, group) if "UTF8" in str(exc) else ids_unreadable(file, group, exc)) \
+            from None
 
 
 class ShardFingerprint:
@@ -1209,8 +1234,13 @@ def _check_own_output(output: str, dataset: str) -> None:
 def run_marker_name(part: int) -> str:
     """The file that marks a run of part ``part`` (0 without ``--part``) of an output while it goes, for
     ``_claim_output``. The parts of one run go at once by design, each with a marker of its own. (Not the Beam
-    form's ``pipeline.outputs.RUN_MARKER``, which that form's ``prepare_output`` reads as a run of its own.)"""
+    form's ``pipeline.outputs.RUN_MARKER``, which that form's ``prepare_output`` reads as a run of its own; each
+    form refuses a folder the other's marker names a live run of.)"""
     return f"_run.started.part-{part}.json"
+
+
+#: The names ``run_marker_name`` gives, which the Beam form looks for (``features_beam.refuse_local_runs``).
+RUN_MARKER_NAME = re.compile(r"_run\.started\.part-\d+\.json")
 
 
 def _read_marker(path: str) -> dict | None:
@@ -1231,16 +1261,32 @@ def _claim_output(output_path: str, part: int, parts: int) -> str:
     Two runs of one part computed the same shards side by side, and the second removed, as a killed run's files
     (``_remove_partial_shards``), shards the first finished while the second checked which were complete: the
     first's ``stats.json`` then counted rows no longer on disk. The marker of a run that has ended is replaced;
-    written exclusively (``_write_json``), so of two runs started at once one is refused."""
+    written exclusively (``_write_json``), so of two runs started at once one is refused.
+
+    A Beam-form run still going there (``pipeline.outputs.RUN_MARKER``, which its ``prepare_output`` writes a
+    moment before its run.json) is refused too: both ran, and every image was in regions/ twice. The claim holds
+    the folder (``claim_lock``, which the Beam form's claim takes too) from reading the markers to writing this
+    one, so a run claiming it meanwhile waits and then finds this one's marker, rather than have its own removed
+    here as an ended run's."""
     path = _join(output_path, run_marker_name(part))
-    marker = _read_marker(path)
     which = f"features run of --part {part}/{parts}" if parts > 1 else "features run"
-    problem = running_run_problem(output_path, marker, f"a {which}", f"remove {path}")
-    if problem is not None:
-        raise ValueError(problem)
-    _delete_if_present(path)  # an ended run's, or an unreadable one
-    if not _write_json(path, run_marker(STAGE), exclusive=True):
-        raise ValueError(marker_taken_problem(output_path, _read_marker(path), path, f"a {which}"))
+    with claim_lock(_local_path(output_path)):
+        beam_path = _join(output_path, RUN_MARKER)
+        beam = _read_marker(beam_path)
+        stage = (beam or {}).get("stage") or STAGE
+        what = "a features run of the Beam form (python -m pipeline.features)" if stage == STAGE else f"a {stage} run"
+        problem = running_run_problem(output_path, beam, what, f"remove {beam_path}")
+        if problem is not None:
+            raise ValueError(problem)
+        marker = _read_marker(path)
+        problem = running_run_problem(output_path, marker, f"a {which}", f"remove {path}")
+        if problem is not None:
+            raise ValueError(problem)
+        # an ended run's, or an unreadable one (on an object store, without the lock, also one written since it was
+        # read, as before: such a store cannot refuse a name taken either)
+        _delete_if_present(path)
+        if not _write_json(path, run_marker(STAGE), exclusive=True):
+            raise ValueError(marker_taken_problem(output_path, _read_marker(path), path, f"a {which}"))
     return path
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import posixpath
 import zlib
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -22,12 +24,14 @@ import schemas
 from model.detectors import attribute_count, build_detector, feature_dim_of, read_class_names
 from model.detectors.base import RegionDetector, padded_size
 from model.detectors.images import DetectorInput, ImageRejected, decode_for_detector, network_size_of
-from pipeline.features import (MAX_WAIT_BATCHES, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
+from pipeline.features import (MAX_WAIT_BATCHES, RUN_MARKER_NAME, SHARD_PREFIX, STAGE, DecodedBatch, FeatureOptions,
                                ImageRegions, RowGroupStream, _batches, _check_output_outside, _join, _open_parquet, _why,
                                _write_json, check_device_name, check_input_file, check_not_in_another_run, check_paths,
-                               classes_info, detect_by_shape, effective_topk, input_files, output_schema, piece_size,
-                               read_image_ids, resolve_input, to_original_pixels)
-from pipeline.outputs import clear_run_marker, input_reference, prepare_output
+                               check_image_ids, classes_info, detect_by_shape, effective_topk, ids_not_utf8,
+                               input_files, output_schema, piece_size, read_image_ids, resolve_input,
+                               to_original_pixels)
+from pipeline.outputs import (OutputExistsError, clear_run_marker, files_under, input_reference, prepare_output,
+                              read_run_marker, running_run_problem)
 from pipeline.parquet_beam import WriteToParquet
 from pipeline.runners import is_local_runner, make_pipeline
 
@@ -73,8 +77,9 @@ class ReadRowGroupsFn(beam.DoFn):
     A row group whose pages are corrupted (the footer is intact) gives its rows with, in place of the bytes, a
     ``str`` saying why; they leave as ``row_group_unreadable`` rejects. A stream that fails cannot go on: the rows it
     gave before keep their bytes and the rest of the group leaves this way, as in the local runner (in one-page
-    groups that is the whole group, as when the group was read whole). When even its ids cannot be read, a
-    ``ValueError`` names the file and row group."""
+    groups that is the whole group, as when the group was read whole). When even its ids cannot be read, or one
+    is not UTF-8 text (Arrow does not check it on read), a ``ValueError`` names the file and row group, as
+    ``read_image_ids`` does (a local runner has found it on the driver already: ``run``)."""
 
     def __init__(self, dataset: str, batch: int = 16):
         self.dataset, self.batch = dataset, batch
@@ -87,6 +92,8 @@ class ReadRowGroupsFn(beam.DoFn):
         for start in range(0, count, self.batch):
             try:
                 rows = stream.take(list(range(start, min(count, start + self.batch)))).to_pylist()
+            except UnicodeDecodeError:  # Python's decode named neither file nor column (image_bytes is binary)
+                raise ValueError(ids_not_utf8(file, group)) from None
             except (pa.ArrowException, OSError) as exc:  # corrupted pages under an intact footer
                 del stream  # its memory goes before the ids are read
                 detail = f"{file} row group {group}: {_why(exc)}"
@@ -311,6 +318,33 @@ def check_device(options: FeatureOptions, local: bool) -> None:
                          "use bf16 or fp32")
 
 
+def refuse_local_runs(output: str) -> None:
+    """``OutputExistsError`` while a ``lait features`` run is still going in ``output``: one of its part markers
+    (``run_marker_name``) names a live process (``pipeline.outputs.running_run_problem``; one of another host,
+    which cannot be checked from here, too). ``prepare_output`` calls it while it holds the folder: its own
+    refusal of datasets that no run of its own marked told the user to remove a live run's files."""
+    if "://" not in output:
+        names = sorted(os.listdir(output)) if os.path.isdir(output) else []
+    else:
+        names = [posixpath.basename(path) for path in files_under(output.rstrip("/"), "/_run.started.part-*.json")]
+    for name in names:
+        if RUN_MARKER_NAME.fullmatch(name):
+            path = posixpath.join(output, name)
+            problem = running_run_problem(output, read_run_marker(output, name), "a lait features run",
+                                          f"remove {path}")
+            if problem is not None:
+                raise OutputExistsError(problem)
+
+
+def prepare_beam_output(output: str, dataset: str) -> None:
+    """Claim ``output`` for this run (``prepare_output``: a finished run refused, an interrupted one's files removed,
+    ``RUN_MARKER`` written), refused while a run of either form is still going there; ``dataset``: the input."""
+    # inputs: an output that holds the dataset (--input T/data --output T), or lies inside it on an object store
+    # (where _check_output_outside does not look), is refused, as the filter and relevance stages refuse theirs
+    prepare_output(output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"), inputs=(dataset,),
+                   other_runs=refuse_local_runs)
+
+
 def _parse_args(argv):
     from lait.commands.features import add_arguments
 
@@ -338,6 +372,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     _check_output_outside(dataset, known.output)
     check_not_in_another_run(known.output)
     files = input_files(dataset)
+    # local as make_runner judges it: a module path to Beam's DirectRunner runs here, on this machine's devices
+    local = is_local_runner(runner_name(pipeline_options))
     # bad input stops here, before the workers start, with the file named; the work items are row groups.
     # rows_in counts rows, not distinct images, from the footers alone: the footers hold no distinct count
     # (pyarrow writes none), and counting ids would read every id on the driver before any worker starts.
@@ -348,6 +384,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         parquet = check_input_file(dataset, file)
         row_groups += [(file, group) for group in range(parquet.num_row_groups)]
         rows_in += parquet.metadata.num_rows
+        if local:
+            # ids that are not UTF-8 (or unreadable) stop the run before the output is touched, as in lait features,
+            # which reads every id on the way too; a remote runner's workers, reading them, stop it the same way
+            for group in range(parquet.num_row_groups):
+                check_image_ids(parquet, file, group)
     # So do missing or unreadable weights, here on the driver, where the workers would find them (it reads the
     # demo's config and vg's attribute head from the file too), before the output is touched.
     weights = options.weights_record()
@@ -363,15 +404,11 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         logger.info("--topk %d is more than %s's %d classes: every box stores all %d (recorded as topk %d)",
                     options.topk, options.detector, topk, topk, topk)
         options = dataclasses.replace(options, topk=topk)
-    # local as make_runner judges it: a module path to Beam's DirectRunner runs here, on this machine's devices
-    check_device(options, is_local_runner(runner_name(pipeline_options)))
+    check_device(options, local)
     # Beam checks the runner and its options here (an unknown runner, Dataflow without a project): before the output
     # is touched, in one line
     pipeline = test_pipeline or make_pipeline(pipeline_options)
-    # inputs: an output that holds the dataset (--input T/data --output T), or lies inside it on an object store
-    # (where _check_output_outside does not look), is refused, as the filter and relevance stages refuse theirs
-    prepare_output(known.output, STAGE, ("regions", "rejected", "shards", "run.json", "classes.json"),
-                   inputs=(dataset,))
+    prepare_beam_output(known.output, dataset)
     rows = (
         pipeline
         | "ListRowGroups" >> beam.Create(row_groups)
@@ -384,9 +421,14 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
         file_name_suffix=".parquet")
     out["rejected"] | "WriteRejected" >> WriteToParquet(
         _join(known.output, "rejected", SHARD_PREFIX), schemas.schema_for("rejected"), file_name_suffix=".parquet")
-    # before any shard: what the local runner reads to refuse this folder (it cannot resume or add to a Beam run)
-    _write_json(_join(known.output, "run.json"), {"runner": "beam", "detector": options.detector, **weights,
-                                                  "topk": options.topk, "detector_config": spec.config})
+    # before any shard: what the local runner reads to refuse this folder (it cannot resume or add to a Beam run).
+    # Created exclusively: prepare_output removed any run.json, so one there now is another run's, started since
+    run_json = _join(known.output, "run.json")
+    if not _write_json(run_json, {"runner": "beam", "detector": options.detector, **weights, "topk": options.topk,
+                                  "detector_config": spec.config}, exclusive=True):
+        clear_run_marker(known.output)
+        raise ValueError(f"{known.output} is in use by another features run that started there just now (it wrote "
+                         f"{run_json}); use a new --output")
     result = pipeline.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed for c in

@@ -11,6 +11,7 @@ this module.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import json
@@ -20,7 +21,12 @@ import posixpath
 import shutil
 import socket
 import tempfile
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
+
+try:
+    import fcntl
+except ImportError:  # not Unix: no locks (claim_lock)
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +210,8 @@ def refuse_empty_paths(*options: tuple[str, object, str], optional: bool = False
 
 
 def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: bool = False,
-                   hint: str = "use a new --output", inputs: Sequence[str] = ()) -> None:
+                   hint: str = "use a new --output", inputs: Sequence[str] = (),
+                   other_runs: Callable[[str], None] | None = None) -> None:
     """Refuse a finished run's folder unless ``overwrite``; remove ``parts`` an interrupted run left.
 
     Refused even with ``overwrite`` (``OutputExistsError``), before anything is written: an output that is a
@@ -217,6 +224,11 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
     An empty ``output`` (or white space alone: an unset ``$OUT`` in a script) is a ValueError before anything
     is looked at: its parts would be the current folder's ``pairs/``, ``stats.json``, …, deleted here. The
     stages refuse it in their own words first; this is the last line of defence for any other caller.
+
+    From reading the marker to writing this run's, the folder is held (``claim_lock``), so that a run that claims it
+    meanwhile waits and then finds this one's marker, rather than have its own removed here as an ended run's.
+    ``other_runs(output)``, called while it is held, refuses (``OutputExistsError``) while a run of the stage's
+    other form, which marks the folder otherwise, is still going there (the features stage's ``lait features``).
     """
     refuse_empty_paths(("--output", output, f"the folder to write the {stage} output to"))
     if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
@@ -228,8 +240,17 @@ def prepare_output(output: str, stage: str, parts: Sequence[str], overwrite: boo
                 raise OutputExistsError(f"{output} overlaps the input {source}{held}: the {stage} output needs a "
                                         f"folder of its own (e.g. a sibling of the input)")
     refuse_dataset_or_nested(output, stage, inputs)
+    with claim_lock(output):
+        _claim(output, stage, parts, overwrite, hint, other_runs)
+
+
+def _claim(output: str, stage: str, parts: Sequence[str], overwrite: bool, hint: str,
+           other_runs: Callable[[str], None] | None) -> None:
+    """``prepare_output``'s steps from reading the folder's marker to writing this run's, in ``claim_lock``."""
     marker = read_run_marker(output)
     refuse_running(output, marker, overwrite, hint)
+    if other_runs is not None:
+        other_runs(output)
     found = {name: _present(posixpath.join(output, name)) for name in (*parts, PENDING_STATS, RUN_MARKER, "stats.json")}
     existing = [name for name, paths in found.items() if paths and name != RUN_MARKER]
     stats_path = posixpath.join(output, "stats.json")
@@ -328,10 +349,11 @@ def refuse_dataset_or_nested(output: str, stage: str, inputs: Sequence[str], giv
                                 f"{give} (e.g. a sibling of {folder})")
 
 
-def read_run_marker(output: str) -> dict | None:
-    """The ``RUN_MARKER`` in ``output`` (None: no marker, or an unreadable one), read through Beam's FileSystems."""
+def read_run_marker(output: str, name: str = RUN_MARKER) -> dict | None:
+    """The ``RUN_MARKER`` (or the run marker ``name``) in ``output`` (None: no marker, or an unreadable one), read
+    through Beam's FileSystems."""
     try:
-        with _filesystems().open(posixpath.join(output, RUN_MARKER)) as handle:
+        with _filesystems().open(posixpath.join(output, name)) as handle:
             marker = json.loads(handle.read())
     except (OSError, ValueError):
         return None
@@ -502,6 +524,34 @@ def write_marker(path: str, marker: dict) -> dict | None:
     finally:
         os.remove(written)
     return None
+
+
+@contextlib.contextmanager
+def claim_lock(folder: str | None) -> Iterator[None]:
+    """Hold the local folder ``folder`` (made if need be) against other claims of it while this run claims it: reads
+    its run markers, removes an ended run's and writes its own. A claim read the marker, then removed what lay at
+    its name as an ended run's, then wrote its own: a run that claimed the folder between the read and the
+    removal lost its live marker, and both ran; and a marker of one name (``RUN_MARKER``) checked against one of
+    another (``lait features``' ``_run.started.part-I.json``) could be written on both sides before either was read.
+    The claims of ``prepare_output`` and ``lait features`` take it (``flock`` on the folder itself: nothing is
+    left in it; released when the process ends, however it ends), so one waits for the other, then reads its marker.
+
+    No lock on an object store (``folder`` a URL, or None), without ``fcntl`` (not Unix) or on a filesystem
+    that has no ``flock``: there two claims at once are refused only as far as each writes its marker
+    exclusively (``write_marker``; an object store cannot refuse a name taken), as before."""
+    if folder is None or "://" in folder or fcntl is None:
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without flock
+            pass
+        yield
+    finally:
+        os.close(handle)  # (releases the lock)
 
 
 def _mark_started(output: str, stage: str) -> None:
