@@ -8,6 +8,7 @@ marks the folder while it goes (``claim``, ``RUN_MARKER``), and a second run int
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -110,6 +111,18 @@ def claim(out_dir: str, option: str = "--out") -> None:
     marker is written aside and linked to its name (``pipeline.outputs.write_marker``), so of two runs that check
     the folder at once one is refused.
     """
+    with contextlib.ExitStack() as held:
+        if "://" not in out_dir:
+            # Held from reading the marker to writing this run's (``pipeline.outputs.claim_lock``): a run that claimed
+            # the folder between the read and the removal below lost its live marker, taken for an ended run's, and
+            # both crawled into it. A folder that cannot be made fails where the run writes, and says why.
+            with contextlib.suppress(OSError):
+                held.enter_context(outputs.claim_lock(out_dir))
+        _claim(out_dir, option)
+
+
+def _claim(out_dir: str, option: str) -> None:
+    """``claim``'s steps from reading the folder's marker to writing this run's."""
     marker = read_run_marker(out_dir)
     if _run_of(marker):
         return

@@ -1,0 +1,67 @@
+"""Two crawl runs claiming one --out at once: the second waits for the first's claim, then is refused."""
+import json
+import os
+import select
+import subprocess
+import sys
+import textwrap
+import time
+
+from crawler import output
+from pipeline import outputs
+
+#: Another process that claims a folder for a crawl, answering a line (JSON: "claimed" or "refused", the error).
+CLAIMER = textwrap.dedent("""
+    import json, sys
+    from crawler import output
+    try:
+        output.claim(sys.argv[1])
+        print(json.dumps(["claimed", ""]), flush=True)
+    except output.OutputFolderError as exc:
+        print(json.dumps(["refused", str(exc)]), flush=True)
+""")
+
+
+def _waiting_for_a_lock() -> bool:
+    """Whether a process waits for a lock another process holds (``/proc/locks``: a ``->`` line)."""
+    with open("/proc/locks") as handle:
+        return any("->" in line for line in handle)
+
+
+def test_a_crawl_claiming_the_folder_while_another_has_read_its_marker_is_refused(tmp_path, monkeypatch):
+    """The claim read the marker, removed what lay at its name as an ended run's, then wrote its own: a run that
+    claimed the folder between the read and the removal lost its live marker, and both crawled into the folder."""
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    started = []
+
+    def read_then_the_other_claims(real):
+        def read(*args, **kwargs):
+            found = real(*args, **kwargs)
+            if not started:
+                # Through a shell: a child of this process would take this process's marker for its own run's
+                # (a crawl process of lait crawl), and claim the folder by design.
+                started.append(subprocess.Popen(["sh", "-c", '"$0" -c "$1" "$2"; exit $?', sys.executable, CLAIMER,
+                                                 out], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()))
+                other = started[0]
+                deadline = time.monotonic() + 120
+                # until it waits for this claim, or has claimed the folder itself (what the old code let it)
+                while time.monotonic() < deadline and not _waiting_for_a_lock() \
+                        and not os.path.exists(os.path.join(out, outputs.RUN_MARKER)) and other.poll() is None:
+                    time.sleep(0.02)
+            return found
+        return read
+
+    monkeypatch.setattr(output, "read_run_marker", read_then_the_other_claims(output.read_run_marker))
+    output.claim(out)
+    other = started[0]
+    ready, _, _ = select.select([other.stdout], [], [], 120)
+    assert ready, "the other claim never answered"
+    status, error = json.loads(other.stdout.readline())
+    other.wait()
+    assert status == "refused", error
+    assert str(os.getpid()) in error
+    marker = json.loads(open(os.path.join(out, outputs.RUN_MARKER)).read())
+    assert marker["pid"] == os.getpid()
+    output.release(out)
+    assert not os.path.exists(os.path.join(out, outputs.RUN_MARKER))
