@@ -71,6 +71,8 @@ def _part(text: str) -> tuple[int, int]:
         part, parts = (int(x) for x in text.split("/"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not I/N, e.g. 0/4") from None
+    if parts < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: N, the number of parts, must be at least 1")
     if not 0 <= part < parts:
         raise argparse.ArgumentTypeError(f"{text!r}: I must be 0 to N-1")
     return part, parts

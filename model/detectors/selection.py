@@ -29,8 +29,9 @@ class BoxSelection:
     def __post_init__(self):
         if not 0 < self.min_boxes <= self.max_boxes:
             raise ValueError(f"need 0 < min_boxes <= max_boxes, got {self.min_boxes} and {self.max_boxes}")
-        if not 0 <= self.nms_thresh <= 1 or not 0 <= self.score_thresh <= 1:
-            raise ValueError("nms_thresh and score_thresh must lie in [0, 1]")
+        for name, value in (("nms_thresh", self.nms_thresh), ("score_thresh", self.score_thresh)):
+            if not 0 <= value <= 1:  # (NaN too) named as the field and as lait features' option
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must lie in [0, 1], got {value!r}")
 
     @classmethod
     def fixed(cls, count: int = 36, **kwargs) -> "BoxSelection":
