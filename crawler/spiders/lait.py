@@ -342,6 +342,9 @@ class LaitSpider(scrapy.Spider):
         self.pages_seen: set[str] = set()
         self.pages_scheduled = 0  # what --max-pages counts: links followed (not the redirect targets they claim)
         self.open_pages: dict[str, int] = {}  # scheduled, not done: url -> depth
+        # Open pages requested in a spelling other than their url_key (query parameters in the link's order), so
+        # that a resumed crawl requests them as the first link spelt them, as an uninterrupted one does.
+        self.page_spellings: dict[str, str] = {}
         # Pages this run fetched and parsed: an earlier run's reject of one is superseded (output.reconcile).
         self.fetched_pages: set[str] = set()
         self.pending: dict[str, list[dict]] = {}  # image url_key -> candidates waiting for it
@@ -407,6 +410,10 @@ class LaitSpider(scrapy.Spider):
         self.pages_seen = {extract.url_key(url) for url in state["pages_seen"]}
         self.pages_scheduled = state.get("pages_scheduled", len(self.pages_seen))
         self.open_pages = {extract.url_key(url): depth for url, depth in state["open_pages"].items()}
+        # (A state saved before they were kept: its open pages were saved in the spelling they were requested in.)
+        self.page_spellings = state.get("page_spellings", {
+            extract.url_key(url): extract.request_url(url) for url in state["open_pages"]
+            if extract.request_url(url) != extract.url_key(url)})
         self.pending = {}
         for url, waiting in state["pending"].items():
             self.pending.setdefault(extract.url_key(url), []).extend(waiting)
@@ -437,7 +444,7 @@ class LaitSpider(scrapy.Spider):
                  "pages_scheduled": self.pages_scheduled, "redirects": self.redirects,
                  "redirect_dropped": self.redirect_dropped, "pages_settled": self.pages_settled,
                  "redirect_domains": self.redirect_domains, "routed_images": self.routed_images,
-                 "deferred_links": self.deferred_links}
+                 "deferred_links": self.deferred_links, "page_spellings": self.page_spellings}
         fd, tmp = tempfile.mkstemp(dir=self.jobdir, prefix=".state.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -538,9 +545,9 @@ class LaitSpider(scrapy.Spider):
         """Start URLs, or what an interrupted run left (and, in image processes, the inbox)."""
         self.crawler.stats.set_value("lait/run/first_request", time.time())
         for url, depth in list(self.open_pages.items()):  # a resumed crawl continues where it stopped
-            request, failure = self._checked_request(url, depth)
+            request, failure = self._checked_request(self.page_spellings.get(url, url), depth, url)
             if failure:
-                self.open_pages.pop(url)
+                self._page_done(url)
                 yield self._page_rejected(url, *failure)
             else:
                 yield request
@@ -648,6 +655,8 @@ class LaitSpider(scrapy.Spider):
         if failure:
             return self._page_rejected(key, *failure)
         self.open_pages[key] = depth
+        if request.url != key:
+            self.page_spellings[key] = request.url
         return request
 
     def _in_domains(self, url: str) -> bool:
@@ -660,7 +669,7 @@ class LaitSpider(scrapy.Spider):
         """A fetched page: follow its links, reject what cannot be a candidate, route the candidates to their image."""
         requested = response.meta["lait_page"]
         depth = response.meta["lait_depth"]
-        self.open_pages.pop(requested, None)
+        self._page_done(requested)
         stats = self.crawler.stats
         stats.set_value("lait/run/last_response", time.time())
         stats.set_value("lait/run/last_page", time.time())
@@ -799,10 +808,15 @@ class LaitSpider(scrapy.Spider):
             self._start_key_set = keys
         return keys
 
+    def _page_done(self, key: str) -> None:
+        """A page (by url_key) is no longer open: fetched, failed, or refused."""
+        self.open_pages.pop(key, None)
+        self.page_spellings.pop(key, None)
+
     def page_failed(self, failure) -> Iterator[Any]:
         """A page that could not be fetched becomes one rejected row (none when it redirects to a page seen)."""
         url = failure.request.meta["lait_page"]
-        self.open_pages.pop(url, None)
+        self._page_done(url)
         reason, detail = failure_reason(failure)
         if reason == "redirect_to_seen":  # the target page gives the rows (else loop_rejects, at the close)
             self.crawler.stats.inc_value("lait/page/redirect_to_seen")

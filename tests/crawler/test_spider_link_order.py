@@ -171,3 +171,26 @@ def test_links_put_off_and_images_sent_on_are_kept_in_the_job_folder_and_followe
     assert spider.crawler.stats.get_value("lait/page/skipped_image_link") == 1  # (this run: shown.png)
     spider.on_spider_idle()  # nothing left to put off: the crawl ends
     assert spider.finished
+
+
+def test_a_resumed_crawl_requests_an_open_page_as_its_link_spelt_it(tmp_path):
+    """A page left open by a stopped --jobdir crawl was requested on resume by its url_key, its query parameters
+    sorted (`/q?a=1&b=2`), where an uninterrupted crawl requests them in the link's order (`/q?b=2&a=1`)."""
+    spider = _spider(LAIT_JOBDIR=str(tmp_path))
+    request = spider._schedule_page("http://example.org/q?b=2&a=1", 1)
+    assert request.url == "http://example.org/q?b=2&a=1"
+    assert spider.open_pages == {"http://example.org/q?a=1&b=2": 1}
+    spider._save_state()  # stopped part-way
+
+    spider = _spider(LAIT_JOBDIR=str(tmp_path))
+    spider.crawler.stats.open_spider()
+
+    async def resumed():
+        return [request async for request in spider.start() if hasattr(request, "meta")]
+
+    import asyncio
+
+    requests = asyncio.run(resumed())
+    page = [r for r in requests if r.meta.get("lait_page", "").startswith("http://example.org/q")]
+    assert [(r.url, r.meta["lait_page"], r.meta["lait_depth"]) for r in page] == [
+        ("http://example.org/q?b=2&a=1", "http://example.org/q?a=1&b=2", 1)]
