@@ -227,14 +227,21 @@ def save_model(model: RelevanceModel | RelevanceEnsemble, out_dir: str, extra: d
         write_json_atomically(os.path.join(staging, CONFIG_FILE), config)
         _swap_in(staging, os.path.join(parent, name))
     except (OSError, SafetensorError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         remove_empty_folders(made)
         why = " ".join(str(exc).split())
         raise OSError(f"{out_dir}: the model is not saved, the earlier one (if any) is left as it was ({why})") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging)
         remove_empty_folders(made)
         raise
+
+
+def _discard(staging: str) -> None:
+    """Remove a failed save's temporary folder, unless its swap could not be undone (the earlier model still aside,
+    ``.previous``): then it holds the folder's other files, and ``restore_interrupted_save`` needs it."""
+    if not os.path.isdir(staging + PREVIOUS_SUFFIX):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def missing_folders(path: str) -> list[str]:
@@ -296,31 +303,53 @@ def _undo_swap(staging: str, out_dir: str, previous: str) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
-def restore_interrupted_save(model_dir: str) -> str | None:
-    """Put back the earlier model that a save killed while swapping (``_swap_in``) left beside a missing
-    ``model_dir``, with a warning; the folder it was in, or None when there was nothing to put back.
-
-    Only a whole model is put back (config.json and weights), and only when one alone is left: a leftover whose
-    removal was cut short, or one of several, stays where it is."""
-    if os.path.exists(model_dir):  # through a link, as save_model: a link to a missing folder is missing
-        return None
+def _interrupted_saves(model_dir: str) -> tuple[str, list[str]]:
+    """(the folder ``model_dir`` resolves in, the names of the earlier models that saves killed mid-swap left beside
+    it): each ``.NAME.saving-*.previous`` holding a whole model (config.json and weights) whose staging folder (the
+    name without the suffix: the new model and the folder's other files) is still there. A ``.previous`` without
+    it is a swap that finished, its removal cut short: a stale copy, never put back."""
     parent, name = os.path.split(os.path.realpath(model_dir))
     prefix = f".{name}.saving-"
     try:
-        left = [entry for entry in os.listdir(parent) if entry.startswith(prefix) and entry.endswith(PREVIOUS_SUFFIX)
-                and all(os.path.isfile(os.path.join(parent, entry, f)) for f in (CONFIG_FILE, WEIGHTS_FILE))]
+        entries = set(os.listdir(parent))
     except OSError:  # no parent folder, or one that cannot be read: nothing to put back
+        return parent, []
+    return parent, sorted(
+        entry for entry in entries if entry.startswith(prefix) and entry.endswith(PREVIOUS_SUFFIX)
+        and entry[: -len(PREVIOUS_SUFFIX)] in entries
+        and all(os.path.isfile(os.path.join(parent, entry, f)) for f in (CONFIG_FILE, WEIGHTS_FILE)))
+
+
+def restore_interrupted_save(model_dir: str) -> str | None:
+    """Put back the earlier model that a save killed while swapping (``_swap_in``) left beside a missing
+    ``model_dir``, and the folder's other files the save had taken along, with a warning; the folder it was in,
+    or None when there was nothing to put back.
+
+    Only a whole model whose swap was cut between its two renames (``_interrupted_saves``), and only when one alone
+    is left. Called by the writers (``save_model``, ``lait relevance train``'s folder check), not by a load: a
+    reader that put the model back while a save was between its renames made that save fail, and a stale copy
+    of a swap that had finished brought back a model the user had removed since."""
+    if os.path.exists(model_dir):  # through a link, as save_model: a link to a missing folder is missing
         return None
+    parent, left = _interrupted_saves(model_dir)
+    name = os.path.basename(os.path.realpath(model_dir))
     if len(left) != 1:
         if left:
             log.warning("%s: missing, and several earlier models left by interrupted saves lie beside it (%s); "
-                        "rename the one to keep to %s", model_dir, ", ".join(sorted(left)), name)
+                        "rename the one to keep to %s", model_dir, ", ".join(left), name)
         return None
     source = os.path.join(parent, left[0])
+    staging = source[: -len(PREVIOUS_SUFFIX)]
+    target = os.path.join(parent, name)
     try:
-        os.rename(source, os.path.join(parent, name))
+        os.rename(source, target)
     except OSError:  # another process put it back first, or the folder is read-only
         return None
+    for entry in os.listdir(staging):  # the folder's other files, which the save had moved along with the new model
+        if entry not in (CONFIG_FILE, WEIGHTS_FILE):
+            with contextlib.suppress(OSError):
+                os.rename(os.path.join(staging, entry), os.path.join(target, entry))
+    shutil.rmtree(staging, ignore_errors=True)  # the new model, never put in place
     log.warning("%s: put back the relevance model that an interrupted save had moved to %s", model_dir, source)
     return source
 
@@ -328,17 +357,19 @@ def restore_interrupted_save(model_dir: str) -> str | None:
 def read_config(model_dir: str) -> dict:
     """The JSON config of a saved relevance model; a clear error when the folder is not one.
 
-    FileNotFoundError without a config.json (a folder that a save killed mid-swap left missing is put back
-    first: ``restore_interrupted_save``); ValueError (one line, naming the file) when it is not a
-    LAIT relevance model's config: not JSON, another kind, no architecture or threshold, or a field of the
+    FileNotFoundError without a config.json (naming the earlier model that a save killed mid-swap left beside a
+    missing folder: ``restore_interrupted_save`` puts it back at the next save, not here); ValueError (one line,
+    naming the file) when it is not a LAIT relevance model's config: not JSON, another kind, no architecture or threshold, or a field of the
     wrong type or out of range (``model.*``, ``vocabulary``, ``text_features``, ``image_features``, ``members``,
     ``tokenizer``). Whether this version knows the tokenizer is ``filters.relevance.scorer``'s check.
     """
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        restore_interrupted_save(model_dir)  # or another process did: the file is looked for again either way
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{model_dir}: not a LAIT relevance model (no {CONFIG_FILE})")
+        left = [] if os.path.exists(model_dir) else _interrupted_saves(model_dir)[1]
+        hidden = (f"; a save killed while replacing it left the earlier model at "
+                  f"{os.path.join(os.path.dirname(model_dir), left[0])}: rename it back to {model_dir}, or save "
+                  f"(train) into {model_dir} again, which puts it back first") if len(left) == 1 else ""
+        raise FileNotFoundError(f"{model_dir}: not a LAIT relevance model (no {CONFIG_FILE}){hidden}")
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -183,22 +185,45 @@ def test_an_interrupt_while_moving_other_files_keeps_them(tmp_path, monkeypatch)
     assert load_model(target)[1]["threshold"] == 0.25 and _left_beside(tmp_path) == []
 
 
-def test_a_save_killed_mid_swap_is_put_back_by_the_next_load(tmp_path, monkeypatch, caplog):
-    """Killed just after the old model was moved aside (no rename works any more, so nothing is undone): the
-    folder is missing, and the next load (or save, or training) puts the old model back, with a warning."""
+def test_a_save_killed_mid_swap_is_named_by_a_load_and_put_back_by_the_next_save(tmp_path, monkeypatch, caplog):
+    """Killed just after the old model was moved aside (no rename works any more, so nothing is undone, and the
+    temporary folder with the folder's other files stays): the folder is missing. A load names where the old model
+    lies (it does not move it: a load that did broke a save going on); the next save puts it back, the folder's
+    other files with it, then replaces it as usual."""
     target, save_new = _tiny_pair(tmp_path)
+    (tmp_path / "m" / "notes.txt").write_text("mine")
     _rename_failing(monkeypatch, lambda src, dst: dst.endswith(".previous"), after=True, then_all=True)
     with pytest.raises(KeyboardInterrupt):
         save_new()
     monkeypatch.undo()
     assert not os.path.exists(target)
-    assert [e for e in _left_beside(tmp_path) if e.endswith(".previous")]
+    aside = [e for e in _left_beside(tmp_path) if e.endswith(".previous")]
+    assert len(aside) == 1 and aside[0][: -len(".previous")] in _left_beside(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"left the earlier model at .*{re.escape(aside[0])}: rename it back"):
+        load(target)
+    assert aside[0] in _left_beside(tmp_path)  # not moved by the load
     with caplog.at_level(logging.WARNING, logger="model.relevance"):
-        assert load(target).threshold == 0.25
+        save_new()
     assert "put back the relevance model that an interrupted save had moved to" in caplog.text
-    assert _left_beside(tmp_path) == []
-    save_new()  # and the next save replaces it as usual
     assert load_model(target)[1]["threshold"] == 0.75 and _left_beside(tmp_path) == []
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
+def test_a_stale_copy_of_a_finished_swap_is_never_put_back(tmp_path, monkeypatch):
+    """Killed after the new model was in place, while the old copy was being removed: the user then removed the
+    folder. A load brought the old copy back and scored with it; a model the user removed stays removed."""
+    target, save_new = _tiny_pair(tmp_path)
+    import model.relevance as relevance
+
+    monkeypatch.setattr(relevance.shutil, "rmtree", lambda *args, **kwargs: None)  # the removal, cut short
+    save_new()
+    monkeypatch.undo()
+    assert [e for e in _left_beside(tmp_path) if e.endswith(".previous")]
+    shutil.rmtree(target)
+    with pytest.raises(FileNotFoundError, match=r"not a LAIT relevance model \(no config.json\)$"):
+        load(target)
+    save_new()  # a new folder: the stale copy is not taken for it
+    assert load_model(target)[1]["threshold"] == 0.75
 
 
 def test_training_into_a_folder_a_killed_save_hid_needs_overwrite(tmp_path, monkeypatch, rows):
