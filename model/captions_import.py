@@ -465,6 +465,13 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
     stats.json names that stage), a dataset and a folder inside a finished stage's (``_refuse_dataset_or_nested``)
     are refused even with ``overwrite``.
     """
+    _check_output(out_dir)
+    with outputs.claim_lock(out_dir if os.path.isdir(out_dir) else None):  # (a new folder has nothing to remove)
+        _clear_output(out_dir, overwrite)
+
+
+def _check_output(out_dir: str) -> None:
+    """``prepare_output``'s refusals of the ``--out`` path itself, which need no folder made."""
     outputs.refuse_empty_paths(("--out", out_dir, "the folder to write the import to"))  # else the current folder's
     if not _is_text(out_dir):  # pyarrow takes paths as UTF-8: the import failed after marking the folder
         raise ValueError(f"{_shown(out_dir)}: the folder's name is not UTF-8 text, which the datasets' paths must "
@@ -473,6 +480,10 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
         raise ValueError(f"{out_dir} is a file, not a folder: --out is the folder the import writes captions/, "
                          f"pairs/, rejected/ and stats.json into")
     _refuse_dataset_or_nested(out_dir)
+
+
+def _clear_output(out_dir: str, overwrite: bool) -> None:
+    """``prepare_output``'s refusals of what the folder holds, and its removal of an interrupted import's files."""
     existing = [name for name in OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
     stats_path = os.path.join(out_dir, "stats.json")
     finished = "stats.json" in existing
@@ -499,6 +510,21 @@ def prepare_output(out_dir: str, overwrite: bool = False) -> None:
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
+def claim_output(out_dir: str, overwrite: bool = False) -> None:
+    """``prepare_output``, then mark ``out_dir`` as this import's (``IMPORT_MARKER``: host, pid and start time),
+    holding the folder from the checks to the marker (``outputs.claim_lock``) and writing it exclusively: two
+    imports started at once both found the folder free, both wrote shards into it, and the marker of the second
+    replaced the first's. The one that comes second now finds the first's marker and is refused."""
+    _check_output(out_dir)  # before a folder is made
+    os.makedirs(out_dir, exist_ok=True)
+    with outputs.claim_lock(out_dir):
+        _clear_output(out_dir, overwrite)
+        path = os.path.join(out_dir, IMPORT_MARKER)
+        other = outputs.write_marker(path, outputs.run_marker(STAGE))
+    if other is not None:  # (a filesystem without locks: the exclusive write still tells)
+        raise ImportExistsError(outputs.marker_taken_problem(out_dir, other, path, "an import", "--out"))
+
+
 def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: str, rows_per_shard: int = 5000,
                     overwrite: bool = False) -> dict:
     """Write captions, pairs (one per image with a kept caption: its bytes, size as shown and first kept caption),
@@ -512,10 +538,7 @@ def import_captions(records: Iterable[CaptionRecord], images_dir: str, out_dir: 
     if first is None:
         raise NoCaptionsError(f"no captions to import into {out_dir}")
     records = itertools.chain([first], records)
-    prepare_output(out_dir, overwrite)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, IMPORT_MARKER), "w", encoding="utf-8") as handle:
-        json.dump(outputs.run_marker(STAGE), handle)  # host, pid and start time: a second import refuses it
+    claim_output(out_dir, overwrite)
     images: dict[str, tuple[str, int, int] | _Unusable] = {}  # image file -> (image_id, w, h) or why not
     written: set[str] = set()  # image ids with a pairs row: one per image with a kept caption, whatever its names
     seen: set[str] = set()  # caption ids

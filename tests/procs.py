@@ -1,8 +1,16 @@
-"""The child processes of a process, from /proc (Linux), for the tests that kill or interrupt a parent; and a live
-process to stand for a run still going (``sleeper``, a fixture for every test: tests/conftest.py)."""
+"""The child processes of a process, from /proc (Linux), for the tests that kill or interrupt a parent; whether a
+process waits for a lock (the tests of claims made at once); and a live process to stand for a run still going
+(``sleeper``, a fixture for every test: tests/conftest.py)."""
 import subprocess
 
 import pytest
+
+
+def waiting_for_a_lock(pid: int | None = None) -> bool:
+    """Whether process ``pid`` (any process, without one) waits for a lock another holds (``/proc/locks``: a ``->``
+    line)."""
+    with open("/proc/locks") as handle:
+        return any("->" in line and (pid is None or str(pid) in line.split()) for line in handle)
 
 
 def children_running(pid: int, command_part: bytes) -> list[int]:

@@ -9,6 +9,7 @@ import time
 
 from crawler import output
 from pipeline import outputs
+from tests.procs import waiting_for_a_lock
 
 #: Another process that claims a folder for a crawl, answering a line (JSON: "claimed" or "refused", the error).
 CLAIMER = textwrap.dedent("""
@@ -20,12 +21,6 @@ CLAIMER = textwrap.dedent("""
     except output.OutputFolderError as exc:
         print(json.dumps(["refused", str(exc)]), flush=True)
 """)
-
-
-def _waiting_for_a_lock() -> bool:
-    """Whether a process waits for a lock another process holds (``/proc/locks``: a ``->`` line)."""
-    with open("/proc/locks") as handle:
-        return any("->" in line for line in handle)
 
 
 def test_a_crawl_claiming_the_folder_while_another_has_read_its_marker_is_refused(tmp_path, monkeypatch):
@@ -46,7 +41,7 @@ def test_a_crawl_claiming_the_folder_while_another_has_read_its_marker_is_refuse
                 other = started[0]
                 deadline = time.monotonic() + 120
                 # until it waits for this claim, or has claimed the folder itself (what the old code let it)
-                while time.monotonic() < deadline and not _waiting_for_a_lock() \
+                while time.monotonic() < deadline and not waiting_for_a_lock() \
                         and not os.path.exists(os.path.join(out, outputs.RUN_MARKER)) and other.poll() is None:
                     time.sleep(0.02)
             return found

@@ -21,6 +21,7 @@ from pipeline.features import main as beam_main
 from pipeline.features import run_marker_name
 from tests.features.scenes import encode, make_scene, write_pairs
 from tests.features.test_features_user_mistakes import BEAM, _features, _one_line
+from tests.procs import waiting_for_a_lock
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="process start times are read from /proc")
 BEAM_ERROR = "python -m pipeline.features: error: "
@@ -129,12 +130,6 @@ def _answer(process) -> list[str]:
     return json.loads(process.stdout.readline())
 
 
-def _waiting_for_a_lock(pid: int) -> bool:
-    """Whether process ``pid`` waits for a lock another process holds (``/proc/locks``: a ``->`` line)."""
-    with open("/proc/locks") as handle:
-        return any("->" in line and str(pid) in line.split() for line in handle)
-
-
 def _claim(form: str, output: str, dataset: str) -> None:
     if form == "local":
         features._claim_output(output, 0, 1)
@@ -162,7 +157,7 @@ def test_a_claim_made_while_another_reads_the_folder_is_refused(tmp_path, monkey
                 claimer.stdin.flush()
                 deadline = time.monotonic() + 180
                 # until it waits for this claim, or has claimed the folder itself (what the old code let it)
-                while time.monotonic() < deadline and not _waiting_for_a_lock(claimer.pid) \
+                while time.monotonic() < deadline and not waiting_for_a_lock(claimer.pid) \
                         and not any(name.startswith("_run.started") for name in os.listdir(out)):
                     time.sleep(0.02)
             return found
