@@ -30,10 +30,13 @@ each part's ``parts/captures-warc-pKKKKK-*.parquet``).
 
 A revisit record stands for the capture it refers to (``WARC-Refers-To-Target-URI``, ``-Date``, the payload
 digest), found among the records read with it: an image's resolves to that record's bytes in the image join
-(``attach_images``; one of another URL through a second, small join of only the referenced originals), a
-page's to a capture of its own date with the original's wish (``resolve_page_revisits``: its candidates are
-the original's, kept once). One whose original is not there is a ``revisit_original_missing`` reject. A
-response to a HEAD request (paired by ``WARC-Concurrent-To``) holds no body and is no capture: not used.
+(``attach_images``; one of another URL through two small joins that carry each referenced original once, and
+its bytes on only to URLs with candidates: ``forward_originals``), a page's to a capture of its own date with
+the original's wish (``resolve_page_revisits``: its candidates are the original's, kept once). Revisits resolve
+in date order, so a revisit of an earlier revisit of the same URL finds their original; across URLs, one link
+is followed. One whose original is not there is a ``revisit_original_missing`` reject; if its own
+``X-Robots-Tag`` opts out, it is still an opt-out capture of its date. A response to a HEAD request (paired by
+``WARC-Concurrent-To``) holds no body and is no capture: not used.
 """
 from __future__ import annotations
 
@@ -90,7 +93,9 @@ PARTS = "parts"  # OUTPUT/parts/: the job's file list (JOB_FILE) and one marker 
 JOB_FILE = "job.json"
 DUPLICATES = "duplicates"  # rejected/warc-pKKKKK-duplicates-*.parquet: rows a later part repeated
 DUPLICATE_DETAIL = "same page, image and text seen before"
-CAPTURES = "captures"  # tagged output: (page key, (WARC-Date, opt-out reason or None)) of each page read
+#: tagged output: (page key, (WARC-Date, opt-out reason or None, payload digest or None)) of each page read; the
+#: digest is for the page's revisits, resolved within a part, so older 2-tuples (and the part files) go without it.
+CAPTURES = "captures"
 #: parts/captures-warc-pKKKKK-*.parquet: each page's latest capture in a part, for the final step across parts.
 CAPTURES_SCHEMA = pa.schema([pa.field("page", pa.string(), nullable=False),
                              pa.field("date", pa.timestamp("us", tz="UTC")), pa.field("opt_out", pa.string())])
@@ -120,7 +125,9 @@ PAGE_REVISITS = "page-revisits"  # a revisit of a page (or of no type: a page's,
 REVISIT_MISSING = "revisit_original_missing"
 REVISIT_OTHER_PAGE = "revisit_of_other_page"
 PENDING = "pending"  # tagged output: an image's job that waits for the originals of its revisits of other URLs
-FORWARDED = "forwarded"  # tagged output: an original, resolved for a revisit of another URL, sent to that URL
+REQUESTS = "requests"  # tagged output: such a revisit, sent to the URL it refers to, saying if its own has candidates
+ORIGINALS = "originals"  # tagged output: an original that revisits of other URLs refer to, sent once
+FORWARDED = "forwarded"  # an original resolved for a revisit of another URL, sent to that URL (bytes if it uses them)
 UNTYPED = "untyped"  # tagged output: a revisit of no type whose original is no page, offered to the image join
 #: A response with no body is held back this many records for the HEAD request that would pair with it (writers
 #: put a request beside its response, before or after it); the records of HEAD requests remembered meanwhile.
@@ -748,7 +755,7 @@ def page_candidates(element, formats: tuple[str, ...] = images.DEFAULT_FORMATS, 
         yield _rejected("parse_error", f"{type(exc).__name__}: {exc}"[:300], page_url=url)
         return
     if captures:
-        yield _capture(url, item.get("date"), page.opt_out)
+        yield _capture(url, item.get("date"), page.opt_out, item.get("digest"))
     for row in page.rejects:
         yield _rejected(row["reason"], row.get("detail"), **_ids(row))
     for candidate in page.candidates:
@@ -822,8 +829,9 @@ def wat_candidates(element, captures: bool = False, url_length_limit: int = URL_
                   and str(m.get("name") or "").lower() in extract.ROBOTS_META_NAMES]
     opt_out = extract.opt_out_reason(directives + [extract.header_value(headers, "X-Robots-Tag") or ""])
     if captures:
-        captured = warc_header.get("WARC-Date")
-        yield _capture(page_url, (isinstance(captured, str) and _warc_date(captured)) or item.get("date"), opt_out)
+        captured, digest = warc_header.get("WARC-Date"), warc_header.get("WARC-Payload-Digest")
+        yield _capture(page_url, (isinstance(captured, str) and _warc_date(captured)) or item.get("date"), opt_out,
+                       _digest(digest) if isinstance(digest, str) else None)  # the described response's payload
     spelling_of: dict[tuple, str] = {}  # (url_key, alt, title) -> the image URL as the page first spells it
     for link in links:
         if not isinstance(link, dict):
@@ -904,19 +912,27 @@ def url_too_long(url: str, limit: int = URL_LENGTH_LIMIT) -> tuple[str, str] | N
     return None
 
 
-def _capture(url: str, date: datetime.datetime | None, opt_out: str | None) -> beam.pvalue.TaggedOutput:
-    return beam.pvalue.TaggedOutput(CAPTURES, (page_key(url), (date, opt_out)))
+def _capture(url: str, date: datetime.datetime | None, opt_out: str | None,
+             digest: str | None = None) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(CAPTURES, (page_key(url), (date, opt_out, digest)))
+
+
+def _capture_digest(capture: tuple) -> str | None:
+    """A capture's payload digest (``CAPTURES``), None when not known (a 2-tuple, as the part files give)."""
+    return capture[2] if len(capture) > 2 else None
 
 
 def _capture_order(capture: tuple) -> tuple:
-    """Orders (date, opt-out) captures: the latest WARC-Date last (no date is oldest), at a tie the opt-out."""
-    date, opt_out = capture
+    """Orders (date, opt-out[, digest]) captures: the latest WARC-Date last (no date is oldest), at a tie the
+    opt-out."""
+    date, opt_out = capture[0], capture[1]
     return date is not None, date or datetime.datetime.min.replace(tzinfo=datetime.timezone.utc), opt_out or ""
 
 
 def latest_capture(captures) -> tuple:
-    """The capture whose wish counts, of (date, opt-out) captures of one page (a Beam combiner)."""
-    return max(captures, key=_capture_order, default=(None, None))
+    """The capture whose wish counts, of (date, opt-out[, digest]) captures of one page (a Beam combiner); the
+    digest only breaks a tie, so every runner gives the same."""
+    return max(captures, key=lambda c: (*_capture_order(c), _capture_digest(c) or ""), default=(None, None, None))
 
 
 def later_opt_out_detail(date: datetime.datetime | None) -> str:
@@ -928,7 +944,8 @@ def resolve_page(element) -> Iterator[Any]:
     """(page key, {candidates, captures}) -> one row per candidate_id (a page stored twice yields it once), kept
     unless the page's latest capture opted out: then its opt-out reason, as the owner's latest wish."""
     _, grouped = element
-    date, opt_out = latest_capture(grouped["captures"])
+    latest = latest_capture(grouped["captures"])
+    date, opt_out = latest[0], latest[1]
     seen = set()
     for candidate in grouped["candidates"]:
         if candidate["candidate_id"] in seen:
@@ -958,39 +975,58 @@ def _revisit_missing(revisit: dict) -> tuple[str, str]:
     return REVISIT_MISSING, f"{revisit['where']}: revisit of {revisit['of']} ({when}), not in the input"[:300]
 
 
+def _revisit_order(item: dict) -> tuple:
+    """Orders revisits by WARC-Date (no date first), then where they were read: resolved in this order, a revisit of
+    a revisit finds the capture that one resolved to."""
+    date = item["date"]
+    return date is not None, date or datetime.datetime.min.replace(tzinfo=datetime.timezone.utc), item["revisit"]["where"]
+
+
 def resolve_page_revisits(element, url_length_limit: int = URL_LENGTH_LIMIT) -> Iterator[Any]:
     """(page key, {captures, revisits}) -> a capture for each revisit of the page whose original is among its
-    captures (those whose HTML was read): made at the revisit's WARC-Date, with the opt-out of its own
-    ``X-Robots-Tag`` or else the original's (the HTML is the same; a 304's headers add to the original's).
+    captures (those whose HTML was read, matched by date and payload digest: ``_may_be_original``): made at the
+    revisit's WARC-Date, with the opt-out of its own ``X-Robots-Tag`` or else the original's (the HTML is the same;
+    a 304's headers add to the original's). Revisits resolve in date order, and one of this URL then counts as a
+    capture of it for the later ones (a revisit of a revisit); a chain through another URL's revisit is not here.
 
     It gives no candidates: they would be the original's again, kept once (``resolve_page``). A revisit whose
     original is missing is a ``revisit_original_missing`` reject, one of a page whose HTML was stored as another
     URL's a ``revisit_of_other_page`` reject (its candidates are not read under its own URL), and one of no type
-    without a page original goes on to the image join (tagged ``UNTYPED``)."""
-    _, grouped = element
-    captures = list(grouped["captures"])  # (date, opt-out): a page has few
-    for _, url, item in grouped["revisits"]:
+    without a page original goes on to the image join (tagged ``UNTYPED``). A revisit whose own header opts out is
+    an opt-out capture of its date whatever its original: with none found, too."""
+    key, grouped = element
+    captures = list(grouped["captures"])  # (date, opt-out, digest): a page has few
+    for _, url, item in sorted(grouped["revisits"], key=lambda r: _revisit_order(r[2])):
         revisit, own = item["revisit"], page_key(url)
-        found = [c for c in captures if _may_be_original(revisit, c[0], None, item["date"])]
+        found = [c for c in captures if _may_be_original(revisit, c[0], _capture_digest(c), item["date"])]
+        own_opt_out = extract.opt_out_reason((), lines=extract.robots_tag_lines(item["headers"]))
+        # a 304 (or no HTTP headers) updates the original; another status is a response of that status
+        answered = item["status"] in (None, 304) or has_content(item["status"])
         if not found and revisit["untyped"]:
             yield beam.pvalue.TaggedOutput(UNTYPED, ("image", url, item))
+            if own_opt_out and answered:  # a page's 304 too, perhaps: its wish holds for the page's candidates
+                yield (own, (item["date"], own_opt_out, revisit["digest"]))
             continue
         too_long = url_too_long(own, url_length_limit)
         if too_long:
             yield _rejected(*too_long, page_url=own)
             continue
-        if item["status"] not in (None, 304) and not has_content(item["status"]):  # as a response of that status
+        if not answered:
             yield _rejected(f"http_{item['status']}", "status in the WARC revisit record", page_url=own)
             continue
         if not found:
             yield _rejected(*_revisit_missing(revisit), page_url=own)
+            if own_opt_out:
+                yield (own, (item["date"], own_opt_out, revisit["digest"]))
             continue
         REVISITS_RESOLVED.inc()
-        _, opt_out = latest_capture(found)
-        own_opt_out = extract.opt_out_reason((), lines=extract.robots_tag_lines(item["headers"]))
+        original = latest_capture(found)
         if own != page_key(revisit["of"]):
             yield _rejected(REVISIT_OTHER_PAGE, f"{revisit['where']}: the HTML of {revisit['of']}"[:300], page_url=own)
-        yield (own, (item["date"], own_opt_out or opt_out))
+        capture = (item["date"], own_opt_out or original[1], revisit["digest"] or _capture_digest(original))
+        if own == key:
+            captures.append(capture)
+        yield (own, capture)
 
 
 class DownloadMissingImages(beam.DoFn):
@@ -1039,38 +1075,65 @@ def attach_images(element, download: bool, url_length_limit: int = URL_LENGTH_LI
     always (a download has the same cap), another (a truncated record) when downloads are off.
 
     A revisit among the image's records stands for its original, a record of the same URL (``_original_of``),
-    with the revisit's date and headers (``_resolved``); one whose original is missing is a
+    with the revisit's date and headers (``_resolved``); they resolve in date order, a resolved one standing as a
+    capture for the later ones (a revisit of a revisit). One whose original is missing is a
     ``revisit_original_missing`` reject (an image's: ``_attach``) and, without downloads, its candidates' reason.
-    An original of another URL's revisit (``forwards``: those revisits, keyed by the URL they refer to) goes to that
-    URL (tagged ``FORWARDED``), and an image with revisits of other URLs waits for those (tagged ``PENDING``, with
-    only its best record: ``attach_forwarded``). Only referenced originals cross that second join."""
+
+    Revisits of other URLs cross a second, small pair of joins, so that an original's bytes go only where they are
+    used: the originals they refer to (``forwards``: those revisits, keyed by the URL they refer to) are sent once
+    each (tagged ``ORIGINALS``); an image with such revisits sends each, saying whether it has candidates (tagged
+    ``REQUESTS``), to ``forward_originals``, and waits for the answers (tagged ``PENDING``, with only its best
+    record: ``attach_forwarded``). A revisit of another URL resolves to that URL's records and its revisits of
+    itself; one of another URL's revisit of a third is missing (that would take a join per link)."""
     key, grouped = element
     records = list(grouped["images"])
     originals = [r for r in records if "revisit" not in r]
-    for revisit in grouped.get("forwards", ()):
-        original = _original_of(revisit, originals)
-        if original is not None:
-            forwarded = {"where": revisit["revisit"]["where"], "record": _resolved(original, revisit)}
-            yield beam.pvalue.TaggedOutput(FORWARDED, (image_key(revisit["revisit"]["url"]), forwarded))
+    pool = list(originals)  # the captures a revisit may refer to: the originals, then the resolved revisits too
     resolved, missing, waiting = [], [], []
-    for revisit in (r for r in records if "revisit" in r):
+    for revisit in sorted((r for r in records if "revisit" in r), key=_revisit_order):
         if image_key(revisit["revisit"]["of"]) != key:
             waiting.append(revisit)
             continue
-        original = _original_of(revisit, originals)
+        original = _original_of(revisit, pool)
         if original is None:
             missing.append(revisit)
         else:
             REVISITS_RESOLVED.inc()
             resolved.append(_resolved(original, revisit))
+            pool.append(resolved[-1])
+    referenced: list[dict] = []  # each once, however many revisits refer to it
+    for revisit in grouped.get("forwards", ()):
+        original = _original_of(revisit, pool)
+        if original is not None and not any(original is r for r in referenced):
+            referenced.append(original)
+    for original in referenced:
+        yield beam.pvalue.TaggedOutput(ORIGINALS, (key, original))
     candidates = list(grouped["candidates"])
     if waiting:
-        usable = [r for r in originals + resolved if _usable(r)]
+        for revisit in waiting:
+            request = {"to": key, "revisit": revisit, "bytes": bool(candidates)}
+            yield beam.pvalue.TaggedOutput(REQUESTS, (image_key(revisit["revisit"]["of"]), request))
+        usable = [r for r in pool if _usable(r)] if candidates else []  # no candidates: only the rejects are left
         kept = ([max(usable, key=_image_record_order)] if usable else []) + [r for r in originals if "failure" in r]
         job = {"candidates": candidates, "records": kept, "missing": missing, "waiting": waiting}
         yield beam.pvalue.TaggedOutput(PENDING, (key, job))
         return
     yield from _attach(candidates, originals + resolved, missing, download, url_length_limit)
+
+
+def forward_originals(element) -> Iterator[tuple[str, dict]]:
+    """(key of a URL other URLs' revisits refer to, {originals, requests}) -> for each request whose original is
+    there (``_original_of``, as ``attach_images`` chose it), (the revisit's image key, {where, record}): the original
+    resolved for it, or None in place of the record when the revisit's URL has no candidates to use its bytes (it
+    only learns that it was found). A request whose original is not there gets nothing: it is missing."""
+    _, grouped = element
+    originals = list(grouped["originals"])
+    for request in grouped["requests"]:
+        revisit = request["revisit"]
+        original = _original_of(revisit, originals)
+        if original is not None:
+            record = _resolved(original, revisit) if request["bytes"] else None
+            yield request["to"], {"where": revisit["revisit"]["where"], "record": record}
 
 
 def attach_forwarded(element, download: bool, url_length_limit: int = URL_LENGTH_LIMIT) -> Iterator[Any]:
@@ -1083,7 +1146,8 @@ def attach_forwarded(element, download: bool, url_length_limit: int = URL_LENGTH
         for revisit in job["waiting"]:
             if revisit["revisit"]["where"] in forwarded:
                 REVISITS_RESOLVED.inc()
-                records.append(forwarded[revisit["revisit"]["where"]])
+                if forwarded[revisit["revisit"]["where"]] is not None:
+                    records.append(forwarded[revisit["revisit"]["where"]])
             else:
                 missing.append(revisit)
         yield from _attach(job["candidates"], records, missing, download, url_length_limit)
@@ -1118,9 +1182,10 @@ def _resolved(original: dict, revisit: dict) -> dict:
     """A revisit resolved to its original: the original's bytes, captured at the revisit's date with its response's
     status and headers. A 304's (or a revisit without HTTP headers) keep the original's status, and update its
     headers as a 304 updates a cache's (RFC 9111); a 200's are the whole response's, its type the original's when
-    it says none. A rejected original leaves the revisit as rejected."""
+    it says none. A rejected original leaves the revisit as rejected, at its date, unless the revisit's own header
+    opts out (``_opt_out_capture``)."""
     if "failure" in original:
-        return original
+        return _opt_out_capture(revisit, tuple(original["failure"])) or dict(original, date=revisit["date"])
     if revisit["status"] in (None, 304):
         status, headers = original["status"], {**original["headers"], **revisit["headers"]}
     else:
@@ -1129,16 +1194,31 @@ def _resolved(original: dict, revisit: dict) -> dict:
     return dict(original, status=status, headers=headers, date=revisit["date"])
 
 
+def _opt_out_capture(revisit: dict, reason: tuple[str, str]) -> dict | None:
+    """A revisit whose own ``X-Robots-Tag`` opts out, as a capture of its date with that wish and no bytes
+    (``reason``: why, should a later 200 revisit of it replace its headers), whatever its original; None for one
+    that does not opt out, or answered with another status (no capture)."""
+    status = revisit["status"]
+    if status not in (None, 304) and not has_content(status):
+        return None
+    if not extract.opt_out_reason((), image=True, lines=extract.robots_tag_lines(revisit["headers"])):
+        return None
+    return {"status": 200 if status in (None, 304) else status, "headers": revisit["headers"], "body": None,
+            "date": revisit["date"], "digest": revisit["revisit"]["digest"], "not_image": reason}
+
+
 def _attach(candidates: list[dict], records: list[dict], missing: list[dict], download: bool,
             url_length_limit: int) -> Iterator[Any]:
     """An image's job (``attach_images``) from its records, revisits resolved, and its revisits whose original is
     missing: each a ``revisit_original_missing`` reject if it is an image's (whether a page shows it or not, as a
-    truncated image record is a reject), and a reason for the candidates as a rejected record's."""
+    truncated image record is a reject), and a reason for the candidates as a rejected record's; one whose own
+    header opts out is also that opt-out's capture at its date (``_opt_out_capture``)."""
     for revisit in missing:
         if revisit["revisit"]["own_reject"]:
             yield _rejected(*_revisit_missing(revisit["revisit"]), image_url=revisit["revisit"]["url"])
     if not candidates:
         return  # an image record no page refers to is not a candidate
+    records = records + [c for c in (_opt_out_capture(r, _revisit_missing(r["revisit"])) for r in missing) if c]
     # A download asks for the URL as a page wrote it (the fetcher spells it as Scrapy does); the key's upper-case
     # escapes are for joining only, and a server may tell %c3 from %C3. One spelling for all: the least.
     url = min(c["image_url"] for c in candidates)
@@ -1250,11 +1330,17 @@ class ReadWarcCandidates(beam.PTransform):
             {"candidates": by_image, "images": image_records, "forwards": forwards}
             | "JoinImages" >> beam.CoGroupByKey()
             | "AttachImages" >> beam.FlatMap(attach_images, download=self.download, url_length_limit=limit).with_outputs(
-                REJECTED, PENDING, FORWARDED, main="jobs")
+                REJECTED, PENDING, REQUESTS, ORIGINALS, main="jobs")
         )
-        # The images with revisits of other URLs, and the originals those refer to: no other record crosses this.
+        # The originals revisits of other URLs refer to (once each) meet those revisits, which say whether their URL
+        # has candidates: the bytes go on only to those that do. No other record crosses these two joins.
+        answers = (
+            {"originals": attached[ORIGINALS], "requests": attached[REQUESTS]}
+            | "JoinReferredOriginals" >> beam.CoGroupByKey()
+            | "ForwardOriginals" >> beam.FlatMap(forward_originals)
+        )
         forwarded = (
-            {"pending": attached[PENDING], "forwarded": attached[FORWARDED]}
+            {"pending": attached[PENDING], "forwarded": answers}
             | "JoinForwardedOriginals" >> beam.CoGroupByKey()
             | "AttachForwarded" >> beam.FlatMap(attach_forwarded, download=self.download,
                                                 url_length_limit=limit).with_outputs(REJECTED, main="jobs")

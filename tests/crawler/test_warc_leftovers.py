@@ -111,11 +111,12 @@ def test_a_revisit_whose_header_opts_out_withdraws_the_candidates_of_its_origina
     captures = [(original, None)]
     [capture] = warc.resolve_page_revisits((f"{SITE}/a.html", {"captures": captures,
                                                                "revisits": [("page-revisits", f"{SITE}/a.html", item)]}))
-    assert capture == (f"{SITE}/a.html", (date, "opt_out_noai"))
+    assert capture == (f"{SITE}/a.html", (date, "opt_out_noai", None))
     other = dict(revisit, of_date=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc))  # not that capture
-    [reject] = warc.resolve_page_revisits((f"{SITE}/a.html", {"captures": captures, "revisits": [
+    reject, capture = warc.resolve_page_revisits((f"{SITE}/a.html", {"captures": captures, "revisits": [
         ("page-revisits", f"{SITE}/a.html", dict(item, revisit=other))]}))
     assert (reject.value["reason"], reject.value["page_url"]) == ("revisit_original_missing", f"{SITE}/a.html")
+    assert capture == (f"{SITE}/a.html", (date, "opt_out_noai", None))  # its own wish, whatever its original
 
 
 def test_a_revisit_matches_its_original_by_digest_in_any_spelling_and_not_a_capture_of_other_bytes():
@@ -134,6 +135,121 @@ def test_a_revisit_matches_its_original_by_digest_in_any_spelling_and_not_a_capt
     assert [(r["reason"], r["image_url"]) for r in reject] == [("revisit_original_missing", f"{SITE}/b.jpg")]
     [job] = [r for r in rows if not isinstance(r, TaggedOutput)]
     assert job["image"]["body"] == photo  # the other capture of the URL is still the image's
+
+
+def test_a_page_revisit_without_a_refers_to_date_is_the_capture_its_payload_digest_names(tmp_path):
+    """A revisit as wget --warc-dedup writes them (no WARC-Refers-To-Date): the HTML it stands for is the opted-out
+    T0 capture's (its digest), not the later T1 capture's, so the page's latest capture opts out."""
+    noai = html('<meta name="robots" content="noai"><img src="/p.jpg" alt="A photo on the page">')
+    path = tmp_path / "digest.warc.gz"
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        _response(writer, f"{SITE}/b.html", noai, "text/html", date=T0)
+        _response(writer, f"{SITE}/b.html", html('<img src="/p.jpg" alt="A photo on the page">'), "text/html", date=T1)
+        _revisit(writer, f"{SITE}/b.html", noai, f"{SITE}/b.html", None, T2, headers=[("Content-Type", "text/html")])
+        _response(writer, f"{SITE}/p.jpg", jpeg(96, 72), "image/jpeg", date=T0)
+    out = tmp_path / "out"
+    stats = warc.read_warcs([str(path)], str(out), download=False, min_side=TEST_MIN_SIDE)
+    kept, rejected = _rows(out)
+    assert kept == [] and rejected == [("opt_out_noai", f"{SITE}/b.html", f"{SITE}/p.jpg")] * 2
+    assert stats["in"] == stats["kept"] + stats["rejected"] == 2 and stats["lait/warc/revisits_resolved"] == 1
+
+
+def test_a_revisit_of_a_revisit_resolves_to_the_root_and_a_revisit_that_opts_out_counts_without_its_original(
+        tmp_path):
+    """Chains of 304s (each refers to the fetch before it) whose last one's X-Robots-Tag opts out, of an image and
+    of a page; a chain of an image without one, and another URL's revisit of its middle link; and revisits that
+    opt out whose original (T1) is not in the input, of an image and a page captured at T0."""
+    photo, other = jpeg(96, 72), jpeg(96, 72, color=(9, 9, 9))
+    page = html('<img src="/y.jpg" alt="A photo on a page that later opted out">')
+    plain = html('<img src="/z.jpg" alt="A photo on a page whose revisit opted out">')
+    path = tmp_path / "chains.warc.gz"
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        _response(writer, f"{SITE}/a.html", html(
+            '<img src="/x.jpg" alt="A photo that later opted out"><img src="/d.jpg" alt="A photo revisited twice">'
+            '<img src="/copy.jpg" alt="A copy of a revisit"><img src="/w.jpg" alt="A photo whose revisit opted out">'),
+            "text/html", date=T0)
+        noai_304 = dict(status="304 Not Modified", headers=[("X-Robots-Tag", "noai")])
+        for url, body in ((f"{SITE}/x.jpg", photo), (f"{SITE}/b.html", page)):
+            _response(writer, url, body, "image/jpeg" if url.endswith(".jpg") else "text/html", date=T0)
+            _revisit(writer, url, body, url, T0, T1, status="304 Not Modified", headers=[])
+            _revisit(writer, url, body, url, T1, T2, **noai_304)
+        _response(writer, f"{SITE}/y.jpg", other, "image/jpeg", date=T0)
+        _response(writer, f"{SITE}/d.jpg", other, "image/jpeg", date=T0)
+        _revisit(writer, f"{SITE}/d.jpg", other, f"{SITE}/d.jpg", T0, T1)
+        _revisit(writer, f"{SITE}/d.jpg", other, f"{SITE}/d.jpg", T1, T2)
+        _revisit(writer, f"{SITE}/copy.jpg", other, f"{SITE}/d.jpg", T1, T2)
+        _response(writer, f"{SITE}/w.jpg", photo, "image/jpeg", date=T0)
+        _revisit(writer, f"{SITE}/w.jpg", photo, f"{SITE}/w.jpg", T1, T2, **noai_304)
+        _response(writer, f"{SITE}/c.html", plain, "text/html", date=T0)
+        _revisit(writer, f"{SITE}/c.html", plain, f"{SITE}/c.html", T1, T2, **noai_304)
+        _response(writer, f"{SITE}/z.jpg", photo, "image/jpeg", date=T0)
+    out = tmp_path / "out"
+    stats = warc.read_warcs([str(path)], str(out), download=False, min_side=TEST_MIN_SIDE)
+    kept, rejected = _rows(out)
+    assert kept == [(f"{SITE}/a.html", f"{SITE}/copy.jpg", "A copy of a revisit"),
+                    (f"{SITE}/a.html", f"{SITE}/d.jpg", "A photo revisited twice")]
+    assert rejected == sorted([
+        ("opt_out_noai", f"{SITE}/a.html", f"{SITE}/x.jpg"),
+        ("opt_out_noai", f"{SITE}/b.html", f"{SITE}/y.jpg"),
+        ("opt_out_noai", f"{SITE}/a.html", f"{SITE}/w.jpg"),  # not kept from its T0 capture
+        ("opt_out_noai", f"{SITE}/c.html", f"{SITE}/z.jpg"),
+        ("revisit_original_missing", "", f"{SITE}/w.jpg"),  # the revisit records themselves (no type: an image's)
+        ("revisit_original_missing", "", f"{SITE}/c.html"),
+    ])
+    assert stats["in"] == stats["kept"] + stats["rejected"] == len(kept) + len(rejected)
+    assert stats["lait/warc/revisits_resolved"] == 7
+
+
+def _payload_bytes(value) -> int:
+    """The bytes of the image payloads in outputs (nested tuples, lists, dicts and tagged outputs)."""
+    if isinstance(value, TaggedOutput):
+        return _payload_bytes(value.value)
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_payload_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_payload_bytes(v) for v in value)
+    return 0
+
+
+def test_an_original_that_many_revisits_of_other_urls_refer_to_crosses_once_and_only_to_urls_with_candidates():
+    """500 revisits of one original under other URLs, one of them shown by a page: the original leaves its join
+    once, and its bytes go on to the one URL with a candidate; the others only learn that it was found."""
+    photo = jpeg(96, 72)
+    date = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    original = {"status": 200, "headers": {"content-type": "image/jpeg"}, "body": photo, "date": date, "digest": None}
+
+    def revisit(number):
+        return {"status": 200, "headers": {}, "date": date, "revisit": {
+            "url": f"{SITE}/copy{number}.jpg", "of": f"{SITE}/o.jpg", "of_date": None, "digest": None,
+            "where": f"x.warc@{number}", "own_reject": True, "untyped": False}}
+
+    def tagged(outputs, tag):
+        return [o.value for o in outputs if isinstance(o, TaggedOutput) and o.tag == tag]
+
+    key = warc.image_key(f"{SITE}/o.jpg")
+    sent = list(warc.attach_images((key, {"candidates": [], "images": [original],
+                                          "forwards": [revisit(n) for n in range(500)]}), download=False))
+    assert _payload_bytes(sent) == len(photo) and len(tagged(sent, warc.ORIGINALS)) == 1
+    candidate = {"candidate_id": "c", "page_url": f"{SITE}/a.html", "image_url": f"{SITE}/copy0.jpg", "alt": "A copy"}
+    requests, pending = [], {}
+    for number in range(500):
+        own = warc.image_key(f"{SITE}/copy{number}.jpg")
+        waiting = list(warc.attach_images((own, {"candidates": [candidate] if number == 0 else [],
+                                                 "images": [revisit(number)]}), download=False))
+        requests += tagged(waiting, warc.REQUESTS)
+        [(_, pending[own])] = tagged(waiting, warc.PENDING)
+    answers = list(warc.forward_originals((key, {"originals": [o for _, o in tagged(sent, warc.ORIGINALS)],
+                                                 "requests": [r for _, r in requests]})))
+    assert len(answers) == 500 and _payload_bytes(answers) == len(photo)  # to copy0.jpg only
+    rows = []
+    for own, answer in answers:
+        rows += warc.attach_forwarded((own, {"pending": [pending[own]], "forwarded": [answer]}), download=False)
+    [job] = rows  # the revisits no page shows are resolved: no reject
+    assert job["image"]["body"] == photo and job["candidates"] == [candidate] and job["failure"] is None
 
 
 # ------------------------------------------------------------------------------------------ URLLENGTH_LIMIT
