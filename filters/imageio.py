@@ -38,6 +38,22 @@ FORMAT_ALIASES = {"MPO": "JPEG"}
 #: The reasons an ``ImageError`` carries.
 REASONS = ("missing_bytes", "not_an_image", "decompression_bomb", "undecodable")
 
+#: Most scans a JPEG may have. Each scan makes the decoder pass over every block of the image again, and
+#: libjpeg sets no limit of its own (djpeg has ``-maxscan``; Pillow none): an 8192x8192 progressive JPEG of
+#: 2,000 empty scans, 70 bytes each, is 333 KB and ~22 s of decoding. Real progressive JPEGs have about 10
+#: (libjpeg's own script: 10 for colour, 6 for grey); a sequential one has one per component at most.
+MAX_JPEG_SCANS = 100
+#: Most markers ``jpeg_scans`` walks in a JPEG's first picture (restarts within a scan not counted): a real photo
+#: has tens (hundreds with a chunked ICC profile). A flood of tiny segments after the pixels costs libjpeg nothing
+#: (it stops at the last scan) but ~1.6 us each to walk here: 2.5 million in 10 MB would block the crawl for 4 s.
+MAX_JPEG_MARKERS = 20_000
+# A JPEG marker: 0xFF, after any 0xFF fill bytes, then a code that is neither 0x00 (a stuffed 0xFF data byte in
+# entropy-coded data) nor RST0-7 (restarts within a scan; libjpeg skips them between segments too). One byte of
+# look-ahead and no repetition: linear in the bytes, however many 0xFF they hold.
+_JPEG_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
+_JPEG_PARAMETERLESS = (0x01, 0xD8)  # TEM, SOI: no length follows
+
 _ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the stored pixels upright (EXIF 2.32, tag 0x0112).
 _UPRIGHT = {
@@ -72,6 +88,7 @@ def open_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
 
     An image with more than ``max_pixels`` pixels is a ``decompression_bomb`` (None: only Pillow's
     hard limit, ``HARD_MAX_PIXELS``, applies). Pillow's own warning is silenced: this limit decides.
+    So is a JPEG of more than ``MAX_JPEG_SCANS`` scans (``jpeg_scans``: its bytes are walked, not decoded).
     Only ``WEB_FORMATS`` are opened.
     """
     if not data:
@@ -90,7 +107,41 @@ def open_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     if max_pixels is not None and width * height > max_pixels:
         image.close()
         raise ImageError("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
+    if image.format in ("JPEG", "MPO"):
+        scans = jpeg_scans(data)
+        if scans is None or scans > MAX_JPEG_SCANS:
+            image.close()
+            detail = (f"JPEG of more than {MAX_JPEG_MARKERS} markers" if scans is None
+                      else f"JPEG of {scans} scans exceeds {MAX_JPEG_SCANS} scans")
+            raise ImageError("decompression_bomb", detail)
     return image
+
+
+def jpeg_scans(data: bytes, max_markers: int = MAX_JPEG_MARKERS) -> int | None:
+    """How many scans (SOS markers) the first picture of JPEG bytes has, from its markers and segment lengths;
+    None when it has more than ``max_markers`` markers (restarts within a scan not counted).
+
+    Nothing is decoded: segments are skipped by their length, and entropy-coded data (after each scan's header)
+    up to the next marker that is neither a stuffed 0xFF nor a restart, as libjpeg reads them. Stray bytes
+    where a marker should be are skipped to the next marker, as libjpeg does. Stops at EOI (an MPO's other
+    pictures follow it) and at a truncated or broken segment: never raises on bad bytes.
+    """
+    scans, markers, pos, end = 0, 0, 2, len(data)  # after SOI
+    while (marker := _JPEG_MARKER.search(data, pos)) is not None:
+        code, pos = data[marker.start() + 1], marker.end()
+        markers += 1
+        if markers > max_markers:
+            return None
+        if code == _JPEG_EOI:
+            break
+        if code in _JPEG_PARAMETERLESS:
+            continue
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if pos + 2 > end or length < 2:
+            break  # libjpeg fails here too
+        scans += code == _JPEG_SOS
+        pos += length
+    return scans
 
 
 def format_name(image: Image.Image) -> str:
@@ -216,13 +267,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if mode == "RGB" else image.convert("RGB")
 
 
+#: Pixels per band that ``_shrink`` converts at a time: 4 Mpx, 16 MB as RGBA.
+_SHRINK_BAND_PIXELS = 1 << 22
+
+
+def _shrink(image: Image.Image, factor: int) -> Image.Image:
+    """``to_rgb`` of the image, then each ``factor`` x ``factor`` block averaged (the last partial row and column of
+    blocks dropped), converted band by band: no full-size copy is made, whatever the mode (alpha composited on
+    white, a palette expanded, CMYK) needs. Pixel for pixel what converting whole and then ``reduce`` gives.
+
+    Not for 16/32-bit grayscale: ``to_rgb`` scales a float image by its maximum, which one band does not know.
+    """
+    width, height = image.width // factor, image.height // factor
+    rows = max(1, _SHRINK_BAND_PIXELS // (image.width * factor))  # output rows per band
+    out = Image.new("RGB", (width, height))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        band = image.crop((0, top * factor, width * factor, bottom * factor))
+        out.paste(to_rgb(band).reduce(factor), (0, top))
+    return out
+
+
 def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None, draft_mode: str = "RGB",
            orient: bool = False, rgb: bool = True) -> Image.Image:
     """Decode the first frame of an ``open_image`` result; raises ``ImageError("undecodable")``.
 
     ``draft_size`` (width, height, in shown orientation when ``orient``): JPEGs decode at the smallest
-    DCT scale (1/2..1/8) still at least that big, in ``draft_mode`` ("L" skips the colour work); 16/32-bit
-    grayscale is shrunk by a whole factor to at least that size before it is converted.
+    DCT scale (1/2..1/8) still at least that big, in ``draft_mode`` ("L" skips the colour work); other
+    images that need converting are shrunk by a whole factor to at least that size first (``_shrink``; with
+    ``rgb`` False, only 16/32-bit grayscale is). RGB needs no conversion and is left at full size.
     ``orient``: turn the pixels upright by the EXIF orientation. ``rgb``: convert with ``to_rgb``.
     """
     try:
@@ -236,12 +309,15 @@ def decode(image: Image.Image, *, draft_size: tuple[int, int] | None = None, dra
             if format_name(image) == "JPEG":  # an MPO's first picture is a JPEG too
                 image.draft(draft_mode, (width, height))
         image.load()
-        if draft_size is not None and _is_wide(image.mode):
-            # No draft mode for these: shrink by a whole factor, still at least the draft size, before any
-            # conversion or turn (a 9400x9400 16-bit PNG is 0.2 MB of file and 177 MB of pixels).
+        if draft_size is not None:
+            # No draft mode for other formats: shrink by a whole factor, still at least the draft size, before any
+            # conversion or turn (a 9400x9400 16-bit PNG is 0.2 MB of file and 177 MB of pixels; converted
+            # whole, a 9400x9400 RGBA PNG of 0.4 MB took 2 GB, a float TIFF 2.8 GB).
             factor = min(image.width // width, image.height // height)
-            if factor >= 2:
+            if factor >= 2 and _is_wide(image.mode):
                 image = image.resize((image.width // factor, image.height // factor), Image.Resampling.BOX)
+            elif factor >= 2 and rgb and image.mode != "RGB":
+                image = _shrink(image, factor)
         if orientation in _UPRIGHT:
             image = image.transpose(_UPRIGHT[orientation])
         return to_rgb(image) if rgb else image

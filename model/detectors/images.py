@@ -3,7 +3,8 @@
 Odd inputs handled: CMYK, 16-bit and 32-bit grayscale, palette with transparency, alpha (composited
 on white), animated files (first frame), WebP/AVIF (Pillow codecs), EXIF-rotated photos (boxes are
 reported in the oriented image), tiny images (upscaled to the network size). Large JPEGs are decoded
-at a reduced DCT scale (``draft``) when the network wants fewer pixels anyway.
+at a reduced DCT scale (``draft``) when the network wants fewer pixels anyway, and large images of other
+formats are shrunk by a whole factor before their mode is converted (no full-size RGB copy of an RGBA PNG).
 """
 from __future__ import annotations
 
@@ -67,9 +68,9 @@ def decode_for_detector(data: bytes | None, input_size: Callable[[int, int], tup
             if width < 1 or height < 1:
                 raise ImageRejected("image_empty", f"{width}x{height} pixels")
             target_w, target_h = input_size(width, height)
-            # Decode at the smallest DCT scale still at least the network size: far less work.
-            draft = (target_w, target_h) if image.mode in ("RGB", "L") else None
-            image = imageio.decode(image, draft_size=draft, orient=True)
+            # Decode at the smallest DCT scale still at least the network size (other formats: shrunk by a whole
+            # factor before they are converted), whatever the mode: far less work and memory.
+            image = imageio.decode(image, draft_size=(target_w, target_h), orient=True)
     except imageio.ImageError as exc:
         raise ImageRejected(_REASONS.get(exc.reason, "image_undecodable"), exc.detail) from None
     if image.size != (target_w, target_h):
