@@ -93,6 +93,8 @@ def open_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     """
     if not data:
         raise ImageError("missing_bytes", "no image bytes")
+    if data[:2] == b"\xff\xd8":  # a JPEG (or MPO): walked before Pillow, whose own walk of the markers before the
+        _check_jpeg_scans(data)  # first scan took 3.6 s over 10 MB of tiny segments
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -107,14 +109,17 @@ def open_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
     if max_pixels is not None and width * height > max_pixels:
         image.close()
         raise ImageError("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
-    if image.format in ("JPEG", "MPO"):
-        scans = jpeg_scans(data)
-        if scans is None or scans > MAX_JPEG_SCANS:
-            image.close()
-            detail = (f"JPEG of more than {MAX_JPEG_MARKERS} markers" if scans is None
-                      else f"JPEG of {scans} scans exceeds {MAX_JPEG_SCANS} scans")
-            raise ImageError("decompression_bomb", detail)
     return image
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """``ImageError("decompression_bomb")`` for JPEG bytes of more than ``MAX_JPEG_SCANS`` scans or
+    ``MAX_JPEG_MARKERS`` markers (``jpeg_scans``)."""
+    scans = jpeg_scans(data)
+    if scans is None or scans > MAX_JPEG_SCANS:
+        detail = (f"JPEG of more than {MAX_JPEG_MARKERS} markers" if scans is None
+                  else f"JPEG of {scans} scans exceeds {MAX_JPEG_SCANS} scans")
+        raise ImageError("decompression_bomb", detail)
 
 
 def jpeg_scans(data: bytes, max_markers: int = MAX_JPEG_MARKERS) -> int | None:
