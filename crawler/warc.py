@@ -141,6 +141,21 @@ class MisreadMemberError(OSError):
     """warcio read a corrupt gzip member's bytes as an uncompressed record: the next record's bytes follow."""
 
 
+# The longest WARC or HTTP header line read, in bytes (a line read between records too): warcio holds a line whole
+# in memory however long, so a gzip WARC of a few hundred KB could make it hold gigabytes. 64 KiB is four times what
+# the spider's own HTTP client takes (Twisted's 16 KiB). Read when a line is, so a test may lower it.
+HEADER_LINE_LIMIT = 1 << 16
+
+
+class HeaderLineTooLongError(OSError):
+    """A header line over ``HEADER_LINE_LIMIT`` bytes, raised once more than that are read (``read`` of them): the
+    record is malformed."""
+
+    def __init__(self, message: str, read: int):
+        super().__init__(message)
+        self.read = read
+
+
 class PartsMismatchError(ValueError):
     """A rerun whose input files or files per part differ from those the output folder was written with."""
 
@@ -357,7 +372,7 @@ class ReadWarcRecords(beam.DoFn):
         from warcio.exceptions import ArchiveLoadFailed
 
         broken_file = (ArchiveLoadFailed, zlib.error, EOFError, OSError)  # the bytes, not one record's content
-        size = _file_size(path)
+        size = self._size = _file_size(path)
         end = 0  # where the last record read whole ends
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             gzipped = self._gzipped = handle.read(len(GZIP_MEMBER)) == GZIP_MEMBER
@@ -375,6 +390,13 @@ class ReadWarcRecords(beam.DoFn):
                         done = True
                         # never before this pass's start, whatever warcio makes of the bytes
                         end = max(iterator.get_record_offset() + iterator.get_record_length(), begin)
+                        if self._cut and not gzipped:
+                            # Its declared end lies past the file's: every byte after its header would be its block,
+                            # whole records included (a WARC cut short, then another appended to it). Go on at the next
+                            # record header in those bytes; the record itself is a warc_truncated_record.
+                            start = _next_warc_record(handle, max(iterator.get_record_offset(), begin) + 1)
+                            end = end if start is None else start
+                            break
                         if getattr(iterator.reader, "decompressor", None) is not None and iterator.next_line:
                             # More records follow in the same gzip member (``gzip a.warc``): warcio would take them
                             # for a member of their own and misplace every offset from there on. Read the member
@@ -388,12 +410,15 @@ class ReadWarcRecords(beam.DoFn):
                 except Exception as exc:  # noqa: BLE001 - warcio failing on the bytes of one record, whatever its error
                     # A corrupt gzip member: read on from the next whole member after this pass's start.
                     start = _next_gzip_member(handle, max(end, begin) + 1) if gzipped else None
+                    unread = f" (the last {size - end} bytes, not read on)" if start is None else ""
                     if not done:  # the record being read, or the bytes where the next one should start
                         misread = isinstance(exc, MisreadMemberError)  # its "URL" is compressed bytes
                         ids = _record_ids(record) if record is not None and not misread else {}
-                        unread = f" (the last {size - end} bytes, not read on)" if start is None else ""
                         detail = f"{path}@{end}{unread}: {type(exc).__name__}: {exc}"[:300]
                         yield _rejected("warc_malformed_record", detail, **ids)
+                    else:  # the bytes after a record that has its rows (a line over HEADER_LINE_LIMIT there)
+                        detail = f"{path}@{end}{unread}: after the record there: {type(exc).__name__}: {exc}"[:300]
+                        yield _rejected("warc_malformed_record", detail)
                     if start is None:
                         return
                     self.resynced.inc()
@@ -406,14 +431,27 @@ class ReadWarcRecords(beam.DoFn):
         """A record's rows (``_record``), or its one ``warc_malformed_record`` when it cannot be read; ``at``: where
         it starts, for that reject's detail. Errors of the file's bytes (``broken_file``) are left to the caller."""
         self._bodiless: set[str] = set()
-        try:
-            # get_record_offset() reads the record to its end: call it only once the payload is read.
-            rows = list(self._record(record, path, offset))
-        except broken_file:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one bad record (a status line that is no number, ...)
-            detail = f"{path}@{at}: {type(exc).__name__}: {exc}"[:300]
-            rows, self._bodiless = [_rejected("warc_malformed_record", detail, **_record_ids(record))], set()
+        # Why the record is cut short, and whether ``_record`` gave its rows for that (a response's or resource's).
+        # In an uncompressed file it is known before its bytes are read, and they are not (``_past_the_file``).
+        self._cut = None if self._gzipped else _past_the_file(record, self._size)
+        self._cut_used = False
+        failure = getattr(record, "header_line_failure", None)  # an HTTP header line too long (``_archive_iterator``)
+        if failure is not None:
+            rows = [_rejected("warc_malformed_record", f"{path}@{at}: {failure}", **_record_ids(record))]
+        else:
+            try:
+                # get_record_offset() reads the record to its end: call it only once the payload is read.
+                rows = list(self._record(record, path, offset))
+            except broken_file:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad record (a status line that is no number, ...)
+                detail = f"{path}@{at}: {type(exc).__name__}: {exc}"[:300]
+                rows, self._bodiless = [_rejected("warc_malformed_record", detail, **_record_ids(record))], set()
+        if not self._cut_used:
+            self._cut = self._cut or _shortfall(record, self._gzipped)
+            if self._cut:  # whatever was made of its bytes (a WAT's JSON, a revisit, ...): not the record's
+                rows = [_rejected("warc_truncated_record", f"{path}@{at}: {self._cut}", **_record_ids(record))]
+                self._bodiless = set()
         self._read += 1
         if self._bodiless:  # it may answer a HEAD request still to come: its rows wait for that (``_note_request``)
             self._held[self._read] = (self._bodiless, rows)
@@ -512,8 +550,12 @@ class ReadWarcRecords(beam.DoFn):
         # references it as one and its bytes say so, as the spider decides by the bytes: offered to the image join,
         # where a URL no page references falls away, and with no reject of its own.
         other = bool(content_type) and not (is_page or is_image)
-        body = _body_stream(record).read(self.max_bytes + 1)
-        if not body and kind == "response":  # a HEAD request's response has none, whatever its Content-Length says
+        body = b""  # a record cut short in an uncompressed file has none of its own to read
+        if not self._cut:
+            body = _body_stream(record).read(self.max_bytes + 1)
+            self._cut = _shortfall(record, self._gzipped)  # (reads the rest of the record)
+        # a HEAD request's response has no body, whatever its Content-Length says (one cut short is no such answer)
+        if not body and kind == "response" and not self._cut:
             exchange = _exchange_ids(record)
             if exchange & self._head_ids.keys():
                 self._not_a_capture()
@@ -521,7 +563,9 @@ class ReadWarcRecords(beam.DoFn):
             self._bodiless = exchange  # else its request may come after it: ``_rows`` holds its rows back
         digest = _digest(record.rec_headers.get_header("WARC-Payload-Digest"))  # what a revisit refers to
         payload, reason = body, None
-        if len(body) > self.max_bytes:
+        if self._cut:
+            reason, self._cut_used = ("warc_truncated_record", f"{path}@{offset()}: {self._cut}"), True
+        elif len(body) > self.max_bytes:
             reason = ("too_large", f"{path}@{offset()}: over {self.max_bytes} bytes")
         else:
             damage = _damage(record, body)
@@ -619,21 +663,107 @@ def _archive_iterator(handle):
     (``None.startswith``) in the middle of the iteration, which would end the file's read there. ``_record``
     then rejects it as a record without a URL, and the records after it are read."""
     from warcio.archiveiterator import ArchiveIterator
+    from warcio.bufferedreaders import DecompressingBufferedReader
+    from warcio.limitreader import LimitReader
     from warcio.recordloader import ArcWarcRecordLoader
 
     class RecordLoader(ArcWarcRecordLoader):
+        def parse_record_stream(self, *args, **kwargs):
+            self.header_line_failure = None
+            record = super().parse_record_stream(*args, **kwargs)
+            record.header_line_failure = self.header_line_failure  # ``_rows`` rejects the record for it
+            return record
+
         def load_http_headers(self, rec_type, uri, stream, length):
             if uri is None:
                 return None
-            # warcio compares the type and the URL's scheme as written: a "Response" record, or one of
-            # "HTTP://...", lost its HTTP headers, and so its Content-Type (both are case-insensitive)
-            return super().load_http_headers((rec_type or "").lower(), _lower_scheme(uri), stream, length)
+            try:
+                # warcio compares the type and the URL's scheme as written: a "Response" record, or one of
+                # "HTTP://...", lost its HTTP headers, and so its Content-Type (both are case-insensitive)
+                return super().load_http_headers((rec_type or "").lower(), _lower_scheme(uri), stream, length)
+            except HeaderLineTooLongError as exc:
+                if length is None:  # no declared length to read the rest of the record by: the reading ends
+                    raise
+                # The record's length is known: the rest of it is read by that length, and the records after it
+                # as usual. The record itself is malformed. warcio's length-limited readers count a line once it
+                # is read: count the bytes of this one, so the rest is read to the record's end and no further.
+                while isinstance(stream, LimitReader):
+                    stream.limit -= exc.read
+                    stream = stream.stream
+                self.header_line_failure = f"HTTP {exc}"
+                return None
+
+    class LineCappedReader(DecompressingBufferedReader):
+        """warcio's reader, with every line read held to ``HEADER_LINE_LIMIT`` bytes (where warcio reads lines: the
+        WARC and HTTP headers and the blank lines between records; bodies are read by length)."""
+
+        def readline(self, length=None):
+            cap = HEADER_LINE_LIMIT
+            limit = cap + 1 if length is None or length < 0 or length > cap else length
+            # Read piece by piece and joined once: warcio's own joins as it goes (quadratic on a long line), and,
+            # asked for a limit, may stop short of it.
+            pieces, size = [], 0
+            while size < limit:
+                self._fillbuff()
+                if self.empty():
+                    break
+                pieces.append(self.buff.readline(limit - size))
+                size += len(pieces[-1])
+                if pieces[-1].endswith(b"\n"):
+                    break
+            if size > cap:  # (only where the caller set no lower limit of its own)
+                raise HeaderLineTooLongError(f"header line over {cap} bytes (HEADER_LINE_LIMIT)", size)
+            return b"".join(pieces)
 
     iterator = ArchiveIterator(handle, check_digests=True, arc2warc=True)
     # as the iterator's own loader (``ArchiveIterator``'s default): the HTTP status line is not checked, so
     # ``HTTP/2 200``, which browser-based crawlers write, is read
     iterator.loader = RecordLoader(verify_http=False, arc2warc=True)
+    # in place of the one the iterator made (nothing read yet), on the same stream
+    iterator.reader = LineCappedReader(iterator.fh, block_size=iterator.reader.block_size)
     return iterator
+
+
+def _shortfall(record, gzipped: bool) -> str | None:
+    """Why a record is cut short: its declared WARC Content-Length runs past the end of its gzip member, or of the
+    file; None when it is whole, or declares no length. Reads the rest of its block (as warcio does, by length, to go
+    on past it), memory bounded."""
+    from warcio.limitreader import LimitReader
+
+    stream = record.raw_stream  # limited to the declared length (a digest-verifying reader is one too)
+    if not isinstance(stream, LimitReader):
+        return None
+    while stream.read(1 << 16):
+        pass
+    if stream.limit <= 0:
+        return None
+    declared = (record.rec_headers.get_header("Content-Length") or "").strip()
+    return (f"WARC Content-Length {declared} runs {stream.limit} bytes past the end of the "
+            f"{'gzip member' if gzipped else 'file'}")
+
+
+def _past_the_file(record, size: int) -> str | None:
+    """Why a record of an uncompressed file of ``size`` bytes is cut short, known before its block is read: its
+    declared WARC Content-Length runs past the end of the file. warcio would take every byte after its header for
+    its block, whatever records follow (``_next_warc_record`` finds those): its reader is moved to the end of the file
+    instead, so they are not read as its bytes (nor read again for every such record). None when it is whole."""
+    from warcio.limitreader import LimitReader
+
+    stream = record.raw_stream  # limited to the declared length (a digest-verifying reader over one is one too)
+    if not isinstance(stream, LimitReader):
+        return None
+    reader = stream
+    while isinstance(reader, LimitReader):
+        reader = reader.stream
+    handle = reader.stream  # the file; the reader holds what it read of it ahead, not yet taken
+    over = stream.limit - (size - (handle.tell() - reader.rem_length()))
+    if over <= 0:
+        return None
+    if hasattr(handle, "seek"):  # (else warcio reads the rest of the file as its block)
+        handle.seek(size)
+        reader.buff = None
+    declared = (record.rec_headers.get_header("Content-Length") or "").strip()
+    return f"WARC Content-Length {declared} runs {over} bytes past the end of the file"
 
 
 def _lower_scheme(url: str) -> str:
@@ -704,6 +834,56 @@ def _next_gzip_member(handle, offset: int, block: int = 1 << 20, probe: int = 1 
         keep = found if found != -1 else max(at, len(data) - len(GZIP_MEMBER) + 1)
         more = handle.read(block)
         data, offset, at, eof = data[keep:] + more, offset + keep, 0, not more
+
+
+WARC_VERSION_LINE = re.compile(rb"WARC/1\.[0-9]\r?\n")
+BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+RECORD_HEADER_NAMES = frozenset({b"warc-type", b"warc-record-id", b"content-length"})  # those every record has
+
+
+def _next_warc_record(handle, offset: int, block: int = 1 << 12, probe: int = 1 << 16) -> int | None:
+    """The offset of the first WARC record header at or after ``offset`` in an uncompressed file, or None: a
+    ``WARC/1.x`` line (at a line's start or not: a record cut short ends anywhere) followed by a header block, ended
+    by a blank line within ``probe`` bytes, that names the record's type, id and length, as a record's must; other
+    text that says ``WARC/1.0`` is passed over, in time linear in the bytes read however often it does. (Text of a
+    payload that holds a whole record header, a WARC served as a page, would be read as one: the reader only looks
+    for one after a record cut short, where nothing better is known.)"""
+    handle.seek(offset)
+    data, at, eof = b"", 0, False
+    blank, blank_from = None, None  # the first blank line in ``data`` at or after ``blank_from`` (None: none)
+    while True:
+        found = WARC_VERSION_LINE.search(data, at)
+        if found:
+            start, header = found.start(), found.end()
+            if blank_from is None or (blank is not None and blank.start() < header):  # (else still the first)
+                blank, blank_from = BLANK_LINE.search(data, header), header
+            ends = blank.start() if blank is not None else None  # where its header block ends
+            if ends is None and not eof and len(data) - start < probe:
+                pass  # its block may end in the bytes still to read
+            elif ends is None or ends - start > probe or data.startswith((b"\r", b"\n"), header):
+                at = start + 1  # no header block, or an empty one
+                continue
+            elif _names_a_record(data[header:ends]):
+                return offset + start
+            else:
+                at = ends  # nor does a WARC/1.x line inside the block: what follows it there are some of these lines
+                continue
+        if eof:
+            return None
+        keep = found.start() if found else max(at, len(data) - len(b"WARC/1.0\r\n"))  # a line the block cuts
+        more = handle.read(block)
+        block = min(2 * block, 1 << 20)  # small reads first: after a record cut short, the next one is often near
+        data, offset, at, eof, blank_from = data[keep:] + more, offset + keep, 0, not more, None
+
+
+def _names_a_record(block: bytes) -> bool:
+    """Whether a WARC header block (the lines after its version line) names the record's type, id and length (a
+    number)."""
+    fields = {}
+    for line in re.split(rb"\r?\n", block):
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    return RECORD_HEADER_NAMES <= fields.keys() and fields[b"content-length"].isdigit()
 
 
 def _only_blank_lines(path: str, offset: int, limit: int = 1 << 16) -> bool:
