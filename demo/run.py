@@ -442,14 +442,16 @@ def check_train_config(path: str, out: str) -> None:
 def train_overrides(out: str) -> list[str]:
     """The ``--set`` values of the train step: the run folder's datasets on every stage of configs/demo.yaml.
 
-    Each path is quoted (JSON, which YAML reads as it is): a ``--set`` value is YAML, in which ``--out "demo #1"``
-    ended at its `` #`` and the step trained into and read from ``demo``, outside the run folder."""
+    Each path as YAML reads it back (``override_text``: quoted where need be): a ``--set`` value is YAML, in which
+    ``--out "demo #1"`` ended at its `` #`` and the step trained into and read from ``demo``, outside the run folder."""
     train = {"regions": os.path.join(out, "features", "regions"), "captions": os.path.join(out, "captions")}
     test = {"regions": os.path.join(out, "test_features", "regions"), "captions": os.path.join(out, "test", "captions")}
-    sets = [f"out_dir={json.dumps(os.path.join(out, 'train'))}"]
+    from model.config import override_text  # no torch import
+
+    sets = [f"out_dir={override_text(os.path.join(out, 'train'))}"]
     for prefix in ("pretrain.0.datasets.0", "pretrain.1.datasets.0", "finetune.datasets.0"):
-        sets += [f"{prefix}.{key}={json.dumps(path)}" for key, path in train.items()]
-    return sets + [f"eval.{key}={json.dumps(path)}" for key, path in test.items()]
+        sets += [f"{prefix}.{key}={override_text(path)}" for key, path in train.items()]
+    return sets + [f"eval.{key}={override_text(path)}" for key, path in test.items()]
 
 
 #: Step statuses that let dependent steps run.

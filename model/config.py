@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -497,6 +498,17 @@ def resolved_compile_scope(config: TrainConfig) -> str:
     if config.compile_scope != "auto":
         return config.compile_scope
     return "model" if config.masking == "exact" or not config.pretrain else "trunk"
+
+
+def override_text(text: str) -> str:
+    """``text`` spelt as an override value (``apply_override``) that reads back as that text: as it is where YAML
+    reads it so, else quoted (JSON, which YAML reads as it is). A path ``run #2`` ends at its `` #`` in YAML, and
+    ``res: a`` is a mapping; ``/data/regions`` stays as typed."""
+    try:
+        plain = yaml.safe_load(text) == text if text.strip() == text and text else False
+    except yaml.YAMLError:
+        plain = False
+    return text if plain else json.dumps(text)
 
 
 def apply_override(data: dict, assignment: str) -> None:

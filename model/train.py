@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.config import (INIT_TAKES, ConfigError, DatasetConfig, ModelConfig, StageConfig, TrainConfig,
                           add_train_arguments, check_model_config, init_model_changes, init_refusal, load_config,
-                          model_config_from_dict, model_keys_set, resolved_compile_scope)
+                          model_config_from_dict, model_keys_set, override_text, resolved_compile_scope)
 from model.data import (DEALING, DEALINGS, PairIndex, empty_split, feature_dim_of, feature_dims, index_pairs,
                         make_loader, num_classes_of)
 from model.distributed import collective_device, join_process_group, process_device
@@ -1273,7 +1273,7 @@ def run_reported(args: argparse.Namespace, prog: str) -> tuple[int, dict | None]
 def run_from_args(args: argparse.Namespace) -> dict:
     """Load the config with its overrides and train."""
     # The folder as typed: a --set value is YAML, in which "run #2" ends at its " #" and "a: b" is a mapping.
-    overrides = list(args.overrides) + ([f"out_dir={json.dumps(args.out_dir)}"] if args.out_dir else [])
+    overrides = list(args.overrides) + ([f"out_dir={override_text(args.out_dir)}"] if args.out_dir else [])
     config = load_config(args.config, overrides)
     try:
         return train(config, resume=args.resume, progress=not args.no_progress,

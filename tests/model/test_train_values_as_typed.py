@@ -51,3 +51,15 @@ def test_an_infinite_whole_number_on_the_command_line_is_one_line(synth_dir, mon
     assert main(["train", "--config", os.path.join(REPO, "configs", "tiny.yaml"), "--set", "log_every=.inf"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("lait train:") and "log_every" in error and error.count("\n") == 1, error
+
+
+@pytest.mark.parametrize("text", ["/data/regions", "my run #2", "res: a", "[x]", "true", "12", "~", " lead", "a'b",
+                                  "{x}", "- y", "ünï/cödé", ""])
+def test_override_text_reads_back_as_the_text_and_stays_plain_where_it_can(text):
+    from model.config import apply_override, override_text
+
+    data = {}
+    apply_override(data, f"key={override_text(text)}")
+    assert data["key"] == text
+    if text == "/data/regions":
+        assert override_text(text) == text  # as typed, where YAML reads it so (the demo's dry run shows it plainly)
