@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import random
+import unicodedata
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -93,26 +94,43 @@ def feature_dim_of(regions_path: str) -> int:
                      f"width from")
 
 
+#: The most classes a regions dataset's class ids may imply without a ``classes.json`` (ids 0 to 99,999): a
+#: detector's vocabulary is far smaller (Visual Genome's 1,600, LVIS's 1,203, OpenImages' ~600), so a larger id
+#: is a stray value, not a class. It sized the object-classification head: one id of 1,000,000 made a 1M-class head
+#: (GBs of weights, a crawl of a run), one of 2^31 - 1 failed allocating 550 GB.
+MAX_INFERRED_CLASSES = 100_000
+
+
 def num_classes_of(regions_path: str) -> int:
-    """Detector class count: ``classes.json`` next to (or inside) ``regions/``, else max class id + 1."""
+    """Detector class count: ``classes.json`` next to (or inside) ``regions/``, else max class id + 1.
+
+    Without a ``classes.json``, an id implying more than ``MAX_INFERRED_CLASSES`` classes is a ``ValueError``
+    naming the file, the column and the id, which asks for a ``classes.json``."""
     regions_path = resolve_dataset_dir(regions_path, "regions")
     if "://" not in regions_path:
         for candidate in (os.path.join(os.path.dirname(os.path.abspath(regions_path)), "classes.json"),
                           os.path.join(regions_path, "classes.json")):
             if os.path.exists(candidate):
                 return _classes_json_count(candidate)
-    top = -1
-    for batch in schemas.iter_batches(regions_path, "regions", columns=["class_ids", "topk_class_ids"]):
-        for column in batch.columns:
-            flat = pc.list_flatten(column)
-            while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
-                flat = pc.list_flatten(flat)
-            if len(flat):
-                highest = pc.max(flat).as_py()  # 0 is a class id (a one-class detector's), not "none"
-                if highest is not None:
-                    top = max(top, highest)
+    top, where = -1, None
+    columns = ["class_ids", "topk_class_ids"]
+    for fragment in schemas.open_dataset(regions_path, "regions").get_fragments():
+        for batch in fragment.to_batches(columns=columns):
+            for name, column in zip(columns, batch.columns):
+                flat = pc.list_flatten(column)
+                while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
+                    flat = pc.list_flatten(flat)
+                if len(flat):
+                    highest = pc.max(flat).as_py()  # 0 is a class id (a one-class detector's), not "none"
+                    if highest is not None and highest > top:
+                        top, where = highest, (fragment.path, name)
     if top < 0:
         raise ValueError(f"{regions_path}: no class ids and no classes.json to tell the class count from")
+    if top >= MAX_INFERRED_CLASSES:
+        raise ValueError(f"{where[0]}: {where[1]} holds class id {top}, which would make {top + 1:,} detector "
+                         f"classes (more than the {MAX_INFERRED_CLASSES:,} inferred without a classes.json): a stray "
+                         f"id? Give the detector's class list as classes.json next to the regions folder (a list of "
+                         f"names, or {{\"num_classes\": N}})")
     return top + 1
 
 
@@ -220,12 +238,20 @@ def first_caption_rows(table: pa.Table) -> tuple[pa.Table, int]:
     return table.filter(pa.array(keep, pa.bool_())), len(ids) - len(seen)
 
 
+def blank_caption(text: str | None) -> bool:
+    """Whether a caption has nothing to read: empty, null, or only white space (Unicode Z*), control and format
+    characters (Cc, Cf: a byte-order mark, zero-width spaces, right-to-left marks), private-use or unassigned code
+    points (Co, Cn) and surrogates. BERT's normaliser drops all of these (or reads them as a space), so such a
+    caption was trained on, and scored, as [CLS] [SEP] alone, while ``str.strip`` found it not blank."""
+    return not text or all(unicodedata.category(char)[0] in "CZ" for char in text)
+
+
 def captions_by_image(table: pa.Table) -> dict[str, list[tuple[str, str]]]:
-    """image_id -> [(caption_id, caption)] of a ``read_captions`` table, in its row order; blank captions are left
-    out."""
+    """image_id -> [(caption_id, caption)] of a ``read_captions`` table, in its row order; blank captions
+    (``blank_caption``) are left out."""
     captions: dict[str, list[tuple[str, str]]] = {}
     for caption_id, image_id, caption in zip(*(table.column(c).to_pylist() for c in ("caption_id", "image_id", "caption"))):
-        if caption and caption.strip():
+        if not blank_caption(caption):
             captions.setdefault(image_id, []).append((caption_id, caption))
     return captions
 
@@ -237,12 +263,99 @@ def load_captions(path: str, split: str | None) -> dict[str, list[tuple[str, str
 
 
 def region_image_ids(path: str) -> list[str]:
-    """Every image_id of a regions dataset, reading that column only; an id that is not valid UTF-8 is a one-line
-    ``SchemaMismatchError`` naming the file (``check_utf8``), as ``lait eval`` refuses it."""
+    """Every image_id of a regions dataset, reading that column only; a null id, or one that is not valid UTF-8, is
+    a one-line ``SchemaMismatchError`` naming the file (``check_region_ids``), as ``lait eval`` refuses it. The
+    files' row groups are screened for null boxes and feature vectors too (``check_region_vectors``), which
+    ``EvalSet`` could not read."""
     path = resolve_dataset_dir(path, "regions")
     table = schemas.read_table(path, "regions", columns=["image_id"])
-    check_utf8(table, path, "regions")
+    check_region_ids(table, path)
+    if "://" not in path:
+        for file in schemas.list_parquet_files(path):
+            parquet = pq.ParquetFile(file)
+            check_region_vectors(parquet, file, range(parquet.num_row_groups))
     return table.column("image_id").to_pylist()
+
+
+def check_region_ids(table: pa.Table, where: str) -> None:
+    """A ``SchemaMismatchError`` naming the file of a regions dataset (at ``where``, which ``table``, holding its
+    ``image_id`` column, was read from) whose ids hold a null (``schemas.core.check_not_null``) or text that is
+    not valid UTF-8 (``check_utf8``), else nothing. A null id (a file written by another tool, whose column is
+    nullable) was miscounted as a repeated image, or left the image out of eval silently."""
+    if table.column("image_id").null_count:
+        source = where
+        for fragment in schemas.open_dataset(where, "regions").get_fragments():
+            if fragment.to_table(columns=["image_id"]).column("image_id").null_count:
+                source = fragment.path
+                break
+        check_not_null(table, "regions", source)
+    check_utf8(table, where, "regions")
+
+
+#: The regions columns whose entries, one per region, are fixed-size lists: Arrow cannot read such a column whose
+#: entry is null (a file written by another tool: the contract's inner lists are nullable), failing with "Expected
+#: all lists to be of size=16 but index 1 had size=0", which named neither the file nor the column.
+VECTOR_COLUMNS = ("boxes", "features")
+
+
+def check_region_vectors(parquet: pq.ParquetFile, file: str, groups: Iterable[int]) -> None:
+    """A ``ValueError`` naming the file, column and image (``_null_vector``) when a row group of ``groups`` holds a
+    region whose box or feature vector is null, found before training rather than as the stage reads it.
+
+    Screened from the footer: a null vector is a null value of its column's leaves, as an empty row is, so a row
+    group whose ``boxes`` or ``features`` leaves count more nulls than its ``class_ids`` (one per empty row, and
+    per null class id) is read to tell. Without statistics nothing is screened; the read then names it."""
+    metadata = parquet.metadata
+    for group in groups:
+        counts = {}
+        meta = metadata.row_group(group)
+        for index in range(meta.num_columns):
+            column = meta.column(index)
+            name = column.path_in_schema.split(".")[0]
+            if name in VECTOR_COLUMNS + ("class_ids",) and column.statistics is not None \
+                    and column.statistics.has_null_count:
+                counts[name] = column.statistics.null_count
+        if "class_ids" not in counts:
+            continue
+        for name in VECTOR_COLUMNS:
+            if counts.get(name, 0) > counts["class_ids"]:
+                try:
+                    parquet.read_row_group(group, columns=[name])
+                except pa.ArrowInvalid as exc:
+                    raise _null_vector(parquet, file, group, [name], exc) from None
+
+
+def read_region_rows(file: str, group: int, columns: list[str]) -> pa.Table:
+    """One row group of a regions file; a ``ValueError`` naming the file, column and image when a region's box or
+    feature vector is null (``_null_vector``), rather than Arrow's error naming neither."""
+    parquet = pq.ParquetFile(file)
+    try:
+        return parquet.read_row_group(group, columns=columns)
+    except pa.ArrowInvalid as exc:
+        raise _null_vector(parquet, file, group, columns, exc) from None
+
+
+def _null_vector(parquet: pq.ParquetFile, file: str, group: int, columns: list[str], exc: Exception) -> ValueError:
+    """The error for a row group that Arrow could not read: the first of ``columns`` that fails, and the image of
+    the row at fault (read one row at a time, only now); the file and Arrow's message when no column alone fails."""
+    message = " ".join(str(exc).split())
+    for name in columns:
+        try:
+            parquet.read_row_group(group, columns=[name])
+            continue
+        except pa.ArrowInvalid:
+            pass
+        row = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=1, row_groups=[group], columns=[name]):
+                row += batch.num_rows
+        except pa.ArrowInvalid:
+            pass
+        ids = parquet.read_row_group(group, columns=["image_id"]).column(0)
+        where = f"image {ids[row].as_py()}" if row < len(ids) else f"row group {group}"
+        return ValueError(f"{file}: {where}: column {name!r} holds a null entry, a region without its "
+                          f"{'box' if name == 'boxes' else 'feature vector'}: each region needs one")
+    return ValueError(f"{file}: row group {group} is not readable ({message})")
 
 
 def dataset_report(datasets: list[DatasetConfig]) -> dict:
@@ -255,15 +368,21 @@ def dataset_report(datasets: list[DatasetConfig]) -> dict:
 
 
 def location_vectors(boxes: np.ndarray, width: float | None, height: float | None) -> np.ndarray:
-    """The paper's 5-d location: (x1/W, y1/H, x2/W, y2/H, box area / image area), clipped to [0, 1]."""
+    """The paper's 5-d location: (x1/W, y1/H, x2/W, y2/H, box area / image area), the corners clipped to the image
+    ([0, 1]) and the area that of the clipped box.
+
+    Computed in float64: in float32 a box of finite corners as wide as 4e38 (a detector's garbage) overflowed its
+    width to inf, and inf x 0 made a NaN location, which stopped training (``gradient norm is nan``) and made
+    eval's scores NaN. The area is the clipped box's: a box wholly outside the image had an area of its own."""
     if len(boxes) == 0:
         return np.zeros((0, 5), np.float32)
+    boxes = boxes.astype(np.float64)
     # Missing image size: the boxes' extent stands in for it rather than failing the image.
     width = float(width) if width and width > 0 else max(float(boxes[:, 2].max()), 1.0)
     height = float(height) if height and height > 0 else max(float(boxes[:, 3].max()), 1.0)
-    scaled = boxes / np.array([width, height, width, height], np.float32)
+    scaled = (boxes / np.array([width, height, width, height])).clip(0.0, 1.0)
     area = (scaled[:, 2] - scaled[:, 0]).clip(0) * (scaled[:, 3] - scaled[:, 1]).clip(0)
-    return np.concatenate([scaled, area[:, None]], 1).clip(0.0, 1.0).astype(np.float32)
+    return np.concatenate([scaled, area[:, None]], 1).astype(np.float32)
 
 
 def _flat_values(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -308,7 +427,7 @@ def decode_regions(table: pa.Table, max_regions: int, feature_dim: int, source: 
     _check_region_lists(ids, feat_off, box_off, cls_off, tk_off, tp_off, tk_inner, tp_inner, source)
     boxes_all = _finite(box_val.reshape(-1, 4).astype(np.float32), "boxes")
     feats_all = _finite(feat_val.reshape(-1, feature_dim), "features")
-    tp_val = _finite(tp_val, "topk_class_probs")
+    tp_val = _non_negative(_finite(tp_val, "topk_class_probs"), "topk_class_probs")
     out = []
     for row, image_id in enumerate(ids):
         start, stop = int(feat_off[row]), int(feat_off[row + 1])
@@ -381,6 +500,18 @@ def _finite(values: np.ndarray, name: str) -> np.ndarray:
     if not bad.any():
         return values
     logger.warning("regions: %d non-finite %s values set to 0", int(bad.sum()), name)
+    values = values.copy()
+    values[bad] = 0
+    return values
+
+
+def _non_negative(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` with negative ones set to 0: a negative probability (a detector's rounding, or garbage) made the KL
+    target's logarithm NaN, reported as a diverged run whose lr was to blame."""
+    bad = values < 0
+    if not bad.any():
+        return values
+    logger.warning("regions: %d negative %s values set to 0", int(bad.sum()), name)
     values = values.copy()
     values[bad] = 0
     return values
@@ -482,7 +613,8 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
                 units.append(unit)
                 ids = parquet.read_row_group(group, columns=["image_id"])
                 # Refused as `lait eval` refuses it: an id that is not UTF-8 failed here as a bare codec error
-                # naming neither file nor column.
+                # naming neither file nor column; null ids were counted as repeats of one image.
+                check_not_null(ids, "regions", file)
                 check_utf8(ids, file, "regions")
                 image_ids = ids.column(0).to_pylist()
                 rows_read += len(image_ids)
@@ -499,6 +631,8 @@ def index_pairs(datasets: list[DatasetConfig], with_captions: bool = True) -> Pa
                                 caption_texts.append(caption)
                             examples += 1
                         bounds.append(examples)
+                if rows:  # a row group the stream reads
+                    check_region_vectors(parquet, file, [group])
                 pairs[unit] = UnitPairs(np.array(rows, np.int64), np.array(bounds, np.int64))
                 report["images"] += len(rows)
         report["captions_without_regions"] += sum(len(v) for k, v in captions.items() if k not in seen)
@@ -588,7 +722,7 @@ class PairStream(IterableDataset):
             image_index += len(pairs.rows)
             if not keep:
                 continue
-            table = pq.ParquetFile(file).read_row_group(group, columns=REGION_COLUMNS)
+            table = read_region_rows(file, group, REGION_COLUMNS)
             images = decode_regions(table.take(pairs.rows[keep]), self.model_config.max_regions,
                                     self.model_config.feature_dim, file)
             self._check_class_ids(images, file)

@@ -28,12 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 import schemas
 from model.config import check_count
-from model.data import (captions_by_image, check_utf8, collate_regions, collate_text, decode_regions, feature_dims,
-                        first_caption_rows, read_captions, resolve_dataset_dir)
+from model.data import (REGION_COLUMNS, blank_caption, captions_by_image, check_region_ids, collate_regions,
+                        collate_text, decode_regions, feature_dims, first_caption_rows, read_captions,
+                        read_region_rows, resolve_dataset_dir)
 from model.distributed import collective_device
 from model.fp8 import calibrate, float8_encoder, fp8_supported
 from model.imagebert import ImageBert
@@ -113,9 +115,9 @@ class EvalCaptions:
     more. ``table``: the split's rows with a caption that is not blank (``caption_id``, ``image_id``, ``caption``),
     in the dataset's order: a few columns of Arrow buffers, not Python strings (a training run holds them
     while it trains). ``blank``: how many of the split's rows were left out for a blank caption (empty, white
-    space only, or null), reported by ``evaluate`` as ``blank_captions_skipped``; ``repeated``: how many repeated
-    the caption_id of an earlier row (each caption is evaluated once, with its first row), reported as
-    ``repeated_caption_rows``."""
+    space or invisible characters only, or null: ``model.data.blank_caption``), reported by ``evaluate`` as
+    ``blank_captions_skipped``; ``repeated``: how many repeated the caption_id of an earlier row (each caption is
+    evaluated once, with its first row), reported as ``repeated_caption_rows``."""
 
     path: str
     split: str | None
@@ -139,9 +141,10 @@ def read_eval_captions(path: str, split: str | None, where: str = "") -> EvalCap
     dataset of another schema or a null id)."""
     table, repeated = first_caption_rows(read_captions(path, split))
     texts = table.column("caption").to_pylist()
-    # Python's strip, as load_captions drops blank captions (Arrow's idea of white space is not Python's).
+    # The rule of load_captions (``blank_caption``: Arrow's idea of white space is not Python's, and invisible
+    # characters are blank too).
     kept = table.select(["caption_id", "image_id", "caption"]).filter(
-        pa.array([bool(text and text.strip()) for text in texts], pa.bool_()))
+        pa.array([not blank_caption(text) for text in texts], pa.bool_()))
     blank = table.num_rows - kept.num_rows
     if not kept.num_rows:
         raise ValueError(f"{where}{path}: no captions in split {split!r}" + (f" ({blank} blank)" if blank else ""))
@@ -182,10 +185,16 @@ class EvalSet:
                                  f"the model reads {feature_dim}")
         # The ids alone first: Arrow matches them as bytes, so an id that is not UTF-8 matched no caption and its
         # image was left out silently, its captions counted as without regions. Refused as captions are.
-        check_utf8(dataset.to_table(columns=["image_id"]), regions_path, "regions")
-        table = dataset.to_table(columns=[c for c in ("image_id", "image_width", "image_height", "boxes", "features",
-                                                      "class_ids", "topk_class_ids", "topk_class_probs")],
-                                 filter=pc.field("image_id").isin(list(captions)))
+        # A null id is refused too: it matched no caption, and the image was left out as silently.
+        check_region_ids(dataset.to_table(columns=["image_id"]), regions_path)
+        try:
+            table = dataset.to_table(columns=REGION_COLUMNS, filter=pc.field("image_id").isin(list(captions)))
+        except pa.ArrowInvalid:
+            # A null box or feature vector (Arrow's error names neither file nor column): found and named.
+            for file in (getattr(dataset, "files", None) or []) if "://" not in regions_path else []:
+                for group in range(pq.ParquetFile(file).num_row_groups):
+                    read_region_rows(file, group, REGION_COLUMNS)
+            raise
         images = decode_regions(table, max_regions, feature_dim, regions_path)  # refuses another feature width
         seen, unique = set(), []
         for image in images:  # an image stored twice is evaluated once

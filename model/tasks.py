@@ -221,10 +221,16 @@ def _mean_or_zero(total: torch.Tensor, count: torch.Tensor, anchor: torch.Tensor
 
 
 def dense_class_distribution(topk_ids: torch.Tensor, topk_probs: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """A [n, C] distribution from the detector's top-k ids/probs, renormalised; padding ids (<0) dropped."""
-    valid = (topk_ids >= 0) & (topk_ids < num_classes)
+    """A [n, C] distribution from the detector's top-k ids/probs, renormalised; padding ids (<0) dropped.
+
+    Probabilities that are not finite or not positive count as 0 (a negative one made the KL loss NaN), and each
+    region's are divided by their largest before they are summed (two of 3e38 summed to inf in float32, and the
+    target came out all zero). A region left with none has an all-zero target, which the KL loss skips."""
+    probs = topk_probs.float()
+    valid = (topk_ids >= 0) & (topk_ids < num_classes) & torch.isfinite(probs) & (probs > 0)
     ids = torch.where(valid, topk_ids, torch.zeros_like(topk_ids))
-    probs = torch.where(valid, topk_probs.float(), torch.zeros_like(topk_probs, dtype=torch.float32))
+    probs = torch.where(valid, probs, torch.zeros_like(probs))
+    probs = probs / probs.amax(-1, keepdim=True).clamp(min=torch.finfo(probs.dtype).tiny)
     dense = torch.zeros(topk_ids.shape[0], num_classes, device=topk_ids.device)
     dense.scatter_add_(1, ids, probs)
     return dense / dense.sum(-1, keepdim=True).clamp(min=1e-12)

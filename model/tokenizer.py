@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Iterable
+import re
+from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
@@ -15,9 +16,13 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def _normalizer(lowercase: bool) -> normalizers.Normalizer:
+    return normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None if lowercase else False)
+
+
 def _finish(model: WordPiece, lowercase: bool) -> Tokenizer:
     tokenizer = Tokenizer(model)
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None if lowercase else False)
+    tokenizer.normalizer = _normalizer(lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
     return tokenizer
@@ -34,12 +39,49 @@ def _add_template(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
+#: The longest word (in characters, as normalised) the WordPiece trainer sees: the model's own
+#: ``max_input_chars_per_word`` (100), past which it encodes a word as [UNK] whatever the vocabulary.
+MAX_WORD_CHARS = 100
+#: A caption that may hold a longer word once normalised: a run of that many characters between ASCII white
+#: space (normalising makes at most 3 characters of one, a Hangul syllable's letters; other white space and
+#: punctuation only split a run further). The others, nearly all, go to the trainer as they are.
+_MAYBE_LONG_WORD = re.compile(r"[^ \t\n\r]{%d,}" % (MAX_WORD_CHARS // 3 + 1))
+
+
+def _without_long_words(texts: Iterable[str], lowercase: bool, dropped: list[int]) -> Iterator[str]:
+    """``texts`` with their words longer than ``MAX_WORD_CHARS`` left out (counted in ``dropped[0]``), as the
+    trained tokenizer's normaliser and pre-tokenizer find words (instances of their own: the tokenizer's, used
+    while it trains on this iterator, deadlocked).
+
+    The ``tokenizers`` WordPiece trainer takes time about quadratic in its longest word: one caption of a 1 MB word
+    (no space) stalled ``lait train`` for over 10 minutes (64k characters: 14 s). Such a word encodes as [UNK]
+    anyway, so it has nothing to teach the vocabulary. A caption holding one goes to the trainer as its other
+    words, normalised (normalising them again changes nothing)."""
+    normalizer, pre_tokenizer = _normalizer(lowercase), pre_tokenizers.BertPreTokenizer()
+    for text in texts:
+        if not _MAYBE_LONG_WORD.search(text):
+            yield text
+            continue
+        words = [word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+        kept = [word for word in words if len(word) <= MAX_WORD_CHARS]
+        if len(kept) == len(words):
+            yield text
+            continue
+        dropped[0] += len(words) - len(kept)
+        yield " ".join(kept)
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True) -> Tokenizer:
-    """Train a BERT-style WordPiece tokenizer on captions ([PAD] gets id 0)."""
+    """Train a BERT-style WordPiece tokenizer on captions ([PAD] gets id 0); words longer than ``MAX_WORD_CHARS``
+    are left out of its training (``_without_long_words``), with a warning."""
     tokenizer = _finish(WordPiece(unk_token="[UNK]"), lowercase)
     trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1,
                                show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    dropped = [0]
+    tokenizer.train_from_iterator(_without_long_words(texts, lowercase, dropped), trainer=trainer)
+    if dropped[0]:
+        logger.warning("tokenizer: %d words longer than %d characters left out of its training (WordPiece encodes "
+                       "such a word as [UNK])", dropped[0], MAX_WORD_CHARS)
     logger.info("trained a WordPiece tokenizer: %d word pieces", tokenizer.get_vocab_size())
     return _add_template(tokenizer)
 
