@@ -1,15 +1,12 @@
 """Two crawl runs claiming one --out at once: the second waits for the first's claim, then is refused."""
 import json
 import os
-import select
-import subprocess
 import sys
 import textwrap
-import time
 
 from crawler import output
 from pipeline import outputs
-from tests.procs import waiting_for_a_lock
+from tests.procs import json_answer, start_apart, wait_while_running
 
 #: Another process that claims a folder for a crawl, answering a line (JSON: "claimed" or "refused", the error).
 CLAIMER = textwrap.dedent("""
@@ -34,26 +31,15 @@ def test_a_crawl_claiming_the_folder_while_another_has_read_its_marker_is_refuse
         def read(*args, **kwargs):
             found = real(*args, **kwargs)
             if not started:
-                # Through a shell: a child of this process would take this process's marker for its own run's
-                # (a crawl process of lait crawl), and claim the folder by design.
-                started.append(subprocess.Popen(["sh", "-c", '"$0" -c "$1" "$2"; exit $?', sys.executable, CLAIMER,
-                                                 out], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()))
-                other = started[0]
-                deadline = time.monotonic() + 120
+                started.append(start_apart(sys.executable, "-c", CLAIMER, out, cwd=os.getcwd()))
                 # until it waits for this claim, or has claimed the folder itself (what the old code let it)
-                while time.monotonic() < deadline and not waiting_for_a_lock() \
-                        and not os.path.exists(os.path.join(out, outputs.RUN_MARKER)) and other.poll() is None:
-                    time.sleep(0.02)
+                wait_while_running(started[0], lambda: os.path.exists(os.path.join(out, outputs.RUN_MARKER)))
             return found
         return read
 
     monkeypatch.setattr(output, "read_run_marker", read_then_the_other_claims(output.read_run_marker))
     output.claim(out)
-    other = started[0]
-    ready, _, _ = select.select([other.stdout], [], [], 120)
-    assert ready, "the other claim never answered"
-    status, error = json.loads(other.stdout.readline())
-    other.wait()
+    status, error = json_answer(started[0])
     assert status == "refused", error
     assert str(os.getpid()) in error
     marker = json.loads(open(os.path.join(out, outputs.RUN_MARKER)).read())

@@ -19,10 +19,10 @@ from tests.crawler.test_crawl_site import path_of
 from tests.inprocess import lait_crawl_here
 
 
-def crawl(site: MockSite, out, start: str | None = None, settings: dict | None = None):
-    """Crawl ``site`` from ``start`` (its root): (candidates, rejected rows, stats)."""
+def crawl(site: MockSite, out, start: str | None = None, settings: dict | None = None, *options: str):
+    """Crawl ``site`` from ``start`` (its root), with ``options`` of lait crawl: (candidates, rejected rows, stats)."""
     result = lait_crawl_here(start or site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side",
-                             str(TEST_MIN_SIDE), settings=dict(TEST_SETTINGS, **(settings or {})))
+                             str(TEST_MIN_SIDE), *options, settings=dict(TEST_SETTINGS, **(settings or {})))
     assert "Traceback" not in result.stderr
     candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
     try:

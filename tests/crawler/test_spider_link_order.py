@@ -2,17 +2,15 @@
 image that an ``<img>`` of a later page shows is not crawled as a page first (the image went out twice, once as a
 ``not_html`` page), a link inside a ``<template>`` is inert markup, not followed, and page URLs whose queries differ
 only in the order of their parameters are one page, crawled once."""
-import json
 import types
 
 import pytest
 
-import schemas
 from crawler import extract
 from crawler.spiders.lait import LaitSpider
-from tests.crawler.mocksite import HTML, JPEG, TEST_MIN_SIDE, TEST_SETTINGS, MockSite, html, jpeg
+from tests.crawler.mocksite import HTML, JPEG, MockSite, html, jpeg
 from tests.crawler.test_crawl_site import path_of
-from tests.inprocess import lait_crawl_here
+from tests.crawler.test_spider_hunt_fixes import crawl as crawl_site
 
 PAGE = "http://example.org/dir/page.html"
 
@@ -20,15 +18,7 @@ PAGE = "http://example.org/dir/page.html"
 def crawl(site: MockSite, out, processes: int = 1):
     """Crawl ``site`` from its root in ``processes`` processes: (candidates, rejected rows, stats.json), the rows
     checked to add up."""
-    result = lait_crawl_here(site.url + "/", "--out", str(out), "--allow-private-networks", "--min-side",
-                             str(TEST_MIN_SIDE), "--processes", str(processes), settings=TEST_SETTINGS)
-    assert "Traceback" not in result.stderr
-    candidates = schemas.read_table(str(out / "candidates"), "candidates").to_pylist()
-    try:
-        rejected = schemas.read_table(str(out / "rejected"), "rejected").to_pylist()
-    except Exception:  # noqa: BLE001 - no rejected rows at all
-        rejected = []
-    stats = json.loads((out / "stats.json").read_text())
+    candidates, rejected, stats = crawl_site(site, out, None, None, "--processes", str(processes))
     assert stats["in"] == stats["kept"] + stats["rejected"] == len(candidates) + len(rejected)
     return candidates, rejected, stats
 
